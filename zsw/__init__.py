@@ -1,0 +1,17 @@
+"""zsw: ZeroShape-W single-image 3D shape reconstruction in the wild.
+
+One photo of an object (background, occluders, no mask) in, a watertight mesh out. The model
+predicts depth, intrinsics, a visible mask and an occluder mask, lifts the visible surface to 3D
+and decodes occupancy for any 3D point. See ``zsw.model.build_model`` for the network and the
+``zsw`` command line for everything else.
+
+Heavy modules (torch, timm) are imported lazily so ``import zsw`` and ``zsw --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "ZswError"]
+
+from zsw.errors import ZswError  # noqa: E402  (light module, safe to import eagerly)

@@ -1,0 +1,5 @@
+"""``python -m zsw`` is the same as the ``zsw`` command."""
+
+from zsw.cli.main import app
+
+app(prog_name="zsw")

@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Anything a user can cause (a missing file, a bad option, a corrupt checkpoint, an image of the
+wrong shape) raises :class:`ZswError` with one sentence that names the culprit. The CLI prints the
+message without a traceback; library callers can catch it. Bugs stay ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ZswError", "ConfigError", "CheckpointError", "InputError"]
+
+
+class ZswError(Exception):
+    """An error caused by input, configuration or environment, reported in one line."""
+
+
+class ConfigError(ZswError, ValueError):
+    """A configuration file, preset name or option value is invalid."""
+
+
+class CheckpointError(ZswError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+class InputError(ZswError, ValueError):
+    """A tensor, image or file given to zsw has the wrong type, shape or content."""
