@@ -1,0 +1,210 @@
+"""zsw.kernels: point cross-attention, the occupancy MLP and Chamfer nearest neighbours.
+
+Each public function here dispatches between a Triton kernel and its pure-PyTorch reference in
+:mod:`zsw.kernels.reference` (same signature, same semantics):
+
+====================  ===========================================================================
+``impl``              what runs
+====================  ===========================================================================
+``"torch"``           the reference, always
+``"triton"``          the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)
+``"auto"`` / None     ``ZSW_KERNELS=torch|triton`` if set, else Triton for CUDA tensors and the
+                      reference for CPU tensors
+====================  ===========================================================================
+
+Inside :func:`exportable` (and during ONNX export) everything runs the reference, because Triton
+kernels do not trace. A Triton implementation registers itself by living in
+``kernels/<module>.py`` and defining the public function of the same name; modules that are absent
+or fail to import (no triton on this platform) leave only the reference available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from zsw.kernels import reference
+from zsw.kernels.reference import Chamfer, NearestNeighbors
+
+__all__ = [
+    "point_cross_attention",
+    "occupancy_mlp",
+    "nearest_neighbors",
+    "chamfer_distance",
+    "NearestNeighbors",
+    "Chamfer",
+    "exportable",
+    "set_exportable",
+    "is_exportable",
+    "resolve_impl",
+    "triton_available",
+    "reference",
+    "IMPLS",
+]
+
+#: accepted values of ``impl`` and of the ``ZSW_KERNELS`` environment variable
+IMPLS = ("auto", "torch", "triton")
+
+# public function -> module in kernels/ that holds its Triton implementation
+_TRITON_MODULES = {
+    "point_cross_attention": "point_cross_attention",
+    "occupancy_mlp": "occupancy_mlp",
+    "nearest_neighbors": "chamfer",
+    "chamfer_distance": "chamfer",
+}
+_triton_impls: dict[str, Callable] = {}
+_triton_errors: dict[str, str] = {}
+
+
+def _load_triton_impls() -> None:
+    # Import the kernel modules now, before the dispatch functions below are defined: importing a
+    # submodule sets the package attribute of the same name (``zsw.kernels.point_cross_attention``
+    # = the module), and defining the functions afterwards puts the public names back on top.
+    for name, module in _TRITON_MODULES.items():
+        if not os.path.exists(os.path.join(os.path.dirname(__file__), f"{module}.py")):
+            _triton_errors[name] = f"kernels/{module}.py is not part of this build"
+            continue
+        try:
+            mod = importlib.import_module(f"zsw.kernels.{module}")
+            _triton_impls[name] = getattr(mod, name)
+        except (ImportError, AttributeError) as e:  # no triton on this platform, or no such function
+            _triton_errors[name] = f"{type(e).__name__}: {e}"
+
+
+_load_triton_impls()
+
+_exportable = False
+
+
+def set_exportable(flag: bool) -> None:
+    """Globally route every kernel call to the PyTorch reference (for ONNX/TensorRT export)."""
+    global _exportable
+    _exportable = bool(flag)
+
+
+def is_exportable() -> bool:
+    """True inside :func:`exportable` or while ``torch.onnx`` is exporting."""
+    return _exportable or torch.onnx.is_in_onnx_export()
+
+
+@contextlib.contextmanager
+def exportable(flag: bool = True) -> Iterator[None]:
+    """Context manager form of :func:`set_exportable`."""
+    previous = _exportable
+    set_exportable(flag)
+    try:
+        yield
+    finally:
+        set_exportable(previous)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available(name: str) -> bool:
+    """Whether the Triton implementation of kernel ``name`` could be imported."""
+    return name in _triton_impls
+
+
+def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
+    """Decide whether kernel ``name`` runs ``"torch"`` or ``"triton"`` for tensors on ``device``."""
+    if impl is None:
+        impl = "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if is_exportable():
+        return "torch"
+    if impl == "auto":
+        env = os.environ.get("ZSW_KERNELS", "auto").strip().lower() or "auto"
+        if env not in IMPLS:
+            raise ValueError(f"ZSW_KERNELS must be one of {IMPLS}, got {env!r}")
+        impl = env
+    if impl == "auto":
+        if device.type == "cuda" and triton_available(name):
+            return "triton"
+        if device.type == "cuda" and name not in _warned:
+            _warned.add(name)
+            warnings.warn(
+                f"zsw.kernels.{name}: Triton kernel unavailable ({_triton_errors.get(name)}); "
+                "using the PyTorch reference",
+                stacklevel=3,
+            )
+        return "torch"
+    if impl == "triton":
+        if not triton_available(name):
+            raise RuntimeError(f"zsw.kernels.{name}: Triton kernel unavailable ({_triton_errors.get(name)})")
+        if device.type != "cuda" and not _interpreting():
+            raise RuntimeError(
+                f"zsw.kernels.{name}: Triton needs CUDA tensors, or TRITON_INTERPRET=1 to run on {device.type}"
+            )
+    return impl
+
+
+_warned: set[str] = set()
+
+
+def _pick(name: str, impl: str | None, device: torch.device) -> Callable:
+    if resolve_impl(name, impl, device) == "triton":
+        return _triton_impls[name]
+    return getattr(reference, name)
+
+
+def point_cross_attention(
+    q: Tensor,  # [B, H, N, D]
+    k: Tensor,  # [B, H, N, D]
+    v: Tensor,  # [B, H, N, D]
+    k_latent: Tensor,  # [B, H, L, D]
+    v_latent: Tensor,  # [B, H, L, D]
+    scale: float | None = None,
+    *,
+    impl: str | None = None,
+) -> Tensor:  # [B, H, N, D]
+    """Each point attends to the L latent keys plus its own key; see
+    :func:`zsw.kernels.reference.point_cross_attention` for the exact semantics."""
+    return _pick("point_cross_attention", impl, q.device)(q, k, v, k_latent, v_latent, scale)
+
+
+def occupancy_mlp(
+    x: Tensor,  # [..., C_in]
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor | None],
+    skip_in: Sequence[int] = (2, 4, 6),
+    beta: float = 100.0,
+    *,
+    impl: str | None = None,
+) -> Tensor:  # [..., C_out]
+    """The Softplus skip-MLP; see :func:`zsw.kernels.reference.occupancy_mlp`."""
+    return _pick("occupancy_mlp", impl, x.device)(x, weights, biases, skip_in, beta)
+
+
+def nearest_neighbors(
+    a: Tensor,  # [B, N, 3]
+    b: Tensor,  # [B, M, 3]
+    lengths_a: Tensor | None = None,
+    lengths_b: Tensor | None = None,
+    *,
+    impl: str | None = None,
+) -> NearestNeighbors:
+    """Squared distance and index of each point's nearest neighbour; see
+    :func:`zsw.kernels.reference.nearest_neighbors`."""
+    return _pick("nearest_neighbors", impl, a.device)(a, b, lengths_a, lengths_b)
+
+
+def chamfer_distance(
+    a: Tensor,  # [B, N, 3]
+    b: Tensor,  # [B, M, 3]
+    lengths_a: Tensor | None = None,
+    lengths_b: Tensor | None = None,
+    *,
+    impl: str | None = None,
+) -> Chamfer:
+    """Nearest-neighbour squared distances in both directions; see
+    :func:`zsw.kernels.reference.chamfer_distance`."""
+    return _pick("chamfer_distance", impl, a.device)(a, b, lengths_a, lengths_b)
