@@ -1,0 +1,170 @@
+"""Point decoder: occupancy of any 3D point given the image's tokens.
+
+ZeroShape's implicit network, restructured for inference. The tokens ``[B, L, C_tok]`` are
+projected, get a fixed 2-D sin-cos position embedding (zero for the global token) and pass through
+``blocks`` pre-norm transformer blocks in which they self-attend among themselves and never see
+the points. Each query point is embedded (one Linear on xyz for ZeroShape; two Linears on xyz
+concatenated with a projected CLIP embedding for ZeroShape-W) and, in every block, attends to the
+latent keys plus its own key (:func:`zsw.kernels.point_cross_attention`). After a final LayerNorm,
+``cat(xyz, feature)`` goes through the Softplus skip-MLP (:func:`zsw.kernels.occupancy_mlp`) to
+one occupancy logit.
+
+Because the latent path does not depend on the points, :meth:`PointDecoder.encode` computes the
+per-block latent K/V once per image and :meth:`PointDecoder.decode` streams any number of points
+through them -- the grid-evaluation hot path. ``decoder(tokens, points)`` does both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from zsw.config import DecoderConfig
+from zsw.model.geometry import sincos_pos_embed_2d
+from zsw.model.layers import OccupancyMLP, PointCrossAttention
+
+__all__ = ["PointDecoder", "DecoderLatents"]
+
+
+@dataclass
+class DecoderLatents:
+    """What every query point of an image needs, computed once by :meth:`PointDecoder.encode`."""
+
+    kv: list[tuple[Tensor, Tensor]]  # per block: latent keys and values, [B, H, L, D] each
+    text: Tensor | None = None  # [B, C_text]: the text part of every query (ZeroShape-W)
+    # stochastic depth (training only): per block, keep/scale factors [B, 1, 1] of the attention
+    # and MLP residuals, shared by the latent and point paths exactly as in the joint sequence
+    keep: list[tuple[Tensor, Tensor]] | None = field(default=None, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.kv[0][0].shape[0]
+
+
+def _drop(x: Tensor, keep: Tensor | None) -> Tensor:
+    return x if keep is None else x * keep
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` on both paths."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, last: bool):
+        super().__init__()
+        from timm.layers import Mlp
+
+        self.last = last
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = PointCrossAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def latent(self, x: Tensor, keep: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Latent K/V of this block and the updated latent tokens (None after the last block)."""
+        k, v, out = self.attn.latent(self.norm1(x), update=not self.last)
+        if self.last:
+            return k, v, None
+        keep_attn, keep_mlp = keep if keep is not None else (None, None)
+        x = x + _drop(out, keep_attn)
+        x = x + _drop(self.mlp(self.norm2(x)), keep_mlp)
+        return k, v, x
+
+    def points(self, x: Tensor, k: Tensor, v: Tensor, keep: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        keep_attn, keep_mlp = keep if keep is not None else (None, None)
+        x = x + _drop(self.attn.points(self.norm1(x), k, v), keep_attn)
+        return x + _drop(self.mlp(self.norm2(x)), keep_mlp)
+
+
+class PointDecoder(nn.Module):
+    """Tokens ``[B, L, C_tok]`` and points ``[B, N, 3]`` (normalised frame) -> logits ``[B, N]``."""
+
+    def __init__(self, cfg: DecoderConfig, token_dim: int, token_grid: int, text_dim: int = 0, text_embedder=None):
+        super().__init__()
+        self.cfg = cfg
+        width = cfg.width
+        self.latent_proj = nn.Linear(token_dim, width)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(width, token_grid, cls_token=True)[None])
+        if cfg.point_embed == "linear":
+            self.point_embed = nn.Linear(3, width)
+            self.text_proj = None
+        else:
+            d = cfg.point_embed_dim
+            self.point_embed = nn.Sequential(nn.Linear(3, d), nn.GELU(), nn.Linear(d, d))
+            self.text_proj = nn.Linear(text_dim, width - d)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(width, cfg.heads, cfg.mlp_ratio, last=i == cfg.blocks - 1) for i in range(cfg.blocks)
+        )
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.occupancy = OccupancyMLP(3 + width, cfg.occ_width, cfg.occ_layers, 1, cfg.skip_in, cfg.softplus_beta)
+        self.apply(self._init_weights)
+        # the model's PromptEmbedder, for text=None (plain attribute: owned and saved by the model)
+        self.__dict__["_text_embedder"] = text_embedder
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # ZeroShape's init: Xavier-uniform Linears with zero bias, LayerNorms at (1, 0)
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _stochastic_depth(self, batch: int, device: torch.device) -> list[tuple[Tensor, Tensor]] | None:
+        p = self.cfg.drop_path
+        if not self.training or p <= 0:
+            return None
+        keep = []
+        for _ in self.blocks:
+            pair = torch.empty(2, batch, 1, 1, device=device).bernoulli_(1 - p) / (1 - p)
+            keep.append((pair[0], pair[1]))
+        return keep
+
+    def encode(self, tokens: Tensor, text: Tensor | None = None) -> DecoderLatents:
+        """Per-block latent K/V of ``tokens [B, L, C_tok]`` (and the query text part).
+
+        Args:
+            tokens: the encoder's output tokens.
+            text: CLIP embeddings ``[B, T]`` of the prompts (ZeroShape-W); None = default prompt.
+        """
+        B = tokens.shape[0]
+        text_part = None
+        if self.text_proj is not None:
+            if text is None:
+                if self._text_embedder is None:
+                    raise ValueError("this decoder conditions on a text embedding: pass text=[B, T]")
+                text = self._text_embedder(None, B)
+            text_part = self.text_proj(text.to(tokens.dtype))  # [B, width - point_embed_dim]
+        keep = self._stochastic_depth(B, tokens.device)
+        x = self.latent_proj(tokens) + self.pos_embed.to(tokens.dtype)
+        kv = []
+        for i, block in enumerate(self.blocks):
+            k, v, x = block.latent(x, keep[i] if keep else None)
+            kv.append((k, v))
+        return DecoderLatents(kv=kv, text=text_part, keep=keep)
+
+    def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
+        """Occupancy logits ``[B, N]`` of ``points [B, N, 3]`` against precomputed latents."""
+        if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] != latents.batch_size:
+            raise ValueError(f"points must be [B={latents.batch_size}, N, 3], got {tuple(points.shape)}")
+        points = points.to(self.latent_proj.weight.dtype)  # parameter dtype; autocast handles the rest
+        x = self.point_embed(points)  # [B, N, d]
+        if latents.text is not None:
+            x = torch.cat([x, latents.text[:, None, :].expand(-1, points.shape[1], -1)], dim=-1)
+        for i, (block, (k, v)) in enumerate(zip(self.blocks, latents.kv)):
+            x = block.points(x, k, v, latents.keep[i] if latents.keep else None)
+        x = self.norm(x)
+        return self.occupancy(torch.cat([points, x], dim=-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def decode_chunked(self, latents: DecoderLatents, points: Tensor, chunk_size: int = 65536) -> Tensor:
+        """:meth:`decode` in chunks of ``chunk_size`` points (bounded memory, no autograd)."""
+        out = [self.decode(latents, points[:, i : i + chunk_size]) for i in range(0, points.shape[1], chunk_size)]
+        return torch.cat(out, dim=1) if out else points.new_zeros(points.shape[:2])
+
+    def forward(self, tokens: Tensor, points: Tensor, text: Tensor | None = None) -> Tensor:
+        """Logits ``[B, N]`` for ``tokens [B, L, C_tok]`` and ``points [B, N, 3]``."""
+        return self.decode(self.encode(tokens, text), points)

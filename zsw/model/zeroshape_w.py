@@ -1,0 +1,239 @@
+"""ZeroShape-W (and ZeroShape) as one module.
+
+    image [B, 3, S, S] in [0, 1]
+      -> PixelModel: depth [B, 1, S, S], K [B, 3, 3], visible/occluder mask logits
+      -> visible surface S_V = 1[M_V >= 0.5] * D * K^-1 [x, y, 1]^T, normalised per image
+      -> ShapeEncoder(cat(S_V, M_O)): tokens [B, 197, C]
+      -> PointDecoder(tokens, points): occupancy logits [B, N]
+
+The ``zeroshape`` preset has no mask heads and no text: it takes the visible mask as input, exactly
+as the original ZeroShape does. Points live in the normalised frame of the visible surface:
+``camera_point = point * scale + center`` with ``center``/``scale`` from :class:`ModelOutput`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from zsw.config import ModelConfig, get_model_config
+from zsw.errors import InputError
+from zsw.model.decoder import DecoderLatents, PointDecoder
+from zsw.model.encoder import ShapeEncoder
+from zsw.model.geometry import normalize_visible, unproject_depth
+from zsw.model.pixel import PixelModel
+from zsw.model.text import PromptEmbedder
+
+__all__ = ["ZeroShapeW", "ModelOutput", "build_model", "count_parameters"]
+
+Prompt = str | Sequence[str] | None
+
+
+@dataclass
+class ModelOutput:
+    """Everything one forward pass predicts, plus what decoding needs."""
+
+    depth: Tensor  # [B, 1, S, S] relative depth in [0, 1]
+    intrinsics: Tensor  # [B, 3, 3] pixels of the S x S input
+    visible_mask_logits: Tensor | None  # [B, 1, S, S] (None for ZeroShape)
+    occluder_mask_logits: Tensor | None  # [B, 1, S, S] (None for ZeroShape)
+    visible_mask: Tensor  # [B, 1, S, S] in {0, 1}: the mask that lifted the surface
+    occluder_mask: Tensor | None  # [B, 1, S, S] in {0, 1}: the mask given to the encoder
+    visible_points: Tensor  # [B, 3, S, S] normalised visible surface, 0 outside the mask
+    center: Tensor  # [B, 3] centroid of the visible surface in camera coordinates
+    scale: Tensor  # [B] its radius; camera = normalised * scale + center
+    tokens: Tensor  # [B, L, C] encoder tokens
+    text: Tensor | None  # [B, T] prompt embeddings used (ZeroShape-W)
+
+    def to_camera(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> camera frame
+        return points * self.scale[:, None, None] + self.center[:, None, :]
+
+    def to_normalized(self, points: Tensor) -> Tensor:  # [B, N, 3] camera -> normalised frame
+        return (points - self.center[:, None, :]) / self.scale[:, None, None]
+
+
+class ZeroShapeW(nn.Module):
+    """The full model; build it with :func:`build_model`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        text_dim = cfg.text.dim if cfg.text.enabled else 0
+        self.text = PromptEmbedder(cfg.text) if cfg.text.enabled else None
+        self.pixel = PixelModel(cfg.pixel, text_dim)
+        self.encoder = ShapeEncoder(cfg.encoder)
+        self.decoder = PointDecoder(
+            cfg.decoder, cfg.encoder.token_dim, cfg.token_grid, text_dim, text_embedder=self.text
+        )
+
+    # ---------------------------------------------------------------------------------------
+
+    def _check_image(self, image: Tensor) -> None:
+        s = self.config.pixel.image_size
+        if not isinstance(image, Tensor):
+            raise InputError(f"image must be a torch.Tensor [B, 3, {s}, {s}], got {type(image).__name__}")
+        if image.dim() != 4 or image.shape[1] != 3 or image.shape[2:] != (s, s):
+            raise InputError(f"image must be [B, 3, {s}, {s}] with values in [0, 1], got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise InputError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}")
+
+    def _check_mask(self, mask: Tensor, name: str, image: Tensor) -> None:
+        expected = (image.shape[0], 1, *image.shape[2:])
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != expected:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise InputError(f"{name} must be a tensor of shape {list(expected)}, got {got}")
+
+    def embed_prompts(self, prompt: Prompt, batch: int) -> Tensor | None:  # [B, T]
+        """CLIP embeddings of the prompt(s); None for a model without text conditioning."""
+        if self.text is None:
+            return None
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        return self.text(prompt, batch)
+
+    def forward(
+        self,
+        image: Tensor,  # [B, 3, S, S] in [0, 1]
+        prompt: Prompt = None,
+        mask: Tensor | None = None,  # [B, 1, S, S]: use this visible mask instead of predicting one
+        occluder_mask: Tensor | None = None,  # [B, 1, S, S]: use this occluder mask (ZeroShape-W)
+    ) -> ModelOutput:
+        """Predict depth, intrinsics and masks, lift and encode the visible surface.
+
+        Args:
+            image: RGB in [0, 1] at the model's resolution (224 by default).
+            prompt: category prompt(s), one per image or one for all; None = "object".
+            mask: a visible mask (> 0.5 = visible) replacing the predicted one; required by the
+                ``zeroshape`` preset, which has no mask head.
+            occluder_mask: an occluder mask (> 0.5 = occluder) replacing the predicted one.
+
+        Returns:
+            A :class:`ModelOutput`; decode points with :meth:`decode` or ``model.decoder``.
+        """
+        self._check_image(image)
+        B, _, S, _ = image.shape
+        text = self.embed_prompts(prompt, B)
+        pix = self.pixel(image, text)
+
+        if mask is not None:
+            self._check_mask(mask, "mask", image)
+            visible = (mask > 0.5).to(image.dtype)
+        elif pix.visible_mask_logits is not None:
+            visible = (pix.visible_mask_logits >= 0).to(image.dtype)
+        else:
+            raise InputError(f"the {self.config.name} model has no mask head: pass mask=[B, 1, {S}, {S}]")
+
+        points = unproject_depth(pix.depth, pix.intrinsics)  # [B, S*S, 3]
+        normalized, center, scale = normalize_visible(points, visible.reshape(B, -1) > 0.5)
+        visible_points = normalized.transpose(1, 2).reshape(B, 3, S, S).to(image.dtype)
+
+        occluder = None
+        encoder_in = visible_points
+        if self.config.encoder.in_channels == 4:
+            if occluder_mask is not None:
+                self._check_mask(occluder_mask, "occluder_mask", image)
+                occluder = (occluder_mask > 0.5).to(image.dtype)
+            else:
+                occluder = (pix.occluder_mask_logits >= 0).to(image.dtype)
+            encoder_in = torch.cat([visible_points, occluder], dim=1)
+        tokens = self.encoder(encoder_in)
+        return ModelOutput(
+            depth=pix.depth,
+            intrinsics=pix.intrinsics,
+            visible_mask_logits=pix.visible_mask_logits,
+            occluder_mask_logits=pix.occluder_mask_logits,
+            visible_mask=visible,
+            occluder_mask=occluder,
+            visible_points=visible_points,
+            center=center,
+            scale=scale,
+            tokens=tokens,
+            text=text,
+        )
+
+    def latents(self, out: ModelOutput) -> DecoderLatents:
+        """Per-image latent K/V for decoding many points (see :meth:`PointDecoder.decode`)."""
+        return self.decoder.encode(out.tokens, out.text)
+
+    def decode(self, out: ModelOutput, points: Tensor) -> Tensor:  # [B, N, 3] -> [B, N]
+        """Occupancy logits of points in the normalised frame of ``out``."""
+        return self.decoder(out.tokens, points, out.text)
+
+    def set_kernel_impl(self, impl: str) -> None:
+        """Route the decoder's attention and MLP to ``"auto"``, ``"triton"`` or ``"torch"``."""
+        from zsw import kernels
+
+        if impl not in kernels.IMPLS:
+            raise ValueError(f"impl must be one of {kernels.IMPLS}, got {impl!r}")
+        for m in self.modules():
+            if hasattr(m, "impl") and isinstance(m.impl, str):
+                m.impl = impl
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (buffers such as BN statistics and fixed embeddings excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _load_pretrained(model: ZeroShapeW) -> list[str]:
+    """ImageNet weights for the hybrid ViT and the ResNet, CLIP for the default prompt."""
+    import timm
+
+    cfg = model.config
+    notes = []
+    if cfg.pixel.timm_name:
+        src = timm.create_model(cfg.pixel.timm_name, pretrained=True, num_classes=0).state_dict()
+        src = {k: v for k, v in src.items() if not k.startswith(("norm.", "head."))}
+        model.pixel.vit.load_state_dict(src, strict=True)
+        notes.append(f"pixel.vit <- timm {cfg.pixel.timm_name}")
+    if cfg.encoder.timm_name:
+        src = timm.create_model(cfg.encoder.timm_name, pretrained=True, num_classes=0).state_dict()
+        conv1 = src["conv1.weight"]
+        if cfg.encoder.in_channels > conv1.shape[1]:  # extra channels (occluder mask) start at zero
+            extra = conv1.new_zeros(conv1.shape[0], cfg.encoder.in_channels - conv1.shape[1], *conv1.shape[2:])
+            src["conv1.weight"] = torch.cat([conv1, extra], dim=1)
+        model.encoder.resnet.load_state_dict(src, strict=True)
+        notes.append(f"encoder.resnet <- timm {cfg.encoder.timm_name}")
+    if model.text is not None:
+        notes.append(f"text.default_embedding <- {model.text.init_default_embedding(use_clip=True)}")
+    return notes
+
+
+def build_model(
+    spec: str | ModelConfig = "zeroshape-w",
+    *,
+    pretrained: bool = False,
+    device: str | torch.device | None = None,
+) -> ZeroShapeW:
+    """Build a model from a preset name (``zeroshape-w``, ``zeroshape``, ``tiny``), a YAML file
+    or a :class:`~zsw.config.ModelConfig`.
+
+    Args:
+        spec: preset name, YAML path or config.
+        pretrained: initialise the hybrid ViT and the ResNet from timm's ImageNet weights and the
+            default prompt from CLIP (network or a filled Hugging Face cache needed). Without it
+            the model is randomly initialised and the default-prompt embedding is a fixed
+            pseudo-random unit vector.
+        device: build directly on this device (``"meta"`` builds without allocating memory).
+
+    Example::
+
+        model = build_model("tiny").eval()
+        out = model(torch.rand(1, 3, 224, 224))
+        logits = model.decode(out, torch.rand(1, 1000, 3) * 2 - 1)   # [1, 1000]
+    """
+    cfg = get_model_config(spec)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = ZeroShapeW(cfg)
+    if str(device) == "meta":
+        return model
+    if pretrained:
+        _load_pretrained(model)
+    elif model.text is not None:
+        model.text.init_default_embedding(use_clip=False)
+    return model
