@@ -1,0 +1,67 @@
+"""``zsw convert``: official ZeroShape checkpoints -> zsw safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from zsw.cli._common import cli_errors
+
+app = typer.Typer(
+    help="Convert checkpoints from other code bases into zsw checkpoints.",
+    no_args_is_help=True,
+)
+
+_EXAMPLE = """
+
+Examples:
+
+  zsw convert zeroshape shape.ckpt -o zeroshape.safetensors
+
+  zsw convert zeroshape shape.ckpt -o zsw-init.safetensors --preset zeroshape-w
+
+  zsw convert zeroshape omnidata_dpt_depth_v2.ckpt -o dpt.safetensors --preset zeroshape-w
+"""
+
+
+@app.command(
+    "zeroshape",
+    help="Convert an official ZeroShape checkpoint (shape.ckpt, depth.ckpt or an "
+    "Omnidata DPT checkpoint) into a zsw safetensors checkpoint." + _EXAMPLE,
+)
+@cli_errors
+def zeroshape(
+    source: Annotated[Path, typer.Argument(help="Official .ckpt file (loaded with torch.load(weights_only=True)).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
+    preset: Annotated[
+        str, typer.Option(help="Target model: zeroshape (exact) or zeroshape-w (shared parts).")
+    ] = "zeroshape",
+    clip: Annotated[
+        bool,
+        typer.Option(
+            "--clip/--no-clip",
+            help="Compute the default prompt's embedding with "
+            "CLIP (needs its weights); otherwise a fixed random unit vector.",
+        ),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    from zsw import checkpoint
+    from zsw.errors import ConfigError
+    from zsw.model import build_model
+
+    if preset not in ("zeroshape", "zeroshape-w"):
+        raise ConfigError(f"--preset must be zeroshape or zeroshape-w, got {preset!r}")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    state = checkpoint.load_official(source)
+    tensors, report = checkpoint.convert_zeroshape(state, preset, report=True)
+    model = build_model(preset)
+    if model.text is not None:
+        model.text.init_default_embedding(use_clip=clip)
+    model.load_state_dict(tensors, strict=False)
+    checkpoint.save(model, out, extra={"converted_from": str(source), "source_kind": report.source})
+    typer.echo(report.summary())
+    typer.echo(f"wrote {out}")

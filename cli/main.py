@@ -1,0 +1,39 @@
+"""The ``zsw`` command: one Typer app, one module per command (group)."""
+
+from __future__ import annotations
+
+import typer
+
+from zsw.cli import bench, convert, evaluate, export, reconstruct, synthesize, train
+
+app = typer.Typer(
+    name="zsw",
+    help="ZeroShape-W: a 3D mesh from one photo of an object in the wild.\n\n"
+    "Example: zsw reconstruct photo.jpg -o out/",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.command("reconstruct", **reconstruct.COMMAND)(reconstruct.reconstruct)
+app.command("train", **train.COMMAND)(train.train)
+app.add_typer(synthesize.app, name="synthesize")
+app.command("eval", **evaluate.COMMAND)(evaluate.evaluate)
+app.add_typer(bench.app, name="bench")
+app.command("export", **export.COMMAND)(export.export)
+app.add_typer(convert.app, name="convert")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the zsw version and exit."),
+) -> None:
+    if version:
+        from zsw import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
