@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from zsw import checkpoint
+from zsw.config import to_dict
+from zsw.errors import CheckpointError
+from zsw.model import build_model
+
+
+def test_save_load_round_trip(tmp_path):
+    model = build_model("tiny").eval()
+    path = checkpoint.save(model, tmp_path / "m.safetensors", extra={"recipe": "test"})
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+    loaded = checkpoint.load(path)
+    assert loaded.config == model.config and not loaded.training
+    image = torch.rand(1, 3, 224, 224)
+    points = torch.rand(1, 100, 3)
+    with torch.no_grad():
+        a, b = model(image), loaded(image)
+        torch.testing.assert_close(model.decode(a, points), loaded.decode(b, points), atol=1e-6, rtol=1e-5)
+    for k, v in model.state_dict().items():  # the weights themselves are bit-identical
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    torch.testing.assert_close(loaded.text.default_embedding, model.text.default_embedding)
+    _, cfg, extra = checkpoint.read(path)
+    assert extra["recipe"] == "test" and extra["zsw_version"] and cfg.name == "tiny"
+
+
+def test_load_errors_are_one_line(tmp_path):
+    cases = {}
+    cases["missing"] = tmp_path / "nope.safetensors"
+    (tmp_path / "text.safetensors").write_text("hello")
+    cases["not safetensors"] = tmp_path / "text.safetensors"
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    cases["no config"] = tmp_path / "plain.safetensors"
+    expected = {
+        "missing": "does not exist",
+        "not safetensors": "not a readable safetensors",
+        "no config": "not a zsw checkpoint",
+    }
+    for name, path in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            checkpoint.load(path)
+        assert expected[name] in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_rejects_tensors_that_do_not_fit(tmp_path):
+    model = build_model("tiny")
+    path = checkpoint.save(model, tmp_path / "m.safetensors")
+    tensors, cfg, _ = checkpoint.read(path)
+    tensors["decoder.norm.weight"] = torch.zeros(7)
+    del tensors["decoder.norm.bias"]
+    save_file(
+        tensors,
+        str(tmp_path / "bad.safetensors"),
+        metadata={"format": checkpoint.FORMAT, "config": json.dumps(to_dict(cfg))},
+    )
+    with pytest.raises(CheckpointError, match=r"1 missing \(e.g. decoder.norm.bias\); 1 of the wrong shape"):
+        checkpoint.load(tmp_path / "bad.safetensors")
+
+
+def test_convert_fabricated_official_checkpoint_strict(official_state_dict, zeroshape_keys):
+    assert len(official_state_dict) == len(zeroshape_keys) == 813
+    tensors, report = checkpoint.convert_zeroshape({"graph": official_state_dict, "epoch": 3}, "zeroshape", report=True)
+    # every official tensor is accounted for: mapped, or dropped with a reason
+    assert len(report.mapped) + len(report.dropped) == 813
+    assert set(report.dropped) == {
+        f"dpt_depth.pretrained.model.{m}.{p}" for m in ("head", "norm") for p in ("weight", "bias")
+    }
+    assert report.fresh == [] and report.source == "shape.ckpt"
+    model = build_model("zeroshape", device="meta")
+    model.load_state_dict(tensors, strict=True, assign=True)
+    # values are carried over untouched
+    assert torch.equal(
+        tensors["decoder.occupancy.layers.2.weight"], official_state_dict["impl_network.impl_mlp.layers.2.weight"]
+    )
+    assert torch.equal(
+        tensors["pixel.intrinsics_head.blocks.1.bn2.running_var"], official_state_dict["intr_head.1.bn2.running_var"]
+    )
+
+
+def test_convert_to_zeroshape_w_lists_new_parts(official_state_dict):
+    tensors, report = checkpoint.convert_zeroshape(official_state_dict, "zeroshape-w", report=True)
+    conv1 = tensors["encoder.resnet.conv1.weight"]
+    assert conv1.shape == (64, 4, 7, 7)
+    assert torch.equal(conv1[:, :3], official_state_dict["coord_encoder.encoder.conv1.weight"])
+    assert conv1[:, 3].abs().max() == 0
+    assert "encoder.resnet.conv1.weight" in report.adapted
+    assert "impl_network.point_proj.proj.weight" in report.dropped
+    fresh = {".".join(k.split(".")[:2]) for k in report.fresh}
+    assert fresh == {
+        "pixel.film",
+        "pixel.visible_head",
+        "pixel.occluder_head",
+        "decoder.point_embed",
+        "decoder.text_proj",
+        "text.default_embedding",
+    }
+    model = build_model("zeroshape-w", device="meta")
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    assert unexpected == [] and set(missing) == set(report.fresh)
+
+
+def test_convert_partial_sources(official_state_dict):
+    depth_only = {k: v for k, v in official_state_dict.items() if k.startswith(("dpt_depth.", "intr_"))}
+    _, report = checkpoint.convert_zeroshape({"graph": depth_only}, "zeroshape", report=True)
+    assert report.source == "depth.ckpt" and len(report.mapped) == 390
+    omnidata = {
+        "module." + k[len("dpt_depth.") :]: v for k, v in official_state_dict.items() if k.startswith("dpt_depth.")
+    }
+    tensors, report = checkpoint.convert_zeroshape({"model_state_dict": omnidata}, "zeroshape", report=True)
+    assert report.source == "omnidata" and all(k.startswith("pixel.") for k in tensors)
+    assert not any(k.startswith("pixel.intrinsics_head") for k in tensors)
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ({"graph": {"foo.weight": torch.zeros(3)}}, "not a ZeroShape checkpoint"),
+        ({"epoch": 3}, "holds no tensors"),
+        ([1, 2, 3], "expected a checkpoint dict"),
+        ({"graph": {"impl_network.weird.weight": torch.zeros(3)}}, "have no mapping"),
+        ({"graph": {"impl_network.latent_proj.weight": torch.zeros(3, 3)}}, "needs (256, 256)"),
+    ],
+)
+def test_converter_errors(bad, fragment):
+    with pytest.raises(CheckpointError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        checkpoint.convert_zeroshape(bad, "zeroshape")
+
+
+def test_load_official_refuses_arbitrary_pickles(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"graph": {}, "x": Evil()}, f)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        checkpoint.load_official(path)
+    good = tmp_path / "good.ckpt"
+    import numpy as np
+
+    torch.save({"graph": {"a": torch.ones(2)}, "best_val": np.float64(0.5), "epoch": 2}, good)
+    assert torch.equal(checkpoint.load_official(good)["graph"]["a"], torch.ones(2))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load_official(tmp_path / "missing.ckpt")

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from zsw.config import (
+    MODEL_PRESETS,
+    DecoderConfig,
+    ModelConfig,
+    dump_yaml,
+    from_dict,
+    get_model_config,
+    load_yaml,
+    to_dict,
+)
+from zsw.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_PRESETS))
+def test_yaml_round_trip(name, tmp_path):
+    cfg = get_model_config(name)
+    path = tmp_path / f"{name}.yaml"
+    dump_yaml(cfg, path)
+    assert load_yaml(path, ModelConfig) == cfg
+    assert get_model_config(str(path)) == cfg
+    assert from_dict(ModelConfig, to_dict(cfg)) == cfg
+
+
+def test_configs_are_frozen():
+    cfg = get_model_config("tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.name = "other"
+
+
+def test_partial_yaml_takes_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: custom\ndecoder:\n  heads: 4\n")
+    cfg = load_yaml(path, ModelConfig)
+    assert cfg.decoder.heads == 4 and cfg.decoder.width == DecoderConfig().width and cfg.name == "custom"
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("decoder:\n  headz: 4\n", "unknown key decoder.headz"),
+        ("nmae: x\n", "unknown key nmae"),
+        ("decoder:\n  heads: four\n", "decoder.heads: expected an integer"),
+        ("decoder:\n  heads: 4.5\n", "decoder.heads: expected an integer"),
+        ("decoder:\n  skip_in: 2\n", "decoder.skip_in: expected a list"),
+        ("text:\n  enabled: 1\n", "text.enabled: expected true/false"),
+        ("pixel: [1, 2]\n", "pixel: expected a mapping"),
+        ("decoder: {width: 100, heads: 8}\n", "divisible"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("decoder: {heads: [\n", "not valid YAML"),
+    ],
+)
+def test_strict_yaml_errors_name_the_culprit(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_yaml(path, ModelConfig)
+    msg = str(e.value)
+    assert fragment in msg and str(path) in msg
+    assert "\n" not in msg
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown model preset 'huge'.*zeroshape-w"):
+        get_model_config("huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        get_model_config("no/such/file.yaml")
+
+
+def test_preset_structure():
+    w, z, t = (get_model_config(n) for n in ("zeroshape-w", "zeroshape", "tiny"))
+    assert (w.encoder.in_channels, z.encoder.in_channels) == (4, 3)
+    assert w.pixel.mask_heads and not z.pixel.mask_heads and t.pixel.mask_heads
+    assert z.decoder.point_embed == "linear" and w.decoder.point_embed == "mlp"
+    assert w.num_tokens == z.num_tokens == t.num_tokens == 197
