@@ -12,6 +12,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ZswError"]
+__all__ = ["__version__", "ZswError", "reconstruct"]
 
 from zsw.errors import ZswError  # noqa: E402  (light module, safe to import eagerly)
+
+
+def __getattr__(name: str):
+    # `zsw.reconstruct(...)` without importing torch at `import zsw` time
+    if name == "reconstruct":
+        from zsw.infer.reconstruct import reconstruct
+
+        return reconstruct
+    raise AttributeError(f"module 'zsw' has no attribute {name!r}")

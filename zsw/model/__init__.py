@@ -1,6 +1,24 @@
 """The ZeroShape-W / ZeroShape network (see :mod:`zsw.model.zeroshape_w`)."""
 
 from zsw.model.decoder import DecoderLatents, PointDecoder
-from zsw.model.zeroshape_w import ModelOutput, ZeroShapeW, build_model, count_parameters
+from zsw.model.pixel import PixelOutput
+from zsw.model.zeroshape_w import (
+    LiftedSurface,
+    ModelOutput,
+    ZeroShapeW,
+    build_model,
+    count_parameters,
+    lift_surface,
+)
 
-__all__ = ["build_model", "ZeroShapeW", "ModelOutput", "PointDecoder", "DecoderLatents", "count_parameters"]
+__all__ = [
+    "build_model",
+    "ZeroShapeW",
+    "ModelOutput",
+    "PixelOutput",
+    "LiftedSurface",
+    "lift_surface",
+    "PointDecoder",
+    "DecoderLatents",
+    "count_parameters",
+]

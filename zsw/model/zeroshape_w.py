@@ -26,10 +26,10 @@ from zsw.errors import InputError
 from zsw.model.decoder import DecoderLatents, PointDecoder
 from zsw.model.encoder import ShapeEncoder
 from zsw.model.geometry import normalize_visible, unproject_depth
-from zsw.model.pixel import PixelModel
+from zsw.model.pixel import PixelModel, PixelOutput
 from zsw.model.text import PromptEmbedder
 
-__all__ = ["ZeroShapeW", "ModelOutput", "build_model", "count_parameters"]
+__all__ = ["ZeroShapeW", "ModelOutput", "LiftedSurface", "lift_surface", "build_model", "count_parameters"]
 
 Prompt = str | Sequence[str] | None
 
@@ -55,6 +55,52 @@ class ModelOutput:
 
     def to_normalized(self, points: Tensor) -> Tensor:  # [B, N, 3] camera -> normalised frame
         return (points - self.center[:, None, :]) / self.scale[:, None, None]
+
+
+@dataclass
+class LiftedSurface:
+    """The visible surface lifted to 3D and normalised, ready for the encoder."""
+
+    visible_mask: Tensor  # [B, 1, S, S] in {0, 1}
+    occluder_mask: Tensor | None  # [B, 1, S, S] in {0, 1} (ZeroShape-W)
+    visible_points: Tensor  # [B, 3, S, S] normalised, 0 outside the mask
+    center: Tensor  # [B, 3]
+    scale: Tensor  # [B]
+    encoder_input: Tensor  # [B, 3 or 4, S, S]
+
+
+def lift_surface(
+    pix: PixelOutput,
+    config: ModelConfig,
+    mask: Tensor | None = None,  # [B, 1, S, S] > 0.5 = visible; overrides the prediction
+    occluder_mask: Tensor | None = None,  # [B, 1, S, S] > 0.5 = occluder; overrides the prediction
+) -> LiftedSurface:
+    """``S_V = 1[M_V >= 0.5] * D * K^-1 [x, y, 1]^T``, normalised per image, plus the encoder input.
+
+    Shared by the PyTorch model and every runtime backend (ONNX Runtime, TensorRT), which run the
+    pixel model and the encoder as separate graphs around this glue.
+    """
+    depth = pix.depth
+    B, _, S, _ = depth.shape
+    dtype = depth.dtype
+    if mask is not None:
+        visible = (mask > 0.5).to(dtype)
+    elif pix.visible_mask_logits is not None:
+        visible = (pix.visible_mask_logits >= 0).to(dtype)
+    else:
+        raise InputError(f"the {config.name} model has no mask head: pass mask=[B, 1, {S}, {S}]")
+    points = unproject_depth(depth, pix.intrinsics)  # [B, S*S, 3]
+    normalized, center, scale = normalize_visible(points, visible.reshape(B, -1) > 0.5)
+    visible_points = normalized.transpose(1, 2).reshape(B, 3, S, S).to(dtype)
+    occluder = None
+    encoder_input = visible_points
+    if config.encoder.in_channels == 4:
+        if occluder_mask is not None:
+            occluder = (occluder_mask > 0.5).to(dtype)
+        else:
+            occluder = (pix.occluder_mask_logits >= 0).to(dtype)
+        encoder_input = torch.cat([visible_points, occluder], dim=1)
+    return LiftedSurface(visible, occluder, visible_points, center, scale, encoder_input)
 
 
 class ZeroShapeW(nn.Module):
@@ -116,42 +162,28 @@ class ZeroShapeW(nn.Module):
             A :class:`ModelOutput`; decode points with :meth:`decode` or ``model.decoder``.
         """
         self._check_image(image)
-        B, _, S, _ = image.shape
-        text = self.embed_prompts(prompt, B)
-        pix = self.pixel(image, text)
-
+        B = image.shape[0]
         if mask is not None:
             self._check_mask(mask, "mask", image)
-            visible = (mask > 0.5).to(image.dtype)
-        elif pix.visible_mask_logits is not None:
-            visible = (pix.visible_mask_logits >= 0).to(image.dtype)
-        else:
+        elif not self.config.pixel.mask_heads:
+            S = image.shape[-1]
             raise InputError(f"the {self.config.name} model has no mask head: pass mask=[B, 1, {S}, {S}]")
-
-        points = unproject_depth(pix.depth, pix.intrinsics)  # [B, S*S, 3]
-        normalized, center, scale = normalize_visible(points, visible.reshape(B, -1) > 0.5)
-        visible_points = normalized.transpose(1, 2).reshape(B, 3, S, S).to(image.dtype)
-
-        occluder = None
-        encoder_in = visible_points
-        if self.config.encoder.in_channels == 4:
-            if occluder_mask is not None:
-                self._check_mask(occluder_mask, "occluder_mask", image)
-                occluder = (occluder_mask > 0.5).to(image.dtype)
-            else:
-                occluder = (pix.occluder_mask_logits >= 0).to(image.dtype)
-            encoder_in = torch.cat([visible_points, occluder], dim=1)
-        tokens = self.encoder(encoder_in)
+        if occluder_mask is not None:
+            self._check_mask(occluder_mask, "occluder_mask", image)
+        text = self.embed_prompts(prompt, B)
+        pix = self.pixel(image, text)
+        lifted = lift_surface(pix, self.config, mask, occluder_mask)
+        tokens = self.encoder(lifted.encoder_input)
         return ModelOutput(
             depth=pix.depth,
             intrinsics=pix.intrinsics,
             visible_mask_logits=pix.visible_mask_logits,
             occluder_mask_logits=pix.occluder_mask_logits,
-            visible_mask=visible,
-            occluder_mask=occluder,
-            visible_points=visible_points,
-            center=center,
-            scale=scale,
+            visible_mask=lifted.visible_mask,
+            occluder_mask=lifted.occluder_mask,
+            visible_points=lifted.visible_points,
+            center=lifted.center,
+            scale=lifted.scale,
             tokens=tokens,
             text=text,
         )

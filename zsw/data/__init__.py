@@ -1,0 +1,1 @@
+"""Datasets in ZeroShape's layout (see :mod:`zsw.data.layout`)."""

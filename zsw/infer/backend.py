@@ -1,0 +1,154 @@
+"""Inference backends: the three stages every runtime implements, and the glue between them.
+
+A reconstruction runs three networks with fixed glue in between::
+
+    pixel(image [B,3,S,S], text [B,T]) -> depth, K, visible/occluder mask logits   (PixelOutput)
+    lift_surface(...)                   -> normalised visible surface + encoder input (shared glue)
+    encode(encoder_input, text)         -> per-block latent K/V                       (DecoderLatents)
+    decode(latents, points [B,N,3])     -> occupancy logits [B, N], called chunk by chunk
+
+:class:`TorchBackend` runs them with the PyTorch model (Triton kernels on CUDA). ONNX Runtime and
+TensorRT backends (``zsw.export.runtime``) implement the same :class:`Backend` protocol from the
+exported graphs, so grid extraction, meshing and every output file are backend-independent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from zsw.config import ModelConfig
+from zsw.model import DecoderLatents, PixelOutput, ZeroShapeW, lift_surface
+
+__all__ = ["Backend", "TorchBackend", "Prediction", "predict", "load_backend", "BACKENDS"]
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a runtime must provide to reconstruct with zsw."""
+
+    name: str
+    config: ModelConfig
+    device: torch.device
+
+    def embed_prompts(self, prompt: str | Sequence[str] | None, batch: int) -> Tensor | None:  # [B, T]
+        ...
+
+    def pixel(self, image: Tensor, text: Tensor | None) -> PixelOutput: ...
+
+    def encode(self, encoder_input: Tensor, text: Tensor | None) -> DecoderLatents: ...
+
+    def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:  # [B, N, 3] -> [B, N]
+        ...
+
+
+@dataclass
+class Prediction:
+    """Per-image results of the pixel model and the encoder; decode points with ``backend.decode``."""
+
+    depth: Tensor  # [B, 1, S, S]
+    intrinsics: Tensor  # [B, 3, 3]
+    visible_mask_logits: Tensor | None  # [B, 1, S, S]
+    occluder_mask_logits: Tensor | None  # [B, 1, S, S]
+    visible_mask: Tensor  # [B, 1, S, S] in {0, 1}
+    occluder_mask: Tensor | None  # [B, 1, S, S] in {0, 1}
+    visible_points: Tensor  # [B, 3, S, S]
+    center: Tensor  # [B, 3]
+    scale: Tensor  # [B]
+    latents: DecoderLatents
+
+    def to_camera(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> camera frame
+        return points * self.scale[:, None, None] + self.center[:, None, :]
+
+
+@torch.inference_mode()
+def predict(
+    backend: Backend,
+    image: Tensor,  # [B, 3, S, S] in [0, 1], on backend.device
+    prompt: str | Sequence[str] | None = None,
+    mask: Tensor | None = None,
+    occluder_mask: Tensor | None = None,
+) -> Prediction:
+    """Run the pixel model and the encoder of ``backend`` with the shared glue in between."""
+    text = backend.embed_prompts(prompt, image.shape[0])
+    pix = backend.pixel(image, text)
+    lifted = lift_surface(pix, backend.config, mask, occluder_mask)
+    latents = backend.encode(lifted.encoder_input, text)
+    return Prediction(
+        depth=pix.depth,
+        intrinsics=pix.intrinsics,
+        visible_mask_logits=pix.visible_mask_logits,
+        occluder_mask_logits=pix.occluder_mask_logits,
+        visible_mask=lifted.visible_mask,
+        occluder_mask=lifted.occluder_mask,
+        visible_points=lifted.visible_points,
+        center=lifted.center,
+        scale=lifted.scale,
+        latents=latents,
+    )
+
+
+class TorchBackend:
+    """The PyTorch model as a :class:`Backend` (kernels dispatched by device, see zsw.kernels)."""
+
+    name = "torch"
+
+    def __init__(self, model: ZeroShapeW, device: str | torch.device | None = None):
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+
+    def embed_prompts(self, prompt, batch):
+        return self.model.embed_prompts(prompt, batch)
+
+    def pixel(self, image: Tensor, text: Tensor | None) -> PixelOutput:
+        return self.model.pixel(image, text)
+
+    def encode(self, encoder_input: Tensor, text: Tensor | None) -> DecoderLatents:
+        return self.model.decoder.encode(self.model.encoder(encoder_input), text)
+
+    def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
+        return self.model.decoder.decode(latents, points)
+
+
+def load_backend(
+    kind: str = "torch",
+    *,
+    weights: str | os.PathLike | ZeroShapeW | None = None,
+    engine: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> Backend:
+    """A backend by name.
+
+    Args:
+        kind: ``torch``, ``onnxruntime`` or ``tensorrt``.
+        weights: for ``torch``: a zsw checkpoint path or a model (required).
+        engine: for ``onnxruntime`` / ``tensorrt``: the directory written by ``zsw export``.
+        device: where to run (default: CUDA if available, else CPU).
+    """
+    from zsw.errors import ConfigError
+
+    if kind not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "torch":
+        if weights is None:
+            raise ConfigError("the torch backend needs weights (a .safetensors checkpoint or a model)")
+        if isinstance(weights, ZeroShapeW):
+            return TorchBackend(weights, device)
+        from zsw import checkpoint
+
+        return TorchBackend(checkpoint.load(weights), device)
+    if engine is None:
+        raise ConfigError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
+    from zsw.export.runtime import load_runtime_backend  # lands with the export work
+
+    return load_runtime_backend(kind, engine, device)

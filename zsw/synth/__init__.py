@@ -1,0 +1,1 @@
+"""Training-data synthesis: procedural SDF renders and diffusion appearance/backgrounds."""

@@ -1,0 +1,1 @@
+"""Two-stage training (pixel, full), single process or torchrun + DDP."""
