@@ -1,0 +1,134 @@
+"""Grid extraction: exact vertex coordinates, dense/fast agreement, batching, chunking, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from zsw.errors import ConfigError
+from zsw.eval.fields import TEST_SHAPES, occupancy_field, sdf_sphere
+from zsw.eval.metrics import mesh_agreement
+from zsw.infer.grid import extract_mesh, extract_meshes, marching_cubes, occupancy_grid
+
+
+def test_sphere_is_watertight_outward_and_at_the_right_radius():
+    radius = 0.8
+    mesh = extract_mesh(lambda p: -50.0 * sdf_sphere(p, radius=radius), 48)
+    assert mesh.is_watertight and mesh.volume > 0  # faces point outwards
+    assert mesh.volume == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.02)
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    assert np.abs(r - radius).max() < 0.2 * 3.0 / 48  # within a fifth of a cell
+    stats = mesh.metadata["zsw_grid"]
+    assert stats["evaluated_points"] == stats["grid_points"] == 49**3 and stats["mode"] == "dense"
+
+
+def test_vertices_map_back_to_grid_coordinates_exactly():
+    # A slab whose faces lie half-way between grid samples: the sigmoid is symmetric there, so
+    # marching cubes puts every vertex exactly on the faces. ZeroShape's /(N+1) rescaling would
+    # shrink them by N/(N+1).
+    n, bound = 32, 1.5
+    h = 2 * bound / n
+    lo, hi = -bound + 9.5 * h, -bound + 25.5 * h  # x in (lo, hi) is inside
+
+    def slab(p):  # intersection of the slab lo < x < hi and the box |y|, |z| < 1
+        return 40.0 * torch.minimum(torch.minimum(p[:, 0] - lo, hi - p[:, 0]), 1.0 - p[:, 1:].abs().amax(-1))
+
+    mesh = extract_mesh(slab, n, bound=bound)
+    xs = mesh.vertices[:, 0]
+    on_faces = np.isclose(xs, lo, atol=1e-5) | np.isclose(xs, hi, atol=1e-5)
+    assert on_faces.sum() > 100
+    assert xs.min() == pytest.approx(lo, abs=1e-5) and xs.max() == pytest.approx(hi, abs=1e-5)
+
+
+def test_grid_samples_are_linspace():
+    seen = []
+
+    def record(p):
+        seen.append(p.clone())
+        return -sdf_sphere(p, radius=0.5)
+
+    occupancy_grid(lambda p: record(p[0])[None], 1, 8, bound=1.5)
+    pts = torch.cat(seen)
+    axis = torch.linspace(-1.5, 1.5, 9)
+    expected = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    torch.testing.assert_close(pts, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TEST_SHAPES))
+def test_fast_matches_dense_with_5x_fewer_points(name):
+    field = occupancy_field(name)
+    dense = extract_mesh(field, 128, mode="dense")
+    fast = extract_mesh(field, 128, mode="fast")
+    ratio = dense.metadata["zsw_grid"]["evaluated_points"] / fast.metadata["zsw_grid"]["evaluated_points"]
+    assert ratio >= 5.0, f"{name}: only {ratio:.1f}x fewer points"
+    # fast decoded the whole surface at full resolution: the meshes are the same mesh (so their
+    # F-score@0.01 is 1; `zsw bench reconstruct --shapes` measures it with mesh_agreement)
+    assert len(fast.vertices) == len(dense.vertices)
+    np.testing.assert_allclose(np.sort(fast.vertices, axis=0), np.sort(dense.vertices, axis=0), atol=1e-6)
+
+
+def test_fast_without_margin_misses_a_thin_pole():
+    # the margin is what catches parts thinner than a coarse cell: without it the lamp loses its pole
+    field = occupancy_field("lamp")
+    dense = extract_mesh(field, 64)
+    bare = extract_mesh(field, 64, mode="fast", coarse_resolution=16, margin=0.0, dilate=0)
+    kept = extract_mesh(field, 64, mode="fast", coarse_resolution=16)
+    assert mesh_agreement(dense, bare, 0.01, count=20_000) < 0.95
+    assert mesh_agreement(dense, kept, 0.01, count=20_000) > 0.99
+
+
+def test_fast_respects_a_non_default_threshold():
+    field = occupancy_field("torus", sharpness=10.0)
+    dense = extract_mesh(field, 64, threshold=0.3)
+    fast = extract_mesh(field, 64, threshold=0.3, mode="fast")
+    assert len(dense.vertices) == len(fast.vertices) > 0
+    assert dense.volume > extract_mesh(field, 64, threshold=0.7).volume  # lower level = fatter
+
+
+def test_batch_and_chunks_give_the_same_meshes():
+    names = ["torus", "chair"]
+    fields = [occupancy_field(n) for n in names]
+    calls = []
+
+    def decode(points):  # [B, N, 3] -> [B, N]
+        calls.append(points.shape[0] * points.shape[1])
+        return torch.stack([f(points[b]) for b, f in enumerate(fields)])
+
+    batched = extract_meshes(decode, 2, 64, mode="fast", chunk_points=5000)
+    assert max(calls) <= 5000
+    for name, mesh in zip(names, batched):
+        single = extract_mesh(occupancy_field(name), 64, mode="fast")
+        np.testing.assert_array_equal(mesh.faces, single.faces)
+        np.testing.assert_allclose(mesh.vertices, single.vertices, atol=1e-6)
+        assert mesh.metadata["zsw_grid"]["evaluated_points"] == single.metadata["zsw_grid"]["evaluated_points"]
+
+
+def test_no_surface_gives_an_empty_mesh():
+    for value in (-5.0, 5.0):
+        mesh = extract_mesh(lambda p, v=value: torch.full((len(p),), v), 16, mode="fast")
+        assert len(mesh.vertices) == 0 and len(mesh.faces) == 0
+    assert len(marching_cubes(np.zeros((5, 5, 5)), 0.5).faces) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(resolution=1), "resolution"),
+        (dict(mode="mise"), "extraction mode"),
+        (dict(threshold=1.0), "threshold"),
+        (dict(bound=0.0), "bound"),
+        (dict(chunk_points=0), "chunk_points"),
+    ],
+)
+def test_bad_options_raise_config_errors(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        extract_mesh(lambda p: -sdf_sphere(p), **{"resolution": 8, **kwargs})
+
+
+def test_decoder_with_the_wrong_output_shape_is_reported():
+    with pytest.raises(ValueError, match=r"logits \[B, N\]"):
+        occupancy_grid(lambda p: p.sum(-1, keepdim=True), 1, 8)
