@@ -1,0 +1,149 @@
+"""Helpers shared by the Triton kernels: launch settings, dtype policy, custom-op registration.
+
+Nothing here launches a kernel. The rules every kernel module follows:
+
+* **dtypes** -- inputs are fp32, fp16 or bf16; math accumulates in fp32; outputs come back in the
+  compute dtype (the autocast dtype when autocast is on, else the input's).
+* **fp32 matmuls** follow PyTorch: ``tl.dot`` runs in IEEE fp32 unless
+  ``torch.backends.cuda.matmul.allow_tf32`` is set, so an fp32 kernel is compared with an fp32
+  reference that did the same arithmetic.
+* **interpreter** -- under ``TRITON_INTERPRET=1`` (CPU), ``tl.dot`` of two bf16 operands returns
+  garbage in triton 3.x; kernels take an ``UPCAST`` constexpr that casts bf16 dot operands to fp32
+  there (and only there). Block sizes are chosen large on the interpreter, where the cost is per
+  operation, not per element.
+* **custom ops** -- every launcher is a ``torch.library.custom_op`` named ``zsw::...`` with a fake
+  (meta) implementation, so ``torch.compile`` traces through the kernels as opaque nodes instead
+  of breaking the graph. :func:`custom_op` refuses to register a name twice, which only happens
+  when this directory is imported both as ``zsw.kernels`` and as a top-level ``kernels``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = [
+    "dot",
+    "interpreting",
+    "next_pow2",
+    "cdiv",
+    "num_sms",
+    "persistent_programs",
+    "dot_precision",
+    "upcast_dots",
+    "maybe_contiguous",
+    "check_dtype",
+    "compute_dtype",
+    "custom_op",
+    "FLOAT_DTYPES",
+]
+
+#: dtypes every kernel accepts
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Programs standing in for streaming multiprocessors when interpreting on a CPU: a small number,
+# so that the persistent loops of the kernels run several iterations in the tests.
+_INTERPRETER_SMS = 3
+
+
+@triton.jit
+def dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """``tl.dot(a, b)`` accumulated in fp32; ``UPCAST`` casts both operands to fp32 first (used only
+    for bf16 under the CPU interpreter, see the module docstring)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= ``n`` (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (a small stand-in on the CPU interpreter)."""
+    if device.type == "cuda":
+        return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return _INTERPRETER_SMS
+
+
+def persistent_programs(tiles: int, groups: int, device: torch.device, per_sm: int = 4) -> int:
+    """Programs per group for a persistent grid ``(programs, groups)``.
+
+    Enough programs to fill every SM ``per_sm`` times over all groups, never more than there are
+    tiles in a group. Each program then loops over the tiles ``pid, pid + programs, ...`` of its
+    group and loads the group's shared operands (latent K/V, weights) once.
+    """
+    if tiles <= 0:
+        return 1
+    return max(1, min(tiles, cdiv(num_sms(device) * per_sm, max(1, groups))))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` for ``tl.dot``: IEEE fp32 unless PyTorch itself allows TF32."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored by triton for fp16/bf16 operands
+
+
+def upcast_dots(dtype: torch.dtype) -> bool:
+    """Whether bf16 dot operands must be cast to fp32 (the triton CPU interpreter's bf16 bug)."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def maybe_contiguous(x: Tensor) -> Tensor:
+    """``x`` itself when its last dimension is contiguous (kernels take the other strides), else a copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def check_dtype(name: str, *tensors: Tensor) -> None:
+    for t in tensors:
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"zsw.kernels.{name}: expected float32, float16 or bfloat16 tensors, got {t.dtype}")
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a kernel computes in: the autocast dtype inside autocast, else ``x.dtype``."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type) and x.is_floating_point():
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def custom_op(name: str, **kwargs) -> Callable[[Callable], torch.library.CustomOpDef]:
+    """``torch.library.custom_op(name, mutates_args=(), **kwargs)``, refusing double registration.
+
+    A second registration of the same name means this directory was imported twice under two
+    module names (``zsw.kernels`` and a top-level ``kernels``); torch would raise a cryptic
+    error. The ImportError raised here is caught by the dispatch, which then reports the kernel
+    as unavailable with this message.
+    """
+    namespace, op = name.split("::")
+    if hasattr(getattr(torch.ops, namespace), op):
+        raise ImportError(
+            f"custom op {name} is already registered: zsw.kernels was imported twice (as `zsw.kernels` and "
+            "as a top-level `kernels`). Run `pytest`, not `python -m pytest`, and never put the repository "
+            "root on sys.path."
+        )
+    return torch.library.custom_op(name, mutates_args=(), **kwargs)

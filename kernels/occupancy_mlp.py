@@ -1,0 +1,604 @@
+"""Occupancy MLP: ZeroShape's Softplus skip-MLP, all layers in one kernel per tile of points.
+
+Math (``s = 1/sqrt(2)``, Softplus exactly as ``torch.nn.functional.softplus(z, beta, threshold=20)``)::
+
+    h = x                                                      # x [M, C_in], e.g. cat(xyz, feature)
+    for l in range(NL):
+        if l in skip_in: h = cat(h, x) * s                     # skip layers read the input again
+        z = h @ W_l^T + b_l
+        h = softplus_beta(z) if l < NL - 1 else z               # softplus(z) = z if beta*z > 20
+    y = h                                                      #            else log1p(exp(beta*z)) / beta
+
+Decoder shapes: C_in = 259, 8 hidden layers of width W = 256 (skips at 2, 4, 6 take 515 inputs),
+C_out = 1. Any C_in, W, C_out, number of layers and skip set (not layer 0) work.
+
+**Weights** are packed per call into one tensor ``[NL, R, W + C_in]`` (R = max(W, C_out)): columns
+``[0, W)`` multiply the previous activation, columns ``[W, W + C_in)`` the input x (layer 0 and the
+skip layers). The packing is differentiable torch code, so gradients reach the original weights.
+
+**Forward** (``_occ_mlp_fwd_kernel``): a persistent grid; per tile of BLOCK_M points, each layer is
+a K-loop ``acc[BLOCK_M, W] += A[:, k] @ W_l[:, k]^T`` over the previous activation and, for layer 0
+and skips, over x (so the concat is never built and ``* s`` is one multiply of the fp32
+accumulator), then bias and Softplus in registers. Weights stream from L2 in BLOCK_K slices
+(tensor cores for fp16/bf16, software-pipelined). Between layers the activation tile round-trips
+through a per-program scratch tile that stays in L2; with ``SAVE`` (training) it is written to
+``[NL-1, M, W]`` instead, the activations the backward needs.
+
+**Backward** ("stored" mode, the default): with ``dz_l = dL/dz_l``, ``dz_{NL-1} = dy`` and the
+Softplus derivative written in terms of its *output*, ``sigmoid(beta z) = 1 - exp(-beta h)``
+(exact, including the linear region where it is 1)::
+
+    dz_l   = (dz_{l+1} @ W_{l+1}[:, :W]) * (s if l+1 is a skip else 1) * (1 - exp(-beta h_l))
+    dW_l   = s_l dz_l^T @ [h_{l-1}, x],    db_l = sum_m dz_l,    dx = sum_{l reads x} s_l dz_l @ W_l[:, W:]
+
+The chain ``dz`` (``_occ_mlp_bwd_kernel``, same structure as the forward, layers in reverse) is
+fused in Triton; the weight gradients are reductions over all points, i.e. large GEMMs, and go to
+cuBLAS (batched over the hidden layers). "recompute" mode stores nothing in the forward and reruns
+it (with ``SAVE``) in the backward: one more fused forward for ``(NL-1) * M * W`` elements less
+memory between forward and backward. ``zsw bench kernels`` times both; see docs/kernels.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from zsw.kernels._utils import (
+    check_dtype,
+    compute_dtype,
+    custom_op,
+    dot,
+    dot_precision,
+    interpreting,
+    next_pow2,
+    persistent_programs,
+    upcast_dots,
+)
+
+__all__ = ["occupancy_mlp", "occ_mlp_fwd", "occ_mlp_bwd", "pack_weights"]
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_MAX_BLOCK_M = 128  # the scratch buffer is sized for the largest tile of any config
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softplus(z, beta):
+    """torch's Softplus: z where beta*z > 20, else log1p(exp(beta*z)) / beta (fp32)."""
+    t = z * beta
+    e = tl.exp(tl.minimum(t, 20.0))
+    u = 1.0 + e
+    d = u - 1.0  # exact
+    # log1p(e) without cancellation: log(u) * e / (u - 1) is accurate to a few ulp (Goldberg)
+    lp = tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+    return tl.where(t > 20.0, z, lp / beta)
+
+
+@triton.jit
+def _softplus_grad_from_output(h, beta):
+    """d softplus / dz = sigmoid(beta z) = 1 - exp(-beta h), from the output h = softplus(z)."""
+    t = h * beta
+    series = t * (1.0 - t * (0.5 - t * (1.0 / 6.0 - t * (1.0 / 24.0))))  # -expm1(-t), t < 1e-2
+    return tl.where(t < 1e-2, series, 1.0 - tl.exp(-t))
+
+
+@triton.jit
+def _acc_matmul(
+    acc,
+    A,
+    stride_am,
+    rows,
+    row_valid,
+    K,
+    B,
+    stride_bk,
+    stride_bn,
+    offs_n,
+    n_valid,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``acc[BM, BN] += A[rows, :K] @ B[:K, offs_n]`` in BLOCK_K slices; ``B[k, n]`` is at
+    ``B + k * stride_bk + n * stride_bn`` (a weight slot read as ``W^T`` or as ``W``)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        k_valid = k < K
+        a = tl.load(A + rows[:, None] * stride_am + k[None, :], mask=row_valid[:, None] & k_valid[None, :], other=0.0)
+        b = tl.load(
+            B + k[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+            mask=k_valid[:, None] & n_valid[None, :],
+            other=0.0,
+        )
+        acc += dot(a, b, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
+def _occ_mlp_fwd_kernel(
+    X,
+    Wp,
+    Bp,
+    Y,
+    Hs,
+    M,
+    C_IN,
+    W,
+    C_OUT,
+    stride_xm,
+    stride_ym,
+    stride_wl,
+    stride_wr,
+    stride_bl,
+    stride_hl,
+    stride_hm,  # Hs: layer stride (0 = one scratch tile reused by every layer) and row stride
+    beta,
+    NUM_LAYERS: tl.constexpr,
+    X_LAYERS: tl.constexpr,  # bit l set: layer l reads x (layer 0 and the skips)
+    SAVE: tl.constexpr,  # write every hidden activation to Hs[l, m] (training) instead of scratch
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    W_PAD: tl.constexpr,
+    OUT_PAD: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_progs = tl.num_programs(0)
+    offs_w = tl.arange(0, W_PAD)
+    w_valid = offs_w < W
+    offs_o = tl.arange(0, OUT_PAD)
+    o_valid = offs_o < C_OUT
+    num_tiles = tl.cdiv(M, BLOCK_M)
+    for tile in range(pid, num_tiles, num_progs):
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < M
+        rows = offs_m.to(tl.int64)
+        if SAVE:
+            h_rows = rows
+        else:
+            h_rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        for l in tl.static_range(NUM_LAYERS):
+            if l == NUM_LAYERS - 1:
+                offs_n = offs_o
+                n_valid = o_valid
+                acc = tl.zeros([BLOCK_M, OUT_PAD], dtype=tl.float32)
+            else:
+                offs_n = offs_w
+                n_valid = w_valid
+                acc = tl.zeros([BLOCK_M, W_PAD], dtype=tl.float32)
+            w_slot = Wp + l * stride_wl
+            if l > 0:
+                acc = _acc_matmul(
+                    acc,
+                    Hs + (l - 1) * stride_hl,
+                    stride_hm,
+                    h_rows,
+                    m_valid,
+                    W,
+                    w_slot,
+                    1,
+                    stride_wr,
+                    offs_n,
+                    n_valid,
+                    BLOCK_K,
+                    UPCAST,
+                    PRECISION,
+                )
+            if (X_LAYERS >> l) & 1:
+                acc = _acc_matmul(
+                    acc,
+                    X,
+                    stride_xm,
+                    rows,
+                    m_valid,
+                    C_IN,
+                    w_slot + W,
+                    1,
+                    stride_wr,
+                    offs_n,
+                    n_valid,
+                    BLOCK_K,
+                    UPCAST,
+                    PRECISION,
+                )
+                if l > 0:
+                    acc = acc * 0.7071067811865476  # cat(h, x) / sqrt(2), applied to the product
+            acc += tl.load(Bp + l * stride_bl + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
+            if l == NUM_LAYERS - 1:
+                y_off = rows[:, None] * stride_ym + offs_o[None, :]
+                tl.store(Y + y_off, acc.to(Y.dtype.element_ty), mask=m_valid[:, None] & o_valid[None, :])
+            else:
+                h = _softplus(acc, beta)
+                # the scratch tile is read by every thread of the program: wait until all reads of
+                # the previous activation are done, write, and wait until the write is visible
+                tl.debug_barrier()
+                h_off = l * stride_hl + h_rows[:, None] * stride_hm + offs_w[None, :]
+                tl.store(Hs + h_off, h.to(Hs.dtype.element_ty), mask=m_valid[:, None] & w_valid[None, :])
+                tl.debug_barrier()
+
+
+@triton.jit
+def _occ_mlp_bwd_kernel(
+    DY,
+    Wp,
+    Hs,
+    DZ,
+    M,
+    W,
+    C_OUT,
+    stride_dym,
+    stride_wl,
+    stride_wr,
+    stride_hl,
+    stride_hm,  # Hs and DZ: [NL-1, M, W] alike
+    beta,
+    NUM_LAYERS: tl.constexpr,
+    X_LAYERS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    W_PAD: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_progs = tl.num_programs(0)
+    offs_w = tl.arange(0, W_PAD)
+    w_valid = offs_w < W
+    num_tiles = tl.cdiv(M, BLOCK_M)
+    for tile in range(pid, num_tiles, num_progs):
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < M
+        rows = offs_m.to(tl.int64)
+        for i in tl.static_range(NUM_LAYERS - 1):
+            l = NUM_LAYERS - 2 - i  # computes dz_l from dz_{l+1}
+            acc = tl.zeros([BLOCK_M, W_PAD], dtype=tl.float32)
+            # dz_{l+1} @ W_{l+1}[:, :W]: the weight slot read as it is stored, [rows of W_{l+1}, W]
+            w_slot = Wp + (l + 1) * stride_wl
+            if l + 1 == NUM_LAYERS - 1:
+                acc = _acc_matmul(
+                    acc,
+                    DY,
+                    stride_dym,
+                    rows,
+                    m_valid,
+                    C_OUT,
+                    w_slot,
+                    stride_wr,
+                    1,
+                    offs_w,
+                    w_valid,
+                    BLOCK_K,
+                    UPCAST,
+                    PRECISION,
+                )
+            else:
+                acc = _acc_matmul(
+                    acc,
+                    DZ + (l + 1) * stride_hl,
+                    stride_hm,
+                    rows,
+                    m_valid,
+                    W,
+                    w_slot,
+                    stride_wr,
+                    1,
+                    offs_w,
+                    w_valid,
+                    BLOCK_K,
+                    UPCAST,
+                    PRECISION,
+                )
+            if (X_LAYERS >> (l + 1)) & 1:
+                acc = acc * 0.7071067811865476
+            hw_off = l * stride_hl + rows[:, None] * stride_hm + offs_w[None, :]
+            hw_mask = m_valid[:, None] & w_valid[None, :]
+            h = tl.load(Hs + hw_off, mask=hw_mask, other=0.0).to(tl.float32)
+            dz = acc * _softplus_grad_from_output(h, beta)
+            tl.store(DZ + hw_off, dz.to(DZ.dtype.element_ty), mask=hw_mask)
+            tl.debug_barrier()  # the next layer reads this tile of dz
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configurations
+# ----------------------------------------------------------------------------------------------
+
+
+def _configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bm, bk, w, s in [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 4)]
+    ]
+
+
+def _prune(configs, named_args, **kwargs):
+    # fp32 operands take twice the shared memory per stage: keep the narrow K slices only
+    if named_args["Wp"].dtype == torch.float32:
+        return [c for c in configs if c.kwargs["BLOCK_K"] == 32]
+    return configs
+
+
+_KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS"]
+_fwd_tuned = triton.autotune(_configs(), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
+    _occ_mlp_fwd_kernel
+)
+_bwd_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(_occ_mlp_bwd_kernel)
+# Under the interpreter the cost is per operation: large tiles (but K slices narrower than 259,
+# so the masked tails of the K loops are exercised).
+_INTERP = {"BLOCK_M": 128, "BLOCK_K": 64}
+
+
+def _programs(M: int, device: torch.device) -> int:
+    return persistent_programs(triton.cdiv(M, 64), 1, device, per_sm=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers (custom ops)
+# ----------------------------------------------------------------------------------------------
+
+
+@custom_op("zsw::occ_mlp_fwd")
+def occ_mlp_fwd(
+    x: Tensor,  # [M, C_in]
+    w_packed: Tensor,  # [NL, R, W + C_in]
+    b_packed: Tensor,  # [NL, R]
+    width: int,
+    c_out: int,
+    x_layers: int,
+    beta: float,
+    save: bool,
+) -> tuple[Tensor, Tensor]:  # y [M, C_out]; hidden activations [NL-1, M, W] if save, else [0]
+    """Launch the fused forward. ``x_layers``: bitmask of the layers that read x."""
+    M, C_in = x.shape
+    NL = w_packed.shape[0]
+    y = x.new_empty(M, c_out)
+    hs = x.new_empty(NL - 1, M, width) if save else x.new_empty(0)
+    if M == 0:
+        return y, hs
+    programs = _programs(M, x.device)
+    scratch = hs if save else x.new_empty(programs * _MAX_BLOCK_M, width)
+    stride_hl, stride_hm = (hs.stride(0), hs.stride(1)) if save else (0, scratch.stride(0))
+    args = (
+        x,
+        w_packed,
+        b_packed,
+        y,
+        scratch,
+        M,
+        C_in,
+        width,
+        c_out,
+        x.stride(0),
+        y.stride(0),
+        w_packed.stride(0),
+        w_packed.stride(1),
+        b_packed.stride(0),
+        stride_hl,
+        stride_hm,
+        beta,
+    )
+    meta = dict(
+        NUM_LAYERS=NL,
+        X_LAYERS=x_layers,
+        SAVE=save,
+        W_PAD=max(16, next_pow2(width)),
+        OUT_PAD=max(16, next_pow2(c_out)),
+        UPCAST=upcast_dots(x.dtype),
+        PRECISION=dot_precision(x.dtype),
+    )
+    if interpreting():
+        _occ_mlp_fwd_kernel[(programs,)](*args, **meta, **_INTERP)
+    else:
+        _fwd_tuned[(programs,)](*args, **meta)
+    return y, hs
+
+
+@occ_mlp_fwd.register_fake
+def _(x, w_packed, b_packed, width, c_out, x_layers, beta, save):
+    M = x.shape[0]
+    hs = x.new_empty(w_packed.shape[0] - 1, M, width) if save else x.new_empty(0)
+    return x.new_empty(M, c_out), hs
+
+
+@custom_op("zsw::occ_mlp_bwd")
+def occ_mlp_bwd(
+    grad_y: Tensor,  # [M, C_out]
+    x: Tensor,  # [M, C_in]
+    w_packed: Tensor,  # [NL, R, W + C_in]
+    hs: Tensor,  # [NL-1, M, W]
+    width: int,
+    c_out: int,
+    x_layers: int,
+    beta: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # dx [M, C_in], dw_packed [NL, R, W + C_in], db_packed [NL, R]
+    """The backward: the fused dz chain in Triton, then the weight gradients as (batched) GEMMs."""
+    M, C_in = x.shape
+    NL, R, KS = w_packed.shape
+    W = width
+    grad_y = grad_y.contiguous()
+    dz = x.new_empty(NL - 1, M, W)
+    if M > 0 and NL > 1:
+        programs = _programs(M, x.device)
+        args = (
+            grad_y,
+            w_packed,
+            hs,
+            dz,
+            M,
+            W,
+            c_out,
+            grad_y.stride(0),
+            w_packed.stride(0),
+            w_packed.stride(1),
+            hs.stride(0),
+            hs.stride(1),
+            beta,
+        )
+        meta = dict(
+            NUM_LAYERS=NL,
+            X_LAYERS=x_layers,
+            W_PAD=max(16, next_pow2(W)),
+            UPCAST=upcast_dots(x.dtype),
+            PRECISION=dot_precision(x.dtype),
+        )
+        if interpreting():
+            _occ_mlp_bwd_kernel[(programs,)](*args, **meta, **_INTERP)
+        else:
+            _bwd_tuned[(programs,)](*args, **meta)
+
+    def dz_of(l: int) -> Tensor:  # [M, rows of layer l]
+        return grad_y if l == NL - 1 else dz[l]
+
+    def scale_of(l: int) -> float:
+        return _INV_SQRT2 if (l > 0 and (x_layers >> l) & 1) else 1.0
+
+    dw = torch.zeros_like(w_packed)
+    db = torch.zeros(NL, R, device=x.device, dtype=w_packed.dtype)
+    # h-part of the hidden layers 1..NL-2 in one batched GEMM: dW_l[:, :W] = s_l dz_l^T @ h_{l-1}
+    if NL > 2:
+        dw[1 : NL - 1, :W, :W] = torch.bmm(dz[1:].transpose(1, 2), hs[:-1])
+    if NL > 1:
+        dw[NL - 1, :c_out, :W] = grad_y.t() @ hs[NL - 2]
+    dx = torch.zeros(M, C_in, device=x.device, dtype=torch.float32)
+    for l in range(NL):
+        rows = c_out if l == NL - 1 else W
+        s = scale_of(l)
+        g = dz_of(l)
+        db[l, :rows] = g.sum(dim=0, dtype=torch.float32).to(db.dtype)
+        if s != 1.0:
+            dw[l, :rows, :W] *= s
+        if (x_layers >> l) & 1:
+            dw[l, :rows, W:] = (g.t() @ x) * s
+            dx += (g @ w_packed[l, :rows, W:]).float() * s
+    return dx.to(x.dtype), dw, db
+
+
+@occ_mlp_bwd.register_fake
+def _(grad_y, x, w_packed, hs, width, c_out, x_layers, beta):
+    return torch.empty_like(x), torch.empty_like(w_packed), w_packed.new_empty(w_packed.shape[:2])
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_packed, b_packed, width, c_out, x_layers, beta, save = inputs
+    _, hs = output
+    ctx.save_for_backward(x, w_packed, b_packed, hs)
+    ctx.meta = (width, c_out, x_layers, beta)
+    ctx.recompute = not save
+
+
+def _backward(ctx, grad_y, grad_hs):
+    x, w_packed, b_packed, hs = ctx.saved_tensors
+    width, c_out, x_layers, beta = ctx.meta
+    if ctx.recompute:  # nothing was stored: rerun the fused forward, keeping the activations
+        _, hs = occ_mlp_fwd(x, w_packed, b_packed, width, c_out, x_layers, beta, True)
+    dx, dw, db = occ_mlp_bwd(grad_y, x, w_packed, hs, width, c_out, x_layers, beta)
+    return dx, dw, db, None, None, None, None, None
+
+
+occ_mlp_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------
+
+
+def pack_weights(
+    weights: Sequence[Tensor],  # layer l: [C_out_l, C_in_l]
+    biases: Sequence[Tensor | None],  # layer l: [C_out_l] or None
+    skip_in: Sequence[int],
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, int, int, int, int]:
+    """Check the layer shapes and pack them (differentiably) into the kernel's layout.
+
+    Returns:
+        ``(w_packed [NL, R, W + C_in], b_packed [NL, R], W, C_in, C_out, x_layers)``.
+    """
+    NL = len(weights)
+    if NL == 0 or len(biases) != NL:
+        raise ValueError(f"occupancy_mlp: need as many biases as weights (>= 1), got {NL} and {len(biases)}")
+    skips = {int(l) for l in skip_in if 0 <= int(l) < NL}
+    if 0 in skips:
+        raise ValueError("occupancy_mlp (triton): a skip connection at layer 0 is not supported")
+    C_out = weights[-1].shape[0]
+    C_in = weights[0].shape[1]
+    W = weights[0].shape[0] if NL > 1 else 0
+    x_layers = 1 | sum(1 << l for l in skips)
+    for l, w in enumerate(weights):
+        rows = C_out if l == NL - 1 else W
+        cols = (C_in if l == 0 else W) + (C_in if l in skips else 0)
+        if w.dim() != 2 or tuple(w.shape) != (rows, cols):
+            raise ValueError(
+                f"occupancy_mlp (triton): layer {l} weight should be [{rows}, {cols}] "
+                f"(hidden width {W}, input {C_in}, skips {sorted(skips)}), got {tuple(w.shape)}"
+            )
+        b = biases[l]
+        if b is not None and tuple(b.shape) != (rows,):
+            raise ValueError(f"occupancy_mlp (triton): layer {l} bias should be [{rows}], got {tuple(b.shape)}")
+    R, KS = max(W, C_out), W + C_in
+    slots, bias_rows = [], []
+    for l, w in enumerate(weights):
+        left = W if l == 0 else 0  # layer 0 reads only x: its columns go to the x part of the slot
+        w = w.to(dtype)
+        slots.append(F.pad(w, (left, KS - left - w.shape[1], 0, R - w.shape[0])))
+        b = biases[l]
+        bias_rows.append(F.pad(b.to(dtype), (0, R - b.shape[0])) if b is not None else w.new_zeros(R))
+    return torch.stack(slots), torch.stack(bias_rows), W, C_in, C_out, x_layers
+
+
+def occupancy_mlp(
+    x: Tensor,  # [..., C_in]
+    weights: Sequence[Tensor],  # layer l: [C_out_l, C_in_l]
+    biases: Sequence[Tensor | None],  # layer l: [C_out_l] or None
+    skip_in: Sequence[int] = (2, 4, 6),
+    beta: float = 100.0,
+    *,
+    recompute: bool = False,
+) -> Tensor:  # [..., C_out]
+    """ZeroShape's occupancy MLP (Linears, Softplus(beta), input skips) as one fused Triton kernel.
+
+    Same semantics as :func:`zsw.kernels.reference.occupancy_mlp`. Differentiable in ``x``, every
+    weight and every bias.
+
+    Args:
+        x: input features; for the decoder ``cat(xyz, point_feature)``, ``C_in = 259``.
+        weights, biases: one entry per layer as stored by ``nn.Linear``; all hidden layers share
+            one width, and the skip layers take ``width + C_in`` inputs (``[h, x]``, in that order).
+        skip_in: layers whose input is ``cat(h, x) / sqrt(2)``; layer 0 cannot be one.
+        beta: Softplus sharpness (threshold 20, as torch).
+        recompute: store no activations for the backward and recompute them there (less memory,
+            one more forward pass); see docs/kernels.md.
+
+    Returns:
+        The last layer's output in the compute dtype (autocast dtype under autocast, else x's).
+
+    Example::
+
+        mlp = zsw.model.layers.OccupancyMLP(259, 256).cuda()
+        x = torch.randn(65536, 259, device="cuda", dtype=torch.bfloat16)
+        logits = occupancy_mlp(x, [l.weight for l in mlp.layers], [l.bias for l in mlp.layers])
+    """
+    dtype = compute_dtype(x)
+    w_packed, b_packed, W, C_in, C_out, x_layers = pack_weights(weights, biases, skip_in, dtype)
+    if x.shape[-1] != C_in:
+        raise ValueError(f"occupancy_mlp: x has {x.shape[-1]} features, layer 0 expects {C_in}")
+    x2 = x.reshape(-1, C_in).to(dtype)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    check_dtype("occupancy_mlp", x2, w_packed)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(t is not None and t.requires_grad for t in (*weights, *biases))
+    )
+    y, _ = occ_mlp_fwd(x2, w_packed, b_packed, W, C_out, x_layers, float(beta), needs_grad and not recompute)
+    return y.reshape(*x.shape[:-1], C_out)
