@@ -235,9 +235,14 @@ class ZeroShapeLayout:
         mask: np.ndarray | None = None,  # [H, W] bool/uint8; default: depth > 0
         visible_mask: np.ndarray | None = None,
         occluder_mask: np.ndarray | None = None,
+        alpha: np.ndarray | None = None,  # [H, W] float coverage in [0, 1]
     ) -> None:
         """Write one view's files, each atomically. Write the image last: a view counts as done
-        (:meth:`has_view`) only when its image exists."""
+        (:meth:`has_view`) only when its image exists.
+
+        With ``alpha`` (fractional coverage of antialiased renders), the mask PNG stores
+        ``round(255 * alpha)`` instead of a binary mask; ZeroShape's loader still binarises it at 50
+        and :meth:`read_alpha` gives the coverage back for compositing on new backgrounds."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"image of {sid.name} must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
         if depth.shape != image.shape[:2]:
@@ -246,7 +251,12 @@ class ZeroShapeLayout:
         _save_npy(self.depth(sid), depth.astype(np.float32))
         _save_npy(self.intrinsics(sid), np.asarray(intrinsics, dtype=np.float32).reshape(3, 3))
         _save_npy(self.extrinsics(sid), np.asarray(extrinsics, dtype=np.float32).reshape(3, 4))
-        _save_png(self.mask(sid), (np.asarray(mask) > 0).astype(np.uint8) * 255)
+        if alpha is not None:
+            if alpha.shape != image.shape[:2]:
+                raise InputError(f"alpha of {sid.name} has shape {alpha.shape}, image {image.shape[:2]}")
+            _save_png(self.mask(sid), np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8))
+        else:
+            _save_png(self.mask(sid), (np.asarray(mask) > 0).astype(np.uint8) * 255)
         if visible_mask is not None:
             _save_png(self.visible_mask(sid), (np.asarray(visible_mask) > 0).astype(np.uint8) * 255)
         if occluder_mask is not None:
@@ -279,6 +289,13 @@ class ZeroShapeLayout:
 
         with Image.open(path) as im:
             return np.asarray(im.convert("L")) > 50
+
+    def read_alpha(self, sid: SampleId) -> np.ndarray:  # [H, W] float32 in [0, 1]
+        """The object's coverage from the mask PNG (binary masks give 0/1)."""
+        from PIL import Image
+
+        with Image.open(self.mask(sid)) as im:
+            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
     def read_gt_sdf(self, sid: SampleId) -> tuple[np.ndarray, np.ndarray]:  # [N, 3], [N]
         d = load_npy_dict(self.gt_sdf(sid))

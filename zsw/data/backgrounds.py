@@ -1,0 +1,150 @@
+"""Random backgrounds for object images that have none, and alpha compositing.
+
+ZeroShape's training renders (and zsw's procedural renders) show the object over white. ZeroShape-W
+trains on objects in context, so images without a background get one on the fly: a solid colour,
+a two-colour gradient, fractal value noise, or a random crop of a photo from a folder.
+
+Example::
+
+    bg = Backgrounds(kinds=("solid", "gradient", "noise"), folder="photos/")
+    rgb = composite(image_on_white, alpha, bg.sample(np.random.default_rng(0), 224))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from zsw.errors import ConfigError
+
+__all__ = ["Backgrounds", "composite", "is_plain_white", "BACKGROUND_KINDS", "IMAGE_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+#: kinds :class:`Backgrounds` can draw ("image" needs a folder)
+BACKGROUND_KINDS = ("solid", "gradient", "noise", "image")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _random_color(rng: np.random.Generator) -> np.ndarray:  # [3] float in [0, 255]
+    return rng.uniform(0, 255, size=3)
+
+
+def _resize(array: np.ndarray, size: int, resample: str = "bicubic") -> np.ndarray:
+    from PIL import Image
+
+    mode = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[resample]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(array, dtype=np.float32)).resize((size, size), mode))
+
+
+class Backgrounds:
+    """Draws ``[size, size, 3]`` uint8 backgrounds of the given kinds, uniformly over kinds."""
+
+    def __init__(self, kinds: Sequence[str] = ("solid", "gradient", "noise"), folder: str | os.PathLike | None = None):
+        kinds = tuple(kinds)
+        unknown = [k for k in kinds if k not in BACKGROUND_KINDS]
+        if unknown or not kinds:
+            raise ConfigError(f"background kinds must be among {BACKGROUND_KINDS}, got {list(kinds)}")
+        self.files: list[Path] = []
+        if folder is not None:
+            folder = Path(folder)
+            if not folder.is_dir():
+                raise ConfigError(f"background folder {folder} does not exist")
+            self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.files:
+                raise ConfigError(f"background folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            if "image" not in kinds:
+                kinds = (*kinds, "image")
+        elif "image" in kinds:
+            raise ConfigError("background kind 'image' needs a folder of images")
+        self.kinds = kinds
+        self.skipped = 0  # unreadable background images met so far
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:  # [size, size, 3] uint8
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        if kind == "image":
+            out = self._image(rng, size)
+            if out is not None:
+                return out
+            kind = "noise"
+        return getattr(self, f"_{kind}")(rng, size)
+
+    # ---- kinds ------------------------------------------------------------------------------
+
+    def _solid(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return np.broadcast_to(_random_color(rng), (size, size, 3)).round().astype(np.uint8)
+
+    def _gradient(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        a, b = _random_color(rng), _random_color(rng)
+        angle = rng.uniform(0, 2 * np.pi)
+        y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1) - 0.5
+        s = np.clip(x * np.cos(angle) + y * np.sin(angle) + 0.5, 0, 1)[..., None]
+        return (a + (b - a) * s).round().astype(np.uint8)
+
+    def _noise(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Fractal value noise (4 octaves) through a random three-colour ramp, plus grain."""
+        base = int(rng.integers(2, 6))
+        field = np.zeros((size, size), dtype=np.float32)
+        amp, total = 1.0, 0.0
+        for octave in range(4):
+            cells = base * 2**octave
+            field += amp * _resize(rng.random((cells + 1, cells + 1)), size)
+            total += amp
+            amp *= float(rng.uniform(0.4, 0.65))
+        field = (field / total - field.mean() / total) * rng.uniform(1.5, 3.0) + 0.5
+        s = np.clip(field, 0, 1)[..., None]
+        c0, c1, c2 = _random_color(rng), _random_color(rng), _random_color(rng)
+        ramp = np.where(s < 0.5, c0 + (c1 - c0) * (2 * s), c1 + (c2 - c1) * (2 * s - 1))
+        ramp += rng.normal(0, rng.uniform(0, 6), size=ramp.shape)
+        return np.clip(ramp, 0, 255).round().astype(np.uint8)
+
+    def _image(self, rng: np.random.Generator, size: int) -> np.ndarray | None:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.files[int(rng.integers(len(self.files)))]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                side = int(min(w, h) * rng.uniform(0.3, 1.0))
+                x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+                crop = im.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            self.skipped += 1
+            log.warning("skipping unreadable background image %s (%s); %d skipped so far", path, e, self.skipped)
+            return None
+        out = np.asarray(crop)
+        return out[:, ::-1].copy() if rng.random() < 0.5 else out
+
+
+def composite(
+    image: np.ndarray,  # [H, W, 3] uint8, the object premultiplied over white
+    alpha: np.ndarray,  # [H, W] float coverage in [0, 1]
+    background: np.ndarray,  # [H, W, 3] uint8
+) -> np.ndarray:  # [H, W, 3] uint8
+    """Replace the white around (and under the antialiased edge of) an object by ``background``.
+
+    ``image = alpha * c + (1 - alpha) * 255`` over white, so over a background it is
+    ``image - (1 - alpha) * (255 - background)``.
+    """
+    a = np.clip(alpha, 0, 1)[..., None].astype(np.float32)
+    out = image.astype(np.float32) - (1 - a) * (255 - background.astype(np.float32))
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def is_plain_white(image: np.ndarray, mask: np.ndarray, tol: float = 3.0) -> bool:
+    """True when the pixels outside ``mask`` are white (an object render without a background)."""
+    outside = ~np.asarray(mask, dtype=bool)
+    if outside.sum() < 16:
+        return False
+    # ignore a 1-pixel ring around the object (antialiased edge)
+    from scipy.ndimage import binary_dilation
+
+    outside &= ~binary_dilation(~outside, iterations=1)
+    if outside.sum() < 16:
+        return False
+    return float(255.0 - image[outside].astype(np.float32).mean()) < tol

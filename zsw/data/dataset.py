@@ -1,0 +1,363 @@
+"""Training data in ZeroShape's layout: released ZeroShape data and zsw's procedural data alike.
+
+:class:`ShapeDataset` reads one or more dataset roots (a root holds ``lists/``; a folder of such
+roots, like ZeroShape's ``train_data/`` with ``objaverse_LVIS`` and ``ShapeNet55``, is expanded)
+and returns, per view, a dict of tensors:
+
+==================  ================  =======================================================
+key                 shape             content
+==================  ================  =======================================================
+``image``           [3, S, S] float   RGB in [0, 1] as the model sees it (after augmentation)
+``depth``           [1, S, S] float   camera z of the *visible* object, 0 elsewhere
+``intrinsics``      [3, 3]            K in pixels at S
+``extrinsics``      [3, 4]            [R|t], object -> camera
+``visible_mask``    [1, S, S] float   1 where the object is visible
+``occluder_mask``   [1, S, S] float   1 on occluders in front of it
+``points``          [P, 3]            query points, object frame (P = 4096 by default)
+``sdf``             [P]               their SDF
+``occupancy``       [P] float         ``sdf - 0.003 < 0`` (ZeroShape's label)
+``pseudo_depth``    [1, S, S] float   relative inverse depth (Depth Anything V2), 0 if absent
+``pseudo_valid``    [1, S, S] float   1 where ``pseudo_depth`` applies to the image
+``index``           int               dataset index of the sample
+``skipped``         int               unreadable samples passed over to produce this one
+==================  ================  =======================================================
+
+Augmentation (training): a random background (solid, gradient, noise, photos from a folder)
+for images that have none (white around the object), then 0-2 copy-paste occluders cut from other
+samples with a similar focal length (:mod:`zsw.data.occluders`). All randomness of item ``i`` in
+epoch ``e`` comes from ``SeedSequence([seed, e, i])``: the data are the same for any number of
+DataLoader workers and after resuming a run.
+
+Unreadable or inconsistent samples (missing or corrupt files, wrong shapes, non-finite values) are
+skipped with a logged warning: the item is replaced by the next readable one, and its ``skipped``
+field counts the replacements so the trainer can report them. An epoch never crashes on bad data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsw.data.layout import SampleId, ZeroShapeLayout
+from zsw.errors import ConfigError, InputError, ZswError
+
+__all__ = ["AugmentConfig", "ShapeDataset", "expand_roots", "READ_ERRORS"]
+
+log = logging.getLogger(__name__)
+
+#: exceptions that mean "this sample's files are unusable" (skip it, never crash the epoch)
+READ_ERRORS = (InputError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly augmentation of training samples (ZeroShape-W's occlusion simulation)."""
+
+    # number of copy-paste occluders per sample, uniform in [min, max]
+    occluders: tuple[int, int] = (0, 2)
+    # occluder size: its longer side as a fraction of the image side
+    occluder_scale: tuple[float, float] = (0.4, 0.6)
+    # occluder sources: |log(f_source / f_target)| at most this (focal lengths from K)
+    focal_tolerance: float = 0.25
+    # candidates tried before taking the closest focal length
+    focal_tries: int = 8
+    # a paste may not hide more than 1 - min_visible of the object
+    min_visible: float = 0.3
+    # "auto": composite a background only when the image has none (white around the object)
+    backgrounds: str = "auto"
+    background_kinds: tuple[str, ...] = ("solid", "gradient", "noise")
+    background_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backgrounds not in ("auto", "always", "never"):
+            raise ConfigError(f"augment.backgrounds must be auto, always or never, got {self.backgrounds!r}")
+        lo, hi = self.occluders
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"augment.occluders must be [min, max] with 0 <= min <= max, got {list(self.occluders)}")
+        a, b = self.occluder_scale
+        if not 0 < a <= b <= 1.5:
+            raise ConfigError(f"augment.occluder_scale must be 0 < min <= max <= 1.5, got {list(self.occluder_scale)}")
+
+
+def expand_roots(roots: str | os.PathLike | list | tuple) -> list[Path]:
+    """Dataset roots: each given folder if it has ``lists/``, else its subfolders that do."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    out = []
+    for r in roots:
+        r = Path(r)
+        if not r.is_dir():
+            raise ConfigError(f"dataset folder {r} does not exist")
+        if (r / "lists").is_dir():
+            out.append(r)
+            continue
+        subs = sorted(p for p in r.iterdir() if (p / "lists").is_dir())
+        if not subs:
+            raise ConfigError(f"{r} is not a dataset in ZeroShape's layout (no lists/ folder in it or its subfolders)")
+        out.extend(subs)
+    return out
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise InputError(message)
+
+
+@dataclass
+class _Sample:
+    image: np.ndarray  # [S, S, 3] uint8
+    alpha: np.ndarray  # [S, S] float coverage of the whole object
+    depth: np.ndarray  # [S, S] float32
+    K: np.ndarray  # [3, 3]
+    Rt: np.ndarray  # [3, 4]
+    visible: np.ndarray  # [S, S] bool
+    occluder: np.ndarray  # [S, S] bool
+    pseudo: np.ndarray | None = None  # [S, S] float32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ShapeDataset:
+    """Views of one split over dataset roots in ZeroShape's layout (a map-style torch Dataset).
+
+    Args:
+        roots: dataset folder(s), see :func:`expand_roots`.
+        split: ``train``, ``val`` or ``test``.
+        points: query points per sample (ZeroShape: 4096), drawn without replacement from the
+            object's SDF samples (with replacement if it has fewer).
+        augment: augmentation config; None disables it (validation).
+        seed: base seed of all per-item randomness.
+        size: image size the model expects (images are resized; depth and masks must match).
+        sdf_offset: occupancy label ``sdf - sdf_offset < 0`` (ZeroShape: 0.003).
+        max_per_category: keep at most this many views per category (ZeroShape's val: 10).
+        with_shape: load SDF samples (False for pixel-only use).
+    """
+
+    def __init__(
+        self,
+        roots,
+        split: str = "train",
+        *,
+        points: int = 4096,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        size: int = 224,
+        sdf_offset: float = 0.003,
+        max_per_category: int | None = None,
+        with_shape: bool = True,
+    ):
+        self.layouts = [ZeroShapeLayout(r) for r in expand_roots(roots)]
+        self.items: list[tuple[int, SampleId]] = []
+        for li, layout in enumerate(self.layouts):
+            for cat in layout.categories():
+                try:
+                    sids = layout.read_list(cat, split)
+                except InputError as e:
+                    raise ConfigError(f"{layout.list_file(cat, split)}: {e}") from None
+                if max_per_category is not None:
+                    sids = sids[:max_per_category]
+                self.items.extend((li, sid) for sid in sids)
+        if not self.items:
+            raise ConfigError(f"no {split} samples in {', '.join(str(x.root) for x in self.layouts)}")
+        self.split = split
+        self.points = points
+        self.augment = augment
+        self.seed = seed
+        self.size = size
+        self.sdf_offset = sdf_offset
+        self.with_shape = with_shape
+        self.epoch = 0
+        self.skipped = 0  # in this process
+        self._focal: dict[int, float] = {}
+        self._backgrounds = None
+        if augment is not None and augment.backgrounds != "never":
+            from zsw.data.backgrounds import Backgrounds
+
+            self._backgrounds = Backgrounds(augment.background_kinds, augment.background_dir)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the randomness of ``epoch`` (call before iterating, in every process)."""
+        self.epoch = int(epoch)
+
+    def name(self, index: int) -> str:
+        li, sid = self.items[index]
+        return f"{self.layouts[li].root.name}/{sid.name}"
+
+    def sample_id(self, index: int) -> tuple[ZeroShapeLayout, SampleId]:
+        li, sid = self.items[index]
+        return self.layouts[li], sid
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def _read(self, index: int) -> _Sample:
+        from PIL import Image
+
+        layout, sid = self.sample_id(index)
+        S = self.size
+        image = layout.read_image(sid)
+        if image.shape[:2] != (S, S):  # ZeroShape resizes images that are not at the model size
+            image = np.asarray(Image.fromarray(image).resize((S, S), Image.Resampling.BILINEAR))
+        depth = np.load(layout.depth(sid), allow_pickle=False)
+        _check(depth.shape == (S, S), f"depth {layout.depth(sid)} has shape {depth.shape}, expected ({S}, {S})")
+        depth = depth.astype(np.float32)
+        _check(bool(np.isfinite(depth).all()), f"depth {layout.depth(sid)} holds non-finite values")
+        K = np.load(layout.intrinsics(sid), allow_pickle=False).astype(np.float32)
+        good_k = K.shape == (3, 3) and bool(np.isfinite(K).all()) and K[0, 0] > 0
+        _check(good_k, f"bad intrinsics {layout.intrinsics(sid)}")
+        Rt = np.load(layout.extrinsics(sid), allow_pickle=False).astype(np.float32)
+        _check(Rt.ndim == 2 and Rt.shape[0] >= 3 and Rt.shape[1] >= 4, f"bad extrinsics {layout.extrinsics(sid)}")
+        Rt = Rt[:3, :4]
+        _check(bool(np.isfinite(Rt).all()), f"extrinsics {layout.extrinsics(sid)} hold non-finite values")
+        obj = depth > 0
+        alpha = layout.read_alpha(sid) if layout.mask(sid).is_file() else obj.astype(np.float32)
+        _check(alpha.shape == (S, S), f"mask {layout.mask(sid)} has shape {alpha.shape}, expected ({S}, {S})")
+        visible = obj
+        if layout.visible_mask(sid).is_file():
+            visible = layout.read_mask(layout.visible_mask(sid)) & obj
+        occluder = np.zeros((S, S), dtype=bool)
+        if layout.occluder_mask(sid).is_file():
+            occluder = layout.read_mask(layout.occluder_mask(sid))
+            _check(occluder.shape == (S, S), f"occluder mask of {sid.name} has shape {occluder.shape}")
+        _check(bool(visible.any()), f"{sid.name} has no visible object pixel (empty depth)")
+        pseudo = None
+        if layout.pseudo_depth(sid).is_file():
+            pseudo = np.load(layout.pseudo_depth(sid), allow_pickle=False).astype(np.float32)
+            _check(pseudo.shape == (S, S) and bool(np.isfinite(pseudo).all()), f"bad pseudo-depth of {sid.name}")
+        return _Sample(image, alpha, np.where(visible, depth, 0).astype(np.float32), K, Rt, visible, occluder, pseudo)
+
+    def _read_points(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        layout, sid = self.sample_id(index)
+        pts, sdf = layout.read_gt_sdf(sid)
+        good = pts.ndim == 2 and pts.shape[1] == 3 and len(pts) == len(sdf) and len(pts) > 0
+        _check(good, f"{layout.gt_sdf(sid)} holds points {pts.shape} and sdf {sdf.shape}")
+        _check(bool(np.isfinite(pts).all() and np.isfinite(sdf).all()), f"{layout.gt_sdf(sid)} holds non-finite values")
+        n = len(pts)
+        pick = rng.permutation(n)[: self.points] if n >= self.points else rng.integers(0, n, self.points)
+        return pts[pick], sdf[pick]
+
+    def focal(self, index: int) -> float:
+        """K[0, 0] of a sample (cached), used to match occluders to targets."""
+        if index not in self._focal:
+            layout, sid = self.sample_id(index)
+            self._focal[index] = float(np.load(layout.intrinsics(sid), allow_pickle=False).reshape(-1)[0])
+        return self._focal[index]
+
+    # ---- augmentation -------------------------------------------------------------------------
+
+    def _occluder(self, index: int, rng: np.random.Generator):
+        """An occluder cut from another object with a similar focal length (None if none found)."""
+        from zsw.data.backgrounds import is_plain_white
+        from zsw.data.occluders import Occluder
+
+        aug = self.augment
+        _, target = self.sample_id(index)
+        f0 = self.focal(index)
+        best, best_gap = None, math.inf
+        for _ in range(aug.focal_tries):
+            j = int(rng.integers(len(self)))
+            _, sid = self.sample_id(j)
+            if (sid.category, sid.object) == (target.category, target.object):
+                continue
+            try:
+                gap = abs(math.log(max(self.focal(j), 1e-6) / max(f0, 1e-6)))
+            except READ_ERRORS:
+                continue
+            if gap < best_gap:
+                best, best_gap = j, gap
+            if gap <= aug.focal_tolerance:
+                break
+        if best is None:
+            return None
+        try:
+            src = self._read(best)
+        except READ_ERRORS as e:
+            self.skipped += 1
+            log.warning("skipping occluder source %s: %s", self.name(best), e)
+            return None
+        alpha = src.alpha * src.visible  # only what is visible of the source object
+        return Occluder.from_render(src.image, alpha, over_white=is_plain_white(src.image, src.alpha > 0))
+
+    def _augment(self, index: int, s: _Sample, rng: np.random.Generator) -> _Sample:
+        from zsw.data.backgrounds import composite, is_plain_white
+        from zsw.data.occluders import paste_occluders
+
+        aug = self.augment
+        if self._backgrounds is not None:
+            plain = is_plain_white(s.image, s.alpha > 0) or is_plain_white(s.image, s.depth > 0)
+            if aug.backgrounds == "always" or plain:
+                s.image = composite(s.image, s.alpha, self._backgrounds.sample(rng, self.size))
+                s.pseudo = None  # computed for another image
+                s.extra["background"] = True
+        n = int(rng.integers(aug.occluders[0], aug.occluders[1] + 1))
+        occs = [o for o in (self._occluder(index, rng) for _ in range(n)) if o is not None]
+        if occs:
+            before = s.occluder
+            p = paste_occluders(
+                s.image, s.visible, s.depth, occs, rng, aug.occluder_scale, aug.min_visible, occluder=s.occluder
+            )
+            s.image, s.visible, s.occluder, s.depth = p.image, p.visible, p.occluder, p.depth
+            s.extra["pasted"] = p.occluder & ~before
+        return s
+
+    # ---- items --------------------------------------------------------------------------------
+
+    def _rng(self, index: int, attempt: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, index, attempt]))
+
+    def _item(self, index: int, attempt: int) -> dict:
+        import torch
+
+        rng = self._rng(index, attempt)
+        s = self._read(index)
+        pts, sdf = self._read_points(index, rng) if self.with_shape else (np.zeros((0, 3)), np.zeros(0))
+        if self.augment is not None:
+            s = self._augment(index, s, rng)
+        S = self.size
+        pseudo_valid = np.zeros((S, S), dtype=bool)
+        pseudo = np.zeros((S, S), dtype=np.float32)
+        if s.pseudo is not None:
+            pseudo = s.pseudo
+            pseudo_valid = ~s.extra.get("pasted", np.zeros((S, S), dtype=bool))
+
+        def img(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
+
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1).float() / 255.0,
+            "depth": img(s.depth),
+            "intrinsics": torch.from_numpy(s.K),
+            "extrinsics": torch.from_numpy(np.ascontiguousarray(s.Rt)),
+            "visible_mask": img(s.visible),
+            "occluder_mask": img(s.occluder),
+            "points": torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)),
+            "sdf": torch.from_numpy(np.ascontiguousarray(sdf, dtype=np.float32)),
+            "occupancy": torch.from_numpy((sdf - self.sdf_offset < 0).astype(np.float32)),
+            "pseudo_depth": img(pseudo),
+            "pseudo_valid": img(pseudo_valid),
+            "index": index,
+            "skipped": attempt,
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        """Sample ``index``, or the next readable one (see the module docstring)."""
+        last = None
+        for attempt in range(min(len(self), 32)):
+            j = (index + attempt) % len(self)
+            try:
+                return self._item(j, attempt)
+            except READ_ERRORS as e:
+                self.skipped += 1
+                last = e
+                log.warning("skipping unreadable sample %s: %s (%d skipped so far)", self.name(j), e, self.skipped)
+        n = min(len(self), 32)
+        raise ZswError(f"{n} consecutive samples from {self.name(index)} on are unreadable; last: {last}")

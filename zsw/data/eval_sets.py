@@ -1,0 +1,347 @@
+"""Evaluation sets: ZeroShape's synthetic val/test data, Pix3D, OCRTOC, OmniObject3D and zsw's
+procedural test split, each as a sequence of :class:`EvalSample` in ZeroShape's protocol.
+
+``open_eval_set(root, format)`` follows ZeroShape's loaders (``data/*.py`` of its release):
+
+============== =================================================================================
+format         what is read
+============== =================================================================================
+zeroshape      ZeroShape layout (a root with ``lists/``, or ``train_data/`` with subsets); the
+               ``test`` lists, else ``val`` (ZeroShape evaluates its val lists, at most 10 views
+               per category: pass ``max_per_category=10``); mask = depth != 0; image as stored
+procedural     zsw's procedural output, ``test`` lists; image as stored (with its background and
+               occluders if they were baked in); mask = ``visible_masks`` or depth > 0
+ocrtoc         ``lists/<cat>_test.list``, **every 5th line**; ``images_processed``, ``depth_np``
+               (mask = depth != 0), ``camera_data/extr``; point cloud of ``<name>`` minus its
+               last ``_`` token; image resized to 224 and composited on white with the mask
+omniobject3d   as ocrtoc but every line, depth in ``depth/``
+pix3d          ``lists/<cat>_test.txt`` over Pix3D's 9 categories, ``annotation/<cat>/<name>.json``
+               (``img``/``mask`` paths with ``img``->``img_processed``, ``mask``->``mask_processed``
+               exactly as ZeroShape rewrites them, ``rot_mat``, ``model``); RGBA resized to 224,
+               mask = alpha > 0.5, composited on white; point cloud
+               ``pointclouds/<model without "model/">.npy``; GT x and y negated
+============== =================================================================================
+
+``gt_points`` are the ground-truth surface points rotated into the view-centric camera frame by
+the ground-truth R only (no translation), exactly what ZeroShape compares predictions against.
+``intrinsics`` is the stored K for the zeroshape and procedural formats and None for the real
+sets (ZeroShape substitutes its default K there; the true one is unknown).
+
+Missing files are found when the set is opened and skipped with a warning (``skipped`` counts
+them); corrupt files are found when a sample is loaded: iterating skips them (with a warning,
+counted too), while indexing raises :class:`~zsw.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zsw.data.dataset import READ_ERRORS, expand_roots
+from zsw.data.layout import SampleId, ZeroShapeLayout
+from zsw.errors import ConfigError, InputError
+
+__all__ = ["EvalSample", "EvalSet", "open_eval_set", "EVAL_FORMATS", "PIX3D_CATEGORIES"]
+
+log = logging.getLogger(__name__)
+
+EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")
+PIX3D_CATEGORIES = ("bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe")
+SIZE = 224
+
+
+@dataclass
+class EvalSample:
+    name: str
+    category: str
+    image: np.ndarray  # [224, 224, 3] uint8, as the model should see it
+    mask: np.ndarray | None  # [224, 224] bool visible mask, if the set has one
+    gt_points: np.ndarray  # [M, 3] float32 GT surface points, view-centric camera frame
+    intrinsics: np.ndarray | None  # [3, 3]
+
+
+@dataclass
+class _Entry:
+    name: str
+    category: str
+    files: dict[str, Path]  # role -> path (all checked to exist when the set is opened)
+    extra: dict
+
+
+class EvalSet(Sequence[EvalSample]):
+    """A lazily loaded evaluation set (see the module docstring for skipping rules)."""
+
+    def __init__(self, root: Path, format: str, entries: list[_Entry], load: Callable[[_Entry], EvalSample], missing):
+        self.root = root
+        self.format = format
+        self._entries = entries
+        self._load = load
+        self.missing = missing  # entries dropped at open time (missing files)
+        self.corrupt = 0  # entries skipped while iterating (unreadable files)
+
+    @property
+    def skipped(self) -> int:
+        return self.missing + self.corrupt
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        entry = self._entries[index]
+        try:
+            return self._load(entry)
+        except InputError:
+            raise
+        except READ_ERRORS as e:
+            raise InputError(f"cannot read sample {entry.name} of {self.root}: {e}") from None
+
+    def __iter__(self) -> Iterator[EvalSample]:
+        for i, entry in enumerate(self._entries):
+            try:
+                yield self[i]
+            except InputError as e:
+                self.corrupt += 1
+                log.warning("skipping %s: %s (%d skipped so far)", entry.name, e, self.skipped)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self._entries]
+
+    def categories(self) -> list[str]:
+        return sorted({e.category for e in self._entries})
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    arr = np.load(path, allow_pickle=False)
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+        raise InputError(f"{path} does not hold finite numbers")
+    return arr
+
+
+def _points(path: Path) -> np.ndarray:  # [M, 3] float32
+    pts = _load_npy(path).astype(np.float32)
+    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
+        raise InputError(f"point cloud {path} has shape {pts.shape}, expected [M, 3]")
+    return pts
+
+
+def _rotation(path: Path) -> np.ndarray:  # [3, 3] from an [R|t] file
+    Rt = _load_npy(path).astype(np.float32)
+    if Rt.ndim != 2 or Rt.shape[0] < 3 or Rt.shape[1] < 3:
+        raise InputError(f"extrinsics {path} have shape {Rt.shape}, expected [3, 4]")
+    return Rt[:3, :3]
+
+
+def _rgb(path: Path, size: int = SIZE) -> np.ndarray:  # [size, size, 3] uint8
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(im).copy()
+
+
+def _on_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask[..., None], image, 255).astype(np.uint8)
+
+
+def _depth_mask(path: Path) -> np.ndarray:  # [224, 224] bool
+    depth = _load_npy(path)
+    depth = depth.reshape(depth.shape[-2:]) if depth.ndim == 3 and depth.shape[0] == 1 else depth
+    if depth.shape != (SIZE, SIZE):
+        raise InputError(f"depth {path} has shape {depth.shape}, expected ({SIZE}, {SIZE})")
+    return depth != 0
+
+
+def _keep_existing(root: Path, entries: list[_Entry]) -> tuple[list[_Entry], int]:
+    kept, missing = [], 0
+    for e in entries:
+        absent = [p for p in e.files.values() if not p.is_file()]
+        if absent:
+            missing += 1
+            log.warning("skipping %s: missing %s", e.name, absent[0])
+            continue
+        kept.append(e)
+    if missing:
+        log.warning("%s: %d of %d samples skipped for missing files", root, missing, len(entries))
+    return kept, missing
+
+
+# --------------------------------------------------------------------------------------------
+# formats
+# --------------------------------------------------------------------------------------------
+
+
+def _layout_entries(root: Path, splits: Sequence[str], max_per_category: int | None, procedural: bool):
+    entries = []
+    for sub in expand_roots(root):
+        layout = ZeroShapeLayout(sub)
+        for cat in layout.categories():
+            split = next((s for s in splits if layout.list_file(cat, s).is_file()), None)
+            if split is None:
+                continue
+            sids: list[SampleId] = layout.read_list(cat, split)
+            if max_per_category is not None:
+                sids = sids[:max_per_category]
+            for sid in sids:
+                files = dict(
+                    image=layout.image(sid), depth=layout.depth(sid), extr=layout.extrinsics(sid),
+                    intr=layout.intrinsics(sid), points=layout.pointcloud(sid),
+                )  # fmt: skip
+                if procedural and layout.visible_mask(sid).is_file():
+                    files["visible"] = layout.visible_mask(sid)
+                prefix = f"{sub.name}/" if sub != root else ""
+                entries.append(_Entry(prefix + sid.name, cat, files, {}))
+    return entries
+
+
+def _load_layout(entry: _Entry) -> EvalSample:
+    from PIL import Image
+
+    f = entry.files
+    image = _rgb(f["image"])
+    if "visible" in f:
+        with Image.open(f["visible"]) as im:
+            mask = np.asarray(im.convert("L")) > 50
+    else:
+        mask = _depth_mask(f["depth"])
+    K = _load_npy(f["intr"]).astype(np.float32).reshape(3, 3)
+    gt = _points(f["points"]) @ _rotation(f["extr"]).T
+    return EvalSample(entry.name, entry.category, image, mask, gt.astype(np.float32), K)
+
+
+def _scan_entries(root: Path, depth_dir: str, every: int) -> list[_Entry]:
+    lists = root / "lists"
+    if not lists.is_dir():
+        raise ConfigError(f"{root} has no lists/ folder")
+    entries = []
+    for list_file in sorted(lists.glob("*_test.list")):
+        cat = list_file.name[: -len("_test.list")]
+        for i, line in enumerate(list_file.read_text().splitlines()):
+            if i % every or not line.strip():
+                continue
+            name = line.strip().split(".")[0]
+            files = dict(
+                image=root / "images_processed" / cat / f"{name}.png",
+                depth=root / depth_dir / cat / f"{name}.npy",
+                extr=root / "camera_data" / "extr" / cat / f"{name}.npy",
+                points=root / "pointclouds" / cat / ("_".join(name.split("_")[:-1]) + ".npy"),
+            )
+            entries.append(_Entry(name, cat, files, {}))
+    return entries
+
+
+def _load_scan(entry: _Entry) -> EvalSample:
+    f = entry.files
+    mask = _depth_mask(f["depth"])
+    image = _on_white(_rgb(f["image"]), mask)
+    gt = _points(f["points"]) @ _rotation(f["extr"]).T
+    return EvalSample(entry.name, entry.category, image, mask, gt.astype(np.float32), None)
+
+
+def _pix3d_entries(root: Path, split: str, max_per_category: int | None) -> tuple[list[_Entry], int]:
+    entries, bad = [], 0
+    for cat in PIX3D_CATEGORIES:
+        list_file = root / "lists" / f"{cat}_{split}.txt"
+        if not list_file.is_file():
+            continue
+        for i, name in enumerate(list_file.read_text().splitlines()):
+            if max_per_category is not None and i >= max_per_category:
+                break
+            name = name.strip()
+            if not name:
+                continue
+            ann = root / "annotation" / cat / f"{name}.json"
+            try:
+                meta = json.loads(ann.read_text(encoding="utf-8"))
+                img = meta["img"].replace("img", "img_processed")  # ZeroShape's rewrite, verbatim
+                msk = meta["mask"].replace("mask", "mask_processed")
+                model = meta["model"]
+                rot = np.asarray(meta["rot_mat"], dtype=np.float32)
+                if rot.shape != (3, 3):
+                    raise ValueError(f"rot_mat has shape {rot.shape}")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                bad += 1
+                log.warning("skipping Pix3D %s/%s: annotation %s unusable (%s)", cat, name, ann, e)
+                continue
+            files = dict(
+                image=root / img,
+                mask=root / msk,
+                points=root / "pointclouds" / (model[6:].rsplit(".", 1)[0] + ".npy"),
+            )
+            entries.append(_Entry(f"{cat}_{name}", cat, files, {"rot": rot}))
+    return entries, bad
+
+
+def _load_pix3d(entry: _Entry) -> EvalSample:
+    from PIL import Image
+
+    f = entry.files
+    with Image.open(f["image"]) as im, Image.open(f["mask"]) as mk:
+        rgba = Image.merge("RGBA", (*im.convert("RGB").split(), mk.convert("L").resize(im.size)))
+    rgba = np.asarray(rgba.resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    mask = rgba[..., 3].astype(np.float32) / 255.0 > 0.5
+    image = _on_white(rgba[..., :3], mask)
+    gt = _points(f["points"]) @ entry.extra["rot"].T
+    gt[:, :2] *= -1  # Pix3D's axis convention, as ZeroShape's evaluation flips it
+    return EvalSample(entry.name, entry.category, image, mask, gt.astype(np.float32), None)
+
+
+def open_eval_set(
+    root: str | os.PathLike,
+    format: str,
+    *,
+    split: str | None = None,
+    max_per_category: int | None = None,
+) -> EvalSet:
+    """Open an evaluation set (see the module docstring).
+
+    Args:
+        root: the dataset folder (e.g. ZeroShape's ``data/Pix3D``).
+        format: one of ``zeroshape``, ``pix3d``, ``ocrtoc``, ``omniobject3d``, ``procedural``.
+        split: override the list split (default ``test``; ``zeroshape`` falls back to ``val``).
+        max_per_category: keep at most this many samples per category.
+    """
+    root = Path(root)
+    if format not in EVAL_FORMATS:
+        raise ConfigError(f"unknown evaluation format {format!r}; choose one of {', '.join(EVAL_FORMATS)}")
+    if not root.is_dir():
+        raise ConfigError(f"evaluation set folder {root} does not exist")
+    bad = 0
+    if format in ("zeroshape", "procedural"):
+        splits = [split] if split else (["test", "val"] if format == "zeroshape" else ["test"])
+        entries = _layout_entries(root, splits, max_per_category, procedural=format == "procedural")
+        load = _load_layout
+    elif format in ("ocrtoc", "omniobject3d"):
+        if split not in (None, "test"):
+            raise ConfigError(f"{format} has only a test split")
+        entries = _scan_entries(root, "depth_np" if format == "ocrtoc" else "depth", 5 if format == "ocrtoc" else 1)
+        if max_per_category is not None:
+            counts: dict[str, int] = {}
+            kept = []
+            for e in entries:
+                counts[e.category] = counts.get(e.category, 0) + 1
+                if counts[e.category] <= max_per_category:
+                    kept.append(e)
+            entries = kept
+        load = _load_scan
+    else:
+        entries, bad = _pix3d_entries(root, split or "test", max_per_category)
+        load = _load_pix3d
+    entries, missing = _keep_existing(root, entries)
+    if not entries:
+        raise ConfigError(f"no readable {format} samples in {root}")
+    return EvalSet(root, format, entries, load, missing + bad)

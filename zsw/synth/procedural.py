@@ -1,0 +1,334 @@
+"""Procedural source: analytic SDF shapes rendered into a ZeroShape-layout dataset.
+
+``generate(out, ProceduralConfig(objects=100, views=10, seed=0))`` writes, for object ``i``
+(category ``categories[i % len(categories)]``, id ``%05d``) and view ``v`` (id ``%02d``):
+
+* ``images_processed`` -- the render over white (antialiased), or, for splits in ``bake_splits``,
+  over a random background with 0-2 copy-paste occluders baked in;
+* ``masks`` -- the object's coverage (antialiased, ZeroShape binarises it at 50);
+* ``depth`` -- camera z of the visible object, 0 elsewhere; ``camera_data/intr|extr`` -- K at
+  224 px and ``[R|t]`` object -> camera;
+* ``visible_masks`` and ``occluder_masks`` for baked views;
+* per object ``gt_sdf`` (exact SDF at near-surface and uniform points) and ``pointclouds``
+  (surface points), both in the object frame;
+* ``lists/<cat>_{train,val,test}.list`` (objects split by a low-discrepancy sequence over ``i``,
+  all views of an object in one split), ``manifest.jsonl`` (one record per view: camera,
+  material, occluders) and ``procedural.yaml`` (the config).
+
+Determinism: every object draws from ``SeedSequence([seed, i])`` and every view from
+``SeedSequence([seed, i, 1, v])``, and rendering runs single-threaded in each worker, so the
+files depend on the seed only -- not on ``workers`` or on interruptions. An interrupted run
+resumes: finished views (image present) are skipped, files are written atomically, the image
+last. Rerunning with more ``objects`` extends the dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from zsw.config import dump_yaml, load_yaml, to_dict
+from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
+from zsw.errors import ConfigError
+from zsw.synth.render import CameraConfig, View, render, sample_material, sample_view
+from zsw.synth.sdf import CATEGORIES, Shape, make_shape
+
+__all__ = ["ProceduralConfig", "GenerationReport", "generate", "object_split", "object_plan", "plan", "default_workers"]
+
+log = logging.getLogger(__name__)
+
+_GOLDEN = 0.6180339887498949
+CONFIG_FILE = "procedural.yaml"
+
+
+@dataclass(frozen=True)
+class ProceduralConfig:
+    """What ``zsw synthesize procedural`` makes. Everything but ``objects`` is fixed per dataset."""
+
+    objects: int = 100
+    views: int = 10
+    seed: int = 0
+    categories: tuple[str, ...] = CATEGORIES
+    # output resolution (the model's input size)
+    size: int = 224
+    # fractions of objects in train / val / test
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    surface_points: int = 10000
+    near_samples: int = 24576
+    uniform_samples: int = 8192
+    # marching-cubes resolution for surface sampling and normalisation
+    mesh_resolution: int = 128
+    # splits whose images get a background and copy-paste occluders baked in (e.g. ("test",))
+    bake_splits: tuple[str, ...] = ()
+    min_occluders: int = 1
+    max_occluders: int = 2
+    occluder_scale: tuple[float, float] = (0.4, 0.6)
+    background_kinds: tuple[str, ...] = ("solid", "gradient", "noise")
+    background_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.objects < 1 or self.views < 1:
+            raise ConfigError(f"objects and views must be >= 1, got {self.objects} and {self.views}")
+        unknown = [c for c in self.categories if c not in CATEGORIES]
+        if unknown or not self.categories:
+            raise ConfigError(f"unknown procedural categories {unknown}; known: {', '.join(CATEGORIES)}")
+        if len(set(self.categories)) != len(self.categories):
+            raise ConfigError("categories must not repeat")
+        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
+            raise ConfigError(f"split fractions must be 3 non-negative numbers, got {self.split_fractions}")
+        bad = [s for s in self.bake_splits if s not in SPLITS]
+        if bad:
+            raise ConfigError(f"bake splits must be among {SPLITS}, got {bad}")
+        if not 0 <= self.min_occluders <= self.max_occluders:
+            raise ConfigError(
+                f"need 0 <= min_occluders <= max_occluders, got {self.min_occluders} and {self.max_occluders}"
+            )
+        if self.size % 32:
+            raise ConfigError(f"size must be a multiple of 32, got {self.size}")
+        if self.views > 100 or self.objects > 100000:
+            raise ConfigError("at most 100 views per object and 100000 objects (ids are %02d and %05d)")
+
+
+@dataclass
+class GenerationReport:
+    rendered: int  # views rendered by this run
+    skipped: int  # views already on disk
+    objects: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rendered / self.seconds if self.seconds > 0 else 0.0
+
+
+def object_split(index: int, fractions: tuple[float, float, float]) -> str:
+    """The split of object ``index``: a golden-ratio sequence over the index, so every prefix of
+    objects is split close to ``fractions`` (10 objects at 0.8/0.1/0.1 give 8/1/1)."""
+    u = (index * _GOLDEN) % 1.0
+    total = sum(fractions)
+    edges = np.cumsum(fractions) / total
+    return SPLITS[int(np.searchsorted(edges, u, side="right").clip(max=2))]
+
+
+def object_plan(cfg: ProceduralConfig, index: int) -> tuple[str, str, list[SampleId]]:
+    """(category, split, view ids) of object ``index``."""
+    cat = cfg.categories[index % len(cfg.categories)]
+    views = [SampleId(cat, f"{index:05d}", f"{v:02d}") for v in range(cfg.views)]
+    return cat, object_split(index, cfg.split_fractions), views
+
+
+def plan(cfg: ProceduralConfig) -> Iterator[tuple[int, str, str, list[SampleId]]]:
+    """(object index, category, split, view ids) for every object of ``cfg``."""
+    for i in range(cfg.objects):
+        yield (i, *object_plan(cfg, i))
+
+
+# --------------------------------------------------------------------------------------------
+# One object
+# --------------------------------------------------------------------------------------------
+
+
+def _view_rng(cfg: ProceduralConfig, index: int, view: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([cfg.seed, index, 1, view]))
+
+
+def _bake(cfg: ProceduralConfig, rng: np.random.Generator, result, view: View, backgrounds) -> tuple[dict, dict]:
+    """Background plus occluders rendered with the view's lens; returns arrays and a record."""
+    from zsw.data.backgrounds import composite
+    from zsw.data.occluders import Occluder, paste_occluders
+
+    image = composite(result.image, result.alpha, backgrounds.sample(rng, cfg.size))
+    occluders, cats = [], []
+    for _ in range(int(rng.integers(cfg.min_occluders, cfg.max_occluders + 1))):
+        cat = cfg.categories[int(rng.integers(len(cfg.categories)))]
+        shape = make_shape(cat, rng, resolution=64)
+        surface = shape.surface_points(2000, rng, resolution=64)
+        oview = sample_view(rng, surface, cfg.camera, cfg.size, focal_mm=view.meta["focal_mm"])
+        o = render(shape, oview, sample_material(rng, shape.num_parts))
+        occ = Occluder.from_render(o.image, o.alpha)
+        if occ is not None:
+            occluders.append(occ)
+            cats.append(cat)
+    pasted = paste_occluders(image, result.mask, result.depth, occluders, rng, scale=cfg.occluder_scale)
+    arrays = dict(image=pasted.image, depth=pasted.depth, visible_mask=pasted.visible, occluder_mask=pasted.occluder)
+    record = dict(occluders=[dict(category=c, **p) for c, p in zip(cats, pasted.placements)])
+    return arrays, record
+
+
+def _material_record(mat) -> dict:
+    return dict(
+        colors=np.round(mat.colors, 4).tolist(),
+        specular=round(mat.specular, 4),
+        shininess=round(mat.shininess, 2),
+        light_cam=np.round(mat.light_cam, 4).tolist(),
+    )
+
+
+def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[int, list[dict], int]:
+    """Render the missing views of object ``index``; returns (index, new manifest records, skipped)."""
+    root, cfg, index, recorded = args
+    layout = ZeroShapeLayout(root)
+    cat, split, sids = object_plan(cfg, index)
+    todo = [sid for sid in sids if not layout.has_view(sid)]
+    unrecorded = [sid for sid in sids if layout.has_view(sid) and sid.name not in recorded]
+    have_object = layout.gt_sdf(sids[0]).is_file() and layout.pointcloud(sids[0]).is_file()
+    if not todo and not unrecorded and have_object:
+        return index, [], len(sids)
+
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index]))
+    shape: Shape = make_shape(cat, rng, resolution=cfg.mesh_resolution)
+    surface = shape.surface_points(cfg.surface_points, rng, cfg.mesh_resolution)
+    if not have_object:
+        pts, sdf = shape.sdf_samples(rng, cfg.near_samples, cfg.uniform_samples, resolution=cfg.mesh_resolution)
+        layout.write_object(sids[0], sample_pt=pts, sample_sdf=sdf, pointcloud=surface)
+
+    backgrounds = None
+    if split in cfg.bake_splits:
+        from zsw.data.backgrounds import Backgrounds
+
+        backgrounds = Backgrounds(cfg.background_kinds, cfg.background_dir)
+    records = []
+    for v, sid in enumerate(sids):
+        if sid not in todo and sid not in unrecorded:
+            continue
+        vrng = _view_rng(cfg, index, v)
+        view = sample_view(vrng, surface, cfg.camera, cfg.size)
+        mat = sample_material(vrng, shape.num_parts)
+        record = dict(
+            name=sid.name,
+            category=cat,
+            object=sid.object,
+            view=sid.view,
+            split=split,
+            source="procedural",
+            seed=[cfg.seed, index, 1, v],
+            camera=view.meta,
+            material=_material_record(mat),
+            baked=split in cfg.bake_splits,
+        )
+        if sid in unrecorded:  # finished by an interrupted run that could not record it
+            records.append(dict(record, recovered=True))
+            continue
+        result = render(shape, view, mat)
+        arrays = dict(image=result.image, depth=result.depth, visible_mask=None, occluder_mask=None)
+        if backgrounds is not None:
+            arrays, extra = _bake(cfg, vrng, result, view, backgrounds)
+            record.update(extra)
+        layout.write_view(sid, intrinsics=view.K, extrinsics=view.Rt, alpha=result.alpha, **arrays)
+        records.append(record)
+    return index, records, len(sids) - len(todo)
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole dataset
+# --------------------------------------------------------------------------------------------
+
+
+def _check_resume(layout: ZeroShapeLayout, cfg: ProceduralConfig) -> None:
+    path = layout.root / CONFIG_FILE
+    if not path.is_file():
+        if layout.root.is_dir() and any(layout.root.iterdir()):
+            # only the output of this tool may be resumed
+            if (layout.root / "lists").exists() or (layout.root / "images_processed").exists():
+                raise ConfigError(f"{layout.root} holds a dataset that zsw did not generate (no {CONFIG_FILE})")
+        return
+    old = load_yaml(path, ProceduralConfig)
+    a, b = to_dict(replace(old, objects=0)), to_dict(replace(cfg, objects=0))
+    diff = [k for k in a if a[k] != b[k]]
+    if diff:
+        raise ConfigError(
+            f"{layout.root} was generated with {diff[0]}={a[diff[0]]!r}, not {b[diff[0]]!r}; "
+            "rerun with the same options to resume, or choose another --out"
+        )
+
+
+def generate(
+    out: str | os.PathLike,
+    cfg: ProceduralConfig,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerationReport:
+    """Render ``cfg`` into ``out`` (resuming what exists); ``progress(done_views, total_views)``."""
+    layout = ZeroShapeLayout(out)
+    _check_resume(layout, cfg)
+    if cfg.background_dir is not None and cfg.bake_splits:
+        from zsw.data.backgrounds import Backgrounds
+
+        Backgrounds(cfg.background_kinds, cfg.background_dir)  # fail early on a bad folder
+    layout.root.mkdir(parents=True, exist_ok=True)
+    config_file = layout.root / CONFIG_FILE
+    old_objects = load_yaml(config_file, ProceduralConfig).objects if config_file.is_file() else 0
+    dump_yaml(replace(cfg, objects=max(cfg.objects, old_objects)), config_file)
+
+    recorded = {r.get("name") for r in layout.read_manifest()}
+    total = cfg.objects * cfg.views
+    jobs = [
+        (str(layout.root), cfg, i, frozenset(s.name for s in sids if s.name in recorded)) for i, *_, sids in plan(cfg)
+    ]
+    start = time.perf_counter()
+    rendered = skipped = done = 0
+
+    def collect(result: tuple[int, list[dict], int]) -> None:
+        nonlocal rendered, skipped, done
+        _, records, n_skipped = result
+        for r in records:
+            layout.append_manifest(r)
+        rendered += sum(1 for r in records if not r.get("recovered"))
+        skipped += n_skipped
+        done += cfg.views
+        if progress is not None:
+            progress(done, total)
+
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        with _single_thread():
+            for job in jobs:
+                collect(_object_job(job))
+    else:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(workers, initializer=_worker_init) as pool:
+            for result in pool.imap_unordered(_object_job, jobs):
+                collect(result)
+    seconds = time.perf_counter() - start
+
+    # lists from what is on disk: every finished view of every planned object
+    for split in SPLITS:
+        for cat in cfg.categories:
+            sids = [s for i, c, sp, views in plan(cfg) if c == cat and sp == split for s in views if layout.has_view(s)]
+            if sids or layout.list_file(cat, split).exists():
+                layout.write_list(cat, split, sids)
+    return GenerationReport(rendered=rendered, skipped=skipped, objects=cfg.objects, seconds=seconds)
+
+
+def default_workers() -> int:
+    """Worker processes to use by default: one per available CPU."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
