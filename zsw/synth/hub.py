@@ -1,0 +1,129 @@
+"""Loading pretrained diffusers / transformers models by hub id or local folder, with one-line
+errors that say what to download and where to put it; device and dtype choice.
+
+Loading is the real ``from_pretrained`` path (hub ids resolve through the Hugging Face cache,
+``HF_HOME``/``HF_HUB_CACHE``). ``HF_HUB_OFFLINE=1`` is honoured at call time: no network is tried
+and a model missing from the cache fails at once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from zsw.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DTYPES",
+    "resolve_device",
+    "resolve_dtype",
+    "diffusers_dtype",
+    "looks_local",
+    "offline",
+    "load_pretrained",
+]
+
+T = TypeVar("T")
+
+DTYPES = ("fp16", "bf16", "fp32")
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` as given, or ``cuda`` when available, else ``cpu``; an unusable device is an error."""
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asked for, but torch sees no CUDA device")
+    return str(dev)
+
+
+def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+    """``fp16``/``bf16``/``fp32``; by default fp16 on a GPU and fp32 on the CPU."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        dtype = "fp32" if device.startswith("cpu") else "fp16"
+    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype not in table:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return table[dtype]
+
+
+def diffusers_dtype(dtype: Any) -> dict[str, Any]:
+    """``from_pretrained`` keyword for a dtype: ``dtype=`` where diffusers has it (it deprecated
+    ``torch_dtype=``, which older releases need)."""
+    from diffusers.utils import deprecation_utils
+
+    key = "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+    return {key: dtype}
+
+
+def looks_local(source: str | os.PathLike) -> bool:
+    """True for an existing path or something that can only be a path (hub ids are ``org/name``)."""
+    s = str(source)
+    return Path(s).expanduser().exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` read now (huggingface_hub reads it once at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def load_pretrained(
+    loader: Callable[..., T],
+    source: str | os.PathLike,
+    *,
+    what: str,
+    option: str,
+    default_id: str | None = None,
+    **kwargs: Any,
+) -> T:
+    """``loader(source, **kwargs)`` (a ``from_pretrained``), or a :class:`ConfigError` in one line.
+
+    Args:
+        loader: e.g. ``ControlNetModel.from_pretrained``.
+        source: a hub id (``org/name``) or a local folder.
+        what: the model's role, for the message ("depth ControlNet").
+        option: the CLI option that sets it ("--controlnet").
+        default_id: the hub id to suggest downloading when ``source`` is a local folder.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    local = looks_local(source)
+    path = Path(str(source)).expanduser()
+    if local and not path.exists():
+        hint = f"download it with `hf download {default_id} --local-dir {source}`" if default_id else "check the path"
+        raise ConfigError(f"{option} {source}: no such folder for the {what}; {hint}")
+    if offline() and not local:
+        kwargs.setdefault("local_files_only", True)
+    try:
+        return loader(str(path) if local else str(source), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, HfHubHTTPError) as e:
+        if local:
+            hint = f" (e.g. `hf download {default_id} --local-dir {source}`)" if default_id else ""
+            raise ConfigError(
+                f"cannot load the {what} from {option} {source}: {_reason(e)}; "
+                f"it must be a complete Hugging Face model folder{hint}"
+            ) from None
+        name = str(source).rstrip("/").rsplit("/", 1)[-1]
+        raise ConfigError(
+            f"cannot load the {what} {source!r} ({_reason(e)}); download it with "
+            f"`hf download {source} --local-dir models/{name}` and pass `{option} models/{name}`, "
+            "or put it in the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1"
+        ) from None
