@@ -2,27 +2,216 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-from zsw.cli._common import not_available
+from zsw.cli._common import cli_errors
 
 COMMAND = dict(
-    help="Give renders realistic appearance and backgrounds with diffusion (the paper's Algorithm 1)."
-    "\n\nExample:\n\n  zsw synthesize diffuse --data data/proc --out data/wild",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    help="Give renders realistic appearance and backgrounds with diffusion (the paper's Algorithm 1): "
+    "depth-ControlNet appearance from the noised render, silhouette IoU filter with retries, "
+    "object-aware background outpainting. Writes a ZeroShape-layout dataset plus manifest.jsonl; "
+    "a rerun resumes; --shard i/n splits the work across GPUs or machines."
+    "\n\nModels are hub ids or local folders (HF_HUB_OFFLINE=1 to stay offline)."
+    "\n\nExample:\n\n  zsw synthesize diffuse --data data/proc --out data/wild"
+    "\n\n  zsw synthesize diffuse --data data/proc --out data/wild --shard 0/4 --device cuda:0 --batch-size 8",
 )
-
-
-def diffuse(ctx: typer.Context) -> None:
-    raise not_available("synthesize diffuse", "issue #6, diffusion synthesis")
-
 
 PSEUDO_DEPTH_COMMAND = dict(
-    help="Store Depth Anything V2 pseudo-depth for every image of a dataset."
+    help="Store Depth Anything V2 pseudo-depth (relative inverse depth, large = near) for every image "
+    "of a dataset in pseudo_depth/<cat>/<name>.npy; existing files are kept unless --overwrite."
     "\n\nExample:\n\n  zsw synthesize pseudo-depth --data data/wild",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 
+_DTYPE_HELP = "fp16, bf16 or fp32 (default: fp16 on a GPU, fp32 on the CPU)."
 
-def pseudo_depth(ctx: typer.Context) -> None:
-    raise not_available("synthesize pseudo-depth", "issue #6, diffusion synthesis")
+
+def _progress(description: str, fields: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(fields),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+@cli_errors
+def diffuse(
+    data: Annotated[Path, typer.Option("--data", help="Source dataset (ZeroShape layout, white-background renders).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset; an earlier partial run here is resumed.")],
+    views_per_object: Annotated[
+        int | None, typer.Option(help="Use at most N views of each object, evenly spaced (default: all).")
+    ] = None,
+    shard: Annotated[str, typer.Option(help="Take every n-th render from the i-th: i/n (e.g. 0/4).")] = "0/1",
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
+    dtype: Annotated[str | None, typer.Option(help=_DTYPE_HELP)] = None,
+    batch_size: Annotated[int, typer.Option(help="Renders per diffusion call.")] = 4,
+    seed: Annotated[int | None, typer.Option(help="Run seed; per-sample seeds derive from it. [default: 0]")] = None,
+    min_iou: Annotated[float | None, typer.Option(help="Silhouette IoU to accept an image. [default: 0.95]")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="New seeds tried before giving up. [default: 4]")] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="SD 1.5 id or folder. [default: stable-diffusion-v1-5/stable-diffusion-v1-5]")
+    ] = None,
+    controlnet: Annotated[
+        str | None, typer.Option(help="Depth ControlNet id or folder. [default: lllyasviel/control_v11f1p_sd15_depth]")
+    ] = None,
+    background_model: Annotated[
+        str | None,
+        typer.Option(help="Background model id or folder. [default: yahoo-inc/photo-background-generation]"),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps of the schedule. [default: 20]")] = None,
+    start_step: Annotated[
+        int | None, typer.Option(help="Step at which the noised render is injected. [default: 8]")
+    ] = None,
+    resolution: Annotated[int | None, typer.Option(help="Generation size in pixels. [default: 512]")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML with any DiffuseConfig fields; options given here override it.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Process at most N pending renders in this run.")] = None,
+    save_foreground: Annotated[
+        bool, typer.Option(help="Also keep the appearance-stage image in OUT/foreground/.")
+    ] = False,
+) -> None:
+    from zsw.config import from_dict, load_yaml, to_dict
+    from zsw.errors import ConfigError
+    from zsw.synth.diffuse import DiffuseConfig, check_resume, parse_shard, plan
+
+    cfg = load_yaml(config, DiffuseConfig) if config is not None else DiffuseConfig()
+    overrides = dict(
+        views_per_object=views_per_object,
+        seed=seed,
+        min_iou=min_iou,
+        max_retries=max_retries,
+        base_model=base_model,
+        controlnet=controlnet,
+        background_model=background_model,
+        steps=steps,
+        start_step=start_step,
+        resolution=resolution,
+    )
+    cfg = from_dict(DiffuseConfig, {**to_dict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
+    shard_ix = parse_shard(shard)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    # cheap checks before minutes of model loading
+    from zsw.data.layout import ZeroShapeLayout
+    from zsw.errors import InputError
+
+    if not data.is_dir():
+        raise InputError(f"--data {data} is not a directory")
+    n_jobs = len(plan(ZeroShapeLayout(data), cfg.views_per_object)[shard_ix[0] :: shard_ix[1]])
+    if n_jobs == 0:
+        raise InputError(f"{data} has no renders for shard {shard}: no lists/<category>_<split>.list files name any")
+    resumed = check_resume(out, cfg)
+
+    from zsw.synth.appearance import ControlNetAppearance
+    from zsw.synth.background import ObjectAwareBackground
+    from zsw.synth.diffuse import synthesize
+    from zsw.synth.hub import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    typer.echo(f"loading models on {dev} ({str(torch_dtype).removeprefix('torch.')})", err=True)
+    appearance = ControlNetAppearance.from_pretrained(
+        cfg.base_model,
+        cfg.controlnet,
+        device=dev,
+        dtype=torch_dtype,
+        steps=cfg.steps,
+        start_step=cfg.start_step,
+        guidance_scale=cfg.guidance_scale,
+        controlnet_scale=cfg.controlnet_scale,
+        resolution=cfg.resolution,
+        negative_prompt=cfg.negative_prompt,
+    )
+    background = ObjectAwareBackground.from_pretrained(
+        cfg.background_model,
+        device=dev,
+        dtype=torch_dtype,
+        steps=cfg.background_steps,
+        guidance_scale=cfg.background_guidance_scale,
+        controlnet_scale=cfg.background_controlnet_scale,
+        resolution=cfg.resolution,
+        negative_prompt=cfg.negative_prompt,
+    )
+    fields = (
+        "[green]accepted {task.fields[accepted]}[/] [yellow]rejected {task.fields[rejected]}[/] "
+        "[red]failed {task.fields[failed]}[/]"
+    )
+    with _progress("synthesizing", fields) as bar:
+        task = bar.add_task("synthesize", total=None, accepted=0, rejected=0, failed=0)
+
+        def show(r: Any) -> None:
+            bar.update(task, total=r.total, completed=r.done, accepted=r.accepted, rejected=r.rejected, failed=r.failed)
+
+        report = synthesize(
+            data,
+            out,
+            cfg,
+            appearance,
+            background,
+            batch_size=batch_size,
+            shard=shard_ix,
+            limit=limit,
+            save_foreground=save_foreground,
+            progress=show,
+        )
+    rate = f", {report.accepted / report.elapsed_s:.3f} images/s" if report.accepted and report.elapsed_s > 0 else ""
+    typer.echo(
+        f"{'resumed: ' if resumed else ''}{report.accepted} accepted, {report.failed} failed the IoU filter, "
+        f"{report.skipped} already done, {report.errors} unreadable in {report.elapsed_s:.1f} s{rate} -> {out}"
+    )
+    if report.errors:
+        raise ConfigError(
+            f"{report.errors} source render(s) could not be read; see the 'error' records in {out}/manifest.jsonl "
+            "(a rerun retries them)"
+        )
+
+
+@cli_errors
+def pseudo_depth(
+    data: Annotated[Path, typer.Option("--data", help="Dataset (ZeroShape layout) whose images get pseudo-depth.")],
+    model: Annotated[
+        str, typer.Option(help="Depth Anything V2 id or folder.")
+    ] = "depth-anything/Depth-Anything-V2-Small-hf",
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
+    dtype: Annotated[str | None, typer.Option(help=_DTYPE_HELP)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    shard: Annotated[str, typer.Option(help="Take every n-th image from the i-th: i/n.")] = "0/1",
+    overwrite: Annotated[bool, typer.Option(help="Recompute files that already exist.")] = False,
+) -> None:
+    from zsw.errors import InputError
+    from zsw.synth.diffuse import parse_shard
+
+    shard_ix = parse_shard(shard)
+    if not data.is_dir():
+        raise InputError(f"--data {data} is not a directory")
+    from zsw.synth.hub import resolve_device, resolve_dtype
+    from zsw.synth.pseudo_depth import DepthAnything, pseudo_depth_dataset
+
+    dev = resolve_device(device)
+    estimator = DepthAnything.from_pretrained(model, device=dev, dtype=resolve_dtype(dtype, dev))
+    with _progress("pseudo-depth", "") as bar:
+        task = bar.add_task("pseudo-depth", total=None)
+
+        def show(r: Any) -> None:
+            bar.update(task, total=r.total, completed=r.written + r.skipped)
+
+        report = pseudo_depth_dataset(
+            data, estimator, batch_size=batch_size, shard=shard_ix, overwrite=overwrite, progress=show
+        )
+    typer.echo(f"{report.written} written, {report.skipped} already present -> {data}/pseudo_depth")

@@ -31,8 +31,6 @@ PLACEHOLDERS = [
     "eval",
     "export",
     "synthesize procedural",
-    "synthesize diffuse",
-    "synthesize pseudo-depth",
     "bench kernels",
     "bench train",
     "bench reconstruct",

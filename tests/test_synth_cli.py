@@ -1,0 +1,268 @@
+"""``zsw synthesize diffuse`` / ``pseudo-depth`` end to end on tiny random diffusers and transformers
+models saved to disk (the real loading, scheduling and pipeline code; noise for images).
+
+Tiny models run faster on one thread, and do not fight the other processes for the cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from zsw.cli.main import app
+from zsw.data.layout import SampleId, ZeroShapeLayout
+
+runner = CliRunner()
+NAMES = ["box_o2_0", "mug_o1_0", "mug_o1_1"]  # plan order
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    from zsw.synth.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def toy_source(tmp_path_factory):
+    from zsw.synth.tiny import write_toy_renders
+
+    root = tmp_path_factory.mktemp("toy") / "src"
+    write_toy_renders(root)
+    return root
+
+
+def _diffuse(tiny, src, out, *extra, env=None):
+    args = [
+        "synthesize",
+        "diffuse",
+        "--data",
+        str(src),
+        "--out",
+        str(out),
+        "--base-model",
+        str(tiny.base_model),
+        "--controlnet",
+        str(tiny.controlnet),
+        "--background-model",
+        str(tiny.background_model),
+        "--resolution",
+        "32",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+    return runner.invoke(app, args, env=env)
+
+
+def _records(out):
+    return list(ZeroShapeLayout(out).read_manifest())
+
+
+def test_diffuse_end_to_end(tiny, toy_source, tmp_path):
+    out = tmp_path / "wild"
+    result = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--batch-size", "3", "--save-foreground")
+    assert result.exit_code == 0, result.output
+    assert "3 accepted" in result.output
+
+    recs = _records(out)
+    assert sorted(r["sample"] for r in recs) == NAMES and {r["status"] for r in recs} == {"ok"}
+    for r in recs:
+        assert r["denoising_steps"] == 12 and r["start_timestep"] == 551  # injected at DDIM step 8 of 20
+        assert r["models"]["controlnet"] == str(tiny.controlnet)
+        assert r["models"]["background_model"] == str(tiny.background_model)
+        assert r["retries"] == 0 and r["prompt"] == r["attempts"][0]["prompt"]
+    src, dst = ZeroShapeLayout(toy_source), ZeroShapeLayout(out)
+    for name in NAMES:
+        cat, obj, view = name.split("_")
+        sid = SampleId(cat, obj, view)
+        img = dst.read_image(sid)
+        mask = src.read_mask(src.mask(sid))
+        fg = _read(out / "foreground" / cat, name)
+        assert img.shape == (224, 224, 3)
+        assert (img[mask] == fg[mask]).all()  # object pixels survive background generation exactly
+        assert not (img == src.read_image(sid)).all()
+        assert np.array_equal(np.load(dst.depth(sid)), np.load(src.depth(sid)))
+    assert sorted(s.name for c in ("box", "mug") for s in dst.read_list(c, "train")) == NAMES
+
+    mtimes = {n: dst.image(SampleId(*n.split("_"))).stat().st_mtime_ns for n in NAMES}
+    again = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--batch-size", "3")
+    assert again.exit_code == 0, again.output
+    assert "0 accepted" in again.output and "3 already done" in again.output
+    assert len(_records(out)) == 3
+    assert mtimes == {n: dst.image(SampleId(*n.split("_"))).stat().st_mtime_ns for n in NAMES}
+
+
+def _read(folder, name):
+    from PIL import Image
+
+    with Image.open(folder / f"{name}.png") as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def test_diffuse_shards_and_resume_after_interrupt(tiny, toy_source, tmp_path, monkeypatch):
+    out = tmp_path / "wild"
+    original = ZeroShapeLayout.append_manifest
+    calls = []
+
+    def killed_after_first(self, record):
+        calls.append(record["sample"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        original(self, record)
+
+    monkeypatch.setattr(ZeroShapeLayout, "append_manifest", killed_after_first)
+    first = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--shard", "0/2")
+    assert first.exit_code == 130 and "interrupted" in first.output
+    monkeypatch.setattr(ZeroShapeLayout, "append_manifest", original)
+    assert [r["sample"] for r in _records(out)] == ["box_o2_0"]
+
+    resumed = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--shard", "0/2")
+    assert resumed.exit_code == 0, resumed.output
+    assert "1 accepted" in resumed.output and "1 already done" in resumed.output
+    other = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--shard", "1/2")
+    assert other.exit_code == 0 and "1 accepted" in other.output
+
+    recs = _records(out)
+    assert sorted(r["sample"] for r in recs) == NAMES and len(recs) == 3  # complete, no duplicates
+    assert {r["sample"]: r["shard"] for r in recs} == {"box_o2_0": "0/2", "mug_o1_1": "0/2", "mug_o1_0": "1/2"}
+    dst = ZeroShapeLayout(out)
+    assert sorted(s.name for c in ("box", "mug") for s in dst.read_list(c, "train")) == NAMES
+
+
+def test_diffuse_filter_rejects_and_records_failures(tiny, toy_source, tmp_path):
+    out = tmp_path / "wild"
+    result = _diffuse(tiny, toy_source, out, "--min-iou", "1.0", "--max-retries", "1", "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    assert "0 accepted, 3 failed" in result.output
+    recs = _records(out)
+    assert {r["status"] for r in recs} == {"failed"} and len(recs) == 3
+    for r in recs:
+        assert len(r["attempts"]) == 2 and r["attempts"][0]["seed"] != r["attempts"][1]["seed"]
+        assert all(a["iou"] < 1.0 for a in r["attempts"])
+    assert not (out / "images_processed").exists()
+
+
+def test_background_model_keeps_object_pixels(tiny):
+    from zsw.synth.background import ObjectAwareBackground
+
+    bg = ObjectAwareBackground.from_pretrained(str(tiny.background_model), resolution=32, steps=4)
+    rng = np.random.default_rng(0)
+    fgs = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
+    masks = [np.zeros((48, 48), bool) for _ in range(2)]
+    masks[0][10:30, 5:40] = True
+    masks[1][20:47, 20:47] = True
+    outs = bg(fgs, masks, ["a mug in the kitchen", "a box in the abbey"], [1, 2])
+    for out, fg, m in zip(outs, fgs, masks):
+        assert out.shape == fg.shape and (out[m] == fg[m]).all()
+        assert (out[~m] != fg[~m]).any(axis=-1).mean() > 0.9
+
+
+def test_appearance_starts_at_step_8_of_20(tiny):
+    import types
+
+    from diffusers import DDIMScheduler, StableDiffusionControlNetImg2ImgPipeline
+
+    from zsw.synth.appearance import ControlNetAppearance, strength_for_start_step
+
+    model = ControlNetAppearance.from_pretrained(str(tiny.base_model), str(tiny.controlnet), resolution=32)
+    assert isinstance(model.pipe.scheduler, DDIMScheduler)
+    guide = np.full((40, 40, 3), 200, np.uint8)
+    batch = model([guide, guide], [guide, guide], ["a red mug", "a box"], [3, 4])
+    assert len(batch.timesteps) == 12 and batch.timesteps[0] == 551 and batch.timesteps[-1] == 1
+    assert [im.shape for im in batch.images] == [(40, 40, 3)] * 2
+    assert not np.array_equal(batch.images[0], batch.images[1])  # per-sample generators
+
+    # the strength rule against diffusers' own timestep selection, for every schedule up to 40 steps
+    shim = types.SimpleNamespace(scheduler=DDIMScheduler(steps_offset=1))
+    for steps in range(1, 41):
+        shim.scheduler.set_timesteps(steps)
+        for start in range(steps):
+            strength = strength_for_start_step(steps, start)
+            _, n = StableDiffusionControlNetImg2ImgPipeline.get_timesteps(shim, steps, strength, "cpu")
+            assert n == steps - start, (steps, start)
+
+
+def test_unloadable_models_fail_at_start_with_one_line(tiny, toy_source, tmp_path):
+    out = tmp_path / "wild"
+    result = runner.invoke(
+        app,
+        ["synthesize", "diffuse", "--data", str(toy_source), "--out", str(out), "--controlnet", str(tmp_path / "nope")],
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    line = result.output.strip().splitlines()[-1]
+    assert (
+        line.startswith("error: --controlnet")
+        and "no such folder" in line
+        and "hf download lllyasviel/control_v11f1p_sd15_depth" in line
+    )
+    assert not out.exists()
+
+    result = _diffuse(tiny, toy_source, out, "--background-model", "nobody/no-such-model", env={"HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("error: cannot load the object-aware background model 'nobody/no-such-model'")
+    assert "hf download nobody/no-such-model --local-dir models/no-such-model" in line
+    assert not (out / "manifest.jsonl").exists()
+
+
+def test_bad_options_are_one_line_errors(tiny, toy_source, tmp_path):
+    cases = [
+        (["--shard", "3/2"], "--shard"),
+        (["--dtype", "fp8"], "--dtype"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--start-step", "25"], "start_step"),
+    ]
+    for extra, needle in cases:
+        result = _diffuse(tiny, toy_source, tmp_path / "o", *extra)
+        assert result.exit_code == 1 and needle in result.output, (extra, result.output)
+    result = _diffuse(tiny, tmp_path / "missing", tmp_path / "o")
+    assert result.exit_code == 1 and "missing" in result.output
+
+
+def test_pseudo_depth_end_to_end(tiny, toy_source, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(toy_source, data)
+    args = ["synthesize", "pseudo-depth", "--data", str(data), "--model", str(tiny.depth_model), "--batch-size", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 written" in result.output
+    layout = ZeroShapeLayout(data)
+    for name in NAMES:
+        sid = SampleId(*name.split("_"))
+        d = np.load(layout.pseudo_depth(sid))
+        assert d.shape == (224, 224) and d.dtype == np.float32
+        assert np.isfinite(d).all() and d.min() >= 0 and d.std() > 0
+    first = np.load(layout.pseudo_depth(SampleId("box", "o2", "0")))
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "0 written, 3 already present" in again.output
+    forced = runner.invoke(app, [*args, "--overwrite", "--batch-size", "3"])
+    assert forced.exit_code == 0 and "3 written" in forced.output
+    assert np.allclose(np.load(layout.pseudo_depth(SampleId("box", "o2", "0"))), first, atol=1e-5)  # batch-invariant
+
+    missing = runner.invoke(app, ["synthesize", "pseudo-depth", "--data", str(data), "--model", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and "--model" in missing.output
+
+
+def test_vlm_estimator_load_failure_is_one_line(monkeypatch):
+    from zsw.errors import ConfigError
+    from zsw.synth.vlm import VLMCategoryEstimator
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="hf download nobody/no-such-vlm") as e:
+        VLMCategoryEstimator("nobody/no-such-vlm", device="cpu")
+    assert "\n" not in str(e.value)
