@@ -1,5 +1,6 @@
-"""``zsw synthesize diffuse`` / ``pseudo-depth`` end to end on tiny random diffusers and transformers
-models saved to disk (the real loading, scheduling and pipeline code; noise for images).
+"""``zsw synthesize diffuse`` / ``pseudo-depth`` end to end: 3 procedural renders
+(``zsw.synth.procedural``) through tiny random diffusers and transformers models saved to disk --
+the real loading, scheduling and pipeline code, with noise for images.
 
 Tiny models run faster on one thread, and do not fight the other processes for the cores.
 """
@@ -16,7 +17,8 @@ from zsw.cli.main import app
 from zsw.data.layout import SampleId, ZeroShapeLayout
 
 runner = CliRunner()
-NAMES = ["box_o2_0", "mug_o1_0", "mug_o1_1"]  # plan order
+NAMES = ["box_00001_00", "cylinder_00002_00", "sphere_00000_00"]  # plan order (category, object, view)
+CATS = ("box", "cylinder", "sphere")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,12 +39,36 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def toy_source(tmp_path_factory):
-    from zsw.synth.tiny import write_toy_renders
+def renders(tmp_path_factory):
+    """Three procedural renders (one view each of a sphere, a box and a cylinder) on white."""
+    from zsw.synth.procedural import ProceduralConfig, generate
 
-    root = tmp_path_factory.mktemp("toy") / "src"
-    write_toy_renders(root)
+    root = tmp_path_factory.mktemp("procedural") / "src"
+    cfg = ProceduralConfig(
+        objects=3,
+        views=1,
+        split_fractions=(1, 0, 0),
+        surface_points=256,
+        near_samples=512,
+        uniform_samples=256,
+        mesh_resolution=32,
+    )
+    generate(root, cfg)
     return root
+
+
+def _sid(name):
+    return SampleId(*name.rsplit("_", 2))
+
+
+def test_renders_pass_their_own_silhouette_filter(renders):
+    from zsw.synth.guidance import silhouette_iou
+
+    layout = ZeroShapeLayout(renders)
+    assert sorted(s.name for s in layout.samples("train")) == NAMES
+    for name in NAMES:
+        sid = _sid(name)
+        assert silhouette_iou(layout.read_image(sid), layout.read_mask(layout.mask(sid))) >= 0.99
 
 
 def _diffuse(tiny, src, out, *extra, env=None):
@@ -72,9 +98,9 @@ def _records(out):
     return list(ZeroShapeLayout(out).read_manifest())
 
 
-def test_diffuse_end_to_end(tiny, toy_source, tmp_path):
+def test_diffuse_end_to_end(tiny, renders, tmp_path):
     out = tmp_path / "wild"
-    result = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--batch-size", "3", "--save-foreground")
+    result = _diffuse(tiny, renders, out, "--min-iou", "0", "--batch-size", "3", "--save-foreground")
     assert result.exit_code == 0, result.output
     assert "3 accepted" in result.output
 
@@ -85,25 +111,24 @@ def test_diffuse_end_to_end(tiny, toy_source, tmp_path):
         assert r["models"]["controlnet"] == str(tiny.controlnet)
         assert r["models"]["background_model"] == str(tiny.background_model)
         assert r["retries"] == 0 and r["prompt"] == r["attempts"][0]["prompt"]
-    src, dst = ZeroShapeLayout(toy_source), ZeroShapeLayout(out)
+    src, dst = ZeroShapeLayout(renders), ZeroShapeLayout(out)
     for name in NAMES:
-        cat, obj, view = name.split("_")
-        sid = SampleId(cat, obj, view)
+        sid = _sid(name)
         img = dst.read_image(sid)
         mask = src.read_mask(src.mask(sid))
-        fg = _read(out / "foreground" / cat, name)
+        fg = _read(out / "foreground" / sid.category, name)
         assert img.shape == (224, 224, 3)
         assert (img[mask] == fg[mask]).all()  # object pixels survive background generation exactly
         assert not (img == src.read_image(sid)).all()
         assert np.array_equal(np.load(dst.depth(sid)), np.load(src.depth(sid)))
-    assert sorted(s.name for c in ("box", "mug") for s in dst.read_list(c, "train")) == NAMES
+    assert sorted(s.name for c in CATS for s in dst.read_list(c, "train")) == NAMES
 
-    mtimes = {n: dst.image(SampleId(*n.split("_"))).stat().st_mtime_ns for n in NAMES}
-    again = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--batch-size", "3")
+    mtimes = {n: dst.image(_sid(n)).stat().st_mtime_ns for n in NAMES}
+    again = _diffuse(tiny, renders, out, "--min-iou", "0", "--batch-size", "3")
     assert again.exit_code == 0, again.output
     assert "0 accepted" in again.output and "3 already done" in again.output
     assert len(_records(out)) == 3
-    assert mtimes == {n: dst.image(SampleId(*n.split("_"))).stat().st_mtime_ns for n in NAMES}
+    assert mtimes == {n: dst.image(_sid(n)).stat().st_mtime_ns for n in NAMES}
 
 
 def _read(folder, name):
@@ -113,7 +138,7 @@ def _read(folder, name):
         return np.asarray(im.convert("RGB")).copy()
 
 
-def test_diffuse_shards_and_resume_after_interrupt(tiny, toy_source, tmp_path, monkeypatch):
+def test_diffuse_shards_and_resume_after_interrupt(tiny, renders, tmp_path, monkeypatch):
     out = tmp_path / "wild"
     original = ZeroShapeLayout.append_manifest
     calls = []
@@ -125,27 +150,27 @@ def test_diffuse_shards_and_resume_after_interrupt(tiny, toy_source, tmp_path, m
         original(self, record)
 
     monkeypatch.setattr(ZeroShapeLayout, "append_manifest", killed_after_first)
-    first = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--shard", "0/2")
+    first = _diffuse(tiny, renders, out, "--min-iou", "0", "--shard", "0/2")
     assert first.exit_code == 130 and "interrupted" in first.output
     monkeypatch.setattr(ZeroShapeLayout, "append_manifest", original)
-    assert [r["sample"] for r in _records(out)] == ["box_o2_0"]
+    assert [r["sample"] for r in _records(out)] == [NAMES[0]]
 
-    resumed = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--shard", "0/2")
+    resumed = _diffuse(tiny, renders, out, "--min-iou", "0", "--shard", "0/2")
     assert resumed.exit_code == 0, resumed.output
     assert "1 accepted" in resumed.output and "1 already done" in resumed.output
-    other = _diffuse(tiny, toy_source, out, "--min-iou", "0", "--shard", "1/2")
+    other = _diffuse(tiny, renders, out, "--min-iou", "0", "--shard", "1/2")
     assert other.exit_code == 0 and "1 accepted" in other.output
 
     recs = _records(out)
     assert sorted(r["sample"] for r in recs) == NAMES and len(recs) == 3  # complete, no duplicates
-    assert {r["sample"]: r["shard"] for r in recs} == {"box_o2_0": "0/2", "mug_o1_1": "0/2", "mug_o1_0": "1/2"}
+    assert {r["sample"]: r["shard"] for r in recs} == {NAMES[0]: "0/2", NAMES[2]: "0/2", NAMES[1]: "1/2"}
     dst = ZeroShapeLayout(out)
-    assert sorted(s.name for c in ("box", "mug") for s in dst.read_list(c, "train")) == NAMES
+    assert sorted(s.name for c in CATS for s in dst.read_list(c, "train")) == NAMES
 
 
-def test_diffuse_filter_rejects_and_records_failures(tiny, toy_source, tmp_path):
+def test_diffuse_filter_rejects_and_records_failures(tiny, renders, tmp_path):
     out = tmp_path / "wild"
-    result = _diffuse(tiny, toy_source, out, "--min-iou", "1.0", "--max-retries", "1", "--batch-size", "3")
+    result = _diffuse(tiny, renders, out, "--min-iou", "1.0", "--max-retries", "1", "--batch-size", "3")
     assert result.exit_code == 0, result.output
     assert "0 accepted, 3 failed" in result.output
     recs = _records(out)
@@ -196,11 +221,11 @@ def test_appearance_starts_at_step_8_of_20(tiny):
             assert n == steps - start, (steps, start)
 
 
-def test_unloadable_models_fail_at_start_with_one_line(tiny, toy_source, tmp_path):
+def test_unloadable_models_fail_at_start_with_one_line(tiny, renders, tmp_path):
     out = tmp_path / "wild"
     result = runner.invoke(
         app,
-        ["synthesize", "diffuse", "--data", str(toy_source), "--out", str(out), "--controlnet", str(tmp_path / "nope")],
+        ["synthesize", "diffuse", "--data", str(renders), "--out", str(out), "--controlnet", str(tmp_path / "nope")],
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     line = result.output.strip().splitlines()[-1]
@@ -211,7 +236,7 @@ def test_unloadable_models_fail_at_start_with_one_line(tiny, toy_source, tmp_pat
     )
     assert not out.exists()
 
-    result = _diffuse(tiny, toy_source, out, "--background-model", "nobody/no-such-model", env={"HF_HUB_OFFLINE": "1"})
+    result = _diffuse(tiny, renders, out, "--background-model", "nobody/no-such-model", env={"HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 1 and "Traceback" not in result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("error: cannot load the object-aware background model 'nobody/no-such-model'")
@@ -219,7 +244,7 @@ def test_unloadable_models_fail_at_start_with_one_line(tiny, toy_source, tmp_pat
     assert not (out / "manifest.jsonl").exists()
 
 
-def test_bad_options_are_one_line_errors(tiny, toy_source, tmp_path):
+def test_bad_options_are_one_line_errors(tiny, renders, tmp_path):
     cases = [
         (["--shard", "3/2"], "--shard"),
         (["--dtype", "fp8"], "--dtype"),
@@ -227,32 +252,32 @@ def test_bad_options_are_one_line_errors(tiny, toy_source, tmp_path):
         (["--start-step", "25"], "start_step"),
     ]
     for extra, needle in cases:
-        result = _diffuse(tiny, toy_source, tmp_path / "o", *extra)
+        result = _diffuse(tiny, renders, tmp_path / "o", *extra)
         assert result.exit_code == 1 and needle in result.output, (extra, result.output)
     result = _diffuse(tiny, tmp_path / "missing", tmp_path / "o")
     assert result.exit_code == 1 and "missing" in result.output
 
 
-def test_pseudo_depth_end_to_end(tiny, toy_source, tmp_path):
+def test_pseudo_depth_end_to_end(tiny, renders, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(toy_source, data)
+    shutil.copytree(renders, data)
     args = ["synthesize", "pseudo-depth", "--data", str(data), "--model", str(tiny.depth_model), "--batch-size", "2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "3 written" in result.output
     layout = ZeroShapeLayout(data)
     for name in NAMES:
-        sid = SampleId(*name.split("_"))
+        sid = _sid(name)
         d = np.load(layout.pseudo_depth(sid))
         assert d.shape == (224, 224) and d.dtype == np.float32
         assert np.isfinite(d).all() and d.min() >= 0 and d.std() > 0
-    first = np.load(layout.pseudo_depth(SampleId("box", "o2", "0")))
+    first = np.load(layout.pseudo_depth(_sid(NAMES[0])))
 
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "0 written, 3 already present" in again.output
     forced = runner.invoke(app, [*args, "--overwrite", "--batch-size", "3"])
     assert forced.exit_code == 0 and "3 written" in forced.output
-    assert np.allclose(np.load(layout.pseudo_depth(SampleId("box", "o2", "0"))), first, atol=1e-5)  # batch-invariant
+    assert np.allclose(np.load(layout.pseudo_depth(_sid(NAMES[0]))), first, atol=1e-5)  # batch-invariant
 
     missing = runner.invoke(app, ["synthesize", "pseudo-depth", "--data", str(data), "--model", str(tmp_path / "x")])
     assert missing.exit_code == 1 and "--model" in missing.output
