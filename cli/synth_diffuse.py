@@ -60,24 +60,24 @@ def diffuse(
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
     dtype: Annotated[str | None, typer.Option(help=_DTYPE_HELP)] = None,
     batch_size: Annotated[int, typer.Option(help="Renders per diffusion call.")] = 4,
-    seed: Annotated[int | None, typer.Option(help="Run seed; per-sample seeds derive from it. [default: 0]")] = None,
-    min_iou: Annotated[float | None, typer.Option(help="Silhouette IoU to accept an image. [default: 0.95]")] = None,
-    max_retries: Annotated[int | None, typer.Option(help="New seeds tried before giving up. [default: 4]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed; per-sample seeds derive from it. (default: 0)")] = None,
+    min_iou: Annotated[float | None, typer.Option(help="Silhouette IoU to accept an image. (default: 0.95)")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="New seeds tried before giving up. (default: 4)")] = None,
     base_model: Annotated[
-        str | None, typer.Option(help="SD 1.5 id or folder. [default: stable-diffusion-v1-5/stable-diffusion-v1-5]")
+        str | None, typer.Option(help="SD 1.5 id or folder. (default: stable-diffusion-v1-5/stable-diffusion-v1-5)")
     ] = None,
     controlnet: Annotated[
-        str | None, typer.Option(help="Depth ControlNet id or folder. [default: lllyasviel/control_v11f1p_sd15_depth]")
+        str | None, typer.Option(help="Depth ControlNet id or folder. (default: lllyasviel/control_v11f1p_sd15_depth)")
     ] = None,
     background_model: Annotated[
         str | None,
-        typer.Option(help="Background model id or folder. [default: yahoo-inc/photo-background-generation]"),
+        typer.Option(help="Background model id or folder. (default: yahoo-inc/photo-background-generation)"),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="DDIM steps of the schedule. [default: 20]")] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps of the schedule. (default: 20)")] = None,
     start_step: Annotated[
-        int | None, typer.Option(help="Step at which the noised render is injected. [default: 8]")
+        int | None, typer.Option(help="Step at which the noised render is injected. (default: 8)")
     ] = None,
-    resolution: Annotated[int | None, typer.Option(help="Generation size in pixels. [default: 512]")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Generation size in pixels. (default: 512)")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML with any DiffuseConfig fields; options given here override it.")
     ] = None,

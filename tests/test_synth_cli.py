@@ -71,7 +71,7 @@ def test_renders_pass_their_own_silhouette_filter(renders):
         assert silhouette_iou(layout.read_image(sid), layout.read_mask(layout.mask(sid))) >= 0.99
 
 
-def _diffuse(tiny, src, out, *extra, env=None):
+def _diffuse(tiny, src, out, *extra, env=None, device="cpu"):
     args = [
         "synthesize",
         "diffuse",
@@ -88,7 +88,7 @@ def _diffuse(tiny, src, out, *extra, env=None):
         "--resolution",
         "32",
         "--device",
-        "cpu",
+        device,
         *extra,
     ]
     return runner.invoke(app, args, env=env)
@@ -291,3 +291,24 @@ def test_vlm_estimator_load_failure_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match="hf download nobody/no-such-vlm") as e:
         VLMCategoryEstimator("nobody/no-such-vlm", device="cpu")
     assert "\n" not in str(e.value)
+
+
+def test_help_states_the_config_defaults():
+    from zsw.synth.diffuse import DiffuseConfig
+
+    result = runner.invoke(app, ["synthesize", "diffuse", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    cfg = DiffuseConfig()
+    for name in ("seed", "min_iou", "max_retries", "base_model", "controlnet", "background_model", "steps"):
+        assert f"(default: {getattr(cfg, name)})" in text, name
+    assert f"(default: {cfg.start_step})" in text and f"(default: {cfg.resolution})" in text
+
+
+@pytest.mark.gpu
+def test_diffuse_on_gpu_in_half_precision(tiny, renders, tmp_path):
+    out = tmp_path / "wild"
+    result = _diffuse(tiny, renders, out, "--min-iou", "0", "--batch-size", "3", "--dtype", "fp16", device="cuda")
+    assert result.exit_code == 0, result.output
+    assert "3 accepted" in result.output and "images/s" in result.output
+    assert {r["denoising_steps"] for r in _records(out)} == {12}
