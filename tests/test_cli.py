@@ -27,12 +27,9 @@ COMMANDS = [
 # commands whose implementation has not landed yet; each must say so instead of faking output
 PLACEHOLDERS = [
     "reconstruct",
-    "train",
     "eval",
     "export",
-    "synthesize procedural",
     "bench kernels",
-    "bench train",
     "bench reconstruct",
 ]
 

@@ -259,7 +259,7 @@ def _check_resume(layout: ZeroShapeLayout, cfg: ProceduralConfig) -> None:
                 raise ConfigError(f"{layout.root} holds a dataset that zsw did not generate (no {CONFIG_FILE})")
         return
     old = load_yaml(path, ProceduralConfig)
-    a, b = to_dict(replace(old, objects=0)), to_dict(replace(cfg, objects=0))
+    a, b = to_dict(replace(old, objects=1)), to_dict(replace(cfg, objects=1))
     diff = [k for k in a if a[k] != b[k]]
     if diff:
         raise ConfigError(

@@ -1,0 +1,134 @@
+"""Training configuration: one frozen dataclass tree, YAML in and out (``zsw.config``).
+
+Defaults are the paper's recipe: AdamW betas (0.9, 0.95), weight decay 0.05 (not on biases and
+norms), lr 1e-5, stage ``full`` with 1e-6 for the pretrained pixel model, global batch 80,
+10 epochs for stage ``pixel`` and 15 for ``full``; loss weights of DESIGN section 5.
+
+Example::
+
+    from zsw.config import dump_yaml, load_yaml, replace
+    cfg = replace(TrainConfig(stage="full"), batch_size=8)
+    dump_yaml(cfg, "run.yaml"); assert load_yaml("run.yaml", TrainConfig) == cfg
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zsw.data.dataset import AugmentConfig
+from zsw.errors import ConfigError
+
+__all__ = ["LossConfig", "OptimConfig", "DataConfig", "TrainConfig", "STAGES", "STAGE_EPOCHS"]
+
+STAGES = ("pixel", "full")
+#: paper: 10 epochs of stage 1, 15 of stage 2
+STAGE_EPOCHS = {"pixel": 10, "full": 15}
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (see :mod:`zsw.train.losses`). Stage ``pixel`` ignores ``occupancy``."""
+
+    intrinsics: float = 10.0
+    depth: float = 1.0
+    aux_depth: float = 0.1
+    visible_mask: float = 1.0
+    occluder_mask: float = 1.0
+    occupancy: float = 1.0
+    # multi-scale gradient matching inside the depth term (ZeroShape's MiDaS loss: 0.1)
+    depth_gradient: float = 0.0
+    # predicted inverse depth for the auxiliary term is 1 / (depth + aux_depth_eps)
+    aux_depth_eps: float = 0.1
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    # stage full: learning rate of the pretrained pixel model (model.pixel)
+    lr_pretrained: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    # clip the global gradient norm (None = no clipping, as the paper)
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # dataset roots in ZeroShape's layout (folders with lists/, or folders of them)
+    roots: tuple[str, ...] = ()
+    # query points per sample and the occupancy offset (label: sdf - offset < 0)
+    points: int = 4096
+    sdf_offset: float = 0.003
+    # DataLoader worker processes per rank
+    workers: int = 4
+    # "object": the category-agnostic default prompt; "category": the sample's category name
+    # (needs CLIP weights for names other than the default)
+    prompts: str = "object"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # validation: split name and number of views evaluated at the end of each epoch
+    val_split: str = "val"
+    val_samples: int = 16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``batch_size`` is global: ranks x per-rank batch x ``grad_accum``."""
+
+    # model preset name or model YAML
+    model: str = "zeroshape-w"
+    stage: str = "pixel"
+    batch_size: int = 80
+    grad_accum: int = 1
+    # None: the stage's default (10 pixel, 15 full)
+    epochs: int | None = None
+    # stop after this many optimiser steps (None: run all epochs)
+    max_steps: int | None = None
+    # mixed precision: "off", "bf16" (autocast) or "fp16" (autocast + GradScaler, CUDA only)
+    amp: str = "off"
+    seed: int = 0
+    # lift the predicted depth with the GT visible and occluder masks for the encoder (as ZeroShape
+    # lifts with the GT mask); False feeds the predicted masks
+    teacher_masks: bool = True
+    # a zsw checkpoint to start from (e.g. the last stage's, or a converted ZeroShape one)
+    init: str | None = None
+    # without init: ImageNet weights (timm) for the ViT and ResNet and CLIP for the default prompt
+    # (needs network access or a filled Hugging Face cache)
+    pretrained: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # logging and checkpoints, in optimiser steps
+    log_every: int = 10
+    image_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    # validation at the end of every epoch; grid resolution of the validation meshes
+    validate: bool = True
+    val_resolution: int = 32
+    # points sampled on each validation mesh and GT cloud (ZeroShape's protocol: 10000)
+    val_points: int = 10000
+    # stop after this many consecutive non-finite losses (each one is skipped)
+    nan_patience: int = 10
+    # "auto" (cuda:<local rank> when available, else cpu), "cpu" or "cuda"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise ConfigError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
+        for name in ("batch_size", "grad_accum", "log_every", "image_every", "checkpoint_every", "nan_patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.data.prompts not in ("object", "category"):
+            raise ConfigError(f"data.prompts must be object or category, got {self.data.prompts!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def num_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else STAGE_EPOCHS[self.stage]

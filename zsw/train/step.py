@@ -1,0 +1,137 @@
+"""The forward pass of one training step, stage by stage, and the optimiser's parameter groups.
+
+Stage ``pixel`` (stage 1) runs only the pixel model (depth, intrinsics, visible and occluder masks)
+and trains it with the depth, auxiliary-depth, intrinsics and mask losses; the encoder and decoder
+are frozen. Stage ``full`` (stage 2) runs the whole model: the predicted depth and intrinsics are
+lifted to the visible surface (on the GT masks with ``teacher_masks``, else the predicted ones),
+encoded into tokens, and the query points -- moved to the camera with the GT pose and normalised
+with the GT visible surface -- are decoded against them; every loss is on.
+
+:class:`TrainStep` is the module DistributedDataParallel wraps, so one ``forward`` is one
+micro-batch's losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from zsw.train import losses as L
+from zsw.train.config import OptimConfig, TrainConfig
+
+__all__ = ["TrainStep", "param_groups", "set_trainable", "loss_scalars", "is_finite"]
+
+
+def set_trainable(model: nn.Module, stage: str) -> None:
+    """Stage ``pixel`` trains ``model.pixel`` only; stage ``full`` trains everything."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(stage == "full" or name.startswith("pixel."))
+
+
+def param_groups(model: nn.Module, stage: str, cfg: OptimConfig) -> list[dict]:
+    """AdamW groups: {pretrained pixel model, the rest} x {decay, no decay}.
+
+    No weight decay on biases and other parameters with ``ndim <= 1`` (norm scales, embeddings
+    such as tokens); in stage ``full`` the pixel model (trained in stage 1 or initialised from
+    ZeroShape) uses ``lr_pretrained``. Empty groups are dropped.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    names: dict[tuple[bool, bool], list[str]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = (stage == "full" and name.startswith("pixel."), p.ndim <= 1)
+        groups.setdefault(key, []).append(p)
+        names.setdefault(key, []).append(name)
+    out = []
+    for (pretrained, no_decay), params in sorted(groups.items()):
+        out.append(
+            dict(
+                params=params,
+                lr=cfg.lr_pretrained if pretrained else cfg.lr,
+                weight_decay=0.0 if no_decay else cfg.weight_decay,
+                name=f"{'pixel' if pretrained else 'main'}{'-no-decay' if no_decay else ''}",
+            )
+        )
+    return out
+
+
+class TrainStep(nn.Module):
+    """``forward(batch) -> {"total": ..., "<term>": ..., "pred_*": detached predictions}``."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.has_masks = bool(model.config.pixel.mask_heads)
+
+    def _prompts(self, batch: dict) -> list[str] | None:
+        if self.cfg.data.prompts == "category" and "category" in batch:
+            return list(batch["category"])
+        return None
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg, w = self.cfg, self.cfg.loss
+        model = self.model
+        image = batch["image"]
+        visible = batch["visible_mask"] > 0.5  # [B, 1, S, S]
+        occluder = batch["occluder_mask"]
+        B = image.shape[0]
+        teacher = cfg.teacher_masks or not self.has_masks
+        if cfg.stage == "pixel":
+            text = model.embed_prompts(self._prompts(batch), B)
+            pix = model.pixel(image, text)
+            depth, K = pix.depth, pix.intrinsics
+            vis_logits, occ_logits = pix.visible_mask_logits, pix.occluder_mask_logits
+            out = None
+        else:
+            out = model(
+                image,
+                prompt=self._prompts(batch),
+                mask=visible.to(image.dtype) if teacher else None,
+                occluder_mask=occluder.to(image.dtype) if teacher and self.has_masks else None,
+            )
+            depth, K = out.depth, out.intrinsics
+            vis_logits, occ_logits = out.visible_mask_logits, out.occluder_mask_logits
+
+        terms: dict[str, Tensor] = {}
+        gt_points, gt_center, gt_scale = L.visible_frame(batch["depth"], batch["intrinsics"], visible)
+        pred_points, _, _ = L.visible_frame(depth, K, visible)
+        flat_mask = visible.reshape(B, -1)
+        terms["intrinsics"] = L.intrinsics_loss(pred_points, gt_points, flat_mask)
+        terms["depth"] = L.depth_loss(depth, batch["depth"], visible, w.depth_gradient)
+        pseudo_valid = batch["pseudo_valid"] > 0.5
+        terms["aux_depth"] = L.aux_depth_loss(depth, batch["pseudo_depth"], pseudo_valid, w.aux_depth_eps)
+        if self.has_masks:
+            terms["visible_mask"] = L.mask_bce(vis_logits, batch["visible_mask"])
+            terms["occluder_mask"] = L.mask_bce(occ_logits, occluder)
+        if out is not None:
+            queries = L.query_points(batch["points"], batch["extrinsics"], gt_center, gt_scale)
+            logits = model.decode(out, queries.to(out.tokens.dtype))
+            terms["occupancy"] = L.occupancy_bce(logits, batch["occupancy"])
+            terms["occupancy_acc"] = ((logits.detach() > 0).float() == batch["occupancy"]).float().mean()
+        weights = {
+            "intrinsics": w.intrinsics,
+            "depth": w.depth,
+            "aux_depth": w.aux_depth,
+            "visible_mask": w.visible_mask,
+            "occluder_mask": w.occluder_mask,
+            "occupancy": w.occupancy,
+        }
+        total = sum(weights[k] * v for k, v in terms.items() if k in weights)
+        result = {"total": total, **terms}
+        result["pred_depth"] = depth.detach()
+        if vis_logits is not None:
+            result["pred_visible"] = vis_logits.detach()
+            result["pred_occluder"] = occ_logits.detach()
+        return result
+
+
+def loss_scalars(result: dict[str, Tensor]) -> dict[str, float]:
+    """The scalar terms of a :class:`TrainStep` result as floats (for logging)."""
+    return {k: float(v.detach()) for k, v in result.items() if not k.startswith("pred_") and v.dim() == 0}
+
+
+def is_finite(result: dict[str, Tensor]) -> bool:
+    return bool(torch.isfinite(result["total"].detach()).all())
