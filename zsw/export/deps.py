@@ -1,0 +1,45 @@
+"""Optional dependencies of the export and runtime paths, with one-line answers when they are missing.
+
+ONNX export and ONNX Runtime come with ``pip install "zsw[export]"``; TensorRT, torch-tensorrt and
+pycuda with ``pip install "zsw[trt]"``. Nothing here is imported before it is needed, so the rest of
+zsw works without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from zsw.errors import ZswError
+
+__all__ = ["require", "require_cuda", "EXTRAS"]
+
+#: import name -> (pip distribution, zsw extra that installs it)
+EXTRAS: dict[str, tuple[str, str]] = {
+    "onnx": ("onnx", "export"),
+    "onnxscript": ("onnxscript", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
+    "tensorrt": ("tensorrt", "trt"),
+    "torch_tensorrt": ("torch-tensorrt", "trt"),
+}
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise a :class:`ZswError` naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        dist, extra = EXTRAS.get(module, (module, "export"))
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ZswError(
+            f"{purpose} needs the `{dist}` package, which cannot be imported ({detail}); "
+            f'install it with: pip install "zsw[{extra}]"'
+        ) from None
+
+
+def require_cuda(purpose: str) -> None:
+    """Raise a :class:`ZswError` unless PyTorch sees a CUDA GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ZswError(f"{purpose} needs an NVIDIA GPU with CUDA, and PyTorch sees none on this machine")
