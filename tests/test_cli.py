@@ -28,7 +28,6 @@ COMMANDS = [
 PLACEHOLDERS = [
     "reconstruct",
     "eval",
-    "export",
     "bench kernels",
     "bench reconstruct",
 ]
