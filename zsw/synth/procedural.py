@@ -172,8 +172,9 @@ def _material_record(mat) -> dict:
     )
 
 
-def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[int, list[dict], int]:
-    """Render the missing views of object ``index``; returns (index, new manifest records, skipped)."""
+def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[list[dict], int, int]:
+    """Render the missing views of object ``index``; returns (new manifest records, views rendered,
+    views already there)."""
     root, cfg, index, recorded = args
     layout = ZeroShapeLayout(root)
     cat, split, sids = object_plan(cfg, index)
@@ -181,7 +182,7 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[int
     unrecorded = [sid for sid in sids if layout.has_view(sid) and sid.name not in recorded]
     have_object = layout.gt_sdf(sids[0]).is_file() and layout.pointcloud(sids[0]).is_file()
     if not todo and not unrecorded and have_object:
-        return index, [], len(sids)
+        return [], 0, len(sids)
 
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index]))
     shape: Shape = make_shape(cat, rng, resolution=cfg.mesh_resolution)
@@ -196,6 +197,7 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[int
 
         backgrounds = Backgrounds(cfg.background_kinds, cfg.background_dir)
     records = []
+    rendered = 0
     for v, sid in enumerate(sids):
         if sid not in todo and sid not in unrecorded:
             continue
@@ -223,8 +225,10 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[int
             arrays, extra = _bake(cfg, vrng, result, view, backgrounds)
             record.update(extra)
         layout.write_view(sid, intrinsics=view.K, extrinsics=view.Rt, alpha=result.alpha, **arrays)
-        records.append(record)
-    return index, records, len(sids) - len(todo)
+        rendered += 1
+        if sid.name not in recorded:  # a re-rendered view whose image was deleted keeps its record
+            records.append(record)
+    return records, rendered, len(sids) - len(todo)
 
 
 @contextlib.contextmanager
@@ -294,12 +298,12 @@ def generate(
     start = time.perf_counter()
     rendered = skipped = done = 0
 
-    def collect(result: tuple[int, list[dict], int]) -> None:
+    def collect(result: tuple[list[dict], int, int]) -> None:
         nonlocal rendered, skipped, done
-        _, records, n_skipped = result
+        records, n_rendered, n_skipped = result
         for r in records:
             layout.append_manifest(r)
-        rendered += sum(1 for r in records if not r.get("recovered"))
+        rendered += n_rendered
         skipped += n_skipped
         done += cfg.views
         if progress is not None:

@@ -1,0 +1,215 @@
+"""Procedural shapes, renderer and dataset generation (zsw.synth.sdf / render / procedural)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zsw.data.layout import SampleId, ZeroShapeLayout
+from zsw.errors import ConfigError
+from zsw.model.geometry import unproject_depth
+from zsw.synth.procedural import ProceduralConfig, generate, object_split
+from zsw.synth.render import render, sample_material, sample_view
+from zsw.synth.sdf import CATEGORIES, Box, Cone, Shape, Sphere, Torus, make_shape
+
+
+def test_primitives_hand_values():
+    p = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
+    assert torch.allclose(Sphere(1.0)(p)[:, 0], torch.tensor([1.0, -1.0, math.sqrt(8) - 1]))
+    # unit box: face, centre (distance to the nearest face, negative), corner region
+    assert torch.allclose(Box([1.0, 1.0, 1.0])(p)[:, 0], torch.tensor([1.0, -1.0, math.sqrt(2)]))
+    # torus in the xz-plane, ring radius 1, tube 0.25: (2, 0, 0) is 1 from the ring, (2, 2, 0) sqrt(5)
+    assert torch.allclose(Torus(1.0, 0.25)(p)[:, 0], torch.tensor([0.75, 0.75, math.sqrt(5) - 0.25]))
+    # cone r1=1 at y=-1 to apex at y=+1: the base centre lies on the surface; below it the cap
+    q = torch.tensor([[0.0, -1.0, 0.0], [0.0, -3.0, 0.0], [0.0, 0.0, 0.0]])
+    d = Cone(1.0, 0.0, 1.0)(q)[:, 0]
+    assert abs(d[0]) < 1e-6 and abs(d[1] - 2.0) < 1e-6 and d[2] < 0
+    # a translated, rotated instance: placement is rigid
+    R = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    moved = Box([2.0, 0.5, 0.5], translation=[[1.0, 1.0, 0.0]], rotation=R[None])
+    assert torch.allclose(moved(torch.tensor([[1.0, 3.5, 0.0]]))[0, 0], torch.tensor(0.5))
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_shapes_are_normalised_and_exact_outside(category):
+    rng = np.random.default_rng(3)
+    shape = make_shape(category, rng, resolution=96)
+    surface = torch.as_tensor(shape.surface_points(20000, rng, resolution=96))
+    lo, hi = surface.min(0).values, surface.max(0).values
+    assert abs(float((hi - lo).max()) - 1.0) < 0.01 and float((hi + lo).abs().max()) < 0.01
+    assert float(shape.sdf(surface).abs().max()) < 1e-4  # projected points lie on the surface
+    q = torch.rand(600, 3, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.7
+    d = shape.sdf(q)
+    nearest = torch.cdist(q, surface).min(dim=1).values  # brute force over dense surface samples
+    spacing = 0.03  # upper bound of the gap between neighbouring samples
+    outside = d > 0
+    assert (d[outside] - nearest[outside]).abs().max() < spacing  # exact outside
+    assert (-d[~outside] <= nearest[~outside] + 1e-5).all()  # a union is conservative inside
+    assert outside.any() and (~outside).any()
+
+
+def _render(category: str, seed: int):
+    rng = np.random.default_rng(seed)
+    shape = make_shape(category, rng, resolution=96)
+    surface = shape.surface_points(5000, rng, resolution=96)
+    view = sample_view(rng, surface)
+    return shape, surface, view, render(shape, view, sample_material(rng, shape.num_parts))
+
+
+@pytest.mark.parametrize("category", ["chair", "mug"])
+def test_rendered_depth_lies_on_the_surface(category):
+    shape, surface, view, r = _render(category, 5)
+    K = torch.as_tensor(view.K, dtype=torch.float32)
+    R = torch.as_tensor(view.R, dtype=torch.float32)
+    t = torch.as_tensor(view.t, dtype=torch.float32)
+    depth = torch.as_tensor(r.depth)
+    hit = depth.reshape(-1) > 0
+    assert 0.05 < hit.float().mean() < 0.9
+    cam = unproject_depth(depth[None, None], K[None])[0][hit]  # [P, 3]
+    obj = (cam - t) @ R  # camera -> object frame
+    d = shape.sdf(obj).abs()
+    footprint = cam[:, 2] / float(view.K[0, 0])  # one pixel at that depth
+    assert float(d.median()) < 1e-4 and bool((d < 0.5 * footprint).all())
+    # the sign flips across the surface along each pixel's ray
+    rays = cam / cam.norm(dim=-1, keepdim=True)
+    eps = 2e-3
+    before, after = shape.sdf(((cam - eps * rays) - t) @ R), shape.sdf(((cam + eps * rays) - t) @ R)
+    assert (before > 0).float().mean() > 0.99 and (after < 0).float().mean() > 0.9
+    # background rays never meet the object: the SDF stays positive along them
+    miss = ~hit & (torch.as_tensor(r.alpha).reshape(-1) == 0)
+    ys, xs = np.divmod(np.nonzero(miss.numpy())[0][::97], view.size)
+    pix = torch.stack([torch.as_tensor(xs), torch.as_tensor(ys), torch.ones(len(xs))], -1).float()
+    dirs = pix @ torch.linalg.inv(K).T
+    z = torch.linspace(0.1, 6.0, 400)
+    samples = (dirs[:, None, :] * z[None, :, None]).reshape(-1, 3)
+    assert bool((shape.sdf((samples - t) @ R) > 0).all())
+    # the crop contains the whole silhouette, K in pixels at 224
+    proj = (torch.as_tensor(surface) @ R.T + t) @ K.T
+    uv = proj[:, :2] / proj[:, 2:]
+    assert bool((uv > -0.5).all() and (uv < view.size - 0.5).all())
+    # antialiasing only touches the silhouette: alpha is 0 or 1 away from it
+    frac = (r.alpha > 0) & (r.alpha < 1)
+    assert frac.sum() < 0.2 * r.mask.sum()
+
+
+def test_camera_distribution():
+    rng = np.random.default_rng(0)
+    surface = np.random.default_rng(1).normal(size=(500, 3))
+    surface = surface / np.linalg.norm(surface, axis=1, keepdims=True) * 0.5
+    metas = [sample_view(rng, surface).meta for _ in range(300)]
+    f = np.array([m["focal_mm"] for m in metas])
+    e = np.array([m["elevation_deg"] for m in metas])
+    assert f.min() >= 30 and f.max() <= 70 and e.min() >= 5 and e.max() <= 65
+    assert f.max() - f.min() > 30 and e.max() - e.min() > 40  # the whole range is used
+
+
+def _digest(root) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "manifest.jsonl":
+            out[str(p.relative_to(root))] = hashlib.sha1(p.read_bytes()).hexdigest()
+    return out
+
+
+def _manifest(root) -> list[str]:
+    """Manifest records, sorted; a record re-created after an interruption is marked "recovered"."""
+    records = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    return sorted(json.dumps({k: v for k, v in r.items() if k != "recovered"}, sort_keys=True) for r in records)
+
+
+@pytest.mark.slow
+def test_same_seed_same_files_for_any_workers_and_resume(tmp_path):
+    cfg = ProceduralConfig(objects=3, views=2, seed=7, categories=("box", "mug", "lamp"), split_fractions=(1, 1, 1))
+    a, b = tmp_path / "a", tmp_path / "b"
+    report = generate(a, cfg, workers=1)
+    assert report.rendered == 6 and report.skipped == 0
+    generate(b, cfg, workers=2)
+    assert _digest(a) == _digest(b) and _manifest(a) == _manifest(b)
+    layout = ZeroShapeLayout(a)
+    assert {s.name for s in layout.samples("train") + layout.samples("val") + layout.samples("test")} == {
+        f"{c}_{i:05d}_{v:02d}" for i, c in enumerate(("box", "mug", "lamp")) for v in range(2)
+    }
+    records = [json.loads(line) for line in _manifest(a)]
+    assert all(30 <= r["camera"]["focal_mm"] <= 70 and r["source"] == "procedural" for r in records)
+
+    # an interrupted run: one view lost its image (written last), another view its manifest line
+    lost = SampleId("mug", "00001", "01")
+    layout.image(lost).unlink()
+    lines = (a / "manifest.jsonl").read_text().splitlines()
+    (a / "manifest.jsonl").write_text("\n".join(line for line in lines if "lamp_00002_00" not in line) + "\n")
+    again = generate(a, cfg, workers=1)
+    assert again.rendered == 1 and again.skipped == 5
+    assert _digest(a) == _digest(b) and _manifest(a) == _manifest(b)
+    assert sum("recovered" in line for line in (a / "manifest.jsonl").read_text().splitlines()) == 1
+
+    # growing the dataset keeps the old files; other options may not change
+    generate(a, ProceduralConfig(**{**cfg.__dict__, "objects": 4}), workers=1)
+    grown = _digest(a)
+    assert all(grown[k] == v for k, v in _digest(b).items() if not k.startswith("lists/") and k != "procedural.yaml")
+    assert len(grown) > len(_digest(b))
+    with pytest.raises(ConfigError, match="seed"):
+        generate(a, ProceduralConfig(**{**cfg.__dict__, "seed": 8}))
+    assert not list(a.rglob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_baked_test_split_has_background_and_consistent_occluders(tmp_path):
+    cfg = ProceduralConfig(objects=2, views=1, seed=1, categories=("chair", "box"), split_fractions=(0, 0, 1))
+    generate(tmp_path, ProceduralConfig(**{**cfg.__dict__, "bake_splits": ("test",)}))
+    layout = ZeroShapeLayout(tmp_path)
+    sids = layout.samples("test")
+    assert len(sids) == 2
+    occluded = 0
+    for sid in sids:
+        image = layout.read_image(sid)
+        depth = np.load(layout.depth(sid))
+        visible = layout.read_mask(layout.visible_mask(sid))
+        occluder = layout.read_mask(layout.occluder_mask(sid))
+        amodal = layout.read_alpha(sid) >= 0.5
+        assert np.array_equal(visible, depth > 0)  # depth is the visible object's
+        assert not (visible & occluder).any()
+        assert (visible <= amodal | ~(depth > 0)).all()
+        occluded += int((amodal & occluder).sum() > 0)
+        outside = ~amodal & ~occluder
+        assert np.abs(image[outside].astype(int) - 255).mean() > 5  # not a white background
+    assert occluded >= 1
+
+
+def test_object_splits_follow_the_fractions():
+    splits = [object_split(i, (0.8, 0.1, 0.1)) for i in range(100)]
+    assert abs(splits.count("train") - 80) <= 2 and abs(splits.count("val") - 10) <= 2
+    assert [object_split(i, (0.8, 0.1, 0.1)) for i in range(10)].count("train") == 8
+    assert {object_split(i, (0.8, 0.1, 0.1)) for i in range(10)} == {"train", "val", "test"}
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown procedural categories"):
+        ProceduralConfig(categories=("sphere", "dragon"))
+    with pytest.raises(ConfigError, match="bake splits"):
+        ProceduralConfig(bake_splits=("holdout",))
+    with pytest.raises(ValueError):
+        Shape([])
+
+
+@pytest.mark.slow
+def test_cli_synthesize_procedural(tmp_path):
+    from zsw.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "proc"
+    args = ["synthesize", "procedural", "--out", str(out), "--objects", "2", "--views", "1", "--workers", "1"]
+    result = runner.invoke(app, [*args, "--categories", "torus,capsule", "--splits", "1,0,0"])
+    assert result.exit_code == 0, result.output
+    assert "rendered 2 views" in result.output
+    assert sorted(p.name for p in (out / "lists").iterdir()) == ["capsule_train.list", "torus_train.list"]
+    bad_options = [(["--categories", "dragon"], "unknown procedural categories"), (["--splits", "1,2"], "--splits")]
+    for bad, fragment in bad_options:
+        result = runner.invoke(app, [*args, *bad])
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 1 and len(lines) == 1 and fragment in lines[0], result.output
