@@ -68,6 +68,11 @@ class Prediction:
         return points * self.scale[:, None, None] + self.center[:, None, :]
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.inference_mode()
 def predict(
     backend: Backend,
@@ -75,12 +80,30 @@ def predict(
     prompt: str | Sequence[str] | None = None,
     mask: Tensor | None = None,
     occluder_mask: Tensor | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Prediction:
-    """Run the pixel model and the encoder of ``backend`` with the shared glue in between."""
+    """Run the pixel model and the encoder of ``backend`` with the shared glue in between.
+
+    When ``timings`` is a dict, the seconds spent in the pixel model (``pixel``, prompt embedding
+    included) and in lifting plus encoding (``encode``) are added to it; CUDA is synchronised
+    around each stage for that, so leave it None when not measuring.
+    """
+    import time
+
+    if timings is not None:
+        _sync(backend.device)
+        t0 = time.perf_counter()
     text = backend.embed_prompts(prompt, image.shape[0])
     pix = backend.pixel(image, text)
+    if timings is not None:
+        _sync(backend.device)
+        t1 = time.perf_counter()
+        timings["pixel"] = timings.get("pixel", 0.0) + t1 - t0
     lifted = lift_surface(pix, backend.config, mask, occluder_mask)
     latents = backend.encode(lifted.encoder_input, text)
+    if timings is not None:
+        _sync(backend.device)
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t1
     return Prediction(
         depth=pix.depth,
         intrinsics=pix.intrinsics,

@@ -1,0 +1,505 @@
+"""Image to mesh: the ``zsw.reconstruct`` API and the engine behind ``zsw reconstruct``.
+
+For every image::
+
+    predict(backend, image, prompt)      depth, K, visible/occluder masks, latent K/V  (Backend)
+    extract_meshes(backend.decode, ...)  occupancy grid -> marching cubes, normalised frame
+    normalised * scale + center          camera frame (x right, y down, z forward)
+    camera -> output frame               "gltf" (default) or "camera"
+
+Everything after :func:`~zsw.infer.backend.predict` uses only the
+:class:`~zsw.infer.backend.Backend` protocol, so PyTorch, ONNX Runtime and TensorRT backends give
+the same files.
+
+**Mesh frame and units.** ``camera`` keeps the camera frame of the input view. ``gltf`` (default)
+turns it 180 degrees about x -- ``(x, y, z) -> (x, -y, -z)`` -- which is glTF's convention: y up,
+the object in front of a camera at the origin that looks down -z, its visible side facing +z, so
+glTF viewers and Blender show it upright, as photographed. Both frames keep the scale of the
+predicted depth: ZeroShape-W's depth is relative (up to an unknown scale and shift), so mesh units
+are not metres. ``result.json`` stores ``center`` and ``scale`` to map back to the model's
+normalised frame: ``normalised = (camera - center) / scale``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zsw.errors import ConfigError, InputError
+from zsw.infer.backend import Backend, load_backend, predict
+from zsw.infer.grid import MODES, extract_meshes
+from zsw.infer.image import LoadedImage, load_image, load_mask
+
+__all__ = [
+    "reconstruct",
+    "Reconstruction",
+    "Reconstructor",
+    "open_backend",
+    "resolve_weights",
+    "demo_weights",
+    "camera_to_frame",
+    "FRAMES",
+    "FORMATS",
+    "RANDOM_WEIGHTS_WARNING",
+]
+
+#: output frames of the mesh
+FRAMES = ("gltf", "camera")
+#: mesh file formats
+FORMATS = ("glb", "obj", "ply")
+#: folder of the packaged demo model
+DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
+RANDOM_WEIGHTS_WARNING = (
+    "no trained weights: running the '{preset}' preset with RANDOM weights -- the meshes are noise. "
+    "Pass --weights (a .safetensors checkpoint, e.g. from `zsw convert` or `zsw train`)."
+)
+UNITS = "camera frame in units of the predicted relative depth (scale and shift are unknown)"
+
+
+def demo_weights() -> Path | None:
+    """The packaged demo checkpoint (``zsw/assets/demo/*.safetensors``), or None if absent."""
+    found = sorted(DEMO_DIR.glob("*.safetensors")) if DEMO_DIR.is_dir() else []
+    return found[0] if found else None
+
+
+def resolve_weights(weights=None):
+    """What ``--weights`` means: ``(checkpoint path or model, label, warning or None)``.
+
+    ``None`` is the packaged demo model (or, while there is none, the ``tiny`` preset with random
+    weights and a warning); ``"demo"`` insists on the demo model; ``"random:<preset>"`` builds a
+    randomly initialised preset on purpose (pipeline tests, speed measurements); anything else is a
+    checkpoint path or a :class:`~zsw.model.ZeroShapeW`.
+    """
+    from zsw.model import ZeroShapeW, build_model
+
+    if isinstance(weights, ZeroShapeW):
+        return weights, f"in-memory {weights.config.name} model", None
+    if weights is None or str(weights) == "demo":
+        path = demo_weights()
+        if path is not None:
+            return path, f"demo:{path.name}", None
+        if weights is not None:
+            raise ConfigError(f"the demo model is not installed (no .safetensors in {DEMO_DIR})")
+        weights = "random:tiny"
+    text = str(weights)
+    if text.startswith("random:"):
+        preset = text.split(":", 1)[1] or "tiny"
+        with torch.random.fork_rng():  # the same random model every time, global RNG untouched
+            torch.manual_seed(0)
+            model = build_model(preset).eval()
+        return model, text, RANDOM_WEIGHTS_WARNING.format(preset=preset)
+    return Path(text), str(text), None
+
+
+def open_backend(
+    kind: str = "torch",
+    weights=None,
+    engine: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Backend, str, str | None]:
+    """A backend plus a label of its weights and an optional warning (see :func:`resolve_weights`)."""
+    if kind == "torch":
+        model, label, warning = resolve_weights(weights)
+        return load_backend("torch", weights=model, device=device), label, warning
+    if weights is not None:
+        raise ConfigError(f"--weights is for the torch backend; the {kind} backend reads its --engine folder")
+    return load_backend(kind, engine=engine, device=device), f"engine:{engine}", None
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_backend(kind: str, weights: str | None, engine: str | None, device: str | None):
+    return open_backend(kind, weights, engine, device)
+
+
+def camera_to_frame(points: np.ndarray, frame: str) -> np.ndarray:  # [N, 3] -> [N, 3]
+    """Camera-frame points in the output ``frame`` (``gltf``: ``(x, -y, -z)``; ``camera``: as is)."""
+    if frame == "camera":
+        return points
+    if frame == "gltf":
+        return points * np.array([1.0, -1.0, -1.0], dtype=points.dtype)
+    raise ConfigError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+
+
+@dataclass
+class Reconstruction:
+    """One image's reconstruction: the mesh, the pixel-level predictions and how they were made."""
+
+    name: str
+    mesh: object  # trimesh.Trimesh in `frame`
+    frame: str
+    image: np.ndarray  # [S, S, 3] uint8 model input
+    depth: np.ndarray  # [S, S] float32 relative depth
+    intrinsics: np.ndarray  # [3, 3] pixels of the S x S input
+    visible_mask: np.ndarray  # [S, S] bool
+    occluder_mask: np.ndarray | None  # [S, S] bool (None for models without an occluder head)
+    center: np.ndarray  # [3] camera-frame centroid of the visible surface
+    scale: float  # its radius: camera = normalised * scale + center
+    prompt: str | None
+    info: dict = field(default_factory=dict)
+    visible_points: np.ndarray | None = None  # [P, 3] the lifted visible surface, camera frame
+
+    def camera_vertices(self) -> np.ndarray:  # [V, 3]
+        """Mesh vertices in the camera frame (undoes the output frame)."""
+        return camera_to_frame(np.asarray(self.mesh.vertices, dtype=np.float64), self.frame)
+
+    def mesh_normalized(self):
+        """The mesh in the model's normalised frame (where the grid lives)."""
+        import trimesh
+
+        v = (self.camera_vertices() - self.center) / self.scale
+        return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False)
+
+    def preview(self, panel: int = 256) -> np.ndarray:  # [panel, 3 * panel, 3] uint8
+        """Input image | mesh from the input camera | mesh in a three-quarter view."""
+        from zsw.infer.preview import preview_image
+
+        return preview_image(self.image, self.camera_vertices(), np.asarray(self.mesh.faces), self.intrinsics, panel)
+
+    def save(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("glb",), preview: bool = True) -> list[Path]:
+        """Write ``mesh.<fmt>``, ``depth.png``, the masks, ``preview.png`` and ``result.json``.
+
+        Every file is written atomically and ``result.json`` last, so a folder with a
+        ``result.json`` is complete. Mesh files of formats not asked for this time are removed,
+        so the folder always matches its ``result.json``.
+        """
+        from PIL import Image
+
+        from zsw.infer.preview import colorize_depth
+        from zsw.io import atomic_path, atomic_write_json
+
+        bad = [f for f in formats if f not in FORMATS]
+        if bad or not formats:
+            raise ConfigError(f"mesh format must be one of {', '.join(FORMATS)}, got {bad or 'none'}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        t0 = time.perf_counter()
+        for fmt in dict.fromkeys(formats):
+            path = out / f"mesh.{fmt}"
+            with atomic_path(path) as tmp:
+                self.mesh.export(tmp, file_type=fmt)
+            written.append(path)
+        export_s = time.perf_counter() - t0
+
+        def png(name: str, array: np.ndarray) -> None:
+            path = out / name
+            with atomic_path(path) as tmp:
+                Image.fromarray(array).save(tmp, format="PNG")
+            written.append(path)
+
+        png("depth.png", colorize_depth(self.depth))
+        png("visible_mask.png", self.visible_mask.astype(np.uint8) * 255)
+        if self.occluder_mask is not None:
+            png("occluder_mask.png", self.occluder_mask.astype(np.uint8) * 255)
+        else:
+            (out / "occluder_mask.png").unlink(missing_ok=True)
+        t1 = time.perf_counter()
+        if preview:
+            png("preview.png", self.preview())
+        preview_s = time.perf_counter() - t1
+        for fmt in FORMATS:
+            if fmt not in formats:
+                (out / f"mesh.{fmt}").unlink(missing_ok=True)
+        info = json.loads(json.dumps(self.info))  # a copy
+        info.setdefault("timings_s", {}).update(export=export_s, preview=preview_s)
+        info["files"] = sorted(p.name for p in written) + ["result.json"]
+        self.info = info
+        atomic_write_json(out / "result.json", info)
+        return [*written, out / "result.json"]
+
+
+def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
+    if prompt is None or isinstance(prompt, str):
+        return [prompt] * n
+    prompts = list(prompt)
+    if len(prompts) != n:
+        raise InputError(f"got {len(prompts)} prompts for {n} images")
+    return prompts
+
+
+class Reconstructor:
+    """Reconstruct batches of prepared images with one backend and fixed extraction settings.
+
+    Args:
+        backend: any :class:`~zsw.infer.backend.Backend`.
+        resolution: grid cells per axis (``resolution + 1`` samples).
+        extraction: ``fast`` (coarse to fine) or ``dense``.
+        threshold: occupancy probability of the surface.
+        frame: output frame of the mesh, ``gltf`` or ``camera`` (see the module docstring).
+        chunk_points: most query points per decoder call (bounds memory).
+        weights_label: how the weights are named in ``result.json``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        resolution: int = 128,
+        extraction: str = "fast",
+        threshold: float = 0.5,
+        frame: str = "gltf",
+        chunk_points: int = 65536,
+        weights_label: str = "",
+        bound: float = 1.5,
+    ):
+        if extraction not in MODES:
+            raise ConfigError(f"extraction must be one of {', '.join(MODES)}, got {extraction!r}")
+        if frame not in FRAMES:
+            raise ConfigError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+        self.backend = backend
+        self.resolution = resolution
+        self.extraction = extraction
+        self.threshold = threshold
+        self.frame = frame
+        self.chunk_points = chunk_points
+        self.weights_label = weights_label
+        self.bound = bound
+        self.warnings: list[str] = []
+
+    @property
+    def needs_mask(self) -> bool:
+        """True for models without a visible-mask head (ZeroShape): every image needs a mask."""
+        return not self.backend.config.pixel.mask_heads
+
+    def __call__(
+        self,
+        images: Sequence[LoadedImage],
+        prompts: str | Sequence[str | None] | None = None,
+        masks: Sequence[np.ndarray | None] | None = None,
+    ) -> list[Reconstruction]:
+        """Reconstruct ``images`` in one batch (one model call per stage).
+
+        Args:
+            images: prepared with :func:`~zsw.infer.image.load_image` at the model's input size.
+            prompts: one category prompt for all, or one per image; None = the model's default.
+            masks: optional visible masks ``[S, S]`` bool per image (required by ZeroShape models;
+                an RGBA image's alpha is used when no mask is given).
+        """
+        B = len(images)
+        if B == 0:
+            return []
+        S = self.backend.config.pixel.image_size
+        for im in images:
+            if im.image.shape != (S, S, 3):
+                raise InputError(f"{im.name}: the model takes {S}x{S} images, got {im.image.shape[:2]}")
+        prompt_list = _prompts(prompts, B)
+        mask_list = list(masks) if masks is not None else [None] * B
+        if len(mask_list) != B:
+            raise InputError(f"got {len(mask_list)} masks for {B} images")
+        if self.needs_mask:
+            mask_list = [m if m is not None else im.alpha for m, im in zip(mask_list, images)]
+            missing = [im.name for m, im in zip(mask_list, images) if m is None]
+            if missing:
+                raise InputError(
+                    f"{missing[0]}: the {self.backend.config.name} model has no mask head; give a mask "
+                    "(--masks DIR) or an RGBA image with transparency"
+                )
+        # images with and without masks go through predict() separately (one mask tensor per call)
+        groups: dict[bool, list[int]] = {}
+        for i, m in enumerate(mask_list):
+            groups.setdefault(m is not None, []).append(i)
+        results: list[Reconstruction | None] = [None] * B
+        for has_mask, idx in groups.items():
+            for i, rec in zip(idx, self._run([images[i] for i in idx], [prompt_list[i] for i in idx],
+                                             [mask_list[i] for i in idx] if has_mask else None)):  # fmt: skip
+                results[i] = rec
+        return results  # type: ignore[return-value]
+
+    def _run(self, images: list[LoadedImage], prompts: list[str | None], masks) -> list[Reconstruction]:
+        backend = self.backend
+        device = backend.device
+        B = len(images)
+        batch = torch.from_numpy(np.stack([im.image for im in images])).to(device)
+        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        mask_t = None
+        if masks is not None:
+            mask_t = torch.from_numpy(np.stack(masks)).to(device)[:, None].float()
+        prompt_arg = None if all(p is None for p in prompts) else [p or self._default_prompt() for p in prompts]
+        timings: dict[str, float] = {}
+        pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings)
+
+        def decode(points: torch.Tensor) -> torch.Tensor:  # [B, N, 3] -> [B, N]
+            return backend.decode(pred.latents, points)
+
+        meshes = extract_meshes(
+            decode,
+            B,
+            self.resolution,
+            mode=self.extraction,
+            threshold=self.threshold,
+            bound=self.bound,
+            chunk_points=self.chunk_points,
+            device=device,
+        )
+        depth = pred.depth[:, 0].float().cpu().numpy()
+        K = pred.intrinsics.float().cpu().numpy()
+        visible = pred.visible_mask[:, 0].cpu().numpy() > 0.5
+        occluder = pred.occluder_mask[:, 0].cpu().numpy() > 0.5 if pred.occluder_mask is not None else None
+        center = pred.center.float().cpu().numpy()
+        scale = pred.scale.float().cpu().numpy()
+        surface = pred.visible_points.float().permute(0, 2, 3, 1).cpu().numpy()  # [B, S, S, 3] normalised
+        out = []
+        for b, (im, mesh) in enumerate(zip(images, meshes)):
+            grid = mesh.metadata.pop("zsw_grid")
+            v = np.asarray(mesh.vertices, dtype=np.float64) * float(scale[b]) + center[b]
+            mesh.vertices = camera_to_frame(v, self.frame)
+            prompt = prompts[b] or self._default_prompt()
+            timing = {
+                "pixel": timings.get("pixel", 0.0) / B,
+                "encode": timings.get("encode", 0.0) / B,
+                "grid_decode": grid["decode_s"] / B,
+                "marching_cubes": grid["marching_cubes_s"],
+            }
+            warn = list(self.warnings)
+            if len(mesh.faces) == 0:
+                warn.append("empty mesh: the predicted occupancy never crosses the threshold")
+            info = {
+                "zsw_version": _version(),
+                "name": im.name,
+                "input": im.to_dict(),
+                "prompt": prompt if backend.config.text.enabled else None,
+                "model": {
+                    "preset": backend.config.name,
+                    "weights": self.weights_label,
+                    "backend": backend.name,
+                    "device": str(device),
+                },
+                "mask": "given" if masks is not None else "predicted",
+                "camera": {
+                    "image_size": im.size,
+                    "intrinsics": K[b].tolist(),
+                    "center": center[b].tolist(),
+                    "scale": float(scale[b]),
+                },
+                "grid": {
+                    "resolution": self.resolution,
+                    "extraction": self.extraction,
+                    "threshold": self.threshold,
+                    "bound": self.bound,
+                    "evaluated_points": grid["evaluated_points"],
+                    "grid_points": grid["grid_points"],
+                },
+                "mesh": {
+                    "frame": self.frame,
+                    "units": UNITS,
+                    "vertices": len(mesh.vertices),
+                    "faces": len(mesh.faces),
+                    "watertight": bool(len(mesh.faces)) and bool(mesh.is_watertight),
+                },
+                "batch_size": B,
+                "timings_s": timing,
+                "warnings": warn,
+            }
+            out.append(
+                Reconstruction(
+                    name=im.name,
+                    mesh=mesh,
+                    frame=self.frame,
+                    image=im.image,
+                    depth=depth[b],
+                    intrinsics=K[b],
+                    visible_mask=visible[b],
+                    occluder_mask=occluder[b] if occluder is not None else None,
+                    center=center[b],
+                    scale=float(scale[b]),
+                    prompt=prompt if backend.config.text.enabled else None,
+                    info=info,
+                    visible_points=surface[b][visible[b]] * float(scale[b]) + center[b],
+                )
+            )
+        return out
+
+    def _default_prompt(self) -> str:
+        return self.backend.config.text.default_prompt
+
+
+def _version() -> str:
+    from zsw import __version__
+
+    return __version__
+
+
+def reconstruct(
+    image,
+    weights=None,
+    *,
+    prompt: str | None = None,
+    mask=None,
+    resolution: int = 128,
+    extraction: str = "fast",
+    threshold: float = 0.5,
+    frame: str = "gltf",
+    device: str | torch.device | None = None,
+    backend: str | Backend = "torch",
+    engine: str | os.PathLike | None = None,
+) -> Reconstruction:
+    """Reconstruct the mesh of the object in one photo.
+
+    Args:
+        image: a path, a ``PIL.Image.Image`` or an ``[H, W(, 3|4)]`` array; any size (padded to a
+            square around the centre and resized to the model's input).
+        weights: a ``.safetensors`` checkpoint, a model, ``"demo"``, ``"random:<preset>"``, or None
+            for the packaged demo model.
+        prompt: category text ("chair"); ``"auto"`` (= ``"clip"``: CLIP zero-shot over the LVIS +
+            ShapeNet vocabulary, needs CLIP weights) or ``"vlm:<hub id or folder>"`` to estimate it;
+            None for the model's default, "object".
+        mask: optional visible mask (path, PIL image or ``[H, W]`` array at the image's size).
+        resolution: grid cells per axis.
+        extraction: ``fast`` (coarse to fine) or ``dense``.
+        threshold: occupancy probability of the surface.
+        frame: ``gltf`` (y up, facing +z, default) or ``camera`` (x right, y down, z forward).
+        device: ``cuda``, ``cpu``, ... (default: CUDA if available).
+        backend: ``torch``, ``onnxruntime``, ``tensorrt``, or a :class:`~zsw.infer.backend.Backend`.
+        engine: folder written by ``zsw export`` (ONNX Runtime / TensorRT backends).
+
+    Returns:
+        A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
+        same files as ``zsw reconstruct``.
+
+    Example::
+
+        import zsw
+        rec = zsw.reconstruct("examples/armchair.png")
+        rec.mesh.export("armchair.glb")
+    """
+    if isinstance(backend, str):
+        key_weights = None if weights is None else weights
+        if isinstance(key_weights, (str, os.PathLike)) or key_weights is None:
+            be, label, warning = _cached_backend(
+                backend,
+                None if key_weights is None else str(key_weights),
+                None if engine is None else str(engine),
+                None if device is None else str(device),
+            )
+        else:
+            be, label, warning = open_backend(backend, weights, engine, device)
+    else:
+        be, label, warning = backend, getattr(backend, "name", "backend"), None
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    loaded = load_image(image, be.config.pixel.image_size)
+    masks = [load_mask(mask, loaded)] if mask is not None else None
+    if prompt is not None and (prompt in ("auto", "clip") or prompt.startswith("vlm:")):
+        from zsw.infer.category import get_estimator
+
+        prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
+    rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
+                        weights_label=label)  # fmt: skip
+    if warning:
+        rec.warnings.append(warning)
+    return rec([loaded], prompt, masks)[0]
+
+
+def _pil(array: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(array)
