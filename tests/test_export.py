@@ -1,0 +1,423 @@
+"""Deployment: ONNX export of the tiny model through the CLI, onnx.checker, ONNX Runtime parity with
+eager PyTorch and with the torch backend, engine fingerprints, and one-line errors.
+
+The export (about 30 s on two cores) runs once per module; every other test reads its directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zsw.cli.main import app
+from zsw.errors import CheckpointError, ConfigError, InputError, ZswError
+
+runner = CliRunner()
+CHUNK = 700  # points per decoder call: small, so the parity tests cross chunk boundaries
+
+
+def _one_line_error(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from zsw import checkpoint
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    with torch.no_grad():  # non-trivial mask and intrinsics heads (they start at zero)
+        for p in (*model.pixel.film.parameters(), *model.pixel.intrinsics_head.proj.parameters()):
+            p.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    checkpoint.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
+    args = ["export", "--weights", str(tiny_checkpoint), "--out", str(out), "--points-chunk", str(CHUNK)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "decoder.onnx" in result.output and "max |onnxruntime - eager|" in result.output
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the three graphs
+# --------------------------------------------------------------------------------------------
+
+
+def _zeroshape_like_tiny():
+    from zsw.config import get_model_config, replace
+
+    tiny = get_model_config("tiny")
+    return replace(
+        tiny,
+        name="tiny-zeroshape",
+        pixel=replace(tiny.pixel, mask_heads=False),
+        encoder=replace(tiny.encoder, in_channels=3),
+        decoder=replace(tiny.decoder, point_embed="linear"),
+        text=replace(tiny.text, enabled=False),
+    )
+
+
+@pytest.mark.parametrize("variant", ["zeroshape-w", "zeroshape"])
+def test_graph_modules_compute_what_the_model_computes(variant):
+    from zsw.config import get_model_config
+    from zsw.export.graphs import example_inputs, graph_modules, resolve_shape
+    from zsw.model import DecoderLatents, build_model
+
+    cfg = get_model_config("tiny") if variant == "zeroshape-w" else _zeroshape_like_tiny()
+    model = build_model(cfg).eval()
+    modules = graph_modules(model)
+    inputs = example_inputs(model, batch=2, points=50)
+    with torch.no_grad():
+        outs = {name: modules[name](*inputs[name]) for name in modules}
+        pix = model.pixel(*inputs["pixel"])
+        latents = model.decoder.encode(model.encoder(inputs["encoder"][0]), *inputs["encoder"][1:])
+        kv = [tuple(outs["encoder"][2 * i : 2 * i + 2]) for i in range(cfg.decoder.blocks)]
+        query_text = outs["encoder"][-1] if variant == "zeroshape-w" else None
+        logits = model.decoder.decode(DecoderLatents(kv=kv, text=query_text), inputs["decoder"][0])
+    assert torch.equal(outs["pixel"][0], pix.depth) and torch.equal(outs["pixel"][1], pix.intrinsics)
+    assert torch.equal(outs["encoder"][0], latents.kv[0][0]) and torch.equal(outs["decoder"][0], logits)
+    for name, module in modules.items():
+        sizes = {"batch": 2, "points": 50}
+        assert [tuple(o.shape) for o in outs[name]] == [resolve_shape(t, sizes) for t in module.spec.outputs]
+        assert [tuple(x.shape) for x in inputs[name]] == [resolve_shape(t, sizes) for t in module.spec.inputs]
+    if variant == "zeroshape":  # no text anywhere, no mask heads: image in, depth and K out
+        assert modules["pixel"].spec.input_names == ["image"]
+        assert modules["pixel"].spec.output_names == ["depth", "intrinsics"]
+        assert "query_text" not in modules["decoder"].spec.input_names
+    half = graph_modules(model, "fp16")["decoder"]
+    assert half.model.decoder.latent_proj.weight.dtype == torch.float16
+    assert model.decoder.latent_proj.weight.dtype == torch.float32  # the model itself is untouched
+    assert half(*inputs["decoder"])[0].dtype == torch.float32  # float32 I/O
+
+
+# --------------------------------------------------------------------------------------------
+# the export directory
+# --------------------------------------------------------------------------------------------
+
+
+def test_manifest_records_interface_precision_checksums_and_parity(onnx_dir):
+    from zsw import __version__
+    from zsw.config import get_model_config
+    from zsw.export.graphs import graph_specs
+    from zsw.export.manifest import read_manifest, sha256_file
+
+    manifest = read_manifest(onnx_dir)
+    data = manifest.data
+    assert data["zsw_version"] == __version__
+    assert data["precision"] == "fp32" and data["io_dtype"] == "float32"
+    assert data["onnx"]["opset"] == 18 and data["batch"] == 1 and data["points_chunk"] == CHUNK
+    assert manifest.config == get_model_config("tiny")
+    specs = graph_specs(manifest.config)
+    assert manifest.spec("decoder").inputs[0].shape == ("batch", "points", 3)
+    assert manifest.spec("decoder").outputs[0].shape == ("batch", "points")
+    assert [t.name for t in specs["encoder"].outputs] == [
+        "latent_k0",
+        "latent_v0",
+        "latent_k1",
+        "latent_v1",
+        "query_text",
+    ]
+    for name, graph in data["graphs"].items():
+        assert sha256_file(onnx_dir / graph["file"]) == graph["sha256"]
+        v = graph["validation"]
+        assert v["passed"] and v["batches"] == [1, 3]
+        assert set(v["max_abs_error"]) == {t.name for t in specs[name].outputs}
+        assert max(v["max_abs_error"].values()) <= 1e-4, (name, v["max_abs_error"])
+    emb = manifest.default_text_embedding()
+    assert emb.shape == (512,) and abs(emb.norm().item() - 1) < 1e-5
+
+
+def test_graphs_pass_the_checker_with_symbolic_batch_and_points(onnx_dir):
+    import onnx
+
+    from zsw.export.manifest import read_manifest
+
+    manifest = read_manifest(onnx_dir)
+    for name in ("pixel", "encoder", "decoder"):
+        path = onnx_dir / f"{name}.onnx"
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path), load_external_data=False)
+        assert model.opset_import[0].version == 18
+        for value, spec in zip(model.graph.input, manifest.spec(name).inputs):
+            dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            assert tuple(dims) == spec.shape, (name, value.name, dims)
+    decoder = onnx.load(str(onnx_dir / "decoder.onnx"))
+    assert [d.dim_param for d in decoder.graph.output[0].type.tensor_type.shape.dim] == ["batch", "points"]
+
+
+# --------------------------------------------------------------------------------------------
+# the ONNX Runtime backend against the torch backend
+# --------------------------------------------------------------------------------------------
+
+
+def test_onnxruntime_backend_reconstructs_like_the_torch_backend(onnx_dir, tiny_checkpoint):
+    from zsw.infer.backend import load_backend, predict
+
+    ort = load_backend("onnxruntime", engine=onnx_dir, device="cpu")
+    ref = load_backend("torch", weights=tiny_checkpoint, device="cpu")
+    assert ort.name == "onnxruntime" and ort.config == ref.config and ort.device == torch.device("cpu")
+    image = torch.rand(2, 3, 224, 224)
+    a, b = predict(ort, image), predict(ref, image)
+    for field in ("depth", "intrinsics", "visible_mask_logits", "occluder_mask_logits", "visible_points"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=1e-4, rtol=1e-4, msg=field)
+    assert torch.equal(a.visible_mask, b.visible_mask)
+    points = torch.rand(2, 2 * CHUNK + 123, 3) * 3 - 1.5  # three decoder calls, the last one partial
+    got, want = ort.decode(a.latents, points), ref.decode(b.latents, points)
+    assert got.shape == (2, points.shape[1])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # a user mask replaces the predicted one exactly as in the torch backend
+    mask = torch.zeros(2, 1, 224, 224)
+    mask[:, :, 60:170, 50:180] = 1
+    a, b = predict(ort, image, mask=mask), predict(ref, image, mask=mask)
+    torch.testing.assert_close(a.latents.kv[1][0], b.latents.kv[1][0], atol=1e-4, rtol=1e-4)
+    assert ort.decode(a.latents, points[:, :0]).shape == (2, 0)
+
+
+def test_onnxruntime_backend_rejects_bad_inputs_in_one_line(onnx_dir):
+    from zsw.infer.backend import load_backend
+
+    ort = load_backend("onnxruntime", engine=onnx_dir, device="cpu")
+    with pytest.raises(InputError, match=r"image must be a tensor \[B, 3, 224, 224\]"):
+        ort.pixel(torch.rand(1, 3, 200, 200), None)
+    latents = ort.encode(torch.zeros(1, 4, 224, 224), None)
+    with pytest.raises(InputError, match=r"points must be a tensor \[B=1, N, 3\]"):
+        ort.decode(latents, torch.zeros(2, 10, 3))
+    with pytest.raises(InputError, match="text has batch 2"):
+        ort.pixel(torch.rand(1, 3, 224, 224), torch.zeros(2, 512))
+
+
+def test_damaged_or_missing_export_is_refused(onnx_dir, tmp_path):
+    from zsw.export.runtime import load_runtime_backend
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_runtime_backend("onnxruntime", tmp_path / "nowhere", "cpu")
+    with pytest.raises(CheckpointError, match="no export.json"):
+        load_runtime_backend("onnxruntime", tmp_path, "cpu")
+    copy = tmp_path / "copy"
+    shutil.copytree(onnx_dir, copy)
+    with open(copy / "decoder.onnx", "r+b") as f:  # flip one byte of the weights
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(CheckpointError, match="decoder.onnx does not match the sha256"):
+        load_runtime_backend("onnxruntime", copy, "cpu")
+    data = json.loads((copy / "export.json").read_text())
+    data["model"]["decoder"]["heads"] = 4
+    (copy / "export.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="interface does not match the model config"):
+        load_runtime_backend("onnxruntime", copy, "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# precision from the graph's dtypes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fp16_decoder_graph_computes_in_half_with_float32_io(tiny_checkpoint, tmp_path):
+    import onnx
+
+    from zsw import checkpoint
+    from zsw.export.graphs import example_inputs, graph_modules
+    from zsw.export.onnx import TOLERANCE, check_graph, export_graph, onnxruntime_session, validate_graph
+
+    model = checkpoint.load(tiny_checkpoint)
+    module = graph_modules(model, "fp16")["decoder"]
+    path = tmp_path / "decoder.onnx"
+    export_graph(module, example_inputs(model, 2, 1000)["decoder"], path)
+    check_graph(path)
+    graph = onnx.load(str(path)).graph
+    types = {i.data_type for i in graph.initializer if len(i.dims) == 2}  # the Linear weights
+    assert types == {onnx.TensorProto.FLOAT16}
+    assert {v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)} == {onnx.TensorProto.FLOAT}
+    cases = [example_inputs(model, b, 777, seed=b)["decoder"] for b in (1, 3)]
+    result = validate_graph(onnxruntime_session(path), module.spec, graph_modules(model)["decoder"], cases, "fp16")
+    assert result["passed"], result
+    # not bit-exact: the graph really computes in half precision
+    assert 1e-6 < result["max_abs_error"]["logits"] <= TOLERANCE["fp16"] * max(1, result["max_abs_reference"]["logits"])
+
+
+# --------------------------------------------------------------------------------------------
+# TensorRT fingerprints (no GPU needed: fabricated)
+# --------------------------------------------------------------------------------------------
+
+
+def _fabricated_engines(onnx_dir, tmp_path, fingerprint: dict):
+    copy = tmp_path / "engines"
+    shutil.copytree(onnx_dir, copy)
+    data = json.loads((copy / "export.json").read_text())
+    engines = {}
+    for name in ("pixel", "encoder", "decoder"):
+        (copy / f"{name}.fp32.plan").write_bytes(b"not a real plan")
+        engines[name] = {"file": f"{name}.fp32.plan", "sha256": None, "onnx_sha256": data["graphs"][name]["sha256"]}
+    data["tensorrt"] = {"fingerprint": fingerprint, "workspace_bytes": 1 << 30, "engines": engines}
+    (copy / "export.json").write_text(json.dumps(data))
+    return copy
+
+
+A100 = {"gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "tensorrt": "10.3.0", "precision": "fp32"}
+H100 = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "tensorrt": "11.1.0", "precision": "fp32"}
+
+
+def test_engine_built_for_another_gpu_and_tensorrt_is_refused(onnx_dir, tmp_path, monkeypatch):
+    from zsw.export import tensorrt as trt_export
+    from zsw.export.fingerprint import EngineFingerprint
+    from zsw.export.runtime import load_runtime_backend
+
+    engines = _fabricated_engines(onnx_dir, tmp_path, A100)
+    here = EngineFingerprint.from_dict(H100)
+    monkeypatch.setattr(trt_export, "current_fingerprint", lambda precision, device=None: here)
+    with pytest.raises(CheckpointError) as e:
+        load_runtime_backend("tensorrt", engines, "cuda")
+    message = str(e.value)
+    assert "\n" not in message and "pixel.fp32.plan" in message
+    assert "TensorRT 10.3.0 (this machine has 11.1.0)" in message
+    assert "compute capability 8.0" in message and "zsw export --format tensorrt" in message
+
+
+def test_fingerprint_rules():
+    from zsw.export.fingerprint import EngineFingerprint, check_fingerprint
+
+    built = EngineFingerprint.from_dict(H100)
+    check_fingerprint(built, built, "e.plan")  # same machine: accepted silently
+    other_model = EngineFingerprint("NVIDIA H100 PCIe", "9.0", "11.1.0", "fp32")
+    with pytest.warns(UserWarning, match="rebuild it here for best speed"):
+        check_fingerprint(built, other_model, "e.plan")
+    with pytest.raises(CheckpointError, match=r"TensorRT 11\.1\.0 \(this machine has 11\.2\.0\)"):
+        check_fingerprint(built, EngineFingerprint(built.gpu, "9.0", "11.2.0", "fp32"), "e.plan")
+    with pytest.raises(CheckpointError, match="invalid engine fingerprint"):
+        EngineFingerprint.from_dict({"gpu": "x"})
+
+
+def test_engine_profiles_pin_the_decoder_chunk():
+    from zsw.config import get_model_config
+    from zsw.export.graphs import graph_specs
+    from zsw.export.tensorrt import engine_profiles
+
+    specs = graph_specs(get_model_config("tiny"))
+    decoder = engine_profiles(specs["decoder"], batch=4, points_chunk=65536)
+    assert decoder["points"] == [[1, 65536, 3], [4, 65536, 3], [4, 65536, 3]]
+    assert decoder["latent_k0"][0] == [1, 2, 197, 32] and decoder["latent_k0"][2] == [4, 2, 197, 32]
+    assert engine_profiles(specs["pixel"], 1, 8)["image"] == [[1, 3, 224, 224]] * 3
+
+
+# --------------------------------------------------------------------------------------------
+# one-line errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
+    weights = ["--weights", str(tiny_checkpoint)]
+    line = _one_line_error(runner.invoke(app, ["export", *weights, "--out", str(onnx_dir)]))
+    assert "already holds a zsw export; pass --overwrite" in line
+    line = _one_line_error(
+        runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "a"), "--precision", "bf16"])
+    )
+    assert "bf16 ONNX graphs are not supported" in line and "torch-tensorrt" in line
+    assert not (tmp_path / "a").exists()
+    line = _one_line_error(runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "b"), "--format", "tflite"]))
+    assert "--format must be one of onnx, tensorrt, torch-tensorrt" in line
+    line = _one_line_error(runner.invoke(app, ["export", "--out", str(tmp_path / "c")]))
+    assert "--format onnx needs --weights" in line
+    line = _one_line_error(runner.invoke(app, ["export", "--weights", str(tmp_path / "no.safetensors"), "--out", "x"]))
+    assert "does not exist" in line
+
+
+def test_missing_extras_name_the_extra(onnx_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    from zsw.export.runtime import load_runtime_backend
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    with pytest.raises(
+        ZswError, match=r'the onnxruntime backend needs the `onnxruntime` package.*pip install "zsw\[export\]"'
+    ):
+        load_runtime_backend("onnxruntime", onnx_dir, "cpu")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = runner.invoke(app, ["export", "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
+    assert 'pip install "zsw[export]"' in _one_line_error(result)
+    for module, fmt in (("tensorrt", "tensorrt"), ("torch_tensorrt", "torch-tensorrt")):
+        monkeypatch.setitem(sys.modules, module, None)
+        result = runner.invoke(app, ["export", "--out", str(tmp_path / "t"), "--format", fmt])
+        assert 'pip install "zsw[trt]"' in _one_line_error(result)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_tensorrt_backend_without_a_gpu_says_so(onnx_dir, tmp_path):
+    from zsw.export.runtime import load_runtime_backend
+
+    engines = _fabricated_engines(onnx_dir, tmp_path, H100)
+    with pytest.raises(ConfigError, match="runs on a CUDA device, not on the CPU"):
+        load_runtime_backend("tensorrt", engines, "cpu")
+    with pytest.raises(ZswError, match=r'GPU|pip install "zsw\[trt\]"') as e:
+        load_runtime_backend("tensorrt", engines, "cuda")
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="holds no TensorRT engines"):
+        load_runtime_backend("tensorrt", onnx_dir, "cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: TensorRT engines and torch-tensorrt programs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_tensorrt_engines_match_onnxruntime(onnx_dir, tmp_path):
+    pytest.importorskip("tensorrt", reason='TensorRT is not installed (pip install "zsw[trt]")')
+    from zsw.export.manifest import read_manifest
+    from zsw.export.tensorrt import build_engines
+    from zsw.infer.backend import load_backend, predict
+
+    copy = tmp_path / "trt"
+    shutil.copytree(onnx_dir, copy)
+    manifest = build_engines(copy, workspace_gib=1)
+    section = manifest.data["tensorrt"]
+    assert section["fingerprint"]["compute_capability"] == "{}.{}".format(*torch.cuda.get_device_capability())
+    for engine in section["engines"].values():
+        assert engine["validation"]["passed"], engine["validation"]
+    again = build_engines(copy, workspace_gib=1, validate=False)  # resumes: nothing rebuilt
+    assert again.data["tensorrt"]["engines"]["pixel"]["sha256"] == section["engines"]["pixel"]["sha256"]
+    trt = load_backend("tensorrt", engine=copy, device="cuda")
+    ort = load_backend("onnxruntime", engine=read_manifest(copy).root, device="cpu")
+    image = torch.rand(1, 3, 224, 224)
+    a, b = predict(trt, image.cuda()), predict(ort, image)
+    torch.testing.assert_close(a.depth.cpu(), b.depth, atol=1e-3, rtol=1e-3)
+    points = torch.rand(1, CHUNK + 5, 3) * 3 - 1.5
+    torch.testing.assert_close(
+        trt.decode(a.latents, points.cuda()).cpu(), ort.decode(b.latents, points), atol=2e-3, rtol=2e-3
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_torch_tensorrt_programs_match_eager(tiny_checkpoint, tmp_path):
+    pytest.importorskip("torch_tensorrt", reason='torch-tensorrt is not installed (pip install "zsw[trt]")')
+    from zsw import checkpoint
+    from zsw.export.torch_tensorrt import compile_torch_tensorrt
+    from zsw.infer.backend import load_backend, predict
+
+    model = checkpoint.load(tiny_checkpoint)
+    manifest = compile_torch_tensorrt(model, tmp_path / "tt", precision="fp16", points_chunk=4096)
+    for program in manifest.data["torch_tensorrt"]["programs"].values():
+        assert program["validation"]["passed"], program["validation"]
+    backend = load_backend("tensorrt", engine=tmp_path / "tt", device="cuda")
+    assert backend.name == "torch-tensorrt"
+    ref = load_backend("torch", weights=model, device="cuda")
+    image = torch.rand(1, 3, 224, 224, device="cuda")
+    a, b = predict(backend, image), predict(ref, image)
+    torch.testing.assert_close(a.depth, b.depth, atol=2e-2, rtol=2e-2)
