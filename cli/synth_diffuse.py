@@ -173,7 +173,8 @@ def diffuse(
     rate = f", {report.accepted / report.elapsed_s:.3f} images/s" if report.accepted and report.elapsed_s > 0 else ""
     typer.echo(
         f"{'resumed: ' if resumed else ''}{report.accepted} accepted, {report.failed} failed the IoU filter, "
-        f"{report.skipped} already done, {report.errors} unreadable in {report.elapsed_s:.1f} s{rate} -> {out}"
+        f"{report.unsuitable} not on white, {report.skipped} already done, {report.errors} unreadable "
+        f"in {report.elapsed_s:.1f} s{rate} -> {out}"
     )
     if report.errors:
         raise ConfigError(

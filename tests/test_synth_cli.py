@@ -98,6 +98,7 @@ def _records(out):
     return list(ZeroShapeLayout(out).read_manifest())
 
 
+@pytest.mark.slow
 def test_diffuse_end_to_end(tiny, renders, tmp_path):
     out = tmp_path / "wild"
     result = _diffuse(tiny, renders, out, "--min-iou", "0", "--batch-size", "3", "--save-foreground")
@@ -138,6 +139,7 @@ def _read(folder, name):
         return np.asarray(im.convert("RGB")).copy()
 
 
+@pytest.mark.slow
 def test_diffuse_shards_and_resume_after_interrupt(tiny, renders, tmp_path, monkeypatch):
     out = tmp_path / "wild"
     original = ZeroShapeLayout.append_manifest

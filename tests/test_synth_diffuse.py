@@ -200,6 +200,22 @@ def test_unreadable_render_is_recorded_and_retried_later(source, tmp_path):
     assert MUG1 in finished_samples(ZeroShapeLayout(out))
 
 
+def test_sources_not_on_white_are_unsuitable_and_cost_no_diffusion(source, tmp_path):
+    out = tmp_path / "out"
+    layout = ZeroShapeLayout(source)
+    sid = SampleId("mug", "o1", "1")
+    img = layout.read_image(sid)
+    img[~layout.read_mask(layout.mask(sid))] = 128  # a baked gray background
+    layout.write_view(sid, image=img, depth=np.load(layout.depth(sid)), intrinsics=np.eye(3), extrinsics=np.eye(3, 4))
+    app = FakeAppearance()
+    report = synthesize(source, out, DiffuseConfig(), app, FakeBackground())
+    assert (report.unsuitable, report.accepted) == (1, 2)
+    assert _seed(MUG1, 0) not in {s for call in app.seen for s in call}
+    (rec,) = [r for r in _records(out) if r["sample"] == MUG1]
+    assert rec["status"] == "unsuitable" and rec["source_iou"] < 0.95 and "white background" in rec["reason"]
+    assert synthesize(source, out, DiffuseConfig(), FakeAppearance(), FakeBackground()).skipped == 3  # final
+
+
 def test_resume_needs_the_same_generation_settings(source, tmp_path):
     out = tmp_path / "out"
     synthesize(source, out, DiffuseConfig(), FakeAppearance(), FakeBackground(), limit=1)

@@ -117,19 +117,21 @@ class DiffuseConfig:
 
 @dataclass
 class SynthReport:
-    """Counts of a run (``rejected`` counts attempts, ``failed`` renders that used up retries)."""
+    """Counts of a run: ``rejected`` counts attempts, ``failed`` renders that used up their retries,
+    ``unsuitable`` sources not on a white background, ``errors`` unreadable sources."""
 
     total: int = 0
     skipped: int = 0
     accepted: int = 0
     rejected: int = 0
     failed: int = 0
+    unsuitable: int = 0
     errors: int = 0
     elapsed_s: float = 0.0
 
     @property
     def done(self) -> int:
-        return self.skipped + self.accepted + self.failed + self.errors
+        return self.skipped + self.accepted + self.failed + self.unsuitable + self.errors
 
 
 class AppearanceModel(Protocol):
@@ -230,17 +232,28 @@ class _Run:
         )
 
     def load(self, batch: list[tuple[Job, int]]) -> list[tuple[Job, int]]:
-        """The batch minus renders that cannot be read (recorded as errors)."""
+        """The batch minus renders that cannot be read (``error``) or are not clean renders on white
+        (``unsuitable``: their own silhouette misses the filter, so no synthesis could pass it)."""
         ready = []
         for job, attempt in batch:
             name = job.sid.name
             if name not in self.renders:
                 try:
-                    self.renders[name] = load_render(self.src, job.sid)
+                    render = load_render(self.src, job.sid)
                 except InputError as e:
                     self.report.errors += 1
                     self.record(job, "error", reason=str(e))
                     continue
+                own = silhouette_iou(render.image, render.mask, self.config.fg_threshold)
+                if own < self.config.min_iou:
+                    self.report.unsuitable += 1
+                    reason = (
+                        f"the source image is not an object on a white background: its own silhouette IoU is "
+                        f"{own:.3f} < {self.config.min_iou} (composite renders onto white first)"
+                    )
+                    self.record(job, "unsuitable", reason=reason, source_iou=own)
+                    continue
+                self.renders[name] = render
             ready.append((job, attempt))
         return ready
 

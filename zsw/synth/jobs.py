@@ -92,7 +92,8 @@ def select_shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
 
 
 def finished_samples(out: ZeroShapeLayout) -> dict[str, dict[str, Any]]:
-    """Final manifest records by sample name: ``ok`` with its image on disk, or ``failed``.
+    """Final manifest records by sample name: ``ok`` with its image on disk, ``failed`` (the
+    filter rejected every attempt) or ``unsuitable`` (the source is no render on white).
 
     ``error`` records (unreadable source files) are not final: a rerun tries those again.
     """
@@ -102,7 +103,7 @@ def finished_samples(out: ZeroShapeLayout) -> dict[str, dict[str, Any]]:
             last[rec["sample"]] = rec
     done = {}
     for name, rec in last.items():
-        if rec.get("status") == "failed":
+        if rec.get("status") in ("failed", "unsuitable"):
             done[name] = rec
         elif rec.get("status") == "ok":
             sid = SampleId(rec["category"], rec["object"], rec["view"])
