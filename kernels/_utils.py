@@ -7,10 +7,12 @@ Nothing here launches a kernel. The rules every kernel module follows:
 * **fp32 matmuls** follow PyTorch: ``tl.dot`` runs in IEEE fp32 unless
   ``torch.backends.cuda.matmul.allow_tf32`` is set, so an fp32 kernel is compared with an fp32
   reference that did the same arithmetic.
-* **interpreter** -- under ``TRITON_INTERPRET=1`` (CPU), ``tl.dot`` of two bf16 operands returns
-  garbage in triton 3.x; kernels take an ``UPCAST`` constexpr that casts bf16 dot operands to fp32
-  there (and only there). Block sizes are chosen large on the interpreter, where the cost is per
-  operation, not per element.
+* **interpreter** -- under ``TRITON_INTERPRET=1`` (CPU, triton 3.8) two bf16 operations are wrong:
+  ``tl.dot`` of bf16 operands returns garbage, and fp32 -> bf16 casts truncate instead of rounding
+  to nearest even. Kernels take an ``INTERP_BF16`` constexpr, set for bf16 on the interpreter only,
+  under which :func:`dot` multiplies in fp32 and :func:`cast` rounds by hand. On a GPU the flag is
+  off and both compile to the plain operations. Block sizes are chosen large on the interpreter,
+  where the cost is per operation, not per element.
 * **custom ops** -- every launcher is a ``torch.library.custom_op`` named ``zsw::...`` with a fake
   (meta) implementation, so ``torch.compile`` traces through the kernels as opaque nodes instead
   of breaking the graph. :func:`custom_op` refuses to register a name twice, which only happens
@@ -30,13 +32,14 @@ from torch import Tensor
 
 __all__ = [
     "dot",
+    "cast",
     "interpreting",
     "next_pow2",
     "cdiv",
     "num_sms",
     "persistent_programs",
     "dot_precision",
-    "upcast_dots",
+    "interp_bf16",
     "maybe_contiguous",
     "check_dtype",
     "compute_dtype",
@@ -53,13 +56,26 @@ _INTERPRETER_SMS = 3
 
 
 @triton.jit
-def dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """``tl.dot(a, b)`` accumulated in fp32; ``UPCAST`` casts both operands to fp32 first (used only
-    for bf16 under the CPU interpreter, see the module docstring)."""
-    if UPCAST:
+def dot(a, b, INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr):
+    """``tl.dot(a, b)`` accumulated in fp32. ``INTERP_BF16`` (bf16 on the CPU interpreter only) casts
+    both operands to fp32 first: the interpreter's bf16 x bf16 dot returns garbage."""
+    if INTERP_BF16:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def cast(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """``x.to(dtype)`` rounding to nearest even, as the GPU does. The CPU interpreter *truncates*
+    fp32 -> bf16, which doubles the rounding error; with ``INTERP_BF16`` the rounding is done here
+    on the bits (the truncation that follows is then exact)."""
+    if INTERP_BF16:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # round the low 16 bits away
+            x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
 
 
 def interpreting() -> bool:
@@ -107,8 +123,8 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"  # ignored by triton for fp16/bf16 operands
 
 
-def upcast_dots(dtype: torch.dtype) -> bool:
-    """Whether bf16 dot operands must be cast to fp32 (the triton CPU interpreter's bf16 bug)."""
+def interp_bf16(dtype: torch.dtype) -> bool:
+    """The ``INTERP_BF16`` flag of the kernels: bf16 data on the CPU interpreter (see :func:`dot`, :func:`cast`)."""
     return dtype == torch.bfloat16 and interpreting()
 
 

@@ -50,21 +50,22 @@ import triton.language as tl
 from torch import Tensor
 
 from zsw.kernels._utils import (
+    cast,
     check_dtype,
     compute_dtype,
     custom_op,
     dot,
     dot_precision,
+    interp_bf16,
     interpreting,
     next_pow2,
     persistent_programs,
-    upcast_dots,
 )
 
 __all__ = ["occupancy_mlp", "occ_mlp_fwd", "occ_mlp_bwd", "pack_weights"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_MAX_BLOCK_M = 128  # the scratch buffer is sized for the largest tile of any config
+_MAX_BLOCK_M = 256  # the scratch buffer is sized for the largest tile of any config (interpreter: 256)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def _acc_matmul(
     offs_n,
     n_valid,
     BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """``acc[BM, BN] += A[rows, :K] @ B[:K, offs_n]`` in BLOCK_K slices; ``B[k, n]`` is at
@@ -121,7 +122,7 @@ def _acc_matmul(
             mask=k_valid[:, None] & n_valid[None, :],
             other=0.0,
         )
-        acc += dot(a, b, UPCAST, PRECISION)
+        acc += dot(a, b, INTERP_BF16, PRECISION)
     return acc
 
 
@@ -151,7 +152,7 @@ def _occ_mlp_fwd_kernel(
     BLOCK_K: tl.constexpr,
     W_PAD: tl.constexpr,
     OUT_PAD: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -193,7 +194,7 @@ def _occ_mlp_fwd_kernel(
                     offs_n,
                     n_valid,
                     BLOCK_K,
-                    UPCAST,
+                    INTERP_BF16,
                     PRECISION,
                 )
             if (X_LAYERS >> l) & 1:
@@ -210,7 +211,7 @@ def _occ_mlp_fwd_kernel(
                     offs_n,
                     n_valid,
                     BLOCK_K,
-                    UPCAST,
+                    INTERP_BF16,
                     PRECISION,
                 )
                 if l > 0:
@@ -218,14 +219,18 @@ def _occ_mlp_fwd_kernel(
             acc += tl.load(Bp + l * stride_bl + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
             if l == NUM_LAYERS - 1:
                 y_off = rows[:, None] * stride_ym + offs_o[None, :]
-                tl.store(Y + y_off, acc.to(Y.dtype.element_ty), mask=m_valid[:, None] & o_valid[None, :])
+                tl.store(
+                    Y + y_off, cast(acc, Y.dtype.element_ty, INTERP_BF16), mask=m_valid[:, None] & o_valid[None, :]
+                )
             else:
                 h = _softplus(acc, beta)
                 # the scratch tile is read by every thread of the program: wait until all reads of
                 # the previous activation are done, write, and wait until the write is visible
                 tl.debug_barrier()
                 h_off = l * stride_hl + h_rows[:, None] * stride_hm + offs_w[None, :]
-                tl.store(Hs + h_off, h.to(Hs.dtype.element_ty), mask=m_valid[:, None] & w_valid[None, :])
+                tl.store(
+                    Hs + h_off, cast(h, Hs.dtype.element_ty, INTERP_BF16), mask=m_valid[:, None] & w_valid[None, :]
+                )
                 tl.debug_barrier()
 
 
@@ -249,7 +254,7 @@ def _occ_mlp_bwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     W_PAD: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -280,7 +285,7 @@ def _occ_mlp_bwd_kernel(
                     offs_w,
                     w_valid,
                     BLOCK_K,
-                    UPCAST,
+                    INTERP_BF16,
                     PRECISION,
                 )
             else:
@@ -297,7 +302,7 @@ def _occ_mlp_bwd_kernel(
                     offs_w,
                     w_valid,
                     BLOCK_K,
-                    UPCAST,
+                    INTERP_BF16,
                     PRECISION,
                 )
             if (X_LAYERS >> (l + 1)) & 1:
@@ -306,7 +311,7 @@ def _occ_mlp_bwd_kernel(
             hw_mask = m_valid[:, None] & w_valid[None, :]
             h = tl.load(Hs + hw_off, mask=hw_mask, other=0.0).to(tl.float32)
             dz = acc * _softplus_grad_from_output(h, beta)
-            tl.store(DZ + hw_off, dz.to(DZ.dtype.element_ty), mask=hw_mask)
+            tl.store(DZ + hw_off, cast(dz, DZ.dtype.element_ty, INTERP_BF16), mask=hw_mask)
             tl.debug_barrier()  # the next layer reads this tile of dz
 
 
@@ -334,9 +339,9 @@ _fwd_tuned = triton.autotune(_configs(), key=[*_KEY, "SAVE"], prune_configs_by={
     _occ_mlp_fwd_kernel
 )
 _bwd_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(_occ_mlp_bwd_kernel)
-# Under the interpreter the cost is per operation: large tiles (but K slices narrower than 259,
-# so the masked tails of the K loops are exercised).
-_INTERP = {"BLOCK_M": 128, "BLOCK_K": 64}
+# Under the interpreter the cost is per operation: large tiles (K slices still narrower than 259,
+# so that the K loops of the real model run several iterations with a masked tail).
+_INTERP = {"BLOCK_M": 256, "BLOCK_K": 128}
 
 
 def _programs(M: int, device: torch.device) -> int:
@@ -394,7 +399,7 @@ def occ_mlp_fwd(
         SAVE=save,
         W_PAD=max(16, next_pow2(width)),
         OUT_PAD=max(16, next_pow2(c_out)),
-        UPCAST=upcast_dots(x.dtype),
+        INTERP_BF16=interp_bf16(x.dtype),
         PRECISION=dot_precision(x.dtype),
     )
     if interpreting():
@@ -449,7 +454,7 @@ def occ_mlp_bwd(
             NUM_LAYERS=NL,
             X_LAYERS=x_layers,
             W_PAD=max(16, next_pow2(W)),
-            UPCAST=upcast_dots(x.dtype),
+            INTERP_BF16=interp_bf16(x.dtype),
             PRECISION=dot_precision(x.dtype),
         )
         if interpreting():

@@ -38,16 +38,17 @@ import triton.language as tl
 from torch import Tensor
 
 from zsw.kernels._utils import (
+    cast,
     check_dtype,
     compute_dtype,
     custom_op,
     dot,
     dot_precision,
+    interp_bf16,
     interpreting,
     maybe_contiguous,
     next_pow2,
     persistent_programs,
-    upcast_dots,
 )
 
 __all__ = ["point_cross_attention", "point_attn_fwd", "point_attn_bwd"]
@@ -66,15 +67,17 @@ _MIN_BLOCK_N = 32
 
 
 @triton.jit
-def _merge_latent_chunk(q, kl, vl, l_valid, m, l_sum, acc, qk_scale, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def _merge_latent_chunk(
+    q, kl, vl, l_valid, m, l_sum, acc, qk_scale, INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr
+):
     """One online-softmax step over a chunk of latent keys. q [BN, BD], kl/vl [BL, BD]."""
-    s = dot(q, tl.trans(kl), UPCAST, PRECISION) * qk_scale  # [BN, BL], log2 domain
+    s = dot(q, tl.trans(kl), INTERP_BF16, PRECISION) * qk_scale  # [BN, BL], log2 domain
     s = tl.where(l_valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, axis=1))  # m is finite: it starts at the self logit
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_sum = l_sum * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + dot(p.to(vl.dtype), vl, UPCAST, PRECISION)
+    acc = acc * alpha[:, None] + dot(cast(p, vl.dtype, INTERP_BF16), vl, INTERP_BF16, PRECISION)
     return m_new, l_sum, acc
 
 
@@ -105,7 +108,7 @@ def _point_attn_fwd_kernel(
     BLOCK_L: tl.constexpr,
     BLOCK_D: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr,  # all L latent tokens fit one BLOCK_L block
-    UPCAST: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -144,7 +147,7 @@ def _point_attn_fwd_kernel(
         l_sum = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
         acc = v_self.to(tl.float32)
         if SINGLE_CHUNK:
-            m, l_sum, acc = _merge_latent_chunk(q, kl, vl, l_valid, m, l_sum, acc, qk_scale, UPCAST, PRECISION)
+            m, l_sum, acc = _merge_latent_chunk(q, kl, vl, l_valid, m, l_sum, acc, qk_scale, INTERP_BF16, PRECISION)
         else:
             for l0 in range(0, L, BLOCK_L):
                 lc_valid = (l0 + offs_l) < L
@@ -152,11 +155,13 @@ def _point_attn_fwd_kernel(
                 lc_off = l_base + (l0 + offs_l)[:, None] * stride_ll + offs_d[None, :]
                 kc = tl.load(KL + lc_off, mask=lc_mask, other=0.0)
                 vc = tl.load(VL + lc_off, mask=lc_mask, other=0.0)
-                m, l_sum, acc = _merge_latent_chunk(q, kc, vc, lc_valid, m, l_sum, acc, qk_scale, UPCAST, PRECISION)
+                m, l_sum, acc = _merge_latent_chunk(
+                    q, kc, vc, lc_valid, m, l_sum, acc, qk_scale, INTERP_BF16, PRECISION
+                )
 
         out = acc / l_sum[:, None]
         o_off = o_base + offs_n64[:, None] * stride_on + offs_d[None, :]
-        tl.store(O + o_off, out.to(O.dtype.element_ty), mask=nd_mask)
+        tl.store(O + o_off, cast(out, O.dtype.element_ty, INTERP_BF16), mask=nd_mask)
         tl.store(LSE + bh * N + offs_n64, m + tl.log2(l_sum), mask=n_valid)
 
 
@@ -197,7 +202,7 @@ def _point_attn_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -236,14 +241,15 @@ def _point_attn_bwd_kernel(
             lse = tl.load(LSE + bh * N + offs_n64, mask=n_valid, other=0.0)
             delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # [BN]
 
-            s = dot(q, tl.trans(kl), UPCAST, PRECISION) * qk_scale
+            s = dot(q, tl.trans(kl), INTERP_BF16, PRECISION) * qk_scale
             p = tl.exp2(s - lse[:, None])
             p = tl.where(n_valid[:, None] & l_valid[None, :], p, 0.0)
-            dp = dot(do, tl.trans(vl), UPCAST, PRECISION)
+            dp = dot(do, tl.trans(vl), INTERP_BF16, PRECISION)
             ds = p * (dp - delta[:, None])
-            dvl += dot(tl.trans(p.to(do.dtype)), do, UPCAST, PRECISION)
-            dkl += dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
-            dq = dot(ds.to(kl.dtype), kl, UPCAST, PRECISION) * scale  # [BN, BD]
+            dvl += dot(tl.trans(cast(p, do.dtype, INTERP_BF16)), do, INTERP_BF16, PRECISION)
+            ds_lo = cast(ds, q.dtype, INTERP_BF16)
+            dkl += dot(tl.trans(ds_lo), q, INTERP_BF16, PRECISION)
+            dq = dot(ds_lo, kl, INTERP_BF16, PRECISION) * scale  # [BN, BD]
 
             dq_off = dq_base + offs_n64[:, None] * D + offs_d[None, :]
             if l0 == 0:
@@ -256,8 +262,10 @@ def _point_attn_bwd_kernel(
                 p_self = tl.where(n_valid, p_self, 0.0)
                 ds_self = p_self * (tl.sum(do32 * v_self, axis=1) - delta)
                 dq += (ds_self * scale)[:, None] * k_self
-                tl.store(DK + dq_off, ((ds_self * scale)[:, None] * q32).to(DK.dtype.element_ty), mask=nd_mask)
-                tl.store(DV + dq_off, (p_self[:, None] * do32).to(DV.dtype.element_ty), mask=nd_mask)
+                tl.store(
+                    DK + dq_off, cast((ds_self * scale)[:, None] * q32, DK.dtype.element_ty, INTERP_BF16), mask=nd_mask
+                )
+                tl.store(DV + dq_off, cast(p_self[:, None] * do32, DV.dtype.element_ty, INTERP_BF16), mask=nd_mask)
             else:
                 dq += tl.load(DQ + dq_off, mask=nd_mask, other=0.0)
             tl.store(DQ + dq_off, dq, mask=nd_mask)
@@ -378,7 +386,7 @@ def point_attn_fwd(
         BLOCK_L=block_l,
         BLOCK_D=max(16, next_pow2(D)),
         SINGLE_CHUNK=single,
-        UPCAST=upcast_dots(q.dtype),
+        INTERP_BF16=interp_bf16(q.dtype),
         PRECISION=dot_precision(q.dtype),
     )
     grid = (programs, B * H)
@@ -454,7 +462,7 @@ def point_attn_bwd(
             scale,
             scale * _LOG2E,
         )
-        meta = dict(BLOCK_D=max(16, next_pow2(D)), UPCAST=upcast_dots(q.dtype), PRECISION=dot_precision(q.dtype))
+        meta = dict(BLOCK_D=max(16, next_pow2(D)), INTERP_BF16=interp_bf16(q.dtype), PRECISION=dot_precision(q.dtype))
         grid = (programs, B * H)
         if interpreting():
             _point_attn_bwd_kernel[grid](*args, **meta, **_INTERP_BWD)

@@ -1,0 +1,163 @@
+"""Fused occupancy MLP against the PyTorch reference: forward and backward (stored and recomputed
+activations), the tiny and the real decoder shapes, odd shapes, all dtypes, NaN-poisoned outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zsw.kernels import reference
+from zsw.kernels.occupancy_mlp import occupancy_mlp
+from zsw.kernels.testing import assert_close, assert_relative, nan_poison
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs():
+    with nan_poison():
+        yield
+
+
+def _layers(c_in, width, hidden, c_out, skip_in, seed, device=DEVICE):
+    """nn.Linear-like weights (Xavier scale) and small non-zero biases."""
+    g = torch.Generator().manual_seed(seed)
+    dims = [c_in] + [width] * hidden + [c_out]
+    weights, biases = [], []
+    for l in range(len(dims) - 1):
+        fan_in = dims[l] + (c_in if l in skip_in else 0)
+        bound = (6 / (fan_in + dims[l + 1])) ** 0.5
+        weights.append(((torch.rand(dims[l + 1], fan_in, generator=g) * 2 - 1) * bound).to(device))
+        biases.append((0.02 * torch.randn(dims[l + 1], generator=g)).to(device))
+    return weights, biases
+
+
+def _run(fn, x, weights, biases, skip_in, grad_out=None, dtype=None, **kwargs):
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in (x, *weights, *biases)]
+    n = len(weights)
+    out = fn(leaves[0], leaves[1 : 1 + n], leaves[1 + n :], skip_in, 100.0, **kwargs)
+    if grad_out is None:
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.device)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+    return out, grads, grad_out
+
+
+def _names(n):
+    return ["x"] + [f"W{l}" for l in range(n)] + [f"b{l}" for l in range(n)]
+
+
+TINY = (67, 64, 8, 1, (2, 4, 6))  # the `tiny` preset's decoder MLP: cat(xyz, 64-d feature)
+REAL = (259, 256, 8, 1, (2, 4, 6))  # ZeroShape's
+
+FP32_CASES = [
+    pytest.param(1, TINY, False, id="tiny-M1"),
+    pytest.param(1000, TINY, False, id="tiny-M1000"),
+    pytest.param(300, TINY, True, id="tiny-M300-recompute"),
+    pytest.param(130, REAL, False, id="real-M130"),
+    pytest.param(70, (10, 16, 2, 3, (2,)), False, id="odd-C10-W16-C3"),
+    pytest.param(33, (5, 32, 0, 2, ()), False, id="single-linear"),
+]
+
+
+@pytest.mark.parametrize("M, shape, recompute", FP32_CASES)
+def test_fp32_matches_reference(M, shape, recompute):
+    c_in, width, hidden, c_out, skip_in = shape
+    weights, biases = _layers(*shape, seed=M)
+    x = torch.randn(M, c_in, generator=torch.Generator().manual_seed(M)).to(DEVICE) * 0.5
+    out, grads, g = _run(occupancy_mlp, x, weights, biases, skip_in, recompute=recompute)
+    ref, ref_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g, torch.float64)
+    scale = ref.abs().max().item()
+    assert_close(out, ref, atol=1e-5 * scale, rtol=1e-4, name="out")
+    for name, a, e in zip(_names(len(weights)), grads, ref_grads):
+        assert_close(a, e, atol=1e-5 * max(e.abs().max().item(), 1e-3), rtol=1e-4, name=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M, shape", [pytest.param(1, TINY, id="tiny-M1"), pytest.param(1000, TINY, id="tiny-M1000")])
+def test_half_precision_within_twice_torch_error(M, shape, dtype):
+    c_in, width, hidden, c_out, skip_in = shape
+    weights, biases = _layers(*shape, seed=M)
+    x = (torch.randn(M, c_in, generator=torch.Generator().manual_seed(M)) * 0.5).to(DEVICE, dtype)
+    weights = [w.to(dtype) for w in weights]
+    biases = [b.to(dtype) for b in biases]
+    out, grads, g = _run(occupancy_mlp, x, weights, biases, skip_in)
+    ref, ref_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g, torch.float64)
+    low, low_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g)
+    assert out.dtype == dtype
+    assert_relative(out, ref, low, factor=2, name="out")
+    for name, a, e, p in zip(_names(len(weights)), grads, ref_grads, low_grads):
+        assert_relative(a, e, p, factor=3, floor=1e-4, name=name)
+
+
+def test_inference_forward_reuses_scratch_across_tiles():
+    # no autograd: activations round-trip through one scratch tile per program, reused by every
+    # layer and by the next tile of the same program (on CPU: 7 tiles of 256 over 6 programs, the
+    # last one with a single point)
+    weights, biases = _layers(*TINY, seed=1)
+    x = torch.randn(6 * 256 + 1, TINY[0], generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with torch.no_grad():
+        out = occupancy_mlp(x, weights, biases, TINY[4])
+    ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases], TINY[4])
+    assert_close(out, ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-4, name="out")
+
+
+def test_softplus_threshold_and_tails_exactly_as_torch():
+    # one hidden unit driven across Softplus' regimes: far negative (log1p of a tiny exp), around 0,
+    # just below and above the linear threshold beta * z = 20
+    z = torch.tensor([-3.0, -0.2, -1e-3, 0.0, 1e-3, 0.05, 0.19999, 0.2, 0.20001, 1.5])
+    x = z[:, None].to(DEVICE)
+    w0, w1 = torch.ones(1, 1, device=DEVICE), torch.ones(1, 1, device=DEVICE)
+    zero = torch.zeros(1, device=DEVICE)
+    out = occupancy_mlp(x, [w0, w1], [zero, zero], (), 100.0)
+    ref = torch.nn.functional.softplus(x.double(), beta=100.0, threshold=20.0)
+    assert_close(out, ref, atol=1e-12, rtol=2e-6, name="softplus")
+
+
+def test_autocast_and_batched_input_shape():
+    weights, biases = _layers(*TINY, seed=0)
+    x = torch.randn(2, 50, TINY[0], device=DEVICE) * 0.5
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out = occupancy_mlp(x, weights, biases, TINY[4])
+        low = reference.occupancy_mlp(x, weights, biases, TINY[4])
+    ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases], TINY[4])
+    assert out.shape == (2, 50, 1) and out.dtype == torch.bfloat16
+    assert_relative(out, ref, low, factor=2, name="out")
+
+
+@pytest.mark.parametrize(
+    "weights, skip_in, match",
+    [
+        ([(8, 5), (8, 8), (1, 8)], (0,), "layer 0"),
+        ([(8, 5), (7, 8), (1, 7)], (), "layer 1 weight"),
+        ([(8, 5), (8, 8), (1, 8)], (2,), "layer 2 weight"),  # a skip layer needs 8 + 5 inputs
+    ],
+)
+def test_unsupported_or_inconsistent_layers_raise(weights, skip_in, match):
+    ws = [torch.randn(s) for s in weights]
+    bs = [torch.randn(s[0]) for s in weights]
+    with pytest.raises(ValueError, match=match):
+        occupancy_mlp(torch.randn(4, 5), ws, bs, skip_in)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+@pytest.mark.parametrize("M", [1, 4097, 65536])
+def test_gpu_compiled_kernels(M, recompute, dtype):
+    c_in, width, hidden, c_out, skip_in = REAL
+    weights, biases = _layers(*REAL, seed=M, device="cuda")
+    x = (torch.randn(M, c_in, device="cuda") * 0.5).to(dtype)
+    weights = [w.to(dtype) for w in weights]
+    biases = [b.to(dtype) for b in biases]
+    out, grads, g = _run(occupancy_mlp, x, weights, biases, skip_in, recompute=recompute)
+    ref, ref_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g, torch.float64)
+    if dtype == torch.float32:
+        scale = ref.abs().max().item()
+        assert_close(out, ref, atol=1e-5 * scale, rtol=1e-4, name="out")
+        for name, a, e in zip(_names(len(weights)), grads, ref_grads):
+            assert_close(a, e, atol=1e-5 * max(e.abs().max().item(), 1e-3), rtol=1e-4, name=name)
+        return
+    low, low_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g)
+    assert_relative(out, ref, low, factor=2, name="out")
+    for name, a, e, p in zip(_names(len(weights)), grads, ref_grads, low_grads):
+        assert_relative(a, e, p, factor=3, floor=1e-4, name=name)
