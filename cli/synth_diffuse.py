@@ -29,6 +29,7 @@ _DTYPE_HELP = "fp16, bf16 or fp32 (default: fp16 on a GPU, fp32 on the CPU)."
 
 
 def _progress(description: str, fields: str) -> Any:
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -45,7 +46,7 @@ def _progress(description: str, fields: str) -> Any:
         TextColumn(fields),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        transient=False,
+        console=Console(stderr=True),  # stdout keeps the one-line summary
     )
 
 
@@ -177,7 +178,7 @@ def diffuse(
         f"in {report.elapsed_s:.1f} s{rate} -> {out}"
     )
     if report.errors:
-        raise ConfigError(
+        raise InputError(
             f"{report.errors} source render(s) could not be read; see the 'error' records in {out}/manifest.jsonl "
             "(a rerun retries them)"
         )

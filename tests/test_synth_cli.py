@@ -314,3 +314,22 @@ def test_diffuse_on_gpu_in_half_precision(tiny, renders, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 accepted" in result.output and "images/s" in result.output
     assert {r["denoising_steps"] for r in _records(out)} == {12}
+
+
+def test_vlm_estimator_default_backend_on_a_tiny_llava(tmp_path):
+    from PIL import Image
+
+    from zsw.synth.tiny import TINY_VLM_WORDS, build_tiny_vlm
+    from zsw.synth.vlm import VLMCategoryEstimator
+
+    path = build_tiny_vlm(tmp_path / "vlm")
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 30), (28, 28), (50, 20))
+    ]
+    batched = VLMCategoryEstimator(str(path), device="cpu", batch_size=3)
+    nouns = batched(images)
+    assert len(nouns) == 3 and all(n in TINY_VLM_WORDS for n in nouns), batched.last_answers
+    assert all(0 < len(a.split()) <= 8 for a in batched.last_answers)  # greedy, max_new_tokens, new tokens only
+    single = VLMCategoryEstimator(str(path), device="cpu", batch_size=1)
+    assert single(images) == nouns and single.last_answers == batched.last_answers  # batching changes nothing

@@ -9,7 +9,8 @@ noise. Layouts mirror the hub repositories:
 * ``controlnet/`` -- a ``ControlNetModel`` folder, like ``lllyasviel/control_v11f1p_sd15_depth``;
 * ``background/`` -- a ``StableDiffusionControlNetInpaintPipeline`` folder with a 9-channel
   inpainting UNet and its ``controlnet/``, like ``yahoo-inc/photo-background-generation``;
-* ``depth_anything/`` -- a ``DepthAnythingForDepthEstimation`` + ``DPTImageProcessor`` folder.
+* ``depth_anything/`` -- a ``DepthAnythingForDepthEstimation`` + ``DPTImageProcessor`` folder;
+* :func:`build_tiny_vlm` -- a LLaVA-style image-text-to-text model with processor and chat template.
 
 The CLIP tokenizer is built locally (byte-level vocabulary, no merges): the usual test tokenizer
 is a hub download. :func:`write_toy_renders` writes a 3-render source dataset to synthesize from.
@@ -22,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TinyModels", "build_tiny_models", "tiny_clip_tokenizer", "write_toy_renders"]
+__all__ = [
+    "TinyModels",
+    "build_tiny_models",
+    "build_tiny_vlm",
+    "tiny_clip_tokenizer",
+    "write_toy_renders",
+    "TINY_VLM_WORDS",
+]
 
 _CROSS = 32  # text width = UNet cross-attention width
 
@@ -226,3 +234,72 @@ def write_toy_renders(root: str | os.PathLike, size: int = 224) -> list[Any]:
                 )
         layout.write_list(cat, "train", sids)
     return [sid for sids in samples.values() for sid in sids]
+
+
+TINY_VLM_WORDS = ("chair", "mug", "lamp", "table", "sofa", "bottle", "vase", "car", "bowl", "shoe")
+
+
+def build_tiny_vlm(root: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny random LLaVA (CLIP vision tower + Llama) with its processor and chat template, saved
+    to ``root``: loads through ``AutoProcessor`` / ``AutoModelForImageTextToText`` like a real
+    image-text-to-text model and answers with words from :data:`TINY_VLM_WORDS`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    root = Path(root)
+    torch.manual_seed(seed)
+    words = ["<unk>", "<pad>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:", *TINY_VLM_WORDS]
+    vocab = {w: i for i, w in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = (
+        "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+        "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=template,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    text = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab["<image>"],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    LlavaForConditionalGeneration(cfg).save_pretrained(root)
+    processor.save_pretrained(root)
+    return root

@@ -13,6 +13,7 @@ runtimes such as vLLM) can supply their own; the default one is transformers'
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,13 +79,15 @@ class TransformersVLM:
             [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": prompt}]}]
             for im in images
         ]
+        options = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        # transformers 5 takes processor options in `processor_kwargs`; 4.x took them as keywords
+        if "processor_kwargs" in inspect.signature(self.processor.apply_chat_template).parameters:
+            options["processor_kwargs"] = {"padding": True}
+        else:
+            options["padding"] = True
         inputs = self.processor.apply_chat_template(
             conversations,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            padding=True,
+            **options,
         ).to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
