@@ -317,8 +317,9 @@ class ZeroShapeLayout:
         """Manifest records; a torn last line (interrupted write) is skipped."""
         if not self.manifest.is_file():
             return
-        for line in self.manifest.read_text().splitlines():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        with open(self.manifest) as f:  # streamed: manifests of large runs hold millions of lines
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
