@@ -26,7 +26,6 @@ COMMANDS = [
 ]
 # commands whose implementation has not landed yet; each must say so instead of faking output
 PLACEHOLDERS = [
-    "bench kernels",
     "bench reconstruct",
 ]
 
