@@ -458,12 +458,29 @@ def run(
         for case in p.mlp:  # fp32 eager is the baseline ZeroShape itself runs (amp off)
             dtypes = ("fp32", "bf16") if gpu and "fwd" in case.modes else ("bf16",) if gpu else ("fp32",)
             jobs += _mlp_jobs((case,), providers, dtypes, device)
-    if "chamfer" in ops:
-        jobs += _chamfer_jobs(p.chamfer, ("torch", "cdist", "triton"), device)
     if "decoder" in ops:
         jobs += _decoder_jobs(p.decoder, p.model, ("torch", "triton"), device)
+    if "chamfer" in ops:
+        jobs += _chamfer_jobs(p.chamfer, ("torch", "cdist", "triton"), device)
 
-    rows = []
+    rows: list[BenchRow] = []
+    try:
+        _run_jobs(jobs, rows, env, warmup_ms, rep_ms, progress)
+    except KeyboardInterrupt:  # keep what was measured (``timeout -s INT`` in bench/gpu_session.sh)
+        if progress:
+            progress(f"interrupted after {len(rows)} of {len(jobs)} measurements")
+    for baseline in ("torch", "compile", "sdpa", "cdist"):
+        add_speedups(rows, baseline)
+    add_speedups(
+        rows, "torch", label="torch_fp32", baseline_dtype="fp32", match=("op", "case", "mode", "shape"),
+        where=lambda r: r.dtype != "fp32",
+    )  # fmt: skip
+    # the MLP backward: recomputing the activations against storing them (docs/kernels.md)
+    add_speedups(rows, "triton", label="triton_stored", where=lambda r: r.provider == "triton-recompute")
+    return rows
+
+
+def _run_jobs(jobs: list[Job], rows: list[BenchRow], env: Environment, warmup_ms, rep_ms, progress) -> None:
     for job in jobs:
         label = f"{job.op} {job.case} {job.mode} {job.dtype} {job.provider}"
         if progress:
@@ -483,17 +500,8 @@ def run(
         rows.append(row)
         del fn, grad_to_none
         gc.collect()
-        if gpu:
+        if env.device == "cuda":
             torch.cuda.empty_cache()
-    for baseline in ("torch", "compile", "sdpa", "cdist"):
-        add_speedups(rows, baseline)
-    add_speedups(
-        rows, "torch", label="torch_fp32", baseline_dtype="fp32", match=("op", "case", "mode", "shape"),
-        where=lambda r: r.dtype != "fp32",
-    )  # fmt: skip
-    # the MLP backward: recomputing the activations against storing them (docs/kernels.md)
-    add_speedups(rows, "triton", label="triton_stored", where=lambda r: r.provider == "triton-recompute")
-    return rows
 
 
 def _raiser(error: Exception) -> Callable[[], object]:

@@ -95,21 +95,10 @@ def _softplus_grad_from_output(h, beta):
 
 @triton.jit
 def _acc_matmul(
-    acc,
-    A,
-    stride_am,
-    rows,
-    row_valid,
-    K,
-    B,
-    stride_bk,
-    stride_bn,
-    offs_n,
-    n_valid,
-    BLOCK_K: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    acc, A, stride_am, rows, row_valid, K,  # A [rows, :K]
+    B, stride_bk, stride_bn, offs_n, n_valid,  # B [:K, offs_n]
+    BLOCK_K: tl.constexpr, INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """``acc[BM, BN] += A[rows, :K] @ B[:K, offs_n]`` in BLOCK_K slices; ``B[k, n]`` is at
     ``B + k * stride_bk + n * stride_bn`` (a weight slot read as ``W^T`` or as ``W``)."""
     offs_k = tl.arange(0, BLOCK_K)
@@ -128,33 +117,17 @@ def _acc_matmul(
 
 @triton.jit
 def _occ_mlp_fwd_kernel(
-    X,
-    Wp,
-    Bp,
-    Y,
-    Hs,
-    M,
-    C_IN,
-    W,
-    C_OUT,
-    stride_xm,
-    stride_ym,
-    stride_wl,
-    stride_wr,
-    stride_bl,
-    stride_hl,
-    stride_hm,  # Hs: layer stride (0 = one scratch tile reused by every layer) and row stride
+    X, Wp, Bp, Y, Hs,
+    M, C_IN, W, C_OUT,
+    stride_xm, stride_ym, stride_wl, stride_wr, stride_bl,
+    stride_hl, stride_hm,  # Hs: layer stride (0: one scratch tile reused by every layer) and row stride
     beta,
     NUM_LAYERS: tl.constexpr,
     X_LAYERS: tl.constexpr,  # bit l set: layer l reads x (layer 0 and the skips)
     SAVE: tl.constexpr,  # write every hidden activation to Hs[l, m] (training) instead of scratch
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    W_PAD: tl.constexpr,
-    OUT_PAD: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_PAD: tl.constexpr, OUT_PAD: tl.constexpr,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     num_progs = tl.num_programs(0)
     offs_w = tl.arange(0, W_PAD)
@@ -182,38 +155,16 @@ def _occ_mlp_fwd_kernel(
             w_slot = Wp + l * stride_wl
             if l > 0:
                 acc = _acc_matmul(
-                    acc,
-                    Hs + (l - 1) * stride_hl,
-                    stride_hm,
-                    h_rows,
-                    m_valid,
-                    W,
-                    w_slot,
-                    1,
-                    stride_wr,
-                    offs_n,
-                    n_valid,
-                    BLOCK_K,
-                    INTERP_BF16,
-                    PRECISION,
-                )
+                    acc, Hs + (l - 1) * stride_hl, stride_hm, h_rows, m_valid, W,
+                    w_slot, 1, stride_wr, offs_n, n_valid,
+                    BLOCK_K, INTERP_BF16, PRECISION,
+                )  # fmt: skip
             if (X_LAYERS >> l) & 1:
                 acc = _acc_matmul(
-                    acc,
-                    X,
-                    stride_xm,
-                    rows,
-                    m_valid,
-                    C_IN,
-                    w_slot + W,
-                    1,
-                    stride_wr,
-                    offs_n,
-                    n_valid,
-                    BLOCK_K,
-                    INTERP_BF16,
-                    PRECISION,
-                )
+                    acc, X, stride_xm, rows, m_valid, C_IN,
+                    w_slot + W, 1, stride_wr, offs_n, n_valid,
+                    BLOCK_K, INTERP_BF16, PRECISION,
+                )  # fmt: skip
                 if l > 0:
                     acc = acc * 0.7071067811865476  # cat(h, x) / sqrt(2), applied to the product
             acc += tl.load(Bp + l * stride_bl + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
@@ -236,27 +187,15 @@ def _occ_mlp_fwd_kernel(
 
 @triton.jit
 def _occ_mlp_bwd_kernel(
-    DY,
-    Wp,
-    Hs,
-    DZ,
-    M,
-    W,
-    C_OUT,
-    stride_dym,
-    stride_wl,
-    stride_wr,
-    stride_hl,
-    stride_hm,  # Hs and DZ: [NL-1, M, W] alike
+    DY, Wp, Hs, DZ,
+    M, W, C_OUT,
+    stride_dym, stride_wl, stride_wr,
+    stride_hl, stride_hm,  # Hs and DZ: [NL-1, M, W] alike
     beta,
-    NUM_LAYERS: tl.constexpr,
-    X_LAYERS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    W_PAD: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    NUM_LAYERS: tl.constexpr, X_LAYERS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_PAD: tl.constexpr,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     num_progs = tl.num_programs(0)
     offs_w = tl.arange(0, W_PAD)
@@ -273,38 +212,16 @@ def _occ_mlp_bwd_kernel(
             w_slot = Wp + (l + 1) * stride_wl
             if l + 1 == NUM_LAYERS - 1:
                 acc = _acc_matmul(
-                    acc,
-                    DY,
-                    stride_dym,
-                    rows,
-                    m_valid,
-                    C_OUT,
-                    w_slot,
-                    stride_wr,
-                    1,
-                    offs_w,
-                    w_valid,
-                    BLOCK_K,
-                    INTERP_BF16,
-                    PRECISION,
-                )
+                    acc, DY, stride_dym, rows, m_valid, C_OUT,
+                    w_slot, stride_wr, 1, offs_w, w_valid,
+                    BLOCK_K, INTERP_BF16, PRECISION,
+                )  # fmt: skip
             else:
                 acc = _acc_matmul(
-                    acc,
-                    DZ + (l + 1) * stride_hl,
-                    stride_hm,
-                    rows,
-                    m_valid,
-                    W,
-                    w_slot,
-                    stride_wr,
-                    1,
-                    offs_w,
-                    w_valid,
-                    BLOCK_K,
-                    INTERP_BF16,
-                    PRECISION,
-                )
+                    acc, DZ + (l + 1) * stride_hl, stride_hm, rows, m_valid, W,
+                    w_slot, stride_wr, 1, offs_w, w_valid,
+                    BLOCK_K, INTERP_BF16, PRECISION,
+                )  # fmt: skip
             if (X_LAYERS >> (l + 1)) & 1:
                 acc = acc * 0.7071067811865476
             hw_off = l * stride_hl + rows[:, None] * stride_hm + offs_w[None, :]
@@ -374,25 +291,15 @@ def occ_mlp_fwd(
     programs = _programs(M, x.device)
     scratch = hs if save else x.new_empty(programs * _MAX_BLOCK_M, width)
     stride_hl, stride_hm = (hs.stride(0), hs.stride(1)) if save else (0, scratch.stride(0))
+    # fmt: off
     args = (
-        x,
-        w_packed,
-        b_packed,
-        y,
-        scratch,
-        M,
-        C_in,
-        width,
-        c_out,
-        x.stride(0),
-        y.stride(0),
-        w_packed.stride(0),
-        w_packed.stride(1),
-        b_packed.stride(0),
-        stride_hl,
-        stride_hm,
+        x, w_packed, b_packed, y, scratch,
+        M, C_in, width, c_out,
+        x.stride(0), y.stride(0), w_packed.stride(0), w_packed.stride(1), b_packed.stride(0),
+        stride_hl, stride_hm,
         beta,
     )
+    # fmt: on
     meta = dict(
         NUM_LAYERS=NL,
         X_LAYERS=x_layers,
@@ -435,21 +342,15 @@ def occ_mlp_bwd(
     dz = x.new_empty(NL - 1, M, W)
     if M > 0 and NL > 1:
         programs = _programs(M, x.device)
+        # fmt: off
         args = (
-            grad_y,
-            w_packed,
-            hs,
-            dz,
-            M,
-            W,
-            c_out,
-            grad_y.stride(0),
-            w_packed.stride(0),
-            w_packed.stride(1),
-            hs.stride(0),
-            hs.stride(1),
+            grad_y, w_packed, hs, dz,
+            M, W, c_out,
+            grad_y.stride(0), w_packed.stride(0), w_packed.stride(1),
+            hs.stride(0), hs.stride(1),
             beta,
         )
+        # fmt: on
         meta = dict(
             NUM_LAYERS=NL,
             X_LAYERS=x_layers,

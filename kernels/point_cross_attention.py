@@ -83,34 +83,16 @@ def _merge_latent_chunk(
 
 @triton.jit
 def _point_attn_fwd_kernel(
-    Q,
-    K,
-    V,
-    KL,
-    VL,
-    O,
-    LSE,
-    stride_qb,
-    stride_qh,
-    stride_qn,  # q, k and v share strides
-    stride_lb,
-    stride_lh,
-    stride_ll,  # k_latent and v_latent share strides
-    stride_ob,
-    stride_oh,
-    stride_on,
-    H,
-    N,
-    L,
-    D,
+    Q, K, V, KL, VL, O, LSE,
+    stride_qb, stride_qh, stride_qn,  # q, k and v share strides
+    stride_lb, stride_lh, stride_ll,  # k_latent and v_latent share strides
+    stride_ob, stride_oh, stride_on,
+    H, N, L, D,
     qk_scale,  # scale * log2(e)
-    BLOCK_N: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr,  # all L latent tokens fit one BLOCK_L block
-    INTERP_BF16: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     num_progs = tl.num_programs(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -167,44 +149,19 @@ def _point_attn_fwd_kernel(
 
 @triton.jit
 def _point_attn_bwd_kernel(
-    Q,
-    K,
-    V,
-    KL,
-    VL,
-    O,
-    DO,
-    LSE,
-    DQ,
-    DK,
-    DV,  # DQ: fp32, contiguous [B, H, N, D]; DK, DV: contiguous [B, H, N, D]
-    DKL_PART,
-    DVL_PART,  # fp32 [B*H, P, L, D]: one partial sum per program
-    stride_qb,
-    stride_qh,
-    stride_qn,
-    stride_lb,
-    stride_lh,
-    stride_ll,
-    stride_ob,
-    stride_oh,
-    stride_on,
-    stride_gb,
-    stride_gh,
-    stride_gn,  # dO
-    H,
-    N,
-    L,
-    L_LOOP,
-    D,  # L_LOOP = max(L, 1): the chunk loop runs at least once (it writes dq, dk, dv)
-    scale,
-    qk_scale,
-    BLOCK_N: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    Q, K, V, KL, VL, O, DO, LSE,
+    DQ, DK, DV,  # DQ: fp32, contiguous [B, H, N, D]; DK, DV: contiguous [B, H, N, D]
+    DKL_PART, DVL_PART,  # fp32 [B*H, P, L, D]: one partial sum per program
+    stride_qb, stride_qh, stride_qn,
+    stride_lb, stride_lh, stride_ll,
+    stride_ob, stride_oh, stride_on,
+    stride_gb, stride_gh, stride_gn,  # dO
+    H, N, L, D,
+    L_LOOP,  # max(L, 1): the chunk loop runs at least once (it writes dq, dk, dv)
+    scale, qk_scale,
+    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     num_progs = tl.num_programs(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -359,29 +316,15 @@ def point_attn_fwd(
     k_latent, v_latent = _shared_strides(k_latent, v_latent)
     block_l, single = _latent_block(L)
     programs = persistent_programs(triton.cdiv(N, _MIN_BLOCK_N), B * H, q.device)
+    # fmt: off
     args = (
-        q,
-        k,
-        v,
-        k_latent,
-        v_latent,
-        out,
-        lse,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        k_latent.stride(0),
-        k_latent.stride(1),
-        k_latent.stride(2),
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
-        H,
-        N,
-        L,
-        D,
-        scale * _LOG2E,
+        q, k, v, k_latent, v_latent, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_latent.stride(0), k_latent.stride(1), k_latent.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        H, N, L, D, scale * _LOG2E,
     )
+    # fmt: on
     meta = dict(
         BLOCK_L=block_l,
         BLOCK_D=max(16, next_pow2(D)),
@@ -428,40 +371,16 @@ def point_attn_bwd(
         q, k, v = _shared_strides(q, k, v)
         k_latent, v_latent = _shared_strides(k_latent, v_latent)
         grad_out = maybe_contiguous(grad_out)
+        # fmt: off
         args = (
-            q,
-            k,
-            v,
-            k_latent,
-            v_latent,
-            out,
-            grad_out,
-            lse,
-            dq32,
-            dk,
-            dv,
-            dkl_part,
-            dvl_part,
-            q.stride(0),
-            q.stride(1),
-            q.stride(2),
-            k_latent.stride(0),
-            k_latent.stride(1),
-            k_latent.stride(2),
-            out.stride(0),
-            out.stride(1),
-            out.stride(2),
-            grad_out.stride(0),
-            grad_out.stride(1),
-            grad_out.stride(2),
-            H,
-            N,
-            L,
-            max(L, 1),
-            D,
-            scale,
-            scale * _LOG2E,
+            q, k, v, k_latent, v_latent, out, grad_out, lse, dq32, dk, dv, dkl_part, dvl_part,
+            q.stride(0), q.stride(1), q.stride(2),
+            k_latent.stride(0), k_latent.stride(1), k_latent.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+            H, N, L, D, max(L, 1), scale, scale * _LOG2E,
         )
+        # fmt: on
         meta = dict(BLOCK_D=max(16, next_pow2(D)), INTERP_BF16=interp_bf16(q.dtype), PRECISION=dot_precision(q.dtype))
         grid = (programs, B * H)
         if interpreting():

@@ -101,7 +101,7 @@ def test_inference_forward_reuses_scratch_across_tiles():
     assert_close(out, ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-4, name="out")
 
 
-def test_softplus_threshold_and_tails_exactly_as_torch():
+def test_softplus_regimes_and_tails_match_torch():
     # one hidden unit driven across Softplus' regimes: far negative (log1p of a tiny exp), around 0,
     # just below and above the linear threshold beta * z = 20
     z = torch.tensor([-3.0, -0.2, -1e-3, 0.0, 1e-3, 0.05, 0.19999, 0.2, 0.20001, 1.5])
