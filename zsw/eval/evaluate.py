@@ -101,7 +101,8 @@ def score(
 
 def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:  # [P, 3] -> center [3], radius
     """Least-squares sphere through ``points`` (algebraic fit), falling back to the centroid and
-    the RMS distance when the points are too few or too flat for a stable fit."""
+    the RMS distance when the points are too few or do not lie on a sphere of about their size
+    (a flat patch, for instance)."""
     p = np.asarray(points, dtype=np.float64)
     if len(p) == 0:
         return np.zeros(3), 1.0
@@ -113,9 +114,12 @@ def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:  # [P, 3] -> cen
         sol, *_ = np.linalg.lstsq(a, b, rcond=None)
         center = centroid + sol[:3]
         r2 = sol[3] + (sol[:3] ** 2).sum()
-        # a nearly flat patch fits a huge sphere: keep the fit only when it is about the patch's size
-        if r2 > 0 and math.sqrt(r2) < 3 * rms:
-            return center, math.sqrt(r2)
+        if r2 > 0:
+            r = math.sqrt(r2)
+            residual = float(np.sqrt(((np.linalg.norm(p - center, axis=1) - r) ** 2).mean()))
+            # keep a fit that is about the patch's size and that the points actually lie on
+            if r < 3 * rms and residual < 0.1 * r:
+                return center, r
     return centroid, rms
 
 

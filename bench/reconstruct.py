@@ -1,0 +1,229 @@
+"""End-to-end reconstruction benchmark: seconds per image and where they go.
+
+For every configuration -- backend x grid extraction (``fast``, ``dense``) x decoder kernels
+(``triton`` on, ``torch`` off; PyTorch backend only) -- one image is reconstructed ``repeats``
+times after a warm-up, and each run is split into the stages of ``zsw reconstruct``:
+
+==================  ===========================================================================
+``pixel``           prompt embedding + DPT pixel model (depth, intrinsics, masks)
+``encode``          lifting the visible surface + encoder + the decoder's latent K/V
+``grid_decode``     decoding the occupancy grid (all chunks; ``fast`` = coarse to fine)
+``marching_cubes``  scikit-image marching cubes on the CPU
+``export``          the mesh as GLB bytes
+``total``           the sum: image tensor in, GLB out (file I/O and the preview excluded)
+==================  ===========================================================================
+
+Providers are ``torch:triton`` and ``torch:ref`` (the PyTorch backend with either decoder
+kernels), ``onnxruntime`` and ``tensorrt``. Rows carry speed-ups measured in the same run:
+``dense`` (the dense row's time over this one) and ``ref`` (reference kernels over Triton).
+:func:`bench_shapes` adds the evidence for making ``fast`` the default: on the analytic test
+shapes (:mod:`zsw.eval.fields`) it reports how many fewer points ``fast`` decodes and its
+F-score@0.01 against the ``dense`` mesh.
+
+Note on ``fast`` with random weights: an untrained decoder predicts ~0.5 everywhere, so ``fast``
+refines the whole grid; time it with trained weights.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["STAGES", "bench_reconstruct", "bench_shapes", "summary_markdown"]
+
+STAGES = ("total", "pixel", "encode", "grid_decode", "marching_cubes", "export")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one_run(backend, image: torch.Tensor, resolution: int, extraction: str, chunk_points: int) -> tuple[dict, int]:
+    """Stage seconds of one reconstruction and the number of decoded points."""
+    from zsw.infer.backend import predict
+    from zsw.infer.grid import marching_cubes, occupancy_grid
+
+    device = backend.device
+    t: dict[str, float] = {}
+    pred = predict(backend, image, None, timings=t)
+    _sync(device)
+    t0 = time.perf_counter()
+    probs, stats = occupancy_grid(
+        lambda p: backend.decode(pred.latents, p),
+        1,
+        resolution,
+        mode=extraction,
+        chunk_points=chunk_points,
+        device=device,
+    )
+    probs = probs[0].cpu()  # the grid goes to the CPU for marching cubes (part of decoding's cost)
+    t["grid_decode"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    mesh = marching_cubes(probs, 0.5, 1.5)
+    t["marching_cubes"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    mesh.export(file_type="glb")
+    t["export"] = time.perf_counter() - t2
+    t["total"] = sum(t[s] for s in STAGES[1:])
+    return t, stats[0].evaluated_points
+
+
+def bench_reconstruct(
+    env,
+    *,
+    weights=None,
+    image: str | Path | None = None,
+    backends: Sequence[tuple[str, str | None]] = (("torch", None),),
+    extractions: Sequence[str] = ("fast", "dense"),
+    kernel_impls: Sequence[str] | None = None,
+    resolution: int = 128,
+    repeats: int = 3,
+    chunk_points: int = 65536,
+    progress: Callable[[str], None] | None = None,
+) -> list:
+    """Per-stage latency rows (``zsw.bench._harness.BenchRow``) for every configuration.
+
+    Args:
+        env: :func:`zsw.bench._harness.environment` of this run.
+        weights: checkpoint for the PyTorch backend (None = the demo model, ``random:<preset>``).
+        image: the photo (default: ``examples/armchair.png`` of the repository).
+        backends: ``(kind, engine folder)`` pairs; ``("torch", None)`` is the PyTorch model.
+        extractions: grid extraction modes.
+        kernel_impls: decoder kernels for the PyTorch backend (default: ``triton`` and ``torch``
+            on CUDA, ``torch`` on the CPU, where Triton only runs in the slow interpreter).
+        resolution: grid cells per axis.
+        repeats: timed runs per configuration (after one warm-up run).
+    """
+    from zsw.bench._harness import BenchRow
+    from zsw.infer.image import load_image
+    from zsw.infer.reconstruct import open_backend
+
+    device = torch.device(env.device)
+    if kernel_impls is None:
+        kernel_impls = ("triton", "torch") if device.type == "cuda" else ("torch",)
+    if image is None:
+        image = Path(__file__).resolve().parents[1] / "examples" / "armchair.png"
+    rows: list[BenchRow] = []
+    for kind, engine in backends:
+        backend, label, _ = open_backend(kind, weights if kind == "torch" else None, engine, device)
+        size = backend.config.pixel.image_size
+        tensor = torch.from_numpy(load_image(image, size).image).permute(2, 0, 1)[None].float().div(255).to(device)
+        impls = kernel_impls if kind == "torch" else ("-",)
+        for impl in impls:
+            if kind == "torch":
+                backend.model.set_kernel_impl(impl)
+            provider = kind if impl == "-" else f"{kind}:{'ref' if impl == 'torch' else impl}"
+            for extraction in extractions:
+                if progress:
+                    progress(f"{provider} {extraction}")
+                try:
+                    _one_run(backend, tensor, resolution, extraction, chunk_points)  # warm-up
+                    runs = [_one_run(backend, tensor, resolution, extraction, chunk_points) for _ in range(repeats)]
+                    note = ""
+                except Exception as e:  # noqa: BLE001 -- a failing configuration is a result
+                    runs, note = [], f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                points = runs[0][1] if runs else 0
+                for stage in STAGES:
+                    ms = [r[0][stage] * 1e3 for r in runs]
+                    p50, p20, p80 = _quantiles(ms)
+                    if stage == "grid_decode":
+                        work, unit = points / 1e6, "Mpoints/s"
+                    elif stage == "total":
+                        work, unit = 1.0, "images/s"
+                    else:
+                        work, unit = math.nan, ""
+                    rows.append(
+                        BenchRow(
+                            gpu=env.gpu, torch=env.torch, triton=env.triton, git_sha=env.git_sha,
+                            timestamp=env.timestamp, op=f"reconstruct:{stage}", case=f"{backend.config.name}:{label}",
+                            provider=provider, mode=extraction, dtype="fp32", shape=f"res={resolution}",
+                            p50_ms=p50, p20_ms=p20, p80_ms=p80,
+                            throughput=work / (p50 * 1e-3) if p50 > 0 else math.nan, throughput_unit=unit,
+                            peak_mem_mb=math.nan, note=note or f"points={points}",
+                        )
+                    )  # fmt: skip
+    _speedups(rows)
+    return rows
+
+
+def _quantiles(ms: list[float]) -> tuple[float, float, float]:
+    if not ms:
+        return math.nan, math.nan, math.nan
+    if len(ms) == 1:
+        return ms[0], ms[0], ms[0]
+    q = statistics.quantiles(ms, n=10, method="inclusive")
+    return statistics.median(ms), q[1], q[7]
+
+
+def _speedups(rows: list) -> None:
+    """``dense``: dense time / fast time (same provider; total and grid decoding only, the other
+    stages do not depend on the extraction); ``ref``: reference kernels / Triton kernels (same mode)."""
+    by_key = {(r.op, r.case, r.provider, r.mode): r for r in rows}
+    for r in rows:
+        dense = by_key.get((r.op, r.case, r.provider, "dense"))
+        stage = r.op.split(":", 1)[-1]
+        if dense is not None and r.mode != "dense" and r.p50_ms > 0 and stage in ("total", "grid_decode"):
+            r.speedups["dense"] = dense.p50_ms / r.p50_ms
+        kind, _, impl = r.provider.partition(":")
+        off = by_key.get((r.op, r.case, f"{kind}:ref", r.mode))
+        if impl and impl != "ref" and off is not None and r.p50_ms > 0:
+            r.speedups["ref"] = off.p50_ms / r.p50_ms
+
+
+def bench_shapes(env, resolution: int = 128, names: Sequence[str] | None = None) -> list:
+    """``fast`` against ``dense`` on the analytic test shapes: decoded points and mesh agreement."""
+    from zsw.bench._harness import BenchRow
+    from zsw.eval.fields import TEST_SHAPES, occupancy_field
+    from zsw.eval.metrics import mesh_agreement
+    from zsw.infer.grid import extract_mesh
+
+    rows = []
+    for name in names or list(TEST_SHAPES):
+        field = occupancy_field(name)
+        meshes, seconds = {}, {}
+        for mode in ("dense", "fast"):
+            t0 = time.perf_counter()
+            meshes[mode] = extract_mesh(field, resolution, mode=mode)
+            seconds[mode] = time.perf_counter() - t0
+        dense_n = meshes["dense"].metadata["zsw_grid"]["evaluated_points"]
+        fast_n = meshes["fast"].metadata["zsw_grid"]["evaluated_points"]
+        f = mesh_agreement(meshes["dense"], meshes["fast"], 0.01)
+        row = BenchRow(
+            gpu=env.gpu, torch=env.torch, triton=env.triton, git_sha=env.git_sha, timestamp=env.timestamp,
+            op="grid_extraction", case=name, provider="analytic", mode="fast", dtype="fp32",
+            shape=f"res={resolution}", p50_ms=seconds["fast"] * 1e3, p20_ms=math.nan, p80_ms=math.nan,
+            throughput=f, throughput_unit="F@0.01 vs dense", peak_mem_mb=math.nan,
+            note=f"decoded {fast_n} of {dense_n} points ({dense_n / fast_n:.1f}x fewer)",
+        )  # fmt: skip
+        row.speedups["dense_points"] = dense_n / fast_n
+        rows.append(row)
+    return rows
+
+
+def summary_markdown(rows: Sequence, title: str) -> str:
+    """Seconds per image by stage (one column per configuration) and the fast-vs-dense evidence."""
+    configs = sorted({(r.provider, r.mode) for r in rows if r.op.startswith("reconstruct:")})
+    lines = [f"# {title}", ""]
+    if configs:
+        lines += ["| stage | " + " | ".join(f"{p} {m}" for p, m in configs) + " |"]
+        lines += ["|---|" + "---:|" * len(configs)]
+        cell = {(r.op.split(":", 1)[1], r.provider, r.mode): r.p50_ms for r in rows if r.op.startswith("reconstruct:")}
+        for stage in STAGES:
+            vals = [cell.get((stage, p, m), math.nan) for p, m in configs]
+            lines.append(
+                f"| {stage} | " + " | ".join(f"{v / 1e3:.3f} s" if np.isfinite(v) else "-" for v in vals) + " |"
+            )
+        lines.append("")
+    shapes = [r for r in rows if r.op == "grid_extraction"]
+    if shapes:
+        lines += ["| shape | F@0.01 fast vs dense | fewer points |", "|---|---:|---:|"]
+        lines += [f"| {r.case} | {r.throughput:.4f} | {r.speedups['dense_points']:.1f}x |" for r in shapes]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Evaluation: protocol steps by hand, rotation alignment, baselines, resumable runs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zsw.errors import ConfigError
+from zsw.eval.align import brute_force_align, distinct_rotations, icp, rotation_grid
+from zsw.eval.evaluate import EvalSettings, ResultsLog, fit_sphere, score, summarize, summary_markdown
+from zsw.eval.metrics import chamfer_fscore, nearest_distances, normalize_pc
+
+runner = CliRunner()
+
+
+def _sphere(n, radius, seed, center=(0.0, 0.0, 0.0)):
+    p = np.random.default_rng(seed).normal(size=(n, 3))
+    return (radius * p / np.linalg.norm(p, axis=1, keepdims=True) + center).astype(np.float32)
+
+
+def _asymmetric(n, seed):  # no rotational symmetry: alignment has one answer
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(n, 3, generator=g) * torch.tensor([1.0, 0.5, 0.25])
+    p[:, 0] += p[:, 1] ** 2
+    return normalize_pc(p)
+
+
+def test_kdtree_and_kernel_nearest_neighbours_agree():
+    a, b = torch.rand(700, 3), torch.rand(500, 3)
+    ka, kb = nearest_distances(a, b, "kernels")
+    ta, tb = nearest_distances(a, b, "kdtree")
+    torch.testing.assert_close(ka, ta, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(kb, tb, atol=1e-6, rtol=1e-5)
+    m1, m2 = chamfer_fscore(a, b, method="kernels"), chamfer_fscore(a, b, method="kdtree")
+    assert m1 == pytest.approx(m2, abs=1e-6)
+
+
+def test_normalisation_makes_scale_and_position_irrelevant():
+    # the protocol compares shapes: a sphere against a bigger, shifted sphere scores like itself
+    small, big = _sphere(3000, 1.0, 0), _sphere(3000, 2.5, 1, center=(4.0, -1.0, 7.0))
+    m = score(small, big)
+    assert m["cd"] < 0.03 and m["fscore@0.05"] > 0.99  # sampling noise only
+    flat = score(small * [1.0, 1.0, 0.3], big)  # a different shape does not normalise away
+    assert flat["cd"] > 3 * m["cd"] and flat["fscore@0.05"] < 0.8
+    centred = normalize_pc(torch.from_numpy(big))
+    extent = (centred.amax(0) - centred.amin(0))[:2].max()
+    assert float(extent) == pytest.approx(1.0, abs=1e-6) and centred.mean(0).abs().max() < 1e-5
+
+
+def test_rotation_grid_is_zeroshapes():
+    R = rotation_grid()
+    assert R.shape == (6912, 3, 3)
+    torch.testing.assert_close(R @ R.transpose(1, 2), torch.eye(3).expand(6912, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(6912), atol=1e-5, rtol=0)
+    # azimuth = elevation = roll = 0 is the bare axis permutation; roll is the fastest index
+    torch.testing.assert_close(R[0], torch.tensor([[-1.0, 0, 0], [0, 0, -1], [0, -1, 0]]))
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    roll30 = torch.tensor([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])
+    torch.testing.assert_close(R[1], roll30 @ R[0], atol=1e-6, rtol=0)
+    unique, first = distinct_rotations(R)
+    assert len(unique) == 3216 and first[0] == 0 and bool((first[1:] > first[:-1]).all())
+
+
+@pytest.mark.parametrize("method", ["kdtree", "kernels"])
+def test_brute_force_finds_a_grid_rotation(method):
+    gt = _asymmetric(120, 0)
+    R = rotation_grid()
+    rotations = R[::7] if method == "kernels" else R  # the reference Chamfer is slow on CPU
+    target = 700 if method == "kernels" else 1234
+    pred = (gt @ rotations[target]) * 3.0 + 0.5  # rotated back by rotations[target], scaled, moved
+    aligned, rot, index = brute_force_align(pred, gt, rotations=rotations, method=method)
+    torch.testing.assert_close(rot @ rotations[target].T, torch.eye(3), atol=1e-5, rtol=0)
+    assert chamfer_fscore(aligned, gt)["cd"] < 1e-5
+    assert index <= target  # the first of equal poses wins
+
+
+def test_both_brute_force_methods_pick_the_same_rotation():
+    gt, R = _asymmetric(80, 1), rotation_grid()[::23]
+    pred = _asymmetric(80, 2)  # another cloud: no perfect answer, a well-defined best one
+    _, _, i_tree = brute_force_align(pred, gt, rotations=R, method="kdtree")
+    _, _, i_kern = brute_force_align(pred, gt, rotations=R, method="kernels")
+    assert i_tree == i_kern
+
+
+def test_icp_undoes_a_small_rigid_motion():
+    gt = _asymmetric(400, 3)
+    a = math.radians(8)
+    rot = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+    moved = gt @ rot.T + torch.tensor([0.03, -0.02, 0.01])
+    assert chamfer_fscore(moved, gt)["cd"] > 0.01
+    assert chamfer_fscore(icp(moved, gt), gt)["cd"] < 1e-4
+    # the protocol normalises each cloud first (the rotated one gets another x/y extent), then ICP
+    plain, aligned = score(moved.numpy(), gt.numpy()), score(moved.numpy(), gt.numpy(), align="icp")
+    assert aligned["cd"] < plain["cd"] / 2
+
+
+def test_fit_sphere_on_a_cap_and_on_a_plane():
+    pts = _sphere(4000, 0.7, 4, center=(0.1, 0.2, 2.0))
+    cap = pts[pts[:, 2] < 1.8]  # the visible side only
+    center, radius = fit_sphere(cap)
+    np.testing.assert_allclose(center, [0.1, 0.2, 2.0], atol=1e-4)
+    assert radius == pytest.approx(0.7, abs=1e-4)
+    plane = np.random.default_rng(0).uniform(-1, 1, (500, 3)) * [1, 1, 0]
+    center, radius = fit_sphere(plane)  # no stable sphere: centroid and RMS radius
+    np.testing.assert_allclose(center, plane.mean(0), atol=1e-12)
+    assert radius == pytest.approx(np.sqrt(((plane - plane.mean(0)) ** 2).sum(1).mean()))
+
+
+def test_results_log_resumes_and_refuses_other_settings(tmp_path):
+    settings = EvalSettings(format="procedural", resolution=32)
+    path = tmp_path / "r.samples.jsonl"
+    log = ResultsLog(path, settings)
+    log.append({"name": "a", "category": "mug", "cd": 0.1})
+    with open(path, "a") as f:
+        f.write('{"name": "b", "catego')  # a run killed mid-line
+    again = ResultsLog(path, settings)
+    assert again.done == {"a"} and path.read_text().count("\n") == 2  # torn line dropped
+    with pytest.raises(ConfigError, match="resolution differ"):
+        ResultsLog(path, EvalSettings(format="procedural", resolution=64))
+    assert ResultsLog(path, EvalSettings(format="procedural", resolution=64), overwrite=True).done == set()
+    with pytest.raises(ConfigError, match="--align"):
+        EvalSettings(format="pix3d", align="ransac")
+
+
+def test_summary_means_by_hand():
+    keys = ("acc", "comp", "cd", "fscore@0.005", "fscore@0.01", "fscore@0.02", "fscore@0.05", "fscore@0.1")
+    rows = [
+        {"name": "1", "category": "mug", **dict.fromkeys(keys, 0.1), "fscore@0.2": 1.0},
+        {"name": "2", "category": "mug", **dict.fromkeys(keys, 0.3), "fscore@0.2": 0.0},
+        {"name": "3", "category": "box", **dict.fromkeys(keys, 0.5), "fscore@0.2": 0.5},
+    ]
+    s = summarize(rows)
+    assert s["categories"]["mug"]["cd"] == pytest.approx(0.2) and s["categories"]["mug"]["count"] == 2
+    assert s["overall"]["cd"] == pytest.approx(0.3) and s["overall"]["fscore@0.2"] == pytest.approx(0.5)
+    assert s["category_mean"]["cd"] == pytest.approx(0.35) and list(s["categories"]) == ["box", "mug"]
+    table = summary_markdown(s, "t")
+    assert "| mug | 2 | 0.2000 |" in table and "**overall**" in table
+
+
+@pytest.fixture(scope="module")
+def procedural_test_set(tmp_path_factory):
+    """Four in-the-wild procedural test views (baked backgrounds and occluders), 2 categories."""
+    from zsw.synth.procedural import ProceduralConfig, generate
+
+    root = tmp_path_factory.mktemp("proc")
+    cfg = ProceduralConfig(objects=2, views=2, seed=3, categories=("mug", "box"), split_fractions=(0.0, 0.0, 1.0),
+                           bake_splits=("test",))  # fmt: skip
+    generate(root, cfg)
+    return root
+
+
+@pytest.mark.slow
+def test_eval_cli_end_to_end_with_resume_and_baseline(procedural_test_set, tmp_path):
+    from zsw.cli.main import app
+
+    out = tmp_path / "res" / "results.json"
+    base = ["eval", "--data", str(procedural_test_set), "--format", "procedural", "--weights", "random:tiny",
+            "--resolution", "12", "--num-points", "300", "--out", str(out)]  # fmt: skip
+    first = runner.invoke(app, [*base, "--limit", "3"])
+    assert first.exit_code == 0, first.output
+    result = json.loads(out.read_text())
+    assert result["evaluated"] == 3 and result["samples"] == 3 and result["settings"]["resolution"] == 12
+    assert set(result["categories"]) <= {"mug", "box"} and result["overall"]["count"] == 3
+    assert 0 < result["overall"]["cd"] < 1 and 0 <= result["overall"]["fscore@0.1"] <= 1
+    assert "overall" in first.output and out.with_suffix(".md").exists()
+    lines = out.with_name("results.samples.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and "settings" in json.loads(lines[0])
+
+    resumed = runner.invoke(app, base)  # all 4: the first 3 come from the JSONL
+    assert resumed.exit_code == 0 and "resuming: 3 sample(s)" in resumed.output
+    assert json.loads(out.read_text())["evaluated"] == 4
+    assert len(out.with_name("results.samples.jsonl").read_text().splitlines()) == 5
+
+    clash = runner.invoke(app, [*base, "--align", "icp"])
+    assert clash.exit_code == 1 and "align differ" in clash.output
+
+    ball = tmp_path / "ball.json"
+    sphere = runner.invoke(app, [*base[:-1], str(ball), "--baseline", "sphere", "--align", "icp"])
+    assert sphere.exit_code == 0, sphere.output
+    rows = [json.loads(line) for line in ball.with_name("ball.samples.jsonl").read_text().splitlines()[1:]]
+    assert len(rows) == 4 and all(r["cd"] > 0.01 for r in rows)  # a ball is not a mug or a box
+
+
+def test_eval_cli_bad_inputs(tmp_path):
+    from zsw.cli.main import app
+
+    missing = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--format", "pix3d"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    bad = runner.invoke(app, ["eval", "--data", str(tmp_path), "--format", "shapenet"])
+    assert bad.exit_code == 2

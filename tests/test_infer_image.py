@@ -1,0 +1,138 @@
+"""Image loading for reconstruction: formats, modes, EXIF, padding, odd and broken files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsw.errors import InputError
+from zsw.infer.image import find_images, load_image, load_mask
+
+
+def test_square_rgb_passes_through_unchanged(tmp_path):
+    a = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "x.png")
+    im = load_image(tmp_path / "x.png")
+    assert im.name == "x" and im.original_size == (224, 224) and im.notes == []
+    np.testing.assert_array_equal(im.image, a)
+
+
+def test_wide_image_is_padded_with_white_around_the_centre(tmp_path):
+    Image.new("RGB", (400, 100), (0, 0, 0)).save(tmp_path / "wide.png")
+    im = load_image(tmp_path / "wide.png")
+    assert im.image.shape == (224, 224, 3) and im.pad == (0, 150)
+    assert (im.image[:40] == 255).all() and (im.image[-40:] == 255).all()  # white bands above and below
+    assert (im.image[100:124] < 5).all()  # the black photo in the middle (56 rows of 224)
+    assert any("padded" in n for n in im.notes)
+
+
+def test_rgba_is_composited_on_white_and_keeps_its_alpha(tmp_path):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[16:48, 16:48, 3] = 255  # an opaque red square on a transparent background
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    im = load_image(tmp_path / "a.png")
+    assert (im.image[5, 5] == 255).all()  # transparent -> white
+    np.testing.assert_array_equal(im.image[112, 112], [200, 0, 0])
+    assert im.alpha is not None and im.alpha[112, 112] and not im.alpha[5, 5]
+    assert 0.2 < im.alpha.mean() < 0.3  # a quarter of the image
+
+
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [("L", 128, 128), ("I;16", 65535, 255), ("I;16", 257 * 100, 100), ("F", 0.5, 128), ("1", 1, 255)],
+)
+def test_grayscale_and_high_bit_depths_become_8_bit_rgb(tmp_path, mode, value, expected):
+    img = Image.new(mode, (32, 32), value)
+    path = tmp_path / ("g.tif" if mode == "F" else "g.png")
+    img.save(path)
+    im = load_image(path)
+    assert im.image.dtype == np.uint8 and im.image.shape == (224, 224, 3)
+    assert abs(int(im.image[112, 112, 0]) - expected) <= 1
+    assert (im.image[112, 112] == im.image[112, 112, 0]).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((40, 80, 3), np.uint8)  # landscape, left half black, right half white
+    a[:, 40:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(a).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    im = load_image(tmp_path / "phone.jpg")
+    assert im.original_size == (40, 80)  # portrait once upright
+    assert im.image[20, 112].mean() < 30 and im.image[200, 112].mean() > 225  # black on top after the turn
+    assert any("EXIF" in n for n in im.notes)
+
+
+def test_webp_and_bmp_load(tmp_path):
+    a = np.full((50, 50, 3), 90, np.uint8)
+    for suffix in (".webp", ".bmp", ".tiff"):
+        Image.fromarray(a).save(tmp_path / f"x{suffix}")
+        assert abs(int(load_image(tmp_path / f"x{suffix}").image[112, 112, 0]) - 90) <= 2
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"hello, not an image", "not an image file"),
+        (None, "corrupt or truncated"),
+    ],
+)
+def test_broken_files_raise_one_line_input_errors(tmp_path, content, fragment):
+    path = tmp_path / "bad.png"
+    if content is None:  # a real PNG cut in half
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:2000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=fragment) as e:
+        load_image(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tiny_and_missing_images_are_rejected(tmp_path):
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    with pytest.raises(InputError, match="1x1 pixels"):
+        load_image(tmp_path / "dot.png")
+    with pytest.raises(InputError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_arrays_and_pil_images(tmp_path):
+    f = np.full((10, 20), 0.5, np.float32)
+    im = load_image(f, size=32)
+    assert im.image.shape == (32, 32, 3) and im.name == "image"
+    assert abs(int(im.image[16, 16, 0]) - 128) <= 1
+    with pytest.raises(InputError, match="uint8 or float"):
+        load_image(np.zeros((20, 20, 3), np.int32))
+    with pytest.raises(InputError, match=r"\[H, W, 3\]"):
+        load_image(np.zeros((20, 20, 5), np.uint8))
+    assert load_image(Image.new("RGB", (30, 30)), name="p").name == "p"
+
+
+def test_masks_follow_the_image_transform(tmp_path):
+    img = load_image(np.zeros((100, 200, 3), np.uint8))
+    m = np.zeros((100, 200), bool)
+    m[:, :100] = True  # left half of the photo
+    mask = load_mask(m, img)
+    assert mask.shape == (224, 224)
+    assert not mask[:50].any() and not mask[-50:].any()  # padding is never visible
+    assert mask[112, 20] and not mask[112, 200]
+    with pytest.raises(InputError, match="mask is 10x10 pixels but its image is 200x100"):
+        load_mask(np.zeros((10, 10), bool), img)
+
+
+def test_find_images_expands_folders_and_globs(tmp_path):
+    for name in ("b.png", "a.JPG", "notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.webp").write_bytes(b"x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found, problems = find_images([tmp_path, str(tmp_path / "sub" / "*.webp"), tmp_path / "b.png", "nope.png", empty])
+    assert [p.name for p in found] == ["a.JPG", "b.png", "c.webp"]  # sorted, no duplicates, no hidden/text
+    assert [(str(i).endswith("nope.png"), r) for i, r in problems][0] == (True, "no such file or folder")
+    assert "no images" in problems[1][1]
+    _, none = find_images([str(tmp_path / "*.gif")])
+    assert none[0][1] == "pattern matches no file"

@@ -1,0 +1,250 @@
+"""zsw.reconstruct and `zsw reconstruct`: outputs, frames, batching, odd inputs, exit codes, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsw.cli.main import app
+from zsw.infer.backend import TorchBackend, predict
+from zsw.infer.image import load_image
+from zsw.infer.reconstruct import Reconstructor, camera_to_frame, reconstruct
+
+runner = CliRunner()
+RES = 16  # grid resolution for tests: the random tiny model is near 0.5 everywhere
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_model, tmp_path_factory):
+    from zsw import checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    checkpoint.save(tiny_model, path)
+    return path
+
+
+def _lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+def test_python_api_returns_a_trimesh_in_the_gltf_frame(repo_root):
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        rec = reconstruct(repo_root / "examples" / "armchair.png", weights="random:tiny", resolution=RES)
+    assert isinstance(rec.mesh, trimesh.Trimesh) and len(rec.mesh.faces) > 0
+    assert rec.frame == "gltf" and rec.info["mesh"]["faces"] == len(rec.mesh.faces)
+    # gltf = camera rotated 180 degrees about x; the normalised mesh lies inside the grid cube
+    cam = rec.camera_vertices()
+    np.testing.assert_allclose(rec.mesh.vertices, cam * [1, -1, -1], atol=1e-6)
+    normalized = rec.mesh_normalized().vertices
+    assert np.abs(normalized).max() <= 1.5 + 1e-4
+    np.testing.assert_allclose(cam, normalized * rec.scale + rec.center, atol=1e-5)
+    assert rec.depth.shape == (224, 224) and rec.intrinsics.shape == (3, 3)
+    assert rec.visible_mask.dtype == bool and rec.occluder_mask.shape == (224, 224)
+    assert rec.info["grid"]["resolution"] == RES and rec.info["model"]["weights"] == "random:tiny"
+
+
+def test_camera_frame_and_identity_of_the_mapping(repo_root, tiny_model):
+    kw = dict(weights=tiny_model, resolution=RES)
+    a = reconstruct(repo_root / "examples" / "bucket.png", frame="camera", **kw)
+    b = reconstruct(repo_root / "examples" / "bucket.png", frame="gltf", **kw)
+    np.testing.assert_allclose(a.mesh.vertices * [1, -1, -1], b.mesh.vertices, atol=1e-6)
+    assert camera_to_frame(np.array([[1.0, 2.0, 3.0]]), "gltf").tolist() == [[1.0, -2.0, -3.0]]
+
+
+def test_a_batch_gives_the_same_meshes_as_one_image_at_a_time(repo_root, tiny_model):
+    backend = TorchBackend(tiny_model, "cpu")
+    recon = Reconstructor(backend, resolution=RES, extraction="fast")
+    images = [load_image(repo_root / "examples" / f"{n}.png") for n in ("hat", "toy")]
+    together = recon(images)
+    for im, rec in zip(images, together):
+        alone = recon([im])[0]
+        # batched convolutions round differently: allow float noise, amplified by marching cubes
+        np.testing.assert_allclose(rec.mesh.vertices, alone.mesh.vertices, atol=1e-4)
+        np.testing.assert_array_equal(rec.mesh.faces, alone.mesh.faces)
+    assert together[0].info["batch_size"] == 2
+
+
+class ProtocolOnly:
+    """A backend with nothing but the Backend protocol (what ONNX Runtime / TensorRT provide)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.name, self.config, self.device = "protocol-only", inner.config, inner.device
+
+    def embed_prompts(self, prompt, batch):
+        return self._inner.embed_prompts(prompt, batch)
+
+    def pixel(self, image, text):
+        return self._inner.pixel(image, text)
+
+    def encode(self, encoder_input, text):
+        return self._inner.encode(encoder_input, text)
+
+    def decode(self, latents, points):
+        return self._inner.decode(latents, points)
+
+
+def test_everything_after_predict_needs_only_the_backend_protocol(repo_root, tiny_model, tmp_path):
+    inner = TorchBackend(tiny_model, "cpu")
+    image = load_image(repo_root / "examples" / "case.png")
+    ref = Reconstructor(inner, resolution=RES)([image])[0]
+    rec = Reconstructor(ProtocolOnly(inner), resolution=RES)([image])[0]
+    np.testing.assert_allclose(rec.mesh.vertices, ref.mesh.vertices, atol=1e-6)
+    assert rec.info["model"]["backend"] == "protocol-only"
+    files = {p.name for p in rec.save(tmp_path / "case", formats=("ply",))}
+    assert files == {"mesh.ply", "depth.png", "visible_mask.png", "occluder_mask.png", "preview.png", "result.json"}
+
+
+def test_predict_reports_stage_timings(tiny_model):
+    timings: dict = {}
+    predict(TorchBackend(tiny_model, "cpu"), torch.rand(1, 3, 224, 224), timings=timings)
+    assert set(timings) == {"pixel", "encode"} and all(v > 0 for v in timings.values())
+
+
+def test_cli_on_bundled_examples_writes_every_output(repo_root, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    images = [str(repo_root / "examples" / f"{n}.png") for n in ("armchair", "teddy_bear")]
+    args = ["reconstruct", *images, "-o", str(out), "--weights", str(tiny_ckpt), "--resolution", str(RES)]
+    result = runner.invoke(app, [*args, "--format", "obj", "--format", "glb", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "reconstructed 2, skipped 0, failed 0 of 2" in result.output
+    folder = out / "teddy_bear"
+    info = json.loads((folder / "result.json").read_text())
+    assert sorted(info["files"]) == sorted(
+        ["mesh.obj", "mesh.glb", "depth.png", "visible_mask.png", "occluder_mask.png", "preview.png", "result.json"]
+    )
+    mesh = trimesh.load(folder / "mesh.glb", force="mesh")
+    assert len(mesh.faces) == info["mesh"]["faces"] > 0 and info["mesh"]["frame"] == "gltf"
+    assert np.array(info["camera"]["intrinsics"]).shape == (3, 3)
+    assert info["prompt"] == "object" and info["prompt_source"] == "default"
+    assert info["grid"] == {**info["grid"], "resolution": RES, "extraction": "fast", "threshold": 0.5}
+    assert info["model"]["weights"] == str(tiny_ckpt) and info["zsw_version"]
+    assert {"load", "pixel", "encode", "grid_decode", "marching_cubes", "export", "preview"} <= set(info["timings_s"])
+    assert Image.open(folder / "preview.png").size == (3 * 256, 256)
+    assert Image.open(folder / "depth.png").mode == "RGB"
+    assert Image.open(folder / "visible_mask.png").mode == "L"
+    assert not list(folder.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_cli_odd_images_fail_one_line_each_and_the_rest_still_run(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 40), dtype=np.uint8), "L").save(src / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (50, 50, 4), dtype=np.uint8), "RGBA").save(src / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (40, 30)).astype(np.uint16)).save(src / "sixteen.png")
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(src / "dot.png")
+    Image.new("RGB", (5000, 300), (20, 120, 30)).save(src / "wide.jpg")
+    Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(src / "cut.png")
+    (src / "cut.png").write_bytes((src / "cut.png").read_bytes()[:3000])
+    (src / "notes.png").write_text("not an image at all")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(src), "-o", str(out), "--weights", "random:tiny",
+                                 "--resolution", str(RES), "--no-preview"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    lines = _lines(result.output)
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 3
+    assert any("dot.png: image is 1x1 pixels" in e for e in errors)
+    assert any("cut.png: corrupt or truncated image" in e for e in errors)
+    assert any("notes.png: not an image file" in e for e in errors)
+    assert "reconstructed 4, skipped 0, failed 3 of 7 input(s)" in lines[-1]
+    assert any("RANDOM weights" in line for line in lines)
+    for name in ("gray", "rgba", "sixteen", "wide"):
+        info = json.loads((out / name / "result.json").read_text())
+        assert info["mesh"]["faces"] > 0 and not (out / name / "preview.png").exists()
+    assert "8 bits" in " ".join(json.loads((out / "sixteen" / "result.json").read_text())["input"]["notes"])
+    assert not (out / "dot").exists() and not (out / "notes").exists()
+
+
+def test_cli_missing_input_and_bad_options(tmp_path):
+    result = runner.invoke(app, ["reconstruct", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert _lines(result.output)[0] == f"error: {tmp_path / 'nope.png'}: no such file or folder"
+    for bad in (["--format", "fbx"], ["--extraction", "mise"], ["--frame", "zup"], ["--resolution", "2"]):
+        result = runner.invoke(app, ["reconstruct", str(tmp_path), *bad])
+        assert result.exit_code == 2, (bad, result.output)
+    img = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(img)
+    result = runner.invoke(
+        app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "w.st")]
+    )
+    assert result.exit_code == 1 and _lines(result.output) == [f"error: checkpoint {tmp_path / 'w.st'} does not exist"]
+
+
+def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_path):
+    out = tmp_path / "out"
+    image = str(repo_root / "examples" / "bolt.png")
+    base = ["reconstruct", image, "-o", str(out), "--weights", "random:tiny", "--resolution", str(RES), "--no-preview"]
+    assert runner.invoke(app, base).exit_code == 0
+    assert (out / "bolt" / "mesh.glb").exists()
+    again = runner.invoke(app, [*base, "--format", "ply"])
+    assert again.exit_code == 0 and "skipped 1" in again.output and not (out / "bolt" / "mesh.ply").exists()
+    redo = runner.invoke(app, [*base, "--format", "ply", "--overwrite", "--frame", "camera"])
+    assert redo.exit_code == 0 and "reconstructed 1" in redo.output
+    assert (out / "bolt" / "mesh.ply").exists() and not (out / "bolt" / "mesh.glb").exists()
+    assert json.loads((out / "bolt" / "result.json").read_text())["mesh"]["frame"] == "camera"
+    # an interrupted image (outputs but no result.json) is redone without --overwrite
+    (out / "bolt" / "result.json").unlink()
+    assert "reconstructed 1" in runner.invoke(app, base).output
+
+
+def test_zeroshape_models_need_a_mask(repo_root, tmp_path):
+    from zsw import checkpoint
+    from zsw.config import DecoderConfig, EncoderConfig, TextConfig, get_model_config, replace
+    from zsw.model import build_model
+
+    tiny = get_model_config("tiny")
+    cfg = replace(
+        tiny,
+        name="tiny-zeroshape",
+        pixel=replace(tiny.pixel, mask_heads=False),
+        encoder=replace(tiny.encoder, in_channels=3),
+        decoder=replace(tiny.decoder, point_embed="linear"),
+        text=TextConfig(enabled=False),
+    )
+    assert isinstance(cfg.encoder, EncoderConfig) and isinstance(cfg.decoder, DecoderConfig)
+    ckpt = tmp_path / "zs.safetensors"
+    checkpoint.save(build_model(cfg), ckpt)
+    image = str(repo_root / "examples" / "hat.png")
+    base = ["reconstruct", image, "--weights", str(ckpt), "--resolution", str(RES), "--no-preview"]
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "a")])
+    assert result.exit_code == 1 and "has no mask head" in result.output and "--masks" in result.output
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "b"), "--masks", str(repo_root / "examples" / "masks")])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "b" / "hat" / "result.json").read_text())
+    assert info["mask"] == "given" and info["prompt"] is None and "occluder_mask.png" not in info["files"]
+    given = np.asarray(Image.open(repo_root / "examples" / "masks" / "hat.png").convert("L")) > 127
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b" / "hat" / "visible_mask.png")) > 127, given)
+
+
+def test_bench_reconstruct_writes_per_stage_rows(tmp_path):
+    from zsw.bench._harness import read_csv
+
+    csv_path = tmp_path / "bench.csv"
+    args = ["bench", "reconstruct", "--weights", "random:tiny", "--resolution", "8", "--repeats", "1", "--no-shapes"]
+    result = runner.invoke(app, [*args, "--out", str(csv_path), "--summary", str(tmp_path / "s.md")])
+    assert result.exit_code == 0, result.output
+    rows = read_csv(csv_path)
+    stages = {"total", "pixel", "encode", "grid_decode", "marching_cubes", "export"}
+    assert {r["op"].split(":")[1] for r in rows} == stages and {r["mode"] for r in rows} == {"fast", "dense"}
+    assert all(float(r["p50_ms"]) > 0 and r["provider"] == "torch:ref" for r in rows)
+    total = {r["mode"]: r for r in rows if r["op"] == "reconstruct:total"}
+    assert float(total["fast"]["speedup_vs_dense"]) == pytest.approx(
+        float(total["dense"]["p50_ms"]) / float(total["fast"]["p50_ms"]), rel=1e-3
+    )
+    assert "| grid_decode |" in (tmp_path / "s.md").read_text()
