@@ -1,8 +1,9 @@
 """Training-step benchmark: samples/s and peak memory of one optimiser step, kernels on and off.
 
 One step = :class:`zsw.train.step.TrainStep` forward (all losses of the stage) + backward + AdamW
-update, on a synthetic but well-formed batch (a lit disc of depth on a plane, ZeroShape's default
-K, random query points and labels), so no dataset is needed. ``impl="torch"`` routes the decoder
+update, exactly as the trainer runs it, on a synthetic but well-formed batch
+(:func:`zsw.train.step.synthetic_batch`: a disc of depth facing the camera, ZeroShape's default K,
+random query points and labels), so no dataset is needed. ``impl="torch"`` routes the decoder
 to the PyTorch references, ``impl="triton"`` to the Triton kernels (CUDA, or the interpreter under
 ``TRITON_INTERPRET=1``, which is for correctness, not speed). The ratio is measured in the same
 process, on the same batch, one after the other.
@@ -31,37 +32,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["synthetic_batch", "bench_train_step", "write_csv", "format_rows"]
-
-
-def synthetic_batch(batch: int, size: int, points: int, device: torch.device, seed: int = 0) -> dict:
-    """A training batch with the keys :class:`~zsw.data.dataset.ShapeDataset` yields."""
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    r = ((xs - size / 2) ** 2 + (ys - size / 2) ** 2).float().sqrt()
-    disc = (r < size * 0.3).float()[None, None].expand(batch, 1, size, size)
-    depth = disc * (2.0 + 0.001 * r[None, None])
-    f = 1.3875 * size
-    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]).expand(batch, 3, 3)
-    Rt = torch.cat([torch.eye(3), torch.tensor([[0.0], [0.0], [2.0]])], dim=1).expand(batch, 3, 4)
-    pts = torch.rand(batch, points, 3, generator=g) * 1.2 - 0.6
-    sdf = pts.norm(dim=-1) - 0.4
-    occluder = torch.zeros(batch, 1, size, size)
-    occluder[..., : size // 4, :] = 1.0
-    out = {
-        "image": torch.rand(batch, 3, size, size, generator=g),
-        "depth": depth.contiguous(),
-        "intrinsics": K.contiguous(),
-        "extrinsics": Rt.contiguous(),
-        "visible_mask": disc.contiguous(),
-        "occluder_mask": occluder,
-        "points": pts,
-        "sdf": sdf,
-        "occupancy": (sdf - 0.003 < 0).float(),
-        "pseudo_depth": torch.rand(batch, 1, size, size, generator=g),
-        "pseudo_valid": torch.ones(batch, 1, size, size),
-    }
-    return {k: v.to(device) for k, v in out.items()}
+__all__ = ["bench_train_step", "write_csv", "format_rows"]
 
 
 def _peak_rss_mb() -> float:
@@ -73,7 +44,7 @@ def _peak_rss_mb() -> float:
 def _time_steps(preset: str, impl: str, cfg, dev: torch.device, points: int, steps: int, warmup: int):
     """Median seconds per optimiser step and peak memory (MiB) for one kernel implementation."""
     from zsw.model import build_model
-    from zsw.train.step import TrainStep, param_groups, set_trainable
+    from zsw.train.step import TrainStep, param_groups, set_trainable, synthetic_batch, unused_parameters
 
     torch.manual_seed(0)
     model = build_model(preset).to(dev)
@@ -81,6 +52,8 @@ def _time_steps(preset: str, impl: str, cfg, dev: torch.device, points: int, ste
     set_trainable(model, cfg.stage)
     model.train()
     step = TrainStep(model, cfg)
+    for name in unused_parameters(step, dev):
+        model.get_parameter(name).requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, cfg.stage, cfg.optim), betas=cfg.optim.betas)
     batch = synthetic_batch(cfg.batch_size, model.config.pixel.image_size, points, dev)
     autocast = cfg.amp == "bf16"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -79,6 +80,8 @@ def train(
         data_kw["workers"] = workers
     cfg = replace(cfg, data=replace(cfg.data, **data_kw))
     result = run(cfg, out, resume=resume, progress=progress, echo=lambda m: typer.echo(m, err=True))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
     typer.echo(
         f"{out}: stage {cfg.stage} at step {result.step} ({result.samples_per_second:.2f} samples/s); {losses}"

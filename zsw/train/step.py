@@ -20,13 +20,73 @@ from torch import Tensor
 from zsw.train import losses as L
 from zsw.train.config import OptimConfig, TrainConfig
 
-__all__ = ["TrainStep", "param_groups", "set_trainable", "loss_scalars", "is_finite"]
+__all__ = [
+    "TrainStep",
+    "param_groups",
+    "set_trainable",
+    "unused_parameters",
+    "synthetic_batch",
+    "loss_scalars",
+    "is_finite",
+]
 
 
 def set_trainable(model: nn.Module, stage: str) -> None:
     """Stage ``pixel`` trains ``model.pixel`` only; stage ``full`` trains everything."""
     for name, p in model.named_parameters():
         p.requires_grad_(stage == "full" or name.startswith("pixel."))
+
+
+def synthetic_batch(batch: int, size: int, points: int, device: torch.device | str = "cpu", seed: int = 0) -> dict:
+    """A well-formed training batch without a dataset (benchmarks, the unused-parameter probe):
+    a disc of depth facing the camera at ZeroShape's default K, random query points around it."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    r = ((xs - size / 2) ** 2 + (ys - size / 2) ** 2).float().sqrt()
+    disc = (r < size * 0.3).float()[None, None].expand(batch, 1, size, size)
+    depth = disc * (2.0 + 0.001 * r[None, None])
+    f = 1.3875 * size
+    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]).expand(batch, 3, 3)
+    Rt = torch.cat([torch.eye(3), torch.tensor([[0.0], [0.0], [2.0]])], dim=1).expand(batch, 3, 4)
+    pts = torch.rand(batch, points, 3, generator=g) * 1.2 - 0.6
+    sdf = pts.norm(dim=-1) - 0.4
+    occluder = torch.zeros(batch, 1, size, size)
+    occluder[..., : size // 4, :] = 1.0
+    out = {
+        "image": torch.rand(batch, 3, size, size, generator=g),
+        "depth": depth.contiguous(),
+        "intrinsics": K.contiguous(),
+        "extrinsics": Rt.contiguous(),
+        "visible_mask": disc.contiguous(),
+        "occluder_mask": occluder,
+        "points": pts,
+        "sdf": sdf,
+        "occupancy": (sdf - 0.003 < 0).float(),
+        "pseudo_depth": torch.rand(batch, 1, size, size, generator=g),
+        "pseudo_valid": torch.ones(batch, 1, size, size),
+    }
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def unused_parameters(step: TrainStep, device: torch.device | str = "cpu") -> list[str]:
+    """Trainable parameters that the stage's losses never reach (e.g. DPT's first fusion block
+    has a residual unit that only a second input would use; it exists so ZeroShape checkpoints
+    load). Found with one gradient probe on a synthetic batch, in eval mode, without touching
+    ``.grad`` or BatchNorm statistics. DistributedDataParallel needs them frozen (or it never
+    finishes reducing their bucket), and freezing them everywhere keeps 1 and N ranks identical."""
+    model = step.model
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        batch = synthetic_batch(2, model.config.pixel.image_size, 64, device)
+        total = step(batch)["total"]
+        grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+    finally:
+        model.train(was_training)
+    return [n for (n, _), g in zip(named, grads) if g is None]
 
 
 def param_groups(model: nn.Module, stage: str, cfg: OptimConfig) -> list[dict]:

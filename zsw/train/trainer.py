@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsw.config import dump_yaml, load_yaml, to_dict
+from zsw.config import dump_yaml, get_model_config, load_yaml, to_dict
 from zsw.errors import CheckpointError, ConfigError, ZswError
 from zsw.io import atomic_path, atomic_write_json
 from zsw.train.config import TrainConfig
@@ -54,7 +54,7 @@ from zsw.train.distributed import (
     barrier,
     init_distributed,
 )
-from zsw.train.step import TrainStep, loss_scalars, param_groups, set_trainable
+from zsw.train.step import TrainStep, loss_scalars, param_groups, set_trainable, unused_parameters
 
 __all__ = ["Trainer", "TrainResult", "RunState", "TrainingError", "train", "RESUME_FREE_KEYS"]
 
@@ -373,18 +373,6 @@ class Trainer:
             dump_yaml(cfg, self.out / "config.yaml")
         barrier()
 
-        torch.manual_seed(cfg.seed)
-        self.model = model = self._build_model().to(device)
-        set_trainable(model, cfg.stage)
-        model.train()
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.stage, cfg.optim), betas=cfg.optim.betas)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-        self.runner = TrainStep(model, cfg)
-        if dist.distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            self.runner = DistributedDataParallel(self.runner, device_ids=ids, broadcast_buffers=True)
-
         micro, rem = divmod(cfg.batch_size, dist.world_size * cfg.grad_accum)
         if rem or micro < 1:
             raise ConfigError(
@@ -392,11 +380,28 @@ class Trainer:
                 f"({dist.world_size} x {cfg.grad_accum})"
             )
         self.micro = micro
-        self.train_ds, self.val_ds = self._datasets(model.config.pixel.image_size)
+        self.train_ds, self.val_ds = self._datasets(get_model_config(cfg.model).pixel.image_size)
         self.sampler = ResumableSampler(len(self.train_ds), cfg.batch_size, dist.rank, dist.world_size, cfg.seed)
         self.total_steps = cfg.num_epochs * self.sampler.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        torch.manual_seed(cfg.seed)
+        self.model = model = self._build_model().to(device)
+        set_trainable(model, cfg.stage)
+        model.train()
+        self.runner = TrainStep(model, cfg)
+        unused = unused_parameters(self.runner, device)
+        for name in unused:
+            model.get_parameter(name).requires_grad_(False)
+        if unused:
+            self.echo(f"frozen {len(unused)} parameter tensors that stage {cfg.stage} never uses (e.g. {unused[0]})")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.stage, cfg.optim), betas=cfg.optim.betas)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        if dist.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.runner = DistributedDataParallel(self.runner, device_ids=ids)
 
         self.state = RunState()
         if record is not None:

@@ -1,0 +1,303 @@
+"""Training: parameter groups, sampler, configs, the trainer end to end, resume, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zsw.config import dump_yaml, load_yaml, replace
+from zsw.data.dataset import AugmentConfig
+from zsw.errors import ConfigError
+from zsw.synth.procedural import ProceduralConfig, generate
+from zsw.train.config import DataConfig, OptimConfig, TrainConfig
+from zsw.train.distributed import ResumableSampler
+from zsw.train.step import param_groups, set_trainable
+
+runner = CliRunner()
+NO_AUGMENT = AugmentConfig(occluders=(0, 0), backgrounds="never")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """(dataset, model YAML): the tiny preset at 64 px (10x cheaper steps) and 8 procedural views
+    at 64 px, 6 train (3 objects) and 2 val; shared with test_ddp.py when both run."""
+    from zsw.config import get_model_config
+
+    base = tmp_path_factory.getbasetemp()
+    root = base / "zsw-proc64-4x2"
+    cats = ("box", "mug", "chair", "cone")
+    generate(root, ProceduralConfig(objects=4, views=2, seed=0, size=64, categories=cats))
+    tiny = get_model_config("tiny")
+    model = base / "tiny64.yaml"
+    dump_yaml(replace(tiny, pixel=replace(tiny.pixel, image_size=64)), model)
+    return root, model
+
+
+def _metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cfg(small, **kw) -> TrainConfig:
+    data = DataConfig(roots=(str(small[0]),), workers=0, points=512, val_samples=2)
+    base = dict(model=str(small[1]), stage="full", batch_size=2, validate=False, log_every=1, data=data)
+    return TrainConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------------------------
+# pieces
+# --------------------------------------------------------------------------------------------
+
+
+def test_param_groups_follow_the_paper():
+    from zsw.model import build_model
+
+    model = build_model("tiny")
+    cfg = OptimConfig(lr=1e-5, lr_pretrained=1e-6, weight_decay=0.05)
+    set_trainable(model, "pixel")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("pixel.") for n in trainable)
+    groups = param_groups(model, "pixel", cfg)
+    assert {g["lr"] for g in groups} == {1e-5}
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+
+    set_trainable(model, "full")
+    groups = {g["name"]: g for g in param_groups(model, "full", cfg)}
+    assert set(groups) == {"main", "main-no-decay", "pixel", "pixel-no-decay"}
+    assert groups["pixel"]["lr"] == groups["pixel-no-decay"]["lr"] == 1e-6
+    assert groups["main"]["lr"] == 1e-5 and groups["main"]["weight_decay"] == 0.05
+    assert groups["main-no-decay"]["weight_decay"] == 0.0 and groups["pixel-no-decay"]["weight_decay"] == 0.0
+    assert all(p.ndim <= 1 for g in ("main-no-decay", "pixel-no-decay") for p in groups[g]["params"])
+    assert all(p.ndim > 1 for g in ("main", "pixel") for p in groups[g]["params"])
+    ids = {id(p) for g in groups.values() for p in g["params"]}
+    assert ids == {id(p) for p in model.parameters()}
+    pixel_ids = {id(p) for p in model.pixel.parameters()}
+    assert {id(p) for g in ("pixel", "pixel-no-decay") for p in groups[g]["params"]} == pixel_ids
+
+
+def test_sampler_global_batches_are_the_same_on_any_number_of_ranks():
+    n, G = 23, 4
+    one = ResumableSampler(n, G, 0, 1, seed=5)
+    two = [ResumableSampler(n, G, r, 2, seed=5) for r in range(2)]
+    for s in (one, *two):
+        s.set_epoch(3)
+    perm = list(one)
+    assert len(perm) == one.samples_per_epoch == 20 and len(set(perm)) == 20
+    per_rank = [list(s) for s in two]
+    for step in range(one.steps_per_epoch):  # each global step sees the same samples
+        ranks = per_rank[0][step * 2 : step * 2 + 2] + per_rank[1][step * 2 : step * 2 + 2]
+        assert sorted(perm[step * G : (step + 1) * G]) == sorted(ranks)
+    one.set_epoch(3, start=8)  # resume after two steps
+    assert list(one) == perm[8:] and len(one) == 12
+    one.set_epoch(4)
+    assert list(one) != perm
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        ResumableSampler(3, 4)
+
+
+def test_train_config_yaml_and_errors(tmp_path):
+    cfg = replace(TrainConfig(stage="full", batch_size=8), data=DataConfig(roots=("a", "b")))
+    dump_yaml(cfg, tmp_path / "t.yaml")
+    assert load_yaml(tmp_path / "t.yaml", TrainConfig) == cfg
+    assert TrainConfig(stage="pixel").num_epochs == 10 and TrainConfig(stage="full").num_epochs == 15
+    assert TrainConfig().optim.betas == (0.9, 0.95) and TrainConfig().batch_size == 80
+    (tmp_path / "bad.yaml").write_text("optim:\n  momentum: 0.9\n")
+    with pytest.raises(ConfigError, match="momentum"):
+        load_yaml(tmp_path / "bad.yaml", TrainConfig)
+    with pytest.raises(ConfigError, match="stage"):
+        TrainConfig(stage="joint")
+    with pytest.raises(ConfigError, match="amp"):
+        TrainConfig(amp="int8")
+
+
+def test_validation_reports_mesh_metrics(small):
+    from zsw.data.dataset import ShapeDataset
+    from zsw.model import build_model
+    from zsw.train.validate import validate
+
+    model = build_model(str(small[1]))
+    ds = ShapeDataset(small[0], "val", size=64, with_shape=False)
+    metrics = validate(model, ds, "full", torch.device("cpu"), max_samples=2, resolution=8, surface_points=500)
+    assert metrics["val/samples"] == 2
+    for key in ("val/depth_ssi_mae", "val/intrinsics", "val/visible_iou", "val/cd", "val/fscore@0.05"):
+        assert key in metrics and math.isfinite(metrics[key]), key
+    assert 0 <= metrics["val/visible_iou"] <= 1 and metrics["val/cd"] > 0
+    assert model.training  # restored
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer end to end
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_cli_lowers_the_loss_on_a_fixed_batch(small, tmp_path):
+    """``zsw train`` on the tiny preset (at 64 px): 8 steps on one fixed batch lower every loss."""
+    from zsw import checkpoint
+    from zsw.cli.main import app
+
+    data, model = small
+    recipe = tmp_path / "recipe.yaml"  # no augmentation: the 6 train views form the same batch each step
+    dump_yaml(TrainConfig(data=DataConfig(augment=NO_AUGMENT, points=512)), recipe)
+    run = tmp_path / "run"
+    args = ["train", "--preset", str(model), "--data", str(data), "--stage", "full", "--out", str(run), "--config",
+            str(recipe), "--batch-size", "6", "--max-steps", "8", "--lr", "1e-3", "--lr-pretrained", "1e-3",
+            "--workers", "0", "--log-every", "1", "--no-validate", "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "stage full at step 8" in result.output
+    steps = [m for m in _metrics(run) if "loss/total" in m]
+    assert [m["step"] for m in steps] == list(range(1, 9))
+    first, last = steps[0], steps[-1]
+    assert last["loss/total"] < 0.7 * first["loss/total"]
+    for term in ("occupancy", "depth", "visible_mask", "occluder_mask"):
+        assert last[f"loss/{term}"] < first[f"loss/{term}"], term
+    assert all(m["samples_per_s"] > 0 and m["nonfinite_steps"] == 0 for m in steps)
+    assert checkpoint.load(run / "final.safetensors").config.pixel.image_size == 64
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 8
+    # the same command again refuses to overwrite; a conflicting resume names the key
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "--resume" in again.output
+    conflict = runner.invoke(app, [*args, "--resume", "--seed", "3"])
+    assert conflict.exit_code == 1 and "seed" in conflict.output
+
+
+def _wait_for_step(run, step: int, proc: subprocess.Popen, timeout: float = 240) -> int:
+    latest = run / "checkpoints" / "latest.json"
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        try:
+            done = json.loads(latest.read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= step:
+            return done
+        time.sleep(0.05)
+    return -1
+
+
+@pytest.fixture
+def one_thread():
+    """oneDNN convolutions round differently with different thread counts: compare like with like."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_uninterrupted_state(small, tmp_path, one_thread):
+    from zsw import checkpoint
+    from zsw.train.trainer import Trainer
+
+    # 6 train views, batch 2: 3 steps per epoch, so 6 steps cross an epoch boundary; augmentation on
+    cfg = _cfg(small, max_steps=6, checkpoint_every=1, seed=3, optim=OptimConfig(lr=1e-3))
+    straight = Trainer(cfg, tmp_path / "straight", progress=False).fit()
+    assert straight.step == 6 and straight.epoch == 2
+
+    run = tmp_path / "killed"
+    recipe = tmp_path / "cfg.yaml"
+    dump_yaml(cfg, recipe)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "zsw", "train", "--config", str(recipe), "--out", str(run), "--no-progress"]
+    child = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    reached = _wait_for_step(run, 2, child)
+    child.send_signal(signal.SIGKILL)
+    output = child.communicate()[0].decode()
+    assert reached >= 2 or child.returncode == 0, output
+
+    resumed = Trainer(cfg, run, resume=True, progress=False).fit()
+    assert resumed.step == 6
+    a, _, _ = checkpoint.read(tmp_path / "straight" / "final.safetensors")
+    b, _, _ = checkpoint.read(run / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa = torch.load(tmp_path / "straight" / "checkpoints" / "step-00000006.state.pt", weights_only=True)
+    sb = torch.load(run / "checkpoints" / "step-00000006.state.pt", weights_only=True)
+    assert {k: v for k, v in sa.items() if k != "optimizer"} == {k: v for k, v in sb.items() if k != "optimizer"}
+    for key, st in sa["optimizer"]["state"].items():
+        assert all(torch.equal(st[n], sb["optimizer"]["state"][key][n]) for n in st)
+    assert not list(run.rglob(".*tmp*"))  # the kill left no half-written file behind
+
+
+@pytest.mark.slow
+def test_nonfinite_losses_are_skipped_and_stop_training(small, tmp_path, monkeypatch):
+    import zsw.train.trainer as trainer_mod
+    from zsw.train.step import TrainStep
+    from zsw.train.trainer import Trainer, TrainingError
+
+    bad_calls: set[int] = set()
+    calls = {"n": 0}
+
+    class Flaky(TrainStep):
+        def forward(self, batch):
+            out = super().forward(batch)
+            if not self.model.training:  # the trainer's unused-parameter probe
+                return out
+            calls["n"] += 1
+            if calls["n"] in bad_calls or -1 in bad_calls:
+                out["total"] = out["total"] * float("nan")
+            return out
+
+    monkeypatch.setattr(trainer_mod, "TrainStep", Flaky)
+    bad_calls.update({2})
+    cfg = _cfg(small, stage="pixel", max_steps=3, nan_patience=2)
+    result = Trainer(cfg, tmp_path / "once", progress=False).fit()
+    assert result.step == 3 and result.nonfinite_steps == 1
+    logged = [m for m in _metrics(tmp_path / "once") if "loss/total" in m]
+    assert math.isnan(logged[1]["loss/total"]) and logged[2]["nonfinite_steps"] == 1
+    from zsw import checkpoint
+
+    weights, _, _ = checkpoint.read(tmp_path / "once" / "final.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+    calls["n"] = 0
+    bad_calls.clear()
+    bad_calls.add(-1)  # every step
+    with pytest.raises(TrainingError, match="2 consecutive non-finite"):
+        Trainer(cfg, tmp_path / "always", progress=False).fit()
+
+
+def test_train_errors_are_one_line(small, tmp_path):
+    from zsw.cli.main import app
+
+    proc = small[0]
+    base = ["train", "--preset", str(small[1]), "--out", str(tmp_path / "r"), "--no-progress", "--batch-size", "2"]
+    cases = [
+        ([], "no training data"),
+        (["--data", str(proc), "--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
+        (["--data", str(proc), "--batch-size", "3", "--grad-accum", "2"], "multiple of ranks x grad_accum"),
+        (["--data", str(tmp_path / "nowhere")], "does not exist"),
+        (["--data", str(proc), "--init", str(tmp_path / "none.safetensors")], "does not exist"),
+        (["--data", str(proc), "--stage", "joint"], "stage must be"),
+    ]
+    for extra, fragment in cases:
+        result = runner.invoke(app, [*base, *extra])
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 1 and len(lines) == 1 and fragment in lines[0], (extra, result.output)
+
+
+@pytest.mark.slow
+def test_bench_train_cli_bf16(small, tmp_path):
+    from zsw.cli.main import app
+
+    csv_path = tmp_path / "train.csv"
+    args = ["bench", "train", "--preset", str(small[1]), "--batch-size", "2", "--steps", "1", "--warmup", "0",
+            "--points", "256", "--amp", "bf16", "--impl", "torch", "--impl", "triton", "--csv", str(csv_path),
+            "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args, env={"TRITON_INTERPRET": "0"})
+    assert result.exit_code == 0, result.output
+    import csv
+
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [r["impl"] for r in rows] == ["torch", "triton"]
+    assert rows[0]["status"] == "ok" and float(rows[0]["samples_per_s"]) > 0 and rows[0]["amp"] == "bf16"
+    assert rows[1]["status"].startswith("unavailable")  # no CUDA, no interpreter
