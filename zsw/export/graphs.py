@@ -258,5 +258,7 @@ def quiet_export() -> Iterator[None]:
         # harmless notes of the exporters about axis renaming, tracer warnings on shape checks
         warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # timm's StdConv2dSame standardises its weights with batch_norm(training=True) on purpose
+        warnings.filterwarnings("ignore", message=r".*operator 'batch_norm' is set to train=True.*")
         warnings.filterwarnings("ignore", message=r".*dynamo=False.*", category=DeprecationWarning)
         yield

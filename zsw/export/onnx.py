@@ -56,6 +56,7 @@ from zsw.export.manifest import ExportManifest, base_manifest, commit, prepare_o
 
 __all__ = [
     "export_onnx",
+    "check_settings",
     "export_graph",
     "check_graph",
     "validate_graph",
@@ -233,6 +234,27 @@ def validate_graph(
     }
 
 
+def check_settings(precision: str, opset: int | None, exporter: str, batch: int, points_chunk: int) -> int:
+    """Validate the settings of :func:`export_onnx` (one-line :class:`ConfigError`); returns the opset."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        raise ConfigError(
+            "bf16 ONNX graphs are not supported (ONNX takes bfloat16 Conv/Softplus only from opset 22 and the "
+            "exporter's bf16 graphs fail onnx.checker); use --precision fp16, or --format torch-tensorrt for bf16"
+        )
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if not 17 <= opset <= 25:
+        raise ConfigError(f"opset must be between 17 and 25, got {opset}")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if not 1 <= batch <= MAX_BATCH:
+        raise ConfigError(f"batch must be between 1 and {MAX_BATCH}, got {batch}")
+    if points_chunk < 1:
+        raise ConfigError(f"points_chunk must be positive, got {points_chunk}")
+    return opset
+
+
 def export_onnx(
     model: torch.nn.Module,
     out: str | os.PathLike,
@@ -269,22 +291,7 @@ def export_onnx(
     require("onnx", "ONNX export")
     if validate:
         require("onnxruntime", "validating an ONNX export")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16":
-        raise ConfigError(
-            "bf16 ONNX graphs are not supported (ONNX takes bfloat16 Conv/Softplus only from opset 22 and the "
-            "exporter's bf16 graphs fail onnx.checker); use --precision fp16, or --format torch-tensorrt for bf16"
-        )
-    opset = DEFAULT_OPSET if opset is None else int(opset)
-    if not 17 <= opset <= 25:
-        raise ConfigError(f"opset must be between 17 and 25, got {opset}")
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if not 1 <= batch <= MAX_BATCH:
-        raise ConfigError(f"batch must be between 1 and {MAX_BATCH}, got {batch}")
-    if points_chunk < 1:
-        raise ConfigError(f"points_chunk must be positive, got {points_chunk}")
+    opset = check_settings(precision, opset, exporter, batch, points_chunk)
     onnx = require("onnx", "ONNX export")
 
     out = Path(out)
