@@ -27,15 +27,21 @@ def _progress():
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
 
 
-def _load_weights(weights: Path | None, fmt: str):
+def _load_weights(weights: str | None, fmt: str):
+    """The model and the facts about its weights recorded in export.json."""
     from zsw import checkpoint
     from zsw.errors import ConfigError
     from zsw.export.manifest import sha256_file
+    from zsw.infer.reconstruct import resolve_weights
 
     if weights is None:
-        raise ConfigError(f"--format {fmt} needs --weights (a zsw .safetensors checkpoint)")
-    model = checkpoint.load(weights)
-    return model, {"weights": str(weights), "sha256": sha256_file(weights)}
+        raise ConfigError(f"--format {fmt} needs --weights (a .safetensors checkpoint, 'demo' or 'random:PRESET')")
+    resolved, label, warning = resolve_weights(weights)
+    if warning:
+        typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
+    if isinstance(resolved, Path):
+        return checkpoint.load(resolved), {"weights": str(resolved), "sha256": sha256_file(resolved)}
+    return resolved, {"weights": label}
 
 
 def _summary(manifest) -> None:
@@ -63,9 +69,12 @@ def _summary(manifest) -> None:
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Export directory (holds export.json and the graphs).")],
     weights: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--weights", "-w", help="zsw .safetensors checkpoint (optional for --format tensorrt over an ONNX export)."
+            "--weights",
+            "-w",
+            help="Checkpoint (.safetensors), 'demo' (the packaged model) or 'random:PRESET' (untrained, for timing). "
+            "Optional for --format tensorrt over an existing ONNX export.",
         ),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, tensorrt or torch-tensorrt.")] = "onnx",
@@ -97,8 +106,18 @@ def export(
         require("torch_tensorrt", "--format torch-tensorrt")
         require_cuda("--format torch-tensorrt")
 
+    if fmt != "torch-tensorrt":
+        from zsw.export.onnx import check_settings
+
+        check_settings(precision, opset, exporter, batch, points_chunk)  # before loading any weights
+    manifest = model = source = None
+    if fmt == "tensorrt":
+        manifest = _reusable_onnx(out, weights, precision, batch, points_chunk)
+    if manifest is None:
+        model, source = _load_weights(weights, fmt)
+
     with _progress() as bar:
-        task = bar.add_task("loading", total=None)
+        task = bar.add_task("exporting", total=None)
 
         def note(message: str) -> None:
             bar.update(task, description=message)
@@ -106,7 +125,6 @@ def export(
         if fmt == "torch-tensorrt":
             from zsw.export.torch_tensorrt import compile_torch_tensorrt
 
-            model, source = _load_weights(weights, fmt)
             manifest = compile_torch_tensorrt(
                 model,
                 out,
@@ -120,11 +138,9 @@ def export(
                 progress=note,
             )
         else:
-            from zsw.export.onnx import export_onnx
-
-            manifest = _reusable_onnx(out, weights, precision, batch, points_chunk) if fmt == "tensorrt" else None
             if manifest is None:
-                model, source = _load_weights(weights, fmt)
+                from zsw.export.onnx import export_onnx
+
                 manifest = export_onnx(
                     model,
                     out,
@@ -145,7 +161,7 @@ def export(
     _summary(manifest)
 
 
-def _reusable_onnx(out: Path, weights: Path | None, precision: str, batch: int, points_chunk: int):
+def _reusable_onnx(out: Path, weights: str | None, precision: str, batch: int, points_chunk: int):
     """The ONNX export in ``out`` when engines can be built from it as it is, else None."""
     from zsw.errors import ConfigError
     from zsw.export.manifest import MANIFEST, read_manifest, settings_mismatch, sha256_file
@@ -153,7 +169,7 @@ def _reusable_onnx(out: Path, weights: Path | None, precision: str, batch: int, 
     if not (out / MANIFEST).exists():
         return None
     manifest = read_manifest(out)
-    sha = sha256_file(weights) if weights is not None and weights.is_file() else None
+    sha = sha256_file(weights) if weights is not None and Path(weights).is_file() else None
     why = settings_mismatch(manifest, precision, batch, points_chunk, sha) if manifest.has_onnx else "no ONNX graphs"
     if why is None:
         return manifest
