@@ -1,5 +1,6 @@
 """Deployment: ONNX export of the tiny model through the CLI, onnx.checker, ONNX Runtime parity with
-eager PyTorch and with the torch backend, engine fingerprints, and one-line errors.
+eager PyTorch and with the torch backend (down to the meshes of `zsw reconstruct`), engine
+fingerprints, and one-line errors.
 
 The export (about 30 s on two cores) runs once per module; every other test reads its directory.
 """
@@ -177,7 +178,8 @@ def test_onnxruntime_backend_reconstructs_like_the_torch_backend(onnx_dir, tiny_
         torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=1e-4, rtol=1e-4, msg=field)
     assert torch.equal(a.visible_mask, b.visible_mask)
     points = torch.rand(2, 2 * CHUNK + 123, 3) * 3 - 1.5  # three decoder calls, the last one partial
-    got, want = ort.decode(a.latents, points), ref.decode(b.latents, points)
+    with torch.no_grad():  # the torch backend's decode tracks gradients otherwise
+        got, want = ort.decode(a.latents, points), ref.decode(b.latents, points)
     assert got.shape == (2, points.shape[1])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # a user mask replaces the predicted one exactly as in the torch backend
@@ -186,6 +188,61 @@ def test_onnxruntime_backend_reconstructs_like_the_torch_backend(onnx_dir, tiny_
     a, b = predict(ort, image, mask=mask), predict(ref, image, mask=mask)
     torch.testing.assert_close(a.latents.kv[1][0], b.latents.kv[1][0], atol=1e-4, rtol=1e-4)
     assert ort.decode(a.latents, points[:, :0]).shape == (2, 0)
+
+
+@pytest.mark.slow
+def test_zsw_reconstruct_with_onnxruntime_gives_the_torch_mesh(onnx_dir, tiny_checkpoint, repo_root, tmp_path):
+    import trimesh
+
+    from zsw.eval.metrics import chamfer_fscore, normalize_pc, sample_surface
+
+    image = repo_root / "examples" / "armchair.png"
+    common = ["reconstruct", str(image), "--resolution", "24", "--extraction", "dense", "--device", "cpu"]
+    common += ["--format", "ply", "--no-preview"]
+    backends = {
+        "onnxruntime": ["--backend", "onnxruntime", "--engine", str(onnx_dir)],
+        "torch": ["--weights", str(tiny_checkpoint)],
+    }
+    points = {}
+    for name, args in backends.items():
+        result = runner.invoke(app, [*common, *args, "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        record = json.loads((tmp_path / name / "armchair" / "result.json").read_text())
+        assert record["model"]["backend"] == name
+        mesh = trimesh.load(tmp_path / name / "armchair" / "mesh.ply", force="mesh")
+        assert len(mesh.faces) > 500  # a real surface, not an empty grid
+        points[name] = normalize_pc(sample_surface(mesh, 10000, seed=0))
+    assert chamfer_fscore(points["onnxruntime"], points["torch"])["fscore@0.01"] >= 0.99
+
+
+def _demo_weights():
+    from zsw.infer.reconstruct import demo_weights
+
+    return demo_weights()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_demo_weights() is None, reason="the packaged demo model (zsw/assets/demo/) is not installed")
+def test_demo_model_exports_and_runs_on_onnxruntime(tmp_path):
+    """The packaged demo model, through the TorchScript exporter (the fallback; the dynamo exporter
+    is covered on the tiny model above)."""
+    from zsw import checkpoint
+    from zsw.export.onnx import export_onnx
+    from zsw.infer.backend import load_backend, predict
+
+    model = checkpoint.load(_demo_weights())
+    manifest = export_onnx(model, tmp_path / "demo", exporter="torchscript", points_chunk=4096)
+    for graph in manifest.data["graphs"].values():
+        v = graph["validation"]
+        assert v["passed"] and all(e <= 1e-4 * max(1, v["max_abs_reference"][k]) for k, e in v["max_abs_error"].items())
+    ort = load_backend("onnxruntime", engine=tmp_path / "demo", device="cpu")
+    ref = load_backend("torch", weights=model, device="cpu")
+    image = torch.rand(1, 3, 224, 224)
+    a, b = predict(ort, image), predict(ref, image)
+    points = torch.rand(1, 5000, 3) * 3 - 1.5
+    with torch.no_grad():
+        want = ref.decode(b.latents, points)
+    torch.testing.assert_close(ort.decode(a.latents, points), want, atol=1e-3, rtol=1e-3)
 
 
 def test_onnxruntime_backend_rejects_bad_inputs_in_one_line(onnx_dir):
@@ -222,6 +279,17 @@ def test_damaged_or_missing_export_is_refused(onnx_dir, tmp_path):
     (copy / "export.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="interface does not match the model config"):
         load_runtime_backend("onnxruntime", copy, "cpu")
+
+
+def test_part_latencies_compare_backends_in_one_run(onnx_dir, tiny_checkpoint):
+    from zsw.export.profile import compare
+
+    rows = compare(onnx_dir, tiny_checkpoint, backends=("onnxruntime",), device="cpu", warmup=0, iters=1)
+    assert [(r["backend"], r["part"]) for r in rows] == [
+        (b, p) for b in ("torch", "onnxruntime") for p in ("pixel", "encode", "decode")
+    ]
+    assert all(r["ms"] > 0 for r in rows)
+    assert all(r["ratio_to_torch"] == 1 for r in rows if r["backend"] == "torch")
 
 
 # --------------------------------------------------------------------------------------------
