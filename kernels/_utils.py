@@ -38,6 +38,7 @@ __all__ = [
     "cdiv",
     "num_sms",
     "persistent_programs",
+    "size_class",
     "dot_precision",
     "interp_bf16",
     "maybe_contiguous",
@@ -114,6 +115,12 @@ def persistent_programs(tiles: int, groups: int, device: torch.device, per_sm: i
     if tiles <= 0:
         return 1
     return max(1, min(tiles, cdiv(num_sms(device) * per_sm, max(1, groups))))
+
+
+def size_class(n: int) -> int:
+    """Coarse size bucket (a factor of 4 per step above 1024) for autotuning keys: one tuning per
+    bucket, so a small first call (a correctness check) does not pick the config of a huge one."""
+    return max(0, int(n).bit_length() - 10) // 2
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zsw.kernels._utils import cdiv, check_dtype, custom_op, interpreting, num_sms
+from zsw.kernels._utils import cdiv, check_dtype, custom_op, interpreting, num_sms, size_class
 from zsw.kernels.reference import Chamfer, NearestNeighbors
 
 __all__ = ["nearest_neighbors", "chamfer_distance", "nn_index"]
@@ -65,6 +65,7 @@ def _nn_kernel(
     N,
     M,
     SPLITS,  # programs sharing the points of b of one tile of a
+    SIZE_CLASS,  # autotuning bucket of N * M (not used by the kernel)
     HAS_LEN_A: tl.constexpr,
     HAS_LEN_B: tl.constexpr,
     BOTH: tl.constexpr,  # also the nearest point of a for every point of b
@@ -134,9 +135,9 @@ def _configs() -> list[triton.Config]:
 
 
 # the scores accumulate through atomics: the autotuner zeroes them before every trial
-_nn_tuned = triton.autotune(_configs(), key=["HAS_LEN_A", "HAS_LEN_B", "BOTH"], reset_to_zero=["BEST_AB", "BEST_BA"])(
-    _nn_kernel
-)
+_nn_tuned = triton.autotune(
+    _configs(), key=["HAS_LEN_A", "HAS_LEN_B", "BOTH", "SIZE_CLASS"], reset_to_zero=["BEST_AB", "BEST_BA"]
+)(_nn_kernel)
 _INTERP = {"BLOCK_N": 256, "BLOCK_M": 256}
 _MIN_BLOCK_N = 64
 _MIN_BLOCK_M = 64
@@ -176,7 +177,7 @@ def nn_index(
         len_a = lengths_a.to(device=a.device, dtype=torch.int64) if lengths_a is not None else best_ab
         len_b = lengths_b.to(device=a.device, dtype=torch.int64) if lengths_b is not None else best_ab
         splits = _splits(B, N, M, a.device)
-        args = (a_rows, b_rows, best_ab, best_ba, len_a, len_b, N, M, splits)
+        args = (a_rows, b_rows, best_ab, best_ba, len_a, len_b, N, M, splits, size_class(N * M))
         meta = dict(HAS_LEN_A=lengths_a is not None, HAS_LEN_B=lengths_b is not None, BOTH=both)
         if interpreting():
             _nn_kernel[(cdiv(N, _INTERP["BLOCK_N"]), B, splits)](*args, **meta, **_INTERP)

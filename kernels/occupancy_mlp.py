@@ -60,12 +60,12 @@ from zsw.kernels._utils import (
     interpreting,
     next_pow2,
     persistent_programs,
+    size_class,
 )
 
 __all__ = ["occupancy_mlp", "occ_mlp_fwd", "occ_mlp_bwd", "pack_weights"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_MAX_BLOCK_M = 256  # the scratch buffer is sized for the largest tile of any config (interpreter: 256)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,6 +122,7 @@ def _occ_mlp_fwd_kernel(
     stride_xm, stride_ym, stride_wl, stride_wr, stride_bl,
     stride_hl, stride_hm,  # Hs: layer stride (0: one scratch tile reused by every layer) and row stride
     beta,
+    SIZE_CLASS,  # autotuning bucket of M (not used by the kernel)
     NUM_LAYERS: tl.constexpr,
     X_LAYERS: tl.constexpr,  # bit l set: layer l reads x (layer 0 and the skips)
     SAVE: tl.constexpr,  # write every hidden activation to Hs[l, m] (training) instead of scratch
@@ -192,6 +193,7 @@ def _occ_mlp_bwd_kernel(
     stride_dym, stride_wl, stride_wr,
     stride_hl, stride_hm,  # Hs and DZ: [NL-1, M, W] alike
     beta,
+    SIZE_CLASS,  # autotuning bucket of M (not used by the kernel)
     NUM_LAYERS: tl.constexpr, X_LAYERS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_PAD: tl.constexpr,
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
@@ -251,7 +253,7 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS"]
+_KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS", "SIZE_CLASS"]
 _fwd_tuned = triton.autotune(_configs(), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
     _occ_mlp_fwd_kernel
 )
@@ -289,7 +291,8 @@ def occ_mlp_fwd(
     if M == 0:
         return y, hs
     programs = _programs(M, x.device)
-    scratch = hs if save else x.new_empty(programs * _MAX_BLOCK_M, width)
+    max_block_m = _INTERP["BLOCK_M"] if interpreting() else max(c.kwargs["BLOCK_M"] for c in _configs())
+    scratch = hs if save else x.new_empty(programs * max_block_m, width)
     stride_hl, stride_hm = (hs.stride(0), hs.stride(1)) if save else (0, scratch.stride(0))
     # fmt: off
     args = (
@@ -297,7 +300,7 @@ def occ_mlp_fwd(
         M, C_in, width, c_out,
         x.stride(0), y.stride(0), w_packed.stride(0), w_packed.stride(1), b_packed.stride(0),
         stride_hl, stride_hm,
-        beta,
+        beta, size_class(M),
     )
     # fmt: on
     meta = dict(
@@ -348,7 +351,7 @@ def occ_mlp_bwd(
             M, W, c_out,
             grad_y.stride(0), w_packed.stride(0), w_packed.stride(1),
             hs.stride(0), hs.stride(1),
-            beta,
+            beta, size_class(M),
         )
         # fmt: on
         meta = dict(

@@ -49,6 +49,7 @@ from zsw.kernels._utils import (
     maybe_contiguous,
     next_pow2,
     persistent_programs,
+    size_class,
 )
 
 __all__ = ["point_cross_attention", "point_attn_fwd", "point_attn_bwd"]
@@ -89,6 +90,7 @@ def _point_attn_fwd_kernel(
     stride_ob, stride_oh, stride_on,
     H, N, L, D,
     qk_scale,  # scale * log2(e)
+    SIZE_CLASS,  # autotuning bucket of N (not used by the kernel)
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr,  # all L latent tokens fit one BLOCK_L block
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
@@ -159,6 +161,7 @@ def _point_attn_bwd_kernel(
     H, N, L, D,
     L_LOOP,  # max(L, 1): the chunk loop runs at least once (it writes dq, dk, dv)
     scale, qk_scale,
+    SIZE_CLASS,  # autotuning bucket of N (not used by the kernel)
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -260,10 +263,10 @@ def _prune_bwd(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_L"])]
 
 
-_fwd_tuned = triton.autotune(_fwd_configs(), key=["L", "D", "SINGLE_CHUNK"])(_point_attn_fwd_kernel)
-_bwd_tuned = triton.autotune(_bwd_configs(), key=["L", "D"], prune_configs_by={"early_config_prune": _prune_bwd})(
-    _point_attn_bwd_kernel
-)
+_fwd_tuned = triton.autotune(_fwd_configs(), key=["L", "D", "SINGLE_CHUNK", "SIZE_CLASS"])(_point_attn_fwd_kernel)
+_bwd_tuned = triton.autotune(
+    _bwd_configs(), key=["L", "D", "SIZE_CLASS"], prune_configs_by={"early_config_prune": _prune_bwd}
+)(_point_attn_bwd_kernel)
 
 # Under the interpreter the cost is per operation: few, large tiles.
 _INTERP_FWD = {"BLOCK_N": 256}
@@ -322,7 +325,7 @@ def point_attn_fwd(
         q.stride(0), q.stride(1), q.stride(2),
         k_latent.stride(0), k_latent.stride(1), k_latent.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        H, N, L, D, scale * _LOG2E,
+        H, N, L, D, scale * _LOG2E, size_class(N),
     )
     # fmt: on
     meta = dict(
@@ -378,7 +381,7 @@ def point_attn_bwd(
             k_latent.stride(0), k_latent.stride(1), k_latent.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-            H, N, L, D, max(L, 1), scale, scale * _LOG2E,
+            H, N, L, D, max(L, 1), scale, scale * _LOG2E, size_class(N),
         )
         # fmt: on
         meta = dict(BLOCK_D=max(16, next_pow2(D)), INTERP_BF16=interp_bf16(q.dtype), PRECISION=dot_precision(q.dtype))
