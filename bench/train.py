@@ -1,48 +1,46 @@
 """Training-step benchmark: samples/s and peak memory of one optimiser step, kernels on and off.
 
-One step = :class:`zsw.train.step.TrainStep` forward (all losses of the stage) + backward + AdamW
-update, exactly as the trainer runs it, on a synthetic but well-formed batch
-(:func:`zsw.train.step.synthetic_batch`: a disc of depth facing the camera, ZeroShape's default K,
-random query points and labels), so no dataset is needed. ``impl="torch"`` routes the decoder
-to the PyTorch references, ``impl="triton"`` to the Triton kernels (CUDA, or the interpreter under
-``TRITON_INTERPRET=1``, which is for correctness, not speed). The ratio is measured in the same
-process, on the same batch, one after the other.
+One step = :class:`zsw.train.step.TrainStep` forward (every loss of the stage) + backward + AdamW
+update, exactly as the trainer runs it (parameters the stage never reaches frozen), on a synthetic
+but well-formed batch (:func:`zsw.train.step.synthetic_batch`), so no dataset is needed.
+Providers: ``triton`` routes the decoder's point cross-attention and occupancy MLP to the Triton
+kernels (CUDA, or the interpreter under ``TRITON_INTERPRET=1``, which is for correctness, not
+speed), ``torch`` to the PyTorch references. Both run in the same process on the same batch, and
+the ``speedup_vs_torch`` column is the ratio of their median step times.
 
-Self-contained (no shared harness was available when this was written): timing is the median of
-``steps`` wall-clock steps after ``warmup`` ones, synchronised on CUDA; peak memory is
-``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set size on the CPU
-(monotonic over the process, so only the first configuration's CPU figure is its own).
+Timing, memory and CSV rows come from the shared harness (:mod:`zsw.bench._harness`): CUDA events
+via ``triton.testing.do_bench`` and ``torch.cuda.max_memory_allocated`` on a GPU; wall clock on a
+CPU, where the harness does not measure memory and the row's note carries the process's peak RSS.
 
 Example::
 
     rows = bench_train_step("tiny", batch_size=4, stage="full", impls=("torch",))
-    write_csv(rows, "bench/results/train.csv")
 """
 
 from __future__ import annotations
 
-import csv
-import os
-import platform
-import statistics
-import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
-__all__ = ["bench_train_step", "write_csv", "format_rows"]
+__all__ = ["bench_train_step"]
 
 
 def _peak_rss_mb() -> float:
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def _time_steps(preset: str, impl: str, cfg, dev: torch.device, points: int, steps: int, warmup: int):
-    """Median seconds per optimiser step and peak memory (MiB) for one kernel implementation."""
+def _raiser(error: Exception):
+    def fn() -> None:
+        raise error
+
+    return fn
+
+
+def _step_fn(preset: str, impl: str, cfg, dev: torch.device, points: int):
+    """A closure running one optimiser step of a fresh model with decoder kernels ``impl``."""
     from zsw.model import build_model
     from zsw.train.step import TrainStep, param_groups, set_trainable, synthetic_batch, unused_parameters
 
@@ -65,20 +63,7 @@ def _time_steps(preset: str, impl: str, cfg, dev: torch.device, points: int, ste
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        one_step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        one_step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mb()
-    return statistics.median(times), peak
+    return one_step
 
 
 def bench_train_step(
@@ -88,77 +73,47 @@ def bench_train_step(
     stage: str = "full",
     impls: Sequence[str] = ("torch", "triton"),
     amp: str = "off",
-    steps: int = 5,
-    warmup: int = 2,
     points: int = 4096,
     device: str | torch.device | None = None,
-) -> list[dict]:
-    """One row per kernel implementation (see the module docstring)."""
+    rep_ms: float = 1000,
+) -> list:
+    """One :class:`~zsw.bench._harness.BenchRow` per kernel implementation (see the module)."""
     from zsw import kernels
+    from zsw.bench._harness import add_speedups, environment, measure
+    from zsw.config import get_model_config
     from zsw.train.config import TrainConfig
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    env = environment(dev.type)
     cfg = TrainConfig(model=preset, stage=stage, batch_size=batch_size, amp=amp)
+    size = get_model_config(preset).pixel.image_size
     rows = []
-    base = None
     for impl in impls:
-        row = dict(
-            preset=preset, stage=stage, batch_size=batch_size, impl=impl, amp=amp, device=str(dev),
-            device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-            threads=torch.get_num_threads(), torch=torch.__version__,
-            timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )  # fmt: skip
+        common = dict(
+            op="train_step",
+            case=f"{get_model_config(preset).name}-{stage}",
+            provider=impl,
+            mode="step",
+            dtype="bf16" if amp == "bf16" else "fp32",
+            shape=f"B={batch_size} S={size} P={points}",
+            work=float(batch_size),
+            work_unit="samples/s",
+            work_scale=1.0,
+        )
         try:
             if impl == "triton":
-                kernels.resolve_impl("point_cross_attention", "triton", dev)
-                kernels.resolve_impl("occupancy_mlp", "triton", dev)
-        except RuntimeError as e:
-            rows.append({**row, "status": f"unavailable: {e}"})
+                for name in ("point_cross_attention", "occupancy_mlp"):
+                    kernels.resolve_impl(name, "triton", dev)
+            fn = _step_fn(preset, impl, cfg, dev, points)
+        except RuntimeError as e:  # no CUDA / no Triton: a NaN row that says why
+            rows.append(measure(_raiser(e), env, **common))
             continue
-        median, peak = _time_steps(preset, impl, cfg, dev, points, steps, warmup)
-        row.update(
-            status="ok",
-            step_ms=round(median * 1e3, 3),
-            samples_per_s=round(batch_size / median, 3),
-            peak_memory_mb=round(peak, 1),
-            memory_kind="cuda_max_allocated" if dev.type == "cuda" else "process_peak_rss",
-        )
-        if base is None:
-            base = median
-        row["speedup_vs_first"] = round(base / median, 3)
+        row = measure(fn, env, warmup_ms=rep_ms / 4, rep_ms=rep_ms, **common)
+        if dev.type != "cuda":
+            row.note = (row.note + "; " if row.note else "") + f"process peak RSS {_peak_rss_mb():.0f} MB"
         rows.append(row)
+        del fn
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    add_speedups(rows, "torch")
     return rows
-
-
-def format_rows(rows: list[dict]) -> str:
-    lines = []
-    for r in rows:
-        if r.get("status") != "ok":
-            lines.append(f"{r['preset']} {r['stage']} b{r['batch_size']} {r['impl']:6s}: {r['status']}")
-            continue
-        lines.append(
-            f"{r['preset']} {r['stage']} b{r['batch_size']} {r['impl']:6s} {r['amp']}: {r['step_ms']:.1f} ms/step, "
-            f"{r['samples_per_s']:.2f} samples/s, peak {r['peak_memory_mb']:.0f} MB ({r['memory_kind']}), "
-            f"x{r['speedup_vs_first']:.2f} vs first ({r['device_name']})"
-        )
-    return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Append rows to a CSV (header written when the file is new)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    new = not path.exists()
-    if not new:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        fields = header + [k for k in fields if k not in header]
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    return path

@@ -10,11 +10,11 @@ import typer
 from zsw.cli._common import cli_errors
 
 COMMAND = dict(
-    help="Samples/s and peak memory of one training step (forward with every loss of the stage, backward, AdamW), "
-    "with the decoder's Triton kernels (triton) and the PyTorch references (torch), on a synthetic batch. "
-    "Triton needs CUDA (it is reported unavailable otherwise)."
+    help="Samples/s and peak memory of one training step (forward with every loss of the stage, backward, AdamW) "
+    "on a synthetic batch, with the decoder's Triton kernels (triton) and the PyTorch references (torch), in one "
+    "run. Triton needs CUDA (otherwise its row says so). Rows are appended to a CSV (shared benchmark format)."
     "\n\nExample:\n\n  zsw bench train --preset tiny --batch-size 4"
-    "\n\n  zsw bench train --preset zeroshape-w --batch-size 80 --amp bf16 --csv bench/results/train.csv",
+    "\n\n  zsw bench train --preset zeroshape-w --batch-size 80 --amp bf16",
 )
 
 
@@ -25,13 +25,19 @@ def train(
     stage: Annotated[str, typer.Option(help="pixel or full.")] = "full",
     impl: Annotated[list[str] | None, typer.Option(help="Kernel implementations to time (repeatable).")] = None,
     amp: Annotated[str, typer.Option(help="off or bf16 autocast.")] = "off",
-    steps: Annotated[int, typer.Option(min=1, help="Timed steps (median reported).")] = 5,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
     points: Annotated[int, typer.Option(min=1, help="Query points per sample.")] = 4096,
+    rep_ms: Annotated[float, typer.Option(min=1, help="Time budget per provider, in milliseconds.")] = 1000,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    csv: Annotated[Path | None, typer.Option(help="Append the rows to this CSV file.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="CSV to append rows to (default: bench/results/<device>-train.csv)."),
+    ] = None,
 ) -> None:
-    from zsw.bench.train import bench_train_step, format_rows, write_csv
+    import torch
+    from rich.console import Console
+
+    from zsw.bench._harness import append_csv, environment, gpu_slug, rows_table
+    from zsw.bench.train import bench_train_step
     from zsw.errors import ConfigError
 
     if stage not in ("pixel", "full"):
@@ -43,8 +49,14 @@ def train(
     if bad:
         raise ConfigError(f"--impl must be torch or triton, got {bad[0]!r}")
     rows = bench_train_step(
-        preset, batch_size, stage=stage, impls=impls, amp=amp, steps=steps, warmup=warmup, points=points, device=device
+        preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device, rep_ms=rep_ms
     )
-    typer.echo(format_rows(rows))
-    if csv is not None:
-        typer.echo(f"appended {len(rows)} rows to {write_csv(rows, csv)}")
+    Console().print(rows_table(rows, title=f"training step, {preset} {stage}, batch {batch_size}"))
+    for r in rows:
+        if r.note:
+            typer.echo(f"{r.provider}: {r.note}")
+    if out is None:
+        kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+        out = Path("bench/results") / f"{gpu_slug(environment(kind))}-train.csv"
+    append_csv(out, rows)
+    typer.echo(f"appended {len(rows)} rows to {out}")

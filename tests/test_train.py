@@ -287,17 +287,20 @@ def test_train_errors_are_one_line(small, tmp_path):
 
 @pytest.mark.slow
 def test_bench_train_cli_bf16(small, tmp_path):
+    from zsw.bench._harness import read_csv
     from zsw.cli.main import app
 
     csv_path = tmp_path / "train.csv"
-    args = ["bench", "train", "--preset", str(small[1]), "--batch-size", "2", "--steps", "1", "--warmup", "0",
-            "--points", "256", "--amp", "bf16", "--impl", "torch", "--impl", "triton", "--csv", str(csv_path),
+    args = ["bench", "train", "--preset", str(small[1]), "--batch-size", "2", "--points", "256", "--amp", "bf16",
+            "--impl", "torch", "--impl", "triton", "--rep-ms", "1", "--out", str(csv_path),
             "--device", "cpu"]  # fmt: skip
     result = runner.invoke(app, args, env={"TRITON_INTERPRET": "0"})
     assert result.exit_code == 0, result.output
-    import csv
-
-    rows = list(csv.DictReader(open(csv_path)))
-    assert [r["impl"] for r in rows] == ["torch", "triton"]
-    assert rows[0]["status"] == "ok" and float(rows[0]["samples_per_s"]) > 0 and rows[0]["amp"] == "bf16"
-    assert rows[1]["status"].startswith("unavailable")  # no CUDA, no interpreter
+    rows = read_csv(csv_path)
+    assert [(r["op"], r["provider"], r["dtype"]) for r in rows] == [
+        ("train_step", "torch", "bf16"),
+        ("train_step", "triton", "bf16"),
+    ]
+    assert float(rows[0]["throughput"]) > 0 and rows[0]["throughput_unit"] == "samples/s"
+    assert "peak RSS" in rows[0]["note"]
+    assert rows[1]["p50_ms"] == "nan" and "CUDA" in rows[1]["note"]  # no GPU, no interpreter: said so
