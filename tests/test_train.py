@@ -118,6 +118,17 @@ def test_train_config_yaml_and_errors(tmp_path):
         TrainConfig(amp="int8")
 
 
+def test_yaml_recipes_load(repo_root):
+    paper = {}
+    for stage in ("pixel", "full"):
+        cfg = load_yaml(repo_root / "configs" / f"zeroshape-w-{stage}.yaml", TrainConfig)
+        assert cfg.model == "zeroshape-w" and cfg.stage == stage and cfg.batch_size == 80
+        assert cfg.num_epochs == {"pixel": 10, "full": 15}[stage] and cfg.optim.lr == 1e-5
+        paper[stage] = cfg
+    assert paper["full"].optim.lr_pretrained == 1e-6 and paper["full"].optim.betas == (0.9, 0.95)
+    assert load_yaml(repo_root / "configs" / "tiny-cpu.yaml", TrainConfig).model == "tiny"
+
+
 def test_validation_reports_mesh_metrics(small):
     from zsw.data.dataset import ShapeDataset
     from zsw.model import build_model
