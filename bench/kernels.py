@@ -398,6 +398,30 @@ def _chamfer_jobs(cases, providers, device) -> Iterator[Job]:
             )  # fmt: skip
 
 
+def _decoder_setup(model: str, impl: str, n_points: int, chunk: int, device: str) -> Callable[[], torch.Tensor]:
+    """The model's point decoder (random weights, fixed seed) decoding a cloud, in bf16 autocast."""
+    from zsw.config import get_model_config
+    from zsw.model.decoder import PointDecoder
+
+    torch.manual_seed(0)  # the same decoder and inputs for every provider
+    cfg = get_model_config(model)
+    text_dim = cfg.text.dim if cfg.text.enabled else 0
+    dec = PointDecoder(cfg.decoder, cfg.encoder.token_dim, cfg.token_grid, text_dim).to(device).eval()
+    for m in dec.modules():
+        if isinstance(getattr(m, "impl", None), str):
+            m.impl = impl
+    tokens = torch.randn(1, cfg.num_tokens, cfg.encoder.token_dim, device=device)
+    text = torch.randn(1, text_dim, device=device) if text_dim else None
+    points = torch.rand(1, n_points, 3, device=device) * 3 - 1.5
+
+    def fn():
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            latents = dec.encode(tokens, text)  # once per image, as in reconstruction
+            return dec.decode_chunked(latents, points, chunk)
+
+    return fn
+
+
 def _decoder_jobs(cases, model: str, providers, device) -> Iterator[Job]:
     for case in cases:
         for provider in providers:
@@ -405,27 +429,15 @@ def _decoder_jobs(cases, model: str, providers, device) -> Iterator[Job]:
                 continue
 
             def setup(case=case, provider=provider):
-                from zsw.config import get_model_config
-                from zsw.model.decoder import PointDecoder
-
-                cfg = get_model_config(model)
-                text_dim = cfg.text.dim if cfg.text.enabled else 0
-                dec = PointDecoder(cfg.decoder, cfg.encoder.token_dim, cfg.token_grid, text_dim).to(device).eval()
-                for m in dec.modules():
-                    if isinstance(getattr(m, "impl", None), str):
-                        m.impl = provider
-                tokens = torch.randn(1, cfg.num_tokens, cfg.encoder.token_dim, device=device)
-                text = torch.randn(1, text_dim, device=device) if text_dim else None
-                points = torch.rand(1, case.points, 3, device=device) * 3 - 1.5
-
-                def fn():
-                    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                        latents = dec.encode(tokens, text)
-                        return dec.decode_chunked(latents, points, case.chunk)
-
+                fn = _decoder_setup(model, provider, case.points, case.chunk, device)
                 return fn, [], float(case.points) * 5.0e6  # ~5 MFLOP per query point
 
-            yield Job("decoder", case.name, provider, "fwd", "bf16", case.shape, setup)
+            def check(provider=provider):
+                out = _decoder_setup(model, provider, 4096, 4096, device)()
+                ref = _decoder_setup(model, "torch", 4096, 4096, device)()
+                return f"max logit diff vs torch {_max_error(out, ref):.1e}"
+
+            yield Job("decoder", case.name, provider, "fwd", "bf16", case.shape, setup, check=check)
 
 
 # ----------------------------------------------------------------------------------------------

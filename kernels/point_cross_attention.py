@@ -11,8 +11,8 @@ Shapes: ``q, k, v [B, H, N, D]``, ``k_latent, v_latent [B, H, L, D]``, ``out [B,
 
 Forward (``_point_attn_fwd_kernel``). The grid is ``(P, B*H)``: the P programs of one (b, h) stride
 over its query tiles (a persistent loop). The latent K/V of the head is loaded once per program,
-before the loop, when it fits one block (L <= 256, the real case L = 197); larger L streams it in
-chunks. Each tile runs an online softmax in the log2 domain that *starts from the self term*
+before the loop, when it fits one 32 KB block (L <= 256 at D = 32: the real case, L = 197); larger
+sets stream in chunks. Each tile runs an online softmax in the log2 domain that *starts from the self term*
 (``m = s_self, l = 1, acc = v_n``), so no row is ever all ``-inf``, then merges the latent chunk(s);
 it stores ``out = acc / l`` and the row log-sum-exp ``lse = m + log2(l)`` (base 2) for the backward.
 
@@ -55,8 +55,9 @@ from zsw.kernels._utils import (
 __all__ = ["point_cross_attention", "point_attn_fwd", "point_attn_bwd"]
 
 _LOG2E = 1.4426950408889634
-# latent tokens held in one block (the real case, L = 197, pads to 256)
-_MAX_BLOCK_L = 256
+# the latent K (or V) block held on chip: up to 32 KB, i.e. L <= 256 at D = 32 in any dtype and
+# at D = 64 in 16-bit (the real case, L = 197 x D = 32, pads to 256 x 32)
+_MAX_LATENT_BLOCK_BYTES = 32 * 1024
 # the smallest query tile of any config: the number of programs P is derived from it, so the
 # partial-gradient buffer has the same shape whatever config the autotuner picks
 _MIN_BLOCK_N = 32
@@ -257,8 +258,10 @@ def _bwd_configs() -> list[triton.Config]:
 
 
 def _prune_bwd(configs, named_args, **kwargs):
-    # never a latent block larger than the padded L (it would only compute masked zeros)
+    # never a latent block larger than the padded L (it would only compute masked zeros), nor
+    # one larger than the on-chip budget
     cap = max(16, next_pow2(named_args["L"]))
+    cap = min(cap, _MAX_LATENT_BLOCK_BYTES // (kwargs["BLOCK_D"] * named_args["KL"].element_size()))
     kept = [c for c in configs if c.kwargs["BLOCK_L"] <= cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_L"])]
 
@@ -273,10 +276,11 @@ _INTERP_FWD = {"BLOCK_N": 256}
 _INTERP_BWD = {"BLOCK_N": 256, "BLOCK_L": 64}
 
 
-def _latent_block(L: int) -> tuple[int, bool]:
+def _latent_block(L: int, block_d: int, itemsize: int) -> tuple[int, bool]:
     """(BLOCK_L, SINGLE_CHUNK) of the forward: the whole latent set in one block when it fits."""
-    if L <= _MAX_BLOCK_L:
-        return max(16, next_pow2(L)), True
+    block_l = max(16, next_pow2(L))
+    if block_l * block_d * itemsize <= _MAX_LATENT_BLOCK_BYTES:
+        return block_l, True
     return 64, False
 
 
@@ -317,7 +321,7 @@ def point_attn_fwd(
         return out, lse
     q, k, v = _shared_strides(q, k, v)
     k_latent, v_latent = _shared_strides(k_latent, v_latent)
-    block_l, single = _latent_block(L)
+    block_l, single = _latent_block(L, max(16, next_pow2(D)), q.element_size())
     programs = persistent_programs(triton.cdiv(N, _MIN_BLOCK_N), B * H, q.device)
     # fmt: off
     args = (
