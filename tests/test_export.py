@@ -8,6 +8,7 @@ The export (about 30 s on two cores) runs once per module; every other test read
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -141,6 +142,10 @@ def test_manifest_records_interface_precision_checksums_and_parity(onnx_dir):
         assert max(v["max_abs_error"].values()) <= 1e-4, (name, v["max_abs_error"])
     emb = manifest.default_text_embedding()
     assert emb.shape == (512,) and abs(emb.norm().item() - 1) < 1e-5
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("export.json", "default_text_embedding.npy"):  # as readable as the .onnx files
+        assert (onnx_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_graphs_pass_the_checker_with_symbolic_batch_and_points(onnx_dir):

@@ -48,6 +48,7 @@ __all__ = [
     "prepare_out",
     "commit",
     "listed_files",
+    "make_readable",
 ]
 
 FORMAT = "zsw-export-1"
@@ -90,9 +91,16 @@ def write_manifest(root: str | os.PathLike, data: dict[str, Any]) -> Path:
 
     path = Path(root) / MANIFEST
     atomic_write_text(path, dumps(data))
+    return make_readable(path)
+
+
+def make_readable(path: Path) -> Path:
+    """Give a file written through :mod:`zsw.io` (whose temporary files are private, 0600) the
+    permissions a plain ``open`` would have, so a deployment directory is readable like the ONNX
+    files beside it."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # the temporary file behind the atomic write is private (0600)
+    os.chmod(path, 0o666 & ~umask)
     return path
 
 
@@ -207,6 +215,7 @@ def base_manifest(
 
         with atomic_path(staging / TEXT_FILE) as tmp:
             np.save(tmp, model.text.default_embedding.detach().cpu().float().numpy(), allow_pickle=False)
+        make_readable(staging / TEXT_FILE)
         text_entry = {
             "file": TEXT_FILE,
             "sha256": sha256_file(staging / TEXT_FILE),

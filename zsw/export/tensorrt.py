@@ -33,7 +33,7 @@ from zsw.errors import CheckpointError, ZswError
 from zsw.export.deps import require, require_cuda
 from zsw.export.fingerprint import EngineFingerprint, check_fingerprint, current_fingerprint
 from zsw.export.graphs import GRAPHS, GraphSpec, object_mask
-from zsw.export.manifest import ExportManifest, read_manifest, sha256_file, write_manifest
+from zsw.export.manifest import ExportManifest, make_readable, read_manifest, sha256_file, write_manifest
 
 __all__ = [
     "build_engines",
@@ -107,6 +107,7 @@ def build_engine(
     if plan is None:
         raise ZswError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
     atomic_write_bytes(plan_path, bytes(plan))
+    make_readable(plan_path)
     return {"build_s": round(seconds, 2), "strongly_typed": bool(flags) or not weak_typing}
 
 

@@ -31,6 +31,7 @@ from zsw.export.manifest import (
     ExportManifest,
     base_manifest,
     listed_files,
+    make_readable,
     prepare_out,
     read_manifest,
     settings_mismatch,
@@ -125,6 +126,7 @@ def compile_torch_tensorrt(
 
         with atomic_path(out / file) as tmp:
             torch_tensorrt.save(compiled, str(tmp), output_format="exported_program", arg_inputs=inputs)
+        make_readable(out / file)
         entry = {"file": file, "sha256": sha256_file(out / file), "compile_s": round(seconds, 2), "ranges": ranges}
         if validate:
             note(f"validating {name}")
