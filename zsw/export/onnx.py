@@ -129,6 +129,7 @@ def _apply_spec_dims(path: Path, spec: GraphSpec) -> None:
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     rename: dict[str, str] = {}
+    changed = False
     for kind, values, specs in (("input", graph.input, spec.inputs), ("output", graph.output, spec.outputs)):
         names = [v.name for v in values]
         if names != [t.name for t in specs]:
@@ -147,17 +148,19 @@ def _apply_spec_dims(path: Path, spec: GraphSpec) -> None:
                     if dim.dim_param != want:
                         rename.setdefault(dim.dim_param, want)
                         dim.dim_param = want
+                        changed = True
                 elif dim.dim_value != want:
                     if dim.dim_value:
                         raise ZswError(f"{path.name}: dimension {axis} of {t.name} is {dim.dim_value}, expected {want}")
                     # a fixed size the exporter left symbolic (TorchScript does so for outputs): pin it
                     dim.dim_value = want
-    if rename:
-        for value in graph.value_info:
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param in rename:
-                    dim.dim_param = rename[dim.dim_param]
-    onnx.save(model, str(path))
+                    changed = True
+    for value in graph.value_info:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+    if changed:  # rewriting is costly for the big graphs; the dynamo exporter usually names them right
+        onnx.save(model, str(path))
 
 
 def check_graph(path: Path) -> None:
