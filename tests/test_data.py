@@ -61,7 +61,7 @@ def test_reader_round_trips_written_files(proc):
         picked = [where[row.tobytes()] for row in item["points"].numpy()]
         assert len(set(picked)) == 512 and np.array_equal(sdf[picked], item["sdf"].numpy())
         assert np.array_equal(item["occupancy"].numpy(), (item["sdf"].numpy() - 0.003 < 0).astype(np.float32))
-        assert item["skipped"] == 0
+        assert item["skipped"] == 0 and item["category"] == sid.category
     # per-item randomness depends on (seed, epoch, index) only
     a, b = ds[0]["points"], ds[0]["points"]
     ds.set_epoch(1)

@@ -18,6 +18,7 @@ key                 shape             content
 ``occupancy``       [P] float         ``sdf - 0.003 < 0`` (ZeroShape's label)
 ``pseudo_depth``    [1, S, S] float   relative inverse depth (Depth Anything V2), 0 if absent
 ``pseudo_valid``    [1, S, S] float   1 where ``pseudo_depth`` applies to the image
+``category``        str               the sample's category (for ``prompts: category``)
 ``index``           int               dataset index of the sample
 ``skipped``         int               unreadable samples passed over to produce this one
 ==================  ================  =======================================================
@@ -344,6 +345,7 @@ class ShapeDataset:
             "occupancy": torch.from_numpy((sdf - self.sdf_offset < 0).astype(np.float32)),
             "pseudo_depth": img(pseudo),
             "pseudo_valid": img(pseudo_valid),
+            "category": self.sample_id(index)[1].category,
             "index": index,
             "skipped": attempt,
         }
