@@ -75,6 +75,9 @@ def reconstruct(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu ... (default: CUDA if available).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 1,
+    chunk_points: Annotated[
+        int, typer.Option(min=1024, help="Most query points per decoder call (bounds memory).")
+    ] = 65536,
     backend: Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")] = "torch",
     engine: Annotated[Path | None, typer.Option(help="Folder written by `zsw export` (onnxruntime/tensorrt).")] = None,
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png.")] = True,
@@ -104,7 +107,7 @@ def reconstruct(
     done = 0
     if todo:
         done = _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks,
-                    device, batch_size, backend, engine, preview, console, failed)  # fmt: skip
+                    device, batch_size, chunk_points, backend, engine, preview, console, failed)  # fmt: skip
     total = len(paths) + len(problems)
     summary = f"reconstructed {done}, skipped {skipped}, failed {len(failed)} of {total} input(s) -> {out}"
     console.print(("[red]" if failed else "[green]") + summary)
@@ -113,7 +116,7 @@ def reconstruct(
 
 
 def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks, device,
-         batch_size, backend, engine, preview, console, failed) -> int:  # fmt: skip
+         batch_size, chunk_points, backend, engine, preview, console, failed) -> int:  # fmt: skip
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -126,7 +129,7 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
     if warning:
         console.print(f"[bold yellow]WARNING:[/bold yellow] {warning}")
     recon = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
-                          weights_label=label)  # fmt: skip
+                          chunk_points=chunk_points, weights_label=label)  # fmt: skip
     if warning:
         recon.warnings.append(warning)
     category = None

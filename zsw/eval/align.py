@@ -165,20 +165,33 @@ def _best_rotation_kdtree(pred: Tensor, gt: Tensor, rotations: Tensor) -> int:
     return best_index
 
 
+def _nearest_index(x: Tensor, y: Tensor, method: str) -> Tensor:  # [N, 3], [M, 3] -> [N] indices into y
+    if method == "kernels" or (method == "auto" and x.device.type == "cuda"):
+        from zsw import kernels
+
+        return kernels.nearest_neighbors(x[None], y[None]).idx[0]
+    from scipy.spatial import cKDTree
+
+    idx = cKDTree(y.detach().double().cpu().numpy()).query(x.detach().double().cpu().numpy(), workers=-1)[1]
+    return torch.from_numpy(idx).to(x.device)
+
+
 @torch.no_grad()
 def icp(
     pred: Tensor,  # [N, 3]
     gt: Tensor,  # [M, 3]
     iterations: int = 50,
+    method: str = "auto",
 ) -> Tensor:  # [N, 3]
-    """Rigidly move ``pred`` onto ``gt`` by point-to-point ICP (rotation + translation, no scale)."""
-    from zsw import kernels
+    """Rigidly move ``pred`` onto ``gt`` by point-to-point ICP (rotation + translation, no scale).
 
+    Nearest neighbours come from :func:`zsw.kernels.nearest_neighbors` (``kernels``) or a k-d tree
+    (``kdtree``); ``auto`` picks the kernels on CUDA and the tree on the CPU.
+    """
     x = pred.float().clone()
     y = gt.float().to(x.device)
     for _ in range(iterations):
-        idx = kernels.nearest_neighbors(x[None], y[None]).idx[0]
-        target = y[idx]
+        target = y[_nearest_index(x, y, method)]
         mx, my = x.mean(0), target.mean(0)
         h = (x - mx).T.double() @ (target - my).double()  # [3, 3] cross-covariance
         u, _, vt = torch.linalg.svd(h)
