@@ -181,6 +181,9 @@ def onnxruntime_session(path: Path, device: torch.device | str = "cpu", threads:
     options.log_severity_level = 3  # errors only: fp16 graphs log a warning per node without a CPU kernel
     if threads:
         options.intra_op_num_threads = threads
+    # ORT's worker threads busy-wait after each run by default; here PyTorch work (lifting, grid
+    # bookkeeping, marching cubes) follows every call and would compete with the spinning threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ZswError(
