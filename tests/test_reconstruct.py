@@ -109,6 +109,23 @@ def test_everything_after_predict_needs_only_the_backend_protocol(repo_root, tin
     assert files == {"mesh.ply", "depth.png", "visible_mask.png", "occluder_mask.png", "preview.png", "result.json"}
 
 
+def test_original_intrinsics_undo_padding_and_resizing():
+    from zsw.infer.image import LoadedImage
+    from zsw.infer.reconstruct import original_intrinsics
+
+    # a 448 x 224 photo: padded to 448 x 448 (112 rows on top), halved to 224
+    im = LoadedImage("x", np.zeros((224, 224, 3), np.uint8), (448, 224), pad=(0, 112))
+    K = np.array([[300.0, 0, 112], [0, 300, 112], [0, 0, 1]])
+    Ko = original_intrinsics(K, im)
+    assert Ko[0, 0] == pytest.approx(600) and Ko[1, 1] == pytest.approx(600)
+    # a 3D point lands on corresponding pixels: u_in = s * (u_orig + left) + (s - 1) / 2
+    p = np.array([0.3, -0.2, 2.0])
+    u_in, u_orig = K @ p / p[2], Ko @ p / p[2]
+    s = 0.5
+    assert u_in[0] == pytest.approx(s * (u_orig[0] + 0) + (s - 1) / 2)
+    assert u_in[1] == pytest.approx(s * (u_orig[1] + 112) + (s - 1) / 2)
+
+
 def test_predict_reports_stage_timings(tiny_model):
     timings: dict = {}
     predict(TorchBackend(tiny_model, "cpu"), torch.rand(1, 3, 224, 224), timings=timings)

@@ -47,6 +47,7 @@ __all__ = [
     "resolve_weights",
     "demo_weights",
     "camera_to_frame",
+    "original_intrinsics",
     "FRAMES",
     "FORMATS",
     "RANDOM_WEIGHTS_WARNING",
@@ -217,6 +218,21 @@ class Reconstruction:
         return [*written, out / "result.json"]
 
 
+def original_intrinsics(K: np.ndarray, image: LoadedImage) -> np.ndarray:  # [3, 3] -> [3, 3]
+    """K in pixels of the original photo (after its EXIF rotation) from K of the model input.
+
+    The input is the photo padded by ``(left, top)`` and resized by ``s``; with integer pixel
+    centres a resize maps ``u_in = s * u_padded + (s - 1) / 2``.
+    """
+    s = image.crop_scale
+    left, top = image.pad
+    out = np.array(K, dtype=np.float64)
+    out[0, 0], out[1, 1] = K[0, 0] / s, K[1, 1] / s
+    out[0, 2] = (K[0, 2] - (s - 1) / 2) / s - left
+    out[1, 2] = (K[1, 2] - (s - 1) / 2) / s - top
+    return out
+
+
 def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
     if prompt is None or isinstance(prompt, str):
         return [prompt] * n
@@ -377,6 +393,7 @@ class Reconstructor:
                 "camera": {
                     "image_size": im.size,
                     "intrinsics": K[b].tolist(),
+                    "intrinsics_original": original_intrinsics(K[b], im).tolist(),
                     "center": center[b].tolist(),
                     "scale": float(scale[b]),
                 },
