@@ -177,7 +177,7 @@ def test_onnxruntime_backend_reconstructs_like_the_torch_backend(onnx_dir, tiny_
     ort = load_backend("onnxruntime", engine=onnx_dir, device="cpu")
     ref = load_backend("torch", weights=tiny_checkpoint, device="cpu")
     assert ort.name == "onnxruntime" and ort.config == ref.config and ort.device == torch.device("cpu")
-    # ONNX Runtime's threads must not spin after a run: PyTorch work follows every call (50x slower lifting)
+    # ONNX Runtime's threads must not spin after a run: PyTorch work follows every call and would compete
     options = ort.sessions["pixel"].get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     image = torch.rand(2, 3, 224, 224)
