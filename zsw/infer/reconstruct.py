@@ -366,74 +366,76 @@ class Reconstructor:
         out = []
         for b, (im, mesh) in enumerate(zip(images, meshes)):
             grid = mesh.metadata.pop("zsw_grid")
-            v = np.asarray(mesh.vertices, dtype=np.float64) * float(scale[b]) + center[b]
-            mesh.vertices = camera_to_frame(v, self.frame)
-            prompt = prompts[b] or self._default_prompt()
-            timing = {
+            s, c = float(scale[b]), center[b]
+            mesh.vertices = camera_to_frame(np.asarray(mesh.vertices, dtype=np.float64) * s + c, self.frame)
+            rec = Reconstruction(
+                name=im.name,
+                mesh=mesh,
+                frame=self.frame,
+                image=im.image,
+                depth=depth[b],
+                intrinsics=K[b],
+                visible_mask=visible[b],
+                occluder_mask=occluder[b] if occluder is not None else None,
+                center=c,
+                scale=s,
+                prompt=(prompts[b] or self._default_prompt()) if backend.config.text.enabled else None,
+                visible_points=surface[b][visible[b]] * s + c,
+            )
+            timing = {  # shared stages are split evenly over the batch
                 "pixel": timings.get("pixel", 0.0) / B,
                 "encode": timings.get("encode", 0.0) / B,
                 "grid_decode": grid["decode_s"] / B,
                 "marching_cubes": grid["marching_cubes_s"],
             }
-            warn = list(self.warnings)
-            if len(mesh.faces) == 0:
-                warn.append("empty mesh: the predicted occupancy never crosses the threshold")
-            info = {
-                "zsw_version": _version(),
-                "name": im.name,
-                "input": im.to_dict(),
-                "prompt": prompt if backend.config.text.enabled else None,
-                "model": {
-                    "preset": backend.config.name,
-                    "weights": self.weights_label,
-                    "backend": backend.name,
-                    "device": str(device),
-                },
-                "mask": "given" if masks is not None else "predicted",
-                "camera": {
-                    "image_size": im.size,
-                    "intrinsics": K[b].tolist(),
-                    "intrinsics_original": original_intrinsics(K[b], im).tolist(),
-                    "center": center[b].tolist(),
-                    "scale": float(scale[b]),
-                },
-                "grid": {
-                    "resolution": self.resolution,
-                    "extraction": self.extraction,
-                    "threshold": self.threshold,
-                    "bound": self.bound,
-                    "evaluated_points": grid["evaluated_points"],
-                    "grid_points": grid["grid_points"],
-                },
-                "mesh": {
-                    "frame": self.frame,
-                    "units": UNITS,
-                    "vertices": len(mesh.vertices),
-                    "faces": len(mesh.faces),
-                    "watertight": bool(len(mesh.faces)) and bool(mesh.is_watertight),
-                },
-                "batch_size": B,
-                "timings_s": timing,
-                "warnings": warn,
-            }
-            out.append(
-                Reconstruction(
-                    name=im.name,
-                    mesh=mesh,
-                    frame=self.frame,
-                    image=im.image,
-                    depth=depth[b],
-                    intrinsics=K[b],
-                    visible_mask=visible[b],
-                    occluder_mask=occluder[b] if occluder is not None else None,
-                    center=center[b],
-                    scale=float(scale[b]),
-                    prompt=prompt if backend.config.text.enabled else None,
-                    info=info,
-                    visible_points=surface[b][visible[b]] * float(scale[b]) + center[b],
-                )
-            )
+            rec.info = self._info(rec, im, grid, timing, B, masks is not None)
+            out.append(rec)
         return out
+
+    def _info(self, rec: Reconstruction, im: LoadedImage, grid: dict, timing: dict, batch: int, given: bool) -> dict:
+        """The content of ``result.json`` (``save`` adds the export and preview timings and files)."""
+        backend = self.backend
+        warn = list(self.warnings)
+        if len(rec.mesh.faces) == 0:
+            warn.append("empty mesh: the predicted occupancy never crosses the threshold")
+        return {
+            "zsw_version": _version(),
+            "name": im.name,
+            "input": im.to_dict(),
+            "prompt": rec.prompt,
+            "model": {
+                "preset": backend.config.name,
+                "weights": self.weights_label,
+                "backend": backend.name,
+                "device": str(backend.device),
+            },
+            "mask": "given" if given else "predicted",
+            "camera": {
+                "image_size": im.size,
+                "intrinsics": rec.intrinsics.tolist(),
+                "intrinsics_original": original_intrinsics(rec.intrinsics, im).tolist(),
+                "center": rec.center.tolist(),
+                "scale": rec.scale,
+            },
+            "grid": {
+                "resolution": self.resolution,
+                "extraction": self.extraction,
+                "threshold": self.threshold,
+                "bound": self.bound,
+                "evaluated_points": grid["evaluated_points"],
+                "grid_points": grid["grid_points"],
+            },
+            "mesh": {
+                "frame": self.frame,
+                "units": UNITS,
+                "vertices": len(rec.mesh.vertices),
+                "faces": len(rec.mesh.faces),
+                "watertight": bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight),
+            },
+            "batch_size": batch,
+            "timings_s": timing,
+            "warnings": warn,
+        }
 
     def _default_prompt(self) -> str:
         return self.backend.config.text.default_prompt
