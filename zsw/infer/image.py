@@ -206,7 +206,7 @@ def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
         notes.append("padded to a square with white")
     if name is None:
         name = path.stem if path is not None else "image"
-    arr = np.ascontiguousarray(np.asarray(square, dtype=np.uint8))
+    arr = np.array(square, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     return LoadedImage(name, arr, (w, h), str(path) if path else None, alpha, pad, notes)
 
 
