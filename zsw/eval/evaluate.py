@@ -227,7 +227,7 @@ def evaluate_samples(
         needs_mask = settings.use_mask or reconstructor.needs_mask
         masks = [s.mask for s in batch] if needs_mask else None
         try:
-            recs = reconstructor(images, prompts, masks)
+            recs = reconstructor(images, prompts, masks, with_mesh=settings.baseline is None)
         except ZswError as e:
             for s in batch:
                 if on_sample:

@@ -291,6 +291,7 @@ class Reconstructor:
         images: Sequence[LoadedImage],
         prompts: str | Sequence[str | None] | None = None,
         masks: Sequence[np.ndarray | None] | None = None,
+        with_mesh: bool = True,
     ) -> list[Reconstruction]:
         """Reconstruct ``images`` in one batch (one model call per stage).
 
@@ -299,6 +300,8 @@ class Reconstructor:
             prompts: one category prompt for all, or one per image; None = the model's default.
             masks: optional visible masks ``[S, S]`` bool per image (required by ZeroShape models;
                 an RGBA image's alpha is used when no mask is given).
+            with_mesh: False skips the occupancy grid (empty meshes): only the pixel-level
+                predictions and the visible surface, e.g. for the evaluation baselines.
         """
         B = len(images)
         if B == 0:
@@ -325,12 +328,13 @@ class Reconstructor:
             groups.setdefault(m is not None, []).append(i)
         results: list[Reconstruction | None] = [None] * B
         for has_mask, idx in groups.items():
-            for i, rec in zip(idx, self._run([images[i] for i in idx], [prompt_list[i] for i in idx],
-                                             [mask_list[i] for i in idx] if has_mask else None)):  # fmt: skip
+            group_masks = [mask_list[i] for i in idx] if has_mask else None
+            group = self._run([images[i] for i in idx], [prompt_list[i] for i in idx], group_masks, with_mesh)
+            for i, rec in zip(idx, group):
                 results[i] = rec
         return results  # type: ignore[return-value]
 
-    def _run(self, images: list[LoadedImage], prompts: list[str | None], masks) -> list[Reconstruction]:
+    def _run(self, images: list[LoadedImage], prompts: list[str | None], masks, with_mesh: bool) -> list:
         backend = self.backend
         device = backend.device
         B = len(images)
@@ -346,16 +350,19 @@ class Reconstructor:
         def decode(points: torch.Tensor) -> torch.Tensor:  # [B, N, 3] -> [B, N]
             return backend.decode(pred.latents, points)
 
-        meshes = extract_meshes(
-            decode,
-            B,
-            self.resolution,
-            mode=self.extraction,
-            threshold=self.threshold,
-            bound=self.bound,
-            chunk_points=self.chunk_points,
-            device=device,
-        )
+        if with_mesh:
+            meshes = extract_meshes(
+                decode,
+                B,
+                self.resolution,
+                mode=self.extraction,
+                threshold=self.threshold,
+                bound=self.bound,
+                chunk_points=self.chunk_points,
+                device=device,
+            )
+        else:
+            meshes = [_empty_mesh(self.resolution) for _ in range(B)]
         depth = pred.depth[:, 0].float().cpu().numpy()
         K = pred.intrinsics.float().cpu().numpy()
         visible = pred.visible_mask[:, 0].cpu().numpy() > 0.5
@@ -396,7 +403,7 @@ class Reconstructor:
         """The content of ``result.json`` (``save`` adds the export and preview timings and files)."""
         backend = self.backend
         warn = list(self.warnings)
-        if len(rec.mesh.faces) == 0:
+        if len(rec.mesh.faces) == 0 and grid["evaluated_points"]:
             warn.append("empty mesh: the predicted occupancy never crosses the threshold")
         return {
             "zsw_version": _version(),
@@ -439,6 +446,15 @@ class Reconstructor:
 
     def _default_prompt(self) -> str:
         return self.backend.config.text.default_prompt
+
+
+def _empty_mesh(resolution: int):
+    import trimesh
+
+    mesh = trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
+    mesh.metadata["zsw_grid"] = {"evaluated_points": 0, "grid_points": (resolution + 1) ** 3, "decode_s": 0.0,
+                                 "marching_cubes_s": 0.0}  # fmt: skip
+    return mesh
 
 
 def _version() -> str:
