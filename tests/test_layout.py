@@ -61,3 +61,14 @@ def test_manifest_survives_a_torn_line(tmp_path):
     with open(layout.manifest, "a") as f:
         f.write('{"image": "b.pn')  # killed mid-write
     assert list(layout.read_manifest()) == [{"image": "a.png"}]
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    from zsw.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
