@@ -15,6 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+# the process umask, read once at import: os.umask can only be read by setting it, which would
+# briefly change it for every thread if done per write
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 __all__ = ["atomic_path", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json"]
 
 
@@ -30,10 +35,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
     os.close(fd)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
