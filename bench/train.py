@@ -110,7 +110,8 @@ def bench_train_step(
             continue
         row = measure(fn, env, warmup_ms=rep_ms / 4, rep_ms=rep_ms, **common)
         if dev.type != "cuda":
-            row.note = (row.note + "; " if row.note else "") + f"process peak RSS {_peak_rss_mb():.0f} MB"
+            extra = f"{torch.get_num_threads()} threads, process peak RSS {_peak_rss_mb():.0f} MB"
+            row.note = (row.note + "; " if row.note else "") + extra
         rows.append(row)
         del fn
         if dev.type == "cuda":
