@@ -303,3 +303,25 @@ def test_procedural_and_zeroshape_layout_readers(proc, tmp_path):
     (tmp_path / "lists").mkdir()
     with pytest.raises(ConfigError, match="no readable"):
         open_eval_set(tmp_path, "ocrtoc")
+
+
+def test_pseudo_depth_is_read_and_invalidated_by_augmentation(proc, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(proc, root)
+    layout = ZeroShapeLayout(root)
+    for k, sid in enumerate(layout.samples("train")):
+        layout.write_pseudo_depth(sid, np.full((224, 224), 1.0 + k, np.float32))
+    plain = ShapeDataset(root, "train", points=16, augment=None)
+    item = plain[2]
+    assert item["pseudo_valid"].all() and (item["pseudo_depth"] == 3.0).all()
+    # occluders pasted over the image invalidate the pseudo-depth under them, nowhere else
+    occl = ShapeDataset(root, "train", points=16, augment=AugmentConfig(occluders=(2, 2), backgrounds="never"))
+    for i in range(len(occl)):
+        item = occl[i]
+        valid, occluder = item["pseudo_valid"][0] > 0, item["occluder_mask"][0] > 0
+        assert np.array_equal(valid.numpy(), ~occluder.numpy())
+    # a new background makes the image a different one: no pseudo-depth at all
+    bg = ShapeDataset(root, "train", points=16, augment=AugmentConfig(occluders=(0, 0), backgrounds="always"))
+    assert not bg[0]["pseudo_valid"].any()
