@@ -189,6 +189,13 @@ def test_train_cli_lowers_the_loss_on_a_fixed_batch(small, tmp_path):
     assert checkpoint.load(run / "final.safetensors").config.pixel.image_size == 64
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 16
+    # --init starts a new run from those weights: its first loss is the trained one, not the fresh one
+    init_run = tmp_path / "from-init"
+    init_args = [*args[: args.index("--out")], "--out", str(init_run), *args[args.index("--out") + 2 :]]
+    result = runner.invoke(app, [*init_args, "--init", str(run / "final.safetensors"), "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    resumed_first = next(m for m in _metrics(init_run) if "loss/total" in m)["loss/total"]
+    assert resumed_first < 0.8 * first["loss/total"]
     # the same command again refuses to overwrite; a conflicting resume names the key
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "--resume" in again.output
