@@ -232,3 +232,14 @@ def test_sincos_table():
     # column index in the first half (sin at w0 = 1), row index in the second half
     assert emb[1 + 1 * 3 + 2, 0] == pytest.approx(torch.sin(torch.tensor(2.0)).item())
     assert emb[1 + 1 * 3 + 2, 4] == pytest.approx(torch.sin(torch.tensor(1.0)).item())
+
+
+def test_torch_backend_decodes_predicted_latents_at_any_batch():
+    # latents from predict() are inference tensors; decoding them must not try to record autograd
+    from zsw.infer import TorchBackend, predict
+
+    backend = TorchBackend(build_model("tiny"), "cpu")
+    for batch in (1, 2):
+        pred = predict(backend, torch.rand(batch, 3, 224, 224))
+        logits = backend.decode(pred.latents, torch.rand(batch, 50, 3))
+        assert logits.shape == (batch, 50) and torch.isfinite(logits).all()

@@ -131,12 +131,15 @@ class TorchBackend:
     def embed_prompts(self, prompt, batch):
         return self.model.embed_prompts(prompt, batch)
 
+    @torch.inference_mode()
     def pixel(self, image: Tensor, text: Tensor | None) -> PixelOutput:
         return self.model.pixel(image, text)
 
+    @torch.inference_mode()
     def encode(self, encoder_input: Tensor, text: Tensor | None) -> DecoderLatents:
         return self.model.decoder.encode(self.model.encoder(encoder_input), text)
 
+    @torch.inference_mode()
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
         return self.model.decoder.decode(latents, points)
 
