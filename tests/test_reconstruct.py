@@ -201,6 +201,13 @@ def test_cli_missing_input_and_bad_options(tmp_path):
         app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "w.st")]
     )
     assert result.exit_code == 1 and _lines(result.output) == [f"error: checkpoint {tmp_path / 'w.st'} does not exist"]
+    result = runner.invoke(app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--device", "gpu0"])
+    assert result.exit_code == 1 and "is not a device" in _lines(result.output)[0]
+    if not torch.cuda.is_available():
+        result = runner.invoke(app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--device", "cuda"])
+        assert result.exit_code == 1 and _lines(result.output) == [
+            "error: --device cuda: no CUDA device is available to PyTorch here"
+        ]
 
 
 def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_path):

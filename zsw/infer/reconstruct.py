@@ -108,6 +108,13 @@ def open_backend(
     device: str | torch.device | None = None,
 ) -> tuple[Backend, str, str | None]:
     """A backend plus a label of its weights and an optional warning (see :func:`resolve_weights`)."""
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is available to PyTorch here")
     if kind == "torch":
         model, label, warning = resolve_weights(weights)
         return load_backend("torch", weights=model, device=device), label, warning
