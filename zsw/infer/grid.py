@@ -14,14 +14,15 @@ Two ways to fill the grid:
 ``fast``
     coarse to fine, after the multiresolution iso-surface extraction (MISE) of Occupancy Networks:
     decode a coarse grid (``coarse_resolution``, 32 by default), mark the cells whose eight
-    corners straddle the threshold or come within ``margin`` logits of it (2 by default: a corner
-    with a probability between 0.12 and 0.88 around a 0.5 threshold), grow that set by one cell in
-    every direction, and decode the points of the next finer grid only inside it; repeat up to
-    ``resolution``. Points never decoded take the trilinear interpolation of the coarser
-    level, which keeps them on the same side of the threshold, so marching cubes sees the surface
-    only where it was decoded at full resolution. A part thinner than a coarse cell that no coarse
-    corner sees can be missed; the tests and ``zsw bench reconstruct`` measure the agreement with
-    ``dense``.
+    corners straddle the threshold or come within a margin of it (``margin`` logits on the first
+    level, 2 by default: a corner probability between 0.12 and 0.88 around 0.5; halved on every
+    finer level, as the logits change across a cell in proportion to its size), grow that set by
+    one cell in every direction, and decode the points of the next finer grid only inside it;
+    repeat up to ``resolution``. The margin is what finds parts thinner than a cell. Points never
+    decoded take the trilinear interpolation of the coarser level, which keeps them on the same
+    side of the threshold, so marching cubes sees the surface only where it was decoded at full
+    resolution. A part thinner than a coarse cell that no coarse corner comes near can still be
+    missed; the tests and ``zsw bench reconstruct`` measure the agreement with ``dense``.
 
 Points go to ``decode`` in chunks of at most ``chunk_points`` (summed over the images of a batch),
 which bounds the decoder's memory. :func:`extract_meshes` decodes several images per call (the
@@ -200,8 +201,10 @@ def _decode_fast(
     values = _decode_dense(decode, B, n, bound, chunk_points, device)
     evaluated = torch.ones_like(values, dtype=torch.bool)
     counts = [(n + 1) ** 3] * B
-    for _ in range(levels):
-        active = _active_cells(values, t, margin, dilate)  # [B, n, n, n]
+    for level in range(levels):
+        # the margin finds parts thinner than a cell; the logits change across a cell in proportion
+        # to its size, so the margin halves with every level
+        active = _active_cells(values, t, margin / 2**level, dilate)  # [B, n, n, n]
         n2 = 2 * n
         values = F.interpolate(values[:, None], size=(n2 + 1,) * 3, mode="trilinear", align_corners=True)[:, 0]
         done = torch.zeros(B, n2 + 1, n2 + 1, n2 + 1, dtype=torch.bool, device=device)
@@ -247,7 +250,8 @@ def occupancy_grid(
         chunk_points: most points per ``decode`` call, summed over the batch.
         device: where the points and the grid live (default CPU).
         coarse_resolution: ``fast`` only: cells per axis of the first grid.
-        margin: ``fast`` only: also refine cells within this many logits of the threshold.
+        margin: ``fast`` only: also refine cells within this many logits of the threshold (on the
+            coarsest level; halved on each finer level).
         dilate: ``fast`` only: grow the refined region by this many cells per level.
 
     Returns:
