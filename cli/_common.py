@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI commands: error reporting and the "not available yet" answer.
+"""Helpers shared by the CLI commands: one-line error reporting.
 
 Command modules import only typer and the standard library at top level; torch and friends are
 imported inside command bodies so that ``zsw --help`` stays instant.
@@ -15,7 +15,7 @@ import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["cli_errors", "not_available", "error"]
+__all__ = ["cli_errors", "error"]
 
 
 def error(message: str, code: int = 1) -> typer.Exit:
@@ -43,7 +43,3 @@ def cli_errors(fn: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
-
-def not_available(command: str, issue: str) -> typer.Exit:
-    """The answer of a command whose implementation has not landed yet (no fake output)."""
-    return error(f"`zsw {command}` is not available yet in this version of zsw ({issue}).", code=2)
