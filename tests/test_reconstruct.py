@@ -157,6 +157,25 @@ def test_cli_on_bundled_examples_writes_every_output(repo_root, tiny_ckpt, tmp_p
     assert not list(folder.glob(".*tmp*"))  # no temporary files left behind
 
 
+def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkeypatch):
+    """`zsw reconstruct examples/armchair.png -o out/` with nothing else: the shipped demo model
+    (no random-weights warning), at resolution 128, and a real surface (over a thousand faces)."""
+    from zsw import checkpoint
+    from zsw.infer.reconstruct import demo_weights
+
+    path = demo_weights()
+    assert path is not None and path.name == "zsw-demo-tiny.safetensors"
+    assert path.stat().st_size <= 20 * 2**20  # the package budget
+    assert checkpoint.load(path).config.name == "tiny"
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["reconstruct", str(repo_root / "examples" / "armchair.png"), "-o", "out/"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOM" not in result.output
+    info = json.loads((tmp_path / "out" / "armchair" / "result.json").read_text())
+    assert info["model"]["weights"] == "demo:zsw-demo-tiny.safetensors" and info["grid"]["resolution"] == 128
+    assert info["mesh"]["faces"] > 1000
+
+
 def test_cli_odd_images_fail_one_line_each_and_the_rest_still_run(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
