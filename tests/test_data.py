@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from zsw.data.backgrounds import Backgrounds, composite, is_plain_white
@@ -21,14 +20,7 @@ from zsw.synth.procedural import ProceduralConfig, generate
 NO_AUGMENT = AugmentConfig(occluders=(0, 0), backgrounds="never")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP threads that spin-wait for each other
-    make these small models many times slower (8 tiny steps: 34 CPU-s with 2 threads, 3.6 with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,10 @@ import sys
 
 import pytest
 
-from zsw.config import dump_yaml, get_model_config, replace
-from zsw.synth.procedural import ProceduralConfig, generate
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """The tiny preset at 64 px and 8 procedural views at 64 px (shared with test_train.py)."""
-    base = tmp_path_factory.getbasetemp()
-    root = base / "zsw-proc64-4x2"
-    cats = ("box", "mug", "chair", "cone")
-    generate(root, ProceduralConfig(objects=4, views=2, seed=0, size=64, categories=cats))
-    tiny = get_model_config("tiny")
-    model = base / "tiny64.yaml"
-    dump_yaml(replace(tiny, pixel=replace(tiny.pixel, image_size=64)), model)
-    return root, model
-
 
 @pytest.mark.slow
-def test_two_process_gloo_run_keeps_replicas_in_sync(small, tmp_path):
-    data, model = small
+def test_two_process_gloo_run_keeps_replicas_in_sync(tiny64, tmp_path):
+    data, model = tiny64
     run = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -18,15 +18,7 @@ from zsw.synth.procedural import ProceduralConfig, generate, object_split
 from zsw.synth.render import render, sample_material, sample_view
 from zsw.synth.sdf import CATEGORIES, Box, Cone, Shape, Sphere, Torus, make_shape
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP threads that spin-wait for each other
-    make these small models many times slower (8 tiny steps: 34 CPU-s with 2 threads, 3.6 with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_primitives_hand_values():

@@ -21,14 +21,7 @@ NAMES = ["box_00001_00", "cylinder_00002_00", "sphere_00000_00"]  # plan order (
 CATS = ("box", "cylinder", "sphere")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

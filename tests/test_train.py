@@ -26,39 +26,16 @@ runner = CliRunner()
 NO_AUGMENT = AugmentConfig(occluders=(0, 0), backgrounds="never")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP threads that spin-wait for each other
-    make these small models many times slower (8 tiny steps: 34 CPU-s with 2 threads, 3.6 with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """(dataset, model YAML): the tiny preset at 64 px (10x cheaper steps) and 8 procedural views
-    at 64 px, 6 train (3 objects) and 2 val; shared with test_ddp.py when both run."""
-    from zsw.config import get_model_config
-
-    base = tmp_path_factory.getbasetemp()
-    root = base / "zsw-proc64-4x2"
-    cats = ("box", "mug", "chair", "cone")
-    generate(root, ProceduralConfig(objects=4, views=2, seed=0, size=64, categories=cats))
-    tiny = get_model_config("tiny")
-    model = base / "tiny64.yaml"
-    dump_yaml(replace(tiny, pixel=replace(tiny.pixel, image_size=64)), model)
-    return root, model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _cfg(small, **kw) -> TrainConfig:
-    data = DataConfig(roots=(str(small[0]),), workers=0, points=512, val_samples=2)
-    base = dict(model=str(small[1]), stage="full", batch_size=2, validate=False, log_every=1, data=data)
+def _cfg(tiny64, **kw) -> TrainConfig:
+    data = DataConfig(roots=(str(tiny64[0]),), workers=0, points=512, val_samples=2)
+    base = dict(model=str(tiny64[1]), stage="full", batch_size=2, validate=False, log_every=1, data=data)
     return TrainConfig(**{**base, **kw})
 
 
@@ -139,13 +116,13 @@ def test_yaml_recipes_load(repo_root):
     assert load_yaml(repo_root / "configs" / "tiny-cpu.yaml", TrainConfig).model == "tiny"
 
 
-def test_validation_reports_mesh_metrics(small):
+def test_validation_reports_mesh_metrics(tiny64):
     from zsw.data.dataset import ShapeDataset
     from zsw.model import build_model
     from zsw.train.validate import validate
 
-    model = build_model(str(small[1]))
-    ds = ShapeDataset(small[0], "val", size=64, with_shape=False)
+    model = build_model(str(tiny64[1]))
+    ds = ShapeDataset(tiny64[0], "val", size=64, with_shape=False)
     metrics = validate(model, ds, "full", torch.device("cpu"), max_samples=2, resolution=8, surface_points=500)
     assert metrics["val/samples"] == 2
     for key in ("val/depth_ssi_mae", "val/intrinsics", "val/visible_iou", "val/cd", "val/fscore@0.05"):
@@ -160,12 +137,12 @@ def test_validation_reports_mesh_metrics(small):
 
 
 @pytest.mark.slow
-def test_train_cli_lowers_the_loss_on_a_fixed_batch(small, tmp_path):
+def test_train_cli_lowers_the_loss_on_a_fixed_batch(tiny64, tmp_path):
     """``zsw train`` on the tiny preset (at 64 px): 16 steps on one fixed batch lower every loss."""
     from zsw import checkpoint
     from zsw.cli.main import app
 
-    model = small[1]
+    model = tiny64[1]
     data = tmp_path / "one"  # one object, two views: without augmentation every step sees the same batch
     one = ProceduralConfig(objects=1, views=2, seed=4, size=64, categories=("mug",), split_fractions=(1, 0, 0))
     generate(data, one)
@@ -218,12 +195,12 @@ def _wait_for_step(run, step: int, proc: subprocess.Popen, timeout: float = 240)
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_the_uninterrupted_state(small, tmp_path):
+def test_kill_and_resume_gives_the_uninterrupted_state(tiny64, tmp_path):
     from zsw import checkpoint
     from zsw.train.trainer import Trainer
 
     # 6 train views, batch 2: 3 steps per epoch, so 6 steps cross an epoch boundary; augmentation on
-    cfg = _cfg(small, max_steps=6, checkpoint_every=1, seed=3, optim=OptimConfig(lr=1e-3))
+    cfg = _cfg(tiny64, max_steps=6, checkpoint_every=1, seed=3, optim=OptimConfig(lr=1e-3))
     straight = Trainer(cfg, tmp_path / "straight", progress=False).fit()
     assert straight.step == 6 and straight.epoch == 2
 
@@ -253,7 +230,7 @@ def test_kill_and_resume_gives_the_uninterrupted_state(small, tmp_path):
 
 
 @pytest.mark.slow
-def test_nonfinite_losses_are_skipped_and_stop_training(small, tmp_path, monkeypatch):
+def test_nonfinite_losses_are_skipped_and_stop_training(tiny64, tmp_path, monkeypatch):
     import zsw.train.trainer as trainer_mod
     from zsw.train.step import TrainStep
     from zsw.train.trainer import Trainer, TrainingError
@@ -273,7 +250,7 @@ def test_nonfinite_losses_are_skipped_and_stop_training(small, tmp_path, monkeyp
 
     monkeypatch.setattr(trainer_mod, "TrainStep", Flaky)
     bad_calls.update({2})
-    cfg = _cfg(small, stage="pixel", max_steps=3, nan_patience=2)
+    cfg = _cfg(tiny64, stage="pixel", max_steps=3, nan_patience=2)
     result = Trainer(cfg, tmp_path / "once", progress=False).fit()
     assert result.step == 3 and result.nonfinite_steps == 1
     logged = [m for m in _metrics(tmp_path / "once") if "loss/total" in m]
@@ -290,11 +267,11 @@ def test_nonfinite_losses_are_skipped_and_stop_training(small, tmp_path, monkeyp
         Trainer(cfg, tmp_path / "always", progress=False).fit()
 
 
-def test_train_errors_are_one_line(small, tmp_path):
+def test_train_errors_are_one_line(tiny64, tmp_path):
     from zsw.cli.main import app
 
-    proc = small[0]
-    base = ["train", "--preset", str(small[1]), "--out", str(tmp_path / "r"), "--no-progress", "--batch-size", "2"]
+    proc = tiny64[0]
+    base = ["train", "--preset", str(tiny64[1]), "--out", str(tmp_path / "r"), "--no-progress", "--batch-size", "2"]
     cases = [
         ([], "no training data"),
         (["--data", str(proc), "--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
@@ -310,12 +287,12 @@ def test_train_errors_are_one_line(small, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_train_cli_bf16(small, tmp_path):
+def test_bench_train_cli_bf16(tiny64, tmp_path):
     from zsw.bench._harness import read_csv
     from zsw.cli.main import app
 
     csv_path = tmp_path / "train.csv"
-    args = ["bench", "train", "--preset", str(small[1]), "--batch-size", "2", "--points", "256", "--amp", "bf16",
+    args = ["bench", "train", "--preset", str(tiny64[1]), "--batch-size", "2", "--points", "256", "--amp", "bf16",
             "--impl", "torch", "--impl", "triton", "--rep-ms", "1", "--out", str(csv_path),
             "--device", "cpu"]  # fmt: skip
     result = runner.invoke(app, args, env={"TRITON_INTERPRET": "0"})
