@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from zsw.config import ModelConfig
-from zsw.model import DecoderLatents, PixelOutput, ZeroShapeW, lift_surface
+from zsw.model import DecoderLatents, PixelOutput, SurfacePrediction, ZeroShapeW, lift_surface
 
 __all__ = ["Backend", "TorchBackend", "Prediction", "predict", "load_backend", "BACKENDS"]
 
@@ -50,22 +50,10 @@ class Backend(Protocol):
 
 
 @dataclass
-class Prediction:
+class Prediction(SurfacePrediction):
     """Per-image results of the pixel model and the encoder; decode points with ``backend.decode``."""
 
-    depth: Tensor  # [B, 1, S, S]
-    intrinsics: Tensor  # [B, 3, 3]
-    visible_mask_logits: Tensor | None  # [B, 1, S, S]
-    occluder_mask_logits: Tensor | None  # [B, 1, S, S]
-    visible_mask: Tensor  # [B, 1, S, S] in {0, 1}
-    occluder_mask: Tensor | None  # [B, 1, S, S] in {0, 1}
-    visible_points: Tensor  # [B, 3, S, S]
-    center: Tensor  # [B, 3]
-    scale: Tensor  # [B]
     latents: DecoderLatents
-
-    def to_camera(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> camera frame
-        return points * self.scale[:, None, None] + self.center[:, None, :]
 
 
 def _sync(device: torch.device) -> None:
@@ -104,18 +92,7 @@ def predict(
     if timings is not None:
         _sync(backend.device)
         timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t1
-    return Prediction(
-        depth=pix.depth,
-        intrinsics=pix.intrinsics,
-        visible_mask_logits=pix.visible_mask_logits,
-        occluder_mask_logits=pix.occluder_mask_logits,
-        visible_mask=lifted.visible_mask,
-        occluder_mask=lifted.occluder_mask,
-        visible_points=lifted.visible_points,
-        center=lifted.center,
-        scale=lifted.scale,
-        latents=latents,
-    )
+    return Prediction(**SurfacePrediction.fields(pix, lifted), latents=latents)
 
 
 class TorchBackend:

@@ -5,6 +5,7 @@ from zsw.model.pixel import PixelOutput
 from zsw.model.zeroshape_w import (
     LiftedSurface,
     ModelOutput,
+    SurfacePrediction,
     ZeroShapeW,
     build_model,
     count_parameters,
@@ -15,6 +16,7 @@ __all__ = [
     "build_model",
     "ZeroShapeW",
     "ModelOutput",
+    "SurfacePrediction",
     "PixelOutput",
     "LiftedSurface",
     "lift_surface",

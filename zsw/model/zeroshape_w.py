@@ -29,14 +29,23 @@ from zsw.model.geometry import normalize_visible, unproject_depth
 from zsw.model.pixel import PixelModel, PixelOutput
 from zsw.model.text import PromptEmbedder
 
-__all__ = ["ZeroShapeW", "ModelOutput", "LiftedSurface", "lift_surface", "build_model", "count_parameters"]
+__all__ = [
+    "ZeroShapeW",
+    "ModelOutput",
+    "SurfacePrediction",
+    "LiftedSurface",
+    "lift_surface",
+    "build_model",
+    "count_parameters",
+]
 
 Prompt = str | Sequence[str] | None
 
 
 @dataclass
-class ModelOutput:
-    """Everything one forward pass predicts, plus what decoding needs."""
+class SurfacePrediction:
+    """What the pixel model predicts and the visible surface lifted from it (the part of a forward
+    pass shared by :class:`ModelOutput` and :class:`zsw.infer.backend.Prediction`)."""
 
     depth: Tensor  # [B, 1, S, S] relative depth in [0, 1]
     intrinsics: Tensor  # [B, 3, 3] pixels of the S x S input
@@ -47,14 +56,35 @@ class ModelOutput:
     visible_points: Tensor  # [B, 3, S, S] normalised visible surface, 0 outside the mask
     center: Tensor  # [B, 3] centroid of the visible surface in camera coordinates
     scale: Tensor  # [B] its radius; camera = normalised * scale + center
-    tokens: Tensor  # [B, L, C] encoder tokens
-    text: Tensor | None  # [B, T] prompt embeddings used (ZeroShape-W)
+
+    @staticmethod
+    def fields(pix: PixelOutput, lifted: LiftedSurface) -> dict[str, Tensor | None]:
+        """The shared fields, from the pixel model's output and the surface lifted from it."""
+        return dict(
+            depth=pix.depth,
+            intrinsics=pix.intrinsics,
+            visible_mask_logits=pix.visible_mask_logits,
+            occluder_mask_logits=pix.occluder_mask_logits,
+            visible_mask=lifted.visible_mask,
+            occluder_mask=lifted.occluder_mask,
+            visible_points=lifted.visible_points,
+            center=lifted.center,
+            scale=lifted.scale,
+        )
 
     def to_camera(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> camera frame
         return points * self.scale[:, None, None] + self.center[:, None, :]
 
     def to_normalized(self, points: Tensor) -> Tensor:  # [B, N, 3] camera -> normalised frame
         return (points - self.center[:, None, :]) / self.scale[:, None, None]
+
+
+@dataclass
+class ModelOutput(SurfacePrediction):
+    """Everything one forward pass predicts, plus what decoding needs."""
+
+    tokens: Tensor  # [B, L, C] encoder tokens
+    text: Tensor | None  # [B, T] prompt embeddings used (ZeroShape-W)
 
 
 @dataclass
@@ -174,19 +204,7 @@ class ZeroShapeW(nn.Module):
         pix = self.pixel(image, text)
         lifted = lift_surface(pix, self.config, mask, occluder_mask)
         tokens = self.encoder(lifted.encoder_input)
-        return ModelOutput(
-            depth=pix.depth,
-            intrinsics=pix.intrinsics,
-            visible_mask_logits=pix.visible_mask_logits,
-            occluder_mask_logits=pix.occluder_mask_logits,
-            visible_mask=lifted.visible_mask,
-            occluder_mask=lifted.occluder_mask,
-            visible_points=lifted.visible_points,
-            center=lifted.center,
-            scale=lifted.scale,
-            tokens=tokens,
-            text=text,
-        )
+        return ModelOutput(**SurfacePrediction.fields(pix, lifted), tokens=tokens, text=text)
 
     def latents(self, out: ModelOutput) -> DecoderLatents:
         """Per-image latent K/V for decoding many points (see :meth:`PointDecoder.decode`)."""
