@@ -256,3 +256,17 @@ def test_vlm_backend_answer_count_is_checked():
     est = VLMCategoryEstimator("fake/vlm", generate=lambda images, prompt: ["chair"])
     with pytest.raises(RuntimeError, match="2 images"):
         est([Image.new("RGB", (8, 8))] * 2)
+
+
+def test_batch_columns_must_agree_and_pipeline_output_returns_to_8_bits():
+    from zsw.synth.guidance import check_batch, unit_to_uint8
+
+    assert check_batch("appearance", [1, 2], "ab", (3, 4)) == 2
+    with pytest.raises(InputError, match="appearance batch needs equal non-zero lengths, got 2, 1"):
+        check_batch("appearance", [1, 2], [1])
+    with pytest.raises(InputError, match="got 0, 0"):
+        check_batch("background", [], [])
+    img = np.array([[[-0.5, 0.5, 1.5]]], dtype=np.float32).repeat(4, 0).repeat(4, 1)  # out of range on purpose
+    out = unit_to_uint8(img, 8)
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [0, 128, 255]

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from zsw.errors import ConfigError, InputError
-from zsw.synth.guidance import resize_image
+from zsw.errors import ConfigError
+from zsw.synth.guidance import check_batch, resize_image, unit_to_uint8
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
@@ -107,7 +107,7 @@ class ControlNetAppearance:
         import torch
         from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetImg2ImgPipeline
 
-        from zsw.synth.hub import diffusers_dtype, load_pretrained
+        from zsw.synth.hub import diffusers_dtype, load_pretrained, ready_pipeline
 
         dtype = torch.float32 if dtype is None else dtype
         cn = load_pretrained(
@@ -129,11 +129,8 @@ class ControlNetAppearance:
             requires_safety_checker=False,
             **diffusers_dtype(dtype),
         )
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
         ids = {"base_model": str(base_model), "controlnet": str(controlnet)}
-        return cls(pipe, model_ids=ids, **options)
+        return cls(ready_pipeline(pipe, DDIMScheduler, device), model_ids=ids, **options)
 
     def __call__(
         self,
@@ -146,9 +143,7 @@ class ControlNetAppearance:
         import torch
         from PIL import Image
 
-        n = len(guides)
-        if not (len(controls) == len(prompts) == len(seeds) == n) or n == 0:
-            raise InputError(f"appearance batch needs equal non-zero lengths, got {n}, {len(controls)}, {len(prompts)}")
+        n = check_batch("appearance", guides, controls, prompts, seeds)
         r = self.resolution
         timesteps: list[int] = []
 
@@ -172,8 +167,4 @@ class ControlNetAppearance:
             output_type="np",
             callback_on_step_end=record,
         ).images  # [n, r, r, 3] float in [0, 1]
-        images = [
-            resize_image(np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8), g.shape[0])
-            for img, g in zip(out, guides)
-        ]
-        return AppearanceBatch(images, timesteps)
+        return AppearanceBatch([unit_to_uint8(img, g.shape[0]) for img, g in zip(out, guides)], timesteps)

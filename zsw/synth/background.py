@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from zsw.errors import InputError
-from zsw.synth.guidance import composite, resize_image, resize_mask
+from zsw.synth.guidance import check_batch, composite, resize_image, resize_mask, unit_to_uint8
 
 __all__ = ["DEFAULT_BACKGROUND_MODEL", "ObjectAwareBackground"]
 
@@ -71,7 +70,7 @@ class ObjectAwareBackground:
         import torch
         from diffusers import StableDiffusionControlNetInpaintPipeline, UniPCMultistepScheduler
 
-        from zsw.synth.hub import diffusers_dtype, load_pretrained
+        from zsw.synth.hub import diffusers_dtype, load_pretrained, ready_pipeline
 
         pipe = load_pretrained(
             StableDiffusionControlNetInpaintPipeline.from_pretrained,
@@ -83,9 +82,7 @@ class ObjectAwareBackground:
             requires_safety_checker=False,
             **diffusers_dtype(torch.float32 if dtype is None else dtype),
         )
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = ready_pipeline(pipe, UniPCMultistepScheduler, device)
         return cls(pipe, model_ids={"background_model": str(model)}, **options)
 
     def __call__(
@@ -99,9 +96,7 @@ class ObjectAwareBackground:
         import torch
         from PIL import Image
 
-        n = len(foregrounds)
-        if not (len(masks) == len(prompts) == len(seeds) == n) or n == 0:
-            raise InputError(f"background batch needs equal non-zero lengths, got {n}, {len(masks)}, {len(prompts)}")
+        n = check_batch("background", foregrounds, masks, prompts, seeds)
         r = self.resolution
         # white = generate; the same inverted mask conditions the ControlNet
         holes = [Image.fromarray((~resize_mask(m, r)).astype(np.uint8) * 255) for m in masks]
@@ -119,8 +114,4 @@ class ObjectAwareBackground:
             generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
             output_type="np",
         ).images  # [n, r, r, 3] float in [0, 1]
-        results = []
-        for img, fg, m in zip(out, foregrounds, masks):
-            bg = resize_image(np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8), fg.shape[0])
-            results.append(composite(fg, bg, m))
-        return results
+        return [composite(fg, unit_to_uint8(img, fg.shape[0]), m) for img, fg, m in zip(out, foregrounds, masks)]

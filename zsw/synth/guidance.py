@@ -22,6 +22,8 @@ __all__ = [
     "composite",
     "resize_image",
     "resize_mask",
+    "unit_to_uint8",
+    "check_batch",
 ]
 
 
@@ -136,6 +138,19 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:  # [H, W, 3] uint8
     up = size > max(image.shape[:2])
     method = Image.Resampling.BICUBIC if up else Image.Resampling.LANCZOS
     return np.asarray(Image.fromarray(image).resize((size, size), method)).copy()
+
+
+def unit_to_uint8(image: np.ndarray, size: int) -> np.ndarray:  # [r, r, 3] float in [0, 1] -> [size, size, 3] uint8
+    """A diffusers ``output_type="np"`` image back to 8 bits at ``size``."""
+    return resize_image(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8), size)
+
+
+def check_batch(what: str, *columns) -> int:
+    """The common length of a batch's columns; unequal or zero lengths are an InputError."""
+    lengths = [len(c) for c in columns]
+    if len(set(lengths)) != 1 or lengths[0] == 0:
+        raise InputError(f"{what} batch needs equal non-zero lengths, got {', '.join(map(str, lengths))}")
+    return lengths[0]
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:  # [H, W] bool -> [size, size] bool

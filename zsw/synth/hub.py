@@ -26,6 +26,7 @@ __all__ = [
     "looks_local",
     "offline",
     "load_pretrained",
+    "ready_pipeline",
 ]
 
 T = TypeVar("T")
@@ -67,6 +68,15 @@ def diffusers_dtype(dtype: Any) -> dict[str, Any]:
 
     key = "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
     return {key: dtype}
+
+
+def ready_pipeline(pipe: Any, scheduler_cls: Any, device: str) -> Any:
+    """A loaded diffusers pipeline with ``scheduler_cls`` (built from its own scheduler config), on
+    ``device``, with its per-call progress bar off (zsw shows one bar for the whole run)."""
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def looks_local(source: str | os.PathLike) -> bool:
