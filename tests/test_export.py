@@ -223,22 +223,16 @@ def test_zsw_reconstruct_with_onnxruntime_gives_the_torch_mesh(onnx_dir, tiny_ch
     assert chamfer_fscore(points["onnxruntime"], points["torch"])["fscore@0.01"] >= 0.99
 
 
-def _demo_weights():
-    from zsw.infer.reconstruct import demo_weights
-
-    return demo_weights()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_demo_weights() is None, reason="the packaged demo model (zsw/assets/demo/) is not installed")
 def test_demo_model_exports_and_runs_on_onnxruntime(tmp_path):
     """The packaged demo model, through the TorchScript exporter (the fallback; the dynamo exporter
     is covered on the tiny model above)."""
     from zsw import checkpoint
     from zsw.export.onnx import export_onnx
     from zsw.infer.backend import load_backend, predict
+    from zsw.infer.reconstruct import demo_weights
 
-    model = checkpoint.load(_demo_weights())
+    model = checkpoint.load(demo_weights())  # shipped in the package (tests/test_packaging.py)
     manifest = export_onnx(model, tmp_path / "demo", exporter="torchscript", points_chunk=4096)
     for graph in manifest.data["graphs"].values():
         v = graph["validation"]
