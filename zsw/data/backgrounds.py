@@ -2,7 +2,9 @@
 
 ZeroShape's training renders (and zsw's procedural renders) show the object over white. ZeroShape-W
 trains on objects in context, so images without a background get one on the fly: a solid colour,
-a two-colour gradient, fractal value noise, or a random crop of a photo from a folder.
+a two-colour gradient, fractal value noise, a random crop of one of the photos that ship with
+scikit-image (``photo``: street, space, cat, coffee, astronaut, textures; offline, no folder
+needed), or a random crop of a photo from a folder.
 
 Example::
 
@@ -26,7 +28,7 @@ __all__ = ["Backgrounds", "composite", "is_plain_white", "BACKGROUND_KINDS", "IM
 log = logging.getLogger(__name__)
 
 #: kinds :class:`Backgrounds` can draw ("image" needs a folder)
-BACKGROUND_KINDS = ("solid", "gradient", "noise", "image")
+BACKGROUND_KINDS = ("solid", "gradient", "noise", "photo", "image")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -63,6 +65,7 @@ class Backgrounds:
             raise ConfigError("background kind 'image' needs a folder of images")
         self.kinds = kinds
         self.skipped = 0  # unreadable background images met so far
+        self._photos: list[np.ndarray] | None = None  # scikit-image's sample photos, loaded once
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:  # [size, size, 3] uint8
         kind = self.kinds[int(rng.integers(len(self.kinds)))]
@@ -101,6 +104,23 @@ class Backgrounds:
         ramp = np.where(s < 0.5, c0 + (c1 - c0) * (2 * s), c1 + (c2 - c1) * (2 * s - 1))
         ramp += rng.normal(0, rng.uniform(0, 6), size=ramp.shape)
         return np.clip(ramp, 0, 255).round().astype(np.uint8)
+
+    def _photo(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """A random crop (30-100 % of the short side, mirrored half the time, colours jittered)
+        of one of scikit-image's bundled sample photos."""
+        from PIL import Image
+
+        if self._photos is None:
+            self._photos = sample_photos()
+        photo = self._photos[int(rng.integers(len(self._photos)))]
+        h, w = photo.shape[:2]
+        side = int(min(w, h) * rng.uniform(0.3, 1.0))
+        x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        crop = Image.fromarray(photo[y0 : y0 + side, x0 : x0 + side]).resize((size, size), Image.Resampling.BILINEAR)
+        out = np.asarray(crop).astype(np.float32)
+        out = out * rng.uniform(0.7, 1.3, size=3) + rng.uniform(-30, 30)  # per-channel gain, offset
+        out = np.clip(out, 0, 255).round().astype(np.uint8)
+        return out[:, ::-1].copy() if rng.random() < 0.5 else out
 
     def _image(self, rng: np.random.Generator, size: int) -> np.ndarray | None:
         from PIL import Image, UnidentifiedImageError
@@ -148,3 +168,29 @@ def is_plain_white(image: np.ndarray, mask: np.ndarray, tol: float = 3.0) -> boo
     if outside.sum() < 16:
         return False
     return float(255.0 - image[outside].astype(np.float32).mean()) < tol
+
+
+#: scikit-image's bundled sample images that are photographs or photographic textures
+_SKIMAGE_PHOTOS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
+    "hubble_deep_field.jpg", "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "coins.png",
+    "horse.png", "page.png", "text.png",
+)  # fmt: skip
+
+
+def sample_photos() -> list[np.ndarray]:
+    """scikit-image's bundled sample photos as ``[H, W, 3]`` uint8 arrays (grey ones replicated)."""
+    from PIL import Image
+    from skimage import data
+
+    folder = Path(data.__file__).parent
+    out = []
+    for name in _SKIMAGE_PHOTOS:
+        path = folder / name
+        if not path.is_file():
+            continue
+        with Image.open(path) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    if not out:
+        raise ConfigError(f"background kind 'photo' found none of scikit-image's sample photos in {folder}")
+    return out

@@ -20,9 +20,11 @@ from zsw.errors import ConfigError
 
 __all__ = ["LossConfig", "OptimConfig", "DataConfig", "TrainConfig", "STAGES", "STAGE_EPOCHS"]
 
-STAGES = ("pixel", "full")
+#: ``pixel`` (paper's stage 1), ``shape`` (encoder + decoder on ground-truth visible surfaces,
+#: no pixel model in the loop), ``full`` (paper's stage 2: everything)
+STAGES = ("pixel", "shape", "full")
 #: paper: 10 epochs of stage 1, 15 of stage 2
-STAGE_EPOCHS = {"pixel": 10, "full": 15}
+STAGE_EPOCHS = {"pixel": 10, "shape": 15, "full": 15}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,40 @@ class OptimConfig:
     weight_decay: float = 0.05
     # clip the global gradient norm (None = no clipping, as the paper)
     grad_clip: float | None = None
+    # learning-rate schedule over the run: "constant" (the paper) or "cosine" (to 1 % at the last
+    # step), either after a linear warm-up of ``warmup_steps``
+    schedule: str = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        import math
+
+        for name in ("lr", "lr_pretrained", "weight_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"optim.{name} must be a finite number >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr!r}")
+        if not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ConfigError(f"optim.grad_clip must be a finite number > 0 or null, got {self.grad_clip!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the base learning rates at optimiser step ``step`` of ``total``."""
+        import math
+
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        span = max(total - self.warmup_steps - 1, 1)
+        t = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
 
 
 @dataclass(frozen=True)
@@ -59,13 +95,21 @@ class DataConfig:
     # query points per sample and the occupancy offset (label: sdf - offset < 0)
     points: int = 4096
     sdf_offset: float = 0.003
+    # None: query points drawn uniformly from the SDF samples (ZeroShape); a number: this fraction
+    # from samples farther than near_band x the object's extent from the surface (see ShapeDataset)
+    far_fraction: float | None = None
+    near_band: float = 0.02
     # DataLoader worker processes per rank
     workers: int = 4
     # "object": the category-agnostic default prompt; "category": the sample's category name
     # (needs CLIP weights for names other than the default)
     prompts: str = "object"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # validation: split name and number of views evaluated at the end of each epoch
+    # validation: split name and number of views evaluated at the end of each epoch, and the
+    # datasets they come from (empty: the training roots; e.g. a set with baked backgrounds and
+    # occluders, made with `zsw synthesize procedural --bake val`, to choose the best weights on
+    # in-the-wild images)
+    val_roots: tuple[str, ...] = ()
     val_split: str = "val"
     val_samples: int = 16
 
@@ -89,8 +133,16 @@ class TrainConfig:
     # lift the predicted depth with the GT visible and occluder masks for the encoder (as ZeroShape
     # lifts with the GT mask); False feeds the predicted masks
     teacher_masks: bool = True
+    # stage full: probability that a sample's encoder input is lifted from the *ground-truth* depth
+    # and K instead of the predicted ones, going linearly from the first value (step 0) to the
+    # second (last step). (1, 0) starts the decoder on true shapes and hands it over to the pixel
+    # model's; (0, 0) is the paper's recipe. Stage shape always lifts the ground truth.
+    teacher_surface: tuple[float, float] = (0.0, 0.0)
     # a zsw checkpoint to start from (e.g. the last stage's, or a converted ZeroShape one)
     init: str | None = None
+    # take the pixel model's weights from this checkpoint instead (e.g. a stage pixel run), so that
+    # a stage pixel run and a stage shape run trained side by side start stage full together
+    init_pixel: str | None = None
     # without init: ImageNet weights (timm) for the ViT and ResNet and CLIP for the default prompt
     # (needs network access or a filled Hugging Face cache)
     pretrained: bool = False
@@ -104,6 +156,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     # validation at the end of every epoch; grid resolution of the validation meshes
     validate: bool = True
+    # validate every this many optimiser steps instead of at the end of every epoch (None)
+    val_every: int | None = None
     val_resolution: int = 32
     # points sampled on each validation mesh and GT cloud (ZeroShape's protocol: 10000)
     val_points: int = 10000
@@ -122,8 +176,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.val_every is not None and self.val_every < 1:
+            raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if len(self.teacher_surface) != 2 or not all(0.0 <= p <= 1.0 for p in self.teacher_surface):
+            raise ConfigError(f"teacher_surface must be two probabilities in [0, 1], got {list(self.teacher_surface)}")
         if self.data.prompts not in ("object", "category"):
             raise ConfigError(f"data.prompts must be object or category, got {self.data.prompts!r}")
         if self.device not in ("auto", "cpu", "cuda"):

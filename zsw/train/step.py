@@ -2,10 +2,14 @@
 
 Stage ``pixel`` (stage 1) runs only the pixel model (depth, intrinsics, visible and occluder masks)
 and trains it with the depth, auxiliary-depth, intrinsics and mask losses; the encoder and decoder
-are frozen. Stage ``full`` (stage 2) runs the whole model: the predicted depth and intrinsics are
-lifted to the visible surface (on the GT masks with ``teacher_masks``, else the predicted ones),
-encoded into tokens, and the query points -- moved to the camera with the GT pose and normalised
-with the GT visible surface -- are decoded against them; every loss is on.
+are frozen. Stage ``shape`` trains the encoder and decoder alone on the *ground-truth* visible
+surface (GT depth, K and masks; the pixel model is not run): the upper bound of shape learning and
+a stage that can run beside ``pixel``. Stage ``full`` (stage 2) runs the whole model: the predicted
+depth and intrinsics are lifted to the visible surface (on the GT masks with ``teacher_masks``,
+else the predicted ones) -- or, per sample with probability ``teacher_p`` (the
+``teacher_surface`` schedule), the ground-truth depth and K -- encoded into tokens, and the query
+points -- moved to the camera with the GT pose and normalised with the GT visible surface -- are
+decoded against them; every loss is on.
 
 :class:`TrainStep` is the module DistributedDataParallel wraps, so one ``forward`` is one
 micro-batch's losses.
@@ -17,6 +21,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from zsw.model.pixel import PixelOutput
+from zsw.model.zeroshape_w import ModelOutput, SurfacePrediction, lift_surface
 from zsw.train import losses as L
 from zsw.train.config import OptimConfig, TrainConfig
 
@@ -32,9 +38,10 @@ __all__ = [
 
 
 def set_trainable(model: nn.Module, stage: str) -> None:
-    """Stage ``pixel`` trains ``model.pixel`` only; stage ``full`` trains everything."""
+    """Stage ``pixel`` trains ``model.pixel`` only, ``shape`` everything else, ``full`` everything."""
     for name, p in model.named_parameters():
-        p.requires_grad_(stage == "full" or name.startswith("pixel."))
+        in_pixel = name.startswith("pixel.")
+        p.requires_grad_(stage == "full" or (in_pixel if stage == "pixel" else not in_pixel))
 
 
 def synthetic_batch(batch: int, size: int, points: int, device: torch.device | str = "cpu", seed: int = 0) -> dict:
@@ -125,11 +132,41 @@ class TrainStep(nn.Module):
         self.model = model
         self.cfg = cfg
         self.has_masks = bool(model.config.pixel.mask_heads)
+        # probability of a ground-truth surface for the encoder (stage full); the trainer sets it
+        # from cfg.teacher_surface before every step
+        self.teacher_p = float(cfg.teacher_surface[0])
+
+    def set_progress(self, fraction: float) -> None:
+        """Move the ``teacher_surface`` schedule to ``fraction`` (0 = first step, 1 = last)."""
+        start, end = self.cfg.teacher_surface
+        self.teacher_p = start + (end - start) * min(max(fraction, 0.0), 1.0)
 
     def _prompts(self, batch: dict) -> list[str] | None:
         if self.cfg.data.prompts == "category" and "category" in batch:
             return list(batch["category"])
         return None
+
+    def _lift(self, batch: dict[str, Tensor], pix: PixelOutput, teacher: Tensor | None, text) -> ModelOutput:
+        """Encode the visible surface: lifted from ``pix`` (predicted depth and K), except for the
+        samples where ``teacher`` [B] is True, which take the ground-truth depth and K."""
+        model = self.model
+        if teacher is not None and bool(teacher.any()):
+            t = teacher.to(pix.depth.dtype)
+            depth = t[:, None, None, None] * batch["depth"].to(pix.depth.dtype) + (1 - t[:, None, None, None]) * pix.depth
+            K = torch.where(teacher[:, None, None], batch["intrinsics"].to(pix.intrinsics.dtype), pix.intrinsics)
+            pix = PixelOutput(depth, K, pix.visible_mask_logits, pix.occluder_mask_logits)
+        image = batch["image"]
+        vis, occ = batch["visible_mask"] > 0.5, batch["occluder_mask"] > 0.5
+        gt_masks = self.cfg.teacher_masks or not self.has_masks or self.cfg.stage == "shape"
+        if not gt_masks:  # the predicted masks, except for teacher samples (ground truth throughout)
+            t = teacher[:, None, None, None] if teacher is not None else torch.zeros_like(vis[:, :1, :1, :1])
+            vis = torch.where(t, vis, pix.visible_mask_logits >= 0)
+            occ = torch.where(t, occ, pix.occluder_mask_logits >= 0)
+        mask = vis.to(image.dtype)
+        occluder = occ.to(image.dtype) if self.has_masks else None
+        lifted = lift_surface(pix, model.config, mask, occluder)
+        tokens = model.encoder(lifted.encoder_input)
+        return ModelOutput(**SurfacePrediction.fields(pix, lifted), tokens=tokens, text=text)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg, w = self.cfg, self.cfg.loss
@@ -138,39 +175,39 @@ class TrainStep(nn.Module):
         visible = batch["visible_mask"] > 0.5  # [B, 1, S, S]
         occluder = batch["occluder_mask"]
         B = image.shape[0]
-        teacher = cfg.teacher_masks or not self.has_masks
-        if cfg.stage == "pixel":
-            text = model.embed_prompts(self._prompts(batch), B)
+        text = model.embed_prompts(self._prompts(batch), B)
+        terms: dict[str, Tensor] = {}
+        gt_points, gt_center, gt_scale = L.visible_frame(batch["depth"], batch["intrinsics"], visible)
+        out = None
+        if cfg.stage == "shape":  # ground-truth surface: the pixel model is not run
+            gt = PixelOutput(batch["depth"].to(image.dtype), batch["intrinsics"].to(image.dtype), None, None)
+            out = self._lift(batch, gt, None, text)
+        else:
             pix = model.pixel(image, text)
             depth, K = pix.depth, pix.intrinsics
             vis_logits, occ_logits = pix.visible_mask_logits, pix.occluder_mask_logits
-            out = None
-        else:
-            out = model(
-                image,
-                prompt=self._prompts(batch),
-                mask=visible.to(image.dtype) if teacher else None,
-                occluder_mask=occluder.to(image.dtype) if teacher and self.has_masks else None,
-            )
-            depth, K = out.depth, out.intrinsics
-            vis_logits, occ_logits = out.visible_mask_logits, out.occluder_mask_logits
-
-        terms: dict[str, Tensor] = {}
-        gt_points, gt_center, gt_scale = L.visible_frame(batch["depth"], batch["intrinsics"], visible)
-        pred_points, _, _ = L.visible_frame(depth, K, visible)
-        flat_mask = visible.reshape(B, -1)
-        terms["intrinsics"] = L.intrinsics_loss(pred_points, gt_points, flat_mask)
-        terms["depth"] = L.depth_loss(depth, batch["depth"], visible, w.depth_gradient)
-        pseudo_valid = batch["pseudo_valid"] > 0.5
-        terms["aux_depth"] = L.aux_depth_loss(depth, batch["pseudo_depth"], pseudo_valid, w.aux_depth_eps)
-        if self.has_masks:
-            terms["visible_mask"] = L.mask_bce(vis_logits, batch["visible_mask"])
-            terms["occluder_mask"] = L.mask_bce(occ_logits, occluder)
+            if cfg.stage == "full":
+                teacher = None
+                if self.teacher_p > 0:
+                    teacher = torch.rand(B, device=image.device) < self.teacher_p
+                out = self._lift(batch, pix, teacher, text)
+            pred_points, _, _ = L.visible_frame(depth, K, visible)
+            flat_mask = visible.reshape(B, -1)
+            terms["intrinsics"] = L.intrinsics_loss(pred_points, gt_points, flat_mask)
+            terms["depth"] = L.depth_loss(depth, batch["depth"], visible, w.depth_gradient)
+            pseudo_valid = batch["pseudo_valid"] > 0.5
+            terms["aux_depth"] = L.aux_depth_loss(depth, batch["pseudo_depth"], pseudo_valid, w.aux_depth_eps)
+            if self.has_masks:
+                terms["visible_mask"] = L.mask_bce(vis_logits, batch["visible_mask"])
+                terms["occluder_mask"] = L.mask_bce(occ_logits, occluder)
         if out is not None:
             queries = L.query_points(batch["points"], batch["extrinsics"], gt_center, gt_scale)
             logits = model.decode(out, queries.to(out.tokens.dtype))
             terms["occupancy"] = L.occupancy_bce(logits, batch["occupancy"])
             terms["occupancy_acc"] = ((logits.detach() > 0).float() == batch["occupancy"]).float().mean()
+            pred, gt_occ = logits.detach() > 0, batch["occupancy"] > 0.5
+            union = (pred | gt_occ).sum()
+            terms["occupancy_iou"] = (pred & gt_occ).sum() / union.clamp(min=1)
         weights = {
             "intrinsics": w.intrinsics,
             "depth": w.depth,
@@ -181,8 +218,8 @@ class TrainStep(nn.Module):
         }
         total = sum(weights[k] * v for k, v in terms.items() if k in weights)
         result = {"total": total, **terms}
-        result["pred_depth"] = depth.detach()
-        if vis_logits is not None:
+        result["pred_depth"] = (out.depth if out is not None else depth).detach()
+        if cfg.stage != "shape" and vis_logits is not None:
             result["pred_visible"] = vis_logits.detach()
             result["pred_occluder"] = occ_logits.detach()
         return result

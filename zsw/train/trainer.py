@@ -69,12 +69,15 @@ RESUME_FREE_KEYS = (
     "checkpoint_every",
     "keep_checkpoints",
     "validate",
+    "val_every",
     "val_resolution",
     "nan_patience",
     "device",
     "data.workers",
     "data.val_samples",
+    "data.val_roots",
     "init",
+    "init_pixel",
 )
 
 
@@ -228,23 +231,37 @@ class Trainer:
             raise CheckpointError(f"{latest} is unreadable ({e}); delete it to restart the run") from None
 
     def _build_model(self):
-        from zsw import checkpoint
         from zsw.model import build_model
 
         cfg = self.cfg
         model = build_model(cfg.model, pretrained=cfg.pretrained and cfg.init is None)
         if cfg.init is not None:
-            tensors, mcfg, _ = checkpoint.read(cfg.init)
-            if to_dict(mcfg) != to_dict(model.config):
-                raise CheckpointError(
-                    f"--init {cfg.init} holds a {mcfg.name!r} model whose config differs from the {cfg.model!r} "
-                    "being trained; pass its preset or model YAML"
-                )
-            try:
-                model.load_state_dict(tensors, strict=True)
-            except RuntimeError as e:
-                raise CheckpointError(f"--init {cfg.init} does not fit the model: {str(e).splitlines()[0]}") from None
+            model.load_state_dict(self._read_init(cfg.init, "--init", model), strict=True)
+        if cfg.init_pixel is not None:  # the pixel model from another run (e.g. stage pixel's)
+            tensors = self._read_init(cfg.init_pixel, "init_pixel", model)
+            pixel = {k: v for k, v in tensors.items() if k.startswith("pixel.")}
+            missing = [k for k in model.state_dict() if k.startswith("pixel.") and k not in pixel]
+            if missing:
+                raise CheckpointError(f"init_pixel {cfg.init_pixel} lacks pixel-model tensors (e.g. {missing[0]})")
+            model.load_state_dict(pixel, strict=False)
         return model
+
+    def _read_init(self, path: str, what: str, model) -> dict:
+        from zsw import checkpoint
+
+        tensors, mcfg, _ = checkpoint.read(path)
+        if to_dict(mcfg) != to_dict(model.config):
+            raise CheckpointError(
+                f"{what} {path} holds a {mcfg.name!r} model whose config differs from the {self.cfg.model!r} "
+                "being trained; pass its preset or model YAML"
+            )
+        own = model.state_dict()
+        bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+        unknown = [k for k in tensors if k not in own]
+        if bad or unknown or any(k not in tensors for k in own):
+            first = (bad or unknown or [k for k in own if k not in tensors])[0]
+            raise CheckpointError(f"{what} {path} does not fit the model (first mismatch: {first})")
+        return tensors
 
     def _datasets(self, image_size: int):
         from zsw.data.dataset import ShapeDataset
@@ -260,13 +277,15 @@ class Trainer:
             seed=cfg.seed,
             size=image_size,
             sdf_offset=cfg.data.sdf_offset,
-            with_shape=cfg.stage == "full",
+            with_shape=cfg.stage in ("shape", "full"),
+            far_fraction=cfg.data.far_fraction,
+            near_band=cfg.data.near_band,
         )
         val = None
         if cfg.validate:
             try:
                 val = ShapeDataset(
-                    list(cfg.data.roots), cfg.data.val_split, size=image_size, seed=cfg.seed, with_shape=False
+                    list(cfg.data.val_roots or cfg.data.roots), cfg.data.val_split, size=image_size, seed=cfg.seed, with_shape=False
                 )
             except ConfigError:
                 self.echo(f"no {cfg.data.val_split} lists in the data: validation is off")
@@ -398,6 +417,8 @@ class Trainer:
             self.echo(f"frozen {len(unused)} parameter tensors that stage {cfg.stage} never uses (e.g. {unused[0]})")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.stage, cfg.optim), betas=cfg.optim.betas)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         if dist.distributed:
             ids = [device.index] if device.type == "cuda" else None
@@ -437,6 +458,11 @@ class Trainer:
         the last micro-batch with its result (for image logging)."""
         cfg, dist, st = self.cfg, self.dist, self.state
         torch.manual_seed(_step_seed(cfg.seed, dist.rank, st.step))
+        step_module = self.runner.module if dist.distributed else self.runner
+        step_module.set_progress(st.step / max(self.total_steps - 1, 1))
+        factor = cfg.optim.lr_factor(st.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
         finite = True
         terms: dict[str, float] = {}
         for a in range(cfg.grad_accum):
@@ -502,16 +528,14 @@ class Trainer:
                     writer.add_scalar(k if "/" in k else f"train/{k}", v, st.step)
         return terms
 
-    def _end_epoch(self) -> dict[str, float]:
-        """Validate (rank 0), move to the next epoch, checkpoint, keep the best weights."""
+    def _validate_and_keep_best(self) -> dict[str, float]:
+        """Validate (rank 0) and save ``best.safetensors`` when the metric improved."""
         st = self.state
         validation: dict[str, float] = {}
         if self.val_ds is not None:
             if self.dist.is_main:
                 validation = self._validate(self.model, self.val_ds, st.step, st.epoch)
             barrier()
-        st.epoch += 1
-        st.consumed = 0
         if self.dist.is_main and validation:
             metric = validation.get("val/cd", validation.get("val/depth_ssi_mae", math.inf))
             if metric < st.best:
@@ -520,6 +544,14 @@ class Trainer:
                 st.best = metric
                 checkpoint.save(self.model, self.out / "best.safetensors", extra={"step": st.step, **validation})
         st.best = all_gather_object(st.best)[0]
+        return validation
+
+    def _end_epoch(self) -> dict[str, float]:
+        """Validate, keep the best weights, move to the next epoch, checkpoint."""
+        st = self.state
+        validation = {} if self.cfg.val_every else self._validate_and_keep_best()
+        st.epoch += 1
+        st.consumed = 0
         self._save(st.as_dict(self.dist.world_size, self.cfg))
         self.last_saved = st.step
         return validation
@@ -573,6 +605,8 @@ class Trainer:
                         progress.update(task, completed=st.step)
                         if self.dist.is_main and (st.step % cfg.image_every == 0 or st.step == 1):
                             self._images(batch, result, st.step)
+                        if cfg.val_every and (st.step % cfg.val_every == 0 or done):
+                            validation = self._validate_and_keep_best() or validation
                         if st.step % cfg.checkpoint_every == 0 or done:
                             self._save(st.as_dict(self.dist.world_size, cfg))
                             self.last_saved = st.step

@@ -20,6 +20,19 @@ from zsw.train import losses as L
 __all__ = ["validate"]
 
 
+def _ground_truth_surface(model: torch.nn.Module, batch: dict):
+    """The model's encoding of the ground-truth visible surface (depth, K, masks)."""
+    from zsw.model.pixel import PixelOutput
+    from zsw.model.zeroshape_w import ModelOutput, SurfacePrediction, lift_surface
+
+    image = batch["image"]
+    gt = PixelOutput(batch["depth"].to(image.dtype), batch["intrinsics"].to(image.dtype), None, None)
+    occluder = batch["occluder_mask"].to(image.dtype) if model.config.pixel.mask_heads else None
+    lifted = lift_surface(gt, model.config, batch["visible_mask"].to(image.dtype), occluder)
+    text = model.embed_prompts(None, image.shape[0])
+    return ModelOutput(**SurfacePrediction.fields(gt, lifted), tokens=model.encoder(lifted.encoder_input), text=text)
+
+
 @torch.no_grad()
 def validate(
     model: torch.nn.Module,
@@ -51,6 +64,9 @@ def validate(
             if stage == "pixel":
                 pix = model.pixel(image, model.embed_prompts(None, B))
                 depth, K, vis_logits = pix.depth, pix.intrinsics, pix.visible_mask_logits
+            elif stage == "shape":  # the ground-truth visible surface, as this stage trains
+                out = _ground_truth_surface(model, batch)
+                depth, K, vis_logits = out.depth, out.intrinsics, None
             else:
                 out = model(image, mask=None if has_masks else visible.to(image.dtype))
                 depth, K, vis_logits = out.depth, out.intrinsics, out.visible_mask_logits
@@ -67,7 +83,7 @@ def validate(
                     p, g = vis_logits[b] >= 0, visible[b]
                     union = (p | g).sum().item()
                     per["val/visible_iou"].append((p & g).sum().item() / union if union else 1.0)
-            if stage == "full":
+            if stage in ("shape", "full"):
                 latents = model.latents(out)
 
                 def decode(pts: torch.Tensor, latents=latents) -> torch.Tensor:  # [B, N, 3] -> [B, N]

@@ -1,0 +1,154 @@
+"""The shape-learning recipe's training options: stage ``shape`` (ground-truth surfaces, no pixel
+model), the ``teacher_surface`` schedule, far/near query-point sampling, the cosine learning-rate
+schedule, ``init_pixel`` and step-wise validation. Each test fails when its option is ignored."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zsw.data.dataset import AugmentConfig, ShapeDataset
+from zsw.errors import CheckpointError, ConfigError
+from zsw.train.config import DataConfig, OptimConfig, TrainConfig
+from zsw.train.step import TrainStep, set_trainable, synthetic_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+NO_AUGMENT = AugmentConfig(occluders=(0, 0), backgrounds="never")
+
+
+def _cfg(tiny64, **kw) -> TrainConfig:
+    data = DataConfig(roots=(str(tiny64[0]),), workers=0, points=256, val_samples=2, augment=NO_AUGMENT)
+    base = dict(model=str(tiny64[1]), stage="full", batch_size=2, validate=False, log_every=1, data=data)
+    return TrainConfig(**{**base, **kw})
+
+
+def _encoder_inputs(model) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    model.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    return seen
+
+
+def _distorted_batch(size: int = 64) -> dict:
+    """A synthetic batch whose GT surface differs from anything an untrained pixel model predicts."""
+    batch = synthetic_batch(2, size, 32)
+    batch["depth"] = batch["depth"] * (1 + torch.linspace(0, 1, size)[None, None, :, None])  # a tilted disc
+    return batch
+
+
+def test_stage_shape_trains_the_shape_path_on_ground_truth_without_the_pixel_model(tiny64):
+    from zsw.model import build_model
+    from zsw.train import losses as L
+
+    model = build_model(str(tiny64[1]))
+    set_trainable(model, "shape")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("pixel.") for n in trainable)
+    assert any(n.startswith("decoder.") for n in trainable) and any(n.startswith("encoder.") for n in trainable)
+
+    def refuse(*_args):
+        raise AssertionError("stage shape must not run the pixel model")
+
+    model.pixel.forward = refuse
+    seen = _encoder_inputs(model)
+    batch = _distorted_batch()
+    result = TrainStep(model, _cfg(tiny64, stage="shape"))(batch)
+    assert set(k for k in result if not k.startswith("pred_")) >= {"total", "occupancy", "occupancy_iou"}
+    assert "depth" not in result and float(result["total"].detach()) == pytest.approx(float(result["occupancy"].detach()))
+    gt, _, _ = L.visible_frame(batch["depth"], batch["intrinsics"], batch["visible_mask"] > 0.5)
+    lifted = seen[0][:, :3].flatten(2).transpose(1, 2)  # [B, S*S, 3]
+    torch.testing.assert_close(lifted, gt)
+
+
+def test_teacher_surface_schedule_picks_ground_truth_or_predicted_surfaces(tiny64):
+    from zsw.model import build_model
+    from zsw.train import losses as L
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny64[1])).eval()
+    batch = _distorted_batch()
+    gt, _, _ = L.visible_frame(batch["depth"], batch["intrinsics"], batch["visible_mask"] > 0.5)
+    seen = _encoder_inputs(model)
+    step = TrainStep(model, _cfg(tiny64, teacher_surface=(1.0, 0.0)))
+    assert step.teacher_p == 1.0
+    step(batch)  # step 0: every sample lifted from the ground truth
+    torch.testing.assert_close(seen[-1][:, :3].flatten(2).transpose(1, 2), gt)
+    step.set_progress(1.0)  # the last step: predicted depth and K
+    assert step.teacher_p == 0.0
+    step(batch)
+    assert (seen[-1][:, :3].flatten(2).transpose(1, 2) - gt).abs().max() > 1e-2
+    step.set_progress(0.25)
+    assert step.teacher_p == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="teacher_surface"):
+        TrainConfig(teacher_surface=(1.5, 0.0))
+
+
+def test_far_fraction_draws_that_share_of_points_away_from_the_surface(tiny64):
+    def far_share(ds) -> float:
+        shares = []
+        for i in range(len(ds)):
+            sdf = ds[i]["sdf"].numpy()
+            layout, sid = ds.sample_id(i)
+            pts, _ = layout.read_gt_sdf(sid)
+            extent = float((pts.max(0) - pts.min(0)).max())
+            shares.append(float((np.abs(sdf) >= 0.02 * extent).mean()))
+        return float(np.mean(shares))
+
+    plain = ShapeDataset(tiny64[0], "train", points=400, size=64)
+    far = ShapeDataset(tiny64[0], "train", points=400, size=64, far_fraction=0.6, near_band=0.02)
+    assert far_share(far) == pytest.approx(0.6, abs=1e-6)
+    assert abs(far_share(plain) - 0.6) > 0.1  # the files hold mostly near-surface samples
+    with pytest.raises(ConfigError, match="far_fraction"):
+        ShapeDataset(tiny64[0], "train", far_fraction=1.5)
+
+
+def test_cosine_schedule_with_warmup():
+    opt = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=4)
+    factors = [opt.lr_factor(s, 100) for s in range(100)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[-1] == pytest.approx(0.01)
+    assert OptimConfig().lr_factor(50, 100) == 1.0
+    for bad in (dict(lr=float("nan")), dict(lr=-1e-3), dict(schedule="step"), dict(weight_decay=float("inf"))):
+        with pytest.raises(ConfigError):
+            OptimConfig(**bad)
+
+
+def test_trainer_follows_the_schedule_and_validates_every_n_steps(tiny64, tmp_path):
+    from zsw.train.trainer import train
+
+    cfg = _cfg(
+        tiny64, stage="shape", max_steps=4, validate=True, val_every=2, val_resolution=8, val_points=300,
+        optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=1),
+    )  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "loss/total" in r]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5) and lrs == sorted(lrs, reverse=True)
+    validations = [r for r in rows if r.get("event") == "validation"]
+    assert [r["step"] for r in validations] == [2, 4] and all("val/cd" in r for r in validations)
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_path):
+    from zsw import checkpoint
+    from zsw.model import build_model
+    from zsw.train.trainer import Trainer
+
+    torch.manual_seed(1)
+    a = build_model(str(tiny64[1]))
+    torch.manual_seed(2)
+    b = build_model(str(tiny64[1]))
+    checkpoint.save(a, tmp_path / "a.safetensors")
+    checkpoint.save(b, tmp_path / "b.safetensors")
+    cfg = _cfg(tiny64, init=str(tmp_path / "a.safetensors"), init_pixel=str(tmp_path / "b.safetensors"))
+    model = Trainer(cfg, tmp_path / "run")._build_model()
+    for name, value in model.state_dict().items():
+        source = b if name.startswith("pixel.") else a
+        torch.testing.assert_close(value, source.state_dict()[name], msg=name)
+    other = build_model("tiny")
+    checkpoint.save(other, tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match="init_pixel"):
+        Trainer(_cfg(tiny64, init_pixel=str(tmp_path / "c.safetensors")), tmp_path / "r2")._build_model()
