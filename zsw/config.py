@@ -10,6 +10,8 @@ Model presets:
 
 * ``zeroshape-w`` -- the paper's model (~193.7M parameters without the frozen CLIP text tower);
 * ``zeroshape``   -- the original ZeroShape architecture, so official checkpoints load exactly;
+* ``small``       -- between the two (~10M parameters): the same structure at a quarter to a
+  half of the widths, for CPU training runs of a few hours and small GPUs;
 * ``tiny``        -- the same structure with small widths, fast on a CPU (tests, demo model).
 
 Example::
@@ -119,6 +121,17 @@ class DecoderConfig:
     point_embed: str = "mlp"
     # width of the xyz part of the query when point_embed == "mlp"; the text part is the rest
     point_embed_dim: int = 128
+    # 0: the query embedding sees raw xyz (ZeroShape, ZeroShape-W). F > 0: it sees xyz and
+    # sin/cos(2^k * pi * xyz) for k < F (NeRF-style frequencies), which lets a small decoder
+    # learn corners, holes and thin parts in far fewer steps than raw coordinates allow
+    point_frequencies: int = 0
+    # False: a query knows the image only through cross-attention to the tokens (ZeroShape,
+    # ZeroShape-W). True: each query point is also projected into the image with the predicted K
+    # and the visible surface map (normalised xyz, visible and occluder masks) is sampled at its
+    # pixel, so the query sees where the visible surface lies on its ray (in front of it = empty,
+    # behind it = maybe inside): pixel-aligned conditioning as in PIFu, which a small decoder learns
+    # from in a few thousand steps where the token-only decoder learns a mean blob
+    pixel_aligned: bool = False
     # occupancy MLP: hidden layers, their width, skip connections and Softplus sharpness
     occ_layers: int = 8
     occ_width: int = 256
@@ -164,6 +177,8 @@ class ModelConfig:
             raise ConfigError(f"decoder.point_embed must be 'linear' or 'mlp', got {self.decoder.point_embed!r}")
         if self.decoder.point_embed == "mlp" and not 0 < self.decoder.point_embed_dim < self.decoder.width:
             raise ConfigError("decoder.point_embed_dim must be between 0 and decoder.width")
+        if not 0 <= self.decoder.point_frequencies <= 12:
+            raise ConfigError(f"decoder.point_frequencies must be in 0..12, got {self.decoder.point_frequencies}")
         if self.decoder.point_embed == "mlp" and not self.text.enabled:
             raise ConfigError("decoder.point_embed='mlp' concatenates a text embedding: enable text or use 'linear'")
         if self.pixel.mask_heads != (self.encoder.in_channels == 4):
@@ -227,11 +242,37 @@ def _tiny() -> ModelConfig:
     )
 
 
+def _small() -> ModelConfig:
+    return ModelConfig(
+        name="small",
+        pixel=PixelConfig(
+            timm_name="",
+            stem_channels=32,
+            resnet_layers=(1, 2, 2),
+            resnet_channels=(64, 128, 256),
+            norm_groups=8,
+            vit_dim=192,
+            vit_depth=6,
+            vit_heads=3,
+            vit_pos_grid=14,
+            vit_taps=(2, 5),
+            features=64,
+            depth_hidden=32,
+            mask_hidden=32,
+        ),
+        encoder=EncoderConfig(
+            timm_name="", stem_width=32, layers=(2, 2, 2, 2), channels=(16, 32, 64, 128), token_dim=128
+        ),
+        decoder=DecoderConfig(width=128, heads=4, point_embed_dim=64, occ_width=128, drop_path=0.0),
+    )
+
+
 #: name -> factory of a fresh ModelConfig
 MODEL_PRESETS: dict[str, typing.Callable[[], ModelConfig]] = {
     "zeroshape-w": _zeroshape_w,
     "zeroshape": _zeroshape,
     "tiny": _tiny,
+    "small": _small,
 }
 
 

@@ -134,9 +134,15 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
         ),
         outputs=(*kv, *query_text),
     )
+    view = []
+    if dec.pixel_aligned:  # the visible surface map and camera each query point samples
+        view = [
+            TensorSpec("view_surface", ("batch", cfg.encoder.in_channels + 1, S, S)),
+            TensorSpec("view_projection", ("batch", 3, 4)),
+        ]
     decoder = GraphSpec(
         "decoder",
-        inputs=(TensorSpec("points", ("batch", "points", 3)), *kv, *query_text),
+        inputs=(TensorSpec("points", ("batch", "points", 3)), *kv, *query_text, *view),
         outputs=(TensorSpec("logits", ("batch", "points")),),
     )
     return {"pixel": pixel, "encoder": encoder, "decoder": decoder}
@@ -161,7 +167,7 @@ class GraphModule(nn.Module):
         return x if x.dtype == self.dtype else x.to(self.dtype)
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        from zsw.model import DecoderLatents
+        from zsw.model import DecoderLatents, PixelView
 
         named = {t.name: self._cast_in(x) for t, x in zip(self.spec.inputs, inputs)}
         m = self.model
@@ -179,7 +185,11 @@ class GraphModule(nn.Module):
         else:
             blocks = len(m.decoder.blocks)
             kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(blocks)]
-            outs = [m.decoder.decode(DecoderLatents(kv=kv, text=named.get("query_text")), named["points"])]
+            view = None
+            if "view_surface" in named:
+                view = PixelView(named["view_surface"], named["view_projection"])
+            latents = DecoderLatents(kv=kv, text=named.get("query_text"), view=view)
+            outs = [m.decoder.decode(latents, named["points"])]
         return tuple(o if o.dtype == torch.float32 else o.float() for o in outs)
 
 
@@ -217,7 +227,7 @@ def example_inputs(
     input distribution; query points are uniform in the grid's cube ``[-1.5, 1.5]^3``.
     """
     from zsw import kernels
-    from zsw.model import lift_surface
+    from zsw.model import PixelView, lift_surface
 
     cfg = model.config
     S = cfg.pixel.image_size
@@ -232,13 +242,20 @@ def example_inputs(
             text = torch.cat([text[:1], other / other.norm(dim=1, keepdim=True)])
         pix = model.pixel(image, text)
         mask = None if cfg.pixel.mask_heads else object_mask(batch, S, device)
-        enc_in = lift_surface(pix, cfg, mask).encoder_input
+        lifted = lift_surface(pix, cfg, mask)
+        enc_in = lifted.encoder_input
         latents = model.decoder.encode(model.encoder(enc_in), text)
     kv = [x for pair in latents.kv for x in pair]
     specs = graph_specs(cfg)
     pixel_in = (image, text) if len(specs["pixel"].inputs) == 2 else (image,)
     encoder_in = (enc_in, text) if len(specs["encoder"].inputs) == 2 else (enc_in,)
-    decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []))
+    view = []
+    if cfg.decoder.pixel_aligned:
+        v = PixelView.from_surface(
+            lifted.visible_points, lifted.visible_mask, lifted.occluder_mask, pix.intrinsics, lifted.center, lifted.scale
+        )
+        view = [v.surface.float(), v.projection.float()]
+    decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view)
     return {"pixel": pixel_in, "encoder": encoder_in, "decoder": decoder_in}
 
 

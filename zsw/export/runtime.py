@@ -103,6 +103,8 @@ class RuntimeBackend:
             got = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
             raise InputError(f"points must be a tensor [B={B}, N, 3], got {got}")
         named: dict[str, Tensor | None] = {"query_text": latents.text}
+        if latents.view is not None:
+            named["view_surface"], named["view_projection"] = latents.view.surface, latents.view.projection
         for i, (k, v) in enumerate(latents.kv):
             named[f"latent_k{i}"], named[f"latent_v{i}"] = k, v
         N = points.shape[1]

@@ -184,7 +184,7 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
     """Compare each engine with ONNX Runtime (CPU) on the same inputs, produced by running the ONNX
     graphs on noise images: realistic encoder inputs and latents without needing the weights."""
     from zsw.export.runtime import OnnxRuntimeBackend
-    from zsw.model import lift_surface
+    from zsw.model import PixelView, lift_surface
 
     ort = OnnxRuntimeBackend(manifest, torch.device("cpu"))
     engines = load_engines(manifest, device)
@@ -196,14 +196,20 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
         image = torch.rand(batch, 3, S, S, generator=g)
         text = ort.embed_prompts(None, batch)
         mask = None if manifest.config.pixel.mask_heads else object_mask(batch, S)
-        lifted = lift_surface(ort.pixel(image, text), manifest.config, mask)
+        pix = ort.pixel(image, text)
+        lifted = lift_surface(pix, manifest.config, mask)
         latents = ort.encode(lifted.encoder_input, text)
+        view = PixelView.from_surface(
+            lifted.visible_points, lifted.visible_mask, lifted.occluder_mask, pix.intrinsics, lifted.center, lifted.scale
+        )
         feeds = {
             "pixel": {"image": image, "text": text},
             "encoder": {"encoder_input": lifted.encoder_input, "text": text},
             "decoder": {
                 "points": torch.rand(batch, manifest.points_chunk, 3, generator=g) * 3 - 1.5,
                 "query_text": latents.text,
+                "view_surface": view.surface,
+                "view_projection": view.projection,
                 **{f"latent_{c}{i}": kv[j] for i, kv in enumerate(latents.kv) for j, c in enumerate("kv")},
             },
         }

@@ -89,10 +89,13 @@ def predict(
         timings["pixel"] = timings.get("pixel", 0.0) + t1 - t0
     lifted = lift_surface(pix, backend.config, mask, occluder_mask)
     latents = backend.encode(lifted.encoder_input, text)
+    pred = Prediction(**SurfacePrediction.fields(pix, lifted), latents=latents)
+    if backend.config.decoder.pixel_aligned:
+        latents.view = pred.pixel_view()
     if timings is not None:
         _sync(backend.device)
         timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t1
-    return Prediction(**SurfacePrediction.fields(pix, lifted), latents=latents)
+    return pred
 
 
 class TorchBackend:

@@ -1,6 +1,6 @@
 """The ZeroShape-W / ZeroShape network (see :mod:`zsw.model.zeroshape_w`)."""
 
-from zsw.model.decoder import DecoderLatents, PointDecoder
+from zsw.model.decoder import DecoderLatents, PixelView, PointDecoder
 from zsw.model.pixel import PixelOutput
 from zsw.model.zeroshape_w import (
     LiftedSurface,
@@ -22,5 +22,6 @@ __all__ = [
     "lift_surface",
     "PointDecoder",
     "DecoderLatents",
+    "PixelView",
     "count_parameters",
 ]

@@ -26,7 +26,46 @@ from zsw.config import DecoderConfig
 from zsw.model.geometry import sincos_pos_embed_2d
 from zsw.model.layers import OccupancyMLP, PointCrossAttention
 
-__all__ = ["PointDecoder", "DecoderLatents"]
+__all__ = ["PointDecoder", "DecoderLatents", "PixelView"]
+
+
+@dataclass
+class PixelView:
+    """What pixel-aligned decoding (``DecoderConfig.pixel_aligned``) samples for each query point."""
+
+    surface: Tensor  # [B, C, S, S]: normalised visible xyz, visible mask (and occluder mask)
+    projection: Tensor  # [B, 3, 4]: normalised point -> homogeneous pixel, K @ [scale * I | center]
+
+    @staticmethod
+    def from_surface(
+        visible_points: Tensor,  # [B, 3, S, S] normalised, 0 outside the mask
+        visible_mask: Tensor,  # [B, 1, S, S]
+        occluder_mask: Tensor | None,  # [B, 1, S, S]
+        intrinsics: Tensor,  # [B, 3, 3]
+        center: Tensor,  # [B, 3]
+        scale: Tensor,  # [B]
+    ) -> PixelView:
+        maps = [visible_points, visible_mask] + ([occluder_mask] if occluder_mask is not None else [])
+        surface = torch.cat([m.to(visible_points.dtype) for m in maps], dim=1)
+        eye = torch.eye(3, device=center.device, dtype=torch.float32)
+        pose = torch.cat([scale.float()[:, None, None] * eye, center.float()[:, :, None]], dim=2)  # [B, 3, 4]
+        return PixelView(surface, intrinsics.float() @ pose)
+
+    def sample(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> [B, N, C + 3]
+        """The surface map at each point's pixel (bilinear; zeros off the image and behind the
+        camera), and the point minus the sampled surface point."""
+        import torch.nn.functional as F
+
+        B, C, S, _ = self.surface.shape
+        P = self.projection.to(points.dtype)
+        uvw = points @ P[:, :, :3].transpose(1, 2) + P[:, None, :, 3]  # [B, N, 3]
+        w = uvw[..., 2:]
+        front = w > 1e-6
+        uv = uvw[..., :2] / torch.where(front, w, torch.ones_like(w))
+        grid = torch.where(front, uv * (2.0 / (S - 1)) - 1.0, torch.full_like(uv, -4.0))  # pixel centres at +-1
+        sampled = F.grid_sample(self.surface.to(points.dtype), grid[:, :, None, :], align_corners=True)
+        sampled = sampled[..., 0].transpose(1, 2)  # [B, N, C]
+        return torch.cat([sampled, points - sampled[..., :3]], dim=-1)
 
 
 @dataclass
@@ -38,6 +77,8 @@ class DecoderLatents:
     # stochastic depth (training only): per block, keep/scale factors [B, 1, 1] of the attention
     # and MLP residuals, shared by the latent and point paths exactly as in the joint sequence
     keep: list[tuple[Tensor, Tensor]] | None = field(default=None, repr=False)
+    # the image's visible surface and camera (pixel-aligned decoders only)
+    view: PixelView | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -80,18 +121,29 @@ class DecoderBlock(nn.Module):
 class PointDecoder(nn.Module):
     """Tokens ``[B, L, C_tok]`` and points ``[B, N, 3]`` (normalised frame) -> logits ``[B, N]``."""
 
-    def __init__(self, cfg: DecoderConfig, token_dim: int, token_grid: int, text_dim: int = 0, text_embedder=None):
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        token_dim: int,
+        token_grid: int,
+        text_dim: int = 0,
+        text_embedder=None,
+        view_channels: int = 0,
+    ):
         super().__init__()
         self.cfg = cfg
         width = cfg.width
         self.latent_proj = nn.Linear(token_dim, width)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(width, token_grid, cls_token=True)[None])
+        if cfg.pixel_aligned and view_channels < 4:
+            raise ValueError("a pixel-aligned decoder needs the surface map's channel count (view_channels)")
+        point_in = 3 + 6 * cfg.point_frequencies + ((view_channels + 3) if cfg.pixel_aligned else 0)
         if cfg.point_embed == "linear":
-            self.point_embed = nn.Linear(3, width)
+            self.point_embed = nn.Linear(point_in, width)
             self.text_proj = None
         else:
             d = cfg.point_embed_dim
-            self.point_embed = nn.Sequential(nn.Linear(3, d), nn.GELU(), nn.Linear(d, d))
+            self.point_embed = nn.Sequential(nn.Linear(point_in, d), nn.GELU(), nn.Linear(d, d))
             self.text_proj = nn.Linear(text_dim, width - d)
         self.blocks = nn.ModuleList(
             DecoderBlock(width, cfg.heads, cfg.mlp_ratio, last=i == cfg.blocks - 1) for i in range(cfg.blocks)
@@ -151,7 +203,7 @@ class PointDecoder(nn.Module):
         if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] != latents.batch_size:
             raise ValueError(f"points must be [B={latents.batch_size}, N, 3], got {tuple(points.shape)}")
         points = points.to(self.latent_proj.weight.dtype)  # parameter dtype; autocast handles the rest
-        x = self.point_embed(points)  # [B, N, d]
+        x = self.point_embed(self._point_features(points, latents))  # [B, N, d]
         if latents.text is not None:
             x = torch.cat([x, latents.text[:, None, :].expand(-1, points.shape[1], -1)], dim=-1)
         for i, (block, (k, v)) in enumerate(zip(self.blocks, latents.kv)):
@@ -159,12 +211,27 @@ class PointDecoder(nn.Module):
         x = self.norm(x)
         return self.occupancy(torch.cat([points, x], dim=-1)).squeeze(-1)
 
+    def _point_features(self, points: Tensor, latents: DecoderLatents) -> Tensor:  # [B, N, 3] -> [B, N, F_in]
+        """xyz; sin/cos of xyz at ``point_frequencies`` octaves; the pixel-aligned surface sample."""
+        feats = [points]
+        if self.cfg.point_frequencies:
+            octaves = torch.arange(self.cfg.point_frequencies, device=points.device, dtype=points.dtype)
+            angles = (points[..., None] * (torch.pi * 2.0**octaves)).flatten(-2)  # [B, N, 3F]
+            feats += [torch.sin(angles), torch.cos(angles)]
+        if self.cfg.pixel_aligned:
+            if latents.view is None:
+                raise ValueError("this decoder is pixel-aligned: its latents need a PixelView (see ZeroShapeW.latents)")
+            feats.append(latents.view.sample(points))
+        return torch.cat(feats, dim=-1) if len(feats) > 1 else points
+
     @torch.no_grad()
     def decode_chunked(self, latents: DecoderLatents, points: Tensor, chunk_size: int = 65536) -> Tensor:
         """:meth:`decode` in chunks of ``chunk_size`` points (bounded memory, no autograd)."""
         out = [self.decode(latents, points[:, i : i + chunk_size]) for i in range(0, points.shape[1], chunk_size)]
         return torch.cat(out, dim=1) if out else points.new_zeros(points.shape[:2])
 
-    def forward(self, tokens: Tensor, points: Tensor, text: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, points: Tensor, text: Tensor | None = None, view: PixelView | None = None) -> Tensor:
         """Logits ``[B, N]`` for ``tokens [B, L, C_tok]`` and ``points [B, N, 3]``."""
-        return self.decode(self.encode(tokens, text), points)
+        latents = self.encode(tokens, text)
+        latents.view = view
+        return self.decode(latents, points)

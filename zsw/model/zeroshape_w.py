@@ -23,7 +23,7 @@ from torch import Tensor
 
 from zsw.config import ModelConfig, get_model_config
 from zsw.errors import InputError
-from zsw.model.decoder import DecoderLatents, PointDecoder
+from zsw.model.decoder import DecoderLatents, PixelView, PointDecoder
 from zsw.model.encoder import ShapeEncoder
 from zsw.model.geometry import normalize_visible, unproject_depth
 from zsw.model.pixel import PixelModel, PixelOutput
@@ -77,6 +77,12 @@ class SurfacePrediction:
 
     def to_normalized(self, points: Tensor) -> Tensor:  # [B, N, 3] camera -> normalised frame
         return (points - self.center[:, None, :]) / self.scale[:, None, None]
+
+    def pixel_view(self) -> PixelView:
+        """The visible surface map and camera that a pixel-aligned decoder samples."""
+        return PixelView.from_surface(
+            self.visible_points, self.visible_mask, self.occluder_mask, self.intrinsics, self.center, self.scale
+        )
 
 
 @dataclass
@@ -144,7 +150,12 @@ class ZeroShapeW(nn.Module):
         self.pixel = PixelModel(cfg.pixel, text_dim)
         self.encoder = ShapeEncoder(cfg.encoder)
         self.decoder = PointDecoder(
-            cfg.decoder, cfg.encoder.token_dim, cfg.token_grid, text_dim, text_embedder=self.text
+            cfg.decoder,
+            cfg.encoder.token_dim,
+            cfg.token_grid,
+            text_dim,
+            text_embedder=self.text,
+            view_channels=cfg.encoder.in_channels + 1,  # visible xyz (+ occluder mask), plus the visible mask
         )
 
     # ---------------------------------------------------------------------------------------
@@ -208,11 +219,14 @@ class ZeroShapeW(nn.Module):
 
     def latents(self, out: ModelOutput) -> DecoderLatents:
         """Per-image latent K/V for decoding many points (see :meth:`PointDecoder.decode`)."""
-        return self.decoder.encode(out.tokens, out.text)
+        latents = self.decoder.encode(out.tokens, out.text)
+        if self.config.decoder.pixel_aligned:
+            latents.view = out.pixel_view()
+        return latents
 
     def decode(self, out: ModelOutput, points: Tensor) -> Tensor:  # [B, N, 3] -> [B, N]
         """Occupancy logits of points in the normalised frame of ``out``."""
-        return self.decoder(out.tokens, points, out.text)
+        return self.decoder.decode(self.latents(out), points)
 
     def set_kernel_impl(self, impl: str) -> None:
         """Route the decoder's attention and MLP to ``"auto"``, ``"triton"`` or ``"torch"``."""
