@@ -20,7 +20,7 @@ COMMAND = dict(
 
 _FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")
 _ALIGNS = ("none", "brute-force", "icp")
-_BASELINES = ("sphere", "visible")
+_BASELINES = ("sphere", "visible", "ellipsoid")
 
 
 def _choice(value: str | None, choices: tuple[str, ...], option: str) -> None:
@@ -49,7 +49,7 @@ def evaluate(
     ] = "object",
     use_mask: Annotated[bool, typer.Option(help="Give the model the set's visible masks (default: predict).")] = False,
     baseline: Annotated[
-        str | None, typer.Option(help="Score a naive baseline instead of the mesh: sphere or visible.")
+        str | None, typer.Option(help="Score a baseline instead of the mesh: sphere, visible or ellipsoid (oracle: the true extents).")
     ] = None,
     split: Annotated[str | None, typer.Option(help="List split to read (default: test).")] = None,
     max_per_category: Annotated[int | None, typer.Option(min=1, help="At most this many samples per category.")] = None,
@@ -59,6 +59,9 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")] = "torch",
     engine: Annotated[Path | None, typer.Option(help="Folder written by `zsw export`.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the surface sampling.")] = 0,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (PyTorch backend).")
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
     _choice(format, _FORMATS, "--format")
@@ -84,7 +87,15 @@ def evaluate(
     be, label, warning = open_backend(backend, weights, engine, device)
     if warning:
         console.print(f"[bold yellow]WARNING:[/bold yellow] {warning}")
+    import hashlib
+
+    from zsw.infer.reconstruct import resolve_precision
+
+    resolved = resolve_precision(precision, be.device) if be.name == "torch" else "engine"
+    fingerprint = hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
     settings = EvalSettings(
+        precision=resolved,
+        data=f"{data.resolve()}#{fingerprint}",
         format=format,
         weights=label,
         resolution=resolution,
@@ -102,7 +113,7 @@ def evaluate(
     if log.rows:
         console.print(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame="camera",
-                          weights_label=label)  # fmt: skip
+                          weights_label=label, precision=precision)  # fmt: skip
     estimator = None
     if prompt in ("auto", "clip") or prompt.startswith("vlm:"):
         from zsw.infer.category import get_estimator

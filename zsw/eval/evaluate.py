@@ -12,7 +12,9 @@ Per sample (an :class:`~zsw.data.eval_sets.EvalSample`):
 Two naive baselines replace step 1-2 with the model's own predicted visible surface: ``sphere``
 (a least-squares sphere fitted to it -- under per-cloud normalisation every sphere scores the
 same, so this is "the answer is a ball") and ``visible`` (the visible surface itself, no hidden
-geometry). They show what the decoder adds.
+geometry). They show what the decoder adds. A third, ``ellipsoid``, is an oracle: the ellipsoid
+whose axes are the ground truth's extents along the camera axes ("a blob that knows the object's
+true size"); a model that does not beat it has learnt size, not shape.
 
 Runs are resumable: every finished sample is appended (and fsynced) to a JSONL file whose first
 line records the settings; a rerun with the same settings skips what is there.
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,7 +51,7 @@ __all__ = [
 ]
 
 ALIGNS = ("none", "brute-force", "icp")
-BASELINES = ("sphere", "visible")
+BASELINES = ("sphere", "visible", "ellipsoid")
 #: metric keys, in table order
 METRICS = ("acc", "comp", "cd", *(f"fscore@{t}" for t in THRESHOLDS))
 
@@ -66,8 +69,10 @@ class EvalSettings:
     align: str = "none"
     prompt: str = "object"  # text, "category" (the sample's category), "auto"/"clip" or "vlm:<id>"
     use_mask: bool = False
-    baseline: str | None = None  # None = the model's mesh; "sphere" or "visible"
+    baseline: str | None = None  # None = the model's mesh; "sphere", "visible" or "ellipsoid"
     seed: int = 0
+    precision: str = "fp32"  # as resolved for the run (zsw.infer.reconstruct.resolve_precision)
+    data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
 
     def __post_init__(self) -> None:
         if self.align not in ALIGNS:
@@ -123,7 +128,22 @@ def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:  # [P, 3] -> cen
     return centroid, rms
 
 
-def _baseline_points(kind: str, visible: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+def ellipsoid_points(gt: np.ndarray, count: int, seed: int = 0) -> np.ndarray:  # [P, 3] -> [count, 3]
+    """Points on the axis-aligned ellipsoid spanning the bounding box of ``gt`` (camera axes)."""
+    import trimesh
+
+    lo, hi = gt.min(0), gt.max(0)
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    ball.apply_scale(np.maximum((hi - lo) / 2, 1e-6))
+    ball.apply_translation((hi + lo) / 2)
+    return sample_surface(ball, count, seed=seed)
+
+
+def _baseline_points(
+    kind: str, visible: np.ndarray, gt: np.ndarray, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    if kind == "ellipsoid":
+        return ellipsoid_points(np.asarray(gt, dtype=np.float64), count, seed=int(rng.integers(1 << 31)))
     if len(visible) == 0:
         return np.zeros((count, 3), np.float32)
     if kind == "visible":
@@ -236,11 +256,12 @@ def evaluate_samples(
             return
         seconds = (time.perf_counter() - t0) / len(batch)
         for i, (s, rec) in enumerate(zip(batch, recs)):
-            rng = np.random.default_rng([settings.seed, len(log.rows), i])
+            # per-sample randomness from the sample alone (not its position or the batch size)
+            rng = np.random.default_rng([settings.seed, zlib.crc32(s.name.encode())])
             if settings.baseline is None:
                 pts = sample_surface(rec.mesh, settings.num_points, seed=int(rng.integers(1 << 31)))
             else:
-                pts = _baseline_points(settings.baseline, rec.visible_points, settings.num_points, rng)
+                pts = _baseline_points(settings.baseline, rec.visible_points, s.gt_points, settings.num_points, rng)
             t1 = time.perf_counter()
             metrics = score(pts, s.gt_points, settings.align, device=reconstructor.backend.device)
             row = {

@@ -249,6 +249,33 @@ def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
     return prompts
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto``: bf16 on CUDA devices that support it (tensor cores), fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a resolved precision (a no-op for fp32 and exported engines)."""
+    import contextlib
+
+    if precision not in ("bf16", "fp16"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 class Reconstructor:
     """Reconstruct batches of prepared images with one backend and fixed extraction settings.
 
@@ -260,6 +287,8 @@ class Reconstructor:
         frame: output frame of the mesh, ``gltf`` or ``camera`` (see the module docstring).
         chunk_points: most query points per decoder call (bounds memory).
         weights_label: how the weights are named in ``result.json``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``: autocast of the PyTorch backend (see
+            :func:`resolve_precision`); exported engines keep the precision they were built with.
     """
 
     def __init__(
@@ -273,6 +302,7 @@ class Reconstructor:
         chunk_points: int = 65536,
         weights_label: str = "",
         bound: float = 1.5,
+        precision: str = "auto",
     ):
         if extraction not in MODES:
             raise ConfigError(f"extraction must be one of {', '.join(MODES)}, got {extraction!r}")
@@ -286,6 +316,7 @@ class Reconstructor:
         self.chunk_points = chunk_points
         self.weights_label = weights_label
         self.bound = bound
+        self.precision = resolve_precision(precision, backend.device) if backend.name == "torch" else "engine"
         self.warnings: list[str] = []
 
     @property
@@ -352,10 +383,12 @@ class Reconstructor:
             mask_t = torch.from_numpy(np.stack(masks)).to(device)[:, None].float()
         prompt_arg = None if all(p is None for p in prompts) else [p or self._default_prompt() for p in prompts]
         timings: dict[str, float] = {}
-        pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings)
+        with autocast(self.precision, device):
+            pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings)
 
         def decode(points: torch.Tensor) -> torch.Tensor:  # [B, N, 3] -> [B, N]
-            return backend.decode(pred.latents, points)
+            with autocast(self.precision, device):
+                return backend.decode(pred.latents, points).float()
 
         if with_mesh:
             meshes = extract_meshes(
@@ -422,6 +455,7 @@ class Reconstructor:
                 "weights": self.weights_label,
                 "backend": backend.name,
                 "device": str(backend.device),
+                "precision": self.precision,
             },
             "mask": "given" if given else "predicted",
             "camera": {
@@ -483,6 +517,7 @@ def reconstruct(
     device: str | torch.device | None = None,
     backend: str | Backend = "torch",
     engine: str | os.PathLike | None = None,
+    precision: str = "auto",
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -502,6 +537,7 @@ def reconstruct(
         device: ``cuda``, ``cpu``, ... (default: CUDA if available).
         backend: ``torch``, ``onnxruntime``, ``tensorrt``, or a :class:`~zsw.infer.backend.Backend`.
         engine: folder written by ``zsw export`` (ONNX Runtime / TensorRT backends).
+        precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -535,7 +571,7 @@ def reconstruct(
 
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
-                        weights_label=label)  # fmt: skip
+                        weights_label=label, precision=precision)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]
