@@ -83,6 +83,9 @@ def reconstruct(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (PyTorch backend).")
     ] = "auto",
+    close: Annotated[
+        bool, typer.Option("--close/--no-close", help="Space outside the grid is empty: watertight meshes.")
+    ] = True,
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose output folder is complete.")] = False,
 ) -> None:
@@ -110,7 +113,7 @@ def reconstruct(
     done = 0
     if todo:
         done = _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks,
-                    device, batch_size, chunk_points, backend, engine, preview, console, failed, precision)  # fmt: skip
+                    device, batch_size, chunk_points, backend, engine, preview, console, failed, precision, close)  # fmt: skip
     total = len(paths) + len(problems)
     summary = f"reconstructed {done}, skipped {skipped}, failed {len(failed)} of {total} input(s) -> {out}"
     console.print(("[red]" if failed else "[green]") + summary)
@@ -119,7 +122,7 @@ def reconstruct(
 
 
 def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks, device,
-         batch_size, chunk_points, backend, engine, preview, console, failed, precision) -> int:  # fmt: skip
+         batch_size, chunk_points, backend, engine, preview, console, failed, precision, close) -> int:  # fmt: skip
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -132,7 +135,8 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
     if warning:
         console.print(f"[bold yellow]WARNING:[/bold yellow] {warning}")
     recon = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
-                          chunk_points=chunk_points, weights_label=label, precision=precision)  # fmt: skip
+                          chunk_points=chunk_points, weights_label=label, precision=precision,
+                          close=close)  # fmt: skip
     if warning:
         recon.warnings.append(warning)
     category = None

@@ -109,9 +109,23 @@ def test_batch_and_chunks_give_the_same_meshes():
 
 def test_no_surface_gives_an_empty_mesh():
     for value in (-5.0, 5.0):
-        mesh = extract_mesh(lambda p, v=value: torch.full((len(p),), v), 16, mode="fast")
+        mesh = extract_mesh(lambda p, v=value: torch.full((len(p),), v), 16, mode="fast", close=False)
         assert len(mesh.vertices) == 0 and len(mesh.faces) == 0
     assert len(marching_cubes(np.zeros((5, 5, 5)), 0.5).faces) == 0
+    # closed (the default): an empty field stays empty, a full one is the grid's own cube
+    assert len(extract_mesh(lambda p: torch.full((len(p),), -5.0), 16, mode="fast").faces) == 0
+    full = extract_mesh(lambda p: torch.full((len(p),), 5.0), 16, mode="fast")
+    assert full.is_watertight and np.allclose(full.bounds, [[-1.5] * 3, [1.5] * 3], atol=0.2)
+
+
+def test_a_surface_cut_by_the_grid_bound_is_closed_by_default():
+    """A sphere of radius 2 does not fit the [-1.5, 1.5]^3 grid: open at the bound unless closed."""
+    field = lambda p: -20.0 * sdf_sphere(p, radius=2.0)  # noqa: E731
+    closed = extract_mesh(field, 24, mode="dense")
+    opened = extract_mesh(field, 24, mode="dense", close=False)
+    assert closed.is_watertight and closed.is_volume
+    assert not opened.is_watertight
+    assert np.abs(closed.bounds).max() <= 1.5
 
 
 @pytest.mark.parametrize(

@@ -279,10 +279,14 @@ def marching_cubes(
     volume: np.ndarray | Tensor,  # [R+1, R+1, R+1] probabilities, indexed [i, j, k] = (x, y, z)
     threshold: float = 0.5,
     bound: float = 1.5,
+    close: bool = True,
 ):
     """The ``threshold`` level set of a grid over ``[-bound, bound]^3`` as an outward-facing mesh.
 
-    Returns an empty ``trimesh.Trimesh`` when the level is not crossed.
+    With ``close`` the space outside the grid counts as empty (the grid's outermost layer of
+    samples is set to 0), so a surface that reaches the bound is capped within one step of it and
+    the mesh is watertight and stays inside the cube; without it such a surface stays open at the
+    bound. Returns an empty ``trimesh.Trimesh`` when the level is not crossed.
     """
     import trimesh
     from skimage import measure
@@ -290,8 +294,15 @@ def marching_cubes(
     vol = volume.detach().float().cpu().numpy() if isinstance(volume, Tensor) else np.asarray(volume, np.float32)
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise ValueError(f"volume must be a cube [R+1, R+1, R+1], got {vol.shape}")
-    if not (vol.min() < threshold < vol.max()):
+    if not ((close or vol.min() < threshold) and threshold < vol.max()):
         return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
+    if close and vol.shape[0] > 2:
+        vol = vol.copy()
+        for axis in range(3):
+            face = [slice(None)] * 3
+            for index in (0, -1):
+                face[axis] = index
+                vol[tuple(face)] = 0.0
     step = 2.0 * bound / (vol.shape[0] - 1)
     # inside is > threshold, so the field increases inwards: 'ascent' makes the faces point out
     verts, faces, _, _ = measure.marching_cubes(
@@ -312,12 +323,14 @@ def extract_meshes(
     bound: float = 1.5,
     chunk_points: int = 65536,
     device: str | torch.device | None = None,
+    close: bool = True,
     **fast_options,
 ) -> list:
     """Meshes of ``batch`` images whose decoder maps ``[B, N, 3]`` points to ``[B, N]`` logits.
 
-    Vertices are in the normalised frame of each image. ``fast_options`` are passed to
-    :func:`occupancy_grid` (``coarse_resolution``, ``margin``, ``dilate``).
+    Vertices are in the normalised frame of each image. ``close``: see :func:`marching_cubes`.
+    ``fast_options`` are passed to :func:`occupancy_grid` (``coarse_resolution``, ``margin``,
+    ``dilate``).
     """
     probs, stats = occupancy_grid(
         decode,
@@ -333,7 +346,7 @@ def extract_meshes(
     meshes = []
     for b in range(batch):
         t0 = time.perf_counter()
-        mesh = marching_cubes(probs[b], threshold, bound)
+        mesh = marching_cubes(probs[b], threshold, bound, close=close)
         stats[b].marching_cubes_s = time.perf_counter() - t0
         mesh.metadata["zsw_grid"] = stats[b].as_dict()
         meshes.append(mesh)
@@ -349,6 +362,7 @@ def extract_mesh(
     bound: float = 1.5,
     chunk_points: int = 65536,
     device: str | torch.device | None = None,
+    close: bool = True,
     **fast_options,
 ):
     """The mesh of one image's occupancy field.
@@ -361,6 +375,7 @@ def extract_mesh(
         bound: half-size of the grid cube.
         chunk_points: most points per ``decode`` call.
         device: where grid points are created and the grid is kept (default CPU).
+        close: count the space outside the grid as empty (watertight meshes, see :func:`marching_cubes`).
 
     Returns:
         A ``trimesh.Trimesh`` in the normalised frame (empty if the field never crosses the
@@ -384,5 +399,6 @@ def extract_mesh(
         bound=bound,
         chunk_points=chunk_points,
         device=device,
+        close=close,
         **fast_options,
     )[0]

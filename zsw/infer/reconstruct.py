@@ -289,6 +289,8 @@ class Reconstructor:
         weights_label: how the weights are named in ``result.json``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``: autocast of the PyTorch backend (see
             :func:`resolve_precision`); exported engines keep the precision they were built with.
+        close: space outside the grid counts as empty, so meshes are watertight (default);
+            False leaves surfaces that reach the grid's bound open there.
     """
 
     def __init__(
@@ -303,6 +305,7 @@ class Reconstructor:
         weights_label: str = "",
         bound: float = 1.5,
         precision: str = "auto",
+        close: bool = True,
     ):
         if extraction not in MODES:
             raise ConfigError(f"extraction must be one of {', '.join(MODES)}, got {extraction!r}")
@@ -316,6 +319,7 @@ class Reconstructor:
         self.chunk_points = chunk_points
         self.weights_label = weights_label
         self.bound = bound
+        self.close = close
         self.precision = resolve_precision(precision, backend.device) if backend.name == "torch" else "engine"
         self.warnings: list[str] = []
 
@@ -400,6 +404,7 @@ class Reconstructor:
                 bound=self.bound,
                 chunk_points=self.chunk_points,
                 device=device,
+                close=self.close,
             )
         else:
             meshes = [_empty_mesh(self.resolution) for _ in range(B)]
@@ -470,6 +475,7 @@ class Reconstructor:
                 "extraction": self.extraction,
                 "threshold": self.threshold,
                 "bound": self.bound,
+                "closed": self.close,
                 "evaluated_points": grid["evaluated_points"],
                 "grid_points": grid["grid_points"],
             },
@@ -518,6 +524,7 @@ def reconstruct(
     backend: str | Backend = "torch",
     engine: str | os.PathLike | None = None,
     precision: str = "auto",
+    close: bool = True,
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -538,6 +545,8 @@ def reconstruct(
         backend: ``torch``, ``onnxruntime``, ``tensorrt``, or a :class:`~zsw.infer.backend.Backend`.
         engine: folder written by ``zsw export`` (ONNX Runtime / TensorRT backends).
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
+        close: count the space outside the grid as empty (watertight meshes); False keeps
+            surfaces that reach the grid's bound open.
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -571,7 +580,7 @@ def reconstruct(
 
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
-                        weights_label=label, precision=precision)  # fmt: skip
+                        weights_label=label, precision=precision, close=close)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]
