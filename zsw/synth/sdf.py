@@ -3,7 +3,8 @@
 A :class:`Shape` is a union of primitive *groups*. A group holds ``K`` instances of one primitive
 type, each with its own parameters, rigid placement and part label, and evaluates all of them at
 once (``[N, K]`` distances), so a chair's four legs cost one evaluation. Every primitive's SDF is
-exact (Inigo Quilez's closed forms), rigid motions and uniform scaling keep it exact, and a union
+exact (Inigo Quilez's closed forms) -- except the ellipsoid's, a lower bound of the distance with
+the exact sign --, rigid motions and uniform scaling keep it exact, and a union
 (``min``) of exact SDFs is exact outside the shape and has the exact sign everywhere; inside, near
 the junction of two parts, its magnitude can be smaller than the true distance. Occupancy labels
 (``sdf - 0.003 < 0``) are therefore exact.
@@ -12,7 +13,9 @@ Object frame: y up, the object centred on its bounding box and scaled so its lon
 (ShapeNet/ZeroShape convention), done by :meth:`Shape.normalized`.
 
 Categories (:data:`CATEGORIES`) have randomised proportions drawn from a ``numpy`` Generator:
-primitives ``sphere box cylinder cone torus capsule`` and composites ``table chair mug lamp bottle``.
+primitives ``sphere box cylinder cone torus capsule ellipsoid``, composites ``table chair mug lamp
+bottle`` and free forms ``blocks`` (two or three boxes: L, T, U and step shapes) and ``vase`` (a
+random profile of revolution).
 
 Example::
 
@@ -35,6 +38,7 @@ __all__ = [
     "Primitive",
     "Sphere",
     "Box",
+    "Ellipsoid",
     "Cylinder",
     "Cone",
     "Torus",
@@ -45,6 +49,7 @@ __all__ = [
     "CATEGORIES",
     "PRIMITIVE_CATEGORIES",
     "COMPOSITE_CATEGORIES",
+    "EXTRA_CATEGORIES",
     "make_shape",
     "rotation_matrix",
 ]
@@ -151,6 +156,23 @@ class Box(Primitive):
 
     def local_radius(self) -> np.ndarray:
         return np.linalg.norm(self.params["b"].numpy(), axis=-1)
+
+
+class Ellipsoid(Primitive):
+    """Axis-aligned ellipsoid with radii ``r [K, 3]``. Its distance has no closed form: this is
+    ``(|q / r| - 1) * min(r)``, which has the exact sign and never exceeds the true distance
+    (``q -> q / r`` shrinks distances by at most ``1 / min(r)``), so sphere tracing stays safe and
+    occupancy labels stay exact."""
+
+    def __init__(self, r, **kw):
+        super().__init__({"r": np.atleast_2d(r)}, **kw)
+
+    def local_sdf(self, q: Tensor) -> Tensor:
+        r = self.params["r"][None]  # [1, K, 3]
+        return ((q / r).norm(dim=-1) - 1) * r.amin(dim=-1)
+
+    def local_radius(self) -> np.ndarray:
+        return self.params["r"].numpy().max(axis=-1)
 
 
 class Cylinder(Primitive):
@@ -477,6 +499,38 @@ def _capsule(rng: np.random.Generator) -> list[Primitive]:
     return [Capsule(_u(rng, 0.12, 0.35), _u(rng, 0.1, 0.5))]
 
 
+def _ellipsoid(rng: np.random.Generator) -> list[Primitive]:
+    return [Ellipsoid([_u(rng, 0.15, 0.5), _u(rng, 0.15, 0.5), _u(rng, 0.15, 0.5)])]
+
+
+def _blocks(rng: np.random.Generator) -> list[Primitive]:
+    """A base slab with one upright block on an end (L), in the middle (T), or on both ends (U),
+    or a second slab stepped on top (stairs)."""
+    bx, by, bz = _u(rng, 0.25, 0.5), _u(rng, 0.06, 0.2), _u(rng, 0.12, 0.45)
+    boxes, centers = [[bx, by, bz]], [[0.0, 0.0, 0.0]]
+    kind = rng.choice(["L", "T", "U", "step"])
+    wx, hy = _u(rng, 0.05, 0.4) * bx, _u(rng, 0.15, 0.5)
+    if kind == "step":
+        boxes.append([bx * 0.5, by, bz])
+        centers.append([-bx * 0.5, 2 * by, 0.0])
+    else:
+        xs = {"L": [bx - wx], "T": [0.0], "U": [bx - wx, -(bx - wx)]}[kind]
+        for x in xs:
+            boxes.append([wx, hy, bz])
+            centers.append([x, by + hy, 0.0])
+    return [Box(np.array(boxes), rounding=_u(rng, 0.0, 0.02), translation=np.array(centers))]
+
+
+def _vase(rng: np.random.Generator) -> list[Primitive]:
+    """A random profile of revolution: 3-5 radii over the height, flat bottom and top."""
+    h = _u(rng, 0.2, 0.5)
+    n = int(rng.integers(3, 6))
+    ys = np.linspace(-h, h, n)
+    radii = [_u(rng, 0.08, 0.45) for _ in range(n)]
+    profile = [(0.0, -h)] + list(zip(radii, ys)) + [(0.0, h)]
+    return [RevolvedPolygon(profile)]
+
+
 def _legs(x: float, z: float, y_bot: float, y_top: float, r: float, square: bool, part: int) -> Primitive:
     corners = np.array([[sx * x, (y_bot + y_top) / 2, sz * z] for sx in (-1, 1) for sz in (-1, 1)])
     h = (y_top - y_bot) / 2
@@ -608,11 +662,16 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], list[Primitive]]] = {
     "mug": _mug,
     "lamp": _lamp,
     "bottle": _bottle,
+    "ellipsoid": _ellipsoid,
+    "blocks": _blocks,
+    "vase": _vase,
 }
 PRIMITIVE_CATEGORIES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
 COMPOSITE_CATEGORIES = ("table", "chair", "mug", "lamp", "bottle")
+#: shapes the first datasets did not have (drawn after the others, so older seeds keep their objects)
+EXTRA_CATEGORIES = ("ellipsoid", "blocks", "vase")
 #: every category :func:`make_shape` knows
-CATEGORIES = PRIMITIVE_CATEGORIES + COMPOSITE_CATEGORIES
+CATEGORIES = PRIMITIVE_CATEGORIES + COMPOSITE_CATEGORIES + EXTRA_CATEGORIES
 
 
 def make_shape(category: str, rng: np.random.Generator, resolution: int = 128) -> Shape:
