@@ -34,9 +34,7 @@ def _load_weights(weights: str | None, fmt: str):
     from zsw.export.manifest import sha256_file
     from zsw.infer.reconstruct import resolve_weights
 
-    if weights is None:
-        raise ConfigError(f"--format {fmt} needs --weights (a .safetensors checkpoint, 'demo' or 'random:PRESET')")
-    resolved, label, warning = resolve_weights(weights)
+    resolved, label, warning = resolve_weights(weights)  # None: the packaged model, as `zsw reconstruct`
     if warning:
         typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
     if isinstance(resolved, Path):
@@ -73,8 +71,9 @@ def export(
         typer.Option(
             "--weights",
             "-w",
-            help="Checkpoint (.safetensors), 'demo' (the packaged model) or 'random:PRESET' (untrained, for timing). "
-            "Optional for --format tensorrt over an existing ONNX export.",
+            help="Checkpoint (.safetensors), 'demo' (the packaged model) or 'random:PRESET' (untrained, for timing); "
+            "default: the packaged model, as `zsw reconstruct`. Not needed for --format tensorrt over an existing "
+            "ONNX export.",
         ),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, tensorrt or torch-tensorrt.")] = "onnx",

@@ -13,8 +13,8 @@ COMMAND = dict(
     help="Reconstruct meshes (plus depth, masks and a preview) from images."
     "\n\nINPUT is any number of image files (PNG, JPEG, WebP, BMP, TIFF), folders or glob patterns. Each "
     "image gets OUT/<name>/ with mesh.glb (or --format), depth.png, visible_mask.png, occluder_mask.png, "
-    "preview.png and result.json. Images whose folder already holds a result.json are skipped unless "
-    "--overwrite. Unreadable images are reported and the others still run; the exit code is 1 if any failed."
+    "preview.png and result.json. An image whose result.json records the same input (content hash), "
+    "settings and weights is skipped unless --overwrite; any other earlier result is redone. Unreadable images are reported and the others still run; the exit code is 1 if any failed."
     "\n\nMesh frame: --frame gltf (default) is y up with the object facing +z, as glTF viewers show it; "
     "--frame camera is x right, y down, z forward. Units follow the predicted (relative) depth."
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
@@ -83,16 +83,18 @@ def reconstruct(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (PyTorch backend).")
     ] = "auto",
+    color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[
         bool, typer.Option("--close/--no-close", help="Space outside the grid is empty: watertight meshes.")
     ] = True,
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Redo images whose output folder is complete.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo images even when their result records the same input and settings.")] = False,
 ) -> None:
     formats = [_choice(f, _FORMATS, "--format") for f in (formats or ["glb"])]
     _choice(extraction, _EXTRACTIONS, "--extraction")
     _choice(frame, _FRAMES, "--frame")
     _choice(backend, _BACKENDS, "--backend")
+    _choice(color, ("photo", "none"), "--color")
     if masks is not None and not masks.is_dir():
         raise typer.BadParameter(f"{masks} is not a folder", param_hint="--masks")
 
@@ -106,14 +108,36 @@ def reconstruct(
     for item, reason in problems:
         console.print(f"[red]error:[/red] {item}: {reason}")
     names = _output_names(paths)
-    todo = [(p, n) for p, n in zip(paths, names) if overwrite or not (out / n / "result.json").is_file()]
-    skipped = len(paths) - len(todo)
+    from zsw.errors import ZswError
+    from zsw.infer.reconstruct import finished_with, request_record, weights_identity
+
+    settings = dict(
+        weights=weights_identity(weights, engine), backend=backend, resolution=resolution, extraction=extraction,
+        threshold=threshold, frame=frame, formats=sorted(formats), prompt=prompt, precision=precision, close=close,
+        color=color, preview=preview, device=device or "auto",
+    )  # fmt: skip
+    todo, changed = [], 0
+    for p, n in zip(paths, names):
+        try:
+            mask_file = _find_mask(masks, p) if masks is not None else None
+            request = request_record(p, mask_file, settings)
+        except (OSError, ZswError) as e:
+            failed.append((str(p), str(e)))
+            console.print(f"[red]error:[/red] {p}: {e}")
+            continue
+        state = "none" if overwrite else finished_with(out / n, request)
+        changed += state == "other"
+        if state != "same":
+            todo.append((p, n, request))
+    skipped = len(paths) - len(todo) - (len(failed) - len(problems))
     if skipped:
-        console.print(f"skipping {skipped} image(s) already reconstructed in {out} (--overwrite to redo them)")
+        console.print(f"skipping {skipped} image(s) already reconstructed in {out} from the same input and settings")
+    if changed:
+        console.print(f"redoing {changed} image(s) whose results in {out} came from another input, settings or weights")
     done = 0
     if todo:
         done = _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks,
-                    device, batch_size, chunk_points, backend, engine, preview, console, failed, precision, close)  # fmt: skip
+                    device, batch_size, chunk_points, backend, engine, preview, console, failed, precision, close, color)  # fmt: skip
     total = len(paths) + len(problems)
     summary = f"reconstructed {done}, skipped {skipped}, failed {len(failed)} of {total} input(s) -> {out}"
     console.print(("[red]" if failed else "[green]") + summary)
@@ -122,7 +146,7 @@ def reconstruct(
 
 
 def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks, device,
-         batch_size, chunk_points, backend, engine, preview, console, failed, precision, close) -> int:  # fmt: skip
+         batch_size, chunk_points, backend, engine, preview, console, failed, precision, close, color) -> int:  # fmt: skip
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -136,7 +160,7 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
         console.print(f"[bold yellow]WARNING:[/bold yellow] {warning}")
     recon = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
                           chunk_points=chunk_points, weights_label=label, precision=precision,
-                          close=close)  # fmt: skip
+                          close=close, color=color)  # fmt: skip
     if warning:
         recon.warnings.append(warning)
     category = None
@@ -154,7 +178,7 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
         task = progress.add_task("reconstructing", total=len(todo))
         for start in range(0, len(todo), batch_size):
             batch = []
-            for path, name in todo[start : start + batch_size]:
+            for path, name, request in todo[start : start + batch_size]:
                 try:
                     t0 = time.perf_counter()
                     loaded = load_image(path, size, name=name)
@@ -165,7 +189,7 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
                             mask = load_mask(mask_file, loaded)
                         elif recon.needs_mask:
                             raise InputError(f"{path}: no mask named {path.stem}.* in {masks}")
-                    batch.append((path, loaded, mask, time.perf_counter() - t0))
+                    batch.append((path, loaded, mask, time.perf_counter() - t0, request))
                 except ZswError as e:
                     failed.append((str(path), str(e)))
                     progress.console.print(f"[red]error:[/red] {e}")
@@ -215,8 +239,9 @@ def _save_batch(batch, recon, prompts, source, out, formats, preview, progress, 
             for item, p in zip(batch, prompts)
         )
     done = 0
-    for (path, _, _, load_s), rec in zip(batch, results):
+    for (path, _, _, load_s, request), rec in zip(batch, results):
         try:
+            rec.info["request"] = request
             rec.info["prompt_source"] = source
             rec.info["timings_s"]["load"] = load_s
             rec.save(out / rec.name, formats, preview=preview)

@@ -403,8 +403,13 @@ def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
     assert not (tmp_path / "a").exists()
     line = _one_line_error(runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "b"), "--format", "tflite"]))
     assert "--format must be one of onnx, tensorrt, torch-tensorrt" in line
-    line = _one_line_error(runner.invoke(app, ["export", "--out", str(tmp_path / "c")]))
-    assert "--format onnx needs --weights" in line
+    # no --weights: the packaged model, the same one `zsw reconstruct` uses
+    from zsw.cli.export import _load_weights
+    from zsw.infer.reconstruct import demo_weights
+    from zsw.io import sha256_file
+
+    model, source = _load_weights(None, "onnx")
+    assert source == {"weights": str(demo_weights()), "sha256": sha256_file(demo_weights())}
     line = _one_line_error(runner.invoke(app, ["export", "--weights", str(tmp_path / "no.safetensors"), "--out", "x"]))
     assert "does not exist" in line
 

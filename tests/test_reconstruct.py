@@ -164,15 +164,17 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     from zsw.infer.reconstruct import demo_weights
 
     path = demo_weights()
-    assert path is not None and path.name == "zsw-demo-tiny.safetensors"
+    assert path is not None and path.name == "zsw-demo-v2.safetensors"
     assert path.stat().st_size <= 20 * 2**20  # the package budget
-    assert checkpoint.load(path).config.name == "tiny"
+    config = checkpoint.load(path).config
+    assert config.name == "demo" and config.decoder.pixel_aligned
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["reconstruct", str(repo_root / "examples" / "armchair.png"), "-o", "out/"])
     assert result.exit_code == 0, result.output
     assert "RANDOM" not in result.output
     info = json.loads((tmp_path / "out" / "armchair" / "result.json").read_text())
-    assert info["model"]["weights"] == "demo:zsw-demo-tiny.safetensors" and info["grid"]["resolution"] == 128
+    assert info["model"]["weights"] == "demo:zsw-demo-v2.safetensors" and info["grid"]["resolution"] == 128
+    assert info["mesh"]["watertight"] and info["grid"]["closed"]
     assert info["mesh"]["faces"] > 1000
 
 
@@ -235,15 +237,61 @@ def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_pa
     base = ["reconstruct", image, "-o", str(out), "--weights", "random:tiny", "--resolution", str(RES), "--no-preview"]
     assert runner.invoke(app, base).exit_code == 0
     assert (out / "bolt" / "mesh.glb").exists()
-    again = runner.invoke(app, [*base, "--format", "ply"])
-    assert again.exit_code == 0 and "skipped 1" in again.output and not (out / "bolt" / "mesh.ply").exists()
-    redo = runner.invoke(app, [*base, "--format", "ply", "--overwrite", "--frame", "camera"])
-    assert redo.exit_code == 0 and "reconstructed 1" in redo.output
+    again = runner.invoke(app, base)  # the same input, settings and weights: nothing to do
+    assert again.exit_code == 0 and "skipped 1" in again.output
+    redo = runner.invoke(app, [*base, "--format", "ply", "--frame", "camera"])  # other settings: redone
+    assert redo.exit_code == 0 and "reconstructed 1" in redo.output and "redoing 1" in redo.output
     assert (out / "bolt" / "mesh.ply").exists() and not (out / "bolt" / "mesh.glb").exists()
     assert json.loads((out / "bolt" / "result.json").read_text())["mesh"]["frame"] == "camera"
-    # an interrupted image (outputs but no result.json) is redone without --overwrite
+    forced = runner.invoke(app, [*base, "--format", "ply", "--frame", "camera", "--overwrite"])
+    assert forced.exit_code == 0 and "reconstructed 1" in forced.output
+    # an interrupted image (outputs but no result.json) is redone
     (out / "bolt" / "result.json").unlink()
     assert "reconstructed 1" in runner.invoke(app, base).output
+
+
+def test_cli_reruns_are_keyed_on_the_input_content_and_the_weights(repo_root, tmp_path, tiny_ckpt):
+    """Two photos with the same file name into one output folder: the second is reconstructed, not
+    skipped; the same photo with other weights is redone too."""
+    import hashlib
+    import shutil
+
+    for folder, name in (("A", "toy.png"), ("B", "bolt.png")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(repo_root / "examples" / name, tmp_path / folder / "photo.png")
+    out = tmp_path / "o"
+    opts = ["-o", str(out), "--resolution", str(RES), "--no-preview"]
+    first = runner.invoke(app, ["reconstruct", str(tmp_path / "A" / "photo.png"), *opts, "--weights", "random:tiny"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["reconstruct", str(tmp_path / "B" / "photo.png"), *opts, "--weights", "random:tiny"])
+    assert second.exit_code == 0 and "reconstructed 1" in second.output, second.output
+    request = json.loads((out / "photo" / "result.json").read_text())["request"]
+    assert request["input_sha256"] == hashlib.sha256((tmp_path / "B" / "photo.png").read_bytes()).hexdigest()
+    assert request["weights"] == "random:tiny" and request["resolution"] == RES
+    other = runner.invoke(app, ["reconstruct", str(tmp_path / "B" / "photo.png"), *opts, "--weights", str(tiny_ckpt)])
+    assert "reconstructed 1" in other.output
+    assert json.loads((out / "photo" / "result.json").read_text())["request"]["weights"].startswith("sha256:")
+
+
+def test_non_finite_weights_are_an_error_naming_them(repo_root, tmp_path, tiny_model):
+    from zsw import checkpoint
+    from zsw.model import build_model
+
+    broken = build_model("tiny").eval()
+    broken.load_state_dict(tiny_model.state_dict())
+    with torch.no_grad():
+        for p in broken.pixel.parameters():
+            p.fill_(float("nan"))
+    path = tmp_path / "broken.safetensors"
+    checkpoint.save(broken, path)
+    out = tmp_path / "out"
+    args = ["reconstruct", str(repo_root / "examples" / "bolt.png"), "-o", str(out), "--weights", str(path),
+            "--resolution", str(RES)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.safetensors" in errors[0] and "non-finite" in errors[0], result.output
+    assert not (out / "bolt" / "result.json").exists()
 
 
 def test_zeroshape_models_need_a_mask(repo_root, tmp_path):

@@ -45,6 +45,7 @@ def render_mesh(
     size: tuple[int, int],  # (height, width)
     *,
     color=_CLAY,
+    vertex_colors: np.ndarray | None = None,  # [V, 3] uint8 or floats in [0, 1]: instead of ``color``
     background=(1.0, 1.0, 1.0),
     light=(-0.4, -0.6, -1.0),  # direction towards the light, camera frame (up-left, towards the camera)
     supersample: int = 2,
@@ -78,8 +79,15 @@ def render_mesh(
             to_light = to_light / to_light.norm()
             diffuse = (n @ to_light).clamp(min=0)
             fill = (n @ torch.tensor([0.0, 0.0, -1.0], dtype=_DT)).clamp(min=0)
-            shade = 0.28 + 0.55 * diffuse + 0.22 * fill
-            rgb = shade[:, None] * torch.tensor(color, dtype=_DT)
+            if vertex_colors is None:
+                shade = 0.28 + 0.55 * diffuse + 0.22 * fill
+                rgb = shade[:, None] * torch.tensor(color, dtype=_DT)
+            else:  # the photo's colours: mostly albedo, a little shading for the form
+                vc = torch.as_tensor(np.asarray(vertex_colors)[:, :3], dtype=_DT)
+                vc = vc / 255.0 if np.asarray(vertex_colors).dtype == np.uint8 else vc
+                albedo = (bary[hit][:, :, None] * vc[f[fid]]).sum(1)
+                shade = 0.62 + 0.3 * diffuse + 0.12 * fill
+                rgb = shade[:, None] * albedo
             image[hit] = rgb.clamp(0, 1)
     if s > 1:
         image = image.reshape(H, s, W, s, 3).mean(dim=(1, 3))
@@ -203,6 +211,7 @@ def preview_image(
     faces: np.ndarray,  # [F, 3]
     intrinsics: np.ndarray,  # [3, 3] pixels of the model input
     panel: int = 256,
+    vertex_colors: np.ndarray | None = None,  # [V, 3] uint8
 ) -> np.ndarray:  # [panel, 3 * panel, 3] uint8
     """Input image | mesh seen from the input camera | mesh in a three-quarter view."""
     from PIL import Image
@@ -217,9 +226,9 @@ def preview_image(
     if len(faces):
         # geometry right at the lens (a failed prediction) would fill the panel: clip it
         near = 0.05 * max(float(np.median(np.asarray(vertices)[:, 2])), 1e-6)
-        front = render_mesh(vertices, faces, K, (panel, panel), near=near)
+        front = render_mesh(vertices, faces, K, (panel, panel), near=near, vertex_colors=vertex_colors)
         moved, K3 = orbit_camera(np.asarray(vertices, dtype=np.float64), panel)
-        side = render_mesh(moved, faces, K3, (panel, panel))
+        side = render_mesh(moved, faces, K3, (panel, panel), vertex_colors=vertex_colors)
     else:  # nothing reconstructed: grey panels
         front = side = np.full((panel, panel, 3), 235, np.uint8)
     return np.concatenate([photo, front, side], axis=1)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsw.errors import ConfigError, InputError
+from zsw.errors import ConfigError, InputError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import MODES, extract_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask
@@ -123,6 +123,52 @@ def open_backend(
     return load_backend(kind, engine=engine, device=device), f"engine:{engine}", None
 
 
+def weights_identity(weights=None, engine: str | os.PathLike | None = None) -> str:
+    """What identifies the weights a run uses: the SHA-256 of the checkpoint file (the packaged
+    model's included), of an engine folder's manifest, or the label of a random preset or model."""
+    from zsw.io import sha256_file
+    from zsw.model import ZeroShapeW
+
+    if engine is not None:
+        manifest = Path(engine) / "export.json"
+        return f"engine:{sha256_file(manifest)}" if manifest.is_file() else f"engine:{engine}"
+    if isinstance(weights, ZeroShapeW):
+        return f"model:{id(weights)}"
+    if weights is None or weights == "demo":
+        path = demo_weights()
+        return f"sha256:{sha256_file(path)}" if path is not None else "random:tiny"
+    if isinstance(weights, str) and weights.startswith("random:"):
+        return weights
+    return f"sha256:{sha256_file(weights)}" if Path(weights).is_file() else str(weights)
+
+
+def request_record(image: str | os.PathLike, mask: str | os.PathLike | None, settings: dict) -> dict:
+    """What a result was made from: the input's (and mask's) content hash and every setting that
+    changes the output. ``result.json`` stores it; a rerun reuses a result only when it is equal."""
+    from zsw.io import sha256_file
+
+    return {
+        "input_sha256": sha256_file(image),
+        "mask_sha256": sha256_file(mask) if mask is not None else None,
+        **settings,
+    }
+
+
+def finished_with(out_dir: str | os.PathLike, request: dict) -> str:
+    """``"same"`` if ``out_dir/result.json`` records ``request``, ``"other"`` if it records
+    something else (another photo, other settings or weights), ``"none"`` if there is no result."""
+    import json
+
+    path = Path(out_dir) / "result.json"
+    if not path.is_file():
+        return "none"
+    try:
+        recorded = json.loads(path.read_text()).get("request")
+    except (OSError, ValueError, AttributeError):
+        return "other"
+    return "same" if recorded == request else "other"
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_backend(kind: str, weights: str | None, engine: str | None, device: str | None):
     return open_backend(kind, weights, engine, device)
@@ -170,7 +216,12 @@ class Reconstruction:
         """Input image | mesh from the input camera | mesh in a three-quarter view."""
         from zsw.infer.preview import preview_image
 
-        return preview_image(self.image, self.camera_vertices(), np.asarray(self.mesh.faces), self.intrinsics, panel)
+        colors = None
+        if getattr(self.mesh.visual, "kind", None) == "vertex":
+            colors = np.asarray(self.mesh.visual.vertex_colors)[:, :3]
+        return preview_image(
+            self.image, self.camera_vertices(), np.asarray(self.mesh.faces), self.intrinsics, panel, colors
+        )
 
     def save(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("glb",), preview: bool = True) -> list[Path]:
         """Write ``mesh.<fmt>``, ``depth.png``, the masks, ``preview.png`` and ``result.json``.
@@ -306,7 +357,12 @@ class Reconstructor:
         bound: float = 1.5,
         precision: str = "auto",
         close: bool = True,
+        color: str = "photo",
     ):
+        from zsw.infer.color import COLOR_MODES
+
+        if color not in COLOR_MODES:
+            raise ConfigError(f"color must be one of {', '.join(COLOR_MODES)}, got {color!r}")
         if extraction not in MODES:
             raise ConfigError(f"extraction must be one of {', '.join(MODES)}, got {extraction!r}")
         if frame not in FRAMES:
@@ -320,6 +376,7 @@ class Reconstructor:
         self.weights_label = weights_label
         self.bound = bound
         self.close = close
+        self.color = color
         self.precision = resolve_precision(precision, backend.device) if backend.name == "torch" else "engine"
         self.warnings: list[str] = []
 
@@ -389,10 +446,22 @@ class Reconstructor:
         timings: dict[str, float] = {}
         with autocast(self.precision, device):
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings)
+        for name in ("depth", "intrinsics", "visible_points"):
+            if not bool(torch.isfinite(getattr(pred, name)).all()):
+                raise ZswError(
+                    f"the model ({self.weights_label or backend.name}) predicts non-finite {name.replace('_', ' ')}: "
+                    "its weights are damaged or diverged"
+                )
 
         def decode(points: torch.Tensor) -> torch.Tensor:  # [B, N, 3] -> [B, N]
             with autocast(self.precision, device):
-                return backend.decode(pred.latents, points).float()
+                logits = backend.decode(pred.latents, points).float()
+            if not bool(torch.isfinite(logits).all()):
+                raise ZswError(
+                    f"the model ({self.weights_label or backend.name}) decodes non-finite occupancy: "
+                    "its weights are damaged or diverged"
+                )
+            return logits
 
         if with_mesh:
             meshes = extract_meshes(
@@ -419,7 +488,16 @@ class Reconstructor:
         for b, (im, mesh) in enumerate(zip(images, meshes)):
             grid = mesh.metadata.pop("zsw_grid")
             s, c = float(scale[b]), center[b]
-            mesh.vertices = camera_to_frame(np.asarray(mesh.vertices, dtype=np.float64) * s + c, self.frame)
+            camera = np.asarray(mesh.vertices, dtype=np.float64) * s + c
+            mesh.vertices = camera_to_frame(camera, self.frame)
+            seen = 0
+            if self.color == "photo" and len(mesh.faces):
+                from zsw.infer.color import photo_colors
+
+                colors = photo_colors(camera, np.asarray(mesh.faces), im.image, K[b], visible[b])
+                alpha = np.full((len(colors.rgb), 1), 255, np.uint8)
+                mesh.visual.vertex_colors = np.concatenate([colors.rgb, alpha], axis=1)
+                seen = int(colors.seen.sum())
             rec = Reconstruction(
                 name=im.name,
                 mesh=mesh,
@@ -441,6 +519,7 @@ class Reconstructor:
                 "marching_cubes": grid["marching_cubes_s"],
             }
             rec.info = self._info(rec, im, grid, timing, B, masks is not None)
+            rec.info["colors"] = {"mode": self.color, "seen_vertices": seen, "vertices": len(mesh.vertices)}
             out.append(rec)
         return out
 
@@ -525,6 +604,7 @@ def reconstruct(
     engine: str | os.PathLike | None = None,
     precision: str = "auto",
     close: bool = True,
+    color: str = "photo",
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -547,6 +627,7 @@ def reconstruct(
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
         close: count the space outside the grid as empty (watertight meshes); False keeps
             surfaces that reach the grid's bound open.
+        color: ``photo`` (vertex colours from the photo) or ``none``.
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -580,7 +661,7 @@ def reconstruct(
 
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
-                        weights_label=label, precision=precision, close=close)  # fmt: skip
+                        weights_label=label, precision=precision, close=close, color=color)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]

@@ -1,0 +1,118 @@
+"""Pixel-aligned decoding and Fourier point features (DecoderConfig.pixel_aligned /
+point_frequencies): the projection, what the decoder sees, export parity; plus the ellipsoid
+oracle baseline and the inference precision policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from zsw.config import get_model_config, replace
+from zsw.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(pixel_aligned: bool = True, frequencies: int = 0):
+    tiny = get_model_config("tiny")
+    decoder = replace(tiny.decoder, pixel_aligned=pixel_aligned, point_frequencies=frequencies)
+    return replace(tiny, name="tiny-pa", decoder=decoder)
+
+
+def _forward(model, seed: int = 0):
+    from zsw.train.step import synthetic_batch
+
+    batch = synthetic_batch(2, model.config.pixel.image_size, 8, seed=seed)
+    with torch.no_grad():
+        return model(batch["image"], mask=batch["visible_mask"], occluder_mask=batch["occluder_mask"])
+
+
+def test_surface_points_project_onto_their_own_pixels():
+    from zsw.model import build_model
+
+    out = _forward(build_model(_config()).eval())
+    view = out.pixel_view()
+    assert view.surface.shape == (2, 5, 224, 224) and view.projection.shape == (2, 3, 4)
+    flat = out.visible_points.flatten(2).transpose(1, 2)  # [B, S*S, 3]
+    idx = (out.visible_mask.flatten(1)[0] > 0.5).nonzero()[:, 0][::97]
+    sampled = view.sample(flat[:, idx])  # [B, n, 5 + 3]
+    torch.testing.assert_close(sampled[..., :3], flat[:, idx], atol=1e-4, rtol=0)
+    assert sampled[..., 3].min() > 0.999  # on the visible mask
+    assert sampled[..., 5:].abs().max() < 1e-4  # point minus the surface under it
+    # behind the camera and far off the image: nothing there
+    far = torch.tensor([[[0.0, 0.0, -1e4], [1e3, 1e3, 0.0]]]).expand(2, -1, -1)
+    assert view.sample(far)[..., :5].abs().max() == 0
+
+
+def test_a_pixel_aligned_decoder_reads_the_surface_map_and_a_plain_one_does_not():
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    for aligned in (True, False):
+        model = build_model(_config(pixel_aligned=aligned)).eval()
+        out = _forward(model)
+        points = torch.rand(2, 300, 3) * 2 - 1
+        with torch.no_grad():
+            base = model.decode(out, points)
+            out.visible_points = out.visible_points.flip(-1)  # another surface, same tokens
+            moved = model.decode(out, points)
+        assert (base - moved).abs().max() > 1e-4 if aligned else torch.equal(base, moved)
+    latents = build_model(_config()).eval().decoder.encode(out.tokens, out.text)
+    with pytest.raises(ValueError, match="PixelView"):
+        build_model(_config()).eval().decoder.decode(latents, points)
+
+
+def test_fourier_features_widen_the_point_embedding():
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_config(pixel_aligned=False, frequencies=4)).eval()
+    assert model.decoder.point_embed[0].in_features == 3 + 6 * 4
+    out = _forward(model)
+    assert model.decode(out, torch.rand(2, 50, 3)).shape == (2, 50)
+    with pytest.raises(ConfigError, match="point_frequencies"):
+        _config(frequencies=20)
+
+
+def test_pixel_aligned_graphs_compute_what_the_model_computes():
+    from zsw.export.graphs import example_inputs, graph_modules
+    from zsw.model import DecoderLatents, PixelView, build_model
+
+    model = build_model(_config()).eval()
+    modules = graph_modules(model)
+    inputs = example_inputs(model, batch=2, points=40)
+    names = modules["decoder"].spec.input_names
+    assert names[-2:] == ["view_surface", "view_projection"]
+    with torch.no_grad():
+        got = modules["decoder"](*inputs["decoder"])[0]
+        named = dict(zip(names, inputs["decoder"]))
+        kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(model.config.decoder.blocks)]
+        view = PixelView(named["view_surface"], named["view_projection"])
+        want = model.decoder.decode(DecoderLatents(kv=kv, text=named["query_text"], view=view), named["points"])
+    assert torch.equal(got, want)
+
+
+def test_ellipsoid_baseline_spans_the_true_extents():
+    from zsw.eval.evaluate import ellipsoid_points
+    from zsw.eval.metrics import chamfer_fscore, normalize_pc
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(5000, 3))
+    gt = d / np.linalg.norm(d, axis=1, keepdims=True) * np.array([0.3, 0.8, 0.5]) + 2.0  # an ellipsoid itself
+    pts = ellipsoid_points(gt, 5000, seed=1)
+    np.testing.assert_allclose(pts.min(0), gt.min(0), atol=0.02)
+    np.testing.assert_allclose(pts.max(0), gt.max(0), atol=0.02)
+    m = chamfer_fscore(normalize_pc(torch.as_tensor(pts)), normalize_pc(torch.as_tensor(gt, dtype=torch.float32)))
+    assert m["cd"] < 0.01
+
+
+def test_precision_policy():
+    from zsw.infer.reconstruct import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_precision("int8", "cpu")
