@@ -62,7 +62,13 @@ def train(
     from zsw.train.config import TrainConfig
     from zsw.train.trainer import train as run
 
-    cfg = load_yaml(config, TrainConfig) if config is not None else TrainConfig()
+    saved = out / "config.yaml"
+    if config is not None:
+        cfg = load_yaml(config, TrainConfig)
+    elif resume and saved.is_file():  # `zsw train --out RUN --resume` continues the run as configured
+        cfg = load_yaml(saved, TrainConfig)
+    else:
+        cfg = TrainConfig()
     top = dict(
         model=preset, stage=stage, max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
         amp=amp, seed=seed, device=device, validate=validate, checkpoint_every=checkpoint_every, log_every=log_every,

@@ -37,9 +37,18 @@ class ResidualConvBlock(nn.Module):
         flat = x.dim() == 2
         if flat:
             x = x[:, :, None, None]
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)) + x)
+        out = F.relu(_batch_norm(self.bn1, self.conv1(x)))
+        out = F.relu(_batch_norm(self.bn2, self.conv2(out)) + x)
         return out.flatten(1) if flat else out
+
+
+def _batch_norm(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """``bn(x)``, except that one value per channel (a pooled feature of a batch of one, which is
+    what a rank gets from an odd batch split) has no batch statistics: it is normalised with the
+    running statistics instead, and they are left as they are."""
+    if bn.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)
 
 
 class PointCrossAttention(nn.Module):

@@ -126,6 +126,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _comparable(cfg: TrainConfig) -> dict:
+    """Flat config keys with dataset and checkpoint paths resolved, so that the same folder given
+    as a relative or an absolute path compares equal."""
+    flat = _flatten(to_dict(cfg))
+    for key in ("data.roots", "data.val_roots"):
+        flat[key] = [str(Path(p).resolve()) for p in flat.get(key) or []]
+    for key in ("init", "init_pixel"):
+        if flat.get(key):
+            flat[key] = str(Path(flat[key]).resolve())
+    return flat
+
+
 def _step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
@@ -202,21 +214,22 @@ class Trainer:
     # ---- setup --------------------------------------------------------------------------------
 
     def _check_run_folder(self) -> dict | None:
-        """The latest checkpoint record when resuming, None for a fresh run."""
+        """The checkpoint to resume from (the newest one that loads), None for a fresh run."""
         latest = self.ckpt_dir / "latest.json"
+        has_run = latest.exists() or any(self.ckpt_dir.glob("step-*.safetensors"))
         if not self.resume:
-            if latest.exists():
+            if has_run:
                 raise ConfigError(
                     f"{self.out} already holds a training run; pass --resume to continue it or choose another --out"
                 )
             return None
-        if not latest.exists():
+        if not has_run:
             self.echo(f"no checkpoint in {self.out} yet: starting from step 0")
             return None
         saved_cfg = self.out / "config.yaml"
         if saved_cfg.is_file():
-            old = _flatten(to_dict(load_yaml(saved_cfg, TrainConfig)))
-            new = _flatten(to_dict(self.cfg))
+            old = _comparable(load_yaml(saved_cfg, TrainConfig))
+            new = _comparable(self.cfg)
             diff = [k for k in new if k not in RESUME_FREE_KEYS and old.get(k) != new[k]]
             if diff:
                 k = diff[0]
@@ -224,11 +237,35 @@ class Trainer:
                     f"cannot resume {self.out}: it was trained with {k}={old.get(k)!r}, now {new[k]!r} "
                     "(only max_steps, epochs, logging, checkpoint and validation settings may change)"
                 )
+        return self._newest_valid_checkpoint()
+
+    def _newest_valid_checkpoint(self) -> dict:
+        """``latest.json``'s checkpoint if it loads, else the newest ``step-*`` pair that does."""
+        from zsw import checkpoint
+
+        named = None
+        latest = self.ckpt_dir / "latest.json"
         try:
-            record = json.loads(latest.read_text())
-            return record
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{latest} is unreadable ({e}); delete it to restart the run") from None
+            named = json.loads(latest.read_text())
+            candidates = [named]
+        except (OSError, ValueError) as e:
+            candidates = []
+            self.echo(f"{latest} is unreadable ({type(e).__name__}); looking for the newest valid checkpoint")
+        for path in sorted(self.ckpt_dir.glob("step-*.safetensors"), reverse=True):
+            record = {"model": path.name, "state": path.name.replace(".safetensors", ".state.pt")}
+            if not named or record["model"] != named.get("model"):
+                candidates.append(record)
+        for record in candidates:
+            try:
+                checkpoint.read(self.ckpt_dir / record["model"])
+                state = torch.load(self.ckpt_dir / record["state"], map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unreadable file disqualifies the pair
+                self.echo(f"skipping checkpoint {record['model']}: it does not load ({str(e).splitlines()[0][:120]})")
+                continue
+            if record is not named:
+                self.echo(f"resuming from {record['model']} (step {state['step']}), the newest checkpoint that loads")
+            return {**record, "step": int(state["step"])}
+        raise CheckpointError(f"no checkpoint in {self.ckpt_dir} loads; start a new run with another --out")
 
     def _build_model(self):
         from zsw.model import build_model

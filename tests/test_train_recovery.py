@@ -1,0 +1,86 @@
+"""Training runs that must not be lost: batches of one, damaged checkpoints, `--resume` alone,
+paths given two ways, and settings that cannot train (a NaN or negative learning rate)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from zsw.cli.main import app
+from zsw.data.dataset import AugmentConfig
+from zsw.errors import ConfigError
+from zsw.train.config import DataConfig, TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+NO_AUGMENT = AugmentConfig(occluders=(0, 0), backgrounds="never")
+
+
+def _cfg(tiny64, **kw) -> TrainConfig:
+    data = DataConfig(roots=(str(tiny64[0]),), workers=0, points=256, augment=NO_AUGMENT)
+    base = dict(model=str(tiny64[1]), stage="full", batch_size=2, validate=False, log_every=1, data=data,
+                checkpoint_every=1, keep_checkpoints=3)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def _steps(run) -> list[int]:
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss/total" in r]
+
+
+def test_stage_full_trains_with_one_sample_per_batch(tiny64, tmp_path):
+    from zsw.train.trainer import train
+
+    result = train(_cfg(tiny64, batch_size=1, max_steps=2), tmp_path / "run", progress=False)
+    assert result.step == 2 and result.nonfinite_steps == 0
+
+
+def test_resume_skips_a_corrupt_latest_json_and_a_truncated_checkpoint(tiny64, tmp_path):
+    from zsw.train.trainer import train
+
+    run = tmp_path / "run"
+    train(_cfg(tiny64, max_steps=3), run, progress=False)
+    ckpts = run / "checkpoints"
+    (ckpts / "latest.json").write_text("{not json")
+    newest = ckpts / "step-00000003.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated by a crash
+    messages: list[str] = []
+    result = train(_cfg(tiny64, max_steps=4), run, resume=True, progress=False, echo=messages.append)
+    assert any("step-00000002" in m and "newest checkpoint that loads" in m for m in messages), messages
+    assert result.step == 4 and _steps(run)[-2:] == [3, 4]  # step 3 redone from step 2
+
+
+def test_resume_alone_reads_the_run_config_and_paths_compare_resolved(tiny64, tmp_path, monkeypatch):
+    from zsw.config import dump_yaml
+
+    monkeypatch.chdir(tmp_path)
+    os.symlink(tiny64[0], tmp_path / "data")
+    recipe = tmp_path / "recipe.yaml"
+    dump_yaml(_cfg(tiny64, max_steps=2), recipe)
+    args = ["train", "--config", str(recipe), "--data", "data", "--out", "run", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    # the same folder as an absolute path is the same dataset
+    again = ["train", "--config", str(recipe), "--data", str(tmp_path / "data"), "--out", "run", "--resume",
+             "--max-steps", "3", "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0 and "at step 3" in result.output, result.output
+    # --resume alone continues with the run's own config.yaml
+    result = runner.invoke(app, ["train", "--out", "run", "--resume", "--max-steps", "4", "--no-progress"])
+    assert result.exit_code == 0 and "at step 4" in result.output, result.output
+
+
+@pytest.mark.parametrize("lr", ["nan", "-0.001", "inf"])
+def test_learning_rates_that_cannot_train_are_refused_at_load(tiny64, tmp_path, lr):
+    args = ["train", "--preset", str(tiny64[1]), "--data", str(tiny64[0]), "--stage", "full", "--out",
+            str(tmp_path / "run"), "--lr", lr, "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code in (1, 2) and len(lines) == 1 and "lr" in lines[0], result.output
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "bad.yaml").write_text(f"optim:\n  lr: {lr}\n")
+    with pytest.raises(ConfigError, match="optim.lr"):
+        from zsw.config import load_yaml
+
+        load_yaml(tmp_path / "bad.yaml", TrainConfig)
