@@ -77,6 +77,10 @@ def evaluate(
     from zsw.infer.reconstruct import Reconstructor, open_backend
     from zsw.io import atomic_write_json, atomic_write_text
 
+    if out.is_dir():
+        from zsw.errors import ConfigError
+
+        raise ConfigError(f"--out {out} is a folder; give the summary's file name (e.g. {out / 'results.json'})")
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     samples = open_eval_set(data, format, split=split, max_per_category=max_per_category)
     names = samples.names()[:limit] if limit else samples.names()

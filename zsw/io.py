@@ -20,7 +20,15 @@ from typing import IO, Any
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "sha256_file",
+    "remove_leftovers",
+]
 
 
 @contextlib.contextmanager
@@ -39,6 +47,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield Path(tmp)
+        # writers that recreate the file (safetensors does) bring back mkstemp's 0600: set it again
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -82,3 +92,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def remove_leftovers(folder: str | os.PathLike) -> int:
+    """Delete the temporary files an interrupted :func:`atomic_path` left in ``folder`` (a killed
+    process cannot clean up after itself); returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for tmp in folder.glob(".*.tmp-*"):
+        if tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+    return removed

@@ -262,6 +262,15 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     if (out / MANIFEST).exists() and not overwrite:
         raise ConfigError(f"{out} already holds a zsw export; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
+    # what a killed export left behind: its staging folder and temporary files
+    import shutil
+
+    from zsw.io import remove_leftovers
+
+    for staging in out.glob(".staging-*"):
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+    remove_leftovers(out)
 
 
 def listed_files(data: dict[str, Any]) -> set[str]:

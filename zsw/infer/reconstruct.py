@@ -233,13 +233,14 @@ class Reconstruction:
         from PIL import Image
 
         from zsw.infer.preview import colorize_depth
-        from zsw.io import atomic_path, atomic_write_json
+        from zsw.io import atomic_path, atomic_write_json, remove_leftovers
 
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
             raise ConfigError(f"mesh format must be one of {', '.join(FORMATS)}, got {bad or 'none'}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out)  # temporary files of an earlier, killed run
         written: list[Path] = []
         t0 = time.perf_counter()
         for fmt in dict.fromkeys(formats):
