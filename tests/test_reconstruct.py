@@ -339,3 +339,17 @@ def test_bench_reconstruct_writes_per_stage_rows(tmp_path):
         float(total["dense"]["p50_ms"]) / float(total["fast"]["p50_ms"]), rel=1e-3
     )
     assert "| grid_decode |" in (tmp_path / "s.md").read_text()
+
+
+def test_bf16_meshes_match_fp32_on_the_packaged_model(repo_root):
+    """CPU autocast at bf16 gives the same mesh as fp32 (F-score@0.01 >= 0.99, ZeroShape's
+    normalisation), so --precision bf16 (the default on GPUs) is safe to use."""
+    from zsw.eval.metrics import chamfer_fscore, normalize_pc, sample_surface
+
+    meshes = {}
+    for precision in ("fp32", "bf16"):
+        rec = reconstruct(repo_root / "examples" / "armchair.png", resolution=64, precision=precision)
+        assert rec.info["model"]["precision"] == precision and len(rec.mesh.faces) > 100
+        meshes[precision] = rec.camera_vertices(), rec.mesh
+    pts = {k: normalize_pc(sample_surface(m, 5000, seed=0)) for k, (_, m) in meshes.items()}
+    assert chamfer_fscore(pts["bf16"], pts["fp32"])["fscore@0.01"] >= 0.99

@@ -38,7 +38,7 @@ from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError
 from zsw.synth.render import CameraConfig, View, render, sample_material, sample_view
-from zsw.synth.sdf import CATEGORIES, Shape, make_shape
+from zsw.synth.sdf import ALL_CATEGORIES, CATEGORIES, Shape, make_shape
 
 __all__ = ["ProceduralConfig", "GenerationReport", "generate", "object_split", "object_plan", "plan", "default_workers"]
 
@@ -77,9 +77,9 @@ class ProceduralConfig:
     def __post_init__(self) -> None:
         if self.objects < 1 or self.views < 1:
             raise ConfigError(f"objects and views must be >= 1, got {self.objects} and {self.views}")
-        unknown = [c for c in self.categories if c not in CATEGORIES]
+        unknown = [c for c in self.categories if c not in ALL_CATEGORIES]
         if unknown or not self.categories:
-            raise ConfigError(f"unknown procedural categories {unknown}; known: {', '.join(CATEGORIES)}")
+            raise ConfigError(f"unknown procedural categories {unknown}; known: {', '.join(ALL_CATEGORIES)}")
         if len(set(self.categories)) != len(self.categories):
             raise ConfigError("categories must not repeat")
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
