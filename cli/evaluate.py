@@ -49,7 +49,10 @@ def evaluate(
     ] = "object",
     use_mask: Annotated[bool, typer.Option(help="Give the model the set's visible masks (default: predict).")] = False,
     baseline: Annotated[
-        str | None, typer.Option(help="Score a baseline instead of the mesh: sphere, visible or ellipsoid (oracle: the true extents).")
+        str | None,
+        typer.Option(
+            help="Score a baseline instead of the mesh: sphere, visible or ellipsoid (oracle: the true extents)."
+        ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="List split to read (default: test).")] = None,
     max_per_category: Annotated[int | None, typer.Option(min=1, help="At most this many samples per category.")] = None,

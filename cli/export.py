@@ -30,7 +30,6 @@ def _progress():
 def _load_weights(weights: str | None, fmt: str):
     """The model and the facts about its weights recorded in export.json."""
     from zsw import checkpoint
-    from zsw.errors import ConfigError
     from zsw.export.manifest import sha256_file
     from zsw.infer.reconstruct import resolve_weights
 

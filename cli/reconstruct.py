@@ -14,7 +14,8 @@ COMMAND = dict(
     "\n\nINPUT is any number of image files (PNG, JPEG, WebP, BMP, TIFF), folders or glob patterns. Each "
     "image gets OUT/<name>/ with mesh.glb (or --format), depth.png, visible_mask.png, occluder_mask.png, "
     "preview.png and result.json. An image whose result.json records the same input (content hash), "
-    "settings and weights is skipped unless --overwrite; any other earlier result is redone. Unreadable images are reported and the others still run; the exit code is 1 if any failed."
+    "settings and weights is skipped unless --overwrite; any other earlier result is redone. Unreadable "
+    "images are reported and the others still run; the exit code is 1 if any failed."
     "\n\nMesh frame: --frame gltf (default) is y up with the object facing +z, as glTF viewers show it; "
     "--frame camera is x right, y down, z forward. Units follow the predicted (relative) depth."
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
@@ -88,7 +89,9 @@ def reconstruct(
         bool, typer.Option("--close/--no-close", help="Space outside the grid is empty: watertight meshes.")
     ] = True,
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Redo images even when their result records the same input and settings.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo images even when their result records the same input and settings.")
+    ] = False,
 ) -> None:
     formats = [_choice(f, _FORMATS, "--format") for f in (formats or ["glb"])]
     _choice(extraction, _EXTRACTIONS, "--extraction")
@@ -133,11 +136,12 @@ def reconstruct(
     if skipped:
         console.print(f"skipping {skipped} image(s) already reconstructed in {out} from the same input and settings")
     if changed:
-        console.print(f"redoing {changed} image(s) whose results in {out} came from another input, settings or weights")
+        console.print(f"redoing {changed} image(s) made from another input, settings or weights in {out}")
     done = 0
     if todo:
         done = _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks,
-                    device, batch_size, chunk_points, backend, engine, preview, console, failed, precision, close, color)  # fmt: skip
+                    device, batch_size, chunk_points, backend, engine, preview, console, failed, precision, close,
+                    color)  # fmt: skip
     total = len(paths) + len(problems)
     summary = f"reconstructed {done}, skipped {skipped}, failed {len(failed)} of {total} input(s) -> {out}"
     console.print(("[red]" if failed else "[green]") + summary)
@@ -146,7 +150,8 @@ def reconstruct(
 
 
 def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold, frame, masks, device,
-         batch_size, chunk_points, backend, engine, preview, console, failed, precision, close, color) -> int:  # fmt: skip
+         batch_size, chunk_points, backend, engine, preview, console, failed, precision, close,
+         color) -> int:  # fmt: skip
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -12,7 +12,8 @@ from zsw.cli._common import cli_errors
 COMMAND = dict(
     help="Render analytic SDF shapes into a ZeroShape-layout dataset."
     "\n\nCategories: sphere, box, cylinder, cone, torus, capsule, table, chair, mug, lamp, bottle (the default; "
-    "randomised proportions), and by name (-c) ellipsoid, blocks (L/T/U/step shapes), vase. Cameras follow ZeroShape-W (30-70 mm lens on a 35 mm sensor, elevation 5-65 degrees, random "
+    "randomised proportions), and by name (-c) ellipsoid, blocks (L/T/U/step shapes), vase. Cameras follow "
+    "ZeroShape-W (30-70 mm lens on a 35 mm sensor, elevation 5-65 degrees, random "
     "distance and look-at); images are cropped around the object at 224 px with K updated. Writes depth, K, [R|t], "
     "masks, exact SDF samples, surface point clouds, train/val/test lists and manifest.jsonl. The same seed gives "
     "the same files for any --workers; an interrupted run resumes when rerun with the same options; more "

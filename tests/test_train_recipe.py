@@ -56,7 +56,9 @@ def test_stage_shape_trains_the_shape_path_on_ground_truth_without_the_pixel_mod
     batch = _distorted_batch()
     result = TrainStep(model, _cfg(tiny64, stage="shape"))(batch)
     assert set(k for k in result if not k.startswith("pred_")) >= {"total", "occupancy", "occupancy_iou"}
-    assert "depth" not in result and float(result["total"].detach()) == pytest.approx(float(result["occupancy"].detach()))
+    assert "depth" not in result and float(result["total"].detach()) == pytest.approx(
+        float(result["occupancy"].detach())
+    )
     gt, _, _ = L.visible_frame(batch["depth"], batch["intrinsics"], batch["visible_mask"] > 0.5)
     lifted = seen[0][:, :3].flatten(2).transpose(1, 2)  # [B, S*S, 3]
     torch.testing.assert_close(lifted, gt)

@@ -255,7 +255,7 @@ def evaluate_samples(
             batch.clear()
             return
         seconds = (time.perf_counter() - t0) / len(batch)
-        for i, (s, rec) in enumerate(zip(batch, recs)):
+        for s, rec in zip(batch, recs):
             # per-sample randomness from the sample alone (not its position or the batch size)
             rng = np.random.default_rng([settings.seed, zlib.crc32(s.name.encode())])
             if settings.baseline is None:

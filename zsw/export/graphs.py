@@ -252,7 +252,12 @@ def example_inputs(
     view = []
     if cfg.decoder.pixel_aligned:
         v = PixelView.from_surface(
-            lifted.visible_points, lifted.visible_mask, lifted.occluder_mask, pix.intrinsics, lifted.center, lifted.scale
+            lifted.visible_points,
+            lifted.visible_mask,
+            lifted.occluder_mask,
+            pix.intrinsics,
+            lifted.center,
+            lifted.scale,
         )
         view = [v.surface.float(), v.projection.float()]
     decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view)

@@ -200,7 +200,12 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
         lifted = lift_surface(pix, manifest.config, mask)
         latents = ort.encode(lifted.encoder_input, text)
         view = PixelView.from_surface(
-            lifted.visible_points, lifted.visible_mask, lifted.occluder_mask, pix.intrinsics, lifted.center, lifted.scale
+            lifted.visible_points,
+            lifted.visible_mask,
+            lifted.occluder_mask,
+            pix.intrinsics,
+            lifted.center,
+            lifted.scale,
         )
         feeds = {
             "pixel": {"image": image, "text": text},

@@ -230,7 +230,9 @@ class PointDecoder(nn.Module):
         out = [self.decode(latents, points[:, i : i + chunk_size]) for i in range(0, points.shape[1], chunk_size)]
         return torch.cat(out, dim=1) if out else points.new_zeros(points.shape[:2])
 
-    def forward(self, tokens: Tensor, points: Tensor, text: Tensor | None = None, view: PixelView | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, points: Tensor, text: Tensor | None = None, view: PixelView | None = None
+    ) -> Tensor:
         """Logits ``[B, N]`` for ``tokens [B, L, C_tok]`` and ``points [B, N, 3]``."""
         latents = self.encode(tokens, text)
         latents.view = view

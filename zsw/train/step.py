@@ -152,7 +152,9 @@ class TrainStep(nn.Module):
         model = self.model
         if teacher is not None and bool(teacher.any()):
             t = teacher.to(pix.depth.dtype)
-            depth = t[:, None, None, None] * batch["depth"].to(pix.depth.dtype) + (1 - t[:, None, None, None]) * pix.depth
+            depth = (
+                t[:, None, None, None] * batch["depth"].to(pix.depth.dtype) + (1 - t[:, None, None, None]) * pix.depth
+            )
             K = torch.where(teacher[:, None, None], batch["intrinsics"].to(pix.intrinsics.dtype), pix.intrinsics)
             pix = PixelOutput(depth, K, pix.visible_mask_logits, pix.occluder_mask_logits)
         image = batch["image"]

@@ -322,7 +322,11 @@ class Trainer:
         if cfg.validate:
             try:
                 val = ShapeDataset(
-                    list(cfg.data.val_roots or cfg.data.roots), cfg.data.val_split, size=image_size, seed=cfg.seed, with_shape=False
+                    list(cfg.data.val_roots or cfg.data.roots),
+                    cfg.data.val_split,
+                    size=image_size,
+                    seed=cfg.seed,
+                    with_shape=False,
                 )
             except ConfigError:
                 self.echo(f"no {cfg.data.val_split} lists in the data: validation is off")
