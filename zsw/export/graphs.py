@@ -227,7 +227,7 @@ def example_inputs(
     input distribution; query points are uniform in the grid's cube ``[-1.5, 1.5]^3``.
     """
     from zsw import kernels
-    from zsw.model import PixelView, lift_surface
+    from zsw.model import lift_surface
 
     cfg = model.config
     S = cfg.pixel.image_size
@@ -251,14 +251,7 @@ def example_inputs(
     encoder_in = (enc_in, text) if len(specs["encoder"].inputs) == 2 else (enc_in,)
     view = []
     if cfg.decoder.pixel_aligned:
-        v = PixelView.from_surface(
-            lifted.visible_points,
-            lifted.visible_mask,
-            lifted.occluder_mask,
-            pix.intrinsics,
-            lifted.center,
-            lifted.scale,
-        )
+        v = lifted.pixel_view(pix.intrinsics)
         view = [v.surface.float(), v.projection.float()]
     decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view)
     return {"pixel": pixel_in, "encoder": encoder_in, "decoder": decoder_in}

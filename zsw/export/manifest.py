@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -52,16 +51,10 @@ __all__ = [
 ]
 
 FORMAT = "zsw-export-1"
+from zsw.io import sha256_file  # noqa: E402 - re-exported: the export code names it from here
+
 MANIFEST = "export.json"
 TEXT_FILE = "default_text_embedding.npy"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def now_iso() -> str:

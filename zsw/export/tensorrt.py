@@ -184,7 +184,7 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
     """Compare each engine with ONNX Runtime (CPU) on the same inputs, produced by running the ONNX
     graphs on noise images: realistic encoder inputs and latents without needing the weights."""
     from zsw.export.runtime import OnnxRuntimeBackend
-    from zsw.model import PixelView, lift_surface
+    from zsw.model import lift_surface
 
     ort = OnnxRuntimeBackend(manifest, torch.device("cpu"))
     engines = load_engines(manifest, device)
@@ -199,14 +199,7 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
         pix = ort.pixel(image, text)
         lifted = lift_surface(pix, manifest.config, mask)
         latents = ort.encode(lifted.encoder_input, text)
-        view = PixelView.from_surface(
-            lifted.visible_points,
-            lifted.visible_mask,
-            lifted.occluder_mask,
-            pix.intrinsics,
-            lifted.center,
-            lifted.scale,
-        )
+        view = lifted.pixel_view(pix.intrinsics)
         feeds = {
             "pixel": {"image": image, "text": text},
             "encoder": {"encoder_input": lifted.encoder_input, "text": text},

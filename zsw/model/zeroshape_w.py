@@ -80,8 +80,9 @@ class SurfacePrediction:
 
     def pixel_view(self) -> PixelView:
         """The visible surface map and camera that a pixel-aligned decoder samples."""
+        v = self
         return PixelView.from_surface(
-            self.visible_points, self.visible_mask, self.occluder_mask, self.intrinsics, self.center, self.scale
+            v.visible_points, v.visible_mask, v.occluder_mask, v.intrinsics, v.center, v.scale
         )
 
 
@@ -103,6 +104,11 @@ class LiftedSurface:
     center: Tensor  # [B, 3]
     scale: Tensor  # [B]
     encoder_input: Tensor  # [B, 3 or 4, S, S]
+
+    def pixel_view(self, intrinsics: Tensor) -> PixelView:  # intrinsics [B, 3, 3]
+        """The surface map and camera a pixel-aligned decoder samples (see :class:`PixelView`)."""
+        v = self
+        return PixelView.from_surface(v.visible_points, v.visible_mask, v.occluder_mask, intrinsics, v.center, v.scale)
 
 
 def lift_surface(
