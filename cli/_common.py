@@ -25,15 +25,17 @@ def error(message: str, code: int = 1) -> typer.Exit:
 
 
 def cli_errors(fn: F) -> F:
-    """Turn user-caused errors (:class:`zsw.errors.ZswError`) into one line on stderr and exit 1;
-    Ctrl-C into exit 130. Anything else is a bug and keeps its traceback."""
+    """Turn user-caused errors (:class:`zsw.errors.ZswError`) into one line on stderr and exit 1
+    (2 for :class:`~zsw.errors.OptionError`, an invalid option value); Ctrl-C into exit 130. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from zsw.errors import ZswError
+        from zsw.errors import OptionError, ZswError
 
         try:
             return fn(*args, **kwargs)
+        except OptionError as e:  # a usage error, like typer's own: exit 2
+            raise error(str(e), code=2) from None
         except ZswError as e:
             raise error(str(e)) from None
         except KeyboardInterrupt:

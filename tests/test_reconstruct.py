@@ -223,7 +223,9 @@ def test_cli_missing_input_and_bad_options(tmp_path):
     )
     assert result.exit_code == 1 and _lines(result.output) == [f"error: checkpoint {tmp_path / 'w.st'} does not exist"]
     result = runner.invoke(app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--device", "gpu0"])
-    assert result.exit_code == 1 and "is not a device" in _lines(result.output)[0]
+    assert result.exit_code == 2 and "is not a device" in _lines(result.output)[0]  # a usage error
+    result = runner.invoke(app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--device", "tpu"])
+    assert result.exit_code == 2 and _lines(result.output)[0].startswith("error: --device")
     if not torch.cuda.is_available():
         result = runner.invoke(app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--device", "cuda"])
         assert result.exit_code == 1 and _lines(result.output) == [

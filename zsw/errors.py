@@ -7,7 +7,7 @@ message without a traceback; library callers can catch it. Bugs stay ordinary ex
 
 from __future__ import annotations
 
-__all__ = ["ZswError", "ConfigError", "CheckpointError", "InputError"]
+__all__ = ["ZswError", "ConfigError", "OptionError", "CheckpointError", "InputError"]
 
 
 class ZswError(Exception):
@@ -16,6 +16,11 @@ class ZswError(Exception):
 
 class ConfigError(ZswError, ValueError):
     """A configuration file, preset name or option value is invalid."""
+
+
+class OptionError(ConfigError):
+    """A command-line option has a value that is not allowed (the CLI exits 2, as for any usage
+    error)."""
 
 
 class CheckpointError(ZswError):

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsw.errors import ConfigError, InputError, ZswError
+from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import MODES, extract_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask
@@ -112,7 +112,9 @@ def open_backend(
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError):
-            raise ConfigError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+            raise OptionError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+        if dev.type not in ("cpu", "cuda"):
+            raise OptionError(f"--device {device}: zsw runs on cpu or cuda devices")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: no CUDA device is available to PyTorch here")
     if kind == "torch":
