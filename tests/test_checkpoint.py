@@ -141,8 +141,13 @@ def test_load_official_refuses_arbitrary_pickles(tmp_path):
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as f:
         pickle.dump({"graph": {}, "x": Evil()}, f)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="weights_only=True") as info:
         checkpoint.load_official(path)
+    assert "weights_only=False" not in str(info.value) and "will likely succeed" not in str(info.value)
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_official(tmp_path / "noise.ckpt")
+    assert "weights_only=False" not in str(info.value)
     good = tmp_path / "good.ckpt"
     import numpy as np
 

@@ -299,6 +299,15 @@ def convert_zeroshape(
     return (out, rep) if report else out
 
 
+def _load_failure(e: Exception) -> str:
+    """The reason of a failed ``torch.load``, without torch's advice to retry with
+    ``weights_only=False`` (which would execute whatever the file holds)."""
+    text = str(e).strip().replace("WeightsUnpickler error:", "")
+    advice = ("weights_only", "Weights only load failed", "Check the documentation", "trusted source")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not any(a in line for a in advice)]
+    return lines[0][:300].rstrip(".") if lines else f"{type(e).__name__}: not a PyTorch checkpoint of plain tensors"
+
+
 def load_official(path: str | os.PathLike) -> dict[str, Any]:
     """Load an official ``.ckpt`` with ``torch.load(weights_only=True)`` (never arbitrary pickles)."""
     import numpy as np
@@ -314,7 +323,7 @@ def load_official(path: str | os.PathLike) -> dict[str, Any]:
         with torch.serialization.safe_globals(safe):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = _load_failure(e)
         raise CheckpointError(
             f"cannot load {path} with torch.load(weights_only=True): {msg[:300]}. zsw refuses to unpickle "
             "arbitrary objects; re-save the state dict from a trusted environment"
