@@ -220,6 +220,13 @@ def test_config_errors():
         Shape([])
 
 
+def test_refuses_to_write_into_a_folder_of_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty and holds no zsw dataset"):
+        generate(tmp_path, ProceduralConfig(objects=1, views=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.slow
 def test_cli_synthesize_procedural(tmp_path):
     from zsw.cli.main import app

@@ -258,9 +258,10 @@ def _check_resume(layout: ZeroShapeLayout, cfg: ProceduralConfig) -> None:
     path = layout.root / CONFIG_FILE
     if not path.is_file():
         if layout.root.is_dir() and any(layout.root.iterdir()):
-            # only the output of this tool may be resumed
+            # only the output of this tool may be resumed; anything else is the user's
             if (layout.root / "lists").exists() or (layout.root / "images_processed").exists():
                 raise ConfigError(f"{layout.root} holds a dataset that zsw did not generate (no {CONFIG_FILE})")
+            raise ConfigError(f"{layout.root} is not empty and holds no zsw dataset; choose an empty or new --out")
         return
     old = load_yaml(path, ProceduralConfig)
     a, b = to_dict(replace(old, objects=1)), to_dict(replace(cfg, objects=1))
