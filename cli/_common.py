@@ -26,7 +26,8 @@ def error(message: str, code: int = 1) -> typer.Exit:
 
 def cli_errors(fn: F) -> F:
     """Turn user-caused errors (:class:`zsw.errors.ZswError`) into one line on stderr and exit 1
-    (2 for :class:`~zsw.errors.OptionError`, an invalid option value); Ctrl-C into exit 130. Anything else is a bug and keeps its traceback."""
+    (2 for :class:`~zsw.errors.OptionError`, an invalid option value); Ctrl-C into exit 130.
+    Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -99,7 +99,7 @@ def evaluate(
     from zsw.infer.reconstruct import resolve_precision
 
     resolved = resolve_precision(precision, be.device) if be.name == "torch" else "engine"
-    fingerprint = hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
+    fingerprint = hashlib.sha1("\n".join(samples.names()).encode()).hexdigest()[:12]  # the whole set, not --limit
     settings = EvalSettings(
         precision=resolved,
         data=f"{data.resolve()}#{fingerprint}",
@@ -120,7 +120,7 @@ def evaluate(
     if log.rows:
         console.print(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame="camera",
-                          weights_label=label, precision=precision)  # fmt: skip
+                          weights_label=label, precision=precision, color="none")  # fmt: skip
     estimator = None
     if prompt in ("auto", "clip") or prompt.startswith("vlm:"):
         from zsw.infer.category import get_estimator

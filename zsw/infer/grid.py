@@ -294,8 +294,6 @@ def marching_cubes(
     vol = volume.detach().float().cpu().numpy() if isinstance(volume, Tensor) else np.asarray(volume, np.float32)
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise ValueError(f"volume must be a cube [R+1, R+1, R+1], got {vol.shape}")
-    if not ((close or vol.min() < threshold) and threshold < vol.max()):
-        return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
     if close and vol.shape[0] > 2:
         vol = vol.copy()
         for axis in range(3):
@@ -303,6 +301,8 @@ def marching_cubes(
             for index in (0, -1):
                 face[axis] = index
                 vol[tuple(face)] = 0.0
+    if not (vol.min() < threshold < vol.max()):
+        return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
     step = 2.0 * bound / (vol.shape[0] - 1)
     # inside is > threshold, so the field increases inwards: 'ascent' makes the faces point out
     verts, faces, _, _ = measure.marching_cubes(

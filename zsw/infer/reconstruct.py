@@ -482,8 +482,8 @@ class Reconstructor:
             meshes = [_empty_mesh(self.resolution) for _ in range(B)]
         depth = pred.depth[:, 0].float().cpu().numpy()
         K = pred.intrinsics.float().cpu().numpy()
-        visible = pred.visible_mask[:, 0].cpu().numpy() > 0.5
-        occluder = pred.occluder_mask[:, 0].cpu().numpy() > 0.5 if pred.occluder_mask is not None else None
+        visible = pred.visible_mask[:, 0].float().cpu().numpy() > 0.5
+        occluder = pred.occluder_mask[:, 0].float().cpu().numpy() > 0.5 if pred.occluder_mask is not None else None
         center = pred.center.float().cpu().numpy()
         scale = pred.scale.float().cpu().numpy()
         surface = pred.visible_points.float().permute(0, 2, 3, 1).cpu().numpy()  # [B, S, S, 3] normalised

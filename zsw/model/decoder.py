@@ -53,19 +53,23 @@ class PixelView:
 
     def sample(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> [B, N, C + 3]
         """The surface map at each point's pixel (bilinear; zeros off the image and behind the
-        camera), and the point minus the sampled surface point."""
+        camera), and the point minus the sampled surface point. Always computed in float32, also
+        under autocast: pixel coordinates up to the image size need more than bf16's 8 bits."""
         import torch.nn.functional as F
 
-        B, C, S, _ = self.surface.shape
-        P = self.projection.to(points.dtype)
-        uvw = points @ P[:, :, :3].transpose(1, 2) + P[:, None, :, 3]  # [B, N, 3]
-        w = uvw[..., 2:]
-        front = w > 1e-6
-        uv = uvw[..., :2] / torch.where(front, w, torch.ones_like(w))
-        grid = torch.where(front, uv * (2.0 / (S - 1)) - 1.0, torch.full_like(uv, -4.0))  # pixel centres at +-1
-        sampled = F.grid_sample(self.surface.to(points.dtype), grid[:, :, None, :], align_corners=True)
-        sampled = sampled[..., 0].transpose(1, 2)  # [B, N, C]
-        return torch.cat([sampled, points - sampled[..., :3]], dim=-1)
+        with torch.autocast(points.device.type, enabled=False):
+            pts = points.float()
+            B, C, S, _ = self.surface.shape
+            P = self.projection.float()
+            uvw = pts @ P[:, :, :3].transpose(1, 2) + P[:, None, :, 3]  # [B, N, 3]
+            w = uvw[..., 2:]
+            front = w > 1e-6
+            uv = uvw[..., :2] / torch.where(front, w, torch.ones_like(w))
+            grid = torch.where(front, uv * (2.0 / (S - 1)) - 1.0, torch.full_like(uv, -4.0))  # pixel centres at +-1
+            sampled = F.grid_sample(self.surface.float(), grid[:, :, None, :], align_corners=True)
+            sampled = sampled[..., 0].transpose(1, 2)  # [B, N, C]
+            out = torch.cat([sampled, pts - sampled[..., :3]], dim=-1)
+        return out.to(points.dtype)
 
 
 @dataclass

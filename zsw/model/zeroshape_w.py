@@ -133,14 +133,16 @@ def lift_surface(
         raise InputError(f"the {config.name} model has no mask head: pass mask=[B, 1, {S}, {S}]")
     points = unproject_depth(depth, pix.intrinsics)  # [B, S*S, 3]
     normalized, center, scale = normalize_visible(points, visible.reshape(B, -1) > 0.5)
-    visible_points = normalized.transpose(1, 2).reshape(B, 3, S, S).to(dtype)
+    # float32 whatever the depth's dtype: under bf16 autocast an 8-bit mantissa would move the surface
+    # by ~0.4 % of the object, which a pixel-aligned decoder (and the mesh) follows
+    visible_points = normalized.transpose(1, 2).reshape(B, 3, S, S)
     occluder = None
     encoder_input = visible_points
     if config.encoder.in_channels == 4:
         if occluder_mask is not None:
-            occluder = (occluder_mask > 0.5).to(dtype)
+            occluder = (occluder_mask > 0.5).to(visible_points.dtype)
         else:
-            occluder = (pix.occluder_mask_logits >= 0).to(dtype)
+            occluder = (pix.occluder_mask_logits >= 0).to(visible_points.dtype)
         encoder_input = torch.cat([visible_points, occluder], dim=1)
     return LiftedSurface(visible, occluder, visible_points, center, scale, encoder_input)
 
