@@ -154,3 +154,22 @@ def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_pa
     checkpoint.save(other, tmp_path / "c.safetensors")
     with pytest.raises(CheckpointError, match="init_pixel"):
         Trainer(_cfg(tiny64, init_pixel=str(tmp_path / "c.safetensors")), tmp_path / "r2")._build_model()
+
+
+def test_every_committed_recipe_and_model_config_loads(repo_root):
+    """configs/demo/ (the default model's recipe) and configs/experiments/ stay loadable."""
+    from zsw.config import ModelConfig, get_model_config, load_yaml
+
+    recipes = sorted((repo_root / "configs").rglob("*.yaml"))
+    assert any(p.name == "full.yaml" for p in recipes)
+    for path in recipes:
+        text = path.read_text()
+        if text.lstrip("#").lstrip().startswith("name:") or "\nname:" in text:  # a model config
+            assert isinstance(load_yaml(path, ModelConfig), ModelConfig)
+            continue
+        cfg = load_yaml(path, TrainConfig)
+        model = repo_root / cfg.model if cfg.model.endswith(".yaml") else cfg.model
+        get_model_config(str(model))
+    demo = load_yaml(repo_root / "configs" / "demo" / "full.yaml", TrainConfig)
+    assert demo.teacher_surface == (1.0, 0.0) and demo.init_pixel and demo.stage == "full"
+    assert get_model_config(str(repo_root / demo.model)).decoder.pixel_aligned
