@@ -111,28 +111,18 @@ def reconstruct(
     for item, reason in problems:
         console.print(f"[red]error:[/red] {item}: {reason}")
     names = _output_names(paths)
-    from zsw.errors import ZswError
-    from zsw.infer.reconstruct import finished_with, request_record, weights_identity
+    from zsw.infer.reconstruct import plan_reruns, weights_identity
 
     settings = dict(
         weights=weights_identity(weights, engine), backend=backend, resolution=resolution, extraction=extraction,
         threshold=threshold, frame=frame, formats=sorted(formats), prompt=prompt, precision=precision, close=close,
         color=color, preview=preview, device=device or "auto",
     )  # fmt: skip
-    todo, changed = [], 0
-    for p, n in zip(paths, names):
-        try:
-            mask_file = _find_mask(masks, p) if masks is not None else None
-            request = request_record(p, mask_file, settings)
-        except (OSError, ZswError) as e:
-            failed.append((str(p), str(e)))
-            console.print(f"[red]error:[/red] {p}: {e}")
-            continue
-        state = "none" if overwrite else finished_with(out / n, request)
-        changed += state == "other"
-        if state != "same":
-            todo.append((p, n, request))
-    skipped = len(paths) - len(todo) - (len(failed) - len(problems))
+    todo, changed, errors = plan_reruns(paths, names, out, settings, masks, overwrite)
+    for p, reason in errors:
+        failed.append((str(p), reason))
+        console.print(f"[red]error:[/red] {p}: {reason}")
+    skipped = len(paths) - len(todo) - len(errors)
     if skipped:
         console.print(f"skipping {skipped} image(s) already reconstructed in {out} from the same input and settings")
     if changed:
@@ -158,7 +148,7 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
 
     from zsw.errors import InputError, ZswError
     from zsw.infer.image import load_image, load_mask
-    from zsw.infer.reconstruct import Reconstructor, open_backend
+    from zsw.infer.reconstruct import Reconstructor, find_mask, open_backend
 
     be, label, warning = open_backend(backend, weights, engine, device)
     if warning:
@@ -189,7 +179,7 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
                     loaded = load_image(path, size, name=name)
                     mask = None
                     if masks is not None:
-                        mask_file = _find_mask(masks, path)
+                        mask_file = find_mask(masks, path)
                         if mask_file is not None:
                             mask = load_mask(mask_file, loaded)
                         elif recon.needs_mask:
@@ -204,16 +194,6 @@ def _run(todo, out, formats, weights, prompt, resolution, extraction, threshold,
             done += _reconstruct_batch(batch, recon, category, prompt, out, formats, preview, progress, failed)
             progress.advance(task, len(batch))
     return done
-
-
-def _find_mask(folder: Path, image: Path) -> Path | None:
-    from zsw.infer.image import IMAGE_SUFFIXES
-
-    for suffix in (".png", *IMAGE_SUFFIXES):
-        candidate = folder / f"{image.stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _reconstruct_batch(batch, recon, category, prompt, out, formats, preview, progress, failed) -> int:

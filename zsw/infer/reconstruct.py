@@ -156,11 +156,46 @@ def request_record(image: str | os.PathLike, mask: str | os.PathLike | None, set
     }
 
 
+def find_mask(folder: str | os.PathLike, image: str | os.PathLike) -> Path | None:
+    """The mask in ``folder`` named like ``image`` (``<stem>.png`` first, then any image suffix)."""
+    from zsw.infer.image import IMAGE_SUFFIXES
+
+    for suffix in (".png", *IMAGE_SUFFIXES):
+        candidate = Path(folder) / f"{Path(image).stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def plan_reruns(
+    paths: Sequence[Path],
+    names: Sequence[str],
+    out: str | os.PathLike,
+    settings: dict,
+    masks: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> tuple[list[tuple[Path, str, dict]], int, list[tuple[Path, str]]]:
+    """Which images of a folder run need work: ``(todo, redone, errors)``. ``todo`` holds
+    ``(path, output name, request)`` for every image without a result recording the same request
+    (see :func:`request_record`); ``redone`` counts those whose earlier result came from another
+    input, settings or weights; ``errors`` the images that could not be read to hash them."""
+    todo, redone, errors = [], 0, []
+    for path, name in zip(paths, names):
+        try:
+            request = request_record(path, find_mask(masks, path) if masks is not None else None, settings)
+        except (OSError, ZswError) as e:
+            errors.append((path, str(e)))
+            continue
+        state = "none" if overwrite else finished_with(Path(out) / name, request)
+        redone += state == "other"
+        if state != "same":
+            todo.append((path, name, request))
+    return todo, redone, errors
+
+
 def finished_with(out_dir: str | os.PathLike, request: dict) -> str:
     """``"same"`` if ``out_dir/result.json`` records ``request``, ``"other"`` if it records
     something else (another photo, other settings or weights), ``"none"`` if there is no result."""
-    import json
-
     path = Path(out_dir) / "result.json"
     if not path.is_file():
         return "none"

@@ -220,7 +220,17 @@ class ZeroShapeW(nn.Module):
         if occluder_mask is not None:
             self._check_mask(occluder_mask, "occluder_mask", image)
         text = self.embed_prompts(prompt, B)
-        pix = self.pixel(image, text)
+        return self.encode_surface(self.pixel(image, text), text, mask, occluder_mask)
+
+    def encode_surface(
+        self,
+        pix: PixelOutput,  # depth and K to lift (predicted, ground truth or a mix of both)
+        text: Tensor | None,  # [B, T] prompt embeddings
+        mask: Tensor | None = None,  # [B, 1, S, S]: visible mask instead of pix's logits
+        occluder_mask: Tensor | None = None,  # [B, 1, S, S]: occluder mask instead of pix's logits
+    ) -> ModelOutput:
+        """Lift ``pix`` to the normalised visible surface and encode it into tokens: the second
+        half of :meth:`forward`, also used by training on ground-truth surfaces."""
         lifted = lift_surface(pix, self.config, mask, occluder_mask)
         tokens = self.encoder(lifted.encoder_input)
         return ModelOutput(**SurfacePrediction.fields(pix, lifted), tokens=tokens, text=text)

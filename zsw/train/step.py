@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from zsw.model.pixel import PixelOutput
-from zsw.model.zeroshape_w import ModelOutput, SurfacePrediction, lift_surface
+from zsw.model.zeroshape_w import ModelOutput
 from zsw.train import losses as L
 from zsw.train.config import OptimConfig, TrainConfig
 
@@ -148,27 +148,19 @@ class TrainStep(nn.Module):
 
     def _lift(self, batch: dict[str, Tensor], pix: PixelOutput, teacher: Tensor | None, text) -> ModelOutput:
         """Encode the visible surface: lifted from ``pix`` (predicted depth and K), except for the
-        samples where ``teacher`` [B] is True, which take the ground-truth depth and K."""
-        model = self.model
-        if teacher is not None and bool(teacher.any()):
-            t = teacher.to(pix.depth.dtype)
-            depth = (
-                t[:, None, None, None] * batch["depth"].to(pix.depth.dtype) + (1 - t[:, None, None, None]) * pix.depth
-            )
-            K = torch.where(teacher[:, None, None], batch["intrinsics"].to(pix.intrinsics.dtype), pix.intrinsics)
-            pix = PixelOutput(depth, K, pix.visible_mask_logits, pix.occluder_mask_logits)
-        image = batch["image"]
+        samples where ``teacher`` [B] is True, which take the ground-truth depth, K and masks."""
         vis, occ = batch["visible_mask"] > 0.5, batch["occluder_mask"] > 0.5
-        gt_masks = self.cfg.teacher_masks or not self.has_masks or self.cfg.stage == "shape"
-        if not gt_masks:  # the predicted masks, except for teacher samples (ground truth throughout)
-            t = teacher[:, None, None, None] if teacher is not None else torch.zeros_like(vis[:, :1, :1, :1])
-            vis = torch.where(t, vis, pix.visible_mask_logits >= 0)
-            occ = torch.where(t, occ, pix.occluder_mask_logits >= 0)
-        mask = vis.to(image.dtype)
-        occluder = occ.to(image.dtype) if self.has_masks else None
-        lifted = lift_surface(pix, model.config, mask, occluder)
-        tokens = model.encoder(lifted.encoder_input)
-        return ModelOutput(**SurfacePrediction.fields(pix, lifted), tokens=tokens, text=text)
+        if teacher is not None:
+            t = teacher[:, None, None, None]
+            depth = torch.where(t, batch["depth"].to(pix.depth.dtype), pix.depth)
+            K = torch.where(t[:, :, 0], batch["intrinsics"].to(pix.intrinsics.dtype), pix.intrinsics)
+            pix = PixelOutput(depth, K, pix.visible_mask_logits, pix.occluder_mask_logits)
+        if not (self.cfg.teacher_masks or not self.has_masks or self.cfg.stage == "shape"):
+            vis_pred, occ_pred = pix.visible_mask_logits >= 0, pix.occluder_mask_logits >= 0
+            vis = vis_pred if teacher is None else torch.where(t, vis, vis_pred)
+            occ = occ_pred if teacher is None else torch.where(t, occ, occ_pred)
+        dtype = batch["image"].dtype
+        return self.model.encode_surface(pix, text, vis.to(dtype), occ.to(dtype) if self.has_masks else None)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg, w = self.cfg, self.cfg.loss

@@ -458,8 +458,6 @@ class Trainer:
             self.echo(f"frozen {len(unused)} parameter tensors that stage {cfg.stage} never uses (e.g. {unused[0]})")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.stage, cfg.optim), betas=cfg.optim.betas)
-        for group in self.optimizer.param_groups:
-            group["base_lr"] = group["lr"]
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         if dist.distributed:
             ids = [device.index] if device.type == "cuda" else None
@@ -503,6 +501,7 @@ class Trainer:
         step_module.set_progress(st.step / max(self.total_steps - 1, 1))
         factor = cfg.optim.lr_factor(st.step, self.total_steps)
         for group in self.optimizer.param_groups:
+            # the group's own lr is its base until the first step records it (saved with the optimiser)
             group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
         finite = True
         terms: dict[str, float] = {}

@@ -23,14 +23,12 @@ __all__ = ["validate"]
 def _ground_truth_surface(model: torch.nn.Module, batch: dict):
     """The model's encoding of the ground-truth visible surface (depth, K, masks)."""
     from zsw.model.pixel import PixelOutput
-    from zsw.model.zeroshape_w import ModelOutput, SurfacePrediction, lift_surface
 
     image = batch["image"]
     gt = PixelOutput(batch["depth"].to(image.dtype), batch["intrinsics"].to(image.dtype), None, None)
     occluder = batch["occluder_mask"].to(image.dtype) if model.config.pixel.mask_heads else None
-    lifted = lift_surface(gt, model.config, batch["visible_mask"].to(image.dtype), occluder)
     text = model.embed_prompts(None, image.shape[0])
-    return ModelOutput(**SurfacePrediction.fields(gt, lifted), tokens=model.encoder(lifted.encoder_input), text=text)
+    return model.encode_surface(gt, text, batch["visible_mask"].to(image.dtype), occluder)
 
 
 @torch.no_grad()
