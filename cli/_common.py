@@ -15,7 +15,7 @@ import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["cli_errors", "error"]
+__all__ = ["cli_errors", "error", "RichReporter"]
 
 
 def error(message: str, code: int = 1) -> typer.Exit:
@@ -45,3 +45,48 @@ def cli_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class RichReporter:
+    """The command line's :class:`zsw.report.Reporter`: messages and a progress bar on stderr.
+
+    ``min_total``: tasks shorter than this show no bar (one image needs none)."""
+
+    def __init__(self, min_total: int = 2):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.min_total = min_total
+
+    def _line(self, label: str, style: str, text: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text.assemble((label, style), text) if label else Text(text))
+
+    def info(self, text: str) -> None:
+        self._line("", "", text)
+
+    def warning(self, text: str) -> None:
+        self._line("WARNING: ", "bold yellow", text)
+
+    def error(self, text: str) -> None:
+        self._line("error: ", "red", text)
+
+    def summary(self, text: str, ok: bool) -> None:
+        """The last line of a command: green when everything worked, red otherwise."""
+        self.console.print(text, style="green" if ok else "red", markup=False)
+
+    def progress(self, description: str, total: int):
+        import contextlib
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        @contextlib.contextmanager
+        def run():
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=self.console, transient=True, disable=total < self.min_total)  # fmt: skip
+            with bar:
+                task = bar.add_task(description, total=total)
+                yield lambda n=1: bar.advance(task, n)
+
+        return run()

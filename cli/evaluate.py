@@ -18,14 +18,7 @@ COMMAND = dict(
     "\n\n  zsw eval --data data/proc_test --format procedural --out demo.json --baseline sphere",
 )
 
-_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")
-_ALIGNS = ("none", "brute-force", "icp")
-_BASELINES = ("sphere", "visible", "ellipsoid")
-
-
-def _choice(value: str | None, choices: tuple[str, ...], option: str) -> None:
-    if value is not None and value not in choices:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=option)
+_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")  # for --help; the job validates
 
 
 @cli_errors
@@ -67,117 +60,22 @@ def evaluate(
     ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
-    _choice(format, _FORMATS, "--format")
-    _choice(align, _ALIGNS, "--align")
-    _choice(baseline, _BASELINES, "--baseline")
-    _choice(extraction, ("fast", "dense"), "--extraction")
+    from zsw.cli._common import RichReporter
+    from zsw.eval.jobs import EvalJobSettings, evaluate_set
+    from zsw.infer.settings import GridSettings
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from zsw.data.eval_sets import open_eval_set
-    from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
-    from zsw.infer.reconstruct import Reconstructor, open_backend
-    from zsw.io import atomic_write_json, atomic_write_text
-
-    if out.is_dir():
-        from zsw.errors import ConfigError
-
-        raise ConfigError(f"--out {out} is a folder; give the summary's file name (e.g. {out / 'results.json'})")
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    samples = open_eval_set(data, format, split=split, max_per_category=max_per_category)
-    names = samples.names()[:limit] if limit else samples.names()
-    if not names:
-        from zsw.errors import InputError
-
-        raise InputError(f"{data} holds no {format} samples")
-    be, label, warning = open_backend(backend, weights, engine, device)
-    if warning:
-        console.print(f"[bold yellow]WARNING:[/bold yellow] {warning}")
-    import hashlib
-
-    from zsw.infer.reconstruct import resolve_precision
-
-    resolved = resolve_precision(precision, be.device) if be.name == "torch" else "engine"
-    fingerprint = hashlib.sha1("\n".join(samples.names()).encode()).hexdigest()[:12]  # the whole set, not --limit
-    settings = EvalSettings(
-        precision=resolved,
-        data=f"{data.resolve()}#{fingerprint}",
-        format=format,
-        weights=label,
-        resolution=resolution,
-        extraction=extraction,
-        threshold=threshold,
-        num_points=num_points,
-        align=align,
-        prompt=prompt,
-        use_mask=use_mask,
-        baseline=baseline,
-        seed=seed,
-    )
-    jsonl = out.with_name(out.stem + ".samples.jsonl")
-    log = ResultsLog(jsonl, settings, overwrite=overwrite)
-    if log.rows:
-        console.print(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
-    recon = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame="camera",
-                          weights_label=label, precision=precision, color="none")  # fmt: skip
-    estimator = None
-    if prompt in ("auto", "clip") or prompt.startswith("vlm:"):
-        from zsw.infer.category import get_estimator
-
-        estimator = get_estimator(prompt, device=str(be.device))
-    if align == "brute-force" and be.device.type != "cuda" and num_points > 2000:
-        console.print(
-            f"[yellow]note:[/yellow] brute-force alignment of {num_points} points on the CPU scores 3,216 distinct "
-            "rotations with k-d trees: minutes per sample; a GPU runs the batched Chamfer kernel"
-        )
-    failures: list[str] = []
-    todo = [i for i, n in enumerate(names) if n not in log.done]
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[cd]}"), console=console, transient=True,
+    settings = EvalJobSettings(
+        format=format, weights=weights, grid=GridSettings(resolution=resolution, extraction=extraction,
+        threshold=threshold), num_points=num_points, align=align, prompt=prompt, use_mask=use_mask,
+        baseline=baseline, seed=seed, precision=precision, split=split, max_per_category=max_per_category,
+        limit=limit, device=device, batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite,
     )  # fmt: skip
-
-    def lazy():
-        for i in todo:
-            try:
-                yield samples[i]
-            except Exception as e:  # a corrupt sample: count it, go on
-                from zsw.errors import ZswError
-
-                if not isinstance(e, (ZswError, OSError, ValueError)):
-                    raise
-                on_sample(None, str(e))
-
-    with progress:
-        task = progress.add_task("evaluating", total=len(todo), cd="")
-
-        def on_sample(row, error):
-            if error:
-                failures.append(error)
-                progress.console.print(f"[red]error:[/red] {error}")
-            progress.update(task, advance=1, cd=f"CD {row['cd']:.4f}" if row else "")
-
-        rows = evaluate_samples(lazy(), recon, settings, log, batch_size=batch_size, estimator=estimator,
-                                on_sample=on_sample)  # fmt: skip
-    rows = [r for r in rows if r["name"] in set(names)]
-    summary = summarize(rows)
-    result = {
-        "settings": settings.__dict__,
-        "data": str(data),
-        "samples": len(names),
-        "evaluated": len(rows),
-        "failed": len(failures),
-        "skipped_unreadable": samples.skipped,
-        **summary,
-    }
-    atomic_write_json(out, result)
-    title = f"{format} - {label}" + (f" - baseline {baseline}" if baseline else "")
-    atomic_write_text(out.with_suffix(".md"), summary_markdown(summary, title))
-    _print_tables(console, summary, title)
-    console.print(f"wrote {out}, {out.with_suffix('.md')} and {jsonl}")
-    if failures:
-        console.print(f"[red]{len(failures)} sample(s) failed[/red]")
+    reporter = RichReporter(min_total=1)
+    report = evaluate_set(data, out, settings, reporter)
+    _print_tables(reporter.console, report.summary, report.title)
+    reporter.info(f"wrote {report.out}, {report.markdown} and {report.samples_jsonl}")
+    if not report.ok:
+        reporter.summary(f"{len(report.failures)} sample(s) failed", ok=False)
         raise typer.Exit(1)
 
 

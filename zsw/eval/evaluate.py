@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsw.errors import ConfigError
+from zsw.errors import ConfigError, OptionError
 from zsw.eval.metrics import THRESHOLDS, chamfer_fscore, normalize_pc, sample_surface
 
 __all__ = [
@@ -76,11 +76,11 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         if self.align not in ALIGNS:
-            raise ConfigError(f"--align must be one of {', '.join(ALIGNS)}, got {self.align!r}")
+            raise OptionError(f"--align must be one of {', '.join(ALIGNS)}, got {self.align!r}")
         if self.baseline is not None and self.baseline not in BASELINES:
-            raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+            raise OptionError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.num_points < 1:
-            raise ConfigError(f"--num-points must be positive, got {self.num_points}")
+            raise OptionError(f"--num-points must be positive, got {self.num_points}")
 
 
 def score(

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from zsw.config import ModelConfig
+from zsw.infer import settings as _settings
 from zsw.model import DecoderLatents, PixelOutput, SurfacePrediction, ZeroShapeW, lift_surface
 
 __all__ = ["Backend", "TorchBackend", "Prediction", "predict", "load_backend", "BACKENDS"]
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = _settings.BACKENDS
 
 
 @runtime_checkable

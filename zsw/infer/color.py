@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from zsw.infer import settings as _settings
+
 __all__ = ["VertexColors", "photo_colors", "COLOR_MODES"]
 
-COLOR_MODES = ("photo", "none")
+COLOR_MODES = _settings.COLORS
 CLAY = np.array([199, 189, 176], dtype=np.uint8)
 
 

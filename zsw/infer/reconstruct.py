@@ -38,6 +38,7 @@ from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import MODES, extract_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask
+from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, is_estimated_prompt
 
 __all__ = [
     "reconstruct",
@@ -53,10 +54,6 @@ __all__ = [
     "RANDOM_WEIGHTS_WARNING",
 ]
 
-#: output frames of the mesh
-FRAMES = ("gltf", "camera")
-#: mesh file formats
-FORMATS = ("glb", "obj", "ply")
 #: folder of the packaged demo model
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 RANDOM_WEIGHTS_WARNING = (
@@ -336,9 +333,6 @@ def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
     if len(prompts) != n:
         raise InputError(f"got {len(prompts)} prompts for {n} images")
     return prompts
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
@@ -694,7 +688,7 @@ def reconstruct(
         warnings.warn(warning, stacklevel=2)
     loaded = load_image(image, be.config.pixel.image_size)
     masks = [load_mask(mask, loaded)] if mask is not None else None
-    if prompt is not None and (prompt in ("auto", "clip") or prompt.startswith("vlm:")):
+    if is_estimated_prompt(prompt):
         from zsw.infer.category import get_estimator
 
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]

@@ -1,0 +1,214 @@
+"""The reconstruction job: images in, one result folder per image out.
+
+:func:`reconstruct_many` is what ``zsw reconstruct`` runs, what the web app runs for an upload and
+what a Python user calls for a folder of photos, so the three cannot disagree::
+
+    from zsw.infer.jobs import reconstruct_many
+    from zsw.infer.settings import GridSettings, ReconstructSettings
+
+    report = reconstruct_many(["photos/"], "out", ReconstructSettings(grid=GridSettings(resolution=96)))
+    print(report.summary())
+
+For each image: find it, hash it, skip it when ``out/<name>/result.json`` records the same input,
+settings and weights, else load it (and its mask), estimate its category if asked, reconstruct it
+in batches, and write its files (atomically, ``result.json`` last). A failing image is reported and
+counted; the others go on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zsw.errors import InputError, ZswError
+from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
+from zsw.infer.reconstruct import Reconstruction, Reconstructor, find_mask, open_backend, plan_reruns, weights_identity
+from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
+from zsw.report import Reporter
+
+__all__ = ["reconstruct_many", "ReconstructReport", "output_names"]
+
+
+@dataclass
+class ReconstructReport:
+    """What a reconstruction job did.
+
+    Attributes:
+        out: the output folder.
+        written: result folders written by this run, in input order.
+        skipped: images whose earlier result records the same input, settings and weights.
+        redone: images redone because their earlier result came from something else.
+        failed: ``(input, reason)`` for every input that failed.
+        total: inputs asked for (images found plus inputs that named nothing).
+    """
+
+    out: Path
+    written: list[Path] = field(default_factory=list)
+    skipped: int = 0
+    redone: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        return (
+            f"reconstructed {len(self.written)}, skipped {self.skipped}, failed {len(self.failed)} "
+            f"of {self.total} input(s) -> {self.out}"
+        )
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Folder names under the output: the file stem, made unique with -2, -3, ... in input order."""
+    names, used = [], set()
+    for p in paths:
+        name, k = p.stem, 2
+        while name in used:
+            name, k = f"{p.stem}-{k}", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+@dataclass
+class _Item:
+    path: Path
+    name: str
+    request: dict
+    image: LoadedImage | None = None
+    mask: object = None  # [S, S] bool array or None
+    load_s: float = 0.0
+
+
+@functools.lru_cache(maxsize=2)
+def _backend(kind: str, weights: str | None, engine: str | None, device: str | None, identity: str):
+    # keyed on the weights' content hash too: a checkpoint rewritten in place is loaded again
+    return open_backend(kind, weights, engine, device)
+
+
+def reconstruct_many(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    settings: ReconstructSettings | None = None,
+    reporter: Reporter | None = None,
+) -> ReconstructReport:
+    """Reconstruct every image that ``inputs`` names (files, folders, glob patterns) into
+    ``out/<name>/`` (mesh, depth, masks, preview, ``result.json``). See the module docstring."""
+    settings = settings or ReconstructSettings()
+    reporter = reporter or Reporter()
+    out = Path(out)
+    report = ReconstructReport(out=out)
+    paths, problems = find_images(inputs)
+    report.total = len(paths) + len(problems)
+    for item, reason in problems:
+        _fail(report, reporter, item, reason)
+    identity = weights_identity(settings.weights, settings.engine)
+    todo, report.redone, errors = plan_reruns(
+        paths, output_names(paths), out, settings.request(identity), settings.masks, settings.overwrite
+    )
+    for path, reason in errors:
+        _fail(report, reporter, str(path), reason)
+    report.skipped = len(paths) - len(todo) - len(errors)
+    if report.skipped:
+        reporter.info(
+            f"skipping {report.skipped} image(s) already reconstructed in {out} from the same input and settings"
+        )
+    if report.redone:
+        reporter.info(f"redoing {report.redone} image(s) made from another input, settings or weights in {out}")
+    if todo:
+        _run([_Item(p, n, r) for p, n, r in todo], out, settings, identity, reporter, report)
+    return report
+
+
+def _fail(report: ReconstructReport, reporter: Reporter, item: str, reason: str) -> None:
+    report.failed.append((item, reason))
+    reporter.error(f"{item}: {reason}")
+
+
+def _run(items: list[_Item], out: Path, s: ReconstructSettings, identity: str, reporter, report) -> None:
+    weights = None if s.weights is None else str(s.weights)
+    engine = None if s.engine is None else str(s.engine)
+    backend, label, warning = _backend(s.backend, weights, engine, s.device, identity)
+    if warning:
+        reporter.warning(warning)
+    g = s.grid
+    recon = Reconstructor(backend, resolution=g.resolution, extraction=g.extraction, threshold=g.threshold,
+                          frame=s.frame, chunk_points=g.chunk_points, weights_label=label, bound=g.bound,
+                          precision=s.precision, close=g.close, color=s.color)  # fmt: skip
+    if warning:
+        recon.warnings.append(warning)
+    estimator = None
+    if is_estimated_prompt(s.prompt):
+        from zsw.infer.category import get_estimator
+
+        estimator = get_estimator(s.prompt, device=str(backend.device))
+    with reporter.progress("reconstructing", len(items)) as advance:
+        for start in range(0, len(items), s.batch_size):
+            chunk = items[start : start + s.batch_size]
+            batch = [it for it in chunk if _load(it, recon, s, reporter, report)]
+            if batch:
+                prompts, source = _prompts(batch, s.prompt, estimator)
+                _reconstruct(batch, prompts, source, recon, out, s, reporter, report)
+            advance(len(chunk))
+
+
+def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, reporter, report) -> bool:
+    """Read the image (and its mask); False, reported, if it cannot be used."""
+    try:
+        t0 = time.perf_counter()
+        item.image = load_image(item.path, recon.backend.config.pixel.image_size, name=item.name)
+        if s.masks is not None:
+            mask_file = find_mask(s.masks, item.path)
+            if mask_file is not None:
+                item.mask = load_mask(mask_file, item.image)
+            elif recon.needs_mask:
+                raise InputError(f"{item.path}: no mask named {item.path.stem}.* in {s.masks}")
+        item.load_s = time.perf_counter() - t0
+        return True
+    except ZswError as e:
+        _fail(report, reporter, str(item.path), str(e).removeprefix(f"{item.path}: "))
+        return False
+
+
+def _prompts(batch: list[_Item], prompt: str, estimator) -> tuple[list[str], str]:
+    if estimator is not None:
+        from PIL import Image
+
+        return estimator([Image.fromarray(it.image.image) for it in batch]), "auto"
+    return [prompt] * len(batch), ("user" if prompt != "object" else "default")
+
+
+def _reconstruct(batch, prompts, source, recon, out, s, reporter, report) -> None:
+    """One model call for the batch; a failing batch is retried image by image."""
+    masks = [it.mask for it in batch] if any(it.mask is not None for it in batch) else None
+    try:
+        results = recon([it.image for it in batch], prompts, masks)
+    except ZswError as e:
+        if len(batch) == 1:
+            return _fail(report, reporter, str(batch[0].path), str(e))
+        for it, p in zip(batch, prompts):
+            _reconstruct([it], [p], source, recon, out, s, reporter, report)
+        return None
+    for it, rec in zip(batch, results):
+        _save(it, rec, source, out, s, reporter, report)
+    return None
+
+
+def _save(item: _Item, rec: Reconstruction, source: str, out: Path, s, reporter, report) -> None:
+    rec.info["request"] = item.request
+    rec.info["prompt_source"] = source
+    rec.info["timings_s"]["load"] = item.load_s
+    try:
+        rec.save(out / rec.name, s.formats, preview=s.preview)
+    except (OSError, ZswError) as e:
+        return _fail(report, reporter, str(item.path), f"cannot write results ({e})")
+    report.written.append(out / rec.name)
+    m = rec.info["mesh"]
+    reporter.info(f"{item.path} -> {out / rec.name} ({m['vertices']} vertices, {m['faces']} faces)")
+    return None

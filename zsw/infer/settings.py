@@ -1,0 +1,148 @@
+"""Settings of the reconstruction job: frozen dataclasses that own their option vocabulary.
+
+``zsw reconstruct``, the web app and the Python API build one :class:`ReconstructSettings` and
+hand it to :func:`zsw.infer.jobs.reconstruct_many`. Validation happens here, once, when the
+object is made: a bad value raises :class:`~zsw.errors.OptionError` naming the option (the CLI
+exits 2 for it, as for any usage error).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from zsw.errors import OptionError
+
+__all__ = [
+    "GridSettings",
+    "ReconstructSettings",
+    "FRAMES",
+    "FORMATS",
+    "EXTRACTIONS",
+    "BACKENDS",
+    "PRECISIONS",
+    "COLORS",
+    "is_estimated_prompt",
+]
+
+#: output frames of the mesh (see zsw.infer.reconstruct)
+FRAMES = ("gltf", "camera")
+#: mesh file formats
+FORMATS = ("glb", "obj", "ply")
+#: grid filling strategies (see zsw.infer.grid)
+EXTRACTIONS = ("fast", "dense")
+#: inference backends (see zsw.infer.backend)
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+#: inference precisions (see zsw.infer.reconstruct.resolve_precision)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: vertex colour modes (see zsw.infer.color)
+COLORS = ("photo", "none")
+
+
+def is_estimated_prompt(prompt: str | None) -> bool:
+    """True for prompts that ask an estimator for the category (``auto``, ``clip``, ``vlm:...``)."""
+    return prompt is not None and (prompt in ("auto", "clip") or prompt.startswith("vlm:"))
+
+
+def _choice(value: str, choices: tuple[str, ...], option: str) -> None:
+    if value not in choices:
+        raise OptionError(f"{option}: {value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """How the occupancy grid is decoded and turned into a mesh (see ``zsw.infer.grid``).
+
+    Attributes:
+        resolution: grid cells per axis (``resolution + 1`` samples).
+        extraction: ``fast`` (coarse to fine) or ``dense`` (every grid point).
+        threshold: occupancy probability of the surface.
+        bound: half side of the grid cube in the normalised frame.
+        close: the space outside the grid counts as empty, so meshes are watertight.
+        chunk_points: most query points per decoder call (bounds memory).
+    """
+
+    resolution: int = 128
+    extraction: str = "fast"
+    threshold: float = 0.5
+    bound: float = 1.5
+    close: bool = True
+    chunk_points: int = 65536
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.resolution <= 1024:
+            raise OptionError(f"--resolution: {self.resolution} is not in 8..1024")
+        _choice(self.extraction, EXTRACTIONS, "--extraction")
+        if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
+            raise OptionError(f"--threshold: {self.threshold} is not a probability strictly between 0 and 1")
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise OptionError(f"bound: {self.bound} is not a positive number")
+        if self.chunk_points < 1024:
+            raise OptionError(f"--chunk-points: {self.chunk_points} is below 1024")
+
+
+@dataclass(frozen=True)
+class ReconstructSettings:
+    """Everything that decides what ``zsw reconstruct`` does with a set of images.
+
+    Attributes:
+        formats: mesh files to write (``glb``, ``obj``, ``ply``).
+        weights: checkpoint path, ``"demo"``, ``"random:<preset>"``, or None for the packaged model.
+        prompt: category prompt; ``auto``/``clip``/``vlm:<model>`` ask an estimator.
+        grid: grid decoding and mesh extraction.
+        frame: ``gltf`` (y up, facing +z) or ``camera`` (x right, y down, z forward).
+        masks: folder of visible masks named like the images.
+        device: ``cuda``, ``cpu``, ... (None: CUDA if available).
+        batch_size: images per model call.
+        backend: ``torch``, ``onnxruntime`` or ``tensorrt``.
+        engine: folder written by ``zsw export`` (onnxruntime/tensorrt backends).
+        precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
+        color: ``photo`` (vertex colours from the photo) or ``none``.
+        preview: write ``preview.png``.
+        overwrite: redo images even when their result records the same input and settings.
+    """
+
+    formats: tuple[str, ...] = ("glb",)
+    weights: str | None = None
+    prompt: str = "object"
+    grid: GridSettings = field(default_factory=GridSettings)
+    frame: str = "gltf"
+    masks: Path | None = None
+    device: str | None = None
+    batch_size: int = 1
+    backend: str = "torch"
+    engine: Path | None = None
+    precision: str = "auto"
+    color: str = "photo"
+    preview: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        formats = tuple(dict.fromkeys(self.formats or ("glb",)))
+        for f in formats:
+            _choice(f, FORMATS, "--format")
+        object.__setattr__(self, "formats", formats)
+        _choice(self.frame, FRAMES, "--frame")
+        _choice(self.backend, BACKENDS, "--backend")
+        _choice(self.precision, PRECISIONS, "--precision")
+        _choice(self.color, COLORS, "--color")
+        if self.batch_size < 1:
+            raise OptionError(f"--batch-size: {self.batch_size} is below 1")
+        if not self.prompt or not self.prompt.strip():
+            raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
+        if self.masks is not None and not Path(self.masks).is_dir():
+            raise OptionError(f"--masks: {self.masks} is not a folder")
+        if self.weights is not None and self.backend != "torch":
+            raise OptionError(f"--weights is for the torch backend; the {self.backend} backend reads its --engine")
+
+    def request(self, weights_identity: str) -> dict:
+        """Every setting that changes a result's files, as ``result.json`` records it (a rerun
+        reuses a result only when this and the input's content hash are equal)."""
+        g = asdict(self.grid)
+        return dict(
+            weights=weights_identity, backend=self.backend, resolution=g["resolution"],
+            extraction=g["extraction"], threshold=g["threshold"], frame=self.frame, formats=sorted(self.formats),
+            prompt=self.prompt, precision=self.precision, close=g["close"], color=self.color,
+            preview=self.preview, device=self.device or "auto",
+        )  # fmt: skip
