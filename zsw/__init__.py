@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ZswError", "reconstruct"]
+__all__ = ["__version__", "ZswError", "reconstruct", "reconstruct_many", "ReconstructSettings", "GridSettings"]
 
 from zsw.errors import ZswError  # noqa: E402  (light module, safe to import eagerly)
 
@@ -23,4 +23,12 @@ def __getattr__(name: str):
         from zsw.infer.reconstruct import reconstruct
 
         return reconstruct
+    if name == "reconstruct_many":
+        from zsw.infer.jobs import reconstruct_many
+
+        return reconstruct_many
+    if name in ("ReconstructSettings", "GridSettings"):
+        from zsw.infer import settings
+
+        return getattr(settings, name)
     raise AttributeError(f"module 'zsw' has no attribute {name!r}")
