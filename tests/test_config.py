@@ -78,3 +78,33 @@ def test_preset_structure():
     assert w.pixel.mask_heads and not z.pixel.mask_heads and t.pixel.mask_heads
     assert z.decoder.point_embed == "linear" and w.decoder.point_embed == "mlp"
     assert w.num_tokens == z.num_tokens == t.num_tokens == 197
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (dict(workers=-1), "data.workers"),
+        (dict(points=0), "data.points"),
+        (dict(far_fraction=1.5), "data.far_fraction"),
+        (dict(far_fraction=float("nan")), "data.far_fraction"),
+        (dict(near_band=0.0), "data.near_band"),
+    ],
+)
+def test_training_data_settings_are_validated(data, fragment):
+    from zsw.train.config import DataConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=fragment):
+        TrainConfig(data=DataConfig(**data))
+
+
+def test_loader_workers_default_fits_the_cpus(monkeypatch):
+    """No data.workers: one less than the CPUs each rank gets, at most 4 (the old default of 4
+    workers on a 2-core machine drew PyTorch's 'suggested max number of worker' warning)."""
+    import os
+
+    from zsw.train.trainer import _loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _loader_workers(None, 1) == 1 and _loader_workers(None, 2) == 0 and _loader_workers(3, 2) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert _loader_workers(None, 8) == 4

@@ -308,10 +308,24 @@ class ZeroShapeLayout:
     def append_manifest(self, record: dict[str, Any]) -> None:
         """Append one JSON line (flushed and fsynced, so a killed run loses at most this line)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.manifest, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        with open(self.manifest, "a+b") as f:
+            torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
+            # a run killed mid-line left a torn line: end it, so this record stays readable
+            f.write((b"\n" if torn else b"") + json.dumps(record, sort_keys=True).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def sort_manifest(self) -> None:
+        """Rewrite the manifest (atomically) with one record per sample name, the last one
+        written, sorted by name: the file then depends on what was generated, not on the order in
+        which workers or interrupted runs finished. Holds the records in memory while it sorts."""
+        from zsw.io import atomic_write_text
+
+        if not self.manifest.is_file():
+            return
+        records = {r["name"]: r for r in self.read_manifest() if isinstance(r, dict) and "name" in r}
+        text = "".join(json.dumps(records[k], sort_keys=True) + "\n" for k in sorted(records))
+        atomic_write_text(self.manifest, text)
 
     def read_manifest(self) -> Iterator[dict[str, Any]]:
         """Manifest records; a torn last line (interrupted write) is skipped."""

@@ -216,8 +216,8 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[lis
             material=_material_record(mat),
             baked=split in cfg.bake_splits,
         )
-        if sid in unrecorded:  # finished by an interrupted run that could not record it
-            records.append(dict(record, recovered=True))
+        if sid in unrecorded:  # finished by an interrupted run that could not record it (the
+            records.append(record)  # record is rebuilt from the seeds: the same as it would have been)
             continue
         result = render(shape, view, mat)
         arrays = dict(image=result.image, depth=result.depth, visible_mask=None, occluder_mask=None)
@@ -244,9 +244,15 @@ def _single_thread() -> Iterator[None]:
 
 
 def _worker_init() -> None:
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # the parent handles Ctrl-C and ends the pool; a worker whose parent was killed dies quietly
+    # on its next write instead of printing a BrokenPipeError traceback per worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +327,7 @@ def generate(
             for result in pool.imap_unordered(_object_job, jobs):
                 collect(result)
     seconds = time.perf_counter() - start
+    layout.sort_manifest()  # record order must not depend on workers or interruptions
 
     # lists from what is on disk: every finished view of every planned object
     for split in SPLITS:

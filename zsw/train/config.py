@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from zsw.data.dataset import AugmentConfig
@@ -58,7 +59,6 @@ class OptimConfig:
     warmup_steps: int = 0
 
     def __post_init__(self) -> None:
-        import math
 
         for name in ("lr", "lr_pretrained", "weight_decay"):
             v = getattr(self, name)
@@ -77,7 +77,6 @@ class OptimConfig:
 
     def lr_factor(self, step: int, total: int) -> float:
         """Multiplier of the base learning rates at optimiser step ``step`` of ``total``."""
-        import math
 
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
@@ -99,8 +98,9 @@ class DataConfig:
     # from samples farther than near_band x the object's extent from the surface (see ShapeDataset)
     far_fraction: float | None = None
     near_band: float = 0.02
-    # DataLoader worker processes per rank
-    workers: int = 4
+    # DataLoader worker processes per rank; None: one less than the CPUs each rank gets, at most 4
+    # (more workers than cores only adds start-up time and PyTorch's "suggested max" warning)
+    workers: int | None = None
     # "object": the category-agnostic default prompt; "category": the sample's category name
     # (needs CLIP weights for names other than the default)
     prompts: str = "object"
@@ -186,6 +186,15 @@ class TrainConfig:
             raise ConfigError(f"data.prompts must be object or category, got {self.data.prompts!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        d = self.data
+        if d.workers is not None and d.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0 or null (automatic), got {d.workers}")
+        if d.points < 1:
+            raise ConfigError(f"data.points must be >= 1, got {d.points}")
+        if d.far_fraction is not None and not (math.isfinite(d.far_fraction) and 0.0 <= d.far_fraction <= 1.0):
+            raise ConfigError(f"data.far_fraction must be in [0, 1] or null, got {d.far_fraction!r}")
+        if not (math.isfinite(d.near_band) and d.near_band > 0):
+            raise ConfigError(f"data.near_band must be a finite number > 0, got {d.near_band!r}")
 
     @property
     def num_epochs(self) -> int:

@@ -487,7 +487,7 @@ class Trainer:
             self.train_ds,
             batch_size=self.micro,
             sampler=self.sampler,
-            num_workers=self.cfg.data.workers,
+            num_workers=_loader_workers(self.cfg.data.workers, self.dist.world_size),
             drop_last=True,
             pin_memory=self.dist.device.type == "cuda",
         )
@@ -720,3 +720,15 @@ def train(
         return Trainer(cfg, out, resume=resume, progress=progress, echo=echo).fit()
     finally:
         shutdown()
+
+
+def _loader_workers(asked: int | None, world_size: int) -> int:
+    """DataLoader workers per rank: as asked, or (None) one less than the CPUs each rank gets (the
+    rank itself needs one), at most 4."""
+    if asked is not None:
+        return asked
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus // max(1, world_size) - 1))
