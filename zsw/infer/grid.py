@@ -280,6 +280,7 @@ def marching_cubes(
     threshold: float = 0.5,
     bound: float = 1.5,
     close: bool = True,
+    backend: str = "auto",
 ):
     """The ``threshold`` level set of a grid over ``[-bound, bound]^3`` as an outward-facing mesh.
 
@@ -287,13 +288,37 @@ def marching_cubes(
     samples is set to 0), so a surface that reaches the bound is capped within one step of it and
     the mesh is watertight and stays inside the cube; without it such a surface stays open at the
     bound. Returns an empty ``trimesh.Trimesh`` when the level is not crossed.
+
+    ``backend``: ``skimage`` (scikit-image on the host), ``torch`` (:mod:`zsw.infer.marching_cubes`
+    on the grid's device, same triangles except in ambiguous cells) or ``auto``: ``torch`` for a
+    tensor on an accelerator (no host copy of the grid), ``skimage`` otherwise (faster on a CPU).
     """
     import trimesh
+
+    if backend not in ("auto", "skimage", "torch"):
+        raise ValueError(f"marching cubes backend must be auto, skimage or torch, got {backend!r}")
+    on_device = isinstance(volume, Tensor) and volume.device.type != "cpu"
+    if backend == "torch" or (backend == "auto" and on_device):
+        verts, faces = _marching_cubes_torch(volume, threshold, bound, close)
+    else:
+        verts, faces = _marching_cubes_skimage(volume, threshold, bound, close)
+    if len(faces) == 0:
+        return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
+    return trimesh.Trimesh(verts, faces, process=False)
+
+
+def _check_cube(shape: tuple[int, ...]) -> None:
+    if len(shape) != 3 or len(set(shape)) != 1:
+        raise ValueError(f"volume must be a cube [R+1, R+1, R+1], got {tuple(shape)}")
+
+
+def _marching_cubes_skimage(
+    volume: np.ndarray | Tensor, threshold: float, bound: float, close: bool
+) -> tuple[np.ndarray, np.ndarray]:  # verts [V, 3] float32 in the frame, faces [F, 3] int64
     from skimage import measure
 
     vol = volume.detach().float().cpu().numpy() if isinstance(volume, Tensor) else np.asarray(volume, np.float32)
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise ValueError(f"volume must be a cube [R+1, R+1, R+1], got {vol.shape}")
+    _check_cube(vol.shape)
     if close and vol.shape[0] > 2:
         vol = vol.copy()
         for axis in range(3):
@@ -302,7 +327,7 @@ def marching_cubes(
                 face[axis] = index
                 vol[tuple(face)] = 0.0
     if not (vol.min() < threshold < vol.max()):
-        return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     step = 2.0 * bound / (vol.shape[0] - 1)
     # inside is > threshold, so the field increases inwards: 'ascent' makes the faces point out
     verts, faces, _, _ = measure.marching_cubes(
@@ -310,7 +335,24 @@ def marching_cubes(
         allow_degenerate=False,
     )  # fmt: skip
     verts = verts - bound
-    return trimesh.Trimesh(verts.astype(np.float32), faces.astype(np.int64), process=False)
+    return verts.astype(np.float32), faces.astype(np.int64)
+
+
+def _marching_cubes_torch(
+    volume: np.ndarray | Tensor, threshold: float, bound: float, close: bool
+) -> tuple[np.ndarray, np.ndarray]:  # as _marching_cubes_skimage, computed where the grid is
+    from zsw.infer.marching_cubes import marching_cubes as marching_cubes_torch
+
+    vol = volume.detach() if isinstance(volume, Tensor) else torch.as_tensor(np.asarray(volume, np.float32))
+    _check_cube(tuple(vol.shape))
+    if close and vol.shape[0] > 2:
+        vol = vol.clone()  # the same outer layer as the scikit-image path, emptied on the device
+        vol[[0, -1]] = 0.0
+        vol[:, [0, -1]] = 0.0
+        vol[:, :, [0, -1]] = 0.0
+    verts, faces = marching_cubes_torch(vol, threshold)  # no early exit: an uncrossed level gives 0 faces
+    step = 2.0 * bound / (vol.shape[0] - 1)
+    return (verts * step - bound).cpu().numpy(), faces.cpu().numpy()
 
 
 def extract_meshes(
