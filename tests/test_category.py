@@ -142,3 +142,27 @@ def test_cli_prompt_auto_uses_the_estimated_category(tiny_clip, repo_root, tmp_p
     assert result.exit_code == 0, result.output
     info = json.loads((out / "bucket" / "result.json").read_text())
     assert info["prompt_source"] == "auto" and info["prompt"] in {w for _, w in VOCAB}
+
+
+def test_missing_clip_weights_fail_at_once_without_network(monkeypatch, tmp_path):
+    """Offline first: weights absent from the local cache and no hub -> one line, no download
+    retries (this took 51 s of retries before)."""
+    import huggingface_hub.constants as hub
+
+    from zsw.model import text as text_module
+
+    calls, before = [], hub.HF_HUB_OFFLINE
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(text_module, "_hub_unreachable", lambda timeout=3.0: calls.append("probe") or "no route")
+
+    def create_model(*args, **kwargs):
+        calls.append("offline" if hub.HF_HUB_OFFLINE else "online")
+        raise RuntimeError("not in cache")
+
+    import open_clip
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    with pytest.raises(ZswError, match="not in the local cache .* hub is unreachable \\(no route\\)"):
+        text_module.load_clip("ViT-B-32", "openai")
+    assert calls == ["offline", "probe"]  # never an online attempt
+    assert hub.HF_HUB_OFFLINE == before  # the switch is restored

@@ -136,3 +136,15 @@ def test_find_images_expands_folders_and_globs(tmp_path):
     assert "no images" in problems[1][1]
     _, none = find_images([str(tmp_path / "*.gif")])
     assert none[0][1] == "pattern matches no file"
+
+
+def test_find_images_names_symlink_loops_and_broken_links(tmp_path):
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
+    found, problems = find_images([tmp_path / "a.png", tmp_path / "c.png"])
+    assert found == []
+    assert [r for _, r in problems] == [
+        "symbolic link loop",
+        f"broken symbolic link (its target {tmp_path / 'gone.png'} does not exist)",
+    ]

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections.abc import Sequence
@@ -275,6 +276,21 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
                 problems.append((text, "pattern matches no file"))
             for m in matches:
                 add(m)
+        elif p.is_symlink():
+            problems.append((text, _broken_link(p)))
         else:
             problems.append((text, "no such file or folder"))
     return found, problems
+
+
+def _broken_link(p: Path) -> str:
+    """Why a symbolic link names nothing: a loop, or a missing target."""
+    try:
+        p.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports loops this way
+        return "symbolic link loop"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"broken symbolic link (its target {os.readlink(p)} does not exist)"
+    return "broken symbolic link"

@@ -9,6 +9,7 @@ not saved and not counted in the model's parameters.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -22,23 +23,72 @@ __all__ = ["PromptEmbedder", "load_clip"]
 
 
 def load_clip(model_name: str, pretrained: str, device: torch.device | str = "cpu"):
-    """open_clip model and tokenizer, in eval mode with gradients off, or a one-line ZswError."""
+    """open_clip model and tokenizer, in eval mode with gradients off, or a one-line ZswError.
+
+    Offline first: the local cache (or a weights file) is tried without any network access; only
+    when the weights are not there, and the hub answers at all, are they downloaded. Without a
+    network the error comes at once, not after a minute of download retries."""
     try:
         import open_clip
     except ImportError as e:  # pragma: no cover - open_clip is a core dependency
         raise ZswError(f"open_clip is not installed ({e}); pip install open_clip_torch") from None
-    try:
-        model = open_clip.create_model(
+
+    def create():
+        return open_clip.create_model(
             model_name, pretrained=pretrained or None, device=device, require_pretrained=bool(pretrained)
         )
-    except Exception as e:
-        raise ZswError(
-            f"cannot load CLIP {model_name!r} with weights {pretrained!r} "
-            f"({type(e).__name__}: {str(e).splitlines()[0]}); "
-            "download them once with network access or set HF_HUB_CACHE to a folder that holds them"
-        ) from None
+
+    try:
+        with _hub_offline():
+            model = create()
+    except Exception as offline_error:
+        reason = _hub_unreachable()
+        if reason is not None:
+            raise ZswError(
+                f"cannot load CLIP {model_name!r} with weights {pretrained!r}: they are not in the local cache "
+                f"({type(offline_error).__name__}) and the hub is unreachable ({reason}); download them once "
+                "with network access or set HF_HUB_CACHE to a folder that holds them"
+            ) from None
+        try:
+            model = create()
+        except Exception as e:
+            raise ZswError(
+                f"cannot load CLIP {model_name!r} with weights {pretrained!r} "
+                f"({type(e).__name__}: {str(e).splitlines()[0]}); "
+                "download them once with network access or set HF_HUB_CACHE to a folder that holds them"
+            ) from None
     model.eval().requires_grad_(False)
     return model, open_clip.get_tokenizer(model_name)
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """huggingface_hub reads its offline switch at call time: flip it for the duration."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, no route, ...), or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname}: {e.strerror or type(e).__name__}"
+    return None
 
 
 class PromptEmbedder(nn.Module):
