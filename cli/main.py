@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from zsw.cli import app as app_command
 from zsw.cli import bench, convert, evaluate, export, reconstruct, synthesize, train
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app.command("eval", **evaluate.COMMAND)(evaluate.evaluate)
 app.add_typer(bench.app, name="bench")
 app.command("export", **export.COMMAND)(export.export)
 app.add_typer(convert.app, name="convert")
+app.command("app", **app_command.COMMAND)(app_command.app)
 
 
 @app.callback(invoke_without_command=True)

@@ -1,0 +1,247 @@
+"""``zsw app``: a local web page around the reconstruction job.
+
+The page runs :func:`zsw.infer.jobs.reconstruct_many` -- the job ``zsw reconstruct`` runs -- on one
+uploaded photo and shows what it wrote: the coloured mesh in an interactive 3D view, the depth map,
+both masks, the timings and the mesh files (GLB, OBJ, PLY) to download::
+
+    from zsw.app import build_app, serve
+    from zsw.infer.settings import ReconstructSettings
+
+    serve(build_app(ReconstructSettings(device="cpu")), port=7860)
+
+gradio is an optional dependency (``pip install "zsw[app]"``); this module imports it at the top,
+so import it only where the app is wanted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+import zsw
+from zsw.errors import ZswError
+from zsw.infer.jobs import reconstruct_many
+from zsw.infer.settings import COLORS, EXTRACTIONS, FORMATS, ReconstructSettings
+from zsw.report import Advance, Reporter
+
+__all__ = ["build_app", "serve", "find_examples", "PageReporter", "MAX_UPLOAD"]
+
+_log = logging.getLogger("zsw.app")
+
+#: the largest upload the server accepts (gradio refuses bigger ones before the job sees them)
+MAX_UPLOAD = "25mb"
+#: request folders older than this are removed when a new request starts (gradio keeps its own copies)
+_KEEP_S = 3600
+
+
+@dataclass
+class PageReporter(Reporter):
+    """The app's :class:`~zsw.report.Reporter`: collects warnings and errors for the page and
+    forwards progress to gradio's progress bar."""
+
+    progress_bar: Any = None  # a gr.Progress, or None outside an event
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def warning(self, text: str) -> None:
+        super().warning(text)
+        self.warnings.append(text)
+
+    def error(self, text: str) -> None:
+        super().error(text)
+        self.errors.append(text)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Advance]:
+        done = 0
+
+        def advance(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            if self.progress_bar is not None:
+                self.progress_bar((done, total), desc=description)
+
+        advance(0)
+        yield advance
+
+
+def find_examples() -> list[Path]:
+    """Bundled example photos: ``zsw/assets/examples/`` if the package ships them, else the
+    ``examples/`` folder of a source checkout (an editable install); none for a plain wheel."""
+    package = Path(zsw.__file__).resolve().parent
+    checkout = package.parent
+    folders = [package / "assets" / "examples"]
+    if (checkout / "pyproject.toml").is_file():  # not site-packages/examples of some other project
+        folders.append(checkout / "examples")
+    for folder in folders:
+        photos = sorted(p for p in folder.glob("*.png") if p.is_file())
+        if photos:
+            return photos
+    return []
+
+
+def build_app(
+    defaults: ReconstructSettings | None = None,
+    work_dir: str | Path | None = None,
+    examples: list[Path] | None = None,
+) -> gr.Blocks:
+    """The page. ``defaults`` fixes what the page does not offer (weights, device, backend, ...) and
+    the initial values of what it does (prompt, resolution, extraction, colour); the model is
+    loaded once here to check them (a :class:`~zsw.errors.ZswError` if it cannot be). Each request
+    writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
+    defaults = defaults or ReconstructSettings()
+    _check_model(defaults)
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="zsw-app-"))
+    work.mkdir(parents=True, exist_ok=True)
+    examples = find_examples() if examples is None else examples
+    if examples:
+        gr.set_static_paths([str(p.parent) for p in examples])  # served in place, outside cwd and /tmp
+
+    with gr.Blocks(
+        title="zsw: a 3D mesh from one photo", analytics_enabled=False, delete_cache=(_KEEP_S, _KEEP_S)
+    ) as demo:
+        gr.Markdown(
+            "# zsw: a 3D mesh from one photo\n"
+            "Upload a photo of an object (or pick an example) and press **Reconstruct**. The mesh is "
+            "coloured from the photo; its hidden back is the model's guess."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.File(label="Photo", file_types=["image"], elem_id="photo")
+                if examples:
+                    gr.Examples([[str(p)] for p in examples], inputs=[photo], label="Examples")
+                prompt = gr.Textbox(defaults.prompt, label="Prompt", info="the object's category, e.g. chair")
+                resolution = gr.Slider(
+                    8, 512, value=defaults.grid.resolution, step=8, label="Resolution", info="grid cells per axis"
+                )
+                extraction = gr.Radio(list(EXTRACTIONS), value=defaults.grid.extraction, label="Extraction")
+                color = gr.Radio(list(COLORS), value=defaults.color, label="Colour")
+                run = gr.Button("Reconstruct", variant="primary", elem_id="run")
+            with gr.Column(scale=2):
+                status = gr.Markdown(label="Status", elem_id="status")
+                model = gr.Model3D(label="Mesh", height=420, elem_id="model")
+                with gr.Row():
+                    depth = gr.Image(label="Depth", type="filepath", interactive=False)
+                    visible = gr.Image(label="Visible mask", type="filepath", interactive=False)
+                    occluder = gr.Image(label="Occluder mask", type="filepath", interactive=False)
+                timings = gr.Markdown(label="Timings", elem_id="timings")
+                files = gr.File(label="Mesh files", file_count="multiple", interactive=False)
+
+        def reconstruct(
+            upload: str | None,
+            prompt_text: str,
+            grid_resolution: float,
+            grid_extraction: str,
+            color_mode: str,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 -- gradio's way of asking for a progress bar
+        ) -> tuple:
+            options = dict(prompt=prompt_text, resolution=int(grid_resolution), extraction=grid_extraction)
+            return _reconstruct(upload, defaults, work, options | dict(color=color_mode), PageReporter(progress))
+
+        run.click(
+            reconstruct,
+            [photo, prompt, resolution, extraction, color],
+            [model, depth, visible, occluder, timings, files, status],
+            api_name="reconstruct",
+        )
+    demo.queue(default_concurrency_limit=1)  # one job at a time: the CPU is the bottleneck
+    return demo
+
+
+def _check_model(settings: ReconstructSettings) -> None:
+    """Load the model once now, so that bad weights or a bad device stop ``zsw app`` with one line
+    at start rather than on the first upload. (The job loads and caches its own copy.)"""
+    from zsw.infer.reconstruct import open_backend
+
+    weights = None if settings.weights is None else str(settings.weights)
+    engine = None if settings.engine is None else str(settings.engine)
+    open_backend(settings.backend, weights, engine, settings.device)
+
+
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True) -> str:
+    """Start the server; returns its local URL. ``block=False`` returns at once (tests)."""
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_UPLOAD,
+        prevent_thread_lock=not block,
+        ssr_mode=False,  # no Node.js server: one process, nothing else to install
+        quiet=not block,
+    )
+    return url
+
+
+def _reconstruct(
+    upload: str | None, defaults: ReconstructSettings, work: Path, options: dict, reporter: PageReporter
+) -> tuple:
+    """One request: settings, the job into a fresh folder, the page's outputs."""
+    if not upload:
+        return _failure("Upload a photo or pick an example first.")
+    name = Path(upload).name
+    try:
+        settings = _settings(defaults, **options)
+        report = reconstruct_many([upload], _request_folder(work), settings, reporter)
+    except ZswError as e:  # bad options, weights that cannot load, a prompt estimator that is missing
+        return _failure(f"{name}: {_one_line(str(e))}")
+    except Exception as e:  # a bug: keep the traceback in the log, give the page one line
+        _log.exception("reconstructing %s failed", upload)
+        return _failure(f"{name}: internal error ({type(e).__name__}: {_one_line(str(e))})")
+    if not report.written:
+        reasons = [reason for _, reason in report.failed] or reporter.errors or ["nothing was written"]
+        return _failure(f"{name}: {_one_line(reasons[0])}")
+    return _outputs(report.written[0], name, reporter.warnings)
+
+
+def _settings(defaults: ReconstructSettings, prompt: str, resolution: int, extraction: str, color: str):
+    """The page's choices on top of the defaults; all three mesh formats, no preview picture (the
+    3D view replaces it)."""
+    grid = dataclasses.replace(defaults.grid, resolution=resolution, extraction=extraction)
+    return dataclasses.replace(
+        defaults, prompt=prompt.strip(), grid=grid, color=color, formats=FORMATS, preview=False, overwrite=True
+    )
+
+
+def _request_folder(work: Path) -> Path:
+    """A new folder per request, so concurrent users never share one; old ones are removed."""
+    now = time.time()
+    for old in work.glob("request-*"):
+        if old.is_dir() and now - old.stat().st_mtime > _KEEP_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="request-", dir=work))
+
+
+def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
+    info = json.loads((folder / "result.json").read_text())
+    mesh = info["mesh"]
+    total = sum(info["timings_s"].values())
+    lines = [f"**{name}**: {mesh['vertices']} vertices, {mesh['faces']} faces in {total:.1f} s"]
+    lines += [f"warning: {_one_line(w)}" for w in warnings]
+    meshes = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
+    images = [str(folder / f) for f in ("depth.png", "visible_mask.png", "occluder_mask.png")]
+    return (meshes[0], *images, _timings_table(info["timings_s"]), meshes, "\n\n".join(lines))
+
+
+def _timings_table(timings: dict[str, float]) -> str:
+    # a stage that did not run (the preview the app does not ask for) is recorded as 0
+    rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in timings.items() if seconds > 0)
+    return f"| stage | seconds |\n| --- | ---: |\n{rows}\n| **total** | **{sum(timings.values()):.2f}** |"
+
+
+def _failure(message: str) -> tuple:
+    return (None, None, None, None, "", None, f"error: {message}")
+
+
+def _one_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
