@@ -148,3 +148,17 @@ def test_find_images_names_symlink_loops_and_broken_links(tmp_path):
         "symbolic link loop",
         f"broken symbolic link (its target {tmp_path / 'gone.png'} does not exist)",
     ]
+
+
+def test_pil_warnings_become_notes_not_terminal_lines(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (100, 100), (200, 30, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # 10,000 pixels: PIL's decompression-bomb warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escapes fails the test
+        loaded = load_image(path, 32)
+    assert any(n.startswith("PIL: Image size (10000 pixels) exceeds limit") for n in loaded.notes), loaded.notes

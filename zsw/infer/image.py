@@ -68,7 +68,11 @@ class LoadedImage:
         }
 
 
-def _open(path: Path):
+def _open(path: Path, notes: list[str] | None = None):
+    """Open and decode ``path``; PIL's warnings (huge image, odd palette, bad EXIF) become
+    ``notes`` for result.json instead of raw lines on the user's terminal."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
@@ -76,8 +80,10 @@ def _open(path: Path):
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
     try:
-        img = Image.open(path)
-        img.load()  # decode now: truncated files fail here, not halfway through a batch
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            img = Image.open(path)
+            img.load()  # decode now: truncated files fail here, not halfway through a batch
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image file PIL can read") from None
     except Image.DecompressionBombError as e:
@@ -85,6 +91,8 @@ def _open(path: Path):
     except (OSError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"{path}: corrupt or truncated image ({reason})") from None
+    if notes is not None:
+        notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     return img
 
 
@@ -172,7 +180,7 @@ def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
     path = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        img = _open(path)
+        img = _open(path, notes)
     elif isinstance(source, Image.Image):
         img = source
     elif isinstance(source, np.ndarray):
