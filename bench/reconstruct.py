@@ -8,7 +8,7 @@ times after a warm-up, and each run is split into the stages of ``zsw reconstruc
 ``pixel``           prompt embedding + DPT pixel model (depth, intrinsics, masks)
 ``encode``          lifting the visible surface + encoder + the decoder's latent K/V
 ``grid_decode``     decoding the occupancy grid (all chunks; ``fast`` = coarse to fine)
-``marching_cubes``  scikit-image marching cubes on the CPU
+``marching_cubes``  marching cubes: scikit-image for a CPU grid, the vectorised torch one on a GPU
 ``export``          the mesh as GLB bytes
 ``total``           the sum: image tensor in, GLB out (file I/O and the preview excluded)
 ==================  ===========================================================================
@@ -18,7 +18,8 @@ kernels), ``onnxruntime`` and ``tensorrt``. Rows carry speed-ups measured in the
 ``dense`` (the dense row's time over this one) and ``ref`` (reference kernels over Triton).
 :func:`bench_shapes` adds the evidence for making ``fast`` the default: on the analytic test
 shapes (:mod:`zsw.eval.fields`) it reports how many fewer points ``fast`` decodes and its
-F-score@0.01 against the ``dense`` mesh.
+F-score@0.01 against the ``dense`` mesh, and :func:`bench_marching_cubes` times marching cubes on
+the first shape's dense grid: the torch implementation against scikit-image (host copy included).
 
 Note on ``fast`` with random weights: an untrained decoder predicts ~0.5 everywhere, so ``fast``
 refines the whole grid; time it with trained weights.
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["STAGES", "bench_reconstruct", "bench_shapes", "summary_markdown"]
+__all__ = ["STAGES", "bench_reconstruct", "bench_shapes", "bench_marching_cubes", "summary_markdown"]
 
 STAGES = ("total", "pixel", "encode", "grid_decode", "marching_cubes", "export")
 
@@ -204,6 +205,47 @@ def bench_shapes(env, resolution: int = 128, names: Sequence[str] | None = None)
         )  # fmt: skip
         row.speedups["dense_points"] = dense_n / fast_n
         rows.append(row)
+    return rows + bench_marching_cubes(env, resolution, (names or list(TEST_SHAPES))[0])
+
+
+def bench_marching_cubes(env, resolution: int = 128, name: str | None = None) -> list:
+    """Marching cubes of one dense grid on ``env.device``: the torch implementation against scikit-image.
+
+    The ``skimage`` row includes the copy of the grid to the host, as the CPU path pays it; both
+    include the closing of the grid's border and building the ``trimesh.Trimesh``. The torch row's
+    note gives its agreement with scikit-image (F-score@0.001 on the vertices, face counts).
+    """
+    from scipy.spatial import cKDTree
+
+    from zsw.bench._harness import add_speedups, measure
+    from zsw.eval.fields import TEST_SHAPES, occupancy_field
+    from zsw.infer.grid import marching_cubes, occupancy_grid
+
+    name = name or next(iter(TEST_SHAPES))
+    probs = occupancy_grid(lambda p: occupancy_field(name)(p[0])[None], 1, resolution, device=env.device)[0][0]
+    meshes = {b: marching_cubes(probs, backend=b) for b in ("skimage", "torch")}
+    reference, ours = meshes["skimage"].vertices, meshes["torch"].vertices
+    near = [(cKDTree(b).query(a)[0] <= 1e-3).mean() for a, b in ((ours, reference), (reference, ours))]
+    fscore = 2 * near[0] * near[1] / (near[0] + near[1])
+    note = f"F@0.001 vs skimage {fscore:.4f}; faces {len(meshes['torch'].faces)} vs {len(meshes['skimage'].faces)}"
+    rows = [
+        measure(
+            lambda b=backend: marching_cubes(probs, backend=b),
+            env,
+            op="marching_cubes",
+            case=name,
+            provider=backend,
+            mode="dense",
+            dtype="fp32",
+            shape=f"{resolution + 1}^3",
+            work=float(probs.numel()),
+            work_unit="Mpoints/s",
+            work_scale=1e6,
+            note=note if backend == "torch" else "",
+        )
+        for backend in ("skimage", "torch")
+    ]
+    add_speedups(rows, "skimage")
     return rows
 
 
@@ -226,4 +268,9 @@ def summary_markdown(rows: Sequence, title: str) -> str:
         lines += ["| shape | F@0.01 fast vs dense | fewer points |", "|---|---:|---:|"]
         lines += [f"| {r.case} | {r.throughput:.4f} | {r.speedups['dense_points']:.1f}x |" for r in shapes]
         lines.append("")
+    for r in rows:
+        if r.op == "marching_cubes" and r.provider == "torch":
+            speedup = r.speedups.get("skimage", math.nan)
+            head = f"Marching cubes ({r.case}, {r.shape}): torch {r.p50_ms:.1f} ms, {speedup:.2f}x scikit-image"
+            lines += [f"{head}; {r.note}", ""]
     return "\n".join(lines)
