@@ -347,9 +347,8 @@ def _marching_cubes_torch(
     _check_cube(tuple(vol.shape))
     if close and vol.shape[0] > 2:
         vol = vol.clone()  # the same outer layer as the scikit-image path, emptied on the device
-        vol[[0, -1]] = 0.0
-        vol[:, [0, -1]] = 0.0
-        vol[:, :, [0, -1]] = 0.0
+        for index in (0, -1):  # slices, not index lists: those are host tensors, and copying one waits
+            vol[index] = vol[:, index] = vol[:, :, index] = 0.0
     verts, faces = marching_cubes_torch(vol, threshold)  # no early exit: an uncrossed level gives 0 faces
     step = 2.0 * bound / (vol.shape[0] - 1)
     return (verts * step - bound).cpu().numpy(), faces.cpu().numpy()

@@ -48,9 +48,11 @@ Host synchronisation
 The output sizes are data-dependent, so exactly two calls wait for the device, whatever the grid:
 the ``nonzero`` listing the triangles (cell, table slot) and the ``unique`` that numbers the
 vertices (the keys of the crossed edges the triangles use). Nothing else does: empty and full grids
-simply give zero rows, and the tables are copied to a device once and cached. For a CUDA graph both
-could become fixed-size (``torch.nonzero_static`` with an upper bound, and a dense edge-to-vertex
-map with a cumulative sum instead of ``unique``), returning padded outputs and their counts.
+simply give zero rows, no index tensor is made on the host, and the tables are copied to a device
+once, at the first call, and cached (so warm up before capturing a graph). For a CUDA graph both
+calls could become fixed-size (``torch.nonzero_static`` with an upper bound, and a dense
+edge-to-vertex map with a cumulative sum instead of ``unique``), returning padded outputs and
+their counts.
 """
 
 from __future__ import annotations
@@ -180,8 +182,10 @@ def _unravel(flat: Tensor, shape: tuple[int, int, int]) -> Tensor:  # [K] -> [K,
     return torch.stack([flat // (shape[1] * shape[2]), (flat // shape[2]) % shape[1], flat % shape[2]], dim=-1)
 
 
-def _strides(shape: tuple[int, int, int], device: torch.device) -> Tensor:  # [3] flat step along each axis
-    return torch.tensor((shape[1] * shape[2], shape[2], 1), device=device)
+def _stride(axis: Tensor, shape: tuple[int, int, int]) -> Tensor:  # flat step along each given axis
+    # arithmetic on scalars rather than a lookup in a host-made tensor: copying one to the device
+    # would wait for it
+    return torch.where(axis == 0, shape[1] * shape[2], torch.where(axis == 1, shape[2], 1))
 
 
 def marching_cubes(volume: Tensor, level: float) -> tuple[Tensor, Tensor]:
@@ -223,7 +227,7 @@ def _triangle_keys(v: Tensor, level: float) -> Tensor:  # [F, 3] int64 vertex ke
     origin = _unravel(cell, cells_shape)[:, None, :] + edge_origins[local]  # [F, 3, 3] edge origin samples
     sample = (origin[..., 0] * shape[1] + origin[..., 1]) * shape[2] + origin[..., 2]
     axis = local // 4
-    tip = sample + _strides(shape, v.device)[axis]
+    tip = sample + _stride(axis, shape)
     flat = v.view(-1)
     key = torch.where(flat[sample] == level, 3 * N + sample, axis * N + sample)
     return torch.where(flat[tip] == level, 3 * N + tip, key)
@@ -235,8 +239,8 @@ def _vertex_positions(flat: Tensor, keys: Tensor, shape: tuple[int, int, int], l
     on_edge = keys < 3 * N
     axis = torch.where(on_edge, keys // N, 0)
     sample = keys % N
-    tip = (sample + _strides(shape, flat.device)[axis]).clamp(max=N - 1)  # clamped: sample keys have no edge
+    tip = (sample + _stride(axis, shape)).clamp(max=N - 1)  # clamped: sample keys have no edge
     v0, v1 = flat[sample], flat[tip]
     t = torch.where(on_edge, (level - v0) / (v1 - v0), 0.0)  # scikit-image's expression, from the lower end
-    step = torch.nn.functional.one_hot(axis, 3).to(torch.float32) * t[:, None]
+    step = (axis[:, None] == torch.arange(3, device=flat.device)) * t[:, None]
     return _unravel(sample, shape).to(torch.float32) + step
