@@ -225,17 +225,18 @@ def _request_folder(work: Path) -> Path:
 def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
     info = json.loads((folder / "result.json").read_text())
     mesh = info["mesh"]
-    total = sum(info["timings_s"].values())
+    total = sum(info["timings_s"].values())  # the preview's entry is ~0: the app asks for none
     lines = [f"**{name}**: {mesh['vertices']} vertices, {mesh['faces']} faces in {total:.1f} s"]
-    lines += [f"warning: {_one_line(w)}" for w in warnings]
+    # the job's warnings (random weights, ...) and the image's own (very elongated, ...), once each
+    lines += [f"warning: {_one_line(w)}" for w in dict.fromkeys([*warnings, *info.get("warnings", [])])]
     meshes = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
     images = [str(folder / f) for f in ("depth.png", "visible_mask.png", "occluder_mask.png")]
     return (meshes[0], *images, _timings_table(info["timings_s"]), meshes, "\n\n".join(lines))
 
 
 def _timings_table(timings: dict[str, float]) -> str:
-    # a stage that did not run (the preview the app does not ask for) is recorded as 0
-    rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in timings.items() if seconds > 0)
+    timings = {k: v for k, v in timings.items() if k != "preview"}  # the app asks for no preview picture
+    rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in timings.items())
     return f"| stage | seconds |\n| --- | ---: |\n{rows}\n| **total** | **{sum(timings.values()):.2f}** |"
 
 

@@ -1,0 +1,171 @@
+"""``zsw app``: the page runs the job ``zsw reconstruct`` runs, reports bad uploads in one line and
+shows the mesh in a real browser.
+
+The server runs in-process on a free port; gradio's own client drives its API and Debian's
+Chromium (through Playwright, never a downloaded browser) loads the page.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from gradio_client import Client, handle_file
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsw.app import build_app, serve
+from zsw.infer.jobs import reconstruct_many
+from zsw.infer.settings import FORMATS, GridSettings, ReconstructSettings
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.filterwarnings("ignore:::gradio.queueing"),  # gradio's own pandas deprecations
+]
+
+REPO = Path(__file__).resolve().parents[1]
+ARMCHAIR = REPO / "examples" / "armchair.png"
+RESOLUTION = 32  # the packaged model on the CPU: a few seconds per request
+CHROMIUM = "/usr/bin/chromium"
+# --headless..--disable-sync: a closed network refuses Chromium's background connections, so they
+# are switched off; SwiftShader (software WebGL) draws the 3D view without a GPU
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    demo = build_app(
+        ReconstructSettings(device="cpu", grid=GridSettings(resolution=RESOLUTION)),
+        work_dir=tmp_path_factory.mktemp("app-work"),
+    )
+    url = serve(demo, port=_free_port(), block=False)
+    yield url
+    demo.close()
+
+
+def _reconstruct(url: str, photo: Path, downloads: Path) -> tuple:
+    client = Client(url, download_files=str(downloads), verbose=False)
+    return client.predict(handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", api_name="/reconstruct")
+
+
+def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
+    model, depth, visible, occluder, timings, files, status = _reconstruct(app_url, ARMCHAIR, tmp_path / "dl")
+
+    # the same job, called directly with the settings the page uses
+    settings = ReconstructSettings(
+        device="cpu", formats=FORMATS, preview=False, grid=GridSettings(resolution=RESOLUTION)
+    )
+    report = reconstruct_many([ARMCHAIR], tmp_path / "job", settings)
+    expected = json.loads((report.written[0] / "result.json").read_text())["mesh"]
+
+    glb = trimesh.load(model, force="mesh", process=False)  # process=True would merge vertices
+    assert len(glb.vertices) == expected["vertices"] and len(glb.faces) == expected["faces"]
+    assert f"{expected['vertices']} vertices" in status and "error" not in status
+    assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply"]
+    for picture in (depth, visible, occluder):
+        assert Image.open(picture).size == (224, 224)
+    assert "grid_decode" in timings and "total" in timings
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def _truncated_png(path: Path) -> None:
+    data = ARMCHAIR.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [(_random_bytes, "not an image file"), (_truncated_png, "corrupt or truncated image")],
+    ids=["random-bytes", "truncated"],
+)
+def test_broken_upload_gets_one_line(app_url, tmp_path, make, reason):
+    photo = tmp_path / "broken.png"
+    make(photo)
+    *outputs, status = _reconstruct(app_url, photo, tmp_path / "dl")
+    assert status.startswith(f"error: broken.png: {reason}"), status
+    assert "\n" not in status and "Traceback" not in status
+    assert outputs[0] is None  # no stale mesh from an earlier request
+
+
+def test_missing_gradio_is_one_line(monkeypatch):
+    from zsw.cli.main import app
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "zsw.app")
+    result = CliRunner().invoke(app, ["app"])
+    assert result.exit_code == 1
+    assert result.output.strip() == 'error: zsw app needs gradio, which is not installed: pip install "zsw[app]"'
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if path is None:
+        pytest.fail("the browser test needs Debian's chromium: apt-get update && apt-get install -y chromium")
+    return path
+
+
+def _model_fraction(png: bytes) -> float:
+    """Share of the viewer's pixels that differ clearly from its most common colour (the
+    background): the label and buttons alone stay far below 1%."""
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    background = colours[counts.argmax()]
+    return float((np.abs(pixels - background).max(axis=1) > 30).mean())
+
+
+def test_page_shows_the_mesh_in_a_browser(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(app_url)
+            assert page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')"), "no WebGL"
+            page.locator("#photo input[type=file]").set_input_files(str(ARMCHAIR))
+            page.locator("#run").click()
+            page.locator("#status").get_by_text("vertices").wait_for(timeout=120_000)
+            viewer = page.locator("#model canvas")
+            # babylon.js loads and draws the GLB after the event returns: poll, do not sleep
+            shot, fraction = b"", 0.0
+            for _ in range(60):
+                shot = viewer.screenshot()
+                fraction = _model_fraction(shot)
+                if fraction > 0.02:
+                    break
+                page.wait_for_timeout(500)
+            (tmp_path / "app.png").write_bytes(page.screenshot(full_page=True))
+            assert fraction > 0.02, f"the 3D view stayed blank ({fraction:.3%} non-background pixels)"
+            body = page.locator("body").inner_text()
+            assert "error" not in page.locator("#status").inner_text().lower()
+            assert "Error" not in body, body
+        finally:
+            browser.close()
