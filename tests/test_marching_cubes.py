@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from skimage import measure
 
 from zsw.infer import grid
-from zsw.infer.marching_cubes import CORNERS, case_table, marching_cubes
+from zsw.infer.marching_cubes import CORNERS, case_table, marching_cubes, marching_cubes_padded
 
 
 def _frame(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -245,3 +245,29 @@ def test_cuda_grids_use_the_torch_path_and_agree():
     reference = grid.marching_cubes(probs.cpu())  # auto: scikit-image
     assert vertex_fscore(ours.vertices, reference.vertices) == 1.0
     assert ours.is_watertight and ours.area == pytest.approx(reference.area, rel=1e-3)
+
+
+def test_padded_variant_gives_the_same_mesh_and_counts():
+    field = smooth_noise(24, knots=6)
+    verts, faces = marching_cubes(field, 0.0)
+    pv, pf, nv, nf = marching_cubes_padded(field, 0.0, max_faces=len(faces) + 7, max_verts=len(verts) + 5)
+    assert (int(nv), int(nf)) == (len(verts), len(faces))
+    torch.testing.assert_close(pv[: len(verts)], verts, atol=0, rtol=0)
+    assert torch.equal(pf[: len(faces)], faces)
+    assert (pv[len(verts) :] == 0).all() and (pf[len(faces) :] == -1).all()
+    empty = marching_cubes_padded(torch.zeros(5, 5, 5), 0.5, max_faces=4, max_verts=4)
+    assert int(empty[2]) == int(empty[3]) == 0 and (empty[1] == -1).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_padded_variant_does_not_wait_for_the_device():
+    probs = torch.sigmoid(40.0 * sphere(33)).cuda()
+    marching_cubes_padded(probs, 0.5, 10_000, 10_000)  # warm-up: the tables reach the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        verts, faces, n_verts, n_faces = marching_cubes_padded(probs, 0.5, 10_000, 10_000)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ours = marching_cubes(probs, 0.5)
+    assert int(n_faces) == len(ours[1]) and torch.equal(faces[: int(n_faces)], ours[1])

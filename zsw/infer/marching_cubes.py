@@ -45,14 +45,15 @@ more vertices on a 20^3 white-noise field), and both meshes are still watertight
 
 Host synchronisation
 --------------------
-The output sizes are data-dependent, so exactly two calls wait for the device, whatever the grid:
-the ``nonzero`` listing the triangles (cell, table slot) and the ``unique`` that numbers the
-vertices (the keys of the crossed edges the triangles use). Nothing else does: empty and full grids
-simply give zero rows, no index tensor is made on the host, and the tables are copied to a device
-once, at the first call, and cached (so warm up before capturing a graph). For a CUDA graph both
-calls could become fixed-size (``torch.nonzero_static`` with an upper bound, and a dense
-edge-to-vertex map with a cumulative sum instead of ``unique``), returning padded outputs and
-their counts.
+The output sizes are data-dependent, so exactly two calls of :func:`marching_cubes` wait for the
+device, whatever the grid: the ``nonzero`` listing the triangles (cell, table slot) and the
+``unique`` that numbers the vertices (the keys of the crossed edges the triangles use). Nothing
+else does: empty and full grids simply give zero rows, no index tensor is made on the host, and
+the tables are copied to a device once, at the first call, and cached (so warm up before
+capturing a graph). :func:`marching_cubes_padded` waits for nothing: ``torch.nonzero_static``
+with caller-given bounds, and a cumulative sum over the used keys instead of ``unique``; it
+returns padded outputs and the true counts, for a CUDA-graph capture of the whole image-to-mesh
+path (not yet used by ``zsw.infer.grid``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["marching_cubes", "case_table", "CaseTable"]
+__all__ = ["marching_cubes", "marching_cubes_padded", "case_table", "CaseTable"]
 
 #: cell corner c sits at offset CORNERS[c] = (c >> 2 & 1, c >> 1 & 1, c & 1); bit c of the case is "corner c inside"
 CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # [8, 3]
@@ -195,25 +196,56 @@ def marching_cubes(volume: Tensor, level: float) -> tuple[Tensor, Tensor]:
     outputs live on ``volume``'s device. Any floating dtype; the arithmetic is float32. A volume that
     never crosses ``level`` (empty or full) gives zero vertices and faces.
     """
+    v = _prepare(volume)
+    if min(v.shape) < 2:
+        return torch.zeros(0, 3, device=v.device), torch.zeros(0, 3, dtype=torch.int64, device=v.device)
+    keys, _ = _triangle_keys(v, level)
+    vert_keys, faces = torch.unique(keys, return_inverse=True)  # host sync 2: the vertex count
+    return _vertex_positions(v.view(-1), vert_keys, tuple(v.shape), level), faces.view(-1, 3)
+
+
+def marching_cubes_padded(
+    volume: Tensor, level: float, max_faces: int, max_verts: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # verts [max_verts, 3], faces [max_faces, 3], n_verts, n_faces
+    """:func:`marching_cubes` with fixed output sizes and no host synchronisation (CUDA-graph friendly).
+
+    Returns the same vertices and faces, in the same order, padded to ``max_verts`` rows of zeros
+    and ``max_faces`` rows of -1, and the true counts as 0-d device tensors. A surface larger than
+    the bounds is truncated (its faces may then index missing vertices): compare the counts with the
+    bounds when the mesh reaches the host.
+    """
+    v = _prepare(volume)
+    if min(v.shape) < 2:
+        raise ValueError(f"volume must have at least 2 samples per axis, got shape {tuple(v.shape)}")
+    N = v.numel()
+    keys, n_faces = _triangle_keys(v, level, max_faces)  # padding rows hold the key 4 * N
+    used = torch.zeros(4 * N + 1, dtype=torch.bool, device=v.device)
+    used[keys.view(-1)] = True
+    used[4 * N] = False
+    rank = used.cumsum(0) - 1  # vertex number of each used key, in key order as torch.unique gives
+    vert_keys = torch.nonzero_static(used, size=max_verts, fill_value=-1).squeeze(1)
+    verts = _vertex_positions(v.view(-1), vert_keys.clamp(min=0), tuple(v.shape), level)
+    verts = torch.where(vert_keys[:, None] >= 0, verts, 0.0)
+    faces = torch.where(keys < 4 * N, rank[keys], -1)
+    return verts, faces, used.sum(), n_faces
+
+
+def _prepare(volume: Tensor) -> Tensor:
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3-D, got shape {tuple(volume.shape)}")
-    v = volume.detach().to(torch.float32).contiguous()
-    shape: tuple[int, int, int] = tuple(v.shape)  # type: ignore[assignment]
-    if min(shape) < 2:
-        return torch.zeros(0, 3, device=v.device), torch.zeros(0, 3, dtype=torch.int64, device=v.device)
-    keys = _triangle_keys(v, level)
-    vert_keys, faces = torch.unique(keys, return_inverse=True)  # host sync 2: the vertex count
-    return _vertex_positions(v.view(-1), vert_keys, shape, level), faces.view(-1, 3)
+    return volume.detach().to(torch.float32).contiguous()
 
 
-def _triangle_keys(v: Tensor, level: float) -> Tensor:  # [F, 3] int64 vertex keys
+def _triangle_keys(v: Tensor, level: float, max_faces: int | None = None) -> tuple[Tensor, Tensor]:
     """The triangles of every cell, each vertex named by a key that neighbouring cells share.
 
-    The key of the vertex on edge (axis ``a``, origin sample ``p``) is ``a * N + p``; a vertex on an
-    end sample exactly at the level (t exactly 0 or 1) takes the key ``3 * N + sample``, so all
-    vertices there are one. Testing the sample, not t, keeps this in step with the table's
-    degenerate masks (t also rounds to 0 or 1 for samples a hair off the level: those vertices stay
-    apart and their zero-area slivers are kept, where scikit-image merges them by position).
+    Returns keys ``[F, 3]`` int64 and the number of triangles F (a 0-d tensor). The key of the
+    vertex on edge (axis ``a``, origin sample ``p``) is ``a * N + p``; a vertex on an end sample
+    exactly at the level (t exactly 0 or 1) takes the key ``3 * N + sample``, so all vertices there
+    are one. Testing the sample, not t, keeps this in step with the table's degenerate masks (t also
+    rounds to 0 or 1 for samples a hair off the level: those vertices stay apart and their zero-area
+    slivers are kept, where scikit-image merges them by position). With ``max_faces``, F is that
+    bound and the rows past the triangles hold the key ``4 * N``.
     """
     shape, N = tuple(v.shape), v.numel()
     triangles, live, degenerate, edge_origins = _device_tables(v.device)
@@ -221,16 +253,20 @@ def _triangle_keys(v: Tensor, level: float) -> Tensor:  # [F, 3] int64 vertex ke
     case = _cell_codes(v > level).long()
     exact = _cell_codes(v == level)
     keep = live[case] & ((degenerate[case] & exact[:, None]) == 0)  # [cells, T]
-    cell, slot = keep.nonzero().unbind(1)  # host sync 1: the triangle count
-    local = triangles[case[cell], slot]  # [F, 3] cell edges
+    if max_faces is None:
+        cell, slot = keep.nonzero().unbind(1)  # host sync 1: the triangle count
+    else:
+        cell, slot = torch.nonzero_static(keep, size=max_faces, fill_value=-1).unbind(1)
+    local = triangles[case[cell.clamp(min=0)], slot.clamp(min=0)]  # [F, 3] cell edges
     cells_shape = (shape[0] - 1, shape[1] - 1, shape[2] - 1)
-    origin = _unravel(cell, cells_shape)[:, None, :] + edge_origins[local]  # [F, 3, 3] edge origin samples
+    origin = _unravel(cell.clamp(min=0), cells_shape)[:, None, :] + edge_origins[local]  # [F, 3, 3] samples
     sample = (origin[..., 0] * shape[1] + origin[..., 1]) * shape[2] + origin[..., 2]
     axis = local // 4
     tip = sample + _stride(axis, shape)
     flat = v.view(-1)
     key = torch.where(flat[sample] == level, 3 * N + sample, axis * N + sample)
-    return torch.where(flat[tip] == level, 3 * N + tip, key)
+    key = torch.where(flat[tip] == level, 3 * N + tip, key)
+    return torch.where(cell[:, None] >= 0, key, 4 * N), keep.sum()
 
 
 def _vertex_positions(flat: Tensor, keys: Tensor, shape: tuple[int, int, int], level: float) -> Tensor:
