@@ -26,7 +26,8 @@ def error(message: str, code: int = 1) -> typer.Exit:
 
 def cli_errors(fn: F) -> F:
     """Turn user-caused errors (:class:`zsw.errors.ZswError`) into one line on stderr and exit 1
-    (2 for :class:`~zsw.errors.OptionError`, an invalid option value); Ctrl-C into exit 130.
+    (2 for :class:`~zsw.errors.OptionError`, an invalid option value); an OSError from the
+    environment (full disk, read-only folder) into its message and file name; Ctrl-C into exit 130.
     Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
@@ -39,6 +40,9 @@ def cli_errors(fn: F) -> F:
             raise error(str(e), code=2) from None
         except ZswError as e:
             raise error(str(e)) from None
+        except OSError as e:  # the environment (full disk, read-only folder, ...): one line
+            where = f": {e.filename}" if e.filename else ""
+            raise error(f"{e.strerror or e}{where}") from None
         except KeyboardInterrupt:
             typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
             sys.stderr.flush()

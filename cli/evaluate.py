@@ -83,7 +83,7 @@ def _print_tables(console, summary: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from zsw.eval.evaluate import METRICS
+    from zsw.eval.evaluate import METRICS, format_metric
 
     if not console.is_terminal:  # a log file or pipe: no need to squeeze the table into 80 columns
         console = Console(file=console.file, width=160, highlight=False)
@@ -94,9 +94,9 @@ def _print_tables(console, summary: dict, title: str) -> None:
     for k in METRICS:
         table.add_column(k.replace("fscore@", "F@"), justify="right")
     for name, d in summary["categories"].items():
-        table.add_row(name, str(d["count"]), *(f"{d[k]:.4f}" for k in METRICS))
+        table.add_row(name, str(d["count"]), *(format_metric(d[k]) for k in METRICS))
     table.add_section()
-    table.add_row("overall", str(summary["overall"]["count"]), *(f"{summary['overall'][k]:.4f}" for k in METRICS))
+    table.add_row("overall", str(summary["overall"]["count"]), *(format_metric(summary["overall"][k]) for k in METRICS))
     cm = summary["category_mean"]
-    table.add_row("mean of categories", str(cm["count"]), *(f"{cm[k]:.4f}" for k in METRICS))
+    table.add_row("mean of categories", str(cm["count"]), *(format_metric(cm[k]) for k in METRICS))
     console.print(table)

@@ -48,6 +48,7 @@ __all__ = [
     "ResultsLog",
     "summarize",
     "summary_markdown",
+    "format_metric",
 ]
 
 ALIGNS = ("none", "brute-force", "icp")
@@ -287,12 +288,14 @@ def evaluate_samples(
     return log.rows
 
 
-def _mean(rows: Sequence[dict], key: str) -> float:
-    return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+def _mean(rows: Sequence[dict], key: str) -> float | None:
+    # None (JSON null) when nothing was scored: NaN is not JSON, and zero would be a fake score
+    return float(np.mean([r[key] for r in rows])) if rows else None
 
 
 def summarize(rows: Sequence[dict]) -> dict:
-    """Overall (mean over samples) and per-category means, plus the mean over categories."""
+    """Overall (mean over samples) and per-category means, plus the mean over categories
+    (None where no sample was scored)."""
     cats: dict[str, list[dict]] = {}
     for r in rows:
         cats.setdefault(r["category"], []).append(r)
@@ -300,9 +303,14 @@ def summarize(rows: Sequence[dict]) -> dict:
     overall = {"count": len(rows), **{k: _mean(rows, k) for k in METRICS}}
     category_mean = {
         "count": len(categories),
-        **{k: float(np.mean([v[k] for v in categories.values()])) if categories else float("nan") for k in METRICS},
+        **{k: float(np.mean([v[k] for v in categories.values()])) if categories else None for k in METRICS},
     }
     return {"overall": overall, "category_mean": category_mean, "categories": categories}
+
+
+def format_metric(value: float | None) -> str:
+    """A metric for a table: four decimals, or a dash where nothing was scored."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def summary_markdown(summary: dict, title: str = "") -> str:
@@ -313,7 +321,7 @@ def summary_markdown(summary: dict, title: str = "") -> str:
     lines += [head, rule]
 
     def row(name: str, d: dict) -> str:
-        return f"| {name} | {d['count']} | " + " | ".join(f"{d[k]:.4f}" for k in METRICS) + " |"
+        return f"| {name} | {d['count']} | " + " | ".join(format_metric(d[k]) for k in METRICS) + " |"
 
     lines += [row(c, d) for c, d in summary["categories"].items()]
     lines += [row("**overall**", summary["overall"]), row("*mean of categories*", summary["category_mean"])]

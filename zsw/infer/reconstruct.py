@@ -261,21 +261,35 @@ class Reconstruction:
         """Write ``mesh.<fmt>``, ``depth.png``, the masks, ``preview.png`` and ``result.json``.
 
         Every file is written atomically and ``result.json`` last, so a folder with a
-        ``result.json`` is complete. Mesh files of formats not asked for this time are removed,
-        so the folder always matches its ``result.json``.
+        ``result.json`` is complete: an earlier ``result.json`` is removed first (its files are
+        about to be replaced), and if any write fails (full disk, read-only folder) the files this
+        call wrote are removed again and the error is raised. Mesh files of formats not asked for
+        this time are removed, so the folder always matches its ``result.json``.
         """
-        from PIL import Image
-
-        from zsw.infer.preview import colorize_depth
-        from zsw.io import atomic_path, atomic_write_json, remove_leftovers
-
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
             raise ConfigError(f"mesh format must be one of {', '.join(FORMATS)}, got {bad or 'none'}")
+        from zsw.io import remove_leftovers
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         remove_leftovers(out)  # temporary files of an earlier, killed run
+        (out / "result.json").unlink(missing_ok=True)
         written: list[Path] = []
+        try:
+            self._write_files(out, formats, preview, written)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return written
+
+    def _write_files(self, out: Path, formats: Sequence[str], preview: bool, written: list[Path]) -> None:
+        from PIL import Image
+
+        from zsw.infer.preview import colorize_depth
+        from zsw.io import atomic_path, atomic_write_json
+
         t0 = time.perf_counter()
         for fmt in dict.fromkeys(formats):
             path = out / f"mesh.{fmt}"
@@ -299,6 +313,8 @@ class Reconstruction:
         t1 = time.perf_counter()
         if preview:
             png("preview.png", self.preview())
+        else:
+            (out / "preview.png").unlink(missing_ok=True)
         preview_s = time.perf_counter() - t1
         for fmt in FORMATS:
             if fmt not in formats:
@@ -308,7 +324,7 @@ class Reconstruction:
         info["files"] = sorted(p.name for p in written) + ["result.json"]
         self.info = info
         atomic_write_json(out / "result.json", info)
-        return [*written, out / "result.json"]
+        written.append(out / "result.json")
 
 
 def original_intrinsics(K: np.ndarray, image: LoadedImage) -> np.ndarray:  # [3, 3] -> [3, 3]

@@ -253,6 +253,20 @@ def _worker_init() -> None:
     # on its next write instead of printing a BrokenPipeError traceback per worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: end this worker when its parent dies (a SIGKILLed parent cannot end its pool, and
+    orphaned workers would go on writing into the dataset while a rerun starts)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 # --------------------------------------------------------------------------------------------
