@@ -1,0 +1,502 @@
+"""Compile every Triton kernel of zsw.kernels for Hopper (sm_90) and Ampere (sm_80) on a CPU.
+
+No GPU is needed: ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget(...))``
+lowers a kernel all the way to PTX and a cubin on any machine, and ptxas (shipped in triton's wheel)
+reports registers and spills. The kernels are compiled exactly as the dispatch would launch them:
+
+1. each launcher runs at the model's real shapes on CPU tensors with its autotuned kernel object
+   replaced by a :class:`_Capture`, which records the launch (arguments, meta-parameters) and stops
+   it before any work is done;
+2. the autotuner's own pruning chooses the configs for that launch, with the *target's* shared
+   memory limit standing in for the device's (:func:`zsw.kernels._utils.shared_memory_limit`);
+3. the JIT's own binder turns the arguments into a signature, constexprs and alignment attributes
+   (so the compiled code is the one a GPU would get), and every kept config is compiled.
+
+Each result carries registers per thread, spill bytes (ptxas), dynamic shared memory (Triton's
+metadata) and whether the PTX uses ``wgmma``. Run as a script to print or write the table::
+
+    python -m zsw.kernels.compile_check                               # default subset, a table
+    python -m zsw.kernels.compile_check --full --write-table docs/kernels.md
+    python -m zsw.kernels.compile_check --json out.json               # what the tests read
+
+Must run **without** ``TRITON_INTERPRET`` (the interpreter replaces JIT functions, which cannot be
+compiled); :func:`run_subprocess` starts it in a clean child process for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "TARGETS",
+    "Case",
+    "Result",
+    "cases",
+    "compile_case",
+    "run_matrix",
+    "run_subprocess",
+    "format_table",
+    "write_table",
+]
+
+#: Shared memory a block may opt into, in bytes (cudaDevAttrMaxSharedMemoryPerBlockOptin): 227 KB
+#: on sm_90 (H100/H200: 228 KB per SM, 1 KB reserved), 163 KB on sm_80 (A100: 164 KB per SM).
+TARGETS: dict[int, int] = {90: 232_448, 80: 166_912}
+
+# The model's shapes (ZeroShape's decoder; see docs/kernels.md and bench/kernels.py)
+ATTN = dict(B=1, H=8, N=4096, L=197, D=32)
+MLP = dict(M=65_536, C_IN=259, WIDTH=256, HIDDEN=8, C_OUT=1, SKIPS=(2, 4, 6))
+CLOUD = 10_000
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp32-tf32": torch.float32}
+TABLE_BEGIN = "<!-- compile-table:begin (written by python -m zsw.kernels.compile_check) -->"
+TABLE_END = "<!-- compile-table:end -->"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One compilation: a kernel launch (name, dtype) with one autotune config for one target."""
+
+    kernel: str  # attn_fwd, attn_bwd, mlp_fwd, mlp_fwd_save, mlp_bwd, nn, nn_both
+    dtype: str  # a key of DTYPES; "fp32" is IEEE, "fp32-tf32" with TF32 allowed
+    config: str  # e.g. "BLOCK_N=64 w4 s2"
+    arch: int  # 90 or 80
+
+
+@dataclass
+class Result:
+    case: Case
+    regs: int = -1
+    spill_stores: int = -1  # bytes
+    spill_loads: int = -1  # bytes
+    stack: int = -1  # bytes of stack frame
+    shared: int = -1  # bytes of dynamic shared memory
+    wgmma: bool = False
+    dot16: bool = False  # the kernel has fp16/bf16 dots (so wgmma is expected on sm_90)
+    seconds: float = 0.0
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spill_bytes(self) -> int:
+        return self.spill_stores + self.spill_loads
+
+    def row(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("case"))
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Capturing launches
+# ----------------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised by a capture once the launch is recorded: the launcher does no work."""
+
+
+@dataclass
+class Launch:
+    tuner: Any  # triton Autotuner
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+class _Capture:
+    """Stands in for an autotuned kernel: ``capture[grid](*args, **meta)`` records and stops."""
+
+    def __init__(self, tuner: Any) -> None:
+        self.tuner = tuner
+        self.launch: Launch | None = None
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        def launch(*args: Any, **kwargs: Any) -> None:
+            self.launch = Launch(self.tuner, args, kwargs)
+            raise _Stop
+
+        return launch
+
+
+def _capture(module: Any, attr: str, call: Callable[[], Any]) -> Launch:
+    """Run ``call`` (a launcher) with ``module.attr`` (its autotuned kernel) replaced by a capture."""
+    tuner = getattr(module, attr)
+    cap = _Capture(tuner)
+    setattr(module, attr, cap)
+    try:
+        call()
+    except _Stop:
+        pass
+    finally:
+        setattr(module, attr, tuner)
+    if cap.launch is None:
+        raise RuntimeError(f"{module.__name__}.{attr} was not launched")
+    return cap.launch
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool) -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _attn_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """q, k, v as slices of one fused qkv projection (the model's layout), latents contiguous."""
+    B, H, N, L, D = (ATTN[k] for k in "BHNLD")
+    qkv = torch.empty(B, N, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4)  # [3, B, H, N, D]
+    lat = torch.empty(2, B, H, L, D, dtype=dtype)
+    return qkv[0], qkv[1], qkv[2], lat[0], lat[1]
+
+
+def _launch_attn(kernel: str, dtype: torch.dtype) -> Launch:
+    mod = importlib.import_module("zsw.kernels.point_cross_attention")
+
+    q, k, v, kl, vl = _attn_inputs(dtype)
+    if kernel == "attn_fwd":
+        return _capture(mod, "_fwd_tuned", lambda: mod.point_attn_fwd(q, k, v, kl, vl, 0.17))
+    out = mod._empty_out(q)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32)
+    grad = torch.empty_like(out)
+    return _capture(mod, "_bwd_tuned", lambda: mod.point_attn_bwd(grad, q, k, v, kl, vl, out, lse, 0.17))
+
+
+def _mlp_packed(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    from zsw.kernels.occupancy_mlp import pack_weights
+
+    c_in, w, hidden, c_out, skips = MLP["C_IN"], MLP["WIDTH"], MLP["HIDDEN"], MLP["C_OUT"], MLP["SKIPS"]
+    dims = [c_in] + [w] * hidden + [c_out]
+    weights = [torch.empty(dims[l + 1], dims[l] + (c_in if l in skips else 0)) for l in range(len(dims) - 1)]
+    biases = [torch.empty(dims[l + 1]) for l in range(len(dims) - 1)]
+    w_packed, b_packed, W, C_in, C_out, x_layers = pack_weights(weights, biases, skips, dtype)
+    x = torch.empty(MLP["M"], C_in, dtype=dtype)
+    return x, w_packed, b_packed, W, C_out, x_layers
+
+
+def _launch_mlp(kernel: str, dtype: torch.dtype) -> Launch:
+    mod = importlib.import_module("zsw.kernels.occupancy_mlp")
+
+    x, wp, bp, W, C_out, x_layers = _mlp_packed(dtype)
+    if kernel in ("mlp_fwd", "mlp_fwd_save"):
+        save = kernel == "mlp_fwd_save"
+        return _capture(mod, "_fwd_tuned", lambda: mod.occ_mlp_fwd(x, wp, bp, W, C_out, x_layers, 100.0, save))
+    hs = torch.empty(wp.shape[0] - 1, MLP["M"], W, dtype=dtype)
+    dy = torch.empty(MLP["M"], C_out, dtype=dtype)
+    return _capture(mod, "_bwd_tuned", lambda: mod.occ_mlp_bwd(dy, x, wp, hs, W, C_out, x_layers, 100.0))
+
+
+def _launch_nn(kernel: str, dtype: torch.dtype) -> Launch:
+    mod = importlib.import_module("zsw.kernels.chamfer")
+
+    a = torch.empty(1, CLOUD, 3, dtype=dtype)
+    b = torch.empty(1, CLOUD, 3, dtype=dtype)
+    return _capture(mod, "_nn_tuned", lambda: mod.nn_index(a, b, None, None, kernel == "nn_both"))
+
+
+_LAUNCHERS: dict[str, Callable[[str, torch.dtype], Launch]] = {
+    "attn_fwd": _launch_attn,
+    "attn_bwd": _launch_attn,
+    "mlp_fwd": _launch_mlp,
+    "mlp_fwd_save": _launch_mlp,
+    "mlp_bwd": _launch_mlp,
+    "nn": _launch_nn,
+    "nn_both": _launch_nn,
+}
+#: dtypes each kernel is launched with (the Chamfer search converts to fp32 and has no dots)
+KERNEL_DTYPES: dict[str, tuple[str, ...]] = {
+    "attn_fwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
+    "attn_bwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
+    "mlp_fwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
+    "mlp_fwd_save": ("bf16", "fp16", "fp32", "fp32-tf32"),
+    "mlp_bwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
+    "nn": ("fp32",),
+    "nn_both": ("fp32",),
+}
+
+
+#: kernels without dots (wgmma does not apply)
+NO_DOT_KERNELS = ("nn", "nn_both")
+
+
+def _config_name(config: Any) -> str:
+    meta = " ".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{meta} w{config.num_warps} s{config.num_stages}"
+
+
+@contextlib.contextmanager
+def _shared_limit(limit: int) -> Iterator[None]:
+    """Make the pruning see the target's shared memory instead of asking a (missing) GPU."""
+    from zsw.kernels import _utils
+
+    before = getattr(_utils, "shared_memory_limit_override", None)
+    _utils.shared_memory_limit_override = limit
+    try:
+        yield
+    finally:
+        _utils.shared_memory_limit_override = before
+
+
+def launch_of(kernel: str, dtype: str) -> Launch:
+    with _tf32(dtype == "fp32-tf32"):
+        return _LAUNCHERS[kernel](kernel, DTYPES[dtype])
+
+
+def configs_of(launch: Launch, arch: int) -> list[Any]:
+    """The configs the autotuner would try for this launch on a device of architecture ``arch``."""
+    tuner = launch.tuner
+    tuner.nargs = dict(zip(tuner.arg_names, launch.args))
+    try:
+        with _shared_limit(TARGETS[arch]):
+            return list(tuner.prune_configs(launch.kwargs)) if len(tuner.configs) > 1 else list(tuner.configs)
+    finally:
+        tuner.nargs = None
+
+
+def cases(kernels: list[str] | None = None, archs: tuple[int, ...] = (90, 80)) -> list[Case]:
+    """Every (kernel, dtype, config, target) the dispatch can choose at the model's shapes."""
+    out = []
+    for kernel in kernels or list(_LAUNCHERS):
+        for dtype in KERNEL_DTYPES[kernel]:
+            launch = launch_of(kernel, dtype)
+            for arch in archs:
+                out += [Case(kernel, dtype, _config_name(c), arch) for c in configs_of(launch, arch)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiling one case
+# ----------------------------------------------------------------------------------------------
+
+
+def _ptxas_report(log: str) -> dict[str, int]:
+    """Registers, spill and stack bytes from ``ptxas -v`` output."""
+
+    def grab(pattern: str) -> int:
+        m = re.search(pattern, log)
+        return int(m.group(1)) if m else 0
+
+    return {
+        "regs": grab(r"Used (\d+) registers"),
+        "spill_stores": grab(r"(\d+) bytes spill stores"),
+        "spill_loads": grab(r"(\d+) bytes spill loads"),
+        "stack": grab(r"(\d+) bytes stack frame"),
+    }
+
+
+def _run_ptxas(ptx: str, arch: int) -> str:
+    """``ptxas -v`` on the PTX, as triton runs it (used when the cubin came from triton's cache)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp, "k.ptx")
+        src.write_text(ptx)
+        cmd = [get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}{suffix}", str(src)]
+        cmd += ["-o", str(Path(tmp, "k.o"))]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+
+
+def _compile(launch: Launch, config: Any, arch: int) -> tuple[Any, str]:
+    """Compile ``launch`` with ``config`` for ``arch`` through the JIT's binder; (kernel, ptxas log)."""
+    import triton
+    from triton import knobs
+    from triton.backends import backends
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = launch.tuner.fn
+    target = GPUTarget("cuda", arch, 32)
+    backend = backends["nvidia"].compiler(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {**launch.kwargs, **config.all_kwargs()}
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    src = ASTSource(fn, signature, constexprs, attrs)
+    log = io.StringIO()
+    with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        knobs.nvidia.dump_ptxas_log = True
+        kernel = triton.compile(src, target=target, options=options.__dict__)
+    return kernel, log.getvalue()
+
+
+def compile_case(case: Case) -> Result:
+    """Compile one case and read its resources; errors are recorded, not raised."""
+    t0 = time.perf_counter()
+    result = Result(case)
+    try:
+        launch = launch_of(case.kernel, case.dtype)
+        configs = {_config_name(c): c for c in configs_of(launch, case.arch)}
+        kernel, log = _compile(launch, configs[case.config], case.arch)
+        ptx = kernel.asm["ptx"]
+        if "Used" not in log:  # a cache hit: triton did not run ptxas
+            log = _run_ptxas(ptx, case.arch)
+        for key, value in _ptxas_report(log).items():
+            setattr(result, key, value)
+        result.shared = int(kernel.metadata.shared)
+        result.wgmma = "wgmma" in ptx
+        result.dot16 = case.dtype in ("bf16", "fp16") and bool(re.search(r"\b(mma|wgmma)\.", ptx))
+    except Exception as e:  # noqa: BLE001 - a failed compile is a result the test reports
+        result.error = f"{type(e).__name__}: {str(e)[:2000]}"
+    result.seconds = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def run_matrix(matrix: list[Case], jobs: int = 2) -> list[Result]:
+    """Compile every case, ``jobs`` processes in parallel (ptxas is single-threaded)."""
+    if jobs <= 1:
+        return [compile_case(c) for c in matrix]
+    # the slowest (MLP) first, so that the pool does not end on one long compile
+    order = sorted(range(len(matrix)), key=lambda i: not matrix[i].kernel.startswith("mlp"))
+    with ProcessPoolExecutor(jobs, initializer=_worker_init) as pool:
+        done = dict(zip(order, pool.map(compile_case, [matrix[i] for i in order])))
+    return [done[i] for i in range(len(matrix))]
+
+
+def run_subprocess(args: list[str], timeout: float = 1800) -> list[dict[str, Any]]:
+    """Run this module in a child process without ``TRITON_INTERPRET`` and return its JSON rows."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "rows.json")
+        cmd = [sys.executable, "-m", "zsw.kernels.compile_check", "--json", str(out), *args]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compile check failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return json.loads(out.read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection and the table
+# ----------------------------------------------------------------------------------------------
+
+#: The default (CI) subset: the 16-bit dtypes the model runs in on sm_90, bf16 on sm_80, and the
+#: fp32 IEEE attention (the path that used to collapse); ``--full`` adds the rest.
+DEFAULT_KERNELS = ["attn_fwd", "attn_bwd", "mlp_fwd", "mlp_bwd", "nn_both"]
+
+
+def select(matrix: list[Case], full: bool) -> list[Case]:
+    if full:
+        return matrix
+
+    def keep(c: Case) -> bool:
+        if c.kernel not in DEFAULT_KERNELS:
+            return False
+        if c.kernel.startswith("mlp"):  # ptxas takes ~30-90 s per MLP config on these CPUs
+            return c.dtype == "bf16" and c.arch == 90
+        if c.arch == 80:
+            return c.dtype in ("bf16", "fp32")
+        return True
+
+    return [c for c in matrix if keep(c)]
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KB" if n >= 0 else "-"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table, one line per (kernel, dtype, config, target)."""
+    lines = [
+        "| kernel | dtype | config | target | registers | spill bytes (st/ld) | shared memory | wgmma | compile s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["kernel"], r["dtype"], -r["arch"], r["config"])):
+        if r["error"]:
+            first = r["error"].splitlines()[0][:80]
+            lines.append(f"| {r['kernel']} | {r['dtype']} | {r['config']} | sm_{r['arch']} | error: {first} |||||")
+            continue
+        wgmma = "yes" if r["wgmma"] else "no"
+        if r["arch"] != 90 or r["kernel"] in NO_DOT_KERNELS:
+            wgmma = "n/a"  # sm_80 has no wgmma; the Chamfer search has no dots
+        lines.append(
+            f"| {r['kernel']} | {r['dtype']} | {r['config']} | sm_{r['arch']} | {r['regs']} | "
+            f"{r['spill_stores']}/{r['spill_loads']} | {_kb(r['shared'])} | {wgmma} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_table(path: Path, table: str, header: str) -> None:
+    """Replace the marked section of ``path`` (or append one) with ``table``."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{TABLE_BEGIN}\n{header}\n\n{table}\n{TABLE_END}"
+    if TABLE_BEGIN in text and TABLE_END in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        text = head + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def _summary(rows: list[dict[str, Any]], seconds: float) -> str:
+    import triton
+
+    spills = sum(1 for r in rows if not r["error"] and r["spill_stores"] + r["spill_loads"] > 0)
+    errors = sum(1 for r in rows if r["error"])
+    return (
+        f"{len(rows)} compilations (triton {triton.__version__}, ptxas from its wheel), "
+        f"{errors} errors, {spills} with spills; {seconds / 60:.1f} min on {os.cpu_count()} CPU cores."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="every kernel x dtype x config x target (slow)")
+    p.add_argument("--kernels", default="", help="comma-separated subset of " + ",".join(_LAUNCHERS))
+    p.add_argument("--dtypes", default="", help="comma-separated subset of " + ",".join(DTYPES))
+    p.add_argument("--archs", default="90,80")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--json", type=Path, help="write the rows as JSON")
+    p.add_argument("--write-table", type=Path, help="write the table into this markdown file's marked section")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    a = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        p.error("run without TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
+    kernels = [k for k in a.kernels.split(",") if k] or None
+    archs = tuple(int(x) for x in a.archs.split(","))
+    matrix = cases(kernels, archs)
+    if kernels is None:
+        matrix = select(matrix, a.full)
+    if a.dtypes:
+        matrix = [c for c in matrix if c.dtype in a.dtypes.split(",")]
+    if a.list:
+        print("\n".join(str(c) for c in matrix))
+        return 0
+    t0 = time.perf_counter()
+    rows = [r.row() for r in run_matrix(matrix, a.jobs)]
+    summary = _summary(rows, time.perf_counter() - t0)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    table = format_table(rows)
+    if a.write_table:
+        write_table(a.write_table, table, summary)
+    print(table)
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
