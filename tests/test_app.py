@@ -68,9 +68,14 @@ def app_url(tmp_path_factory):
     demo.close()
 
 
+def _arguments(photo: Path) -> tuple:
+    """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour."""
+    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo"
+
+
 def _reconstruct(url: str, photo: Path, downloads: Path) -> tuple:
     client = Client(url, download_files=str(downloads), verbose=False)
-    return client.predict(handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", api_name="/reconstruct")
+    return client.predict(*_arguments(photo), api_name="/reconstruct")
 
 
 def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
@@ -90,6 +95,19 @@ def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
     for picture in (depth, visible, occluder):
         assert Image.open(picture).size == (224, 224)
     assert "grid_decode" in timings and "total" in timings
+
+
+def test_simultaneous_requests_do_not_collide(app_url, tmp_path):
+    # queued one after the other, each in its own folder: every status matches its own mesh
+    client = Client(app_url, download_files=str(tmp_path), verbose=False)
+    photos = [ARMCHAIR, REPO / "examples" / "bolt.png"]
+    jobs = [client.submit(*_arguments(photo), api_name="/reconstruct") for photo in photos]
+    counts = []
+    for photo, job in zip(photos, jobs):
+        model, *_, status = job.result(timeout=240)
+        counts.append(len(trimesh.load(model, force="mesh", process=False).vertices))
+        assert status.startswith(f"**{photo.name}**: {counts[-1]} vertices"), status
+    assert counts[0] != counts[1]
 
 
 def _random_bytes(path: Path) -> None:

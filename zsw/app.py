@@ -144,10 +144,12 @@ def build_app(
             grid_resolution: float,
             grid_extraction: str,
             color_mode: str,
-            progress: gr.Progress = gr.Progress(),  # noqa: B008 -- gradio's way of asking for a progress bar
+            progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
-            options = dict(prompt=prompt_text, resolution=int(grid_resolution), extraction=grid_extraction)
-            return _reconstruct(upload, defaults, work, options | dict(color=color_mode), PageReporter(progress))
+            choices = dict(
+                prompt=prompt_text, resolution=int(grid_resolution), extraction=grid_extraction, color=color_mode
+            )
+            return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
         run.click(
             reconstruct,
@@ -184,14 +186,14 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
 
 
 def _reconstruct(
-    upload: str | None, defaults: ReconstructSettings, work: Path, options: dict, reporter: PageReporter
+    upload: str | None, defaults: ReconstructSettings, choices: dict, work: Path, reporter: PageReporter
 ) -> tuple:
     """One request: settings, the job into a fresh folder, the page's outputs."""
     if not upload:
         return _failure("Upload a photo or pick an example first.")
     name = Path(upload).name
     try:
-        settings = _settings(defaults, **options)
+        settings = _settings(defaults, **choices)
         report = reconstruct_many([upload], _request_folder(work), settings, reporter)
     except ZswError as e:  # bad options, weights that cannot load, a prompt estimator that is missing
         return _failure(f"{name}: {_one_line(str(e))}")
@@ -204,7 +206,9 @@ def _reconstruct(
     return _outputs(report.written[0], name, reporter.warnings)
 
 
-def _settings(defaults: ReconstructSettings, prompt: str, resolution: int, extraction: str, color: str):
+def _settings(
+    defaults: ReconstructSettings, prompt: str, resolution: int, extraction: str, color: str
+) -> ReconstructSettings:
     """The page's choices on top of the defaults; all three mesh formats, no preview picture (the
     3D view replaces it)."""
     grid = dataclasses.replace(defaults.grid, resolution=resolution, extraction=extraction)
