@@ -119,10 +119,10 @@ def diffuse(
         raise InputError(f"{data} has no renders for shard {shard}: no lists/<category>_<split>.list files name any")
     resumed = check_resume(out, cfg)
 
+    from zsw.hub import resolve_device, resolve_dtype
     from zsw.synth.appearance import ControlNetAppearance
     from zsw.synth.background import ObjectAwareBackground
     from zsw.synth.diffuse import synthesize
-    from zsw.synth.hub import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -202,7 +202,7 @@ def pseudo_depth(
     shard_ix = parse_shard(shard)
     if not data.is_dir():
         raise InputError(f"--data {data} is not a directory")
-    from zsw.synth.hub import resolve_device, resolve_dtype
+    from zsw.hub import resolve_device, resolve_dtype
     from zsw.synth.pseudo_depth import DepthAnything, pseudo_depth_dataset
 
     dev = resolve_device(device)

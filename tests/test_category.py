@@ -103,8 +103,8 @@ def test_missing_clip_weights_fail_in_one_line(monkeypatch):
     assert "\n" not in str(e.value)
 
 
-def test_vlm_spec_imports_the_synthesis_estimator_lazily(monkeypatch):
-    import zsw.synth.vlm as vlm
+def test_vlm_spec_imports_the_vlm_estimator_lazily(monkeypatch):
+    import zsw.infer.vlm as vlm
 
     made = {}
 

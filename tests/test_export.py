@@ -261,7 +261,7 @@ def test_onnxruntime_backend_rejects_bad_inputs_in_one_line(onnx_dir):
 
 
 def test_damaged_or_missing_export_is_refused(onnx_dir, tmp_path):
-    from zsw.export.runtime import load_runtime_backend
+    from zsw.export.backends import load_runtime_backend
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_runtime_backend("onnxruntime", tmp_path / "nowhere", "cpu")
@@ -284,7 +284,7 @@ def test_damaged_or_missing_export_is_refused(onnx_dir, tmp_path):
 
 
 def test_part_latencies_compare_backends_in_one_run(onnx_dir, tiny_checkpoint):
-    from zsw.export.profile import compare
+    from zsw.bench.profile import compare
 
     rows = compare(onnx_dir, tiny_checkpoint, backends=("onnxruntime",), device="cpu", warmup=0, iters=1)
     assert [(r["backend"], r["part"]) for r in rows] == [
@@ -347,8 +347,8 @@ H100 = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "tensorrt":
 
 def test_engine_built_for_another_gpu_and_tensorrt_is_refused(onnx_dir, tmp_path, monkeypatch):
     from zsw.export import tensorrt as trt_export
+    from zsw.export.backends import load_runtime_backend
     from zsw.export.fingerprint import EngineFingerprint
-    from zsw.export.runtime import load_runtime_backend
 
     engines = _fabricated_engines(onnx_dir, tmp_path, A100)
     here = EngineFingerprint.from_dict(H100)
@@ -415,7 +415,7 @@ def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
 
 
 def test_missing_extras_name_the_extra(onnx_dir, tiny_checkpoint, tmp_path, monkeypatch):
-    from zsw.export.runtime import load_runtime_backend
+    from zsw.export.backends import load_runtime_backend
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
     with pytest.raises(
@@ -433,7 +433,7 @@ def test_missing_extras_name_the_extra(onnx_dir, tiny_checkpoint, tmp_path, monk
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_tensorrt_backend_without_a_gpu_says_so(onnx_dir, tmp_path):
-    from zsw.export.runtime import load_runtime_backend
+    from zsw.export.backends import load_runtime_backend
 
     engines = _fabricated_engines(onnx_dir, tmp_path, H100)
     with pytest.raises(ConfigError, match="runs on a CUDA device, not on the CPU"):

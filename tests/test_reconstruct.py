@@ -363,3 +363,46 @@ def test_bf16_meshes_match_fp32_on_the_packaged_model(repo_root):
     self_match, match = chamfer_fscore(again, fp32), chamfer_fscore(bf16, fp32)
     assert match["fscore@0.01"] >= self_match["fscore@0.01"] - 0.1, (match, self_match)
     assert match["fscore@0.02"] >= 0.9, match
+
+
+def test_cli_and_python_api_run_the_same_job(repo_root, tmp_path):
+    """`zsw reconstruct` and `zsw.reconstruct_many` write the same files and result.json (up to
+    wall-clock timings): one job function behind both."""
+    import zsw
+
+    image = repo_root / "examples" / "toy.png"
+    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+    result = runner.invoke(app, ["reconstruct", str(image), "-o", str(cli_out), "--weights", "random:tiny",
+                                 "--resolution", str(RES), "--format", "ply", "--color", "none"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    settings = zsw.ReconstructSettings(
+        weights="random:tiny", formats=("ply",), color="none", grid=zsw.GridSettings(resolution=RES)
+    )
+    report = zsw.reconstruct_many([image], api_out, settings)
+    assert report.ok and report.written == [api_out / "toy"] and report.summary().startswith("reconstructed 1,")
+
+    def content(folder):
+        info = json.loads((folder / "toy" / "result.json").read_text())
+        info.pop("timings_s")
+        return info
+
+    assert content(cli_out) == content(api_out)
+    for name in ("mesh.ply", "depth.png", "visible_mask.png", "preview.png"):
+        assert (cli_out / "toy" / name).read_bytes() == (api_out / "toy" / name).read_bytes(), name
+
+
+def test_settings_refuse_bad_values_naming_the_option():
+    import zsw
+    from zsw.errors import OptionError
+
+    for bad, option in [
+        (dict(formats=("stl",)), "--format"),
+        (dict(frame="opengl"), "--frame"),
+        (dict(precision="int8"), "--precision"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(prompt=" "), "--prompt"),
+    ]:
+        with pytest.raises(OptionError, match=option):
+            zsw.ReconstructSettings(**bad)
+    with pytest.raises(OptionError, match="--threshold"):
+        zsw.GridSettings(threshold=float("nan"))

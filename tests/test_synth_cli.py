@@ -280,7 +280,7 @@ def test_pseudo_depth_end_to_end(tiny, renders, tmp_path):
 
 def test_vlm_estimator_load_failure_is_one_line(monkeypatch):
     from zsw.errors import ConfigError
-    from zsw.synth.vlm import VLMCategoryEstimator
+    from zsw.infer.vlm import VLMCategoryEstimator
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="hf download nobody/no-such-vlm") as e:
@@ -312,8 +312,8 @@ def test_diffuse_on_gpu_in_half_precision(tiny, renders, tmp_path):
 def test_vlm_estimator_default_backend_on_a_tiny_llava(tmp_path):
     from PIL import Image
 
+    from zsw.infer.vlm import VLMCategoryEstimator
     from zsw.synth.tiny import TINY_VLM_WORDS, build_tiny_vlm
-    from zsw.synth.vlm import VLMCategoryEstimator
 
     path = build_tiny_vlm(tmp_path / "vlm")
     rng = np.random.default_rng(0)

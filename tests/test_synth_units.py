@@ -8,6 +8,7 @@ import pytest
 
 from zsw.data.layout import SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
+from zsw.infer.vlm import VLMCategoryEstimator, parse_category
 from zsw.synth import prompts
 from zsw.synth.guidance import (
     GuidancePerturbation,
@@ -18,7 +19,6 @@ from zsw.synth.guidance import (
     silhouette_iou,
 )
 from zsw.synth.jobs import parse_shard, plan, select_shard
-from zsw.synth.vlm import VLMCategoryEstimator, parse_category
 
 # ---- prompts and seeds -------------------------------------------------------------------------
 

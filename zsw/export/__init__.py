@@ -8,7 +8,7 @@ logits). An export directory holds them with an ``export.json`` manifest (:mod:`
 * :func:`zsw.export.onnx.export_onnx` -- ONNX graphs, checked and validated against eager PyTorch;
 * :func:`zsw.export.tensorrt.build_engines` -- TensorRT engines built from them, fingerprinted;
 * :func:`zsw.export.torch_tensorrt.compile_torch_tensorrt` -- torch-tensorrt programs;
-* :func:`zsw.export.runtime.load_runtime_backend` -- a :class:`zsw.infer.backend.Backend` over any
+* :func:`zsw.export.backends.load_runtime_backend` -- a :class:`zsw.infer.backend.Backend` over any
   of them (``zsw reconstruct --backend onnxruntime|tensorrt --engine DIR``).
 
 Optional packages (``onnx``, ``onnxruntime``, ``tensorrt``, ``torch_tensorrt``) are imported only when
@@ -35,7 +35,7 @@ def __getattr__(name: str):
 
         return compile_torch_tensorrt
     if name == "load_runtime_backend":
-        from zsw.export.runtime import load_runtime_backend
+        from zsw.export.backends import load_runtime_backend
 
         return load_runtime_backend
     if name == "read_manifest":

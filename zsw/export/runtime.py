@@ -1,4 +1,6 @@
-"""Runtime backends over an export directory: ONNX Runtime, TensorRT engines, torch-tensorrt programs.
+"""Runtime backends over an export directory: the shared base and ONNX Runtime (the TensorRT and
+torch-tensorrt backends live beside their builders, :mod:`zsw.export.tensorrt` and
+:mod:`zsw.export.torch_tensorrt`; :func:`zsw.export.backends.load_runtime_backend` picks one).
 
 Each implements :class:`zsw.infer.backend.Backend` with torch tensors in and out, so ``predict``,
 grid extraction and meshing run unchanged on any of them::
@@ -18,29 +20,21 @@ padded. Inputs and outputs stay on the backend's device: ONNX Runtime binds torc
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from zsw.errors import CheckpointError, ConfigError, InputError
+from zsw.errors import CheckpointError, InputError
 from zsw.export.graphs import GRAPHS, resolve_shape
-from zsw.export.manifest import ExportManifest, read_manifest
+from zsw.export.manifest import ExportManifest
 from zsw.model import DecoderLatents, PixelOutput
 
 __all__ = [
-    "load_runtime_backend",
     "RuntimeBackend",
     "OnnxRuntimeBackend",
-    "TensorRTBackend",
-    "TorchTensorRTBackend",
-    "RUNTIMES",
 ]
-
-#: backend kinds served from an export directory
-RUNTIMES = ("onnxruntime", "tensorrt", "torch-tensorrt")
 
 
 class RuntimeBackend:
@@ -199,92 +193,3 @@ class OnnxRuntimeBackend(RuntimeBackend):
         if kind == "cuda":
             binding.synchronize_outputs()
         return outs
-
-
-class TensorRTBackend(RuntimeBackend):
-    """Serialised TensorRT engines (``zsw export --format tensorrt``) on torch CUDA tensors."""
-
-    name = "tensorrt"
-
-    def __init__(self, manifest: ExportManifest, device: torch.device):
-        from zsw.export import tensorrt as trt_export
-
-        section = manifest.data.get("tensorrt") or {}
-        if not section.get("engines"):
-            raise CheckpointError(
-                f"{manifest.root} holds no TensorRT engines; build them with `zsw export --format tensorrt`"
-            )
-        if device.type != "cuda":
-            raise ConfigError("the tensorrt backend runs on a CUDA device, not on the CPU")
-        trt_export.check_engines(manifest, device)  # refuse engines built elsewhere before touching the GPU
-        super().__init__(manifest, device)
-        self.engines = trt_export.load_engines(manifest, device)
-        for g, engine in self.engines.items():
-            self.max_batch[g] = engine.max_batch
-
-    def _run(self, graph: str, args: list[Tensor]) -> list[Tensor]:
-        engine = self.engines[graph]
-        if graph != "decoder" or args[0].shape[1] == self.points_chunk:
-            return engine.run(args)
-        # the decoder engine is built for exactly points_chunk points: pad the last chunk
-        points = args[0]
-        n = points.shape[1]
-        padded = points.new_zeros(points.shape[0], self.points_chunk, 3)
-        padded[:, :n] = points
-        (logits,) = engine.run([padded, *args[1:]])
-        return [logits[:, :n]]
-
-
-class TorchTensorRTBackend(RuntimeBackend):
-    """torch-tensorrt programs (``zsw export --format torch-tensorrt``)."""
-
-    name = "torch-tensorrt"
-
-    def __init__(self, manifest: ExportManifest, device: torch.device):
-        from zsw.export import torch_tensorrt as tt_export
-
-        if not (manifest.data.get("torch_tensorrt") or {}).get("programs"):
-            raise CheckpointError(
-                f"{manifest.root} holds no torch-tensorrt programs; "
-                "build them with `zsw export --format torch-tensorrt`"
-            )
-        if device.type != "cuda":
-            raise ConfigError("the torch-tensorrt backend runs on a CUDA device, not on the CPU")
-        tt_export.check_programs(manifest, device)
-        super().__init__(manifest, device)
-        self.programs = tt_export.load_programs(manifest, device)
-
-    @torch.no_grad()
-    def _run(self, graph: str, args: list[Tensor]) -> list[Tensor]:
-        out = self.programs[graph](*args)
-        return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def load_runtime_backend(
-    kind: str,
-    engine_dir: str | os.PathLike,
-    device: str | torch.device | None = None,
-) -> RuntimeBackend:
-    """A backend running the export in ``engine_dir``.
-
-    Args:
-        kind: ``onnxruntime``; ``tensorrt`` (TensorRT engines, or torch-tensorrt programs when the
-            directory holds no engines); or ``torch-tensorrt``.
-        engine_dir: a directory written by ``zsw export``.
-        device: ``cpu`` or ``cuda[:i]``; default CUDA when available (ONNX Runtime falls back to the
-            CPU, with a warning, when it has no CUDA provider).
-    """
-    if kind not in RUNTIMES:
-        raise ConfigError(f"runtime backend must be one of {', '.join(RUNTIMES)}, got {kind!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    manifest = read_manifest(engine_dir)
-    if kind == "onnxruntime":
-        return OnnxRuntimeBackend(manifest, device)
-    if kind == "tensorrt" and not (manifest.data.get("tensorrt") or {}).get("engines"):
-        if (manifest.data.get("torch_tensorrt") or {}).get("programs"):
-            kind = "torch-tensorrt"
-    if kind == "torch-tensorrt":
-        return TorchTensorRTBackend(manifest, device)
-    return TensorRTBackend(manifest, device)

@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zsw.errors import CheckpointError, ZswError
+from zsw.errors import CheckpointError, ConfigError, ZswError
 from zsw.export.deps import require, require_cuda
 from zsw.export.fingerprint import EngineFingerprint, check_fingerprint, current_fingerprint
 from zsw.export.graphs import GRAPHS, GraphSpec, object_mask
 from zsw.export.manifest import ExportManifest, make_readable, read_manifest, sha256_file, write_manifest
+from zsw.export.runtime import OnnxRuntimeBackend, RuntimeBackend
 
 __all__ = [
     "build_engines",
@@ -183,7 +184,6 @@ def load_engines(manifest: ExportManifest, device: torch.device) -> dict[str, Te
 def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) -> dict[str, dict[str, Any]]:
     """Compare each engine with ONNX Runtime (CPU) on the same inputs, produced by running the ONNX
     graphs on noise images: realistic encoder inputs and latents without needing the weights."""
-    from zsw.export.runtime import OnnxRuntimeBackend
     from zsw.model import lift_surface
 
     ort = OnnxRuntimeBackend(manifest, torch.device("cpu"))
@@ -315,3 +315,35 @@ def build_engines(
                 )
         write_manifest(manifest.root, manifest.data)
     return read_manifest(manifest.root)
+
+
+class TensorRTBackend(RuntimeBackend):
+    """Serialised TensorRT engines (``zsw export --format tensorrt``) on torch CUDA tensors."""
+
+    name = "tensorrt"
+
+    def __init__(self, manifest: ExportManifest, device: torch.device):
+        section = manifest.data.get("tensorrt") or {}
+        if not section.get("engines"):
+            raise CheckpointError(
+                f"{manifest.root} holds no TensorRT engines; build them with `zsw export --format tensorrt`"
+            )
+        if device.type != "cuda":
+            raise ConfigError("the tensorrt backend runs on a CUDA device, not on the CPU")
+        check_engines(manifest, device)  # refuse engines built elsewhere before touching the GPU
+        super().__init__(manifest, device)
+        self.engines = load_engines(manifest, device)
+        for g, engine in self.engines.items():
+            self.max_batch[g] = engine.max_batch
+
+    def _run(self, graph: str, args: list[Tensor]) -> list[Tensor]:
+        engine = self.engines[graph]
+        if graph != "decoder" or args[0].shape[1] == self.points_chunk:
+            return engine.run(args)
+        # the decoder engine is built for exactly points_chunk points: pad the last chunk
+        points = args[0]
+        n = points.shape[1]
+        padded = points.new_zeros(points.shape[0], self.points_chunk, 3)
+        padded[:, :n] = points
+        (logits,) = engine.run([padded, *args[1:]])
+        return [logits[:, :n]]

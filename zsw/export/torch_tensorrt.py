@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from zsw.errors import CheckpointError, ConfigError, ZswError
 from zsw.export.deps import require, require_cuda
@@ -38,6 +39,7 @@ from zsw.export.manifest import (
     sha256_file,
     write_manifest,
 )
+from zsw.export.runtime import RuntimeBackend
 
 __all__ = ["compile_torch_tensorrt", "check_programs", "load_programs", "input_ranges", "TOLERANCE"]
 
@@ -196,3 +198,26 @@ def load_programs(manifest: ExportManifest, device: torch.device) -> dict[str, t
                 raise CheckpointError(f"{manifest.root} lacks the {name} program; run `zsw export` again")
             programs[name] = torch_tensorrt.load(str(manifest.file(entry))).module()
     return programs
+
+
+class TorchTensorRTBackend(RuntimeBackend):
+    """torch-tensorrt programs (``zsw export --format torch-tensorrt``)."""
+
+    name = "torch-tensorrt"
+
+    def __init__(self, manifest: ExportManifest, device: torch.device):
+        if not (manifest.data.get("torch_tensorrt") or {}).get("programs"):
+            raise CheckpointError(
+                f"{manifest.root} holds no torch-tensorrt programs; "
+                "build them with `zsw export --format torch-tensorrt`"
+            )
+        if device.type != "cuda":
+            raise ConfigError("the torch-tensorrt backend runs on a CUDA device, not on the CPU")
+        check_programs(manifest, device)
+        super().__init__(manifest, device)
+        self.programs = load_programs(manifest, device)
+
+    @torch.no_grad()
+    def _run(self, graph: str, args: list[Tensor]) -> list[Tensor]:
+        out = self.programs[graph](*args)
+        return list(out) if isinstance(out, (tuple, list)) else [out]

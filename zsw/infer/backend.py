@@ -28,7 +28,7 @@ from zsw.model import DecoderLatents, PixelOutput, SurfacePrediction, ZeroShapeW
 
 __all__ = ["Backend", "TorchBackend", "Prediction", "predict", "load_backend", "BACKENDS"]
 
-BACKENDS = _settings.BACKENDS
+BACKENDS = _settings.BACKENDS  # what users pick; zsw.registry maps each to its loader
 
 
 @runtime_checkable
@@ -156,6 +156,6 @@ def load_backend(
         return TorchBackend(checkpoint.load(weights), device)
     if engine is None:
         raise ConfigError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
-    from zsw.export.runtime import load_runtime_backend  # lands with the export work
+    from zsw.registry import backend_loader
 
-    return load_runtime_backend(kind, engine, device)
+    return backend_loader(kind)(kind, engine, device)

@@ -7,7 +7,7 @@ from a vision-language model. zsw offers two estimators behind one protocol:
 * :class:`CLIPCategoryEstimator` -- open_clip zero-shot classification over the LVIS (1203) and
   ShapeNetCore (55) category names packaged in ``zsw/assets``, each class embedded as the mean of
   a few "a photo of a {}." style templates. Class embeddings are cached on disk per CLIP model.
-* ``zsw.synth.vlm.VLMCategoryEstimator`` -- asks a VLM for one noun (the paper's approach).
+* ``zsw.infer.vlm.VLMCategoryEstimator`` -- asks a VLM for one noun (the paper's approach).
 
 :func:`get_estimator` builds either from a spec string: ``"clip"`` or ``"vlm:<hub id or path>"``.
 """
@@ -215,7 +215,7 @@ def get_estimator(spec: str = "clip", device: str | torch.device | None = None) 
         if not model_id:
             raise ConfigError("give the VLM as vlm:<hub id or folder>, e.g. vlm:HuggingFaceTB/SmolVLM-256M-Instruct")
         try:
-            from zsw.synth.vlm import VLMCategoryEstimator
+            from zsw.infer.vlm import VLMCategoryEstimator
         except ImportError as e:
             raise ZswError(f"the VLM category estimator is unavailable ({e}); pip install 'zsw[synth]'") from None
         return VLMCategoryEstimator(model_id, device=None if device is None else str(device))

@@ -4,9 +4,10 @@ The grid spans ``[-bound, bound]^3`` in the normalised frame of the visible surf
 ``resolution + 1`` samples per axis (``linspace(-bound, bound, resolution + 1)``, 129^3 points for
 resolution 128, as ZeroShape). Logits become probabilities with a sigmoid and marching cubes
 extracts the ``threshold`` level set: scikit-image for grids on the CPU, the vectorised PyTorch
-version of :mod:`zsw.infer.marching_cubes` for grids on a GPU (no copy of the grid to the host). Vertex ``v`` of index coordinates ``(i, j, k)``
-lands exactly at ``-bound + (i, j, k) * 2 * bound / resolution`` -- the coordinates of the grid
-samples (ZeroShape divides by ``resolution + 1`` instead, shrinking its meshes by N/(N+1)).
+version of :mod:`zsw.infer.marching_cubes` for grids on a GPU (no copy of the grid to the host).
+Vertex ``v`` of index coordinates ``(i, j, k)`` lands exactly at
+``-bound + (i, j, k) * 2 * bound / resolution`` -- the coordinates of the grid samples (ZeroShape
+divides by ``resolution + 1`` instead, shrinking its meshes by N/(N+1)).
 
 Two ways to fill the grid:
 

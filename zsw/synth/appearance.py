@@ -107,7 +107,7 @@ class ControlNetAppearance:
         import torch
         from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetImg2ImgPipeline
 
-        from zsw.synth.hub import diffusers_dtype, load_pretrained, ready_pipeline
+        from zsw.hub import diffusers_dtype, load_pretrained, ready_pipeline
 
         dtype = torch.float32 if dtype is None else dtype
         cn = load_pretrained(

@@ -70,7 +70,7 @@ class ObjectAwareBackground:
         import torch
         from diffusers import StableDiffusionControlNetInpaintPipeline, UniPCMultistepScheduler
 
-        from zsw.synth.hub import diffusers_dtype, load_pretrained, ready_pipeline
+        from zsw.hub import diffusers_dtype, load_pretrained, ready_pipeline
 
         pipe = load_pretrained(
             StableDiffusionControlNetInpaintPipeline.from_pretrained,

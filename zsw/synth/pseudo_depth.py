@@ -40,7 +40,7 @@ class DepthAnything:
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        from zsw.synth.hub import load_pretrained
+        from zsw.hub import load_pretrained
 
         kw = dict(what="Depth Anything V2 model", option="--model", default_id=DEFAULT_DEPTH_MODEL)
         processor = load_pretrained(AutoImageProcessor.from_pretrained, source, **kw)

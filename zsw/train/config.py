@@ -2,7 +2,8 @@
 
 Defaults are the paper's recipe: AdamW betas (0.9, 0.95), weight decay 0.05 (not on biases and
 norms), lr 1e-5, stage ``full`` with 1e-6 for the pretrained pixel model, global batch 80,
-10 epochs for stage ``pixel`` and 15 for ``full``; loss weights of DESIGN section 5.
+10 epochs for stage ``pixel`` and 15 for ``full``; loss weights as in :mod:`zsw.train.losses` and
+docs/training.md ("The recipe").
 
 Example::
 

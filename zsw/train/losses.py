@@ -1,4 +1,4 @@
-"""Training losses of ZeroShape-W (DESIGN section 5), with ZeroShape's reductions.
+"""Training losses of ZeroShape-W (the table below; docs/training.md, "The recipe"), with ZeroShape's reductions.
 
 ========================  ==========  ==========================================================
 term                      weight      definition

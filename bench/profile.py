@@ -6,7 +6,7 @@ ViT), the encoder (ResNet + latent K/V) and one decoder call of ``points_chunk``
 backend gets the same inputs; times are CUDA-event medians after warm-up, reported with the ratio
 to the torch backend measured in the same process::
 
-    python -m zsw.export.profile EXPORT_DIR --weights model.safetensors [--backends onnxruntime,tensorrt]
+    python -m zsw.bench.profile EXPORT_DIR --weights model.safetensors [--backends onnxruntime,tensorrt]
 """
 
 from __future__ import annotations

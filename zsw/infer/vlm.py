@@ -59,7 +59,7 @@ class TransformersVLM:
     def __init__(self, model_id: str, device: str | None = None, dtype: Any = None, max_new_tokens: int = 8):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from zsw.synth.hub import load_pretrained, resolve_device, resolve_dtype
+        from zsw.hub import load_pretrained, resolve_device, resolve_dtype
 
         self.device = resolve_device(device)
         dtype = resolve_dtype(dtype, self.device) if dtype is None or isinstance(dtype, str) else dtype
