@@ -1,35 +1,53 @@
 #!/usr/bin/env bash
 # One command for a session with a lent GPU (<= 10 minutes on an H100):
 #
-#   bash bench/gpu_session.sh            # from the repository root, with zsw installed (pip install -e ".[dev]")
+#   bash bench/gpu_session.sh            # from the repository root, zsw installed or its wheels in .whl/
 #
 # 1. the GPU-only kernel tests (compiled Triton, model-scale shapes, bf16 without the interpreter
 #    workarounds), 2. the full kernel benchmark, 3. results in bench/results/<gpu>-kernels.csv (rows
 #    appended) and bench/results/<gpu>-kernels.md (the issue's targets, met or not, plus each
 #    provider's correctness check), and the complete log in bench/results/<gpu>-kernels.log.
 # The first benchmark call of each kernel autotunes it (a few seconds each).
+#
+# On the lent machine (bare image: no package registry, no trimesh/rtree/open_clip), run
+# bench/gpu_prepare.sh here first and carry .whl: this script installs it into /tmp/site with
+# --no-deps, writes everything under $OUT (the device tool brings it back; default bench/results)
+# and caps every part so the whole call stays under 8 minutes.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-mkdir -p bench/results
-if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if [ -d .whl ] && ! python3 -c "import zsw, trimesh, open_clip" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "gpu_session.sh: installing the carried wheels failed" >&2; exit 2; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+results="${OUT:-bench/results}"
+mkdir -p "$results"
+if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_session.sh: no CUDA device visible to torch" >&2
     exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv,noheader || true
-gpu=$(python -c "from zsw.bench._harness import environment, gpu_slug; print(gpu_slug(environment()))")
-log="bench/results/${gpu}-kernels.log"
+gpu=$(python3 -c "from zsw.bench._harness import environment, gpu_slug; print(gpu_slug(environment()))")
+log="$results/${gpu}-session.log"
 unset TRITON_INTERPRET ZSW_KERNELS
 
 {
-    echo "== pytest -m gpu tests/kernels"
-    timeout 240 pytest -m gpu tests/kernels -q -p no:cacheprovider
+    echo "== pytest -m gpu (every CUDA-only test)"
+    timeout -k 10 150 python3 -m pytest -m gpu tests -q -p no:cacheprovider -x
     tests_rc=$?
     echo "== zsw bench kernels"
-    timeout -s INT -k 30 330 zsw bench kernels --out "bench/results/${gpu}-kernels.csv" --summary "bench/results/${gpu}-kernels.md"
-    bench_rc=$?
-    echo "== exit codes: tests ${tests_rc}, bench ${bench_rc}"
+    timeout -s INT -k 20 150 python3 -m zsw bench kernels --out "$results/${gpu}-kernels.csv" --summary "$results/${gpu}-kernels.md"
+    kernels_rc=$?
+    echo "== zsw bench reconstruct (zeroshape-w, random weights; fast and dense; triton and torch)"
+    timeout -s INT -k 20 120 python3 -m zsw bench reconstruct --weights random:zeroshape-w --out "$results/${gpu}-reconstruct.csv" \
+        --summary "$results/${gpu}-reconstruct.md"
+    reconstruct_rc=$?
+    echo "== zsw bench train (zeroshape-w, batch 80, bf16)"
+    timeout -s INT -k 20 60 python3 -m zsw bench train --preset zeroshape-w --batch-size 80 --amp bf16 --out "$results/${gpu}-train.csv"
+    train_rc=$?
+    echo "== exit codes: tests ${tests_rc}, kernels ${kernels_rc}, reconstruct ${reconstruct_rc}, train ${train_rc}"
 } 2>&1 | tee "$log"
 
 echo
-cat "bench/results/${gpu}-kernels.md" 2>/dev/null || echo "no summary written (see $log)"
+cat "$results/${gpu}-kernels.md" "$results/${gpu}-reconstruct.md" 2>/dev/null || echo "no summary written (see $log)"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run HERE, where pip reaches PyPI, before calling the lent GPU machine: it puts into .whl/ (ignored
+# by git, carried by the device call) the wheels that machine's image lacks (trimesh, rtree,
+# open_clip_torch, ftfy, wcwidth; it has torch, triton, timm, typer, rich, scikit-image, ...) and
+# zsw's own wheel. bench/gpu_session.sh installs them there with --no-deps. docs/kernels.md gives
+# the device call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+rm -rf .whl && mkdir .whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl trimesh rtree open_clip_torch ftfy wcwidth
+python3 -m pip wheel -q --no-deps -w .whl .
+du -sh .whl && ls .whl
