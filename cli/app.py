@@ -37,4 +37,7 @@ def app(
         raise ZswError('zsw app needs gradio, which is not installed: pip install "zsw[app]"') from None
     from zsw.infer.settings import ReconstructSettings
 
-    serve(build_app(ReconstructSettings(weights=weights, device=device)), host=host, port=port, share=share)
+    demo = build_app(ReconstructSettings(weights=weights, device=device))
+    url = serve(demo, host=host, port=port, share=share)
+    typer.echo(f"zsw app: open {url}" + (f" or {demo.share_url}" if share else "") + " (Ctrl-C stops it)")
+    demo.block_thread()

@@ -63,7 +63,7 @@ def app_url(tmp_path_factory):
         ReconstructSettings(device="cpu", grid=GridSettings(resolution=RESOLUTION)),
         work_dir=tmp_path_factory.mktemp("app-work"),
     )
-    url = serve(demo, port=_free_port(), block=False)
+    url = serve(demo, port=_free_port())
     yield url
     demo.close()
 

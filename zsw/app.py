@@ -7,7 +7,9 @@ both masks, the timings and the mesh files (GLB, OBJ, PLY) to download::
     from zsw.app import build_app, serve
     from zsw.infer.settings import ReconstructSettings
 
-    serve(build_app(ReconstructSettings(device="cpu")), port=7860)
+    demo = build_app(ReconstructSettings(device="cpu"))
+    print(serve(demo, port=7860))  # http://127.0.0.1:7860/
+    demo.block_thread()  # until Ctrl-C
 
 gradio is an optional dependency (``pip install "zsw[app]"``); this module imports it at the top,
 so import it only where the app is wanted.
@@ -171,16 +173,17 @@ def _check_model(settings: ReconstructSettings) -> None:
     open_backend(settings.backend, weights, engine, settings.device)
 
 
-def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True) -> str:
-    """Start the server; returns its local URL. ``block=False`` returns at once (tests)."""
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> str:
+    """Start the server in a background thread and return its local URL (the public one, with
+    ``share``, is ``demo.share_url``); ``demo.block_thread()`` then waits until Ctrl-C."""
     _, url, _ = demo.launch(
         server_name=host,
         server_port=port,
         share=share,
         max_file_size=MAX_UPLOAD,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         ssr_mode=False,  # no Node.js server: one process, nothing else to install
-        quiet=not block,
+        quiet=True,  # gradio's banner names launch() arguments; the caller says what zsw users need
     )
     return url
 
