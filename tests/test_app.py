@@ -133,6 +133,25 @@ def test_broken_upload_gets_one_line(app_url, tmp_path, make, reason):
     assert outputs[0] is None  # no stale mesh from an earlier request
 
 
+def test_examples_come_from_a_checkout_only(monkeypatch, tmp_path):
+    import zsw
+    from zsw.app import find_examples
+
+    assert find_examples() == sorted((REPO / "examples").glob("*.png"))
+    # a wheel in site-packages ships no examples (and site-packages/examples is someone else's)
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "other.png").write_bytes(ARMCHAIR.read_bytes())
+    monkeypatch.setattr(zsw, "__file__", str(tmp_path / "zsw" / "__init__.py"))
+    assert find_examples() == []
+
+
+def test_help_has_an_example():
+    from zsw.cli.main import app
+
+    result = CliRunner().invoke(app, ["app", "--help"])
+    assert result.exit_code == 0 and "zsw app" in result.output and "--port" in result.output
+
+
 def test_missing_gradio_is_one_line(monkeypatch):
     from zsw.cli.main import app
 
@@ -168,7 +187,8 @@ def test_page_shows_the_mesh_in_a_browser(app_url, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(app_url)
             assert page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')"), "no WebGL"
-            page.locator("#photo input[type=file]").set_input_files(str(ARMCHAIR))
+            page.get_by_role("button", name=ARMCHAIR.name).click()  # the bundled example
+            page.locator("#photo").get_by_text(ARMCHAIR.stem).wait_for(timeout=30_000)  # now the input
             page.locator("#run").click()
             page.locator("#status").get_by_text("vertices").wait_for(timeout=120_000)
             viewer = page.locator("#model canvas")
