@@ -152,6 +152,15 @@ def test_help_has_an_example():
     assert result.exit_code == 0 and "zsw app" in result.output and "--port" in result.output
 
 
+def test_busy_port_is_one_line(app_url):
+    from zsw.cli.main import app
+
+    port = app_url.rstrip("/").rsplit(":", 1)[1]  # the test server's port is taken
+    result = CliRunner().invoke(app, ["app", "--port", port, "--weights", "random:tiny"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}"), result.output
+
+
 def test_missing_gradio_is_one_line(monkeypatch):
     from zsw.cli.main import app
 

@@ -176,15 +176,18 @@ def _check_model(settings: ReconstructSettings) -> None:
 def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> str:
     """Start the server in a background thread and return its local URL (the public one, with
     ``share``, is ``demo.share_url``); ``demo.block_thread()`` then waits until Ctrl-C."""
-    _, url, _ = demo.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        max_file_size=MAX_UPLOAD,
-        prevent_thread_lock=True,
-        ssr_mode=False,  # no Node.js server: one process, nothing else to install
-        quiet=True,  # gradio's banner names launch() arguments; the caller says what zsw users need
-    )
+    try:
+        _, url, _ = demo.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            max_file_size=MAX_UPLOAD,
+            prevent_thread_lock=True,
+            ssr_mode=False,  # no Node.js server: one process, nothing else to install
+            quiet=True,  # gradio's banner names launch() arguments; the caller says what zsw users need
+        )
+    except OSError:  # gradio's message advises launch() parameters; ours names the option
+        raise ZswError(f"cannot listen on {host}:{port}: in use or not allowed; choose another --port") from None
     return url
 
 
