@@ -37,6 +37,9 @@ __all__ = [
     "next_pow2",
     "cdiv",
     "num_sms",
+    "shared_memory_limit",
+    "device_capability",
+    "fits_shared_memory",
     "persistent_programs",
     "size_class",
     "dot_precision",
@@ -105,6 +108,49 @@ def num_sms(device: torch.device) -> int:
     return _INTERPRETER_SMS
 
 
+#: Set by :mod:`zsw.kernels.compile_check` to the shared memory and the compute capability (90 for
+#: sm_90) of the architecture it compiles for (there is no device to ask on a CPU); None elsewhere.
+shared_memory_limit_override: int | None = None
+capability_override: int | None = None
+
+
+def device_capability(device: torch.device) -> int:
+    """Compute capability of ``device`` as one number (90 for sm_90; 90 on the interpreter)."""
+    if capability_override is not None:
+        return capability_override
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
+
+
+@functools.cache
+def _device_shared_memory(index: int) -> int:
+    from triton.runtime import driver
+
+    return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    """Shared memory one program (block) may use on ``device``, in bytes: the device's opt-in
+    limit (227 KB on H100/H200, 163 KB on A100, 99 KB on consumer Ampere/Ada), asked of the driver,
+    since configs tuned on one GPU must not fail to launch on another."""
+    if shared_memory_limit_override is not None:
+        return shared_memory_limit_override
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return _device_shared_memory(index)
+    return 1 << 30  # the interpreter has no limit
+
+
+def fits_shared_memory(configs: list, device: torch.device, estimate: Callable[[object], int]) -> list:
+    """The configs whose estimated shared memory fits ``device``; the smallest one if none does
+    (the autotuner needs at least one, and its launch error then names the problem)."""
+    limit = shared_memory_limit(device)
+    kept = [c for c in configs if estimate(c) <= limit]
+    return kept or [min(configs, key=estimate)]
+
+
 def persistent_programs(tiles: int, groups: int, device: torch.device, per_sm: int = 4) -> int:
     """Programs per group for a persistent grid ``(programs, groups)``.
 
@@ -124,8 +170,10 @@ def size_class(n: int) -> int:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """``input_precision`` for ``tl.dot``: IEEE fp32 unless PyTorch itself allows TF32."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    """``input_precision`` for ``tl.dot``: IEEE fp32 unless PyTorch itself allows TF32 (the
+    ``allow_tf32`` flag, or a float32 matmul precision other than "highest")."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    if dtype == torch.float32 and not tf32:
         return "ieee"
     return "tf32"  # ignored by triton for fp16/bf16 operands
 

@@ -244,16 +244,17 @@ def _config_name(config: Any) -> str:
 
 
 @contextlib.contextmanager
-def _shared_limit(limit: int) -> Iterator[None]:
-    """Make the pruning see the target's shared memory instead of asking a (missing) GPU."""
+def _as_target(arch: int) -> Iterator[None]:
+    """Make the pruning see the target's shared memory and capability instead of asking a GPU."""
+    limit = TARGETS[arch]
     from zsw.kernels import _utils
 
-    before = getattr(_utils, "shared_memory_limit_override", None)
-    _utils.shared_memory_limit_override = limit
+    before = _utils.shared_memory_limit_override, _utils.capability_override
+    _utils.shared_memory_limit_override, _utils.capability_override = limit, arch
     try:
         yield
     finally:
-        _utils.shared_memory_limit_override = before
+        _utils.shared_memory_limit_override, _utils.capability_override = before
 
 
 def launch_of(kernel: str, dtype: str) -> Launch:
@@ -266,7 +267,7 @@ def configs_of(launch: Launch, arch: int) -> list[Any]:
     tuner = launch.tuner
     tuner.nargs = dict(zip(tuner.arg_names, launch.args))
     try:
-        with _shared_limit(TARGETS[arch]):
+        with _as_target(arch):
             return list(tuner.prune_configs(launch.kwargs)) if len(tuner.configs) > 1 else list(tuner.configs)
     finally:
         tuner.nargs = None
@@ -393,25 +394,18 @@ def run_subprocess(args: list[str], timeout: float = 1800) -> list[dict[str, Any
 # Selection and the table
 # ----------------------------------------------------------------------------------------------
 
-#: The default (CI) subset: the 16-bit dtypes the model runs in on sm_90, bf16 on sm_80, and the
-#: fp32 IEEE attention (the path that used to collapse); ``--full`` adds the rest.
-DEFAULT_KERNELS = ["attn_fwd", "attn_bwd", "mlp_fwd", "mlp_bwd", "nn_both"]
+#: The default (CI) subset: every kernel, dtype and config on sm_90 (the target that matters), and
+#: on sm_80 the bf16 and IEEE fp32 launches of the five main kernels; ``--full`` adds fp16, TF32,
+#: the saving MLP forward and the one-way search on sm_80 (the code they share is already compiled).
+SM80_DEFAULT_KERNELS = ("attn_fwd", "attn_bwd", "mlp_fwd", "mlp_bwd", "nn_both")
+SM80_DEFAULT_DTYPES = ("bf16", "fp32")
 
 
 def select(matrix: list[Case], full: bool) -> list[Case]:
+    """The cases of the default run (``full=False``) or all of them."""
     if full:
         return matrix
-
-    def keep(c: Case) -> bool:
-        if c.kernel not in DEFAULT_KERNELS:
-            return False
-        if c.kernel.startswith("mlp"):  # ptxas takes ~30-90 s per MLP config on these CPUs
-            return c.dtype == "bf16" and c.arch == 90
-        if c.arch == 80:
-            return c.dtype in ("bf16", "fp32")
-        return True
-
-    return [c for c in matrix if keep(c)]
+    return [c for c in matrix if c.arch == 90 or (c.kernel in SM80_DEFAULT_KERNELS and c.dtype in SM80_DEFAULT_DTYPES)]
 
 
 def _kb(n: int) -> str:

@@ -17,12 +17,14 @@ C_out = 1. Any C_in, W, C_out, number of layers and skip set (not layer 0) work.
 skip layers). The packing is differentiable torch code, so gradients reach the original weights.
 
 **Forward** (``_occ_mlp_fwd_kernel``): a persistent grid; per tile of BLOCK_M points, each layer is
-a K-loop ``acc[BLOCK_M, W] += A[:, k] @ W_l[:, k]^T`` over the previous activation and, for layer 0
-and skips, over x (so the concat is never built and ``* s`` is one multiply of the fp32
-accumulator), then bias and Softplus in registers. Weights stream from L2 in BLOCK_K slices
-(tensor cores for fp16/bf16, software-pipelined). Between layers the activation tile round-trips
-through a per-program scratch tile that stays in L2; with ``SAVE`` (training) it is written to
-``[NL-1, M, W]`` instead, the activations the backward needs.
+computed BLOCK_N output columns at a time, each a K-loop ``acc[BLOCK_M, BLOCK_N] += A[:, k] @ W_l[n, k]^T``
+over the previous activation and, for layer 0 and skips, over x (so the concat is never built and
+``* s`` is one multiply of the fp32 accumulator), then bias and Softplus in registers. Weights
+stream from L2 in BLOCK_K slices (tensor cores for fp16/bf16, software-pipelined). The hidden
+layers are a loop, not unrolled. Between layers the activation tile round-trips through two
+per-program scratch tiles used in turn (layer l writes one while it reads the other), which stay
+in L2; with ``SAVE`` (training) it is written to ``[NL-1, M, W]`` instead, the activations the
+backward needs.
 
 **Backward** ("stored" mode, the default): with ``dz_l = dL/dz_l``, ``dz_{NL-1} = dy`` and the
 Softplus derivative written in terms of its *output*, ``sigmoid(beta z) = 1 - exp(-beta h)``
@@ -54,8 +56,10 @@ from zsw.kernels._utils import (
     check_dtype,
     compute_dtype,
     custom_op,
+    device_capability,
     dot,
     dot_precision,
+    fits_shared_memory,
     interp_bf16,
     interpreting,
     next_pow2,
@@ -97,42 +101,84 @@ def _softplus_grad_from_output(h, beta):
 def _acc_matmul(
     acc, A, stride_am, rows, row_valid, K,  # A [rows, :K]
     B, stride_bk, stride_bn, offs_n, n_valid,  # B [:K, offs_n]
-    BLOCK_K: tl.constexpr, INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """``acc[BM, BN] += A[rows, :K] @ B[:K, offs_n]`` in BLOCK_K slices; ``B[k, n]`` is at
-    ``B + k * stride_bk + n * stride_bn`` (a weight slot read as ``W^T`` or as ``W``)."""
+    ``B + k * stride_bk + n * stride_bn`` (a weight slot read as ``W^T`` or as ``W``).
+
+    ``EVEN_K`` (K a multiple of BLOCK_K) and ``EVEN_N`` (no masked column) drop those masks: a mask
+    is a predicate per loaded element, and in the pipelined loops they cost registers."""
     offs_k = tl.arange(0, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
-        k_valid = k < K
-        a = tl.load(A + rows[:, None] * stride_am + k[None, :], mask=row_valid[:, None] & k_valid[None, :], other=0.0)
-        b = tl.load(
-            B + k[:, None] * stride_bk + offs_n[None, :] * stride_bn,
-            mask=k_valid[:, None] & n_valid[None, :],
-            other=0.0,
-        )
+        a_ptr = A + rows[:, None] * stride_am + k[None, :]
+        b_ptr = B + k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+        if EVEN_K:
+            a = tl.load(a_ptr, mask=row_valid[:, None], other=0.0)
+            if EVEN_N:
+                b = tl.load(b_ptr)
+            else:
+                b = tl.load(b_ptr, mask=n_valid[None, :], other=0.0)
+        else:
+            k_valid = k < K
+            a = tl.load(a_ptr, mask=row_valid[:, None] & k_valid[None, :], other=0.0)
+            b = tl.load(b_ptr, mask=k_valid[:, None] & n_valid[None, :], other=0.0)
         acc += dot(a, b, INTERP_BF16, PRECISION)
     return acc
 
 
 @triton.jit
+def _fwd_hidden_layer(
+    X, stride_xm, rows, m_valid, C_IN,  # the input x (rows of this tile)
+    H_IN, H_OUT, stride_hm, h_rows, W: tl.constexpr,  # previous activation (read) and this layer's (written)
+    w_slot, stride_wr, b_row, beta,
+    reads_x, scale,  # whether the layer reads x, and 1/sqrt(2) for the skips (else 1)
+    READS_H: tl.constexpr,  # False for layer 0, which reads x only
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """``H_OUT = softplus(scale * ([H_IN, x] @ W_l^T) + b_l)`` for one tile, BLOCK_N output columns at
+    a time: the fp32 accumulator is [BLOCK_M, BLOCK_N], never the whole [BLOCK_M, W] row."""
+    for n0 in range(0, W, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < W
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if READS_H:
+            acc = _acc_matmul(
+                acc, H_IN, stride_hm, h_rows, m_valid, W,
+                w_slot, 1, stride_wr, offs_n, n_valid,
+                BLOCK_K, W % BLOCK_K == 0, W % BLOCK_N == 0, INTERP_BF16, PRECISION,
+            )  # fmt: skip
+        if reads_x:
+            acc = _acc_matmul(
+                acc, X, stride_xm, rows, m_valid, C_IN,
+                w_slot + W, 1, stride_wr, offs_n, n_valid,
+                BLOCK_K, False, False, INTERP_BF16, PRECISION,
+            )  # fmt: skip
+        acc = acc * scale  # cat(h, x) / sqrt(2), applied to the product
+        acc += tl.load(b_row + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
+        h = _softplus(acc, beta)
+        h_off = h_rows[:, None] * stride_hm + offs_n[None, :]
+        tl.store(H_OUT + h_off, cast(h, H_OUT.dtype.element_ty, INTERP_BF16), mask=m_valid[:, None] & n_valid[None, :])
+
+
+@triton.jit
 def _occ_mlp_fwd_kernel(
     X, Wp, Bp, Y, Hs,
-    M, C_IN, W, C_OUT,
+    M, C_IN, W: tl.constexpr, C_OUT,
     stride_xm, stride_ym, stride_wl, stride_wr, stride_bl,
-    stride_hl, stride_hm,  # Hs: layer stride (0: one scratch tile reused by every layer) and row stride
+    stride_hl, stride_hm,  # Hs: [NL-1, M, W] (SAVE) or the ping-pong scratch [2, programs * BLOCK_M, W]
     beta,
     SIZE_CLASS,  # autotuning bucket of M (not used by the kernel)
     NUM_LAYERS: tl.constexpr,
     X_LAYERS: tl.constexpr,  # bit l set: layer l reads x (layer 0 and the skips)
     SAVE: tl.constexpr,  # write every hidden activation to Hs[l, m] (training) instead of scratch
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_PAD: tl.constexpr, OUT_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_PAD: tl.constexpr,
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     num_progs = tl.num_programs(0)
-    offs_w = tl.arange(0, W_PAD)
-    w_valid = offs_w < W
     offs_o = tl.arange(0, OUT_PAD)
     o_valid = offs_o < C_OUT
     num_tiles = tl.cdiv(M, BLOCK_M)
@@ -144,93 +190,100 @@ def _occ_mlp_fwd_kernel(
             h_rows = rows
         else:
             h_rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-        for l in tl.static_range(NUM_LAYERS):
-            if l == NUM_LAYERS - 1:
-                offs_n = offs_o
-                n_valid = o_valid
-                acc = tl.zeros([BLOCK_M, OUT_PAD], dtype=tl.float32)
-            else:
-                offs_n = offs_w
-                n_valid = w_valid
-                acc = tl.zeros([BLOCK_M, W_PAD], dtype=tl.float32)
-            w_slot = Wp + l * stride_wl
-            if l > 0:
-                acc = _acc_matmul(
-                    acc, Hs + (l - 1) * stride_hl, stride_hm, h_rows, m_valid, W,
-                    w_slot, 1, stride_wr, offs_n, n_valid,
-                    BLOCK_K, INTERP_BF16, PRECISION,
-                )  # fmt: skip
-            if (X_LAYERS >> l) & 1:
-                acc = _acc_matmul(
-                    acc, X, stride_xm, rows, m_valid, C_IN,
-                    w_slot + W, 1, stride_wr, offs_n, n_valid,
-                    BLOCK_K, INTERP_BF16, PRECISION,
-                )  # fmt: skip
-                if l > 0:
-                    acc = acc * 0.7071067811865476  # cat(h, x) / sqrt(2), applied to the product
-            acc += tl.load(Bp + l * stride_bl + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
-            if l == NUM_LAYERS - 1:
-                y_off = rows[:, None] * stride_ym + offs_o[None, :]
-                tl.store(
-                    Y + y_off, cast(acc, Y.dtype.element_ty, INTERP_BF16), mask=m_valid[:, None] & o_valid[None, :]
-                )
-            else:
-                h = _softplus(acc, beta)
-                # the scratch tile is read by every thread of the program: wait until all reads of
-                # the previous activation are done, write, and wait until the write is visible
-                tl.debug_barrier()
-                h_off = l * stride_hl + h_rows[:, None] * stride_hm + offs_w[None, :]
-                tl.store(
-                    Hs + h_off, cast(h, Hs.dtype.element_ty, INTERP_BF16), mask=m_valid[:, None] & w_valid[None, :]
-                )
-                tl.debug_barrier()
+        # The hidden layers: layer 0 reads x only, the others a loop (not unrolled: nine copies of
+        # the K loops made ptxas take minutes). Without SAVE, layer l writes scratch buffer l % 2
+        # while it reads the other one, so one barrier per layer orders all reads and writes.
+        if NUM_LAYERS > 1:
+            _fwd_hidden_layer(
+                X, stride_xm, rows, m_valid, C_IN,
+                Hs, Hs, stride_hm, h_rows, W,
+                Wp, stride_wr, Bp, beta, True, 1.0, False,
+                BLOCK_M, BLOCK_N, BLOCK_K, INTERP_BF16, PRECISION,
+            )  # fmt: skip
+            tl.debug_barrier()
+        for l in range(1, NUM_LAYERS - 1):
+            h_in = Hs + ((l - 1) if SAVE else ((l - 1) % 2)) * stride_hl
+            h_out = Hs + (l if SAVE else (l % 2)) * stride_hl
+            reads_x = ((X_LAYERS >> l) & 1) != 0
+            _fwd_hidden_layer(
+                X, stride_xm, rows, m_valid, C_IN,
+                h_in, h_out, stride_hm, h_rows, W,
+                Wp + l * stride_wl, stride_wr, Bp + l * stride_bl, beta,
+                reads_x, tl.where(reads_x, 0.7071067811865476, 1.0), True,
+                BLOCK_M, BLOCK_N, BLOCK_K, INTERP_BF16, PRECISION,
+            )  # fmt: skip
+            tl.debug_barrier()
+        # the output layer: C_OUT (1 in the model) columns, no Softplus
+        last = NUM_LAYERS - 1
+        acc = tl.zeros([BLOCK_M, OUT_PAD], dtype=tl.float32)
+        w_slot = Wp + last * stride_wl
+        if last > 0:
+            h_in = Hs + ((last - 1) if SAVE else ((last - 1) % 2)) * stride_hl
+            acc = _acc_matmul(
+                acc, h_in, stride_hm, h_rows, m_valid, W,
+                w_slot, 1, stride_wr, offs_o, o_valid,
+                BLOCK_K, W % BLOCK_K == 0, False, INTERP_BF16, PRECISION,
+            )  # fmt: skip
+        if (X_LAYERS >> last) & 1:
+            acc = _acc_matmul(
+                acc, X, stride_xm, rows, m_valid, C_IN,
+                w_slot + W, 1, stride_wr, offs_o, o_valid,
+                BLOCK_K, False, False, INTERP_BF16, PRECISION,
+            )  # fmt: skip
+            if last > 0:
+                acc = acc * 0.7071067811865476
+        acc += tl.load(Bp + last * stride_bl + offs_o, mask=o_valid, other=0.0).to(tl.float32)[None, :]
+        y_off = rows[:, None] * stride_ym + offs_o[None, :]
+        tl.store(Y + y_off, cast(acc, Y.dtype.element_ty, INTERP_BF16), mask=m_valid[:, None] & o_valid[None, :])
+        tl.debug_barrier()  # the next tile overwrites the scratch this one has just read
 
 
 @triton.jit
 def _occ_mlp_bwd_kernel(
     DY, Wp, Hs, DZ,
-    M, W, C_OUT,
+    M, W: tl.constexpr, C_OUT,
     stride_dym, stride_wl, stride_wr,
     stride_hl, stride_hm,  # Hs and DZ: [NL-1, M, W] alike
     beta,
     SIZE_CLASS,  # autotuning bucket of M (not used by the kernel)
     NUM_LAYERS: tl.constexpr, X_LAYERS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     num_progs = tl.num_programs(0)
-    offs_w = tl.arange(0, W_PAD)
-    w_valid = offs_w < W
     num_tiles = tl.cdiv(M, BLOCK_M)
     for tile in range(pid, num_tiles, num_progs):
         offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         m_valid = offs_m < M
         rows = offs_m.to(tl.int64)
-        for i in tl.static_range(NUM_LAYERS - 1):
-            l = NUM_LAYERS - 2 - i  # computes dz_l from dz_{l+1}
-            acc = tl.zeros([BLOCK_M, W_PAD], dtype=tl.float32)
+        # a loop over the layers, not unrolled (see the forward); dz_l from dz_{l+1}, last first
+        for i in range(NUM_LAYERS - 1):
+            l = NUM_LAYERS - 2 - i
             # dz_{l+1} @ W_{l+1}[:, :W]: the weight slot read as it is stored, [rows of W_{l+1}, W]
             w_slot = Wp + (l + 1) * stride_wl
-            if l + 1 == NUM_LAYERS - 1:
-                acc = _acc_matmul(
-                    acc, DY, stride_dym, rows, m_valid, C_OUT,
-                    w_slot, stride_wr, 1, offs_w, w_valid,
-                    BLOCK_K, INTERP_BF16, PRECISION,
-                )  # fmt: skip
-            else:
-                acc = _acc_matmul(
-                    acc, DZ + (l + 1) * stride_hl, stride_hm, rows, m_valid, W,
-                    w_slot, stride_wr, 1, offs_w, w_valid,
-                    BLOCK_K, INTERP_BF16, PRECISION,
-                )  # fmt: skip
-            if (X_LAYERS >> (l + 1)) & 1:
-                acc = acc * 0.7071067811865476
-            hw_off = l * stride_hl + rows[:, None] * stride_hm + offs_w[None, :]
-            hw_mask = m_valid[:, None] & w_valid[None, :]
-            h = tl.load(Hs + hw_off, mask=hw_mask, other=0.0).to(tl.float32)
-            dz = acc * _softplus_grad_from_output(h, beta)
-            tl.store(DZ + hw_off, cast(dz, DZ.dtype.element_ty, INTERP_BF16), mask=hw_mask)
+            scale = tl.where(((X_LAYERS >> (l + 1)) & 1) != 0, 0.7071067811865476, 1.0)
+            for n0 in range(0, W, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                n_valid = offs_n < W
+                acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+                if l + 1 == NUM_LAYERS - 1:
+                    acc = _acc_matmul(
+                        acc, DY, stride_dym, rows, m_valid, C_OUT,
+                        w_slot, stride_wr, 1, offs_n, n_valid,
+                        BLOCK_K, False, False, INTERP_BF16, PRECISION,
+                    )  # fmt: skip
+                else:
+                    acc = _acc_matmul(
+                        acc, DZ + (l + 1) * stride_hl, stride_hm, rows, m_valid, W,
+                        w_slot, stride_wr, 1, offs_n, n_valid,
+                        BLOCK_K, W % BLOCK_K == 0, W % BLOCK_N == 0, INTERP_BF16, PRECISION,
+                    )  # fmt: skip
+                hw_off = l * stride_hl + rows[:, None] * stride_hm + offs_n[None, :]
+                hw_mask = m_valid[:, None] & n_valid[None, :]
+                h = tl.load(Hs + hw_off, mask=hw_mask, other=0.0).to(tl.float32)
+                dz = acc * scale * _softplus_grad_from_output(h, beta)
+                tl.store(DZ + hw_off, cast(dz, DZ.dtype.element_ty, INTERP_BF16), mask=hw_mask)
             tl.debug_barrier()  # the next layer reads this tile of dz
 
 
@@ -239,28 +292,63 @@ def _occ_mlp_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bm, bk, w, s in [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 4)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand family, all spill-free on sm_90 and sm_80
+# (the compile table in docs/kernels.md). Each layer's output is computed BLOCK_N = 64 columns at a
+# time, so the fp32 accumulator is 16-32 registers a thread; what fills the rest of the 255 is the
+# software pipeline (a pointer and a predicate per loaded element and stage), which is why there
+# are 8 warps and no 4-warp config. Every 16-bit tile has >= 64 rows (one wgmma warpgroup tile).
+_FAMILIES = {
+    "16bit": [(128, 64, 64, 8, 3), (64, 64, 64, 8, 3)],
+    "tf32": [(64, 64, 32, 8, 3), (64, 128, 16, 8, 3)],
+    # IEEE fp32 dots are FMA loops with their operands in registers: small tiles, no pipelining
+    "ieee": [(32, 64, 32, 4, 1)],
+}
+_FAMILY_CONFIGS = {
+    name: [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in rows
     ]
+    for name, rows in _FAMILIES.items()
+}
+
+
+def _configs() -> list[triton.Config]:
+    return [c for configs in _FAMILY_CONFIGS.values() for c in configs]
+
+
+def _family(dtype: torch.dtype, precision: str) -> str:
+    if dtype != torch.float32:
+        return "16bit"
+    return "ieee" if precision == "ieee" else "tf32"
+
+
+def _shared_bytes(config: triton.Config, itemsize: int) -> int:
+    """Upper estimate of a config's shared memory: the pipelined A and B slices of every stage,
+    plus an fp32 [BLOCK_M, BLOCK_N] tile for the accumulator's layout conversion."""
+    bm, bn, bk = (config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return config.num_stages * (bm * bk + bk * bn) * itemsize + bm * bn * 4
 
 
 def _prune(configs, named_args, **kwargs):
-    # fp32 operands take twice the shared memory per stage: keep the narrow K slices only
-    if named_args["Wp"].dtype == torch.float32:
-        return [c for c in configs if c.kwargs["BLOCK_K"] == 32]
-    return configs
+    # the configs of the operand family, then those that fit the device's shared memory
+    wp = named_args["Wp"]
+    family = _FAMILY_CONFIGS[_family(wp.dtype, kwargs["PRECISION"])]
+    kept = [c for c in configs if c in family]
+    if wp.dtype != torch.float32 and device_capability(wp.device) < 90:
+        # before Hopper, mma.sync holds the A tile in registers too: 128-row tiles spill there
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] <= 64] or kept
+    return fits_shared_memory(kept, wp.device, lambda c: _shared_bytes(c, wp.element_size()))
 
 
-_KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS", "SIZE_CLASS"]
+_KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS", "SIZE_CLASS", "PRECISION"]
 _fwd_tuned = triton.autotune(_configs(), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
     _occ_mlp_fwd_kernel
 )
 _bwd_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(_occ_mlp_bwd_kernel)
 # Under the interpreter the cost is per operation: large tiles (K slices still narrower than 259,
-# so that the K loops of the real model run several iterations with a masked tail).
-_INTERP = {"BLOCK_M": 256, "BLOCK_K": 128}
+# so that the K loops of the real model run several iterations with a masked tail, and column
+# blocks narrower than its width 256, so that the column loop runs twice).
+_INTERP = {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128}
 
 
 def _programs(M: int, device: torch.device) -> int:
@@ -292,8 +380,9 @@ def occ_mlp_fwd(
         return y, hs
     programs = _programs(M, x.device)
     max_block_m = _INTERP["BLOCK_M"] if interpreting() else max(c.kwargs["BLOCK_M"] for c in _configs())
-    scratch = hs if save else x.new_empty(programs * max_block_m, width)
-    stride_hl, stride_hm = (hs.stride(0), hs.stride(1)) if save else (0, scratch.stride(0))
+    # without save: two scratch tiles per program (ping-pong between layers), which stay in L2
+    scratch = hs if save else x.new_empty(2, programs * max_block_m, width)
+    stride_hl, stride_hm = scratch.stride(0), scratch.stride(1)
     # fmt: off
     args = (
         x, w_packed, b_packed, y, scratch,
@@ -307,7 +396,6 @@ def occ_mlp_fwd(
         NUM_LAYERS=NL,
         X_LAYERS=x_layers,
         SAVE=save,
-        W_PAD=max(16, next_pow2(width)),
         OUT_PAD=max(16, next_pow2(c_out)),
         INTERP_BF16=interp_bf16(x.dtype),
         PRECISION=dot_precision(x.dtype),
@@ -357,7 +445,6 @@ def occ_mlp_bwd(
         meta = dict(
             NUM_LAYERS=NL,
             X_LAYERS=x_layers,
-            W_PAD=max(16, next_pow2(W)),
             INTERP_BF16=interp_bf16(x.dtype),
             PRECISION=dot_precision(x.dtype),
         )

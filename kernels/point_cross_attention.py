@@ -10,11 +10,14 @@ to other points. Per batch b, head h and point n, with ``s = scale`` (``D ** -0.
 Shapes: ``q, k, v [B, H, N, D]``, ``k_latent, v_latent [B, H, L, D]``, ``out [B, H, N, D]``.
 
 Forward (``_point_attn_fwd_kernel``). The grid is ``(P, B*H)``: the P programs of one (b, h) stride
-over its query tiles (a persistent loop). The latent K/V of the head is loaded once per program,
-before the loop, when it fits one 32 KB block (L <= 256 at D = 32: the real case, L = 197); larger
-sets stream in chunks. Each tile runs an online softmax in the log2 domain that *starts from the self term*
-(``m = s_self, l = 1, acc = v_n``), so no row is ever all ``-inf``, then merges the latent chunk(s);
-it stores ``out = acc / l`` and the row log-sum-exp ``lse = m + log2(l)`` (base 2) for the backward.
+over its query tiles (a persistent loop). Per tile the latent K/V stream in chunks of 64 tokens (32
+for IEEE fp32) through the software pipeline; they come from L1/L2, since every tile of the head
+reads the same 25 KB. (Holding the whole [256, D] block on chip for the program's lifetime made
+the logits tile [BLOCK_N, 256] and spilled; see docs/kernels.md.) A latent set that fits one chunk
+is loaded once per program. Each tile runs an online softmax in the log2 domain that *starts from
+the self term* (``m = s_self, l = 1, acc = v_n``), so no row is ever all ``-inf``, then merges the
+latent chunks; it stores ``out = acc / l`` and the row log-sum-exp ``lse = m + log2(l)`` (base 2)
+for the backward.
 
 Backward (``_point_attn_bwd_kernel``), with ``p = exp2(s * log2e * logits - lse)`` recomputed and
 ``delta_n = dO_n . out_n``::
@@ -44,6 +47,7 @@ from zsw.kernels._utils import (
     custom_op,
     dot,
     dot_precision,
+    fits_shared_memory,
     interp_bf16,
     interpreting,
     maybe_contiguous,
@@ -55,12 +59,12 @@ from zsw.kernels._utils import (
 __all__ = ["point_cross_attention", "point_attn_fwd", "point_attn_bwd"]
 
 _LOG2E = 1.4426950408889634
-# the latent K (or V) block held on chip: up to 32 KB, i.e. L <= 256 at D = 32 in any dtype and
-# at D = 64 in 16-bit (the real case, L = 197 x D = 32, pads to 256 x 32)
-_MAX_LATENT_BLOCK_BYTES = 32 * 1024
 # the smallest query tile of any config: the number of programs P is derived from it, so the
 # partial-gradient buffer has the same shape whatever config the autotuner picks
 _MIN_BLOCK_N = 32
+# latent chunk of the forward (see _latent_block)
+_LATENT_CHUNK = 64
+_IEEE_LATENT_CHUNK = 32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,32 +247,88 @@ def _point_attn_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _fwd_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bn, w, s in [(32, 4, 2), (64, 4, 2), (64, 8, 2), (128, 8, 2), (128, 4, 3)]
-    ]
+# (BLOCK_N, warps, stages) per operand family. 16-bit (and TF32) tiles have >= 64 rows, one wgmma
+# warpgroup tile on sm_90; IEEE fp32 dots are FMA loops with their operands in registers, so that
+# family streams the latents in chunks of 32 and keeps smaller tiles (see _latent_block).
+_FWD_FAMILIES = {
+    "16bit": [(64, 4, 2), (128, 4, 2), (128, 8, 2)],
+    "tf32": [(64, 4, 2), (64, 8, 2), (128, 8, 2)],
+    "ieee": [(32, 4, 2), (64, 8, 2)],
+}
+_FWD_CONFIGS = {
+    name: [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s) for bn, w, s in rows]
+    for name, rows in _FWD_FAMILIES.items()
+}
+# (BLOCK_N, BLOCK_L, warps, stages): the backward's dots are [BLOCK_N x BLOCK_L] and, transposed,
+# [BLOCK_L x BLOCK_N], so both are >= 64 for wgmma
+# The backward holds more tiles at once (logits, probabilities and their gradients, the dK/dV
+# accumulators): 8 warps and no pipelining (num_stages=1) keep it spill-free on sm_90 and sm_80.
+_BWD_FAMILIES = {
+    "16bit": [(64, 64, 8, 1), (128, 64, 8, 1)],
+    "tf32": [(64, 64, 8, 1), (128, 64, 8, 1)],
+    "ieee": [(32, 32, 4, 1), (64, 32, 8, 1)],
+}
+_BWD_CONFIGS = {
+    name: [triton.Config({"BLOCK_N": bn, "BLOCK_L": bl}, num_warps=w, num_stages=s) for bn, bl, w, s in rows]
+    for name, rows in _BWD_FAMILIES.items()
+}
 
 
-def _bwd_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_N": bn, "BLOCK_L": bl}, num_warps=w, num_stages=s)
-        for bn, bl, w, s in [(32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 256, 8, 1), (64, 256, 8, 1)]
-    ]
+def _family(dtype: torch.dtype, precision: str) -> str:
+    if dtype != torch.float32:
+        return "16bit"
+    return "ieee" if precision == "ieee" else "tf32"
+
+
+def _fwd_shared_bytes(config: triton.Config, block_l: int, block_d: int, itemsize: int) -> int:
+    """Upper estimate of the forward's shared memory: the latent K/V block and the pipelined
+    q/k/v tiles of every stage."""
+    bn = config.kwargs["BLOCK_N"]
+    return 2 * block_l * block_d * itemsize + config.num_stages * 3 * bn * block_d * itemsize
+
+
+def _bwd_shared_bytes(config: triton.Config, block_d: int, itemsize: int) -> int:
+    """Upper estimate of the backward's shared memory: the K/V chunk, the pipelined q/dO/out tiles
+    and the probability tile staged for the transposed dots."""
+    bn, bl = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_L"]
+    return 2 * bl * block_d * itemsize + config.num_stages * 3 * bn * block_d * itemsize + 2 * bn * bl * 4
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    q = named_args["Q"]
+    kept = [c for c in configs if c in _FWD_CONFIGS[_family(q.dtype, kwargs["PRECISION"])]]
+    est = lambda c: _fwd_shared_bytes(c, kwargs["BLOCK_L"], kwargs["BLOCK_D"], q.element_size())  # noqa: E731
+    return fits_shared_memory(kept, q.device, est)
 
 
 def _prune_bwd(configs, named_args, **kwargs):
-    # never a latent block larger than the padded L (it would only compute masked zeros), nor
-    # one larger than the on-chip budget
+    # the family's configs, never a latent block larger than the padded L (it would only compute
+    # masked zeros), and those that fit the device's shared memory
+    kl = named_args["KL"]
+    family = [c for c in configs if c in _BWD_CONFIGS[_family(kl.dtype, kwargs["PRECISION"])]]
     cap = max(16, next_pow2(named_args["L"]))
-    cap = min(cap, _MAX_LATENT_BLOCK_BYTES // (kwargs["BLOCK_D"] * named_args["KL"].element_size()))
-    kept = [c for c in configs if c.kwargs["BLOCK_L"] <= cap]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_L"])]
+    kept = [c for c in family if c.kwargs["BLOCK_L"] <= cap] or [min(family, key=lambda c: c.kwargs["BLOCK_L"])]
+    est = lambda c: _bwd_shared_bytes(c, kwargs["BLOCK_D"], kl.element_size())  # noqa: E731
+    return fits_shared_memory(kept, kl.device, est)
 
 
-_fwd_tuned = triton.autotune(_fwd_configs(), key=["L", "D", "SINGLE_CHUNK", "SIZE_CLASS"])(_point_attn_fwd_kernel)
+def _all(families: dict[str, list[triton.Config]]) -> list[triton.Config]:
+    """Every family's configs, each once (families share some): the autotuner's list."""
+    out: list[triton.Config] = []
+    for configs in families.values():
+        out += [c for c in configs if c not in out]
+    return out
+
+
+_fwd_tuned = triton.autotune(
+    _all(_FWD_CONFIGS),
+    key=["L", "D", "SINGLE_CHUNK", "SIZE_CLASS", "PRECISION"],
+    prune_configs_by={"early_config_prune": _prune_fwd},
+)(_point_attn_fwd_kernel)
 _bwd_tuned = triton.autotune(
-    _bwd_configs(), key=["L", "D", "SIZE_CLASS"], prune_configs_by={"early_config_prune": _prune_bwd}
+    _all(_BWD_CONFIGS),
+    key=["L", "D", "SIZE_CLASS", "PRECISION"],
+    prune_configs_by={"early_config_prune": _prune_bwd},
 )(_point_attn_bwd_kernel)
 
 # Under the interpreter the cost is per operation: few, large tiles.
@@ -276,12 +336,15 @@ _INTERP_FWD = {"BLOCK_N": 256}
 _INTERP_BWD = {"BLOCK_N": 256, "BLOCK_L": 64}
 
 
-def _latent_block(L: int, block_d: int, itemsize: int) -> tuple[int, bool]:
-    """(BLOCK_L, SINGLE_CHUNK) of the forward: the whole latent set in one block when it fits."""
+def _latent_block(L: int, block_d: int, itemsize: int, precision: str) -> tuple[int, bool]:
+    """(BLOCK_L, SINGLE_CHUNK) of the forward. The latents stream in chunks of 64 tokens (32 for
+    IEEE fp32, whose FMA dots hold their operands in registers) through the software pipeline,
+    from L1/L2 (25 KB per head in bf16): the logits tile is then [BLOCK_N, 64], not [BLOCK_N, 256],
+    which is what made the one-block version spill (a [256, 32] fp32 block even made ptxas give
+    up: 32 registers and 20-80 KB of spills). A set that fits one chunk is loaded once per program."""
+    chunk = _IEEE_LATENT_CHUNK if (itemsize == 4 and precision == "ieee") else _LATENT_CHUNK
     block_l = max(16, next_pow2(L))
-    if block_l * block_d * itemsize <= _MAX_LATENT_BLOCK_BYTES:
-        return block_l, True
-    return 64, False
+    return (block_l, True) if block_l <= chunk else (chunk, False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,7 +384,8 @@ def point_attn_fwd(
         return out, lse
     q, k, v = _shared_strides(q, k, v)
     k_latent, v_latent = _shared_strides(k_latent, v_latent)
-    block_l, single = _latent_block(L, max(16, next_pow2(D)), q.element_size())
+    precision = dot_precision(q.dtype)
+    block_l, single = _latent_block(L, max(16, next_pow2(D)), q.element_size(), precision)
     programs = persistent_programs(triton.cdiv(N, _MIN_BLOCK_N), B * H, q.device)
     # fmt: off
     args = (
@@ -337,7 +401,7 @@ def point_attn_fwd(
         BLOCK_D=max(16, next_pow2(D)),
         SINGLE_CHUNK=single,
         INTERP_BF16=interp_bf16(q.dtype),
-        PRECISION=dot_precision(q.dtype),
+        PRECISION=precision,
     )
     grid = (programs, B * H)
     if interpreting():
