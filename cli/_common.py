@@ -80,17 +80,30 @@ class RichReporter:
         """The last line of a command: green when everything worked, red otherwise."""
         self.console.print(text, style="green" if ok else "red", markup=False)
 
-    def progress(self, description: str, total: int):
+    def progress(self, description: str, total: int | None):
         import contextlib
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         @contextlib.contextmanager
         def run():
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           console=self.console, transient=True, disable=total < self.min_total)  # fmt: skip
+            bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), console=self.console, transient=True,
+                           disable=total is not None and total < self.min_total)  # fmt: skip
             with bar:
                 task = bar.add_task(description, total=total)
-                yield lambda n=1: bar.advance(task, n)
+
+                def advance(n: int = 1, *, note=None, total=None, completed=None) -> None:
+                    fields = dict(description=note, total=total, completed=completed)
+                    bar.update(task, advance=n, **{k: v for k, v in fields.items() if v is not None})
+
+                yield advance
 
         return run()

@@ -58,33 +58,13 @@ def train(
     log_every: Annotated[int | None, typer.Option(min=1, help="Log every N steps.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
-    from zsw.config import load_yaml, replace
-    from zsw.train.config import TrainConfig
+    from zsw.train.config import compose
     from zsw.train.trainer import train as run
 
-    saved = out / "config.yaml"
-    if config is not None:
-        cfg = load_yaml(config, TrainConfig)
-    elif resume and saved.is_file():  # `zsw train --out RUN --resume` continues the run as configured
-        cfg = load_yaml(saved, TrainConfig)
-    else:
-        cfg = TrainConfig()
-    top = dict(
-        model=preset, stage=stage, max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-        amp=amp, seed=seed, device=device, validate=validate, checkpoint_every=checkpoint_every, log_every=log_every,
-        init=str(init) if init is not None else None,
-    )  # fmt: skip
-    if pretrained:
-        top["pretrained"] = True
-    cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
-    optim = dict(lr=lr, lr_pretrained=lr_pretrained)
-    cfg = replace(cfg, optim=replace(cfg.optim, **{k: v for k, v in optim.items() if v is not None}))
-    data_kw: dict = {}
-    if data:
-        data_kw["roots"] = tuple(str(p) for p in data)
-    if workers is not None:
-        data_kw["workers"] = workers
-    cfg = replace(cfg, data=replace(cfg.data, **data_kw))
+    cfg = compose(config, out, resume, data=data, model=preset, stage=stage, max_steps=max_steps, epochs=epochs,
+                  batch_size=batch_size, grad_accum=grad_accum, amp=amp, seed=seed, device=device, validate=validate,
+                  checkpoint_every=checkpoint_every, log_every=log_every, init=init, lr=lr,
+                  lr_pretrained=lr_pretrained, workers=workers, pretrained=pretrained or None)  # fmt: skip
     result = run(cfg, out, resume=resume, progress=progress, echo=lambda m: typer.echo(m, err=True))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return

@@ -404,11 +404,12 @@ def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
     line = _one_line_error(runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "b"), "--format", "tflite"]))
     assert "--format must be one of onnx, tensorrt, torch-tensorrt" in line
     # no --weights: the packaged model, the same one `zsw reconstruct` uses
-    from zsw.cli.export import _load_weights
+    from zsw.export.jobs import _load_weights
     from zsw.infer.reconstruct import demo_weights
     from zsw.io import sha256_file
+    from zsw.report import Reporter
 
-    model, source = _load_weights(None, "onnx")
+    model, source = _load_weights(None, Reporter())
     assert source == {"weights": str(demo_weights()), "sha256": sha256_file(demo_weights())}
     line = _one_line_error(runner.invoke(app, ["export", "--weights", str(tmp_path / "no.safetensors"), "--out", "x"]))
     assert "does not exist" in line

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator
 
 __all__ = ["Reporter", "Advance"]
 
-#: ``advance(n=1)``: n more steps of the current task are done
-Advance = Callable[[int], None]
+#: ``advance(n=1, *, note=None, total=None, completed=None)``: n more steps of the current task are
+#: done; ``note`` replaces its description (a stage, counts), ``total``/``completed`` set the bar
+#: outright when a job knows absolute numbers
+Advance = Callable[..., None]
 
 _log = logging.getLogger("zsw")
 
@@ -37,6 +39,7 @@ class Reporter:
         _log.error(text)
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Advance]:
-        """A task of ``total`` steps; the caller calls the yielded function as steps finish."""
-        yield lambda n=1: None
+    def progress(self, description: str, total: int | None) -> Iterator[Advance]:
+        """A task of ``total`` steps (None: unknown); the caller calls the yielded function as
+        steps finish (see :data:`Advance`)."""
+        yield lambda n=1, **_: None

@@ -15,7 +15,10 @@ Example::
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from zsw.data.dataset import AugmentConfig
 from zsw.errors import ConfigError
@@ -200,3 +203,39 @@ class TrainConfig:
     @property
     def num_epochs(self) -> int:
         return self.epochs if self.epochs is not None else STAGE_EPOCHS[self.stage]
+
+
+def compose(
+    config: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    *,
+    data: Sequence[str | os.PathLike] | None = None,
+    **overrides,
+) -> TrainConfig:
+    """The configuration of a run: a YAML (or, to resume ``out`` without one, the run's own
+    ``config.yaml``, or the defaults), then every override that is not None.
+
+    Overrides are :class:`TrainConfig` fields (``stage``, ``max_steps``, ``init``, ...), plus
+    ``model`` (a preset or YAML), ``lr``/``lr_pretrained`` (into ``optim``), ``workers`` (into
+    ``data``) and ``data`` (the dataset roots). ``zsw train`` passes its options here unchanged.
+    """
+    from zsw.config import load_yaml, replace
+
+    saved = Path(out) / "config.yaml" if out is not None else None
+    if config is not None:
+        cfg = load_yaml(config, TrainConfig)
+    elif resume and saved is not None and saved.is_file():  # `zsw train --out RUN --resume`
+        cfg = load_yaml(saved, TrainConfig)
+    else:
+        cfg = TrainConfig()
+    optim = {k: overrides.pop(k) for k in ("lr", "lr_pretrained") if k in overrides}
+    data_kw = {"workers": overrides.pop("workers")} if overrides.get("workers") is not None else {}
+    overrides.pop("workers", None)
+    if data:
+        data_kw["roots"] = tuple(str(p) for p in data)
+    if overrides.get("init") is not None:
+        overrides["init"] = str(overrides["init"])
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(cfg, optim=replace(cfg.optim, **{k: v for k, v in optim.items() if v is not None}))
+    return replace(cfg, data=replace(cfg.data, **data_kw))
