@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -26,28 +26,6 @@ PSEUDO_DEPTH_COMMAND = dict(
 )
 
 _DTYPE_HELP = "fp16, bf16 or fp32 (default: fp16 on a GPU, fp32 on the CPU)."
-
-
-def _progress(description: str, fields: str) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(fields),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),  # stdout keeps the one-line summary
-    )
 
 
 @cli_errors
@@ -87,90 +65,19 @@ def diffuse(
         bool, typer.Option(help="Also keep the appearance-stage image in OUT/foreground/.")
     ] = False,
 ) -> None:
-    from zsw.config import from_dict, load_yaml, to_dict
-    from zsw.errors import ConfigError
-    from zsw.synth.diffuse import DiffuseConfig, check_resume, parse_shard, plan
-
-    cfg = load_yaml(config, DiffuseConfig) if config is not None else DiffuseConfig()
-    overrides = dict(
-        views_per_object=views_per_object,
-        seed=seed,
-        min_iou=min_iou,
-        max_retries=max_retries,
-        base_model=base_model,
-        controlnet=controlnet,
-        background_model=background_model,
-        steps=steps,
-        start_step=start_step,
-        resolution=resolution,
-    )
-    cfg = from_dict(DiffuseConfig, {**to_dict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
-    shard_ix = parse_shard(shard)
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    # cheap checks before minutes of model loading
-    from zsw.data.layout import ZeroShapeLayout
+    from zsw.cli._common import RichReporter
     from zsw.errors import InputError
+    from zsw.synth.pipeline import DiffusionSettings
+    from zsw.synth.pipeline import diffuse as run
 
-    if not data.is_dir():
-        raise InputError(f"--data {data} is not a directory")
-    n_jobs = len(plan(ZeroShapeLayout(data), cfg.views_per_object)[shard_ix[0] :: shard_ix[1]])
-    if n_jobs == 0:
-        raise InputError(f"{data} has no renders for shard {shard}: no lists/<category>_<split>.list files name any")
-    resumed = check_resume(out, cfg)
-
-    from zsw.hub import resolve_device, resolve_dtype
-    from zsw.synth.appearance import ControlNetAppearance
-    from zsw.synth.background import ObjectAwareBackground
-    from zsw.synth.diffuse import synthesize
-
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    typer.echo(f"loading models on {dev} ({str(torch_dtype).removeprefix('torch.')})", err=True)
-    appearance = ControlNetAppearance.from_pretrained(
-        cfg.base_model,
-        cfg.controlnet,
-        device=dev,
-        dtype=torch_dtype,
-        steps=cfg.steps,
-        start_step=cfg.start_step,
-        guidance_scale=cfg.guidance_scale,
-        controlnet_scale=cfg.controlnet_scale,
-        resolution=cfg.resolution,
-        negative_prompt=cfg.negative_prompt,
-    )
-    background = ObjectAwareBackground.from_pretrained(
-        cfg.background_model,
-        device=dev,
-        dtype=torch_dtype,
-        steps=cfg.background_steps,
-        guidance_scale=cfg.background_guidance_scale,
-        controlnet_scale=cfg.background_controlnet_scale,
-        resolution=cfg.resolution,
-        negative_prompt=cfg.negative_prompt,
-    )
-    fields = (
-        "[green]accepted {task.fields[accepted]}[/] [yellow]rejected {task.fields[rejected]}[/] "
-        "[red]failed {task.fields[failed]}[/]"
-    )
-    with _progress("synthesizing", fields) as bar:
-        task = bar.add_task("synthesize", total=None, accepted=0, rejected=0, failed=0)
-
-        def show(r: Any) -> None:
-            bar.update(task, total=r.total, completed=r.done, accepted=r.accepted, rejected=r.rejected, failed=r.failed)
-
-        report = synthesize(
-            data,
-            out,
-            cfg,
-            appearance,
-            background,
-            batch_size=batch_size,
-            shard=shard_ix,
-            limit=limit,
-            save_foreground=save_foreground,
-            progress=show,
-        )
+    run_options = dict(device=device, dtype=dtype, batch_size=batch_size, shard=shard, limit=limit,
+                       save_foreground=save_foreground)  # fmt: skip
+    settings = DiffusionSettings.make(
+        config, run_options, views_per_object=views_per_object, seed=seed, min_iou=min_iou, max_retries=max_retries,
+        base_model=base_model, controlnet=controlnet, background_model=background_model, steps=steps,
+        start_step=start_step, resolution=resolution,
+    )  # fmt: skip
+    report, resumed = run(data, out, settings, RichReporter(min_total=1))
     rate = f", {report.accepted / report.elapsed_s:.3f} images/s" if report.accepted and report.elapsed_s > 0 else ""
     typer.echo(
         f"{'resumed: ' if resumed else ''}{report.accepted} accepted, {report.failed} failed the IoU filter, "
@@ -196,24 +103,9 @@ def pseudo_depth(
     shard: Annotated[str, typer.Option(help="Take every n-th image from the i-th: i/n.")] = "0/1",
     overwrite: Annotated[bool, typer.Option(help="Recompute files that already exist.")] = False,
 ) -> None:
-    from zsw.errors import InputError
-    from zsw.synth.diffuse import parse_shard
+    from zsw.cli._common import RichReporter
+    from zsw.synth.pipeline import pseudo_depth as run
 
-    shard_ix = parse_shard(shard)
-    if not data.is_dir():
-        raise InputError(f"--data {data} is not a directory")
-    from zsw.hub import resolve_device, resolve_dtype
-    from zsw.synth.pseudo_depth import DepthAnything, pseudo_depth_dataset
-
-    dev = resolve_device(device)
-    estimator = DepthAnything.from_pretrained(model, device=dev, dtype=resolve_dtype(dtype, dev))
-    with _progress("pseudo-depth", "") as bar:
-        task = bar.add_task("pseudo-depth", total=None)
-
-        def show(r: Any) -> None:
-            bar.update(task, total=r.total, completed=r.written + r.skipped)
-
-        report = pseudo_depth_dataset(
-            data, estimator, batch_size=batch_size, shard=shard_ix, overwrite=overwrite, progress=show
-        )
+    report = run(data, model, device=device, dtype=dtype, batch_size=batch_size, shard=shard, overwrite=overwrite,
+                 reporter=RichReporter(min_total=1))  # fmt: skip
     typer.echo(f"{report.written} written, {report.skipped} already present -> {data}/pseudo_depth")

@@ -25,10 +25,6 @@ COMMAND = dict(
 )
 
 
-def _split_list(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
 @cli_errors
 def procedural(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder (created, or resumed).")],
@@ -50,37 +46,14 @@ def procedural(
         Path | None, typer.Option(help="Folder of photos for baked backgrounds (else solid/gradient/noise).")
     ] = None,
 ) -> None:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from zsw.cli._common import RichReporter
+    from zsw.synth.pipeline import procedural as run
+    from zsw.synth.pipeline import procedural_config
 
-    from zsw.errors import ConfigError
-    from zsw.synth.procedural import ProceduralConfig, default_workers, generate
-    from zsw.synth.sdf import CATEGORIES
-
-    try:
-        fractions = tuple(float(x) for x in splits.split(","))
-    except ValueError:
-        raise ConfigError(f"--splits must be three numbers like 0.8,0.1,0.1, got {splits!r}") from None
-    if len(fractions) != 3:
-        raise ConfigError(f"--splits must be three numbers like 0.8,0.1,0.1, got {splits!r}")
-    cfg = ProceduralConfig(
-        objects=objects,
-        views=views,
-        seed=seed,
-        categories=tuple(_split_list(categories)) or CATEGORIES,
-        split_fractions=fractions,  # type: ignore[arg-type]
-        bake_splits=tuple(_split_list(bake)),
-        min_occluders=min_occluders,
-        max_occluders=max_occluders,
-        background_dir=str(backgrounds) if backgrounds is not None else None,
-    )
-    n_workers = workers or default_workers()
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        task = bar.add_task("render", total=cfg.objects * cfg.views)
-        report = generate(out, cfg, workers=n_workers, progress=lambda done, total: bar.update(task, completed=done))
+    cfg = procedural_config(splits, categories, bake, objects=objects, views=views, seed=seed,
+                            min_occluders=min_occluders, max_occluders=max_occluders,
+                            background_dir=backgrounds)  # fmt: skip
+    report, n_workers = run(out, cfg, workers, RichReporter(min_total=1))
     typer.echo(
         f"{out}: rendered {report.rendered} views of {report.objects} objects in {report.seconds:.1f}s "
         f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there"

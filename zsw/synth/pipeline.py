@@ -1,0 +1,178 @@
+"""The synthesis jobs behind ``zsw synthesize``: procedural renders, diffusion, pseudo-depth.
+
+Each takes its settings and a :class:`~zsw.report.Reporter` and does the whole job -- option
+checks that are cheap before model loading that is not, the models, the run, the progress -- so
+the CLI only parses and prints::
+
+    from zsw.synth.pipeline import DiffusionSettings, diffuse
+
+    report, resumed = diffuse("data/proc", "data/wild", DiffusionSettings.make(seed=1, batch_size=8))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zsw.config import from_dict, load_yaml, to_dict
+from zsw.data.layout import ZeroShapeLayout
+from zsw.errors import ConfigError, InputError, OptionError
+from zsw.report import Reporter
+from zsw.synth.diffuse import DiffuseConfig, SynthReport, check_resume
+from zsw.synth.jobs import parse_shard, plan
+from zsw.synth.procedural import GenerationReport, ProceduralConfig, default_workers, generate
+
+__all__ = [
+    "DiffusionSettings",
+    "diffuse",
+    "pseudo_depth",
+    "procedural",
+    "procedural_config",
+    "split_words",
+]
+
+
+def split_words(values: Sequence[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: options given comma-separated or repeated."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+# ---- procedural ------------------------------------------------------------------------------
+
+
+def procedural_config(splits: str = "0.8,0.1,0.1", categories=None, bake=None, **fields) -> ProceduralConfig:
+    """A :class:`ProceduralConfig` from command-line text (``splits`` as ``"0.8,0.1,0.1"``,
+    categories and baked splits comma-separated or repeated); ``fields`` are its other fields."""
+    from zsw.synth.sdf import CATEGORIES
+
+    try:
+        fractions = tuple(float(x) for x in splits.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3:
+        raise ConfigError(f"--splits must be three numbers like 0.8,0.1,0.1, got {splits!r}")
+    if fields.get("background_dir") is not None:
+        fields["background_dir"] = str(fields["background_dir"])
+    return ProceduralConfig(categories=tuple(split_words(categories)) or CATEGORIES, split_fractions=fractions,
+                            bake_splits=tuple(split_words(bake)), **fields)  # fmt: skip
+
+
+def procedural(
+    out: str | os.PathLike, cfg: ProceduralConfig, workers: int = 0, reporter: Reporter | None = None
+) -> tuple[GenerationReport, int]:
+    """Render ``cfg`` into ``out`` (resuming); ``workers`` 0 = one per CPU. Returns the report and
+    the number of workers used."""
+    reporter = reporter or Reporter()
+    workers = workers or default_workers()
+    with reporter.progress("rendering", cfg.objects * cfg.views) as advance:
+        report = generate(out, cfg, workers=workers, progress=lambda done, total: advance(0, completed=done))
+    return report, workers
+
+
+# ---- diffusion -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """``zsw synthesize diffuse``: the generation settings (:class:`DiffuseConfig`, stored with the
+    output and checked on resume) and how this process runs them."""
+
+    config: DiffuseConfig = field(default_factory=DiffuseConfig)
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 4
+    shard: str = "0/1"
+    limit: int | None = None
+    save_foreground: bool = False
+
+    def __post_init__(self) -> None:
+        parse_shard(self.shard)
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"--limit: {self.limit} is below 1")
+
+    @classmethod
+    def make(cls, config: str | os.PathLike | None = None, run: dict | None = None, **overrides) -> DiffusionSettings:
+        """From an optional YAML of :class:`DiffuseConfig` fields, then the ``overrides`` that are
+        not None (config fields), and ``run`` (this class's own fields)."""
+        cfg = load_yaml(config, DiffuseConfig) if config is not None else DiffuseConfig()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(config=from_dict(DiffuseConfig, {**to_dict(cfg), **given}), **(run or {}))
+
+
+def diffuse(
+    data: str | os.PathLike, out: str | os.PathLike, settings: DiffusionSettings, reporter: Reporter | None = None
+) -> tuple[SynthReport, bool]:
+    """Run Algorithm 1 over this shard of ``data`` into ``out``; returns the report and whether an
+    earlier run was resumed. Unreadable source renders are an :class:`InputError` at the end."""
+    from zsw.hub import resolve_device, resolve_dtype
+    from zsw.synth.appearance import ControlNetAppearance
+    from zsw.synth.background import ObjectAwareBackground
+    from zsw.synth.diffuse import synthesize
+
+    reporter = reporter or Reporter()
+    s, cfg, shard = settings, settings.config, parse_shard(settings.shard)
+    if not Path(data).is_dir():  # cheap checks before minutes of model loading
+        raise InputError(f"--data {data} is not a directory")
+    if not plan(ZeroShapeLayout(data), cfg.views_per_object)[shard[0] :: shard[1]]:
+        raise InputError(f"{data} has no renders for shard {s.shard}: no lists/<category>_<split>.list files name any")
+    resumed = check_resume(out, cfg)
+    dev = resolve_device(s.device)
+    dtype = resolve_dtype(s.dtype, dev)
+    reporter.info(f"loading models on {dev} ({str(dtype).removeprefix('torch.')})")
+    appearance = ControlNetAppearance.from_pretrained(
+        cfg.base_model, cfg.controlnet, device=dev, dtype=dtype, steps=cfg.steps, start_step=cfg.start_step,
+        guidance_scale=cfg.guidance_scale, controlnet_scale=cfg.controlnet_scale, resolution=cfg.resolution,
+        negative_prompt=cfg.negative_prompt,
+    )  # fmt: skip
+    background = ObjectAwareBackground.from_pretrained(
+        cfg.background_model, device=dev, dtype=dtype, steps=cfg.background_steps,
+        guidance_scale=cfg.background_guidance_scale, controlnet_scale=cfg.background_controlnet_scale,
+        resolution=cfg.resolution, negative_prompt=cfg.negative_prompt,
+    )  # fmt: skip
+    with reporter.progress("synthesizing", None) as advance:
+
+        def show(r: SynthReport) -> None:
+            note = f"synthesizing: accepted {r.accepted}, rejected {r.rejected}, failed {r.failed}"
+            advance(0, note=note, total=r.total, completed=r.done)
+
+        report = synthesize(data, out, cfg, appearance, background, batch_size=s.batch_size, shard=shard,
+                            limit=s.limit, save_foreground=s.save_foreground, progress=show)  # fmt: skip
+    return report, resumed
+
+
+# ---- pseudo-depth ----------------------------------------------------------------------------
+
+
+def pseudo_depth(
+    data: str | os.PathLike,
+    model: str = "depth-anything/Depth-Anything-V2-Small-hf",
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 16,
+    shard: str = "0/1",
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+):
+    """Depth Anything V2 pseudo-depth for every listed image of ``data``
+    (``pseudo_depth/<cat>/<name>.npy``); returns the :class:`PseudoDepthReport`."""
+    from zsw.hub import resolve_device, resolve_dtype
+    from zsw.synth.pseudo_depth import DepthAnything, pseudo_depth_dataset
+
+    reporter = reporter or Reporter()
+    shard_ix = parse_shard(shard)
+    if not Path(data).is_dir():
+        raise InputError(f"--data {data} is not a directory")
+    dev = resolve_device(device)
+    estimator = DepthAnything.from_pretrained(model, device=dev, dtype=resolve_dtype(dtype, dev))
+    with reporter.progress("pseudo-depth", None) as advance:
+
+        def show(r) -> None:
+            advance(0, total=r.total, completed=r.written + r.skipped)
+
+        return pseudo_depth_dataset(data, estimator, batch_size=batch_size, shard=shard_ix, overwrite=overwrite,
+                                    progress=show)  # fmt: skip
