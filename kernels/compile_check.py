@@ -15,8 +15,8 @@ reports registers and spills. The kernels are compiled exactly as the dispatch w
 Each result carries registers per thread, spill bytes (ptxas), dynamic shared memory (Triton's
 metadata) and whether the PTX uses ``wgmma``. Run as a script to print or write the table::
 
-    python -m zsw.kernels.compile_check                               # default subset, a table
-    python -m zsw.kernels.compile_check --full --write-table docs/kernels.md
+    python -m zsw.kernels.compile_check                               # all of them, a table
+    python -m zsw.kernels.compile_check --write-table docs/kernels.md
     python -m zsw.kernels.compile_check --json out.json               # what the tests read
 
 Must run **without** ``TRITON_INTERPRET`` (the interpreter replaces JIT functions, which cannot be
@@ -394,19 +394,6 @@ def run_subprocess(args: list[str], timeout: float = 1800) -> list[dict[str, Any
 # Selection and the table
 # ----------------------------------------------------------------------------------------------
 
-#: The default (CI) subset: every kernel, dtype and config on sm_90 (the target that matters), and
-#: on sm_80 the bf16 and IEEE fp32 launches of the five main kernels; ``--full`` adds fp16, TF32,
-#: the saving MLP forward and the one-way search on sm_80 (the code they share is already compiled).
-SM80_DEFAULT_KERNELS = ("attn_fwd", "attn_bwd", "mlp_fwd", "mlp_bwd", "nn_both")
-SM80_DEFAULT_DTYPES = ("bf16", "fp32")
-
-
-def select(matrix: list[Case], full: bool) -> list[Case]:
-    """The cases of the default run (``full=False``) or all of them."""
-    if full:
-        return matrix
-    return [c for c in matrix if c.arch == 90 or (c.kernel in SM80_DEFAULT_KERNELS and c.dtype in SM80_DEFAULT_DTYPES)]
-
 
 def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KB" if n >= 0 else "-"
@@ -458,7 +445,6 @@ def _summary(rows: list[dict[str, Any]], seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--full", action="store_true", help="every kernel x dtype x config x target (slow)")
     p.add_argument("--kernels", default="", help="comma-separated subset of " + ",".join(_LAUNCHERS))
     p.add_argument("--dtypes", default="", help="comma-separated subset of " + ",".join(DTYPES))
     p.add_argument("--archs", default="90,80")
@@ -472,8 +458,6 @@ def main(argv: list[str] | None = None) -> int:
     kernels = [k for k in a.kernels.split(",") if k] or None
     archs = tuple(int(x) for x in a.archs.split(","))
     matrix = cases(kernels, archs)
-    if kernels is None:
-        matrix = select(matrix, a.full)
     if a.dtypes:
         matrix = [c for c in matrix if c.dtype in a.dtypes.split(",")]
     if a.list:
