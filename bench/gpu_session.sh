@@ -39,8 +39,9 @@ unset TRITON_INTERPRET ZSW_KERNELS
     echo "== zsw bench kernels"
     timeout -s INT -k 20 150 python3 -m zsw bench kernels --out "$results/${gpu}-kernels.csv" --summary "$results/${gpu}-kernels.md"
     kernels_rc=$?
-    echo "== zsw bench reconstruct (zeroshape-w, random weights; fast and dense; triton and torch)"
-    timeout -s INT -k 20 120 python3 -m zsw bench reconstruct --weights random:zeroshape-w --out "$results/${gpu}-reconstruct.csv" \
+    echo "== zsw bench reconstruct (zeroshape-w, random weights; fast and dense; fp32 and bf16; triton and torch)"
+    timeout -s INT -k 20 120 python3 -m zsw bench reconstruct --weights random:zeroshape-w --precision fp32 --precision bf16 \
+        --out "$results/${gpu}-reconstruct.csv" \
         --summary "$results/${gpu}-reconstruct.md"
     reconstruct_rc=$?
     echo "== zsw bench train (zeroshape-w, batch 80, bf16)"

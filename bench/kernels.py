@@ -26,6 +26,7 @@ import gc
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -588,3 +589,45 @@ def targets_markdown(rows: list[BenchRow], env: Environment) -> str:
     lines += ["", "| op | case | provider | note |", "|---|---|---|---|"]
     lines += [f"| {r.op} | {r.case} | {r.provider} | {r.note} |" for r in rows if r.note]
     return "\n".join(lines) + "\n"
+
+
+OPS = ("attention", "mlp", "chamfer", "decoder")
+
+
+def run_job(
+    *,
+    ops: str = ",".join(OPS),
+    smoke: bool = False,
+    model: str = "zeroshape-w",
+    rep_ms: float = 100.0,
+    out: Path | None = None,
+    summary: Path | None = None,
+    reporter=None,
+) -> tuple[list[BenchRow], list, Path, Environment]:
+    """``zsw bench kernels``: check the options, run (tiny shapes on the Triton interpreter without a
+    GPU), append the rows to ``out`` (default ``bench/results/<gpu>-kernels[-smoke].csv``) and
+    write the targets as markdown to ``summary``; returns ``(rows, targets, csv path, env)``."""
+    import os
+
+    from zsw.bench._harness import append_csv, environment, gpu_slug
+    from zsw.errors import ConfigError
+    from zsw.io import atomic_write_text
+    from zsw.report import Reporter
+
+    selected = tuple(o.strip() for o in ops.split(",") if o.strip())
+    unknown = [o for o in selected if o not in OPS]
+    if unknown or not selected:
+        raise ConfigError(f"--ops: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(OPS)}")
+    if not torch.cuda.is_available():
+        # the kernels must be decorated in interpreter mode: set it before zsw.kernels is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        smoke = True
+    reporter = reporter or Reporter()
+    env = environment()
+    out = out or Path("bench/results") / f"{gpu_slug(env)}-kernels{'-smoke' if smoke else ''}.csv"
+    with reporter.progress("kernels", None) as advance:
+        rows = run(env, ops=selected, smoke=smoke, model=model, rep_ms=rep_ms, progress=lambda s: advance(1, note=s))
+    append_csv(out, rows)
+    if summary is not None:
+        atomic_write_text(summary, targets_markdown(rows, env))
+    return rows, evaluate_targets(rows), out, env

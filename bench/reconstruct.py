@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["STAGES", "bench_reconstruct", "bench_shapes", "bench_marching_cubes", "summary_markdown"]
+__all__ = ["STAGES", "run", "bench_reconstruct", "bench_shapes", "bench_marching_cubes", "summary_markdown"]
 
 STAGES = ("total", "pixel", "encode", "grid_decode", "marching_cubes", "export")
 
@@ -57,14 +57,15 @@ def _one_run(backend, image: torch.Tensor, resolution: int, extraction: str, chu
     _sync(device)
     t0 = time.perf_counter()
     probs, stats = occupancy_grid(
-        lambda p: backend.decode(pred.latents, p),
+        lambda p: backend.decode(pred.latents, p).float(),
         1,
         resolution,
         mode=extraction,
         chunk_points=chunk_points,
         device=device,
     )
-    probs = probs[0].cpu()  # the grid goes to the CPU for marching cubes (part of decoding's cost)
+    probs = probs[0]  # stays on the device: a GPU grid takes the torch marching cubes, no host copy
+    _sync(device)
     t["grid_decode"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     mesh = marching_cubes(probs, 0.5, 1.5)
@@ -87,6 +88,7 @@ def bench_reconstruct(
     resolution: int = 128,
     repeats: int = 3,
     chunk_points: int = 65536,
+    precisions: Sequence[str] = ("auto",),
     progress: Callable[[str], None] | None = None,
 ) -> list:
     """Per-stage latency rows (``zsw.bench._harness.BenchRow``) for every configuration.
@@ -101,10 +103,12 @@ def bench_reconstruct(
             on CUDA, ``torch`` on the CPU, where Triton only runs in the slow interpreter).
         resolution: grid cells per axis.
         repeats: timed runs per configuration (after one warm-up run).
+        precisions: autocast of the PyTorch backend, as ``zsw reconstruct --precision`` (``auto``:
+            bf16 on CUDA, fp32 on the CPU); exported engines keep their own.
     """
     from zsw.bench._harness import BenchRow
     from zsw.infer.image import load_image
-    from zsw.infer.reconstruct import open_backend
+    from zsw.infer.reconstruct import autocast, open_backend
 
     device = torch.device(env.device)
     if kernel_impls is None:
@@ -121,12 +125,13 @@ def bench_reconstruct(
             if kind == "torch":
                 backend.model.set_kernel_impl(impl)
             provider = kind if impl == "-" else f"{kind}:{'ref' if impl == 'torch' else impl}"
-            for extraction in extractions:
+            for precision, extraction in _configs(kind, precisions, extractions, device):
                 if progress:
-                    progress(f"{provider} {extraction}")
+                    progress(f"{provider} {precision} {extraction}")
                 try:
-                    _one_run(backend, tensor, resolution, extraction, chunk_points)  # warm-up
-                    runs = [_one_run(backend, tensor, resolution, extraction, chunk_points) for _ in range(repeats)]
+                    with autocast(precision, device):
+                        _one_run(backend, tensor, resolution, extraction, chunk_points)  # warm-up
+                        runs = [_one_run(backend, tensor, resolution, extraction, chunk_points) for _ in range(repeats)]
                     note = ""
                 except Exception as e:  # noqa: BLE001 -- a failing configuration is a result
                     runs, note = [], f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
@@ -143,8 +148,9 @@ def bench_reconstruct(
                     rows.append(
                         BenchRow(
                             gpu=env.gpu, torch=env.torch, triton=env.triton, git_sha=env.git_sha,
-                            timestamp=env.timestamp, op=f"reconstruct:{stage}", case=f"{backend.config.name}:{label}",
-                            provider=provider, mode=extraction, dtype="fp32", shape=f"res={resolution}",
+                            timestamp=env.timestamp, op=f"reconstruct:{stage}",
+                            case=f"{backend.config.name}:{label}:{precision}",
+                            provider=provider, mode=extraction, dtype=precision, shape=f"res={resolution}",
                             p50_ms=p50, p20_ms=p20, p80_ms=p80,
                             throughput=work / (p50 * 1e-3) if p50 > 0 else math.nan, throughput_unit=unit,
                             peak_mem_mb=math.nan, note=note or f"points={points}",
@@ -152,6 +158,14 @@ def bench_reconstruct(
                     )  # fmt: skip
     _speedups(rows)
     return rows
+
+
+def _configs(kind: str, precisions: Sequence[str], extractions: Sequence[str], device) -> list[tuple[str, str]]:
+    """(resolved precision, extraction) pairs; exported engines run in their own precision."""
+    from zsw.infer.reconstruct import resolve_precision
+
+    resolved = dict.fromkeys(resolve_precision(p, device) for p in precisions) if kind == "torch" else ["engine"]
+    return [(p, e) for p in resolved for e in extractions]
 
 
 def _quantiles(ms: list[float]) -> tuple[float, float, float]:
@@ -274,3 +288,56 @@ def summary_markdown(rows: Sequence, title: str) -> str:
             head = f"Marching cubes ({r.case}, {r.shape}): torch {r.p50_ms:.1f} ms, {speedup:.2f}x scikit-image"
             lines += [f"{head}; {r.note}", ""]
     return "\n".join(lines)
+
+
+def run(
+    *,
+    weights=None,
+    backends: Sequence[str] = ("torch",),
+    engine: str | Path | None = None,
+    extractions: Sequence[str] = ("fast", "dense"),
+    kernel_impls: Sequence[str] | None = None,
+    precisions: Sequence[str] = ("auto",),
+    resolution: int = 128,
+    image: str | Path | None = None,
+    repeats: int = 3,
+    shapes: bool = True,
+    device: str | None = None,
+    out: Path | None = None,
+    summary: Path | None = None,
+    reporter=None,
+) -> tuple[list, str, Path]:
+    """``zsw bench reconstruct``: check the options, measure, append the rows to ``out`` (default
+    ``bench/results/<device>-reconstruct.csv``), write the markdown ``summary`` if asked; returns
+    ``(rows, markdown, csv path)``."""
+    from zsw.bench._harness import append_csv, environment, gpu_slug
+    from zsw.errors import ConfigError, OptionError
+    from zsw.infer.settings import BACKENDS, EXTRACTIONS, PRECISIONS
+    from zsw.io import atomic_write_text
+    from zsw.report import Reporter
+
+    for values, allowed, option in ((backends, BACKENDS, "--backend"), (extractions, EXTRACTIONS, "--extraction"),
+                                    (kernel_impls or (), ("triton", "torch"), "--kernels"),
+                                    (precisions, PRECISIONS, "--precision")):  # fmt: skip
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise OptionError(f"{option}: {bad[0]!r} is not one of {', '.join(allowed)}")
+    if any(b != "torch" for b in backends) and engine is None:
+        raise ConfigError("--backend onnxruntime/tensorrt needs --engine DIR (a folder written by `zsw export`)")
+    reporter = reporter or Reporter()
+    env = environment(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type)
+    out = out or Path("bench/results") / f"{gpu_slug(env)}-reconstruct.csv"
+    with reporter.progress("reconstruct", None) as advance:
+        rows = bench_reconstruct(env, weights=weights, image=image,
+                                 backends=[(b, None if b == "torch" else str(engine)) for b in backends],
+                                 extractions=extractions, kernel_impls=kernel_impls, resolution=resolution,
+                                 repeats=repeats, precisions=precisions,
+                                 progress=lambda label: advance(0, note=label))  # fmt: skip
+        if shapes:
+            advance(0, note="fast vs dense on the test shapes")
+            rows += bench_shapes(env, resolution)
+    text = summary_markdown(rows, f"zsw reconstruct, resolution {resolution}, {env.gpu}")
+    append_csv(out, rows)
+    if summary is not None:
+        atomic_write_text(summary, text)
+    return rows, text, out

@@ -17,7 +17,7 @@ COMMAND = dict(
     "\n\nExample:\n\n  zsw bench kernels --out bench/results/h100-kernels.csv --summary bench/results/h100-kernels.md",
 )
 
-_OPS = ("attention", "mlp", "chamfer", "decoder")
+_OPS = ("attention", "mlp", "chamfer", "decoder")  # for --help (zsw.bench.kernels.OPS checks them)
 
 
 @cli_errors
@@ -34,50 +34,16 @@ def kernels(
     model: Annotated[str, typer.Option(help="Model preset whose shapes are benchmarked.")] = "zeroshape-w",
     rep_ms: Annotated[float, typer.Option(help="Milliseconds of timed repetitions per measurement.")] = 100.0,
 ) -> None:
-    import os
+    from zsw.bench._harness import rows_table
+    from zsw.bench.kernels import run_job
+    from zsw.cli._common import RichReporter
 
-    import torch
-
-    from zsw.errors import ConfigError
-
-    selected = tuple(o.strip() for o in ops.split(",") if o.strip())
-    unknown = [o for o in selected if o not in _OPS]
-    if unknown or not selected:
-        raise ConfigError(f"--ops: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(_OPS)}")
-    gpu = torch.cuda.is_available()
-    if not gpu:
-        # the kernels must be decorated in interpreter mode: set it before zsw.kernels is imported
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-        smoke = True
-
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from zsw.bench import kernels as bench
-    from zsw.bench._harness import append_csv, environment, gpu_slug, rows_table
-    from zsw.io import atomic_write_text
-
-    env = environment()
-    console = Console()
-    if out is None:
-        out = Path("bench/results") / f"{gpu_slug(env)}-kernels{'-smoke' if smoke else ''}.csv"
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("kernels", total=None)
-        rows = bench.run(
-            env,
-            ops=selected,
-            smoke=smoke,
-            model=model,
-            rep_ms=rep_ms,
-            progress=lambda label: bar.update(task, description=label, advance=1),
-        )
-    console.print(rows_table(rows, title=f"zsw kernels on {env.gpu} ({'smoke' if smoke else model})"))
-    for target, value, met in bench.evaluate_targets(rows):
+    reporter = RichReporter(min_total=1)
+    rows, targets, csv, env = run_job(ops=ops, smoke=smoke, model=model, rep_ms=rep_ms, out=out, summary=summary,
+                                      reporter=reporter)  # fmt: skip
+    reporter.console.print(rows_table(rows, title=f"zsw kernels on {env.gpu} ({'smoke' if smoke else model})"))
+    for target, value, met in targets:
         if met is not None:
             shown = f"{value:.2f} ms" if target.baseline is None else f"{value:.2f}x"
-            console.print(f"{'[green]met' if met else '[red]MISSED'}[/] {target.label}: {shown}")
-    append_csv(out, rows)
-    typer.echo(f"appended {len(rows)} rows to {out}")
-    if summary is not None:
-        atomic_write_text(summary, bench.targets_markdown(rows, env))
-        typer.echo(f"wrote {summary}")
+            reporter.console.print(f"{'[green]met' if met else '[red]MISSED'}[/] {target.label}: {shown}")
+    typer.echo(f"appended {len(rows)} rows to {csv}" + (f"; wrote {summary}" if summary is not None else ""))

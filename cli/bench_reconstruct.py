@@ -35,6 +35,9 @@ def reconstruct(
         list[str] | None,
         typer.Option("--kernels", help="Decoder kernels: triton and/or torch (default: both on CUDA, torch on CPU)."),
     ] = None,
+    precision: Annotated[
+        list[str] | None, typer.Option("--precision", help="auto, fp32, bf16, fp16 (repeatable; default auto).")
+    ] = None,
     resolution: Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis.")] = 128,
     image: Annotated[Path | None, typer.Option(help="Photo to reconstruct (default: examples/armchair.png).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration (after a warm-up).")] = 3,
@@ -45,56 +48,16 @@ def reconstruct(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV to append rows to.")] = None,
     summary: Annotated[Path | None, typer.Option(help="Also write a markdown summary here.")] = None,
 ) -> None:
-    backends = backend or ["torch"]
-    for b in backends:
-        if b not in ("torch", "onnxruntime", "tensorrt"):
-            raise typer.BadParameter(f"{b!r} is not one of torch, onnxruntime, tensorrt", param_hint="--backend")
-    extractions = extraction or ["fast", "dense"]
-    for e in extractions:
-        if e not in ("fast", "dense"):
-            raise typer.BadParameter(f"{e!r} is not one of fast, dense", param_hint="--extraction")
-    for k in kernels or ():
-        if k not in ("triton", "torch"):
-            raise typer.BadParameter(f"{k!r} is not one of triton, torch", param_hint="--kernels")
-
-    import torch
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from zsw.bench import reconstruct as bench
-    from zsw.bench._harness import append_csv, environment, gpu_slug, rows_table
-    from zsw.errors import ConfigError
-    from zsw.io import atomic_write_text
+    from zsw.bench._harness import rows_table
+    from zsw.cli._common import RichReporter
 
-    if any(b != "torch" for b in backends) and engine is None:
-        raise ConfigError("--backend onnxruntime/tensorrt needs --engine DIR (a folder written by `zsw export`)")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    env = environment(torch.device(device).type)
-    console = Console(stderr=True)
-    out = out or Path("bench/results") / f"{gpu_slug(env)}-reconstruct.csv"
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:  # fmt: skip
-        task = bar.add_task("reconstruct", total=None)
-        rows = bench.bench_reconstruct(
-            env,
-            weights=weights,
-            image=image,
-            backends=[(b, None if b == "torch" else str(engine)) for b in backends],
-            extractions=extractions,
-            kernel_impls=kernels,
-            resolution=resolution,
-            repeats=repeats,
-            progress=lambda label: bar.update(task, description=label),
-        )
-        if shapes:
-            bar.update(task, description="fast vs dense on the test shapes")
-            rows += bench.bench_shapes(env, resolution)
-    if console.is_terminal:
-        console.print(rows_table(rows, title=f"zsw reconstruct on {env.gpu}"))
-    text = bench.summary_markdown(rows, f"zsw reconstruct, resolution {resolution}, {env.gpu}")
+    reporter = RichReporter(min_total=1)
+    rows, text, csv = bench.run(weights=weights, backends=backend or ["torch"], engine=engine,
+                                extractions=extraction or ["fast", "dense"], kernel_impls=kernels,
+                                precisions=precision or ["auto"], resolution=resolution, image=image, repeats=repeats,
+                                shapes=shapes, device=device, out=out, summary=summary, reporter=reporter)  # fmt: skip
+    if reporter.console.is_terminal:
+        reporter.console.print(rows_table(rows, title=f"zsw reconstruct on {rows[0].gpu if rows else '?'}"))
     typer.echo(text)
-    append_csv(out, rows)
-    if summary is not None:
-        atomic_write_text(summary, text)
-    typer.echo(f"appended {len(rows)} rows to {out}")
+    typer.echo(f"appended {len(rows)} rows to {csv}")

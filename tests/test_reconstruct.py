@@ -343,6 +343,20 @@ def test_bench_reconstruct_writes_per_stage_rows(tmp_path):
     assert "| grid_decode |" in (tmp_path / "s.md").read_text()
 
 
+def test_bench_reconstruct_times_each_precision_separately(tmp_path):
+    from zsw.bench._harness import read_csv
+
+    csv_path = tmp_path / "bench.csv"
+    args = ["bench", "reconstruct", "--weights", "random:tiny", "--resolution", "8", "--repeats", "1", "--no-shapes",
+            "--extraction", "dense", "--precision", "fp32", "--precision", "bf16", "--out", str(csv_path)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    totals = {r["dtype"]: r for r in read_csv(csv_path) if r["op"] == "reconstruct:total"}
+    assert set(totals) == {"fp32", "bf16"}
+    assert all(r["note"].startswith("points=") and float(r["p50_ms"]) > 0 for r in totals.values())  # both ran
+    assert runner.invoke(app, [*args[:-2], "--precision", "int8"]).exit_code == 2
+
+
 def test_bf16_meshes_match_fp32_on_the_packaged_model(repo_root):
     """CPU autocast at bf16 gives the same mesh as fp32, so --precision bf16 (the default on GPUs)
     is safe. Compared as ZeroShape scores clouds (5,000 points each, normalised): two independent
