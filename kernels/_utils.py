@@ -5,8 +5,11 @@ Nothing here launches a kernel. The rules every kernel module follows:
 * **dtypes** -- inputs are fp32, fp16 or bf16; math accumulates in fp32; outputs come back in the
   compute dtype (the autocast dtype when autocast is on, else the input's).
 * **fp32 matmuls** follow PyTorch: ``tl.dot`` runs in IEEE fp32 unless
-  ``torch.backends.cuda.matmul.allow_tf32`` is set, so an fp32 kernel is compared with an fp32
-  reference that did the same arithmetic.
+  ``torch.backends.cuda.matmul.allow_tf32`` is set (or the float32 matmul precision is not
+  "highest"), so an fp32 kernel is compared with an fp32 reference that did the same arithmetic.
+* **launch configs** are few per operand family (16-bit, TF32, IEEE fp32), each compiled without
+  spills for sm_90 and sm_80 (:mod:`zsw.kernels.compile_check`), and pruned before autotuning by
+  the device's own shared memory (:func:`shared_memory_limit`) and capability.
 * **interpreter** -- under ``TRITON_INTERPRET=1`` (CPU, triton 3.8) two bf16 operations are wrong:
   ``tl.dot`` of bf16 operands returns garbage, and fp32 -> bf16 casts truncate instead of rounding
   to nearest even. Kernels take an ``INTERP_BF16`` constexpr, set for bf16 on the interpreter only,
