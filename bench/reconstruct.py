@@ -197,18 +197,18 @@ def bench_shapes(env, resolution: int = 128, names: Sequence[str] | None = None)
     from zsw.bench._harness import BenchRow
     from zsw.eval.fields import TEST_SHAPES, occupancy_field
     from zsw.eval.metrics import mesh_agreement
-    from zsw.infer.grid import extract_mesh
+    from zsw.infer.grid import grid_meshes
+    from zsw.infer.settings import GridSettings
 
     rows = []
     for name in names or list(TEST_SHAPES):
         field = occupancy_field(name)
-        meshes, seconds = {}, {}
+        meshes, seconds, points = {}, {}, {}
         for mode in ("dense", "fast"):
             t0 = time.perf_counter()
-            meshes[mode] = extract_mesh(field, resolution, mode=mode)
-            seconds[mode] = time.perf_counter() - t0
-        dense_n = meshes["dense"].metadata["zsw_grid"]["evaluated_points"]
-        fast_n = meshes["fast"].metadata["zsw_grid"]["evaluated_points"]
+            (meshes[mode],), (stats,) = grid_meshes(lambda p, f=field: f(p[0])[None], 1, GridSettings(resolution, mode))
+            seconds[mode], points[mode] = time.perf_counter() - t0, stats.evaluated_points
+        dense_n, fast_n = points["dense"], points["fast"]
         f = mesh_agreement(meshes["dense"], meshes["fast"], 0.01)
         row = BenchRow(
             gpu=env.gpu, torch=env.torch, triton=env.triton, git_sha=env.git_sha, timestamp=env.timestamp,

@@ -11,17 +11,23 @@ import torch
 from zsw.errors import ConfigError
 from zsw.eval.fields import TEST_SHAPES, occupancy_field, sdf_sphere
 from zsw.eval.metrics import mesh_agreement
-from zsw.infer.grid import extract_mesh, extract_meshes, marching_cubes, occupancy_grid
+from zsw.infer.grid import extract_mesh, extract_meshes, grid_meshes, marching_cubes, occupancy_grid
+from zsw.infer.settings import GridSettings
+
+
+def _one(field, resolution: int, mode: str = "dense"):
+    """One mesh and its grid statistics (``grid_meshes`` returns them beside the meshes)."""
+    (mesh,), (stats,) = grid_meshes(lambda p: field(p[0])[None], 1, GridSettings(resolution, mode))
+    return mesh, stats.as_dict()
 
 
 def test_sphere_is_watertight_outward_and_at_the_right_radius():
     radius = 0.8
-    mesh = extract_mesh(lambda p: -50.0 * sdf_sphere(p, radius=radius), 48)
+    mesh, stats = _one(lambda p: -50.0 * sdf_sphere(p, radius=radius), 48)
     assert mesh.is_watertight and mesh.volume > 0  # faces point outwards
     assert mesh.volume == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.02)
     r = np.linalg.norm(mesh.vertices, axis=1)
     assert np.abs(r - radius).max() < 0.2 * 3.0 / 48  # within a fifth of a cell
-    stats = mesh.metadata["zsw_grid"]
     assert stats["evaluated_points"] == stats["grid_points"] == 49**3 and stats["mode"] == "dense"
 
 
@@ -61,9 +67,9 @@ def test_grid_samples_are_linspace():
 @pytest.mark.parametrize("name", list(TEST_SHAPES))
 def test_fast_matches_dense_with_5x_fewer_points(name):
     field = occupancy_field(name)
-    dense = extract_mesh(field, 128, mode="dense")
-    fast = extract_mesh(field, 128, mode="fast")
-    ratio = dense.metadata["zsw_grid"]["evaluated_points"] / fast.metadata["zsw_grid"]["evaluated_points"]
+    dense, dense_stats = _one(field, 128, mode="dense")
+    fast, fast_stats = _one(field, 128, mode="fast")
+    ratio = dense_stats["evaluated_points"] / fast_stats["evaluated_points"]
     assert ratio >= 5.0, f"{name}: only {ratio:.1f}x fewer points"
     # fast decoded the whole surface at full resolution: the meshes are the same mesh (so their
     # F-score@0.01 is 1; `zsw bench reconstruct --shapes` measures it with mesh_agreement)
@@ -98,13 +104,14 @@ def test_batch_and_chunks_give_the_same_meshes():
         calls.append(points.shape[0] * points.shape[1])
         return torch.stack([f(points[b]) for b, f in enumerate(fields)])
 
-    batched = extract_meshes(decode, 2, 64, mode="fast", chunk_points=5000)
+    batched, batched_stats = grid_meshes(decode, 2, GridSettings(64, "fast", chunk_points=5000))
     assert max(calls) <= 5000
-    for name, mesh in zip(names, batched):
-        single = extract_mesh(occupancy_field(name), 64, mode="fast")
+    assert [len(m.faces) for m in extract_meshes(decode, 2, 64, mode="fast")] == [len(m.faces) for m in batched]
+    for name, mesh, stats in zip(names, batched, batched_stats):
+        single, single_stats = _one(occupancy_field(name), 64, mode="fast")
         np.testing.assert_array_equal(mesh.faces, single.faces)
         np.testing.assert_allclose(mesh.vertices, single.vertices, atol=1e-6)
-        assert mesh.metadata["zsw_grid"]["evaluated_points"] == single.metadata["zsw_grid"]["evaluated_points"]
+        assert stats.evaluated_points == single_stats["evaluated_points"]
 
 
 def test_no_surface_gives_an_empty_mesh():

@@ -30,8 +30,9 @@ Points go to ``decode`` in chunks of at most ``chunk_points`` (summed over the i
 which bounds the decoder's memory. :func:`extract_meshes` decodes several images per call (the
 decoder's batch dimension); :func:`extract_mesh` is the one-image form.
 
-Statistics (points decoded, seconds in decoding and marching cubes) are stored in each mesh's
-``metadata["zsw_grid"]``.
+:func:`grid_meshes` takes a :class:`~zsw.infer.settings.GridSettings` and returns the meshes with
+their statistics (points decoded, seconds in decoding and marching cubes); :func:`extract_meshes`
+and :func:`extract_mesh` are the keyword forms that return meshes only.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zsw.errors import ConfigError
 from zsw.infer import settings as _settings
 
 __all__ = [
     "extract_mesh",
     "extract_meshes",
+    "grid_meshes",
     "occupancy_grid",
     "marching_cubes",
     "grid_points",
@@ -84,16 +85,7 @@ class GridStats:
 
 
 def _check(resolution: int, mode: str, threshold: float, bound: float, chunk_points: int) -> None:
-    if not isinstance(resolution, int) or resolution < 2:
-        raise ConfigError(f"grid resolution must be an integer >= 2, got {resolution!r}")
-    if mode not in MODES:
-        raise ConfigError(f"extraction mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not 0.0 < threshold < 1.0:
-        raise ConfigError(f"threshold must be a probability strictly between 0 and 1, got {threshold}")
-    if not bound > 0:
-        raise ConfigError(f"grid bound must be positive, got {bound}")
-    if chunk_points < 1:
-        raise ConfigError(f"chunk_points must be positive, got {chunk_points}")
+    _settings.GridSettings(resolution, mode, threshold, bound, chunk_points=chunk_points)  # validates
 
 
 def grid_points(
@@ -357,6 +349,33 @@ def _marching_cubes_torch(
     return (verts * step - bound).cpu().numpy(), faces.cpu().numpy()
 
 
+def grid_meshes(
+    decode: Callable[[Tensor], Tensor],
+    batch: int,
+    grid: _settings.GridSettings,
+    *,
+    device: str | torch.device | None = None,
+    **fast_options,
+) -> tuple[list, list[GridStats]]:
+    """Meshes of ``batch`` images whose decoder maps ``[B, N, 3]`` points to ``[B, N]`` logits, and
+    what it took (points decoded, seconds) per image.
+
+    Vertices are in the normalised frame of each image; ``grid.close``: see :func:`marching_cubes`.
+    ``fast_options`` are passed to :func:`occupancy_grid` (``coarse_resolution``, ``margin``,
+    ``dilate``).
+    """
+    g = grid
+    probs, stats = occupancy_grid(decode, batch, g.resolution, mode=g.extraction, threshold=g.threshold,
+                                  bound=g.bound, chunk_points=g.chunk_points, device=device,
+                                  **fast_options)  # fmt: skip
+    meshes = []
+    for b in range(batch):
+        t0 = time.perf_counter()
+        meshes.append(marching_cubes(probs[b], g.threshold, g.bound, close=g.close))
+        stats[b].marching_cubes_s = time.perf_counter() - t0
+    return meshes, stats
+
+
 def extract_meshes(
     decode: Callable[[Tensor], Tensor],
     batch: int,
@@ -370,31 +389,9 @@ def extract_meshes(
     close: bool = True,
     **fast_options,
 ) -> list:
-    """Meshes of ``batch`` images whose decoder maps ``[B, N, 3]`` points to ``[B, N]`` logits.
-
-    Vertices are in the normalised frame of each image. ``close``: see :func:`marching_cubes`.
-    ``fast_options`` are passed to :func:`occupancy_grid` (``coarse_resolution``, ``margin``,
-    ``dilate``).
-    """
-    probs, stats = occupancy_grid(
-        decode,
-        batch,
-        resolution,
-        mode=mode,
-        threshold=threshold,
-        bound=bound,
-        chunk_points=chunk_points,
-        device=device,
-        **fast_options,
-    )
-    meshes = []
-    for b in range(batch):
-        t0 = time.perf_counter()
-        mesh = marching_cubes(probs[b], threshold, bound, close=close)
-        stats[b].marching_cubes_s = time.perf_counter() - t0
-        mesh.metadata["zsw_grid"] = stats[b].as_dict()
-        meshes.append(mesh)
-    return meshes
+    """:func:`grid_meshes` with the grid settings as keywords, without the statistics."""
+    grid = _settings.GridSettings(resolution, mode, threshold, bound, close, chunk_points)
+    return grid_meshes(decode, batch, grid, device=device, **fast_options)[0]
 
 
 def extract_mesh(
@@ -423,7 +420,7 @@ def extract_mesh(
 
     Returns:
         A ``trimesh.Trimesh`` in the normalised frame (empty if the field never crosses the
-        threshold); ``mesh.metadata["zsw_grid"]`` holds the points decoded and the timings.
+        threshold).
 
     Example::
 

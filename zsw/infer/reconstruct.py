@@ -36,9 +36,9 @@ import torch
 
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
-from zsw.infer.grid import MODES, extract_meshes
+from zsw.infer.grid import GridStats, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask
-from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, is_estimated_prompt
+from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, GridSettings, is_estimated_prompt
 
 __all__ = [
     "reconstruct",
@@ -411,19 +411,12 @@ class Reconstructor:
 
         if color not in COLOR_MODES:
             raise ConfigError(f"color must be one of {', '.join(COLOR_MODES)}, got {color!r}")
-        if extraction not in MODES:
-            raise ConfigError(f"extraction must be one of {', '.join(MODES)}, got {extraction!r}")
         if frame not in FRAMES:
             raise ConfigError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
         self.backend = backend
-        self.resolution = resolution
-        self.extraction = extraction
-        self.threshold = threshold
+        self.grid = GridSettings(resolution, extraction, threshold, bound, close, chunk_points)
         self.frame = frame
-        self.chunk_points = chunk_points
         self.weights_label = weights_label
-        self.bound = bound
-        self.close = close
         self.color = color
         self.precision = resolve_precision(precision, backend.device) if backend.name == "torch" else "engine"
         self.warnings: list[str] = []
@@ -512,19 +505,9 @@ class Reconstructor:
             return logits
 
         if with_mesh:
-            meshes = extract_meshes(
-                decode,
-                B,
-                self.resolution,
-                mode=self.extraction,
-                threshold=self.threshold,
-                bound=self.bound,
-                chunk_points=self.chunk_points,
-                device=device,
-                close=self.close,
-            )
+            meshes, grid_stats = grid_meshes(decode, B, self.grid, device=device)
         else:
-            meshes = [_empty_mesh(self.resolution) for _ in range(B)]
+            meshes, grid_stats = [_empty_mesh() for _ in range(B)], [self._no_grid() for _ in range(B)]
         depth = pred.depth[:, 0].float().cpu().numpy()
         K = pred.intrinsics.float().cpu().numpy()
         visible = pred.visible_mask[:, 0].float().cpu().numpy() > 0.5
@@ -533,8 +516,7 @@ class Reconstructor:
         scale = pred.scale.float().cpu().numpy()
         surface = pred.visible_points.float().permute(0, 2, 3, 1).cpu().numpy()  # [B, S, S, 3] normalised
         out = []
-        for b, (im, mesh) in enumerate(zip(images, meshes)):
-            grid = mesh.metadata.pop("zsw_grid")
+        for b, (im, mesh, grid) in enumerate(zip(images, meshes, grid_stats)):
             s, c = float(scale[b]), center[b]
             camera = np.asarray(mesh.vertices, dtype=np.float64) * s + c
             mesh.vertices = camera_to_frame(camera, self.frame)
@@ -563,19 +545,25 @@ class Reconstructor:
             timing = {  # shared stages are split evenly over the batch
                 "pixel": timings.get("pixel", 0.0) / B,
                 "encode": timings.get("encode", 0.0) / B,
-                "grid_decode": grid["decode_s"] / B,
-                "marching_cubes": grid["marching_cubes_s"],
+                "grid_decode": grid.decode_s / B,
+                "marching_cubes": grid.marching_cubes_s,
             }
             rec.info = self._info(rec, im, grid, timing, B, masks is not None)
             rec.info["colors"] = {"mode": self.color, "seen_vertices": seen, "vertices": len(mesh.vertices)}
             out.append(rec)
         return out
 
-    def _info(self, rec: Reconstruction, im: LoadedImage, grid: dict, timing: dict, batch: int, given: bool) -> dict:
+    def _no_grid(self) -> GridStats:
+        n = (self.grid.resolution + 1) ** 3
+        return GridStats(self.grid.extraction, self.grid.resolution, 0, n)
+
+    def _info(
+        self, rec: Reconstruction, im: LoadedImage, grid: GridStats, timing: dict, batch: int, given: bool
+    ) -> dict:
         """The content of ``result.json`` (``save`` adds the export and preview timings and files)."""
         backend = self.backend
         warn = list(self.warnings)
-        if len(rec.mesh.faces) == 0 and grid["evaluated_points"]:
+        if len(rec.mesh.faces) == 0 and grid.evaluated_points:
             warn.append("empty mesh: the predicted occupancy never crosses the threshold")
         return {
             "zsw_version": _version(),
@@ -598,13 +586,13 @@ class Reconstructor:
                 "scale": rec.scale,
             },
             "grid": {
-                "resolution": self.resolution,
-                "extraction": self.extraction,
-                "threshold": self.threshold,
-                "bound": self.bound,
-                "closed": self.close,
-                "evaluated_points": grid["evaluated_points"],
-                "grid_points": grid["grid_points"],
+                "resolution": self.grid.resolution,
+                "extraction": self.grid.extraction,
+                "threshold": self.grid.threshold,
+                "bound": self.grid.bound,
+                "closed": self.grid.close,
+                "evaluated_points": grid.evaluated_points,
+                "grid_points": grid.grid_points,
             },
             "mesh": {
                 "frame": self.frame,
@@ -622,13 +610,10 @@ class Reconstructor:
         return self.backend.config.text.default_prompt
 
 
-def _empty_mesh(resolution: int):
+def _empty_mesh():
     import trimesh
 
-    mesh = trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
-    mesh.metadata["zsw_grid"] = {"evaluated_points": 0, "grid_points": (resolution + 1) ** 3, "decode_s": 0.0,
-                                 "marching_cubes_s": 0.0}  # fmt: skip
-    return mesh
+    return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
 
 
 def _version() -> str:

@@ -71,15 +71,21 @@ class GridSettings:
     chunk_points: int = 65536
 
     def __post_init__(self) -> None:
-        if not 8 <= self.resolution <= 1024:
-            raise OptionError(f"--resolution: {self.resolution} is not in 8..1024")
-        _choice(self.extraction, EXTRACTIONS, "--extraction")
+        # the library's limits; the CLI's options narrow them further (typer's min/max)
+        if not isinstance(self.resolution, int) or self.resolution < 2:
+            raise OptionError(f"grid resolution (--resolution) must be an integer >= 2, got {self.resolution!r}")
+        if self.extraction not in EXTRACTIONS:
+            raise OptionError(
+                f"extraction mode (--extraction) must be one of {', '.join(EXTRACTIONS)}, got {self.extraction!r}"
+            )
         if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
-            raise OptionError(f"--threshold: {self.threshold} is not a probability strictly between 0 and 1")
+            raise OptionError(
+                f"threshold (--threshold) must be a probability strictly between 0 and 1, got {self.threshold}"
+            )
         if not (math.isfinite(self.bound) and self.bound > 0):
-            raise OptionError(f"bound: {self.bound} is not a positive number")
-        if self.chunk_points < 1024:
-            raise OptionError(f"--chunk-points: {self.chunk_points} is below 1024")
+            raise OptionError(f"grid bound must be positive, got {self.bound}")
+        if self.chunk_points < 1:
+            raise OptionError(f"chunk_points (--chunk-points) must be positive, got {self.chunk_points}")
 
 
 @dataclass(frozen=True)
