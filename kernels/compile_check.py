@@ -88,6 +88,7 @@ class Result:
     spill_loads: int = -1  # bytes
     stack: int = -1  # bytes of stack frame
     shared: int = -1  # bytes of dynamic shared memory
+    shared_estimate: int = -1  # the pruning's estimate for this config (-1: the kernel has none)
     wgmma: bool = False
     dot16: bool = False  # the kernel has fp16/bf16 dots (so wgmma is expected on sm_90)
     seconds: float = 0.0
@@ -262,15 +263,30 @@ def launch_of(kernel: str, dtype: str) -> Launch:
         return _LAUNCHERS[kernel](kernel, DTYPES[dtype])
 
 
-def configs_of(launch: Launch, arch: int) -> list[Any]:
-    """The configs the autotuner would try for this launch on a device of architecture ``arch``."""
+def configs_of(launch: Launch, arch: int, estimates: dict[str, int] | None = None) -> list[Any]:
+    """The configs the autotuner would try for this launch on a device of architecture ``arch``.
+
+    ``estimates``, if given, receives the pruning's shared-memory estimate of each config (by
+    name), read by wrapping the kernel module's ``fits_shared_memory``."""
     tuner = launch.tuner
+    module = sys.modules[tuner.fn.module]
+    fits = getattr(module, "fits_shared_memory", None)
+
+    def recording(configs: list, device: torch.device, estimate: Callable[[Any], int]) -> list:
+        if estimates is not None:
+            estimates.update({_config_name(c): estimate(c) for c in configs})
+        return fits(configs, device, estimate)
+
     tuner.nargs = dict(zip(tuner.arg_names, launch.args))
+    if fits is not None:
+        module.fits_shared_memory = recording
     try:
         with _as_target(arch):
             return list(tuner.prune_configs(launch.kwargs)) if len(tuner.configs) > 1 else list(tuner.configs)
     finally:
         tuner.nargs = None
+        if fits is not None:
+            module.fits_shared_memory = fits
 
 
 def cases(kernels: list[str] | None = None, archs: tuple[int, ...] = (90, 80)) -> list[Case]:
@@ -347,7 +363,9 @@ def compile_case(case: Case) -> Result:
     result = Result(case)
     try:
         launch = launch_of(case.kernel, case.dtype)
-        configs = {_config_name(c): c for c in configs_of(launch, case.arch)}
+        estimates: dict[str, int] = {}
+        configs = {_config_name(c): c for c in configs_of(launch, case.arch, estimates)}
+        result.shared_estimate = estimates.get(case.config, -1)
         kernel, log = _compile(launch, configs[case.config], case.arch)
         ptx = kernel.asm["ptx"]
         if "Used" not in log:  # a cache hit: triton did not run ptxas
@@ -399,10 +417,16 @@ def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KB" if n >= 0 else "-"
 
 
+def _estimate(r: dict[str, Any]) -> str:
+    est = r.get("shared_estimate", -1)
+    return f" ({_kb(est)})" if est >= 0 else ""
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table, one line per (kernel, dtype, config, target)."""
     lines = [
-        "| kernel | dtype | config | target | registers | spill bytes (st/ld) | shared memory | wgmma | compile s |",
+        "| kernel | dtype | config | target | registers | spill bytes (st/ld) | shared memory (estimate) "
+        "| wgmma | compile s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["kernel"], r["dtype"], -r["arch"], r["config"])):
@@ -415,7 +439,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             wgmma = "n/a"  # sm_80 has no wgmma; the Chamfer search has no dots
         lines.append(
             f"| {r['kernel']} | {r['dtype']} | {r['config']} | sm_{r['arch']} | {r['regs']} | "
-            f"{r['spill_stores']}/{r['spill_loads']} | {_kb(r['shared'])} | {wgmma} | {r['seconds']:.0f} |"
+            f"{r['spill_stores']}/{r['spill_loads']} | {_kb(r['shared'])}{_estimate(r)} | {wgmma} | "
+            f"{r['seconds']:.0f} |"
         )
     return "\n".join(lines)
 

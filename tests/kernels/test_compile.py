@@ -49,6 +49,15 @@ def _check_rules(rows: list[dict]) -> None:
         f"{_name(r)}: {r['shared']} B > {cc.TARGETS[r['arch']]} B" for r in ok if r["shared"] > cc.TARGETS[r["arch"]]
     ]
     assert not shared, "shared memory over the target's per-block limit:\n" + "\n".join(shared)
+    # the pruning decides with an estimate before anything is compiled: it must not be optimistic
+    optimistic = [
+        f"{_name(r)}: {r['shared']} B compiled > {r['shared_estimate']} B estimated"
+        for r in ok
+        if r["shared_estimate"] >= 0 and r["shared"] > r["shared_estimate"]
+    ]
+    assert not optimistic, "shared memory estimates below the compiled size:\n" + "\n".join(optimistic)
+    estimated = {r["kernel"] for r in ok if r["shared_estimate"] >= 0}
+    assert estimated == set(cc.KERNEL_DTYPES) - set(cc.NO_DOT_KERNELS), estimated
     no_wgmma = [
         _name(r)
         for r in ok
