@@ -201,14 +201,14 @@ def _reconstruct(batch, prompts, source, recon, out, s, reporter, report) -> Non
 
 
 def _save(item: _Item, rec: Reconstruction, source: str, out: Path, s, reporter, report) -> None:
-    rec.info["request"] = item.request
-    rec.info["prompt_source"] = source
-    rec.info["timings_s"]["load"] = item.load_s
+    rec.record.request = item.request
+    rec.record.prompt_source = source
+    rec.record.timings_s.load = item.load_s
     try:
         rec.save(out / rec.name, s.formats, preview=s.preview)
     except (OSError, ZswError) as e:
         return _fail(report, reporter, str(item.path), f"cannot write results ({e})")
     report.written.append(out / rec.name)
-    m = rec.info["mesh"]
-    reporter.info(f"{item.path} -> {out / rec.name} ({m['vertices']} vertices, {m['faces']} faces)")
+    m = rec.record.mesh
+    reporter.info(f"{item.path} -> {out / rec.name} ({m.vertices} vertices, {m.faces} faces)")
     return None

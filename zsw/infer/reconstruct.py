@@ -28,7 +28,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import GridStats, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask
+from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
 from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, GridSettings, is_estimated_prompt
 
 __all__ = [
@@ -232,8 +233,13 @@ class Reconstruction:
     center: np.ndarray  # [3] camera-frame centroid of the visible surface
     scale: float  # its radius: camera = normalised * scale + center
     prompt: str | None
-    info: dict = field(default_factory=dict)
+    record: ResultRecord | None = None  # what result.json says (zsw.infer.record)
     visible_points: np.ndarray | None = None  # [P, 3] the lifted visible surface, camera frame
+
+    @property
+    def info(self) -> dict:
+        """``result.json``'s content as a dict (a copy: change ``record`` instead)."""
+        return self.record.to_dict() if self.record is not None else {}
 
     def camera_vertices(self) -> np.ndarray:  # [V, 3]
         """Mesh vertices in the camera frame (undoes the output frame)."""
@@ -319,11 +325,10 @@ class Reconstruction:
         for fmt in FORMATS:
             if fmt not in formats:
                 (out / f"mesh.{fmt}").unlink(missing_ok=True)
-        info = json.loads(json.dumps(self.info))  # a copy
-        info.setdefault("timings_s", {}).update(export=export_s, preview=preview_s)
-        info["files"] = sorted(p.name for p in written) + ["result.json"]
-        self.info = info
-        atomic_write_json(out / "result.json", info)
+        if self.record is not None:
+            self.record.timings_s.export, self.record.timings_s.preview = export_s, preview_s
+            self.record.files = sorted(p.name for p in written) + ["result.json"]
+        atomic_write_json(out / "result.json", self.info)
         written.append(out / "result.json")
 
 
@@ -542,14 +547,13 @@ class Reconstructor:
                 prompt=(prompts[b] or self._default_prompt()) if backend.config.text.enabled else None,
                 visible_points=surface[b][visible[b]] * s + c,
             )
-            timing = {  # shared stages are split evenly over the batch
-                "pixel": timings.get("pixel", 0.0) / B,
-                "encode": timings.get("encode", 0.0) / B,
-                "grid_decode": grid.decode_s / B,
-                "marching_cubes": grid.marching_cubes_s,
-            }
-            rec.info = self._info(rec, im, grid, timing, B, masks is not None)
-            rec.info["colors"] = {"mode": self.color, "seen_vertices": seen, "vertices": len(mesh.vertices)}
+            timing = Timings(  # shared stages are split evenly over the batch
+                pixel=timings.get("pixel", 0.0) / B,
+                encode=timings.get("encode", 0.0) / B,
+                grid_decode=grid.decode_s / B,
+                marching_cubes=grid.marching_cubes_s,
+            )
+            rec.record = self._record(rec, im, grid, timing, B, masks is not None, seen)
             out.append(rec)
         return out
 
@@ -557,54 +561,28 @@ class Reconstructor:
         n = (self.grid.resolution + 1) ** 3
         return GridStats(self.grid.extraction, self.grid.resolution, 0, n)
 
-    def _info(
-        self, rec: Reconstruction, im: LoadedImage, grid: GridStats, timing: dict, batch: int, given: bool
-    ) -> dict:
-        """The content of ``result.json`` (``save`` adds the export and preview timings and files)."""
-        backend = self.backend
+    def _record(
+        self, rec: Reconstruction, im: LoadedImage, grid: GridStats, timings: Timings, batch: int, given: bool,
+        seen: int,
+    ) -> ResultRecord:  # fmt: skip
+        """What ``result.json`` will say (the job and ``save`` add the rest, see :mod:`zsw.infer.record`)."""
+        backend, g = self.backend, self.grid
         warn = list(self.warnings)
         if len(rec.mesh.faces) == 0 and grid.evaluated_points:
             warn.append("empty mesh: the predicted occupancy never crosses the threshold")
-        return {
-            "zsw_version": _version(),
-            "name": im.name,
-            "input": im.to_dict(),
-            "prompt": rec.prompt,
-            "model": {
-                "preset": backend.config.name,
-                "weights": self.weights_label,
-                "backend": backend.name,
-                "device": str(backend.device),
-                "precision": self.precision,
-            },
-            "mask": "given" if given else "predicted",
-            "camera": {
-                "image_size": im.size,
-                "intrinsics": rec.intrinsics.tolist(),
-                "intrinsics_original": original_intrinsics(rec.intrinsics, im).tolist(),
-                "center": rec.center.tolist(),
-                "scale": rec.scale,
-            },
-            "grid": {
-                "resolution": self.grid.resolution,
-                "extraction": self.grid.extraction,
-                "threshold": self.grid.threshold,
-                "bound": self.grid.bound,
-                "closed": self.grid.close,
-                "evaluated_points": grid.evaluated_points,
-                "grid_points": grid.grid_points,
-            },
-            "mesh": {
-                "frame": self.frame,
-                "units": UNITS,
-                "vertices": len(rec.mesh.vertices),
-                "faces": len(rec.mesh.faces),
-                "watertight": bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight),
-            },
-            "batch_size": batch,
-            "timings_s": timing,
-            "warnings": warn,
-        }
+        return ResultRecord(
+            zsw_version=_version(), name=im.name, input=im.to_dict(), prompt=rec.prompt,
+            model=ModelInfo(backend.config.name, self.weights_label, backend.name, str(backend.device), self.precision),
+            mask="given" if given else "predicted",
+            camera=CameraInfo(im.size, rec.intrinsics.tolist(), original_intrinsics(rec.intrinsics, im).tolist(),
+                              rec.center.tolist(), rec.scale),
+            grid=GridInfo(g.resolution, g.extraction, g.threshold, g.bound, g.close, grid.evaluated_points,
+                          grid.grid_points),
+            mesh=MeshInfo(self.frame, UNITS, len(rec.mesh.vertices), len(rec.mesh.faces),
+                          bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight)),
+            colors=ColorInfo(self.color, seen, len(rec.mesh.vertices)),
+            batch_size=batch, timings_s=timings, warnings=warn,
+        )  # fmt: skip
 
     def _default_prompt(self) -> str:
         return self.backend.config.text.default_prompt

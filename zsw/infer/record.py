@@ -1,0 +1,94 @@
+"""What ``result.json`` says about a reconstruction, as typed records.
+
+The :class:`~zsw.infer.reconstruct.Reconstructor` fills a :class:`ResultRecord` as it works; the
+reconstruction job adds what only it knows (the request a rerun is keyed on, where the prompt came
+from, the seconds spent loading the image); ``Reconstruction.save`` adds the export and preview
+timings and the file list, and writes ``record.to_dict()``. Nobody edits a nested dict afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["ResultRecord", "ModelInfo", "CameraInfo", "GridInfo", "MeshInfo", "ColorInfo", "Timings"]
+
+
+@dataclass
+class ModelInfo:
+    preset: str
+    weights: str  # label of the weights (path, demo:<file>, random:<preset>, engine:<dir>)
+    backend: str
+    device: str
+    precision: str  # as resolved: fp32, bf16, fp16, or "engine" for exported graphs
+
+
+@dataclass
+class CameraInfo:
+    image_size: int
+    intrinsics: list  # [3, 3] pixels of the model input
+    intrinsics_original: list  # [3, 3] pixels of the original photo
+    center: list  # [3] camera-frame centroid of the visible surface
+    scale: float  # camera = normalised * scale + center
+
+
+@dataclass
+class GridInfo:
+    resolution: int
+    extraction: str
+    threshold: float
+    bound: float
+    closed: bool
+    evaluated_points: int
+    grid_points: int
+
+
+@dataclass
+class MeshInfo:
+    frame: str
+    units: str
+    vertices: int
+    faces: int
+    watertight: bool
+
+
+@dataclass
+class ColorInfo:
+    mode: str
+    seen_vertices: int  # vertices coloured from the photo directly
+    vertices: int
+
+
+@dataclass
+class Timings:
+    """Seconds per stage; shared stages of a batch are split evenly over its images."""
+
+    pixel: float = 0.0
+    encode: float = 0.0
+    grid_decode: float = 0.0
+    marching_cubes: float = 0.0
+    load: float = 0.0
+    export: float = 0.0
+    preview: float = 0.0
+
+
+@dataclass
+class ResultRecord:
+    zsw_version: str
+    name: str
+    input: dict  # LoadedImage.to_dict(): path, size, crop, notes
+    prompt: str | None
+    model: ModelInfo
+    mask: str  # "given" or "predicted"
+    camera: CameraInfo
+    grid: GridInfo
+    mesh: MeshInfo
+    colors: ColorInfo
+    batch_size: int
+    timings_s: Timings = field(default_factory=Timings)
+    warnings: list[str] = field(default_factory=list)
+    request: dict | None = None  # what a rerun must match to reuse the result (the job sets it)
+    prompt_source: str | None = None  # "user", "default" or "auto" (the job sets it)
+    files: list[str] = field(default_factory=list)  # set when saved
+
+    def to_dict(self) -> dict:
+        return asdict(self)
