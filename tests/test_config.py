@@ -102,7 +102,7 @@ def test_loader_workers_default_fits_the_cpus(monkeypatch):
     workers on a 2-core machine drew PyTorch's 'suggested max number of worker' warning)."""
     import os
 
-    from zsw.train.trainer import _loader_workers
+    from zsw.train.setup import _loader_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert _loader_workers(None, 1) == 1 and _loader_workers(None, 2) == 0 and _loader_workers(3, 2) == 3

@@ -137,7 +137,7 @@ def test_trainer_follows_the_schedule_and_validates_every_n_steps(tiny64, tmp_pa
 def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_path):
     from zsw import checkpoint
     from zsw.model import build_model
-    from zsw.train.trainer import Trainer
+    from zsw.train.setup import build_model_for
 
     torch.manual_seed(1)
     a = build_model(str(tiny64[1]))
@@ -146,14 +146,14 @@ def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_pa
     checkpoint.save(a, tmp_path / "a.safetensors")
     checkpoint.save(b, tmp_path / "b.safetensors")
     cfg = _cfg(tiny64, init=str(tmp_path / "a.safetensors"), init_pixel=str(tmp_path / "b.safetensors"))
-    model = Trainer(cfg, tmp_path / "run")._build_model()
+    model = build_model_for(cfg)
     for name, value in model.state_dict().items():
         source = b if name.startswith("pixel.") else a
         torch.testing.assert_close(value, source.state_dict()[name], msg=name)
     other = build_model("tiny")
     checkpoint.save(other, tmp_path / "c.safetensors")
     with pytest.raises(CheckpointError, match="init_pixel"):
-        Trainer(_cfg(tiny64, init_pixel=str(tmp_path / "c.safetensors")), tmp_path / "r2")._build_model()
+        build_model_for(_cfg(tiny64, init_pixel=str(tmp_path / "c.safetensors")))
 
 
 def test_every_committed_recipe_and_model_config_loads(repo_root):

@@ -12,6 +12,7 @@ seeded permutation cut into *global* batches: global step ``s`` of an epoch uses
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +21,20 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from zsw.errors import ConfigError
+from zsw.errors import CheckpointError, ConfigError, ZswError
 
-__all__ = ["DistInfo", "init_distributed", "shutdown", "ResumableSampler", "all_reduce_mean", "all_min", "barrier"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "shutdown",
+    "ResumableSampler",
+    "all_reduce_mean",
+    "all_min",
+    "all_gather_object",
+    "barrier",
+    "on_main",
+    "replica_fingerprints",
+]
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,28 @@ def all_gather_object(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn, is_main: bool):
+    """Run ``fn`` on rank 0 and give its result to every rank; a :class:`ZswError` it raises is
+    raised on every rank (with its class and message), so no rank waits forever for one that
+    stopped."""
+    status: tuple = ("ok", None)
+    if is_main:
+        try:
+            status = ("ok", fn())
+        except ZswError as e:
+            status = (type(e).__name__, str(e))
+    kind, value = all_gather_object(status)[0]
+    if kind != "ok":
+        raise {"ConfigError": ConfigError, "CheckpointError": CheckpointError}.get(kind, ZswError)(value)
+    return value
+
+
+def replica_fingerprints(model: torch.nn.Module) -> list[str]:
+    """Every rank's fingerprint of its parameters (equal while the replicas agree)."""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    return all_gather_object(hashlib.sha1(sums.cpu().numpy().tobytes()).hexdigest()[:16])
 
 
 class ResumableSampler(DistributedSampler):

@@ -1,0 +1,207 @@
+"""A training run's folder: what may be resumed, checkpoint I/O and the metrics log.
+
+Layout (``out``)::
+
+    config.yaml                      the TrainConfig of the run
+    metrics.jsonl                    one JSON line per log step, validation and replica check
+    tb/                              TensorBoard scalars and image grids (rank 0)
+    checkpoints/step-XXXXXXXX.safetensors   model weights + config (zsw.checkpoint.save)
+    checkpoints/step-XXXXXXXX.state.pt      optimiser, scaler, position, counters
+                                            (plain tensors and numbers: torch.load(weights_only=True))
+    checkpoints/latest.json          which pair is the latest (written last, atomically)
+    best.safetensors                 lowest validation CD (stage full) or depth error (stage pixel)
+    final.safetensors                the weights at the end of the run
+
+Everything here runs on one rank (rank 0 writes); :mod:`zsw.train.trainer` decides when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from zsw import checkpoint
+from zsw.config import dump_yaml, load_yaml, to_dict
+from zsw.errors import CheckpointError, ConfigError
+from zsw.io import atomic_path, atomic_write_json
+from zsw.train.config import TrainConfig
+
+__all__ = ["RunFolder", "RESUME_FREE_KEYS"]
+
+#: config keys that may change when a run is resumed (everything else must match)
+RESUME_FREE_KEYS = (
+    "max_steps",
+    "epochs",
+    "log_every",
+    "image_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "validate",
+    "val_every",
+    "val_resolution",
+    "nan_patience",
+    "device",
+    "data.workers",
+    "data.val_samples",
+    "data.val_roots",
+    "init",
+    "init_pixel",
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """Flat config keys with dataset and checkpoint paths resolved, so that the same folder given
+    as a relative or an absolute path compares equal."""
+    flat = _flatten(to_dict(cfg))
+    for key in ("data.roots", "data.val_roots"):
+        flat[key] = [str(Path(p).resolve()) for p in flat.get(key) or []]
+    for key in ("init", "init_pixel"):
+        if flat.get(key):
+            flat[key] = str(Path(flat[key]).resolve())
+    return flat
+
+
+class RunFolder:
+    """The folder ``out`` of a run; ``echo`` prints one-line notes (rank 0's)."""
+
+    def __init__(self, out: str | os.PathLike, echo: Callable[[str], None]):
+        self.out = Path(out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.echo = echo
+
+    # ---- resume policy -------------------------------------------------------------------------
+
+    def resume_point(self, cfg: TrainConfig, resume: bool) -> dict | None:
+        """The checkpoint to resume from (the newest one that loads), None for a fresh run."""
+        latest = self.ckpt_dir / "latest.json"
+        has_run = latest.exists() or any(self.ckpt_dir.glob("step-*.safetensors"))
+        if not resume:
+            if has_run:
+                raise ConfigError(
+                    f"{self.out} already holds a training run; pass --resume to continue it or choose another --out"
+                )
+            return None
+        if not has_run:
+            self.echo(f"no checkpoint in {self.out} yet: starting from step 0")
+            return None
+        saved_cfg = self.out / "config.yaml"
+        if saved_cfg.is_file():
+            old, new = _comparable(load_yaml(saved_cfg, TrainConfig)), _comparable(cfg)
+            diff = [k for k in new if k not in RESUME_FREE_KEYS and old.get(k) != new[k]]
+            if diff:
+                k = diff[0]
+                raise ConfigError(
+                    f"cannot resume {self.out}: it was trained with {k}={old.get(k)!r}, now {new[k]!r} "
+                    "(only max_steps, epochs, logging, checkpoint and validation settings may change)"
+                )
+        return self._newest_valid_checkpoint()
+
+    def _newest_valid_checkpoint(self) -> dict:
+        """``latest.json``'s checkpoint if it loads, else the newest ``step-*`` pair that does."""
+        named = None
+        latest = self.ckpt_dir / "latest.json"
+        try:
+            named = json.loads(latest.read_text())
+            candidates = [named]
+        except (OSError, ValueError) as e:
+            candidates = []
+            self.echo(f"{latest} is unreadable ({type(e).__name__}); looking for the newest valid checkpoint")
+        for path in sorted(self.ckpt_dir.glob("step-*.safetensors"), reverse=True):
+            record = {"model": path.name, "state": path.name.replace(".safetensors", ".state.pt")}
+            if not named or record["model"] != named.get("model"):
+                candidates.append(record)
+        for record in candidates:
+            try:
+                checkpoint.read(self.ckpt_dir / record["model"])
+                state = torch.load(self.ckpt_dir / record["state"], map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unreadable file disqualifies the pair
+                self.echo(f"skipping checkpoint {record['model']}: it does not load ({str(e).splitlines()[0][:120]})")
+                continue
+            if record is not named:
+                self.echo(f"resuming from {record['model']} (step {state['step']}), the newest checkpoint that loads")
+            return {**record, "step": int(state["step"])}
+        raise CheckpointError(f"no checkpoint in {self.ckpt_dir} loads; start a new run with another --out")
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, self.out / "config.yaml")
+
+    def log(self, record: dict) -> None:
+        """Append one line to ``metrics.jsonl``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def save(self, model, optimizer, scaler, state: dict, cfg: TrainConfig) -> None:
+        """Write the ``step-*`` pair of ``state["step"]``, then ``latest.json``; keep the newest
+        ``keep_checkpoints`` pairs."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        name = f"step-{state['step']:08d}"
+        extra = {"stage": cfg.stage, "step": state["step"], "epoch": state["epoch"]}
+        checkpoint.save(model, self.ckpt_dir / f"{name}.safetensors", extra={**extra, "train": to_dict(cfg)})
+        full = dict(state, optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
+        with atomic_path(self.ckpt_dir / f"{name}.state.pt") as tmp:
+            torch.save(full, tmp)
+        atomic_write_json(
+            self.ckpt_dir / "latest.json",
+            {"step": state["step"], "model": f"{name}.safetensors", "state": f"{name}.state.pt"},
+        )
+        pairs = sorted(self.ckpt_dir.glob("step-*.safetensors"))
+        for old in pairs[: max(0, len(pairs) - cfg.keep_checkpoints)]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+
+    def load(self, record: dict, model, optimizer, scaler, device: torch.device) -> dict:
+        """Restore the weights, optimiser and scaler of ``record``; returns its saved state."""
+        path = self.ckpt_dir / record["model"]
+        tensors, _, _ = checkpoint.read(path)
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path} does not fit the model: {str(e).splitlines()[0]}") from None
+        state_path = self.ckpt_dir / record["state"]
+        try:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot read {state_path} with weights_only=True: {e}") from None
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        return state
+
+    def save_weights(self, model, name: str, extra: dict) -> Path:
+        """``best.safetensors`` / ``final.safetensors``."""
+        return checkpoint.save(model, self.out / name, extra=extra)
+
+
+def read_init(path: str, what: str, model, model_name: str) -> dict:
+    """The tensors of checkpoint ``path`` (``--init``, ``init_pixel``), checked to fit ``model``."""
+    tensors, mcfg, _ = checkpoint.read(path)
+    if to_dict(mcfg) != to_dict(model.config):
+        raise CheckpointError(
+            f"{what} {path} holds a {mcfg.name!r} model whose config differs from the {model_name!r} "
+            "being trained; pass its preset or model YAML"
+        )
+    own = model.state_dict()
+    bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    unknown = [k for k in tensors if k not in own]
+    if bad or unknown or any(k not in tensors for k in own):
+        first = (bad or unknown or [k for k in own if k not in tensors])[0]
+        raise CheckpointError(f"{what} {path} does not fit the model (first mismatch: {first})")
+    return tensors
