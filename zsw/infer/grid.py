@@ -376,21 +376,25 @@ def grid_meshes(
     return meshes, stats
 
 
+def _grid(resolution: int, options: dict) -> tuple[_settings.GridSettings, dict]:
+    """Keyword options -> (GridSettings, the ``fast`` options left: coarse_resolution, margin, dilate)."""
+    names = {"mode": "extraction", "threshold": "threshold", "bound": "bound", "close": "close",
+             "chunk_points": "chunk_points"}  # fmt: skip
+    grid = {names[k]: options.pop(k) for k in list(options) if k in names}
+    return _settings.GridSettings(resolution, **{"extraction": "dense", **grid}), options
+
+
 def extract_meshes(
     decode: Callable[[Tensor], Tensor],
     batch: int,
     resolution: int = 128,
     *,
-    mode: str = "dense",
-    threshold: float = 0.5,
-    bound: float = 1.5,
-    chunk_points: int = 65536,
     device: str | torch.device | None = None,
-    close: bool = True,
-    **fast_options,
+    **options,
 ) -> list:
-    """:func:`grid_meshes` with the grid settings as keywords, without the statistics."""
-    grid = _settings.GridSettings(resolution, mode, threshold, bound, close, chunk_points)
+    """:func:`grid_meshes` with the grid settings as keywords (those of :func:`extract_mesh`),
+    without the statistics."""
+    grid, fast_options = _grid(resolution, options)
     return grid_meshes(decode, batch, grid, device=device, **fast_options)[0]
 
 
@@ -398,13 +402,8 @@ def extract_mesh(
     decode: Callable[[Tensor], Tensor],
     resolution: int = 128,
     *,
-    mode: str = "dense",
-    threshold: float = 0.5,
-    bound: float = 1.5,
-    chunk_points: int = 65536,
     device: str | torch.device | None = None,
-    close: bool = True,
-    **fast_options,
+    **options,
 ):
     """The mesh of one image's occupancy field.
 
@@ -417,6 +416,10 @@ def extract_mesh(
         chunk_points: most points per ``decode`` call.
         device: where grid points are created and the grid is kept (default CPU).
         close: count the space outside the grid as empty (watertight meshes, see :func:`marching_cubes`).
+        coarse_resolution, margin, dilate: ``fast`` only, see :func:`occupancy_grid`.
+
+    ``mode`` (default ``dense``), ``threshold`` (0.5), ``bound`` (1.5), ``chunk_points`` (65,536),
+    ``close`` (True) and the ``fast`` options are keywords.
 
     Returns:
         A ``trimesh.Trimesh`` in the normalised frame (empty if the field never crosses the
@@ -431,15 +434,4 @@ def extract_mesh(
     def batched(points: Tensor) -> Tensor:  # [1, N, 3] -> [1, N]
         return decode(points[0]).reshape(1, -1)
 
-    return extract_meshes(
-        batched,
-        1,
-        resolution,
-        mode=mode,
-        threshold=threshold,
-        bound=bound,
-        chunk_points=chunk_points,
-        device=device,
-        close=close,
-        **fast_options,
-    )[0]
+    return extract_meshes(batched, 1, resolution, device=device, **options)[0]
