@@ -9,13 +9,31 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["cli_errors", "error", "RichReporter"]
+__all__ = ["cli_errors", "error", "RichReporter", "Weights", "Device", "Precision", "Resolution", "Extraction",
+           "Threshold", "Backend", "Engine", "BatchSize"]  # fmt: skip
+
+# Options several commands share, declared once (their values are checked by the job's settings).
+Weights = Annotated[
+    str | None,
+    typer.Option(help="Checkpoint (.safetensors). Default: the packaged demo model. 'random:PRESET' = untrained."),
+]
+Device = Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu ... (default: CUDA if available).")]
+Precision = Annotated[
+    str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (PyTorch backend).")
+]
+Resolution = Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")]
+Extraction = Annotated[str, typer.Option(help="fast (coarse to fine) or dense (every grid point).")]
+Threshold = Annotated[float, typer.Option(min=0.001, max=0.999, help="Occupancy probability of the surface.")]
+Backend = Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")]
+Engine = Annotated[Path | None, typer.Option(help="Folder written by `zsw export` (onnxruntime/tensorrt).")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per model call.")]
 
 
 def error(message: str, code: int = 1) -> typer.Exit:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from zsw.cli import _common as opts
 from zsw.cli._common import cli_errors
 
 COMMAND = dict(
@@ -18,11 +19,8 @@ COMMAND = dict(
 
 @cli_errors
 def app(
-    weights: Annotated[
-        str | None,
-        typer.Option(help="Checkpoint (.safetensors). Default: the packaged demo model. 'random:PRESET' = untrained."),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu ... (default: CUDA if available).")] = None,
+    weights: opts.Weights = None,
+    device: opts.Device = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option("--share/--no-share", help="Also open a public gradio.live link.")] = False,

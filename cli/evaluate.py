@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from zsw.cli import _common as opts
 from zsw.cli._common import cli_errors
 
 COMMAND = dict(
@@ -28,11 +29,11 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Summary JSON (tables go next to it).")] = Path(
         "results.json"
     ),
-    weights: Annotated[str | None, typer.Option(help="Checkpoint (.safetensors); default: the demo model.")] = None,
+    weights: opts.Weights = None,
     align: Annotated[str, typer.Option(help="none, brute-force (6,912 rotations) or icp.")] = "none",
-    resolution: Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis.")] = 128,
-    extraction: Annotated[str, typer.Option(help="fast or dense grid extraction.")] = "fast",
-    threshold: Annotated[float, typer.Option(min=0.001, max=0.999, help="Occupancy level of the surface.")] = 0.5,
+    resolution: opts.Resolution = 128,
+    extraction: opts.Extraction = "fast",
+    threshold: opts.Threshold = 0.5,
     num_points: Annotated[int, typer.Option(min=1, help="Points sampled on each predicted mesh.")] = 10000,
     prompt: Annotated[
         str,
@@ -50,14 +51,12 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="List split to read (default: test).")] = None,
     max_per_category: Annotated[int | None, typer.Option(min=1, help="At most this many samples per category.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples.")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, cpu, ... (default: CUDA if available).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 1,
-    backend: Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")] = "torch",
-    engine: Annotated[Path | None, typer.Option(help="Folder written by `zsw export`.")] = None,
+    device: opts.Device = None,
+    batch_size: opts.BatchSize = 1,
+    backend: opts.Backend = "torch",
+    engine: opts.Engine = None,
     seed: Annotated[int, typer.Option(help="Seed of the surface sampling.")] = 0,
-    precision: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (PyTorch backend).")
-    ] = "auto",
+    precision: opts.Precision = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
     from zsw.cli._common import RichReporter

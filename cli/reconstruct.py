@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from zsw.cli import _common as opts
 from zsw.cli._common import cli_errors
 
 COMMAND = dict(
@@ -30,10 +31,7 @@ def reconstruct(
     formats: Annotated[
         list[str] | None, typer.Option("--format", "-f", help="Mesh format: glb, obj or ply (repeatable).")
     ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(help="Checkpoint (.safetensors). Default: the packaged demo model. 'random:PRESET' = untrained."),
-    ] = None,
+    weights: opts.Weights = None,
     prompt: Annotated[
         str,
         typer.Option(
@@ -41,9 +39,9 @@ def reconstruct(
             "'vlm:<hub id or folder>' asks a vision-language model."
         ),
     ] = "object",
-    resolution: Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")] = 128,
-    extraction: Annotated[str, typer.Option(help="fast (coarse to fine) or dense (every grid point).")] = "fast",
-    threshold: Annotated[float, typer.Option(min=0.001, max=0.999, help="Occupancy probability of the surface.")] = 0.5,
+    resolution: opts.Resolution = 128,
+    extraction: opts.Extraction = "fast",
+    threshold: opts.Threshold = 0.5,
     frame: Annotated[str, typer.Option(help="Mesh frame: gltf (y up, facing +z) or camera (y down, z forward).")] = (
         "gltf"
     ),
@@ -51,16 +49,14 @@ def reconstruct(
         Path | None,
         typer.Option(help="Folder of visible masks named like the images (<name>.png); required by ZeroShape models."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu ... (default: CUDA if available).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 1,
+    device: opts.Device = None,
+    batch_size: opts.BatchSize = 1,
     chunk_points: Annotated[
         int, typer.Option(min=1024, help="Most query points per decoder call (bounds memory).")
     ] = 65536,
-    backend: Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")] = "torch",
-    engine: Annotated[Path | None, typer.Option(help="Folder written by `zsw export` (onnxruntime/tensorrt).")] = None,
-    precision: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (PyTorch backend).")
-    ] = "auto",
+    backend: opts.Backend = "torch",
+    engine: opts.Engine = None,
+    precision: opts.Precision = "auto",
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[
         bool, typer.Option("--close/--no-close", help="Space outside the grid is empty: watertight meshes.")
