@@ -169,6 +169,8 @@ def test_eval_cli_end_to_end_with_resume_and_baseline(procedural_test_set, tmp_p
     assert set(result["categories"]) <= {"mug", "box"} and result["overall"]["count"] == 3
     assert 0 < result["overall"]["cd"] < 1 and 0 <= result["overall"]["fscore@0.1"] <= 1
     assert "overall" in first.output and out.with_suffix(".md").exists()
+    # not silent while it runs: one line per scored sample (the progress bar is for terminals)
+    assert sum(": CD 0." in line for line in first.output.splitlines()) == 3, first.output
     lines = out.with_name("results.samples.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "settings" in json.loads(lines[0])
 
