@@ -61,6 +61,9 @@ def reconstruct(
     close: Annotated[
         bool, typer.Option("--close/--no-close", help="Space outside the grid is empty: watertight meshes.")
     ] = True,
+    min_part: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Drop disconnected parts under this fraction of the largest's area.")
+    ] = 0.02,
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png.")] = True,
     overwrite: Annotated[
         bool, typer.Option(help="Redo images even when their result records the same input and settings.")
@@ -73,7 +76,7 @@ def reconstruct(
     settings = ReconstructSettings(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
-        preview=preview, overwrite=overwrite,
+        preview=preview, overwrite=overwrite, min_part=min_part,
         grid=GridSettings(resolution=resolution, extraction=extraction, threshold=threshold, close=close,
                           chunk_points=chunk_points),
     )  # fmt: skip

@@ -153,3 +153,23 @@ def test_bad_options_raise_config_errors(kwargs, fragment):
 def test_decoder_with_the_wrong_output_shape_is_reported():
     with pytest.raises(ValueError, match=r"logits \[B, N\]"):
         occupancy_grid(lambda p: p.sum(-1, keepdim=True), 1, 8)
+
+
+def test_small_disconnected_parts_are_dropped_whole():
+    """A big sphere and a crumb: min_part 0.05 drops the crumb (the rest stays watertight), 0 keeps
+    both, and a second part of comparable size survives."""
+    from zsw.infer.grid import drop_small_parts
+
+    def two(radius_b):
+        return lambda p: -50.0 * torch.minimum(
+            sdf_sphere(p - torch.tensor([0.5, 0.0, 0.0]), radius=0.6),
+            sdf_sphere(p + torch.tensor([0.9, 0.0, 0.0]), radius=radius_b),
+        )
+
+    mesh = extract_mesh(two(0.12), 48)
+    assert len(mesh.split(only_watertight=False)) == 2
+    kept, dropped = drop_small_parts(mesh, 0.05)
+    assert dropped == 1 and kept.is_watertight and len(kept.split(only_watertight=False)) == 1
+    assert kept.area == pytest.approx(max(part.area for part in mesh.split(only_watertight=False)), rel=1e-6)
+    assert drop_small_parts(mesh, 0.0) == (mesh, 0)
+    assert drop_small_parts(extract_mesh(two(0.45), 48), 0.05)[1] == 0  # a real second part stays

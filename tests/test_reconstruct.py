@@ -401,6 +401,8 @@ def test_cli_and_python_api_run_the_same_job(repo_root, tmp_path):
         return info
 
     assert content(cli_out) == content(api_out)
+    mesh = content(cli_out)["mesh"]  # the job drops crumbs by default and says so
+    assert mesh["min_part"] == 0.02 and mesh["parts_dropped"] >= 0 and content(cli_out)["request"]["min_part"] == 0.02
     for name in ("mesh.ply", "depth.png", "visible_mask.png", "preview.png"):
         assert (cli_out / "toy" / name).read_bytes() == (api_out / "toy" / name).read_bytes(), name
 

@@ -53,6 +53,7 @@ __all__ = [
     "extract_mesh",
     "extract_meshes",
     "grid_meshes",
+    "drop_small_parts",
     "occupancy_grid",
     "marching_cubes",
     "grid_points",
@@ -300,6 +301,23 @@ def marching_cubes(
     if len(faces) == 0:
         return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
     return trimesh.Trimesh(verts, faces, process=False)
+
+
+def drop_small_parts(mesh, min_fraction: float):
+    """``mesh`` without its disconnected parts whose surface area is below ``min_fraction`` of the
+    largest part's (crumbs and floaters of an uncertain occupancy field), and how many were
+    dropped. Whole parts go, so a watertight mesh stays watertight; 0 keeps everything."""
+    import trimesh
+
+    if min_fraction <= 0 or len(mesh.faces) == 0:
+        return mesh, 0
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    areas = np.bincount(labels, weights=mesh.area_faces)
+    keep = areas >= min_fraction * areas.max()
+    if keep.all():
+        return mesh, 0
+    kept = mesh.submesh([np.flatnonzero(keep[labels])], append=True, repair=False)
+    return kept, int((~keep).sum())
 
 
 def _check_cube(shape: tuple[int, ...]) -> None:

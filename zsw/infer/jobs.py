@@ -140,7 +140,7 @@ def _run(items: list[_Item], out: Path, s: ReconstructSettings, identity: str, r
     g = s.grid
     recon = Reconstructor(backend, resolution=g.resolution, extraction=g.extraction, threshold=g.threshold,
                           frame=s.frame, chunk_points=g.chunk_points, weights_label=label, bound=g.bound,
-                          precision=s.precision, close=g.close, color=s.color)  # fmt: skip
+                          precision=s.precision, close=g.close, color=s.color, min_part=s.min_part)  # fmt: skip
     if warning:
         recon.warnings.append(warning)
     estimator = None

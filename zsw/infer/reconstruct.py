@@ -36,7 +36,7 @@ import torch
 
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
-from zsw.infer.grid import GridStats, grid_meshes
+from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
 from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, GridSettings, is_estimated_prompt
@@ -395,6 +395,8 @@ class Reconstructor:
             :func:`resolve_precision`); exported engines keep the precision they were built with.
         close: space outside the grid counts as empty, so meshes are watertight (default);
             False leaves surfaces that reach the grid's bound open there.
+        min_part: drop disconnected parts whose surface area is below this fraction of the
+            largest part's (0, the default here, keeps everything; ``zsw reconstruct`` uses 0.02).
     """
 
     def __init__(
@@ -411,6 +413,7 @@ class Reconstructor:
         precision: str = "auto",
         close: bool = True,
         color: str = "photo",
+        min_part: float = 0.0,
     ):
         from zsw.infer.color import COLOR_MODES
 
@@ -423,6 +426,9 @@ class Reconstructor:
         self.frame = frame
         self.weights_label = weights_label
         self.color = color
+        if not 0.0 <= min_part <= 1.0:
+            raise ConfigError(f"min_part must be a fraction in [0, 1], got {min_part}")
+        self.min_part = min_part
         self.precision = resolve_precision(precision, backend.device) if backend.name == "torch" else "engine"
         self.warnings: list[str] = []
 
@@ -511,8 +517,13 @@ class Reconstructor:
 
         if with_mesh:
             meshes, grid_stats = grid_meshes(decode, B, self.grid, device=device)
+            dropped = []
+            for i, mesh in enumerate(meshes):
+                meshes[i], n = drop_small_parts(mesh, self.min_part)
+                dropped.append(n)
         else:
             meshes, grid_stats = [_empty_mesh() for _ in range(B)], [self._no_grid() for _ in range(B)]
+            dropped = [0] * B
         depth = pred.depth[:, 0].float().cpu().numpy()
         K = pred.intrinsics.float().cpu().numpy()
         visible = pred.visible_mask[:, 0].float().cpu().numpy() > 0.5
@@ -554,6 +565,7 @@ class Reconstructor:
                 marching_cubes=grid.marching_cubes_s,
             )
             rec.record = self._record(rec, im, grid, timing, B, masks is not None, seen)
+            rec.record.mesh.min_part, rec.record.mesh.parts_dropped = self.min_part, dropped[b]
             out.append(rec)
         return out
 
@@ -616,6 +628,7 @@ def reconstruct(
     precision: str = "auto",
     close: bool = True,
     color: str = "photo",
+    min_part: float = 0.02,
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -639,6 +652,8 @@ def reconstruct(
         close: count the space outside the grid as empty (watertight meshes); False keeps
             surfaces that reach the grid's bound open.
         color: ``photo`` (vertex colours from the photo) or ``none``.
+        min_part: drop disconnected parts under this fraction of the largest part's surface area
+            (0 keeps everything).
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -672,7 +687,8 @@ def reconstruct(
 
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
-                        weights_label=label, precision=precision, close=close, color=color)  # fmt: skip
+                        weights_label=label, precision=precision, close=close, color=color,
+                        min_part=min_part)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]

@@ -49,6 +49,8 @@ class MeshInfo:
     vertices: int
     faces: int
     watertight: bool
+    min_part: float = 0.0  # disconnected parts under this fraction of the largest's area were dropped
+    parts_dropped: int = 0
 
 
 @dataclass

@@ -105,6 +105,8 @@ class ReconstructSettings:
         engine: folder written by ``zsw export`` (onnxruntime/tensorrt backends).
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
         color: ``photo`` (vertex colours from the photo) or ``none``.
+        min_part: drop disconnected parts of the mesh whose surface area is below this fraction of
+            the largest part's (crumbs of an uncertain field; 0 keeps everything).
         preview: write ``preview.png``.
         overwrite: redo images even when their result records the same input and settings.
     """
@@ -121,6 +123,7 @@ class ReconstructSettings:
     engine: Path | None = None
     precision: str = "auto"
     color: str = "photo"
+    min_part: float = 0.02
     preview: bool = True
     overwrite: bool = False
 
@@ -135,6 +138,8 @@ class ReconstructSettings:
         _choice(self.color, COLORS, "--color")
         if self.batch_size < 1:
             raise OptionError(f"--batch-size: {self.batch_size} is below 1")
+        if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
+            raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
         if not self.prompt or not self.prompt.strip():
             raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
         if self.masks is not None and not Path(self.masks).is_dir():
@@ -149,6 +154,6 @@ class ReconstructSettings:
         return dict(
             weights=weights_identity, backend=self.backend, resolution=g["resolution"],
             extraction=g["extraction"], threshold=g["threshold"], frame=self.frame, formats=sorted(self.formats),
-            prompt=self.prompt, precision=self.precision, close=g["close"], color=self.color,
+            prompt=self.prompt, precision=self.precision, close=g["close"], color=self.color, min_part=self.min_part,
             preview=self.preview, device=self.device or "auto",
         )  # fmt: skip
