@@ -162,3 +162,15 @@ def test_pil_warnings_become_notes_not_terminal_lines(tmp_path, monkeypatch):
         warnings.simplefilter("error")  # any warning that escapes fails the test
         loaded = load_image(path, 32)
     assert any(n.startswith("PIL: Image size (10000 pixels) exceeds limit") for n in loaded.notes), loaded.notes
+
+
+def test_a_folder_includes_gifs_and_an_animated_one_gives_its_first_frame(tmp_path):
+    from PIL import Image
+
+    red, blue = Image.new("RGB", (40, 40), (220, 20, 20)), Image.new("RGB", (40, 40), (20, 20, 220))
+    red.save(tmp_path / "anim.gif", save_all=True, append_images=[blue])
+    found, problems = find_images([tmp_path])
+    assert [p.name for p in found] == ["anim.gif"] and not problems
+    loaded = load_image(found[0], 32)
+    assert "first frame of a multi-frame file" in loaded.notes
+    assert loaded.image[16, 16, 0] > 150 and loaded.image[16, 16, 2] < 100  # red, the first frame

@@ -30,7 +30,7 @@ from zsw.errors import InputError
 __all__ = ["LoadedImage", "load_image", "load_mask", "find_images", "IMAGE_SUFFIXES", "MIN_SIDE"]
 
 #: suffixes picked up when a folder is given
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # GIF: its first frame
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
 _WHITE = (255, 255, 255)
