@@ -2,8 +2,8 @@
 
 For ``zsw synthesize procedural``, ``zsw reconstruct`` (a folder), ``zsw eval`` and ``zsw train``:
 run the command once uninterrupted, then run it again in a fresh folder, SIGKILL it at seeded
-random times (only the main process, as an OOM killer would), rerun the same command until it
-completes, and compare the outputs with the uninterrupted run's: byte for byte where the docs
+random points of its progress (only the main process, as an OOM killer would), rerun the same
+command until it completes, and compare the outputs with the uninterrupted run's: byte for byte where the docs
 promise it (procedural datasets, reconstructed meshes and images, trained weights), equal up to
 wall-clock timings elsewhere. No temporary file may remain, and no process of a killed run may
 outlive it (orphaned pool workers would write into the folder while the rerun starts).
@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,35 +58,62 @@ def _group_gone(pgid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def _kill_then_finish(cmd: list[str], cwd: Path, full_s: float, seed: int, kills: int = 2) -> list[float]:
-    """SIGKILL ``cmd`` at ``kills`` seeded random times within the uninterrupted run's duration
-    (each kill on a fresh start of the same command), then run it to completion. Returns the kill
-    times that hit a running process."""
+def _kill_then_finish(cmd: list[str], cwd: Path, done: Callable[[], int], total: int, seed: int,
+                      kills: int = 2) -> list[str]:  # fmt: skip
+    """SIGKILL ``cmd`` ``kills`` times at seeded random points (each kill on a fresh start of the
+    same command), then run it to completion. A point is "after ``k`` of ``total`` units of work
+    are done (``done()`` counts them), plus 0-300 ms": random, yet it lands while work remains on
+    a machine of any speed or load (a point drawn in seconds would miss on a faster run). Returns
+    the points that hit a running process."""
     rng = random.Random(seed)
     hit = []
     for _ in range(kills):
-        delay = rng.uniform(0.25, 0.9) * full_s
+        now = done()
+        if now > total - 2:
+            break  # less than two units left: nothing worth interrupting
+        k, extra = rng.randint(now, total - 2), rng.uniform(0.0, 0.3)
         proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            proc.wait(timeout=delay)  # finished before the kill: nothing left to interrupt
-        except subprocess.TimeoutExpired:
+        while proc.poll() is None and done() < k:
+            time.sleep(0.02)
+        time.sleep(extra)
+        if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)  # the main process only
             proc.wait()
-            hit.append(delay)
+            hit.append(f"{k}/{total} done + {extra * 1e3:.0f} ms")
             gone = _group_gone(proc.pid)
             if not gone:
                 os.killpg(proc.pid, signal.SIGKILL)
             assert gone, f"processes of the killed {' '.join(cmd[2:4])} outlived it"
+        else:
+            proc.wait()
         proc.stdout.close()
     _run(cmd, cwd)
     return hit
 
 
-def _timed(cmd: list[str], cwd: Path) -> float:
-    t0 = time.perf_counter()
-    _run(cmd, cwd)
-    return time.perf_counter() - t0
+def _count(pattern: str, root: Path) -> Callable[[], int]:
+    return lambda: len(list(root.glob(pattern)))
+
+
+def _lines(path: Path, header: int = 1) -> Callable[[], int]:
+    def count() -> int:
+        try:
+            return max(0, len(path.read_text().splitlines()) - header)
+        except OSError:
+            return 0
+
+    return count
+
+
+def _train_step(run: Path) -> Callable[[], int]:
+    def step() -> int:
+        try:
+            return int(json.loads((run / "checkpoints" / "latest.json").read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    return step
 
 
 def _digests(root: Path, skip=()) -> dict[str, str]:
@@ -116,8 +144,9 @@ def _without_timings(obj):
 def test_synthesize_killed_anywhere_resumes_to_the_same_bytes(tmp_path):
     args = ("synthesize", "procedural", "--objects", "4", "--views", "2", "--seed", "5", "--workers", "2",
             "-c", "box", "-c", "mug")  # fmt: skip
-    full_s = _timed(_zsw(*args, "--out", "straight"), tmp_path)
-    hits = _kill_then_finish(_zsw(*args, "--out", "killed"), tmp_path, full_s, seed=1)
+    _run(_zsw(*args, "--out", "straight"), tmp_path)
+    images = _count("images_processed/*/*.png", tmp_path / "killed")
+    hits = _kill_then_finish(_zsw(*args, "--out", "killed"), tmp_path, images, total=8, seed=1)
     assert hits, "no kill landed while the command ran"
     assert _digests(tmp_path / "killed") == _digests(tmp_path / "straight")  # manifest included
     assert not _temporaries(tmp_path / "killed")
@@ -130,8 +159,9 @@ def test_reconstruct_folder_killed_anywhere_resumes_to_the_same_files(tmp_path):
     for name in IMAGES:
         (photos / name).write_bytes((REPO / "examples" / name).read_bytes())
     args = ("reconstruct", str(photos), "--resolution", "32", "--format", "glb", "--format", "obj")
-    full_s = _timed(_zsw(*args, "-o", "straight"), tmp_path)
-    hits = _kill_then_finish(_zsw(*args, "-o", "killed"), tmp_path, full_s, seed=2)
+    _run(_zsw(*args, "-o", "straight"), tmp_path)
+    results = _count("*/result.json", tmp_path / "killed")
+    hits = _kill_then_finish(_zsw(*args, "-o", "killed"), tmp_path, results, total=len(IMAGES), seed=2)
     assert hits
     a, b = tmp_path / "straight", tmp_path / "killed"
     assert _digests(b, skip=("result.json",)) == _digests(a, skip=("result.json",))
@@ -153,8 +183,9 @@ def test_eval_killed_anywhere_resumes_to_the_same_metrics(tmp_path):
     root = tmp_path / "set"
     generate(root, ProceduralConfig(objects=2, views=2, seed=0, categories=("box", "mug"), split_fractions=(0, 0, 1)))
     args = ("eval", "--data", str(root), "--format", "procedural", "--resolution", "24", "--num-points", "500")
-    full_s = _timed(_zsw(*args, "--out", "straight/results.json"), tmp_path)
-    hits = _kill_then_finish(_zsw(*args, "--out", "killed/results.json"), tmp_path, full_s, seed=3)
+    _run(_zsw(*args, "--out", "straight/results.json"), tmp_path)
+    rows = _lines(tmp_path / "killed" / "results.samples.jsonl")
+    hits = _kill_then_finish(_zsw(*args, "--out", "killed/results.json"), tmp_path, rows, total=4, seed=3)
     assert hits
     a, b = tmp_path / "straight", tmp_path / "killed"
     assert _rows(b / "results.samples.jsonl") == _rows(a / "results.samples.jsonl")
@@ -177,8 +208,9 @@ def test_train_killed_anywhere_resumes_to_the_same_weights(tiny64, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     dump_yaml(cfg, recipe)
     args = ("train", "--config", str(recipe), "--resume", "--no-progress")
-    full_s = _timed(_zsw(*args, "--out", "straight"), tmp_path)
-    hits = _kill_then_finish(_zsw(*args, "--out", "killed"), tmp_path, full_s, seed=4)
+    _run(_zsw(*args, "--out", "straight"), tmp_path)
+    steps = _train_step(tmp_path / "killed")
+    hits = _kill_then_finish(_zsw(*args, "--out", "killed"), tmp_path, steps, total=5, seed=4)
     assert hits
     wa, _, _ = checkpoint.read(tmp_path / "straight" / "final.safetensors")
     wb, _, _ = checkpoint.read(tmp_path / "killed" / "final.safetensors")
