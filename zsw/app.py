@@ -164,13 +164,12 @@ def build_app(
 
 
 def _check_model(settings: ReconstructSettings) -> None:
-    """Load the model once now, so that bad weights or a bad device stop ``zsw app`` with one line
-    at start rather than on the first upload. (The job loads and caches its own copy.)"""
-    from zsw.infer.reconstruct import open_backend
+    """Load the model now, into the cache the job uses, so that bad weights or a bad device stop
+    ``zsw app`` with one line at start rather than on the first upload (and the first upload does
+    not load it again)."""
+    from zsw.infer.reconstruct import cached_backend
 
-    weights = None if settings.weights is None else str(settings.weights)
-    engine = None if settings.engine is None else str(settings.engine)
-    open_backend(settings.backend, weights, engine, settings.device)
+    cached_backend(settings.backend, settings.weights, settings.engine, settings.device)
 
 
 def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> str:

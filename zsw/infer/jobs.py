@@ -17,7 +17,6 @@ counted; the others go on.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Sequence
@@ -26,7 +25,14 @@ from pathlib import Path
 
 from zsw.errors import InputError, ZswError
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
-from zsw.infer.reconstruct import Reconstruction, Reconstructor, find_mask, open_backend, plan_reruns, weights_identity
+from zsw.infer.reconstruct import (
+    Reconstruction,
+    Reconstructor,
+    cached_backend,
+    find_mask,
+    plan_reruns,
+    weights_identity,
+)
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
 from zsw.report import Reporter
 
@@ -86,12 +92,6 @@ class _Item:
     load_s: float = 0.0
 
 
-@functools.lru_cache(maxsize=2)
-def _backend(kind: str, weights: str | None, engine: str | None, device: str | None, identity: str):
-    # keyed on the weights' content hash too: a checkpoint rewritten in place is loaded again
-    return open_backend(kind, weights, engine, device)
-
-
 def reconstruct_many(
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -132,9 +132,7 @@ def _fail(report: ReconstructReport, reporter: Reporter, item: str, reason: str)
 
 
 def _run(items: list[_Item], out: Path, s: ReconstructSettings, identity: str, reporter, report) -> None:
-    weights = None if s.weights is None else str(s.weights)
-    engine = None if s.engine is None else str(s.engine)
-    backend, label, warning = _backend(s.backend, weights, engine, s.device, identity)
+    backend, label, warning = cached_backend(s.backend, s.weights, s.engine, s.device, identity)
     if warning:
         reporter.warning(warning)
     g = s.grid

@@ -46,6 +46,7 @@ __all__ = [
     "Reconstruction",
     "Reconstructor",
     "open_backend",
+    "cached_backend",
     "resolve_weights",
     "demo_weights",
     "camera_to_frame",
@@ -204,8 +205,24 @@ def finished_with(out_dir: str | os.PathLike, request: dict) -> str:
     return "same" if recorded == request else "other"
 
 
+def cached_backend(
+    kind: str = "torch",
+    weights: str | os.PathLike | None = None,
+    engine: str | os.PathLike | None = None,
+    device: str | None = None,
+    identity: str | None = None,
+) -> tuple[Backend, str, str | None]:
+    """:func:`open_backend`, cached for the last two (kind, weights, engine, device) that also
+    have the same content (:func:`weights_identity`, computed unless given): a checkpoint
+    rewritten in place is loaded again. The job, ``zsw.reconstruct`` and the app share it."""
+    weights = None if weights is None else str(weights)
+    engine = None if engine is None else str(engine)
+    identity = identity or weights_identity(weights, engine)
+    return _cached_backend(kind, weights, engine, None if device is None else str(device), identity)
+
+
 @functools.lru_cache(maxsize=2)
-def _cached_backend(kind: str, weights: str | None, engine: str | None, device: str | None):
+def _cached_backend(kind: str, weights: str | None, engine: str | None, device: str | None, identity: str):
     return open_backend(kind, weights, engine, device)
 
 
@@ -666,15 +683,9 @@ def reconstruct(
         rec.mesh.export("armchair.glb")
     """
     if isinstance(backend, str):
-        key_weights = None if weights is None else weights
-        if isinstance(key_weights, (str, os.PathLike)) or key_weights is None:
-            be, label, warning = _cached_backend(
-                backend,
-                None if key_weights is None else str(key_weights),
-                None if engine is None else str(engine),
-                None if device is None else str(device),
-            )
-        else:
+        if weights is None or isinstance(weights, (str, os.PathLike)):
+            be, label, warning = cached_backend(backend, weights, engine, device)
+        else:  # an in-memory model
             be, label, warning = open_backend(backend, weights, engine, device)
     else:
         be, label, warning = backend, getattr(backend, "name", "backend"), None
