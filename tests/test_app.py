@@ -216,3 +216,21 @@ def test_page_shows_the_mesh_in_a_browser(app_url, tmp_path):
             assert "Error" not in body, body
         finally:
             browser.close()
+
+
+def test_page_reporter_takes_every_progress_update_a_job_sends():
+    """The Reporter contract (zsw.report.Advance): counts, notes, absolute totals and positions."""
+    from zsw.app import PageReporter
+
+    calls = []
+    reporter = PageReporter(progress_bar=lambda shown, desc: calls.append((shown, desc)))
+    with reporter.progress("reconstructing", 3) as advance:
+        advance(1)
+        advance(0, note="fast vs dense", total=10, completed=4)
+        advance(2)
+    with reporter.progress("exporting", None) as advance:
+        advance(0, note="onnx")
+    assert calls == [
+        ((0, 3), "reconstructing"), ((1, 3), "reconstructing"), ((4, 10), "fast vs dense"), ((6, 10), "fast vs dense"),
+        (None, "exporting"), (None, "onnx"),
+    ]  # fmt: skip

@@ -65,14 +65,16 @@ class PageReporter(Reporter):
         self.errors.append(text)
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Advance]:
-        done = 0
+    def progress(self, description: str, total: int | None) -> Iterator[Advance]:
+        state = {"done": 0, "total": total, "desc": description}
 
-        def advance(n: int = 1) -> None:
-            nonlocal done
-            done += n
+        def advance(n: int = 1, *, note: str | None = None, total: int | None = None, completed=None) -> None:
+            state["done"] = (completed if completed is not None else state["done"]) + n
+            state["total"] = total if total is not None else state["total"]
+            state["desc"] = note or state["desc"]
             if self.progress_bar is not None:
-                self.progress_bar((done, total), desc=description)
+                shown = (state["done"], state["total"]) if state["total"] else None
+                self.progress_bar(shown, desc=state["desc"])
 
         advance(0)
         yield advance
