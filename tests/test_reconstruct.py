@@ -275,6 +275,24 @@ def test_cli_reruns_are_keyed_on_the_input_content_and_the_weights(repo_root, tm
     assert json.loads((out / "photo" / "result.json").read_text())["request"]["weights"].startswith("sha256:")
 
 
+def test_reruns_through_the_api_are_keyed_on_every_grid_setting_that_changes_the_mesh(repo_root, tmp_path):
+    """A grid bound is not a CLI option but the API takes it: another bound redoes the image, the
+    memory bound chunk_points does not."""
+    import zsw
+
+    image, out = repo_root / "examples" / "toy.png", tmp_path / "o"
+
+    def run(**grid):
+        settings = zsw.ReconstructSettings(weights="random:tiny", preview=False, grid=zsw.GridSettings(RES, **grid))
+        return zsw.reconstruct_many([image], out, settings)
+
+    assert len(run().written) == 1
+    assert run(chunk_points=4096).skipped == 1
+    again = run(bound=1.2)
+    assert len(again.written) == 1 and again.redone == 1
+    assert json.loads((out / "toy" / "result.json").read_text())["request"]["bound"] == 1.2
+
+
 def test_non_finite_weights_are_an_error_naming_them(repo_root, tmp_path, tiny_model):
     from zsw import checkpoint
     from zsw.model import build_model

@@ -9,7 +9,7 @@ exits 2 for it, as for any usage error).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.errors import OptionError
@@ -150,10 +150,10 @@ class ReconstructSettings:
     def request(self, weights_identity: str) -> dict:
         """Every setting that changes a result's files, as ``result.json`` records it (a rerun
         reuses a result only when this and the input's content hash are equal)."""
-        g = asdict(self.grid)
+        g = self.grid  # all of it but chunk_points, which bounds memory and changes nothing written
         return dict(
-            weights=weights_identity, backend=self.backend, resolution=g["resolution"],
-            extraction=g["extraction"], threshold=g["threshold"], frame=self.frame, formats=sorted(self.formats),
-            prompt=self.prompt, precision=self.precision, close=g["close"], color=self.color, min_part=self.min_part,
+            weights=weights_identity, backend=self.backend, resolution=g.resolution, extraction=g.extraction,
+            threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
+            prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
             preview=self.preview, device=self.device or "auto",
         )  # fmt: skip
