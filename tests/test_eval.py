@@ -226,6 +226,29 @@ def test_eval_numbers_depend_on_the_samples_only_and_resume_checks_the_dataset(p
     assert str(other.resolve()) in lines[0] and len(lines) == 5  # only the new set's rows
 
 
+@pytest.mark.slow
+def test_eval_resume_is_keyed_on_the_weights_content_not_their_path(procedural_test_set, tmp_path):
+    """Retraining into the same checkpoint file and evaluating into the same --out must not reuse
+    the old weights' rows."""
+    from zsw import checkpoint
+    from zsw.cli.main import app
+    from zsw.model import build_model
+
+    ckpt = tmp_path / "model.safetensors"
+    base = ["eval", "--data", str(procedural_test_set), "--format", "procedural", "--weights", str(ckpt),
+            "--resolution", "12", "--num-points", "300", "--limit", "2", "--out", str(tmp_path / "r.json")]  # fmt: skip
+    torch.manual_seed(0)
+    checkpoint.save(build_model("tiny").eval(), ckpt)
+    for _ in range(2):  # a run, then a rerun with the same file: resumed
+        result = runner.invoke(app, base)
+        assert result.exit_code == 0, result.output
+    assert "resuming: 2 sample(s)" in result.output
+    torch.manual_seed(1)
+    checkpoint.save(build_model("tiny").eval(), ckpt)  # other weights, same path
+    result = runner.invoke(app, base)
+    assert result.exit_code == 1 and "weights differ" in result.output, result.output
+
+
 def test_eval_cli_bad_inputs(tmp_path):
     from zsw.cli.main import app
 

@@ -62,10 +62,12 @@ class EvalSettings:
     """What a run measured; a resumed run must match the one it continues."""
 
     format: str
-    weights: str = ""
+    weights: str = ""  # what identifies them (zsw.infer.reconstruct.weights_identity: a content hash)
     resolution: int = 128
     extraction: str = "fast"
     threshold: float = 0.5
+    bound: float = 1.5
+    close: bool = True
     num_points: int = 10000
     align: str = "none"
     prompt: str = "object"  # text, "category" (the sample's category), "auto"/"clip" or "vlm:<id>"

@@ -22,7 +22,7 @@ from pathlib import Path
 from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
-from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_precision
+from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_precision, weights_identity
 from zsw.infer.settings import BACKENDS, GridSettings, is_estimated_prompt
 from zsw.io import atomic_write_json, atomic_write_text
 from zsw.report import Reporter
@@ -103,14 +103,15 @@ def evaluate_set(
     backend, label, warning = open_backend(s.backend, s.weights, s.engine, s.device)
     if warning:
         reporter.warning(warning)
-    measured = _measured(data, samples.names(), label, s, backend)
+    measured = _measured(data, samples.names(), weights_identity(s.weights, s.engine), s, backend)
     jsonl = out.with_name(out.stem + ".samples.jsonl")
     log = ResultsLog(jsonl, measured, overwrite=s.overwrite)
     if log.rows:
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     g = s.grid
     recon = Reconstructor(backend, resolution=g.resolution, extraction=g.extraction, threshold=g.threshold,
-                          frame="camera", weights_label=label, precision=s.precision, color="none")  # fmt: skip
+                          bound=g.bound, close=g.close, chunk_points=g.chunk_points, frame="camera",
+                          weights_label=label, precision=s.precision, color="none")  # fmt: skip
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
@@ -131,15 +132,15 @@ def evaluate_set(
     return EvalReport(out, out.with_suffix(".md"), jsonl, result, failures, title)
 
 
-def _measured(data: Path, all_names: list[str], label: str, s: EvalJobSettings, backend) -> EvalSettings:
-    """The resume key: every setting that changes a number, and the dataset's identity."""
+def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings, backend) -> EvalSettings:
+    """The resume key: every setting that changes a number, and the weights' and dataset's identity."""
     precision = resolve_precision(s.precision, backend.device) if backend.name == "torch" else "engine"
     fingerprint = hashlib.sha1("\n".join(all_names).encode()).hexdigest()[:12]  # the whole set, not --limit
     g = s.grid
-    return EvalSettings(format=s.format, weights=label, resolution=g.resolution, extraction=g.extraction,
-                        threshold=g.threshold, num_points=s.num_points, align=s.align, prompt=s.prompt,
-                        use_mask=s.use_mask, baseline=s.baseline, seed=s.seed, precision=precision,
-                        data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
+    return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,
+                        threshold=g.threshold, bound=g.bound, close=g.close, num_points=s.num_points,
+                        align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
+                        precision=precision, data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
 
 
 def _run(samples, names, log, recon, measured, batch_size, estimator, reporter) -> list[str]:
