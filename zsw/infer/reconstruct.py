@@ -534,10 +534,7 @@ class Reconstructor:
 
         if with_mesh:
             meshes, grid_stats = grid_meshes(decode, B, self.grid, device=device)
-            dropped = []
-            for i, mesh in enumerate(meshes):
-                meshes[i], n = drop_small_parts(mesh, self.min_part)
-                dropped.append(n)
+            meshes, dropped = zip(*(drop_small_parts(mesh, self.min_part) for mesh in meshes))
         else:
             meshes, grid_stats = [_empty_mesh() for _ in range(B)], [self._no_grid() for _ in range(B)]
             dropped = [0] * B
@@ -581,8 +578,7 @@ class Reconstructor:
                 grid_decode=grid.decode_s / B,
                 marching_cubes=grid.marching_cubes_s,
             )
-            rec.record = self._record(rec, im, grid, timing, B, masks is not None, seen)
-            rec.record.mesh.min_part, rec.record.mesh.parts_dropped = self.min_part, dropped[b]
+            rec.record = self._record(rec, im, grid, timing, B, masks is not None, seen, dropped[b])
             out.append(rec)
         return out
 
@@ -592,7 +588,7 @@ class Reconstructor:
 
     def _record(
         self, rec: Reconstruction, im: LoadedImage, grid: GridStats, timings: Timings, batch: int, given: bool,
-        seen: int,
+        seen: int, dropped: int,
     ) -> ResultRecord:  # fmt: skip
         """What ``result.json`` will say (the job and ``save`` add the rest, see :mod:`zsw.infer.record`)."""
         backend, g = self.backend, self.grid
@@ -608,7 +604,7 @@ class Reconstructor:
             grid=GridInfo(g.resolution, g.extraction, g.threshold, g.bound, g.close, grid.evaluated_points,
                           grid.grid_points),
             mesh=MeshInfo(self.frame, UNITS, len(rec.mesh.vertices), len(rec.mesh.faces),
-                          bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight)),
+                          bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight), self.min_part, dropped),
             colors=ColorInfo(self.color, seen, len(rec.mesh.vertices)),
             batch_size=batch, timings_s=timings, warnings=warn,
         )  # fmt: skip
