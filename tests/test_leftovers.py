@@ -59,3 +59,33 @@ def test_atomic_json_is_strict(tmp_path, bad):
     with pytest.raises(ValueError):
         atomic_write_json(tmp_path / "x.json", {"cd": float(bad)})
     assert not (tmp_path / "x.json").exists() and not list(tmp_path.iterdir())
+
+
+def test_synthesis_training_and_eval_remove_what_a_killed_run_left(tmp_path):
+    """Each long job cleans its own output of half-written files at start (found by the fault
+    suite: a SIGKILL during a synthesis write left `.box_00002.npy.tmp-*` for good)."""
+    from zsw.io import remove_leftovers
+    from zsw.synth.procedural import ProceduralConfig, generate
+
+    data = tmp_path / "data"
+    cfg = ProceduralConfig(objects=1, views=1, seed=0, categories=("box",), size=64)
+    generate(data, cfg)
+    stale = data / "gt_sdf" / "box" / ".box_00000.npy.tmp-k1ll3d.npy"
+    stale.write_bytes(b"half")
+    generate(data, cfg)  # the rerun: nothing left to render, the leftover goes
+    assert not stale.exists()
+
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / ".step-00000002.state.pt.tmp-ab.pt").write_bytes(b"half")
+    from zsw.train.config import TrainConfig
+    from zsw.train.run_folder import RunFolder
+
+    RunFolder(tmp_path / "run", print).write_config(TrainConfig())
+    assert not list((tmp_path / "run").rglob(".*.tmp-*"))
+
+    shared = tmp_path / "results"  # a folder with other people's files: only ours go
+    shared.mkdir()
+    ours, theirs = shared / ".r.json.tmp-1.json", shared / ".notes.txt.tmp-2.txt"
+    ours.write_text("{"), theirs.write_text("x")
+    assert remove_leftovers(shared, names=["r.json", "r.md"]) == 1 and not ours.exists() and theirs.exists()

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,14 +94,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def remove_leftovers(folder: str | os.PathLike) -> int:
+def remove_leftovers(folder: str | os.PathLike, *, recursive: bool = False, names: Iterable[str] | None = None) -> int:
     """Delete the temporary files an interrupted :func:`atomic_path` left in ``folder`` (a killed
-    process cannot clean up after itself); returns how many were removed."""
+    process cannot clean up after itself); returns how many were removed.
+
+    ``recursive``: in every folder below too (a dataset or run folder the caller alone writes);
+    ``names``: only those of these target files (``results.json``: ``.results.json.tmp-*``), for a
+    folder that holds other people's files too. Never call it on a folder another live process is
+    writing into: its temporary files look the same."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
-    for tmp in folder.glob(".*.tmp-*"):
+    patterns = [f".{name}.tmp-*" for name in names] if names is not None else [".*.tmp-*"]
+    found = (tmp for pattern in patterns for tmp in (folder.rglob if recursive else folder.glob)(pattern))
+    for tmp in found:
         if tmp.is_file():
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -24,7 +24,7 @@ from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
 from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_precision, weights_identity
 from zsw.infer.settings import BACKENDS, GridSettings, is_estimated_prompt
-from zsw.io import atomic_write_json, atomic_write_text
+from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
 
 __all__ = ["EvalJobSettings", "EvalReport", "evaluate_set"]
@@ -105,6 +105,7 @@ def evaluate_set(
         reporter.warning(warning)
     measured = _measured(data, samples.names(), weights_identity(s.weights, s.engine), s, backend)
     jsonl = out.with_name(out.stem + ".samples.jsonl")
+    remove_leftovers(out.parent, names=[out.name, out.with_suffix(".md").name, jsonl.name])  # of a killed run
     log = ResultsLog(jsonl, measured, overwrite=s.overwrite)
     if log.rows:
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")

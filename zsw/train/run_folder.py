@@ -27,7 +27,7 @@ import torch
 from zsw import checkpoint
 from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.errors import CheckpointError, ConfigError
-from zsw.io import atomic_path, atomic_write_json
+from zsw.io import atomic_path, atomic_write_json, remove_leftovers
 from zsw.train.config import TrainConfig
 
 __all__ = ["RunFolder", "RESUME_FREE_KEYS"]
@@ -140,7 +140,9 @@ class RunFolder:
     # ---- files ---------------------------------------------------------------------------------
 
     def write_config(self, cfg: TrainConfig) -> None:
+        """Write ``config.yaml`` at the start of a run, after removing what a killed run left half-written."""
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.out, recursive=True)
         dump_yaml(cfg, self.out / "config.yaml")
 
     def log(self, record: dict) -> None:
