@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI commands: one-line error reporting.
+"""What the CLI commands share: options, one-line error reporting, the rich progress reporter.
 
 Command modules import only typer and the standard library at top level; torch and friends are
 imported inside command bodies so that ``zsw --help`` stays instant.
@@ -25,9 +25,7 @@ Weights = Annotated[
     typer.Option(help="Checkpoint (.safetensors). Default: the packaged demo model. 'random:PRESET' = untrained."),
 ]
 Device = Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu ... (default: CUDA if available).")]
-Precision = Annotated[
-    str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (PyTorch backend).")
-]
+Precision = Annotated[str, typer.Option(help="auto (CUDA: bf16, CPU: fp32), fp32, bf16 or fp16 (PyTorch backend).")]
 Resolution = Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")]
 Extraction = Annotated[str, typer.Option(help="fast (coarse to fine) or dense (every grid point).")]
 Threshold = Annotated[float, typer.Option(min=0.001, max=0.999, help="Occupancy probability of the surface.")]
@@ -101,20 +99,13 @@ class RichReporter:
     def progress(self, description: str, total: int | None):
         import contextlib
 
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich import progress as rp
 
         @contextlib.contextmanager
         def run():
-            bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), console=self.console, transient=True,
-                           disable=total is not None and total < self.min_total)  # fmt: skip
+            bar = rp.Progress(rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(),
+                              rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), console=self.console, transient=True,
+                              disable=total is not None and total < self.min_total)  # fmt: skip
             with bar:
                 task = bar.add_task(description, total=total)
 

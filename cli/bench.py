@@ -1,19 +1,144 @@
 """``zsw bench``: benchmarks, reported as ratios against baselines measured in the same run.
 
-One module per benchmark (``cli/bench_<name>.py``), each exporting ``COMMAND`` (Typer command
-settings) and the command function.
+One command per benchmark in ``zsw.bench``: each prints its rows as a table and appends them to a CSV.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from zsw.cli import bench_kernels, bench_reconstruct, bench_train
+from zsw.cli import _common as opts
+from zsw.cli._common import RichReporter, cli_errors
+
+# help texts too long for a line of the signature
+_CSV = "CSV to append rows to (default: bench/results/<device>-<benchmark>.csv)."
+_PRECISIONS = "auto, fp32, bf16, fp16 (repeatable; default auto)."
+_KERNELS = "Decoder kernels: triton and/or torch (default: both on CUDA, torch on CPU)."
 
 app = typer.Typer(
     help="Benchmarks: kernels, training step, end-to-end reconstruction (ratios to baselines in one run).",
     no_args_is_help=True,
 )
-app.command("kernels", **bench_kernels.COMMAND)(bench_kernels.kernels)
-app.command("train", **bench_train.COMMAND)(bench_train.train)
-app.command("reconstruct", **bench_reconstruct.COMMAND)(bench_reconstruct.reconstruct)
+
+Csv = Annotated[Path | None, typer.Option("--out", "-o", help=_CSV)]
+_OPS = ("attention", "mlp", "chamfer", "decoder")  # for --help (zsw.bench.kernels.OPS checks them)
+
+
+@app.command(
+    "kernels",
+    help="Time the Triton kernels (point cross-attention, occupancy MLP, Chamfer, the whole decoder) "
+    "against eager PyTorch, torch.compile, SDPA and chunked cdist, on shapes of the real model; "
+    "print speed-ups, check the issue's targets and append rows to a CSV. Without a GPU it runs "
+    "a tiny smoke configuration on the Triton interpreter."
+    "\n\nExample:\n\n  zsw bench kernels --out bench/results/h100-kernels.csv --summary bench/results/h100-kernels.md",
+)
+@cli_errors
+def kernels(
+    out: Csv = None,
+    summary: Annotated[Path | None, typer.Option(help="Also write the targets of issue 3 as a markdown table.")] = None,
+    ops: Annotated[str, typer.Option(help=f"Comma-separated subset of: {', '.join(_OPS)}.")] = ",".join(_OPS),
+    smoke: Annotated[bool, typer.Option("--smoke/--full", help="Tiny shapes (always on without a GPU).")] = False,
+    model: Annotated[str, typer.Option(help="Model preset whose shapes are benchmarked.")] = "zeroshape-w",
+    rep_ms: Annotated[float, typer.Option(help="Milliseconds of timed repetitions per measurement.")] = 100.0,
+) -> None:
+    from zsw.bench._harness import rows_table
+    from zsw.bench.kernels import run_job
+
+    reporter = RichReporter(min_total=1)
+    rows, targets, csv, env = run_job(ops=ops, smoke=smoke, model=model, rep_ms=rep_ms, out=out, summary=summary,
+                                      reporter=reporter)  # fmt: skip
+    reporter.console.print(rows_table(rows, title=f"zsw kernels on {env.gpu} ({'smoke' if smoke else model})"))
+    for target, value, met in targets:
+        if met is not None:
+            shown = f"{value:.2f} ms" if target.baseline is None else f"{value:.2f}x"
+            reporter.console.print(f"{'[green]met' if met else '[red]MISSED'}[/] {target.label}: {shown}")
+    typer.echo(f"appended {len(rows)} rows to {csv}" + (f"; wrote {summary}" if summary is not None else ""))
+
+
+@app.command(
+    "train",
+    help="Samples/s and peak memory of one training step (forward with every loss of the stage, backward, AdamW) "
+    "on a synthetic batch, with the decoder's Triton kernels (triton) and the PyTorch references (torch), in one "
+    "run. Triton needs CUDA (otherwise its row says so). Rows are appended to a CSV (shared benchmark format)."
+    "\n\nExample:\n\n  zsw bench train --preset tiny --batch-size 4"
+    "\n\n  zsw bench train --preset zeroshape-w --batch-size 80 --amp bf16",
+)
+@cli_errors
+def train(
+    preset: Annotated[str, typer.Option(help="Model preset or model YAML.")] = "tiny",
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 4,
+    stage: Annotated[str, typer.Option(help="pixel or full.")] = "full",
+    impl: Annotated[list[str] | None, typer.Option(help="Kernel implementations to time (repeatable).")] = None,
+    amp: Annotated[str, typer.Option(help="off or bf16 autocast.")] = "off",
+    points: Annotated[int, typer.Option(min=1, help="Query points per sample.")] = 4096,
+    rep_ms: Annotated[float, typer.Option(min=1, help="Time budget per provider, in milliseconds.")] = 1000,
+    device: opts.Device = None,
+    out: Csv = None,
+) -> None:
+    import torch
+    from rich.console import Console
+
+    from zsw.bench._harness import append_csv, environment, gpu_slug, rows_table
+    from zsw.bench.train import bench_train_step
+    from zsw.errors import ConfigError
+
+    if stage not in ("pixel", "full"):
+        raise ConfigError(f"--stage must be pixel or full, got {stage!r}")
+    if amp not in ("off", "bf16"):
+        raise ConfigError(f"--amp must be off or bf16, got {amp!r}")
+    impls = impl or ["torch", "triton"]
+    if bad := [i for i in impls if i not in ("torch", "triton")]:
+        raise ConfigError(f"--impl must be torch or triton, got {bad[0]!r}")
+    rows = bench_train_step(preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device,
+                            rep_ms=rep_ms)  # fmt: skip
+    Console().print(rows_table(rows, title=f"training step, {preset} {stage}, batch {batch_size}"))
+    for r in rows:
+        if r.note:
+            typer.echo(f"{r.provider}: {r.note}")
+    if out is None:
+        kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+        out = Path("bench/results") / f"{gpu_slug(environment(kind))}-train.csv"
+    append_csv(out, rows)
+    typer.echo(f"appended {len(rows)} rows to {out}")
+
+
+@app.command(
+    "reconstruct",
+    help="End-to-end latency per image and its breakdown (pixel model, encoder, grid decoding, marching "
+    "cubes, export) for fast and dense extraction, decoder kernels on and off, one or more backends; "
+    "plus fast-vs-dense agreement on the analytic test shapes. Rows are appended to a CSV "
+    "(bench/results/<device>-reconstruct.csv by default), speed-ups are ratios within the run."
+    "\n\nExample:\n\n  zsw bench reconstruct --weights demo"
+    "\n\n  zsw bench reconstruct --weights zsw.safetensors --backend torch --backend tensorrt --engine exp/",
+)
+@cli_errors
+def reconstruct(
+    weights: opts.Weights = None,
+    backend: Annotated[list[str] | None, typer.Option(help="torch, onnxruntime or tensorrt (repeatable).")] = None,
+    engine: opts.Engine = None,
+    extraction: Annotated[list[str] | None, typer.Option(help="fast and/or dense (repeatable; default both).")] = None,
+    kernels: Annotated[list[str] | None, typer.Option(help=_KERNELS)] = None,
+    precision: Annotated[list[str] | None, typer.Option(help=_PRECISIONS)] = None,
+    resolution: opts.Resolution = 128,
+    image: Annotated[Path | None, typer.Option(help="Photo to reconstruct (default: examples/armchair.png).")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration (after a warm-up).")] = 3,
+    shapes: Annotated[bool, typer.Option(help="Also measure fast vs dense on test shapes.")] = True,
+    device: opts.Device = None,
+    out: Csv = None,
+    summary: Annotated[Path | None, typer.Option(help="Also write a markdown summary here.")] = None,
+) -> None:
+    from zsw.bench import reconstruct as bench
+    from zsw.bench._harness import rows_table
+
+    reporter = RichReporter(min_total=1)
+    rows, text, csv = bench.run(weights=weights, backends=backend or ["torch"], engine=engine,
+                                extractions=extraction or ["fast", "dense"], kernel_impls=kernels,
+                                precisions=precision or ["auto"], resolution=resolution, image=image, repeats=repeats,
+                                shapes=shapes, device=device, out=out, summary=summary, reporter=reporter)  # fmt: skip
+    if reporter.console.is_terminal:
+        reporter.console.print(rows_table(rows, title=f"zsw reconstruct on {rows[0].gpu if rows else '?'}"))
+    typer.echo(text)
+    typer.echo(f"appended {len(rows)} rows to {csv}")

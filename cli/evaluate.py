@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from zsw.cli import _common as opts
-from zsw.cli._common import cli_errors
+from zsw.cli._common import RichReporter, cli_errors
 
 COMMAND = dict(
     help="Evaluate Chamfer distance and F-score with ZeroShape's protocol: 10,000 points on each mesh, "
@@ -20,34 +20,25 @@ COMMAND = dict(
 )
 
 _FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")  # for --help; the job validates
+# help texts too long for a line of the signature
+_PROMPT = "Category prompt: text, 'category' (each sample's ground-truth category), 'auto' (CLIP) or 'vlm:<id>'."
+_BASELINE = "Score a baseline instead of the mesh: sphere, visible or ellipsoid (oracle: the true extents)."
 
 
 @cli_errors
 def evaluate(
     data: Annotated[Path, typer.Option(help="Evaluation set folder.")],
-    format: Annotated[str, typer.Option("--format", help=f"One of {', '.join(_FORMATS)}.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Summary JSON (tables go next to it).")] = Path(
-        "results.json"
-    ),
+    format: Annotated[str, typer.Option(help=f"One of {', '.join(_FORMATS)}.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Summary JSON (tables beside it).")] = Path("results.json"),
     weights: opts.Weights = None,
     align: Annotated[str, typer.Option(help="none, brute-force (6,912 rotations) or icp.")] = "none",
     resolution: opts.Resolution = 128,
     extraction: opts.Extraction = "fast",
     threshold: opts.Threshold = 0.5,
     num_points: Annotated[int, typer.Option(min=1, help="Points sampled on each predicted mesh.")] = 10000,
-    prompt: Annotated[
-        str,
-        typer.Option(
-            help="Category prompt: text, 'category' (each sample's ground-truth category), 'auto' (CLIP) or 'vlm:<id>'."
-        ),
-    ] = "object",
+    prompt: Annotated[str, typer.Option(help=_PROMPT)] = "object",
     use_mask: Annotated[bool, typer.Option(help="Give the model the set's visible masks (default: predict).")] = False,
-    baseline: Annotated[
-        str | None,
-        typer.Option(
-            help="Score a baseline instead of the mesh: sphere, visible or ellipsoid (oracle: the true extents)."
-        ),
-    ] = None,
+    baseline: Annotated[str | None, typer.Option(help=_BASELINE)] = None,
     split: Annotated[str | None, typer.Option(help="List split to read (default: test).")] = None,
     max_per_category: Annotated[int | None, typer.Option(min=1, help="At most this many samples per category.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples.")] = None,
@@ -59,15 +50,14 @@ def evaluate(
     precision: opts.Precision = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
-    from zsw.cli._common import RichReporter
     from zsw.eval.jobs import EvalJobSettings, evaluate_set
     from zsw.infer.settings import GridSettings
 
+    grid = GridSettings(resolution=resolution, extraction=extraction, threshold=threshold)
     settings = EvalJobSettings(
-        format=format, weights=weights, grid=GridSettings(resolution=resolution, extraction=extraction,
-        threshold=threshold), num_points=num_points, align=align, prompt=prompt, use_mask=use_mask,
-        baseline=baseline, seed=seed, precision=precision, split=split, max_per_category=max_per_category,
-        limit=limit, device=device, batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite,
+        format=format, weights=weights, grid=grid, num_points=num_points, align=align, prompt=prompt, use_mask=use_mask,
+        baseline=baseline, seed=seed, precision=precision, split=split, max_per_category=max_per_category, limit=limit,
+        device=device, batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite,
     )  # fmt: skip
     reporter = RichReporter(min_total=1)
     report = evaluate_set(data, out, settings, reporter)
@@ -80,22 +70,20 @@ def evaluate(
 
 def _print_tables(console, summary: dict, title: str) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from zsw.eval.evaluate import METRICS, format_metric
 
     if not console.is_terminal:  # a log file or pipe: no need to squeeze the table into 80 columns
         console = Console(file=console.file, width=160, highlight=False)
-
-    table = Table(title=title)
-    table.add_column("category")
-    table.add_column("n", justify="right")
-    for k in METRICS:
-        table.add_column(k.replace("fscore@", "F@"), justify="right")
-    for name, d in summary["categories"].items():
-        table.add_row(name, str(d["count"]), *(format_metric(d[k]) for k in METRICS))
-    table.add_section()
-    table.add_row("overall", str(summary["overall"]["count"]), *(format_metric(summary["overall"][k]) for k in METRICS))
-    cm = summary["category_mean"]
-    table.add_row("mean of categories", str(cm["count"]), *(format_metric(cm[k]) for k in METRICS))
+    table = Table(
+        "category", *(Column(k.replace("fscore@", "F@"), justify="right") for k in ("n", *METRICS)), title=title
+    )
+    categories = list(summary["categories"].items())
+    for i, (name, d) in enumerate(
+        [*categories, ("overall", summary["overall"]), ("mean of categories", summary["category_mean"])]
+    ):
+        table.add_row(
+            name, str(d["count"]), *(format_metric(d[k]) for k in METRICS), end_section=i == len(categories) - 1
+        )
     console.print(table)

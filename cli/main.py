@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from zsw.cli import app as app_command
 from zsw.cli import bench, convert, evaluate, export, reconstruct, synthesize, train
 
 app = typer.Typer(
@@ -23,13 +22,11 @@ app.command("eval", **evaluate.COMMAND)(evaluate.evaluate)
 app.add_typer(bench.app, name="bench")
 app.command("export", **export.COMMAND)(export.export)
 app.add_typer(convert.app, name="convert")
-app.command("app", **app_command.COMMAND)(app_command.app)
+app.command("app", **reconstruct.APP_COMMAND)(reconstruct.app)
 
 
 @app.callback(invoke_without_command=True)
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the zsw version and exit."),
-) -> None:
+def _root(version: bool = typer.Option(False, "--version", help="Print the zsw version and exit.")) -> None:
     if version:
         from zsw import __version__
 

@@ -1,4 +1,4 @@
-"""``zsw reconstruct``: reconstruct meshes (plus depth, masks and a preview) from images."""
+"""``zsw reconstruct`` and ``zsw app``: the reconstruction job over files, or behind a local web page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from zsw.cli import _common as opts
-from zsw.cli._common import cli_errors
+from zsw.cli._common import RichReporter, cli_errors
 
 COMMAND = dict(
     help="Reconstruct meshes (plus depth, masks and a preview) from images."
@@ -22,66 +22,83 @@ COMMAND = dict(
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
     "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128",
 )
+APP_COMMAND = dict(
+    help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
+    'masks, the timings and GLB/OBJ/PLY files. Needs the app extra: pip install "zsw\\[app]".'
+    "\n\nExample:\n\n  zsw app            # then open http://127.0.0.1:7860"
+    "\n\n  zsw app --device cuda --host 0.0.0.0 --port 8080",
+)
+
+# help texts too long for a line of the signature
+_PROMPT = (
+    "Category prompt, e.g. 'chair'. 'auto' (= 'clip') picks it by CLIP zero-shot over LVIS + ShapeNet; "
+    "'vlm:<hub id or folder>' asks a vision-language model."
+)
+_MASKS = "Folder of visible masks named like the images (<name>.png); required by ZeroShape models."
+_MIN_PART = "Drop disconnected parts under this fraction of the largest's area."
+_OVERWRITE = "Redo images even when their result records the same input and settings."
 
 
 @cli_errors
 def reconstruct(
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders or glob patterns.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one sub-folder per image).")] = Path("out"),
-    formats: Annotated[
-        list[str] | None, typer.Option("--format", "-f", help="Mesh format: glb, obj or ply (repeatable).")
-    ] = None,
+    formats: Annotated[list[str] | None, typer.Option("--format", "-f", help="glb, obj or ply (repeatable).")] = None,
     weights: opts.Weights = None,
-    prompt: Annotated[
-        str,
-        typer.Option(
-            help="Category prompt, e.g. 'chair'. 'auto' (= 'clip') picks it by CLIP zero-shot over LVIS + ShapeNet; "
-            "'vlm:<hub id or folder>' asks a vision-language model."
-        ),
-    ] = "object",
+    prompt: Annotated[str, typer.Option(help=_PROMPT)] = "object",
     resolution: opts.Resolution = 128,
     extraction: opts.Extraction = "fast",
     threshold: opts.Threshold = 0.5,
-    frame: Annotated[str, typer.Option(help="Mesh frame: gltf (y up, facing +z) or camera (y down, z forward).")] = (
-        "gltf"
-    ),
-    masks: Annotated[
-        Path | None,
-        typer.Option(help="Folder of visible masks named like the images (<name>.png); required by ZeroShape models."),
-    ] = None,
+    frame: Annotated[str, typer.Option(help="gltf (y up, facing +z) or camera (y down, z forward).")] = "gltf",
+    masks: Annotated[Path | None, typer.Option(help=_MASKS)] = None,
     device: opts.Device = None,
     batch_size: opts.BatchSize = 1,
-    chunk_points: Annotated[
-        int, typer.Option(min=1024, help="Most query points per decoder call (bounds memory).")
-    ] = 65536,
+    chunk_points: Annotated[int, typer.Option(min=1024, help="Most points per decoder call (bounds memory).")] = 65536,
     backend: opts.Backend = "torch",
     engine: opts.Engine = None,
     precision: opts.Precision = "auto",
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
-    close: Annotated[
-        bool, typer.Option("--close/--no-close", help="Space outside the grid is empty: watertight meshes.")
-    ] = True,
-    min_part: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Drop disconnected parts under this fraction of the largest's area.")
-    ] = 0.02,
-    preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png.")] = True,
-    overwrite: Annotated[
-        bool, typer.Option(help="Redo images even when their result records the same input and settings.")
-    ] = False,
+    close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
+    min_part: Annotated[float, typer.Option(min=0.0, max=1.0, help=_MIN_PART)] = 0.02,
+    preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
+    overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,
 ) -> None:
-    from zsw.cli._common import RichReporter
     from zsw.infer.jobs import reconstruct_many
     from zsw.infer.settings import GridSettings, ReconstructSettings
 
+    grid = GridSettings(resolution=resolution, extraction=extraction, threshold=threshold, close=close,
+                        chunk_points=chunk_points)  # fmt: skip
     settings = ReconstructSettings(
-        formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, frame=frame, masks=masks,
+        formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
         preview=preview, overwrite=overwrite, min_part=min_part,
-        grid=GridSettings(resolution=resolution, extraction=extraction, threshold=threshold, close=close,
-                          chunk_points=chunk_points),
     )  # fmt: skip
     reporter = RichReporter()
     report = reconstruct_many(inputs, out, settings, reporter)
     reporter.summary(report.summary(), report.ok)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@cli_errors
+def app(
+    weights: opts.Weights = None,
+    device: opts.Device = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    share: Annotated[bool, typer.Option(help="Also open a public gradio.live link.")] = False,
+) -> None:
+    try:
+        from zsw.app import build_app, serve
+    except ModuleNotFoundError as e:  # gradio or its client
+        if not (e.name or "").startswith("gradio"):
+            raise
+        from zsw.errors import ZswError
+
+        raise ZswError('zsw app needs gradio, which is not installed: pip install "zsw[app]"') from None
+    from zsw.infer.settings import ReconstructSettings
+
+    demo = build_app(ReconstructSettings(weights=weights, device=device))
+    url = serve(demo, host=host, port=port, share=share)
+    typer.echo(f"zsw app: open {url}" + (f" or {demo.share_url}" if share else "") + " (Ctrl-C stops it)")
+    demo.block_thread()

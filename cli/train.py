@@ -24,22 +24,20 @@ COMMAND = dict(
     "--stage pixel --out runs/zsw-pixel --amp bf16",
 )
 
+# help texts too long for a line of the signature
+_DATA = "Dataset folder(s) in ZeroShape's layout (repeatable)."
+_PRETRAINED = "Without --init: ImageNet (timm) and CLIP initial weights."
+
 
 @cli_errors
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
-    data: Annotated[
-        list[Path] | None, typer.Option("--data", "-d", help="Dataset folder(s) in ZeroShape's layout (repeatable).")
-    ] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="Model preset (zeroshape-w, zeroshape, tiny) or model YAML.")
-    ] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", "-d", help=_DATA)] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset (zeroshape-w, zeroshape, tiny) or a model YAML.")] = None,
     stage: Annotated[str | None, typer.Option(help="pixel (stage 1) or full (stage 2).")] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig YAML; options given here override it.")] = None,
     init: Annotated[Path | None, typer.Option(help="zsw checkpoint to start from (e.g. stage 1's final).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = (
-        False
-    ),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the --out run from its last checkpoint.")] = False,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many optimiser steps.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default 10 pixel, 15 full).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Global batch (all ranks, all accumulation).")] = None,
@@ -50,13 +48,11 @@ def train(
     workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers per rank.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of data order, augmentation and initialisation.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    pretrained: Annotated[
-        bool, typer.Option("--pretrained", help="Without --init: ImageNet (timm) and CLIP initial weights.")
-    ] = False,
-    validate: Annotated[bool | None, typer.Option("--validate/--no-validate", help="Validate every epoch.")] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help=_PRETRAINED)] = False,
+    validate: Annotated[bool | None, typer.Option(help="Validate every epoch.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N steps.")] = None,
     log_every: Annotated[int | None, typer.Option(min=1, help="Log every N steps.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     from zsw.train.config import compose
     from zsw.train.trainer import train as run
@@ -69,7 +65,7 @@ def train(
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
+    final = f"; final weights {result.final}" if result.final else ""
     typer.echo(
-        f"{out}: stage {cfg.stage} at step {result.step} ({result.samples_per_second:.2f} samples/s); {losses}"
-        + (f"; final weights {result.final}" if result.final else "")
+        f"{out}: stage {cfg.stage} at step {result.step} ({result.samples_per_second:.2f} samples/s); {losses}{final}"
     )
