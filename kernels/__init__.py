@@ -8,8 +8,10 @@ Each public function here dispatches between a Triton kernel and its pure-PyTorc
 ====================  ===========================================================================
 ``"torch"``           the reference, always
 ``"triton"``          the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)
-``"auto"`` / None     ``ZSW_KERNELS=torch|triton`` if set, else Triton for CUDA tensors and the
-                      reference for CPU tensors
+``"auto"`` / None     ``ZSW_KERNELS=torch|triton`` if set, else Triton for CUDA tensors and
+                      PyTorch for CPU tensors: the inference paths of :mod:`zsw.kernels.cpu`
+                      when no gradient is needed (same math, fused CPU attention), the
+                      reference otherwise
 ====================  ===========================================================================
 
 Inside :func:`exportable` (and during ONNX export) everything runs the reference, because Triton
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from zsw.kernels import reference
+from zsw.kernels import cpu, reference
 from zsw.kernels.reference import Chamfer, NearestNeighbors
 
 __all__ = [
@@ -150,9 +152,18 @@ def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
 _warned: set[str] = set()
 
 
-def _pick(name: str, impl: str | None, device: torch.device) -> Callable:
+def _cpu_fast(name: str, impl: str | None, tensors: tuple[Tensor, ...]) -> bool:
+    """``auto`` (not forced to the reference by ``impl`` or ``ZSW_KERNELS``) on CPU tensors without
+    autograd, outside export: the inference paths of :mod:`zsw.kernels.cpu`."""
+    forced = impl not in (None, "auto") or os.environ.get("ZSW_KERNELS", "auto").strip().lower() not in ("", "auto")
+    return not forced and name in cpu.__all__ and not is_exportable() and cpu.usable(*tensors)
+
+
+def _pick(name: str, impl: str | None, device: torch.device, *tensors: Tensor) -> Callable:
     if resolve_impl(name, impl, device) == "triton":
         return _triton_impls[name]
+    if _cpu_fast(name, impl, tensors):
+        return getattr(cpu, name)
     return getattr(reference, name)
 
 
@@ -168,7 +179,9 @@ def point_cross_attention(
 ) -> Tensor:  # [B, H, N, D]
     """Each point attends to the L latent keys plus its own key; see
     :func:`zsw.kernels.reference.point_cross_attention` for the exact semantics."""
-    return _pick("point_cross_attention", impl, q.device)(q, k, v, k_latent, v_latent, scale)
+    return _pick("point_cross_attention", impl, q.device, q, k, v, k_latent, v_latent)(
+        q, k, v, k_latent, v_latent, scale
+    )
 
 
 def occupancy_mlp(
@@ -181,7 +194,7 @@ def occupancy_mlp(
     impl: str | None = None,
 ) -> Tensor:  # [..., C_out]
     """The Softplus skip-MLP; see :func:`zsw.kernels.reference.occupancy_mlp`."""
-    return _pick("occupancy_mlp", impl, x.device)(x, weights, biases, skip_in, beta)
+    return _pick("occupancy_mlp", impl, x.device, x, *weights)(x, weights, biases, skip_in, beta)
 
 
 def nearest_neighbors(

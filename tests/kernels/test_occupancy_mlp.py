@@ -164,12 +164,11 @@ def test_gpu_compiled_kernels(M, recompute, dtype):
 
 
 def test_fast_cpu_softplus_matches_pytorchs():
-    """The no-grad CPU softplus of the reference (3x faster than F.softplus with beta 100 there)
-    agrees with F.softplus to float32 rounding, across the threshold, in fp32 and bf16; with
-    autograd it is F.softplus itself."""
+    """The CPU inference softplus (3x faster than F.softplus with beta 100 there) agrees with
+    F.softplus to float32 rounding, across the threshold, in fp32 and bf16."""
     import torch.nn.functional as F
 
-    from zsw.kernels.reference import softplus
+    from zsw.kernels.cpu import softplus
 
     x = torch.cat([torch.randn(10000) * 0.05, torch.linspace(-3, 3, 1001), torch.tensor([0.0, 0.2, -0.2])])
     with torch.no_grad():
@@ -177,6 +176,3 @@ def test_fast_cpu_softplus_matches_pytorchs():
             fast = softplus(x.to(dtype), 100.0).float()
             ref = F.softplus(x.to(dtype), beta=100.0, threshold=20.0).float()
             torch.testing.assert_close(fast, ref, atol=tol, rtol=tol)
-    w = x.clone().requires_grad_(True)
-    softplus(w, 100.0).sum().backward()
-    torch.testing.assert_close(w.grad, torch.sigmoid(100.0 * x), atol=1e-6, rtol=0)

@@ -1,0 +1,107 @@
+"""The CPU inference paths (zsw.kernels.cpu): the reference's results, and chosen only where they
+apply (CPU tensors, no gradient, impl auto, not forced by ZSW_KERNELS, not exporting)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zsw import kernels
+from zsw.kernels import cpu, reference
+
+
+def _attention_inputs(B=2, H=2, N=1000, D=32, L=198, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
+    kl, vl = torch.randn(B, H, L, D, generator=g), torch.randn(B, H, L, D, generator=g)
+    return q, k, v, kl, vl
+
+
+@pytest.mark.parametrize("L", [1, 7, 198])
+def test_fused_attention_equals_the_reference(L):
+    # large logits (x3) make the point's own key dominate some rows and vanish in others
+    q, k, v, kl, vl = (t * 3 for t in _attention_inputs(L=L))
+    with torch.no_grad():
+        ref = reference.point_cross_attention(q, k, v, kl, vl)
+        out = cpu.point_cross_attention(q, k, v, kl, vl)
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+        scaled = cpu.point_cross_attention(q, k, v, kl, vl, scale=0.05)
+        torch.testing.assert_close(scaled, reference.point_cross_attention(q, k, v, kl, vl, 0.05), atol=2e-5, rtol=1e-5)
+
+
+def test_fused_attention_in_bf16_stays_near_the_fp32_result():
+    inputs = _attention_inputs()
+    with torch.no_grad():
+        ref = reference.point_cross_attention(*inputs)
+        out = cpu.point_cross_attention(*(t.bfloat16() for t in inputs))
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def _mlp(c_in=67, width=64, layers=8, skip_in=(2, 4, 6), seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for l in range(layers):
+        n_in = c_in if l == 0 else width + (c_in if l in skip_in else 0)
+        n_out = 1 if l == layers - 1 else width
+        weights.append(torch.randn(n_out, n_in, generator=g) / math.sqrt(n_in))
+        biases.append(torch.randn(n_out, generator=g) * 0.1 if bias else None)
+    return weights, biases
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_split_skip_mlp_equals_the_reference(bias):
+    weights, biases = _mlp(bias=bias)
+    x = torch.randn(2, 3000, 67) * 0.3
+    with torch.no_grad():
+        ref = reference.occupancy_mlp(x, weights, biases, (2, 4, 6), 100.0)
+        out = cpu.occupancy_mlp(x, weights, biases, (2, 4, 6), 100.0)
+    assert out.shape == (2, 3000, 1)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="biases"):
+        cpu.occupancy_mlp(x, weights, biases[:-1])
+
+
+def test_fast_softplus_matches_pytorchs():
+    """The in-place-free softplus agrees with F.softplus across the threshold, in fp32 and bf16."""
+    import torch.nn.functional as F
+
+    x = torch.cat([torch.randn(10000) * 0.05, torch.linspace(-3, 3, 1001), torch.tensor([0.0, 0.2, -0.2])])
+    for dtype, tol in ((torch.float32, 2e-8), (torch.bfloat16, 1e-2)):
+        fast = cpu.softplus(x.to(dtype), 100.0).float()
+        ref = F.softplus(x.to(dtype), beta=100.0, threshold=20.0).float()
+        torch.testing.assert_close(fast, ref, atol=tol, rtol=tol)
+    before = x.clone()
+    cpu.softplus(x, 100.0)
+    assert torch.equal(x, before)
+
+
+def test_dispatch_uses_the_cpu_paths_only_where_they_apply(monkeypatch):
+    calls = []
+    for name in ("point_cross_attention", "occupancy_mlp"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    monkeypatch.delenv("ZSW_KERNELS", raising=False)
+    q, k, v, kl, vl = _attention_inputs(N=50)
+    weights, biases = _mlp()
+    x = torch.randn(1, 50, 67)
+
+    def run(impl="auto"):
+        calls.clear()
+        kernels.point_cross_attention(q, k, v, kl, vl, impl=impl)
+        kernels.occupancy_mlp(x, weights, biases, impl=impl)
+        return list(calls)
+
+    with torch.no_grad():
+        assert run() == ["point_cross_attention", "occupancy_mlp"]
+        assert run("torch") == []  # an explicit impl gets the reference
+        with kernels.exportable():
+            assert run() == []
+        monkeypatch.setenv("ZSW_KERNELS", "torch")
+        assert run() == []
+        monkeypatch.delenv("ZSW_KERNELS")
+    q.requires_grad_(True)
+    weights[0].requires_grad_(True)
+    assert run() == []  # autograd needs the reference's differentiable ops
