@@ -15,15 +15,17 @@ CPU, where the harness does not measure memory and the row's note carries the pr
 Example::
 
     rows = bench_train_step("tiny", batch_size=4, stage="full", impls=("torch",))
+    rows, csv = run(preset="tiny", batch_size=4, impls=["torch"], out=Path("train.csv"))  # checked, appended
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-__all__ = ["bench_train_step"]
+__all__ = ["run", "bench_train_step"]
 
 
 def _peak_rss_mb() -> float:
@@ -118,3 +120,37 @@ def bench_train_step(
             torch.cuda.empty_cache()
     add_speedups(rows, "torch")
     return rows
+
+
+def run(
+    *,
+    preset: str = "tiny",
+    batch_size: int = 4,
+    stage: str = "full",
+    impls: Sequence[str] | None = None,
+    amp: str = "off",
+    points: int = 4096,
+    rep_ms: float = 1000,
+    device: str | None = None,
+    out: Path | None = None,
+) -> tuple[list, Path]:
+    """``zsw bench train``: check the options, run :func:`bench_train_step` (``impls`` default: torch
+    and triton), append the rows to ``out`` (default ``bench/results/<device>-train.csv``); returns
+    ``(rows, csv path)``."""
+    from zsw.bench._harness import append_csv, environment, gpu_slug
+    from zsw.errors import ConfigError
+
+    if stage not in ("pixel", "full"):
+        raise ConfigError(f"--stage must be pixel or full, got {stage!r}")
+    if amp not in ("off", "bf16"):
+        raise ConfigError(f"--amp must be off or bf16, got {amp!r}")
+    impls = list(impls or ["torch", "triton"])
+    if bad := [i for i in impls if i not in ("torch", "triton")]:
+        raise ConfigError(f"--impl must be torch or triton, got {bad[0]!r}")
+    rows = bench_train_step(preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device,
+                            rep_ms=rep_ms)  # fmt: skip
+    if out is None:
+        kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+        out = Path("bench/results") / f"{gpu_slug(environment(kind))}-train.csv"
+    append_csv(out, rows)
+    return rows, out

@@ -78,31 +78,18 @@ def train(
     device: opts.Device = None,
     out: Csv = None,
 ) -> None:
-    import torch
     from rich.console import Console
 
-    from zsw.bench._harness import append_csv, environment, gpu_slug, rows_table
-    from zsw.bench.train import bench_train_step
-    from zsw.errors import ConfigError
+    from zsw.bench import train as bench
+    from zsw.bench._harness import rows_table
 
-    if stage not in ("pixel", "full"):
-        raise ConfigError(f"--stage must be pixel or full, got {stage!r}")
-    if amp not in ("off", "bf16"):
-        raise ConfigError(f"--amp must be off or bf16, got {amp!r}")
-    impls = impl or ["torch", "triton"]
-    if bad := [i for i in impls if i not in ("torch", "triton")]:
-        raise ConfigError(f"--impl must be torch or triton, got {bad[0]!r}")
-    rows = bench_train_step(preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device,
-                            rep_ms=rep_ms)  # fmt: skip
+    rows, csv = bench.run(preset=preset, batch_size=batch_size, stage=stage, impls=impl, amp=amp, points=points,
+                          rep_ms=rep_ms, device=device, out=out)  # fmt: skip
     Console().print(rows_table(rows, title=f"training step, {preset} {stage}, batch {batch_size}"))
     for r in rows:
         if r.note:
             typer.echo(f"{r.provider}: {r.note}")
-    if out is None:
-        kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
-        out = Path("bench/results") / f"{gpu_slug(environment(kind))}-train.csv"
-    append_csv(out, rows)
-    typer.echo(f"appended {len(rows)} rows to {out}")
+    typer.echo(f"appended {len(rows)} rows to {csv}")
 
 
 @app.command(

@@ -32,19 +32,7 @@ def zeroshape(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     from zsw import checkpoint
-    from zsw.errors import ConfigError
-    from zsw.model import build_model
 
-    if preset not in ("zeroshape", "zeroshape-w"):
-        raise ConfigError(f"--preset must be zeroshape or zeroshape-w, got {preset!r}")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-    state = checkpoint.load_official(source)
-    tensors, report = checkpoint.convert_zeroshape(state, preset, report=True)
-    model = build_model(preset)
-    if model.text is not None:
-        model.text.init_default_embedding(use_clip=clip)
-    model.load_state_dict(tensors, strict=False)
-    checkpoint.save(model, out, extra={"converted_from": str(source), "source_kind": report.source})
+    report = checkpoint.convert_official(source, out, preset, clip=clip, overwrite=overwrite)
     typer.echo(report.summary())
     typer.echo(f"wrote {out}")

@@ -118,20 +118,12 @@ def diffuse(
         start_step=start_step, resolution=resolution,
     )  # fmt: skip
     report, resumed = pipeline.diffuse(data, out, settings, RichReporter(min_total=1))
-    typer.echo(("resumed: " if resumed else "") + _diffusion_counts(report) + f" -> {out}")
+    typer.echo(("resumed: " if resumed else "") + report.summary() + f" -> {out}")
     if report.errors:
         raise InputError(
             f"{report.errors} source render(s) could not be read; see the 'error' records in {out}/manifest.jsonl "
             "(a rerun retries them)"
         )
-
-
-def _diffusion_counts(r) -> str:
-    rate = f", {r.accepted / r.elapsed_s:.3f} images/s" if r.accepted and r.elapsed_s > 0 else ""
-    return (
-        f"{r.accepted} accepted, {r.failed} failed the IoU filter, {r.unsuitable} not on white, {r.skipped} already "
-        f"done, {r.errors} unreadable in {r.elapsed_s:.1f} s{rate}"
-    )
 
 
 @app.command(

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from zsw import checkpoint
 from zsw.config import to_dict
-from zsw.errors import CheckpointError
+from zsw.errors import CheckpointError, ConfigError
 from zsw.model import build_model
 
 
@@ -155,3 +155,32 @@ def test_load_official_refuses_arbitrary_pickles(tmp_path):
     assert torch.equal(checkpoint.load_official(good)["graph"]["a"], torch.ones(2))
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.load_official(tmp_path / "missing.ckpt")
+
+
+def test_convert_official_checks_before_loading_anything(tmp_path):
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"keep me")
+    missing = tmp_path / "missing.ckpt"  # never read: the option checks come first
+    with pytest.raises(ConfigError, match="--preset must be zeroshape or zeroshape-w, got 'huge'"):
+        checkpoint.convert_official(missing, tmp_path / "o.safetensors", "huge")
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        checkpoint.convert_official(missing, taken)
+    assert taken.read_bytes() == b"keep me"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.convert_official(missing, taken, overwrite=True)
+
+
+@pytest.mark.slow
+def test_convert_official_writes_a_loadable_checkpoint(official_state_dict, tmp_path):
+    src, out = tmp_path / "depth.ckpt", tmp_path / "w.safetensors"
+    depth_only = {k: v for k, v in official_state_dict.items() if k.startswith(("dpt_depth.", "intr_"))}
+    torch.save({"graph": depth_only}, src)
+    report = checkpoint.convert_official(src, out, "zeroshape-w")
+    assert report.source == "depth.ckpt" and report.preset == "zeroshape-w" and len(report.mapped) == 390
+    tensors, cfg, extra = checkpoint.read(out)
+    assert cfg.name == "zeroshape-w"
+    assert extra["converted_from"] == str(src) and extra["source_kind"] == "depth.ckpt"
+    key = next(k for k, v in report.mapped.items() if v.startswith("pixel.") and depth_only[k].ndim == 4)
+    assert torch.equal(tensors[report.mapped[key]], depth_only[key])
+    # the prompt's default embedding was filled (a fixed random unit vector without --clip), not left at zero
+    assert torch.linalg.vector_norm(tensors["text.default_embedding"].float()).item() == pytest.approx(1.0, abs=1e-3)

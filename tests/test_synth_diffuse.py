@@ -239,3 +239,13 @@ def test_bad_arguments(source, tmp_path):
         DiffuseConfig(start_step=20)
     with pytest.raises(ConfigError, match="min_iou"):
         DiffuseConfig(min_iou=1.5)
+
+
+def test_report_summary_counts_and_rate():
+    from zsw.synth.diffuse import SynthReport
+
+    report = SynthReport(total=9, skipped=2, accepted=3, rejected=5, failed=1, unsuitable=1, errors=2, elapsed_s=1.5)
+    assert report.summary() == (
+        "3 accepted, 1 failed the IoU filter, 1 not on white, 2 already done, 2 unreadable in 1.5 s, 2.000 images/s"
+    )
+    assert SynthReport(skipped=4).summary().endswith("4 already done, 0 unreadable in 0.0 s")  # no rate without time

@@ -9,6 +9,8 @@ the stored config and loads it strictly.
 ``depth.ckpt`` (``graph`` with only the depth and intrinsics parts) or an Omnidata DPT
 ``model_state_dict`` -- onto the ``zeroshape`` preset (every tensor, strictly) or onto
 ``zeroshape-w`` (the shared parts; the encoder's 4th input channel starts at zero).
+:func:`convert_official` is the whole ``zsw convert zeroshape`` job: official ``.ckpt`` in, zsw
+checkpoint out.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "load",
     "read",
     "convert_zeroshape",
+    "convert_official",
     "load_official",
     "ConversionReport",
     "FORMAT",
@@ -328,3 +331,32 @@ def load_official(path: str | os.PathLike) -> dict[str, Any]:
             f"cannot load {path} with torch.load(weights_only=True): {msg[:300]}. zsw refuses to unpickle "
             "arbitrary objects; re-save the state dict from a trusted environment"
         ) from None
+
+
+def convert_official(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    preset: str = "zeroshape",
+    *,
+    clip: bool = False,
+    overwrite: bool = False,
+) -> ConversionReport:
+    """``zsw convert zeroshape``: load the official checkpoint ``source`` (:func:`load_official`),
+    map it onto ``preset`` (``zeroshape`` or ``zeroshape-w``, :func:`convert_zeroshape`), fill the
+    text prompt's default embedding (with CLIP if ``clip``, else a fixed random unit vector) and
+    :func:`save` the model to ``out``, which must not exist unless ``overwrite``. Returns the report."""
+    from zsw.model import build_model
+
+    out = Path(out)
+    if preset not in ("zeroshape", "zeroshape-w"):
+        raise ConfigError(f"--preset must be zeroshape or zeroshape-w, got {preset!r}")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    state = load_official(source)
+    tensors, report = convert_zeroshape(state, preset, report=True)
+    model = build_model(preset)
+    if model.text is not None:
+        model.text.init_default_embedding(use_clip=clip)
+    model.load_state_dict(tensors, strict=False)
+    save(model, out, extra={"converted_from": str(source), "source_kind": report.source})
+    return report

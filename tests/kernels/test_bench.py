@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,39 @@ def test_bench_kernels_rejects_unknown_ops(tmp_path):
     result = CliRunner().invoke(app, ["bench", "kernels", "--ops", "attention,warp", "--out", str(tmp_path / "x.csv")])
     assert result.exit_code == 1
     assert "warp" in result.output
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(stage="joint"), "--stage must be pixel or full, got 'joint'"),
+        (dict(amp="fp16"), "--amp must be off or bf16, got 'fp16'"),
+        (dict(impls=["torch", "cuda"]), "--impl must be torch or triton, got 'cuda'"),
+    ],
+)
+def test_bench_train_run_checks_options_before_measuring(kwargs, fragment, monkeypatch, tmp_path):
+    from zsw.bench import train
+    from zsw.errors import ConfigError
+
+    monkeypatch.setattr(train, "bench_train_step", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    with pytest.raises(ConfigError, match=fragment):
+        train.run(out=tmp_path / "x.csv", **kwargs)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_bench_train_run_appends_to_the_default_csv(monkeypatch, tmp_path):
+    from zsw.bench import train
+
+    calls = []
+
+    def fake_step(preset, batch_size, **kw):
+        calls.append((preset, batch_size, kw["impls"], kw["stage"]))
+        return [_row(i, 2.0) for i in kw["impls"]]
+
+    monkeypatch.setattr(train, "bench_train_step", fake_step)
+    monkeypatch.chdir(tmp_path)
+    rows, csv_path = train.run(preset="tiny", batch_size=3, stage="pixel", device="cpu")
+    assert calls == [("tiny", 3, ["torch", "triton"], "pixel")]  # both implementations unless told
+    assert csv_path == Path("bench/results") / f"{gpu_slug(environment('cpu'))}-train.csv"
+    _, same = train.run(impls=["torch"], device="cpu")
+    assert same == csv_path and [r["provider"] for r in read_csv(tmp_path / csv_path)] == ["torch", "triton", "torch"]

@@ -133,6 +133,14 @@ class SynthReport:
     def done(self) -> int:
         return self.skipped + self.accepted + self.failed + self.unsuitable + self.errors
 
+    def summary(self) -> str:
+        """One line of counts and throughput, e.g. ``2 accepted, 1 failed the IoU filter, ...``."""
+        rate = f", {self.accepted / self.elapsed_s:.3f} images/s" if self.accepted and self.elapsed_s > 0 else ""
+        return (
+            f"{self.accepted} accepted, {self.failed} failed the IoU filter, {self.unsuitable} not on white, "
+            f"{self.skipped} already done, {self.errors} unreadable in {self.elapsed_s:.1f} s{rate}"
+        )
+
 
 class AppearanceModel(Protocol):
     model_ids: dict[str, str]
