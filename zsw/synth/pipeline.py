@@ -107,7 +107,9 @@ def diffuse(
     data: str | os.PathLike, out: str | os.PathLike, settings: DiffusionSettings, reporter: Reporter | None = None
 ) -> tuple[SynthReport, bool]:
     """Run Algorithm 1 over this shard of ``data`` into ``out``; returns the report and whether an
-    earlier run was resumed. Unreadable source renders are an :class:`InputError` at the end."""
+    earlier run was resumed. Unreadable source renders do not stop the run: they are counted in
+    ``report.errors`` (and recorded in the manifest, so a rerun retries them); ``zsw synthesize
+    diffuse`` turns a non-zero count into an error after printing the summary."""
     from zsw.hub import resolve_device, resolve_dtype
     from zsw.synth.appearance import ControlNetAppearance
     from zsw.synth.background import ObjectAwareBackground
