@@ -184,3 +184,24 @@ def test_convert_official_writes_a_loadable_checkpoint(official_state_dict, tmp_
     assert torch.equal(tensors[report.mapped[key]], depth_only[key])
     # the prompt's default embedding was filled (a fixed random unit vector without --clip), not left at zero
     assert torch.linalg.vector_norm(tensors["text.default_embedding"].float()).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
+    """safetensors writes its header in hash-map order; zsw sorts it, so a checkpoint's content hash
+    (which keys reruns) depends on the weights and config only. Any safetensors reader still reads it."""
+    from safetensors.torch import load_file
+
+    from zsw import checkpoint
+    from zsw.model.zeroshape_w import build_model
+
+    model = build_model("tiny")
+    blobs = set()
+    for i in range(4):
+        path = checkpoint.save(model, tmp_path / f"m{i}.safetensors", extra={"b": 1, "a": [2, 3]})
+        blobs.add(path.read_bytes())
+    assert len(blobs) == 1
+    tensors = load_file(str(tmp_path / "m0.safetensors"))
+    assert tensors.keys() == model.state_dict().keys()
+    assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+    model.decoder.norm.weight.data.add_(1.0)
+    assert checkpoint.save(model, tmp_path / "other.safetensors").read_bytes() not in blobs

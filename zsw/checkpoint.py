@@ -52,7 +52,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: Mapping[str, An
         path: destination ``.safetensors`` file.
         extra: JSON-serialisable facts to keep alongside (training recipe, metrics, ...).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from zsw import __version__
     from zsw.io import atomic_path
@@ -69,8 +69,18 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: Mapping[str, An
     }
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        Path(tmp).write_bytes(_sorted_header(save(tensors, metadata=metadata)))
     return path
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes them in
+    hash-map order, which changes from call to call, so equal weights would give other bytes (and
+    other content hashes, which key reruns). The tensor bytes and their offsets are unchanged."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to a multiple of 8 bytes
+    return len(header).to_bytes(8, "little") + header + blob[8 + n :]
 
 
 def read(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, Tensor], ModelConfig, dict[str, Any]]:
