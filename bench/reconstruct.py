@@ -99,8 +99,10 @@ def bench_reconstruct(
         image: the photo (default: ``examples/armchair.png`` of the repository).
         backends: ``(kind, engine folder)`` pairs; ``("torch", None)`` is the PyTorch model.
         extractions: grid extraction modes.
-        kernel_impls: decoder kernels for the PyTorch backend (default: ``triton`` and ``torch``
-            on CUDA, ``torch`` on the CPU, where Triton only runs in the slow interpreter).
+        kernel_impls: decoder kernels for the PyTorch backend: ``triton``, ``torch`` (the
+            reference) and ``auto`` (what ``zsw reconstruct`` runs: Triton on CUDA, the CPU
+            inference paths of :mod:`zsw.kernels.cpu` on a CPU). Default: ``triton`` and ``torch``
+            on CUDA, ``auto`` and ``torch`` on the CPU (Triton there is the slow interpreter).
         resolution: grid cells per axis.
         repeats: timed runs per configuration (after one warm-up run).
         precisions: autocast of the PyTorch backend, as ``zsw reconstruct --precision`` (``auto``:
@@ -112,7 +114,7 @@ def bench_reconstruct(
 
     device = torch.device(env.device)
     if kernel_impls is None:
-        kernel_impls = ("triton", "torch") if device.type == "cuda" else ("torch",)
+        kernel_impls = ("triton", "torch") if device.type == "cuda" else ("auto", "torch")
     if image is None:
         image = Path(__file__).resolve().parents[1] / "examples" / "armchair.png"
     rows: list[BenchRow] = []
@@ -179,7 +181,8 @@ def _quantiles(ms: list[float]) -> tuple[float, float, float]:
 
 def _speedups(rows: list) -> None:
     """``dense``: dense time / fast time (same provider; total and grid decoding only, the other
-    stages do not depend on the extraction); ``ref``: reference kernels / Triton kernels (same mode)."""
+    stages do not depend on the extraction); ``ref``: reference kernels / these kernels (Triton or
+    ``auto``, same mode)."""
     by_key = {(r.op, r.case, r.provider, r.mode): r for r in rows}
     for r in rows:
         dense = by_key.get((r.op, r.case, r.provider, "dense"))
@@ -317,7 +320,7 @@ def run(
     from zsw.report import Reporter
 
     for values, allowed, option in ((backends, BACKENDS, "--backend"), (extractions, EXTRACTIONS, "--extraction"),
-                                    (kernel_impls or (), ("triton", "torch"), "--kernels"),
+                                    (kernel_impls or (), ("triton", "torch", "auto"), "--kernels"),
                                     (precisions, PRECISIONS, "--precision")):  # fmt: skip
         bad = [v for v in values if v not in allowed]
         if bad:

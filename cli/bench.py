@@ -16,7 +16,9 @@ from zsw.cli._common import RichReporter, cli_errors
 # help texts too long for a line of the signature
 _CSV = "CSV to append rows to (default: bench/results/<device>-<benchmark>.csv)."
 _PRECISIONS = "auto, fp32, bf16, fp16 (repeatable; default auto)."
-_KERNELS = "Decoder kernels: triton and/or torch (default: both on CUDA, torch on CPU)."
+_KERNELS = (
+    "Decoder kernels: triton, torch (the reference), auto (default: triton and torch on CUDA, auto and torch on CPU)."
+)
 
 app = typer.Typer(
     help="Benchmarks: kernels, training step, end-to-end reconstruction (ratios to baselines in one run).",
