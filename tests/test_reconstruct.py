@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -66,7 +67,12 @@ def test_camera_frame_and_identity_of_the_mapping(repo_root, tiny_model):
 
 
 def test_a_batch_gives_the_same_meshes_as_one_image_at_a_time(repo_root, tiny_model):
-    backend = TorchBackend(tiny_model, "cpu")
+    # the random model's logits all lie within 0.2 of the threshold, where float noise between
+    # batched and single GEMMs (1e-7) can flip a sign; steepen them as a trained model's are
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.decoder.occupancy.layers[-1].weight.mul_(50.0)
+    backend = TorchBackend(model, "cpu")
     recon = Reconstructor(backend, resolution=RES, extraction="fast")
     images = [load_image(repo_root / "examples" / f"{n}.png") for n in ("hat", "toy")]
     together = recon(images)
@@ -75,6 +81,7 @@ def test_a_batch_gives_the_same_meshes_as_one_image_at_a_time(repo_root, tiny_mo
         # batched convolutions round differently: allow float noise, amplified by marching cubes
         np.testing.assert_allclose(rec.mesh.vertices, alone.mesh.vertices, atol=1e-4)
         np.testing.assert_array_equal(rec.mesh.faces, alone.mesh.faces)
+        assert len(rec.mesh.faces) > 0
     assert together[0].info["batch_size"] == 2
 
 
