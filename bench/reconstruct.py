@@ -317,10 +317,11 @@ def run(
     from zsw.errors import ConfigError, OptionError
     from zsw.infer.settings import BACKENDS, EXTRACTIONS, PRECISIONS
     from zsw.io import atomic_write_text
+    from zsw.kernels import IMPLS
     from zsw.report import Reporter
 
     for values, allowed, option in ((backends, BACKENDS, "--backend"), (extractions, EXTRACTIONS, "--extraction"),
-                                    (kernel_impls or (), ("triton", "torch", "auto"), "--kernels"),
+                                    (kernel_impls or (), IMPLS, "--kernels"),
                                     (precisions, PRECISIONS, "--precision")):  # fmt: skip
         bad = [v for v in values if v not in allowed]
         if bad:

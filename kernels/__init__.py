@@ -115,19 +115,23 @@ def triton_available(name: str) -> bool:
     return name in _triton_impls
 
 
-def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
-    """Decide whether kernel ``name`` runs ``"torch"`` or ``"triton"`` for tensors on ``device``."""
-    if impl is None:
-        impl = "auto"
+def _requested(impl: str | None) -> str:
+    """``impl``, with ``auto`` / None replaced by ``ZSW_KERNELS`` when that is set; both checked."""
+    impl = "auto" if impl is None else impl
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = os.environ.get("ZSW_KERNELS", "auto").strip().lower() or "auto"
+        if impl not in IMPLS:
+            raise ValueError(f"ZSW_KERNELS must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
+    """Decide whether kernel ``name`` runs ``"torch"`` or ``"triton"`` for tensors on ``device``."""
+    impl = _requested(impl)
     if is_exportable():
         return "torch"
-    if impl == "auto":
-        env = os.environ.get("ZSW_KERNELS", "auto").strip().lower() or "auto"
-        if env not in IMPLS:
-            raise ValueError(f"ZSW_KERNELS must be one of {IMPLS}, got {env!r}")
-        impl = env
     if impl == "auto":
         if device.type == "cuda" and triton_available(name):
             return "triton"
@@ -152,17 +156,13 @@ def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
 _warned: set[str] = set()
 
 
-def _cpu_fast(name: str, impl: str | None, tensors: tuple[Tensor, ...]) -> bool:
-    """``auto`` (not forced to the reference by ``impl`` or ``ZSW_KERNELS``) on CPU tensors without
-    autograd, outside export: the inference paths of :mod:`zsw.kernels.cpu`."""
-    forced = impl not in (None, "auto") or os.environ.get("ZSW_KERNELS", "auto").strip().lower() not in ("", "auto")
-    return not forced and name in cpu.__all__ and not is_exportable() and cpu.usable(*tensors)
-
-
 def _pick(name: str, impl: str | None, device: torch.device, *tensors: Tensor) -> Callable:
+    """The implementation to call. A PyTorch call that nothing forced to the reference (``impl``
+    or ``ZSW_KERNELS``), on CPU tensors without autograd and outside export, takes the inference
+    path of :mod:`zsw.kernels.cpu` where there is one."""
     if resolve_impl(name, impl, device) == "triton":
         return _triton_impls[name]
-    if _cpu_fast(name, impl, tensors):
+    if _requested(impl) == "auto" and name in cpu.__all__ and not is_exportable() and cpu.usable(*tensors):
         return getattr(cpu, name)
     return getattr(reference, name)
 

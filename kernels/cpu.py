@@ -42,12 +42,8 @@ def usable(*tensors: Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _flash(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None:  # not in this PyTorch build
-        return None
-    out, lse = op(q, k, v, 0.0, False, scale=scale)[:2]
-    return out, lse
+# fused CPU attention that also returns the log-sum-exp of its logits (None: not in this build)
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def point_cross_attention(
@@ -56,11 +52,10 @@ def point_cross_attention(
     """:func:`zsw.kernels.reference.point_cross_attention` through fused CPU attention."""
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    dtype = q.dtype
-    fused = _flash(q, k_latent.to(dtype), v_latent.to(dtype), scale)
-    if fused is None:
+    if _FLASH is None:
         return reference.point_cross_attention(q, k, v, k_latent, v_latent, scale)
-    out, lse = fused  # [B, H, N, D] in q's dtype, [B, H, N] float32
+    dtype = q.dtype
+    out, lse = _FLASH(q, k_latent.to(dtype), v_latent.to(dtype), 0.0, False, scale=scale)[:2]  # [B,H,N,D], [B,H,N]
     own = (q.float() * k.float()).sum(dim=-1, keepdim=True) * scale  # [B, H, N, 1]
     w = torch.sigmoid(own - lse[..., None])
     out = out.float()
