@@ -55,7 +55,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: Mapping[str, An
     from safetensors.torch import save
 
     from zsw import __version__
-    from zsw.io import atomic_path
+    from zsw.io import atomic_write
 
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
@@ -68,19 +68,21 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: Mapping[str, An
         "extra": json.dumps(dict(extra or {})),
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(_sorted_header(save(tensors, metadata=metadata)))
+    blob = memoryview(save(tensors, metadata=metadata))
+    n = int.from_bytes(blob[:8], "little")
+    with atomic_write(path) as f:
+        f.write(_sorted_header(blob[8 : 8 + n]))
+        f.write(blob[8 + n :])  # the tensor bytes, unchanged (their offsets count from the header's end)
     return path
 
 
-def _sorted_header(blob: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted: safetensors writes them in
-    hash-map order, which changes from call to call, so equal weights would give other bytes (and
-    other content hashes, which key reruns). The tensor bytes and their offsets are unchanged."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the format pads the header to a multiple of 8 bytes
-    return len(header).to_bytes(8, "little") + header + blob[8 + n :]
+def _sorted_header(header: bytes | memoryview) -> bytes:
+    """A safetensors header (length prefix included) with its JSON keys sorted: safetensors writes
+    them in hash-map order, which changes from call to call, so equal weights would give other
+    bytes (and other content hashes, which key reruns)."""
+    text = json.dumps(json.loads(bytes(header)), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to a multiple of 8 bytes
+    return len(text).to_bytes(8, "little") + text
 
 
 def read(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, Tensor], ModelConfig, dict[str, Any]]:

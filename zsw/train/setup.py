@@ -77,9 +77,6 @@ def datasets(cfg: TrainConfig, image_size: int, echo: Callable[[str], None]):
     return train, val
 
 
-# ---- checkpoints ---------------------------------------------------------------------------
-
-
 def training_parts(
     cfg: TrainConfig, dist: DistInfo, echo: Callable[[str], None], step_class: type = TrainStep
 ) -> Parts:
