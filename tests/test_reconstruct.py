@@ -450,3 +450,16 @@ def test_settings_refuse_bad_values_naming_the_option():
             zsw.ReconstructSettings(**bad)
     with pytest.raises(OptionError, match="--threshold"):
         zsw.GridSettings(threshold=float("nan"))
+
+
+def test_a_reconstructor_takes_the_jobs_grid_settings_whole(repo_root, tiny_model):
+    """The jobs hand their GridSettings over as one object (a field passed one by one was once
+    dropped): every field reaches the grid, including those with no keyword of their own here."""
+    from zsw.infer.settings import GridSettings
+
+    grid = GridSettings(resolution=12, extraction="dense", threshold=0.4, bound=1.2, close=False, chunk_points=4096)
+    recon = Reconstructor(TorchBackend(tiny_model, "cpu"), grid=grid, resolution=64)
+    assert recon.grid == grid
+    (rec,) = recon([load_image(repo_root / "examples" / "hat.png")])
+    info = rec.info["grid"]
+    assert (info["resolution"], info["bound"], info["closed"], info["grid_points"]) == (12, 1.2, False, 13**3)

@@ -109,10 +109,8 @@ def evaluate_set(
     log = ResultsLog(jsonl, measured, overwrite=s.overwrite)
     if log.rows:
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
-    g = s.grid
-    recon = Reconstructor(backend, resolution=g.resolution, extraction=g.extraction, threshold=g.threshold,
-                          bound=g.bound, close=g.close, chunk_points=g.chunk_points, frame="camera",
-                          weights_label=label, precision=s.precision, color="none")  # fmt: skip
+    recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
+                          color="none")  # fmt: skip
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator

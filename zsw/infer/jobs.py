@@ -135,10 +135,8 @@ def _run(items: list[_Item], out: Path, s: ReconstructSettings, identity: str, r
     backend, label, warning = cached_backend(s.backend, s.weights, s.engine, s.device, identity)
     if warning:
         reporter.warning(warning)
-    g = s.grid
-    recon = Reconstructor(backend, resolution=g.resolution, extraction=g.extraction, threshold=g.threshold,
-                          frame=s.frame, chunk_points=g.chunk_points, weights_label=label, bound=g.bound,
-                          precision=s.precision, close=g.close, color=s.color, min_part=s.min_part)  # fmt: skip
+    recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,
+                          color=s.color, min_part=s.min_part)  # fmt: skip
     if warning:
         recon.warnings.append(warning)
     estimator = None

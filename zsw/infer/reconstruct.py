@@ -414,6 +414,8 @@ class Reconstructor:
             False leaves surfaces that reach the grid's bound open there.
         min_part: drop disconnected parts whose surface area is below this fraction of the
             largest part's (0, the default here, keeps everything; ``zsw reconstruct`` uses 0.02).
+        grid: all grid settings at once, as the jobs hold them; when given it replaces
+            ``resolution``, ``extraction``, ``threshold``, ``bound``, ``close`` and ``chunk_points``.
     """
 
     def __init__(
@@ -431,6 +433,7 @@ class Reconstructor:
         close: bool = True,
         color: str = "photo",
         min_part: float = 0.0,
+        grid: GridSettings | None = None,
     ):
         from zsw.infer.color import COLOR_MODES
 
@@ -439,7 +442,7 @@ class Reconstructor:
         if frame not in FRAMES:
             raise ConfigError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
         self.backend = backend
-        self.grid = GridSettings(resolution, extraction, threshold, bound, close, chunk_points)
+        self.grid = grid or GridSettings(resolution, extraction, threshold, bound, close, chunk_points)
         self.frame = frame
         self.weights_label = weights_label
         self.color = color
