@@ -14,9 +14,9 @@ from zsw.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _config(pixel_aligned: bool = True, frequencies: int = 0):
+def _config(pixel_aligned: bool = True, frequencies: int = 0, mirror: bool = False):
     tiny = get_model_config("tiny")
-    decoder = replace(tiny.decoder, pixel_aligned=pixel_aligned, point_frequencies=frequencies)
+    decoder = replace(tiny.decoder, pixel_aligned=pixel_aligned, point_frequencies=frequencies, mirror_queries=mirror)
     return replace(tiny, name="tiny-pa", decoder=decoder)
 
 
@@ -75,22 +75,99 @@ def test_fourier_features_widen_the_point_embedding():
         _config(frequencies=20)
 
 
-def test_pixel_aligned_graphs_compute_what_the_model_computes():
+def test_mirror_queries_read_the_surface_at_the_reflected_point():
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=True)).eval()
+    assert model.decoder.point_embed[0].in_features == 3 + 2 * (5 + 3)  # xyz, the point's and the mirror's samples
+    out = _forward(model)
+    latents = model.latents(out)
+    assert latents.center_offset.shape == (2, 3) and latents.center_offset.dtype == torch.float32
+    # a fresh head starts at the anchor: the centre of the visible surface's bounding box
+    assert latents.center_offset.abs().max() == 0
+    assert latents.view.anchor.shape == (2, 3) and latents.view.anchor.abs().max() > 0
+    points = torch.rand(2, 300, 3) * 2 - 1
+    with torch.no_grad():
+        base = model.decoder.decode(latents, points)
+        latents.center_offset = torch.tensor([[0.0, 0.0, 0.4], [0.2, -0.1, 0.3]])  # another centre, same point
+        moved = model.decoder.decode(latents, points)
+        assert (base - moved).abs().max() > 1e-4
+        # the second sample is the surface map at 2c - q
+        features = model.decoder._point_features(points, latents)
+        want = latents.view.sample(2 * (latents.view.anchor + latents.center_offset)[:, None] - points)
+        torch.testing.assert_close(features[..., -8:], want)
+        latents.center_offset = None
+        with pytest.raises(ValueError, match="anchor"):
+            model.decoder.decode(latents, points)
+    with pytest.raises(ConfigError, match="pixel_aligned"):
+        _config(pixel_aligned=False, mirror=True)
+
+
+def test_box_center_ignores_stray_pixels_and_empty_masks():
+    from zsw.model.decoder import box_center
+
+    S = 64
+    v, u = torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij")
+    points = torch.stack([u / S, v / S, (u + v) / S], 0).float()[None].repeat(2, 1, 1, 1)  # [2, 3, S, S]
+    mask = ((u >= 8) & (u < 40) & (v >= 16) & (v < 48))[None, None].float().repeat(2, 1, 1, 1)
+    mask[0, 0, 0, 0] = mask[0, 0, 2, 62] = 1  # two stray pixels far from the object
+    points[0, :, 0, 0] = 50.0
+    mask[1] = 0  # nothing visible
+    center = box_center(points, mask)
+    torch.testing.assert_close(center[0], torch.tensor([23.5 / S, 31.5 / S, 55.0 / S]), atol=0.04, rtol=0)
+    assert torch.equal(center[1], torch.zeros(3))
+
+
+def test_training_a_mirror_decoder_learns_the_object_centre():
+    from zsw.model import build_model
+    from zsw.train.config import TrainConfig
+    from zsw.train.step import TrainStep, synthetic_batch
+
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=True))
+    cfg = TrainConfig(stage="shape")
+    step = TrainStep(model, cfg)
+    batch = synthetic_batch(2, model.config.pixel.image_size, 64, seed=1)
+    result = step(batch)
+    assert "center" in result and torch.isfinite(result["center"]) and result["center"] > 0
+    result["total"].backward()
+    head = model.decoder.center_head[-1].weight.grad
+    assert head is not None and head.abs().sum() > 0
+    # the loss counts: without its weight the head learns only through the occupancy term
+    model.zero_grad()
+    off = TrainStep(model, replace(cfg, loss=replace(cfg.loss, center=0.0)))(batch)
+    off["total"].backward()
+    assert not torch.allclose(model.decoder.center_head[-1].weight.grad, head)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_pixel_aligned_graphs_compute_what_the_model_computes(mirror):
     from zsw.export.graphs import example_inputs, graph_modules
     from zsw.model import DecoderLatents, PixelView, build_model
 
-    model = build_model(_config()).eval()
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=mirror)).eval()
+    if mirror:  # a trained head: a centre away from the origin
+        torch.nn.init.normal_(model.decoder.center_head[-1].weight, std=0.1)
     modules = graph_modules(model)
     inputs = example_inputs(model, batch=2, points=40)
     names = modules["decoder"].spec.input_names
-    assert names[-2:] == ["view_surface", "view_projection"]
+    extra = ["center_offset", "view_anchor"] if mirror else []
+    assert names[-2 - len(extra) :] == ["view_surface", "view_projection", *extra]
     with torch.no_grad():
         got = modules["decoder"](*inputs["decoder"])[0]
         named = dict(zip(names, inputs["decoder"]))
         kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(model.config.decoder.blocks)]
-        view = PixelView(named["view_surface"], named["view_projection"])
-        want = model.decoder.decode(DecoderLatents(kv=kv, text=named["query_text"], view=view), named["points"])
+        view = PixelView(named["view_surface"], named["view_projection"], named.get("view_anchor"))
+        latents = DecoderLatents(kv=kv, text=named["query_text"], view=view, center_offset=named.get("center_offset"))
+        want = model.decoder.decode(latents, named["points"])
+        encoded = modules["encoder"](*inputs["encoder"])
     assert torch.equal(got, want)
+    assert modules["encoder"].spec.output_names[-1] == ("center_offset" if mirror else "query_text")
+    if mirror:  # the encoder graph hands the decoder graph the centre it predicts
+        assert named["center_offset"].abs().max() > 0
+        torch.testing.assert_close(encoded[-1], named["center_offset"])
 
 
 def test_ellipsoid_baseline_spans_the_true_extents():

@@ -132,6 +132,13 @@ class DecoderConfig:
     # behind it = maybe inside): pixel-aligned conditioning as in PIFu, which a small decoder learns
     # from in a few thousand steps where the token-only decoder learns a mean blob
     pixel_aligned: bool = False
+    # False: as above. True (pixel-aligned decoders only): each query q is also reflected through
+    # the object's centre c, predicted from the global token by a small head (trained against the
+    # true centre), and the surface map is sampled at q' = 2c - q too. For a centrally symmetric
+    # object (box, cylinder, sphere, torus, capsule) q lies on the hidden back exactly where q'
+    # lies on the visible front, so the decoder can copy the back from the front instead of
+    # guessing it (the symmetry prior of Front2Back, Yao et al. 2020)
+    mirror_queries: bool = False
     # occupancy MLP: hidden layers, their width, skip connections and Softplus sharpness
     occ_layers: int = 8
     occ_width: int = 256
@@ -179,6 +186,8 @@ class ModelConfig:
             raise ConfigError("decoder.point_embed_dim must be between 0 and decoder.width")
         if not 0 <= self.decoder.point_frequencies <= 12:
             raise ConfigError(f"decoder.point_frequencies must be in 0..12, got {self.decoder.point_frequencies}")
+        if self.decoder.mirror_queries and not self.decoder.pixel_aligned:
+            raise ConfigError("decoder.mirror_queries samples the surface map: it needs decoder.pixel_aligned")
         if self.decoder.point_embed == "mlp" and not self.text.enabled:
             raise ConfigError("decoder.point_embed='mlp' concatenates a text embedding: enable text or use 'linear'")
         if self.pixel.mask_heads != (self.encoder.in_channels == 4):

@@ -4,7 +4,9 @@ A reconstruction is split where the PyTorch model is split (``zsw.infer.backend`
 
     pixel    image [B, 3, S, S], text [B, T]       -> depth, intrinsics, visible/occluder mask logits
     encoder  encoder_input [B, C, S, S], text [B, T] -> latent_k{i}, latent_v{i} [B, H, L, D], query_text
+                                                       (, center_offset [B, 3] with mirror queries)
     decoder  points [B, N, 3], latent K/V, query_text -> logits [B, N]
+             (+ view_surface, view_projection when pixel-aligned; + center_offset, view_anchor with mirror queries)
 
 The unprojection and normalisation between ``pixel`` and ``encoder`` (``zsw.model.lift_surface``)
 stay in PyTorch: a few element-wise operations, and they depend on a user-supplied mask when one is
@@ -126,13 +128,14 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
     query_text = []
     if dec.point_embed == "mlp":  # ZeroShape-W: the text part of every query, computed once per image
         query_text = [TensorSpec("query_text", ("batch", dec.width - dec.point_embed_dim))]
+    center = [TensorSpec("center_offset", ("batch", 3))] if dec.mirror_queries else []
     encoder = GraphSpec(
         "encoder",
         inputs=(
             TensorSpec("encoder_input", ("batch", cfg.encoder.in_channels, S, S)),
             *(text if query_text else []),
         ),
-        outputs=(*kv, *query_text),
+        outputs=(*kv, *query_text, *center),
     )
     view = []
     if dec.pixel_aligned:  # the visible surface map and camera each query point samples
@@ -140,9 +143,10 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
             TensorSpec("view_surface", ("batch", cfg.encoder.in_channels + 1, S, S)),
             TensorSpec("view_projection", ("batch", 3, 4)),
         ]
+    anchor = [TensorSpec("view_anchor", ("batch", 3))] if dec.mirror_queries else []
     decoder = GraphSpec(
         "decoder",
-        inputs=(TensorSpec("points", ("batch", "points", 3)), *kv, *query_text, *view),
+        inputs=(TensorSpec("points", ("batch", "points", 3)), *kv, *query_text, *view, *center, *anchor),
         outputs=(TensorSpec("logits", ("batch", "points")),),
     )
     return {"pixel": pixel, "encoder": encoder, "decoder": decoder}
@@ -182,13 +186,16 @@ class GraphModule(nn.Module):
             outs = [x for kv in latents.kv for x in kv]
             if latents.text is not None:
                 outs.append(latents.text)
+            if latents.center_offset is not None:
+                outs.append(latents.center_offset)
         else:
             blocks = len(m.decoder.blocks)
             kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(blocks)]
             view = None
             if "view_surface" in named:
-                view = PixelView(named["view_surface"], named["view_projection"])
-            latents = DecoderLatents(kv=kv, text=named.get("query_text"), view=view)
+                view = PixelView(named["view_surface"], named["view_projection"], named.get("view_anchor"))
+            offset = named.get("center_offset")
+            latents = DecoderLatents(kv=kv, text=named.get("query_text"), view=view, center_offset=offset)
             outs = [m.decoder.decode(latents, named["points"])]
         return tuple(o if o.dtype == torch.float32 else o.float() for o in outs)
 
@@ -253,7 +260,8 @@ def example_inputs(
     if cfg.decoder.pixel_aligned:
         v = lifted.pixel_view(pix.intrinsics)
         view = [v.surface.float(), v.projection.float()]
-    decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view)
+    mirror = [latents.center_offset.float(), v.anchor.float()] if latents.center_offset is not None else []
+    decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view, *mirror)
     return {"pixel": pixel_in, "encoder": encoder_in, "decoder": decoder_in}
 
 

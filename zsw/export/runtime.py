@@ -89,16 +89,17 @@ class RuntimeBackend:
         text = self._text_for(text, encoder_input.shape[0])
         out = self._call("encoder", {"encoder_input": encoder_input, "text": text})
         kv = [(out[f"latent_k{i}"], out[f"latent_v{i}"]) for i in range(self.config.decoder.blocks)]
-        return DecoderLatents(kv=kv, text=out.get("query_text"))
+        return DecoderLatents(kv=kv, text=out.get("query_text"), center_offset=out.get("center_offset"))
 
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:  # [B, N, 3] -> [B, N]
         B = latents.batch_size
         if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[0] != B or points.shape[2] != 3:
             got = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
             raise InputError(f"points must be a tensor [B={B}, N, 3], got {got}")
-        named: dict[str, Tensor | None] = {"query_text": latents.text}
+        named: dict[str, Tensor | None] = {"query_text": latents.text, "center_offset": latents.center_offset}
         if latents.view is not None:
             named["view_surface"], named["view_projection"] = latents.view.surface, latents.view.projection
+            named["view_anchor"] = latents.view.anchor
         for i, (k, v) in enumerate(latents.kv):
             named[f"latent_k{i}"], named[f"latent_v{i}"] = k, v
         N = points.shape[1]

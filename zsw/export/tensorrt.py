@@ -208,6 +208,8 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
                 "query_text": latents.text,
                 "view_surface": view.surface,
                 "view_projection": view.projection,
+                "center_offset": latents.center_offset,
+                "view_anchor": view.anchor,
                 **{f"latent_{c}{i}": kv[j] for i, kv in enumerate(latents.kv) for j, c in enumerate("kv")},
             },
         }

@@ -26,7 +26,7 @@ from zsw.config import DecoderConfig
 from zsw.model.geometry import sincos_pos_embed_2d
 from zsw.model.layers import OccupancyMLP, PointCrossAttention
 
-__all__ = ["PointDecoder", "DecoderLatents", "PixelView"]
+__all__ = ["PointDecoder", "DecoderLatents", "PixelView", "box_center"]
 
 
 @dataclass
@@ -35,6 +35,9 @@ class PixelView:
 
     surface: Tensor  # [B, C, S, S]: normalised visible xyz, visible mask (and occluder mask)
     projection: Tensor  # [B, 3, 4]: normalised point -> homogeneous pixel, K @ [scale * I | center]
+    # [B, 3]: centre of the visible surface's robust bounding box (2nd-98th percentile per axis), the
+    # point from which a mirror-query decoder predicts the object's centre
+    anchor: Tensor | None = None
 
     @staticmethod
     def from_surface(
@@ -49,7 +52,7 @@ class PixelView:
         surface = torch.cat([m.to(visible_points.dtype) for m in maps], dim=1)
         eye = torch.eye(3, device=center.device, dtype=torch.float32)
         pose = torch.cat([scale.float()[:, None, None] * eye, center.float()[:, :, None]], dim=2)  # [B, 3, 4]
-        return PixelView(surface, intrinsics.float() @ pose)
+        return PixelView(surface, intrinsics.float() @ pose, box_center(visible_points, visible_mask))
 
     def sample(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> [B, N, C + 3]
         """The surface map at each point's pixel (bilinear; zeros off the image and behind the
@@ -72,6 +75,21 @@ class PixelView:
         return out.to(points.dtype)
 
 
+def box_center(points: Tensor, mask: Tensor, q: float = 0.02) -> Tensor:  # [B, 3, S, S], [B, 1, S, S] -> [B, 3]
+    """Centre of the masked points' bounding box between the ``q`` and ``1 - q`` quantiles of each
+    axis (robust to the stray pixels a predicted mask and depth leave at the silhouette), on every
+    other pixel of every other row; 0 for an empty mask. For a convex object the bounding box of
+    what is seen is centred on the object's own in x and y far better than the centroid is."""
+    pts = points.detach().float()[:, :, ::2, ::2].flatten(2)  # [B, 3, P]
+    seen = (mask.detach()[:, :, ::2, ::2] > 0.5).flatten(2)  # [B, 1, P]
+    pts = torch.where(seen, pts, torch.full_like(pts, float("nan")))
+    out = []
+    for part in pts.split(128):  # torch.nanquantile takes at most 2^24 elements
+        bounds = torch.nanquantile(part, torch.tensor([q, 1.0 - q], device=pts.device), dim=-1)  # [2, b, 3]
+        out.append(bounds.mean(0))
+    return torch.nan_to_num(torch.cat(out), nan=0.0)
+
+
 @dataclass
 class DecoderLatents:
     """What every query point of an image needs, computed once by :meth:`PointDecoder.encode`."""
@@ -83,6 +101,9 @@ class DecoderLatents:
     keep: list[tuple[Tensor, Tensor]] | None = field(default=None, repr=False)
     # the image's visible surface and camera (pixel-aligned decoders only)
     view: PixelView | None = field(default=None, repr=False)
+    # the object's predicted centre minus the view's anchor (the visible surface's bounding-box
+    # centre), normalised frame, [B, 3] (mirror-query decoders only)
+    center_offset: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -141,7 +162,10 @@ class PointDecoder(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(width, token_grid, cls_token=True)[None])
         if cfg.pixel_aligned and view_channels < 4:
             raise ValueError("a pixel-aligned decoder needs the surface map's channel count (view_channels)")
-        point_in = 3 + 6 * cfg.point_frequencies + ((view_channels + 3) if cfg.pixel_aligned else 0)
+        if cfg.mirror_queries and not cfg.pixel_aligned:
+            raise ValueError("mirror_queries samples the surface map: it needs pixel_aligned")
+        views = (1 + int(cfg.mirror_queries)) if cfg.pixel_aligned else 0
+        point_in = 3 + 6 * cfg.point_frequencies + views * (view_channels + 3)
         if cfg.point_embed == "linear":
             self.point_embed = nn.Linear(point_in, width)
             self.text_proj = None
@@ -154,7 +178,15 @@ class PointDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.occupancy = OccupancyMLP(3 + width, cfg.occ_width, cfg.occ_layers, 1, cfg.skip_in, cfg.softplus_beta)
+        # the object's centre in the normalised frame, from the global token (mirror queries)
+        self.center_head = None
+        if cfg.mirror_queries:
+            self.center_head = nn.Sequential(
+                nn.LayerNorm(token_dim), nn.Linear(token_dim, width), nn.GELU(), nn.Linear(width, 3)
+            )
         self.apply(self._init_weights)
+        if self.center_head is not None:  # start at the anchor, the visible surface's bounding-box centre
+            nn.init.zeros_(self.center_head[-1].weight)
         # the model's PromptEmbedder, for text=None (plain attribute: owned and saved by the model)
         self.__dict__["_text_embedder"] = text_embedder
 
@@ -200,7 +232,8 @@ class PointDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             k, v, x = block.latent(x, keep[i] if keep else None)
             kv.append((k, v))
-        return DecoderLatents(kv=kv, text=text_part, keep=keep)
+        offset = self.center_head(tokens[:, 0]).float() if self.center_head is not None else None
+        return DecoderLatents(kv=kv, text=text_part, keep=keep, center_offset=offset)
 
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
         """Occupancy logits ``[B, N]`` of ``points [B, N, 3]`` against precomputed latents."""
@@ -216,7 +249,8 @@ class PointDecoder(nn.Module):
         return self.occupancy(torch.cat([points, x], dim=-1)).squeeze(-1)
 
     def _point_features(self, points: Tensor, latents: DecoderLatents) -> Tensor:  # [B, N, 3] -> [B, N, F_in]
-        """xyz; sin/cos of xyz at ``point_frequencies`` octaves; the pixel-aligned surface sample."""
+        """xyz; sin/cos of xyz at ``point_frequencies`` octaves; the pixel-aligned surface sample
+        (and the sample at the point reflected through the object's centre)."""
         feats = [points]
         if self.cfg.point_frequencies:
             octaves = torch.arange(self.cfg.point_frequencies, device=points.device, dtype=points.dtype)
@@ -226,6 +260,13 @@ class PointDecoder(nn.Module):
             if latents.view is None:
                 raise ValueError("this decoder is pixel-aligned: its latents need a PixelView (see ZeroShapeW.latents)")
             feats.append(latents.view.sample(points))
+            if self.cfg.mirror_queries:
+                view = latents.view
+                if latents.center_offset is None or view.anchor is None:
+                    raise ValueError("this decoder reflects its queries: needs a centre offset and the view's anchor")
+                center = view.anchor.float() + latents.center_offset.float()  # [B, 3]
+                mirrored = 2.0 * center[:, None, :].to(points.dtype) - points
+                feats.append(latents.view.sample(mirrored))
         return torch.cat(feats, dim=-1) if len(feats) > 1 else points
 
     @torch.no_grad()

@@ -196,7 +196,13 @@ class TrainStep(nn.Module):
                 terms["occluder_mask"] = L.mask_bce(occ_logits, occluder)
         if out is not None:
             queries = L.query_points(batch["points"], batch["extrinsics"], gt_center, gt_scale)
-            logits = model.decode(out, queries.to(out.tokens.dtype))
+            latents = model.latents(out)
+            if latents.center_offset is not None:  # the object frame's origin is its bounding-box centre
+                origin = batch["points"].new_zeros(B, 1, 3)
+                true_center = L.query_points(origin, batch["extrinsics"], gt_center, gt_scale)[:, 0]
+                center = latents.view.anchor.float() + latents.center_offset
+                terms["center"] = (center - true_center).abs().sum(-1).mean()
+            logits = model.decoder.decode(latents, queries.to(out.tokens.dtype))
             terms["occupancy"] = L.occupancy_bce(logits, batch["occupancy"])
             terms["occupancy_acc"] = ((logits.detach() > 0).float() == batch["occupancy"]).float().mean()
             pred, gt_occ = logits.detach() > 0, batch["occupancy"] > 0.5
@@ -209,6 +215,7 @@ class TrainStep(nn.Module):
             "visible_mask": w.visible_mask,
             "occluder_mask": w.occluder_mask,
             "occupancy": w.occupancy,
+            "center": w.center,
         }
         total = sum(weights[k] * v for k, v in terms.items() if k in weights)
         result = {"total": total, **terms}
