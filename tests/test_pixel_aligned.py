@@ -14,9 +14,15 @@ from zsw.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _config(pixel_aligned: bool = True, frequencies: int = 0, mirror: bool = False):
+def _config(pixel_aligned: bool = True, frequencies: int = 0, mirror: bool = False, axial: bool = False):
     tiny = get_model_config("tiny")
-    decoder = replace(tiny.decoder, pixel_aligned=pixel_aligned, point_frequencies=frequencies, mirror_queries=mirror)
+    decoder = replace(
+        tiny.decoder,
+        pixel_aligned=pixel_aligned,
+        point_frequencies=frequencies,
+        mirror_queries=mirror,
+        axial_queries=axial,
+    )
     return replace(tiny, name="tiny-pa", decoder=decoder)
 
 
@@ -119,55 +125,84 @@ def test_box_center_ignores_stray_pixels_and_empty_masks():
     assert torch.equal(center[1], torch.zeros(3))
 
 
+def test_axial_queries_read_the_surface_at_the_point_turned_about_the_up_axis():
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=True, axial=True)).eval()
+    assert model.decoder.point_embed[0].in_features == 3 + 3 * (5 + 3)
+    latents = model.latents(_forward(model))
+    torch.testing.assert_close(latents.up, torch.tensor([[0.0, -1.0, 0.0]] * 2))  # a fresh head: the camera's up
+    latents.center_offset = torch.tensor([[0.1, 0.0, 0.3], [0.0, 0.2, 0.4]])
+    c = latents.view.anchor + latents.center_offset
+    points = torch.rand(2, 200, 3) * 2 - 1
+    with torch.no_grad():
+        features = model.decoder._point_features(points, latents)
+        # about the vertical axis: x and z reflect through the centre, y stays
+        turned = torch.stack(
+            [2 * c[:, None, 0] - points[..., 0], points[..., 1], 2 * c[:, None, 2] - points[..., 2]], -1
+        )
+        torch.testing.assert_close(features[..., -8:], latents.view.sample(turned))
+        base = model.decoder.decode(latents, points)
+        latents.up = torch.nn.functional.normalize(torch.tensor([[0.0, -1.0, -0.5]] * 2), dim=-1)  # a tilted axis
+        assert (model.decoder.decode(latents, points) - base).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="mirror_queries"):
+        _config(axial=True)
+
+
 def test_training_a_mirror_decoder_learns_the_object_centre():
     from zsw.model import build_model
     from zsw.train.config import TrainConfig
     from zsw.train.step import TrainStep, synthetic_batch
 
     torch.manual_seed(0)
-    model = build_model(_config(mirror=True))
+    model = build_model(_config(mirror=True, axial=True))
     cfg = TrainConfig(stage="shape")
     step = TrainStep(model, cfg)
     batch = synthetic_batch(2, model.config.pixel.image_size, 64, seed=1)
     result = step(batch)
-    assert "center" in result and torch.isfinite(result["center"]) and result["center"] > 0
+    for term in ("center", "up"):
+        assert term in result and torch.isfinite(result[term]) and result[term] > 0
     result["total"].backward()
     head = model.decoder.center_head[-1].weight.grad
     assert head is not None and head.abs().sum() > 0
     # the loss counts: without its weight the head learns only through the occupancy term
     model.zero_grad()
-    off = TrainStep(model, replace(cfg, loss=replace(cfg.loss, center=0.0)))(batch)
+    off = TrainStep(model, replace(cfg, loss=replace(cfg.loss, center=0.0, up=0.0)))(batch)
     off["total"].backward()
     assert not torch.allclose(model.decoder.center_head[-1].weight.grad, head)
 
 
-@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("mirror", [False, True, "axial"])
 def test_pixel_aligned_graphs_compute_what_the_model_computes(mirror):
     from zsw.export.graphs import example_inputs, graph_modules
     from zsw.model import DecoderLatents, PixelView, build_model
 
     torch.manual_seed(0)
-    model = build_model(_config(mirror=mirror)).eval()
+    model = build_model(_config(mirror=bool(mirror), axial=mirror == "axial")).eval()
     if mirror:  # a trained head: a centre away from the origin
         torch.nn.init.normal_(model.decoder.center_head[-1].weight, std=0.1)
     modules = graph_modules(model)
     inputs = example_inputs(model, batch=2, points=40)
     names = modules["decoder"].spec.input_names
-    extra = ["center_offset", "view_anchor"] if mirror else []
+    extra = ["center_offset", *(["object_up"] if mirror == "axial" else []), "view_anchor"] if mirror else []
     assert names[-2 - len(extra) :] == ["view_surface", "view_projection", *extra]
     with torch.no_grad():
         got = modules["decoder"](*inputs["decoder"])[0]
         named = dict(zip(names, inputs["decoder"]))
         kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(model.config.decoder.blocks)]
         view = PixelView(named["view_surface"], named["view_projection"], named.get("view_anchor"))
-        latents = DecoderLatents(kv=kv, text=named["query_text"], view=view, center_offset=named.get("center_offset"))
+        offset, up = named.get("center_offset"), named.get("object_up")
+        latents = DecoderLatents(kv=kv, text=named["query_text"], view=view, center_offset=offset, up=up)
         want = model.decoder.decode(latents, named["points"])
         encoded = modules["encoder"](*inputs["encoder"])
     assert torch.equal(got, want)
-    assert modules["encoder"].spec.output_names[-1] == ("center_offset" if mirror else "query_text")
+    outputs = modules["encoder"].spec.output_names
+    assert outputs[-1] == {False: "query_text", True: "center_offset", "axial": "object_up"}[mirror]
     if mirror:  # the encoder graph hands the decoder graph the centre it predicts
         assert named["center_offset"].abs().max() > 0
-        torch.testing.assert_close(encoded[-1], named["center_offset"])
+        for name in ("center_offset", "object_up")[: 1 + (mirror == "axial")]:
+            torch.testing.assert_close(encoded[outputs.index(name)], named[name])
 
 
 def test_ellipsoid_baseline_spans_the_true_extents():

@@ -139,6 +139,11 @@ class DecoderConfig:
     # lies on the visible front, so the decoder can copy the back from the front instead of
     # guessing it (the symmetry prior of Front2Back, Yao et al. 2020)
     mirror_queries: bool = False
+    # False: as above. True (with mirror_queries): the surface map is also sampled at q turned by
+    # 180 degrees about the object's up axis through c (the axis predicted by the same head,
+    # trained against the true one): q lies on the hidden back where that point lies on the front
+    # for objects with that symmetry (cones, bottles, lamps, vases, tables, upright boxes)
+    axial_queries: bool = False
     # occupancy MLP: hidden layers, their width, skip connections and Softplus sharpness
     occ_layers: int = 8
     occ_width: int = 256
@@ -188,6 +193,10 @@ class ModelConfig:
             raise ConfigError(f"decoder.point_frequencies must be in 0..12, got {self.decoder.point_frequencies}")
         if self.decoder.mirror_queries and not self.decoder.pixel_aligned:
             raise ConfigError("decoder.mirror_queries samples the surface map: it needs decoder.pixel_aligned")
+        if self.decoder.axial_queries and not self.decoder.mirror_queries:
+            raise ConfigError(
+                "decoder.axial_queries turns queries about the mirror centre: it needs decoder.mirror_queries"
+            )
         if self.decoder.point_embed == "mlp" and not self.text.enabled:
             raise ConfigError("decoder.point_embed='mlp' concatenates a text embedding: enable text or use 'linear'")
         if self.pixel.mask_heads != (self.encoder.in_channels == 4):

@@ -4,9 +4,10 @@ A reconstruction is split where the PyTorch model is split (``zsw.infer.backend`
 
     pixel    image [B, 3, S, S], text [B, T]       -> depth, intrinsics, visible/occluder mask logits
     encoder  encoder_input [B, C, S, S], text [B, T] -> latent_k{i}, latent_v{i} [B, H, L, D], query_text
-                                                       (, center_offset [B, 3] with mirror queries)
+                                                       (+ center_offset, object_up [B, 3] with mirror queries)
     decoder  points [B, N, 3], latent K/V, query_text -> logits [B, N]
-             (+ view_surface, view_projection when pixel-aligned; + center_offset, view_anchor with mirror queries)
+             (+ view_surface, view_projection when pixel-aligned; + center_offset, object_up, view_anchor with mirror
+             queries: object_up only with axial queries)
 
 The unprojection and normalisation between ``pixel`` and ``encoder`` (``zsw.model.lift_surface``)
 stay in PyTorch: a few element-wise operations, and they depend on a user-supplied mask when one is
@@ -129,6 +130,7 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
     if dec.point_embed == "mlp":  # ZeroShape-W: the text part of every query, computed once per image
         query_text = [TensorSpec("query_text", ("batch", dec.width - dec.point_embed_dim))]
     center = [TensorSpec("center_offset", ("batch", 3))] if dec.mirror_queries else []
+    center += [TensorSpec("object_up", ("batch", 3))] if dec.axial_queries else []
     encoder = GraphSpec(
         "encoder",
         inputs=(
@@ -186,8 +188,7 @@ class GraphModule(nn.Module):
             outs = [x for kv in latents.kv for x in kv]
             if latents.text is not None:
                 outs.append(latents.text)
-            if latents.center_offset is not None:
-                outs.append(latents.center_offset)
+            outs += [x for x in (latents.center_offset, latents.up) if x is not None]
         else:
             blocks = len(m.decoder.blocks)
             kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(blocks)]
@@ -195,7 +196,9 @@ class GraphModule(nn.Module):
             if "view_surface" in named:
                 view = PixelView(named["view_surface"], named["view_projection"], named.get("view_anchor"))
             offset = named.get("center_offset")
-            latents = DecoderLatents(kv=kv, text=named.get("query_text"), view=view, center_offset=offset)
+            latents = DecoderLatents(
+                kv=kv, text=named.get("query_text"), view=view, center_offset=offset, up=named.get("object_up")
+            )
             outs = [m.decoder.decode(latents, named["points"])]
         return tuple(o if o.dtype == torch.float32 else o.float() for o in outs)
 
@@ -260,7 +263,8 @@ def example_inputs(
     if cfg.decoder.pixel_aligned:
         v = lifted.pixel_view(pix.intrinsics)
         view = [v.surface.float(), v.projection.float()]
-    mirror = [latents.center_offset.float(), v.anchor.float()] if latents.center_offset is not None else []
+    mirror = [x.float() for x in (latents.center_offset, latents.up) if x is not None]
+    mirror += [v.anchor.float()] if mirror else []
     decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view, *mirror)
     return {"pixel": pixel_in, "encoder": encoder_in, "decoder": decoder_in}
 

@@ -89,7 +89,9 @@ class RuntimeBackend:
         text = self._text_for(text, encoder_input.shape[0])
         out = self._call("encoder", {"encoder_input": encoder_input, "text": text})
         kv = [(out[f"latent_k{i}"], out[f"latent_v{i}"]) for i in range(self.config.decoder.blocks)]
-        return DecoderLatents(kv=kv, text=out.get("query_text"), center_offset=out.get("center_offset"))
+        return DecoderLatents(
+            kv=kv, text=out.get("query_text"), center_offset=out.get("center_offset"), up=out.get("object_up")
+        )
 
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:  # [B, N, 3] -> [B, N]
         B = latents.batch_size
@@ -97,6 +99,7 @@ class RuntimeBackend:
             got = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
             raise InputError(f"points must be a tensor [B={B}, N, 3], got {got}")
         named: dict[str, Tensor | None] = {"query_text": latents.text, "center_offset": latents.center_offset}
+        named["object_up"] = latents.up
         if latents.view is not None:
             named["view_surface"], named["view_projection"] = latents.view.surface, latents.view.projection
             named["view_anchor"] = latents.view.anchor

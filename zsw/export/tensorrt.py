@@ -210,6 +210,7 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
                 "view_projection": view.projection,
                 "center_offset": latents.center_offset,
                 "view_anchor": view.anchor,
+                "object_up": latents.up,
                 **{f"latent_{c}{i}": kv[j] for i, kv in enumerate(latents.kv) for j, c in enumerate("kv")},
             },
         }

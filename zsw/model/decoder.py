@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from zsw.config import DecoderConfig
@@ -58,8 +59,6 @@ class PixelView:
         """The surface map at each point's pixel (bilinear; zeros off the image and behind the
         camera), and the point minus the sampled surface point. Always computed in float32, also
         under autocast: pixel coordinates up to the image size need more than bf16's 8 bits."""
-        import torch.nn.functional as F
-
         with torch.autocast(points.device.type, enabled=False):
             pts = points.float()
             B, C, S, _ = self.surface.shape
@@ -104,6 +103,8 @@ class DecoderLatents:
     # the object's predicted centre minus the view's anchor (the visible surface's bounding-box
     # centre), normalised frame, [B, 3] (mirror-query decoders only)
     center_offset: Tensor | None = None
+    # the object's predicted up axis, a unit vector in the camera's axes, [B, 3] (axial queries)
+    up: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -164,7 +165,7 @@ class PointDecoder(nn.Module):
             raise ValueError("a pixel-aligned decoder needs the surface map's channel count (view_channels)")
         if cfg.mirror_queries and not cfg.pixel_aligned:
             raise ValueError("mirror_queries samples the surface map: it needs pixel_aligned")
-        views = (1 + int(cfg.mirror_queries)) if cfg.pixel_aligned else 0
+        views = (1 + int(cfg.mirror_queries) + int(cfg.axial_queries)) if cfg.pixel_aligned else 0
         point_in = 3 + 6 * cfg.point_frequencies + views * (view_channels + 3)
         if cfg.point_embed == "linear":
             self.point_embed = nn.Linear(point_in, width)
@@ -182,8 +183,13 @@ class PointDecoder(nn.Module):
         self.center_head = None
         if cfg.mirror_queries:
             self.center_head = nn.Sequential(
-                nn.LayerNorm(token_dim), nn.Linear(token_dim, width), nn.GELU(), nn.Linear(width, 3)
+                nn.LayerNorm(token_dim),
+                nn.Linear(token_dim, width),
+                nn.GELU(),
+                nn.Linear(width, 6 if cfg.axial_queries else 3),
             )
+        # the camera's up (y points down in the image): where an upright object's axis starts
+        self.register_buffer("camera_up", torch.tensor([0.0, -1.0, 0.0]), persistent=False)
         self.apply(self._init_weights)
         if self.center_head is not None:  # start at the anchor, the visible surface's bounding-box centre
             nn.init.zeros_(self.center_head[-1].weight)
@@ -232,8 +238,13 @@ class PointDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             k, v, x = block.latent(x, keep[i] if keep else None)
             kv.append((k, v))
-        offset = self.center_head(tokens[:, 0]).float() if self.center_head is not None else None
-        return DecoderLatents(kv=kv, text=text_part, keep=keep, center_offset=offset)
+        offset = up = None
+        if self.center_head is not None:
+            head = self.center_head(tokens[:, 0]).float()
+            offset = head[:, :3]
+            if self.cfg.axial_queries:
+                up = F.normalize(head[:, 3:] + self.camera_up, dim=-1)
+        return DecoderLatents(kv=kv, text=text_part, keep=keep, center_offset=offset, up=up)
 
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
         """Occupancy logits ``[B, N]`` of ``points [B, N, 3]`` against precomputed latents."""
@@ -266,7 +277,14 @@ class PointDecoder(nn.Module):
                     raise ValueError("this decoder reflects its queries: needs a centre offset and the view's anchor")
                 center = view.anchor.float() + latents.center_offset.float()  # [B, 3]
                 mirrored = 2.0 * center[:, None, :].to(points.dtype) - points
-                feats.append(latents.view.sample(mirrored))
+                feats.append(view.sample(mirrored))
+            if self.cfg.axial_queries:
+                if latents.up is None:
+                    raise ValueError("this decoder turns its queries about an axis: its latents need the object's up")
+                # 180 degrees about the axis u through c: q -> 2c - q + 2u (u . (q - c))
+                u = latents.up[:, None, :].to(points.dtype)
+                along = ((points - center[:, None, :].to(points.dtype)) * u).sum(-1, keepdim=True)
+                feats.append(view.sample(mirrored + 2.0 * along * u))
         return torch.cat(feats, dim=-1) if len(feats) > 1 else points
 
     @torch.no_grad()

@@ -44,6 +44,8 @@ class LossConfig:
     occupancy: float = 1.0
     # L1 between the decoder's predicted object centre and the true one (mirror-query decoders)
     center: float = 1.0
+    # 1 - cos between the predicted and the true up axis of the object (axial-query decoders)
+    up: float = 1.0
     # multi-scale gradient matching inside the depth term (ZeroShape's MiDaS loss: 0.1)
     depth_gradient: float = 0.0
     # predicted inverse depth for the auxiliary term is 1 / (depth + aux_depth_eps)

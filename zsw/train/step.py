@@ -202,6 +202,9 @@ class TrainStep(nn.Module):
                 true_center = L.query_points(origin, batch["extrinsics"], gt_center, gt_scale)[:, 0]
                 center = latents.view.anchor.float() + latents.center_offset
                 terms["center"] = (center - true_center).abs().sum(-1).mean()
+            if latents.up is not None:  # the object frame's y axis is up
+                true_up = batch["extrinsics"][:, :, 1].float()
+                terms["up"] = (1.0 - (latents.up * true_up).sum(-1)).mean()
             logits = model.decoder.decode(latents, queries.to(out.tokens.dtype))
             terms["occupancy"] = L.occupancy_bce(logits, batch["occupancy"])
             terms["occupancy_acc"] = ((logits.detach() > 0).float() == batch["occupancy"]).float().mean()
@@ -216,6 +219,7 @@ class TrainStep(nn.Module):
             "occluder_mask": w.occluder_mask,
             "occupancy": w.occupancy,
             "center": w.center,
+            "up": w.up,
         }
         total = sum(weights[k] * v for k, v in terms.items() if k in weights)
         result = {"total": total, **terms}
