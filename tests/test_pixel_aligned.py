@@ -150,6 +150,22 @@ def test_axial_queries_read_the_surface_at_the_point_turned_about_the_up_axis():
         _config(axial=True)
 
 
+def test_a_saved_axial_model_loads_and_decodes_the_same(tmp_path):
+    from zsw import checkpoint
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=True, axial=True)).eval()
+    torch.nn.init.normal_(model.decoder.center_head[-1].weight, std=0.1)  # as if trained
+    checkpoint.save(model, tmp_path / "m.safetensors")
+    loaded = checkpoint.load(tmp_path / "m.safetensors")
+    points = torch.rand(2, 100, 3) * 2 - 1
+    with torch.no_grad():
+        want = model.decode(_forward(model), points)
+        got = loaded.decode(_forward(loaded), points)
+    torch.testing.assert_close(got, want)
+
+
 def test_training_a_mirror_decoder_learns_the_object_centre():
     from zsw.model import build_model
     from zsw.train.config import TrainConfig

@@ -188,8 +188,6 @@ class PointDecoder(nn.Module):
                 nn.GELU(),
                 nn.Linear(width, 6 if cfg.axial_queries else 3),
             )
-        # the camera's up (y points down in the image): where an upright object's axis starts
-        self.register_buffer("camera_up", torch.tensor([0.0, -1.0, 0.0]), persistent=False)
         self.apply(self._init_weights)
         if self.center_head is not None:  # start at the anchor, the visible surface's bounding-box centre
             nn.init.zeros_(self.center_head[-1].weight)
@@ -243,7 +241,8 @@ class PointDecoder(nn.Module):
             head = self.center_head(tokens[:, 0]).float()
             offset = head[:, :3]
             if self.cfg.axial_queries:
-                up = F.normalize(head[:, 3:] + self.camera_up, dim=-1)
+                # from the camera's up (y points down in the image): where an upright object's axis starts
+                up = F.normalize(head[:, 3:] + head.new_tensor([0.0, -1.0, 0.0]), dim=-1)
         return DecoderLatents(kv=kv, text=text_part, keep=keep, center_offset=offset, up=up)
 
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
