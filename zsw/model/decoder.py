@@ -9,6 +9,11 @@ latent keys plus its own key (:func:`zsw.kernels.point_cross_attention`). After 
 ``cat(xyz, feature)`` goes through the Softplus skip-MLP (:func:`zsw.kernels.occupancy_mlp`) to
 one occupancy logit.
 
+A pixel-aligned decoder (``DecoderConfig.pixel_aligned``) also feeds each query the visible
+surface map sampled at its pixel (:class:`PixelView`); with ``mirror_queries`` (``axial_queries``)
+also at the query reflected through the object's predicted centre (turned about its predicted up
+axis), so the hidden side of a symmetric object can be read off its visible side.
+
 Because the latent path does not depend on the points, :meth:`PointDecoder.encode` computes the
 per-block latent K/V once per image and :meth:`PointDecoder.decode` streams any number of points
 through them -- the grid-evaluation hot path. ``decoder(tokens, points)`` does both.
@@ -259,8 +264,9 @@ class PointDecoder(nn.Module):
         return self.occupancy(torch.cat([points, x], dim=-1)).squeeze(-1)
 
     def _point_features(self, points: Tensor, latents: DecoderLatents) -> Tensor:  # [B, N, 3] -> [B, N, F_in]
-        """xyz; sin/cos of xyz at ``point_frequencies`` octaves; the pixel-aligned surface sample
-        (and the sample at the point reflected through the object's centre)."""
+        """xyz; sin/cos of xyz at ``point_frequencies`` octaves; the pixel-aligned surface sample,
+        and with mirror (axial) queries the samples at the point reflected through the object's
+        centre (and turned by 180 degrees about its up axis)."""
         feats = [points]
         if self.cfg.point_frequencies:
             octaves = torch.arange(self.cfg.point_frequencies, device=points.device, dtype=points.dtype)
@@ -269,9 +275,9 @@ class PointDecoder(nn.Module):
         if self.cfg.pixel_aligned:
             if latents.view is None:
                 raise ValueError("this decoder is pixel-aligned: its latents need a PixelView (see ZeroShapeW.latents)")
-            feats.append(latents.view.sample(points))
+            view = latents.view
+            feats.append(view.sample(points))
             if self.cfg.mirror_queries:
-                view = latents.view
                 if latents.center_offset is None or view.anchor is None:
                     raise ValueError("this decoder reflects its queries: needs a centre offset and the view's anchor")
                 center = view.anchor.float() + latents.center_offset.float()  # [B, 3]
