@@ -150,10 +150,23 @@ def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_pa
     for name, value in model.state_dict().items():
         source = b if name.startswith("pixel.") else a
         torch.testing.assert_close(value, source.state_dict()[name], msg=name)
-    other = build_model("tiny")
+    other = build_model("tiny")  # another pixel model (224 px)
     checkpoint.save(other, tmp_path / "c.safetensors")
-    with pytest.raises(CheckpointError, match="init_pixel"):
+    with pytest.raises(CheckpointError, match="init_pixel .* pixel config differs"):
         build_model_for(_cfg(tiny64, init_pixel=str(tmp_path / "c.safetensors")))
+    # another decoder, the same pixel model: the pixel run still serves (a decoder change does
+    # not void stage pixel), while --init, which takes everything, refuses
+    from zsw.config import get_model_config, replace
+
+    mine = get_model_config(str(tiny64[1]))
+    wide = build_model(replace(mine, decoder=replace(mine.decoder, width=2 * mine.decoder.width)))
+    checkpoint.save(wide, tmp_path / "d.safetensors")
+    model = build_model_for(_cfg(tiny64, init_pixel=str(tmp_path / "d.safetensors")))
+    for name, value in model.state_dict().items():
+        if name.startswith("pixel."):
+            torch.testing.assert_close(value, wide.state_dict()[name], msg=name)
+    with pytest.raises(CheckpointError, match="--init"):
+        build_model_for(_cfg(tiny64, init=str(tmp_path / "d.safetensors")))
 
 
 def test_every_committed_recipe_and_model_config_loads(repo_root):

@@ -192,15 +192,25 @@ class RunFolder:
         return checkpoint.save(model, self.out / name, extra=extra)
 
 
-def read_init(path: str, what: str, model, model_name: str) -> dict:
-    """The tensors of checkpoint ``path`` (``--init``, ``init_pixel``), checked to fit ``model``."""
+def read_init(path: str, what: str, model, model_name: str, part: str | None = None) -> dict:
+    """The tensors of checkpoint ``path`` (``--init``, ``init_pixel``), checked to fit ``model``;
+    with ``part`` (``"pixel"``) only that sub-model's tensors, and only its config (and the text
+    embedding width it conditions on) must match: a decoder change does not void a pixel run."""
     tensors, mcfg, _ = checkpoint.read(path)
-    if to_dict(mcfg) != to_dict(model.config):
+    sections = (part, "text") if part else None
+    theirs, mine = to_dict(mcfg), to_dict(model.config)
+    if sections:
+        theirs, mine = ({k: d[k] for k in sections} for d in (theirs, mine))
+    if theirs != mine:
+        which = f"{part} " if part else ""
         raise CheckpointError(
-            f"{what} {path} holds a {mcfg.name!r} model whose config differs from the {model_name!r} "
+            f"{what} {path} holds a {mcfg.name!r} model whose {which}config differs from the {model_name!r} "
             "being trained; pass its preset or model YAML"
         )
     own = model.state_dict()
+    if part:
+        own = {k: v for k, v in own.items() if k.startswith(part + ".")}
+        tensors = {k: v for k, v in tensors.items() if k.startswith(part + ".")}
     bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
     unknown = [k for k in tensors if k not in own]
     if bad or unknown or any(k not in tensors for k in own):

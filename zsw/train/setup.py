@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from zsw.data.dataset import ShapeDataset
-from zsw.errors import CheckpointError, ConfigError
+from zsw.errors import ConfigError
 from zsw.model import build_model
 from zsw.train.config import TrainConfig
 from zsw.train.distributed import DistInfo
@@ -37,11 +37,7 @@ def build_model_for(cfg: TrainConfig):
     if cfg.init is not None:
         model.load_state_dict(read_init(cfg.init, "--init", model, cfg.model), strict=True)
     if cfg.init_pixel is not None:  # the pixel model from another run (e.g. stage pixel's)
-        tensors = read_init(cfg.init_pixel, "init_pixel", model, cfg.model)
-        pixel = {k: v for k, v in tensors.items() if k.startswith("pixel.")}
-        missing = [k for k in model.state_dict() if k.startswith("pixel.") and k not in pixel]
-        if missing:
-            raise CheckpointError(f"init_pixel {cfg.init_pixel} lacks pixel-model tensors (e.g. {missing[0]})")
+        pixel = read_init(cfg.init_pixel, "init_pixel", model, cfg.model, part="pixel")
         model.load_state_dict(pixel, strict=False)
     return model
 
