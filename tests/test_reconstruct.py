@@ -171,7 +171,7 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     from zsw.infer.reconstruct import demo_weights
 
     path = demo_weights()
-    assert path is not None and path.name == "zsw-demo-v2.safetensors"
+    assert path is not None and path.name == "zsw-demo-v3.safetensors"
     assert path.stat().st_size <= 20 * 2**20  # the package budget
     config = checkpoint.load(path).config
     assert config.name == "demo" and config.decoder.pixel_aligned
@@ -180,7 +180,7 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     assert result.exit_code == 0, result.output
     assert "RANDOM" not in result.output
     info = json.loads((tmp_path / "out" / "armchair" / "result.json").read_text())
-    assert info["model"]["weights"] == "demo:zsw-demo-v2.safetensors" and info["grid"]["resolution"] == 128
+    assert info["model"]["weights"] == "demo:zsw-demo-v3.safetensors" and info["grid"]["resolution"] == 128
     assert info["mesh"]["watertight"] and info["grid"]["closed"]
     assert info["mesh"]["faces"] > 1000
 
@@ -404,7 +404,10 @@ def test_bf16_meshes_match_fp32_on_the_packaged_model(repo_root):
     bf16 = normalize_pc(sample_surface(meshes["bf16"], 5000, seed=0))
     self_match, match = chamfer_fscore(again, fp32), chamfer_fscore(bf16, fp32)
     assert match["fscore@0.01"] >= self_match["fscore@0.01"] - 0.1, (match, self_match)
-    assert match["fscore@0.02"] >= 0.9, match
+    # the sampling alone caps F@0.02 near 0.89 on this mesh (fp32 against itself: 0.891), so the
+    # bound is relative there too; at 0.05 the clouds must agree outright
+    assert match["fscore@0.02"] >= self_match["fscore@0.02"] - 0.05, (match, self_match)
+    assert match["fscore@0.05"] >= 0.99 and match["cd"] <= 1.2 * self_match["cd"], (match, self_match)
 
 
 def test_cli_and_python_api_run_the_same_job(repo_root, tmp_path):

@@ -243,7 +243,10 @@ class PointDecoder(nn.Module):
             kv.append((k, v))
         offset = up = None
         if self.center_head is not None:
-            head = self.center_head(tokens[:, 0]).float()
+            # in float32 also under autocast: the centre places every mirrored query, and bf16's
+            # 8 bits would move it by up to ~1 % of the object
+            with torch.autocast(tokens.device.type, enabled=False):
+                head = self.center_head(tokens[:, 0].to(self.center_head[1].weight.dtype)).float()
             offset = head[:, :3]
             if self.cfg.axial_queries:
                 # from the camera's up (y points down in the image): where an upright object's axis starts
