@@ -92,7 +92,15 @@ def test_mirror_queries_read_the_surface_at_the_reflected_point():
     assert latents.center_offset.shape == (2, 3) and latents.center_offset.dtype == torch.float32
     # a fresh head starts at the anchor: the centre of the visible surface's bounding box
     assert latents.center_offset.abs().max() == 0
-    assert latents.view.anchor.shape == (2, 3) and latents.view.anchor.abs().max() > 0
+    from zsw.model.decoder import box_center
+
+    assert latents.view.anchor is None  # derived on first use only
+    torch.testing.assert_close(latents.view.center_anchor(), box_center(out.visible_points, out.visible_mask))
+    assert latents.view.center_anchor() is latents.view.anchor and latents.view.anchor.abs().max() > 0
+    plain = build_model(_config()).eval()  # a decoder without mirror queries never computes it
+    plain_latents = plain.latents(_forward(plain))
+    plain.decoder.decode(plain_latents, torch.rand(2, 10, 3))
+    assert plain_latents.view.anchor is None
     points = torch.rand(2, 300, 3) * 2 - 1
     with torch.no_grad():
         base = model.decoder.decode(latents, points)
@@ -101,10 +109,10 @@ def test_mirror_queries_read_the_surface_at_the_reflected_point():
         assert (base - moved).abs().max() > 1e-4
         # the second sample is the surface map at 2c - q
         features = model.decoder._point_features(points, latents)
-        want = latents.view.sample(2 * (latents.view.anchor + latents.center_offset)[:, None] - points)
+        want = latents.view.sample(2 * (latents.view.center_anchor() + latents.center_offset)[:, None] - points)
         torch.testing.assert_close(features[..., -8:], want)
         latents.center_offset = None
-        with pytest.raises(ValueError, match="anchor"):
+        with pytest.raises(ValueError, match="centre offset"):
             model.decoder.decode(latents, points)
     with pytest.raises(ConfigError, match="pixel_aligned"):
         _config(pixel_aligned=False, mirror=True)
@@ -134,7 +142,7 @@ def test_axial_queries_read_the_surface_at_the_point_turned_about_the_up_axis():
     latents = model.latents(_forward(model))
     torch.testing.assert_close(latents.up, torch.tensor([[0.0, -1.0, 0.0]] * 2))  # a fresh head: the camera's up
     latents.center_offset = torch.tensor([[0.1, 0.0, 0.3], [0.0, 0.2, 0.4]])
-    c = latents.view.anchor + latents.center_offset
+    c = latents.view.center_anchor() + latents.center_offset
     points = torch.rand(2, 200, 3) * 2 - 1
     with torch.no_grad():
         features = model.decoder._point_features(points, latents)

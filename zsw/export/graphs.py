@@ -264,7 +264,7 @@ def example_inputs(
         v = lifted.pixel_view(pix.intrinsics)
         view = [v.surface.float(), v.projection.float()]
     mirror = [x.float() for x in (latents.center_offset, latents.up) if x is not None]
-    mirror += [v.anchor.float()] if mirror else []
+    mirror += [v.center_anchor().float()] if mirror else []
     decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view, *mirror)
     return {"pixel": pixel_in, "encoder": encoder_in, "decoder": decoder_in}
 

@@ -98,11 +98,15 @@ class RuntimeBackend:
         if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[0] != B or points.shape[2] != 3:
             got = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
             raise InputError(f"points must be a tensor [B={B}, N, 3], got {got}")
-        named: dict[str, Tensor | None] = {"query_text": latents.text, "center_offset": latents.center_offset}
-        named["object_up"] = latents.up
+        named: dict[str, Tensor | None] = {
+            "query_text": latents.text,
+            "center_offset": latents.center_offset,
+            "object_up": latents.up,
+        }
         if latents.view is not None:
             named["view_surface"], named["view_projection"] = latents.view.surface, latents.view.projection
-            named["view_anchor"] = latents.view.anchor
+            if self.config.decoder.mirror_queries:
+                named["view_anchor"] = latents.view.center_anchor()
         for i, (k, v) in enumerate(latents.kv):
             named[f"latent_k{i}"], named[f"latent_v{i}"] = k, v
         N = points.shape[1]

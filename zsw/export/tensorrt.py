@@ -209,7 +209,7 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
                 "view_surface": view.surface,
                 "view_projection": view.projection,
                 "center_offset": latents.center_offset,
-                "view_anchor": view.anchor,
+                "view_anchor": view.center_anchor() if manifest.config.decoder.mirror_queries else None,
                 "object_up": latents.up,
                 **{f"latent_{c}{i}": kv[j] for i, kv in enumerate(latents.kv) for j, c in enumerate("kv")},
             },

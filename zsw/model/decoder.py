@@ -41,8 +41,9 @@ class PixelView:
 
     surface: Tensor  # [B, C, S, S]: normalised visible xyz, visible mask (and occluder mask)
     projection: Tensor  # [B, 3, 4]: normalised point -> homogeneous pixel, K @ [scale * I | center]
-    # [B, 3]: centre of the visible surface's robust bounding box (2nd-98th percentile per axis), the
-    # point from which a mirror-query decoder predicts the object's centre
+    # [B, 3]: centre of the visible surface's robust bounding box, the point from which a
+    # mirror-query decoder predicts the object's centre; derived from ``surface`` on first use
+    # (:meth:`center_anchor`) unless given (the exported decoder graph takes it as an input)
     anchor: Tensor | None = None
 
     @staticmethod
@@ -58,7 +59,14 @@ class PixelView:
         surface = torch.cat([m.to(visible_points.dtype) for m in maps], dim=1)
         eye = torch.eye(3, device=center.device, dtype=torch.float32)
         pose = torch.cat([scale.float()[:, None, None] * eye, center.float()[:, :, None]], dim=2)  # [B, 3, 4]
-        return PixelView(surface, intrinsics.float() @ pose, box_center(visible_points, visible_mask))
+        return PixelView(surface, intrinsics.float() @ pose)
+
+    def center_anchor(self) -> Tensor:  # [B, 3]
+        """:func:`box_center` of the visible xyz (channels 0-2) on the visible mask (channel 3),
+        computed once per view: every chunk of a grid decodes against the same anchor."""
+        if self.anchor is None:
+            self.anchor = box_center(self.surface[:, :3], self.surface[:, 3:4])
+        return self.anchor
 
     def sample(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> [B, N, C + 3]
         """The surface map at each point's pixel (bilinear; zeros off the image and behind the
@@ -115,6 +123,12 @@ class DecoderLatents:
     def batch_size(self) -> int:
         return self.kv[0][0].shape[0]
 
+    def object_center(self) -> Tensor:  # [B, 3] float32, normalised frame
+        """The object's predicted centre: the view's anchor plus the decoder's offset."""
+        if self.center_offset is None or self.view is None:
+            raise ValueError("this decoder reflects its queries: its latents need a centre offset and a PixelView")
+        return self.view.center_anchor().float() + self.center_offset.float()
+
 
 def _drop(x: Tensor, keep: Tensor | None) -> Tensor:
     return x if keep is None else x * keep
@@ -168,8 +182,6 @@ class PointDecoder(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(width, token_grid, cls_token=True)[None])
         if cfg.pixel_aligned and view_channels < 4:
             raise ValueError("a pixel-aligned decoder needs the surface map's channel count (view_channels)")
-        if cfg.mirror_queries and not cfg.pixel_aligned:
-            raise ValueError("mirror_queries samples the surface map: it needs pixel_aligned")
         views = (1 + int(cfg.mirror_queries) + int(cfg.axial_queries)) if cfg.pixel_aligned else 0
         point_in = 3 + 6 * cfg.point_frequencies + views * (view_channels + 3)
         if cfg.point_embed == "linear":
@@ -281,17 +293,15 @@ class PointDecoder(nn.Module):
             view = latents.view
             feats.append(view.sample(points))
             if self.cfg.mirror_queries:
-                if latents.center_offset is None or view.anchor is None:
-                    raise ValueError("this decoder reflects its queries: needs a centre offset and the view's anchor")
-                center = view.anchor.float() + latents.center_offset.float()  # [B, 3]
-                mirrored = 2.0 * center[:, None, :].to(points.dtype) - points
+                center = latents.object_center()[:, None, :].to(points.dtype)  # [B, 1, 3]
+                mirrored = 2.0 * center - points
                 feats.append(view.sample(mirrored))
             if self.cfg.axial_queries:
                 if latents.up is None:
                     raise ValueError("this decoder turns its queries about an axis: its latents need the object's up")
                 # 180 degrees about the axis u through c: q -> 2c - q + 2u (u . (q - c))
                 u = latents.up[:, None, :].to(points.dtype)
-                along = ((points - center[:, None, :].to(points.dtype)) * u).sum(-1, keepdim=True)
+                along = ((points - center) * u).sum(-1, keepdim=True)
                 feats.append(view.sample(mirrored + 2.0 * along * u))
         return torch.cat(feats, dim=-1) if len(feats) > 1 else points
 

@@ -200,8 +200,7 @@ class TrainStep(nn.Module):
             if latents.center_offset is not None:  # the object frame's origin is its bounding-box centre
                 origin = batch["points"].new_zeros(B, 1, 3)
                 true_center = L.query_points(origin, batch["extrinsics"], gt_center, gt_scale)[:, 0]
-                center = latents.view.anchor.float() + latents.center_offset
-                terms["center"] = (center - true_center).abs().sum(-1).mean()
+                terms["center"] = (latents.object_center() - true_center).abs().sum(-1).mean()
             if latents.up is not None:  # the object frame's y axis is up
                 true_up = batch["extrinsics"][:, :, 1].float()
                 terms["up"] = (1.0 - (latents.up * true_up).sum(-1)).mean()
