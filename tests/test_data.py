@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsw.data.backgrounds import Backgrounds, composite, is_plain_white
+from zsw.data.backgrounds import Backgrounds, composite, is_plain_white, texture_object
 from zsw.data.dataset import AugmentConfig, ShapeDataset
 from zsw.data.eval_sets import open_eval_set
 from zsw.data.layout import SampleId, ZeroShapeLayout
@@ -147,6 +147,39 @@ def test_backgrounds_and_compositing(tmp_path):
     assert any((o == 77).all() for o in outs) and photos.skipped >= 1
     with pytest.raises(ConfigError, match="needs a folder"):
         Backgrounds(("image",))
+
+
+def test_texture_object_prints_on_the_object_only():
+    rng = np.random.default_rng(0)
+    alpha = np.zeros((32, 32), np.float32)
+    alpha[8:24, 8:24] = 1.0
+    alpha[7, 8:24] = 0.5  # an antialiased edge
+    color = np.array([150.0, 120.0, 60.0])
+    image = (alpha[..., None] * color + (1 - alpha[..., None]) * 255).round().astype(np.uint8)
+    texture = rng.integers(64, 192, (32, 32, 3)).astype(np.uint8)  # gains 0.5-1.5: no clipping
+    out = texture_object(image, alpha, texture, 1.0)
+    assert (out[alpha == 0] == 255).all()  # the white around the object is untouched
+    inside = alpha == 1
+    assert out[inside].std(0).min() > 10 and image[inside].std(0).max() == 0  # flat -> textured
+    assert np.abs(out[inside].mean(0) - color).max() < 2  # the object's colour on average
+    assert np.array_equal(texture_object(image, alpha, texture, 0.0), image)
+
+
+def test_object_texture_augmentation(proc):
+    def object_std(texture: float) -> float:
+        aug = AugmentConfig(occluders=(0, 0), backgrounds="never", object_texture=texture)
+        ds = ShapeDataset(proc, "train", points=16, augment=aug, seed=0)
+        stds = []
+        for i in range(len(ds)):
+            item = ds[i]
+            image, mask = item["image"].permute(1, 2, 0).numpy(), item["visible_mask"][0].numpy() > 0.5
+            assert image[~mask].mean() > 0.97  # still over white: only the object changed
+            stds.append(float(image[mask].std(0).mean()))
+        return float(np.mean(stds))
+
+    assert object_std(1.0) > object_std(0.0) * 1.3
+    with pytest.raises(ConfigError, match="object_texture"):
+        AugmentConfig(object_texture=1.5)
 
 
 def test_corrupt_samples_are_skipped_and_counted(proc, tmp_path, caplog):

@@ -80,10 +80,16 @@ class AugmentConfig:
     # per-channel gains within +-strength, plus (each with probability 1/3) a Gaussian blur and
     # sensor noise, so that a model trained on one renderer meets other renderers and cameras
     color_jitter: float = 0.0
+    # probability that the object (and, independently, each pasted occluder) is printed with a
+    # texture (fractal noise or a photo crop, see zsw.data.backgrounds.texture_object): renders are
+    # flat-coloured, real objects are not
+    object_texture: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ConfigError(f"augment.color_jitter must be in [0, 1], got {self.color_jitter}")
+        if not 0.0 <= self.object_texture <= 1.0:
+            raise ConfigError(f"augment.object_texture must be in [0, 1], got {self.object_texture}")
         if self.backgrounds not in ("auto", "always", "never"):
             raise ConfigError(f"augment.backgrounds must be auto, always or never, got {self.backgrounds!r}")
         lo, hi = self.occluders
@@ -232,6 +238,21 @@ class ShapeDataset:
             from zsw.data.backgrounds import Backgrounds
 
             self._backgrounds = Backgrounds(augment.background_kinds, augment.background_dir)
+        self._textures = None
+        if augment is not None and augment.object_texture > 0:
+            from zsw.data.backgrounds import Backgrounds
+
+            self._textures = Backgrounds(("noise", "photo"))
+
+    def _texture(self, image: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``image`` (an object over white) printed with a random texture with probability
+        ``augment.object_texture``; the rng is untouched when the option is off."""
+        from zsw.data.backgrounds import texture_object
+
+        if self._textures is None or rng.random() >= self.augment.object_texture:
+            return image
+        texture = self._textures.sample(rng, image.shape[0])
+        return texture_object(image, alpha, texture, float(rng.uniform(0.4, 1.0)))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -346,16 +367,22 @@ class ShapeDataset:
             log.warning("skipping occluder source %s: %s", self.name(best), e)
             return None
         alpha = src.alpha * src.visible  # only what is visible of the source object
-        return Occluder.from_render(src.image, alpha, over_white=is_plain_white(src.image, src.alpha > 0))
+        over_white = is_plain_white(src.image, src.alpha > 0)
+        image = self._texture(src.image, src.alpha, rng) if over_white else src.image
+        return Occluder.from_render(image, alpha, over_white=over_white)
 
     def _augment(self, index: int, s: _Sample, rng: np.random.Generator) -> _Sample:
         from zsw.data.backgrounds import composite, is_plain_white
         from zsw.data.occluders import paste_occluders
 
         aug = self.augment
-        if self._backgrounds is not None:
+        if self._backgrounds is not None or self._textures is not None:
             plain = is_plain_white(s.image, s.alpha > 0) or is_plain_white(s.image, s.depth > 0)
-            if aug.backgrounds == "always" or plain:
+            if plain:
+                textured = self._texture(s.image, s.alpha, rng)
+                if textured is not s.image:
+                    s.image, s.pseudo = textured, None  # the pseudo-label saw the untextured image
+            if self._backgrounds is not None and (aug.backgrounds == "always" or plain):
                 s.image = composite(s.image, s.alpha, self._backgrounds.sample(rng, self.size))
                 s.pseudo = None  # computed for another image
                 s.extra["background"] = True
