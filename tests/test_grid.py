@@ -161,9 +161,12 @@ def test_small_disconnected_parts_are_dropped_whole():
     from zsw.infer.grid import drop_small_parts
 
     def two(radius_b):
-        return lambda p: -50.0 * torch.minimum(
-            sdf_sphere(p - torch.tensor([0.5, 0.0, 0.0]), radius=0.6),
-            sdf_sphere(p + torch.tensor([0.9, 0.0, 0.0]), radius=radius_b),
+        return lambda p: (
+            -50.0
+            * torch.minimum(
+                sdf_sphere(p - torch.tensor([0.5, 0.0, 0.0]), radius=0.6),
+                sdf_sphere(p + torch.tensor([0.9, 0.0, 0.0]), radius=radius_b),
+            )
         )
 
     mesh = extract_mesh(two(0.12), 48)
