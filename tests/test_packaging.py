@@ -62,7 +62,7 @@ def test_wheel_contains_remapped_packages(tmp_path, repo_root):
         "zsw/bench/__init__.py",
         "zsw/model/zeroshape_w.py",
         "zsw/assets/lvis_categories.txt",
-        "zsw/assets/demo/zsw-demo-v3.safetensors",  # the default weights of `zsw reconstruct`
+        "zsw/assets/demo/zsw-demo-v4.safetensors",  # the default weights of `zsw reconstruct`
     ):
         assert required in names, required
     assert not any(n.startswith(("kernels/", "cli/", "bench/", "tests/")) for n in names)
