@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from zsw.cli.main import app
 from zsw.infer.backend import TorchBackend, predict
-from zsw.infer.image import load_image
+from zsw.infer.image import load_image, load_mask
 from zsw.infer.reconstruct import Reconstructor, camera_to_frame, reconstruct
 
 runner = CliRunner()
@@ -202,8 +202,7 @@ def test_packaged_model_finds_the_object_in_real_photos(repo_root):
         x = torch.from_numpy(image.image).permute(2, 0, 1)[None].float() / 255
         pred = predict(backend, x)
         mask = pred.visible_mask[0, 0].float().numpy() > 0.5
-        gt = Image.open(repo_root / "examples" / "masks" / Path(path).name).convert("L").resize((224, 224))
-        gt = np.asarray(gt) > 127
+        gt = load_mask(repo_root / "examples" / "masks" / Path(path).name, image)
         ious[Path(path).stem] = (mask & gt).sum() / max((mask | gt).sum(), 1)
     assert len(ious) == 10
     assert np.mean(list(ious.values())) > 0.7, ious

@@ -378,10 +378,8 @@ class ShapeDataset:
         aug = self.augment
         if self._backgrounds is not None or self._textures is not None:
             plain = is_plain_white(s.image, s.alpha > 0) or is_plain_white(s.image, s.depth > 0)
-            if plain:
-                textured = self._texture(s.image, s.alpha, rng)
-                if textured is not s.image:
-                    s.image, s.pseudo = textured, None  # the pseudo-label saw the untextured image
+            if plain:  # a texture changes the albedo, not the geometry the pseudo-depth labels
+                s.image = self._texture(s.image, s.alpha, rng)
             if self._backgrounds is not None and (aug.backgrounds == "always" or plain):
                 s.image = composite(s.image, s.alpha, self._backgrounds.sample(rng, self.size))
                 s.pseudo = None  # computed for another image
