@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -79,7 +81,31 @@ def _load_triton_impls() -> None:
             _triton_errors[name] = f"{type(e).__name__}: {e}"
 
 
-_load_triton_impls()
+_triton_loaded = False
+
+
+def _ensure_triton() -> None:
+    """Import the Triton kernel modules once (triton's import costs ~0.2-0.3 s of a CPU process
+    that never runs them: done at import time only where CUDA or the interpreter can use them)."""
+    global _triton_loaded
+    if not _triton_loaded:
+        _triton_loaded = True
+        _load_triton_impls()
+
+
+class _Package(types.ModuleType):
+    """``zsw.kernels`` itself: importing ``kernels/<name>.py`` makes Python set the package
+    attribute ``<name>`` to that module, which would hide the public dispatch function of the same
+    name (``point_cross_attention``, ``occupancy_mlp``) once the modules load lazily; it is kept."""
+
+    def __setattr__(self, name: str, value) -> None:
+        current = self.__dict__.get(name)
+        if isinstance(value, types.ModuleType) and callable(current) and not isinstance(current, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 _exportable = False
 
@@ -92,7 +118,8 @@ def set_exportable(flag: bool) -> None:
 
 def is_exportable() -> bool:
     """True inside :func:`exportable` or while ``torch.onnx`` is exporting."""
-    return _exportable or torch.onnx.is_in_onnx_export()
+    # torch.onnx is imported by whoever exports (importing it here would cost ~0.1 s of every process)
+    return _exportable or ("torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export())
 
 
 @contextlib.contextmanager
@@ -112,6 +139,7 @@ def _interpreting() -> bool:
 
 def triton_available(name: str) -> bool:
     """Whether the Triton implementation of kernel ``name`` could be imported."""
+    _ensure_triton()
     return name in _triton_impls
 
 
@@ -221,3 +249,7 @@ def chamfer_distance(
     """Nearest-neighbour squared distances in both directions; see
     :func:`zsw.kernels.reference.chamfer_distance`."""
     return _pick("chamfer_distance", impl, a.device)(a, b, lengths_a, lengths_b)
+
+
+if _interpreting() or torch.cuda.is_available():
+    _ensure_triton()  # now, not inside a function that torch.compile is tracing

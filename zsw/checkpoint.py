@@ -122,7 +122,24 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return model.to(device).eval()
 
 
-def _load_strict(model: torch.nn.Module, tensors: Mapping[str, Tensor], what: str) -> None:
+def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The point decoder of the model stored in ``path`` alone (weights loaded strictly, eval mode).
+
+    Decoding the packaged model on a CPU needs only this: the pixel model and the encoder run as
+    ONNX graphs, so their timm classes (and timm's import) are never needed.
+    """
+    from zsw.model import build_decoder
+
+    tensors, cfg, _ = read(path)
+    prefix = "decoder."
+    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    with torch.device("meta"):
+        decoder = build_decoder(cfg)
+    _load_strict(decoder, own, f"{path} (decoder)", f"{cfg.name} model's decoder")
+    return decoder.to(device).eval()
+
+
+def _load_strict(model: torch.nn.Module, tensors: Mapping[str, Tensor], what: str, target: str | None = None) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
@@ -139,7 +156,8 @@ def _load_strict(model: torch.nn.Module, tensors: Mapping[str, Tensor], what: st
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
-        raise CheckpointError(f"{what} does not fit the {model.config.name} model: " + "; ".join(parts))
+        target = target or f"{model.config.name} model"
+        raise CheckpointError(f"{what} does not fit the {target}: " + "; ".join(parts))
     model.load_state_dict(tensors, strict=True, assign=True)
 
 

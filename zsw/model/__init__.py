@@ -7,6 +7,7 @@ from zsw.model.zeroshape_w import (
     ModelOutput,
     SurfacePrediction,
     ZeroShapeW,
+    build_decoder,
     build_model,
     count_parameters,
     lift_surface,
@@ -14,6 +15,7 @@ from zsw.model.zeroshape_w import (
 
 __all__ = [
     "build_model",
+    "build_decoder",
     "ZeroShapeW",
     "ModelOutput",
     "SurfacePrediction",

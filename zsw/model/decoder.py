@@ -30,7 +30,7 @@ from torch import Tensor
 
 from zsw.config import DecoderConfig
 from zsw.model.geometry import sincos_pos_embed_2d
-from zsw.model.layers import OccupancyMLP, PointCrossAttention
+from zsw.model.layers import FeedForward, OccupancyMLP, PointCrossAttention
 
 __all__ = ["PointDecoder", "DecoderLatents", "PixelView", "box_center"]
 
@@ -139,13 +139,11 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, last: bool):
         super().__init__()
-        from timm.layers import Mlp
-
         self.last = last
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = PointCrossAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = FeedForward(dim, int(dim * mlp_ratio))
 
     def latent(self, x: Tensor, keep: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Latent K/V of this block and the updated latent tokens (None after the last block)."""

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from zsw import kernels
 
-__all__ = ["ResidualConvBlock", "PointCrossAttention", "OccupancyMLP"]
+__all__ = ["ResidualConvBlock", "PointCrossAttention", "OccupancyMLP", "FeedForward"]
 
 
 class ResidualConvBlock(nn.Module):
@@ -127,3 +127,23 @@ class OccupancyMLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"skip_in={self.skip_in}, beta={self.beta}, impl={self.impl!r}"
+
+
+class FeedForward(nn.Module):
+    """A transformer block's MLP, ``fc2(GELU(fc1(x)))``, with the parameter names of timm's
+    ``timm.layers.Mlp`` (``fc1.*``, ``fc2.*``), so checkpoints are the same either way.
+
+    The decoder uses this instead of timm's class so that decoding needs no ``import timm``: that
+    import pulls in torchvision and ``torch._dynamo`` (about 2 s of a 2-core CPU's start-up), and
+    the packaged model's CPU path (ONNX Runtime for the pixel model and encoder, PyTorch for the
+    decoder) otherwise never touches timm.
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))

@@ -147,6 +147,19 @@ def lift_surface(
     return LiftedSurface(visible, occluder, visible_points, center, scale, encoder_input)
 
 
+def build_decoder(cfg: ModelConfig, text_embedder=None) -> PointDecoder:
+    """The point decoder of a model with config ``cfg`` alone (``ZeroShapeW.decoder``'s shape and
+    parameter names without the ``decoder.`` prefix). Builds nothing from timm."""
+    return PointDecoder(
+        cfg.decoder,
+        cfg.encoder.token_dim,
+        cfg.token_grid,
+        cfg.text.dim if cfg.text.enabled else 0,
+        text_embedder=text_embedder,
+        view_channels=cfg.encoder.in_channels + 1,  # visible xyz (+ occluder mask), plus the visible mask
+    )
+
+
 class ZeroShapeW(nn.Module):
     """The full model; build it with :func:`build_model`."""
 
@@ -157,14 +170,7 @@ class ZeroShapeW(nn.Module):
         self.text = PromptEmbedder(cfg.text) if cfg.text.enabled else None
         self.pixel = PixelModel(cfg.pixel, text_dim)
         self.encoder = ShapeEncoder(cfg.encoder)
-        self.decoder = PointDecoder(
-            cfg.decoder,
-            cfg.encoder.token_dim,
-            cfg.token_grid,
-            text_dim,
-            text_embedder=self.text,
-            view_channels=cfg.encoder.in_channels + 1,  # visible xyz (+ occluder mask), plus the visible mask
-        )
+        self.decoder = build_decoder(cfg, text_embedder=self.text)
 
     # ---------------------------------------------------------------------------------------
 
