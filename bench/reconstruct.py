@@ -166,7 +166,10 @@ def _configs(kind: str, precisions: Sequence[str], extractions: Sequence[str], d
     """(resolved precision, extraction) pairs; exported engines run in their own precision."""
     from zsw.infer.reconstruct import resolve_precision
 
-    resolved = dict.fromkeys(resolve_precision(p, device) for p in precisions) if kind == "torch" else ["engine"]
+    if kind == "torch":
+        resolved = dict.fromkeys(resolve_precision(p, device) for p in precisions)
+    else:  # exported graphs run in their own precision; onnxruntime+torch is fp32 throughout
+        resolved = ["fp32" if kind == "onnxruntime+torch" else "engine"]
     return [(p, e) for p in resolved for e in extractions]
 
 
@@ -326,14 +329,20 @@ def run(
         bad = [v for v in values if v not in allowed]
         if bad:
             raise OptionError(f"{option}: {bad[0]!r} is not one of {', '.join(allowed)}")
-    if any(b != "torch" for b in backends) and engine is None:
-        raise ConfigError("--backend onnxruntime/tensorrt needs --engine DIR (a folder written by `zsw export`)")
+    if "tensorrt" in backends and engine is None:
+        raise ConfigError("--backend tensorrt needs --engine DIR (a folder written by `zsw export`)")
+    from zsw.infer.reconstruct import resolve_backend
+
+    # auto as `zsw reconstruct` resolves it (onnxruntime+torch: the packaged graphs, PyTorch's
+    # decoder); onnxruntime without --engine runs the packaged model's graphs
+    kinds = list(dict.fromkeys(resolve_backend(b, weights, None, device) if b == "auto" else b for b in backends))
+    pairs = [(k, None if k in ("torch", "onnxruntime+torch") or engine is None else str(engine)) for k in kinds]
     reporter = reporter or Reporter()
     env = environment(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type)
     out = out or Path("bench/results") / f"{gpu_slug(env)}-reconstruct.csv"
     with reporter.progress("reconstruct", None) as advance:
         rows = bench_reconstruct(env, weights=weights, image=image,
-                                 backends=[(b, None if b == "torch" else str(engine)) for b in backends],
+                                 backends=pairs,
                                  extractions=extractions, kernel_impls=kernel_impls, resolution=resolution,
                                  repeats=repeats, precisions=precisions,
                                  progress=lambda label: advance(0, note=label))  # fmt: skip

@@ -29,7 +29,13 @@ Precision = Annotated[str, typer.Option(help="auto (CUDA: bf16, CPU: fp32), fp32
 Resolution = Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")]
 Extraction = Annotated[str, typer.Option(help="fast (coarse to fine) or dense (every grid point).")]
 Threshold = Annotated[float, typer.Option(min=0.001, max=0.999, help="Occupancy probability of the surface.")]
-Backend = Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help="auto (the packaged model on a CPU: its ONNX graphs on ONNX Runtime plus PyTorch's decoder; "
+        "otherwise torch), torch, onnxruntime (without --engine: the packaged model's graphs) or tensorrt."
+    ),
+]
 Engine = Annotated[Path | None, typer.Option(help="Folder written by `zsw export` (onnxruntime/tensorrt).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per model call.")]
 

@@ -54,7 +54,7 @@ def reconstruct(
     device: opts.Device = None,
     batch_size: opts.BatchSize = 1,
     chunk_points: Annotated[int, typer.Option(min=1024, help="Most points per decoder call (bounds memory).")] = 65536,
-    backend: opts.Backend = "torch",
+    backend: opts.Backend = "auto",
     engine: opts.Engine = None,
     precision: opts.Precision = "auto",
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",

@@ -63,6 +63,13 @@ def test_wheel_contains_remapped_packages(tmp_path, repo_root):
         "zsw/model/zeroshape_w.py",
         "zsw/assets/lvis_categories.txt",
         "zsw/assets/demo/zsw-demo-v4.safetensors",  # the default weights of `zsw reconstruct`
+        "zsw/assets/demo/onnx/export.json",  # their ONNX graphs (`--backend auto` on a CPU)
+        "zsw/assets/demo/onnx/pixel.onnx",
+        "zsw/assets/demo/onnx/encoder.onnx",
+        "zsw/assets/demo/onnx/decoder.onnx",
+        "zsw/assets/demo/onnx/default_text_embedding.npy",
     ):
         assert required in names, required
+    demo = [i for i in zipfile.ZipFile(wheel).infolist() if i.filename.startswith("zsw/assets/demo/")]
+    assert sum(i.file_size for i in demo) <= 30 * 2**20  # the default model ships in at most 30 MB
     assert not any(n.startswith(("kernels/", "cli/", "bench/", "tests/")) for n in names)

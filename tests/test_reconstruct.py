@@ -420,7 +420,9 @@ def test_bf16_meshes_match_fp32_on_the_packaged_model(repo_root):
 
     meshes = {}
     for precision in ("fp32", "bf16"):
-        rec = reconstruct(repo_root / "examples" / "teddy_bear.png", resolution=64, precision=precision)
+        rec = reconstruct(
+            repo_root / "examples" / "teddy_bear.png", resolution=64, precision=precision, backend="torch"
+        )
         assert rec.info["model"]["precision"] == precision and len(rec.mesh.faces) > 100
         meshes[precision] = rec.mesh
     fp32 = normalize_pc(sample_surface(meshes["fp32"], 5000, seed=0))

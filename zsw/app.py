@@ -169,9 +169,12 @@ def _check_model(settings: ReconstructSettings) -> None:
     """Load the model now, into the cache the job uses, so that bad weights or a bad device stop
     ``zsw app`` with one line at start rather than on the first upload (and the first upload does
     not load it again)."""
-    from zsw.infer.reconstruct import cached_backend
+    from zsw.infer.reconstruct import cached_backend, resolve_backend
 
-    cached_backend(settings.backend, settings.weights, settings.engine, settings.device)
+    s = settings
+    cached_backend(
+        resolve_backend(s.backend, s.weights, s.engine, s.device, s.precision), s.weights, s.engine, s.device
+    )
 
 
 def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> str:

@@ -8,6 +8,7 @@ without importing ``zsw.export``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,7 @@ def load_runtime_backend(
     kind: str,
     engine_dir: str | os.PathLike,
     device: str | torch.device | None = None,
+    decoder_weights: str | os.PathLike | None = None,
 ) -> RuntimeBackend:
     """A backend running the export in ``engine_dir``.
 
@@ -34,6 +36,9 @@ def load_runtime_backend(
         engine_dir: a directory written by ``zsw export``.
         device: ``cpu`` or ``cuda[:i]``; default CUDA when available (ONNX Runtime falls back to the
             CPU, with a warning, when it has no CUDA provider).
+        decoder_weights: ``onnxruntime`` only: the zsw checkpoint the graphs were exported from;
+            its decoder then runs in PyTorch instead of the decoder graph (``onnxruntime+torch``).
+            A checkpoint other than the export's source (by SHA-256) is refused.
     """
     if kind not in RUNTIMES:
         raise ConfigError(f"runtime backend must be one of {', '.join(RUNTIMES)}, got {kind!r}")
@@ -42,10 +47,31 @@ def load_runtime_backend(
     device = torch.device(device)
     manifest = read_manifest(engine_dir)
     if kind == "onnxruntime":
-        return OnnxRuntimeBackend(manifest, device)
+        decoder = None
+        if decoder_weights is not None:
+            decoder = _source_decoder(manifest, decoder_weights)
+        return OnnxRuntimeBackend(manifest, device, decoder=decoder)
+    if decoder_weights is not None:
+        raise ConfigError(f"decoder_weights is for the onnxruntime backend, not {kind}")
     if kind == "tensorrt" and not (manifest.data.get("tensorrt") or {}).get("engines"):
         if (manifest.data.get("torch_tensorrt") or {}).get("programs"):
             kind = "torch-tensorrt"
     if kind == "torch-tensorrt":
         return TorchTensorRTBackend(manifest, device)
     return TensorRTBackend(manifest, device)
+
+
+def _source_decoder(manifest, weights: str | os.PathLike):
+    """The decoder of ``weights``, which must be the checkpoint ``manifest``'s graphs came from."""
+    from zsw import checkpoint
+    from zsw.io import sha256_file
+
+    source = (manifest.data.get("source") or {}).get("sha256")
+    if not Path(weights).is_file():
+        raise ConfigError(f"decoder weights {weights} do not exist")
+    if source is None or sha256_file(weights) != source:
+        raise ConfigError(
+            f"{weights} is not the checkpoint the graphs in {manifest.root} were exported from; "
+            "export them again from it (`zsw export --weights ...`)"
+        )
+    return checkpoint.load_decoder(weights)

@@ -106,7 +106,9 @@ def _load_weights(weights: str | None, reporter: Reporter):
     if warning:
         reporter.warning(warning)
     if isinstance(resolved, Path):
-        return checkpoint.load(resolved), {"weights": str(resolved), "sha256": sha256_file(resolved)}
+        # the packaged model by its name, not by this machine's path to it
+        name = label if label.startswith("demo:") else str(resolved)
+        return checkpoint.load(resolved), {"weights": name, "sha256": sha256_file(resolved)}
     return resolved, {"weights": label}
 
 

@@ -135,15 +135,20 @@ def load_backend(
     """A backend by name.
 
     Args:
-        kind: ``torch``, ``onnxruntime`` or ``tensorrt``.
+        kind: ``torch``, ``onnxruntime`` or ``tensorrt``; ``onnxruntime+torch`` runs the pixel and
+            encoder graphs of ``engine`` on ONNX Runtime and the decoder of ``weights`` (the
+            checkpoint those graphs were exported from) in PyTorch. (``auto`` is resolved by
+            :func:`zsw.infer.reconstruct.resolve_backend`.)
         weights: for ``torch``: a zsw checkpoint path or a model (required).
         engine: for ``onnxruntime`` / ``tensorrt``: the directory written by ``zsw export``.
         device: where to run (default: CUDA if available, else CPU).
     """
     from zsw.errors import ConfigError
 
-    if kind not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    if kind not in BACKENDS or kind == "auto":
+        if kind != "onnxruntime+torch":
+            kinds = ", ".join(k for k in (*BACKENDS, "onnxruntime+torch") if k != "auto")
+            raise ConfigError(f"backend must be one of {kinds}, got {kind!r}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "torch":
@@ -158,4 +163,8 @@ def load_backend(
         raise ConfigError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
     from zsw.registry import backend_loader
 
+    if kind == "onnxruntime+torch":
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ConfigError("the onnxruntime+torch backend needs weights: the checkpoint its graphs came from")
+        return backend_loader("onnxruntime")("onnxruntime", engine, device, decoder_weights=weights)
     return backend_loader(kind)(kind, engine, device)

@@ -31,6 +31,7 @@ from zsw.infer.reconstruct import (
     cached_backend,
     find_mask,
     plan_reruns,
+    resolve_backend,
     weights_identity,
 )
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
@@ -109,8 +110,9 @@ def reconstruct_many(
     for item, reason in problems:
         _fail(report, reporter, item, reason)
     identity = weights_identity(settings.weights, settings.engine)
+    backend = resolve_backend(settings.backend, settings.weights, settings.engine, settings.device, settings.precision)
     todo, report.redone, errors = plan_reruns(
-        paths, output_names(paths), out, settings.request(identity), settings.masks, settings.overwrite
+        paths, output_names(paths), out, settings.request(identity, backend), settings.masks, settings.overwrite
     )
     for path, reason in errors:
         _fail(report, reporter, str(path), reason)
@@ -122,7 +124,7 @@ def reconstruct_many(
     if report.redone:
         reporter.info(f"redoing {report.redone} image(s) made from another input, settings or weights in {out}")
     if todo:
-        _run([_Item(p, n, r) for p, n, r in todo], out, settings, identity, reporter, report)
+        _run([_Item(p, n, r) for p, n, r in todo], out, settings, backend, identity, reporter, report)
     return report
 
 
@@ -131,8 +133,8 @@ def _fail(report: ReconstructReport, reporter: Reporter, item: str, reason: str)
     reporter.error(f"{item}: {reason}")
 
 
-def _run(items: list[_Item], out: Path, s: ReconstructSettings, identity: str, reporter, report) -> None:
-    backend, label, warning = cached_backend(s.backend, s.weights, s.engine, s.device, identity)
+def _run(items: list[_Item], out: Path, s: ReconstructSettings, kind: str, identity: str, reporter, report) -> None:
+    backend, label, warning = cached_backend(kind, s.weights, s.engine, s.device, identity)
     if warning:
         reporter.warning(warning)
     recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,

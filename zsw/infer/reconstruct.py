@@ -49,6 +49,8 @@ __all__ = [
     "cached_backend",
     "resolve_weights",
     "demo_weights",
+    "demo_engine",
+    "resolve_backend",
     "camera_to_frame",
     "original_intrinsics",
     "FRAMES",
@@ -69,6 +71,59 @@ def demo_weights() -> Path | None:
     """The packaged demo checkpoint (``zsw/assets/demo/*.safetensors``), or None if absent."""
     found = sorted(DEMO_DIR.glob("*.safetensors")) if DEMO_DIR.is_dir() else []
     return found[0] if found else None
+
+
+def demo_engine() -> Path | None:
+    """The packaged model's ONNX export (``zsw/assets/demo/onnx``), or None when it is absent or was
+    exported from other weights than the packaged checkpoint (a stale export is never used)."""
+    folder = DEMO_DIR / "onnx"
+    weights = demo_weights()
+    try:
+        source = json.loads((folder / "export.json").read_text())["source"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return folder if weights is not None and source == _sha256_cached(str(weights)) else None
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256_cached(path: str) -> str:
+    from zsw.io import sha256_file
+
+    return sha256_file(path)
+
+
+def resolve_backend(
+    kind: str = "auto",
+    weights=None,
+    engine: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+) -> str:
+    """What backend ``kind`` means here. ``auto`` is ``onnxruntime+torch`` for the packaged model
+    at fp32 on a CPU when onnxruntime is installed and the packaged ONNX graphs belong to the
+    packaged weights (:func:`demo_engine`): the pixel and encoder graphs on ONNX Runtime, the
+    decoder in PyTorch (see :class:`zsw.export.runtime.OnnxRuntimeBackend`), which spares the
+    process timm's import and decodes with zsw's CPU kernels. Everywhere else ``auto`` is
+    ``torch``. Other kinds are returned unchanged."""
+    if kind != "auto":
+        return kind
+    if engine is not None:
+        raise ConfigError("--engine is for the onnxruntime and tensorrt backends; pick one with --backend")
+    if not (weights is None or (isinstance(weights, str) and weights == "demo")):
+        return "torch"
+    try:
+        dev = torch.device(device) if device is not None else None
+    except (RuntimeError, TypeError):
+        return "torch"  # open_backend names the bad device
+    if dev is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type != "cpu" or precision not in PRECISIONS or resolve_precision(precision, dev) != "fp32":
+        return "torch"
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or demo_engine() is None:
+        return "torch"
+    return "onnxruntime+torch"
 
 
 def resolve_weights(weights=None):
@@ -101,12 +156,13 @@ def resolve_weights(weights=None):
 
 
 def open_backend(
-    kind: str = "torch",
+    kind: str = "auto",
     weights=None,
     engine: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[Backend, str, str | None]:
-    """A backend plus a label of its weights and an optional warning (see :func:`resolve_weights`)."""
+    """A backend plus a label of its weights and an optional warning (see :func:`resolve_weights`);
+    ``kind`` ``auto`` is resolved by :func:`resolve_backend` (at the default precision)."""
     if device is not None:
         try:
             dev = torch.device(device)
@@ -116,11 +172,20 @@ def open_backend(
             raise OptionError(f"--device {device}: zsw runs on cpu or cuda devices")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: no CUDA device is available to PyTorch here")
+    kind = resolve_backend(kind, weights, engine, device)
     if kind == "torch":
         model, label, warning = resolve_weights(weights)
         return load_backend("torch", weights=model, device=device), label, warning
-    if weights is not None:
+    if weights is not None and not (kind == "onnxruntime+torch" and weights == "demo"):
         raise ConfigError(f"--weights is for the torch backend; the {kind} backend reads its --engine folder")
+    if kind == "onnxruntime+torch" or (kind == "onnxruntime" and engine is None):
+        packaged = demo_engine()
+        if packaged is None:
+            raise ConfigError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
+        label = f"demo:{demo_weights().name}"
+        if kind == "onnxruntime":
+            return load_backend(kind, engine=packaged, device=device), f"{label} (ONNX)", None
+        return load_backend(kind, weights=demo_weights(), engine=packaged, device=device), label, None
     return load_backend(kind, engine=engine, device=device), f"engine:{engine}", None
 
 
@@ -206,7 +271,7 @@ def finished_with(out_dir: str | os.PathLike, request: dict) -> str:
 
 
 def cached_backend(
-    kind: str = "torch",
+    kind: str = "auto",
     weights: str | os.PathLike | None = None,
     engine: str | os.PathLike | None = None,
     device: str | None = None,
@@ -435,7 +500,10 @@ class Reconstructor:
         min_part: float = 0.0,
         grid: GridSettings | None = None,
     ):
-        import trimesh  # noqa: F401  imported here, not inside the timed marching-cubes stage (~1 s cold)
+        # Imported here, not inside the timed marching-cubes stage (~1 s cold). Importing it on a
+        # thread while the model runs was measured and is slower: the import's Python holds the GIL
+        # for 5 ms switch intervals that every small PyTorch op of the main thread then waits out.
+        import trimesh  # noqa: F401
 
         from zsw.infer.color import COLOR_MODES
 
@@ -451,7 +519,10 @@ class Reconstructor:
         if not 0.0 <= min_part <= 1.0:
             raise ConfigError(f"min_part must be a fraction in [0, 1], got {min_part}")
         self.min_part = min_part
-        self.precision = resolve_precision(precision, backend.device) if backend.name == "torch" else "engine"
+        if backend.name == "torch":
+            self.precision = resolve_precision(precision, backend.device)
+        else:  # exported graphs keep their precision; onnxruntime+torch is fp32 graphs and an fp32 decoder
+            self.precision = "fp32" if backend.name == "onnxruntime+torch" else "engine"
         self.warnings: list[str] = []
 
     @property
@@ -641,7 +712,7 @@ def reconstruct(
     threshold: float = 0.5,
     frame: str = "gltf",
     device: str | torch.device | None = None,
-    backend: str | Backend = "torch",
+    backend: str | Backend = "auto",
     engine: str | os.PathLike | None = None,
     precision: str = "auto",
     close: bool = True,
@@ -664,7 +735,8 @@ def reconstruct(
         threshold: occupancy probability of the surface.
         frame: ``gltf`` (y up, facing +z, default) or ``camera`` (x right, y down, z forward).
         device: ``cuda``, ``cpu``, ... (default: CUDA if available).
-        backend: ``torch``, ``onnxruntime``, ``tensorrt``, or a :class:`~zsw.infer.backend.Backend`.
+        backend: ``auto`` (see :func:`resolve_backend`), ``torch``, ``onnxruntime``, ``tensorrt``,
+            or a :class:`~zsw.infer.backend.Backend`.
         engine: folder written by ``zsw export`` (ONNX Runtime / TensorRT backends).
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
         close: count the space outside the grid as empty (watertight meshes); False keeps
@@ -685,6 +757,7 @@ def reconstruct(
     """
     if isinstance(backend, str):
         if weights is None or isinstance(weights, (str, os.PathLike)):
+            backend = resolve_backend(backend, None if weights is None else str(weights), engine, device, precision)
             be, label, warning = cached_backend(backend, weights, engine, device)
         else:  # an in-memory model
             be, label, warning = open_backend(backend, weights, engine, device)

@@ -32,8 +32,8 @@ FRAMES = ("gltf", "camera")
 FORMATS = ("glb", "obj", "ply")
 #: grid filling strategies (see zsw.infer.grid)
 EXTRACTIONS = ("fast", "dense")
-#: inference backends (see zsw.infer.backend)
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+#: inference backends (see zsw.infer.backend); ``auto`` picks one (zsw.infer.reconstruct.resolve_backend)
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 #: inference precisions (see zsw.infer.reconstruct.resolve_precision)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: vertex colour modes (see zsw.infer.color)
@@ -101,8 +101,10 @@ class ReconstructSettings:
         masks: folder of visible masks named like the images.
         device: ``cuda``, ``cpu``, ... (None: CUDA if available).
         batch_size: images per model call.
-        backend: ``torch``, ``onnxruntime`` or ``tensorrt``.
-        engine: folder written by ``zsw export`` (onnxruntime/tensorrt backends).
+        backend: ``auto`` (the packaged model on a CPU: its ONNX graphs on ONNX Runtime plus
+            PyTorch's decoder; otherwise ``torch``), ``torch``, ``onnxruntime`` or ``tensorrt``.
+        engine: folder written by ``zsw export`` (onnxruntime/tensorrt backends; ``onnxruntime``
+            without one runs the packaged model's graphs).
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
         color: ``photo`` (vertex colours from the photo) or ``none``.
         min_part: drop disconnected parts of the mesh whose surface area is below this fraction of
@@ -119,7 +121,7 @@ class ReconstructSettings:
     masks: Path | None = None
     device: str | None = None
     batch_size: int = 1
-    backend: str = "torch"
+    backend: str = "auto"
     engine: Path | None = None
     precision: str = "auto"
     color: str = "photo"
@@ -144,15 +146,16 @@ class ReconstructSettings:
             raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
         if self.masks is not None and not Path(self.masks).is_dir():
             raise OptionError(f"--masks: {self.masks} is not a folder")
-        if self.weights is not None and self.backend != "torch":
+        if self.weights is not None and self.backend not in ("auto", "torch"):
             raise OptionError(f"--weights is for the torch backend; the {self.backend} backend reads its --engine")
 
-    def request(self, weights_identity: str) -> dict:
+    def request(self, weights_identity: str, backend: str | None = None) -> dict:
         """Every setting that changes a result's files, as ``result.json`` records it (a rerun
-        reuses a result only when this and the input's content hash are equal)."""
+        reuses a result only when this and the input's content hash are equal). ``backend``: what
+        ``auto`` resolved to here (backends agree only to float rounding)."""
         g = self.grid  # all of it but chunk_points, which bounds memory and changes nothing written
         return dict(
-            weights=weights_identity, backend=self.backend, resolution=g.resolution, extraction=g.extraction,
+            weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
             preview=self.preview, device=self.device or "auto",
