@@ -106,7 +106,9 @@ def train(
 @cli_errors
 def reconstruct(
     weights: opts.Weights = None,
-    backend: Annotated[list[str] | None, typer.Option(help="auto, torch, onnxruntime or tensorrt (repeatable).")] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option(help="auto, torch, onnxruntime or tensorrt (repeatable).")
+    ] = None,
     engine: opts.Engine = None,
     extraction: Annotated[list[str] | None, typer.Option(help="fast and/or dense (repeatable; default both).")] = None,
     kernels: Annotated[list[str] | None, typer.Option(help=_KERNELS)] = None,

@@ -37,6 +37,7 @@ from zsw.kernels import cpu, reference
 from zsw.kernels.reference import Chamfer, NearestNeighbors
 
 __all__ = [
+    "linear",
     "point_cross_attention",
     "occupancy_mlp",
     "nearest_neighbors",
@@ -210,6 +211,21 @@ def point_cross_attention(
     return _pick("point_cross_attention", impl, q.device, q, k, v, k_latent, v_latent)(
         q, k, v, k_latent, v_latent, scale
     )
+
+
+def linear(
+    x: Tensor,  # [..., C_in]
+    weight: Tensor,  # [C_out, C_in]
+    bias: Tensor | None = None,  # [C_out]
+    activation: str | None = None,  # None or "gelu" (exact)
+    *,
+    impl: str | None = None,
+) -> Tensor:  # [..., C_out]
+    """``F.linear`` (then GELU); see :func:`zsw.kernels.reference.linear`. No Triton kernel (cuBLAS
+    is the GEMM on a GPU): CPU inference under ``auto`` takes :func:`zsw.kernels.cpu.linear`."""
+    if _requested(impl) == "auto" and not is_exportable() and cpu.usable(x, weight):
+        return cpu.linear(x, weight, bias, activation)
+    return reference.linear(x, weight, bias, activation)
 
 
 def occupancy_mlp(

@@ -11,6 +11,10 @@ baseline and the tests' oracle).
   ``softmax([l_1..l_L, s]) = [(1 - w) softmax(l), w]`` with ``w = sigmoid(s - lse)``, so
   ``out = out_latent + w (v - out_latent)``. The ``[N, L + 1]`` weight matrix is never built:
   about 5x faster than the reference at N = 65,536, L = 198.
+* Linear layers (the decoder's qkv and output projections and its MLP): oneDNN's fused GEMM with
+  the bias (and the exact GELU) in its epilogue, the primitive PyTorch's own inductor emits for CPU
+  linears: ``addmm`` first copies the broadcast bias into its ``[N, C_out]`` output and GELU is a
+  second pass over it. 65,536 x 64 -> 256 with GELU, two cores: 90 -> 50 ms, bit-identical.
 * Occupancy MLP: the skip layers split their weight instead of concatenating
   (``cat(h, x) W^T / sqrt 2 = (h W_h^T + x W_x^T) / sqrt 2``, one ``addmm`` each, no copy of
   ``[h, x]``), and Softplus first clamps its input at ``-threshold / beta``: below it the
@@ -32,7 +36,7 @@ from torch import Tensor
 
 from zsw.kernels import reference
 
-__all__ = ["point_cross_attention", "occupancy_mlp", "usable"]
+__all__ = ["point_cross_attention", "occupancy_mlp", "linear", "usable"]
 
 
 def usable(*tensors: Tensor) -> bool:
@@ -60,6 +64,36 @@ def point_cross_attention(
     w = torch.sigmoid(own - lse[..., None])
     out = out.float()
     return out.add_(w * (v.float() - out)).to(dtype)
+
+
+# oneDNN's fused linear + pointwise epilogue (None: not in this build)
+_LINEAR_POINTWISE = None
+if torch.backends.mkldnn.is_available():
+    _LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
+    """:func:`zsw.kernels.reference.linear` through oneDNN's fused linear (fp32, no autocast)."""
+    if (
+        _LINEAR_POINTWISE is None
+        or activation not in (None, "gelu")
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or (bias is not None and bias.dtype != torch.float32)
+        or _autocast_on()
+    ):
+        return reference.linear(x, weight, bias, activation)
+    lead = x.shape[:-1]
+    attr, algorithm = ("gelu", "none") if activation == "gelu" else ("none", "")
+    y = _LINEAR_POINTWISE(x.reshape(-1, x.shape[-1]), weight, bias, attr, [], algorithm)
+    return y.reshape(*lead, y.shape[-1])
 
 
 def _softplus(z: Tensor, beta: float, threshold: float = 20.0) -> Tensor:

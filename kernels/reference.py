@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "linear",
     "point_cross_attention",
     "occupancy_mlp",
     "nearest_neighbors",
@@ -26,6 +27,17 @@ __all__ = [
     "NearestNeighbors",
     "Chamfer",
 ]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, followed by the exact (erf) GELU when ``activation`` is
+    ``"gelu"``: a transformer MLP's first layer in one call."""
+    y = F.linear(x, weight, bias)
+    if activation == "gelu":
+        return F.gelu(y)
+    if activation is not None:
+        raise ValueError(f"linear: activation must be None or 'gelu', got {activation!r}")
+    return y
 
 
 def point_cross_attention(

@@ -91,3 +91,46 @@ def test_dispatch_uses_the_cpu_paths_only_where_they_apply(monkeypatch):
     q.requires_grad_(True)
     weights[0].requires_grad_(True)
     assert run() == []  # autograd needs the reference's differentiable ops
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_linear_equals_the_reference(activation, bias):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 300, 64, generator=g)
+    w = torch.randn(256, 64, generator=g) * 0.1
+    b = torch.randn(256, generator=g) if bias else None
+    expected = reference.linear(x, w, b, activation)
+    got = cpu.linear(x, w, b, activation)
+    assert got.shape == (2, 300, 256)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if activation == "gelu":  # the exact (erf) GELU, not the tanh approximation
+        tanh = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b), approximate="tanh")
+        assert (got - tanh).abs().max() > 1e-4
+
+
+def test_fused_linear_is_taken_only_for_fp32_cpu_inference(monkeypatch):
+    if cpu._LINEAR_POINTWISE is None:
+        pytest.skip("this PyTorch build has no oneDNN fused linear")
+    calls = []
+    real = cpu._LINEAR_POINTWISE
+    monkeypatch.setattr(cpu, "_LINEAR_POINTWISE", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.delenv("ZSW_KERNELS", raising=False)
+    x, w, b = torch.randn(10, 8), torch.randn(4, 8, requires_grad=True), torch.randn(4, requires_grad=True)
+
+    def taken(impl="auto", dtype=torch.float32) -> bool:
+        calls.clear()
+        kernels.linear(x.to(dtype), w.to(dtype), b.to(dtype), "gelu", impl=impl)
+        return bool(calls)
+
+    with torch.no_grad():
+        assert taken()
+        assert not taken("torch")
+        with kernels.exportable():
+            assert not taken()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's bf16 GEMM, as before
+            assert not taken()
+        assert not taken(dtype=torch.float64)
+    assert not taken()  # the weights need gradients: autograd takes the reference
+    with pytest.raises(ValueError, match="activation"):
+        reference.linear(x, w, b, "relu")

@@ -72,7 +72,8 @@ class PointCrossAttention(nn.Module):
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # [B, T, C] -> 3 x [B, H, T, D]
         B, T, _ = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = kernels.linear(x, self.qkv.weight, self.qkv.bias, impl=self.impl)
+        qkv = qkv.reshape(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
     def _merge(self, x: Tensor) -> Tensor:  # [B, H, T, D] -> [B, T, C]
@@ -92,7 +93,7 @@ class PointCrossAttention(nn.Module):
         """Projected attention output ``[B, N, C]`` of the normalised point features ``x [B, N, C]``."""
         q, k, v = self._split(x)
         out = kernels.point_cross_attention(q, k, v, k_latent, v_latent, self.scale, impl=self.impl)
-        return self.proj(self._merge(out))
+        return kernels.linear(self._merge(out), self.proj.weight, self.proj.bias, impl=self.impl)
 
 
 class OccupancyMLP(nn.Module):
@@ -130,7 +131,8 @@ class OccupancyMLP(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """A transformer block's MLP, ``fc2(GELU(fc1(x)))``, with the parameter names of timm's
+    """A transformer block's MLP, ``fc2(GELU(fc1(x)))`` through :func:`zsw.kernels.linear` (fused
+    GEMM + bias + GELU for CPU inference), with the parameter names of timm's
     ``timm.layers.Mlp`` (``fc1.*``, ``fc2.*``), so checkpoints are the same either way.
 
     The decoder uses this instead of timm's class so that decoding needs no ``import timm``: that
@@ -139,11 +141,13 @@ class FeedForward(nn.Module):
     decoder) otherwise never touches timm.
     """
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, impl: str = "auto"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU()  # exact (erf); applied inside kernels.linear
         self.fc2 = nn.Linear(hidden, dim)
+        self.impl = impl
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = kernels.linear(x, self.fc1.weight, self.fc1.bias, "gelu", impl=self.impl)
+        return kernels.linear(h, self.fc2.weight, self.fc2.bias, impl=self.impl)
