@@ -176,3 +176,40 @@ def test_small_disconnected_parts_are_dropped_whole():
     assert kept.area == pytest.approx(max(part.area for part in mesh.split(only_watertight=False)), rel=1e-6)
     assert drop_small_parts(mesh, 0.0) == (mesh, 0)
     assert drop_small_parts(extract_mesh(two(0.45), 48), 0.05)[1] == 0  # a real second part stays
+
+
+def test_fixed_shape_fast_extraction_gives_the_exact_grid_and_falls_back_when_full():
+    """``capacity`` (fixed shapes, one host synchronisation per grid) decodes the same points and
+    gives the same grid as the exact ``fast`` path, for a batch split into chunks; when a level
+    needs more points than it holds, the grid is decoded again exactly."""
+    fields = [occupancy_field("torus"), occupancy_field("lamp")]
+
+    def decode(points):  # [B, N, 3] -> [B, N]
+        return torch.stack([f(points[b]) for b, f in enumerate(fields)])
+
+    exact, exact_stats = occupancy_grid(decode, 2, 64, mode="fast", chunk_points=20_000)
+    for capacity in (0.25, 1e-3):  # room for every level; overflow on the first refinement
+        grid, stats = occupancy_grid(decode, 2, 64, mode="fast", chunk_points=20_000, capacity=capacity)
+        torch.testing.assert_close(grid, exact, rtol=0, atol=0)
+        assert [s.evaluated_points for s in stats] == [s.evaluated_points for s in exact_stats]
+    with pytest.raises(ConfigError, match="capacity"):
+        occupancy_grid(decode, 2, 64, mode="fast", capacity=1.5)
+
+
+@pytest.mark.gpu
+def test_fixed_shape_fast_extraction_never_synchronises_inside_the_level_loop():
+    from zsw.infer.grid import _decode_fast_static
+
+    def decode(points):  # a sphere of radius 0.6, in logits, without host synchronisation
+        return (0.6 - points.norm(dim=-1)) * 20.0
+
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        values, counts, overflow = _decode_fast_static(
+            decode, 2, 128, 1.5, 65536, torch.device("cuda"), 0.0, 32, 2.0, 1, 0.25
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not bool(overflow.any()) and values.shape == (2, 129, 129, 129)
+    exact, _ = occupancy_grid(lambda p: (0.6 - p.norm(dim=-1)) * 20.0, 2, 128, mode="fast", device="cuda")
+    torch.testing.assert_close(torch.sigmoid(values), exact)
