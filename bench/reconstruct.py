@@ -46,7 +46,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _one_run(backend, image: torch.Tensor, resolution: int, extraction: str, chunk_points: int) -> tuple[dict, int]:
+def _one_run(
+    backend, image: torch.Tensor, resolution: int, extraction: str, chunk_points: int | None
+) -> tuple[dict, int]:
     """Stage seconds of one reconstruction and the number of decoded points."""
     from zsw.infer.backend import predict
     from zsw.infer.grid import marching_cubes, occupancy_grid
@@ -87,7 +89,7 @@ def bench_reconstruct(
     kernel_impls: Sequence[str] | None = None,
     resolution: int = 128,
     repeats: int = 3,
-    chunk_points: int = 65536,
+    chunk_points: int | None = None,
     precisions: Sequence[str] = ("auto",),
     progress: Callable[[str], None] | None = None,
 ) -> list:

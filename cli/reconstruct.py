@@ -36,6 +36,7 @@ _PROMPT = (
 )
 _MASKS = "Folder of visible masks named like the images (<name>.png); required by ZeroShape models."
 _MIN_PART = "Drop disconnected parts under this fraction of the largest's area."
+_CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
 
 
@@ -53,7 +54,7 @@ def reconstruct(
     masks: Annotated[Path | None, typer.Option(help=_MASKS)] = None,
     device: opts.Device = None,
     batch_size: opts.BatchSize = 1,
-    chunk_points: Annotated[int, typer.Option(min=1024, help="Most points per decoder call (bounds memory).")] = 65536,
+    chunk_points: Annotated[int | None, typer.Option(min=1024, help=_CHUNK_POINTS)] = None,
     backend: opts.Backend = "auto",
     engine: opts.Engine = None,
     precision: opts.Precision = "auto",

@@ -213,3 +213,23 @@ def test_fixed_shape_fast_extraction_never_synchronises_inside_the_level_loop():
     assert not bool(overflow.any()) and values.shape == (2, 129, 129, 129)
     exact, _ = occupancy_grid(lambda p: (0.6 - p.norm(dim=-1)) * 20.0, 2, 128, mode="fast", device="cuda")
     torch.testing.assert_close(torch.sigmoid(values), exact)
+
+
+def test_the_default_chunk_is_smaller_on_a_cpu():
+    """16,384 points per call on a CPU (a 65,536-point chunk's buffers exceed glibc's largest mmap
+    threshold and page-fault anew every call), 65,536 on a GPU; an explicit value wins."""
+    from zsw.infer.settings import default_chunk_points
+
+    assert default_chunk_points(torch.device("cpu")) == 16384
+    assert default_chunk_points(torch.device("cuda", 0)) == default_chunk_points("cuda") == 65536
+    sizes = []
+
+    def decode(points):
+        sizes.append(points.shape[1])
+        return (0.5 - points.norm(dim=-1)) * 10.0
+
+    occupancy_grid(decode, 1, 40, mode="dense")
+    assert max(sizes) == 16384 and sum(sizes) == 41**3
+    sizes.clear()
+    occupancy_grid(decode, 1, 40, mode="dense", chunk_points=50_000)
+    assert max(sizes) == 50_000

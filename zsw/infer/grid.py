@@ -86,7 +86,7 @@ class GridStats:
         return {**asdict(self), "fraction": self.fraction}
 
 
-def _check(resolution: int, mode: str, threshold: float, bound: float, chunk_points: int) -> None:
+def _check(resolution: int, mode: str, threshold: float, bound: float, chunk_points: int | None) -> None:
     _settings.GridSettings(resolution, mode, threshold, bound, chunk_points=chunk_points)  # validates
 
 
@@ -302,7 +302,7 @@ def occupancy_grid(
     mode: str = "dense",
     threshold: float = 0.5,
     bound: float = 1.5,
-    chunk_points: int = 65536,
+    chunk_points: int | None = None,
     device: str | torch.device | None = None,
     coarse_resolution: int = 32,
     margin: float = 2.0,
@@ -318,7 +318,8 @@ def occupancy_grid(
         mode: ``dense`` or ``fast`` (see the module docstring).
         threshold: iso-level of the probability; ``fast`` refines around it.
         bound: half-size of the grid cube.
-        chunk_points: most points per ``decode`` call, summed over the batch.
+        chunk_points: most points per ``decode`` call, summed over the batch (None: 65,536 on a
+            GPU, 16,384 on a CPU; see :func:`zsw.infer.settings.default_chunk_points`).
         device: where the points and the grid live (default CPU).
         coarse_resolution: ``fast`` only: cells per axis of the first grid.
         margin: ``fast`` only: also refine cells within this many logits of the threshold (on the
@@ -339,6 +340,7 @@ def occupancy_grid(
     """
     _check(resolution, mode, threshold, bound, chunk_points)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    chunk_points = chunk_points or _settings.default_chunk_points(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         if mode == "dense":
@@ -522,7 +524,7 @@ def extract_mesh(
         close: count the space outside the grid as empty (watertight meshes, see :func:`marching_cubes`).
         coarse_resolution, margin, dilate: ``fast`` only, see :func:`occupancy_grid`.
 
-    ``mode`` (default ``dense``), ``threshold`` (0.5), ``bound`` (1.5), ``chunk_points`` (65,536),
+    ``mode`` (default ``dense``), ``threshold`` (0.5), ``bound`` (1.5), ``chunk_points`` (by device),
     ``close`` (True) and the ``fast`` options are keywords.
 
     Returns:

@@ -471,7 +471,8 @@ class Reconstructor:
         extraction: ``fast`` (coarse to fine) or ``dense``.
         threshold: occupancy probability of the surface.
         frame: output frame of the mesh, ``gltf`` or ``camera`` (see the module docstring).
-        chunk_points: most query points per decoder call (bounds memory).
+        chunk_points: most query points per decoder call (bounds memory; None: by device, see
+            :func:`zsw.infer.settings.default_chunk_points`).
         weights_label: how the weights are named in ``result.json``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``: autocast of the PyTorch backend (see
             :func:`resolve_precision`); exported engines keep the precision they were built with.
@@ -491,7 +492,7 @@ class Reconstructor:
         extraction: str = "fast",
         threshold: float = 0.5,
         frame: str = "gltf",
-        chunk_points: int = 65536,
+        chunk_points: int | None = None,
         weights_label: str = "",
         bound: float = 1.5,
         precision: str = "auto",
