@@ -198,16 +198,14 @@ def test_fixed_shape_fast_extraction_gives_the_exact_grid_and_falls_back_when_fu
 
 @pytest.mark.gpu
 def test_fixed_shape_fast_extraction_never_synchronises_inside_the_level_loop():
-    from zsw.infer.grid import _decode_fast_static
+    from zsw.infer.grid import _fast_pass
 
     def decode(points):  # a sphere of radius 0.6, in logits, without host synchronisation
         return (0.6 - points.norm(dim=-1)) * 20.0
 
     torch.cuda.set_sync_debug_mode("error")
     try:
-        values, counts, overflow = _decode_fast_static(
-            decode, 2, 128, 1.5, 65536, torch.device("cuda"), 0.0, 32, 2.0, 1, 0.25
-        )
+        values, counts, overflow = _fast_pass(decode, 2, 128, 1.5, 65536, torch.device("cuda"), 0.0, 32, 2.0, 1, 0.25)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not bool(overflow.any()) and values.shape == (2, 129, 129, 129)

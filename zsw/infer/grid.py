@@ -217,6 +217,59 @@ def _decode_static(
     return count.clamp(max=cap), count > cap
 
 
+def _next_level(
+    values: Tensor, evaluated: Tensor, t: float, margin: float, dilate: int
+) -> tuple[Tensor, Tensor, Tensor]:  # [B, n2+1]^3 logits, done, todo
+    """One refinement step of ``fast``: the logits on the grid twice as fine (interpolated), which
+    of its points already hold decoded logits, and which must be decoded now."""
+    B, n2 = values.shape[0], 2 * (values.shape[1] - 1)
+    active = _active_cells(values, t, margin, dilate)  # [B, n, n, n]
+    values = F.interpolate(values[:, None], size=(n2 + 1,) * 3, mode="trilinear", align_corners=True)[:, 0]
+    done = torch.zeros(B, n2 + 1, n2 + 1, n2 + 1, dtype=torch.bool, device=values.device)
+    done[:, ::2, ::2, ::2] = evaluated
+    children = active.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    # a point is needed when any of the (up to 8) child cells around it is active
+    need = F.max_pool3d(F.pad(children[:, None].float(), (1,) * 6), kernel_size=2, stride=1)[:, 0] > 0
+    return values, done, need & ~done
+
+
+def _decode_exact(
+    decode: Callable[[Tensor], Tensor], todo: Tensor, values: Tensor, resolution: int, bound: float, chunk_points: int
+) -> Tensor:  # evaluated points [B] (int64)
+    """Decode exactly the ``todo`` points into ``values`` (``nonzero``: one host synchronisation)."""
+    index = [todo[b].nonzero() for b in range(todo.shape[0])]
+    logits = _decode_sparse(decode, index, resolution, bound, chunk_points)
+    for b, ix in enumerate(index):
+        values[b, ix[:, 0], ix[:, 1], ix[:, 2]] = logits[b]
+    return torch.tensor([len(ix) for ix in index], dtype=torch.int64, device=values.device)
+
+
+def _fast_pass(
+    decode, B, resolution, bound, chunk_points, device, t, coarse_resolution, margin, dilate, capacity
+) -> tuple[Tensor, Tensor, Tensor]:  # [B, R+1, R+1, R+1] logits, evaluated points [B], overflow [B]
+    """Coarse to fine, each level decoded exactly (``capacity`` None) or with fixed shapes
+    (:func:`_decode_static`, no host synchronisation in the loop)."""
+    levels = _levels(resolution, coarse_resolution)
+    n = resolution >> levels
+    values = _decode_dense(decode, B, n, bound, chunk_points, device)
+    evaluated = torch.ones_like(values, dtype=torch.bool)
+    counts = torch.full((B,), (n + 1) ** 3, dtype=torch.int64, device=device)
+    overflow = torch.zeros(B, dtype=torch.bool, device=device)
+    for level in range(levels):
+        # the margin finds parts thinner than a cell; the logits change across a cell in proportion
+        # to its size, so the margin halves with every level
+        values, done, todo = _next_level(values, evaluated, t, margin / 2**level, dilate)
+        n *= 2
+        if capacity is None:
+            counts += _decode_exact(decode, todo, values, n, bound, chunk_points)
+        else:
+            decoded, over = _decode_static(decode, todo, values, n, bound, chunk_points, capacity)
+            counts += decoded
+            overflow |= over
+        evaluated = done | todo
+    return values, counts, overflow
+
+
 def _decode_fast(
     decode: Callable[[Tensor], Tensor],
     B: int,
@@ -230,68 +283,15 @@ def _decode_fast(
     dilate: int,
     capacity: float | None = None,
 ) -> tuple[Tensor, list[int]]:  # [B, R+1, R+1, R+1] logits, evaluated points per image
+    args = (decode, B, resolution, bound, chunk_points, device, t, coarse_resolution, margin, dilate)
     if capacity is not None:
-        values, counts, overflow = _decode_fast_static(
-            decode, B, resolution, bound, chunk_points, device, t, coarse_resolution, margin, dilate, capacity
-        )
+        values, counts, overflow = _fast_pass(*args, capacity)
         if not bool(overflow.any()):  # the one host synchronisation of the whole grid
             return values, counts.tolist()
         # some image had more points to decode than `capacity` holds: redo exactly (same result
         # as without capacity, at the cost of the first pass)
-    levels = _levels(resolution, coarse_resolution)
-    n = resolution >> levels
-    values = _decode_dense(decode, B, n, bound, chunk_points, device)
-    evaluated = torch.ones_like(values, dtype=torch.bool)
-    counts = [(n + 1) ** 3] * B
-    for level in range(levels):
-        # the margin finds parts thinner than a cell; the logits change across a cell in proportion
-        # to its size, so the margin halves with every level
-        active = _active_cells(values, t, margin / 2**level, dilate)  # [B, n, n, n]
-        n2 = 2 * n
-        values = F.interpolate(values[:, None], size=(n2 + 1,) * 3, mode="trilinear", align_corners=True)[:, 0]
-        done = torch.zeros(B, n2 + 1, n2 + 1, n2 + 1, dtype=torch.bool, device=device)
-        done[:, ::2, ::2, ::2] = evaluated
-        children = active.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
-        # a point is needed when any of the (up to 8) child cells around it is active
-        need = F.max_pool3d(F.pad(children[:, None].float(), (1,) * 6), kernel_size=2, stride=1)[:, 0] > 0
-        todo = need & ~done
-        index = [todo[b].nonzero() for b in range(B)]
-        logits = _decode_sparse(decode, index, n2, bound, chunk_points)
-        for b in range(B):
-            ix = index[b]
-            values[b, ix[:, 0], ix[:, 1], ix[:, 2]] = logits[b]
-            counts[b] += len(ix)
-        evaluated = done | todo
-        n = n2
-    return values, counts
-
-
-def _decode_fast_static(
-    decode, B, resolution, bound, chunk_points, device, t, coarse_resolution, margin, dilate, capacity
-) -> tuple[Tensor, Tensor, Tensor]:  # logits, evaluated points [B], overflow [B]
-    """:func:`_decode_fast` with every shape known before the decoder runs (see
-    :func:`_decode_static`): the level loop issues no host synchronisation."""
-    levels = _levels(resolution, coarse_resolution)
-    n = resolution >> levels
-    values = _decode_dense(decode, B, n, bound, chunk_points, device)
-    evaluated = torch.ones_like(values, dtype=torch.bool)
-    counts = torch.full((B,), (n + 1) ** 3, dtype=torch.int64, device=device)
-    overflow = torch.zeros(B, dtype=torch.bool, device=device)
-    for level in range(levels):
-        active = _active_cells(values, t, margin / 2**level, dilate)
-        n2 = 2 * n
-        values = F.interpolate(values[:, None], size=(n2 + 1,) * 3, mode="trilinear", align_corners=True)[:, 0]
-        done = torch.zeros(B, n2 + 1, n2 + 1, n2 + 1, dtype=torch.bool, device=device)
-        done[:, ::2, ::2, ::2] = evaluated
-        children = active.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
-        need = F.max_pool3d(F.pad(children[:, None].float(), (1,) * 6), kernel_size=2, stride=1)[:, 0] > 0
-        todo = need & ~done
-        decoded, over = _decode_static(decode, todo, values, n2, bound, chunk_points, capacity)
-        counts += decoded
-        overflow |= over
-        evaluated = done | todo
-        n = n2
-    return values, counts, overflow
+    values, counts, _ = _fast_pass(*args, None)
+    return values, counts.tolist()
 
 
 def occupancy_grid(
