@@ -166,12 +166,9 @@ def bench_reconstruct(
 
 def _configs(kind: str, precisions: Sequence[str], extractions: Sequence[str], device) -> list[tuple[str, str]]:
     """(resolved precision, extraction) pairs; exported engines run in their own precision."""
-    from zsw.infer.reconstruct import resolve_precision
+    from zsw.infer.reconstruct import run_precision
 
-    if kind == "torch":
-        resolved = dict.fromkeys(resolve_precision(p, device) for p in precisions)
-    else:  # exported graphs run in their own precision; onnxruntime+torch is fp32 throughout
-        resolved = ["fp32" if kind == "onnxruntime+torch" else "engine"]
+    resolved = dict.fromkeys(run_precision(kind, p, device) for p in precisions)
     return [(p, e) for p in resolved for e in extractions]
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
-from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_backend, resolve_precision, weights_identity
+from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_backend, run_precision, weights_identity
 from zsw.infer.settings import BACKENDS, GridSettings, is_estimated_prompt
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
@@ -134,10 +134,7 @@ def evaluate_set(
 
 def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings, backend) -> EvalSettings:
     """The resume key: every setting that changes a number, and the weights' and dataset's identity."""
-    if backend.name == "torch":
-        precision = resolve_precision(s.precision, backend.device)
-    else:
-        precision = "fp32" if backend.name == "onnxruntime+torch" else "engine"
+    precision = run_precision(backend.name, s.precision, backend.device)
     fingerprint = hashlib.sha1("\n".join(all_names).encode()).hexdigest()[:12]  # the whole set, not --limit
     g = s.grid
     return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,

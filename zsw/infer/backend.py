@@ -145,10 +145,9 @@ def load_backend(
     """
     from zsw.errors import ConfigError
 
-    if kind not in BACKENDS or kind == "auto":
-        if kind != "onnxruntime+torch":
-            kinds = ", ".join(k for k in (*BACKENDS, "onnxruntime+torch") if k != "auto")
-            raise ConfigError(f"backend must be one of {kinds}, got {kind!r}")
+    kinds = [k for k in BACKENDS if k != "auto"] + ["onnxruntime+torch"]
+    if kind not in kinds:
+        raise ConfigError(f"backend must be one of {', '.join(kinds)}, got {kind!r}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "torch":

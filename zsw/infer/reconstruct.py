@@ -51,6 +51,7 @@ __all__ = [
     "demo_weights",
     "demo_engine",
     "resolve_backend",
+    "run_precision",
     "camera_to_frame",
     "original_intrinsics",
     "FRAMES",
@@ -82,11 +83,14 @@ def demo_engine() -> Path | None:
         source = json.loads((folder / "export.json").read_text())["source"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return folder if weights is not None and source == _sha256_cached(str(weights)) else None
+    if weights is None:
+        return None
+    stat = weights.stat()
+    return folder if source == _sha256_cached(str(weights), stat.st_mtime_ns, stat.st_size) else None
 
 
 @functools.lru_cache(maxsize=4)
-def _sha256_cached(path: str) -> str:
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:  # keyed on the file's state too
     from zsw.io import sha256_file
 
     return sha256_file(path)
@@ -109,7 +113,7 @@ def resolve_backend(
         return kind
     if engine is not None:
         raise ConfigError("--engine is for the onnxruntime and tensorrt backends; pick one with --backend")
-    if not (weights is None or (isinstance(weights, str) and weights == "demo")):
+    if weights not in (None, "demo"):
         return "torch"
     try:
         dev = torch.device(device) if device is not None else None
@@ -452,6 +456,15 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
+def run_precision(kind: str, precision: str, device: torch.device | str) -> str:
+    """The precision a backend of ``kind`` computes in, as ``result.json`` records it: the PyTorch
+    model's autocast (:func:`resolve_precision`); fp32 for ``onnxruntime+torch`` (fp32 graphs and
+    an fp32 decoder); ``engine`` for exported engines, which keep the precision they were built with."""
+    if kind == "torch":
+        return resolve_precision(precision, device)
+    return "fp32" if kind == "onnxruntime+torch" else "engine"
+
+
 def autocast(precision: str, device: torch.device):
     """The autocast context of a resolved precision (a no-op for fp32 and exported engines)."""
     import contextlib
@@ -520,10 +533,7 @@ class Reconstructor:
         if not 0.0 <= min_part <= 1.0:
             raise ConfigError(f"min_part must be a fraction in [0, 1], got {min_part}")
         self.min_part = min_part
-        if backend.name == "torch":
-            self.precision = resolve_precision(precision, backend.device)
-        else:  # exported graphs keep their precision; onnxruntime+torch is fp32 graphs and an fp32 decoder
-            self.precision = "fp32" if backend.name == "onnxruntime+torch" else "engine"
+        self.precision = run_precision(backend.name, precision, backend.device)
         self.warnings: list[str] = []
 
     @property
