@@ -64,6 +64,31 @@ def test_stage_shape_trains_the_shape_path_on_ground_truth_without_the_pixel_mod
     torch.testing.assert_close(lifted, gt)
 
 
+def test_lr_pretrained_zero_freezes_the_pixel_model_in_stage_full(tiny64):
+    from zsw.train.distributed import DistInfo
+    from zsw.train.setup import training_parts
+
+    def parts(lr_pretrained: float):
+        cfg = _cfg(tiny64, teacher_masks=False, optim=OptimConfig(lr=1e-3, lr_pretrained=lr_pretrained))
+        return training_parts(cfg, DistInfo(0, 1, 0, torch.device("cpu")), lambda _msg: None)
+
+    for lr_pretrained, pixel_moves in ((0.0, False), (1e-3, True)):
+        p = parts(lr_pretrained)
+        pixel = {n: v.detach().clone() for n, v in p.model.pixel.state_dict().items() if v.is_floating_point()}
+        decoder = {n: v.detach().clone() for n, v in p.model.decoder.named_parameters()}
+        names = {g["name"] for g in p.optimizer.param_groups}
+        assert ("pixel" in names) == pixel_moves and "main" in names
+        result = p.runner(_distorted_batch())
+        result["total"].backward()
+        grads = [v.grad for n, v in p.model.pixel.named_parameters() if v.grad is not None]
+        assert bool(grads) == pixel_moves
+        p.optimizer.step()
+        weights = {n: v for n, v in p.model.pixel.state_dict().items() if n in pixel and "running" not in n}
+        changed = any(not torch.equal(weights[n], pixel[n]) for n in weights)
+        assert changed == pixel_moves
+        assert any(not torch.equal(v.detach(), decoder[n]) for n, v in p.model.decoder.named_parameters())
+
+
 def test_teacher_surface_schedule_picks_ground_truth_or_predicted_surfaces(tiny64):
     from zsw.model import build_model
     from zsw.train import losses as L

@@ -55,7 +55,9 @@ class LossConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 1e-5
-    # stage full: learning rate of the pretrained pixel model (model.pixel)
+    # stage full: learning rate of the pretrained pixel model (model.pixel); 0 freezes it (no
+    # gradient flows into it, so the occupancy loss cannot pull its depth and masks away from what
+    # stage pixel left)
     lr_pretrained: float = 1e-6
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05

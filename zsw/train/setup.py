@@ -82,7 +82,7 @@ def training_parts(
     device = dist.device
     torch.manual_seed(cfg.seed)
     model = build_model_for(cfg).to(device)
-    set_trainable(model, cfg.stage)
+    set_trainable(model, cfg.stage, train_pixel=cfg.optim.lr_pretrained > 0)
     model.train()
     runner = step_class(model, cfg)
     unused = unused_parameters(runner, device)

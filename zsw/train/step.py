@@ -37,11 +37,13 @@ __all__ = [
 ]
 
 
-def set_trainable(model: nn.Module, stage: str) -> None:
-    """Stage ``pixel`` trains ``model.pixel`` only, ``shape`` everything else, ``full`` everything."""
+def set_trainable(model: nn.Module, stage: str, train_pixel: bool = True) -> None:
+    """Stage ``pixel`` trains ``model.pixel`` only, ``shape`` everything else, ``full`` everything
+    (everything but ``model.pixel`` when not ``train_pixel``: no gradient reaches it then)."""
     for name, p in model.named_parameters():
         in_pixel = name.startswith("pixel.")
-        p.requires_grad_(stage == "full" or (in_pixel if stage == "pixel" else not in_pixel))
+        full = not in_pixel or train_pixel
+        p.requires_grad_(full if stage == "full" else (in_pixel if stage == "pixel" else not in_pixel))
 
 
 def synthetic_batch(batch: int, size: int, points: int, device: torch.device | str = "cpu", seed: int = 0) -> dict:
