@@ -1,7 +1,7 @@
 """Where a model's shape error comes from: swap the pixel model's outputs for ground truth, one
 piece at a time, and score each variant with ZeroShape's protocol (``zsw eval``'s metrics).
 
-    python -m bench.error_decomposition --data data/demo/test --max-per-category 4 \
+    python -m zsw.bench.error_decomposition --data data/demo/test --max-per-category 4 \
         --out bench/results/error-decomposition-v4
 
 Variants (the encoder and decoder always run; masks are thresholded at logit 0 unless given):
@@ -85,7 +85,8 @@ def main() -> None:
     torch.set_grad_enabled(False)
     weights, label, _ = resolve_weights(args.weights)
     model = weights if isinstance(weights, torch.nn.Module) else checkpoint.load(weights).eval()
-    ds = ShapeDataset([args.data], args.split, max_per_category=args.max_per_category, with_shape=False)
+    size = model.config.pixel.image_size
+    ds = ShapeDataset([args.data], args.split, max_per_category=args.max_per_category, with_shape=False, size=size)
     rows = []
     for i in range(len(ds)):
         batch = default_collate([ds[i]])
