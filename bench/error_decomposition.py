@@ -61,6 +61,7 @@ def surfaces(model, batch: dict, variants: list[str]):
             yield v, model.encode_surface(PixelOutput(depth, K, None, None), text, vis, occ)
 
 
+@torch.no_grad()  # a decorator, not torch.set_grad_enabled(False): callers (tests) keep autograd
 def main() -> None:
     from zsw import checkpoint
     from zsw.data.dataset import ShapeDataset
@@ -82,7 +83,6 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
 
-    torch.set_grad_enabled(False)
     weights, label, _ = resolve_weights(args.weights)
     model = weights if isinstance(weights, torch.nn.Module) else checkpoint.load(weights).eval()
     size = model.config.pixel.image_size

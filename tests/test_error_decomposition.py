@@ -73,6 +73,7 @@ def test_script_writes_a_row_per_view_and_a_table(tiny64, tmp_path, monkeypatch)
             "--resolution", "8", "--variants", "pred,gt", "--out", str(out)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     error_decomposition.main()
+    assert torch.is_grad_enabled()  # the script must not switch autograd off for its caller
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(set(r) == {"name", "category", "pred", "gt"} for r in rows)
     table = out.with_suffix(".md").read_text()
