@@ -2,8 +2,8 @@
 # Run HERE, where pip reaches PyPI, before calling the lent GPU machine: it puts into .whl/ (ignored
 # by git, carried by the device call) the wheels that machine's image lacks (trimesh, rtree,
 # open_clip_torch, ftfy, wcwidth; it has torch, triton, timm, typer, rich, scikit-image, ...) and
-# zsw's own wheel. bench/gpu_session.sh installs them there with --no-deps. docs/kernels.md gives
-# the device call.
+# zsw's own wheel. bench/gpu_session.sh and bench/gpu_train_demo.sh install them there with --no-deps
+# (bench/gpu_env.sh). docs/kernels.md and docs/training.md give the device calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

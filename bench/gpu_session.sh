@@ -16,21 +16,13 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-if [ -d .whl ] && ! python3 -c "import zsw, trimesh, open_clip" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { echo "gpu_session.sh: installing the carried wheels failed" >&2; exit 2; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
 results="${OUT:-bench/results}"
 mkdir -p "$results"
-if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_session.sh: no CUDA device visible to torch" >&2
-    exit 2
-fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv,noheader || true
 gpu=$(python3 -c "from zsw.bench._harness import environment, gpu_slug; print(gpu_slug(environment()))")
 log="$results/${gpu}-session.log"
-unset TRITON_INTERPRET ZSW_KERNELS
 
 {
     echo "== pytest -m gpu (every CUDA-only test)"

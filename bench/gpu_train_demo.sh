@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue 10 on a lent GPU, in one device call of at most 8 minutes: synthesise procedural training,
+# validation and test data on the machine's cores, train the demo recipe (zsw-demo-v5's model) at GPU
+# batch size -- stages pixel and shape side by side on the one GPU, then stage full -- and score the
+# result on 100 held-out in-the-wild test images. Everything it measured lands in $OUT/gpu-train-demo/
+# (logs, metrics, the eval tables, the weights): commit it under bench/results/.
+#
+#   bash bench/gpu_prepare.sh                                   # here, where pip reaches PyPI
+#   device call: PYTHONUNBUFFERED=1 bash bench/gpu_train_demo.sh    (carry [".whl"], timeout_s 540)
+#
+# SCALE=smoke runs every step with tiny sizes and no GPU check (ZSW_GPU_OPTIONAL), to test the
+# script itself on a CPU; it says nothing about the model.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scale="${SCALE:-gpu}"
+if [ "$scale" = smoke ]; then export ZSW_GPU_OPTIONAL=1; fi
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
+
+results="${OUT:-bench/results}/gpu-train-demo"
+mkdir -p "$results" data/gpu runs
+log="$results/session.log"
+C=sphere,box,cylinder,cone,torus,capsule,table,chair,mug,lamp,bottle
+cpus=$(nproc)
+if [ "$scale" = smoke ]; then
+    objects=12; extra=4; val=11; views=2; train_s=120; full_s=90; steps=(--max-steps 4 --batch-size 4)
+else
+    objects=1200; extra=300; val=22; views=4; train_s=180; full_s=75; steps=()
+fi
+
+{
+    date -u +"== start %FT%TZ ($scale, $cpus CPUs)"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+    echo "== synthesise (train: $objects + $extra objects x $views views; val and test baked)"
+    t0=$(date +%s)
+    # the same seeds and sets as the CPU recipe (docs/reconstruct.md), larger; test = the project's test set
+    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/train --objects "$objects" --views "$views" \
+        --splits 0.97,0.03,0 --seed 10 -c $C --workers "$cpus" >/dev/null &
+    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/train3 --objects "$extra" --views 3 \
+        --splits 0.95,0.05,0 --seed 14 -c ellipsoid,blocks,vase --workers 2 >/dev/null &
+    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/val --objects "$val" --views 2 --splits 0,1,0 \
+        --bake val --seed 2 -c $C --workers 2 >/dev/null &
+    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/test --objects 25 --views 4 --splits 0,0,1 \
+        --bake test --seed 1 -c $C --workers 2 >/dev/null &
+    wait
+    echo "synthesised in $(( $(date +%s) - t0 )) s: $(find data/gpu -name '*.png' -path '*images_processed*' | wc -l) images"
+    data=(--data data/gpu/train --data data/gpu/train3)
+
+    echo "== stages pixel and shape side by side (cap ${train_s} s each)"
+    t0=$(date +%s)
+    timeout -s INT -k 30 "$train_s" python3 -m zsw train --config configs/gpu/pixel.yaml "${data[@]}" \
+        --out runs/gpu-pixel --no-progress "${steps[@]}" > "$results/pixel.log" 2>&1 &
+    timeout -s INT -k 30 "$train_s" python3 -m zsw train --config configs/gpu/shape.yaml "${data[@]}" \
+        --out runs/gpu-shape --no-progress "${steps[@]}" > "$results/shape.log" 2>&1 &
+    wait
+    echo "pixel and shape in $(( $(date +%s) - t0 )) s"
+    tail -n 3 "$results/pixel.log" "$results/shape.log"
+    # stage full takes the pixel model's last weights (its masks were best at the end on the CPU)
+    for f in final best; do
+        if [ -f "runs/gpu-pixel/$f.safetensors" ]; then cp "runs/gpu-pixel/$f.safetensors" runs/gpu-pixel/last-pixel.safetensors; break; fi
+    done
+
+    echo "== stage full (cap ${full_s} s)"
+    timeout -s INT -k 30 "$full_s" python3 -m zsw train --config configs/gpu/full.yaml "${data[@]}" \
+        --out runs/gpu-full --no-progress "${steps[@]}" > "$results/full.log" 2>&1
+    tail -n 3 "$results/full.log"
+    for stage in pixel shape full; do
+        cp "runs/gpu-$stage/metrics.jsonl" "$results/$stage.metrics.jsonl" 2>/dev/null || true
+    done
+    cp runs/gpu-full/best.safetensors "$results/gpu-demo.safetensors" 2>/dev/null || echo "no stage-full weights"
+
+    echo "== eval on the 100 test images (resolution 128, fast)"
+    device=(--device cuda)
+    if [ "$scale" = smoke ]; then device=(--device cpu --resolution 16 --limit 4); fi
+    timeout 75 python3 -m zsw eval --format procedural --data data/gpu/test --weights "$results/gpu-demo.safetensors" \
+        --out "$results/eval.json" "${device[@]}" > "$results/eval.log" 2>&1
+    cat "$results/eval.md" 2>/dev/null || tail -n 5 "$results/eval.log"
+    date -u +"== end %FT%TZ"
+} 2>&1 | tee "$log"
