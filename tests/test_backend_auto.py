@@ -70,6 +70,20 @@ def test_a_stale_export_is_not_the_packaged_engine(tmp_path, monkeypatch):
     assert rmod.demo_engine() is None
 
 
+def test_the_checkpoint_hash_is_computed_once_and_follows_the_file(tmp_path, monkeypatch):
+    import zsw.io as zio
+
+    reads = []
+    real = zio.sha256_file
+    monkeypatch.setattr(zio, "sha256_file", lambda p: reads.append(p) or real(p))
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"one")
+    first = zio.checkpoint_sha256(path)
+    assert zio.checkpoint_sha256(tmp_path / "." / "w.safetensors") == first and len(reads) == 1
+    path.write_bytes(b"other")  # another state of the file: hashed again
+    assert zio.checkpoint_sha256(path) == real(path) != first and len(reads) == 2
+
+
 def test_the_decoder_must_come_from_the_checkpoint_the_graphs_were_exported_from(tmp_path):
     from zsw import checkpoint
     from zsw.infer.backend import load_backend

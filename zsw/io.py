@@ -8,6 +8,7 @@ leaves a half-written checkpoint, mesh, image or array behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -27,6 +28,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "sha256_file",
+    "checkpoint_sha256",
     "remove_leftovers",
 ]
 
@@ -92,6 +94,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """:func:`sha256_file` of a checkpoint, computed once per process for each state of the file
+    (keyed on its resolved path, modification time and size): a run names its weights by this hash
+    and checks an export's source against it, so the same weights are otherwise read several times."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha256_of_state(str(p), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of_state(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)
 
 
 def remove_leftovers(folder: str | os.PathLike, *, recursive: bool = False, names: Iterable[str] | None = None) -> int:

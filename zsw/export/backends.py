@@ -64,12 +64,12 @@ def load_runtime_backend(
 def _source_decoder(manifest, weights: str | os.PathLike):
     """The decoder of ``weights``, which must be the checkpoint ``manifest``'s graphs came from."""
     from zsw import checkpoint
-    from zsw.io import sha256_file
+    from zsw.io import checkpoint_sha256
 
     source = (manifest.data.get("source") or {}).get("sha256")
     if not Path(weights).is_file():
         raise ConfigError(f"decoder weights {weights} do not exist")
-    if source is None or sha256_file(weights) != source:
+    if source is None or checkpoint_sha256(weights) != source:
         raise ConfigError(
             f"{weights} is not the checkpoint the graphs in {manifest.root} were exported from; "
             "export them again from it (`zsw export --weights ...`)"

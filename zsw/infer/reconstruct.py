@@ -40,6 +40,7 @@ from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
 from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, GridSettings, is_estimated_prompt
+from zsw.io import checkpoint_sha256
 
 __all__ = [
     "reconstruct",
@@ -83,17 +84,7 @@ def demo_engine() -> Path | None:
         source = json.loads((folder / "export.json").read_text())["source"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if weights is None:
-        return None
-    stat = weights.stat()
-    return folder if source == _sha256_cached(str(weights), stat.st_mtime_ns, stat.st_size) else None
-
-
-@functools.lru_cache(maxsize=4)
-def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:  # keyed on the file's state too
-    from zsw.io import sha256_file
-
-    return sha256_file(path)
+    return folder if weights is not None and source == checkpoint_sha256(weights) else None
 
 
 def resolve_backend(
@@ -206,10 +197,10 @@ def weights_identity(weights=None, engine: str | os.PathLike | None = None) -> s
         return f"model:{id(weights)}"
     if weights is None or weights == "demo":
         path = demo_weights()
-        return f"sha256:{sha256_file(path)}" if path is not None else "random:tiny"
+        return f"sha256:{checkpoint_sha256(path)}" if path is not None else "random:tiny"
     if isinstance(weights, str) and weights.startswith("random:"):
         return weights
-    return f"sha256:{sha256_file(weights)}" if Path(weights).is_file() else str(weights)
+    return f"sha256:{checkpoint_sha256(weights)}" if Path(weights).is_file() else str(weights)
 
 
 def request_record(image: str | os.PathLike, mask: str | os.PathLike | None, settings: dict) -> dict:
