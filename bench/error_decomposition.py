@@ -65,9 +65,10 @@ def surfaces(model, batch: dict, variants: list[str]):
 def main() -> None:
     from zsw import checkpoint
     from zsw.data.dataset import ShapeDataset
-    from zsw.eval.metrics import chamfer_fscore, normalize_pc, sample_surface
     from zsw.infer.grid import extract_meshes
     from zsw.infer.reconstruct import resolve_weights
+    from zsw.io import atomic_write_text
+    from zsw.train.validate import score_view
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="dataset root (ZeroShape's layout, with occluder masks)")
@@ -90,9 +91,7 @@ def main() -> None:
     rows = []
     for i in range(len(ds)):
         batch = default_collate([ds[i]])
-        layout, sid = ds.sample_id(i)
-        gt = np.load(layout.pointcloud(sid), allow_pickle=False).astype(np.float32)
-        gt = (gt @ batch["extrinsics"][0, :, :3].double().numpy().T).astype(np.float32)  # camera axes
+        _, sid = ds.sample_id(i)
         row = {"name": sid.name, "category": sid.category}
         for v, out in surfaces(model, batch, variants):
             latents = model.latents(out)
@@ -100,14 +99,14 @@ def main() -> None:
             if len(mesh.faces) == 0:
                 row[v] = None
                 continue
-            m = chamfer_fscore(normalize_pc(sample_surface(mesh, 10000, seed=0)), normalize_pc(gt))
+            m = score_view(mesh, ds, i, batch["extrinsics"][0])
             row[v] = {k: round(float(m[k]), 5) for k in ("cd", "acc", "comp", "fscore@0.05")}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     cats = sorted({r["category"] for r in rows})
 
     def mean(v: str, key: str, cat: str | None = None) -> str:
@@ -127,7 +126,7 @@ def main() -> None:
         cells = [f"{mean(v, 'cd')} / {mean(v, 'fscore@0.05')[:5]}"]
         cells += [f"{mean(v, 'cd', c)[:5]} / {mean(v, 'fscore@0.05', c)[:4]}" for c in cats]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.jsonl')} and {out.with_suffix('.md')}")
 
 

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
-        a.out.write_text(text)
+        from zsw.io import atomic_write_text
+
+        atomic_write_text(a.out, text)
 
 
 if __name__ == "__main__":

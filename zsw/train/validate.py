@@ -17,7 +17,7 @@ from torch.utils.data import default_collate
 from zsw.data.dataset import READ_ERRORS, ShapeDataset
 from zsw.train import losses as L
 
-__all__ = ["validate"]
+__all__ = ["validate", "score_view"]
 
 
 def _ground_truth_surface(model: torch.nn.Module, batch: dict):
@@ -29,6 +29,23 @@ def _ground_truth_surface(model: torch.nn.Module, batch: dict):
     occluder = batch["occluder_mask"].to(image.dtype) if model.config.pixel.mask_heads else None
     text = model.embed_prompts(None, image.shape[0])
     return model.encode_surface(gt, text, batch["visible_mask"].to(image.dtype), occluder)
+
+
+def score_view(
+    mesh, dataset: ShapeDataset, index: int, extrinsics: torch.Tensor, points: int = 10000, device="cpu"
+) -> dict:
+    """ZeroShape's protocol for view ``index`` of ``dataset``: ``points`` samples of ``mesh`` (camera
+    frame) against the object's point cloud turned into the camera's axes by ``extrinsics``
+    ``[3, 4]``, both centred and scaled by their max x/y extent (:func:`zsw.eval.metrics.chamfer_fscore`'s
+    metrics, computed on ``device``). Raises what reading the point cloud raises (``READ_ERRORS``)."""
+    from zsw.eval.metrics import chamfer_fscore, normalize_pc, sample_surface
+
+    layout, sid = dataset.sample_id(index)
+    gt = np.load(layout.pointcloud(sid), allow_pickle=False).astype(np.float32)
+    R = extrinsics[:, :3].double().cpu().numpy()
+    gt = (gt @ R.T).astype(np.float32)
+    pred = sample_surface(mesh, points, seed=0)
+    return chamfer_fscore(normalize_pc(pred).to(device), normalize_pc(gt).to(device))
 
 
 @torch.no_grad()
@@ -44,7 +61,6 @@ def validate(
     batch_size: int = 4,
 ) -> dict[str, float]:
     """Mean metrics over the first ``max_samples`` views of ``dataset`` (see the module docstring)."""
-    from zsw.eval.metrics import chamfer_fscore, normalize_pc, sample_surface
     from zsw.infer.grid import extract_meshes
 
     was_training = model.training
@@ -89,15 +105,11 @@ def validate(
 
                 meshes = extract_meshes(decode, B, resolution, device=image.device)
                 for b, mesh in enumerate(meshes):
-                    layout, sid = dataset.sample_id(int(batch["index"][b]))
                     try:
-                        gt = np.load(layout.pointcloud(sid), allow_pickle=False).astype(np.float32)
+                        index = int(batch["index"][b])
+                        m = score_view(mesh, dataset, index, batch["extrinsics"][b], surface_points, device)
                     except READ_ERRORS:
                         continue
-                    R = batch["extrinsics"][b, :, :3].double().cpu().numpy()
-                    gt = (gt @ R.T).astype(np.float32)
-                    pred = sample_surface(mesh, surface_points, seed=0)
-                    m = chamfer_fscore(normalize_pc(pred).to(device), normalize_pc(gt).to(device))
                     for key in ("cd", "fscore@0.01", "fscore@0.05"):
                         per.setdefault(f"val/{key}", []).append(m[key])
             for key, values in per.items():
