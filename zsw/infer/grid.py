@@ -86,8 +86,12 @@ class GridStats:
         return {**asdict(self), "fraction": self.fraction}
 
 
-def _check(resolution: int, mode: str, threshold: float, bound: float, chunk_points: int | None) -> None:
+def _check(
+    resolution: int, mode: str, threshold: float, bound: float, chunk_points: int | None, capacity: float | None = None
+) -> None:
     _settings.GridSettings(resolution, mode, threshold, bound, chunk_points=chunk_points)  # validates
+    if capacity is not None and not (math.isfinite(capacity) and 0.0 < capacity <= 1.0):
+        raise ConfigError(f"capacity must be a fraction in (0, 1], got {capacity!r}")
 
 
 def grid_points(
@@ -338,7 +342,7 @@ def occupancy_grid(
     Returns:
         The probability grid (indexed ``[b, i, j, k]`` for ``x, y, z``) and per-image statistics.
     """
-    _check(resolution, mode, threshold, bound, chunk_points)
+    _check(resolution, mode, threshold, bound, chunk_points, capacity)
     device = torch.device(device) if device is not None else torch.device("cpu")
     chunk_points = chunk_points or _settings.default_chunk_points(device)
     t0 = time.perf_counter()
@@ -348,8 +352,6 @@ def occupancy_grid(
             counts = [(resolution + 1) ** 3] * batch
         else:
             t = math.log(threshold / (1.0 - threshold))
-            if capacity is not None and not (math.isfinite(capacity) and 0.0 < capacity <= 1.0):
-                raise ConfigError(f"capacity must be a fraction in (0, 1], got {capacity!r}")
             logits, counts = _decode_fast(
                 decode, batch, resolution, bound, chunk_points, device, t, coarse_resolution, margin, dilate, capacity
             )

@@ -42,8 +42,7 @@ def set_trainable(model: nn.Module, stage: str, train_pixel: bool = True) -> Non
     (everything but ``model.pixel`` when not ``train_pixel``: no gradient reaches it then)."""
     for name, p in model.named_parameters():
         in_pixel = name.startswith("pixel.")
-        full = not in_pixel or train_pixel
-        p.requires_grad_(full if stage == "full" else (in_pixel if stage == "pixel" else not in_pixel))
+        p.requires_grad_({"pixel": in_pixel, "shape": not in_pixel, "full": train_pixel or not in_pixel}[stage])
 
 
 def synthetic_batch(batch: int, size: int, points: int, device: torch.device | str = "cpu", seed: int = 0) -> dict:
