@@ -177,10 +177,11 @@ def open_backend(
         packaged = demo_engine()
         if packaged is None:
             raise ConfigError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
-        label = f"demo:{demo_weights().name}"
+        checkpoint = demo_weights()  # not None: demo_engine found the export of it
+        label = f"demo:{checkpoint.name}"
         if kind == "onnxruntime":
             return load_backend(kind, engine=packaged, device=device), f"{label} (ONNX)", None
-        return load_backend(kind, weights=demo_weights(), engine=packaged, device=device), label, None
+        return load_backend(kind, weights=checkpoint, engine=packaged, device=device), label, None
     return load_backend(kind, engine=engine, device=device), f"engine:{engine}", None
 
 
