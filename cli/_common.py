@@ -17,7 +17,7 @@ import typer
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["cli_errors", "error", "RichReporter", "Weights", "Device", "Precision", "Resolution", "Extraction",
-           "Threshold", "Backend", "Engine", "BatchSize"]  # fmt: skip
+           "Threshold", "Backend", "Engine", "BatchSize", "Reframe"]  # fmt: skip
 
 # Options several commands share, declared once (their values are checked by the job's settings).
 Weights = Annotated[
@@ -26,6 +26,13 @@ Weights = Annotated[
 ]
 Device = Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu ... (default: CUDA if available).")]
 Precision = Annotated[str, typer.Option(help="auto (CUDA: bf16, CPU: fp32), fp32, bf16 or fp16 (PyTorch backend).")]
+Reframe = Annotated[
+    str,
+    typer.Option(
+        help="Cut the model's input around the object, framed as in training: auto (when the photo shows it "
+        "small or off centre), always or never."
+    ),
+]
 Resolution = Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")]
 Extraction = Annotated[str, typer.Option(help="fast (coarse to fine) or dense (every grid point).")]
 Threshold = Annotated[float, typer.Option(min=0.001, max=0.999, help="Occupancy probability of the surface.")]

@@ -48,6 +48,7 @@ def evaluate(
     engine: opts.Engine = None,
     seed: Annotated[int, typer.Option(help="Seed of the surface sampling.")] = 0,
     precision: opts.Precision = "auto",
+    reframe: opts.Reframe = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
     from zsw.eval.jobs import EvalJobSettings, evaluate_set
@@ -57,7 +58,7 @@ def evaluate(
     settings = EvalJobSettings(
         format=format, weights=weights, grid=grid, num_points=num_points, align=align, prompt=prompt, use_mask=use_mask,
         baseline=baseline, seed=seed, precision=precision, split=split, max_per_category=max_per_category, limit=limit,
-        device=device, batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite,
+        device=device, batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
     )  # fmt: skip
     reporter = RichReporter(min_total=1)
     report = evaluate_set(data, out, settings, reporter)

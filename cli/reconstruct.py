@@ -58,6 +58,7 @@ def reconstruct(
     backend: opts.Backend = "auto",
     engine: opts.Engine = None,
     precision: opts.Precision = "auto",
+    reframe: opts.Reframe = "auto",
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: Annotated[float, typer.Option(min=0.0, max=1.0, help=_MIN_PART)] = 0.02,
@@ -72,7 +73,7 @@ def reconstruct(
     settings = ReconstructSettings(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
-        preview=preview, overwrite=overwrite, min_part=min_part,
+        preview=preview, overwrite=overwrite, min_part=min_part, reframe=reframe,
     )  # fmt: skip
     reporter = RichReporter()
     report = reconstruct_many(inputs, out, settings, reporter)

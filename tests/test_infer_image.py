@@ -174,3 +174,69 @@ def test_a_folder_includes_gifs_and_an_animated_one_gives_its_first_frame(tmp_pa
     loaded = load_image(found[0], 32)
     assert "first frame of a multi-frame file" in loaded.notes
     assert loaded.image[16, 16, 0] > 150 and loaded.image[16, 16, 2] < 100  # red, the first frame
+
+
+def _photo_with_a_square(tmp_path, size=(600, 400), box=(400, 250, 480, 330)):
+    """A grey photo with a red square at ``box`` (x0, y0, x1, y1), saved as PNG."""
+    a = np.full((size[1], size[0], 3), 90, np.uint8)
+    x0, y0, x1, y1 = box
+    a[y0:y1, x0:x1] = (220, 20, 20)
+    Image.fromarray(a).save(tmp_path / "photo.png")
+    return tmp_path / "photo.png"
+
+
+def _red(image: np.ndarray) -> np.ndarray:
+    return (image[..., 0] > 150) & (image[..., 1] < 80)
+
+
+def test_object_window_frames_the_mask_in_photo_pixels(tmp_path):
+    from zsw.infer.image import OBJECT_FILL, object_window
+
+    im = load_image(_photo_with_a_square(tmp_path))  # 600 x 400, padded by 100 rows on top
+    assert im.square == (0, -100, 600)
+    window = object_window(_red(im.image), im)
+    x0, y0, side = window
+    # the 80-pixel square, centred, at OBJECT_FILL of the window (to the resampling's pixel)
+    assert abs(side - 80 / OBJECT_FILL) <= 0.05 * side
+    assert abs(x0 + side / 2 - 440) <= 3 and abs(y0 + side / 2 - 290) <= 3
+    specks = _red(im.image).copy()
+    specks[5, 5] = specks[200, 10] = True  # single pixels far away do not widen the window
+    assert object_window(specks, im) == window
+    assert object_window(np.zeros((224, 224), bool), im) is None
+    with pytest.raises(ValueError, match="224x224"):
+        object_window(np.zeros((10, 10), bool), im)
+
+
+def test_reframe_cuts_the_window_from_the_full_resolution_photo(tmp_path):
+    from zsw.infer.image import OBJECT_FILL, object_window, reframe, reframe_mask
+
+    im = load_image(_photo_with_a_square(tmp_path))
+    window = object_window(_red(im.image), im)
+    out = reframe(im, window, note="reframed")
+    assert out.window == window and out.square == window and out.notes[-1] == "reframed"
+    assert out.image.shape == (224, 224, 3) and out.crop_scale == pytest.approx(224 / window[2])
+    red = _red(out.image)
+    rows, cols = np.flatnonzero(red.any(1)), np.flatnonzero(red.any(0))
+    assert abs((cols[-1] + 1 - cols[0]) / 224 - OBJECT_FILL) < 0.03  # the square now fills 0.8 of the input
+    assert abs((cols[0] + cols[-1]) / 2 - 111.5) < 3 and abs((rows[0] + rows[-1]) / 2 - 111.5) < 3
+    # a mask of the first input, cut alike, covers the same pixels
+    cut = reframe_mask(_red(im.image), im, window)
+    assert (cut & red).sum() / (cut | red).sum() > 0.9
+    # a window reaching outside the photo is white there; reframing again starts from the photo
+    edge = reframe(out, (-300, -300, 600))
+    assert (edge.image[:100, :100] == 255).all() and edge.square == (-300, -300, 600)
+    assert im.to_dict()["window"] == [0, -100, 600] and out.to_dict()["window"] == list(window)
+
+
+def test_reframe_of_an_image_without_its_photo(tmp_path):
+    """Evaluation sets hand over the model input itself (no photo pixels): it is the photo."""
+    from zsw.infer.image import LoadedImage, reframe
+
+    a = np.zeros((224, 224, 3), np.uint8)
+    a[100:124, 100:124] = 255
+    im = LoadedImage("x", a, (224, 224))
+    out = reframe(im, (88, 88, 48))
+    assert (out.image[100:124, 100:124] == 255).all() and out.image[0, 0].max() == 0
+    padded = LoadedImage("y", a, (448, 224), pad=(0, 112))
+    with pytest.raises(ValueError, match="no photo pixels"):
+        reframe(padded, (0, 0, 10))

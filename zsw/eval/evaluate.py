@@ -75,6 +75,7 @@ class EvalSettings:
     baseline: str | None = None  # None = the model's mesh; "sphere", "visible" or "ellipsoid"
     seed: int = 0
     precision: str = "fp32"  # as resolved for the run (zsw.infer.reconstruct.resolve_precision)
+    reframe: str = "never"  # the model input cut around the object (zsw.infer.reconstruct.Reconstructor)
     data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
 from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_backend, run_precision, weights_identity
-from zsw.infer.settings import BACKENDS, GridSettings, is_estimated_prompt
+from zsw.infer.settings import BACKENDS, REFRAMES, GridSettings, is_estimated_prompt
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
 
@@ -45,6 +45,7 @@ class EvalJobSettings:
     baseline: str | None = None
     seed: int = 0
     precision: str = "auto"
+    reframe: str = "auto"
     split: str | None = None
     max_per_category: int | None = None
     limit: int | None = None
@@ -57,6 +58,8 @@ class EvalJobSettings:
     def __post_init__(self) -> None:
         if self.format not in EVAL_FORMATS:
             raise OptionError(f"--format: {self.format!r} is not one of {', '.join(EVAL_FORMATS)}")
+        if self.reframe not in REFRAMES:
+            raise OptionError(f"--reframe: {self.reframe!r} is not one of {', '.join(REFRAMES)}")
         if self.backend not in BACKENDS:
             raise OptionError(f"--backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
         for name in ("batch_size", "limit", "max_per_category", "num_points"):
@@ -111,7 +114,7 @@ def evaluate_set(
     if log.rows:
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
-                          color="none")  # fmt: skip
+                          color="none", reframe=s.reframe)  # fmt: skip
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
@@ -140,7 +143,7 @@ def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings
     return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,
                         threshold=g.threshold, bound=g.bound, close=g.close, num_points=s.num_points,
                         align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
-                        precision=precision, data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
+                        precision=precision, reframe=s.reframe, data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
 
 
 def _run(samples, names, log, recon, measured, batch_size, estimator, reporter) -> list[str]:

@@ -11,6 +11,12 @@
    channel is also kept as a visible-mask hint (:attr:`LoadedImage.alpha`);
 5. pad to a square around the centre with white and resize to ``size`` (Lanczos).
 
+The photo itself is kept (:attr:`LoadedImage.pixels`), so :func:`reframe` can later cut a
+different square of it -- the one around the object, at the framing the model was trained on
+(:func:`object_window`) -- without reading the file again. :attr:`LoadedImage.window` says which
+square of the photo the model input shows, and :func:`zsw.infer.reconstruct.original_intrinsics`
+maps K back to the photo through it.
+
 :func:`find_images` expands files, folders and glob patterns given on the command line.
 """
 
@@ -27,13 +33,27 @@ import numpy as np
 
 from zsw.errors import InputError
 
-__all__ = ["LoadedImage", "load_image", "load_mask", "find_images", "IMAGE_SUFFIXES", "MIN_SIDE"]
+__all__ = [
+    "LoadedImage",
+    "load_image",
+    "load_mask",
+    "find_images",
+    "object_window",
+    "reframe",
+    "reframe_mask",
+    "IMAGE_SUFFIXES",
+    "MIN_SIDE",
+    "OBJECT_FILL",
+]
 
 #: suffixes picked up when a folder is given
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # GIF: its first frame
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
 _WHITE = (255, 255, 255)
+#: the object's longer side as a fraction of the model input's side when :func:`reframe` frames it:
+#: the training renders crop the object's silhouette with a margin of 1.15-1.35 (0.74-0.87)
+OBJECT_FILL = 0.8
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -48,21 +68,38 @@ class LoadedImage:
     alpha: np.ndarray | None = None  # [S, S] bool: alpha > 50 % where the input was partly transparent
     pad: tuple[int, int] = (0, 0)  # (left, top) padding added, in original pixels
     notes: list[str] = field(default_factory=list)  # conversions applied, for result.json
+    # [H, W, 3] uint8: the upright photo composited on white at its own size, for reframe();
+    # None: ``image`` is the whole photo (original_size == (S, S), no padding)
+    pixels: np.ndarray | None = field(default=None, repr=False)
+    # [H, W] bool: the photo's alpha > 50 % where it was partly transparent (None: opaque)
+    pixel_alpha: np.ndarray | None = field(default=None, repr=False)
+    # (x0, y0, side): the square of the photo the model input shows, in photo pixels (it may reach
+    # outside the photo, where the input is white); None: the photo padded to a square (``pad``)
+    window: tuple[int, int, int] | None = None
 
     @property
     def size(self) -> int:
         return self.image.shape[0]
 
     @property
+    def square(self) -> tuple[int, int, int]:
+        """(x0, y0, side) of the photo's square the model input shows, in photo pixels."""
+        if self.window is not None:
+            return self.window
+        return -self.pad[0], -self.pad[1], max(self.original_size)
+
+    @property
     def crop_scale(self) -> float:
         """Model-input pixels per original pixel."""
-        return self.size / max(self.original_size)
+        return self.size / self.square[2]
 
     def to_dict(self) -> dict:
+        x0, y0, side = self.square
         return {
             "source": self.source,
             "original_size": list(self.original_size),
-            "padding_left_top": list(self.pad),
+            "padding_left_top": [-x0, -y0],
+            "window": [x0, y0, side],
             "scale": self.crop_scale,
             "notes": self.notes,
         }
@@ -200,13 +237,14 @@ def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
         notes.append(f"very elongated ({w}x{h}): the object fills a thin strip of the padded square")
 
     img = _to_rgb_or_rgba(img, notes)
-    alpha = None
+    alpha = pixel_alpha = None
     if img.mode == "RGBA":
         a = img.getchannel("A")
         if np.asarray(a).min() < 255:
             notes.append("transparency composited on white")
             alpha_sq, _ = _pad_resize(a, size, 0, Image.Resampling.BILINEAR)
             alpha = np.asarray(alpha_sq) > 127
+            pixel_alpha = np.asarray(a) > 127
         white = Image.new("RGB", img.size, _WHITE)
         white.paste(img, mask=a)
         img = white
@@ -216,7 +254,98 @@ def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
     if name is None:
         name = path.stem if path is not None else "image"
     arr = np.array(square, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
-    return LoadedImage(name, arr, (w, h), str(path) if path else None, alpha, pad, notes)
+    return LoadedImage(name, arr, (w, h), str(path) if path else None, alpha, pad, notes, np.asarray(img), pixel_alpha)
+
+
+def object_window(
+    mask: np.ndarray, image: LoadedImage, fill: float = OBJECT_FILL, min_part: float = 0.05
+) -> tuple[int, int, int] | None:
+    """The square of the photo, (x0, y0, side) in photo pixels, that shows the object of ``mask``
+    centred with its longer side at ``fill`` of the square's.
+
+    Args:
+        mask: ``[S, S]`` bool, the object's visible pixels in ``image``'s model input.
+        image: the image the mask belongs to.
+        fill: the object's longer side as a fraction of the window's.
+        min_part: connected parts of the mask smaller than this fraction of the largest are
+            ignored (specks of a predicted mask would otherwise widen the box).
+
+    Returns:
+        None when the mask holds less than 0.1 % of the input: nothing to frame.
+    """
+    from scipy import ndimage
+
+    if not 0.0 < fill <= 1.0:
+        raise ValueError(f"fill must be in (0, 1], got {fill}")
+    S = image.size
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (S, S):
+        raise ValueError(f"mask must be {S}x{S} like its image, got {mask.shape}")
+    if mask.sum() < 1e-3 * S * S:
+        return None
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        areas = np.bincount(labels.ravel())[1:]
+        mask = np.isin(labels, 1 + np.flatnonzero(areas >= min_part * areas.max()))
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    x0, y0, side = image.square
+    px = side / S  # photo pixels per input pixel
+    left, right = x0 + cols[0] * px, x0 + (cols[-1] + 1) * px
+    top, bottom = y0 + rows[0] * px, y0 + (rows[-1] + 1) * px
+    new = max(1, int(round(max(right - left, bottom - top) / fill)))
+    return int(round((left + right - new) / 2)), int(round((top + bottom - new) / 2)), new
+
+
+def _cut(a, box: tuple[int, int, int], fill, size: int, resample):
+    """The square ``box`` (x0, y0, side) of the PIL image ``a``, ``fill`` outside it, at ``size``."""
+    from PIL import Image
+
+    x0, y0, side = box
+    canvas = Image.new(a.mode, (side, side), fill)
+    w, h = a.size
+    inner = (max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h))
+    if inner[0] < inner[2] and inner[1] < inner[3]:
+        canvas.paste(a.crop(inner), (inner[0] - x0, inner[1] - y0))
+    return canvas.resize((size, size), resample) if side != size else canvas
+
+
+def reframe(image: LoadedImage, window: tuple[int, int, int], note: str | None = None) -> LoadedImage:
+    """``image`` with the model input cut from ``window`` (x0, y0, side, photo pixels) of its photo:
+    resized with Lanczos, white where the window reaches outside the photo."""
+    from PIL import Image
+
+    x0, y0, side = (int(v) for v in window)
+    if side < 1:
+        raise ValueError(f"window side must be >= 1, got {side}")
+    pixels, pixel_alpha = image.pixels, image.pixel_alpha
+    if pixels is None:  # the model input is the whole photo
+        if image.window is not None or image.pad != (0, 0) or tuple(image.original_size) != (image.size,) * 2:
+            raise ValueError(f"{image.name}: no photo pixels to reframe from (LoadedImage.pixels is None)")
+        pixels, pixel_alpha = image.image, image.alpha
+    arr = np.array(_cut(Image.fromarray(pixels), (x0, y0, side), _WHITE, image.size, Image.Resampling.LANCZOS))
+    alpha = None
+    if pixel_alpha is not None:
+        a = Image.fromarray(pixel_alpha.astype(np.uint8) * 255)
+        alpha = np.asarray(_cut(a, (x0, y0, side), 0, image.size, Image.Resampling.BILINEAR)) > 127
+    notes = [*image.notes] + ([note] if note else [])
+    return LoadedImage(
+        image.name, arr, image.original_size, image.source, alpha, image.pad, notes, pixels, pixel_alpha,
+        (x0, y0, side),
+    )  # fmt: skip
+
+
+def reframe_mask(mask: np.ndarray, image: LoadedImage, window: tuple[int, int, int]) -> np.ndarray:  # [S, S] bool
+    """A mask of ``image``'s model input, cut like :func:`reframe` cuts the photo (bilinear, > 50 %)."""
+    from PIL import Image
+
+    S = image.size
+    x0, y0, side = image.square
+    nx0, ny0, nside = window
+    px = S / side  # input pixels per photo pixel
+    box = ((nx0 - x0) * px, (ny0 - y0) * px, (nx0 - x0 + nside) * px, (ny0 - y0 + nside) * px)
+    m = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    out = m.transform((S, S), Image.Transform.EXTENT, box, Image.Resampling.BILINEAR, fillcolor=0)
+    return np.asarray(out) > 127
 
 
 def load_mask(source, like: LoadedImage) -> np.ndarray:  # [S, S] bool

@@ -22,6 +22,7 @@ normalised frame: ``normalised = (camera - center) / scale``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -37,9 +38,9 @@ import torch
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
-from zsw.infer.image import LoadedImage, load_image, load_mask
+from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
-from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, GridSettings, is_estimated_prompt
+from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, REFRAMES, GridSettings, is_estimated_prompt
 from zsw.io import checkpoint_sha256
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "run_precision",
     "camera_to_frame",
     "original_intrinsics",
+    "reframe_worthwhile",
     "FRAMES",
     "FORMATS",
     "RANDOM_WEIGHTS_WARNING",
@@ -413,16 +415,38 @@ class Reconstruction:
 def original_intrinsics(K: np.ndarray, image: LoadedImage) -> np.ndarray:  # [3, 3] -> [3, 3]
     """K in pixels of the original photo (after its EXIF rotation) from K of the model input.
 
-    The input is the photo padded by ``(left, top)`` and resized by ``s``; with integer pixel
-    centres a resize maps ``u_in = s * u_padded + (s - 1) / 2``.
+    The input is the square ``image.square`` = (x0, y0, side) of the photo (the photo padded by
+    ``(-x0, -y0)``, or a window cut by :func:`~zsw.infer.image.reframe`) resized by ``s``; with
+    integer pixel centres a resize maps ``u_in = s * (u_photo - x0) + (s - 1) / 2``.
     """
     s = image.crop_scale
-    left, top = image.pad
+    x0, y0, _ = image.square
+    left, top = -x0, -y0
     out = np.array(K, dtype=np.float64)
     out[0, 0], out[1, 1] = K[0, 0] / s, K[1, 1] / s
     out[0, 2] = (K[0, 2] - (s - 1) / 2) / s - left
     out[1, 2] = (K[1, 2] - (s - 1) / 2) / s - top
     return out
+
+
+#: ``reframe="auto"`` cuts a new input when the object's window is smaller than the current input's
+#: side by this factor ...
+REFRAME_ZOOM = 1.25
+#: ... or its centre is off the input's centre by more than this fraction of the side. On views
+#: cropped as in training a predicted mask is sometimes off by that much (an occluder, thin legs):
+#: a smaller shift left alone costs less than cutting a wrong window (bench/framing.py)
+REFRAME_SHIFT = 0.25
+#: most pixel-model passes that predict the object's mask to frame it
+REFRAME_PASSES = 3
+
+
+def reframe_worthwhile(current: tuple[int, int, int], window: tuple[int, int, int]) -> bool:
+    """``reframe="auto"``'s rule: is the object's ``window`` (x0, y0, side) different enough from
+    the ``current`` square to cut a new input?"""
+    x0, y0, side = current
+    nx0, ny0, nside = window
+    shift = max(abs(nx0 + nside / 2 - x0 - side / 2), abs(ny0 + nside / 2 - y0 - side / 2)) / side
+    return side >= REFRAME_ZOOM * nside or shift > REFRAME_SHIFT
 
 
 def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
@@ -487,6 +511,12 @@ class Reconstructor:
             largest part's (0, the default here, keeps everything; ``zsw reconstruct`` uses 0.02).
         grid: all grid settings at once, as the jobs hold them; when given it replaces
             ``resolution``, ``extraction``, ``threshold``, ``bound``, ``close`` and ``chunk_points``.
+        reframe: ``auto`` (default) cuts a new model input around the object -- centred, its
+            longer side at :data:`~zsw.infer.image.OBJECT_FILL` of the input's, as in the training
+            renders -- when the photo shows it smaller than that by 1/:data:`REFRAME_ZOOM` or off
+            centre by more than :data:`REFRAME_SHIFT` of the side; ``always`` does it for every
+            image, ``never`` keeps the photo as loaded. The object is the given mask (or an RGBA
+            image's alpha), else the visible mask of a first pass of the pixel model.
     """
 
     def __init__(
@@ -505,6 +535,7 @@ class Reconstructor:
         color: str = "photo",
         min_part: float = 0.0,
         grid: GridSettings | None = None,
+        reframe: str = "auto",
     ):
         # Imported here, not inside the timed marching-cubes stage (~1 s cold). Importing it on a
         # thread while the model runs was measured and is slower: the import's Python holds the GIL
@@ -525,6 +556,9 @@ class Reconstructor:
         if not 0.0 <= min_part <= 1.0:
             raise ConfigError(f"min_part must be a fraction in [0, 1], got {min_part}")
         self.min_part = min_part
+        if reframe not in REFRAMES:
+            raise ConfigError(f"reframe must be one of {', '.join(REFRAMES)}, got {reframe!r}")
+        self.reframe = reframe
         self.precision = run_precision(backend.name, precision, backend.device)
         self.warnings: list[str] = []
 
@@ -569,6 +603,10 @@ class Reconstructor:
                     f"{missing[0]}: the {self.backend.config.name} model has no mask head; give a mask "
                     "(--masks DIR) or an RGBA image with transparency"
                 )
+        images, mask_list = list(images), list(mask_list)
+        first_pass = [0.0] * B
+        if self.reframe != "never":
+            images, mask_list, first_pass = self._reframe(images, prompt_list, mask_list)
         # images with and without masks go through predict() separately (one mask tensor per call)
         groups: dict[bool, list[int]] = {}
         for i, m in enumerate(mask_list):
@@ -576,21 +614,83 @@ class Reconstructor:
         results: list[Reconstruction | None] = [None] * B
         for has_mask, idx in groups.items():
             group_masks = [mask_list[i] for i in idx] if has_mask else None
-            group = self._run([images[i] for i in idx], [prompt_list[i] for i in idx], group_masks, with_mesh)
+            group = self._run(
+                [images[i] for i in idx], [prompt_list[i] for i in idx], group_masks, with_mesh,
+                [first_pass[i] for i in idx],
+            )  # fmt: skip
             for i, rec in zip(idx, group):
                 results[i] = rec
         return results  # type: ignore[return-value]
 
-    def _run(self, images: list[LoadedImage], prompts: list[str | None], masks, with_mesh: bool) -> list:
+    def _batch(self, images: Sequence[LoadedImage]) -> torch.Tensor:  # [B, 3, S, S] in [0, 1]
+        batch = torch.from_numpy(np.stack([im.image for im in images])).to(self.backend.device)
+        return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def _prompt_arg(self, prompts: Sequence[str | None]) -> list[str] | None:
+        return None if all(p is None for p in prompts) else [p or self._default_prompt() for p in prompts]
+
+    def _reframe(
+        self, images: list[LoadedImage], prompts: list[str | None], masks: list
+    ) -> tuple[list[LoadedImage], list, list[float]]:
+        """Cut each image's model input around its object where ``self.reframe`` asks for it
+        (see the class docstring). A given mask or alpha channel frames the object at once; a
+        predicted mask is predicted again on the new input, which shows the object larger, and the
+        window refined while it still moves (at most :data:`REFRAME_PASSES` pixel-model passes).
+        Returns the images, their masks cut alike, and the seconds of those passes per image."""
+        images, masks = list(images), list(masks)
+        seconds = [0.0] * len(images)
+        todo = []
+        for i, (im, m) in enumerate(zip(images, masks)):
+            if m is None and im.alpha is None:
+                todo.append(i)
+                continue
+            source = "the given mask" if m is not None else "the alpha channel"
+            obj = m if m is not None else im.alpha
+            images[i], window = self._cut(im, obj, source, self.reframe == "always")
+            if window is not None and m is not None:
+                masks[i] = reframe_mask(m, im, window)
+        if not self.backend.config.pixel.mask_heads:
+            return images, masks, seconds
+        for n in range(REFRAME_PASSES):
+            if not todo:
+                break
+            t0 = time.perf_counter()
+            batch = self._batch([images[i] for i in todo])
+            with autocast(self.precision, self.backend.device):
+                text = self.backend.embed_prompts(self._prompt_arg([prompts[i] for i in todo]), len(todo))
+                logits = self.backend.pixel(batch, text).visible_mask_logits
+            visible = (logits[:, 0].float() > 0).cpu().numpy()
+            moved = []
+            for j, i in enumerate(todo):
+                seconds[i] += (time.perf_counter() - t0) / len(todo)
+                images[i], window = self._cut(images[i], visible[j], "the predicted visible mask",
+                                              self.reframe == "always" and n == 0)  # fmt: skip
+                if window is not None:
+                    moved.append(i)
+            todo = moved
+        return images, masks, seconds
+
+    def _cut(self, im: LoadedImage, obj: np.ndarray, source: str, force: bool):
+        """``im`` reframed around the object ``obj`` (a mask of its input) and the window, or
+        ``im`` (with a note when there is no object) and None where nothing is cut."""
+        window = object_window(obj, im)
+        if window is None:
+            return dataclasses.replace(im, notes=[*im.notes, f"not reframed: no object in {source}"]), None
+        if not force and not reframe_worthwhile(im.square, window):
+            return im, None
+        return reframe(im, window, note=f"reframed around the object ({source}): photo window {list(window)}"), window
+
+    def _run(
+        self, images: list[LoadedImage], prompts: list[str | None], masks, with_mesh: bool, first_pass: list[float]
+    ) -> list:
         backend = self.backend
         device = backend.device
         B = len(images)
-        batch = torch.from_numpy(np.stack([im.image for im in images])).to(device)
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        batch = self._batch(images)
         mask_t = None
         if masks is not None:
             mask_t = torch.from_numpy(np.stack(masks)).to(device)[:, None].float()
-        prompt_arg = None if all(p is None for p in prompts) else [p or self._default_prompt() for p in prompts]
+        prompt_arg = self._prompt_arg(prompts)
         timings: dict[str, float] = {}
         with autocast(self.precision, device):
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings)
@@ -652,7 +752,7 @@ class Reconstructor:
                 visible_points=surface[b][visible[b]] * s + c,
             )
             timing = Timings(  # shared stages are split evenly over the batch
-                pixel=timings.get("pixel", 0.0) / B,
+                pixel=timings.get("pixel", 0.0) / B + first_pass[b],
                 encode=timings.get("encode", 0.0) / B,
                 grid_decode=grid.decode_s / B,
                 marching_cubes=grid.marching_cubes_s,
@@ -721,6 +821,7 @@ def reconstruct(
     close: bool = True,
     color: str = "photo",
     min_part: float = 0.02,
+    reframe: str = "auto",
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -747,6 +848,8 @@ def reconstruct(
         color: ``photo`` (vertex colours from the photo) or ``none``.
         min_part: drop disconnected parts under this fraction of the largest part's surface area
             (0 keeps everything).
+        reframe: ``auto`` (cut the model input around the object when the photo shows it small or
+            off centre), ``always`` or ``never`` (see :class:`Reconstructor`).
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -776,7 +879,7 @@ def reconstruct(
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
                         weights_label=label, precision=precision, close=close, color=color,
-                        min_part=min_part)  # fmt: skip
+                        min_part=min_part, reframe=reframe)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]

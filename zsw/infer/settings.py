@@ -23,6 +23,7 @@ __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "COLORS",
+    "REFRAMES",
     "is_estimated_prompt",
     "default_chunk_points",
 ]
@@ -39,6 +40,8 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: vertex colour modes (see zsw.infer.color)
 COLORS = ("photo", "none")
+#: whether the model input is cut anew around the object (zsw.infer.reconstruct.Reconstructor)
+REFRAMES = ("auto", "always", "never")
 
 
 def default_chunk_points(device) -> int:
@@ -118,6 +121,8 @@ class ReconstructSettings:
             without one runs the packaged model's graphs).
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
         color: ``photo`` (vertex colours from the photo) or ``none``.
+        reframe: ``auto``, ``always`` or ``never``: cut the model input around the object
+            (:class:`~zsw.infer.reconstruct.Reconstructor`).
         min_part: drop disconnected parts of the mesh whose surface area is below this fraction of
             the largest part's (crumbs of an uncertain field; 0 keeps everything).
         preview: write ``preview.png``.
@@ -136,6 +141,7 @@ class ReconstructSettings:
     engine: Path | None = None
     precision: str = "auto"
     color: str = "photo"
+    reframe: str = "auto"
     min_part: float = 0.02
     preview: bool = True
     overwrite: bool = False
@@ -149,6 +155,7 @@ class ReconstructSettings:
         _choice(self.backend, BACKENDS, "--backend")
         _choice(self.precision, PRECISIONS, "--precision")
         _choice(self.color, COLORS, "--color")
+        _choice(self.reframe, REFRAMES, "--reframe")
         if self.batch_size < 1:
             raise OptionError(f"--batch-size: {self.batch_size} is below 1")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
@@ -169,5 +176,5 @@ class ReconstructSettings:
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
-            preview=self.preview, device=self.device or "auto",
+            reframe=self.reframe, preview=self.preview, device=self.device or "auto",
         )  # fmt: skip
