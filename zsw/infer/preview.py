@@ -159,6 +159,11 @@ def _rasterize(
         bary_c, inv_z = torch.cat(bary_all), torch.cat(inv_z_all)
         nearest = torch.zeros(H * W, dtype=_DT).scatter_reduce_(0, pixels, inv_z, reduce="amax", include_self=True)
         win = torch.nonzero(inv_z >= nearest[pixels])[:, 0]
+        # a pixel on an edge two faces share can be won by both at the same depth: the lower face
+        # index takes it, so no two writes below go to one pixel (their order is not defined)
+        lowest = torch.full((H * W,), torch.iinfo(torch.int64).max, dtype=torch.int64)
+        lowest.scatter_reduce_(0, pixels[win], faces_c[win], reduce="amin")
+        win = win[faces_c[win] == lowest[pixels[win]]]
         face_id[pixels[win]] = faces_c[win]
         bary_out[pixels[win]] = bary_c[win]
     return face_id.view(H, W), bary_out.view(H, W, 3)
