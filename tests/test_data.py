@@ -182,6 +182,45 @@ def test_object_texture_augmentation(proc):
         AugmentConfig(object_texture=1.5)
 
 
+def test_zoom_out_shows_the_same_surface_smaller(proc):
+    """augment.zoom_out shrinks the render into the frame with K following it: the visible surface
+    lifted from the zoomed depth and K is the one lifted from the original (same centroid and
+    extent to within the resampling), the mask covers ~zoom^2 of its area, and with zoom_out 0
+    the samples are the unzoomed ones (the option draws nothing from the rng)."""
+    import torch
+
+    from zsw.model.geometry import unproject_depth
+
+    plain = ShapeDataset(proc, "train", points=16, augment=NO_AUGMENT, seed=0)
+    zoomed = ShapeDataset(proc, "train", points=16, seed=0,
+                          augment=AugmentConfig(occluders=(0, 0), backgrounds="never", zoom_out=1.0,
+                                                zoom_range=(0.5, 0.5)))  # fmt: skip
+    off = ShapeDataset(proc, "train", points=16, seed=0,
+                       augment=AugmentConfig(occluders=(0, 0), backgrounds="never", zoom_out=0.0))  # fmt: skip
+
+    def surface(item) -> np.ndarray:
+        pts = unproject_depth(item["depth"][None], item["intrinsics"][None].float())[0]
+        return pts[item["visible_mask"].reshape(-1) > 0.5].numpy()
+
+    for i in range(len(plain)):
+        a, b = plain[i], zoomed[i]
+        assert torch.equal(off[i]["image"], a["image"]) and torch.equal(off[i]["intrinsics"], a["intrinsics"])
+        pa, pb = surface(a), surface(b)
+        extent = float(np.ptp(pa, axis=0).max())
+        assert np.abs(pa.mean(0) - pb.mean(0)).max() < 0.03 * extent
+        assert abs(float(np.ptp(pb, axis=0).max()) - extent) < 0.06 * extent
+        ratio = float(b["visible_mask"].sum() / a["visible_mask"].sum())
+        assert 0.2 < ratio < 0.3, ratio  # zoom 0.5: a quarter of the pixels
+        assert torch.allclose(b["intrinsics"][:2, :2], a["intrinsics"][:2, :2] * 0.5)
+        # the frame around the shrunk render is white, outside the object
+        outside = b["visible_mask"][0] < 0.5
+        assert float(b["image"].permute(1, 2, 0)[outside].mean()) > 0.97
+    with pytest.raises(ConfigError, match="zoom_out"):
+        AugmentConfig(zoom_out=2.0)
+    with pytest.raises(ConfigError, match="zoom_range"):
+        AugmentConfig(zoom_range=(0.8, 0.5))
+
+
 def test_corrupt_samples_are_skipped_and_counted(proc, tmp_path, caplog):
     import shutil
 

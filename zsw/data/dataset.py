@@ -50,7 +50,7 @@ import numpy as np
 from zsw.data.layout import SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError, ZswError
 
-__all__ = ["AugmentConfig", "ShapeDataset", "expand_roots", "READ_ERRORS"]
+__all__ = ["AugmentConfig", "ShapeDataset", "expand_roots", "zoom_out", "READ_ERRORS"]
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,23 @@ class AugmentConfig:
     # texture (fractal noise or a photo crop, see zsw.data.backgrounds.texture_object): renders are
     # flat-coloured, real objects are not
     object_texture: float = 0.0
+    # probability that a sample rendered on white is shown smaller: the whole render shrunk by a
+    # factor drawn from zoom_range and put at a random place of the frame (K, depth and masks
+    # follow; pasted occluders shrink alike), so that the pixel model also meets objects that do
+    # not fill the photo -- renders are cropped tightly around the object, photos are not
+    zoom_out: float = 0.0
+    zoom_range: tuple[float, float] = (0.45, 1.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ConfigError(f"augment.color_jitter must be in [0, 1], got {self.color_jitter}")
         if not 0.0 <= self.object_texture <= 1.0:
             raise ConfigError(f"augment.object_texture must be in [0, 1], got {self.object_texture}")
+        if not 0.0 <= self.zoom_out <= 1.0:
+            raise ConfigError(f"augment.zoom_out must be in [0, 1], got {self.zoom_out}")
+        z0, z1 = self.zoom_range
+        if not 0.1 <= z0 <= z1 <= 1.0:
+            raise ConfigError(f"augment.zoom_range must be 0.1 <= min <= max <= 1, got {list(self.zoom_range)}")
         if self.backgrounds not in ("auto", "always", "never"):
             raise ConfigError(f"augment.backgrounds must be auto, always or never, got {self.backgrounds!r}")
         lo, hi = self.occluders
@@ -135,6 +146,43 @@ class _Sample:
     occluder: np.ndarray  # [S, S] bool
     pseudo: np.ndarray | None = None  # [S, S] float32
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def zoom_out(s: _Sample, zoom: float, rng: np.random.Generator) -> _Sample:
+    """``s`` shrunk by ``zoom`` into a white frame of the same size at a random place.
+
+    The camera is unchanged: a pixel ``u`` of the render moves to ``zoom * (u + 0.5) - 0.5 +
+    offset`` (pixel centres at integers, as the intrinsics use them), so ``fx, fy`` scale by
+    ``zoom`` and ``cx, cy`` move alike; depth values, extrinsics and the shape stay. Depth and the
+    masks are resampled by nearest neighbour (no depth is mixed across the silhouette), the image
+    by Lanczos and the coverage alpha bilinearly. The pseudo-depth is dropped.
+    """
+    from PIL import Image
+
+    S = s.image.shape[0]
+    n = max(8, int(round(zoom * S)))
+    zoom = n / S
+    ox, oy = (int(v) for v in rng.integers(0, S - n + 1, size=2))
+
+    def place(a: np.ndarray, fill, resample) -> np.ndarray:
+        out = np.full(a.shape, fill, dtype=a.dtype)
+        small = np.asarray(Image.fromarray(a).resize((n, n), resample))
+        out[oy : oy + n, ox : ox + n] = small.astype(a.dtype)
+        return out
+
+    nearest, bilinear = Image.Resampling.NEAREST, Image.Resampling.BILINEAR
+    K = s.K.copy()
+    K[0, 0], K[1, 1] = s.K[0, 0] * zoom, s.K[1, 1] * zoom
+    K[0, 2] = zoom * (s.K[0, 2] + 0.5) - 0.5 + ox
+    K[1, 2] = zoom * (s.K[1, 2] + 0.5) - 0.5 + oy
+    mask = lambda m: place(m.astype(np.uint8), 0, nearest).astype(bool)  # noqa: E731
+    depth = place(s.depth.astype(np.float32), 0.0, nearest)
+    visible = mask(s.visible) & (depth > 0)
+    return _Sample(
+        place(s.image, 255, Image.Resampling.LANCZOS), place(s.alpha.astype(np.float32), 0.0, bilinear),
+        np.where(visible, depth, 0).astype(np.float32), K, s.Rt, visible, mask(s.occluder), None,
+        {**s.extra, "zoom": zoom},
+    )  # fmt: skip
 
 
 def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -376,6 +424,10 @@ class ShapeDataset:
         from zsw.data.occluders import paste_occluders
 
         aug = self.augment
+        occluder_scale = aug.occluder_scale
+        if aug.zoom_out > 0 and rng.random() < aug.zoom_out and is_plain_white(s.image, s.alpha > 0):
+            s = zoom_out(s, float(rng.uniform(*aug.zoom_range)), rng)
+            occluder_scale = tuple(v * s.extra["zoom"] for v in occluder_scale)
         if self._backgrounds is not None or self._textures is not None:
             plain = is_plain_white(s.image, s.alpha > 0) or is_plain_white(s.image, s.depth > 0)
             if plain:  # a texture changes the albedo, not the geometry the pseudo-depth labels
@@ -389,7 +441,7 @@ class ShapeDataset:
         if occs:
             before = s.occluder
             p = paste_occluders(
-                s.image, s.visible, s.depth, occs, rng, aug.occluder_scale, aug.min_visible, occluder=s.occluder
+                s.image, s.visible, s.depth, occs, rng, occluder_scale, aug.min_visible, occluder=s.occluder
             )
             s.image, s.visible, s.occluder, s.depth = p.image, p.visible, p.occluder, p.depth
             s.extra["pasted"] = p.occluder & ~before
