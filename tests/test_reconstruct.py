@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from zsw.cli.main import app
+from zsw.errors import ConfigError
 from zsw.infer.backend import TorchBackend, predict
 from zsw.infer.image import load_image, load_mask
 from zsw.infer.reconstruct import Reconstructor, camera_to_frame, reconstruct
@@ -133,6 +134,70 @@ def test_original_intrinsics_undo_padding_and_resizing():
     assert u_in[1] == pytest.approx(s * (u_orig[1] + 112) + (s - 1) / 2)
 
 
+def test_original_intrinsics_follow_a_reframed_window():
+    from zsw.infer.image import LoadedImage
+    from zsw.infer.reconstruct import original_intrinsics
+
+    # the model input shows the photo's square (300, 100) + 112: K maps back through it
+    im = LoadedImage("x", np.zeros((224, 224, 3), np.uint8), (800, 600), window=(300, 100, 112))
+    K = np.array([[300.0, 0, 112], [0, 300, 112], [0, 0, 1]])
+    Ko = original_intrinsics(K, im)
+    s = 2.0  # input pixels per photo pixel
+    assert Ko[0, 0] == pytest.approx(150)
+    p = np.array([0.3, -0.2, 2.0])
+    u_in, u_orig = K @ p / p[2], Ko @ p / p[2]
+    assert u_in[0] == pytest.approx(s * (u_orig[0] - 300) + (s - 1) / 2)
+    assert u_in[1] == pytest.approx(s * (u_orig[1] - 100) + (s - 1) / 2)
+
+
+class RedSegmenter(ProtocolOnly):
+    """The tiny model with a perfect visible mask for red objects (what a trained model predicts)."""
+
+    def pixel(self, image, text):
+        out = self._inner.pixel(image, text)
+        red = (image[:, :1] > 0.6) & (image[:, 1:2] < 0.3)
+        out.visible_mask_logits = torch.where(red, 10.0, -10.0)
+        return out
+
+
+def _small_red_square(tmp_path):
+    a = np.full((400, 600, 3), 90, np.uint8)
+    a[250:330, 400:480] = (220, 20, 20)  # 80 px of a 600 px photo: fills 0.13 of the input
+    Image.fromarray(a).save(tmp_path / "photo.png")
+    return tmp_path / "photo.png"
+
+
+def test_reframe_cuts_the_input_around_a_small_object(tmp_path, tiny_model):
+    from zsw.infer.image import OBJECT_FILL, load_mask
+
+    image = load_image(_small_red_square(tmp_path))
+    backend = RedSegmenter(TorchBackend(tiny_model, "cpu"))
+    never = Reconstructor(backend, resolution=RES, reframe="never")([image])[0]
+    assert never.info["input"]["window"] == [0, -100, 600]
+    auto = Reconstructor(backend, resolution=RES)([image])[0]  # reframe="auto" is the default
+    x0, y0, side = auto.info["input"]["window"]
+    assert abs(side - 80 / OBJECT_FILL) < 6 and abs(x0 + side / 2 - 440) < 4 and abs(y0 + side / 2 - 290) < 4
+    assert any("predicted visible mask" in n for n in auto.info["input"]["notes"])
+    red = (auto.image[..., 0] > 150) & (auto.image[..., 1] < 80)
+    assert 0.55 < red.mean() < 0.75  # the square now fills ~0.8 x 0.8 of what the model sees
+    # K maps back to the photo through the window: the square's centre projects where it is
+    Ko = np.array(auto.info["camera"]["intrinsics_original"])
+    Ki = np.array(auto.info["camera"]["intrinsics"])
+    s = 224 / side
+    assert Ko[0, 0] == pytest.approx(Ki[0, 0] / s) and Ko[0, 2] == pytest.approx((Ki[0, 2] - (s - 1) / 2) / s + x0)
+    # a given mask frames the object at once (no first pass), and is cut like the image
+    mask = load_mask(np.asarray(Image.open(tmp_path / "photo.png"))[..., 1] < 80, image)
+    given = Reconstructor(TorchBackend(tiny_model, "cpu"), resolution=RES)([image], masks=[mask])[0]
+    assert given.info["input"]["window"] == auto.info["input"]["window"]
+    assert any("given mask" in n for n in given.info["input"]["notes"])
+    assert 0.55 < given.visible_mask.mean() < 0.75
+    # a photo that already frames its object is left alone by "auto"
+    framed = Reconstructor(backend, resolution=RES)([auto_input := load_image(auto.image)])[0]
+    assert framed.info["input"]["window"] == [0, 0, 224] and auto_input.notes == []
+    with pytest.raises(ConfigError, match="reframe"):
+        Reconstructor(backend, reframe="sometimes")
+
+
 def test_predict_reports_stage_timings(tiny_model):
     timings: dict = {}
     predict(TorchBackend(tiny_model, "cpu"), torch.rand(1, 3, 224, 224), timings=timings)
@@ -171,7 +236,7 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     from zsw.infer.reconstruct import demo_weights
 
     path = demo_weights()
-    assert path is not None and path.name == "zsw-demo-v5.safetensors"
+    assert path is not None and path.name == "zsw-demo-v6.safetensors"
     assert path.stat().st_size <= 20 * 2**20  # the package budget
     config = checkpoint.load(path).config
     assert config.name == "demo" and config.decoder.pixel_aligned
@@ -180,7 +245,7 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     assert result.exit_code == 0, result.output
     assert "RANDOM" not in result.output
     info = json.loads((tmp_path / "out" / "armchair" / "result.json").read_text())
-    assert info["model"]["weights"] == "demo:zsw-demo-v5.safetensors" and info["grid"]["resolution"] == 128
+    assert info["model"]["weights"] == "demo:zsw-demo-v6.safetensors" and info["grid"]["resolution"] == 128
     assert info["mesh"]["watertight"] and info["grid"]["closed"]
     assert info["mesh"]["faces"] > 1000
 
@@ -189,7 +254,8 @@ def test_packaged_model_finds_the_object_in_real_photos(repo_root):
     """The default model's visible mask on ZeroShape's ten real example photos (objects on white
     or plain backgrounds, some textured: a floral armchair, a tiger) against ZeroShape's own masks.
     zsw-demo-v3, trained on flat-coloured procedural objects only, reached a mean IoU of 0.50 (0.07
-    on the armchair: it took the texture for background); v4 (textured objects) 0.80, v5 0.79."""
+    on the armchair: it took the texture for background); v4 (textured objects) 0.80, v5 0.79,
+    v6 (zoom-out augmentation) 0.84 (tiger 0.51)."""
     import glob
     from pathlib import Path
 
@@ -205,8 +271,8 @@ def test_packaged_model_finds_the_object_in_real_photos(repo_root):
         gt = load_mask(repo_root / "examples" / "masks" / Path(path).name, image)
         ious[Path(path).stem] = (mask & gt).sum() / max((mask | gt).sum(), 1)
     assert len(ious) == 10
-    assert np.mean(list(ious.values())) > 0.7, ious
-    assert min(ious.values()) > 0.15, ious  # none lost entirely
+    assert np.mean(list(ious.values())) > 0.8, ious
+    assert min(ious.values()) > 0.4, ious  # none lost, not even the tiger
 
 
 def test_cli_odd_images_fail_one_line_each_and_the_rest_still_run(tmp_path):
@@ -278,6 +344,13 @@ def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_pa
     assert json.loads((out / "bolt" / "result.json").read_text())["mesh"]["frame"] == "camera"
     forced = runner.invoke(app, [*base, "--format", "ply", "--frame", "camera", "--overwrite"])
     assert forced.exit_code == 0 and "reconstructed 1" in forced.output
+    # the framing changes what the model sees: another --reframe is another result
+    reframed = runner.invoke(app, [*base, "--format", "ply", "--frame", "camera", "--reframe", "always"])
+    assert reframed.exit_code == 0 and "redoing 1" in reframed.output
+    info = json.loads((out / "bolt" / "result.json").read_text())
+    assert info["request"]["reframe"] == "always"
+    bad = runner.invoke(app, [*base, "--reframe", "maybe"])
+    assert bad.exit_code == 2 and "--reframe" in bad.output
     # an interrupted image (outputs but no result.json) is redone
     (out / "bolt" / "result.json").unlink()
     assert "reconstructed 1" in runner.invoke(app, base).output
