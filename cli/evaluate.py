@@ -60,8 +60,7 @@ def evaluate(
         baseline=baseline, seed=seed, precision=precision, split=split, max_per_category=max_per_category, limit=limit,
         device=device, batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
     )  # fmt: skip
-    reporter = RichReporter(min_total=1)
-    report = evaluate_set(data, out, settings, reporter)
+    report = evaluate_set(data, out, settings, reporter := RichReporter(min_total=1))
     _print_tables(reporter.console, report.summary, report.title)
     reporter.info(f"wrote {report.out}, {report.markdown} and {report.samples_jsonl}")
     if not report.ok:
