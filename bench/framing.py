@@ -21,7 +21,6 @@ Writes ``<out>.md`` (the table) and ``<out>.json`` (the numbers per set and vari
 from __future__ import annotations
 
 import argparse
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,18 +45,16 @@ def make_set(root: Path, margin: tuple[float, float], size: int, objects: int) -
     generate(root, cfg)  # resumes: a finished set is reused
 
 
-def score_set(root: Path, weights: str | None, resolution: int, variant: str) -> list[dict]:
+def score_set(root: Path, backend, resolution: int, variant: str) -> list[dict]:
     """One row per view: ``zsw eval``'s sampling and scoring of the reconstruction."""
     from PIL import Image
 
     from zsw.data.eval_sets import open_eval_set
-    from zsw.eval.evaluate import score
-    from zsw.eval.metrics import sample_surface
+    from zsw.eval.evaluate import mesh_points, sample_rng, score
     from zsw.infer.image import load_image
-    from zsw.infer.reconstruct import Reconstructor, open_backend
+    from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.settings import GridSettings
 
-    backend, _, _ = open_backend("torch", weights, None, "cpu")
     size = backend.config.pixel.image_size
     reframe = {"never": "never", "auto": "auto", "always": "always", "true_mask": "always"}[variant]
     recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", reframe=reframe)
@@ -70,15 +67,14 @@ def score_set(root: Path, weights: str | None, resolution: int, variant: str) ->
             small = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
             im.alpha = np.asarray(small) > 127
         rec = recon([im])[0]
-        rng = np.random.default_rng([0, zlib.crc32(s.name.encode())])  # as zsw eval draws its points
-        pts = sample_surface(rec.mesh, 10000, seed=int(rng.integers(1 << 31)))
-        m = score(pts, s.gt_points, "none")
+        m = score(mesh_points(rec.mesh, 10000, sample_rng(0, s.name)), s.gt_points, "none")
         rows.append({"name": s.name, "category": s.category, "cd": m["cd"], "fscore@0.05": m["fscore@0.05"],
                      "window": rec.info["input"]["window"]})  # fmt: skip
     return rows
 
 
 def main() -> None:
+    from zsw.infer.reconstruct import open_backend
     from zsw.io import atomic_write_json, atomic_write_text
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -91,6 +87,7 @@ def main() -> None:
     ap.add_argument("--variants", default="never,auto,always,true_mask")
     args = ap.parse_args()
 
+    backend, _, _ = open_backend("torch", args.weights, None, "cpu")
     results: dict[str, dict[str, dict]] = {}
     variants = args.variants.split(",")
     for name in args.sets.split(","):
@@ -99,7 +96,7 @@ def main() -> None:
         make_set(root, margin, size, args.objects)
         results[name] = {}
         for v in variants:
-            rows = score_set(root, args.weights, args.resolution, v)
+            rows = score_set(root, backend, args.resolution, v)
             cd, fscore = float(np.mean([r["cd"] for r in rows])), float(np.mean([r["fscore@0.05"] for r in rows]))
             results[name][v] = {"cd": cd, "fscore@0.05": fscore, "rows": rows}
             print(f"{name:9s} {v:10s} CD {results[name][v]['cd']:.4f} F@0.05 {results[name][v]['fscore@0.05']:.3f}")

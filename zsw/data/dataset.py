@@ -175,7 +175,10 @@ def zoom_out(s: _Sample, zoom: float, rng: np.random.Generator) -> _Sample:
     K[0, 0], K[1, 1] = s.K[0, 0] * zoom, s.K[1, 1] * zoom
     K[0, 2] = zoom * (s.K[0, 2] + 0.5) - 0.5 + ox
     K[1, 2] = zoom * (s.K[1, 2] + 0.5) - 0.5 + oy
-    mask = lambda m: place(m.astype(np.uint8), 0, nearest).astype(bool)  # noqa: E731
+
+    def mask(m: np.ndarray) -> np.ndarray:
+        return place(m.astype(np.uint8), 0, nearest).astype(bool)
+
     depth = place(s.depth.astype(np.float32), 0.0, nearest)
     visible = mask(s.visible) & (depth > 0)
     return _Sample(

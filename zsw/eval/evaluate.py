@@ -143,6 +143,17 @@ def ellipsoid_points(gt: np.ndarray, count: int, seed: int = 0) -> np.ndarray:  
     return sample_surface(ball, count, seed=seed)
 
 
+def sample_rng(seed: int, name: str) -> np.random.Generator:
+    """A sample's randomness, from the run's seed and the sample's name alone (not its position in
+    the set or the batch size), so that every score of a sample is reproducible on its own."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def mesh_points(mesh, count: int, rng: np.random.Generator) -> np.ndarray:  # [count, 3]
+    """The points ``zsw eval`` scores on a predicted mesh."""
+    return sample_surface(mesh, count, seed=int(rng.integers(1 << 31)))
+
+
 def _baseline_points(
     kind: str, visible: np.ndarray, gt: np.ndarray, count: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -260,10 +271,9 @@ def evaluate_samples(
             return
         seconds = (time.perf_counter() - t0) / len(batch)
         for s, rec in zip(batch, recs):
-            # per-sample randomness from the sample alone (not its position or the batch size)
-            rng = np.random.default_rng([settings.seed, zlib.crc32(s.name.encode())])
+            rng = sample_rng(settings.seed, s.name)
             if settings.baseline is None:
-                pts = sample_surface(rec.mesh, settings.num_points, seed=int(rng.integers(1 << 31)))
+                pts = mesh_points(rec.mesh, settings.num_points, rng)
             else:
                 pts = _baseline_points(settings.baseline, rec.visible_points, s.gt_points, settings.num_points, rng)
             t1 = time.perf_counter()

@@ -603,7 +603,6 @@ class Reconstructor:
                     f"{missing[0]}: the {self.backend.config.name} model has no mask head; give a mask "
                     "(--masks DIR) or an RGBA image with transparency"
                 )
-        images, mask_list = list(images), list(mask_list)
         first_pass = [0.0] * B
         if self.reframe != "never":
             images, mask_list, first_pass = self._reframe(images, prompt_list, mask_list)
@@ -644,7 +643,7 @@ class Reconstructor:
             if m is None and im.alpha is None:
                 todo.append(i)
                 continue
-            source = "the given mask" if m is not None else "the alpha channel"
+            source = "the alpha channel" if m is None or m is im.alpha else "the given mask"
             obj = m if m is not None else im.alpha
             images[i], window = self._cut(im, obj, source, self.reframe == "always")
             if window is not None and m is not None:
@@ -662,11 +661,13 @@ class Reconstructor:
             visible = (logits[:, 0].float() > 0).cpu().numpy()
             moved = []
             for j, i in enumerate(todo):
-                seconds[i] += (time.perf_counter() - t0) / len(todo)
                 images[i], window = self._cut(images[i], visible[j], "the predicted visible mask",
                                               self.reframe == "always" and n == 0)  # fmt: skip
                 if window is not None:
                     moved.append(i)
+            share = (time.perf_counter() - t0) / len(todo)  # the pass and the cuts, split evenly
+            for i in todo:
+                seconds[i] += share
             todo = moved
         return images, masks, seconds
 
