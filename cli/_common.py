@@ -17,7 +17,7 @@ import typer
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["cli_errors", "error", "RichReporter", "Weights", "Device", "Precision", "Resolution", "Extraction",
-           "Threshold", "Backend", "Engine", "BatchSize", "Reframe"]  # fmt: skip
+           "Threshold", "Backend", "Engine", "BatchSize", "Reframe", "MinPart"]  # fmt: skip
 
 # Options several commands share, declared once (their values are checked by the job's settings).
 Weights = Annotated[
@@ -45,6 +45,10 @@ Backend = Annotated[
 ]
 Engine = Annotated[Path | None, typer.Option(help="Folder written by `zsw export` (onnxruntime/tensorrt).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per model call.")]
+MinPart = Annotated[
+    float,
+    typer.Option(min=0.0, max=1.0, help="Drop disconnected mesh parts under this fraction of the largest part's area."),
+]
 
 
 def error(message: str, code: int = 1) -> typer.Exit:

@@ -35,7 +35,6 @@ _PROMPT = (
     "'vlm:<hub id or folder>' asks a vision-language model."
 )
 _MASKS = "Folder of visible masks named like the images (<name>.png); required by ZeroShape models."
-_MIN_PART = "Drop disconnected parts under this fraction of the largest's area."
 _CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
 
@@ -61,7 +60,7 @@ def reconstruct(
     reframe: opts.Reframe = "auto",
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
-    min_part: Annotated[float, typer.Option(min=0.0, max=1.0, help=_MIN_PART)] = 0.02,
+    min_part: opts.MinPart = 0.02,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,
 ) -> None:

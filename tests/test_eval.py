@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from zsw.errors import ConfigError
+from zsw.errors import ConfigError, OptionError
 from zsw.eval.align import brute_force_align, distinct_rotations, icp, rotation_grid
 from zsw.eval.evaluate import EvalSettings, ResultsLog, fit_sphere, score, summarize, summary_markdown
 from zsw.eval.metrics import chamfer_fscore, nearest_distances, normalize_pc
@@ -181,6 +181,10 @@ def test_eval_cli_end_to_end_with_resume_and_baseline(procedural_test_set, tmp_p
 
     clash = runner.invoke(app, [*base, "--align", "icp"])
     assert clash.exit_code == 1 and "align differ" in clash.output
+    # the mesh scored is the one `zsw reconstruct` writes: its small parts dropped, and how is in the key
+    assert result["settings"]["min_part"] == 0.02
+    clash = runner.invoke(app, [*base, "--min-part", "0"])
+    assert clash.exit_code == 1 and "min_part differ" in clash.output
 
     ball = tmp_path / "ball.json"
     sphere = runner.invoke(app, [*base[:-1], str(ball), "--baseline", "sphere", "--align", "icp", "--limit", "2"])
@@ -247,6 +251,29 @@ def test_eval_resume_is_keyed_on_the_weights_content_not_their_path(procedural_t
     checkpoint.save(build_model("tiny").eval(), ckpt)  # other weights, same path
     result = runner.invoke(app, base)
     assert result.exit_code == 1 and "weights differ" in result.output, result.output
+
+
+def test_eval_scores_the_mesh_with_its_small_parts_dropped(procedural_test_set, tmp_path, monkeypatch):
+    """--min-part reaches the reconstructor: the mesh scored is the one `zsw reconstruct` writes."""
+    import zsw.infer.reconstruct as reconstruct_module
+    from zsw.eval.jobs import EvalJobSettings, evaluate_set
+    from zsw.infer.settings import GridSettings
+
+    fractions = []
+
+    def spy(mesh, min_fraction):
+        fractions.append(min_fraction)
+        return mesh, 0
+
+    monkeypatch.setattr(reconstruct_module, "drop_small_parts", spy)
+    for min_part in (0.3, 0.0):
+        s = EvalJobSettings(format="procedural", weights="random:tiny", grid=GridSettings(12), num_points=200,
+                            limit=1, min_part=min_part)  # fmt: skip
+        report = evaluate_set(procedural_test_set, tmp_path / f"r{min_part}.json", s)
+        assert report.summary["settings"]["min_part"] == min_part
+    assert fractions == [0.3, 0.0]
+    with pytest.raises(OptionError, match="--min-part"):
+        EvalJobSettings(format="procedural", min_part=1.5)
 
 
 def test_eval_cli_bad_inputs(tmp_path):

@@ -18,6 +18,7 @@ __all__ = [
     "GridSettings",
     "ReconstructSettings",
     "FRAMES",
+    "MIN_PART",
     "FORMATS",
     "EXTRACTIONS",
     "BACKENDS",
@@ -42,6 +43,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COLORS = ("photo", "none")
 #: whether the model input is cut anew around the object (zsw.infer.reconstruct.Reconstructor)
 REFRAMES = ("auto", "always", "never")
+#: default fraction of the largest part's area under which a disconnected part of the mesh is dropped
+#: (``zsw reconstruct`` and ``zsw eval`` alike, so the scores are of the meshes users get)
+MIN_PART = 0.02
 
 
 def default_chunk_points(device) -> int:
@@ -142,7 +146,7 @@ class ReconstructSettings:
     precision: str = "auto"
     color: str = "photo"
     reframe: str = "auto"
-    min_part: float = 0.02
+    min_part: float = MIN_PART
     preview: bool = True
     overwrite: bool = False
 
