@@ -116,14 +116,20 @@ def test_yaml_recipes_load(repo_root):
     assert load_yaml(repo_root / "configs" / "tiny-cpu.yaml", TrainConfig).model == "tiny"
 
 
-def test_validation_reports_mesh_metrics(tiny64):
+def test_validation_reports_mesh_metrics(tiny64, monkeypatch):
+    import zsw.infer.grid
     from zsw.data.dataset import ShapeDataset
+    from zsw.infer.settings import MIN_PART
     from zsw.model import build_model
     from zsw.train.validate import validate
 
     model = build_model(str(tiny64[1]))
     ds = ShapeDataset(tiny64[0], "val", size=64, with_shape=False)
+    drop = zsw.infer.grid.drop_small_parts
+    fractions = []  # the meshes scored are the ones `zsw reconstruct` writes: crumbs dropped
+    monkeypatch.setattr(zsw.infer.grid, "drop_small_parts", lambda m, f: (fractions.append(f), drop(m, f))[1])
     metrics = validate(model, ds, "full", torch.device("cpu"), max_samples=2, resolution=8, surface_points=500)
+    assert fractions == [MIN_PART, MIN_PART]
     assert metrics["val/samples"] == 2
     for key in ("val/depth_ssi_mae", "val/intrinsics", "val/visible_iou", "val/cd", "val/fscore@0.05"):
         assert key in metrics and math.isfinite(metrics[key]), key

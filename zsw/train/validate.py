@@ -5,7 +5,9 @@ the predicted visible mask. Stage ``full`` also extracts a mesh per view
 (:func:`zsw.infer.grid.extract_meshes`, a small grid by default), samples it, and scores it
 against the ground-truth point cloud with ZeroShape's protocol (both clouds centred and scaled by
 their max x/y extent; Chamfer distance and F-scores from :func:`zsw.eval.metrics.chamfer_fscore`,
-which uses the Chamfer kernel where one is available).
+which uses the Chamfer kernel where one is available). Disconnected parts under ``min_part`` of
+the largest's area are dropped first, as ``zsw reconstruct`` and ``zsw eval`` drop them: the best
+checkpoint is chosen on the meshes users get.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import default_collate
 
 from zsw.data.dataset import READ_ERRORS, ShapeDataset
+from zsw.infer.settings import MIN_PART
 from zsw.train import losses as L
 
 __all__ = ["validate", "score_view"]
@@ -59,9 +62,10 @@ def validate(
     resolution: int = 32,
     surface_points: int = 10000,
     batch_size: int = 4,
+    min_part: float = MIN_PART,
 ) -> dict[str, float]:
     """Mean metrics over the first ``max_samples`` views of ``dataset`` (see the module docstring)."""
-    from zsw.infer.grid import extract_meshes
+    from zsw.infer.grid import drop_small_parts, extract_meshes
 
     was_training = model.training
     model.eval()
@@ -105,6 +109,7 @@ def validate(
 
                 meshes = extract_meshes(decode, B, resolution, device=image.device)
                 for b, mesh in enumerate(meshes):
+                    mesh, _ = drop_small_parts(mesh, min_part)
                     try:
                         index = int(batch["index"][b])
                         m = score_view(mesh, dataset, index, batch["extrinsics"][b], surface_points, device)
