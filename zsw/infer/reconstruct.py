@@ -40,7 +40,7 @@ from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
-from zsw.infer.settings import FORMATS, FRAMES, PRECISIONS, REFRAMES, GridSettings, is_estimated_prompt
+from zsw.infer.settings import FORMATS, FRAMES, MIN_PART, PRECISIONS, REFRAMES, GridSettings, is_estimated_prompt
 from zsw.io import checkpoint_sha256
 
 __all__ = [
@@ -508,7 +508,8 @@ class Reconstructor:
         close: space outside the grid counts as empty, so meshes are watertight (default);
             False leaves surfaces that reach the grid's bound open there.
         min_part: drop disconnected parts whose surface area is below this fraction of the
-            largest part's (0, the default here, keeps everything; ``zsw reconstruct`` uses 0.02).
+            largest part's (default :data:`~zsw.infer.settings.MIN_PART`, as ``zsw reconstruct``
+            and ``zsw eval``; 0 keeps everything).
         grid: all grid settings at once, as the jobs hold them; when given it replaces
             ``resolution``, ``extraction``, ``threshold``, ``bound``, ``close`` and ``chunk_points``.
         reframe: ``auto`` (default) cuts a new model input around the object -- centred, its
@@ -533,7 +534,7 @@ class Reconstructor:
         precision: str = "auto",
         close: bool = True,
         color: str = "photo",
-        min_part: float = 0.0,
+        min_part: float = MIN_PART,
         grid: GridSettings | None = None,
         reframe: str = "auto",
     ):
@@ -821,7 +822,7 @@ def reconstruct(
     precision: str = "auto",
     close: bool = True,
     color: str = "photo",
-    min_part: float = 0.02,
+    min_part: float = MIN_PART,
     reframe: str = "auto",
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
