@@ -45,7 +45,7 @@ def make_set(root: Path, margin: tuple[float, float], size: int, objects: int) -
     generate(root, cfg)  # resumes: a finished set is reused
 
 
-def score_set(root: Path, backend, resolution: int, variant: str) -> list[dict]:
+def score_set(root: Path, backend, resolution: int, variant: str, min_part: float) -> list[dict]:
     """One row per view: ``zsw eval``'s sampling and scoring of the reconstruction."""
     from PIL import Image
 
@@ -57,7 +57,8 @@ def score_set(root: Path, backend, resolution: int, variant: str) -> list[dict]:
 
     size = backend.config.pixel.image_size
     reframe = {"never": "never", "auto": "auto", "always": "always", "true_mask": "always"}[variant]
-    recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", reframe=reframe)
+    recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", reframe=reframe,
+                          min_part=min_part)  # fmt: skip
     rows = []
     for s in open_eval_set(root, "procedural"):
         im = load_image(np.asarray(s.image), size, name=s.name)
@@ -75,6 +76,7 @@ def score_set(root: Path, backend, resolution: int, variant: str) -> list[dict]:
 
 def main() -> None:
     from zsw.infer.reconstruct import open_backend
+    from zsw.infer.settings import MIN_PART
     from zsw.io import atomic_write_json, atomic_write_text
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,6 +87,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=64, help="grid cells per axis (fast extraction)")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--variants", default="never,auto,always,true_mask")
+    ap.add_argument("--min-part", type=float, default=MIN_PART, help="crumbs dropped from each mesh, as zsw eval")
     args = ap.parse_args()
 
     backend, _, _ = open_backend("torch", args.weights, None, "cpu")
@@ -96,16 +99,18 @@ def main() -> None:
         make_set(root, margin, size, args.objects)
         results[name] = {}
         for v in variants:
-            rows = score_set(root, backend, args.resolution, v)
+            rows = score_set(root, backend, args.resolution, v, args.min_part)
             cd, fscore = float(np.mean([r["cd"] for r in rows])), float(np.mean([r["fscore@0.05"] for r in rows]))
             results[name][v] = {"cd": cd, "fscore@0.05": fscore, "rows": rows}
             print(f"{name:9s} {v:10s} CD {results[name][v]['cd']:.4f} F@0.05 {results[name][v]['fscore@0.05']:.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out.with_suffix(".json"), {"weights": args.weights or "packaged", "resolution": args.resolution,
-                                                 "objects": args.objects, "results": results})  # fmt: skip
+                                                 "min_part": args.min_part, "objects": args.objects,
+                                                 "results": results})  # fmt: skip
     head = "| set | " + " | ".join(f"`{v}`: CD / F@0.05" for v in variants) + " |"
-    lines = [f"# Framing: {args.weights or 'the packaged model'}, {args.objects} objects, resolution {args.resolution}",
+    title = f"{args.weights or 'the packaged model'}, {args.objects} objects, resolution {args.resolution}"
+    lines = [f"# Framing: {title}, min_part {args.min_part}",
              "", head, "| --- |" + " ---: |" * len(variants)]  # fmt: skip
     for name, by in results.items():
         lines.append(
