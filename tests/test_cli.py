@@ -105,3 +105,17 @@ def test_convert_bad_inputs_one_line(tmp_path):
         assert result.exit_code == 1, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
+
+
+def test_min_part_defaults_agree():
+    """`--min-part` is spelled in the commands' signatures (the CLI imports nothing heavy at start-up);
+    its default must stay the library's, so `zsw reconstruct` writes the mesh `zsw eval` scores."""
+    import inspect
+
+    from zsw.cli.evaluate import evaluate
+    from zsw.cli.reconstruct import reconstruct
+    from zsw.infer.settings import MIN_PART, ReconstructSettings
+
+    for command in (evaluate, reconstruct):
+        assert inspect.signature(command).parameters["min_part"].default == MIN_PART, command.__name__
+    assert ReconstructSettings().min_part == MIN_PART
