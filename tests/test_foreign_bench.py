@@ -1,0 +1,64 @@
+"""bench/foreign.py: objects built and drawn outside zsw's synthesiser, scored as `zsw eval` scores."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("category", ["box", "torus", "lshape", "table"])
+def test_objects_are_watertight_unit_solids_of_their_kind(category):
+    from zsw.bench.foreign import make_object
+
+    mesh = make_object(category, np.random.default_rng(0))
+    assert mesh.is_watertight and mesh.volume > 0
+    assert mesh.extents.max() == pytest.approx(1.0) and np.abs(mesh.bounds.mean(0)).max() < 1e-6
+    fill = mesh.volume / np.prod(mesh.extents)  # how much of its bounding box the solid takes
+    if category == "box":
+        assert fill == pytest.approx(1.0, abs=1e-6)
+    elif category == "lshape":
+        assert 0.3 < fill < 0.9  # a concave corner: no faces inside the union either (watertight)
+    else:  # a ring and a table (a top on four legs) leave most of their box empty
+        assert fill < 0.6
+
+
+def test_views_put_the_ground_truth_where_the_object_is_drawn():
+    """The cloud the model is scored against projects, through the view's K, onto the pixels the
+    object was drawn on (camera frame x right, y down, z forward, as the model's)."""
+    from zsw.bench.foreign import CATEGORIES, SIZE, make_view
+
+    occluded = 0
+    for c, category in enumerate(CATEGORIES):
+        view = make_view(category, 100 + c)
+        assert view["image"].shape == (SIZE, SIZE, 3) and view["image"].dtype == np.uint8
+        g, K = view["gt"], view["K"]
+        assert g.shape == (10000, 3) and (g[:, 2] > 0).all()
+        u = np.round(g[:, 0] / g[:, 2] * K[0, 0] + K[0, 2]).astype(int)
+        v = np.round(g[:, 1] / g[:, 2] * K[1, 1] + K[1, 2]).astype(int)
+        assert ((u >= 0) & (u < SIZE) & (v >= 0) & (v < SIZE)).all()
+        assert view["object_pixels"][v, u].mean() > 0.9, category
+        assert 0.05 < view["object_pixels"].mean() < 0.6, category  # framed as photos are, not a speck
+        occluded += view["occluded"]
+        if view["occluded"]:  # the occluder covers pixels of its own: more is drawn than the object
+            assert (view["alpha"] > 0.5).sum() > view["object_pixels"].sum()
+    assert 0 < occluded < len(CATEGORIES)
+
+
+def test_foreign_bench_end_to_end(tmp_path, monkeypatch):
+    from zsw.bench import foreign
+
+    out = tmp_path / "res" / "tiny"
+    argv = ["foreign", "--out", str(out), "--weights", "random:tiny", "--per-category", "1", "--resolution", "8"]
+    monkeypatch.setattr(sys, "argv", argv)
+    foreign.main()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["category"] for r in rows] == list(foreign.CATEGORIES)
+    for r in rows:
+        assert all(0 < r[k] < 1 for k in ("model", "sphere", "ellipsoid")), r
+    table = out.with_suffix(".md").read_text()
+    assert "| **all** | 8 |" in table and "| torus | 1 |" in table
