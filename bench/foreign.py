@@ -155,7 +155,7 @@ def make_view(category: str, seed: int) -> dict:
 
 def score_views(backend, per_category: int, resolution: int, seed: int = 31) -> list[dict]:
     """Reconstruct and score every view (and the baselines on it), one row each."""
-    from zsw.eval.evaluate import _baseline_points, mesh_points, sample_rng, score
+    from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.settings import GridSettings
@@ -171,7 +171,7 @@ def score_views(backend, per_category: int, resolution: int, seed: int = 31) -> 
             row = {"name": name, "category": category, "occluded": view["occluded"], "background": view["background"]}
             row["model"] = score(mesh_points(rec.mesh, 10000, rng), view["gt"])["cd"]
             for kind in ("sphere", "ellipsoid"):
-                pts = _baseline_points(kind, rec.visible_points, view["gt"], 10000, sample_rng(0, name))
+                pts = baseline_points(kind, rec.visible_points, view["gt"], 10000, sample_rng(0, name))
                 row[kind] = score(pts, view["gt"])["cd"]
             rows.append(row)
             print(f"{name}: CD model {row['model']:.4f}, sphere {row['sphere']:.4f}, ellipsoid {row['ellipsoid']:.4f}")

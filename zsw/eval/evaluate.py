@@ -44,6 +44,9 @@ __all__ = [
     "METRICS",
     "score",
     "fit_sphere",
+    "baseline_points",
+    "mesh_points",
+    "sample_rng",
     "evaluate_samples",
     "ResultsLog",
     "summarize",
@@ -155,9 +158,11 @@ def mesh_points(mesh, count: int, rng: np.random.Generator) -> np.ndarray:  # [c
     return sample_surface(mesh, count, seed=int(rng.integers(1 << 31)))
 
 
-def _baseline_points(
+def baseline_points(
     kind: str, visible: np.ndarray, gt: np.ndarray, count: int, rng: np.random.Generator
-) -> np.ndarray:
+) -> np.ndarray:  # [count, 3]
+    """The points ``zsw eval --baseline`` scores: ``sphere`` (fitted to the model's ``visible``
+    surface), ``visible`` (that surface alone) or ``ellipsoid`` (the oracle spanning ``gt``'s extents)."""
     if kind == "ellipsoid":
         return ellipsoid_points(np.asarray(gt, dtype=np.float64), count, seed=int(rng.integers(1 << 31)))
     if len(visible) == 0:
@@ -276,7 +281,7 @@ def evaluate_samples(
             if settings.baseline is None:
                 pts = mesh_points(rec.mesh, settings.num_points, rng)
             else:
-                pts = _baseline_points(settings.baseline, rec.visible_points, s.gt_points, settings.num_points, rng)
+                pts = baseline_points(settings.baseline, rec.visible_points, s.gt_points, settings.num_points, rng)
             t1 = time.perf_counter()
             metrics = score(pts, s.gt_points, settings.align, device=reconstructor.backend.device)
             row = {
