@@ -167,6 +167,45 @@ def _small_red_square(tmp_path):
     return tmp_path / "photo.png"
 
 
+class CountingPixel(ProtocolOnly):
+    """Counts the images the pixel model is run on."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.images = 0
+
+    def pixel(self, image, text):
+        self.images += image.shape[0]
+        return self._inner.pixel(image, text)
+
+
+def test_reframe_does_not_run_the_pixel_model_twice_on_one_input(tmp_path, tiny_model):
+    """The framing pass's output is the prediction when the input stays as that pass saw it: a
+    framed photo costs one pixel-model run, a small object two (the cut, then its own), and the
+    reconstruction is the one the final input alone gives."""
+    backend = CountingPixel(RedSegmenter(TorchBackend(tiny_model, "cpu")))
+    small = load_image(_small_red_square(tmp_path))
+    auto = Reconstructor(backend, resolution=RES)([small])[0]
+    assert auto.info["input"]["window"] != [0, -100, 600] and backend.images == 2
+    backend.images = 0
+    framed = Reconstructor(backend, resolution=RES)([load_image(auto.image)])[0]
+    assert framed.info["input"]["window"] == [0, 0, 224] and backend.images == 1
+    backend.images = 0
+    never = Reconstructor(backend, resolution=RES, reframe="never")([load_image(auto.image)])[0]
+    assert backend.images == 1
+    for rec in (auto, framed):
+        np.testing.assert_allclose(rec.depth, never.depth, atol=1e-6)
+        np.testing.assert_allclose(rec.intrinsics, never.intrinsics, atol=1e-4)
+        assert len(rec.mesh.faces) == len(never.mesh.faces)
+    # in a batch each image keeps the output of the pass that saw its final input: both passes'
+    # rows (2 images, then the cut one again) make the prediction, and no third run is needed
+    backend.images = 0
+    both = Reconstructor(backend, resolution=RES)([load_image(_small_red_square(tmp_path)), load_image(auto.image)])
+    assert backend.images == 2 + 1 and both[1].info["input"]["window"] == [0, 0, 224]
+    for rec in both:
+        np.testing.assert_allclose(rec.depth, never.depth, atol=1e-5)
+
+
 def test_reframe_cuts_the_input_around_a_small_object(tmp_path, tiny_model):
     from zsw.infer.image import OBJECT_FILL, load_mask
 

@@ -70,10 +70,12 @@ def predict(
     mask: Tensor | None = None,
     occluder_mask: Tensor | None = None,
     timings: dict[str, float] | None = None,
+    pixel: PixelOutput | None = None,
 ) -> Prediction:
     """Run the pixel model and the encoder of ``backend`` with the shared glue in between.
 
-    When ``timings`` is a dict, the seconds spent in the pixel model (``pixel``, prompt embedding
+    ``pixel``: the pixel model's output for ``image`` and ``prompt`` when the caller already has it
+    (it is not run again). When ``timings`` is a dict, the seconds spent in the pixel model (``pixel``, prompt embedding
     included) and in lifting plus encoding (``encode``) are added to it; CUDA is synchronised
     around each stage for that, so leave it None when not measuring.
     """
@@ -83,7 +85,7 @@ def predict(
         _sync(backend.device)
         t0 = time.perf_counter()
     text = backend.embed_prompts(prompt, image.shape[0])
-    pix = backend.pixel(image, text)
+    pix = backend.pixel(image, text) if pixel is None else pixel
     if timings is not None:
         _sync(backend.device)
         t1 = time.perf_counter()

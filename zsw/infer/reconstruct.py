@@ -42,6 +42,7 @@ from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, r
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
 from zsw.infer.settings import FORMATS, FRAMES, MIN_PART, PRECISIONS, REFRAMES, GridSettings, is_estimated_prompt
 from zsw.io import checkpoint_sha256
+from zsw.model import PixelOutput
 
 __all__ = [
     "reconstruct",
@@ -604,9 +605,9 @@ class Reconstructor:
                     f"{missing[0]}: the {self.backend.config.name} model has no mask head; give a mask "
                     "(--masks DIR) or an RGBA image with transparency"
                 )
-        first_pass = [0.0] * B
+        first_pass, seen = [0.0] * B, [None] * B
         if self.reframe != "never":
-            images, mask_list, first_pass = self._reframe(images, prompt_list, mask_list)
+            images, mask_list, first_pass, seen = self._reframe(images, prompt_list, mask_list)
         # images with and without masks go through predict() separately (one mask tensor per call)
         groups: dict[bool, list[int]] = {}
         for i, m in enumerate(mask_list):
@@ -616,7 +617,7 @@ class Reconstructor:
             group_masks = [mask_list[i] for i in idx] if has_mask else None
             group = self._run(
                 [images[i] for i in idx], [prompt_list[i] for i in idx], group_masks, with_mesh,
-                [first_pass[i] for i in idx],
+                [first_pass[i] for i in idx], [seen[i] for i in idx],
             )  # fmt: skip
             for i, rec in zip(idx, group):
                 results[i] = rec
@@ -631,14 +632,17 @@ class Reconstructor:
 
     def _reframe(
         self, images: list[LoadedImage], prompts: list[str | None], masks: list
-    ) -> tuple[list[LoadedImage], list, list[float]]:
+    ) -> tuple[list[LoadedImage], list, list[float], list]:
         """Cut each image's model input around its object where ``self.reframe`` asks for it
         (see the class docstring). A given mask or alpha channel frames the object at once; a
         predicted mask is predicted again on the new input, which shows the object larger, and the
         window refined while it still moves (at most :data:`REFRAME_PASSES` pixel-model passes).
-        Returns the images, their masks cut alike, and the seconds of those passes per image."""
+        Returns the images, their masks cut alike, the seconds of those passes per image, and per
+        image the pass's :class:`~zsw.model.PixelOutput` (one row) where its final input is the one
+        that pass saw (most photos: left as they are), else None."""
         images, masks = list(images), list(masks)
         seconds = [0.0] * len(images)
+        seen: list = [None] * len(images)
         todo = []
         for i, (im, m) in enumerate(zip(images, masks)):
             if m is None and im.alpha is None:
@@ -650,7 +654,7 @@ class Reconstructor:
             if window is not None and m is not None:
                 masks[i] = reframe_mask(m, im, window)
         if not self.backend.config.pixel.mask_heads:
-            return images, masks, seconds
+            return images, masks, seconds, seen
         for n in range(REFRAME_PASSES):
             if not todo:
                 break
@@ -658,19 +662,21 @@ class Reconstructor:
             batch = self._batch([images[i] for i in todo])
             with autocast(self.precision, self.backend.device):
                 text = self.backend.embed_prompts(self._prompt_arg([prompts[i] for i in todo]), len(todo))
-                logits = self.backend.pixel(batch, text).visible_mask_logits
-            visible = (logits[:, 0].float() > 0).cpu().numpy()
+                pix = self.backend.pixel(batch, text)
+            visible = (pix.visible_mask_logits[:, 0].float() > 0).cpu().numpy()
             moved = []
             for j, i in enumerate(todo):
                 images[i], window = self._cut(images[i], visible[j], "the predicted visible mask",
                                               self.reframe == "always" and n == 0)  # fmt: skip
                 if window is not None:
                     moved.append(i)
+                else:  # the input stays what this pass saw: its output is the final one
+                    seen[i] = pix.rows([j])
             share = (time.perf_counter() - t0) / len(todo)  # the pass and the cuts, split evenly
             for i in todo:
                 seconds[i] += share
             todo = moved
-        return images, masks, seconds
+        return images, masks, seconds, seen
 
     def _cut(self, im: LoadedImage, obj: np.ndarray, source: str, force: bool):
         """``im`` reframed around the object ``obj`` (a mask of its input) and the window, or
@@ -683,8 +689,11 @@ class Reconstructor:
         return reframe(im, window, note=f"reframed around the object ({source}): photo window {list(window)}"), window
 
     def _run(
-        self, images: list[LoadedImage], prompts: list[str | None], masks, with_mesh: bool, first_pass: list[float]
-    ) -> list:
+        self, images: list[LoadedImage], prompts: list[str | None], masks, with_mesh: bool, first_pass: list[float],
+        seen: list,
+    ) -> list:  # fmt: skip
+        """Reconstruct one batch; ``seen``: per image the framing pass's pixel output for this very
+        input, or None (the pixel model runs again for the batch unless every image has one)."""
         backend = self.backend
         device = backend.device
         B = len(images)
@@ -695,7 +704,8 @@ class Reconstructor:
         prompt_arg = self._prompt_arg(prompts)
         timings: dict[str, float] = {}
         with autocast(self.precision, device):
-            pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings)
+            pixel = PixelOutput.cat(seen) if all(p is not None for p in seen) else None
+            pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel)
         for name in ("depth", "intrinsics", "visible_points"):
             if not bool(torch.isfinite(getattr(pred, name)).all()):
                 raise ZswError(

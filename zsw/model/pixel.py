@@ -18,6 +18,7 @@ ZeroShape (Huang et al., CVPR 2024); ZeroShape-W (Cho et al., CVPR 2025).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -193,6 +194,19 @@ class PixelOutput:
     intrinsics: Tensor  # [B, 3, 3], pixels
     visible_mask_logits: Tensor | None  # [B, 1, H, W]
     occluder_mask_logits: Tensor | None  # [B, 1, H, W]
+
+    def rows(self, index: Sequence[int]) -> PixelOutput:
+        """The outputs of the batch positions ``index``."""
+        return PixelOutput(*(None if t is None else t[list(index)] for t in self._tensors()))
+
+    @staticmethod
+    def cat(parts: Sequence[PixelOutput]) -> PixelOutput:
+        """One batch of ``parts`` in order (their fields present alike)."""
+        columns = zip(*(p._tensors() for p in parts))
+        return PixelOutput(*(None if c[0] is None else torch.cat(c) for c in columns))
+
+    def _tensors(self) -> tuple[Tensor | None, ...]:
+        return self.depth, self.intrinsics, self.visible_mask_logits, self.occluder_mask_logits
 
 
 class PixelModel(nn.Module):
