@@ -21,6 +21,7 @@ Writes ``<out>.md`` (per category) and ``<out>.json`` (per view too).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from pathlib import Path
 
@@ -101,12 +102,19 @@ def _camera_rotation(yaw: float, elevation: float) -> np.ndarray:  # [3, 3] obje
     return tilt @ flip @ turn
 
 
+@functools.cache
+def _backgrounds(kind: str):
+    """One source per kind, kept: the photo kind reads scikit-image's sample photos once."""
+    from zsw.data.backgrounds import Backgrounds
+
+    return Backgrounds((kind,))
+
+
 def make_view(category: str, seed: int) -> dict:
     """One view: ``image`` [224, 224, 3] uint8, ``mask`` (the object's visible pixels), ``K``,
     ``gt`` (10,000 points on the object, camera frame) and what was drawn."""
     import trimesh
 
-    from zsw.data.backgrounds import Backgrounds
     from zsw.infer.preview import render_mesh
 
     rng = np.random.default_rng(seed)
@@ -144,7 +152,7 @@ def make_view(category: str, seed: int) -> dict:
     if kind == "white":
         background = np.full((SIZE, SIZE, 3), 255, np.float32)
     else:
-        background = Backgrounds((str(kind),)).sample(rng, SIZE).astype(np.float32)
+        background = _backgrounds(str(kind)).sample(rng, SIZE).astype(np.float32)
     image = np.clip(on_black + (1 - alpha) * background + 0.5, 0, 255).astype(np.uint8)
     alone = render_mesh(obj.vertices, obj.faces, K, (SIZE, SIZE), background=(0, 0, 0), vertex_colors=np.ones(
         (len(obj.vertices), 3)), light=light, supersample=1)  # fmt: skip
