@@ -130,12 +130,14 @@ def _nn_kernel(
 def _configs() -> list[triton.Config]:
     # A thread holds (BLOCK_N / warps) rows of the tile, each with its point of a, running best
     # distance and index, times its share of the columns, plus the index tensors of both
-    # minima: tiles of 64 x 64 per 8 warps (157 registers on sm_90) to 128 x 64 per 8 warps (217)
-    # stay spill-free; 64 x 128 per 4 warps, 128 x 128 per 8, 64 x 256 per 8 spilled 0.5-0.6 KB
-    # (docs/kernels.md, compile table). No shared memory to speak of: nothing to prune.
+    # minima. Spill-free for both kernels on sm_90 and sm_80 with triton 3.6 (the lent GPU's) and
+    # 3.8 (CI's): 64 x 64 per 8 warps (101-176 registers), 128 x 32 per 8 (100-149), 64 x 32 per 4
+    # (96-128). 128 x 64 per 8 warps and 64 x 64 per 4 are spill-free with 3.8 but spill 56 B in
+    # the two-way search on sm_90 with 3.6; 64 x 128 per 4, 128 x 128 per 8 or 16 and 64 x 256 per
+    # 8 spill 0.2-0.6 KB (docs/kernels.md, compile tables). No shared memory to speak of.
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=1)
-        for bn, bm, w in [(64, 64, 8), (128, 64, 8), (64, 64, 4)]
+        for bn, bm, w in [(64, 64, 8), (128, 32, 8), (64, 32, 4)]
     ]
 
 
