@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import functools
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -107,6 +108,10 @@ class BenchRow:
 
 
 def _git_sha() -> str:
+    # an installed wheel has no checkout to ask: bench/gpu_env.sh passes on the commit that
+    # bench/gpu_prepare.sh built the wheel from
+    if os.environ.get("ZSW_GIT_SHA"):
+        return os.environ["ZSW_GIT_SHA"]
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(

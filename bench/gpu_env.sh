@@ -1,6 +1,12 @@
 # Sourced by bench/gpu_session.sh and bench/gpu_train_demo.sh on a lent GPU machine (bare image: no
 # package registry, no trimesh/rtree/open_clip): installs the wheels bench/gpu_prepare.sh put into
 # .whl/ with --no-deps into /tmp/site, puts it on PYTHONPATH, and checks that torch sees a GPU.
+# PYTHONSAFEPATH keeps the current directory off sys.path: these scripts run from the repository
+# root, where `python3 -m ...` and `python3 -c ...` would otherwise import the tree's zsw/ folder,
+# which lacks zsw.kernels, zsw.cli and zsw.bench (setuptools maps them in from kernels/, cli/,
+# bench/), instead of the installed wheel. Checked on the CPU in a Python 3.12 environment with the
+# image's torch 2.11 and triton 3.6: without it every test module and command failed to import.
+export PYTHONSAFEPATH=1
 if [ -d .whl ] && ! python3 -c "import zsw, trimesh, open_clip" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "$0: installing the carried wheels failed" >&2; exit 2; }
@@ -11,4 +17,5 @@ if [ -z "${ZSW_GPU_OPTIONAL:-}" ] && ! python3 -c "import torch, sys; sys.exit(0
     echo "$0: no CUDA device visible to torch" >&2
     exit 2
 fi
+if [ -f .whl/SOURCE ]; then export ZSW_GIT_SHA="$(cat .whl/SOURCE)"; fi
 unset TRITON_INTERPRET ZSW_KERNELS

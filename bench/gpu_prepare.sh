@@ -12,4 +12,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl trimesh rtree open_clip_torch ftfy wcwidth
 python3 -m pip wheel -q --no-deps -w .whl .
+# the commit the wheel was built from (+dirty: with uncommitted changes), for the results' git_sha
+sha=$(git rev-parse --short=12 HEAD)
+git diff --quiet HEAD -- . ':!.whl' || sha="$sha+dirty"
+echo "$sha" > .whl/SOURCE
 du -sh .whl && ls .whl

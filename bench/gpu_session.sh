@@ -26,13 +26,17 @@ log="$results/${gpu}-session.log"
 
 {
     echo "== pytest -m gpu (every CUDA-only test)"
-    timeout -k 10 150 python3 -m pytest -m gpu tests -q -p no:cacheprovider -x
+    # the web app's tests need gradio, which is not carried (the image lacks it and its many
+    # dependencies); any other module that fails to import costs its own tests, not the run
+    timeout -k 10 150 python3 -m pytest -m gpu tests -q -p no:cacheprovider --maxfail=20 \
+        --ignore=tests/test_app.py --continue-on-collection-errors
     tests_rc=$?
     echo "== zsw bench kernels"
     timeout -s INT -k 20 150 python3 -m zsw bench kernels --out "$results/${gpu}-kernels.csv" --summary "$results/${gpu}-kernels.md"
     kernels_rc=$?
     echo "== zsw bench reconstruct (zeroshape-w, random weights; fast and dense; fp32 and bf16; triton and torch)"
     timeout -s INT -k 20 120 python3 -m zsw bench reconstruct --weights random:zeroshape-w --precision fp32 --precision bf16 \
+        --image examples/armchair.png \
         --out "$results/${gpu}-reconstruct.csv" \
         --summary "$results/${gpu}-reconstruct.md"
     reconstruct_rc=$?

@@ -79,6 +79,20 @@ def _one_run(
     return t, stats[0].evaluated_points
 
 
+def default_image() -> Path:
+    """The bundled armchair photo of a source checkout (an editable install). A wheel does not
+    ship ``examples/``: there the photo must be named (``zsw bench reconstruct --image``)."""
+    from zsw.errors import InputError
+
+    photo = Path(__file__).resolve().parents[1] / "examples" / "armchair.png"
+    if not photo.is_file():
+        raise InputError(
+            "--image: zsw is not installed from a source checkout, so there is no default photo "
+            "(examples/armchair.png); name one"
+        )
+    return photo
+
+
 def bench_reconstruct(
     env,
     *,
@@ -118,7 +132,7 @@ def bench_reconstruct(
     if kernel_impls is None:
         kernel_impls = ("triton", "torch") if device.type == "cuda" else ("auto", "torch")
     if image is None:
-        image = Path(__file__).resolve().parents[1] / "examples" / "armchair.png"
+        image = default_image()
     rows: list[BenchRow] = []
     for kind, engine in backends:
         backend, label, _ = open_backend(kind, weights if kind == "torch" else None, engine, device)

@@ -8,7 +8,9 @@ import subprocess
 import pytest
 
 
-@pytest.mark.parametrize("script", ["gpu_env.sh", "gpu_prepare.sh", "gpu_session.sh", "gpu_train_demo.sh"])
+@pytest.mark.parametrize(
+    "script", ["gpu_env.sh", "gpu_prepare.sh", "gpu_session.sh", "gpu_train_demo.sh", "gpu_image_check.sh"]
+)
 def test_script_parses(repo_root, script):
     subprocess.run(["bash", "-n", str(repo_root / "bench" / script)], check=True)
 
@@ -32,3 +34,17 @@ def test_gpu_training_configs_chain_their_stages(repo_root):
     assert stages["full"].init == "runs/gpu-shape/best.safetensors" and "--out runs/gpu-shape" in script
     assert stages["full"].init_pixel == "runs/gpu-pixel/last-pixel.safetensors" and "--out runs/gpu-pixel" in script
     assert all(c.data.val_roots == ("data/gpu/val",) for c in stages.values()) and "--out data/gpu/val" in script
+
+
+def test_gpu_scripts_keep_the_tree_off_sys_path(repo_root):
+    """The scripts run from the repository root with zsw installed from a wheel: the tree's zsw/
+    folder (which lacks zsw.kernels, zsw.cli and zsw.bench) must not shadow it, for `python3 -c`
+    and `python3 -m` alike (seen on the CPU with the lent GPU's Python, torch and triton)."""
+    probe = "import os, sys; print(any(p in ('', '.', os.getcwd()) for p in sys.path))"
+    for run in (f'python3 -c "{probe}"', "python3 -m site"):
+        script = f"export ZSW_GPU_OPTIONAL=1; source bench/gpu_env.sh && {run}"
+        out = subprocess.run(["bash", "-c", script], cwd=repo_root, capture_output=True, text=True, check=True)
+        if run.startswith("python3 -c"):
+            assert out.stdout.strip() == "False", out.stdout
+        else:  # python3 -m site lists sys.path: the root is not among its entries
+            assert f"'{repo_root}'," not in out.stdout, out.stdout

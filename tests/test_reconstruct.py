@@ -507,6 +507,17 @@ def test_bench_reconstruct_writes_per_stage_rows(tmp_path):
     assert "| grid_decode |" in (tmp_path / "s.md").read_text()
 
 
+def test_bench_reconstruct_without_a_checkout_asks_for_a_photo(tmp_path, monkeypatch):
+    """A wheel ships no examples/: the default photo is then an error naming --image, not a
+    missing path inside site-packages."""
+    import zsw.bench.reconstruct as bench
+
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "site-packages" / "zsw" / "bench" / "reconstruct.py"))
+    result = runner.invoke(app, ["bench", "reconstruct", "--weights", "random:tiny", "--out", str(tmp_path / "b.csv")])
+    assert result.exit_code == 1 and "--image" in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "b.csv").exists()
+
+
 def test_bench_reconstruct_times_each_precision_separately(tmp_path):
     from zsw.bench._harness import read_csv
 
