@@ -211,9 +211,12 @@ def test_eval_numbers_depend_on_the_samples_only_and_resume_checks_the_dataset(p
         assert r.exit_code == 0, r.output
         lines = out.with_name(f"b{batch}.samples.jsonl").read_text().splitlines()[1:]
         rows[batch] = {(d := json.loads(line))["name"]: d["cd"] for line in lines}
-    # equal up to float rounding of batched inference (the old seed-by-row-count bug moved CD by 1e-3)
+    # equal up to float rounding of batched inference. The old seed-by-row-count bug resampled every
+    # mesh, moving every CD by ~1e-3; rounding moves most by ~1e-7, but where it flips a grid value
+    # across the surface level one mesh changes a little (seen: 2e-4 relative on one of the four)
     assert rows["1"].keys() == rows["2"].keys() and len(rows["1"]) == 4
-    assert all(rows["2"][k] == pytest.approx(v, rel=1e-5) for k, v in rows["1"].items())
+    exact = [rows["2"][k] == pytest.approx(v, rel=1e-5) for k, v in rows["1"].items()]
+    assert sum(exact) >= 3 and all(rows["2"][k] == pytest.approx(v, rel=1e-3) for k, v in rows["1"].items()), rows
 
     other = tmp_path / "other"
     cfg = ProceduralConfig(objects=2, views=2, seed=9, categories=("mug", "box"), split_fractions=(0.0, 0.0, 1.0),

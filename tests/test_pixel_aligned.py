@@ -150,7 +150,9 @@ def test_axial_queries_read_the_surface_at_the_point_turned_about_the_up_axis():
         turned = torch.stack(
             [2 * c[:, None, 0] - points[..., 0], points[..., 1], 2 * c[:, None, 2] - points[..., 2]], -1
         )
-        torch.testing.assert_close(features[..., -8:], latents.view.sample(turned))
+        # the turned point is computed in another order there: bilinear sampling of the random
+        # surface map turns its last-bit differences into ~1e-5 (a wrong point would differ by ~0.1)
+        torch.testing.assert_close(features[..., -8:], latents.view.sample(turned), rtol=1e-4, atol=1e-4)
         base = model.decoder.decode(latents, points)
         latents.up = torch.nn.functional.normalize(torch.tensor([[0.0, -1.0, -0.5]] * 2), dim=-1)  # a tilted axis
         assert (model.decoder.decode(latents, points) - base).abs().max() > 1e-4
