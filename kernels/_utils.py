@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -88,6 +89,25 @@ def cast(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
 def interpreting() -> bool:
     """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+#: The first triton whose interpreter runs loops bounded by program ids (the persistent MLP tiles,
+#: the attention's and the Chamfer search's split ranges). 3.6's fails deep inside the interpreter
+#: with "only 0-dimensional arrays can be converted to Python scalars"; 3.7.1 and 3.8 run them.
+MIN_INTERPRETER_TRITON = (3, 7)
+
+
+@functools.cache
+def check_interpreter() -> None:
+    """Called before every interpreted launch: a one-line error naming the triton version instead
+    of the interpreter's own message. Compiled kernels (a GPU) work with triton 3.6 too."""
+    version = tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
+    if version < MIN_INTERPRETER_TRITON:
+        need = ".".join(map(str, MIN_INTERPRETER_TRITON))
+        raise RuntimeError(
+            f"TRITON_INTERPRET=1: the interpreter of triton {triton.__version__} cannot run zsw's kernels; "
+            f"it needs triton >= {need} (a newer torch brings one), or a GPU without TRITON_INTERPRET"
+        )
 
 
 def next_pow2(n: int) -> int:

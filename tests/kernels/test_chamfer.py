@@ -123,3 +123,23 @@ def test_gpu_compiled_kernel(B, N, M):
         assert_close(d, rd, atol=1e-7, rtol=1e-6, name="sq_dist")
     for name, x, y in zip(("grad_a", "grad_b"), _grads(got, a, b), _grads(ref, a, b)):
         assert_close(x, y, atol=1e-5, rtol=1e-4, name=name)
+
+
+def test_an_interpreter_too_old_for_the_kernels_is_a_one_line_error(monkeypatch):
+    """triton 3.6's interpreter (the lent GPU image's) cannot run loops bounded by program ids:
+    interpreted launches say which version they need instead of failing deep inside it."""
+    import triton
+
+    from zsw.kernels import _utils
+
+    _utils.check_interpreter.cache_clear()
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    a, b = torch.rand(1, 40, 3), torch.rand(1, 30, 3)
+    try:
+        with pytest.raises(RuntimeError, match=r"triton 3\.6\.0 .*needs triton >= 3\.7"):
+            nearest_neighbors(a, b)
+    finally:
+        _utils.check_interpreter.cache_clear()
+    monkeypatch.undo()
+    d, i = nearest_neighbors(a, b)  # the installed triton runs it
+    assert torch.equal(i, reference.nearest_neighbors(a, b)[1])
