@@ -236,7 +236,7 @@ def test_bad_input_is_reported():
         grid.marching_cubes(torch.zeros(4, 4, 4), backend="cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # `pytest -m gpu` (bench/gpu_session.sh) selects it; skipped without CUDA
 def test_cuda_grids_use_the_torch_path_and_agree():
     probs = torch.sigmoid(40.0 * smooth_noise(64)).cuda()
     verts, faces = marching_cubes(probs, 0.5)
@@ -259,7 +259,7 @@ def test_padded_variant_gives_the_same_mesh_and_counts():
     assert int(empty[2]) == int(empty[3]) == 0 and (empty[1] == -1).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # `pytest -m gpu` (bench/gpu_session.sh) selects it; skipped without CUDA
 def test_the_padded_variant_does_not_wait_for_the_device():
     probs = torch.sigmoid(40.0 * sphere(33)).cuda()
     marching_cubes_padded(probs, 0.5, 10_000, 10_000)  # warm-up: the tables reach the device
