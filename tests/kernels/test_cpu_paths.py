@@ -134,3 +134,23 @@ def test_fused_linear_is_taken_only_for_fp32_cpu_inference(monkeypatch):
     assert not taken()  # the weights need gradients: autograd takes the reference
     with pytest.raises(ValueError, match="activation"):
         reference.linear(x, w, b, "relu")
+
+
+def test_softplus_without_log1p_matches_torch_to_the_last_place():
+    """The CPU path's Softplus (log instead of the slow log1p, clamped exponent) against
+    F.softplus(beta=100) over the range a decoder meets: within a unit in the last place, the
+    identity above the threshold, never a subnormal; 16-bit inputs take F.softplus itself."""
+    import torch.nn.functional as F
+
+    from zsw.kernels.cpu import _softplus
+
+    z = torch.cat([torch.linspace(-3, 3, 200_001), torch.randn(100_000) * 0.05, torch.tensor([0.2, 0.2001, -0.2])])
+    got = _softplus(z.clone(), 100.0)
+    want = F.softplus(z, beta=100.0, threshold=20.0)
+    torch.testing.assert_close(got, want, rtol=2e-7, atol=3e-8)
+    above = z > 0.2
+    assert torch.equal(got[above], z[above])
+    tiny = got[(got != 0)].abs().min()
+    assert tiny >= torch.finfo(torch.float32).tiny  # no subnormal outputs
+    half = torch.randn(1000).to(torch.bfloat16)
+    assert torch.equal(_softplus(half.clone(), 100.0), F.softplus(half.clamp(min=-0.2), beta=100.0, threshold=20.0))
