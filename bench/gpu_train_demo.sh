@@ -33,14 +33,16 @@ fi
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
     echo "== synthesise (train: $objects + $extra objects x $views views; val and test baked)"
     t0=$(date +%s)
-    # the same seeds and sets as the CPU recipe (docs/reconstruct.md), larger; test = the project's test set
-    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/train --objects "$objects" --views "$views" \
+    # the same seeds and sets as the CPU recipe (docs/reconstruct.md), larger; test = the project's test set.
+    # Stopped at the cap by SIGINT, a synthesis lists the views it finished (a SIGTERM, timeout's
+    # default, would leave no lists and so no training data: checked on the CPU)
+    timeout -s INT -k 20 100 python3 -m zsw synthesize procedural --out data/gpu/train --objects "$objects" --views "$views" \
         --splits 0.97,0.03,0 --seed 10 -c $C --workers "$cpus" >/dev/null &
-    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/train3 --objects "$extra" --views 3 \
+    timeout -s INT -k 20 100 python3 -m zsw synthesize procedural --out data/gpu/train3 --objects "$extra" --views 3 \
         --splits 0.95,0.05,0 --seed 14 -c ellipsoid,blocks,vase --workers 2 >/dev/null &
-    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/val --objects "$val" --views 2 --splits 0,1,0 \
+    timeout -s INT -k 20 100 python3 -m zsw synthesize procedural --out data/gpu/val --objects "$val" --views 2 --splits 0,1,0 \
         --bake val --seed 2 -c $C --workers 2 >/dev/null &
-    timeout 100 python3 -m zsw synthesize procedural --out data/gpu/test --objects 25 --views 4 --splits 0,0,1 \
+    timeout -s INT -k 20 100 python3 -m zsw synthesize procedural --out data/gpu/test --objects 25 --views 4 --splits 0,0,1 \
         --bake test --seed 1 -c $C --workers 2 >/dev/null &
     wait
     echo "synthesised in $(( $(date +%s) - t0 )) s: $(find data/gpu -name '*.png' -path '*images_processed*' | wc -l) images"

@@ -184,6 +184,30 @@ def test_same_seed_same_files_for_any_workers_and_resume(tmp_path):
     assert not list(a.rglob(".*tmp*"))
 
 
+def test_a_stopped_run_leaves_a_dataset_of_what_it_finished(tmp_path, monkeypatch):
+    """Ctrl-C or `timeout -s INT` during synthesis: the interrupt still propagates, but the views
+    finished so far are listed (training can start on them); a rerun renders the rest."""
+    import zsw.synth.procedural as procedural
+
+    cfg = ProceduralConfig(objects=4, views=1, seed=5, categories=("box",), split_fractions=(1, 0, 0), size=64)
+    real, calls = procedural._object_job, []
+
+    def stopped_at_the_third(job):
+        calls.append(job[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(procedural, "_object_job", stopped_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path, cfg, workers=1)
+    layout = ZeroShapeLayout(tmp_path)
+    assert [s.name for s in layout.samples("train")] == ["box_00000_00", "box_00001_00"]
+    monkeypatch.setattr(procedural, "_object_job", real)
+    again = generate(tmp_path, cfg, workers=1)
+    assert again.rendered == 2 and again.skipped == 2 and len(layout.samples("train")) == 4
+
+
 @pytest.mark.slow
 def test_baked_test_split_has_background_and_consistent_occluders(tmp_path):
     cfg = ProceduralConfig(objects=2, views=1, seed=1, categories=("chair", "box"), split_fractions=(0, 0, 1))

@@ -19,7 +19,9 @@ Determinism: every object draws from ``SeedSequence([seed, i])`` and every view 
 ``SeedSequence([seed, i, 1, v])``, and rendering runs single-threaded in each worker, so the
 files depend on the seed only -- not on ``workers`` or on interruptions. An interrupted run
 resumes: finished views (image present) are skipped, files are written atomically, the image
-last. Rerunning with more ``objects`` extends the dataset.
+last. A run stopped by SIGINT (Ctrl-C, ``timeout -s INT``) first writes the lists of the views it
+finished, so what it made can be trained on at once. Rerunning with more ``objects`` extends the
+dataset.
 """
 
 from __future__ import annotations
@@ -333,25 +335,35 @@ def generate(
             progress(done, total)
 
     workers = max(1, min(workers, len(jobs)))
-    if workers == 1:
-        with _single_thread():
-            for job in jobs:
-                collect(_object_job(job))
-    else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers, initializer=_worker_init) as pool:
-            for result in pool.imap_unordered(_object_job, jobs):
-                collect(result)
+    try:
+        if workers == 1:
+            with _single_thread():
+                for job in jobs:
+                    collect(_object_job(job))
+        else:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(workers, initializer=_worker_init) as pool:
+                for result in pool.imap_unordered(_object_job, jobs):
+                    collect(result)
+    except KeyboardInterrupt:
+        # stopped (Ctrl-C, `timeout -s INT`): what is finished becomes a usable dataset now, and a
+        # rerun with the same options renders the rest and writes the lists again
+        _finish(layout, cfg)
+        raise
     seconds = time.perf_counter() - start
-    layout.sort_manifest()  # record order must not depend on workers or interruptions
+    _finish(layout, cfg)
+    return GenerationReport(rendered=rendered, skipped=skipped, objects=cfg.objects, seconds=seconds)
 
-    # lists from what is on disk: every finished view of every planned object
+
+def _finish(layout: ZeroShapeLayout, cfg: ProceduralConfig) -> None:
+    """The manifest sorted and the split lists written from what is on disk: every finished view
+    of every planned object."""
+    layout.sort_manifest()  # record order must not depend on workers or interruptions
     for split in SPLITS:
         for cat in cfg.categories:
             sids = [s for i, c, sp, views in plan(cfg) if c == cat and sp == split for s in views if layout.has_view(s)]
             if sids or layout.list_file(cat, split).exists():
                 layout.write_list(cat, split, sids)
-    return GenerationReport(rendered=rendered, skipped=skipped, objects=cfg.objects, seconds=seconds)
 
 
 def default_workers() -> int:
