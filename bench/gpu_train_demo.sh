@@ -79,3 +79,9 @@ fi
     cat "$results/eval.md" 2>/dev/null || tail -n 5 "$results/eval.log"
     date -u +"== end %FT%TZ"
 } 2>&1 | tee "$log"
+
+# The device tool brings back at most 8 files: the weights, the eval tables and this log stay as
+# they are, the stage logs, metrics and per-sample eval rows travel in one archive (12 files before)
+(cd "$results" && tar -czf logs.tar.gz --remove-files --ignore-failed-read \
+    pixel.log shape.log full.log pixel.metrics.jsonl shape.metrics.jsonl full.metrics.jsonl eval.log eval.samples.jsonl)
+ls "$results"
