@@ -44,7 +44,17 @@ fi
         --bake val --seed 2 -c $C --workers 2 >/dev/null &
     timeout -s INT -k 20 100 python3 -m zsw synthesize procedural --out data/gpu/test --objects 25 --views 4 --splits 0,0,1 \
         --bake test --seed 1 -c $C --workers 2 >/dev/null &
-    wait
+    # meanwhile, on the idle GPU: no zsw kernel had run on a GPU before this script, so the Triton
+    # kernels first pass their GPU tests against the reference, or training uses the reference
+    timeout -k 10 100 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -x > "$results/kernel-check.log" 2>&1 &
+    check=$!
+    wait "$check"
+    check_rc=$?
+    wait  # the syntheses
+    if [ "$check_rc" != 0 ]; then
+        export ZSW_KERNELS=torch
+        echo "the Triton kernels failed their GPU tests (kernel-check.log): training with the reference kernels"
+    fi
     echo "synthesised in $(( $(date +%s) - t0 )) s: $(find data/gpu -name '*.png' -path '*images_processed*' | wc -l) images"
     data=(--data data/gpu/train --data data/gpu/train3)
 
@@ -83,5 +93,6 @@ fi
 # The device tool brings back at most 8 files: the weights, the eval tables and this log stay as
 # they are, the stage logs, metrics and per-sample eval rows travel in one archive (12 files before)
 (cd "$results" && tar -czf logs.tar.gz --remove-files --ignore-failed-read \
-    pixel.log shape.log full.log pixel.metrics.jsonl shape.metrics.jsonl full.metrics.jsonl eval.log eval.samples.jsonl)
+    pixel.log shape.log full.log pixel.metrics.jsonl shape.metrics.jsonl full.metrics.jsonl eval.log eval.samples.jsonl \
+    kernel-check.log)
 ls "$results"
