@@ -5,8 +5,9 @@
 #   bash bench/gpu_image_check.sh          # ~5 min the first time (the environment), ~3 min after
 #
 # 1. a virtual environment with the image's Python (3.12), torch 2.11, triton 3.6 and only the
-#    packages the image has that zsw needs (no gradio, trimesh, rtree, open_clip: those are
-#    carried or left out), in build/gpu-image-venv (ignored by git; VENV= to put it elsewhere);
+#    packages the image has that zsw needs, at the versions KINDS.md lists where it lists them (no
+#    gradio, trimesh, rtree, open_clip, diffusers: those are carried or left out), in
+#    build/gpu-image-venv (ignored by git; VENV= to put it elsewhere);
 # 2. bench/gpu_prepare.sh, then the carried wheels installed exactly as bench/gpu_env.sh does there;
 # 3. the GPU tests collected (they skip without CUDA, but every module must import), every Triton
 #    kernel compiled for sm_90 and sm_80 with the image's triton (the table goes to
@@ -21,7 +22,7 @@ if [ ! -x "$venv/bin/python3" ]; then
     "$py" -m venv "$venv"
     "$venv/bin/python3" -m pip install -q torch==2.11.0 triton==3.6.0 torchvision==0.26.0 timm typer rich \
         safetensors numpy pillow scikit-image onnxruntime scipy pyyaml tensorboard pytest pytest-timeout \
-        onnx onnxscript transformers accelerate
+        onnx onnxscript transformers==5.17.0 huggingface_hub==1.33.0 accelerate requests
 fi
 bash bench/gpu_prepare.sh
 venv="$(cd "$venv" && pwd)"
