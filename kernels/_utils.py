@@ -87,8 +87,13 @@ def cast(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
 
 
 def interpreting() -> bool:
-    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``). Every
+    launcher asks this before it launches, so it is also where an interpreter too old for the
+    kernels is refused (:func:`check_interpreter`)."""
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        return False
+    check_interpreter()
+    return True
 
 
 #: The first triton whose interpreter runs loops bounded by program ids (the persistent MLP tiles,
@@ -99,8 +104,8 @@ MIN_INTERPRETER_TRITON = (3, 7)
 
 @functools.cache
 def check_interpreter() -> None:
-    """Called before every interpreted launch: a one-line error naming the triton version instead
-    of the interpreter's own message. Compiled kernels (a GPU) work with triton 3.6 too."""
+    """A one-line error naming the triton version, instead of the interpreter's own message deep
+    inside a kernel. Compiled kernels (a GPU) work with triton 3.6 too."""
     version = tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
     if version < MIN_INTERPRETER_TRITON:
         need = ".".join(map(str, MIN_INTERPRETER_TRITON))

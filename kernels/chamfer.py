@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zsw.kernels._utils import cdiv, check_dtype, check_interpreter, custom_op, interpreting, num_sms, size_class
+from zsw.kernels._utils import cdiv, check_dtype, custom_op, interpreting, num_sms, size_class
 from zsw.kernels.reference import Chamfer, NearestNeighbors
 
 __all__ = ["nearest_neighbors", "chamfer_distance", "nn_index"]
@@ -187,7 +187,6 @@ def nn_index(
         args = (a_rows, b_rows, best_ab, best_ba, len_a, len_b, N, M, splits, size_class(N * M))
         meta = dict(HAS_LEN_A=lengths_a is not None, HAS_LEN_B=lengths_b is not None, BOTH=both)
         if interpreting():
-            check_interpreter()
             _nn_kernel[(cdiv(N, _INTERP["BLOCK_N"]), B, splits)](*args, **meta, **_INTERP)
         else:
             _nn_tuned[lambda META: (cdiv(N, META["BLOCK_N"]), B, splits)](*args, **meta)

@@ -54,7 +54,6 @@ from torch import Tensor
 from zsw.kernels._utils import (
     cast,
     check_dtype,
-    check_interpreter,
     compute_dtype,
     custom_op,
     device_capability,
@@ -403,7 +402,6 @@ def occ_mlp_fwd(
         PRECISION=dot_precision(x.dtype),
     )
     if interpreting():
-        check_interpreter()
         _occ_mlp_fwd_kernel[(programs,)](*args, **meta, **_INTERP)
     else:
         _fwd_tuned[(programs,)](*args, **meta)
@@ -452,7 +450,6 @@ def occ_mlp_bwd(
             PRECISION=dot_precision(x.dtype),
         )
         if interpreting():
-            check_interpreter()
             _occ_mlp_bwd_kernel[(programs,)](*args, **meta, **_INTERP)
         else:
             _bwd_tuned[(programs,)](*args, **meta)

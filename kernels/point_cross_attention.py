@@ -43,7 +43,6 @@ from torch import Tensor
 from zsw.kernels._utils import (
     cast,
     check_dtype,
-    check_interpreter,
     compute_dtype,
     custom_op,
     dot,
@@ -409,7 +408,6 @@ def point_attn_fwd(
     )
     grid = (programs, B * H)
     if interpreting():
-        check_interpreter()
         _point_attn_fwd_kernel[grid](*args, **meta, **_INTERP_FWD)
     else:
         _fwd_tuned[grid](*args, **meta)
@@ -460,7 +458,6 @@ def point_attn_bwd(
         meta = dict(BLOCK_D=max(16, next_pow2(D)), INTERP_BF16=interp_bf16(q.dtype), PRECISION=dot_precision(q.dtype))
         grid = (programs, B * H)
         if interpreting():
-            check_interpreter()
             _point_attn_bwd_kernel[grid](*args, **meta, **_INTERP_BWD)
         else:
             _bwd_tuned[grid](*args, **meta)
