@@ -36,15 +36,19 @@ def test_gpu_training_configs_chain_their_stages(repo_root):
     assert all(c.data.val_roots == ("data/gpu/val",) for c in stages.values()) and "--out data/gpu/val" in script
 
 
-def test_gpu_scripts_keep_the_tree_off_sys_path(repo_root):
+def test_gpu_scripts_keep_the_tree_off_sys_path(repo_root, tmp_path):
     """The scripts run from the repository root with zsw installed from a wheel: the tree's zsw/
     folder (which lacks zsw.kernels, zsw.cli and zsw.bench) must not shadow it, for `python3 -c`
-    and `python3 -m` alike (seen on the CPU with the lent GPU's Python, torch and triton)."""
-    probe = "import os, sys; print(any(p in ('', '.', os.getcwd()) for p in sys.path))"
-    for run in (f'python3 -c "{probe}"', "python3 -m site"):
-        script = f"export ZSW_GPU_OPTIONAL=1; source bench/gpu_env.sh && {run}"
-        out = subprocess.run(["bash", "-c", script], cwd=repo_root, capture_output=True, text=True, check=True)
-        if run.startswith("python3 -c"):
-            assert out.stdout.strip() == "False", out.stdout
-        else:  # python3 -m site lists sys.path: the root is not among its entries
-            assert f"'{repo_root}'," not in out.stdout, out.stdout
+    and `python3 -m` alike (seen on the CPU with the lent GPU's Python, torch and triton). Run from
+    a stand-in root holding gpu_env.sh alone, so that no carried wheels get installed."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "gpu_env.sh").write_text((repo_root / "bench" / "gpu_env.sh").read_text())
+
+    def run(command: str) -> str:
+        script = f"export ZSW_GPU_OPTIONAL=1; source bench/gpu_env.sh && {command}"
+        return subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    probe = "import os, sys; print(os.getcwd() in {os.path.abspath(p or '.') for p in sys.path})"
+    assert run(f'python3 -c "{probe}"').strip() == "False"
+    listed = run("python3 -m site")  # prints sys.path, one quoted entry a line
+    assert f"'{tmp_path}'," not in listed, listed

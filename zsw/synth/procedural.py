@@ -359,9 +359,12 @@ def _finish(layout: ZeroShapeLayout, cfg: ProceduralConfig) -> None:
     """The manifest sorted and the split lists written from what is on disk: every finished view
     of every planned object."""
     layout.sort_manifest()  # record order must not depend on workers or interruptions
+    finished: dict[tuple[str, str], list[SampleId]] = {}
+    for _, cat, split, views in plan(cfg):
+        finished.setdefault((cat, split), []).extend(s for s in views if layout.has_view(s))
     for split in SPLITS:
         for cat in cfg.categories:
-            sids = [s for i, c, sp, views in plan(cfg) if c == cat and sp == split for s in views if layout.has_view(s)]
+            sids = finished.get((cat, split), [])
             if sids or layout.list_file(cat, split).exists():
                 layout.write_list(cat, split, sids)
 
