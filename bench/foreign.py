@@ -161,14 +161,15 @@ def make_view(category: str, seed: int) -> dict:
             "occluded": bool(occluded), "background": str(kind)}  # fmt: skip
 
 
-def score_views(backend, per_category: int, resolution: int, seed: int = 31) -> list[dict]:
-    """Reconstruct and score every view (and the baselines on it), one row each."""
+def score_views(backend, per_category: int, resolution: int, seed: int = 31, background: str = "auto") -> list[dict]:
+    """Reconstruct and score every view (and the baselines on it), one row each; ``background``:
+    the reconstruction's ``--background`` setting."""
     from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.settings import GridSettings
 
-    recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none")
+    recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", background=background)
     rows = []
     for c, category in enumerate(CATEGORIES):
         for i in range(per_category):
@@ -193,6 +194,9 @@ def summary_markdown(rows: list[dict], title: str) -> str:
              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     groups = [(c, [r for r in rows if r["category"] == c]) for c in CATEGORIES]
     groups += [("**all**", rows), ("occluded", [r for r in rows if r["occluded"]])]
+    groups += [
+        (f"on {kind}", [r for r in rows if r["background"] == kind]) for kind in sorted({r["background"] for r in rows})
+    ]
     for name, rs in groups:
         if rs:
             means = {k: float(np.mean([r[k] for r in rs])) for k in cols}
@@ -211,13 +215,17 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="checkpoint (default: the packaged model)")
     ap.add_argument("--per-category", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
+    ap.add_argument("--background", default="auto", help="zsw reconstruct's --background (auto or never)")
     args = ap.parse_args()
 
     backend, label, _ = open_backend("torch", args.weights, None, "cpu")
-    rows = score_views(backend, args.per_category, args.resolution)
+    rows = score_views(backend, args.per_category, args.resolution, background=args.background)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    title = f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, {len(rows)} views"
+    title = (
+        f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, --background "
+        f"{args.background}, {len(rows)} views"
+    )
     atomic_write_json(out.with_suffix(".json"), {"weights": label, "resolution": args.resolution, "rows": rows})
     atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
 

@@ -26,6 +26,13 @@ Weights = Annotated[
 ]
 Device = Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu ... (default: CUDA if available).")]
 Precision = Annotated[str, typer.Option(help="auto (CUDA: bf16, CPU: fp32), fp32, bf16 or fp16 (PyTorch backend).")]
+Background = Annotated[
+    str,
+    typer.Option(
+        help="Correct the predicted visible mask with the photo's own background where it shows one "
+        "(RGBA transparency, a border of one plain colour): auto or never."
+    ),
+]
 Reframe = Annotated[
     str,
     typer.Option(

@@ -49,6 +49,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the surface sampling.")] = 0,
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
+    background: opts.Background = "auto",
     min_part: opts.MinPart = 0.02,
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
@@ -59,19 +60,20 @@ def evaluate(
         format=format, weights=weights, grid=GridSettings(resolution, extraction, threshold),
         num_points=num_points, align=align, prompt=prompt, use_mask=use_mask, baseline=baseline, seed=seed,
         precision=precision, split=split, max_per_category=max_per_category, limit=limit, device=device,
-        batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe, min_part=min_part,
+        batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
+        background=background, min_part=min_part,
     )  # fmt: skip
-    report = evaluate_set(data, out, settings, reporter := RichReporter(min_total=1))
-    _print_report(reporter, report)
-    if not report.ok:
-        reporter.summary(f"{len(report.failures)} sample(s) failed", ok=False)
-        raise typer.Exit(1)
+    _print_report(reporter := RichReporter(min_total=1), evaluate_set(data, out, settings, reporter))
 
 
 def _print_report(reporter: RichReporter, report) -> None:
-    """The tables of ``report`` (a :class:`zsw.eval.jobs.EvalReport`), then where they were written."""
+    """The tables of ``report`` (a :class:`zsw.eval.jobs.EvalReport`), then where they were written;
+    exit code 1 when samples failed."""
     _print_tables(reporter.console, report.summary, report.title)
     reporter.info(f"wrote {report.out}, {report.markdown} and {report.samples_jsonl}")
+    if not report.ok:
+        reporter.summary(f"{len(report.failures)} sample(s) failed", ok=False)
+        raise typer.Exit(1)
 
 
 def _print_tables(console, summary: dict, title: str) -> None:

@@ -58,6 +58,7 @@ def reconstruct(
     engine: opts.Engine = None,
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
+    background: opts.Background = "auto",
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: opts.MinPart = 0.02,
@@ -72,7 +73,7 @@ def reconstruct(
     settings = ReconstructSettings(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
-        preview=preview, overwrite=overwrite, min_part=min_part, reframe=reframe,
+        preview=preview, overwrite=overwrite, min_part=min_part, reframe=reframe, background=background,
     )  # fmt: skip
     reporter = RichReporter()
     report = reconstruct_many(inputs, out, settings, reporter)

@@ -390,6 +390,14 @@ def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_pa
     assert info["request"]["reframe"] == "always"
     bad = runner.invoke(app, [*base, "--reframe", "maybe"])
     assert bad.exit_code == 2 and "--reframe" in bad.output
+    # so does the background's correction of the mask
+    plain = runner.invoke(
+        app, [*base, "--format", "ply", "--frame", "camera", "--reframe", "always", "--background", "never"]
+    )
+    assert plain.exit_code == 0 and "redoing 1" in plain.output
+    assert json.loads((out / "bolt" / "result.json").read_text())["request"]["background"] == "never"
+    bad = runner.invoke(app, [*base, "--background", "maybe"])
+    assert bad.exit_code == 2 and "--background" in bad.output
     # an interrupted image (outputs but no result.json) is redone
     (out / "bolt" / "result.json").unlink()
     assert "reconstructed 1" in runner.invoke(app, base).output

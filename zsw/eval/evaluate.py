@@ -79,6 +79,7 @@ class EvalSettings:
     seed: int = 0
     precision: str = "fp32"  # as resolved for the run (zsw.infer.reconstruct.resolve_precision)
     reframe: str = "never"  # the model input cut around the object (zsw.infer.reconstruct.Reconstructor)
+    background: str = "never"  # the predicted visible mask corrected by the photo's own background
     min_part: float = 0.0  # disconnected parts under this fraction of the largest's area dropped from the mesh
     data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
 

@@ -24,7 +24,7 @@ from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
 from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_backend, run_precision, weights_identity
-from zsw.infer.settings import BACKENDS, MIN_PART, REFRAMES, GridSettings, is_estimated_prompt
+from zsw.infer.settings import BACKENDS, BACKGROUNDS, MIN_PART, REFRAMES, GridSettings, is_estimated_prompt
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
 
@@ -47,6 +47,7 @@ class EvalJobSettings:
     seed: int = 0
     precision: str = "auto"
     reframe: str = "auto"
+    background: str = "auto"
     min_part: float = MIN_PART
     split: str | None = None
     max_per_category: int | None = None
@@ -62,6 +63,8 @@ class EvalJobSettings:
             raise OptionError(f"--format: {self.format!r} is not one of {', '.join(EVAL_FORMATS)}")
         if self.reframe not in REFRAMES:
             raise OptionError(f"--reframe: {self.reframe!r} is not one of {', '.join(REFRAMES)}")
+        if self.background not in BACKGROUNDS:
+            raise OptionError(f"--background: {self.background!r} is not one of {', '.join(BACKGROUNDS)}")
         if self.backend not in BACKENDS:
             raise OptionError(f"--backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
@@ -118,7 +121,8 @@ def evaluate_set(
     if log.rows:
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
-                          color="none", reframe=s.reframe, min_part=s.min_part)  # fmt: skip
+                          color="none", reframe=s.reframe, background=s.background,
+                          min_part=s.min_part)  # fmt: skip
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
@@ -147,7 +151,7 @@ def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings
     return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,
                         threshold=g.threshold, bound=g.bound, close=g.close, num_points=s.num_points,
                         align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
-                        precision=precision, reframe=s.reframe, min_part=s.min_part,
+                        precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
                         data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
 
 

@@ -93,6 +93,15 @@ class LoadedImage:
         """Model-input pixels per original pixel."""
         return self.size / self.square[2]
 
+    @property
+    def photo_area(self) -> np.ndarray:  # [S, S] bool
+        """The model-input pixels that show the photo (False on padding or outside the photo)."""
+        x0, y0, side = self.square
+        centres = (np.arange(self.size) + 0.5) * side / self.size
+        w, h = self.original_size
+        xs, ys = x0 + centres, y0 + centres
+        return ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+
     def to_dict(self) -> dict:
         x0, y0, side = self.square
         return {

@@ -40,7 +40,16 @@ from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
-from zsw.infer.settings import FORMATS, FRAMES, MIN_PART, PRECISIONS, REFRAMES, GridSettings, is_estimated_prompt
+from zsw.infer.settings import (
+    BACKGROUNDS,
+    FORMATS,
+    FRAMES,
+    MIN_PART,
+    PRECISIONS,
+    REFRAMES,
+    GridSettings,
+    is_estimated_prompt,
+)
 from zsw.io import checkpoint_sha256
 from zsw.model import PixelOutput
 
@@ -492,6 +501,10 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+#: result.json's ``mask`` for a predicted visible mask that the photo's own background corrected
+MASK_CORRECTED = "predicted, corrected by the photo's background"
+
+
 class Reconstructor:
     """Reconstruct batches of prepared images with one backend and fixed extraction settings.
 
@@ -519,6 +532,10 @@ class Reconstructor:
             centre by more than :data:`REFRAME_SHIFT` of the side; ``always`` does it for every
             image, ``never`` keeps the photo as loaded. The object is the given mask (or an RGBA
             image's alpha), else the visible mask of a first pass of the pixel model.
+        background: ``auto`` (default) corrects the predicted visible mask with the photo's own
+            background where it tells one -- an RGBA image's transparency, or a border of one plain
+            colour (:mod:`zsw.infer.background`); ``never`` keeps the model's mask as it is. A
+            given mask is never changed.
     """
 
     def __init__(
@@ -538,6 +555,7 @@ class Reconstructor:
         min_part: float = MIN_PART,
         grid: GridSettings | None = None,
         reframe: str = "auto",
+        background: str = "auto",
     ):
         # Imported here, not inside the timed marching-cubes stage (~1 s cold). Importing it on a
         # thread while the model runs was measured and is slower: the import's Python holds the GIL
@@ -561,6 +579,9 @@ class Reconstructor:
         if reframe not in REFRAMES:
             raise ConfigError(f"reframe must be one of {', '.join(REFRAMES)}, got {reframe!r}")
         self.reframe = reframe
+        if background not in BACKGROUNDS:
+            raise ConfigError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
+        self.background = background
         self.precision = run_precision(backend.name, precision, backend.device)
         self.warnings: list[str] = []
 
@@ -705,6 +726,9 @@ class Reconstructor:
         timings: dict[str, float] = {}
         with autocast(self.precision, device):
             pixel = PixelOutput.cat(seen) if all(p is not None for p in seen) else None
+            refined = [False] * B
+            if masks is None and self.background != "never" and backend.config.pixel.mask_heads:
+                pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings)
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel)
         for name in ("depth", "intrinsics", "visible_points"):
             if not bool(torch.isfinite(getattr(pred, name)).all()):
@@ -769,16 +793,38 @@ class Reconstructor:
                 grid_decode=grid.decode_s / B,
                 marching_cubes=grid.marching_cubes_s,
             )
-            rec.record = self._record(rec, im, grid, timing, B, masks is not None, seen, dropped[b])
+            source = "given" if masks is not None else MASK_CORRECTED if refined[b] else "predicted"
+            rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b])
             out.append(rec)
         return out
+
+    def _background_masks(self, images: list[LoadedImage], batch: torch.Tensor, prompt_arg, pixel, timings: dict):
+        """The pixel model's output for ``batch`` (``pixel`` when the framing pass has it), and the
+        visible masks corrected by each photo's own background (:mod:`zsw.infer.background`): a
+        mask tensor ``[B, 1, S, S]`` for every image (the model's own mask where the photo tells no
+        background) and which images were corrected."""
+        from zsw.infer.background import refine_visible_mask
+
+        if pixel is None:
+            t0 = time.perf_counter()
+            pixel = self.backend.pixel(batch, self.backend.embed_prompts(prompt_arg, len(images)))
+            timings["pixel"] = timings.get("pixel", 0.0) + time.perf_counter() - t0
+        visible = (pixel.visible_mask_logits[:, 0] >= 0).cpu().numpy()
+        occluder = (pixel.occluder_mask_logits[:, 0] >= 0).cpu().numpy()
+        masks, refined = [], []
+        for b, im in enumerate(images):
+            mask = refine_visible_mask(im.image, visible[b], occluder[b], im.photo_area, im.alpha)
+            refined.append(mask is not None)
+            masks.append(visible[b] if mask is None else mask)
+        mask_t = torch.from_numpy(np.stack(masks)).to(batch.device)[:, None].float()
+        return pixel, mask_t, refined
 
     def _no_grid(self) -> GridStats:
         n = (self.grid.resolution + 1) ** 3
         return GridStats(self.grid.extraction, self.grid.resolution, 0, n)
 
     def _record(
-        self, rec: Reconstruction, im: LoadedImage, grid: GridStats, timings: Timings, batch: int, given: bool,
+        self, rec: Reconstruction, im: LoadedImage, grid: GridStats, timings: Timings, batch: int, mask: str,
         seen: int, dropped: int,
     ) -> ResultRecord:  # fmt: skip
         """What ``result.json`` will say (the job and ``save`` add the rest, see :mod:`zsw.infer.record`)."""
@@ -789,7 +835,7 @@ class Reconstructor:
         return ResultRecord(
             zsw_version=_version(), name=im.name, input=im.to_dict(), prompt=rec.prompt,
             model=ModelInfo(backend.config.name, self.weights_label, backend.name, str(backend.device), self.precision),
-            mask="given" if given else "predicted",
+            mask=mask,
             camera=CameraInfo(im.size, rec.intrinsics.tolist(), original_intrinsics(rec.intrinsics, im).tolist(),
                               rec.center.tolist(), rec.scale),
             grid=GridInfo(g.resolution, g.extraction, g.threshold, g.bound, g.close, grid.evaluated_points,
@@ -834,6 +880,7 @@ def reconstruct(
     color: str = "photo",
     min_part: float = MIN_PART,
     reframe: str = "auto",
+    background: str = "auto",
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -862,6 +909,8 @@ def reconstruct(
             (0 keeps everything).
         reframe: ``auto`` (cut the model input around the object when the photo shows it small or
             off centre), ``always`` or ``never`` (see :class:`Reconstructor`).
+        background: ``auto`` (correct the predicted visible mask with the photo's own background
+            where it shows one: RGBA transparency, a plain border) or ``never``.
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -891,7 +940,7 @@ def reconstruct(
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
                         weights_label=label, precision=precision, close=close, color=color,
-                        min_part=min_part, reframe=reframe)  # fmt: skip
+                        min_part=min_part, reframe=reframe, background=background)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]

@@ -25,6 +25,7 @@ __all__ = [
     "PRECISIONS",
     "COLORS",
     "REFRAMES",
+    "BACKGROUNDS",
     "is_estimated_prompt",
     "default_chunk_points",
 ]
@@ -43,6 +44,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COLORS = ("photo", "none")
 #: whether the model input is cut anew around the object (zsw.infer.reconstruct.Reconstructor)
 REFRAMES = ("auto", "always", "never")
+#: ``--background``: correct the predicted visible mask with the photo's own background (zsw.infer.background)
+BACKGROUNDS = ("auto", "never")
 #: default fraction of the largest part's area under which a disconnected part of the mesh is dropped
 #: (``zsw reconstruct`` and ``zsw eval`` alike, so the scores are of the meshes users get)
 MIN_PART = 0.02
@@ -127,6 +130,9 @@ class ReconstructSettings:
         color: ``photo`` (vertex colours from the photo) or ``none``.
         reframe: ``auto``, ``always`` or ``never``: cut the model input around the object
             (:class:`~zsw.infer.reconstruct.Reconstructor`).
+        background: ``auto`` or ``never``: correct the predicted visible mask with the photo's own
+            background where it tells one (RGBA transparency, a plain border;
+            :mod:`zsw.infer.background`).
         min_part: drop disconnected parts of the mesh whose surface area is below this fraction of
             the largest part's (crumbs of an uncertain field; 0 keeps everything).
         preview: write ``preview.png``.
@@ -146,6 +152,7 @@ class ReconstructSettings:
     precision: str = "auto"
     color: str = "photo"
     reframe: str = "auto"
+    background: str = "auto"
     min_part: float = MIN_PART
     preview: bool = True
     overwrite: bool = False
@@ -160,6 +167,7 @@ class ReconstructSettings:
         _choice(self.precision, PRECISIONS, "--precision")
         _choice(self.color, COLORS, "--color")
         _choice(self.reframe, REFRAMES, "--reframe")
+        _choice(self.background, BACKGROUNDS, "--background")
         if self.batch_size < 1:
             raise OptionError(f"--batch-size: {self.batch_size} is below 1")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
@@ -180,5 +188,5 @@ class ReconstructSettings:
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
-            reframe=self.reframe, preview=self.preview, device=self.device or "auto",
+            reframe=self.reframe, background=self.background, preview=self.preview, device=self.device or "auto",
         )  # fmt: skip

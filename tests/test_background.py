@@ -1,0 +1,101 @@
+"""The photo's own background correcting the predicted visible mask (zsw.infer.background)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsw.infer.background import plain_background, refine_visible_mask
+from zsw.infer.image import load_image
+
+S = 64
+
+
+def photo(background=(255, 255, 255), noise: float = 3.0, seed: int = 0):
+    """A red square (rows and columns 20-43) on a plain background with a little sensor noise."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((S, S, 3), np.float32)
+    img[:] = background
+    img[20:44, 20:44] = (200, 40, 40)
+    img += rng.normal(0, noise, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def square(lo=20, hi=44):
+    m = np.zeros((S, S), bool)
+    m[lo:hi, lo:hi] = True
+    return m
+
+
+def test_a_plain_border_gives_the_background_and_a_busy_one_none():
+    bg = plain_background(photo())
+    assert bg is not None and np.array_equal(~bg, square())
+    grey = plain_background(photo(background=(90, 110, 100)))
+    assert grey is not None and np.array_equal(~grey, square())
+    busy = np.random.default_rng(1).integers(0, 256, (S, S, 3), dtype=np.uint8)
+    busy[20:44, 20:44] = (200, 40, 40)
+    assert plain_background(busy) is None
+
+
+def test_padding_is_background_and_not_part_of_the_border_test():
+    img = photo(background=(90, 110, 100))
+    area = np.zeros((S, S), bool)
+    area[8:56] = True  # a landscape photo padded with white above and below
+    img[~area] = 255
+    assert plain_background(img) is None  # white padding and a grey photo: two colours
+    bg = plain_background(img, area)
+    assert bg is not None and np.array_equal(~bg, square())
+
+
+def test_refining_fills_holes_and_near_misses_but_not_far_things_or_occluders():
+    img = photo()
+    img[2:8, 2:8] = (40, 40, 200)  # another thing far from the object
+    img[46, 30] = (0, 0, 0)  # a speck of dust near it
+    model = square()
+    model[28:36, 28:36] = False  # a hole
+    model[20:44, 20:24] = False  # a missed strip at the edge
+    model[50:53, 50:53] = True  # a speck on the background
+    occluder = np.zeros((S, S), bool)
+    occluder[20:24, 20:30] = True  # the model says part of the strip is an occluder
+    refined = refine_visible_mask(img, model, occluder)
+    expected = square()
+    expected[20:24, 20:24] = False
+    assert np.array_equal(refined, expected)
+    assert not refined[2:8, 2:8].any()
+
+
+def test_transparency_is_the_background_and_photos_without_one_keep_the_model_mask():
+    img = photo()
+    alpha = square(20, 44)  # the cutout's opaque pixels
+    refined = refine_visible_mask(img, square(24, 40), None, alpha=alpha)
+    assert np.array_equal(refined, alpha)
+    busy = np.random.default_rng(2).integers(0, 256, (S, S, 3), dtype=np.uint8)
+    assert refine_visible_mask(busy, square(), None) is None
+
+
+def test_photo_area_marks_the_padding(tmp_path):
+    Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(tmp_path / "wide.png")
+    im = load_image(tmp_path / "wide.png", 100)
+    area = im.photo_area
+    assert area[25:75].all() and not area[:25].any() and not area[75:].any()
+    assert load_image(tmp_path / "wide.png", 100).photo_area.sum() == 100 * 50
+
+
+def test_reconstruct_corrects_the_mask_and_says_so(tmp_path):
+    import zsw
+    from zsw.infer.reconstruct import MASK_CORRECTED
+
+    Image.fromarray(np.kron(photo(noise=1.0), np.ones((4, 4, 1), np.uint8))).save(tmp_path / "square.png")  # 256 px
+    kw = dict(weights="random:tiny", resolution=16, reframe="never")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        auto = zsw.reconstruct(tmp_path / "square.png", background="auto", **kw)
+        never = zsw.reconstruct(tmp_path / "square.png", background="never", **kw)
+    n = auto.visible_mask.shape[0]
+    red = np.zeros((n, n), bool)
+    red[round(20 * n / S) - 2 : round(44 * n / S) + 2, round(20 * n / S) - 2 : round(44 * n / S) + 2] = True
+    # random weights scatter the mask over the background; the photo's white border removes that
+    assert never.info["mask"] == "predicted" and never.visible_mask[~red].sum() > 100
+    assert auto.info["mask"] == MASK_CORRECTED and auto.visible_mask.any() and not auto.visible_mask[~red].any()
+    auto.save(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["mask"] == MASK_CORRECTED

@@ -1,0 +1,84 @@
+"""Plain backgrounds: where the photo itself says which pixels are background.
+
+The pixel model learnt its visible mask on procedural renders; on real photos it leaves holes in
+textured or pale objects (a floral armchair, a spotted tiger, a white hat) that become holes in
+the mesh. Many photos people reconstruct -- product shots, cutouts on white, RGBA files -- have a
+background that needs no model:
+
+* an RGBA image's transparent pixels are background;
+* otherwise, when at least ``share`` of the photo's border (the outermost pixels that come from
+  the photo, not from padding) lies within ``tol`` RGB units of its median colour, the pixels of
+  that colour connected to the border are background (padding counts as background).
+
+:func:`refine_visible_mask` then keeps the model's mask where the photo agrees, and adds the
+pixels the model missed that are not background and not its predicted occluder, where they lie
+within ``reach`` pixels of the model's mask or inside it (holes): a shadow or a second object far
+from the object is not taken in, nor specks under ``speck`` of the image's area. Photos without a
+plain border keep the model's mask unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["plain_background", "refine_visible_mask"]
+
+
+def plain_background(
+    image: np.ndarray,  # [S, S, 3] uint8
+    photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo (None: all)
+    tol: float = 12.0,
+    share: float = 0.9,
+) -> np.ndarray | None:  # [S, S] bool, or None when the border is not one plain colour
+    """The background of a photo with a plain border (module docstring), or None."""
+    from scipy import ndimage as ndi
+
+    H, W = image.shape[:2]
+    photo = np.ones((H, W), bool) if photo is None else np.asarray(photo, bool)
+    if photo.sum() < 16:
+        return None
+    rgb = image.astype(np.float32)
+    # the photo's outer pixels: its region's own rim, or the image border where the photo reaches it
+    rim = photo & ~ndi.binary_erosion(photo, border_value=0)
+    reference = np.median(rgb[rim], axis=0)
+    if (np.linalg.norm(rgb[rim] - reference, axis=1) < tol).mean() < share:
+        return None
+    # a pixel is background when its colour is near the border's, or when its neighbourhood's is
+    # (nearer still): sensor and JPEG noise do not punch holes, the object's outline stays sharp
+    smooth = ndi.gaussian_filter(np.where(photo[..., None], rgb, reference), sigma=(1, 1, 0), mode="nearest")
+    close = (np.linalg.norm(rgb - reference, axis=-1) < tol) | (np.linalg.norm(smooth - reference, axis=-1) < tol / 2)
+    close |= ~photo
+    labels, _ = ndi.label(close)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[rim]]))
+    return np.isin(labels, edge[edge > 0])
+
+
+def refine_visible_mask(
+    image: np.ndarray,  # [S, S, 3] uint8
+    visible: np.ndarray,  # [S, S] bool: the model's visible mask
+    occluder: np.ndarray | None = None,  # [S, S] bool: the model's occluder mask
+    photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo
+    alpha: np.ndarray | None = None,  # [S, S] bool: an RGBA image's opaque pixels
+    reach: int = 8,
+    speck: float = 1e-3,
+) -> np.ndarray | None:  # [S, S] bool, or None when the photo does not tell its background
+    """The visible mask with the photo's own background taken into account (module docstring)."""
+    from scipy import ndimage as ndi
+
+    visible = np.asarray(visible, bool)
+    if alpha is not None and not alpha.all():
+        background = ~np.asarray(alpha, bool)
+    else:
+        background = plain_background(image, photo)
+    if background is None:
+        return None
+    candidate = ~background
+    # specks (noise, dust) of the photo are not added; what the model itself marks stays
+    labels, n = ndi.label(candidate)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    candidate &= sizes[labels] >= max(4, speck * candidate.size)
+    if occluder is not None:
+        candidate &= ~np.asarray(occluder, bool)
+    near = (ndi.distance_transform_edt(~visible) <= reach) | ndi.binary_fill_holes(visible)
+    refined = (visible | (candidate & near)) & ~background
+    return refined if refined.any() else None
