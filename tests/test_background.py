@@ -65,6 +65,22 @@ def test_refining_fills_holes_and_near_misses_but_not_far_things_or_occluders():
     assert not refined[2:8, 2:8].any()
 
 
+def test_the_background_seen_through_the_object_is_not_added_and_the_model_decides_there():
+    img = photo()
+    img[28:36, 28:36] = 255  # a hole through the object: the white background seen through it
+    img[22:25, 36:40] = 255  # a white label on the object
+    model = square()
+    model[28:36, 28:36] = False  # the model sees the hole...
+    model[40:44, 20:44] = False  # ...misses a strip at the bottom, and keeps the label
+    refined = refine_visible_mask(img, model, None)
+    expected = square()
+    expected[28:36, 28:36] = False
+    assert np.array_equal(refined, expected)
+    filled = model.copy()
+    filled[28:36, 28:36] = True  # a model that fills the hole keeps it filled: the photo cannot tell
+    assert refine_visible_mask(img, filled, None)[28:36, 28:36].all()
+
+
 def test_transparency_is_the_background_and_photos_without_one_keep_the_model_mask():
     img = photo()
     alpha = square(20, 44)  # the cutout's opaque pixels

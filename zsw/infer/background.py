@@ -10,11 +10,12 @@ background that needs no model:
   the photo, not from padding) lies within ``tol`` RGB units of its median colour, the pixels of
   that colour connected to the border are background (padding counts as background).
 
-:func:`refine_visible_mask` then keeps the model's mask where the photo agrees, and adds the
-pixels the model missed that are not background and not its predicted occluder, where they lie
-within ``reach`` pixels of the model's mask or inside it (holes): a shadow or a second object far
-from the object is not taken in, nor specks under ``speck`` of the image's area. Photos without a
-plain border keep the model's mask unchanged.
+:func:`refine_visible_mask` then removes from the model's mask what lies on that background, and
+adds the pixels the model missed that are not of the background's colour and not its predicted
+occluder, where they lie within ``reach`` pixels of the model's mask or inside it (holes): a
+shadow or a second object far from the object is not taken in, nor specks under ``speck`` of the
+image's area, nor the background seen through the object (a torus's hole, a mug's handle). Photos
+without a plain border keep the model's mask unchanged.
 """
 
 from __future__ import annotations
@@ -24,17 +25,11 @@ import numpy as np
 __all__ = ["plain_background", "refine_visible_mask"]
 
 
-def plain_background(
-    image: np.ndarray,  # [S, S, 3] uint8
-    photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo (None: all)
-    tol: float = 12.0,
-    share: float = 0.9,
-) -> np.ndarray | None:  # [S, S] bool, or None when the border is not one plain colour
-    """The background of a photo with a plain border (module docstring), or None."""
+def _background_colour(image: np.ndarray, photo: np.ndarray, tol: float, share: float):
+    """Pixels of the border's colour anywhere in the photo (padding included) and the photo's rim,
+    or None when the border is not one plain colour."""
     from scipy import ndimage as ndi
 
-    H, W = image.shape[:2]
-    photo = np.ones((H, W), bool) if photo is None else np.asarray(photo, bool)
     if photo.sum() < 16:
         return None
     rgb = image.astype(np.float32)
@@ -47,10 +42,29 @@ def plain_background(
     # (nearer still): sensor and JPEG noise do not punch holes, the object's outline stays sharp
     smooth = ndi.gaussian_filter(np.where(photo[..., None], rgb, reference), sigma=(1, 1, 0), mode="nearest")
     close = (np.linalg.norm(rgb - reference, axis=-1) < tol) | (np.linalg.norm(smooth - reference, axis=-1) < tol / 2)
-    close |= ~photo
+    return close | ~photo, rim
+
+
+def _connected(close: np.ndarray, rim: np.ndarray) -> np.ndarray:
+    """The parts of ``close`` that touch the image's border or the photo's rim."""
+    from scipy import ndimage as ndi
+
     labels, _ = ndi.label(close)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[rim]]))
     return np.isin(labels, edge[edge > 0])
+
+
+def plain_background(
+    image: np.ndarray,  # [S, S, 3] uint8
+    photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo (None: all)
+    tol: float = 12.0,
+    share: float = 0.9,
+) -> np.ndarray | None:  # [S, S] bool, or None when the border is not one plain colour
+    """The background of a photo with a plain border: the pixels of the border's colour connected
+    to it (module docstring), or None."""
+    photo = np.ones(image.shape[:2], bool) if photo is None else np.asarray(photo, bool)
+    found = _background_colour(image, photo, tol, share)
+    return None if found is None else _connected(*found)
 
 
 def refine_visible_mask(
@@ -61,18 +75,24 @@ def refine_visible_mask(
     alpha: np.ndarray | None = None,  # [S, S] bool: an RGBA image's opaque pixels
     reach: int = 8,
     speck: float = 1e-3,
+    tol: float = 12.0,
+    share: float = 0.9,
 ) -> np.ndarray | None:  # [S, S] bool, or None when the photo does not tell its background
     """The visible mask with the photo's own background taken into account (module docstring)."""
     from scipy import ndimage as ndi
 
     visible = np.asarray(visible, bool)
     if alpha is not None and not alpha.all():
-        background = ~np.asarray(alpha, bool)
+        background = colour = ~np.asarray(alpha, bool)
     else:
-        background = plain_background(image, photo)
-    if background is None:
-        return None
-    candidate = ~background
+        photo = np.ones(visible.shape, bool) if photo is None else np.asarray(photo, bool)
+        found = _background_colour(image, photo, tol, share)
+        if found is None:
+            return None
+        colour, background = found[0], _connected(*found)
+    # the background's colour enclosed by the object (a torus's hole, a mug's handle) is not added,
+    # but where the model marks it (a white object on white) it stays
+    candidate = ~colour
     # specks (noise, dust) of the photo are not added; what the model itself marks stays
     labels, n = ndi.label(candidate)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
