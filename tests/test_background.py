@@ -81,6 +81,20 @@ def test_the_background_seen_through_the_object_is_not_added_and_the_model_decid
     assert refine_visible_mask(img, filled, None)[28:36, 28:36].all()
 
 
+def test_a_shadow_beside_the_object_is_not_added_but_a_grey_hole_inside_is():
+    img = photo()
+    img[44:50, 16:48] = (150, 150, 150)  # a contact shadow on the white table, under the object
+    img[30:34, 30:34] = (120, 120, 120)  # a grey patch on the object, which the model missed
+    model = square()
+    model[30:34, 30:34] = False
+    model[40:44, 20:44] = False  # the model missed the object's bottom strip too (red: added)
+    refined = refine_visible_mask(img, model, None)
+    assert np.array_equal(refined, square())  # the strip and the patch back, the shadow not
+    black = photo()
+    black[44:50, 16:48] = (20, 20, 20)  # far darker than a shadow: the object's own (a black base)
+    assert refine_visible_mask(black, square(), None)[44:50, 20:44].all()
+
+
 def test_transparency_is_the_background_and_photos_without_one_keep_the_model_mask():
     img = photo()
     alpha = square(20, 44)  # the cutout's opaque pixels

@@ -12,10 +12,11 @@ background that needs no model:
 
 :func:`refine_visible_mask` then removes from the model's mask what lies on that background, and
 adds the pixels the model missed that are not of the background's colour and not its predicted
-occluder, where they lie within ``reach`` pixels of the model's mask or inside it (holes): a
-shadow or a second object far from the object is not taken in, nor specks under ``speck`` of the
-image's area, nor the background seen through the object (a torus's hole, a mug's handle). Photos
-without a plain border keep the model's mask unchanged.
+occluder, where they lie inside the model's mask (its holes) or within ``reach`` pixels of it --
+there not the background's colour in shade either (a contact shadow on a white table). A second
+object away from the object is not taken in, nor specks under ``speck`` of the image's area, nor
+the background seen through the object (a torus's hole, a mug's handle). Photos without a plain
+border keep the model's mask unchanged.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ __all__ = ["plain_background", "refine_visible_mask"]
 
 
 def _background_colour(image: np.ndarray, photo: np.ndarray, tol: float, share: float):
-    """Pixels of the border's colour anywhere in the photo (padding included) and the photo's rim,
-    or None when the border is not one plain colour."""
+    """Pixels of the border's colour anywhere in the photo (padding included), the photo's rim and
+    the border's colour, or None when the border is not one plain colour."""
     from scipy import ndimage as ndi
 
     if photo.sum() < 16:
@@ -42,7 +43,7 @@ def _background_colour(image: np.ndarray, photo: np.ndarray, tol: float, share: 
     # (nearer still): sensor and JPEG noise do not punch holes, the object's outline stays sharp
     smooth = ndi.gaussian_filter(np.where(photo[..., None], rgb, reference), sigma=(1, 1, 0), mode="nearest")
     close = (np.linalg.norm(rgb - reference, axis=-1) < tol) | (np.linalg.norm(smooth - reference, axis=-1) < tol / 2)
-    return close | ~photo, rim
+    return close | ~photo, rim, reference
 
 
 def _connected(close: np.ndarray, rim: np.ndarray) -> np.ndarray:
@@ -52,6 +53,15 @@ def _connected(close: np.ndarray, rim: np.ndarray) -> np.ndarray:
     labels, _ = ndi.label(close)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[rim]]))
     return np.isin(labels, edge[edge > 0])
+
+
+def _shadow_like(image: np.ndarray, reference: np.ndarray, tol: float) -> np.ndarray:  # [S, S] bool
+    """Pixels that look like the background's colour darkened: ``k * reference`` for some k in
+    [0.35, 1] within ``tol`` RGB units (a shadow keeps the colour of the surface it falls on)."""
+    rgb = image.astype(np.float32)
+    k = np.clip(rgb @ reference / max(float(reference @ reference), 1e-6), 0.0, 1.0)
+    # darker than a third of the background is the object's own (a black handle), not a shadow
+    return (k >= 0.35) & (np.linalg.norm(rgb - k[..., None] * reference, axis=-1) < tol)
 
 
 def plain_background(
@@ -64,7 +74,7 @@ def plain_background(
     to it (module docstring), or None."""
     photo = np.ones(image.shape[:2], bool) if photo is None else np.asarray(photo, bool)
     found = _background_colour(image, photo, tol, share)
-    return None if found is None else _connected(*found)
+    return None if found is None else _connected(*found[:2])
 
 
 def refine_visible_mask(
@@ -82,6 +92,7 @@ def refine_visible_mask(
     from scipy import ndimage as ndi
 
     visible = np.asarray(visible, bool)
+    shade = np.zeros(visible.shape, bool)
     if alpha is not None and not alpha.all():
         background = colour = ~np.asarray(alpha, bool)
     else:
@@ -89,7 +100,8 @@ def refine_visible_mask(
         found = _background_colour(image, photo, tol, share)
         if found is None:
             return None
-        colour, background = found[0], _connected(*found)
+        colour, background = found[0], _connected(*found[:2])
+        shade = _shadow_like(image, found[2], tol)
     # the background's colour enclosed by the object (a torus's hole, a mug's handle) is not added,
     # but where the model marks it (a white object on white) it stays
     candidate = ~colour
@@ -99,6 +111,8 @@ def refine_visible_mask(
     candidate &= sizes[labels] >= max(4, speck * candidate.size)
     if occluder is not None:
         candidate &= ~np.asarray(occluder, bool)
-    near = (ndi.distance_transform_edt(~visible) <= reach) | ndi.binary_fill_holes(visible)
-    refined = (visible | (candidate & near)) & ~background
+    # around the mask, not the background's colour in shade either (a contact shadow on a white
+    # table); inside the mask's holes any colour but the background's own is the object
+    around = (ndi.distance_transform_edt(~visible) <= reach) & ~shade
+    refined = (visible | (candidate & (around | ndi.binary_fill_holes(visible)))) & ~background
     return refined if refined.any() else None
