@@ -30,7 +30,7 @@ Background = Annotated[
     str,
     typer.Option(
         help="Correct the predicted visible mask with the photo's own background where it shows one "
-        "(RGBA transparency, a border of one plain colour): auto or never."
+        "(RGBA transparency, a border of one plain or smoothly graded colour): auto or never."
     ),
 ]
 Reframe = Annotated[

@@ -38,6 +38,16 @@ def test_a_plain_border_gives_the_background_and_a_busy_one_none():
     assert plain_background(busy) is None
 
 
+def test_a_graded_background_is_found_too():
+    """A studio sweep: the background runs from one colour to another across the photo."""
+    img = photo().astype(np.float32)
+    t = np.linspace(0, 1, S)[None, :, None]
+    sweep = (1 - t) * np.array([40, 90, 200]) + t * np.array([230, 220, 120])
+    img = np.where(square()[..., None], img, sweep + np.random.default_rng(3).normal(0, 2, img.shape))
+    bg = plain_background(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+    assert bg is not None and np.array_equal(~bg, square())
+
+
 def test_padding_is_background_and_not_part_of_the_border_test():
     img = photo(background=(90, 110, 100))
     area = np.zeros((S, S), bool)

@@ -7,8 +7,10 @@ background that needs no model:
 
 * an RGBA image's transparent pixels are background;
 * otherwise, when at least ``share`` of the photo's border (the outermost pixels that come from
-  the photo, not from padding) lies within ``tol`` RGB units of its median colour, the pixels of
-  that colour connected to the border are background (padding counts as background).
+  the photo, not from padding) lies within ``tol`` RGB units of one smooth colour field fitted to
+  it -- a plain colour, a studio sweep's gradient, a vignette (a quadratic in x and y per
+  channel) -- the pixels of that colour connected to the border are background (padding counts
+  as background).
 
 :func:`refine_visible_mask` then removes from the model's mask what lies on that background, and
 adds the pixels the model missed that are not of the background's colour and not its predicted
@@ -26,9 +28,30 @@ import numpy as np
 __all__ = ["plain_background", "refine_visible_mask"]
 
 
+def _colour_field(rgb: np.ndarray, rim: np.ndarray, tol: float) -> np.ndarray:  # [H, W, 3]
+    """The border's colour as a smooth field over the image: a quadratic in x and y per channel,
+    fitted to the rim's pixels by least squares, then again without the rim pixels the first fit
+    misses by more than ``tol`` (the object where it touches the border). A plain colour gives a
+    constant, a studio sweep or a vignette its gradient."""
+    H, W = rgb.shape[:2]
+    y, x = np.mgrid[0:H, 0:W]
+    u, v = x / max(W - 1, 1) - 0.5, y / max(H - 1, 1) - 0.5
+    basis = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)  # [H, W, 6]
+    A, target = basis[rim], rgb[rim]
+    keep = np.ones(len(A), bool)
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(A[keep], target[keep], rcond=None)
+        residual = np.linalg.norm(A @ coef - target, axis=1)
+        if (residual < tol).sum() < 7:
+            break
+        keep = residual < tol
+    return basis @ coef
+
+
 def _background_colour(image: np.ndarray, photo: np.ndarray, tol: float, share: float):
     """Pixels of the border's colour anywhere in the photo (padding included), the photo's rim and
-    the border's colour, or None when the border is not one plain colour."""
+    the border's colour field (:func:`_colour_field`), or None when the border is not one plain or
+    smoothly graded colour."""
     from scipy import ndimage as ndi
 
     if photo.sum() < 16:
@@ -36,14 +59,14 @@ def _background_colour(image: np.ndarray, photo: np.ndarray, tol: float, share: 
     rgb = image.astype(np.float32)
     # the photo's outer pixels: its region's own rim, or the image border where the photo reaches it
     rim = photo & ~ndi.binary_erosion(photo, border_value=0)
-    reference = np.median(rgb[rim], axis=0)
-    if (np.linalg.norm(rgb[rim] - reference, axis=1) < tol).mean() < share:
+    field = _colour_field(rgb, rim, tol).astype(np.float32)
+    if (np.linalg.norm(rgb[rim] - field[rim], axis=1) < tol).mean() < share:
         return None
     # a pixel is background when its colour is near the border's, or when its neighbourhood's is
     # (nearer still): sensor and JPEG noise do not punch holes, the object's outline stays sharp
-    smooth = ndi.gaussian_filter(np.where(photo[..., None], rgb, reference), sigma=(1, 1, 0), mode="nearest")
-    close = (np.linalg.norm(rgb - reference, axis=-1) < tol) | (np.linalg.norm(smooth - reference, axis=-1) < tol / 2)
-    return close | ~photo, rim, reference
+    smooth = ndi.gaussian_filter(np.where(photo[..., None], rgb, field), sigma=(1, 1, 0), mode="nearest")
+    close = (np.linalg.norm(rgb - field, axis=-1) < tol) | (np.linalg.norm(smooth - field, axis=-1) < tol / 2)
+    return close | ~photo, rim, field
 
 
 def _connected(close: np.ndarray, rim: np.ndarray) -> np.ndarray:
@@ -55,13 +78,13 @@ def _connected(close: np.ndarray, rim: np.ndarray) -> np.ndarray:
     return np.isin(labels, edge[edge > 0])
 
 
-def _shadow_like(image: np.ndarray, reference: np.ndarray, tol: float) -> np.ndarray:  # [S, S] bool
-    """Pixels that look like the background's colour darkened: ``k * reference`` for some k in
+def _shadow_like(image: np.ndarray, field: np.ndarray, tol: float) -> np.ndarray:  # [S, S] bool
+    """Pixels that look like the background's colour darkened: ``k * field`` for some k in
     [0.35, 1] within ``tol`` RGB units (a shadow keeps the colour of the surface it falls on)."""
     rgb = image.astype(np.float32)
-    k = np.clip(rgb @ reference / max(float(reference @ reference), 1e-6), 0.0, 1.0)
+    k = np.clip((rgb * field).sum(-1) / np.maximum((field * field).sum(-1), 1e-6), 0.0, 1.0)
     # darker than a third of the background is the object's own (a black handle), not a shadow
-    return (k >= 0.35) & (np.linalg.norm(rgb - k[..., None] * reference, axis=-1) < tol)
+    return (k >= 0.35) & (np.linalg.norm(rgb - k[..., None] * field, axis=-1) < tol)
 
 
 def plain_background(
