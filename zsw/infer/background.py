@@ -18,7 +18,7 @@ occluder, where they lie inside the model's mask (its holes) or within ``reach``
 there not the background's colour in shade either (a contact shadow on a white table). A second
 object away from the object is not taken in, nor specks under ``speck`` of the image's area, nor
 the background seen through the object (a torus's hole, a mug's handle). Photos without a plain
-border keep the model's mask unchanged.
+or graded border keep the model's mask unchanged.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def plain_background(
     photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo (None: all)
     tol: float = 12.0,
     share: float = 0.9,
-) -> np.ndarray | None:  # [S, S] bool, or None when the border is not one plain colour
-    """The background of a photo with a plain border: the pixels of the border's colour connected
-    to it (module docstring), or None."""
+) -> np.ndarray | None:  # [S, S] bool, or None when the border is not one plain or graded colour
+    """The background of a photo with a plain or graded border: the pixels of the border's colour
+    connected to it (module docstring), or None."""
     photo = np.ones(image.shape[:2], bool) if photo is None else np.asarray(photo, bool)
     found = _background_colour(image, photo, tol, share)
     return None if found is None else _connected(*found[:2])
