@@ -142,12 +142,12 @@ def photo_colors(
         colors[behind] = _bilinear(blurred, u[behind], v[behind])
         colored |= behind
     # the rest: the nearest coloured vertex along the mesh's edges
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1) + 1e-12
-    graph = coo_matrix((lengths, (edges[:, 0], edges[:, 1])), shape=(V, V)).tocsr()
     sources = np.flatnonzero(colored)
     rest = ~colored
     if rest.any():
+        edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1) + 1e-12
+        graph = coo_matrix((lengths, (edges[:, 0], edges[:, 1])), shape=(V, V)).tocsr()
         _, _, nearest = dijkstra(graph, directed=False, indices=sources, return_predecessors=True, min_only=True)
         reached = rest & (nearest >= 0)
         colors[reached] = colors[nearest[reached]]
