@@ -23,6 +23,8 @@ or graded border keep the model's mask unchanged.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 __all__ = ["plain_background", "refine_visible_mask"]
@@ -48,12 +50,17 @@ def _colour_field(rgb: np.ndarray, rim: np.ndarray, tol: float) -> np.ndarray:  
     return basis @ coef
 
 
-def _background_colour(image: np.ndarray, photo: np.ndarray, tol: float, share: float):
-    """Pixels of the border's colour anywhere in the photo (padding included), the photo's rim and
-    the border's colour field (:func:`_colour_field`), or None when the border is not one plain or
-    smoothly graded colour."""
+class _Background(NamedTuple):
+    colour: np.ndarray  # [S, S] bool: the border's colour anywhere (padding included)
+    connected: np.ndarray  # [S, S] bool: the part of it connected to the border: the background
+    field: np.ndarray  # [S, S, 3] float32: the border's colour field (:func:`_colour_field`)
+
+
+def _find_background(image: np.ndarray, photo: np.ndarray | None, tol: float, share: float) -> _Background | None:
+    """The photo's plain or smoothly graded background, or None when its border is neither."""
     from scipy import ndimage as ndi
 
+    photo = np.ones(image.shape[:2], bool) if photo is None else np.asarray(photo, bool)
     if photo.sum() < 16:
         return None
     rgb = image.astype(np.float32)
@@ -66,16 +73,11 @@ def _background_colour(image: np.ndarray, photo: np.ndarray, tol: float, share: 
     # (nearer still): sensor and JPEG noise do not punch holes, the object's outline stays sharp
     smooth = ndi.gaussian_filter(np.where(photo[..., None], rgb, field), sigma=(1, 1, 0), mode="nearest")
     close = (np.linalg.norm(rgb - field, axis=-1) < tol) | (np.linalg.norm(smooth - field, axis=-1) < tol / 2)
-    return close | ~photo, rim, field
-
-
-def _connected(close: np.ndarray, rim: np.ndarray) -> np.ndarray:
-    """The parts of ``close`` that touch the image's border or the photo's rim."""
-    from scipy import ndimage as ndi
-
+    close |= ~photo
+    # the parts of it that touch the image's border or the photo's rim
     labels, _ = ndi.label(close)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[rim]]))
-    return np.isin(labels, edge[edge > 0])
+    return _Background(close, np.isin(labels, edge[edge > 0]), field)
 
 
 def _shadow_like(image: np.ndarray, field: np.ndarray, tol: float) -> np.ndarray:  # [S, S] bool
@@ -95,9 +97,8 @@ def plain_background(
 ) -> np.ndarray | None:  # [S, S] bool, or None when the border is not one plain or graded colour
     """The background of a photo with a plain or graded border: the pixels of the border's colour
     connected to it (module docstring), or None."""
-    photo = np.ones(image.shape[:2], bool) if photo is None else np.asarray(photo, bool)
-    found = _background_colour(image, photo, tol, share)
-    return None if found is None else _connected(*found[:2])
+    found = _find_background(image, photo, tol, share)
+    return None if found is None else found.connected
 
 
 def refine_visible_mask(
@@ -119,12 +120,11 @@ def refine_visible_mask(
     if alpha is not None and not alpha.all():
         background = colour = ~np.asarray(alpha, bool)
     else:
-        photo = np.ones(visible.shape, bool) if photo is None else np.asarray(photo, bool)
-        found = _background_colour(image, photo, tol, share)
+        found = _find_background(image, photo, tol, share)
         if found is None:
             return None
-        colour, background = found[0], _connected(*found[:2])
-        shade = _shadow_like(image, found[2], tol)
+        colour, background = found.colour, found.connected
+        shade = _shadow_like(image, found.field, tol)
     # the background's colour enclosed by the object (a torus's hole, a mug's handle) is not added,
     # but where the model marks it (a white object on white) it stays
     candidate = ~colour
