@@ -4,7 +4,8 @@ occluder instead of the object -- on procedural test images whose true masks are
 Each view is reconstructed once (the packaged model, ``zsw reconstruct``'s defaults, no colours);
 every setting of :func:`zsw.infer.color.photo_colors` then colours the same mesh. A vertex counts
 as *wrong* when its colour is nearer (RGB, by more than ``--margin``) to a pixel of the background
-or an occluder than to any pixel of the object: the true visible mask shrunk by one pixel gives
+or an occluder than to any pixel of the object: the true visible mask (``visible_masks/`` of a
+baked set; ``masks/`` holds the whole object, occluded parts included) shrunk by one pixel gives
 the object's colours, the rest of the photo, one pixel away from it, the others'. Reported per
 setting: the share of wrong vertices (mean over views, and over the vertices the photo does not
 show), and the mean RGB distance of a vertex colour to the nearest object colour.
@@ -55,9 +56,8 @@ def palette_distances(photo: np.ndarray, object_mask: np.ndarray, colors: np.nda
 
 
 def main() -> None:
-    from PIL import Image
-
     import zsw
+    from zsw.data.layout import ZeroShapeLayout
     from zsw.infer.color import photo_colors
     from zsw.io import atomic_write_text
 
@@ -70,22 +70,18 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="markdown file")
     args = ap.parse_args()
 
-    root = Path(args.data)
-    names = []
-    for lst in sorted((root / "lists").glob(f"*_{args.split}.list")):
-        cat = lst.name[: -len(f"_{args.split}.list")]
-        for line in lst.read_text().split()[: args.max_per_category]:
-            names.append((cat, Path(line).stem))
-    if not names:
-        ap.error(f"no {args.split} lists in {root / 'lists'}")
+    layout = ZeroShapeLayout(args.data)
+    samples = [sid for cat in layout.categories() for sid in layout.read_list(cat, args.split)[: args.max_per_category]]
+    if not samples:
+        ap.error(f"no {args.split} lists in {layout.root / 'lists'}")
     wrong = {label: [] for label, _ in SETTINGS}
     wrong_hidden = {label: [] for label, _ in SETTINGS}
     dist = {label: [] for label, _ in SETTINGS}
-    for cat, name in names:
-        rec = zsw.reconstruct(root / "images_processed" / cat / f"{name}.png", args.weights, color="none")
+    for sid in samples:
+        rec = zsw.reconstruct(layout.image(sid), args.weights, color="none")
         if len(rec.mesh.faces) == 0:
             continue
-        truth = np.asarray(Image.open(root / "masks" / cat / f"{name}.png").convert("L")) > 127
+        truth = layout.read_mask(layout.visible_mask(sid) if layout.visible_mask(sid).is_file() else layout.mask(sid))
         cam, faces = rec.camera_vertices(), np.asarray(rec.mesh.faces)
         for label, kwargs in SETTINGS:
             col = photo_colors(cam, faces, rec.image, rec.intrinsics, rec.visible_mask, **kwargs)
@@ -95,7 +91,7 @@ def main() -> None:
             if (~col.seen).any():
                 wrong_hidden[label].append(bad[~col.seen].mean())
             dist[label].append(d_obj.mean())
-        print(f"{cat}/{name}: " + ", ".join(f"{wrong[lb][-1]:.3f}" for lb, _ in SETTINGS), flush=True)
+        print(f"{sid.category}/{sid.name}: " + ", ".join(f"{wrong[lb][-1]:.3f}" for lb, _ in SETTINGS), flush=True)
 
     lines = [
         "# Vertex colours: how much comes from the background or an occluder",

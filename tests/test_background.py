@@ -119,7 +119,7 @@ def test_photo_area_marks_the_padding(tmp_path):
     im = load_image(tmp_path / "wide.png", 100)
     area = im.photo_area
     assert area[25:75].all() and not area[:25].any() and not area[75:].any()
-    assert load_image(tmp_path / "wide.png", 100).photo_area.sum() == 100 * 50
+    assert area.sum() == 100 * 50
 
 
 def test_reconstruct_corrects_the_mask_and_says_so(tmp_path):
