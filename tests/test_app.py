@@ -71,14 +71,15 @@ def app_url(tmp_path_factory):
     demo.close()
 
 
-def _arguments(photo: Path) -> tuple:
-    """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour."""
-    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo"
+def _arguments(photo: Path, reframe: str = "auto", background: str = "auto") -> tuple:
+    """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
+    background."""
+    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background
 
 
-def _reconstruct(url: str, photo: Path, downloads: Path) -> tuple:
+def _reconstruct(url: str, photo: Path, downloads: Path, **options: str) -> tuple:
     client = Client(url, download_files=str(downloads), verbose=False)
-    return client.predict(*_arguments(photo), api_name="/reconstruct")
+    return client.predict(*_arguments(photo, **options), api_name="/reconstruct")
 
 
 def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
@@ -98,6 +99,22 @@ def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
     for picture in (depth, visible, occluder):
         assert Image.open(picture).size == (224, 224)
     assert "grid_decode" in timings and "total" in timings
+
+
+def test_framing_and_background_choices_reach_the_job(app_url, tmp_path):
+    # the armchair stands on a white background, which corrects the model's mask by default
+    # (--background auto): the page's "never" must give the job's "never" mesh, not the default one
+    model, *_, status = _reconstruct(app_url, ARMCHAIR, tmp_path / "dl", reframe="never", background="never")
+    counts = {}
+    for background in ("auto", "never"):
+        settings = ReconstructSettings(
+            device="cpu", formats=FORMATS, preview=False, grid=GridSettings(resolution=RESOLUTION),
+            reframe="never", background=background,
+        )  # fmt: skip
+        report = reconstruct_many([ARMCHAIR], tmp_path / background, settings)
+        counts[background] = json.loads((report.written[0] / "result.json").read_text())["mesh"]["vertices"]
+    assert counts["auto"] != counts["never"], counts  # otherwise this test could not tell them apart
+    assert len(trimesh.load(model, force="mesh", process=False).vertices) == counts["never"], (status, counts)
 
 
 def test_simultaneous_requests_do_not_collide(app_url, tmp_path):

@@ -34,7 +34,7 @@ import gradio as gr
 import zsw
 from zsw.errors import ZswError
 from zsw.infer.jobs import reconstruct_many
-from zsw.infer.settings import COLORS, EXTRACTIONS, FORMATS, ReconstructSettings
+from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, ReconstructSettings
 from zsw.report import Advance, Reporter
 
 __all__ = ["build_app", "serve", "find_examples", "PageReporter", "MAX_UPLOAD"]
@@ -101,7 +101,8 @@ def build_app(
     examples: list[Path] | None = None,
 ) -> gr.Blocks:
     """The page. ``defaults`` fixes what the page does not offer (weights, device, backend, ...) and
-    the initial values of what it does (prompt, resolution, extraction, colour); the model is
+    the initial values of what it does (prompt, resolution, extraction, colour, framing,
+    background); the model is
     loaded once here to check them (a :class:`~zsw.errors.ZswError` if it cannot be). Each request
     writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
     defaults = defaults or ReconstructSettings()
@@ -131,6 +132,14 @@ def build_app(
                 )
                 extraction = gr.Radio(list(EXTRACTIONS), value=defaults.grid.extraction, label="Extraction")
                 color = gr.Radio(list(COLORS), value=defaults.color, label="Colour")
+                reframe = gr.Radio(
+                    list(REFRAMES), value=defaults.reframe, label="Framing",
+                    info="cut the photo around the object when it is small or off centre",
+                )  # fmt: skip
+                background = gr.Radio(
+                    list(BACKGROUNDS), value=defaults.background, label="Background",
+                    info="correct the object's mask with a plain, graded or transparent background",
+                )  # fmt: skip
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown(label="Status", elem_id="status")
@@ -148,16 +157,23 @@ def build_app(
             grid_resolution: float,
             grid_extraction: str,
             color_mode: str,
+            framing: str,
+            background_mode: str,
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
-                prompt=prompt_text, resolution=int(grid_resolution), extraction=grid_extraction, color=color_mode
+                prompt=prompt_text,
+                resolution=int(grid_resolution),
+                extraction=grid_extraction,
+                color=color_mode,
+                reframe=framing,
+                background=background_mode,
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
         run.click(
             reconstruct,
-            [photo, prompt, resolution, extraction, color],
+            [photo, prompt, resolution, extraction, color, reframe, background],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
         )
@@ -217,13 +233,27 @@ def _reconstruct(
 
 
 def _settings(
-    defaults: ReconstructSettings, prompt: str, resolution: int, extraction: str, color: str
+    defaults: ReconstructSettings,
+    prompt: str,
+    resolution: int,
+    extraction: str,
+    color: str,
+    reframe: str,
+    background: str,
 ) -> ReconstructSettings:
     """The page's choices on top of the defaults; all three mesh formats, no preview picture (the
     3D view replaces it)."""
     grid = dataclasses.replace(defaults.grid, resolution=resolution, extraction=extraction)
     return dataclasses.replace(
-        defaults, prompt=prompt.strip(), grid=grid, color=color, formats=FORMATS, preview=False, overwrite=True
+        defaults,
+        prompt=prompt.strip(),
+        grid=grid,
+        color=color,
+        reframe=reframe,
+        background=background,
+        formats=FORMATS,
+        preview=False,
+        overwrite=True,
     )
 
 
