@@ -29,6 +29,7 @@ import numpy as np
 
 CATEGORIES = ("box", "cylinder", "cone", "capsule", "torus", "ellipsoid", "lshape", "table")
 SIZE = 224
+ELEVATION = (10.0, 40.0)  # degrees above the object's horizon, drawn uniformly
 
 
 def _boxes_mesh(boxes: list[tuple[np.ndarray, np.ndarray]], resolution: int = 96):
@@ -110,16 +111,17 @@ def _backgrounds(kind: str):
     return Backgrounds((kind,))
 
 
-def make_view(category: str, seed: int) -> dict:
+def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATION) -> dict:
     """One view: ``image`` [224, 224, 3] uint8, ``mask`` (the object's visible pixels), ``K``,
-    ``gt`` (10,000 points on the object, camera frame) and what was drawn."""
+    ``gt`` (10,000 points on the object, camera frame) and what was drawn; the camera looks down
+    on the object at an ``elevation`` drawn uniformly from the range (degrees)."""
     import trimesh
 
     from zsw.infer.preview import render_mesh
 
     rng = np.random.default_rng(seed)
     obj = make_object(category, rng)
-    R = _camera_rotation(rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(10, 40)))
+    R = _camera_rotation(rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(*elevation)))
     v = obj.vertices @ R.T
     fov = math.radians(rng.uniform(35, 55))
     f = SIZE / 2 / math.tan(fov / 2)
@@ -161,9 +163,16 @@ def make_view(category: str, seed: int) -> dict:
             "occluded": bool(occluded), "background": str(kind)}  # fmt: skip
 
 
-def score_views(backend, per_category: int, resolution: int, seed: int = 31, background: str = "auto") -> list[dict]:
+def score_views(
+    backend,
+    per_category: int,
+    resolution: int,
+    seed: int = 31,
+    background: str = "auto",
+    elevation: tuple[float, float] = ELEVATION,
+) -> list[dict]:
     """Reconstruct and score every view (and the baselines on it), one row each; ``background``:
-    the reconstruction's ``--background`` setting."""
+    the reconstruction's ``--background`` setting; ``elevation``: the cameras' range (degrees)."""
     from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
@@ -174,7 +183,7 @@ def score_views(backend, per_category: int, resolution: int, seed: int = 31, bac
     for c, category in enumerate(CATEGORIES):
         for i in range(per_category):
             name = f"{category}_{i:02d}"
-            view = make_view(category, seed * 1000 + c * 100 + i)
+            view = make_view(category, seed * 1000 + c * 100 + i, elevation)
             rec = recon([load_image(view["image"], backend.config.pixel.image_size, name=name)])[0]
             rng = sample_rng(0, name)
             row = {"name": name, "category": category, "occluded": view["occluded"], "background": view["background"]}
@@ -206,6 +215,16 @@ def summary_markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--elevation {text!r}: expected LO,HI in degrees, e.g. 10,40") from None
+    if not -90 < lo <= hi < 90:
+        raise SystemExit(f"--elevation {text!r}: expected -90 < LO <= HI < 90")
+    return lo, hi
+
+
 def main() -> None:
     from zsw.infer.reconstruct import open_backend
     from zsw.io import atomic_write_json, atomic_write_text
@@ -216,17 +235,22 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
     ap.add_argument("--background", default="auto", help="zsw reconstruct's --background (auto or never)")
+    ap.add_argument(
+        "--elevation", default="10,40", help="LO,HI: the cameras' elevation above the object's horizon, degrees"
+    )
     args = ap.parse_args()
+    elevation = _range(args.elevation)
 
     backend, label, _ = open_backend("torch", args.weights, None, "cpu")
-    rows = score_views(backend, args.per_category, args.resolution, background=args.background)
+    rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (
         f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, --background "
-        f"{args.background}, {len(rows)} views"
+        f"{args.background}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, {len(rows)} views"
     )
-    atomic_write_json(out.with_suffix(".json"), {"weights": label, "resolution": args.resolution, "rows": rows})
+    record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "rows": rows}
+    atomic_write_json(out.with_suffix(".json"), record)
     atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
 
 

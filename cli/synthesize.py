@@ -22,6 +22,7 @@ Dtype = Annotated[str | None, typer.Option(help="fp16, bf16 or fp32 (default: fp
 _CATEGORIES = "Categories (comma-separated or repeated)."
 _BAKE = "Splits whose images get a background and occluders baked in (e.g. test)."
 _BACKGROUNDS = "Folder of photos for baked backgrounds (else solid/gradient/noise)."
+_ELEVATION = "LO,HI: the cameras' elevation above the object's horizon in degrees, drawn uniformly (eye level: 0)."
 
 
 @app.command(
@@ -29,7 +30,7 @@ _BACKGROUNDS = "Folder of photos for baked backgrounds (else solid/gradient/nois
     help="Render analytic SDF shapes into a ZeroShape-layout dataset."
     "\n\nCategories: sphere, box, cylinder, cone, torus, capsule, table, chair, mug, lamp, bottle (the default; "
     "randomised proportions), and by name (-c) ellipsoid, blocks (L/T/U/step shapes), vase. Cameras follow "
-    "ZeroShape-W (30-70 mm lens on a 35 mm sensor, elevation 5-65 degrees, random "
+    "ZeroShape-W (30-70 mm lens on a 35 mm sensor, elevation 5-65 degrees (--elevation), random "
     "distance and look-at); images are cropped around the object at 224 px with K updated. Writes depth, K, [R|t], "
     "masks, exact SDF samples, surface point clouds, train/val/test lists and manifest.jsonl. The same seed gives "
     "the same files for any --workers; an interrupted run resumes when rerun with the same options; more "
@@ -52,11 +53,12 @@ def procedural(
     min_occluders: Annotated[int, typer.Option(min=0, help="Fewest occluders per baked image.")] = 1,
     max_occluders: Annotated[int, typer.Option(min=0, help="Most occluders per baked image.")] = 2,
     backgrounds: Annotated[Path | None, typer.Option(help=_BACKGROUNDS)] = None,
+    elevation: Annotated[str, typer.Option(help=_ELEVATION)] = "5,65",
 ) -> None:
     from zsw.synth.pipeline import procedural as run
     from zsw.synth.pipeline import procedural_config
 
-    cfg = procedural_config(splits, categories, bake, objects=objects, views=views, seed=seed,
+    cfg = procedural_config(splits, categories, bake, elevation, objects=objects, views=views, seed=seed,
                             min_occluders=min_occluders, max_occluders=max_occluders,
                             background_dir=backgrounds)  # fmt: skip
     report, n_workers = run(out, cfg, workers, RichReporter(min_total=1))

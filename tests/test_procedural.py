@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from zsw.data.layout import SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError
 from zsw.model.geometry import unproject_depth
+from zsw.synth.pipeline import procedural_config
 from zsw.synth.procedural import ProceduralConfig, generate, object_split
 from zsw.synth.render import render, sample_material, sample_view
 from zsw.synth.sdf import CATEGORIES, EXTRA_CATEGORIES, Box, Cone, Shape, Sphere, Torus, make_shape
@@ -130,6 +131,26 @@ def test_camera_distribution():
     e = np.array([m["elevation_deg"] for m in metas])
     assert f.min() >= 30 and f.max() <= 70 and e.min() >= 5 and e.max() <= 65
     assert f.max() - f.min() > 30 and e.max() - e.min() > 40  # the whole range is used
+
+
+def test_camera_elevation_option_sets_the_range_and_the_camera_height():
+    # --elevation -10,0: every camera at or below the object's horizon, so it looks up at it
+    cfg = procedural_config("1,0,0", elevation="-10,0")
+    assert cfg.camera.elevation_deg == (-10.0, 0.0)
+    rng = np.random.default_rng(0)
+    surface = np.random.default_rng(1).normal(size=(500, 3))
+    surface = surface / np.linalg.norm(surface, axis=1, keepdims=True) * 0.5
+    for _ in range(50):
+        view = sample_view(rng, surface, cfg.camera)
+        e = view.meta["elevation_deg"]
+        assert -10 <= e <= 0
+        R, t = view.Rt[:, :3], view.Rt[:, 3]
+        eye = -R.T @ t  # the camera centre in the object frame (y up)
+        assert eye[1] <= np.linalg.norm(eye) * np.sin(np.radians(0.1))
+    bad_ranges = (("20,10", "elevation must satisfy"), ("-90,10", "elevation must satisfy"), ("5", "--elevation"))
+    for bad, fragment in bad_ranges:
+        with pytest.raises(ConfigError, match=fragment):
+            procedural_config(elevation=bad)
 
 
 def _digest(root) -> dict[str, str]:
@@ -265,7 +286,11 @@ def test_cli_synthesize_procedural(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rendered 2 views" in result.output
     assert sorted(p.name for p in (out / "lists").iterdir()) == ["capsule_train.list", "torus_train.list"]
-    bad_options = [(["--categories", "dragon"], "unknown procedural categories"), (["--splits", "1,2"], "--splits")]
+    bad_options = [
+        (["--categories", "dragon"], "unknown procedural categories"),
+        (["--splits", "1,2"], "--splits"),
+        (["--elevation", "5"], "--elevation"),
+    ]
     for bad, fragment in bad_options:
         result = runner.invoke(app, [*args, *bad])
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]

@@ -42,21 +42,32 @@ def split_words(values: Sequence[str] | None) -> list[str]:
 # ---- procedural ------------------------------------------------------------------------------
 
 
-def procedural_config(splits: str = "0.8,0.1,0.1", categories=None, bake=None, **fields) -> ProceduralConfig:
+def procedural_config(
+    splits: str = "0.8,0.1,0.1", categories=None, bake=None, elevation: str | None = None, **fields
+) -> ProceduralConfig:
     """A :class:`ProceduralConfig` from command-line text (``splits`` as ``"0.8,0.1,0.1"``,
-    categories and baked splits comma-separated or repeated); ``fields`` are its other fields."""
+    categories and baked splits comma-separated or repeated, ``elevation`` as ``"LO,HI"`` degrees,
+    default ZeroShape-W's 5-65); ``fields`` are its other fields."""
+    from zsw.synth.render import CameraConfig
     from zsw.synth.sdf import CATEGORIES
 
-    try:
-        fractions = tuple(float(x) for x in splits.split(","))
-    except ValueError:
-        fractions = ()
-    if len(fractions) != 3:
-        raise ConfigError(f"--splits must be three numbers like 0.8,0.1,0.1, got {splits!r}")
+    fractions = _numbers(splits, 3, "--splits", "0.8,0.1,0.1")
+    if elevation is not None:
+        fields["camera"] = CameraConfig(elevation_deg=_numbers(elevation, 2, "--elevation", "-10,65"))
     if fields.get("background_dir") is not None:
         fields["background_dir"] = str(fields["background_dir"])
     return ProceduralConfig(categories=tuple(split_words(categories)) or CATEGORIES, split_fractions=fractions,
                             bake_splits=tuple(split_words(bake)), **fields)  # fmt: skip
+
+
+def _numbers(text: str, count: int, option: str, example: str) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != count:
+        raise ConfigError(f"{option} must be {count} comma-separated numbers like {example}, got {text!r}")
+    return numbers
 
 
 def procedural(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from zsw.errors import ConfigError
 from zsw.synth.sdf import Shape
 
 __all__ = [
@@ -56,6 +57,11 @@ class CameraConfig:
     crop_margin: tuple[float, float] = (1.15, 1.35)
     # crop-centre jitter, as a fraction of the crop side
     crop_jitter: float = 0.05
+
+    def __post_init__(self) -> None:
+        lo, hi = self.elevation_deg
+        if not -85.0 <= lo <= hi <= 85.0:  # at +-90 the camera's up vector is undefined
+            raise ConfigError(f"camera elevation must satisfy -85 <= low <= high <= 85 degrees, got {lo:g}, {hi:g}")
 
 
 @dataclass
