@@ -1,0 +1,72 @@
+"""The visible mask of one or more models on ZeroShape's ten real example photos, against
+ZeroShape's own masks (``examples/masks/``): the gate a candidate default model must pass before
+its procedural scores matter (``bench/results/shape-learning.md`` (p)).
+
+    python -m zsw.bench.real_masks --weights demo --weights runs/x/best.safetensors [--out F.md]
+
+Per photo: the IoU of the model's visible mask at probability 0.5 on the 224 x 224 input (as
+``tests/test_reconstruct.py::test_packaged_model_finds_the_object_in_real_photos`` computes it),
+and after ``--background auto``'s correction by the photo's plain background.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mask_ious(weights: str | None) -> dict[str, tuple[float, float]]:
+    """{photo: (IoU of the model's mask, IoU after the background correction)}."""
+    import torch
+
+    from zsw.infer.backend import predict
+    from zsw.infer.background import refine_visible_mask
+    from zsw.infer.image import load_image, load_mask
+    from zsw.infer.reconstruct import demo_weights, open_backend
+
+    backend = open_backend(weights=weights if weights not in (None, "demo") else demo_weights())[0]
+    out = {}
+    for path in sorted((REPO / "examples").glob("*.png")):
+        image = load_image(path, 224)
+        x = torch.from_numpy(image.image).permute(2, 0, 1)[None].float() / 255
+        pred = predict(backend, x)
+        mask = pred.visible_mask[0, 0].float().numpy() > 0.5
+        occluder = pred.occluder_mask[0, 0].float().numpy() > 0.5
+        gt = load_mask(REPO / "examples" / "masks" / path.name, image)
+        fixed = refine_visible_mask(image.image, mask, occluder, image.photo_area, image.alpha)
+        out[path.stem] = tuple(float((m & gt).sum() / max((m | gt).sum(), 1)) for m in (mask, fixed))
+    return out
+
+
+def main() -> None:
+    from zsw.io import atomic_write_text
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", action="append", help="checkpoint, or demo (repeatable; default: demo)")
+    ap.add_argument("--out", default=None, help="markdown file to write (default: print only)")
+    args = ap.parse_args()
+    names = args.weights or ["demo"]
+    results = {w: mask_ious(w) for w in names}
+    photos = sorted(next(iter(results.values())))
+    label = {w: w if w == "demo" else f"{Path(w).parent.name}/{Path(w).name}" for w in names}
+    head = " | ".join(f"`{label[w]}`: model / corrected" for w in names)
+    lines = [f"| photo | {head} |", "| --- |" + " ---: |" * len(names)]
+    for p in [*photos, "**mean**"]:
+        cells = []
+        for w in names:
+            r = results[w]
+            raw, fixed = r[p] if p in r else (np.mean([v[0] for v in r.values()]), np.mean([v[1] for v in r.values()]))
+            cells.append(f"{raw:.2f} / {fixed:.2f}")
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+
+
+if __name__ == "__main__":
+    main()
