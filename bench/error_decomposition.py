@@ -12,7 +12,13 @@ Variants (the encoder and decoder always run; masks are thresholded at logit 0 u
 * ``gt_depth``: ground-truth depth and masks, predicted K;
 * ``aligned_depth_gt_k``: the predicted depth fitted to the truth by scale and shift (what SSI
   losses ignore), ground-truth K and masks;
-* ``gt``: ground-truth depth, K and masks (the shape path's own error).
+* ``gt``: ground-truth depth, K and masks (the shape path's own error);
+* ``true_up``: everything predicted but the object's up axis (axial-query decoders), which is the
+  truth's.
+
+Each row also records the up axis the decoder predicted and the truth's as the camera's elevation
+they imply (``up_elevation_pred`` / ``_true``, degrees above the object's horizon) and the angle
+between them (``up_error_deg``), for decoders with axial queries.
 
 Writes ``<out>.jsonl`` (one line per view) and ``<out>.md`` (per-category CD and F@0.05). Needs a
 dataset with depth, intrinsics, extrinsics, point clouds and occluder masks (``zsw synthesize``).
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-VARIANTS = ("pred", "gt_masks", "gt_visible", "gt_occluder", "gt_depth", "aligned_depth_gt_k", "gt")
+VARIANTS = ("pred", "gt_masks", "gt_visible", "gt_occluder", "gt_depth", "aligned_depth_gt_k", "gt", "true_up")
 
 
 def surfaces(model, batch: dict, variants: list[str]):
@@ -44,7 +50,7 @@ def surfaces(model, batch: dict, variants: list[str]):
     pred_vis = (pix.visible_mask_logits >= 0).to(image.dtype)
     pred_occ = (pix.occluder_mask_logits >= 0).to(image.dtype)
     for v in variants:
-        if v == "pred":
+        if v in ("pred", "true_up"):
             yield v, model.encode_surface(pix, text)
         elif v == "gt_masks":
             yield v, model.encode_surface(pix, text, vis, occ)
@@ -59,6 +65,17 @@ def surfaces(model, batch: dict, variants: list[str]):
             yield v, model.encode_surface(PixelOutput(aligned, K, None, None), text, vis, occ)
         elif v == "gt":
             yield v, model.encode_surface(PixelOutput(depth, K, None, None), text, vis, occ)
+
+
+def _up_angles(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """Degrees: the camera's elevation above the object's horizon that each up axis implies (the
+    camera's z axis points into the scene, so an up axis leaning away from it means a camera
+    looking down) and the angle between the two axes."""
+    pred, true = pred / pred.norm(), true / true.norm()
+    elevation = lambda u: float(torch.rad2deg(torch.asin((-u[2]).clamp(-1, 1))))  # noqa: E731
+    angle = float(torch.rad2deg(torch.acos((pred * true).sum().clamp(-1, 1))))
+    return {"up_elevation_pred": round(elevation(pred), 2), "up_elevation_true": round(elevation(true), 2),
+            "up_error_deg": round(angle, 2)}  # fmt: skip
 
 
 @torch.no_grad()  # a decorator, not torch.set_grad_enabled(False): callers (tests) keep autograd
@@ -93,8 +110,16 @@ def main() -> None:
         batch = default_collate([ds[i]])
         _, sid = ds.sample_id(i)
         row = {"name": sid.name, "category": sid.category}
+        true_up = batch["extrinsics"][:, :, 1].float()  # the object frame's y axis, in the camera's axes
         for v, out in surfaces(model, batch, variants):
             latents = model.latents(out)
+            if latents.up is not None and "up_error_deg" not in row:
+                row.update(_up_angles(latents.up[0].float(), true_up[0]))
+            if v == "true_up":
+                if latents.up is None:
+                    row[v] = None  # no axial queries: nothing to swap
+                    continue
+                latents.up = true_up / true_up.norm(dim=-1, keepdim=True)
             mesh = extract_meshes(lambda p, lat=latents: model.decoder.decode(lat, p), 1, args.resolution)[0]
             if len(mesh.faces) == 0:
                 row[v] = None

@@ -236,7 +236,9 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
     ap.add_argument("--background", default="auto", help="zsw reconstruct's --background (auto or never)")
     ap.add_argument(
-        "--elevation", default="10,40", help="LO,HI: the cameras' elevation above the object's horizon, degrees"
+        "--elevation",
+        default="10,40",
+        help="LO,HI: the cameras' elevation above the object's horizon, degrees (--elevation=-10,15 for a negative LO)",
     )
     args = ap.parse_args()
     elevation = _range(args.elevation)

@@ -44,6 +44,7 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
         "gt_depth": (vis, occ),
         "aligned_depth_gt_k": (vis, occ),
         "gt": (vis, occ),
+        "true_up": (pred_vis, pred_occ),  # everything predicted: only the decoder's up axis is swapped
     }
     for name, (v, o) in expected_masks.items():
         torch.testing.assert_close(out[name].visible_mask, v, msg=name)
@@ -78,3 +79,18 @@ def test_script_writes_a_row_per_view_and_a_table(tiny64, tmp_path, monkeypatch)
     assert len(rows) == 2 and all(set(r) == {"name", "category", "pred", "gt"} for r in rows)
     table = out.with_suffix(".md").read_text()
     assert "| pred |" in table and "| gt |" in table and "2 views" in table
+
+
+@pytest.mark.parametrize("elevation", [-10.0, 0.0, 30.0, 65.0])
+def test_up_angles_read_the_camera_elevation_off_an_up_axis(elevation):
+    # a camera e degrees above the horizon sees the object's up axis as (0, -cos e, -sin e) in its
+    # axes (x right, y down, z forward), as bench/foreign.py and zsw.synth.render pose it
+    from zsw.bench.error_decomposition import _up_angles
+
+    e = torch.deg2rad(torch.tensor(elevation))
+    true = torch.stack([torch.tensor(0.0), -torch.cos(e), -torch.sin(e)])
+    level = torch.tensor([0.0, -1.0, 0.0])
+    angles = _up_angles(2.0 * level, true)  # the length of an axis does not matter
+    assert angles["up_elevation_true"] == pytest.approx(elevation, abs=0.01)
+    assert angles["up_elevation_pred"] == pytest.approx(0.0, abs=0.01)
+    assert angles["up_error_deg"] == pytest.approx(abs(elevation), abs=0.01)

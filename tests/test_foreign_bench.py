@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -47,6 +48,26 @@ def test_views_put_the_ground_truth_where_the_object_is_drawn():
         if view["occluded"]:  # the occluder covers pixels of its own: more is drawn than the object
             assert (view["alpha"] > 0.5).sum() > view["object_pixels"].sum()
     assert 0 < occluded < len(CATEGORIES)
+
+
+@pytest.mark.parametrize("elevation", [0.0, 10.0, 40.0])
+def test_camera_elevation_tilts_the_object_towards_the_camera(elevation):
+    from zsw.bench.foreign import _camera_rotation
+
+    e = math.radians(elevation)
+    R = _camera_rotation(1.0, e)
+    up = R @ np.array([0.0, 1.0, 0.0])  # the object's up axis in the camera's axes (y down, z forward)
+    np.testing.assert_allclose(up, [0.0, -math.cos(e), -math.sin(e)], atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["40", "40,10", "-90,10", "a,b"])
+def test_bad_elevation_range_is_one_line(bad, monkeypatch, capsys):
+    from zsw.bench import foreign
+
+    monkeypatch.setattr(sys, "argv", ["foreign", "--out", "x", f"--elevation={bad}"])  # = for a leading minus
+    with pytest.raises(SystemExit) as e:
+        foreign.main()
+    assert "--elevation" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_foreign_bench_end_to_end(tmp_path, monkeypatch):
