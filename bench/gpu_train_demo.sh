@@ -25,7 +25,7 @@ cpus=$(nproc)
 if [ "$scale" = smoke ]; then
     objects=12; extra=4; val=11; views=2; train_s=120; full_s=90; steps=(--max-steps 4 --batch-size 4)
 else
-    objects=1200; extra=300; val=22; views=4; train_s=180; full_s=75; steps=()
+    objects=1200; extra=300; val=66; views=4; train_s=180; full_s=75; steps=()
 fi
 
 {
