@@ -19,8 +19,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def mask_ious(weights: str | None) -> dict[str, tuple[float, float]]:
-    """{photo: (IoU of the model's mask, IoU after the background correction)}."""
+def mask_ious(weights: str | None, examples: Path = REPO / "examples") -> dict[str, tuple[float, float]]:
+    """{photo: (IoU of the model's mask, IoU after the background correction)} over the photos of
+    ``examples`` (a source checkout's ``examples/``, with ZeroShape's masks in ``masks/``)."""
     import torch
 
     from zsw.infer.backend import predict
@@ -30,13 +31,13 @@ def mask_ious(weights: str | None) -> dict[str, tuple[float, float]]:
 
     backend = open_backend(weights=weights if weights not in (None, "demo") else demo_weights())[0]
     out = {}
-    for path in sorted((REPO / "examples").glob("*.png")):
+    for path in sorted(Path(examples).glob("*.png")):
         image = load_image(path, 224)
         x = torch.from_numpy(image.image).permute(2, 0, 1)[None].float() / 255
         pred = predict(backend, x)
         mask = pred.visible_mask[0, 0].float().numpy() > 0.5
         occluder = pred.occluder_mask[0, 0].float().numpy() > 0.5
-        gt = load_mask(REPO / "examples" / "masks" / path.name, image)
+        gt = load_mask(Path(examples) / "masks" / path.name, image)
         fixed = refine_visible_mask(image.image, mask, occluder, image.photo_area, image.alpha)
         out[path.stem] = tuple(float((m & gt).sum() / max((m | gt).sum(), 1)) for m in (mask, fixed))
     return out
@@ -48,9 +49,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", action="append", help="checkpoint, or demo (repeatable; default: demo)")
     ap.add_argument("--out", default=None, help="markdown file to write (default: print only)")
+    ap.add_argument("--examples", default=str(REPO / "examples"), help="folder of photos with masks/ beside them")
     args = ap.parse_args()
     names = args.weights or ["demo"]
-    results = {w: mask_ious(w) for w in names}
+    results = {w: mask_ious(w, Path(args.examples)) for w in names}
     photos = sorted(next(iter(results.values())))
     label = {w: w if w == "demo" else f"{Path(w).parent.name}/{Path(w).name}" for w in names}
     head = " | ".join(f"`{label[w]}`: model / corrected" for w in names)
