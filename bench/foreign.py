@@ -1,15 +1,18 @@
 """Objects and renders that zsw's synthesiser did not make: how the model does on them against the
 fitted sphere and the ellipsoid with each object's true extents.
 
-    python -m zsw.bench.foreign --out bench/results/foreign/zsw-demo-v6 [--weights W] [--per-category 5]
+    python -m zsw.bench.foreign --out bench/results/foreign/zsw-demo-v6 [--weights W] [--per-category 5] \
+        [--elevation=0,10]
 
 The training data comes from one renderer (``zsw.synth``: SDF ray marching, ambient occlusion,
 soft shadows, Blinn-Phong). Here the objects are built another way -- trimesh's primitives (box,
 cylinder, cone, capsule, torus, ellipsoid) and, for shapes with concave corners (an L-shaped block,
-a four-legged table), marching cubes of a union of boxes -- and drawn by another: the z-buffer
-rasteriser of :mod:`zsw.infer.preview` (two-sided Lambert with a fill light, no shadows),
-composited over a background (a photo crop, a gradient or plain white, like a product shot), a
-third of them partly hidden by a box or a ball in front. The backgrounds come from the same pool
+a four-legged table), marching cubes of a union of boxes -- and drawn by another (cameras 10-40
+degrees above the object's horizon unless ``--elevation`` says otherwise; 0-10 is eye level,
+which the training's 5-65 degrees barely reach): the z-buffer rasteriser of
+:mod:`zsw.infer.preview` (two-sided Lambert with a fill light, no shadows), composited over a
+background (a photo crop, a gradient or plain white, like a product shot), a third of them partly
+hidden by a box or a ball in front. The backgrounds come from the same pool
 as the training's (``zsw.data.backgrounds``); everything else is new to the model.
 
 Each view is scored as ``zsw eval`` scores it (``--reframe auto``, crumbs dropped, 10,000 points,
