@@ -49,9 +49,12 @@ def surfaces(model, batch: dict, variants: list[str]):
     depth, K = batch["depth"].to(image.dtype), batch["intrinsics"].to(image.dtype)
     pred_vis = (pix.visible_mask_logits >= 0).to(image.dtype)
     pred_occ = (pix.occluder_mask_logits >= 0).to(image.dtype)
+    predicted = None  # the one encoding "pred" and "true_up" share (they differ in the decoder's up axis)
     for v in variants:
         if v in ("pred", "true_up"):
-            yield v, model.encode_surface(pix, text)
+            if predicted is None:
+                predicted = model.encode_surface(pix, text)
+            yield v, predicted
         elif v == "gt_masks":
             yield v, model.encode_surface(pix, text, vis, occ)
         elif v == "gt_visible":

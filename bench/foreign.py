@@ -218,19 +218,11 @@ def summary_markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(x) for x in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--elevation {text!r}: expected LO,HI in degrees, e.g. 10,40") from None
-    if not -90 < lo <= hi < 90:
-        raise SystemExit(f"--elevation {text!r}: expected -90 < LO <= HI < 90")
-    return lo, hi
-
-
 def main() -> None:
+    from zsw.errors import ConfigError
     from zsw.infer.reconstruct import open_backend
     from zsw.io import atomic_write_json, atomic_write_text
+    from zsw.synth.pipeline import elevation_range
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output path without suffix")
@@ -244,7 +236,10 @@ def main() -> None:
         help="LO,HI: the cameras' elevation above the object's horizon, degrees (--elevation=-10,15 for a negative LO)",
     )
     args = ap.parse_args()
-    elevation = _range(args.elevation)
+    try:  # the synthesiser's own option and rule (-85 to 85 degrees)
+        elevation = elevation_range(args.elevation)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
 
     backend, label, _ = open_backend("torch", args.weights, None, "cpu")
     rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation)

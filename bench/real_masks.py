@@ -19,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def mask_ious(weights: str | None, examples: Path = REPO / "examples") -> dict[str, tuple[float, float]]:
+def mask_ious(weights: str, examples: Path = REPO / "examples") -> dict[str, tuple[float, float]]:
     """{photo: (IoU of the model's mask, IoU after the background correction)} over the photos of
     ``examples`` (a source checkout's ``examples/``, with ZeroShape's masks in ``masks/``)."""
     import torch
@@ -27,9 +27,9 @@ def mask_ious(weights: str | None, examples: Path = REPO / "examples") -> dict[s
     from zsw.infer.backend import predict
     from zsw.infer.background import refine_visible_mask
     from zsw.infer.image import load_image, load_mask
-    from zsw.infer.reconstruct import demo_weights, open_backend
+    from zsw.infer.reconstruct import open_backend
 
-    backend = open_backend(weights=weights if weights not in (None, "demo") else demo_weights())[0]
+    backend = open_backend(weights=weights)[0]
     out = {}
     for path in sorted(Path(examples).glob("*.png")):
         image = load_image(path, 224)
@@ -57,13 +57,10 @@ def main() -> None:
     label = {w: w if w == "demo" else f"{Path(w).parent.name}/{Path(w).name}" for w in names}
     head = " | ".join(f"`{label[w]}`: model / corrected" for w in names)
     lines = [f"| photo | {head} |", "| --- |" + " ---: |" * len(names)]
-    for p in [*photos, "**mean**"]:
-        cells = []
-        for w in names:
-            r = results[w]
-            raw, fixed = r[p] if p in r else (np.mean([v[0] for v in r.values()]), np.mean([v[1] for v in r.values()]))
-            cells.append(f"{raw:.2f} / {fixed:.2f}")
-        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    rows = {p: [results[w][p] for w in names] for p in photos}
+    rows["**mean**"] = [tuple(np.mean(list(results[w].values()), axis=0)) for w in names]
+    for p, pairs in rows.items():
+        lines.append(f"| {p} | " + " | ".join(f"{raw:.2f} / {fixed:.2f}" for raw, fixed in pairs) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -22,7 +22,7 @@ Dtype = Annotated[str | None, typer.Option(help="fp16, bf16 or fp32 (default: fp
 _CATEGORIES = "Categories (comma-separated or repeated)."
 _BAKE = "Splits whose images get a background and occluders baked in (e.g. test)."
 _BACKGROUNDS = "Folder of photos for baked backgrounds (else solid/gradient/noise)."
-_ELEVATION = "LO,HI: the cameras' elevation above the object's horizon in degrees, drawn uniformly (eye level: 0)."
+_ELEVATION = "LO,HI: cameras' elevation above the object's horizon, degrees, uniform (eye level: 0). (default: 5,65)"
 
 
 @app.command(
@@ -53,7 +53,7 @@ def procedural(
     min_occluders: Annotated[int, typer.Option(min=0, help="Fewest occluders per baked image.")] = 1,
     max_occluders: Annotated[int, typer.Option(min=0, help="Most occluders per baked image.")] = 2,
     backgrounds: Annotated[Path | None, typer.Option(help=_BACKGROUNDS)] = None,
-    elevation: Annotated[str, typer.Option(help=_ELEVATION)] = "5,65",
+    elevation: Annotated[str | None, typer.Option(help=_ELEVATION)] = None,
 ) -> None:
     from zsw.synth.pipeline import procedural as run
     from zsw.synth.pipeline import procedural_config

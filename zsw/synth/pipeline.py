@@ -23,6 +23,7 @@ from zsw.report import Reporter
 from zsw.synth.diffuse import DiffuseConfig, SynthReport, check_resume
 from zsw.synth.jobs import parse_shard, plan
 from zsw.synth.procedural import GenerationReport, ProceduralConfig, default_workers, generate
+from zsw.synth.render import CameraConfig
 
 __all__ = [
     "DiffusionSettings",
@@ -48,16 +49,25 @@ def procedural_config(
     """A :class:`ProceduralConfig` from command-line text (``splits`` as ``"0.8,0.1,0.1"``,
     categories and baked splits comma-separated or repeated, ``elevation`` as ``"LO,HI"`` degrees,
     default ZeroShape-W's 5-65); ``fields`` are its other fields."""
-    from zsw.synth.render import CameraConfig
     from zsw.synth.sdf import CATEGORIES
 
     fractions = _numbers(splits, 3, "--splits", "0.8,0.1,0.1")
     if elevation is not None:
-        fields["camera"] = CameraConfig(elevation_deg=_numbers(elevation, 2, "--elevation", "-10,65"))
+        fields["camera"] = CameraConfig(elevation_deg=elevation_range(elevation))
     if fields.get("background_dir") is not None:
         fields["background_dir"] = str(fields["background_dir"])
     return ProceduralConfig(categories=tuple(split_words(categories)) or CATEGORIES, split_fractions=fractions,
                             bake_splits=tuple(split_words(bake)), **fields)  # fmt: skip
+
+
+def elevation_range(text: str) -> tuple[float, float]:
+    """``--elevation "LO,HI"`` (degrees above the object's horizon) as a range the camera
+    distribution accepts; a :class:`ConfigError` naming the option otherwise."""
+    lo, hi = _numbers(text, 2, "--elevation", "-10,65")
+    try:
+        return CameraConfig(elevation_deg=(lo, hi)).elevation_deg
+    except ConfigError as e:
+        raise ConfigError(f"--elevation {text!r}: {e}") from None
 
 
 def _numbers(text: str, count: int, option: str, example: str) -> tuple[float, ...]:
