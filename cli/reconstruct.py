@@ -20,7 +20,8 @@ COMMAND = dict(
     "\n\nMesh frame: --frame gltf (default) is y up with the object facing +z, as glTF viewers show it; "
     "--frame camera is x right, y down, z forward. Units follow the predicted (relative) depth."
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
-    "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128",
+    "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128"
+    "\n\n  zsw reconstruct photo.jpg -o out/ --smooth 20 --faces 5000",
 )
 APP_COMMAND = dict(
     help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
@@ -37,6 +38,8 @@ _PROMPT = (
 _MASKS = "Folder of visible masks named like the images (<name>.png); required by ZeroShape models."
 _CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
+_SMOOTH = "Passes of Taubin smoothing (removes the grid's terraces; keeps the mesh closed). 0: none."
+_FACES = "Decimate each mesh to at most this many triangles (quadric edge collapse), then colour it."
 
 
 @cli_errors
@@ -62,21 +65,21 @@ def reconstruct(
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: opts.MinPart = 0.02,
+    smooth: Annotated[int, typer.Option(min=0, max=1000, help=_SMOOTH)] = 0,
+    faces: Annotated[int | None, typer.Option(min=4, help=_FACES)] = None,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,
 ) -> None:
-    from zsw.infer.jobs import reconstruct_many
-    from zsw.infer.settings import GridSettings, ReconstructSettings
+    import zsw  # the public API: the command runs what zsw.reconstruct_many runs
 
-    grid = GridSettings(resolution=resolution, extraction=extraction, threshold=threshold, close=close,
-                        chunk_points=chunk_points)  # fmt: skip
-    settings = ReconstructSettings(
+    grid = zsw.GridSettings(resolution, extraction, threshold, close=close, chunk_points=chunk_points)
+    settings = zsw.ReconstructSettings(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
-        preview=preview, overwrite=overwrite, min_part=min_part, reframe=reframe, background=background,
+        preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
+        background=background,
     )  # fmt: skip
-    reporter = RichReporter()
-    report = reconstruct_many(inputs, out, settings, reporter)
+    report = zsw.reconstruct_many(inputs, out, settings, reporter := RichReporter())
     reporter.summary(report.summary(), report.ok)
     if not report.ok:
         raise typer.Exit(1)

@@ -71,10 +71,10 @@ def app_url(tmp_path_factory):
     demo.close()
 
 
-def _arguments(photo: Path, reframe: str = "auto", background: str = "auto") -> tuple:
+def _arguments(photo: Path, reframe: str = "auto", background: str = "auto", smooth: int = 0, faces: int = 0) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
-    background."""
-    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background
+    background, smoothing, faces (0: all)."""
+    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces
 
 
 def _reconstruct(url: str, photo: Path, downloads: Path, **options: str) -> tuple:
@@ -115,6 +115,19 @@ def test_framing_and_background_choices_reach_the_job(app_url, tmp_path):
         counts[background] = json.loads((report.written[0] / "result.json").read_text())["mesh"]["vertices"]
     assert counts["auto"] != counts["never"], counts  # otherwise this test could not tell them apart
     assert len(trimesh.load(model, force="mesh", process=False).vertices) == counts["never"], (status, counts)
+
+
+def test_smoothing_and_face_budget_reach_the_job(app_url, tmp_path):
+    model, *_, status = _reconstruct(app_url, TEDDY, tmp_path / "dl", smooth=5, faces=600)
+    settings = ReconstructSettings(
+        device="cpu", formats=FORMATS, preview=False, grid=GridSettings(resolution=RESOLUTION), smooth=5, faces=600
+    )
+    report = reconstruct_many([TEDDY], tmp_path / "job", settings)
+    expected = json.loads((report.written[0] / "result.json").read_text())["mesh"]
+    glb = trimesh.load(model, force="mesh", process=False)
+    assert expected["face_budget"] == 600 and len(glb.faces) == expected["faces"] <= 600, (status, expected)
+    assert np.allclose(np.sort(glb.vertices, axis=0), np.sort(trimesh.load(report.written[0] / "mesh.glb",
+                       force="mesh", process=False).vertices, axis=0), atol=1e-5)  # fmt: skip
 
 
 def test_simultaneous_requests_do_not_collide(app_url, tmp_path):

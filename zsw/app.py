@@ -102,7 +102,7 @@ def build_app(
 ) -> gr.Blocks:
     """The page. ``defaults`` fixes what the page does not offer (weights, device, backend, ...) and
     the initial values of what it does (prompt, resolution, extraction, colour, framing,
-    background); the model is
+    background, smoothing, faces); the model is
     loaded once here to check them (a :class:`~zsw.errors.ZswError` if it cannot be). Each request
     writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
     defaults = defaults or ReconstructSettings()
@@ -140,6 +140,14 @@ def build_app(
                     list(BACKGROUNDS), value=defaults.background, label="Background",
                     info="correct the object's mask with a plain, graded or transparent background",
                 )  # fmt: skip
+                smooth = gr.Slider(
+                    0, 100, value=defaults.smooth, step=1, label="Smoothing",
+                    info="passes of Taubin smoothing: removes the grid's terraces, keeps the mesh closed",
+                )  # fmt: skip
+                faces = gr.Number(
+                    value=defaults.faces or 0, precision=0, minimum=0, label="Faces",
+                    info="decimate to at most this many triangles (0: keep them all)",
+                )  # fmt: skip
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown(label="Status", elem_id="status")
@@ -159,6 +167,8 @@ def build_app(
             color_mode: str,
             framing: str,
             background_mode: str,
+            smooth_passes: float,
+            face_budget: float | None,
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
@@ -168,12 +178,14 @@ def build_app(
                 color=color_mode,
                 reframe=framing,
                 background=background_mode,
+                smooth=int(smooth_passes),
+                faces=int(face_budget) if face_budget else None,
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
         run.click(
             reconstruct,
-            [photo, prompt, resolution, extraction, color, reframe, background],
+            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
         )
@@ -240,6 +252,8 @@ def _settings(
     color: str,
     reframe: str,
     background: str,
+    smooth: int = 0,
+    faces: int | None = None,
 ) -> ReconstructSettings:
     """The page's choices on top of the defaults; all three mesh formats, no preview picture (the
     3D view replaces it)."""
@@ -251,6 +265,8 @@ def _settings(
         color=color,
         reframe=reframe,
         background=background,
+        smooth=smooth,
+        faces=faces,
         formats=FORMATS,
         preview=False,
         overwrite=True,

@@ -138,7 +138,8 @@ def _run(items: list[_Item], out: Path, s: ReconstructSettings, kind: str, ident
     if warning:
         reporter.warning(warning)
     recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,
-                          color=s.color, min_part=s.min_part, reframe=s.reframe, background=s.background)  # fmt: skip
+                          color=s.color, min_part=s.min_part, smooth=s.smooth, faces=s.faces, reframe=s.reframe,
+                          background=s.background)  # fmt: skip
     if warning:
         recon.warnings.append(warning)
     estimator = None

@@ -39,6 +39,7 @@ from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
+from zsw.infer.mesh_ops import check_mesh_options, decimate_mesh, smooth_mesh
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
 from zsw.infer.settings import (
     BACKGROUNDS,
@@ -524,6 +525,10 @@ class Reconstructor:
         min_part: drop disconnected parts whose surface area is below this fraction of the
             largest part's (default :data:`~zsw.infer.settings.MIN_PART`, as ``zsw reconstruct``
             and ``zsw eval``; 0 keeps everything).
+        smooth: passes of Taubin smoothing after the crumbs are dropped (0, the default,
+            keeps the marching-cubes surface; :func:`~zsw.infer.mesh_ops.smooth_mesh`).
+        faces: decimate each mesh to at most this many triangles (None keeps them all;
+            :func:`~zsw.infer.mesh_ops.decimate_mesh`), before it is coloured.
         grid: all grid settings at once, as the jobs hold them; when given it replaces
             ``resolution``, ``extraction``, ``threshold``, ``bound``, ``close`` and ``chunk_points``.
         reframe: ``auto`` (default) cuts a new model input around the object -- centred, its
@@ -553,6 +558,8 @@ class Reconstructor:
         close: bool = True,
         color: str = "photo",
         min_part: float = MIN_PART,
+        smooth: int = 0,
+        faces: int | None = None,
         grid: GridSettings | None = None,
         reframe: str = "auto",
         background: str = "auto",
@@ -576,6 +583,8 @@ class Reconstructor:
         if not 0.0 <= min_part <= 1.0:
             raise ConfigError(f"min_part must be a fraction in [0, 1], got {min_part}")
         self.min_part = min_part
+        check_mesh_options(smooth, faces)
+        self.smooth, self.faces = smooth, faces
         if reframe not in REFRAMES:
             raise ConfigError(f"reframe must be one of {', '.join(REFRAMES)}, got {reframe!r}")
         self.reframe = reframe
@@ -750,9 +759,12 @@ class Reconstructor:
         if with_mesh:
             meshes, grid_stats = grid_meshes(decode, B, self.grid, device=device)
             meshes, dropped = zip(*(drop_small_parts(mesh, self.min_part) for mesh in meshes))
+            t0 = time.perf_counter()
+            meshes, opened = zip(*(decimate_mesh(smooth_mesh(mesh, self.smooth), self.faces) for mesh in meshes))
+            edit_s = (time.perf_counter() - t0) / B
         else:
             meshes, grid_stats = [_empty_mesh() for _ in range(B)], [self._no_grid() for _ in range(B)]
-            dropped = [0] * B
+            dropped, opened, edit_s = [0] * B, [0] * B, 0.0
         depth = pred.depth[:, 0].float().cpu().numpy()
         K = pred.intrinsics.float().cpu().numpy()
         visible = pred.visible_mask[:, 0].float().cpu().numpy() > 0.5
@@ -792,9 +804,10 @@ class Reconstructor:
                 encode=timings.get("encode", 0.0) / B,
                 grid_decode=grid.decode_s / B,
                 marching_cubes=grid.marching_cubes_s,
+                smooth_decimate=edit_s,
             )
             source = "given" if masks is not None else MASK_CORRECTED if refined[b] else "predicted"
-            rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b])
+            rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b], opened[b])
             out.append(rec)
         return out
 
@@ -825,13 +838,18 @@ class Reconstructor:
 
     def _record(
         self, rec: Reconstruction, im: LoadedImage, grid: GridStats, timings: Timings, batch: int, mask: str,
-        seen: int, dropped: int,
+        seen: int, dropped: int, opened: int = 0,
     ) -> ResultRecord:  # fmt: skip
         """What ``result.json`` will say (the job and ``save`` add the rest, see :mod:`zsw.infer.record`)."""
         backend, g = self.backend, self.grid
         warn = list(self.warnings)
         if len(rec.mesh.faces) == 0 and grid.evaluated_points:
             warn.append("empty mesh: the predicted occupancy never crosses the threshold")
+        if opened:
+            warn.append(
+                f"decimation to {self.faces} faces left {opened} edge(s) not shared by exactly two triangles: "
+                "the mesh is not watertight (another --faces usually keeps it closed)"
+            )
         return ResultRecord(
             zsw_version=_version(), name=im.name, input=im.to_dict(), prompt=rec.prompt,
             model=ModelInfo(backend.config.name, self.weights_label, backend.name, str(backend.device), self.precision),
@@ -841,7 +859,8 @@ class Reconstructor:
             grid=GridInfo(g.resolution, g.extraction, g.threshold, g.bound, g.close, grid.evaluated_points,
                           grid.grid_points),
             mesh=MeshInfo(self.frame, UNITS, len(rec.mesh.vertices), len(rec.mesh.faces),
-                          bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight), self.min_part, dropped),
+                          bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight), self.min_part, dropped,
+                          self.smooth, self.faces),
             colors=ColorInfo(self.color, seen, len(rec.mesh.vertices)),
             batch_size=batch, timings_s=timings, warnings=warn,
         )  # fmt: skip
@@ -879,6 +898,8 @@ def reconstruct(
     close: bool = True,
     color: str = "photo",
     min_part: float = MIN_PART,
+    smooth: int = 0,
+    faces: int | None = None,
     reframe: str = "auto",
     background: str = "auto",
 ) -> Reconstruction:
@@ -907,6 +928,8 @@ def reconstruct(
         color: ``photo`` (vertex colours from the photo) or ``none``.
         min_part: drop disconnected parts under this fraction of the largest part's surface area
             (0 keeps everything).
+        smooth: passes of Taubin smoothing (0 keeps the marching-cubes surface).
+        faces: decimate the mesh to at most this many triangles (None keeps them all).
         reframe: ``auto`` (cut the model input around the object when the photo shows it small or
             off centre), ``always`` or ``never`` (see :class:`Reconstructor`).
         background: ``auto`` (correct the predicted visible mask with the photo's own background
@@ -940,7 +963,8 @@ def reconstruct(
         prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
                         weights_label=label, precision=precision, close=close, color=color,
-                        min_part=min_part, reframe=reframe, background=background)  # fmt: skip
+                        min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
+                        background=background)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]

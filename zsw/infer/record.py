@@ -51,6 +51,8 @@ class MeshInfo:
     watertight: bool
     min_part: float = 0.0  # disconnected parts under this fraction of the largest's area were dropped
     parts_dropped: int = 0
+    smooth: int = 0  # passes of Taubin smoothing
+    face_budget: int | None = None  # decimated to at most this many faces (None: not decimated)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Timings:
     encode: float = 0.0
     grid_decode: float = 0.0
     marching_cubes: float = 0.0
+    smooth_decimate: float = 0.0
     load: float = 0.0
     export: float = 0.0
     preview: float = 0.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.errors import OptionError
+from zsw.infer.mesh_ops import check_mesh_options
 
 __all__ = [
     "GridSettings",
@@ -135,6 +136,8 @@ class ReconstructSettings:
             :mod:`zsw.infer.background`).
         min_part: drop disconnected parts of the mesh whose surface area is below this fraction of
             the largest part's (crumbs of an uncertain field; 0 keeps everything).
+        smooth: passes of Taubin smoothing of the mesh (0 keeps the marching-cubes surface).
+        faces: decimate the mesh to at most this many triangles (None keeps them all).
         preview: write ``preview.png``.
         overwrite: redo images even when their result records the same input and settings.
     """
@@ -154,6 +157,8 @@ class ReconstructSettings:
     reframe: str = "auto"
     background: str = "auto"
     min_part: float = MIN_PART
+    smooth: int = 0
+    faces: int | None = None
     preview: bool = True
     overwrite: bool = False
 
@@ -172,6 +177,7 @@ class ReconstructSettings:
             raise OptionError(f"--batch-size: {self.batch_size} is below 1")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
             raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
+        check_mesh_options(self.smooth, self.faces)
         if not self.prompt or not self.prompt.strip():
             raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
         if self.masks is not None and not Path(self.masks).is_dir():
@@ -188,5 +194,6 @@ class ReconstructSettings:
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
+            smooth=self.smooth, faces=self.faces,
             reframe=self.reframe, background=self.background, preview=self.preview, device=self.device or "auto",
         )  # fmt: skip

@@ -1,0 +1,114 @@
+"""Smoothing and decimation after marching cubes (zsw.infer.mesh_ops), alone and through
+`zsw reconstruct` / `zsw.reconstruct`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+
+from zsw.errors import OptionError
+from zsw.infer.grid import marching_cubes
+from zsw.infer.mesh_ops import _cancel_facing_copies, _split_pinches, check_mesh_options, decimate_mesh, smooth_mesh
+
+
+def _ball(n: int = 48, hard: bool = False) -> trimesh.Trimesh:
+    """The unit ball through marching cubes on [-1.5, 1.5]^3: a smooth field, or a 0/1 one whose
+    surface is all grid terraces."""
+    x = np.linspace(-1.5, 1.5, n + 1)
+    r = np.sqrt(sum(c**2 for c in np.meshgrid(x, x, x, indexing="ij")))
+    occ = (r < 1.0).astype(np.float32) if hard else 1.0 / (1.0 + np.exp(-30.0 * (1.0 - r)))
+    return marching_cubes(occ.astype(np.float32), 0.5, 1.5)
+
+
+def _tetrahedron(points) -> trimesh.Trimesh:
+    return trimesh.convex.convex_hull(np.asarray(points, dtype=np.float64))  # faces wound outwards
+
+
+def test_taubin_smoothing_flattens_terraces_keeps_the_volume_and_the_mesh_closed():
+    ball = _ball(hard=True)
+    angles = np.degrees(ball.face_adjacency_angles).mean()
+    smooth = smooth_mesh(ball.copy(), 20)
+    assert len(smooth.faces) == len(ball.faces) and smooth.is_watertight
+    assert np.degrees(smooth.face_adjacency_angles).mean() < 0.5 * angles  # 9.4 -> 3.1 degrees
+    radius = np.linalg.norm(smooth.vertices, axis=1)
+    assert radius.std() < 0.6 * np.linalg.norm(ball.vertices, axis=1).std()
+    assert abs(smooth.volume / ball.volume - 1.0) < 0.01  # no Laplacian shrinking
+    assert np.array_equal(smooth_mesh(ball.copy(), 0).vertices, ball.vertices)
+
+
+def test_decimation_meets_the_budget_and_keeps_the_ball_a_closed_ball():
+    ball = _ball()
+    small, opened = decimate_mesh(ball, 1000)
+    assert 900 <= len(small.faces) <= 1000 and opened == 0
+    assert small.is_watertight and small.is_winding_consistent
+    assert abs(small.volume / ball.volume - 1.0) < 0.03
+    assert np.abs(np.linalg.norm(small.vertices, axis=1) - 1.0).max() < 0.05
+    same, opened = decimate_mesh(ball, len(ball.faces))  # within the budget: untouched
+    assert same is ball and opened == 0
+
+
+def test_a_pinched_edge_gets_one_copy_per_sheet():
+    """Two tetrahedra sharing an edge: the edge is one of four triangles; after the split each
+    tetrahedron is closed on its own copy of the edge."""
+    u, v = [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]
+    a = _tetrahedron([u, v, [1.0, 0.2, 0.5], [1.0, -0.8, 0.4]])
+    b = _tetrahedron([u, v, [-1.0, 0.3, 0.5], [-1.0, -0.5, 0.6]])
+    both = trimesh.util.concatenate([a, b])
+    both.merge_vertices()
+    assert len(both.vertices) == 6 and not both.is_watertight
+    vertices, faces = _split_pinches(np.asarray(both.vertices), np.asarray(both.faces))
+    mended = trimesh.Trimesh(vertices, faces, process=False)
+    assert len(vertices) == 8 and mended.is_watertight and mended.is_winding_consistent
+    assert sorted(len(p.faces) for p in mended.split(only_watertight=True)) == [4, 4]
+    assert np.isclose(mended.volume, a.volume + b.volume)
+
+
+def test_copies_of_a_triangle_facing_each_other_cancel():
+    tet = _tetrahedron([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    f = np.asarray(tet.faces)
+    extra = np.concatenate([f, f[:1, ::-1], f[:1]])  # a facing pair on top of the first face
+    kept = _cancel_facing_copies(extra)
+    assert len(kept) == 4
+    assert trimesh.Trimesh(tet.vertices, kept, process=False).is_watertight
+
+
+def test_bad_mesh_options_name_the_option():
+    for smooth, faces, option in [(-1, None, "--smooth"), (1001, None, "--smooth"), (2.5, None, "--smooth"),
+                                  (0, 3, "--faces"), (0, True, "--faces")]:  # fmt: skip
+        with pytest.raises(OptionError, match=option):
+            check_mesh_options(smooth, faces)
+    check_mesh_options(0, None)
+    check_mesh_options(20, 4)
+
+
+def test_reconstruct_smooths_decimates_then_colours_and_a_new_budget_redoes_the_image(repo_root, tmp_path):
+    """The packaged model through the job: the budget holds, every vertex of the decimated mesh is
+    coloured, result.json records both options (and says whether the mesh stayed closed); reruns
+    are keyed on them."""
+    import zsw
+
+    image, out = repo_root / "examples" / "armchair.png", tmp_path / "o"
+
+    def run(**mesh):
+        grid = zsw.GridSettings(resolution=64)
+        return zsw.reconstruct_many([image], out, zsw.ReconstructSettings(preview=False, grid=grid, **mesh))
+
+    plain = run()
+    assert len(plain.written) == 1
+    full = json.loads((out / "armchair" / "result.json").read_text())["mesh"]["faces"]
+    report = run(smooth=10, faces=2000)
+    assert len(report.written) == 1 and report.redone == 1
+    info = json.loads((out / "armchair" / "result.json").read_text())
+    mesh = trimesh.load(out / "armchair" / "mesh.glb", force="mesh")
+    assert full > 2000 >= len(mesh.faces) > 1500
+    assert info["mesh"]["smooth"] == 10 and info["mesh"]["face_budget"] == 2000
+    assert info["request"]["smooth"] == 10 and info["request"]["faces"] == 2000
+    assert info["colors"]["vertices"] == len(mesh.vertices) and info["colors"]["seen_vertices"] > 0
+    assert len(mesh.visual.vertex_colors) == len(mesh.vertices)
+    closed = not any("decimation" in w for w in info["warnings"])
+    assert info["mesh"]["watertight"] == closed
+    assert run(smooth=10, faces=2000).skipped == 1
+    assert len(run(smooth=10, faces=1500).written) == 1
