@@ -112,3 +112,15 @@ def test_reconstruct_smooths_decimates_then_colours_and_a_new_budget_redoes_the_
     assert info["mesh"]["watertight"] == closed
     assert run(smooth=10, faces=2000).skipped == 1
     assert len(run(smooth=10, faces=1500).written) == 1
+
+
+def test_mesh_ops_bench_counts_watertight_decimations(repo_root):
+    from zsw.bench.mesh_ops import markdown, measure, photos
+
+    paths = photos(None, 0)
+    assert paths and all(p.parent.name == "examples" for p in paths)
+    result = measure(paths[:1], budgets=(800, 10**9), smooth=2)
+    rows = result["rows"]
+    assert rows[800]["meshes"] == 1 and rows[10**9]["watertight"] == 1  # a budget above the mesh keeps it
+    assert rows[800]["watertight"] + rows[800]["pinched"] == 1
+    assert "decimations watertight" in markdown(result, paths[:1])
