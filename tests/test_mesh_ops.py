@@ -124,3 +124,14 @@ def test_mesh_ops_bench_counts_watertight_decimations(repo_root):
     assert rows[800]["meshes"] == 1 and rows[10**9]["watertight"] == 1  # a budget above the mesh keeps it
     assert rows[800]["watertight"] + rows[800]["pinched"] == 1
     assert "decimations watertight" in markdown(result, paths[:1])
+
+
+@pytest.mark.parametrize("photo, faces", [("case", 5000), ("tiger", 5000)])
+def test_decimated_meshes_of_bundled_photos_stay_watertight(repo_root, photo, faces):
+    """The two decimations of the packaged model's meshes that kept a pinched edge before the
+    sheets' pairs were carried along chains of pinched edges."""
+    import zsw
+
+    rec = zsw.reconstruct(repo_root / "examples" / f"{photo}.png", smooth=20, faces=faces, color="none")
+    assert len(rec.mesh.faces) <= faces and rec.mesh.is_watertight and rec.record.mesh.watertight
+    assert not any("decimation" in w for w in rec.record.warnings)

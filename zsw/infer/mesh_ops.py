@@ -15,10 +15,10 @@
     ``_split_pinches``), so that every edge is one of two triangles again: the mesh stays
     watertight, touching itself where it was pinched. Where that cannot separate the sheets, the
     decimation is redone at 97 % and then 94 % of the budget; a mesh still pinched after that is
-    kept so, and ``result.json`` says it is not watertight. Measured on the packaged model's meshes
-    of the 10 bundled photos and 21 procedural test images at budgets of 500 to 20,000 faces (after
-    20 smoothing passes): 148 of 155 decimations watertight, the other 7 with one or two pinched
-    edges. Colours are not carried through: the reconstruction colours the decimated mesh from the
+    kept so, and ``result.json`` says it is not watertight. On the packaged model's meshes of the
+    10 bundled photos and 21 procedural test images, at budgets of 500 to 20,000 faces after 20
+    smoothing passes, all 155 decimations come out watertight (``python -m zsw.bench.mesh_ops``;
+    before the pairs were carried along chains of pinched edges, 7 kept one or two). Colours are not carried through: the reconstruction colours the decimated mesh from the
     photo afterwards.
 """
 
@@ -122,10 +122,8 @@ def _split_pinches(vertices: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, n
     """Give every sheet at a pinched edge its own copy of the edge's vertices (see the module
     docstring); other vertices are left alone.
 
-    First the triangles at each pinched edge are paired, one of each orientation: two that one
-    fan around an end of the edge joins (through edges of exactly two triangles) belong to one
-    sheet; those still unpaired are paired by angle about the edge, and any left after that are
-    kept together. Then, around each end of a pinched edge, triangles are joined across edges of
+    First the triangles at each pinched edge are paired into sheets, one of each orientation
+    (:func:`_pair_sheets`). Then, around each end of a pinched edge, triangles are joined across edges of
     two triangles and across those pairs (and groups), and every fan but the first gets its own
     copy of the vertex. Both ends of an edge see the same pairs, so a pair never loses its shared
     edge: the split leaves no edge with one triangle (an edge can stay pinched)."""
@@ -135,23 +133,7 @@ def _split_pinches(vertices: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, n
     pinched = np.flatnonzero(uses > 2)
     if len(pinched) == 0:
         return vertices, tri
-    partner: dict[tuple[int, int], list[int]] = {}  # (edge, triangle) -> the triangles joined to it there
-    for e in pinched:
-        e = int(e)
-        rows = topo.rows(e)
-        faces, forward = rows // 3, edges[rows, 0] == unique[e, 0]
-        single = {int(f): bool(d) for f, d in zip(faces, forward)}
-        for end in unique[e]:
-            for fan in topo.fans(tri, int(end), {}):
-                mine = [f for f in fan if f in single and (e, f) not in partner]
-                if len(mine) == 2 and single[mine[0]] != single[mine[1]]:
-                    partner[(e, mine[0])], partner[(e, mine[1])] = [mine[1]], [mine[0]]
-        left = np.array([(e, int(f)) not in partner for f in faces])
-        for a, b in _pair_about_edge(vertices, tri, edges, rows[left], unique[e]):
-            partner[(e, a)], partner[(e, b)] = [b], [a]
-        rest = [int(f) for f in faces if (e, int(f)) not in partner]
-        for f in rest:  # no consistent pairs: kept together (the edge stays pinched, not open)
-            partner[(e, f)] = rest
+    partner = _pair_sheets(vertices, tri, edges, topo, [int(e) for e in pinched])
     tri = tri.copy()
     extra = []
     for v in np.unique(unique[pinched]):
@@ -165,6 +147,97 @@ def _split_pinches(vertices: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, n
     if extra:
         vertices = np.concatenate([vertices, np.asarray(extra)], axis=0)
     return vertices, tri
+
+
+def _pair_sheets(
+    vertices: np.ndarray, tri: np.ndarray, edges: np.ndarray, topo: _Edges, pinched: list[int]
+) -> dict[tuple[int, int], list[int]]:
+    """Which triangles at each pinched edge belong to one sheet: ``(edge, triangle)`` -> the
+    triangles joined to it there (one, of the other orientation; or all that could not be paired).
+
+    A fan around a vertex is the triangles joined through edges of exactly two triangles. Where an
+    edge is the only pinched one at one of its ends, each fan there holds one sheet's two
+    triangles of it: that pairs them. Along a chain of pinched edges the pairs travel through the
+    vertices between: there the fans that the pairs of an edge already paired join are one sheet,
+    which pairs the next edge's triangles the same way (two ends of a chain paired on their own
+    could disagree in the middle, which would leave the edge pinched). Edges no chain reaches (a
+    closed loop of pinched edges) are paired by their own fans where those hold pairs, then by
+    angle about the edge; triangles left are kept together."""
+    unique = topo.unique
+    at: dict[int, list[int]] = {}  # vertex -> the pinched edges at it
+    forward: dict[int, dict[int, bool]] = {}  # edge -> {triangle: its winding runs along the edge}
+    for e in pinched:
+        for v in unique[e]:
+            at.setdefault(int(v), []).append(e)
+        forward[e] = {int(r) // 3: bool(edges[r, 0] == unique[e, 0]) for r in topo.rows(e)}
+    fan_cache: dict[int, dict[int, int]] = {}
+
+    def fan_of(v: int) -> dict[int, int]:  # triangle -> its fan at v
+        if v not in fan_cache:
+            fan_cache[v] = {f: i for i, fan in enumerate(topo.fans(tri, v, {})) for f in fan}
+        return fan_cache[v]
+
+    def pairs_in(e: int, group: dict[int, int]) -> list[tuple[int, int]]:
+        """The pairs of e's triangles that are alone in their group with one of the other winding."""
+        members: dict[int, list[int]] = {}
+        for f in forward[e]:
+            if f in group:
+                members.setdefault(group[f], []).append(f)
+        return [(m[0], m[1]) for m in members.values() if len(m) == 2 and forward[e][m[0]] != forward[e][m[1]]]
+
+    def pair_all(e: int, group: dict[int, int]) -> bool:
+        found = pairs_in(e, group)
+        if 2 * len(found) != len(forward[e]):
+            return False
+        pairs[e] = found
+        return True
+
+    pairs: dict[int, list[tuple[int, int]]] = {}
+    queue = [e for e in pinched if any(len(at[int(v)]) == 1 and pair_all(e, fan_of(int(v))) for v in unique[e])]
+    while queue:  # along the chains
+        e = queue.pop()
+        for v in map(int, unique[e]):
+            todo = [e2 for e2 in at[v] if e2 not in pairs]
+            if not todo:
+                continue
+            fans = fan_of(v)
+            sheet = _UnionFind(max(fans.values()) + 1)
+            for e1 in at[v]:
+                for a, b in pairs.get(e1, ()):
+                    sheet.join(fans[a], fans[b])
+            group = {f: sheet.root(i) for f, i in fans.items()}
+            queue += [e2 for e2 in todo if pair_all(e2, group)]
+    partner: dict[tuple[int, int], list[int]] = {}
+    for e in pinched:
+        found = pairs.get(e)
+        if found is None:  # no chain reached it: its own fans where they hold pairs, then angles
+            found = []
+            for v in map(int, unique[e]):
+                taken = {f for pair in found for f in pair}
+                found += pairs_in(e, {f: g for f, g in fan_of(v).items() if f not in taken})
+            taken = {f for pair in found for f in pair}
+            rows = np.array([r for r in topo.rows(e) if int(r) // 3 not in taken], dtype=np.int64)
+            found += _pair_about_edge(vertices, tri, edges, rows, unique[e])
+        for a, b in found:
+            partner[(e, a)], partner[(e, b)] = [b], [a]
+        rest = [f for f in forward[e] if (e, f) not in partner]
+        for f in rest:  # no consistent pairs: kept together (the edge stays pinched, not open)
+            partner[(e, f)] = rest
+    return partner
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i: int, j: int) -> None:
+        self.parent[self.root(i)] = self.root(j)
 
 
 class _Edges:
@@ -184,14 +257,7 @@ class _Edges:
         two triangles, and the ``partner`` pairs of pinched ones."""
         around = [int(f) for f in np.flatnonzero((tri == v).any(axis=1))]
         index = {f: i for i, f in enumerate(around)}
-        parent = list(range(len(around)))
-
-        def root(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
+        fan = _UnionFind(len(around))
         for f in around:
             for k in range(3):
                 e = int(self.inverse[3 * f + k])
@@ -203,10 +269,10 @@ class _Edges:
                     joined = partner.get((e, f), [])
                 for other in joined:
                     if other in index:
-                        parent[root(index[f])] = root(index[other])
+                        fan.join(index[f], index[other])
         groups: dict[int, list[int]] = {}
         for i, f in enumerate(around):
-            groups.setdefault(root(i), []).append(f)
+            groups.setdefault(fan.root(i), []).append(f)
         return list(groups.values())
 
 
@@ -236,10 +302,8 @@ def _pair_about_edge(
     n = len(faces)
     if n % 2 or np.any(forward == np.roll(forward, 1)):
         return []
-    # the outward normal of a triangle with u -> v in its winding is axis x radial; the solid lies
-    # on the side the normal points away from, so it fills the turn from a triangle onwards (to
-    # growing angle, the direction axis x radial) exactly when that dot product is negative
-    sweep = np.cross(axis, radial[0])
-    normal = np.cross(axis, radial[0]) * (1.0 if forward[0] else -1.0)
-    offset = 0 if float(normal @ sweep) < 0 else 1
+    # the outward normal of a triangle wound u -> v -> w is axis x radial: the direction of growing
+    # angle. The solid lies behind the normal, so it fills the turn from a triangle to the one
+    # before it in angle when the triangle runs along the edge, and to the one after it otherwise
+    offset = 1 if forward[0] else 0
     return [(int(faces[(i + offset) % n]), int(faces[(i + 1 + offset) % n])) for i in range(0, n, 2)]
