@@ -17,7 +17,7 @@ import typer
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["cli_errors", "error", "RichReporter", "Weights", "Device", "Precision", "Resolution", "Extraction",
-           "Threshold", "Backend", "Engine", "BatchSize", "Reframe", "MinPart"]  # fmt: skip
+           "Threshold", "Backend", "Engine", "BatchSize", "Reframe", "MinPart", "Smooth", "Faces"]  # fmt: skip
 
 # Options several commands share, declared once (their values are checked by the job's settings).
 Weights = Annotated[
@@ -55,6 +55,16 @@ BatchSize = Annotated[int, typer.Option(min=1, help="Images per model call.")]
 MinPart = Annotated[
     float,
     typer.Option(min=0.0, max=1.0, help="Drop disconnected mesh parts under this fraction of the largest part's area."),
+]
+Smooth = Annotated[
+    int,
+    typer.Option(
+        min=0, max=1000, help="Passes of Taubin smoothing (removes the grid's terraces; keeps the mesh closed)."
+    ),
+]
+Faces = Annotated[
+    int | None,
+    typer.Option(min=4, help="Decimate each mesh to at most this many triangles (quadric edge collapse)."),
 ]
 
 

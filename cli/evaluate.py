@@ -51,6 +51,8 @@ def evaluate(
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
     min_part: opts.MinPart = 0.02,
+    smooth: opts.Smooth = 0,
+    faces: opts.Faces = None,
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
     from zsw.eval.jobs import EvalJobSettings, evaluate_set
@@ -61,7 +63,7 @@ def evaluate(
         num_points=num_points, align=align, prompt=prompt, use_mask=use_mask, baseline=baseline, seed=seed,
         precision=precision, split=split, max_per_category=max_per_category, limit=limit, device=device,
         batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
-        background=background, min_part=min_part,
+        background=background, min_part=min_part, smooth=smooth, faces=faces,
     )  # fmt: skip
     _print_report(reporter := RichReporter(min_total=1), evaluate_set(data, out, settings, reporter))
 

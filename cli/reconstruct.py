@@ -38,8 +38,6 @@ _PROMPT = (
 _MASKS = "Folder of visible masks named like the images (<name>.png); required by ZeroShape models."
 _CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
-_SMOOTH = "Passes of Taubin smoothing (removes the grid's terraces; keeps the mesh closed). 0: none."
-_FACES = "Decimate each mesh to at most this many triangles (quadric edge collapse), then colour it."
 
 
 @cli_errors
@@ -65,8 +63,8 @@ def reconstruct(
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: opts.MinPart = 0.02,
-    smooth: Annotated[int, typer.Option(min=0, max=1000, help=_SMOOTH)] = 0,
-    faces: Annotated[int | None, typer.Option(min=4, help=_FACES)] = None,
+    smooth: opts.Smooth = 0,
+    faces: opts.Faces = None,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,
 ) -> None:

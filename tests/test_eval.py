@@ -279,6 +279,33 @@ def test_eval_scores_the_mesh_with_its_small_parts_dropped(procedural_test_set, 
         EvalJobSettings(format="procedural", min_part=1.5)
 
 
+def test_eval_scores_the_smoothed_and_decimated_mesh_and_resumes_only_with_the_same(
+    procedural_test_set, tmp_path, monkeypatch
+):
+    """--smooth and --faces reach the reconstructor and the resume key, as in `zsw reconstruct`."""
+    import zsw.infer.reconstruct as reconstruct_module
+    from zsw.eval.jobs import EvalJobSettings, evaluate_set
+    from zsw.infer.settings import GridSettings
+
+    seen = []
+    real = reconstruct_module.decimate_mesh
+
+    def spy(mesh, faces):
+        seen.append(faces)
+        return real(mesh, faces)
+
+    s = dict(format="procedural", weights="demo", grid=GridSettings(32), num_points=200, limit=1)
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(reconstruct_module, "decimate_mesh", spy)
+    report = evaluate_set(procedural_test_set, out, EvalJobSettings(**s, smooth=3, faces=300))
+    assert seen == [300] and report.summary["settings"]["smooth"] == 3 and report.summary["settings"]["faces"] == 300
+    with pytest.raises(ConfigError, match="faces differ"):
+        evaluate_set(procedural_test_set, out, EvalJobSettings(**s, smooth=3, faces=200))
+    for bad in (dict(smooth=-1), dict(faces=2)):
+        with pytest.raises(OptionError, match="--smooth|--faces"):
+            EvalJobSettings(format="procedural", **bad)
+
+
 def test_eval_cli_bad_inputs(tmp_path):
     from zsw.cli.main import app
 

@@ -81,6 +81,8 @@ class EvalSettings:
     reframe: str = "never"  # the model input cut around the object (zsw.infer.reconstruct.Reconstructor)
     background: str = "never"  # the predicted visible mask corrected by the photo's own background
     min_part: float = 0.0  # disconnected parts under this fraction of the largest's area dropped from the mesh
+    smooth: int = 0  # passes of Taubin smoothing of the mesh (zsw.infer.mesh_ops)
+    faces: int | None = None  # the mesh decimated to at most this many triangles (None: not decimated)
     data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
 
     def __post_init__(self) -> None:

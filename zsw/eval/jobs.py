@@ -23,6 +23,7 @@ from pathlib import Path
 from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
+from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_backend, run_precision, weights_identity
 from zsw.infer.settings import BACKENDS, BACKGROUNDS, MIN_PART, REFRAMES, GridSettings, is_estimated_prompt
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
@@ -49,6 +50,8 @@ class EvalJobSettings:
     reframe: str = "auto"
     background: str = "auto"
     min_part: float = MIN_PART
+    smooth: int = 0
+    faces: int | None = None
     split: str | None = None
     max_per_category: int | None = None
     limit: int | None = None
@@ -69,6 +72,7 @@ class EvalJobSettings:
             raise OptionError(f"--backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
             raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
+        check_mesh_options(self.smooth, self.faces)
         for name in ("batch_size", "limit", "max_per_category", "num_points"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -122,7 +126,7 @@ def evaluate_set(
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
                           color="none", reframe=s.reframe, background=s.background,
-                          min_part=s.min_part)  # fmt: skip
+                          min_part=s.min_part, smooth=s.smooth, faces=s.faces)  # fmt: skip
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
@@ -152,6 +156,7 @@ def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings
                         threshold=g.threshold, bound=g.bound, close=g.close, num_points=s.num_points,
                         align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
+                        smooth=s.smooth, faces=s.faces,
                         data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
 
 

@@ -18,8 +18,8 @@
     kept so, and ``result.json`` says it is not watertight. On the packaged model's meshes of the
     10 bundled photos and 21 procedural test images, at budgets of 500 to 20,000 faces after 20
     smoothing passes, all 155 decimations come out watertight (``python -m zsw.bench.mesh_ops``;
-    before the pairs were carried along chains of pinched edges, 7 kept one or two). Colours are not carried through: the reconstruction colours the decimated mesh from the
-    photo afterwards.
+    before the pairs were carried along chains of pinched edges, 7 kept one or two). Colours are
+    not carried through: the reconstruction colours the decimated mesh from the photo afterwards.
 """
 
 from __future__ import annotations
