@@ -50,14 +50,14 @@ def check_mesh_options(smooth: int, faces: int | None) -> None:
         raise OptionError(f"--faces: {faces!r} is not a face budget of at least {MIN_FACES}")
 
 
-def smooth_mesh(mesh, iterations: int):
-    """``mesh`` after ``iterations`` passes of Taubin smoothing (in place; returned for chaining)."""
-    if iterations <= 0 or len(mesh.faces) == 0:
+def smooth_mesh(mesh, passes: int):
+    """``mesh`` after ``passes`` passes of Taubin smoothing (in place; returned for chaining)."""
+    if passes <= 0 or len(mesh.faces) == 0:
         return mesh
     import trimesh
 
     # trimesh counts the shrinking and the inflating step of a pass as one iteration each
-    trimesh.smoothing.filter_taubin(mesh, lamb=_LAMBDA, nu=_MU, iterations=2 * int(iterations))
+    trimesh.smoothing.filter_taubin(mesh, lamb=_LAMBDA, nu=_MU, iterations=2 * int(passes))
     return mesh
 
 
