@@ -140,8 +140,19 @@ def _static_environment(device: str) -> tuple[str, str, str, str]:
     if device == "cuda":
         gpu = torch.cuda.get_device_name()
     else:
-        gpu = f"cpu: {platform.processor() or platform.machine()}"
+        gpu = f"cpu: {_cpu_name()}"
     return gpu, torch.__version__, triton_version, _git_sha()
+
+
+def _cpu_name() -> str:
+    """The CPU's model name where Linux tells it ("AMD EPYC ..."), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment(device: str | None = None) -> Environment:

@@ -58,29 +58,20 @@ def measure(paths: list[Path], budgets=BUDGETS, smooth: int = 20) -> dict:
     return {"rows": rows, "smooth_s": smooth_s, "faces": faces, "smooth": smooth}
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def markdown(result: dict, paths: list[Path]) -> str:
     import torch
 
+    from zsw.bench._harness import environment
+
+    env = environment("cpu")
     lines = [
         "# `--smooth` and `--faces` on the packaged model's meshes",
         "",
         f"`python -m zsw.bench.mesh_ops`: {len(result['faces'])} meshes ({len(paths)} images: the bundled photos "
         "and procedural test images), resolution 128, `fast`; median "
         f"{int(np.median(result['faces'])):,} faces before decimation. {result['smooth']} smoothing passes: median "
-        f"{np.median(result['smooth_s']):.3f} s. Host: {_cpu()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}.",
+        f"{np.median(result['smooth_s']):.3f} s. Host: {env.gpu.removeprefix('cpu: ')}, "
+        f"{torch.get_num_threads()} threads, torch {env.torch}, zsw {env.git_sha}.",
         "",
         "| --faces | decimations | watertight | with edges left open or pinched | median seconds |",
         "| ---: | ---: | ---: | ---: | ---: |",

@@ -129,7 +129,7 @@ def _split_pinches(vertices: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, n
     edge: the split leaves no edge with one triangle (an edge can stay pinched)."""
     edges = tri[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # directed; row 3 f + k is an edge of triangle f
     unique, inverse, uses = np.unique(np.sort(edges, axis=1), axis=0, return_inverse=True, return_counts=True)
-    topo = _Edges(edges, unique, inverse.ravel(), uses)
+    topo = _Edges(unique, inverse.ravel(), uses)
     pinched = np.flatnonzero(uses > 2)
     if len(pinched) == 0:
         return vertices, tri
@@ -244,7 +244,7 @@ class _Edges:
     """Which triangles share which undirected edge (the indices of the triangles do not change
     when a vertex is split, so neither does this)."""
 
-    def __init__(self, edges: np.ndarray, unique: np.ndarray, inverse: np.ndarray, uses: np.ndarray):
+    def __init__(self, unique: np.ndarray, inverse: np.ndarray, uses: np.ndarray):
         self.unique, self.inverse, self.uses = unique, inverse, uses
         self.order = np.argsort(inverse, kind="stable")
         self.first = np.concatenate([[0], np.cumsum(uses)])
