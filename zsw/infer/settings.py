@@ -71,6 +71,13 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> None:
         raise OptionError(f"{option}: {value!r} is not one of {', '.join(choices)}")
 
 
+#: ``fast`` extraction's refinement rule, :func:`zsw.infer.grid.occupancy_grid`'s defaults (a
+#: first grid of 16^3 cells, a margin of 2 logits halved per level, one cell of dilation, growth
+#: along the surface after the last level). Part of a result's rerun key: results of another rule
+#: are redone.
+FAST_EXTRACTION = {"coarse_resolution": 16, "margin": 2.0, "dilate": 1, "grow": True}
+
+
 @dataclass(frozen=True)
 class GridSettings:
     """How the occupancy grid is decoded and turned into a mesh (see ``zsw.infer.grid``).
@@ -192,6 +199,7 @@ class ReconstructSettings:
         g = self.grid  # all of it but chunk_points, which bounds memory and changes nothing written
         return dict(
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
+            fast=FAST_EXTRACTION if g.extraction == "fast" else None,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
             smooth=self.smooth, faces=self.faces,
