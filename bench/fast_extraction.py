@@ -112,14 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"{len(logits)} images, resolution {args.resolution} ({(args.resolution + 1) ** 3:,} grid points)",
         "",
-        "| coarse | margin | dilate | grow | points (mean / max) | same mesh | worst (cells) | same mesh, crumbs dropped | "
-        "worst, crumbs dropped (cells) |",
+        "| coarse | margin | dilate | grow | points (mean / max) | same mesh | worst (cells) "
+        "| same mesh, crumbs dropped | worst, crumbs dropped (cells) |",
         "| ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in SETTINGS:
         r = compare(logits, args.resolution, args.bound, s)
         lines.append(
-            f"| {s[0]} | {s[1]} | {s[2]} | {'yes' if s[3] else 'no'} | {r['points_mean'] / 1e3:.0f}k / {r['points_max'] / 1e3:.0f}k | "
+            f"| {s[0]} | {s[1]} | {s[2]} | {'yes' if s[3] else 'no'} "
+            f"| {r['points_mean'] / 1e3:.0f}k / {r['points_max'] / 1e3:.0f}k | "
             f"{r['same']} / {r['images']} | {r['worst_cells']:.2f} | {r['same_kept']} / {r['images']} | "
             f"{r['worst_kept_cells']:.2f} |"
         )

@@ -438,6 +438,13 @@ def test_reruns_through_the_api_are_keyed_on_every_grid_setting_that_changes_the
     again = run(bound=1.2)
     assert len(again.written) == 1 and again.redone == 1
     assert json.loads((out / "toy" / "result.json").read_text())["request"]["bound"] == 1.2
+    # a result of another `fast` refinement rule (an earlier zsw's) is redone too
+    record = json.loads((out / "toy" / "result.json").read_text())
+    assert record["request"]["fast"] == zsw.infer.settings.FAST_EXTRACTION
+    record["request"]["fast"] = {**record["request"]["fast"], "coarse_resolution": 32, "grow": False}
+    (out / "toy" / "result.json").write_text(json.dumps(record))
+    assert run(bound=1.2).redone == 1
+    assert run(bound=1.2).skipped == 1
 
 
 def test_non_finite_weights_are_an_error_naming_them(repo_root, tmp_path, tiny_model):
