@@ -48,6 +48,23 @@ def test_help_is_fast_and_imports_no_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_the_console_script_runs_the_app_and_freezes_the_heap_on_the_way_out():
+    """``zsw`` (and ``python -m zsw``) is :func:`zsw.cli.main.main`: the app's exit code, and a
+    frozen heap afterwards, so the interpreter's final collections skip torch's objects."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "zsw"]
+    assert script.value == "zsw.cli.main:main"
+    code = (
+        "import gc, sys; from zsw.cli.main import main; sys.argv = ['zsw', '--version']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["0", "True"]
+    bad = subprocess.run([sys.executable, "-m", "zsw", "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no-such-command" in bad.stderr
+
+
 def test_commands_stay_thin():
     """Issue 13: a command parses its options, builds the job's settings, makes one call and prints;
     anything longer belongs in the job. Signatures count, so long help texts go in constants."""

@@ -1,5 +1,5 @@
 """``python -m zsw`` is the same as the ``zsw`` command."""
 
-from zsw.cli.main import app
+from zsw.cli.main import main
 
-app(prog_name="zsw")
+main()
