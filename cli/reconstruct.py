@@ -35,6 +35,7 @@ _PROMPT = (
     "Category prompt, e.g. 'chair'. 'auto' (= 'clip') picks it by CLIP zero-shot over LVIS + ShapeNet; "
     "'vlm:<hub id or folder>' asks a vision-language model."
 )
+_FORMATS = "glb, obj, ply or stl (repeatable); stl is z-up, 100 mm on its longest side, for slicers."
 _MASKS = "Folder of visible masks named like the images (<name>.png); required by ZeroShape models."
 _CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
@@ -44,7 +45,7 @@ _OVERWRITE = "Redo images even when their result records the same input and sett
 def reconstruct(
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders or glob patterns.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one sub-folder per image).")] = Path("out"),
-    formats: Annotated[list[str] | None, typer.Option("--format", "-f", help="glb, obj or ply (repeatable).")] = None,
+    formats: Annotated[list[str] | None, typer.Option("--format", "-f", help=_FORMATS)] = None,
     weights: opts.Weights = None,
     prompt: Annotated[str, typer.Option(help=_PROMPT)] = "object",
     resolution: opts.Resolution = 128,

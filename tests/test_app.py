@@ -95,7 +95,7 @@ def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
     glb = trimesh.load(model, force="mesh", process=False)  # process=True would merge vertices
     assert len(glb.vertices) == expected["vertices"] and len(glb.faces) == expected["faces"]
     assert f"{expected['vertices']} vertices" in status and "error" not in status
-    assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply"]
+    assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply", ".stl"]
     for picture in (depth, visible, occluder):
         assert Image.open(picture).size == (224, 224)
     assert "grid_decode" in timings and "total" in timings

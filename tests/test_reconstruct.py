@@ -67,6 +67,29 @@ def test_camera_frame_and_identity_of_the_mapping(repo_root, tiny_model):
     assert camera_to_frame(np.array([[1.0, 2.0, 3.0]]), "gltf").tolist() == [[1.0, -2.0, -3.0]]
 
 
+def test_stl_is_z_up_standing_on_the_plate_and_100_mm_long(repo_root, tiny_model, tmp_path):
+    """``mesh.stl`` for slicers: the camera's up is +z, the side that faced the camera is -y, the
+    lowest point on z = 0, centred on the z axis, the longest side 100 mm; the same closed surface."""
+    rec = reconstruct(repo_root / "examples" / "bucket.png", weights=tiny_model, resolution=RES)
+    rec.save(tmp_path, formats=("glb", "stl"), preview=False)
+    stl = trimesh.load(tmp_path / "mesh.stl")
+    info = json.loads((tmp_path / "result.json").read_text())
+    scale = info["mesh"]["stl_mm_per_unit"]
+    assert "mesh.stl" in info["files"] and len(stl.faces) == len(rec.mesh.faces) > 0
+    lo, hi = stl.bounds
+    assert lo[2] == pytest.approx(0.0, abs=1e-3) and (hi - lo).max() == pytest.approx(100.0, rel=1e-5)
+    assert lo[0] + hi[0] == pytest.approx(0.0, abs=1e-3) and lo[1] + hi[1] == pytest.approx(0.0, abs=1e-3)
+    cam = rec.camera_vertices()  # x right, y down, z ahead of the camera
+    rotated = (np.stack([cam[:, 0], cam[:, 2], -cam[:, 1]], axis=1) * scale)[rec.mesh.faces]  # [F, 3, 3]
+    stored = trimesh.load(tmp_path / "mesh.stl", process=False).triangles  # the file's triangles, in order
+    shift = stored.reshape(-1, 3).min(0) - rotated.reshape(-1, 3).min(0)
+    np.testing.assert_allclose(stored, rotated + shift, atol=1e-3)
+    assert stl.is_watertight == rec.mesh.is_watertight and stl.volume == pytest.approx(rec.mesh.volume * scale**3)
+    rec.save(tmp_path, formats=("glb",), preview=False)  # not asked for: gone, and not recorded
+    assert not (tmp_path / "mesh.stl").exists()
+    assert json.loads((tmp_path / "result.json").read_text())["mesh"]["stl_mm_per_unit"] is None
+
+
 def test_a_batch_gives_the_same_meshes_as_one_image_at_a_time(repo_root, tiny_model):
     # the random model's logits all lie within 0.2 of the threshold, where float noise between
     # batched and single GEMMs (1e-7) can flip a sign; steepen them as a trained model's are
@@ -662,7 +685,7 @@ def test_settings_refuse_bad_values_naming_the_option():
     from zsw.errors import OptionError
 
     for bad, option in [
-        (dict(formats=("stl",)), "--format"),
+        (dict(formats=("fbx",)), "--format"),
         (dict(frame="opengl"), "--frame"),
         (dict(precision="int8"), "--precision"),
         (dict(batch_size=0), "--batch-size"),

@@ -255,7 +255,7 @@ def _settings(
     smooth: int = 0,
     faces: int | None = None,
 ) -> ReconstructSettings:
-    """The page's choices on top of the defaults; all three mesh formats, no preview picture (the
+    """The page's choices on top of the defaults; every mesh format, no preview picture (the
     3D view replaces it)."""
     grid = dataclasses.replace(defaults.grid, resolution=resolution, extraction=extraction)
     return dataclasses.replace(

@@ -48,6 +48,7 @@ from zsw.infer.settings import (
     MIN_PART,
     PRECISIONS,
     REFRAMES,
+    STL_LONGEST_SIDE_MM,
     GridSettings,
     is_estimated_prompt,
 )
@@ -343,6 +344,22 @@ class Reconstruction:
         v = (self.camera_vertices() - self.center) / self.scale
         return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False)
 
+    def print_mesh(self, longest_side_mm: float = STL_LONGEST_SIDE_MM):
+        """The mesh as slicers want it (``mesh.stl``) and its millimetres per camera-frame unit:
+        z up (the camera's up), the side that faced the camera towards -y (Blender's front view),
+        standing on z = 0, centred on the z axis, scaled so its longest side is
+        ``longest_side_mm``. The same triangles as :attr:`mesh` (a rotation, a shift and a scale)."""
+        import trimesh
+
+        cam = self.camera_vertices()
+        v = np.stack([cam[:, 0], cam[:, 2], -cam[:, 1]], axis=1)  # camera (x right, y down, z ahead) -> z up
+        if len(v) == 0:
+            return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False), 1.0
+        lo, hi = v.min(axis=0), v.max(axis=0)
+        scale = longest_side_mm / max(float((hi - lo).max()), 1e-12)
+        base = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+        return trimesh.Trimesh((v - base) * scale, np.asarray(self.mesh.faces), process=False), scale
+
     def preview(self, panel: int = 256) -> np.ndarray:  # [panel, 3 * panel, 3] uint8
         """Input image | mesh from the input camera | mesh in a three-quarter view."""
         from zsw.infer.preview import preview_image
@@ -388,10 +405,14 @@ class Reconstruction:
         from zsw.io import atomic_path, atomic_write_json
 
         t0 = time.perf_counter()
+        stl_scale = None
         for fmt in dict.fromkeys(formats):
             path = out / f"mesh.{fmt}"
+            mesh = self.mesh
+            if fmt == "stl":
+                mesh, stl_scale = self.print_mesh()
             with atomic_path(path) as tmp:
-                self.mesh.export(tmp, file_type=fmt)
+                mesh.export(tmp, file_type=fmt)
             written.append(path)
         export_s = time.perf_counter() - t0
 
@@ -418,6 +439,7 @@ class Reconstruction:
                 (out / f"mesh.{fmt}").unlink(missing_ok=True)
         if self.record is not None:
             self.record.timings_s.export, self.record.timings_s.preview = export_s, preview_s
+            self.record.mesh.stl_mm_per_unit = stl_scale
             self.record.files = sorted(p.name for p in written) + ["result.json"]
         atomic_write_json(out / "result.json", self.info)
         written.append(out / "result.json")

@@ -53,6 +53,8 @@ class MeshInfo:
     parts_dropped: int = 0
     smooth: int = 0  # passes of Taubin smoothing
     face_budget: int | None = None  # decimated to at most this many faces (None: not decimated)
+    # mesh.stl only: its millimetres per unit of the camera frame (None: no STL written)
+    stl_mm_per_unit: float | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ __all__ = [
     "FRAMES",
     "MIN_PART",
     "FORMATS",
+    "STL_LONGEST_SIDE_MM",
     "EXTRACTIONS",
     "BACKENDS",
     "PRECISIONS",
@@ -34,7 +35,10 @@ __all__ = [
 #: output frames of the mesh (see zsw.infer.reconstruct)
 FRAMES = ("gltf", "camera")
 #: mesh file formats
-FORMATS = ("glb", "obj", "ply")
+FORMATS = ("glb", "obj", "ply", "stl")
+#: ``mesh.stl`` is for slicers: z up, standing on z = 0, centred on the z axis, its longest side this
+#: many millimetres (STL has no units and slicers read millimetres; a photo gives no metric scale)
+STL_LONGEST_SIDE_MM = 100.0
 #: grid filling strategies (see zsw.infer.grid)
 EXTRACTIONS = ("fast", "dense")
 #: inference backends (see zsw.infer.backend); ``auto`` picks one (zsw.infer.reconstruct.resolve_backend)
