@@ -76,9 +76,9 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> None:
 
 
 #: ``fast`` extraction's refinement rule, :func:`zsw.infer.grid.occupancy_grid`'s defaults (a
-#: first grid of 16^3 cells, a margin of 2 logits halved per level, one cell of dilation, growth
-#: along the surface after the last level). Part of a result's rerun key: results of another rule
-#: are redone.
+#: first grid of 16^3 cells, a margin of 2 logits halved per level, one cell of dilation on every
+#: level but the last, where growth along the surface takes its place). Part of a result's rerun
+#: key: results of another rule are redone.
 FAST_EXTRACTION = {"coarse_resolution": 16, "margin": 2.0, "dilate": 1, "grow": True}
 
 
