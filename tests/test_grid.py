@@ -64,12 +64,12 @@ def test_grid_samples_are_linspace():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TEST_SHAPES))
-def test_fast_matches_dense_with_5x_fewer_points(name):
+def test_fast_matches_dense_with_20x_fewer_points(name):
     field = occupancy_field(name)
     dense, dense_stats = _one(field, 128, mode="dense")
     fast, fast_stats = _one(field, 128, mode="fast")
     ratio = dense_stats["evaluated_points"] / fast_stats["evaluated_points"]
-    assert ratio >= 5.0, f"{name}: only {ratio:.1f}x fewer points"
+    assert ratio >= 20.0, f"{name}: only {ratio:.1f}x fewer points"
     # fast decoded the whole surface at full resolution: the meshes are the same mesh (so their
     # F-score@0.01 is 1; `zsw bench reconstruct --shapes` measures it with mesh_agreement)
     assert len(fast.vertices) == len(dense.vertices)
