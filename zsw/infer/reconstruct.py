@@ -344,7 +344,7 @@ class Reconstruction:
         v = (self.camera_vertices() - self.center) / self.scale
         return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False)
 
-    def print_mesh(self, longest_side_mm: float = STL_LONGEST_SIDE_MM):
+    def printable_mesh(self, longest_side_mm: float = STL_LONGEST_SIDE_MM):
         """The mesh as slicers want it (``mesh.stl``) and its millimetres per camera-frame unit:
         z up (the camera's up), the side that faced the camera towards -y (Blender's front view),
         standing on z = 0, centred on the z axis, scaled so its longest side is
@@ -410,7 +410,7 @@ class Reconstruction:
             path = out / f"mesh.{fmt}"
             mesh = self.mesh
             if fmt == "stl":
-                mesh, stl_scale = self.print_mesh()
+                mesh, stl_scale = self.printable_mesh()
             with atomic_path(path) as tmp:
                 mesh.export(tmp, file_type=fmt)
             written.append(path)
