@@ -299,8 +299,17 @@ def test_eval_scores_the_smoothed_and_decimated_mesh_and_resumes_only_with_the_s
     monkeypatch.setattr(reconstruct_module, "decimate_mesh", spy)
     report = evaluate_set(procedural_test_set, out, EvalJobSettings(**s, smooth=3, faces=300))
     assert seen == [300] and report.summary["settings"]["smooth"] == 3 and report.summary["settings"]["faces"] == 300
+    assert report.summary["settings"]["fast"] == GridSettings(32).refinement  # `fast`'s rule is in the key too
     with pytest.raises(ConfigError, match="faces differ"):
         evaluate_set(procedural_test_set, out, EvalJobSettings(**s, smooth=3, faces=200))
+    # a run made with an earlier `fast` refinement rule is not continued
+    log = out.with_suffix(".samples.jsonl")
+    header, *rows = log.read_text().splitlines()
+    header = json.loads(header)
+    header["settings"]["fast"] = {**header["settings"]["fast"], "coarse_resolution": 32, "grow": False}
+    log.write_text("\n".join([json.dumps(header), *rows]) + "\n")
+    with pytest.raises(ConfigError, match=r"\(fast differ\)"):
+        evaluate_set(procedural_test_set, out, EvalJobSettings(**s, smooth=3, faces=300))
     for bad in (dict(smooth=-1), dict(faces=2)):
         with pytest.raises(OptionError, match="--smooth|--faces"):
             EvalJobSettings(format="procedural", **bad)

@@ -68,7 +68,7 @@ class EvalSettings:
     weights: str = ""  # what identifies them (zsw.infer.reconstruct.weights_identity: a content hash)
     resolution: int = 128
     extraction: str = "fast"
-    fast: str = ""  # `fast`'s refinement rule (zsw.infer.settings.FAST_EXTRACTION) as JSON; "" for dense
+    fast: dict | None = None  # `fast`'s refinement rule (zsw.infer.settings.GridSettings.refinement)
     threshold: float = 0.5
     bound: float = 1.5
     close: bool = True

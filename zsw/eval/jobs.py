@@ -15,7 +15,6 @@ the JSONL; anything that changes a number starts afresh only with ``overwrite``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -26,15 +25,7 @@ from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
 from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_backend, run_precision, weights_identity
-from zsw.infer.settings import (
-    BACKENDS,
-    BACKGROUNDS,
-    FAST_EXTRACTION,
-    MIN_PART,
-    REFRAMES,
-    GridSettings,
-    is_estimated_prompt,
-)
+from zsw.infer.settings import BACKENDS, BACKGROUNDS, MIN_PART, REFRAMES, GridSettings, is_estimated_prompt
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
 
@@ -161,8 +152,8 @@ def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings
     precision = run_precision(backend.name, s.precision, backend.device)
     fingerprint = hashlib.sha1("\n".join(all_names).encode()).hexdigest()[:12]  # the whole set, not --limit
     g = s.grid
-    fast = json.dumps(FAST_EXTRACTION, sort_keys=True) if g.extraction == "fast" else ""
-    return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction, fast=fast,
+    return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,
+                        fast=g.refinement,
                         threshold=g.threshold, bound=g.bound, close=g.close, num_points=s.num_points,
                         align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,

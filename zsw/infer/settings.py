@@ -120,6 +120,12 @@ class GridSettings:
         if self.chunk_points is not None and self.chunk_points < 1:
             raise OptionError(f"chunk_points (--chunk-points) must be positive, got {self.chunk_points}")
 
+    @property
+    def refinement(self) -> dict | None:
+        """``fast``'s refinement rule (:data:`FAST_EXTRACTION`, a copy), None for ``dense``: part of
+        the rerun and resume keys, so results of another rule are redone."""
+        return dict(FAST_EXTRACTION) if self.extraction == "fast" else None
+
 
 @dataclass(frozen=True)
 class ReconstructSettings:
@@ -203,7 +209,7 @@ class ReconstructSettings:
         g = self.grid  # all of it but chunk_points, which bounds memory and changes nothing written
         return dict(
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
-            fast=FAST_EXTRACTION if g.extraction == "fast" else None,
+            fast=g.refinement,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
             smooth=self.smooth, faces=self.faces,
