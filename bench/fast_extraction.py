@@ -45,20 +45,16 @@ def dense_logits(images: list[str], resolution: int, bound: float) -> list[torch
     return out
 
 
-def _distances(fv: np.ndarray, dv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.spatial import cKDTree
-
-    return cKDTree(dv).query(fv)[0], cKDTree(fv).query(dv)[0]
-
-
 def _agreement(fast, dense, cell: float) -> tuple[bool, float]:
     """Whether two meshes have the same vertices (every one within 1e-6 of one of the other's, both
     ways) and their largest vertex distance in grid cells."""
+    from scipy.spatial import cKDTree
+
     fv, dv = np.asarray(fast.vertices), np.asarray(dense.vertices)
     if len(fv) == 0 or len(dv) == 0:
         return len(fv) == len(dv), 0.0 if len(fv) == len(dv) else float("inf")
-    d1, d2 = _distances(fv, dv)
-    return bool(max(d1.max(), d2.max()) < 1e-6), float(max(d1.max(), d2.max()) / cell)
+    far = max(cKDTree(dv).query(fv)[0].max(), cKDTree(fv).query(dv)[0].max())
+    return bool(far < 1e-6), float(far / cell)
 
 
 def compare(logits: list[torch.Tensor], resolution: int, bound: float, setting: tuple[float, ...]) -> dict:
