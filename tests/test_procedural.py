@@ -200,6 +200,12 @@ def test_same_seed_same_files_for_any_workers_and_resume(tmp_path):
         if not k.startswith("lists/") and k not in ("procedural.yaml", "manifest.jsonl")
     )
     assert len(grown) > len(_digest(b))
+    # asking for fewer objects than the folder holds renders nothing and keeps every view listed
+    listed = {s.name for split in ("train", "val", "test") for s in layout.samples(split)}
+    assert len(listed) == 8
+    assert generate(a, cfg, workers=1).rendered == 0
+    assert {s.name for split in ("train", "val", "test") for s in layout.samples(split)} == listed
+    assert _digest(a) == grown
     with pytest.raises(ConfigError, match="seed"):
         generate(a, ProceduralConfig(**{**cfg.__dict__, "seed": 8}))
     assert not list(a.rglob(".*tmp*"))

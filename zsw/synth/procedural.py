@@ -313,7 +313,9 @@ def generate(
     layout.root.mkdir(parents=True, exist_ok=True)
     config_file = layout.root / CONFIG_FILE
     old_objects = load_yaml(config_file, ProceduralConfig).objects if config_file.is_file() else 0
-    dump_yaml(replace(cfg, objects=max(cfg.objects, old_objects)), config_file)
+    # a rerun asking for fewer objects renders nothing new and lists every object already there
+    whole = replace(cfg, objects=max(cfg.objects, old_objects))
+    dump_yaml(whole, config_file)
 
     recorded = {r.get("name") for r in layout.read_manifest()}
     total = cfg.objects * cfg.views
@@ -348,10 +350,10 @@ def generate(
     except KeyboardInterrupt:
         # stopped (Ctrl-C, `timeout -s INT`): what is finished becomes a usable dataset now, and a
         # rerun with the same options renders the rest and writes the lists again
-        _finish(layout, cfg)
+        _finish(layout, whole)
         raise
     seconds = time.perf_counter() - start
-    _finish(layout, cfg)
+    _finish(layout, whole)
     return GenerationReport(rendered=rendered, skipped=skipped, objects=cfg.objects, seconds=seconds)
 
 
