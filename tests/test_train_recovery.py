@@ -49,7 +49,12 @@ def test_resume_skips_a_corrupt_latest_json_and_a_truncated_checkpoint(tiny64, t
     messages: list[str] = []
     result = train(_cfg(tiny64, max_steps=4), run, resume=True, progress=False, echo=messages.append)
     assert any("step-00000002" in m and "newest checkpoint that loads" in m for m in messages), messages
-    assert result.step == 4 and _steps(run)[-2:] == [3, 4]  # step 3 redone from step 2
+    assert result.step == 4 and _steps(run) == [1, 2, 3, 4]  # step 3 redone from step 2, logged once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4]
 
 
 def test_resume_alone_reads_the_run_config_and_paths_compare_resolved(tiny64, tmp_path, monkeypatch):

@@ -38,6 +38,12 @@ class Monitor:
             disable=not (show_progress and is_main),
         )  # fmt: skip
         self.task = None
+        self._purge_step: int | None = None
+
+    def resume_at(self, step: int) -> None:
+        """The run continues after ``step``: TensorBoard events of later steps, which a killed run
+        wrote and this one writes again, are purged when the writer opens."""
+        self._purge_step = step + 1
 
     def start(self, description: str, total: int, completed: int) -> Progress:
         self.task = self.bar.add_task(description, total=total, completed=completed, loss=math.nan, sps=0)
@@ -55,7 +61,7 @@ class Monitor:
                 self._tb = False
                 log.warning("tensorboard is not installed; no TensorBoard logs")
             else:
-                self._tb = SummaryWriter(str(self.out / "tb"))
+                self._tb = SummaryWriter(str(self.out / "tb"), purge_step=self._purge_step)
         return self._tb or None
 
     def scalars(self, values: dict, step: int, prefix: str = "") -> None:

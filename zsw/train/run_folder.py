@@ -145,6 +145,24 @@ class RunFolder:
         remove_leftovers(self.out, recursive=True)
         dump_yaml(cfg, self.out / "config.yaml")
 
+    def rewind_log(self, step: int) -> None:
+        """Cut ``metrics.jsonl`` back to the records of steps up to ``step``, where a run resumes
+        (a killed run logged steps after its last checkpoint, which it now runs again); torn lines go too."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept, lines = [], path.read_text().splitlines()
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+                kept.append(line)
+        if len(kept) != len(lines):
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text("".join(f"{line}\n" for line in kept))
+
     def log(self, record: dict) -> None:
         """Append one line to ``metrics.jsonl``."""
         self.out.mkdir(parents=True, exist_ok=True)

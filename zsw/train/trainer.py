@@ -172,6 +172,10 @@ class Trainer:
         record = on_main(lambda: self.folder.resume_point(cfg, self.resume), dist.is_main)
         if dist.is_main:
             self.folder.write_config(cfg)
+            # what a killed run logged after the step it resumes from is logged again by this one
+            start = record["step"] if record is not None else 0
+            self.folder.rewind_log(start)
+            self.monitor.resume_at(start)
         barrier()
 
         micro, rem = divmod(cfg.batch_size, dist.world_size * cfg.grad_accum)
