@@ -96,6 +96,13 @@ def test_train_config_yaml_and_errors(tmp_path):
     assert load_yaml(tmp_path / "t.yaml", TrainConfig) == cfg
     assert TrainConfig(stage="pixel").num_epochs == 10 and TrainConfig(stage="full").num_epochs == 15
     assert TrainConfig().optim.betas == (0.9, 0.95) and TrainConfig().batch_size == 80
+    # YAML 1.1 reads 1e-3 (no dot) as a string; it is the usual way to write a learning rate
+    (tmp_path / "lr.yaml").write_text("optim:\n  lr: 1e-3\n  weight_decay: 5E-2\n")
+    assert load_yaml(tmp_path / "lr.yaml", TrainConfig).optim.lr == 1e-3
+    assert load_yaml(tmp_path / "lr.yaml", TrainConfig).optim.weight_decay == 0.05
+    (tmp_path / "lr.yaml").write_text("optim:\n  lr: 1e-3x\n")
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_yaml(tmp_path / "lr.yaml", TrainConfig)
     (tmp_path / "bad.yaml").write_text("optim:\n  momentum: 0.9\n")
     with pytest.raises(ConfigError, match="momentum"):
         load_yaml(tmp_path / "bad.yaml", TrainConfig)
