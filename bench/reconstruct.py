@@ -344,14 +344,17 @@ def run(
             raise OptionError(f"{option}: {bad[0]!r} is not one of {', '.join(allowed)}")
     if "tensorrt" in backends and engine is None:
         raise ConfigError("--backend tensorrt needs --engine DIR (a folder written by `zsw export`)")
+    from zsw.hub import resolve_device
     from zsw.infer.reconstruct import resolve_backend
+
+    device = resolve_device(device)  # an unusable --device is a one-line error before any model loads
 
     # auto as `zsw reconstruct` resolves it (onnxruntime+torch: the packaged graphs, PyTorch's
     # decoder); onnxruntime without --engine runs the packaged model's graphs
     kinds = list(dict.fromkeys(resolve_backend(b, weights, None, device) if b == "auto" else b for b in backends))
     pairs = [(k, None if k in ("torch", "onnxruntime+torch") or engine is None else str(engine)) for k in kinds]
     reporter = reporter or Reporter()
-    env = environment(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type)
+    env = environment(torch.device(device).type)
     out = out or Path("bench/results") / f"{gpu_slug(env)}-reconstruct.csv"
     with reporter.progress("reconstruct", None) as advance:
         rows = bench_reconstruct(env, weights=weights, image=image,

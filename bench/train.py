@@ -139,9 +139,12 @@ def run(
     ``(rows, csv path)``."""
     from zsw.bench._harness import append_csv, environment, gpu_slug
     from zsw.errors import ConfigError
+    from zsw.hub import resolve_device
+    from zsw.train.config import STAGES
 
-    if stage not in ("pixel", "full"):
-        raise ConfigError(f"--stage must be pixel or full, got {stage!r}")
+    device = resolve_device(device)  # an unusable --device is a one-line error here, not in the timing
+    if stage not in STAGES:
+        raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     if amp not in ("off", "bf16"):
         raise ConfigError(f"--amp must be off or bf16, got {amp!r}")
     impls = list(impls or ["torch", "triton"])
@@ -150,7 +153,6 @@ def run(
     rows = bench_train_step(preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device,
                             rep_ms=rep_ms)  # fmt: skip
     if out is None:
-        kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
-        out = Path("bench/results") / f"{gpu_slug(environment(kind))}-train.csv"
+        out = Path("bench/results") / f"{gpu_slug(environment(torch.device(device).type))}-train.csv"
     append_csv(out, rows)
     return rows, out

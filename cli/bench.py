@@ -72,7 +72,7 @@ def kernels(
 def train(
     preset: Annotated[str, typer.Option(help="Model preset or model YAML.")] = "tiny",
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 4,
-    stage: Annotated[str, typer.Option(help="pixel or full.")] = "full",
+    stage: Annotated[str, typer.Option(help="pixel, shape or full.")] = "full",
     impl: Annotated[list[str] | None, typer.Option(help="Kernel implementations to time (repeatable).")] = None,
     amp: Annotated[str, typer.Option(help="off or bf16 autocast.")] = "off",
     points: Annotated[int, typer.Option(min=1, help="Query points per sample.")] = 4096,

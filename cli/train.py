@@ -25,6 +25,7 @@ COMMAND = dict(
 )
 
 # help texts too long for a line of the signature
+_STAGE = "pixel (stage 1), full (stage 2) or shape (encoder and decoder alone, on true surfaces)."
 _DATA = "Dataset folder(s) in ZeroShape's layout (repeatable)."
 _PRETRAINED = "Without --init: ImageNet (timm) and CLIP initial weights."
 
@@ -34,7 +35,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
     data: Annotated[list[Path] | None, typer.Option("--data", "-d", help=_DATA)] = None,
     preset: Annotated[str | None, typer.Option(help="Preset (zeroshape-w, zeroshape, tiny) or a model YAML.")] = None,
-    stage: Annotated[str | None, typer.Option(help="pixel (stage 1) or full (stage 2).")] = None,
+    stage: Annotated[str | None, typer.Option(help=_STAGE)] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig YAML; options given here override it.")] = None,
     init: Annotated[Path | None, typer.Option(help="zsw checkpoint to start from (e.g. stage 1's final).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the --out run from its last checkpoint.")] = False,
@@ -64,8 +65,10 @@ def train(
     result = run(cfg, out, resume=resume, progress=progress, echo=lambda m: typer.echo(m, err=True))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
-    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
-    final = f"; final weights {result.final}" if result.final else ""
-    typer.echo(
-        f"{out}: stage {cfg.stage} at step {result.step} ({result.samples_per_second:.2f} samples/s); {losses}{final}"
-    )
+    done = f"{out}: stage {cfg.stage} at step {result.step}"
+    if result.last:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
+        done += f" ({result.samples_per_second:.2f} samples/s); {losses}"
+    else:
+        done += " already: no step left to train"
+    typer.echo(done + (f"; final weights {result.final}" if result.final else ""))

@@ -552,6 +552,15 @@ def test_bench_reconstruct_without_a_checkout_asks_for_a_photo(tmp_path, monkeyp
     assert not (tmp_path / "b.csv").exists()
 
 
+@pytest.mark.parametrize("bench", ["reconstruct", "train"])
+def test_bench_on_a_missing_gpu_is_a_one_line_error(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["bench", bench, "--device", "cuda", "--out", str(tmp_path / "b.csv")])
+    assert result.exit_code == 1 and "--device cuda" in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b.csv").exists()
+
+
 def test_bench_reconstruct_times_each_precision_separately(tmp_path):
     from zsw.bench._harness import read_csv
 

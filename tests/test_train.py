@@ -297,6 +297,7 @@ def test_train_errors_are_one_line(tiny64, tmp_path):
         result = runner.invoke(app, [*base, *extra])
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 1 and len(lines) == 1 and fragment in lines[0], (extra, result.output)
+        assert not (tmp_path / "r").exists(), extra  # a start that fails leaves no run folder behind
 
 
 @pytest.mark.slow

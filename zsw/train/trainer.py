@@ -170,13 +170,6 @@ class Trainer:
             raise ConfigError("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
         # rank 0 inspects the run folder; every rank learns the outcome (no rank may hang on an error)
         record = on_main(lambda: self.folder.resume_point(cfg, self.resume), dist.is_main)
-        if dist.is_main:
-            self.folder.write_config(cfg)
-            # what a killed run logged after the step it resumes from is logged again by this one
-            start = record["step"] if record is not None else 0
-            self.folder.rewind_log(start)
-            self.monitor.resume_at(start)
-        barrier()
 
         micro, rem = divmod(cfg.batch_size, dist.world_size * cfg.grad_accum)
         if rem or micro < 1:
@@ -196,6 +189,15 @@ class Trainer:
         model = self.model
         self.optimizer, self.scaler = parts.optimizer, parts.scaler
 
+        # the run folder is written once the data and the model are known to load, so a start that
+        # fails on them leaves nothing behind
+        if dist.is_main:
+            self.folder.write_config(cfg)
+            # what a killed run logged after the step it resumes from is logged again by this one
+            start = record["step"] if record is not None else 0
+            self.folder.rewind_log(start)
+            self.monitor.resume_at(start)
+        barrier()
         self.state = RunState()
         if record is not None:
             saved = self.folder.load(record, model, self.optimizer, self.scaler, device)
