@@ -126,11 +126,20 @@ def test_convert_partial_sources(official_state_dict):
         ([1, 2, 3], "expected a checkpoint dict"),
         ({"graph": {"impl_network.weird.weight": torch.zeros(3)}}, "have no mapping"),
         ({"graph": {"impl_network.latent_proj.weight": torch.zeros(3, 3)}}, "needs (256, 256)"),
+        # one tensor of the ViT: a torn or hand-made file, not a checkpoint to convert
+        ({"graph": {"dpt_depth.pretrained.model.cls_token": torch.zeros(1, 1, 768)}}, "only 1 of the"),
     ],
 )
 def test_converter_errors(bad, fragment):
     with pytest.raises(CheckpointError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         checkpoint.convert_zeroshape(bad, "zeroshape")
+
+
+def test_converter_refuses_non_finite_weights(official_state_dict):
+    key = "dpt_depth.pretrained.model.cls_token"
+    poisoned = {**official_state_dict, key: torch.full_like(official_state_dict[key], float("nan"))}
+    with pytest.raises(CheckpointError, match=f"{key} holds non-finite"):
+        checkpoint.convert_zeroshape({"graph": poisoned}, "zeroshape-w")
 
 
 def test_load_official_refuses_arbitrary_pickles(tmp_path):

@@ -238,7 +238,7 @@ def _unwrap(obj: Any) -> tuple[dict[str, Tensor], str]:
     """The tensor dict inside an official checkpoint object, with DDP prefixes removed."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a checkpoint dict, got {type(obj).__name__}")
-    for key in ("graph", "model_state_dict", "state_dict"):
+    for key in ("graph", "model_state_dict", "state_dict", "model"):
         if key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
@@ -325,6 +325,20 @@ def convert_zeroshape(
         if not torch.allclose(out["decoder.pos_embed"].float(), expected, atol=1e-5):
             raise CheckpointError("the checkpoint's decoder pos_embed is not the fixed 2-D sin-cos embedding")
     rep.fresh = [k for k in target if k not in out]
+    # a part (pixel.vit, encoder.resnet, ...) comes whole from the source or not at all: a torn or
+    # hand-made file that maps a few tensors must not become a "converted" model of random weights
+    part = lambda key: ".".join(key.split(".")[:2])  # noqa: E731
+    touched = {part(k) for k in out}
+    if torn := [k for k in rep.fresh if part(k) in touched]:
+        name = part(torn[0])
+        have, total = sum(part(k) == name for k in out), sum(part(k) == name for k in target)
+        raise CheckpointError(
+            f"the checkpoint holds only {have} of the {total} tensors of {name} (it lacks e.g. {torn[0]}): "
+            "truncated or not a ZeroShape checkpoint"
+        )
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"the checkpoint's {key} holds non-finite values (NaN or inf)")
     if cfg.name == "zeroshape" and kind == "shape.ckpt" and rep.fresh:
         raise CheckpointError(
             f"the checkpoint lacks {len(rep.fresh)} tensors of the zeroshape model, e.g. {rep.fresh[0]}"
@@ -346,6 +360,8 @@ def load_official(path: str | os.PathLike) -> dict[str, Any]:
     import numpy as np
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .ckpt file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     # numpy scalars (e.g. a best validation score) are plain data; allow exactly those
