@@ -73,6 +73,8 @@ def _print_report(reporter: RichReporter, report) -> None:
     exit code 1 when samples failed."""
     _print_tables(reporter.console, report.summary, report.title)
     reporter.info(f"wrote {report.out}, {report.markdown} and {report.samples_jsonl}")
+    if empty := report.summary.get("empty_meshes"):
+        reporter.warning(f"{empty} of the {report.summary['overall']['count']} predicted meshes are empty")
     if not report.ok:
         reporter.summary(f"{len(report.failures)} sample(s) failed", ok=False)
         raise typer.Exit(1)

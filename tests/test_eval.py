@@ -141,6 +141,13 @@ def test_summary_means_by_hand():
     assert s["category_mean"]["cd"] == pytest.approx(0.35) and list(s["categories"]) == ["box", "mug"]
     table = summary_markdown(s, "t")
     assert "| mug | 2 | 0.2000 |" in table and "**overall**" in table
+    assert s["empty_meshes"] == 0 and "empty" not in table and "--limit" not in table
+    # an empty mesh (the model's rows record its faces) and a limited run are said, not hidden
+    rows[2]["faces"] = 0
+    s = {**summarize(rows), "samples": 3, "limit": 3, "set_samples": 9}
+    table = summary_markdown(s, "t")
+    assert s["empty_meshes"] == 1 and "1 of the 3 predicted meshes are empty" in table
+    assert "first 3 of the set's 9 samples" in table
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +173,11 @@ def test_eval_cli_end_to_end_with_resume_and_baseline(procedural_test_set, tmp_p
     assert first.exit_code == 0, first.output
     result = json.loads(out.read_text())
     assert result["evaluated"] == 3 and result["samples"] == 3 and result["settings"]["resolution"] == 12
+    assert (
+        result["limit"] == 3
+        and result["set_samples"] == 4
+        and "first 3 of the set's 4" in out.with_suffix(".md").read_text()
+    )
     assert set(result["categories"]) <= {"mug", "box"} and result["overall"]["count"] == 3
     assert 0 < result["overall"]["cd"] < 1 and 0 <= result["overall"]["fscore@0.1"] <= 1
     assert "overall" in first.output and out.with_suffix(".md").exists()

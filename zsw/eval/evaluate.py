@@ -328,7 +328,8 @@ def summarize(rows: Sequence[dict]) -> dict:
         "count": len(categories),
         **{k: float(np.mean([v[k] for v in categories.values()])) if categories else None for k in METRICS},
     }
-    return {"overall": overall, "category_mean": category_mean, "categories": categories}
+    empty = sum(r.get("faces") == 0 for r in rows)  # the model's own rows say how many faces it made
+    return {"overall": overall, "category_mean": category_mean, "categories": categories, "empty_meshes": empty}
 
 
 def format_metric(value: float | None) -> str:
@@ -341,6 +342,15 @@ def summary_markdown(summary: dict, title: str = "") -> str:
     head = "| category | n | " + " | ".join(METRICS) + " |"
     rule = "|---|---:|" + "---:|" * len(METRICS)
     lines = [f"# {title}", ""] if title else []
+    notes = []
+    if summary.get("limit") and summary.get("set_samples", 0) > summary.get("samples", 0):
+        notes.append(f"The first {summary['samples']} of the set's {summary['set_samples']} samples (--limit).")
+    if summary.get("empty_meshes"):
+        notes.append(
+            f"{summary['empty_meshes']} of the {summary['overall']['count']} predicted meshes are empty "
+            "(scored as ZeroShape scores them: every point at the origin)."
+        )
+    lines += [" ".join(notes), ""] if notes else []
     lines += [head, rule]
 
     def row(name: str, d: dict) -> str:

@@ -139,8 +139,9 @@ def evaluate_set(
         )
     failures = _run(samples, names, log, recon, measured, s.batch_size, estimator, reporter)
     rows = [r for r in log.rows if r["name"] in set(names)]
-    result = {"settings": measured.__dict__, "data": str(data), "samples": len(names), "evaluated": len(rows),
-              "failed": len(failures), "skipped_unreadable": samples.skipped, **summarize(rows)}  # fmt: skip
+    result = {"settings": measured.__dict__, "data": str(data), "samples": len(names), "limit": s.limit,
+              "set_samples": len(samples.names()), "evaluated": len(rows), "failed": len(failures),
+              "skipped_unreadable": samples.skipped, **summarize(rows)}  # fmt: skip
     title = f"{s.format} - {label}" + (f" - baseline {s.baseline}" if s.baseline else "")
     atomic_write_json(out, result)
     atomic_write_text(out.with_suffix(".md"), summary_markdown(result, title))
