@@ -19,6 +19,7 @@ app = typer.Typer(
 Dtype = Annotated[str | None, typer.Option(help="fp16, bf16 or fp32 (default: fp16 on a GPU, fp32 on the CPU).")]
 
 # help texts too long for a line of the signature
+_SPLITS = "Weights of train,val,test (scaled to sum to 1: 2,1,1 is 0.5,0.25,0.25)."
 _CATEGORIES = "Categories (comma-separated or repeated)."
 _BAKE = "Splits whose images get a background and occluders baked in (e.g. test)."
 _BACKGROUNDS = "Folder of photos for baked backgrounds (else solid/gradient/noise)."
@@ -48,7 +49,7 @@ def procedural(
     seed: Annotated[int, typer.Option(help="Global seed; per-object seeds derive from it.")] = 0,
     categories: Annotated[list[str] | None, typer.Option("--categories", "-c", help=_CATEGORIES)] = None,
     workers: Annotated[int, typer.Option(min=0, help="Worker processes (0 = one per CPU core).")] = 0,
-    splits: Annotated[str, typer.Option(help="Weights of train,val,test (scaled to sum to 1: 2,1,1 is 0.5,0.25,0.25).")] = "0.8,0.1,0.1",
+    splits: Annotated[str, typer.Option(help=_SPLITS)] = "0.8,0.1,0.1",
     bake: Annotated[list[str] | None, typer.Option(help=_BAKE)] = None,
     min_occluders: Annotated[int, typer.Option(min=0, help="Fewest occluders per baked image.")] = 1,
     max_occluders: Annotated[int, typer.Option(min=0, help="Most occluders per baked image.")] = 2,
