@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -420,29 +421,48 @@ def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_pa
     # an interrupted image (outputs but no result.json) is redone
     (out / "bolt" / "result.json").unlink()
     assert "reconstructed 1" in runner.invoke(app, base).output
+    # so is one that lost a file its result.json lists
+    (out / "bolt" / "depth.png").unlink()
+    lost = runner.invoke(app, base)
+    assert "reconstructed 1" in lost.output and "redoing 1" in lost.output and (out / "bolt" / "depth.png").is_file()
+    assert "skipped 1" in runner.invoke(app, base).output
 
 
 def test_cli_reruns_are_keyed_on_the_input_content_and_the_weights(repo_root, tmp_path, tiny_ckpt):
-    """Two photos with the same file name into one output folder: the second is reconstructed, not
-    skipped; the same photo with other weights is redone too."""
+    """Two photos with the same file name into one output folder: the second gets a folder of its
+    own (never the first one's), each is found again by a rerun of either alone, and the same
+    photo with other weights is redone in its folder."""
     import hashlib
     import shutil
 
     for folder, name in (("A", "toy.png"), ("B", "bolt.png")):
         (tmp_path / folder).mkdir()
         shutil.copy(repo_root / "examples" / name, tmp_path / folder / "photo.png")
+    a, b = str(tmp_path / "A" / "photo.png"), str(tmp_path / "B" / "photo.png")
     out = tmp_path / "o"
-    opts = ["-o", str(out), "--resolution", str(RES), "--no-preview"]
-    first = runner.invoke(app, ["reconstruct", str(tmp_path / "A" / "photo.png"), *opts, "--weights", "random:tiny"])
+    opts = ["-o", str(out), "--resolution", str(RES), "--no-preview", "--weights", "random:tiny"]
+    first = runner.invoke(app, ["reconstruct", a, *opts])
     assert first.exit_code == 0, first.output
-    second = runner.invoke(app, ["reconstruct", str(tmp_path / "B" / "photo.png"), *opts, "--weights", "random:tiny"])
+    second = runner.invoke(app, ["reconstruct", b, *opts])
     assert second.exit_code == 0 and "reconstructed 1" in second.output, second.output
-    request = json.loads((out / "photo" / "result.json").read_text())["request"]
-    assert request["input_sha256"] == hashlib.sha256((tmp_path / "B" / "photo.png").read_bytes()).hexdigest()
+
+    def sha(folder: str) -> str:
+        return json.loads((out / folder / "result.json").read_text())["request"]["input_sha256"]
+
+    assert sha("photo") == hashlib.sha256(Path(a).read_bytes()).hexdigest()  # A's result is untouched
+    assert sha("photo-2") == hashlib.sha256(Path(b).read_bytes()).hexdigest()
+    assert "skipped 1" in runner.invoke(app, ["reconstruct", a, *opts]).output
+    assert "skipped 1" in runner.invoke(app, ["reconstruct", b, *opts]).output
+    assert "skipped 2" in runner.invoke(app, ["reconstruct", b, a, *opts]).output  # any order
+    request = json.loads((out / "photo-2" / "result.json").read_text())["request"]
     assert request["weights"] == "random:tiny" and request["resolution"] == RES
-    other = runner.invoke(app, ["reconstruct", str(tmp_path / "B" / "photo.png"), *opts, "--weights", str(tiny_ckpt)])
-    assert "reconstructed 1" in other.output
-    assert json.loads((out / "photo" / "result.json").read_text())["request"]["weights"].startswith("sha256:")
+    other = runner.invoke(app, ["reconstruct", b, *opts[:-1], str(tiny_ckpt)])
+    assert "reconstructed 1" in other.output and sha("photo") == hashlib.sha256(Path(a).read_bytes()).hexdigest()
+    assert json.loads((out / "photo-2" / "result.json").read_text())["request"]["weights"].startswith("sha256:")
+    # a photo edited in place keeps its folder
+    shutil.copy(repo_root / "examples" / "teddy_bear.png", b)
+    assert "redoing 1" in runner.invoke(app, ["reconstruct", b, *opts]).output
+    assert sha("photo-2") == hashlib.sha256(Path(b).read_bytes()).hexdigest() and not (out / "photo-3").exists()
 
 
 def test_reruns_through_the_api_are_keyed_on_every_grid_setting_that_changes_the_mesh(repo_root, tmp_path):

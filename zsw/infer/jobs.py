@@ -37,7 +37,7 @@ from zsw.infer.reconstruct import (
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
 from zsw.report import Reporter
 
-__all__ = ["reconstruct_many", "ReconstructReport", "output_names"]
+__all__ = ["reconstruct_many", "ReconstructReport"]
 
 
 @dataclass
@@ -71,18 +71,6 @@ class ReconstructReport:
         )
 
 
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """Folder names under the output: the file stem, made unique with -2, -3, ... in input order."""
-    names, used = [], set()
-    for p in paths:
-        name, k = p.stem, 2
-        while name in used:
-            name, k = f"{p.stem}-{k}", k + 1
-        used.add(name)
-        names.append(name)
-    return names
-
-
 @dataclass
 class _Item:
     path: Path
@@ -112,7 +100,7 @@ def reconstruct_many(
     identity = weights_identity(settings.weights, settings.engine)
     backend = resolve_backend(settings.backend, settings.weights, settings.engine, settings.device, settings.precision)
     todo, report.redone, errors = plan_reruns(
-        paths, output_names(paths), out, settings.request(identity, backend), settings.masks, settings.overwrite
+        paths, out, settings.request(identity, backend), settings.masks, settings.overwrite
     )
     for path, reason in errors:
         _fail(report, reporter, str(path), reason)
@@ -122,7 +110,9 @@ def reconstruct_many(
             f"skipping {report.skipped} image(s) already reconstructed in {out} from the same input and settings"
         )
     if report.redone:
-        reporter.info(f"redoing {report.redone} image(s) made from another input, settings or weights in {out}")
+        reporter.info(
+            f"redoing {report.redone} image(s) in {out} made from another input, settings or weights, or missing a file"
+        )
     if todo:
         _run([_Item(p, n, r) for p, n, r in todo], out, settings, backend, identity, reporter, report)
     return report

@@ -243,23 +243,25 @@ def find_mask(folder: str | os.PathLike, image: str | os.PathLike) -> Path | Non
 
 def plan_reruns(
     paths: Sequence[Path],
-    names: Sequence[str],
     out: str | os.PathLike,
     settings: dict,
     masks: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> tuple[list[tuple[Path, str, dict]], int, list[tuple[Path, str]]]:
     """Which images of a folder run need work: ``(todo, redone, errors)``. ``todo`` holds
-    ``(path, output name, request)`` for every image without a result recording the same request
-    (see :func:`request_record`); ``redone`` counts those whose earlier result came from another
-    input, settings or weights; ``errors`` the images that could not be read to hash them."""
-    todo, redone, errors = [], 0, []
-    for path, name in zip(paths, names):
+    ``(path, output name, request)`` for every image without a complete result recording the same
+    request (see :func:`request_record`); ``redone`` counts those whose earlier result came from
+    another input, settings or weights, or lost a file; ``errors`` the images that could not be
+    read to hash them. Output names follow :func:`output_name`."""
+    todo, redone, errors, used = [], 0, [], set()
+    for path in paths:
         try:
             request = request_record(path, find_mask(masks, path) if masks is not None else None, settings)
         except (OSError, ZswError) as e:
             errors.append((path, str(e)))
             continue
+        name = output_name(path, request, out, used)
+        used.add(name)
         state = "none" if overwrite else finished_with(Path(out) / name, request)
         redone += state == "other"
         if state != "same":
@@ -267,17 +269,42 @@ def plan_reruns(
     return todo, redone, errors
 
 
+def output_name(path: Path, request: dict, out: str | os.PathLike, used: set[str] = frozenset()) -> str:
+    """The result folder of ``path`` under ``out``: its file stem, or the first of ``stem-2``,
+    ``stem-3``, ... that this run has not used and that holds no result of another photo. A folder
+    belongs to a photo when its ``result.json`` names the same file or the same content, so a
+    rerun with some of the inputs finds each one's folder again and never writes over another's
+    (``a.png`` and ``a.webp`` stay ``a`` and ``a-2`` whichever is given)."""
+    k = 1
+    while True:
+        name = path.stem if k == 1 else f"{path.stem}-{k}"
+        k += 1
+        if name in used:
+            continue
+        try:
+            record = json.loads((Path(out) / name / "result.json").read_text())
+            source = Path(record["input"]["source"])
+            sha = (record.get("request") or {}).get("input_sha256")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return name  # no result there (or an unreadable one, redone anyway)
+        if sha == request["input_sha256"] or source.resolve() == Path(path).resolve():
+            return name
+
+
 def finished_with(out_dir: str | os.PathLike, request: dict) -> str:
-    """``"same"`` if ``out_dir/result.json`` records ``request``, ``"other"`` if it records
-    something else (another photo, other settings or weights), ``"none"`` if there is no result."""
+    """``"same"`` if ``out_dir/result.json`` records ``request`` and every file it lists is there,
+    ``"other"`` if it records something else (another photo, other settings or weights) or lost a
+    file, ``"none"`` if there is no result."""
     path = Path(out_dir) / "result.json"
     if not path.is_file():
         return "none"
     try:
-        recorded = json.loads(path.read_text()).get("request")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(path.read_text())
+        recorded, files = record.get("request"), record.get("files", [])
+        complete = all((Path(out_dir) / f).is_file() for f in files)
+    except (OSError, ValueError, AttributeError, TypeError):
         return "other"
-    return "same" if recorded == request else "other"
+    return "same" if recorded == request and complete else "other"
 
 
 def cached_backend(
