@@ -139,3 +139,27 @@ def test_reconstruct_corrects_the_mask_and_says_so(tmp_path):
     assert auto.info["mask"] == MASK_CORRECTED and auto.visible_mask.any() and not auto.visible_mask[~red].any()
     auto.save(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "result.json").read_text())["mask"] == MASK_CORRECTED
+
+
+def test_reframing_frames_the_corrected_mask_not_the_spill(tmp_path):
+    """A small object on a graded backdrop: the model's mask (random weights here) spills over the
+    backdrop, so framing on it would keep the whole photo. The framing pass corrects the mask with
+    the photo's background first, as the reconstruction does, and cuts the input around the object."""
+    import zsw
+
+    t = np.linspace(0, 1, S)[None, :, None]
+    img = np.broadcast_to((1 - t) * np.array([210, 200, 230]) + t * np.array([230, 235, 200]), (S, S, 3)).copy()
+    img[28:36, 28:36] = (200, 40, 40)  # an 8 px square in a 64 px photo
+    img += np.random.default_rng(0).normal(0, 1.0, img.shape)
+    big = np.kron(np.clip(np.rint(img), 0, 255).astype(np.uint8), np.ones((4, 4, 1), np.uint8))  # 256 px
+    Image.fromarray(big).save(tmp_path / "small.png")
+    kw = dict(weights="random:tiny", resolution=16, reframe="auto")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        auto = zsw.reconstruct(tmp_path / "small.png", background="auto", **kw)
+        never = zsw.reconstruct(tmp_path / "small.png", background="never", **kw)
+    framed = [n for n in auto.info["input"]["notes"] if n.startswith("reframed")]
+    assert framed and "corrected by the background" in framed[0], auto.info["input"]["notes"]
+    # the first pass's window (random weights may move a later pass's; a trained model's stays)
+    x0, y0, side = json.loads(framed[0].rsplit("window ", 1)[1])
+    assert side < 256 / 2 and x0 <= 112 and y0 <= 112 and x0 + side >= 144 and y0 + side >= 144  # around it
+    assert never.info["input"]["window"][2] > 2 * side  # the spilled mask frames (nearly) the whole photo

@@ -743,10 +743,11 @@ class Reconstructor:
                 text = self.backend.embed_prompts(self._prompt_arg([prompts[i] for i in todo]), len(todo))
                 pix = self.backend.pixel(batch, text)
             visible = (pix.visible_mask_logits[:, 0].float() > 0).cpu().numpy()
+            occluder = (pix.occluder_mask_logits[:, 0].float() >= 0).cpu().numpy()
             moved = []
             for j, i in enumerate(todo):
-                images[i], window = self._cut(images[i], visible[j], "the predicted visible mask",
-                                              self.reframe == "always" and n == 0)  # fmt: skip
+                obj, source = self._framing_mask(images[i], visible[j], occluder[j])
+                images[i], window = self._cut(images[i], obj, source, self.reframe == "always" and n == 0)
                 if window is not None:
                     moved.append(i)
                 else:  # the input stays what this pass saw: its output is the final one
@@ -756,6 +757,18 @@ class Reconstructor:
                 seconds[i] += share
             todo = moved
         return images, masks, seconds, seen
+
+    def _framing_mask(self, im: LoadedImage, visible: np.ndarray, occluder: np.ndarray) -> tuple[np.ndarray, str]:
+        """The mask that frames the object: the predicted visible mask, corrected by the photo's
+        own background as the reconstruction will correct it (a mask that spills over a plain or
+        graded background would frame the background)."""
+        if self.background != "never":
+            from zsw.infer.background import refine_visible_mask
+
+            mask = refine_visible_mask(im.image, visible, occluder, im.photo_area, im.alpha)
+            if mask is not None:
+                return mask, "the predicted visible mask, corrected by the background"
+        return visible, "the predicted visible mask"
 
     def _cut(self, im: LoadedImage, obj: np.ndarray, source: str, force: bool):
         """``im`` reframed around the object ``obj`` (a mask of its input) and the window, or
