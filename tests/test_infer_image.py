@@ -108,6 +108,12 @@ def test_arrays_and_pil_images(tmp_path):
         load_image(np.zeros((20, 20, 3), np.int32))
     with pytest.raises(InputError, match=r"\[H, W, 3\]"):
         load_image(np.zeros((20, 20, 5), np.uint8))
+    with pytest.raises(InputError, match=r"values in \[0, 1\], got 0 to 255"):  # not clipped to white
+        load_image(np.linspace(0, 255, 20 * 20 * 3, dtype=np.float32).reshape(20, 20, 3))
+    poisoned = np.full((20, 20, 3), 0.5, np.float32)
+    poisoned[3, 4, 1] = np.nan
+    with pytest.raises(InputError, match="1 non-finite"):
+        load_image(poisoned)
     assert load_image(Image.new("RGB", (30, 30)), name="p").name == "p"
 
 
@@ -148,6 +154,17 @@ def test_find_images_names_symlink_loops_and_broken_links(tmp_path):
         "symbolic link loop",
         f"broken symbolic link (its target {tmp_path / 'gone.png'} does not exist)",
     ]
+    # inside a folder they are reported too, not skipped in silence
+    (tmp_path / "d.png").write_bytes(b"x")
+    found, problems = find_images([tmp_path])
+    assert [p.name for p in found] == ["d.png"] and [i for i, _ in problems] == [str(tmp_path / f"{n}.png") for n in "abc"]
+
+
+def test_an_empty_path_is_not_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "here.png").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    found, problems = find_images(["", " "])
+    assert found == [] and [r for _, r in problems] == ["an empty path names no image"] * 2
 
 
 def test_pil_warnings_become_notes_not_terminal_lines(tmp_path, monkeypatch):

@@ -737,3 +737,17 @@ def test_a_reconstructor_takes_the_jobs_grid_settings_whole(repo_root, tiny_mode
     (rec,) = recon([load_image(repo_root / "examples" / "hat.png")])
     info = rec.info["grid"]
     assert (info["resolution"], info["bound"], info["closed"], info["grid_points"]) == (12, 1.2, False, 13**3)
+
+
+def test_the_api_takes_one_path_and_one_format_as_plain_strings(repo_root, tmp_path):
+    """``reconstruct_many("photo.png", ...)`` is one photo, not 9 characters; ``formats="obj"`` is
+    one format, not o, b and j."""
+    import zsw
+
+    settings = zsw.ReconstructSettings(weights="random:tiny", formats="obj", preview=False, grid=zsw.GridSettings(RES))
+    assert settings.formats == ("obj",)
+    report = zsw.reconstruct_many(str(repo_root / "examples" / "toy.png"), tmp_path / "o", settings)
+    assert report.ok and report.total == 1 and (tmp_path / "o" / "toy" / "mesh.obj").is_file()
+    rec = zsw.reconstruct(repo_root / "examples" / "toy.png", weights="random:tiny", resolution=RES)
+    rec.save(tmp_path / "one", formats="ply", preview=False)
+    assert (tmp_path / "one" / "mesh.ply").is_file() and not (tmp_path / "one" / "mesh.glb").exists()

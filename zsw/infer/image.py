@@ -203,7 +203,15 @@ def _from_array(a: np.ndarray):
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating):
             raise InputError(f"image array must be uint8 or float in [0, 1], got {a.dtype}")
-        a = np.clip(np.rint(np.nan_to_num(a) * 255.0), 0, 255).astype(np.uint8)
+        if not np.isfinite(a).all():
+            raise InputError(f"image array holds {int((~np.isfinite(a)).sum())} non-finite values (NaN or inf)")
+        lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+        if lo < -0.01 or hi > 1.01:  # a float image in 0-255 would be clipped to white
+            raise InputError(
+                f"a float image array must hold values in [0, 1], got {lo:g} to {hi:g} "
+                "(divide by 255, or pass it as uint8)"
+            )
+        a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     mode = {2: "L", 3: "RGB", 4: "RGBA"}[a.shape[-1] if a.ndim == 3 else 2]
     return Image.fromarray(np.ascontiguousarray(a), mode)
 
@@ -404,13 +412,15 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
     for item in inputs:
         text = str(item)
         p = Path(text)
-        if p.is_dir():
-            files = sorted(
-                f
-                for f in p.iterdir()
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+        if not text.strip():  # Path("") is the current folder: an unset "$IMG" must not mean "."
+            problems.append((repr(text), "an empty path names no image"))
+        elif p.is_dir():
+            images = sorted(
+                f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
             )
-            if not files:
+            files = [f for f in images if f.is_file()]
+            problems += [(str(f), _broken_link(f)) for f in images if f.is_symlink() and not f.exists()]
+            if not images:
                 problems.append((text, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
             for f in files:
                 add(f)

@@ -91,6 +91,8 @@ def reconstruct_many(
     ``out/<name>/`` (mesh, depth, masks, preview, ``result.json``). See the module docstring."""
     settings = settings or ReconstructSettings()
     reporter = reporter or Reporter()
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of characters
+        inputs = [inputs]
     out = Path(out)
     report = ReconstructReport(out=out)
     paths, problems = find_images(inputs)

@@ -407,6 +407,7 @@ class Reconstruction:
         call wrote are removed again and the error is raised. Mesh files of formats not asked for
         this time are removed, so the folder always matches its ``result.json``.
         """
+        formats = (formats,) if isinstance(formats, str) else tuple(formats)  # "obj" is one format
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
             raise ConfigError(f"mesh format must be one of {', '.join(FORMATS)}, got {bad or 'none'}")

@@ -132,7 +132,7 @@ class ReconstructSettings:
     """Everything that decides what ``zsw reconstruct`` does with a set of images.
 
     Attributes:
-        formats: mesh files to write (``glb``, ``obj``, ``ply``).
+        formats: mesh files to write (``glb``, ``obj``, ``ply``, ``stl``; one name or several).
         weights: checkpoint path, ``"demo"``, ``"random:<preset>"``, or None for the packaged model.
         prompt: category prompt; ``auto``/``clip``/``vlm:<model>`` ask an estimator.
         grid: grid decoding and mesh extraction.
@@ -180,7 +180,8 @@ class ReconstructSettings:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        formats = tuple(dict.fromkeys(self.formats or ("glb",)))
+        formats = (self.formats,) if isinstance(self.formats, str) else self.formats  # "obj" is one format
+        formats = tuple(dict.fromkeys(formats or ("glb",)))
         for f in formats:
             _choice(f, FORMATS, "--format")
         object.__setattr__(self, "formats", formats)
