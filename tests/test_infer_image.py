@@ -157,7 +157,8 @@ def test_find_images_names_symlink_loops_and_broken_links(tmp_path):
     # inside a folder they are reported too, not skipped in silence
     (tmp_path / "d.png").write_bytes(b"x")
     found, problems = find_images([tmp_path])
-    assert [p.name for p in found] == ["d.png"] and [i for i, _ in problems] == [str(tmp_path / f"{n}.png") for n in "abc"]
+    assert [p.name for p in found] == ["d.png"]
+    assert [i for i, _ in problems] == [str(tmp_path / f"{n}.png") for n in "abc"]
 
 
 def test_an_empty_path_is_not_the_current_folder(tmp_path, monkeypatch):

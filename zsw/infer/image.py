@@ -415,9 +415,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
         if not text.strip():  # Path("") is the current folder: an unset "$IMG" must not mean "."
             problems.append((repr(text), "an empty path names no image"))
         elif p.is_dir():
-            images = sorted(
-                f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-            )
+            images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
             files = [f for f in images if f.is_file()]
             problems += [(str(f), _broken_link(f)) for f in images if f.is_symlink() and not f.exists()]
             if not images:
