@@ -751,3 +751,15 @@ def test_the_api_takes_one_path_and_one_format_as_plain_strings(repo_root, tmp_p
     rec = zsw.reconstruct(repo_root / "examples" / "toy.png", weights="random:tiny", resolution=RES)
     rec.save(tmp_path / "one", formats="ply", preview=False)
     assert (tmp_path / "one" / "mesh.ply").is_file() and not (tmp_path / "one" / "mesh.glb").exists()
+
+
+def test_an_empty_mesh_is_written_and_warned_about(repo_root, tmp_path):
+    out = tmp_path / "o"
+    args = ["reconstruct", str(repo_root / "examples" / "toy.png"), "-o", str(out), "--weights", "random:tiny",
+            "--resolution", str(RES), "--threshold", "0.999", "--format", "stl", "--no-preview"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "empty mesh" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING: ") and "toy.png: empty mesh" in warned[0]
+    info = json.loads((out / "toy" / "result.json").read_text())
+    assert info["mesh"]["faces"] == 0 and info["mesh"]["stl_mm_per_unit"] is None

@@ -202,4 +202,7 @@ def _save(item: _Item, rec: Reconstruction, source: str, out: Path, s, reporter,
     report.written.append(out / rec.name)
     m = rec.record.mesh
     reporter.info(f"{item.path} -> {out / rec.name} ({m.vertices} vertices, {m.faces} faces)")
+    if m.faces == 0:  # written (the depth and masks may still help) but not a result to pass over
+        empty = [w for w in rec.record.warnings if w.startswith("empty mesh")]
+        reporter.warning(f"{item.path}: {empty[0] if empty else 'empty mesh'}")
     return None

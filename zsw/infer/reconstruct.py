@@ -380,8 +380,8 @@ class Reconstruction:
 
         cam = self.camera_vertices()
         v = np.stack([cam[:, 0], cam[:, 2], -cam[:, 1]], axis=1)  # camera (x right, y down, z ahead) -> z up
-        if len(v) == 0:
-            return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False), 1.0
+        if len(v) == 0:  # an empty mesh has no size to scale
+            return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False), None
         lo, hi = v.min(axis=0), v.max(axis=0)
         scale = longest_side_mm / max(float((hi - lo).max()), 1e-12)
         base = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
