@@ -64,7 +64,7 @@ Smooth = Annotated[
 ]
 Faces = Annotated[
     int | None,
-    typer.Option(min=4, help="Decimate each mesh to at most this many triangles (quadric edge collapse)."),
+    typer.Option(min=32, help="Decimate each mesh to at most this many triangles (quadric edge collapse)."),
 ]
 
 

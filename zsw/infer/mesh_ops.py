@@ -12,8 +12,11 @@
     A collapse can leave two copies of one triangle facing each other, or pinch two sheets of the
     surface together so that an edge is shared by four triangles. Facing copies are removed. A
     pinch is undone by giving each sheet its own copy of the edge's vertices (see
-    ``_split_pinches``), so that every edge is one of two triangles again: the mesh stays
-    watertight, touching itself where it was pinched. Where that cannot separate the sheets, the
+    ``_split_pinches``), so that every edge is one of two triangles again, and by moving each copy
+    2 % of the way into its own sheet (``_separate``), so that the sheets no longer touch: the
+    mesh stays watertight also for tools that merge vertices by position, as STL readers and
+    slicers do (before the move, 2 of 40 decimations of five photos' meshes were not, read that
+    way). Where the split cannot separate the sheets, the
     decimation is redone at 97 % and then 94 % of the budget; a mesh still pinched after that is
     kept so, and ``result.json`` says it is not watertight. On the packaged model's meshes of the
     10 bundled photos and 21 procedural test images, at budgets of 500 to 20,000 faces after 20
@@ -30,8 +33,9 @@ from zsw.errors import ConfigError, OptionError
 
 __all__ = ["smooth_mesh", "decimate_mesh", "check_mesh_options", "MIN_FACES", "MAX_SMOOTH"]
 
-#: the smallest face budget (a tetrahedron)
-MIN_FACES = 4
+#: the smallest face budget: below it the quadric decimation collapses a reconstruction to a
+#: sliver (a photo's mesh of 7,600 faces became 12 faces 0.02 across for budgets 4, 8 and 16)
+MIN_FACES = 32
 #: the most smoothing passes (beyond a few hundred Taubin's filter flattens the shape itself)
 MAX_SMOOTH = 1000
 
@@ -135,18 +139,40 @@ def _split_pinches(vertices: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, n
         return vertices, tri
     partner = _pair_sheets(vertices, tri, edges, topo, [int(e) for e in pinched])
     tri = tri.copy()
-    extra = []
+    extra, split = [], []
     for v in np.unique(unique[pinched]):
         fans = topo.fans(tri, int(v), partner)
+        if len(fans) > 1:
+            split.append(int(v))
         for fan in fans[1:]:
             copy = len(vertices) + len(extra)
             extra.append(vertices[v])
+            split.append(copy)
             for f in fan:
                 row = tri[f]
                 row[row == v] = copy
     if extra:
         vertices = np.concatenate([vertices, np.asarray(extra)], axis=0)
-    return vertices, tri
+    return _separate(vertices, tri, np.asarray(split, dtype=np.int64)), tri
+
+
+#: how far each copy of a split vertex moves into its own sheet, as a share of the way to the
+#: centre of its fan's triangles
+_SEPARATION = 0.02
+
+
+def _separate(vertices: np.ndarray, tri: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Move every copy of a split vertex a little into its own sheet (towards the mean centroid of
+    the triangles it belongs to), so that the copies no longer share a position: the mesh is then
+    closed also for tools that merge vertices by position (STL readers, slicers), not only by index."""
+    if len(split) == 0:
+        return vertices
+    vertices = vertices.copy()
+    centroids = vertices[tri].mean(axis=1)  # [F, 3]
+    for v in split:
+        around = (tri == v).any(axis=1)
+        vertices[v] += _SEPARATION * (centroids[around].mean(axis=0) - vertices[v])
+    return vertices
 
 
 def _pair_sheets(

@@ -908,6 +908,8 @@ class Reconstructor:
         warn = list(self.warnings)
         if len(rec.mesh.faces) == 0 and grid.evaluated_points:
             warn.append("empty mesh: the predicted occupancy never crosses the threshold")
+        if self.faces is not None and len(rec.mesh.faces) > self.faces:
+            warn.append(f"decimation could not reach {self.faces} faces: the mesh keeps {len(rec.mesh.faces)}")
         if opened:
             warn.append(
                 f"decimation to {self.faces} faces left {opened} edge(s) not shared by exactly two triangles: "
