@@ -130,7 +130,7 @@ def test_mesh_ops_bench_counts_watertight_decimations(repo_root):
     result = measure(paths[:1], budgets=(800, 10**9), smooth=2)
     rows = result["rows"]
     assert rows[800]["meshes"] == 1 and rows[10**9]["watertight"] == 1  # a budget above the mesh keeps it
-    assert rows[800]["watertight"] + rows[800]["pinched"] == 1
+    assert rows[800]["watertight"] + rows[800]["pinched"] == 1 and rows[800]["merged"] == rows[800]["watertight"]
     assert "decimations watertight" in markdown(result, paths[:1])
 
 
