@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 import typer
 
@@ -46,9 +47,35 @@ def main() -> None:
     files are complete and renamed into place before a command returns.
     """
     try:
-        app(prog_name="zsw")
+        sys.exit(_run())
     finally:
         gc.freeze()
+
+
+def _run() -> int:
+    """The app's exit code. A usage error (an option out of range, a missing argument, an unknown
+    command) is one line, like zsw's own errors, instead of click's usage block in a box; running
+    a group without a command still shows its help."""
+    try:
+        code = app(prog_name="zsw", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C at a prompt, or EOF
+        typer.echo("aborted", err=True)
+        return 1
+    except Exception as e:
+        # click's exceptions, whether typer vendors click (>= 0.20) or uses the package: by name
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "ClickException" not in kinds:
+            raise
+        if "NoArgsIsHelpError" in kinds:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(e)
+        else:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message()}{where}", err=True)
+        return e.exit_code
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

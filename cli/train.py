@@ -65,10 +65,4 @@ def train(
     result = run(cfg, out, resume=resume, progress=progress, echo=lambda m: typer.echo(m, err=True))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
-    done = f"{out}: stage {cfg.stage} at step {result.step}"
-    if result.last:
-        losses = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
-        done += f" ({result.samples_per_second:.2f} samples/s); {losses}"
-    else:
-        done += " already: no step left to train"
-    typer.echo(done + (f"; final weights {result.final}" if result.final else ""))
+    typer.echo(result.summary(out, cfg.stage))

@@ -63,6 +63,15 @@ def test_the_console_script_runs_the_app_and_freezes_the_heap_on_the_way_out():
     assert out.stdout.split()[-2:] == ["0", "True"]
     bad = subprocess.run([sys.executable, "-m", "zsw", "no-such-command"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no-such-command" in bad.stderr
+    # a usage error is one line, like zsw's own errors (not click's usage block in a box)
+    for args, fragment in ((["reconstruct", "x.png", "--resolution", "0"], "'--resolution'"),
+                           (["eval"], "Missing option '--data'")):  # fmt: skip
+        bad = subprocess.run([sys.executable, "-m", "zsw", *args], capture_output=True, text=True)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    # a group without a command still shows its help
+    group = subprocess.run([sys.executable, "-m", "zsw", "bench"], capture_output=True, text=True)
+    assert "zsw bench [OPTIONS] COMMAND" in group.stdout + group.stderr
 
 
 def test_commands_stay_thin():

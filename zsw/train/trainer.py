@@ -76,6 +76,16 @@ class TrainResult:
     nonfinite_steps: int = 0
     skipped_samples: int = 0
 
+    def summary(self, out: str | os.PathLike, stage: str) -> str:
+        """One line for the terminal: where the run stands, its last losses, its final weights."""
+        done = f"{out}: stage {stage} at step {self.step}"
+        if self.last:
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in self.last.items())
+            done += f" ({self.samples_per_second:.2f} samples/s); {losses}"
+        else:
+            done += " already: no step left to train"
+        return done + (f"; final weights {self.final}" if self.final else "")
+
 
 @dataclass
 class RunState:
