@@ -126,6 +126,11 @@ def test_the_onnxruntime_backend_without_an_engine_runs_the_packaged_graphs(repo
     rec = reconstruct(repo_root / "examples" / "teddy_bear.png", resolution=32, backend="onnxruntime")
     assert rec.info["model"]["backend"] == "onnxruntime" and len(rec.mesh.faces) > 100
     assert rec.info["model"]["weights"] == f"demo:{demo_weights().name} (ONNX)"
+    assert not any("--precision" in w for w in rec.info["warnings"])
+    # a precision the graphs do not compute in is said, not dropped in silence
+    bf16 = reconstruct(repo_root / "examples" / "teddy_bear.png", resolution=8, backend="onnxruntime", precision="bf16")
+    assert bf16.info["model"]["precision"] == "engine"
+    assert any(w.startswith("--precision bf16 is for the torch backend") for w in bf16.info["warnings"])
 
 
 def test_the_cpu_path_never_imports_timm_torchvision_or_triton(repo_root, tmp_path):

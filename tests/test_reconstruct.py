@@ -763,3 +763,22 @@ def test_an_empty_mesh_is_written_and_warned_about(repo_root, tmp_path):
     assert len(warned) == 1 and warned[0].startswith("WARNING: ") and "toy.png: empty mesh" in warned[0]
     info = json.loads((out / "toy" / "result.json").read_text())
     assert info["mesh"]["faces"] == 0 and info["mesh"]["stl_mm_per_unit"] is None
+
+
+def test_a_mask_folder_without_this_images_mask_is_said(repo_root, tmp_path):
+    """--masks DIR that lacks one photo's mask: a model with mask heads predicts it, and says so on
+    the terminal and in result.json, rather than silently using another mask than asked for."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "hat.png").write_bytes((repo_root / "examples" / "masks" / "hat.png").read_bytes())
+    args = ["reconstruct", str(repo_root / "examples" / "hat.png"), str(repo_root / "examples" / "toy.png"),
+            "-o", str(tmp_path / "o"), "--weights", "random:tiny", "--resolution", str(RES), "--no-preview",
+            "--masks", str(masks)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "no mask named" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING: ") and "toy.png" in warned[0]
+    toy = json.loads((tmp_path / "o" / "toy" / "result.json").read_text())
+    hat = json.loads((tmp_path / "o" / "hat" / "result.json").read_text())
+    assert toy["mask"] != "given" and any("predicted mask is used" in n for n in toy["input"]["notes"])
+    assert hat["mask"] == "given"

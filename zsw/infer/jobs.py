@@ -17,6 +17,7 @@ counted; the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -127,13 +128,13 @@ def _fail(report: ReconstructReport, reporter: Reporter, item: str, reason: str)
 
 def _run(items: list[_Item], out: Path, s: ReconstructSettings, kind: str, identity: str, reporter, report) -> None:
     backend, label, warning = cached_backend(kind, s.weights, s.engine, s.device, identity)
-    if warning:
-        reporter.warning(warning)
     recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,
                           color=s.color, min_part=s.min_part, smooth=s.smooth, faces=s.faces, reframe=s.reframe,
                           background=s.background)  # fmt: skip
     if warning:
-        recon.warnings.append(warning)
+        recon.warnings.insert(0, warning)
+    for w in recon.warnings:  # said once for the run, and recorded in every result.json
+        reporter.warning(w)
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
@@ -160,6 +161,10 @@ def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, reporter, r
                 item.mask = load_mask(mask_file, item.image)
             elif recon.needs_mask:
                 raise InputError(f"{item.path}: no mask named {item.path.stem}.* in {s.masks}")
+            else:  # the model predicts one: said on the terminal and in result.json's notes
+                note = f"no mask named {item.path.stem}.* in {s.masks}: the predicted mask is used"
+                item.image = dataclasses.replace(item.image, notes=[*item.image.notes, note])
+                reporter.warning(f"{item.path}: {note}")
         item.load_s = time.perf_counter() - t0
         return True
     except ZswError as e:

@@ -643,6 +643,11 @@ class Reconstructor:
         self.background = background
         self.precision = run_precision(backend.name, precision, backend.device)
         self.warnings: list[str] = []
+        if precision != "auto" and precision != self.precision:
+            self.warnings.append(
+                f"--precision {precision} is for the torch backend; the {backend.name} backend computes in "
+                + ("the precision its engine was built with" if self.precision == "engine" else self.precision)
+            )
 
     @property
     def needs_mask(self) -> bool:
