@@ -153,6 +153,7 @@ def test_missing_clip_weights_fail_at_once_without_network(monkeypatch, tmp_path
 
     calls, before = [], hub.HF_HUB_OFFLINE
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(text_module, "_FAILED", {})
     monkeypatch.setattr(text_module, "_hub_unreachable", lambda timeout=3.0: calls.append("probe") or "no route")
 
     def create_model(*args, **kwargs):
@@ -166,3 +167,7 @@ def test_missing_clip_weights_fail_at_once_without_network(monkeypatch, tmp_path
         text_module.load_clip("ViT-B-32", "openai")
     assert calls == ["offline", "probe"]  # never an online attempt
     assert hub.HF_HUB_OFFLINE == before  # the switch is restored
+    # a folder of photos asks again for each one: the failure is said again at once, not retried
+    with pytest.raises(ZswError, match="hub is unreachable"):
+        text_module.load_clip("ViT-B-32", "openai")
+    assert calls == ["offline", "probe"]

@@ -131,6 +131,9 @@ def test_unknown_prompt_without_clip_weights_fails_clearly(tiny, monkeypatch):
     tiny.text._clip = None
     with pytest.raises(ZswError, match="cannot load CLIP"):
         tiny(torch.rand(1, 3, 224, 224), prompt="chair")
+    # the default prompt in other case or spacing is the default prompt (CLIP lowercases), no CLIP needed
+    default = tiny.text(None, 1)
+    assert torch.equal(tiny.text([" Object "], 1), default) and torch.equal(tiny.text(["OBJECT"], 1), default)
 
 
 def test_prompt_embeddings_through_a_real_tiny_clip(tmp_path, monkeypatch):

@@ -32,14 +32,27 @@ def load_clip(model_name: str, pretrained: str, device: torch.device | str = "cp
         import open_clip
     except ImportError as e:  # pragma: no cover - open_clip is a core dependency
         raise ZswError(f"open_clip is not installed ({e}); pip install open_clip_torch") from None
+    if (model_name, pretrained) in _FAILED:  # said once; a folder of photos does not retry per photo
+        raise ZswError(_FAILED[model_name, pretrained])
+    try:
+        return _load_clip(open_clip, model_name, pretrained, device)
+    except ZswError as e:
+        _FAILED[model_name, pretrained] = str(e)
+        raise
 
+
+#: CLIP weights that could not be loaded in this process, and why
+_FAILED: dict[tuple[str, str], str] = {}
+
+
+def _load_clip(open_clip, model_name: str, pretrained: str, device):
     def create():
         return open_clip.create_model(
             model_name, pretrained=pretrained or None, device=device, require_pretrained=bool(pretrained)
         )
 
     try:
-        with _hub_offline():
+        with _hub_offline(), _quiet_root_logger():  # open_clip logs its failed offline attempt as an ERROR
             model = create()
     except Exception as offline_error:
         reason = _hub_unreachable()
@@ -59,6 +72,17 @@ def load_clip(model_name: str, pretrained: str, device: torch.device | str = "cp
             ) from None
     model.eval().requires_grad_(False)
     return model, open_clip.get_tokenizer(model_name)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    import logging
+
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @contextlib.contextmanager
@@ -133,7 +157,8 @@ class PromptEmbedder(nn.Module):
         """Embeddings for ``prompts`` (one per image, or one for all); None means the default."""
         if prompts is None:
             prompts = [self.cfg.default_prompt]
-        prompts = [p.strip() if isinstance(p, str) else p for p in prompts]
+        # CLIP's tokenizer lowercases and collapses whitespace: "Object" is the default prompt, exactly
+        prompts = [" ".join(p.split()).lower() if isinstance(p, str) else p for p in prompts]
         if any(not isinstance(p, str) or not p for p in prompts):
             raise ZswError("prompts must be non-empty strings")
         if len(prompts) == 1:
