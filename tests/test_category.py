@@ -149,12 +149,13 @@ def test_missing_clip_weights_fail_at_once_without_network(monkeypatch, tmp_path
     retries (this took 51 s of retries before)."""
     import huggingface_hub.constants as hub
 
+    import zsw.hub
     from zsw.model import text as text_module
 
     calls, before = [], hub.HF_HUB_OFFLINE
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
     monkeypatch.setattr(text_module, "_FAILED", {})
-    monkeypatch.setattr(text_module, "_hub_unreachable", lambda timeout=3.0: calls.append("probe") or "no route")
+    monkeypatch.setattr(zsw.hub, "hub_unreachable", lambda timeout=3.0: calls.append("probe") or "no route")
 
     def create_model(*args, **kwargs):
         calls.append("offline" if hub.HF_HUB_OFFLINE else "online")

@@ -286,6 +286,28 @@ def test_vlm_estimator_load_failure_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match="hf download nobody/no-such-vlm") as e:
         VLMCategoryEstimator("nobody/no-such-vlm", device="cpu")
     assert "\n" not in str(e.value)
+    assert "pass `--prompt vlm:models/no-such-vlm`" in str(e.value)  # the option's own syntax
+    with pytest.raises(ConfigError, match=r"^--prompt vlm:\./nowhere: no such folder"):
+        VLMCategoryEstimator("./nowhere", device="cpu")
+
+
+def test_a_hub_model_without_a_network_fails_at_once(monkeypatch):
+    """No HF_HUB_OFFLINE, no cache, no hub: the cache is tried, the hub probed, one line at once
+    (this took minutes of download retries before)."""
+    import zsw.hub
+    from zsw.errors import ConfigError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(zsw.hub, "hub_unreachable", lambda timeout=3.0: "no route")
+    calls = []
+
+    def loader(source, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        raise OSError(f"{source} is not in the cache")
+
+    with pytest.raises(ConfigError, match="not in the Hugging Face cache .* hub is unreachable \\(no route\\)"):
+        zsw.hub.load_pretrained(loader, "nobody/no-such-vlm", what="thing", option="--prompt vlm:{}")
+    assert calls == [True]  # never an online attempt
 
 
 def test_help_states_the_config_defaults():

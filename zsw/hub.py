@@ -25,6 +25,7 @@ __all__ = [
     "diffusers_dtype",
     "looks_local",
     "offline",
+    "hub_unreachable",
     "load_pretrained",
     "ready_pipeline",
 ]
@@ -90,6 +91,23 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, no route, ...), or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname}: {e.strerror or type(e).__name__}"
+    return None
+
+
 def _reason(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 160 else text[:157] + "..."
@@ -117,23 +135,42 @@ def load_pretrained(
 
     local = looks_local(source)
     path = Path(str(source)).expanduser()
+    given = option.format(source) if "{}" in option else f"{option} {source}"
     if local and not path.exists():
         hint = f"download it with `hf download {default_id} --local-dir {source}`" if default_id else "check the path"
-        raise ConfigError(f"{option} {source}: no such folder for the {what}; {hint}")
+        raise ConfigError(f"{given}: no such folder for the {what}; {hint}")
     if offline() and not local:
         kwargs.setdefault("local_files_only", True)
+    elif not local and not kwargs.get("local_files_only"):
+        # offline first: the cache, then the hub only if it answers (no minutes of retries without a network)
+        try:
+            return loader(str(source), **kwargs, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError, ImportError, HfHubHTTPError) as e:
+            reason = hub_unreachable()
+            if reason is not None:
+                raise ConfigError(
+                    f"cannot load the {what} {source!r}: it is not in the Hugging Face cache ({_reason(e)}) "
+                    f"and the hub is unreachable ({reason}); {_download_hint(source, option)}"
+                ) from None
     try:
         return loader(str(path) if local else str(source), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, HfHubHTTPError) as e:
         if local:
             hint = f" (e.g. `hf download {default_id} --local-dir {source}`)" if default_id else ""
             raise ConfigError(
-                f"cannot load the {what} from {option} {source}: {_reason(e)}; "
+                f"cannot load the {what} from {given}: {_reason(e)}; "
                 f"it must be a complete Hugging Face model folder{hint}"
             ) from None
-        name = str(source).rstrip("/").rsplit("/", 1)[-1]
-        raise ConfigError(
-            f"cannot load the {what} {source!r} ({_reason(e)}); download it with "
-            f"`hf download {source} --local-dir models/{name}` and pass `{option} models/{name}`, "
-            "or put it in the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1"
-        ) from None
+        hint = _download_hint(source, option)
+        raise ConfigError(f"cannot load the {what} {source!r} ({_reason(e)}); {hint}") from None
+
+
+def _download_hint(source, option: str) -> str:
+    """How to get a hub model onto a machine: ``option`` may hold ``{}`` where the value goes
+    (``--prompt vlm:{}``), else the value follows it."""
+    name = str(source).rstrip("/").rsplit("/", 1)[-1]
+    use = option.format(f"models/{name}") if "{}" in option else f"{option} models/{name}"
+    return (
+        f"download it with `hf download {source} --local-dir models/{name}` and pass `{use}`, "
+        "or put it in the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1"
+    )

@@ -63,7 +63,7 @@ class TransformersVLM:
 
         self.device = resolve_device(device)
         dtype = resolve_dtype(dtype, self.device) if dtype is None or isinstance(dtype, str) else dtype
-        kw = dict(what="vision-language model", option="--prompt vlm:<id>", default_id=DEFAULT_VLM)
+        kw = dict(what="vision-language model", option="--prompt vlm:{}", default_id=DEFAULT_VLM)
         self.processor = load_pretrained(AutoProcessor.from_pretrained, model_id, **kw)
         model = load_pretrained(AutoModelForImageTextToText.from_pretrained, model_id, dtype=dtype, **kw)
         self.model = model.to(self.device).eval()

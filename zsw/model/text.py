@@ -55,7 +55,9 @@ def _load_clip(open_clip, model_name: str, pretrained: str, device):
         with _hub_offline(), _quiet_root_logger():  # open_clip logs its failed offline attempt as an ERROR
             model = create()
     except Exception as offline_error:
-        reason = _hub_unreachable()
+        from zsw import hub
+
+        reason = hub.hub_unreachable()
         if reason is not None:
             raise ZswError(
                 f"cannot load CLIP {model_name!r} with weights {pretrained!r}: they are not in the local cache "
@@ -96,23 +98,6 @@ def _hub_offline():
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
-
-
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hugging Face hub cannot be reached (offline mode, no route, ...), or None."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError as e:
-        return f"{url.hostname}: {e.strerror or type(e).__name__}"
-    return None
 
 
 class PromptEmbedder(nn.Module):
