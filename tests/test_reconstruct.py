@@ -387,6 +387,17 @@ def test_cli_missing_input_and_bad_options(tmp_path):
         assert result.exit_code == 1 and _lines(result.output) == [
             "error: --device cuda: no CUDA device is available to PyTorch here"
         ]
+    # with an earlier result in the folder: the error comes before any "redoing" line
+    assert runner.invoke(app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--weights", "random:tiny",
+                               "--resolution", "8"]).exit_code == 0  # fmt: skip
+    result = runner.invoke(
+        app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "w.st")]
+    )
+    assert result.exit_code == 1 and _lines(result.output) == [f"error: checkpoint {tmp_path / 'w.st'} does not exist"]
+    result = runner.invoke(app, ["reconstruct", str(img), "-o", str(tmp_path / "o"), "--weights", str(tmp_path)])
+    assert result.exit_code == 1 and _lines(result.output) == [
+        f"error: --weights {tmp_path} is a folder; give a .safetensors checkpoint"
+    ]
 
 
 def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_path):

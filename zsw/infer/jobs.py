@@ -30,6 +30,7 @@ from zsw.infer.reconstruct import (
     Reconstruction,
     Reconstructor,
     cached_backend,
+    check_inputs,
     find_mask,
     plan_reruns,
     resolve_backend,
@@ -100,6 +101,7 @@ def reconstruct_many(
     report.total = len(paths) + len(problems)
     for item, reason in problems:
         _fail(report, reporter, item, reason)
+    check_inputs(settings.device, settings.weights)  # before any "redoing" line
     identity = weights_identity(settings.weights, settings.engine)
     backend = resolve_backend(settings.backend, settings.weights, settings.engine, settings.device, settings.precision)
     todo, report.redone, errors = plan_reruns(

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsw.errors import ConfigError, InputError, OptionError, ZswError
+from zsw.errors import CheckpointError, ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, load_backend, predict
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
@@ -164,14 +164,9 @@ def resolve_weights(weights=None):
     return Path(text), str(text), None
 
 
-def open_backend(
-    kind: str = "auto",
-    weights=None,
-    engine: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[Backend, str, str | None]:
-    """A backend plus a label of its weights and an optional warning (see :func:`resolve_weights`);
-    ``kind`` ``auto`` is resolved by :func:`resolve_backend` (at the default precision)."""
+def check_inputs(device: str | torch.device | None = None, weights=None) -> None:
+    """The cheap checks of ``--device`` and ``--weights``, made before any work (a folder run makes
+    them before it plans which photos to redo): a one-line error naming the option."""
     if device is not None:
         try:
             dev = torch.device(device)
@@ -181,6 +176,22 @@ def open_backend(
             raise OptionError(f"--device {device}: zsw runs on cpu or cuda devices")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: no CUDA device is available to PyTorch here")
+    if isinstance(weights, (str, os.PathLike)) and str(weights) != "demo" and not str(weights).startswith("random:"):
+        if Path(weights).is_dir():
+            raise CheckpointError(f"--weights {weights} is a folder; give a .safetensors checkpoint")
+        if not Path(weights).is_file():
+            raise CheckpointError(f"checkpoint {weights} does not exist")
+
+
+def open_backend(
+    kind: str = "auto",
+    weights=None,
+    engine: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Backend, str, str | None]:
+    """A backend plus a label of its weights and an optional warning (see :func:`resolve_weights`);
+    ``kind`` ``auto`` is resolved by :func:`resolve_backend` (at the default precision)."""
+    check_inputs(device, weights)
     kind = resolve_backend(kind, weights, engine, device)
     if kind == "torch":
         model, label, warning = resolve_weights(weights)
