@@ -77,6 +77,7 @@ def test_webp_and_bmp_load(tmp_path):
     [
         (b"hello, not an image", "not an image file"),
         (None, "corrupt or truncated"),
+        (b"", "empty file"),
     ],
 )
 def test_broken_files_raise_one_line_input_errors(tmp_path, content, fragment):

@@ -125,6 +125,8 @@ def _open(path: Path, notes: list[str] | None = None):
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
