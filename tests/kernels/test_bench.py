@@ -95,7 +95,7 @@ def test_bench_kernels_rejects_unknown_ops(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        (dict(stage="joint"), "--stage must be pixel or full, got 'joint'"),
+        (dict(stage="joint"), "--stage must be one of pixel, shape, full, got 'joint'"),
         (dict(amp="fp16"), "--amp must be off or bf16, got 'fp16'"),
         (dict(impls=["torch", "cuda"]), "--impl must be torch or triton, got 'cuda'"),
     ],
