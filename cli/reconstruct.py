@@ -25,7 +25,7 @@ COMMAND = dict(
 )
 APP_COMMAND = dict(
     help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
-    'masks, the timings and GLB/OBJ/PLY files. Needs the app extra: pip install "zsw\\[app]".'
+    'masks, the timings and GLB/OBJ/PLY/STL files. Needs the app extra: pip install "zsw\\[app]".'
     "\n\nExample:\n\n  zsw app            # then open http://127.0.0.1:7860"
     "\n\n  zsw app --device cuda --host 0.0.0.0 --port 8080",
 )
@@ -93,7 +93,7 @@ def app(
     share: Annotated[bool, typer.Option(help="Also open a public gradio.live link.")] = False,
 ) -> None:
     try:
-        from zsw.app import build_app, serve
+        from zsw.app import build_app, serve, wait
     except ModuleNotFoundError as e:  # gradio or its client
         if not (e.name or "").startswith("gradio"):
             raise
@@ -105,4 +105,4 @@ def app(
     demo = build_app(ReconstructSettings(weights=weights, device=device))
     url = serve(demo, host=host, port=port, share=share)
     typer.echo(f"zsw app: open {url}" + (f" or {demo.share_url}" if share else "") + " (Ctrl-C stops it)")
-    demo.block_thread()
+    wait(demo)

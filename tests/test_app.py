@@ -95,6 +95,13 @@ def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
     glb = trimesh.load(model, force="mesh", process=False)  # process=True would merge vertices
     assert len(glb.vertices) == expected["vertices"] and len(glb.faces) == expected["faces"]
     assert f"{expected['vertices']} vertices" in status and "error" not in status
+    # what was done to the photo is said: a wide photo is padded to a square
+    wide = tmp_path / "wide.png"
+    canvas = Image.new("RGB", (336, 224), "white")
+    canvas.paste(Image.open(ARMCHAIR).convert("RGB"), (56, 0))
+    canvas.save(wide)
+    *_, status = _reconstruct(app_url, wide, tmp_path / "dl2")
+    assert "note: padded to a square" in status, status
     assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply", ".stl"]
     for picture in (depth, visible, occluder):
         assert Image.open(picture).size == (224, 224)
@@ -183,6 +190,31 @@ def test_help_has_an_example():
 
     result = CliRunner().invoke(app, ["app", "--help"])
     assert result.exit_code == 0 and "zsw app" in result.output and "--port" in result.output
+
+
+def test_stopping_the_app_removes_its_work_folder(tmp_path):
+    """Every request's meshes and masks sit in a temporary work folder: a stopped app (SIGTERM, as
+    a service manager stops it, or Ctrl-C) leaves none behind."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "zsw", "app", "--port", str(_free_port()), "--weights", "random:tiny"]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "open http" not in line and time.monotonic() < deadline and child.poll() is None:
+            line = child.stdout.readline()
+        assert "open http" in line, line
+        assert len(list(tmp_path.glob("zsw-app-*"))) == 1
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0 and not list(tmp_path.glob("zsw-app-*"))
 
 
 def test_busy_port_is_one_line(app_url):

@@ -2,14 +2,14 @@
 
 The page runs :func:`zsw.infer.jobs.reconstruct_many` -- the job ``zsw reconstruct`` runs -- on one
 uploaded photo and shows what it wrote: the coloured mesh in an interactive 3D view, the depth map,
-both masks, the timings and the mesh files (GLB, OBJ, PLY) to download::
+both masks, the timings and the mesh files (GLB, OBJ, PLY, STL) to download::
 
     from zsw.app import build_app, serve
     from zsw.infer.settings import ReconstructSettings
 
     demo = build_app(ReconstructSettings(device="cpu"))
     print(serve(demo, port=7860))  # http://127.0.0.1:7860/
-    demo.block_thread()  # until Ctrl-C
+    wait(demo)  # until Ctrl-C or SIGTERM
 
 gradio is an optional dependency (``pip install "zsw[app]"``); this module imports it at the top,
 so import it only where the app is wanted.
@@ -17,6 +17,7 @@ so import it only where the app is wanted.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -107,7 +108,11 @@ def build_app(
     writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
     defaults = defaults or ReconstructSettings()
     _check_model(defaults)
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="zsw-app-"))
+    if work_dir is None:  # ours: removed when the process ends (the hourly clean-up needs a live server)
+        work = Path(tempfile.mkdtemp(prefix="zsw-app-"))
+        atexit.register(shutil.rmtree, work, True)
+    else:
+        work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     examples = find_examples() if examples is None else examples
     if examples:
@@ -223,6 +228,16 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
     return url
 
 
+def wait(demo: gr.Blocks) -> None:
+    """Serve until Ctrl-C or SIGTERM (a service manager's stop), then return through the normal
+    exit path, so the request folders are removed."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    demo.block_thread()
+
+
 def _reconstruct(
     upload: str | None, defaults: ReconstructSettings, choices: dict, work: Path, reporter: PageReporter
 ) -> tuple:
@@ -241,7 +256,9 @@ def _reconstruct(
     if not report.written:
         reasons = [reason for _, reason in report.failed] or reporter.errors or ["nothing was written"]
         return _failure(f"{name}: {_one_line(reasons[0])}")
-    return _outputs(report.written[0], name, reporter.warnings)
+    # the job's warnings about this photo (an empty mesh, ...) are in its result.json as well
+    job = [w for w in reporter.warnings if not w.startswith(f"{upload}: ")]
+    return _outputs(report.written[0], name, job)
 
 
 def _settings(
@@ -287,8 +304,10 @@ def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
     mesh = info["mesh"]
     total = sum(info["timings_s"].values())  # the preview's entry is ~0: the app asks for none
     lines = [f"**{name}**: {mesh['vertices']} vertices, {mesh['faces']} faces in {total:.1f} s"]
-    # the job's warnings (random weights, ...) and the image's own (very elongated, ...), once each
+    # the job's warnings (random weights, ...) and the image's own (an empty mesh, ...), once each;
+    # then what was done to the photo (padded, reframed, a very elongated photo, ...)
     lines += [f"warning: {_one_line(w)}" for w in dict.fromkeys([*warnings, *info.get("warnings", [])])]
+    lines += [f"note: {_one_line(n)}" for n in info["input"].get("notes", [])]
     meshes = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
     images = [str(folder / f) for f in ("depth.png", "visible_mask.png", "occluder_mask.png")]
     return (meshes[0], *images, _timings_table(info["timings_s"]), meshes, "\n\n".join(lines))
