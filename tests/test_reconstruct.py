@@ -793,3 +793,25 @@ def test_a_mask_folder_without_this_images_mask_is_said(repo_root, tmp_path):
     hat = json.loads((tmp_path / "o" / "hat" / "result.json").read_text())
     assert toy["mask"] != "given" and any("predicted mask is used" in n for n in toy["input"]["notes"])
     assert hat["mask"] == "given"
+
+
+def test_the_api_refuses_what_it_cannot_use_in_one_line(repo_root, tmp_path):
+    """Arrays to the folder job, a dict for its settings, an empty prompt, a grid finer than the
+    CLI's: each a one-line error naming what to pass, not a crash or a silent default."""
+    import zsw
+    from zsw.errors import ZswError
+
+    with pytest.raises(ZswError, match="inputs must be image files, folders or glob patterns, got a ndarray"):
+        zsw.reconstruct_many([np.zeros((32, 32, 3), np.uint8)], tmp_path / "o")
+    with pytest.raises(ZswError, match="settings must be a ReconstructSettings, got dict"):
+        zsw.reconstruct_many([repo_root / "examples" / "toy.png"], tmp_path / "o", {"formats": ("glb",)})
+    with pytest.raises(ZswError, match="prompt: empty"):
+        zsw.reconstruct(repo_root / "examples" / "toy.png", weights="random:tiny", resolution=RES, prompt=" ")
+    with pytest.raises(ZswError, match="from 2 to 1024"):
+        zsw.GridSettings(resolution=2000)
+    from zsw.cli._common import Resolution
+    from zsw.infer.settings import MAX_RESOLUTION
+
+    assert Resolution.__metadata__[0].max == MAX_RESOLUTION  # the CLI and the library agree
+    assert not (tmp_path / "o").exists()
+    assert {"reconstruct", "reconstruct_many", "ReconstructSettings"} <= set(dir(zsw))  # the lazy names too

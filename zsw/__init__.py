@@ -32,3 +32,8 @@ def __getattr__(name: str):
 
         return getattr(settings, name)
     raise AttributeError(f"module 'zsw' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names too (tab completion, help()); not `annotations`, the __future__ import
+    return sorted((set(globals()) - {"annotations"}) | set(__all__))

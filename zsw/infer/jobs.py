@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsw.errors import InputError, ZswError
+from zsw.errors import ConfigError, InputError, ZswError
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
 from zsw.infer.reconstruct import (
     Reconstruction,
@@ -92,9 +92,16 @@ def reconstruct_many(
     """Reconstruct every image that ``inputs`` names (files, folders, glob patterns) into
     ``out/<name>/`` (mesh, depth, masks, preview, ``result.json``). See the module docstring."""
     settings = settings or ReconstructSettings()
+    if not isinstance(settings, ReconstructSettings):
+        raise ConfigError(f"settings must be a ReconstructSettings, got {type(settings).__name__}")
     reporter = reporter or Reporter()
     if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of characters
         inputs = [inputs]
+    if bad := [i for i in inputs if not isinstance(i, (str, os.PathLike))]:
+        raise InputError(
+            f"inputs must be image files, folders or glob patterns, got a {type(bad[0]).__name__}; "
+            "zsw.reconstruct takes arrays and PIL images"
+        )
     out = Path(out)
     report = ReconstructReport(out=out)
     paths, problems = find_images(inputs)

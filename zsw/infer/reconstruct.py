@@ -522,11 +522,11 @@ def reframe_worthwhile(current: tuple[int, int, int], window: tuple[int, int, in
 
 
 def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
-    if prompt is None or isinstance(prompt, str):
-        return [prompt] * n
-    prompts = list(prompt)
+    prompts = [prompt] * n if prompt is None or isinstance(prompt, str) else list(prompt)
     if len(prompts) != n:
         raise InputError(f"got {len(prompts)} prompts for {n} images")
+    if any(isinstance(p, str) and not p.strip() for p in prompts):  # None is the default prompt, "" a slip
+        raise OptionError("prompt: empty; give a category word such as 'chair', or None for the default")
     return prompts
 
 

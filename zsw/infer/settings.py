@@ -79,6 +79,9 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> None:
 #: first grid of 16^3 cells, a margin of 2 logits halved per level, one cell of dilation on every
 #: level but the last, where growth along the surface takes its place). Part of a result's rerun
 #: key: results of another rule are redone.
+#: the finest grid: 1025^3 samples already take minutes and gigabytes on a CPU (the CLI's maximum too)
+MAX_RESOLUTION = 1024
+
 FAST_EXTRACTION = {"coarse_resolution": 16, "margin": 2.0, "dilate": 1, "grow": True}
 
 
@@ -105,8 +108,10 @@ class GridSettings:
 
     def __post_init__(self) -> None:
         # the library's limits; the CLI's options narrow them further (typer's min/max)
-        if not isinstance(self.resolution, int) or self.resolution < 2:
-            raise OptionError(f"grid resolution (--resolution) must be an integer >= 2, got {self.resolution!r}")
+        if not isinstance(self.resolution, int) or not 2 <= self.resolution <= MAX_RESOLUTION:
+            raise OptionError(
+                f"grid resolution (--resolution) must be an integer from 2 to {MAX_RESOLUTION}, got {self.resolution!r}"
+            )
         if self.extraction not in EXTRACTIONS:
             raise OptionError(
                 f"extraction mode (--extraction) must be one of {', '.join(EXTRACTIONS)}, got {self.extraction!r}"
