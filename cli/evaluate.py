@@ -19,6 +19,7 @@ COMMAND = dict(
     "\n\n  zsw eval --data data/proc_test --format procedural --out demo.json --baseline sphere",
 )
 
+_PER_CATEGORY = "At most this many samples per category (default: all; 10 for zeroshape)."
 _FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")  # for --help; the job validates
 # help texts too long for a line of the signature
 _PROMPT = "Category prompt: text, 'category' (each sample's ground-truth category), 'auto' (CLIP) or 'vlm:<id>'."
@@ -39,8 +40,8 @@ def evaluate(
     prompt: Annotated[str, typer.Option(help=_PROMPT)] = "object",
     use_mask: Annotated[bool, typer.Option(help="Give the model the set's visible masks (default: predict).")] = False,
     baseline: Annotated[str | None, typer.Option(help=_BASELINE)] = None,
-    split: Annotated[str | None, typer.Option(help="List split to read (default: test).")] = None,
-    max_per_category: Annotated[int | None, typer.Option(min=1, help="At most this many samples per category.")] = None,
+    split: Annotated[str | None, typer.Option(help="List split to read (default: test; val for zeroshape).")] = None,
+    max_per_category: Annotated[int | None, typer.Option(min=1, help=_PER_CATEGORY)] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples.")] = None,
     device: opts.Device = None,
     batch_size: opts.BatchSize = 1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -331,20 +332,24 @@ def test_scanned_object_readers(tmp_path, fmt):
     pc = rng.normal(size=(30, 3)).astype(np.float32)
     _save_npy(root / "pointclouds" / "bottle" / "mustard_bottle.npy", pc)
     rots = {}
-    for n in names:
+    for k, n in enumerate(names):
         depth = np.zeros((224, 224), np.float32)
         depth[50:150, 60:160] = 1.5
+        if k == 0:
+            depth[100, 100] = np.nan  # a hole in a scan: object, as ZeroShape counts it (depth != 0)
         _save_npy(root / depth_dir / "bottle" / f"{n}.npy", depth)
         _save_png(root / "images_processed" / "bottle" / f"{n}.png", rng.integers(0, 255, (224, 224, 3), np.uint8))
         rots[n] = _rot(rng)
         _save_npy(root / "camera_data" / "extr" / "bottle" / f"{n}.npy", np.hstack([rots[n], [[0], [0], [1]]]))
     ds = open_eval_set(root, fmt)
-    # OCRTOC evaluates every 5th line of the list (ZeroShape), OmniObject3D every line
+    # OCRTOC evaluates every 5th line of the list (ZeroShape), OmniObject3D every line; a name
+    # carries its category (one object name can sit in two categories, and resuming goes by name)
     want = names[::5] if fmt == "ocrtoc" else names
-    assert ds.names() == want
+    assert ds.names() == [f"bottle_{n}" for n in want]
+    assert len(list(ds)) == len(want) and ds.skipped == 0
     for s in ds:
         assert s.mask.sum() == 100 * 100 and (s.image[~s.mask] == 255).all()
-        assert np.allclose(s.gt_points, pc @ rots[s.name].T, atol=1e-5)
+        assert np.allclose(s.gt_points, pc @ rots[s.name.removeprefix("bottle_")].T, atol=1e-5)
 
 
 def test_procedural_and_zeroshape_layout_readers(proc, tmp_path):
@@ -359,9 +364,15 @@ def test_procedural_and_zeroshape_layout_readers(proc, tmp_path):
         Rt = np.load(layout.extrinsics(sid))
         assert np.allclose(s.gt_points, np.load(layout.pointcloud(sid)) @ Rt[:, :3].T, atol=1e-5)
         assert np.allclose(s.intrinsics, np.load(layout.intrinsics(sid)))
-    # ZeroShape's synthetic layout: the val lists stand in for test, capped per category
+    # ZeroShape's synthetic layout: its val lists, at most 10 views per category by default
     zs = open_eval_set(proc, "zeroshape", max_per_category=1)
     assert len(zs) == 1 and zs.names()[0] in ds.names()
+    assert open_eval_set(proc, "zeroshape").names() == ds.names()  # one val object of 2 views here
+    both = tmp_path / "both"
+    shutil.copytree(proc, both)
+    for f in (both / "lists").glob("*_val.list"):  # a test list beside val: ZeroShape reads val
+        f.with_name(f.name.replace("_val", "_test")).write_text(f.read_text().splitlines()[0] + "\n")
+    assert open_eval_set(both, "zeroshape").names() == ds.names()
     with pytest.raises(ConfigError, match="unknown evaluation format"):
         open_eval_set(proc, "shapenet")
     (tmp_path / "lists").mkdir()

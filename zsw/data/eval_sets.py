@@ -7,8 +7,9 @@ procedural test split, each as a sequence of :class:`EvalSample` in ZeroShape's 
 format         what is read
 ============== =================================================================================
 zeroshape      ZeroShape layout (a root with ``lists/``, or ``train_data/`` with subsets); the
-               ``test`` lists, else ``val`` (ZeroShape evaluates its val lists, at most 10 views
-               per category: pass ``max_per_category=10``); mask = depth != 0; image as stored
+               ``val`` lists, at most 10 views per category, as ZeroShape evaluates them (its
+               test split reads val; ``split`` and ``max_per_category`` override both); mask =
+               depth != 0; image as stored
 procedural     zsw's procedural output, ``test`` lists; image as stored (with its background and
                occluders if they were baked in); mask = ``visible_masks`` or depth > 0
 ocrtoc         ``lists/<cat>_test.list``, **every 5th line**; ``images_processed``, ``depth_np``
@@ -52,6 +53,8 @@ __all__ = ["EvalSample", "EvalSet", "open_eval_set", "EVAL_FORMATS", "PIX3D_CATE
 log = logging.getLogger(__name__)
 
 EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")
+#: ZeroShape scores at most this many views per category of its synthetic val set (data/synthetic.py)
+ZEROSHAPE_VIEWS_PER_CATEGORY = 10
 PIX3D_CATEGORIES = ("bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe")
 SIZE = 224
 
@@ -123,10 +126,10 @@ class EvalSet(Sequence[EvalSample]):
 # --------------------------------------------------------------------------------------------
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, finite: bool = True) -> np.ndarray:
     arr = np.load(path, allow_pickle=False)
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-        raise InputError(f"{path} does not hold finite numbers")
+    if not np.issubdtype(arr.dtype, np.number) or (finite and not np.isfinite(arr).all()):
+        raise InputError(f"{path} does not hold {'finite ' if finite else ''}numbers")
     return arr
 
 
@@ -159,7 +162,9 @@ def _on_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _depth_mask(path: Path) -> np.ndarray:  # [224, 224] bool
-    depth = _load_npy(path)
+    # as ZeroShape: the object is where depth != 0, so a NaN or inf pixel counts as object, not as
+    # a reason to drop the view
+    depth = _load_npy(path, finite=False)
     depth = depth.reshape(depth.shape[-2:]) if depth.ndim == 3 and depth.shape[0] == 1 else depth
     if depth.shape != (SIZE, SIZE):
         raise InputError(f"depth {path} has shape {depth.shape}, expected ({SIZE}, {SIZE})")
@@ -240,7 +245,8 @@ def _scan_entries(root: Path, depth_dir: str, every: int) -> list[_Entry]:
                 extr=root / "camera_data" / "extr" / cat / f"{name}.npy",
                 points=root / "pointclouds" / cat / ("_".join(name.split("_")[:-1]) + ".npy"),
             )
-            entries.append(_Entry(name, cat, files, {}))
+            # the category in the name, as for Pix3D: one object name can appear in two categories
+            entries.append(_Entry(f"{cat}_{name}", cat, files, {}))
     return entries
 
 
@@ -312,8 +318,9 @@ def open_eval_set(
     Args:
         root: the dataset folder (e.g. ZeroShape's ``data/Pix3D``).
         format: one of ``zeroshape``, ``pix3d``, ``ocrtoc``, ``omniobject3d``, ``procedural``.
-        split: override the list split (default ``test``; ``zeroshape`` falls back to ``val``).
-        max_per_category: keep at most this many samples per category.
+        split: override the list split (default ``test``; ``val`` for ``zeroshape``).
+        max_per_category: keep at most this many samples per category (default: all; 10 for
+            ``zeroshape``, as ZeroShape evaluates its synthetic data).
     """
     root = Path(root)
     if format not in EVAL_FORMATS:
@@ -321,8 +328,10 @@ def open_eval_set(
     if not root.is_dir():
         raise ConfigError(f"evaluation set folder {root} does not exist")
     bad = 0
+    if format == "zeroshape" and max_per_category is None:
+        max_per_category = ZEROSHAPE_VIEWS_PER_CATEGORY
     if format in ("zeroshape", "procedural"):
-        splits = [split] if split else (["test", "val"] if format == "zeroshape" else ["test"])
+        splits = [split] if split else (["val"] if format == "zeroshape" else ["test"])
         entries = _layout_entries(root, splits, max_per_category, procedural=format == "procedural")
         load = _load_layout
     elif format in ("ocrtoc", "omniobject3d"):
