@@ -278,8 +278,11 @@ def test_damaged_or_missing_export_is_refused(onnx_dir, tmp_path):
         byte = f.read(1)
         f.seek(-100, 2)
         f.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(CheckpointError, match="decoder.onnx does not match the sha256"):
+    with pytest.raises(CheckpointError, match="decoder.onnx does not match the sha256") as e:
         load_runtime_backend("onnxruntime", copy, "cpu")
+    # the advice is a command that works: the recorded weights, this folder, --overwrite
+    weights = json.loads((copy / "export.json").read_text())["source"]["weights"]
+    assert f"`zsw export --weights {weights} --out {copy} --overwrite`" in str(e.value)
     data = json.loads((copy / "export.json").read_text())
     data["model"]["decoder"]["heads"] = 4
     (copy / "export.json").write_text(json.dumps(data))

@@ -291,6 +291,27 @@ def test_vlm_estimator_load_failure_is_one_line(monkeypatch):
         VLMCategoryEstimator("./nowhere", device="cpu")
 
 
+def test_a_folder_holding_another_model_is_not_offered_as_a_download_target(tmp_path):
+    """A folder that exists but holds something else: the advice downloads elsewhere (models/...),
+    never into the user's folder, which may hold another model."""
+    from zsw.errors import ConfigError
+    from zsw.hub import load_pretrained
+
+    other = tmp_path / "sd15"
+    other.mkdir()
+    (other / "model_index.json").write_text("{}")
+
+    def loader(source, **kwargs):
+        raise OSError(f"{source} has no config.json")
+
+    with pytest.raises(ConfigError) as e:
+        load_pretrained(loader, other, what="depth ControlNet", option="--controlnet", default_id="org/cn-depth")
+    text = str(e.value)
+    assert "hf download org/cn-depth --local-dir models/cn-depth" in text
+    assert "pass `--controlnet models/cn-depth`" in text
+    assert f"--local-dir {other}" not in text
+
+
 def test_a_hub_model_without_a_network_fails_at_once(monkeypatch):
     """No HF_HUB_OFFLINE, no cache, no hub: the cache is tried, the hub probed, one line at once
     (this took minutes of download retries before)."""

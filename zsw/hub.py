@@ -155,8 +155,8 @@ def load_pretrained(
     try:
         return loader(str(path) if local else str(source), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, HfHubHTTPError) as e:
-        if local:
-            hint = f" (e.g. `hf download {default_id} --local-dir {source}`)" if default_id else ""
+        if local:  # an existing folder that holds something else: never suggest downloading into it
+            hint = f" ({_download_hint(default_id, option)})" if default_id else ""
             raise ConfigError(
                 f"cannot load the {what} from {given}: {_reason(e)}; "
                 f"it must be a complete Hugging Face model folder{hint}"

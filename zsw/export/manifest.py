@@ -134,12 +134,23 @@ class ExportManifest:
         ``verify``, to hold the bytes the manifest recorded."""
         path = self.root / entry["file"]
         if not path.is_file():
-            raise CheckpointError(f"{path} is listed in {self.root / MANIFEST} but missing; run `zsw export` again")
+            raise CheckpointError(f"{path} is listed in {self.root / MANIFEST} but missing; {self.redo_hint()}")
         if verify and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
             raise CheckpointError(
-                f"{path} does not match the sha256 recorded in {MANIFEST} (changed or corrupt); run `zsw export` again"
+                f"{path} does not match the sha256 recorded in {MANIFEST} (changed or corrupt); {self.redo_hint()}"
             )
         return path
+
+    def redo_hint(self) -> str:
+        """The command that writes this export again (its weights, format and precision as recorded)."""
+        weights = (self.data.get("source") or {}).get("weights")
+        fmt = "torch-tensorrt" if self.data.get("torch_tensorrt") else "tensorrt" if self.data.get("tensorrt") else None
+        parts = ["zsw export", f"--weights {weights}" if weights else "--weights <the same weights>"]
+        if fmt and fmt != "onnx":
+            parts.append(f"--format {fmt}")
+        if self.data.get("precision") and self.data["precision"] != "fp32":
+            parts.append(f"--precision {self.data['precision']}")
+        return f"write it again with `{' '.join(parts)} --out {self.root} --overwrite`"
 
     def default_text_embedding(self):  # [T] float32 tensor, or None for a model without text
         import numpy as np
