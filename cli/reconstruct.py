@@ -93,7 +93,7 @@ def app(
     share: Annotated[bool, typer.Option(help="Also open a public gradio.live link.")] = False,
 ) -> None:
     try:
-        from zsw.app import build_app, serve, wait
+        from zsw.app import build_app, serve, stop_on_sigterm, wait
     except ModuleNotFoundError as e:  # gradio or its client
         if not (e.name or "").startswith("gradio"):
             raise
@@ -102,6 +102,7 @@ def app(
         raise ZswError('zsw app needs gradio, which is not installed: pip install "zsw[app]"') from None
     from zsw.infer.settings import ReconstructSettings
 
+    stop_on_sigterm()  # before the URL is printed: a stop right after it still cleans up
     demo = build_app(ReconstructSettings(weights=weights, device=device))
     url = serve(demo, host=host, port=port, share=share)
     typer.echo(f"zsw app: open {url}" + (f" or {demo.share_url}" if share else "") + " (Ctrl-C stops it)")

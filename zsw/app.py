@@ -228,13 +228,18 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
     return url
 
 
-def wait(demo: gr.Blocks) -> None:
-    """Serve until Ctrl-C or SIGTERM (a service manager's stop), then return through the normal
-    exit path, so the request folders are removed."""
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (a service manager's stop) leave through the normal exit path, so the request
+    folders are removed; call it before the server says where it listens (main thread only)."""
     import signal
     import sys
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+
+
+def wait(demo: gr.Blocks) -> None:
+    """Serve until Ctrl-C or SIGTERM, then return through the normal exit path."""
+    stop_on_sigterm()
     demo.block_thread()
 
 
