@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from zsw.errors import ConfigError
+from zsw.errors import ConfigError, OptionError
 
 if TYPE_CHECKING:
     import torch
@@ -35,18 +35,19 @@ T = TypeVar("T")
 DTYPES = ("fp16", "bf16", "fp32")
 
 
-def resolve_device(device: str | None) -> str:
-    """``device`` as given, or ``cuda`` when available, else ``cpu``; an unusable device is an error."""
+def resolve_device(device=None) -> str:
+    """``device`` as given, or ``cuda`` when available, else ``cpu``; one that is not a device, or
+    a CUDA device torch cannot see, is a one-line error naming ``--device``."""
     import torch
 
     if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {device!r} is not a torch device (use cpu, cuda or cuda:N)") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise OptionError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asked for, but torch sees no CUDA device")
+        raise ConfigError(f"--device {device}: no CUDA device is available to PyTorch here")
     return str(dev)
 
 

@@ -405,7 +405,7 @@ def occupancy_grid(
             result is always the one of ``capacity=None`` (the default: decode exactly the needed
             points, one synchronisation per level). The padding is wasted work: pick a capacity
             just above the largest share of a level that your model needs refined (the packaged
-            model decodes 13 % of the whole grid at resolution 128 on average, 16.5 % at most;
+            model decodes 10 % of the whole grid at resolution 128 on average, 13 % at most;
             ``bench/results/fast-extraction.md``).
 
     Returns:

@@ -168,14 +168,10 @@ def check_inputs(device: str | torch.device | None = None, weights=None) -> None
     """The cheap checks of ``--device`` and ``--weights``, made before any work (a folder run makes
     them before it plans which photos to redo): a one-line error naming the option."""
     if device is not None:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise OptionError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-        if dev.type not in ("cpu", "cuda"):
+        from zsw.hub import resolve_device
+
+        if torch.device(resolve_device(device)).type not in ("cpu", "cuda"):
             raise OptionError(f"--device {device}: zsw runs on cpu or cuda devices")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA device is available to PyTorch here")
     if isinstance(weights, (str, os.PathLike)) and str(weights) != "demo" and not str(weights).startswith("random:"):
         if Path(weights).is_dir():
             raise CheckpointError(f"--weights {weights} is a folder; give a .safetensors checkpoint")

@@ -22,6 +22,7 @@ __all__ = [
     "MIN_PART",
     "FORMATS",
     "STL_LONGEST_SIDE_MM",
+    "MAX_RESOLUTION",
     "EXTRACTIONS",
     "BACKENDS",
     "PRECISIONS",
@@ -75,13 +76,13 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> None:
         raise OptionError(f"{option}: {value!r} is not one of {', '.join(choices)}")
 
 
+#: the finest grid: 1025^3 samples already take minutes and gigabytes on a CPU (the CLI's maximum too)
+MAX_RESOLUTION = 1024
+
 #: ``fast`` extraction's refinement rule, :func:`zsw.infer.grid.occupancy_grid`'s defaults (a
 #: first grid of 16^3 cells, a margin of 2 logits halved per level, one cell of dilation on every
 #: level but the last, where growth along the surface takes its place). Part of a result's rerun
 #: key: results of another rule are redone.
-#: the finest grid: 1025^3 samples already take minutes and gigabytes on a CPU (the CLI's maximum too)
-MAX_RESOLUTION = 1024
-
 FAST_EXTRACTION = {"coarse_resolution": 16, "margin": 2.0, "dilate": 1, "grow": True}
 
 
