@@ -755,11 +755,14 @@ class Reconstructor:
             with autocast(self.precision, self.backend.device):
                 text = self.backend.embed_prompts(self._prompt_arg([prompts[i] for i in todo]), len(todo))
                 pix = self.backend.pixel(batch, text)
-            visible = (pix.visible_mask_logits[:, 0].float() > 0).cpu().numpy()
-            occluder = (pix.occluder_mask_logits[:, 0].float() >= 0).cpu().numpy()
+            # the mask the reconstruction will use frames the object (a mask that spills over a
+            # plain or graded background would frame the background)
+            visible, corrected = self._corrected_masks([images[i] for i in todo], pix)
             moved = []
             for j, i in enumerate(todo):
-                obj, source = self._framing_mask(images[i], visible[j], occluder[j])
+                obj, source = visible[j], "the predicted visible mask"
+                if corrected[j] is not None:
+                    obj, source = corrected[j], "the predicted visible mask, corrected by the background"
                 images[i], window = self._cut(images[i], obj, source, self.reframe == "always" and n == 0)
                 if window is not None:
                     moved.append(i)
@@ -771,17 +774,21 @@ class Reconstructor:
             todo = moved
         return images, masks, seconds, seen
 
-    def _framing_mask(self, im: LoadedImage, visible: np.ndarray, occluder: np.ndarray) -> tuple[np.ndarray, str]:
-        """The mask that frames the object: the predicted visible mask, corrected by the photo's
-        own background as the reconstruction will correct it (a mask that spills over a plain or
-        graded background would frame the background)."""
-        if self.background != "never":
-            from zsw.infer.background import refine_visible_mask
+    def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
+        """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
+        mask corrected by the photo's own background (:mod:`zsw.infer.background`): None where the
+        photo tells no background, or with ``background="never"``."""
+        from zsw.infer.background import refine_visible_mask
 
-            mask = refine_visible_mask(im.image, visible, occluder, im.photo_area, im.alpha)
-            if mask is not None:
-                return mask, "the predicted visible mask, corrected by the background"
-        return visible, "the predicted visible mask"
+        visible = (pixel.visible_mask_logits[:, 0].float() >= 0).cpu().numpy()
+        if self.background == "never":
+            return visible, [None] * len(images)
+        occluder = (pixel.occluder_mask_logits[:, 0].float() >= 0).cpu().numpy()
+        corrected = [
+            refine_visible_mask(im.image, visible[b], occluder[b], im.photo_area, im.alpha)
+            for b, im in enumerate(images)
+        ]
+        return visible, corrected
 
     def _cut(self, im: LoadedImage, obj: np.ndarray, source: str, force: bool):
         """``im`` reframed around the object ``obj`` (a mask of its input) and the window, or
@@ -891,19 +898,13 @@ class Reconstructor:
         visible masks corrected by each photo's own background (:mod:`zsw.infer.background`): a
         mask tensor ``[B, 1, S, S]`` for every image (the model's own mask where the photo tells no
         background) and which images were corrected."""
-        from zsw.infer.background import refine_visible_mask
-
         if pixel is None:
             t0 = time.perf_counter()
             pixel = self.backend.pixel(batch, self.backend.embed_prompts(prompt_arg, len(images)))
             timings["pixel"] = timings.get("pixel", 0.0) + time.perf_counter() - t0
-        visible = (pixel.visible_mask_logits[:, 0] >= 0).cpu().numpy()
-        occluder = (pixel.occluder_mask_logits[:, 0] >= 0).cpu().numpy()
-        masks, refined = [], []
-        for b, im in enumerate(images):
-            mask = refine_visible_mask(im.image, visible[b], occluder[b], im.photo_area, im.alpha)
-            refined.append(mask is not None)
-            masks.append(visible[b] if mask is None else mask)
+        visible, corrected = self._corrected_masks(images, pixel)
+        masks = [v if c is None else c for v, c in zip(visible, corrected)]
+        refined = [c is not None for c in corrected]
         mask_t = torch.from_numpy(np.stack(masks)).to(batch.device)[:, None].float()
         return pixel, mask_t, refined
 
