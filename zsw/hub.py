@@ -136,7 +136,7 @@ def load_pretrained(
 
     local = looks_local(source)
     path = Path(str(source)).expanduser()
-    given = option.format(source) if "{}" in option else f"{option} {source}"
+    given = _typed(option, source)
     if local and not path.exists():
         hint = f"download it with `hf download {default_id} --local-dir {source}`" if default_id else "check the path"
         raise ConfigError(f"{given}: no such folder for the {what}; {hint}")
@@ -166,12 +166,15 @@ def load_pretrained(
         raise ConfigError(f"cannot load the {what} {source!r} ({_reason(e)}); {hint}") from None
 
 
+def _typed(option: str, value) -> str:
+    """``option`` with ``value`` as a user types it: in place of ``{}`` (``--prompt vlm:{}``), else after it."""
+    return option.format(value) if "{}" in option else f"{option} {value}"
+
+
 def _download_hint(source, option: str) -> str:
-    """How to get a hub model onto a machine: ``option`` may hold ``{}`` where the value goes
-    (``--prompt vlm:{}``), else the value follows it."""
-    name = str(source).rstrip("/").rsplit("/", 1)[-1]
-    use = option.format(f"models/{name}") if "{}" in option else f"{option} models/{name}"
+    """How to get a hub model onto a machine (``option`` as :func:`_typed` takes it)."""
+    folder = "models/" + str(source).rstrip("/").rsplit("/", 1)[-1]
     return (
-        f"download it with `hf download {source} --local-dir models/{name}` and pass `{use}`, "
+        f"download it with `hf download {source} --local-dir {folder}` and pass `{_typed(option, folder)}`, "
         "or put it in the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1"
     )
