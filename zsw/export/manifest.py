@@ -146,7 +146,7 @@ class ExportManifest:
         weights = (self.data.get("source") or {}).get("weights")
         fmt = "torch-tensorrt" if self.data.get("torch_tensorrt") else "tensorrt" if self.data.get("tensorrt") else None
         parts = ["zsw export", f"--weights {weights}" if weights else "--weights <the same weights>"]
-        if fmt and fmt != "onnx":
+        if fmt:  # an ONNX export is the default format
             parts.append(f"--format {fmt}")
         if self.data.get("precision") and self.data["precision"] != "fp32":
             parts.append(f"--precision {self.data['precision']}")
