@@ -110,6 +110,8 @@ def test_train_config_yaml_and_errors(tmp_path):
         TrainConfig(stage="joint")
     with pytest.raises(ConfigError, match="amp"):
         TrainConfig(amp="int8")
+    with pytest.raises(ConfigError, match="optim.ema"):
+        OptimConfig(ema=1.0)
 
 
 def test_yaml_recipes_load(repo_root):
@@ -240,6 +242,42 @@ def test_kill_and_resume_gives_the_uninterrupted_state(tiny64, tmp_path):
     for key, st in sa["optimizer"]["state"].items():
         assert all(torch.equal(st[n], sb["optimizer"]["state"][key][n]) for n in st)
     assert not list(run.rglob(".*tmp*"))  # the kill left no half-written file behind
+
+
+def test_weight_average_is_what_is_validated_and_saved(tiny64, tmp_path):
+    from zsw import checkpoint
+    from zsw.model import build_model
+    from zsw.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    init = checkpoint.save(build_model(str(tiny64[1])), tmp_path / "init.safetensors")
+    cfg = _cfg(tiny64, max_steps=4, checkpoint_every=1, keep_checkpoints=10, init=str(init), seed=1,
+               validate=True, val_every=4, val_resolution=16, val_points=500,
+               optim=OptimConfig(lr=3e-3, ema=0.8))  # fmt: skip
+    result = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert result.step == 4 and result.validation
+
+    # the average, recomputed from the initial weights and each step's checkpointed raw weights
+    expected, _, _ = checkpoint.read(init)
+    for n in range(4):
+        raw, _, _ = checkpoint.read(tmp_path / "run" / "checkpoints" / f"step-{n + 1:08d}.safetensors")
+        expected = {k: 0.8 * expected[k] + 0.2 * raw[k] if raw[k].is_floating_point() else raw[k] for k in raw}
+    final, _, _ = checkpoint.read(tmp_path / "run" / "final.safetensors")
+    best, _, _ = checkpoint.read(tmp_path / "run" / "best.safetensors")
+    assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
+    assert all(torch.equal(final[k], best[k]) for k in final)  # validated at step 4: the average
+    # ... which is not the last step's raw weights
+    assert max(float((final[k] - raw[k]).abs().max()) for k in raw if raw[k].is_floating_point()) > 1e-4
+
+    # resumed from step 2, the average continues exactly
+    first = Trainer(replace(cfg, max_steps=2, validate=False), tmp_path / "split", progress=False).fit()
+    assert first.step == 2
+    resumed = Trainer(replace(cfg, validate=False), tmp_path / "split", resume=True, progress=False).fit()
+    assert resumed.step == 4
+    again, _, _ = checkpoint.read(tmp_path / "split" / "final.safetensors")
+    assert all(torch.equal(again[k], final[k]) for k in final)
+    state = torch.load(tmp_path / "split" / "checkpoints" / "step-00000004.state.pt", weights_only=True)
+    assert state["ema"]["updates"] == 4
 
 
 @pytest.mark.slow

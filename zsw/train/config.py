@@ -67,6 +67,10 @@ class OptimConfig:
     # step), either after a linear warm-up of ``warmup_steps``
     schedule: str = "constant"
     warmup_steps: int = 0
+    # decay of an exponential moving average of the weights (zsw.train.ema; 0: off, e.g. 0.99 for a
+    # few hundred steps, 0.999 for thousands). With it, validation, best.safetensors and
+    # final.safetensors use the average; the checkpoints keep both, so a resumed run is exact
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
 
@@ -84,6 +88,8 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (isinstance(self.ema, (int, float)) and math.isfinite(self.ema) and 0 <= self.ema < 1):
+            raise ConfigError(f"optim.ema must be a decay in [0, 1) (0: off), got {self.ema!r}")
 
     def lr_factor(self, step: int, total: int) -> float:
         """Multiplier of the base learning rates at optimiser step ``step`` of ``total``."""

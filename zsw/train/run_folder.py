@@ -6,11 +6,13 @@ Layout (``out``)::
     metrics.jsonl                    one JSON line per log step, validation and replica check
     tb/                              TensorBoard scalars and image grids (rank 0)
     checkpoints/step-XXXXXXXX.safetensors   model weights + config (zsw.checkpoint.save)
-    checkpoints/step-XXXXXXXX.state.pt      optimiser, scaler, position, counters
+    checkpoints/step-XXXXXXXX.state.pt      optimiser, scaler, position, counters, the weight
+                                            average (optim.ema)
                                             (plain tensors and numbers: torch.load(weights_only=True))
     checkpoints/latest.json          which pair is the latest (written last, atomically)
     best.safetensors                 lowest validation CD (stage full) or depth error (stage pixel)
     final.safetensors                the weights at the end of the run
+                                     (both: the weight average when optim.ema is on)
 
 Everything here runs on one rank (rank 0 writes); :mod:`zsw.train.trainer` decides when.
 """

@@ -6,8 +6,9 @@ rank helpers :mod:`zsw.train.distributed`'s; one step's forward and losses
 :class:`~zsw.train.step.TrainStep`'s. This module is the loop: set up, then per optimiser step
 accumulate, clip, step, log, validate, checkpoint.
 
-Resuming (``resume=True``) restores the weights, the optimiser and scaler state, the epoch and the
-position inside it (:class:`~zsw.train.distributed.ResumableSampler`), and the counters. Random
+Resuming (``resume=True``) restores the weights (and their average, ``optim.ema``), the optimiser
+and scaler state, the epoch and the position inside it
+(:class:`~zsw.train.distributed.ResumableSampler`), and the counters. Random
 state needs no saving: the data of item ``i`` in epoch ``e`` come from ``(seed, e, i)``
 (:class:`~zsw.data.dataset.ShapeDataset`) and the model's randomness (stochastic depth) from a
 generator reseeded with ``(seed, rank, step)`` before every step, so a resumed run continues
@@ -48,6 +49,7 @@ from zsw.train.distributed import (
     replica_fingerprints,
     shutdown,
 )
+from zsw.train.ema import WeightAverage
 from zsw.train.monitor import Monitor
 from zsw.train.run_folder import RESUME_FREE_KEYS, RunFolder
 from zsw.train.setup import datasets, loader, training_parts
@@ -166,6 +168,8 @@ class Trainer:
             raise TrainingError(f"replicas diverged at step {state['step']}: parameter fingerprints {digests}")
         self._log({"event": "sync", "step": state["step"], "digests": digests})
         if self.dist.is_main:
+            if self.ema is not None:
+                state = {**state, "ema": self.ema.state_dict()}
             self.folder.save(self.model, self.optimizer, self.scaler, state, self.cfg)
         barrier()
         self.last_saved = state["step"]
@@ -198,6 +202,8 @@ class Trainer:
         self.model, self.runner, self.params = parts.model, parts.runner, parts.params
         model = self.model
         self.optimizer, self.scaler = parts.optimizer, parts.scaler
+        # the average starts at the initial weights (a resumed run's is loaded below)
+        self.ema = WeightAverage(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
 
         # the run folder is written once the data and the model are known to load, so a start that
         # fails on them leaves nothing behind
@@ -211,6 +217,8 @@ class Trainer:
         self.state = RunState()
         if record is not None:
             saved = self.folder.load(record, model, self.optimizer, self.scaler, device)
+            if self.ema is not None:
+                self.ema.load_state_dict(saved["ema"])
             self.state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__})
             if int(saved["world_size"]) != dist.world_size:
                 self.echo(f"resuming a {saved['world_size']}-rank run on {dist.world_size} ranks")
@@ -268,6 +276,8 @@ class Trainer:
             finite = bool(torch.isfinite(norm)) or self.scaler.is_enabled()
             if finite:
                 self.scaler.step(self.optimizer)
+                if self.ema is not None:
+                    self.ema.update(self.model)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if finite:
@@ -300,19 +310,24 @@ class Trainer:
         self.monitor.scalars({k: v for k, v in rec.items() if k not in ("step", "epoch")}, st.step, "train/")
         return terms
 
+    @property
+    def weights(self) -> torch.nn.Module:
+        """The model that is validated and saved as best and final: the weight average, if any."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _validate_and_keep_best(self) -> dict[str, float]:
         """Validate (rank 0) and save ``best.safetensors`` when the metric improved."""
         st = self.state
         validation: dict[str, float] = {}
         if self.val_ds is not None:
             if self.dist.is_main:
-                validation = self._validate(self.model, self.val_ds, st.step, st.epoch)
+                validation = self._validate(self.weights, self.val_ds, st.step, st.epoch)
             barrier()
         if self.dist.is_main and validation:
             metric = validation.get("val/cd", validation.get("val/depth_ssi_mae", math.inf))
             if metric < st.best:
                 st.best = metric
-                self.folder.save_weights(self.model, "best.safetensors", {"step": st.step, **validation})
+                self.folder.save_weights(self.weights, "best.safetensors", {"step": st.step, **validation})
         st.best = all_gather_object(st.best)[0]
         return validation
 
@@ -350,7 +365,7 @@ class Trainer:
             raise
         final = None
         if self.dist.is_main and st.step >= self.total_steps:
-            final = self.folder.save_weights(self.model, "final.safetensors", {"stage": cfg.stage, "step": st.step})
+            final = self.folder.save_weights(self.weights, "final.safetensors", {"stage": cfg.stage, "step": st.step})
         barrier()
         self.monitor.close()
         seconds = time.perf_counter() - start_time
