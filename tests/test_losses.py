@@ -105,6 +105,34 @@ def test_mask_and_occupancy_bce_by_hand():
     assert math.isclose(float(L.occupancy_bce(x, y)), expected, rel_tol=1e-6)
 
 
+def test_surface_alignment_recovers_a_per_axis_map_and_keeps_the_identity():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(2, 400, 3, generator=g) * torch.tensor([1.0, 0.8, 0.5])
+    mask = torch.ones(2, 400, dtype=torch.bool)
+    a_true, b_true = torch.tensor([[0.9, 1.1, 0.7], [1.0, 1.0, 1.0]]), torch.tensor([[0.1, -0.2, 0.05], [0, 0, 0]])
+    lifted = gt * a_true[:, None] + b_true[:, None]
+    a, b = L.surface_alignment(gt, mask, lifted, mask, prior=0.0)
+    assert torch.allclose(a, a_true, atol=1e-4) and torch.allclose(b, b_true, atol=1e-4)
+    # only the pixels both surfaces cover count; a stray lifted point elsewhere changes nothing
+    lifted[0, 0] = 50.0
+    cover = mask.clone()
+    cover[0, 0] = False
+    a2, b2 = L.surface_alignment(gt, cover, lifted, mask, prior=0.0)
+    assert torch.allclose(a2, a_true, atol=1e-4)
+    # a flat surface (no depth spread) takes the isotropic scale on that axis, within the limits
+    flat = gt.clone()
+    flat[..., 2] = 0.0
+    a3, _ = L.surface_alignment(flat, mask, 2 * flat, mask)
+    assert torch.allclose(a3, torch.full_like(a3, 2.0), atol=1e-4)
+    a4, _ = L.surface_alignment(gt, mask, 10 * gt, mask)
+    assert torch.allclose(a4, torch.full_like(a4, 2.0))  # clamped
+    # too few shared pixels: the identity
+    few = torch.zeros_like(mask)
+    few[:, :5] = True
+    a5, b5 = L.surface_alignment(gt, few, lifted, mask)
+    assert torch.equal(a5, torch.ones_like(a5)) and torch.equal(b5, torch.zeros_like(b5))
+
+
 def test_query_points_by_hand():
     # R: 90 degrees about z, t = (0, 0, 2); GT visible centroid (0, 0, 2), scale 0.5
     R = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])

@@ -112,6 +112,38 @@ def test_teacher_surface_schedule_picks_ground_truth_or_predicted_surfaces(tiny6
         TrainConfig(teacher_surface=(1.5, 0.0))
 
 
+def test_align_labels_moves_the_queries_onto_the_surface_the_decoder_is_given(tiny64):
+    from zsw.model import build_model
+    from zsw.train import losses as L
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny64[1])).eval()
+    batch = _distorted_batch()
+    seen: list[torch.Tensor] = []
+    decode = model.decoder.decode
+    model.decoder.decode = lambda latents, pts: seen.append(pts.detach().clone()) or decode(latents, pts)
+    visible = batch["visible_mask"] > 0.5
+    gt, center, scale = L.visible_frame(batch["depth"], batch["intrinsics"], visible)
+    plain = L.query_points(batch["points"], batch["extrinsics"], center, scale)
+
+    TrainStep(model, _cfg(tiny64))(batch)
+    torch.testing.assert_close(seen[-1], plain)  # the ground truth's frame
+    TrainStep(model, _cfg(tiny64, align_labels=True))(batch)
+    moved = seen[-1]
+    assert (moved - plain).abs().max() > 1e-2
+    # the queries moved exactly as the ground-truth surface must move to match the lifted one
+    with torch.no_grad():  # teacher_masks: the predicted depth lifted on the true masks
+        text = model.embed_prompts(None, 2)
+        pix = model.pixel(batch["image"], text)
+        out = model.encode_surface(pix, text, batch["visible_mask"], batch["occluder_mask"])
+    lifted = out.visible_points.flatten(2).transpose(1, 2)
+    a, b = L.surface_alignment(gt, visible.reshape(2, -1), lifted, out.visible_mask.reshape(2, -1) > 0.5)
+    torch.testing.assert_close(moved, plain * a[:, None] + b[:, None])
+    # stage shape lifts the ground truth: nothing to align
+    TrainStep(model, _cfg(tiny64, stage="shape", align_labels=True))(batch)
+    torch.testing.assert_close(seen[-1], plain)
+
+
 def test_far_fraction_draws_that_share_of_points_away_from_the_surface(tiny64):
     def far_share(ds) -> float:
         shares = []

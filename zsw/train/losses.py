@@ -176,6 +176,43 @@ def occupancy_bce(logits: Tensor, occupancy: Tensor) -> Tensor:  # [B, P] each -
     return F.binary_cross_entropy_with_logits(logits.float(), occupancy.float())
 
 
+@torch.no_grad()
+def surface_alignment(
+    gt_points: Tensor,  # [B, P, 3] normalised ground-truth visible surface (visible_frame)
+    gt_mask: Tensor,  # [B, P] bool: pixels of gt_points
+    lifted: Tensor,  # [B, P, 3] the normalised surface the model was given
+    lifted_mask: Tensor,  # [B, P] bool: pixels of lifted
+    min_pixels: int = 16,
+    prior: float = 0.1,
+    limits: tuple[float, float] = (0.5, 2.0),
+) -> tuple[Tensor, Tensor]:  # [B, 3] scale, [B, 3] shift
+    """The per-axis map ``x -> a * x + b`` that gives the ground-truth visible surface the mean and
+    spread of the surface the model was given, over the pixels both cover (moments, not a
+    regression: a noisy lifted surface would regress the labels towards flat).
+
+    Stage ``full`` with ``align_labels`` moves the query points and their labels with it, so that
+    the decoder is taught to complete the surface it sees rather than the one it would have seen
+    with a perfect pixel model (``docs/training.md``). Each axis's scale is pulled towards the one
+    isotropic scale by ``prior`` x the mean variance (a flat face seen head-on has no depth
+    variance to fit) and clamped to ``limits``; images with fewer than ``min_pixels`` shared
+    pixels keep the identity.
+    """
+    g, p = gt_points.float(), lifted.float()
+    w = (gt_mask & lifted_mask).float()[..., None]  # [B, P, 1]
+    n = w.sum(1)  # [B, 1]
+    mg = (g * w).sum(1) / n.clamp(min=1)
+    mp = (p * w).sum(1) / n.clamp(min=1)
+    dg, dp = (g - mg[:, None]) * w, (p - mp[:, None]) * w
+    var_g = (dg * dg).sum(1) / n.clamp(min=1)  # [B, 3]
+    var_p = (dp * dp).sum(1) / n.clamp(min=1)
+    iso2 = var_p.sum(-1, keepdim=True) / var_g.sum(-1, keepdim=True).clamp(min=1e-12)
+    lam = prior * var_g.mean(-1, keepdim=True)
+    a = ((var_p + lam * iso2) / (var_g + lam).clamp(min=1e-12)).sqrt().clamp(*limits)
+    b = mp - a * mg
+    few = n < min_pixels
+    return torch.where(few, torch.ones_like(a), a), torch.where(few, torch.zeros_like(b), b)
+
+
 def query_points(
     points: Tensor,  # [B, P, 3] object frame
     extrinsics: Tensor,  # [B, 3, 4] object -> camera

@@ -8,8 +8,9 @@ a stage that can run beside ``pixel``. Stage ``full`` (stage 2) runs the whole m
 depth and intrinsics are lifted to the visible surface (on the GT masks with ``teacher_masks``,
 else the predicted ones) -- or, per sample with probability ``teacher_p`` (the
 ``teacher_surface`` schedule), the ground-truth depth and K -- encoded into tokens, and the query
-points -- moved to the camera with the GT pose and normalised with the GT visible surface -- are
-decoded against them; every loss is on.
+points -- moved to the camera with the GT pose and normalised with the GT visible surface (and,
+with ``align_labels``, moved onto the surface the decoder was given) -- are decoded against them;
+every loss is on.
 
 :class:`TrainStep` is the module DistributedDataParallel wraps, so one ``forward`` is one
 micro-batch's losses.
@@ -197,13 +198,22 @@ class TrainStep(nn.Module):
                 terms["occluder_mask"] = L.mask_bce(occ_logits, occluder)
         if out is not None:
             queries = L.query_points(batch["points"], batch["extrinsics"], gt_center, gt_scale)
+            # the labels' frame: the ground truth's, or (align_labels) the surface the model was given
+            scale, shift = queries.new_ones(B, 3), queries.new_zeros(B, 3)
+            if cfg.align_labels and cfg.stage == "full":
+                lifted = out.visible_points.flatten(2).transpose(1, 2)
+                scale, shift = L.surface_alignment(
+                    gt_points, visible.reshape(B, -1), lifted, out.visible_mask.reshape(B, -1) > 0.5
+                )
+                queries = queries * scale[:, None] + shift[:, None]
             latents = model.latents(out)
             if latents.center_offset is not None:  # the object frame's origin is its bounding-box centre
                 origin = batch["points"].new_zeros(B, 1, 3)
                 true_center = L.query_points(origin, batch["extrinsics"], gt_center, gt_scale)[:, 0]
+                true_center = true_center * scale + shift
                 terms["center"] = (latents.object_center() - true_center).abs().sum(-1).mean()
             if latents.up is not None:  # the object frame's y axis is up
-                true_up = batch["extrinsics"][:, :, 1].float()
+                true_up = nn.functional.normalize(batch["extrinsics"][:, :, 1].float() * scale, dim=-1)
                 terms["up"] = (1.0 - (latents.up * true_up).sum(-1)).mean()
             logits = model.decoder.decode(latents, queries.to(out.tokens.dtype))
             terms["occupancy"] = L.occupancy_bce(logits, batch["occupancy"])
