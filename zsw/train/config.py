@@ -155,8 +155,9 @@ class TrainConfig:
     # model's; (0, 0) is the paper's recipe. Stage shape always lifts the ground truth.
     teacher_surface: tuple[float, float] = (0.0, 0.0)
     # stage full: move the query points (and the centre and up targets) by the per-axis map that
-    # best fits the ground-truth visible surface onto the lifted one (losses.surface_alignment), so
-    # that the decoder learns to complete the surface it is given; False: the ground truth's frame
+    # gives the ground-truth visible surface the mean and spread of the lifted one
+    # (losses.surface_alignment), so that the decoder learns to complete the surface it is given;
+    # False: the ground truth's frame (the paper)
     align_labels: bool = False
     # a zsw checkpoint to start from (e.g. the last stage's, or a converted ZeroShape one)
     init: str | None = None

@@ -1,11 +1,10 @@
 """An exponential moving average of the weights (``optim.ema``), the model that is validated and
 saved when it is on.
 
-Small batches (8 on a CPU) make each step's weights noisy: continuing a trained model at any
-learning rate drifts away from its best validation within a few hundred steps
-(bench/results/shape-learning.md (l), (r)). Averaging the weights over the last ~1 / (1 - decay)
-steps removes that noise at no cost to the step; diffusion and detection codebases validate and
-ship the average for the same reason.
+Small batches (8 on a CPU) make each step's weights noisy; averaging them over the last
+~1 / (1 - decay) steps removes that noise at no cost to the step, which is why diffusion and
+detection codebases validate and ship the average. (It does not stop the drift of a continued
+shipped model, bench/results/shape-learning.md (s): that drift is a pull, not only noise.)
 
 Built on :class:`torch.optim.swa_utils.AveragedModel`, with a constant decay and no warm-up: a run
 that continues a trained model (every CPU recipe in configs/demo) wants its starting weights in the
