@@ -141,6 +141,30 @@ def test_reconstruct_corrects_the_mask_and_says_so(tmp_path):
     assert json.loads((tmp_path / "out" / "result.json").read_text())["mask"] == MASK_CORRECTED
 
 
+def test_a_photo_left_as_it_is_is_corrected_once_and_as_without_framing(tmp_path, monkeypatch):
+    """The framing pass's corrected mask of an input it does not cut is the reconstruction's: it is
+    not computed again, and the result is the one ``--reframe never`` gives."""
+    import zsw
+    import zsw.infer.background as bg
+    from zsw.infer.reconstruct import MASK_CORRECTED
+
+    img = photo(noise=1.0)
+    img[8:56, 8:56] = img[20:21, 20:21]  # a square of 3/4 of the photo: nothing to reframe
+    Image.fromarray(np.kron(img, np.ones((4, 4, 1), np.uint8))).save(tmp_path / "square.png")
+    calls = []
+    refine = bg.refine_visible_mask
+    monkeypatch.setattr(bg, "refine_visible_mask", lambda *a, **k: calls.append(1) or refine(*a, **k))
+    kw = dict(weights="demo", resolution=16, background="auto")
+    framed = zsw.reconstruct(tmp_path / "square.png", reframe="auto", **kw)
+    assert not any(n.startswith("reframed") for n in framed.info["input"]["notes"])
+    assert len(calls) == 1
+    plain = zsw.reconstruct(tmp_path / "square.png", reframe="never", **kw)
+    assert len(calls) == 2
+    assert framed.info["mask"] == plain.info["mask"] == MASK_CORRECTED
+    assert np.array_equal(framed.visible_mask, plain.visible_mask)
+    assert np.array_equal(framed.mesh.vertices, plain.mesh.vertices)
+
+
 def test_reframing_frames_the_corrected_mask_not_the_spill(tmp_path):
     """A small object on a graded backdrop: the model's mask (random weights here) spills over the
     backdrop, so framing on it would keep the whole photo. The framing pass corrects the mask with

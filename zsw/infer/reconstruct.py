@@ -563,6 +563,16 @@ def autocast(precision: str, device: torch.device):
 MASK_CORRECTED = "predicted, corrected by the photo's background"
 
 
+@dataclass
+class _Seen:
+    """What a framing pass found for an input that it left as it was: the pixel model's output
+    (one row) and the masks the reconstruction would compute again (see ``_corrected_masks``)."""
+
+    pixel: PixelOutput
+    visible: np.ndarray  # [S, S] bool: the predicted visible mask
+    corrected: np.ndarray | None  # that mask corrected by the photo's background, or None
+
+
 class Reconstructor:
     """Reconstruct batches of prepared images with one backend and fixed extraction settings.
 
@@ -730,7 +740,7 @@ class Reconstructor:
         predicted mask is predicted again on the new input, which shows the object larger, and the
         window refined while it still moves (at most :data:`REFRAME_PASSES` pixel-model passes).
         Returns the images, their masks cut alike, the seconds of those passes per image, and per
-        image the pass's :class:`~zsw.model.PixelOutput` (one row) where its final input is the one
+        image a :class:`_Seen` (the pass's pixel output and masks) where its final input is the one
         that pass saw (most photos: left as they are), else None."""
         images, masks = list(images), list(masks)
         seconds = [0.0] * len(images)
@@ -766,8 +776,8 @@ class Reconstructor:
                 images[i], window = self._cut(images[i], obj, source, self.reframe == "always" and n == 0)
                 if window is not None:
                     moved.append(i)
-                else:  # the input stays what this pass saw: its output is the final one
-                    seen[i] = pix.rows([j])
+                else:  # the input stays what this pass saw: its output (and masks) are the final ones
+                    seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j])
             share = (time.perf_counter() - t0) / len(todo)  # the pass and the cuts, split evenly
             for i in todo:
                 seconds[i] += share
@@ -804,7 +814,7 @@ class Reconstructor:
         self, images: list[LoadedImage], prompts: list[str | None], masks, with_mesh: bool, first_pass: list[float],
         seen: list,
     ) -> list:  # fmt: skip
-        """Reconstruct one batch; ``seen``: per image the framing pass's pixel output for this very
+        """Reconstruct one batch; ``seen``: per image the framing pass's :class:`_Seen` for this very
         input, or None (the pixel model runs again for the batch unless every image has one)."""
         backend = self.backend
         device = backend.device
@@ -816,10 +826,11 @@ class Reconstructor:
         prompt_arg = self._prompt_arg(prompts)
         timings: dict[str, float] = {}
         with autocast(self.precision, device):
-            pixel = PixelOutput.cat(seen) if all(p is not None for p in seen) else None
+            known = seen if all(p is not None for p in seen) else None
+            pixel = PixelOutput.cat([p.pixel for p in known]) if known else None
             refined = [False] * B
             if masks is None and self.background != "never" and backend.config.pixel.mask_heads:
-                pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings)
+                pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings, known)
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel)
         for name in ("depth", "intrinsics", "visible_points"):
             if not bool(torch.isfinite(getattr(pred, name)).all()):
@@ -893,16 +904,22 @@ class Reconstructor:
             out.append(rec)
         return out
 
-    def _background_masks(self, images: list[LoadedImage], batch: torch.Tensor, prompt_arg, pixel, timings: dict):
+    def _background_masks(
+        self, images: list[LoadedImage], batch: torch.Tensor, prompt_arg, pixel, timings: dict, known=None
+    ):
         """The pixel model's output for ``batch`` (``pixel`` when the framing pass has it), and the
         visible masks corrected by each photo's own background (:mod:`zsw.infer.background`): a
         mask tensor ``[B, 1, S, S]`` for every image (the model's own mask where the photo tells no
-        background) and which images were corrected."""
+        background) and which images were corrected. ``known``: the framing pass's masks of these
+        very inputs (:class:`_Seen`), which are not computed again."""
         if pixel is None:
             t0 = time.perf_counter()
             pixel = self.backend.pixel(batch, self.backend.embed_prompts(prompt_arg, len(images)))
             timings["pixel"] = timings.get("pixel", 0.0) + time.perf_counter() - t0
-        visible, corrected = self._corrected_masks(images, pixel)
+        if known is not None:
+            visible, corrected = np.stack([k.visible for k in known]), [k.corrected for k in known]
+        else:
+            visible, corrected = self._corrected_masks(images, pixel)
         masks = [v if c is None else c for v, c in zip(visible, corrected)]
         refined = [c is not None for c in corrected]
         mask_t = torch.from_numpy(np.stack(masks)).to(batch.device)[:, None].float()
