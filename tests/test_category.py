@@ -172,3 +172,24 @@ def test_missing_clip_weights_fail_at_once_without_network(monkeypatch, tmp_path
     with pytest.raises(ZswError, match="hub is unreachable"):
         text_module.load_clip("ViT-B-32", "openai")
     assert calls == ["offline", "probe"]
+
+
+def test_hub_probe_dials_the_endpoint_s_own_port(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    import zsw.hub
+
+    dialled = []
+
+    def connect(address, timeout):
+        dialled.append(address)
+        raise OSError(111, "Connection refused")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    for endpoint, port in [("https://hf.example", 443), ("http://mirror.example", 80), ("http://m.example:8080", 8080)]:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        assert zsw.hub.hub_unreachable() == f"{endpoint.split('//')[1].split(':')[0]}: Connection refused"
+        assert dialled[-1][1] == port

@@ -103,7 +103,8 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
         return "HF_HUB_OFFLINE is set"
     url = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        port = url.port or (80 if url.scheme == "http" else 443)  # HF_ENDPOINT may be a plain-http mirror
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
     except OSError as e:
         return f"{url.hostname}: {e.strerror or type(e).__name__}"
     return None
