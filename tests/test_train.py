@@ -277,7 +277,7 @@ def test_weight_average_is_what_is_validated_and_saved(tiny64, tmp_path):
     again, _, _ = checkpoint.read(tmp_path / "split" / "final.safetensors")
     assert all(torch.equal(again[k], final[k]) for k in final)
     state = torch.load(tmp_path / "split" / "checkpoints" / "step-00000004.state.pt", weights_only=True)
-    assert state["ema"]["updates"] == 4
+    assert int(state["ema"]["n_averaged"]) == 5  # the initial weights and 4 updates
 
 
 @pytest.mark.slow

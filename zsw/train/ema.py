@@ -27,10 +27,10 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.updates = 0
         self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
         self.averaged.requires_grad_(False)
-        # AveragedModel copies the model's weights at its first update; they are equal already
+        # AveragedModel copies the model's weights at its first update; they are equal already, so
+        # its count starts at the initial weights (updates = n_averaged - 1)
         self.averaged.n_averaged.fill_(1)
 
     @property
@@ -48,11 +48,10 @@ class WeightAverage:
     def update(self, model: torch.nn.Module) -> None:
         """Fold the model's weights after an optimiser step into the average."""
         self.averaged.update_parameters(model)
-        self.updates += 1
 
     def state_dict(self) -> dict:
-        return {"weights": self.module.state_dict(), "updates": self.updates}
+        """The averaged weights (``module.*``) and ``n_averaged``, the initial weights and the updates."""
+        return self.averaged.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["weights"], strict=True)
-        self.updates = int(state["updates"])
+        self.averaged.load_state_dict(state, strict=True)

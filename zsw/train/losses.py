@@ -200,11 +200,10 @@ def surface_alignment(
     g, p = gt_points.float(), lifted.float()
     w = (gt_mask & lifted_mask).float()[..., None]  # [B, P, 1]
     n = w.sum(1)  # [B, 1]
-    mg = (g * w).sum(1) / n.clamp(min=1)
-    mp = (p * w).sum(1) / n.clamp(min=1)
+    count = n.clamp(min=1)
+    mg, mp = (g * w).sum(1) / count, (p * w).sum(1) / count
     dg, dp = (g - mg[:, None]) * w, (p - mp[:, None]) * w
-    var_g = (dg * dg).sum(1) / n.clamp(min=1)  # [B, 3]
-    var_p = (dp * dp).sum(1) / n.clamp(min=1)
+    var_g, var_p = (dg * dg).sum(1) / count, (dp * dp).sum(1) / count  # [B, 3]
     iso2 = var_p.sum(-1, keepdim=True) / var_g.sum(-1, keepdim=True).clamp(min=1e-12)
     lam = prior * var_g.mean(-1, keepdim=True)
     a = ((var_p + lam * iso2) / (var_g + lam).clamp(min=1e-12)).sqrt().clamp(*limits)
