@@ -251,6 +251,33 @@ def test_demo_model_exports_and_runs_on_onnxruntime(tmp_path):
     torch.testing.assert_close(ort.decode(a.latents, points), want, atol=1e-3, rtol=1e-3)
 
 
+def test_token_features_and_silhouette_distance_export_and_run_on_onnxruntime(tmp_path):
+    """The decoder inputs the two options add (the token map from the encoder graph, the distance
+    map beside the surface map) reach the ONNX graphs, and ONNX Runtime decodes what PyTorch does."""
+    from zsw.config import get_model_config, replace
+    from zsw.export.onnx import export_onnx
+    from zsw.infer.backend import load_backend, predict
+    from zsw.model import build_model
+
+    tiny = get_model_config("tiny")
+    options = dict(pixel_aligned=True, mirror_queries=True, silhouette_distance=True, token_features=8)
+    torch.manual_seed(0)
+    model = build_model(replace(tiny, name="tiny-options", decoder=replace(tiny.decoder, **options))).eval()
+    manifest = export_onnx(model, tmp_path / "options", exporter="torchscript", points_chunk=2048)
+    assert manifest.spec("decoder").input_names[-2:] == ["view_distance", "token_map"]
+    assert manifest.spec("encoder").output_names[-1] == "token_map"
+    assert all(graph["validation"]["passed"] for graph in manifest.data["graphs"].values())
+    ort = load_backend("onnxruntime", engine=tmp_path / "options", device="cpu")
+    ref = load_backend("torch", weights=model, device="cpu")
+    image = torch.rand(1, 3, 224, 224)
+    a, b = predict(ort, image), predict(ref, image)
+    assert a.latents.token_map.shape == (1, 8, 14, 14)
+    points = torch.rand(1, 3000, 3) * 3 - 1.5
+    with torch.no_grad():
+        want = ref.decode(b.latents, points)
+    torch.testing.assert_close(ort.decode(a.latents, points), want, atol=1e-3, rtol=1e-3)
+
+
 def test_onnxruntime_backend_rejects_bad_inputs_in_one_line(onnx_dir):
     from zsw.infer.backend import load_backend
 

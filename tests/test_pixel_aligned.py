@@ -14,7 +14,14 @@ from zsw.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _config(pixel_aligned: bool = True, frequencies: int = 0, mirror: bool = False, axial: bool = False):
+def _config(
+    pixel_aligned: bool = True,
+    frequencies: int = 0,
+    mirror: bool = False,
+    axial: bool = False,
+    tokens: int = 0,
+    distance: bool = False,
+):
     tiny = get_model_config("tiny")
     decoder = replace(
         tiny.decoder,
@@ -22,6 +29,8 @@ def _config(pixel_aligned: bool = True, frequencies: int = 0, mirror: bool = Fal
         point_frequencies=frequencies,
         mirror_queries=mirror,
         axial_queries=axial,
+        token_features=tokens,
+        silhouette_distance=distance,
     )
     return replace(tiny, name="tiny-pa", decoder=decoder)
 
@@ -229,6 +238,157 @@ def test_pixel_aligned_graphs_compute_what_the_model_computes(mirror):
         assert named["center_offset"].abs().max() > 0
         for name in ("center_offset", "object_up")[: 1 + (mirror == "axial")]:
             torch.testing.assert_close(encoded[outputs.index(name)], named[name])
+
+
+def test_token_features_are_the_token_grid_sampled_at_each_querys_pixel():
+    from zsw.model import PixelView, build_model
+
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=True, axial=True, tokens=8)).eval()
+    assert model.decoder.point_embed[0].in_features == 3 + 3 * (5 + 3 + 8)  # xyz, then three samples
+    out = _forward(model)
+    latents = model.latents(out)
+    S, G = model.config.pixel.image_size, model.config.token_grid
+    assert latents.token_map.shape == (2, 8, G, G)
+    # the local tokens laid out row by row: token 1 + r * G + c is cell (r, c)
+    want = model.decoder.token_proj(out.tokens[:, 1 + 3 * G + 5])
+    torch.testing.assert_close(latents.token_map[:, :, 3, 5], want)
+    # a camera at the origin looking down +z with unit focal length: (u, v, 1) lands on pixel (u, v);
+    # cell (r, c) covers pixels [c * S/G, (c + 1) * S/G) across, so its centre is pixel c * S/G + (S/G - 1) / 2
+    view = PixelView(torch.zeros(2, 5, S, S), torch.eye(3, 4).expand(2, 3, 4))
+    cell = S // G
+    rows, cols = torch.tensor([0, 3, G - 1]), torch.tensor([5, 0, G - 1])
+    centres = torch.stack([cols * cell + (cell - 1) / 2, rows * cell + (cell - 1) / 2, torch.ones(3)], -1)
+    sampled = view.sample(centres.expand(2, -1, -1).contiguous(), latents.token_map)[..., 8:]
+    torch.testing.assert_close(sampled, latents.token_map[:, :, rows, cols].transpose(1, 2))
+    # behind the camera and off the image: no surface and no token features
+    away = torch.tensor([[[0.0, 0.0, -1.0], [-40.0, 10.0, 1.0]]]).expand(2, -1, -1)
+    assert view.sample(away, latents.token_map)[..., 8:].abs().max() == 0
+    # the decoder reads it: another token map, the same tokens otherwise, moves the logits
+    points = torch.rand(2, 300, 3) * 2 - 1
+    with torch.no_grad():
+        base = model.decoder.decode(latents, points)
+        latents.token_map = latents.token_map.flip(-1)
+        assert (model.decoder.decode(latents, points) - base).abs().max() > 1e-4
+        latents.token_map = None
+        with pytest.raises(ValueError, match="token_map"):
+            model.decoder.decode(latents, points)
+    with pytest.raises(ConfigError, match="pixel_aligned"):
+        _config(pixel_aligned=False, tokens=8)
+    with pytest.raises(ConfigError, match="token_features"):
+        _config(tokens=-1)
+
+
+def test_zero_initialised_token_features_start_unused_and_learn():
+    from zsw.model import build_model
+    from zsw.train.config import TrainConfig
+    from zsw.train.step import TrainStep, synthetic_batch
+
+    cfg = _config(mirror=True, tokens=8)
+    cfg = replace(cfg, decoder=replace(cfg.decoder, token_features_zero_init=True))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.decoder.token_proj.weight.abs().max() == 0
+    model.eval()
+    latents = model.latents(_forward(model))
+    points = torch.rand(2, 200, 3) * 2 - 1
+    with torch.no_grad():
+        base = model.decoder.decode(latents, points)
+        latents.token_map = torch.randn_like(latents.token_map)  # what a trained projection would give
+        assert (model.decoder.decode(latents, points) - base).abs().max() > 1e-4  # the decoder reads it
+    model.train()
+    result = TrainStep(model, TrainConfig(stage="shape"))(synthetic_batch(2, 224, 64, seed=1))
+    result["total"].backward()
+    assert model.decoder.token_proj.weight.grad.abs().sum() > 0  # and its projection learns
+
+
+def test_token_feature_graphs_compute_what_the_model_computes():
+    from zsw.export.graphs import example_inputs, graph_modules
+    from zsw.model import DecoderLatents, PixelView, build_model
+
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=True, tokens=8)).eval()
+    modules = graph_modules(model)
+    inputs = example_inputs(model, batch=2, points=40)
+    names = modules["decoder"].spec.input_names
+    assert names[-1] == "token_map" and modules["encoder"].spec.output_names[-1] == "token_map"
+    with torch.no_grad():
+        got = modules["decoder"](*inputs["decoder"])[0]
+        named = dict(zip(names, inputs["decoder"]))
+        kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(model.config.decoder.blocks)]
+        view = PixelView(named["view_surface"], named["view_projection"], named["view_anchor"])
+        latents = DecoderLatents(
+            kv=kv,
+            text=named["query_text"],
+            view=view,
+            center_offset=named["center_offset"],
+            token_map=named["token_map"],
+        )
+        want = model.decoder.decode(latents, named["points"])
+        encoded = modules["encoder"](*inputs["encoder"])
+    assert torch.equal(got, want)
+    torch.testing.assert_close(encoded[-1], named["token_map"])  # the encoder graph hands it on
+
+
+def test_silhouette_distance_measures_how_deep_inside_the_mask_a_pixel_lies():
+    from scipy.ndimage import distance_transform_edt
+
+    from zsw.model import silhouette_distance
+
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    disc = (xx - 40) ** 2 + (yy - 50) ** 2 <= 30**2
+    bar = (xx >= 70) & (xx < 75) & (yy >= 10) & (yy < 90)  # 5 px wide
+    edge = xx < 20  # touches the image's border: beyond it counts as outside
+    masks = torch.stack([disc, bar, edge, torch.zeros_like(disc)])[:, None].float()
+    got = silhouette_distance(masks)
+    assert got.shape == masks.shape and torch.equal(got[masks == 0], torch.zeros_like(got[masks == 0]))
+    for i in range(3):
+        inside = masks[i, 0].numpy() > 0.5
+        pixels = distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]  # Euclidean, in pixels
+        deep = pixels >= 3  # off the first pixels, where any discrete distance is coarse
+        ratio = got[i, 0].numpy()[deep] / (pixels[deep] / np.sqrt(inside.sum() / np.pi))
+        assert 0.8 < ratio.min() and ratio.max() < 1.1, (i, ratio.min(), ratio.max())
+    assert 0.85 < got[0, 0, 50, 40] < 1.05  # a disc's centre lies one disc radius deep
+    # a thin bar is shallow everywhere: its middle column survives two erosions (3 px deep)
+    torch.testing.assert_close(got[1].max(), torch.tensor(3 / np.sqrt(5 * 80 / np.pi)).float())
+    assert got[2, 0, 40, 0] == got[2, 0, 40, 0].new_tensor(1.0) / np.sqrt(20 * 96 / np.pi)  # the border is an edge
+
+
+def test_a_silhouette_distance_decoder_reads_the_mask_shape_at_the_querys_pixel():
+    from zsw.export.graphs import example_inputs, graph_modules
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_config(mirror=True, distance=True)).eval()
+    assert model.decoder.point_embed[0].in_features == 3 + 2 * (5 + 3 + 1)
+    out = _forward(model)
+    latents = model.latents(out)
+    points = out.visible_points.flatten(2).transpose(1, 2)[:, ::211]  # on the surface: their own pixels
+    with torch.no_grad():
+        sampled = latents.view.sample(points, distance=True)[..., 8]
+        on_mask = latents.view.surface[:, 3].flatten(1)[:, ::211] > 0.5
+        want = latents.view.edge_distance().flatten(1)[:, ::211]
+        assert want[on_mask].max() > 0
+        torch.testing.assert_close(sampled[on_mask], want[on_mask], atol=1e-4, rtol=0)
+        base = model.decoder.decode(latents, points)
+        latents.view.distance = latents.view.edge_distance() * 2  # the same surface, another silhouette depth
+        assert (model.decoder.decode(latents, points) - base).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="pixel_aligned"):
+        _config(pixel_aligned=False, distance=True)
+    # the exported decoder graph takes the distance map as an input and computes what the model computes
+    modules = graph_modules(model)
+    inputs = example_inputs(model, batch=2, points=40)
+    names = modules["decoder"].spec.input_names
+    assert names[-2:] == ["view_anchor", "view_distance"]
+    view = dict(zip(names, inputs["decoder"]))
+    from zsw.model import silhouette_distance
+
+    torch.testing.assert_close(view["view_distance"], silhouette_distance(view["view_surface"][:, 3:4]))
+    with torch.no_grad():
+        got = modules["decoder"](*inputs["decoder"])[0]
+        view["view_distance"] = view["view_distance"] + 1.0  # the graph's random points mostly miss the mask
+        moved = modules["decoder"](*[view[n] for n in names])[0]
+    assert (got - moved).abs().max() > 1e-4
 
 
 def test_ellipsoid_baseline_spans_the_true_extents():

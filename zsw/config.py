@@ -145,6 +145,19 @@ class DecoderConfig:
     # trained against the true one): q lies on the hidden back where that point lies on the front
     # for objects with that symmetry (cones, bottles, lamps, vases, tables, upright boxes)
     axial_queries: bool = False
+    # False: as above. True (pixel-aligned decoders only): each sample also holds how far its pixel
+    # lies inside the visible mask, in units of the silhouette's size (zsw.model.silhouette_distance):
+    # a round object is about as deep as its silhouette is wide, a thin leg is thin in depth too
+    silhouette_distance: bool = False
+    # 0: as above. C > 0 (pixel-aligned decoders only): the encoder's local tokens, projected to C
+    # channels and laid out on their 2-D grid, are also sampled at each query's pixel (and at its
+    # mirrored and turned copies), so a query reads the encoder's view of the surface around its
+    # pixel (edges, thickness, the neighbours' depth) directly instead of having to find those
+    # tokens through cross-attention: PIFu's pixel-aligned image features
+    token_features: int = 0
+    # True: the token features' projection starts at zero, so a fresh decoder starts as the plain
+    # pixel-aligned one and takes the token features in as their gradients make them useful
+    token_features_zero_init: bool = False
     # occupancy MLP: hidden layers, their width, skip connections and Softplus sharpness
     occ_layers: int = 8
     occ_width: int = 256
@@ -194,6 +207,16 @@ class ModelConfig:
             raise ConfigError(f"decoder.point_frequencies must be in 0..12, got {self.decoder.point_frequencies}")
         if self.decoder.mirror_queries and not self.decoder.pixel_aligned:
             raise ConfigError("decoder.mirror_queries samples the surface map: it needs decoder.pixel_aligned")
+        if self.decoder.token_features < 0:
+            raise ConfigError(f"decoder.token_features must be >= 0, got {self.decoder.token_features}")
+        if self.decoder.silhouette_distance and not self.decoder.pixel_aligned:
+            raise ConfigError(
+                "decoder.silhouette_distance is sampled at each query's pixel: it needs decoder.pixel_aligned"
+            )
+        if self.decoder.token_features and not self.decoder.pixel_aligned:
+            raise ConfigError(
+                "decoder.token_features samples the token grid at each query's pixel: it needs decoder.pixel_aligned"
+            )
         if self.decoder.axial_queries and not self.decoder.mirror_queries:
             raise ConfigError(
                 "decoder.axial_queries turns queries about the mirror centre: it needs decoder.mirror_queries"

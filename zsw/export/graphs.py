@@ -131,13 +131,15 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
         query_text = [TensorSpec("query_text", ("batch", dec.width - dec.point_embed_dim))]
     center = [TensorSpec("center_offset", ("batch", 3))] if dec.mirror_queries else []
     center += [TensorSpec("object_up", ("batch", 3))] if dec.axial_queries else []
+    grid = cfg.token_grid
+    token_map = [TensorSpec("token_map", ("batch", dec.token_features, grid, grid))] if dec.token_features else []
     encoder = GraphSpec(
         "encoder",
         inputs=(
             TensorSpec("encoder_input", ("batch", cfg.encoder.in_channels, S, S)),
             *(text if query_text else []),
         ),
-        outputs=(*kv, *query_text, *center),
+        outputs=(*kv, *query_text, *center, *token_map),
     )
     view = []
     if dec.pixel_aligned:  # the visible surface map and camera each query point samples
@@ -146,9 +148,10 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
             TensorSpec("view_projection", ("batch", 3, 4)),
         ]
     anchor = [TensorSpec("view_anchor", ("batch", 3))] if dec.mirror_queries else []
+    anchor += [TensorSpec("view_distance", ("batch", 1, S, S))] if dec.silhouette_distance else []
     decoder = GraphSpec(
         "decoder",
-        inputs=(TensorSpec("points", ("batch", "points", 3)), *kv, *query_text, *view, *center, *anchor),
+        inputs=(TensorSpec("points", ("batch", "points", 3)), *kv, *query_text, *view, *center, *anchor, *token_map),
         outputs=(TensorSpec("logits", ("batch", "points")),),
     )
     return {"pixel": pixel, "encoder": encoder, "decoder": decoder}
@@ -188,16 +191,26 @@ class GraphModule(nn.Module):
             outs = [x for kv in latents.kv for x in kv]
             if latents.text is not None:
                 outs.append(latents.text)
-            outs += [x for x in (latents.center_offset, latents.up) if x is not None]
+            outs += [x for x in (latents.center_offset, latents.up, latents.token_map) if x is not None]
         else:
             blocks = len(m.decoder.blocks)
             kv = [(named[f"latent_k{i}"], named[f"latent_v{i}"]) for i in range(blocks)]
             view = None
             if "view_surface" in named:
-                view = PixelView(named["view_surface"], named["view_projection"], named.get("view_anchor"))
+                view = PixelView(
+                    named["view_surface"],
+                    named["view_projection"],
+                    named.get("view_anchor"),
+                    named.get("view_distance"),
+                )
             offset = named.get("center_offset")
             latents = DecoderLatents(
-                kv=kv, text=named.get("query_text"), view=view, center_offset=offset, up=named.get("object_up")
+                kv=kv,
+                text=named.get("query_text"),
+                view=view,
+                center_offset=offset,
+                up=named.get("object_up"),
+                token_map=named.get("token_map"),
             )
             outs = [m.decoder.decode(latents, named["points"])]
         return tuple(o if o.dtype == torch.float32 else o.float() for o in outs)
@@ -265,7 +278,9 @@ def example_inputs(
         view = [v.surface.float(), v.projection.float()]
     mirror = [x.float() for x in (latents.center_offset, latents.up) if x is not None]
     mirror += [v.center_anchor().float()] if mirror else []
-    decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view, *mirror)
+    mirror += [v.edge_distance().float()] if cfg.decoder.silhouette_distance else []
+    token_map = [latents.token_map.float()] if latents.token_map is not None else []
+    decoder_in = (pts, *kv, *([latents.text] if latents.text is not None else []), *view, *mirror, *token_map)
     return {"pixel": pixel_in, "encoder": encoder_in, "decoder": decoder_in}
 
 

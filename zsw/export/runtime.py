@@ -90,7 +90,11 @@ class RuntimeBackend:
         out = self._call("encoder", {"encoder_input": encoder_input, "text": text})
         kv = [(out[f"latent_k{i}"], out[f"latent_v{i}"]) for i in range(self.config.decoder.blocks)]
         return DecoderLatents(
-            kv=kv, text=out.get("query_text"), center_offset=out.get("center_offset"), up=out.get("object_up")
+            kv=kv,
+            text=out.get("query_text"),
+            center_offset=out.get("center_offset"),
+            up=out.get("object_up"),
+            token_map=out.get("token_map"),
         )
 
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:  # [B, N, 3] -> [B, N]
@@ -102,11 +106,14 @@ class RuntimeBackend:
             "query_text": latents.text,
             "center_offset": latents.center_offset,
             "object_up": latents.up,
+            "token_map": latents.token_map,
         }
         if latents.view is not None:
             named["view_surface"], named["view_projection"] = latents.view.surface, latents.view.projection
             if self.config.decoder.mirror_queries:
                 named["view_anchor"] = latents.view.center_anchor()
+            if self.config.decoder.silhouette_distance:
+                named["view_distance"] = latents.view.edge_distance()
         for i, (k, v) in enumerate(latents.kv):
             named[f"latent_k{i}"], named[f"latent_v{i}"] = k, v
         N = points.shape[1]

@@ -210,7 +210,9 @@ def _validate(manifest: ExportManifest, device: torch.device, cases: int = 2) ->
                 "view_projection": view.projection,
                 "center_offset": latents.center_offset,
                 "view_anchor": view.center_anchor() if manifest.config.decoder.mirror_queries else None,
+                "view_distance": view.edge_distance() if manifest.config.decoder.silhouette_distance else None,
                 "object_up": latents.up,
+                "token_map": latents.token_map,
                 **{f"latent_{c}{i}": kv[j] for i, kv in enumerate(latents.kv) for j, c in enumerate("kv")},
             },
         }

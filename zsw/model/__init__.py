@@ -1,6 +1,6 @@
 """The ZeroShape-W / ZeroShape network (see :mod:`zsw.model.zeroshape_w`)."""
 
-from zsw.model.decoder import DecoderLatents, PixelView, PointDecoder
+from zsw.model.decoder import DecoderLatents, PixelView, PointDecoder, silhouette_distance
 from zsw.model.pixel import PixelOutput
 from zsw.model.zeroshape_w import (
     LiftedSurface,
@@ -25,5 +25,6 @@ __all__ = [
     "PointDecoder",
     "DecoderLatents",
     "PixelView",
+    "silhouette_distance",
     "count_parameters",
 ]

@@ -12,7 +12,8 @@ one occupancy logit.
 A pixel-aligned decoder (``DecoderConfig.pixel_aligned``) also feeds each query the visible
 surface map sampled at its pixel (:class:`PixelView`); with ``mirror_queries`` (``axial_queries``)
 also at the query reflected through the object's predicted centre (turned about its predicted up
-axis), so the hidden side of a symmetric object can be read off its visible side.
+axis), so the hidden side of a symmetric object can be read off its visible side; with
+``token_features`` also the encoder's local tokens, laid out on their grid, at the same places.
 
 Because the latent path does not depend on the points, :meth:`PointDecoder.encode` computes the
 per-block latent K/V once per image and :meth:`PointDecoder.decode` streams any number of points
@@ -32,7 +33,7 @@ from zsw.config import DecoderConfig
 from zsw.model.geometry import sincos_pos_embed_2d
 from zsw.model.layers import FeedForward, OccupancyMLP, PointCrossAttention
 
-__all__ = ["PointDecoder", "DecoderLatents", "PixelView", "box_center"]
+__all__ = ["PointDecoder", "DecoderLatents", "PixelView", "box_center", "silhouette_distance"]
 
 
 @dataclass
@@ -45,6 +46,9 @@ class PixelView:
     # mirror-query decoder predicts the object's centre; derived from ``surface`` on first use
     # (:meth:`center_anchor`) unless given (the exported decoder graph takes it as an input)
     anchor: Tensor | None = None
+    # [B, 1, S, S]: each visible pixel's distance to the visible mask's edge (:func:`silhouette_distance`),
+    # derived from ``surface`` on first use (:meth:`edge_distance`) unless given (an exported graph's input)
+    distance: Tensor | None = None
 
     @staticmethod
     def from_surface(
@@ -68,10 +72,21 @@ class PixelView:
             self.anchor = box_center(self.surface[:, :3], self.surface[:, 3:4])
         return self.anchor
 
-    def sample(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> [B, N, C + 3]
+    def edge_distance(self) -> Tensor:  # [B, 1, S, S]
+        """:func:`silhouette_distance` of the visible mask (channel 3), computed once per view."""
+        if self.distance is None:
+            self.distance = silhouette_distance(self.surface[:, 3:4])
+        return self.distance
+
+    def sample(
+        self, points: Tensor, features: Tensor | None = None, distance: bool = False
+    ) -> Tensor:  # [B, N, 3] -> [B, N, C + 3 (+ 1) (+ C_f)]
         """The surface map at each point's pixel (bilinear; zeros off the image and behind the
-        camera), and the point minus the sampled surface point. Always computed in float32, also
-        under autocast: pixel coordinates up to the image size need more than bf16's 8 bits."""
+        camera), the point minus the sampled surface point, with ``distance`` the pixel's
+        :meth:`edge_distance` and, given ``features [B, C_f, G, G]`` (a map over the same image at a
+        coarser grid: the decoder's token features), those at the same place. Always computed in
+        float32, also under autocast: pixel coordinates up to the image size need more than bf16's
+        8 bits."""
         with torch.autocast(points.device.type, enabled=False):
             pts = points.float()
             B, C, S, _ = self.surface.shape
@@ -83,8 +98,16 @@ class PixelView:
             grid = torch.where(front, uv * (2.0 / (S - 1)) - 1.0, torch.full_like(uv, -4.0))  # pixel centres at +-1
             sampled = F.grid_sample(self.surface.float(), grid[:, :, None, :], align_corners=True)
             sampled = sampled[..., 0].transpose(1, 2)  # [B, N, C]
-            out = torch.cat([sampled, pts - sampled[..., :3]], dim=-1)
-        return out.to(points.dtype)
+            out = [sampled, pts - sampled[..., :3]]
+            if distance:
+                d = F.grid_sample(self.edge_distance().float(), grid[:, :, None, :], align_corners=True)
+                out.append(d[..., 0].transpose(1, 2))  # [B, N, 1]
+            if features is not None:
+                # pixel u's centre lies at (u + 0.5) / S of the image, whatever the map's grid
+                cells = torch.where(front, (2.0 * uv + 1.0) / S - 1.0, torch.full_like(uv, -4.0))
+                f = F.grid_sample(features.float(), cells[:, :, None, :], align_corners=False)
+                out.append(f[..., 0].transpose(1, 2))  # [B, N, C_f]
+        return torch.cat(out, dim=-1).to(points.dtype)
 
 
 def box_center(points: Tensor, mask: Tensor, q: float = 0.02) -> Tensor:  # [B, 3, S, S], [B, 1, S, S] -> [B, 3]
@@ -100,6 +123,31 @@ def box_center(points: Tensor, mask: Tensor, q: float = 0.02) -> Tensor:  # [B, 
         bounds = torch.nanquantile(part, torch.tensor([q, 1.0 - q], device=pts.device), dim=-1)  # [2, b, 3]
         out.append(bounds.mean(0))
     return torch.nan_to_num(torch.cat(out), nan=0.0)
+
+
+def silhouette_distance(mask: Tensor) -> Tensor:  # [B, 1, S, S] -> [B, 1, S, S]
+    """How far each pixel of ``mask`` (> 0.5) lies inside it: the number of erosions it survives,
+    alternating a 3x3 square and a plus (an octagonal distance: up to ~10 % short of the Euclidean one),
+    pixels beyond the image counting as outside, divided by the radius of a disc of the mask's area
+    (1 at the centre of a round silhouette, small on thin parts such as legs, handles and rims);
+    0 outside the mask and for an empty one. A shape-from-silhouette cue: a round object is
+    about as deep at a pixel as its silhouette is wide there."""
+    with torch.autocast(mask.device.type, enabled=False):
+        inside = (mask.detach().float() > 0.5).float()
+        area = inside.flatten(1).sum(1).clamp_min(1.0)  # [B]
+        current, total = inside, inside.clone()
+        for step in range(max(mask.shape[-2:]) // 2 + 1):
+            padded = F.pad(current, (1, 1, 1, 1))  # zeros beyond the image
+            rows = torch.minimum(torch.minimum(padded[..., :-2, :], padded[..., 2:, :]), padded[..., 1:-1, :])
+            if step % 2 == 0:  # the 3x3 square, separably: rows, then columns
+                current = torch.minimum(torch.minimum(rows[..., :-2], rows[..., 2:]), rows[..., 1:-1])
+            else:  # the plus
+                cols = torch.minimum(padded[..., 1:-1, :-2], padded[..., 1:-1, 2:])
+                current = torch.minimum(rows[..., 1:-1], cols)
+            total = total + current
+            if step % 8 == 7 and not bool(current.any()):  # a host sync only every 8 erosions
+                break
+        return total / torch.sqrt(area / torch.pi)[:, None, None, None]
 
 
 @dataclass
@@ -118,6 +166,8 @@ class DecoderLatents:
     center_offset: Tensor | None = None
     # the object's predicted up axis, a unit vector in the camera's axes, [B, 3] (axial queries)
     up: Tensor | None = None
+    # the local tokens' features on their grid, [B, C_f, G, G] (``DecoderConfig.token_features``)
+    token_map: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -181,7 +231,11 @@ class PointDecoder(nn.Module):
         if cfg.pixel_aligned and view_channels < 4:
             raise ValueError("a pixel-aligned decoder needs the surface map's channel count (view_channels)")
         views = (1 + int(cfg.mirror_queries) + int(cfg.axial_queries)) if cfg.pixel_aligned else 0
-        point_in = 3 + 6 * cfg.point_frequencies + views * (view_channels + 3)
+        per_view = view_channels + 3 + int(cfg.silhouette_distance) + cfg.token_features
+        point_in = 3 + 6 * cfg.point_frequencies + views * per_view
+        self.token_grid = token_grid
+        # the local tokens' features each query samples at its pixel (token_features > 0)
+        self.token_proj = nn.Linear(token_dim, cfg.token_features) if cfg.token_features else None
         if cfg.point_embed == "linear":
             self.point_embed = nn.Linear(point_in, width)
             self.text_proj = None
@@ -206,6 +260,8 @@ class PointDecoder(nn.Module):
         self.apply(self._init_weights)
         if self.center_head is not None:  # start at the anchor, the visible surface's bounding-box centre
             nn.init.zeros_(self.center_head[-1].weight)
+        if self.token_proj is not None and cfg.token_features_zero_init:
+            nn.init.zeros_(self.token_proj.weight)  # start as the plain pixel-aligned decoder
         # the model's PromptEmbedder, for text=None (plain attribute: owned and saved by the model)
         self.__dict__["_text_embedder"] = text_embedder
 
@@ -261,7 +317,11 @@ class PointDecoder(nn.Module):
             if self.cfg.axial_queries:
                 # from the camera's up (y points down in the image): where an upright object's axis starts
                 up = F.normalize(head[:, 3:] + head.new_tensor([0.0, -1.0, 0.0]), dim=-1)
-        return DecoderLatents(kv=kv, text=text_part, keep=keep, center_offset=offset, up=up)
+        token_map = None
+        if self.token_proj is not None:  # [B, 1 + G*G, C_tok] -> [B, C_f, G, G]: the local tokens on their grid
+            G = self.token_grid
+            token_map = self.token_proj(tokens[:, 1:]).transpose(1, 2).reshape(B, -1, G, G)
+        return DecoderLatents(kv=kv, text=text_part, keep=keep, center_offset=offset, up=up, token_map=token_map)
 
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
         """Occupancy logits ``[B, N]`` of ``points [B, N, 3]`` against precomputed latents."""
@@ -288,19 +348,21 @@ class PointDecoder(nn.Module):
         if self.cfg.pixel_aligned:
             if latents.view is None:
                 raise ValueError("this decoder is pixel-aligned: its latents need a PixelView (see ZeroShapeW.latents)")
-            view = latents.view
-            feats.append(view.sample(points))
+            view, token_map, dist = latents.view, latents.token_map, self.cfg.silhouette_distance
+            if self.cfg.token_features and token_map is None:
+                raise ValueError("this decoder samples the token grid: its latents need a token_map (see encode)")
+            feats.append(view.sample(points, token_map, dist))
             if self.cfg.mirror_queries:
                 center = latents.object_center()[:, None, :].to(points.dtype)  # [B, 1, 3]
                 mirrored = 2.0 * center - points
-                feats.append(view.sample(mirrored))
+                feats.append(view.sample(mirrored, token_map, dist))
             if self.cfg.axial_queries:
                 if latents.up is None:
                     raise ValueError("this decoder turns its queries about an axis: its latents need the object's up")
                 # 180 degrees about the axis u through c: q -> 2c - q + 2u (u . (q - c))
                 u = latents.up[:, None, :].to(points.dtype)
                 along = ((points - center) * u).sum(-1, keepdim=True)
-                feats.append(view.sample(mirrored + 2.0 * along * u))
+                feats.append(view.sample(mirrored + 2.0 * along * u, token_map, dist))
         return torch.cat(feats, dim=-1) if len(feats) > 1 else points
 
     @torch.no_grad()
