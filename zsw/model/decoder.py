@@ -13,7 +13,8 @@ A pixel-aligned decoder (``DecoderConfig.pixel_aligned``) also feeds each query 
 surface map sampled at its pixel (:class:`PixelView`); with ``mirror_queries`` (``axial_queries``)
 also at the query reflected through the object's predicted centre (turned about its predicted up
 axis), so the hidden side of a symmetric object can be read off its visible side; with
-``token_features`` also the encoder's local tokens, laid out on their grid, at the same places.
+``silhouette_distance`` also how deep each of those pixels lies inside the visible mask, and with
+``token_features`` the encoder's local tokens, laid out on their grid, at the same places.
 
 Because the latent path does not depend on the points, :meth:`PointDecoder.encode` computes the
 per-block latent K/V once per image and :meth:`PointDecoder.decode` streams any number of points
@@ -126,12 +127,12 @@ def box_center(points: Tensor, mask: Tensor, q: float = 0.02) -> Tensor:  # [B, 
 
 
 def silhouette_distance(mask: Tensor) -> Tensor:  # [B, 1, S, S] -> [B, 1, S, S]
-    """How far each pixel of ``mask`` (> 0.5) lies inside it: the number of erosions it survives,
-    alternating a 3x3 square and a plus (an octagonal distance: up to ~10 % short of the Euclidean one),
-    pixels beyond the image counting as outside, divided by the radius of a disc of the mask's area
-    (1 at the centre of a round silhouette, small on thin parts such as legs, handles and rims);
-    0 outside the mask and for an empty one. A shape-from-silhouette cue: a round object is
-    about as deep at a pixel as its silhouette is wide there."""
+    """How far each pixel of ``mask`` (> 0.5) lies inside it: 1 plus the number of erosions it
+    survives, alternating a 3x3 square and a plus (an octagonal distance: up to ~10 % short of the
+    Euclidean one), pixels beyond the image counting as outside, divided by the radius of a disc of
+    the mask's area (about 1 at the centre of a round silhouette, small on thin parts such as legs,
+    handles and rims); 0 outside the mask and for an empty one. A shape-from-silhouette cue: a
+    round object is about as deep at a pixel as its silhouette is wide there."""
     with torch.autocast(mask.device.type, enabled=False):
         inside = (mask.detach().float() > 0.5).float()
         area = inside.flatten(1).sum(1).clamp_min(1.0)  # [B]
