@@ -40,9 +40,11 @@ class WeightAverage:
 
     @torch.no_grad()
     def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n) -> None:
+        # torch's get_ema_multi_avg_fn, except for integer buffers: it would blend batch-norm's
+        # num_batches_tracked and truncate the result, so the average's count would lag the model's
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
-        else:  # counters (batch-norm's num_batches_tracked) follow the model
+        else:  # counters follow the model
             torch._foreach_copy_(averaged, current)
 
     def update(self, model: torch.nn.Module) -> None:
