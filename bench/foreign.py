@@ -173,15 +173,18 @@ def score_views(
     seed: int = 31,
     background: str = "auto",
     elevation: tuple[float, float] = ELEVATION,
+    tta: str = "flip",
 ) -> list[dict]:
-    """Reconstruct and score every view (and the baselines on it), one row each; ``background``:
-    the reconstruction's ``--background`` setting; ``elevation``: the cameras' range (degrees)."""
+    """Reconstruct and score every view (and the baselines on it), one row each; ``background``
+    and ``tta``: the reconstruction's ``--background`` and ``--tta`` settings; ``elevation``: the
+    cameras' range (degrees)."""
     from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.settings import GridSettings
 
-    recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", background=background)
+    recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", background=background,
+                          tta=tta)  # fmt: skip
     rows = []
     for c, category in enumerate(CATEGORIES):
         for i in range(per_category):
@@ -230,6 +233,7 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
     ap.add_argument("--background", default="auto", help="zsw reconstruct's --background (auto or never)")
+    ap.add_argument("--tta", default="flip", help="zsw reconstruct's --tta (flip or none)")
     ap.add_argument(
         "--elevation",
         default="10,40",
@@ -242,14 +246,15 @@ def main() -> None:
         raise SystemExit(str(e)) from None
 
     backend, label, _ = open_backend("torch", args.weights, None, "cpu")
-    rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation)
+    rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation,
+                       tta=args.tta)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (
         f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, --background "
-        f"{args.background}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, {len(rows)} views"
+        f"{args.background}, --tta {args.tta}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, {len(rows)} views"
     )
-    record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "rows": rows}
+    record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": args.tta, "rows": rows}
     atomic_write_json(out.with_suffix(".json"), record)
     atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
 

@@ -1,12 +1,13 @@
 """`zsw reconstruct` as a user runs it: whole processes, start-up included, backends alternating.
 
-Each round runs ``python -m zsw reconstruct IMAGE -o TMP --backend B --overwrite`` once per
-backend, in turn, so that a noisy shared machine slows every backend alike; the wall clock is taken
-around the process, the stage times are read from its ``result.json``. The medians over rounds go
-into a markdown table:
+Each round runs ``python -m zsw reconstruct IMAGE -o TMP --backend B --tta T --overwrite`` once per
+backend and test-time augmentation, in turn, so that a noisy shared machine slows every arm alike;
+the wall clock is taken around the process, the stage times are read from its ``result.json``. The
+medians over rounds go into a markdown table:
 
     python -m zsw.bench.whole_process examples/teddy_bear.png --backend auto --backend torch \\
         --rounds 5 --out bench/results/cpu-reconstruct-whole-process.md
+    python -m zsw.bench.whole_process examples/teddy_bear.png --tta flip --tta none --rounds 7
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 STAGES = ("pixel", "encode", "grid_decode", "marching_cubes", "preview")
 
 
-def one_run(image: str, backend: str, out: Path, extra: list[str]) -> dict:
+def one_run(image: str, backend: str, out: Path, extra: list[str], tta: str = "flip") -> dict:
     """Wall seconds of one `zsw reconstruct` process and its result.json."""
-    cmd = [sys.executable, "-m", "zsw", "reconstruct", image, "-o", str(out), "--backend", backend, "--overwrite"]
+    cmd = [sys.executable, "-m", "zsw", "reconstruct", image, "-o", str(out), "--backend", backend, "--tta", tta]
+    cmd.append("--overwrite")
     t0 = time.perf_counter()
     subprocess.run(cmd + extra, check=True, capture_output=True)
     wall = time.perf_counter() - t0
@@ -37,28 +39,30 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("image")
     p.add_argument("--backend", action="append", help="repeatable (default: auto and torch)")
+    p.add_argument("--tta", action="append", help="repeatable (default: flip, zsw reconstruct's default)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, help="markdown file to write")
     p.add_argument("extra", nargs="*", help="more `zsw reconstruct` options, after --")
     a = p.parse_args(argv)
-    backends = a.backend or ["auto", "torch"]
-    runs: dict[str, list[dict]] = {b: [] for b in backends}
-    lines = ["| round | --backend | ran | whole process (s) | " + " | ".join(f"{s} (s)" for s in STAGES) + " |"]
-    lines.append("| ---: | --- | --- | ---: | " + " | ".join("---:" for _ in STAGES) + " |")
+    arms = [(b, t) for b in a.backend or ["auto", "torch"] for t in a.tta or ["flip"]]
+    runs: dict[tuple[str, str], list[dict]] = {arm: [] for arm in arms}
+    head = "| round | --backend | --tta | ran | whole process (s) | "
+    lines = [head + " | ".join(f"{s} (s)" for s in STAGES) + " |"]
+    lines.append("| ---: | --- | --- | --- | ---: | " + " | ".join("---:" for _ in STAGES) + " |")
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(1, a.rounds + 1):
-            for b in backends:
-                run = one_run(a.image, b, Path(tmp) / b, a.extra)
-                runs[b].append(run)
+            for b, t in arms:
+                run = one_run(a.image, b, Path(tmp) / f"{b}-{t}", a.extra, t)
+                runs[b, t].append(run)
                 cells = " | ".join(f"{run.get(s, float('nan')):.3f}" for s in STAGES)
-                lines.append(f"| {r} | {b} | {run['backend']} | {run['wall']:.2f} | {cells} |")
+                lines.append(f"| {r} | {b} | {t} | {run['backend']} | {run['wall']:.2f} | {cells} |")
                 print(lines[-1], flush=True)
     lines += ["", "Medians:", ""]
-    for b, rs in runs.items():
+    for (b, t), rs in runs.items():
         med = {k: statistics.median(x[k] for x in rs) for k in ("wall", *STAGES)}
         grid = rs[-1]["grid"]
         lines.append(
-            f"* `--backend {b}` ({rs[-1]['backend']}): whole process **{med['wall']:.2f} s** "
+            f"* `--backend {b} --tta {t}` ({rs[-1]['backend']}): whole process **{med['wall']:.2f} s** "
             f"(range {min(x['wall'] for x in rs):.2f}-{max(x['wall'] for x in rs):.2f}); "
             + ", ".join(f"{s} {med[s]:.3f} s" for s in STAGES)
             + f"; {grid['evaluated_points']:,} of {grid['grid_points']:,} grid points decoded"

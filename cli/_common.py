@@ -17,7 +17,8 @@ import typer
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["cli_errors", "error", "RichReporter", "Weights", "Device", "Precision", "Resolution", "Extraction",
-           "Threshold", "Backend", "Engine", "BatchSize", "Reframe", "MinPart", "Smooth", "Faces"]  # fmt: skip
+           "Threshold", "Backend", "Engine", "BatchSize", "Reframe", "MinPart", "Smooth", "Faces",
+           "Tta"]  # fmt: skip
 
 # Options several commands share, declared once (their values are checked by the job's settings).
 Weights = Annotated[
@@ -38,6 +39,13 @@ Reframe = Annotated[
     typer.Option(
         help="Cut the model's input around the object, framed as in training: auto (when the photo shows it "
         "small or off centre), always or never."
+    ),
+]
+Tta = Annotated[
+    str,
+    typer.Option(
+        help="Test-time augmentation: flip (average the occupancy with that of the photo mirrored left to right; "
+        "twice the grid decoding), none, or auto (flip on CUDA, none on the CPU)."
     ),
 ]
 Resolution = Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")]

@@ -51,6 +51,7 @@ def evaluate(
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
+    tta: opts.Tta = "auto",
     min_part: opts.MinPart = 0.02,
     smooth: opts.Smooth = 0,
     faces: opts.Faces = None,
@@ -64,8 +65,7 @@ def evaluate(
         num_points=num_points, align=align, prompt=prompt, use_mask=use_mask, baseline=baseline, seed=seed,
         precision=precision, split=split, max_per_category=max_per_category, limit=limit, device=device,
         batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
-        background=background, min_part=min_part, smooth=smooth, faces=faces,
-    )  # fmt: skip
+        background=background, min_part=min_part, smooth=smooth, faces=faces, tta=tta)  # fmt: skip
     _print_report(reporter := RichReporter(min_total=1), evaluate_set(data, out, settings, reporter))
 
 

@@ -61,6 +61,7 @@ def reconstruct(
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
+    tta: opts.Tta = "auto",
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: opts.MinPart = 0.02,
@@ -76,8 +77,7 @@ def reconstruct(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
         preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
-        background=background,
-    )  # fmt: skip
+        background=background, tta=tta)  # fmt: skip
     report = zsw.reconstruct_many(inputs, out, settings, reporter := RichReporter())
     reporter.summary(report.summary(), report.ok)
     if not report.ok:

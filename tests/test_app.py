@@ -71,10 +71,12 @@ def app_url(tmp_path_factory):
     demo.close()
 
 
-def _arguments(photo: Path, reframe: str = "auto", background: str = "auto", smooth: int = 0, faces: int = 0) -> tuple:
+def _arguments(
+    photo: Path, reframe: str = "auto", background: str = "auto", smooth: int = 0, faces: int = 0, tta: str = "auto"
+) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
-    background, smoothing, faces (0: all)."""
-    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces
+    background, smoothing, faces (0: all), test-time augmentation."""
+    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta
 
 
 def _reconstruct(url: str, photo: Path, downloads: Path, **options: str) -> tuple:
@@ -124,13 +126,16 @@ def test_framing_and_background_choices_reach_the_job(app_url, tmp_path):
     assert len(trimesh.load(model, force="mesh", process=False).vertices) == counts["never"], (status, counts)
 
 
-def test_smoothing_and_face_budget_reach_the_job(app_url, tmp_path):
-    model, *_, status = _reconstruct(app_url, TEDDY, tmp_path / "dl", smooth=5, faces=600)
+def test_smoothing_face_budget_and_tta_reach_the_job(app_url, tmp_path):
+    model, *_, status = _reconstruct(app_url, TEDDY, tmp_path / "dl", smooth=5, faces=600, tta="flip")
     settings = ReconstructSettings(
-        device="cpu", formats=FORMATS, preview=False, grid=GridSettings(resolution=RESOLUTION), smooth=5, faces=600
-    )
+        device="cpu", formats=FORMATS, preview=False, grid=GridSettings(resolution=RESOLUTION), smooth=5, faces=600,
+        tta="flip",
+    )  # fmt: skip
     report = reconstruct_many([TEDDY], tmp_path / "job", settings)
-    expected = json.loads((report.written[0] / "result.json").read_text())["mesh"]
+    result = json.loads((report.written[0] / "result.json").read_text())
+    expected = result["mesh"]
+    assert result["model"]["tta"] == "flip"  # not the CPU's default (none): the page's choice reached the job
     glb = trimesh.load(model, force="mesh", process=False)
     assert expected["face_budget"] == 600 and len(glb.faces) == expected["faces"] <= 600, (status, expected)
     assert np.allclose(np.sort(glb.vertices, axis=0), np.sort(trimesh.load(report.written[0] / "mesh.glb",

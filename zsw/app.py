@@ -35,7 +35,7 @@ import gradio as gr
 import zsw
 from zsw.errors import ZswError
 from zsw.infer.jobs import reconstruct_many
-from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, ReconstructSettings
+from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, TTAS, ReconstructSettings
 from zsw.report import Advance, Reporter
 
 __all__ = ["build_app", "serve", "find_examples", "PageReporter", "MAX_UPLOAD"]
@@ -103,7 +103,7 @@ def build_app(
 ) -> gr.Blocks:
     """The page. ``defaults`` fixes what the page does not offer (weights, device, backend, ...) and
     the initial values of what it does (prompt, resolution, extraction, colour, framing,
-    background, smoothing, faces); the model is
+    background, smoothing, faces, test-time augmentation); the model is
     loaded once here to check them (a :class:`~zsw.errors.ZswError` if it cannot be). Each request
     writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
     defaults = defaults or ReconstructSettings()
@@ -153,6 +153,11 @@ def build_app(
                     value=defaults.faces or 0, precision=0, minimum=0, label="Faces",
                     info="decimate to at most this many triangles (0: keep them all)",
                 )  # fmt: skip
+                tta = gr.Radio(
+                    list(TTAS), value=defaults.tta, label="Test-time augmentation",
+                    info="flip: average the shape with that of the mirrored photo (twice the decoding); "
+                    "auto: flip on a GPU",
+                )  # fmt: skip
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown(label="Status", elem_id="status")
@@ -174,6 +179,7 @@ def build_app(
             background_mode: str,
             smooth_passes: float,
             face_budget: float | None,
+            augmentation: str,
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
@@ -185,12 +191,13 @@ def build_app(
                 background=background_mode,
                 smooth=int(smooth_passes),
                 faces=int(face_budget) if face_budget else None,
+                tta=augmentation,
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
         run.click(
             reconstruct,
-            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces],
+            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces, tta],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
         )
@@ -276,6 +283,7 @@ def _settings(
     background: str,
     smooth: int = 0,
     faces: int | None = None,
+    tta: str = "auto",
 ) -> ReconstructSettings:
     """The page's choices on top of the defaults; every mesh format, no preview picture (the
     3D view replaces it)."""
@@ -289,6 +297,7 @@ def _settings(
         background=background,
         smooth=smooth,
         faces=faces,
+        tta=tta,
         formats=FORMATS,
         preview=False,
         overwrite=True,

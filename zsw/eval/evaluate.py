@@ -84,6 +84,7 @@ class EvalSettings:
     min_part: float = 0.0  # disconnected parts under this fraction of the largest's area dropped from the mesh
     smooth: int = 0  # passes of Taubin smoothing of the mesh (zsw.infer.mesh_ops)
     faces: int | None = None  # the mesh decimated to at most this many triangles (None: not decimated)
+    tta: str = "none"  # test-time augmentation of the occupancy ("flip": averaged with the mirrored photo's)
     data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
 
     def __post_init__(self) -> None:

@@ -24,8 +24,15 @@ from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
 from zsw.infer.mesh_ops import check_mesh_options
-from zsw.infer.reconstruct import Reconstructor, open_backend, resolve_backend, run_precision, weights_identity
-from zsw.infer.settings import BACKENDS, BACKGROUNDS, MIN_PART, REFRAMES, GridSettings, is_estimated_prompt
+from zsw.infer.reconstruct import (
+    Reconstructor,
+    open_backend,
+    resolve_backend,
+    resolve_tta,
+    run_precision,
+    weights_identity,
+)
+from zsw.infer.settings import BACKENDS, BACKGROUNDS, MIN_PART, REFRAMES, TTAS, GridSettings, is_estimated_prompt
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
 
@@ -52,6 +59,7 @@ class EvalJobSettings:
     min_part: float = MIN_PART
     smooth: int = 0
     faces: int | None = None
+    tta: str = "auto"
     split: str | None = None
     max_per_category: int | None = None
     limit: int | None = None
@@ -68,6 +76,8 @@ class EvalJobSettings:
             raise OptionError(f"--reframe: {self.reframe!r} is not one of {', '.join(REFRAMES)}")
         if self.background not in BACKGROUNDS:
             raise OptionError(f"--background: {self.background!r} is not one of {', '.join(BACKGROUNDS)}")
+        if self.tta not in TTAS:
+            raise OptionError(f"--tta: {self.tta!r} is not one of {', '.join(TTAS)}")
         if self.backend not in BACKENDS:
             raise OptionError(f"--backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
@@ -126,7 +136,7 @@ def evaluate_set(
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
                           color="none", reframe=s.reframe, background=s.background,
-                          min_part=s.min_part, smooth=s.smooth, faces=s.faces)  # fmt: skip
+                          min_part=s.min_part, smooth=s.smooth, faces=s.faces, tta=s.tta)  # fmt: skip
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
@@ -158,7 +168,7 @@ def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings
                         threshold=g.threshold, bound=g.bound, close=g.close, num_points=s.num_points,
                         align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
-                        smooth=s.smooth, faces=s.faces,
+                        smooth=s.smooth, faces=s.faces, tta=resolve_tta(s.tta, backend.device),
                         data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
 
 

@@ -20,6 +20,7 @@ class ModelInfo:
     backend: str
     device: str
     precision: str  # as resolved: fp32, bf16, fp16, or "engine" for exported graphs
+    tta: str = "none"  # test-time augmentation of the occupancy: "flip" or "none"
 
 
 @dataclass

@@ -29,6 +29,7 @@ __all__ = [
     "COLORS",
     "REFRAMES",
     "BACKGROUNDS",
+    "TTAS",
     "is_estimated_prompt",
     "default_chunk_points",
 ]
@@ -52,6 +53,10 @@ COLORS = ("photo", "none")
 REFRAMES = ("auto", "always", "never")
 #: ``--background``: correct the predicted visible mask with the photo's own background (zsw.infer.background)
 BACKGROUNDS = ("auto", "never")
+#: ``--tta``: test-time augmentation of the occupancy (zsw.infer.reconstruct.Reconstructor): ``flip``
+#: also reconstructs the photo mirrored left to right and averages the two fields' logits; ``auto``
+#: is ``flip`` on a GPU and ``none`` on a CPU, where it would double the grid decoding's seconds
+TTAS = ("auto", "flip", "none")
 #: default fraction of the largest part's area under which a disconnected part of the mesh is dropped
 #: (``zsw reconstruct`` and ``zsw eval`` alike, so the scores are of the meshes users get)
 MIN_PART = 0.02
@@ -161,6 +166,9 @@ class ReconstructSettings:
             the largest part's (crumbs of an uncertain field; 0 keeps everything).
         smooth: passes of Taubin smoothing of the mesh (0 keeps the marching-cubes surface).
         faces: decimate the mesh to at most this many triangles (None keeps them all).
+        tta: ``flip`` (average the occupancy with that of the photo mirrored left to right; twice
+            the decoding), ``none``, or ``auto`` (flip on CUDA, none on the CPU;
+            :class:`~zsw.infer.reconstruct.Reconstructor`).
         preview: write ``preview.png``.
         overwrite: redo images even when their result records the same input and settings.
     """
@@ -182,6 +190,7 @@ class ReconstructSettings:
     min_part: float = MIN_PART
     smooth: int = 0
     faces: int | None = None
+    tta: str = "auto"
     preview: bool = True
     overwrite: bool = False
 
@@ -197,6 +206,7 @@ class ReconstructSettings:
         _choice(self.color, COLORS, "--color")
         _choice(self.reframe, REFRAMES, "--reframe")
         _choice(self.background, BACKGROUNDS, "--background")
+        _choice(self.tta, TTAS, "--tta")
         if self.batch_size < 1:
             raise OptionError(f"--batch-size: {self.batch_size} is below 1")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
@@ -219,6 +229,6 @@ class ReconstructSettings:
             fast=g.refinement,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
-            smooth=self.smooth, faces=self.faces,
+            smooth=self.smooth, faces=self.faces, tta=self.tta,
             reframe=self.reframe, background=self.background, preview=self.preview, device=self.device or "auto",
         )  # fmt: skip

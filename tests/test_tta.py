@@ -1,0 +1,151 @@
+"""Test-time augmentation (``--tta flip``): the photo mirrored left to right is reconstructed too,
+and its occupancy field, reflected back, is averaged with the photo's own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from zsw.infer.backend import TorchBackend, predict
+from zsw.infer.image import load_image
+from zsw.infer.reconstruct import Reconstructor, mirror_points, occupancy_function, resolve_tta
+from zsw.model import SurfacePrediction
+
+RES = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+def _frame(center, scale) -> SurfacePrediction:
+    """A prediction that only carries a normalised frame (the rest is never read here)."""
+    z = torch.zeros(1, 1, 4, 4)
+    return SurfacePrediction(
+        depth=z, intrinsics=torch.eye(3)[None], visible_mask_logits=None, occluder_mask_logits=None,
+        visible_mask=z, occluder_mask=None, visible_points=torch.zeros(1, 3, 4, 4),
+        center=torch.tensor([center], dtype=torch.float32), scale=torch.tensor([scale], dtype=torch.float32),
+    )  # fmt: skip
+
+
+def _project(K: torch.Tensor, points: torch.Tensor) -> torch.Tensor:  # [3, 3], [N, 3] -> [N, 2] pixels
+    uvw = points @ K.T
+    return uvw[:, :2] / uvw[:, 2:]
+
+
+def test_a_reflected_point_lands_on_the_flipped_pixel_in_the_mirrored_frame():
+    # the mirrored input's camera: columns u -> W - 1 - u, so cx -> W - 1 - cx (integer pixel centres)
+    W = 224
+    K = torch.tensor([[300.0, 0.0, 120.0], [0.0, 300.0, 101.0], [0.0, 0.0, 1.0]])
+    K_flipped = K.clone()
+    K_flipped[0, 2] = W - 1 - K[0, 2]
+    pred, mirrored = _frame([0.3, -0.1, 2.0], 0.4), _frame([-0.25, -0.1, 2.1], 0.55)
+    points = torch.randn(1, 50, 3) * 0.5  # in pred's normalised frame
+    camera = pred.to_camera(points)[0]
+    reflected = mirrored.to_camera(mirror_points(points, pred, mirrored))[0]  # back to camera coordinates
+    uv, uv_flipped = _project(K, camera), _project(K_flipped, reflected)
+    torch.testing.assert_close(uv_flipped[:, 0], (W - 1) - uv[:, 0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(uv_flipped[:, 1], uv[:, 1], atol=1e-3, rtol=0)
+    torch.testing.assert_close(reflected[:, 2], camera[:, 2])  # the same depth
+
+
+def test_the_averaged_field_is_the_same_for_a_photo_and_its_mirror_image(repo_root, tiny_model):
+    """Averaged with its reflection, the field of a photo at P equals the field of the mirrored
+    photo at P's reflection: what makes ``flip`` an average over the pair, whichever comes first."""
+    backend = TorchBackend(tiny_model, "cpu")
+    image = load_image(repo_root / "examples" / "toy.png").image
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    photo, mirror = predict(backend, batch), predict(backend, batch.flip(-1))
+    torch.manual_seed(1)
+    P = photo.center[:, None, :] + photo.scale[:, None, None] * torch.randn(1, 400, 3)  # camera frame
+    P_reflected = P * torch.tensor([-1.0, 1.0, 1.0])
+    both = occupancy_function(backend, photo, mirror)(photo.to_normalized(P))
+    both_mirrored = occupancy_function(backend, mirror, photo)(mirror.to_normalized(P_reflected))
+    torch.testing.assert_close(both, both_mirrored, atol=1e-5, rtol=1e-5)
+    # each field alone is not mirror-symmetric (a random model): otherwise this test could not fail
+    alone = occupancy_function(backend, photo)(photo.to_normalized(P))
+    alone_mirrored = occupancy_function(backend, mirror)(mirror.to_normalized(P_reflected))
+    assert (alone - alone_mirrored).abs().max() > 1e-3
+    torch.testing.assert_close(both, 0.5 * (alone + alone_mirrored), atol=1e-5, rtol=1e-5)
+
+
+class Counting:
+    """A Backend-protocol wrapper that counts pixel-model calls and points decoded per latents."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.name, self.config, self.device = inner.name, inner.config, inner.device
+        self.pixel_calls, self.decoded = 0, {}
+
+    def embed_prompts(self, prompt, batch):
+        return self._inner.embed_prompts(prompt, batch)
+
+    def pixel(self, image, text):
+        self.pixel_calls += 1
+        return self._inner.pixel(image, text)
+
+    def encode(self, encoder_input, text):
+        return self._inner.encode(encoder_input, text)
+
+    def decode(self, latents, points):
+        self.decoded[id(latents)] = self.decoded.get(id(latents), 0) + points.shape[1]
+        return self._inner.decode(latents, points)
+
+
+def test_flip_decodes_every_point_in_both_fields_and_says_so(repo_root, tiny_model):
+    image = load_image(repo_root / "examples" / "toy.png")
+    runs = {}
+    for tta in ("none", "flip"):
+        backend = Counting(TorchBackend(tiny_model, "cpu"))
+        rec = Reconstructor(backend, resolution=RES, reframe="never", background="never", tta=tta)([image])[0]
+        runs[tta] = backend, rec
+        assert rec.info["model"]["tta"] == tta
+    none, flip = runs["none"][0], runs["flip"][0]
+    assert (none.pixel_calls, flip.pixel_calls) == (1, 2)
+    assert len(none.decoded) == 1 and len(flip.decoded) == 2
+    a, b = flip.decoded.values()
+    assert a == b > 0  # every query point of the photo's field also read the mirrored field
+    assert runs["none"][1].mesh.vertices.shape != runs["flip"][1].mesh.vertices.shape or not torch.allclose(
+        torch.from_numpy(runs["none"][1].mesh.vertices), torch.from_numpy(runs["flip"][1].mesh.vertices)
+    )
+    # the reported depth and masks are the photo's own, not the mirror's
+    assert (runs["none"][1].depth == runs["flip"][1].depth).all()
+
+    # without a mesh (the evaluation's baselines) nothing is mirrored
+    backend = Counting(TorchBackend(tiny_model, "cpu"))
+    Reconstructor(backend, resolution=RES, reframe="never", background="never")([image], with_mesh=False)
+    assert backend.pixel_calls == 1 and not backend.decoded
+
+
+def test_a_rerun_with_another_tta_is_redone_and_a_bad_value_names_the_option(repo_root, tmp_path):
+    import zsw
+    from zsw.errors import ConfigError, OptionError
+    from zsw.model import build_model
+
+    image, out = repo_root / "examples" / "toy.png", tmp_path / "o"
+
+    def run(tta):
+        settings = zsw.ReconstructSettings(weights="random:tiny", preview=False, grid=zsw.GridSettings(RES), tta=tta)
+        return zsw.reconstruct_many([image], out, settings)
+
+    assert len(run("flip").written) == 1
+    assert run("flip").skipped == 1
+    again = run("none")
+    assert again.redone == 1
+    record = json.loads((out / "toy" / "result.json").read_text())
+    assert record["request"]["tta"] == "none" and record["model"]["tta"] == "none"
+    # auto: flip where the mirrored pass is cheap next to the rest (CUDA), none on the CPU
+    assert [resolve_tta("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["none", "flip", "flip"]
+    assert resolve_tta("flip", "cpu") == "flip" and resolve_tta("none", "cuda") == "none"
+    default = Reconstructor(TorchBackend(build_model("tiny"), "cpu"), resolution=RES, reframe="never")
+    assert default.tta == "none"
+    with pytest.raises(OptionError, match="--tta"):
+        zsw.ReconstructSettings(tta="rotate")
+    with pytest.raises(ConfigError, match="tta"):
+        Reconstructor(TorchBackend(build_model("tiny"), "cpu"), tta="mirror")
