@@ -12,7 +12,7 @@
 # On the lent machine (bare image: no package registry, no trimesh/rtree/open_clip), run
 # bench/gpu_prepare.sh here first and carry .whl: this script installs it into /tmp/site with
 # --no-deps, writes everything under $OUT (the device tool brings it back; default bench/results)
-# and caps every part so the whole call stays near 8 minutes (the caps add up to 485 s).
+# and caps every part so the whole call stays near 8 minutes (the caps add up to 510 s).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,6 +40,10 @@ log="$results/${gpu}-session.log"
         --out "$results/${gpu}-reconstruct.csv" \
         --summary "$results/${gpu}-reconstruct.md"
     reconstruct_rc=$?
+    echo "== zsw bench reconstruct --tta flip (the mirrored pass zsw reconstruct adds on CUDA by default)"
+    timeout -s INT -k 10 25 python3 -m zsw bench reconstruct --weights random:zeroshape-w --precision bf16 \
+        --extraction fast --kernels triton --tta none --tta flip --no-shapes --image examples/armchair.png \
+        --out "$results/${gpu}-reconstruct.csv" || reconstruct_rc=$?
     echo "== zsw bench train (zeroshape-w, batch 80, bf16)"
     timeout -s INT -k 20 55 python3 -m zsw bench train --preset zeroshape-w --batch-size 80 --amp bf16 --out "$results/${gpu}-train.csv"
     train_rc=$?
@@ -55,7 +59,7 @@ log="$results/${gpu}-session.log"
     align_rc=$?
     for align in none brute-force; do
         timeout -s INT -k 5 20 python3 -m zsw eval --format procedural --data "$tmp/data" --weights random:tiny \
-            --resolution 64 --align "$align" --device "$device" --out "$tmp/$align.json" > "$tmp/$align.log" 2>&1 \
+            --resolution 64 --tta none --align "$align" --device "$device" --out "$tmp/$align.json" > "$tmp/$align.log" 2>&1 \
             || { align_rc=$?; tail -n 3 "$tmp/$align.log"; }
         python3 -c "import json, sys; rows = [json.loads(x) for x in open(sys.argv[1]).read().splitlines()[1:]]; \
 print(sys.argv[2], 'seconds per sample:', [round(r['seconds'], 3) for r in rows])" "$tmp/$align.samples.jsonl" "$align"

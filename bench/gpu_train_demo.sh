@@ -87,8 +87,9 @@ fi
     cp runs/gpu-full/best.safetensors "$results/gpu-demo.safetensors" 2>/dev/null || echo "no stage-full weights"
 
     echo "== eval on the 100 test images (resolution 128, fast)"
-    device=(--device cuda)
-    if [ "$scale" = smoke ]; then device=(--device cpu --resolution 16 --limit 4); fi
+    # --tta none: scored as the CPU tables it compares with are (auto would mirror on CUDA)
+    device=(--device cuda --tta none)
+    if [ "$scale" = smoke ]; then device=(--device cpu --tta none --resolution 16 --limit 4); fi
     timeout 75 python3 -m zsw eval --format procedural --data data/gpu/test --weights "$results/gpu-demo.safetensors" \
         --out "$results/eval.json" "${device[@]}" > "$results/eval.log" 2>&1
     cat "$results/eval.md" 2>/dev/null || tail -n 5 "$results/eval.log"

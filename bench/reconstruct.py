@@ -14,7 +14,10 @@ times after a warm-up, and each run is split into the stages of ``zsw reconstruc
 ==================  ===========================================================================
 
 Providers are ``torch:triton`` and ``torch:ref`` (the PyTorch backend with either decoder
-kernels), ``onnxruntime`` and ``tensorrt``. Rows carry speed-ups measured in the same run:
+kernels), ``onnxruntime`` and ``tensorrt``. With ``ttas`` including ``flip`` (``zsw reconstruct
+--tta flip``, the default on CUDA), the mode reads ``fast+flip`` / ``dense+flip``: the mirrored
+input's pixel model and encoder count in ``pixel`` and ``encode``, its second decoding in
+``grid_decode``. Rows carry speed-ups measured in the same run:
 ``dense`` (the dense row's time over this one) and ``ref`` (reference kernels over Triton).
 :func:`bench_shapes` adds the evidence for making ``fast`` the default: on the analytic test
 shapes (:mod:`zsw.eval.fields`) it reports how many fewer points ``fast`` decodes and its
@@ -47,19 +50,22 @@ def _sync(device: torch.device) -> None:
 
 
 def _one_run(
-    backend, image: torch.Tensor, resolution: int, extraction: str, chunk_points: int | None
+    backend, image: torch.Tensor, resolution: int, extraction: str, chunk_points: int | None, tta: str = "none"
 ) -> tuple[dict, int]:
     """Stage seconds of one reconstruction and the number of decoded points."""
     from zsw.infer.backend import predict
     from zsw.infer.grid import marching_cubes, occupancy_grid
+    from zsw.infer.reconstruct import occupancy_function
 
     device = backend.device
     t: dict[str, float] = {}
     pred = predict(backend, image, None, timings=t)
+    mirrored = predict(backend, image.flip(-1), None, timings=t) if tta == "flip" else None
+    decode = occupancy_function(backend, pred, mirrored)  # autocast: the caller's context
     _sync(device)
     t0 = time.perf_counter()
     probs, stats = occupancy_grid(
-        lambda p: backend.decode(pred.latents, p).float(),
+        decode,
         1,
         resolution,
         mode=extraction,
@@ -105,6 +111,7 @@ def bench_reconstruct(
     repeats: int = 3,
     chunk_points: int | None = None,
     precisions: Sequence[str] = ("auto",),
+    ttas: Sequence[str] = ("none",),
     progress: Callable[[str], None] | None = None,
 ) -> list:
     """Per-stage latency rows (``zsw.bench._harness.BenchRow``) for every configuration.
@@ -123,6 +130,8 @@ def bench_reconstruct(
         repeats: timed runs per configuration (after one warm-up run).
         precisions: autocast of the PyTorch backend, as ``zsw reconstruct --precision`` (``auto``:
             bf16 on CUDA, fp32 on the CPU); exported engines keep their own.
+        ttas: test-time augmentation, as ``zsw reconstruct --tta`` (``auto`` resolved for the
+            device); every configuration with ``none`` runs before any with ``flip``.
     """
     from zsw.bench._harness import BenchRow
     from zsw.infer.image import load_image
@@ -143,13 +152,15 @@ def bench_reconstruct(
             if kind == "torch":
                 backend.model.set_kernel_impl(impl)
             provider = kind if impl == "-" else f"{kind}:{'ref' if impl == 'torch' else impl}"
-            for precision, extraction in _configs(kind, precisions, extractions, device):
+            for precision, extraction, tta in _configs(kind, precisions, extractions, ttas, device):
+                mode = extraction if tta == "none" else f"{extraction}+{tta}"
                 if progress:
-                    progress(f"{provider} {precision} {extraction}")
+                    progress(f"{provider} {precision} {mode}")
                 try:
                     with autocast(precision, device):
-                        _one_run(backend, tensor, resolution, extraction, chunk_points)  # warm-up
-                        runs = [_one_run(backend, tensor, resolution, extraction, chunk_points) for _ in range(repeats)]
+                        args = (backend, tensor, resolution, extraction, chunk_points, tta)
+                        _one_run(*args)  # warm-up
+                        runs = [_one_run(*args) for _ in range(repeats)]
                     note = ""
                 except Exception as e:  # noqa: BLE001 -- a failing configuration is a result
                     runs, note = [], f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
@@ -168,7 +179,7 @@ def bench_reconstruct(
                             gpu=env.gpu, torch=env.torch, triton=env.triton, git_sha=env.git_sha,
                             timestamp=env.timestamp, op=f"reconstruct:{stage}",
                             case=f"{backend.config.name}:{label}:{precision}",
-                            provider=provider, mode=extraction, dtype=precision, shape=f"res={resolution}",
+                            provider=provider, mode=mode, dtype=precision, shape=f"res={resolution}",
                             p50_ms=p50, p20_ms=p20, p80_ms=p80,
                             throughput=work / (p50 * 1e-3) if p50 > 0 else math.nan, throughput_unit=unit,
                             peak_mem_mb=math.nan, note=note or f"points={points}",
@@ -178,12 +189,16 @@ def bench_reconstruct(
     return rows
 
 
-def _configs(kind: str, precisions: Sequence[str], extractions: Sequence[str], device) -> list[tuple[str, str]]:
-    """(resolved precision, extraction) pairs; exported engines run in their own precision."""
-    from zsw.infer.reconstruct import run_precision
+def _configs(
+    kind: str, precisions: Sequence[str], extractions: Sequence[str], ttas: Sequence[str], device
+) -> list[tuple[str, str, str]]:
+    """(resolved precision, extraction, resolved tta) triples, every ``none`` first (a capped run
+    that stops early keeps them); exported engines run in their own precision."""
+    from zsw.infer.reconstruct import resolve_tta, run_precision
 
     resolved = dict.fromkeys(run_precision(kind, p, device) for p in precisions)
-    return [(p, e) for p in resolved for e in extractions]
+    augment = sorted(dict.fromkeys(resolve_tta(t, device) for t in ttas), key=lambda t: t != "none")
+    return [(p, e, t) for t in augment for p in resolved for e in extractions]
 
 
 def _quantiles(ms: list[float]) -> tuple[float, float, float]:
@@ -201,9 +216,10 @@ def _speedups(rows: list) -> None:
     ``auto``, same mode)."""
     by_key = {(r.op, r.case, r.provider, r.mode): r for r in rows}
     for r in rows:
-        dense = by_key.get((r.op, r.case, r.provider, "dense"))
+        extraction, plus, tta = r.mode.partition("+")  # fast+flip is compared with dense+flip
+        dense = by_key.get((r.op, r.case, r.provider, "dense" + plus + tta))
         stage = r.op.split(":", 1)[-1]
-        if dense is not None and r.mode != "dense" and r.p50_ms > 0 and stage in ("total", "grid_decode"):
+        if dense is not None and extraction != "dense" and r.p50_ms > 0 and stage in ("total", "grid_decode"):
             r.speedups["dense"] = dense.p50_ms / r.p50_ms
         kind, _, impl = r.provider.partition(":")
         off = by_key.get((r.op, r.case, f"{kind}:ref", r.mode))
@@ -284,14 +300,15 @@ def bench_marching_cubes(env, resolution: int = 128, name: str | None = None) ->
 
 def summary_markdown(rows: Sequence, title: str) -> str:
     """Seconds per image by stage (one column per configuration) and the fast-vs-dense evidence."""
-    configs = sorted({(r.provider, r.mode) for r in rows if r.op.startswith("reconstruct:")})
+    ops = [r for r in rows if r.op.startswith("reconstruct:")]
+    configs = sorted({(r.provider, r.dtype, r.mode) for r in ops})  # one column per precision too
     lines = [f"# {title}", ""]
     if configs:
-        lines += ["| stage | " + " | ".join(f"{p} {m}" for p, m in configs) + " |"]
+        lines += ["| stage | " + " | ".join(f"{p} {d} {m}" for p, d, m in configs) + " |"]
         lines += ["|---|" + "---:|" * len(configs)]
-        cell = {(r.op.split(":", 1)[1], r.provider, r.mode): r.p50_ms for r in rows if r.op.startswith("reconstruct:")}
+        cell = {(r.op.split(":", 1)[1], r.provider, r.dtype, r.mode): r.p50_ms for r in ops}
         for stage in STAGES:
-            vals = [cell.get((stage, p, m), math.nan) for p, m in configs]
+            vals = [cell.get((stage, *c), math.nan) for c in configs]
             lines.append(
                 f"| {stage} | " + " | ".join(f"{v / 1e3:.3f} s" if np.isfinite(v) else "-" for v in vals) + " |"
             )
@@ -317,6 +334,7 @@ def run(
     extractions: Sequence[str] = ("fast", "dense"),
     kernel_impls: Sequence[str] | None = None,
     precisions: Sequence[str] = ("auto",),
+    ttas: Sequence[str] = ("none",),
     resolution: int = 128,
     image: str | Path | None = None,
     repeats: int = 3,
@@ -331,14 +349,14 @@ def run(
     ``(rows, markdown, csv path)``."""
     from zsw.bench._harness import append_csv, environment, gpu_slug
     from zsw.errors import ConfigError, OptionError
-    from zsw.infer.settings import BACKENDS, EXTRACTIONS, PRECISIONS
+    from zsw.infer.settings import BACKENDS, EXTRACTIONS, PRECISIONS, TTAS
     from zsw.io import atomic_write_text
     from zsw.kernels import IMPLS
     from zsw.report import Reporter
 
     for values, allowed, option in ((backends, BACKENDS, "--backend"), (extractions, EXTRACTIONS, "--extraction"),
                                     (kernel_impls or (), IMPLS, "--kernels"),
-                                    (precisions, PRECISIONS, "--precision")):  # fmt: skip
+                                    (precisions, PRECISIONS, "--precision"), (ttas, TTAS, "--tta")):  # fmt: skip
         bad = [v for v in values if v not in allowed]
         if bad:
             raise OptionError(f"{option}: {bad[0]!r} is not one of {', '.join(allowed)}")
@@ -360,7 +378,7 @@ def run(
         rows = bench_reconstruct(env, weights=weights, image=image,
                                  backends=pairs,
                                  extractions=extractions, kernel_impls=kernel_impls, resolution=resolution,
-                                 repeats=repeats, precisions=precisions,
+                                 repeats=repeats, precisions=precisions, ttas=ttas,
                                  progress=lambda label: advance(0, note=label))  # fmt: skip
         if shapes:
             advance(0, note="fast vs dense on the test shapes")

@@ -16,6 +16,7 @@ from zsw.cli._common import RichReporter, cli_errors
 # help texts too long for a line of the signature
 _CSV = "CSV to append rows to (default: bench/results/<device>-<benchmark>.csv)."
 _PRECISIONS = "auto, fp32, bf16, fp16 (repeatable; default auto)."
+_TTAS = "Test-time augmentation: none, flip or auto (flip on CUDA), repeatable; default none (the pipeline alone)."
 _KERNELS = (
     "Decoder kernels: triton, torch (the reference), auto (default: triton and torch on CUDA, auto and torch on CPU)."
 )
@@ -113,6 +114,7 @@ def reconstruct(
     extraction: Annotated[list[str] | None, typer.Option(help="fast and/or dense (repeatable; default both).")] = None,
     kernels: Annotated[list[str] | None, typer.Option(help=_KERNELS)] = None,
     precision: Annotated[list[str] | None, typer.Option(help=_PRECISIONS)] = None,
+    tta: Annotated[list[str] | None, typer.Option(help=_TTAS)] = None,
     resolution: opts.Resolution = 128,
     image: Annotated[Path | None, typer.Option(help="Photo to reconstruct (default: examples/armchair.png).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration (after a warm-up).")] = 3,
@@ -127,8 +129,9 @@ def reconstruct(
     reporter = RichReporter(min_total=1)
     rows, text, csv = bench.run(weights=weights, backends=backend or ["torch"], engine=engine,
                                 extractions=extraction or ["fast", "dense"], kernel_impls=kernels,
-                                precisions=precision or ["auto"], resolution=resolution, image=image, repeats=repeats,
-                                shapes=shapes, device=device, out=out, summary=summary, reporter=reporter)  # fmt: skip
+                                precisions=precision or ["auto"], ttas=tta or ["none"], resolution=resolution,
+                                image=image, repeats=repeats, shapes=shapes, device=device, out=out, summary=summary,
+                                reporter=reporter)  # fmt: skip
     if reporter.console.is_terminal:
         reporter.console.print(rows_table(rows, title=f"zsw reconstruct on {rows[0].gpu if rows else '?'}"))
     typer.echo(text)

@@ -606,6 +606,28 @@ def test_bench_reconstruct_times_each_precision_separately(tmp_path):
     assert runner.invoke(app, [*args[:-2], "--precision", "int8"]).exit_code == 2
 
 
+def test_bench_reconstruct_times_the_mirrored_pass_as_its_own_mode(tmp_path):
+    from zsw.bench._harness import read_csv
+
+    csv_path, md = tmp_path / "bench.csv", tmp_path / "s.md"
+    args = ["bench", "reconstruct", "--weights", "random:tiny", "--resolution", "8", "--repeats", "1", "--no-shapes",
+            "--precision", "fp32", "--precision", "bf16", "--tta", "none", "--tta", "flip",
+            "--out", str(csv_path), "--summary", str(md)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    totals = {(r["provider"], r["dtype"], r["mode"]): r for r in read_csv(csv_path) if r["op"] == "reconstruct:total"}
+    modes = {"fast", "dense", "fast+flip", "dense+flip"}
+    assert set(totals) == {(p, d, m) for p in ("torch:auto", "torch:ref") for d in ("fp32", "bf16") for m in modes}
+    flip, dense_flip = totals["torch:ref", "fp32", "fast+flip"], totals["torch:ref", "fp32", "dense+flip"]
+    assert float(flip["speedup_vs_dense"]) == pytest.approx(
+        float(dense_flip["p50_ms"]) / float(flip["p50_ms"]), rel=1e-3
+    )
+    # the summary has one column per provider, precision and mode (precisions used to share one)
+    header = md.read_text().splitlines()[2]
+    assert header.count("|") == 1 + 1 + len(totals) and "torch:ref bf16 dense+flip" in header
+    assert runner.invoke(app, [*args[:-4], "--tta", "rotate"]).exit_code == 2
+
+
 def test_bf16_meshes_match_fp32_on_the_packaged_model(repo_root):
     """CPU autocast at bf16 gives the same mesh as fp32, so --precision bf16 (the default on GPUs)
     is safe. Compared as ZeroShape scores clouds (5,000 points each, normalised): two independent
