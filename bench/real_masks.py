@@ -2,11 +2,14 @@
 ZeroShape's own masks (``examples/masks/``): the gate a candidate default model must pass before
 its procedural scores matter (``bench/results/shape-learning.md`` (p)).
 
-    python -m zsw.bench.real_masks --weights demo --weights runs/x/best.safetensors [--out F.md]
+    python -m zsw.bench.real_masks --weights demo --weights runs/x/best.safetensors [--out F.md] \
+        [--tta flip-pixel]
 
 Per photo: the IoU of the model's visible mask at probability 0.5 on the 224 x 224 input (as
 ``tests/test_reconstruct.py::test_packaged_model_finds_the_object_in_real_photos`` computes it),
-and after ``--background auto``'s correction by the photo's plain background.
+and after ``--background auto``'s correction by the photo's plain background. ``--tta flip-pixel``
+averages the pixel model's outputs with those for the mirrored photo first, as ``zsw reconstruct
+--tta flip-pixel`` does (``flip`` leaves the masks as they are: it mirrors the occupancy only).
 """
 
 from __future__ import annotations
@@ -19,22 +22,27 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def mask_ious(weights: str, examples: Path = REPO / "examples") -> dict[str, tuple[float, float]]:
+def mask_ious(weights: str, examples: Path = REPO / "examples", tta: str = "none") -> dict[str, tuple[float, float]]:
     """{photo: (IoU of the model's mask, IoU after the background correction)} over the photos of
-    ``examples`` (a source checkout's ``examples/``, with ZeroShape's masks in ``masks/``)."""
+    ``examples`` (a source checkout's ``examples/``, with ZeroShape's masks in ``masks/``);
+    ``tta="flip-pixel"``: the pixel model's outputs averaged with the mirrored photo's."""
     import torch
 
     from zsw.infer.backend import predict
     from zsw.infer.background import refine_visible_mask
     from zsw.infer.image import load_image, load_mask
-    from zsw.infer.reconstruct import open_backend
+    from zsw.infer.reconstruct import mirror_average, open_backend
 
     backend = open_backend(weights=weights)[0]
     out = {}
     for path in sorted(Path(examples).glob("*.png")):
         image = load_image(path, 224)
         x = torch.from_numpy(image.image).permute(2, 0, 1)[None].float() / 255
-        pred = predict(backend, x)
+        pixel = None
+        if tta == "flip-pixel":
+            text = backend.embed_prompts(None, 1)
+            pixel = mirror_average(backend.pixel(x, text), backend.pixel(x.flip(-1), text))
+        pred = predict(backend, x, pixel=pixel)
         mask = pred.visible_mask[0, 0].float().numpy() > 0.5
         occluder = pred.occluder_mask[0, 0].float().numpy() > 0.5
         gt = load_mask(Path(examples) / "masks" / path.name, image)
@@ -49,10 +57,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", action="append", help="checkpoint, or demo (repeatable; default: demo)")
     ap.add_argument("--out", default=None, help="markdown file to write (default: print only)")
+    ap.add_argument("--tta", default="none", help="none or flip-pixel (the masks zsw reconstruct uses with it)")
     ap.add_argument("--examples", default=str(REPO / "examples"), help="folder of photos with masks/ beside them")
     args = ap.parse_args()
     names = args.weights or ["demo"]
-    results = {w: mask_ious(w, Path(args.examples)) for w in names}
+    results = {w: mask_ious(w, Path(args.examples), args.tta) for w in names}
     photos = sorted(next(iter(results.values())))
     label = {w: w if w == "demo" else f"{Path(w).parent.name}/{Path(w).name}" for w in names}
     head = " | ".join(f"`{label[w]}`: model / corrected" for w in names)

@@ -45,7 +45,8 @@ Tta = Annotated[
     str,
     typer.Option(
         help="Test-time augmentation: flip (average the occupancy with that of the photo mirrored left to right; "
-        "twice the grid decoding), none, or auto (flip on CUDA, none on the CPU)."
+        "twice the grid decoding), flip-pixel (average only the pixel model's outputs with the mirrored photo's), "
+        "none, or auto (flip on CUDA, flip-pixel on the CPU)."
     ),
 ]
 Resolution = Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")]

@@ -16,7 +16,7 @@ from zsw.cli._common import RichReporter, cli_errors
 # help texts too long for a line of the signature
 _CSV = "CSV to append rows to (default: bench/results/<device>-<benchmark>.csv)."
 _PRECISIONS = "auto, fp32, bf16, fp16 (repeatable; default auto)."
-_TTAS = "Test-time augmentation: none, flip or auto (flip on CUDA), repeatable; default none (the pipeline alone)."
+_TTAS = "Test-time augmentation: none, flip, flip-pixel or auto, repeatable; default none (the pipeline alone)."
 _KERNELS = (
     "Decoder kernels: triton, torch (the reference), auto (default: triton and torch on CUDA, auto and torch on CPU)."
 )

@@ -135,7 +135,7 @@ def test_smoothing_face_budget_and_tta_reach_the_job(app_url, tmp_path):
     report = reconstruct_many([TEDDY], tmp_path / "job", settings)
     result = json.loads((report.written[0] / "result.json").read_text())
     expected = result["mesh"]
-    assert result["model"]["tta"] == "flip"  # not the CPU's default (none): the page's choice reached the job
+    assert result["model"]["tta"] == "flip"  # not the CPU's default (flip-pixel): the page's choice reached the job
     glb = trimesh.load(model, force="mesh", process=False)
     assert expected["face_budget"] == 600 and len(glb.faces) == expected["faces"] <= 600, (status, expected)
     assert np.allclose(np.sort(glb.vertices, axis=0), np.sort(trimesh.load(report.written[0] / "mesh.glb",

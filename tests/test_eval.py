@@ -328,7 +328,7 @@ def test_eval_scores_the_smoothed_and_decimated_mesh_and_resumes_only_with_the_s
 
 
 def test_eval_tta_reaches_the_reconstructor_and_the_resume_key(procedural_test_set, tmp_path, monkeypatch):
-    """--tta as in `zsw reconstruct`; the key holds what it resolved to (auto: none on the CPU)."""
+    """--tta as in `zsw reconstruct`; the key holds what it resolved to (auto: flip-pixel on the CPU)."""
     import zsw.infer.reconstruct as reconstruct_module
     from zsw.eval.jobs import EvalJobSettings, evaluate_set
     from zsw.infer.settings import GridSettings
@@ -343,7 +343,7 @@ def test_eval_tta_reaches_the_reconstructor_and_the_resume_key(procedural_test_s
     monkeypatch.setattr(reconstruct_module, "occupancy_function", spy)
     s = dict(format="procedural", weights="random:tiny", grid=GridSettings(12), num_points=200, limit=1)
     out = tmp_path / "r.json"
-    assert evaluate_set(procedural_test_set, out, EvalJobSettings(**s)).summary["settings"]["tta"] == "none"
+    assert evaluate_set(procedural_test_set, out, EvalJobSettings(**s)).summary["settings"]["tta"] == "flip-pixel"
     with pytest.raises(ConfigError, match="tta differ"):
         evaluate_set(procedural_test_set, out, EvalJobSettings(**s, tta="flip"))
     report = evaluate_set(procedural_test_set, tmp_path / "flip.json", EvalJobSettings(**s, tta="flip"))

@@ -203,20 +203,23 @@ class CountingPixel(ProtocolOnly):
         return self._inner.pixel(image, text)
 
 
-def test_reframe_does_not_run_the_pixel_model_twice_on_one_input(tmp_path, tiny_model):
+@pytest.mark.parametrize("tta", ["none", "flip-pixel"])
+def test_reframe_does_not_run_the_pixel_model_twice_on_one_input(tmp_path, tiny_model, tta):
     """The framing pass's output is the prediction when the input stays as that pass saw it: a
     framed photo costs one pixel-model run, a small object two (the cut, then its own), and the
-    reconstruction is the one the final input alone gives."""
+    reconstruction is the one the final input alone gives. ``flip-pixel`` runs the model on the
+    mirrored input of every pass too: twice as many runs, the same reuse."""
+    runs = 2 if tta == "flip-pixel" else 1  # pixel-model runs per pass
     backend = CountingPixel(RedSegmenter(TorchBackend(tiny_model, "cpu")))
     small = load_image(_small_red_square(tmp_path))
-    auto = Reconstructor(backend, resolution=RES)([small])[0]
-    assert auto.info["input"]["window"] != [0, -100, 600] and backend.images == 2
+    auto = Reconstructor(backend, resolution=RES, tta=tta)([small])[0]
+    assert auto.info["input"]["window"] != [0, -100, 600] and backend.images == 2 * runs
     backend.images = 0
-    framed = Reconstructor(backend, resolution=RES)([load_image(auto.image)])[0]
-    assert framed.info["input"]["window"] == [0, 0, 224] and backend.images == 1
+    framed = Reconstructor(backend, resolution=RES, tta=tta)([load_image(auto.image)])[0]
+    assert framed.info["input"]["window"] == [0, 0, 224] and backend.images == runs
     backend.images = 0
-    never = Reconstructor(backend, resolution=RES, reframe="never")([load_image(auto.image)])[0]
-    assert backend.images == 1
+    never = Reconstructor(backend, resolution=RES, reframe="never", tta=tta)([load_image(auto.image)])[0]
+    assert backend.images == runs
     for rec in (auto, framed):
         np.testing.assert_allclose(rec.depth, never.depth, atol=1e-6)
         np.testing.assert_allclose(rec.intrinsics, never.intrinsics, atol=1e-4)
@@ -224,8 +227,10 @@ def test_reframe_does_not_run_the_pixel_model_twice_on_one_input(tmp_path, tiny_
     # in a batch each image keeps the output of the pass that saw its final input: both passes'
     # rows (2 images, then the cut one again) make the prediction, and no third run is needed
     backend.images = 0
-    both = Reconstructor(backend, resolution=RES)([load_image(_small_red_square(tmp_path)), load_image(auto.image)])
-    assert backend.images == 2 + 1 and both[1].info["input"]["window"] == [0, 0, 224]
+    both = Reconstructor(backend, resolution=RES, tta=tta)(
+        [load_image(_small_red_square(tmp_path)), load_image(auto.image)]
+    )
+    assert backend.images == (2 + 1) * runs and both[1].info["input"]["window"] == [0, 0, 224]
     for rec in both:
         np.testing.assert_allclose(rec.depth, never.depth, atol=1e-5)
 
@@ -611,12 +616,12 @@ def test_bench_reconstruct_times_the_mirrored_pass_as_its_own_mode(tmp_path):
 
     csv_path, md = tmp_path / "bench.csv", tmp_path / "s.md"
     args = ["bench", "reconstruct", "--weights", "random:tiny", "--resolution", "8", "--repeats", "1", "--no-shapes",
-            "--precision", "fp32", "--precision", "bf16", "--tta", "none", "--tta", "flip",
+            "--precision", "fp32", "--precision", "bf16", "--tta", "none", "--tta", "flip", "--tta", "flip-pixel",
             "--out", str(csv_path), "--summary", str(md)]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     totals = {(r["provider"], r["dtype"], r["mode"]): r for r in read_csv(csv_path) if r["op"] == "reconstruct:total"}
-    modes = {"fast", "dense", "fast+flip", "dense+flip"}
+    modes = {"fast", "dense", "fast+flip", "dense+flip", "fast+flip-pixel", "dense+flip-pixel"}
     assert set(totals) == {(p, d, m) for p in ("torch:auto", "torch:ref") for d in ("fp32", "bf16") for m in modes}
     flip, dense_flip = totals["torch:ref", "fp32", "fast+flip"], totals["torch:ref", "fp32", "dense+flip"]
     assert float(flip["speedup_vs_dense"]) == pytest.approx(

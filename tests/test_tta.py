@@ -1,5 +1,6 @@
-"""Test-time augmentation (``--tta flip``): the photo mirrored left to right is reconstructed too,
-and its occupancy field, reflected back, is averaged with the photo's own."""
+"""Test-time augmentation: ``--tta flip`` reconstructs the photo mirrored left to right too and
+averages its occupancy field, reflected back, with the photo's own; ``--tta flip-pixel`` averages
+the pixel model's outputs for the two."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ import torch
 
 from zsw.infer.backend import TorchBackend, predict
 from zsw.infer.image import load_image
-from zsw.infer.reconstruct import Reconstructor, mirror_points, occupancy_function, resolve_tta
-from zsw.model import SurfacePrediction
+from zsw.infer.reconstruct import (
+    Reconstructor,
+    mirror_average,
+    mirror_points,
+    occupancy_function,
+    resolve_tta,
+)
+from zsw.model import PixelOutput, SurfacePrediction
 
 RES = 16
 
@@ -119,7 +126,7 @@ def test_flip_decodes_every_point_in_both_fields_and_says_so(repo_root, tiny_mod
 
     # without a mesh (the evaluation's baselines) nothing is mirrored
     backend = Counting(TorchBackend(tiny_model, "cpu"))
-    Reconstructor(backend, resolution=RES, reframe="never", background="never")([image], with_mesh=False)
+    Reconstructor(backend, resolution=RES, reframe="never", background="never", tta="flip")([image], with_mesh=False)
     assert backend.pixel_calls == 1 and not backend.decoded
 
 
@@ -141,11 +148,52 @@ def test_a_rerun_with_another_tta_is_redone_and_a_bad_value_names_the_option(rep
     record = json.loads((out / "toy" / "result.json").read_text())
     assert record["request"]["tta"] == "none" and record["model"]["tta"] == "none"
     # auto: flip where the mirrored pass is cheap next to the rest (CUDA), none on the CPU
-    assert [resolve_tta("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["none", "flip", "flip"]
+    assert [resolve_tta("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["flip-pixel", "flip", "flip"]
     assert resolve_tta("flip", "cpu") == "flip" and resolve_tta("none", "cuda") == "none"
     default = Reconstructor(TorchBackend(build_model("tiny"), "cpu"), resolution=RES, reframe="never")
-    assert default.tta == "none"
+    assert default.tta == "flip-pixel"
     with pytest.raises(OptionError, match="--tta"):
         zsw.ReconstructSettings(tta="rotate")
     with pytest.raises(ConfigError, match="tta"):
         Reconstructor(TorchBackend(build_model("tiny"), "cpu"), tta="mirror")
+
+
+def test_mirror_average_of_an_exact_mirror_image_changes_nothing():
+    torch.manual_seed(2)
+    W = 16
+    pixel = PixelOutput(torch.rand(2, 1, W, W), torch.eye(3).repeat(2, 1, 1), torch.randn(2, 1, W, W), None)
+    pixel.intrinsics[:, 0, 2] = torch.tensor([5.0, 9.5])
+    pixel.intrinsics[:, 1, 2] = 7.0
+    K = pixel.intrinsics.clone()
+    K[:, 0, 2] = (W - 1) - K[:, 0, 2]  # what the mirrored input shows, if the model were exact
+    mirrored = PixelOutput(pixel.depth.flip(-1), K, pixel.visible_mask_logits.flip(-1), None)
+    mean = mirror_average(pixel, mirrored)
+    for a, b in zip(mean._tensors(), pixel._tensors()):
+        assert (a is None and b is None) or torch.allclose(a, b)
+    # and it is a mean: a mirrored output that disagrees moves it halfway
+    off = mirror_average(pixel, PixelOutput(mirrored.depth + 0.2, K, mirrored.visible_mask_logits, None))
+    torch.testing.assert_close(off.depth, pixel.depth + 0.1)
+
+
+def test_flip_pixel_makes_the_pixel_model_mirror_symmetric(repo_root, tiny_model):
+    """With the outputs averaged over a photo and its mirror image, the mirrored photo's outputs
+    are the photo's, mirrored: depth and masks flipped, the principal point at W - 1 - cx."""
+    backend = Counting(TorchBackend(tiny_model, "cpu"))
+    recon = Reconstructor(backend, resolution=RES, reframe="never", background="never", tta="flip-pixel")
+    image = load_image(repo_root / "examples" / "toy.png").image
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    text = backend.embed_prompts(None, 1)
+    a, b = recon._pixel(batch, text), recon._pixel(batch.flip(-1), text)
+    W = batch.shape[-1]
+    torch.testing.assert_close(a.depth, b.depth.flip(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.visible_mask_logits, b.visible_mask_logits.flip(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.intrinsics[:, 0, 2], (W - 1) - b.intrinsics[:, 0, 2], atol=1e-4, rtol=0)
+    torch.testing.assert_close(a.intrinsics[:, 1:], b.intrinsics[:, 1:], atol=1e-4, rtol=1e-5)
+    # the random model alone is not symmetric, so the test could fail
+    plain = backend.pixel(batch, text), backend.pixel(batch.flip(-1), text)
+    assert (plain[0].depth - plain[1].depth.flip(-1)).abs().max() > 1e-4
+
+    # a whole reconstruction: two pixel-model passes, one field decoded
+    backend.pixel_calls, backend.decoded = 0, {}
+    rec = recon([load_image(repo_root / "examples" / "toy.png")])[0]
+    assert backend.pixel_calls == 2 and len(backend.decoded) == 1 and rec.info["model"]["tta"] == "flip-pixel"

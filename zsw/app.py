@@ -155,8 +155,8 @@ def build_app(
                 )  # fmt: skip
                 tta = gr.Radio(
                     list(TTAS), value=defaults.tta, label="Test-time augmentation",
-                    info="flip: average the shape with that of the mirrored photo (twice the decoding); "
-                    "auto: flip on a GPU",
+                    info="flip: average the shape with the mirrored photo's (twice the decoding); flip-pixel: "
+                    "average only depth and masks; auto: flip on a GPU, flip-pixel on a CPU",
                 )  # fmt: skip
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
             with gr.Column(scale=2):

@@ -72,6 +72,7 @@ __all__ = [
     "reframe_worthwhile",
     "occupancy_function",
     "resolve_tta",
+    "mirror_average",
     "mirror_points",
     "FRAMES",
     "FORMATS",
@@ -545,15 +546,34 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 
 def resolve_tta(tta: str, device: torch.device | str) -> str:
-    """``auto``: ``flip`` on CUDA, where the mirrored pass costs little next to the whole; ``none``
-    on the CPU, where it doubles the grid decoding (1.2 -> 1.9 s of a 4.8 s ``zsw reconstruct``
-    on 2 cores) for a small gain (CD -0.0014, F@0.05 +0.016-0.020 on 100-image test sets,
-    docs/reconstruct.md)."""
+    """``auto``: ``flip`` on CUDA, where the mirrored pass costs little next to the whole;
+    ``flip-pixel`` on the CPU, where ``flip`` doubles the grid decoding (1.2 -> 1.9 s of a 4.8 s
+    ``zsw reconstruct`` on 2 cores) and averaging the pixel model's outputs alone costs one more
+    pixel-model pass for most of the gain in CD (docs/reconstruct.md)."""
     if tta not in TTAS:
         raise ConfigError(f"tta must be one of {', '.join(TTAS)}, got {tta!r}")
     if tta == "auto":
-        return "flip" if torch.device(device).type == "cuda" else "none"
+        return "flip" if torch.device(device).type == "cuda" else "flip-pixel"
     return tta
+
+
+def mirror_average(pixel: PixelOutput, mirrored: PixelOutput) -> PixelOutput:
+    """The mean of the pixel model's outputs for an input (``pixel``) and for the input flipped left
+    to right (``mirrored``), the latter flipped back: its maps flipped, its principal point moved
+    from ``cx`` to ``W - 1 - cx`` (integer pixel centres, see :func:`mirror_points`)."""
+    W = pixel.depth.shape[-1]
+    K = mirrored.intrinsics.clone()
+    K[:, 0, 2] = (W - 1) - K[:, 0, 2]
+
+    def mean(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        return None if a is None or b is None else 0.5 * (a + b.flip(-1))
+
+    return PixelOutput(
+        mean(pixel.depth, mirrored.depth),
+        0.5 * (pixel.intrinsics + K),
+        mean(pixel.visible_mask_logits, mirrored.visible_mask_logits),
+        mean(pixel.occluder_mask_logits, mirrored.occluder_mask_logits),
+    )
 
 
 def run_precision(kind: str, precision: str, device: torch.device | str) -> str:
@@ -665,9 +685,12 @@ class Reconstructor:
             input mirrored left to right -- its camera sees the scene reflected through the plane
             x = 0 -- and takes each query point's occupancy logit as the mean of the two fields' at
             the point and at its reflection (:func:`occupancy_function`): grid decoding costs twice
-            as much. ``none`` decodes the input alone. ``auto`` (default, :func:`resolve_tta`) is
-            ``flip`` on CUDA and ``none`` on the CPU. The depth, masks and camera in the result are
-            the unmirrored input's either way.
+            as much; the depth, masks and camera in the result are the unmirrored input's.
+            ``flip-pixel`` runs only the pixel model on the mirrored input too, every time it runs
+            (framing passes included), and uses the mean of the two outputs
+            (:func:`mirror_average`) as the pixel model's: one encoding, one decoding. ``none``
+            uses the input alone. ``auto`` (default, :func:`resolve_tta`) is ``flip`` on CUDA and
+            ``flip-pixel`` on the CPU.
     """
 
     def __init__(
@@ -826,7 +849,7 @@ class Reconstructor:
             batch = self._batch([images[i] for i in todo])
             with autocast(self.precision, self.backend.device):
                 text = self.backend.embed_prompts(self._prompt_arg([prompts[i] for i in todo]), len(todo))
-                pix = self.backend.pixel(batch, text)
+                pix = self._pixel(batch, text)
             # the mask the reconstruction will use frames the object (a mask that spills over a
             # plain or graded background would frame the background)
             visible, corrected = self._corrected_masks([images[i] for i in todo], pix)
@@ -845,6 +868,14 @@ class Reconstructor:
                 seconds[i] += share
             todo = moved
         return images, masks, seconds, seen
+
+    def _pixel(self, batch: torch.Tensor, text: torch.Tensor | None) -> PixelOutput:
+        """The pixel model's output for ``batch``; with ``tta="flip-pixel"``, averaged with its
+        output for the batch mirrored left to right (:func:`mirror_average`)."""
+        pixel = self.backend.pixel(batch, text)
+        if self.tta != "flip-pixel":
+            return pixel
+        return mirror_average(pixel, self.backend.pixel(batch.flip(-1), text))
 
     def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
         """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
@@ -893,6 +924,10 @@ class Reconstructor:
             refined = [False] * B
             if masks is None and self.background != "never" and backend.config.pixel.mask_heads:
                 pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings, known)
+            elif pixel is None and self.tta == "flip-pixel":  # otherwise predict() runs the model alone
+                t0 = time.perf_counter()
+                pixel = self._pixel(batch, backend.embed_prompts(prompt_arg, B))
+                timings["pixel"] = time.perf_counter() - t0
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel)
             mirrored = None
             if with_mesh and self.tta == "flip":  # its own pixel pass; a known or corrected mask is mirrored
@@ -972,7 +1007,7 @@ class Reconstructor:
         very inputs (:class:`_Seen`), which are not computed again."""
         if pixel is None:
             t0 = time.perf_counter()
-            pixel = self.backend.pixel(batch, self.backend.embed_prompts(prompt_arg, len(images)))
+            pixel = self._pixel(batch, self.backend.embed_prompts(prompt_arg, len(images)))
             timings["pixel"] = timings.get("pixel", 0.0) + time.perf_counter() - t0
         if known is not None:
             visible, corrected = np.stack([k.visible for k in known]), [k.corrected for k in known]

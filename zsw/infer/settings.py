@@ -53,10 +53,12 @@ COLORS = ("photo", "none")
 REFRAMES = ("auto", "always", "never")
 #: ``--background``: correct the predicted visible mask with the photo's own background (zsw.infer.background)
 BACKGROUNDS = ("auto", "never")
-#: ``--tta``: test-time augmentation of the occupancy (zsw.infer.reconstruct.Reconstructor): ``flip``
-#: also reconstructs the photo mirrored left to right and averages the two fields' logits; ``auto``
-#: is ``flip`` on a GPU and ``none`` on a CPU, where it would double the grid decoding's seconds
-TTAS = ("auto", "flip", "none")
+#: ``--tta``: test-time augmentation (zsw.infer.reconstruct.Reconstructor): ``flip`` also
+#: reconstructs the photo mirrored left to right and averages the two occupancy fields' logits;
+#: ``flip-pixel`` averages only the pixel model's outputs for the photo and its mirror image (one
+#: decoding); ``auto`` is ``flip`` on a GPU and ``flip-pixel`` on a CPU, where ``flip`` would double
+#: the grid decoding's seconds
+TTAS = ("auto", "flip", "flip-pixel", "none")
 #: default fraction of the largest part's area under which a disconnected part of the mesh is dropped
 #: (``zsw reconstruct`` and ``zsw eval`` alike, so the scores are of the meshes users get)
 MIN_PART = 0.02
@@ -167,7 +169,8 @@ class ReconstructSettings:
         smooth: passes of Taubin smoothing of the mesh (0 keeps the marching-cubes surface).
         faces: decimate the mesh to at most this many triangles (None keeps them all).
         tta: ``flip`` (average the occupancy with that of the photo mirrored left to right; twice
-            the decoding), ``none``, or ``auto`` (flip on CUDA, none on the CPU;
+            the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
+            photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU;
             :class:`~zsw.infer.reconstruct.Reconstructor`).
         preview: write ``preview.png``.
         overwrite: redo images even when their result records the same input and settings.
