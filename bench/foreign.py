@@ -173,7 +173,7 @@ def score_views(
     seed: int = 31,
     background: str = "auto",
     elevation: tuple[float, float] = ELEVATION,
-    tta: str = "flip",
+    tta: str = "auto",
 ) -> list[dict]:
     """Reconstruct and score every view (and the baselines on it), one row each; ``background``
     and ``tta``: the reconstruction's ``--background`` and ``--tta`` settings; ``elevation``: the
@@ -223,7 +223,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
 
 def main() -> None:
     from zsw.errors import ConfigError
-    from zsw.infer.reconstruct import open_backend
+    from zsw.infer.reconstruct import open_backend, resolve_tta
     from zsw.io import atomic_write_json, atomic_write_text
     from zsw.synth.pipeline import elevation_range
 
@@ -233,7 +233,7 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
     ap.add_argument("--background", default="auto", help="zsw reconstruct's --background (auto or never)")
-    ap.add_argument("--tta", default="flip", help="zsw reconstruct's --tta (flip or none)")
+    ap.add_argument("--tta", default="auto", help="zsw reconstruct's --tta (auto, flip, flip-pixel or none)")
     ap.add_argument(
         "--elevation",
         default="10,40",
@@ -246,15 +246,19 @@ def main() -> None:
         raise SystemExit(str(e)) from None
 
     backend, label, _ = open_backend("torch", args.weights, None, "cpu")
+    try:
+        tta = resolve_tta(args.tta, backend.device)  # recorded as it resolved (auto: flip-pixel on the CPU)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
     rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation,
-                       tta=args.tta)  # fmt: skip
+                       tta=tta)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (
         f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, --background "
-        f"{args.background}, --tta {args.tta}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, {len(rows)} views"
+        f"{args.background}, --tta {tta}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, {len(rows)} views"
     )
-    record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": args.tta, "rows": rows}
+    record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": tta, "rows": rows}
     atomic_write_json(out.with_suffix(".json"), record)
     atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
 

@@ -77,7 +77,9 @@ def test_foreign_bench_end_to_end(tmp_path, monkeypatch):
     argv = ["foreign", "--out", str(out), "--weights", "random:tiny", "--per-category", "1", "--resolution", "8"]
     monkeypatch.setattr(sys, "argv", argv)
     foreign.main()
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    record = json.loads(out.with_suffix(".json").read_text())
+    rows = record["rows"]
+    assert record["tta"] == "flip-pixel"  # --tta auto, as it resolved on the CPU
     assert [r["category"] for r in rows] == list(foreign.CATEGORIES)
     for r in rows:
         assert all(0 < r[k] < 1 for k in ("model", "sphere", "ellipsoid")), r

@@ -147,7 +147,7 @@ def test_a_rerun_with_another_tta_is_redone_and_a_bad_value_names_the_option(rep
     assert again.redone == 1
     record = json.loads((out / "toy" / "result.json").read_text())
     assert record["request"]["tta"] == "none" and record["model"]["tta"] == "none"
-    # auto: flip where the mirrored pass is cheap next to the rest (CUDA), none on the CPU
+    # auto: flip where the mirrored pass is cheap next to the rest (CUDA), flip-pixel on the CPU
     assert [resolve_tta("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["flip-pixel", "flip", "flip"]
     assert resolve_tta("flip", "cpu") == "flip" and resolve_tta("none", "cuda") == "none"
     default = Reconstructor(TorchBackend(build_model("tiny"), "cpu"), resolution=RES, reframe="never")

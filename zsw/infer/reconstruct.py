@@ -1125,7 +1125,8 @@ def reconstruct(
         background: ``auto`` (correct the predicted visible mask with the photo's own background
             where it shows one: RGBA transparency, a plain border) or ``never``.
         tta: ``flip`` (average the occupancy with that of the photo mirrored left to right; twice
-            the decoding), ``none``, or ``auto`` (flip on CUDA, none on the CPU; see
+            the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
+            photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU; see
             :class:`Reconstructor`).
 
     Returns:
