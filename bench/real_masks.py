@@ -31,17 +31,14 @@ def mask_ious(weights: str, examples: Path = REPO / "examples", tta: str = "none
     from zsw.infer.backend import predict
     from zsw.infer.background import refine_visible_mask
     from zsw.infer.image import load_image, load_mask
-    from zsw.infer.reconstruct import mirror_average, open_backend
+    from zsw.infer.reconstruct import flip_averaged_pixel, open_backend
 
     backend = open_backend(weights=weights)[0]
     out = {}
     for path in sorted(Path(examples).glob("*.png")):
         image = load_image(path, 224)
         x = torch.from_numpy(image.image).permute(2, 0, 1)[None].float() / 255
-        pixel = None
-        if tta == "flip-pixel":
-            text = backend.embed_prompts(None, 1)
-            pixel = mirror_average(backend.pixel(x, text), backend.pixel(x.flip(-1), text))
+        pixel = flip_averaged_pixel(backend, x, backend.embed_prompts(None, 1)) if tta == "flip-pixel" else None
         pred = predict(backend, x, pixel=pixel)
         mask = pred.visible_mask[0, 0].float().numpy() > 0.5
         occluder = pred.occluder_mask[0, 0].float().numpy() > 0.5

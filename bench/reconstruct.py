@@ -56,7 +56,7 @@ def _one_run(
     """Stage seconds of one reconstruction and the number of decoded points."""
     from zsw.infer.backend import predict
     from zsw.infer.grid import marching_cubes, occupancy_grid
-    from zsw.infer.reconstruct import mirror_average, occupancy_function
+    from zsw.infer.reconstruct import flip_averaged_pixel, occupancy_function
 
     device = backend.device
     t: dict[str, float] = {}
@@ -64,8 +64,7 @@ def _one_run(
     if tta == "flip-pixel":  # both pixel-model passes count in the pixel stage
         _sync(device)
         t0 = time.perf_counter()
-        text = backend.embed_prompts(None, image.shape[0])
-        pixel = mirror_average(backend.pixel(image, text), backend.pixel(image.flip(-1), text))
+        pixel = flip_averaged_pixel(backend, image, backend.embed_prompts(None, image.shape[0]))
         _sync(device)
         t["pixel"] = time.perf_counter() - t0
     pred = predict(backend, image, None, timings=t, pixel=pixel)

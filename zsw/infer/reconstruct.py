@@ -73,6 +73,7 @@ __all__ = [
     "occupancy_function",
     "resolve_tta",
     "mirror_average",
+    "flip_averaged_pixel",
     "mirror_points",
     "FRAMES",
     "FORMATS",
@@ -595,6 +596,12 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def flip_averaged_pixel(backend: Backend, image: torch.Tensor, text: torch.Tensor | None) -> PixelOutput:
+    """The pixel model's outputs for ``image [B, 3, S, S]`` averaged with those for the image
+    mirrored left to right (:func:`mirror_average`): what ``--tta flip-pixel`` uses."""
+    return mirror_average(backend.pixel(image, text), backend.pixel(image.flip(-1), text))
+
+
 def mirror_points(points: torch.Tensor, pred: SurfacePrediction, mirrored: SurfacePrediction) -> torch.Tensor:
     """Points ``[B, N, 3]`` of ``pred``'s normalised frame, reflected through the camera's x = 0
     plane and expressed in ``mirrored``'s normalised frame, where ``mirrored`` is the prediction
@@ -872,10 +879,9 @@ class Reconstructor:
     def _pixel(self, batch: torch.Tensor, text: torch.Tensor | None) -> PixelOutput:
         """The pixel model's output for ``batch``; with ``tta="flip-pixel"``, averaged with its
         output for the batch mirrored left to right (:func:`mirror_average`)."""
-        pixel = self.backend.pixel(batch, text)
-        if self.tta != "flip-pixel":
-            return pixel
-        return mirror_average(pixel, self.backend.pixel(batch.flip(-1), text))
+        if self.tta == "flip-pixel":
+            return flip_averaged_pixel(self.backend, batch, text)
+        return self.backend.pixel(batch, text)
 
     def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
         """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
