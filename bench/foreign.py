@@ -174,17 +174,18 @@ def score_views(
     background: str = "auto",
     elevation: tuple[float, float] = ELEVATION,
     tta: str = "auto",
+    smooth: int | None = None,
 ) -> list[dict]:
-    """Reconstruct and score every view (and the baselines on it), one row each; ``background``
-    and ``tta``: the reconstruction's ``--background`` and ``--tta`` settings; ``elevation``: the
-    cameras' range (degrees)."""
+    """Reconstruct and score every view (and the baselines on it), one row each; ``background``,
+    ``tta`` and ``smooth``: the reconstruction's ``--background``, ``--tta`` and ``--smooth``
+    settings (``smooth`` None: the default); ``elevation``: the cameras' range (degrees)."""
     from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
-    from zsw.infer.settings import GridSettings
+    from zsw.infer.settings import SMOOTH, GridSettings
 
     recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", background=background,
-                          tta=tta)  # fmt: skip
+                          tta=tta, smooth=SMOOTH if smooth is None else smooth)  # fmt: skip
     rows = []
     for c, category in enumerate(CATEGORIES):
         for i in range(per_category):
@@ -224,6 +225,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
 def main() -> None:
     from zsw.errors import ConfigError
     from zsw.infer.reconstruct import open_backend, resolve_tta
+    from zsw.infer.settings import SMOOTH
     from zsw.io import atomic_write_json, atomic_write_text
     from zsw.synth.pipeline import elevation_range
 
@@ -234,6 +236,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
     ap.add_argument("--background", default="auto", help="zsw reconstruct's --background (auto or never)")
     ap.add_argument("--tta", default="auto", help="zsw reconstruct's --tta (auto, flip, flip-pixel or none)")
+    ap.add_argument("--smooth", type=int, default=SMOOTH, help="zsw reconstruct's --smooth (passes)")
     ap.add_argument(
         "--elevation",
         default="10,40",
@@ -251,14 +254,16 @@ def main() -> None:
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation,
-                       tta=tta)  # fmt: skip
+                       tta=tta, smooth=args.smooth)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (
         f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, --background "
-        f"{args.background}, --tta {tta}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, {len(rows)} views"
+        f"{args.background}, --tta {tta}, --smooth {args.smooth}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, "
+        f"{len(rows)} views"
     )
-    record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": tta, "rows": rows}
+    record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": tta,
+              "smooth": args.smooth, "rows": rows}  # fmt: skip
     atomic_write_json(out.with_suffix(".json"), record)
     atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
 

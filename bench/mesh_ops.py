@@ -6,8 +6,10 @@ decimation").
 
 The packaged model reconstructs the bundled photos (``examples/*.png``) and ``--images`` procedural
 test images drawn with a fixed seed from ``--data``'s ``images_processed`` (none without it), at
-resolution 128, ``fast``, without colours; each mesh is smoothed (20 passes) and then decimated to
-every budget of ``--budgets``, as ``zsw reconstruct --smooth 20 --faces N`` does.
+resolution 128, ``fast``, without colours and unsmoothed; each mesh is smoothed (``--smooth``
+passes, the default's by default) and then decimated to every budget of ``--budgets``, as
+``zsw reconstruct --faces N`` does. How rough a mesh is: the mean angle between neighbouring faces, and
+the share of neighbours more than 20 degrees apart, before and after the smoothing.
 """
 
 from __future__ import annotations
@@ -32,23 +34,34 @@ def photos(data: Path | None, images: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def measure(paths: list[Path], budgets=BUDGETS, smooth: int = 20) -> dict:
-    """Per budget: decimations, how many stayed watertight, median seconds; and the smoothing's."""
+def roughness(mesh) -> tuple[float, float]:
+    """Mean angle between neighbouring faces (degrees) and the share of neighbours over 20 degrees apart."""
+    angles = np.degrees(mesh.face_adjacency_angles)
+    return float(angles.mean()), float((angles > 20.0).mean())
+
+
+def measure(paths: list[Path], budgets=BUDGETS, smooth: int | None = None) -> dict:
+    """Per budget: decimations, how many stayed watertight, median seconds; the smoothing's seconds
+    and the meshes' roughness before and after it (``smooth`` None: the default passes)."""
     import trimesh
 
     import zsw
     from zsw.infer.mesh_ops import decimate_mesh, smooth_mesh
+    from zsw.infer.settings import SMOOTH
+
+    smooth = SMOOTH if smooth is None else smooth
 
     rows = {b: {"meshes": 0, "within": 0, "watertight": 0, "merged": 0, "pinched": 0, "seconds": []} for b in budgets}
-    smooth_s, faces = [], []
+    smooth_s, faces, rough = [], [], []
     for path in paths:
-        mesh = zsw.reconstruct(path, color="none").mesh
+        mesh = zsw.reconstruct(path, color="none", smooth=0).mesh
         if len(mesh.faces) == 0 or not mesh.is_watertight:
             continue
         faces.append(len(mesh.faces))
         t0 = time.perf_counter()
         smoothed = smooth_mesh(mesh.copy(), smooth)
         smooth_s.append(time.perf_counter() - t0)
+        rough.append((*roughness(mesh), *roughness(smoothed)))
         for b in budgets:
             t0 = time.perf_counter()
             small, opened = decimate_mesh(smoothed, b)
@@ -60,7 +73,7 @@ def measure(paths: list[Path], budgets=BUDGETS, smooth: int = 20) -> dict:
             # as STL readers and slicers read it: vertices at one position are one vertex
             row["merged"] += bool(trimesh.Trimesh(small.vertices, small.faces, process=True).is_watertight)
             row["pinched"] += opened > 0
-    return {"rows": rows, "smooth_s": smooth_s, "faces": faces, "smooth": smooth}
+    return {"rows": rows, "smooth_s": smooth_s, "faces": faces, "smooth": smooth, "roughness": rough}
 
 
 def markdown(result: dict, paths: list[Path]) -> str:
@@ -69,6 +82,8 @@ def markdown(result: dict, paths: list[Path]) -> str:
     from zsw.bench._harness import environment
 
     env = environment("cpu")
+    threads = torch.get_num_threads()
+    rough = np.mean(result["roughness"], axis=0)
     lines = [
         "# `--smooth` and `--faces` on the packaged model's meshes",
         "",
@@ -76,7 +91,11 @@ def markdown(result: dict, paths: list[Path]) -> str:
         "and procedural test images), resolution 128, `fast`; median "
         f"{int(np.median(result['faces'])):,} faces before decimation. {result['smooth']} smoothing passes: median "
         f"{np.median(result['smooth_s']):.3f} s. Host: {env.gpu.removeprefix('cpu: ')}, "
-        f"{torch.get_num_threads()} threads, torch {env.torch}, zsw {env.git_sha}.",
+        f"{threads} thread{'s' if threads > 1 else ''}, torch {env.torch}, zsw {env.git_sha}.",
+        "",
+        f"Roughness (mean over the meshes): mean angle between neighbouring faces {rough[0]:.1f} degrees "
+        f"as extracted, {rough[2]:.1f} after {result['smooth']} passes; neighbours over 20 degrees apart "
+        f"{rough[1]:.1%} -> {rough[3]:.1%}.",
         "",
         "| --faces | decimations | within the budget | watertight | watertight with vertices merged by position "
         "| with edges left open or pinched | median seconds |",
@@ -101,10 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=None, help="a procedural test set (zsw synthesize)")
     parser.add_argument("--images", type=int, default=21, help="procedural images drawn from --data")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--smooth", type=int, default=None, help="smoothing passes (default: zsw's default)")
     parser.add_argument("--out", type=Path, default=None, help="write the table here too (markdown)")
     args = parser.parse_args(argv)
     paths = photos(args.data, args.images)
-    text = markdown(measure(paths, tuple(args.budgets)), paths)
+    text = markdown(measure(paths, tuple(args.budgets), args.smooth), paths)
     print(text)
     if args.out is not None:
         from zsw.io import atomic_write_text

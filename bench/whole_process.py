@@ -1,13 +1,15 @@
 """`zsw reconstruct` as a user runs it: whole processes, start-up included, backends alternating.
 
-Each round runs ``python -m zsw reconstruct IMAGE -o TMP --backend B --tta T --overwrite`` once per
-backend and test-time augmentation, in turn, so that a noisy shared machine slows every arm alike;
+Each round runs ``python -m zsw reconstruct IMAGE -o TMP --backend B --tta T [--smooth N] --overwrite``
+once per backend, test-time augmentation and smoothing, in turn, so that a noisy shared machine slows
+every arm alike;
 the wall clock is taken around the process, the stage times are read from its ``result.json``. The
 medians over rounds go into a markdown table:
 
     python -m zsw.bench.whole_process examples/teddy_bear.png --backend auto --backend torch \\
         --rounds 5 --out bench/results/cpu-reconstruct-whole-process.md
     python -m zsw.bench.whole_process examples/teddy_bear.png --tta flip --tta none --rounds 7
+    python -m zsw.bench.whole_process examples/teddy_bear.png --backend auto --smooth 30 --smooth 0
 """
 
 from __future__ import annotations
@@ -21,48 +23,55 @@ import tempfile
 import time
 from pathlib import Path
 
-STAGES = ("pixel", "encode", "grid_decode", "marching_cubes", "preview")
+STAGES = ("pixel", "encode", "grid_decode", "marching_cubes", "smooth_decimate", "preview")
 
 
-def one_run(image: str, backend: str, out: Path, extra: list[str], tta: str = "flip") -> dict:
-    """Wall seconds of one `zsw reconstruct` process and its result.json."""
+def one_run(
+    image: str, backend: str, out: Path, extra: list[str], tta: str = "auto", smooth: int | None = None
+) -> dict:
+    """Wall seconds of one `zsw reconstruct` process and its result.json (``smooth`` None: the default)."""
     cmd = [sys.executable, "-m", "zsw", "reconstruct", image, "-o", str(out), "--backend", backend, "--tta", tta]
+    cmd += [] if smooth is None else ["--smooth", str(smooth)]
     cmd.append("--overwrite")
     t0 = time.perf_counter()
     subprocess.run(cmd + extra, check=True, capture_output=True)
     wall = time.perf_counter() - t0
     result = json.loads((out / Path(image).stem / "result.json").read_text())
-    return {"wall": wall, "backend": result["model"]["backend"], **result["timings_s"], "grid": result["grid"]}
+    return {"wall": wall, "backend": result["model"]["backend"], "tta": result["model"]["tta"],
+            "smooth": result["mesh"]["smooth"], **result["timings_s"], "grid": result["grid"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("image")
     p.add_argument("--backend", action="append", help="repeatable (default: auto and torch)")
-    p.add_argument("--tta", action="append", help="repeatable (default: flip, zsw reconstruct's default)")
+    p.add_argument("--tta", action="append", help="repeatable (default: auto, zsw reconstruct's default)")
+    p.add_argument("--smooth", type=int, action="append", help="repeatable (default: zsw reconstruct's)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, help="markdown file to write")
     p.add_argument("extra", nargs="*", help="more `zsw reconstruct` options, after --")
     a = p.parse_args(argv)
-    arms = [(b, t) for b in a.backend or ["auto", "torch"] for t in a.tta or ["flip"]]
-    runs: dict[tuple[str, str], list[dict]] = {arm: [] for arm in arms}
-    head = "| round | --backend | --tta | ran | whole process (s) | "
+    arms = [(b, t, m) for b in a.backend or ["auto", "torch"] for t in a.tta or ["auto"] for m in a.smooth or [None]]
+    runs: dict[tuple[str, str, int | None], list[dict]] = {arm: [] for arm in arms}
+    head = "| round | --backend | --tta | --smooth | ran | whole process (s) | "
     lines = [head + " | ".join(f"{s} (s)" for s in STAGES) + " |"]
-    lines.append("| ---: | --- | --- | --- | ---: | " + " | ".join("---:" for _ in STAGES) + " |")
+    lines.append("| ---: | --- | --- | ---: | --- | ---: | " + " | ".join("---:" for _ in STAGES) + " |")
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(1, a.rounds + 1):
-            for b, t in arms:
-                run = one_run(a.image, b, Path(tmp) / f"{b}-{t}", a.extra, t)
-                runs[b, t].append(run)
+            for b, t, m in arms:
+                run = one_run(a.image, b, Path(tmp) / f"{b}-{t}-{m}", a.extra, t, m)
+                runs[b, t, m].append(run)
                 cells = " | ".join(f"{run.get(s, float('nan')):.3f}" for s in STAGES)
-                lines.append(f"| {r} | {b} | {t} | {run['backend']} | {run['wall']:.2f} | {cells} |")
+                ran = f"{run['backend']}, {run['tta']}"
+                lines.append(f"| {r} | {b} | {t} | {run['smooth']} | {ran} | {run['wall']:.2f} | {cells} |")
                 print(lines[-1], flush=True)
     lines += ["", "Medians:", ""]
-    for (b, t), rs in runs.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in ("wall", *STAGES)}
+    for (b, t, _), rs in runs.items():
+        med = {k: statistics.median(x.get(k, float("nan")) for x in rs) for k in ("wall", *STAGES)}
         grid = rs[-1]["grid"]
         lines.append(
-            f"* `--backend {b} --tta {t}` ({rs[-1]['backend']}): whole process **{med['wall']:.2f} s** "
+            f"* `--backend {b} --tta {t} --smooth {rs[-1]['smooth']}` ({rs[-1]['backend']}, {rs[-1]['tta']}): "
+            f"whole process **{med['wall']:.2f} s** "
             f"(range {min(x['wall'] for x in rs):.2f}-{max(x['wall'] for x in rs):.2f}); "
             + ", ".join(f"{s} {med[s]:.3f} s" for s in STAGES)
             + f"; {grid['evaluated_points']:,} of {grid['grid_points']:,} grid points decoded"

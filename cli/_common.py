@@ -68,7 +68,10 @@ MinPart = Annotated[
 Smooth = Annotated[
     int,
     typer.Option(
-        min=0, max=1000, help="Passes of Taubin smoothing (removes the grid's terraces; keeps the mesh closed)."
+        min=0,
+        max=1000,
+        help="Passes of Taubin smoothing (removes the grid's terraces and the hidden side's ridges; "
+        "keeps the mesh closed; 0: the marching-cubes surface).",
     ),
 ]
 Faces = Annotated[

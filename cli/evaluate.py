@@ -53,7 +53,7 @@ def evaluate(
     background: opts.Background = "auto",
     tta: opts.Tta = "auto",
     min_part: opts.MinPart = 0.02,
-    smooth: opts.Smooth = 0,
+    smooth: opts.Smooth = 30,
     faces: opts.Faces = None,
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:

@@ -21,7 +21,7 @@ COMMAND = dict(
     "--frame camera is x right, y down, z forward. Units follow the predicted (relative) depth."
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
     "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128"
-    "\n\n  zsw reconstruct photo.jpg -o out/ --smooth 20 --faces 5000",
+    "\n\n  zsw reconstruct photo.jpg -o out/ --faces 5000 --smooth 0",
 )
 APP_COMMAND = dict(
     help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
@@ -65,7 +65,7 @@ def reconstruct(
     color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: opts.MinPart = 0.02,
-    smooth: opts.Smooth = 0,
+    smooth: opts.Smooth = 30,
     faces: opts.Faces = None,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,

@@ -133,15 +133,25 @@ def test_convert_bad_inputs_one_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
 
 
-def test_min_part_defaults_agree():
-    """`--min-part` is spelled in the commands' signatures (the CLI imports nothing heavy at start-up);
-    its default must stay the library's, so `zsw reconstruct` writes the mesh `zsw eval` scores."""
+def test_mesh_defaults_agree():
+    """`--min-part` and `--smooth` are spelled in the commands' signatures (the CLI imports nothing
+    heavy at start-up); their defaults must stay the library's, so `zsw reconstruct`, the Python API
+    and the app write the mesh `zsw eval` scores."""
     import inspect
 
+    from zsw.app import _settings
     from zsw.cli.evaluate import evaluate
     from zsw.cli.reconstruct import reconstruct
-    from zsw.infer.settings import MIN_PART, ReconstructSettings
+    from zsw.eval.jobs import EvalJobSettings
+    from zsw.infer.reconstruct import Reconstructor
+    from zsw.infer.reconstruct import reconstruct as api
+    from zsw.infer.settings import MIN_PART, SMOOTH, ReconstructSettings
 
     for command in (evaluate, reconstruct):
-        assert inspect.signature(command).parameters["min_part"].default == MIN_PART, command.__name__
-    assert ReconstructSettings().min_part == MIN_PART
+        params = inspect.signature(command).parameters
+        assert params["min_part"].default == MIN_PART, command.__name__
+        assert params["smooth"].default == SMOOTH, command.__name__
+    for settings in (ReconstructSettings(), EvalJobSettings(format="procedural")):
+        assert (settings.min_part, settings.smooth) == (MIN_PART, SMOOTH)
+    for function in (api, Reconstructor.__init__, _settings):
+        assert inspect.signature(function).parameters["smooth"].default == SMOOTH, function.__qualname__

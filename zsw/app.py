@@ -35,7 +35,7 @@ import gradio as gr
 import zsw
 from zsw.errors import ZswError
 from zsw.infer.jobs import reconstruct_many
-from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, TTAS, ReconstructSettings
+from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, SMOOTH, TTAS, ReconstructSettings
 from zsw.report import Advance, Reporter
 
 __all__ = ["build_app", "serve", "find_examples", "PageReporter", "MAX_UPLOAD"]
@@ -281,7 +281,7 @@ def _settings(
     color: str,
     reframe: str,
     background: str,
-    smooth: int = 0,
+    smooth: int = SMOOTH,
     faces: int | None = None,
     tta: str = "auto",
 ) -> ReconstructSettings:

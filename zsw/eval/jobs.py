@@ -32,7 +32,16 @@ from zsw.infer.reconstruct import (
     run_precision,
     weights_identity,
 )
-from zsw.infer.settings import BACKENDS, BACKGROUNDS, MIN_PART, REFRAMES, TTAS, GridSettings, is_estimated_prompt
+from zsw.infer.settings import (
+    BACKENDS,
+    BACKGROUNDS,
+    MIN_PART,
+    REFRAMES,
+    SMOOTH,
+    TTAS,
+    GridSettings,
+    is_estimated_prompt,
+)
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
 
@@ -57,7 +66,7 @@ class EvalJobSettings:
     reframe: str = "auto"
     background: str = "auto"
     min_part: float = MIN_PART
-    smooth: int = 0
+    smooth: int = SMOOTH
     faces: int | None = None
     tta: str = "auto"
     split: str | None = None

@@ -48,6 +48,7 @@ from zsw.infer.settings import (
     MIN_PART,
     PRECISIONS,
     REFRAMES,
+    SMOOTH,
     STL_LONGEST_SIDE_MM,
     TTAS,
     GridSettings,
@@ -672,8 +673,9 @@ class Reconstructor:
         min_part: drop disconnected parts whose surface area is below this fraction of the
             largest part's (default :data:`~zsw.infer.settings.MIN_PART`, as ``zsw reconstruct``
             and ``zsw eval``; 0 keeps everything).
-        smooth: passes of Taubin smoothing after the crumbs are dropped (0, the default,
-            keeps the marching-cubes surface; :func:`~zsw.infer.mesh_ops.smooth_mesh`).
+        smooth: passes of Taubin smoothing after the crumbs are dropped (default
+            :data:`~zsw.infer.settings.SMOOTH`, as ``zsw reconstruct`` and ``zsw eval``; 0 keeps
+            the marching-cubes surface; :func:`~zsw.infer.mesh_ops.smooth_mesh`).
         faces: decimate each mesh to at most this many triangles (None keeps them all;
             :func:`~zsw.infer.mesh_ops.decimate_mesh`), before it is coloured.
         grid: all grid settings at once, as the jobs hold them; when given it replaces
@@ -715,7 +717,7 @@ class Reconstructor:
         close: bool = True,
         color: str = "photo",
         min_part: float = MIN_PART,
-        smooth: int = 0,
+        smooth: int = SMOOTH,
         faces: int | None = None,
         grid: GridSettings | None = None,
         reframe: str = "auto",
@@ -1093,7 +1095,7 @@ def reconstruct(
     close: bool = True,
     color: str = "photo",
     min_part: float = MIN_PART,
-    smooth: int = 0,
+    smooth: int = SMOOTH,
     faces: int | None = None,
     reframe: str = "auto",
     background: str = "auto",
@@ -1124,7 +1126,8 @@ def reconstruct(
         color: ``photo`` (vertex colours from the photo) or ``none``.
         min_part: drop disconnected parts under this fraction of the largest part's surface area
             (0 keeps everything).
-        smooth: passes of Taubin smoothing (0 keeps the marching-cubes surface).
+        smooth: passes of Taubin smoothing (default 30, :data:`~zsw.infer.settings.SMOOTH`; 0
+            keeps the marching-cubes surface).
         faces: decimate the mesh to at most this many triangles (None keeps them all).
         reframe: ``auto`` (cut the model input around the object when the photo shows it small or
             off centre), ``always`` or ``never`` (see :class:`Reconstructor`).
