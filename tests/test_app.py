@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from zsw.app import build_app, serve
 from zsw.infer.jobs import reconstruct_many
-from zsw.infer.settings import FORMATS, GridSettings, ReconstructSettings
+from zsw.infer.settings import FORMATS, SMOOTH, GridSettings, ReconstructSettings
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,10 +72,16 @@ def app_url(tmp_path_factory):
 
 
 def _arguments(
-    photo: Path, reframe: str = "auto", background: str = "auto", smooth: int = 0, faces: int = 0, tta: str = "auto"
+    photo: Path,
+    reframe: str = "auto",
+    background: str = "auto",
+    smooth: int = SMOOTH,
+    faces: int = 0,
+    tta: str = "auto",
 ) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
-    background, smoothing, faces (0: all), test-time augmentation."""
+    background, smoothing, faces (0: all), test-time augmentation; the page's defaults but for
+    the resolution."""
     return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta
 
 
