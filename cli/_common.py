@@ -74,6 +74,16 @@ Smooth = Annotated[
         "keeps the mesh closed; 0: the marching-cubes surface).",
     ),
 ]
+Color = Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")]
+Texture = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=8192,
+        help="Bake the photo into a TEXTURE x TEXTURE atlas for mesh.glb and mesh.obj (+ mesh.mtl, material_0.png); "
+        '0: vertex colours only. Meant with --faces; needs pip install "zsw[texture]".',
+    ),
+]
 Faces = Annotated[
     int | None,
     typer.Option(min=32, help="Decimate each mesh to at most this many triangles (quadric edge collapse)."),

@@ -21,7 +21,7 @@ COMMAND = dict(
     "--frame camera is x right, y down, z forward. Units follow the predicted (relative) depth."
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
     "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128"
-    "\n\n  zsw reconstruct photo.jpg -o out/ --faces 5000 --smooth 0",
+    "\n\n  zsw reconstruct photo.jpg -o out/ --faces 5000 --texture 1024",
 )
 APP_COMMAND = dict(
     help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
@@ -62,11 +62,12 @@ def reconstruct(
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
     tta: opts.Tta = "auto",
-    color: Annotated[str, typer.Option(help="Vertex colours: photo (from the input photo) or none.")] = "photo",
+    color: opts.Color = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: opts.MinPart = 0.02,
     smooth: opts.Smooth = 30,
     faces: opts.Faces = None,
+    texture: opts.Texture = 0,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,
 ) -> None:
@@ -77,11 +78,10 @@ def reconstruct(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
         preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
-        background=background, tta=tta)  # fmt: skip
+        background=background, tta=tta, texture=texture)  # fmt: skip
     report = zsw.reconstruct_many(inputs, out, settings, reporter := RichReporter())
     reporter.summary(report.summary(), report.ok)
-    if not report.ok:
-        raise typer.Exit(1)
+    raise typer.Exit(0 if report.ok else 1)  # 1: some image failed
 
 
 @cli_errors

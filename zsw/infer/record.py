@@ -54,6 +54,7 @@ class MeshInfo:
     parts_dropped: int = 0
     smooth: int = 0  # passes of Taubin smoothing
     face_budget: int | None = None  # decimated to at most this many faces (None: not decimated)
+    texture: int | None = None  # side of the baked texture atlas in texels (None: vertex colours only)
     # mesh.stl only: its millimetres per unit of the camera frame (None: no STL written)
     stl_mm_per_unit: float | None = None
 
@@ -74,6 +75,7 @@ class Timings:
     grid_decode: float = 0.0
     marching_cubes: float = 0.0
     smooth_decimate: float = 0.0
+    texture: float = 0.0
     load: float = 0.0
     export: float = 0.0
     preview: float = 0.0

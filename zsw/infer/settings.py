@@ -14,6 +14,7 @@ from pathlib import Path
 
 from zsw.errors import OptionError
 from zsw.infer.mesh_ops import check_mesh_options
+from zsw.infer.texture import check_texture_size
 
 __all__ = [
     "GridSettings",
@@ -174,6 +175,8 @@ class ReconstructSettings:
         smooth: passes of Taubin smoothing of the mesh (:data:`SMOOTH` by default; 0 keeps the
             marching-cubes surface).
         faces: decimate the mesh to at most this many triangles (None keeps them all).
+        texture: bake the photo into a ``texture x texture`` atlas for ``mesh.glb`` and
+            ``mesh.obj`` (0, the default: vertex colours only; :mod:`zsw.infer.texture`).
         tta: ``flip`` (average the occupancy with that of the photo mirrored left to right; twice
             the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
             photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU;
@@ -199,6 +202,7 @@ class ReconstructSettings:
     min_part: float = MIN_PART
     smooth: int = SMOOTH
     faces: int | None = None
+    texture: int = 0
     tta: str = "auto"
     preview: bool = True
     overwrite: bool = False
@@ -221,6 +225,9 @@ class ReconstructSettings:
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
             raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
         check_mesh_options(self.smooth, self.faces)
+        check_texture_size(self.texture)
+        if self.texture and self.color != "photo":
+            raise OptionError("--texture bakes the photo's colours: it needs --color photo")
         if not self.prompt or not self.prompt.strip():
             raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
         if self.masks is not None and not Path(self.masks).is_dir():
@@ -238,6 +245,6 @@ class ReconstructSettings:
             fast=g.refinement,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
-            smooth=self.smooth, faces=self.faces, tta=self.tta,
+            smooth=self.smooth, faces=self.faces, texture=self.texture, tta=self.tta,
             reframe=self.reframe, background=self.background, preview=self.preview, device=self.device or "auto",
         )  # fmt: skip

@@ -1,0 +1,113 @@
+"""--texture: the photo baked into a texture atlas (zsw.infer.texture), and the files it goes into."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import trimesh
+
+from zsw.errors import ConfigError, OptionError
+from zsw.infer.color import _bilinear
+from zsw.infer.texture import bake_texture, check_texture_size
+
+S = 64
+K = np.array([[60.0, 0, (S - 1) / 2], [0, 60.0, (S - 1) / 2], [0, 0, 1]])
+
+
+def _photo() -> np.ndarray:  # [S, S, 3]: detail no vertex colour of a coarse mesh can hold
+    y, x = np.mgrid[0:S, 0:S]
+    return np.stack([x * 4, y * 4, ((x // 4 + y // 4) % 2) * 255], axis=-1).astype(np.uint8)
+
+
+def _texture_at(uv: np.ndarray, image: np.ndarray) -> np.ndarray:  # [P, 2] (v up) -> [P, 3]
+    H, W = image.shape[:2]
+    return _bilinear(image, uv[:, 0] * W - 0.5, (1.0 - uv[:, 1]) * H - 0.5)
+
+
+def _points(tex, vertices, bary):  # each atlas face's point at ``bary`` and its uv
+    return (vertices[tex.vertex_index][tex.faces] * bary[:, None]).sum(1), (tex.uv[tex.faces] * bary[:, None]).sum(1)
+
+
+def test_seen_texels_carry_the_photo_and_hidden_ones_the_vertex_colours():
+    # a box 2 units in front of the camera: its front face (z = 1.5) is seen, the rest is not
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    box = box.subdivide().subdivide()  # 8 x 8 quads on a face: far coarser than the photo's checks
+    vertices = np.asarray(box.vertices) + [0.0, 0.0, 2.0]
+    faces = np.asarray(box.faces)
+    seen = vertices[:, 2] < 1.5 + 1e-9
+    rgb = np.where(seen[:, None], 0, [[10, 200, 30]]).astype(np.uint8)  # the colour rule's stand-in
+    mask = np.ones((S, S), dtype=bool)
+    tex = bake_texture(vertices, faces, _photo(), K, mask, rgb, seen, size=256)
+
+    assert tex.image.shape == (256, 256, 3) and tex.uv.min() >= 0 and tex.uv.max() <= 1
+    assert tex.faces.shape[1] == 3 and len(tex.vertex_index) >= len(vertices)  # seams duplicate vertices
+    assert 0 < tex.seen_texels < tex.covered_texels <= 256 * 256
+    bary = np.array([0.2, 0.3, 0.5])
+    points, uv = _points(tex, vertices, bary)
+    colour = _texture_at(uv, tex.image)
+    front = (seen[tex.vertex_index][tex.faces]).all(axis=1)
+    u = K[0, 0] * points[:, 0] / points[:, 2] + K[0, 2]
+    v = K[1, 1] * points[:, 1] / points[:, 2] + K[1, 2]
+    inner = front & (u > 2) & (u < S - 3) & (v > 2) & (v < S - 3)  # off the shrunk mask's rim
+    assert inner.sum() > 20
+    photo = _bilinear(_photo(), u[inner], v[inner])
+    assert np.abs(colour[inner] - photo).mean() < 6.0  # the checks survive: vertex colours would be 0
+    back = ~(seen[tex.vertex_index][tex.faces]).any(axis=1)
+    assert np.abs(colour[back] - [10, 200, 30]).max() < 1.5  # the hidden side: the vertex colours
+    assert (tex.image.reshape(-1, 3).max(axis=1) > 0).all()  # the gaps between charts are filled too
+
+
+def test_bad_sizes_and_a_missing_xatlas_say_what_to_do(monkeypatch):
+    for bad in (-1, 8, 10**5, True, 64.0):
+        with pytest.raises(OptionError, match="--texture"):
+            check_texture_size(bad)
+    check_texture_size(0)
+    check_texture_size(64)
+    monkeypatch.setitem(sys.modules, "xatlas", None)  # `import xatlas` raises ModuleNotFoundError
+    box = trimesh.creation.box()
+    with pytest.raises(ConfigError, match=r'pip install "zsw\[texture\]"'):
+        bake_texture(np.asarray(box.vertices) + [0, 0, 3], box.faces, _photo(), K, np.ones((S, S), bool),
+                     np.zeros((8, 3), np.uint8), np.zeros(8, bool), size=64)  # fmt: skip
+
+
+def test_textured_files_are_written_kept_in_step_and_keyed(repo_root, tmp_path):
+    from zsw.infer.jobs import reconstruct_many
+    from zsw.infer.settings import GridSettings, ReconstructSettings
+
+    photo = repo_root / "examples" / "toy.png"
+    grid = GridSettings(resolution=32)
+
+    def run(**options):
+        settings = ReconstructSettings(device="cpu", grid=grid, formats=("glb", "obj", "ply"), preview=False, **options)
+        return reconstruct_many([photo], tmp_path, settings)
+
+    run(faces=400, texture=128)
+    out = tmp_path / "toy"
+    info = json.loads((out / "result.json").read_text())
+    assert info["mesh"]["texture"] == 128 and info["timings_s"]["texture"] > 0
+    assert {"mesh.mtl", "material_0.png"} <= set(info["files"])
+    glb = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    assert glb.visual.kind == "texture" and glb.visual.material.baseColorTexture.size == (128, 128)
+    obj = trimesh.load(out / "mesh.obj", force="mesh", process=False)
+    assert obj.visual.kind == "texture" and len(obj.faces) == len(glb.faces)
+    ply = trimesh.load(out / "mesh.ply", process=False)
+    assert ply.visual.kind == "vertex"  # PLY keeps the vertex colours
+    assert run(faces=400, texture=128).skipped == 1
+    assert len(run(faces=400, texture=0).written) == 1  # another texture setting redoes the image
+    info = json.loads((out / "result.json").read_text())
+    assert info["mesh"]["texture"] is None
+    assert not (out / "mesh.mtl").exists() and not (out / "material_0.png").exists()  # folder matches result.json
+    with pytest.raises(OptionError, match="--texture.*--color photo"):
+        ReconstructSettings(texture=256, color="none")
+
+
+def test_texture_bench_compares_the_texture_with_the_vertex_colours(repo_root):
+    from zsw.bench.texture import markdown, measure
+
+    (row,) = measure([repo_root / "examples" / "toy.png"], budgets=(500,), size=128)
+    assert row["meshes"] == 1 and row["points"] > 0 and row["seconds"] > 0
+    assert row["texture_mean"] < row["vertex_mean"]  # a coarse mesh's vertex colours lose the photo's detail
+    assert "| 500 |" in markdown([row], 128, 1)
