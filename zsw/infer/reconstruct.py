@@ -1107,7 +1107,7 @@ class Reconstructor:
                           grid.grid_points),
             mesh=MeshInfo(self.frame, UNITS, len(rec.mesh.vertices), len(rec.mesh.faces),
                           bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight), self.min_part, dropped,
-                          self.smooth, self.faces, texture=self.texture or None),
+                          self.smooth, self.faces, texture=self.texture if rec.texture is not None else None),
             colors=ColorInfo(self.color, seen, len(rec.mesh.vertices)),
             batch_size=batch, timings_s=timings, warnings=warn,
         )  # fmt: skip
