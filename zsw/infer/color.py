@@ -66,6 +66,40 @@ def _bilinear(
     return out
 
 
+@dataclass
+class Projection:
+    """Points seen through the input camera: pixel coordinates, their nearest pixel (clipped to the
+    image) and whether the point lies in front of the camera and inside the image."""
+
+    u: np.ndarray  # [P] float
+    v: np.ndarray  # [P] float
+    px: np.ndarray  # [P] int, clipped to [0, W - 1]
+    py: np.ndarray  # [P] int, clipped to [0, H - 1]
+    inside: np.ndarray  # [P] bool
+
+
+def project(points: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]) -> Projection:
+    """``points [P, 3]`` (camera frame) through ``intrinsics`` onto an image of ``size`` (H, W)."""
+    H, W = size
+    z = points[:, 2]
+    front = z > 1e-9
+    zs = np.where(front, z, 1.0)
+    u = intrinsics[0, 0] * points[:, 0] / zs + intrinsics[0, 2]
+    v = intrinsics[1, 1] * points[:, 1] / zs + intrinsics[1, 2]
+    px, py = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
+    inside = front & (px >= 0) & (px < W) & (py >= 0) & (py < H)
+    return Projection(u, v, np.clip(px, 0, W - 1), np.clip(py, 0, H - 1), inside)
+
+
+def shrunk_mask(visible_mask: np.ndarray, erode: int = 1) -> np.ndarray:  # [H, W] bool
+    """The visible mask without its rim of ``erode`` pixels (a predicted mask spills onto the
+    background there); the whole mask when it is thinner than that."""
+    from scipy.ndimage import binary_erosion
+
+    core = binary_erosion(visible_mask, iterations=erode) if erode > 0 and visible_mask.any() else visible_mask
+    return core if core.any() else visible_mask
+
+
 def _zbuffer(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Depth of the nearest surface per pixel ``[H, W]`` (inf where the mesh is absent)."""
     from zsw.infer.preview import _rasterize
@@ -103,7 +137,7 @@ def photo_colors(
     reach: float = 0.05,  # least share of object in a pixel's blurred neighbourhood to colour through it
 ) -> VertexColors:
     """Colours of a mesh's vertices from the photo it was reconstructed from (module docstring)."""
-    from scipy.ndimage import binary_erosion, minimum_filter
+    from scipy.ndimage import minimum_filter
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import dijkstra
     from scipy.spatial import cKDTree
@@ -117,17 +151,10 @@ def photo_colors(
     if V == 0 or len(faces) == 0 or not visible_mask.any():
         return VertexColors(rgb, seen)
     H, W = image.shape[:2]
-    core = binary_erosion(visible_mask, iterations=erode) if erode > 0 else visible_mask
-    if not core.any():  # a mask thinner than the erosion: keep it whole
-        core = visible_mask
+    core = shrunk_mask(visible_mask, erode)
     z = vertices[:, 2]
-    front = z > 1e-9
-    zs = np.where(front, z, 1.0)
-    u = intrinsics[0, 0] * vertices[:, 0] / zs + intrinsics[0, 2]
-    v = intrinsics[1, 1] * vertices[:, 1] / zs + intrinsics[1, 2]
-    px, py = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
-    inside = front & (px >= 0) & (px < W) & (py >= 0) & (py < H)
-    pxc, pyc = np.clip(px, 0, W - 1), np.clip(py, 0, H - 1)
+    proj = project(vertices, intrinsics, (H, W))
+    u, v, pxc, pyc, inside = proj.u, proj.v, proj.px, proj.py, proj.inside
     zbuf = minimum_filter(_zbuffer(vertices, faces, intrinsics, (H, W)), size=3, mode="nearest")
     diag = float(np.linalg.norm(vertices.max(0) - vertices.min(0))) or 1.0
     seen = inside & core[pyc, pxc] & (z <= zbuf[pyc, pxc] + tol * diag)

@@ -87,9 +87,9 @@ def bake_texture(
 ) -> TexturedMesh:
     """The mesh's charts and its ``size x size`` texture atlas (module docstring)."""
     import torch
-    from scipy.ndimage import binary_erosion, distance_transform_edt
+    from scipy.ndimage import distance_transform_edt
 
-    from zsw.infer.color import _bilinear
+    from zsw.infer.color import _bilinear, project, shrunk_mask
     from zsw.infer.preview import _rasterize
 
     check_texture_size(size)
@@ -110,23 +110,15 @@ def bake_texture(
     points = (vertices[original] * weights).sum(axis=1)  # [T, 3] camera frame
     blend = (vertex_rgb[original].astype(np.float64) * weights).sum(axis=1)  # [T, 3]
     colors = blend
-    core = binary_erosion(visible_mask, iterations=1) if visible_mask.any() else visible_mask
-    if not core.any():
-        core = visible_mask
+    core = shrunk_mask(np.asarray(visible_mask, dtype=bool))
     seen_texels = 0
     if core.any():
-        H, W = image.shape[:2]
-        z = points[:, 2]
-        zs = np.where(z > 1e-9, z, 1.0)
-        u = intrinsics[0, 0] * points[:, 0] / zs + intrinsics[0, 2]
-        v = intrinsics[1, 1] * points[:, 1] / zs + intrinsics[1, 2]
-        px, py = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
-        inside = (z > 1e-9) & (px >= 0) & (px < W) & (py >= 0) & (py < H)
+        p = project(points, intrinsics, image.shape[:2])
         flags = (seen[original].astype(np.float64) * weights[..., 0]).sum(axis=1) >= 0.5
-        direct = flags & inside & core[np.clip(py, 0, H - 1), np.clip(px, 0, W - 1)]
+        direct = flags & p.inside & core[p.py, p.px]
         if direct.any():
             colors = colors.copy()
-            colors[direct] = _bilinear(image, u[direct], v[direct], core)
+            colors[direct] = _bilinear(image, p.u[direct], p.v[direct], core)
         seen_texels = int(direct.sum())
     atlas = np.zeros((size, size, 3), dtype=np.uint8)
     atlas[covered] = np.clip(np.rint(colors), 0, 255).astype(np.uint8)
