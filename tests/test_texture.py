@@ -91,6 +91,7 @@ def test_textured_files_are_written_kept_in_step_and_keyed(repo_root, tmp_path):
     assert {"mesh.mtl", "material_0.png"} <= set(info["files"])
     glb = trimesh.load(out / "mesh.glb", force="mesh", process=False)
     assert glb.visual.kind == "texture" and glb.visual.material.baseColorTexture.size == (128, 128)
+    assert info["mesh"]["watertight"] and trimesh.Trimesh(glb.vertices, glb.faces).is_watertight  # seams merged
     obj = trimesh.load(out / "mesh.obj", force="mesh", process=False)
     assert obj.visual.kind == "texture" and len(obj.faces) == len(glb.faces)
     ply = trimesh.load(out / "mesh.ply", process=False)

@@ -5,7 +5,8 @@ thousand faces keeps the layout of the photo's colours but not its details (a to
 label's print). A texture keeps them whatever the face count:
 
 1. the mesh is cut into charts and laid out in a ``SIZE x SIZE`` atlas by xatlas (a UV
-   parametrisation; vertices on a chart seam are duplicated);
+   parametrisation; vertices on a chart seam are duplicated, the triangles stay the same, so the
+   textured mesh is closed once its vertices are merged by position);
 2. every texel a triangle covers gets its 3-D point (the triangle's barycentric blend, found by
    rasterising the atlas with :func:`zsw.infer.preview._rasterize`);
 3. a texel whose triangle the photo sees (its vertices' ``seen`` flags, blended, at least 0.5)
