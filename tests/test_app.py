@@ -78,11 +78,14 @@ def _arguments(
     smooth: int = SMOOTH,
     faces: int = 0,
     tta: str = "auto",
+    texture: int = 0,
 ) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
-    background, smoothing, faces (0: all), test-time augmentation; the page's defaults but for
-    the resolution."""
-    return handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta
+    background, smoothing, faces (0: all), test-time augmentation, texture (0: none); the page's
+    defaults but for the resolution."""
+    return (
+        handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta, texture
+    )  # fmt: skip
 
 
 def _reconstruct(url: str, photo: Path, downloads: Path, **options: str) -> tuple:
@@ -146,6 +149,15 @@ def test_smoothing_face_budget_and_tta_reach_the_job(app_url, tmp_path):
     assert expected["face_budget"] == 600 and len(glb.faces) == expected["faces"] <= 600, (status, expected)
     assert np.allclose(np.sort(glb.vertices, axis=0), np.sort(trimesh.load(report.written[0] / "mesh.glb",
                        force="mesh", process=False).vertices, axis=0), atol=1e-5)  # fmt: skip
+
+
+def test_texture_reaches_the_job_and_its_files_the_page(app_url, tmp_path):
+    model, *_, files, status = _reconstruct(app_url, TEDDY, tmp_path / "dl", faces=600, texture=512)
+    assert "error" not in status, status
+    glb = trimesh.load(model, force="mesh", process=False)
+    assert glb.visual.kind == "texture" and glb.visual.material.baseColorTexture.size == (512, 512)
+    names = sorted(Path(f).name for f in files)  # the OBJ comes with the material and atlas it names
+    assert names == ["material_0.png", "mesh.glb", "mesh.mtl", "mesh.obj", "mesh.ply", "mesh.stl"], names
 
 
 def test_simultaneous_requests_do_not_collide(app_url, tmp_path):

@@ -35,6 +35,7 @@ import gradio as gr
 import zsw
 from zsw.errors import ZswError
 from zsw.infer.jobs import reconstruct_many
+from zsw.infer.reconstruct import OBJ_MTL
 from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, SMOOTH, TTAS, ReconstructSettings
 from zsw.report import Advance, Reporter
 
@@ -103,7 +104,7 @@ def build_app(
 ) -> gr.Blocks:
     """The page. ``defaults`` fixes what the page does not offer (weights, device, backend, ...) and
     the initial values of what it does (prompt, resolution, extraction, colour, framing,
-    background, smoothing, faces, test-time augmentation); the model is
+    background, smoothing, faces, test-time augmentation, texture); the model is
     loaded once here to check them (a :class:`~zsw.errors.ZswError` if it cannot be). Each request
     writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
     defaults = defaults or ReconstructSettings()
@@ -158,6 +159,11 @@ def build_app(
                     info="flip: average the shape with the mirrored photo's (twice the decoding); flip-pixel: "
                     "average only depth and masks; auto: flip on a GPU, flip-pixel on a CPU",
                 )  # fmt: skip
+                texture = gr.Radio(
+                    sorted({0, 512, 1024, 2048, defaults.texture}), value=defaults.texture, label="Texture",
+                    info="bake the photo into an atlas of this many texels a side (0: vertex colours only); "
+                    "meant with Faces: ~1 s at 5,000 faces, ~20 s for a whole mesh",
+                )  # fmt: skip
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown(label="Status", elem_id="status")
@@ -180,6 +186,7 @@ def build_app(
             smooth_passes: float,
             face_budget: float | None,
             augmentation: str,
+            atlas_size: float,
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
@@ -192,12 +199,13 @@ def build_app(
                 smooth=int(smooth_passes),
                 faces=int(face_budget) if face_budget else None,
                 tta=augmentation,
+                texture=int(atlas_size or 0),
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
         run.click(
             reconstruct,
-            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces, tta],
+            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces, tta, texture],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
         )
@@ -284,6 +292,7 @@ def _settings(
     smooth: int = SMOOTH,
     faces: int | None = None,
     tta: str = "auto",
+    texture: int = 0,
 ) -> ReconstructSettings:
     """The page's choices on top of the defaults; every mesh format, no preview picture (the
     3D view replaces it)."""
@@ -298,6 +307,7 @@ def _settings(
         smooth=smooth,
         faces=faces,
         tta=tta,
+        texture=texture,
         formats=FORMATS,
         preview=False,
         overwrite=True,
@@ -323,6 +333,8 @@ def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
     lines += [f"warning: {_one_line(w)}" for w in dict.fromkeys([*warnings, *info.get("warnings", [])])]
     lines += [f"note: {_one_line(n)}" for n in info["input"].get("notes", [])]
     meshes = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
+    # a textured OBJ's material and atlas, which it names
+    meshes += [str(folder / f) for f in info["files"] if f == OBJ_MTL or f.startswith("material_")]
     images = [str(folder / f) for f in ("depth.png", "visible_mask.png", "occluder_mask.png")]
     return (meshes[0], *images, _timings_table(info["timings_s"]), meshes, "\n\n".join(lines))
 
