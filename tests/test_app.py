@@ -322,3 +322,11 @@ def test_page_reporter_takes_every_progress_update_a_job_sends():
         ((0, 3), "reconstructing"), ((1, 3), "reconstructing"), ((4, 10), "fast vs dense"), ((6, 10), "fast vs dense"),
         (None, "exporting"), (None, "onnx"),
     ]  # fmt: skip
+
+
+def test_timings_table_lists_the_stages_that_ran():
+    from zsw.app import _timings_table
+
+    table = _timings_table({"pixel": 0.25, "grid_decode": 1.5, "texture": 0.0, "preview": 0.3})
+    assert "| pixel | 0.25 |" in table and "| grid_decode | 1.50 |" in table
+    assert "texture" not in table and "preview" not in table and "| **total** | **1.75** |" in table

@@ -340,7 +340,8 @@ def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
 
 
 def _timings_table(timings: dict[str, float]) -> str:
-    timings = {k: v for k, v in timings.items() if k != "preview"}  # the app asks for no preview picture
+    # the app asks for no preview picture; stages that did not run (no texture, ...) record 0
+    timings = {k: v for k, v in timings.items() if k != "preview" and v > 0}
     rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in timings.items())
     return f"| stage | seconds |\n| --- | ---: |\n{rows}\n| **total** | **{sum(timings.values()):.2f}** |"
 
