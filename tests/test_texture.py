@@ -112,3 +112,14 @@ def test_texture_bench_compares_the_texture_with_the_vertex_colours(repo_root):
     assert row["meshes"] == 1 and row["points"] > 0 and row["seconds"] > 0
     assert row["texture_mean"] < row["vertex_mean"]  # a coarse mesh's vertex colours lose the photo's detail
     assert "| 500 |" in markdown([row], 128, 1)
+
+
+def test_texture_on_a_large_mesh_says_to_decimate(repo_root, monkeypatch):
+    import zsw
+    import zsw.infer.reconstruct as R
+
+    monkeypatch.setattr(R, "TEXTURE_FACES_HINT", 100)  # any mesh of this test is "large"
+    rec = zsw.reconstruct(repo_root / "examples" / "toy.png", resolution=32, texture=64)
+    assert any("--texture charted" in w and "--faces 25" in w for w in rec.record.warnings), rec.record.warnings
+    rec = zsw.reconstruct(repo_root / "examples" / "toy.png", resolution=32, texture=64, faces=90)
+    assert not any("--texture" in w for w in rec.record.warnings)
