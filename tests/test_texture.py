@@ -123,3 +123,22 @@ def test_texture_on_a_large_mesh_says_to_decimate(repo_root, monkeypatch):
     assert any("--texture charted" in w and "--faces 25" in w for w in rec.record.warnings), rec.record.warnings
     rec = zsw.reconstruct(repo_root / "examples" / "toy.png", resolution=32, texture=64, faces=90)
     assert not any("--texture" in w for w in rec.record.warnings)
+
+
+def test_the_command_says_each_images_own_warnings_and_the_runs_once(repo_root, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import zsw.infer.reconstruct as R
+    from zsw.cli.main import app
+
+    monkeypatch.setattr(R, "TEXTURE_FACES_HINT", 10)
+    photos = [str(repo_root / "examples" / name) for name in ("toy.png", "case.png")]
+    args = ["reconstruct", *photos, "-o", str(tmp_path), "--weights", "random:tiny", "--resolution", "16",
+            "--texture", "64", "--no-preview"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    texture = [line for line in lines if "--texture charted" in line]
+    assert len(texture) == 2 and all(line.startswith("WARNING: ") for line in texture), lines
+    assert {"toy.png", "case.png"} == {name for name in ("toy.png", "case.png") for line in texture if name in line}
+    assert sum("random" in line.lower() and "weights" in line.lower() for line in lines) == 1, lines  # said once

@@ -201,11 +201,16 @@ def _reconstruct(batch, prompts, source, recon, out, s, reporter, report) -> Non
             _reconstruct([it], [p], source, recon, out, s, reporter, report)
         return None
     for it, rec in zip(batch, results):
-        _save(it, rec, source, out, s, reporter, report)
+        _save(it, rec, source, out, s, reporter, report, said=frozenset(recon.warnings))
     return None
 
 
-def _save(item: _Item, rec: Reconstruction, source: str, out: Path, s, reporter, report) -> None:
+def _save(
+    item: _Item, rec: Reconstruction, source: str, out: Path, s, reporter, report, said: frozenset = frozenset()
+) -> None:
+    """Write one image's results and say what became of it: its mesh, and its own warnings (an
+    empty mesh, a face budget not reached, a mesh left open); ``said``: the run's warnings, which
+    every result.json repeats but the terminal said once at the start."""
     rec.record.request = item.request
     rec.record.prompt_source = source
     rec.record.timings_s.load = item.load_s
@@ -216,7 +221,9 @@ def _save(item: _Item, rec: Reconstruction, source: str, out: Path, s, reporter,
     report.written.append(out / rec.name)
     m = rec.record.mesh
     reporter.info(f"{item.path} -> {out / rec.name} ({m.vertices} vertices, {m.faces} faces)")
-    if m.faces == 0:  # written (the depth and masks may still help) but not a result to pass over
-        empty = [w for w in rec.record.warnings if w.startswith("empty mesh")]
-        reporter.warning(f"{item.path}: {empty[0] if empty else 'empty mesh'}")
+    own = [w for w in rec.record.warnings if w not in said]
+    if m.faces == 0 and not any(w.startswith("empty mesh") for w in own):  # written, but not a result to pass over
+        own.append("empty mesh")
+    for w in own:
+        reporter.warning(f"{item.path}: {w}")
     return None
