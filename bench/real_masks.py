@@ -15,6 +15,7 @@ averages the pixel model's outputs with those for the mirrored photo first, as `
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,12 @@ def mask_ious(weights: str, examples: Path = REPO / "examples", tta: str = "none
     from zsw.infer.reconstruct import flip_averaged_pixel, open_backend
 
     backend = open_backend(weights=weights)[0]
+    pixel_fn = functools.partial(flip_averaged_pixel, backend) if tta == "flip-pixel" else None
     out = {}
     for path in sorted(Path(examples).glob("*.png")):
         image = load_image(path, 224)
         x = torch.from_numpy(image.image).permute(2, 0, 1)[None].float() / 255
-        pixel = flip_averaged_pixel(backend, x, backend.embed_prompts(None, 1)) if tta == "flip-pixel" else None
-        pred = predict(backend, x, pixel=pixel)
+        pred = predict(backend, x, pixel_fn=pixel_fn)
         mask = pred.visible_mask[0, 0].float().numpy() > 0.5
         occluder = pred.occluder_mask[0, 0].float().numpy() > 0.5
         gt = load_mask(Path(examples) / "masks" / path.name, image)

@@ -31,6 +31,7 @@ refines the whole grid; time it with trained weights.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -60,14 +61,9 @@ def _one_run(
 
     device = backend.device
     t: dict[str, float] = {}
-    pixel = None
-    if tta == "flip-pixel":  # both pixel-model passes count in the pixel stage
-        _sync(device)
-        t0 = time.perf_counter()
-        pixel = flip_averaged_pixel(backend, image, backend.embed_prompts(None, image.shape[0]))
-        _sync(device)
-        t["pixel"] = time.perf_counter() - t0
-    pred = predict(backend, image, None, timings=t, pixel=pixel)
+    # flip-pixel: both pixel-model passes count in the pixel stage
+    pixel_fn = functools.partial(flip_averaged_pixel, backend) if tta == "flip-pixel" else None
+    pred = predict(backend, image, None, timings=t, pixel_fn=pixel_fn)
     mirrored = predict(backend, image.flip(-1), None, timings=t) if tta == "flip" else None
     decode = occupancy_function(backend, pred, mirrored)  # autocast: the caller's context
     _sync(device)

@@ -28,7 +28,7 @@ def measure(paths: list[Path], budgets=(2000, 5000, 20000), size: int = 1024, se
     """One row per face budget: photo-to-file colour errors of the texture and the vertex colours,
     and the bake's seconds."""
     import zsw
-    from zsw.infer.color import _bilinear, photo_colors
+    from zsw.infer.color import _bilinear, photo_colors, project
     from zsw.infer.texture import bake_texture
 
     rows = []
@@ -48,17 +48,15 @@ def measure(paths: list[Path], budgets=(2000, 5000, 20000), size: int = 1024, se
             if not shown.any():
                 continue
             rng = np.random.default_rng(seed)
-            corners = tex.faces[shown]
-            bary = rng.dirichlet(np.ones(3), size=(3, len(corners)))  # [3, F, 3]
-            for w in bary:
-                points = (v[tex.vertex_index][corners] * w[..., None]).sum(axis=1)
-                uv = (tex.uv[corners] * w[..., None]).sum(axis=1)
-                K = rec.intrinsics
-                u = K[0, 0] * points[:, 0] / points[:, 2] + K[0, 2]
-                y = K[1, 1] * points[:, 1] / points[:, 2] + K[1, 2]
-                photo = _bilinear(rec.image, u, y)
+            corners = tex.faces[shown]  # [F, 3] atlas vertices
+            xyz, uvs = v[tex.vertex_index][corners], tex.uv[corners]  # [F, 3, 3], [F, 3, 2]
+            rgb = colors.rgb[tex.vertex_index][corners].astype(np.float64)  # [F, 3, 3]
+            for w in rng.dirichlet(np.ones(3), size=(3, len(corners)))[..., None]:  # [F, 3, 1] each
+                p = project((xyz * w).sum(axis=1), rec.intrinsics, rec.image.shape[:2])
+                photo = _bilinear(rec.image, p.u, p.v)
+                uv = (uvs * w).sum(axis=1)
                 texel = _bilinear(tex.image, uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5)
-                blend = (colors.rgb[tex.vertex_index][corners].astype(np.float64) * w[..., None]).sum(axis=1)
+                blend = (rgb * w).sum(axis=1)
                 tex_err.append(np.abs(texel - photo).mean(axis=1))
                 vc_err.append(np.abs(blend - photo).mean(axis=1))
         t, c = np.concatenate(tex_err), np.concatenate(vc_err)

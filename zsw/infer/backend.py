@@ -15,7 +15,7 @@ exported graphs, so grid extraction, meshing and every output file are backend-i
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -71,13 +71,17 @@ def predict(
     occluder_mask: Tensor | None = None,
     timings: dict[str, float] | None = None,
     pixel: PixelOutput | None = None,
+    pixel_fn: Callable[[Tensor, Tensor | None], PixelOutput] | None = None,
 ) -> Prediction:
     """Run the pixel model and the encoder of ``backend`` with the shared glue in between.
 
     ``pixel``: the pixel model's output for ``image`` and ``prompt`` when the caller already has it
-    (it is not run again). When ``timings`` is a dict, the seconds spent in the pixel model (``pixel``, prompt embedding
-    included) and in lifting plus encoding (``encode``) are added to it; CUDA is synchronised
-    around each stage for that, so leave it None when not measuring.
+    (it is not run again). ``pixel_fn``: what runs the pixel model on ``(image, text)`` otherwise
+    (default ``backend.pixel``; ``--tta flip-pixel`` passes one that also runs it on the mirrored
+    image, :func:`zsw.infer.reconstruct.flip_averaged_pixel`). When ``timings`` is a dict, the
+    seconds spent in the pixel model (``pixel``, prompt embedding included) and in lifting plus
+    encoding (``encode``) are added to it; CUDA is synchronised around each stage for that, so
+    leave it None when not measuring.
     """
     import time
 
@@ -85,7 +89,7 @@ def predict(
         _sync(backend.device)
         t0 = time.perf_counter()
     text = backend.embed_prompts(prompt, image.shape[0])
-    pix = backend.pixel(image, text) if pixel is None else pixel
+    pix = (pixel_fn or backend.pixel)(image, text) if pixel is None else pixel
     if timings is not None:
         _sync(backend.device)
         t1 = time.perf_counter()

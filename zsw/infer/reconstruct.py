@@ -787,9 +787,7 @@ class Reconstructor:
         self.min_part = min_part
         check_mesh_options(smooth, faces)
         self.smooth, self.faces = smooth, faces
-        check_texture_size(texture)
-        if texture and color != "photo":
-            raise OptionError("--texture bakes the photo's colours: it needs --color photo")
+        check_texture_size(texture, color)
         self.texture = texture
         if reframe not in REFRAMES:
             raise ConfigError(f"reframe must be one of {', '.join(REFRAMES)}, got {reframe!r}")
@@ -978,11 +976,7 @@ class Reconstructor:
             refined = [False] * B
             if masks is None and self.background != "never" and backend.config.pixel.mask_heads:
                 pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings, known)
-            elif pixel is None and self.tta == "flip-pixel":  # otherwise predict() runs the model alone
-                t0 = time.perf_counter()
-                pixel = self._pixel(batch, backend.embed_prompts(prompt_arg, B))
-                timings["pixel"] = time.perf_counter() - t0
-            pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel)
+            pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel, pixel_fn=self._pixel)
             mirrored = None
             if with_mesh and self.tta == "flip":  # its own pixel pass; a known or corrected mask is mirrored
                 flipped = None if mask_t is None else mask_t.flip(-1)

@@ -225,9 +225,7 @@ class ReconstructSettings:
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
             raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
         check_mesh_options(self.smooth, self.faces)
-        check_texture_size(self.texture)
-        if self.texture and self.color != "photo":
-            raise OptionError("--texture bakes the photo's colours: it needs --color photo")
+        check_texture_size(self.texture, self.color)
         if not self.prompt or not self.prompt.strip():
             raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
         if self.masks is not None and not Path(self.masks).is_dir():

@@ -51,14 +51,17 @@ class TexturedMesh:
     covered_texels: int  # texels some triangle covers
 
 
-def check_texture_size(size: int) -> None:
-    """An :class:`~zsw.errors.OptionError` naming ``--texture`` unless ``size`` is 0 (off) or in range."""
+def check_texture_size(size: int, color: str = "photo") -> None:
+    """An :class:`~zsw.errors.OptionError` naming ``--texture`` unless ``size`` is 0 (off) or in
+    range, and, with a texture, ``color`` is ``photo`` (the atlas bakes the photo's colours)."""
     if (
         isinstance(size, bool)
         or not isinstance(size, (int, np.integer))
         or not (size == 0 or MIN_TEXTURE <= size <= MAX_TEXTURE)
     ):
         raise OptionError(f"--texture: {size!r} is not 0 (off) or an atlas size in [{MIN_TEXTURE}, {MAX_TEXTURE}]")
+    if size and color != "photo":
+        raise OptionError("--texture bakes the photo's colours: it needs --color photo")
 
 
 def _parametrize(vertices: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,8 +112,7 @@ def bake_texture(
     weights = bary[covered][..., None]  # [T, 3, 1]
     original = vmap[corners]  # [T, 3] original vertices
     points = (vertices[original] * weights).sum(axis=1)  # [T, 3] camera frame
-    blend = (vertex_rgb[original].astype(np.float64) * weights).sum(axis=1)  # [T, 3]
-    colors = blend
+    colors = (vertex_rgb[original].astype(np.float64) * weights).sum(axis=1)  # [T, 3]: the vertex colours' blend
     core = shrunk_mask(np.asarray(visible_mask, dtype=bool))
     seen_texels = 0
     if core.any():
@@ -118,7 +120,6 @@ def bake_texture(
         flags = (seen[original].astype(np.float64) * weights[..., 0]).sum(axis=1) >= 0.5
         direct = flags & p.inside & core[p.py, p.px]
         if direct.any():
-            colors = colors.copy()
             colors[direct] = _bilinear(image, p.u[direct], p.v[direct], core)
         seen_texels = int(direct.sum())
     atlas = np.zeros((size, size, 3), dtype=np.uint8)
