@@ -86,7 +86,7 @@ def main() -> None:
     from zsw import checkpoint
     from zsw.data.dataset import ShapeDataset
     from zsw.infer.grid import extract_meshes
-    from zsw.infer.reconstruct import resolve_weights
+    from zsw.infer.weights import resolve_weights
     from zsw.io import atomic_write_text
     from zsw.train.validate import score_view
 

@@ -31,7 +31,7 @@ def dense_logits(images: list[str], resolution: int, bound: float) -> list[torch
     from zsw.infer.backend import predict
     from zsw.infer.grid import occupancy_grid
     from zsw.infer.image import load_image
-    from zsw.infer.reconstruct import cached_backend
+    from zsw.infer.weights import cached_backend
 
     backend = cached_backend("torch", None, None, "cpu")[0]
     size = backend.config.pixel.image_size

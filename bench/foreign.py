@@ -224,8 +224,9 @@ def summary_markdown(rows: list[dict], title: str) -> str:
 
 def main() -> None:
     from zsw.errors import ConfigError
-    from zsw.infer.reconstruct import open_backend, resolve_tta
     from zsw.infer.settings import SMOOTH
+    from zsw.infer.tta import resolve_tta
+    from zsw.infer.weights import open_backend
     from zsw.io import atomic_write_json, atomic_write_text
     from zsw.synth.pipeline import elevation_range
 

@@ -75,8 +75,8 @@ def score_set(root: Path, backend, resolution: int, variant: str, min_part: floa
 
 
 def main() -> None:
-    from zsw.infer.reconstruct import open_backend
     from zsw.infer.settings import MIN_PART
+    from zsw.infer.weights import open_backend
     from zsw.io import atomic_write_json, atomic_write_text
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -32,7 +32,8 @@ def mask_ious(weights: str, examples: Path = REPO / "examples", tta: str = "none
     from zsw.infer.backend import predict
     from zsw.infer.background import refine_visible_mask
     from zsw.infer.image import load_image, load_mask
-    from zsw.infer.reconstruct import flip_averaged_pixel, open_backend
+    from zsw.infer.tta import flip_averaged_pixel
+    from zsw.infer.weights import open_backend
 
     backend = open_backend(weights=weights)[0]
     pixel_fn = functools.partial(flip_averaged_pixel, backend) if tta == "flip-pixel" else None

@@ -57,7 +57,7 @@ def _one_run(
     """Stage seconds of one reconstruction and the number of decoded points."""
     from zsw.infer.backend import predict
     from zsw.infer.grid import marching_cubes, occupancy_grid
-    from zsw.infer.reconstruct import flip_averaged_pixel, occupancy_function
+    from zsw.infer.tta import flip_averaged_pixel, occupancy_function
 
     device = backend.device
     t: dict[str, float] = {}
@@ -139,7 +139,8 @@ def bench_reconstruct(
     """
     from zsw.bench._harness import BenchRow
     from zsw.infer.image import load_image
-    from zsw.infer.reconstruct import autocast, open_backend
+    from zsw.infer.precision import autocast
+    from zsw.infer.weights import open_backend
 
     device = torch.device(env.device)
     if kernel_impls is None:
@@ -198,7 +199,8 @@ def _configs(
 ) -> list[tuple[str, str, str]]:
     """(resolved precision, extraction, resolved tta) triples, every ``none`` first (a capped run
     that stops early keeps them); exported engines run in their own precision."""
-    from zsw.infer.reconstruct import resolve_tta, run_precision
+    from zsw.infer.precision import run_precision
+    from zsw.infer.tta import resolve_tta
 
     resolved = dict.fromkeys(run_precision(kind, p, device) for p in precisions)
     augment = sorted(dict.fromkeys(resolve_tta(t, device) for t in ttas), key=lambda t: t != "none")
@@ -367,7 +369,7 @@ def run(
     if "tensorrt" in backends and engine is None:
         raise ConfigError("--backend tensorrt needs --engine DIR (a folder written by `zsw export`)")
     from zsw.hub import resolve_device
-    from zsw.infer.reconstruct import resolve_backend
+    from zsw.infer.weights import resolve_backend
 
     device = resolve_device(device)  # an unusable --device is a one-line error before any model loads
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from zsw.errors import CheckpointError, ConfigError
-from zsw.infer import reconstruct as rmod
-from zsw.infer.reconstruct import demo_engine, demo_weights, reconstruct, resolve_backend
+from zsw.infer import weights as rmod
+from zsw.infer.reconstruct import reconstruct
+from zsw.infer.weights import demo_engine, demo_weights, resolve_backend
 
 
 def test_the_packaged_graphs_were_exported_from_the_packaged_weights():

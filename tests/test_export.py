@@ -234,7 +234,7 @@ def test_demo_model_exports_and_runs_on_onnxruntime(tmp_path):
     from zsw import checkpoint
     from zsw.export.onnx import export_onnx
     from zsw.infer.backend import load_backend, predict
-    from zsw.infer.reconstruct import demo_weights
+    from zsw.infer.weights import demo_weights
 
     model = checkpoint.load(demo_weights())  # shipped in the package (tests/test_packaging.py)
     manifest = export_onnx(model, tmp_path / "demo", exporter="torchscript", points_chunk=4096)
@@ -439,7 +439,7 @@ def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
     assert "--format must be one of onnx, tensorrt, torch-tensorrt" in line
     # no --weights: the packaged model, the same one `zsw reconstruct` uses
     from zsw.export.jobs import _load_weights
-    from zsw.infer.reconstruct import demo_weights
+    from zsw.infer.weights import demo_weights
     from zsw.io import sha256_file
     from zsw.report import Reporter
 

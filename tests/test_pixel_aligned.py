@@ -406,7 +406,7 @@ def test_ellipsoid_baseline_spans_the_true_extents():
 
 
 def test_precision_policy():
-    from zsw.infer.reconstruct import resolve_precision
+    from zsw.infer.precision import resolve_precision
 
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"

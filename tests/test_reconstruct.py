@@ -17,7 +17,8 @@ from zsw.cli.main import app
 from zsw.errors import ConfigError
 from zsw.infer.backend import TorchBackend, predict
 from zsw.infer.image import load_image
-from zsw.infer.reconstruct import Reconstructor, camera_to_frame, reconstruct
+from zsw.infer.reconstruct import Reconstructor, reconstruct
+from zsw.infer.result import camera_to_frame
 
 runner = CliRunner()
 RES = 16  # grid resolution for tests: the random tiny model is near 0.5 everywhere
@@ -143,7 +144,7 @@ def test_everything_after_predict_needs_only_the_backend_protocol(repo_root, tin
 
 def test_original_intrinsics_undo_padding_and_resizing():
     from zsw.infer.image import LoadedImage
-    from zsw.infer.reconstruct import original_intrinsics
+    from zsw.infer.result import original_intrinsics
 
     # a 448 x 224 photo: padded to 448 x 448 (112 rows on top), halved to 224
     im = LoadedImage("x", np.zeros((224, 224, 3), np.uint8), (448, 224), pad=(0, 112))
@@ -160,7 +161,7 @@ def test_original_intrinsics_undo_padding_and_resizing():
 
 def test_original_intrinsics_follow_a_reframed_window():
     from zsw.infer.image import LoadedImage
-    from zsw.infer.reconstruct import original_intrinsics
+    from zsw.infer.result import original_intrinsics
 
     # the model input shows the photo's square (300, 100) + 112: K maps back through it
     im = LoadedImage("x", np.zeros((224, 224, 3), np.uint8), (800, 600), window=(300, 100, 112))
@@ -301,7 +302,7 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     """`zsw reconstruct examples/armchair.png -o out/` with nothing else: the shipped demo model
     (no random-weights warning), at resolution 128, and a real surface (over a thousand faces)."""
     from zsw import checkpoint
-    from zsw.infer.reconstruct import demo_weights
+    from zsw.infer.weights import demo_weights
 
     path = demo_weights()
     assert path is not None and path.name == "zsw-demo-v6.safetensors"
@@ -666,7 +667,8 @@ def _bf16_decoder_error(
     """bf16 autocast against fp32 on one photo, at random query points in the grid's cube, with
     the decoder kernels ``impl``: the share of points on the same side of the surface (occupancy
     logit > 0), and the logits' error relative to their spread."""
-    from zsw.infer.reconstruct import autocast, open_backend
+    from zsw.infer.precision import autocast
+    from zsw.infer.weights import open_backend
 
     backend, _, _ = open_backend("torch", weights, None, device)
     backend.model.set_kernel_impl(impl)

@@ -11,13 +11,8 @@ import torch
 
 from zsw.infer.backend import TorchBackend, predict
 from zsw.infer.image import load_image
-from zsw.infer.reconstruct import (
-    Reconstructor,
-    mirror_average,
-    mirror_points,
-    occupancy_function,
-    resolve_tta,
-)
+from zsw.infer.reconstruct import Reconstructor
+from zsw.infer.tta import mirror_average, mirror_points, occupancy_function, resolve_tta
 from zsw.model import PixelOutput, SurfacePrediction
 
 RES = 16

@@ -35,7 +35,7 @@ import gradio as gr
 import zsw
 from zsw.errors import ZswError
 from zsw.infer.jobs import reconstruct_many
-from zsw.infer.reconstruct import OBJ_MTL
+from zsw.infer.result import OBJ_MTL
 from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, SMOOTH, TTAS, ReconstructSettings
 from zsw.report import Advance, Reporter
 
@@ -217,7 +217,7 @@ def _check_model(settings: ReconstructSettings) -> None:
     """Load the model now, into the cache the job uses, so that bad weights or a bad device stop
     ``zsw app`` with one line at start rather than on the first upload (and the first upload does
     not load it again)."""
-    from zsw.infer.reconstruct import cached_backend, resolve_backend
+    from zsw.infer.weights import cached_backend, resolve_backend
 
     s = settings
     cached_backend(

@@ -65,7 +65,7 @@ class EvalSettings:
     """What a run measured; a resumed run must match the one it continues."""
 
     format: str
-    weights: str = ""  # what identifies them (zsw.infer.reconstruct.weights_identity: a content hash)
+    weights: str = ""  # what identifies them (zsw.infer.weights.weights_identity: a content hash)
     resolution: int = 128
     extraction: str = "fast"
     fast: dict | None = None  # `fast`'s refinement rule (zsw.infer.settings.GridSettings.refinement)
@@ -78,7 +78,7 @@ class EvalSettings:
     use_mask: bool = False
     baseline: str | None = None  # None = the model's mesh; "sphere", "visible" or "ellipsoid"
     seed: int = 0
-    precision: str = "fp32"  # as resolved for the run (zsw.infer.reconstruct.resolve_precision)
+    precision: str = "fp32"  # as resolved for the run (zsw.infer.precision.resolve_precision)
     reframe: str = "never"  # the model input cut around the object (zsw.infer.reconstruct.Reconstructor)
     background: str = "never"  # the predicted visible mask corrected by the photo's own background
     min_part: float = 0.0  # disconnected parts under this fraction of the largest's area dropped from the mesh

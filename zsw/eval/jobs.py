@@ -24,14 +24,8 @@ from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
 from zsw.infer.mesh_ops import check_mesh_options
-from zsw.infer.reconstruct import (
-    Reconstructor,
-    open_backend,
-    resolve_backend,
-    resolve_tta,
-    run_precision,
-    weights_identity,
-)
+from zsw.infer.precision import run_precision
+from zsw.infer.reconstruct import Reconstructor
 from zsw.infer.settings import (
     BACKENDS,
     BACKGROUNDS,
@@ -42,6 +36,8 @@ from zsw.infer.settings import (
     GridSettings,
     is_estimated_prompt,
 )
+from zsw.infer.tta import resolve_tta
+from zsw.infer.weights import open_backend, resolve_backend, weights_identity
 from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
 from zsw.report import Reporter
 

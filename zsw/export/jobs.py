@@ -100,7 +100,7 @@ def _load_weights(weights: str | None, reporter: Reporter):
     """The model and the facts about its weights recorded in export.json."""
     from zsw import checkpoint
     from zsw.export.manifest import sha256_file
-    from zsw.infer.reconstruct import resolve_weights
+    from zsw.infer.weights import resolve_weights
 
     resolved, label, warning = resolve_weights(weights)  # None: the packaged model, as `zsw reconstruct`
     if warning:

@@ -78,7 +78,7 @@ def predict(
     ``pixel``: the pixel model's output for ``image`` and ``prompt`` when the caller already has it
     (it is not run again). ``pixel_fn``: what runs the pixel model on ``(image, text)`` otherwise
     (default ``backend.pixel``; ``--tta flip-pixel`` passes one that also runs it on the mirrored
-    image, :func:`zsw.infer.reconstruct.flip_averaged_pixel`). When ``timings`` is a dict, the
+    image, :func:`zsw.infer.tta.flip_averaged_pixel`). When ``timings`` is a dict, the
     seconds spent in the pixel model (``pixel``, prompt embedding included) and in lifting plus
     encoding (``encode``) are added to it; CUDA is synchronised around each stage for that, so
     leave it None when not measuring.
@@ -144,7 +144,7 @@ def load_backend(
         kind: ``torch``, ``onnxruntime`` or ``tensorrt``; ``onnxruntime+torch`` runs the pixel and
             encoder graphs of ``engine`` on ONNX Runtime and the decoder of ``weights`` (the
             checkpoint those graphs were exported from) in PyTorch. (``auto`` is resolved by
-            :func:`zsw.infer.reconstruct.resolve_backend`.)
+            :func:`zsw.infer.weights.resolve_backend`.)
         weights: for ``torch``: a zsw checkpoint path or a model (required).
         engine: for ``onnxruntime`` / ``tensorrt``: the directory written by ``zsw export``.
         device: where to run (default: CUDA if available, else CPU).

@@ -14,7 +14,7 @@
 The photo itself is kept (:attr:`LoadedImage.pixels`), so :func:`reframe` can later cut a
 different square of it -- the one around the object, at the framing the model was trained on
 (:func:`object_window`) -- without reading the file again. :attr:`LoadedImage.window` says which
-square of the photo the model input shows, and :func:`zsw.infer.reconstruct.original_intrinsics`
+square of the photo the model input shows, and :func:`zsw.infer.result.original_intrinsics`
 maps K back to the photo through it.
 
 :func:`find_images` expands files, folders and glob patterns given on the command line.

@@ -26,17 +26,11 @@ from pathlib import Path
 
 from zsw.errors import ConfigError, InputError, ZswError
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
-from zsw.infer.reconstruct import (
-    Reconstruction,
-    Reconstructor,
-    cached_backend,
-    check_inputs,
-    find_mask,
-    plan_reruns,
-    resolve_backend,
-    weights_identity,
-)
+from zsw.infer.reconstruct import Reconstructor
+from zsw.infer.reruns import find_mask, plan_reruns
+from zsw.infer.result import Reconstruction
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
+from zsw.infer.weights import cached_backend, check_inputs, resolve_backend, weights_identity
 from zsw.report import Reporter
 
 __all__ = ["reconstruct_many", "ReconstructReport"]

@@ -35,7 +35,7 @@ __all__ = [
     "default_chunk_points",
 ]
 
-#: output frames of the mesh (see zsw.infer.reconstruct)
+#: output frames of the mesh (see zsw.infer.result)
 FRAMES = ("gltf", "camera")
 #: mesh file formats
 FORMATS = ("glb", "obj", "ply", "stl")
@@ -44,9 +44,9 @@ FORMATS = ("glb", "obj", "ply", "stl")
 STL_LONGEST_SIDE_MM = 100.0
 #: grid filling strategies (see zsw.infer.grid)
 EXTRACTIONS = ("fast", "dense")
-#: inference backends (see zsw.infer.backend); ``auto`` picks one (zsw.infer.reconstruct.resolve_backend)
+#: inference backends (see zsw.infer.backend); ``auto`` picks one (zsw.infer.weights.resolve_backend)
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-#: inference precisions (see zsw.infer.reconstruct.resolve_precision)
+#: inference precisions (see zsw.infer.precision.resolve_precision)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: vertex colour modes (see zsw.infer.color)
 COLORS = ("photo", "none")
@@ -54,7 +54,7 @@ COLORS = ("photo", "none")
 REFRAMES = ("auto", "always", "never")
 #: ``--background``: correct the predicted visible mask with the photo's own background (zsw.infer.background)
 BACKGROUNDS = ("auto", "never")
-#: ``--tta``: test-time augmentation (zsw.infer.reconstruct.Reconstructor): ``flip`` also
+#: ``--tta``: test-time augmentation (zsw.infer.tta): ``flip`` also
 #: reconstructs the photo mirrored left to right and averages the two occupancy fields' logits;
 #: ``flip-pixel`` averages only the pixel model's outputs for the photo and its mirror image (one
 #: decoding); ``auto`` is ``flip`` on a GPU and ``flip-pixel`` on a CPU, where ``flip`` would double

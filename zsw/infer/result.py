@@ -1,0 +1,228 @@
+"""One image's reconstruction and the files it is saved as (:class:`Reconstruction`).
+
+**Mesh frame and units.** ``camera`` keeps the camera frame of the input view. ``gltf`` (default)
+turns it 180 degrees about x -- ``(x, y, z) -> (x, -y, -z)`` -- which is glTF's convention: y up,
+the object in front of a camera at the origin that looks down -z, its visible side facing +z, so
+glTF viewers and Blender show it upright, as photographed. Both frames keep the scale of the
+predicted depth: ZeroShape-W's depth is relative (up to an unknown scale and shift), so mesh units
+are not metres. ``result.json`` stores ``center`` and ``scale`` to map back to the model's
+normalised frame: ``normalised = (camera - center) / scale``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zsw.errors import ConfigError
+from zsw.infer.image import LoadedImage
+from zsw.infer.record import ResultRecord
+from zsw.infer.settings import FORMATS, FRAMES, STL_LONGEST_SIDE_MM
+from zsw.infer.texture import TexturedMesh
+
+__all__ = ["Reconstruction", "camera_to_frame", "original_intrinsics", "UNITS", "OBJ_MTL"]
+
+
+UNITS = "camera frame in units of the predicted relative depth (scale and shift are unknown)"
+#: the material library beside a textured ``mesh.obj`` (its atlas: ``material_0.png``)
+OBJ_MTL = "mesh.mtl"
+
+
+def camera_to_frame(points: np.ndarray, frame: str) -> np.ndarray:  # [N, 3] -> [N, 3]
+    """Camera-frame points in the output ``frame`` (``gltf``: ``(x, -y, -z)``; ``camera``: as is)."""
+    if frame == "camera":
+        return points
+    if frame == "gltf":
+        return points * np.array([1.0, -1.0, -1.0], dtype=points.dtype)
+    raise ConfigError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+
+
+@dataclass
+class Reconstruction:
+    """One image's reconstruction: the mesh, the pixel-level predictions and how they were made."""
+
+    name: str
+    mesh: object  # trimesh.Trimesh in `frame`
+    frame: str
+    image: np.ndarray  # [S, S, 3] uint8 model input
+    depth: np.ndarray  # [S, S] float32 relative depth
+    intrinsics: np.ndarray  # [3, 3] pixels of the S x S input
+    visible_mask: np.ndarray  # [S, S] bool
+    occluder_mask: np.ndarray | None  # [S, S] bool (None for models without an occluder head)
+    center: np.ndarray  # [3] camera-frame centroid of the visible surface
+    scale: float  # its radius: camera = normalised * scale + center
+    prompt: str | None
+    record: ResultRecord | None = None  # what result.json says (zsw.infer.record)
+    visible_points: np.ndarray | None = None  # [P, 3] the lifted visible surface, camera frame
+    texture: TexturedMesh | None = None  # the photo baked into an atlas (``texture=SIZE``; zsw.infer.texture)
+
+    @property
+    def info(self) -> dict:
+        """``result.json``'s content as a dict (a copy: change ``record`` instead)."""
+        return self.record.to_dict() if self.record is not None else {}
+
+    def camera_vertices(self) -> np.ndarray:  # [V, 3]
+        """Mesh vertices in the camera frame (undoes the output frame)."""
+        return camera_to_frame(np.asarray(self.mesh.vertices, dtype=np.float64), self.frame)
+
+    def mesh_normalized(self):
+        """The mesh in the model's normalised frame (where the grid lives)."""
+        import trimesh
+
+        v = (self.camera_vertices() - self.center) / self.scale
+        return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False)
+
+    def textured_mesh(self):
+        """:attr:`mesh` cut along its charts' seams, with the texture atlas as its base colour
+        (what ``mesh.glb`` and ``mesh.obj`` hold with ``texture``), or None without a texture."""
+        if self.texture is None:
+            return None
+        import trimesh
+        from PIL import Image
+
+        t = self.texture
+        visual = trimesh.visual.TextureVisuals(uv=t.uv, image=Image.fromarray(t.image))
+        vertices = np.asarray(self.mesh.vertices)[t.vertex_index]
+        return trimesh.Trimesh(vertices, t.faces, visual=visual, process=False)
+
+    def printable_mesh(self, longest_side_mm: float = STL_LONGEST_SIDE_MM):
+        """The mesh as slicers want it (``mesh.stl``) and its millimetres per camera-frame unit:
+        z up (the camera's up), the side that faced the camera towards -y (Blender's front view),
+        standing on z = 0, centred on the z axis, scaled so its longest side is
+        ``longest_side_mm``. The same triangles as :attr:`mesh` (a rotation, a shift and a scale)."""
+        import trimesh
+
+        cam = self.camera_vertices()
+        v = np.stack([cam[:, 0], cam[:, 2], -cam[:, 1]], axis=1)  # camera (x right, y down, z ahead) -> z up
+        if len(v) == 0:  # an empty mesh has no size to scale
+            return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False), None
+        lo, hi = v.min(axis=0), v.max(axis=0)
+        scale = longest_side_mm / max(float((hi - lo).max()), 1e-12)
+        base = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+        return trimesh.Trimesh((v - base) * scale, np.asarray(self.mesh.faces), process=False), scale
+
+    def preview(self, panel: int = 256) -> np.ndarray:  # [panel, 3 * panel, 3] uint8
+        """Input image | mesh from the input camera | mesh in a three-quarter view."""
+        from zsw.infer.preview import preview_image
+
+        colors = None
+        if getattr(self.mesh.visual, "kind", None) == "vertex":
+            colors = np.asarray(self.mesh.visual.vertex_colors)[:, :3]
+        return preview_image(
+            self.image, self.camera_vertices(), np.asarray(self.mesh.faces), self.intrinsics, panel, colors
+        )
+
+    def save(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("glb",), preview: bool = True) -> list[Path]:
+        """Write ``mesh.<fmt>``, ``depth.png``, the masks, ``preview.png`` and ``result.json``.
+
+        Every file is written atomically and ``result.json`` last, so a folder with a
+        ``result.json`` is complete: an earlier ``result.json`` is removed first (its files are
+        about to be replaced), and if any write fails (full disk, read-only folder) the files this
+        call wrote are removed again and the error is raised. Mesh files of formats not asked for
+        this time are removed, so the folder always matches its ``result.json``.
+        """
+        formats = (formats,) if isinstance(formats, str) else tuple(formats)  # "obj" is one format
+        bad = [f for f in formats if f not in FORMATS]
+        if bad or not formats:
+            raise ConfigError(f"mesh format must be one of {', '.join(FORMATS)}, got {bad or 'none'}")
+        from zsw.io import remove_leftovers
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out)  # temporary files of an earlier, killed run
+        (out / "result.json").unlink(missing_ok=True)
+        written: list[Path] = []
+        try:
+            self._write_files(out, formats, preview, written)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return written
+
+    def _write_files(self, out: Path, formats: Sequence[str], preview: bool, written: list[Path]) -> None:
+        from PIL import Image
+
+        from zsw.infer.preview import colorize_depth
+        from zsw.io import atomic_path, atomic_write_json
+
+        t0 = time.perf_counter()
+        stl_scale = None
+        textured = self.textured_mesh()
+        for fmt in dict.fromkeys(formats):
+            path = out / f"mesh.{fmt}"
+            mesh = self.mesh
+            if fmt == "stl":
+                mesh, stl_scale = self.printable_mesh()
+            elif fmt == "obj" and textured is not None:  # mesh.obj, mesh.mtl and the atlas beside them
+                from trimesh.exchange.obj import export_obj
+
+                text, extra = export_obj(textured, include_texture=True, return_texture=True, mtl_name=OBJ_MTL)
+                for name, data in extra.items():
+                    with atomic_path(out / name) as tmp:
+                        Path(tmp).write_bytes(data)
+                    written.append(out / name)
+                with atomic_path(path) as tmp:
+                    Path(tmp).write_text(text)
+                written.append(path)
+                continue
+            elif fmt == "glb" and textured is not None:
+                mesh = textured
+            with atomic_path(path) as tmp:
+                mesh.export(tmp, file_type=fmt)
+            written.append(path)
+        export_s = time.perf_counter() - t0
+
+        def png(name: str, array: np.ndarray) -> None:
+            path = out / name
+            with atomic_path(path) as tmp:
+                Image.fromarray(array).save(tmp, format="PNG")
+            written.append(path)
+
+        png("depth.png", colorize_depth(self.depth))
+        png("visible_mask.png", self.visible_mask.astype(np.uint8) * 255)
+        if self.occluder_mask is not None:
+            png("occluder_mask.png", self.occluder_mask.astype(np.uint8) * 255)
+        else:
+            (out / "occluder_mask.png").unlink(missing_ok=True)
+        t1 = time.perf_counter()
+        if preview:
+            png("preview.png", self.preview())
+        else:
+            (out / "preview.png").unlink(missing_ok=True)
+        preview_s = time.perf_counter() - t1
+        for fmt in FORMATS:
+            if fmt not in formats:
+                (out / f"mesh.{fmt}").unlink(missing_ok=True)
+        kept = set(written)
+        for stale in [out / OBJ_MTL, *out.glob("material_*.png")]:  # an earlier textured OBJ's side files
+            if stale not in kept:
+                stale.unlink(missing_ok=True)
+        if self.record is not None:
+            self.record.timings_s.export, self.record.timings_s.preview = export_s, preview_s
+            self.record.mesh.stl_mm_per_unit = stl_scale
+            self.record.files = sorted(p.name for p in written) + ["result.json"]
+        atomic_write_json(out / "result.json", self.info)
+        written.append(out / "result.json")
+
+
+def original_intrinsics(K: np.ndarray, image: LoadedImage) -> np.ndarray:  # [3, 3] -> [3, 3]
+    """K in pixels of the original photo (after its EXIF rotation) from K of the model input.
+
+    The input is the square ``image.square`` = (x0, y0, side) of the photo (the photo padded by
+    ``(-x0, -y0)``, or a window cut by :func:`~zsw.infer.image.reframe`) resized by ``s``; with
+    integer pixel centres a resize maps ``u_in = s * (u_photo - x0) + (s - 1) / 2``.
+    """
+    s = image.crop_scale
+    x0, y0, _ = image.square
+    left, top = -x0, -y0
+    out = np.array(K, dtype=np.float64)
+    out[0, 0], out[1, 1] = K[0, 0] / s, K[1, 1] / s
+    out[0, 2] = (K[0, 2] - (s - 1) / 2) / s - left
+    out[1, 2] = (K[1, 2] - (s - 1) / 2) / s - top
+    return out
