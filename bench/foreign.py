@@ -3,6 +3,8 @@ fitted sphere and the ellipsoid with each object's true extents.
 
     python -m zsw.bench.foreign --out bench/results/foreign/zsw-demo-v6 [--weights W] [--per-category 5] \
         [--elevation=0,10]
+    python -m zsw.bench.foreign --export data/foreign   # the same views as photos and meshes, for
+    zsw eval --data data/foreign --format folder --out foreign.json   # any model, through zsw eval
 
 The training data comes from one renderer (``zsw.synth``: SDF ray marching, ambient occlusion,
 soft shadows, Blinn-Phong). Here the objects are built another way -- trimesh's primitives (box,
@@ -163,7 +165,32 @@ def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATI
         (len(obj.vertices), 3)), light=light, supersample=1)  # fmt: skip
     gt = np.asarray(trimesh.sample.sample_surface(obj, 10000, seed=seed)[0], np.float32)
     return {"image": image, "K": K, "gt": gt, "alpha": alpha[..., 0], "object_pixels": alone.max(-1) > 0,
-            "occluded": bool(occluded), "background": str(kind)}  # fmt: skip
+            "occluded": bool(occluded), "background": str(kind), "mesh": obj}  # fmt: skip
+
+
+def view_names(per_category: int, seed: int = 31):
+    """``(category, name, seed of make_view)`` of every view, as :func:`score_views` draws them."""
+    for c, category in enumerate(CATEGORIES):
+        for i in range(per_category):
+            yield category, f"{category}_{i:02d}", seed * 1000 + c * 100 + i
+
+
+def export_views(folder: Path, per_category: int, seed: int = 31, elevation: tuple[float, float] = ELEVATION) -> int:
+    """Write every view as ``zsw eval --format folder`` reads it: ``<category>/<name>.png`` beside
+    ``<name>.ply``, the object's mesh in glTF's camera frame (OpenCV's with y and z negated).
+    Returns the number of views."""
+    from PIL import Image
+
+    n = 0
+    for category, name, view_seed in view_names(per_category, seed):
+        view = make_view(category, view_seed, elevation)
+        (folder / category).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(view["image"]).save(folder / category / f"{name}.png")
+        mesh = view["mesh"].copy()
+        mesh.vertices = mesh.vertices * np.array([1.0, -1.0, -1.0])
+        mesh.export(folder / category / f"{name}.ply")
+        n += 1
+    return n
 
 
 def score_views(
@@ -187,19 +214,17 @@ def score_views(
     recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", background=background,
                           tta=tta, smooth=SMOOTH if smooth is None else smooth)  # fmt: skip
     rows = []
-    for c, category in enumerate(CATEGORIES):
-        for i in range(per_category):
-            name = f"{category}_{i:02d}"
-            view = make_view(category, seed * 1000 + c * 100 + i, elevation)
-            rec = recon([load_image(view["image"], backend.config.pixel.image_size, name=name)])[0]
-            rng = sample_rng(0, name)
-            row = {"name": name, "category": category, "occluded": view["occluded"], "background": view["background"]}
-            row["model"] = score(mesh_points(rec.mesh, 10000, rng), view["gt"])["cd"]
-            for kind in ("sphere", "ellipsoid"):
-                pts = baseline_points(kind, rec.visible_points, view["gt"], 10000, sample_rng(0, name))
-                row[kind] = score(pts, view["gt"])["cd"]
-            rows.append(row)
-            print(f"{name}: CD model {row['model']:.4f}, sphere {row['sphere']:.4f}, ellipsoid {row['ellipsoid']:.4f}")
+    for category, name, view_seed in view_names(per_category, seed):
+        view = make_view(category, view_seed, elevation)
+        rec = recon([load_image(view["image"], backend.config.pixel.image_size, name=name)])[0]
+        rng = sample_rng(0, name)
+        row = {"name": name, "category": category, "occluded": view["occluded"], "background": view["background"]}
+        row["model"] = score(mesh_points(rec.mesh, 10000, rng), view["gt"])["cd"]
+        for kind in ("sphere", "ellipsoid"):
+            pts = baseline_points(kind, rec.visible_points, view["gt"], 10000, sample_rng(0, name))
+            row[kind] = score(pts, view["gt"])["cd"]
+        rows.append(row)
+        print(f"{name}: CD model {row['model']:.4f}, sphere {row['sphere']:.4f}, ellipsoid {row['ellipsoid']:.4f}")
     return rows
 
 
@@ -231,7 +256,8 @@ def main() -> None:
     from zsw.synth.pipeline import elevation_range
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output path without suffix")
+    ap.add_argument("--out", help="output path without suffix")
+    ap.add_argument("--export", type=Path, help="write the views for `zsw eval --format folder` instead")
     ap.add_argument("--weights", default=None, help="checkpoint (default: the packaged model)")
     ap.add_argument("--per-category", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
@@ -248,6 +274,12 @@ def main() -> None:
         elevation = elevation_range(args.elevation)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+    if args.export is not None:
+        n = export_views(args.export, args.per_category, elevation=elevation)
+        print(f"wrote {n} views to {args.export}: zsw eval --data {args.export} --format folder --out OUT.json")
+        return
+    if args.out is None:
+        raise SystemExit("--out is required (or --export DIR)")
 
     backend, label, _ = open_backend("torch", args.weights, None, "cpu")
     try:

@@ -16,11 +16,12 @@ COMMAND = dict(
     "0.005-0.2, optional rotation alignment. Writes OUT (summary), OUT with .md (tables) and "
     ".samples.jsonl (per sample); a rerun with the same settings resumes from the JSONL."
     "\n\nExample:\n\n  zsw eval --data data/Pix3D --format pix3d --weights model.safetensors --out results.json"
-    "\n\n  zsw eval --data data/proc_test --format procedural --out demo.json --baseline sphere",
+    "\n\n  zsw eval --data data/proc_test --format procedural --out demo.json --baseline sphere"
+    "\n\n  zsw eval --data my_photos/ --format folder --out mine.json   # photo.jpg beside photo.glb, ...",
 )
 
 _PER_CATEGORY = "At most this many samples per category (default: all; 10 for zeroshape)."
-_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")  # for --help; the job validates
+_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural", "folder")  # for --help; the job validates
 # help texts too long for a line of the signature
 _PROMPT = "Category prompt: text, 'category' (each sample's ground-truth category), 'auto' (CLIP) or 'vlm:<id>'."
 _BASELINE = "Score a baseline instead of the mesh: sphere, visible or ellipsoid (oracle: the true extents)."

@@ -21,10 +21,19 @@ pix3d          ``lists/<cat>_test.txt`` over Pix3D's 9 categories, ``annotation/
                exactly as ZeroShape rewrites them, ``rot_mat``, ``model``); RGBA resized to 224,
                mask = alpha > 0.5, composited on white; point cloud
                ``pointclouds/<model without "model/">.npy``; GT x and y negated
+folder         any photos with their true shapes, no lists: ``<name>.<image>`` (any suffix
+               ``zsw reconstruct`` reads) beside ``<name>.<glb|gltf|obj|ply|stl|off>`` (10,000
+               points sampled on it) or ``<name>.npy`` (``[M, 3]`` points), both in the photo's
+               camera frame as zsw writes meshes (glTF's: x right, y up, the camera looking down
+               -z; points in OpenCV's camera frame are ``(x, -y, -z)`` of that); optional
+               ``<name>.mask.png`` (the visible pixels, white); subfolders are categories (the
+               root's own files: ``object``). The photo is read as ``zsw reconstruct`` reads it
+               (EXIF, alpha, any size, framed by ``--reframe``), not resized here
 ============== =================================================================================
 
 ``gt_points`` are the ground-truth surface points rotated into the view-centric camera frame by
-the ground-truth R only (no translation), exactly what ZeroShape compares predictions against.
+the ground-truth R only (no translation), exactly what ZeroShape compares predictions against
+(the metrics centre both clouds, so a translation would not count either).
 ``intrinsics`` is the stored K for the zeroshape and procedural formats and None for the real
 sets (ZeroShape substitutes its default K there; the true one is unknown).
 
@@ -52,7 +61,13 @@ __all__ = ["EvalSample", "EvalSet", "open_eval_set", "EVAL_FORMATS", "PIX3D_CATE
 
 log = logging.getLogger(__name__)
 
-EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural")
+EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural", "folder")
+#: the ``folder`` format's photos (as ``zsw reconstruct`` reads them), true shapes and masks
+FOLDER_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+FOLDER_MESHES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+FOLDER_MASK = ".mask.png"
+#: points sampled on a ``folder`` sample's true mesh (ZeroShape samples 10,000 on each mesh)
+FOLDER_POINTS = 10_000
 #: ZeroShape scores at most this many views per category of its synthetic val set (data/synthetic.py)
 ZEROSHAPE_VIEWS_PER_CATEGORY = 10
 PIX3D_CATEGORIES = ("bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe")
@@ -63,8 +78,11 @@ SIZE = 224
 class EvalSample:
     name: str
     category: str
-    image: np.ndarray  # [224, 224, 3] uint8, as the model should see it
-    mask: np.ndarray | None  # [224, 224] bool visible mask, if the set has one
+    # [224, 224, 3] uint8, as the model should see it; or (``folder``) the photo's path, read as
+    # ``zsw reconstruct`` reads it (zsw.infer.image.load_image)
+    image: np.ndarray | Path
+    # [224, 224] bool visible mask, if the set has one; or (``folder``) the mask file at the photo's size
+    mask: np.ndarray | Path | None
     gt_points: np.ndarray  # [M, 3] float32 GT surface points, view-centric camera frame
     intrinsics: np.ndarray | None  # [3, 3]
 
@@ -169,6 +187,19 @@ def _depth_mask(path: Path) -> np.ndarray:  # [224, 224] bool
     if depth.shape != (SIZE, SIZE):
         raise InputError(f"depth {path} has shape {depth.shape}, expected ({SIZE}, {SIZE})")
     return depth != 0
+
+
+def _first_per_category(entries: list[_Entry], limit: int | None) -> list[_Entry]:
+    """The first ``limit`` entries of each category (all with None), in their order."""
+    if limit is None:
+        return entries
+    counts: dict[str, int] = {}
+    kept = []
+    for e in entries:
+        counts[e.category] = counts.get(e.category, 0) + 1
+        if counts[e.category] <= limit:
+            kept.append(e)
+    return kept
 
 
 def _keep_existing(root: Path, entries: list[_Entry]) -> tuple[list[_Entry], int]:
@@ -306,6 +337,67 @@ def _load_pix3d(entry: _Entry) -> EvalSample:
     return EvalSample(entry.name, entry.category, image, mask, gt.astype(np.float32), None)
 
 
+def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
+    """Every photo of ``root`` and its subfolders with a true shape of the same stem; the count of
+    photos without one (skipped with a warning)."""
+    entries, unmatched = [], 0
+    folders = [root, *sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))]
+    for folder in folders:
+        category = "object" if folder == root else folder.name
+        files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        shapes: dict[str, list[Path]] = {}
+        for f in files:
+            if f.suffix.lower() in (*FOLDER_MESHES, ".npy"):
+                shapes.setdefault(f.stem, []).append(f)
+        photos = [f for f in files if f.suffix.lower() in FOLDER_IMAGES and not f.name.lower().endswith(FOLDER_MASK)]
+        stems = [f.stem for f in photos]
+        for photo in photos:
+            found = shapes.get(photo.stem, [])
+            if len(found) > 1:
+                raise ConfigError(f"{photo}: {len(found)} true shapes ({', '.join(f.name for f in found)}); keep one")
+            if not found:
+                unmatched += 1
+                log.warning("skipping %s: no true shape beside it (%s.glb, .obj, .ply, ... or .npy)", photo, photo.stem)
+                continue
+            name = photo.stem if stems.count(photo.stem) == 1 else photo.name  # a.png and a.jpg: both a's shape
+            name = name if folder == root else f"{category}/{name}"
+            files_of = {"image": photo, "shape": found[0]}
+            mask = folder / f"{photo.stem}{FOLDER_MASK}"
+            if mask.is_file():
+                files_of["mask"] = mask
+            entries.append(_Entry(name, category, files_of, {}))
+    return entries, unmatched
+
+
+def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float32, OpenCV camera frame
+    """A ``folder`` sample's true surface points: the ``.npy`` points, or :data:`FOLDER_POINTS`
+    sampled on the mesh (seeded by the sample's name), turned from glTF's camera frame to OpenCV's."""
+    if path.suffix.lower() == ".npy":
+        points = _points(path)
+    else:
+        import zlib
+
+        import trimesh
+
+        try:
+            mesh = trimesh.load(path, force="mesh", process=False)
+        except Exception as e:  # trimesh raises many kinds for a broken file
+            raise InputError(f"cannot read the mesh {path}: {e}") from None
+        if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or not mesh.area > 0:
+            raise InputError(f"the mesh {path} has no surface")
+        if not np.isfinite(mesh.vertices).all():
+            raise InputError(f"the mesh {path} has non-finite vertices")
+        points, _ = trimesh.sample.sample_surface(mesh, FOLDER_POINTS, seed=zlib.crc32(name.encode()))
+        points = np.asarray(points, dtype=np.float32)
+    return points * np.array([1.0, -1.0, -1.0], dtype=np.float32)
+
+
+def _load_folder(entry: _Entry) -> EvalSample:
+    f = entry.files
+    gt = _shape_points(f["shape"], entry.name)
+    return EvalSample(entry.name, entry.category, f["image"], f.get("mask"), gt, None)
+
+
 def open_eval_set(
     root: str | os.PathLike,
     format: str,
@@ -317,8 +409,10 @@ def open_eval_set(
 
     Args:
         root: the dataset folder (e.g. ZeroShape's ``data/Pix3D``).
-        format: one of ``zeroshape``, ``pix3d``, ``ocrtoc``, ``omniobject3d``, ``procedural``.
-        split: override the list split (default ``test``; ``val`` for ``zeroshape``).
+        format: one of ``zeroshape``, ``pix3d``, ``ocrtoc``, ``omniobject3d``, ``procedural``,
+            ``folder``.
+        split: override the list split (default ``test``; ``val`` for ``zeroshape``; ``folder``
+            has none).
         max_per_category: keep at most this many samples per category (default: all; 10 for
             ``zeroshape``, as ZeroShape evaluates its synthetic data).
     """
@@ -338,15 +432,14 @@ def open_eval_set(
         if split not in (None, "test"):
             raise ConfigError(f"{format} has only a test split")
         entries = _scan_entries(root, "depth_np" if format == "ocrtoc" else "depth", 5 if format == "ocrtoc" else 1)
-        if max_per_category is not None:
-            counts: dict[str, int] = {}
-            kept = []
-            for e in entries:
-                counts[e.category] = counts.get(e.category, 0) + 1
-                if counts[e.category] <= max_per_category:
-                    kept.append(e)
-            entries = kept
+        entries = _first_per_category(entries, max_per_category)
         load = _load_scan
+    elif format == "folder":
+        if split is not None:
+            raise ConfigError("the folder format has no splits: every photo with a true shape is evaluated")
+        entries, bad = _folder_entries(root)
+        entries = _first_per_category(entries, max_per_category)
+        load = _load_folder
     else:
         entries, bad = _pix3d_entries(root, split or "test", max_per_category)
         load = _load_pix3d

@@ -245,7 +245,6 @@ def evaluate_samples(
     ``on_sample(row, error)`` is called after each sample (for progress bars and messages).
     """
     from zsw.errors import ZswError
-    from zsw.infer.image import LoadedImage, load_image
 
     size = reconstructor.backend.config.pixel.image_size
     done = log.done
@@ -255,13 +254,20 @@ def evaluate_samples(
         if not batch:
             return
         t0 = time.perf_counter()
-        images = []
+        images, masks, readable = [], [], []
         for s in batch:
-            img = np.asarray(s.image)
-            if img.shape == (size, size, 3) and img.dtype == np.uint8:
-                images.append(LoadedImage(s.name, img, (size, size)))
-            else:
-                images.append(load_image(img, size, name=s.name))
+            try:
+                im, mask = _model_input(s, size)
+            except ZswError as e:  # a photo or mask of the folder format that cannot be read
+                if on_sample:
+                    on_sample(None, f"{s.name}: {e}")
+                continue
+            images.append(im)
+            masks.append(mask)
+            readable.append(s)
+        batch[:] = readable
+        if not batch:
+            return
         if settings.prompt == "category":
             prompts = [s.category for s in batch]
         elif estimator is not None:
@@ -271,9 +277,8 @@ def evaluate_samples(
         else:
             prompts = settings.prompt
         needs_mask = settings.use_mask or reconstructor.needs_mask
-        masks = [s.mask for s in batch] if needs_mask else None
         try:
-            recs = reconstructor(images, prompts, masks, with_mesh=settings.baseline is None)
+            recs = reconstructor(images, prompts, masks if needs_mask else None, with_mesh=settings.baseline is None)
         except ZswError as e:
             for s in batch:
                 if on_sample:
@@ -310,6 +315,22 @@ def evaluate_samples(
             flush()
     flush()
     return log.rows
+
+
+def _model_input(sample, size: int):
+    """A sample's model input (:class:`~zsw.infer.image.LoadedImage`) and its visible mask at that
+    input (``[size, size]`` bool, or None): a stored ``[size, size, 3]`` image as it is, any other
+    array or a photo's path (the ``folder`` format) read and framed as ``zsw reconstruct`` does."""
+    from zsw.infer.image import LoadedImage, load_image, load_mask
+
+    if isinstance(sample.image, (str, os.PathLike)):
+        image = load_image(sample.image, size, name=sample.name)
+        return image, load_mask(sample.mask, image) if sample.mask is not None else None
+    img = np.asarray(sample.image)
+    if img.shape == (size, size, 3) and img.dtype == np.uint8:
+        return LoadedImage(sample.name, img, (size, size)), sample.mask
+    image = load_image(img, size, name=sample.name)
+    return image, load_mask(sample.mask, image) if sample.mask is not None else None
 
 
 def _mean(rows: Sequence[dict], key: str) -> float | None:

@@ -1,0 +1,113 @@
+"""``zsw eval --format folder``: any photos with their true shapes, no lists or layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsw.data.eval_sets import FOLDER_POINTS, open_eval_set
+from zsw.errors import ConfigError
+
+runner = CliRunner()
+
+
+def _box(path: Path, center=(0.0, 0.5, -3.0)) -> None:
+    import trimesh
+
+    trimesh.creation.box(extents=(1.0, 0.4, 0.2)).apply_translation(center).export(path)
+
+
+def _photo(path: Path, size=(40, 30)) -> None:
+    Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8)).save(path)
+
+
+def test_folder_pairs_photos_with_their_shapes_and_categories(tmp_path, caplog):
+    _photo(tmp_path / "a.png")
+    _box(tmp_path / "a.glb")
+    _photo(tmp_path / "b.jpg")  # no shape: skipped and counted
+    (tmp_path / "chair").mkdir()
+    _photo(tmp_path / "chair" / "c.webp")
+    np.save(tmp_path / "chair" / "c.npy", np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32))
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "chair" / "c.mask.png")  # a mask, not a photo
+    with caplog.at_level("WARNING"):
+        data = open_eval_set(tmp_path, "folder")
+    assert data.names() == ["a", "chair/c"] and data.categories() == ["chair", "object"]
+    assert data.skipped == 1 and "b.jpg" in caplog.text
+    a, c = data[0], data[1]
+    assert a.category == "object" and a.image == tmp_path / "a.png" and a.mask is None and a.intrinsics is None
+    assert c.category == "chair" and c.mask == tmp_path / "chair" / "c.mask.png"
+    # the mesh: FOLDER_POINTS points on its surface, the same every time, turned from glTF's camera
+    # frame (y up, looking down -z) to OpenCV's (y down, z ahead): the box above the axis and in
+    # front of the camera has y < 0 and z > 0
+    assert a.gt_points.shape == (FOLDER_POINTS, 3) and np.array_equal(a.gt_points, data[0].gt_points)
+    assert (a.gt_points[:, 1] < 0).all() and (a.gt_points[:, 2] > 0).all()
+    assert np.ptp(a.gt_points, axis=0) == pytest.approx([1.0, 0.4, 0.2], abs=0.02)
+    raw = np.load(tmp_path / "chair" / "c.npy")
+    np.testing.assert_array_equal(c.gt_points, raw * np.array([1, -1, -1], np.float32))
+    assert open_eval_set(tmp_path, "folder", max_per_category=1).names() == ["a", "chair/c"]
+
+
+def test_folder_refuses_what_it_cannot_pair(tmp_path):
+    _photo(tmp_path / "a.png")
+    _box(tmp_path / "a.glb")
+    _box(tmp_path / "a.ply")
+    with pytest.raises(ConfigError, match="a.png: 2 true shapes"):
+        open_eval_set(tmp_path, "folder")
+    (tmp_path / "a.ply").unlink()
+    with pytest.raises(ConfigError, match="no splits"):
+        open_eval_set(tmp_path, "folder", split="test")
+    _photo(tmp_path / "a.jpg")  # two photos of one shape keep apart by their suffix
+    assert open_eval_set(tmp_path, "folder").names() == ["a.jpg", "a.png"]
+    (tmp_path / "d.png").write_bytes(b"")
+    (tmp_path / "d.obj").write_text("not a mesh\n")
+    data = open_eval_set(tmp_path, "folder")
+    assert [s.name for s in data] == ["a.jpg", "a.png"] and data.corrupt == 1  # the empty mesh is skipped
+
+
+@pytest.mark.slow
+def test_folder_scores_what_the_procedural_format_scores_and_reports_an_unreadable_photo(tmp_path):
+    """The same views as photos beside their true points (in glTF's camera frame, as a user exports
+    them) score as the procedural format scores them: the frame, the photo and the mask reading are
+    right. A photo that cannot be read fails alone, in one line."""
+    from zsw.cli.main import app
+    from zsw.data.layout import ZeroShapeLayout
+    from zsw.synth.procedural import ProceduralConfig, generate
+
+    proc = tmp_path / "proc"
+    cfg = ProceduralConfig(objects=2, views=1, seed=3, categories=("mug", "box"), split_fractions=(0.0, 0.0, 1.0),
+                           bake_splits=("test",))  # fmt: skip
+    generate(proc, cfg)
+    layout = ZeroShapeLayout(proc)
+    folder = tmp_path / "folder"  # no subfolders: the samples' names (which seed their scoring) are the same
+    folder.mkdir()
+    for cat in layout.categories():
+        for sid in layout.read_list(cat, "test"):
+            R = np.load(layout.extrinsics(sid))[:3, :3]
+            camera = np.load(layout.pointcloud(sid)) @ R.T  # OpenCV's camera frame
+            np.save(folder / f"{sid.name}.npy", (camera * [1, -1, -1]).astype(np.float32))
+            Image.open(layout.image(sid)).save(folder / f"{sid.name}.png")
+            Image.open(layout.visible_mask(sid)).save(folder / f"{sid.name}.mask.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    np.save(folder / "broken.npy", np.ones((10, 3), np.float32))
+
+    base = ["eval", "--weights", "random:tiny", "--resolution", "12", "--num-points", "300"]
+    for mask in ([], ["--use-mask"]):  # the model's own masks, then the set's (the folder's .mask.png)
+        scores = {}
+        for fmt, data in (("procedural", proc), ("folder", folder)):
+            out = tmp_path / f"{fmt}{len(mask)}.json"
+            result = runner.invoke(app, [*base, *mask, "--format", fmt, "--data", str(data), "--out", str(out)])
+            assert result.exit_code == (1 if fmt == "folder" else 0), result.output  # 1: a sample failed
+            lines = out.with_name(f"{out.stem}.samples.jsonl").read_text().splitlines()[1:]
+            scores[fmt] = {json.loads(x)["name"]: json.loads(x)["cd"] for x in lines}
+            summary = json.loads(out.read_text())
+        assert summary["failed"] == 1 and summary["evaluated"] == 2
+        said = [line for line in result.output.splitlines() if "broken" in line]
+        assert len(said) == 1 and "broken.png: not an image file" in said[0], result.output
+        assert scores["folder"].keys() == scores["procedural"].keys() and len(scores["folder"]) == 2
+        for name, cd in scores["procedural"].items():
+            assert scores["folder"][name] == pytest.approx(cd, rel=1e-4), (name, mask, scores)
