@@ -59,7 +59,7 @@ def _agreement(fast, dense, cell: float) -> tuple[bool, float]:
 
 def compare(logits: list[torch.Tensor], resolution: int, bound: float, setting: tuple[float, ...]) -> dict:
     from zsw.infer.grid import drop_small_parts, marching_cubes, occupancy_grid
-    from zsw.infer.reconstruct import MIN_PART
+    from zsw.infer.settings import MIN_PART
 
     coarse, margin, dilate, grow = setting
     cell = 2 * bound / resolution
