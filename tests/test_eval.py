@@ -245,6 +245,29 @@ def test_eval_numbers_depend_on_the_samples_only_and_resume_checks_the_dataset(p
     assert str(other.resolve()) in lines[0] and len(lines) == 5  # only the new set's rows
 
 
+def test_eval_does_not_resume_a_set_rewritten_in_place(tmp_path):
+    """Procedural names repeat across seeds: a test set regenerated into the same folder with another
+    seed has the same names and path, and its old scores must not be resumed as if they were its own."""
+    import shutil
+
+    from zsw.cli.main import app
+    from zsw.synth.procedural import ProceduralConfig, generate
+
+    data, out = tmp_path / "test", tmp_path / "r.json"
+    base = ["eval", "--data", str(data), "--format", "procedural", "--weights", "random:tiny", "--resolution", "8",
+            "--num-points", "100", "--out", str(out), "--limit", "1"]  # fmt: skip
+    for seed in (3, 9):
+        shutil.rmtree(data, ignore_errors=True)
+        cfg = ProceduralConfig(objects=1, views=1, seed=seed, categories=("box",), split_fractions=(0.0, 0.0, 1.0))
+        generate(data, cfg)
+        result = runner.invoke(app, base)
+        if seed == 3:
+            assert result.exit_code == 0, result.output
+            again = runner.invoke(app, base)  # the same files: resumed
+            assert again.exit_code == 0 and "resuming: 1 sample(s)" in again.output, again.output
+    assert result.exit_code == 1 and "data differ" in result.output, result.output
+
+
 @pytest.mark.slow
 def test_eval_resume_is_keyed_on_the_weights_content_not_their_path(procedural_test_set, tmp_path):
     """Retraining into the same checkpoint file and evaluating into the same --out must not reuse

@@ -14,7 +14,6 @@ the JSONL; anything that changes a number starts afresh only with ``overwrite``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -133,7 +132,7 @@ def evaluate_set(
     backend, label, warning = open_backend(kind, s.weights, s.engine, s.device)
     if warning:
         reporter.warning(warning)
-    measured = _measured(data, samples.names(), weights_identity(s.weights, s.engine), s, backend)
+    measured = _measured(data, samples.fingerprint(), weights_identity(s.weights, s.engine), s, backend)
     jsonl = out.with_name(out.stem + ".samples.jsonl")
     remove_leftovers(out.parent, names=[out.name, out.with_suffix(".md").name, jsonl.name])  # of a killed run
     log = ResultsLog(jsonl, measured, overwrite=s.overwrite)
@@ -163,10 +162,10 @@ def evaluate_set(
     return EvalReport(out, out.with_suffix(".md"), jsonl, result, failures, title)
 
 
-def _measured(data: Path, all_names: list[str], weights: str, s: EvalJobSettings, backend) -> EvalSettings:
-    """The resume key: every setting that changes a number, and the weights' and dataset's identity."""
+def _measured(data: Path, fingerprint: str, weights: str, s: EvalJobSettings, backend) -> EvalSettings:
+    """The resume key: every setting that changes a number, and the weights' and dataset's identity
+    (the whole set's :meth:`~zsw.data.eval_sets.EvalSet.fingerprint`, not only the ``--limit`` part)."""
     precision = run_precision(backend.name, s.precision, backend.device)
-    fingerprint = hashlib.sha1("\n".join(all_names).encode()).hexdigest()[:12]  # the whole set, not --limit
     g = s.grid
     return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,
                         fast=g.refinement,
