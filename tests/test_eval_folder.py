@@ -52,6 +52,13 @@ def test_folder_pairs_photos_with_their_shapes_and_categories(tmp_path, caplog):
     assert open_eval_set(tmp_path, "folder", max_per_category=1).names() == ["a", "chair/c"]
 
 
+def test_folder_reads_the_photos_zsw_reconstruct_reads():
+    from zsw.data.eval_sets import FOLDER_IMAGES
+    from zsw.infer.image import IMAGE_SUFFIXES  # the data layer may not import it: kept equal here
+
+    assert FOLDER_IMAGES == IMAGE_SUFFIXES
+
+
 def test_folder_refuses_what_it_cannot_pair(tmp_path):
     _photo(tmp_path / "a.png")
     _box(tmp_path / "a.glb")
