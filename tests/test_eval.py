@@ -203,6 +203,9 @@ def test_eval_cli_end_to_end_with_resume_and_baseline(procedural_test_set, tmp_p
     assert sphere.exit_code == 0, sphere.output
     rows = [json.loads(line) for line in ball.with_name("ball.samples.jsonl").read_text().splitlines()[1:]]
     assert len(rows) == 2 and all(r["cd"] > 0.01 for r in rows)  # a ball is not a mug or a box
+    # a baseline makes no mesh: no "predicted meshes are empty" warning or note
+    assert json.loads(ball.read_text())["empty_meshes"] == 0 and "empty" not in sphere.output
+    assert "empty" not in ball.with_suffix(".md").read_text()
 
 
 @pytest.mark.slow

@@ -299,7 +299,7 @@ def evaluate_samples(
                 "category": s.category,
                 **metrics,
                 "prompt": rec.prompt,
-                "faces": len(rec.mesh.faces),
+                "faces": len(rec.mesh.faces) if settings.baseline is None else None,  # a baseline makes no mesh
                 "seconds": seconds + time.perf_counter() - t1,
             }
             log.append(row)
