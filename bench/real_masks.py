@@ -7,15 +7,15 @@ its procedural scores matter (``bench/results/shape-learning.md`` (p)).
 
 Per photo: the IoU of the model's visible mask at probability 0.5 on the 224 x 224 input (as
 ``tests/test_reconstruct.py::test_packaged_model_finds_the_object_in_real_photos`` computes it),
-and after ``--background auto``'s correction by the photo's plain background. ``--tta flip-pixel``
-averages the pixel model's outputs with those for the mirrored photo first, as ``zsw reconstruct
---tta flip-pixel`` does (``flip`` leaves the masks as they are: it mirrors the occupancy only).
+and after ``--background auto``'s correction by the photo's plain background. The pixel model runs
+as ``zsw reconstruct`` runs it (``zsw.infer.tta.pixel_function``: a pixel both masks claim goes
+to the more confident one); ``--tta flip-pixel`` averages its outputs with those for the mirrored
+photo first (``flip`` leaves the masks as they are: it mirrors the occupancy only).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,11 @@ def mask_ious(weights: str, examples: Path = REPO / "examples", tta: str = "none
     from zsw.infer.backend import predict
     from zsw.infer.background import refine_visible_mask
     from zsw.infer.image import load_image, load_mask
-    from zsw.infer.tta import flip_averaged_pixel
+    from zsw.infer.tta import pixel_function
     from zsw.infer.weights import open_backend
 
     backend = open_backend(weights=weights)[0]
-    pixel_fn = functools.partial(flip_averaged_pixel, backend) if tta == "flip-pixel" else None
+    pixel_fn = pixel_function(backend, tta)  # as zsw reconstruct runs the pixel model
     out = {}
     for path in sorted(Path(examples).glob("*.png")):
         image = load_image(path, 224)

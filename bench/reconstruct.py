@@ -31,7 +31,6 @@ refines the whole grid; time it with trained weights.
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
@@ -57,14 +56,14 @@ def _one_run(
     """Stage seconds of one reconstruction and the number of decoded points."""
     from zsw.infer.backend import predict
     from zsw.infer.grid import marching_cubes, occupancy_grid
-    from zsw.infer.tta import flip_averaged_pixel, occupancy_function
+    from zsw.infer.tta import occupancy_function, pixel_function
 
     device = backend.device
     t: dict[str, float] = {}
-    # flip-pixel: both pixel-model passes count in the pixel stage
-    pixel_fn = functools.partial(flip_averaged_pixel, backend) if tta == "flip-pixel" else None
+    # the pixel passes zsw reconstruct makes (flip-pixel: both count in the pixel stage)
+    pixel_fn = pixel_function(backend, tta)
     pred = predict(backend, image, None, timings=t, pixel_fn=pixel_fn)
-    mirrored = predict(backend, image.flip(-1), None, timings=t) if tta == "flip" else None
+    mirrored = predict(backend, image.flip(-1), None, timings=t, pixel_fn=pixel_fn) if tta == "flip" else None
     decode = occupancy_function(backend, pred, mirrored)  # autocast: the caller's context
     _sync(device)
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from zsw.infer.background import plain_background, refine_visible_mask
@@ -165,11 +166,22 @@ def test_a_photo_left_as_it_is_is_corrected_once_and_as_without_framing(tmp_path
     assert np.array_equal(framed.mesh.vertices, plain.mesh.vertices)
 
 
-def test_reframing_frames_the_corrected_mask_not_the_spill(tmp_path):
-    """A small object on a graded backdrop: the model's mask (random weights here) spills over the
-    backdrop, so framing on it would keep the whole photo. The framing pass corrects the mask with
-    the photo's background first, as the reconstruction does, and cuts the input around the object."""
+def test_reframing_frames_the_corrected_mask_not_the_spill(tmp_path, monkeypatch):
+    """A small object on a graded backdrop: the model's mask spills over the whole backdrop (the
+    random model's heads are replaced by a visible mask everywhere and no occluder), so framing on
+    it would keep the whole photo. The framing pass corrects the mask with the photo's background
+    first, as the reconstruction does, and cuts the input around the object."""
     import zsw
+    from zsw.infer.backend import TorchBackend
+    from zsw.model import PixelOutput
+
+    real = TorchBackend.pixel
+
+    def spill(self, image, text):
+        out = real(self, image, text)
+        return PixelOutput(out.depth, out.intrinsics, torch.full_like(out.depth, 5.0), torch.full_like(out.depth, -5.0))
+
+    monkeypatch.setattr(TorchBackend, "pixel", spill)
 
     t = np.linspace(0, 1, S)[None, :, None]
     img = np.broadcast_to((1 - t) * np.array([210, 200, 230]) + t * np.array([230, 235, 200]), (S, S, 3)).copy()

@@ -192,3 +192,56 @@ def test_flip_pixel_makes_the_pixel_model_mirror_symmetric(repo_root, tiny_model
     backend.pixel_calls, backend.decoded = 0, {}
     rec = recon([load_image(repo_root / "examples" / "toy.png")])[0]
     assert backend.pixel_calls == 2 and len(backend.decoded) == 1 and rec.info["model"]["tta"] == "flip-pixel"
+
+
+# ---- a pixel is the object or an occluder, not both ---------------------------------------------
+
+
+def test_exclusive_leaves_each_pixel_both_masks_claim_to_the_more_confident_head():
+    v = torch.tensor([[[[2.0, 1.0, 0.5, -1.0, 3.0, 0.0]]]])
+    o = torch.tensor([[[[1.0, 2.0, 0.5, 4.0, -2.0, 0.0]]]])
+    out = PixelOutput(torch.zeros(1, 1, 1, 6), torch.eye(3)[None], v, o).exclusive()
+    vis, occ = out.visible_mask_logits >= 0, out.occluder_mask_logits >= 0
+    assert vis.flatten().tolist() == [True, False, True, False, True, True]  # ties go to the object
+    assert occ.flatten().tolist() == [False, True, False, True, False, False]
+    assert not (vis & occ).any()
+    unclaimed = ~((v >= 0) & (o >= 0))  # where the heads do not both claim a pixel, nothing moves
+    assert torch.equal(out.visible_mask_logits[unclaimed], v[unclaimed])
+    assert torch.equal(out.occluder_mask_logits[unclaimed], o[unclaimed])
+    no_head = PixelOutput(out.depth, out.intrinsics, v, None)
+    assert no_head.exclusive() is no_head  # ZeroShape: no occluder head, nothing to settle
+
+
+@pytest.mark.parametrize("tta", ["none", "flip-pixel", "flip"])
+def test_every_pass_of_the_reconstruction_reads_the_masks_as_exclusive(repo_root, tiny_model, monkeypatch, tta):
+    """The random model's heads are made to both claim the image's left half: every pass (framing,
+    the background's masks, the prediction and its mirrored twin) must settle it, so the result's
+    masks never overlap; the raw heads' masks do."""
+    real = TorchBackend.pixel
+    seen = []
+
+    def both_claim(self, image, text):
+        out = real(self, image, text)
+        claim = torch.zeros_like(out.visible_mask_logits)
+        claim[..., : claim.shape[-1] // 2] = 1.0
+        out = PixelOutput(out.depth, out.intrinsics, claim + 0.5, claim * torch.rand_like(claim) * 4)
+        seen.append(bool(((out.visible_mask_logits >= 0) & (out.occluder_mask_logits >= 0)).any()))
+        return out
+
+    import zsw.infer.backend as backend_module
+
+    lifted = []
+    real_lift = backend_module.lift_surface
+
+    def lift(pix, *args, **kwargs):  # every prediction, the mirrored one of --tta flip included
+        lifted.append(bool(((pix.visible_mask_logits >= 0) & (pix.occluder_mask_logits >= 0)).any()))
+        return real_lift(pix, *args, **kwargs)
+
+    monkeypatch.setattr(TorchBackend, "pixel", both_claim)
+    monkeypatch.setattr(backend_module, "lift_surface", lift)
+    image = load_image(repo_root / "examples" / "toy.png", 224)
+    rec = Reconstructor(TorchBackend(tiny_model), resolution=RES, tta=tta)([image])[0]
+    assert seen and all(seen)  # the heads did claim pixels twice, in every pass
+    assert len(lifted) == (2 if tta == "flip" else 1) and not any(lifted)
+    assert rec.visible_mask.any() and rec.occluder_mask.any()
+    assert not (rec.visible_mask & rec.occluder_mask).any()

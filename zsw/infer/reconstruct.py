@@ -45,7 +45,7 @@ from zsw.infer.settings import (
     is_estimated_prompt,
 )
 from zsw.infer.texture import bake_texture, check_texture_size
-from zsw.infer.tta import flip_averaged_pixel, occupancy_function, resolve_tta
+from zsw.infer.tta import occupancy_function, pixel_function, resolve_tta
 from zsw.infer.weights import cached_backend, open_backend, resolve_backend
 from zsw.model import PixelOutput
 
@@ -209,6 +209,8 @@ class Reconstructor:
             raise ConfigError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         self.background = background
         self.tta = resolve_tta(tta, backend.device)
+        # the pixel model as every pass here runs it: framing, the background's masks, the prediction
+        self._pixel = pixel_function(backend, self.tta)
         self.precision = run_precision(backend.name, precision, backend.device)
         self.warnings: list[str] = []
         if precision != "auto" and precision != self.precision:
@@ -335,13 +337,6 @@ class Reconstructor:
             todo = moved
         return images, masks, seconds, seen
 
-    def _pixel(self, batch: torch.Tensor, text: torch.Tensor | None) -> PixelOutput:
-        """The pixel model's output for ``batch``; with ``tta="flip-pixel"``, averaged with its
-        output for the batch mirrored left to right (:func:`mirror_average`)."""
-        if self.tta == "flip-pixel":
-            return flip_averaged_pixel(self.backend, batch, text)
-        return self.backend.pixel(batch, text)
-
     def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
         """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
         mask corrected by the photo's own background (:mod:`zsw.infer.background`): None where the
@@ -393,7 +388,8 @@ class Reconstructor:
             mirrored = None
             if with_mesh and self.tta == "flip":  # its own pixel pass; a known or corrected mask is mirrored
                 flipped = None if mask_t is None else mask_t.flip(-1)
-                mirrored = predict(backend, batch.flip(-1), prompt_arg, mask=flipped, timings=timings)
+                mirrored = predict(backend, batch.flip(-1), prompt_arg, mask=flipped, timings=timings,
+                                   pixel_fn=self._pixel)  # fmt: skip
         label = self.weights_label or backend.name
         for p in (pred, mirrored):
             for name in ("depth", "intrinsics", "visible_points"):

@@ -205,6 +205,22 @@ class PixelOutput:
         columns = zip(*(p._tensors() for p in parts))
         return PixelOutput(*(None if c[0] is None else torch.cat(c) for c in columns))
 
+    def exclusive(self) -> PixelOutput:
+        """These outputs with each pixel that both masks claim (both logits >= 0) left to the more
+        confident head (the visible one on a tie): the other head's logit there becomes negative.
+
+        The two heads are independent sigmoids, so a pixel can come out both "the object, seen"
+        and "an occluder in front of it"; it is then lifted into the visible surface *and* handed
+        to the encoder as occluder. Inference reads the masks this way (``zsw.infer.tta.pixel_function``);
+        training keeps the heads' own outputs. Unchanged without an occluder head."""
+        v, o = self.visible_mask_logits, self.occluder_mask_logits
+        if v is None or o is None:
+            return self
+        both = (v >= 0) & (o >= 0)
+        visible = torch.where(both & (o > v), -v - 1e-3, v)  # a claimed pixel's logit is >= 0: now < 0
+        occluder = torch.where(both & (v >= o), -o - 1e-3, o)
+        return PixelOutput(self.depth, self.intrinsics, visible, occluder)
+
     def _tensors(self) -> tuple[Tensor | None, ...]:
         return self.depth, self.intrinsics, self.visible_mask_logits, self.occluder_mask_logits
 
