@@ -119,7 +119,7 @@ class Reconstructor:
             :func:`zsw.infer.settings.default_chunk_points`).
         weights_label: how the weights are named in ``result.json``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``: autocast of the PyTorch backend (see
-            :func:`resolve_precision`); exported engines keep the precision they were built with.
+            :func:`~zsw.infer.precision.resolve_precision`); exported engines keep the precision they were built with.
         close: space outside the grid counts as empty, so meshes are watertight (default);
             False leaves surfaces that reach the grid's bound open there.
         min_part: drop disconnected parts whose surface area is below this fraction of the
@@ -147,13 +147,15 @@ class Reconstructor:
         tta: test-time augmentation. ``flip`` also runs the pixel model and the encoder on the
             input mirrored left to right -- its camera sees the scene reflected through the plane
             x = 0 -- and takes each query point's occupancy logit as the mean of the two fields' at
-            the point and at its reflection (:func:`occupancy_function`): grid decoding costs twice
-            as much; the depth, masks and camera in the result are the unmirrored input's.
-            ``flip-pixel`` runs only the pixel model on the mirrored input too, every time it runs
-            (framing passes included), and uses the mean of the two outputs
-            (:func:`mirror_average`) as the pixel model's: one encoding, one decoding. ``none``
-            uses the input alone. ``auto`` (default, :func:`resolve_tta`) is ``flip`` on CUDA and
-            ``flip-pixel`` on the CPU.
+            the point and at its reflection (:func:`~zsw.infer.tta.occupancy_function`): grid
+            decoding costs twice as much; the depth, masks and camera in the result are the
+            unmirrored input's. ``flip-pixel`` runs only the pixel model on the mirrored input too,
+            every time it runs (framing passes included), and uses the mean of the two outputs
+            (:func:`~zsw.infer.tta.mirror_average`) as the pixel model's: one encoding, one
+            decoding. ``none`` uses the input alone. ``auto`` (default,
+            :func:`~zsw.infer.tta.resolve_tta`) is ``flip`` on CUDA and ``flip-pixel`` on the CPU.
+            Every pixel-model pass reads the two masks as one label per pixel
+            (:func:`~zsw.infer.tta.pixel_function`).
     """
 
     def __init__(
@@ -579,7 +581,7 @@ def reconstruct(
         threshold: occupancy probability of the surface.
         frame: ``gltf`` (y up, facing +z, default) or ``camera`` (x right, y down, z forward).
         device: ``cuda``, ``cpu``, ... (default: CUDA if available).
-        backend: ``auto`` (see :func:`resolve_backend`), ``torch``, ``onnxruntime``, ``tensorrt``,
+        backend: ``auto`` (see :func:`~zsw.infer.weights.resolve_backend`), ``torch``, ``onnxruntime``, ``tensorrt``,
             or a :class:`~zsw.infer.backend.Backend`.
         engine: folder written by ``zsw export`` (ONNX Runtime / TensorRT backends).
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
