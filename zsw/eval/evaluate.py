@@ -323,14 +323,13 @@ def _model_input(sample, size: int):
     array or a photo's path (the ``folder`` format) read and framed as ``zsw reconstruct`` does."""
     from zsw.infer.image import LoadedImage, load_image, load_mask
 
-    if isinstance(sample.image, (str, os.PathLike)):
-        image = load_image(sample.image, size, name=sample.name)
-        return image, load_mask(sample.mask, image) if sample.mask is not None else None
-    img = np.asarray(sample.image)
-    if img.shape == (size, size, 3) and img.dtype == np.uint8:
-        return LoadedImage(sample.name, img, (size, size)), sample.mask
-    image = load_image(img, size, name=sample.name)
-    return image, load_mask(sample.mask, image) if sample.mask is not None else None
+    source = sample.image
+    if not isinstance(source, (str, os.PathLike)):
+        source = np.asarray(source)
+        if source.shape == (size, size, 3) and source.dtype == np.uint8:
+            return LoadedImage(sample.name, source, (size, size)), sample.mask
+    image = load_image(source, size, name=sample.name)
+    return image, None if sample.mask is None else load_mask(sample.mask, image)
 
 
 def _mean(rows: Sequence[dict], key: str) -> float | None:
