@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,7 +368,7 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
             if f.suffix.lower() in (*FOLDER_MESHES, ".npy"):
                 shapes.setdefault(f.stem, []).append(f)
         photos = [f for f in files if f.suffix.lower() in FOLDER_IMAGES and not f.name.lower().endswith(FOLDER_MASK)]
-        stems = [f.stem for f in photos]
+        stems = Counter(f.stem for f in photos)
         for photo in photos:
             found = shapes.get(photo.stem, [])
             if len(found) > 1:
@@ -376,7 +377,7 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
                 unmatched += 1
                 log.warning("skipping %s: no true shape beside it (%s.glb, .obj, .ply, ... or .npy)", photo, photo.stem)
                 continue
-            name = photo.stem if stems.count(photo.stem) == 1 else photo.name  # a.png and a.jpg: both a's shape
+            name = photo.stem if stems[photo.stem] == 1 else photo.name  # a.png and a.jpg: both a's shape
             name = name if folder == root else f"{category}/{name}"
             files_of = {"image": photo, "shape": found[0]}
             mask = folder / f"{photo.stem}{FOLDER_MASK}"
