@@ -34,6 +34,13 @@ Background = Annotated[
         "(RGBA transparency, a border of one plain or smoothly graded colour): auto or never."
     ),
 ]
+Cutout = Annotated[
+    str,
+    typer.Option(
+        help="Remove the photo's background first and go on as with an RGBA file: none, rembg (rembg's default "
+        'model) or rembg:<model> (u2net, isnet-general-use, birefnet-general, ...). Needs pip install "zsw\\[cutout]".'
+    ),
+]
 Reframe = Annotated[
     str,
     typer.Option(

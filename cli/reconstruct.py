@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+import zsw  # the public API: the command runs what zsw.reconstruct_many runs
 from zsw.cli import _common as opts
 from zsw.cli._common import RichReporter, cli_errors
 
@@ -21,7 +22,8 @@ COMMAND = dict(
     "--frame camera is x right, y down, z forward. Units follow the predicted (relative) depth."
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
     "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128"
-    "\n\n  zsw reconstruct photo.jpg -o out/ --faces 5000 --texture 1024",
+    "\n\n  zsw reconstruct photo.jpg -o out/ --faces 5000 --texture 1024"
+    "\n\n  zsw reconstruct cluttered.jpg -o out/ --cutout rembg     # remove the background first",
 )
 APP_COMMAND = dict(
     help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
@@ -61,6 +63,7 @@ def reconstruct(
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
+    cutout: opts.Cutout = "none",
     tta: opts.Tta = "auto",
     color: opts.Color = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
@@ -71,14 +74,12 @@ def reconstruct(
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,
 ) -> None:
-    import zsw  # the public API: the command runs what zsw.reconstruct_many runs
-
     grid = zsw.GridSettings(resolution, extraction, threshold, close=close, chunk_points=chunk_points)
     settings = zsw.ReconstructSettings(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
         preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
-        background=background, tta=tta, texture=texture)  # fmt: skip
+        background=background, tta=tta, texture=texture, cutout=cutout)  # fmt: skip
     report = zsw.reconstruct_many(inputs, out, settings, reporter := RichReporter())
     reporter.summary(report.summary(), report.ok)
     raise typer.Exit(0 if report.ok else 1)  # 1: some image failed
@@ -91,6 +92,7 @@ def app(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option(help="Also open a public gradio.live link.")] = False,
+    cutout: opts.Cutout = "none",
 ) -> None:
     try:
         from zsw.app import build_app, serve, stop_on_sigterm, wait
@@ -103,7 +105,7 @@ def app(
     from zsw.infer.settings import ReconstructSettings
 
     stop_on_sigterm()  # before the URL is printed: a stop right after it still cleans up
-    demo = build_app(ReconstructSettings(weights=weights, device=device))
+    demo = build_app(ReconstructSettings(weights=weights, device=device, cutout=cutout))
     url = serve(demo, host=host, port=port, share=share)
     typer.echo(f"zsw app: open {url}" + (f" or {demo.share_url}" if share else "") + " (Ctrl-C stops it)")
     wait(demo)

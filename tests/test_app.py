@@ -79,12 +79,14 @@ def _arguments(
     faces: int = 0,
     tta: str = "auto",
     texture: int = 0,
+    cutout: str = "none",
 ) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
-    background, smoothing, faces (0: all), test-time augmentation, texture (0: none); the page's
-    defaults but for the resolution."""
+    background, smoothing, faces (0: all), test-time augmentation, texture (0: none), background
+    removal; the page's defaults but for the resolution."""
     return (
-        handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta, texture
+        handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta,
+        texture, cutout,
     )  # fmt: skip
 
 

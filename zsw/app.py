@@ -34,6 +34,7 @@ import gradio as gr
 
 import zsw
 from zsw.errors import ZswError
+from zsw.infer.cutout import CUTOUT_CHOICES
 from zsw.infer.jobs import reconstruct_many
 from zsw.infer.result import OBJ_MTL
 from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, SMOOTH, TTAS, ReconstructSettings
@@ -104,7 +105,7 @@ def build_app(
 ) -> gr.Blocks:
     """The page. ``defaults`` fixes what the page does not offer (weights, device, backend, ...) and
     the initial values of what it does (prompt, resolution, extraction, colour, framing,
-    background, smoothing, faces, test-time augmentation, texture); the model is
+    background, background removal, smoothing, faces, test-time augmentation, texture); the model is
     loaded once here to check them (a :class:`~zsw.errors.ZswError` if it cannot be). Each request
     writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
     defaults = defaults or ReconstructSettings()
@@ -145,6 +146,11 @@ def build_app(
                 background = gr.Radio(
                     list(BACKGROUNDS), value=defaults.background, label="Background",
                     info="correct the object's mask with a plain, graded or transparent background",
+                )  # fmt: skip
+                cutout = gr.Dropdown(
+                    list(dict.fromkeys(["none", "rembg", *CUTOUT_CHOICES, defaults.cutout])), value=defaults.cutout,
+                    allow_custom_value=True, label="Background removal",
+                    info='remove a cluttered background first (rembg, or rembg:<model>; pip install "zsw[cutout]")',
                 )  # fmt: skip
                 smooth = gr.Slider(
                     0, 100, value=defaults.smooth, step=1, label="Smoothing",
@@ -187,6 +193,7 @@ def build_app(
             face_budget: float | None,
             augmentation: str,
             atlas_size: float,
+            remover: str,
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
@@ -196,6 +203,7 @@ def build_app(
                 color=color_mode,
                 reframe=framing,
                 background=background_mode,
+                cutout=remover or "none",
                 smooth=int(smooth_passes),
                 faces=int(face_budget) if face_budget else None,
                 tta=augmentation,
@@ -205,7 +213,7 @@ def build_app(
 
         run.click(
             reconstruct,
-            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces, tta, texture],
+            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces, tta, texture, cutout],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
         )
@@ -217,9 +225,11 @@ def _check_model(settings: ReconstructSettings) -> None:
     """Load the model now, into the cache the job uses, so that bad weights or a bad device stop
     ``zsw app`` with one line at start rather than on the first upload (and the first upload does
     not load it again)."""
+    from zsw.infer.cutout import open_cutout
     from zsw.infer.weights import cached_backend, resolve_backend
 
     s = settings
+    open_cutout(s.cutout)  # a remover that is not installed stops the app now, not on an upload
     cached_backend(
         resolve_backend(s.backend, s.weights, s.engine, s.device, s.precision), s.weights, s.engine, s.device
     )
@@ -289,6 +299,7 @@ def _settings(
     color: str,
     reframe: str,
     background: str,
+    cutout: str = "none",
     smooth: int = SMOOTH,
     faces: int | None = None,
     tta: str = "auto",
@@ -304,6 +315,7 @@ def _settings(
         color=color,
         reframe=reframe,
         background=background,
+        cutout=cutout,
         smooth=smooth,
         faces=faces,
         tta=tta,

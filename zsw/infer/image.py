@@ -218,7 +218,7 @@ def _from_array(a: np.ndarray):
     return Image.fromarray(np.ascontiguousarray(a), mode)
 
 
-def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
+def load_image(source, size: int = 224, name: str | None = None, cutout=None) -> LoadedImage:
     """Read and prepare one photo for the model.
 
     Args:
@@ -226,6 +226,9 @@ def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
             float in [0, 1]).
         size: side of the model input.
         name: output name; defaults to the file stem (``"image"`` for in-memory input).
+        cutout: a background remover (``rgb [H, W, 3] uint8 -> alpha [H, W]``, such as
+            :func:`zsw.infer.cutout.open_cutout`'s) whose mask becomes the photo's alpha channel,
+            so that the photo goes on as an RGBA file would; not used on a photo with transparency.
 
     Raises:
         InputError: unreadable, corrupt or truncated file; unsupported array; image too small.
@@ -256,6 +259,8 @@ def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
         notes.append(f"very elongated ({w}x{h}): the object fills a thin strip of the padded square")
 
     img = _to_rgb_or_rgba(img, notes)
+    if cutout is not None:
+        img = _cut_out(img, cutout, label, notes)
     alpha = pixel_alpha = None
     if img.mode == "RGBA":
         a = img.getchannel("A")
@@ -274,6 +279,26 @@ def load_image(source, size: int = 224, name: str | None = None) -> LoadedImage:
         name = path.stem if path is not None else "image"
     arr = np.array(square, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     return LoadedImage(name, arr, (w, h), str(path) if path else None, alpha, pad, notes, np.asarray(img), pixel_alpha)
+
+
+def _cut_out(img, cutout, label: str, notes: list[str]):
+    """``img`` with the background remover's mask as its alpha channel (:mod:`zsw.infer.cutout`)."""
+    from PIL import Image
+
+    from zsw.infer.cutout import apply_cutout
+
+    name = getattr(cutout, "name", "the background remover")
+    if img.mode == "RGBA" and np.asarray(img.getchannel("A")).min() < 255:
+        notes.append(f"not cut out by {name}: the photo has its own transparency")
+        return img
+    rgb = img.convert("RGB")
+    alpha = apply_cutout(np.asarray(rgb), cutout, label)
+    if alpha is None:
+        notes.append(f"{name} found no object: the photo is used whole")
+        return rgb
+    rgb.putalpha(Image.fromarray(alpha))
+    notes.append(f"background removed by {name}")
+    return rgb
 
 
 def object_window(

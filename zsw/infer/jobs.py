@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.errors import ConfigError, InputError, ZswError
+from zsw.infer.cutout import open_cutout
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
 from zsw.infer.reconstruct import Reconstructor
 from zsw.infer.reruns import find_mask, plan_reruns
@@ -105,9 +106,9 @@ def reconstruct_many(
     check_inputs(settings.device, settings.weights)  # before any "redoing" line
     identity = weights_identity(settings.weights, settings.engine)
     backend = resolve_backend(settings.backend, settings.weights, settings.engine, settings.device, settings.precision)
-    todo, report.redone, errors = plan_reruns(
-        paths, out, settings.request(identity, backend), settings.masks, settings.overwrite
-    )
+    cutout = open_cutout(settings.cutout)  # before planning: its model is part of what a rerun compares
+    request = settings.request(identity, backend, cutout=cutout.identity if cutout else None)
+    todo, report.redone, errors = plan_reruns(paths, out, request, settings.masks, settings.overwrite)
     for path, reason in errors:
         _fail(report, reporter, str(path), reason)
     report.skipped = len(paths) - len(todo) - len(errors)
@@ -120,7 +121,7 @@ def reconstruct_many(
             f"redoing {report.redone} image(s) in {out} made from another input, settings or weights, or missing a file"
         )
     if todo:
-        _run([_Item(p, n, r) for p, n, r in todo], out, settings, backend, identity, reporter, report)
+        _run([_Item(p, n, r) for p, n, r in todo], out, settings, backend, identity, cutout, reporter, report)
     return report
 
 
@@ -129,7 +130,9 @@ def _fail(report: ReconstructReport, reporter: Reporter, item: str, reason: str)
     reporter.error(f"{item}: {reason}")
 
 
-def _run(items: list[_Item], out: Path, s: ReconstructSettings, kind: str, identity: str, reporter, report) -> None:
+def _run(
+    items: list[_Item], out: Path, s: ReconstructSettings, kind: str, identity: str, cutout, reporter, report
+) -> None:
     backend, label, warning = cached_backend(kind, s.weights, s.engine, s.device, identity)
     recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,
                           color=s.color, min_part=s.min_part, smooth=s.smooth, faces=s.faces, reframe=s.reframe,
@@ -146,20 +149,22 @@ def _run(items: list[_Item], out: Path, s: ReconstructSettings, kind: str, ident
     with reporter.progress("reconstructing", len(items)) as advance:
         for start in range(0, len(items), s.batch_size):
             chunk = items[start : start + s.batch_size]
-            batch = [it for it in chunk if _load(it, recon, s, reporter, report)]
+            batch = [it for it in chunk if _load(it, recon, s, cutout, reporter, report)]
             if batch:
                 prompts, source = _prompts(batch, s.prompt, estimator)
                 _reconstruct(batch, prompts, source, recon, out, s, reporter, report)
             advance(len(chunk))
 
 
-def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, reporter, report) -> bool:
-    """Read the image (and its mask); False, reported, if it cannot be used."""
+def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, cutout, reporter, report) -> bool:
+    """Read the image (and its mask; a photo with a mask is not cut out: the user's outline wins);
+    False, reported, if it cannot be used."""
     try:
         t0 = time.perf_counter()
-        item.image = load_image(item.path, recon.backend.config.pixel.image_size, name=item.name)
+        mask_file = find_mask(s.masks, item.path) if s.masks is not None else None
+        size = recon.backend.config.pixel.image_size
+        item.image = load_image(item.path, size, name=item.name, cutout=None if mask_file else cutout)
         if s.masks is not None:
-            mask_file = find_mask(s.masks, item.path)
             if mask_file is not None:
                 item.mask = load_mask(mask_file, item.image)
             elif recon.needs_mask:

@@ -29,6 +29,7 @@ import torch
 
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, predict
+from zsw.infer.cutout import open_cutout
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
 from zsw.infer.mesh_ops import check_mesh_options, decimate_mesh, smooth_mesh
@@ -564,6 +565,7 @@ def reconstruct(
     background: str = "auto",
     tta: str = "auto",
     texture: int = 0,
+    cutout="none",
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -604,6 +606,9 @@ def reconstruct(
             the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
             photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU; see
             :class:`Reconstructor`).
+        cutout: remove the photo's background first: ``none``, ``rembg``, ``rembg:<model>``
+            (:mod:`zsw.infer.cutout`, needs ``zsw[cutout]``), or any callable ``rgb [H, W, 3]
+            uint8 -> alpha [H, W]``; not used with ``mask`` or on a photo with transparency.
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -625,7 +630,9 @@ def reconstruct(
         be, label, warning = backend, getattr(backend, "name", "backend"), None
     if warning:
         warnings.warn(warning, stacklevel=2)
-    loaded = load_image(image, be.config.pixel.image_size)
+    if isinstance(cutout, str):
+        cutout = open_cutout(cutout)
+    loaded = load_image(image, be.config.pixel.image_size, cutout=None if mask is not None else cutout)
     masks = [load_mask(mask, loaded)] if mask is not None else None
     if is_estimated_prompt(prompt):
         from zsw.infer.category import get_estimator

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.errors import OptionError
+from zsw.infer.cutout import check_cutout
 from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.texture import check_texture_size
 
@@ -177,6 +178,8 @@ class ReconstructSettings:
         faces: decimate the mesh to at most this many triangles (None keeps them all).
         texture: bake the photo into a ``texture x texture`` atlas for ``mesh.glb`` and
             ``mesh.obj`` (0, the default: vertex colours only; :mod:`zsw.infer.texture`).
+        cutout: ``none``, ``rembg`` or ``rembg:<model>``: remove the photo's background first and
+            go on as with an RGBA file (:mod:`zsw.infer.cutout`; needs ``zsw[cutout]``).
         tta: ``flip`` (average the occupancy with that of the photo mirrored left to right; twice
             the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
             photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU;
@@ -199,6 +202,7 @@ class ReconstructSettings:
     color: str = "photo"
     reframe: str = "auto"
     background: str = "auto"
+    cutout: str = "none"
     min_part: float = MIN_PART
     smooth: int = SMOOTH
     faces: int | None = None
@@ -220,6 +224,7 @@ class ReconstructSettings:
         _choice(self.reframe, REFRAMES, "--reframe")
         _choice(self.background, BACKGROUNDS, "--background")
         _choice(self.tta, TTAS, "--tta")
+        object.__setattr__(self, "cutout", check_cutout(self.cutout))
         if self.batch_size < 1:
             raise OptionError(f"--batch-size: {self.batch_size} is below 1")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
@@ -233,10 +238,11 @@ class ReconstructSettings:
         if self.weights is not None and self.backend not in ("auto", "torch"):
             raise OptionError(f"--weights is for the torch backend; the {self.backend} backend reads its --engine")
 
-    def request(self, weights_identity: str, backend: str | None = None) -> dict:
+    def request(self, weights_identity: str, backend: str | None = None, cutout: str | None = None) -> dict:
         """Every setting that changes a result's files, as ``result.json`` records it (a rerun
         reuses a result only when this and the input's content hash are equal). ``backend``: what
-        ``auto`` resolved to here (backends agree only to float rounding)."""
+        ``auto`` resolved to here (backends agree only to float rounding); ``cutout``: the opened
+        remover's :attr:`~zsw.infer.cutout.Cutout.identity` (its version and model file)."""
         g = self.grid  # all of it but chunk_points, which bounds memory and changes nothing written
         return dict(
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
@@ -244,5 +250,6 @@ class ReconstructSettings:
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
             smooth=self.smooth, faces=self.faces, texture=self.texture, tta=self.tta,
-            reframe=self.reframe, background=self.background, preview=self.preview, device=self.device or "auto",
+            reframe=self.reframe, background=self.background, cutout=cutout or self.cutout, preview=self.preview,
+            device=self.device or "auto",
         )  # fmt: skip

@@ -1,0 +1,179 @@
+"""``--cutout``: a background remover's mask becomes the photo's alpha channel, so that a photo goes
+on exactly as the RGBA file the remover would write. The rembg tests run the real rembg session
+classes on a tiny stand-in for U2-Net (an ONNX graph that calls dark pixels the object), found
+where rembg looks for models offline (``$U2NET_HOME``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsw.errors import InputError, OptionError
+from zsw.infer.cutout import _open, apply_cutout, check_cutout, open_cutout
+from zsw.infer.image import load_image
+
+RES = 24
+
+
+def cluttered_photo(path=None, w=160, h=120, seed=0) -> np.ndarray:
+    """A dark box (rows 30-90, columns 50-110) on bright clutter: what a remover should cut out."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(150, 256, (h, w, 3), dtype=np.uint8)
+    a[30:90, 50:110] = rng.integers(10, 40, (60, 60, 3), dtype=np.uint8)
+    if path is not None:
+        Image.fromarray(a).save(path)
+    return a
+
+
+def dark_is_object(rgb: np.ndarray) -> np.ndarray:
+    return np.where(rgb.mean(-1) < 100, 255, 0).astype(np.uint8)
+
+
+@pytest.fixture
+def fake_u2net(tmp_path, monkeypatch):
+    """rembg's ``u2net`` model replaced offline by a one-op ONNX graph: the object is what is dark."""
+    from onnx import TensorProto, helper, save
+
+    monkeypatch.setenv("NUMBA_DISABLE_JIT", "1")  # rembg imports pymatting, whose numba compile takes ~45 s
+    home = tmp_path / "u2net-home"
+    home.mkdir()
+    graph = helper.make_graph(  # [1, 3, 320, 320] -> minus the channels' mean, [1, 1, 320, 320]
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1), helper.make_node("Neg", ["m"], ["y"])],
+        "dark",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 320, 320])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 320, 320])],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), home / "u2net.onnx")
+    monkeypatch.setenv("U2NET_HOME", str(home))
+    _open.cache_clear()
+    yield home / "u2net.onnx"
+    _open.cache_clear()
+
+
+def test_specs_are_checked_and_normalised():
+    assert check_cutout("none") == "none" and check_cutout("") == "none"
+    assert check_cutout("rembg") == "rembg" and check_cutout(" rembg:u2net ") == "rembg:u2net"
+    for bad, fragment in (("grabcut", "unknown remover"), ("rembg:", "names no model"), ("rembg: ", "names no model")):
+        with pytest.raises(OptionError, match=fragment):
+            check_cutout(bad)
+    from zsw.infer.settings import ReconstructSettings
+
+    assert ReconstructSettings(cutout=" rembg:u2net").cutout == "rembg:u2net"
+    with pytest.raises(OptionError, match="--cutout"):
+        ReconstructSettings(cutout="photoshop")
+
+
+def test_the_removers_mask_becomes_the_photos_alpha():
+    photo = cluttered_photo()
+    plain = load_image(photo, 64)
+    cut = load_image(photo, 64, cutout=dark_is_object)
+    assert plain.alpha is None
+    assert np.array_equal(cut.pixel_alpha, dark_is_object(photo) > 127)
+    assert any("background removed by" in n for n in cut.notes)
+    # exactly what the RGBA file with that alpha gives
+    rgba = load_image(np.dstack([photo, dark_is_object(photo)]), 64)
+    assert np.array_equal(cut.image, rgba.image) and np.array_equal(cut.alpha, rgba.alpha)
+    # the clutter is gone from the model input: composited on white
+    assert cut.image[0, 0].tolist() == [255, 255, 255] and plain.image[12, 12].min() < 255
+
+
+def test_a_photo_with_its_own_transparency_or_no_object_is_left_alone():
+    photo = cluttered_photo()
+    called = []
+
+    def spy(rgb):
+        called.append(rgb.shape)
+        return dark_is_object(rgb)
+
+    alpha = np.zeros(photo.shape[:2], np.uint8)
+    alpha[20:100, 40:120] = 255
+    own = load_image(np.dstack([photo, alpha]), 64, cutout=spy)
+    assert not called and np.array_equal(own.pixel_alpha, alpha > 127)
+    assert any("has its own transparency" in n for n in own.notes)
+    # an opaque alpha channel is no transparency: that photo is cut out
+    load_image(np.dstack([photo, np.full_like(alpha, 255)]), 64, cutout=spy)
+    assert called == [photo.shape]
+    nothing = load_image(photo, 64, cutout=lambda rgb: np.zeros(rgb.shape[:2], np.uint8))
+    assert nothing.alpha is None and any("found no object" in n for n in nothing.notes)
+    assert np.array_equal(nothing.image, load_image(photo, 64).image)
+
+
+def test_a_failing_remover_is_one_line_naming_the_photo(tmp_path):
+    path = tmp_path / "mug.png"
+    cluttered_photo(path)
+    with pytest.raises(InputError, match=r"mug\.png: the background remover failed \(RuntimeError: boom\)"):
+        load_image(path, 64, cutout=lambda rgb: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(InputError, match=r"mug\.png: the background remover gave a \(3, 3\) mask"):
+        load_image(path, 64, cutout=lambda rgb: np.zeros((3, 3), np.uint8))
+    # a float or boolean mask is read as coverage in [0, 1]
+    soft = apply_cutout(np.zeros((4, 4, 3), np.uint8), lambda rgb: np.eye(4, dtype=bool), "x")
+    assert soft.dtype == np.uint8 and np.array_equal(soft, np.eye(4, dtype=np.uint8) * 255)
+
+
+def test_rembg_cuts_out_the_object_with_its_session_classes(fake_u2net):
+    cut = open_cutout("rembg:u2net")
+    assert cut.name == "rembg:u2net" and cut.identity.startswith("rembg:u2net (rembg ")
+    assert open_cutout("rembg:u2net") is cut  # the model is loaded once per process
+    photo = cluttered_photo()
+    obj = cut(photo) > 127
+    truth = np.zeros(obj.shape, bool)
+    truth[30:90, 50:110] = True
+    assert (obj & truth).sum() / (obj | truth).sum() > 0.9
+
+
+def test_missing_rembg_or_model_is_a_one_line_option_error(fake_u2net, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rembg", None)  # import rembg raises ImportError
+    with pytest.raises(OptionError, match=r'--cutout rembg needs rembg.*pip install "zsw\[cutout\]"'):
+        open_cutout("rembg")
+    monkeypatch.delitem(sys.modules, "rembg")
+    _open.cache_clear()
+    import rembg
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to github.com")
+
+    monkeypatch.setattr(rembg, "new_session", offline)
+    with pytest.raises(OptionError, match=r"--cutout rembg:u2netp: rembg cannot load its model.*U2NET_HOME"):
+        open_cutout("rembg:u2netp")
+
+
+def test_reconstruct_with_cutout_is_reconstructing_the_cut_out_file(fake_u2net, tmp_path):
+    """The job with ``cutout="rembg:u2net"`` writes what it writes for the RGBA file rembg would have
+    written; a rerun is keyed on the remover's model file; a mask given for a photo wins."""
+    import zsw
+
+    photo = tmp_path / "in" / "mug.png"
+    photo.parent.mkdir()
+    rgb = cluttered_photo(photo)
+    rgba = tmp_path / "rgba" / "mug.png"
+    rgba.parent.mkdir()
+    Image.fromarray(np.dstack([rgb, open_cutout("rembg:u2net")(rgb)])).save(rgba)
+
+    def run(src, out, **kw):
+        grid = zsw.GridSettings(RES)
+        return zsw.reconstruct_many([src], out, zsw.ReconstructSettings(weights="random:tiny", grid=grid, **kw))
+
+    assert run(photo, tmp_path / "cut", cutout="rembg:u2net").ok
+    assert run(rgba, tmp_path / "file").ok
+    info = json.loads((tmp_path / "cut" / "mug" / "result.json").read_text())
+    assert "background removed by rembg:u2net" in info["input"]["notes"]
+    assert info["request"]["cutout"].startswith("rembg:u2net (rembg ")
+    for name in ("mesh.glb", "visible_mask.png", "depth.png"):
+        assert (tmp_path / "cut" / "mug" / name).read_bytes() == (tmp_path / "file" / "mug" / name).read_bytes()
+    assert run(photo, tmp_path / "cut", cutout="rembg:u2net").skipped == 1
+    assert run(photo, tmp_path / "cut").redone == 1  # without the remover: another result
+    assert run(photo, tmp_path / "cut", cutout="rembg:u2net").redone == 1
+    _open.cache_clear()
+    os.utime(fake_u2net, ns=(1, 1))  # the model file replaced: the old results no longer stand
+    assert run(photo, tmp_path / "cut", cutout="rembg:u2net").redone == 1
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(np.full(rgb.shape[:2], 255, np.uint8)).save(masks / "mug.png")
+    run(photo, tmp_path / "given", cutout="rembg:u2net", masks=masks)
+    notes = json.loads((tmp_path / "given" / "mug" / "result.json").read_text())["input"]["notes"]
+    assert not any("background removed" in n for n in notes)

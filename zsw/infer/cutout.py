@@ -1,0 +1,140 @@
+"""Background removal before reconstruction (``--cutout``): a pluggable segmenter.
+
+On a cluttered photo -- a cup on a wooden table filling the frame -- the packaged model's visible
+mask takes in the table and the mesh grows a slab of it, and the photo has no plain border for
+``--background auto`` to use. Peers (TripoSR, SF3D, InstantMesh) run a background remover first;
+``--cutout rembg`` does the same with `rembg <https://github.com/danielgatis/rembg>`_ (``pip install
+"zsw[cutout]"``): its mask becomes the photo's alpha channel, so the photo goes on exactly as an
+RGBA file would (:func:`zsw.infer.image.load_image`): composited on white, framed around the
+object, the transparent pixels taken from the predicted visible mask and its holes inside filled
+(:mod:`zsw.infer.background`). The occluder mask stays the model's.
+
+Specs (``--cutout``):
+
+* ``none`` (the default): the photo as it is;
+* ``rembg``: rembg's default model (``bria-rmbg`` in rembg 2.0.86);
+* ``rembg:<model>``: any model rembg names (``u2net``, ``isnet-general-use``, ``birefnet-general``,
+  ``birefnet-general-lite``, ...).
+
+rembg downloads a model on its first use into ``~/.rembg/models/<model>/``; on a machine without
+internet, put the model's ``.onnx`` file into ``$U2NET_HOME`` (rembg's own setting). A photo that
+already has transparency keeps its own alpha, and a photo with a ``--masks`` mask is not cut out:
+the user's outline wins. Where the remover finds nothing (every pixel under half opaque), the
+photo is used whole, with a note.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from zsw.errors import InputError, OptionError
+
+__all__ = ["CUTOUT_CHOICES", "Cutout", "apply_cutout", "check_cutout", "open_cutout"]
+
+#: the removers ``--cutout`` knows (``<remover>`` or ``<remover>:<model>``)
+REMOVERS = ("rembg",)
+#: models the web app offers besides ``rembg``'s default (any other rembg model name also works)
+CUTOUT_CHOICES = ("rembg:u2net", "rembg:isnet-general-use", "rembg:birefnet-general")
+
+
+def check_cutout(spec: str) -> str:
+    """``spec`` normalised (``none``, ``rembg`` or ``rembg:<model>``), or an OptionError naming it."""
+    spec = (spec or "none").strip()
+    if spec == "none":
+        return spec
+    remover, _, model = spec.partition(":")
+    if remover not in REMOVERS:
+        raise OptionError(f"--cutout: unknown remover {spec!r}; use none, rembg or rembg:<model> (e.g. rembg:u2net)")
+    if ":" in spec and not model.strip():
+        raise OptionError(f"--cutout: {spec!r} names no model; use rembg or rembg:<model> (e.g. rembg:u2net)")
+    return f"{remover}:{model.strip()}" if model.strip() else remover
+
+
+class Cutout:
+    """A background remover: ``cutout(rgb)`` with ``rgb [H, W, 3]`` uint8 gives the object's alpha
+    ``[H, W]`` uint8 (255 the object, 0 the background). ``name`` says which remover and model,
+    ``identity`` what ``result.json`` records and a rerun compares (the remover's version, model
+    and model file)."""
+
+    def __init__(self, session, name: str, identity: str):
+        self.session = session
+        self.name = name
+        self.identity = identity
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from PIL import Image
+        from rembg import remove
+
+        mask = remove(Image.fromarray(np.ascontiguousarray(rgb)), session=self.session, only_mask=True)
+        return np.asarray(mask.convert("L"), dtype=np.uint8)
+
+
+def open_cutout(spec: str) -> Cutout | None:
+    """The remover ``spec`` names (:func:`check_cutout`), its model loaded once per process; None
+    for ``none``. Raises OptionError when rembg is not installed or its model cannot be had."""
+    spec = check_cutout(spec)
+    return None if spec == "none" else _open(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def _open(spec: str) -> Cutout:
+    try:
+        import rembg
+        from rembg import new_session
+    except ImportError as e:
+        raise OptionError(
+            f'--cutout {spec} needs rembg, which is not installed ({e}); pip install "zsw[cutout]"'
+        ) from None
+    _, _, model = spec.partition(":")
+    try:
+        session = new_session(model) if model else new_session()
+    except ValueError as e:  # an unknown model name, or a model path rembg refuses
+        raise OptionError(f"--cutout {spec}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - rembg's download (pooch, requests) raises many kinds
+        raise OptionError(
+            f"--cutout {spec}: rembg cannot load its model ({type(e).__name__}: {e}); without internet, "
+            f"put the model's .onnx file into a folder named by $U2NET_HOME"
+        ) from None
+    name = f"rembg:{session.model_name}"
+    version = getattr(rembg, "__version__", None) or _dist_version("rembg")
+    return Cutout(session, name, f"{name} (rembg {version}, model {_model_file_id(session)})")
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _model_file_id(session) -> str:
+    """A short hash of the model file's path, size and modification time (a replaced model file
+    changes it), or ``remote`` for removers without a local file."""
+    try:
+        path = os.fspath(type(session).download_models())  # the existing file: nothing is downloaded
+        st = os.stat(path)
+    except Exception:  # noqa: BLE001 - sessions that run elsewhere have no file
+        return "remote"
+    return hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def apply_cutout(rgb: np.ndarray, cutout: Callable[[np.ndarray], np.ndarray], label: str) -> np.ndarray | None:
+    """The alpha ``[H, W]`` uint8 that ``cutout`` gives the photo ``rgb``, or None where it finds
+    no object (no pixel at least half opaque). A remover that fails or returns the wrong shape is
+    an InputError naming the photo."""
+    try:
+        alpha = np.asarray(cutout(rgb))
+    except Exception as e:  # noqa: BLE001 - a third-party model can fail in many ways
+        raise InputError(f"{label}: the background remover failed ({type(e).__name__}: {e})") from None
+    if alpha.shape != rgb.shape[:2]:
+        raise InputError(f"{label}: the background remover gave a {alpha.shape} mask for a {rgb.shape[:2]} photo")
+    if alpha.dtype != np.uint8:
+        alpha = (np.clip(np.nan_to_num(alpha.astype(np.float32)), 0.0, 1.0) * 255).round().astype(np.uint8)
+    return alpha if (alpha > 127).any() else None
