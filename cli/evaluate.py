@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+import zsw
 from zsw.cli import _common as opts
 from zsw.cli._common import RichReporter, cli_errors
 
@@ -52,6 +53,7 @@ def evaluate(
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
+    cutout: opts.Cutout = "none",
     tta: opts.Tta = "auto",
     min_part: opts.MinPart = 0.02,
     smooth: opts.Smooth = 30,
@@ -59,14 +61,13 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(help="Discard earlier per-sample results instead of resuming.")] = False,
 ) -> None:
     from zsw.eval.jobs import EvalJobSettings, evaluate_set
-    from zsw.infer.settings import GridSettings
 
     settings = EvalJobSettings(
-        format=format, weights=weights, grid=GridSettings(resolution, extraction, threshold),
+        format=format, weights=weights, grid=zsw.GridSettings(resolution, extraction, threshold),
         num_points=num_points, align=align, prompt=prompt, use_mask=use_mask, baseline=baseline, seed=seed,
         precision=precision, split=split, max_per_category=max_per_category, limit=limit, device=device,
         batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
-        background=background, min_part=min_part, smooth=smooth, faces=faces, tta=tta)  # fmt: skip
+        background=background, min_part=min_part, smooth=smooth, faces=faces, tta=tta, cutout=cutout)  # fmt: skip
     _print_report(reporter := RichReporter(min_total=1), evaluate_set(data, out, settings, reporter))
 
 

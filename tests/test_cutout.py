@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsw.errors import InputError, OptionError
+from zsw.errors import ConfigError, InputError, OptionError
 from zsw.infer.cutout import _open, apply_cutout, check_cutout, open_cutout
 from zsw.infer.image import load_image
 
@@ -177,3 +177,30 @@ def test_reconstruct_with_cutout_is_reconstructing_the_cut_out_file(fake_u2net, 
     run(photo, tmp_path / "given", cutout="rembg:u2net", masks=masks)
     notes = json.loads((tmp_path / "given" / "mug" / "result.json").read_text())["input"]["notes"]
     assert not any("background removed" in n for n in notes)
+
+
+def test_eval_with_cutout_scores_the_cut_out_photos(fake_u2net, tmp_path):
+    """``zsw eval --cutout`` scores what it scores on the RGBA files the remover would write, and a
+    run with another remover (or none) does not resume the other's scores."""
+    import trimesh
+
+    from zsw.eval.jobs import EvalJobSettings, evaluate_set
+    from zsw.infer.settings import GridSettings
+
+    cut, rgba = tmp_path / "cut", tmp_path / "rgba"
+    for folder in (cut, rgba):
+        folder.mkdir()
+        trimesh.creation.box(extents=(1.0, 0.8, 0.6)).apply_translation((0, 0, -3)).export(folder / "box.ply")
+    rgb = cluttered_photo(cut / "box.png")
+    Image.fromarray(np.dstack([rgb, open_cutout("rembg:u2net")(rgb)])).save(rgba / "box.png")
+
+    def run(data, out, **kw):
+        s = EvalJobSettings(format="folder", weights="random:tiny", grid=GridSettings(RES), num_points=500, **kw)
+        return evaluate_set(data, tmp_path / out, s)
+
+    with_cutout = run(cut, "a.json", cutout="rembg:u2net").summary
+    assert with_cutout["settings"]["cutout"].startswith("rembg:u2net (rembg ")
+    assert with_cutout["overall"]["cd"] == run(rgba, "b.json").summary["overall"]["cd"]
+    assert with_cutout["overall"]["cd"] != run(cut, "c.json").summary["overall"]["cd"]
+    with pytest.raises(ConfigError, match="cutout"):  # the same log, another remover: not resumed
+        run(cut, "a.json")

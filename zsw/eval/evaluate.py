@@ -85,6 +85,7 @@ class EvalSettings:
     smooth: int = 0  # passes of Taubin smoothing of the mesh (zsw.infer.mesh_ops)
     faces: int | None = None  # the mesh decimated to at most this many triangles (None: not decimated)
     tta: str = "none"  # test-time augmentation of the occupancy ("flip": averaged with the mirrored photo's)
+    cutout: str = "none"  # the photo's background removed first (zsw.infer.cutout: the remover's identity)
     data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
 
     def __post_init__(self) -> None:
@@ -239,10 +240,13 @@ def evaluate_samples(
     batch_size: int = 1,
     estimator: Callable | None = None,
     on_sample: Callable[[dict | None, str | None], None] | None = None,
+    cutout: Callable | None = None,
 ) -> list[dict]:
     """Reconstruct and score every sample not yet in ``log``; returns all rows of the log.
 
-    ``on_sample(row, error)`` is called after each sample (for progress bars and messages).
+    ``on_sample(row, error)`` is called after each sample (for progress bars and messages);
+    ``cutout``: a background remover for the photos (:mod:`zsw.infer.cutout`), not used on a
+    sample whose visible mask is given.
     """
     from zsw.errors import ZswError
 
@@ -257,7 +261,7 @@ def evaluate_samples(
         images, masks, readable = [], [], []
         for s in batch:
             try:
-                im, mask = _model_input(s, size)
+                im, mask = _model_input(s, size, cutout)
             except ZswError as e:  # a photo or mask of the folder format that cannot be read
                 if on_sample:
                     on_sample(None, f"{s.name}: {e}")
@@ -317,18 +321,20 @@ def evaluate_samples(
     return log.rows
 
 
-def _model_input(sample, size: int):
+def _model_input(sample, size: int, cutout: Callable | None = None):
     """A sample's model input (:class:`~zsw.infer.image.LoadedImage`) and its visible mask at that
     input (``[size, size]`` bool, or None): a stored ``[size, size, 3]`` image as it is, any other
-    array or a photo's path (the ``folder`` format) read and framed as ``zsw reconstruct`` does."""
+    array or a photo's path (the ``folder`` format) read and framed as ``zsw reconstruct`` does,
+    its background removed by ``cutout`` unless the sample gives its mask."""
     from zsw.infer.image import LoadedImage, load_image, load_mask
 
     source = sample.image
+    cutout = cutout if sample.mask is None else None
     if not isinstance(source, (str, os.PathLike)):
         source = np.asarray(source)
-        if source.shape == (size, size, 3) and source.dtype == np.uint8:
+        if source.shape == (size, size, 3) and source.dtype == np.uint8 and cutout is None:
             return LoadedImage(sample.name, source, (size, size)), sample.mask
-    image = load_image(source, size, name=sample.name)
+    image = load_image(source, size, name=sample.name, cutout=cutout)
     return image, None if sample.mask is None else load_mask(sample.mask, image)
 
 

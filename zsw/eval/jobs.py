@@ -22,6 +22,7 @@ from pathlib import Path
 from zsw.data.eval_sets import EVAL_FORMATS, open_eval_set
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.eval.evaluate import EvalSettings, ResultsLog, evaluate_samples, summarize, summary_markdown
+from zsw.infer.cutout import check_cutout, open_cutout
 from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.precision import run_precision
 from zsw.infer.reconstruct import Reconstructor
@@ -64,6 +65,7 @@ class EvalJobSettings:
     smooth: int = SMOOTH
     faces: int | None = None
     tta: str = "auto"
+    cutout: str = "none"
     split: str | None = None
     max_per_category: int | None = None
     limit: int | None = None
@@ -87,6 +89,7 @@ class EvalJobSettings:
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
             raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
         check_mesh_options(self.smooth, self.faces)
+        object.__setattr__(self, "cutout", check_cutout(self.cutout))
         for name in ("batch_size", "limit", "max_per_category", "num_points"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -132,7 +135,8 @@ def evaluate_set(
     backend, label, warning = open_backend(kind, s.weights, s.engine, s.device)
     if warning:
         reporter.warning(warning)
-    measured = _measured(data, samples.fingerprint(), weights_identity(s.weights, s.engine), s, backend)
+    cutout = open_cutout(s.cutout)
+    measured = _measured(data, samples.fingerprint(), weights_identity(s.weights, s.engine), s, backend, cutout)
     jsonl = out.with_name(out.stem + ".samples.jsonl")
     remove_leftovers(out.parent, names=[out.name, out.with_suffix(".md").name, jsonl.name])  # of a killed run
     log = ResultsLog(jsonl, measured, overwrite=s.overwrite)
@@ -151,7 +155,7 @@ def evaluate_set(
             f"note: brute-force alignment of {s.num_points} points on the CPU scores 3,216 distinct rotations "
             "with k-d trees: minutes per sample; a GPU runs the batched Chamfer kernel"
         )
-    failures = _run(samples, names, log, recon, measured, s.batch_size, estimator, reporter)
+    failures = _run(samples, names, log, recon, measured, s.batch_size, estimator, reporter, cutout)
     rows = [r for r in log.rows if r["name"] in set(names)]
     result = {"settings": measured.__dict__, "data": str(data), "samples": len(names), "limit": s.limit,
               "set_samples": len(samples.names()), "evaluated": len(rows), "failed": len(failures),
@@ -162,7 +166,7 @@ def evaluate_set(
     return EvalReport(out, out.with_suffix(".md"), jsonl, result, failures, title)
 
 
-def _measured(data: Path, fingerprint: str, weights: str, s: EvalJobSettings, backend) -> EvalSettings:
+def _measured(data: Path, fingerprint: str, weights: str, s: EvalJobSettings, backend, cutout=None) -> EvalSettings:
     """The resume key: every setting that changes a number, and the weights' and dataset's identity
     (the whole set's :meth:`~zsw.data.eval_sets.EvalSet.fingerprint`, not only the ``--limit`` part)."""
     precision = run_precision(backend.name, s.precision, backend.device)
@@ -173,10 +177,11 @@ def _measured(data: Path, fingerprint: str, weights: str, s: EvalJobSettings, ba
                         align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
                         smooth=s.smooth, faces=s.faces, tta=resolve_tta(s.tta, backend.device),
+                        cutout=cutout.identity if cutout else "none",
                         data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
 
 
-def _run(samples, names, log, recon, measured, batch_size, estimator, reporter) -> list[str]:
+def _run(samples, names, log, recon, measured, batch_size, estimator, reporter, cutout=None) -> list[str]:
     """Score the samples not yet in the log; returns the failures (the others are in the log)."""
     failures: list[str] = []
     todo = [i for i, n in enumerate(names) if n not in log.done]
@@ -198,5 +203,5 @@ def _run(samples, names, log, recon, measured, batch_size, estimator, reporter) 
                     on_sample(None, str(e))
 
         evaluate_samples(lazy(), recon, measured, log, batch_size=batch_size, estimator=estimator,
-                         on_sample=on_sample)  # fmt: skip
+                         on_sample=on_sample, cutout=cutout)  # fmt: skip
     return failures
