@@ -66,6 +66,8 @@ def test_specs_are_checked_and_normalised():
     assert ReconstructSettings(cutout=" rembg:u2net").cutout == "rembg:u2net"
     with pytest.raises(OptionError, match="--cutout"):
         ReconstructSettings(cutout="photoshop")
+    with pytest.raises(OptionError, match=r"zsw\.reconstruct\(cutout=\.\.\.\)"):
+        ReconstructSettings(cutout=dark_is_object)
 
 
 def test_the_removers_mask_becomes_the_photos_alpha():
@@ -204,3 +206,14 @@ def test_eval_with_cutout_scores_the_cut_out_photos(fake_u2net, tmp_path):
     assert with_cutout["overall"]["cd"] != run(cut, "c.json").summary["overall"]["cd"]
     with pytest.raises(ConfigError, match="cutout"):  # the same log, another remover: not resumed
         run(cut, "a.json")
+
+
+@pytest.mark.filterwarnings("ignore:no trained weights")
+def test_the_api_takes_any_remover_function():
+    import zsw
+
+    rec = zsw.reconstruct(cluttered_photo(), "random:tiny", resolution=RES, cutout=dark_is_object)
+    assert "background removed by dark_is_object" in rec.record.input["notes"]
+    given = zsw.reconstruct(cluttered_photo(), "random:tiny", resolution=RES, cutout=dark_is_object,
+                            mask=np.ones((120, 160), bool))  # fmt: skip
+    assert not any("background removed" in n for n in given.record.input["notes"])

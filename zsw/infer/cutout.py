@@ -44,6 +44,11 @@ CUTOUT_CHOICES = ("rembg:u2net", "rembg:isnet-general-use", "rembg:birefnet-gene
 
 def check_cutout(spec: str) -> str:
     """``spec`` normalised (``none``, ``rembg`` or ``rembg:<model>``), or an OptionError naming it."""
+    if spec is not None and not isinstance(spec, str):
+        raise OptionError(
+            f"--cutout: {type(spec).__name__} is not a remover's name; a function from RGB to alpha goes to "
+            "zsw.reconstruct(cutout=...)"
+        )
     spec = (spec or "none").strip()
     if spec == "none":
         return spec

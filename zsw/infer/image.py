@@ -287,7 +287,7 @@ def _cut_out(img, cutout, label: str, notes: list[str]):
 
     from zsw.infer.cutout import apply_cutout
 
-    name = getattr(cutout, "name", "the background remover")
+    name = getattr(cutout, "name", None) or getattr(cutout, "__name__", "the given remover")
     if img.mode == "RGBA" and np.asarray(img.getchannel("A")).min() < 255:
         notes.append(f"not cut out by {name}: the photo has its own transparency")
         return img
