@@ -27,6 +27,17 @@ def test_wide_image_is_padded_with_white_around_the_centre(tmp_path):
     assert any("padded" in n for n in im.notes)
 
 
+def test_an_image_transparent_everywhere_is_a_one_line_error(tmp_path):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 90
+    rgba[..., 3] = 127  # under half opaque everywhere
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "ghost.png")
+    with pytest.raises(InputError, match=r"ghost\.png: the image is transparent everywhere"):
+        load_image(tmp_path / "ghost.png")
+    rgba[0, 0, 3] = 128  # one pixel that is there: the image is read
+    assert load_image(rgba).alpha is not None
+
+
 def test_rgba_is_composited_on_white_and_keeps_its_alpha(tmp_path):
     rgba = np.zeros((64, 64, 4), np.uint8)
     rgba[..., 0] = 200

@@ -264,6 +264,11 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     alpha = pixel_alpha = None
     if img.mode == "RGBA":
         a = img.getchannel("A")
+        if np.asarray(a).max() <= 127:
+            raise InputError(
+                f"{label}: the image is transparent everywhere (alpha <= 50 %): no object to reconstruct; "
+                "drop its alpha channel to use its colours"
+            )
         if np.asarray(a).min() < 255:
             notes.append("transparency composited on white")
             alpha_sq, _ = _pad_resize(a, size, 0, Image.Resampling.BILINEAR)
