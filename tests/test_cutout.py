@@ -195,6 +195,8 @@ def test_eval_with_cutout_scores_the_cut_out_photos(fake_u2net, tmp_path):
         trimesh.creation.box(extents=(1.0, 0.8, 0.6)).apply_translation((0, 0, -3)).export(folder / "box.ply")
     rgb = cluttered_photo(cut / "box.png")
     Image.fromarray(np.dstack([rgb, open_cutout("rembg:u2net")(rgb)])).save(rgba / "box.png")
+    for folder in (cut, rgba):  # a mask the model is given only with use_mask
+        Image.fromarray(np.full(rgb.shape[:2], 255, np.uint8)).save(folder / "box.mask.png")
 
     def run(data, out, **kw):
         s = EvalJobSettings(format="folder", weights="random:tiny", grid=GridSettings(RES), num_points=500, **kw)
@@ -206,6 +208,9 @@ def test_eval_with_cutout_scores_the_cut_out_photos(fake_u2net, tmp_path):
     assert with_cutout["overall"]["cd"] != run(cut, "c.json").summary["overall"]["cd"]
     with pytest.raises(ConfigError, match="cutout"):  # the same log, another remover: not resumed
         run(cut, "a.json")
+    # a mask given to the model wins: the photo is not cut out
+    given = run(cut, "d.json", cutout="rembg:u2net", use_mask=True).summary["overall"]["cd"]
+    assert given == run(cut, "e.json", use_mask=True).summary["overall"]["cd"]
 
 
 @pytest.mark.filterwarnings("ignore:no trained weights")

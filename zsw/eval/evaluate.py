@@ -245,12 +245,14 @@ def evaluate_samples(
     """Reconstruct and score every sample not yet in ``log``; returns all rows of the log.
 
     ``on_sample(row, error)`` is called after each sample (for progress bars and messages);
-    ``cutout``: a background remover for the photos (:mod:`zsw.infer.cutout`), not used on a
-    sample whose visible mask is given.
+    ``cutout``: a background remover for the photos (:mod:`zsw.infer.cutout`), not used where the
+    samples' visible masks are given to the model (``use_mask``, or a model that needs them).
     """
     from zsw.errors import ZswError
 
     size = reconstructor.backend.config.pixel.image_size
+    needs_mask = settings.use_mask or reconstructor.needs_mask
+    cutout = None if needs_mask else cutout
     done = log.done
     batch: list = []
 
@@ -280,7 +282,6 @@ def evaluate_samples(
             prompts = estimator([Image.fromarray(im.image) for im in images])
         else:
             prompts = settings.prompt
-        needs_mask = settings.use_mask or reconstructor.needs_mask
         try:
             recs = reconstructor(images, prompts, masks if needs_mask else None, with_mesh=settings.baseline is None)
         except ZswError as e:
@@ -325,11 +326,10 @@ def _model_input(sample, size: int, cutout: Callable | None = None):
     """A sample's model input (:class:`~zsw.infer.image.LoadedImage`) and its visible mask at that
     input (``[size, size]`` bool, or None): a stored ``[size, size, 3]`` image as it is, any other
     array or a photo's path (the ``folder`` format) read and framed as ``zsw reconstruct`` does,
-    its background removed by ``cutout`` unless the sample gives its mask."""
+    its background removed by ``cutout`` (None: not)."""
     from zsw.infer.image import LoadedImage, load_image, load_mask
 
     source = sample.image
-    cutout = cutout if sample.mask is None else None
     if not isinstance(source, (str, os.PathLike)):
         source = np.asarray(source)
         if source.shape == (size, size, 3) and source.dtype == np.uint8 and cutout is None:
