@@ -10,9 +10,13 @@ app's browser test does (docs/app.md, "Tests"); SwiftShader draws the 3D view wi
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import socket
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = [  # as tests/test_app.py: no background connections in a closed network, software WebGL
@@ -47,7 +51,13 @@ def main() -> None:
             page.locator("#photo").get_by_text("teddy_bear").wait_for(timeout=30_000)
             page.locator("#run").click()
             page.locator("#status").get_by_text("vertices").wait_for(timeout=300_000)
-            page.wait_for_timeout(8_000)  # babylon.js loads and draws the GLB after the event returns
+            viewer = page.locator("#model canvas")  # babylon.js draws the GLB after the event returns
+            for _ in range(60):  # poll the viewer (in view) until the mesh is drawn, as the app's test does
+                pixels = np.asarray(Image.open(io.BytesIO(viewer.screenshot())).convert("L"))
+                if (pixels < 200).mean() > 0.02:
+                    break
+                page.wait_for_timeout(500)
+            page.wait_for_timeout(1_000)
             shot = page.screenshot(full_page=True)
             browser.close()
     finally:
