@@ -52,6 +52,38 @@ def test_folder_pairs_photos_with_their_shapes_and_categories(tmp_path, caplog):
     assert open_eval_set(tmp_path, "folder", max_per_category=1).names() == ["a", "chair/c"]
 
 
+def test_folder_takes_a_point_cloud_as_the_true_shape(tmp_path):
+    """A ``.ply`` without faces (how scanned and sampled shapes often come) gives its points, at
+    most FOLDER_POINTS of them, the same ones every time; an empty or non-finite cloud, or a mesh
+    without area, is a one-line error naming the file."""
+    import trimesh
+
+    from zsw.errors import InputError
+
+    rng = np.random.default_rng(0)
+    for name, n in (("few", 500), ("many", FOLDER_POINTS + 3000)):
+        _photo(tmp_path / f"{name}.png")
+        trimesh.PointCloud(rng.normal(size=(n, 3)) + [0, 0, -3]).export(tmp_path / f"{name}.ply")
+    data = open_eval_set(tmp_path, "folder")
+    index = data.names().index
+    few, many = data[index("few")], data[index("many")]
+    raw = np.asarray(trimesh.load(tmp_path / "few.ply").vertices, np.float32)
+    np.testing.assert_array_equal(few.gt_points, raw * np.array([1, -1, -1], np.float32))
+    assert many.gt_points.shape == (FOLDER_POINTS, 3) and np.array_equal(many.gt_points, data[index("many")].gt_points)
+    assert len(np.unique(many.gt_points, axis=0)) == FOLDER_POINTS  # drawn without replacement
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _photo(bad / "nan.png")
+    trimesh.PointCloud(np.array([[0.0, 0.0, np.nan], [1.0, 0.0, 0.0]])).export(bad / "nan.ply")
+    _photo(bad / "flat.png")
+    trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0, 1, 2]]).export(bad / "flat.ply")
+    data = open_eval_set(bad, "folder")
+    with pytest.raises(InputError, match=r"flat\.ply has no surface"):
+        data[data.names().index("flat")]
+    with pytest.raises(InputError, match=r"nan\.ply has non-finite points"):
+        data[data.names().index("nan")]
+
+
 def test_folder_reads_the_photos_zsw_reconstruct_reads():
     from zsw.data.eval_sets import FOLDER_IMAGES
     from zsw.infer.image import IMAGE_SUFFIXES  # the data layer may not import it: kept equal here

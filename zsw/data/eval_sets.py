@@ -388,8 +388,10 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
 
 
 def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float32, OpenCV camera frame
-    """A ``folder`` sample's true surface points: the ``.npy`` points, or :data:`FOLDER_POINTS`
-    sampled on the mesh (seeded by the sample's name), turned from glTF's camera frame to OpenCV's."""
+    """A ``folder`` sample's true surface points: the ``.npy`` points, a point cloud's points (a
+    ``.ply`` without faces; :data:`FOLDER_POINTS` of them, drawn seeded by the sample's name, where
+    it has more), or :data:`FOLDER_POINTS` sampled on the mesh (seeded likewise), turned from glTF's
+    camera frame to OpenCV's."""
     if path.suffix.lower() == ".npy":
         points = _points(path)
     else:
@@ -397,16 +399,27 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float32, OpenC
 
         import trimesh
 
+        seed = zlib.crc32(name.encode())
         try:
-            mesh = trimesh.load(path, force="mesh", process=False)
+            loaded = trimesh.load(path, process=False)
+            if not isinstance(loaded, trimesh.PointCloud):
+                loaded = trimesh.load(path, force="mesh", process=False)  # a scene's meshes as one
         except Exception as e:  # trimesh raises many kinds for a broken file
             raise InputError(f"cannot read the mesh {path}: {e}") from None
-        if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or not mesh.area > 0:
-            raise InputError(f"the mesh {path} has no surface")
-        if not np.isfinite(mesh.vertices).all():
+        if isinstance(loaded, trimesh.PointCloud):
+            points = np.asarray(loaded.vertices, dtype=np.float32)
+            if len(points) == 0:
+                raise InputError(f"the point cloud {path} has no points")
+            if len(points) > FOLDER_POINTS:
+                points = points[np.random.default_rng(seed).choice(len(points), FOLDER_POINTS, replace=False)]
+        elif isinstance(loaded, trimesh.Trimesh) and not np.isfinite(loaded.vertices).all():
             raise InputError(f"the mesh {path} has non-finite vertices")
-        points, _ = trimesh.sample.sample_surface(mesh, FOLDER_POINTS, seed=zlib.crc32(name.encode()))
-        points = np.asarray(points, dtype=np.float32)
+        elif not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0 or not loaded.area > 0:
+            raise InputError(f"the mesh {path} has no surface")
+        else:
+            points = np.asarray(trimesh.sample.sample_surface(loaded, FOLDER_POINTS, seed=seed)[0], dtype=np.float32)
+        if not np.isfinite(points).all():
+            raise InputError(f"the point cloud {path} has non-finite points")
     return points * np.array([1.0, -1.0, -1.0], dtype=np.float32)
 
 
