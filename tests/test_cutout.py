@@ -36,7 +36,7 @@ def dark_is_object(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.fixture
 def fake_u2net(tmp_path, monkeypatch):
-    """rembg's ``u2net`` model replaced offline by a one-op ONNX graph: the object is what is dark."""
+    """rembg's ``u2net`` model replaced offline by a two-op ONNX graph: the object is what is dark."""
     from onnx import TensorProto, helper, save
 
     monkeypatch.setenv("NUMBA_DISABLE_JIT", "1")  # rembg imports pymatting, whose numba compile takes ~45 s
