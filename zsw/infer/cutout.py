@@ -26,8 +26,6 @@ photo is used whole, with a note.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -64,7 +62,7 @@ class Cutout:
     """A background remover: ``cutout(rgb)`` with ``rgb [H, W, 3]`` uint8 gives the object's alpha
     ``[H, W]`` uint8 (255 the object, 0 the background). ``name`` says which remover and model,
     ``identity`` what ``result.json`` records and a rerun compares (the remover's version, model
-    and model file)."""
+    and the model file's SHA-256)."""
 
     def __init__(self, session, name: str, identity: str):
         self.session = session
@@ -106,28 +104,20 @@ def _open(spec: str) -> Cutout:
             f"put the model's .onnx file into a folder named by $U2NET_HOME"
         ) from None
     name = f"rembg:{session.model_name}"
-    version = getattr(rembg, "__version__", None) or _dist_version("rembg")
-    return Cutout(session, name, f"{name} (rembg {version}, model {_model_file_id(session)})")
-
-
-def _dist_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
+    return Cutout(session, name, f"{name} (rembg {rembg.__version__}, model {_model_file_id(session)})")
 
 
 def _model_file_id(session) -> str:
-    """A short hash of the model file's path, size and modification time (a replaced model file
-    changes it), or ``remote`` for removers without a local file."""
+    """The model file's content hash, as zsw names its own weights (:func:`zsw.io.checkpoint_sha256`:
+    read once per process for each state of the file), or ``remote`` for a remover without a local
+    file."""
+    from zsw.io import checkpoint_sha256
+
     try:
-        path = os.fspath(type(session).download_models())  # the existing file: nothing is downloaded
-        st = os.stat(path)
+        path = type(session).download_models()  # the existing file: nothing is downloaded
+        return f"sha256:{checkpoint_sha256(path)}"
     except Exception:  # noqa: BLE001 - sessions that run elsewhere have no file
         return "remote"
-    return hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
 def apply_cutout(rgb: np.ndarray, cutout: Callable[[np.ndarray], np.ndarray], label: str) -> np.ndarray | None:
