@@ -402,24 +402,26 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float32, OpenC
         seed = zlib.crc32(name.encode())
         try:
             loaded = trimesh.load(path, process=False)
-            if not isinstance(loaded, trimesh.PointCloud):
-                loaded = trimesh.load(path, force="mesh", process=False)  # a scene's meshes as one
+            if isinstance(loaded, trimesh.Scene):
+                loaded = loaded.to_mesh()  # its meshes as one, placed by the scene graph
         except Exception as e:  # trimesh raises many kinds for a broken file
             raise InputError(f"cannot read the mesh {path}: {e}") from None
         if isinstance(loaded, trimesh.PointCloud):
             points = np.asarray(loaded.vertices, dtype=np.float32)
             if len(points) == 0:
                 raise InputError(f"the point cloud {path} has no points")
+            if not np.isfinite(points).all():
+                raise InputError(f"the point cloud {path} has non-finite points")
             if len(points) > FOLDER_POINTS:
                 points = points[np.random.default_rng(seed).choice(len(points), FOLDER_POINTS, replace=False)]
-        elif isinstance(loaded, trimesh.Trimesh) and not np.isfinite(loaded.vertices).all():
+        elif not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
+            raise InputError(f"the mesh {path} has no surface")
+        elif not np.isfinite(loaded.vertices).all():
             raise InputError(f"the mesh {path} has non-finite vertices")
-        elif not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0 or not loaded.area > 0:
+        elif not loaded.area > 0:
             raise InputError(f"the mesh {path} has no surface")
         else:
             points = np.asarray(trimesh.sample.sample_surface(loaded, FOLDER_POINTS, seed=seed)[0], dtype=np.float32)
-        if not np.isfinite(points).all():
-            raise InputError(f"the point cloud {path} has non-finite points")
     return points * np.array([1.0, -1.0, -1.0], dtype=np.float32)
 
 
