@@ -264,16 +264,16 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     alpha = pixel_alpha = None
     if img.mode == "RGBA":
         a = img.getchannel("A")
-        if np.asarray(a).max() <= 127:
-            raise InputError(
-                f"{label}: the image is transparent everywhere (alpha <= 50 %): no object to reconstruct; "
-                "drop its alpha channel to use its colours"
-            )
-        if np.asarray(a).min() < 255:
+        if (transparency := _transparency(img)) is not None:
+            if transparency.max() <= 127:
+                raise InputError(
+                    f"{label}: the image is transparent everywhere (alpha <= 50 %): no object to reconstruct; "
+                    "drop its alpha channel to use its colours"
+                )
             notes.append("transparency composited on white")
             alpha_sq, _ = _pad_resize(a, size, 0, Image.Resampling.BILINEAR)
             alpha = np.asarray(alpha_sq) > 127
-            pixel_alpha = np.asarray(a) > 127
+            pixel_alpha = transparency > 127
         white = Image.new("RGB", img.size, _WHITE)
         white.paste(img, mask=a)
         img = white
@@ -286,6 +286,15 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     return LoadedImage(name, arr, (w, h), str(path) if path else None, alpha, pad, notes, np.asarray(img), pixel_alpha)
 
 
+def _transparency(img) -> np.ndarray | None:
+    """The alpha channel ``[H, W]`` uint8 of an RGBA image that is transparent somewhere; None for
+    an opaque one (an RGBA file whose alpha is 255 everywhere is an RGB photo)."""
+    if img.mode != "RGBA":
+        return None
+    a = np.asarray(img.getchannel("A"))
+    return a if a.min() < 255 else None
+
+
 def _cut_out(img, cutout, label: str, notes: list[str]):
     """``img`` with the background remover's mask as its alpha channel (:mod:`zsw.infer.cutout`)."""
     from PIL import Image
@@ -293,7 +302,7 @@ def _cut_out(img, cutout, label: str, notes: list[str]):
     from zsw.infer.cutout import apply_cutout
 
     name = getattr(cutout, "name", None) or getattr(cutout, "__name__", "the given remover")
-    if img.mode == "RGBA" and np.asarray(img.getchannel("A")).min() < 255:
+    if _transparency(img) is not None:
         notes.append(f"not cut out by {name}: the photo has its own transparency")
         return img
     rgb = img.convert("RGB")
