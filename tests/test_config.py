@@ -88,6 +88,8 @@ def test_preset_structure():
         (dict(far_fraction=1.5), "data.far_fraction"),
         (dict(far_fraction=float("nan")), "data.far_fraction"),
         (dict(near_band=0.0), "data.near_band"),
+        (dict(label_softness=-0.01), "data.label_softness"),
+        (dict(label_softness=float("inf")), "data.label_softness"),
     ],
 )
 def test_training_data_settings_are_validated(data, fragment):

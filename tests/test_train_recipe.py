@@ -163,6 +163,22 @@ def test_far_fraction_draws_that_share_of_points_away_from_the_surface(tiny64):
         ShapeDataset(tiny64[0], "train", far_fraction=1.5)
 
 
+def test_soft_labels_keep_the_surface_and_fall_off_with_distance(tiny64):
+    hard = ShapeDataset(tiny64[0], "train", points=400, size=64)
+    soft = ShapeDataset(tiny64[0], "train", points=400, size=64, label_softness=0.01)
+    a, b = hard[0], soft[0]
+    assert torch.equal(a["sdf"], b["sdf"])  # the same points: only the targets differ
+    sdf, target = b["sdf"].numpy().astype(np.float64), b["occupancy"].numpy()
+    # the same 0.5 level set as the hard labels, so the meshes' threshold stays 0.5
+    assert np.array_equal(target > 0.5, a["occupancy"].numpy() > 0.5)
+    np.testing.assert_allclose(target, 1 / (1 + np.exp((sdf - 0.003) / 0.01)), atol=1e-6)
+    near, far = np.abs(sdf - 0.003) < 0.005, np.abs(sdf - 0.003) > 0.1
+    assert near.any() and far.any()
+    assert np.all(np.abs(target[near] - 0.5) < 0.13) and np.all(np.abs(target[far] - 0.5) > 0.49)
+    with pytest.raises(ConfigError, match="label_softness"):
+        ShapeDataset(tiny64[0], "train", label_softness=-1.0)
+
+
 def test_cosine_schedule_with_warmup():
     opt = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=4)
     factors = [opt.lr_factor(s, 100) for s in range(100)]

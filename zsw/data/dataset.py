@@ -228,6 +228,8 @@ class ShapeDataset:
         seed: base seed of all per-item randomness.
         size: image size the model expects (images are resized; depth and masks must match).
         sdf_offset: occupancy label ``sdf - sdf_offset < 0`` (ZeroShape: 0.003).
+        label_softness: 0 for those hard labels; ``w > 0`` gives ``sigmoid(-(sdf - sdf_offset) / w)``,
+            the same 0.5 level set with a field that changes smoothly within a few ``w`` of it.
         max_per_category: keep at most this many views per category (ZeroShape's val: 10).
         with_shape: load SDF samples (False for pixel-only use).
         far_fraction: None draws the query points uniformly from the object's SDF samples (as
@@ -250,6 +252,7 @@ class ShapeDataset:
         seed: int = 0,
         size: int = 224,
         sdf_offset: float = 0.003,
+        label_softness: float = 0.0,
         max_per_category: int | None = None,
         with_shape: bool = True,
         far_fraction: float | None = None,
@@ -280,6 +283,9 @@ class ShapeDataset:
         self.seed = seed
         self.size = size
         self.sdf_offset = sdf_offset
+        if not (math.isfinite(label_softness) and label_softness >= 0):
+            raise ConfigError(f"label_softness must be a finite number >= 0, got {label_softness}")
+        self.label_softness = label_softness
         self.with_shape = with_shape
         self.epoch = 0
         self.skipped = 0  # in this process
@@ -377,6 +383,13 @@ class ShapeDataset:
             near_idx = far_idx
         pick = np.concatenate([_draw(far_idx, n_far, rng), _draw(near_idx, self.points - n_far, rng)])
         return pts[pick], sdf[pick]
+
+    def occupancy_labels(self, sdf: np.ndarray) -> np.ndarray:
+        """The occupancy targets of SDF values: 0/1, or soft within ``label_softness`` of the surface."""
+        inside = self.sdf_offset - np.asarray(sdf, dtype=np.float64)
+        if self.label_softness == 0:
+            return (inside > 0).astype(np.float32)
+        return (0.5 * (1.0 + np.tanh(0.5 * inside / self.label_softness))).astype(np.float32)  # sigmoid, no overflow
 
     def focal(self, index: int) -> float:
         """K[0, 0] of a sample (cached), used to match occluders to targets."""
@@ -484,7 +497,7 @@ class ShapeDataset:
             "occluder_mask": img(s.occluder),
             "points": torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)),
             "sdf": torch.from_numpy(np.ascontiguousarray(sdf, dtype=np.float32)),
-            "occupancy": torch.from_numpy((sdf - self.sdf_offset < 0).astype(np.float32)),
+            "occupancy": torch.from_numpy(self.occupancy_labels(sdf)),
             "pseudo_depth": img(pseudo),
             "pseudo_valid": img(pseudo_valid),
             "category": self.sample_id(index)[1].category,

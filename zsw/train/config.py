@@ -110,6 +110,9 @@ class DataConfig:
     # query points per sample and the occupancy offset (label: sdf - offset < 0)
     points: int = 4096
     sdf_offset: float = 0.003
+    # 0: hard labels (ZeroShape); w > 0: soft labels sigmoid(-(sdf - sdf_offset) / w), in the SDF's
+    # units: the same 0.5 level set, but a field that falls off smoothly within a few w of the surface
+    label_softness: float = 0.0
     # None: query points drawn uniformly from the SDF samples (ZeroShape); a number: this fraction
     # from samples farther than near_band x the object's extent from the surface (see ShapeDataset)
     far_fraction: float | None = None
@@ -216,6 +219,8 @@ class TrainConfig:
             raise ConfigError(f"data.far_fraction must be in [0, 1] or null, got {d.far_fraction!r}")
         if not (math.isfinite(d.near_band) and d.near_band > 0):
             raise ConfigError(f"data.near_band must be a finite number > 0, got {d.near_band!r}")
+        if not (math.isfinite(d.label_softness) and d.label_softness >= 0):
+            raise ConfigError(f"data.label_softness must be a finite number >= 0, got {d.label_softness!r}")
 
     @property
     def num_epochs(self) -> int:

@@ -54,6 +54,7 @@ def datasets(cfg: TrainConfig, image_size: int, echo: Callable[[str], None]):
         seed=cfg.seed,
         size=image_size,
         sdf_offset=cfg.data.sdf_offset,
+        label_softness=cfg.data.label_softness,
         with_shape=cfg.stage in ("shape", "full"),
         far_fraction=cfg.data.far_fraction,
         near_band=cfg.data.near_band,

@@ -217,8 +217,8 @@ class TrainStep(nn.Module):
                 terms["up"] = (1.0 - (latents.up * true_up).sum(-1)).mean()
             logits = model.decoder.decode(latents, queries.to(out.tokens.dtype))
             terms["occupancy"] = L.occupancy_bce(logits, batch["occupancy"])
-            terms["occupancy_acc"] = ((logits.detach() > 0).float() == batch["occupancy"]).float().mean()
-            pred, gt_occ = logits.detach() > 0, batch["occupancy"] > 0.5
+            pred, gt_occ = logits.detach() > 0, batch["occupancy"] > 0.5  # soft labels too (label_softness)
+            terms["occupancy_acc"] = (pred == gt_occ).float().mean()
             union = (pred | gt_occ).sum()
             terms["occupancy_iou"] = (pred & gt_occ).sum() / union.clamp(min=1)
         weights = {
