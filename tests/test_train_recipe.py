@@ -179,6 +179,21 @@ def test_soft_labels_keep_the_surface_and_fall_off_with_distance(tiny64):
         ShapeDataset(tiny64[0], "train", label_softness=-1.0)
 
 
+def test_a_training_step_scores_soft_targets_at_their_surface(tiny64):
+    from zsw.model import build_model
+
+    model = build_model(str(tiny64[1])).eval()  # no dropout or batch statistics between the two calls
+    step = TrainStep(model, _cfg(tiny64, stage="shape"))
+    hard = synthetic_batch(2, 64, 256)
+    soft = {**hard, "occupancy": torch.sigmoid(-(hard["sdf"] - 0.003) / 0.01)}
+    a, b = step(hard), step(soft)
+    # accuracy and IoU compare at 0.5, so soft targets with the same surface score the same
+    for key in ("occupancy_acc", "occupancy_iou"):
+        assert float(b[key]) == pytest.approx(float(a[key]))
+    # while the loss does see the soft targets
+    assert float(b["occupancy"].detach()) != pytest.approx(float(a["occupancy"].detach()))
+
+
 def test_cosine_schedule_with_warmup():
     opt = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=4)
     factors = [opt.lr_factor(s, 100) for s in range(100)]

@@ -15,7 +15,7 @@ key                 shape             content
 ``occluder_mask``   [1, S, S] float   1 on occluders in front of it
 ``points``          [P, 3]            query points, object frame (P = 4096 by default)
 ``sdf``             [P]               their SDF
-``occupancy``       [P] float         ``sdf - 0.003 < 0`` (ZeroShape's label)
+``occupancy``       [P] float         ``sdf - 0.003 < 0`` (ZeroShape's label), or soft targets (``label_softness``)
 ``pseudo_depth``    [1, S, S] float   relative inverse depth (Depth Anything V2), 0 if absent
 ``pseudo_valid``    [1, S, S] float   1 where ``pseudo_depth`` applies to the image
 ``category``        str               the sample's category (for ``prompts: category``)

@@ -14,7 +14,8 @@ term                      weight      definition
 ``visible_mask``          1           BCE with logits, mean over pixels
 ``occluder_mask``         1           BCE with logits, mean over pixels
 ``occupancy``             1           BCE with logits on the query points, mean over B x P;
-                                      label ``sdf - 0.003 < 0``
+                                      label ``sdf - 0.003 < 0`` (soft with
+                                      ``data.label_softness``)
 ``depth_gradient``        0           optional multi-scale gradient matching on aligned inverse
                                       depth (ZeroShape's MiDaS loss uses 0.1)
 ========================  ==========  ==========================================================
