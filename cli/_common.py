@@ -18,7 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["cli_errors", "error", "RichReporter", "Weights", "Device", "Precision", "Resolution", "Extraction",
            "Threshold", "Backend", "Engine", "BatchSize", "Reframe", "MinPart", "Smooth", "Faces",
-           "Tta"]  # fmt: skip
+           "Tta", "Carve"]  # fmt: skip
 
 # Options several commands share, declared once (their values are checked by the job's settings).
 Weights = Annotated[
@@ -54,6 +54,13 @@ Tta = Annotated[
         help="Test-time augmentation: flip (average the occupancy with that of the photo mirrored left to right; "
         "twice the grid decoding), flip-pixel (average only the pixel model's outputs with the mirrored photo's), "
         "none, or auto (flip on CUDA, flip-pixel on the CPU)."
+    ),
+]
+Carve = Annotated[
+    bool,
+    typer.Option(
+        help="No surface where the photo shows background: bound the occupancy of points whose projection "
+        "neither mask claims (--no-carve: the decoder's field as it is)."
     ),
 ]
 Resolution = Annotated[int, typer.Option(min=8, max=1024, help="Grid cells per axis (N+1 samples).")]

@@ -55,6 +55,7 @@ def evaluate(
     background: opts.Background = "auto",
     cutout: opts.Cutout = "none",
     tta: opts.Tta = "auto",
+    carve: opts.Carve = True,
     min_part: opts.MinPart = 0.02,
     smooth: opts.Smooth = 30,
     faces: opts.Faces = None,
@@ -67,7 +68,8 @@ def evaluate(
         num_points=num_points, align=align, prompt=prompt, use_mask=use_mask, baseline=baseline, seed=seed,
         precision=precision, split=split, max_per_category=max_per_category, limit=limit, device=device,
         batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
-        background=background, min_part=min_part, smooth=smooth, faces=faces, tta=tta, cutout=cutout)  # fmt: skip
+        background=background, min_part=min_part, smooth=smooth, faces=faces, tta=tta, cutout=cutout,
+        carve=carve)  # fmt: skip
     _print_report(reporter := RichReporter(min_total=1), evaluate_set(data, out, settings, reporter))
 
 

@@ -65,6 +65,7 @@ def reconstruct(
     background: opts.Background = "auto",
     cutout: opts.Cutout = "none",
     tta: opts.Tta = "auto",
+    carve: opts.Carve = True,
     color: opts.Color = "photo",
     close: Annotated[bool, typer.Option(help="Space outside the grid is empty: watertight meshes.")] = True,
     min_part: opts.MinPart = 0.02,
@@ -79,7 +80,7 @@ def reconstruct(
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
         preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
-        background=background, tta=tta, texture=texture, cutout=cutout)  # fmt: skip
+        background=background, tta=tta, texture=texture, cutout=cutout, carve=carve)  # fmt: skip
     report = zsw.reconstruct_many(inputs, out, settings, reporter := RichReporter())
     reporter.summary(report.summary(), report.ok)
     raise typer.Exit(0 if report.ok else 1)  # 1: some image failed

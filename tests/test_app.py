@@ -36,6 +36,7 @@ ARMCHAIR = REPO / "examples" / "armchair.png"
 # the browser test needs a photo the packaged model reconstructs as one compact object that fills
 # the 3D view (its armchair has holes; zsw-demo-v3 made fragments of it)
 TEDDY = REPO / "examples" / "teddy_bear.png"
+TIGER = REPO / "examples" / "tiger.png"
 RESOLUTION = 32  # the packaged model on the CPU: a few seconds per request
 CHROMIUM = "/usr/bin/chromium"
 # --headless..--disable-sync: a closed network refuses Chromium's background connections, so they
@@ -80,13 +81,14 @@ def _arguments(
     tta: str = "auto",
     texture: int = 0,
     cutout: str = "none",
+    carve: bool = True,
 ) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
     background, smoothing, faces (0: all), test-time augmentation, texture (0: none), background
-    removal; the page's defaults but for the resolution."""
+    removal, carving; the page's defaults but for the resolution."""
     return (
         handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta,
-        texture, cutout,
+        texture, cutout, carve,
     )  # fmt: skip
 
 
@@ -151,6 +153,20 @@ def test_smoothing_face_budget_and_tta_reach_the_job(app_url, tmp_path):
     assert expected["face_budget"] == 600 and len(glb.faces) == expected["faces"] <= 600, (status, expected)
     assert np.allclose(np.sort(glb.vertices, axis=0), np.sort(trimesh.load(report.written[0] / "mesh.glb",
                        force="mesh", process=False).vertices, axis=0), atol=1e-5)  # fmt: skip
+
+
+def test_carving_choice_reaches_the_job(app_url, tmp_path):
+    # the tiger photo: without carving the packaged model fills the space under its belly
+    model, *_, status = _reconstruct(app_url, TIGER, tmp_path / "dl", carve=False)
+    counts = {}
+    for carve in (True, False):
+        settings = ReconstructSettings(
+            device="cpu", formats=FORMATS, preview=False, grid=GridSettings(resolution=RESOLUTION), carve=carve
+        )
+        report = reconstruct_many([TIGER], tmp_path / str(carve), settings)
+        counts[carve] = json.loads((report.written[0] / "result.json").read_text())["mesh"]["vertices"]
+    assert counts[True] != counts[False], counts  # otherwise this test could not tell them apart
+    assert len(trimesh.load(model, force="mesh", process=False).vertices) == counts[False], (status, counts)
 
 
 def test_texture_reaches_the_job_and_its_files_the_page(app_url, tmp_path):

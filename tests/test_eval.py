@@ -413,3 +413,27 @@ def test_packaged_model_beats_the_sphere_and_the_true_size_ellipsoid_on_unseen_s
         cd[name] = summary["overall"]["cd"]
     assert cd["demo"] < 0.9 * cd["sphere"], cd
     assert cd["demo"] < cd["ellipsoid"], cd
+
+
+def test_eval_carving_reaches_the_reconstructor_and_the_resume_key(procedural_test_set, tmp_path, monkeypatch):
+    """--carve/--no-carve as in `zsw reconstruct`: the meshes scored are the ones users get."""
+    import zsw.infer.reconstruct as reconstruct_module
+    from zsw.eval.jobs import EvalJobSettings, evaluate_set
+    from zsw.infer.settings import GridSettings
+
+    bounds = []
+    real = reconstruct_module.SilhouetteBound
+
+    def spy(*args, **kwargs):
+        bounds.append(real(*args, **kwargs))
+        return bounds[-1]
+
+    monkeypatch.setattr(reconstruct_module, "SilhouetteBound", spy)
+    s = dict(format="procedural", weights="random:tiny", grid=GridSettings(12), num_points=200, limit=1)
+    out = tmp_path / "r.json"
+    assert evaluate_set(procedural_test_set, out, EvalJobSettings(**s)).summary["settings"]["carve"] is True
+    assert len(bounds) == 1
+    with pytest.raises(ConfigError, match="carve differ"):
+        evaluate_set(procedural_test_set, out, EvalJobSettings(**s, carve=False))
+    report = evaluate_set(procedural_test_set, tmp_path / "loose.json", EvalJobSettings(**s, carve=False))
+    assert report.summary["settings"]["carve"] is False and len(bounds) == 1

@@ -435,6 +435,12 @@ def test_cli_skips_finished_images_and_overwrite_replaces_them(repo_root, tmp_pa
     assert json.loads((out / "bolt" / "result.json").read_text())["request"]["background"] == "never"
     bad = runner.invoke(app, [*base, "--background", "maybe"])
     assert bad.exit_code == 2 and "--background" in bad.output
+    # and carving the field by the silhouette
+    plain_args = [*base, "--format", "ply", "--frame", "camera", "--reframe", "always", "--background", "never"]
+    uncarved = runner.invoke(app, [*plain_args, "--no-carve"])
+    assert uncarved.exit_code == 0 and "redoing 1" in uncarved.output
+    info = json.loads((out / "bolt" / "result.json").read_text())
+    assert info["request"]["carve"] is False and info["grid"]["carved"] is False
     # an interrupted image (outputs but no result.json) is redone
     (out / "bolt" / "result.json").unlink()
     assert "reconstructed 1" in runner.invoke(app, base).output

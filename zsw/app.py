@@ -105,7 +105,7 @@ def build_app(
 ) -> gr.Blocks:
     """The page. ``defaults`` fixes what the page does not offer (weights, device, backend, ...) and
     the initial values of what it does (prompt, resolution, extraction, colour, framing,
-    background, background removal, smoothing, faces, test-time augmentation, texture); the model is
+    background, background removal, smoothing, faces, test-time augmentation, carving, texture); the model is
     loaded once here to check them (a :class:`~zsw.errors.ZswError` if it cannot be). Each request
     writes into its own folder under ``work_dir`` (default: a new temporary folder)."""
     defaults = defaults or ReconstructSettings()
@@ -165,6 +165,10 @@ def build_app(
                     info="flip: average the shape with the mirrored photo's (twice the decoding); flip-pixel: "
                     "average only depth and masks; auto: flip on a GPU, flip-pixel on a CPU",
                 )  # fmt: skip
+                carve = gr.Checkbox(
+                    value=defaults.carve, label="Carve",
+                    info="no surface where the photo shows background (between legs, under a table)",
+                )  # fmt: skip
                 texture = gr.Radio(
                     sorted({0, 512, 1024, 2048, defaults.texture}), value=defaults.texture, label="Texture",
                     info="bake the photo into an atlas of this many texels a side (0: vertex colours only); "
@@ -194,6 +198,7 @@ def build_app(
             augmentation: str,
             atlas_size: float,
             remover: str,
+            carving: bool,
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
@@ -208,12 +213,27 @@ def build_app(
                 faces=int(face_budget) if face_budget else None,
                 tta=augmentation,
                 texture=int(atlas_size or 0),
+                carve=bool(carving),
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
         run.click(
             reconstruct,
-            [photo, prompt, resolution, extraction, color, reframe, background, smooth, faces, tta, texture, cutout],
+            [
+                photo,
+                prompt,
+                resolution,
+                extraction,
+                color,
+                reframe,
+                background,
+                smooth,
+                faces,
+                tta,
+                texture,
+                cutout,
+                carve,
+            ],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
         )
@@ -304,6 +324,7 @@ def _settings(
     faces: int | None = None,
     tta: str = "auto",
     texture: int = 0,
+    carve: bool = True,
 ) -> ReconstructSettings:
     """The page's choices on top of the defaults; every mesh format, no preview picture (the
     3D view replaces it)."""
@@ -320,6 +341,7 @@ def _settings(
         faces=faces,
         tta=tta,
         texture=texture,
+        carve=carve,
         formats=FORMATS,
         preview=False,
         overwrite=True,

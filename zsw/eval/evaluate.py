@@ -85,6 +85,7 @@ class EvalSettings:
     smooth: int = 0  # passes of Taubin smoothing of the mesh (zsw.infer.mesh_ops)
     faces: int | None = None  # the mesh decimated to at most this many triangles (None: not decimated)
     tta: str = "none"  # test-time augmentation of the occupancy ("flip": averaged with the mirrored photo's)
+    carve: bool = False  # occupancy bounded where the photo shows background (zsw.infer.carve)
     cutout: str = "none"  # the photo's background removed first (zsw.infer.cutout: the remover's identity)
     data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
 

@@ -65,6 +65,7 @@ class EvalJobSettings:
     smooth: int = SMOOTH
     faces: int | None = None
     tta: str = "auto"
+    carve: bool = True
     cutout: str = "none"
     split: str | None = None
     max_per_category: int | None = None
@@ -144,7 +145,7 @@ def evaluate_set(
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
                           color="none", reframe=s.reframe, background=s.background,
-                          min_part=s.min_part, smooth=s.smooth, faces=s.faces, tta=s.tta)  # fmt: skip
+                          min_part=s.min_part, smooth=s.smooth, faces=s.faces, tta=s.tta, carve=s.carve)  # fmt: skip
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
@@ -176,7 +177,7 @@ def _measured(data: Path, fingerprint: str, weights: str, s: EvalJobSettings, ba
                         threshold=g.threshold, bound=g.bound, close=g.close, num_points=s.num_points,
                         align=s.align, prompt=s.prompt, use_mask=s.use_mask, baseline=s.baseline, seed=s.seed,
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
-                        smooth=s.smooth, faces=s.faces, tta=resolve_tta(s.tta, backend.device),
+                        smooth=s.smooth, faces=s.faces, tta=resolve_tta(s.tta, backend.device), carve=s.carve,
                         cutout=cutout.identity if cutout else "none",
                         data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
 

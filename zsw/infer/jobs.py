@@ -136,7 +136,7 @@ def _run(
     backend, label, warning = cached_backend(kind, s.weights, s.engine, s.device, identity)
     recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,
                           color=s.color, min_part=s.min_part, smooth=s.smooth, faces=s.faces, reframe=s.reframe,
-                          background=s.background, tta=s.tta, texture=s.texture)  # fmt: skip
+                          background=s.background, tta=s.tta, texture=s.texture, carve=s.carve)  # fmt: skip
     if warning:
         recon.warnings.insert(0, warning)
     for w in recon.warnings:  # said once for the run, and recorded in every result.json

@@ -29,6 +29,7 @@ import torch
 
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, predict
+from zsw.infer.carve import SilhouetteBound, carved
 from zsw.infer.cutout import open_cutout
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
@@ -157,6 +158,9 @@ class Reconstructor:
             :func:`~zsw.infer.tta.resolve_tta`) is ``flip`` on CUDA and ``flip-pixel`` on the CPU.
             Every pixel-model pass reads the two masks as one label per pixel
             (:func:`~zsw.infer.tta.pixel_function`).
+        carve: bound the occupancy where the photo shows background -- a point whose projection
+            neither mask claims is outside the object (default; :mod:`zsw.infer.carve`); False
+            leaves the decoder's field as it is.
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class Reconstructor:
         background: str = "auto",
         tta: str = "auto",
         texture: int = 0,
+        carve: bool = True,
     ):
         # Imported here, not inside the timed marching-cubes stage (~1 s cold). Importing it on a
         # thread while the model runs was measured and is slower: the import's Python holds the GIL
@@ -211,6 +216,7 @@ class Reconstructor:
         if background not in BACKGROUNDS:
             raise ConfigError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         self.background = background
+        self.carve = bool(carve)
         self.tta = resolve_tta(tta, backend.device)
         # the pixel model as every pass here runs it: framing, the background's masks, the prediction
         self._pixel = pixel_function(backend, self.tta)
@@ -402,6 +408,8 @@ class Reconstructor:
                         "its weights are damaged or diverged"
                     )
         decode = occupancy_function(backend, pred, mirrored, self.precision, label)
+        if with_mesh and self.carve:
+            decode = carved(decode, SilhouetteBound(pred, [im.photo_area for im in images]))
         if with_mesh:
             meshes, grid_stats = grid_meshes(decode, B, self.grid, device=device)
             meshes, dropped = zip(*(drop_small_parts(mesh, self.min_part) for mesh in meshes))
@@ -518,7 +526,7 @@ class Reconstructor:
             camera=CameraInfo(im.size, rec.intrinsics.tolist(), original_intrinsics(rec.intrinsics, im).tolist(),
                               rec.center.tolist(), rec.scale),
             grid=GridInfo(g.resolution, g.extraction, g.threshold, g.bound, g.close, grid.evaluated_points,
-                          grid.grid_points),
+                          grid.grid_points, self.carve),
             mesh=MeshInfo(self.frame, UNITS, len(rec.mesh.vertices), len(rec.mesh.faces),
                           bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight), self.min_part, dropped,
                           self.smooth, self.faces, texture=self.texture if rec.texture is not None else None),
@@ -566,6 +574,7 @@ def reconstruct(
     tta: str = "auto",
     texture: int = 0,
     cutout="none",
+    carve: bool = True,
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -609,6 +618,7 @@ def reconstruct(
         cutout: remove the photo's background first: ``none``, ``rembg``, ``rembg:<model>``
             (:mod:`zsw.infer.cutout`, needs ``zsw[cutout]``), or any callable ``rgb [H, W, 3]
             uint8 -> alpha [H, W]``; not used with ``mask`` or on a photo with transparency.
+        carve: no surface where the photo shows background (default; :mod:`zsw.infer.carve`).
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -641,7 +651,7 @@ def reconstruct(
     rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
                         weights_label=label, precision=precision, close=close, color=color,
                         min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
-                        background=background, tta=tta, texture=texture)  # fmt: skip
+                        background=background, tta=tta, texture=texture, carve=carve)  # fmt: skip
     if warning:
         rec.warnings.append(warning)
     return rec([loaded], prompt, masks)[0]

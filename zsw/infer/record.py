@@ -41,6 +41,7 @@ class GridInfo:
     closed: bool
     evaluated_points: int
     grid_points: int
+    carved: bool = False  # occupancy bounded where the photo shows background (zsw.infer.carve)
 
 
 @dataclass

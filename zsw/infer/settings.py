@@ -184,6 +184,8 @@ class ReconstructSettings:
             the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
             photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU;
             :class:`~zsw.infer.reconstruct.Reconstructor`).
+        carve: no surface where the photo shows background (:mod:`zsw.infer.carve`); False keeps
+            the decoder's field as it is.
         preview: write ``preview.png``.
         overwrite: redo images even when their result records the same input and settings.
     """
@@ -208,6 +210,7 @@ class ReconstructSettings:
     faces: int | None = None
     texture: int = 0
     tta: str = "auto"
+    carve: bool = True
     preview: bool = True
     overwrite: bool = False
 
@@ -249,7 +252,7 @@ class ReconstructSettings:
             fast=g.refinement,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
             prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
-            smooth=self.smooth, faces=self.faces, texture=self.texture, tta=self.tta,
+            smooth=self.smooth, faces=self.faces, texture=self.texture, tta=self.tta, carve=self.carve,
             reframe=self.reframe, background=self.background, cutout=cutout or self.cutout, preview=self.preview,
             device=self.device or "auto",
         )  # fmt: skip
