@@ -63,13 +63,11 @@ def evaluate(
 ) -> None:
     from zsw.eval.jobs import EvalJobSettings, evaluate_set
 
-    settings = EvalJobSettings(
-        format=format, weights=weights, grid=zsw.GridSettings(resolution, extraction, threshold),
+    settings = EvalJobSettings(format=format, weights=weights, grid=zsw.GridSettings(resolution, extraction, threshold),
         num_points=num_points, align=align, prompt=prompt, use_mask=use_mask, baseline=baseline, seed=seed,
         precision=precision, split=split, max_per_category=max_per_category, limit=limit, device=device,
-        batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe,
-        background=background, min_part=min_part, smooth=smooth, faces=faces, tta=tta, cutout=cutout,
-        carve=carve)  # fmt: skip
+        batch_size=batch_size, backend=backend, engine=engine, overwrite=overwrite, reframe=reframe, carve=carve,
+        background=background, min_part=min_part, smooth=smooth, faces=faces, tta=tta, cutout=cutout)  # fmt: skip
     _print_report(reporter := RichReporter(min_total=1), evaluate_set(data, out, settings, reporter))
 
 
