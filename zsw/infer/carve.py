@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zsw.model import SurfacePrediction
+from zsw.model.decoder import camera_projection, project_points
 
 __all__ = ["MARGIN", "SLOPE", "signed_distance", "silhouette_map", "SilhouetteBound", "carved"]
 
@@ -75,19 +76,12 @@ class SilhouetteBound:
         areas = photo_areas if photo_areas is not None else [None] * len(visible)
         occluders = occluder if occluder is not None else [None] * len(visible)
         maps = [silhouette_map(v, o, a) for v, o, a in zip(visible, occluders, areas)]
-        device = pred.visible_mask.device
-        self.distance = torch.from_numpy(np.stack(maps))[:, None].to(device)  # [B, 1, S, S]
-        eye = torch.eye(3, device=device)
-        pose = torch.cat([pred.scale.float()[:, None, None] * eye, pred.center.float()[:, :, None]], dim=2)
-        self.projection = pred.intrinsics.float() @ pose  # [B, 3, 4]: normalised point -> homogeneous pixel
+        self.distance = torch.from_numpy(np.stack(maps))[:, None].to(pred.visible_mask.device)  # [B, 1, S, S]
+        self.projection = camera_projection(pred.intrinsics, pred.center, pred.scale)  # [B, 3, 4]
 
     def __call__(self, points: Tensor) -> Tensor:  # [B, N, 3] normalised -> [B, N] logit bounds
         S = self.distance.shape[-1]
-        P = self.projection
-        uvw = points.float() @ P[:, :, :3].transpose(1, 2) + P[:, None, :, 3]
-        w = uvw[..., 2:]
-        front = w > 1e-6
-        uv = uvw[..., :2] / torch.where(front, w, torch.ones_like(w))  # pixels, centres at integers
+        uv, front = project_points(points, self.projection)  # pixels, centres at integers
         seen = front[..., 0] & (uv >= 0).all(-1) & (uv <= S - 1).all(-1)
         grid = torch.where(front, uv * (2.0 / (S - 1)) - 1.0, torch.zeros_like(uv))[:, :, None, :]
         d = F.grid_sample(self.distance, grid, align_corners=True)[:, 0, :, 0]  # [B, N]

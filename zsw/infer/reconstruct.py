@@ -408,9 +408,9 @@ class Reconstructor:
                         "its weights are damaged or diverged"
                     )
         decode = occupancy_function(backend, pred, mirrored, self.precision, label)
-        if with_mesh and self.carve:
-            decode = carved(decode, SilhouetteBound(pred, [im.photo_area for im in images]))
         if with_mesh:
+            if self.carve:
+                decode = carved(decode, SilhouetteBound(pred, [im.photo_area for im in images]))
             meshes, grid_stats = grid_meshes(decode, B, self.grid, device=device)
             meshes, dropped = zip(*(drop_small_parts(mesh, self.min_part) for mesh in meshes))
             t0 = time.perf_counter()

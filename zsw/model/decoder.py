@@ -34,7 +34,15 @@ from zsw.config import DecoderConfig
 from zsw.model.geometry import sincos_pos_embed_2d
 from zsw.model.layers import FeedForward, OccupancyMLP, PointCrossAttention
 
-__all__ = ["PointDecoder", "DecoderLatents", "PixelView", "box_center", "silhouette_distance"]
+__all__ = [
+    "PointDecoder",
+    "DecoderLatents",
+    "PixelView",
+    "box_center",
+    "camera_projection",
+    "project_points",
+    "silhouette_distance",
+]
 
 
 @dataclass
@@ -62,9 +70,7 @@ class PixelView:
     ) -> PixelView:
         maps = [visible_points, visible_mask] + ([occluder_mask] if occluder_mask is not None else [])
         surface = torch.cat([m.to(visible_points.dtype) for m in maps], dim=1)
-        eye = torch.eye(3, device=center.device, dtype=torch.float32)
-        pose = torch.cat([scale.float()[:, None, None] * eye, center.float()[:, :, None]], dim=2)  # [B, 3, 4]
-        return PixelView(surface, intrinsics.float() @ pose)
+        return PixelView(surface, camera_projection(intrinsics, center, scale))
 
     def center_anchor(self) -> Tensor:  # [B, 3]
         """:func:`box_center` of the visible xyz (channels 0-2) on the visible mask (channel 3),
@@ -91,11 +97,7 @@ class PixelView:
         with torch.autocast(points.device.type, enabled=False):
             pts = points.float()
             B, C, S, _ = self.surface.shape
-            P = self.projection.float()
-            uvw = pts @ P[:, :, :3].transpose(1, 2) + P[:, None, :, 3]  # [B, N, 3]
-            w = uvw[..., 2:]
-            front = w > 1e-6
-            uv = uvw[..., :2] / torch.where(front, w, torch.ones_like(w))
+            uv, front = project_points(pts, self.projection)
             grid = torch.where(front, uv * (2.0 / (S - 1)) - 1.0, torch.full_like(uv, -4.0))  # pixel centres at +-1
             sampled = F.grid_sample(self.surface.float(), grid[:, :, None, :], align_corners=True)
             sampled = sampled[..., 0].transpose(1, 2)  # [B, N, C]
@@ -109,6 +111,27 @@ class PixelView:
                 f = F.grid_sample(features.float(), cells[:, :, None, :], align_corners=False)
                 out.append(f[..., 0].transpose(1, 2))  # [B, N, C_f]
         return torch.cat(out, dim=-1).to(points.dtype)
+
+
+def camera_projection(intrinsics: Tensor, center: Tensor, scale: Tensor) -> Tensor:  # -> [B, 3, 4]
+    """``K @ [scale * I | center]`` in float32: a normalised point to its homogeneous pixel
+    (``camera = normalised * scale + center``; ``intrinsics [B, 3, 3]``, ``center [B, 3]``, ``scale [B]``)."""
+    eye = torch.eye(3, device=center.device, dtype=torch.float32)
+    pose = torch.cat([scale.float()[:, None, None] * eye, center.float()[:, :, None]], dim=2)
+    return intrinsics.float() @ pose
+
+
+def project_points(points: Tensor, projection: Tensor) -> tuple[Tensor, Tensor]:  # [B, N, 3], [B, 3, 4]
+    """Pixel coordinates ``uv [B, N, 2]`` (pixel centres at integers) of ``points`` through
+    ``projection`` (:func:`camera_projection`), in float32, and ``front [B, N, 1]``: in front of
+    the camera (``uv`` is not divided by the depth elsewhere). Autocast is off inside: pixel
+    coordinates up to the image size need more than bf16's 8 bits."""
+    with torch.autocast(points.device.type, enabled=False):
+        P = projection.float()
+        uvw = points.float() @ P[:, :, :3].transpose(1, 2) + P[:, None, :, 3]
+        w = uvw[..., 2:]
+        front = w > 1e-6
+        return uvw[..., :2] / torch.where(front, w, torch.ones_like(w)), front
 
 
 def box_center(points: Tensor, mask: Tensor, q: float = 0.02) -> Tensor:  # [B, 3, S, S], [B, 1, S, S] -> [B, 3]
