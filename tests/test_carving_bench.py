@@ -24,14 +24,13 @@ def _rec(vertices: list[list[float]]):
     return SimpleNamespace(mesh=mesh, intrinsics=K, visible_mask=visible, occluder_mask=np.zeros((S, S), bool))
 
 
-def test_outside_share_counts_vertices_by_their_distance_from_the_masks():
-    from zsw.bench.carving import outside_share
+def test_outside_shares_count_vertices_by_their_distance_from_the_masks():
+    from zsw.bench.carving import outside_shares
 
     rec = _rec([_at(15, 15), _at(21, 15), _at(24, 15), _at(28, 15), _at(40, 15), _at(28, 15, depth=-2.0)])
     # 0, 2, 5 and 9 px outside (to the nearest mask pixel); off the image and behind the camera do not count
-    assert outside_share(rec, 2) == pytest.approx(2 / 6)
-    assert outside_share(rec, 5) == pytest.approx(1 / 6)
-    assert outside_share(_rec([]), 2) == 0.0
+    assert outside_shares(rec, (2, 5)) == pytest.approx([2 / 6, 1 / 6])
+    assert outside_shares(_rec([]), (2, 5)) == [0.0, 0.0]
 
 
 def test_coverage_marks_the_pixels_the_vertices_fall_on():
