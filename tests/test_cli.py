@@ -156,3 +156,25 @@ def test_mesh_defaults_agree():
         assert (settings.min_part, settings.smooth) == (MIN_PART, SMOOTH)
     for function in (api, Reconstructor.__init__, _settings):
         assert inspect.signature(function).parameters["smooth"].default == SMOOTH, function.__qualname__
+
+
+def test_help_texts_keep_their_brackets():
+    """Rich reads an unescaped ``[word]`` in a help text as markup and prints nothing for it
+    (``pip install "zsw[texture]"`` came out as ``pip install "zsw"``): escape it as ``\\[word]``."""
+    import re
+
+    import typer.main
+
+    markup = re.compile(r"(?<!\\)\[[a-z][a-z0-9_-]*\]")
+    found = []
+
+    def walk(command, path):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        found.extend(f"{path}: {m}" for text in texts for m in markup.findall(text))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(typer.main.get_command(app), "zsw")
+    assert not found, found
+    out = runner.invoke(app, ["reconstruct", "--help"], terminal_width=400).output
+    assert "zsw[texture]" in out and "zsw[cutout]" in out
