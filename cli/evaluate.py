@@ -47,7 +47,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples.")] = None,
     device: opts.Device = None,
     batch_size: opts.BatchSize = 1,
-    backend: opts.Backend = "torch",
+    backend: opts.Backend = "auto",
     engine: opts.Engine = None,
     seed: Annotated[int, typer.Option(help="Seed of the surface sampling.")] = 0,
     precision: opts.Precision = "auto",

@@ -152,6 +152,13 @@ def test_mesh_defaults_agree():
         params = inspect.signature(command).parameters
         assert params["min_part"].default == MIN_PART, command.__name__
         assert params["smooth"].default == SMOOTH, command.__name__
+    # every option that changes the mesh has the same default in both commands (the backend too:
+    # on a CPU `auto` runs the packaged model's ONNX graphs, and eval scores what users get)
+    ev, rec = inspect.signature(evaluate).parameters, inspect.signature(reconstruct).parameters
+    shared = ("backend", "precision", "reframe", "background", "cutout", "tta", "carve", "faces", "resolution",
+              "extraction", "threshold")  # fmt: skip
+    assert {k: ev[k].default for k in shared} == {k: rec[k].default for k in shared}
+    assert EvalJobSettings(format="procedural").backend == ReconstructSettings().backend
     for settings in (ReconstructSettings(), EvalJobSettings(format="procedural")):
         assert (settings.min_part, settings.smooth) == (MIN_PART, SMOOTH)
     for function in (api, Reconstructor.__init__, _settings):

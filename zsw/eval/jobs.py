@@ -72,7 +72,7 @@ class EvalJobSettings:
     limit: int | None = None
     device: str | None = None
     batch_size: int = 1
-    backend: str = "torch"
+    backend: str = "auto"
     engine: Path | None = None
     overwrite: bool = False
 
