@@ -84,7 +84,9 @@ class EvalSample:
     image: np.ndarray | Path
     # [224, 224] bool visible mask, if the set has one; or (``folder``) the mask file at the photo's size
     mask: np.ndarray | Path | None
-    gt_points: np.ndarray  # [M, 3] float32 GT surface points, view-centric camera frame
+    # [M, 3] GT surface points, view-centric camera frame: float32, or float64 (``folder``: a user's
+    # shape may lie far from the origin, where float32 would round away its detail)
+    gt_points: np.ndarray
     intrinsics: np.ndarray | None  # [3, 3]
 
 
@@ -169,8 +171,8 @@ def _load_npy(path: Path, finite: bool = True) -> np.ndarray:
     return arr
 
 
-def _points(path: Path) -> np.ndarray:  # [M, 3] float32
-    pts = _load_npy(path).astype(np.float32)
+def _points(path: Path, dtype=np.float32) -> np.ndarray:  # [M, 3]
+    pts = _load_npy(path).astype(dtype)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
         raise InputError(f"point cloud {path} has shape {pts.shape}, expected [M, 3]")
     return pts
@@ -387,13 +389,14 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
     return entries, unmatched
 
 
-def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float32, OpenCV camera frame
+def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenCV camera frame
     """A ``folder`` sample's true surface points: the ``.npy`` points, a point cloud's points (a
     ``.ply`` without faces; :data:`FOLDER_POINTS` of them, drawn seeded by the sample's name, where
     it has more), or :data:`FOLDER_POINTS` sampled on the mesh (seeded likewise), turned from glTF's
-    camera frame to OpenCV's."""
+    camera frame to OpenCV's. Float64: a shape modelled far from the origin keeps its detail (the
+    metric centres both clouds first, in float64)."""
     if path.suffix.lower() == ".npy":
-        points = _points(path)
+        points = _points(path, np.float64)
     else:
         import zlib
 
@@ -407,7 +410,7 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float32, OpenC
         except Exception as e:  # trimesh raises many kinds for a broken file
             raise InputError(f"cannot read the mesh {path}: {e}") from None
         if isinstance(loaded, trimesh.PointCloud):
-            points = np.asarray(loaded.vertices, dtype=np.float32)
+            points = np.asarray(loaded.vertices, dtype=np.float64)
             if len(points) == 0:
                 raise InputError(f"the point cloud {path} has no points")
             if not np.isfinite(points).all():
@@ -421,8 +424,8 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float32, OpenC
         elif not loaded.area > 0:
             raise InputError(f"the mesh {path} has no surface")
         else:
-            points = np.asarray(trimesh.sample.sample_surface(loaded, FOLDER_POINTS, seed=seed)[0], dtype=np.float32)
-    return points * np.array([1.0, -1.0, -1.0], dtype=np.float32)
+            points = np.asarray(trimesh.sample.sample_surface(loaded, FOLDER_POINTS, seed=seed)[0], dtype=np.float64)
+    return points * np.array([1.0, -1.0, -1.0])
 
 
 def _load_folder(entry: _Entry) -> EvalSample:

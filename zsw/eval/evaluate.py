@@ -98,6 +98,16 @@ class EvalSettings:
             raise OptionError(f"--num-points must be positive, got {self.num_points}")
 
 
+def _centred(points: np.ndarray | torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N, 3] float32
+    """``points`` less their centroid, subtracted in float64 before the float32 the metric runs in:
+    a cloud at 1e6 from the origin would otherwise be rounded to 0.0625 first (the metric centres
+    and scales each cloud, so the shift changes nothing else)."""
+    if isinstance(points, torch.Tensor):
+        points = points.detach().cpu().numpy()
+    p = np.asarray(points, np.float64)
+    return torch.from_numpy((p - p.mean(axis=0)).astype(np.float32))
+
+
 def score(
     pred_points: np.ndarray | torch.Tensor,  # [N, 3]
     gt_points: np.ndarray | torch.Tensor,  # [M, 3]
@@ -108,8 +118,8 @@ def score(
     from zsw.eval.align import brute_force_align, icp
 
     device = torch.device(device or "cpu")
-    pred = normalize_pc(torch.as_tensor(np.asarray(pred_points, np.float32)).to(device))
-    gt = normalize_pc(torch.as_tensor(np.asarray(gt_points, np.float32)).to(device))
+    pred = normalize_pc(_centred(pred_points).to(device))
+    gt = normalize_pc(_centred(gt_points).to(device))
     if align == "brute-force":
         pred, _, _ = brute_force_align(pred, gt)
     elif align == "icp":
