@@ -488,6 +488,39 @@ def test_cli_reruns_are_keyed_on_the_input_content_and_the_weights(repo_root, tm
     assert sha("photo-2") == hashlib.sha256(Path(b).read_bytes()).hexdigest() and not (out / "photo-3").exists()
 
 
+def test_cli_reruns_find_their_folder_whatever_the_working_folder(repo_root, tmp_path, monkeypatch):
+    """The same relative name typed in two folders is two photos (the second must not write over
+    the first's result), and a photo given once relatively and once from elsewhere is one."""
+    import hashlib
+    import shutil
+
+    for folder, name in (("A", "toy.png"), ("B", "bolt.png")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(repo_root / "examples" / name, tmp_path / folder / "photo.png")
+    out = tmp_path / "o"
+    opts = ["-o", str(out), "--resolution", str(RES), "--no-preview", "--weights", "random:tiny"]
+
+    def sha(folder: str) -> str:
+        return json.loads((out / folder / "result.json").read_text())["request"]["input_sha256"]
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    monkeypatch.chdir(tmp_path / "A")
+    assert runner.invoke(app, ["reconstruct", "photo.png", *opts]).exit_code == 0
+    monkeypatch.chdir(tmp_path / "B")
+    second = runner.invoke(app, ["reconstruct", "photo.png", *opts])
+    assert "reconstructed 1" in second.output and "redoing" not in second.output, second.output
+    assert sha("photo") == digest(tmp_path / "A" / "photo.png") and sha("photo-2") == digest(
+        tmp_path / "B" / "photo.png"
+    )
+    # A's photo edited in place, then given from the parent folder: redone in its own folder
+    shutil.copy(repo_root / "examples" / "teddy_bear.png", tmp_path / "A" / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    assert "redoing 1" in runner.invoke(app, ["reconstruct", "A/photo.png", *opts]).output
+    assert sha("photo") == digest(tmp_path / "A" / "photo.png") and not (out / "photo-3").exists()
+
+
 def test_reruns_through_the_api_are_keyed_on_every_grid_setting_that_changes_the_mesh(repo_root, tmp_path):
     """A grid bound is not a CLI option but the API takes it: another bound redoes the image, the
     memory bound chunk_points does not."""

@@ -283,7 +283,9 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     if name is None:
         name = path.stem if path is not None else "image"
     arr = np.array(square, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
-    return LoadedImage(name, arr, (w, h), str(path) if path else None, alpha, pad, notes, np.asarray(img), pixel_alpha)
+    # the absolute path: a rerun from another working folder must know which file this was
+    source = str(Path(path).absolute()) if path else None
+    return LoadedImage(name, arr, (w, h), source, alpha, pad, notes, np.asarray(img), pixel_alpha)
 
 
 def _transparency(img) -> np.ndarray | None:

@@ -87,7 +87,9 @@ def output_name(path: Path, request: dict, out: str | os.PathLike, used: set[str
             sha = (record.get("request") or {}).get("input_sha256")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return name  # no result there (or an unreadable one, redone anyway)
-        if sha == request["input_sha256"] or source.resolve() == Path(path).resolve():
+        # a relative source (results from before sources were absolute) says nothing: which
+        # folder it was relative to is not recorded
+        if sha == request["input_sha256"] or (source.is_absolute() and source.resolve() == Path(path).resolve()):
             return name
 
 
