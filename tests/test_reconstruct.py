@@ -521,6 +521,26 @@ def test_cli_reruns_find_their_folder_whatever_the_working_folder(repo_root, tmp
     assert sha("photo") == digest(tmp_path / "A" / "photo.png") and not (out / "photo-3").exists()
 
 
+def test_reruns_compare_what_auto_resolved_to_on_this_device(repo_root, tmp_path, monkeypatch):
+    """``auto`` precision and ``--tta`` mean other things on a CPU and a GPU: a result records what
+    they resolved to, so spelling out the CPU's choices reuses it and a GPU's run would not."""
+    import torch
+
+    from zsw.infer.settings import ReconstructSettings
+
+    out = tmp_path / "o"
+    opts = ["-o", str(out), "--resolution", str(RES), "--no-preview", "--weights", "random:tiny"]
+    photo = str(repo_root / "examples" / "toy.png")
+    assert runner.invoke(app, ["reconstruct", photo, *opts]).exit_code == 0
+    request = json.loads((out / "toy" / "result.json").read_text())["request"]
+    assert (request["precision"], request["tta"], request["device"]) == ("fp32", "flip-pixel", "cpu")
+    spelled = ["--device", "cpu", "--precision", "fp32", "--tta", "flip-pixel"]
+    assert "skipped 1" in runner.invoke(app, ["reconstruct", photo, *opts, *spelled]).output
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu = ReconstructSettings(weights="random:tiny").request("random:tiny", "torch", device="cuda")
+    assert (gpu["precision"], gpu["tta"], gpu["device"]) == ("bf16", "flip", "cuda")
+
+
 def test_reruns_through_the_api_are_keyed_on_every_grid_setting_that_changes_the_mesh(repo_root, tmp_path):
     """A grid bound is not a CLI option but the API takes it: another bound redoes the image, the
     memory bound chunk_points does not."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.errors import ConfigError, InputError, ZswError
+from zsw.hub import resolve_device
 from zsw.infer.cutout import open_cutout
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
 from zsw.infer.reconstruct import Reconstructor
@@ -107,7 +108,8 @@ def reconstruct_many(
     identity = weights_identity(settings.weights, settings.engine)
     backend = resolve_backend(settings.backend, settings.weights, settings.engine, settings.device, settings.precision)
     cutout = open_cutout(settings.cutout)  # before planning: its model is part of what a rerun compares
-    request = settings.request(identity, backend, cutout=cutout.identity if cutout else None)
+    device = resolve_device(settings.device)  # resolves auto precision and --tta: recorded as resolved
+    request = settings.request(identity, backend, cutout=cutout.identity if cutout else None, device=device)
     todo, report.redone, errors = plan_reruns(paths, out, request, settings.masks, settings.overwrite)
     for path, reason in errors:
         _fail(report, reporter, str(path), reason)

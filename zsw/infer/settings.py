@@ -241,18 +241,31 @@ class ReconstructSettings:
         if self.weights is not None and self.backend not in ("auto", "torch"):
             raise OptionError(f"--weights is for the torch backend; the {self.backend} backend reads its --engine")
 
-    def request(self, weights_identity: str, backend: str | None = None, cutout: str | None = None) -> dict:
+    def request(
+        self, weights_identity: str, backend: str | None = None, cutout: str | None = None, device: str | None = None
+    ) -> dict:
         """Every setting that changes a result's files, as ``result.json`` records it (a rerun
         reuses a result only when this and the input's content hash are equal). ``backend``: what
         ``auto`` resolved to here (backends agree only to float rounding); ``cutout``: the opened
-        remover's :attr:`~zsw.infer.cutout.Cutout.identity` (its version and model file)."""
+        remover's :attr:`~zsw.infer.cutout.Cutout.identity` (its version and model file);
+        ``device``: the device the run uses, which resolves ``auto`` precision and ``--tta`` (and
+        is recorded by its type: a CPU's result is not reused on a GPU, nor the other way round)."""
+        precision, tta, where = self.precision, self.tta, self.device or "auto"
+        if device is not None:
+            import torch
+
+            from zsw.infer.precision import run_precision
+            from zsw.infer.tta import resolve_tta
+
+            precision = run_precision(backend or self.backend, self.precision, device)
+            tta, where = resolve_tta(self.tta, device), torch.device(device).type
         g = self.grid  # all of it but chunk_points, which bounds memory and changes nothing written
         return dict(
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,
             fast=g.refinement,
             threshold=g.threshold, bound=g.bound, close=g.close, frame=self.frame, formats=sorted(self.formats),
-            prompt=self.prompt, precision=self.precision, color=self.color, min_part=self.min_part,
-            smooth=self.smooth, faces=self.faces, texture=self.texture, tta=self.tta, carve=self.carve,
+            prompt=self.prompt, precision=precision, color=self.color, min_part=self.min_part,
+            smooth=self.smooth, faces=self.faces, texture=self.texture, tta=tta, carve=self.carve,
             reframe=self.reframe, background=self.background, cutout=cutout or self.cutout, preview=self.preview,
-            device=self.device or "auto",
+            device=where,
         )  # fmt: skip
