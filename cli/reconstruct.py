@@ -38,7 +38,10 @@ _PROMPT = (
     "'vlm:<hub id or folder>' asks a vision-language model."
 )
 _FORMATS = "glb, obj, ply or stl (repeatable); stl is z-up, 100 mm on its longest side, for slicers."
-_MASKS = "Folder of visible masks named like the images (<name>.png); required by ZeroShape models."
+_MASKS = (
+    "Folder of visible masks named like the images (<name>.png): white (or, in a cut-out, opaque) is the object; "
+    "0/1 label images work too. Required by ZeroShape models."
+)
 _CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
 

@@ -141,6 +141,34 @@ def test_masks_follow_the_image_transform(tmp_path):
         load_mask(np.zeros((10, 10), bool), img)
 
 
+def test_mask_files_are_read_as_users_make_them(tmp_path):
+    """A cut-out's alpha (not its colours), 0/1 label images (8- and 16-bit), a 0/65535 mask and
+    grey levels all mark the left half; an empty mask is refused in one line naming it."""
+    img = load_image(np.zeros((100, 200, 3), np.uint8))
+    left = np.zeros((100, 200), bool)
+    left[:, :100] = True
+    rgba = np.full((100, 200, 4), 255, np.uint8)  # a white photo, opaque on the left only
+    rgba[..., 3] = left * 255
+    files = {
+        "cutout.png": Image.fromarray(rgba),
+        "labels.png": Image.fromarray(left.astype(np.uint8)),
+        "labels16.png": Image.fromarray(left.astype(np.uint16)),
+        "full16.png": Image.fromarray(left.astype(np.uint16) * 65535),
+        "grey.png": Image.fromarray(left.astype(np.uint8) * 255),
+        "palette.png": Image.fromarray(rgba).convert("P"),  # no transparency: its grey levels
+    }
+    for name, image in files.items():
+        image.save(tmp_path / name)
+        mask = load_mask(tmp_path / name, img)
+        assert mask[112, 20] and not mask[112, 200], name
+    assert load_mask(left.astype(np.uint8), img)[112, 20]  # a 0/1 uint8 array
+    Image.fromarray(np.zeros((100, 200), np.uint8)).save(tmp_path / "black.png")
+    with pytest.raises(InputError, match=r"black.png: the mask marks no pixel"):
+        load_mask(tmp_path / "black.png", img)
+    with pytest.raises(InputError, match="marks no pixel"):
+        load_mask(np.zeros((100, 200), bool), img)
+
+
 def test_find_images_expands_folders_and_globs(tmp_path):
     for name in ("b.png", "a.JPG", "notes.txt", ".hidden.png"):
         (tmp_path / name).write_bytes(b"x")

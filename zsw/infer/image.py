@@ -414,21 +414,49 @@ def load_mask(source, like: LoadedImage) -> np.ndarray:  # [S, S] bool
 
     label = str(source) if isinstance(source, (str, os.PathLike)) else "mask"
     if isinstance(source, (str, os.PathLike)):
-        m = _exif_upright(_open(Path(source)), [])
+        m = _mask_plane(_exif_upright(_open(Path(source)), []))
     elif isinstance(source, Image.Image):
-        m = source
+        m = _mask_plane(source)
     elif isinstance(source, np.ndarray):
         if source.ndim != 2:
             raise InputError(f"mask array must be [H, W], got {source.shape}")
-        on = source > 127 if source.dtype == np.uint8 else source > 0.5
+        labels = source.dtype == np.uint8 and source.max(initial=0) == 1  # a 0/1 label image
+        on = source > 127 if source.dtype == np.uint8 and not labels else source > 0.5
         m = Image.fromarray(on.astype(np.uint8) * 255)
     else:
         raise InputError(f"mask must be a path, a PIL image or a numpy array, got {type(source).__name__}")
     if m.size != like.original_size:
         iw, ih = like.original_size
         raise InputError(f"{label}: mask is {m.size[0]}x{m.size[1]} pixels but its image is {iw}x{ih}")
-    square, _ = _pad_resize(m.convert("L"), like.size, 0, Image.Resampling.BILINEAR)
-    return np.asarray(square) > 127
+    square, _ = _pad_resize(m, like.size, 0, Image.Resampling.BILINEAR)
+    mask = np.asarray(square) > 127
+    if not mask.any():
+        raise InputError(f"{label}: the mask marks no pixel as the object (white, or opaque, is the object)")
+    return mask
+
+
+def _mask_plane(m):  # PIL image -> its "L" plane, 255 = object
+    """A mask file's object plane: the alpha of a cut-out (RGBA, LA, or a palette with
+    transparency) that is transparent somewhere, else the grey levels; a 0/1 label image
+    (nothing above 1) is scaled to 0/255."""
+    if m.mode == "P" and "transparency" in m.info or m.mode == "PA":
+        m = m.convert("RGBA")
+    if m.mode in ("RGBA", "LA"):
+        alpha = m.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha
+    plane = m.convert("L") if m.mode not in ("I", "I;16", "F") else _scaled_plane(m)
+    if plane.getextrema() == (0, 1):
+        plane = plane.point(lambda v: 255 * v)
+    return plane
+
+
+def _scaled_plane(m):  # a 16-bit or float mask: 0/1 labels, or grey levels of its full range
+    from PIL import Image
+
+    arr = np.asarray(m, dtype=np.float64)
+    top = 1.0 if arr.max(initial=0) <= 1 else (255.0 if arr.max() <= 255 else 65535.0)
+    return Image.fromarray((np.clip(np.nan_to_num(arr) / top, 0, 1) * 255).astype(np.uint8))
 
 
 def _is_image_name(f: Path) -> bool:
