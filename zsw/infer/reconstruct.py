@@ -415,6 +415,9 @@ class Reconstructor:
             meshes, dropped = zip(*(drop_small_parts(mesh, self.min_part) for mesh in meshes))
             t0 = time.perf_counter()
             meshes, opened = zip(*(decimate_mesh(smooth_mesh(mesh, self.smooth), self.faces) for mesh in meshes))
+            if self.faces is not None:  # the decimation's own crumbs (sheets split at a pinch) go too
+                meshes, more = zip(*(drop_small_parts(mesh, self.min_part) for mesh in meshes))
+                dropped = tuple(a + b for a, b in zip(dropped, more))
             edit_s = (time.perf_counter() - t0) / B
         else:
             meshes, grid_stats = [_empty_mesh() for _ in range(B)], [self._no_grid() for _ in range(B)]
