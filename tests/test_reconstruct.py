@@ -541,6 +541,24 @@ def test_reruns_compare_what_auto_resolved_to_on_this_device(repo_root, tmp_path
     assert (gpu["precision"], gpu["tta"], gpu["device"]) == ("bf16", "flip", "cuda")
 
 
+def test_a_prompt_the_text_model_cannot_embed_fails_the_run_once(repo_root, tmp_path, monkeypatch):
+    """Without CLIP's weights, ``--prompt chair`` is one error for the run, not one per photo."""
+    from zsw.errors import ConfigError
+    from zsw.infer.backend import TorchBackend
+
+    calls = []
+
+    def offline(self, prompt, batch):
+        calls.append(prompt)
+        raise ConfigError("cannot load CLIP: not in the local cache")
+
+    monkeypatch.setattr(TorchBackend, "embed_prompts", offline)
+    photos = [str(repo_root / "examples" / n) for n in ("toy.png", "bolt.png", "hat.png")]
+    opts = ["-o", str(tmp_path / "o"), "--resolution", str(RES), "--weights", "random:tiny", "--prompt", "chair"]
+    result = runner.invoke(app, ["reconstruct", *photos, *opts])
+    assert result.exit_code != 0 and result.output.count("cannot load CLIP") == 1 and len(calls) == 1, result.output
+
+
 def test_reruns_through_the_api_are_keyed_on_every_grid_setting_that_changes_the_mesh(repo_root, tmp_path):
     """A grid bound is not a CLI option but the API takes it: another bound redoes the image, the
     memory bound chunk_points does not."""

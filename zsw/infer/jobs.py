@@ -148,6 +148,8 @@ def _run(
         from zsw.infer.category import get_estimator
 
         estimator = get_estimator(s.prompt, device=str(backend.device))
+    elif s.prompt != recon.default_prompt():  # a missing text model fails the run once, not every photo
+        backend.embed_prompts([s.prompt], 1)
     with reporter.progress("reconstructing", len(items)) as advance:
         for start in range(0, len(items), s.batch_size):
             chunk = items[start : start + s.batch_size]

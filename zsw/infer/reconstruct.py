@@ -292,7 +292,7 @@ class Reconstructor:
         return batch.permute(0, 3, 1, 2).float().div_(255.0)
 
     def _prompt_arg(self, prompts: Sequence[str | None]) -> list[str] | None:
-        return None if all(p is None for p in prompts) else [p or self._default_prompt() for p in prompts]
+        return None if all(p is None for p in prompts) else [p or self.default_prompt() for p in prompts]
 
     def _reframe(
         self, images: list[LoadedImage], prompts: list[str | None], masks: list
@@ -458,7 +458,7 @@ class Reconstructor:
                 occluder_mask=occluder[b] if occluder is not None else None,
                 center=c,
                 scale=s,
-                prompt=(prompts[b] or self._default_prompt()) if backend.config.text.enabled else None,
+                prompt=(prompts[b] or self.default_prompt()) if backend.config.text.enabled else None,
                 visible_points=surface[b][visible[b]] * s + c,
                 texture=atlas,
             )
@@ -537,7 +537,8 @@ class Reconstructor:
             batch_size=batch, timings_s=timings, warnings=warn,
         )  # fmt: skip
 
-    def _default_prompt(self) -> str:
+    def default_prompt(self) -> str:
+        """The prompt the model is conditioned on when none is given (its config's)."""
         return self.backend.config.text.default_prompt
 
 
