@@ -185,3 +185,20 @@ def test_help_texts_keep_their_brackets():
     assert not found, found
     out = runner.invoke(app, ["reconstruct", "--help"], terminal_width=400).output
     assert "zsw[texture]" in out and "zsw[cutout]" in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "reconstruct examples/toy.png -o {out}",
+        "eval --data nowhere --format procedural --out {out}/results.json",
+        "synthesize procedural --out {out}/set --objects 1",
+        "train --config configs/tiny-cpu.yaml --data nowhere --out {out}/run",
+    ],
+)
+def test_an_output_under_a_file_is_refused_before_any_work(repo_root, tmp_path, monkeypatch, command):
+    """Not a bare 'File exists' after the work (reconstruct failed every photo, eval loaded its model)."""
+    monkeypatch.chdir(repo_root)
+    (tmp_path / "afile").write_text("not a folder")
+    result = runner.invoke(app, command.format(out=tmp_path / "afile").split())
+    assert result.exit_code == 2 and "afile" in result.output and "a file, not a folder" in result.output, result.output

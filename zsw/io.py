@@ -30,7 +30,22 @@ __all__ = [
     "sha256_file",
     "checkpoint_sha256",
     "remove_leftovers",
+    "check_out_folder",
 ]
+
+
+def check_out_folder(folder: str | os.PathLike, option: str = "--out") -> None:
+    """Before any work: ``folder`` is a folder or can be made one (neither it nor a folder above
+    it is a file), else a one-line error naming ``option`` (not a bare "File exists" after it)."""
+    from zsw.errors import OptionError
+
+    path = Path(folder)
+    for above in (path, *path.parents):
+        if above.exists():
+            if not above.is_dir():
+                what = "is a file" if above == path else f"is under {above}, which is a file"
+                raise OptionError(f"{option} {folder} {what}, not a folder")
+            return
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from zsw.infer.settings import (
 )
 from zsw.infer.tta import resolve_tta
 from zsw.infer.weights import open_backend, resolve_backend, weights_identity
-from zsw.io import atomic_write_json, atomic_write_text, remove_leftovers
+from zsw.io import atomic_write_json, atomic_write_text, check_out_folder, remove_leftovers
 from zsw.report import Reporter
 
 __all__ = ["EvalJobSettings", "EvalReport", "evaluate_set"]
@@ -128,6 +128,7 @@ def evaluate_set(
     reporter = reporter or Reporter()
     if out.is_dir():  # checked before any work, not after it
         raise ConfigError(f"--out {out} is a folder; give the summary's file name (e.g. {out / 'results.json'})")
+    check_out_folder(out.parent, "--out's folder")
     samples = open_eval_set(data, s.format, split=s.split, max_per_category=s.max_per_category)
     names = samples.names()[: s.limit] if s.limit else samples.names()
     if not names:

@@ -33,6 +33,7 @@ from zsw.infer.reruns import find_mask, plan_reruns
 from zsw.infer.result import Reconstruction
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
 from zsw.infer.weights import cached_backend, check_inputs, resolve_backend, weights_identity
+from zsw.io import check_out_folder
 from zsw.report import Reporter
 
 __all__ = ["reconstruct_many", "ReconstructReport"]
@@ -99,6 +100,7 @@ def reconstruct_many(
             "zsw.reconstruct takes arrays and PIL images"
         )
     out = Path(out)
+    check_out_folder(out, "--out")  # before any work, not after every photo's
     report = ReconstructReport(out=out)
     paths, problems = find_images(inputs)
     report.total = len(paths) + len(problems)

@@ -39,7 +39,7 @@ import numpy as np
 from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError
-from zsw.io import remove_leftovers
+from zsw.io import check_out_folder, remove_leftovers
 from zsw.synth.render import CameraConfig, View, render, sample_material, sample_view
 from zsw.synth.sdf import ALL_CATEGORIES, CATEGORIES, Shape, make_shape
 
@@ -303,6 +303,7 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationReport:
     """Render ``cfg`` into ``out`` (resuming what exists); ``progress(done_views, total_views)``."""
+    check_out_folder(out)
     layout = ZeroShapeLayout(out)
     _check_resume(layout, cfg)
     remove_leftovers(layout.root, recursive=True)  # temporary files of a killed run (before the workers start)

@@ -425,6 +425,9 @@ def train(
     echo: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Run :class:`Trainer` (joining torchrun's process group when launched by torchrun)."""
+    from zsw.io import check_out_folder
+
+    check_out_folder(out)  # before the data and the model load
     try:
         return Trainer(cfg, out, resume=resume, progress=progress, echo=echo).fit()
     finally:
