@@ -358,13 +358,16 @@ def _load_pix3d(entry: _Entry) -> EvalSample:
 
 
 def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
-    """Every photo of ``root`` and its subfolders with a true shape of the same stem; the count of
-    photos without one (skipped with a warning)."""
+    """Every photo of ``root`` and the folders below it (at any depth; the category is the
+    first-level folder's name) with a true shape of the same stem; the count of photos without one
+    (skipped with a warning)."""
     entries, unmatched = [], 0
-    folders = [root, *sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))]
+    folders = [root, *_subfolders(root)]
     for folder in folders:
-        category = "object" if folder == root else folder.name
+        rel = folder.relative_to(root)
+        category = "object" if folder == root else rel.parts[0]
         files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        by_lower = {f.name.lower(): f for f in files}  # mug.MASK.PNG is mug's mask too
         shapes: dict[str, list[Path]] = {}
         for f in files:
             if f.suffix.lower() in (*FOLDER_MESHES, ".npy"):
@@ -380,13 +383,24 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
                 log.warning("skipping %s: no true shape beside it (%s.glb, .obj, .ply, ... or .npy)", photo, photo.stem)
                 continue
             name = photo.stem if stems[photo.stem] == 1 else photo.name  # a.png and a.jpg: both a's shape
-            name = name if folder == root else f"{category}/{name}"
+            name = name if folder == root else f"{rel.as_posix()}/{name}"
             files_of = {"image": photo, "shape": found[0]}
-            mask = folder / f"{photo.stem}{FOLDER_MASK}"
-            if mask.is_file():
+            mask = by_lower.get(f"{photo.stem}{FOLDER_MASK}".lower())
+            if mask is not None:
                 files_of["mask"] = mask
             entries.append(_Entry(name, category, files_of, {}))
     return entries, unmatched
+
+
+def _subfolders(folder: Path, seen: set | None = None) -> list[Path]:
+    """Every folder below ``folder`` but hidden ones (linked folders once each: no loops)."""
+    seen = {folder.resolve()} if seen is None else seen
+    out = []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out += [d, *_subfolders(d, seen)]
+    return out
 
 
 def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenCV camera frame

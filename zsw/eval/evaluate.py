@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsw.errors import ConfigError, OptionError
+from zsw.errors import ConfigError, InputError, OptionError
 from zsw.eval.metrics import THRESHOLDS, chamfer_fscore, normalize_pc, sample_surface
 
 __all__ = [
@@ -275,6 +275,9 @@ def evaluate_samples(
         for s in batch:
             try:
                 im, mask = _model_input(s, size, cutout)
+                if needs_mask and mask is None:  # never the predicted mask in a run that says it gave them
+                    why = "--use-mask" if settings.use_mask else "this model (it has no mask heads)"
+                    raise InputError(f"no visible mask for {why} (folder format: <name>.mask.png beside the photo)")
             except ZswError as e:  # a photo or mask of the folder format that cannot be read
                 if on_sample:
                     on_sample(None, f"{s.name}: {e}")
