@@ -197,6 +197,14 @@ def test_eval_cli_end_to_end_with_resume_and_baseline(procedural_test_set, tmp_p
     assert result["settings"]["min_part"] == 0.02
     clash = runner.invoke(app, [*base, "--min-part", "0"])
     assert clash.exit_code == 1 and "min_part differ" in clash.output
+    assert out.is_file() and out.with_suffix(".md").is_file()  # a refused resume keeps the summary
+    # an --overwrite run stopped part way leaves no summary of the earlier run beside its new JSONL
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("zsw.eval.jobs._run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        stopped = runner.invoke(app, [*base, "--overwrite", "--smooth", "0"])
+    assert stopped.exit_code == 130 and not out.exists() and not out.with_suffix(".md").exists()
+    md = runner.invoke(app, [*base[:-1], str(out.with_suffix(".md"))])
+    assert md.exit_code == 2 and "give the JSON summary's name" in md.output
 
     ball = tmp_path / "ball.json"
     sphere = runner.invoke(app, [*base[:-1], str(ball), "--baseline", "sphere", "--align", "icp", "--limit", "2"])

@@ -128,6 +128,10 @@ def evaluate_set(
     reporter = reporter or Reporter()
     if out.is_dir():  # checked before any work, not after it
         raise ConfigError(f"--out {out} is a folder; give the summary's file name (e.g. {out / 'results.json'})")
+    if out.suffix.lower() == ".md" or out.name.endswith(".samples.jsonl"):  # the names of the files beside it
+        raise OptionError(
+            f"--out {out}: give the JSON summary's name (e.g. results.json); the .md table goes beside it"
+        )
     check_out_folder(out.parent, "--out's folder")
     samples = open_eval_set(data, s.format, split=s.split, max_per_category=s.max_per_category)
     names = samples.names()[: s.limit] if s.limit else samples.names()
@@ -142,6 +146,8 @@ def evaluate_set(
     jsonl = out.with_name(out.stem + ".samples.jsonl")
     remove_leftovers(out.parent, names=[out.name, out.with_suffix(".md").name, jsonl.name])  # of a killed run
     log = ResultsLog(jsonl, measured, overwrite=s.overwrite)
+    for stale in (out, out.with_suffix(".md")):  # an earlier run's summary: rewritten at the end of this one
+        stale.unlink(missing_ok=True)
     if log.rows:
         reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
     recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
