@@ -112,6 +112,13 @@ def test_train_config_yaml_and_errors(tmp_path):
         TrainConfig(amp="int8")
     with pytest.raises(ConfigError, match="optim.ema"):
         OptimConfig(ema=1.0)
+    # a negative loss weight maximises its term; an infinite SDF offset labels everything inside
+    for text, culprit in (("loss:\n  occupancy: -1\n", "loss.occupancy"), ("loss:\n  depth: .nan\n", "loss.depth"),
+                          ("loss:\n  aux_depth_eps: 0\n", "loss.aux_depth_eps"),
+                          ("data:\n  sdf_offset: .inf\n", "data.sdf_offset")):  # fmt: skip
+        (tmp_path / "w.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=culprit):
+            load_yaml(tmp_path / "w.yaml", TrainConfig)
 
 
 def test_yaml_recipes_load(repo_root):

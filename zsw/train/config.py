@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -221,6 +222,13 @@ class TrainConfig:
             raise ConfigError(f"data.near_band must be a finite number > 0, got {d.near_band!r}")
         if not (math.isfinite(d.label_softness) and d.label_softness >= 0):
             raise ConfigError(f"data.label_softness must be a finite number >= 0, got {d.label_softness!r}")
+        if not math.isfinite(d.sdf_offset):
+            raise ConfigError(f"data.sdf_offset must be a finite number, got {d.sdf_offset!r}")
+        for f in dataclasses.fields(self.loss):  # a negative weight would maximise its term
+            w = getattr(self.loss, f.name)
+            if not (math.isfinite(w) and w >= 0) or (f.name == "aux_depth_eps" and w == 0):
+                bound = "> 0" if f.name == "aux_depth_eps" else ">= 0"
+                raise ConfigError(f"loss.{f.name} must be a finite number {bound}, got {w!r}")
 
     @property
     def num_epochs(self) -> int:
