@@ -270,6 +270,9 @@ def test_config_errors():
         ProceduralConfig(categories=("sphere", "dragon"))
     with pytest.raises(ConfigError, match="bake splits"):
         ProceduralConfig(bake_splits=("holdout",))
+    for splits in ((float("nan"), 1, 1), (1, float("inf"), 1), (0, 0, 0), (1, -1, 1)):  # nan != nan: no resume
+        with pytest.raises(ConfigError, match="split fractions"):
+            ProceduralConfig(split_fractions=splits)
     with pytest.raises(ValueError):
         Shape([])
 

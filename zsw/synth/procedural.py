@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import time
@@ -85,8 +86,9 @@ class ProceduralConfig:
             raise ConfigError(f"unknown procedural categories {unknown}; known: {', '.join(ALL_CATEGORIES)}")
         if len(set(self.categories)) != len(self.categories):
             raise ConfigError("categories must not repeat")
-        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
-            raise ConfigError(f"split fractions must be 3 non-negative numbers, got {self.split_fractions}")
+        f = self.split_fractions
+        if len(f) != 3 or not all(math.isfinite(x) and x >= 0 for x in f) or sum(f) <= 0:
+            raise ConfigError(f"split fractions must be 3 finite non-negative numbers, not all 0, got {list(f)}")
         bad = [s for s in self.bake_splits if s not in SPLITS]
         if bad:
             raise ConfigError(f"bake splits must be among {SPLITS}, got {bad}")
