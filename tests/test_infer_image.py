@@ -64,6 +64,15 @@ def test_grayscale_and_high_bit_depths_become_8_bit_rgb(tmp_path, mode, value, e
     assert (im.image[112, 112] == im.image[112, 112, 0]).all()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_float_image_with_non_finite_pixels_is_refused(tmp_path, bad):
+    a = np.full((32, 32), 0.5, np.float32)
+    a[3, 4] = bad  # inf turned the whole photo black, NaN printed numpy's warnings
+    Image.fromarray(a, "F").save(tmp_path / "f.tif")
+    with pytest.raises(InputError, match="1 non-finite pixel"):
+        load_image(tmp_path / "f.tif")
+
+
 def test_exif_orientation_is_applied(tmp_path):
     a = np.zeros((40, 80, 3), np.uint8)  # landscape, left half black, right half white
     a[:, 40:] = 255

@@ -166,6 +166,8 @@ def _to_rgb_or_rgba(img, notes: list[str]):
         return img
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         a = np.asarray(img, dtype=np.float64)
+        if bad := int((~np.isfinite(a)).sum()):  # a float TIFF can hold NaN and inf
+            raise InputError(f"the image holds {bad} non-finite pixel value(s) (NaN or inf)")
         hi = float(a.max()) if a.size else 0.0
         if mode == "F" and hi <= 1.0:
             a = a * 255.0
