@@ -149,7 +149,7 @@ def load_backend(
         engine: for ``onnxruntime`` / ``tensorrt``: the directory written by ``zsw export``.
         device: where to run (default: CUDA if available, else CPU).
     """
-    from zsw.errors import ConfigError
+    from zsw.errors import ConfigError, OptionError
 
     kinds = [k for k in BACKENDS if k != "auto"] + ["onnxruntime+torch"]
     if kind not in kinds:
@@ -165,7 +165,7 @@ def load_backend(
 
         return TorchBackend(checkpoint.load(weights), device)
     if engine is None:
-        raise ConfigError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
+        raise OptionError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
     from zsw.registry import backend_loader
 
     if kind == "onnxruntime+torch":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from zsw.errors import ConfigError
+from zsw.errors import ConfigError, OptionError
 from zsw.infer.settings import PRECISIONS
 
 __all__ = ["resolve_precision", "run_precision", "autocast"]
@@ -24,7 +24,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
             return "bf16"
         return "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        raise OptionError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     return precision
 
 

@@ -76,7 +76,7 @@ def resolve_backend(
     if kind != "auto":
         return kind
     if engine is not None:
-        raise ConfigError("--engine is for the onnxruntime and tensorrt backends; pick one with --backend")
+        raise OptionError("--engine is for the onnxruntime and tensorrt backends; pick one with --backend")
     if weights not in (None, "demo"):
         return "torch"
     try:
@@ -156,7 +156,7 @@ def open_backend(
     if kind == "onnxruntime+torch" or (kind == "onnxruntime" and engine is None):
         packaged = demo_engine()
         if packaged is None:
-            raise ConfigError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
+            raise OptionError(f"the {kind} backend needs --engine DIR (a folder written by `zsw export`)")
         checkpoint = demo_weights()  # not None: demo_engine found the export of it
         label = f"demo:{checkpoint.name}"
         if kind == "onnxruntime":
