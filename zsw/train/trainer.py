@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from zsw.config import get_model_config
-from zsw.errors import ConfigError, OptionError, ZswError
+from zsw.errors import ConfigError, ZswError
 from zsw.train.config import TrainConfig
 from zsw.train.distributed import (
     DistInfo,
@@ -181,7 +181,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         device = dist.device
         if cfg.amp == "fp16" and device.type != "cuda":
-            raise OptionError("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
+            raise ConfigError("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
         # rank 0 inspects the run folder; every rank learns the outcome (no rank may hang on an error)
         record = on_main(lambda: self.folder.resume_point(cfg, self.resume), dist.is_main)
 
