@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -156,12 +155,9 @@ def measure(photo: str | os.PathLike, points: int = 65536, threads: int = 2, rou
 
 
 def markdown(result: dict, photo: str) -> str:
-    cpu_name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_name = line.split(":", 1)[1].strip()
-                break
+    from zsw.bench._harness import environment
+
+    env = environment("cpu")
     s = result["shapes"]
     lines = [
         "# The decoder's CPU inference paths against the reference kernels",
@@ -170,7 +166,7 @@ def markdown(result: dict, photo: str) -> str:
         f"this photo's grid ({result['decoded']:,} points, `fast`), joined into {result['points']:,} points; "
         f"attention q {s['q']} over latent keys {s['k_latent']}, MLP input {s['mlp_in']}. Median of "
         f"{result['rounds']} alternating rounds of {result['repeats']} calls (best in brackets). "
-        f"{os.cpu_count()} logical CPUs ({cpu_name}), torch {torch.__version__}.",
+        f"Host: {env.gpu.removeprefix('cpu: ')}, {os.cpu_count()} logical CPUs, torch {env.torch}, zsw {env.git_sha}.",
         "",
         "| operation | threads | reference (`ZSW_KERNELS=torch`) | `zsw.kernels.cpu` (`auto`) | speed-up "
         "| max abs difference (of values up to) |",
