@@ -163,6 +163,7 @@ def test_mask_files_are_read_as_users_make_them(tmp_path):
         "labels.png": Image.fromarray(left.astype(np.uint8)),
         "labels16.png": Image.fromarray(left.astype(np.uint16)),
         "full16.png": Image.fromarray(left.astype(np.uint16) * 65535),
+        "twelve_bit.png": Image.fromarray(left.astype(np.uint16) * 4095),
         "grey.png": Image.fromarray(left.astype(np.uint8) * 255),
         "palette.png": Image.fromarray(rgba).convert("P"),  # no transparency: its grey levels
     }

@@ -447,18 +447,18 @@ def _mask_plane(m):  # PIL image -> its "L" plane, 255 = object
         alpha = m.getchannel("A")
         if alpha.getextrema()[0] < 255:
             return alpha
-    plane = m.convert("L") if m.mode not in ("I", "I;16", "F") else _scaled_plane(m)
+    plane = _scaled_plane(m) if m.mode.startswith("I") or m.mode == "F" else m.convert("L")
     if plane.getextrema() == (0, 1):
         plane = plane.point(lambda v: 255 * v)
     return plane
 
 
-def _scaled_plane(m):  # a 16-bit or float mask: 0/1 labels, or grey levels of its full range
+def _scaled_plane(m):  # a 16-bit, 32-bit or float mask, scaled by its own largest value
     from PIL import Image
 
-    arr = np.asarray(m, dtype=np.float64)
-    top = 1.0 if arr.max(initial=0) <= 1 else (255.0 if arr.max() <= 255 else 65535.0)
-    return Image.fromarray((np.clip(np.nan_to_num(arr) / top, 0, 1) * 255).astype(np.uint8))
+    arr = np.nan_to_num(np.asarray(m, dtype=np.float64))
+    top = max(float(arr.max(initial=0)), 1.0)  # 0/1, 0/255, 0/4095, 0/65535 masks alike
+    return Image.fromarray((np.clip(arr / top, 0, 1) * 255).astype(np.uint8))
 
 
 def _is_image_name(f: Path) -> bool:
