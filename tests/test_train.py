@@ -251,6 +251,43 @@ def test_kill_and_resume_gives_the_uninterrupted_state(tiny64, tmp_path):
     assert not list(run.rglob(".*tmp*"))  # the kill left no half-written file behind
 
 
+def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch):
+    """Ctrl-C lands after step 2's forward pass (BatchNorm's running statistics already moved)
+    and before its optimiser step: the run finishes step 2, saves it, and the saved state is the
+    uninterrupted run's step 2, so the resumed run ends where the straight one does."""
+    from zsw import checkpoint
+    from zsw.train.step import TrainStep
+    from zsw.train.trainer import Trainer
+
+    cfg = _cfg(tiny64, max_steps=4, checkpoint_every=1, seed=3, optim=OptimConfig(lr=1e-3))
+    Trainer(cfg, tmp_path / "straight", progress=False).fit()
+    forward, calls = TrainStep.forward, []
+
+    def interrupted(self, batch):
+        out = forward(self, batch)
+        calls.append(1)
+        if len(calls) == 3:  # the first is set-up's probe for unused parameters; the third is step 2's
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler runs here, mid-step
+        return out
+
+    monkeypatch.setattr(TrainStep, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "stopped", progress=False).fit()
+    monkeypatch.setattr(TrainStep, "forward", forward)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    saved = json.loads((tmp_path / "stopped" / "checkpoints" / "latest.json").read_text())["step"]
+    assert saved == 2
+    name = "checkpoints/step-00000002.safetensors"
+    a, _, _ = checkpoint.read(tmp_path / "straight" / name)
+    b, _, _ = checkpoint.read(tmp_path / "stopped" / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # running stats included
+    Trainer(cfg, tmp_path / "stopped", resume=True, progress=False).fit()
+    a, _, _ = checkpoint.read(tmp_path / "straight" / "final.safetensors")
+    b, _, _ = checkpoint.read(tmp_path / "stopped" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_weight_average_is_what_is_validated_and_saved(tiny64, tmp_path):
     from zsw import checkpoint
     from zsw.model import build_model

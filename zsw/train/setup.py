@@ -102,7 +102,15 @@ def training_parts(
 def loader(dataset, micro_batch: int, sampler, cfg: TrainConfig, dist: DistInfo) -> DataLoader:
     return DataLoader(dataset, batch_size=micro_batch, sampler=sampler, drop_last=True,
                       num_workers=_loader_workers(cfg.data.workers, dist.world_size),
-                      pin_memory=dist.device.type == "cuda")  # fmt: skip
+                      pin_memory=dist.device.type == "cuda", worker_init_fn=_ignore_ctrl_c)  # fmt: skip
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches the workers too: they keep loading, and the trainer decides
+    when to stop (after the step under way) and shuts them down."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _loader_workers(asked: int | None, world_size: int) -> int:

@@ -113,6 +113,40 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+class _StopBetweenSteps:
+    """Ctrl-C while training: the first asks the loop to stop once the step under way is done (its
+    state is then saved whole: a step interrupted half-way has updated some of the weights, or
+    BatchNorm's running statistics, and not others), the second stops at once. Single-process runs
+    in the main thread only; elsewhere Ctrl-C raises as usual."""
+
+    def __init__(self, echo: Callable[[str], None], enabled: bool = True):
+        self.echo, self.enabled, self.requested, self._previous = echo, enabled, False, None
+
+    def __enter__(self) -> _StopBetweenSteps:
+        import signal
+        import threading
+
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.echo("stopping after this step (Ctrl-C again to stop at once)")
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 class Trainer:
     """Train ``cfg`` into ``out`` (see the module docstring).
 
@@ -348,20 +382,29 @@ class Trainer:
         self._window = (time.perf_counter(), 0)  # (since, samples) of the logged throughput
         self.last: dict[str, float] = {}
         self.validation: dict[str, float] = {}
+        stop = _StopBetweenSteps(self.echo, enabled=not self.dist.distributed)
+        between = True  # False while an optimiser step is half done: that state is never saved
         try:
-            with self.monitor.start(f"stage {cfg.stage}", self.total_steps, st.step):
+            with stop, self.monitor.start(f"stage {cfg.stage}", self.total_steps, st.step):
                 while st.step < self.total_steps and st.epoch < cfg.num_epochs:
                     self.sampler.set_epoch(st.epoch, start=st.consumed)
                     self.train_ds.set_epoch(st.epoch)
                     batches = iter(self._loader())
                     while st.consumed < self.sampler.samples_per_epoch and st.step < self.total_steps:
-                        self._after_step(*self._optimizer_step(batches))
+                        between = False
+                        result = self._optimizer_step(batches)
+                        between = True
+                        self._after_step(*result)
+                        stop.check()
                     if st.consumed >= self.sampler.samples_per_epoch:
                         self.validation = self._end_epoch() or self.validation
+                        stop.check()
         except KeyboardInterrupt:
-            if not self.dist.distributed and st.step > self.last_saved:
+            if not self.dist.distributed and st.step > self.last_saved and between:
                 self._save(st.as_dict(self.dist.world_size, cfg))
                 self.echo(f"interrupted: saved step {st.step}; continue with --resume")
+            elif not between:
+                self.echo(f"stopped within step {st.step + 1}: --resume continues from step {self.last_saved}")
             raise
         final = None
         if self.dist.is_main and st.step >= self.total_steps:
