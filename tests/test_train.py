@@ -251,6 +251,20 @@ def test_kill_and_resume_gives_the_uninterrupted_state(tiny64, tmp_path):
     assert not list(run.rglob(".*tmp*"))  # the kill left no half-written file behind
 
 
+def test_validation_folders_named_in_the_config_must_exist(tiny64, tmp_path):
+    """Without val_roots, data without val lists turns validation off with a note; a val_roots
+    folder that is not there is an error (it silently trained without validation)."""
+    from zsw.train.setup import datasets
+
+    said = []
+    cfg = _cfg(tiny64, validate=True, data=DataConfig(roots=(str(tiny64[0]),), workers=0, val_split="test"))
+    assert datasets(cfg, 64, said.append)[1] is None and "validation is off" in said[0]
+    missing = str(tmp_path / "nowhere")
+    cfg = _cfg(tiny64, validate=True, data=DataConfig(roots=(str(tiny64[0]),), workers=0, val_roots=(missing,)))
+    with pytest.raises(ConfigError, match="nowhere"):
+        datasets(cfg, 64, said.append)
+
+
 def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch):
     """Ctrl-C lands after step 2's forward pass (BatchNorm's running statistics already moved)
     and before its optimiser step: the run finishes step 2, saves it, and the saved state is the

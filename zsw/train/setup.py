@@ -70,6 +70,8 @@ def datasets(cfg: TrainConfig, image_size: int, echo: Callable[[str], None]):
                 with_shape=False,
             )
         except ConfigError:
+            if cfg.data.val_roots:  # asked for by name: a wrong folder is an error, not "no validation"
+                raise
             echo(f"no {cfg.data.val_split} lists in the data: validation is off")
     return train, val
 
