@@ -115,7 +115,10 @@ def test_train_config_yaml_and_errors(tmp_path):
     # a negative loss weight maximises its term; an infinite SDF offset labels everything inside
     for text, culprit in (("loss:\n  occupancy: -1\n", "loss.occupancy"), ("loss:\n  depth: .nan\n", "loss.depth"),
                           ("loss:\n  aux_depth_eps: 0\n", "loss.aux_depth_eps"),
-                          ("data:\n  sdf_offset: .inf\n", "data.sdf_offset")):  # fmt: skip
+                          ("data:\n  sdf_offset: .inf\n", "data.sdf_offset"),
+                          ("keep_checkpoints: 0\n", "keep_checkpoints"),
+                          ("val_points: 0\n", "val_points"), ("val_resolution: 1\n", "val_resolution"),
+                          ("data:\n  val_samples: -1\n", "val_samples")):  # fmt: skip
         (tmp_path / "w.yaml").write_text(text)
         with pytest.raises(ConfigError, match=culprit):
             load_yaml(tmp_path / "w.yaml", TrainConfig)

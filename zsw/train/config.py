@@ -203,6 +203,17 @@ class TrainConfig:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.val_every is not None and self.val_every < 1:
             raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
+        # checked here, not at the first validation or the first clean-up of checkpoints
+        if self.keep_checkpoints < 1:
+            raise ConfigError(
+                f"keep_checkpoints must be >= 1 (the latest is what --resume reads), got {self.keep_checkpoints}"
+            )
+        if self.val_points < 1:
+            raise ConfigError(f"val_points must be >= 1, got {self.val_points}")
+        if not 2 <= self.val_resolution <= 1024:
+            raise ConfigError(f"val_resolution must be a grid resolution in [2, 1024], got {self.val_resolution}")
+        if self.data.val_samples < 0:
+            raise ConfigError(f"data.val_samples must be >= 0, got {self.data.val_samples}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if len(self.teacher_surface) != 2 or not all(0.0 <= p <= 1.0 for p in self.teacher_surface):
