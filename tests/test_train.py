@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -154,6 +155,30 @@ def test_validation_reports_mesh_metrics(tiny64, monkeypatch):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert 0 <= metrics["val/visible_iou"] <= 1 and metrics["val/cd"] > 0
     assert model.training  # restored
+
+
+def test_validation_says_which_view_it_could_not_score(tiny64, tmp_path, caplog):
+    """A non-finite point cloud in the val split: the view is skipped with a warning naming it and
+    counted (``val/skipped``), never dropped from the mean without a word."""
+    import shutil
+
+    from zsw.data.dataset import ShapeDataset
+    from zsw.model import build_model
+    from zsw.train.validate import validate
+
+    data = shutil.copytree(tiny64[0], tmp_path / "data")
+    ds = ShapeDataset(data, "val", size=64, with_shape=False)
+    layout, sid = ds.sample_id(0)
+    cloud = np.load(layout.pointcloud(sid))
+    cloud[0, 0] = np.nan
+    np.save(layout.pointcloud(sid), cloud)
+    with caplog.at_level("WARNING"):
+        metrics = validate(build_model(str(tiny64[1])), ds, "full", torch.device("cpu"), max_samples=2, resolution=8,
+                           surface_points=500)  # fmt: skip
+    views = sum(ds.sample_id(i)[0].pointcloud(ds.sample_id(i)[1]) == layout.pointcloud(sid) for i in range(2))
+    assert metrics["val/skipped"] == views and metrics["val/samples"] == 2  # the object's views of the two
+    assert ("val/cd" in metrics) == (views < 2) and "not [M, 3] finite points" in caplog.text
+    assert "validation skips view" in caplog.text
 
 
 # --------------------------------------------------------------------------------------------

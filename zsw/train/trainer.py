@@ -358,8 +358,12 @@ class Trainer:
                 validation = self._validate(self.weights, self.val_ds, st.step, st.epoch)
             barrier()
         if self.dist.is_main and validation:
-            metric = validation.get("val/cd", validation.get("val/depth_ssi_mae", math.inf))
-            if metric < st.best:
+            # one metric per stage, so that every "best" is compared on the same one
+            key = "val/depth_ssi_mae" if self.cfg.stage == "pixel" else "val/cd"
+            metric = validation.get(key)
+            if metric is None:
+                self.echo(f"validation at step {st.step} has no {key} (no view could be scored): best kept")
+            elif metric < st.best:
                 st.best = metric
                 self.folder.save_weights(self.weights, "best.safetensors", {"step": st.step, **validation})
         st.best = all_gather_object(st.best)[0]
@@ -436,7 +440,10 @@ class Trainer:
         self.monitor.advance(st.step, self.last.get("total", math.nan) if sps is not None else None, sps)
         if self.dist.is_main and (st.step % cfg.image_every == 0 or st.step == 1):
             self.monitor.images(batch, result, st.step)
-        if cfg.val_every and (st.step % cfg.val_every == 0 or done):
+        # the last weights are validated too: with val_every, and without it when the run stops
+        # mid-epoch (the epoch's end, which validates, never comes)
+        epoch_ends = st.consumed >= self.sampler.samples_per_epoch
+        if (cfg.val_every and st.step % cfg.val_every == 0) or (done and (cfg.val_every or not epoch_ends)):
             self.validation = self._validate_and_keep_best() or self.validation
         if st.step % cfg.checkpoint_every == 0 or done:
             self._save(st.as_dict(self.dist.world_size, cfg))

@@ -12,15 +12,20 @@ checkpoint is chosen on the meshes users get.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch.utils.data import default_collate
 
 from zsw.data.dataset import READ_ERRORS, ShapeDataset
+from zsw.errors import InputError
 from zsw.infer.settings import MIN_PART
 from zsw.train import losses as L
 
 __all__ = ["validate", "score_view"]
+
+log = logging.getLogger(__name__)
 
 
 def _ground_truth_surface(model: torch.nn.Module, batch: dict):
@@ -45,6 +50,8 @@ def score_view(
 
     layout, sid = dataset.sample_id(index)
     gt = np.load(layout.pointcloud(sid), allow_pickle=False).astype(np.float32)
+    if gt.ndim != 2 or gt.shape[1:] != (3,) or not np.isfinite(gt).all():
+        raise InputError(f"point cloud {layout.pointcloud(sid)} is not [M, 3] finite points")
     R = extrinsics[:, :3].double().cpu().numpy()
     gt = (gt @ R.T).astype(np.float32)
     pred = sample_surface(mesh, points, seed=0)
@@ -70,7 +77,7 @@ def validate(
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
-    count = 0
+    count = skipped = 0
     n = min(max_samples, len(dataset))
     try:
         for start in range(0, n, batch_size):
@@ -113,7 +120,9 @@ def validate(
                     try:
                         index = int(batch["index"][b])
                         m = score_view(mesh, dataset, index, batch["extrinsics"][b], surface_points, device)
-                    except READ_ERRORS:
+                    except READ_ERRORS as e:  # said and counted: the mean is then over fewer views
+                        skipped += 1
+                        log.warning("validation skips view %s: %s", dataset.sample_id(index)[1].name, e)
                         continue
                     for key in ("cd", "fscore@0.01", "fscore@0.05"):
                         per.setdefault(f"val/{key}", []).append(m[key])
@@ -126,4 +135,6 @@ def validate(
         model.train(was_training)
     out_metrics = {k: sums[k] / sums[k + "#"] for k in sums if not k.endswith("#") and sums[k + "#"] > 0}
     out_metrics["val/samples"] = float(count)
+    if skipped:
+        out_metrics["val/skipped"] = float(skipped)
     return out_metrics
