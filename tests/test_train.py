@@ -293,6 +293,15 @@ def test_validation_folders_named_in_the_config_must_exist(tiny64, tmp_path):
         datasets(cfg, 64, said.append)
 
 
+def test_a_run_stopping_mid_epoch_validates_its_last_weights(tiny64, tmp_path):
+    from zsw.train.trainer import Trainer
+
+    data = DataConfig(roots=(str(tiny64[0]),), workers=0, points=256, val_samples=2)
+    cfg = _cfg(tiny64, validate=True, max_steps=2, val_resolution=8, val_points=300, data=data)  # 3 steps an epoch
+    result = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert result.step == 2 and "val/cd" in result.validation and result.best is not None
+
+
 def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch):
     """Ctrl-C lands after step 2's forward pass (BatchNorm's running statistics already moved)
     and before its optimiser step: the run finishes step 2, saves it, and the saved state is the
