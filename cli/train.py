@@ -20,6 +20,7 @@ COMMAND = dict(
     "--resume continues at the exact step. Multi-GPU: launch the same command with torchrun."
     "\n\nExample:\n\n  zsw train --preset tiny --data data/proc --stage pixel --out runs/tiny"
     "\n\n  zsw train --preset tiny --data data/proc --stage full --init runs/tiny/final.safetensors --out runs/tiny2"
+    "\n\n  zsw train --preset demo --init demo --data data/mine --stage full --out runs/tuned  # the packaged model"
     "\n\n  torchrun --nproc-per-node 8 --no-python zsw train --preset zeroshape-w --data data/train_data "
     "--stage pixel --out runs/zsw-pixel --amp bf16",
 )
@@ -28,6 +29,7 @@ COMMAND = dict(
 _STAGE = "pixel (stage 1), full (stage 2) or shape (encoder and decoder alone, on true surfaces)."
 _DATA = "Dataset folder(s) in ZeroShape's layout (repeatable)."
 _PRETRAINED = "Without --init: ImageNet (timm) and CLIP initial weights."
+_INIT = "zsw checkpoint to start from (e.g. stage 1's final), or demo: the packaged model (with --preset demo)."
 
 
 @cli_errors
@@ -37,7 +39,7 @@ def train(
     preset: Annotated[str | None, typer.Option(help="Preset (zeroshape-w, zeroshape, tiny) or a model YAML.")] = None,
     stage: Annotated[str | None, typer.Option(help=_STAGE)] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig YAML; options given here override it.")] = None,
-    init: Annotated[Path | None, typer.Option(help="zsw checkpoint to start from (e.g. stage 1's final).")] = None,
+    init: Annotated[Path | None, typer.Option(help=_INIT)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the --out run from its last checkpoint.")] = False,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many optimiser steps.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default 10 pixel, 15 full).")] = None,

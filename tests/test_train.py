@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from zsw.config import dump_yaml, load_yaml, replace
 from zsw.data.dataset import AugmentConfig
-from zsw.errors import ConfigError
+from zsw.errors import CheckpointError, ConfigError
 from zsw.synth.procedural import ProceduralConfig, generate
 from zsw.train.config import DataConfig, OptimConfig, TrainConfig
 from zsw.train.distributed import ResumableSampler
@@ -300,6 +300,25 @@ def test_a_run_stopping_mid_epoch_validates_its_last_weights(tiny64, tmp_path):
     cfg = _cfg(tiny64, validate=True, max_steps=2, val_resolution=8, val_points=300, data=data)  # 3 steps an epoch
     result = Trainer(cfg, tmp_path / "run", progress=False).fit()
     assert result.step == 2 and "val/cd" in result.validation and result.best is not None
+
+
+def test_the_packaged_model_can_be_fine_tuned_by_name(tmp_path):
+    """``--preset demo --init demo``: the packaged architecture (the config its checkpoint embeds)
+    and its weights; the weights with another architecture say which preset fits them."""
+    from zsw import checkpoint
+    from zsw.config import get_model_config
+    from zsw.infer.weights import demo_weights
+    from zsw.train.config import compose
+    from zsw.train.setup import build_model_for
+
+    assert get_model_config("demo") == checkpoint.read(demo_weights())[1]
+    cfg = compose(model="demo", init="demo", stage="full")
+    assert cfg.init == str(demo_weights())
+    model = build_model_for(cfg)
+    tensors, _, _ = checkpoint.read(demo_weights())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in tensors.items())
+    with pytest.raises(CheckpointError, match="--preset demo"):
+        build_model_for(compose(model="tiny", init="demo"))
 
 
 def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch):

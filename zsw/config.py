@@ -310,11 +310,18 @@ def _small() -> ModelConfig:
 
 
 #: name -> factory of a fresh ModelConfig
+def _demo() -> ModelConfig:
+    """The packaged default model's architecture (its weights: ``--init demo``), as shipped beside
+    them (``zsw/assets/demo/model.yaml``, the config its checkpoint embeds; a test keeps them equal)."""
+    return load_yaml(Path(__file__).resolve().parent / "assets" / "demo" / "model.yaml", ModelConfig)
+
+
 MODEL_PRESETS: dict[str, typing.Callable[[], ModelConfig]] = {
     "zeroshape-w": _zeroshape_w,
     "zeroshape": _zeroshape,
     "tiny": _tiny,
     "small": _small,
+    "demo": _demo,
 }
 
 

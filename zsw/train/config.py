@@ -279,4 +279,16 @@ def compose(
         overrides["init"] = str(overrides["init"])
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     cfg = replace(cfg, optim=replace(cfg.optim, **{k: v for k, v in optim.items() if v is not None}))
+    for key in ("init", "init_pixel"):  # `demo`: the packaged default model's weights (fine-tuning it)
+        if getattr(cfg, key) == "demo":
+            cfg = replace(cfg, **{key: str(_demo_weights())})
     return replace(cfg, data=replace(cfg.data, **data_kw))
+
+
+def _demo_weights() -> Path:
+    from zsw.infer.weights import demo_weights
+
+    found = demo_weights()
+    if found is None:
+        raise ConfigError("--init demo: the packaged default model is not installed")
+    return found

@@ -225,7 +225,7 @@ def read_init(path: str, what: str, model, model_name: str, part: str | None = N
         which = f"{part} " if part else ""
         raise CheckpointError(
             f"{what} {path} holds a {mcfg.name!r} model whose {which}config differs from the {model_name!r} "
-            "being trained; pass its preset or model YAML"
+            "being trained; pass its preset or model YAML (the packaged model's: --preset demo)"
         )
     own = model.state_dict()
     if part:
