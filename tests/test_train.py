@@ -321,6 +321,23 @@ def test_the_packaged_model_can_be_fine_tuned_by_name(tmp_path):
         build_model_for(compose(model="tiny", init="demo"))
 
 
+def test_resume_refuses_a_model_yaml_edited_since(tiny64, tmp_path):
+    """The run's config names the same YAML, the tensors have the same shapes, but the model is
+    another (Softplus sharpness): resuming would train a model its checkpoints do not describe."""
+    import shutil
+
+    from zsw.config import ModelConfig
+    from zsw.train.trainer import Trainer
+
+    yaml = shutil.copy(tiny64[1], tmp_path / "model.yaml")
+    cfg = _cfg(tiny64, model=str(yaml), max_steps=1)
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    edited = load_yaml(yaml, ModelConfig)
+    dump_yaml(replace(edited, decoder=replace(edited.decoder, softplus_beta=5.0)), yaml)
+    with pytest.raises(CheckpointError, match=r"decoder.softplus_beta=100.0, the model config now says 5.0"):
+        Trainer(replace(cfg, max_steps=2), tmp_path / "run", resume=True, progress=False).fit()
+
+
 def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch):
     """Ctrl-C lands after step 2's forward pass (BatchNorm's running statistics already moved)
     and before its optimiser step: the run finishes step 2, saves it, and the saved state is the
