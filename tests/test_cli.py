@@ -202,3 +202,17 @@ def test_an_output_under_a_file_is_refused_before_any_work(repo_root, tmp_path, 
     (tmp_path / "afile").write_text("not a folder")
     result = runner.invoke(app, command.format(out=tmp_path / "afile").split())
     assert result.exit_code == 2 and "afile" in result.output and "a file, not a folder" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA device"),
+        (["--backend", "tensorrt"], "needs --engine DIR"),
+        (["--engine", "somewhere"], "--engine is for the onnxruntime and tensorrt backends"),
+    ],
+)
+def test_option_combinations_that_cannot_run_are_usage_errors(repo_root, tmp_path, options, fragment):
+    """Exit 2, as for any invalid option (the docs' promise), not 1 as for a failed photo."""
+    result = runner.invoke(app, ["reconstruct", str(repo_root / "examples" / "toy.png"), "-o", str(tmp_path), *options])
+    assert result.exit_code == 2 and fragment in result.output, result.output
