@@ -155,6 +155,9 @@ def test_validation_reports_mesh_metrics(tiny64, monkeypatch):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert 0 <= metrics["val/visible_iou"] <= 1 and metrics["val/cd"] > 0
     assert model.training  # restored
+    # stage shape decodes the true visible surface: no depth or K errors (0 by construction) are reported
+    shape = validate(model, ds, "shape", torch.device("cpu"), max_samples=2, resolution=8, surface_points=500)
+    assert "val/cd" in shape and not {"val/depth_ssi_mae", "val/intrinsics"} & shape.keys()
 
 
 def test_validation_says_which_view_it_could_not_score(tiny64, tmp_path, caplog):
