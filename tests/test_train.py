@@ -341,6 +341,27 @@ def test_resume_refuses_a_model_yaml_edited_since(tiny64, tmp_path):
         Trainer(replace(cfg, max_steps=2), tmp_path / "run", resume=True, progress=False).fit()
 
 
+def test_best_weights_are_chosen_on_one_metric_per_stage(tiny64, tmp_path):
+    """Stage full's best is by CD: a validation in which no view could be scored (every val point
+    cloud unreadable) keeps the best as it was instead of falling back to the depth error."""
+    import shutil
+
+    from zsw.data.dataset import ShapeDataset
+    from zsw.train.trainer import Trainer
+
+    data = shutil.copytree(tiny64[0], tmp_path / "data")
+    val = ShapeDataset(data, "val", size=64, with_shape=False)
+    for i in range(len(val)):
+        layout, sid = val.sample_id(i)
+        np.save(layout.pointcloud(sid), np.full((10, 3), np.nan, np.float32))
+    said = []
+    cfg = _cfg(tiny64, validate=True, max_steps=1, val_resolution=8, val_points=300,
+               data=DataConfig(roots=(str(data),), workers=0, points=256, val_samples=2))  # fmt: skip
+    result = Trainer(cfg, tmp_path / "run", progress=False, echo=said.append).fit()
+    assert "val/depth_ssi_mae" in result.validation and "val/cd" not in result.validation
+    assert result.best is None and any("has no val/cd" in line for line in said)
+
+
 def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch):
     """Ctrl-C lands after step 2's forward pass (BatchNorm's running statistics already moved)
     and before its optimiser step: the run finishes step 2, saves it, and the saved state is the
