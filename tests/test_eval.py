@@ -250,6 +250,7 @@ def test_eval_numbers_depend_on_the_samples_only_and_resume_checks_the_dataset(p
     for data in (other, same_names):
         clash = runner.invoke(app, [*base, "--data", str(data), "--out", str(tmp_path / "b1.json")])
         assert clash.exit_code == 1 and "data differ" in clash.output, clash.output
+        assert "--max-per-category pick" in clash.output.replace("\n", " "), clash.output  # what else changes the data
     fresh = runner.invoke(app, [*base, "--data", str(other), "--out", str(tmp_path / "b1.json"), "--overwrite"])
     assert fresh.exit_code == 0, fresh.output
     lines = (tmp_path / "b1.samples.jsonl").read_text().splitlines()

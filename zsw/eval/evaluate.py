@@ -215,9 +215,10 @@ class ResultsLog:
             if records and records[0].get("settings") != header["settings"]:
                 old = records[0].get("settings", {})
                 diff = [k for k in header["settings"] if old.get(k) != header["settings"][k]]
+                hint = " (the set's files, or the samples --split or --max-per-category pick)" if "data" in diff else ""
                 raise ConfigError(
-                    f"{self.path} holds results of a run with other settings ({', '.join(diff) or 'unknown'} differ); "
-                    "pass --overwrite or choose another --out"
+                    f"{self.path} holds results of a run with other settings ({', '.join(diff) or 'unknown'} differ"
+                    f"{hint}); pass --overwrite or choose another --out"
                 )
             self.rows = [r for r in records[1:] if "name" in r]
             self._rewrite(header)  # drops a torn last line
