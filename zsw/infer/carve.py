@@ -29,7 +29,7 @@ from torch import Tensor
 from zsw.model import SurfacePrediction
 from zsw.model.decoder import camera_projection, project_points
 
-__all__ = ["MARGIN", "SLOPE", "signed_distance", "silhouette_map", "SilhouetteBound", "carved"]
+__all__ = ["MARGIN", "SLOPE", "signed_distance", "silhouette_map", "host_masks", "SilhouetteBound", "carved"]
 
 #: pixels of the model input outside the masks' edge where the carved surface lies (threshold 0.5):
 #: room for a mask edge that falls a pixel or two inside the object's
@@ -67,12 +67,24 @@ def silhouette_map(
     return d
 
 
-class SilhouetteBound:
-    """The carving bound of query points in a prediction's normalised frame (see the module docstring)."""
+def host_masks(pred: SurfacePrediction) -> tuple[np.ndarray, np.ndarray | None]:  # [B, S, S] bool each
+    """A prediction's visible and occluder masks on the host (the occluder None without its head)."""
+    visible = pred.visible_mask[:, 0].float().cpu().numpy() > 0.5
+    occluder = pred.occluder_mask[:, 0].float().cpu().numpy() > 0.5 if pred.occluder_mask is not None else None
+    return visible, occluder
 
-    def __init__(self, pred: SurfacePrediction, photo_areas: Sequence[np.ndarray | None] | None = None):
-        visible = pred.visible_mask[:, 0].float().cpu().numpy() > 0.5
-        occluder = pred.occluder_mask[:, 0].float().cpu().numpy() > 0.5 if pred.occluder_mask is not None else None
+
+class SilhouetteBound:
+    """The carving bound of query points in a prediction's normalised frame (see the module docstring).
+    ``masks``: :func:`host_masks` of ``pred`` where the caller has them already (one copy, not two)."""
+
+    def __init__(
+        self,
+        pred: SurfacePrediction,
+        photo_areas: Sequence[np.ndarray | None] | None = None,
+        masks: tuple[np.ndarray, np.ndarray | None] | None = None,
+    ):
+        visible, occluder = masks if masks is not None else host_masks(pred)
         areas = photo_areas if photo_areas is not None else [None] * len(visible)
         occluders = occluder if occluder is not None else [None] * len(visible)
         maps = [silhouette_map(v, o, a) for v, o, a in zip(visible, occluders, areas)]

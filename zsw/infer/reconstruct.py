@@ -29,7 +29,7 @@ import torch
 
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, predict
-from zsw.infer.carve import SilhouetteBound, carved
+from zsw.infer.carve import SilhouetteBound, carved, host_masks
 from zsw.infer.cutout import open_cutout
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
@@ -408,9 +408,11 @@ class Reconstructor:
                         "its weights are damaged or diverged"
                     )
         decode = occupancy_function(backend, pred, mirrored, self.precision, label)
+        visible, occluder = host_masks(pred)  # for the carving bound and for the results
         if with_mesh:
             if self.carve:
-                decode = carved(decode, SilhouetteBound(pred, [im.photo_area for im in images]))
+                bound = SilhouetteBound(pred, [im.photo_area for im in images], (visible, occluder))
+                decode = carved(decode, bound)
             meshes, grid_stats = grid_meshes(decode, B, self.grid, device=device)
             meshes, dropped = zip(*(drop_small_parts(mesh, self.min_part) for mesh in meshes))
             t0 = time.perf_counter()
@@ -424,8 +426,6 @@ class Reconstructor:
             dropped, opened, edit_s = [0] * B, [0] * B, 0.0
         depth = pred.depth[:, 0].float().cpu().numpy()
         K = pred.intrinsics.float().cpu().numpy()
-        visible = pred.visible_mask[:, 0].float().cpu().numpy() > 0.5
-        occluder = pred.occluder_mask[:, 0].float().cpu().numpy() > 0.5 if pred.occluder_mask is not None else None
         center = pred.center.float().cpu().numpy()
         scale = pred.scale.float().cpu().numpy()
         surface = pred.visible_points.float().permute(0, 2, 3, 1).cpu().numpy()  # [B, S, S, 3] normalised
