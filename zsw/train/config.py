@@ -281,14 +281,7 @@ def compose(
     cfg = replace(cfg, optim=replace(cfg.optim, **{k: v for k, v in optim.items() if v is not None}))
     for key in ("init", "init_pixel"):  # `demo`: the packaged default model's weights (fine-tuning it)
         if getattr(cfg, key) == "demo":
-            cfg = replace(cfg, **{key: str(_demo_weights())})
+            from zsw.infer.weights import resolve_weights
+
+            cfg = replace(cfg, **{key: str(resolve_weights("demo")[0])})
     return replace(cfg, data=replace(cfg.data, **data_kw))
-
-
-def _demo_weights() -> Path:
-    from zsw.infer.weights import demo_weights
-
-    found = demo_weights()
-    if found is None:
-        raise ConfigError("--init demo: the packaged default model is not installed")
-    return found

@@ -194,11 +194,12 @@ class RunFolder:
         """Restore the weights, optimiser and scaler of ``record``; returns its saved state."""
         path = self.ckpt_dir / record["model"]
         tensors, saved_cfg, _ = checkpoint.read(path)
-        if diff := _first_difference(to_dict(saved_cfg), to_dict(model.config)):
-            key, old, new = diff  # same tensor shapes can hide another model (a Softplus beta, a flag)
+        saved, now = _flatten(to_dict(saved_cfg)), _flatten(to_dict(model.config))
+        if diff := [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]:
+            key = diff[0]  # same tensor shapes can hide another model (a Softplus beta, a flag)
             raise CheckpointError(
-                f"cannot resume {self.out}: its checkpoints hold a model with {key}={old!r}, "
-                f"the model config now says {new!r} (was its YAML edited?)"
+                f"cannot resume {self.out}: its checkpoints hold a model with {key}={saved.get(key)!r}, "
+                f"the model config now says {now.get(key)!r} (was its YAML edited?)"
             )
         try:
             model.load_state_dict(tensors, strict=True)
@@ -216,18 +217,6 @@ class RunFolder:
     def save_weights(self, model, name: str, extra: dict) -> Path:
         """``best.safetensors`` / ``final.safetensors``."""
         return checkpoint.save(model, self.out / name, extra=extra)
-
-
-def _first_difference(a, b, prefix: str = ""):
-    """The first ``(dotted key, a's value, b's value)`` where two nested dicts differ, or None."""
-    for key in sorted(set(a) | set(b)):
-        x, y, name = a.get(key), b.get(key), f"{prefix}{key}"
-        if isinstance(x, dict) and isinstance(y, dict):
-            if found := _first_difference(x, y, name + "."):
-                return found
-        elif x != y:
-            return name, x, y
-    return None
 
 
 def read_init(path: str, what: str, model, model_name: str, part: str | None = None) -> dict:
