@@ -21,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -122,24 +123,18 @@ def compare(cases: dict[str, tuple[Callable, Callable, int]], rounds: int, repea
 
 
 def measure(photo: str | os.PathLike, points: int = 65536, threads: int = 2, rounds: int = 3, repeats: int = 3) -> dict:
-    from zsw import kernels
     from zsw.kernels import cpu, reference
 
     got = capture(photo, points)
     att, mlp, (decoder, latents, pts) = got["attention"], got["mlp"], got["decode"]
 
-    def whole(impl: str) -> Callable[[], torch.Tensor]:
+    def whole(impl: str) -> Callable[[], torch.Tensor]:  # the decoder with ZSW_KERNELS=impl (read per call)
         def run() -> torch.Tensor:
-            saved = os.environ.get("ZSW_KERNELS")
-            os.environ["ZSW_KERNELS"] = impl
-            try:
+            with mock.patch.dict(os.environ, {"ZSW_KERNELS": impl}):
                 return decoder.decode(latents, pts)
-            finally:
-                os.environ.pop("ZSW_KERNELS") if saved is None else os.environ.__setitem__("ZSW_KERNELS", saved)
 
         return run
 
-    assert kernels.cpu is cpu  # the paths `auto` takes for CPU inference
     cases = {
         "point cross-attention (block 1)": (
             lambda: cpu.point_cross_attention(*att),
