@@ -29,12 +29,11 @@ def _union(rec) -> np.ndarray:  # [S, S] bool: the pixels either predicted mask 
 def _pixels(rec) -> tuple[np.ndarray, np.ndarray]:
     """The nearest pixel ``[V, 2]`` (column, row) of each of ``rec``'s vertices (camera frame), and
     which of them lie in front of the camera and inside the model input ``[V]``."""
+    from zsw.infer.color import project
+
     S = rec.visible_mask.shape[0]
-    uvw = np.asarray(rec.mesh.vertices, np.float64).reshape(-1, 3) @ rec.intrinsics.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = uvw[:, :2] / uvw[:, 2:]
-    inside = (uvw[:, 2] > 0) & (uv >= 0).all(1) & (uv <= S - 1).all(1)
-    return np.clip(np.round(np.nan_to_num(uv)).astype(int), 0, S - 1), inside
+    p = project(np.asarray(rec.mesh.vertices, np.float64).reshape(-1, 3), rec.intrinsics, (S, S))
+    return np.stack([p.px, p.py], axis=1), p.inside
 
 
 def outside_shares(rec, pixels: tuple[float, ...]) -> list[float]:
