@@ -23,7 +23,9 @@ import numpy as np
 
 
 def _union(rec) -> np.ndarray:  # [S, S] bool: the pixels either predicted mask claims
-    return rec.visible_mask | (rec.occluder_mask if rec.occluder_mask is not None else False)
+    from zsw.infer.carve import mask_union
+
+    return mask_union(rec.visible_mask, rec.occluder_mask)
 
 
 def _pixels(rec) -> tuple[np.ndarray, np.ndarray]:

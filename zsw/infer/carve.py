@@ -29,7 +29,9 @@ from torch import Tensor
 from zsw.model import SurfacePrediction
 from zsw.model.decoder import camera_projection, project_points
 
-__all__ = ["MARGIN", "SLOPE", "signed_distance", "silhouette_map", "host_masks", "SilhouetteBound", "carved"]
+__all__ = [
+    "MARGIN", "SLOPE", "signed_distance", "mask_union", "silhouette_map", "host_masks", "SilhouetteBound", "carved",
+]  # fmt: skip
 
 #: pixels of the model input outside the masks' edge where the carved surface lies (threshold 0.5):
 #: room for a mask edge that falls a pixel or two inside the object's
@@ -51,6 +53,11 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:  # [S, S] bool -> [S, S] fl
     return np.where(mask, inside - 0.5, 0.5 - outside).astype(np.float32)
 
 
+def mask_union(visible: np.ndarray, occluder: np.ndarray | None) -> np.ndarray:  # [S, S] bool
+    """The pixels either mask claims (the object's, as carving reads them)."""
+    return np.asarray(visible, dtype=bool) | (np.asarray(occluder, dtype=bool) if occluder is not None else False)
+
+
 def silhouette_map(
     visible: np.ndarray,  # [S, S] bool
     occluder: np.ndarray | None,  # [S, S] bool
@@ -58,7 +65,7 @@ def silhouette_map(
 ) -> np.ndarray:  # [S, S] float32
     """:func:`signed_distance` of the union of the two masks, and a value far above any logit where
     the photo tells nothing (off ``photo_area``; everywhere when both masks are empty)."""
-    union = np.asarray(visible, dtype=bool) | (np.asarray(occluder, dtype=bool) if occluder is not None else False)
+    union = mask_union(visible, occluder)
     if not union.any():
         return np.full(union.shape, _UNKNOWN, np.float32)
     d = signed_distance(union)
