@@ -160,6 +160,23 @@ def test_validation_reports_mesh_metrics(tiny64, monkeypatch):
     assert "val/cd" in shape and not {"val/depth_ssi_mae", "val/intrinsics"} & shape.keys()
 
 
+def test_validation_samples_views_from_every_root_not_the_first_ones(tiny64, monkeypatch):
+    """``val_samples`` below the number of views takes views spread over the whole list, which runs
+    root by root and category by category: the first ones would all be one root's first category."""
+    from zsw.data.dataset import ShapeDataset
+    from zsw.model import build_model
+    from zsw.train.validate import spread, validate
+
+    assert spread(10, 3) == [0, 3, 6] and spread(4, 9) == [0, 1, 2, 3] and spread(5, 0) == []
+    ds = ShapeDataset([tiny64[0], tiny64[0]], "val", size=64, with_shape=False)
+    half = len(ds) // 2
+    read = []
+    get = ShapeDataset.__getitem__
+    monkeypatch.setattr(ShapeDataset, "__getitem__", lambda self, i: (read.append(i), get(self, i))[1])
+    metrics = validate(build_model(str(tiny64[1])), ds, "pixel", torch.device("cpu"), max_samples=2)
+    assert metrics["val/samples"] == 2 and read == [0, half]  # one view of each root
+
+
 def test_validation_says_which_view_it_could_not_score(tiny64, tmp_path, caplog):
     """A non-finite point cloud in the val split: the view is skipped with a warning naming it and
     counted (``val/skipped``), never dropped from the mean without a word."""

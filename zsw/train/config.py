@@ -125,7 +125,8 @@ class DataConfig:
     # (needs CLIP weights for names other than the default)
     prompts: str = "object"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # validation: split name and number of views evaluated at the end of each epoch, and the
+    # validation: split name and number of views evaluated at the end of each epoch (spread evenly
+    # over the split's views, which are listed root by root and category by category), and the
     # datasets they come from (empty: the training roots; e.g. a set with baked backgrounds and
     # occluders, made with `zsw synthesize procedural --bake val`, to choose the best weights on
     # in-the-wild images)

@@ -23,7 +23,7 @@ from zsw.errors import InputError
 from zsw.infer.settings import MIN_PART
 from zsw.train import losses as L
 
-__all__ = ["validate", "score_view"]
+__all__ = ["validate", "score_view", "spread"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ def score_view(
     return chamfer_fscore(normalize_pc(pred).to(device), normalize_pc(gt).to(device))
 
 
+def spread(total: int, n: int) -> list[int]:
+    """``min(n, total)`` indices of ``range(total)`` spread evenly over it, in order (all when ``n >= total``)."""
+    n = min(n, total)
+    return [i * total // n for i in range(n)]
+
+
 @torch.no_grad()
 def validate(
     model: torch.nn.Module,
@@ -71,17 +77,19 @@ def validate(
     batch_size: int = 4,
     min_part: float = MIN_PART,
 ) -> dict[str, float]:
-    """Mean metrics over the first ``max_samples`` views of ``dataset`` (see the module docstring)."""
+    """Mean metrics over ``max_samples`` views of ``dataset`` spread evenly over it (see the module
+    docstring): views are listed root by root and category by category, so the first ones would be
+    one category of the first root."""
     from zsw.infer.grid import drop_small_parts, extract_meshes
 
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     count = skipped = 0
-    n = min(max_samples, len(dataset))
+    chosen = spread(len(dataset), max_samples)
     try:
-        for start in range(0, n, batch_size):
-            items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        for start in range(0, len(chosen), batch_size):
+            items = [dataset[i] for i in chosen[start : start + batch_size]]
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in default_collate(items).items()}
             image, visible = batch["image"], batch["visible_mask"] > 0.5
             B = image.shape[0]
