@@ -81,7 +81,7 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 def _softplus(z, beta):
     """torch's Softplus: z where beta*z > 20, else log1p(exp(beta*z)) / beta (fp32)."""
     t = z * beta
-    e = tl.exp(tl.minimum(t, 20.0))
+    e = tl.exp(tl.where(t > 20.0, 20.0, t))  # not tl.minimum, which turns a NaN into 20
     u = 1.0 + e
     d = u - 1.0  # exact
     # log1p(e) without cancellation: log(u) * e / (u - 1) is accurate to a few ulp (Goldberg)

@@ -113,6 +113,17 @@ def test_softplus_regimes_and_tails_match_torch():
     assert_close(out, ref, atol=1e-12, rtol=2e-6, name="softplus")
 
 
+def test_a_nan_input_gives_a_nan_output_as_in_torch():
+    """A diverging decoder must show as NaN, not be turned into finite occupancy by the Softplus."""
+    x = torch.tensor([[0.1], [float("nan")], [-0.3], [0.5]], device=DEVICE)
+    w0, w1 = torch.ones(2, 1, device=DEVICE), torch.ones(1, 2, device=DEVICE)
+    zero1, zero2 = torch.zeros(1, device=DEVICE), torch.zeros(2, device=DEVICE)
+    out = occupancy_mlp(x, [w0, w1], [zero2, zero1], (), 100.0)
+    ref = reference.occupancy_mlp(x, [w0, w1], [zero2, zero1], (), 100.0)
+    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().flatten().tolist() == [False, True, False, False]
+    assert_close(out[~out.isnan()], ref[~ref.isnan()], atol=1e-6, rtol=1e-5, name="finite rows")
+
+
 def test_autocast_and_batched_input_shape():
     weights, biases = _layers(*TINY, seed=0)
     x = torch.randn(2, 50, TINY[0], device=DEVICE) * 0.5
