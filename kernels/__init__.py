@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import sys
 import types
@@ -238,6 +239,8 @@ def occupancy_mlp(
     impl: str | None = None,
 ) -> Tensor:  # [..., C_out]
     """The Softplus skip-MLP; see :func:`zsw.kernels.reference.occupancy_mlp`."""
+    if not (math.isfinite(beta) and beta > 0):  # Softplus(beta) approximates ReLU only for beta > 0
+        raise ValueError(f"occupancy_mlp: beta must be a finite number > 0, got {beta}")
     return _pick("occupancy_mlp", impl, x.device, x, *weights)(x, weights, biases, skip_in, beta)
 
 

@@ -57,7 +57,8 @@ def point_cross_attention(
     """:func:`zsw.kernels.reference.point_cross_attention` through fused CPU attention."""
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if _FLASH is None:
+    # the fused kernel computes in float32 and stops the process (SIGFPE) on 0 points or 0 tokens
+    if _FLASH is None or q.dtype == torch.float64 or q.shape[-2] == 0 or k_latent.shape[-2] == 0:
         return reference.point_cross_attention(q, k, v, k_latent, v_latent, scale)
     dtype = q.dtype
     out, lse = _FLASH(q, k_latent.to(dtype), v_latent.to(dtype), 0.0, False, scale=scale)[:2]  # [B,H,N,D], [B,H,N]

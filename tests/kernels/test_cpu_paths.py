@@ -40,6 +40,27 @@ def test_fused_attention_in_bf16_stays_near_the_fp32_result():
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
 
 
+def test_fused_attention_hands_what_it_cannot_compute_to_the_reference():
+    """No points or no latent tokens (the fused kernel stops the process with SIGFPE on either:
+    checked in a child process) and float64 (which it would compute in float32)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from zsw import kernels as K; x = torch.randn(1, 2, 3, 16); e = torch.randn(1, 2, 0, 16)\n"
+        "with torch.no_grad():\n"
+        "    assert K.point_cross_attention(e, e, e, x, x).shape == (1, 2, 0, 16)\n"
+        "    assert torch.equal(K.point_cross_attention(x, x, x * 2, e, e), x * 2)  # only its own value\n"
+        "print('ok')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-500:]
+    inputs = [t.double() * 3 for t in _attention_inputs(N=100, L=7)]
+    with torch.no_grad():
+        out = kernels.point_cross_attention(*inputs)
+    torch.testing.assert_close(out, reference.point_cross_attention(*inputs), atol=1e-12, rtol=1e-12)
+
+
 def _mlp(c_in=67, width=64, layers=8, skip_in=(2, 4, 6), seed=0, bias=True):
     g = torch.Generator().manual_seed(seed)
     weights, biases = [], []
@@ -62,6 +83,9 @@ def test_split_skip_mlp_equals_the_reference(bias):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="biases"):
         cpu.occupancy_mlp(x, weights, biases[:-1])
+    for beta in (0.0, -5.0, math.nan):  # not a Softplus: refused by every implementation
+        with pytest.raises(ValueError, match="beta must be"):
+            kernels.occupancy_mlp(x, weights, biases, (2, 4, 6), beta)
 
 
 def test_dispatch_uses_the_cpu_paths_only_where_they_apply(monkeypatch):
