@@ -69,6 +69,19 @@ def test_camera_frame_and_identity_of_the_mapping(repo_root, tiny_model):
     assert camera_to_frame(np.array([[1.0, 2.0, 3.0]]), "gltf").tolist() == [[1.0, -2.0, -3.0]]
 
 
+def test_a_model_passed_in_memory_is_given_back_in_its_own_mode(repo_root, tiny_model):
+    """A training loop that reconstructs to look at its progress goes on training: ``reconstruct``
+    runs the model in eval mode and restores the mode it came in (BatchNorm, drop-path)."""
+    import copy
+
+    model = copy.deepcopy(tiny_model).train()
+    rec = reconstruct(repo_root / "examples" / "bucket.png", weights=model, resolution=RES)
+    assert model.training and all(m.training for m in model.modules())
+    same = reconstruct(repo_root / "examples" / "bucket.png", weights=tiny_model, resolution=RES)
+    assert np.array_equal(rec.mesh.vertices, same.mesh.vertices)  # it ran in eval mode all the same
+    assert not tiny_model.training
+
+
 def test_stl_is_z_up_standing_on_the_plate_and_100_mm_long(repo_root, tiny_model, tmp_path):
     """``mesh.stl`` for slicers: the camera's up is +z, the side that faced the camera is -y, the
     lowest point on z = 0, centred on the z axis, the longest side 100 mm; the same closed surface."""
@@ -865,6 +878,9 @@ def test_the_api_takes_one_path_and_one_format_as_plain_strings(repo_root, tmp_p
     assert settings.formats == ("obj",)
     report = zsw.reconstruct_many(str(repo_root / "examples" / "toy.png"), tmp_path / "o", settings)
     assert report.ok and report.total == 1 and (tmp_path / "o" / "toy" / "mesh.obj").is_file()
+    # a generator, as Path.glob gives, is read once and every photo it names is reconstructed
+    report = zsw.reconstruct_many((repo_root / "examples").glob("toy.png"), tmp_path / "g", settings)
+    assert report.ok and report.total == 1 and (tmp_path / "g" / "toy" / "mesh.obj").is_file()
     rec = zsw.reconstruct(repo_root / "examples" / "toy.png", weights="random:tiny", resolution=RES)
     rec.save(tmp_path / "one", formats="ply", preview=False)
     assert (tmp_path / "one" / "mesh.ply").is_file() and not (tmp_path / "one" / "mesh.glb").exists()

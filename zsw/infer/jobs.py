@@ -94,6 +94,7 @@ def reconstruct_many(
     reporter = reporter or Reporter()
     if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of characters
         inputs = [inputs]
+    inputs = list(inputs)  # a generator (Path.glob) is read once: by the check below, then by nobody
     if bad := [i for i in inputs if not isinstance(i, (str, os.PathLike))]:
         raise InputError(
             f"inputs must be image files, folders or glob patterns, got a {type(bad[0]).__name__}; "

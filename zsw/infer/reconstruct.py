@@ -17,6 +17,7 @@ folder run need work (:mod:`zsw.infer.reruns`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -634,31 +635,46 @@ def reconstruct(
         rec = zsw.reconstruct("examples/armchair.png")
         rec.mesh.export("armchair.glb")
     """
-    if isinstance(backend, str):
-        if weights is None or isinstance(weights, (str, os.PathLike)):
-            backend = resolve_backend(backend, None if weights is None else str(weights), engine, device, precision)
-            be, label, warning = cached_backend(backend, weights, engine, device)
-        else:  # an in-memory model
-            be, label, warning = open_backend(backend, weights, engine, device)
-    else:
-        be, label, warning = backend, getattr(backend, "name", "backend"), None
-    if warning:
-        warnings.warn(warning, stacklevel=2)
-    if isinstance(cutout, str):
-        cutout = open_cutout(cutout)
-    loaded = load_image(image, be.config.pixel.image_size, cutout=None if mask is not None else cutout)
-    masks = [load_mask(mask, loaded)] if mask is not None else None
-    if is_estimated_prompt(prompt):
-        from zsw.infer.category import get_estimator
+    with contextlib.ExitStack() as lent:
+        if isinstance(backend, str):
+            if weights is None or isinstance(weights, (str, os.PathLike)):
+                backend = resolve_backend(backend, None if weights is None else str(weights), engine, device, precision)
+                be, label, warning = cached_backend(backend, weights, engine, device)
+            else:  # an in-memory model, given back in its own mode and on its own device
+                lent.enter_context(_borrowed(weights))
+                be, label, warning = open_backend(backend, weights, engine, device)
+        else:
+            be, label, warning = backend, getattr(backend, "name", "backend"), None
+        if warning:
+            warnings.warn(warning, stacklevel=2)
+        if isinstance(cutout, str):
+            cutout = open_cutout(cutout)
+        loaded = load_image(image, be.config.pixel.image_size, cutout=None if mask is not None else cutout)
+        masks = [load_mask(mask, loaded)] if mask is not None else None
+        if is_estimated_prompt(prompt):
+            from zsw.infer.category import get_estimator
 
-        prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
-    rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
-                        weights_label=label, precision=precision, close=close, color=color,
-                        min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
-                        background=background, tta=tta, texture=texture, carve=carve)  # fmt: skip
-    if warning:
-        rec.warnings.append(warning)
-    return rec([loaded], prompt, masks)[0]
+            prompt = get_estimator(prompt, device=be.device)([_pil(loaded.image)])[0]
+        rec = Reconstructor(be, resolution=resolution, extraction=extraction, threshold=threshold, frame=frame,
+                            weights_label=label, precision=precision, close=close, color=color,
+                            min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
+                            background=background, tta=tta, texture=texture, carve=carve)  # fmt: skip
+        if warning:
+            rec.warnings.append(warning)
+        return rec([loaded], prompt, masks)[0]
+
+
+@contextlib.contextmanager
+def _borrowed(model):
+    """Give ``model`` back as it came: a caller's training loop must not go on in eval mode."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    training, device = model.training, next(model.parameters()).device
+    try:
+        yield
+    finally:
+        model.to(device).train(training)
 
 
 def _pil(array: np.ndarray):
