@@ -112,6 +112,22 @@ def test_broken_files_raise_one_line_input_errors(tmp_path, content, fragment):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_pil_image_that_cannot_be_decoded_is_one_line_too(tmp_path):
+    """A lazily opened PIL image of a truncated file, or one whose file is closed: the path's error."""
+    path = tmp_path / "bad.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(InputError, match="image: corrupt or truncated image"):
+        load_image(Image.open(path))
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ok.png")
+    with open(tmp_path / "ok.png", "rb") as f:
+        closed = Image.open(f)
+    with pytest.raises(InputError, match="image: corrupt or truncated image"):
+        load_image(closed)
+    with Image.open(tmp_path / "ok.png") as lazy:  # a readable lazy image still loads
+        assert load_image(lazy).image.shape == (224, 224, 3)
+
+
 def test_tiny_and_missing_images_are_rejected(tmp_path):
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
     with pytest.raises(InputError, match="1x1 pixels"):

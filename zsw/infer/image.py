@@ -115,8 +115,7 @@ class LoadedImage:
 
 
 def _open(path: Path, notes: list[str] | None = None):
-    """Open and decode ``path``; PIL's warnings (huge image, odd palette, bad EXIF) become
-    ``notes`` for result.json instead of raw lines on the user's terminal."""
+    """Open and decode ``path`` (:func:`_decoded`)."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -128,17 +127,40 @@ def _open(path: Path, notes: list[str] | None = None):
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught:  # a huge image warns here
             warnings.simplefilter("always")
             img = Image.open(path)
-            img.load()  # decode now: truncated files fail here, not halfway through a batch
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image file PIL can read") from None
     except Image.DecompressionBombError as e:
         raise InputError(f"{path}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"{path}: corrupt or truncated image ({reason})") from None
+        raise InputError(f"{path}: corrupt or truncated image ({_first_line(e)})") from None
+    if notes is not None:
+        notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
+    return _decoded(img, str(path), notes)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _decoded(img, label: str, notes: list[str] | None):
+    """``img`` decoded now, so that a truncated file (or a PIL image whose file was closed) fails
+    here in one line, not halfway through a batch; PIL's warnings (huge image, odd palette, bad
+    EXIF) become ``notes`` for result.json instead of raw lines on the user's terminal."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            img.load()
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{label}: image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{label}: corrupt or truncated image ({_first_line(e)})") from None
     if notes is not None:
         notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     return img
@@ -243,7 +265,7 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
         path = Path(source)
         img = _open(path, notes)
     elif isinstance(source, Image.Image):
-        img = source
+        img = _decoded(source, "image", notes)
     elif isinstance(source, np.ndarray):
         img = _from_array(source)
     else:
