@@ -161,11 +161,18 @@ def test_missing_clip_weights_fail_at_once_without_network(monkeypatch, tmp_path
         calls.append("offline" if hub.HF_HUB_OFFLINE else "online")
         raise RuntimeError("not in cache")
 
+    import logging
+
     import open_clip
 
     monkeypatch.setattr(open_clip, "create_model", create_model)
-    with pytest.raises(ZswError, match="not in the local cache .* hub is unreachable \\(no route\\)"):
-        text_module.load_clip("ViT-B-32", "openai")
+    logging.disable(logging.WARNING)  # the caller's own level, restored afterwards (not reset to NOTSET)
+    try:
+        with pytest.raises(ZswError, match="not in the local cache .* hub is unreachable \\(no route\\)"):
+            text_module.load_clip("ViT-B-32", "openai")
+        assert logging.root.manager.disable == logging.WARNING
+    finally:
+        logging.disable(logging.NOTSET)
     assert calls == ["offline", "probe"]  # never an online attempt
     assert hub.HF_HUB_OFFLINE == before  # the switch is restored
     # a folder of photos asks again for each one: the failure is said again at once, not retried

@@ -14,9 +14,7 @@ from a vision-language model. zsw offers two estimators behind one protocol:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -78,18 +76,6 @@ def vocabulary() -> list[tuple[str, str]]:
     return entries
 
 
-@contextlib.contextmanager
-def _quiet_logging():
-    """Silence log records below CRITICAL (huggingface_hub's retries, open_clip's 'failed to
-    download') while CLIP loads; our own error says what went wrong."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
 def _cache_dir() -> Path:
     root = os.environ.get("ZSW_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zsw"
@@ -131,7 +117,7 @@ class CLIPCategoryEstimator:
             raise ConfigError("the category vocabulary is empty")
         # looked up on the module so tests (and users) can swap the loader; a failure is reported
         # by load_clip in one line, without the download libraries' own log lines before it
-        with _quiet_logging():
+        with text_module.quiet_logging():
             self.model, self.tokenizer = text_module.load_clip(model_name, pretrained, self.device)
         self.model = self.model.to(self.device).eval()
         self.preprocess = self._transform()

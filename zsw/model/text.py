@@ -19,7 +19,7 @@ from torch import Tensor
 from zsw.config import TextConfig
 from zsw.errors import ZswError
 
-__all__ = ["PromptEmbedder", "load_clip"]
+__all__ = ["PromptEmbedder", "load_clip", "quiet_logging"]
 
 
 def load_clip(model_name: str, pretrained: str, device: torch.device | str = "cpu"):
@@ -52,7 +52,7 @@ def _load_clip(open_clip, model_name: str, pretrained: str, device):
         )
 
     try:
-        with _hub_offline(), _quiet_root_logger():  # open_clip logs its failed offline attempt as an ERROR
+        with _hub_offline(), quiet_logging():  # open_clip logs its failed offline attempt as an ERROR
             model = create()
     except Exception as offline_error:
         from zsw import hub
@@ -77,14 +77,18 @@ def _load_clip(open_clip, model_name: str, pretrained: str, device):
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def quiet_logging():
+    """Silence log records up to ERROR (huggingface_hub's retries, open_clip's 'failed to
+    download') while a hub model loads, our own error saying what went wrong; then restore the
+    caller's ``logging.disable`` level, whatever it was."""
     import logging
 
-    logging.disable(logging.ERROR)
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.ERROR))
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
 
 
 @contextlib.contextmanager
