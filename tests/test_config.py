@@ -53,6 +53,16 @@ def test_partial_yaml_takes_defaults(tmp_path):
         ("decoder: {width: 100, heads: 8}\n", "divisible"),
         ("- a\n- b\n", "expected a mapping"),
         ("decoder: {heads: [\n", "not valid YAML"),
+        # ranges: each was a ZeroDivisionError, an error from inside timm, or NaN occupancy
+        ("decoder: {heads: 0}\n", "decoder.heads must be a number > 0, got 0"),
+        ("decoder: {blocks: 0}\n", "decoder.blocks must be a number > 0"),
+        ("decoder: {softplus_beta: 0}\n", "decoder.softplus_beta must be a number > 0"),
+        ("decoder: {mlp_ratio: .nan}\n", "decoder.mlp_ratio must be a number > 0, got nan"),
+        ("decoder: {drop_path: 1.5}\n", "decoder.drop_path must be below 1"),
+        ("pixel: {image_size: 0}\n", "pixel.image_size must be a number > 0"),
+        ("pixel: {vit_heads: 5}\n", "must be divisible by pixel.vit_heads (5)"),
+        ("pixel: {norm_groups: 5}\n", "pixel.norm_groups (5) must divide"),
+        ("encoder: {layers: [3, 0, 6, 3]}\n", "encoder.layers must be a number > 0, got [3, 0, 6, 3]"),
     ],
 )
 def test_strict_yaml_errors_name_the_culprit(tmp_path, text, fragment):

@@ -25,11 +25,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -192,6 +193,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
+        self._check_ranges()
         s = self.pixel.image_size
         if s % 32:
             raise ConfigError(f"pixel.image_size must be a multiple of 32, got {s}")
@@ -235,6 +237,35 @@ class ModelConfig:
             raise ConfigError("encoder.layers and encoder.channels need 4 stages")
         if any(not 0 < i < self.decoder.occ_layers + 1 for i in self.decoder.skip_in):
             raise ConfigError(f"decoder.skip_in entries must be in 1..{self.decoder.occ_layers}")
+
+    # numbers that may be 0; every other width, depth, count or factor must be > 0
+    _MAY_BE_ZERO = ("decoder.point_frequencies", "decoder.token_features", "decoder.drop_path", "pixel.vit_taps")
+
+    def _check_ranges(self) -> None:
+        """Sizes, counts and factors positive and finite, so that a YAML typo is one line naming the
+        key, not an error from inside timm or a NaN at the first forward pass."""
+        for part in ("pixel", "encoder", "decoder", "text"):
+            section = getattr(self, part)
+            for f in fields(section):
+                key, value = f"{part}.{f.name}", getattr(section, f.name)
+                for x in value if isinstance(value, tuple) else (value,):
+                    if isinstance(x, bool) or not isinstance(x, (int, float)):
+                        continue
+                    zero_ok = key in self._MAY_BE_ZERO
+                    if not math.isfinite(x) or x < 0 or (x == 0 and not zero_ok):
+                        shown = list(value) if isinstance(value, tuple) else value  # as YAML writes it
+                        raise ConfigError(f"{key} must be a number {'>= 0' if zero_ok else '> 0'}, got {shown}")
+        if not self.decoder.drop_path < 1:
+            raise ConfigError(f"decoder.drop_path must be below 1, got {self.decoder.drop_path}")
+        p = self.pixel
+        if p.vit_dim % p.vit_heads:
+            raise ConfigError(f"pixel.vit_dim ({p.vit_dim}) must be divisible by pixel.vit_heads ({p.vit_heads})")
+        grouped = (p.stem_channels, *p.resnet_channels, *(c // 4 for c in p.resnet_channels))
+        if any(c % p.norm_groups for c in grouped):
+            raise ConfigError(
+                f"pixel.norm_groups ({p.norm_groups}) must divide pixel.stem_channels and each of "
+                "pixel.resnet_channels and their quarters (the bottlenecks' widths)"
+            )
 
     @property
     def token_grid(self) -> int:
