@@ -49,6 +49,31 @@ def test_load_errors_are_one_line(tmp_path):
         assert expected[name] in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_half_precision_weights_load_as_float32_and_bad_metadata_is_one_line(tmp_path):
+    """A checkpoint of ``model.half()`` gives the float32 model (fp32 inference crashed inside timm);
+    metadata that is not what zsw writes is a CheckpointError naming the file, never a traceback."""
+    model = build_model("tiny").eval()
+    path = checkpoint.save(model.half(), tmp_path / "half.safetensors")
+    loaded = checkpoint.load(path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    with torch.no_grad():
+        loaded(torch.rand(1, 3, 224, 224))
+    tensors, cfg, _ = checkpoint.read(path)
+    good = {"format": checkpoint.FORMAT, "config": json.dumps(to_dict(cfg))}
+    broken_config = json.loads(good["config"])
+    broken_config["decoder"]["heads"] = 0
+    cases = {
+        "extra.safetensors": ({**good, "extra": "{oops"}, "'extra' is not a JSON object"),
+        "list.safetensors": ({**good, "extra": "[1]"}, "'extra' is not a JSON object"),
+        "heads.safetensors": ({**good, "config": json.dumps(broken_config)}, "decoder.heads must be a number > 0"),
+    }
+    for name, (meta, fragment) in cases.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / name), metadata=meta)
+        with pytest.raises(CheckpointError, match=fragment) as e:
+            checkpoint.load(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
+
+
 def test_load_rejects_tensors_that_do_not_fit(tmp_path):
     model = build_model("tiny")
     path = checkpoint.save(model, tmp_path / "m.safetensors")

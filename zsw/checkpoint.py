@@ -104,9 +104,14 @@ def read(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, Tensor
         raise CheckpointError(f"{path} is a safetensors file but not a zsw checkpoint (no zsw config in its metadata)")
     try:
         cfg = from_dict(ModelConfig, json.loads(meta["config"]))
-    except (ConfigError, json.JSONDecodeError) as e:
+    except (ConfigError, ValueError, TypeError, AttributeError) as e:  # JSON errors are ValueErrors
         raise CheckpointError(f"{path} holds an invalid model config: {e}") from None
-    extra = json.loads(meta.get("extra", "{}"))
+    try:
+        extra = json.loads(meta.get("extra", "{}"))
+    except ValueError:
+        extra = None
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path} holds invalid metadata: 'extra' is not a JSON object")
     extra["zsw_version"] = meta.get("zsw_version")
     return tensors, cfg, extra
 
@@ -158,6 +163,10 @@ def _load_strict(model: torch.nn.Module, tensors: Mapping[str, Tensor], what: st
             parts.append(f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
         target = target or f"{model.config.name} model"
         raise CheckpointError(f"{what} does not fit the {target}: " + "; ".join(parts))
+    # weights saved in 16 bits (model.half() before saving) are widened to the model's float32:
+    # inference picks its precision by autocast, never by the stored dtype
+    tensors = {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v
+               for k, v in tensors.items()}  # fmt: skip
     model.load_state_dict(tensors, strict=True, assign=True)
 
 
