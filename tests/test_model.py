@@ -102,12 +102,21 @@ def test_zeroshape_preset_requires_a_mask():
         (torch.rand(1, 3, 200, 224), "shape (1, 3, 200, 224)"),
         (torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "floating-point"),
         ("image.png", "got str"),
+        (torch.rand(0, 3, 224, 224), "batch is empty"),
     ],
 )
 def test_bad_image_one_line_error(tiny, image, fragment):
     with pytest.raises(InputError) as e:
         tiny(image)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_image_in_another_float_dtype_runs_in_the_weights_dtype(tiny):
+    """``torch.from_numpy(photo / 255.)`` is float64: it meets the float32 weights, not timm's error."""
+    image = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = tiny(image), tiny(image.double())
+    assert b.depth.dtype == torch.float32 and torch.equal(a.depth, b.depth)
 
 
 def test_bad_mask_and_prompts(tiny):

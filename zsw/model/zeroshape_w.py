@@ -182,6 +182,8 @@ class ZeroShapeW(nn.Module):
             raise InputError(f"image must be [B, 3, {s}, {s}] with values in [0, 1], got shape {tuple(image.shape)}")
         if not image.is_floating_point():
             raise InputError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}")
+        if image.shape[0] == 0:
+            raise InputError("image batch is empty (0 images)")
 
     def _check_mask(self, mask: Tensor, name: str, image: Tensor) -> None:
         expected = (image.shape[0], 1, *image.shape[2:])
@@ -217,6 +219,8 @@ class ZeroShapeW(nn.Module):
             A :class:`ModelOutput`; decode points with :meth:`decode` or ``model.decoder``.
         """
         self._check_image(image)
+        weights = next(self.parameters()).dtype  # float64 from numpy / 255. meets float32 weights
+        image = image.to(weights) if image.dtype != weights else image
         B = image.shape[0]
         if mask is not None:
             self._check_mask(mask, "mask", image)
