@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import warnings
 
 import pytest
 import torch
@@ -158,6 +160,22 @@ def test_convert_partial_sources(official_state_dict):
 def test_converter_errors(bad, fragment):
     with pytest.raises(CheckpointError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         checkpoint.convert_zeroshape(bad, "zeroshape")
+
+
+def test_convert_official_names_the_file_whatever_is_wrong_inside(tmp_path):
+    """The dict's faults (a tensor instead of a dict, no tensors, foreign keys) are said of the
+    file given to ``zsw convert zeroshape``; torch's notes on old pickles are not printed."""
+    cases = {"tensor.ckpt": torch.zeros(3), "dict.ckpt": {"a": 1}, "foreign.ckpt": {"graph": {"foo": torch.zeros(3)}}}
+    for name, content in cases.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(CheckpointError) as e:
+            checkpoint.convert_official(tmp_path / name, tmp_path / f"{name}.safetensors")
+        assert str(e.value).startswith(f"{tmp_path / name}: ") and "\n" not in str(e.value)
+    torch.save({"graph": {"foo": torch.zeros(3)}}, tmp_path / "old.ckpt", pickle_protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail this
+        with pytest.raises(CheckpointError, match=f"cannot load {re.escape(str(tmp_path / 'old.ckpt'))}"):
+            checkpoint.convert_official(tmp_path / "old.ckpt", tmp_path / "old.safetensors")
 
 
 def test_converter_refuses_non_finite_weights(official_state_dict):

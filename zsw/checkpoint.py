@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,7 +363,7 @@ def _load_failure(e: Exception) -> str:
     text = str(e).strip().replace("WeightsUnpickler error:", "")
     advice = ("weights_only", "Weights only load failed", "Check the documentation", "trusted source")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not any(a in line for a in advice)]
-    return lines[0][:300].rstrip(".") if lines else f"{type(e).__name__}: not a PyTorch checkpoint of plain tensors"
+    return lines[0].rstrip(".") if lines else f"{type(e).__name__}: not a PyTorch checkpoint of plain tensors"
 
 
 def load_official(path: str | os.PathLike) -> dict[str, Any]:
@@ -378,12 +380,13 @@ def load_official(path: str | os.PathLike) -> dict[str, Any]:
     core = getattr(np, "_core", None) or np.core
     safe.append(core.multiarray.scalar)
     try:
-        with torch.serialization.safe_globals(safe):
+        with torch.serialization.safe_globals(safe), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's two-line notes on old pickle protocols: the error says it
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = _load_failure(e)
+        msg = textwrap.shorten(_load_failure(e), 300, placeholder=" ...")
         raise CheckpointError(
-            f"cannot load {path} with torch.load(weights_only=True): {msg[:300]}. zsw refuses to unpickle "
+            f"cannot load {path} with torch.load(weights_only=True): {msg}. zsw refuses to unpickle "
             "arbitrary objects; re-save the state dict from a trusted environment"
         ) from None
 
@@ -408,7 +411,10 @@ def convert_official(
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it")
     state = load_official(source)
-    tensors, report = convert_zeroshape(state, preset, report=True)
+    try:
+        tensors, report = convert_zeroshape(state, preset, report=True)
+    except CheckpointError as e:  # what is wrong with the dict, said of the file it came from
+        raise CheckpointError(f"{source}: {e}") from None
     model = build_model(preset)
     if model.text is not None:
         model.text.init_default_embedding(use_clip=clip)
