@@ -7,6 +7,7 @@ imported inside command bodies so that ``zsw --help`` stays instant.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,19 @@ def error(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _check_environment() -> None:
+    """Settings read from the environment, checked before any work: a typo there is a usage error
+    like a typo in an option, not a traceback from the first kernel call."""
+    if os.environ.get("ZSW_KERNELS"):
+        from zsw.errors import OptionError
+        from zsw.kernels import requested_impl
+
+        try:
+            requested_impl()
+        except ValueError as e:
+            raise OptionError(str(e)) from None
+
+
 def cli_errors(fn: F) -> F:
     """Turn user-caused errors (:class:`zsw.errors.ZswError`) into one line on stderr and exit 1
     (2 for :class:`~zsw.errors.OptionError`, an invalid option value); an OSError from the
@@ -121,6 +135,7 @@ def cli_errors(fn: F) -> F:
         from zsw.errors import OptionError, ZswError
 
         try:
+            _check_environment()
             return fn(*args, **kwargs)
         except OptionError as e:  # a usage error, like typer's own: exit 2
             raise error(str(e), code=2) from None

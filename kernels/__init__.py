@@ -49,6 +49,7 @@ __all__ = [
     "set_exportable",
     "is_exportable",
     "resolve_impl",
+    "requested_impl",
     "triton_available",
     "reference",
     "IMPLS",
@@ -155,6 +156,12 @@ def _requested(impl: str | None) -> str:
         if impl not in IMPLS:
             raise ValueError(f"ZSW_KERNELS must be one of {IMPLS}, got {impl!r}")
     return impl
+
+
+def requested_impl(impl: str | None = None) -> str:
+    """The implementation asked for: ``impl``, or ``ZSW_KERNELS`` in place of ``auto`` / None.
+    Raises ValueError naming a value that is not one of :data:`IMPLS`."""
+    return _requested(impl)
 
 
 def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:

@@ -216,3 +216,14 @@ def test_option_combinations_that_cannot_run_are_usage_errors(repo_root, tmp_pat
     """Exit 2, as for any invalid option (the docs' promise), not 1 as for a failed photo."""
     result = runner.invoke(app, ["reconstruct", str(repo_root / "examples" / "toy.png"), "-o", str(tmp_path), *options])
     assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "eval"])
+def test_a_typo_in_zsw_kernels_is_a_usage_error_before_any_work(repo_root, tmp_path, monkeypatch, command):
+    """ZSW_KERNELS is an option read from the environment: a bad value is one line and exit 2."""
+    monkeypatch.setenv("ZSW_KERNELS", "bogus")
+    args = {"reconstruct": [str(repo_root / "examples" / "toy.png"), "-o", str(tmp_path / "o")],
+            "eval": ["--data", str(tmp_path), "--format", "procedural", "--out", str(tmp_path / "e.json")]}  # fmt: skip
+    result = runner.invoke(app, [command, *args[command]])
+    assert result.exit_code == 2 and "ZSW_KERNELS must be one of" in result.output, result.output
+    assert not (tmp_path / "o").exists()  # refused before the output folder was made
