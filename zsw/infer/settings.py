@@ -9,7 +9,10 @@ exits 2 for it, as for any usage error).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from zsw.errors import OptionError
@@ -82,12 +85,44 @@ def default_chunk_points(device) -> int:
 
 def is_estimated_prompt(prompt: str | None) -> bool:
     """True for prompts that ask an estimator for the category (``auto``, ``clip``, ``vlm:...``)."""
+    if prompt is not None and not isinstance(prompt, str):
+        raise OptionError(f"--prompt must be a category word such as 'chair', got {prompt!r}")
     return prompt is not None and (prompt in ("auto", "clip") or prompt.startswith("vlm:"))
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> None:
     if value not in choices:
         raise OptionError(f"{option}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _fits(value, tp) -> bool:
+    """Whether ``value`` is of the annotated type ``tp`` (the few kinds settings use; an int is a
+    float, a bool is not an int, a str or os.PathLike is a Path)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        return isinstance(value, tuple) and all(_fits(v, item) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is Path:
+        return isinstance(value, (str, os.PathLike))
+    return isinstance(value, tp)
+
+
+def _check_types(settings) -> None:
+    """A value of the wrong type is one line naming the field, here, not a TypeError in the job
+    (``batch_size=1.5``) or a silent ``True`` (``carve="no"``)."""
+    hints = typing.get_type_hints(type(settings))
+    for f in fields(settings):
+        value, tp = getattr(settings, f.name), hints[f.name]
+        if not _fits(value, tp):
+            wanted = tp.__name__ if isinstance(tp, type) else str(tp).replace("pathlib.", "")
+            raise OptionError(f"{type(settings).__name__}.{f.name} must be {wanted}, got {value!r}")
 
 
 #: the finest grid: 1025^3 samples already take minutes and gigabytes on a CPU (the CLI's maximum too)
@@ -122,6 +157,7 @@ class GridSettings:
     chunk_points: int | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         # the library's limits; the CLI's options narrow them further (typer's min/max)
         if not isinstance(self.resolution, int) or not 2 <= self.resolution <= MAX_RESOLUTION:
             raise OptionError(
@@ -216,10 +252,17 @@ class ReconstructSettings:
 
     def __post_init__(self) -> None:
         formats = (self.formats,) if isinstance(self.formats, str) else self.formats  # "obj" is one format
-        formats = tuple(dict.fromkeys(formats or ("glb",)))
+        if isinstance(formats, (list, tuple)):  # a list is fine; duplicates go
+            formats = tuple(dict.fromkeys(formats or ("glb",)))
+        object.__setattr__(self, "formats", formats)
+        if isinstance(self.weights, os.PathLike):  # a checkpoint's Path, recorded as its string
+            object.__setattr__(self, "weights", str(self.weights))
+        if type(self.device).__name__ == "device":  # a torch.device, as its string ("cuda:1")
+            object.__setattr__(self, "device", str(self.device))
+        object.__setattr__(self, "cutout", check_cutout(self.cutout))  # its own message for a function
+        _check_types(self)
         for f in formats:
             _choice(f, FORMATS, "--format")
-        object.__setattr__(self, "formats", formats)
         _choice(self.frame, FRAMES, "--frame")
         _choice(self.backend, BACKENDS, "--backend")
         _choice(self.precision, PRECISIONS, "--precision")
@@ -227,7 +270,6 @@ class ReconstructSettings:
         _choice(self.reframe, REFRAMES, "--reframe")
         _choice(self.background, BACKGROUNDS, "--background")
         _choice(self.tta, TTAS, "--tta")
-        object.__setattr__(self, "cutout", check_cutout(self.cutout))
         if self.batch_size < 1:
             raise OptionError(f"--batch-size: {self.batch_size} is below 1")
         if not (math.isfinite(self.min_part) and 0.0 <= self.min_part <= 1.0):
