@@ -122,9 +122,12 @@ class Chamfer(NamedTuple):
     idx_ba: Tensor  # [B, M]
 
 
-def _check_clouds(a: Tensor, b: Tensor) -> None:
+def _check_clouds(a: Tensor, b: Tensor, lengths_a: Tensor | None, lengths_b: Tensor | None) -> None:
     if a.dim() != 3 or b.dim() != 3 or a.shape[-1] != 3 or b.shape[-1] != 3 or a.shape[0] != b.shape[0]:
         raise ValueError(f"point clouds must be [B, N, 3] and [B, M, 3], got {tuple(a.shape)} and {tuple(b.shape)}")
+    for name, lengths in (("lengths_a", lengths_a), ("lengths_b", lengths_b)):
+        if lengths is not None and tuple(lengths.shape) != (a.shape[0],):
+            raise ValueError(f"{name} must be [B={a.shape[0]}], got {tuple(lengths.shape)}")
 
 
 @torch.no_grad()
@@ -170,7 +173,7 @@ def nearest_neighbors(
     Returns:
         ``NearestNeighbors(sq_dist [B, N] in a's dtype, idx [B, N] int64)``.
     """
-    _check_clouds(a, b)
+    _check_clouds(a, b, lengths_a, lengths_b)
     if b.shape[1] == 0:
         shape = a.shape[:2]
         return NearestNeighbors(a.new_full(shape, float("inf")), torch.full(shape, -1, device=a.device))

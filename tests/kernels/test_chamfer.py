@@ -3,6 +3,8 @@ clouds, the reference's distances bit for bit, gradients, padding with lengths, 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -106,6 +108,17 @@ def test_bad_inputs_raise_value_error(a_shape, b_shape, lengths):
     lengths_a = torch.ones(lengths, dtype=torch.long) if lengths else None
     with pytest.raises(ValueError):
         chamfer_distance(torch.rand(a_shape), torch.rand(b_shape), lengths_a)
+
+
+@pytest.mark.parametrize("impl", [chamfer_distance, reference.chamfer_distance], ids=["triton", "reference"])
+@pytest.mark.parametrize("which, shape", [("a", (1,)), ("a", (3,)), ("b", (2, 1)), ("b", ())])
+def test_lengths_of_the_wrong_shape_raise_the_same_error_everywhere(impl, which, shape):
+    """The reference broadcast a ``[1]`` (or ``[2, 1]``) ``lengths`` over the batch without a word."""
+    a, b = torch.rand(2, 5, 3), torch.rand(2, 4, 3)
+    lengths = torch.full(shape, 3, dtype=torch.long)
+    kwargs = {f"lengths_{which}": lengths}
+    with pytest.raises(ValueError, match=rf"^lengths_{which} must be \[B=2\], got {re.escape(str(shape))}$"):
+        impl(a, b, **kwargs)
 
 
 @pytest.mark.gpu

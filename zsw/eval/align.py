@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from zsw.errors import InputError
 from zsw.eval.metrics import normalize_pc
 
 __all__ = ["rotation_grid", "distinct_rotations", "brute_force_align", "icp", "chamfer_per_cloud"]
@@ -69,6 +70,14 @@ def distinct_rotations(rotations: Tensor, decimals: int = 5) -> tuple[Tensor, Te
     return rotations[first], first
 
 
+def _check_cloud(who: str, name: str, points: Tensor) -> None:
+    """One line when ``points`` is not a non-empty [N, 3] cloud of finite points."""
+    if points.dim() != 2 or points.shape[-1] != 3 or len(points) == 0:
+        raise InputError(f"{who}: the {name} must be a non-empty [N, 3] point cloud, got {tuple(points.shape)}")
+    if n := int((~torch.isfinite(points).all(dim=-1)).sum()):
+        raise InputError(f"{who}: the {name} has {n} non-finite (NaN or inf) points of {len(points)}")
+
+
 def chamfer_per_cloud(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:  # [B, N, 3], [B, M, 3] -> [B], [B]
     """Mean nearest-neighbour distances (plain L2) pred -> gt (accuracy) and gt -> pred (completeness)."""
     from zsw import kernels
@@ -102,10 +111,17 @@ def brute_force_align(
 
     Returns:
         The best rotated and normalised prediction, its rotation and its index in ``rotations``.
+
+    Raises:
+        InputError: an empty or non-finite cloud, or no rotations.
     """
+    _check_cloud("brute_force_align", "prediction", pred)
+    _check_cloud("brute_force_align", "ground truth", gt)
     device = pred.device
     if rotations is None:
         rotations = rotation_grid(device=device)
+    if rotations.dim() != 3 or rotations.shape[1:] != (3, 3) or len(rotations) == 0:
+        raise InputError(f"brute_force_align: rotations must be [R >= 1, 3, 3], got {tuple(rotations.shape)}")
     all_rotations = rotations.to(device=device, dtype=torch.float32)
     rotations, first = distinct_rotations(all_rotations)
     if method not in ("auto", "kernels", "kdtree"):
@@ -154,7 +170,8 @@ def _best_rotation_kdtree(pred: Tensor, gt: Tensor, rotations: Tensor) -> int:
     for start in range(0, len(rots), step):
         r = rots[start : start + step]  # [b, 3, 3]
         x = np.einsum("bij,nj->bni", r, p)  # [b, N, 3]
-        s = np.maximum(np.ptp(x[..., :2], axis=1).max(axis=1), 1e-12)  # [b]
+        s = np.ptp(x[..., :2], axis=1).max(axis=1)  # [b]
+        s = np.where(s > 0, s, 1.0)  # no x/y extent: only centred, as normalize_pc
         acc = tree_y.query((x / s[:, None, None]).reshape(-1, 3), workers=-1)[0].reshape(len(r), -1).mean(1)
         back = np.einsum("mj,bji->bmi", y, r) * s[:, None, None]  # s R^T y  [b, M, 3]
         comp = tree_p.query(back.reshape(-1, 3), workers=-1)[0].reshape(len(r), -1).mean(1) / s
@@ -186,8 +203,11 @@ def icp(
     """Rigidly move ``pred`` onto ``gt`` by point-to-point ICP (rotation + translation, no scale).
 
     Nearest neighbours come from :func:`zsw.kernels.nearest_neighbors` (``kernels``) or a k-d tree
-    (``kdtree``); ``auto`` picks the kernels on CUDA and the tree on the CPU.
+    (``kdtree``); ``auto`` picks the kernels on CUDA and the tree on the CPU. An empty or
+    non-finite cloud is an :class:`~zsw.errors.InputError`.
     """
+    _check_cloud("icp", "prediction", pred)
+    _check_cloud("icp", "ground truth", gt)
     x = pred.float().clone()
     y = gt.float().to(x.device)
     for _ in range(iterations):

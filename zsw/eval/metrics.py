@@ -13,11 +13,14 @@ Protocol (ZeroShape ``utils/eval_3D.py``): sample 10,000 points on each mesh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from zsw.errors import InputError
 
 __all__ = [
     "chamfer_fscore",
@@ -32,11 +35,38 @@ __all__ = [
 THRESHOLDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
-def _as_tensor(points: Tensor | np.ndarray) -> Tensor:
+def _as_tensor(points: Tensor | np.ndarray) -> Tensor:  # float64 stays float64, anything else float32
     t = torch.as_tensor(np.asarray(points) if not isinstance(points, Tensor) else points)
     if t.dim() != 2 or t.shape[-1] != 3:
         raise ValueError(f"point clouds must be [N, 3], got {tuple(t.shape)}")
-    return t.float()
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _check_finite(pred: Tensor, gt: Tensor) -> None:
+    """One line naming the cloud(s) with NaN or infinite points (one reduction per cloud)."""
+    bad = [
+        f"the {name} has {n} non-finite (NaN or inf) points of {len(t)}"
+        for name, t in (("prediction", pred), ("ground truth", gt))
+        if (n := int((~torch.isfinite(t).all(dim=-1)).sum()))
+    ]
+    if bad:
+        raise InputError(f"chamfer_fscore: {' and '.join(bad)}")
+
+
+def _threshold(t) -> float:
+    """A threshold as a plain Python number: a float32 tensor's or numpy value's shortest decimal
+    (``0.05``, not ``0.05000000074505806``), so the F-score key reads as it was written."""
+    if isinstance(t, Tensor):
+        t = t.detach().cpu().numpy()
+    if isinstance(t, np.ndarray) and t.ndim == 0:
+        t = t[()]
+    if isinstance(t, np.floating):
+        t = float(np.format_float_positional(t, unique=True))
+    elif isinstance(t, np.integer):
+        t = int(t)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+        raise InputError(f"chamfer_fscore: thresholds must be finite positive numbers, got {t!r}")
+    return t
 
 
 def nearest_distances(
@@ -47,24 +77,26 @@ def nearest_distances(
     """Distance from every point to its nearest neighbour in the other cloud, both ways.
 
     ``method``: ``kernels`` = :func:`zsw.kernels.chamfer_distance` (Triton on CUDA, the exact
-    direct-difference reference on CPU); ``kdtree`` = scipy's exact k-d tree search (float64, on
-    CPU; ~100x faster there than the brute-force reference at 10,000 points); ``auto`` = kernels
-    for CUDA tensors, k-d tree otherwise. Both are exact nearest neighbours; distances agree to
-    float32 rounding.
+    direct-difference reference on CPU; float32); ``kdtree`` = scipy's exact k-d tree search
+    (float64, on CPU; ~100x faster there than the brute-force reference at 10,000 points; its
+    distances come back in the inputs' dtype, float64 if either is); ``auto`` = kernels for CUDA
+    tensors, k-d tree otherwise. Both are exact nearest neighbours; distances agree to float32
+    rounding. The points must be finite (:func:`chamfer_fscore` checks).
     """
     if method not in ("auto", "kernels", "kdtree"):
         raise ValueError(f"method must be auto, kernels or kdtree, got {method!r}")
     if method == "kernels" or (method == "auto" and pred.device.type == "cuda"):
         from zsw import kernels
 
-        cham = kernels.chamfer_distance(pred[None], gt[None])
+        cham = kernels.chamfer_distance(pred.float()[None], gt.float()[None])
         return cham.sq_dist_ab[0].clamp(min=0).sqrt(), cham.sq_dist_ba[0].clamp(min=0).sqrt()
     from scipy.spatial import cKDTree
 
     p, g = pred.detach().cpu().double().numpy(), gt.detach().cpu().double().numpy()
     d_pred = cKDTree(g).query(p, workers=-1)[0]
     d_gt = cKDTree(p).query(g, workers=-1)[0]
-    return torch.from_numpy(d_pred).float(), torch.from_numpy(d_gt).float()
+    dtype = torch.promote_types(pred.dtype, gt.dtype)
+    return torch.from_numpy(d_pred).to(dtype), torch.from_numpy(d_gt).to(dtype)
 
 
 def chamfer_fscore(
@@ -79,11 +111,18 @@ def chamfer_fscore(
 
     Returns:
         ``{"acc", "comp", "cd", "fscore@0.005", "fscore@0.01", ...}`` (threshold as Python prints
-        it). An empty cloud on either side gives infinite distances and zero F-scores.
+        it; a tensor's or numpy value's as its shortest decimal: ``fscore@0.05``). An empty cloud on
+        either side gives infinite distances and zero F-scores.
+
+    Raises:
+        InputError: a cloud holds NaN or infinite points (naming which and how many), or a
+            threshold is not a finite positive number.
     """
+    thresholds = [_threshold(t) for t in thresholds]
     pred, gt = _as_tensor(pred_points), _as_tensor(gt_points)
     if gt.device != pred.device:
         gt = gt.to(pred.device)
+    _check_finite(pred, gt)
     out: dict[str, float] = {}
     if len(pred) == 0 or len(gt) == 0:
         out.update(acc=float("inf"), comp=float("inf"), cd=float("inf"))
@@ -101,14 +140,18 @@ def chamfer_fscore(
 
 
 def normalize_pc(points: Tensor | np.ndarray) -> Tensor:  # [N, 3] or [B, N, 3]
-    """Subtract the centroid and divide by max(x-extent, y-extent) (z is ignored), per cloud."""
+    """Subtract the centroid and divide by max(x-extent, y-extent) (z is ignored), per cloud.
+
+    A cloud without x/y extent (a single point, such as the zeros of an empty mesh, or points on
+    one line parallel to z) has nothing to divide by: it is only centred.
+    """
     p = torch.as_tensor(np.asarray(points) if not isinstance(points, Tensor) else points).float()
     squeeze = p.dim() == 2
     if squeeze:
         p = p[None]
     center = p.mean(dim=1, keepdim=True)
     extent = (p.amax(dim=1) - p.amin(dim=1))[:, :2].amax(dim=-1)  # [B]
-    out = (p - center) / extent.clamp(min=1e-12)[:, None, None]
+    out = (p - center) / torch.where(extent > 0, extent, 1.0)[:, None, None]
     return out[0] if squeeze else out
 
 
