@@ -128,6 +128,20 @@ def test_a_pil_image_that_cannot_be_decoded_is_one_line_too(tmp_path):
         assert load_image(lazy).image.shape == (224, 224, 3)
 
 
+def test_an_address_or_an_empty_path_says_what_to_give_instead(tmp_path):
+    from zsw.infer.image import find_images
+
+    url = "https://example.com/chair.png"
+    with pytest.raises(InputError, match=f"^{url}: zsw reads image files, not addresses: download the photo"):
+        load_image(url)
+    with pytest.raises(InputError, match="an empty path names no image"):
+        load_image("")
+    assert find_images([url, str(tmp_path / "nope.png")])[1] == [
+        (url, "zsw reads image files, not addresses: download the photo first and give its path"),
+        (str(tmp_path / "nope.png"), "no such file or folder"),
+    ]
+
+
 def test_tiny_and_missing_images_are_rejected(tmp_path):
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
     with pytest.raises(InputError, match="1x1 pixels"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,10 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     notes: list[str] = []
     path = None
     if isinstance(source, (str, os.PathLike)):
+        if not str(source).strip():  # Path("") is the current folder
+            raise InputError("an empty path names no image")
+        if not Path(source).exists() and (why := _missing(str(source), "")):
+            raise InputError(f"{source}: {why}")
         path = Path(source)
         img = _open(path, notes)
     elif isinstance(source, Image.Image):
@@ -528,8 +533,15 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
         elif p.is_symlink():
             problems.append((text, _broken_link(p)))
         else:
-            problems.append((text, "no such file or folder"))
+            problems.append((text, _missing(text, "no such file or folder")))
     return found, problems
+
+
+def _missing(text: str, reason: str) -> str:
+    """``reason``, or for an address what to do instead: zsw reads files, never the network."""
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        return "zsw reads image files, not addresses: download the photo first and give its path"
+    return reason
 
 
 def _broken_link(p: Path) -> str:
