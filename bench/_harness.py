@@ -51,6 +51,9 @@ __all__ = [
     "add_speedups",
     "append_csv",
     "read_csv",
+    "check_out_file",
+    "check_out_csv",
+    "check_model",
     "rows_table",
 ]
 
@@ -298,12 +301,71 @@ def add_speedups(
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a results CSV as dicts of strings ([] if the file does not exist)."""
+    """The rows of a results CSV as dicts of strings ([] if the file does not exist); an
+    :class:`~zsw.errors.InputError` if the file is not a CSV of bench rows (:func:`check_out_csv`)."""
+    from zsw.errors import InputError
+
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    rows, problem = _read_rows(path)
+    if problem:
+        raise InputError(f"{path} {problem}")
+    return rows
+
+
+def _read_rows(path: Path) -> tuple[list[dict[str, str]], str]:
+    """The rows of an existing CSV, and why it is not a CSV of bench rows ("" if it is one)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames, list(reader)
+    except (UnicodeDecodeError, csv.Error):
+        header, rows = [], []
+    if header is None:
+        return [], ""  # an empty file: nothing to keep
+    columns = [f.name for f in dataclasses.fields(BenchRow) if f.name != "speedups"]
+    # csv.DictReader files the fields beyond the header under the key None
+    if not set(columns) <= set(header) or any(None in r for r in rows):
+        return [], f"is not a CSV of bench rows (expected the columns {', '.join(columns)})"
+    return rows, ""
+
+
+def check_out_file(path: str | Path, option: str, example: str = "bench.csv") -> None:
+    """Before any work: ``path`` can be written as a file (it is no folder and its folder can be
+    made), else a one-line :class:`~zsw.errors.OptionError` naming ``option``."""
+    from zsw.errors import OptionError
+    from zsw.io import check_out_folder
+
+    path = Path(path)
+    if path.is_dir():
+        raise OptionError(f"{option} {path} is a folder; give a file name (e.g. {path / example})")
+    check_out_folder(path.parent, f"{option}'s folder")
+
+
+def check_out_csv(path: str | Path, option: str = "--out") -> None:
+    """Before measuring: rows can be appended to ``path`` (:func:`check_out_file`), and a file
+    already there is a CSV of bench rows, which :func:`append_csv` keeps (never any other file)."""
+    from zsw.errors import OptionError
+
+    check_out_file(path, option)
+    path = Path(path)
+    if path.exists() and (problem := _read_rows(path)[1]):
+        raise OptionError(f"{option} {path} {problem}; give a new file or one written by zsw bench")
+
+
+def check_model(spec: str, option: str):
+    """The model config of a preset name or model YAML; an unknown preset name is a usage error
+    (:class:`~zsw.errors.OptionError` naming ``option``), a YAML that does not load keeps its error."""
+    from zsw.config import get_model_config
+    from zsw.errors import ConfigError, OptionError
+
+    try:
+        return get_model_config(spec)
+    except ConfigError as e:
+        if str(spec).endswith((".yaml", ".yml")) or os.path.sep in str(spec):
+            raise
+        raise OptionError(f"{option}: {e}") from None
 
 
 def append_csv(path: str | Path, rows: Sequence[BenchRow]) -> Path:

@@ -490,7 +490,20 @@ def run(
     )  # fmt: skip
     # the MLP backward: recomputing the activations against storing them (docs/kernels.md)
     add_speedups(rows, "triton", label="triton_stored", where=lambda r: r.provider == "triton-recompute")
+    if _interpreting():  # the CSV says so too, not only the terminal
+        for r in rows:
+            if r.provider.startswith("triton"):
+                r.note = (r.note + "; " if r.note else "") + INTERPRETER_NOTE
     return rows
+
+
+INTERPRETER_NOTE = "Triton interpreter (TRITON_INTERPRET=1): not kernel speed"
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _run_jobs(jobs: list[Job], rows: list[BenchRow], env: Environment, warmup_ms, rep_ms, progress) -> None:
@@ -603,21 +616,23 @@ def run_job(
     out: Path | None = None,
     summary: Path | None = None,
     reporter=None,
-) -> tuple[list[BenchRow], list, Path, Environment]:
-    """``zsw bench kernels``: check the options, run (tiny shapes on the Triton interpreter without a
-    GPU), append the rows to ``out`` (default ``bench/results/<gpu>-kernels[-smoke].csv``) and
-    write the targets as markdown to ``summary``; returns ``(rows, targets, csv path, env)``."""
+) -> tuple[list[BenchRow], list, Path, Environment, str]:
+    """``zsw bench kernels``: check the options and the output paths, run (tiny shapes on the Triton
+    interpreter without a GPU), append the rows to ``out`` (default
+    ``bench/results/<gpu>-kernels[-smoke].csv``) and write the targets as markdown to ``summary``;
+    returns ``(rows, targets, csv path, env, what ran)``."""
     import os
 
-    from zsw.bench._harness import append_csv, environment, gpu_slug
-    from zsw.errors import ConfigError
+    from zsw.bench._harness import append_csv, check_model, check_out_csv, check_out_file, environment, gpu_slug
+    from zsw.errors import OptionError
     from zsw.io import atomic_write_text
     from zsw.report import Reporter
 
     selected = tuple(o.strip() for o in ops.split(",") if o.strip())
     unknown = [o for o in selected if o not in OPS]
     if unknown or not selected:
-        raise ConfigError(f"--ops: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(OPS)}")
+        raise OptionError(f"--ops: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(OPS)}")
+    check_model(model, "--model")
     if not torch.cuda.is_available():
         # the kernels must be decorated in interpreter mode: set it before zsw.kernels is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -625,9 +640,17 @@ def run_job(
     reporter = reporter or Reporter()
     env = environment()
     out = out or Path("bench/results") / f"{gpu_slug(env)}-kernels{'-smoke' if smoke else ''}.csv"
+    check_out_csv(out, "--out")  # before measuring, not after it (the rows would be lost)
+    if summary is not None:
+        check_out_file(summary, "--summary", "kernels.md")
+    ran = f"{'smoke shapes of ' if smoke else ''}{presets(model, smoke=smoke).model}"  # the title names what runs
+    if _interpreting():
+        ran += ", Triton interpreter"
+        reporter.warning("the Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1): their times "
+                         "and speed-ups measure the interpreter, not the kernels")  # fmt: skip
     with reporter.progress("kernels", None) as advance:
         rows = run(env, ops=selected, smoke=smoke, model=model, rep_ms=rep_ms, progress=lambda s: advance(1, note=s))
     append_csv(out, rows)
     if summary is not None:
         atomic_write_text(summary, targets_markdown(rows, env))
-    return rows, evaluate_targets(rows), out, env
+    return rows, evaluate_targets(rows), out, env, ran

@@ -352,7 +352,7 @@ def run(
     """``zsw bench reconstruct``: check the options, measure, append the rows to ``out`` (default
     ``bench/results/<device>-reconstruct.csv``), write the markdown ``summary`` if asked; returns
     ``(rows, markdown, csv path)``."""
-    from zsw.bench._harness import append_csv, environment, gpu_slug
+    from zsw.bench._harness import append_csv, check_out_csv, check_out_file, environment, gpu_slug
     from zsw.errors import ConfigError, OptionError
     from zsw.infer.settings import BACKENDS, EXTRACTIONS, PRECISIONS, TTAS
     from zsw.io import atomic_write_text
@@ -376,9 +376,14 @@ def run(
     # decoder); onnxruntime without --engine runs the packaged model's graphs
     kinds = list(dict.fromkeys(resolve_backend(b, weights, None, device) if b == "auto" else b for b in backends))
     pairs = [(k, None if k in ("torch", "onnxruntime+torch") or engine is None else str(engine)) for k in kinds]
+    if "torch" in kinds and "triton" in (kernel_impls or ()):
+        _check_triton(torch.device(device))
     reporter = reporter or Reporter()
     env = environment(torch.device(device).type)
     out = out or Path("bench/results") / f"{gpu_slug(env)}-reconstruct.csv"
+    check_out_csv(out, "--out")  # before measuring, not after it (the rows would be lost)
+    if summary is not None:
+        check_out_file(summary, "--summary", "reconstruct.md")
     with reporter.progress("reconstruct", None) as advance:
         rows = bench_reconstruct(env, weights=weights, image=image,
                                  backends=pairs,
@@ -393,3 +398,16 @@ def run(
     if summary is not None:
         atomic_write_text(summary, text)
     return rows, text, out
+
+
+def _check_triton(device: torch.device) -> None:
+    """``--kernels triton`` where the decoder's Triton kernels cannot run (a CPU without
+    ``TRITON_INTERPRET=1``, no triton) is refused before any model loads, not a run of NaN rows."""
+    from zsw import kernels
+    from zsw.errors import OptionError
+
+    for name in ("point_cross_attention", "occupancy_mlp"):
+        try:
+            kernels.resolve_impl(name, "triton", device)
+        except RuntimeError as e:
+            raise OptionError(f"--kernels triton cannot run on {device}: {e}") from None

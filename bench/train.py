@@ -134,25 +134,27 @@ def run(
     device: str | None = None,
     out: Path | None = None,
 ) -> tuple[list, Path]:
-    """``zsw bench train``: check the options, run :func:`bench_train_step` (``impls`` default: torch
-    and triton), append the rows to ``out`` (default ``bench/results/<device>-train.csv``); returns
-    ``(rows, csv path)``."""
-    from zsw.bench._harness import append_csv, environment, gpu_slug
-    from zsw.errors import ConfigError
+    """``zsw bench train``: check the options and ``out``, run :func:`bench_train_step` (``impls``
+    default: torch and triton), append the rows to ``out`` (default
+    ``bench/results/<device>-train.csv``); returns ``(rows, csv path)``."""
+    from zsw.bench._harness import append_csv, check_model, check_out_csv, environment, gpu_slug
+    from zsw.errors import OptionError
     from zsw.hub import resolve_device
     from zsw.train.config import STAGES
 
     device = resolve_device(device)  # an unusable --device is a one-line error here, not in the timing
     if stage not in STAGES:
-        raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        raise OptionError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     if amp not in ("off", "bf16"):
-        raise ConfigError(f"--amp must be off or bf16, got {amp!r}")
+        raise OptionError(f"--amp must be off or bf16, got {amp!r}")
     impls = list(impls or ["torch", "triton"])
     if bad := [i for i in impls if i not in ("torch", "triton")]:
-        raise ConfigError(f"--impl must be torch or triton, got {bad[0]!r}")
-    rows = bench_train_step(preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device,
-                            rep_ms=rep_ms)  # fmt: skip
+        raise OptionError(f"--impl must be torch or triton, got {bad[0]!r}")
+    check_model(preset, "--preset")
     if out is None:
         out = Path("bench/results") / f"{gpu_slug(environment(torch.device(device).type))}-train.csv"
+    check_out_csv(out, "--out")  # before measuring, not after it (the rows would be lost)
+    rows = bench_train_step(preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device,
+                            rep_ms=rep_ms)  # fmt: skip
     append_csv(out, rows)
     return rows, out

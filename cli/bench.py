@@ -45,15 +45,15 @@ def kernels(
     ops: Annotated[str, typer.Option(help=f"Comma-separated subset of: {', '.join(_OPS)}.")] = ",".join(_OPS),
     smoke: Annotated[bool, typer.Option("--smoke/--full", help="Tiny shapes (always on without a GPU).")] = False,
     model: Annotated[str, typer.Option(help="Model preset whose shapes are benchmarked.")] = "zeroshape-w",
-    rep_ms: Annotated[float, typer.Option(help="Milliseconds of timed repetitions per measurement.")] = 100.0,
+    rep_ms: Annotated[float, typer.Option(min=1, help="Milliseconds of timed repetitions per measurement.")] = 100.0,
 ) -> None:
     from zsw.bench._harness import rows_table
     from zsw.bench.kernels import run_job
 
     reporter = RichReporter(min_total=1)
-    rows, targets, csv, env = run_job(ops=ops, smoke=smoke, model=model, rep_ms=rep_ms, out=out, summary=summary,
-                                      reporter=reporter)  # fmt: skip
-    reporter.console.print(rows_table(rows, title=f"zsw kernels on {env.gpu} ({'smoke' if smoke else model})"))
+    rows, targets, csv, env, ran = run_job(ops=ops, smoke=smoke, model=model, rep_ms=rep_ms, out=out,
+                                           summary=summary, reporter=reporter)  # fmt: skip
+    reporter.console.print(rows_table(rows, title=f"zsw kernels on {env.gpu} ({ran})"))
     for target, value, met in targets:
         if met is not None:
             shown = f"{value:.2f} ms" if target.baseline is None else f"{value:.2f}x"

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from zsw.bench._harness import BenchRow, add_speedups, append_csv, environment, gpu_slug, measure, read_csv
+from zsw.bench.kernels import INTERPRETER_NOTE
 from zsw.cli.main import app
 
 
@@ -79,16 +80,19 @@ def test_bench_kernels_smoke_writes_sane_rows(tmp_path):
         if r["provider"] == "triton":
             assert float(r["speedup_vs_torch"]) > 0
         # each provider was checked against the reference before it was timed
+        check, *rest = r["note"].split("; ")
         if r["op"] == "chamfer_distance" and r["provider"] != "torch":
-            assert r["note"].startswith("index mismatches 0/")
+            assert check.startswith("index mismatches 0/")
         elif r["op"] != "chamfer_distance":
-            assert float(r["note"].removeprefix("max err ")) < 1e-4, r
+            assert float(check.removeprefix("max err ")) < 1e-4, r
+        # interpreter timings say so in the CSV (without a GPU the Triton kernels are interpreted)
+        assert (rest == [INTERPRETER_NOTE]) == (r["provider"].startswith("triton") and not torch.cuda.is_available())
     assert "| target | measured | met |" in summary.read_text()
 
 
 def test_bench_kernels_rejects_unknown_ops(tmp_path):
     result = CliRunner().invoke(app, ["bench", "kernels", "--ops", "attention,warp", "--out", str(tmp_path / "x.csv")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert "warp" in result.output
 
 
@@ -98,14 +102,15 @@ def test_bench_kernels_rejects_unknown_ops(tmp_path):
         (dict(stage="joint"), "--stage must be one of pixel, shape, full, got 'joint'"),
         (dict(amp="fp16"), "--amp must be off or bf16, got 'fp16'"),
         (dict(impls=["torch", "cuda"]), "--impl must be torch or triton, got 'cuda'"),
+        (dict(preset="nosuch"), "--preset: unknown model preset 'nosuch'"),
     ],
 )
 def test_bench_train_run_checks_options_before_measuring(kwargs, fragment, monkeypatch, tmp_path):
     from zsw.bench import train
-    from zsw.errors import ConfigError
+    from zsw.errors import OptionError
 
     monkeypatch.setattr(train, "bench_train_step", lambda *a, **k: pytest.fail("measured despite a bad option"))
-    with pytest.raises(ConfigError, match=fragment):
+    with pytest.raises(OptionError, match=fragment):  # usage errors: the CLI exits 2
         train.run(out=tmp_path / "x.csv", **kwargs)
     assert not (tmp_path / "x.csv").exists()
 
@@ -126,3 +131,117 @@ def test_bench_train_run_appends_to_the_default_csv(monkeypatch, tmp_path):
     assert csv_path == Path("bench/results") / f"{gpu_slug(environment('cpu'))}-train.csv"
     _, same = train.run(impls=["torch"], device="cpu")
     assert same == csv_path and [r["provider"] for r in read_csv(tmp_path / csv_path)] == ["torch", "triton", "torch"]
+
+
+# --- the bench commands check what they can before measuring (nothing is measured in these tests) ---
+
+_MEASURE = {"kernels": ("kernels", "run"), "train": ("train", "bench_train_step"),
+            "reconstruct": ("reconstruct", "bench_reconstruct")}  # fmt: skip
+_ARGS = {"kernels": ["--ops", "mlp"], "train": ["--device", "cpu"], "reconstruct": ["--weights", "random:tiny"]}
+
+
+def _no_measuring(monkeypatch, command):
+    import importlib
+
+    module, name = _MEASURE[command]
+    mod = importlib.import_module(f"zsw.bench.{module}")
+    monkeypatch.setattr(mod, name, lambda *a, **k: pytest.fail("measured before the options were checked"))
+
+
+def _one_line_usage_error(result, *fragments, one_line=True):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    # typer's own checks (min=) print a usage panel under CliRunner, a line in a terminal
+    assert not one_line or len(result.output.strip().splitlines()) == 1, result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["kernels", "train", "reconstruct"])
+@pytest.mark.parametrize(
+    "option, target, fragment",
+    [
+        ("--out", "folder", "is a folder"),
+        ("--out", "a_file/b.csv", "a_file is a file"),
+        ("--out", "notes.md", "is not a CSV of bench rows (expected the columns gpu, torch,"),
+        ("--summary", "folder", "is a folder"),
+        ("--summary", "a_file/s.md", "a_file is a file"),
+    ],
+)
+def test_bench_checks_its_outputs_before_measuring(command, option, target, fragment, monkeypatch, tmp_path):
+    if option == "--summary" and command == "train":
+        pytest.skip("bench train writes no summary")
+    _no_measuring(monkeypatch, command)
+    monkeypatch.chdir(tmp_path)
+    Path("folder").mkdir()
+    Path("a_file").write_text("x")
+    notes = "# notes\nhello, world\nfoo\n"
+    Path("notes.md").write_text(notes)
+    args = ["bench", command, *_ARGS[command], option, target]
+    result = CliRunner().invoke(app, args if option == "--out" else [*args, "--out", "b.csv"])
+    _one_line_usage_error(result, f"{option}", fragment)
+    assert Path("notes.md").read_text() == notes and not Path("b.csv").exists()
+
+
+def test_append_csv_never_clobbers_a_file_of_something_else(tmp_path):
+    from zsw.errors import InputError
+
+    path = tmp_path / "notes.md"
+    path.write_text("# notes\nhello, world\nfoo\n")
+    with pytest.raises(InputError, match="is not a CSV of bench rows"):
+        append_csv(path, [_row("torch", 1.0)])
+    assert path.read_text() == "# notes\nhello, world\nfoo\n"
+    empty = tmp_path / "empty.csv"
+    empty.touch()
+    append_csv(empty, [_row("torch", 1.0)])  # an empty file holds nothing to keep
+    assert [r["provider"] for r in read_csv(empty)] == ["torch"]
+
+
+@pytest.mark.parametrize(
+    "command, args, fragment",
+    [
+        ("train", ["--stage", "bogus"], "--stage"),
+        ("train", ["--amp", "fp16"], "--amp"),
+        ("train", ["--impl", "bogus"], "--impl"),
+        ("train", ["--preset", "nosuch"], "--preset"),
+        ("kernels", ["--rep-ms", "0"], "--rep-ms"),
+        ("kernels", ["--rep-ms", "-5"], "--rep-ms"),
+        ("kernels", ["--model", "nosuchpreset"], "--model"),
+        ("kernels", ["--ops", "warp"], "--ops"),
+    ],
+)
+def test_bench_option_values_are_usage_errors(command, args, fragment, monkeypatch, tmp_path):
+    _no_measuring(monkeypatch, command)
+    result = CliRunner().invoke(app, ["bench", command, *_ARGS[command], *args, "--out", str(tmp_path / "b.csv")])
+    _one_line_usage_error(result, fragment, one_line=args[0] != "--rep-ms")
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_bench_reconstruct_refuses_triton_kernels_it_cannot_run(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a CPU without the interpreter
+    _no_measuring(monkeypatch, "reconstruct")
+    args = ["bench", "reconstruct", "--weights", "random:tiny", "--device", "cpu", "--kernels", "triton"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b.csv")])
+    _one_line_usage_error(result, "--kernels triton cannot run on cpu", "TRITON_INTERPRET=1")
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_bench_kernels_on_the_interpreter_says_so(monkeypatch, tmp_path):
+    """Without a GPU: a warning on the terminal, the note in the CSV, and a title naming the smoke
+    shapes that ran (not the --model, whose shapes did not run)."""
+    from zsw.bench import kernels
+
+    def fake_jobs(jobs, rows, env, *_):
+        rows += [_row(job.provider, 2.0) for job in jobs]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("COLUMNS", "200")  # the table's title on one line
+    monkeypatch.setattr(kernels, "_run_jobs", fake_jobs)
+    out = tmp_path / "k.csv"
+    result = CliRunner().invoke(app, ["bench", "kernels", "--ops", "mlp", "--model", "zeroshape-w", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: the Triton kernels run under the Triton interpreter" in result.output
+    assert "(smoke shapes of tiny, Triton interpreter)" in result.output and "(zeroshape-w)" not in result.output
+    notes = {r["provider"]: r["note"] for r in read_csv(out)}
+    assert notes == {"torch": "", "triton": INTERPRETER_NOTE, "triton-recompute": INTERPRETER_NOTE}
