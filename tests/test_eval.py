@@ -446,3 +446,29 @@ def test_eval_carving_reaches_the_reconstructor_and_the_resume_key(procedural_te
         evaluate_set(procedural_test_set, out, EvalJobSettings(**s, carve=False))
     report = evaluate_set(procedural_test_set, tmp_path / "loose.json", EvalJobSettings(**s, carve=False))
     assert report.summary["settings"]["carve"] is False and len(bounds) == 1
+
+
+def test_a_sample_that_cannot_be_scored_fails_alone(procedural_test_set, tmp_path, monkeypatch):
+    """An error of the scoring itself (zsw.eval.metrics refuses non-finite or empty clouds in one
+    line) fails that sample, as an unreadable photo does; the run goes on to the others."""
+    import zsw.eval.evaluate as evaluate
+    from zsw.cli.main import app
+    from zsw.errors import InputError
+
+    real, calls = evaluate.score, []
+
+    def score(pred, gt, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise InputError("chamfer_fscore: the prediction has 3 non-finite (NaN or inf) points of 300")
+        return real(pred, gt, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score", score)
+    out = tmp_path / "res.json"
+    args = ["eval", "--data", str(procedural_test_set), "--format", "procedural", "--weights", "random:tiny",
+            "--resolution", "12", "--num-points", "300", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output  # 1: a sample failed
+    summary = json.loads(out.read_text())
+    assert summary["failed"] == 1 and summary["evaluated"] == 3 and len(calls) == 4, summary
+    assert "the prediction has 3 non-finite (NaN or inf) points" in result.output, result.output
