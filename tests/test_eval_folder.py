@@ -63,6 +63,54 @@ def test_folder_finds_photos_at_any_depth_and_masks_in_any_case(tmp_path):
     assert data[0].mask == deep / "x.MASK.PNG"
 
 
+def test_folder_matches_shapes_in_any_case_and_leaves_out_the_shapes_textures(tmp_path, caplog):
+    """A camera's IMG_0012.JPG beside img_0012.obj is a pair (the docs: names match in any case);
+    the image an OBJ's material names as its texture (a scan app's mug.jpg) is not a second photo."""
+    _photo(tmp_path / "IMG_0012.JPG")
+    _box(tmp_path / "img_0012.obj")
+    _photo(tmp_path / "mug.png")
+    _box(tmp_path / "mug.obj")
+    (tmp_path / "mug.mtl").write_text("newmtl material_0\nKd 1 1 1\nmap_Kd mug.jpg\n")
+    _photo(tmp_path / "mug.jpg")
+    with caplog.at_level("INFO"):
+        data = open_eval_set(tmp_path, "folder")
+    assert data.names() == ["IMG_0012", "mug"] and data.skipped == 0, data.names()
+    assert data[data.names().index("mug")].image == tmp_path / "mug.png"
+    assert "mug.jpg is a texture of mug.mtl" in caplog.text
+
+
+def test_folder_reads_relative_obj_indices_and_refuses_faces_without_vertices(tmp_path):
+    """``f -3 -2 -1`` counts back from the vertices read so far (concatenated per-object OBJ files):
+    the shape as with absolute indices, not every face on the last object. A face naming a vertex
+    the file lacks is a one-line error naming the file, not an IndexError that stops the run."""
+    import trimesh
+
+    from zsw.data.eval_sets import _shape_points
+    from zsw.errors import InputError
+
+    parts = [trimesh.creation.box(extents=(0.2, 0.2, 0.5)).apply_translation(t) for t in ((0, 0, 0), (0.4, 0, 0))]
+    absolute, relative, base = [], [], 0
+    for i, part in enumerate(parts):
+        for out in (absolute, relative):
+            out.append(f"o part{i}")
+            out += [f"v {x} {y} {z}" for x, y, z in part.vertices]
+        absolute += [f"f {a + base + 1} {b + base + 1} {c + base + 1}" for a, b, c in part.faces]
+        n = len(part.vertices)
+        relative += [f"f {a - n} {b - n} {c - n}" for a, b, c in part.faces]
+        base += len(part.vertices)
+    (tmp_path / "abs.obj").write_text("\n".join(absolute) + "\n")
+    (tmp_path / "rel.obj").write_text("\n".join(relative) + "\n")
+    a, r = _shape_points(tmp_path / "abs.obj", "x"), _shape_points(tmp_path / "rel.obj", "x")
+    np.testing.assert_array_equal(a, r)
+    assert np.ptp(r, axis=0) == pytest.approx([0.6, 0.2, 0.5], abs=0.02)
+    (tmp_path / "bad.ply").write_text(
+        "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+        "element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 9\n"
+    )
+    with pytest.raises(InputError, match=r"bad\.ply has faces that name vertices it does not have"):
+        _shape_points(tmp_path / "bad.ply", "x")
+
+
 def test_folder_takes_a_point_cloud_as_the_true_shape(tmp_path):
     """A ``.ply`` without faces (how scanned and sampled shapes often come) gives its points, at
     most FOLDER_POINTS of them, the same ones every time; an empty or non-finite cloud, or a mesh

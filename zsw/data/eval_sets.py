@@ -371,11 +371,15 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
         shapes: dict[str, list[Path]] = {}
         for f in files:
             if f.suffix.lower() in (*FOLDER_MESHES, ".npy"):
-                shapes.setdefault(f.stem, []).append(f)
+                shapes.setdefault(f.stem.lower(), []).append(f)  # IMG_0012.JPG's shape may be img_0012.obj
+        textures = _mtl_textures(f for f in files if f.suffix.lower() == ".mtl")
         photos = [f for f in files if f.suffix.lower() in FOLDER_IMAGES and not f.name.lower().endswith(FOLDER_MASK)]
+        for photo in [p for p in photos if p.name.lower() in textures]:
+            log.info("%s is a texture of %s, not a photo: not scored", photo, textures[photo.name.lower()].name)
+        photos = [p for p in photos if p.name.lower() not in textures]
         stems = Counter(f.stem for f in photos)
         for photo in photos:
-            found = shapes.get(photo.stem, [])
+            found = shapes.get(photo.stem.lower(), [])
             if len(found) > 1:
                 raise ConfigError(f"{photo}: {len(found)} true shapes ({', '.join(f.name for f in found)}); keep one")
             if not found:
@@ -390,6 +394,25 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
                 files_of["mask"] = mask
             entries.append(_Entry(name, category, files_of, {}))
     return entries, unmatched
+
+
+def _mtl_textures(mtls) -> dict[str, Path]:
+    """Lower-case names of the image files that these OBJ material files use (``map_Kd mug.jpg``,
+    ``bump``, ``disp``, ``norm``), each with its ``.mtl``: a scan app's texture beside the photo is
+    not a second photo of the object."""
+    textures: dict[str, Path] = {}
+    for mtl in mtls:
+        try:
+            lines = mtl.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split()
+            if len(words) >= 2 and (
+                words[0].lower().startswith("map_") or words[0].lower() in ("bump", "disp", "norm")
+            ):
+                textures[Path(words[-1].replace("\\", "/")).name.lower()] = mtl
+    return textures
 
 
 def _subfolders(folder: Path, seen: set | None = None) -> list[Path]:
@@ -418,11 +441,14 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenC
 
         seed = zlib.crc32(name.encode())
         try:
-            loaded = trimesh.load(path, process=False)
+            loaded = _load_mesh(path)
             if isinstance(loaded, trimesh.Scene):
                 loaded = loaded.to_mesh()  # its meshes as one, placed by the scene graph
         except Exception as e:  # trimesh raises many kinds for a broken file
             raise InputError(f"cannot read the mesh {path}: {e}") from None
+        faces = getattr(loaded, "faces", None)
+        if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(loaded.vertices)):
+            raise InputError(f"the mesh {path} has faces that name vertices it does not have")
         if isinstance(loaded, trimesh.PointCloud):
             points = np.asarray(loaded.vertices, dtype=np.float64)
             if len(points) == 0:
@@ -440,6 +466,41 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenC
         else:
             points = np.asarray(trimesh.sample.sample_surface(loaded, FOLDER_POINTS, seed=seed)[0], dtype=np.float64)
     return points * np.array([1.0, -1.0, -1.0])
+
+
+def _load_mesh(path: Path):
+    """``trimesh.load`` of ``path``; an OBJ's relative face indices (``f -3 -2 -1``, counted back
+    from the vertices read so far, as concatenated per-object OBJ files have them) are made absolute
+    first: trimesh counts them from the end of the whole file, which puts every face on the last
+    object."""
+    import io
+    import re
+
+    import trimesh
+
+    if path.suffix.lower() != ".obj":
+        return trimesh.load(path, process=False)
+    text = path.read_text(errors="replace")
+    if not re.search(r"^\s*f\s.*(^|[\s/])-\d", text, flags=re.MULTILINE):
+        return trimesh.load(path, process=False)
+    counts = {"v": 0, "vt": 0, "vn": 0}
+    lines = []
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in counts:
+            counts[words[0]] += 1
+        elif words and words[0] == "f":
+            words[1:] = [
+                "/".join(_absolute(i, counts[k]) for i, k in zip(w.split("/"), ("v", "vt", "vn"))) for w in words[1:]
+            ]
+            line = " ".join(words)
+        lines.append(line)
+    return trimesh.load(io.StringIO("\n".join(lines)), file_type="obj", process=False)
+
+
+def _absolute(index: str, count: int) -> str:
+    """An OBJ index as a 1-based absolute one (``-1`` is the last of ``count`` read so far)."""
+    return str(count + 1 + int(index)) if index.startswith("-") else index
 
 
 def _load_folder(entry: _Entry) -> EvalSample:
