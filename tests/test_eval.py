@@ -472,3 +472,22 @@ def test_a_sample_that_cannot_be_scored_fails_alone(procedural_test_set, tmp_pat
     summary = json.loads(out.read_text())
     assert summary["failed"] == 1 and summary["evaluated"] == 3 and len(calls) == 4, summary
     assert "the prediction has 3 non-finite (NaN or inf) points" in result.output, result.output
+
+
+def test_a_stray_list_line_skips_itself_not_the_set(procedural_test_set, tmp_path, caplog):
+    """One line of a list that names no view (hand-edited, another tool's) is skipped with a
+    warning and counted; the set's other views are all scored."""
+    import shutil
+
+    from zsw.data.eval_sets import open_eval_set
+    from zsw.data.layout import ZeroShapeLayout
+
+    data = shutil.copytree(procedural_test_set, tmp_path / "data")
+    layout = ZeroShapeLayout(data)
+    cat = layout.categories()[0]
+    with open(layout.list_file(cat, "test"), "a") as f:
+        f.write("notes_extra.png\n")
+    with caplog.at_level("WARNING"):
+        opened = open_eval_set(data, "procedural")
+    assert len(opened) == 4 and opened.skipped == 1
+    assert "notes_extra.png" in caplog.text and "skipping a line of" in caplog.text

@@ -242,14 +242,15 @@ def _keep_existing(root: Path, entries: list[_Entry]) -> tuple[list[_Entry], int
 
 
 def _layout_entries(root: Path, splits: Sequence[str], max_per_category: int | None, procedural: bool):
-    entries = []
+    entries, bad = [], 0
     for sub in expand_roots(root):
         layout = ZeroShapeLayout(sub)
         for cat in layout.categories():
             split = next((s for s in splits if layout.list_file(cat, s).is_file()), None)
             if split is None:
                 continue
-            sids: list[SampleId] = layout.read_list(cat, split)
+            sids, unparsed = _read_list(layout, cat, split)
+            bad += unparsed
             if max_per_category is not None:
                 sids = sids[:max_per_category]
             for sid in sids:
@@ -261,7 +262,22 @@ def _layout_entries(root: Path, splits: Sequence[str], max_per_category: int | N
                     files["visible"] = layout.visible_mask(sid)
                 prefix = f"{sub.name}/" if sub != root else ""
                 entries.append(_Entry(prefix + sid.name, cat, files, {}))
-    return entries
+    return entries, bad
+
+
+def _read_list(layout: ZeroShapeLayout, category: str, split: str) -> tuple[list[SampleId], int]:
+    """A list file's samples, and the count of lines that name none (skipped with a warning: one
+    stray line does not stop a whole set)."""
+    sids, bad = [], 0
+    for line in layout.list_file(category, split).read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            sids.append(SampleId.parse(category, line.strip()))
+        except InputError as e:
+            bad += 1
+            log.warning("skipping a line of %s: %s", layout.list_file(category, split), e)
+    return sids, bad
 
 
 def _load_layout(entry: _Entry) -> EvalSample:
@@ -537,7 +553,7 @@ def open_eval_set(
         max_per_category = ZEROSHAPE_VIEWS_PER_CATEGORY
     if format in ("zeroshape", "procedural"):
         splits = [split] if split else (["val"] if format == "zeroshape" else ["test"])
-        entries = _layout_entries(root, splits, max_per_category, procedural=format == "procedural")
+        entries, bad = _layout_entries(root, splits, max_per_category, procedural=format == "procedural")
         load = _load_layout
     elif format in ("ocrtoc", "omniobject3d"):
         if split not in (None, "test"):
