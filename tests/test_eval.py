@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -491,3 +492,27 @@ def test_a_stray_list_line_skips_itself_not_the_set(procedural_test_set, tmp_pat
         opened = open_eval_set(data, "procedural")
     assert len(opened) == 4 and opened.skipped == 1
     assert "notes_extra.png" in caplog.text and "skipping a line of" in caplog.text
+
+
+def test_an_unreadable_file_of_a_sample_is_named(procedural_test_set, tmp_path):
+    """A truncated .npy or image of a ZeroShape-layout sample: the error names that file (a sample
+    has five), not only the sample."""
+    import shutil
+
+    from zsw.data.eval_sets import open_eval_set
+    from zsw.data.layout import ZeroShapeLayout
+    from zsw.errors import InputError
+
+    data = shutil.copytree(procedural_test_set, tmp_path / "data")
+    layout = ZeroShapeLayout(data)
+    sids = [v for c in layout.categories() for v in layout.read_list(c, "test")]
+    cloud = layout.pointcloud(sids[0])
+    cloud.write_bytes(cloud.read_bytes()[:60])
+    image = layout.image(sids[-1])
+    image.write_bytes(image.read_bytes()[:100])
+    opened = open_eval_set(data, "procedural")
+    names = opened.names()
+    for sid, path in ((sids[0], cloud), (sids[-1], image)):
+        with pytest.raises(InputError, match=f"cannot read .*{re.escape(str(path))}") as e:
+            opened[names.index(sid.name)]
+        assert "\n" not in str(e.value)

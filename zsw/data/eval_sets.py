@@ -165,7 +165,10 @@ class EvalSet(Sequence[EvalSample]):
 
 
 def _load_npy(path: Path, finite: bool = True) -> np.ndarray:
-    arr = np.load(path, allow_pickle=False)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # truncated, not .npy, a pickle: name the file
+        raise InputError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not np.issubdtype(arr.dtype, np.number) or (finite and not np.isfinite(arr).all()):
         raise InputError(f"{path} does not hold {'finite ' if finite else ''}numbers")
     return arr
@@ -188,11 +191,16 @@ def _rotation(path: Path) -> np.ndarray:  # [3, 3] from an [R|t] file
 def _rgb(path: Path, size: int = SIZE) -> np.ndarray:  # [size, size, 3] uint8
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BICUBIC)
-        return np.asarray(im).copy()
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC)
+            return np.asarray(im).copy()
+    except (OSError, SyntaxError, ValueError) as e:  # not an image, truncated: name the file
+        raise InputError(
+            f"cannot read the image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
 
 def _on_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -290,7 +298,10 @@ def _load_layout(entry: _Entry) -> EvalSample:
             mask = np.asarray(im.convert("L")) > 50
     else:
         mask = _depth_mask(f["depth"])
-    K = _load_npy(f["intr"]).astype(np.float32).reshape(3, 3)
+    K = _load_npy(f["intr"]).astype(np.float32)
+    if K.size != 9:
+        raise InputError(f"intrinsics {f['intr']} have shape {K.shape}, expected [3, 3]")
+    K = K.reshape(3, 3)
     gt = _points(f["points"]) @ _rotation(f["extr"]).T
     return EvalSample(entry.name, entry.category, image, mask, gt.astype(np.float32), K)
 
