@@ -105,6 +105,48 @@ def test_textured_files_are_written_kept_in_step_and_keyed(repo_root, tmp_path):
         ReconstructSettings(texture=256, color="none")
 
 
+def _glb_json(path) -> dict:
+    import struct
+
+    data = path.read_bytes()
+    (length,) = struct.unpack("<I", data[12:16])
+    return json.loads(data[20 : 20 + length])
+
+
+def test_mesh_files_look_in_viewers_as_meant(repo_root, tmp_path):
+    """What viewers read, at the format level: normals in the GLB (glTF viewers shade a mesh
+    without them flat, facets and all), the atlas at full strength and not metal (trimesh's default
+    material made it a 40 % grey metal: baseColorFactor and mesh.mtl's Kd of 0.4), and an empty
+    mesh.obj without number-less "v" and "f" lines."""
+    from dataclasses import replace
+
+    from zsw.infer.jobs import reconstruct_many
+    from zsw.infer.settings import GridSettings, ReconstructSettings
+
+    photo = repo_root / "examples" / "toy.png"
+    settings = ReconstructSettings(
+        device="cpu", grid=GridSettings(resolution=32), formats=("glb", "obj"), preview=False
+    )
+    reconstruct_many([photo], tmp_path / "plain", settings)
+    reconstruct_many([photo], tmp_path / "tex", replace(settings, faces=400, texture=128))
+    for folder in ("plain", "tex"):
+        tree = _glb_json(tmp_path / folder / "toy" / "mesh.glb")
+        assert "NORMAL" in tree["meshes"][0]["primitives"][0]["attributes"], folder
+        glb = trimesh.load(tmp_path / folder / "toy" / "mesh.glb", force="mesh", process=False)
+        assert np.allclose(np.linalg.norm(glb.vertex_normals, axis=1), 1, atol=1e-4)
+    plain = trimesh.load(tmp_path / "plain" / "toy" / "mesh.glb", force="mesh", process=False)
+    assert plain.visual.kind == "vertex"  # the photo's colours, as trimesh and peers' exports read them
+    pbr = _glb_json(tmp_path / "tex" / "toy" / "mesh.glb")["materials"][0]["pbrMetallicRoughness"]
+    assert pbr["baseColorFactor"] == [1.0, 1.0, 1.0, 1.0] and pbr["metallicFactor"] == 0.0
+    mtl = (tmp_path / "tex" / "toy" / "mesh.mtl").read_text()
+    assert "Kd 1.0" in mtl and "Ks 0.0" in mtl and "map_Kd material_0.png" in mtl
+    empty = replace(settings, grid=GridSettings(resolution=16, threshold=0.999), formats=("obj", "glb"))
+    reconstruct_many([photo], tmp_path / "empty", replace(empty, weights="random:tiny"))
+    assert json.loads((tmp_path / "empty" / "toy" / "result.json").read_text())["mesh"]["faces"] == 0
+    lines = (tmp_path / "empty" / "toy" / "mesh.obj").read_text().splitlines()
+    assert not [line for line in lines if line.split() in (["v"], ["f"])], lines
+
+
 def test_texture_bench_compares_the_texture_with_the_vertex_colours(repo_root):
     from zsw.bench.texture import markdown, measure
 

@@ -25,7 +25,7 @@ from zsw.infer.record import ResultRecord
 from zsw.infer.settings import FORMATS, FRAMES, STL_LONGEST_SIDE_MM
 from zsw.infer.texture import TexturedMesh
 
-__all__ = ["Reconstruction", "camera_to_frame", "original_intrinsics", "UNITS", "OBJ_MTL"]
+__all__ = ["Reconstruction", "camera_to_frame", "original_intrinsics", "glb_bytes", "UNITS", "OBJ_MTL"]
 
 
 UNITS = "camera frame in units of the predicted relative depth (scale and shift are unknown)"
@@ -86,9 +86,16 @@ class Reconstruction:
         from PIL import Image
 
         t = self.texture
-        visual = trimesh.visual.TextureVisuals(uv=t.uv, image=Image.fromarray(t.image))
+        # white diffuse, no specular: the atlas is the colour (trimesh's default material would
+        # write Kd 0.4 to mesh.mtl and a baseColorFactor of 0.4 to mesh.glb: a texture at 40 %)
+        material = trimesh.visual.material.SimpleMaterial(
+            image=Image.fromarray(t.image), diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255),
+            specular=(0, 0, 0, 255),
+        )  # fmt: skip
+        visual = trimesh.visual.TextureVisuals(uv=t.uv, material=material)
         vertices = np.asarray(self.mesh.vertices)[t.vertex_index]
-        return trimesh.Trimesh(vertices, t.faces, visual=visual, process=False)
+        normals = np.asarray(self.mesh.vertex_normals)[t.vertex_index]  # the uncut mesh's: no shading seams
+        return trimesh.Trimesh(vertices, t.faces, visual=visual, vertex_normals=normals, process=False)
 
     def printable_mesh(self, longest_side_mm: float = STL_LONGEST_SIDE_MM):
         """The mesh as slicers want it (``mesh.stl``) and its millimetres per camera-frame unit:
@@ -171,8 +178,16 @@ class Reconstruction:
                     Path(tmp).write_text(text)
                 written.append(path)
                 continue
-            elif fmt == "glb" and textured is not None:
-                mesh = textured
+            elif fmt == "glb":
+                with atomic_path(path) as tmp:
+                    Path(tmp).write_bytes(glb_bytes(textured if textured is not None else mesh))
+                written.append(path)
+                continue
+            elif fmt == "obj" and len(mesh.faces) == 0:  # trimesh would write "v" and "f" lines without numbers
+                with atomic_path(path) as tmp:
+                    Path(tmp).write_text("# empty mesh: zsw found no surface\n")
+                written.append(path)
+                continue
             with atomic_path(path) as tmp:
                 mesh.export(tmp, file_type=fmt)
             written.append(path)
@@ -226,3 +241,28 @@ def original_intrinsics(K: np.ndarray, image: LoadedImage) -> np.ndarray:  # [3,
     out[0, 2] = (K[0, 2] - (s - 1) / 2) / s - left
     out[1, 2] = (K[1, 2] - (s - 1) / 2) / s - top
     return out
+
+
+def glb_bytes(mesh) -> bytes:
+    """``mesh`` (a ``trimesh.Trimesh``) as a binary glTF, with what trimesh's export leaves out:
+
+    * vertex normals, without which glTF viewers (three.js, model-viewer) shade every triangle flat
+      and the smoothed surface shows its facets;
+    * for a textured mesh, a material whose base colour is the atlas itself (white factor, not
+      metallic, fully rough), where trimesh's default material darkens it to 40 % and is metal.
+
+    A vertex-coloured mesh keeps trimesh's layout: the photo's sRGB bytes in ``COLOR_0`` and no
+    material, as peers' exports (TripoSR, InstantMesh) have it. glTF defines ``COLOR_0`` as linear
+    and its default material as metallic, but trimesh (and the tools built on it) read those bytes
+    back as the photo's colours and drop them altogether under a material.
+    """
+    from trimesh.exchange.gltf import export_glb
+
+    return export_glb(mesh.scene(), include_normals=True, tree_postprocessor=_plain_materials)
+
+
+def _plain_materials(tree: dict) -> None:
+    """The materials' base colour is their texture alone: white factor, not metallic, fully rough."""
+    for material in tree.get("materials", []):
+        pbr = material.setdefault("pbrMetallicRoughness", {})
+        pbr.update(baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0)
