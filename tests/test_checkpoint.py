@@ -76,6 +76,17 @@ def test_half_precision_weights_load_as_float32_and_bad_metadata_is_one_line(tmp
         assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_save_errors_are_one_line(tmp_path):
+    import numpy as np
+
+    model = build_model("tiny")
+    with pytest.raises(CheckpointError, match="is a folder; give a file name such as"):
+        checkpoint.save(model, tmp_path)
+    with pytest.raises(CheckpointError, match="must be JSON values"):
+        checkpoint.save(model, tmp_path / "m.safetensors", extra={"cd": np.float32(0.1)})
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_load_rejects_tensors_that_do_not_fit(tmp_path):
     model = build_model("tiny")
     path = checkpoint.save(model, tmp_path / "m.safetensors")

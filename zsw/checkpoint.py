@@ -62,14 +62,20 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: Mapping[str, An
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
         raise TypeError("save expects a zsw model with a ModelConfig in .config")
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a file name such as {path / 'model.safetensors'}")
+    try:
+        extra_json = json.dumps(dict(extra or {}))
+    except TypeError as e:  # numpy scalars and the like: float(x) them first
+        raise CheckpointError(f"extra facts to save with {path} must be JSON values: {e}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "config": json.dumps(to_dict(cfg)),
         "zsw_version": __version__,
-        "extra": json.dumps(dict(extra or {})),
+        "extra": extra_json,
     }
-    path = Path(path)
     blob = memoryview(save(tensors, metadata=metadata))
     n = int.from_bytes(blob[:8], "little")
     with atomic_write(path) as f:
