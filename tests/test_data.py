@@ -43,6 +43,44 @@ def _rot(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def test_views_at_another_size_than_the_model_are_resampled_with_their_intrinsics(proc):
+    """ZeroShape's data are 224 px; a model at 64 px (the tiny preset in tests) resamples depth and
+    masks (nearest) and scales K, so the lifted surface is the same object in the same place; the
+    maps' size used to be refused sample by sample until the run stopped."""
+    full = ShapeDataset(proc, "train", points=64, augment=None)
+    small = ShapeDataset(proc, "train", points=64, augment=None, size=64)
+    a, b = full[0], small[0]
+    assert b["image"].shape == (3, 64, 64) and b["depth"].shape == b["visible_mask"].shape == (1, 64, 64)
+
+    def lift(item) -> np.ndarray:  # the visible surface in the camera frame
+        d, K = item["depth"][0].numpy(), item["intrinsics"].numpy()
+        v, u = np.nonzero(d > 0)
+        z = d[v, u]
+        return np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], axis=1)
+
+    pa, pb = lift(a), lift(b)
+    size = np.ptp(pa, axis=0).max()
+    assert np.abs(pa.mean(0) - pb.mean(0)).max() < 0.02 * size
+    assert np.abs(np.ptp(pa, axis=0) - np.ptp(pb, axis=0)).max() < 0.05 * size
+    assert float(b["intrinsics"][0, 0]) == pytest.approx(float(a["intrinsics"][0, 0]) * 64 / 224, rel=1e-5)
+
+
+def test_masks_of_0_1_labels_are_the_object_not_background(proc, tmp_path):
+    """A mask PNG holding 0/1 (another tool's labels) is read as those labels: as coverage 1/255
+    the backgrounds of augmentation painted over the object while its depth still said visible."""
+    import shutil
+
+    data = shutil.copytree(proc, tmp_path / "data")
+    layout = ZeroShapeLayout(data)
+    sid = layout.samples("train")[0]
+    before = layout.read_alpha(sid)
+    with Image.open(layout.mask(sid)) as im:
+        labels = (np.asarray(im.convert("L")) > 127).astype(np.uint8)
+    Image.fromarray(labels).save(layout.mask(sid))
+    assert np.array_equal(layout.read_alpha(sid), (before > 0.5).astype(np.float32))
+    assert np.array_equal(layout.read_mask(layout.mask(sid)), labels > 0)
+
+
 def test_reader_round_trips_written_files(proc):
     ds = ShapeDataset(proc, "train", points=512, augment=None)
     layout = ZeroShapeLayout(proc)

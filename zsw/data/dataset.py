@@ -135,6 +135,28 @@ def _check(cond: bool, message: str) -> None:
         raise InputError(message)
 
 
+def _npy(path: Path) -> np.ndarray:
+    """``np.load`` of a plain array; a truncated, empty or pickled file is an InputError naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _resized(a: np.ndarray, size: int, smooth: bool = False) -> np.ndarray:  # [N, N] -> [size, size]
+    """A view's per-pixel map at the model's size: nearest neighbour (depth, masks: no values
+    between the object and the background), bilinear for ``smooth`` coverage. As is when it fits."""
+    if a.shape == (size, size):
+        return a
+    from PIL import Image
+
+    dtype = a.dtype
+    plane = Image.fromarray(a.astype(np.float32))  # mode F
+    resample = Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST
+    out = np.array(plane.resize((size, size), resample))  # writable: augmentation edits it
+    return out > 0.5 if dtype == np.bool_ else out.astype(dtype)
+
+
 @dataclass
 class _Sample:
     image: np.ndarray  # [S, S, 3] uint8
@@ -335,33 +357,43 @@ class ShapeDataset:
         S = self.size
         image = layout.read_image(sid)
         if image.shape[:2] != (S, S):  # ZeroShape resizes images that are not at the model size
-            image = np.asarray(Image.fromarray(image).resize((S, S), Image.Resampling.BILINEAR))
-        depth = np.load(layout.depth(sid), allow_pickle=False)
-        _check(depth.shape == (S, S), f"depth {layout.depth(sid)} has shape {depth.shape}, expected ({S}, {S})")
-        depth = depth.astype(np.float32)
+            image = np.array(Image.fromarray(image).resize((S, S), Image.Resampling.BILINEAR))  # writable
+        depth = _npy(layout.depth(sid))
+        N = depth.shape[0] if depth.ndim == 2 and depth.shape[0] == depth.shape[1] else 0
+        _check(N > 0, f"depth {layout.depth(sid)} has shape {depth.shape}, expected a square ({S}, {S})")
+        depth = _resized(depth.astype(np.float32), S)  # data at another size than the model's: resampled
         _check(bool(np.isfinite(depth).all()), f"depth {layout.depth(sid)} holds non-finite values")
-        K = np.load(layout.intrinsics(sid), allow_pickle=False).astype(np.float32)
+        K = _npy(layout.intrinsics(sid)).astype(np.float32)
         good_k = K.shape == (3, 3) and bool(np.isfinite(K).all()) and K[0, 0] > 0
         _check(good_k, f"bad intrinsics {layout.intrinsics(sid)}")
-        Rt = np.load(layout.extrinsics(sid), allow_pickle=False).astype(np.float32)
+        if N != S:  # K in pixels of the resized views: u' = s u + (s - 1) / 2 with integer pixel centres
+            s = S / N
+            K = K.copy()
+            K[:2] *= s
+            K[:2, 2] += (s - 1) / 2
+        Rt = _npy(layout.extrinsics(sid)).astype(np.float32)
         _check(Rt.ndim == 2 and Rt.shape[0] >= 3 and Rt.shape[1] >= 4, f"bad extrinsics {layout.extrinsics(sid)}")
         Rt = Rt[:3, :4]
         _check(bool(np.isfinite(Rt).all()), f"extrinsics {layout.extrinsics(sid)} hold non-finite values")
         obj = depth > 0
         alpha = layout.read_alpha(sid) if layout.mask(sid).is_file() else obj.astype(np.float32)
-        _check(alpha.shape == (S, S), f"mask {layout.mask(sid)} has shape {alpha.shape}, expected ({S}, {S})")
+        _check(alpha.shape == (S, S) or alpha.shape == (N, N),
+               f"mask {layout.mask(sid)} has shape {alpha.shape}, expected ({N}, {N}) as its depth")  # fmt: skip
+        alpha = _resized(alpha, S, smooth=True)
         visible = obj
         if layout.visible_mask(sid).is_file():
-            visible = layout.read_mask(layout.visible_mask(sid)) & obj
+            visible = _resized(layout.read_mask(layout.visible_mask(sid)), S) & obj
         occluder = np.zeros((S, S), dtype=bool)
         if layout.occluder_mask(sid).is_file():
             occluder = layout.read_mask(layout.occluder_mask(sid))
-            _check(occluder.shape == (S, S), f"occluder mask of {sid.name} has shape {occluder.shape}")
+            _check(occluder.shape == (N, N), f"occluder mask of {sid.name} has shape {occluder.shape}")
+            occluder = _resized(occluder, S)
         _check(bool(visible.any()), f"{sid.name} has no visible object pixel (empty depth)")
         pseudo = None
         if layout.pseudo_depth(sid).is_file():
-            pseudo = np.load(layout.pseudo_depth(sid), allow_pickle=False).astype(np.float32)
-            _check(pseudo.shape == (S, S) and bool(np.isfinite(pseudo).all()), f"bad pseudo-depth of {sid.name}")
+            pseudo = _npy(layout.pseudo_depth(sid)).astype(np.float32)
+            _check(pseudo.shape == (N, N) and bool(np.isfinite(pseudo).all()), f"bad pseudo-depth of {sid.name}")
+            pseudo = _resized(pseudo, S)
         return _Sample(image, alpha, np.where(visible, depth, 0).astype(np.float32), K, Rt, visible, occluder, pseudo)
 
     def _read_points(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -279,23 +279,19 @@ class ZeroShapeLayout:
         _save_npy(self.pseudo_depth(sid), disparity.astype(np.float32))
 
     def read_image(self, sid: SampleId) -> np.ndarray:  # [H, W, 3] uint8
-        from PIL import Image
-
-        with Image.open(self.image(sid)) as im:
-            return np.asarray(im.convert("RGB")).copy()
+        return _read_png(self.image(sid), "RGB")
 
     def read_mask(self, path: Path) -> np.ndarray:  # [H, W] bool
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L")) > 50
+        """``> 50`` of 255 is the object, as ZeroShape reads masks; a mask of 0/1 labels (largest
+        value 1) is read as those labels, not as all background."""
+        gray = _read_png(path, "L")
+        return gray > (0 if gray.max(initial=0) <= 1 else 50)
 
     def read_alpha(self, sid: SampleId) -> np.ndarray:  # [H, W] float32 in [0, 1]
-        """The object's coverage from the mask PNG (binary masks give 0/1)."""
-        from PIL import Image
-
-        with Image.open(self.mask(sid)) as im:
-            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        """The object's coverage from the mask PNG (binary masks give 0/1; a mask of 0/1 labels
+        too, not a coverage of 1/255 that backgrounds would paint over)."""
+        gray = _read_png(self.mask(sid), "L").astype(np.float32)
+        return gray if gray.max(initial=0) <= 1 else gray / 255.0
 
     def read_gt_sdf(self, sid: SampleId) -> tuple[np.ndarray, np.ndarray]:  # [N, 3], [N]
         d = load_npy_dict(self.gt_sdf(sid))
@@ -337,3 +333,16 @@ class ZeroShapeLayout:
                     yield json.loads(line)
                 except json.JSONDecodeError:
                     continue
+
+
+def _read_png(path: Path, mode: str) -> np.ndarray:
+    """The image at ``path`` converted to ``mode``; a file PIL cannot decode is an InputError
+    naming it (a sample has several files: the warning that skips it says which)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode)).copy()
+    except (OSError, SyntaxError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"cannot read {path}: {reason}") from None
