@@ -124,6 +124,17 @@ def _check_environment() -> None:
             raise OptionError(str(e)) from None
 
 
+def _one_line(e: Exception) -> str:
+    """The error's message; for one raised in a DataLoader worker, which PyTorch re-raises with the
+    worker's whole traceback as its message, the original message (its last line) alone."""
+    text = str(e)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(e).__module__}.{type(e).__name__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last
+
+
 def cli_errors(fn: F) -> F:
     """Turn user-caused errors (:class:`zsw.errors.ZswError`) into one line on stderr and exit 1
     (2 for :class:`~zsw.errors.OptionError`, an invalid option value); an OSError from the
@@ -140,7 +151,7 @@ def cli_errors(fn: F) -> F:
         except OptionError as e:  # a usage error, like typer's own: exit 2
             raise error(str(e), code=2) from None
         except ZswError as e:
-            raise error(str(e)) from None
+            raise error(_one_line(e)) from None
         except OSError as e:  # the environment (full disk, read-only folder, ...): one line
             where = f": {e.filename}" if e.filename else ""
             raise error(f"{e.strerror or e}{where}") from None

@@ -227,3 +227,26 @@ def test_a_typo_in_zsw_kernels_is_a_usage_error_before_any_work(repo_root, tmp_p
     result = runner.invoke(app, [command, *args[command]])
     assert result.exit_code == 2 and "ZSW_KERNELS must be one of" in result.output, result.output
     assert not (tmp_path / "o").exists()  # refused before the output folder was made
+
+
+def test_an_error_raised_in_a_dataloader_worker_is_one_line():
+    """PyTorch re-raises a worker's exception with the worker's traceback as its message: the CLI
+    prints the original message only, as for any user error."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from zsw.cli._common import _one_line
+    from zsw.errors import InputError
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise InputError("32 consecutive samples of data/x are unreadable (last: depth.npy)")
+
+    with pytest.raises(InputError) as e:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "\n" in str(e.value)  # what PyTorch does
+    assert _one_line(e.value) == "32 consecutive samples of data/x are unreadable (last: depth.npy)"
+    assert _one_line(InputError("plain")) == "plain"
