@@ -438,3 +438,17 @@ def test_pseudo_depth_is_read_and_invalidated_by_augmentation(proc, tmp_path):
     # a new background makes the image a different one: no pseudo-depth at all
     bg = ShapeDataset(root, "train", points=16, augment=AugmentConfig(occluders=(0, 0), backgrounds="always"))
     assert not bg[0]["pseudo_valid"].any()
+
+
+def test_a_visible_mask_of_another_size_than_its_depth_is_refused(tmp_path):
+    """Maps are resampled to the model's size only when they match their view's depth: a visible
+    mask of some other size is a bad file, not something to stretch."""
+    cfg = ProceduralConfig(objects=1, views=1, seed=0, size=64, categories=("box",), split_fractions=(1, 0, 0),
+                           bake_splits=("train",))  # fmt: skip
+    generate(tmp_path / "p", cfg, workers=1)
+    layout = ZeroShapeLayout(tmp_path / "p")
+    sid = layout.samples("train")[0]
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(layout.visible_mask(sid))
+    ds = ShapeDataset(tmp_path / "p", "train", size=64, augment=None, with_shape=False)
+    with pytest.raises(InputError, match=r"visible mask of box_00000_00 has shape \(10, 12\)"):
+        ds._read(0)

@@ -382,7 +382,9 @@ class ShapeDataset:
         alpha = _resized(alpha, S, smooth=True)
         visible = obj
         if layout.visible_mask(sid).is_file():
-            visible = _resized(layout.read_mask(layout.visible_mask(sid)), S) & obj
+            visible = layout.read_mask(layout.visible_mask(sid))
+            _check(visible.shape in ((N, N), (S, S)), f"visible mask of {sid.name} has shape {visible.shape}")
+            visible = _resized(visible, S) & obj
         occluder = np.zeros((S, S), dtype=bool)
         if layout.occluder_mask(sid).is_file():
             occluder = layout.read_mask(layout.occluder_mask(sid))
