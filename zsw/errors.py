@@ -7,7 +7,7 @@ message without a traceback; library callers can catch it. Bugs stay ordinary ex
 
 from __future__ import annotations
 
-__all__ = ["ZswError", "ConfigError", "OptionError", "CheckpointError", "InputError"]
+__all__ = ["ZswError", "ConfigError", "OptionError", "CheckpointError", "InputError", "reason"]
 
 
 class ZswError(Exception):
@@ -29,3 +29,10 @@ class CheckpointError(ZswError):
 
 class InputError(ZswError, ValueError):
     """A tensor, image or file given to zsw has the wrong type, shape or content."""
+
+
+def reason(e: BaseException) -> str:
+    """The first line of a library's exception (or its type's name when it has no message): what
+    a one-line error quotes of the cause."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

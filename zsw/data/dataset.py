@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from zsw.data.layout import SampleId, ZeroShapeLayout
+from zsw.data.layout import SampleId, ZeroShapeLayout, load_npy
 from zsw.errors import ConfigError, InputError, ZswError
 
 __all__ = ["AugmentConfig", "ShapeDataset", "expand_roots", "zoom_out", "READ_ERRORS"]
@@ -133,14 +133,6 @@ def expand_roots(roots: str | os.PathLike | list | tuple) -> list[Path]:
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise InputError(message)
-
-
-def _npy(path: Path) -> np.ndarray:
-    """``np.load`` of a plain array; a truncated, empty or pickled file is an InputError naming it."""
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _resized(a: np.ndarray, size: int, smooth: bool = False) -> np.ndarray:  # [N, N] -> [size, size]
@@ -358,12 +350,12 @@ class ShapeDataset:
         image = layout.read_image(sid)
         if image.shape[:2] != (S, S):  # ZeroShape resizes images that are not at the model size
             image = np.array(Image.fromarray(image).resize((S, S), Image.Resampling.BILINEAR))  # writable
-        depth = _npy(layout.depth(sid))
+        depth = load_npy(layout.depth(sid))
         N = depth.shape[0] if depth.ndim == 2 and depth.shape[0] == depth.shape[1] else 0
         _check(N > 0, f"depth {layout.depth(sid)} has shape {depth.shape}, expected a square ({S}, {S})")
         depth = _resized(depth.astype(np.float32), S)  # data at another size than the model's: resampled
         _check(bool(np.isfinite(depth).all()), f"depth {layout.depth(sid)} holds non-finite values")
-        K = _npy(layout.intrinsics(sid)).astype(np.float32)
+        K = load_npy(layout.intrinsics(sid)).astype(np.float32)
         good_k = K.shape == (3, 3) and bool(np.isfinite(K).all()) and K[0, 0] > 0
         _check(good_k, f"bad intrinsics {layout.intrinsics(sid)}")
         if N != S:  # K in pixels of the resized views: u' = s u + (s - 1) / 2 with integer pixel centres
@@ -371,7 +363,7 @@ class ShapeDataset:
             K = K.copy()
             K[:2] *= s
             K[:2, 2] += (s - 1) / 2
-        Rt = _npy(layout.extrinsics(sid)).astype(np.float32)
+        Rt = load_npy(layout.extrinsics(sid)).astype(np.float32)
         _check(Rt.ndim == 2 and Rt.shape[0] >= 3 and Rt.shape[1] >= 4, f"bad extrinsics {layout.extrinsics(sid)}")
         Rt = Rt[:3, :4]
         _check(bool(np.isfinite(Rt).all()), f"extrinsics {layout.extrinsics(sid)} hold non-finite values")
@@ -393,7 +385,7 @@ class ShapeDataset:
         _check(bool(visible.any()), f"{sid.name} has no visible object pixel (empty depth)")
         pseudo = None
         if layout.pseudo_depth(sid).is_file():
-            pseudo = _npy(layout.pseudo_depth(sid)).astype(np.float32)
+            pseudo = load_npy(layout.pseudo_depth(sid)).astype(np.float32)
             _check(pseudo.shape == (N, N) and bool(np.isfinite(pseudo).all()), f"bad pseudo-depth of {sid.name}")
             pseudo = _resized(pseudo, S)
         return _Sample(image, alpha, np.where(visible, depth, 0).astype(np.float32), K, Rt, visible, occluder, pseudo)

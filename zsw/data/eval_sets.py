@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from zsw.data.dataset import READ_ERRORS, expand_roots
-from zsw.data.layout import SampleId, ZeroShapeLayout
+from zsw.data.layout import SampleId, ZeroShapeLayout, load_npy, read_png
 from zsw.errors import ConfigError, InputError
 
 __all__ = ["EvalSample", "EvalSet", "open_eval_set", "EVAL_FORMATS", "PIX3D_CATEGORIES"]
@@ -165,10 +165,7 @@ class EvalSet(Sequence[EvalSample]):
 
 
 def _load_npy(path: Path, finite: bool = True) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:  # truncated, not .npy, a pickle: name the file
-        raise InputError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    arr = load_npy(path)  # truncated, not .npy, a pickle: an error naming the file
     if not np.issubdtype(arr.dtype, np.number) or (finite and not np.isfinite(arr).all()):
         raise InputError(f"{path} does not hold {'finite ' if finite else ''}numbers")
     return arr
@@ -191,16 +188,10 @@ def _rotation(path: Path) -> np.ndarray:  # [3, 3] from an [R|t] file
 def _rgb(path: Path, size: int = SIZE) -> np.ndarray:  # [size, size, 3] uint8
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(im).copy()
-    except (OSError, SyntaxError, ValueError) as e:  # not an image, truncated: name the file
-        raise InputError(
-            f"cannot read the image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
+    image = read_png(path, "RGB")  # not an image, truncated: an error naming the file
+    if image.shape[:2] != (size, size):
+        image = np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+    return image
 
 
 def _on_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

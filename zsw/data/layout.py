@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from zsw.errors import InputError
+from zsw.errors import InputError, reason
 from zsw.io import atomic_write, atomic_write_text
 
-__all__ = ["SampleId", "ZeroShapeLayout", "load_npy_dict", "save_npy_dict", "SPLITS"]
+__all__ = ["SampleId", "ZeroShapeLayout", "load_npy", "load_npy_dict", "read_png", "save_npy_dict", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
@@ -279,18 +279,18 @@ class ZeroShapeLayout:
         _save_npy(self.pseudo_depth(sid), disparity.astype(np.float32))
 
     def read_image(self, sid: SampleId) -> np.ndarray:  # [H, W, 3] uint8
-        return _read_png(self.image(sid), "RGB")
+        return read_png(self.image(sid), "RGB")
 
     def read_mask(self, path: Path) -> np.ndarray:  # [H, W] bool
         """``> 50`` of 255 is the object, as ZeroShape reads masks; a mask of 0/1 labels (largest
         value 1) is read as those labels, not as all background."""
-        gray = _read_png(path, "L")
+        gray = read_png(path, "L")
         return gray > (0 if gray.max(initial=0) <= 1 else 50)
 
     def read_alpha(self, sid: SampleId) -> np.ndarray:  # [H, W] float32 in [0, 1]
         """The object's coverage from the mask PNG (binary masks give 0/1; a mask of 0/1 labels
         too, not a coverage of 1/255 that backgrounds would paint over)."""
-        gray = _read_png(self.mask(sid), "L").astype(np.float32)
+        gray = read_png(self.mask(sid), "L").astype(np.float32)
         return gray if gray.max(initial=0) <= 1 else gray / 255.0
 
     def read_gt_sdf(self, sid: SampleId) -> tuple[np.ndarray, np.ndarray]:  # [N, 3], [N]
@@ -335,7 +335,7 @@ class ZeroShapeLayout:
                     continue
 
 
-def _read_png(path: Path, mode: str) -> np.ndarray:
+def read_png(path: str | os.PathLike, mode: str) -> np.ndarray:  # [H, W(, C)] uint8
     """The image at ``path`` converted to ``mode``; a file PIL cannot decode is an InputError
     naming it (a sample has several files: the warning that skips it says which)."""
     from PIL import Image
@@ -344,5 +344,12 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert(mode)).copy()
     except (OSError, SyntaxError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"cannot read {path}: {reason}") from None
+        raise InputError(f"cannot read {path}: {reason(e)}") from None
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """``np.load`` of a plain array; a truncated, empty or pickled file is an InputError naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read {path}: {reason(e)}") from None

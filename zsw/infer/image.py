@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsw.errors import InputError
+from zsw.errors import InputError, reason
 
 __all__ = [
     "LoadedImage",
@@ -136,14 +136,10 @@ def _open(path: Path, notes: list[str] | None = None):
     except Image.DecompressionBombError as e:
         raise InputError(f"{path}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: corrupt or truncated image ({_first_line(e)})") from None
+        raise InputError(f"{path}: corrupt or truncated image ({reason(e)})") from None
     if notes is not None:
         notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     return _decoded(img, str(path), notes)
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _decoded(img, label: str, notes: list[str] | None):
@@ -161,7 +157,7 @@ def _decoded(img, label: str, notes: list[str] | None):
     except Image.DecompressionBombError as e:
         raise InputError(f"{label}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{label}: corrupt or truncated image ({_first_line(e)})") from None
+        raise InputError(f"{label}: corrupt or truncated image ({reason(e)})") from None
     if notes is not None:
         notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     return img
