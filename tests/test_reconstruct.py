@@ -936,16 +936,18 @@ def test_the_api_refuses_what_it_cannot_use_in_one_line(repo_root, tmp_path):
         zsw.reconstruct(repo_root / "examples" / "toy.png", weights="random:tiny", resolution=RES, prompt=5)
     # a value of the wrong type: one line naming the field, not a TypeError in the job or a silent True
     for kwargs, fragment in [
-        (dict(batch_size=1.5), "ReconstructSettings.batch_size must be int, got 1.5"),
-        (dict(grid={"resolution": 32}), "ReconstructSettings.grid must be GridSettings"),
-        (dict(weights=5), "ReconstructSettings.weights must be str | None, got 5"),
-        (dict(carve="no"), "ReconstructSettings.carve must be bool, got 'no'"),
-        (dict(formats=123), "ReconstructSettings.formats must be tuple[str, ...], got 123"),
+        (dict(batch_size=1.5), "ReconstructSettings.batch_size: expected an integer, got 1.5"),
+        (dict(grid={"resolution": 2000}), "from 2 to 1024"),  # a mapping is read as YAML's are, and checked
+        (dict(grid=[32]), "ReconstructSettings.grid: expected a mapping for GridSettings, got list"),
+        (dict(weights=5), "ReconstructSettings.weights: expected a string, got 5"),
+        (dict(carve="no"), "ReconstructSettings.carve: expected true/false, got 'no'"),
+        (dict(formats=123), "ReconstructSettings.formats: expected a list, got int 123"),
     ]:
         with pytest.raises(ZswError, match=re.escape(fragment)):
             zsw.ReconstructSettings(**kwargs)
-    with pytest.raises(ZswError, match="GridSettings.threshold must be float, got '0.5'"):
+    with pytest.raises(ZswError, match="GridSettings.threshold: expected a number, got '0.5'"):
         zsw.GridSettings(threshold="0.5")
+    assert zsw.ReconstructSettings(grid={"resolution": 32}).grid == zsw.GridSettings(resolution=32)
     # what a Python user naturally passes still goes: a list of formats, a Path, a torch.device
     settings = zsw.ReconstructSettings(
         formats=["glb", "obj"], weights=tmp_path / "w.safetensors", device=torch.device("cpu")

@@ -46,6 +46,7 @@ __all__ = [
     "get_model_config",
     "to_dict",
     "from_dict",
+    "checked_fields",
     "load_yaml",
     "dump_yaml",
     "replace",
@@ -415,6 +416,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # built in Python rather than read from YAML
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         return _from_dict(tp, value, where)
@@ -493,6 +496,15 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
     return _from_dict(cls, data, "")
+
+
+def checked_fields(obj: Any) -> dict[str, Any]:
+    """The fields of dataclass instance ``obj`` checked against their annotations as YAML values
+    are (an int is no bool, a float any number, a path a str or Path; tuples from lists), and
+    converted the same way; a value of the wrong type is a ConfigError naming ``Class.field``."""
+    hints = typing.get_type_hints(type(obj))
+    name = type(obj).__name__
+    return {f.name: _coerce(getattr(obj, f.name), hints[f.name], f"{name}.{f.name}") for f in fields(obj)}
 
 
 def load_yaml(path: str | os.PathLike, cls: type[T]) -> T:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsw.errors import OptionError
+from zsw.config import checked_fields
+from zsw.errors import ConfigError, OptionError
 from zsw.infer.cutout import check_cutout
 from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.texture import check_texture_size
@@ -95,34 +94,16 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> None:
         raise OptionError(f"{option}: {value!r} is not one of {', '.join(choices)}")
 
 
-def _fits(value, tp) -> bool:
-    """Whether ``value`` is of the annotated type ``tp`` (the few kinds settings use; an int is a
-    float, a bool is not an int, a str or os.PathLike is a Path)."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(tp))
-    if typing.get_origin(tp) is tuple:
-        item = typing.get_args(tp)[0]
-        return isinstance(value, tuple) and all(_fits(v, item) for v in value)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is Path:
-        return isinstance(value, (str, os.PathLike))
-    return isinstance(value, tp)
-
-
 def _check_types(settings) -> None:
     """A value of the wrong type is one line naming the field, here, not a TypeError in the job
-    (``batch_size=1.5``) or a silent ``True`` (``carve="no"``)."""
-    hints = typing.get_type_hints(type(settings))
-    for f in fields(settings):
-        value, tp = getattr(settings, f.name), hints[f.name]
-        if not _fits(value, tp):
-            wanted = tp.__name__ if isinstance(tp, type) else str(tp).replace("pathlib.", "")
-            raise OptionError(f"{type(settings).__name__}.{f.name} must be {wanted}, got {value!r}")
+    (``batch_size=1.5``) or a silent ``True`` (``carve="no"``); values are converted as YAML's are
+    (:func:`zsw.config.checked_fields`)."""
+    try:
+        checked = checked_fields(settings)
+    except ConfigError as e:
+        raise OptionError(str(e)) from None
+    for name, value in checked.items():
+        object.__setattr__(settings, name, value)
 
 
 #: the finest grid: 1025^3 samples already take minutes and gigabytes on a CPU (the CLI's maximum too)
