@@ -498,9 +498,9 @@ def _load_mesh(path: Path):
 
     if path.suffix.lower() != ".obj":
         return trimesh.load(path, process=False)
-    text = path.read_text(errors="replace")
-    if not re.search(r"^\s*f\s.*(^|[\s/])-\d", text, flags=re.MULTILINE):
-        return trimesh.load(path, process=False)
+    text = path.read_text(errors="replace")  # read once; its materials and textures are not needed
+    if not re.search(r"^\s*f\s.*[\s/]-\d", text, flags=re.MULTILINE):
+        return trimesh.load(io.StringIO(text), file_type="obj", process=False)
     counts = {"v": 0, "vt": 0, "vn": 0}
     lines = []
     for line in text.splitlines():
