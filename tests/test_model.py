@@ -111,6 +111,15 @@ def test_bad_image_one_line_error(tiny, image, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_non_finite_image_is_refused_at_inference_not_turned_into_nan_shapes(tiny):
+    image = torch.rand(1, 3, 224, 224)
+    image[0, 1, 5, 7] = float("nan")
+    image[0, 2, 9, 9] = float("inf")
+    with pytest.raises(InputError, match="image has 2 NaN or infinite values") as e, torch.no_grad():
+        tiny(image)
+    assert "\n" not in str(e.value)
+
+
 def test_an_image_in_another_float_dtype_runs_in_the_weights_dtype(tiny):
     """``torch.from_numpy(photo / 255.)`` is float64: it meets the float32 weights, not timm's error."""
     image = torch.rand(1, 3, 224, 224)
