@@ -143,6 +143,30 @@ def test_folder_takes_a_point_cloud_as_the_true_shape(tmp_path):
         data[data.names().index("nan")]
 
 
+def test_a_broken_mesh_file_says_it_cannot_be_read_not_that_the_shape_is_empty(tmp_path):
+    """trimesh makes an empty scene of a truncated STL or of text named ``.stl``, and a missing
+    ``.bin`` of a ``.gltf`` is a bare file name: each is one line that says what is wrong."""
+    import trimesh
+
+    from zsw.data.eval_sets import _shape_points
+    from zsw.errors import InputError
+
+    box = trimesh.creation.box()
+    data = box.export(file_type="stl")
+    (tmp_path / "cut.stl").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.stl").write_text("not a mesh\n")
+    box.export(tmp_path / "scene.gltf")
+    (tmp_path / "gltf_buffer_0.bin").unlink()
+    for name, fragment in (
+        ("cut.stl", "no geometry in it (truncated, or not .stl data)"),
+        ("text.stl", "no geometry in it"),
+        ("scene.gltf", "gltf_buffer_0.bin, a file it refers to, is missing"),
+    ):
+        with pytest.raises(InputError) as e:
+            _shape_points(tmp_path / name, "x")
+        assert f"cannot read the mesh {tmp_path / name}: {fragment}" in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])
 def test_a_shape_far_from_the_origin_scores_as_at_the_origin(tmp_path, suffix):
     """Only the shape's rotation counts (both clouds are centred and scaled): a sphere modelled a

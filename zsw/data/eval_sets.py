@@ -56,7 +56,7 @@ import numpy as np
 
 from zsw.data.dataset import READ_ERRORS, expand_roots
 from zsw.data.layout import SampleId, ZeroShapeLayout, load_npy, read_png
-from zsw.errors import ConfigError, InputError
+from zsw.errors import ConfigError, InputError, reason
 
 __all__ = ["EvalSample", "EvalSet", "open_eval_set", "EVAL_FORMATS", "PIX3D_CATEGORIES"]
 
@@ -460,10 +460,17 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenC
         seed = zlib.crc32(name.encode())
         try:
             loaded = _load_mesh(path)
-            if isinstance(loaded, trimesh.Scene):
-                loaded = loaded.to_mesh()  # its meshes as one, placed by the scene graph
+        except FileNotFoundError as e:  # a .gltf's buffer or image beside it
+            missing = Path(str(e.filename or e.args[-1])).name
+            raise InputError(f"cannot read the mesh {path}: {missing}, a file it refers to, is missing") from None
         except Exception as e:  # trimesh raises many kinds for a broken file
-            raise InputError(f"cannot read the mesh {path}: {e}") from None
+            raise InputError(f"cannot read the mesh {path}: {reason(e)}") from None
+        if isinstance(loaded, trimesh.Scene):
+            if not loaded.geometry:  # what trimesh makes of a truncated STL or a text file named .stl
+                raise InputError(
+                    f"cannot read the mesh {path}: no geometry in it (truncated, or not {path.suffix} data)"
+                )
+            loaded = loaded.to_mesh()  # its meshes as one, placed by the scene graph
         faces = getattr(loaded, "faces", None)
         if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(loaded.vertices)):
             raise InputError(f"the mesh {path} has faces that name vertices it does not have")
