@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "INTERPRETER_NOTE",
+    "mark_interpreter_rows",
     "Environment",
     "Timing",
     "BenchRow",
@@ -266,6 +268,22 @@ def measure(
         peak_mem_mb=memory,
         note=note,
     )
+
+
+INTERPRETER_NOTE = "Triton interpreter (TRITON_INTERPRET=1): not kernel speed"
+
+
+def mark_interpreter_rows(rows: Sequence[BenchRow], ran_triton: Callable[[BenchRow], bool]) -> bool:
+    """Under ``TRITON_INTERPRET=1``, note on every row for which ``ran_triton`` holds that its time
+    is the interpreter's (the CSV says so, not only the terminal); returns whether any row was."""
+    from zsw.kernels import interpreting
+
+    if not interpreting():
+        return False
+    marked = [r for r in rows if ran_triton(r)]
+    for r in marked:
+        r.note = (r.note + "; " if r.note else "") + INTERPRETER_NOTE
+    return bool(marked)
 
 
 def add_speedups(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from zsw.bench._harness import BenchRow, Environment, add_speedups, measure
+from zsw.bench._harness import BenchRow, Environment, add_speedups, mark_interpreter_rows, measure
 
 __all__ = [
     "AttentionCase",
@@ -490,20 +490,8 @@ def run(
     )  # fmt: skip
     # the MLP backward: recomputing the activations against storing them (docs/kernels.md)
     add_speedups(rows, "triton", label="triton_stored", where=lambda r: r.provider == "triton-recompute")
-    if _interpreting():  # the CSV says so too, not only the terminal
-        for r in rows:
-            if r.provider.startswith("triton"):
-                r.note = (r.note + "; " if r.note else "") + INTERPRETER_NOTE
+    mark_interpreter_rows(rows, lambda r: r.provider.startswith("triton"))
     return rows
-
-
-INTERPRETER_NOTE = "Triton interpreter (TRITON_INTERPRET=1): not kernel speed"
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _run_jobs(jobs: list[Job], rows: list[BenchRow], env: Environment, warmup_ms, rep_ms, progress) -> None:
@@ -644,7 +632,9 @@ def run_job(
     if summary is not None:
         check_out_file(summary, "--summary", "kernels.md")
     ran = f"{'smoke shapes of ' if smoke else ''}{presets(model, smoke=smoke).model}"  # the title names what runs
-    if _interpreting():
+    from zsw.kernels import interpreting
+
+    if interpreting():
         ran += ", Triton interpreter"
         reporter.warning("the Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1): their times "
                          "and speed-ups measure the interpreter, not the kernels")  # fmt: skip

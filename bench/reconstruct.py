@@ -136,7 +136,7 @@ def bench_reconstruct(
         ttas: test-time augmentation, as ``zsw reconstruct --tta`` (``auto`` resolved for the
             device); every configuration with ``none`` runs before the augmented ones.
     """
-    from zsw.bench._harness import BenchRow
+    from zsw.bench._harness import BenchRow, mark_interpreter_rows
     from zsw.infer.image import load_image
     from zsw.infer.precision import autocast
     from zsw.infer.weights import open_backend
@@ -147,6 +147,7 @@ def bench_reconstruct(
     if image is None:
         image = default_image()
     rows: list[BenchRow] = []
+    on_triton = set()  # providers whose decoder ran the Triton kernels
     for kind, engine in backends:
         backend, label, _ = open_backend(kind, weights if kind == "torch" else None, engine, device)
         size = backend.config.pixel.image_size
@@ -156,6 +157,8 @@ def bench_reconstruct(
             if kind == "torch":
                 backend.model.set_kernel_impl(impl)
             provider = kind if impl == "-" else f"{kind}:{'ref' if impl == 'torch' else impl}"
+            if kind == "torch" and _runs_triton(impl, device):
+                on_triton.add(provider)
             for precision, extraction, tta in _configs(kind, precisions, extractions, ttas, device):
                 mode = extraction if tta == "none" else f"{extraction}+{tta}"
                 if progress:
@@ -190,7 +193,19 @@ def bench_reconstruct(
                         )
                     )  # fmt: skip
     _speedups(rows)
+    mark_interpreter_rows(rows, lambda r: r.provider in on_triton)
     return rows
+
+
+def _runs_triton(impl: str, device: torch.device) -> bool:
+    """Whether decoder kernels ``impl`` resolve to Triton on ``device`` (``auto`` does when
+    ``ZSW_KERNELS=triton``)."""
+    from zsw import kernels
+
+    try:
+        return kernels.resolve_impl("occupancy_mlp", impl, device) == "triton"
+    except (RuntimeError, ValueError):  # cannot run: its rows say why
+        return False
 
 
 def _configs(

@@ -81,7 +81,7 @@ def bench_train_step(
 ) -> list:
     """One :class:`~zsw.bench._harness.BenchRow` per kernel implementation (see the module)."""
     from zsw import kernels
-    from zsw.bench._harness import add_speedups, environment, measure
+    from zsw.bench._harness import add_speedups, environment, mark_interpreter_rows, measure
     from zsw.config import get_model_config
     from zsw.train.config import TrainConfig
 
@@ -119,6 +119,7 @@ def bench_train_step(
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     add_speedups(rows, "torch")
+    mark_interpreter_rows(rows, lambda r: r.provider == "triton")
     return rows
 
 

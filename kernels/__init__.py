@@ -50,6 +50,7 @@ __all__ = [
     "is_exportable",
     "resolve_impl",
     "requested_impl",
+    "interpreting",
     "triton_available",
     "reference",
     "IMPLS",
@@ -136,7 +137,9 @@ def exportable(flag: bool = True) -> Iterator[None]:
         set_exportable(previous)
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``): for
+    correctness, not speed."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -183,7 +186,7 @@ def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
     if impl == "triton":
         if not triton_available(name):
             raise RuntimeError(f"zsw.kernels.{name}: Triton kernel unavailable ({_triton_errors.get(name)})")
-        if device.type != "cuda" and not _interpreting():
+        if device.type != "cuda" and not interpreting():
             raise RuntimeError(
                 f"zsw.kernels.{name}: Triton needs CUDA tensors, or TRITON_INTERPRET=1 to run on {device.type}"
             )
@@ -277,5 +280,5 @@ def chamfer_distance(
     return _pick("chamfer_distance", impl, a.device)(a, b, lengths_a, lengths_b)
 
 
-if _interpreting() or torch.cuda.is_available():
+if interpreting() or torch.cuda.is_available():
     _ensure_triton()  # now, not inside a function that torch.compile is tracing

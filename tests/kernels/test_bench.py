@@ -10,8 +10,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from zsw.bench._harness import BenchRow, add_speedups, append_csv, environment, gpu_slug, measure, read_csv
-from zsw.bench.kernels import INTERPRETER_NOTE
+from zsw import kernels as kernels_mod
+from zsw.bench._harness import (
+    INTERPRETER_NOTE,
+    BenchRow,
+    add_speedups,
+    append_csv,
+    environment,
+    gpu_slug,
+    measure,
+    read_csv,
+)
 from zsw.cli.main import app
 
 
@@ -250,3 +259,35 @@ def test_bench_kernels_on_the_interpreter_says_so(monkeypatch, tmp_path):
     assert "(smoke shapes of tiny, Triton interpreter)" in result.output and "(zeroshape-w)" not in result.output
     notes = {r["provider"]: r["note"] for r in read_csv(out)}
     assert notes == {"torch": "", "triton": INTERPRETER_NOTE, "triton-recompute": INTERPRETER_NOTE}
+
+
+@pytest.mark.parametrize("interpreter", ["1", "0"])
+def test_bench_train_rows_of_interpreted_triton_say_so(interpreter, monkeypatch):
+    """Under a user's TRITON_INTERPRET=1 the Triton row of `zsw bench train` times the interpreter:
+    its note says so in the CSV as `bench kernels`' rows do; the PyTorch row, and any row without
+    the interpreter, carry no such note."""
+    from zsw.bench import train
+
+    monkeypatch.setenv("TRITON_INTERPRET", interpreter)
+    monkeypatch.setattr(train, "_step_fn", lambda *a: lambda: None)
+    monkeypatch.setattr(kernels_mod, "resolve_impl", lambda name, impl, dev: impl)
+    rows = train.bench_train_step("tiny", 1, impls=("torch", "triton"), device="cpu", rep_ms=1)
+    notes = {r.provider: r.note for r in rows}
+    assert (INTERPRETER_NOTE in notes["triton"]) == (interpreter == "1")
+    assert INTERPRETER_NOTE not in notes["torch"]
+
+
+def test_bench_reconstruct_rows_of_interpreted_triton_say_so(monkeypatch, tmp_path):
+    """`zsw bench reconstruct --kernels triton` on the interpreter: the Triton rows' notes say so;
+    `auto` on a CPU runs the CPU paths, not Triton, and its rows say nothing."""
+    from zsw.bench import reconstruct
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(reconstruct, "_one_run", lambda *a: ({s: 1e-3 for s in reconstruct.STAGES}, 10))
+    out = tmp_path / "r.csv"
+    args = ["bench", "reconstruct", "--weights", "random:tiny", "--device", "cpu", "--kernels", "triton", "--kernels",
+            "auto", "--extraction", "fast", "--repeats", "1", "--no-shapes", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    notes = {(r["provider"], INTERPRETER_NOTE in r["note"]) for r in read_csv(out)}
+    assert notes == {("torch:triton", True), ("torch:auto", False)}
