@@ -467,6 +467,23 @@ def test_missing_extras_name_the_extra(onnx_dir, tiny_checkpoint, tmp_path, monk
         assert 'pip install "zsw[trt]"' in _one_line_error(result)
 
 
+def test_a_missing_package_is_quoted_by_the_first_line_of_its_import_error(monkeypatch):
+    """The cause is quoted as zsw.errors.reason quotes it: the first non-blank line, not an empty
+    pair of brackets when the message starts with a line break."""
+    from zsw.export import deps
+
+    def fail(name):
+        raise ImportError("\n  libnvinfer.so.10: cannot open shared object file\n  (loaded from tensorrt/__init__.py)")
+
+    monkeypatch.setattr(deps.importlib, "import_module", fail)
+    with pytest.raises(ZswError) as e:
+        deps.require("tensorrt", "--format tensorrt")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "cannot be imported (libnvinfer.so.10: cannot open shared object file);" in message
+    assert message.endswith('install it with: pip install "zsw[trt]"')
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_tensorrt_backend_without_a_gpu_says_so(onnx_dir, tmp_path):
     from zsw.export.backends import load_runtime_backend

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from zsw.errors import ZswError
+from zsw.errors import ZswError, reason
 
 __all__ = ["require", "require_cuda", "EXTRAS"]
 
@@ -30,9 +30,8 @@ def require(module: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as e:
         dist, extra = EXTRAS.get(module, (module, "export"))
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ZswError(
-            f"{purpose} needs the `{dist}` package, which cannot be imported ({detail}); "
+            f"{purpose} needs the `{dist}` package, which cannot be imported ({reason(e)}); "
             f'install it with: pip install "zsw[{extra}]"'
         ) from None
 
