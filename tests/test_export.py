@@ -472,7 +472,11 @@ def test_a_missing_package_is_quoted_by_the_first_line_of_its_import_error(monke
     pair of brackets when the message starts with a line break."""
     from zsw.export import deps
 
-    def fail(name):
+    real = deps.importlib.import_module
+
+    def fail(name, *args, **kwargs):
+        if name != "tensorrt":
+            return real(name, *args, **kwargs)
         raise ImportError("\n  libnvinfer.so.10: cannot open shared object file\n  (loaded from tensorrt/__init__.py)")
 
     monkeypatch.setattr(deps.importlib, "import_module", fail)
@@ -482,6 +486,27 @@ def test_a_missing_package_is_quoted_by_the_first_line_of_its_import_error(monke
     assert "\n" not in message
     assert "cannot be imported (libnvinfer.so.10: cannot open shared object file);" in message
     assert message.endswith('install it with: pip install "zsw[trt]"')
+
+
+def test_a_package_whose_native_libraries_are_missing_is_a_missing_package(monkeypatch, tmp_path):
+    """torch-tensorrt installed without TensorRT's libraries raises FileNotFoundError on import:
+    the same one line naming the extra as a package that is not installed, not a traceback."""
+    from zsw.export import deps
+
+    real = deps.importlib.import_module
+
+    def fail(name, *args, **kwargs):
+        if name != "torch_tensorrt":
+            return real(name, *args, **kwargs)
+        raise FileNotFoundError("Could not find libnvinfer.so.10\n  Search paths: ['/usr/lib']")
+
+    monkeypatch.setattr(deps.importlib, "import_module", fail)
+    with pytest.raises(
+        ZswError, match=r'\(Could not find libnvinfer.so.10\); install it with: pip install "zsw\[trt\]"'
+    ):
+        deps.require("torch_tensorrt", "--format torch-tensorrt")
+    result = runner.invoke(app, ["export", "--out", str(tmp_path / "t"), "--format", "torch-tensorrt"])
+    assert "needs the `torch-tensorrt` package" in _one_line_error(result)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

@@ -25,10 +25,12 @@ EXTRAS: dict[str, tuple[str, str]] = {
 
 
 def require(module: str, purpose: str) -> ModuleType:
-    """Import ``module`` or raise a :class:`ZswError` naming the extra that installs it."""
+    """Import ``module`` or raise a :class:`ZswError` naming the extra that installs it. A package
+    that is installed but cannot load its native libraries counts as missing too: torch-tensorrt
+    raises ``FileNotFoundError`` ("Could not find libnvinfer...") when TensorRT's libraries are absent."""
     try:
         return importlib.import_module(module)
-    except ImportError as e:
+    except (ImportError, OSError) as e:
         dist, extra = EXTRAS.get(module, (module, "export"))
         raise ZswError(
             f"{purpose} needs the `{dist}` package, which cannot be imported ({reason(e)}); "
