@@ -251,7 +251,7 @@ def test_eval_numbers_depend_on_the_samples_only_and_resume_checks_the_dataset(p
     for data in (other, same_names):
         clash = runner.invoke(app, [*base, "--data", str(data), "--out", str(tmp_path / "b1.json")])
         assert clash.exit_code == 1 and "data differ" in clash.output, clash.output
-        assert "--max-per-category pick" in clash.output.replace("\n", " "), clash.output  # what else changes the data
+        assert "(another set folder)" in clash.output.replace("\n", " "), clash.output
     fresh = runner.invoke(app, [*base, "--data", str(other), "--out", str(tmp_path / "b1.json"), "--overwrite"])
     assert fresh.exit_code == 0, fresh.output
     lines = (tmp_path / "b1.samples.jsonl").read_text().splitlines()
@@ -279,6 +279,32 @@ def test_eval_does_not_resume_a_set_rewritten_in_place(tmp_path):
             again = runner.invoke(app, base)  # the same files: resumed
             assert again.exit_code == 0 and "resuming: 1 sample(s)" in again.output, again.output
     assert result.exit_code == 1 and "data differ" in result.output, result.output
+
+
+def test_eval_resume_keeps_the_samples_another_max_per_category_shares(tmp_path):
+    """A rerun with a larger --max-per-category scores only the samples it adds, and one with a
+    smaller cap summarises its own samples from the log (neither refused as another data set)."""
+    from zsw.cli.main import app
+    from zsw.synth.procedural import ProceduralConfig, generate
+
+    data, out = tmp_path / "test", tmp_path / "r.json"
+    cfg = ProceduralConfig(objects=2, views=2, seed=3, categories=("box", "mug"), split_fractions=(0.0, 0.0, 1.0))
+    generate(data, cfg)
+    base = ["eval", "--data", str(data), "--format", "procedural", "--weights", "random:tiny", "--resolution", "8",
+            "--num-points", "100", "--out", str(out), "--max-per-category"]  # fmt: skip
+    first = runner.invoke(app, [*base, "1"])
+    assert first.exit_code == 0, first.output
+    one = json.loads(out.read_text())
+    jsonl = tmp_path / "r.samples.jsonl"
+    scored = {json.loads(line)["name"]: line for line in jsonl.read_text().splitlines()[1:]}
+    more = runner.invoke(app, [*base, "2"])
+    assert more.exit_code == 0 and f"resuming: {len(scored)} sample(s)" in more.output, more.output
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()[1:]]
+    assert len(rows) == len({r["name"] for r in rows}) > len(scored)  # each sample once: the new ones added
+    assert all(line in jsonl.read_text().splitlines() for line in scored.values())  # the first rows kept as they were
+    again = runner.invoke(app, [*base, "1"])
+    assert again.exit_code == 0 and f"resuming: {len(scored)} sample(s)" in again.output, again.output
+    assert json.loads(out.read_text())["overall"] == one["overall"]  # the smaller cap's own samples only
 
 
 @pytest.mark.slow

@@ -138,22 +138,24 @@ class EvalSet(Sequence[EvalSample]):
     def names(self) -> list[str]:
         return [e.name for e in self._entries]
 
-    def fingerprint(self) -> str:
-        """What identifies the set's content without reading it: every sample's name and, per file,
-        its path under the root, size and modification time (and Pix3D's pose from its annotation).
-        A set rewritten in place -- regenerated with another seed under the same names, a photo or
-        a shape replaced -- has another fingerprint, so ``zsw eval`` does not resume its old scores."""
+    def fingerprints(self) -> dict[str, str]:
+        """What identifies each sample's content without reading it: its name and category and, per
+        file, its path under the root, size and modification time (and Pix3D's pose from its
+        annotation). A sample rewritten in place -- regenerated with another seed under the same
+        name, a photo or a shape replaced -- has another fingerprint, so ``zsw eval`` does not
+        resume its old score; a sample that another ``--max-per-category`` picks keeps its own."""
         import hashlib
 
-        h = hashlib.sha1()
+        out = {}
         for e in self._entries:
-            h.update(f"{e.name}\0{e.category}\0".encode())
+            h = hashlib.sha1(f"{e.name}\0{e.category}\0".encode())
             for role, path in sorted(e.files.items()):
                 st = path.stat()
                 h.update(f"{role}\0{os.path.relpath(path, self.root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
             for key, value in sorted(e.extra.items()):
                 h.update(key.encode() + np.ascontiguousarray(value).tobytes())
-        return h.hexdigest()[:12]
+            out[e.name] = h.hexdigest()[:12]
+        return out
 
     def categories(self) -> list[str]:
         return sorted({e.category for e in self._entries})

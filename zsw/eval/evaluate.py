@@ -195,11 +195,23 @@ def baseline_points(
 
 
 class ResultsLog:
-    """Per-sample results, appended to a JSONL file whose first line holds the run's settings."""
+    """Per-sample results, appended to a JSONL file whose first line holds the run's settings.
 
-    def __init__(self, path: str | os.PathLike, settings: EvalSettings, overwrite: bool = False):
+    ``fingerprints`` (sample name -> :meth:`~zsw.data.eval_sets.EvalSet.fingerprints`) go into
+    each row, and a resumed row must match its sample's: scores of a sample rewritten in place are
+    refused, while a rerun that picks other samples of the same set (``--max-per-category``,
+    ``--limit``) keeps the rows of the ones it shares."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        settings: EvalSettings,
+        overwrite: bool = False,
+        fingerprints: dict[str, str] | None = None,
+    ):
         self.path = Path(path)
         self.settings = settings
+        self.fingerprints = fingerprints or {}
         self.rows: list[dict] = []
         header = {"settings": asdict(settings)}
         if self.path.exists() and not overwrite:
@@ -215,12 +227,19 @@ class ResultsLog:
             if records and records[0].get("settings") != header["settings"]:
                 old = records[0].get("settings", {})
                 diff = [k for k in header["settings"] if old.get(k) != header["settings"][k]]
-                hint = " (the set's files, or the samples --split or --max-per-category pick)" if "data" in diff else ""
+                hint = " (another set folder)" if "data" in diff else ""
                 raise ConfigError(
                     f"{self.path} holds results of a run with other settings ({', '.join(diff) or 'unknown'} differ"
                     f"{hint}); pass --overwrite or choose another --out"
                 )
             self.rows = [r for r in records[1:] if "name" in r]
+            changed = [r["name"] for r in self.rows if r["name"] in self.fingerprints
+                       and r.get("sample_fp") != self.fingerprints[r["name"]]]  # fmt: skip
+            if changed:
+                raise ConfigError(
+                    f"{self.path} holds scores of {len(changed)} sample(s) whose files changed since (first: "
+                    f"{changed[0]}): data differ; pass --overwrite or choose another --out"
+                )
             self._rewrite(header)  # drops a torn last line
         else:
             self._rewrite(header)
@@ -236,6 +255,8 @@ class ResultsLog:
         return {r["name"] for r in self.rows}
 
     def append(self, row: dict) -> None:
+        if row["name"] in self.fingerprints:
+            row = {**row, "sample_fp": self.fingerprints[row["name"]]}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()

@@ -142,14 +142,14 @@ def evaluate_set(
     if warning:
         reporter.warning(warning)
     cutout = open_cutout(s.cutout)
-    measured = _measured(data, samples.fingerprint(), weights_identity(s.weights, s.engine), s, backend, cutout)
+    measured = _measured(data, weights_identity(s.weights, s.engine), s, backend, cutout)
     jsonl = out.with_name(out.stem + ".samples.jsonl")
     remove_leftovers(out.parent, names=[out.name, out.with_suffix(".md").name, jsonl.name])  # of a killed run
-    log = ResultsLog(jsonl, measured, overwrite=s.overwrite)
+    log = ResultsLog(jsonl, measured, overwrite=s.overwrite, fingerprints=samples.fingerprints())
     for stale in (out, out.with_suffix(".md")):  # an earlier run's summary: rewritten at the end of this one
         stale.unlink(missing_ok=True)
-    if log.rows:
-        reporter.info(f"resuming: {len(log.rows)} sample(s) already in {jsonl}")
+    if resumed := len(log.done & set(names)):
+        reporter.info(f"resuming: {resumed} sample(s) already in {jsonl}")
     recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
                           color="none", reframe=s.reframe, background=s.background,
                           min_part=s.min_part, smooth=s.smooth, faces=s.faces, tta=s.tta, carve=s.carve)  # fmt: skip
@@ -174,9 +174,9 @@ def evaluate_set(
     return EvalReport(out, out.with_suffix(".md"), jsonl, result, failures, title)
 
 
-def _measured(data: Path, fingerprint: str, weights: str, s: EvalJobSettings, backend, cutout=None) -> EvalSettings:
-    """The resume key: every setting that changes a number, and the weights' and dataset's identity
-    (the whole set's :meth:`~zsw.data.eval_sets.EvalSet.fingerprint`, not only the ``--limit`` part)."""
+def _measured(data: Path, weights: str, s: EvalJobSettings, backend, cutout=None) -> EvalSettings:
+    """The resume key: every setting that changes a number, the weights' identity and the set's
+    folder (each sample's files are keyed in its own row: :class:`~zsw.eval.evaluate.ResultsLog`)."""
     precision = run_precision(backend.name, s.precision, backend.device)
     g = s.grid
     return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,
@@ -186,7 +186,7 @@ def _measured(data: Path, fingerprint: str, weights: str, s: EvalJobSettings, ba
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
                         smooth=s.smooth, faces=s.faces, tta=resolve_tta(s.tta, backend.device), carve=s.carve,
                         cutout=cutout.identity if cutout else "none",
-                        data=f"{data.resolve()}#{fingerprint}")  # fmt: skip
+                        data=str(data.resolve()))  # fmt: skip
 
 
 def _run(samples, names, log, recon, measured, batch_size, estimator, reporter, cutout=None) -> list[str]:
