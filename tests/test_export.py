@@ -23,9 +23,9 @@ runner = CliRunner()
 CHUNK = 700  # points per decoder call: small, so the parity tests cross chunk boundaries
 
 
-def _one_line_error(result) -> str:
+def _one_line_error(result, code: int = 1) -> str:
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     return lines[0]
 
@@ -431,12 +431,12 @@ def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
     line = _one_line_error(runner.invoke(app, ["export", *weights, "--out", str(onnx_dir)]))
     assert "already holds a zsw export; pass --overwrite" in line
     line = _one_line_error(
-        runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "a"), "--precision", "bf16"])
+        runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "a"), "--precision", "bf16"]), code=2
     )
     assert "bf16 ONNX graphs are not supported" in line and "torch-tensorrt" in line
     assert not (tmp_path / "a").exists()
-    line = _one_line_error(runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "b"), "--format", "tflite"]))
-    assert "--format must be one of onnx, tensorrt, torch-tensorrt" in line
+    result = runner.invoke(app, ["export", *weights, "--out", str(tmp_path / "b"), "--format", "tflite"])
+    assert "--format must be one of onnx, tensorrt, torch-tensorrt" in _one_line_error(result, code=2)
     # no --weights: the packaged model, the same one `zsw reconstruct` uses
     from zsw.export.jobs import _load_weights
     from zsw.infer.weights import demo_weights
@@ -448,6 +448,32 @@ def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
     assert source == {"weights": f"demo:{demo_weights().name}", "sha256": sha256_file(demo_weights())}
     line = _one_line_error(runner.invoke(app, ["export", "--weights", str(tmp_path / "no.safetensors"), "--out", "x"]))
     assert "does not exist" in line
+
+
+@pytest.mark.parametrize(
+    "option, value, says",
+    [
+        ("--format", "tflite", "--format must be one of onnx, tensorrt, torch-tensorrt, got 'tflite'"),
+        ("--precision", "fp8", "--precision must be one of fp32, fp16, bf16, got 'fp8'"),
+        ("--precision", "bf16", "--precision bf16: bf16 ONNX graphs are not supported"),
+        ("--exporter", "jit", "--exporter must be one of dynamo, torchscript, got 'jit'"),
+        ("--opset", "12", "--opset: 12 is not between 17 and 25"),
+        ("--batch", "0", "--batch: 0 is not between 1 and 1024"),
+        ("--points-chunk", "0", "--points-chunk: 0 is not a positive number"),
+        ("--workspace-gib", "0", "--workspace-gib: 0.0 is not a positive number"),
+    ],
+)
+def test_a_bad_option_is_a_usage_error_naming_it_before_anything_loads(option, value, says, tmp_path):
+    """Exit 2 like typer's own usage errors, with the option's name, and before the weights (here a
+    file that does not exist) or the format's packages are looked at."""
+    args = ["export", "--weights", str(tmp_path / "no.safetensors"), "--out", str(tmp_path / "o"), option, value]
+    formats = [[]] if option == "--format" else [["--format", "onnx"], ["--format", "torch-tensorrt"]]
+    if value == "bf16":  # bf16 is for torch-tensorrt only
+        formats = [["--format", "onnx"], ["--format", "tensorrt"]]
+    for fmt in formats:  # the same checks whatever the format
+        line = _one_line_error(runner.invoke(app, [*args, *fmt]), code=2)
+        assert says in line, line
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_extras_name_the_extra(onnx_dir, tiny_checkpoint, tmp_path, monkeypatch):

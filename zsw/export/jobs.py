@@ -43,8 +43,30 @@ class ExportSettings:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        """Every value checked here, before any package, device or weights is touched: a bad one is
+        a usage error naming its option (exit 2), whatever the format."""
+        from zsw.export.graphs import MAX_BATCH, PRECISIONS
+        from zsw.export.onnx import EXPORTERS
+
+        def choice(value, choices: tuple[str, ...], option: str) -> None:
+            if value not in choices:
+                raise OptionError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+        choice(self.format, FORMATS, "--format")
+        choice(self.precision, PRECISIONS, "--precision")
+        if self.precision == "bf16" and self.format != "torch-tensorrt":
+            raise OptionError(
+                "--precision bf16: bf16 ONNX graphs are not supported (ONNX takes bfloat16 Conv/Softplus only from "
+                "opset 22 and the exporter's bf16 graphs fail onnx.checker); use --precision fp16, or "
+                "--format torch-tensorrt for bf16"
+            )
+        choice(self.exporter, EXPORTERS, "--exporter")
+        if self.opset is not None and not 17 <= self.opset <= 25:
+            raise OptionError(f"--opset: {self.opset} is not between 17 and 25")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise OptionError(f"--batch: {self.batch} is not between 1 and {MAX_BATCH}")
+        if self.points_chunk < 1:
+            raise OptionError(f"--points-chunk: {self.points_chunk} is not a positive number")
         if not self.workspace_gib > 0:
             raise OptionError(f"--workspace-gib: {self.workspace_gib} is not a positive number")
 
