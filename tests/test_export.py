@@ -476,6 +476,21 @@ def test_a_bad_option_is_a_usage_error_naming_it_before_anything_loads(option, v
     assert not (tmp_path / "o").exists()
 
 
+def test_a_bad_out_folder_is_refused_before_the_weights_load(tmp_path):
+    """The weights given do not exist: each error below comes first, so nothing was loaded."""
+    args = ["export", "--weights", str(tmp_path / "no.safetensors"), "--out"]
+    (tmp_path / "file").write_text("not a folder")
+    line = _one_line_error(runner.invoke(app, [*args, str(tmp_path / "file")]), code=2)
+    assert f"--out {tmp_path / 'file'} is a file, not a folder" in line
+    line = _one_line_error(runner.invoke(app, [*args, str(tmp_path / "file" / "sub")]), code=2)
+    assert f"is under {tmp_path / 'file'}, which is a file" in line
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "export.json").write_text("{}")
+    line = _one_line_error(runner.invoke(app, [*args, str(tmp_path / "done")]))
+    assert "already holds a zsw export; pass --overwrite" in line
+    assert (tmp_path / "file").read_text() == "not a folder" and os.listdir(tmp_path / "done") == ["export.json"]
+
+
 def test_missing_extras_name_the_extra(onnx_dir, tiny_checkpoint, tmp_path, monkeypatch):
     from zsw.export.backends import load_runtime_backend
 

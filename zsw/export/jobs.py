@@ -75,6 +75,7 @@ def export(out: str | os.PathLike, settings: ExportSettings, reporter: Reporter 
     """Export as ``settings`` say into ``out``; returns the written :class:`ExportManifest`."""
     out, s = Path(out), settings
     reporter = reporter or Reporter()
+    _check_out(out, s)
     _check_runtime(s)
     manifest = _reusable_onnx(out, s) if s.format == "tensorrt" else None
     model = source = None
@@ -103,6 +104,16 @@ def export(out: str | os.PathLike, settings: ExportSettings, reporter: Reporter 
 
             manifest = build_engines(out, workspace_gib=s.workspace_gib, validate=s.validate, progress=note)
     return manifest
+
+
+def _check_out(out: Path, s: ExportSettings) -> None:
+    """The export directory's problems, before the weights load (seconds for a large model)."""
+    from zsw.export.manifest import MANIFEST
+    from zsw.io import check_out_folder
+
+    check_out_folder(out, "--out")
+    if s.format == "onnx" and (out / MANIFEST).exists() and not s.overwrite:
+        raise ConfigError(f"{out} already holds a zsw export; pass --overwrite to replace it")
 
 
 def _check_runtime(s: ExportSettings) -> None:
