@@ -357,6 +357,35 @@ def test_fp16_decoder_graph_computes_in_half_with_float32_io(tiny_checkpoint, tm
     assert 1e-6 < result["max_abs_error"]["logits"] <= TOLERANCE["fp16"] * max(1, result["max_abs_reference"]["logits"])
 
 
+def test_engines_are_built_over_an_onnx_export_only_of_the_weights_asked_for(tmp_path):
+    """`--format tensorrt --weights W` builds engines from the ONNX export in --out only if it came
+    from W: the packaged model (`demo`) and random presets are weights too, and a checkpoint that
+    does not exist is an error rather than 'any export will do'."""
+    from zsw.export.jobs import ExportSettings, _reusable_onnx
+    from zsw.export.manifest import read_manifest, settings_mismatch
+    from zsw.infer.weights import demo_engine
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo_engine(), out)  # exported from the packaged weights
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"other weights")
+
+    def reused(weights):
+        return _reusable_onnx(out, ExportSettings(format="tensorrt", weights=weights, points_chunk=65536)) is not None
+
+    assert reused(None) and reused("demo")
+    assert not reused("random:tiny") and not reused(str(other))
+    with pytest.raises(CheckpointError, match="typo.safetensors does not exist"):
+        reused(str(tmp_path / "typo.safetensors"))
+    data = json.loads((out / "export.json").read_text())
+    data["source"] = {"weights": "random:tiny"}  # an export of a random preset is known by its label
+    (out / "export.json").write_text(json.dumps(data))
+    assert reused("random:tiny") and not reused("random:zeroshape") and not reused("demo")
+    # the same rule for torch-tensorrt programs added to an export
+    why = settings_mismatch(read_manifest(out), "fp32", 1, 65536, {"weights": "random:small"})
+    assert why == "it was exported from other weights (random:tiny)"
+
+
 # --------------------------------------------------------------------------------------------
 # TensorRT fingerprints (no GPU needed: fabricated)
 # --------------------------------------------------------------------------------------------

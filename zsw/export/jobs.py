@@ -147,21 +147,37 @@ def _load_weights(weights: str | None, reporter: Reporter):
 
 def _reusable_onnx(out: Path, s: ExportSettings):
     """The ONNX export in ``out`` when engines can be built from it as it is, else None."""
-    from zsw.export.manifest import MANIFEST, read_manifest, settings_mismatch, sha256_file
+    from zsw.export.manifest import MANIFEST, read_manifest, settings_mismatch
 
     if not (out / MANIFEST).exists():
         return None
     manifest = read_manifest(out)
     w = s.weights
-    sha = sha256_file(w) if w is not None and Path(w).is_file() else None
     why = "no ONNX graphs"
     if manifest.has_onnx:
-        why = settings_mismatch(manifest, s.precision, s.batch, s.points_chunk, sha)
+        why = settings_mismatch(manifest, s.precision, s.batch, s.points_chunk, _source_of(w))
     if why is None:
         return manifest
     if w is None:
         raise ConfigError(f"the export in {out} cannot be reused ({why}); pass --weights to export again")
     return None
+
+
+def _source_of(weights: str | None) -> dict | None:
+    """The ``source`` record :func:`_load_weights` would write for ``weights``, without loading
+    them (None: no weights asked for)."""
+    from zsw.errors import CheckpointError
+    from zsw.infer.weights import demo_weights
+    from zsw.io import checkpoint_sha256
+
+    if weights is None:
+        return None
+    if weights.startswith("random:"):
+        return {"weights": weights}
+    path = demo_weights() if weights == "demo" else Path(weights)
+    if path is None or not path.is_file():
+        raise CheckpointError(f"checkpoint {weights} does not exist")
+    return {"weights": weights, "sha256": checkpoint_sha256(path)}
 
 
 def summary_lines(manifest) -> list[str]:

@@ -247,16 +247,27 @@ def base_manifest(
     }
 
 
-def settings_mismatch(manifest: ExportManifest, precision: str, batch: int, points_chunk: int, sha256: str | None):
-    """Why an existing export cannot be extended with these settings (None if it can)."""
+def settings_mismatch(
+    manifest: ExportManifest, precision: str, batch: int, points_chunk: int, source: dict[str, Any] | None
+):
+    """Why an existing export cannot be extended with these settings (None if it can).
+
+    ``source``: the ``source`` record the weights asked for would get (``{"weights", "sha256"}``;
+    a random preset has no sha256 and is known by its label), or None when no weights were asked
+    for (any export's weights will do)."""
     d = manifest.data
     wanted = {"precision": precision, "batch": batch, "points_chunk": points_chunk}
     for key, value in wanted.items():
         if d.get(key) != value:
             return f"it was exported with {key} {d.get(key)!r}, not {value!r}"
-    have = (d.get("source") or {}).get("sha256")
-    if sha256 is not None and have != sha256:
-        return "it was exported from other weights"
+    if source:
+        have = d.get("source") or {}
+        if source.get("sha256"):
+            same = have.get("sha256") == source["sha256"]
+        else:  # weights without a file (random:PRESET): the same label and no file either
+            same = not have.get("sha256") and have.get("weights") == source.get("weights")
+        if not same:
+            return f"it was exported from other weights ({have.get('weights') or 'unknown'})"
     return None
 
 

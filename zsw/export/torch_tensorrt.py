@@ -81,12 +81,11 @@ def compile_torch_tensorrt(
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     note = progress or (lambda _msg: None)
     out = Path(out)
-    sha = (source or {}).get("sha256")
     data = None
     stale: set[str] = set()
     if (out / MANIFEST).exists() and not overwrite:
         existing = read_manifest(out)
-        why = settings_mismatch(existing, precision, batch, points_chunk, sha)
+        why = settings_mismatch(existing, precision, batch, points_chunk, source)
         if why:
             raise ConfigError(f"{out} already holds a zsw export and {why}; pass --overwrite or choose another --out")
         data = existing.data
