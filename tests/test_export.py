@@ -317,6 +317,21 @@ def test_damaged_or_missing_export_is_refused(onnx_dir, tmp_path):
         load_runtime_backend("onnxruntime", copy, "cpu")
 
 
+def test_the_advice_for_a_damaged_export_of_the_packaged_model_is_a_command_that_works(tmp_path):
+    """The packaged model is recorded as `demo:<file>`, which --weights does not take: the command
+    given to write the export again says `--weights demo`."""
+    from zsw.export.backends import load_runtime_backend
+    from zsw.infer.weights import demo_engine, resolve_weights
+
+    copy = tmp_path / "demo"
+    shutil.copytree(demo_engine(), copy)
+    (copy / "encoder.onnx").unlink()
+    with pytest.raises(CheckpointError, match="encoder.onnx is listed in .* but missing") as e:
+        load_runtime_backend("onnxruntime", copy, "cpu")
+    assert f"`zsw export --weights demo --out {copy} --overwrite`" in str(e.value)
+    assert resolve_weights("demo")[1].startswith("demo:")  # what `--weights demo` records
+
+
 def test_part_latencies_compare_backends_in_one_run(onnx_dir, tiny_checkpoint):
     from zsw.bench.profile import compare
 

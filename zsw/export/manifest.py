@@ -144,6 +144,8 @@ class ExportManifest:
     def redo_hint(self) -> str:
         """The command that writes this export again (its weights, format and precision as recorded)."""
         weights = (self.data.get("source") or {}).get("weights")
+        if isinstance(weights, str) and weights.startswith("demo:"):  # recorded by its file name: `--weights demo`
+            weights = "demo"
         fmt = "torch-tensorrt" if self.data.get("torch_tensorrt") else "tensorrt" if self.data.get("tensorrt") else None
         parts = ["zsw export", f"--weights {weights}" if weights else "--weights <the same weights>"]
         if fmt:  # an ONNX export is the default format
