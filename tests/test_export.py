@@ -439,6 +439,71 @@ def test_engine_built_for_another_gpu_and_tensorrt_is_refused(onnx_dir, tmp_path
     assert "compute capability 8.0" in message and "zsw export --format tensorrt" in message
 
 
+def _failed(entry: dict) -> dict:
+    validation = {"max_abs_error": {"logits": 0.5}, "max_abs_reference": {"logits": 3.0}, "tolerance": 0.001}
+    return {**entry, "validation": {**validation, "passed": False}}
+
+
+def test_engines_or_programs_that_failed_validation_are_not_run(tmp_path):
+    """A build whose comparison failed records its engines (to show the errors) and exits 1; a
+    backend must not then run them as if it had worked."""
+    from zsw.export.backends import load_runtime_backend
+    from zsw.infer.weights import demo_engine
+
+    engines = _fabricated_engines(demo_engine(), tmp_path, H100)
+    data = json.loads((engines / "export.json").read_text())
+    data["tensorrt"]["engines"]["decoder"] = _failed(data["tensorrt"]["engines"]["decoder"])
+    (engines / "export.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError) as e:
+        load_runtime_backend("tensorrt", engines, "cuda")
+    assert str(e.value) == (
+        f"the decoder engine in {engines} failed its validation (0.5 on logits, tolerance 0.001 relative); "
+        f"rebuild it with `zsw export --format tensorrt --out {engines}`"
+    )
+    programs = {g: _failed({"file": f"{g}.fp16.ep", "sha256": None}) for g in ("pixel", "encoder", "decoder")}
+    del data["tensorrt"]
+    data["torch_tensorrt"] = {"torch_tensorrt": "2.14.0", "fingerprint": H100, "programs": programs}
+    (engines / "export.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"the pixel program .* --format torch-tensorrt --weights demo --out"):
+        load_runtime_backend("tensorrt", engines, "cuda")
+
+
+def test_a_rerun_of_the_engine_build_rebuilds_the_engines_that_failed_validation(tmp_path, monkeypatch):
+    """The rebuild the refusal above advises must rebuild: a valid engine is reused, a failed one
+    is built again (TensorRT's tactic choice varies from build to build). TensorRT is faked."""
+    import contextlib
+    import types
+
+    from zsw.export import tensorrt as trt_export
+    from zsw.export.fingerprint import EngineFingerprint
+    from zsw.export.manifest import sha256_file
+    from zsw.infer.weights import demo_engine
+
+    engines = _fabricated_engines(demo_engine(), tmp_path, H100)
+    data = json.loads((engines / "export.json").read_text())
+    for entry in data["tensorrt"]["engines"].values():
+        entry["sha256"] = sha256_file(engines / entry["file"])
+        entry["validation"] = {"passed": True}
+    data["tensorrt"]["engines"]["encoder"] = _failed(data["tensorrt"]["engines"]["encoder"])
+    (engines / "export.json").write_text(json.dumps(data))
+    built = []
+
+    def build_engine(onnx_path, plan_path, profiles, precision, workspace_bytes):
+        built.append(plan_path.name)
+        plan_path.write_bytes(b"another plan")
+        return {"build_s": 0.0, "strongly_typed": True}
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=H100["tensorrt"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    monkeypatch.setattr(trt_export, "current_fingerprint", lambda *a, **k: EngineFingerprint.from_dict(H100))
+    monkeypatch.setattr(trt_export, "build_engine", build_engine)
+    manifest = trt_export.build_engines(engines, validate=False)
+    assert built == ["encoder.fp32.plan"]
+    assert "validation" not in manifest.data["tensorrt"]["engines"]["encoder"]
+
+
 def test_fingerprint_rules():
     from zsw.export.fingerprint import EngineFingerprint, check_fingerprint
 

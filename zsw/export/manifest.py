@@ -48,6 +48,7 @@ __all__ = [
     "commit",
     "listed_files",
     "make_readable",
+    "refuse_failed_validation",
 ]
 
 FORMAT = "zsw-export-1"
@@ -141,11 +142,16 @@ class ExportManifest:
             )
         return path
 
-    def redo_hint(self) -> str:
-        """The command that writes this export again (its weights, format and precision as recorded)."""
+    def weights_option(self) -> str | None:
+        """The ``--weights`` value that names the recorded weights again (None if unknown)."""
         weights = (self.data.get("source") or {}).get("weights")
         if isinstance(weights, str) and weights.startswith("demo:"):  # recorded by its file name: `--weights demo`
-            weights = "demo"
+            return "demo"
+        return weights
+
+    def redo_hint(self) -> str:
+        """The command that writes this export again (its weights, format and precision as recorded)."""
+        weights = self.weights_option()
         fmt = "torch-tensorrt" if self.data.get("torch_tensorrt") else "tensorrt" if self.data.get("tensorrt") else None
         parts = ["zsw export", f"--weights {weights}" if weights else "--weights <the same weights>"]
         if fmt:  # an ONNX export is the default format
@@ -271,6 +277,21 @@ def settings_mismatch(
         if not same:
             return f"it was exported from other weights ({have.get('weights') or 'unknown'})"
     return None
+
+
+def refuse_failed_validation(manifest: ExportManifest, entries: dict[str, Any], kind: str, rebuild: str) -> None:
+    """Refuse the engines or programs (``entries``, per graph) whose recorded validation failed: a
+    build that failed its comparison still records them (to show the errors), and a backend must
+    not run them as if the build had worked. ``kind``: what they are; ``rebuild``: the command."""
+    for name, entry in entries.items():
+        v = entry.get("validation") or {}
+        if v.get("passed") is False:
+            errors = v.get("max_abs_error") or {"?": float("nan")}
+            worst = max(errors, key=errors.get)
+            raise CheckpointError(
+                f"the {name} {kind} in {manifest.root} failed its validation ({errors[worst]:.3g} on {worst}, "
+                f"tolerance {v.get('tolerance', '?')} relative); rebuild it with `{rebuild}`"
+            )
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:

@@ -33,7 +33,14 @@ from zsw.errors import CheckpointError, ConfigError, ZswError
 from zsw.export.deps import require, require_cuda
 from zsw.export.fingerprint import EngineFingerprint, check_fingerprint, current_fingerprint
 from zsw.export.graphs import GRAPHS, GraphSpec, object_mask
-from zsw.export.manifest import ExportManifest, make_readable, read_manifest, sha256_file, write_manifest
+from zsw.export.manifest import (
+    ExportManifest,
+    make_readable,
+    read_manifest,
+    refuse_failed_validation,
+    sha256_file,
+    write_manifest,
+)
 from zsw.export.runtime import OnnxRuntimeBackend, RuntimeBackend
 
 __all__ = [
@@ -283,6 +290,7 @@ def build_engines(
             old = engines.get(name)
             if (
                 old
+                and (old.get("validation") or {}).get("passed") is not False  # a failed engine is built again
                 and old.get("onnx_sha256") == onnx_entry["sha256"]
                 and (manifest.root / plan_name).is_file()
                 and sha256_file(manifest.root / plan_name) == old.get("sha256")
@@ -333,6 +341,9 @@ class TensorRTBackend(RuntimeBackend):
             raise CheckpointError(
                 f"{manifest.root} holds no TensorRT engines; build them with `zsw export --format tensorrt`"
             )
+        refuse_failed_validation(
+            manifest, section["engines"], "engine", f"zsw export --format tensorrt --out {manifest.root}"
+        )
         if device.type != "cuda":
             raise ConfigError("the tensorrt backend runs on a CUDA device, not on the CPU")
         check_engines(manifest, device)  # refuse engines built elsewhere before touching the GPU

@@ -35,6 +35,7 @@ from zsw.export.manifest import (
     make_readable,
     prepare_out,
     read_manifest,
+    refuse_failed_validation,
     settings_mismatch,
     sha256_file,
     write_manifest,
@@ -210,6 +211,9 @@ class TorchTensorRTBackend(RuntimeBackend):
                 f"{manifest.root} holds no torch-tensorrt programs; "
                 "build them with `zsw export --format torch-tensorrt`"
             )
+        weights = manifest.weights_option() or "W"
+        rebuild = f"zsw export --format torch-tensorrt --weights {weights} --out {manifest.root}"
+        refuse_failed_validation(manifest, manifest.data["torch_tensorrt"]["programs"], "program", rebuild)
         if device.type != "cuda":
             raise ConfigError("the torch-tensorrt backend runs on a CUDA device, not on the CPU")
         check_programs(manifest, device)
