@@ -332,6 +332,14 @@ def test_the_advice_for_a_damaged_export_of_the_packaged_model_is_a_command_that
     assert resolve_weights("demo")[1].startswith("demo:")  # what `--weights demo` records
 
 
+def test_an_export_path_that_is_a_file_is_not_said_to_be_missing(tmp_path):
+    from zsw.export.backends import load_runtime_backend
+
+    (tmp_path / "export.json").write_text("{}")  # e.g. --engine DIR/export.json
+    with pytest.raises(CheckpointError, match=r"export.json is a file; an export is the directory"):
+        load_runtime_backend("onnxruntime", tmp_path / "export.json", "cpu")
+
+
 def test_part_latencies_compare_backends_in_one_run(onnx_dir, tiny_checkpoint):
     from zsw.bench.profile import compare
 

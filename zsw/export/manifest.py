@@ -177,6 +177,8 @@ class ExportManifest:
 def read_manifest(root: str | os.PathLike) -> ExportManifest:
     """Parse ``root/export.json``; every problem is a one-line :class:`CheckpointError`."""
     root = Path(root)
+    if root.is_file():
+        raise CheckpointError(f"{root} is a file; an export is the directory `zsw export --out` wrote")
     if not root.is_dir():
         raise CheckpointError(f"export directory {root} does not exist (write one with `zsw export`)")
     path = root / MANIFEST
