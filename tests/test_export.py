@@ -397,6 +397,9 @@ def test_engines_are_built_over_an_onnx_export_only_of_the_weights_asked_for(tmp
         return _reusable_onnx(out, ExportSettings(format="tensorrt", weights=weights, points_chunk=65536)) is not None
 
     assert reused(None) and reused("demo")
+    opset = ExportSettings(format="tensorrt", points_chunk=65536, opset=17)  # the graphs have opset 18
+    with pytest.raises(ConfigError, match=r"cannot be reused \(its graphs have opset 18, not 17\); pass --weights"):
+        _reusable_onnx(out, opset)
     assert not reused("random:tiny") and not reused(str(other))
     with pytest.raises(CheckpointError, match="typo.safetensors does not exist"):
         reused(str(tmp_path / "typo.safetensors"))

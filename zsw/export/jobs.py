@@ -156,6 +156,9 @@ def _reusable_onnx(out: Path, s: ExportSettings):
     why = "no ONNX graphs"
     if manifest.has_onnx:
         why = settings_mismatch(manifest, s.precision, s.batch, s.points_chunk, _source_of(w))
+        opset = (manifest.data.get("onnx") or {}).get("opset")
+        if why is None and s.opset is not None and opset != s.opset:  # asked for, as for an older TensorRT
+            why = f"its graphs have opset {opset}, not {s.opset}"
     if why is None:
         return manifest
     if w is None:
