@@ -258,6 +258,24 @@ def test_baked_test_split_has_background_and_consistent_occluders(tmp_path):
     assert occluded >= 1
 
 
+def test_baked_views_finished_but_unrecorded_get_their_occluders_back(tmp_path):
+    """A run killed after an object's views were written but before their manifest records (the
+    parent appends them once the whole object is done): the rerun rebuilds the records, and a
+    baked view's record lists its occluders as an uninterrupted run's does."""
+    cfg = ProceduralConfig(objects=1, views=2, seed=1, categories=("box",), split_fractions=(0, 0, 1), size=64,
+                           surface_points=300, near_samples=300, uniform_samples=100, mesh_resolution=32,
+                           bake_splits=("test",))  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(a, cfg, workers=1)
+    whole = _manifest(a)
+    assert all(json.loads(line)["occluders"] for line in whole)
+    generate(b, cfg, workers=1)
+    (b / "manifest.jsonl").write_text("")  # the records were never appended
+    again = generate(b, cfg, workers=1)
+    assert again.rendered == 0 and again.skipped == 2
+    assert _manifest(b) == whole and _digest(b) == _digest(a)
+
+
 def test_object_splits_follow_the_fractions():
     splits = [object_split(i, (0.8, 0.1, 0.1)) for i in range(100)]
     assert abs(splits.count("train") - 80) <= 2 and abs(splits.count("val") - 10) <= 2

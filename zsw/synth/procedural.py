@@ -221,14 +221,19 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[lis
             material=_material_record(mat),
             baked=split in cfg.bake_splits,
         )
-        if sid in unrecorded:  # finished by an interrupted run that could not record it (the
-            records.append(record)  # record is rebuilt from the seeds: the same as it would have been)
+        # a view finished by an interrupted run that could not record it: the record is rebuilt from
+        # the seeds, the same as it would have been (a baked view's occluders need its render again)
+        if sid in unrecorded and backgrounds is None:
+            records.append(record)
             continue
         result = render(shape, view, mat)
         arrays = dict(image=result.image, depth=result.depth, visible_mask=None, occluder_mask=None)
         if backgrounds is not None:
             arrays, extra = _bake(cfg, vrng, result, view, backgrounds)
             record.update(extra)
+        if sid in unrecorded:  # its files are on disk already
+            records.append(record)
+            continue
         layout.write_view(sid, intrinsics=view.K, extrinsics=view.Rt, alpha=result.alpha, **arrays)
         rendered += 1
         if sid.name not in recorded:  # a re-rendered view whose image was deleted keeps its record
