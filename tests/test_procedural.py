@@ -291,6 +291,9 @@ def test_config_errors():
     for splits in ((float("nan"), 1, 1), (1, float("inf"), 1), (0, 0, 0), (1, -1, 1)):  # nan != nan: no resume
         with pytest.raises(ConfigError, match="split fractions"):
             ProceduralConfig(split_fractions=splits)
+    for size in (0, -32, 48):  # not a render failing later with a singular K or a torch error
+        with pytest.raises(ConfigError, match="size must be a positive multiple of 32"):
+            ProceduralConfig(size=size)
     with pytest.raises(ValueError):
         Shape([])
 

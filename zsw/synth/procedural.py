@@ -96,8 +96,8 @@ class ProceduralConfig:
             raise ConfigError(
                 f"need 0 <= min_occluders <= max_occluders, got {self.min_occluders} and {self.max_occluders}"
             )
-        if self.size % 32:
-            raise ConfigError(f"size must be a multiple of 32, got {self.size}")
+        if self.size < 32 or self.size % 32:  # 0 and negatives are multiples of 32 too
+            raise ConfigError(f"size must be a positive multiple of 32, got {self.size}")
         if self.views > 100 or self.objects > 100000:
             raise ConfigError("at most 100 views per object and 100000 objects (ids are %02d and %05d)")
 
