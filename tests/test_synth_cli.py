@@ -239,6 +239,19 @@ def test_unloadable_models_fail_at_start_with_one_line(tiny, renders, tmp_path):
     assert not (out / "manifest.jsonl").exists()
 
 
+def test_an_out_that_cannot_be_written_fails_before_the_models_load(renders, tmp_path):
+    """No minutes of model loading (here: default hub ids, offline) before a bad --out is named."""
+    (tmp_path / "notes.txt").write_text("mine")
+    base = ["synthesize", "diffuse", "--data", str(renders), "--device", "cpu"]
+    for out, fragment, code in [(tmp_path / "notes.txt", "is a file", 2), (renders.parent, "not empty", 1)]:
+        result = runner.invoke(app, [*base, "--out", str(out)], env={"HF_HUB_OFFLINE": "1"})
+        assert result.exit_code == code and "Traceback" not in result.output
+        assert "loading models" not in result.output, result.output
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith(f"error: --out {out}") and fragment in last, result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_bad_options_are_one_line_errors(tiny, renders, tmp_path):
     cases = [
         (["--shard", "3/2"], "--shard"),

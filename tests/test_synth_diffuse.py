@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from zsw.data.layout import SampleId, ZeroShapeLayout
-from zsw.errors import ConfigError, InputError
+from zsw.errors import ConfigError, InputError, OptionError
 from zsw.synth.appearance import AppearanceBatch
 from zsw.synth.diffuse import CONFIG_FILE, DiffuseConfig, check_resume, finished_samples, synthesize
 from zsw.synth.guidance import perturb_guidance
@@ -225,6 +225,22 @@ def test_resume_needs_the_same_generation_settings(source, tmp_path):
     with pytest.raises(ConfigError, match="min_iou"):
         synthesize(source, out, DiffuseConfig(min_iou=0.5), FakeAppearance(), FakeBackground())
     assert len(_records(out)) == 1  # limit=1 did one render
+
+
+def test_out_is_a_folder_of_its_own(source, tmp_path):
+    """A file, or a folder of other files (another dataset: same sample names), is refused before
+    anything is written: diffusion would overwrite its images and relink its labels."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OptionError, match="--out .*notes.txt is a file"):
+        synthesize(source, tmp_path / "notes.txt", DiffuseConfig(), FakeAppearance(), FakeBackground())
+    other = tmp_path / "other"
+    write_toy_renders(other)
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="not empty and holds no zsw diffuse output"):
+        synthesize(source, other, DiffuseConfig(), FakeAppearance(), FakeBackground())
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    with pytest.raises(ConfigError, match="not empty"):
+        check_resume(other, DiffuseConfig())  # the job's check before minutes of model loading
 
 
 def test_bad_arguments(source, tmp_path):

@@ -168,15 +168,26 @@ class BackgroundModel(Protocol):
 _RESUMABLE_CHANGES = ("base_model", "controlnet", "background_model", "views_per_object")
 
 
-def check_resume(out: str | os.PathLike, config: DiffuseConfig) -> bool:
-    """Whether ``out`` holds an earlier run; a :class:`ConfigError` when its settings differ.
+def check_resume(out: str | os.PathLike, config: DiffuseConfig, data: str | os.PathLike | None = None) -> bool:
+    """Whether ``out`` holds an earlier run; a :class:`ConfigError` when its settings differ, when
+    it is ``data`` itself, or when it is a folder of other files.
 
     A resumed run must synthesize the way its first run did, else one dataset would mix settings.
     """
     from zsw.config import load_yaml, to_dict
+    from zsw.io import check_out_folder
 
+    check_out_folder(out)
+    if data is not None and Path(data).resolve() == Path(out).resolve():
+        raise ConfigError("--out must differ from --data (the source renders are kept unchanged)")
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
+        # hidden entries may be another shard's config on its way in (an atomic write's temporary file)
+        if Path(out).is_dir() and any(not p.name.startswith(".") for p in Path(out).iterdir()):
+            raise ConfigError(
+                f"--out {out} is not empty and holds no zsw diffuse output (no {CONFIG_FILE}); its files would be "
+                "overwritten: choose an empty or new --out"
+            )
         return False
     old = to_dict(load_yaml(path, DiffuseConfig))
     new = to_dict(config)
@@ -369,7 +380,7 @@ def synthesize(
     if not all_jobs:
         raise InputError(f"{src.root} has no renders: no lists/<category>_<split>.list files name any")
     jobs = select_shard(all_jobs, *shard)
-    if not check_resume(dst.root, config):
+    if not check_resume(dst.root, config, src.root):
         from zsw.config import dump_yaml
 
         dump_yaml(config, dst.root / CONFIG_FILE)
