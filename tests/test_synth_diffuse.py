@@ -227,6 +227,27 @@ def test_resume_needs_the_same_generation_settings(source, tmp_path):
     assert len(_records(out)) == 1  # limit=1 did one render
 
 
+def test_resume_needs_the_same_source_renders(source, tmp_path):
+    """Other renders with the same sample names would count as done and be listed with the first
+    run's images; the same renders at another path (a copied or moved dataset) resume."""
+    import shutil
+
+    out = tmp_path / "out"
+    synthesize(source, out, DiffuseConfig(), FakeAppearance(), FakeBackground(), limit=1)
+    other = tmp_path / "other"
+    write_toy_renders(other)
+    layout = ZeroShapeLayout(other)
+    for sid in layout.samples("train"):  # the same names, other shapes
+        np.save(layout.depth(sid), np.load(layout.depth(sid)) * 2)
+    with pytest.raises(ConfigError, match=f"synthesized from {source.resolve()}, not --data {other}"):
+        synthesize(other, out, DiffuseConfig(), FakeAppearance(), FakeBackground())
+    assert len(_records(out)) == 1
+    moved = tmp_path / "moved"
+    shutil.move(source, moved)
+    report = synthesize(moved, out, DiffuseConfig(), FakeAppearance(), FakeBackground())
+    assert report.skipped == 1 and report.accepted == 2
+
+
 def test_out_is_a_folder_of_its_own(source, tmp_path):
     """A file, or a folder of other files (another dataset: same sample names), is refused before
     anything is written: diffusion would overwrite its images and relink its labels."""

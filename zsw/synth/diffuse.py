@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from zsw.data.layout import ZeroShapeLayout
+from zsw.data.layout import SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
 from zsw.synth.appearance import DEFAULT_BASE_MODEL, DEFAULT_CONTROLNET, AppearanceBatch
 from zsw.synth.background import DEFAULT_BACKGROUND_MODEL
@@ -170,7 +170,7 @@ _RESUMABLE_CHANGES = ("base_model", "controlnet", "background_model", "views_per
 
 def check_resume(out: str | os.PathLike, config: DiffuseConfig, data: str | os.PathLike | None = None) -> bool:
     """Whether ``out`` holds an earlier run; a :class:`ConfigError` when its settings differ, when
-    it is ``data`` itself, or when it is a folder of other files.
+    it was made from other renders than ``data``, or when it is a folder of other files.
 
     A resumed run must synthesize the way its first run did, else one dataset would mix settings.
     """
@@ -189,6 +189,8 @@ def check_resume(out: str | os.PathLike, config: DiffuseConfig, data: str | os.P
                 "overwritten: choose an empty or new --out"
             )
         return False
+    if data is not None:
+        _check_source(Path(out), Path(data))
     old = to_dict(load_yaml(path, DiffuseConfig))
     new = to_dict(config)
     diff = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]]
@@ -199,6 +201,43 @@ def check_resume(out: str | os.PathLike, config: DiffuseConfig, data: str | os.P
             f"or use a new --out (settings in {path})"
         )
     return True
+
+
+def _source_root(rec: Any) -> Path | None:
+    """The dataset a manifest record's source image is in (``<root>/images_processed/<cat>/<name>.png``)."""
+    source = rec.get("source") if isinstance(rec, dict) else None
+    return Path(source).parents[2] if isinstance(source, str) and len(Path(source).parents) > 2 else None
+
+
+def _check_source(out: Path, data: Path, compare: int = 3) -> None:
+    """``out`` was made from the renders of ``data``: a rerun with another ``--data`` would count
+    its samples of the same name as done and add the rest, one dataset from two sources.
+
+    The manifest names each sample's source image. A dataset moved since (another path, the same
+    renders) is recognised by its labels: the depth files of the first ``compare`` accepted samples
+    are those linked into ``out``; with none accepted yet, by its old path being gone."""
+    import filecmp
+
+    src, dst = ZeroShapeLayout(data), ZeroShapeLayout(out)
+    root = next((r for r in map(_source_root, dst.read_manifest()) if r is not None), None)
+    if root is None or root == src.root.resolve():
+        return
+    accepted = (r for r in dst.read_manifest() if _source_root(r) == root and r.get("status") == "ok")
+    compared = 0
+    for rec in accepted:
+        sid = SampleId(rec["category"], rec["object"], rec["view"])
+        a, b = src.depth(sid), dst.depth(sid)
+        if not (a.is_file() and b.is_file() and (os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False))):
+            break
+        compared += 1
+        if compared == compare:
+            return
+    else:
+        if compared or not root.exists():
+            return
+    raise ConfigError(
+        f"{out} was synthesized from {root}, not --data {data}: resume with --data {root}, or use a new --out"
+    )
 
 
 # ---- the loop ---------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def diffuse(
         raise InputError(f"--data {data} is not a directory")
     if not plan(ZeroShapeLayout(data), cfg.views_per_object)[shard[0] :: shard[1]]:
         raise InputError(f"{data} has no renders for shard {s.shard}: no lists/<category>_<split>.list files name any")
-    resumed = check_resume(out, cfg, data)  # a file, a folder of other files
+    resumed = check_resume(out, cfg, data)  # a file, a folder of other files, other renders
     dev = resolve_device(s.device)
     dtype = resolve_dtype(s.dtype, dev)
     reporter.info(f"loading models on {dev} ({str(dtype).removeprefix('torch.')})")
