@@ -298,6 +298,12 @@ def test_config_errors():
         Shape([])
 
 
+def test_backgrounds_without_bake_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="--backgrounds .* is used only with --bake"):
+        procedural_config(background_dir=tmp_path)
+    assert procedural_config(bake=["test"], background_dir=tmp_path).background_dir == str(tmp_path)
+
+
 def test_refuses_to_write_into_a_folder_of_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty and holds no zsw dataset"):

@@ -55,6 +55,8 @@ def procedural_config(
     if elevation is not None:
         fields["camera"] = CameraConfig(elevation_deg=elevation_range(elevation))
     if fields.get("background_dir") is not None:
+        if not split_words(bake):  # else the photos would be silently unused: every image on white
+            raise ConfigError(f"--backgrounds {fields['background_dir']} is used only with --bake (e.g. --bake test)")
         fields["background_dir"] = str(fields["background_dir"])
     return ProceduralConfig(categories=tuple(split_words(categories)) or CATEGORIES, split_fractions=fractions,
                             bake_splits=tuple(split_words(bake)), **fields)  # fmt: skip
