@@ -50,10 +50,9 @@ def test_auto_picks_onnxruntime_plus_torch_only_for_the_packaged_model_at_fp32_o
     monkeypatch.setattr(rmod, "demo_engine", lambda: None)
     assert resolve_backend("auto", None, None, "cpu", "auto") == "torch"
     monkeypatch.undo()
-    import importlib.util
+    import sys
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # installed but failing to import is as absent
     assert resolve_backend("auto", None, None, "cpu", "auto") == "torch"
 
 
@@ -69,6 +68,30 @@ def test_a_stale_export_is_not_the_packaged_engine(tmp_path, monkeypatch):
     manifest["source"]["sha256"] = "0" * 64
     (demo / "onnx" / "export.json").write_text(json.dumps(manifest))
     assert rmod.demo_engine() is None
+
+
+@pytest.mark.parametrize("damage", ["missing encoder", "changed pixel graph", "missing embedding"])
+def test_auto_runs_pytorch_when_the_packaged_export_is_damaged(damage, tmp_path, monkeypatch, repo_root):
+    """A packaged graph deleted or changed (a broken install, a hand edit): ``auto`` runs the
+    PyTorch model instead of failing on the file it was about to read."""
+    import shutil
+
+    demo = tmp_path / "demo"
+    shutil.copytree(demo_engine(), demo / "onnx")
+    shutil.copy(demo_weights(), demo / demo_weights().name)
+    if damage == "missing encoder":
+        (demo / "onnx" / "encoder.onnx").unlink()
+    elif damage == "changed pixel graph":
+        with open(demo / "onnx" / "pixel.onnx", "r+b") as f:
+            f.seek(1000)
+            f.write(b"\0" * 16)
+    else:
+        (demo / "onnx" / "default_text_embedding.npy").unlink()
+    monkeypatch.setattr(rmod, "DEMO_DIR", demo)
+    assert rmod.demo_engine() is None
+    assert resolve_backend("auto", None, None, "cpu", "auto") == "torch"
+    rec = reconstruct(repo_root / "examples" / "teddy_bear.png", resolution=16, device="cpu")
+    assert rec.info["model"]["backend"] == "torch" and len(rec.mesh.faces) > 0
 
 
 def test_the_checkpoint_hash_is_computed_once_and_follows_the_file(tmp_path, monkeypatch):

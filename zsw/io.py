@@ -112,15 +112,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """:func:`sha256_file` of a checkpoint, computed once per process for each state of the file
-    (keyed on its resolved path, modification time and size): a run names its weights by this hash
-    and checks an export's source against it, so the same weights are otherwise read several times."""
+    """:func:`sha256_file` of a checkpoint or an exported graph, computed once per process for each
+    state of the file (keyed on its resolved path, modification time and size): a run names its
+    weights by this hash and checks an export's source and graphs against it, so the same files are
+    otherwise read several times."""
     p = Path(path).resolve()
     st = p.stat()
     return _sha256_of_state(str(p), st.st_mtime_ns, st.st_size)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _sha256_of_state(path: str, mtime_ns: int, size: int) -> str:
     return sha256_file(path)
 

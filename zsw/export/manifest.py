@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 FORMAT = "zsw-export-1"
-from zsw.io import sha256_file  # noqa: E402 - re-exported: the export code names it from here
+from zsw.io import checkpoint_sha256, sha256_file  # noqa: E402 - sha256_file re-exported: the export code names it from here
 
 MANIFEST = "export.json"
 TEXT_FILE = "default_text_embedding.npy"
@@ -136,7 +136,7 @@ class ExportManifest:
         path = self.root / entry["file"]
         if not path.is_file():
             raise CheckpointError(f"{path} is listed in {self.root / MANIFEST} but missing; {self.redo_hint()}")
-        if verify and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        if verify and entry.get("sha256") and checkpoint_sha256(path) != entry["sha256"]:
             raise CheckpointError(
                 f"{path} does not match the sha256 recorded in {MANIFEST} (changed or corrupt); {self.redo_hint()}"
             )

@@ -49,15 +49,23 @@ def demo_weights() -> Path | None:
 
 
 def demo_engine() -> Path | None:
-    """The packaged model's ONNX export (``zsw/assets/demo/onnx``), or None when it is absent or was
-    exported from other weights than the packaged checkpoint (a stale export is never used)."""
+    """The packaged model's ONNX export (``zsw/assets/demo/onnx``), or None when it is absent, was
+    exported from other weights than the packaged checkpoint, or a file that ``onnxruntime+torch``
+    reads (the pixel and encoder graphs, the default prompt's embedding) is missing or not the one
+    recorded: a stale or damaged export is never used, so ``auto`` runs PyTorch instead. (The
+    hashes are computed once per process; the backend's own check of the same files reuses them.)"""
     folder = DEMO_DIR / "onnx"
     weights = demo_weights()
     try:
-        source = json.loads((folder / "export.json").read_text())["source"]["sha256"]
+        data = json.loads((folder / "export.json").read_text())
+        if weights is None or data["source"]["sha256"] != checkpoint_sha256(weights):
+            return None
+        entries = [data["graphs"]["pixel"], data["graphs"]["encoder"], data["default_text_embedding"]]
+        if any(checkpoint_sha256(folder / e["file"]) != e["sha256"] for e in entries):
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return folder if weights is not None and source == checkpoint_sha256(weights) else None
+    return folder
 
 
 def resolve_backend(
@@ -87,11 +95,19 @@ def resolve_backend(
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type != "cpu" or precision not in PRECISIONS or resolve_precision(precision, dev) != "fp32":
         return "torch"
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is None or demo_engine() is None:
+    if not _onnxruntime_imports() or demo_engine() is None:
         return "torch"
     return "onnxruntime+torch"
+
+
+def _onnxruntime_imports() -> bool:
+    """Whether onnxruntime imports (installed is not enough: a wheel for another CPU or a broken
+    install fails on import, and ``auto`` then runs PyTorch). The backend imports it next anyway."""
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception:  # noqa: BLE001 -- ImportError, OSError of a missing library, ...
+        return False
+    return True
 
 
 def resolve_weights(weights=None):
