@@ -276,6 +276,9 @@ def test_bad_arguments(source, tmp_path):
         DiffuseConfig(start_step=20)
     with pytest.raises(ConfigError, match="min_iou"):
         DiffuseConfig(min_iou=1.5)
+    for bad in (dict(background_steps=0), dict(fg_threshold=0), dict(fg_threshold=256)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            DiffuseConfig(**bad)
 
 
 def test_report_summary_counts_and_rate():

@@ -113,6 +113,12 @@ class DiffuseConfig:
             raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
         if not 0 <= self.start_step < self.steps:
             raise ConfigError(f"start_step must be in [0, steps={self.steps}), got {self.start_step}")
+        if self.background_steps < 1:  # 0 runs no denoising step: the background is the decoded start noise
+            raise ConfigError(f"background_steps must be >= 1, got {self.background_steps}")
+        if not 1 <= self.fg_threshold <= 255:  # else white is foreground (or nothing is): no render passes
+            raise ConfigError(
+                f"fg_threshold must be in [1, 255] (grayscale below it is the object), got {self.fg_threshold}"
+            )
 
 
 @dataclass
