@@ -286,6 +286,8 @@ def test_object_splits_follow_the_fractions():
 def test_config_errors():
     with pytest.raises(ConfigError, match="unknown procedural categories"):
         ProceduralConfig(categories=("sphere", "dragon"))
+    with pytest.raises(ConfigError, match="must not repeat, got box more than once"):
+        ProceduralConfig(categories=("box", "sphere", "box"))
     with pytest.raises(ConfigError, match="bake splits"):
         ProceduralConfig(bake_splits=("holdout",))
     for splits in ((float("nan"), 1, 1), (1, float("inf"), 1), (0, 0, 0), (1, -1, 1)):  # nan != nan: no resume

@@ -84,8 +84,9 @@ class ProceduralConfig:
         unknown = [c for c in self.categories if c not in ALL_CATEGORIES]
         if unknown or not self.categories:
             raise ConfigError(f"unknown procedural categories {unknown}; known: {', '.join(ALL_CATEGORIES)}")
-        if len(set(self.categories)) != len(self.categories):
-            raise ConfigError("categories must not repeat")
+        repeated = sorted({c for c in self.categories if self.categories.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"categories must not repeat, got {', '.join(repeated)} more than once")
         f = self.split_fractions
         if len(f) != 3 or not all(math.isfinite(x) and x >= 0 for x in f) or sum(f) <= 0:
             raise ConfigError(f"split fractions must be 3 finite non-negative numbers, not all 0, got {list(f)}")
