@@ -87,6 +87,23 @@ def test_half_precision_within_twice_torch_error(B, H, N, L, D, dtype):
         assert_relative(a, e, p, factor=3, floor=1e-4, name=name)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on NaN
+def test_a_nan_input_gives_nan_where_torch_gives_it():
+    """A diverging model must show as NaN: a NaN query or value poisons its own point's row, a NaN
+    latent key every point of its image, as in PyTorch (an online softmax whose running maximum
+    dropped NaN would return finite rows instead; on a GPU this checks the compiled max)."""
+    q, k, v, kl, vl = (t.detach() for t in _inputs(2, 2, 40, 9, 16, torch.float32))
+    q[0, 1, 3, 5] = float("nan")
+    v[0, 0, 7, 2] = float("nan")
+    kl[1, 0, 4, 1] = float("nan")
+    out = point_cross_attention(q, k, v, kl, vl)
+    ref = reference.point_cross_attention(q, k, v, kl, vl)
+    nan = ref.isnan().any(-1)  # [B, H, N]
+    assert nan[0, 1, 3] and nan[0, 0, 7] and nan[1, 0].all() and not nan[1, 1].any()  # what torch does
+    assert torch.equal(out.isnan().any(-1), nan)
+    assert_close(out[~nan], ref[~nan], atol=2e-5, rtol=1e-4, name="finite rows")
+
+
 def test_output_is_point_major_so_heads_merge_for_free():
     q, k, v, kl, vl = (t.detach() for t in _inputs(2, 4, 10, 3, 16, torch.float32))
     out = point_cross_attention(q, k, v, kl, vl)
