@@ -324,6 +324,46 @@ def test_page_shows_the_mesh_in_a_browser(app_url, tmp_path):
             browser.close()
 
 
+def test_reconstruct_pressed_again_while_a_job_runs_runs_the_new_photo(app_url, monkeypatch):
+    """A user who picks another photo while the first one runs and presses Reconstruct again gets
+    that photo's mesh next, not the first one's result left beside the new photo."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    import zsw.app
+
+    started, release = threading.Event(), threading.Event()
+    job = zsw.app.reconstruct_many
+
+    def first_job_waits(*args, **kwargs):  # holds the first request until the second press is made
+        if not started.is_set():
+            started.set()
+            release.wait(timeout=120)
+        return job(*args, **kwargs)
+
+    monkeypatch.setattr(zsw.app, "reconstruct_many", first_job_waits)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(app_url)
+            page.locator("#photo input[type=file]").set_input_files(ARMCHAIR)
+            page.locator("#photo").get_by_text(ARMCHAIR.stem).wait_for(timeout=30_000)
+            page.locator("#run").click()
+            assert started.wait(timeout=60), "the first request never reached the job"
+            page.locator("#photo").get_by_role("button", name="Clear").click()
+            page.locator("#photo input[type=file]").set_input_files(TEDDY)
+            page.locator("#photo").get_by_text(TEDDY.stem).wait_for(timeout=30_000)
+            page.locator("#run").click()  # while the armchair's job still runs
+            release.set()
+            page.locator("#status").get_by_text(TEDDY.name).wait_for(timeout=120_000)
+            assert "vertices" in page.locator("#status").inner_text()
+        finally:
+            release.set()
+            browser.close()
+
+
 def test_page_reporter_takes_every_progress_update_a_job_sends():
     """The Reporter contract (zsw.report.Advance): counts, notes, absolute totals and positions."""
     from zsw.app import PageReporter

@@ -236,6 +236,9 @@ def build_app(
             ],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
+            # pressed again while a job runs (another photo, other settings): run the latest choice
+            # next; gradio's default ("once") ignored the press and left the old result beside the new photo
+            trigger_mode="always_last",
         )
     demo.queue(default_concurrency_limit=1)  # one job at a time: the CPU is the bottleneck
     return demo
