@@ -247,6 +247,17 @@ def test_resume_needs_the_same_source_renders(source, tmp_path):
     report = synthesize(moved, out, DiffuseConfig(), FakeAppearance(), FakeBackground())
     assert report.skipped == 1 and report.accepted == 2
 
+    # a source of symlinked images (recorded resolved), nothing accepted yet to compare labels with
+    linked, out = tmp_path / "linked", tmp_path / "out2"
+    shutil.copytree(moved, linked, ignore=shutil.ignore_patterns("images_processed"))
+    for image in (moved / "images_processed").rglob("*.png"):
+        (linked / image.relative_to(moved)).parent.mkdir(parents=True, exist_ok=True)
+        (linked / image.relative_to(moved)).symlink_to(image)
+    failing = FakeAppearance(bad_seeds=[_seed(BOX, a) for a in range(5)])
+    synthesize(linked, out, DiffuseConfig(), failing, FakeBackground(), limit=1)
+    assert [r["status"] for r in _records(out)] == ["failed"]
+    assert synthesize(linked, out, DiffuseConfig(), FakeAppearance(), FakeBackground()).skipped == 1
+
 
 def test_out_is_a_folder_of_its_own(source, tmp_path):
     """A file, or a folder of other files (another dataset: same sample names), is refused before

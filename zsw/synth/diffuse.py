@@ -209,41 +209,39 @@ def check_resume(out: str | os.PathLike, config: DiffuseConfig, data: str | os.P
     return True
 
 
-def _source_root(rec: Any) -> Path | None:
-    """The dataset a manifest record's source image is in (``<root>/images_processed/<cat>/<name>.png``)."""
-    source = rec.get("source") if isinstance(rec, dict) else None
-    return Path(source).parents[2] if isinstance(source, str) and len(Path(source).parents) > 2 else None
-
-
 def _check_source(out: Path, data: Path, compare: int = 3) -> None:
     """``out`` was made from the renders of ``data``: a rerun with another ``--data`` would count
     its samples of the same name as done and add the rest, one dataset from two sources.
 
-    The manifest names each sample's source image. A dataset moved since (another path, the same
-    renders) is recognised by its labels: the depth files of the first ``compare`` accepted samples
-    are those linked into ``out``; with none accepted yet, by its old path being gone."""
+    The manifest names each sample's source image (resolved). A dataset moved since (another path,
+    the same renders) is recognised by its labels: the depth files of the first ``compare`` accepted
+    samples are those linked into ``out``; with none accepted yet, by its old image being gone."""
     import filecmp
 
     src, dst = ZeroShapeLayout(data), ZeroShapeLayout(out)
-    root = next((r for r in map(_source_root, dst.read_manifest()) if r is not None), None)
-    if root is None or root == src.root.resolve():
+    records = (r for r in dst.read_manifest() if isinstance(r, dict) and isinstance(r.get("source"), str))
+    first = next(records, None)
+    if first is None or first["source"] == str(src.image(_sample(first)).resolve()):
         return
-    accepted = (r for r in dst.read_manifest() if _source_root(r) == root and r.get("status") == "ok")
     compared = 0
-    for rec in accepted:
-        sid = SampleId(rec["category"], rec["object"], rec["view"])
-        a, b = src.depth(sid), dst.depth(sid)
+    for rec in (r for r in dst.read_manifest() if isinstance(r, dict) and r.get("status") == "ok"):
+        a, b = src.depth(_sample(rec)), dst.depth(_sample(rec))
         if not (a.is_file() and b.is_file() and (os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False))):
             break
         compared += 1
         if compared == compare:
             return
     else:
-        if compared or not root.exists():
+        if compared or not Path(first["source"]).exists():
             return
+    root = Path(first["source"]).parent.parent.parent  # <root>/images_processed/<category>/<name>.png
     raise ConfigError(
         f"{out} was synthesized from {root}, not --data {data}: resume with --data {root}, or use a new --out"
     )
+
+
+def _sample(record: dict[str, Any]) -> SampleId:
+    return SampleId(record["category"], record["object"], record["view"])
 
 
 # ---- the loop ---------------------------------------------------------------------------------
