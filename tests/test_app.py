@@ -214,6 +214,32 @@ def test_broken_upload_gets_one_line(app_url, tmp_path, make, reason):
     assert outputs[0] is None  # no stale mesh from an earlier request
 
 
+def _shown(status: str) -> str:
+    """The status Markdown as the page shows it: its text, without markup."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").enable(["strikethrough", "table"]).render(status)  # GitHub's, as gradio's
+    assert not re.search(r"<(a|em|s|del|code|img|table)\b", html), html  # no link, emphasis, ... made of a name
+    return re.sub(r"<[^>]+>", "", html).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def test_status_shows_file_names_as_written(app_url, tmp_path):
+    """A photo named like Markdown keeps its name on the page (the status line is Markdown:
+    `[1](x).png` became a link, `_a_ ~~b~~` emphasis and strikethrough, `&amp;` an ampersand);
+    gradio itself drops a few characters from uploaded names (`*<>`...), not these."""
+    name = "[1](y) _a_ __b__ &amp; ~~c~~.png"
+    (tmp_path / "in").mkdir()
+    photo = shutil.copy(TEDDY, tmp_path / "in" / name)
+    *_, status = _reconstruct(app_url, photo, tmp_path / "dl")
+    assert _shown(status).startswith(f"{name}: ") and "vertices" in status, status
+    broken = tmp_path / "in" / f"broken {name}"
+    _random_bytes(broken)
+    *_, status = _reconstruct(app_url, broken, tmp_path / "dl2")
+    assert _shown(status).strip() == f"error: broken {name}: not an image file PIL can read", status
+
+
 def test_examples_come_from_a_checkout_only(monkeypatch, tmp_path):
     import zsw
     from zsw.app import find_examples

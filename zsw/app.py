@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -48,6 +49,8 @@ _log = logging.getLogger("zsw.app")
 MAX_UPLOAD = "25mb"
 #: request folders older than this are removed when a new request starts (gradio keeps its own copies)
 _KEEP_S = 3600
+#: what Markdown (and the HTML it passes through) would read as markup in a file name or a message
+_MARKUP = re.compile(r"([\\`*_\[\]<>&~|])")
 
 
 @dataclass
@@ -176,7 +179,8 @@ def build_app(
                 )  # fmt: skip
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
             with gr.Column(scale=2):
-                status = gr.Markdown(label="Status", elem_id="status")
+                # no LaTeX: a file named $$x$$.png is a name, not a formula
+                status = gr.Markdown(label="Status", elem_id="status", latex_delimiters=[])
                 model = gr.Model3D(label="Mesh", height=420, elem_id="model")
                 with gr.Row():
                     depth = gr.Image(label="Depth", type="filepath", interactive=False)
@@ -364,11 +368,11 @@ def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
     info = json.loads((folder / "result.json").read_text())
     mesh = info["mesh"]
     total = sum(info["timings_s"].values())  # the preview's entry is ~0: the app asks for none
-    lines = [f"**{name}**: {mesh['vertices']} vertices, {mesh['faces']} faces in {total:.1f} s"]
+    lines = [f"**{_plain(name)}**: {mesh['vertices']} vertices, {mesh['faces']} faces in {total:.1f} s"]
     # the job's warnings (random weights, ...) and the image's own (an empty mesh, ...), once each;
     # then what was done to the photo (padded, reframed, a very elongated photo, ...)
-    lines += [f"warning: {_one_line(w)}" for w in dict.fromkeys([*warnings, *info.get("warnings", [])])]
-    lines += [f"note: {_one_line(n)}" for n in info["input"].get("notes", [])]
+    lines += [f"warning: {_plain(_one_line(w))}" for w in dict.fromkeys([*warnings, *info.get("warnings", [])])]
+    lines += [f"note: {_plain(_one_line(n))}" for n in info["input"].get("notes", [])]
     meshes = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
     # a textured OBJ's material and atlas, which it names
     meshes += [str(folder / f) for f in info["files"] if f == OBJ_MTL or f.startswith("material_")]
@@ -384,7 +388,13 @@ def _timings_table(timings: dict[str, float]) -> str:
 
 
 def _failure(message: str) -> tuple:
-    return (None, None, None, None, "", None, f"error: {message}")
+    return (None, None, None, None, "", None, f"error: {_plain(message)}")
+
+
+def _plain(text: str) -> str:
+    """``text`` as the status line shows it: a file named ``a_b*c*.png`` or ``[1](x).png``, or an
+    error naming ``rembg:<model>``, reads as written instead of as emphasis, a link or an HTML tag."""
+    return _MARKUP.sub(r"\\\1", text)
 
 
 def _one_line(text: str) -> str:
