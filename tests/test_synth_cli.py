@@ -344,6 +344,30 @@ def test_a_hub_model_without_a_network_fails_at_once(monkeypatch):
     assert calls == [True]  # never an online attempt
 
 
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_hub_model_that_cannot_load_is_one_line_that_gives_advice_that_applies(offline, monkeypatch):
+    """Offline already: the advice does not say to set HF_HUB_OFFLINE; and huggingface_hub's
+    deprecation warning, which diffusers' loaders raise, does not print two lines before the error."""
+    import warnings
+
+    import zsw.hub
+    from zsw.errors import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1") if offline else monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(zsw.hub, "hub_unreachable", lambda timeout=3.0: None)
+
+    def loader(source, **kwargs):
+        warnings.warn("The `local_dir_use_symlinks` argument is deprecated and ignored", UserWarning, stacklevel=2)
+        raise OSError(f"{source} does not appear to have a file named config.json.")
+
+    with warnings.catch_warnings(record=True) as shown, pytest.raises(ConfigError) as e:
+        warnings.simplefilter("always")
+        zsw.hub.load_pretrained(loader, "org/cn-depth", what="depth ControlNet", option="--controlnet")
+    assert not shown
+    assert "put it in the Hugging Face cache (HF_HOME)" in str(e.value) and "\n" not in str(e.value)
+    assert ("set HF_HUB_OFFLINE=1" in str(e.value)) is not offline
+
+
 def test_help_states_the_config_defaults():
     from zsw.synth.diffuse import DiffuseConfig
 

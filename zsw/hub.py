@@ -9,6 +9,7 @@ and a model missing from the cache fails at once, before any work starts.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -146,7 +147,9 @@ def load_pretrained(
     elif not local and not kwargs.get("local_files_only"):
         # offline first: the cache, then the hub only if it answers (no minutes of retries without a network)
         try:
-            return loader(str(source), **kwargs, local_files_only=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+                return loader(str(source), **kwargs, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError, ImportError, HfHubHTTPError) as e:
             reason = hub_unreachable()
             if reason is not None:
@@ -155,7 +158,9 @@ def load_pretrained(
                     f"and the hub is unreachable ({reason}); {_download_hint(source, option)}"
                 ) from None
     try:
-        return loader(str(path) if local else str(source), **kwargs)
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+            return loader(str(path) if local else str(source), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, HfHubHTTPError) as e:
         if local:  # an existing folder that holds something else: never suggest downloading into it
             hint = f" ({_download_hint(default_id, option)})" if default_id else ""
@@ -175,7 +180,6 @@ def _typed(option: str, value) -> str:
 def _download_hint(source, option: str) -> str:
     """How to get a hub model onto a machine (``option`` as :func:`_typed` takes it)."""
     folder = "models/" + str(source).rstrip("/").rsplit("/", 1)[-1]
-    return (
-        f"download it with `hf download {source} --local-dir {folder}` and pass `{_typed(option, folder)}`, "
-        "or put it in the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1"
-    )
+    cache = "put it in the Hugging Face cache (HF_HOME)" + ("" if offline() else " and set HF_HUB_OFFLINE=1")
+    get = f"download it with `hf download {source} --local-dir {folder}` and pass `{_typed(option, folder)}`"
+    return f"{get}, or {cache}"
