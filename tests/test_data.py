@@ -186,6 +186,10 @@ def test_backgrounds_and_compositing(tmp_path):
     assert any((o == 77).all() for o in outs) and photos.skipped >= 1
     with pytest.raises(ConfigError, match="needs a folder"):
         Backgrounds(("image",))
+    with pytest.raises(ConfigError, match=r"a\.png is a file, not a folder of images"):
+        Backgrounds(("image",), folder / "a.png")
+    with pytest.raises(ConfigError, match=r"nowhere does not exist"):
+        Backgrounds(("image",), folder / "nowhere")
 
 
 def test_texture_object_prints_on_the_object_only():

@@ -55,7 +55,8 @@ class Backgrounds:
         if folder is not None:
             folder = Path(folder)
             if not folder.is_dir():
-                raise ConfigError(f"background folder {folder} does not exist")
+                what = "is a file, not a folder of images" if folder.exists() else "does not exist"
+                raise ConfigError(f"background folder {folder} {what}")
             self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self.files:
                 raise ConfigError(f"background folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
