@@ -628,46 +628,37 @@ def test_missing_extras_name_the_extra(onnx_dir, tiny_checkpoint, tmp_path, monk
         assert 'pip install "zsw[trt]"' in _one_line_error(result)
 
 
-def test_a_missing_package_is_quoted_by_the_first_line_of_its_import_error(monkeypatch):
-    """The cause is quoted as zsw.errors.reason quotes it: the first non-blank line, not an empty
-    pair of brackets when the message starts with a line break."""
+@pytest.mark.parametrize(
+    "module, error, quoted, dist, extra",
+    [
+        # the first non-blank line, as zsw.errors.reason quotes it (not empty brackets)
+        ("tensorrt", ImportError("\n  libnvinfer.so.10: cannot open shared object file\n  (loaded from tensorrt)"),
+         "libnvinfer.so.10: cannot open shared object file", "tensorrt", "trt"),
+        # torch-tensorrt installed without TensorRT's libraries raises FileNotFoundError on import
+        ("torch_tensorrt", FileNotFoundError("Could not find libnvinfer.so.10\n  Search paths: ['/usr/lib']"),
+         "Could not find libnvinfer.so.10", "torch-tensorrt", "trt"),
+    ],
+)  # fmt: skip
+def test_a_package_that_cannot_be_imported_is_one_line_naming_the_extra(
+    module, error, quoted, dist, extra, monkeypatch
+):
+    """A package that is missing, or installed without its native libraries: one line quoting the
+    cause and naming the extra to install, not a traceback."""
     from zsw.export import deps
 
     real = deps.importlib.import_module
 
     def fail(name, *args, **kwargs):
-        if name != "tensorrt":
+        if name != module:
             return real(name, *args, **kwargs)
-        raise ImportError("\n  libnvinfer.so.10: cannot open shared object file\n  (loaded from tensorrt/__init__.py)")
+        raise error
 
     monkeypatch.setattr(deps.importlib, "import_module", fail)
     with pytest.raises(ZswError) as e:
-        deps.require("tensorrt", "--format tensorrt")
+        deps.require(module, f"--format {dist}")
     message = str(e.value)
-    assert "\n" not in message
-    assert "cannot be imported (libnvinfer.so.10: cannot open shared object file);" in message
-    assert message.endswith('install it with: pip install "zsw[trt]"')
-
-
-def test_a_package_whose_native_libraries_are_missing_is_a_missing_package(monkeypatch, tmp_path):
-    """torch-tensorrt installed without TensorRT's libraries raises FileNotFoundError on import:
-    the same one line naming the extra as a package that is not installed, not a traceback."""
-    from zsw.export import deps
-
-    real = deps.importlib.import_module
-
-    def fail(name, *args, **kwargs):
-        if name != "torch_tensorrt":
-            return real(name, *args, **kwargs)
-        raise FileNotFoundError("Could not find libnvinfer.so.10\n  Search paths: ['/usr/lib']")
-
-    monkeypatch.setattr(deps.importlib, "import_module", fail)
-    with pytest.raises(
-        ZswError, match=r'\(Could not find libnvinfer.so.10\); install it with: pip install "zsw\[trt\]"'
-    ):
-        deps.require("torch_tensorrt", "--format torch-tensorrt")
-    result = runner.invoke(app, ["export", "--out", str(tmp_path / "t"), "--format", "torch-tensorrt"])
-    assert "needs the `torch-tensorrt` package" in _one_line_error(result)
+    assert "\n" not in message and f"needs the `{dist}` package, which cannot be imported ({quoted});" in message
+    assert message.endswith(f'install it with: pip install "zsw[{extra}]"')
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
