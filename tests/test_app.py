@@ -293,6 +293,24 @@ def test_busy_port_is_one_line(app_url):
     assert result.output.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}"), result.output
 
 
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [("nonexistent.invalid", "unknown host name or address"), ("192.0.2.1", "not an address of this machine")],
+    ids=["unknown-name", "not-this-machine"],  # .invalid never resolves; 192.0.2.0/24 is for documentation only
+)
+def test_bad_host_is_one_line_naming_the_host(host, why):
+    """A host that cannot be listened on is named as the culprit, in one line (uvicorn printed its
+    own ERROR line and the message said to choose another --port)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "zsw", "app", "--host", host, "--port", str(_free_port()), "--weights", "random:tiny"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on {host}: {why}"), lines
+    assert "--host" in lines[0] and "--port" not in lines[0], lines
+
+
 def test_missing_gradio_is_one_line(monkeypatch):
     from zsw.cli.main import app
 
