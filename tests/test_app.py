@@ -12,6 +12,7 @@ import json
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,26 @@ def test_simultaneous_requests_do_not_collide(app_url, tmp_path):
         counts.append(len(trimesh.load(model, force="mesh", process=False).vertices))
         assert status.startswith(f"**{photo.name}**: {counts[-1]} vertices"), status
     assert counts[0] != counts[1]
+
+
+def test_work_folder_outside_the_temporary_folder(monkeypatch, tmp_path):
+    """build_app(work_dir=...) anywhere: gradio hands out only files of the current and temporary
+    folders unless told, and refused every result of a work folder elsewhere ("Error" on the page)."""
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "system-tmp").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))  # the work folder is outside both
+    demo = build_app(
+        ReconstructSettings(device="cpu", grid=GridSettings(resolution=RESOLUTION)), work_dir=tmp_path / "work"
+    )
+    url = serve(demo, port=_free_port())
+    try:
+        model, *_, files, status = _reconstruct(url, TEDDY, tmp_path / "dl")
+    finally:
+        demo.close()
+    assert "vertices" in status and "error" not in status, status
+    assert len(trimesh.load(model, force="mesh", process=False).faces) > 0
+    assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply", ".stl"]
 
 
 def _random_bytes(path: Path) -> None:

@@ -247,6 +247,7 @@ def build_app(
             trigger_mode="always_last",
         )
     demo.queue(default_concurrency_limit=1)  # one job at a time: the CPU is the bottleneck
+    demo.zsw_work_dir = work  # for serve(): gradio hands out files of the current and temporary folders only
     return demo
 
 
@@ -274,6 +275,8 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
             server_port=port,
             share=share,
             max_file_size=MAX_UPLOAD,
+            # the results of a work_dir elsewhere (/data/zsw-app): gradio refused every one of them
+            allowed_paths=[str(Path(demo.zsw_work_dir).resolve())] if hasattr(demo, "zsw_work_dir") else None,
             prevent_thread_lock=True,
             ssr_mode=False,  # no Node.js server: one process, nothing else to install
             quiet=True,  # gradio's banner names launch() arguments; the caller says what zsw users need
