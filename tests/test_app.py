@@ -212,6 +212,21 @@ def test_work_folder_outside_the_temporary_folder(monkeypatch, tmp_path):
     assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply", ".stl"]
 
 
+def test_request_after_the_work_folder_was_removed(tmp_path):
+    """A temporary-folder cleaner removes the idle app's work folder (systemd-tmpfiles, after 10
+    days): the next upload still gets its mesh, not an internal error for every request."""
+    from zsw.app import PageReporter, _reconstruct
+
+    work = tmp_path / "zsw-app-work"
+    work.mkdir()
+    shutil.rmtree(work)
+    choices = dict(prompt="object", resolution=RESOLUTION, extraction="fast", color="photo", reframe="auto",
+                   background="auto")  # fmt: skip
+    model, *_, status = _reconstruct(str(TEDDY), ReconstructSettings(device="cpu"), choices, work, PageReporter())
+    assert "vertices" in status and "error" not in status, status
+    assert Path(model).is_file() and Path(model).is_relative_to(work)
+
+
 def _random_bytes(path: Path) -> None:
     path.write_bytes(np.random.default_rng(0).bytes(4096))
 

@@ -386,6 +386,8 @@ def _settings(
 
 def _request_folder(work: Path) -> Path:
     """A new folder per request, so concurrent users never share one; old ones are removed."""
+    # a temporary-folder cleaner (systemd-tmpfiles: 10 idle days) may have removed it under a running app
+    work.mkdir(parents=True, exist_ok=True)
     now = time.time()
     for old in work.glob("request-*"):
         if old.is_dir() and now - old.stat().st_mtime > _KEEP_S:
