@@ -227,6 +227,17 @@ def test_request_after_the_work_folder_was_removed(tmp_path):
     assert Path(model).is_file() and Path(model).is_relative_to(work)
 
 
+def test_a_bad_setting_is_not_blamed_on_the_photo(app_url, tmp_path):
+    """A cleared Prompt box: the error names the prompt, not the photo (it read "teddy_bear.png:
+    --prompt: empty", as if the photo were the culprit)."""
+    client = Client(app_url, download_files=str(tmp_path), verbose=False)
+    arguments = list(_arguments(TEDDY))
+    arguments[1] = "  "  # the prompt
+    *outputs, status = client.predict(*arguments, api_name="/reconstruct")
+    assert status.startswith("error: --prompt: empty"), status
+    assert TEDDY.stem not in status.replace("\\", "") and outputs[0] is None
+
+
 def _random_bytes(path: Path) -> None:
     path.write_bytes(np.random.default_rng(0).bytes(4096))
 

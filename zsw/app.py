@@ -334,8 +334,8 @@ def _reconstruct(
     try:
         settings = _settings(defaults, **choices)
         report = reconstruct_many([upload], _request_folder(work), settings, reporter)
-    except ZswError as e:  # bad options, weights that cannot load, a prompt estimator that is missing
-        return _failure(f"{name}: {_one_line(str(e))}")
+    except ZswError as e:  # bad options, weights that cannot load, a prompt estimator that is missing:
+        return _failure(_one_line(str(e)))  # not the photo's fault, so not named after it
     except Exception as e:  # a bug: keep the traceback in the log, give the page one line
         _log.exception("reconstructing %s failed", upload)
         return _failure(f"{name}: internal error ({type(e).__name__}: {_one_line(str(e))})")
