@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import sys
 
 import numpy as np
@@ -145,6 +146,14 @@ def test_mesh_files_look_in_viewers_as_meant(repo_root, tmp_path):
     assert json.loads((tmp_path / "empty" / "toy" / "result.json").read_text())["mesh"]["faces"] == 0
     lines = (tmp_path / "empty" / "toy" / "mesh.obj").read_text().splitlines()
     assert not [line for line in lines if line.split() in (["v"], ["f"])], lines
+    # an empty GLB holds a JSON chunk only: trimesh wrote an empty BIN chunk with no buffer, which
+    # glTF forbids (Babylon.js: "Unexpected BIN chunk")
+    data = (tmp_path / "empty" / "toy" / "mesh.glb").read_bytes()
+    (json_length,) = struct.unpack("<I", data[12:16])
+    assert struct.unpack("<4sII", data[:12]) == (b"glTF", 2, len(data)) and len(data) == 20 + json_length
+    tree = _glb_json(tmp_path / "empty" / "toy" / "mesh.glb")
+    assert "buffers" not in tree and "meshes" not in tree and tree["asset"]["version"] == "2.0"
+    assert len(trimesh.load(tmp_path / "empty" / "toy" / "mesh.glb").geometry) == 0
 
 
 def test_texture_bench_compares_the_texture_with_the_vertex_colours(repo_root):

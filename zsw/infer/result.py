@@ -258,7 +258,20 @@ def glb_bytes(mesh) -> bytes:
     """
     from trimesh.exchange.gltf import export_glb
 
+    if len(mesh.faces) == 0:
+        return _empty_glb()
     return export_glb(mesh.scene(), include_normals=True, tree_postprocessor=_plain_materials)
+
+
+def _empty_glb() -> bytes:
+    """A valid GLB of an empty scene. trimesh writes an empty ``BIN`` chunk with no buffer for it,
+    which glTF forbids (viewers such as Babylon.js reject the file)."""
+    import json
+    import struct
+
+    doc = json.dumps({"asset": {"version": "2.0", "generator": "zsw"}, "scene": 0, "scenes": [{}]}).encode()
+    doc += b" " * (-len(doc) % 4)  # chunks are 4-byte aligned, JSON padded with spaces
+    return struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(doc)) + struct.pack("<I4s", len(doc), b"JSON") + doc
 
 
 def _plain_materials(tree: dict) -> None:
