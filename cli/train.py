@@ -1,4 +1,4 @@
-"""``zsw train``: train a model in two stages (pixel, full), on one device or many with torchrun."""
+"""``zsw train``: train a model by stages (pixel, shape, full), on one device or many with torchrun."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import typer
 from zsw.cli._common import cli_errors
 
 COMMAND = dict(
-    help="Train a model in two stages: 'pixel' (depth, intrinsics, visible and occluder masks) then 'full' "
-    "(everything, occupancy included)."
+    help="Train a model by stages: 'pixel' (depth, intrinsics, visible and occluder masks) then 'full' "
+    "(everything, occupancy included), as the paper does; 'shape' trains the encoder and decoder alone on "
+    "ground-truth surfaces."
     "\n\nDefaults are the paper's recipe (AdamW (0.9, 0.95), weight decay 0.05 not on biases/norms, lr 1e-5, "
     "1e-6 for the pixel model in stage full, batch 80, 10 / 15 epochs); --config YAML and the options override "
     "them. The run folder gets config.yaml, metrics.jsonl, TensorBoard logs (tb/), atomic checkpoints every "
