@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from zsw.cli.main import app
@@ -89,3 +90,53 @@ def test_learning_rates_that_cannot_train_are_refused_at_load(tiny64, tmp_path, 
         from zsw.config import load_yaml
 
         load_yaml(tmp_path / "bad.yaml", TrainConfig)
+
+
+class _Killed(BaseException):
+    """A SIGKILL within the test's process: nothing after it runs (not even ``except Exception``)."""
+
+
+def _event_steps(run, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+@pytest.mark.parametrize("kill_step, after_logging", [(3, True), (6, False)])
+def test_a_run_killed_in_an_epochs_validation_validates_once_on_resume(
+    tiny64, tmp_path, monkeypatch, kill_step, after_logging
+):
+    """The last step of an epoch is checkpointed (checkpoint_every, or the run's last step) before
+    the epoch's validation, and again after it. Killed in between, the run resumes at the epoch's
+    end: it validates (killed in the last epoch's validation it never did, and best.safetensors
+    missed those weights), and what it had logged of that validation is not logged twice."""
+    from dataclasses import replace
+
+    from zsw.train.trainer import Trainer, train
+
+    cfg = _cfg(tiny64, stage="pixel", validate=True, epochs=2)  # 6 training views: 3 steps an epoch
+    cfg = replace(cfg, data=replace(cfg.data, val_samples=1))
+    run, validate = tmp_path / "run", Trainer._validate
+
+    def killed(self, model, val_ds, step, epoch):
+        if step == kill_step and after_logging:
+            validate(self, model, val_ds, step, epoch)
+            self.monitor._tb.flush()  # what a killed process had written
+        if step == kill_step:
+            raise _Killed
+        return validate(self, model, val_ds, step, epoch)
+
+    monkeypatch.setattr(Trainer, "_validate", killed)
+    with pytest.raises(_Killed):
+        train(cfg, run, progress=False)
+    monkeypatch.setattr(Trainer, "_validate", validate)
+    assert train(cfg, run, resume=True, progress=False).step == 6
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("event") == "validation"] == [3, 6]
+    assert _event_steps(run, "val/depth_ssi_mae") == [3, 6]
+    assert _event_steps(run, "train/lr") == [1, 2, 3, 4, 5, 6]
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    state = torch.load(run / "checkpoints" / latest["state"], weights_only=True)
+    assert (state["step"], state["epoch"], state["consumed"]) == (6, 2, 0)

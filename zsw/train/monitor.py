@@ -40,10 +40,18 @@ class Monitor:
         self.task = None
         self._purge_step: int | None = None
 
-    def resume_at(self, step: int) -> None:
+    def resume_at(self, step: int, records: list[dict] = ()) -> None:
         """The run continues after ``step``: TensorBoard events of later steps, which a killed run
-        wrote and this one writes again, are purged when the writer opens."""
-        self._purge_step = step + 1
+        wrote and this one writes again, are purged when the writer opens. With ``records`` (the
+        metrics.jsonl records of ``step`` itself, when the killed run also logged that step after
+        its checkpoint: the validation at the end of an epoch) the events of ``step`` go too, and
+        these records' scalars are written again (its image grid, if any, is not)."""
+        self._purge_step = step if records else step + 1
+        for record in records:
+            if record.get("event") == "sync":
+                continue
+            values = {k: v for k, v in record.items() if k not in ("step", "epoch", "event")}
+            self.scalars(values, step, "train/" if "event" not in record else "")
 
     def start(self, description: str, total: int, completed: int) -> Progress:
         self.task = self.bar.add_task(description, total=total, completed=completed, loss=math.nan, sps=0)

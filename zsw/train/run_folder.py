@@ -136,7 +136,8 @@ class RunFolder:
                 continue
             if record is not named:
                 self.echo(f"resuming from {record['model']} (step {state['step']}), the newest checkpoint that loads")
-            return {**record, "step": int(state["step"])}
+            position = {k: int(state[k]) for k in ("step", "epoch", "consumed")}
+            return {**record, **position}
         raise CheckpointError(f"no checkpoint in {self.ckpt_dir} loads; start a new run with another --out")
 
     # ---- files ---------------------------------------------------------------------------------
@@ -147,23 +148,37 @@ class RunFolder:
         remove_leftovers(self.out, recursive=True)
         dump_yaml(cfg, self.out / "config.yaml")
 
-    def rewind_log(self, step: int) -> None:
-        """Cut ``metrics.jsonl`` back to the records of steps up to ``step``, where a run resumes
-        (a killed run logged steps after its last checkpoint, which it now runs again); torn lines go too."""
+    def rewind_log(self, record: dict | None) -> list[dict]:
+        """Cut ``metrics.jsonl`` back to where the run resumes, checkpoint ``record`` (None: a new
+        run, step 0): a killed run logged steps after its last checkpoint, which this one runs
+        again; torn lines go too. Two checkpoints can share a step (the last step of an epoch is
+        saved before the epoch's validation and again after it), so records of the checkpoint's
+        own step are kept up to its ``sync`` record. Returns the kept records of that step when
+        later ones of the same step were dropped (they are logged again), else []."""
+        step = record["step"] if record is not None else 0
         path = self.out / "metrics.jsonl"
         if not path.is_file():
-            return
-        kept, lines = [], path.read_text().splitlines()
+            return []
+        position = None if record is None else (step, record.get("epoch"), record.get("consumed"))
+        lines = path.read_text().splitlines()
+        kept: list[tuple[str, dict]] = []
+        synced = dropped_at_step = False
         for line in lines:
             try:
-                record = json.loads(line)
+                rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and int(record.get("step", 0)) <= step:
-                kept.append(line)
+            if not isinstance(rec, dict) or int(rec.get("step", 0)) > step:
+                continue
+            if synced:  # logged after the checkpoint resumed from, at its step
+                dropped_at_step = True
+                continue
+            kept.append((line, rec))
+            synced = rec.get("event") == "sync" and (rec["step"], rec.get("epoch"), rec.get("consumed")) == position
         if len(kept) != len(lines):
             with atomic_path(path) as tmp:
-                Path(tmp).write_text("".join(f"{line}\n" for line in kept))
+                Path(tmp).write_text("".join(f"{line}\n" for line, _ in kept))
+        return [rec for _, rec in kept if int(rec.get("step", 0)) == step] if dropped_at_step else []
 
     def log(self, record: dict) -> None:
         """Append one line to ``metrics.jsonl``."""

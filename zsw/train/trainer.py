@@ -200,7 +200,8 @@ class Trainer:
         digests = replica_fingerprints(self.model)
         if len(set(digests)) > 1:
             raise TrainingError(f"replicas diverged at step {state['step']}: parameter fingerprints {digests}")
-        self._log({"event": "sync", "step": state["step"], "digests": digests})
+        position = {k: state[k] for k in ("step", "epoch", "consumed")}  # rewind_log finds a checkpoint by it
+        self._log({"event": "sync", **position, "digests": digests})
         if self.dist.is_main:
             if self.ema is not None:
                 state = {**state, "ema": self.ema.state_dict()}
@@ -243,10 +244,9 @@ class Trainer:
         # fails on them leaves nothing behind
         if dist.is_main:
             self.folder.write_config(cfg)
-            # what a killed run logged after the step it resumes from is logged again by this one
-            start = record["step"] if record is not None else 0
-            self.folder.rewind_log(start)
-            self.monitor.resume_at(start)
+            # what a killed run logged after the checkpoint it resumes from is logged again by this one
+            again = self.folder.rewind_log(record)
+            self.monitor.resume_at(record["step"] if record is not None else 0, again)
         barrier()
         self.state = RunState()
         if record is not None:
@@ -390,10 +390,14 @@ class Trainer:
         between = True  # False while an optimiser step is half done: that state is never saved
         try:
             with stop, self.monitor.start(f"stage {cfg.stage}", self.total_steps, st.step):
-                while st.step < self.total_steps and st.epoch < cfg.num_epochs:
+                # an epoch whose steps are all done but whose end (validation, checkpoint) is not --
+                # a run killed during that validation resumes there -- is ended first
+                while st.epoch < cfg.num_epochs and (
+                    st.step < self.total_steps or st.consumed >= self.sampler.samples_per_epoch
+                ):
                     self.sampler.set_epoch(st.epoch, start=st.consumed)
                     self.train_ds.set_epoch(st.epoch)
-                    batches = iter(self._loader())
+                    batches = iter(self._loader()) if st.consumed < self.sampler.samples_per_epoch else None
                     while st.consumed < self.sampler.samples_per_epoch and st.step < self.total_steps:
                         between = False
                         result = self._optimizer_step(batches)
