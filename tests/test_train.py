@@ -502,6 +502,8 @@ def test_train_errors_are_one_line(tiny64, tmp_path):
         (["--data", str(tmp_path / "nowhere")], "does not exist"),
         (["--data", str(proc), "--init", str(tmp_path / "none.safetensors")], "does not exist"),
         (["--data", str(proc), "--stage", "joint"], "stage must be"),
+        (["--data", str(proc), "--seed", "-1"], "seed must be"),  # was a traceback from numpy's SeedSequence
+        (["--data", str(proc), "--seed", str(2**64)], "seed must be"),
     ]
     for extra, fragment in cases:
         result = runner.invoke(app, [*base, *extra])

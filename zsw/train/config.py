@@ -221,6 +221,9 @@ class TrainConfig:
             raise ConfigError(f"teacher_surface must be two probabilities in [0, 1], got {list(self.teacher_surface)}")
         if self.data.prompts not in ("object", "category"):
             raise ConfigError(f"data.prompts must be object or category, got {self.data.prompts!r}")
+        # the data order, augmentation and step seeds take it as an unsigned 32-bit number
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            raise ConfigError(f"seed must be an integer in [0, 2^32), got {self.seed!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         d = self.data
