@@ -238,7 +238,12 @@ def read_init(path: str, what: str, model, model_name: str, part: str | None = N
     """The tensors of checkpoint ``path`` (``--init``, ``init_pixel``), checked to fit ``model``;
     with ``part`` (``"pixel"``) only that sub-model's tensors, and only its config (and the text
     embedding width it conditions on) must match: a decoder change does not void a pixel run."""
-    tensors, mcfg, _ = checkpoint.read(path)
+    if Path(path).is_dir():
+        raise CheckpointError(f"{what} {path} is a folder, not a checkpoint file (e.g. a run's final.safetensors)")
+    try:
+        tensors, mcfg, _ = checkpoint.read(path)
+    except CheckpointError as e:  # which option named the file
+        raise CheckpointError(f"{what}: {e}") from None
     sections = (part, "text") if part else None
     theirs, mine = to_dict(mcfg), to_dict(model.config)
     if sections:
