@@ -500,6 +500,7 @@ def test_train_errors_are_one_line(tiny64, tmp_path):
         (["--data", str(proc), "--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
         (["--data", str(proc), "--batch-size", "3", "--grad-accum", "2"], "multiple of ranks x grad_accum"),
         (["--data", str(tmp_path / "nowhere")], "does not exist"),
+        (["--data", str(tiny64[1])], "is a file"),  # said "dataset folder ... does not exist"
         (["--data", str(proc), "--init", str(tmp_path / "none.safetensors")], "--init: checkpoint"),
         (["--data", str(proc), "--init", str(proc)], "is a folder, not a checkpoint"),  # said "does not exist"
         (["--data", str(proc), "--stage", "joint"], "stage must be"),
