@@ -58,6 +58,21 @@ def test_resume_skips_a_corrupt_latest_json_and_a_truncated_checkpoint(tiny64, t
     assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("latest", ["[1, 2]", '{"model": 3, "state": null}'])
+def test_resume_reads_a_latest_json_of_another_shape_as_unreadable(tiny64, tmp_path, latest):
+    """JSON that is not a checkpoint record was an AttributeError traceback."""
+    from zsw.train.trainer import train
+
+    run = tmp_path / "run"
+    train(_cfg(tiny64, max_steps=2), run, progress=False)
+    (run / "checkpoints" / "latest.json").write_text(latest)
+    messages: list[str] = []
+    result = train(_cfg(tiny64, max_steps=3), run, resume=True, progress=False, echo=messages.append)
+    assert any("latest.json is unreadable" in m for m in messages), messages
+    assert any("resumed" in m and "at step 2" in m for m in messages), messages
+    assert result.step == 3 and _steps(run) == [1, 2, 3]
+
+
 def test_resume_alone_reads_the_run_config_and_paths_compare_resolved(tiny64, tmp_path, monkeypatch):
     from zsw.config import dump_yaml
 

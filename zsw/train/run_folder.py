@@ -28,7 +28,7 @@ import torch
 
 from zsw import checkpoint
 from zsw.config import dump_yaml, load_yaml, to_dict
-from zsw.errors import CheckpointError, ConfigError
+from zsw.errors import CheckpointError, ConfigError, reason
 from zsw.io import atomic_path, atomic_write_json, remove_leftovers
 from zsw.train.config import TrainConfig
 
@@ -119,10 +119,12 @@ class RunFolder:
         latest = self.ckpt_dir / "latest.json"
         try:
             named = json.loads(latest.read_text())
+            if not (isinstance(named, dict) and all(isinstance(named.get(k), str) for k in ("model", "state"))):
+                raise ValueError("not a record of a checkpoint pair")
             candidates = [named]
         except (OSError, ValueError) as e:
-            candidates = []
-            self.echo(f"{latest} is unreadable ({type(e).__name__}); looking for the newest valid checkpoint")
+            named, candidates = None, []
+            self.echo(f"{latest} is unreadable ({reason(e)}); looking for the newest valid checkpoint")
         for path in sorted(self.ckpt_dir.glob("step-*.safetensors"), reverse=True):
             record = {"model": path.name, "state": path.name.replace(".safetensors", ".state.pt")}
             if not named or record["model"] != named.get("model"):
@@ -132,7 +134,7 @@ class RunFolder:
                 checkpoint.read(self.ckpt_dir / record["model"])
                 state = torch.load(self.ckpt_dir / record["state"], map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unreadable file disqualifies the pair
-                self.echo(f"skipping checkpoint {record['model']}: it does not load ({str(e).splitlines()[0][:120]})")
+                self.echo(f"skipping checkpoint {record['model']}: it does not load ({reason(e)})")
                 continue
             if record is not named:
                 self.echo(f"resuming from {record['model']} (step {state['step']}), the newest checkpoint that loads")
