@@ -222,6 +222,23 @@ def test_trainer_follows_the_schedule_and_validates_every_n_steps(tiny64, tmp_pa
     assert (tmp_path / "run" / "best.safetensors").is_file()
 
 
+def test_a_resumed_run_says_when_a_new_length_stretches_the_cosine_schedule(tiny64, tmp_path):
+    """max_steps may change on resume; with a cosine schedule that moves the learning rate of the
+    steps left (here from the 1 % floor back up): it is said, not done silently."""
+    from zsw.config import replace
+    from zsw.train.trainer import train
+
+    optim = OptimConfig(lr=1e-3, schedule="cosine")
+    cfg = _cfg(tiny64, stage="pixel", max_steps=2, checkpoint_every=1, optim=optim)
+    train(cfg, tmp_path / "run", progress=False)
+    said: list[str] = []
+    train(replace(cfg, max_steps=4), tmp_path / "run", resume=True, progress=False, echo=said.append)
+    assert any("now ends at step 4, not 2" in m and "at step 2: 0.01 -> 0.258" in m for m in said), said
+    said.clear()
+    train(replace(cfg, max_steps=4), tmp_path / "run", resume=True, progress=False, echo=said.append)
+    assert not any("now ends" in m for m in said), said  # the same length: nothing to say
+
+
 def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_path):
     from zsw import checkpoint
     from zsw.model import build_model

@@ -101,8 +101,15 @@ class RunState:
     skipped: int = 0  # unreadable samples passed over
     best: float = math.inf  # best validation metric so far
 
-    def as_dict(self, world_size: int, cfg: TrainConfig) -> dict:
-        return {**asdict(self), "world_size": world_size, "seed": cfg.seed, "stage": cfg.stage}
+    def as_dict(self, world_size: int, cfg: TrainConfig, total_steps: int) -> dict:
+        # total_steps: the length the learning-rate and teacher_surface schedules were stretched over
+        return {
+            **asdict(self),
+            "world_size": world_size,
+            "seed": cfg.seed,
+            "stage": cfg.stage,
+            "total_steps": total_steps,
+        }
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -258,6 +265,7 @@ class Trainer:
                 self.echo(f"resuming a {saved['world_size']}-rank run on {dist.world_size} ranks")
             s = self.state
             self.echo(f"resumed {self.out} at step {s.step} (epoch {s.epoch + 1}, {s.consumed} samples into it)")
+            self._say_if_schedules_stretch(int(saved.get("total_steps", self.total_steps)))
         self.last_saved = self.state.step
         barrier()
         n_params = sum(p.numel() for p in self.params)
@@ -265,6 +273,20 @@ class Trainer:
             f"training {model.config.name} stage {cfg.stage}: {len(self.train_ds)} samples, "
             f"{self.sampler.steps_per_epoch} steps/epoch of {cfg.batch_size} ({dist.world_size} rank(s) x {micro} "
             f"x {cfg.grad_accum}), {n_params / 1e6:.2f}M trainable parameters, device {device}"
+        )
+
+    def _say_if_schedules_stretch(self, was: int) -> None:
+        """A resumed run whose ``max_steps`` or ``epochs`` changed its length moves the schedules
+        that span the run (cosine learning rate, ``teacher_surface``): say so, with the jump."""
+        cfg, step = self.cfg, self.state.step
+        spans = [name for name, on in (("the cosine learning rate", cfg.optim.schedule == "cosine"),
+                 ("teacher_surface", cfg.teacher_surface[0] != cfg.teacher_surface[1])) if on]  # fmt: skip
+        if was == self.total_steps or not spans:
+            return
+        before, after = cfg.optim.lr_factor(step, was), cfg.optim.lr_factor(step, self.total_steps)
+        self.echo(
+            f"the run now ends at step {self.total_steps}, not {was}: {' and '.join(spans)} now span(s) "
+            f"{self.total_steps} steps (learning-rate factor at step {step}: {before:.3g} -> {after:.3g})"
         )
 
     def _loader(self):
@@ -375,7 +397,7 @@ class Trainer:
         validation = {} if self.cfg.val_every else self._validate_and_keep_best()
         st.epoch += 1
         st.consumed = 0
-        self._save(st.as_dict(self.dist.world_size, self.cfg))
+        self._save(st.as_dict(self.dist.world_size, self.cfg, self.total_steps))
         return validation
 
     def fit(self) -> TrainResult:
@@ -409,7 +431,7 @@ class Trainer:
                         stop.check()
         except KeyboardInterrupt:
             if not self.dist.distributed and st.step > self.last_saved and between:
-                self._save(st.as_dict(self.dist.world_size, cfg))
+                self._save(st.as_dict(self.dist.world_size, cfg, self.total_steps))
                 self.echo(f"interrupted: saved step {st.step}; continue with --resume")
             elif not between:
                 self.echo(f"stopped within step {st.step + 1}: --resume continues from step {self.last_saved}")
@@ -450,7 +472,7 @@ class Trainer:
         if (cfg.val_every and st.step % cfg.val_every == 0) or (done and (cfg.val_every or not epoch_ends)):
             self.validation = self._validate_and_keep_best() or self.validation
         if st.step % cfg.checkpoint_every == 0 or done:
-            self._save(st.as_dict(self.dist.world_size, cfg))
+            self._save(st.as_dict(self.dist.world_size, cfg, self.total_steps))
 
     def _validate(self, model, val_ds, step: int, epoch: int) -> dict[str, float]:
         t0 = time.perf_counter()
