@@ -155,3 +155,23 @@ def test_a_run_killed_in_an_epochs_validation_validates_once_on_resume(
     latest = json.loads((run / "checkpoints" / "latest.json").read_text())
     state = torch.load(run / "checkpoints" / latest["state"], weights_only=True)
     assert (state["step"], state["epoch"], state["consumed"]) == (6, 2, 0)
+
+
+def test_resuming_with_other_validation_views_chooses_the_best_weights_anew(tiny64, tmp_path):
+    """data.val_roots, data.val_samples and val_resolution may change on resume, but then a score
+    is no longer comparable with the best one so far: best.safetensors was kept or replaced on
+    the comparison of two different measures."""
+    from dataclasses import replace
+
+    from zsw import checkpoint
+    from zsw.train.trainer import train
+
+    cfg = _cfg(tiny64, stage="pixel", validate=True, max_steps=3)  # 3 steps: one epoch, validated
+    run = tmp_path / "run"
+    train(replace(cfg, data=replace(cfg.data, val_samples=2)), run, progress=False)
+    said: list[str] = []
+    fewer = replace(cfg, max_steps=4, data=replace(cfg.data, val_samples=1))
+    result = train(fewer, run, resume=True, progress=False, echo=said.append)
+    assert any("validation settings changed (data.val_samples)" in m for m in said), said
+    best = checkpoint.read(run / "best.safetensors")[2]
+    assert best["step"] == 4 and best["val/samples"] == 1.0 and result.validation["val/samples"] == 1.0

@@ -54,6 +54,9 @@ RESUME_FREE_KEYS = (
     "init_pixel",
 )
 
+#: free keys that change what a validation score measures: best.safetensors cannot compare across them
+VALIDATION_SCORE_KEYS = ("data.val_roots", "data.val_samples", "val_resolution")
+
 
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -101,7 +104,7 @@ class RunFolder:
         if not has_run:
             self.echo(f"no checkpoint in {self.out} yet: starting from step 0")
             return None
-        saved_cfg = self.out / "config.yaml"
+        saved_cfg, rescored = self.out / "config.yaml", []
         if saved_cfg.is_file():
             old, new = _comparable(load_yaml(saved_cfg, TrainConfig)), _comparable(cfg)
             diff = [k for k in new if k not in RESUME_FREE_KEYS and old.get(k) != new[k]]
@@ -111,7 +114,8 @@ class RunFolder:
                     f"cannot resume {self.out}: it was trained with {k}={old.get(k)!r}, now {new[k]!r} "
                     "(only max_steps, epochs, logging, checkpoint and validation settings may change)"
                 )
-        return self._newest_valid_checkpoint()
+            rescored = [k for k in VALIDATION_SCORE_KEYS if old.get(k) != new.get(k)]
+        return {**self._newest_valid_checkpoint(), "validation_changed": rescored}
 
     def _newest_valid_checkpoint(self) -> dict:
         """``latest.json``'s checkpoint if it loads, else the newest ``step-*`` pair that does."""

@@ -266,6 +266,12 @@ class Trainer:
             s = self.state
             self.echo(f"resumed {self.out} at step {s.step} (epoch {s.epoch + 1}, {s.consumed} samples into it)")
             self._say_if_schedules_stretch(int(saved.get("total_steps", self.total_steps)))
+            if record.get("validation_changed") and math.isfinite(s.best):
+                s.best = math.inf  # a score on other views or another grid is no yardstick
+                self.echo(
+                    f"validation settings changed ({', '.join(record['validation_changed'])}): best.safetensors "
+                    "is chosen anew from this run's validations"
+                )
         self.last_saved = self.state.step
         barrier()
         n_params = sum(p.numel() for p in self.params)
