@@ -6,7 +6,10 @@ ViT), the encoder (ResNet + latent K/V) and one decoder call of ``points_chunk``
 backend gets the same inputs; times are CUDA-event medians after warm-up, reported with the ratio
 to the torch backend measured in the same process::
 
-    python -m zsw.bench.profile EXPORT_DIR --weights model.safetensors [--backends onnxruntime,tensorrt]
+    python -m zsw.bench.profile EXPORT_DIR --weights W [--backends onnxruntime,tensorrt]
+
+``W`` names the weights the export was made from, as ``zsw export --weights`` takes them: a
+checkpoint, ``demo`` or ``random:PRESET``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 3, i
 def part_latencies(backend, batch: int, points: int, warmup: int = 3, iters: int = 20) -> dict[str, float]:
     """Milliseconds of ``pixel``, ``encode`` and one ``decode`` call of ``points`` points."""
     from zsw.export.graphs import object_mask
+    from zsw.infer.backend import predict
     from zsw.model import lift_surface
 
     S = backend.config.pixel.image_size
@@ -53,10 +57,10 @@ def part_latencies(backend, batch: int, points: int, warmup: int = 3, iters: int
     image = torch.rand(batch, 3, S, S, generator=g).to(backend.device)
     pts = (torch.rand(batch, points, 3, generator=g) * 3 - 1.5).to(backend.device)
     text = backend.embed_prompts(None, batch)
-    pix = backend.pixel(image, text)
     mask = None if backend.config.pixel.mask_heads else object_mask(batch, S, backend.device)
-    enc_in = lift_surface(pix, backend.config, mask).encoder_input
-    latents = backend.encode(enc_in, text)
+    # the latents as zsw reconstruct decodes them: a pixel-aligned decoder's carry the view
+    latents = predict(backend, image, None, mask).latents
+    enc_in = lift_surface(backend.pixel(image, text), backend.config, mask).encoder_input
     return {
         "pixel": time_call(lambda: backend.pixel(image, text), backend.device, warmup, iters),
         "encode": time_call(lambda: backend.encode(enc_in, text), backend.device, warmup, iters),
@@ -76,10 +80,12 @@ def compare(
     """Rows ``{backend, part, ms, ratio_to_torch}`` for the torch backend and ``backends``."""
     from zsw.export.manifest import read_manifest
     from zsw.infer.backend import load_backend
+    from zsw.infer.weights import resolve_weights
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     points = read_manifest(export_dir).points_chunk
-    torch_backend = load_backend("torch", weights=weights, device=device)
+    model, _, _ = resolve_weights(weights)  # a checkpoint, "demo" or "random:PRESET", as `zsw export` takes
+    torch_backend = load_backend("torch", weights=model, device=device)
     results = {"torch": part_latencies(torch_backend, batch, points, warmup, iters)}
     for kind in backends:
         backend = load_backend(kind, engine=export_dir, device=device)
