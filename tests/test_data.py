@@ -285,9 +285,21 @@ def test_corrupt_samples_are_skipped_and_counted(proc, tmp_path, caplog):
         ShapeDataset(root, "train", points=16, augment=None)[0]
 
 
-def test_dataset_errors(tmp_path):
+def test_dataset_errors(tmp_path, proc):
+    from zsw.data.dataset import expand_roots
+
     with pytest.raises(ConfigError, match="does not exist"):
         ShapeDataset(tmp_path / "missing", "train")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"dataset folder .*file is a file"):
+        expand_roots(tmp_path / "file")
+    # the same dataset twice (`--data d --data d`, or a folder and its dataset): refused, not counted twice
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "p").symlink_to(proc)
+    assert expand_roots([proc]) == [proc] and expand_roots([tmp_path / "sets"]) == [tmp_path / "sets" / "p"]
+    for roots in ([proc, proc], [proc, tmp_path / "sets"]):
+        with pytest.raises(ConfigError, match="is given twice .* its samples would count twice"):
+            expand_roots(roots)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not a dataset"):
         ShapeDataset(tmp_path / "empty", "train")

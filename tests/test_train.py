@@ -160,15 +160,18 @@ def test_validation_reports_mesh_metrics(tiny64, monkeypatch):
     assert "val/cd" in shape and not {"val/depth_ssi_mae", "val/intrinsics"} & shape.keys()
 
 
-def test_validation_samples_views_from_every_root_not_the_first_ones(tiny64, monkeypatch):
+def test_validation_samples_views_from_every_root_not_the_first_ones(tiny64, monkeypatch, tmp_path):
     """``val_samples`` below the number of views takes views spread over the whole list, which runs
     root by root and category by category: the first ones would all be one root's first category."""
+    import shutil
+
     from zsw.data.dataset import ShapeDataset
     from zsw.model import build_model
     from zsw.train.validate import spread, validate
 
     assert spread(10, 3) == [0, 3, 6] and spread(4, 9) == [0, 1, 2, 3] and spread(5, 0) == []
-    ds = ShapeDataset([tiny64[0], tiny64[0]], "val", size=64, with_shape=False)
+    shutil.copytree(tiny64[0], tmp_path / "copy")  # a second root with the same views
+    ds = ShapeDataset([tiny64[0], tmp_path / "copy"], "val", size=64, with_shape=False)
     half = len(ds) // 2
     read = []
     get = ShapeDataset.__getitem__

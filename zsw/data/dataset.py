@@ -119,7 +119,7 @@ def expand_roots(roots: str | os.PathLike | list | tuple) -> list[Path]:
     for r in roots:
         r = Path(r)
         if not r.is_dir():
-            raise ConfigError(f"dataset folder {r} does not exist")
+            raise ConfigError(f"dataset folder {r} {'is a file' if r.exists() else 'does not exist'}")
         if (r / "lists").is_dir():
             out.append(r)
             continue
@@ -127,6 +127,11 @@ def expand_roots(roots: str | os.PathLike | list | tuple) -> list[Path]:
         if not subs:
             raise ConfigError(f"{r} is not a dataset in ZeroShape's layout (no lists/ folder in it or its subfolders)")
         out.extend(subs)
+    seen: dict[Path, Path] = {}
+    for r in out:  # `--data d --data d`, or a folder and one of its datasets: each sample would count twice
+        if (key := r.resolve()) in seen:
+            raise ConfigError(f"dataset {r} is given twice (also as {seen[key]}): its samples would count twice")
+        seen[key] = r
     return out
 
 
