@@ -37,7 +37,7 @@ _INIT = "zsw checkpoint to start from (e.g. stage 1's final), or demo: the packa
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
     data: Annotated[list[Path] | None, typer.Option("--data", "-d", help=_DATA)] = None,
-    preset: Annotated[str | None, typer.Option(help="Preset (zeroshape-w, zeroshape, tiny) or a model YAML.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset (zeroshape-w, zeroshape, small, tiny, demo) or a model YAML.")] = None,
     stage: Annotated[str | None, typer.Option(help=_STAGE)] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig YAML; options given here override it.")] = None,
     init: Annotated[Path | None, typer.Option(help=_INIT)] = None,
