@@ -27,6 +27,7 @@ COMMAND = dict(
 )
 
 # help texts too long for a line of the signature
+_PRESET = "Preset (zeroshape-w, zeroshape, small, tiny, demo) or a model YAML."
 _STAGE = "pixel (stage 1), full (stage 2) or shape (encoder and decoder alone, on true surfaces)."
 _DATA = "Dataset folder(s) in ZeroShape's layout (repeatable)."
 _PRETRAINED = "Without --init: ImageNet (timm) and CLIP initial weights."
@@ -37,7 +38,7 @@ _INIT = "zsw checkpoint to start from (e.g. stage 1's final), or demo: the packa
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
     data: Annotated[list[Path] | None, typer.Option("--data", "-d", help=_DATA)] = None,
-    preset: Annotated[str | None, typer.Option(help="Preset (zeroshape-w, zeroshape, small, tiny, demo) or a model YAML.")] = None,
+    preset: Annotated[str | None, typer.Option(help=_PRESET)] = None,
     stage: Annotated[str | None, typer.Option(help=_STAGE)] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig YAML; options given here override it.")] = None,
     init: Annotated[Path | None, typer.Option(help=_INIT)] = None,
