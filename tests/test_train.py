@@ -304,12 +304,23 @@ def test_kill_and_resume_gives_the_uninterrupted_state(tiny64, tmp_path):
 
 def test_validation_folders_named_in_the_config_must_exist(tiny64, tmp_path):
     """Without val_roots, data without val lists turns validation off with a note; a val_roots
-    folder that is not there is an error (it silently trained without validation)."""
+    folder that is not there, or a val_split other than the default that the data lacks (a typo),
+    is an error naming it (they silently trained without validation)."""
+    import shutil
+
     from zsw.train.setup import datasets
 
     said = []
-    cfg = _cfg(tiny64, validate=True, data=DataConfig(roots=(str(tiny64[0]),), workers=0, val_split="test"))
+    shutil.copytree(tiny64[0], tmp_path / "noval")
+    for f in (tmp_path / "noval" / "lists").glob("*_val.list"):
+        f.unlink()
+    cfg = _cfg(tiny64, validate=True, data=DataConfig(roots=(str(tmp_path / "noval"),), workers=0))
     assert datasets(cfg, 64, said.append)[1] is None and "validation is off" in said[0]
+    cfg = _cfg(tiny64, validate=True, data=DataConfig(roots=(str(tmp_path / "noval"),), workers=0, val_split="test"))
+    with pytest.raises(ConfigError, match=r"^data.val_split 'test': no test samples in"):
+        datasets(cfg, 64, said.append)
+    with pytest.raises(ConfigError, match=r"^data.val_split must be one of train, val, test, got 'vall'"):
+        _cfg(tiny64, validate=True, data=DataConfig(roots=(str(tiny64[0]),), val_split="vall"))
     missing = str(tmp_path / "nowhere")
     cfg = _cfg(tiny64, validate=True, data=DataConfig(roots=(str(tiny64[0]),), workers=0, val_roots=(missing,)))
     with pytest.raises(ConfigError, match="nowhere"):

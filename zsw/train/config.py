@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.data.dataset import AugmentConfig
+from zsw.data.layout import SPLITS
 from zsw.errors import ConfigError
 
 __all__ = ["LossConfig", "OptimConfig", "DataConfig", "TrainConfig", "STAGES", "STAGE_EPOCHS"]
@@ -221,6 +222,8 @@ class TrainConfig:
             raise ConfigError(f"teacher_surface must be two probabilities in [0, 1], got {list(self.teacher_surface)}")
         if self.data.prompts not in ("object", "category"):
             raise ConfigError(f"data.prompts must be object or category, got {self.data.prompts!r}")
+        if self.data.val_split not in SPLITS:
+            raise ConfigError(f"data.val_split must be one of {', '.join(SPLITS)}, got {self.data.val_split!r}")
         # the data order, augmentation and step seeds take it as an unsigned 32-bit number
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
             raise ConfigError(f"seed must be an integer in [0, 2^32), got {self.seed!r}")

@@ -73,9 +73,11 @@ def datasets(cfg: TrainConfig, image_size: int, echo: Callable[[str], None]):
                 seed=cfg.seed,
                 with_shape=False,
             )
-        except ConfigError:
+        except ConfigError as e:
             if cfg.data.val_roots:  # asked for by name: a wrong folder is an error, not "no validation"
                 raise
+            if cfg.data.val_split != "val":  # a split asked for by name (a typo would turn validation off)
+                raise ConfigError(f"data.val_split {cfg.data.val_split!r}: {e}") from None
             echo(f"no {cfg.data.val_split} lists in the data: validation is off")
     return train, val
 
