@@ -73,6 +73,23 @@ def test_resume_reads_a_latest_json_of_another_shape_as_unreadable(tiny64, tmp_p
     assert result.step == 3 and _steps(run) == [1, 2, 3]
 
 
+def test_resume_without_config_yaml_checks_the_settings_the_checkpoint_records(tiny64, tmp_path):
+    """config.yaml deleted: the checkpoint's own record of the run's settings is compared instead
+    (the comparison was skipped, so any change resumed silently)."""
+    from dataclasses import replace
+
+    from zsw.train.config import OptimConfig
+    from zsw.train.trainer import train
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny64, max_steps=2)
+    train(cfg, run, progress=False)
+    (run / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"cannot resume .* trained with optim.lr=1e-05, now 0.002"):
+        train(replace(cfg, max_steps=3, optim=OptimConfig(lr=2e-3)), run, resume=True, progress=False)
+    assert train(replace(cfg, max_steps=3), run, resume=True, progress=False).step == 3
+
+
 def test_resume_alone_reads_the_run_config_and_paths_compare_resolved(tiny64, tmp_path, monkeypatch):
     from zsw.config import dump_yaml
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from zsw import checkpoint
-from zsw.config import dump_yaml, load_yaml, to_dict
+from zsw.config import dump_yaml, from_dict, load_yaml, to_dict
 from zsw.errors import CheckpointError, ConfigError, reason
 from zsw.io import atomic_path, atomic_write_json, remove_leftovers
 from zsw.train.config import TrainConfig
@@ -104,18 +104,37 @@ class RunFolder:
         if not has_run:
             self.echo(f"no checkpoint in {self.out} yet: starting from step 0")
             return None
-        saved_cfg, rescored = self.out / "config.yaml", []
+        saved_cfg = self.out / "config.yaml"
         if saved_cfg.is_file():
-            old, new = _comparable(load_yaml(saved_cfg, TrainConfig)), _comparable(cfg)
-            diff = [k for k in new if k not in RESUME_FREE_KEYS and old.get(k) != new[k]]
-            if diff:
-                k = diff[0]
-                raise ConfigError(
-                    f"cannot resume {self.out}: it was trained with {k}={old.get(k)!r}, now {new[k]!r} "
-                    "(only max_steps, epochs, logging, checkpoint and validation settings may change)"
-                )
-            rescored = [k for k in VALIDATION_SCORE_KEYS if old.get(k) != new.get(k)]
-        return {**self._newest_valid_checkpoint(), "validation_changed": rescored}
+            old = load_yaml(saved_cfg, TrainConfig)
+            record = None
+        else:  # deleted: the settings the checkpoint records (each one stores its run's TrainConfig)
+            record = self._newest_valid_checkpoint()
+            old = self._recorded_config(record["model"])
+        rescored = self._compare(old, cfg) if old is not None else []
+        return {**(record or self._newest_valid_checkpoint()), "validation_changed": rescored}
+
+    def _recorded_config(self, name: str) -> TrainConfig | None:
+        """The TrainConfig checkpoint ``name`` stores (None, said, when it stores none that loads)."""
+        try:
+            return from_dict(TrainConfig, checkpoint.read(self.ckpt_dir / name)[2]["train"])
+        except (KeyError, TypeError, ConfigError) as e:
+            self.echo(f"{self.out / 'config.yaml'} is missing and {name} records no usable settings ({reason(e)}): "
+                      "resuming without checking that the settings are the run's")  # fmt: skip
+            return None
+
+    def _compare(self, saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+        """Refuse a resume whose settings differ from the run's; returns the validation settings
+        that changed (the best weights are chosen anew)."""
+        old, new = _comparable(saved), _comparable(cfg)
+        diff = [k for k in new if k not in RESUME_FREE_KEYS and old.get(k) != new[k]]
+        if diff:
+            k = diff[0]
+            raise ConfigError(
+                f"cannot resume {self.out}: it was trained with {k}={old.get(k)!r}, now {new[k]!r} "
+                "(only max_steps, epochs, logging, checkpoint and validation settings may change)"
+            )
+        return [k for k in VALIDATION_SCORE_KEYS if old.get(k) != new.get(k)]
 
     def _newest_valid_checkpoint(self) -> dict:
         """``latest.json``'s checkpoint if it loads, else the newest ``step-*`` pair that does."""
