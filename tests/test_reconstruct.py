@@ -535,6 +535,40 @@ def test_cli_reruns_find_their_folder_whatever_the_working_folder(repo_root, tmp
     assert sha("photo") == digest(tmp_path / "A" / "photo.png") and not (out / "photo-3").exists()
 
 
+def test_a_rerun_picks_its_own_folder_over_one_of_the_same_content_or_a_killed_one(tmp_path):
+    """Every folder of a stem is looked at before one is picked: a photo edited into another's
+    content keeps its own folder (it was skipped, its folder left with the old mesh), and a photo
+    whose same-stem neighbour's rerun was killed (no result.json in ``a``) is not redone into
+    that neighbour's folder while its finished result sits in ``a-2``."""
+    from zsw.infer.reruns import output_name, request_record
+
+    out = tmp_path / "out"
+
+    def photo(rel: str, content: bytes) -> Path:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return path
+
+    def result(folder: str, source: Path, sha: str) -> None:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        record = {"input": {"source": str(source)}, "request": {"input_sha256": sha}}
+        (out / folder / "result.json").write_text(json.dumps(record))
+
+    x, y = photo("x/a.png", b"first"), photo("y/a.png", b"second")
+    result("a", x, request_record(x, None, {})["input_sha256"])
+    result("a-2", y, request_record(y, None, {})["input_sha256"])
+    y.write_bytes(b"first")  # y edited into x's bytes
+    assert output_name(y, request_record(y, None, {}), out) == "a-2"
+
+    jpg = photo("x/a.jpg", b"third")
+    result("a-3", jpg, request_record(jpg, None, {})["input_sha256"])
+    (out / "a" / "result.json").unlink()  # x's rerun killed while saving
+    assert output_name(jpg, request_record(jpg, None, {}), out) == "a-3"
+    assert output_name(x, request_record(x, None, {}), out) == "a"  # the free folder, not a-3
+    assert output_name(jpg, request_record(jpg, None, {}), out, used={"a-3"}) == "a"
+
+
 def test_reruns_compare_what_auto_resolved_to_on_this_device(repo_root, tmp_path, monkeypatch):
     """``auto`` precision and ``--tta`` mean other things on a CPU and a GPU: a result records what
     they resolved to, so spelling out the CPU's choices reuses it and a GPU's run would not."""

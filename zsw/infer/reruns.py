@@ -70,27 +70,37 @@ def plan_reruns(
 
 
 def output_name(path: Path, request: dict, out: str | os.PathLike, used: set[str] = frozenset()) -> str:
-    """The result folder of ``path`` under ``out``: its file stem, or the first of ``stem-2``,
-    ``stem-3``, ... that this run has not used and that holds no result of another photo. A folder
-    belongs to a photo when its ``result.json`` names the same file or the same content, so a
-    rerun with some of the inputs finds each one's folder again and never writes over another's
-    (``a.png`` and ``a.webp`` stay ``a`` and ``a-2`` whichever is given)."""
-    k = 1
+    """The result folder of ``path`` under ``out``: its file stem or ``stem-2``, ``stem-3``, ...
+    Of this stem's folders that this run has not used, the one whose ``result.json`` names the same
+    file, else one that holds the same content, else the first that holds no result (none yet, an
+    unreadable one, or one a killed run left without its ``result.json``). All of them are looked
+    at before one is picked, so a rerun with some of the inputs finds each one's folder again and
+    never writes over another's (``a.png`` and ``a.webp`` stay ``a`` and ``a-2`` whichever is
+    given, even after ``a``'s rerun was killed), and a photo edited into another's content keeps
+    its own folder."""
+    same_content = free = None
+    k = 0
     while True:
-        name = path.stem if k == 1 else f"{path.stem}-{k}"
         k += 1
+        name = path.stem if k == 1 else f"{path.stem}-{k}"
         if name in used:
             continue
+        folder = Path(out) / name
+        if not folder.exists():  # past this stem's last folder
+            return same_content or free or name
         try:
-            record = json.loads((Path(out) / name / "result.json").read_text())
+            record = json.loads((folder / "result.json").read_text())
             source = Path(record["input"]["source"])
             sha = (record.get("request") or {}).get("input_sha256")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return name  # no result there (or an unreadable one, redone anyway)
+            free = free or name  # no result there (or an unreadable one, redone anyway)
+            continue
         # a relative source (results from before sources were absolute) says nothing: which
         # folder it was relative to is not recorded
-        if sha == request["input_sha256"] or (source.is_absolute() and source.resolve() == Path(path).resolve()):
+        if source.is_absolute() and source.resolve() == Path(path).resolve():
             return name
+        if sha == request["input_sha256"]:
+            same_content = same_content or name
 
 
 def finished_with(out_dir: str | os.PathLike, request: dict) -> str:
