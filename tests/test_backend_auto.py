@@ -106,6 +106,18 @@ def test_the_checkpoint_hash_is_computed_once_and_follows_the_file(tmp_path, mon
     assert zio.checkpoint_sha256(tmp_path / "." / "w.safetensors") == first and len(reads) == 1
     path.write_bytes(b"other")  # another state of the file: hashed again
     assert zio.checkpoint_sha256(path) == real(path) != first and len(reads) == 2
+    # replaced, or rewritten in place, by bytes of the same size with the old modification time
+    # kept (cp -p, rsync -t, tar x): hashed again each time
+    for i, content in enumerate((b"OTHER", b"other")):
+        st = path.stat()
+        if i == 0:
+            (tmp_path / "new").write_bytes(content)
+            os.replace(tmp_path / "new", path)
+        else:
+            path.write_bytes(content)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+        assert zio.checkpoint_sha256(path) == real(path) and len(reads) == 3 + i
 
 
 def test_the_decoder_must_come_from_the_checkpoint_the_graphs_were_exported_from(tmp_path):

@@ -113,16 +113,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """:func:`sha256_file` of a checkpoint or an exported graph, computed once per process for each
-    state of the file (keyed on its resolved path, modification time and size): a run names its
+    state of the file (keyed on its resolved path, size, modification and change times and inode): a run names its
     weights by this hash and checks an export's source and graphs against it, so the same files are
     otherwise read several times."""
     p = Path(path).resolve()
     st = p.stat()
-    return _sha256_of_state(str(p), st.st_mtime_ns, st.st_size)
+    # the inode and change time too: a file replaced by one of the same size with its modification
+    # time kept (cp -p, rsync -t, tar x) has another of either, and no tool can set the change time
+    return _sha256_of_state(str(p), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=32)
-def _sha256_of_state(path: str, mtime_ns: int, size: int) -> str:
+def _sha256_of_state(path: str, mtime_ns: int, size: int, inode: int, ctime_ns: int) -> str:
     return sha256_file(path)
 
 
