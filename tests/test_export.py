@@ -351,14 +351,13 @@ def test_part_latencies_compare_backends_in_one_run(onnx_dir, tiny_checkpoint):
     assert all(r["ratio_to_torch"] == 1 for r in rows if r["backend"] == "torch")
 
 
-def test_part_latencies_of_the_packaged_model_by_its_weights_name(capsys):
+def test_part_latencies_of_the_packaged_model_by_its_weights_name():
     """`--weights demo` (and random:PRESET, as docs/export.md's GPU commands give it) name weights as
     `zsw export` does, and the packaged model's pixel-aligned decoder gets the view it decodes with."""
-    from zsw.bench.profile import main
+    from zsw.bench.profile import compare
     from zsw.infer.weights import demo_engine
 
-    main([str(demo_engine()), "--weights", "demo", "--backends", "onnxruntime", "--device", "cpu"])
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    rows = compare(demo_engine(), "demo", backends=("onnxruntime",), device="cpu", warmup=0, iters=1)
     assert {(r["backend"], r["part"]) for r in rows if r["ms"] > 0} == {
         (b, p) for b in ("torch", "onnxruntime") for p in ("pixel", "encode", "decode")
     }
