@@ -46,10 +46,6 @@ def datasets(cfg: TrainConfig, image_size: int, echo: Callable[[str], None]):
     """The training set and (``validate``) the validation set, or None without val lists."""
     if not cfg.data.roots:
         raise ConfigError("no training data: pass --data DIR (a dataset in ZeroShape's layout)")
-    for key, roots in (("--data", cfg.data.roots), ("data.val_roots", cfg.data.val_roots)):
-        for root in roots:  # the dataset's own check would call a file a folder that "does not exist"
-            if os.path.isfile(root):
-                raise ConfigError(f"{key} {root} is a file; give a dataset folder (ZeroShape's layout, with lists/)")
     train = ShapeDataset(
         list(cfg.data.roots),
         "train",
