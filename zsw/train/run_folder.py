@@ -110,14 +110,16 @@ class RunFolder:
             record = None
         else:  # deleted: the settings the checkpoint records (each one stores its run's TrainConfig)
             record = self._newest_valid_checkpoint()
-            old = self._recorded_config(record["model"])
+            old = self._recorded_config(record)
         rescored = self._compare(old, cfg) if old is not None else []
-        return {**(record or self._newest_valid_checkpoint()), "validation_changed": rescored}
+        record = record or self._newest_valid_checkpoint()
+        return {k: v for k, v in record.items() if k != "train"} | {"validation_changed": rescored}
 
-    def _recorded_config(self, name: str) -> TrainConfig | None:
-        """The TrainConfig checkpoint ``name`` stores (None, said, when it stores none that loads)."""
+    def _recorded_config(self, record: dict) -> TrainConfig | None:
+        """The TrainConfig checkpoint ``record`` stores (None, said, when it stores none that loads)."""
+        name = record["model"]
         try:
-            return from_dict(TrainConfig, checkpoint.read(self.ckpt_dir / name)[2]["train"])
+            return from_dict(TrainConfig, record["train"])
         except (KeyError, TypeError, ConfigError) as e:
             self.echo(f"{self.out / 'config.yaml'} is missing and {name} records no usable settings ({reason(e)}): "
                       "resuming without checking that the settings are the run's")  # fmt: skip
@@ -154,7 +156,7 @@ class RunFolder:
                 candidates.append(record)
         for record in candidates:
             try:
-                checkpoint.read(self.ckpt_dir / record["model"])
+                _, _, extra = checkpoint.read(self.ckpt_dir / record["model"])
                 state = torch.load(self.ckpt_dir / record["state"], map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unreadable file disqualifies the pair
                 self.echo(f"skipping checkpoint {record['model']}: it does not load ({reason(e)})")
@@ -162,7 +164,7 @@ class RunFolder:
             if record is not named:
                 self.echo(f"resuming from {record['model']} (step {state['step']}), the newest checkpoint that loads")
             position = {k: int(state[k]) for k in ("step", "epoch", "consumed")}
-            return {**record, **position}
+            return {**record, **position, "train": extra.get("train")}  # its run's settings, read once
         raise CheckpointError(f"no checkpoint in {self.ckpt_dir} loads; start a new run with another --out")
 
     # ---- files ---------------------------------------------------------------------------------
