@@ -113,9 +113,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """:func:`sha256_file` of a checkpoint or an exported graph, computed once per process for each
-    state of the file (keyed on its resolved path, size, modification and change times and inode): a run names its
-    weights by this hash and checks an export's source and graphs against it, so the same files are
-    otherwise read several times."""
+    state of the file (keyed on its resolved path, size, inode, modification and change times): a
+    run names its weights by this hash and checks an export's source and graphs against it, so the
+    same files are otherwise read several times."""
     p = Path(path).resolve()
     st = p.stat()
     # the inode and change time too: a file replaced by one of the same size with its modification

@@ -186,8 +186,7 @@ class ZeroShapeW(nn.Module):
             raise InputError("image batch is empty (0 images)")
         # A sync per call, so only outside training (where a non-finite loss is caught per step):
         # a NaN pixel would otherwise come back as NaN depth and occupancy with no word.
-        if not self.training and image.device.type != "meta" and not bool(torch.isfinite(image).all()):
-            bad = int((~torch.isfinite(image)).sum())
+        if not self.training and image.device.type != "meta" and (bad := int((~torch.isfinite(image)).sum())):
             raise InputError(f"image has {bad} NaN or infinite values: give RGB in [0, 1]")
 
     def _check_mask(self, mask: Tensor, name: str, image: Tensor) -> None:

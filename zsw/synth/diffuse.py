@@ -219,12 +219,12 @@ def _check_source(out: Path, data: Path, compare: int = 3) -> None:
     import filecmp
 
     src, dst = ZeroShapeLayout(data), ZeroShapeLayout(out)
-    records = (r for r in dst.read_manifest() if isinstance(r, dict) and isinstance(r.get("source"), str))
-    first = next(records, None)
+    manifest = [r for r in dst.read_manifest() if isinstance(r, dict)]
+    first = next((r for r in manifest if isinstance(r.get("source"), str)), None)
     if first is None or first["source"] == str(src.image(_sample(first)).resolve()):
         return
     compared = 0
-    for rec in (r for r in dst.read_manifest() if isinstance(r, dict) and r.get("status") == "ok"):
+    for rec in (r for r in manifest if r.get("status") == "ok"):
         a, b = src.depth(_sample(rec)), dst.depth(_sample(rec))
         if not (a.is_file() and b.is_file() and (os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False))):
             break
