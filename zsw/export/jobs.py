@@ -132,8 +132,8 @@ def _check_runtime(s: ExportSettings) -> None:
 def _load_weights(weights: str | None, reporter: Reporter):
     """The model and the facts about its weights recorded in export.json."""
     from zsw import checkpoint
-    from zsw.export.manifest import sha256_file
     from zsw.infer.weights import resolve_weights
+    from zsw.io import checkpoint_sha256  # cached: _source_of may have hashed the same file
 
     resolved, label, warning = resolve_weights(weights)  # None: the packaged model, as `zsw reconstruct`
     if warning:
@@ -141,7 +141,7 @@ def _load_weights(weights: str | None, reporter: Reporter):
     if isinstance(resolved, Path):
         # the packaged model by its name, not by this machine's path to it
         name = label if label.startswith("demo:") else str(resolved)
-        return checkpoint.load(resolved), {"weights": name, "sha256": sha256_file(resolved)}
+        return checkpoint.load(resolved), {"weights": name, "sha256": checkpoint_sha256(resolved)}
     return resolved, {"weights": label}
 
 
