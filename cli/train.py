@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from zsw.cli._common import cli_errors
+from zsw.config import MODEL_PRESETS
 
 COMMAND = dict(
     help="Train a model by stages: 'pixel' (depth, intrinsics, visible and occluder masks) then 'full' "
@@ -27,7 +28,7 @@ COMMAND = dict(
 )
 
 # help texts too long for a line of the signature
-_PRESET = "Preset (zeroshape-w, zeroshape, small, tiny, demo) or a model YAML."
+_PRESET = f"Preset ({', '.join(MODEL_PRESETS)}) or a model YAML."
 _STAGE = "pixel (stage 1), full (stage 2) or shape (encoder and decoder alone, on true surfaces)."
 _DATA = "Dataset folder(s) in ZeroShape's layout (repeatable)."
 _PRETRAINED = "Without --init: ImageNet (timm) and CLIP initial weights."
