@@ -36,3 +36,31 @@ def test_two_process_gloo_run_keeps_replicas_in_sync(tiny64, tmp_path):
     assert (run / "final.safetensors").is_file()
     assert done.stdout.count("stage full at step 3") == 1  # rank 0 reports
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 3
+
+
+@pytest.mark.slow
+def test_a_torchrun_job_into_a_run_folder_in_use_stops_on_every_rank(tiny64, tmp_path):
+    """Rank 0 alone locks the run folder (the job above shows the ranks do not lock each other
+    out); when another process holds it, every rank stops with rank 0's one line, none waits for
+    a rank that stopped."""
+    import fcntl
+
+    data, model = tiny64
+    run = tmp_path / "ddp"
+    run.mkdir()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "zsw", "train", "--preset", str(model), "--data", str(data), "--stage", "full", "--out", str(run),
+        "--batch-size", "4", "--max-steps", "1", "--workers", "0", "--no-validate", "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    fd = os.open(run, os.O_RDONLY)  # another run's
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        os.close(fd)
+    said = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(said) == 2, done.stderr[-3000:]  # one line per rank
+    assert all(f"another process is writing to {run} (pid {os.getpid()}" in line for line in said), said
+    assert not any(run.iterdir())

@@ -542,3 +542,29 @@ def test_an_unreadable_file_of_a_sample_is_named(procedural_test_set, tmp_path):
         with pytest.raises(InputError, match=f"cannot read .*{re.escape(str(path))}") as e:
             opened[names.index(sid.name)]
         assert "\n" not in str(e.value)
+
+
+def test_a_second_eval_into_the_same_results_stops_in_one_line(procedural_test_set, tmp_path):
+    """Two ``zsw eval --out results.json`` at once both scored every sample and appended each row
+    to results.samples.jsonl twice (an --overwrite one truncated the other's rows): while one runs,
+    ``.results.json.lock`` beside it is held, and a second one stops before any work, naming it. An
+    evaluation into another file of the same folder goes on; the lock file goes with its run."""
+    import fcntl
+    import os
+
+    from zsw.cli.main import app
+
+    out = tmp_path / "results.json"
+    base = ["eval", "--data", str(procedural_test_set), "--format", "procedural", "--weights", "random:tiny",
+            "--resolution", "12", "--num-points", "300", "--baseline", "sphere", "--limit", "1"]  # fmt: skip
+    with open(tmp_path / ".results.json.lock", "w") as held:  # what the first evaluation holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = runner.invoke(app, [*base, "--out", str(out)])
+        lines = [line for line in second.output.splitlines() if line.startswith("error:")]
+        assert second.exit_code == 1 and len(lines) == 1, second.output
+        assert f"another process is writing to {out} (pid {os.getpid()}" in lines[0], lines[0]
+        assert lines[0].endswith("stop it or choose another --out") and not out.exists()
+        assert not out.with_name("results.samples.jsonl").exists()
+        other = runner.invoke(app, [*base, "--out", str(tmp_path / "other.json")])
+        assert other.exit_code == 0, other.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".results.json.lock"]

@@ -582,6 +582,27 @@ def test_export_cli_errors_are_one_line(onnx_dir, tiny_checkpoint, tmp_path):
     assert "does not exist" in line
 
 
+def test_a_second_export_into_a_folder_in_use_stops_in_one_line(tiny_checkpoint, tmp_path):
+    """Two exports into one folder at once: the second took the first's staging folder for a killed
+    run's leftover and deleted it, failing the first ("No such file or directory: .staging-*/pixel.onnx")
+    or mixing its graphs with the other's manifest. The folder is locked for the run: the second stops
+    before anything loads, naming the first, and leaves the folder as it was."""
+    import fcntl
+
+    out = tmp_path / "e"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # what the first export holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for fmt in ("onnx", "tensorrt"):  # tensorrt: engines over the folder's ONNX export, which is being made
+            args = ["export", "--weights", str(tiny_checkpoint), "--out", str(out), "--format", fmt, "--overwrite"]
+            line = _one_line_error(runner.invoke(app, args))
+            assert f"another process is writing to {out} (pid {os.getpid()}" in line, line
+            assert line.endswith("stop it or choose another --out") and not any(out.iterdir())
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize(
     "option, value, says",
     [

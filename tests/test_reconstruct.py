@@ -569,6 +569,107 @@ def test_a_rerun_picks_its_own_folder_over_one_of_the_same_content_or_a_killed_o
     assert output_name(jpg, request_record(jpg, None, {}), out, used={"a-3"}) == "a"
 
 
+def _run_beside_a_held_folder(first, second, out, monkeypatch):
+    """Run ``first`` (photo, settings) and, while its folder is claimed and before it computes
+    anything, ``second`` into ``out``, each in a thread as if in two processes; returns both
+    reports and what the second said."""
+    import threading
+
+    import zsw
+    import zsw.infer.jobs as jobs
+    from zsw.report import Reporter
+
+    claimed, go, said, waiting = threading.Event(), threading.Event(), [], threading.Event()
+    load = jobs._load
+
+    def first_holds_its_folder(item, *args):
+        if threading.current_thread().name == "first":
+            claimed.set()
+            assert go.wait(30)
+        return load(item, *args)
+
+    class Second(Reporter):
+        def info(self, text: str) -> None:
+            said.append(text)
+            if text.startswith("waiting for another process"):
+                waiting.set()
+
+    monkeypatch.setattr(jobs, "_load", first_holds_its_folder)
+    reports = {}
+
+    def run(name, photo, settings, reporter=None):
+        reports[name] = zsw.reconstruct_many([photo], out, settings, reporter)
+
+    a = threading.Thread(target=run, args=("first", *first), name="first")
+    b = threading.Thread(target=run, args=("second", *second, Second()), name="second")
+    a.start()
+    try:
+        assert claimed.wait(30)
+        b.start()
+        assert waiting.wait(10), said  # the second waits for the folder the first writes ...
+        assert not any((out / "a").iterdir())  # ... and has written nothing into it
+    finally:
+        go.set()
+        a.join()
+        if b.ident is not None:
+            b.join()
+    return reports["first"], reports["second"], said
+
+
+def _result(folder):
+    record = json.loads((folder / "result.json").read_text())
+    glb = trimesh.load(folder / "mesh.glb", force="mesh")
+    assert len(glb.faces) == record["mesh"]["faces"]  # the mesh of the photo result.json names
+    return record
+
+
+def test_two_processes_writing_photos_of_one_stem_into_one_folder_take_two_folders(repo_root, tmp_path, monkeypatch):
+    """``zsw reconstruct x/a.png -o out`` and ``zsw reconstruct y/a.png -o out`` at once both took
+    ``out/a`` as free (no result.json yet) and wrote into it: result.json of one beside mesh.glb of
+    the other, or one failing when the other's start deleted its temporary files. A folder another
+    process writes is not free: the second photo waits for it, then takes ``a-2``."""
+    import hashlib
+    import shutil
+
+    import zsw
+
+    out = tmp_path / "out"
+    x, y = tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"
+    for photo, example in ((x, "toy.png"), (y, "teddy_bear.png")):
+        photo.parent.mkdir()
+        shutil.copy(repo_root / "examples" / example, photo)
+    settings = zsw.ReconstructSettings(weights="random:tiny", preview=False, grid=zsw.GridSettings(RES))
+    first, second, said = _run_beside_a_held_folder((x, settings), (y, settings), out, monkeypatch)
+    assert first.written == [out / "a"] and second.written == [out / "a-2"] and first.ok and second.ok
+    for folder, photo in ((out / "a", x), (out / "a-2", y)):
+        record = _result(folder)
+        assert record["input"]["source"] == str(photo)
+        assert record["request"]["input_sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert sorted(p.name for p in out.iterdir()) == ["a", "a-2"]
+
+
+def test_a_photo_another_process_is_reconstructing_is_reused_not_computed_twice(repo_root, tmp_path, monkeypatch):
+    """Two processes given the same photo both computed it into one folder. The second waits for
+    the first's folder and skips the photo when the first left the same request there; with other
+    settings it redoes it in that folder (its own) once the first is done."""
+    import shutil
+
+    import zsw
+
+    out, photo = tmp_path / "out", tmp_path / "a.png"
+    shutil.copy(repo_root / "examples" / "toy.png", photo)
+    settings = zsw.ReconstructSettings(weights="random:tiny", preview=False, grid=zsw.GridSettings(RES))
+    first, second, said = _run_beside_a_held_folder((photo, settings), (photo, settings), out, monkeypatch)
+    assert first.written == [out / "a"] and second.written == [] and second.skipped == 1 and second.ok
+    assert any("another process reconstructed it into" in line for line in said), said
+    assert sorted(p.name for p in out.iterdir()) == ["a"] and _result(out / "a")["grid"]["resolution"] == RES
+    other = zsw.ReconstructSettings(weights="random:tiny", preview=False, grid=zsw.GridSettings(RES + 4))
+    shutil.rmtree(out)
+    first, second, _ = _run_beside_a_held_folder((photo, settings), (photo, other), out, monkeypatch)
+    assert first.written == second.written == [out / "a"] and second.redone == 0  # planned before "a" had a result
+    assert sorted(p.name for p in out.iterdir()) == ["a"] and _result(out / "a")["grid"]["resolution"] == RES + 4
+
+
 def test_reruns_compare_what_auto_resolved_to_on_this_device(repo_root, tmp_path, monkeypatch):
     """``auto`` precision and ``--tta`` mean other things on a CPU and a GPU: a result records what
     they resolved to, so spelling out the CPU's choices reuses it and a GPU's run would not."""

@@ -414,9 +414,12 @@ def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatc
         return out
 
     monkeypatch.setattr(TrainStep, "forward", interrupted)
+    said = []
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "stopped", progress=False).fit()
+        Trainer(cfg, tmp_path / "stopped", progress=False, echo=said.append).fit()
     monkeypatch.setattr(TrainStep, "forward", forward)
+    # step 2 was checkpointed as it ended (checkpoint_every=1): the message still names it
+    assert any("after step 2, which is saved" in line for line in said), said
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     saved = json.loads((tmp_path / "stopped" / "checkpoints" / "latest.json").read_text())["step"]
     assert saved == 2
@@ -547,3 +550,35 @@ def test_bench_train_cli_bf16(tiny64, tmp_path):
     assert float(rows[0]["throughput"]) > 0 and rows[0]["throughput_unit"] == "samples/s"
     assert "peak RSS" in rows[0]["note"]
     assert rows[1]["p50_ms"] == "nan" and "CUDA" in rows[1]["note"]  # no GPU, no interpreter: said so
+
+
+def test_a_second_run_into_a_run_folder_in_use_stops_in_one_line(tiny64, tmp_path):
+    """Two processes training into one folder (a run restarted in another terminal while the first
+    goes on) both wrote checkpoints, metrics.jsonl and latest.json: the second's resume rewound the
+    log over the first's steps and then died on a checkpoint the first had pruned. The run folder is
+    locked for the whole run: a second start, with or without --resume, stops before it reads or
+    writes anything, naming the holder."""
+    import fcntl
+
+    from zsw.cli.main import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    base = ["train", "--preset", str(tiny64[1]), "--data", str(tiny64[0]), "--out", str(run), "--no-progress",
+            "--batch-size", "2", "--max-steps", "1", "--workers", "0", "--device", "cpu", "--no-validate"]  # fmt: skip
+    fd = os.open(run, os.O_RDONLY)  # what the first run holds (any flock on the folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in ([], ["--resume"]):
+            result = runner.invoke(app, [*base, *extra])
+            lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+            assert result.exit_code == 1 and len(lines) == 1, result.output
+            assert f"another process is writing to {run} (pid {os.getpid()}" in lines[0], lines[0]
+            assert lines[0].endswith("stop it or choose another --out"), lines[0]
+            assert not any(run.iterdir())  # nothing read or written: no config.yaml, no log
+    finally:
+        os.close(fd)
+    result = runner.invoke(app, base)  # free again: the run goes on as ever, and lets go of the folder
+    assert result.exit_code == 0 and (run / "final.safetensors").is_file(), result.output
+    again = runner.invoke(app, [*base, "--resume", "--max-steps", "2"])
+    assert again.exit_code == 0 and "resumed" in again.output, again.output

@@ -9,7 +9,9 @@
 
 Outputs: ``out`` (summary JSON), ``out`` with ``.md`` (tables) and ``.samples.jsonl`` (one row per
 sample, fsynced as it finishes). A rerun with the same settings, weights and dataset resumes from
-the JSONL; anything that changes a number starts afresh only with ``overwrite``.
+the JSONL; anything that changes a number starts afresh only with ``overwrite``. While one
+evaluation writes ``out``, a second one into it stops at once with one line naming the first
+(:func:`zsw.locks.lock_file`: ``.<name>.lock`` beside ``out`` for the run).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from zsw.infer.settings import (
 from zsw.infer.tta import resolve_tta
 from zsw.infer.weights import open_backend, resolve_backend, weights_identity
 from zsw.io import atomic_write_json, atomic_write_text, check_out_folder, remove_leftovers
+from zsw.locks import lock_file
 from zsw.report import Reporter
 
 __all__ = ["EvalJobSettings", "EvalReport", "evaluate_set"]
@@ -133,6 +136,11 @@ def evaluate_set(
             f"--out {out}: give the JSON summary's name (e.g. results.json); the .md table goes beside it"
         )
     check_out_folder(out.parent, "--out's folder")
+    with lock_file(out, "--out"):  # a second evaluation into the same files stops here
+        return _evaluate(data, out, s, reporter)
+
+
+def _evaluate(data: Path, out: Path, s: EvalJobSettings, reporter: Reporter) -> EvalReport:
     samples = open_eval_set(data, s.format, split=s.split, max_per_category=s.max_per_category)
     names = samples.names()[: s.limit] if s.limit else samples.names()
     if not names:

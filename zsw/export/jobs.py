@@ -9,7 +9,9 @@
 
 Missing runtimes (tensorrt, torch_tensorrt, a CUDA device) and bad settings fail before any
 weights load; ``--format tensorrt`` over an existing ONNX export with the same settings and weights
-builds engines from it instead of exporting again.
+builds engines from it instead of exporting again. The export folder is locked for the run
+(:func:`zsw.locks.lock_folder`): a second export into it stops at once with one line naming the
+first, instead of taking the first's staging folder for a killed run's leftover.
 """
 
 from __future__ import annotations
@@ -73,8 +75,14 @@ class ExportSettings:
 
 def export(out: str | os.PathLike, settings: ExportSettings, reporter: Reporter | None = None):
     """Export as ``settings`` say into ``out``; returns the written :class:`ExportManifest`."""
+    from zsw.locks import lock_folder
+
     out, s = Path(out), settings
-    reporter = reporter or Reporter()
+    with lock_folder(out, "--out"):  # a second export into the folder stops here
+        return _export(out, s, reporter or Reporter())
+
+
+def _export(out: Path, s: ExportSettings, reporter: Reporter):
     _check_out(out, s)
     _check_runtime(s)
     manifest = _reusable_onnx(out, s) if s.format == "tensorrt" else None
@@ -109,9 +117,7 @@ def export(out: str | os.PathLike, settings: ExportSettings, reporter: Reporter 
 def _check_out(out: Path, s: ExportSettings) -> None:
     """The export directory's problems, before the weights load (seconds for a large model)."""
     from zsw.export.manifest import MANIFEST
-    from zsw.io import check_out_folder
 
-    check_out_folder(out, "--out")
     if s.format == "onnx" and (out / MANIFEST).exists() and not s.overwrite:
         raise ConfigError(f"{out} already holds a zsw export; pass --overwrite to replace it")
 

@@ -13,6 +13,12 @@ For each image: find it, hash it, skip it when ``out/<name>/result.json`` record
 settings and weights, else load it (and its mask), estimate its category if asked, reconstruct it
 in batches, and write its files (atomically, ``result.json`` last). A failing image is reported and
 counted; the others go on.
+
+Other processes may write into ``out`` at the same time: each image's folder is claimed (locked)
+from just before its batch is loaded until its files are written
+(:func:`zsw.infer.reruns.claim_output`). An image whose folder another process holds waits for it
+until the rest is done, then claims again: it is skipped when the other process left the same
+request there, and goes to its own folder otherwise.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ from zsw.hub import resolve_device
 from zsw.infer.cutout import open_cutout
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
 from zsw.infer.reconstruct import Reconstructor
-from zsw.infer.reruns import find_mask, plan_reruns
+from zsw.infer.reruns import claim_output, find_mask, finished_with, plan_reruns
 from zsw.infer.result import Reconstruction
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
 from zsw.infer.weights import cached_backend, check_inputs, resolve_backend, weights_identity
 from zsw.io import check_out_folder
+from zsw.locks import Lock, wait_folder
 from zsw.report import Reporter
 
 __all__ = ["reconstruct_many", "ReconstructReport"]
@@ -78,6 +85,8 @@ class _Item:
     image: LoadedImage | None = None
     mask: object = None  # [S, S] bool array or None
     load_s: float = 0.0
+    claim: Lock | None = None  # held while the image's folder is written
+    busy: list[Path] = field(default_factory=list)  # folders of other processes it waits for
 
 
 def reconstruct_many(
@@ -113,7 +122,8 @@ def reconstruct_many(
     cutout = open_cutout(settings.cutout)  # before planning: its model is part of what a rerun compares
     device = resolve_device(settings.device)  # resolves auto precision and --tta: recorded as resolved
     request = settings.request(identity, backend, cutout=cutout.identity if cutout else None, device=device)
-    todo, report.redone, errors = plan_reruns(paths, out, request, settings.masks, settings.overwrite)
+    used: set[str] = set()  # every folder name this run gives out
+    todo, report.redone, errors = plan_reruns(paths, out, request, settings.masks, settings.overwrite, used)
     for path, reason in errors:
         _fail(report, reporter, str(path), reason)
     report.skipped = len(paths) - len(todo) - len(errors)
@@ -126,7 +136,8 @@ def reconstruct_many(
             f"redoing {report.redone} image(s) in {out} made from another input, settings or weights, or missing a file"
         )
     if todo:
-        _run([_Item(p, n, r) for p, n, r in todo], out, settings, backend, identity, cutout, reporter, report)
+        items = [_Item(p, n, r) for p, n, r in todo]
+        _run(items, out, settings, backend, identity, cutout, reporter, report, used)
     return report
 
 
@@ -136,7 +147,7 @@ def _fail(report: ReconstructReport, reporter: Reporter, item: str, reason: str)
 
 
 def _run(
-    items: list[_Item], out: Path, s: ReconstructSettings, kind: str, identity: str, cutout, reporter, report
+    items: list[_Item], out: Path, s: ReconstructSettings, kind: str, identity: str, cutout, reporter, report, used
 ) -> None:
     backend, label, warning = cached_backend(kind, s.weights, s.engine, s.device, identity)
     recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,
@@ -154,13 +165,61 @@ def _run(
     elif s.prompt != recon.default_prompt():  # a missing text model fails the run once, not every photo
         backend.embed_prompts([s.prompt], 1)
     with reporter.progress("reconstructing", len(items)) as advance:
-        for start in range(0, len(items), s.batch_size):
-            chunk = items[start : start + s.batch_size]
-            batch = [it for it in chunk if _load(it, recon, s, cutout, reporter, report)]
-            if batch:
-                prompts, source = _prompts(batch, s.prompt, estimator)
-                _reconstruct(batch, prompts, source, recon, out, s, reporter, report)
-            advance(len(chunk))
+        while items:
+            waiting = []
+            for start in range(0, len(items), s.batch_size):
+                chunk = items[start : start + s.batch_size]
+                claimed = _claim(chunk, out, s, used, reporter, report)
+                try:
+                    batch = [it for it in claimed if _load(it, recon, s, cutout, reporter, report)]
+                    if batch:
+                        prompts, source = _prompts(batch, s.prompt, estimator)
+                        _reconstruct(batch, prompts, source, recon, out, s, reporter, report)
+                finally:
+                    for it in claimed:
+                        it.claim.release()
+                deferred = [it for it in chunk if it.busy]
+                waiting += deferred
+                advance(len(chunk) - len(deferred))
+            items = _wait(waiting, reporter)
+
+
+def _claim(chunk: list[_Item], out: Path, s: ReconstructSettings, used: set[str], reporter, report) -> list[_Item]:
+    """Claim each image's folder (:func:`~zsw.infer.reruns.claim_output`; its name may differ from
+    the plan's when another process took that folder meanwhile); returns the images to reconstruct
+    now. An image another process finished meanwhile with the same request is skipped; one whose
+    stem's folders another process holds keeps them in ``busy`` and waits."""
+    claimed: list[_Item] = []
+    try:
+        for it in chunk:
+            used.discard(it.name)
+            got = claim_output(it.path, it.request, out, used)
+            it.busy = got.busy
+            if got.lock is None:  # waits; its planned name stays its own meanwhile
+                used.add(it.name)
+                continue
+            it.name, it.claim = got.name, got.lock
+            used.add(it.name)
+            if not s.overwrite and finished_with(out / it.name, it.request) == "same":
+                it.claim.release()
+                report.skipped += 1
+                reporter.info(f"{it.path}: skipped, another process reconstructed it into {out / it.name} meanwhile")
+                continue
+            claimed.append(it)
+    except BaseException:
+        for it in claimed:
+            it.claim.release()
+        raise
+    return claimed
+
+
+def _wait(items: list[_Item], reporter) -> list[_Item]:
+    """Wait (holding no folder) until the folders ``items`` wait for are released; returns them,
+    to be claimed again."""
+    for folder in dict.fromkeys(f for it in items for f in it.busy):
+        reporter.info(f"waiting for another process writing {folder}")
+        wait_folder(folder)
+    return items
 
 
 def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, cutout, reporter, report) -> bool:

@@ -4,6 +4,14 @@ made from another input, mask, settings or weights, or lost a file.
 Each result folder's ``result.json`` records the request (:func:`request_record`); output folders
 belong to one photo each (:func:`output_name`), so reruns with some of the inputs never write over
 another photo's result.
+
+Several processes may reconstruct into one output folder at once (``xargs -P4 zsw reconstruct {}
+-o out``, two shells, the web app beside the CLI): a process writes a result folder only while it
+holds the folder's lock (:func:`claim_output`, :mod:`zsw.locks`). A folder another process holds
+is never picked as free: a photo that did not find its own folder waits until the holder is done,
+then looks again, so two photos of one stem end in two folders and a photo another process is
+reconstructing is reused (or redone, if its request differs) rather than computed twice into one
+folder.
 """
 
 from __future__ import annotations
@@ -11,11 +19,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.errors import ZswError
+from zsw.locks import Lock, try_lock_folder
 
-__all__ = ["request_record", "find_mask", "plan_reruns", "output_name", "finished_with"]
+__all__ = ["request_record", "find_mask", "plan_reruns", "output_name", "claim_output", "Claim", "finished_with"]
 
 
 def request_record(image: str | os.PathLike, mask: str | os.PathLike | None, settings: dict) -> dict:
@@ -47,13 +57,16 @@ def plan_reruns(
     settings: dict,
     masks: str | os.PathLike | None = None,
     overwrite: bool = False,
+    used: set[str] | None = None,
 ) -> tuple[list[tuple[Path, str, dict]], int, list[tuple[Path, str]]]:
     """Which images of a folder run need work: ``(todo, redone, errors)``. ``todo`` holds
     ``(path, output name, request)`` for every image without a complete result recording the same
     request (see :func:`request_record`); ``redone`` counts those whose earlier result came from
     another input, settings or weights, or lost a file; ``errors`` the images that could not be
-    read to hash them. Output names follow :func:`output_name`."""
-    todo, redone, errors, used = [], 0, [], set()
+    read to hash them. Output names follow :func:`output_name`; ``used``, if given, receives every
+    name given out (those of skipped images too). A plan, not a claim: the writer claims each
+    folder with :func:`claim_output` before it writes."""
+    todo, redone, errors, used = [], 0, [], set() if used is None else used
     for path in paths:
         try:
             request = request_record(path, find_mask(masks, path) if masks is not None else None, settings)
@@ -77,30 +90,96 @@ def output_name(path: Path, request: dict, out: str | os.PathLike, used: set[str
     at before one is picked, so a rerun with some of the inputs finds each one's folder again and
     never writes over another's (``a.png`` and ``a.webp`` stay ``a`` and ``a-2`` whichever is
     given, even after ``a``'s rerun was killed), and a photo edited into another's content keeps
-    its own folder."""
+    its own folder. This is the plan; :func:`claim_output` picks by the same rules for a writer,
+    skipping the folders other processes hold."""
+    return _choose(path, request, Path(out), used, claim=False).name
+
+
+@dataclass
+class Claim:
+    """What :func:`claim_output` got: the folder ``name`` under ``out`` with its ``lock`` held
+    (release it once the result is written), or, when the photo must wait, the ``busy`` folders
+    other processes hold (``name`` and ``lock`` None)."""
+
+    name: str | None = None
+    lock: Lock | None = None
+    busy: list[Path] = field(default_factory=list)
+
+
+def claim_output(path: Path, request: dict, out: str | os.PathLike, used: set[str] = frozenset()) -> Claim:
+    """:func:`output_name` for a process about to write: each folder of the stem is locked while
+    it is looked at, and the one picked comes back locked (a new one is made), so no other process
+    writes into it meanwhile. A folder another process holds counts as used, never as free: unless
+    the photo's own folder is among the others (then it is picked at once), the photo must wait
+    until those folders are released (:func:`zsw.locks.wait_folder`) and claim again -- the holder
+    may be reconstructing this very photo (then the folder is this photo's own, with a result to
+    reuse when :func:`finished_with` says ``"same"``) or another photo of the stem (then this one
+    takes the next folder). Never blocks; never holds a lock but the one it returns."""
+    return _choose(path, request, Path(out), used, claim=True)
+
+
+def _choose(path: Path, request: dict, out: Path, used: set[str], claim: bool) -> Claim:
     same_content = free = None
+    held: dict[str, Lock] = {}
+    busy: list[Path] = []
     k = 0
-    while True:
-        k += 1
-        name = path.stem if k == 1 else f"{path.stem}-{k}"
-        if name in used:
-            continue
-        folder = Path(out) / name
-        if not folder.exists():  # past this stem's last folder
-            return same_content or free or name
-        try:
-            record = json.loads((folder / "result.json").read_text())
-            source = Path(record["input"]["source"])
-            sha = (record.get("request") or {}).get("input_sha256")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            free = free or name  # no result there (or an unreadable one, redone anyway)
-            continue
-        # a relative source (results from before sources were absolute) says nothing: which
-        # folder it was relative to is not recorded
-        if source.is_absolute() and source.resolve() == Path(path).resolve():
-            return name
-        if sha == request["input_sha256"]:
-            same_content = same_content or name
+    try:
+        while True:
+            k += 1
+            name = path.stem if k == 1 else f"{path.stem}-{k}"
+            if name in used:
+                continue
+            folder = out / name
+            if not folder.exists():  # past this stem's last folder
+                break
+            if claim:
+                if not folder.is_dir():  # a file of that name: nothing to write into
+                    continue
+                if (lock := try_lock_folder(folder, create=False)) is None:
+                    busy.append(folder)  # another process writes there: not free, and maybe this photo's
+                    continue
+                held[name] = lock
+            state = _holds(folder, path, request)
+            if state == "own":
+                return _keep(name, held)
+            if state == "same content":
+                same_content = same_content or name
+            elif state == "free":
+                free = free or name
+        if busy:
+            return Claim(busy=busy)
+        chosen = same_content or free or name
+        if not claim:
+            return Claim(name=chosen)
+        if chosen not in held:  # a new folder
+            if (lock := try_lock_folder(out / chosen)) is None:  # made and claimed by another process just now
+                return Claim(busy=[out / chosen])
+            held[chosen] = lock
+        return _keep(chosen, held)
+    finally:
+        for lock in held.values():
+            lock.release()
+
+
+def _keep(name: str, held: dict[str, Lock]) -> Claim:
+    """The claim of ``name``, taken out of ``held`` (whose other locks the caller releases)."""
+    return Claim(name=name, lock=held.pop(name, None))
+
+
+def _holds(folder: Path, path: Path, request: dict) -> str:
+    """What ``folder``'s ``result.json`` says of ``path``: ``"own"`` (it names the same file),
+    ``"same content"``, ``"free"`` (no result, or an unreadable one, redone anyway) or ``"other"``."""
+    try:
+        record = json.loads((folder / "result.json").read_text())
+        source = Path(record["input"]["source"])
+        sha = (record.get("request") or {}).get("input_sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "free"
+    # a relative source (results from before sources were absolute) says nothing: which folder it
+    # was relative to is not recorded
+    if source.is_absolute() and source.resolve() == Path(path).resolve():
+        return "own"
+    return "same content" if sha == request["input_sha256"] else "other"
 
 
 def finished_with(out_dir: str | os.PathLike, request: dict) -> str:

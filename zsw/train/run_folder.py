@@ -14,14 +14,16 @@ Layout (``out``)::
     final.safetensors                the weights at the end of the run
                                      (both: the weight average when optim.ema is on)
 
-Everything here runs on one rank (rank 0 writes); :mod:`zsw.train.trainer` decides when.
+Everything here runs on one rank (rank 0 writes; every rank enters :meth:`RunFolder.locked`, rank 0
+locks); :mod:`zsw.train.trainer` decides when.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -30,7 +32,9 @@ from zsw import checkpoint
 from zsw.config import dump_yaml, from_dict, load_yaml, to_dict
 from zsw.errors import CheckpointError, ConfigError, reason
 from zsw.io import atomic_path, atomic_write_json, remove_leftovers
+from zsw.locks import lock_folder
 from zsw.train.config import TrainConfig
+from zsw.train.distributed import on_main
 
 __all__ = ["RunFolder", "RESUME_FREE_KEYS"]
 
@@ -88,6 +92,21 @@ class RunFolder:
         self.out = Path(out)
         self.ckpt_dir = self.out / "checkpoints"
         self.echo = echo
+
+    @contextlib.contextmanager
+    def locked(self, is_main: bool) -> Iterator[None]:
+        """Rank 0 holds the folder's lock (:mod:`zsw.locks`) for the whole run, resumed or not:
+        a second process training into it (the same command restarted in another terminal, with
+        or without ``--resume``) stops before it reads or writes anything, with one line naming
+        the holder. The other ranks of a torchrun job write nothing and lock nothing, so they
+        cannot lock each other out; they learn rank 0's outcome and stop with it."""
+        held = []
+        on_main(lambda: held.append(lock_folder(self.out, "--out")), is_main)
+        try:
+            yield
+        finally:
+            for lock in held:
+                lock.release()
 
     # ---- resume policy -------------------------------------------------------------------------
 

@@ -407,7 +407,12 @@ class Trainer:
         return validation
 
     def fit(self) -> TrainResult:
-        """Train until ``epochs`` or ``max_steps``; returns a summary."""
+        """Train until ``epochs`` or ``max_steps``; returns a summary. Rank 0 holds the run
+        folder's lock meanwhile: a second run into it stops at once (:meth:`RunFolder.locked`)."""
+        with self.folder.locked(self.dist.is_main):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         self._setup()
         cfg, st = self.cfg, self.state
         start_time, start_step = time.perf_counter(), st.step
@@ -436,9 +441,12 @@ class Trainer:
                         self.validation = self._end_epoch() or self.validation
                         stop.check()
         except KeyboardInterrupt:
-            if not self.dist.distributed and st.step > self.last_saved and between:
-                self._save(st.as_dict(self.dist.world_size, cfg, self.total_steps))
-                self.echo(f"interrupted: saved step {st.step}; continue with --resume")
+            if not self.dist.distributed and between:
+                if st.step > self.last_saved:
+                    self._save(st.as_dict(self.dist.world_size, cfg, self.total_steps))
+                    self.echo(f"interrupted: saved step {st.step}; continue with --resume")
+                elif st.step:  # the step was checkpointed as it ended
+                    self.echo(f"interrupted after step {st.step}, which is saved; continue with --resume")
             elif not between:
                 self.echo(f"stopped within step {st.step + 1}: --resume continues from step {self.last_saved}")
             raise
