@@ -1,5 +1,6 @@
-"""``zsw synthesize``: training data -- procedural renders, diffusion appearance and backgrounds (the
-paper's Algorithm 1), pseudo-depth. The jobs are in :mod:`zsw.synth.pipeline`."""
+"""``zsw synthesize``: training data -- procedural renders, your own meshes rendered the same way,
+diffusion appearance and backgrounds (the paper's Algorithm 1), pseudo-depth. The jobs are in
+:mod:`zsw.synth.pipeline`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from zsw.cli import _common as opts
 from zsw.cli._common import RichReporter, cli_errors
 
 app = typer.Typer(
-    help="Make training data: procedural renders, diffusion appearance and backgrounds, pseudo-depth.",
+    help="Make training data: procedural renders, your meshes, diffusion appearance and backgrounds, pseudo-depth.",
     no_args_is_help=True,
 )
 
@@ -24,6 +25,17 @@ _CATEGORIES = "Categories (comma-separated or repeated)."
 _BAKE = "Splits whose images get a background and occluders baked in (e.g. test)."
 _BACKGROUNDS = "Folder of photos for baked backgrounds (else solid/gradient/noise)."
 _ELEVATION = "LO,HI: cameras' elevation above the object's horizon, degrees, uniform (eye level: 0). (default: 5,65)"
+
+# the options procedural and meshes share (their datasets' common RenderSettings)
+DatasetOut = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder (created, or resumed).")]
+Views = Annotated[int, typer.Option(min=1, max=100, help="Rendered views per object.")]
+Workers = Annotated[int, typer.Option(min=0, help="Worker processes (0 = one per CPU core).")]
+Splits = Annotated[str, typer.Option(help=_SPLITS)]
+Bake = Annotated[list[str] | None, typer.Option(help=_BAKE)]
+MinOccluders = Annotated[int, typer.Option(min=0, help="Fewest occluders per baked image.")]
+MaxOccluders = Annotated[int, typer.Option(min=0, help="Most occluders per baked image.")]
+Backgrounds = Annotated[Path | None, typer.Option(help=_BACKGROUNDS)]
+Elevation = Annotated[str | None, typer.Option(help=_ELEVATION)]
 
 
 @app.command(
@@ -43,18 +55,18 @@ _ELEVATION = "LO,HI: cameras' elevation above the object's horizon, degrees, uni
 )
 @cli_errors
 def procedural(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder (created, or resumed).")],
+    out: DatasetOut,
     objects: Annotated[int, typer.Option(min=1, help="Number of objects (round-robin over the categories).")] = 100,
-    views: Annotated[int, typer.Option(min=1, max=100, help="Rendered views per object.")] = 10,
+    views: Views = 10,
     seed: Annotated[int, typer.Option(help="Global seed; per-object seeds derive from it.")] = 0,
     categories: Annotated[list[str] | None, typer.Option("--categories", "-c", help=_CATEGORIES)] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Worker processes (0 = one per CPU core).")] = 0,
-    splits: Annotated[str, typer.Option(help=_SPLITS)] = "0.8,0.1,0.1",
-    bake: Annotated[list[str] | None, typer.Option(help=_BAKE)] = None,
-    min_occluders: Annotated[int, typer.Option(min=0, help="Fewest occluders per baked image.")] = 1,
-    max_occluders: Annotated[int, typer.Option(min=0, help="Most occluders per baked image.")] = 2,
-    backgrounds: Annotated[Path | None, typer.Option(help=_BACKGROUNDS)] = None,
-    elevation: Annotated[str | None, typer.Option(help=_ELEVATION)] = None,
+    workers: Workers = 0,
+    splits: Splits = "0.8,0.1,0.1",
+    bake: Bake = None,
+    min_occluders: MinOccluders = 1,
+    max_occluders: MaxOccluders = 2,
+    backgrounds: Backgrounds = None,
+    elevation: Elevation = None,
 ) -> None:
     from zsw.synth.pipeline import procedural as run
     from zsw.synth.pipeline import procedural_config
@@ -67,6 +79,56 @@ def procedural(
         f"{out}: rendered {report.rendered} views of {report.objects} objects in {report.seconds:.1f}s "
         f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there"
     )
+
+
+_MESHES_HELP = (
+    "Render your own meshes (.glb .gltf .obj .ply .stl .off) into a ZeroShape-layout dataset, as procedural "
+    "renders: the same cameras (--elevation), shading, files, lists and manifest, --bake as there. A subfolder of "
+    "MESH_DIR is a category (files directly in it: --category); object ids are file names ('_' made '-'). Each "
+    "mesh is centred, scaled to longest side 1 (y up; --up z for z-up CAD exports) and turned into a signed "
+    "distance on a --grid; an open mesh becomes a thin shell (said per file). Textures and vertex colours are not "
+    "used: each object gets a random colour. A mesh that cannot be read fails alone. Rerun to resume; a changed "
+    "mesh is refused unless --redo-changed."
+    "\n\nExample:\n\n  zsw synthesize meshes meshes/ --out data/mine --views 10"
+    "\n\n  zsw synthesize meshes cad/ --out data/cad --up z --bake test --backgrounds photos/"
+)
+_GRID = "Signed-distance grid cells along an object's longest side (finer: thinner parts kept, slower)."
+_REDO = "Render again the objects whose mesh file changed since they were rendered (else refused)."
+
+
+@app.command("meshes", help=_MESHES_HELP)
+@cli_errors
+def meshes(
+    mesh_dir: Annotated[Path, typer.Argument(help="Folder of meshes; subfolders are categories.")],
+    out: DatasetOut,
+    views: Views = 10,
+    seed: Annotated[int, typer.Option(help="Global seed; per-object seeds derive from it and the name.")] = 0,
+    category: Annotated[str, typer.Option(help="Category of the files directly in MESH_DIR.")] = "object",
+    up: Annotated[str, typer.Option(help="The meshes' up axis: y or z.")] = "y",
+    grid: Annotated[int, typer.Option(min=32, max=512, help=_GRID)] = 192,
+    size: Annotated[int, typer.Option(help="Image size in pixels (a multiple of 32).")] = 224,
+    workers: Workers = 0,
+    splits: Splits = "0.8,0.1,0.1",
+    bake: Bake = None,
+    min_occluders: MinOccluders = 1,
+    max_occluders: MaxOccluders = 2,
+    backgrounds: Backgrounds = None,
+    elevation: Elevation = None,
+    redo_changed: Annotated[bool, typer.Option(help=_REDO)] = False,
+) -> None:
+    from zsw.errors import InputError
+    from zsw.synth.pipeline import mesh_config
+    from zsw.synth.pipeline import meshes as run
+
+    cfg = mesh_config(splits, bake, elevation, views=views, seed=seed, category=category, up=up, grid=grid, size=size,
+                      min_occluders=min_occluders, max_occluders=max_occluders, background_dir=backgrounds)  # fmt: skip
+    report, n_workers = run(mesh_dir, out, cfg, workers, redo_changed, RichReporter(min_total=1))
+    typer.echo(
+        f"{out}: rendered {report.rendered} views of {report.objects} meshes in {report.seconds:.1f}s "
+        f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there"
+    )
+    if report.failed:
+        raise InputError(f"{len(report.failed)} mesh(es) could not be rendered, the first: {report.failed[0]}")
 
 
 # DiffuseConfig fields default to None here, so that a --config YAML can set them; the help names the real default

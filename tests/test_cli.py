@@ -19,6 +19,7 @@ COMMANDS = [
     "eval",
     "export",
     "synthesize procedural",
+    "synthesize meshes",
     "synthesize diffuse",
     "synthesize pseudo-depth",
     "bench kernels",

@@ -333,3 +333,55 @@ def test_cli_synthesize_procedural(tmp_path):
         result = runner.invoke(app, [*args, *bad])
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 1 and len(lines) == 1 and fragment in lines[0], result.output
+
+
+def test_a_second_run_into_a_dataset_being_rendered_stops_in_one_line(tmp_path):
+    """Two unsharded ``zsw synthesize procedural --out D`` at once rendered the same views twice,
+    the second's start deleted the first's temporary files as a killed run's (the first failed with
+    "No such file or directory") and each rewrote the manifest under the other's appends. One
+    process renders into a dataset (``--workers`` for more cores): the folder is locked for the
+    run, and a second one stops before it writes anything, naming the first."""
+    import fcntl
+    import os
+
+    from zsw.cli.main import app
+
+    out = tmp_path / "proc"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # what the first run holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        args = ["synthesize", "procedural", "--out", str(out), "--objects", "1", "--views", "1", "--workers", "1"]
+        result = CliRunner().invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert f"another process is writing to {out} (pid {os.getpid()}" in lines[0], lines[0]
+        assert lines[0].endswith("stop it or choose another --out") and not any(out.iterdir())
+    finally:
+        os.close(fd)
+
+
+def test_resume_accepts_the_same_split_fractions_spelled_otherwise(tmp_path):
+    """``--splits 2,1,1`` then ``--splits 0.5,0.25,0.25``: the same dataset, resumed with the
+    dataset's own numbers (so every object keeps its split); other proportions are refused."""
+    from zsw.config import dump_yaml
+    from zsw.data.layout import ZeroShapeLayout
+    from zsw.synth.procedural import CONFIG_FILE, check_dataset_resume
+
+    first = ProceduralConfig(objects=3, split_fractions=(2, 1, 1))
+    dump_yaml(first, tmp_path / CONFIG_FILE)
+    layout = ZeroShapeLayout(tmp_path)
+    resumed = check_dataset_resume(
+        layout, ProceduralConfig(objects=5, split_fractions=(0.5, 0.25, 0.25)), CONFIG_FILE, ignore=("objects",)
+    )
+    assert resumed.split_fractions == first.split_fractions and resumed.objects == 5
+    with pytest.raises(ConfigError, match="split_fractions"):
+        check_dataset_resume(
+            layout, ProceduralConfig(objects=5, split_fractions=(0.6, 0.2, 0.2)), CONFIG_FILE, ignore=("objects",)
+        )
+    # another kind of zsw dataset in the folder is named as such
+    from zsw.synth.meshes import CONFIG_FILE as MESHES
+    from zsw.synth.meshes import MeshConfig
+
+    with pytest.raises(ConfigError, match="holds a procedural dataset; choose another --out"):
+        check_dataset_resume(layout, MeshConfig(), MESHES)

@@ -58,7 +58,7 @@ from zsw.data.dataset import READ_ERRORS, expand_roots
 from zsw.data.layout import SampleId, ZeroShapeLayout, load_npy, read_png
 from zsw.errors import ConfigError, InputError, reason
 
-__all__ = ["EvalSample", "EvalSet", "open_eval_set", "EVAL_FORMATS", "PIX3D_CATEGORIES"]
+__all__ = ["EvalSample", "EvalSet", "open_eval_set", "read_mesh_file", "EVAL_FORMATS", "PIX3D_CATEGORIES"]
 
 log = logging.getLogger(__name__)
 
@@ -460,22 +460,7 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenC
         import trimesh
 
         seed = zlib.crc32(name.encode())
-        try:
-            loaded = _load_mesh(path)
-        except FileNotFoundError as e:  # a .gltf's buffer or image beside it
-            missing = Path(str(e.filename or e.args[-1])).name
-            raise InputError(f"cannot read the mesh {path}: {missing}, a file it refers to, is missing") from None
-        except Exception as e:  # trimesh raises many kinds for a broken file
-            raise InputError(f"cannot read the mesh {path}: {reason(e)}") from None
-        if isinstance(loaded, trimesh.Scene):
-            if not loaded.geometry:  # what trimesh makes of a truncated STL or a text file named .stl
-                raise InputError(
-                    f"cannot read the mesh {path}: no geometry in it (truncated, or not {path.suffix} data)"
-                )
-            loaded = loaded.to_mesh()  # its meshes as one, placed by the scene graph
-        faces = getattr(loaded, "faces", None)
-        if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(loaded.vertices)):
-            raise InputError(f"the mesh {path} has faces that name vertices it does not have")
+        loaded = read_mesh_file(path)
         if isinstance(loaded, trimesh.PointCloud):
             points = np.asarray(loaded.vertices, dtype=np.float64)
             if len(points) == 0:
@@ -493,6 +478,30 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenC
         else:
             points = np.asarray(trimesh.sample.sample_surface(loaded, FOLDER_POINTS, seed=seed)[0], dtype=np.float64)
     return points * np.array([1.0, -1.0, -1.0])
+
+
+def read_mesh_file(path: Path):
+    """The ``trimesh`` object of a mesh or point-cloud file (a ``Trimesh``, ``PointCloud``, ...):
+    a scene's meshes as one, placed by its scene graph, OBJ relative indices as the format means
+    them (:func:`_load_mesh`). A file that cannot be read, holds no geometry or has faces naming
+    vertices it does not have is an :class:`InputError` naming it."""
+    import trimesh
+
+    try:
+        loaded = _load_mesh(path)
+    except FileNotFoundError as e:  # a .gltf's buffer or image beside it
+        missing = Path(str(e.filename or e.args[-1])).name
+        raise InputError(f"cannot read the mesh {path}: {missing}, a file it refers to, is missing") from None
+    except Exception as e:  # trimesh raises many kinds for a broken file
+        raise InputError(f"cannot read the mesh {path}: {reason(e)}") from None
+    if isinstance(loaded, trimesh.Scene):
+        if not loaded.geometry:  # what trimesh makes of a truncated STL or a text file named .stl
+            raise InputError(f"cannot read the mesh {path}: no geometry in it (truncated, or not {path.suffix} data)")
+        loaded = loaded.to_mesh()  # its meshes as one, placed by the scene graph (points and lines dropped)
+    faces = getattr(loaded, "faces", None)
+    if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(loaded.vertices)):
+        raise InputError(f"the mesh {path} has faces that name vertices it does not have")
+    return loaded
 
 
 def _load_mesh(path: Path):

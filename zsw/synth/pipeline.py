@@ -22,6 +22,7 @@ from zsw.errors import ConfigError, InputError, OptionError
 from zsw.report import Reporter
 from zsw.synth.diffuse import DiffuseConfig, SynthReport, check_resume
 from zsw.synth.jobs import parse_shard, plan
+from zsw.synth.meshes import MeshConfig, MeshReport, generate_meshes
 from zsw.synth.procedural import GenerationReport, ProceduralConfig, default_workers, generate
 from zsw.synth.render import CameraConfig
 
@@ -31,6 +32,8 @@ __all__ = [
     "pseudo_depth",
     "procedural",
     "procedural_config",
+    "meshes",
+    "mesh_config",
     "split_words",
 ]
 
@@ -51,15 +54,22 @@ def procedural_config(
     default ZeroShape-W's 5-65); ``fields`` are its other fields."""
     from zsw.synth.sdf import CATEGORIES
 
-    fractions = _numbers(splits, 3, "--splits", "0.8,0.1,0.1")
+    categories = tuple(split_words(categories)) or CATEGORIES
+    return ProceduralConfig(categories=categories, **_render_fields(splits, bake, elevation, fields))
+
+
+def _render_fields(splits: str, bake, elevation: str | None, fields: dict) -> dict:
+    """``fields`` with the :class:`~zsw.synth.procedural.RenderSettings` options given as
+    command-line text read: split fractions, baked splits, the cameras' elevation range."""
+    fields = dict(fields, split_fractions=_numbers(splits, 3, "--splits", "0.8,0.1,0.1"))
+    fields["bake_splits"] = tuple(split_words(bake))
     if elevation is not None:
         fields["camera"] = CameraConfig(elevation_deg=elevation_range(elevation))
     if fields.get("background_dir") is not None:
-        if not split_words(bake):  # else the photos would be silently unused: every image on white
+        if not fields["bake_splits"]:  # else the photos would be silently unused: every image on white
             raise ConfigError(f"--backgrounds {fields['background_dir']} is used only with --bake (e.g. --bake test)")
         fields["background_dir"] = str(fields["background_dir"])
-    return ProceduralConfig(categories=tuple(split_words(categories)) or CATEGORIES, split_fractions=fractions,
-                            bake_splits=tuple(split_words(bake)), **fields)  # fmt: skip
+    return fields
 
 
 def elevation_range(text: str) -> tuple[float, float]:
@@ -86,12 +96,43 @@ def procedural(
     out: str | os.PathLike, cfg: ProceduralConfig, workers: int = 0, reporter: Reporter | None = None
 ) -> tuple[GenerationReport, int]:
     """Render ``cfg`` into ``out`` (resuming); ``workers`` 0 = one per CPU. Returns the report and
-    the number of workers used."""
+    the number of workers used. ``out`` is locked for the run (:func:`zsw.locks.lock_folder`): one
+    process renders into a dataset, with ``workers`` for more cores; a second run into it stops at
+    once (it would take the first's temporary files for a killed run's)."""
+    from zsw.locks import lock_folder
+
     reporter = reporter or Reporter()
     workers = workers or default_workers()
-    with reporter.progress("rendering", cfg.objects * cfg.views) as advance:
+    with lock_folder(out, "--out"), reporter.progress("rendering", cfg.objects * cfg.views) as advance:
         report = generate(out, cfg, workers=workers, progress=lambda done, total: advance(0, completed=done))
     return report, workers
+
+
+# ---- meshes ----------------------------------------------------------------------------------
+
+
+def mesh_config(splits: str = "0.8,0.1,0.1", bake=None, elevation: str | None = None, **fields) -> MeshConfig:
+    """A :class:`~zsw.synth.meshes.MeshConfig` from command-line text, as :func:`procedural_config`
+    reads it; ``fields`` are its other fields."""
+    return MeshConfig(**_render_fields(splits, bake, elevation, fields))
+
+
+def meshes(
+    mesh_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: MeshConfig,
+    workers: int = 0,
+    redo_changed: bool = False,
+    reporter: Reporter | None = None,
+) -> tuple[MeshReport, int]:
+    """Render the meshes under ``mesh_dir`` into ``out`` (resuming); ``workers`` 0 = one per CPU.
+    Returns the report (with the meshes that failed and the open ones) and the number of workers.
+    ``out`` is locked for the run, as :func:`procedural` locks it."""
+    from zsw.locks import lock_folder
+
+    workers = workers or default_workers()
+    with lock_folder(out, "--out"):
+        return generate_meshes(mesh_dir, out, cfg, workers, redo_changed, reporter), workers
 
 
 # ---- diffusion -------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,25 +42,37 @@ from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError
 from zsw.io import check_out_folder, remove_leftovers
-from zsw.synth.render import CameraConfig, View, render, sample_material, sample_view
+from zsw.synth.render import CameraConfig, SynthShape, View, render, sample_material, sample_view
 from zsw.synth.sdf import ALL_CATEGORIES, CATEGORIES, Shape, make_shape
 
-__all__ = ["ProceduralConfig", "GenerationReport", "generate", "object_split", "object_plan", "plan", "default_workers"]
+__all__ = [
+    "RenderSettings",
+    "ProceduralConfig",
+    "GenerationReport",
+    "generate",
+    "object_split",
+    "object_plan",
+    "plan",
+    "default_workers",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+C = TypeVar("C", bound="RenderSettings")
+R = TypeVar("R")
 
 _GOLDEN = 0.6180339887498949
 CONFIG_FILE = "procedural.yaml"
 
 
 @dataclass(frozen=True)
-class ProceduralConfig:
-    """What ``zsw synthesize procedural`` makes. Everything but ``objects`` is fixed per dataset."""
+class RenderSettings:
+    """How objects become views, whatever the objects are: the settings ``zsw synthesize
+    procedural`` (:class:`ProceduralConfig`) and ``zsw synthesize meshes``
+    (:class:`~zsw.synth.meshes.MeshConfig`) share, each dataset's own for good."""
 
-    objects: int = 100
     views: int = 10
     seed: int = 0
-    categories: tuple[str, ...] = CATEGORIES
     # output resolution (the model's input size)
     size: int = 224
     # fractions of objects in train / val / test
@@ -68,8 +81,6 @@ class ProceduralConfig:
     surface_points: int = 10000
     near_samples: int = 24576
     uniform_samples: int = 8192
-    # marching-cubes resolution for surface sampling and normalisation
-    mesh_resolution: int = 128
     # splits whose images get a background and copy-paste occluders baked in (e.g. ("test",))
     bake_splits: tuple[str, ...] = ()
     min_occluders: int = 1
@@ -79,17 +90,14 @@ class ProceduralConfig:
     background_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.objects < 1 or self.views < 1:
-            raise ConfigError(f"objects and views must be >= 1, got {self.objects} and {self.views}")
-        unknown = [c for c in self.categories if c not in ALL_CATEGORIES]
-        if unknown or not self.categories:
-            raise ConfigError(f"unknown procedural categories {unknown}; known: {', '.join(ALL_CATEGORIES)}")
-        repeated = sorted({c for c in self.categories if self.categories.count(c) > 1})
-        if repeated:
-            raise ConfigError(f"categories must not repeat, got {', '.join(repeated)} more than once")
+        if self.views < 1 or self.views > 100:
+            raise ConfigError(f"views must be 1-100 per object (ids are %02d), got {self.views}")
         f = self.split_fractions
         if len(f) != 3 or not all(math.isfinite(x) and x >= 0 for x in f) or sum(f) <= 0:
             raise ConfigError(f"split fractions must be 3 finite non-negative numbers, not all 0, got {list(f)}")
+        # as floats, as the dataset's YAML gives them back: (1, 1, 1) written as [1, 1, 1] came back
+        # as floats on resume and the YAML changed (a resumed dataset differed from an unbroken run)
+        object.__setattr__(self, "split_fractions", tuple(float(x) for x in f))
         bad = [s for s in self.bake_splits if s not in SPLITS]
         if bad:
             raise ConfigError(f"bake splits must be among {SPLITS}, got {bad}")
@@ -99,8 +107,27 @@ class ProceduralConfig:
             )
         if self.size < 32 or self.size % 32:  # 0 and negatives are multiples of 32 too
             raise ConfigError(f"size must be a positive multiple of 32, got {self.size}")
-        if self.views > 100 or self.objects > 100000:
-            raise ConfigError("at most 100 views per object and 100000 objects (ids are %02d and %05d)")
+
+
+@dataclass(frozen=True)
+class ProceduralConfig(RenderSettings):
+    """What ``zsw synthesize procedural`` makes. Everything but ``objects`` is fixed per dataset."""
+
+    objects: int = 100
+    categories: tuple[str, ...] = CATEGORIES
+    # marching-cubes resolution for surface sampling and normalisation
+    mesh_resolution: int = 128
+
+    def __post_init__(self) -> None:
+        if self.objects < 1 or self.objects > 100000:
+            raise ConfigError(f"objects must be 1-100000 (ids are %05d), got {self.objects}")
+        super().__post_init__()
+        unknown = [c for c in self.categories if c not in ALL_CATEGORIES]
+        if unknown or not self.categories:
+            raise ConfigError(f"unknown procedural categories {unknown}; known: {', '.join(ALL_CATEGORIES)}")
+        repeated = sorted({c for c in self.categories if self.categories.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"categories must not repeat, got {', '.join(repeated)} more than once")
 
 
 @dataclass
@@ -118,9 +145,12 @@ class GenerationReport:
 def object_split(index: int, fractions: tuple[float, float, float]) -> str:
     """The split of object ``index``: a golden-ratio sequence over the index, so every prefix of
     objects is split close to ``fractions`` (10 objects at 0.8/0.1/0.1 give 8/1/1)."""
-    u = (index * _GOLDEN) % 1.0
-    total = sum(fractions)
-    edges = np.cumsum(fractions) / total
+    return split_at((index * _GOLDEN) % 1.0, fractions)
+
+
+def split_at(u: float, fractions: tuple[float, float, float]) -> str:
+    """The split whose share of ``[0, 1)`` holds ``u``, the shares in proportion to ``fractions``."""
+    edges = np.cumsum(fractions) / sum(fractions)
     return SPLITS[int(np.searchsorted(edges, u, side="right").clip(max=2))]
 
 
@@ -140,10 +170,6 @@ def plan(cfg: ProceduralConfig) -> Iterator[tuple[int, str, str, list[SampleId]]
 # --------------------------------------------------------------------------------------------
 # One object
 # --------------------------------------------------------------------------------------------
-
-
-def _view_rng(cfg: ProceduralConfig, index: int, view: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([cfg.seed, index, 1, view]))
 
 
 def _bake(cfg: ProceduralConfig, rng: np.random.Generator, result, view: View, backgrounds) -> tuple[dict, dict]:
@@ -178,20 +204,34 @@ def _material_record(mat) -> dict:
     )
 
 
-def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[list[dict], int, int]:
-    """Render the missing views of object ``index``; returns (new manifest records, views rendered,
-    views already there)."""
-    root, cfg, index, recorded = args
-    layout = ZeroShapeLayout(root)
-    cat, split, sids = object_plan(cfg, index)
+def pending_views(
+    layout: ZeroShapeLayout, sids: list[SampleId], recorded: frozenset
+) -> tuple[list[SampleId], list[SampleId], bool]:
+    """(views to render, views on disk without a manifest record, whether the object's gt_sdf and
+    point cloud are there) of one object."""
     todo = [sid for sid in sids if not layout.has_view(sid)]
     unrecorded = [sid for sid in sids if layout.has_view(sid) and sid.name not in recorded]
     have_object = layout.gt_sdf(sids[0]).is_file() and layout.pointcloud(sids[0]).is_file()
-    if not todo and not unrecorded and have_object:
-        return [], 0, len(sids)
+    return todo, unrecorded, have_object
 
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index]))
-    shape: Shape = make_shape(cat, rng, resolution=cfg.mesh_resolution)
+
+def render_object(
+    layout: ZeroShapeLayout,
+    cfg: ProceduralConfig,
+    shape: SynthShape,
+    rng: np.random.Generator,
+    split: str,
+    sids: list[SampleId],
+    recorded: frozenset,
+    key: list[int],
+    extra: dict,
+) -> tuple[list[dict], int]:
+    """Write what one object lacks: its gt_sdf and point cloud, and the views of ``sids`` not on
+    disk, each from ``SeedSequence([*key, 1, view])``; returns (the new manifest records, the views
+    rendered). ``rng`` draws the object's surface points and SDF samples; ``extra`` goes into every
+    record. Any :class:`SynthShape` (an analytic :class:`Shape`, a mesh) is rendered the same way;
+    the occluders of baked views are procedural shapes of ``cfg.categories``."""
+    todo, unrecorded, have_object = pending_views(layout, sids, recorded)
     surface = shape.surface_points(cfg.surface_points, rng, cfg.mesh_resolution)
     if not have_object:
         pts, sdf = shape.sdf_samples(rng, cfg.near_samples, cfg.uniform_samples, resolution=cfg.mesh_resolution)
@@ -207,20 +247,20 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[lis
     for v, sid in enumerate(sids):
         if sid not in todo and sid not in unrecorded:
             continue
-        vrng = _view_rng(cfg, index, v)
+        vrng = np.random.default_rng(np.random.SeedSequence([*key, 1, v]))
         view = sample_view(vrng, surface, cfg.camera, cfg.size)
         mat = sample_material(vrng, shape.num_parts)
         record = dict(
             name=sid.name,
-            category=cat,
+            category=sid.category,
             object=sid.object,
             view=sid.view,
             split=split,
-            source="procedural",
-            seed=[cfg.seed, index, 1, v],
+            seed=[*key, 1, v],
             camera=view.meta,
             material=_material_record(mat),
             baked=split in cfg.bake_splits,
+            **extra,
         )
         # a view finished by an interrupted run that could not record it: the record is rebuilt from
         # the seeds, the same as it would have been (a baked view's occluders need its render again)
@@ -230,8 +270,8 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[lis
         result = render(shape, view, mat)
         arrays = dict(image=result.image, depth=result.depth, visible_mask=None, occluder_mask=None)
         if backgrounds is not None:
-            arrays, extra = _bake(cfg, vrng, result, view, backgrounds)
-            record.update(extra)
+            arrays, baked = _bake(cfg, vrng, result, view, backgrounds)
+            record.update(baked)
         if sid in unrecorded:  # its files are on disk already
             records.append(record)
             continue
@@ -239,6 +279,23 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[lis
         rendered += 1
         if sid.name not in recorded:  # a re-rendered view whose image was deleted keeps its record
             records.append(record)
+    return records, rendered
+
+
+def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[list[dict], int, int]:
+    """Render the missing views of object ``index``; returns (new manifest records, views rendered,
+    views already there)."""
+    root, cfg, index, recorded = args
+    layout = ZeroShapeLayout(root)
+    cat, split, sids = object_plan(cfg, index)
+    todo, unrecorded, have_object = pending_views(layout, sids, recorded)
+    if not todo and not unrecorded and have_object:
+        return [], 0, len(sids)
+
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index]))
+    shape: Shape = make_shape(cat, rng, resolution=cfg.mesh_resolution)
+    extra = dict(source="procedural")
+    records, rendered = render_object(layout, cfg, shape, rng, split, sids, recorded, [cfg.seed, index], extra)
     return records, rendered, len(sids) - len(todo)
 
 
@@ -285,23 +342,45 @@ def _die_with_parent() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_resume(layout: ZeroShapeLayout, cfg: ProceduralConfig) -> None:
-    path = layout.root / CONFIG_FILE
+#: the settings file of each kind of dataset zsw renders (its kind, for messages)
+MESHES_CONFIG_FILE = "meshes.yaml"  # zsw.synth.meshes' own
+DATASET_CONFIGS = {CONFIG_FILE: "procedural", MESHES_CONFIG_FILE: "meshes"}
+
+
+def check_dataset_resume(layout: ZeroShapeLayout, cfg: C, config_file: str, ignore: tuple[str, ...] = ()) -> C:
+    """``cfg`` if the dataset ``layout`` may be resumed with it (raises otherwise), with the
+    dataset's own spelling of the split fractions when the two are proportional (``2,1,1`` is
+    ``0.5,0.25,0.25``). ``config_file``: where the dataset keeps its settings (every one of them
+    fixed but those in ``ignore``); a folder with another kind of dataset, or with anything else,
+    is refused."""
+    path = layout.root / config_file
     if not path.is_file():
         if layout.root.is_dir() and any(layout.root.iterdir()):
             # only the output of this tool may be resumed; anything else is the user's
+            for name, kind in DATASET_CONFIGS.items():
+                if (layout.root / name).is_file():
+                    raise ConfigError(f"{layout.root} holds a {kind} dataset; choose another --out")
             if (layout.root / "lists").exists() or (layout.root / "images_processed").exists():
-                raise ConfigError(f"{layout.root} holds a dataset that zsw did not generate (no {CONFIG_FILE})")
+                raise ConfigError(f"{layout.root} holds a dataset that zsw did not generate (no {config_file})")
             raise ConfigError(f"{layout.root} is not empty and holds no zsw dataset; choose an empty or new --out")
-        return
-    old = load_yaml(path, ProceduralConfig)
-    a, b = to_dict(replace(old, objects=1)), to_dict(replace(cfg, objects=1))
-    diff = [k for k in a if a[k] != b[k]]
+        return cfg
+    old = load_yaml(path, type(cfg))
+    if same_proportions(old.split_fractions, cfg.split_fractions):
+        cfg = replace(cfg, split_fractions=old.split_fractions)  # the objects' splits come out the same
+    a, b = to_dict(old), to_dict(cfg)
+    diff = [k for k in a if k not in ignore and a[k] != b[k]]
     if diff:
         raise ConfigError(
             f"{layout.root} was generated with {diff[0]}={a[diff[0]]!r}, not {b[diff[0]]!r}; "
             "rerun with the same options to resume, or choose another --out"
         )
+    return cfg
+
+
+def same_proportions(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether two split weightings give every object the same split (``2,1,1`` and ``0.5,0.25,0.25``)."""
+    sa, sb = sum(a), sum(b)
+    return len(a) == len(b) and all(math.isclose(x / sa, y / sb, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b))
 
 
 def generate(
@@ -313,7 +392,7 @@ def generate(
     """Render ``cfg`` into ``out`` (resuming what exists); ``progress(done_views, total_views)``."""
     check_out_folder(out)
     layout = ZeroShapeLayout(out)
-    _check_resume(layout, cfg)
+    cfg = check_dataset_resume(layout, cfg, CONFIG_FILE, ignore=("objects",))
     remove_leftovers(layout.root, recursive=True)  # temporary files of a killed run (before the workers start)
     if cfg.background_dir is not None and cfg.bake_splits:
         from zsw.data.backgrounds import Backgrounds
@@ -345,17 +424,8 @@ def generate(
         if progress is not None:
             progress(done, total)
 
-    workers = max(1, min(workers, len(jobs)))
     try:
-        if workers == 1:
-            with _single_thread():
-                for job in jobs:
-                    collect(_object_job(job))
-        else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers, initializer=_worker_init) as pool:
-                for result in pool.imap_unordered(_object_job, jobs):
-                    collect(result)
+        run_jobs(_object_job, jobs, workers, collect)
     except KeyboardInterrupt:
         # stopped (Ctrl-C, `timeout -s INT`): what is finished becomes a usable dataset now, and a
         # rerun with the same options renders the rest and writes the lists again
@@ -364,6 +434,22 @@ def generate(
     seconds = time.perf_counter() - start
     _finish(layout, whole)
     return GenerationReport(rendered=rendered, skipped=skipped, objects=cfg.objects, seconds=seconds)
+
+
+def run_jobs(job: Callable[[T], R], jobs: list[T], workers: int, collect: Callable[[R], None]) -> None:
+    """``collect(job(j))`` for every ``j`` of ``jobs``: in this process with one torch thread, or in
+    a pool of ``workers`` processes (results in the order they finish). ``job`` must be a
+    module-level function (it is pickled by name)."""
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        with _single_thread():
+            for j in jobs:
+                collect(job(j))
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
+        for result in pool.imap_unordered(job, jobs):
+            collect(result)
 
 
 def _finish(layout: ZeroShapeLayout, cfg: ProceduralConfig) -> None:

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from zsw.errors import ConfigError
-from zsw.synth.sdf import Shape
 
 __all__ = [
+    "SynthShape",
     "CameraConfig",
     "View",
     "Material",
@@ -40,6 +41,51 @@ __all__ = [
     "sphere_trace",
     "cone_march",
 ]
+
+
+@runtime_checkable
+class SynthShape(Protocol):
+    """What the renderer and the dataset jobs (:func:`zsw.synth.procedural.render_object`) use of a
+    shape, in its object frame (y up, centred on its bounding box, longest side 1). Implemented by
+    the analytic :class:`zsw.synth.sdf.Shape` and the grid-based :class:`zsw.synth.mesh_sdf.MeshShape`.
+    """
+
+    #: part labels are ``0 .. num_parts - 1`` (one colour each)
+    num_parts: int
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """A box ([3], [3]) that contains the surface: rays are traced inside it only."""
+        ...
+
+    def sdf(self, p: Tensor) -> Tensor:
+        """[N, 3] -> [N] signed distance, negative inside; never much above the true distance
+        (sphere tracing steps by it)."""
+        ...
+
+    def sdf_part(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        """[N, 3] -> ([N] signed distance, [N] long part label)."""
+        ...
+
+    def gradient(self, p: Tensor) -> Tensor:
+        """[N, 3] -> [N, 3] unit outward normals."""
+        ...
+
+    def surface_points(self, count: int, rng: np.random.Generator, resolution: int = 128) -> np.ndarray:
+        """[count, 3] points on the surface, uniform by area."""
+        ...
+
+    def sdf_samples(
+        self,
+        rng: np.random.Generator,
+        near: int = 24576,
+        uniform: int = 8192,
+        sigmas: tuple[float, ...] = (0.005, 0.02),
+        bound: float = 0.75,
+        resolution: int = 128,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(points [near + uniform, 3], their signed distance): ``near`` around the surface with
+        Gaussian offsets of ``sigmas`` in turn, ``uniform`` in ``[-bound, bound]^3``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -210,7 +256,7 @@ def _ray_box(origin: Tensor, dirs: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tens
 
 
 def sphere_trace(
-    shape: Shape,
+    shape: SynthShape,
     origin: Tensor,  # [3] camera centre, object frame
     dirs: Tensor,  # [N, 3] unit directions, object frame
     t_near: Tensor,  # [N]
@@ -252,7 +298,7 @@ def sphere_trace(
 
 
 def cone_march(
-    shape: Shape,
+    shape: SynthShape,
     origin: Tensor,  # [3]
     dirs: Tensor,  # [N, 3] unit axes of the cones
     t_near: Tensor,  # [N]
@@ -285,7 +331,7 @@ def cone_march(
     return t
 
 
-def _soft_shadow(shape: Shape, points: Tensor, light: Tensor, steps: int = 16, k: float = 10.0) -> Tensor:  # [N]
+def _soft_shadow(shape: SynthShape, points: Tensor, light: Tensor, steps: int = 16, k: float = 10.0) -> Tensor:  # [N]
     """Penumbra factor in [0, 1] towards a directional light (Quilez's soft-shadow march).
 
     The object fits the unit cube, so marching stops after 1.2 units."""
@@ -303,7 +349,7 @@ def _soft_shadow(shape: Shape, points: Tensor, light: Tensor, steps: int = 16, k
     return res * res * (3 - 2 * res)
 
 
-def _ambient_occlusion(shape: Shape, points: Tensor, normals: Tensor) -> Tensor:  # [N]
+def _ambient_occlusion(shape: SynthShape, points: Tensor, normals: Tensor) -> Tensor:  # [N]
     occ = torch.zeros(points.shape[0])
     w = 1.0
     for i in range(1, 5):
@@ -313,7 +359,9 @@ def _ambient_occlusion(shape: Shape, points: Tensor, normals: Tensor) -> Tensor:
     return (1 - 4.0 * occ).clamp(0, 1)
 
 
-def _shade(shape: Shape, points: Tensor, dirs: Tensor, parts: Tensor, mat: Material, R: Tensor) -> Tensor:  # [N, 3]
+def _shade(
+    shape: SynthShape, points: Tensor, dirs: Tensor, parts: Tensor, mat: Material, R: Tensor
+) -> Tensor:  # [N, 3]
     """sRGB colours in [0, 1] of surface points seen along ``dirs`` (object frame)."""
     if points.shape[0] == 0:
         return points.new_zeros(0, 3)
@@ -350,7 +398,7 @@ def _rays(K: np.ndarray, Rt: np.ndarray, xs: Tensor, ys: Tensor) -> tuple[Tensor
 
 
 def _trace_pixels(
-    shape: Shape,
+    shape: SynthShape,
     view: View,
     xs: Tensor,  # [N] pixel columns
     ys: Tensor,  # [N] pixel rows
@@ -373,7 +421,7 @@ def _trace_pixels(
 
 
 @torch.no_grad()
-def render(shape: Shape, view: View, material: Material, antialias: bool = True, block: int = 4) -> RenderResult:
+def render(shape: SynthShape, view: View, material: Material, antialias: bool = True, block: int = 4) -> RenderResult:
     """Render ``shape`` from ``view`` over white.
 
     A first pass marches one cone per ``block x block`` pixels (:func:`cone_march`); every pixel

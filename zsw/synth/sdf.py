@@ -52,6 +52,9 @@ __all__ = [
     "EXTRA_CATEGORIES",
     "ALL_CATEGORIES",
     "make_shape",
+    "query_points",
+    "sample_triangles",
+    "tetra_gradient",
     "rotation_matrix",
 ]
 
@@ -309,6 +312,35 @@ class RevolvedPolygon(Primitive):
 # --------------------------------------------------------------------------------------------
 
 
+def tetra_gradient(sdf: Callable[[Tensor], Tensor], p: Tensor, h: float) -> Tensor:  # [N, 3] unit
+    """Normalised gradient of ``sdf`` at ``p`` by the tetrahedron finite-difference stencil of
+    half-width ``h`` (4 evaluations)."""
+    k = torch.tensor([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], dtype=p.dtype, device=p.device)
+    n = sum(k[i] * sdf(p + h * k[i])[:, None] for i in range(4))
+    return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def sample_triangles(tri: np.ndarray, area: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` points on the triangles ``tri`` [F, 3, 3] (of areas ``area`` [F]), uniform by area."""
+    idx = rng.choice(len(tri), size=count, p=area / area.sum())
+    u, v = rng.random(count), rng.random(count)
+    flip = u + v > 1
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    t = tri[idx]
+    return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+
+
+def query_points(
+    surface: np.ndarray, rng: np.random.Generator, uniform: int, sigmas: tuple[float, ...], bound: float
+) -> np.ndarray:  # [len(surface) + uniform, 3]
+    """SDF query points as every zsw dataset draws them: each of the ``surface`` points moved by a
+    Gaussian offset (the standard deviations ``sigmas`` taking turns), then ``uniform`` points in
+    ``[-bound, bound]^3``."""
+    sigma = np.asarray(sigmas)[np.arange(len(surface)) % len(sigmas)]
+    near = surface + rng.normal(size=surface.shape) * sigma[:, None]
+    return np.concatenate([near, rng.uniform(-bound, bound, (uniform, 3))])
+
+
 class Shape:
     """A union of primitive groups, optionally placed by a similarity ``p = (p_raw - center) * scale``.
 
@@ -345,9 +377,7 @@ class Shape:
 
     def gradient(self, p: Tensor, h: float = 1e-4) -> Tensor:  # [N, 3] -> [N, 3] unit normals
         """Normalised SDF gradient by the tetrahedron finite-difference stencil (4 evaluations)."""
-        k = torch.tensor([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], dtype=p.dtype, device=p.device)
-        n = sum(k[i] * self.sdf(p + h * k[i])[:, None] for i in range(4))
-        return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return tetra_gradient(self.sdf, p, h)
 
     def raw_bounds(self) -> tuple[np.ndarray, np.ndarray]:  # conservative AABB before placement
         lows, highs = zip(*(g.bounds() for g in self.groups))
@@ -417,12 +447,7 @@ class Shape:
         verts, faces = self.mesh(resolution)
         tri = verts[faces].astype(np.float64)  # [F, 3, 3]
         area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
-        idx = rng.choice(len(faces), size=count, p=area / area.sum())
-        u, v = rng.random(count), rng.random(count)
-        flip = u + v > 1
-        u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-        t = tri[idx]
-        return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+        return sample_triangles(tri, area, count, rng)
 
     def surface_points(self, count: int, rng: np.random.Generator, resolution: int = 128) -> np.ndarray:  # [count, 3]
         """``count`` points on the surface, uniform by area (marching cubes, then exact projection)."""
@@ -440,10 +465,7 @@ class Shape:
     ) -> tuple[np.ndarray, np.ndarray]:  # [near + uniform, 3], [near + uniform]
         """Query points with their exact SDF: ``near`` points around the surface (Gaussian offsets,
         the standard deviations taking turns) and ``uniform`` ones in ``[-bound, bound]^3``."""
-        base = self._sample_mesh(near, rng, resolution)
-        sigma = np.asarray(sigmas)[np.arange(near) % len(sigmas)]
-        near_pts = base + rng.normal(size=base.shape) * sigma[:, None]
-        pts = np.concatenate([near_pts, rng.uniform(-bound, bound, (uniform, 3))])
+        pts = query_points(self._sample_mesh(near, rng, resolution), rng, uniform, sigmas, bound)
         pts = torch.as_tensor(pts, dtype=torch.float32)
         sdf = torch.cat([self.sdf(c) for c in pts.split(1 << 16)])
         return pts.numpy(), sdf.numpy()

@@ -1,0 +1,337 @@
+"""Your own meshes rendered into a ZeroShape-layout dataset: ``zsw synthesize meshes``.
+
+``generate_meshes("meshes/", "data/mine", MeshConfig(views=10))`` renders every mesh file under the
+folder (:data:`~zsw.synth.mesh_sdf.MESH_SUFFIXES`) exactly as ``zsw synthesize procedural`` renders
+its shapes -- same cameras, materials, shading, baked backgrounds and occluders, files, lists and
+manifest (:func:`zsw.synth.procedural.render_object`) -- through a
+:class:`~zsw.synth.mesh_sdf.MeshShape`, each mesh normalised to the procedural object frame.
+
+Names: a subfolder of the mesh folder is a category (files directly in it: ``cfg.category``); the
+object id is the file's path below its category folder without the suffix, every run of characters
+other than letters, digits and ``-`` made one ``-`` (``chair_01.obj`` -> ``chair-01``: ``_``
+separates category, object and view in ZeroShape's file names). Two files with one id in a
+category are an error naming both.
+
+Seeds and splits come from the object's name, not its place in the folder: object
+``<cat>/<obj>`` draws from ``SeedSequence([seed, w0, w1])`` (``w0, w1``: the first 8 bytes of the
+SHA-256 of ``"<cat>/<obj>"``), view ``v`` from ``[seed, w0, w1, 1, v]``, its split from
+``[seed, w0, w1, 2]``; adding meshes to the folder changes nothing already rendered.
+
+Resume: as procedural's. Before its gt_sdf and views, each object gets a stamp
+``mesh_sources/<cat>/<cat>_<obj>.json`` with the SHA-256 of its file (a ``.gltf``'s with its
+buffers); a rerun whose file no longer matches refuses to start, naming it, unless
+``redo_changed`` (``--redo-changed``), which deletes that object's files and renders it again.
+Other settings (``meshes.yaml``) cannot change in a dataset. A mesh that cannot be read or has no
+surface fails alone: the others are rendered, and the report names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from zsw.config import dump_yaml
+from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
+from zsw.errors import ConfigError, InputError
+from zsw.io import atomic_write_text, check_out_folder, remove_leftovers, sha256_file
+from zsw.report import Reporter
+from zsw.synth.mesh_sdf import MESH_SUFFIXES, MeshShape
+from zsw.synth.procedural import (
+    MESHES_CONFIG_FILE,
+    ProceduralConfig,
+    RenderSettings,
+    check_dataset_resume,
+    pending_views,
+    render_object,
+    run_jobs,
+    split_at,
+)
+from zsw.synth.sdf import CATEGORIES
+
+__all__ = ["MeshConfig", "MeshSource", "MeshReport", "scan_meshes", "generate_meshes", "CONFIG_FILE"]
+
+CONFIG_FILE = MESHES_CONFIG_FILE
+STAMPS = "mesh_sources"
+#: files that travel with meshes (materials, glTF buffers, textures): passed over without a note
+_COMPANIONS = {".mtl", ".bin", ".png", ".jpg", ".jpeg", ".tga", ".bmp", ".webp", ".ktx2", ".tif", ".tiff", ".gif"}
+#: an object whose surface is this much open sheet is reported
+SHELL_NOTE = 0.05
+
+
+@dataclass(frozen=True)
+class MeshConfig(RenderSettings):
+    """What ``zsw synthesize meshes`` makes; all of it is fixed per dataset. The views are rendered
+    as procedural ones (:class:`~zsw.synth.procedural.RenderSettings`)."""
+
+    # category of the files directly in the mesh folder
+    category: str = "object"
+    # the meshes' up axis: y (glTF, OBJ, ShapeNet, Objaverse) or z (most CAD and Blender exports)
+    up: str = "y"
+    # cells of the signed-distance grid along the object's longest side (plus padding)
+    grid: int = 192
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.up not in ("y", "z"):
+            raise ConfigError(f"up must be y or z, got {self.up!r}")
+        if not 32 <= self.grid <= 512:
+            raise ConfigError(f"grid must be 32-512 cells, got {self.grid}")
+        if not self.category or "/" in self.category or self.category.startswith("."):
+            raise ConfigError(f"category {self.category!r} must be a non-empty name without '/'")
+
+    def render_config(self) -> ProceduralConfig:
+        """The procedural settings the views are rendered with (occluders from the default
+        procedural categories)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(RenderSettings)}
+        return ProceduralConfig(objects=1, categories=CATEGORIES, **shared)
+
+
+@dataclass(frozen=True)
+class MeshSource:
+    """One mesh file and the object it becomes."""
+
+    path: Path
+    rel: str  # the path below the mesh folder, with '/'
+    category: str
+    object: str
+
+    def views(self, count: int) -> list[SampleId]:
+        return [SampleId(self.category, self.object, f"{v:02d}") for v in range(count)]
+
+    def key(self, seed: int) -> list[int]:
+        """``[seed, w0, w1]``: the object's seed words, from its name."""
+        digest = hashlib.sha256(f"{self.category}/{self.object}".encode()).digest()
+        return [seed, int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")]
+
+    def split(self, cfg: MeshConfig) -> str:
+        u = np.random.default_rng(np.random.SeedSequence([*self.key(cfg.seed), 2])).random()
+        return split_at(float(u), cfg.split_fractions)
+
+
+@dataclass
+class MeshReport:
+    rendered: int  # views rendered by this run
+    skipped: int  # views already on disk
+    objects: int  # meshes found
+    failed: list[str]  # one line per mesh that could not be rendered
+    shells: list[str]  # one line per open mesh rendered as a shell
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rendered / self.seconds if self.seconds > 0 else 0.0
+
+
+def _object_id(rel: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", rel.with_suffix("").as_posix()).strip("-") or "mesh"
+
+
+def scan_meshes(folder: str | os.PathLike, category: str = "object") -> tuple[list[MeshSource], list[str]]:
+    """The mesh files under ``folder`` as objects, sorted by (category, object), and the files
+    passed over for their suffix (not a mesh zsw reads, nor a material or texture). Hidden files
+    and folders are ignored. Two files that become one object are an :class:`InputError`."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"the mesh folder {folder} is not a folder")
+    sources: dict[tuple[str, str], MeshSource] = {}
+    skipped = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() not in MESH_SUFFIXES:
+            if path.suffix.lower() not in _COMPANIONS:
+                skipped.append(rel.as_posix())
+            continue
+        cat, below = (category, rel) if len(rel.parts) == 1 else (rel.parts[0], Path(*rel.parts[1:]))
+        src = MeshSource(path, rel.as_posix(), cat, _object_id(below))
+        if (cat, src.object) in sources:
+            other = sources[(cat, src.object)].rel
+            raise InputError(
+                f"{other} and {src.rel} would both be object {cat}_{src.object} (ids come from file names, "
+                "'_' and other characters made '-'): rename one"
+            )
+        sources[(cat, src.object)] = src
+    return [sources[k] for k in sorted(sources)], skipped
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 of a mesh file (:func:`zsw.io.sha256_file`); a ``.gltf``'s is that of its own hash
+    and those of the buffers it names beside it."""
+    if path.suffix.lower() != ".gltf":
+        return sha256_file(path)
+    try:
+        uris = [b.get("uri", "") for b in json.loads(path.read_text()).get("buffers", [])]
+    except (ValueError, AttributeError, OSError):
+        uris = []
+    files = [path.parent / u for u in uris if isinstance(u, str) and u and not u.startswith("data:")]
+    hashes = [sha256_file(path), *(sha256_file(f) for f in files if f.is_file())]
+    return hashlib.sha256(" ".join(hashes).encode()).hexdigest()
+
+
+def _stamp_path(layout: ZeroShapeLayout, sid: SampleId) -> Path:
+    return layout.root / STAMPS / sid.category / f"{sid.object_name}.json"
+
+
+def _object_files(layout: ZeroShapeLayout, sids: list[SampleId]) -> list[Path]:
+    views = ("image", "mask", "depth", "intrinsics", "extrinsics", "visible_mask", "occluder_mask", "pseudo_depth")
+    files = [getattr(layout, kind)(sid) for sid in sids for kind in views]
+    return files + [layout.gt_sdf(sids[0]), layout.pointcloud(sids[0]), _stamp_path(layout, sids[0])]
+
+
+def _changed(layout: ZeroShapeLayout, cfg: MeshConfig, sources: list[MeshSource], prints: dict) -> list[MeshSource]:
+    """The objects whose files on disk were rendered from another version of their mesh (or whose
+    stamp is missing beside them)."""
+    changed = []
+    for src in sources:
+        sids = src.views(cfg.views)
+        stamp = _stamp_path(layout, sids[0])
+        if stamp.is_file():
+            try:
+                same = json.loads(stamp.read_text()).get("sha256") == prints[src.rel]
+            except (ValueError, AttributeError):
+                same = False
+            if not same:
+                changed.append(src)
+        elif any(p.is_file() for p in _object_files(layout, sids)):
+            changed.append(src)
+    return changed
+
+
+def _mesh_job(args: tuple[str, MeshConfig, MeshSource, str, frozenset]) -> tuple[list[dict], int, int, str, str]:
+    """Render what object ``src`` lacks; returns (new manifest records, views rendered, views already
+    there, an error line or '', a shell note or '')."""
+    root, cfg, src, sha, recorded = args
+    layout = ZeroShapeLayout(root)
+    sids = src.views(cfg.views)
+    todo, unrecorded, have_object = pending_views(layout, sids, recorded)
+    if not todo and not unrecorded and have_object:
+        return [], 0, len(sids), "", ""
+    try:
+        shape = MeshShape.from_file(src.path, cfg.up, cfg.grid)
+    except InputError as e:
+        return [], 0, 0, str(e), ""
+    note = ""
+    if shape.shell_fraction >= SHELL_NOTE or not shape.has_inside:
+        note = (
+            f"{src.rel}: open surface ({shape.shell_fraction:.0%} of it has the outside on both sides): rendered and "
+            f"labelled as a shell {2 * shape.shell:.4f} thick"
+        )
+    shell = round(shape.shell_fraction, 4)
+    stamp = dict(file=src.rel, sha256=sha, triangles=len(shape.triangles), shell_fraction=shell)
+    atomic_write_text(_stamp_path(layout, sids[0]), json.dumps(stamp, sort_keys=True) + "\n")
+    key = src.key(cfg.seed)
+    rng = np.random.default_rng(np.random.SeedSequence(key))
+    extra = dict(source="mesh", mesh=src.rel, mesh_sha256=sha)
+    rcfg = cfg.render_config()
+    records, rendered = render_object(layout, rcfg, shape, rng, src.split(cfg), sids, recorded, key, extra)
+    return records, rendered, len(sids) - len(todo), "", note
+
+
+def generate_meshes(
+    mesh_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: MeshConfig,
+    workers: int = 1,
+    redo_changed: bool = False,
+    reporter: Reporter | None = None,
+) -> MeshReport:
+    """Render every mesh under ``mesh_dir`` into ``out`` (resuming what exists); see the module
+    docstring. Failed meshes and open ones are told to ``reporter`` as they happen and listed in
+    the report."""
+    reporter = reporter or Reporter()
+    check_out_folder(out)
+    layout = ZeroShapeLayout(out)
+    cfg = check_dataset_resume(layout, cfg, CONFIG_FILE)
+    sources, passed_over = scan_meshes(mesh_dir, cfg.category)
+    if not sources:
+        raise InputError(f"no meshes in {mesh_dir} (zsw reads {' '.join(MESH_SUFFIXES)})")
+    if passed_over:
+        more = f" and {len(passed_over) - 3} more" if len(passed_over) > 3 else ""
+        files = "a file that is" if len(passed_over) == 1 else f"{len(passed_over)} files that are"
+        reporter.info(f"passed over {files} no mesh zsw reads: {', '.join(passed_over[:3])}{more}")
+    prints = {src.rel: fingerprint(src.path) for src in sources}
+    changed = _changed(layout, cfg, sources, prints)
+    if changed and not redo_changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ConfigError(
+            f"{changed[0].rel}{more} changed since it was rendered into {out}; rerun with --redo-changed to render "
+            "it again, or choose another --out"
+        )
+    for src in changed:
+        reporter.info(f"{src.rel} changed: rendering it again")
+        for path in _object_files(layout, src.views(cfg.views)):
+            path.unlink(missing_ok=True)
+    remove_leftovers(layout.root, recursive=True)
+    if cfg.background_dir is not None and cfg.bake_splits:
+        from zsw.data.backgrounds import Backgrounds
+
+        Backgrounds(cfg.background_kinds, cfg.background_dir)  # fail early on a bad folder
+    layout.root.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, layout.root / CONFIG_FILE)
+
+    recorded = {r.get("name") for r in layout.read_manifest()}
+    redo = {src.rel for src in changed}
+    jobs = []
+    for src in sources:
+        names = frozenset() if src.rel in redo else frozenset(s.name for s in src.views(cfg.views)) & recorded
+        jobs.append((str(layout.root), cfg, src, prints[src.rel], names))
+    report = MeshReport(0, 0, len(sources), [], [], 0.0)
+    start = time.perf_counter()
+    with reporter.progress("rendering meshes", len(sources) * cfg.views) as advance:
+
+        def collect(result: tuple[list[dict], int, int, str, str]) -> None:
+            records, rendered, skipped, error, note = result
+            for r in records:
+                layout.append_manifest(r)
+            report.rendered += rendered
+            report.skipped += skipped
+            if error:
+                report.failed.append(error)
+                reporter.error(error)
+            if note:
+                report.shells.append(note)
+                reporter.warning(note)
+            advance(cfg.views)
+
+        try:
+            run_jobs(_mesh_job, jobs, workers, collect)
+        except KeyboardInterrupt:
+            _finish(layout, cfg, sources, reporter)
+            raise
+    report.seconds = time.perf_counter() - start
+    _finish(layout, cfg, sources, reporter)
+    return report
+
+
+def _finish(layout: ZeroShapeLayout, cfg: MeshConfig, sources: list[MeshSource], reporter: Reporter) -> None:
+    """The manifest sorted, and lists of the finished views of the folder's meshes; objects on
+    disk whose mesh left the folder stay there, unlisted."""
+    layout.sort_manifest()
+    finished: dict[tuple[str, str], list[SampleId]] = {}
+    for src in sources:
+        views = [s for s in src.views(cfg.views) if layout.has_view(s)]
+        finished.setdefault((src.category, src.split(cfg)), []).extend(views)
+    for cat in sorted({src.category for src in sources} | set(layout.categories())):
+        for split in SPLITS:
+            sids = finished.get((cat, split), [])
+            if sids or layout.list_file(cat, split).exists():
+                layout.write_list(cat, split, sids)
+    current = {f"{src.category}_{src.object}.json" for src in sources}
+    gone = [p for p in sorted((layout.root / STAMPS).glob("*/*.json")) if p.name not in current]
+    if gone:
+        try:
+            example = json.loads(gone[0].read_text())["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            example = gone[0].stem
+        reporter.warning(
+            f"{len(gone)} object(s) in {layout.root} have no mesh in the folder any more (e.g. {example}): "
+            "their files stay, unlisted"
+        )
