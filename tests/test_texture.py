@@ -104,6 +104,8 @@ def test_textured_files_are_written_kept_in_step_and_keyed(repo_root, tmp_path):
     assert not (out / "mesh.mtl").exists() and not (out / "material_0.png").exists()  # folder matches result.json
     with pytest.raises(OptionError, match="--texture.*--color photo"):
         ReconstructSettings(texture=256, color="none")
+    with pytest.raises(OptionError, match="--texture: .* asks for ply, stl only"):  # no file would hold the atlas
+        ReconstructSettings(texture=256, formats=("ply", "stl"))
 
 
 def _glb_json(path) -> dict:

@@ -257,6 +257,11 @@ class ReconstructSettings:
             raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
         check_mesh_options(self.smooth, self.faces)
         check_texture_size(self.texture, self.color)
+        if self.texture and not {"glb", "obj"} & set(formats):  # nothing would hold the atlas
+            raise OptionError(
+                f"--texture: the atlas goes into mesh.glb or mesh.obj, and --format asks for {', '.join(formats)} "
+                "only; add --format glb or --format obj, or leave --texture out"
+            )
         if not self.prompt or not self.prompt.strip():
             raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
         if self.masks is not None and not Path(self.masks).is_dir():
