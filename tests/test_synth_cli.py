@@ -163,6 +163,35 @@ def test_diffuse_shards_and_resume_after_interrupt(tiny, renders, tmp_path, monk
     assert sorted(s.name for c in CATS for s in dst.read_list(c, "train")) == NAMES
 
 
+def test_a_second_process_on_a_shard_in_use_stops_while_other_shards_run(tiny, renders, tmp_path):
+    """The same diffuse or pseudo-depth command started twice would write the same files and
+    append the shard's manifest twice: the second stops in one line naming the first (here this
+    process holds the shard's lock, as the first run would); another shard goes ahead meanwhile."""
+    from zsw.locks import lock_file
+
+    out = tmp_path / "wild"
+    with lock_file(out / "shard-0-of-2"):
+        busy = _diffuse(tiny, renders, out, "--min-iou", "0", "--shard", "0/2")
+        assert busy.exit_code == 1, busy.output
+        assert f"another process is writing to {out / 'shard-0-of-2'}" in busy.output
+        assert "choose another --out or --shard" in busy.output
+        assert not _records(out)  # stopped before any work
+        other = _diffuse(tiny, renders, out, "--min-iou", "0", "--shard", "1/2")
+        assert other.exit_code == 0 and "1 accepted" in other.output, other.output
+    assert not list(out.glob(".shard-*.lock"))  # released: the other shard's lock file went with its run
+
+    data = tmp_path / "data"
+    shutil.copytree(renders, data)
+    args = ["synthesize", "pseudo-depth", "--data", str(data), "--model", str(tiny.depth_model)]
+    with lock_file(data / "pseudo_depth" / "shard-0-of-1"):
+        busy = runner.invoke(app, args)
+        assert busy.exit_code == 1 and "choose another --shard" in busy.output, busy.output
+        assert not list((data / "pseudo_depth").rglob("*.npy"))
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0 and "3 written" in done.output, done.output
+    assert not list((data / "pseudo_depth").glob(".shard-*.lock"))
+
+
 def test_diffuse_filter_rejects_and_records_failures(tiny, renders, tmp_path):
     out = tmp_path / "wild"
     result = _diffuse(tiny, renders, out, "--min-iou", "1.0", "--max-retries", "1", "--batch-size", "3")

@@ -174,17 +174,23 @@ def diffuse(
     earlier run was resumed. Unreadable source renders do not stop the run: they are counted in
     ``report.errors`` (and recorded in the manifest, so a rerun retries them); ``zsw synthesize
     diffuse`` turns a non-zero count into an error after printing the summary."""
-    from zsw.hub import resolve_device, resolve_dtype
-    from zsw.synth.appearance import ControlNetAppearance
-    from zsw.synth.background import ObjectAwareBackground
-    from zsw.synth.diffuse import synthesize
-
     reporter = reporter or Reporter()
     s, cfg, shard = settings, settings.config, parse_shard(settings.shard)
     if not Path(data).is_dir():  # cheap checks before minutes of model loading
         raise InputError(f"--data {data} is not a directory")
     if not plan(ZeroShapeLayout(data), cfg.views_per_object)[shard[0] :: shard[1]]:
         raise InputError(f"{data} has no renders for shard {s.shard}: no lists/<category>_<split>.list files name any")
+    with _lock_shard(out, shard, "--out", "--out or --shard"):
+        return _diffuse(data, out, s, shard, reporter)
+
+
+def _diffuse(data, out, s: DiffusionSettings, shard: tuple[int, int], reporter: Reporter) -> tuple[SynthReport, bool]:
+    from zsw.hub import resolve_device, resolve_dtype
+    from zsw.synth.appearance import ControlNetAppearance
+    from zsw.synth.background import ObjectAwareBackground
+    from zsw.synth.diffuse import synthesize
+
+    cfg = s.config
     resumed = check_resume(out, cfg, data)  # a file, a folder of other files, other renders
     dev = resolve_device(s.device)
     dtype = resolve_dtype(s.dtype, dev)
@@ -210,6 +216,19 @@ def diffuse(
     return report, resumed
 
 
+def _lock_shard(folder: Path | str, shard: tuple[int, int], option: str, other: str):
+    """Hold shard ``i/n`` of the output ``folder`` for this run (a hidden ``.shard-i-of-n.lock`` in
+    it, :func:`zsw.locks.lock_file`): other shards run beside it, as intended, while a second
+    process on the same shard -- the same command started twice -- stops at once with one line
+    naming the first and ``other`` (what to choose instead), rather than both writing the same files
+    and the shard's manifest."""
+    from zsw.io import check_out_folder
+    from zsw.locks import lock_file
+
+    check_out_folder(folder, option)
+    return lock_file(Path(folder) / f"shard-{shard[0]}-of-{shard[1]}", other)
+
+
 # ---- pseudo-depth ----------------------------------------------------------------------------
 
 
@@ -227,14 +246,21 @@ def pseudo_depth(
     """Depth Anything V2 pseudo-depth for every listed image of ``data``
     (``pseudo_depth/<cat>/<name>.npy``); returns the :class:`PseudoDepthReport`."""
     from zsw.hub import resolve_device, resolve_dtype
-    from zsw.synth.pseudo_depth import DepthAnything, pseudo_depth_dataset
+    from zsw.synth.pseudo_depth import DepthAnything
 
     reporter = reporter or Reporter()
     shard_ix = parse_shard(shard)
     if not Path(data).is_dir():
         raise InputError(f"--data {data} is not a directory")
     dev = resolve_device(device)
-    estimator = DepthAnything.from_pretrained(model, device=dev, dtype=resolve_dtype(dtype, dev))
+    with _lock_shard(ZeroShapeLayout(data).root / "pseudo_depth", shard_ix, "--data", "--shard"):
+        estimator = DepthAnything.from_pretrained(model, device=dev, dtype=resolve_dtype(dtype, dev))
+        return _pseudo_depth(data, estimator, batch_size, shard_ix, overwrite, reporter)
+
+
+def _pseudo_depth(data, estimator, batch_size: int, shard_ix: tuple[int, int], overwrite: bool, reporter: Reporter):
+    from zsw.synth.pseudo_depth import pseudo_depth_dataset
+
     with reporter.progress("pseudo-depth", None) as advance:
 
         def show(r) -> None:
