@@ -50,6 +50,17 @@ def test_decimation_meets_the_budget_and_keeps_the_ball_a_closed_ball():
     assert same is ball and opened == 0
 
 
+def test_small_budgets_are_met_also_when_a_careful_retry_stops_short():
+    """A ball beside a box asked for 32-77 faces: the first decimation keeps under 80 % of the
+    surface (a 20-face ball cannot keep more), and the careful retries (lower aggression) stop at
+    62-700 faces; a coarse ball within the budget beats a finer one over it (156 faces before)."""
+    ball = trimesh.creation.icosphere(subdivisions=4)
+    pair = trimesh.util.concatenate([ball, trimesh.creation.box().apply_translation([3.0, 0.0, 0.0])])
+    for faces in (32, 50, 77):
+        small, opened = decimate_mesh(pair.copy(), faces)
+        assert len(small.faces) <= faces and opened == 0, faces
+
+
 def test_a_pinched_edge_gets_one_copy_per_sheet():
     """Two tetrahedra sharing an edge: the edge is one of four triangles; after the split each
     tetrahedron is closed on its own copy of the edge."""
