@@ -187,3 +187,7 @@ def test_a_small_face_budget_keeps_the_shape_not_slivers(repo_root):
     extent = np.ptp(rec.camera_vertices(), axis=0)[:2]
     assert np.all(extent >= 0.8 * np.ptp(seen, axis=0)[:2]), (extent, np.ptp(seen, axis=0))
     assert rec.mesh.is_watertight and rec.mesh.volume > 0
+    # no attempt reaches 32 faces with the shape: the one nearest the budget is taken (about 100
+    # faces), not a more careful one that keeps a little more surface with ten times the faces
+    assert len(rec.mesh.faces) <= 200, len(rec.mesh.faces)
+    assert any("could not reach 32 faces" in w for w in rec.record.warnings)

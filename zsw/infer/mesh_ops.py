@@ -105,7 +105,10 @@ def decimate_mesh(mesh, faces: int | None):
     points, triangles = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     area = float(mesh.area)
     best = None
+    skip = None
     for share, aggression in _ATTEMPTS:  # the first that stays closed and keeps the shape's surface
+        if share == skip:
+            continue
         vertices, tri = fast_simplification.simplify(
             points=points, triangles=triangles, target_count=max(MIN_FACES, int(faces * share)), agg=aggression
         )
@@ -115,13 +118,16 @@ def decimate_mesh(mesh, faces: int | None):
         out.remove_unreferenced_vertices()
         opened = max(0, _open_edges(np.asarray(out.faces)) - before)
         kept = float(out.area) / area if area > 0 else 1.0
-        over = len(out.faces) > faces  # a careful (low) aggression can stop short of the target
+        over = max(0, len(out.faces) - faces)  # a careful (low) aggression can stop short of the target
         if not over and opened == 0 and kept >= _MIN_AREA_KEPT:
             return out, 0
-        # none taken yet: a shape before a closed mesh before the budget, then the surface kept
+        # none taken yet: a shape before a closed mesh, then the fewest faces over the budget, the
+        # fewest open edges, the most surface
         rank = (kept < _SLIVER, opened > 0, over, opened, -kept)
         if best is None or rank < best[0]:
             best = (rank, out, opened)
+        if over and opened == 0 and kept >= _SLIVER:
+            skip = share  # a more careful order of this share stops further from the budget still
     return best[1], best[2]
 
 
