@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 
 from zsw.cli.main import app
 from zsw.errors import ConfigError
+from zsw.hub import GPU_DRIVER_FILES
 from zsw.infer.backend import TorchBackend, predict
 from zsw.infer.image import load_image
 from zsw.infer.reconstruct import Reconstructor, reconstruct
@@ -688,6 +691,34 @@ def test_reruns_compare_what_auto_resolved_to_on_this_device(repo_root, tmp_path
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     gpu = ReconstructSettings(weights="random:tiny").request("random:tiny", "torch", device="cuda")
     assert (gpu["precision"], gpu["tta"], gpu["device"]) == ("bf16", "flip", "cuda")
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or any(os.path.exists(p) for p in GPU_DRIVER_FILES),
+    reason="where a GPU driver is, auto may mean CUDA: torch.cuda is asked",
+)
+def test_a_rerun_with_nothing_to_do_plans_without_importing_pytorch(repo_root, tmp_path):
+    """Importing PyTorch was most of a rerun's time when every photo was done (1.8 of 2.4 s on 2
+    cores): the plan -- hashes, the packaged model's identity, ``auto`` backend, precision and
+    ``--tta`` resolved for this CPU -- needs none of it. The same command in a fresh process, as a
+    user reruns it: the first run writes, the second skips without importing torch."""
+    import subprocess
+
+    out = tmp_path / "o"
+    command = ["reconstruct", str(repo_root / "examples" / "toy.png"), "-o", str(out), "--resolution", "32"]
+    code = (
+        "import sys\nfrom zsw.cli.main import main\nsys.argv = ['zsw', *sys.argv[1:]]\ntry:\n    main()\n"
+        "finally:\n    print('torch imported:', 'torch' in sys.modules)"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True) for _ in range(2)]
+    first, second = (r.stdout + r.stderr for r in runs)
+    assert [r.returncode for r in runs] == [0, 0], second
+    assert "reconstructed 1" in first and "torch imported: True" in first
+    assert "skipped 1" in second and "torch imported: False" in second, second
+    request = json.loads((out / "toy" / "result.json").read_text())["request"]
+    assert (request["backend"], request["precision"], request["tta"], request["device"]) == (
+        "onnxruntime+torch", "fp32", "flip-pixel", "cpu",
+    )  # fmt: skip
 
 
 def test_a_prompt_the_text_model_cannot_embed_fails_the_run_once(repo_root, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DTYPES",
     "resolve_device",
+    "device_type",
     "resolve_dtype",
     "diffusers_dtype",
     "looks_local",
@@ -38,11 +39,15 @@ DTYPES = ("fp16", "bf16", "fp32")
 
 def resolve_device(device=None) -> str:
     """``device`` as given, or ``cuda`` when available, else ``cpu``; one that is not a device, or
-    a CUDA device torch cannot see, is a one-line error naming ``--device``."""
+    a CUDA device torch cannot see, is a one-line error naming ``--device``. ``cpu``, and ``auto``
+    on a Linux machine with no GPU driver, resolve without importing PyTorch (a rerun with nothing
+    left to do never needs it)."""
+    if device is None or device == "auto":
+        return "cuda" if _cuda_available() else "cpu"
+    if isinstance(device, str) and device == "cpu":
+        return "cpu"
     import torch
 
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
@@ -50,6 +55,31 @@ def resolve_device(device=None) -> str:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA device is available to PyTorch here")
     return str(dev)
+
+
+def device_type(device) -> str:
+    """The type of a device (``"cpu"``, ``"cuda"``) named by a string or a ``torch.device``, without
+    importing PyTorch for a string."""
+    kind = getattr(device, "type", None)
+    return kind if isinstance(kind, str) else str(device).split(":", 1)[0]
+
+
+#: device files of the GPU drivers PyTorch's ``torch.cuda`` can use on Linux (NVIDIA's, ROCm's, and
+#: WSL 2's GPU paravirtualisation): without any of them ``torch.cuda.is_available()`` is False
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def _cuda_available() -> bool:
+    """``torch.cuda.is_available()``, answered without importing PyTorch where it cannot be True
+    (Linux without a GPU driver's device files; PyTorch not imported yet)."""
+    import sys
+
+    if "torch" not in sys.modules and sys.platform.startswith("linux"):
+        if not any(os.path.exists(p) for p in GPU_DRIVER_FILES):
+            return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:

@@ -13,13 +13,24 @@
 * :mod:`zsw.infer.preview` -- the preview picture (a small torch rasteriser).
 """
 
-from zsw.infer.backend import Backend, Prediction, TorchBackend, load_backend, predict
-from zsw.infer.grid import extract_mesh, extract_meshes
-from zsw.infer.reconstruct import Reconstructor
-from zsw.infer.result import Reconstruction
+import importlib
 
 # the function ``reconstruct`` is ``zsw.reconstruct``; re-exporting it here would shadow the
 # submodule ``zsw.infer.reconstruct`` of the same name
+
+#: where each name lives: imported on first use, so that a folder run with nothing left to do
+#: (every photo's result already there) plans it without importing PyTorch (``zsw.infer.jobs``)
+_HOMES = {
+    "Backend": "backend",
+    "Prediction": "backend",
+    "TorchBackend": "backend",
+    "load_backend": "backend",
+    "predict": "backend",
+    "extract_mesh": "grid",
+    "extract_meshes": "grid",
+    "Reconstruction": "result",
+    "Reconstructor": "reconstruct",
+}
 
 __all__ = [
     "Backend",
@@ -32,3 +43,9 @@ __all__ = [
     "Reconstruction",
     "Reconstructor",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"zsw.infer.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'zsw.infer' has no attribute {name!r}")

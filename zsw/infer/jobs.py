@@ -29,19 +29,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zsw.errors import ConfigError, InputError, ZswError
 from zsw.hub import resolve_device
 from zsw.infer.cutout import open_cutout
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
-from zsw.infer.reconstruct import Reconstructor
 from zsw.infer.reruns import claim_output, find_mask, finished_with, plan_reruns
-from zsw.infer.result import Reconstruction
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
-from zsw.infer.weights import cached_backend, check_inputs, resolve_backend, weights_identity
+from zsw.infer.weights import check_inputs, resolve_backend, weights_identity
 from zsw.io import check_out_folder
 from zsw.locks import Lock, wait_folder
 from zsw.report import Reporter
+
+if TYPE_CHECKING:  # PyTorch is imported once there is work: a rerun with nothing to do plans without it
+    from zsw.infer.reconstruct import Reconstructor
+    from zsw.infer.result import Reconstruction
 
 __all__ = ["reconstruct_many", "ReconstructReport"]
 
@@ -149,6 +152,9 @@ def _fail(report: ReconstructReport, reporter: Reporter, item: str, reason: str)
 def _run(
     items: list[_Item], out: Path, s: ReconstructSettings, kind: str, identity: str, cutout, reporter, report, used
 ) -> None:
+    from zsw.infer.reconstruct import Reconstructor
+    from zsw.infer.weights import cached_backend
+
     backend, label, warning = cached_backend(kind, s.weights, s.engine, s.device, identity)
     recon = Reconstructor(backend, grid=s.grid, frame=s.frame, weights_label=label, precision=s.precision,
                           color=s.color, min_part=s.min_part, smooth=s.smooth, faces=s.faces, reframe=s.reframe,

@@ -6,10 +6,14 @@ and fp32 on the CPU. Exported engines keep the precision they were built with.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from zsw.errors import ConfigError, OptionError
+from zsw.hub import device_type
 from zsw.infer.settings import PRECISIONS
+
+if TYPE_CHECKING:  # resolving a precision for the CPU needs no PyTorch (a rerun's plan)
+    import torch
 
 __all__ = ["resolve_precision", "run_precision", "autocast"]
 
@@ -18,12 +22,15 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     """``auto``: bf16 on CUDA devices that support it (tensor cores), fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
+    kind = device_type(device)
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
+        if kind == "cuda":
+            import torch
+
+            if torch.cuda.is_bf16_supported():
+                return "bf16"
         return "fp32"
-    if precision == "fp16" and device.type != "cuda":
+    if precision == "fp16" and kind != "cuda":
         raise OptionError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     return precision
 
@@ -40,6 +47,8 @@ def run_precision(kind: str, precision: str, device: torch.device | str) -> str:
 def autocast(precision: str, device: torch.device):
     """The autocast context of a resolved precision (a no-op for fp32 and exported engines)."""
     import contextlib
+
+    import torch
 
     if precision not in ("bf16", "fp16"):
         return contextlib.nullcontext()

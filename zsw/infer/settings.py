@@ -34,6 +34,7 @@ __all__ = [
     "REFRAMES",
     "BACKGROUNDS",
     "TTAS",
+    "resolve_tta",
     "is_estimated_prompt",
     "default_chunk_points",
 ]
@@ -63,6 +64,23 @@ BACKGROUNDS = ("auto", "never")
 #: decoding); ``auto`` is ``flip`` on a GPU and ``flip-pixel`` on a CPU, where ``flip`` would double
 #: the grid decoding's seconds
 TTAS = ("auto", "flip", "flip-pixel", "none")
+
+
+def resolve_tta(tta: str, device) -> str:
+    """``--tta`` on ``device`` (a string or ``torch.device``). ``auto``: ``flip`` on CUDA, where the
+    mirrored pass costs little next to the whole; ``flip-pixel`` on the CPU, where ``flip`` doubles
+    the grid decoding (1.2 -> 1.9 s of a 4.8 s ``zsw reconstruct`` on 2 cores) and averaging the
+    pixel model's outputs alone costs one more pixel-model pass for most of the gain in CD
+    (docs/reconstruct.md)."""
+    from zsw.hub import device_type
+
+    if tta not in TTAS:
+        raise ConfigError(f"tta must be one of {', '.join(TTAS)}, got {tta!r}")
+    if tta == "auto":
+        return "flip" if device_type(device) == "cuda" else "flip-pixel"
+    return tta
+
+
 #: default fraction of the largest part's area under which a disconnected part of the mesh is dropped
 #: (``zsw reconstruct`` and ``zsw eval`` alike, so the scores are of the meshes users get)
 MIN_PART = 0.02
@@ -280,13 +298,11 @@ class ReconstructSettings:
         is recorded by its type: a CPU's result is not reused on a GPU, nor the other way round)."""
         precision, tta, where = self.precision, self.tta, self.device or "auto"
         if device is not None:
-            import torch
-
+            from zsw.hub import device_type
             from zsw.infer.precision import run_precision
-            from zsw.infer.tta import resolve_tta
 
             precision = run_precision(backend or self.backend, self.precision, device)
-            tta, where = resolve_tta(self.tta, device), torch.device(device).type
+            tta, where = resolve_tta(self.tta, device), device_type(device)
         g = self.grid  # all of it but chunk_points, which bounds memory and changes nothing written
         return dict(
             weights=weights_identity, backend=backend or self.backend, resolution=g.resolution, extraction=g.extraction,

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import torch
 
-from zsw.errors import ConfigError, ZswError
+from zsw.errors import ZswError
 from zsw.infer.backend import Backend, Prediction
 from zsw.infer.precision import autocast
-from zsw.infer.settings import TTAS
+from zsw.infer.settings import resolve_tta
 from zsw.model import PixelOutput, SurfacePrediction
 
 __all__ = [
@@ -26,18 +26,6 @@ __all__ = [
     "mirror_points",
     "occupancy_function",
 ]
-
-
-def resolve_tta(tta: str, device: torch.device | str) -> str:
-    """``auto``: ``flip`` on CUDA, where the mirrored pass costs little next to the whole;
-    ``flip-pixel`` on the CPU, where ``flip`` doubles the grid decoding (1.2 -> 1.9 s of a 4.8 s
-    ``zsw reconstruct`` on 2 cores) and averaging the pixel model's outputs alone costs one more
-    pixel-model pass for most of the gain in CD (docs/reconstruct.md)."""
-    if tta not in TTAS:
-        raise ConfigError(f"tta must be one of {', '.join(TTAS)}, got {tta!r}")
-    if tta == "auto":
-        return "flip" if torch.device(device).type == "cuda" else "flip-pixel"
-    return tta
 
 
 def mirror_average(pixel: PixelOutput, mirrored: PixelOutput) -> PixelOutput:

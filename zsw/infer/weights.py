@@ -10,15 +10,20 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from zsw.errors import CheckpointError, ConfigError, OptionError
-from zsw.infer.backend import Backend, load_backend
+from zsw.errors import CheckpointError, ConfigError, OptionError, ZswError
+from zsw.hub import device_type, resolve_device
 from zsw.infer.precision import resolve_precision
 from zsw.infer.settings import PRECISIONS
 from zsw.io import checkpoint_sha256
+
+if TYPE_CHECKING:  # what only opening a backend needs: a rerun with nothing to do plans without PyTorch
+    import torch
+
+    from zsw.infer.backend import Backend
 
 __all__ = [
     "DEMO_DIR",
@@ -88,12 +93,10 @@ def resolve_backend(
     if weights not in (None, "demo"):
         return "torch"
     try:
-        dev = torch.device(device) if device is not None else None
-    except (RuntimeError, TypeError):
+        dev = device_type(resolve_device(device))
+    except ZswError:
         return "torch"  # open_backend names the bad device
-    if dev is None:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type != "cpu" or precision not in PRECISIONS or resolve_precision(precision, dev) != "fp32":
+    if dev != "cpu" or precision not in PRECISIONS or resolve_precision(precision, dev) != "fp32":
         return "torch"
     if not _onnxruntime_imports() or demo_engine() is None:
         return "torch"
@@ -132,6 +135,8 @@ def resolve_weights(weights=None):
     text = str(weights)
     if text.startswith("random:"):
         preset = text.split(":", 1)[1] or "tiny"
+        import torch
+
         with torch.random.fork_rng():  # the same random model every time, global RNG untouched
             torch.manual_seed(0)
             model = build_model(preset).eval()
@@ -143,9 +148,7 @@ def check_inputs(device: str | torch.device | None = None, weights=None) -> None
     """The cheap checks of ``--device`` and ``--weights``, made before any work (a folder run makes
     them before it plans which photos to redo): a one-line error naming the option."""
     if device is not None:
-        from zsw.hub import resolve_device
-
-        if torch.device(resolve_device(device)).type not in ("cpu", "cuda"):
+        if device_type(resolve_device(device)) not in ("cpu", "cuda"):
             raise OptionError(f"--device {device}: zsw runs on cpu or cuda devices")
     if isinstance(weights, (str, os.PathLike)) and str(weights) != "demo" and not str(weights).startswith("random:"):
         if Path(weights).is_dir():
@@ -162,6 +165,8 @@ def open_backend(
 ) -> tuple[Backend, str, str | None]:
     """A backend plus a label of its weights and an optional warning (see :func:`resolve_weights`);
     ``kind`` ``auto`` is resolved by :func:`resolve_backend` (at the default precision)."""
+    from zsw.infer.backend import load_backend
+
     check_inputs(device, weights)
     kind = resolve_backend(kind, weights, engine, device)
     if kind == "torch":
@@ -185,12 +190,11 @@ def weights_identity(weights=None, engine: str | os.PathLike | None = None) -> s
     """What identifies the weights a run uses: the SHA-256 of the checkpoint file (the packaged
     model's included), of an engine folder's manifest, or the label of a random preset or model."""
     from zsw.io import sha256_file
-    from zsw.model import ZeroShapeW
 
     if engine is not None:
         manifest = Path(engine) / "export.json"
         return f"engine:{sha256_file(manifest)}" if manifest.is_file() else f"engine:{engine}"
-    if isinstance(weights, ZeroShapeW):
+    if _is_model(weights):
         return f"model:{id(weights)}"
     if weights is None or weights == "demo":
         path = demo_weights()
@@ -198,6 +202,13 @@ def weights_identity(weights=None, engine: str | os.PathLike | None = None) -> s
     if isinstance(weights, str) and weights.startswith("random:"):
         return weights
     return f"sha256:{checkpoint_sha256(weights)}" if Path(weights).is_file() else str(weights)
+
+
+def _is_model(weights) -> bool:
+    """Whether ``weights`` is a :class:`~zsw.model.ZeroShapeW` (none can exist before ``zsw.model``
+    is imported, so the check does not import it)."""
+    model = sys.modules.get("zsw.model")
+    return model is not None and isinstance(weights, model.ZeroShapeW)
 
 
 def cached_backend(
