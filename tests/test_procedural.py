@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -357,6 +358,12 @@ def test_a_second_run_into_a_dataset_being_rendered_stops_in_one_line(tmp_path):
         assert result.exit_code == 1 and len(lines) == 1, result.output
         assert f"another process is writing to {out} (pid {os.getpid()}" in lines[0], lines[0]
         assert lines[0].endswith("stop it or choose another --out") and not any(out.iterdir())
+        # the same from Python: generate() itself holds the lock, not only the command
+        from zsw.locks import OutputBusyError
+
+        with pytest.raises(OutputBusyError, match=f"another process is writing to {re.escape(str(out))}"):
+            generate(out, ProceduralConfig(objects=1, views=1))
+        assert not any(out.iterdir())
     finally:
         os.close(fd)
 

@@ -40,7 +40,8 @@ import numpy as np
 from zsw.config import dump_yaml
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
-from zsw.io import atomic_write_text, check_out_folder, remove_leftovers, sha256_file
+from zsw.io import atomic_write_text, remove_leftovers, sha256_file
+from zsw.locks import lock_folder
 from zsw.report import Reporter
 from zsw.synth.mesh_sdf import MESH_SUFFIXES, MeshShape
 from zsw.synth.procedural import (
@@ -245,9 +246,12 @@ def generate_meshes(
 ) -> MeshReport:
     """Render every mesh under ``mesh_dir`` into ``out`` (resuming what exists); see the module
     docstring. Failed meshes and open ones are told to ``reporter`` as they happen and listed in
-    the report."""
-    reporter = reporter or Reporter()
-    check_out_folder(out)
+    the report. ``out`` is locked meanwhile, as :func:`zsw.synth.procedural.generate` locks it."""
+    with lock_folder(out, "--out"):
+        return _generate_meshes(mesh_dir, out, cfg, workers, redo_changed, reporter or Reporter())
+
+
+def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed: bool, reporter) -> MeshReport:
     layout = ZeroShapeLayout(out)
     cfg = check_dataset_resume(layout, cfg, CONFIG_FILE)
     sources, passed_over = scan_meshes(mesh_dir, cfg.category)

@@ -96,14 +96,10 @@ def procedural(
     out: str | os.PathLike, cfg: ProceduralConfig, workers: int = 0, reporter: Reporter | None = None
 ) -> tuple[GenerationReport, int]:
     """Render ``cfg`` into ``out`` (resuming); ``workers`` 0 = one per CPU. Returns the report and
-    the number of workers used. ``out`` is locked for the run (:func:`zsw.locks.lock_folder`): one
-    process renders into a dataset, with ``workers`` for more cores; a second run into it stops at
-    once (it would take the first's temporary files for a killed run's)."""
-    from zsw.locks import lock_folder
-
+    the number of workers used. ``out`` is locked for the run (see :func:`generate`)."""
     reporter = reporter or Reporter()
     workers = workers or default_workers()
-    with lock_folder(out, "--out"), reporter.progress("rendering", cfg.objects * cfg.views) as advance:
+    with reporter.progress("rendering", cfg.objects * cfg.views) as advance:
         report = generate(out, cfg, workers=workers, progress=lambda done, total: advance(0, completed=done))
     return report, workers
 
@@ -128,11 +124,8 @@ def meshes(
     """Render the meshes under ``mesh_dir`` into ``out`` (resuming); ``workers`` 0 = one per CPU.
     Returns the report (with the meshes that failed and the open ones) and the number of workers.
     ``out`` is locked for the run, as :func:`procedural` locks it."""
-    from zsw.locks import lock_folder
-
     workers = workers or default_workers()
-    with lock_folder(out, "--out"):
-        return generate_meshes(mesh_dir, out, cfg, workers, redo_changed, reporter), workers
+    return generate_meshes(mesh_dir, out, cfg, workers, redo_changed, reporter), workers
 
 
 # ---- diffusion -------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ import numpy as np
 from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError
-from zsw.io import check_out_folder, remove_leftovers
+from zsw.io import remove_leftovers
+from zsw.locks import lock_folder
 from zsw.synth.render import CameraConfig, SynthShape, View, render, sample_material, sample_view
 from zsw.synth.sdf import ALL_CATEGORIES, CATEGORIES, Shape, make_shape
 
@@ -389,8 +390,15 @@ def generate(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationReport:
-    """Render ``cfg`` into ``out`` (resuming what exists); ``progress(done_views, total_views)``."""
-    check_out_folder(out)
+    """Render ``cfg`` into ``out`` (resuming what exists); ``progress(done_views, total_views)``.
+    ``out`` is locked meanwhile (:func:`zsw.locks.lock_folder`): one process renders into a dataset,
+    with ``workers`` for more cores; a second one into it -- the command, or this function from
+    Python -- stops at once (it would take the first's temporary files for a killed run's)."""
+    with lock_folder(out, "--out"):
+        return _generate(out, cfg, workers, progress)
+
+
+def _generate(out, cfg: ProceduralConfig, workers: int, progress) -> GenerationReport:
     layout = ZeroShapeLayout(out)
     cfg = check_dataset_resume(layout, cfg, CONFIG_FILE, ignore=("objects",))
     remove_leftovers(layout.root, recursive=True)  # temporary files of a killed run (before the workers start)
