@@ -9,6 +9,7 @@ and a model missing from the cache fails at once, before any work starts.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -72,8 +73,6 @@ GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/d
 def _cuda_available() -> bool:
     """``torch.cuda.is_available()``, answered without importing PyTorch where it cannot be True
     (Linux without a GPU driver's device files; PyTorch not imported yet)."""
-    import sys
-
     if "torch" not in sys.modules and sys.platform.startswith("linux"):
         if not any(os.path.exists(p) for p in GPU_DRIVER_FILES):
             return False

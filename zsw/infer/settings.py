@@ -15,6 +15,7 @@ from pathlib import Path
 
 from zsw.config import checked_fields
 from zsw.errors import ConfigError, OptionError
+from zsw.hub import device_type
 from zsw.infer.cutout import check_cutout
 from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.texture import check_texture_size
@@ -72,8 +73,6 @@ def resolve_tta(tta: str, device) -> str:
     the grid decoding (1.2 -> 1.9 s of a 4.8 s ``zsw reconstruct`` on 2 cores) and averaging the
     pixel model's outputs alone costs one more pixel-model pass for most of the gain in CD
     (docs/reconstruct.md)."""
-    from zsw.hub import device_type
-
     if tta not in TTAS:
         raise ConfigError(f"tta must be one of {', '.join(TTAS)}, got {tta!r}")
     if tta == "auto":
@@ -298,7 +297,6 @@ class ReconstructSettings:
         is recorded by its type: a CPU's result is not reused on a GPU, nor the other way round)."""
         precision, tta, where = self.precision, self.tta, self.device or "auto"
         if device is not None:
-            from zsw.hub import device_type
             from zsw.infer.precision import run_precision
 
             precision = run_precision(backend or self.backend, self.precision, device)

@@ -37,10 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zsw.config import dump_yaml
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
-from zsw.io import atomic_write_text, remove_leftovers, sha256_file
+from zsw.io import atomic_write_text, sha256_file
 from zsw.locks import lock_folder
 from zsw.report import Reporter
 from zsw.synth.mesh_sdf import MESH_SUFFIXES, MeshShape
@@ -53,6 +52,7 @@ from zsw.synth.procedural import (
     render_object,
     run_jobs,
     split_at,
+    start_dataset,
 )
 from zsw.synth.sdf import CATEGORIES
 
@@ -212,8 +212,8 @@ def _mesh_job(args: tuple[str, MeshConfig, MeshSource, str, frozenset]) -> tuple
     root, cfg, src, sha, recorded = args
     layout = ZeroShapeLayout(root)
     sids = src.views(cfg.views)
-    todo, unrecorded, have_object = pending_views(layout, sids, recorded)
-    if not todo and not unrecorded and have_object:
+    pending = pending_views(layout, sids, recorded)
+    if pending.complete:
         return [], 0, len(sids), "", ""
     try:
         shape = MeshShape.from_file(src.path, cfg.up, cfg.grid)
@@ -232,8 +232,8 @@ def _mesh_job(args: tuple[str, MeshConfig, MeshSource, str, frozenset]) -> tuple
     rng = np.random.default_rng(np.random.SeedSequence(key))
     extra = dict(source="mesh", mesh=src.rel, mesh_sha256=sha)
     rcfg = cfg.render_config()
-    records, rendered = render_object(layout, rcfg, shape, rng, src.split(cfg), sids, recorded, key, extra)
-    return records, rendered, len(sids) - len(todo), "", note
+    records, rendered = render_object(layout, rcfg, shape, rng, src.split(cfg), sids, recorded, pending, key, extra)
+    return records, rendered, len(sids) - len(pending.todo), "", note
 
 
 def generate_meshes(
@@ -273,13 +273,7 @@ def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed:
         reporter.info(f"{src.rel} changed: rendering it again")
         for path in _object_files(layout, src.views(cfg.views)):
             path.unlink(missing_ok=True)
-    remove_leftovers(layout.root, recursive=True)
-    if cfg.background_dir is not None and cfg.bake_splits:
-        from zsw.data.backgrounds import Backgrounds
-
-        Backgrounds(cfg.background_kinds, cfg.background_dir)  # fail early on a bad folder
-    layout.root.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, layout.root / CONFIG_FILE)
+    start_dataset(layout, cfg, CONFIG_FILE)
 
     recorded = {r.get("name") for r in layout.read_manifest()}
     redo = {src.rel for src in changed}

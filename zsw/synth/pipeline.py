@@ -19,6 +19,8 @@ from pathlib import Path
 from zsw.config import from_dict, load_yaml, to_dict
 from zsw.data.layout import ZeroShapeLayout
 from zsw.errors import ConfigError, InputError, OptionError
+from zsw.io import check_out_folder
+from zsw.locks import lock_file
 from zsw.report import Reporter
 from zsw.synth.diffuse import DiffuseConfig, SynthReport, check_resume
 from zsw.synth.jobs import parse_shard, plan
@@ -215,9 +217,6 @@ def _lock_shard(folder: Path | str, shard: tuple[int, int], option: str, other: 
     process on the same shard -- the same command started twice -- stops at once with one line
     naming the first and ``other`` (what to choose instead), rather than both writing the same files
     and the shard's manifest."""
-    from zsw.io import check_out_folder
-    from zsw.locks import lock_file
-
     check_out_folder(folder, option)
     return lock_file(Path(folder) / f"shard-{shard[0]}-of-{shard[1]}", other)
 

@@ -205,15 +205,27 @@ def _material_record(mat) -> dict:
     )
 
 
-def pending_views(
-    layout: ZeroShapeLayout, sids: list[SampleId], recorded: frozenset
-) -> tuple[list[SampleId], list[SampleId], bool]:
-    """(views to render, views on disk without a manifest record, whether the object's gt_sdf and
-    point cloud are there) of one object."""
-    todo = [sid for sid in sids if not layout.has_view(sid)]
-    unrecorded = [sid for sid in sids if layout.has_view(sid) and sid.name not in recorded]
-    have_object = layout.gt_sdf(sids[0]).is_file() and layout.pointcloud(sids[0]).is_file()
-    return todo, unrecorded, have_object
+@dataclass(frozen=True)
+class Pending:
+    """What one object of a dataset lacks (:func:`pending_views`)."""
+
+    todo: list[SampleId]  # views to render
+    unrecorded: list[SampleId]  # views on disk without a manifest record
+    have_object: bool  # its gt_sdf and point cloud are there
+
+    @property
+    def complete(self) -> bool:
+        return not self.todo and not self.unrecorded and self.have_object
+
+
+def pending_views(layout: ZeroShapeLayout, sids: list[SampleId], recorded: frozenset) -> Pending:
+    """What the object of views ``sids`` lacks, ``recorded`` holding the names the manifest has."""
+    on_disk = [layout.has_view(sid) for sid in sids]
+    return Pending(
+        todo=[sid for sid, there in zip(sids, on_disk) if not there],
+        unrecorded=[sid for sid, there in zip(sids, on_disk) if there and sid.name not in recorded],
+        have_object=layout.gt_sdf(sids[0]).is_file() and layout.pointcloud(sids[0]).is_file(),
+    )
 
 
 def render_object(
@@ -224,17 +236,19 @@ def render_object(
     split: str,
     sids: list[SampleId],
     recorded: frozenset,
+    pending: Pending,
     key: list[int],
     extra: dict,
 ) -> tuple[list[dict], int]:
-    """Write what one object lacks: its gt_sdf and point cloud, and the views of ``sids`` not on
-    disk, each from ``SeedSequence([*key, 1, view])``; returns (the new manifest records, the views
-    rendered). ``rng`` draws the object's surface points and SDF samples; ``extra`` goes into every
-    record. Any :class:`SynthShape` (an analytic :class:`Shape`, a mesh) is rendered the same way;
-    the occluders of baked views are procedural shapes of ``cfg.categories``."""
-    todo, unrecorded, have_object = pending_views(layout, sids, recorded)
+    """Write what one object lacks (``pending``, :func:`pending_views`): its gt_sdf and point cloud,
+    and the views of ``sids`` not on disk, each from ``SeedSequence([*key, 1, view])``; returns (the
+    new manifest records, the views rendered). ``rng`` draws the object's surface points and SDF
+    samples; ``extra`` goes into every record. Any :class:`SynthShape` (an analytic :class:`Shape`,
+    a mesh) is rendered the same way; the occluders of baked views are procedural shapes of
+    ``cfg.categories``."""
+    todo, unrecorded = pending.todo, pending.unrecorded
     surface = shape.surface_points(cfg.surface_points, rng, cfg.mesh_resolution)
-    if not have_object:
+    if not pending.have_object:
         pts, sdf = shape.sdf_samples(rng, cfg.near_samples, cfg.uniform_samples, resolution=cfg.mesh_resolution)
         layout.write_object(sids[0], sample_pt=pts, sample_sdf=sdf, pointcloud=surface)
 
@@ -289,15 +303,16 @@ def _object_job(args: tuple[str, ProceduralConfig, int, frozenset]) -> tuple[lis
     root, cfg, index, recorded = args
     layout = ZeroShapeLayout(root)
     cat, split, sids = object_plan(cfg, index)
-    todo, unrecorded, have_object = pending_views(layout, sids, recorded)
-    if not todo and not unrecorded and have_object:
+    pending = pending_views(layout, sids, recorded)
+    if pending.complete:
         return [], 0, len(sids)
 
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index]))
     shape: Shape = make_shape(cat, rng, resolution=cfg.mesh_resolution)
     extra = dict(source="procedural")
-    records, rendered = render_object(layout, cfg, shape, rng, split, sids, recorded, [cfg.seed, index], extra)
-    return records, rendered, len(sids) - len(todo)
+    key = [cfg.seed, index]
+    records, rendered = render_object(layout, cfg, shape, rng, split, sids, recorded, pending, key, extra)
+    return records, rendered, len(sids) - len(pending.todo)
 
 
 @contextlib.contextmanager
@@ -378,6 +393,19 @@ def check_dataset_resume(layout: ZeroShapeLayout, cfg: C, config_file: str, igno
     return cfg
 
 
+def start_dataset(layout: ZeroShapeLayout, cfg: RenderSettings, config_file: str) -> None:
+    """What a dataset run does before its workers start, once its settings passed
+    :func:`check_dataset_resume`: a killed run's temporary files removed, a bad ``--backgrounds``
+    folder refused, the folder made and ``cfg`` written to ``config_file`` in it."""
+    remove_leftovers(layout.root, recursive=True)
+    if cfg.background_dir is not None and cfg.bake_splits:
+        from zsw.data.backgrounds import Backgrounds
+
+        Backgrounds(cfg.background_kinds, cfg.background_dir)  # fail early on a bad folder
+    layout.root.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, layout.root / config_file)
+
+
 def same_proportions(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     """Whether two split weightings give every object the same split (``2,1,1`` and ``0.5,0.25,0.25``)."""
     sa, sb = sum(a), sum(b)
@@ -401,17 +429,11 @@ def generate(
 def _generate(out, cfg: ProceduralConfig, workers: int, progress) -> GenerationReport:
     layout = ZeroShapeLayout(out)
     cfg = check_dataset_resume(layout, cfg, CONFIG_FILE, ignore=("objects",))
-    remove_leftovers(layout.root, recursive=True)  # temporary files of a killed run (before the workers start)
-    if cfg.background_dir is not None and cfg.bake_splits:
-        from zsw.data.backgrounds import Backgrounds
-
-        Backgrounds(cfg.background_kinds, cfg.background_dir)  # fail early on a bad folder
-    layout.root.mkdir(parents=True, exist_ok=True)
     config_file = layout.root / CONFIG_FILE
     old_objects = load_yaml(config_file, ProceduralConfig).objects if config_file.is_file() else 0
     # a rerun asking for fewer objects renders nothing new and lists every object already there
     whole = replace(cfg, objects=max(cfg.objects, old_objects))
-    dump_yaml(whole, config_file)
+    start_dataset(layout, whole, CONFIG_FILE)
 
     recorded = {r.get("name") for r in layout.read_manifest()}
     total = cfg.objects * cfg.views
