@@ -205,6 +205,23 @@ def test_a_rerun_with_another_resolved_backend_is_redone(repo_root, tmp_path):
     assert again.redone == 1 and len(again.written) == 1
 
 
+def test_a_result_made_by_another_zsw_release_is_redone(repo_root, tmp_path, monkeypatch):
+    """Another release may mesh the same photo differently: its result is not reused."""
+    import zsw
+    from zsw.infer.jobs import reconstruct_many
+    from zsw.infer.settings import GridSettings, ReconstructSettings
+
+    photo = [str(repo_root / "examples" / "teddy_bear.png")]
+    settings = ReconstructSettings(grid=GridSettings(resolution=16))
+    assert len(reconstruct_many(photo, tmp_path, settings).written) == 1
+    monkeypatch.setattr(zsw, "__version__", "99.0.0")
+    again = reconstruct_many(photo, tmp_path, settings)
+    assert again.redone == 1 and len(again.written) == 1
+    record = json.loads((tmp_path / "teddy_bear" / "result.json").read_text())
+    assert record["request"]["zsw_version"] == "99.0.0"
+    assert reconstruct_many(photo, tmp_path, settings).skipped == 1
+
+
 def test_the_decoder_alone_loads_from_a_checkpoint_and_decodes_like_the_model(tmp_path):
     from zsw import checkpoint
     from zsw.model import build_model

@@ -129,6 +129,20 @@ def test_results_log_resumes_and_refuses_other_settings(tmp_path):
         EvalSettings(format="pix3d", align="ransac")
 
 
+def test_results_log_resumes_only_what_the_same_zsw_release_scored(tmp_path):
+    path = tmp_path / "r.samples.jsonl"
+    ResultsLog(path, EvalSettings(format="procedural", zsw_version="0.1.0")).append({"name": "a", "cd": 0.1})
+    with pytest.raises(ConfigError, match=r"zsw_version differ \(scored by zsw 0.1.0\)"):
+        ResultsLog(path, EvalSettings(format="procedural", zsw_version="0.2.0"))
+    # a log written before the release was recorded was scored by 0.1.0, the only release then
+    header = json.loads(path.read_text().splitlines()[0])
+    del header["settings"]["zsw_version"]
+    path.write_text("\n".join([json.dumps(header), *path.read_text().splitlines()[1:]]) + "\n")
+    assert ResultsLog(path, EvalSettings(format="procedural", zsw_version="0.1.0")).done == {"a"}
+    with pytest.raises(ConfigError, match="zsw_version differ"):
+        ResultsLog(path, EvalSettings(format="procedural", zsw_version="0.2.0"))
+
+
 def test_summary_means_by_hand():
     keys = ("acc", "comp", "cd", "fscore@0.005", "fscore@0.01", "fscore@0.02", "fscore@0.05", "fscore@0.1")
     rows = [
@@ -186,6 +200,7 @@ def test_eval_cli_end_to_end_with_resume_and_baseline(procedural_test_set, tmp_p
     assert sum(": CD 0." in line for line in first.output.splitlines()) == 3, first.output
     lines = out.with_name("results.samples.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "settings" in json.loads(lines[0])
+    assert json.loads(lines[0])["settings"]["zsw_version"] == __import__("zsw").__version__
 
     resumed = runner.invoke(app, base)  # all 4: the first 3 come from the JSONL
     assert resumed.exit_code == 0 and "resuming: 3 sample(s)" in resumed.output

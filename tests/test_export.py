@@ -422,6 +422,12 @@ def test_engines_are_built_over_an_onnx_export_only_of_the_weights_asked_for(tmp
     # the same rule for torch-tensorrt programs added to an export
     why = settings_mismatch(read_manifest(out), "fp32", 1, 65536, {"weights": "random:small"})
     assert why == "it was exported from other weights (random:tiny)"
+    # graphs another zsw release traced are not extended: the model code may have changed since
+    data["zsw_version"] = "0.0.9"
+    (out / "export.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"cannot be reused \(it was exported by zsw 0.0.9, not "):
+        reused(None)
+    assert not reused("random:tiny")
 
 
 # --------------------------------------------------------------------------------------------

@@ -185,6 +185,8 @@ def _evaluate(data: Path, out: Path, s: EvalJobSettings, reporter: Reporter) -> 
 def _measured(data: Path, weights: str, s: EvalJobSettings, backend, cutout=None) -> EvalSettings:
     """The resume key: every setting that changes a number, the weights' identity and the set's
     folder (each sample's files are keyed in its own row: :class:`~zsw.eval.evaluate.ResultsLog`)."""
+    from zsw import __version__
+
     precision = run_precision(backend.name, s.precision, backend.device)
     g = s.grid
     return EvalSettings(format=s.format, weights=weights, resolution=g.resolution, extraction=g.extraction,
@@ -194,7 +196,7 @@ def _measured(data: Path, weights: str, s: EvalJobSettings, backend, cutout=None
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
                         smooth=s.smooth, faces=s.faces, tta=resolve_tta(s.tta, backend.device), carve=s.carve,
                         cutout=cutout.identity if cutout else "none",
-                        data=str(data.resolve()))  # fmt: skip
+                        data=str(data.resolve()), zsw_version=__version__)  # fmt: skip
 
 
 def _run(samples, names, log, recon, measured, batch_size, estimator, reporter, cutout=None) -> list[str]:

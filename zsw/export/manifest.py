@@ -265,7 +265,11 @@ def settings_mismatch(
     ``source``: the ``source`` record the weights asked for would get (``{"weights", "sha256"}``;
     a random preset has no sha256 and is known by its label), or None when no weights were asked
     for (any export's weights will do)."""
+    from zsw import __version__
+
     d = manifest.data
+    if d.get("zsw_version") != __version__:  # another release may trace the model into other graphs
+        return f"it was exported by zsw {d.get('zsw_version') or 'unknown'}, not {__version__}"
     wanted = {"precision": precision, "batch": batch, "points_chunk": points_chunk}
     for key, value in wanted.items():
         if d.get(key) != value:

@@ -136,7 +136,8 @@ def reconstruct_many(
         )
     if report.redone:
         reporter.info(
-            f"redoing {report.redone} image(s) in {out} made from another input, settings or weights, or missing a file"
+            f"redoing {report.redone} image(s) in {out} made from another input, settings, weights or zsw release, "
+            "or missing a file"
         )
     if todo:
         items = [_Item(p, n, r) for p, n, r in todo]

@@ -294,7 +294,10 @@ class ReconstructSettings:
         ``auto`` resolved to here (backends agree only to float rounding); ``cutout``: the opened
         remover's :attr:`~zsw.infer.cutout.Cutout.identity` (its version and model file);
         ``device``: the device the run uses, which resolves ``auto`` precision and ``--tta`` (and
-        is recorded by its type: a CPU's result is not reused on a GPU, nor the other way round)."""
+        is recorded by its type: a CPU's result is not reused on a GPU, nor the other way round).
+        The zsw release is part of it too: another release may mesh the same photo differently."""
+        from zsw import __version__
+
         precision, tta, where = self.precision, self.tta, self.device or "auto"
         if device is not None:
             from zsw.infer.precision import run_precision
@@ -309,5 +312,5 @@ class ReconstructSettings:
             prompt=self.prompt, precision=precision, color=self.color, min_part=self.min_part,
             smooth=self.smooth, faces=self.faces, texture=self.texture, tta=tta, carve=self.carve,
             reframe=self.reframe, background=self.background, cutout=cutout or self.cutout, preview=self.preview,
-            device=where,
+            device=where, zsw_version=__version__,
         )  # fmt: skip
