@@ -505,6 +505,53 @@ def test_cli_reruns_are_keyed_on_the_input_content_and_the_weights(repo_root, tm
     assert sha("photo-2") == hashlib.sha256(Path(b).read_bytes()).hexdigest() and not (out / "photo-3").exists()
 
 
+def test_one_photo_given_twice_in_a_run_is_computed_once_and_written_to_each_folder(repo_root, tmp_path, monkeypatch):
+    """The same bytes under two names (or from two folders) with the same settings: one
+    reconstruction, written into each photo's own folder, each result naming its own file; a
+    rerun of either finds its folder. Photos that cannot be read are each reported."""
+    import shutil
+
+    calls = []
+    real = Reconstructor.__call__
+
+    def counting(self, images, *args, **kwargs):
+        calls.extend(im.name for im in images)
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Reconstructor, "__call__", counting)
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    for target in (tmp_path / "A" / "toy.png", tmp_path / "B" / "toy.png", tmp_path / "copy.png"):
+        shutil.copy(repo_root / "examples" / "toy.png", target)
+    shutil.copy(repo_root / "examples" / "bolt.png", tmp_path / "B" / "bolt.png")
+    out = tmp_path / "o"
+    opts = ["-o", str(out), "--resolution", str(RES), "--weights", "random:tiny"]
+    inputs = [str(tmp_path / "A"), str(tmp_path / "B"), str(tmp_path / "copy.png")]
+    result = runner.invoke(app, ["reconstruct", *inputs, *opts])
+    assert result.exit_code == 0 and "reconstructed 4" in result.output, result.output
+    assert sorted(calls) == ["bolt", "toy"]
+    assert sorted(p.name for p in out.iterdir()) == ["bolt", "copy", "toy", "toy-2"]
+    records = {f: json.loads((out / f / "result.json").read_text()) for f in ("toy", "toy-2", "copy")}
+    for folder, source in (("toy", "A/toy.png"), ("toy-2", "B/toy.png"), ("copy", "copy.png")):
+        assert records[folder]["name"] == folder and records[folder]["input"]["source"] == str(tmp_path / source)
+        assert set(records[folder]["files"]) == set(records["toy"]["files"])
+        assert (out / folder / "mesh.glb").read_bytes() == (out / "toy" / "mesh.glb").read_bytes()
+    assert not any("the same bytes" in n for n in records["toy"]["input"]["notes"])
+    assert records["copy"]["input"]["notes"][-1] == f"the same bytes as {tmp_path / 'A' / 'toy.png'} in this run: " + (
+        "written from its reconstruction"
+    )
+    assert records["copy"]["request"] == records["toy"]["request"]
+    calls.clear()
+    assert "skipped 1" in runner.invoke(app, ["reconstruct", str(tmp_path / "copy.png"), *opts]).output
+    assert "skipped 4" in runner.invoke(app, ["reconstruct", *inputs, *opts]).output and not calls
+    # bytes that are no image: each input of them is reported, not only the first
+    for name in ("bad.png", "bad2.png"):
+        (tmp_path / "C").mkdir(exist_ok=True)
+        (tmp_path / "C" / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    bad = runner.invoke(app, ["reconstruct", str(tmp_path / "C"), *opts])
+    assert bad.exit_code == 1 and "failed 2" in bad.output, bad.output
+
+
 def test_cli_reruns_find_their_folder_whatever_the_working_folder(repo_root, tmp_path, monkeypatch):
     """The same relative name typed in two folders is two photos (the second must not write over
     the first's result), and a photo given once relatively and once from elsewhere is one."""

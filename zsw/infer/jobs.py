@@ -24,9 +24,11 @@ request there, and goes to its own folder otherwise.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,6 +92,8 @@ class _Item:
     load_s: float = 0.0
     claim: Lock | None = None  # held while the image's folder is written
     busy: list[Path] = field(default_factory=list)  # folders of other processes it waits for
+    copies: list[_Item] = field(default_factory=list)  # later inputs of the same bytes and request
+    result: Reconstruction | None = None  # kept, once written, until its copies are written too
 
 
 def reconstruct_many(
@@ -171,7 +175,9 @@ def _run(
         estimator = get_estimator(s.prompt, device=str(backend.device))
     elif s.prompt != recon.default_prompt():  # a missing text model fails the run once, not every photo
         backend.embed_prompts([s.prompt], 1)
-    with reporter.progress("reconstructing", len(items)) as advance:
+    total = len(items)
+    items = _same_requests(items, s)
+    with reporter.progress("reconstructing", total) as advance:
         while items:
             waiting = []
             for start in range(0, len(items), s.batch_size):
@@ -185,10 +191,53 @@ def _run(
                 finally:
                     for it in claimed:
                         it.claim.release()
-                deferred = [it for it in chunk if it.busy]
+                deferred, done = [it for it in chunk if it.busy], [it for it in chunk if not it.busy]
+                for it in done:  # the copies of a photo written now, or run on their own if it was not
+                    deferred += _write_copies(it, out, s, used, reporter, report, frozenset(recon.warnings))
                 waiting += deferred
-                advance(len(chunk) - len(deferred))
+                advance(len(chunk) + sum(len(it.copies) for it in done) - len(deferred))
+                for it in done:
+                    it.copies, it.result = [], None
             items = _wait(waiting, reporter)
+
+
+def _same_requests(items: list[_Item], s: ReconstructSettings) -> list[_Item]:
+    """The items to compute: a later input with the same request as an earlier one (the same bytes,
+    mask and settings: one photo given twice, under two names or from two folders) becomes a copy
+    of the earlier one, written into its own folder from the same reconstruction. Not where a
+    missing mask is noted by the photo's own name (``--masks`` without one for it)."""
+    first: dict[str, _Item] = {}
+    todo = []
+    for it in items:
+        key = json.dumps(it.request, sort_keys=True)
+        if key in first and not (s.masks is not None and it.request.get("mask_sha256") is None):
+            first[key].copies.append(it)
+        else:
+            first.setdefault(key, it)
+            todo.append(it)
+    return todo
+
+
+def _write_copies(item: _Item, out: Path, s: ReconstructSettings, used: set[str], reporter, report, said) -> list:
+    """Write ``item``'s reconstruction into each of its copies' folders; returns the copies left to
+    run on their own (``item`` was not written, or another process holds a copy's folder)."""
+    if item.result is None:
+        return list(item.copies)
+    left = []
+    for copy in item.copies:
+        if not _claim([copy], out, s, used, reporter, report):
+            left += [copy] if copy.busy else []  # else: skipped, another process made it meanwhile
+            continue
+        try:
+            rec = dataclasses.replace(item.result, name=copy.name, record=deepcopy(item.result.record))
+            rec.record.name = copy.name
+            note = f"the same bytes as {item.path} in this run: written from its reconstruction"
+            source = str(copy.path.absolute())
+            rec.record.input = {**rec.record.input, "source": source, "notes": [*rec.record.input["notes"], note]}
+            _save(copy, rec, rec.record.prompt_source, out, s, reporter, report, said=said)
+        finally:
+            copy.claim.release()
+    return left
 
 
 def _claim(chunk: list[_Item], out: Path, s: ReconstructSettings, used: set[str], reporter, report) -> list[_Item]:
@@ -291,6 +340,8 @@ def _save(
     except (OSError, ZswError) as e:
         return _fail(report, reporter, str(item.path), f"cannot write results ({e})")
     report.written.append(out / rec.name)
+    if item.copies:
+        item.result = rec
     m = rec.record.mesh
     reporter.info(f"{item.path} -> {out / rec.name} ({m.vertices} vertices, {m.faces} faces)")
     own = [w for w in rec.record.warnings if w not in said]
