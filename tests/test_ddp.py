@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -64,3 +65,81 @@ def test_a_torchrun_job_into_a_run_folder_in_use_stops_on_every_rank(tiny64, tmp
     assert done.returncode != 0 and len(said) == 2, done.stderr[-3000:]  # one line per rank
     assert all(f"another process is writing to {run} (pid {os.getpid()}" in line for line in said), said
     assert not any(run.iterdir())
+
+
+def _last_step(metrics) -> int:
+    """The largest step ``metrics.jsonl`` records so far (0 before it exists)."""
+    steps = [0]
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        with contextlib.suppress(ValueError):  # a line being written
+            steps.append(json.loads(line).get("step") or 0)
+    return max(steps)
+
+
+def _running(marker: str) -> list[int]:
+    """The pids of the live processes whose command line holds ``marker`` (zombies aside)."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                if alive and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except (OSError, IndexError):
+                continue
+    return found
+
+
+def _kill_leftovers(marker: str) -> list[int]:
+    """SIGKILL every live process whose command line holds ``marker``; returns their pids."""
+    import signal
+
+    found = _running(marker)
+    for pid in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the agent's death reaches the ranks through prctl")
+def test_ranks_whose_torchrun_agent_is_killed_stop_after_the_same_step_and_save_it(tiny64, tmp_path):
+    """torchrun's agent killed by a signal it cannot pass on (SIGKILL, the OOM killer): its ranks
+    do not train on headless; each gets a termination request, they agree to stop after the same
+    step and save it, so no step is lost (checkpoints are 1,000 steps apart here)."""
+    import signal
+    import time
+
+    data, model = tiny64
+    run = tmp_path / "ddp-killed"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "zsw", "train", "--preset", str(model), "--data", str(data), "--stage", "full", "--out", str(run),
+        "--batch-size", "2", "--max-steps", "1000", "--epochs", "1000", "--workers", "0", "--checkpoint-every",
+        "1000", "--log-every", "1", "--no-validate", "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "torchrun.log"  # a file, not a pipe: nobody reads a pipe while the run goes on
+    metrics = run / "metrics.jsonl"
+    with open(log, "w") as sink:
+        agent = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while _last_step(metrics) < 4:  # mid-epoch: 3 steps each
+            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        deadline = time.monotonic() + 120
+        while _running(str(run)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        left = _kill_leftovers(str(run))
+    err = log.read_text()
+    assert not left, f"ranks still running 120 s after their agent was killed: {left}"
+    assert "asked to terminate: stopping after this step" in err, err[-3000:]
+    saved = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
+    assert saved >= 4 and saved == _last_step(metrics), (saved, err[-2000:])
+    assert f"interrupted: saved step {saved}; continue with --resume" in err

@@ -393,10 +393,27 @@ def test_best_weights_are_chosen_on_one_metric_per_stage(tiny64, tmp_path):
     assert result.best is None and any("has no val/cd" in line for line in said)
 
 
-def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch):
-    """Ctrl-C lands after step 2's forward pass (BatchNorm's running statistics already moved)
-    and before its optimiser step: the run finishes step 2, saves it, and the saved state is the
-    uninterrupted run's step 2, so the resumed run ends where the straight one does."""
+def test_loader_workers_leave_stopping_to_the_trainer():
+    """A Ctrl-C or a SIGTERM sent to the whole process group (torchrun stopping a rank, a scheduler
+    stopping a job) reaches the data loader's workers too: they must keep loading until the
+    trainer has finished its step and shuts them down, or the step fails half done."""
+    from zsw.train.setup import _ignore_ctrl_c
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _ignore_ctrl_c(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatch, signum):
+    """Ctrl-C (or a termination request: ``kill``, a scheduler) lands after step 2's forward pass
+    (BatchNorm's running statistics already moved) and before its optimiser step: the run
+    finishes step 2, saves it, and the saved state is the uninterrupted run's step 2, so the
+    resumed run ends where the straight one does."""
     from zsw import checkpoint
     from zsw.train.step import TrainStep
     from zsw.train.trainer import Trainer
@@ -409,18 +426,27 @@ def test_ctrl_c_within_a_step_saves_that_step_whole(tiny64, tmp_path, monkeypatc
         out = forward(self, batch)
         calls.append(1)
         if len(calls) == 3:  # the first is set-up's probe for unused parameters; the third is step 2's
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
             time.sleep(0.1)  # the handler runs here, mid-step
         return out
 
+    def unhandled(signum, frame):  # instead of SIGTERM's default, which would end this test process
+        raise RuntimeError("SIGTERM reached the handler the trainer should have replaced")
+
     monkeypatch.setattr(TrainStep, "forward", interrupted)
-    said = []
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "stopped", progress=False, echo=said.append).fit()
+    said, before = [], signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg, tmp_path / "stopped", progress=False, echo=said.append).fit()
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the handlers are put back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.setattr(TrainStep, "forward", forward)
     # step 2 was checkpointed as it ended (checkpoint_every=1): the message still names it
     assert any("after step 2, which is saved" in line for line in said), said
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert ("interrupted: stopping after this step (Ctrl-C again to stop at once)" if signum == signal.SIGINT
+                       else "asked to terminate: stopping after this step (SIGKILL stops at once)") in said  # fmt: skip
     saved = json.loads((tmp_path / "stopped" / "checkpoints" / "latest.json").read_text())["step"]
     assert saved == 2
     name = "checkpoints/step-00000002.safetensors"

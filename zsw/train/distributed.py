@@ -8,6 +8,11 @@ CUDA and gloo on CPU. The collectives below degrade to no-ops in a world of one.
 seeded permutation cut into *global* batches: global step ``s`` of an epoch uses samples
 ``perm[s*G:(s+1)*G]`` whatever the number of ranks (rank ``r`` takes every ``W``-th of them), so
 ``set_epoch(e, start=k)`` resumes mid-epoch after ``k`` samples -- on any number of ranks.
+
+Under torchrun each rank asks the kernel for a termination request (SIGTERM) when its agent dies
+(:func:`stop_with_the_agent`): an agent killed by a signal it cannot pass on (SIGKILL, the OOM
+killer) no longer leaves its ranks training headless; they stop after the same step and save it,
+as they do when the agent passes on a Ctrl-C (:class:`zsw.train.trainer.Trainer`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "ResumableSampler",
     "all_reduce_mean",
     "all_min",
+    "stop_with_the_agent",
     "all_gather_object",
     "barrier",
     "on_main",
@@ -64,9 +70,32 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent
+        stop_with_the_agent()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def stop_with_the_agent() -> bool:
+    """Have the kernel send this process SIGTERM when its parent (torchrun's agent) dies, however
+    it dies (``prctl(PR_SET_PDEATHSIG)``; Linux only). Returns whether that is set up."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    if prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        return False
+    if os.getppid() != parent:  # the agent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def shutdown() -> None:

@@ -110,11 +110,14 @@ def loader(dataset, micro_batch: int, sampler, cfg: TrainConfig, dist: DistInfo)
 
 
 def _ignore_ctrl_c(worker_id: int) -> None:
-    """A terminal's Ctrl-C reaches the workers too: they keep loading, and the trainer decides
-    when to stop (after the step under way) and shuts them down."""
+    """A terminal's Ctrl-C reaches the workers too, and so does a SIGTERM sent to the whole process
+    group (torchrun stopping a rank, a scheduler stopping a job): they keep loading, and the
+    trainer decides when to stop (after the step under way) and shuts them down. A worker whose
+    trainer died exits by itself (PyTorch's workers watch their parent)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _loader_workers(asked: int | None, world_size: int) -> int:

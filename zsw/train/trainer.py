@@ -121,37 +121,57 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 class _StopBetweenSteps:
-    """Ctrl-C while training: the first asks the loop to stop once the step under way is done (its
-    state is then saved whole: a step interrupted half-way has updated some of the weights, or
-    BatchNorm's running statistics, and not others), the second stops at once. Single-process runs
-    in the main thread only; elsewhere Ctrl-C raises as usual."""
+    """Ctrl-C or a termination request (SIGTERM: ``kill``, a scheduler's preemption or time limit,
+    torchrun passing on its own stop) while training: the run stops once the step under way is
+    done and saves it whole (a step interrupted half-way has updated some of the weights, or
+    BatchNorm's running statistics, and not others). A second Ctrl-C stops at once; SIGKILL, which
+    no process can catch, is what stops a run at once from outside. Under torchrun the ranks agree
+    at every check (one all-reduce of a flag), so they stop after the same step and save it
+    together, whichever of them got the signal. Handlers are installed from the main thread only;
+    elsewhere Ctrl-C raises as usual."""
 
-    def __init__(self, echo: Callable[[str], None], enabled: bool = True):
-        self.echo, self.enabled, self.requested, self._previous = echo, enabled, False, None
+    def __init__(self, echo: Callable[[str], None], device: torch.device | None = None):
+        self.echo, self.device, self.requested, self._previous = echo, device, False, {}
 
     def __enter__(self) -> _StopBetweenSteps:
         import signal
         import threading
 
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
         import signal
 
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        import signal
+
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not self.requested:
+            how = "Ctrl-C again to stop at once" if signum == signal.SIGINT else "SIGKILL stops at once"
+            what = "interrupted" if signum == signal.SIGINT else "asked to terminate"
+            self.echo(f"{what}: stopping after this step ({how})")
         self.requested = True
-        self.echo("stopping after this step (Ctrl-C again to stop at once)")
 
     def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        """Raise KeyboardInterrupt, on every rank at once, when any rank was asked to stop."""
+        if self.device is not None:
+            stop = not all_min(not self.requested, self.device)
+        else:
+            stop = self.requested
+        if stop:
+            raise _AgreedStop
+
+
+class _AgreedStop(KeyboardInterrupt):
+    """The stop every rank reached after the same step (:meth:`_StopBetweenSteps.check`)."""
 
 
 class Trainer:
@@ -419,7 +439,7 @@ class Trainer:
         self._window = (time.perf_counter(), 0)  # (since, samples) of the logged throughput
         self.last: dict[str, float] = {}
         self.validation: dict[str, float] = {}
-        stop = _StopBetweenSteps(self.echo, enabled=not self.dist.distributed)
+        stop = _StopBetweenSteps(self.echo, self.dist.device if self.dist.distributed else None)
         between = True  # False while an optimiser step is half done: that state is never saved
         try:
             with stop, self.monitor.start(f"stage {cfg.stage}", self.total_steps, st.step):
@@ -440,8 +460,9 @@ class Trainer:
                     if st.consumed >= self.sampler.samples_per_epoch:
                         self.validation = self._end_epoch() or self.validation
                         stop.check()
-        except KeyboardInterrupt:
-            if not self.dist.distributed and between:
+        except KeyboardInterrupt as e:
+            # ranks save together only after a stop they agreed on; a second Ctrl-C leaves one alone
+            if between and (isinstance(e, _AgreedStop) or not self.dist.distributed):
                 if st.step > self.last_saved:
                     self._save(st.as_dict(self.dist.world_size, cfg, self.total_steps))
                     self.echo(f"interrupted: saved step {st.step}; continue with --resume")
