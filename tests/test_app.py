@@ -118,6 +118,15 @@ def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
     canvas.save(wide)
     *_, status = _reconstruct(app_url, wide, tmp_path / "dl2")
     assert "note: padded to a square" in status, status
+    # a phone's HEIC photo uploads and reconstructs too
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    heic = tmp_path / "phone.heic"
+    Image.open(ARMCHAIR).convert("RGB").save(heic, format="HEIF", quality=90)
+    model_heic, *_, status = _reconstruct(app_url, heic, tmp_path / "dl3")
+    assert "vertices" in status and "error" not in status, status
+    assert len(trimesh.load(model_heic, force="mesh", process=False).faces) > 100
     assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply", ".stl"]
     for picture in (depth, visible, occluder):
         assert Image.open(picture).size == (224, 224)

@@ -92,6 +92,35 @@ def test_webp_and_bmp_load(tmp_path):
         assert abs(int(load_image(tmp_path / f"x{suffix}").image[112, 112, 0]) - 90) <= 2
 
 
+def test_phone_formats_heic_and_avif_load_upright_whatever_their_name(tmp_path, monkeypatch):
+    """HEIC (a phone camera's default, through pillow-heif) and AVIF (Pillow's own) load like the
+    PNG they were made from, upright by their EXIF orientation, found in folders, and read by
+    their content even under another suffix. Without pillow-heif a HEIC photo is one line saying
+    what to install."""
+    import sys
+
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()  # to write them; zsw registers it itself to read them
+    a = np.zeros((40, 80, 3), np.uint8)  # landscape, left half black, right half white
+    a[:, 40:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(a).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(a).save(tmp_path / "phone.heic", format="HEIF", exif=exif.tobytes(), quality=95)
+    Image.fromarray(a).save(tmp_path / "phone.avif", format="AVIF", exif=exif.tobytes(), quality=95)
+    Image.fromarray(a).save(tmp_path / "sent-as.jpg", format="HEIF", exif=exif.tobytes(), quality=95)
+    reference = load_image(tmp_path / "phone.jpg").image.astype(int)
+    for name in ("phone.heic", "phone.avif", "sent-as.jpg"):
+        im = load_image(tmp_path / name)
+        assert im.original_size == (40, 80), name  # portrait once upright
+        assert np.abs(im.image.astype(int) - reference).mean() < 3, name
+    assert {p.name for p in find_images([tmp_path])[0]} >= {"phone.heic", "phone.avif"}
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    with pytest.raises(InputError, match=r"phone.heic: a HEIC/HEIF photo, which needs pillow-heif .*pip install"):
+        load_image(tmp_path / "phone.heic")
+
+
 @pytest.mark.parametrize(
     "content, fragment",
     [

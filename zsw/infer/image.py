@@ -48,7 +48,10 @@ __all__ = [
 ]
 
 #: suffixes picked up when a folder is given
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # GIF: its first frame
+# GIF: its first frame; HEIC/HEIF through pillow-heif, AVIF through Pillow (11.3 on)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
+#: ISO media brands of HEIF still images (the ``ftyp`` box at byte 4), which Pillow reads only through pillow-heif
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
 _WHITE = (255, 255, 255)
@@ -127,11 +130,18 @@ def _open(path: Path, notes: list[str] | None = None):
         raise InputError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
+    container = _iso_media(path)
+    if container == "heif":
+        _heif_opener(path)
     try:
         with warnings.catch_warnings(record=True) as caught:  # a huge image warns here
             warnings.simplefilter("always")
             img = Image.open(path)
     except UnidentifiedImageError:
+        if container == "avif":
+            raise InputError(
+                f"{path}: an AVIF photo, which Pillow {Image.__version__} cannot read: pip install 'pillow>=11.3'"
+            ) from None
         raise InputError(f"{path}: not an image file PIL can read") from None
     except Image.DecompressionBombError as e:
         raise InputError(f"{path}: image too large ({e})") from None
@@ -140,6 +150,33 @@ def _open(path: Path, notes: list[str] | None = None):
     if notes is not None:
         notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     return _decoded(img, str(path), notes)
+
+
+def _iso_media(path: Path) -> str | None:
+    """``"heif"`` or ``"avif"`` for an ISO media still image (by its ``ftyp`` box, whatever the
+    file is called), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[4:8] != b"ftyp":
+        return None
+    brand = head[8:12]
+    return "avif" if brand in (b"avif", b"avis") else "heif" if brand in _HEIF_BRANDS else None
+
+
+def _heif_opener(path: Path) -> None:
+    """Teach Pillow HEIC/HEIF (pillow-heif's opener, registered once), or say what to install."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise InputError(
+            f"{path}: a HEIC/HEIF photo, which needs pillow-heif to be read: pip install pillow-heif"
+        ) from None
+    if not getattr(_heif_opener, "registered", False):
+        pillow_heif.register_heif_opener()
+        _heif_opener.registered = True
 
 
 def _decoded(img, label: str, notes: list[str] | None):
