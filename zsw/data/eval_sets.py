@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural", "folder")
 #: the ``folder`` format's photos (as ``zsw reconstruct`` reads them), true shapes and masks
-FOLDER_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+FOLDER_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
 FOLDER_MESHES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 FOLDER_MASK = ".mask.png"
 #: points sampled on a ``folder`` sample's true mesh (ZeroShape samples 10,000 on each mesh)
