@@ -116,7 +116,10 @@ def test_phone_formats_heic_and_avif_load_upright_whatever_their_name(tmp_path, 
         assert im.original_size == (40, 80), name  # portrait once upright
         assert np.abs(im.image.astype(int) - reference).mean() < 3, name
     assert {p.name for p in find_images([tmp_path])[0]} >= {"phone.heic", "phone.avif"}
-    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    from zsw.infer import image
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed: as in a fresh process
+    image._read_heif.cache_clear()
     with pytest.raises(InputError, match=r"phone.heic: a HEIC/HEIF photo, which needs pillow-heif .*pip install"):
         load_image(tmp_path / "phone.heic")
 

@@ -23,6 +23,7 @@ maps K back to the photo through it.
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import os
 import re
@@ -132,7 +133,12 @@ def _open(path: Path, notes: list[str] | None = None):
         raise InputError(f"{path}: empty file (0 bytes)")
     container = _iso_media(path)
     if container == "heif":
-        _heif_opener(path)
+        try:
+            _read_heif()
+        except ImportError:
+            raise InputError(
+                f"{path}: a HEIC/HEIF photo, which needs pillow-heif to be read: pip install pillow-heif"
+            ) from None
     try:
         with warnings.catch_warnings(record=True) as caught:  # a huge image warns here
             warnings.simplefilter("always")
@@ -166,17 +172,12 @@ def _iso_media(path: Path) -> str | None:
     return "avif" if brand in (b"avif", b"avis") else "heif" if brand in _HEIF_BRANDS else None
 
 
-def _heif_opener(path: Path) -> None:
-    """Teach Pillow HEIC/HEIF (pillow-heif's opener, registered once), or say what to install."""
-    try:
-        import pillow_heif
-    except ImportError:
-        raise InputError(
-            f"{path}: a HEIC/HEIF photo, which needs pillow-heif to be read: pip install pillow-heif"
-        ) from None
-    if not getattr(_heif_opener, "registered", False):
-        pillow_heif.register_heif_opener()
-        _heif_opener.registered = True
+@functools.cache
+def _read_heif() -> None:
+    """Teach Pillow HEIC/HEIF (pillow-heif's opener), once; ImportError without pillow-heif."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
 
 
 def _decoded(img, label: str, notes: list[str] | None):

@@ -192,12 +192,11 @@ def _run(
                     for it in claimed:
                         it.claim.release()
                 deferred, done = [it for it in chunk if it.busy], [it for it in chunk if not it.busy]
+                copies = sum(len(it.copies) for it in done)
                 for it in done:  # the copies of a photo written now, or run on their own if it was not
                     deferred += _write_copies(it, out, s, used, reporter, report, frozenset(recon.warnings))
                 waiting += deferred
-                advance(len(chunk) + sum(len(it.copies) for it in done) - len(deferred))
-                for it in done:
-                    it.copies, it.result = [], None
+                advance(len(chunk) + copies - len(deferred))
             items = _wait(waiting, reporter)
 
 
@@ -219,17 +218,19 @@ def _same_requests(items: list[_Item], s: ReconstructSettings) -> list[_Item]:
 
 
 def _write_copies(item: _Item, out: Path, s: ReconstructSettings, used: set[str], reporter, report, said) -> list:
-    """Write ``item``'s reconstruction into each of its copies' folders; returns the copies left to
-    run on their own (``item`` was not written, or another process holds a copy's folder)."""
-    if item.result is None:
-        return list(item.copies)
+    """Write ``item``'s reconstruction into each of its copies' folders, then let go of both; returns
+    the copies left to run on their own (``item`` was not written, or another process holds a
+    copy's folder)."""
+    copies, result, item.copies, item.result = item.copies, item.result, [], None
+    if result is None:
+        return copies
     left = []
-    for copy in item.copies:
+    for copy in copies:
         if not _claim([copy], out, s, used, reporter, report):
             left += [copy] if copy.busy else []  # else: skipped, another process made it meanwhile
             continue
         try:
-            rec = dataclasses.replace(item.result, name=copy.name, record=deepcopy(item.result.record))
+            rec = dataclasses.replace(result, name=copy.name, record=deepcopy(result.record))
             rec.record.name = copy.name
             note = f"the same bytes as {item.path} in this run: written from its reconstruction"
             source = str(copy.path.absolute())

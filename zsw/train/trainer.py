@@ -130,7 +130,7 @@ class _StopBetweenSteps:
     together, whichever of them got the signal. Handlers are installed from the main thread only;
     elsewhere Ctrl-C raises as usual."""
 
-    def __init__(self, echo: Callable[[str], None], device: torch.device | None = None):
+    def __init__(self, echo: Callable[[str], None], device: torch.device):
         self.echo, self.device, self.requested, self._previous = echo, device, False, {}
 
     def __enter__(self) -> _StopBetweenSteps:
@@ -162,11 +162,7 @@ class _StopBetweenSteps:
 
     def check(self) -> None:
         """Raise KeyboardInterrupt, on every rank at once, when any rank was asked to stop."""
-        if self.device is not None:
-            stop = not all_min(not self.requested, self.device)
-        else:
-            stop = self.requested
-        if stop:
+        if not all_min(not self.requested, self.device):  # a world of one: no collective
             raise _AgreedStop
 
 
@@ -439,7 +435,7 @@ class Trainer:
         self._window = (time.perf_counter(), 0)  # (since, samples) of the logged throughput
         self.last: dict[str, float] = {}
         self.validation: dict[str, float] = {}
-        stop = _StopBetweenSteps(self.echo, self.dist.device if self.dist.distributed else None)
+        stop = _StopBetweenSteps(self.echo, self.dist.device)
         between = True  # False while an optimiser step is half done: that state is never saved
         try:
             with stop, self.monitor.start(f"stage {cfg.stage}", self.total_steps, st.step):
