@@ -156,7 +156,8 @@ def cli_errors(fn: F) -> F:
             where = f": {e.filename}" if e.filename else ""
             raise error(f"{e.strerror or e}{where}") from None
         except KeyboardInterrupt:
-            typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+            if os.environ.get("RANK", "0") == "0":  # a torchrun job says it once, not once per rank
+                typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
             sys.stderr.flush()
             raise typer.Exit(130) from None
 

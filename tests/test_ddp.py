@@ -143,3 +143,4 @@ def test_ranks_whose_torchrun_agent_is_killed_stop_after_the_same_step_and_save_
     saved = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
     assert saved >= 4 and saved == _last_step(metrics), (saved, err[-2000:])
     assert f"interrupted: saved step {saved}; continue with --resume" in err
+    assert [line.strip() for line in err.splitlines()].count("interrupted") == 1, err[-2000:]  # not once per rank
