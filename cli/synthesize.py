@@ -123,8 +123,9 @@ def meshes(
     cfg = mesh_config(splits, bake, elevation, views=views, seed=seed, category=category, up=up, grid=grid, size=size,
                       min_occluders=min_occluders, max_occluders=max_occluders, background_dir=backgrounds)  # fmt: skip
     report, n_workers = run(mesh_dir, out, cfg, workers, redo_changed, RichReporter(min_total=1))
+    rendered = report.objects - len(report.failed)  # the meshes that failed are named below
     typer.echo(
-        f"{out}: rendered {report.rendered} views of {report.objects} meshes in {report.seconds:.1f}s "
+        f"{out}: rendered {report.rendered} views of {rendered} meshes in {report.seconds:.1f}s "
         f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there"
     )
     if report.failed:
