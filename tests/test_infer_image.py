@@ -187,7 +187,7 @@ def test_arrays_and_pil_images(tmp_path):
     im = load_image(f, size=32)
     assert im.image.shape == (32, 32, 3) and im.name == "image"
     assert abs(int(im.image[16, 16, 0]) - 128) <= 1
-    with pytest.raises(InputError, match="uint8 or float"):
+    with pytest.raises(InputError, match="uint8, uint16 or float"):
         load_image(np.zeros((20, 20, 3), np.int32))
     with pytest.raises(InputError, match=r"\[H, W, 3\]"):
         load_image(np.zeros((20, 20, 5), np.uint8))
@@ -198,6 +198,39 @@ def test_arrays_and_pil_images(tmp_path):
     with pytest.raises(InputError, match="1 non-finite"):
         load_image(poisoned)
     assert load_image(Image.new("RGB", (30, 30)), name="p").name == "p"
+
+
+def test_tensors_and_16_bit_arrays_give_the_uint8_array_s_input():
+    """What a PyTorch or OpenCV user has in memory: a torchvision-layout tensor ([C, H, W], float in
+    [0, 1] or uint8, grayscale [1, H, W] or [H, W], with autograd) and a 16-bit array read the same
+    as the 8-bit photo; masks as [H, W] or [1, H, W] tensors too."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    want = load_image(photo, size=32).image
+    chw = torch.from_numpy(photo).permute(2, 0, 1)
+    for source in (
+        chw,
+        chw.float().div(255).requires_grad_(),
+        chw.to(torch.bfloat16).div(255),
+        photo.astype(np.uint16) * 257,
+    ):
+        got = load_image(source, size=32).image
+        assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 1, type(source)
+    gray = load_image(photo[..., 0], size=32).image
+    for source in (chw[:1], chw[0], chw[:1].double() / 255):
+        assert np.abs(load_image(source, size=32).image.astype(int) - gray).max() <= 1
+    with pytest.raises(InputError, match=r"image tensor must be \[C, H, W\] .* got \(40, 60, 3\)"):
+        load_image(torch.from_numpy(photo))  # [H, W, 3]: not torchvision's layout
+    with pytest.raises(InputError, match=r"uint8, uint16 or float"):
+        load_image(chw.int())
+    img = load_image(np.zeros((100, 200, 3), np.uint8))
+    left = torch.zeros(100, 200, dtype=torch.bool)
+    left[:, :100] = True
+    for m in (left, left[None], left.float()):
+        mask = load_mask(m, img)
+        assert mask[112, 20] and not mask[112, 200]
 
 
 def test_masks_follow_the_image_transform(tmp_path):

@@ -27,6 +27,7 @@ import functools
 import glob
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,27 @@ def _pad_resize(img, size: int, fill, resample):
     return canvas, (left, top)
 
 
+def _tensor(source) -> bool:
+    """Whether ``source`` is a PyTorch tensor (without importing torch for the other inputs)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(source, torch.Tensor)
+
+
+def _from_tensor(t, what: str) -> np.ndarray:
+    """A tensor laid out as torchvision's images and masks are (``[C, H, W]``, C = 1, 3 or 4, or
+    ``[H, W]``; any device, dtype and autograd state) as the ``[H, W(, C)]`` array the rest reads."""
+    import torch
+
+    a = t.detach().cpu()
+    a = (a.float() if a.is_floating_point() and a.dtype != torch.float64 else a).numpy()
+    if a.ndim == 3:
+        if a.shape[0] not in (1, 3, 4):
+            layout = "[C, H, W] with C = 1, 3 or 4 (torchvision's layout) or [H, W]"
+            raise InputError(f"{what} tensor must be {layout}, got {tuple(a.shape)}")
+        a = np.moveaxis(a, 0, -1)
+    return a
+
+
 def _from_array(a: np.ndarray):
     from PIL import Image
 
@@ -261,9 +283,11 @@ def _from_array(a: np.ndarray):
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
         raise InputError(f"image array must be [H, W], [H, W, 3] or [H, W, 4], got {a.shape}")
+    if a.dtype == np.uint16:  # 16-bit, as OpenCV reads a 16-bit PNG or TIFF
+        a = a / 65535.0
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating):
-            raise InputError(f"image array must be uint8 or float in [0, 1], got {a.dtype}")
+            raise InputError(f"image array must be uint8, uint16 or float in [0, 1], got {a.dtype}")
         if not np.isfinite(a).all():
             raise InputError(f"image array holds {int((~np.isfinite(a)).sum())} non-finite values (NaN or inf)")
         lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
@@ -281,8 +305,9 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     """Read and prepare one photo for the model.
 
     Args:
-        source: a path, a ``PIL.Image.Image``, or an array ``[H, W]`` / ``[H, W, 3|4]`` (uint8, or
-            float in [0, 1]).
+        source: a path, a ``PIL.Image.Image``, an array ``[H, W]`` / ``[H, W, 3|4]`` (uint8, uint16,
+            or float in [0, 1]), or a tensor as torchvision lays images out (``[C, H, W]``, C = 1, 3
+            or 4, or ``[H, W]``; the same dtypes, any device).
         size: side of the model input.
         name: output name; defaults to the file stem (``"image"`` for in-memory input).
         cutout: a background remover (``rgb [H, W, 3] uint8 -> alpha [H, W]``, such as
@@ -307,8 +332,10 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
         img = _decoded(source, "image", notes)
     elif isinstance(source, np.ndarray):
         img = _from_array(source)
+    elif _tensor(source):
+        img = _from_array(_from_tensor(source, "image"))
     else:
-        raise InputError(f"image must be a path, a PIL image or a numpy array, got {type(source).__name__}")
+        raise InputError(f"image must be a path, a PIL image, a numpy array or a tensor, got {type(source).__name__}")
     label = str(path) if path is not None else "image"
 
     if getattr(img, "n_frames", 1) > 1:
@@ -472,7 +499,8 @@ def reframe_mask(mask: np.ndarray, image: LoadedImage, window: tuple[int, int, i
 
 
 def load_mask(source, like: LoadedImage) -> np.ndarray:  # [S, S] bool
-    """A visible mask (file, PIL image or array; > 50 % = visible) padded and resized like ``like``."""
+    """A visible mask (file, PIL image, ``[H, W]`` array or ``[(1,) H, W]`` tensor; > 50 % = visible)
+    padded and resized like ``like``."""
     from PIL import Image
 
     label = str(source) if isinstance(source, (str, os.PathLike)) else "mask"
@@ -480,14 +508,17 @@ def load_mask(source, like: LoadedImage) -> np.ndarray:  # [S, S] bool
         m = _mask_plane(_exif_upright(_open(Path(source)), []))
     elif isinstance(source, Image.Image):
         m = _mask_plane(source)
-    elif isinstance(source, np.ndarray):
+    elif isinstance(source, np.ndarray) or _tensor(source):
+        if _tensor(source):
+            source = _from_tensor(source, "mask")
+            source = source[..., 0] if source.ndim == 3 and source.shape[-1] == 1 else source
         if source.ndim != 2:
             raise InputError(f"mask array must be [H, W], got {source.shape}")
         labels = source.dtype == np.uint8 and source.max(initial=0) == 1  # a 0/1 label image
         on = source > 127 if source.dtype == np.uint8 and not labels else source > 0.5
         m = Image.fromarray(on.astype(np.uint8) * 255)
     else:
-        raise InputError(f"mask must be a path, a PIL image or a numpy array, got {type(source).__name__}")
+        raise InputError(f"mask must be a path, a PIL image, a numpy array or a tensor, got {type(source).__name__}")
     if m.size != like.original_size:
         iw, ih = like.original_size
         raise InputError(f"{label}: mask is {m.size[0]}x{m.size[1]} pixels but its image is {iw}x{ih}")

@@ -584,14 +584,16 @@ def reconstruct(
     """Reconstruct the mesh of the object in one photo.
 
     Args:
-        image: a path, a ``PIL.Image.Image`` or an ``[H, W(, 3|4)]`` array; any size (padded to a
-            square around the centre and resized to the model's input).
+        image: a path, a ``PIL.Image.Image``, an ``[H, W(, 3|4)]`` array (uint8, uint16 or float in
+            [0, 1]) or a ``[C, H, W]`` tensor (torchvision's layout); any size (padded to a square
+            around the centre and resized to the model's input).
         weights: a ``.safetensors`` checkpoint, a model, ``"demo"``, ``"random:<preset>"``, or None
             for the packaged demo model.
         prompt: category text ("chair"); ``"auto"`` (= ``"clip"``: CLIP zero-shot over the LVIS +
             ShapeNet vocabulary, needs CLIP weights) or ``"vlm:<hub id or folder>"`` to estimate it;
             None for the model's default, "object".
-        mask: optional visible mask (path, PIL image or ``[H, W]`` array at the image's size).
+        mask: optional visible mask (path, PIL image, ``[H, W]`` array or ``[(1,) H, W]`` tensor at
+            the image's size).
         resolution: grid cells per axis.
         extraction: ``fast`` (coarse to fine) or ``dense``.
         threshold: occupancy probability of the surface.
