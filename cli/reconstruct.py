@@ -99,6 +99,9 @@ def app(
     share: Annotated[bool, typer.Option(help="Also open a public gradio.live link.")] = False,
     cutout: opts.Cutout = "none",
 ) -> None:
+    from zsw.listen import check_address
+
+    check_address(host, port)  # a bad --host or a taken --port: at once, not after gradio and the model load
     try:
         from zsw.app import build_app, serve, stop_on_sigterm, wait
     except ModuleNotFoundError as e:  # gradio or its client

@@ -354,20 +354,21 @@ def test_busy_port_is_one_line(app_url):
     [("nonexistent.invalid", "unknown host name or address"), ("192.0.2.1", "not an address of this machine")],
     ids=["unknown-name", "not-this-machine"],  # .invalid never resolves; 192.0.2.0/24 is for documentation only
 )
-def test_bad_host_is_one_line_naming_the_host(host, why):
+def test_bad_host_is_one_line_naming_the_host(host, why, monkeypatch):
     """A host that cannot be listened on is named as the culprit, in one line (uvicorn printed its
-    own ERROR line and the message said to choose another --port). The whole command once: it
-    spends seconds importing gradio."""
+    own ERROR line and the message said to choose another --port), before gradio is imported or
+    the model loaded: with gradio missing the command still fails on the host, not on gradio."""
     import subprocess
 
-    from zsw.app import _check_address
     from zsw.errors import ZswError
+    from zsw.listen import check_address
 
     with pytest.raises(ZswError, match=f"^cannot listen on {host}: {why}.*check --host$"):
-        _check_address(host, _free_port())
+        check_address(host, _free_port())
     if host != "192.0.2.1":
         return
-    cmd = [sys.executable, "-m", "zsw", "app", "--host", host, "--port", str(_free_port()), "--weights", "random:tiny"]
+    blocked = "import sys; sys.modules['gradio'] = None; from zsw.cli.main import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", blocked, "app", "--host", host, "--port", str(_free_port()), "--weights", "nope.st"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1, result.stderr

@@ -20,12 +20,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,11 +34,12 @@ from typing import Any
 import gradio as gr
 
 import zsw
-from zsw.errors import ZswError, reason
+from zsw.errors import ZswError
 from zsw.infer.cutout import CUTOUT_CHOICES
 from zsw.infer.jobs import reconstruct_many
 from zsw.infer.result import OBJ_MTL
 from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, SMOOTH, TTAS, ReconstructSettings
+from zsw.listen import check_address
 from zsw.report import Advance, Reporter
 
 __all__ = ["build_app", "serve", "find_examples", "PageReporter", "MAX_UPLOAD"]
@@ -268,7 +267,7 @@ def _check_model(settings: ReconstructSettings) -> None:
 def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> str:
     """Start the server in a background thread and return its local URL (the public one, with
     ``share``, is ``demo.share_url``); ``demo.block_thread()`` then waits until Ctrl-C."""
-    _check_address(host, port)
+    check_address(host, port)
     try:
         _, url, _ = demo.launch(
             server_name=host,
@@ -284,29 +283,6 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
     except OSError:  # gradio's message advises launch() parameters; ours names the option
         raise ZswError(f"cannot listen on {host}:{port}: in use or not allowed; choose another --port") from None
     return url
-
-
-def _check_address(host: str, port: int) -> None:
-    """Bind ``host:port`` once, as the server will, so that the error names the culprit: a host that
-    does not resolve or is not this machine's is ``--host`` (gradio checks only the port, and its
-    server's failure read "in use or not allowed; choose another --port"), a taken port ``--port``."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1], as in a URL
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise ZswError(f"cannot listen on {host}: unknown host name or address ({_why(e)}); check --host") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a just-stopped app's port is free
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise ZswError(f"cannot listen on {host}: not an address of this machine; check --host") from None
-            raise ZswError(f"cannot listen on {host}:{port}: {_why(e).lower()}; choose another --port") from None
-
-
-def _why(e: Exception) -> str:
-    return getattr(e, "strerror", None) or reason(e)  # "Address already in use", not "[Errno 98] Address ..."
 
 
 def stop_on_sigterm() -> None:
