@@ -50,6 +50,27 @@ def test_a_lock_makes_its_folder_and_removes_it_again_while_empty(tmp_path):
     assert (tmp_path / "new" / "run" / "config.yaml").is_file()
 
 
+def test_a_folder_that_cannot_be_made_is_an_error_not_a_loop(tmp_path):
+    """Under a link to nowhere (an unmounted drive's folder) mkdir says "no such file" although
+    the parent is there: the retry for a parent removed meanwhile once spun on it for ever (so did
+    `zsw reconstruct -o /proc/x`); now the folder is named in an error."""
+    (tmp_path / "drive").symlink_to(tmp_path / "unmounted" / "drive")
+    errors = []
+
+    def lock():
+        try:
+            try_lock_folder(tmp_path / "drive" / "out")
+        except OSError as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=lock, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "still trying to make the folder after 30 s"
+    assert len(errors) == 1 and str(errors[0]).startswith("[Errno 2] cannot make a folder there (No such file")
+    assert errors[0].filename == str(tmp_path / "drive" / "out")
+
+
 def test_a_single_file_is_locked_beside_it_and_a_killed_holders_lock_file_is_free(tmp_path):
     out = tmp_path / "results.json"
     with lock_file(out):

@@ -87,6 +87,7 @@ class Lock:
 
 def _make_folders(folder: Path) -> list[Path]:
     """Create ``folder`` and its missing parents; returns those this call created, top first."""
+    retries = 0
     while True:
         created = []
         try:
@@ -95,8 +96,12 @@ def _make_folders(folder: Path) -> list[Path]:
                     p.mkdir()
                     created.append(p)
             return created
-        except FileNotFoundError:  # a parent removed meanwhile (an empty one, by its maker's release)
-            continue
+        except FileNotFoundError as e:
+            # a parent removed meanwhile (an empty one, by its maker's release) is made again; one
+            # that is there refuses folders (/proc, a link to nowhere): an error, not a loop
+            retries += 1
+            if Path(e.filename).parent.exists() or retries > 20:
+                raise OSError(e.errno, f"cannot make a folder there ({e.strerror})", e.filename) from None
 
 
 _FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
