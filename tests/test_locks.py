@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,25 +51,39 @@ def test_a_lock_makes_its_folder_and_removes_it_again_while_empty(tmp_path):
     assert (tmp_path / "new" / "run" / "config.yaml").is_file()
 
 
-def test_a_folder_that_cannot_be_made_is_an_error_not_a_loop(tmp_path):
-    """Under a link to nowhere (an unmounted drive's folder) mkdir says "no such file" although
-    the parent is there: the retry for a parent removed meanwhile once spun on it for ever (so did
-    `zsw reconstruct -o /proc/x`); now the folder is named in an error."""
-    (tmp_path / "drive").symlink_to(tmp_path / "unmounted" / "drive")
+def _error_of(call, seconds: float = 30.0) -> OSError:
+    """The OSError ``call()`` raises, failing the test if it is still running after ``seconds``."""
     errors = []
 
-    def lock():
+    def attempt():
         try:
-            try_lock_folder(tmp_path / "drive" / "out")
+            call()
         except OSError as e:
             errors.append(e)
 
-    worker = threading.Thread(target=lock, daemon=True)
+    worker = threading.Thread(target=attempt, daemon=True)
     worker.start()
-    worker.join(30)
-    assert not worker.is_alive(), "still trying to make the folder after 30 s"
-    assert len(errors) == 1 and str(errors[0]).startswith("[Errno 2] cannot make a folder there (No such file")
-    assert errors[0].filename == str(tmp_path / "drive" / "out")
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still trying after {seconds:g} s"
+    assert len(errors) == 1, "no OSError"
+    return errors[0]
+
+
+@pytest.mark.parametrize("where", ["link", "proc"])
+def test_a_folder_that_cannot_be_made_is_an_error_not_a_loop(tmp_path, where):
+    """A folder under a link to nowhere (an unmounted drive's) or in /proc, where mkdir says "no
+    such file" although the parent is there: the retry for a parent removed meanwhile once spun on
+    it for ever (`zsw reconstruct -o /proc/x`, `zsw train --out drive/run`); now it is one error
+    naming the path, for a run folder and a single output file alike."""
+    if where == "proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc on this system")
+    (tmp_path / "drive").symlink_to(tmp_path / "unmounted" / "drive")
+    if where == "link":
+        top, culprit, why = tmp_path / "drive", tmp_path / "drive", "a link to a folder that does not exist"
+    else:
+        top, culprit, why = Path("/proc/zsw-test"), Path("/proc/zsw-test"), "cannot make a folder there (No such"
+    for error in (_error_of(lambda: try_lock_folder(top / "out")), _error_of(lambda: lock_file(top / "scores.json"))):
+        assert str(error).startswith(f"[Errno 2] {why}") and error.filename == str(culprit), (error, error.filename)
 
 
 def test_a_single_file_is_locked_beside_it_and_a_killed_holders_lock_file_is_free(tmp_path):

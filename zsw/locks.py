@@ -90,15 +90,18 @@ def _make_folders(folder: Path) -> list[Path]:
     retries = 0
     while True:
         created = []
+        missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+        if link := next((p for p in missing if p.is_symlink()), None):  # an unmounted drive's folder, say
+            raise OSError(errno.ENOENT, "a link to a folder that does not exist", str(link))
         try:
-            for p in [p for p in (folder, *folder.parents) if not p.exists()][::-1]:
+            for p in missing:
                 with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: theirs
                     p.mkdir()
                     created.append(p)
             return created
         except FileNotFoundError as e:
             # a parent removed meanwhile (an empty one, by its maker's release) is made again; one
-            # that is there refuses folders (/proc, a link to nowhere): an error, not a loop
+            # that is there and refuses folders (/proc) is an error, not a loop
             retries += 1
             if Path(e.filename).parent.exists() or retries > 20:
                 raise OSError(e.errno, f"cannot make a folder there ({e.strerror})", e.filename) from None
