@@ -552,6 +552,36 @@ def test_one_photo_given_twice_in_a_run_is_computed_once_and_written_to_each_fol
     assert bad.exit_code == 1 and "failed 2" in bad.output, bad.output
 
 
+def test_a_rerun_over_a_recursive_pattern_passes_over_the_images_zsw_wrote(repo_root, tmp_path, monkeypatch):
+    """`zsw reconstruct 'photos/**/*.png' -o photos/out` run twice: the second run matches the depth
+    maps, masks and previews of the first (and a texture); they are passed over in one line, not
+    reconstructed as photos into folders of their own. An image a user put beside them is a photo."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(repo_root / "examples" / "toy.png", photos / "toy.png")
+    out = photos / "out"
+    opts = ["-o", str(out), "--resolution", str(RES), "--weights", "random:tiny", "--texture", "64"]
+    first = runner.invoke(app, ["reconstruct", str(photos / "**" / "*.png"), *opts])
+    assert first.exit_code == 0 and "reconstructed 1" in first.output, first.output
+    written = sorted(p.name for p in (out / "toy").glob("*.png"))
+    assert {"depth.png", "preview.png", "visible_mask.png", "occluder_mask.png"} <= set(written)
+    shutil.copy(repo_root / "examples" / "bolt.png", out / "toy" / "bolt.png")  # not a file zsw wrote
+    calls = []
+    real = Reconstructor.__call__
+
+    def counting(self, images, *args, **kwargs):
+        calls.extend(im.name for im in images)
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Reconstructor, "__call__", counting)
+    again = runner.invoke(app, ["reconstruct", str(photos / "**" / "*.png"), *opts])
+    assert again.exit_code == 0 and "reconstructed 1, skipped 1" in again.output, again.output
+    assert f"passing over {len(written)} image(s) that zsw wrote into result folders" in again.output
+    assert calls == ["bolt"] and sorted(p.name for p in out.iterdir()) == ["bolt", "toy"]
+
+
 def test_cli_reruns_find_their_folder_whatever_the_working_folder(repo_root, tmp_path, monkeypatch):
     """The same relative name typed in two folders is two photos (the second must not write over
     the first's result), and a photo given once relatively and once from elsewhere is one."""

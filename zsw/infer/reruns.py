@@ -25,7 +25,16 @@ from pathlib import Path
 from zsw.errors import ZswError
 from zsw.locks import Lock, try_lock_folder
 
-__all__ = ["request_record", "find_mask", "plan_reruns", "output_name", "claim_output", "Claim", "finished_with"]
+__all__ = [
+    "request_record",
+    "find_mask",
+    "plan_reruns",
+    "output_name",
+    "claim_output",
+    "Claim",
+    "finished_with",
+    "without_results",
+]
 
 
 def request_record(image: str | os.PathLike, mask: str | os.PathLike | None, settings: dict) -> dict:
@@ -80,6 +89,30 @@ def plan_reruns(
         if state != "same":
             todo.append((path, name, request))
     return todo, redone, errors
+
+
+def without_results(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """``paths`` split into photos and the images zsw itself wrote into result folders (the depth
+    map, masks, preview and texture that a folder's ``result.json`` lists among its files). A rerun
+    over a recursive pattern (``'photos/**/*.png'``) or a folder inside the output would otherwise
+    reconstruct those as photos."""
+    listed: dict[Path, set[str]] = {}
+
+    def written(path: Path) -> bool:
+        folder = path.parent
+        if folder not in listed:
+            try:
+                record = json.loads((folder / "result.json").read_text())
+                files = record["files"] if "zsw_version" in record else []
+                listed[folder] = {f for f in files if isinstance(f, str)}
+            except (OSError, ValueError, TypeError, KeyError):  # no result folder, or not zsw's
+                listed[folder] = set()
+        return path.name in listed[folder]
+
+    photos, ours = [], []
+    for p in paths:
+        (ours if written(p) else photos).append(p)
+    return photos, ours
 
 
 def output_name(path: Path, request: dict, out: str | os.PathLike, used: set[str] = frozenset()) -> str:
