@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -311,6 +313,21 @@ def test_an_empty_path_is_not_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     found, problems = find_images(["", " "])
     assert found == [] and [r for _, r in problems] == ["an empty path names no image"] * 2
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_pipe_or_stdin_is_one_line_not_a_hang(tmp_path):
+    """`zsw reconstruct <(curl ...)` gives a pipe and `-` means stdin: both can be read once, zsw
+    reads an input twice (its hash, then its pixels), and a pipe nobody writes to blocked for ever.
+    Each is one line saying to save the image to a file."""
+    os.mkfifo(tmp_path / "photo.png")  # no writer: opening it would block
+    found, problems = find_images([str(tmp_path / "photo.png"), "-"])
+    assert found == []
+    advice = "zsw reads image files; save the image to a file and give its path"
+    assert problems == [
+        (str(tmp_path / "photo.png"), f"not a file but a pipe or device: {advice}"),
+        ("-", f"standard input: {advice}"),
+    ]
 
 
 def test_pil_warnings_become_notes_not_terminal_lines(tmp_path, monkeypatch):

@@ -587,8 +587,11 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
                 problems.append((text, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
             for f in files:
                 add(f)
-        elif p.exists():
+        elif p.is_file():
             add(p)
+        elif p.exists() or text == "-":  # a pipe (<(curl ...)), a device, stdin: read once, and zsw reads twice
+            what = "standard input" if text == "-" else "not a file but a pipe or device"
+            problems.append((text, f"{what}: zsw reads image files; save the image to a file and give its path"))
         elif glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
             if not matches:
