@@ -41,7 +41,7 @@ from zsw.infer.reruns import claim_output, find_mask, finished_with, plan_reruns
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
 from zsw.infer.weights import check_inputs, resolve_backend, weights_identity
 from zsw.io import check_out_folder
-from zsw.locks import Lock, wait_folder
+from zsw.locks import Lock, holder, wait_folder
 from zsw.report import Reporter
 
 if TYPE_CHECKING:  # PyTorch is imported once there is work: a rerun with nothing to do plans without it
@@ -280,7 +280,8 @@ def _wait(items: list[_Item], reporter) -> list[_Item]:
     """Wait (holding no folder) until the folders ``items`` wait for are released; returns them,
     to be claimed again."""
     for folder in dict.fromkeys(f for it in items for f in it.busy):
-        reporter.info(f"waiting for another process writing {folder}")
+        who = holder(folder)  # a stuck holder is then one the user can find and stop
+        reporter.info(f"waiting for another process writing {folder}" + (f" ({who})" if who else ""))
         wait_folder(folder)
     return items
 
