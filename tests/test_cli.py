@@ -197,12 +197,19 @@ def test_help_texts_keep_their_brackets():
         "train --config configs/tiny-cpu.yaml --data nowhere --out {out}/run",
     ],
 )
-def test_an_output_under_a_file_is_refused_before_any_work(repo_root, tmp_path, monkeypatch, command):
-    """Not a bare 'File exists' after the work (reconstruct failed every photo, eval loaded its model)."""
+@pytest.mark.parametrize("blocker", ["file", "link"])
+def test_an_output_under_a_file_is_refused_before_any_work(repo_root, tmp_path, monkeypatch, command, blocker):
+    """Not a bare 'File exists' after the work (reconstruct failed every photo, eval loaded its
+    model), nor, under a link to a folder that does not exist (an unmounted drive's), a command
+    that spun for ever making it."""
     monkeypatch.chdir(repo_root)
-    (tmp_path / "afile").write_text("not a folder")
+    if blocker == "file":
+        (tmp_path / "afile").write_text("not a folder")
+    else:
+        (tmp_path / "afile").symlink_to(tmp_path / "unmounted" / "drive")
     result = runner.invoke(app, command.format(out=tmp_path / "afile").split())
-    assert result.exit_code == 2 and "afile" in result.output and "a file, not a folder" in result.output, result.output
+    why = "a file, not a folder" if blocker == "file" else "a link to a folder that does not exist"
+    assert result.exit_code == 2 and "afile" in result.output and why in result.output, result.output
 
 
 @pytest.mark.parametrize(

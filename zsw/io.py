@@ -36,7 +36,8 @@ __all__ = [
 
 def check_out_folder(folder: str | os.PathLike, option: str = "--out") -> None:
     """Before any work: ``folder`` is a folder or can be made one (neither it nor a folder above
-    it is a file), else a one-line error naming ``option`` (not a bare "File exists" after it)."""
+    it is a file or a link to nowhere), else a one-line error naming ``option`` (not a bare "File
+    exists" after it)."""
     from zsw.errors import OptionError
 
     path = Path(folder)
@@ -46,6 +47,9 @@ def check_out_folder(folder: str | os.PathLike, option: str = "--out") -> None:
                 what = "is a file" if above == path else f"is under {above}, which is a file"
                 raise OptionError(f"{option} {folder} {what}, not a folder")
             return
+        if above.is_symlink():  # an unmounted drive's folder, say: nothing can be made under it
+            what = "is" if above == path else f"is under {above}, which is"
+            raise OptionError(f"{option} {folder} {what} a link to a folder that does not exist ({os.readlink(above)})")
 
 
 @contextlib.contextmanager
