@@ -582,6 +582,31 @@ def test_a_rerun_over_a_recursive_pattern_passes_over_the_images_zsw_wrote(repo_
     assert calls == ["bolt"] and sorted(p.name for p in out.iterdir()) == ["bolt", "toy"]
 
 
+def test_masks_kept_beside_their_photos_are_masks_not_photos(repo_root, tmp_path):
+    """`zsw reconstruct photos --masks photos` with `armchair.jpg` beside its mask `armchair.png`:
+    the PNG is the JPEG's mask and is not reconstructed as a photo (with the JPEG as *its* mask);
+    a photo without a mask there is never its own mask."""
+    from PIL import Image
+
+    from zsw.infer.reruns import find_mask
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(repo_root / "examples" / "armchair.png").convert("RGB").save(photos / "armchair.jpg")
+    Image.open(repo_root / "examples" / "masks" / "armchair.png").save(photos / "armchair.png")
+    Image.open(repo_root / "examples" / "toy.png").save(photos / "toy.png")
+    assert find_mask(photos, photos / "toy.png") is None
+    out = tmp_path / "o"
+    opts = ["-o", str(out), "--resolution", str(RES), "--weights", "random:tiny", "--masks", str(photos)]
+    result = runner.invoke(app, ["reconstruct", str(photos), *opts])
+    assert result.exit_code == 0 and "reconstructed 2" in result.output, result.output
+    assert f"passing over 1 image(s) that are the masks of others, such as {photos / 'armchair.png'}" in result.output
+    assert f"{photos / 'toy.png'}: no mask named toy.* in {photos}" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["armchair", "toy"]
+    record = json.loads((out / "armchair" / "result.json").read_text())
+    assert record["mask"] == "given" and record["input"]["source"] == str(photos / "armchair.jpg")
+
+
 def test_cli_reruns_find_their_folder_whatever_the_working_folder(repo_root, tmp_path, monkeypatch):
     """The same relative name typed in two folders is two photos (the second must not write over
     the first's result), and a photo given once relatively and once from elsewhere is one."""

@@ -37,7 +37,7 @@ from zsw.errors import ConfigError, InputError, ZswError
 from zsw.hub import resolve_device
 from zsw.infer.cutout import open_cutout
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
-from zsw.infer.reruns import claim_output, find_mask, finished_with, plan_reruns, without_results
+from zsw.infer.reruns import claim_output, find_mask, finished_with, masks_among, plan_reruns, without_results
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
 from zsw.infer.weights import check_inputs, resolve_backend, weights_identity
 from zsw.io import check_out_folder
@@ -126,6 +126,10 @@ def reconstruct_many(
             f"passing over {len(ours)} image(s) that zsw wrote into result folders, such as {ours[0]}: "
             "they are not photos (copy one out of its folder to reconstruct it)"
         )
+    if settings.masks is not None:
+        paths, masks = masks_among(paths, settings.masks)
+        if masks:
+            reporter.info(f"passing over {len(masks)} image(s) that are the masks of others, such as {masks[0]}")
     report.total = len(paths) + len(problems)
     for item, reason in problems:
         _fail(report, reporter, item, reason)

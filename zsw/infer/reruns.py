@@ -34,6 +34,7 @@ __all__ = [
     "Claim",
     "finished_with",
     "without_results",
+    "masks_among",
 ]
 
 
@@ -50,14 +51,40 @@ def request_record(image: str | os.PathLike, mask: str | os.PathLike | None, set
 
 
 def find_mask(folder: str | os.PathLike, image: str | os.PathLike) -> Path | None:
-    """The mask in ``folder`` named like ``image`` (``<stem>.png`` first, then any image suffix)."""
+    """The mask in ``folder`` named like ``image`` (``<stem>.png`` first, then any image suffix);
+    never the image itself (masks kept beside their photos: ``--masks`` is the photos' folder)."""
     from zsw.infer.image import IMAGE_SUFFIXES
 
     for suffix in (".png", *IMAGE_SUFFIXES):
         candidate = Path(folder) / f"{Path(image).stem}{suffix}"
-        if candidate.is_file():
+        if candidate.is_file() and not _same_file(candidate, image):
             return candidate
     return None
+
+
+def masks_among(paths: Sequence[Path], folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """``paths`` split into photos and the masks of other photos among them (``photo.jpg`` beside
+    its mask ``photo.png``, both in the folder given to ``zsw reconstruct`` and as ``--masks``):
+    a mask is not a photo to reconstruct. Of two files that would be each other's mask, the PNG
+    (the name a mask is looked up by first) is the mask."""
+    masks = set()
+    for p in paths:
+        m = find_mask(folder, p)
+        if m is None:
+            continue
+        back = find_mask(folder, m)
+        if p.suffix.lower() == ".png" and back is not None and _same_file(back, p):
+            continue  # p and m would be each other's mask: p, the PNG, is the mask
+        masks.add(m.resolve())
+    photos = [p for p in paths if p.resolve() not in masks]
+    return photos, [p for p in paths if p.resolve() in masks]
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def plan_reruns(
