@@ -505,12 +505,8 @@ def test_cli_reruns_are_keyed_on_the_input_content_and_the_weights(repo_root, tm
     assert sha("photo-2") == hashlib.sha256(Path(b).read_bytes()).hexdigest() and not (out / "photo-3").exists()
 
 
-def test_one_photo_given_twice_in_a_run_is_computed_once_and_written_to_each_folder(repo_root, tmp_path, monkeypatch):
-    """The same bytes under two names (or from two folders) with the same settings: one
-    reconstruction, written into each photo's own folder, each result naming its own file; a
-    rerun of either finds its folder. Photos that cannot be read are each reported."""
-    import shutil
-
+def _count_model_calls(monkeypatch) -> list[str]:
+    """The names of the images the model is run on from now on, in order (a list it fills)."""
     calls = []
     real = Reconstructor.__call__
 
@@ -519,6 +515,16 @@ def test_one_photo_given_twice_in_a_run_is_computed_once_and_written_to_each_fol
         return real(self, images, *args, **kwargs)
 
     monkeypatch.setattr(Reconstructor, "__call__", counting)
+    return calls
+
+
+def test_one_photo_given_twice_in_a_run_is_computed_once_and_written_to_each_folder(repo_root, tmp_path, monkeypatch):
+    """The same bytes under two names (or from two folders) with the same settings: one
+    reconstruction, written into each photo's own folder, each result naming its own file; a
+    rerun of either finds its folder. Photos that cannot be read are each reported."""
+    import shutil
+
+    calls = _count_model_calls(monkeypatch)
     (tmp_path / "A").mkdir()
     (tmp_path / "B").mkdir()
     for target in (tmp_path / "A" / "toy.png", tmp_path / "B" / "toy.png", tmp_path / "copy.png"):
@@ -568,14 +574,7 @@ def test_a_rerun_over_a_recursive_pattern_passes_over_the_images_zsw_wrote(repo_
     written = sorted(p.name for p in (out / "toy").glob("*.png"))
     assert {"depth.png", "preview.png", "visible_mask.png", "occluder_mask.png"} <= set(written)
     shutil.copy(repo_root / "examples" / "bolt.png", out / "toy" / "bolt.png")  # not a file zsw wrote
-    calls = []
-    real = Reconstructor.__call__
-
-    def counting(self, images, *args, **kwargs):
-        calls.extend(im.name for im in images)
-        return real(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(Reconstructor, "__call__", counting)
+    calls = _count_model_calls(monkeypatch)
     again = runner.invoke(app, ["reconstruct", str(photos / "**" / "*.png"), *opts])
     assert again.exit_code == 0 and "reconstructed 1, skipped 1" in again.output, again.output
     assert f"passing over {len(written)} image(s) that zsw wrote into result folders" in again.output
