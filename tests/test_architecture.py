@@ -20,7 +20,7 @@ LAYERS = [
     {"train", "eval", "export", "synth"},
     {"infer"},
     {"model", "data", "checkpoint", "kernels"},
-    {"config", "errors", "io", "locks", "hub", "report", "registry"},
+    {"config", "errors", "io", "locks", "listen", "hub", "report", "registry"},
 ]
 
 
