@@ -114,11 +114,22 @@ def test_convert_zeroshape_end_to_end(official_state_dict, tmp_path):
     again = runner.invoke(app, ["convert", "zeroshape", str(src), "-o", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output
 
-    out_w = tmp_path / "zsw.safetensors"
-    result = runner.invoke(app, ["convert", "zeroshape", str(src), "-o", str(out_w), "--preset", "zeroshape-w"])
+    # the paper's starting point: ZeroShape's depth.ckpt onto zeroshape-w (the rest fresh; the
+    # whole shape.ckpt's keys onto zeroshape-w: test_checkpoint, in memory and on the meta device)
+    depth_src, out_w = tmp_path / "depth.ckpt", tmp_path / "zsw.safetensors"
+    depth_only = {k: v for k, v in official_state_dict.items() if k.startswith(("dpt_depth.", "intr_"))}
+    torch.save({"graph": depth_only}, depth_src)
+    result = runner.invoke(app, ["convert", "zeroshape", str(depth_src), "-o", str(out_w), "--preset", "zeroshape-w"])
     assert result.exit_code == 0, result.output
-    assert "initialised fresh: decoder.point_embed" in result.output
-    assert checkpoint.read(out_w)[1].name == "zeroshape-w"  # its keys load: test_checkpoint, on the meta device
+    assert "mapped 390 tensors" in result.output and "initialised fresh: " in result.output, result.output
+    tensors, cfg, extra = checkpoint.read(out_w)
+    assert cfg.name == "zeroshape-w"
+    assert extra["converted_from"] == str(depth_src) and extra["source_kind"] == "depth.ckpt"
+    key = next(k for k in depth_only if k.startswith("dpt_depth.") and depth_only[k].ndim == 4)
+    mapped = checkpoint.convert_zeroshape({"graph": depth_only}, "zeroshape-w", report=True)[1].mapped
+    assert torch.equal(tensors[mapped[key]], depth_only[key])
+    # the prompt's default embedding was filled (a fixed random unit vector without --clip), not left at zero
+    assert torch.linalg.vector_norm(tensors["text.default_embedding"].float()).item() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_convert_bad_inputs_one_line(tmp_path):
