@@ -263,7 +263,8 @@ def _tensor(source) -> bool:
 
 def _from_tensor(t, what: str) -> np.ndarray:
     """A tensor laid out as torchvision's images and masks are (``[C, H, W]``, C = 1, 3 or 4, or
-    ``[H, W]``; any device, dtype and autograd state) as the ``[H, W(, C)]`` array the rest reads."""
+    ``[H, W]``; any device, dtype and autograd state) as the array the rest reads: ``[H, W, C]``,
+    or ``[H, W]`` for one channel."""
     import torch
 
     a = t.detach().cpu()
@@ -272,7 +273,7 @@ def _from_tensor(t, what: str) -> np.ndarray:
         if a.shape[0] not in (1, 3, 4):
             layout = "[C, H, W] with C = 1, 3 or 4 (torchvision's layout) or [H, W]"
             raise InputError(f"{what} tensor must be {layout}, got {tuple(a.shape)}")
-        a = np.moveaxis(a, 0, -1)
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
     return a
 
 
@@ -504,14 +505,13 @@ def load_mask(source, like: LoadedImage) -> np.ndarray:  # [S, S] bool
     from PIL import Image
 
     label = str(source) if isinstance(source, (str, os.PathLike)) else "mask"
+    if _tensor(source):
+        source = _from_tensor(source, "mask")
     if isinstance(source, (str, os.PathLike)):
         m = _mask_plane(_exif_upright(_open(Path(source)), []))
     elif isinstance(source, Image.Image):
         m = _mask_plane(source)
-    elif isinstance(source, np.ndarray) or _tensor(source):
-        if _tensor(source):
-            source = _from_tensor(source, "mask")
-            source = source[..., 0] if source.ndim == 3 and source.shape[-1] == 1 else source
+    elif isinstance(source, np.ndarray):
         if source.ndim != 2:
             raise InputError(f"mask array must be [H, W], got {source.shape}")
         labels = source.dtype == np.uint8 and source.max(initial=0) == 1  # a 0/1 label image
