@@ -219,6 +219,78 @@ def test_fixed_shape_fast_extraction_gives_the_exact_grid_and_falls_back_when_fu
         occupancy_grid(decode, 2, 64, mode="fast", capacity=1.5)
 
 
+def _pooled_masks(values, evaluated, t, margin, dilate):
+    """The refinement masks as they were first written (float pooling and whole-grid boolean
+    grids, ~15 GB at resolution 1024): the reference of the slab and boolean-shift forms."""
+    import torch.nn.functional as F
+
+    v = values[:, None]
+    hi, lo = F.max_pool3d(v, 2, stride=1), -F.max_pool3d(-v, 2, stride=1)
+    active = (hi >= t - margin) & (lo <= t + margin)
+    if dilate:
+        active = F.max_pool3d(active.float(), 2 * dilate + 1, stride=1, padding=dilate) > 0
+    children = active[:, 0].repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    corners = F.max_pool3d(children[:, None].float(), 2, stride=1, padding=1)[:, 0] > 0
+    done = torch.zeros_like(corners)
+    done[:, ::2, ::2, ::2] = evaluated
+    return corners & ~done, done | (corners & ~done)
+
+
+def _pooled_surface_todo(values, t, evaluated):
+    import torch.nn.functional as F
+
+    def cut(above, below):
+        some = lambda x: F.max_pool3d(x[:, None].float(), 2, stride=1)[:, 0] > 0  # noqa: E731
+        return some(above) & some(below)
+
+    inner = torch.zeros_like(evaluated)
+    inner[:, 1:-1, 1:-1, 1:-1] = True
+    cells = cut(values >= t, values <= t) | cut((values >= t) & inner, (values <= t) | ~inner)
+    corners = F.max_pool3d(cells[:, None].float(), 2, stride=1, padding=1)[:, 0] > 0
+    return corners & ~evaluated
+
+
+@pytest.mark.parametrize("slab", [1 << 24, 700])
+def test_refinement_masks_equal_the_pooled_whole_grid_forms(monkeypatch, slab):
+    """``fast``'s masks are computed with boolean shifts and, along the surface, in slabs of the
+    grid (so that resolution 1024 needs ~7 GB instead of ~15): the same masks as pooling the whole
+    grid, on rough random fields with exact ties, for one slab and for many (the last one row)."""
+    from zsw.infer import grid
+
+    monkeypatch.setattr(grid, "SLAB_ELEMENTS", slab)
+    gen = torch.Generator().manual_seed(0)
+    for B, m, above in ((2, 17, 0.0), (1, 21, 0.0), (2, 17, 2.5)):  # mostly above t: few, far apart cuts
+        values = torch.randn(B, m, m, m, generator=gen).round() + above  # integers: corners exactly at t
+        evaluated = torch.rand(B, m, m, m, generator=gen) < 0.5
+        for margin, dilate in ((0.0, 0), (1.0, 1), (0.5, 2)):
+            _, todo, done = grid._next_level(values, evaluated, 0.0, margin, dilate)
+            want_todo, want_done = _pooled_masks(values, evaluated, 0.0, margin, dilate)
+            assert torch.equal(todo, want_todo) and torch.equal(done, want_done), (B, m, margin, dilate)
+        assert torch.equal(grid._surface_todo(values, 0.0, evaluated), _pooled_surface_todo(values, 0.0, evaluated))
+    # the whole extraction, many slabs against one
+    field = occupancy_field("lamp")  # bare: the growth has to find the pole
+    decode, bare = (lambda p: field(p[0])[None]), dict(mode="fast", coarse_resolution=16, margin=0.0, dilate=0)
+    monkeypatch.setattr(grid, "SLAB_ELEMENTS", 1 << 24)
+    one, (one_stats,) = occupancy_grid(decode, 1, 64, **bare)
+    monkeypatch.setattr(grid, "SLAB_ELEMENTS", slab)
+    many, (many_stats,) = occupancy_grid(decode, 1, 64, **bare)
+    assert torch.equal(many, one) and many_stats.evaluated_points == one_stats.evaluated_points
+
+
+@pytest.mark.parametrize("slab", [1 << 20, 300, 1])
+def test_upsampling_is_trilinear_interpolation_bit_for_bit(monkeypatch, slab):
+    import torch.nn.functional as F
+
+    from zsw.infer import grid
+
+    monkeypatch.setattr(grid, "UPSAMPLE_ELEMENTS", slab)  # one slab; several; one row each
+    gen = torch.Generator().manual_seed(1)
+    for B, m in ((1, 2), (2, 9), (1, 33)):
+        values = torch.randn(B, m, m, m, generator=gen) * 10
+        want = F.interpolate(values[:, None], size=(2 * m - 1,) * 3, mode="trilinear", align_corners=True)[:, 0]
+        assert torch.equal(grid._upsample2(values), want), (B, m)
+
+
 @pytest.mark.gpu
 def test_fixed_shape_fast_extraction_never_synchronises_inside_the_level_loop():
     from zsw.infer.grid import _fast_pass
