@@ -69,7 +69,7 @@ def procedural(
     elevation: Elevation = None,
 ) -> None:
     from zsw.synth.pipeline import procedural as run
-    from zsw.synth.pipeline import procedural_config
+    from zsw.synth.pipeline import procedural_config, split_counts
 
     cfg = procedural_config(splits, categories, bake, elevation, objects=objects, views=views, seed=seed,
                             min_occluders=min_occluders, max_occluders=max_occluders,
@@ -77,8 +77,11 @@ def procedural(
     report, n_workers = run(out, cfg, workers, RichReporter(min_total=1))
     typer.echo(
         f"{out}: rendered {report.rendered} views of {report.objects} objects in {report.seconds:.1f}s "
-        f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there"
+        f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there; "
+        f"{split_counts(report)}"
     )
+    for note in report.notes:
+        typer.echo(f"warning: {note}", err=True)
 
 
 _MESHES_HELP = (
@@ -117,7 +120,7 @@ def meshes(
     redo_changed: Annotated[bool, typer.Option(help=_REDO)] = False,
 ) -> None:
     from zsw.errors import InputError
-    from zsw.synth.pipeline import mesh_config
+    from zsw.synth.pipeline import mesh_config, split_counts
     from zsw.synth.pipeline import meshes as run
 
     cfg = mesh_config(splits, bake, elevation, views=views, seed=seed, category=category, up=up, grid=grid, size=size,
@@ -126,8 +129,11 @@ def meshes(
     rendered = report.objects - len(report.failed)  # the meshes that failed are named below
     typer.echo(
         f"{out}: rendered {report.rendered} views of {rendered} meshes in {report.seconds:.1f}s "
-        f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there"
+        f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there; "
+        f"{split_counts(report)}"
     )
+    for note in report.notes:
+        typer.echo(f"warning: {note}", err=True)
     if report.failed:
         raise InputError(f"{len(report.failed)} mesh(es) could not be rendered, the first: {report.failed[0]}")
 

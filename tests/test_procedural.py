@@ -321,10 +321,22 @@ def test_cli_synthesize_procedural(tmp_path):
     runner = CliRunner()
     out = tmp_path / "proc"
     args = ["synthesize", "procedural", "--out", str(out), "--objects", "2", "--views", "1", "--workers", "1"]
-    result = runner.invoke(app, [*args, "--categories", "torus,capsule", "--splits", "1,0,0"])
+    result = runner.invoke(app, [*args, "--categories", "torus,capsule", "--splits", "1,0,0", "--bake", "test"])
     assert result.exit_code == 0, result.output
-    assert "rendered 2 views" in result.output
+    assert "rendered 2 views" in result.output and "train 2, val 0, test 0 views" in result.output
     assert sorted(p.name for p in (out / "lists").iterdir()) == ["capsule_train.list", "torus_train.list"]
+    # a test split with no object in it is said at once, and again by `zsw eval`, which reads it by default
+    assert "warning: no object fell in the test split that --bake test bakes (2 objects at --splits 1,0,0)" in (
+        result.output
+    )
+    result = runner.invoke(
+        app, ["eval", "--data", str(out), "--format", "procedural", "--out", str(tmp_path / "e.json")]
+    )
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert (
+        lines[0] == f"error: {out} has no test lists (lists/<category>_test.list), only train: choose one with --split"
+    )
     bad_options = [
         (["--categories", "dragon"], "unknown procedural categories"),
         (["--splits", "1,2"], "--splits"),

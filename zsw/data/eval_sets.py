@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from zsw.data.dataset import READ_ERRORS, expand_roots
-from zsw.data.layout import SampleId, ZeroShapeLayout, load_npy, read_png
+from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout, load_npy, read_png
 from zsw.errors import ConfigError, InputError, reason
 
 __all__ = ["EvalSample", "EvalSet", "open_eval_set", "read_mesh_file", "EVAL_FORMATS", "PIX3D_CATEGORIES"]
@@ -243,10 +243,11 @@ def _keep_existing(root: Path, entries: list[_Entry]) -> tuple[list[_Entry], int
 
 
 def _layout_entries(root: Path, splits: Sequence[str], max_per_category: int | None, procedural: bool):
-    entries, bad = [], 0
+    entries, bad, listed = [], 0, set()
     for sub in expand_roots(root):
         layout = ZeroShapeLayout(sub)
         for cat in layout.categories():
+            listed.update(s for s in SPLITS if layout.list_file(cat, s).is_file())
             split = next((s for s in splits if layout.list_file(cat, s).is_file()), None)
             if split is None:
                 continue
@@ -263,6 +264,11 @@ def _layout_entries(root: Path, splits: Sequence[str], max_per_category: int | N
                     files["visible"] = layout.visible_mask(sid)
                 prefix = f"{sub.name}/" if sub != root else ""
                 entries.append(_Entry(prefix + sid.name, cat, files, {}))
+    if listed and not listed & set(splits):  # e.g. a dataset too small for its test split to get an object
+        raise ConfigError(
+            f"{root} has no {' or '.join(splits)} lists (lists/<category>_{splits[0]}.list), only "
+            f"{', '.join(s for s in SPLITS if s in listed)}: choose one with --split"
+        )
     return entries, bad
 
 

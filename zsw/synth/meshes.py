@@ -32,7 +32,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +124,8 @@ class MeshReport:
     failed: list[str]  # one line per mesh that could not be rendered
     shells: list[str]  # one line per open mesh rendered as a shell
     seconds: float
+    splits: dict[str, int] = field(default_factory=dict)  # views each split lists after the run
+    notes: list[str] = field(default_factory=list)  # what the user should know (printed as warnings)
 
     @property
     def images_per_second(self) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.config import from_dict, load_yaml, to_dict
-from zsw.data.layout import ZeroShapeLayout
+from zsw.data.layout import SPLITS, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError, OptionError
 from zsw.io import check_out_folder
 from zsw.locks import lock_file
@@ -37,6 +37,7 @@ __all__ = [
     "meshes",
     "mesh_config",
     "split_words",
+    "split_counts",
 ]
 
 
@@ -103,7 +104,27 @@ def procedural(
     workers = workers or default_workers()
     with reporter.progress("rendering", cfg.objects * cfg.views) as advance:
         report = generate(out, cfg, workers=workers, progress=lambda done, total: advance(0, completed=done))
+    _count_splits(report, out, cfg)
     return report, workers
+
+
+def _count_splits(report: GenerationReport | MeshReport, out, cfg: ProceduralConfig | MeshConfig) -> None:
+    """The views each split of ``out`` lists, and a note for a split ``--bake`` asked for that no
+    object fell in (a small dataset: ``zsw eval`` would then find no test images)."""
+    layout = ZeroShapeLayout(out)
+    report.splits = {split: len(layout.samples(split)) for split in SPLITS}
+    shares = ",".join(f"{x:g}" for x in cfg.split_fractions)
+    for split in cfg.bake_splits:
+        if not report.splits[split]:
+            report.notes.append(
+                f"no object fell in the {split} split that --bake {split} bakes ({report.objects} objects at "
+                f"--splits {shares}): ask for more --objects or give {split} a larger share"
+            )
+
+
+def split_counts(report: GenerationReport | MeshReport) -> str:
+    """``train 6, val 2, test 0 views``: what a synthesis run's dataset lists."""
+    return ", ".join(f"{split} {report.splits.get(split, 0)}" for split in SPLITS) + " views"
 
 
 # ---- meshes ----------------------------------------------------------------------------------
@@ -127,7 +148,9 @@ def meshes(
     Returns the report (with the meshes that failed and the open ones) and the number of workers.
     ``out`` is locked for the run, as :func:`procedural` locks it."""
     workers = workers or default_workers()
-    return generate_meshes(mesh_dir, out, cfg, workers, redo_changed, reporter), workers
+    report = generate_meshes(mesh_dir, out, cfg, workers, redo_changed, reporter)
+    _count_splits(report, out, cfg)
+    return report, workers
 
 
 # ---- diffusion -------------------------------------------------------------------------------

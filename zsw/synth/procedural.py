@@ -137,6 +137,8 @@ class GenerationReport:
     skipped: int  # views already on disk
     objects: int
     seconds: float
+    splits: dict[str, int] = field(default_factory=dict)  # views each split lists after the run
+    notes: list[str] = field(default_factory=list)  # what the user should know (printed as warnings)
 
     @property
     def images_per_second(self) -> float:
