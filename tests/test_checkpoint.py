@@ -250,5 +250,32 @@ def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
     tensors = load_file(str(tmp_path / "m0.safetensors"))
     assert tensors.keys() == model.state_dict().keys()
     assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+    # the bytes of serialising in memory and sorting the header there (zsw's checkpoints until
+    # 2026-12-03, whose content hashes key reruns), though the weights now go straight to the file
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(tmp_path / "m0.safetensors"), "pt") as f:
+        blob = save(model.state_dict(), metadata=f.metadata())
+    n = int.from_bytes(blob[:8], "little")
+    assert checkpoint._sorted_header(blob[8 : 8 + n]) + blob[8 + n :] in blobs
     model.decoder.norm.weight.data.add_(1.0)
     assert checkpoint.save(model, tmp_path / "other.safetensors").read_bytes() not in blobs
+
+
+def test_a_sorted_header_of_another_length_moves_the_weights(tmp_path, monkeypatch):
+    """The header is sorted in place; were it ever longer than safetensors' own (padding, escapes),
+    the tensor bytes move behind it and the file still reads back exactly."""
+    from zsw import checkpoint
+
+    sort = checkpoint._sorted_header
+
+    def longer(header):
+        text = sort(header)[8:] + b" " * 8
+        return len(text).to_bytes(8, "little") + text
+
+    monkeypatch.setattr(checkpoint, "_sorted_header", longer)
+    model = build_model("tiny")
+    path = checkpoint.save(model, tmp_path / "m.safetensors")
+    loaded = checkpoint.load(path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())

