@@ -340,10 +340,10 @@ def _surface_todo(values: Tensor, t: float, evaluated: Tensor) -> Tensor:  # [B,
         v = values[:, a : b + 1]
         above, below = v >= t, v <= t
         cut = _cell_any(above) & _cell_any(below)
-        # the outermost layer as empty: above there never, below always
+        # the outermost layer as empty: above there never, below always (slices, not index lists,
+        # which are host tensors: copying one to a GPU waits for it)
         for mask, fill in ((above, False), (below, True)):
-            mask[:, :, [0, -1]] = fill
-            mask[:, :, :, [0, -1]] = fill
+            mask[:, :, 0] = mask[:, :, -1] = mask[:, :, :, 0] = mask[:, :, :, -1] = fill
             if a == 0:
                 mask[:, 0] = fill
             if b == m - 1:
