@@ -434,6 +434,9 @@ def test_eval_cli_bad_inputs(tmp_path):
 
     missing = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--format", "pix3d"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+    (tmp_path / "photos").mkdir()  # a folder, but not Pix3D's: say what is missing, not "no readable samples"
+    other = runner.invoke(app, ["eval", "--data", str(tmp_path / "photos"), "--format", "pix3d"])
+    assert other.exit_code == 1 and "has no Pix3D test lists (lists/<category>_test.txt" in other.output
     bad = runner.invoke(app, ["eval", "--data", str(tmp_path), "--format", "shapenet"])
     assert bad.exit_code == 2
 

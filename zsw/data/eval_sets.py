@@ -337,6 +337,11 @@ def _load_scan(entry: _Entry) -> EvalSample:
 
 def _pix3d_entries(root: Path, split: str, max_per_category: int | None) -> tuple[list[_Entry], int]:
     entries, bad = [], 0
+    if not any((root / "lists" / f"{cat}_{split}.txt").is_file() for cat in PIX3D_CATEGORIES):
+        raise ConfigError(
+            f"{root} has no Pix3D {split} lists (lists/<category>_{split}.txt, e.g. lists/chair_{split}.txt): "
+            "give the folder ZeroShape's Pix3D data unpacks to"
+        )
     for cat in PIX3D_CATEGORIES:
         list_file = root / "lists" / f"{cat}_{split}.txt"
         if not list_file.is_file():
