@@ -437,6 +437,10 @@ def test_eval_cli_bad_inputs(tmp_path):
     (tmp_path / "photos").mkdir()  # a folder, but not Pix3D's: say what is missing, not "no readable samples"
     other = runner.invoke(app, ["eval", "--data", str(tmp_path / "photos"), "--format", "pix3d"])
     assert other.exit_code == 1 and "has no Pix3D test lists (lists/<category>_test.txt" in other.output
+    (tmp_path / "photos" / "lists").mkdir()
+    (tmp_path / "photos" / "lists" / "mug_train.list").write_text("mug_1_00.png\n")
+    scans = runner.invoke(app, ["eval", "--data", str(tmp_path / "photos"), "--format", "ocrtoc"])
+    assert scans.exit_code == 1 and "has no test lists (lists/<category>_test.list)" in scans.output
     bad = runner.invoke(app, ["eval", "--data", str(tmp_path), "--format", "shapenet"])
     assert bad.exit_code == 2
 

@@ -310,6 +310,8 @@ def _scan_entries(root: Path, depth_dir: str, every: int) -> list[_Entry]:
     if not lists.is_dir():
         raise ConfigError(f"{root} has no lists/ folder")
     entries = []
+    if not any(lists.glob("*_test.list")):
+        raise ConfigError(f"{root} has no test lists (lists/<category>_test.list)")
     for list_file in sorted(lists.glob("*_test.list")):
         cat = list_file.name[: -len("_test.list")]
         for i, line in enumerate(list_file.read_text().splitlines()):
