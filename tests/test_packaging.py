@@ -6,20 +6,44 @@ import importlib.util
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
 
-def test_no_top_level_kernels_package_in_tests():
-    # transformers probes importlib for Hugging Face's `kernels`; ours must never answer
-    assert importlib.util.find_spec("kernels") is None
+def _not_ours(spec, repo_root) -> bool:
+    """A top-level ``kernels`` that is absent or Hugging Face's (transformers 5.25 on depends on it
+    and imports it with its models), never this repository's ``kernels/`` folder."""
+    return spec is None or not Path(spec.origin).resolve().is_relative_to(repo_root)
+
+
+def test_no_top_level_kernels_package_in_tests(repo_root):
+    # transformers imports Hugging Face's `kernels`; ours must never answer
+    assert _not_ours(importlib.util.find_spec("kernels"), repo_root)
     assert importlib.util.find_spec("cli") is None
 
 
-def test_no_top_level_kernels_package_outside_repo(tmp_path):
-    code = "import importlib.util as u, zsw.kernels as k; print(u.find_spec('kernels'), k.__name__)"
+def test_no_top_level_kernels_package_outside_repo(tmp_path, repo_root):
+    code = "import importlib.util as u, zsw.kernels as k; s = u.find_spec('kernels'); print(s and s.origin, k.__name__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["None", "zsw.kernels"]
+    origin, name = out.stdout.split()
+    assert name == "zsw.kernels" and (origin == "None" or not Path(origin).resolve().is_relative_to(repo_root))
+
+
+def test_python_m_zsw_in_the_checkout_does_not_shadow_hugging_faces_kernels(repo_root):
+    """``python -m zsw`` from the repository root put the root on ``sys.path``: transformers' model
+    imports then found the repository's ``kernels/`` and failed (``cannot import name
+    'CUDAProperties' from 'kernels'``). ``zsw/__main__.py`` takes that entry off, as the ``zsw``
+    command never has it."""
+    code = (
+        "import importlib.util as u, runpy, sys\n"
+        "sys.argv = ['zsw', '--version']\n"
+        "try:\n    runpy.run_module('zsw', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "s = u.find_spec('kernels'); print(s and s.origin)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
+    origin = out.stdout.split()[-1]
+    assert origin == "None" or not Path(origin).resolve().is_relative_to(repo_root), out.stdout
 
 
 def test_subpackages_resolve_inside_zsw():
