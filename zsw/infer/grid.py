@@ -350,9 +350,7 @@ def _surface_todo(values: Tensor, t: float, evaluated: Tensor) -> Tensor:  # [B,
             if b == m - 1:
                 mask[:, -1] = fill
         cut |= _cell_any(above) & _cell_any(below)
-        todo[:, a : b + 1] |= _cell_corners(cut)
-    for a in range(0, m, rows):
-        todo[:, a : a + rows] &= ~evaluated[:, a : a + rows]
+        todo[:, a : b + 1] |= _cell_corners(cut) & ~evaluated[:, a : b + 1]
     return todo
 
 
