@@ -247,8 +247,9 @@ def _layout_entries(root: Path, splits: Sequence[str], max_per_category: int | N
     for sub in expand_roots(root):
         layout = ZeroShapeLayout(sub)
         for cat in layout.categories():
-            listed.update(s for s in SPLITS if layout.list_file(cat, s).is_file())
-            split = next((s for s in splits if layout.list_file(cat, s).is_file()), None)
+            have = {s for s in SPLITS if layout.list_file(cat, s).is_file()}
+            listed |= have
+            split = next((s for s in splits if s in have), None)
             if split is None:
                 continue
             sids, unparsed = _read_list(layout, cat, split)
@@ -309,10 +310,10 @@ def _scan_entries(root: Path, depth_dir: str, every: int) -> list[_Entry]:
     lists = root / "lists"
     if not lists.is_dir():
         raise ConfigError(f"{root} has no lists/ folder")
-    entries = []
-    if not any(lists.glob("*_test.list")):
+    entries, list_files = [], sorted(lists.glob("*_test.list"))
+    if not list_files:
         raise ConfigError(f"{root} has no test lists (lists/<category>_test.list)")
-    for list_file in sorted(lists.glob("*_test.list")):
+    for list_file in list_files:
         cat = list_file.name[: -len("_test.list")]
         for i, line in enumerate(list_file.read_text().splitlines()):
             if i % every or not line.strip():
@@ -339,15 +340,14 @@ def _load_scan(entry: _Entry) -> EvalSample:
 
 def _pix3d_entries(root: Path, split: str, max_per_category: int | None) -> tuple[list[_Entry], int]:
     entries, bad = [], 0
-    if not any((root / "lists" / f"{cat}_{split}.txt").is_file() for cat in PIX3D_CATEGORIES):
+    lists = {cat: root / "lists" / f"{cat}_{split}.txt" for cat in PIX3D_CATEGORIES}
+    lists = {cat: f for cat, f in lists.items() if f.is_file()}
+    if not lists:
         raise ConfigError(
             f"{root} has no Pix3D {split} lists (lists/<category>_{split}.txt, e.g. lists/chair_{split}.txt): "
             "give the folder ZeroShape's Pix3D data unpacks to"
         )
-    for cat in PIX3D_CATEGORIES:
-        list_file = root / "lists" / f"{cat}_{split}.txt"
-        if not list_file.is_file():
-            continue
+    for cat, list_file in lists.items():
         for i, name in enumerate(list_file.read_text().splitlines()):
             if max_per_category is not None and i >= max_per_category:
                 break
