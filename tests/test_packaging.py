@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import zipfile
@@ -44,6 +45,53 @@ def test_python_m_zsw_in_the_checkout_does_not_shadow_hugging_faces_kernels(repo
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
     origin = out.stdout.split()[-1]
     assert origin == "None" or not Path(origin).resolve().is_relative_to(repo_root), out.stdout
+
+
+def _import_kernels_from_the_checkout(repo_root, *flags: str, env=None) -> subprocess.CompletedProcess:
+    """``import kernels`` in a Python started in the repository root, which puts the root first on
+    ``sys.path`` (as a REPL, a notebook or ``python -c`` there do)."""
+    code = "import kernels; print(kernels.__name__, kernels.__file__, getattr(kernels, 'MARK', '-'))"
+    return subprocess.run([sys.executable, *flags, "-c", code], cwd=repo_root, capture_output=True, text=True, env=env)
+
+
+def test_top_level_kernels_from_the_checkout_is_the_one_installed_elsewhere(repo_root, tmp_path):
+    """From the repository root the folder is found as a top-level ``kernels``; it hands the import
+    over to the ``kernels`` the rest of ``sys.path`` holds (here a stand-in for Hugging Face's
+    package, put after the root), so transformers' ``from kernels import ...`` gets that one."""
+    fake = tmp_path / "site" / "kernels"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("MARK = 'elsewhere'\nfrom kernels.sub import VALUE\n")
+    (fake / "sub.py").write_text("VALUE = 1\n")  # its own submodules resolve inside it
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = _import_kernels_from_the_checkout(repo_root, env=env)
+    assert out.returncode == 0, out.stderr
+    name, origin, mark = out.stdout.split()
+    assert (name, mark) == ("kernels", "elsewhere") and Path(origin).resolve() == (fake / "__init__.py").resolve()
+
+
+def test_top_level_kernels_from_the_checkout_is_absent_when_nothing_else_has_it(repo_root):
+    # -S: no site-packages, so no Hugging Face `kernels` either: the import fails as if the
+    # folder were not there, instead of running a second copy of zsw's kernels
+    out = _import_kernels_from_the_checkout(repo_root, "-S")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "ModuleNotFoundError: No module named 'kernels'", out.stderr
+
+
+def test_hugging_faces_kernels_imports_from_the_checkout_when_installed(repo_root, tmp_path):
+    """The real package where it is installed (transformers 5.25 on depends on it): the same
+    module from the checkout's root as from anywhere else."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; s = u.find_spec('kernels'); print(s and s.origin)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if where == "None":
+        pytest.skip("Hugging Face's kernels is not installed (transformers < 5.25)")
+    out = _import_kernels_from_the_checkout(repo_root)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.split()[1]).resolve() == Path(where).resolve()
 
 
 def test_subpackages_resolve_inside_zsw():

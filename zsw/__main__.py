@@ -1,9 +1,10 @@
 """``python -m zsw`` is the same as the ``zsw`` command.
 
 ``-m`` puts the working folder on ``sys.path``, which the command does not have. Run from a zsw
-checkout, that makes the repository's ``kernels/`` folder (installed as ``zsw.kernels``) a top-level
-``kernels`` package, in front of Hugging Face's ``kernels``, which transformers (5.25 on) imports
-with its models: ``from kernels import ...`` then fails. Such an entry is taken off first.
+checkout, the checkout's folders would then answer imports before the installed zsw: its ``zsw/``
+(which, installed from a wheel, lacks ``zsw.kernels``, ``zsw.cli`` and ``zsw.bench``: setuptools maps
+them in) and its ``kernels/`` as a top-level ``kernels`` (which hands over to Hugging Face's
+package, ``kernels/__init__.py``). Such an entry is taken off first.
 """
 
 import os
@@ -11,7 +12,7 @@ import sys
 
 
 def _checkout(entry: str) -> bool:
-    """Whether a ``sys.path`` entry is a zsw source checkout (its ``kernels/`` would shadow)."""
+    """Whether a ``sys.path`` entry is a zsw source checkout."""
     root = os.path.abspath(entry or os.curdir)
     return all(os.path.isfile(os.path.join(root, *p)) for p in (("kernels", "__init__.py"), ("zsw", "__init__.py")))
 
