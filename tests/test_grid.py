@@ -261,6 +261,41 @@ def test_fixed_shape_fast_extraction_gives_the_exact_grid_and_falls_back_when_fu
         occupancy_grid(decode, 2, 64, mode="fast", capacity=1.5)
 
 
+@pytest.mark.parametrize("capacity", [0.5, 1.0])
+def test_fixed_shape_decoding_writes_each_chosen_point_once_and_nothing_else(capacity):
+    """The fixed-shape scatter, in place: every point to decode gets its logit, every other point
+    keeps its value, in images with padding (fewer points than the capacity) whose points include
+    the grid's last one and its first ones (where the padding's target could fall), with none, and
+    with more than fit (the first ``cap`` decoded, the overflow flagged)."""
+    from zsw.infer.grid import _decode_static, grid_points
+
+    resolution, m = 6, 7
+    total = m**3
+    cap = math.ceil(capacity * total)
+    todo = torch.zeros(4, total, dtype=torch.bool)
+    todo[0, [0, 1, 2, 5, total - 1]] = True  # padded; its first points and the last one decoded
+    todo[1, torch.randperm(total)[: total // 3]] = True  # padded
+    # image 2: nothing to decode (all padding)
+    todo[3, : min(total, cap + 40)] = True  # full (capacity 0.5: overflowing)
+    todo = todo.view(4, m, m, m)
+    values = torch.randn(4, m, m, m)
+    before = values.clone()
+
+    def decode(points):  # [B, N, 3] -> [B, N], a distinct value per point and image
+        return points.sum(-1) * 10 + torch.arange(len(points))[:, None] * 100
+
+    count, overflow = _decode_static(decode, todo, values, resolution, 1.5, 50, capacity)
+    flat = todo.view(4, total)
+    expected = before.view(4, total).clone()
+    for b in range(4):
+        chosen = flat[b].nonzero()[:, 0][:cap]
+        ijk = torch.stack([chosen // (m * m), (chosen // m) % m, chosen % m], dim=-1)
+        expected[b, chosen] = decode(grid_points(ijk[None], resolution, 1.5))[0] + 100 * b
+    torch.testing.assert_close(values.view(4, total), expected, rtol=0, atol=0)
+    assert count.tolist() == [min(int(c), cap) for c in flat.sum(1)]
+    assert overflow.tolist() == [False, False, False, capacity < 1.0]
+
+
 def _pooled_masks(values, evaluated, t, margin, dilate):
     """The refinement masks as they were first written (float pooling and whole-grid boolean
     grids, ~15 GB at resolution 1024): the reference of the slab and boolean-shift forms."""

@@ -212,15 +212,22 @@ def _decode_static(
     capacity: float,
 ) -> tuple[Tensor, Tensor]:  # evaluated points [B] (int64), overflow [B] (bool), on the device
     """Decode the ``todo`` points with shapes fixed in advance and no host synchronisation: each
-    image's points are the first ``ceil(capacity * m^3)`` of ``torch.nonzero_static``, padded with a
-    dummy index whose logits land in a scratch slot. Images with more points than that are flagged
-    in ``overflow`` (their remaining points keep the coarser level's interpolation)."""
+    image's points are the first ``ceil(capacity * m^3)`` of ``torch.nonzero_static``, padded with
+    the index of a point it does not decode, where the padding writes back that point's own logit
+    (no copy of the grid). Images with more points than that are flagged in ``overflow`` (their
+    remaining points keep the coarser level's interpolation)."""
     B, m = todo.shape[0], todo.shape[1]
     total = m**3
     cap = max(1, math.ceil(capacity * total))
     flat = todo.reshape(B, total)
-    # the dummy index `total` is the scratch column of `scratch` below
+    grid = values.view(B, total)  # the grid itself: scattered into in place
     idx = torch.stack([torch.nonzero_static(flat[b], size=cap, fill_value=total)[:, 0] for b in range(B)])
+    padded = idx == total
+    # An image with padding has fewer than `cap` points to decode, so one of its first `cap` points is
+    # not among them: the padding's target (where no decoded logit is written, so the scatter has
+    # no conflicting writes). Where there is no padding the target is unused.
+    spare = (~flat[:, :cap]).to(torch.uint8).argmax(dim=1, keepdim=True)  # [B, 1]
+    target = torch.where(padded, spare, idx)
     safe = idx.clamp(max=total - 1)
     ijk = torch.stack([safe // (m * m), (safe // m) % m, safe % m], dim=-1)  # [B, cap, 3]
     logits = torch.empty(B, cap, dtype=torch.float32, device=values.device)
@@ -231,9 +238,7 @@ def _decode_static(
         if tuple(out.shape) != (B, stop - start):
             raise ValueError(f"decode must map points [B, N, 3] to logits [B, N], got {tuple(out.shape)}")
         logits[:, start:stop] = out.float()
-    scratch = torch.cat([values.reshape(B, total), values.new_zeros(B, 1)], dim=1)
-    scratch.scatter_(1, idx, logits)
-    values.copy_(scratch[:, :total].view_as(values))
+    grid.scatter_(1, target, torch.where(padded, grid.gather(1, target), logits))
     count = flat.sum(dim=1)
     return count.clamp(max=cap), count > cap
 
