@@ -7,6 +7,7 @@ piece at a time, and score each variant with ZeroShape's protocol (``zsw eval``'
 Variants (the encoder and decoder always run; masks are thresholded at logit 0 unless given):
 
 * ``pred``: everything predicted, as ``zsw reconstruct`` runs;
+* ``gt_k``: the ground-truth intrinsics alone (what a photo's EXIF focal length could give);
 * ``gt_masks``: the ground-truth visible and occluder masks, predicted depth and K;
 * ``gt_visible`` / ``gt_occluder``: only one of the two masks from the ground truth;
 * ``gt_depth``: ground-truth depth and masks, predicted K;
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-VARIANTS = ("pred", "gt_masks", "gt_visible", "gt_occluder", "gt_depth", "aligned_depth_gt_k", "gt", "true_up")
+VARIANTS = ("pred", "gt_k", "gt_masks", "gt_visible", "gt_occluder", "gt_depth", "aligned_depth_gt_k", "gt", "true_up")
 
 
 def surfaces(model, batch: dict, variants: list[str]):
@@ -55,6 +56,8 @@ def surfaces(model, batch: dict, variants: list[str]):
             if predicted is None:
                 predicted = model.encode_surface(pix, text)
             yield v, predicted
+        elif v == "gt_k":  # the true intrinsics alone (a photo's EXIF focal length, say)
+            yield v, model.encode_surface(PixelOutput(pix.depth, K, pix.visible_mask_logits, pix.occluder_mask_logits), text)
         elif v == "gt_masks":
             yield v, model.encode_surface(pix, text, vis, occ)
         elif v == "gt_visible":

@@ -27,6 +27,7 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
     torch.manual_seed(0)
     model = build_model(str(tiny64[1])).eval()
     batch = _batch(64)
+    batch["intrinsics"][:, :2, :2] *= 1.3  # a focal length the untrained intrinsics head does not predict
     vis, occ = batch["visible_mask"], batch["occluder_mask"]
     with torch.no_grad():
         pix = model.pixel(batch["image"], model.embed_prompts(None, 1))
@@ -38,6 +39,7 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
 
     expected_masks = {
         "pred": (pred_vis, pred_occ),
+        "gt_k": (pred_vis, pred_occ),
         "gt_masks": (vis, occ),
         "gt_visible": (vis, pred_occ),
         "gt_occluder": (pred_vis, occ),
@@ -50,6 +52,9 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
         torch.testing.assert_close(out[name].visible_mask, v, msg=name)
         torch.testing.assert_close(out[name].occluder_mask, o, msg=name)
     torch.testing.assert_close(out["pred"].depth, pix.depth)
+    torch.testing.assert_close(out["gt_k"].depth, pix.depth)
+    torch.testing.assert_close(out["gt_k"].intrinsics, batch["intrinsics"])
+    assert not torch.equal(pix.intrinsics, batch["intrinsics"])
     torch.testing.assert_close(out["gt_depth"].depth, batch["depth"])
     torch.testing.assert_close(out["gt_depth"].intrinsics, pix.intrinsics)
     torch.testing.assert_close(out["aligned_depth_gt_k"].intrinsics, batch["intrinsics"])
