@@ -553,10 +553,6 @@ def _scaled_plane(m):  # a 16-bit, 32-bit or float mask, scaled by its own large
     return Image.fromarray((np.clip(arr / top, 0, 1) * 255).astype(np.uint8))
 
 
-def _is_image_name(f: Path) -> bool:
-    return f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-
-
 def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand files, folders (their images, not recursive) and glob patterns.
 
