@@ -28,6 +28,7 @@ dataset with depth, intrinsics, extrinsics, point clouds and occluder masks (``z
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def surfaces(model, batch: dict, variants: list[str]):
                 predicted = model.encode_surface(pix, text)
             yield v, predicted
         elif v == "gt_k":  # the true intrinsics alone (a photo's EXIF focal length, say)
-            yield v, model.encode_surface(PixelOutput(pix.depth, K, pix.visible_mask_logits, pix.occluder_mask_logits), text)
+            yield v, model.encode_surface(dataclasses.replace(pix, intrinsics=K), text)
         elif v == "gt_masks":
             yield v, model.encode_surface(pix, text, vis, occ)
         elif v == "gt_visible":

@@ -58,12 +58,12 @@ else:
 
     sys.modules[__name__].__class__ = _Package
 
-    from zsw.kernels import dispatch as _dispatch
+    from zsw.kernels import dispatch
     from zsw.kernels.dispatch import *  # noqa: E402,F403  (the public API: dispatch.__all__)
     from zsw.kernels.dispatch import __all__  # noqa: E402,F401
 
     for _name in __all__:  # the public functions' home is this package (reprs, pickling, docs)
-        _public = getattr(_dispatch, _name)
-        if isinstance(_public, types.FunctionType) and _public.__module__ == _dispatch.__name__:
+        _public = getattr(dispatch, _name)
+        if isinstance(_public, types.FunctionType) and _public.__module__ == dispatch.__name__:
             _public.__module__ = __name__
     del _name, _public
