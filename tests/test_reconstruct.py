@@ -673,6 +673,52 @@ def test_a_rerun_picks_its_own_folder_over_one_of_the_same_content_or_a_killed_o
     assert output_name(jpg, request_record(jpg, None, {}), out, used={"a-3"}) == "a"
 
 
+def test_folder_names_differing_only_in_case_are_one_name(tmp_path):
+    """On a Mac's or Windows's file system (and on exFAT or NTFS drives mounted on Linux)
+    ``out/Photo`` and ``out/photo`` are one folder: two photos whose stems differ only in case
+    were planned into both and written into one, the second over the first. Output names are
+    compared as those file systems compare them, on every system, and a photo finds its folder
+    whatever the case of its spelling on disk, also among the spellings an older release made."""
+    import unicodedata
+
+    from zsw.infer.reruns import FolderNames, output_name, plan_reruns, request_record
+    from zsw.io import folder_key
+
+    assert folder_key("Photo") == folder_key("PHOTO") == folder_key("photo")
+    assert folder_key(unicodedata.normalize("NFC", "Café")) == folder_key(unicodedata.normalize("NFD", "CAFÉ"))
+    assert folder_key("photo") != folder_key("photo-2")
+    assert "PHOTO" in FolderNames(["photo"]) and "photo-2" not in FolderNames(["photo"])
+
+    out = tmp_path / "out"
+    photos = []
+    for rel, content in (("x/Photo.png", b"first"), ("y/photo.png", b"second")):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_bytes(content)
+        photos.append(tmp_path / rel)
+    x, y = photos
+    todo, _, _ = plan_reruns([x, y], out, {})
+    assert [name for _, name, _ in todo] == ["Photo", "photo-2"]
+
+    def result(folder: str, source: Path) -> None:
+        (out / folder).mkdir(parents=True)
+        record = {"input": {"source": str(source)}, "request": request_record(source, None, {})}
+        (out / folder / "result.json").write_text(json.dumps(record))
+
+    result("PHOTO", x)  # the folder as the user renamed it, or as a Mac's Finder spells it
+    result("Photo-2", y)
+    assert output_name(y, request_record(y, None, {}), out) == "Photo-2"  # alone, it finds its folder
+    assert output_name(x, request_record(x, None, {}), out) == "PHOTO"
+    assert [name for _, name, _ in plan_reruns([y, x], out, {}, overwrite=True)[0]] == ["Photo-2", "PHOTO"]
+    new = tmp_path / "z" / "photo.png"
+    new.parent.mkdir()
+    new.write_bytes(b"third")
+    assert output_name(new, request_record(new, None, {}), out) == "photo-3"
+    # two spellings of one folder (an older release on a case-sensitive system): each keeps its own
+    result("photo", new)
+    assert output_name(new, request_record(new, None, {}), out) == "photo"
+    assert output_name(x, request_record(x, None, {}), out) == "PHOTO"
+
+
 def _run_beside_a_held_folder(first, second, out, monkeypatch):
     """Run ``first`` (photo, settings) and, while its folder is claimed and before it computes
     anything, ``second`` into ``out``, each in a thread as if in two processes; returns both

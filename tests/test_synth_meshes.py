@@ -236,6 +236,16 @@ def test_scan_names_objects_and_refuses_two_files_for_one_object(tmp_path):
     (tmp_path / "a-b.glb").write_text("")
     with pytest.raises(InputError, match=r"a-b.glb and a_b.obj would both be object thing_a-b"):
         scan_meshes(tmp_path, "thing")
+    (tmp_path / "a-b.glb").unlink()
+    # names differing only in case are one file on a Mac or a Windows machine: told apart, never merged
+    (tmp_path / "chairs" / "Y.obj").write_text("")
+    with pytest.raises(InputError, match=r"chairs/Y.obj and chairs/y.stl would both be object chairs_y"):
+        scan_meshes(tmp_path, "thing")
+    (tmp_path / "chairs" / "Y.obj").unlink()
+    (tmp_path / "Chairs").mkdir()
+    (tmp_path / "Chairs" / "z.obj").write_text("")
+    with pytest.raises(InputError, match=r"the categories Chairs and chairs differ only in case"):
+        scan_meshes(tmp_path, "thing")
 
 
 def test_meshes_without_a_surface_are_one_line_errors(tmp_path):

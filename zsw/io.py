@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +29,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "sha256_file",
+    "folder_key",
     "checkpoint_sha256",
     "remove_leftovers",
     "check_out_folder",
@@ -152,3 +154,10 @@ def remove_leftovers(folder: str | os.PathLike, *, recursive: bool = False, name
                 tmp.unlink()
                 removed += 1
     return removed
+
+
+def folder_key(name: str) -> str:
+    """``name`` as a case-insensitive file system compares it (macOS's APFS, Windows's NTFS, exFAT
+    drives): case folded and, as APFS also does, Unicode normalisation ignored. Two names with one
+    key are one file there, so names zsw derives from its users' file names are told apart by it."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())

@@ -37,7 +37,15 @@ from zsw.errors import ConfigError, InputError, ZswError
 from zsw.hub import resolve_device
 from zsw.infer.cutout import open_cutout
 from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
-from zsw.infer.reruns import claim_output, find_mask, finished_with, masks_among, plan_reruns, without_results
+from zsw.infer.reruns import (
+    FolderNames,
+    claim_output,
+    find_mask,
+    finished_with,
+    masks_among,
+    plan_reruns,
+    without_results,
+)
 from zsw.infer.settings import ReconstructSettings, is_estimated_prompt
 from zsw.infer.weights import check_inputs, resolve_backend, weights_identity
 from zsw.io import check_out_folder
@@ -139,7 +147,7 @@ def reconstruct_many(
     cutout = open_cutout(settings.cutout)  # before planning: its model is part of what a rerun compares
     device = resolve_device(settings.device)  # resolves auto precision and --tta: recorded as resolved
     request = settings.request(identity, backend, cutout=cutout.identity if cutout else None, device=device)
-    used: set[str] = set()  # every folder name this run gives out
+    used = FolderNames()  # every folder name this run gives out, compared as a Mac compares them
     todo, report.redone, errors = plan_reruns(paths, out, request, settings.masks, settings.overwrite, used)
     for path, reason in errors:
         _fail(report, reporter, str(path), reason)
@@ -227,7 +235,7 @@ def _same_requests(items: list[_Item], s: ReconstructSettings) -> list[_Item]:
     return todo
 
 
-def _write_copies(item: _Item, out: Path, s: ReconstructSettings, used: set[str], reporter, report, said) -> list:
+def _write_copies(item: _Item, out: Path, s: ReconstructSettings, used: FolderNames, reporter, report, said) -> list:
     """Write ``item``'s reconstruction into each of its copies' folders, then let go of both; returns
     the copies left to run on their own (``item`` was not written, or another process holds a
     copy's folder)."""
@@ -251,7 +259,7 @@ def _write_copies(item: _Item, out: Path, s: ReconstructSettings, used: set[str]
     return left
 
 
-def _claim(chunk: list[_Item], out: Path, s: ReconstructSettings, used: set[str], reporter, report) -> list[_Item]:
+def _claim(chunk: list[_Item], out: Path, s: ReconstructSettings, used: FolderNames, reporter, report) -> list[_Item]:
     """Claim each image's folder (:func:`~zsw.infer.reruns.claim_output`; its name may differ from
     the plan's when another process took that folder meanwhile); returns the images to reconstruct
     now. An image another process finished meanwhile with the same request is skipped; one whose

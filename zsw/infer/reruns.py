@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsw.errors import ZswError
+from zsw.io import folder_key
 from zsw.locks import Lock, try_lock_folder
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "finished_with",
     "without_results",
     "masks_among",
+    "FolderNames",
+    "folders_by_key",
 ]
 
 
@@ -93,7 +96,7 @@ def plan_reruns(
     settings: dict,
     masks: str | os.PathLike | None = None,
     overwrite: bool = False,
-    used: set[str] | None = None,
+    used: FolderNames | None = None,
 ) -> tuple[list[tuple[Path, str, dict]], int, list[tuple[Path, str]]]:
     """Which images of a folder run need work: ``(todo, redone, errors)``. ``todo`` holds
     ``(path, output name, request)`` for every image without a complete result recording the same
@@ -102,14 +105,15 @@ def plan_reruns(
     read to hash them. Output names follow :func:`output_name`; ``used``, if given, receives every
     name given out (those of skipped images too). A plan, not a claim: the writer claims each
     folder with :func:`claim_output` before it writes."""
-    todo, redone, errors, used = [], 0, [], set() if used is None else used
+    todo, redone, errors, used = [], 0, [], FolderNames() if used is None else used
+    on_disk = folders_by_key(Path(out))  # nothing is made while planning: one listing serves every photo
     for path in paths:
         try:
             request = request_record(path, find_mask(masks, path) if masks is not None else None, settings)
         except (OSError, ZswError) as e:
             errors.append((path, str(e)))
             continue
-        name = output_name(path, request, out, used)
+        name = _choose(path, request, Path(out), used, claim=False, on_disk=on_disk).name
         used.add(name)
         state = "none" if overwrite else finished_with(Path(out) / name, request)
         redone += state == "other"
@@ -150,8 +154,11 @@ def output_name(path: Path, request: dict, out: str | os.PathLike, used: set[str
     at before one is picked, so a rerun with some of the inputs finds each one's folder again and
     never writes over another's (``a.png`` and ``a.webp`` stay ``a`` and ``a-2`` whichever is
     given, even after ``a``'s rerun was killed), and a photo edited into another's content keeps
-    its own folder. This is the plan; :func:`claim_output` picks by the same rules for a writer,
-    skipping the folders other processes hold."""
+    its own folder. Names are compared as a case-insensitive file system compares them
+    (:func:`folder_key`): ``Photo.png`` never gets a folder beside ``photo.png``'s that differs from
+    it only in case, and finds its folder again whatever the case of its spelling. This is the
+    plan; :func:`claim_output` picks by the same rules for a writer, skipping the folders other
+    processes hold."""
     return _choose(path, request, Path(out), used, claim=False).name
 
 
@@ -178,7 +185,45 @@ def claim_output(path: Path, request: dict, out: str | os.PathLike, used: set[st
     return _choose(path, request, Path(out), used, claim=True)
 
 
-def _choose(path: Path, request: dict, out: Path, used: set[str], claim: bool) -> Claim:
+class FolderNames(set):
+    """The result-folder names a run has given out, compared by :func:`folder_key`: ``Photo`` is
+    taken once ``photo`` is, so one run never gives two photos folders that a case-insensitive file
+    system would merge, and an output folder made on Linux can be copied to a Mac or a Windows
+    machine whole."""
+
+    def __init__(self, names=()):
+        super().__init__(folder_key(n) for n in names)
+
+    def add(self, name: str) -> None:
+        super().add(folder_key(name))
+
+    def discard(self, name: str) -> None:
+        super().discard(folder_key(name))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(folder_key(name))
+
+
+def folders_by_key(out: Path) -> dict[str, list[str]]:
+    """The entries of ``out`` by :func:`folder_key` (each key's names sorted; several only on a
+    case-sensitive file system, in an output folder an earlier release of zsw wrote)."""
+    found: dict[str, list[str]] = {}
+    try:
+        with os.scandir(out) as entries:
+            for entry in entries:
+                found.setdefault(folder_key(entry.name), []).append(entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {key: sorted(names) for key, names in found.items()}
+
+
+def _choose(
+    path: Path, request: dict, out: Path, used: set[str], claim: bool, on_disk: dict[str, list[str]] | None = None
+) -> Claim:
+    """``on_disk``: :func:`folders_by_key` of ``out`` when the caller has it (a plan lists ``out``
+    once for all its photos); a claim lists it afresh."""
+    used = used if isinstance(used, FolderNames) else FolderNames(used)
+    on_disk = folders_by_key(out) if on_disk is None else on_disk
     same_content = free = None
     held: dict[str, Lock] = {}
     busy: list[Path] = []
@@ -189,23 +234,25 @@ def _choose(path: Path, request: dict, out: Path, used: set[str], claim: bool) -
             name = path.stem if k == 1 else f"{path.stem}-{k}"
             if name in used:
                 continue
-            folder = out / name
-            if not folder.exists():  # past this stem's last folder
+            # the stem's k-th folder whatever its spelling's case: the one folder a Mac would see
+            if not (spellings := on_disk.get(folder_key(name))):  # past this stem's last folder
                 break
-            if claim:
-                if not folder.is_dir():  # a file of that name: nothing to write into
-                    continue
-                if (lock := try_lock_folder(folder, create=False)) is None:
-                    busy.append(folder)  # another process writes there: not free, and maybe this photo's
-                    continue
-                held[name] = lock
-            state = _holds(folder, path, request)
-            if state == "own":
-                return _keep(name, held)
-            if state == "same content":
-                same_content = same_content or name
-            elif state == "free":
-                free = free or name
+            for spelling in spellings:
+                folder = out / spelling
+                if claim:
+                    if not folder.is_dir():  # a file of that name: nothing to write into
+                        continue
+                    if (lock := try_lock_folder(folder, create=False)) is None:
+                        busy.append(folder)  # another process writes there: not free, and maybe this photo's
+                        continue
+                    held[spelling] = lock
+                state = _holds(folder, path, request)
+                if state == "own":
+                    return _keep(spelling, held)
+                if state == "same content":
+                    same_content = same_content or spelling
+                elif state == "free":
+                    free = free or spelling
         if busy:
             return Claim(busy=busy)
         chosen = same_content or free or name

@@ -10,7 +10,8 @@ Names: a subfolder of the mesh folder is a category (files directly in it: ``cfg
 object id is the file's path below its category folder without the suffix, every run of characters
 other than letters, digits and ``-`` made one ``-`` (``chair_01.obj`` -> ``chair-01``: ``_``
 separates category, object and view in ZeroShape's file names). Two files with one id in a
-category are an error naming both.
+category are an error naming both; ids (and categories) that differ only in case count as one,
+since a Mac's or Windows's file system would store their views in the same files.
 
 Seeds and splits come from the object's name, not its place in the folder: object
 ``<cat>/<obj>`` draws from ``SeedSequence([seed, w0, w1])`` (``w0, w1``: the first 8 bytes of the
@@ -39,7 +40,7 @@ import numpy as np
 
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
-from zsw.io import atomic_write_text, sha256_file
+from zsw.io import atomic_write_text, folder_key, sha256_file
 from zsw.locks import lock_folder
 from zsw.report import Reporter
 from zsw.synth.mesh_sdf import MESH_SUFFIXES, MeshShape
@@ -144,6 +145,7 @@ def scan_meshes(folder: str | os.PathLike, category: str = "object") -> tuple[li
     if not root.is_dir():
         raise InputError(f"the mesh folder {folder} is not a folder")
     sources: dict[tuple[str, str], MeshSource] = {}
+    categories: dict[str, str] = {}  # folder_key -> the spelling first met
     skipped = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
@@ -155,14 +157,21 @@ def scan_meshes(folder: str | os.PathLike, category: str = "object") -> tuple[li
             continue
         cat, below = (category, rel) if len(rel.parts) == 1 else (rel.parts[0], Path(*rel.parts[1:]))
         src = MeshSource(path, rel.as_posix(), cat, _object_id(below))
-        if (cat, src.object) in sources:
-            other = sources[(cat, src.object)].rel
+        # names differing only in case would share files (lists, views) on a Mac or a Windows machine
+        if categories.setdefault(folder_key(cat), cat) != cat:
             raise InputError(
-                f"{other} and {src.rel} would both be object {cat}_{src.object} (ids come from file names, "
-                "'_' and other characters made '-'): rename one"
+                f"the categories {categories[folder_key(cat)]} and {cat} differ only in case "
+                "(a Mac's or Windows's file system would merge their files): rename one folder"
             )
-        sources[(cat, src.object)] = src
-    return [sources[k] for k in sorted(sources)], skipped
+        key = (folder_key(cat), folder_key(src.object))
+        if key in sources:
+            other = sources[key]
+            raise InputError(
+                f"{other.rel} and {src.rel} would both be object {cat}_{src.object} (ids come from file names, "
+                "'_' and other characters made '-', and must differ in more than case): rename one"
+            )
+        sources[key] = src
+    return sorted(sources.values(), key=lambda m: (m.category, m.object)), skipped
 
 
 def fingerprint(path: Path) -> str:
