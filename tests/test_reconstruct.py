@@ -606,6 +606,28 @@ def test_masks_kept_beside_their_photos_are_masks_not_photos(repo_root, tmp_path
     assert record["mask"] == "given" and record["input"]["source"] == str(photos / "armchair.jpg")
 
 
+def test_a_mask_is_found_whatever_the_case_of_its_name(tmp_path):
+    """A camera's ``IMG_1.JPG`` with its mask saved as ``img_1.PNG``: a Mac finds it, and Linux
+    answered "no mask named IMG_1.*" (ZeroShape models then stop). Names are matched as a Mac
+    matches them; an exact spelling wins, and a mask added later is found."""
+    from zsw.infer.reruns import find_mask
+
+    photos, masks = tmp_path / "photos", tmp_path / "masks"
+    photos.mkdir(), masks.mkdir()
+    photo = photos / "IMG_1.JPG"
+    photo.write_bytes(b"photo")
+    assert find_mask(masks, photo) is None
+    (masks / "img_1.JPEG").write_bytes(b"a")
+    assert find_mask(masks, photo) == masks / "img_1.JPEG"  # added after a lookup listed the folder
+    (masks / "img_1.PNG").write_bytes(b"b")
+    assert find_mask(masks, photo) == masks / "img_1.PNG"  # .png is looked for first, as always
+    (masks / "IMG_1.png").write_bytes(b"c")
+    assert find_mask(masks, photo) == masks / "IMG_1.png"
+    (photos / "img_1.png").write_bytes(b"d")
+    assert find_mask(photos, photo) == photos / "img_1.png"  # masks beside their photos
+    assert find_mask(photos, photos / "img_1.png") == photo  # never the photo itself
+
+
 def test_cli_reruns_find_their_folder_whatever_the_working_folder(repo_root, tmp_path, monkeypatch):
     """The same relative name typed in two folders is two photos (the second must not write over
     the first's result), and a photo given once relatively and once from elsewhere is one."""

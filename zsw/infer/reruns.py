@@ -16,6 +16,7 @@ folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -55,14 +56,44 @@ def request_record(image: str | os.PathLike, mask: str | os.PathLike | None, set
 
 def find_mask(folder: str | os.PathLike, image: str | os.PathLike) -> Path | None:
     """The mask in ``folder`` named like ``image`` (``<stem>.png`` first, then any image suffix);
-    never the image itself (masks kept beside their photos: ``--masks`` is the photos' folder)."""
+    never the image itself (masks kept beside their photos: ``--masks`` is the photos' folder).
+    Names are matched as a Mac matches them (:func:`~zsw.io.folder_key`): ``IMG_1.PNG`` is the
+    mask of ``IMG_1.jpg`` on Linux too; a spelling of the exact case comes first."""
     from zsw.infer.image import IMAGE_SUFFIXES
 
-    for suffix in (".png", *IMAGE_SUFFIXES):
-        candidate = Path(folder) / f"{Path(image).stem}{suffix}"
+    stem = Path(image).stem
+    suffixes = (".png", *IMAGE_SUFFIXES)
+    for suffix in suffixes:
+        candidate = Path(folder) / f"{stem}{suffix}"
         if candidate.is_file() and not _same_file(candidate, image):
             return candidate
+    spellings = _names_by_key(Path(folder)).get(folder_key(stem), ())
+    for suffix in suffixes:  # in the same order of preference
+        for name in spellings:
+            candidate = Path(folder) / name
+            if candidate.suffix.lower() == suffix and candidate.is_file() and not _same_file(candidate, image):
+                return candidate
     return None
+
+
+def _names_by_key(folder: Path) -> dict[str, list[str]]:
+    """``folder``'s file names by the :func:`~zsw.io.folder_key` of their stems, sorted; read once
+    while the folder's modification time stays the same (a folder run looks up every photo's mask)."""
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cached = _NAMES.get(folder)
+    if cached is None or cached[0] != stamp:
+        names: dict[str, list[str]] = {}
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(folder)):
+                names.setdefault(folder_key(Path(name).stem), []).append(name)
+        cached = _NAMES[folder] = (stamp, names)
+    return cached[1]
+
+
+_NAMES: dict[Path, tuple[int, dict[str, list[str]]]] = {}
 
 
 def masks_among(paths: Sequence[Path], folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
