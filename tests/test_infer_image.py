@@ -87,6 +87,71 @@ def test_exif_orientation_is_applied(tmp_path):
     assert any("EXIF" in n for n in im.notes)
 
 
+def _display_p3_profile() -> bytes:
+    """A Display P3 ICC profile (a phone's photos carry one): Pillow's built-in sRGB profile with
+    P3's D50-adapted colorants (as in Apple's profile) and another name; both share sRGB's curve."""
+    import struct
+
+    from PIL import ImageCms
+
+    b = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    tags = {}
+    for i in range(struct.unpack(">I", b[128:132])[0]):
+        sig, offset, size = struct.unpack(">4sII", b[132 + 12 * i : 144 + 12 * i])
+        tags[sig] = (offset, size)
+    for sig, xyz in ((b"rXYZ", (0.51512, 0.24120, -0.00105)), (b"gXYZ", (0.29198, 0.69225, 0.04189)),
+                     (b"bXYZ", (0.15710, 0.06657, 0.78407))):  # fmt: skip
+        offset, _ = tags[sig]
+        b[offset + 8 : offset + 20] = struct.pack(">3i", *(round(v * 65536) for v in xyz))
+    offset, size = tags[b"desc"]
+    name = "sRGB built-in".encode("utf-16-be")
+    at = bytes(b).index(name, offset, offset + size)
+    b[at : at + len(name)] = "Display P3 13".encode("utf-16-be")  # the same length
+    return bytes(b)
+
+
+def test_photos_in_display_p3_or_other_profiles_are_read_in_srgb(tmp_path):
+    """An iPhone's photo is in Display P3: read as sRGB its saturated colours moved by up to 107
+    of 255 levels, in what the model saw and in the mesh's colours. Pixels are converted by the
+    embedded profile, checked here against P3 -> sRGB done by hand (the standard matrix on linear
+    light); sRGB profiles and photos without one are left as stored, a broken profile is a note."""
+    a = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    def linear(x):
+        x = x / 255.0
+        return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+    def encoded(x):
+        x = np.clip(x, 0.0, 1.0)
+        return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055) * 255.0
+
+    p3_to_srgb = np.array([[1.2249, -0.2247, 0.0], [-0.0420, 1.0419, 0.0], [-0.0197, -0.0786, 1.0979]])
+    p3 = _display_p3_profile()
+    for suffix, extra in ((".png", {}), (".jpg", {"quality": 95})):
+        Image.fromarray(a).save(tmp_path / f"p3{suffix}", icc_profile=p3, **extra)
+        stored = np.asarray(Image.open(tmp_path / f"p3{suffix}").convert("RGB"), dtype=np.float64)  # P3 values
+        expected = encoded(linear(stored) @ p3_to_srgb.T)
+        assert np.abs(expected - stored).max() > 60  # what reading them as sRGB got wrong
+        im = load_image(tmp_path / f"p3{suffix}", size=64)
+        assert np.abs(im.pixels.astype(np.float64) - expected).max() <= 2, suffix  # the mesh's colours
+        assert np.abs(im.image.astype(np.float64) - expected).max() <= 2, suffix  # what the model sees
+        assert any("'Display P3 13' to sRGB" in n for n in im.notes), im.notes
+    rgba = np.dstack([a, np.full((64, 64), 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "p3a.png", icc_profile=p3)
+    assert np.array_equal(load_image(tmp_path / "p3a.png", size=64).pixel_alpha, rgba[..., 3] > 127)
+
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for name, profile in (("plain.png", None), ("srgb.png", srgb)):
+        Image.fromarray(a).save(tmp_path / name, **({"icc_profile": profile} if profile else {}))
+        im = load_image(tmp_path / name, size=64)
+        assert np.array_equal(im.pixels, a) and not any("profile" in n for n in im.notes), name
+    Image.fromarray(a).save(tmp_path / "broken.png", icc_profile=b"not a profile")
+    im = load_image(tmp_path / "broken.png", size=64)
+    assert np.array_equal(im.pixels, a) and any("colour profile unreadable" in n for n in im.notes), im.notes
+
+
 def test_webp_and_bmp_load(tmp_path):
     a = np.full((50, 50, 3), 90, np.uint8)
     for suffix in (".webp", ".bmp", ".tiff"):

@@ -241,6 +241,40 @@ def _to_rgb_or_rgba(img, notes: list[str]):
     return img.convert("RGB")
 
 
+def _to_srgb(img, notes: list[str]):
+    """An RGB(A) photo whose embedded colour profile is not sRGB (Display P3 from phones, Adobe RGB
+    from cameras) converted to sRGB, the space of zsw's training images and of the vertex colours
+    every viewer shows; read as sRGB instead, a saturated colour moves by up to 40 % (107 of 255
+    levels for P3's). Photos without a profile, or with an sRGB one, are left as they are."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA"):
+        return img
+    import io
+
+    from PIL import ImageCms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "RGB":  # e.g. a grey profile kept by a conversion
+            return img
+        name = " ".join(ImageCms.getProfileDescription(profile).split()) or "unnamed"
+        if "srgb" in name.lower():
+            return img
+        out = ImageCms.profileToProfile(img, profile, _srgb_profile(), outputMode=img.mode)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        notes.append(f"embedded colour profile unreadable ({reason(e)}): colours taken as sRGB")
+        return img
+    notes.append(f"colours converted from the embedded profile '{name}' to sRGB")
+    return out
+
+
+@functools.cache
+def _srgb_profile():
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
 def _pad_resize(img, size: int, fill, resample):
     """Pad ``img`` to a square around its centre with ``fill``, then resize to ``size``."""
     from PIL import Image
@@ -349,7 +383,7 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     if max(w, h) / max(1, min(w, h)) > 4:
         notes.append(f"very elongated ({w}x{h}): the object fills a thin strip of the padded square")
 
-    img = _to_rgb_or_rgba(img, notes)
+    img = _to_srgb(_to_rgb_or_rgba(img, notes), notes)
     if cutout is not None:
         img = _cut_out(img, cutout, label, notes)
     alpha = pixel_alpha = None
