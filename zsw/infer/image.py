@@ -57,6 +57,11 @@ _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
 _WHITE = (255, 255, 255)
+#: a photo many times the model input's size is first box-averaged by a whole factor, down to at
+#: least this many times that size, then resampled (Pillow's ``reducing_gap``): a 12 MP photo's resize
+#: takes 17 ms instead of 122, 48 MP's 45 instead of 500, and the input moves by 0.05 of 255 levels on
+#: average (at most 2). Images under 6x the input size are resized exactly as before.
+REDUCING_GAP = 3.0
 #: the object's longer side as a fraction of the model input's side when :func:`reframe` frames it:
 #: the training renders crop the object's silhouette with a margin of 1.15-1.35 (0.74-0.87)
 OBJECT_FILL = 0.8
@@ -285,7 +290,7 @@ def _pad_resize(img, size: int, fill, resample):
     canvas = Image.new(img.mode, (side, side), fill)
     canvas.paste(img, (left, top))
     if side != size:
-        canvas = canvas.resize((size, size), resample)
+        canvas = canvas.resize((size, size), resample, reducing_gap=REDUCING_GAP)
     return canvas, (left, top)
 
 
@@ -491,7 +496,7 @@ def _cut(a, box: tuple[int, int, int], fill, size: int, resample):
     inner = (max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h))
     if inner[0] < inner[2] and inner[1] < inner[3]:
         canvas.paste(a.crop(inner), (inner[0] - x0, inner[1] - y0))
-    return canvas.resize((size, size), resample) if side != size else canvas
+    return canvas.resize((size, size), resample, reducing_gap=REDUCING_GAP) if side != size else canvas
 
 
 def reframe(image: LoadedImage, window: tuple[int, int, int], note: str | None = None) -> LoadedImage:
