@@ -171,6 +171,26 @@ def test_a_phone_sized_photo_gives_the_input_an_exact_resize_gives(repo_root, tm
     assert d.max() <= 3 and d.mean() < 0.2, (d.max(), d.mean())
 
 
+def test_a_200_mp_phone_photo_is_not_a_decompression_bomb(tmp_path, monkeypatch):
+    """Pillow refuses images over 179 MP, so a 200 MP phone's photo was "image too large". zsw
+    opens photos up to 2 x MAX_PIXELS (scaled down here: Pillow's limit 1,000 pixels, zsw's 20,000
+    and 2,000), keeps a higher or no limit the process set, and puts Pillow's limit back."""
+    import zsw.infer.image as image
+
+    Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(tmp_path / "x.jpg")  # 10,000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    monkeypatch.setattr(image, "MAX_PIXELS", 20_000)
+    assert load_image(tmp_path / "x.jpg").original_size == (100, 100)
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+    monkeypatch.setattr(image, "MAX_PIXELS", 2_000)
+    with pytest.raises(InputError, match=r"x.jpg: image too large"):
+        load_image(tmp_path / "x.jpg")
+    for limit in (None, 10**6):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        assert load_image(tmp_path / "x.jpg").original_size == (100, 100)
+        assert Image.MAX_IMAGE_PIXELS == limit
+
+
 def test_webp_and_bmp_load(tmp_path):
     a = np.full((50, 50, 3), 90, np.uint8)
     for suffix in (".webp", ".bmp", ".tiff"):
@@ -422,6 +442,7 @@ def test_pil_warnings_become_notes_not_terminal_lines(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (100, 100), (200, 30, 30)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # 10,000 pixels: PIL's decompression-bomb warning
+    monkeypatch.setattr("zsw.infer.image.MAX_PIXELS", 6000)  # zsw's own limit, which it opens photos under
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning that escapes fails the test
         loaded = load_image(path, 32)

@@ -22,12 +22,14 @@ maps K back to the photo through it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import glob
 import os
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +148,7 @@ def _open(path: Path, notes: list[str] | None = None):
                 f"{path}: a HEIC/HEIF photo, which needs pillow-heif to be read: pip install pillow-heif"
             ) from None
     try:
-        with warnings.catch_warnings(record=True) as caught:  # a huge image warns here
+        with warnings.catch_warnings(record=True) as caught, _pixel_limit(Image):  # a huge image warns here
             warnings.simplefilter("always")
             img = Image.open(path)
     except UnidentifiedImageError:
@@ -162,6 +164,27 @@ def _open(path: Path, notes: list[str] | None = None):
     if notes is not None:
         notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     return _decoded(img, str(path), notes)
+
+
+#: Pillow refuses images over twice its ``MAX_IMAGE_PIXELS`` (89 MP: 179 MP) as decompression bombs,
+#: which refused a 200 MP phone's photo (16320 x 12240). zsw warns over this many pixels and refuses
+#: over twice as many (537 MP, about 1.6 GB decoded), unless the process allows more.
+MAX_PIXELS = 1 << 28
+_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pixel_limit(Image):
+    """Pillow's image-size limit raised to :data:`MAX_PIXELS` while a photo is opened (where
+    Pillow checks it); a limit the process set higher, or None (no limit), is kept."""
+    with _LIMIT_LOCK:
+        before = Image.MAX_IMAGE_PIXELS
+        if before is not None and before < MAX_PIXELS:
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
 
 
 def _iso_media(path: Path) -> str | None:
