@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -189,6 +190,23 @@ def test_a_200_mp_phone_photo_is_not_a_decompression_bomb(tmp_path, monkeypatch)
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
         assert load_image(tmp_path / "x.jpg").original_size == (100, 100)
         assert Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_camera_raw_files_are_refused_not_read_from_their_preview(tmp_path):
+    """A DNG, NEF or CR2 is a TIFF whose first image is a small preview: Pillow read that and zsw
+    reconstructed a thumbnail without a word. RAW files are refused in one line saying what to do
+    (a PNG merely named .dng is still read by its content), and a folder of them says so."""
+    a = np.full((120, 160, 3), 90, np.uint8)
+    Image.fromarray(a).save(tmp_path / "IMG_2.NEF", format="TIFF")  # a RAW's container and preview
+    (tmp_path / "IMG_3.CR3").write_bytes(b"\x00\x00\x00\x18ftypcrx " + bytes(100))  # not even that
+    for name, why in (("IMG_2.NEF", " (Pillow would read its small preview)"), ("IMG_3.CR3", "")):
+        message = f"{name}: a camera RAW file, which zsw does not develop{why}: export"
+        with pytest.raises(InputError, match=re.escape(message)):
+            load_image(tmp_path / name)
+    found, problems = find_images([tmp_path])
+    assert found == [] and problems[0][1].endswith("its 2 camera RAW file(s) need exporting as JPEG, PNG or TIFF first")
+    Image.fromarray(a).save(tmp_path / "renamed.dng", format="PNG")
+    assert load_image(tmp_path / "renamed.dng").original_size == (160, 120)
 
 
 def test_webp_and_bmp_load(tmp_path):

@@ -54,6 +54,12 @@ __all__ = [
 #: suffixes picked up when a folder is given
 # GIF: its first frame; HEIC/HEIF through pillow-heif, AVIF through Pillow (11.3 on)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
+#: camera RAW files: most are TIFF containers whose first image, the one Pillow reads, is a small
+#: preview; zsw refuses them rather than reconstruct from a thumbnail
+RAW_SUFFIXES = (
+    ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+    ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".iiq", ".raw", ".rwl", ".mef", ".mos",
+)  # fmt: skip
 #: ISO media brands of HEIF still images (the ``ftyp`` box at byte 4), which Pillow reads only through pillow-heif
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
@@ -152,6 +158,8 @@ def _open(path: Path, notes: list[str] | None = None):
             warnings.simplefilter("always")
             img = Image.open(path)
     except UnidentifiedImageError:
+        if path.suffix.lower() in RAW_SUFFIXES:
+            raise InputError(_raw(path, preview=False)) from None
         if container == "avif":
             raise InputError(
                 f"{path}: an AVIF photo, which Pillow {Image.__version__} cannot read: pip install 'pillow>=11.3'"
@@ -161,9 +169,20 @@ def _open(path: Path, notes: list[str] | None = None):
         raise InputError(f"{path}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: corrupt or truncated image ({reason(e)})") from None
+    if path.suffix.lower() in RAW_SUFFIXES and img.format == "TIFF":  # a RAW's container: its preview
+        img.close()
+        raise InputError(_raw(path, preview=True))
     if notes is not None:
         notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     return _decoded(img, str(path), notes)
+
+
+def _raw(path: Path, preview: bool) -> str:
+    why = " (Pillow would read its small preview)" if preview else ""
+    return (
+        f"{path}: a camera RAW file, which zsw does not develop{why}: "
+        "export it as JPEG, PNG or TIFF from your RAW developer, or develop it with rawpy"
+    )
 
 
 #: Pillow refuses images over twice its ``MAX_IMAGE_PIXELS`` (89 MP: 179 MP) as decompression bombs,
@@ -642,7 +661,9 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
             files = [f for f in images if f.is_file()]
             problems += [(str(f), _broken_link(f)) for f in images if f.is_symlink() and not f.exists()]
             if not images:
-                problems.append((text, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
+                raws = sum(f.suffix.lower() in RAW_SUFFIXES for f in p.iterdir())
+                hint = f"; its {raws} camera RAW file(s) need exporting as JPEG, PNG or TIFF first" if raws else ""
+                problems.append((text, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}"))
             for f in files:
                 add(f)
         elif p.is_file():
