@@ -192,6 +192,32 @@ def test_a_200_mp_phone_photo_is_not_a_decompression_bomb(tmp_path, monkeypatch)
         assert Image.MAX_IMAGE_PIXELS == limit
 
 
+def test_a_huge_jpeg_is_decoded_smaller_and_its_full_size_mask_still_fits(repo_root, tmp_path, monkeypatch):
+    """A 200 MP JPEG took 13 s and 3.3 GB at full size; over DECODE_SIDE (scaled down here) the
+    JPEG decoder itself decodes it at 1/2, 1/4 or 1/8, with a note, and a mask made at the photo's
+    full size (or decoded smaller itself) fits it. Other formats and smaller JPEGs are unchanged."""
+    import zsw.infer.image as image
+
+    photo = Image.open(repo_root / "examples" / "teddy_bear.png").convert("RGB").resize((401, 300))
+    photo.save(tmp_path / "big.jpg", quality=95)
+    photo.save(tmp_path / "big.png")
+    mask = Image.new("L", (401, 300), 0)
+    mask.paste(255, (100, 50, 300, 250))
+    mask.save(tmp_path / "mask.png")
+    mask.save(tmp_path / "mask.jpg", quality=95)
+    exact = load_image(tmp_path / "big.jpg")
+    monkeypatch.setattr(image, "DECODE_SIDE", 120)
+    im = load_image(tmp_path / "big.jpg")
+    assert im.original_size == (101, 75)  # 1/4: 1/2 would still be 201 wide
+    assert "decoded at 1/4 of its 401x300 pixels (101x75)" in im.notes
+    assert np.abs(im.image.astype(int) - exact.image.astype(int)).mean() < 3  # the same input, near enough
+    full, decoded = load_mask(tmp_path / "mask.png", im), load_mask(tmp_path / "mask.jpg", im)
+    assert np.mean(full != decoded) < 0.01 and np.mean(full != load_mask(tmp_path / "mask.png", exact)) < 0.01
+    with pytest.raises(InputError, match=r"mask is 401x301 pixels but its image is 101x75"):
+        load_mask(np.zeros((301, 401), bool) | True, im)
+    assert load_image(tmp_path / "big.png").original_size == (401, 300)
+
+
 def test_camera_raw_files_are_refused_not_read_from_their_preview(tmp_path):
     """A DNG, NEF or CR2 is a TIFF whose first image is a small preview: Pillow read that and zsw
     reconstructed a thumbnail without a word. RAW files are refused in one line saying what to do
