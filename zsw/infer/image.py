@@ -68,7 +68,7 @@ _WHITE = (255, 255, 255)
 #: a photo many times the model input's size is first box-averaged by a whole factor, down to at
 #: least this many times that size, then resampled (Pillow's ``reducing_gap``): a 12 MP photo's resize
 #: takes 17 ms instead of 122, 48 MP's 45 instead of 500, and the input moves by 0.05 of 255 levels on
-#: average (at most 2). Images under 6x the input size are resized exactly as before.
+#: average (at most 2-5 at an edge). Images under 6x the input size are resized exactly as before.
 REDUCING_GAP = 3.0
 #: the object's longer side as a fraction of the model input's side when :func:`reframe` frames it:
 #: the training renders crop the object's silhouette with a margin of 1.15-1.35 (0.74-0.87)
@@ -154,7 +154,7 @@ def _open(path: Path, notes: list[str] | None = None):
                 f"{path}: a HEIC/HEIF photo, which needs pillow-heif to be read: pip install pillow-heif"
             ) from None
     try:
-        with warnings.catch_warnings(record=True) as caught, _pixel_limit(Image):  # a huge image warns here
+        with warnings.catch_warnings(record=True) as caught, _pixel_limit():  # a huge image warns here
             warnings.simplefilter("always")
             img = Image.open(path)
     except UnidentifiedImageError:
@@ -207,9 +207,11 @@ _LIMIT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _pixel_limit(Image):
+def _pixel_limit():
     """Pillow's image-size limit raised to :data:`MAX_PIXELS` while a photo is opened (where
     Pillow checks it); a limit the process set higher, or None (no limit), is kept."""
+    from PIL import Image
+
     with _LIMIT_LOCK:
         before = Image.MAX_IMAGE_PIXELS
         if before is not None and before < MAX_PIXELS:

@@ -16,7 +16,6 @@ folder.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -67,33 +66,29 @@ def find_mask(folder: str | os.PathLike, image: str | os.PathLike) -> Path | Non
         candidate = Path(folder) / f"{stem}{suffix}"
         if candidate.is_file() and not _same_file(candidate, image):
             return candidate
-    spellings = _names_by_key(Path(folder)).get(folder_key(stem), ())
-    for suffix in suffixes:  # in the same order of preference
-        for name in spellings:
+    listing = _listing(Path(folder))
+    for suffix in suffixes:  # in the same order of preference, any spelling
+        for name in listing.get(folder_key(f"{stem}{suffix}"), ()):
             candidate = Path(folder) / name
-            if candidate.suffix.lower() == suffix and candidate.is_file() and not _same_file(candidate, image):
+            if candidate.is_file() and not _same_file(candidate, image):
                 return candidate
     return None
 
 
-def _names_by_key(folder: Path) -> dict[str, list[str]]:
-    """``folder``'s file names by the :func:`~zsw.io.folder_key` of their stems, sorted; read once
-    while the folder's modification time stays the same (a folder run looks up every photo's mask)."""
+def _listing(folder: Path) -> dict[str, list[str]]:
+    """:func:`folders_by_key` of ``folder``, read again only when its modification time changes (a
+    folder run looks up every photo's mask)."""
     try:
         stamp = folder.stat().st_mtime_ns
     except OSError:
         return {}
-    cached = _NAMES.get(folder)
+    cached = _LISTINGS.get(folder)
     if cached is None or cached[0] != stamp:
-        names: dict[str, list[str]] = {}
-        with contextlib.suppress(OSError):
-            for name in sorted(os.listdir(folder)):
-                names.setdefault(folder_key(Path(name).stem), []).append(name)
-        cached = _NAMES[folder] = (stamp, names)
+        cached = _LISTINGS[folder] = (stamp, folders_by_key(folder))
     return cached[1]
 
 
-_NAMES: dict[Path, tuple[int, dict[str, list[str]]]] = {}
+_LISTINGS: dict[Path, tuple[int, dict[str, list[str]]]] = {}
 
 
 def masks_among(paths: Sequence[Path], folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
@@ -236,8 +231,9 @@ class FolderNames(set):
 
 
 def folders_by_key(out: Path) -> dict[str, list[str]]:
-    """The entries of ``out`` by :func:`folder_key` (each key's names sorted; several only on a
-    case-sensitive file system, in an output folder an earlier release of zsw wrote)."""
+    """The entries of ``out`` by :func:`~zsw.io.folder_key` (each key's names sorted; several only
+    on a case-sensitive file system: in an output folder an earlier release of zsw wrote, or masks
+    named ``a.png`` and ``A.png``)."""
     found: dict[str, list[str]] = {}
     try:
         with os.scandir(out) as entries:
