@@ -66,9 +66,9 @@ _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b
 MIN_SIDE = 16
 _WHITE = (255, 255, 255)
 #: a photo many times the model input's size is first box-averaged by a whole factor, down to at
-#: least this many times that size, then resampled (Pillow's ``reducing_gap``): a 12 MP photo's resize
-#: takes 17 ms instead of 122, 48 MP's 45 instead of 500, and the input moves by 0.05 of 255 levels on
-#: average (at most 2-5 at an edge). Images under 6x the input size are resized exactly as before.
+#: least this many times that size, then resampled (Pillow's ``reducing_gap``): ``load_image`` of a 12 or
+#: 48 MP photo 2.2x faster, the input 0.04 of 255 levels from the exact resize on average (at most 2;
+#: bench/results/photo-sizes.md). Images under 6x the input size are resized exactly as before.
 REDUCING_GAP = 3.0
 #: the object's longer side as a fraction of the model input's side when :func:`reframe` frames it:
 #: the training renders crop the object's silhouette with a margin of 1.15-1.35 (0.74-0.87)
@@ -200,8 +200,8 @@ def _raw(path: Path, preview: bool) -> str:
 MAX_PIXELS = 1 << 28
 #: a JPEG over this many pixels on its longer side (a 100 or 200 MP phone photo) is decoded at 1/2, 1/4
 #: or 1/8 of its size by the JPEG decoder itself, down to at most this: plenty for a 224-pixel model
-#: input, a reframed window and the mesh's colours, at a quarter of the time and memory (200 MP: 13 s
-#: and 3.3 GB peak before, on this project's CPU). Masks of such a photo may come at either size.
+#: input, a reframed window and the mesh's colours. A 200 MP photo: zsw.reconstruct 5.5x faster, half
+#: the peak memory (bench/results/photo-sizes.md). Masks of such a photo may come at either size.
 DECODE_SIDE = 8192
 _LIMIT_LOCK = threading.Lock()
 
