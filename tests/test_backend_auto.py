@@ -222,6 +222,59 @@ def test_a_result_made_by_another_zsw_release_is_redone(repo_root, tmp_path, mon
     assert reconstruct_many(photo, tmp_path, settings).skipped == 1
 
 
+def test_a_result_made_by_other_code_of_the_same_release_is_redone(repo_root, tmp_path, monkeypatch):
+    """A checkout or an edit within one release may read or mesh a photo differently (a new colour
+    conversion, another resize): what older code made is not reused."""
+    import zsw.io
+    from zsw.infer.jobs import reconstruct_many
+    from zsw.infer.settings import GridSettings, ReconstructSettings
+
+    photo = [str(repo_root / "examples" / "teddy_bear.png")]
+    settings = ReconstructSettings(grid=GridSettings(resolution=16))
+    assert len(reconstruct_many(photo, tmp_path, settings).written) == 1
+    record = json.loads((tmp_path / "teddy_bear" / "result.json").read_text())
+    assert record["request"]["zsw_code"] == zsw.io.code_identity()
+    monkeypatch.setattr(zsw.io, "code_identity", lambda *packages: "other code")
+    again = reconstruct_many(photo, tmp_path, settings)
+    assert again.redone == 1 and len(again.written) == 1
+    assert reconstruct_many(photo, tmp_path, settings).skipped == 1
+
+
+def test_code_identity_follows_the_files_not_where_they_lie(tmp_path, monkeypatch):
+    """The hash names the code by its files' names and bytes: a fresh clone of the same code agrees
+    (modification times and folders differ), an edited or added module does not."""
+    import shutil
+
+    from zsw.io import code_identity
+
+    def package(root, text):
+        pkg = root / "zswfake_pkg"
+        (pkg / "sub").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "sub" / "__init__.py").write_text("")
+        (pkg / "sub" / "mesh.py").write_text(text)
+        return root
+
+    def identity(root):
+        monkeypatch.syspath_prepend(str(root))
+        code_identity.cache_clear()
+        try:
+            return code_identity(("zswfake_pkg",))
+        finally:
+            sys.path.remove(str(root))
+            sys.modules.pop("zswfake_pkg", None)
+            code_identity.cache_clear()
+
+    first = identity(package(tmp_path / "a", "LEVEL = 0.5\n"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # another clone: other folder, other times
+    assert identity(tmp_path / "b") == first
+    (tmp_path / "b" / "zswfake_pkg" / "sub" / "mesh.py").write_text("LEVEL = 0.4\n")
+    assert identity(tmp_path / "b") != first
+    (tmp_path / "a" / "zswfake_pkg" / "sub" / "extra.py").write_text("")
+    assert identity(tmp_path / "a") != first
+    assert len(code_identity()) == 64 and code_identity() == code_identity()
+
+
 def test_the_decoder_alone_loads_from_a_checkpoint_and_decodes_like_the_model(tmp_path):
     from zsw import checkpoint
     from zsw.model import build_model

@@ -143,6 +143,21 @@ def test_results_log_resumes_only_what_the_same_zsw_release_scored(tmp_path):
         ResultsLog(path, EvalSettings(format="procedural", zsw_version="0.2.0"))
 
 
+def test_results_log_resumes_only_what_the_same_zsw_code_scored(tmp_path):
+    """Within one release, other code (a checkout, an edit) may score a sample differently."""
+    path = tmp_path / "r.samples.jsonl"
+    ResultsLog(path, EvalSettings(format="procedural", zsw_code="abc")).append({"name": "a", "cd": 0.1})
+    assert ResultsLog(path, EvalSettings(format="procedural", zsw_code="abc")).done == {"a"}
+    with pytest.raises(ConfigError, match=r"zsw_code differ \(scored by other zsw code\)"):
+        ResultsLog(path, EvalSettings(format="procedural", zsw_code="def"))
+    # a log from before the code was recorded: which code scored it is unknown, so it is not resumed
+    header = json.loads(path.read_text().splitlines()[0])
+    del header["settings"]["zsw_code"]
+    path.write_text("\n".join([json.dumps(header), *path.read_text().splitlines()[1:]]) + "\n")
+    with pytest.raises(ConfigError, match="zsw_code differ"):
+        ResultsLog(path, EvalSettings(format="procedural", zsw_code="abc"))
+
+
 def test_summary_means_by_hand():
     keys = ("acc", "comp", "cd", "fscore@0.005", "fscore@0.01", "fscore@0.02", "fscore@0.05", "fscore@0.1")
     rows = [

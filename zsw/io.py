@@ -31,6 +31,7 @@ __all__ = [
     "sha256_file",
     "folder_key",
     "checkpoint_sha256",
+    "code_identity",
     "remove_leftovers",
     "check_out_folder",
 ]
@@ -132,6 +133,35 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
 @functools.lru_cache(maxsize=32)
 def _sha256_of_state(path: str, mtime_ns: int, size: int, inode: int, ctime_ns: int) -> str:
     return sha256_file(path)
+
+
+# the packages whose code decides what a photo's result holds: the model, its inputs, inference and
+# meshing, the exported graphs' runtime, the kernels, and zsw's own top-level modules (``zsw``
+# itself: its folder's files only). The command line, benchmarks, training, synthesis and
+# evaluation only call them.
+RESULT_PACKAGES = ("zsw", "zsw.model", "zsw.data", "zsw.infer", "zsw.export", "zsw.kernels")
+
+
+@functools.cache
+def code_identity(packages: tuple[str, ...] = RESULT_PACKAGES) -> str:
+    """SHA-256 over the Python files of ``packages`` (names and bytes), computed once per process:
+    what identifies the code that made a result (an evaluation adds ``zsw.eval``, which scores it).
+    zsw's release number alone does not: a checkout or an upgrade within one release (or an edit in
+    an editable install) may read, decode or mesh the same photo differently, and a rerun must not
+    reuse what older code made."""
+    import hashlib
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            folder = Path(folder)
+            files = folder.glob("*.py") if name == "zsw" else folder.rglob("*.py")
+            for f in sorted(files, key=lambda f: f.relative_to(folder).as_posix()):
+                h.update(f"{name}/{f.relative_to(folder).as_posix()}\0".encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def remove_leftovers(folder: str | os.PathLike, *, recursive: bool = False, names: Iterable[str] | None = None) -> int:

@@ -89,6 +89,7 @@ class EvalSettings:
     cutout: str = "none"  # the photo's background removed first (zsw.infer.cutout: the remover's identity)
     data: str = ""  # the evaluation set: resolved path and a fingerprint of its sample names
     zsw_version: str = ""  # the release that scored it: another may mesh or score a sample differently
+    zsw_code: str = ""  # zsw.io.code_identity() of the code that scored it (edits within a release count)
 
     def __post_init__(self) -> None:
         if self.align not in ALIGNS:
@@ -225,13 +226,16 @@ class ResultsLog:
                     if i != len(lines) - 1:  # only a torn last line is expected (a killed run)
                         msg = f"{self.path} line {i + 1} is not JSON; remove the file to start over"
                         raise ConfigError(msg) from None
-            # runs from before the release was recorded were all scored by 0.1.0, the only release then
-            old = {"zsw_version": "0.1.0", **(records[0].get("settings") or {})} if records else None
+            # runs from before the release was recorded were all scored by 0.1.0, the only release then;
+            # those from before the code was recorded by code no hash names (never the same as now)
+            old = {"zsw_version": "0.1.0", "zsw_code": "", **(records[0].get("settings") or {})} if records else None
             if old is not None and old != header["settings"]:
                 diff = [k for k in header["settings"] if old.get(k) != header["settings"][k]]
                 hint = " (another set folder)" if "data" in diff else ""
                 if "zsw_version" in diff:
                     hint += f" (scored by zsw {old['zsw_version']})"
+                elif "zsw_code" in diff:
+                    hint += " (scored by other zsw code)"
                 raise ConfigError(
                     f"{self.path} holds results of a run with other settings ({', '.join(diff) or 'unknown'} differ"
                     f"{hint}); pass --overwrite or choose another --out"

@@ -40,7 +40,14 @@ from zsw.infer.settings import (
 )
 from zsw.infer.tta import resolve_tta
 from zsw.infer.weights import open_backend, resolve_backend, weights_identity
-from zsw.io import atomic_write_json, atomic_write_text, check_out_folder, remove_leftovers
+from zsw.io import (
+    RESULT_PACKAGES,
+    atomic_write_json,
+    atomic_write_text,
+    check_out_folder,
+    code_identity,
+    remove_leftovers,
+)
 from zsw.locks import lock_file
 from zsw.report import Reporter
 
@@ -196,7 +203,8 @@ def _measured(data: Path, weights: str, s: EvalJobSettings, backend, cutout=None
                         precision=precision, reframe=s.reframe, background=s.background, min_part=s.min_part,
                         smooth=s.smooth, faces=s.faces, tta=resolve_tta(s.tta, backend.device), carve=s.carve,
                         cutout=cutout.identity if cutout else "none",
-                        data=str(data.resolve()), zsw_version=__version__)  # fmt: skip
+                        data=str(data.resolve()), zsw_version=__version__,
+                        zsw_code=code_identity((*RESULT_PACKAGES, "zsw.eval")))  # fmt: skip
 
 
 def _run(samples, names, log, recon, measured, batch_size, estimator, reporter, cutout=None) -> list[str]:

@@ -158,7 +158,7 @@ def reconstruct_many(
         )
     if report.redone:
         reporter.info(
-            f"redoing {report.redone} image(s) in {out} made from another input, settings, weights or zsw release, "
+            f"redoing {report.redone} image(s) in {out} made from another input, settings, weights or zsw code, "
             "or missing a file"
         )
     if todo:

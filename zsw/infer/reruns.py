@@ -127,7 +127,7 @@ def plan_reruns(
     """Which images of a folder run need work: ``(todo, redone, errors)``. ``todo`` holds
     ``(path, output name, request)`` for every image without a complete result recording the same
     request (see :func:`request_record`); ``redone`` counts those whose earlier result came from
-    another input, settings, weights or zsw release, or lost a file; ``errors`` the images that could not be
+    another input, settings, weights or zsw code, or lost a file; ``errors`` the images that could not be
     read to hash them. Output names follow :func:`output_name`; ``used``, if given, receives every
     name given out (those of skipped images too). A plan, not a claim: the writer claims each
     folder with :func:`claim_output` before it writes."""

@@ -295,8 +295,10 @@ class ReconstructSettings:
         remover's :attr:`~zsw.infer.cutout.Cutout.identity` (its version and model file);
         ``device``: the device the run uses, which resolves ``auto`` precision and ``--tta`` (and
         is recorded by its type: a CPU's result is not reused on a GPU, nor the other way round).
-        The zsw release is part of it too: another release may mesh the same photo differently."""
+        The zsw release and code are part of it too (:func:`~zsw.io.code_identity`): other code may
+        read or mesh the same photo differently."""
         from zsw import __version__
+        from zsw.io import code_identity
 
         precision, tta, where = self.precision, self.tta, self.device or "auto"
         if device is not None:
@@ -312,5 +314,5 @@ class ReconstructSettings:
             prompt=self.prompt, precision=precision, color=self.color, min_part=self.min_part,
             smooth=self.smooth, faces=self.faces, texture=self.texture, tta=tta, carve=self.carve,
             reframe=self.reframe, background=self.background, cutout=cutout or self.cutout, preview=self.preview,
-            device=where, zsw_version=__version__,
+            device=where, zsw_version=__version__, zsw_code=code_identity(),
         )  # fmt: skip
