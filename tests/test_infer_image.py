@@ -153,6 +153,125 @@ def test_photos_in_display_p3_or_other_profiles_are_read_in_srgb(tmp_path):
     assert np.array_equal(im.pixels, a) and any("colour profile unreadable" in n for n in im.notes), im.notes
 
 
+def _srgb_linear(x):
+    x = np.asarray(x, dtype=np.float64) / 255.0
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encoded(x):
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055) * 255.0
+
+
+def test_a_heic_photo_described_in_display_p3_by_nclx_is_read_in_srgb(tmp_path):
+    """Phones (and AVIF/HEIF encoders) may declare the colour space by an nclx box -- primaries and
+    transfer code points -- instead of an ICC profile: P3 primaries with sRGB's curve are converted
+    like the profile, checked against P3 -> sRGB by hand; sRGB's code points and an HDR curve
+    leave the pixels as decoded (the latter with a note)."""
+    pytest.importorskip("pillow_heif").register_heif_opener()
+    a = np.repeat(np.repeat(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    p3_to_srgb = np.array([[1.2249, -0.2247, 0.0], [-0.0420, 1.0419, 0.0], [-0.0197, -0.0786, 1.0979]])
+    nclx = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6, "full_range_flag": 1}
+    Image.fromarray(a).save(tmp_path / "p3.heic", quality=95, nclx_profile=nclx)
+    stored = np.asarray(Image.open(tmp_path / "p3.heic").convert("RGB"), dtype=np.float64)  # P3 values, decoded
+    expected = _srgb_encoded(_srgb_linear(stored) @ p3_to_srgb.T)
+    assert np.abs(expected - stored).max() > 40  # what reading them as sRGB got wrong
+    im = load_image(tmp_path / "p3.heic", size=64)
+    assert np.abs(im.pixels.astype(np.float64) - expected).max() <= 1
+    assert np.abs(im.image.astype(np.float64) - expected).max() <= 2
+    assert any("nclx description (Display P3 primaries)" in n for n in im.notes), im.notes
+
+    pq = {**nclx, "color_primaries": 9, "transfer_characteristics": 16}
+    for name, code_points, note in (("srgb.heic", {**nclx, "color_primaries": 1}, None), ("pq.heic", pq, "HDR")):
+        Image.fromarray(a).save(tmp_path / name, quality=95, nclx_profile=code_points)
+        decoded = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        im = load_image(tmp_path / name, size=64)
+        assert np.array_equal(im.pixels, decoded), name
+        assert any(note in n for n in im.notes) if note else not any("nclx" in n or "HDR" in n for n in im.notes)
+
+
+def test_nclx_primaries_give_the_standard_matrices():
+    """sRGB's primaries give the identity, BT.2020's the matrix of ITU-R BT.2087, and DCI-P3's
+    (another white) one that adapts its white to sRGB's: RGB (1, 1, 1) stays white."""
+    from zsw.infer.colorspace import SRGB_XY, _nclx_matrix
+
+    assert np.allclose(_nclx_matrix(SRGB_XY), np.eye(3), atol=1e-9)
+    bt2020 = ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046), (0.3127, 0.3290))
+    bt2087 = [[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]]
+    assert np.allclose(_nclx_matrix(bt2020), bt2087, atol=2e-3)
+    dci = ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060), (0.314, 0.351))
+    assert np.allclose(_nclx_matrix(dci).sum(axis=1), 1.0, atol=1e-9)
+    assert not np.allclose(_nclx_matrix(dci), _nclx_matrix((*dci[:3], SRGB_XY[3])), atol=1e-2)
+
+
+def _cmyk_profile(corner_lab) -> bytes:
+    """A minimal ICC v2 printer profile for CMYK (no such file is installed here): its A2B0 table
+    (lut16, two grid points a channel) maps each of the 16 ink corners (C, M, Y, K each 0 or 1) to
+    ``corner_lab(c, m, y, k)``, Lab relative to the paper (D50)."""
+    import struct
+
+    desc = b"Press CMYK test\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(desc)) + desc + bytes(4 + 4 + 2 + 1 + 67)
+    wtpt = b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)  # D50
+    clut = []
+    for c, m, y, k in np.ndindex(2, 2, 2, 2):  # the first channel varies slowest
+        lightness, a, b = corner_lab(c, m, y, k)
+        clut += [round(lightness / 100 * 0xFF00), round((a + 128) * 256), round((b + 128) * 256)]  # v2 Lab16
+    a2b0 = (b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + struct.pack(">9i", *(65536 * (i % 4 == 0) for i in range(9)))
+            + struct.pack(">HH", 2, 2) + struct.pack(">8H", *[0, 65535] * 4) + struct.pack(f">{len(clut)}H", *clut)
+            + struct.pack(">6H", *[0, 65535] * 3))  # fmt: skip
+    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"A2B0", a2b0)]
+    table, data, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, body in tags:
+        table += struct.pack(">4sII", sig, start + len(data), len(body))
+        data += body + bytes(-len(body) % 4)
+    header = (struct.pack(">I", start + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + b"prtrCMYKLab "
+              + bytes(12) + b"acsp" + bytes(28) + struct.pack(">3i", 63190, 65536, 54061))  # fmt: skip
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+
+
+def _lab_to_srgb(lab):
+    """Lab (D50) -> sRGB levels by hand: XYZ, Bradford D50 -> D65, sRGB's matrix and curve."""
+    lightness, a, b = np.moveaxis(np.asarray(lab, dtype=np.float64), -1, 0)
+    fy = (lightness + 16) / 116
+    f = [np.where(t > 6 / 29, t**3, 3 * (6 / 29) ** 2 * (t - 4 / 29)) for t in (fy + a / 500, fy, fy - b / 200)]
+    xyz = np.stack([0.9642 * f[0], f[1], 0.8249 * f[2]], -1)
+    d50_to_d65 = np.array([[0.9555766, -0.0230393, 0.0631636], [-0.0282895, 1.0099416, 0.0210077],
+                           [0.0122982, -0.0204830, 1.3299098]])  # fmt: skip
+    xyz_to_srgb = np.array([[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560],
+                            [0.0556434, -0.2040259, 1.0572252]])  # fmt: skip
+    return _srgb_encoded(xyz @ d50_to_d65.T @ xyz_to_srgb.T)
+
+
+def test_a_cmyk_photo_with_a_press_profile_is_read_by_it(tmp_path):
+    """A print-ready CMYK photo (stock images, a magazine's scan) carries the press's profile; the
+    naive conversion Pillow does without it makes 100 % cyan (0, 255, 255), far brighter than any
+    ink. Each ink corner is read as the profile says (by hand: Lab -> sRGB), from a TIFF and an
+    Adobe CMYK JPEG; without a profile the naive conversion stays (the only one there is)."""
+
+    def press(c, m, y, k):  # inks darker and duller than the naive conversion says; paper white
+        lightness = 100 - 42 * k - 28 * c - 30 * m - 8 * y
+        scale = (0.3 if k else 1.0) * (0.55 if c + m + y > 1 else 1.0)
+        return max(lightness, 12), (-32 * c + 58 * m - 6 * y) * scale, (-42 * c - 6 * m + 72 * y) * scale
+
+    corners = np.array(list(np.ndindex(2, 2, 2, 2)))  # 16 patches of 8x8 pixels
+    a = np.repeat(np.repeat((corners * 255).astype(np.uint8).reshape(4, 4, 4), 8, 0), 8, 1)
+    expected = np.repeat(np.repeat(_lab_to_srgb([press(*c) for c in corners]).reshape(4, 4, 3), 8, 0), 8, 1)
+    profile = _cmyk_profile(press)
+    for name, extra in (("press.tif", {}), ("press.jpg", {"quality": 100})):
+        Image.fromarray(a, "CMYK").save(tmp_path / name, icc_profile=profile, **extra)
+        naive = np.asarray(Image.open(tmp_path / name).convert("RGB"), dtype=np.float64)
+        assert np.abs(naive - expected).max() > 60, name  # what the naive conversion got wrong
+        im = load_image(tmp_path / name, size=64)
+        d = np.abs(im.pixels.astype(np.float64) - expected)  # patches on JPEG's 8x8 blocks: flat there too
+        assert d.max() <= 2, (name, d.max())
+        assert any("'Press CMYK test' to sRGB" in n for n in im.notes), im.notes
+    Image.fromarray(a, "CMYK").save(tmp_path / "plain.tif")
+    im = load_image(tmp_path / "plain.tif", size=64)
+    assert np.array_equal(im.pixels, np.asarray(Image.open(tmp_path / "plain.tif").convert("RGB")))
+    assert any("CMYK converted to RGB" in n for n in im.notes), im.notes
+
+
 def test_a_phone_sized_photo_gives_the_input_an_exact_resize_gives(repo_root, tmp_path):
     """A 12 MP photo is box-reduced before Lanczos (``REDUCING_GAP``: 7x faster); the input stays
     within a few levels of the exact resize of the padded photo, and so does a reframed window."""

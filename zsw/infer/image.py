@@ -6,7 +6,9 @@
 1. decode fully (a truncated or non-image file is a one-line :class:`~zsw.errors.InputError`);
 2. apply the EXIF orientation (phone photos);
 3. convert the mode: 16-bit and 32-bit grayscale are rescaled to 8 bits, palette and
-   grayscale-with-alpha become RGBA, CMYK/YCbCr/LAB become RGB;
+   grayscale-with-alpha become RGBA, CMYK/YCbCr/LAB become RGB, and colours declared in another
+   space than sRGB (an ICC profile, a HEIF nclx description) are converted to sRGB
+   (:mod:`zsw.infer.colorspace`);
 4. composite transparency on white (ZeroShape's background colour); a partly transparent alpha
    channel is also kept as a visible-mask hint (:attr:`LoadedImage.alpha`);
 5. pad to a square around the centre with white and resize to ``size`` (Lanczos).
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from zsw.errors import InputError, reason
+from zsw.infer.colorspace import to_srgb
 
 __all__ = [
     "LoadedImage",
@@ -297,45 +300,16 @@ def _to_rgb_or_rgba(img, notes: list[str]):
         notes.append(f"{mode} grayscale rescaled to 8 bits")
         gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
         return gray.convert("RGB")
+    if mode == "CMYK" and (converted := to_srgb(img, notes)).mode == "RGB":  # by its ICC profile
+        return converted
     if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
         notes.append(f"{mode} converted to RGBA")
         return img.convert("RGBA")
     notes.append(f"{mode} converted to RGB")
-    return img.convert("RGB")
-
-
-def _to_srgb(img, notes: list[str]):
-    """An RGB(A) photo whose embedded colour profile is not sRGB (Display P3 from phones, Adobe RGB
-    from cameras) converted to sRGB, the space of zsw's training images and of the vertex colours
-    every viewer shows; read as sRGB instead, a saturated colour moves by up to 40 % (107 of 255
-    levels for P3's). Photos without a profile, or with an sRGB one, are left as they are."""
-    icc = img.info.get("icc_profile")
-    if not icc or img.mode not in ("RGB", "RGBA"):
-        return img
-    import io
-
-    from PIL import ImageCms
-
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space.strip() != "RGB":  # e.g. a grey profile kept by a conversion
-            return img
-        name = " ".join(ImageCms.getProfileDescription(profile).split()) or "unnamed"
-        if "srgb" in name.lower():
-            return img
-        out = ImageCms.profileToProfile(img, profile, _srgb_profile(), outputMode=img.mode)
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
-        notes.append(f"embedded colour profile unreadable ({reason(e)}): colours taken as sRGB")
-        return img
-    notes.append(f"colours converted from the embedded profile '{name}' to sRGB")
+    out = img.convert("RGB")
+    if mode == "CMYK":  # a profile it could not be converted by says nothing of the RGB
+        out.info.pop("icc_profile", None)
     return out
-
-
-@functools.cache
-def _srgb_profile():
-    from PIL import ImageCms
-
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _pad_resize(img, size: int, fill, resample):
@@ -446,7 +420,7 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     if max(w, h) / max(1, min(w, h)) > 4:
         notes.append(f"very elongated ({w}x{h}): the object fills a thin strip of the padded square")
 
-    img = _to_srgb(_to_rgb_or_rgba(img, notes), notes)
+    img = to_srgb(_to_rgb_or_rgba(img, notes), notes)
     if cutout is not None:
         img = _cut_out(img, cutout, label, notes)
     alpha = pixel_alpha = None
