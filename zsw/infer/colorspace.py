@@ -9,10 +9,12 @@ print CMYK by up to 40 % of the range. A file declares its space in one of two w
   converted with LittleCMS through Pillow's :mod:`PIL.ImageCms`, for RGB and CMYK photos, with the
   relative colorimetric intent (a print's paper white is the screen's white, as image editors
   show it);
-* a HEIF/AVIF **nclx** description (``colr`` of type ``nclx``: code points for the primaries and
+* a HEIF **nclx** description (``colr`` of type ``nclx``: code points for the primaries and
   the transfer curve, as video does; pillow-heif reports it with the primaries' chromaticities):
   converted here on linear light by the 3x3 matrix between the two sets of primaries (with a
-  Bradford adaptation where the white points differ), the standard way for SDR transfers.
+  Bradford adaptation where the white points differ), the standard way for SDR transfers. (AVIF
+  shares the box, but Pillow, which reads AVIF, does not report it: an AVIF is taken as sRGB unless
+  it embeds a profile.)
 
 Photos without either, or declared sRGB, are left as they are; a declaration zsw cannot use (a
 broken profile, an HDR transfer curve, which would need tone mapping) leaves the pixels as stored
