@@ -212,6 +212,26 @@ def test_same_seed_same_files_for_any_workers_and_resume(tmp_path):
     assert not list(a.rglob(".*tmp*"))
 
 
+def test_a_dataset_resumed_by_other_code_says_its_views_may_differ(tmp_path, monkeypatch):
+    """Every manifest record names the code that rendered it; resuming a dataset that other code
+    (an older checkout, an edit within the release) started keeps its views but says the dataset
+    now mixes two versions, and records each view's own code."""
+    from zsw.io import code_identity
+    from zsw.synth import procedural
+
+    cfg = ProceduralConfig(objects=1, views=1, seed=3, categories=("box",), split_fractions=(1, 0, 0))
+    assert generate(tmp_path, cfg).notes == []
+    ours = code_identity(procedural.SYNTH_PACKAGES)
+    assert [json.loads(line)["zsw_code"] for line in _manifest(tmp_path)] == [ours]
+    assert generate(tmp_path, ProceduralConfig(**{**cfg.__dict__, "objects": 2})).notes == []
+
+    monkeypatch.setattr(procedural, "code_identity", lambda packages: "other code")
+    report = generate(tmp_path, ProceduralConfig(**{**cfg.__dict__, "objects": 3}))
+    assert report.rendered == 1 and report.skipped == 2
+    assert len(report.notes) == 1 and "2 of the 2 views" in report.notes[0] and "other zsw code" in report.notes[0]
+    assert sorted(json.loads(line)["zsw_code"] for line in _manifest(tmp_path)) == sorted(["other code", ours, ours])
+
+
 def test_a_stopped_run_leaves_a_dataset_of_what_it_finished(tmp_path, monkeypatch):
     """Ctrl-C or `timeout -s INT` during synthesis: the interrupt still propagates, but the views
     finished so far are listed (training can start on them); a rerun renders the rest."""

@@ -190,8 +190,13 @@ def test_resume_redoes_only_a_deleted_view(dataset, meshes, tmp_path):
     result = _run(meshes, out)
     assert "rendered 1 views of 3 meshes" in result.output and "5 were already there" in result.output, result.output
     assert layout.image(sid).read_bytes() == before  # the same seeds, the same view
-    names = [json.loads(line)["name"] for line in layout.manifest.read_text().splitlines()]
-    assert len(names) == len(set(names)) == 6
+    records = [json.loads(line) for line in layout.manifest.read_text().splitlines()]
+    assert len({r["name"] for r in records}) == len(records) == 6
+    assert "other zsw code" not in result.output  # the same code rendered the other five
+    from zsw.io import code_identity
+    from zsw.synth.procedural import SYNTH_PACKAGES
+
+    assert {r["zsw_code"] for r in records} == {code_identity(SYNTH_PACKAGES)}
 
 
 def test_a_changed_mesh_or_setting_is_refused_and_redone_on_request(dataset, meshes, tmp_path):

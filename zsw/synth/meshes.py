@@ -50,6 +50,8 @@ from zsw.synth.procedural import (
     RenderSettings,
     check_dataset_resume,
     pending_views,
+    record_code,
+    recorded_views,
     render_object,
     run_jobs,
     split_at,
@@ -286,7 +288,9 @@ def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed:
             path.unlink(missing_ok=True)
     start_dataset(layout, cfg, CONFIG_FILE)
 
-    recorded = {r.get("name") for r in layout.read_manifest()}
+    recorded, other_code = recorded_views(layout)
+    if other_code:
+        reporter.warning(other_code)
     redo = {src.rel for src in changed}
     jobs = []
     for src in sources:
@@ -299,7 +303,7 @@ def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed:
         def collect(result: tuple[list[dict], int, int, str, str]) -> None:
             records, rendered, skipped, error, note = result
             for r in records:
-                layout.append_manifest(r)
+                layout.append_manifest(record_code(r))
             report.rendered += rendered
             report.skipped += skipped
             if error:

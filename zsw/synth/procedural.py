@@ -41,7 +41,7 @@ import numpy as np
 from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError
-from zsw.io import remove_leftovers
+from zsw.io import code_identity, remove_leftovers
 from zsw.locks import lock_folder
 from zsw.synth.render import CameraConfig, SynthShape, View, render, sample_material, sample_view
 from zsw.synth.sdf import ALL_CATEGORIES, CATEGORIES, Shape, make_shape
@@ -408,6 +408,34 @@ def start_dataset(layout: ZeroShapeLayout, cfg: RenderSettings, config_file: str
     dump_yaml(cfg, layout.root / config_file)
 
 
+#: the code whose changes may change a render: the synthesiser, the dataset layout and zsw's own
+#: top-level modules (``zsw.io.code_identity``); each manifest record names it as ``zsw_code``
+SYNTH_PACKAGES = ("zsw", "zsw.synth", "zsw.data")
+
+
+def recorded_views(layout: ZeroShapeLayout) -> tuple[set[str], str | None]:
+    """The names of the views ``layout``'s manifest records, and a note when some of them were
+    rendered by other code than this process's (another checkout or release, an edit; records
+    from before the code was recorded count as other): a resumed dataset then mixes renders of
+    two versions, which the user should know (nothing is redone: a finished view stays)."""
+    code, names, other = code_identity(SYNTH_PACKAGES), set(), 0
+    for r in layout.read_manifest():
+        names.add(r.get("name"))
+        other += r.get("zsw_code") != code
+    if not other:
+        return names, None
+    return names, (
+        f"{other} of the {len(names)} views already in {layout.root} were rendered by other zsw code (another "
+        "checkout, release or an edit): views rendered now may differ from them; for a uniform dataset, "
+        "choose another --out"
+    )
+
+
+def record_code(record: dict) -> dict:
+    """``record`` with the code that rendered it (:data:`SYNTH_PACKAGES`), for the manifest."""
+    return {**record, "zsw_code": code_identity(SYNTH_PACKAGES)}
+
+
 def same_proportions(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     """Whether two split weightings give every object the same split (``2,1,1`` and ``0.5,0.25,0.25``)."""
     sa, sb = sum(a), sum(b)
@@ -437,7 +465,7 @@ def _generate(out, cfg: ProceduralConfig, workers: int, progress) -> GenerationR
     whole = replace(cfg, objects=max(cfg.objects, old_objects))
     start_dataset(layout, whole, CONFIG_FILE)
 
-    recorded = {r.get("name") for r in layout.read_manifest()}
+    recorded, other_code = recorded_views(layout)
     total = cfg.objects * cfg.views
     jobs = [
         (str(layout.root), cfg, i, frozenset(s.name for s in sids if s.name in recorded)) for i, *_, sids in plan(cfg)
@@ -449,7 +477,7 @@ def _generate(out, cfg: ProceduralConfig, workers: int, progress) -> GenerationR
         nonlocal rendered, skipped, done
         records, n_rendered, n_skipped = result
         for r in records:
-            layout.append_manifest(r)
+            layout.append_manifest(record_code(r))
         rendered += n_rendered
         skipped += n_skipped
         done += cfg.views
@@ -465,7 +493,8 @@ def _generate(out, cfg: ProceduralConfig, workers: int, progress) -> GenerationR
         raise
     seconds = time.perf_counter() - start
     _finish(layout, whole)
-    return GenerationReport(rendered=rendered, skipped=skipped, objects=cfg.objects, seconds=seconds)
+    notes = [other_code] if other_code else []
+    return GenerationReport(rendered=rendered, skipped=skipped, objects=cfg.objects, seconds=seconds, notes=notes)
 
 
 def run_jobs(job: Callable[[T], R], jobs: list[T], workers: int, collect: Callable[[R], None]) -> None:
