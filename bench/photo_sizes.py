@@ -1,10 +1,11 @@
 """What a phone-sized photo costs `zsw reconstruct`, with and without zsw's two large-photo paths.
 
-The bundled teddy bear is scaled into a 4:3 JPEG of each ``--megapixels``. Each photo runs in two
-modes, each in a fresh process that warms up on a small photo first:
+The bundled teddy bear is scaled into a 4:3 JPEG (or ``--format png``) of each ``--megapixels``.
+Each photo runs in two modes, each in a fresh process that warms up on a small photo first:
 
-* ``zsw``: as shipped -- the model input's resize box-averages first (``REDUCING_GAP``) and a JPEG
-  over ``DECODE_SIDE`` pixels is decoded at 1/2, 1/4 or 1/8 by the JPEG decoder;
+* ``zsw``: as shipped -- the model input's resize box-averages first (``REDUCING_GAP``) and a photo
+  over ``DECODE_SIDE`` pixels is read at 1/2, 1/4 or 1/8 (by the JPEG decoder; other formats
+  box-reduced once decoded);
 * ``exact``: both off (an exact Lanczos resize of the full-size photo), as zsw did before.
 
 Per photo and mode: the median seconds of ``load_image`` and of the whole ``zsw.reconstruct`` (packaged
@@ -12,7 +13,7 @@ model, defaults) over ``--rounds``, the process's peak memory, and how far the m
 exact mode's (mean and largest absolute difference, 0-255). Modes alternate per photo, so a noisy
 shared machine slows both alike; the ratios compare them within one run.
 
-    python -m zsw.bench.photo_sizes [--megapixels 12 48 200] [--rounds 3] [--out bench/results/photo-sizes.md]
+    python -m zsw.bench.photo_sizes [--megapixels 12 48 200] [--rounds 3] [--format jpg|png] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ print(json.dumps({"load_s": statistics.median(load), "reconstruct_s": statistics
 
 
 def make_photo(megapixels: float, path: Path) -> tuple[int, int]:
-    """The teddy bear on a plain 4:3 canvas of about ``megapixels``, as a JPEG (quality 90)."""
+    """The teddy bear on a plain 4:3 canvas of about ``megapixels``, as a JPEG (quality 90) or, by
+    ``path``'s suffix, a PNG (the fastest compression: the bench times reading, not writing)."""
     from PIL import Image
 
     h = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
@@ -64,20 +66,20 @@ def make_photo(megapixels: float, path: Path) -> tuple[int, int]:
         bear = Image.open(REPO / "examples" / "teddy_bear.png").convert("RGB").resize((h, h), Image.Resampling.BICUBIC)
         canvas = Image.new("RGB", (w, h), (200, 190, 180))
         canvas.paste(bear, ((w - h) // 2, 0))
-        canvas.save(path, quality=90)
+        canvas.save(path, **({"compress_level": 1} if path.suffix == ".png" else {"quality": 90}))
     finally:
         Image.MAX_IMAGE_PIXELS = prev
     return w, h
 
 
-def measure(megapixels: list[float], rounds: int = 3) -> list[dict]:
-    """One row per photo and mode."""
+def measure(megapixels: list[float], rounds: int = 3, fmt: str = "jpg") -> list[dict]:
+    """One row per photo (``fmt``: ``jpg`` or ``png``) and mode."""
     import numpy as np
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mp in megapixels:
-            photo = Path(tmp) / f"photo-{mp:g}mp.jpg"
+            photo = Path(tmp) / f"photo-{mp:g}mp.{fmt}"
             w, h = make_photo(mp, photo)
             inputs = {}
             for mode in MODES:
@@ -85,7 +87,7 @@ def measure(megapixels: list[float], rounds: int = 3) -> list[dict]:
                 cmd = [sys.executable, "-c", _CHILD, str(photo), mode, str(rounds), str(inputs[mode]),
                        str(REPO / "examples" / "toy.png")]  # fmt: skip
                 done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-                rows.append({"megapixels": mp, "photo": f"{w}x{h}", "mode": mode,
+                rows.append({"megapixels": mp, "photo": f"{w}x{h} {fmt.upper()}", "mode": mode,
                              **json.loads(done.stdout.strip().splitlines()[-1])})  # fmt: skip
             d = np.abs(np.load(inputs["zsw"]).astype(int) - np.load(inputs["exact"]).astype(int))
             rows[-2].update(input_diff_mean=float(d.mean()), input_diff_max=int(d.max()))
@@ -119,12 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--megapixels", type=float, nargs="+", default=[12, 48, 200])
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="the photos' format")
     p.add_argument("--out", type=Path, help="markdown file to write")
     a = p.parse_args(argv)
     import PIL
     import torch
 
-    text = table(measure(a.megapixels, a.rounds))
+    text = table(measure(a.megapixels, a.rounds, a.format))
     text += f"\n{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
     text += f"torch {torch.__version__}, Pillow {PIL.__version__}\n"
     print(text)

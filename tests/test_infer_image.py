@@ -314,7 +314,8 @@ def test_a_200_mp_phone_photo_is_not_a_decompression_bomb(tmp_path, monkeypatch)
 def test_a_huge_jpeg_is_decoded_smaller_and_its_full_size_mask_still_fits(repo_root, tmp_path, monkeypatch):
     """A 200 MP JPEG took 13 s and 3.3 GB at full size; over DECODE_SIDE (scaled down here) the
     JPEG decoder itself decodes it at 1/2, 1/4 or 1/8, with a note, and a mask made at the photo's
-    full size (or decoded smaller itself) fits it. Other formats and smaller JPEGs are unchanged."""
+    full size (or decoded smaller itself) fits it. Other formats are box-reduced by the same factors
+    once decoded; photos within DECODE_SIDE are unchanged."""
     import zsw.infer.image as image
 
     photo = Image.open(repo_root / "examples" / "teddy_bear.png").convert("RGB").resize((401, 300))
@@ -334,7 +335,18 @@ def test_a_huge_jpeg_is_decoded_smaller_and_its_full_size_mask_still_fits(repo_r
     assert np.mean(full != decoded) < 0.01 and np.mean(full != load_mask(tmp_path / "mask.png", exact)) < 0.01
     with pytest.raises(InputError, match=r"mask is 401x301 pixels but its image is 101x75"):
         load_mask(np.zeros((301, 401), bool) | True, im)
-    assert load_image(tmp_path / "big.png").original_size == (401, 300)
+    # a format without a reduced decode (PNG, TIFF, WebP, HEIC) is box-reduced the same way once read
+    png = load_image(tmp_path / "big.png")
+    assert png.original_size == (101, 75) and "reduced to 1/4 of its 401x300 pixels (101x75)" in png.notes
+    assert np.array_equal(png.pixels, np.asarray(photo.reduce(4)))
+    assert np.abs(png.image.astype(int) - exact.image.astype(int)).mean() < 3
+    assert np.mean(load_mask(tmp_path / "mask.png", png) != full) < 0.01
+    rgba = np.dstack([np.asarray(photo), np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")  # a cut-out: its alpha reduced with it
+    cut = load_image(tmp_path / "cut.png")
+    assert cut.pixel_alpha.shape == (75, 101) and abs(cut.pixel_alpha.mean() - (np.asarray(mask) > 0).mean()) < 0.02
+    monkeypatch.setattr(image, "DECODE_SIDE", 401)
+    assert load_image(tmp_path / "big.png").original_size == (401, 300)  # not over it: as it is
 
 
 def test_camera_raw_files_are_refused_not_read_from_their_preview(tmp_path):

@@ -189,6 +189,22 @@ def _open(path: Path, notes: list[str] | None = None):
     return _decoded(img, str(path), notes)
 
 
+def _reduced(img, notes: list[str]):
+    """An RGB(A) photo still over :data:`DECODE_SIDE` pixels on its longer side once decoded (a
+    huge PNG, TIFF, WebP or HEIC: only JPEG decodes smaller) box-reduced by 2, 4 or 8, as a JPEG's
+    decoder scales it, before anything else works on its pixels (colour conversion, compositing,
+    padding, the kept photo); a ``--masks`` mask at the full size fits it as it fits a JPEG's."""
+    w, h = img.size
+    if max(w, h) <= DECODE_SIDE:
+        return img
+    scale = 2
+    while max(-(-w // scale), -(-h // scale)) > DECODE_SIDE and scale < 8:
+        scale *= 2
+    out = img.reduce(scale)  # Pillow: RGBA by its premultiplied colours; the profile is kept
+    notes.append(f"reduced to 1/{scale} of its {w}x{h} pixels ({out.size[0]}x{out.size[1]})")
+    return out
+
+
 def _raw(path: Path, preview: bool) -> str:
     why = " (Pillow would read its small preview)" if preview else ""
     return (
@@ -420,7 +436,7 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     if max(w, h) / max(1, min(w, h)) > 4:
         notes.append(f"very elongated ({w}x{h}): the object fills a thin strip of the padded square")
 
-    img = to_srgb(_to_rgb_or_rgba(img, notes), notes)
+    img = to_srgb(_reduced(_to_rgb_or_rgba(img, notes), notes), notes)
     if cutout is not None:
         img = _cut_out(img, cutout, label, notes)
     alpha = pixel_alpha = None
@@ -447,7 +463,7 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
     arr = np.array(square, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     # the absolute path: a rerun from another working folder must know which file this was
     source = str(Path(path).absolute()) if path else None
-    return LoadedImage(name, arr, (w, h), source, alpha, pad, notes, np.asarray(img), pixel_alpha)
+    return LoadedImage(name, arr, img.size, source, alpha, pad, notes, np.asarray(img), pixel_alpha)
 
 
 def _transparency(img) -> np.ndarray | None:
@@ -603,7 +619,8 @@ def load_mask(source, like: LoadedImage) -> np.ndarray:  # [S, S] bool
 
 
 def _decoded_at(full: tuple[int, int], size: tuple[int, int]) -> bool:
-    """Whether a JPEG of ``full`` pixels decodes at ``size`` when :data:`DECODE_SIDE` scales it."""
+    """Whether a photo of ``full`` pixels is read at ``size`` when :data:`DECODE_SIDE` scales it
+    (a JPEG's decoder or :func:`_reduced`)."""
     return any(size == (-(-full[0] // s), -(-full[1] // s)) for s in (2, 4, 8)) and max(full) > DECODE_SIDE
 
 
