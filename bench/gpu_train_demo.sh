@@ -34,8 +34,8 @@ fi
     echo "== synthesise (train: $objects + $extra objects x $views views; val and test baked)"
     t0=$(date +%s)
     # the same seeds and sets as the CPU recipe (docs/reconstruct.md), larger; test = the project's test set.
-    # Stopped at the cap by SIGINT, a synthesis lists the views it finished (a SIGTERM, timeout's
-    # default, would leave no lists and so no training data: checked on the CPU)
+    # Stopped at the cap, a synthesis lists the views it finished (SIGINT here; SIGTERM, timeout's
+    # default, does the same: zsw.synth.procedural.stop_on_term)
     # Training cameras reach eye level and a little below (--elevation -10,65, not ZeroShape-W's 5-65):
     # zsw-demo-v6 loses to the true-size ellipsoid on eye-level views (bench/results/shape-learning.md (r))
     timeout -s INT -k 20 100 python3 -m zsw synthesize procedural --out data/gpu/train --objects "$objects" --views "$views" \

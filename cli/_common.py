@@ -138,7 +138,8 @@ def _one_line(e: Exception) -> str:
 def cli_errors(fn: F) -> F:
     """Turn user-caused errors (:class:`zsw.errors.ZswError`) into one line on stderr and exit 1
     (2 for :class:`~zsw.errors.OptionError`, an invalid option value); an OSError from the
-    environment (full disk, read-only folder) into its message and file name; Ctrl-C into exit 130.
+    environment (full disk, read-only folder) into its message and file name; Ctrl-C into exit 130,
+    a termination request a job turned into :class:`~zsw.errors.Terminated` into 143.
     Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
@@ -155,11 +156,14 @@ def cli_errors(fn: F) -> F:
         except OSError as e:  # the environment (full disk, read-only folder, ...): one line
             where = f": {e.filename}" if e.filename else ""
             raise error(f"{e.strerror or e}{where}") from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            from zsw.errors import Terminated
+
+            stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
             if os.environ.get("RANK", "0") == "0":  # a torchrun job says it once, not once per rank
-                typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+                typer.secho(stopped, fg=typer.colors.YELLOW, err=True)
             sys.stderr.flush()
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -256,6 +256,31 @@ def test_a_stopped_run_leaves_a_dataset_of_what_it_finished(tmp_path, monkeypatc
     assert again.rendered == 2 and again.skipped == 2 and len(layout.samples("train")) == 4
 
 
+def test_a_synthesis_stopped_by_sigterm_lists_what_it_finished(tmp_path):
+    """`timeout 600 zsw synthesize ...` sends SIGTERM to the whole process group: the run left no
+    split lists, so no data to train on until rerun. Now it stops as Ctrl-C stops it -- the views
+    finished are listed -- says "terminated" and exits 143; workers end with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "data"
+    cmd = [sys.executable, "-m", "zsw", "synthesize", "procedural", "--out", str(out), "--objects", "200",
+           "--views", "1", "--categories", "box", "--splits", "1,0,0", "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    manifest, deadline = out / "manifest.jsonl", time.monotonic() + 120
+    while not (manifest.is_file() and manifest.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # as timeout sends it: to the command and its workers
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err, (proc.returncode, err)
+    listed = [s.name for s in ZeroShapeLayout(out).samples("train")]
+    assert 2 <= len(listed) < 200 and all(ZeroShapeLayout(out).has_view(SampleId(*n.split("_"))) for n in listed)
+
+
 @pytest.mark.slow
 def test_baked_test_split_has_background_and_consistent_occluders(tmp_path):
     cfg = ProceduralConfig(objects=2, views=1, seed=1, categories=("chair", "box"), split_fractions=(0, 0, 1))

@@ -7,7 +7,7 @@ message without a traceback; library callers can catch it. Bugs stay ordinary ex
 
 from __future__ import annotations
 
-__all__ = ["ZswError", "ConfigError", "OptionError", "CheckpointError", "InputError", "reason"]
+__all__ = ["ZswError", "ConfigError", "OptionError", "CheckpointError", "InputError", "Terminated", "reason"]
 
 
 class ZswError(Exception):
@@ -29,6 +29,12 @@ class CheckpointError(ZswError):
 
 class InputError(ZswError, ValueError):
     """A tensor, image or file given to zsw has the wrong type, shape or content."""
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination request (SIGTERM: ``timeout``'s default signal, ``kill``, a scheduler's time
+    limit) that a long job turned into the stop Ctrl-C makes, so that it ends as cleanly (the
+    command line exits with 143, as a process stopped by SIGTERM does)."""
 
 
 def reason(e: BaseException) -> str:

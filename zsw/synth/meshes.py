@@ -56,6 +56,7 @@ from zsw.synth.procedural import (
     run_jobs,
     split_at,
     start_dataset,
+    stop_on_term,
 )
 from zsw.synth.sdf import CATEGORIES
 
@@ -260,7 +261,7 @@ def generate_meshes(
     """Render every mesh under ``mesh_dir`` into ``out`` (resuming what exists); see the module
     docstring. Failed meshes and open ones are told to ``reporter`` as they happen and listed in
     the report. ``out`` is locked meanwhile, as :func:`zsw.synth.procedural.generate` locks it."""
-    with lock_folder(out, "--out"):
+    with lock_folder(out, "--out"), stop_on_term():
         return _generate_meshes(mesh_dir, out, cfg, workers, redo_changed, reporter or Reporter())
 
 

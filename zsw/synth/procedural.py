@@ -40,7 +40,7 @@ import numpy as np
 
 from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
-from zsw.errors import ConfigError
+from zsw.errors import ConfigError, Terminated
 from zsw.io import code_identity, remove_leftovers
 from zsw.locks import lock_folder
 from zsw.synth.render import CameraConfig, SynthShape, View, render, sample_material, sample_view
@@ -452,8 +452,32 @@ def generate(
     ``out`` is locked meanwhile (:func:`zsw.locks.lock_folder`): one process renders into a dataset,
     with ``workers`` for more cores; a second one into it -- the command, or this function from
     Python -- stops at once (it would take the first's temporary files for a killed run's)."""
-    with lock_folder(out, "--out"):
+    with lock_folder(out, "--out"), stop_on_term():
         return _generate(out, cfg, workers, progress)
+
+
+@contextlib.contextmanager
+def stop_on_term() -> Iterator[None]:
+    """A termination request (SIGTERM: ``timeout``'s default signal, ``kill``, a scheduler's time
+    limit) stops a synthesis as Ctrl-C does, by :class:`~zsw.errors.Terminated`: the views finished
+    so far are listed, so a time-capped run leaves a dataset to train on (it left none before). The
+    pool's workers keep SIGTERM's default: sent to the whole process group (``timeout``) they end
+    with it, and the pool ends them with it otherwise. Installed from the main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _generate(out, cfg: ProceduralConfig, workers: int, progress) -> GenerationReport:
