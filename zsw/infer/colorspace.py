@@ -113,9 +113,9 @@ def _by_nclx(img, nclx: dict, notes: list[str]):
     a = np.asarray(img)
     out = a.copy()
     flat, rgb = out.reshape(-1, a.shape[-1]), a.reshape(-1, a.shape[-1])[:, :3]
-    decode, encode = _srgb_curves()
+    (decode, encode), rows = _srgb_curves(), matrix.T.astype(np.float32)
     for start in range(0, len(rgb), _CHUNK):
-        linear = decode[rgb[start : start + _CHUNK]] @ matrix.T.astype(np.float32)
+        linear = decode[rgb[start : start + _CHUNK]] @ rows
         flat[start : start + _CHUNK, :3] = encode[np.rint(np.clip(linear, 0.0, 1.0) * 65535.0).astype(np.int32)]
     notes.append(f"colours converted from the photo's nclx description ({name} primaries) to sRGB")
     converted = Image.fromarray(out, img.mode)
