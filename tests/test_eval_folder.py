@@ -167,6 +167,20 @@ def test_a_broken_mesh_file_says_it_cannot_be_read_not_that_the_shape_is_empty(t
         assert f"cannot read the mesh {tmp_path / name}: {fragment}" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_an_ascii_stl_named_in_latin_1_is_read(tmp_path):
+    """A Windows exporter names an ASCII STL's solid in Latin-1: trimesh decodes such text with
+    charset-normalizer, a core dependency for it (in an install with zsw's core dependencies only,
+    the file failed with "No module named 'charset_normalizer'")."""
+    from zsw.data.eval_sets import read_mesh_file
+
+    facets = "".join(
+        f"facet normal 0 0 1\nouter loop\n{''.join(f'vertex {v}' + chr(10) for v in tri)}endloop\nendfacet\n"
+        for tri in (("0 0 0", "1 0 0", "0 1 0"), ("0 0 0", "0 1 0", "0 0 1"))
+    )
+    (tmp_path / "part.stl").write_bytes(f"solid Matériau\n{facets}endsolid\n".encode("latin-1"))
+    assert len(read_mesh_file(tmp_path / "part.stl").faces) == 2
+
+
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])
 def test_a_shape_far_from_the_origin_scores_as_at_the_origin(tmp_path, suffix):
     """Only the shape's rotation counts (both clouds are centred and scaled): a sphere modelled a
