@@ -181,6 +181,23 @@ def test_an_ascii_stl_named_in_latin_1_is_read(tmp_path):
     assert len(read_mesh_file(tmp_path / "part.stl").faces) == 2
 
 
+@pytest.mark.parametrize("encoding", ["ascii", "binary_little_endian"])
+def test_a_ply_whose_header_has_latin_1_comments_is_read(tmp_path, encoding):
+    """PLY headers are ASCII by the format, yet exporters write their comments in the user's
+    code page; trimesh decoded the header as strict UTF-8 and failed. The header's other bytes are
+    read as "?" (comments only carry them), ASCII and binary bodies alike, and the mesh is the same."""
+    import trimesh
+
+    from zsw.data.eval_sets import read_mesh_file
+
+    box = trimesh.creation.box()
+    data = box.export(file_type="ply", encoding=encoding.split("_")[0])
+    at = data.index(b"element vertex")
+    (tmp_path / "box.ply").write_bytes(data[:at] + "comment Pièce exportée\n".encode("latin-1") + data[at:])
+    mesh = read_mesh_file(tmp_path / "box.ply")
+    assert np.allclose(mesh.vertices, box.vertices) and np.array_equal(mesh.faces, box.faces)
+
+
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])
 def test_a_shape_far_from_the_origin_scores_as_at_the_origin(tmp_path, suffix):
     """Only the shape's rotation counts (both clouds are centred and scaled): a sphere modelled a

@@ -527,6 +527,8 @@ def _load_mesh(path: Path):
 
     import trimesh
 
+    if path.suffix.lower() == ".ply" and (header := _ply_header_made_ascii(path)) is not None:
+        return trimesh.load(io.BytesIO(header + path.read_bytes()[len(header) :]), file_type="ply", process=False)
     if path.suffix.lower() != ".obj":
         return trimesh.load(path, process=False)
     text = path.read_text(errors="replace")  # read once; its materials and textures are not needed
@@ -545,6 +547,22 @@ def _load_mesh(path: Path):
             line = " ".join(words)
         lines.append(line)
     return trimesh.load(io.StringIO("\n".join(lines)), file_type="obj", process=False)
+
+
+#: bytes 128-255 read as "?": what a PLY header's non-ASCII comment becomes
+_TO_ASCII = bytes(range(128)) + b"?" * 128
+
+
+def _ply_header_made_ascii(path: Path, limit: int = 1 << 16) -> bytes | None:
+    """A PLY header (up to ``end_header``) with text that is not ASCII -- a comment or an element
+    named in Latin-1 by an exporter, which the format forbids and trimesh fails on (strict UTF-8) --
+    with those bytes made ``?``, the same length; None when the header is ASCII (or not found)."""
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    end = head.find(b"end_header")
+    if end < 0 or head[:end].isascii():
+        return None
+    return head[:end].translate(_TO_ASCII)
 
 
 def _absolute(index: str, count: int) -> str:
