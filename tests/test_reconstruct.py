@@ -1029,14 +1029,20 @@ def test_bench_on_a_missing_gpu_is_a_one_line_error(bench, tmp_path, monkeypatch
 def test_bench_reconstruct_times_each_precision_separately(tmp_path):
     from zsw.bench._harness import read_csv
 
-    csv_path = tmp_path / "bench.csv"
+    csv_path, md = tmp_path / "bench.csv", tmp_path / "s.md"
     args = ["bench", "reconstruct", "--weights", "random:tiny", "--resolution", "8", "--repeats", "1", "--no-shapes",
-            "--extraction", "dense", "--precision", "fp32", "--precision", "bf16", "--out", str(csv_path)]  # fmt: skip
+            "--extraction", "dense", "--precision", "fp32", "--precision", "bf16", "--summary", str(md),
+            "--out", str(csv_path)]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    totals = {r["dtype"]: r for r in read_csv(csv_path) if r["op"] == "reconstruct:total"}
+    rows = [r for r in read_csv(csv_path) if r["op"] == "reconstruct:total"]
+    totals = {r["dtype"]: r for r in rows}
     assert set(totals) == {"fp32", "bf16"}
     assert all(r["note"].startswith("points=") and float(r["p50_ms"]) > 0 for r in totals.values())  # both ran
+    # the summary has one column per provider, precision and mode (precisions used to share one)
+    header = md.read_text().splitlines()[2]
+    assert header.count("|") == 1 + 1 + len(rows)
+    assert "torch:ref bf16 dense" in header and "torch:ref fp32 dense" in header
     assert runner.invoke(app, [*args[:-2], "--precision", "int8"]).exit_code == 2
 
 
@@ -1045,20 +1051,19 @@ def test_bench_reconstruct_times_the_mirrored_pass_as_its_own_mode(tmp_path):
 
     csv_path, md = tmp_path / "bench.csv", tmp_path / "s.md"
     args = ["bench", "reconstruct", "--weights", "random:tiny", "--resolution", "8", "--repeats", "1", "--no-shapes",
-            "--precision", "fp32", "--precision", "bf16", "--tta", "none", "--tta", "flip", "--tta", "flip-pixel",
+            "--precision", "fp32", "--tta", "none", "--tta", "flip", "--tta", "flip-pixel",
             "--out", str(csv_path), "--summary", str(md)]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     totals = {(r["provider"], r["dtype"], r["mode"]): r for r in read_csv(csv_path) if r["op"] == "reconstruct:total"}
     modes = {"fast", "dense", "fast+flip", "dense+flip", "fast+flip-pixel", "dense+flip-pixel"}
-    assert set(totals) == {(p, d, m) for p in ("torch:auto", "torch:ref") for d in ("fp32", "bf16") for m in modes}
+    assert set(totals) == {(p, "fp32", m) for p in ("torch:auto", "torch:ref") for m in modes}
     flip, dense_flip = totals["torch:ref", "fp32", "fast+flip"], totals["torch:ref", "fp32", "dense+flip"]
     assert float(flip["speedup_vs_dense"]) == pytest.approx(
         float(dense_flip["p50_ms"]) / float(flip["p50_ms"]), rel=1e-3
     )
-    # the summary has one column per provider, precision and mode (precisions used to share one)
     header = md.read_text().splitlines()[2]
-    assert header.count("|") == 1 + 1 + len(totals) and "torch:ref bf16 dense+flip" in header
+    assert header.count("|") == 1 + 1 + len(totals) and "torch:ref fp32 dense+flip" in header
     assert runner.invoke(app, [*args[:-4], "--tta", "rotate"]).exit_code == 2
 
 
