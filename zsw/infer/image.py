@@ -179,9 +179,7 @@ def _open(path: Path, notes: list[str] | None = None):
         notes.extend(f"PIL: {str(w.message).splitlines()[0]}" for w in caught)
     if img.format == "JPEG" and max(img.size) > DECODE_SIDE:
         w, h = img.size
-        scale = 2
-        while max(-(-w // scale), -(-h // scale)) > DECODE_SIDE and scale < 8:
-            scale *= 2
+        scale = _reduction(w, h)
         # the JPEG decoder scales by 1/2, 1/4 or 1/8 (Pillow picks the scale from the floor of the ratio)
         img.draft(img.mode, (max(1, w // scale), max(1, h // scale)))
         if notes is not None and img.size != (w, h):
@@ -197,12 +195,19 @@ def _reduced(img, notes: list[str]):
     w, h = img.size
     if max(w, h) <= DECODE_SIDE:
         return img
-    scale = 2
-    while max(-(-w // scale), -(-h // scale)) > DECODE_SIDE and scale < 8:
-        scale *= 2
+    scale = _reduction(w, h)
     out = img.reduce(scale)  # Pillow: RGBA by its premultiplied colours; the profile is kept
     notes.append(f"reduced to 1/{scale} of its {w}x{h} pixels ({out.size[0]}x{out.size[1]})")
     return out
+
+
+def _reduction(w: int, h: int) -> int:
+    """The factor, 2, 4 or 8, a photo of ``w`` x ``h`` pixels over :data:`DECODE_SIDE` is read
+    smaller by: the smallest that brings it within, 8 at most (a JPEG decoder's finest step)."""
+    scale = 2
+    while max(-(-w // scale), -(-h // scale)) > DECODE_SIDE and scale < 8:
+        scale *= 2
+    return scale
 
 
 def _raw(path: Path, preview: bool) -> str:
