@@ -226,6 +226,8 @@ def test_a_dataset_resumed_by_other_code_says_its_views_may_differ(tmp_path, mon
     assert generate(tmp_path, ProceduralConfig(**{**cfg.__dict__, "objects": 2})).notes == []
 
     monkeypatch.setattr(procedural, "code_identity", lambda packages: "other code")
+    with open(tmp_path / "manifest.jsonl", "a") as f:  # a killed run's second record of one view
+        f.write(_manifest(tmp_path)[0] + "\n")
     report = generate(tmp_path, ProceduralConfig(**{**cfg.__dict__, "objects": 3}))
     assert report.rendered == 1 and report.skipped == 2
     assert len(report.notes) == 1 and "2 of the 2 views" in report.notes[0] and "other zsw code" in report.notes[0]

@@ -418,14 +418,15 @@ def recorded_views(layout: ZeroShapeLayout) -> tuple[set[str], str | None]:
     rendered by other code than this process's (another checkout or release, an edit; records
     from before the code was recorded count as other): a resumed dataset then mixes renders of
     two versions, which the user should know (nothing is redone: a finished view stays)."""
-    code, names, other = code_identity(SYNTH_PACKAGES), set(), 0
-    for r in layout.read_manifest():
+    code, names, other = code_identity(SYNTH_PACKAGES), set(), set()
+    for r in layout.read_manifest():  # a killed run may have left a view's record twice: views are counted
         names.add(r.get("name"))
-        other += r.get("zsw_code") != code
+        if r.get("zsw_code") != code:
+            other.add(r.get("name"))
     if not other:
         return names, None
     return names, (
-        f"{other} of the {len(names)} views already in {layout.root} were rendered by other zsw code (another "
+        f"{len(other)} of the {len(names)} views already in {layout.root} were rendered by other zsw code (another "
         "checkout, release or an edit): views rendered now may differ from them; for a uniform dataset, "
         "choose another --out"
     )
