@@ -159,11 +159,11 @@ def cli_errors(fn: F) -> F:
         except KeyboardInterrupt as e:
             from zsw.errors import Terminated
 
-            stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
+            stopped, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
             if os.environ.get("RANK", "0") == "0":  # a torchrun job says it once, not once per rank
                 typer.secho(stopped, fg=typer.colors.YELLOW, err=True)
             sys.stderr.flush()
-            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
 
