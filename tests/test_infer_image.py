@@ -190,6 +190,77 @@ def test_a_heic_photo_described_in_display_p3_by_nclx_is_read_in_srgb(tmp_path):
         assert any(note in n for n in im.notes) if note else not any("nclx" in n or "HDR" in n for n in im.notes)
 
 
+def _avif_with_code_points(path, a, primaries: int, transfer: int = 13):
+    """``a`` saved as AVIF by Pillow, then its nclx box's code points rewritten (Pillow cannot set
+    them; the primaries and transfer do not enter the decoding of YUV to RGB)."""
+    Image.fromarray(a).save(path, format="AVIF", quality=95)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"colrnclx") + 8
+    data[at : at + 4] = primaries.to_bytes(2, "big") + transfer.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+
+
+def test_an_avif_photo_described_in_display_p3_by_nclx_is_read_in_srgb(tmp_path):
+    """Pillow reads AVIF but does not report its nclx box: zsw reads the box from the file, so an
+    AVIF in P3 is converted like the HEIC above, one in sRGB is left as decoded, one with an HDR
+    curve gets the note."""
+    a = np.repeat(np.repeat(np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    p3_to_srgb = np.array([[1.2249, -0.2247, 0.0], [-0.0420, 1.0419, 0.0], [-0.0197, -0.0786, 1.0979]])
+    _avif_with_code_points(tmp_path / "p3.avif", a, primaries=12)
+    stored = np.asarray(Image.open(tmp_path / "p3.avif").convert("RGB"), dtype=np.float64)
+    expected = _srgb_encoded(_srgb_linear(stored) @ p3_to_srgb.T)
+    assert np.abs(expected - stored).max() > 40
+    im = load_image(tmp_path / "p3.avif", size=64)
+    assert np.abs(im.pixels.astype(np.float64) - expected).max() <= 1
+    assert any("nclx description (Display P3 primaries)" in n for n in im.notes), im.notes
+
+    for name, primaries, transfer, note in (("srgb.avif", 1, 13, None), ("pq.avif", 9, 16, "HDR")):
+        _avif_with_code_points(tmp_path / name, a, primaries, transfer)
+        decoded = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        im = load_image(tmp_path / name, size=64)
+        assert np.array_equal(im.pixels, decoded), name
+        assert any(note in n for n in im.notes) if note else not any("nclx" in n or "HDR" in n for n in im.notes)
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def test_avif_nclx_is_the_primary_items_and_a_broken_file_gives_none():
+    """The ``colr`` box is picked by ``ipma`` for the primary item (``pitm``), not by order: an
+    alpha plane or a thumbnail may carry its own first. Boxes that overrun their parent, a
+    truncated file and a file without ``meta`` give None, not an exception."""
+    import io
+
+    from zsw.infer.colorspace import avif_nclx
+
+    def nclx(primaries):
+        return _box(b"colr", b"nclx" + primaries.to_bytes(2, "big") + b"\x00\x0d\x00\x06\x80")
+
+    ipco = _box(b"ipco", nclx(9) + _box(b"ispe", bytes(12)) + nclx(12))  # properties 1, 2, 3
+    for version, flags, item, entries in (
+        (0, 0, (2).to_bytes(2, "big"), [(1, [1]), (2, [2, 3])]),  # item 2 -> ispe, P3
+        (1, 1, (2).to_bytes(4, "big"), [(1, [1]), (2, [0x8002, 0x8003])]),  # 32-bit ids, 16-bit (essential) indices
+    ):
+        id_size, index_size = (2, 1) if version == 0 else (4, 2)
+        body = bytes([version, 0, 0, flags]) + len(entries).to_bytes(4, "big")
+        for ident, indices in entries:
+            body += ident.to_bytes(id_size, "big") + bytes([len(indices)])
+            body += b"".join(i.to_bytes(index_size, "big") for i in indices)
+        pitm = _box(b"pitm", bytes([version, 0, 0, 0]) + item)
+        meta = _box(b"meta", bytes(4) + _box(b"hdlr", bytes(24)) + pitm + _box(b"iprp", ipco + _box(b"ipma", body)))
+        data = _box(b"ftyp", b"avif" + bytes(4) + b"mif1") + _box(b"mdat", bytes(100)) + meta
+        got = avif_nclx(io.BytesIO(data))
+        assert got["color_primaries"] == 12 and got["transfer_characteristics"] == 13, (version, got)
+        assert (got["color_primary_white_x"], got["color_primary_green_x"]) == (0.3127, 0.265)
+        assert avif_nclx(io.BytesIO(data[: len(data) - 30])) is None  # truncated inside meta
+    broken = _box(b"ftyp", b"avif") + (400).to_bytes(4, "big") + b"meta" + bytes(20)
+    assert avif_nclx(io.BytesIO(broken)) is None
+    assert avif_nclx(io.BytesIO(_box(b"ftyp", b"avif") + _box(b"mdat", bytes(10)))) is None
+    unspecified = _box(b"meta", bytes(4) + _box(b"iprp", _box(b"ipco", nclx(2))))
+    assert avif_nclx(io.BytesIO(_box(b"ftyp", b"avif") + unspecified)) is None
+
+
 def test_nclx_primaries_give_the_standard_matrices():
     """sRGB's primaries give the identity, BT.2020's the matrix of ITU-R BT.2087, and DCI-P3's
     (another white) one that adapts its white to sRGB's: RGB (1, 1, 1) stays white."""

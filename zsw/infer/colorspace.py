@@ -12,9 +12,9 @@ print CMYK by up to 40 % of the range. A file declares its space in one of two w
 * a HEIF **nclx** description (``colr`` of type ``nclx``: code points for the primaries and
   the transfer curve, as video does; pillow-heif reports it with the primaries' chromaticities):
   converted here on linear light by the 3x3 matrix between the two sets of primaries (with a
-  Bradford adaptation where the white points differ), the standard way for SDR transfers. (AVIF
-  shares the box, but Pillow, which reads AVIF, does not report it: an AVIF is taken as sRGB unless
-  it embeds a profile.)
+  Bradford adaptation where the white points differ), the standard way for SDR transfers. AVIF
+  shares the box, but Pillow, which reads AVIF, does not report it: :func:`avif_nclx` reads it
+  from the file's ``meta`` box, for the primary image.
 
 Photos without either, or declared sRGB, are left as they are; a declaration zsw cannot use (a
 broken profile, an HDR transfer curve, which would need tone mapping) leaves the pixels as stored
@@ -30,7 +30,7 @@ import numpy as np
 
 from zsw.errors import reason
 
-__all__ = ["to_srgb"]
+__all__ = ["avif_nclx", "to_srgb"]
 
 #: sRGB's (= BT.709's) primaries and white point: red, green, blue, white (x, y)
 SRGB_XY = ((0.64, 0.33), (0.30, 0.60), (0.15, 0.06), (0.3127, 0.3290))
@@ -41,6 +41,19 @@ _HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
 #: names of the nclx colour primaries code points a photo may carry
 _PRIMARIES = {1: "BT.709/sRGB", 4: "BT.470M", 5: "BT.601 (PAL)", 6: "BT.601 (NTSC)", 9: "BT.2020", 11: "DCI-P3",
               12: "Display P3", 22: "EBU 3213"}  # fmt: skip
+#: chromaticities (red, green, blue, white as (x, y)) of the nclx primaries code points (H.273 table 2)
+_PRIMARIES_XY = {
+    1: SRGB_XY,
+    4: ((0.67, 0.33), (0.21, 0.71), (0.14, 0.08), (0.310, 0.316)),
+    5: ((0.64, 0.33), (0.29, 0.60), (0.15, 0.06), (0.3127, 0.3290)),
+    6: ((0.630, 0.340), (0.310, 0.595), (0.155, 0.070), (0.3127, 0.3290)),
+    7: ((0.630, 0.340), (0.310, 0.595), (0.155, 0.070), (0.3127, 0.3290)),
+    8: ((0.681, 0.319), (0.243, 0.692), (0.145, 0.049), (0.310, 0.316)),
+    9: ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046), (0.3127, 0.3290)),
+    11: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060), (0.314, 0.351)),
+    12: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060), (0.3127, 0.3290)),
+    22: ((0.630, 0.340), (0.295, 0.605), (0.155, 0.077), (0.3127, 0.3290)),
+}
 _BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
 #: pixels converted per step of the matrix path (bounds its float memory on a 48 MP photo)
 _CHUNK = 1 << 20
@@ -121,6 +134,111 @@ def _by_nclx(img, nclx: dict, notes: list[str]):
     converted = Image.fromarray(out, img.mode)
     converted.info = {k: v for k, v in img.info.items() if k != "nclx_profile"}
     return converted
+
+
+def avif_nclx(f) -> dict | None:
+    """The nclx colour description of an AVIF's primary image, from the open binary file ``f``, in
+    pillow-heif's form (code points and the primaries' chromaticities); None when the file has no
+    readable one, or its primaries are unspecified or not in H.273's table.
+
+    The ``colr`` box sits among the item properties (``meta`` / ``iprp`` / ``ipco``); ``ipma`` says
+    which belong to the primary item (``pitm``), which matters when an alpha plane or a grid's
+    tiles carry their own. Only the ``meta`` box is read (top-level boxes are skipped by seeking).
+    """
+    try:
+        meta = _top_level_box(f, b"meta")
+        if meta is None:
+            return None
+        children = dict(_boxes(meta[4:]))  # a full box: version and flags first
+        iprp = dict(_boxes(children.get(b"iprp", b"")))
+        properties = [(kind, body) for kind, body in _boxes(iprp.get(b"ipco", b""))]
+        candidates = [i for i, (kind, body) in enumerate(properties) if kind == b"colr" and body[:4] == b"nclx"]
+        if not candidates:
+            return None
+        primary = _primary_item(children.get(b"pitm"))
+        linked = _item_properties(iprp.get(b"ipma"), primary) if primary is not None else None
+        chosen = [i for i in candidates if linked is None or i in linked]
+        body = properties[(chosen or candidates)[0]][1]
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(body) < 11:
+        return None
+    primaries, transfer, matrix = (int.from_bytes(body[i : i + 2], "big") for i in (4, 6, 8))
+    if primaries not in _PRIMARIES_XY:
+        return None
+    out = {"color_primaries": primaries, "transfer_characteristics": transfer,
+           "matrix_coefficients": matrix, "full_range_flag": body[10] >> 7}  # fmt: skip
+    for name, (x, y) in zip(("red", "green", "blue", "white"), _PRIMARIES_XY[primaries], strict=True):
+        out[f"color_primary_{name}_x"], out[f"color_primary_{name}_y"] = x, y
+    return out
+
+
+def _top_level_box(f, kind: bytes, limit: int = 1 << 24) -> bytes | None:
+    """The body of the first top-level box ``kind`` of ``f`` (seeking past the others; bodies over
+    ``limit`` bytes are not read), or None."""
+    f.seek(0)
+    while header := f.read(8):
+        if len(header) < 8:
+            return None
+        size, found = int.from_bytes(header[:4], "big"), header[4:]
+        start = 8
+        if size == 1:
+            size, start = int.from_bytes(f.read(8), "big"), 16
+        if size == 0:  # the box runs to the end of the file
+            size = 1 << 62
+        if size < start:
+            raise ValueError(f"box {found!r} of {size} bytes")
+        if found == kind:
+            if size - start > limit:
+                return None
+            body = f.read(size - start)
+            return body if len(body) == size - start else None
+        f.seek(size - start, 1)
+    return None
+
+
+def _boxes(data: bytes):
+    """``(type, body)`` of the boxes laid end to end in ``data``."""
+    at = 0
+    while at + 8 <= len(data):
+        size, kind, start = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8], 8
+        if size == 1:
+            size, start = int.from_bytes(data[at + 8 : at + 16], "big"), 16
+        elif size == 0:
+            size = len(data) - at
+        if size < start or at + size > len(data):
+            raise ValueError(f"box {kind!r} of {size} bytes at {at}")
+        yield kind, data[at + start : at + size]
+        at += size
+
+
+def _primary_item(pitm: bytes | None) -> int | None:
+    if not pitm or len(pitm) < 6:
+        return None
+    return int.from_bytes(pitm[4:6] if pitm[0] == 0 else pitm[4:8], "big")
+
+
+def _item_properties(ipma: bytes | None, item: int) -> set[int] | None:
+    """0-based indices into ``ipco`` of the properties ``ipma`` associates with ``item`` (None
+    when ``ipma`` is missing or does not list the item)."""
+    if not ipma or len(ipma) < 8:
+        return None
+    version, wide = ipma[0], ipma[3] & 1
+    count, at = int.from_bytes(ipma[4:8], "big"), 8
+    id_size = 2 if version < 1 else 4
+    for _ in range(count):
+        found = int.from_bytes(ipma[at : at + id_size], "big")
+        n = ipma[at + id_size]
+        at += id_size + 1
+        step = 2 if wide else 1
+        indices = {
+            (int.from_bytes(ipma[at + k * step : at + (k + 1) * step], "big") & (0x7FFF if wide else 0x7F)) - 1
+            for k in range(n)
+        }
+        at += n * step
+        if found == item:
+            return indices
+    return None
 
 
 def _nclx_matrix(xy) -> np.ndarray:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from zsw.errors import InputError, reason
-from zsw.infer.colorspace import to_srgb
+from zsw.infer.colorspace import avif_nclx, to_srgb
 
 __all__ = [
     "LoadedImage",
@@ -184,6 +184,11 @@ def _open(path: Path, notes: list[str] | None = None):
         img.draft(img.mode, (max(1, w // scale), max(1, h // scale)))
         if notes is not None and img.size != (w, h):
             notes.append(f"decoded at 1/{scale} of its {w}x{h} pixels ({img.size[0]}x{img.size[1]})")
+    if container == "avif" and "icc_profile" not in img.info and "nclx_profile" not in img.info:
+        # Pillow does not report an AVIF's nclx colour description (HEIF's reader does)
+        with open(path, "rb") as f:
+            if nclx := avif_nclx(f):
+                img.info["nclx_profile"] = nclx
     return _decoded(img, str(path), notes)
 
 
