@@ -191,6 +191,8 @@ def diffuse(
     )  # fmt: skip
     report, resumed = pipeline.diffuse(data, out, settings, RichReporter(min_total=1))
     typer.echo(("resumed: " if resumed else "") + report.summary() + f" -> {out}")
+    for note in report.notes:
+        typer.echo(f"warning: {note}", err=True)
     if report.errors:
         raise InputError(
             f"{report.errors} source render(s) could not be read; see the 'error' records in {out}/manifest.jsonl "

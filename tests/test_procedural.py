@@ -217,15 +217,15 @@ def test_a_dataset_resumed_by_other_code_says_its_views_may_differ(tmp_path, mon
     (an older checkout, an edit within the release) started keeps its views but says the dataset
     now mixes two versions, and records each view's own code."""
     from zsw.io import code_identity
-    from zsw.synth import procedural
+    from zsw.synth import jobs
 
     cfg = ProceduralConfig(objects=1, views=1, seed=3, categories=("box",), split_fractions=(1, 0, 0))
     assert generate(tmp_path, cfg).notes == []
-    ours = code_identity(procedural.SYNTH_PACKAGES)
+    ours = code_identity(jobs.SYNTH_PACKAGES)
     assert [json.loads(line)["zsw_code"] for line in _manifest(tmp_path)] == [ours]
     assert generate(tmp_path, ProceduralConfig(**{**cfg.__dict__, "objects": 2})).notes == []
 
-    monkeypatch.setattr(procedural, "code_identity", lambda packages: "other code")
+    monkeypatch.setattr(jobs, "code_identity", lambda packages: "other code")
     with open(tmp_path / "manifest.jsonl", "a") as f:  # a killed run's second record of one view
         f.write(_manifest(tmp_path)[0] + "\n")
     report = generate(tmp_path, ProceduralConfig(**{**cfg.__dict__, "objects": 3}))
@@ -281,6 +281,31 @@ def test_a_synthesis_stopped_by_sigterm_lists_what_it_finished(tmp_path):
     assert proc.returncode == 143 and "terminated" in err, (proc.returncode, err)
     listed = [s.name for s in ZeroShapeLayout(out).samples("train")]
     assert 2 <= len(listed) < 200 and all(ZeroShapeLayout(out).has_view(SampleId(*n.split("_"))) for n in listed)
+
+
+def test_pool_workers_end_by_sigterm_not_by_the_parents_handler():
+    """The pool ends its workers by SIGTERM: a worker that inherited the synthesis's handler
+    (fork) raised there instead, and a worker unwinding while it waits on the task queue could
+    hang in its exit while the pool waited on it (a suite run hung so). Workers take the default
+    back, and a process forked before it does ends by the default as well."""
+    import os
+    import signal
+
+    from zsw.synth.procedural import run_jobs, stop_on_term
+
+    got = []
+    with stop_on_term():
+        run_jobs(signal.getsignal, [signal.SIGTERM] * 2, 2, got.append)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                signal.sigtimedwait([], 5)
+            finally:
+                os._exit(7)
+        _, status = os.waitpid(pid, 0)
+    assert got == [signal.SIG_DFL, signal.SIG_DFL]
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
 
 
 @pytest.mark.slow

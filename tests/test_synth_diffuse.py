@@ -150,6 +150,25 @@ def test_resume_after_interrupted_batch(source, tmp_path):
     assert sorted(names) == sorted([BOX, MUG0, MUG1]) and len(names) == 3
 
 
+def test_samples_name_their_code_and_a_resume_by_other_code_says_so(source, tmp_path, monkeypatch):
+    """Each manifest record names the code that synthesized it; resuming a dataset other code
+    started (another checkout, an edit within the release) keeps its samples and says how many
+    were made by other code."""
+    from zsw.io import code_identity
+    from zsw.synth import jobs
+
+    out, cfg = tmp_path / "out", DiffuseConfig()
+    report = synthesize(source, out, cfg, FakeAppearance(), FakeBackground(), limit=1)
+    assert report.notes == [] and [r["zsw_code"] for r in _records(out)] == [code_identity(jobs.SYNTH_PACKAGES)]
+    assert synthesize(source, out, cfg, FakeAppearance(), FakeBackground(), limit=1).notes == []
+
+    monkeypatch.setattr(jobs, "code_identity", lambda packages: "other code")
+    report = synthesize(source, out, cfg, FakeAppearance(), FakeBackground())
+    assert report.skipped == 2 and report.accepted == 1
+    assert len(report.notes) == 1 and "2 of the 2 samples" in report.notes[0], report.notes
+    assert [r["zsw_code"] for r in _records(out)][-1] == "other code"
+
+
 def test_resume_after_kill_between_image_and_manifest(source, tmp_path, monkeypatch):
     out = tmp_path / "out"
     original = ZeroShapeLayout.append_manifest

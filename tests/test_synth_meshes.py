@@ -194,7 +194,7 @@ def test_resume_redoes_only_a_deleted_view(dataset, meshes, tmp_path):
     assert len({r["name"] for r in records}) == len(records) == 6
     assert "other zsw code" not in result.output  # the same code rendered the other five
     from zsw.io import code_identity
-    from zsw.synth.procedural import SYNTH_PACKAGES
+    from zsw.synth.jobs import SYNTH_PACKAGES
 
     assert {r["zsw_code"] for r in records} == {code_identity(SYNTH_PACKAGES)}
 

@@ -28,7 +28,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,8 +45,10 @@ from zsw.synth.jobs import (
     Render,
     finished_samples,
     load_render,
+    made_by_other_code,
     parse_shard,
     plan,
+    record_code,
     select_shard,
     write_lists,
     write_sample,
@@ -134,6 +136,7 @@ class SynthReport:
     unsuitable: int = 0
     errors: int = 0
     elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -275,23 +278,22 @@ class _Run:
         attempts = self.attempts.pop(sid.name, [])
         self.renders.pop(sid.name, None)
         self.seconds.pop(sid.name, None)
-        self.dst.append_manifest(
-            {
-                "sample": sid.name,
-                "category": sid.category,
-                "object": sid.object,
-                "view": sid.view,
-                "splits": list(job.splits),
-                "source": str(self.src.image(sid).resolve()),
-                "status": status,
-                "attempts": attempts,
-                "retries": max(len(attempts) - 1, 0) if status == "ok" else len(attempts),
-                "models": self.models,
-                "shard": self.shard,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **extra,
-            }
-        )
+        record = {
+            "sample": sid.name,
+            "category": sid.category,
+            "object": sid.object,
+            "view": sid.view,
+            "splits": list(job.splits),
+            "source": str(self.src.image(sid).resolve()),
+            "status": status,
+            "attempts": attempts,
+            "retries": max(len(attempts) - 1, 0) if status == "ok" else len(attempts),
+            "models": self.models,
+            "shard": self.shard,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
+        }
+        self.dst.append_manifest(record_code(record))
 
     def load(self, batch: list[tuple[Job, int]]) -> list[tuple[Job, int]]:
         """The batch minus renders that cannot be read (``error``) or are not clean renders on white
@@ -430,6 +432,12 @@ def synthesize(
     done = finished_samples(dst)
     todo = [j for j in jobs if j.sid.name not in done]
     report = SynthReport(total=len(jobs), skipped=len(jobs) - len(todo))
+    if other := made_by_other_code(done):
+        report.notes.append(
+            f"{len(other)} of the {len(done)} samples already in {dst.root} were synthesized by other zsw code "
+            "(another checkout, release or an edit): samples made now may differ from them; for a uniform dataset, "
+            "choose another --out"
+        )
     if limit is not None:
         todo = todo[:limit]
         report.total = report.skipped + len(todo)

@@ -22,7 +22,7 @@ import numpy as np
 
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
-from zsw.io import atomic_path, atomic_write
+from zsw.io import atomic_path, atomic_write, code_identity
 from zsw.synth.guidance import depth_to_control
 
 __all__ = [
@@ -37,7 +37,27 @@ __all__ = [
     "write_lists",
     "link_or_copy",
     "save_png",
+    "SYNTH_PACKAGES",
+    "record_code",
+    "made_by_other_code",
 ]
+
+#: the code whose changes may change a synthesized view: the synthesisers, the dataset layout and
+#: zsw's own top-level modules (``zsw.io.code_identity``); each manifest record names it as ``zsw_code``
+SYNTH_PACKAGES = ("zsw", "zsw.synth", "zsw.data")
+
+
+def record_code(record: dict) -> dict:
+    """``record`` with the code that made it (:data:`SYNTH_PACKAGES`), for a manifest."""
+    return {**record, "zsw_code": code_identity(SYNTH_PACKAGES)}
+
+
+def made_by_other_code(records: dict[str, dict[str, Any]]) -> set[str]:
+    """The names of ``records`` (name -> manifest record) made by other code than this process's
+    (another checkout or release, an edit; a record from before the code was recorded counts as
+    other)."""
+    code = code_identity(SYNTH_PACKAGES)
+    return {name for name, r in records.items() if r.get("zsw_code") != code}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from zsw.errors import ConfigError, InputError
 from zsw.io import atomic_write_text, folder_key, sha256_file
 from zsw.locks import lock_folder
 from zsw.report import Reporter
+from zsw.synth.jobs import record_code
 from zsw.synth.mesh_sdf import MESH_SUFFIXES, MeshShape
 from zsw.synth.procedural import (
     MESHES_CONFIG_FILE,
@@ -50,7 +51,6 @@ from zsw.synth.procedural import (
     RenderSettings,
     check_dataset_resume,
     pending_views,
-    record_code,
     recorded_views,
     render_object,
     run_jobs,

@@ -41,8 +41,9 @@ import numpy as np
 from zsw.config import dump_yaml, load_yaml, to_dict
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, Terminated
-from zsw.io import code_identity, remove_leftovers
+from zsw.io import remove_leftovers
 from zsw.locks import lock_folder
+from zsw.synth.jobs import made_by_other_code, record_code
 from zsw.synth.render import CameraConfig, SynthShape, View, render, sample_material, sample_view
 from zsw.synth.sdf import ALL_CATEGORIES, CATEGORIES, Shape, make_shape
 
@@ -336,8 +337,12 @@ def _worker_init() -> None:
 
     torch.set_num_threads(1)
     # the parent handles Ctrl-C and ends the pool; a worker whose parent was killed dies quietly
-    # on its next write instead of printing a BrokenPipeError traceback per worker
+    # on its next write instead of printing a BrokenPipeError traceback per worker. SIGTERM, by
+    # which the pool ends its workers, ends them at once: the parent's handler (:func:`stop_on_term`),
+    # inherited through fork, would raise in a worker waiting on the task queue, and a worker
+    # unwinding there can hang in its exit while the pool waits for it (seen in the test suite)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _die_with_parent()
 
@@ -408,21 +413,14 @@ def start_dataset(layout: ZeroShapeLayout, cfg: RenderSettings, config_file: str
     dump_yaml(cfg, layout.root / config_file)
 
 
-#: the code whose changes may change a render: the synthesiser, the dataset layout and zsw's own
-#: top-level modules (``zsw.io.code_identity``); each manifest record names it as ``zsw_code``
-SYNTH_PACKAGES = ("zsw", "zsw.synth", "zsw.data")
-
-
 def recorded_views(layout: ZeroShapeLayout) -> tuple[set[str], str | None]:
     """The names of the views ``layout``'s manifest records, and a note when some of them were
     rendered by other code than this process's (another checkout or release, an edit; records
     from before the code was recorded count as other): a resumed dataset then mixes renders of
     two versions, which the user should know (nothing is redone: a finished view stays)."""
-    code, names, other = code_identity(SYNTH_PACKAGES), set(), set()
-    for r in layout.read_manifest():  # a killed run may have left a view's record twice: views are counted
-        names.add(r.get("name"))
-        if r.get("zsw_code") != code:
-            other.add(r.get("name"))
+    # a killed run may have left a view's record twice: views are counted (its last record)
+    records = {r.get("name"): r for r in layout.read_manifest()}
+    names, other = set(records), made_by_other_code(records)
     if not other:
         return names, None
     return names, (
@@ -430,11 +428,6 @@ def recorded_views(layout: ZeroShapeLayout) -> tuple[set[str], str | None]:
         "checkout, release or an edit): views rendered now may differ from them; for a uniform dataset, "
         "choose another --out"
     )
-
-
-def record_code(record: dict) -> dict:
-    """``record`` with the code that rendered it (:data:`SYNTH_PACKAGES`), for the manifest."""
-    return {**record, "zsw_code": code_identity(SYNTH_PACKAGES)}
 
 
 def same_proportions(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -462,8 +455,9 @@ def stop_on_term() -> Iterator[None]:
     """A termination request (SIGTERM: ``timeout``'s default signal, ``kill``, a scheduler's time
     limit) stops a synthesis as Ctrl-C does, by :class:`~zsw.errors.Terminated`: the views finished
     so far are listed, so a time-capped run leaves a dataset to train on (it left none before). The
-    pool's workers keep SIGTERM's default: sent to the whole process group (``timeout``) they end
-    with it, and the pool ends them with it otherwise. Installed from the main thread only."""
+    pool's workers take SIGTERM's default back (:func:`_worker_init`; a process forked before that
+    ends by the default too): sent to the whole process group (``timeout``) they end with it, and
+    the pool ends them with it otherwise. Installed from the main thread only."""
     import signal
     import threading
 
@@ -471,7 +465,13 @@ def stop_on_term() -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def stop(signum, frame):
+        if os.getpid() != owner:  # a process forked before it reset the handler: SIGTERM's default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, stop)
