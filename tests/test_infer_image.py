@@ -153,6 +153,27 @@ def test_photos_in_display_p3_or_other_profiles_are_read_in_srgb(tmp_path):
     assert np.array_equal(im.pixels, a) and any("colour profile unreadable" in n for n in im.notes), im.notes
 
 
+@pytest.mark.parametrize("mode", ["1", "L", "P", "LA", "La", "PA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"])
+def test_every_pil_mode_loads_and_keeps_its_transparency(mode):
+    """An in-memory image in any mode PIL makes (the premultiplied La and RGBa too, which Pillow
+    cannot convert to RGBA directly) loads as 8-bit RGB, and a mode with alpha keeps it: the
+    transparent left half is no object."""
+    rng = np.random.default_rng(4)
+    rgba = np.concatenate([rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), np.full((96, 128, 1), 255, np.uint8)], 2)
+    rgba[:, :64, 3] = 0
+    img, with_alpha = Image.fromarray(rgba, "RGBA"), mode in ("LA", "La", "PA", "RGBa")
+    if with_alpha:
+        img = img.convert("LA").convert("La") if mode == "La" else img.convert(mode)
+    else:
+        img = img.convert("RGB").convert(mode)
+    im = load_image(img, size=64)
+    assert im.pixels.dtype == np.uint8 and im.pixels.shape == (96, 128, 3), mode
+    if with_alpha:
+        assert im.pixel_alpha is not None and not im.pixel_alpha[:, :60].any() and im.pixel_alpha[:, 68:].all(), mode
+    else:
+        assert im.pixel_alpha is None
+
+
 def _srgb_linear(x):
     x = np.asarray(x, dtype=np.float64) / 255.0
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)

@@ -330,7 +330,7 @@ def _to_rgb_or_rgba(img, notes: list[str]):
         return converted
     if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
         notes.append(f"{mode} converted to RGBA")
-        return img.convert("RGBA")
+        return (img.convert("LA") if mode == "La" else img).convert("RGBA")  # Pillow has no La -> RGBA
     notes.append(f"{mode} converted to RGB")
     out = img.convert("RGB")
     if mode == "CMYK":  # a profile it could not be converted by says nothing of the RGB
