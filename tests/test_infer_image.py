@@ -364,6 +364,52 @@ def test_a_cmyk_photo_with_a_press_profile_is_read_by_it(tmp_path):
     assert any("CMYK converted to RGB" in n for n in im.notes), im.notes
 
 
+def _gray_profile(gamma: float) -> bytes:
+    """A minimal ICC v2 grey display profile (Photoshop's "Gray Gamma 1.8" kind): a kTRC gamma."""
+    import struct
+
+    desc = b"Gray Gamma test\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(desc)) + desc + bytes(4 + 4 + 2 + 1 + 67)
+    wtpt = b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)  # D50
+    ktrc = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
+    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"kTRC", ktrc)]
+    table, data, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, body in tags:
+        table += struct.pack(">4sII", sig, start + len(data), len(body))
+        data += body + bytes(-len(body) % 4)
+    header = (struct.pack(">I", start + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + b"mntrGRAYXYZ "
+              + bytes(12) + b"acsp" + bytes(28) + struct.pack(">3i", 63190, 65536, 54061))  # fmt: skip
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+
+
+def test_a_grey_photo_with_a_grey_profile_is_read_by_it(tmp_path):
+    """A greyscale photo saved by an image editor carries a grey profile (Gray Gamma 1.8, Dot
+    Gain): its levels are read by it (mid-grey 128 is 146 in sRGB at gamma 1.8, not 128), with
+    and without alpha; a grey photo without a profile is Pillow's conversion as before."""
+    levels = np.repeat(np.repeat(np.arange(0, 256, 16, dtype=np.uint8).reshape(4, 4), 16, 0), 16, 1)
+    expected = _srgb_encoded((levels / 255.0) ** (462 / 256))  # the gamma as the profile stores it
+    profile = _gray_profile(1.8)
+    alpha = np.full_like(levels, 255)
+    alpha[:, :8] = 0
+    for name, a, mode in (
+        ("grey.png", levels, "L"),
+        ("grey.jpg", levels, "L"),
+        ("grey-alpha.png", np.stack([levels, alpha], -1), "LA"),
+    ):
+        Image.fromarray(a, mode).save(
+            tmp_path / name, icc_profile=profile, **({"quality": 100} if name.endswith("jpg") else {})
+        )
+        im = load_image(tmp_path / name, size=64)
+        d = np.abs(im.pixels[..., 0].astype(np.float64) - expected)[:, 8:]
+        assert d.max() <= 2 and np.abs(im.pixels[..., 0].astype(float) - levels).max() > 15, (name, d.max())
+        assert (im.pixels[..., 0] == im.pixels[..., 2]).all()
+        assert any("'Gray Gamma test' to sRGB" in n for n in im.notes), im.notes
+        if mode == "LA":
+            assert not im.pixel_alpha[:, :8].any() and im.pixel_alpha[:, 8:].all()
+    Image.fromarray(levels, "L").save(tmp_path / "plain.png")
+    assert np.array_equal(load_image(tmp_path / "plain.png", size=64).pixels[..., 1], levels)
+
+
 def test_a_phone_sized_photo_gives_the_input_an_exact_resize_gives(repo_root, tmp_path):
     """A 12 MP photo is box-reduced before Lanczos (``REDUCING_GAP``: 7x faster); the input stays
     within a few levels of the exact resize of the padded photo, and so does a reframed window."""

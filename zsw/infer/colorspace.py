@@ -6,7 +6,7 @@ print CMYK by up to 40 % of the range. A file declares its space in one of two w
 :func:`to_srgb` converts by either:
 
 * an embedded **ICC profile** (JPEG, PNG, TIFF, WebP, and HEIF's ``colr`` box of type ``prof``):
-  converted with LittleCMS through Pillow's :mod:`PIL.ImageCms`, for RGB and CMYK photos, with the
+  converted with LittleCMS through Pillow's :mod:`PIL.ImageCms`, for RGB, CMYK and grey photos, with the
   relative colorimetric intent (a print's paper white is the screen's white, as image editors
   show it);
 * a HEIF **nclx** description (``colr`` of type ``nclx``: code points for the primaries and
@@ -60,8 +60,8 @@ _CHUNK = 1 << 20
 
 
 def to_srgb(img, notes: list[str]):
-    """``img`` (a PIL image, any mode) with its pixels in sRGB: an RGB(A) or CMYK photo with a
-    non-sRGB ICC profile converted by it (CMYK to RGB), an RGB(A) one with a non-sRGB nclx
+    """``img`` (a PIL image, any mode) with its pixels in sRGB: an RGB(A), CMYK or grey (L, LA)
+    photo with a non-sRGB ICC profile converted by it (CMYK and grey to RGB(A)), an RGB(A) one with a non-sRGB nclx
     description by :func:`_nclx_matrix`. Other modes and undeclared photos are returned as they
     are; what was done goes to ``notes``."""
     if icc := img.info.get("icc_profile"):
@@ -74,8 +74,8 @@ def to_srgb(img, notes: list[str]):
 def _by_profile(img, icc: bytes, notes: list[str]):
     from PIL import ImageCms
 
-    space = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}.get(img.mode)
-    if space is None:  # grey and others: Pillow's conversion is what zsw has
+    space = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK", "L": "GRAY", "LA": "GRAY"}.get(img.mode)
+    if space is None:  # other modes: Pillow's conversion is what zsw has
         return img
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -84,10 +84,13 @@ def _by_profile(img, icc: bytes, notes: list[str]):
         name = " ".join(ImageCms.getProfileDescription(profile).split()) or "unnamed"
         if "srgb" in name.lower():
             return img
+        source = img.getchannel("L") if img.mode == "LA" else img  # LittleCMS has no grey + alpha
         out = ImageCms.profileToProfile(
-            img, profile, _srgb_profile(), renderingIntent=1,  # relative colorimetric
-            outputMode="RGB" if space == "CMYK" else img.mode,
+            source, profile, _srgb_profile(), renderingIntent=1,  # relative colorimetric
+            outputMode="RGBA" if img.mode == "RGBA" else "RGB",
         )  # fmt: skip
+        if img.mode == "LA":
+            out.putalpha(img.getchannel("A"))
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
         notes.append(f"embedded colour profile unreadable ({reason(e)}): colours taken as sRGB")
         return img

@@ -326,14 +326,14 @@ def _to_rgb_or_rgba(img, notes: list[str]):
         notes.append(f"{mode} grayscale rescaled to 8 bits")
         gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
         return gray.convert("RGB")
-    if mode == "CMYK" and (converted := to_srgb(img, notes)).mode == "RGB":  # by its ICC profile
+    if mode in ("CMYK", "L", "LA") and (converted := to_srgb(img, notes)).mode in ("RGB", "RGBA"):  # by its profile
         return converted
     if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
         notes.append(f"{mode} converted to RGBA")
         return (img.convert("LA") if mode == "La" else img).convert("RGBA")  # Pillow has no La -> RGBA
     notes.append(f"{mode} converted to RGB")
     out = img.convert("RGB")
-    if mode == "CMYK":  # a profile it could not be converted by says nothing of the RGB
+    if mode in ("CMYK", "L"):  # a profile it could not be converted by says nothing of the RGB
         out.info.pop("icc_profile", None)
     return out
 
