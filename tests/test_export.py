@@ -120,11 +120,12 @@ def test_manifest_records_interface_precision_checksums_and_parity(onnx_dir):
     from zsw import __version__
     from zsw.config import get_model_config
     from zsw.export.graphs import graph_specs
-    from zsw.export.manifest import read_manifest, sha256_file
+    from zsw.export.manifest import EXPORT_PACKAGES, read_manifest, sha256_file
+    from zsw.io import code_identity
 
     manifest = read_manifest(onnx_dir)
     data = manifest.data
-    assert data["zsw_version"] == __version__
+    assert data["zsw_version"] == __version__ and data["zsw_code"] == code_identity(EXPORT_PACKAGES)
     assert data["precision"] == "fp32" and data["io_dtype"] == "float32"
     assert data["onnx"]["opset"] == 18 and data["batch"] == 1 and data["points_chunk"] == CHUNK
     assert manifest.config == get_model_config("tiny")
@@ -397,11 +398,14 @@ def test_engines_are_built_over_an_onnx_export_only_of_the_weights_asked_for(tmp
     from W: the packaged model (`demo`) and random presets are weights too, and a checkpoint that
     does not exist is an error rather than 'any export will do'."""
     from zsw.export.jobs import ExportSettings, _reusable_onnx
-    from zsw.export.manifest import read_manifest, settings_mismatch
+    from zsw.export.manifest import EXPORT_PACKAGES, read_manifest, settings_mismatch
     from zsw.infer.weights import demo_engine
+    from zsw.io import code_identity
 
     out = tmp_path / "demo"
     shutil.copytree(demo_engine(), out)  # exported from the packaged weights
+    shipped = json.loads((out / "export.json").read_text())  # as if this code had exported it
+    (out / "export.json").write_text(json.dumps({**shipped, "zsw_code": code_identity(EXPORT_PACKAGES)}))
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"other weights")
 
@@ -422,7 +426,12 @@ def test_engines_are_built_over_an_onnx_export_only_of_the_weights_asked_for(tmp
     # the same rule for torch-tensorrt programs added to an export
     why = settings_mismatch(read_manifest(out), "fp32", 1, 65536, {"weights": "random:small"})
     assert why == "it was exported from other weights (random:tiny)"
-    # graphs another zsw release traced are not extended: the model code may have changed since
+    # graphs other zsw code traced are not extended: the model code may have changed since
+    data["zsw_code"] = "other"
+    (out / "export.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"cannot be reused \(it was exported by other zsw code "):
+        reused(None)
+    assert not reused("random:tiny")
     data["zsw_version"] = "0.0.9"
     (out / "export.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"cannot be reused \(it was exported by zsw 0.0.9, not "):

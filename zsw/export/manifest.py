@@ -10,13 +10,14 @@ rewritten last, so a directory is complete exactly when its manifest lists a fil
     pixel.fp16.ep ...              torch-tensorrt programs    (--format torch-tensorrt)
 
 Top-level keys, written by :func:`base_manifest` for every format: ``format`` (:data:`FORMAT`),
-``zsw_version``, ``created``, ``model`` (the :class:`~zsw.config.ModelConfig`), ``source`` (weights
-path and sha256), ``precision``, ``io_dtype``, ``batch``, ``points_chunk``,
-``default_text_embedding`` and ``interface`` (per graph: inputs and outputs with symbolic
-dimensions, see :func:`zsw.export.graphs.graph_specs`). Then one section per artefact kind:
-``onnx`` + ``graphs`` (per graph: file, sha256, export time, validation against eager PyTorch),
-``tensorrt`` (engines, fingerprint, profiles, build times, validation against ONNX Runtime) and
-``torch_tensorrt`` (programs, fingerprint, validation against eager PyTorch).
+``zsw_version``, ``zsw_code`` (:data:`EXPORT_PACKAGES`' hash), ``created``, ``model`` (the
+:class:`~zsw.config.ModelConfig`), ``source`` (weights path and sha256), ``precision``,
+``io_dtype``, ``batch``, ``points_chunk``, ``default_text_embedding`` and ``interface`` (per graph:
+inputs and outputs with symbolic dimensions, see :func:`zsw.export.graphs.graph_specs`). Then one
+section per artefact kind: ``onnx`` + ``graphs`` (per graph: file, sha256, export time, validation
+against eager PyTorch), ``tensorrt`` (engines, fingerprint, profiles, build times, validation
+against ONNX Runtime) and ``torch_tensorrt`` (programs, fingerprint, validation against eager
+PyTorch).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from zsw.config import ModelConfig, from_dict, to_dict
 from zsw.errors import CheckpointError, ConfigError
 from zsw.export.graphs import GRAPHS, GraphSpec, TensorSpec, graph_specs
 
+#: the code whose changes may change the traced graphs (:func:`zsw.io.code_identity`): zsw's
+#: top-level modules (config, checkpoint), the model, the export and the kernels' reference paths
+EXPORT_PACKAGES = ("zsw", "zsw.model", "zsw.export", "zsw.kernels")
+
 __all__ = [
+    "EXPORT_PACKAGES",
     "FORMAT",
     "MANIFEST",
     "TEXT_FILE",
@@ -222,6 +228,7 @@ def base_manifest(
     import numpy as np
 
     from zsw import __version__
+    from zsw.io import code_identity
 
     text_entry = None
     if getattr(model, "text", None) is not None:
@@ -239,6 +246,7 @@ def base_manifest(
     return {
         "format": FORMAT,
         "zsw_version": __version__,
+        "zsw_code": code_identity(EXPORT_PACKAGES),
         "created": now_iso(),
         "model": to_dict(model.config),
         "source": dict(source or {}),
@@ -266,10 +274,13 @@ def settings_mismatch(
     a random preset has no sha256 and is known by its label), or None when no weights were asked
     for (any export's weights will do)."""
     from zsw import __version__
+    from zsw.io import code_identity
 
     d = manifest.data
     if d.get("zsw_version") != __version__:  # another release may trace the model into other graphs
         return f"it was exported by zsw {d.get('zsw_version') or 'unknown'}, not {__version__}"
+    if d.get("zsw_code") != code_identity(EXPORT_PACKAGES):  # and so may a checkout or an edit within one
+        return "it was exported by other zsw code (another checkout or an edit of the model or export code)"
     wanted = {"precision": precision, "batch": batch, "points_chunk": points_chunk}
     for key, value in wanted.items():
         if d.get(key) != value:
