@@ -187,8 +187,8 @@ def _srgb_encoded(x):
 def test_a_heic_photo_described_in_display_p3_by_nclx_is_read_in_srgb(tmp_path):
     """Phones (and AVIF/HEIF encoders) may declare the colour space by an nclx box -- primaries and
     transfer code points -- instead of an ICC profile: P3 primaries with sRGB's curve are converted
-    like the profile, checked against P3 -> sRGB by hand; sRGB's code points and an HDR curve
-    leave the pixels as decoded (the latter with a note)."""
+    like the profile, checked against P3 -> sRGB by hand; sRGB's code points leave the pixels as
+    decoded (HDR curves: the tone-mapping test below)."""
     pytest.importorskip("pillow_heif").register_heif_opener()
     a = np.repeat(np.repeat(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
     p3_to_srgb = np.array([[1.2249, -0.2247, 0.0], [-0.0420, 1.0419, 0.0], [-0.0197, -0.0786, 1.0979]])
@@ -202,13 +202,10 @@ def test_a_heic_photo_described_in_display_p3_by_nclx_is_read_in_srgb(tmp_path):
     assert np.abs(im.image.astype(np.float64) - expected).max() <= 2
     assert any("nclx description (Display P3 primaries)" in n for n in im.notes), im.notes
 
-    pq = {**nclx, "color_primaries": 9, "transfer_characteristics": 16}
-    for name, code_points, note in (("srgb.heic", {**nclx, "color_primaries": 1}, None), ("pq.heic", pq, "HDR")):
-        Image.fromarray(a).save(tmp_path / name, quality=95, nclx_profile=code_points)
-        decoded = np.asarray(Image.open(tmp_path / name).convert("RGB"))
-        im = load_image(tmp_path / name, size=64)
-        assert np.array_equal(im.pixels, decoded), name
-        assert any(note in n for n in im.notes) if note else not any("nclx" in n or "HDR" in n for n in im.notes)
+    Image.fromarray(a).save(tmp_path / "srgb.heic", quality=95, nclx_profile={**nclx, "color_primaries": 1})
+    im = load_image(tmp_path / "srgb.heic", size=64)
+    assert np.array_equal(im.pixels, np.asarray(Image.open(tmp_path / "srgb.heic").convert("RGB")))
+    assert not any("nclx" in n or "HDR" in n for n in im.notes)
 
 
 def _avif_with_code_points(path, a, primaries: int, transfer: int = 13):
@@ -224,7 +221,7 @@ def _avif_with_code_points(path, a, primaries: int, transfer: int = 13):
 def test_an_avif_photo_described_in_display_p3_by_nclx_is_read_in_srgb(tmp_path):
     """Pillow reads AVIF but does not report its nclx box: zsw reads the box from the file, so an
     AVIF in P3 is converted like the HEIC above, one in sRGB is left as decoded, one with an HDR
-    curve gets the note."""
+    curve is tone-mapped."""
     a = np.repeat(np.repeat(np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
     p3_to_srgb = np.array([[1.2249, -0.2247, 0.0], [-0.0420, 1.0419, 0.0], [-0.0197, -0.0786, 1.0979]])
     _avif_with_code_points(tmp_path / "p3.avif", a, primaries=12)
@@ -235,12 +232,60 @@ def test_an_avif_photo_described_in_display_p3_by_nclx_is_read_in_srgb(tmp_path)
     assert np.abs(im.pixels.astype(np.float64) - expected).max() <= 1
     assert any("nclx description (Display P3 primaries)" in n for n in im.notes), im.notes
 
-    for name, primaries, transfer, note in (("srgb.avif", 1, 13, None), ("pq.avif", 9, 16, "HDR")):
-        _avif_with_code_points(tmp_path / name, a, primaries, transfer)
-        decoded = np.asarray(Image.open(tmp_path / name).convert("RGB"))
-        im = load_image(tmp_path / name, size=64)
-        assert np.array_equal(im.pixels, decoded), name
-        assert any(note in n for n in im.notes) if note else not any("nclx" in n or "HDR" in n for n in im.notes)
+    _avif_with_code_points(tmp_path / "srgb.avif", a, 1, 13)
+    im = load_image(tmp_path / "srgb.avif", size=64)
+    assert np.array_equal(im.pixels, np.asarray(Image.open(tmp_path / "srgb.avif").convert("RGB")))
+    assert not any("nclx" in n or "HDR" in n for n in im.notes)
+    _avif_with_code_points(tmp_path / "pq.avif", a, 9, 16)
+    im = load_image(tmp_path / "pq.avif", size=64)
+    assert any("HDR photo (PQ transfer, BT.2020 primaries): tone-mapped" in n for n in im.notes), im.notes
+
+
+def _pq_code(nits):
+    """SMPTE ST 2084's inverse EOTF: luminance in cd/m^2 -> signal in [0, 1]."""
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 32, 3424 / 4096, 2413 / 128, 2392 / 128
+    y = (np.asarray(nits, dtype=np.float64) / 10000.0) ** m1
+    return ((c1 + c2 * y) / (1 + c3 * y)) ** m2
+
+
+def _pq_nits(code):
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 32, 3424 / 4096, 2413 / 128, 2392 / 128
+    p = (np.asarray(code, dtype=np.float64) / 255.0) ** (1 / m2)
+    return 10000.0 * (np.maximum(p - c1, 0) / (c2 - c3 * p)) ** (1 / m1)
+
+
+def test_hdr_photos_are_tone_mapped_to_srgb(tmp_path):
+    """An HDR still (PQ or HLG, BT.2020 primaries) read as sRGB is dim and washed out: its codes
+    are light on a curve made for 10,000 nits. It is tone-mapped: reference white (203 nits) is
+    near white, darker greys are the sRGB levels of their light relative to it, brighter ones rise
+    smoothly without clipping until well above it, and BT.2020 red stays the reddest sRGB red."""
+    pytest.importorskip("pillow_heif").register_heif_opener()
+    nits = np.array([0.0, 5.0, 20.0, 50.0, 100.0, 150.0, 203.0, 400.0, 1000.0, 4000.0])
+    grey = np.repeat(np.rint(_pq_code(nits) * 255).astype(np.uint8), 3).reshape(1, -1, 3)
+    red = np.rint(np.array([[_pq_code(203.0), 0.0, 0.0]]) * 255).astype(np.uint8).reshape(1, 1, 3)
+    a = np.repeat(np.repeat(np.concatenate([grey, red], 1), 16, 0), 16, 1)  # 11 patches of 16x16
+    code_points = {"color_primaries": 9, "transfer_characteristics": 16, "matrix_coefficients": 0,
+                   "full_range_flag": 1}  # fmt: skip
+    Image.fromarray(a).save(tmp_path / "pq.heic", quality=100, nclx_profile=code_points)
+    stored = np.asarray(Image.open(tmp_path / "pq.heic").convert("RGB"))[8::16, 8::16][0]
+    im = load_image(tmp_path / "pq.heic", size=64)
+    got = im.pixels[8::16, 8::16][0].astype(np.float64)
+    assert any("tone-mapped" in n for n in im.notes), im.notes
+    levels = got[:10, 1]
+    relative = _pq_nits(stored[:10, 1]) / 203.0  # light of the greys as stored, relative to reference white
+    dark = relative < 0.7  # below the knee: sRGB's encoding of that light
+    assert np.abs(levels[dark] - _srgb_encoded(relative[dark])).max() <= 2, (levels, relative)
+    assert 230 <= levels[6] <= 248  # reference white: near white
+    assert np.all(np.diff(levels) > 0) and levels[-1] <= 255 and levels[-2] < 255  # graded, 1000 nits unclipped
+    assert np.abs(stored[:10, 1].astype(float) - levels).max() > 50  # what reading the codes as sRGB got wrong
+    r, g, b = got[10]
+    assert r > 200 and g < 30 and b < 30, got[10]
+
+    hlg = {**code_points, "transfer_characteristics": 18}
+    white = np.full((32, 32, 3), round(0.75 * 255), np.uint8)  # HLG's reference white signal
+    Image.fromarray(white).save(tmp_path / "hlg.heic", quality=100, nclx_profile=hlg)
+    im = load_image(tmp_path / "hlg.heic", size=64)
+    assert any("HLG transfer" in n for n in im.notes) and 230 <= im.pixels[16, 16, 1] <= 248, im.pixels[16, 16]
 
 
 def _box(kind: bytes, body: bytes) -> bytes:

@@ -16,9 +16,13 @@ print CMYK by up to 40 % of the range. A file declares its space in one of two w
   shares the box, but Pillow, which reads AVIF, does not report it: :func:`avif_nclx` reads it
   from the file's ``meta`` box, for the primary image.
 
+An nclx description with an HDR transfer curve (PQ, HLG: an HDR still from a camera or an
+editor) is tone-mapped to sRGB: decoded to light relative to BT.2408's reference white (203 nits),
+HLG through its display gamma, converted to sRGB's primaries, highlights above 0.75 of reference
+white compressed smoothly towards white, hues kept.
+
 Photos without either, or declared sRGB, are left as they are; a declaration zsw cannot use (a
-broken profile, an HDR transfer curve, which would need tone mapping) leaves the pixels as stored
-and says so in a note.
+broken profile, an unknown transfer curve) leaves the pixels as stored and says so in a note.
 """
 
 from __future__ import annotations
@@ -108,10 +112,6 @@ def _srgb_profile():
 def _by_nclx(img, nclx: dict, notes: list[str]):
     primaries, transfer = nclx.get("color_primaries", 2), nclx.get("transfer_characteristics", 2)
     name = _PRIMARIES.get(primaries, f"primaries {primaries}")
-    if transfer in _HDR_TRANSFERS:
-        hdr = _HDR_TRANSFERS[transfer]
-        notes.append(f"an HDR photo ({hdr} transfer, {name}): colours taken as they are, no tone mapping")
-        return img
     try:
         xy = [(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"]))
               for c in ("red", "green", "blue", "white")]  # fmt: skip
@@ -119,9 +119,10 @@ def _by_nclx(img, nclx: dict, notes: list[str]):
     except (KeyError, TypeError, ValueError, np.linalg.LinAlgError) as e:
         notes.append(f"nclx colour description unusable ({reason(e)}): colours taken as sRGB")
         return img
-    if np.abs(matrix - np.eye(3)).max() < 2e-3:  # sRGB/BT.709 primaries (or unspecified ones)
+    hdr = _HDR_TRANSFERS.get(transfer)
+    if hdr is None and np.abs(matrix - np.eye(3)).max() < 2e-3:  # sRGB/BT.709 primaries (or unspecified ones)
         return img
-    if transfer not in HEIF_SDR_TRANSFERS:
+    if hdr is None and transfer not in HEIF_SDR_TRANSFERS:
         notes.append(f"nclx transfer curve {transfer} unknown to zsw: colours taken as sRGB")
         return img
     from PIL import Image
@@ -130,10 +131,23 @@ def _by_nclx(img, nclx: dict, notes: list[str]):
     out = a.copy()
     flat, rgb = out.reshape(-1, a.shape[-1]), a.reshape(-1, a.shape[-1])[:, :3]
     (decode, encode), rows = _srgb_curves(), matrix.T.astype(np.float32)
+    if hdr is not None:
+        decode = _hdr_relative(transfer)
     for start in range(0, len(rgb), _CHUNK):
-        linear = decode[rgb[start : start + _CHUNK]] @ rows
+        linear = decode[rgb[start : start + _CHUNK]]
+        if transfer == 18:  # HLG's signal is scene light: the display's system gamma makes it display light
+            linear = _hlg_display(linear, xy)
+        linear = linear @ rows
+        if hdr is not None:
+            linear = _tone_mapped(linear)
         flat[start : start + _CHUNK, :3] = encode[np.rint(np.clip(linear, 0.0, 1.0) * 65535.0).astype(np.int32)]
-    notes.append(f"colours converted from the photo's nclx description ({name} primaries) to sRGB")
+    if hdr is None:
+        notes.append(f"colours converted from the photo's nclx description ({name} primaries) to sRGB")
+    else:
+        notes.append(
+            f"an HDR photo ({hdr} transfer, {name} primaries): tone-mapped to sRGB (reference white "
+            f"{REFERENCE_WHITE_NITS:g} nits as white, highlights compressed)"
+        )
     converted = Image.fromarray(out, img.mode)
     converted.info = {k: v for k, v in img.info.items() if k != "nclx_profile"}
     return converted
@@ -242,6 +256,51 @@ def _item_properties(ipma: bytes | None, item: int) -> set[int] | None:
         if found == item:
             return indices
     return None
+
+
+#: BT.2408's HDR reference white (diffuse white, a sheet of paper), in cd/m^2: SDR white in the tone mapping
+REFERENCE_WHITE_NITS = 203.0
+#: the tone curve's knee: luminance up to it (relative to reference white) is kept, above it compressed
+_KNEE = 0.75
+#: HLG's nominal display peak (BT.2100) and its system gamma there
+_HLG_PEAK_NITS, _HLG_GAMMA = 1000.0, 1.2
+
+
+@functools.cache
+def _hdr_relative(transfer: int) -> np.ndarray:
+    """An 8-bit HDR code -> linear light (float32 [256]) relative to reference white: PQ's
+    absolute luminance (SMPTE ST 2084) over :data:`REFERENCE_WHITE_NITS`; for HLG (ARIB STD-B67) the
+    normalised scene light of its inverse OETF (:func:`_hlg_display` makes it display light)."""
+    e = np.arange(256, dtype=np.float64) / 255.0
+    if transfer == 16:
+        m1, m2 = 2610 / 16384, 2523 / 4096 * 128
+        c1, c2, c3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+        p = e ** (1 / m2)
+        nits = 10000.0 * (np.maximum(p - c1, 0.0) / (c2 - c3 * p)) ** (1 / m1)
+        return (nits / REFERENCE_WHITE_NITS).astype(np.float32)
+    a = 0.17883277
+    b, c = 1 - 4 * a, 0.5 - a * np.log(4 * a)
+    return np.where(e <= 0.5, e * e / 3, (np.exp((e - c) / a) + b) / 12).astype(np.float32)
+
+
+def _hlg_display(scene: np.ndarray, xy) -> np.ndarray:
+    """HLG scene light [N, 3] -> display light relative to reference white: BT.2100's OOTF on a
+    1000-nit display (luminance to the power 1.2, by the photo's primaries' luminance weights)."""
+    weights = _rgb_to_xyz(xy)[1].astype(np.float32)
+    luminance = np.maximum(scene @ weights, 1e-12)
+    nits = _HLG_PEAK_NITS * scene * (luminance ** (_HLG_GAMMA - 1))[:, None]
+    return nits / np.float32(REFERENCE_WHITE_NITS)
+
+
+def _tone_mapped(linear: np.ndarray) -> np.ndarray:
+    """Linear sRGB-primaries light [N, 3] relative to reference white -> SDR [0, 1]: luminance kept
+    up to :data:`_KNEE` and compressed above it towards 1 (a rational curve, smooth at the knee,
+    so highlights keep their gradation and reference white lands at 0.875), every channel scaled
+    by the luminance's ratio (hues kept), then clipped."""
+    y = np.maximum(linear @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32), 0.0)
+    x = np.maximum(y - _KNEE, 0.0) / (1.0 - _KNEE)
+    mapped = np.where(y > _KNEE, _KNEE + (1.0 - _KNEE) * x / (1.0 + x), y)
+    return linear * (mapped / np.maximum(y, 1e-12))[:, None]
 
 
 def _nclx_matrix(xy) -> np.ndarray:
