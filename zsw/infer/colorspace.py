@@ -168,7 +168,7 @@ def avif_nclx(f) -> dict | None:
             return None
         children = dict(_boxes(meta[4:]))  # a full box: version and flags first
         iprp = dict(_boxes(children.get(b"iprp", b"")))
-        properties = [(kind, body) for kind, body in _boxes(iprp.get(b"ipco", b""))]
+        properties = list(_boxes(iprp.get(b"ipco", b"")))
         candidates = [i for i, (kind, body) in enumerate(properties) if kind == b"colr" and body[:4] == b"nclx"]
         if not candidates:
             return None
