@@ -753,6 +753,21 @@ def test_find_images_expands_folders_and_globs(tmp_path):
     assert none[0][1] == "pattern matches no file"
 
 
+def test_a_folder_whose_images_are_in_subfolders_names_them(tmp_path):
+    """A dataset's folder (images/ and masks/ inside) holds no images itself: the error names the
+    subfolders that do, rather than only "no images"."""
+    for sub in ("images", "masks", "notes"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "masks" / "a.png").write_bytes(b"x")
+    (tmp_path / "notes" / "a.txt").write_bytes(b"x")
+    found, problems = find_images([tmp_path])
+    assert found == [] and len(problems) == 1
+    assert problems[0][1].endswith(
+        "images are in its subfolder(s) images/, masks/: name them (a folder is read one level deep)"
+    )
+
+
 def test_find_images_names_symlink_loops_and_broken_links(tmp_path):
     (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
     (tmp_path / "b.png").symlink_to(tmp_path / "a.png")

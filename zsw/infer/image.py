@@ -687,6 +687,11 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
             if not images:
                 raws = sum(f.suffix.lower() in RAW_SUFFIXES for f in p.iterdir())
                 hint = f"; its {raws} camera RAW file(s) need exporting as JPEG, PNG or TIFF first" if raws else ""
+                if not hint and (subs := _image_subfolders(p)):
+                    named = ", ".join(f"{d}/" for d in subs[:3]) + (
+                        f" and {len(subs) - 3} more" if len(subs) > 3 else ""
+                    )
+                    hint = f"; images are in its subfolder(s) {named}: name them (a folder is read one level deep)"
                 problems.append((text, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}"))
             for f in files:
                 add(f)
@@ -706,6 +711,22 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
         else:
             problems.append((text, _missing(text, "no such file or folder")))
     return found, problems
+
+
+def _image_subfolders(folder: Path) -> list[str]:
+    """The names of ``folder``'s subfolders that hold images themselves (unreadable ones skipped)."""
+    names = []
+    for d in sorted(folder.iterdir()):
+        try:
+            if (
+                d.is_dir()
+                and not d.name.startswith(".")
+                and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir())
+            ):
+                names.append(d.name)
+        except OSError:
+            continue
+    return names
 
 
 def _missing(text: str, reason: str) -> str:
