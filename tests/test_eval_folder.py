@@ -198,6 +198,52 @@ def test_a_ply_whose_header_has_latin_1_comments_is_read(tmp_path, encoding):
     assert np.allclose(mesh.vertices, box.vertices) and np.array_equal(mesh.faces, box.faces)
 
 
+def test_compressed_gltf_geometry_is_decoded_or_refused_by_name(tmp_path, monkeypatch):
+    """Models from the web are often Draco-compressed GLBs: without a decoder trimesh warns and
+    fills the geometry with zeros, a shape of no size that would be scored. Draco is decoded
+    (DracoPy, a dependency); without DracoPy, and for meshopt (which trimesh cannot decode), the
+    file is refused by name."""
+    import builtins
+    import struct
+
+    import trimesh
+
+    from zsw.data.eval_sets import read_mesh_file
+    from zsw.errors import InputError
+
+    box = trimesh.creation.box(extents=(1.0, 2.0, 3.0))
+    (tmp_path / "draco.glb").write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(box), extension_draco=True))
+    mesh = read_mesh_file(tmp_path / "draco.glb")
+    assert np.allclose(np.sort(mesh.extents), [1.0, 2.0, 3.0], atol=1e-3) and len(mesh.faces) == 12
+
+    real_import = builtins.__import__
+
+    def no_dracopy(name, *args, **kwargs):
+        if name == "DracoPy":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dracopy)
+    with pytest.raises(InputError, match=r"draco.glb: its geometry is compressed with Draco, which needs DracoPy"):
+        read_mesh_file(tmp_path / "draco.glb")
+    monkeypatch.setattr(builtins, "__import__", real_import)
+
+    plain = trimesh.exchange.gltf.export_glb(trimesh.Scene(box))
+    (length,) = struct.unpack("<I", plain[12:16])
+    tree = json.loads(plain[20 : 20 + length])
+    tree["extensionsUsed"] = tree["extensionsRequired"] = ["EXT_meshopt_compression"]
+    text = json.dumps(tree).encode()
+    text += b" " * (-len(text) % 4)
+    rest = plain[20 + length :]
+    glb = struct.pack("<4sII", b"glTF", 2, 20 + len(text) + len(rest)) + struct.pack("<I4s", len(text), b"JSON")
+    (tmp_path / "meshopt.glb").write_bytes(glb + text + rest)
+    with pytest.raises(InputError, match=r"meshopt.glb: its geometry is compressed with EXT_meshopt_compression"):
+        read_mesh_file(tmp_path / "meshopt.glb")
+    (tmp_path / "meshopt.gltf").write_text(json.dumps({**tree, "buffers": []}))
+    with pytest.raises(InputError, match="EXT_meshopt_compression"):
+        read_mesh_file(tmp_path / "meshopt.gltf")
+
+
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])
 def test_a_shape_far_from_the_origin_scores_as_at_the_origin(tmp_path, suffix):
     """Only the shape's rotation counts (both clouds are centred and scaled): a sphere modelled a

@@ -500,6 +500,7 @@ def read_mesh_file(path: Path):
     vertices it does not have is an :class:`InputError` naming it."""
     import trimesh
 
+    _check_gltf_extensions(path)
     try:
         loaded = _load_mesh(path)
     except FileNotFoundError as e:  # a .gltf's buffer or image beside it
@@ -515,6 +516,50 @@ def read_mesh_file(path: Path):
     if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(loaded.vertices)):
         raise InputError(f"the mesh {path} has faces that name vertices it does not have")
     return loaded
+
+
+def _check_gltf_extensions(path: Path) -> None:
+    """A glTF/GLB whose geometry needs an extension trimesh cannot decode is an :class:`InputError`
+    naming it: trimesh warns and goes on with zeros or undecoded bytes in place of the geometry,
+    which would be scored (or rendered) as a shape. Draco is decoded through DracoPy."""
+    required = set(_gltf_json(path).get("extensionsRequired") or ())
+    if "EXT_meshopt_compression" in required:
+        raise InputError(
+            f"cannot read the mesh {path}: its geometry is compressed with EXT_meshopt_compression, which trimesh "
+            "cannot decode; write it uncompressed first (e.g. `gltf-transform copy IN OUT`, or Blender)"
+        )
+    if "KHR_draco_mesh_compression" in required:
+        try:
+            import DracoPy  # noqa: F401
+        except ImportError:
+            raise InputError(
+                f"cannot read the mesh {path}: its geometry is compressed with Draco, which needs DracoPy: "
+                "pip install DracoPy"
+            ) from None
+
+
+def _gltf_json(path: Path) -> dict:
+    """The JSON of a ``.glb`` (its first chunk) or ``.gltf`` file; {} for other files or a JSON
+    that cannot be read (trimesh's own error then names the fault)."""
+    import json
+    import struct
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".gltf":
+            data = json.loads(path.read_bytes())
+        elif suffix == ".glb":
+            with open(path, "rb") as f:
+                head = f.read(20)
+                if len(head) < 20 or head[:4] != b"glTF" or head[16:20] != b"JSON":
+                    return {}
+                (length,) = struct.unpack("<I", head[12:16])
+                data = json.loads(f.read(min(length, 1 << 28)))
+        else:
+            return {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _load_mesh(path: Path):
