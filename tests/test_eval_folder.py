@@ -30,6 +30,8 @@ def test_folder_pairs_photos_with_their_shapes_and_categories(tmp_path, caplog):
     _photo(tmp_path / "a.png")
     _box(tmp_path / "a.glb")
     _photo(tmp_path / "b.jpg")  # no shape: skipped and counted
+    _photo(tmp_path / "scan.jpg")  # its shape in a format zsw does not read: skipped, told to export it
+    (tmp_path / "Scan.usdz").write_bytes(b"PK")
     (tmp_path / "chair").mkdir()
     _photo(tmp_path / "chair" / "c.webp")
     np.save(tmp_path / "chair" / "c.npy", np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32))
@@ -37,7 +39,8 @@ def test_folder_pairs_photos_with_their_shapes_and_categories(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         data = open_eval_set(tmp_path, "folder")
     assert data.names() == ["a", "chair/c"] and data.categories() == ["chair", "object"]
-    assert data.skipped == 1 and "b.jpg" in caplog.text
+    assert data.skipped == 2 and "b.jpg: no true shape beside it" in caplog.text
+    assert "scan.jpg: its shape Scan.usdz is in a format zsw does not read (.usdz): export it as .glb" in caplog.text
     a, c = data[0], data[1]
     assert a.category == "object" and a.image == tmp_path / "a.png" and a.mask is None and a.intrinsics is None
     assert c.category == "chair" and c.mask == tmp_path / "chair" / "c.mask.png"

@@ -66,6 +66,10 @@ EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural", "f
 #: the ``folder`` format's photos (as ``zsw reconstruct`` reads them), true shapes and masks
 FOLDER_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
 FOLDER_MESHES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+#: 3D formats a true shape may come in that zsw does not read (a phone scan's USDZ, a DCC tool's own):
+#: a photo beside one is told to export it, not only that it has no shape
+OTHER_3D_FORMATS = (".usdz", ".usd", ".usda", ".usdc", ".fbx", ".blend", ".dae", ".3ds", ".3mf", ".abc",
+                    ".step", ".stp", ".iges", ".igs", ".x3d", ".wrl", ".max", ".c4d", ".ma", ".mb")  # fmt: skip
 FOLDER_MASK = ".mask.png"
 #: points sampled on a ``folder`` sample's true mesh (ZeroShape samples 10,000 on each mesh)
 FOLDER_POINTS = 10_000
@@ -402,9 +406,12 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
         files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
         by_lower = {f.name.lower(): f for f in files}  # mug.MASK.PNG is mug's mask too
         shapes: dict[str, list[Path]] = {}
+        unread: dict[str, Path] = {}
         for f in files:
             if f.suffix.lower() in (*FOLDER_MESHES, ".npy"):
                 shapes.setdefault(f.stem.lower(), []).append(f)  # IMG_0012.JPG's shape may be img_0012.obj
+            elif f.suffix.lower() in OTHER_3D_FORMATS:
+                unread.setdefault(f.stem.lower(), f)
         textures = _mtl_textures(f for f in files if f.suffix.lower() == ".mtl")
         photos = [f for f in files if f.suffix.lower() in FOLDER_IMAGES and not f.name.lower().endswith(FOLDER_MASK)]
         for photo in [p for p in photos if p.name.lower() in textures]:
@@ -417,7 +424,13 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], int]:
                 raise ConfigError(f"{photo}: {len(found)} true shapes ({', '.join(f.name for f in found)}); keep one")
             if not found:
                 unmatched += 1
-                log.warning("skipping %s: no true shape beside it (%s.glb, .obj, .ply, ... or .npy)", photo, photo.stem)
+                if other := unread.get(photo.stem.lower()):
+                    log.warning("skipping %s: its shape %s is in a format zsw does not read (%s): export it as "
+                                ".glb, .obj or .ply", photo, other.name, other.suffix)  # fmt: skip
+                else:
+                    log.warning(
+                        "skipping %s: no true shape beside it (%s.glb, .obj, .ply, ... or .npy)", photo, photo.stem
+                    )
                 continue
             name = photo.stem if stems[photo.stem] == 1 else photo.name  # a.png and a.jpg: both a's shape
             name = name if folder == root else f"{rel.as_posix()}/{name}"
