@@ -588,6 +588,27 @@ def test_phone_formats_heic_and_avif_load_upright_whatever_their_name(tmp_path, 
         load_image(tmp_path / "phone.heic")
 
 
+def test_a_jpeg_xl_photo_loads_by_its_content_or_says_what_to_install(tmp_path, monkeypatch):
+    """JPEG XL (.jxl) is read through pillow-jxl-plugin (the `jxl` extra), by its content like the
+    other formats, EXIF orientation included; without the plugin it is one line saying what to
+    install, not "not an image file"."""
+    import sys
+
+    pytest.importorskip("pillow_jxl")
+    a = np.random.default_rng(3).integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "photo.jxl", lossless=True)
+    (tmp_path / "sent-as.png").write_bytes((tmp_path / "photo.jxl").read_bytes())
+    for name in ("photo.jxl", "sent-as.png"):
+        im = load_image(tmp_path / name, size=64)
+        assert np.array_equal(im.pixels, a), name
+    assert "photo.jxl" in {p.name for p in find_images([tmp_path])[0]}
+
+    monkeypatch.setitem(sys.modules, "pillow_jxl", None)  # not installed, and Pillow knows no JXL
+    monkeypatch.setattr(Image, "ID", [i for i in Image.ID if i != "JXL"])
+    with pytest.raises(InputError, match=r"photo.jxl: a JPEG XL image, which needs pillow-jxl-plugin: pip install"):
+        load_image(tmp_path / "photo.jxl")
+
+
 @pytest.mark.parametrize(
     "content, fragment",
     [

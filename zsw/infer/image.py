@@ -56,7 +56,7 @@ __all__ = [
 
 #: suffixes picked up when a folder is given
 # GIF: its first frame; HEIC/HEIF through pillow-heif, AVIF through Pillow (11.3 on)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif", ".jxl")
 #: camera RAW files: most are TIFF containers whose first image, the one Pillow reads, is a small
 #: preview; zsw refuses them rather than reconstruct from a thumbnail
 RAW_SUFFIXES = (
@@ -148,7 +148,10 @@ def _open(path: Path, notes: list[str] | None = None):
         raise InputError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
-    container = _iso_media(path)
+    container = _iso_media(path) or ("jxl" if _jpeg_xl(path) else None)
+    if container == "jxl":
+        with contextlib.suppress(ImportError):
+            import pillow_jxl  # noqa: F401  (JPEG XL for Pillow, when installed: the `jxl` extra)
     if container == "heif":
         try:
             _read_heif()
@@ -166,6 +169,10 @@ def _open(path: Path, notes: list[str] | None = None):
         if container == "avif":
             raise InputError(
                 f"{path}: an AVIF photo, which Pillow {Image.__version__} cannot read: pip install 'pillow>=11.3'"
+            ) from None
+        if container == "jxl":
+            raise InputError(
+                f"{path}: a JPEG XL image, which needs pillow-jxl-plugin: pip install pillow-jxl-plugin"
             ) from None
         raise InputError(f"{path}: not an image file PIL can read") from None
     except Image.DecompressionBombError as e:
@@ -263,6 +270,18 @@ def _iso_media(path: Path) -> str | None:
         return None
     brand = head[8:12]
     return "avif" if brand in (b"avif", b"avis") else "heif" if brand in _HEIF_BRANDS else None
+
+
+#: the starts of a JPEG XL file: a bare codestream, or the ISO container's signature box
+_JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a")
+
+
+def _jpeg_xl(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(12).startswith(_JXL_SIGNATURES)
+    except OSError:
+        return False
 
 
 @functools.cache
