@@ -76,6 +76,41 @@ def test_a_float_image_with_non_finite_pixels_is_refused(tmp_path, bad):
         load_image(tmp_path / "f.tif")
 
 
+def test_tiffs_pillow_cannot_read_are_read_by_tifffile(tmp_path):
+    """A renderer's 32-bit float RGB(A) TIFF (Blender's, a compositor's) and 32-bit integer RGB are
+    sample formats Pillow does not open ("cannot identify image file"); tifffile reads them, planar
+    ones too, and they become 8 bits as 16-bit and float grayscale do. NaN is refused as there, and
+    a file that only starts like a TIFF is one line naming both readers."""
+    import tifffile
+
+    rgb = np.random.default_rng(5).random((40, 64, 3)).astype(np.float32)
+    alpha = np.ones((40, 64, 1), np.float32)
+    alpha[:, :20] = 0
+    tifffile.imwrite(tmp_path / "render.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "render-alpha.tif", np.concatenate([rgb, alpha], 2), photometric="rgb",
+                     extrasamples=["unassalpha"])  # fmt: skip
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "u32.tif", (rgb * 65535).astype(np.uint32), photometric="rgb")
+    expected = np.rint(rgb * 255)
+    for name in ("render.tif", "render-alpha.tif", "planar.tif", "u32.tif"):
+        with pytest.raises(Exception):  # noqa: B017 - what Pillow makes of it, whatever it raises
+            Image.open(tmp_path / name).load()
+        im = load_image(tmp_path / name, size=64)
+        opaque = slice(20, None) if "alpha" in name else slice(None)  # the transparent part: on white
+        assert np.abs(im.pixels[:, opaque].astype(float) - expected[:, opaque]).max() <= 1, name
+        assert any("TIFF read by tifffile" in n for n in im.notes), im.notes
+    im = load_image(tmp_path / "render-alpha.tif", size=64)
+    assert not im.pixel_alpha[:, :18].any() and im.pixel_alpha[:, 22:].all()
+
+    rgb[1, 2, 0] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", rgb, photometric="rgb")
+    with pytest.raises(InputError, match="1 non-finite pixel"):
+        load_image(tmp_path / "nan.tif")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00" + bytes(40))
+    with pytest.raises(InputError, match=r"broken.tif: not an image file PIL or tifffile can read"):
+        load_image(tmp_path / "broken.tif")
+
+
 def test_exif_orientation_is_applied(tmp_path):
     a = np.zeros((40, 80, 3), np.uint8)  # landscape, left half black, right half white
     a[:, 40:] = 255

@@ -166,6 +166,8 @@ def _open(path: Path, notes: list[str] | None = None):
     except UnidentifiedImageError:
         if path.suffix.lower() in RAW_SUFFIXES:
             raise InputError(_raw(path, preview=False)) from None
+        if _tiff(path):  # float or other sample formats Pillow does not read (a renderer's 32-bit TIFF)
+            return _tiff_by_tifffile(path, notes)
         if container == "avif":
             raise InputError(
                 f"{path}: an AVIF photo, which Pillow {Image.__version__} cannot read: pip install 'pillow>=11.3'"
@@ -272,6 +274,43 @@ def _iso_media(path: Path) -> str | None:
     return "avif" if brand in (b"avif", b"avis") else "heif" if brand in _HEIF_BRANDS else None
 
 
+def _tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF, BigTIFF
+    except OSError:
+        return False
+
+
+def _tiff_by_tifffile(path: Path, notes: list[str] | None):
+    """The first image of a TIFF that Pillow cannot read (32-bit float or integer RGB, as
+    renderers write them), read by tifffile and brought to 8 bits as 16-bit and float grayscale
+    are (:func:`_8_bit`): grey, RGB or RGBA."""
+    import tifffile
+    from PIL import Image
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if int(np.prod(page.shape[:2] if page.shape[-1] in (1, 3, 4) else page.shape[-2:])) > MAX_PIXELS:
+                raise InputError(f"{path}: image too large ({page.shape} samples, over {MAX_PIXELS} pixels)")
+            a = np.asarray(page.asarray())
+    except InputError:
+        raise
+    except Exception as e:  # tifffile raises many kinds for a broken file
+        raise InputError(f"{path}: not an image file PIL or tifffile can read ({reason(e)})") from None
+    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (3, 4):  # planar: channels first
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or a.dtype.kind not in "uif":
+        raise InputError(f"{path}: a TIFF of {a.dtype} samples shaped {a.shape}, not a grey, RGB or RGBA image")
+    if notes is not None:
+        notes.append(f"{a.dtype} TIFF read by tifffile, rescaled to 8 bits")
+    mode = "L" if a.ndim == 2 else "RGB" if a.shape[-1] == 3 else "RGBA"
+    return Image.fromarray(_8_bit(a, float_samples=a.dtype.kind == "f"), mode)
+
+
 #: the starts of a JPEG XL file: a bare codestream, or the ISO container's signature box
 _JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a")
 
@@ -334,17 +373,9 @@ def _to_rgb_or_rgba(img, notes: list[str]):
     if mode in ("RGB", "RGBA"):
         return img
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        if bad := int((~np.isfinite(a)).sum()):  # a float TIFF can hold NaN and inf
-            raise InputError(f"the image holds {bad} non-finite pixel value(s) (NaN or inf)")
-        hi = float(a.max()) if a.size else 0.0
-        if mode == "F" and hi <= 1.0:
-            a = a * 255.0
-        elif hi > 255.0:
-            a = a / (65535.0 if hi <= 65535.0 else hi) * 255.0
+        gray = _8_bit(np.asarray(img), float_samples=mode == "F")
         notes.append(f"{mode} grayscale rescaled to 8 bits")
-        gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-        return gray.convert("RGB")
+        return Image.fromarray(gray, "L").convert("RGB")
     if mode in ("CMYK", "L", "LA") and (converted := to_srgb(img, notes)).mode in ("RGB", "RGBA"):  # by its profile
         return converted
     if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
@@ -355,6 +386,21 @@ def _to_rgb_or_rgba(img, notes: list[str]):
     if mode in ("CMYK", "L"):  # a profile it could not be converted by says nothing of the RGB
         out.info.pop("icc_profile", None)
     return out
+
+
+def _8_bit(a: np.ndarray, float_samples: bool) -> np.ndarray:
+    """Samples of any depth as uint8 levels: floats in [0, 1] scaled by 255, values up to 255
+    kept, larger ones scaled from 16 bits (or from their largest value beyond 16 bits). Non-finite
+    samples (a float TIFF can hold NaN and inf) are an :class:`InputError`."""
+    a = np.asarray(a, dtype=np.float64)
+    if bad := int((~np.isfinite(a)).sum()):
+        raise InputError(f"the image holds {bad} non-finite pixel value(s) (NaN or inf)")
+    hi = float(a.max()) if a.size else 0.0
+    if float_samples and hi <= 1.0:
+        a = a * 255.0
+    elif hi > 255.0:
+        a = a / (65535.0 if hi <= 65535.0 else hi) * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
 def _pad_resize(img, size: int, fill, resample):
