@@ -664,6 +664,13 @@ def test_broken_files_raise_one_line_input_errors(tmp_path, content, fragment):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_video_given_for_a_photo_is_told_to_take_a_frame(tmp_path):
+    path = tmp_path / "turntable.MP4"
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))  # an MP4's start: Pillow reads no image
+    with pytest.raises(InputError, match=r"turntable.MP4: a video, not a photo: take one frame first \(e.g. `ffmpeg"):
+        load_image(path)
+
+
 def test_a_pil_image_that_cannot_be_decoded_is_one_line_too(tmp_path):
     """A lazily opened PIL image of a truncated file, or one whose file is closed: the path's error."""
     path = tmp_path / "bad.png"

@@ -65,6 +65,22 @@ RAW_SUFFIXES = (
 )  # fmt: skip
 #: ISO media brands of HEIF still images (the ``ftyp`` box at byte 4), which Pillow reads only through pillow-heif
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+#: videos, which a user may hand over for a photo: told to extract a frame
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".mov",
+    ".m4v",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".mts",
+    ".m2ts",
+    ".3gp",
+    ".wmv",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+)
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
 _WHITE = (255, 255, 255)
@@ -166,6 +182,11 @@ def _open(path: Path, notes: list[str] | None = None):
     except UnidentifiedImageError:
         if path.suffix.lower() in RAW_SUFFIXES:
             raise InputError(_raw(path, preview=False)) from None
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise InputError(
+                f"{path}: a video, not a photo: take one frame first (e.g. `ffmpeg -i {path.name} -frames:v 1 "
+                f"{path.stem}.png`)"
+            ) from None
         if _tiff(path):  # float or other sample formats Pillow does not read (a renderer's 32-bit TIFF)
             return _tiff_by_tifffile(path, notes)
         if container == "avif":
