@@ -111,6 +111,58 @@ def test_tiffs_pillow_cannot_read_are_read_by_tifffile(tmp_path):
         load_image(tmp_path / "broken.tif")
 
 
+def test_an_openexr_render_is_read_as_srgb(tmp_path, monkeypatch):
+    """A renderer's OpenEXR holds scene-linear light (1.0 = white), premultiplied by alpha, often
+    in a multilayer file (Blender's ``ViewLayer.Combined.R``): it is read through the OpenEXR
+    package (the `exr` extra) as sRGB -- below the highlight knee exactly sRGB's encoding of the
+    light --, colour divided by alpha, half floats too. A file without colour channels, NaN, and a
+    missing package are one line each."""
+    import sys
+
+    openexr = pytest.importorskip("OpenEXR")
+
+    def write(path, channels):
+        header = {"compression": openexr.ZIP_COMPRESSION, "type": openexr.scanlineimage}
+        channels = {k: np.ascontiguousarray(v) for k, v in channels.items()}  # the writer takes raw buffers
+        with openexr.File(header, channels) as f:
+            f.write(str(path))
+
+    rng = np.random.default_rng(6)
+    rgb = rng.uniform(0.0, 0.5, (40, 64, 3)).astype(np.float32)  # below the knee: no compression
+    expected = _srgb_encoded(rgb.astype(np.float64))
+    alpha = np.ones((40, 64), np.float32)
+    alpha[:, :20] = 0.0
+    alpha[:, 40:] = 0.5
+    write(tmp_path / "render.exr", {"R": rgb[..., 0], "G": rgb[..., 1], "B": rgb[..., 2]})
+    write(tmp_path / "half.exr", {c: rgb[..., i].astype(np.float16) for i, c in enumerate("RGB")})
+    layered = {f"ViewLayer.Combined.{c}": rgb[..., i] * alpha for i, c in enumerate("RGB")}
+    write(tmp_path / "layers.exr", {**layered, "ViewLayer.Combined.A": alpha, "ViewLayer.Depth.Z": alpha})
+    for name, tolerance in (("render.exr", 1), ("half.exr", 2), ("layers.exr", 1)):
+        im = load_image(tmp_path / name, size=64)
+        opaque = slice(20, 40) if name == "layers.exr" else slice(None)  # the rest: composited on white
+        d = np.abs(im.pixels[:, opaque].astype(float) - expected[:, opaque])
+        assert d.max() <= tolerance, (name, d.max())
+        assert any("OpenEXR scene-linear" in n for n in im.notes), im.notes
+    im = load_image(tmp_path / "layers.exr", size=64)
+    assert not im.pixel_alpha[:, :20].any() and im.pixel_alpha[:, 20:].all()
+    half_on_white = 0.5 * expected[:, 40:] + 0.5 * 255  # colour divided by alpha, then half over white
+    assert np.abs(im.pixels[:, 40:].astype(float) - half_on_white).max() <= 2
+    bright = np.full((40, 64), 4.0, np.float32)  # a highlight four times white: near white, not clipped flat
+    write(tmp_path / "bright.exr", {"R": bright, "G": bright, "B": bright})
+    assert 245 <= load_image(tmp_path / "bright.exr", size=64).pixels[0, 0, 0] < 255
+
+    write(tmp_path / "depth.exr", {"Z": bright})
+    with pytest.raises(InputError, match=r"depth.exr: an OpenEXR image without R, G, B or Y channels \(Z\)"):
+        load_image(tmp_path / "depth.exr")
+    rgb[0, 0, 0] = np.nan
+    write(tmp_path / "nan.exr", {"R": rgb[..., 0], "G": rgb[..., 1], "B": rgb[..., 2]})
+    with pytest.raises(InputError, match="1 non-finite pixel"):
+        load_image(tmp_path / "nan.exr")
+    monkeypatch.setitem(sys.modules, "OpenEXR", None)
+    with pytest.raises(InputError, match=r"render.exr: an OpenEXR image, which needs the OpenEXR package"):
+        load_image(tmp_path / "render.exr")
+
+
 def test_exif_orientation_is_applied(tmp_path):
     a = np.zeros((40, 80, 3), np.uint8)  # landscape, left half black, right half white
     a[:, 40:] = 255

@@ -134,7 +134,9 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=1):
-                photo = gr.File(label="Photo", file_types=["image", ".heic", ".heif", ".avif", ".jxl"], elem_id="photo")
+                photo = gr.File(
+                    label="Photo", file_types=["image", ".heic", ".heif", ".avif", ".jxl", ".exr"], elem_id="photo"
+                )
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[photo], label="Examples")
                 prompt = gr.Textbox(defaults.prompt, label="Prompt", info="the object's category, e.g. chair")

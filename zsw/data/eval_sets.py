@@ -64,7 +64,21 @@ log = logging.getLogger(__name__)
 
 EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural", "folder")
 #: the ``folder`` format's photos (as ``zsw reconstruct`` reads them), true shapes and masks
-FOLDER_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif", ".jxl")
+FOLDER_IMAGES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".heic",
+    ".heif",
+    ".avif",
+    ".jxl",
+    ".exr",
+)
 FOLDER_MESHES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 #: 3D formats a true shape may come in that zsw does not read (a phone scan's USDZ, a DCC tool's own):
 #: a photo beside one is told to export it, not only that it has no shape

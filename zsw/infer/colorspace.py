@@ -34,7 +34,7 @@ import numpy as np
 
 from zsw.errors import reason
 
-__all__ = ["avif_nclx", "to_srgb"]
+__all__ = ["avif_nclx", "linear_to_srgb8", "to_srgb"]
 
 #: sRGB's (= BT.709's) primaries and white point: red, green, blue, white (x, y)
 SRGB_XY = ((0.64, 0.33), (0.30, 0.60), (0.15, 0.06), (0.3127, 0.3290))
@@ -301,6 +301,16 @@ def _tone_mapped(linear: np.ndarray) -> np.ndarray:
     x = np.maximum(y - _KNEE, 0.0) / (1.0 - _KNEE)
     mapped = np.where(y > _KNEE, _KNEE + (1.0 - _KNEE) * x / (1.0 + x), y)
     return linear * (mapped / np.maximum(y, 1e-12))[:, None]
+
+
+def linear_to_srgb8(linear: np.ndarray) -> np.ndarray:
+    """Scene-linear RGB in sRGB's primaries (``[..., 3]``, 1.0 = diffuse white, as a renderer's
+    OpenEXR holds it) -> 8-bit sRGB levels: highlights above :data:`_KNEE` compressed as an HDR
+    still's are (:func:`_tone_mapped`), then sRGB's curve."""
+    shape = linear.shape
+    mapped = _tone_mapped(np.asarray(linear, dtype=np.float32).reshape(-1, 3))
+    encode = _srgb_curves()[1]
+    return encode[np.rint(np.clip(mapped, 0.0, 1.0) * 65535.0).astype(np.int32)].reshape(shape)
 
 
 def _nclx_matrix(xy) -> np.ndarray:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from zsw.errors import InputError, reason
-from zsw.infer.colorspace import avif_nclx, to_srgb
+from zsw.infer.colorspace import avif_nclx, linear_to_srgb8, to_srgb
 
 __all__ = [
     "LoadedImage",
@@ -56,7 +56,21 @@ __all__ = [
 
 #: suffixes picked up when a folder is given
 # GIF: its first frame; HEIC/HEIF through pillow-heif, AVIF through Pillow (11.3 on)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif", ".jxl")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".heic",
+    ".heif",
+    ".avif",
+    ".jxl",
+    ".exr",
+)
 #: camera RAW files: most are TIFF containers whose first image, the one Pillow reads, is a small
 #: preview; zsw refuses them rather than reconstruct from a thumbnail
 RAW_SUFFIXES = (
@@ -164,7 +178,9 @@ def _open(path: Path, notes: list[str] | None = None):
         raise InputError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
-    container = _iso_media(path) or ("jxl" if _jpeg_xl(path) else None)
+    container = _iso_media(path) or ("jxl" if _starts_with(path, _JXL_SIGNATURES) else None)
+    if _starts_with(path, (_EXR_MAGIC,)):  # a renderer's scene-linear image: Pillow reads none
+        return _open_exr(path, notes)
     if container == "jxl":
         with contextlib.suppress(ImportError):
             import pillow_jxl  # noqa: F401  (JPEG XL for Pillow, when installed: the `jxl` extra)
@@ -187,7 +203,9 @@ def _open(path: Path, notes: list[str] | None = None):
                 f"{path}: a video, not a photo: take one frame first (e.g. `ffmpeg -i {path.name} -frames:v 1 "
                 f"{path.stem}.png`)"
             ) from None
-        if _tiff(path):  # float or other sample formats Pillow does not read (a renderer's 32-bit TIFF)
+        if _starts_with(
+            path, _TIFF_SIGNATURES
+        ):  # float or other sample formats Pillow does not read (a renderer's 32-bit TIFF)
             return _tiff_by_tifffile(path, notes)
         if container == "avif":
             raise InputError(
@@ -295,14 +313,6 @@ def _iso_media(path: Path) -> str | None:
     return "avif" if brand in (b"avif", b"avis") else "heif" if brand in _HEIF_BRANDS else None
 
 
-def _tiff(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF, BigTIFF
-    except OSError:
-        return False
-
-
 def _tiff_by_tifffile(path: Path, notes: list[str] | None):
     """The first image of a TIFF that Pillow cannot read (32-bit float or integer RGB, as
     renderers write them), read by tifffile and brought to 8 bits as 16-bit and float grayscale
@@ -332,16 +342,63 @@ def _tiff_by_tifffile(path: Path, notes: list[str] | None):
     return Image.fromarray(_8_bit(a, float_samples=a.dtype.kind == "f"), mode)
 
 
-#: the starts of a JPEG XL file: a bare codestream, or the ISO container's signature box
-_JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a")
+_EXR_MAGIC = b"v/1\x01"
+#: the starts of a TIFF and a BigTIFF, either byte order
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _jpeg_xl(path: Path) -> bool:
+def _starts_with(path: Path, signatures: tuple[bytes, ...]) -> bool:
     try:
         with open(path, "rb") as f:
-            return f.read(12).startswith(_JXL_SIGNATURES)
+            return f.read(max(len(s) for s in signatures)).startswith(signatures)
     except OSError:
         return False
+
+
+def _open_exr(path: Path, notes: list[str] | None):
+    """An OpenEXR image (its first part; through the OpenEXR package, the `exr` extra) as an 8-bit
+    sRGB PIL image: its R, G, B (or Y) channels, of the first layer that has them (a multilayer
+    render's ``ViewLayer.Combined.R``), are scene-linear light; premultiplied colour is divided by
+    alpha, highlights are compressed and sRGB's curve applied (:func:`linear_to_srgb8`)."""
+    from PIL import Image
+
+    try:
+        import OpenEXR
+    except ImportError:
+        raise InputError(f"{path}: an OpenEXR image, which needs the OpenEXR package: pip install OpenEXR") from None
+    try:
+        with OpenEXR.File(str(path), header_only=True) as f:
+            (x0, y0), (x1, y1) = f.header()["dataWindow"]
+        if (x1 - x0 + 1) * (y1 - y0 + 1) > MAX_PIXELS:
+            raise InputError(f"{path}: image too large ({x1 - x0 + 1}x{y1 - y0 + 1} pixels, over {MAX_PIXELS})")
+        with OpenEXR.File(str(path), separate_channels=True) as f:
+            channels = {name: np.asarray(c.pixels) for name, c in f.channels().items()}
+    except InputError:
+        raise
+    except Exception as e:  # the bindings raise RuntimeError and others for a broken file
+        raise InputError(f"{path}: corrupt or truncated OpenEXR image ({reason(e)})") from None
+    prefixes = sorted({name[: -len(c)] for name in channels for c in ("R", "Y") if name.endswith(c)}, key=len)
+    prefix = next((p for p in prefixes if all(p + c in channels for c in "RGB") or p + "Y" in channels), None)
+    if prefix is None:
+        raise InputError(f"{path}: an OpenEXR image without R, G, B or Y channels ({', '.join(sorted(channels)[:6])})")
+    names = [prefix + c for c in "RGB"] if prefix + "R" in channels else [prefix + "Y"] * 3
+    rgb = np.stack([channels[n].astype(np.float32) for n in names], axis=-1)
+    alpha = channels[prefix + "A"].astype(np.float32) if prefix + "A" in channels else None
+    if bad := int((~np.isfinite(rgb)).sum() + (0 if alpha is None else (~np.isfinite(alpha)).sum())):
+        raise InputError(f"{path}: the image holds {bad} non-finite pixel value(s) (NaN or inf)")
+    if alpha is not None:  # OpenEXR stores colour premultiplied by alpha
+        rgb = np.where(alpha[..., None] > 1e-6, rgb / np.maximum(alpha, 1e-6)[..., None], 0.0)
+    levels = linear_to_srgb8(np.maximum(rgb, 0.0))
+    if notes is not None:
+        notes.append("OpenEXR scene-linear light tone-mapped to sRGB (1.0 as white, highlights compressed)")
+    if alpha is None:
+        return Image.fromarray(levels, "RGB")
+    a8 = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.concatenate([levels, a8[..., None]], axis=-1), "RGBA")
+
+
+#: the starts of a JPEG XL file: a bare codestream, or the ISO container's signature box
+_JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a")
 
 
 @functools.cache
