@@ -79,6 +79,13 @@ RAW_SUFFIXES = (
 )  # fmt: skip
 #: ISO media brands of HEIF still images (the ``ftyp`` box at byte 4), which Pillow reads only through pillow-heif
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+#: the first bytes of the files :func:`_container` names beyond ISO media: JPEG XL (a bare
+#: codestream, or the container's signature box), OpenEXR, TIFF and BigTIFF in either byte order
+_SIGNATURES = {
+    "jxl": (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a"),
+    "exr": (b"v/1\x01",),
+    "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+}
 #: videos, which a user may hand over for a photo: told to extract a frame
 VIDEO_SUFFIXES = (
     ".mp4",
@@ -178,8 +185,8 @@ def _open(path: Path, notes: list[str] | None = None):
         raise InputError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
-    container = _iso_media(path) or ("jxl" if _starts_with(path, _JXL_SIGNATURES) else None)
-    if _starts_with(path, (_EXR_MAGIC,)):  # a renderer's scene-linear image: Pillow reads none
+    container = _container(path)
+    if container == "exr":  # a renderer's scene-linear image: Pillow reads none
         return _open_exr(path, notes)
     if container == "jxl":
         with contextlib.suppress(ImportError):
@@ -203,9 +210,7 @@ def _open(path: Path, notes: list[str] | None = None):
                 f"{path}: a video, not a photo: take one frame first (e.g. `ffmpeg -i {path.name} -frames:v 1 "
                 f"{path.stem}.png`)"
             ) from None
-        if _starts_with(
-            path, _TIFF_SIGNATURES
-        ):  # float or other sample formats Pillow does not read (a renderer's 32-bit TIFF)
+        if container == "tiff":  # float or other sample formats Pillow does not read (a renderer's 32-bit TIFF)
             return _tiff_by_tifffile(path, notes)
         if container == "avif":
             raise InputError(
@@ -299,18 +304,22 @@ def _pixel_limit():
             Image.MAX_IMAGE_PIXELS = before
 
 
-def _iso_media(path: Path) -> str | None:
-    """``"heif"`` or ``"avif"`` for an ISO media still image (by its ``ftyp`` box, whatever the
-    file is called), else None."""
+def _container(path: Path) -> str | None:
+    """What the file's first bytes say it is, whatever it is called: ``"heif"`` or ``"avif"`` (an
+    ISO media still image, by its ``ftyp`` brand), ``"jxl"``, ``"exr"`` or ``"tiff"``; None for
+    anything else (Pillow's own formats are Pillow's to recognise)."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
     except OSError:
         return None
-    if head[4:8] != b"ftyp":
-        return None
-    brand = head[8:12]
-    return "avif" if brand in (b"avif", b"avis") else "heif" if brand in _HEIF_BRANDS else None
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "avif" if brand in (b"avif", b"avis") else "heif" if brand in _HEIF_BRANDS else None
+    for kind, signatures in _SIGNATURES.items():
+        if head.startswith(signatures):
+            return kind
+    return None
 
 
 def _tiff_by_tifffile(path: Path, notes: list[str] | None):
@@ -340,19 +349,6 @@ def _tiff_by_tifffile(path: Path, notes: list[str] | None):
         notes.append(f"{a.dtype} TIFF read by tifffile, rescaled to 8 bits")
     mode = "L" if a.ndim == 2 else "RGB" if a.shape[-1] == 3 else "RGBA"
     return Image.fromarray(_8_bit(a, float_samples=a.dtype.kind == "f"), mode)
-
-
-_EXR_MAGIC = b"v/1\x01"
-#: the starts of a TIFF and a BigTIFF, either byte order
-_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _starts_with(path: Path, signatures: tuple[bytes, ...]) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(max(len(s) for s in signatures)).startswith(signatures)
-    except OSError:
-        return False
 
 
 def _open_exr(path: Path, notes: list[str] | None):
@@ -395,10 +391,6 @@ def _open_exr(path: Path, notes: list[str] | None):
         return Image.fromarray(levels, "RGB")
     a8 = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
     return Image.fromarray(np.concatenate([levels, a8[..., None]], axis=-1), "RGBA")
-
-
-#: the starts of a JPEG XL file: a bare codestream, or the ISO container's signature box
-_JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a")
 
 
 @functools.cache
