@@ -276,7 +276,7 @@ def test_a_shape_far_from_the_origin_scores_as_at_the_origin(tmp_path, suffix):
 
 def test_folder_reads_the_photos_zsw_reconstruct_reads():
     from zsw.data.eval_sets import FOLDER_IMAGES
-    from zsw.infer.image import IMAGE_SUFFIXES  # the data layer may not import it: kept equal here
+    from zsw.infer.image import IMAGE_SUFFIXES  # one list, in zsw.io, for both layers
 
     assert FOLDER_IMAGES == IMAGE_SUFFIXES
 

@@ -39,6 +39,7 @@ from zsw.infer.cutout import CUTOUT_CHOICES
 from zsw.infer.jobs import reconstruct_many
 from zsw.infer.result import OBJ_MTL
 from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, SMOOTH, TTAS, ReconstructSettings
+from zsw.io import IMAGE_SUFFIXES
 from zsw.listen import check_address
 from zsw.report import Advance, Reporter
 
@@ -134,9 +135,7 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=1):
-                photo = gr.File(
-                    label="Photo", file_types=["image", ".heic", ".heif", ".avif", ".jxl", ".exr"], elem_id="photo"
-                )
+                photo = gr.File(label="Photo", file_types=["image", *IMAGE_SUFFIXES], elem_id="photo")
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[photo], label="Examples")
                 prompt = gr.Textbox(defaults.prompt, label="Prompt", info="the object's category, e.g. chair")

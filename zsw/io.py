@@ -34,7 +34,15 @@ __all__ = [
     "code_identity",
     "remove_leftovers",
     "check_out_folder",
+    "IMAGE_SUFFIXES",
 ]
+
+#: the suffixes of the photos zsw reads (a folder's images for ``zsw reconstruct``, the ``folder``
+#: evaluation format's photos, the app's uploads); the kind is read from the content
+#: (``zsw.infer.image``): GIF's first frame, HEIC/HEIF through pillow-heif, AVIF through Pillow,
+#: JPEG XL and OpenEXR through their extras
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif",
+                  ".jxl", ".exr")  # fmt: skip
 
 
 def check_out_folder(folder: str | os.PathLike, option: str = "--out") -> None:

@@ -57,6 +57,7 @@ import numpy as np
 from zsw.data.dataset import READ_ERRORS, expand_roots
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout, load_npy, read_png
 from zsw.errors import ConfigError, InputError, reason
+from zsw.io import IMAGE_SUFFIXES
 
 __all__ = ["EvalSample", "EvalSet", "open_eval_set", "read_mesh_file", "EVAL_FORMATS", "PIX3D_CATEGORIES"]
 
@@ -64,21 +65,7 @@ log = logging.getLogger(__name__)
 
 EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural", "folder")
 #: the ``folder`` format's photos (as ``zsw reconstruct`` reads them), true shapes and masks
-FOLDER_IMAGES = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".webp",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".gif",
-    ".heic",
-    ".heif",
-    ".avif",
-    ".jxl",
-    ".exr",
-)
+FOLDER_IMAGES = IMAGE_SUFFIXES
 FOLDER_MESHES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 #: 3D formats a true shape may come in that zsw does not read (a phone scan's USDZ, a DCC tool's own):
 #: a photo beside one is told to export it, not only that it has no shape

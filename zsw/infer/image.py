@@ -40,6 +40,7 @@ import numpy as np
 
 from zsw.errors import InputError, reason
 from zsw.infer.colorspace import avif_nclx, linear_to_srgb8, to_srgb
+from zsw.io import IMAGE_SUFFIXES
 
 __all__ = [
     "LoadedImage",
@@ -54,23 +55,6 @@ __all__ = [
     "OBJECT_FILL",
 ]
 
-#: suffixes picked up when a folder is given
-# GIF: its first frame; HEIC/HEIF through pillow-heif, AVIF through Pillow (11.3 on)
-IMAGE_SUFFIXES = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".webp",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".gif",
-    ".heic",
-    ".heif",
-    ".avif",
-    ".jxl",
-    ".exr",
-)
 #: camera RAW files: most are TIFF containers whose first image, the one Pillow reads, is a small
 #: preview; zsw refuses them rather than reconstruct from a thumbnail
 RAW_SUFFIXES = (
