@@ -130,17 +130,16 @@ def _by_nclx(img, nclx: dict, notes: list[str]):
     a = np.asarray(img)
     out = a.copy()
     flat, rgb = out.reshape(-1, a.shape[-1]), a.reshape(-1, a.shape[-1])[:, :3]
-    (decode, encode), rows = _srgb_curves(), matrix.T.astype(np.float32)
-    if hdr is not None:
-        decode = _hdr_relative(transfer)
+    decode = _srgb_curves()[0] if hdr is None else _hdr_relative(transfer)
+    rows = matrix.T.astype(np.float32)
+    # HLG's signal is scene light: the display's system gamma, by the photo's luminance, makes it display light
+    luminance = _rgb_to_xyz(xy)[1].astype(np.float32) if hdr == "HLG" else None
     for start in range(0, len(rgb), _CHUNK):
         linear = decode[rgb[start : start + _CHUNK]]
-        if transfer == 18:  # HLG's signal is scene light: the display's system gamma makes it display light
-            linear = _hlg_display(linear, xy)
+        if luminance is not None:
+            linear = _hlg_display(linear, luminance)
         linear = linear @ rows
-        if hdr is not None:
-            linear = _tone_mapped(linear)
-        flat[start : start + _CHUNK, :3] = encode[np.rint(np.clip(linear, 0.0, 1.0) * 65535.0).astype(np.int32)]
+        flat[start : start + _CHUNK, :3] = _encoded(linear if hdr is None else _tone_mapped(linear))
     if hdr is None:
         notes.append(f"colours converted from the photo's nclx description ({name} primaries) to sRGB")
     else:
@@ -283,10 +282,9 @@ def _hdr_relative(transfer: int) -> np.ndarray:
     return np.where(e <= 0.5, e * e / 3, (np.exp((e - c) / a) + b) / 12).astype(np.float32)
 
 
-def _hlg_display(scene: np.ndarray, xy) -> np.ndarray:
+def _hlg_display(scene: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """HLG scene light [N, 3] -> display light relative to reference white: BT.2100's OOTF on a
-    1000-nit display (luminance to the power 1.2, by the photo's primaries' luminance weights)."""
-    weights = _rgb_to_xyz(xy)[1].astype(np.float32)
+    1000-nit display (luminance, by the photo's primaries' ``weights``, to the power 1.2)."""
     luminance = np.maximum(scene @ weights, 1e-12)
     nits = _HLG_PEAK_NITS * scene * (luminance ** (_HLG_GAMMA - 1))[:, None]
     return nits / np.float32(REFERENCE_WHITE_NITS)
@@ -308,9 +306,12 @@ def linear_to_srgb8(linear: np.ndarray) -> np.ndarray:
     OpenEXR holds it) -> 8-bit sRGB levels: highlights above :data:`_KNEE` compressed as an HDR
     still's are (:func:`_tone_mapped`), then sRGB's curve."""
     shape = linear.shape
-    mapped = _tone_mapped(np.asarray(linear, dtype=np.float32).reshape(-1, 3))
-    encode = _srgb_curves()[1]
-    return encode[np.rint(np.clip(mapped, 0.0, 1.0) * 65535.0).astype(np.int32)].reshape(shape)
+    return _encoded(_tone_mapped(np.asarray(linear, dtype=np.float32).reshape(-1, 3))).reshape(shape)
+
+
+def _encoded(linear: np.ndarray) -> np.ndarray:
+    """Linear light in [0, 1] (clipped) -> 8-bit sRGB levels, by :func:`_srgb_curves`' table."""
+    return _srgb_curves()[1][np.rint(np.clip(linear, 0.0, 1.0) * 65535.0).astype(np.int32)]
 
 
 def _nclx_matrix(xy) -> np.ndarray:
