@@ -45,7 +45,7 @@ from zsw.synth.jobs import (
     Render,
     finished_samples,
     load_render,
-    made_by_other_code,
+    other_code_note,
     parse_shard,
     plan,
     record_code,
@@ -432,12 +432,8 @@ def synthesize(
     done = finished_samples(dst)
     todo = [j for j in jobs if j.sid.name not in done]
     report = SynthReport(total=len(jobs), skipped=len(jobs) - len(todo))
-    if other := made_by_other_code(done):
-        report.notes.append(
-            f"{len(other)} of the {len(done)} samples already in {dst.root} were synthesized by other zsw code "
-            "(another checkout, release or an edit): samples made now may differ from them; for a uniform dataset, "
-            "choose another --out"
-        )
+    if note := other_code_note(done, dst.root, "samples", "synthesized"):
+        report.notes.append(note)
     if limit is not None:
         todo = todo[:limit]
         report.total = report.skipped + len(todo)

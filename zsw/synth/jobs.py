@@ -39,7 +39,7 @@ __all__ = [
     "save_png",
     "SYNTH_PACKAGES",
     "record_code",
-    "made_by_other_code",
+    "other_code_note",
 ]
 
 #: the code whose changes may change a synthesized view: the synthesisers, the dataset layout and
@@ -52,12 +52,20 @@ def record_code(record: dict) -> dict:
     return {**record, "zsw_code": code_identity(SYNTH_PACKAGES)}
 
 
-def made_by_other_code(records: dict[str, dict[str, Any]]) -> set[str]:
-    """The names of ``records`` (name -> manifest record) made by other code than this process's
-    (another checkout or release, an edit; a record from before the code was recorded counts as
-    other)."""
+def other_code_note(records: dict[str, dict[str, Any]], root: Path, noun: str, made: str) -> str | None:
+    """A note when some of ``records`` (name -> manifest record; ``noun`` such as ``views``, made
+    as ``made`` says, e.g. ``rendered``) in the dataset ``root`` were made by other code than this
+    process's (another checkout or release, an edit; a record from before the code was recorded
+    counts as other): a resumed dataset then mixes two versions, which the user should know
+    (nothing is redone: what is finished stays). None when this code made them all."""
     code = code_identity(SYNTH_PACKAGES)
-    return {name for name, r in records.items() if r.get("zsw_code") != code}
+    other = sum(r.get("zsw_code") != code for r in records.values())
+    if not other:
+        return None
+    return (
+        f"{other} of the {len(records)} {noun} already in {root} were {made} by other zsw code (another checkout, "
+        f"release or an edit): {noun} {made} now may differ from them; for a uniform dataset, choose another --out"
+    )
 
 
 @dataclass(frozen=True)

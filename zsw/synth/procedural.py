@@ -43,7 +43,7 @@ from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, Terminated
 from zsw.io import remove_leftovers
 from zsw.locks import lock_folder
-from zsw.synth.jobs import made_by_other_code, record_code
+from zsw.synth.jobs import other_code_note, record_code
 from zsw.synth.render import CameraConfig, SynthShape, View, render, sample_material, sample_view
 from zsw.synth.sdf import ALL_CATEGORIES, CATEGORIES, Shape, make_shape
 
@@ -414,20 +414,11 @@ def start_dataset(layout: ZeroShapeLayout, cfg: RenderSettings, config_file: str
 
 
 def recorded_views(layout: ZeroShapeLayout) -> tuple[set[str], str | None]:
-    """The names of the views ``layout``'s manifest records, and a note when some of them were
-    rendered by other code than this process's (another checkout or release, an edit; records
-    from before the code was recorded count as other): a resumed dataset then mixes renders of
-    two versions, which the user should know (nothing is redone: a finished view stays)."""
+    """The names of the views ``layout``'s manifest records, and :func:`other_code_note`'s note on
+    them."""
     # a killed run may have left a view's record twice: views are counted (its last record)
     records = {r.get("name"): r for r in layout.read_manifest()}
-    names, other = set(records), made_by_other_code(records)
-    if not other:
-        return names, None
-    return names, (
-        f"{len(other)} of the {len(names)} views already in {layout.root} were rendered by other zsw code (another "
-        "checkout, release or an edit): views rendered now may differ from them; for a uniform dataset, "
-        "choose another --out"
-    )
+    return set(records), other_code_note(records, layout.root, "views", "rendered")
 
 
 def same_proportions(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
