@@ -428,15 +428,31 @@ def test_nclx_primaries_give_the_standard_matrices():
     assert not np.allclose(_nclx_matrix(dci), _nclx_matrix((*dci[:3], SRGB_XY[3])), atol=1e-2)
 
 
+def _icc_profile(kind: bytes, name: str, sig: bytes, body: bytes) -> bytes:
+    """A minimal ICC v2 profile (no such files are installed here): ``kind`` is the header's
+    class, colour space and connection space (``b"prtrCMYKLab "``), then a description, a D50
+    white point and the one tag ``sig`` that maps the colours."""
+    import struct
+
+    text = name.encode() + b"\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    d50 = struct.pack(">3i", 63190, 65536, 54061)
+    tags = [(b"desc", desc), (b"wtpt", b"XYZ " + bytes(4) + d50), (sig, body)]
+    table, data, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for tag, content in tags:
+        table += struct.pack(">4sII", tag, start + len(data), len(content))
+        data += content + bytes(-len(content) % 4)
+    header = struct.pack(">I", start + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + kind
+    header += bytes(12) + b"acsp" + bytes(28) + d50
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+
+
 def _cmyk_profile(corner_lab) -> bytes:
     """A minimal ICC v2 printer profile for CMYK (no such file is installed here): its A2B0 table
     (lut16, two grid points a channel) maps each of the 16 ink corners (C, M, Y, K each 0 or 1) to
     ``corner_lab(c, m, y, k)``, Lab relative to the paper (D50)."""
     import struct
 
-    desc = b"Press CMYK test\0"
-    desc = b"desc" + bytes(4) + struct.pack(">I", len(desc)) + desc + bytes(4 + 4 + 2 + 1 + 67)
-    wtpt = b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)  # D50
     clut = []
     for c, m, y, k in np.ndindex(2, 2, 2, 2):  # the first channel varies slowest
         lightness, a, b = corner_lab(c, m, y, k)
@@ -444,14 +460,7 @@ def _cmyk_profile(corner_lab) -> bytes:
     a2b0 = (b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + struct.pack(">9i", *(65536 * (i % 4 == 0) for i in range(9)))
             + struct.pack(">HH", 2, 2) + struct.pack(">8H", *[0, 65535] * 4) + struct.pack(f">{len(clut)}H", *clut)
             + struct.pack(">6H", *[0, 65535] * 3))  # fmt: skip
-    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"A2B0", a2b0)]
-    table, data, start = b"", b"", 128 + 4 + 12 * len(tags)
-    for sig, body in tags:
-        table += struct.pack(">4sII", sig, start + len(data), len(body))
-        data += body + bytes(-len(body) % 4)
-    header = (struct.pack(">I", start + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + b"prtrCMYKLab "
-              + bytes(12) + b"acsp" + bytes(28) + struct.pack(">3i", 63190, 65536, 54061))  # fmt: skip
-    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+    return _icc_profile(b"prtrCMYKLab ", "Press CMYK test", b"A2B0", a2b0)
 
 
 def _lab_to_srgb(lab):
@@ -500,18 +509,8 @@ def _gray_profile(gamma: float) -> bytes:
     """A minimal ICC v2 grey display profile (Photoshop's "Gray Gamma 1.8" kind): a kTRC gamma."""
     import struct
 
-    desc = b"Gray Gamma test\0"
-    desc = b"desc" + bytes(4) + struct.pack(">I", len(desc)) + desc + bytes(4 + 4 + 2 + 1 + 67)
-    wtpt = b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)  # D50
     ktrc = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
-    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"kTRC", ktrc)]
-    table, data, start = b"", b"", 128 + 4 + 12 * len(tags)
-    for sig, body in tags:
-        table += struct.pack(">4sII", sig, start + len(data), len(body))
-        data += body + bytes(-len(body) % 4)
-    header = (struct.pack(">I", start + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + b"mntrGRAYXYZ "
-              + bytes(12) + b"acsp" + bytes(28) + struct.pack(">3i", 63190, 65536, 54061))  # fmt: skip
-    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+    return _icc_profile(b"mntrGRAYXYZ ", "Gray Gamma test", b"kTRC", ktrc)
 
 
 def test_a_grey_photo_with_a_grey_profile_is_read_by_it(tmp_path):
