@@ -224,6 +224,10 @@ def test_photos_in_display_p3_or_other_profiles_are_read_in_srgb(tmp_path):
         assert np.abs(im.pixels.astype(np.float64) - expected).max() <= 2, suffix  # the mesh's colours
         assert np.abs(im.image.astype(np.float64) - expected).max() <= 2, suffix  # what the model sees
         assert any("'Display P3 13' to sRGB" in n for n in im.notes), im.notes
+    from zsw.infer.colorspace import to_srgb
+
+    once, notes = to_srgb(Image.open(tmp_path / "p3.png"), []), []  # converted once, never twice
+    assert "icc_profile" not in once.info and to_srgb(once, notes) is once and notes == []
     rgba = np.dstack([a, np.full((64, 64), 200, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "p3a.png", icc_profile=p3)
     assert np.array_equal(load_image(tmp_path / "p3a.png", size=64).pixel_alpha, rgba[..., 3] > 127)

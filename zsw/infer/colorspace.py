@@ -99,6 +99,7 @@ def _by_profile(img, icc: bytes, notes: list[str]):
         notes.append(f"embedded colour profile unreadable ({reason(e)}): colours taken as sRGB")
         return img
     notes.append(f"colours converted from the embedded profile '{name}' to sRGB")
+    out.info.pop("icc_profile", None)  # its pixels are sRGB now: a later look must not convert them again
     return out
 
 
