@@ -247,6 +247,93 @@ def test_compressed_gltf_geometry_is_decoded_or_refused_by_name(tmp_path, monkey
         read_mesh_file(tmp_path / "meshopt.gltf")
 
 
+def _quantized_gltf(box, ball) -> tuple[dict, bytes]:
+    """A glTF of two meshes quantized as ``gltfpack`` and ``gltf-transform quantize`` write them
+    (KHR_mesh_quantization, the dequantizing scale in each node): ``box`` as normalized int16
+    positions interleaved with int8 normals (stride 12), ``ball`` as normalized uint16 positions."""
+    box_lo, box_hi = box.bounds
+    box_scale = float((box_hi - box_lo).max()) / 2
+    q = np.round((box.vertices - (box_lo + box_hi) / 2) / box_scale * 32767).astype("<i2")
+    n = np.round(box.vertex_normals * 127).astype("i1")
+    rows = np.zeros(len(q), dtype=[("p", "<i2", 3), ("_", "<i2"), ("n", "i1", 3), ("__", "i1")])
+    rows["p"], rows["n"] = q, n
+    ball_lo, ball_hi = ball.bounds
+    ball_scale = float((ball_hi - ball_lo).max())
+    u = np.round((ball.vertices - ball_lo) / ball_scale * 65535).astype("<u2")
+    u = np.concatenate([u, np.zeros((len(u), 1), "<u2")], axis=1)  # each vertex padded to 8 bytes
+    parts = [rows.tobytes(), box.faces.astype("<u4").tobytes(), u.tobytes(), ball.faces.astype("<u4").tobytes()]
+    starts = np.cumsum([0] + [len(b) for b in parts])
+    views = [{"buffer": 0, "byteOffset": int(o), "byteLength": len(b)} for o, b in zip(starts, parts)]
+    views[0]["byteStride"], views[2]["byteStride"] = 12, 8
+    accessors = [
+        {"bufferView": 0, "componentType": 5122, "normalized": True, "count": len(q), "type": "VEC3"},
+        {"bufferView": 0, "byteOffset": 8, "componentType": 5120, "normalized": True, "count": len(q), "type": "VEC3"},
+        {"bufferView": 1, "componentType": 5125, "count": box.faces.size, "type": "SCALAR"},
+        {"bufferView": 2, "componentType": 5123, "normalized": True, "count": len(u), "type": "VEC3"},
+        {"bufferView": 3, "componentType": 5125, "count": ball.faces.size, "type": "SCALAR"},
+    ]
+    tree = {
+        "asset": {"version": "2.0"},
+        "extensionsUsed": ["KHR_mesh_quantization"],
+        "extensionsRequired": ["KHR_mesh_quantization"],
+        "scene": 0,
+        "scenes": [{"nodes": [0, 1]}],
+        "nodes": [
+            {"mesh": 0, "translation": ((box_lo + box_hi) / 2).tolist(), "scale": [box_scale] * 3},
+            {"mesh": 1, "translation": ball_lo.tolist(), "scale": [ball_scale] * 3},
+        ],
+        "meshes": [
+            {"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1}, "indices": 2}]},
+            {"primitives": [{"attributes": {"POSITION": 3}, "indices": 4}]},
+        ],
+        "accessors": accessors,
+        "bufferViews": views,
+        "buffers": [{"byteLength": int(starts[-1])}],
+    }
+    return tree, b"".join(parts)
+
+
+def test_quantized_gltf_geometry_is_read_in_place(tmp_path):
+    """trimesh reads a normalized accessor's integers as they are stored: a quantized box came out
+    32,767 times its size while its node's translation did not, the scene's parts out of place. zsw
+    dequantizes them first, from a GLB and from a .gltf with its buffer in a file beside it."""
+    import struct
+    import urllib.parse
+
+    import trimesh
+
+    from zsw.data.eval_sets import read_mesh_file
+    from zsw.errors import InputError
+
+    box = trimesh.creation.box(extents=(1.0, 2.0, 3.0))
+    box.apply_translation((5.0, 0.0, 0.0))
+    ball = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    truth = trimesh.util.concatenate([box, ball])
+    tree, data = _quantized_gltf(box, ball)
+
+    text = json.dumps(tree).encode()
+    text += b" " * (-len(text) % 4)
+    glb = struct.pack("<4sII", b"glTF", 2, 28 + len(text) + len(data))
+    (tmp_path / "parts.glb").write_bytes(glb + struct.pack("<I4s", len(text), b"JSON") + text
+                                         + struct.pack("<I4s", len(data), b"BIN\0") + data)  # fmt: skip
+    (tmp_path / "parts bin.bin").write_bytes(data)
+    external = dict(tree, buffers=[{"byteLength": len(data), "uri": urllib.parse.quote("parts bin.bin")}])
+    (tmp_path / "parts.gltf").write_text(json.dumps(external))
+    for name in ("parts.glb", "parts.gltf"):
+        mesh = read_mesh_file(tmp_path / name)
+        assert len(mesh.faces) == len(truth.faces)
+        assert np.allclose(mesh.bounds, truth.bounds, atol=1e-4), (name, mesh.bounds)
+        got, want = (np.asarray(v)[np.lexsort(np.round(v, 3).T)] for v in (mesh.vertices, truth.vertices))
+        assert np.allclose(got, want, atol=1e-4)
+
+    (tmp_path / "parts bin.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"parts.gltf: its buffer view \d runs past the end of its buffer"):
+        read_mesh_file(tmp_path / "parts.gltf")
+    (tmp_path / "parts bin.bin").unlink()
+    with pytest.raises(InputError, match=r"parts.gltf: parts bin.bin, a file it refers to, is missing"):
+        read_mesh_file(tmp_path / "parts.gltf")
+
+
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])
 def test_a_shape_far_from_the_origin_scores_as_at_the_origin(tmp_path, suffix):
     """Only the shape's rotation counts (both clouds are centred and scaled): a sphere modelled a

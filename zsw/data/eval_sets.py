@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zsw.data import gltf
 from zsw.data.dataset import READ_ERRORS, expand_roots
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout, load_npy, read_png
 from zsw.errors import ConfigError, InputError, reason
@@ -514,7 +515,7 @@ def read_mesh_file(path: Path):
     vertices it does not have is an :class:`InputError` naming it."""
     import trimesh
 
-    _check_gltf_extensions(path)
+    gltf.check_extensions(path)
     try:
         loaded = _load_mesh(path)
     except FileNotFoundError as e:  # a .gltf's buffer or image beside it
@@ -532,52 +533,9 @@ def read_mesh_file(path: Path):
     return loaded
 
 
-def _check_gltf_extensions(path: Path) -> None:
-    """A glTF/GLB whose geometry needs an extension trimesh cannot decode is an :class:`InputError`
-    naming it: trimesh warns and goes on with zeros or undecoded bytes in place of the geometry,
-    which would be scored (or rendered) as a shape. Draco is decoded through DracoPy."""
-    required = set(_gltf_json(path).get("extensionsRequired") or ())
-    if "EXT_meshopt_compression" in required:
-        raise InputError(
-            f"cannot read the mesh {path}: its geometry is compressed with EXT_meshopt_compression, which trimesh "
-            "cannot decode; write it uncompressed first (e.g. `gltf-transform copy IN OUT`, or Blender)"
-        )
-    if "KHR_draco_mesh_compression" in required:
-        try:
-            import DracoPy  # noqa: F401
-        except ImportError:
-            raise InputError(
-                f"cannot read the mesh {path}: its geometry is compressed with Draco, which needs DracoPy: "
-                "pip install DracoPy"
-            ) from None
-
-
-def _gltf_json(path: Path) -> dict:
-    """The JSON of a ``.glb`` (its first chunk) or ``.gltf`` file; {} for other files or a JSON
-    that cannot be read (trimesh's own error then names the fault)."""
-    import json
-    import struct
-
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".gltf":
-            data = json.loads(path.read_bytes())
-        elif suffix == ".glb":
-            with open(path, "rb") as f:
-                head = f.read(20)
-                if len(head) < 20 or head[:4] != b"glTF" or head[16:20] != b"JSON":
-                    return {}
-                (length,) = struct.unpack("<I", head[12:16])
-                data = json.loads(f.read(min(length, 1 << 28)))
-        else:
-            return {}
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _load_mesh(path: Path):
-    """``trimesh.load`` of ``path``; an OBJ's relative face indices (``f -3 -2 -1``, counted back
+    """``trimesh.load`` of ``path``; a glTF's quantized geometry dequantized first
+    (:func:`zsw.data.gltf.dequantized_glb`); an OBJ's relative face indices (``f -3 -2 -1``, counted back
     from the vertices read so far, as concatenated per-object OBJ files have them) are made absolute
     first: trimesh counts them from the end of the whole file, which puts every face on the last
     object."""
@@ -588,6 +546,9 @@ def _load_mesh(path: Path):
 
     if path.suffix.lower() == ".ply" and (header := _ply_header_made_ascii(path)) is not None:
         return trimesh.load(io.BytesIO(header + path.read_bytes()[len(header) :]), file_type="ply", process=False)
+    if path.suffix.lower() in (".glb", ".gltf") and (glb := gltf.dequantized_glb(path)) is not None:
+        resolver = trimesh.resolvers.FilePathResolver(path)  # images named by URI, beside the file
+        return trimesh.load(io.BytesIO(glb), file_type="glb", process=False, resolver=resolver)
     if path.suffix.lower() != ".obj":
         return trimesh.load(path, process=False)
     text = path.read_text(errors="replace")  # read once; its materials and textures are not needed

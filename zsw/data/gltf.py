@@ -1,0 +1,196 @@
+"""What zsw does to a glTF/GLB before trimesh reads it.
+
+trimesh decodes a glTF's accessors as stored and ignores their ``normalized`` flag, and it skips
+extensions it does not know with a warning. Two things follow that would silently change a true
+shape (an ``zsw eval`` ground truth, a ``zsw synthesize meshes`` object):
+
+- **Quantized geometry** (``KHR_mesh_quantization``, as ``gltfpack`` and ``gltf-transform
+  quantize`` write it): positions stored as normalized 8- or 16-bit integers, the scale back to
+  metres kept in the node's transform. Read raw, a mesh comes out 32,767 times too large while its
+  node's translation does not, so the parts of a scene land in the wrong places.
+  :func:`dequantized_glb` rewrites such a file as a GLB in memory with those accessors in float32
+  (``c / 32767``, ``c / 255``, ... as the glTF specification defines them).
+- **Compressed geometry** trimesh cannot decode (``EXT_meshopt_compression``) would be read as
+  undecoded bytes: :func:`check_extensions` refuses it with a line saying what to do. Draco is
+  decoded through DracoPy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+
+from zsw.errors import InputError
+
+GLB_MAGIC = b"glTF"
+_JSON, _BIN = 0x4E4F534A, 0x004E4942  # GLB chunk types
+#: a normalized integer component type -> (its numpy dtype, the value that means 1.0)
+_NORMALIZED = {5120: (np.int8, 127.0), 5121: (np.uint8, 255.0), 5122: (np.int16, 32767.0), 5123: (np.uint16, 65535.0)}
+_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
+#: attributes whose normalized integers are numbers to dequantize; colours, joints and weights
+#: trimesh reads as they are meant (8-bit colours stay 0-255)
+_DEQUANTIZED = ("POSITION", "NORMAL", "TANGENT", "TEXCOORD_")
+
+
+def read_json(path: Path) -> dict:
+    """The JSON of a ``.glb`` (its first chunk) or ``.gltf`` file; {} for other files or a JSON
+    that cannot be read (trimesh's own error then names the fault)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".gltf":
+            return json.loads(path.read_bytes())
+        if suffix == ".glb":
+            with open(path, "rb") as f:
+                head = f.read(20)
+                if len(head) < 20 or head[:4] != GLB_MAGIC or head[16:20] != b"JSON":
+                    return {}
+                (length,) = struct.unpack("<I", head[12:16])
+                return json.loads(f.read(min(length, 1 << 28)))
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
+def check_extensions(path: Path, tree: dict | None = None) -> None:
+    """A glTF/GLB whose geometry needs an extension trimesh cannot decode is an
+    :class:`InputError` naming it: trimesh would go on with zeros or undecoded bytes in place of
+    the geometry, which would be scored (or rendered) as a shape."""
+    tree = read_json(path) if tree is None else tree
+    required = set(tree.get("extensionsRequired") or ())
+    if "EXT_meshopt_compression" in required:
+        raise InputError(
+            f"cannot read the mesh {path}: its geometry is compressed with EXT_meshopt_compression, which trimesh "
+            "cannot decode; write it uncompressed first (e.g. `gltf-transform copy IN OUT`, or Blender)"
+        )
+    if "KHR_draco_mesh_compression" in required:
+        try:
+            import DracoPy  # noqa: F401
+        except ImportError:
+            raise InputError(
+                f"cannot read the mesh {path}: its geometry is compressed with Draco, which needs DracoPy: "
+                "pip install DracoPy"
+            ) from None
+
+
+def quantized_accessors(tree: dict) -> list[int]:
+    """The accessors of ``tree``'s mesh attributes (and morph targets) stored as normalized
+    integers that stand for numbers: positions, normals, tangents, texture coordinates."""
+    accessors = tree.get("accessors") or []
+    found = set()
+    for mesh in tree.get("meshes") or []:
+        for primitive in mesh.get("primitives") or []:
+            for attributes in [primitive.get("attributes") or {}, *(primitive.get("targets") or [])]:
+                for name, index in attributes.items():
+                    if not name.startswith(_DEQUANTIZED) or not isinstance(index, int):
+                        continue
+                    if not 0 <= index < len(accessors):
+                        continue  # trimesh names the broken reference
+                    a = accessors[index]
+                    if a.get("normalized") and a.get("componentType") in _NORMALIZED and "bufferView" in a:
+                        found.add(index)
+    return sorted(found)
+
+
+def dequantized_glb(path: Path) -> bytes | None:
+    """``path`` (a ``.glb`` or ``.gltf``) as one GLB whose normalized-integer positions, normals,
+    tangents and texture coordinates are float32, its buffers merged into the binary chunk; None
+    when it has none (trimesh reads it as it is). Images referred to by URI stay so: load the
+    result with a resolver in ``path``'s folder. A buffer file that is missing raises
+    :class:`FileNotFoundError` naming it; a buffer too short for its accessors, an
+    :class:`InputError`."""
+    tree = read_json(path)
+    todo = quantized_accessors(tree)
+    if not todo:
+        return None
+    buffers = _buffers(path, tree)
+    merged, starts = bytearray(), []
+    for data in buffers:
+        starts.append(len(merged))
+        merged += data + b"\0" * (-len(data) % 4)
+    views = [dict(v) for v in tree.get("bufferViews") or []]
+    for i, view in enumerate(views):
+        b = view.get("buffer", 0)
+        if not 0 <= b < len(buffers) or view.get("byteOffset", 0) + view.get("byteLength", 0) > len(buffers[b]):
+            raise InputError(f"cannot read the mesh {path}: its buffer view {i} runs past the end of its buffer")
+        view["byteOffset"] = starts[view.get("buffer", 0)] + view.get("byteOffset", 0)
+        view["buffer"] = 0
+    accessors = [dict(a) for a in tree["accessors"]]
+    for index in todo:
+        a = accessors[index]
+        values = _dequantize(path, a, tree["bufferViews"][a["bufferView"]], buffers)
+        views.append({"buffer": 0, "byteOffset": len(merged), "byteLength": values.nbytes})
+        merged += values.tobytes()
+        a.update(bufferView=len(views) - 1, byteOffset=0, componentType=5126)
+        a.pop("normalized", None)
+        dtype, one = _NORMALIZED[tree["accessors"][index]["componentType"]]
+        for bound in ("min", "max"):
+            if bound in a:
+                a[bound] = [max(float(c) / one, -1.0) for c in a[bound]]
+    tree = dict(tree, bufferViews=views, accessors=accessors, buffers=[{"byteLength": len(merged)}])
+    for key in ("extensionsUsed", "extensionsRequired"):
+        if key in tree:
+            tree[key] = [e for e in tree[key] if e != "KHR_mesh_quantization"]
+    text = json.dumps(tree).encode()
+    text += b" " * (-len(text) % 4)
+    merged += b"\0" * (-len(merged) % 4)
+    total = 12 + 8 + len(text) + 8 + len(merged)
+    return b"".join(
+        [
+            struct.pack("<4sII", GLB_MAGIC, 2, total),
+            struct.pack("<II", len(text), _JSON),
+            text,
+            struct.pack("<II", len(merged), _BIN),
+            bytes(merged),
+        ]
+    )
+
+
+def _buffers(path: Path, tree: dict) -> list[bytes]:
+    """The bytes of each of ``tree``'s buffers: a GLB's binary chunk, data URIs, files beside it."""
+    out = []
+    for i, buffer in enumerate(tree.get("buffers") or []):
+        uri = buffer.get("uri")
+        if uri is None:
+            if path.suffix.lower() != ".glb" or i != 0:
+                raise InputError(f"cannot read the mesh {path}: its buffer {i} has no data")
+            out.append(_glb_binary(path))
+        elif uri.startswith("data:"):
+            out.append(base64.b64decode(uri.split(",", 1)[1]))
+        else:
+            out.append((path.parent / urllib.parse.unquote(uri)).read_bytes())
+    return out
+
+
+def _glb_binary(path: Path) -> bytes:
+    """The binary chunk of the GLB ``path`` (empty if it has none)."""
+    data = path.read_bytes()
+    offset = 12
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack("<II", data[offset : offset + 8])
+        if kind == _BIN:
+            return data[offset + 8 : offset + 8 + length]
+        offset += 8 + length + (-length % 4)
+    return b""
+
+
+def _dequantize(path: Path, accessor: dict, view: dict, buffers: list[bytes]) -> np.ndarray:
+    """The float32 values of one normalized-integer accessor, as the glTF specification maps them:
+    ``c / 255`` or ``c / 65535`` unsigned, ``max(c / 127, -1)`` or ``max(c / 32767, -1)`` signed."""
+    dtype, one = _NORMALIZED[accessor["componentType"]]
+    width = _WIDTH.get(accessor.get("type"), 0)
+    count = int(accessor.get("count", 0))
+    item = np.dtype(dtype).itemsize
+    stride = int(view.get("byteStride") or width * item)
+    start = int(view.get("byteOffset", 0)) + int(accessor.get("byteOffset", 0))
+    buffer = buffers[view.get("buffer", 0)] if view.get("buffer", 0) < len(buffers) else b""
+    end = start + (count - 1) * stride + width * item if count else start
+    view_end = int(view.get("byteOffset", 0)) + int(view.get("byteLength", 0))
+    if not width or end > min(len(buffer), view_end):
+        raise InputError(f"cannot read the mesh {path}: an accessor runs past the end of its buffer view")
+    raw = np.ndarray((count, width), dtype=dtype, buffer=buffer, offset=start, strides=(stride, item))
+    return np.maximum(raw.astype(np.float32) / np.float32(one), np.float32(-1.0))
