@@ -639,6 +639,39 @@ def test_camera_raw_files_are_refused_not_read_from_their_preview(tmp_path):
     assert load_image(tmp_path / "renamed.dng").original_size == (160, 120)
 
 
+def test_other_photo_formats_pillow_reads_are_found_in_folders_and_load(tmp_path):
+    """A browser's ``.jfif`` download, JPEG 2000, QOI, Targa and netpbm images are read (Pillow
+    reads them) and found in a folder; its PDF and SVG are passed over by name, not silently."""
+    a = np.full((50, 60, 3), 90, np.uint8)
+    formats = {".jfif": "JPEG", ".jpe": "JPEG", ".jp2": "JPEG2000", ".qoi": "QOI", ".tga": "TGA", ".ppm": "PPM",
+               ".pgm": "PPM", ".apng": "PNG"}  # fmt: skip
+    for suffix, kind in formats.items():
+        Image.fromarray(a).save(tmp_path / f"x{suffix}", format=kind)
+        assert abs(int(load_image(tmp_path / f"x{suffix}").image[112, 112, 0]) - 90) <= 2, suffix
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.7\n")
+    (tmp_path / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (tmp_path / ".hidden.txt").write_text("")
+    passed: list = []
+    found, problems = find_images([tmp_path], passed)
+    assert {p.suffix for p in found} == set(formats) and not problems
+    assert [p.name for p in passed] == ["logo.svg", "notes.pdf"]
+
+
+@pytest.mark.parametrize(
+    "name, data, says",
+    [
+        ("logo.svg", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "a vector drawing (SVG)"),
+        ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "a vector drawing (SVG)"),
+        ("scan.pdf", b"%PDF-1.7\n%\xe2\xe3\n", "a PDF document, not an image: export its page as PNG first"),
+        ("plot.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n", "a PostScript drawing"),
+    ],
+)
+def test_drawings_and_documents_given_as_photos_say_what_to_do(tmp_path, name, data, says):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InputError, match=re.escape(f"{name}: {says}")):
+        load_image(tmp_path / name)
+
+
 def test_webp_and_bmp_load(tmp_path):
     a = np.full((50, 50, 3), 90, np.uint8)
     for suffix in (".webp", ".bmp", ".tiff"):

@@ -581,6 +581,25 @@ def test_a_rerun_over_a_recursive_pattern_passes_over_the_images_zsw_wrote(repo_
     assert calls == ["bolt"] and sorted(p.name for p in out.iterdir()) == ["bolt", "toy"]
 
 
+def test_a_folder_run_names_the_files_it_passes_over(repo_root, tmp_path):
+    """A folder with a PDF and a camera RAW file beside its photo: the photo is reconstructed and
+    the other files are named in one line (the RAW with what to do), not dropped without a word."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(repo_root / "examples" / "toy.png", photos / "toy.png")
+    (photos / "notes.pdf").write_bytes(b"%PDF-1.7\n")
+    (photos / "IMG_1.NEF").write_bytes(b"II*\x00" + bytes(64))
+    opts = ["-o", str(tmp_path / "o"), "--resolution", str(RES), "--weights", "random:tiny"]
+    result = runner.invoke(app, ["reconstruct", str(photos), *opts])
+    assert result.exit_code == 0 and "reconstructed 1," in result.output, result.output
+    assert (
+        "passing over 2 file(s) in the folder(s) given that are not images zsw reads (IMG_1.NEF, notes.pdf); "
+        "export the 1 camera RAW file(s) as JPEG, PNG or TIFF to reconstruct them"
+    ) in result.output
+
+
 def test_masks_kept_beside_their_photos_are_masks_not_photos(repo_root, tmp_path):
     """`zsw reconstruct photos --masks photos` with `armchair.jpg` beside its mask `armchair.png`:
     the PNG is the JPEG's mask and is not reconstructed as a photo (with the JPEG as *its* mask);

@@ -39,10 +39,12 @@ __all__ = [
 
 #: the suffixes of the photos zsw reads (a folder's images for ``zsw reconstruct``, the ``folder``
 #: evaluation format's photos, the app's uploads); the kind is read from the content
-#: (``zsw.infer.image``): GIF's first frame, HEIC/HEIF through pillow-heif, AVIF through Pillow,
-#: JPEG XL and OpenEXR through their extras
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif",
-                  ".jxl", ".exr")  # fmt: skip
+#: (``zsw.infer.image``): GIF's and APNG's first frame, HEIC/HEIF through pillow-heif, AVIF,
+#: JPEG 2000, QOI, Targa and the netpbm formats through Pillow, JPEG XL and OpenEXR through their
+#: extras; ``.jfif`` and ``.jpe`` are JPEGs as browsers save them
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".apng",
+                  ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".exr", ".qoi", ".tga", ".ppm", ".pgm",
+                  ".pnm")  # fmt: skip
 
 
 def check_out_folder(folder: str | os.PathLike, option: str = "--out") -> None:

@@ -204,6 +204,8 @@ def _open(path: Path, notes: list[str] | None = None):
             raise InputError(
                 f"{path}: a JPEG XL image, which needs pillow-jxl-plugin: pip install pillow-jxl-plugin"
             ) from None
+        if kind := _document(path):
+            raise InputError(f"{path}: {kind}") from None
         raise InputError(f"{path}: not an image file PIL can read") from None
     except Image.DecompressionBombError as e:
         raise InputError(f"{path}: image too large ({e})") from None
@@ -286,6 +288,26 @@ def _pixel_limit():
             yield
         finally:
             Image.MAX_IMAGE_PIXELS = before
+
+
+def _document(path: Path) -> str | None:
+    """What to do with a drawing or document given as a photo (SVG, PDF, PostScript), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return None
+    name, stem = path.name, path.stem
+    if path.suffix.lower() in (".svg", ".svgz") or b"<svg" in head:
+        how = f"rsvg-convert -w 1024 {name} -o {stem}.png"
+        return f"a vector drawing (SVG), not a photo: render it to PNG first (e.g. `{how}`)"
+    if head.startswith(b"%PDF"):
+        how = f"pdftoppm -png -r 150 -singlefile {name} {stem}"
+        return f"a PDF document, not an image: export its page as PNG first (e.g. `{how}`)"
+    if head.startswith(b"%!PS"):
+        how = f"gs -sDEVICE=png16m -o {stem}.png {name}"
+        return f"a PostScript drawing, not a photo: render it to PNG first (e.g. Ghostscript, `{how}`)"
+    return None
 
 
 def _container(path: Path) -> str | None:
@@ -777,12 +799,17 @@ def _scaled_plane(m):  # a 16-bit, 32-bit or float mask, scaled by its own large
     return Image.fromarray((np.clip(arr / top, 0, 1) * 255).astype(np.uint8))
 
 
-def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+def find_images(
+    inputs: Sequence[str | os.PathLike], passed_over: list[Path] | None = None
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand files, folders (their images, not recursive) and glob patterns.
 
     Returns:
         The image paths in order, without duplicates, and ``(input, reason)`` for every input that
         named nothing (a missing file, a pattern that matches nothing, a folder without images).
+        ``passed_over``, when given, receives the files of a folder with images that are not
+        images by their suffix (a PDF, an SVG, a camera RAW file beside the JPEGs), hidden ones
+        aside: what a run says it left out.
     """
     found: list[Path] = []
     problems: list[tuple[str, str]] = []
@@ -814,6 +841,12 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
                 problems.append((text, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}"))
             for f in files:
                 add(f)
+            if images and passed_over is not None:
+                passed_over += sorted(
+                    f
+                    for f in p.iterdir()
+                    if f.suffix.lower() not in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+                )
         elif p.is_file():
             add(p)
         elif p.exists() or text == "-":  # a pipe (<(curl ...)), a device, stdin: read once, and zsw reads twice

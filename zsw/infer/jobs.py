@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from zsw.errors import ConfigError, InputError, ZswError
 from zsw.hub import resolve_device
 from zsw.infer.cutout import open_cutout
-from zsw.infer.image import LoadedImage, find_images, load_image, load_mask
+from zsw.infer.image import RAW_SUFFIXES, LoadedImage, find_images, load_image, load_mask
 from zsw.infer.reruns import (
     FolderNames,
     claim_output,
@@ -127,7 +127,15 @@ def reconstruct_many(
     out = Path(out)
     check_out_folder(out, "--out")  # before any work, not after every photo's
     report = ReconstructReport(out=out)
-    paths, problems = find_images(inputs)
+    others: list[Path] = []
+    paths, problems = find_images(inputs, others)
+    if others:
+        raws = [f for f in others if f.suffix.lower() in RAW_SUFFIXES]
+        such = ", ".join(f.name for f in others[:3]) + (", ..." if len(others) > 3 else "")
+        reporter.info(
+            f"passing over {len(others)} file(s) in the folder(s) given that are not images zsw reads ({such})"
+            + (f"; export the {len(raws)} camera RAW file(s) as JPEG, PNG or TIFF to reconstruct them" if raws else "")
+        )
     paths, ours = without_results(paths)
     if ours:
         reporter.info(
