@@ -72,6 +72,31 @@ def point_cross_attention(
 _LINEAR_POINTWISE = None
 if torch.backends.mkldnn.is_available():
     _LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+_LINEAR_CHECKED: bool | None = None  # whether the fused linear computes what the reference does here
+
+
+def _fused_linear_works() -> bool:
+    """Once per process: the fused linear, registered but built for another CPU than this one (an
+    Arm build's oneDNN), may raise or differ; then every linear takes the reference path."""
+    global _LINEAR_CHECKED
+    if _LINEAR_CHECKED is None:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*shape, generator=g) for shape in ((5, 7), (3, 7), (3,)))
+        try:
+            with torch.no_grad():
+                ok = all(
+                    torch.allclose(
+                        _LINEAR_POINTWISE(x, w, b, attr, [], algorithm),
+                        reference.linear(x, w, b, activation),
+                        rtol=1e-4,
+                        atol=1e-5,
+                    )
+                    for attr, algorithm, activation in (("none", "", None), ("gelu", "none", "gelu"))
+                )
+        except Exception:  # noqa: BLE001  (any failure of a private op means: do not use it)
+            ok = False
+        _LINEAR_CHECKED = ok
+    return _LINEAR_CHECKED
 
 
 def _autocast_on() -> bool:
@@ -90,6 +115,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
         or weight.dtype != torch.float32
         or (bias is not None and bias.dtype != torch.float32)
         or _autocast_on()
+        or not _fused_linear_works()
     ):
         return reference.linear(x, weight, bias, activation)
     lead = x.shape[:-1]

@@ -160,6 +160,26 @@ def test_fused_linear_is_taken_only_for_fp32_cpu_inference(monkeypatch):
         reference.linear(x, w, b, "relu")
 
 
+@pytest.mark.parametrize("fault", ["raises", "differs"])
+def test_a_fused_linear_that_fails_on_this_cpu_is_never_used(monkeypatch, fault):
+    """The fused linear is a private oneDNN op: a build for another CPU (an Arm build's oneDNN)
+    may register it and then raise or compute something else. A check on first use sends every
+    linear to the reference then, with the reference's result."""
+
+    def broken(x, w, b, attr, scalars, algorithm):
+        if fault == "raises":
+            raise RuntimeError("mkldnn: not supported on this platform")
+        return torch.zeros(x.shape[0], w.shape[0])
+
+    monkeypatch.setattr(cpu, "_LINEAR_POINTWISE", broken)
+    monkeypatch.setattr(cpu, "_LINEAR_CHECKED", None)
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(6, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(cpu.linear(x, w, b, "gelu"), reference.linear(x, w, b, "gelu"))
+    assert cpu._LINEAR_CHECKED is False
+
+
 def test_softplus_without_log1p_matches_torch_to_the_last_place():
     """The CPU path's Softplus (log instead of the slow log1p, clamped exponent) against
     F.softplus(beta=100) over the range a decoder meets: within a unit in the last place, the
