@@ -521,6 +521,8 @@ def read_mesh_file(path: Path):
     except FileNotFoundError as e:  # a .gltf's buffer or image beside it
         missing = Path(str(e.filename or e.args[-1])).name
         raise InputError(f"cannot read the mesh {path}: {missing}, a file it refers to, is missing") from None
+    except InputError:  # already names the file and the fault
+        raise
     except Exception as e:  # trimesh raises many kinds for a broken file
         raise InputError(f"cannot read the mesh {path}: {reason(e)}") from None
     if isinstance(loaded, trimesh.Scene):

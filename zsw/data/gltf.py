@@ -41,19 +41,19 @@ def read_json(path: Path) -> dict:
     """The JSON of a ``.glb`` (its first chunk) or ``.gltf`` file; {} for other files or a JSON
     that cannot be read (trimesh's own error then names the fault)."""
     suffix = path.suffix.lower()
+    tree = None
     try:
         if suffix == ".gltf":
-            return json.loads(path.read_bytes())
-        if suffix == ".glb":
+            tree = json.loads(path.read_bytes())
+        elif suffix == ".glb":
             with open(path, "rb") as f:
                 head = f.read(20)
-                if len(head) < 20 or head[:4] != GLB_MAGIC or head[16:20] != b"JSON":
-                    return {}
-                (length,) = struct.unpack("<I", head[12:16])
-                return json.loads(f.read(min(length, 1 << 28)))
+                if len(head) == 20 and head[:4] == GLB_MAGIC and head[16:20] == b"JSON":
+                    (length,) = struct.unpack("<I", head[12:16])
+                    tree = json.loads(f.read(min(length, 1 << 28)))
     except (OSError, ValueError):
         pass
-    return {}
+    return tree if isinstance(tree, dict) else {}
 
 
 def check_extensions(path: Path, tree: dict | None = None) -> None:
