@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from zsw.cli import bench, convert, evaluate, export, reconstruct, synthesize, train
+from zsw.cli import bench, convert, env, evaluate, export, reconstruct, synthesize, train
 
 app = typer.Typer(
     name="zsw",
@@ -26,6 +26,7 @@ app.add_typer(bench.app, name="bench")
 app.command("export", **export.COMMAND)(export.export)
 app.add_typer(convert.app, name="convert")
 app.command("app", **reconstruct.APP_COMMAND)(reconstruct.app)
+app.command("env", **env.COMMAND)(env.env)
 
 
 @app.callback(invoke_without_command=True)

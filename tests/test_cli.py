@@ -26,13 +26,14 @@ COMMANDS = [
     "bench train",
     "bench reconstruct",
     "convert zeroshape",
+    "env",
 ]
 
 
 def test_root_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("reconstruct", "train", "synthesize", "eval", "bench", "export", "convert"):
+    for name in ("reconstruct", "train", "synthesize", "eval", "bench", "export", "convert", "env"):
         assert name in result.output
 
 
@@ -74,6 +75,39 @@ def test_the_console_script_runs_the_app_and_freezes_the_heap_on_the_way_out():
     # a group without a command still shows its help
     group = subprocess.run([sys.executable, "-m", "zsw", "bench"], capture_output=True, text=True)
     assert "zsw bench [OPTIONS] COMMAND" in group.stdout + group.stderr
+
+
+def test_env_reports_what_a_run_here_would_resolve_and_which_packages_are_missing(monkeypatch):
+    """`zsw env` (and --json): the auto settings come from the functions a reconstruction uses, so
+    they are what `zsw reconstruct` records here; a package that is not installed says so."""
+    import json
+    from importlib import metadata
+
+    from zsw.hub import resolve_device
+    from zsw.infer.settings import resolve_tta
+    from zsw.infer.weights import resolve_backend
+
+    real = metadata.version
+
+    def without_xatlas(name):
+        if name == "xatlas":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "version", without_xatlas)
+    result = runner.invoke(app, ["env", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    device = resolve_device(None)
+    assert report["defaults"]["device"] == device
+    assert report["defaults"]["backend"] == resolve_backend("auto", None, None, device, "auto")
+    assert report["defaults"]["tta"] == resolve_tta("auto", device)
+    assert report["packages"]["xatlas"] is None and report["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert len(report["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    text = runner.invoke(app, ["env"])
+    assert text.exit_code == 0
+    assert any(line.split()[:3] == ["xatlas", "not", "installed"] for line in text.output.splitlines())
+    assert f"--backend {report['defaults']['backend']}" in text.output
 
 
 def test_commands_stay_thin():
