@@ -334,6 +334,74 @@ def test_quantized_gltf_geometry_is_read_in_place(tmp_path):
         read_mesh_file(tmp_path / "parts.gltf")
 
 
+def test_instanced_gltf_meshes_are_drawn_at_every_instance(tmp_path):
+    """`gltfpack -mi` writes a chair's four legs as one mesh drawn by one node at four places
+    (EXT_mesh_gpu_instancing); trimesh drew it once, a one-legged chair. Each instance is placed by
+    its translation, rotation (here normalized 16-bit quaternions) and scale, inside its node."""
+    import struct
+
+    import trimesh
+
+    from zsw.data.eval_sets import read_mesh_file
+
+    leg = trimesh.creation.box(extents=(0.1, 1.0, 0.1))
+    spots = np.array([[-0.45, 0.5, -0.45], [0.45, 0.5, -0.45], [-0.45, 0.5, 0.45], [0.45, 0.5, 0.45]], "<f4")
+    half = np.sqrt(0.5)
+    quats = np.array([[0, 0, 0, 1], [0, half, 0, half], [0, 1, 0, 0], [0, 0, 0, 1]])  # x, y, z, w
+    scales = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 0.5, 1]], "<f4")
+    parts = [
+        leg.vertices.astype("<f4").tobytes(),
+        leg.faces.astype("<u4").tobytes(),
+        spots.tobytes(),
+        np.round(quats * 32767).astype("<i2").tobytes(),
+        scales.tobytes(),
+    ]
+    starts = np.cumsum([0] + [len(b) for b in parts])
+    kinds = [(5126, "VEC3", len(leg.vertices)), (5125, "SCALAR", leg.faces.size), (5126, "VEC3", 4),
+             (5122, "VEC4", 4), (5126, "VEC3", 4)]  # fmt: skip
+    lift = [0.0, 2.0, 0.0]  # the node's own translation: the instances sit inside it
+    tree = {
+        "asset": {"version": "2.0"},
+        "extensionsUsed": ["EXT_mesh_gpu_instancing"],
+        "extensionsRequired": ["EXT_mesh_gpu_instancing"],
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [
+            {
+                "mesh": 0,
+                "translation": lift,
+                "extensions": {
+                    "EXT_mesh_gpu_instancing": {"attributes": {"TRANSLATION": 2, "ROTATION": 3, "SCALE": 4}}
+                },
+            }
+        ],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
+        "accessors": [
+            dict(bufferView=i, componentType=c, type=t, count=n, **({"normalized": True} if c == 5122 else {}))
+            for i, (c, t, n) in enumerate(kinds)
+        ],
+        "bufferViews": [{"buffer": 0, "byteOffset": int(o), "byteLength": len(b)} for o, b in zip(starts, parts)],
+        "buffers": [{"byteLength": int(starts[-1])}],
+    }
+    data = b"".join(parts)
+    text = json.dumps(tree).encode()
+    text += b" " * (-len(text) % 4)
+    (tmp_path / "legs.glb").write_bytes(struct.pack("<4sII", b"glTF", 2, 28 + len(text) + len(data))
+                                        + struct.pack("<I4s", len(text), b"JSON") + text
+                                        + struct.pack("<I4s", len(data), b"BIN\0") + data)  # fmt: skip
+    want = []
+    for spot, q, scale in zip(spots, quats, scales):
+        m = trimesh.transformations.quaternion_matrix([q[3], q[0], q[1], q[2]])  # w first
+        m[:3, :3] *= scale
+        m[:3, 3] = spot + lift
+        want.append(trimesh.transform_points(leg.vertices, m))
+    want = np.concatenate(want)
+    mesh = read_mesh_file(tmp_path / "legs.glb")
+    assert len(mesh.faces) == 4 * len(leg.faces)
+    got, want = (np.asarray(v)[np.lexsort(np.round(v, 3).T)] for v in (mesh.vertices, want))
+    assert np.allclose(got, want, atol=1e-4)
+
+
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])
 def test_a_shape_far_from_the_origin_scores_as_at_the_origin(tmp_path, suffix):
     """Only the shape's rotation counts (both clouds are centred and scaled): a sphere modelled a

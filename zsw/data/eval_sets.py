@@ -536,11 +536,11 @@ def read_mesh_file(path: Path):
 
 
 def _load_mesh(path: Path):
-    """``trimesh.load`` of ``path``; a glTF's quantized geometry dequantized first
-    (:func:`zsw.data.gltf.dequantized_glb`); an OBJ's relative face indices (``f -3 -2 -1``, counted back
-    from the vertices read so far, as concatenated per-object OBJ files have them) are made absolute
-    first: trimesh counts them from the end of the whole file, which puts every face on the last
-    object."""
+    """``trimesh.load`` of ``path``. A glTF's quantized geometry is dequantized and its instanced
+    meshes placed first (:func:`zsw.data.gltf.rewritten_glb`). An OBJ's relative face indices
+    (``f -3 -2 -1``, counted back from the vertices read so far, as concatenated per-object OBJ
+    files have them) are made absolute first: trimesh counts them from the end of the whole file,
+    which puts every face on the last object."""
     import io
     import re
 
@@ -548,7 +548,7 @@ def _load_mesh(path: Path):
 
     if path.suffix.lower() == ".ply" and (header := _ply_header_made_ascii(path)) is not None:
         return trimesh.load(io.BytesIO(header + path.read_bytes()[len(header) :]), file_type="ply", process=False)
-    if path.suffix.lower() in (".glb", ".gltf") and (glb := gltf.dequantized_glb(path)) is not None:
+    if path.suffix.lower() in (".glb", ".gltf") and (glb := gltf.rewritten_glb(path)) is not None:
         resolver = trimesh.resolvers.FilePathResolver(path)  # images named by URI, beside the file
         return trimesh.load(io.BytesIO(glb), file_type="glb", process=False, resolver=resolver)
     if path.suffix.lower() != ".obj":

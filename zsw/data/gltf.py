@@ -1,18 +1,21 @@
 """What zsw does to a glTF/GLB before trimesh reads it.
 
 trimesh decodes a glTF's accessors as stored and ignores their ``normalized`` flag, and it skips
-extensions it does not know with a warning. Two things follow that would silently change a true
+extensions it does not know with a warning. Three things follow that would silently change a true
 shape (an ``zsw eval`` ground truth, a ``zsw synthesize meshes`` object):
 
 - **Quantized geometry** (``KHR_mesh_quantization``, as ``gltfpack`` and ``gltf-transform
   quantize`` write it): positions stored as normalized 8- or 16-bit integers, the scale back to
   metres kept in the node's transform. Read raw, a mesh comes out 32,767 times too large while its
   node's translation does not, so the parts of a scene land in the wrong places.
-  :func:`dequantized_glb` rewrites such a file as a GLB in memory with those accessors in float32
-  (``c / 32767``, ``c / 255``, ... as the glTF specification defines them).
+- **Instanced meshes** (``EXT_mesh_gpu_instancing``, as ``gltfpack -mi`` writes repeated parts):
+  one node draws its mesh at every instance's place; trimesh draws it once.
 - **Compressed geometry** trimesh cannot decode (``EXT_meshopt_compression``) would be read as
   undecoded bytes: :func:`check_extensions` refuses it with a line saying what to do. Draco is
   decoded through DracoPy.
+
+:func:`rewritten_glb` rewrites a file with either of the first two as a GLB in memory that means
+the same in plain glTF (float32 accessors, one node per instance).
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ GLB_MAGIC = b"glTF"
 _JSON, _BIN = 0x4E4F534A, 0x004E4942  # GLB chunk types
 #: a normalized integer component type -> (its numpy dtype, the value that means 1.0)
 _NORMALIZED = {5120: (np.int8, 127.0), 5121: (np.uint8, 255.0), 5122: (np.int16, 32767.0), 5123: (np.uint16, 65535.0)}
+#: every component type -> its numpy dtype (little-endian, as glTF stores them)
+_TYPES = {5120: "<i1", 5121: "<u1", 5122: "<i2", 5123: "<u2", 5125: "<u4", 5126: "<f4"}
 _WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
+_INSTANCING = "EXT_mesh_gpu_instancing"
 #: attributes whose normalized integers are numbers to dequantize; colours, joints and weights
 #: trimesh reads as they are meant (8-bit colours stay 0-255)
 _DEQUANTIZED = ("POSITION", "NORMAL", "TANGENT", "TEXCOORD_")
@@ -96,16 +102,32 @@ def quantized_accessors(tree: dict) -> list[int]:
     return sorted(found)
 
 
-def dequantized_glb(path: Path) -> bytes | None:
-    """``path`` (a ``.glb`` or ``.gltf``) as one GLB whose normalized-integer positions, normals,
-    tangents and texture coordinates are float32, its buffers merged into the binary chunk; None
-    when it has none (trimesh reads it as it is). Images referred to by URI stay so: load the
+def instanced_nodes(tree: dict) -> list[int]:
+    """The nodes of ``tree`` that draw their mesh once per instance (``EXT_mesh_gpu_instancing``)."""
+    return [
+        i
+        for i, node in enumerate(tree.get("nodes") or [])
+        if isinstance(node, dict) and "mesh" in node and _INSTANCING in (node.get("extensions") or {})
+    ]
+
+
+def rewritten_glb(path: Path) -> bytes | None:
+    """``path`` (a ``.glb`` or ``.gltf``) as one GLB that trimesh reads as the file means it, or
+    None when trimesh reads the file as it is:
+
+    - normalized-integer positions, normals, tangents and texture coordinates
+      (``KHR_mesh_quantization``) become float32;
+    - a node drawing its mesh at many places (``EXT_mesh_gpu_instancing``, as ``gltfpack -mi``
+      writes repeated parts: a chair's four legs) gets one child node per instance, placed by the
+      instance's translation, rotation and scale: trimesh drew the mesh once, at the node.
+
+    The buffers are merged into the binary chunk; images referred to by URI stay so: load the
     result with a resolver in ``path``'s folder. A buffer file that is missing raises
     :class:`FileNotFoundError` naming it; a buffer too short for its accessors, an
     :class:`InputError`."""
     tree = read_json(path)
-    todo = quantized_accessors(tree)
-    if not todo:
+    todo, instanced = quantized_accessors(tree), instanced_nodes(tree)
+    if not todo and not instanced:
         return None
     buffers = _buffers(path, tree)
     merged, starts = bytearray(), []
@@ -119,10 +141,10 @@ def dequantized_glb(path: Path) -> bytes | None:
             raise InputError(f"cannot read the mesh {path}: its buffer view {i} runs past the end of its buffer")
         view["byteOffset"] = starts[view.get("buffer", 0)] + view.get("byteOffset", 0)
         view["buffer"] = 0
-    accessors = [dict(a) for a in tree["accessors"]]
+    accessors = [dict(a) for a in tree.get("accessors") or []]
     for index in todo:
         a = accessors[index]
-        values = _dequantize(path, a, tree["bufferViews"][a["bufferView"]], buffers)
+        values = _values(path, tree["accessors"][index], tree["bufferViews"], buffers)
         views.append({"buffer": 0, "byteOffset": len(merged), "byteLength": values.nbytes})
         merged += values.tobytes()
         a.update(bufferView=len(views) - 1, byteOffset=0, componentType=5126)
@@ -131,10 +153,32 @@ def dequantized_glb(path: Path) -> bytes | None:
         for bound in ("min", "max"):
             if bound in a:
                 a[bound] = [max(float(c) / one, -1.0) for c in a[bound]]
-    tree = dict(tree, bufferViews=views, accessors=accessors, buffers=[{"byteLength": len(merged)}])
+    nodes = [dict(n) if isinstance(n, dict) else n for n in tree.get("nodes") or []]
+    for index in instanced:
+        node = nodes[index]
+        extensions = dict(node["extensions"])
+        attributes = (extensions.pop(_INSTANCING) or {}).get("attributes") or {}
+        placed = {}
+        for name in ("TRANSLATION", "ROTATION", "SCALE"):
+            if name in attributes:
+                placed[name] = _values(path, tree["accessors"][attributes[name]], tree["bufferViews"], buffers)
+        count = min((len(v) for v in placed.values()), default=0)
+        children = []
+        for k in range(count):
+            child = {"mesh": node["mesh"]}
+            for name, key in (("TRANSLATION", "translation"), ("ROTATION", "rotation"), ("SCALE", "scale")):
+                if name in placed:
+                    child[key] = [float(c) for c in placed[name][k]]
+            children.append(len(nodes))
+            nodes.append(child)
+        node.pop("mesh")
+        node["children"] = list(node.get("children") or []) + children
+        node["extensions"] = extensions
+    tree = dict(tree, bufferViews=views, accessors=accessors, nodes=nodes, buffers=[{"byteLength": len(merged)}])
+    done = {"KHR_mesh_quantization", _INSTANCING}
     for key in ("extensionsUsed", "extensionsRequired"):
         if key in tree:
-            tree[key] = [e for e in tree[key] if e != "KHR_mesh_quantization"]
+            tree[key] = [e for e in tree[key] if e not in done]
     text = json.dumps(tree).encode()
     text += b" " * (-len(text) % 4)
     merged += b"\0" * (-len(merged) % 4)
@@ -178,19 +222,28 @@ def _glb_binary(path: Path) -> bytes:
     return b""
 
 
-def _dequantize(path: Path, accessor: dict, view: dict, buffers: list[bytes]) -> np.ndarray:
-    """The float32 values of one normalized-integer accessor, as the glTF specification maps them:
-    ``c / 255`` or ``c / 65535`` unsigned, ``max(c / 127, -1)`` or ``max(c / 32767, -1)`` signed."""
-    dtype, one = _NORMALIZED[accessor["componentType"]]
+def _values(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np.ndarray:  # [count, width] float32
+    """The numbers of one accessor as float32, as the glTF specification maps them: floats as they
+    are, integers as they are unless normalized, normalized ones ``c / 255`` or ``c / 65535``
+    unsigned, ``max(c / 127, -1)`` or ``max(c / 32767, -1)`` signed."""
+    kind = accessor.get("componentType")
+    if kind not in _TYPES or "bufferView" not in accessor or not 0 <= accessor["bufferView"] < len(views):
+        raise InputError(f"cannot read the mesh {path}: an accessor it needs has no data zsw can read")
+    view = views[accessor["bufferView"]]
+    dtype = _TYPES[kind]
     width = _WIDTH.get(accessor.get("type"), 0)
     count = int(accessor.get("count", 0))
     item = np.dtype(dtype).itemsize
     stride = int(view.get("byteStride") or width * item)
     start = int(view.get("byteOffset", 0)) + int(accessor.get("byteOffset", 0))
-    buffer = buffers[view.get("buffer", 0)] if view.get("buffer", 0) < len(buffers) else b""
+    b = view.get("buffer", 0)
+    buffer = buffers[b] if 0 <= b < len(buffers) else b""
     end = start + (count - 1) * stride + width * item if count else start
     view_end = int(view.get("byteOffset", 0)) + int(view.get("byteLength", 0))
     if not width or end > min(len(buffer), view_end):
         raise InputError(f"cannot read the mesh {path}: an accessor runs past the end of its buffer view")
     raw = np.ndarray((count, width), dtype=dtype, buffer=buffer, offset=start, strides=(stride, item))
-    return np.maximum(raw.astype(np.float32) / np.float32(one), np.float32(-1.0))
+    values = raw.astype(np.float32)
+    if accessor.get("normalized") and kind in _NORMALIZED:
+        values = np.maximum(values / np.float32(_NORMALIZED[kind][1]), np.float32(-1.0))
+    return values
