@@ -247,6 +247,17 @@ def test_compressed_gltf_geometry_is_decoded_or_refused_by_name(tmp_path, monkey
         read_mesh_file(tmp_path / "meshopt.gltf")
 
 
+def _glb(tree: dict, data: bytes) -> bytes:
+    """A GLB of a glTF JSON and its one binary buffer."""
+    import struct
+
+    text = json.dumps(tree).encode()
+    text += b" " * (-len(text) % 4)
+    data += b"\0" * (-len(data) % 4)
+    head = struct.pack("<4sII", b"glTF", 2, 28 + len(text) + len(data))
+    return head + struct.pack("<I4s", len(text), b"JSON") + text + struct.pack("<I4s", len(data), b"BIN\0") + data
+
+
 def _quantized_gltf(box, ball) -> tuple[dict, bytes]:
     """A glTF of two meshes quantized as ``gltfpack`` and ``gltf-transform quantize`` write them
     (KHR_mesh_quantization, the dequantizing scale in each node): ``box`` as normalized int16
@@ -297,7 +308,6 @@ def test_quantized_gltf_geometry_is_read_in_place(tmp_path):
     """trimesh reads a normalized accessor's integers as they are stored: a quantized box came out
     32,767 times its size while its node's translation did not, the scene's parts out of place. zsw
     dequantizes them first, from a GLB and from a .gltf with its buffer in a file beside it."""
-    import struct
     import urllib.parse
 
     import trimesh
@@ -311,11 +321,7 @@ def test_quantized_gltf_geometry_is_read_in_place(tmp_path):
     truth = trimesh.util.concatenate([box, ball])
     tree, data = _quantized_gltf(box, ball)
 
-    text = json.dumps(tree).encode()
-    text += b" " * (-len(text) % 4)
-    glb = struct.pack("<4sII", b"glTF", 2, 28 + len(text) + len(data))
-    (tmp_path / "parts.glb").write_bytes(glb + struct.pack("<I4s", len(text), b"JSON") + text
-                                         + struct.pack("<I4s", len(data), b"BIN\0") + data)  # fmt: skip
+    (tmp_path / "parts.glb").write_bytes(_glb(tree, data))
     (tmp_path / "parts bin.bin").write_bytes(data)
     external = dict(tree, buffers=[{"byteLength": len(data), "uri": urllib.parse.quote("parts bin.bin")}])
     (tmp_path / "parts.gltf").write_text(json.dumps(external))
@@ -338,7 +344,6 @@ def test_instanced_gltf_meshes_are_drawn_at_every_instance(tmp_path):
     """`gltfpack -mi` writes a chair's four legs as one mesh drawn by one node at four places
     (EXT_mesh_gpu_instancing); trimesh drew it once, a one-legged chair. Each instance is placed by
     its translation, rotation (here normalized 16-bit quaternions) and scale, inside its node."""
-    import struct
 
     import trimesh
 
@@ -383,12 +388,7 @@ def test_instanced_gltf_meshes_are_drawn_at_every_instance(tmp_path):
         "bufferViews": [{"buffer": 0, "byteOffset": int(o), "byteLength": len(b)} for o, b in zip(starts, parts)],
         "buffers": [{"byteLength": int(starts[-1])}],
     }
-    data = b"".join(parts)
-    text = json.dumps(tree).encode()
-    text += b" " * (-len(text) % 4)
-    (tmp_path / "legs.glb").write_bytes(struct.pack("<4sII", b"glTF", 2, 28 + len(text) + len(data))
-                                        + struct.pack("<I4s", len(text), b"JSON") + text
-                                        + struct.pack("<I4s", len(data), b"BIN\0") + data)  # fmt: skip
+    (tmp_path / "legs.glb").write_bytes(_glb(tree, b"".join(parts)))
     want = []
     for spot, q, scale in zip(spots, quats, scales):
         m = trimesh.transformations.quaternion_matrix([q[3], q[0], q[1], q[2]])  # w first
@@ -400,6 +400,37 @@ def test_instanced_gltf_meshes_are_drawn_at_every_instance(tmp_path):
     assert len(mesh.faces) == 4 * len(leg.faces)
     got, want = (np.asarray(v)[np.lexsort(np.round(v, 3).T)] for v in (mesh.vertices, want))
     assert np.allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_gltf_triangle_fans_are_read(tmp_path, indexed):
+    """A primitive drawn as a triangle fan (mode 6), which trimesh skipped: a hexagon, with and
+    without an index accessor, reads as its six triangles."""
+    from zsw.data.eval_sets import read_mesh_file
+
+    angles = np.arange(7) * np.pi / 3
+    rim = np.stack([np.cos(angles), np.sin(angles), np.zeros(7)], axis=1)
+    points = np.concatenate([np.zeros((1, 3)), rim]).astype("<f4")  # the centre, then round the rim
+    order = np.arange(8, dtype="<u4")[::-1].copy() if indexed else None  # the other way round
+    data = points.tobytes() + (order.tobytes() if indexed else b"")
+    accessors = [{"bufferView": 0, "componentType": 5126, "type": "VEC3", "count": 8}]
+    views = [{"buffer": 0, "byteOffset": 0, "byteLength": points.nbytes}]
+    primitive = {"attributes": {"POSITION": 0}, "mode": 6}
+    if indexed:  # starting from the last rim point: the fan's hub is then a rim point, as indices allow
+        accessors.append({"bufferView": 1, "componentType": 5125, "type": "SCALAR", "count": 8})
+        views.append({"buffer": 0, "byteOffset": points.nbytes, "byteLength": order.nbytes})
+        primitive["indices"] = 1
+    tree = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [primitive]}], "accessors": accessors, "bufferViews": views,
+            "buffers": [{"byteLength": len(data)}]}  # fmt: skip
+    (tmp_path / "fan.glb").write_bytes(_glb(tree, data))
+    mesh = read_mesh_file(tmp_path / "fan.glb")
+    first = order[0] if indexed else 0
+    expected = [
+        [first, a, b]
+        for a, b in zip((order if indexed else np.arange(8))[1:-1], (order if indexed else np.arange(8))[2:])
+    ]
+    assert len(mesh.faces) == 6 and np.array_equal(mesh.faces, expected)
 
 
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])

@@ -111,6 +111,18 @@ def instanced_nodes(tree: dict) -> list[int]:
     ]
 
 
+def fan_primitives(tree: dict) -> list[tuple[int, int]]:
+    """(mesh, primitive) of every primitive drawn as a triangle fan (mode 6), which trimesh skips."""
+    return [
+        (m, k)
+        for m, mesh in enumerate(tree.get("meshes") or [])
+        for k, primitive in enumerate((mesh.get("primitives") or []) if isinstance(mesh, dict) else [])
+        if isinstance(primitive, dict)
+        and primitive.get("mode") == 6
+        and "POSITION" in (primitive.get("attributes") or {})
+    ]
+
+
 def rewritten_glb(path: Path) -> bytes | None:
     """``path`` (a ``.glb`` or ``.gltf``) as one GLB that trimesh reads as the file means it, or
     None when trimesh reads the file as it is:
@@ -119,15 +131,16 @@ def rewritten_glb(path: Path) -> bytes | None:
       (``KHR_mesh_quantization``) become float32;
     - a node drawing its mesh at many places (``EXT_mesh_gpu_instancing``, as ``gltfpack -mi``
       writes repeated parts: a chair's four legs) gets one child node per instance, placed by the
-      instance's translation, rotation and scale: trimesh drew the mesh once, at the node.
+      instance's translation, rotation and scale: trimesh drew the mesh once, at the node;
+    - a triangle fan (mode 6), which trimesh skips, becomes the triangles it draws.
 
     The buffers are merged into the binary chunk; images referred to by URI stay so: load the
     result with a resolver in ``path``'s folder. A buffer file that is missing raises
     :class:`FileNotFoundError` naming it; a buffer too short for its accessors, an
     :class:`InputError`."""
     tree = read_json(path)
-    todo, instanced = quantized_accessors(tree), instanced_nodes(tree)
-    if not todo and not instanced:
+    todo, instanced, fans = quantized_accessors(tree), instanced_nodes(tree), fan_primitives(tree)
+    if not todo and not instanced and not fans:
         return None
     buffers = _buffers(path, tree)
     merged, starts = bytearray(), []
@@ -153,6 +166,20 @@ def rewritten_glb(path: Path) -> bytes | None:
         for bound in ("min", "max"):
             if bound in a:
                 a[bound] = [max(float(c) / one, -1.0) for c in a[bound]]
+    meshes = [dict(m, primitives=[dict(p) for p in m.get("primitives") or []]) for m in tree.get("meshes") or []]
+    for m, k in fans:
+        primitive = meshes[m]["primitives"][k]
+        if "indices" in primitive:
+            order = _values(path, tree["accessors"][primitive["indices"]], tree["bufferViews"], buffers)[:, 0]
+            order = order.astype(np.int64)
+        else:  # drawn in the order of the vertices
+            order = np.arange(int(tree["accessors"][primitive["attributes"]["POSITION"]].get("count", 0)))
+        faces = np.stack([np.full(max(len(order) - 2, 0), order[:1].sum()), order[1:-1], order[2:]], axis=1)
+        faces = faces.astype("<u4").reshape(-1)
+        views.append({"buffer": 0, "byteOffset": len(merged), "byteLength": faces.nbytes})
+        merged += faces.tobytes()
+        accessors.append({"bufferView": len(views) - 1, "componentType": 5125, "type": "SCALAR", "count": len(faces)})
+        primitive.update(mode=4, indices=len(accessors) - 1)
     nodes = [dict(n) if isinstance(n, dict) else n for n in tree.get("nodes") or []]
     for index in instanced:
         node = nodes[index]
@@ -174,7 +201,9 @@ def rewritten_glb(path: Path) -> bytes | None:
         node.pop("mesh")
         node["children"] = list(node.get("children") or []) + children
         node["extensions"] = extensions
-    tree = dict(tree, bufferViews=views, accessors=accessors, nodes=nodes, buffers=[{"byteLength": len(merged)}])
+    tree = dict(
+        tree, bufferViews=views, accessors=accessors, nodes=nodes, meshes=meshes, buffers=[{"byteLength": len(merged)}]
+    )
     done = {"KHR_mesh_quantization", _INSTANCING}
     for key in ("extensionsUsed", "extensionsRequired"):
         if key in tree:
