@@ -85,7 +85,8 @@ def procedural(
 
 
 _MESHES_HELP = (
-    "Render your own meshes (.glb .gltf .obj .ply .stl .off) into a ZeroShape-layout dataset, as procedural "
+    "Render your own meshes (.glb .gltf .obj .ply .stl .off; .usdz .usd .usda .usdc with the usd extra, read y up "
+    "whatever their stage's up axis) into a ZeroShape-layout dataset, as procedural "
     "renders: the same cameras (--elevation), shading, files, lists and manifest, --bake as there. A subfolder of "
     "MESH_DIR is a category (files directly in it: --category); object ids are file names ('_' made '-'). Each "
     "mesh is centred, scaled to longest side 1 (y up; --up z for z-up CAD exports) and turned into a signed "

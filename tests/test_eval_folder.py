@@ -31,7 +31,7 @@ def test_folder_pairs_photos_with_their_shapes_and_categories(tmp_path, caplog):
     _box(tmp_path / "a.glb")
     _photo(tmp_path / "b.jpg")  # no shape: skipped and counted
     _photo(tmp_path / "scan.jpg")  # its shape in a format zsw does not read: skipped, told to export it
-    (tmp_path / "Scan.usdz").write_bytes(b"PK")
+    (tmp_path / "Scan.fbx").write_bytes(b"Kaydara FBX Binary  ")
     (tmp_path / "chair").mkdir()
     _photo(tmp_path / "chair" / "c.webp")
     np.save(tmp_path / "chair" / "c.npy", np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32))
@@ -40,7 +40,7 @@ def test_folder_pairs_photos_with_their_shapes_and_categories(tmp_path, caplog):
         data = open_eval_set(tmp_path, "folder")
     assert data.names() == ["a", "chair/c"] and data.categories() == ["chair", "object"]
     assert data.skipped == 2 and "b.jpg: no true shape beside it" in caplog.text
-    assert "scan.jpg: its shape Scan.usdz is in a format zsw does not read (.usdz): export it as .glb" in caplog.text
+    assert "scan.jpg: its shape Scan.fbx is in a format zsw does not read (.fbx): export it as .glb" in caplog.text
     a, c = data[0], data[1]
     assert a.category == "object" and a.image == tmp_path / "a.png" and a.mask is None and a.intrinsics is None
     assert c.category == "chair" and c.mask == tmp_path / "chair" / "c.mask.png"
@@ -431,6 +431,64 @@ def test_gltf_triangle_fans_are_read(tmp_path, indexed):
         for a, b in zip((order if indexed else np.arange(8))[1:-1], (order if indexed else np.arange(8))[2:])
     ]
     assert len(mesh.faces) == 6 and np.array_equal(mesh.faces, expected)
+
+
+def test_a_phone_scans_usdz_is_read_as_its_visible_meshes_y_up(tmp_path, monkeypatch):
+    """A USDZ (what a phone's object capture writes) is a true shape like a GLB: its visible meshes
+    of the rendered purpose, placed by their transforms (instances included), quads cut into
+    triangles, a Z-up stage turned Y-up. Hidden meshes and guides are not part of the shape.
+    Without usd-core the file is one line saying what to install."""
+    import builtins
+
+    from pxr import Gf, Sdf, Usd, UsdGeom, UsdUtils
+
+    from zsw.data.eval_sets import read_mesh_file
+    from zsw.errors import InputError
+
+    corners = np.array([(x, y, z) for x in (-0.5, 0.5) for y in (-1.0, 1.0) for z in (-1.5, 1.5)])
+    polys = [[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4], [1, 5, 7, 3]]  # outward
+    stage = Usd.Stage.CreateNew(str(tmp_path / "scan.usda"))
+    UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.z)
+
+    def add_box(where: str, shift, **kw) -> None:
+        xf = UsdGeom.Xform.Define(stage, where)
+        xf.AddTranslateOp().Set(Gf.Vec3d(*shift))
+        mesh = UsdGeom.Mesh.Define(stage, where + "/box")
+        mesh.CreatePointsAttr([tuple(map(float, v)) for v in corners])
+        mesh.CreateFaceVertexCountsAttr([4] * len(polys))
+        mesh.CreateFaceVertexIndicesAttr([int(i) for p in polys for i in p])
+        for name, value in kw.items():
+            getattr(UsdGeom.Imageable(mesh), f"Create{name}Attr")().Set(value)
+
+    add_box("/scan", (0.0, 0.0, 0.0))
+    add_box("/scan/lid", (0.0, 0.0, 5.0))
+    add_box("/hidden", (9.0, 9.0, 9.0), Visibility=UsdGeom.Tokens.invisible)
+    add_box("/guide", (-9.0, 0.0, 0.0), Purpose=UsdGeom.Tokens.guide)
+    copy = stage.DefinePrim("/copy")  # an instance of /scan/lid, 10 along x
+    copy.GetReferences().AddInternalReference(Sdf.Path("/scan/lid"))
+    copy.SetInstanceable(True)
+    UsdGeom.Xformable(copy).AddTranslateOp(opSuffix="moved").Set(Gf.Vec3d(10.0, 0.0, 0.0))
+    stage.GetRootLayer().Save()
+    assert UsdUtils.CreateNewUsdzPackage(Sdf.AssetPath(str(tmp_path / "scan.usda")), str(tmp_path / "scan.usdz"))
+
+    mesh = read_mesh_file(tmp_path / "scan.usdz")
+    z_up = [corners, corners + [0, 0, 5], corners + [10, 0, 5]]
+    want = np.concatenate([np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1) for v in z_up])
+    assert len(mesh.faces) == 3 * 12 and mesh.is_watertight
+    got, want = (np.asarray(v)[np.lexsort(np.round(v, 3).T)] for v in (mesh.vertices, want))
+    assert np.allclose(got, want)
+    assert np.isclose(mesh.volume, 3 * 6.0)  # outward triangles: the quads' winding is kept
+
+    real_import = builtins.__import__
+
+    def no_pxr(name, *args, **kwargs):
+        if name == "pxr":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pxr)
+    with pytest.raises(InputError, match=r"scan.usdz: a USD file, which needs usd-core: pip install 'zsw\[usd\]'"):
+        read_mesh_file(tmp_path / "scan.usdz")
 
 
 @pytest.mark.parametrize("suffix", [".obj", ".npy"])

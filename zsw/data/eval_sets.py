@@ -57,6 +57,7 @@ import numpy as np
 from zsw.data import gltf
 from zsw.data.dataset import READ_ERRORS, expand_roots
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout, load_npy, read_png
+from zsw.data.usd import USD_SUFFIXES, read_usd
 from zsw.errors import ConfigError, InputError, reason
 from zsw.io import IMAGE_SUFFIXES
 
@@ -67,11 +68,12 @@ log = logging.getLogger(__name__)
 EVAL_FORMATS = ("zeroshape", "pix3d", "ocrtoc", "omniobject3d", "procedural", "folder")
 #: the ``folder`` format's photos (as ``zsw reconstruct`` reads them), true shapes and masks
 FOLDER_IMAGES = IMAGE_SUFFIXES
-FOLDER_MESHES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
-#: 3D formats a true shape may come in that zsw does not read (a phone scan's USDZ, a DCC tool's own):
-#: a photo beside one is told to export it, not only that it has no shape
-OTHER_3D_FORMATS = (".usdz", ".usd", ".usda", ".usdc", ".fbx", ".blend", ".dae", ".3ds", ".3mf", ".abc",
-                    ".step", ".stp", ".iges", ".igs", ".x3d", ".wrl", ".max", ".c4d", ".ma", ".mb")  # fmt: skip
+#: trimesh reads the first six; USD (a phone scan's USDZ) goes through usd-core (zsw.data.usd)
+FOLDER_MESHES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off", *USD_SUFFIXES)
+#: 3D formats a true shape may come in that zsw does not read (a DCC tool's own): a photo beside one
+#: is told to export it, not only that it has no shape
+OTHER_3D_FORMATS = (".fbx", ".blend", ".dae", ".3ds", ".3mf", ".abc", ".step", ".stp", ".iges", ".igs", ".x3d",
+                    ".wrl", ".max", ".c4d", ".ma", ".mb")  # fmt: skip
 FOLDER_MASK = ".mask.png"
 #: points sampled on a ``folder`` sample's true mesh (ZeroShape samples 10,000 on each mesh)
 FOLDER_POINTS = 10_000
@@ -511,10 +513,13 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenC
 def read_mesh_file(path: Path):
     """The ``trimesh`` object of a mesh or point-cloud file (a ``Trimesh``, ``PointCloud``, ...):
     a scene's meshes as one, placed by its scene graph, OBJ relative indices as the format means
-    them (:func:`_load_mesh`). A file that cannot be read, holds no geometry or has faces naming
-    vertices it does not have is an :class:`InputError` naming it."""
+    them (:func:`_load_mesh`); a USD stage's visible meshes (:func:`zsw.data.usd.read_usd`). A
+    file that cannot be read, holds no geometry or has faces naming vertices it does not have is an
+    :class:`InputError` naming it."""
     import trimesh
 
+    if path.suffix.lower() in USD_SUFFIXES:
+        return read_usd(path)
     gltf.check_extensions(path)
     try:
         loaded = _load_mesh(path)

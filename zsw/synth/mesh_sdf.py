@@ -53,7 +53,7 @@ from zsw.synth.sdf import query_points, sample_triangles, tetra_gradient
 
 __all__ = ["MESH_SUFFIXES", "MeshShape", "load_mesh", "normalize"]
 
-#: mesh files ``zsw synthesize meshes`` reads: those the eval folder format reads (trimesh loads them)
+#: mesh files ``zsw synthesize meshes`` reads: those the eval folder format reads
 MESH_SUFFIXES = FOLDER_MESHES
 #: most surface samples per object; above it the lattice spacing grows (a denser mesh is not needed)
 MAX_SAMPLES = 3_000_000
