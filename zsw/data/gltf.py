@@ -162,7 +162,7 @@ def rewritten_glb(path: Path) -> bytes | None:
         merged += values.tobytes()
         a.update(bufferView=len(views) - 1, byteOffset=0, componentType=5126)
         a.pop("normalized", None)
-        dtype, one = _NORMALIZED[tree["accessors"][index]["componentType"]]
+        one = _NORMALIZED[tree["accessors"][index]["componentType"]][1]
         for bound in ("min", "max"):
             if bound in a:
                 a[bound] = [max(float(c) / one, -1.0) for c in a[bound]]
@@ -174,8 +174,8 @@ def rewritten_glb(path: Path) -> bytes | None:
             order = order.astype(np.int64)
         else:  # drawn in the order of the vertices
             order = np.arange(int(tree["accessors"][primitive["attributes"]["POSITION"]].get("count", 0)))
-        faces = np.stack([np.full(max(len(order) - 2, 0), order[:1].sum()), order[1:-1], order[2:]], axis=1)
-        faces = faces.astype("<u4").reshape(-1)
+        hub = np.full(max(len(order) - 2, 0), order[0] if len(order) else 0)
+        faces = np.stack([hub, order[1:-1][: len(hub)], order[2:]], axis=1).astype("<u4").reshape(-1)
         views.append({"buffer": 0, "byteOffset": len(merged), "byteLength": faces.nbytes})
         merged += faces.tobytes()
         accessors.append({"bufferView": len(views) - 1, "componentType": 5125, "type": "SCALAR", "count": len(faces)})
