@@ -95,6 +95,7 @@ def test_env_reports_what_a_run_here_would_resolve_and_which_packages_are_missin
         return real(name)
 
     monkeypatch.setattr(metadata, "version", without_xatlas)
+    monkeypatch.setenv("ZSW_CACHE_DIR", "/tmp/zsw-cache")
     result = runner.invoke(app, ["env", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -108,6 +109,7 @@ def test_env_reports_what_a_run_here_would_resolve_and_which_packages_are_missin
     assert text.exit_code == 0
     assert any(line.split()[:3] == ["xatlas", "not", "installed"] for line in text.output.splitlines())
     assert f"--backend {report['defaults']['backend']}" in text.output
+    assert report["variables"]["ZSW_CACHE_DIR"] == "/tmp/zsw-cache" and "ZSW_CACHE_DIR=/tmp/zsw-cache" in text.output
 
 
 def test_commands_stay_thin():

@@ -17,7 +17,19 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["Environment", "describe_environment", "PACKAGES"]
+__all__ = ["Environment", "describe_environment", "PACKAGES", "VARIABLES"]
+
+#: environment variables that change what zsw does (reported when set)
+VARIABLES = (
+    "ZSW_KERNELS",  # the kernels' implementation (zsw.kernels.requested_impl)
+    "ZSW_CACHE_DIR",  # --prompt auto's class embeddings
+    "TRITON_INTERPRET",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+)
 
 #: (distribution, what zsw uses it for): the core dependencies first, then the extras
 PACKAGES = (
@@ -64,6 +76,7 @@ class Environment:
     weights: str | None = None  # the packaged model's file, None when the package has none
     onnx_graphs: str = ""  # whether --backend auto can use the packaged ONNX graphs
     defaults: dict[str, str] = field(default_factory=dict)  # what `auto` resolves to here
+    variables: dict[str, str] = field(default_factory=dict)  # those of VARIABLES that are set
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +99,7 @@ class Environment:
             out.append("  no CUDA device visible to PyTorch")
         out.append(f"packaged model: {self.weights or 'none (random weights, with a warning)'}; {self.onnx_graphs}")
         out.append("zsw reconstruct's auto settings here: " + ", ".join(f"--{k} {v}" for k, v in self.defaults.items()))
+        out.append("environment: " + (" ".join(f"{k}={v}" for k, v in self.variables.items()) or "none of zsw's set"))
         out.append("packages:")
         width = max(len(name) for name, _ in PACKAGES)
         for name, use in PACKAGES:
@@ -171,4 +185,5 @@ def describe_environment() -> Environment:
             "precision": run_precision(backend, "auto", device),
             "tta": resolve_tta("auto", device),
         },
+        variables={k: os.environ[k] for k in VARIABLES if k in os.environ},
     )
