@@ -664,6 +664,8 @@ def test_other_photo_formats_pillow_reads_are_found_in_folders_and_load(tmp_path
         ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "a vector drawing (SVG)"),
         ("scan.pdf", b"%PDF-1.7\n%\xe2\xe3\n", "a PDF document, not an image: export its page as PNG first"),
         ("plot.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n", "a PostScript drawing"),
+        ("chair.glb", b"glTF\x02\x00\x00\x00", "a 3D model, not a photo"),
+        ("scan.usdz", b"PK\x03\x04", "a 3D model, not a photo"),
     ],
 )
 def test_drawings_and_documents_given_as_photos_say_what_to_do(tmp_path, name, data, says):

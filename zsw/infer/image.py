@@ -291,13 +291,20 @@ def _pixel_limit():
 
 
 def _document(path: Path) -> str | None:
-    """What to do with a drawing or document given as a photo (SVG, PDF, PostScript), or None."""
+    """What to do with a drawing, document or 3D model given as a photo, or None."""
     try:
         with open(path, "rb") as f:
             head = f.read(1024)
     except OSError:
         return None
+    from zsw.data.eval_sets import FOLDER_MESHES, OTHER_3D_FORMATS
+
     name, stem = path.name, path.stem
+    if path.suffix.lower() in (*FOLDER_MESHES, *OTHER_3D_FORMATS) or head.startswith(b"glTF"):
+        return (
+            "a 3D model, not a photo: zsw reconstruct makes one from a photo (to score a photo's mesh "
+            "against this one, put both in a folder for `zsw eval --format folder`)"
+        )
     if path.suffix.lower() in (".svg", ".svgz") or b"<svg" in head:
         how = f"rsvg-convert -w 1024 {name} -o {stem}.png"
         return f"a vector drawing (SVG), not a photo: render it to PNG first (e.g. `{how}`)"
