@@ -436,7 +436,8 @@ def test_gltf_triangle_fans_are_read(tmp_path, indexed):
 def test_a_phone_scans_usdz_is_read_as_its_visible_meshes_y_up(tmp_path, monkeypatch):
     """A USDZ (what a phone's object capture writes) is a true shape like a GLB: its visible meshes
     of the rendered purpose, placed by their transforms (instances included), quads cut into
-    triangles, a Z-up stage turned Y-up. Hidden meshes and guides are not part of the shape.
+    triangles, a Z-up stage turned Y-up; an animated one at its first frame. Hidden meshes and
+    guides are not part of the shape.
     Without usd-core the file is one line saying what to install."""
     import builtins
 
@@ -478,6 +479,15 @@ def test_a_phone_scans_usdz_is_read_as_its_visible_meshes_y_up(tmp_path, monkeyp
     got, want = (np.asarray(v)[np.lexsort(np.round(v, 3).T)] for v in (mesh.vertices, want))
     assert np.allclose(got, want)
     assert np.isclose(mesh.volume, 3 * 6.0)  # outward triangles: the quads' winding is kept
+
+    moving = Usd.Stage.CreateNew(str(tmp_path / "moving.usda"))  # points only as time samples
+    tri = UsdGeom.Mesh.Define(moving, "/tri")
+    for frame, z in ((1, 0.0), (2, 5.0)):
+        tri.CreatePointsAttr().Set([(0.0, 0.0, z), (1.0, 0.0, z), (0.0, 1.0, z)], frame)
+    tri.CreateFaceVertexCountsAttr([3])
+    tri.CreateFaceVertexIndicesAttr([0, 1, 2])
+    moving.GetRootLayer().Save()
+    assert np.allclose(read_mesh_file(tmp_path / "moving.usda").vertices, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
 
     real_import = builtins.__import__
 

@@ -2,10 +2,11 @@
 Reality Composer write USDZ) as a true shape for ``zsw eval`` or an object for ``zsw synthesize
 meshes``, read with Pixar's ``usd-core`` (the ``usd`` extra).
 
-Every visible mesh of the stage's default time, rendered purpose (not guides or proxies), instance
-proxies included, is placed by its world transform, its polygons cut into triangle fans (left-handed
-meshes keep their outward side); a Z-up stage is turned Y-up, ``(x, y, z) -> (x, z, -y)``, the
-frame glTF and zsw's meshes use. Units are left as they are: every use of a true shape normalises it.
+Every visible mesh at the stage's first time (its default values, or an animation's first frame)
+and of the rendered purpose (not guides or proxies), instance proxies included, is placed by its
+world transform, its polygons cut into triangle fans (left-handed meshes keep their outward side);
+a Z-up stage is turned Y-up, ``(x, y, z) -> (x, z, -y)``, the frame glTF and zsw's meshes use.
+Units are left as they are: every use of a true shape normalises it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def read_usd(path: Path):
         raise InputError(f"cannot read the mesh {path}: {_usd_reason(e)}") from None
     if stage is None:
         raise InputError(f"cannot read the mesh {path}: not a USD file")
-    time = Usd.TimeCode.Default()
+    time = Usd.TimeCode.EarliestTime()  # the default value, or an animated stage's first frame
     cache = UsdGeom.XformCache(time)
     shown = (UsdGeom.Tokens.default_, UsdGeom.Tokens.render)
     vertices, faces, offset = [], [], 0
