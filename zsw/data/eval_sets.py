@@ -520,9 +520,10 @@ def read_mesh_file(path: Path):
 
     if path.suffix.lower() in USD_SUFFIXES:
         return read_usd(path)
-    gltf.check_extensions(path)
+    tree = gltf.read_json(path)  # {} for other formats
+    gltf.check_extensions(path, tree)
     try:
-        loaded = _load_mesh(path)
+        loaded = _load_mesh(path, tree)
     except FileNotFoundError as e:  # a .gltf's buffer or image beside it
         missing = Path(str(e.filename or e.args[-1])).name
         raise InputError(f"cannot read the mesh {path}: {missing}, a file it refers to, is missing") from None
@@ -540,12 +541,12 @@ def read_mesh_file(path: Path):
     return loaded
 
 
-def _load_mesh(path: Path):
-    """``trimesh.load`` of ``path``. A glTF's quantized geometry is dequantized and its instanced
-    meshes placed first (:func:`zsw.data.gltf.rewritten_glb`). An OBJ's relative face indices
-    (``f -3 -2 -1``, counted back from the vertices read so far, as concatenated per-object OBJ
-    files have them) are made absolute first: trimesh counts them from the end of the whole file,
-    which puts every face on the last object."""
+def _load_mesh(path: Path, gltf_tree: dict | None = None):
+    """``trimesh.load`` of ``path``. A glTF's quantized geometry is dequantized, its instanced
+    meshes placed and its fans cut first (:func:`zsw.data.gltf.rewritten_glb`; ``gltf_tree``: its
+    JSON, read already). An OBJ's relative face indices (``f -3 -2 -1``, counted back from the
+    vertices read so far, as concatenated per-object OBJ files have them) are made absolute first:
+    trimesh counts them from the end of the whole file, which puts every face on the last object."""
     import io
     import re
 
@@ -553,7 +554,7 @@ def _load_mesh(path: Path):
 
     if path.suffix.lower() == ".ply" and (header := _ply_header_made_ascii(path)) is not None:
         return trimesh.load(io.BytesIO(header + path.read_bytes()[len(header) :]), file_type="ply", process=False)
-    if path.suffix.lower() in (".glb", ".gltf") and (glb := gltf.rewritten_glb(path)) is not None:
+    if path.suffix.lower() in (".glb", ".gltf") and (glb := gltf.rewritten_glb(path, gltf_tree)) is not None:
         resolver = trimesh.resolvers.FilePathResolver(path)  # images named by URI, beside the file
         return trimesh.load(io.BytesIO(glb), file_type="glb", process=False, resolver=resolver)
     if path.suffix.lower() != ".obj":

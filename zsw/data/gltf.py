@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from zsw.data.usd import fan_triangles
 from zsw.errors import InputError
 
 GLB_MAGIC = b"glTF"
 _JSON, _BIN = 0x4E4F534A, 0x004E4942  # GLB chunk types
-#: a normalized integer component type -> (its numpy dtype, the value that means 1.0)
-_NORMALIZED = {5120: (np.int8, 127.0), 5121: (np.uint8, 255.0), 5122: (np.int16, 32767.0), 5123: (np.uint16, 65535.0)}
+#: a normalized integer component type -> the value that means 1.0
+_NORMALIZED = {5120: 127.0, 5121: 255.0, 5122: 32767.0, 5123: 65535.0}
 #: every component type -> its numpy dtype (little-endian, as glTF stores them)
 _TYPES = {5120: "<i1", 5121: "<u1", 5122: "<i2", 5123: "<u2", 5125: "<u4", 5126: "<f4"}
 _WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
@@ -123,7 +124,7 @@ def fan_primitives(tree: dict) -> list[tuple[int, int]]:
     ]
 
 
-def rewritten_glb(path: Path) -> bytes | None:
+def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
     """``path`` (a ``.glb`` or ``.gltf``) as one GLB that trimesh reads as the file means it, or
     None when trimesh reads the file as it is:
 
@@ -137,8 +138,8 @@ def rewritten_glb(path: Path) -> bytes | None:
     The buffers are merged into the binary chunk; images referred to by URI stay so: load the
     result with a resolver in ``path``'s folder. A buffer file that is missing raises
     :class:`FileNotFoundError` naming it; a buffer too short for its accessors, an
-    :class:`InputError`."""
-    tree = read_json(path)
+    :class:`InputError`. ``tree``: the file's JSON when the caller has read it (:func:`read_json`)."""
+    tree = read_json(path) if tree is None else tree
     todo, instanced, fans = quantized_accessors(tree), instanced_nodes(tree), fan_primitives(tree)
     if not todo and not instanced and not fans:
         return None
@@ -152,7 +153,7 @@ def rewritten_glb(path: Path) -> bytes | None:
         b = view.get("buffer", 0)
         if not 0 <= b < len(buffers) or view.get("byteOffset", 0) + view.get("byteLength", 0) > len(buffers[b]):
             raise InputError(f"cannot read the mesh {path}: its buffer view {i} runs past the end of its buffer")
-        view["byteOffset"] = starts[view.get("buffer", 0)] + view.get("byteOffset", 0)
+        view["byteOffset"] = starts[b] + view.get("byteOffset", 0)
         view["buffer"] = 0
     accessors = [dict(a) for a in tree.get("accessors") or []]
     for index in todo:
@@ -162,10 +163,8 @@ def rewritten_glb(path: Path) -> bytes | None:
         merged += values.tobytes()
         a.update(bufferView=len(views) - 1, byteOffset=0, componentType=5126)
         a.pop("normalized", None)
-        one = _NORMALIZED[tree["accessors"][index]["componentType"]][1]
-        for bound in ("min", "max"):
-            if bound in a:
-                a[bound] = [max(float(c) / one, -1.0) for c in a[bound]]
+        if len(values):  # the bounds of the numbers now stored (glTF requires them on positions)
+            a.update(min=values.min(0).tolist(), max=values.max(0).tolist())
     meshes = [dict(m, primitives=[dict(p) for p in m.get("primitives") or []]) for m in tree.get("meshes") or []]
     for m, k in fans:
         primitive = meshes[m]["primitives"][k]
@@ -174,8 +173,7 @@ def rewritten_glb(path: Path) -> bytes | None:
             order = order.astype(np.int64)
         else:  # drawn in the order of the vertices
             order = np.arange(int(tree["accessors"][primitive["attributes"]["POSITION"]].get("count", 0)))
-        hub = np.full(max(len(order) - 2, 0), order[0] if len(order) else 0)
-        faces = np.stack([hub, order[1:-1][: len(hub)], order[2:]], axis=1).astype("<u4").reshape(-1)
+        faces = fan_triangles(np.array([len(order)]), order).astype("<u4").reshape(-1)
         views.append({"buffer": 0, "byteOffset": len(merged), "byteLength": faces.nbytes})
         merged += faces.tobytes()
         accessors.append({"bufferView": len(views) - 1, "componentType": 5125, "type": "SCALAR", "count": len(faces)})
@@ -274,5 +272,5 @@ def _values(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np
     raw = np.ndarray((count, width), dtype=dtype, buffer=buffer, offset=start, strides=(stride, item))
     values = raw.astype(np.float32)
     if accessor.get("normalized") and kind in _NORMALIZED:
-        values = np.maximum(values / np.float32(_NORMALIZED[kind][1]), np.float32(-1.0))
+        values = np.maximum(values / np.float32(_NORMALIZED[kind]), np.float32(-1.0))
     return values
