@@ -834,11 +834,12 @@ def find_images(
         if not text.strip():  # Path("") is the current folder: an unset "$IMG" must not mean "."
             problems.append((repr(text), "an empty path names no image"))
         elif p.is_dir():
-            images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+            listing = sorted(f for f in p.iterdir() if not f.name.startswith("."))
+            images = [f for f in listing if f.suffix.lower() in IMAGE_SUFFIXES]
             files = [f for f in images if f.is_file()]
             problems += [(str(f), _broken_link(f)) for f in images if f.is_symlink() and not f.exists()]
             if not images:
-                raws = sum(f.suffix.lower() in RAW_SUFFIXES for f in p.iterdir())
+                raws = sum(f.suffix.lower() in RAW_SUFFIXES for f in listing)
                 hint = f"; its {raws} camera RAW file(s) need exporting as JPEG, PNG or TIFF first" if raws else ""
                 if not hint and (subs := _image_subfolders(p)):
                     named = ", ".join(f"{d}/" for d in subs[:3]) + (
@@ -849,11 +850,7 @@ def find_images(
             for f in files:
                 add(f)
             if images and passed_over is not None:
-                passed_over += sorted(
-                    f
-                    for f in p.iterdir()
-                    if f.suffix.lower() not in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
-                )
+                passed_over += [f for f in listing if f.suffix.lower() not in IMAGE_SUFFIXES and f.is_file()]
         elif p.is_file():
             add(p)
         elif p.exists() or text == "-":  # a pipe (<(curl ...)), a device, stdin: read once, and zsw reads twice
