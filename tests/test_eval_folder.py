@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,6 @@ def test_compressed_gltf_geometry_is_decoded_or_refused_by_name(tmp_path, monkey
     fills the geometry with zeros, a shape of no size that would be scored. Draco is decoded
     (DracoPy, a dependency); without DracoPy, and for meshopt (which trimesh cannot decode), the
     file is refused by name."""
-    import builtins
     import struct
 
     import trimesh
@@ -219,17 +219,10 @@ def test_compressed_gltf_geometry_is_decoded_or_refused_by_name(tmp_path, monkey
     mesh = read_mesh_file(tmp_path / "draco.glb")
     assert np.allclose(np.sort(mesh.extents), [1.0, 2.0, 3.0], atol=1e-3) and len(mesh.faces) == 12
 
-    real_import = builtins.__import__
-
-    def no_dracopy(name, *args, **kwargs):
-        if name == "DracoPy":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_dracopy)
-    with pytest.raises(InputError, match=r"draco.glb: its geometry is compressed with Draco, which needs DracoPy"):
-        read_mesh_file(tmp_path / "draco.glb")
-    monkeypatch.setattr(builtins, "__import__", real_import)
+    with monkeypatch.context() as absent:
+        absent.setitem(sys.modules, "DracoPy", None)  # `import DracoPy` raises ModuleNotFoundError
+        with pytest.raises(InputError, match=r"draco.glb: its geometry is compressed with Draco, which needs DracoPy"):
+            read_mesh_file(tmp_path / "draco.glb")
 
     plain = trimesh.exchange.gltf.export_glb(trimesh.Scene(box))
     (length,) = struct.unpack("<I", plain[12:16])
@@ -439,8 +432,6 @@ def test_a_phone_scans_usdz_is_read_as_its_visible_meshes_y_up(tmp_path, monkeyp
     triangles, a Z-up stage turned Y-up; an animated one at its first frame. Hidden meshes and
     guides are not part of the shape.
     Without usd-core the file is one line saying what to install."""
-    import builtins
-
     from pxr import Gf, Sdf, Usd, UsdGeom, UsdUtils
 
     from zsw.data.eval_sets import read_mesh_file
@@ -489,14 +480,7 @@ def test_a_phone_scans_usdz_is_read_as_its_visible_meshes_y_up(tmp_path, monkeyp
     moving.GetRootLayer().Save()
     assert np.allclose(read_mesh_file(tmp_path / "moving.usda").vertices, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
 
-    real_import = builtins.__import__
-
-    def no_pxr(name, *args, **kwargs):
-        if name == "pxr":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pxr)
+    monkeypatch.setitem(sys.modules, "pxr", None)  # `from pxr import ...` raises ModuleNotFoundError
     with pytest.raises(InputError, match=r"scan.usdz: a USD file, which needs usd-core: pip install 'zsw\[usd\]'"):
         read_mesh_file(tmp_path / "scan.usdz")
 
