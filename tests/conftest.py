@@ -84,6 +84,25 @@ def zeroshape_keys() -> list:
     return json.loads(path.read_text())
 
 
+@pytest.fixture
+def memory_path(tmp_path):
+    """A temporary folder in memory (``/dev/shm``) where the machine has one with room, else
+    ``tmp_path``: for tests that write and read full-size checkpoints (0.8 GB each), whose time on
+    a disk is the fsync of what they write, not the code they test."""
+    import shutil
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 6 * 2**30):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="zsw-test-", dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def official_state_dict(zeroshape_keys) -> dict:
     """A fabricated official ZeroShape state dict: every listed tensor, random but well scaled

@@ -132,12 +132,12 @@ def test_version():
 
 
 @pytest.mark.slow
-def test_convert_zeroshape_end_to_end(official_state_dict, tmp_path):
+def test_convert_zeroshape_end_to_end(official_state_dict, memory_path):
     from zsw import checkpoint
 
-    src = tmp_path / "shape.ckpt"
+    src = memory_path / "shape.ckpt"
     torch.save({"graph": official_state_dict, "epoch": 14, "iter": 1000}, src)
-    out = tmp_path / "zs.safetensors"
+    out = memory_path / "zs.safetensors"
     result = runner.invoke(app, ["convert", "zeroshape", str(src), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "mapped 809 tensors, dropped 4" in result.output
@@ -152,7 +152,7 @@ def test_convert_zeroshape_end_to_end(official_state_dict, tmp_path):
 
     # the paper's starting point: ZeroShape's depth.ckpt onto zeroshape-w (the rest fresh; the
     # whole shape.ckpt's keys onto zeroshape-w: test_checkpoint, in memory and on the meta device)
-    depth_src, out_w = tmp_path / "depth.ckpt", tmp_path / "zsw.safetensors"
+    depth_src, out_w = memory_path / "depth.ckpt", memory_path / "zsw.safetensors"
     depth_only = {k: v for k, v in official_state_dict.items() if k.startswith(("dpt_depth.", "intr_"))}
     torch.save({"graph": depth_only}, depth_src)
     result = runner.invoke(app, ["convert", "zeroshape", str(depth_src), "-o", str(out_w), "--preset", "zeroshape-w"])

@@ -431,9 +431,13 @@ def convert_official(
         tensors, report = convert_zeroshape(state, preset, report=True)
     except CheckpointError as e:  # what is wrong with the dict, said of the file it came from
         raise CheckpointError(f"{source}: {e}") from None
-    model = build_model(preset)
-    if model.text is not None:
-        model.text.init_default_embedding(use_clip=clip)
-    model.load_state_dict(tensors, strict=False)
+    if report.fresh:
+        model = build_model(preset)
+        if model.text is not None:
+            model.text.init_default_embedding(use_clip=clip)
+        model.load_state_dict(tensors, strict=False)
+    else:  # every tensor comes from the source: no random initialisation, no second copy of the weights
+        model = build_model(preset, device="meta")
+        _load_strict(model, tensors, str(source))
     save(model, out, extra={"converted_from": str(source), "source_kind": report.source})
     return report
