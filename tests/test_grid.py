@@ -403,3 +403,21 @@ def test_the_default_chunk_is_smaller_on_a_cpu():
     sizes.clear()
     occupancy_grid(decode, 1, 40, mode="dense", chunk_points=50_000)
     assert max(sizes) == 50_000
+
+
+@pytest.mark.parametrize("logit", [-4.0, 4.0])
+def test_an_empty_mesh_says_which_side_of_the_threshold_the_field_stays(logit):
+    from zsw.infer.reconstruct import _empty_mesh_warning
+
+    def decode(p):
+        return torch.full(p.shape[:2], logit)
+
+    for mode in ("dense", "fast"):
+        (mesh,), (stats,) = grid_meshes(decode, 1, GridSettings(16, mode, close=False))
+        assert len(mesh.faces) == 0
+        p = 1 / (1 + math.exp(-logit))
+        assert stats.occupancy_range == pytest.approx((p, p), abs=1e-6)
+        text = _empty_mesh_warning(0.5, stats.occupancy_range)
+        assert (f"stays under --threshold 0.5 (at most {p:.3f}" if logit < 0 else f"at least {p:.3f}") in text, text
+    (mesh,), (stats,) = grid_meshes(decode, 1, GridSettings(16, "dense", close=True))
+    assert (len(mesh.faces) > 0) == (logit > 0) and (stats.occupancy_range is None) == (logit > 0)

@@ -1256,8 +1256,12 @@ def test_an_empty_mesh_is_written_and_warned_about(repo_root, tmp_path):
     assert result.exit_code == 0, result.output
     warned = [line for line in result.output.splitlines() if "empty mesh" in line]
     assert len(warned) == 1 and warned[0].startswith("WARNING: ") and "toy.png: empty mesh" in warned[0]
+    # it says how high the occupancy went, so a user knows which threshold would give a surface
+    high = re.search(r"stays under --threshold 0.999 \(at most (0\.\d{3}) on the grid\)", warned[0])
+    assert high and 0 < float(high[1]) < 0.999, warned[0]
     info = json.loads((out / "toy" / "result.json").read_text())
     assert info["mesh"]["faces"] == 0 and info["mesh"]["stl_mm_per_unit"] is None
+    assert any(high[0] in w for w in info["warnings"])
 
 
 def test_a_mask_folder_without_this_images_mask_is_said(repo_root, tmp_path):

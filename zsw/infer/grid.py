@@ -81,6 +81,8 @@ class GridStats:
     grid_points: int  # (resolution + 1)^3
     decode_s: float = 0.0  # wall time in the decoder, shared by the batch
     marching_cubes_s: float = 0.0
+    #: the lowest and highest probability on the grid, for an image whose mesh came out empty (why)
+    occupancy_range: tuple[float, float] | None = None
 
     @property
     def fraction(self) -> float:
@@ -665,6 +667,8 @@ def grid_meshes(
         t0 = time.perf_counter()
         meshes.append(marching_cubes(probs[b], g.threshold, g.bound, close=g.close))
         stats[b].marching_cubes_s = time.perf_counter() - t0
+        if len(meshes[-1].faces) == 0:
+            stats[b].occupancy_range = (float(probs[b].min()), float(probs[b].max()))
     return meshes, stats
 
 

@@ -509,7 +509,7 @@ class Reconstructor:
         backend, g = self.backend, self.grid
         warn = list(self.warnings)
         if len(rec.mesh.faces) == 0 and grid.evaluated_points:
-            warn.append("empty mesh: the predicted occupancy never crosses the threshold")
+            warn.append(_empty_mesh_warning(g.threshold, grid.occupancy_range))
         if self.faces is not None and len(rec.mesh.faces) > self.faces:
             warn.append(f"decimation could not reach {self.faces} faces: the mesh keeps {len(rec.mesh.faces)}")
         if rec.texture is not None and len(rec.mesh.faces) > TEXTURE_FACES_HINT:
@@ -553,6 +553,20 @@ def _version() -> str:
     from zsw import __version__
 
     return __version__
+
+
+def _empty_mesh_warning(threshold: float, occupancy: tuple[float, float] | None) -> str:
+    """Why an image's mesh is empty: its occupancy stays on one side of ``threshold`` (``occupancy``:
+    the grid's lowest and highest probability), said with the value a user could pick instead."""
+    if occupancy is None:
+        return "empty mesh: the predicted occupancy never crosses the threshold"
+    low, high = occupancy
+    if high < threshold:
+        return f"empty mesh: the predicted occupancy stays under --threshold {threshold:g} (at most {high:.3f} on the grid)"
+    return (
+        f"empty mesh: the predicted occupancy is over --threshold {threshold:g} on the whole grid (at least "
+        f"{low:.3f}): the object fills it; --close caps it at the grid's bound"
+    )
 
 
 def reconstruct(
