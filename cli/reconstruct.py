@@ -13,8 +13,8 @@ from zsw.cli._common import RichReporter, cli_errors
 
 COMMAND = dict(
     help="Reconstruct meshes (plus depth, masks and a preview) from images."
-    "\n\nINPUT is any number of image files (PNG, JPEG, WebP, BMP, TIFF, GIF, HEIC, AVIF), folders or glob "
-    "patterns. Each "
+    "\n\nINPUT is any number of image files (PNG, JPEG, WebP, BMP, TIFF, GIF, HEIC, AVIF, JPEG XL, "
+    "OpenEXR, JPEG 2000, QOI, TGA, PPM; docs/reconstruct.md lists them), folders or glob patterns. Each "
     "image gets OUT/<name>/ with mesh.glb (or --format), depth.png, visible_mask.png, occluder_mask.png, "
     "preview.png and result.json. An image whose result.json records the same input (content hash), "
     "settings and weights is skipped unless --overwrite; any other earlier result is redone. Unreadable "
