@@ -296,6 +296,26 @@ def test_status_shows_file_names_as_written(app_url, tmp_path):
     assert _shown(status).strip() == f"error: broken {name}: not an image file PIL can read", status
 
 
+def test_the_page_shows_the_photo_as_zsw_reads_it(tmp_path):
+    """Upright by its EXIF orientation and at most PREVIEW_SIDE a side; nothing, and the status line
+    left alone, when the photo is cleared; the reason in one line for a file zsw cannot read."""
+    import gradio as gr
+
+    from zsw.app import PREVIEW_SIDE, _shown
+
+    photo = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
+    Image.new("RGB", (1600, 900), (200, 30, 30)).save(photo, exif=exif)
+    picture, status = _shown(str(photo))
+    assert picture.size == (PREVIEW_SIDE * 900 // 1600, PREVIEW_SIDE), picture.size  # portrait, as viewed
+    assert status == gr.skip() and _shown(None) == (None, gr.skip())
+    broken = tmp_path / "broken_1.png"
+    _random_bytes(broken)
+    picture, status = _shown(str(broken))
+    assert picture is None and status.startswith("error: broken\\_1.png: not an image file"), status
+
+
 def test_examples_come_from_a_checkout_only(monkeypatch, tmp_path):
     import zsw
     from zsw.app import find_examples
@@ -411,8 +431,17 @@ def test_page_shows_the_mesh_in_a_browser(app_url, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(app_url)
             assert page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')"), "no WebGL"
-            page.get_by_role("button", name=TEDDY.name).click()  # the bundled example
+            # a file zsw cannot read is said at once, before Reconstruct is pressed
+            broken = tmp_path / "broken.png"
+            _random_bytes(broken)
+            page.locator("#photo input[type=file]").set_input_files(broken)
+            page.locator("#status").get_by_text("error: broken.png: not an image file").wait_for(timeout=30_000)
+            page.locator("#photo").get_by_role("button", name="Clear").click()
+            page.locator("#examples").get_by_text(TEDDY.name).click()  # the bundled example's thumbnail
             page.locator("#photo").get_by_text(TEDDY.stem).wait_for(timeout=30_000)  # now the input
+            shown = page.locator("#shown img")  # and the photo as zsw reads it is on the page
+            shown.wait_for(timeout=30_000)
+            assert _model_fraction(shown.screenshot()) > 0.05, "the photo's picture is blank"
             page.locator("#run").click()
             page.locator("#status").get_by_text("vertices").wait_for(timeout=120_000)
             viewer = page.locator("#model canvas")

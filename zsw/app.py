@@ -49,6 +49,8 @@ _log = logging.getLogger("zsw.app")
 
 #: the largest upload the server accepts (gradio refuses bigger ones before the job sees them)
 MAX_UPLOAD = "25mb"
+#: the longest side, in pixels, of the page's picture of the photo as zsw reads it
+PREVIEW_SIDE = 512
 #: request folders older than this are removed when a new request starts (gradio keeps its own copies)
 _KEEP_S = 3600
 #: what Markdown (and the HTML it passes through) would read as markup in a file name or a message
@@ -135,51 +137,64 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=1):
+                # a file, not gr.Image: the job reads the photo's own bytes (HEIC, EXR, its ICC profile
+                # and EXIF orientation), which gr.Image would re-encode first; what zsw read is shown below
                 photo = gr.File(label="Photo", file_types=["image", *IMAGE_SUFFIXES], elem_id="photo")
+                shown = gr.Image(label="The photo as zsw reads it", interactive=False, height=PREVIEW_SIDE // 2,
+                                 buttons=[], elem_id="shown")  # fmt: skip
                 if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[photo], label="Examples")
+                    gallery = gr.Gallery([(str(p), p.name) for p in examples], label="Examples", columns=3,
+                                         object_fit="contain", height="auto", allow_preview=False,
+                                         elem_id="examples")  # fmt: skip
+
+                    def pick(evt: gr.SelectData) -> str:  # an example's thumbnail clicked: it becomes the photo
+                        return str(examples[evt.index])
+
+                    gallery.select(pick, None, photo, queue=False, show_progress="hidden")
                 prompt = gr.Textbox(defaults.prompt, label="Prompt", info="the object's category, e.g. chair")
-                resolution = gr.Slider(
-                    8, 512, value=defaults.grid.resolution, step=8, label="Resolution", info="grid cells per axis"
-                )
-                extraction = gr.Radio(list(EXTRACTIONS), value=defaults.grid.extraction, label="Extraction")
-                color = gr.Radio(list(COLORS), value=defaults.color, label="Colour")
-                reframe = gr.Radio(
-                    list(REFRAMES), value=defaults.reframe, label="Framing",
-                    info="cut the photo around the object when it is small or off centre",
-                )  # fmt: skip
-                background = gr.Radio(
-                    list(BACKGROUNDS), value=defaults.background, label="Background",
-                    info="correct the object's mask with a plain, graded or transparent background",
-                )  # fmt: skip
-                cutout = gr.Dropdown(
-                    list(dict.fromkeys(["none", "rembg", *CUTOUT_CHOICES, defaults.cutout])), value=defaults.cutout,
-                    allow_custom_value=True, label="Background removal",
-                    info='remove a cluttered background first (rembg, or rembg:<model>; pip install "zsw[cutout]")',
-                )  # fmt: skip
-                smooth = gr.Slider(
-                    0, 100, value=defaults.smooth, step=1, label="Smoothing",
-                    info="passes of Taubin smoothing: removes the grid's terraces, keeps the mesh closed",
-                )  # fmt: skip
-                faces = gr.Number(
-                    value=defaults.faces or 0, precision=0, minimum=0, label="Faces",
-                    info="decimate to at most this many triangles (0: keep them all)",
-                )  # fmt: skip
-                tta = gr.Radio(
-                    list(TTAS), value=defaults.tta, label="Test-time augmentation",
-                    info="flip: average the shape with the mirrored photo's (twice the decoding); flip-pixel: "
-                    "average only depth and masks; auto: flip on a GPU, flip-pixel on a CPU",
-                )  # fmt: skip
-                carve = gr.Checkbox(
-                    value=defaults.carve, label="Carve",
-                    info="no surface where the photo shows background (between legs, under a table)",
-                )  # fmt: skip
-                texture = gr.Radio(
-                    sorted({0, 512, 1024, 2048, defaults.texture}), value=defaults.texture, label="Texture",
-                    info="bake the photo into an atlas of this many texels a side (0: vertex colours only); "
-                    "meant with Faces: ~1 s at 5,000 faces, ~20 s for a whole mesh",
-                )  # fmt: skip
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
+                # the settings a first visit does not need, folded: the button stays in view
+                with gr.Accordion("Settings", open=False, elem_id="settings"):
+                    resolution = gr.Slider(
+                        8, 512, value=defaults.grid.resolution, step=8, label="Resolution", info="grid cells per axis"
+                    )
+                    extraction = gr.Radio(list(EXTRACTIONS), value=defaults.grid.extraction, label="Extraction")
+                    color = gr.Radio(list(COLORS), value=defaults.color, label="Colour")
+                    reframe = gr.Radio(
+                        list(REFRAMES), value=defaults.reframe, label="Framing",
+                        info="cut the photo around the object when it is small or off centre",
+                    )  # fmt: skip
+                    background = gr.Radio(
+                        list(BACKGROUNDS), value=defaults.background, label="Background",
+                        info="correct the object's mask with a plain, graded or transparent background",
+                    )  # fmt: skip
+                    cutout = gr.Dropdown(
+                        list(dict.fromkeys(["none", "rembg", *CUTOUT_CHOICES, defaults.cutout])), value=defaults.cutout,
+                        allow_custom_value=True, label="Background removal",
+                        info='remove a cluttered background first (rembg, or rembg:<model>; pip install "zsw[cutout]")',
+                    )  # fmt: skip
+                    smooth = gr.Slider(
+                        0, 100, value=defaults.smooth, step=1, label="Smoothing",
+                        info="passes of Taubin smoothing: removes the grid's terraces, keeps the mesh closed",
+                    )  # fmt: skip
+                    faces = gr.Number(
+                        value=defaults.faces or 0, precision=0, minimum=0, label="Faces",
+                        info="decimate to at most this many triangles (0: keep them all)",
+                    )  # fmt: skip
+                    tta = gr.Radio(
+                        list(TTAS), value=defaults.tta, label="Test-time augmentation",
+                        info="flip: average the shape with the mirrored photo's (twice the decoding); flip-pixel: "
+                        "average only depth and masks; auto: flip on a GPU, flip-pixel on a CPU",
+                    )  # fmt: skip
+                    carve = gr.Checkbox(
+                        value=defaults.carve, label="Carve",
+                        info="no surface where the photo shows background (between legs, under a table)",
+                    )  # fmt: skip
+                    texture = gr.Radio(
+                        sorted({0, 512, 1024, 2048, defaults.texture}), value=defaults.texture, label="Texture",
+                        info="bake the photo into an atlas of this many texels a side (0: vertex colours only); "
+                        "meant with Faces: ~1 s at 5,000 faces, ~20 s for a whole mesh",
+                    )  # fmt: skip
             with gr.Column(scale=2):
                 # no LaTeX: a file named $$x$$.png is a name, not a formula
                 status = gr.Markdown(label="Status", elem_id="status", latex_delimiters=[])
@@ -223,6 +238,7 @@ def build_app(
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
+        photo.change(_shown, [photo], [shown, status], queue=False, show_progress="hidden")
         run.click(
             reconstruct,
             [
@@ -393,6 +409,29 @@ def _timings_table(timings: dict[str, float]) -> str:
     timings = {k: v for k, v in timings.items() if k != "preview" and v > 0}
     rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in timings.items())
     return f"| stage | seconds |\n| --- | ---: |\n{rows}\n| **total** | **{sum(timings.values()):.2f}** |"
+
+
+def _shown(upload: str | None) -> tuple:
+    """The photo as the job will read it (upright, in sRGB, on white where transparent; at most
+    :data:`PREVIEW_SIDE` pixels a side), the status line left as it is; or, for a file zsw cannot
+    read, nothing and the one-line reason, at once rather than after **Reconstruct**."""
+    if not upload:
+        return None, gr.skip()
+    from PIL import Image
+
+    from zsw.infer.image import load_image
+
+    try:
+        loaded = load_image(upload)
+    except ZswError as e:  # said of the file by its name, as the job's failures are
+        reason = _one_line(str(e)).removeprefix(f"{upload}: ")
+        return None, f"error: {_plain(Path(upload).name)}: {_plain(reason)}"
+    except Exception as e:  # a bug: keep the traceback in the log
+        _log.exception("reading %s failed", upload)
+        return None, f"error: {_plain(Path(upload).name)}: internal error ({type(e).__name__})"
+    picture = Image.fromarray(loaded.pixels if loaded.pixels is not None else loaded.image)
+    picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+    return picture, gr.skip()
 
 
 def _failure(message: str) -> tuple:

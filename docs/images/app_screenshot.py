@@ -47,8 +47,9 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=chromium, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url)
-            page.get_by_role("button", name="teddy_bear.png").click()
+            page.locator("#examples").get_by_text("teddy_bear.png").click()  # the example's thumbnail
             page.locator("#photo").get_by_text("teddy_bear").wait_for(timeout=30_000)
+            page.locator("#shown img").wait_for(timeout=30_000)
             page.locator("#run").click()
             page.locator("#status").get_by_text("vertices").wait_for(timeout=300_000)
             viewer = page.locator("#model canvas")  # babylon.js draws the GLB after the event returns
