@@ -562,7 +562,10 @@ def _empty_mesh_warning(threshold: float, occupancy: tuple[float, float] | None)
         return "empty mesh: the predicted occupancy never crosses the threshold"
     low, high = occupancy
     if high < threshold:
-        return f"empty mesh: the predicted occupancy stays under --threshold {threshold:g} (at most {high:.3f} on the grid)"
+        return (
+            f"empty mesh: the predicted occupancy stays under --threshold {threshold:g} "
+            f"(at most {high:.3f} on the grid)"
+        )
     return (
         f"empty mesh: the predicted occupancy is over --threshold {threshold:g} on the whole grid (at least "
         f"{low:.3f}): the object fills it; --close caps it at the grid's bound"
