@@ -201,10 +201,10 @@ def test_reframing_frames_the_corrected_mask_not_the_spill(tmp_path, monkeypatch
     assert never.info["input"]["window"][2] > 2 * side  # the spilled mask frames (nearly) the whole photo
 
 
-def test_with_no_occluder_in_sight_the_mask_goes_on_along_the_object():
+def test_away_from_occluders_the_mask_goes_on_along_the_object():
     """An arm the model left as a body and a separate hand (its middle beyond ``reach`` of both) is
-    the object's own pixels: taken in along them where the model sees no occluder, up to ``along``
-    pixels; not when it sees one anywhere (an occluder it did not outline would come in too)."""
+    the object's own pixels: taken in along them, up to ``along`` pixels; not within ``along`` of a
+    predicted occluder (one the model outlined only in part would come in too)."""
     img = photo()
     img[30:34, 44:62] = (200, 40, 40)  # an arm from the square's side to x = 61
     arm = np.zeros((S, S), bool)
@@ -216,7 +216,9 @@ def test_with_no_occluder_in_sight_the_mask_goes_on_along_the_object():
     near = refine_visible_mask(img, model, none, reach=3, along=0)  # x 44-46 and 55-57 only
     assert near[30:34, 44:47].all() and not near[30:34, 47:55].any() and near[30:34, 55:62].all()
     occluder = np.zeros((S, S), bool)
-    occluder[2:6, 2:6] = True  # something in front, elsewhere
+    occluder[2:6, 2:6] = True  # something in front, far away: no matter
+    assert np.array_equal(refine_visible_mask(img, model, occluder, reach=3), square() | arm)
+    occluder[40:44, 48:52] = True  # something in front, below the arm
     assert np.array_equal(refine_visible_mask(img, model, occluder, reach=3), near)
     short = refine_visible_mask(img, square(), none, reach=3, along=5)  # no hand: 3 px, then 5 along
     assert short[30:34, 44:52].all() and not short[30:34, 52:].any()

@@ -15,9 +15,9 @@ background that needs no model:
 :func:`refine_visible_mask` then removes from the model's mask what lies on that background, and
 adds the pixels the model missed that are not of the background's colour and not its predicted
 occluder, where they lie inside the model's mask (its holes) or within ``reach`` pixels of it --
-there not the background's colour in shade either (a contact shadow on a white table); where the
-model sees no occluder at all (a product shot), up to ``along`` pixels further through such pixels
-connected to the mask (an outstretched arm whose middle the model missed). A second
+there not the background's colour in shade either (a contact shadow on a white table); then up to
+``along`` pixels further through such pixels connected to the mask, away from any predicted
+occluder (an outstretched arm whose middle the model missed). A second
 object away from the object is not taken in, nor specks under ``speck`` of the image's area, nor
 the background seen through the object (a torus's hole, a mug's handle). Photos without a plain
 or graded border keep the model's mask unchanged.
@@ -116,8 +116,8 @@ def refine_visible_mask(
     along: int = 16,
 ) -> np.ndarray | None:  # [S, S] bool, or None when the photo does not tell its background
     """The visible mask with the photo's own background taken into account (module docstring);
-    ``along``: how far, in pixels through the object's own pixels, the mask grows where the model
-    sees no occluder at all."""
+    ``along``: how far, in pixels through the object's own pixels, the mask grows (never within as
+    many pixels of a predicted occluder)."""
     from scipy import ndimage as ndi
 
     visible = np.asarray(visible, bool)
@@ -143,10 +143,13 @@ def refine_visible_mask(
     # table); inside the mask's holes any colour but the background's own is the object
     around = (ndi.distance_transform_edt(~visible) <= reach) & ~shade
     refined = (visible | (candidate & (around | ndi.binary_fill_holes(visible)))) & ~background
-    if along and refined.any() and (occluder is None or not np.asarray(occluder, bool).any()):
-        # nothing in front of the object: the mask goes on along the object's own pixels (a teddy's
-        # outstretched sleeve, a tiger's spotted leg that the model left as islands), through no
-        # background and no shade of it; with an occluder in sight, one the model did not outline
-        # would be taken in where it touches the object (procedural views: IoU lower)
-        refined = ndi.binary_dilation(refined, iterations=along, mask=refined | (candidate & ~shade & ~background))
+    if along and refined.any():
+        # the mask goes on along the object's own pixels (a teddy's outstretched sleeve, a tiger's
+        # spotted leg that the model left as islands), through no background and no shade of it,
+        # and not within ``along`` of a predicted occluder: an occluder the model outlined only in
+        # part would be taken in where it touches the object (procedural views: IoU lower)
+        allowed = candidate & ~shade & ~background
+        if occluder is not None and np.asarray(occluder, bool).any():
+            allowed &= ndi.distance_transform_edt(~np.asarray(occluder, bool)) > along
+        refined = ndi.binary_dilation(refined, iterations=along, mask=refined | allowed)
     return refined if refined.any() else None
