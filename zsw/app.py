@@ -154,7 +154,7 @@ def build_app(
                 prompt = gr.Textbox(defaults.prompt, label="Prompt", info="the object's category, e.g. chair")
                 run = gr.Button("Reconstruct", variant="primary", elem_id="run")
                 # the settings a first visit does not need, folded: the button stays in view
-                with gr.Accordion("Settings", open=False, elem_id="settings"):
+                with gr.Accordion("Options", open=False, elem_id="options"):
                     resolution = gr.Slider(
                         8, 512, value=defaults.grid.resolution, step=8, label="Resolution", info="grid cells per axis"
                     )
