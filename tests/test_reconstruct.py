@@ -343,7 +343,8 @@ def test_packaged_model_finds_the_object_in_real_photos(repo_root):
     zsw-demo-v3, trained on flat-coloured procedural objects only, reached a mean IoU of 0.50 (0.07
     on the armchair: it took the texture for background); v4 (textured objects) 0.80, v5 0.79,
     v6 (zoom-out augmentation) 0.84 (tiger 0.51); corrected by the photos' plain background
-    (zsw.infer.background) 0.94."""
+    (zsw.infer.background) 0.94, and 0.96 once the correction went on along the object (the
+    tiger's spotted legs, which the model leaves as islands, 0.85 -> 0.96)."""
     from zsw.bench.real_masks import mask_ious
 
     results = mask_ious("demo", repo_root / "examples")
@@ -352,8 +353,9 @@ def test_packaged_model_finds_the_object_in_real_photos(repo_root):
     assert len(ious) == 10
     assert np.mean(list(ious.values())) > 0.8, ious
     assert min(ious.values()) > 0.4, ious  # none lost, not even the tiger
-    # the photo's own background: 0.94 mean, none below 0.8, none worse than the model's own
-    assert np.mean(list(corrected.values())) > 0.9 and min(corrected.values()) > 0.8, corrected
+    # the photo's own background: 0.96 mean, none below 0.8, none worse than the model's own
+    assert np.mean(list(corrected.values())) > 0.95 and min(corrected.values()) > 0.8, corrected
+    assert corrected["tiger"] > 0.9, corrected  # 0.85 with the 8-pixel reach alone
     assert all(corrected[k] > ious[k] - 0.01 for k in ious), (ious, corrected)
 
 
