@@ -426,6 +426,19 @@ def test_gltf_triangle_fans_are_read(tmp_path, indexed):
     assert len(mesh.faces) == 6 and np.array_equal(mesh.faces, expected)
 
 
+def test_gltf_indices_are_read_as_the_integers_stored():
+    """A fan's indices are read as stored: through float32 (as positions are) an index past 2^24
+    would name a neighbouring vertex."""
+    from zsw.data import gltf
+
+    big = np.array([2**24 + 1, 2**32 - 1], dtype="<u4")
+    accessor = {"bufferView": 0, "componentType": 5125, "type": "SCALAR", "count": 2}
+    views = [{"buffer": 0, "byteOffset": 0, "byteLength": big.nbytes}]
+    stored = gltf._stored(Path("x.glb"), accessor, views, [big.tobytes()])
+    assert stored[:, 0].astype(np.int64).tolist() == [2**24 + 1, 2**32 - 1]
+    assert int(gltf._values(Path("x.glb"), accessor, views, [big.tobytes()])[0, 0]) != 2**24 + 1  # what it replaced
+
+
 def test_a_phone_scans_usdz_is_read_as_its_visible_meshes_y_up(tmp_path, monkeypatch):
     """A USDZ (what a phone's object capture writes) is a true shape like a GLB: its visible meshes
     of the rendered purpose, placed by their transforms (instances included), quads cut into

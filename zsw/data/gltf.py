@@ -169,7 +169,8 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
     for m, k in fans:
         primitive = meshes[m]["primitives"][k]
         if "indices" in primitive:
-            order = _values(path, tree["accessors"][primitive["indices"]], tree["bufferViews"], buffers)[:, 0]
+            # the stored integers: through float32, an index past 2^24 would name another vertex
+            order = _stored(path, tree["accessors"][primitive["indices"]], tree["bufferViews"], buffers)[:, 0]
             order = order.astype(np.int64)
         else:  # drawn in the order of the vertices
             order = np.arange(int(tree["accessors"][primitive["attributes"]["POSITION"]].get("count", 0)))
@@ -249,10 +250,8 @@ def _glb_binary(path: Path) -> bytes:
     return b""
 
 
-def _values(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np.ndarray:  # [count, width] float32
-    """The numbers of one accessor as float32, as the glTF specification maps them: floats as they
-    are, integers as they are unless normalized, normalized ones ``c / 255`` or ``c / 65535``
-    unsigned, ``max(c / 127, -1)`` or ``max(c / 32767, -1)`` signed."""
+def _stored(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np.ndarray:  # [count, width]
+    """The numbers of one accessor as stored (its component type; a view of the buffer)."""
     kind = accessor.get("componentType")
     if kind not in _TYPES or "bufferView" not in accessor or not 0 <= accessor["bufferView"] < len(views):
         raise InputError(f"cannot read the mesh {path}: an accessor it needs has no data zsw can read")
@@ -269,8 +268,15 @@ def _values(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np
     view_end = int(view.get("byteOffset", 0)) + int(view.get("byteLength", 0))
     if not width or end > min(len(buffer), view_end):
         raise InputError(f"cannot read the mesh {path}: an accessor runs past the end of its buffer view")
-    raw = np.ndarray((count, width), dtype=dtype, buffer=buffer, offset=start, strides=(stride, item))
-    values = raw.astype(np.float32)
+    return np.ndarray((count, width), dtype=dtype, buffer=buffer, offset=start, strides=(stride, item))
+
+
+def _values(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np.ndarray:  # [count, width] float32
+    """The numbers of one accessor as float32, as the glTF specification maps them: floats as they
+    are, integers as they are unless normalized, normalized ones ``c / 255`` or ``c / 65535``
+    unsigned, ``max(c / 127, -1)`` or ``max(c / 32767, -1)`` signed."""
+    kind = accessor.get("componentType")
+    values = _stored(path, accessor, views, buffers).astype(np.float32)
     if accessor.get("normalized") and kind in _NORMALIZED:
         values = np.maximum(values / np.float32(_NORMALIZED[kind]), np.float32(-1.0))
     return values
