@@ -121,6 +121,7 @@ def refine_visible_mask(
     from scipy import ndimage as ndi
 
     visible = np.asarray(visible, bool)
+    occluder = np.zeros(visible.shape, bool) if occluder is None else np.asarray(occluder, bool)
     shade = np.zeros(visible.shape, bool)
     if alpha is not None and not alpha.all():
         background = colour = ~np.asarray(alpha, bool)
@@ -137,8 +138,7 @@ def refine_visible_mask(
     labels, n = ndi.label(candidate)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     candidate &= sizes[labels] >= max(4, speck * candidate.size)
-    if occluder is not None:
-        candidate &= ~np.asarray(occluder, bool)
+    candidate &= ~occluder
     # around the mask, not the background's colour in shade either (a contact shadow on a white
     # table); inside the mask's holes any colour but the background's own is the object
     around = (ndi.distance_transform_edt(~visible) <= reach) & ~shade
@@ -149,7 +149,7 @@ def refine_visible_mask(
         # and not within ``along`` of a predicted occluder: an occluder the model outlined only in
         # part would be taken in where it touches the object (procedural views: IoU lower)
         allowed = candidate & ~shade & ~background
-        if occluder is not None and np.asarray(occluder, bool).any():
-            allowed &= ndi.distance_transform_edt(~np.asarray(occluder, bool)) > along
+        if occluder.any():
+            allowed &= ndi.distance_transform_edt(~occluder) > along
         refined = ndi.binary_dilation(refined, iterations=along, mask=refined | allowed)
     return refined if refined.any() else None
