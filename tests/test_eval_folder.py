@@ -426,6 +426,98 @@ def test_gltf_triangle_fans_are_read(tmp_path, indexed):
     assert len(mesh.faces) == 6 and np.array_equal(mesh.faces, expected)
 
 
+def test_sparse_gltf_accessors_are_read_with_their_replacements(tmp_path):
+    """A sparse accessor is a base (or zeros) with some elements replaced; trimesh read the base
+    alone: a box whose positions are all stored as replacements came out as one point at the
+    origin, and a ball with a base and a few moved vertices lost the moves. Sparse indices and
+    8-bit colours (3 bytes a vertex, so laid out on a 4-byte stride) are read too."""
+    import trimesh
+
+    from zsw.data import gltf
+    from zsw.data.eval_sets import read_mesh_file
+    from zsw.errors import InputError
+
+    box = trimesh.creation.box(extents=(1.0, 2.0, 3.0))
+    ball = trimesh.creation.icosphere(subdivisions=1, radius=0.5)
+    moved = np.array([3, 7, 20])
+    ball_true = ball.vertices.copy()
+    ball_true[moved] += (0.0, 0.25, 0.0)
+    faces = ball.faces.astype("<u2").reshape(-1)
+    flipped = np.array([0, 5])  # two faces stored reversed in the base, put right by replacements
+    base_faces = ball.faces.copy()
+    base_faces[flipped] = base_faces[flipped][:, ::-1]
+    index_at = (flipped[:, None] * 3 + np.arange(3)).reshape(-1)
+    colours = np.full((len(ball.vertices), 3), 200, "u1")
+    colours[moved] = (255, 0, 0)
+    parts = [
+        np.arange(len(box.vertices), dtype="<u4").tobytes(),  # 0: the box's replaced elements: all
+        box.vertices.astype("<f4").tobytes(),  # 1: their values
+        box.faces.astype("<u4").tobytes(),  # 2: the box's indices
+        ball.vertices.astype("<f4").tobytes(),  # 3: the ball's base positions
+        moved.astype("<u1").tobytes(),  # 4: which ones move
+        ball_true[moved].astype("<f4").tobytes(),  # 5: where to
+        base_faces.astype("<u2").tobytes(),  # 6: the ball's base indices
+        index_at.astype("<u2").tobytes(),  # 7: the replaced indices
+        faces[index_at].tobytes(),  # 8: their values
+        np.full((len(ball.vertices), 3), 200, "u1").tobytes(),  # 9: base colours, tightly packed
+        moved.astype("<u2").tobytes(),  # 10
+        colours[moved].tobytes(),  # 11
+    ]
+    starts, data = [], b""
+    for b in parts:
+        data += b"\0" * (-len(data) % 4)
+        starts.append(len(data))
+        data += b
+    views = [{"buffer": 0, "byteOffset": o, "byteLength": len(b)} for o, b in zip(starts, parts)]
+
+    def sparse(k, indices_view, index_type, values_view):
+        return {"count": k, "indices": {"bufferView": indices_view, "componentType": index_type},
+                "values": {"bufferView": values_view}}  # fmt: skip
+
+    accessors = [
+        {"componentType": 5126, "type": "VEC3", "count": len(box.vertices), "min": box.bounds[0].tolist(),
+         "max": box.bounds[1].tolist(), "sparse": sparse(len(box.vertices), 0, 5125, 1)},
+        {"bufferView": 2, "componentType": 5125, "type": "SCALAR", "count": box.faces.size},
+        {"bufferView": 3, "componentType": 5126, "type": "VEC3", "count": len(ball.vertices),
+         "sparse": sparse(len(moved), 4, 5121, 5)},
+        {"bufferView": 6, "componentType": 5123, "type": "SCALAR", "count": faces.size,
+         "sparse": sparse(len(index_at), 7, 5123, 8)},
+        {"bufferView": 9, "componentType": 5121, "normalized": True, "type": "VEC3", "count": len(ball.vertices),
+         "sparse": sparse(len(moved), 10, 5123, 11)},
+    ]  # fmt: skip
+    tree = {
+        "asset": {"version": "2.0"},
+        "scene": 0,
+        "scenes": [{"nodes": [0, 1]}],
+        "nodes": [{"mesh": 0, "translation": [4.0, 0.0, 0.0]}, {"mesh": 1}],
+        "meshes": [
+            {"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]},
+            {"primitives": [{"attributes": {"POSITION": 2, "COLOR_0": 4}, "indices": 3}]},
+        ],
+        "accessors": accessors,
+        "bufferViews": views,
+        "buffers": [{"byteLength": len(data)}],
+    }
+    (tmp_path / "sparse.glb").write_bytes(_glb(tree, data))
+    assert gltf.sparse_accessors(tree) == [0, 2, 3, 4]
+
+    mesh = read_mesh_file(tmp_path / "sparse.glb")
+    placed_box = box.copy().apply_translation((4.0, 0.0, 0.0))
+    truth = trimesh.util.concatenate([placed_box, trimesh.Trimesh(ball_true, ball.faces)])
+    assert np.allclose(mesh.bounds, truth.bounds, atol=1e-5), mesh.bounds
+    assert np.isclose(mesh.area, truth.area, rtol=1e-5) and np.isclose(mesh.volume, truth.volume, rtol=1e-5)
+
+    scene = trimesh.load(trimesh.util.wrap_as_stream(gltf.rewritten_glb(tmp_path / "sparse.glb")), file_type="glb")
+    ball_read = scene.geometry[sorted(scene.geometry)[1]]
+    assert np.allclose(ball_read.vertices, ball_true, atol=1e-6) and np.array_equal(ball_read.faces, ball.faces)
+    assert np.array_equal(np.asarray(ball_read.visual.vertex_colors)[:, :3], colours)
+
+    tree["accessors"][2]["sparse"]["count"] = 4  # one more replacement than stored
+    (tmp_path / "short.glb").write_bytes(_glb(tree, data))
+    with pytest.raises(InputError, match=r"^cannot read the mesh \S+short.glb: an accessor runs past the end"):
+        read_mesh_file(tmp_path / "short.glb")
+
+
 def test_gltf_indices_are_read_as_the_integers_stored():
     """A fan's indices are read as stored: through float32 (as positions are) an index past 2^24
     would name a neighbouring vertex."""

@@ -10,12 +10,16 @@ shape (an ``zsw eval`` ground truth, a ``zsw synthesize meshes`` object):
   node's translation does not, so the parts of a scene land in the wrong places.
 - **Instanced meshes** (``EXT_mesh_gpu_instancing``, as ``gltfpack -mi`` writes repeated parts):
   one node draws its mesh at every instance's place; trimesh draws it once.
+- **Sparse accessors** (a base array, or zeros, with some elements replaced: what ``gltf-transform
+  sparse`` writes, and exporters use for mostly-zero data): trimesh reads the base and never the
+  replacements, so a sparse position accessor without a base comes out as every vertex at the
+  origin.
 - **Compressed geometry** trimesh cannot decode (``EXT_meshopt_compression``) would be read as
   undecoded bytes: :func:`check_extensions` refuses it with a line saying what to do. Draco is
   decoded through DracoPy.
 
-:func:`rewritten_glb` rewrites a file with either of the first two as a GLB in memory that means
-the same in plain glTF (float32 accessors, one node per instance).
+:func:`rewritten_glb` rewrites a file with any of the first three as a GLB in memory that means
+the same in plain glTF (float32 or dense accessors, one node per instance).
 """
 
 from __future__ import annotations
@@ -98,9 +102,26 @@ def quantized_accessors(tree: dict) -> list[int]:
                     if not 0 <= index < len(accessors):
                         continue  # trimesh names the broken reference
                     a = accessors[index]
-                    if a.get("normalized") and a.get("componentType") in _NORMALIZED and "bufferView" in a:
+                    stored = "bufferView" in a or "sparse" in a
+                    if a.get("normalized") and a.get("componentType") in _NORMALIZED and stored:
                         found.add(index)
     return sorted(found)
+
+
+def sparse_accessors(tree: dict) -> list[int]:
+    """The sparse accessors that ``tree``'s geometry reads: mesh attributes, indices and the
+    placements of instanced nodes (morph targets aside: trimesh does not apply them)."""
+    accessors = tree.get("accessors") or []
+    used = set()
+    for mesh in tree.get("meshes") or []:
+        for primitive in (mesh.get("primitives") or []) if isinstance(mesh, dict) else []:
+            if isinstance(primitive, dict):
+                used.update((primitive.get("attributes") or {}).values())
+                used.add(primitive.get("indices"))
+    for i in instanced_nodes(tree):
+        used.update(((tree["nodes"][i]["extensions"][_INSTANCING] or {}).get("attributes") or {}).values())
+    valid = [i for i in used if isinstance(i, int) and 0 <= i < len(accessors) and isinstance(accessors[i], dict)]
+    return sorted(i for i in valid if "sparse" in accessors[i])
 
 
 def instanced_nodes(tree: dict) -> list[int]:
@@ -133,7 +154,8 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
     - a node drawing its mesh at many places (``EXT_mesh_gpu_instancing``, as ``gltfpack -mi``
       writes repeated parts: a chair's four legs) gets one child node per instance, placed by the
       instance's translation, rotation and scale: trimesh drew the mesh once, at the node;
-    - a triangle fan (mode 6), which trimesh skips, becomes the triangles it draws.
+    - a triangle fan (mode 6), which trimesh skips, becomes the triangles it draws;
+    - a sparse accessor becomes the dense one it means, in its own component type.
 
     The buffers are merged into the binary chunk; images referred to by URI stay so: load the
     result with a resolver in ``path``'s folder. A buffer file that is missing raises
@@ -141,7 +163,8 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
     :class:`InputError`. ``tree``: the file's JSON when the caller has read it (:func:`read_json`)."""
     tree = read_json(path) if tree is None else tree
     todo, instanced, fans = quantized_accessors(tree), instanced_nodes(tree), fan_primitives(tree)
-    if not todo and not instanced and not fans:
+    sparse = [i for i in sparse_accessors(tree) if i not in todo]  # a quantized one is made dense below
+    if not todo and not instanced and not fans and not sparse:
         return None
     buffers = _buffers(path, tree)
     merged, starts = bytearray(), []
@@ -163,8 +186,24 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
         merged += values.tobytes()
         a.update(bufferView=len(views) - 1, byteOffset=0, componentType=5126)
         a.pop("normalized", None)
+        a.pop("sparse", None)
         if len(values):  # the bounds of the numbers now stored (glTF requires them on positions)
             a.update(min=values.min(0).tolist(), max=values.max(0).tolist())
+    for index in sparse:
+        a = accessors[index]
+        values = _stored(path, tree["accessors"][index], tree["bufferViews"], buffers)
+        row = values.shape[1] * values.itemsize
+        stride = row + (-row % 4)  # glTF aligns a vertex attribute's elements to 4 bytes
+        rows = np.zeros((len(values), stride), np.uint8)
+        rows[:, :row] = np.ascontiguousarray(values).view(np.uint8).reshape(len(values), row)
+        merged += b"\0" * (-len(merged) % 4)
+        view = {"buffer": 0, "byteOffset": len(merged), "byteLength": rows.nbytes}
+        if stride != row:  # never for indices (scalars of 1, 2 or 4 bytes are tightly packed)
+            view["byteStride"] = stride
+        views.append(view)
+        merged += rows.tobytes()
+        a.update(bufferView=len(views) - 1, byteOffset=0)
+        a.pop("sparse")
     meshes = [dict(m, primitives=[dict(p) for p in m.get("primitives") or []]) for m in tree.get("meshes") or []]
     for m, k in fans:
         primitive = meshes[m]["primitives"][k]
@@ -251,7 +290,34 @@ def _glb_binary(path: Path) -> bytes:
 
 
 def _stored(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np.ndarray:  # [count, width]
-    """The numbers of one accessor as stored (its component type; a view of the buffer)."""
+    """The numbers of one accessor as stored (its component type; a view of the buffer, or for a
+    sparse accessor its base -- zeros without one -- with the replaced elements in place)."""
+    sparse = accessor.get("sparse")
+    if not isinstance(sparse, dict):
+        return _dense(path, accessor, views, buffers)
+    width = _WIDTH.get(accessor.get("type"), 0)
+    count = int(accessor.get("count", 0))
+    if "bufferView" in accessor:
+        values = _dense(path, {k: v for k, v in accessor.items() if k != "sparse"}, views, buffers).copy()
+    elif accessor.get("componentType") in _TYPES and width:
+        values = np.zeros((count, width), _TYPES[accessor["componentType"]])
+    else:
+        raise InputError(f"cannot read the mesh {path}: an accessor it needs has no data zsw can read")
+    k = int(sparse.get("count", 0))
+    where, replaced = sparse.get("indices") or {}, sparse.get("values") or {}
+    if where.get("componentType") not in (5121, 5123, 5125) or "bufferView" not in replaced:
+        raise InputError(f"cannot read the mesh {path}: a sparse accessor it needs has no data zsw can read")
+    at = _dense(path, dict(where, type="SCALAR", count=k), views, buffers)[:, 0].astype(np.int64)
+    new = _dense(path, dict(replaced, componentType=accessor.get("componentType"), type=accessor.get("type"), count=k),
+                 views, buffers)  # fmt: skip
+    if k and (at.min() < 0 or at.max() >= count):
+        raise InputError(f"cannot read the mesh {path}: a sparse accessor replaces an element past its end")
+    values[at] = new
+    return values
+
+
+def _dense(path: Path, accessor: dict, views: list, buffers: list[bytes]) -> np.ndarray:  # [count, width]
+    """The numbers of one accessor stored whole in a buffer view (a view of the buffer)."""
     kind = accessor.get("componentType")
     if kind not in _TYPES or "bufferView" not in accessor or not 0 <= accessor["bufferView"] < len(views):
         raise InputError(f"cannot read the mesh {path}: an accessor it needs has no data zsw can read")
