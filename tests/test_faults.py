@@ -247,7 +247,7 @@ def test_reconstruct_on_a_full_or_read_only_disk_fails_in_one_line_and_leaves_no
 
     from zsw.cli.main import app
 
-    _failing_writes(monkeypatch, code, after=2)  # the mesh and the depth land, the masks do not
+    _failing_writes(monkeypatch, code, after=3)  # the mesh and the depth's picture and numbers land, the masks do not
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["reconstruct", str(REPO / "examples" / "toy.png"), "-o", str(out),
                                       "--resolution", "16", "--weights", "random:tiny"])  # fmt: skip

@@ -156,7 +156,19 @@ def test_everything_after_predict_needs_only_the_backend_protocol(repo_root, tin
     np.testing.assert_allclose(rec.mesh.vertices, ref.mesh.vertices, atol=1e-6)
     assert rec.info["model"]["backend"] == "protocol-only"
     files = {p.name for p in rec.save(tmp_path / "case", formats=("ply",))}
-    assert files == {"mesh.ply", "depth.png", "visible_mask.png", "occluder_mask.png", "preview.png", "result.json"}
+    assert files == {"mesh.ply", "depth.png", "depth.npy", "visible_mask.png", "occluder_mask.png",
+                     "visible_points.ply", "preview.png", "result.json"}  # fmt: skip
+
+
+def test_nothing_visible_saves_an_empty_cloud(repo_root, tiny_model, tmp_path):
+    """An empty visible mask (a blank photo) still gives a readable visible_points.ply, with no
+    points (trimesh cannot write an empty cloud: the save would fail)."""
+    image = load_image(repo_root / "examples" / "case.png")
+    rec = Reconstructor(TorchBackend(tiny_model, "cpu"), resolution=RES)([image])[0]
+    rec.visible_mask = np.zeros_like(rec.visible_mask)
+    rec.visible_points = np.zeros((0, 3), np.float32)
+    rec.save(tmp_path / "blank")
+    assert len(trimesh.load(tmp_path / "blank" / "visible_points.ply").geometry) == 0  # an empty scene
 
 
 def test_original_intrinsics_undo_padding_and_resizing():
@@ -300,8 +312,9 @@ def test_cli_on_bundled_examples_writes_every_output(repo_root, tiny_ckpt, tmp_p
     folder = out / "teddy_bear"
     info = json.loads((folder / "result.json").read_text())
     assert sorted(info["files"]) == sorted(
-        ["mesh.obj", "mesh.glb", "depth.png", "visible_mask.png", "occluder_mask.png", "preview.png", "result.json"]
-    )
+        ["mesh.obj", "mesh.glb", "depth.png", "depth.npy", "visible_mask.png", "occluder_mask.png",
+         "visible_points.ply", "preview.png", "result.json"]
+    )  # fmt: skip
     mesh = trimesh.load(folder / "mesh.glb", force="mesh")
     assert len(mesh.faces) == info["mesh"]["faces"] > 0 and info["mesh"]["frame"] == "gltf"
     assert np.array(info["camera"]["intrinsics"]).shape == (3, 3)
@@ -312,6 +325,17 @@ def test_cli_on_bundled_examples_writes_every_output(repo_root, tiny_ckpt, tmp_p
     assert Image.open(folder / "preview.png").size == (3 * 256, 256)
     assert Image.open(folder / "depth.png").mode == "RGB"
     assert Image.open(folder / "visible_mask.png").mode == "L"
+    # the depth's numbers, lifted through the camera at the mask's pixels, are the visible points
+    # (in the mesh's glTF frame), coloured by those pixels
+    depth, mask = np.load(folder / "depth.npy"), np.array(Image.open(folder / "visible_mask.png")) > 127
+    assert depth.dtype == np.float32 and depth.shape == mask.shape == (224, 224) and np.isfinite(depth).all()
+    K, (v, u) = np.array(info["camera"]["intrinsics"]), np.nonzero(mask)
+    z = depth[mask]
+    lifted = np.stack([(u - K[0, 2]) * z / K[0, 0], -(v - K[1, 2]) * z / K[1, 1], -z], axis=1)
+    cloud = trimesh.load(folder / "visible_points.ply")
+    assert isinstance(cloud, trimesh.PointCloud) and np.allclose(cloud.vertices, lifted, atol=1e-5)
+    photo = np.array(Image.open(repo_root / "examples" / "teddy_bear.png").convert("RGB"))  # 224 x 224 already
+    assert np.array_equal(np.asarray(cloud.colors)[:, :3], photo[mask])
     assert not list(folder.glob(".*tmp*"))  # no temporary files left behind
 
 

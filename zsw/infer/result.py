@@ -31,6 +31,13 @@ __all__ = ["Reconstruction", "camera_to_frame", "original_intrinsics", "glb_byte
 UNITS = "camera frame in units of the predicted relative depth (scale and shift are unknown)"
 #: the material library beside a textured ``mesh.obj`` (its atlas: ``material_0.png``)
 OBJ_MTL = "mesh.mtl"
+#: ``visible_points.ply`` when nothing is visible (what trimesh writes for a cloud, with no points)
+_EMPTY_CLOUD_PLY = b"".join(
+    line + b"\n"
+    for line in [b"ply", b"format binary_little_endian 1.0", b"element vertex 0",
+                 *(b"property float " + c for c in (b"x", b"y", b"z")),
+                 *(b"property uchar " + c for c in (b"red", b"green", b"blue", b"alpha")), b"end_header"]
+)  # fmt: skip
 
 
 def camera_to_frame(points: np.ndarray, frame: str) -> np.ndarray:  # [N, 3] -> [N, 3]
@@ -69,6 +76,20 @@ class Reconstruction:
     def camera_vertices(self) -> np.ndarray:  # [V, 3]
         """Mesh vertices in the camera frame (undoes the output frame)."""
         return camera_to_frame(np.asarray(self.mesh.vertices, dtype=np.float64), self.frame)
+
+    def visible_cloud(self):
+        """The lifted visible surface (what the decoder reads) as a ``trimesh.PointCloud`` in the
+        mesh's frame, each point coloured by its pixel: overlaid on :attr:`mesh` in a viewer, it
+        shows what the model saw and what it guessed. None when :attr:`visible_points` is."""
+        if self.visible_points is None:
+            return None
+        import trimesh
+
+        points = camera_to_frame(np.asarray(self.visible_points, dtype=np.float64), self.frame)
+        rgb = np.asarray(self.image)[np.asarray(self.visible_mask, dtype=bool)]
+        if len(rgb) != len(points):  # a mask and points that do not belong together: no colours
+            return trimesh.PointCloud(points)
+        return trimesh.PointCloud(points, colors=np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1))
 
     def mesh_normalized(self):
         """The mesh in the model's normalised frame (where the grid lives)."""
@@ -125,7 +146,8 @@ class Reconstruction:
         )
 
     def save(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("glb",), preview: bool = True) -> list[Path]:
-        """Write ``mesh.<fmt>``, ``depth.png``, the masks, ``preview.png`` and ``result.json``.
+        """Write ``mesh.<fmt>``, ``depth.png`` and ``depth.npy``, the masks, ``visible_points.ply``,
+        ``preview.png`` and ``result.json``.
 
         Every file is written atomically and ``result.json`` last, so a folder with a
         ``result.json`` is complete: an earlier ``result.json`` is removed first (its files are
@@ -200,7 +222,18 @@ class Reconstruction:
             written.append(path)
 
         png("depth.png", colorize_depth(self.depth))
+        with atomic_path(out / "depth.npy") as tmp, open(tmp, "wb") as f:  # the numbers the picture shows
+            np.save(f, np.asarray(self.depth, dtype=np.float32))
+        written.append(out / "depth.npy")
         png("visible_mask.png", self.visible_mask.astype(np.uint8) * 255)
+        if self.visible_points is not None:
+            cloud = self.visible_cloud()  # trimesh cannot write an empty cloud (an empty mask): the header alone
+            data = cloud.export(file_type="ply") if len(cloud.vertices) else _EMPTY_CLOUD_PLY
+            with atomic_path(out / "visible_points.ply") as tmp:
+                Path(tmp).write_bytes(data)
+            written.append(out / "visible_points.ply")
+        else:
+            (out / "visible_points.ply").unlink(missing_ok=True)
         if self.occluder_mask is not None:
             png("occluder_mask.png", self.occluder_mask.astype(np.uint8) * 255)
         else:
