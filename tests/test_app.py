@@ -127,7 +127,9 @@ def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
     model_heic, *_, status = _reconstruct(app_url, heic, tmp_path / "dl3")
     assert "vertices" in status and "error" not in status, status
     assert len(trimesh.load(model_heic, force="mesh", process=False).faces) > 100
-    assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply", ".stl"]
+    assert sorted(Path(f).name for f in files) == [
+        "depth.npy", "mesh.glb", "mesh.obj", "mesh.ply", "mesh.stl", "visible_points.ply"
+    ]  # fmt: skip
     for picture in (depth, visible, occluder):
         assert Image.open(picture).size == (224, 224)
     assert "grid_decode" in timings and "total" in timings
@@ -186,7 +188,8 @@ def test_texture_reaches_the_job_and_its_files_the_page(app_url, tmp_path):
     glb = trimesh.load(model, force="mesh", process=False)
     assert glb.visual.kind == "texture" and glb.visual.material.baseColorTexture.size == (512, 512)
     names = sorted(Path(f).name for f in files)  # the OBJ comes with the material and atlas it names
-    assert names == ["material_0.png", "mesh.glb", "mesh.mtl", "mesh.obj", "mesh.ply", "mesh.stl"], names
+    assert names == ["depth.npy", "material_0.png", "mesh.glb", "mesh.mtl", "mesh.obj", "mesh.ply", "mesh.stl",
+                     "visible_points.ply"], names  # fmt: skip
 
 
 def test_simultaneous_requests_do_not_collide(app_url, tmp_path):
@@ -219,7 +222,9 @@ def test_work_folder_outside_the_temporary_folder(monkeypatch, tmp_path):
         demo.close()
     assert "vertices" in status and "error" not in status, status
     assert len(trimesh.load(model, force="mesh", process=False).faces) > 0
-    assert sorted(Path(f).suffix for f in files) == [".glb", ".obj", ".ply", ".stl"]
+    assert sorted(Path(f).name for f in files) == [
+        "depth.npy", "mesh.glb", "mesh.obj", "mesh.ply", "mesh.stl", "visible_points.ply"
+    ]  # fmt: skip
 
 
 def test_request_after_the_work_folder_was_removed(tmp_path):

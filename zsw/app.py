@@ -204,7 +204,7 @@ def build_app(
                     visible = gr.Image(label="Visible mask", type="filepath", interactive=False)
                     occluder = gr.Image(label="Occluder mask", type="filepath", interactive=False)
                 timings = gr.Markdown(label="Timings", elem_id="timings")
-                files = gr.File(label="Mesh files", file_count="multiple", interactive=False)
+                files = gr.File(label="Files", file_count="multiple", interactive=False)
 
         def reconstruct(
             upload: str | None,
@@ -397,11 +397,12 @@ def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
     # then what was done to the photo (padded, reframed, a very elongated photo, ...)
     lines += [f"warning: {_plain(_one_line(w))}" for w in dict.fromkeys([*warnings, *info.get("warnings", [])])]
     lines += [f"note: {_plain(_one_line(n))}" for n in info["input"].get("notes", [])]
-    meshes = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
-    # a textured OBJ's material and atlas, which it names
-    meshes += [str(folder / f) for f in info["files"] if f == OBJ_MTL or f.startswith("material_")]
+    files = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
+    # a textured OBJ's material and atlas, which it names; what the model saw, as numbers
+    files += [str(folder / f) for f in info["files"] if f == OBJ_MTL or f.startswith("material_")]
+    files += [str(folder / f) for f in ("visible_points.ply", "depth.npy") if f in info["files"]]
     images = [str(folder / f) for f in ("depth.png", "visible_mask.png", "occluder_mask.png")]
-    return (meshes[0], *images, _timings_table(info["timings_s"]), meshes, "\n\n".join(lines))
+    return (files[0], *images, _timings_table(info["timings_s"]), files, "\n\n".join(lines))
 
 
 def _timings_table(timings: dict[str, float]) -> str:
