@@ -39,7 +39,10 @@ _PROMPT = (
     "Category prompt, e.g. 'chair'. 'auto' (= 'clip') picks it by CLIP zero-shot over LVIS + ShapeNet; "
     "'vlm:<hub id or folder>' asks a vision-language model."
 )
-_FORMATS = "glb, obj, ply or stl (repeatable); stl is z-up, 100 mm on its longest side, for slicers."
+_FORMATS = (
+    "glb, obj, ply, stl or usdz (repeatable); stl is z-up, 100 mm on its longest side, for slicers; usdz "
+    '(AR Quick Look on iPhone and iPad; coloured there with --texture) needs pip install "zsw[usd]".'
+)
 _MASKS = (
     "Folder of visible masks named like the images (<name>.png): white (or, in a cut-out, opaque) is the object; "
     "0/1 label images work too. Required by ZeroShape models."

@@ -128,7 +128,7 @@ def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
     assert "vertices" in status and "error" not in status, status
     assert len(trimesh.load(model_heic, force="mesh", process=False).faces) > 100
     assert sorted(Path(f).name for f in files) == [
-        "depth.npy", "mesh.glb", "mesh.obj", "mesh.ply", "mesh.stl", "visible_points.ply"
+        "depth.npy", "mesh.glb", "mesh.obj", "mesh.ply", "mesh.stl", "mesh.usdz", "visible_points.ply"
     ]  # fmt: skip
     for picture in (depth, visible, occluder):
         assert Image.open(picture).size == (224, 224)
@@ -189,7 +189,7 @@ def test_texture_reaches_the_job_and_its_files_the_page(app_url, tmp_path):
     assert glb.visual.kind == "texture" and glb.visual.material.baseColorTexture.size == (512, 512)
     names = sorted(Path(f).name for f in files)  # the OBJ comes with the material and atlas it names
     assert names == ["depth.npy", "material_0.png", "mesh.glb", "mesh.mtl", "mesh.obj", "mesh.ply", "mesh.stl",
-                     "visible_points.ply"], names  # fmt: skip
+                     "mesh.usdz", "visible_points.ply"], names  # fmt: skip
 
 
 def test_simultaneous_requests_do_not_collide(app_url, tmp_path):
@@ -223,7 +223,7 @@ def test_work_folder_outside_the_temporary_folder(monkeypatch, tmp_path):
     assert "vertices" in status and "error" not in status, status
     assert len(trimesh.load(model, force="mesh", process=False).faces) > 0
     assert sorted(Path(f).name for f in files) == [
-        "depth.npy", "mesh.glb", "mesh.obj", "mesh.ply", "mesh.stl", "visible_points.ply"
+        "depth.npy", "mesh.glb", "mesh.obj", "mesh.ply", "mesh.stl", "mesh.usdz", "visible_points.ply"
     ]  # fmt: skip
 
 

@@ -371,10 +371,17 @@ def _settings(
         tta=tta,
         texture=texture,
         carve=carve,
-        formats=FORMATS,
+        formats=_formats(),
         preview=False,
         overwrite=True,
     )
+
+
+def _formats() -> tuple[str, ...]:
+    """Every mesh format, USDZ where usd-core is installed (the usd extra; the app's does not need it)."""
+    import importlib.util
+
+    return tuple(f for f in FORMATS if f != "usdz" or importlib.util.find_spec("pxr") is not None)
 
 
 def _request_folder(work: Path) -> Path:
@@ -397,7 +404,7 @@ def _outputs(folder: Path, name: str, warnings: list[str]) -> tuple:
     # then what was done to the photo (padded, reframed, a very elongated photo, ...)
     lines += [f"warning: {_plain(_one_line(w))}" for w in dict.fromkeys([*warnings, *info.get("warnings", [])])]
     lines += [f"note: {_plain(_one_line(n))}" for n in info["input"].get("notes", [])]
-    files = [str(folder / f"mesh.{fmt}") for fmt in FORMATS]
+    files = [str(folder / f"mesh.{fmt}") for fmt in _formats()]
     # a textured OBJ's material and atlas, which it names; what the model saw, as numbers
     files += [str(folder / f) for f in info["files"] if f == OBJ_MTL or f.startswith("material_")]
     files += [str(folder / f) for f in ("visible_points.ply", "depth.npy") if f in info["files"]]

@@ -49,7 +49,7 @@ PACKAGES = (
     ("rembg", "--cutout rembg (extra: cutout)"),
     ("pillow-jxl-plugin", "JPEG XL photos (extra: jxl)"),
     ("OpenEXR", "OpenEXR images (extra: exr)"),
-    ("usd-core", "USD/USDZ meshes (extra: usd)"),
+    ("usd-core", "USD/USDZ meshes read, --format usdz written (extra: usd)"),
     ("gradio", "zsw app (extra: app)"),
     ("diffusers", "zsw synthesize diffuse (extra: synth)"),
     ("transformers", "pseudo-depth, --prompt vlm: (extra: synth)"),

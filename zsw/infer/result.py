@@ -205,6 +205,13 @@ class Reconstruction:
                     Path(tmp).write_bytes(glb_bytes(textured if textured is not None else mesh))
                 written.append(path)
                 continue
+            elif fmt == "usdz":
+                from zsw.infer.usdz import usdz_bytes
+
+                with atomic_path(path) as tmp:
+                    Path(tmp).write_bytes(usdz_bytes(mesh, textured))
+                written.append(path)
+                continue
             elif fmt == "obj" and len(mesh.faces) == 0:  # trimesh would write "v" and "f" lines without numbers
                 with atomic_path(path) as tmp:
                     Path(tmp).write_text("# empty mesh: zsw found no surface\n")

@@ -42,8 +42,8 @@ __all__ = [
 
 #: output frames of the mesh (see zsw.infer.result)
 FRAMES = ("gltf", "camera")
-#: mesh file formats
-FORMATS = ("glb", "obj", "ply", "stl")
+#: mesh file formats (usdz needs the usd extra: zsw.infer.usdz)
+FORMATS = ("glb", "obj", "ply", "stl", "usdz")
 #: ``mesh.stl`` is for slicers: z up, standing on z = 0, centred on the z axis, its longest side this
 #: many millimetres (STL has no units and slicers read millimetres; a photo gives no metric scale)
 STL_LONGEST_SIDE_MM = 100.0
@@ -261,6 +261,10 @@ class ReconstructSettings:
         _check_types(self)
         for f in formats:
             _choice(f, FORMATS, "--format")
+        if "usdz" in formats:  # before any photo is read: usd-core is an extra
+            from zsw.infer.usdz import require_usd
+
+            require_usd()
         _choice(self.frame, FRAMES, "--frame")
         _choice(self.backend, BACKENDS, "--backend")
         _choice(self.precision, PRECISIONS, "--precision")
