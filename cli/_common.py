@@ -95,8 +95,8 @@ Texture = Annotated[
     typer.Option(
         min=0,
         max=8192,
-        help="Bake the photo into a TEXTURE x TEXTURE atlas for mesh.glb and mesh.obj (+ mesh.mtl, material_0.png); "
-        '0: vertex colours only. Meant with --faces; needs pip install "zsw\\[texture]".',
+        help="Bake the photo into a TEXTURE x TEXTURE atlas for mesh.glb, mesh.usdz and mesh.obj (+ mesh.mtl, "
+        'material_0.png); 0: vertex colours only. Meant with --faces; needs pip install "zsw\\[texture]".',
     ),
 ]
 Faces = Annotated[

@@ -100,3 +100,19 @@ def test_usdz_without_usd_core_is_refused_before_any_photo_is_read(monkeypatch):
     with pytest.raises(OptionError, match=r'^--format usdz needs Pixar\'s usd-core: pip install "zsw\[usd\]"$'):
         ReconstructSettings(formats=("glb", "usdz"))
     ReconstructSettings(formats=("glb",))  # the others need nothing
+
+
+def test_usdz_without_a_texture_says_what_ar_quick_look_shows(repo_root, tmp_path):
+    """Vertex colours are what usdview and Blender show, not AR Quick Look: the run says so once,
+    and not when the mesh has a texture."""
+    from typer.testing import CliRunner
+
+    from zsw.cli.main import app
+
+    args = ["reconstruct", str(repo_root / "examples" / "toy.png"), "--resolution", "16", "--format", "usdz"]
+    plain = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    assert plain.output.count("AR Quick Look does not show") == 1 and (tmp_path / "plain/toy/mesh.usdz").is_file()
+    textured = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "textured"), "--texture", "64"])
+    assert textured.exit_code == 0, textured.output
+    assert "AR Quick Look" not in textured.output

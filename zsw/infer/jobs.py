@@ -146,6 +146,11 @@ def reconstruct_many(
         paths, masks = masks_among(paths, settings.masks)
         if masks:
             reporter.info(f"passing over {len(masks)} image(s) that are the masks of others, such as {masks[0]}")
+    if "usdz" in settings.formats and not settings.texture and settings.color == "photo":
+        reporter.info(
+            "mesh.usdz holds vertex colours, which AR Quick Look does not show (it draws the mesh plain); "
+            "for colours on an iPhone or iPad add --texture 1024 (with --faces 5000)"
+        )
     report.total = len(paths) + len(problems)
     for item, reason in problems:
         _fail(report, reporter, item, reason)

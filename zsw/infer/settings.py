@@ -278,10 +278,10 @@ class ReconstructSettings:
             raise OptionError(f"--min-part: {self.min_part} is not a fraction in [0, 1]")
         check_mesh_options(self.smooth, self.faces)
         check_texture_size(self.texture, self.color)
-        if self.texture and not {"glb", "obj"} & set(formats):  # nothing would hold the atlas
+        if self.texture and not {"glb", "obj", "usdz"} & set(formats):  # nothing would hold the atlas
             raise OptionError(
-                f"--texture: the atlas goes into mesh.glb or mesh.obj, and --format asks for {', '.join(formats)} "
-                "only; add --format glb or --format obj, or leave --texture out"
+                f"--texture: the atlas goes into mesh.glb, mesh.obj or mesh.usdz, and --format asks for "
+                f"{', '.join(formats)} only; add --format glb, obj or usdz, or leave --texture out"
             )
         if not self.prompt or not self.prompt.strip():
             raise OptionError("--prompt: empty; give a category word such as 'chair', or 'auto'")
