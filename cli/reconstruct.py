@@ -41,7 +41,7 @@ _PROMPT = (
 )
 _FORMATS = (
     "glb, obj, ply, stl or usdz (repeatable); stl is z-up, 100 mm on its longest side, for slicers; usdz "
-    '(AR Quick Look on iPhone and iPad; coloured there with --texture) needs pip install "zsw[usd]".'
+    '(AR Quick Look on iPhone and iPad; coloured there with --texture) needs pip install "zsw\\[usd]".'
 )
 _MASKS = (
     "Folder of visible masks named like the images (<name>.png): white (or, in a cut-out, opaque) is the object; "
