@@ -193,9 +193,11 @@ class RichReporter:
     def error(self, text: str) -> None:
         self._line("error: ", "red", text)
 
-    def summary(self, text: str, ok: bool) -> None:
-        """The last line of a command: green when everything worked, red otherwise."""
+    def summary(self, text: str, ok: bool) -> int:
+        """The last line of a command: green when everything worked, red otherwise; returns the
+        command's exit status (1: something failed)."""
         self.console.print(text, style="green" if ok else "red", markup=False)
+        return 0 if ok else 1
 
     def progress(self, description: str, total: int | None):
         import contextlib

@@ -25,7 +25,8 @@ COMMAND = dict(
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
     "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128"
     "\n\n  zsw reconstruct photo.jpg -o out/ --faces 5000 --texture 1024"
-    "\n\n  zsw reconstruct cluttered.jpg -o out/ --cutout rembg     # remove the background first",
+    "\n\n  zsw reconstruct cluttered.jpg -o out/ --cutout rembg     # remove the background first"
+    "\n\n  zsw reconstruct desk.jpg -o out/ --box 820,400,1460,1180  # the object in that rectangle",
 )
 APP_COMMAND = dict(
     help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
@@ -47,6 +48,10 @@ _MASKS = (
     "Folder of visible masks named like the images (<name>.png): white (or, in a cut-out, opaque) is the object; "
     "0/1 label images work too. Required by ZeroShape models."
 )
+_BOX = (
+    "X0,Y0,X1,Y1: the rectangle of the photo (its pixels, from the top left, upright) that holds the object, "
+    "for a photo of several things: the input is framed around it and the predicted masks kept inside it."
+)
 _CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
 
@@ -63,6 +68,7 @@ def reconstruct(
     threshold: opts.Threshold = 0.5,
     frame: Annotated[str, typer.Option(help="gltf (y up, facing +z) or camera (y down, z forward).")] = "gltf",
     masks: Annotated[Path | None, typer.Option(help=_MASKS)] = None,
+    box: Annotated[str | None, typer.Option(metavar="X0,Y0,X1,Y1", help=_BOX)] = None,
     device: opts.Device = None,
     batch_size: opts.BatchSize = 1,
     chunk_points: Annotated[int | None, typer.Option(min=1024, help=_CHUNK_POINTS)] = None,
@@ -83,15 +89,14 @@ def reconstruct(
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE)] = False,
 ) -> None:
-    grid = zsw.GridSettings(resolution, extraction, threshold, close=close, chunk_points=chunk_points)
     settings = zsw.ReconstructSettings(
-        formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, grid=grid, frame=frame, masks=masks,
+        grid=zsw.GridSettings(resolution, extraction, threshold, close=close, chunk_points=chunk_points),
+        formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, frame=frame, masks=masks, box=box,
         device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
         preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
         background=background, tta=tta, texture=texture, cutout=cutout, carve=carve)  # fmt: skip
     report = zsw.reconstruct_many(inputs, out, settings, reporter := RichReporter())
-    reporter.summary(report.summary(), report.ok)
-    raise typer.Exit(0 if report.ok else 1)  # 1: some image failed
+    raise typer.Exit(reporter.summary(report.summary(), report.ok))  # 1: some image failed
 
 
 @cli_errors

@@ -25,6 +25,7 @@ maps K back to the photo through it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import glob
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsw.errors import InputError, reason
+from zsw.errors import InputError, OptionError, reason
 from zsw.infer.colorspace import avif_nclx, linear_to_srgb8, to_srgb
 from zsw.io import IMAGE_SUFFIXES
 
@@ -100,6 +101,23 @@ OBJECT_FILL = 0.8
 _EXIF_ORIENTATION = 0x0112
 
 
+def check_box(box) -> tuple[float, float, float, float]:
+    """``box`` as four floats (x0, y0, x1, y1) with x0 < x1 and y0 < y1; a string "x0,y0,x1,y1"
+    is read too. An :class:`~zsw.errors.OptionError` naming ``--box`` otherwise."""
+    text = box
+    if isinstance(box, str):
+        box = [part.strip() for part in box.split(",")]
+    try:
+        values = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise OptionError(f"--box: expected four numbers x0,y0,x1,y1 (photo pixels), got {text!r}")
+    if not (values[0] < values[2] and values[1] < values[3]):
+        raise OptionError(f"--box: {text!r} is empty: x0 < x1 and y0 < y1, in photo pixels from the top left")
+    return values  # type: ignore[return-value]
+
+
 @dataclass
 class LoadedImage:
     """A photo prepared for the model, and how it was prepared."""
@@ -119,6 +137,9 @@ class LoadedImage:
     # (x0, y0, side): the square of the photo the model input shows, in photo pixels (it may reach
     # outside the photo, where the input is white); None: the photo padded to a square (``pad``)
     window: tuple[int, int, int] | None = None
+    # (x0, y0, x1, y1): the rectangle of the photo, in photo pixels, that the user says holds the
+    # object (``--box``); the predicted masks are kept inside it. None: anywhere
+    box: tuple[float, float, float, float] | None = None
 
     @property
     def size(self) -> int:
@@ -145,9 +166,20 @@ class LoadedImage:
         xs, ys = x0 + centres, y0 + centres
         return ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
 
+    @property
+    def box_area(self) -> np.ndarray | None:  # [S, S] bool
+        """The model-input pixels whose centre lies in :attr:`box` (None without a box)."""
+        if self.box is None:
+            return None
+        x0, y0, side = self.square
+        centres = (np.arange(self.size) + 0.5) * side / self.size
+        xs, ys = x0 + centres, y0 + centres
+        bx0, by0, bx1, by1 = self.box
+        return ((ys >= by0) & (ys < by1))[:, None] & ((xs >= bx0) & (xs < bx1))[None, :]
+
     def to_dict(self) -> dict:
         x0, y0, side = self.square
-        return {
+        out = {
             "source": self.source,
             "original_size": list(self.original_size),
             "padding_left_top": [-x0, -y0],
@@ -155,6 +187,20 @@ class LoadedImage:
             "scale": self.crop_scale,
             "notes": self.notes,
         }
+        if self.box is not None:
+            out["box"] = list(self.box)
+        return out
+
+    def with_box(self, box) -> LoadedImage:
+        """This image with the object said to lie in ``box`` (x0, y0, x1, y1 in photo pixels, after
+        the EXIF rotation), clipped to the photo; an :class:`InputError` naming the image when it
+        is not four finite numbers with x0 < x1 and y0 < y1, or misses the photo."""
+        box = check_box(box)
+        w, h = self.original_size
+        x0, y0, x1, y1 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(w)), min(box[3], float(h))
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise InputError(f"{self.source or self.name}: the box {list(box)} is outside the {w} x {h} photo")
+        return dataclasses.replace(self, box=(x0, y0, x1, y1))
 
 
 def _open(path: Path, notes: list[str] | None = None):
@@ -726,7 +772,7 @@ def reframe(image: LoadedImage, window: tuple[int, int, int], note: str | None =
     notes = [*image.notes] + ([note] if note else [])
     return LoadedImage(
         image.name, arr, image.original_size, image.source, alpha, image.pad, notes, pixels, pixel_alpha,
-        (x0, y0, side),
+        (x0, y0, side), image.box,
     )  # fmt: skip
 
 

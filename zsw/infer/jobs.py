@@ -319,6 +319,8 @@ def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, cutout, rep
         mask_file = find_mask(s.masks, item.path) if s.masks is not None else None
         size = recon.backend.config.pixel.image_size
         item.image = load_image(item.path, size, name=item.name, cutout=None if mask_file else cutout)
+        if s.box is not None:
+            item.image = item.image.with_box(s.box)
         if s.masks is not None:
             if mask_file is not None:
                 item.mask = load_mask(mask_file, item.image)

@@ -240,6 +240,7 @@ class Reconstructor:
         prompts: str | Sequence[str | None] | None = None,
         masks: Sequence[np.ndarray | None] | None = None,
         with_mesh: bool = True,
+        boxes: Sequence | None = None,
     ) -> list[Reconstruction]:
         """Reconstruct ``images`` in one batch (one model call per stage).
 
@@ -250,10 +251,17 @@ class Reconstructor:
                 an RGBA image's alpha is used when no mask is given).
             with_mesh: False skips the occupancy grid (empty meshes): only the pixel-level
                 predictions and the visible surface, e.g. for the evaluation baselines.
+            boxes: per image None or the rectangle ``(x0, y0, x1, y1)`` of its photo, in photo
+                pixels, that holds the object: the input is framed around it and the predicted
+                masks are kept inside it (a given mask or an alpha channel is used as it is).
         """
         B = len(images)
         if B == 0:
             return []
+        if boxes is not None:
+            if len(boxes) != B:
+                raise InputError(f"got {len(boxes)} boxes for {B} images")
+            images = [im if b is None else im.with_box(b) for im, b in zip(images, boxes)]
         S = self.backend.config.pixel.image_size
         for im in images:
             if im.image.shape != (S, S, 3):
@@ -311,6 +319,8 @@ class Reconstructor:
         todo = []
         for i, (im, m) in enumerate(zip(images, masks)):
             if m is None and im.alpha is None:
+                if im.box is not None:  # the box frames the object before the model looks
+                    images[i], _ = self._cut(im, im.box_area, "the given box", self.reframe == "always")
                 todo.append(i)
                 continue
             source = "the alpha channel" if m is None or m is im.alpha else "the given mask"
@@ -350,10 +360,13 @@ class Reconstructor:
     def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
         """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
         mask corrected by the photo's own background (:mod:`zsw.infer.background`): None where the
-        photo tells no background, or with ``background="never"``."""
+        photo tells no background, or with ``background="never"``. Both are kept inside an
+        image's box (:attr:`~zsw.infer.image.LoadedImage.box`)."""
         from zsw.infer.background import refine_visible_mask
 
         visible = (pixel.visible_mask_logits[:, 0].float() >= 0).cpu().numpy()
+        areas = [im.box_area for im in images]
+        visible = np.stack([v if a is None else v & a for v, a in zip(visible, areas)])  # not outside a box
         if self.background == "never":
             return visible, [None] * len(images)
         occluder = (pixel.occluder_mask_logits[:, 0].float() >= 0).cpu().numpy()
@@ -361,6 +374,7 @@ class Reconstructor:
             refine_visible_mask(im.image, visible[b], occluder[b], im.photo_area, im.alpha)
             for b, im in enumerate(images)
         ]
+        corrected = [c if c is None or a is None else c & a for c, a in zip(corrected, areas)]
         return visible, corrected
 
     def _cut(self, im: LoadedImage, obj: np.ndarray, source: str, force: bool):
@@ -392,7 +406,8 @@ class Reconstructor:
             known = seen if all(p is not None for p in seen) else None
             pixel = PixelOutput.cat([p.pixel for p in known]) if known else None
             refined = [False] * B
-            if masks is None and self.background != "never" and backend.config.pixel.mask_heads:
+            boxed = any(im.box is not None for im in images)  # a box keeps the masks inside it, as a correction does
+            if masks is None and (self.background != "never" or boxed) and backend.config.pixel.mask_heads:
                 pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings, known)
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel, pixel_fn=self._pixel)
             mirrored = None
@@ -472,6 +487,8 @@ class Reconstructor:
                 texture=texture_s,
             )
             source = "given" if masks is not None else MASK_CORRECTED if refined[b] else "predicted"
+            if masks is None and im.box is not None:
+                source += ", kept within the given box"
             rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b], opened[b])
             out.append(rec)
         return out
@@ -597,6 +614,7 @@ def reconstruct(
     texture: int = 0,
     cutout="none",
     carve: bool = True,
+    box=None,
 ) -> Reconstruction:
     """Reconstruct the mesh of the object in one photo.
 
@@ -643,6 +661,10 @@ def reconstruct(
             (:mod:`zsw.infer.cutout`, needs ``zsw[cutout]``), or any callable ``rgb [H, W, 3]
             uint8 -> alpha [H, W]``; not used with ``mask`` or on a photo with transparency.
         carve: no surface where the photo shows background (default; :mod:`zsw.infer.carve`).
+        box: ``(x0, y0, x1, y1)`` (or ``"x0,y0,x1,y1"``), the rectangle of the photo in its pixels
+            (upright, after the EXIF rotation; from the top left) that holds the object, for a photo
+            of several things: the input is framed around it and the predicted masks are kept
+            inside it. None: the model finds the object.
 
     Returns:
         A :class:`Reconstruction`; ``.mesh`` is a ``trimesh.Trimesh``, ``.save(folder)`` writes the
@@ -680,7 +702,7 @@ def reconstruct(
                             background=background, tta=tta, texture=texture, carve=carve)  # fmt: skip
         if warning:
             rec.warnings.append(warning)
-        return rec([loaded], prompt, masks)[0]
+        return rec([loaded], prompt, masks, boxes=[box])[0]
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from zsw.config import checked_fields
 from zsw.errors import ConfigError, OptionError
 from zsw.hub import device_type
 from zsw.infer.cutout import check_cutout
+from zsw.infer.image import check_box
 from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.texture import check_texture_size
 
@@ -220,6 +221,9 @@ class ReconstructSettings:
             :class:`~zsw.infer.reconstruct.Reconstructor`).
         carve: no surface where the photo shows background (:mod:`zsw.infer.carve`); False keeps
             the decoder's field as it is.
+        box: ``(x0, y0, x1, y1)``, the rectangle of every photo, in its pixels, that holds the
+            object: the input is framed around it and the predicted masks are kept inside it
+            (:meth:`~zsw.infer.image.LoadedImage.with_box`); None: the model finds the object.
         preview: write ``preview.png``.
         overwrite: redo images even when their result records the same input and settings.
     """
@@ -245,6 +249,7 @@ class ReconstructSettings:
     texture: int = 0
     tta: str = "auto"
     carve: bool = True
+    box: tuple | None = None
     preview: bool = True
     overwrite: bool = False
 
@@ -258,6 +263,8 @@ class ReconstructSettings:
         if type(self.device).__name__ == "device":  # a torch.device, as its string ("cuda:1")
             object.__setattr__(self, "device", str(self.device))
         object.__setattr__(self, "cutout", check_cutout(self.cutout))  # its own message for a function
+        if self.box is not None:  # "x0,y0,x1,y1" or four numbers, kept as four floats
+            object.__setattr__(self, "box", check_box(self.box))
         _check_types(self)
         for f in formats:
             _choice(f, FORMATS, "--format")
@@ -318,5 +325,6 @@ class ReconstructSettings:
             prompt=self.prompt, precision=precision, color=self.color, min_part=self.min_part,
             smooth=self.smooth, faces=self.faces, texture=self.texture, tta=tta, carve=self.carve,
             reframe=self.reframe, background=self.background, cutout=cutout or self.cutout, preview=self.preview,
+            box=list(self.box) if self.box is not None else None,
             device=where, zsw_version=__version__, zsw_code=code_identity(),
         )  # fmt: skip
