@@ -83,19 +83,29 @@ def _arguments(
     texture: int = 0,
     cutout: str = "none",
     carve: bool = True,
+    box: str = "",
 ) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
     background, smoothing, faces (0: all), test-time augmentation, texture (0: none), background
-    removal, carving; the page's defaults but for the resolution."""
+    removal, carving, object box; the page's defaults but for the resolution."""
     return (
         handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta,
-        texture, cutout, carve,
+        texture, cutout, carve, box,
     )  # fmt: skip
 
 
 def _reconstruct(url: str, photo: Path, downloads: Path, **options: str) -> tuple:
     client = Client(url, download_files=str(downloads), verbose=False)
     return client.predict(*_arguments(photo, **options), api_name="/reconstruct")
+
+
+def test_the_object_box_reaches_the_job_and_a_bad_one_is_one_line(app_url, tmp_path):
+    """The box typed (or clicked) on the page frames the object as `--box` does; one that is not
+    four numbers is the status line's one error."""
+    *_, status = _reconstruct(app_url, TEDDY, tmp_path / "dl", box="100, 40, 200, 140")  # its head and arm
+    assert "vertices" in status and "reframed around the object (the given box)" in status, status
+    *_, status = _reconstruct(app_url, TEDDY, tmp_path / "dl", box="112,0,224")
+    assert status == "error: --box: expected four numbers x0,y0,x1,y1 (photo pixels), got '112,0,224'", status
 
 
 def test_upload_gives_the_mesh_the_job_writes(app_url, tmp_path):
@@ -313,13 +323,41 @@ def test_the_page_shows_the_photo_as_zsw_reads_it(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
     Image.new("RGB", (1600, 900), (200, 30, 30)).save(photo, exif=exif)
-    picture, status = _shown(str(photo))
+    picture, status, scale, box, corner = _shown(str(photo))
     assert picture.size == (PREVIEW_SIDE * 900 // 1600, PREVIEW_SIDE), picture.size  # portrait, as viewed
-    assert status == gr.skip() and _shown(None) == (None, gr.skip())
+    assert scale == 900 / picture.width and box == "" and corner is None  # a new photo has no box
+    assert status == gr.skip() and _shown(None) == (None, gr.skip(), 1.0, "", None)
     broken = tmp_path / "broken_1.png"
     _random_bytes(broken)
-    picture, status = _shown(str(broken))
+    picture, status, *_ = _shown(str(broken))
     assert picture is None and status.startswith("error: broken\\_1.png: not an image file"), status
+
+
+def test_two_clicks_on_the_photo_make_the_box_it_then_shows(tmp_path):
+    """Corners clicked on the picture (at most PREVIEW_SIDE a side) become a box in the photo's own
+    pixels, in either order; the picture then shows it."""
+    import gradio as gr
+
+    from zsw.app import PREVIEW_SIDE, _boxed, _corner
+
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (2048, 1024), (255, 255, 255)).save(photo)
+    scale = 2048 / PREVIEW_SIDE
+
+    def click(x, y):
+        return gr.SelectData(None, {"index": [x, y], "value": None})
+
+    corner, box = _corner(None, scale, click(300, 200))
+    assert corner == (1200, 800) and box == gr.skip()
+    corner, box = _corner(corner, scale, click(100, 20))  # the opposite corner, up and left
+    assert corner is None and box == "400,80,1200,800"
+    picture = np.asarray(_boxed(str(photo), box))
+    assert picture.shape == (PREVIEW_SIDE // 2, PREVIEW_SIDE, 3)
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 100)
+    rows, cols = np.nonzero(red)
+    assert abs(rows.min() - 20) <= 1 and abs(rows.max() - 200) <= 2 and abs(cols.min() - 100) <= 1
+    assert not red[50:150, 150:250].any()  # an outline, not a filled rectangle
+    assert not ((np.asarray(_boxed(str(photo), "1,2,3"))[..., 1] < 100).any())  # unreadable: no box drawn
 
 
 def test_examples_come_from_a_checkout_only(monkeypatch, tmp_path):
@@ -447,7 +485,26 @@ def test_page_shows_the_mesh_in_a_browser(app_url, tmp_path):
             page.locator("#photo").get_by_text(TEDDY.stem).wait_for(timeout=30_000)  # now the input
             shown = page.locator("#shown img")  # and the photo as zsw reads it is on the page
             shown.wait_for(timeout=30_000)
-            assert _model_fraction(shown.screenshot()) > 0.05, "the photo's picture is blank"
+            before = shown.screenshot()
+            assert _model_fraction(before) > 0.05, "the photo's picture is blank"
+            # two clicks on the picture: the object box, in the photo's pixels (224 x 224), drawn on it
+            size = shown.bounding_box()
+            for fx, fy in ((0.25, 0.2), (0.75, 0.8)):
+                shown.click(position={"x": size["width"] * fx, "y": size["height"] * fy})
+            page.wait_for_function("() => document.querySelector('#box textarea').value !== ''", timeout=30_000)
+            x0, y0, x1, y1 = (int(v) for v in page.locator("#box textarea").input_value().split(","))
+            # (where a click lands in the picture is gradio's to map: the clicks are symmetric about its centre)
+            assert abs(x0 + x1 - 224) <= 4 and abs(y0 + y1 - 224) <= 4 and 80 < x1 - x0 < 160, (x0, y0, x1, y1)
+            assert y1 - y0 > x1 - x0 > 0, (x0, y0, x1, y1)
+            for _ in range(60):  # the picture is redrawn with the box
+                drawn = np.asarray(Image.open(io.BytesIO(shown.screenshot())).convert("RGB")).astype(int)
+                if drawn.shape == np.asarray(Image.open(io.BytesIO(before))).shape[:2] + (3,):
+                    orange = (drawn[..., 0] > 220) & (np.abs(drawn[..., 1] - 64) < 40) & (drawn[..., 2] < 60)
+                    if orange.mean() > 0.003:
+                        break
+                page.wait_for_timeout(500)
+            assert orange.mean() > 0.003, "the box is not drawn on the photo"
+            page.locator("#box textarea").fill("")  # the whole photo again
             page.locator("#run").click()
             page.locator("#status").get_by_text("vertices").wait_for(timeout=120_000)
             viewer = page.locator("#model canvas")

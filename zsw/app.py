@@ -142,6 +142,13 @@ def build_app(
                 photo = gr.File(label="Photo", file_types=["image", *IMAGE_SUFFIXES], elem_id="photo")
                 shown = gr.Image(label="The photo as zsw reads it", interactive=False, height=PREVIEW_SIDE // 2,
                                  buttons=[], elem_id="shown")  # fmt: skip
+                # photo pixels per pixel of the picture above, and a first corner clicked on it
+                scale, corner = gr.State(1.0), gr.State(None)
+                box = gr.Textbox(
+                    "", label="Object box", placeholder="x0,y0,x1,y1 (empty: the model finds the object)",
+                    info="for a photo of several things: click two corners of the object on the photo above",
+                    elem_id="box",
+                )  # fmt: skip
                 if examples:
                     gallery = gr.Gallery([(str(p), p.name) for p in examples], label="Examples", columns=3,
                                          object_fit="contain", height="auto", allow_preview=False,
@@ -220,6 +227,7 @@ def build_app(
             atlas_size: float,
             remover: str,
             carving: bool,
+            object_box: str = "",
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
@@ -235,10 +243,14 @@ def build_app(
                 tta=augmentation,
                 texture=int(atlas_size or 0),
                 carve=bool(carving),
+                box=(object_box or "").strip() or None,
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
-        photo.change(_shown, [photo], [shown, status], queue=False, show_progress="hidden")
+        # a new photo: its picture, and no box (the last photo's means nothing on it)
+        photo.change(_shown, [photo], [shown, status, scale, box, corner], queue=False, show_progress="hidden")
+        shown.select(_corner, [corner, scale], [corner, box], queue=False, show_progress="hidden")
+        box.change(_boxed, [photo, box], [shown], queue=False, show_progress="hidden")
         run.click(
             reconstruct,
             [
@@ -255,6 +267,7 @@ def build_app(
                 texture,
                 cutout,
                 carve,
+                box,
             ],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
@@ -354,6 +367,7 @@ def _settings(
     tta: str = "auto",
     texture: int = 0,
     carve: bool = True,
+    box: str | None = None,
 ) -> ReconstructSettings:
     """The page's choices on top of the defaults; every mesh format, no preview picture (the
     3D view replaces it)."""
@@ -371,6 +385,7 @@ def _settings(
         tta=tta,
         texture=texture,
         carve=carve,
+        box=box,
         formats=_formats(),
         preview=False,
         overwrite=True,
@@ -421,25 +436,68 @@ def _timings_table(timings: dict[str, float]) -> str:
 
 def _shown(upload: str | None) -> tuple:
     """The photo as the job will read it (upright, in sRGB, on white where transparent; at most
-    :data:`PREVIEW_SIDE` pixels a side), the status line left as it is; or, for a file zsw cannot
-    read, nothing and the one-line reason, at once rather than after **Reconstruct**."""
+    :data:`PREVIEW_SIDE` pixels a side), the status line left as it is, the photo's pixels per
+    pixel of that picture, and an empty box with no corner clicked; or, for a file zsw cannot read,
+    nothing and the one-line reason, at once rather than after **Reconstruct**."""
     if not upload:
-        return None, gr.skip()
+        return None, gr.skip(), 1.0, "", None
+    try:
+        picture, scale = _picture(upload)
+    except ZswError as e:  # said of the file by its name, as the job's failures are
+        reason = _one_line(str(e)).removeprefix(f"{upload}: ")
+        return None, f"error: {_plain(Path(upload).name)}: {_plain(reason)}", 1.0, "", None
+    except Exception as e:  # a bug: keep the traceback in the log
+        _log.exception("reading %s failed", upload)
+        return None, f"error: {_plain(Path(upload).name)}: internal error ({type(e).__name__})", 1.0, "", None
+    return picture, gr.skip(), scale, "", None
+
+
+def _picture(upload: str):
+    """The photo as the job reads it, at most :data:`PREVIEW_SIDE` pixels a side, and the photo's
+    pixels per pixel of it."""
     from PIL import Image
 
     from zsw.infer.image import load_image
 
-    try:
-        loaded = load_image(upload)
-    except ZswError as e:  # said of the file by its name, as the job's failures are
-        reason = _one_line(str(e)).removeprefix(f"{upload}: ")
-        return None, f"error: {_plain(Path(upload).name)}: {_plain(reason)}"
-    except Exception as e:  # a bug: keep the traceback in the log
-        _log.exception("reading %s failed", upload)
-        return None, f"error: {_plain(Path(upload).name)}: internal error ({type(e).__name__})"
+    loaded = load_image(upload)
     picture = Image.fromarray(loaded.pixels if loaded.pixels is not None else loaded.image)
+    width = picture.width
     picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
-    return picture, gr.skip()
+    return picture, width / picture.width
+
+
+def _corner(corner, scale: float, evt: gr.SelectData) -> tuple:
+    """A click on the photo's picture: the first corner of a box, or with the one clicked before,
+    the box (in photo pixels) that the page then draws."""
+    x, y = (round(float(v) * scale) for v in evt.index)
+    if corner is None:
+        return (x, y), gr.skip()
+    (x0, y0), (x1, y1) = corner, (x, y)
+    if x0 == x1 or y0 == y1:  # the same point twice (a double click): start again from it
+        return (x, y), gr.skip()
+    return None, f"{min(x0, x1)},{min(y0, y1)},{max(x0, x1)},{max(y0, y1)}"
+
+
+def _boxed(upload: str | None, box: str):
+    """The photo's picture with the box drawn on it (as it is where the box is empty or unreadable:
+    **Reconstruct** then says why in the status line)."""
+    if not upload:
+        return gr.skip()
+    from PIL import ImageDraw
+
+    from zsw.infer.image import check_box
+
+    try:
+        picture, scale = _picture(upload)
+    except ZswError:  # said in the status line when the photo was chosen
+        return gr.skip()
+    try:
+        x0, y0, x1, y1 = (v / scale for v in check_box(box))
+    except ZswError:  # empty, or not four numbers yet (being typed)
+        return picture
+    width = max(2, round(picture.width / 150))
+    ImageDraw.Draw(picture).rectangle([x0, y0, x1, y1], outline=(255, 64, 0), width=width)
+    return picture
 
 
 def _failure(message: str) -> tuple:

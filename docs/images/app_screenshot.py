@@ -58,6 +58,7 @@ def main() -> None:
                 if (pixels < 200).mean() > 0.02:
                     break
                 page.wait_for_timeout(500)
+            page.mouse.move(0, 0)  # no hover highlight where the pointer last clicked
             page.wait_for_timeout(1_000)
             shot = page.screenshot(full_page=True)
             browser.close()

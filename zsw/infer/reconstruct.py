@@ -253,7 +253,8 @@ class Reconstructor:
                 predictions and the visible surface, e.g. for the evaluation baselines.
             boxes: per image None or the rectangle ``(x0, y0, x1, y1)`` of its photo, in photo
                 pixels, that holds the object: the input is framed around it and the predicted
-                masks are kept inside it (a given mask or an alpha channel is used as it is).
+                masks are kept inside it (a given mask is used as it is; an alpha channel frames
+                the input in its place).
         """
         B = len(images)
         if B == 0:
