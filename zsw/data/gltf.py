@@ -20,6 +20,10 @@ shape (an ``zsw eval`` ground truth, a ``zsw synthesize meshes`` object):
 
 :func:`rewritten_glb` rewrites a file with any of the first three as a GLB in memory that means
 the same in plain glTF (float32 or dense accessors, one node per instance).
+
+Not rewritten: morph targets (a mesh is read in its base shape, whatever its default ``weights``)
+and skins (a skinned mesh is placed by its node's transform, not its joints'); both are rare in a
+true shape's file.
 """
 
 from __future__ import annotations
