@@ -157,25 +157,23 @@ class LoadedImage:
         """Model-input pixels per original pixel."""
         return self.size / self.square[2]
 
+    def _within(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:  # [S, S] bool
+        """The model-input pixels whose centre lies in the photo's rectangle [x0, x1) x [y0, y1)."""
+        left, top, side = self.square
+        centres = (np.arange(self.size) + 0.5) * side / self.size
+        xs, ys = left + centres, top + centres
+        return ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+
     @property
     def photo_area(self) -> np.ndarray:  # [S, S] bool
         """The model-input pixels that show the photo (False on padding or outside the photo)."""
-        x0, y0, side = self.square
-        centres = (np.arange(self.size) + 0.5) * side / self.size
         w, h = self.original_size
-        xs, ys = x0 + centres, y0 + centres
-        return ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+        return self._within(0, 0, w, h)
 
     @property
     def box_area(self) -> np.ndarray | None:  # [S, S] bool
         """The model-input pixels whose centre lies in :attr:`box` (None without a box)."""
-        if self.box is None:
-            return None
-        x0, y0, side = self.square
-        centres = (np.arange(self.size) + 0.5) * side / self.size
-        xs, ys = x0 + centres, y0 + centres
-        bx0, by0, bx1, by1 = self.box
-        return ((ys >= by0) & (ys < by1))[:, None] & ((xs >= bx0) & (xs < bx1))[None, :]
+        return None if self.box is None else self._within(*self.box)
 
     def to_dict(self) -> dict:
         x0, y0, side = self.square
