@@ -30,7 +30,7 @@ COMMAND = dict(
 )
 APP_COMMAND = dict(
     help="Start a local web page: upload a photo, get the coloured mesh in a 3D view, the depth map, the "
-    'masks, the timings and GLB/OBJ/PLY/STL files. Needs the app extra: pip install "zsw\\[app]".'
+    'masks, the timings and GLB/OBJ/PLY/STL (and USDZ) files. Needs the app extra: pip install "zsw\\[app]".'
     "\n\nExample:\n\n  zsw app            # then open http://127.0.0.1:7860"
     "\n\n  zsw app --device cuda --host 0.0.0.0 --port 8080",
 )
