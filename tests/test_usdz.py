@@ -116,3 +116,15 @@ def test_usdz_without_a_texture_says_what_ar_quick_look_shows(repo_root, tmp_pat
     textured = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "textured"), "--texture", "64"])
     assert textured.exit_code == 0, textured.output
     assert "AR Quick Look" not in textured.output
+
+
+def test_usdz_is_y_up_whatever_the_frame(repo_root, tmp_path):
+    """The file declares Y up and AR stands it on the floor: with --frame camera (y down) the other
+    files keep the camera frame, mesh.usdz is turned into the glTF frame all the same."""
+    from zsw.data.usd import read_usd
+
+    rec = zsw.reconstruct(repo_root / "examples" / "toy.png", resolution=RES, frame="camera")
+    rec.save(tmp_path / "toy", formats=("usdz", "ply"))
+    back = read_usd(tmp_path / "toy" / "mesh.usdz")
+    assert np.allclose(back.vertices, np.asarray(rec.mesh.vertices) * [1.0, -1.0, -1.0], atol=1e-6)
+    assert np.array_equal(back.faces, rec.mesh.faces) and back.volume > 0  # a turn keeps the outside out

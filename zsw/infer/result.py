@@ -91,6 +91,18 @@ class Reconstruction:
             return trimesh.PointCloud(points)
         return trimesh.PointCloud(points, colors=np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1))
 
+    def _in_gltf_frame(self, mesh):
+        """``mesh`` (this reconstruction's, or its textured copy; None passes) in the glTF frame,
+        y up: as it is with ``frame="gltf"``, turned 180 degrees about x from the camera frame."""
+        if mesh is None or self.frame == "gltf":
+            return mesh
+        import trimesh
+
+        vertices, normals = (camera_to_frame(np.asarray(a, dtype=np.float64), "gltf")
+                             for a in (mesh.vertices, mesh.vertex_normals))  # fmt: skip
+        # the normals carried over: a textured copy's are the uncut mesh's, smooth across its seams
+        return trimesh.Trimesh(vertices, mesh.faces, visual=mesh.visual, vertex_normals=normals, process=False)
+
     def mesh_normalized(self):
         """The mesh in the model's normalised frame (where the grid lives)."""
         import trimesh
@@ -205,11 +217,12 @@ class Reconstruction:
                     Path(tmp).write_bytes(glb_bytes(textured if textured is not None else mesh))
                 written.append(path)
                 continue
-            elif fmt == "usdz":
+            elif fmt == "usdz":  # y up whatever --frame says: the file declares it, and AR stands it on the floor
                 from zsw.infer.usdz import usdz_bytes
 
+                upright = [self._in_gltf_frame(m) for m in (mesh, textured)]
                 with atomic_path(path) as tmp:
-                    Path(tmp).write_bytes(usdz_bytes(mesh, textured))
+                    Path(tmp).write_bytes(usdz_bytes(*upright))
                 written.append(path)
                 continue
             elif fmt == "obj" and len(mesh.faces) == 0:  # trimesh would write "v" and "f" lines without numbers
