@@ -394,9 +394,9 @@ def _settings(
 
 def _formats() -> tuple[str, ...]:
     """Every mesh format, USDZ where usd-core is installed (the usd extra; the app's does not need it)."""
-    import importlib.util
+    from zsw.infer.usdz import usd_available
 
-    return tuple(f for f in FORMATS if f != "usdz" or importlib.util.find_spec("pxr") is not None)
+    return tuple(f for f in FORMATS if f != "usdz" or usd_available())
 
 
 def _request_folder(work: Path) -> Path:

@@ -34,7 +34,7 @@ import numpy as np
 
 from zsw.errors import reason
 
-__all__ = ["avif_nclx", "linear_to_srgb8", "to_srgb"]
+__all__ = ["avif_nclx", "linear_to_srgb8", "srgb8_to_linear", "to_srgb"]
 
 #: sRGB's (= BT.709's) primaries and white point: red, green, blue, white (x, y)
 SRGB_XY = ((0.64, 0.33), (0.30, 0.60), (0.15, 0.06), (0.3127, 0.3290))
@@ -308,6 +308,11 @@ def linear_to_srgb8(linear: np.ndarray) -> np.ndarray:
     still's are (:func:`_tone_mapped`), then sRGB's curve."""
     shape = linear.shape
     return _encoded(_tone_mapped(np.asarray(linear, dtype=np.float32).reshape(-1, 3))).reshape(shape)
+
+
+def srgb8_to_linear(levels: np.ndarray) -> np.ndarray:
+    """8-bit sRGB levels (any shape, uint8) -> linear light in [0, 1] (float32), by sRGB's curve."""
+    return _srgb_curves()[0][np.asarray(levels, dtype=np.uint8)]
 
 
 def _encoded(linear: np.ndarray) -> np.ndarray:

@@ -22,16 +22,21 @@ import numpy as np
 
 from zsw.errors import OptionError
 
-__all__ = ["require_usd", "usdz_bytes"]
+__all__ = ["usd_available", "require_usd", "usdz_bytes"]
 
 _INSTALL = 'pip install "zsw[usd]"'
 
 
-def require_usd() -> None:
-    """An :class:`~zsw.errors.OptionError` naming ``--format usdz`` when ``usd-core`` is missing."""
+def usd_available() -> bool:
+    """Whether ``usd-core`` (its ``pxr`` package) is installed, without importing it."""
     import importlib.util
 
-    if importlib.util.find_spec("pxr") is None:
+    return importlib.util.find_spec("pxr") is not None
+
+
+def require_usd() -> None:
+    """An :class:`~zsw.errors.OptionError` naming ``--format usdz`` when ``usd-core`` is missing."""
+    if not usd_available():
         raise OptionError(f"--format usdz needs Pixar's usd-core: {_INSTALL}")
 
 
@@ -71,9 +76,11 @@ def usdz_bytes(mesh, textured=None) -> bytes:
             st.Set(Vt.Vec2fArray.FromNumpy(np.asarray(textured.visual.uv, dtype=np.float32)))
             _bind_atlas(stage, geom, "material_0.png")
         elif getattr(mesh.visual, "kind", None) == "vertex" and len(vertices):
-            srgb = np.asarray(mesh.visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
+            from zsw.infer.colorspace import srgb8_to_linear
+
+            linear = srgb8_to_linear(np.asarray(mesh.visual.vertex_colors)[:, :3])
             color = api.CreatePrimvar("displayColor", Sdf.ValueTypeNames.Color3fArray, UsdGeom.Tokens.vertex)
-            color.Set(Vt.Vec3fArray.FromNumpy(_linear(srgb)))
+            color.Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(linear)))
         stage.GetRootLayer().Save()
         del stage
         package = folder / "mesh.usdz"
@@ -103,7 +110,3 @@ def _bind_atlas(stage, geom, texture: str) -> None:
     shader.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f).ConnectToSource(atlas.ConnectableAPI(), "rgb")
     material.CreateSurfaceOutput().ConnectToSource(shader.ConnectableAPI(), "surface")
     UsdShade.MaterialBindingAPI.Apply(geom.GetPrim()).Bind(material)
-
-
-def _linear(srgb: np.ndarray) -> np.ndarray:  # sRGB in [0, 1] -> linear
-    return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
