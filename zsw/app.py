@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -453,8 +454,20 @@ def _shown(upload: str | None) -> tuple:
 
 
 def _picture(upload: str):
-    """The photo as the job reads it, at most :data:`PREVIEW_SIDE` pixels a side, and the photo's
-    pixels per pixel of it."""
+    """The photo as the job reads it, at most :data:`PREVIEW_SIDE` pixels a side (a copy to draw
+    on), and the photo's pixels per pixel of it. Decoded once per file: the box is drawn again on
+    every change of its text."""
+    try:
+        stat = Path(upload).stat()
+        key = stat.st_mtime_ns, stat.st_size
+    except OSError:  # gone: load_image says so in its one line
+        key = 0, -1
+    picture, scale = _decoded_picture(str(upload), *key)
+    return picture.copy(), scale
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded_picture(upload: str, mtime_ns: int, size: int):  # the file's time and size: a changed file is new
     from PIL import Image
 
     from zsw.infer.image import load_image
