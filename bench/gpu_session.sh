@@ -25,12 +25,15 @@ gpu=$(python3 -c "from zsw.bench._harness import environment, gpu_slug; print(gp
 log="$results/${gpu}-session.log"
 
 {
-    echo "== pytest -m gpu (every CUDA-only test)"
-    # the web app's tests need gradio, which is not carried (the image lacks it and its many
-    # dependencies); any other module that fails to import costs its own tests, not the run
-    timeout -k 10 130 python3 -m pytest -m gpu tests -q -p no:cacheprovider --maxfail=20 \
-        --ignore=tests/test_app.py --continue-on-collection-errors
-    tests_rc=$?
+    tests_rc=skipped
+    if [ "${GPU_TESTS:-1}" != 0 ]; then  # GPU_TESTS=0: they ran already (bench/gpu_train_demo.sh runs them)
+        echo "== pytest -m gpu (every CUDA-only test)"
+        # the web app's tests need gradio, which is not carried (the image lacks it and its many
+        # dependencies); any other module that fails to import costs its own tests, not the run
+        timeout -k 10 130 python3 -m pytest -m gpu tests -q -p no:cacheprovider --maxfail=20 \
+            --ignore=tests/test_app.py --continue-on-collection-errors
+        tests_rc=$?
+    fi
     echo "== zsw bench kernels"
     timeout -s INT -k 20 130 python3 -m zsw bench kernels --out "$results/${gpu}-kernels.csv" --summary "$results/${gpu}-kernels.md"
     kernels_rc=$?

@@ -33,6 +33,7 @@ _STAGE = "pixel (stage 1), full (stage 2) or shape (encoder and decoder alone, o
 _DATA = "Dataset folder(s) in ZeroShape's layout (repeatable)."
 _PRETRAINED = "Without --init: ImageNet (timm) and CLIP initial weights."
 _INIT = "zsw checkpoint to start from (e.g. stage 1's final), or demo: the packaged model (with --preset demo)."
+_MINUTES = "Stop after this many minutes of training; the cosine learning rate ends with them."
 
 
 @cli_errors
@@ -45,6 +46,7 @@ def train(
     init: Annotated[Path | None, typer.Option(help=_INIT)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the --out run from its last checkpoint.")] = False,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many optimiser steps.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(min=0.01, help=_MINUTES)] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default 10 pixel, 15 full).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Global batch (all ranks, all accumulation).")] = None,
     grad_accum: Annotated[int | None, typer.Option(min=1, help="Micro-batches accumulated per step.")] = None,
@@ -64,9 +66,10 @@ def train(
     from zsw.train.trainer import train as run
 
     cfg = compose(config, out, resume, data=data, model=preset, stage=stage, max_steps=max_steps, epochs=epochs,
-                  batch_size=batch_size, grad_accum=grad_accum, amp=amp, seed=seed, device=device, validate=validate,
-                  checkpoint_every=checkpoint_every, log_every=log_every, init=init, lr=lr,
-                  lr_pretrained=lr_pretrained, workers=workers, pretrained=pretrained or None)  # fmt: skip
+                  max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum, amp=amp, seed=seed,
+                  device=device, validate=validate, checkpoint_every=checkpoint_every, log_every=log_every,
+                  init=init, lr=lr, lr_pretrained=lr_pretrained, workers=workers,
+                  pretrained=pretrained or None)  # fmt: skip
     result = run(cfg, out, resume=resume, progress=progress, echo=lambda m: typer.echo(m, err=True))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return

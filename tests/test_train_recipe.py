@@ -239,6 +239,37 @@ def test_a_resumed_run_says_when_a_new_length_stretches_the_cosine_schedule(tiny
     assert not any("now ends" in m for m in said), said  # the same length: nothing to say
 
 
+def test_max_minutes_ends_the_run_and_its_cosine_schedule_on_time(tiny64, tmp_path, monkeypatch):
+    """A time limit ends the run after the step that spends it -- final weights saved, the last
+    weights validated -- with the cosine learning rate decaying over the minutes, not over the
+    steps it will never reach. Resumed, the minutes add up; a larger limit continues the run."""
+    import types
+
+    from zsw.config import replace
+    from zsw.train import trainer
+
+    ticks = iter(range(10**6))  # a clock that moves one second each time it is read
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    optim = OptimConfig(lr=1e-3, schedule="cosine")
+    cfg = _cfg(tiny64, stage="shape", max_steps=1000, max_minutes=0.2, validate=True, optim=optim, val_resolution=8)
+    result = trainer.train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "loss/total" in r]
+    assert 3 <= result.step == len(lrs) < 12, result.step  # 12 s of a clock read a few times a step
+    assert result.final is not None and result.final.is_file()
+    assert [r["step"] for r in rows if r.get("event") == "validation"][-1] == result.step
+    # by the steps alone the factor would still be above 0.99 (step 11 of 1000)
+    assert lrs[0] == pytest.approx(1e-3, rel=0.05) and lrs == sorted(lrs, reverse=True) and lrs[-1] < 2e-4
+    state = torch.load(tmp_path / "run" / "checkpoints" / f"step-{result.step:08d}.state.pt", weights_only=False)
+    assert state["seconds"] >= 12
+    again = trainer.train(cfg, tmp_path / "run", resume=True, progress=False)  # the minutes are spent
+    assert again.step == result.step
+    longer = trainer.train(replace(cfg, max_minutes=0.4), tmp_path / "run", resume=True, progress=False)
+    assert result.step < longer.step < 1000
+    with pytest.raises(ConfigError, match="max_minutes"):
+        _cfg(tiny64, max_minutes=0)
+
+
 def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_path):
     from zsw import checkpoint
     from zsw.model import build_model

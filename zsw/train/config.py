@@ -93,15 +93,17 @@ class OptimConfig:
         if not (isinstance(self.ema, (int, float)) and math.isfinite(self.ema) and 0 <= self.ema < 1):
             raise ConfigError(f"optim.ema must be a decay in [0, 1) (0: off), got {self.ema!r}")
 
-    def lr_factor(self, step: int, total: int) -> float:
-        """Multiplier of the base learning rates at optimiser step ``step`` of ``total``."""
+    def lr_factor(self, step: int, total: int, time_fraction: float = 0.0) -> float:
+        """Multiplier of the base learning rates at optimiser step ``step`` of ``total``; a run with
+        a time limit (``max_minutes``) decays by whichever of its steps and its time is further on
+        (``time_fraction``: the share of the limit spent)."""
 
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         if self.schedule == "constant":
             return 1.0
         span = max(total - self.warmup_steps - 1, 1)
-        t = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        t = min(max(max(step - self.warmup_steps, 0) / span, time_fraction), 1.0)
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
 
 
@@ -149,6 +151,10 @@ class TrainConfig:
     epochs: int | None = None
     # stop after this many optimiser steps (None: run all epochs)
     max_steps: int | None = None
+    # stop once the run has trained this many minutes (wall clock from its first step, validation
+    # included, resumed runs adding up; None: no limit); the cosine learning rate and
+    # teacher_surface then span whichever of the steps and the minutes ends first
+    max_minutes: float | None = None
     # mixed precision: "off", "bf16" (autocast) or "fp16" (autocast + GradScaler, CUDA only)
     amp: str = "off"
     seed: int = 0
@@ -218,6 +224,10 @@ class TrainConfig:
             raise ConfigError(f"data.val_samples must be >= 0, got {self.data.val_samples}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.max_minutes is not None and not (
+            isinstance(self.max_minutes, (int, float)) and math.isfinite(self.max_minutes) and self.max_minutes > 0
+        ):
+            raise ConfigError(f"max_minutes must be a positive number of minutes, got {self.max_minutes!r}")
         if len(self.teacher_surface) != 2 or not all(0.0 <= p <= 1.0 for p in self.teacher_surface):
             raise ConfigError(f"teacher_surface must be two probabilities in [0, 1], got {list(self.teacher_surface)}")
         if self.data.prompts not in ("object", "category"):

@@ -35,6 +35,7 @@ __all__ = [
     "ResumableSampler",
     "all_reduce_mean",
     "all_min",
+    "broadcast_flag",
     "stop_with_the_agent",
     "all_gather_object",
     "barrier",
@@ -129,6 +130,15 @@ def all_min(flag: bool, device: torch.device) -> bool:
         return flag
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (identity in a world of one)."""
+    if not _active():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=0)
     return bool(t.item())
 
 

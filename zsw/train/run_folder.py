@@ -41,6 +41,7 @@ __all__ = ["RunFolder", "RESUME_FREE_KEYS"]
 #: config keys that may change when a run is resumed (everything else must match)
 RESUME_FREE_KEYS = (
     "max_steps",
+    "max_minutes",
     "epochs",
     "log_every",
     "image_every",
@@ -153,7 +154,7 @@ class RunFolder:
             k = diff[0]
             raise ConfigError(
                 f"cannot resume {self.out}: it was trained with {k}={old.get(k)!r}, now {new[k]!r} "
-                "(only max_steps, epochs, logging, checkpoint and validation settings may change)"
+                "(only max_steps, max_minutes, epochs, logging, checkpoint and validation settings may change)"
             )
         return [k for k in VALIDATION_SCORE_KEYS if old.get(k) != new.get(k)]
 

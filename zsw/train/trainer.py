@@ -44,6 +44,7 @@ from zsw.train.distributed import (
     all_min,
     all_reduce_mean,
     barrier,
+    broadcast_flag,
     init_distributed,
     on_main,
     replica_fingerprints,
@@ -100,6 +101,7 @@ class RunState:
     nan_total: int = 0
     skipped: int = 0  # unreadable samples passed over
     best: float = math.inf  # best validation metric so far
+    seconds: float = 0.0  # wall-clock seconds trained, over every resume (what max_minutes limits)
 
     def as_dict(self, world_size: int, cfg: TrainConfig, total_steps: int) -> dict:
         # total_steps: the length the learning-rate and teacher_surface schedules were stretched over
@@ -276,7 +278,8 @@ class Trainer:
             saved = self.folder.load(record, model, self.optimizer, self.scaler, device)
             if self.ema is not None:
                 self.ema.load_state_dict(saved["ema"])
-            self.state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__})
+            # checkpoints from before a field existed start it at its default
+            self.state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__ if k in saved})
             if int(saved["world_size"]) != dist.world_size:
                 self.echo(f"resuming a {saved['world_size']}-rank run on {dist.world_size} ranks")
             s = self.state
@@ -320,8 +323,9 @@ class Trainer:
         cfg, dist, st = self.cfg, self.dist, self.state
         torch.manual_seed(_step_seed(cfg.seed, dist.rank, st.step))
         step_module = self.runner.module if dist.distributed else self.runner
-        step_module.set_progress(st.step / max(self.total_steps - 1, 1))
-        factor = cfg.optim.lr_factor(st.step, self.total_steps)
+        time_fraction = st.seconds / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
+        step_module.set_progress(min(max(st.step / max(self.total_steps - 1, 1), time_fraction), 1.0))
+        factor = cfg.optim.lr_factor(st.step, self.total_steps, time_fraction)
         for group in self.optimizer.param_groups:
             # the group's own lr is its base until the first step records it (saved with the optimiser)
             group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
@@ -428,10 +432,26 @@ class Trainer:
         with self.folder.locked(self.dist.is_main):
             return self._fit()
 
+    def _finished(self) -> bool:
+        """The run's last step is done: its ``max_steps``/epochs, or its ``max_minutes``."""
+        return self.state.step >= self.total_steps or self._out_of_time
+
+    def _clock(self) -> None:
+        """Add the time since the last call to ``state.seconds`` and see whether ``max_minutes`` is
+        spent. Under torchrun rank 0's clock decides, so every rank ends after the same step."""
+        now = time.perf_counter()
+        self.state.seconds += now - self._ticked
+        self._ticked = now
+        if self.cfg.max_minutes is not None:
+            out = self.state.seconds >= self.cfg.max_minutes * 60
+            self._out_of_time = broadcast_flag(out, self.dist.device)
+
     def _fit(self) -> TrainResult:
         self._setup()
         cfg, st = self.cfg, self.state
         start_time, start_step = time.perf_counter(), st.step
+        self._ticked, self._out_of_time = start_time, False
+        self._clock()  # a resumed run whose minutes are spent ends at once
         self._window = (time.perf_counter(), 0)  # (since, samples) of the logged throughput
         self.last: dict[str, float] = {}
         self.validation: dict[str, float] = {}
@@ -442,12 +462,12 @@ class Trainer:
                 # an epoch whose steps are all done but whose end (validation, checkpoint) is not --
                 # a run killed during that validation resumes there -- is ended first
                 while st.epoch < cfg.num_epochs and (
-                    st.step < self.total_steps or st.consumed >= self.sampler.samples_per_epoch
+                    not self._finished() or st.consumed >= self.sampler.samples_per_epoch
                 ):
                     self.sampler.set_epoch(st.epoch, start=st.consumed)
                     self.train_ds.set_epoch(st.epoch)
                     batches = iter(self._loader()) if st.consumed < self.sampler.samples_per_epoch else None
-                    while st.consumed < self.sampler.samples_per_epoch and st.step < self.total_steps:
+                    while st.consumed < self.sampler.samples_per_epoch and not self._finished():
                         between = False
                         result = self._optimizer_step(batches)
                         between = True
@@ -468,7 +488,7 @@ class Trainer:
                 self.echo(f"stopped within step {st.step + 1}: --resume continues from step {self.last_saved}")
             raise
         final = None
-        if self.dist.is_main and st.step >= self.total_steps:
+        if self.dist.is_main and self._finished():
             final = self.folder.save_weights(self.weights, "final.safetensors", {"stage": cfg.stage, "step": st.step})
         barrier()
         self.monitor.close()
@@ -486,7 +506,8 @@ class Trainer:
         cfg, st = self.cfg, self.state
         since, samples = self._window
         samples += cfg.batch_size
-        done = st.step >= self.total_steps
+        self._clock()
+        done = self._finished()
         sps = None
         if st.step % cfg.log_every == 0 or done:
             now = time.perf_counter()
