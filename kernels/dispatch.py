@@ -6,11 +6,17 @@ kernel, a CPU inference path and the pure-PyTorch reference runs each call.
 ====================  ===========================================================================
 ``"torch"``           the reference, always
 ``"triton"``          the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)
-``"auto"`` / None     ``ZSW_KERNELS=torch|triton`` if set, else Triton for CUDA tensors and
-                      PyTorch for CPU tensors: the inference paths of :mod:`zsw.kernels.cpu`
-                      when no gradient is needed (same math, fused CPU attention), the
-                      reference otherwise
+``"auto"`` / None     ``ZSW_KERNELS=torch|triton`` if set, else Triton for CUDA tensors -- except
+                      where the reference was measured faster on a GPU (below) -- and PyTorch
+                      for CPU tensors: the inference paths of :mod:`zsw.kernels.cpu` when no
+                      gradient is needed (same math, fused CPU attention), the reference otherwise
 ====================  ===========================================================================
+
+Measured faster on an NVIDIA H200 (``bench/results/h200/README.md``), so ``auto`` runs the reference
+there: the attention and the occupancy MLP in IEEE fp32 (no TF32; image to mesh 0.48 s on the
+references against 0.82 s on the kernels), and the occupancy MLP when it needs a gradient
+(forward and backward at training size 16.6 ms against 21.1 ms). Asking for ``"triton"`` (or
+``ZSW_KERNELS=triton``) still runs the kernels.
 
 Inside :func:`exportable` (and during ONNX export) everything runs the reference, because Triton
 kernels do not trace. A Triton implementation registers itself by living in
@@ -47,6 +53,7 @@ __all__ = [
     "set_exportable",
     "is_exportable",
     "resolve_impl",
+    "reference_measured_faster",
     "requested_impl",
     "interpreting",
     "triton_available",
@@ -179,11 +186,27 @@ def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
 _warned: set[str] = set()
 
 
+def reference_measured_faster(name: str, *tensors: Tensor) -> bool:
+    """Whether kernel ``name`` on these inputs is a case where the reference beat the Triton kernel
+    on a GPU (the table in this module's docstring), so that ``auto`` runs the reference."""
+    if name not in ("point_cross_attention", "occupancy_mlp") or not tensors:
+        return False
+    x = tensors[0]
+    autocast = x.is_floating_point() and torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    if dtype == torch.float32 and not tf32:
+        return True
+    return name == "occupancy_mlp" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _pick(name: str, impl: str | None, device: torch.device, *tensors: Tensor) -> Callable:
     """The implementation to call. A PyTorch call that nothing forced to the reference (``impl``
     or ``ZSW_KERNELS``), on CPU tensors without autograd and outside export, takes the inference
     path of :mod:`zsw.kernels.cpu` where there is one."""
     if resolve_impl(name, impl, device) == "triton":
+        if _requested(impl) == "auto" and reference_measured_faster(name, *tensors):
+            return getattr(reference, name)
         return _triton_impls[name]
     if _requested(impl) == "auto" and name in cpu.__all__ and not is_exportable() and cpu.usable(*tensors):
         return getattr(cpu, name)

@@ -50,6 +50,40 @@ def test_dispatch_table(monkeypatch, impl, env, device, interpret, expected):
             assert kernels.resolve_impl(name, impl, torch.device(device)) == "torch"
 
 
+def test_auto_runs_the_reference_where_it_was_measured_faster_on_a_gpu(monkeypatch):
+    """On CUDA tensors `auto` runs the reference for IEEE fp32 attention and MLP and for the MLP
+    with a gradient (bench/results/h200/README.md); bf16 and Chamfer stay on Triton, and asking
+    for Triton by name still gets it."""
+    from zsw.kernels import dispatch, reference
+
+    monkeypatch.delenv("ZSW_KERNELS", raising=False)
+    monkeypatch.setattr(dispatch, "resolve_impl", lambda name, impl, device: "triton")  # as on a GPU
+    x32 = torch.randn(8, 259)
+    w = [torch.randn(256, 259, requires_grad=True)]
+    q = torch.randn(1, 2, 8, 16)
+    with torch.no_grad():
+        assert dispatch._pick("occupancy_mlp", None, x32.device, x32, *w) is reference.occupancy_mlp
+        assert dispatch._pick("point_cross_attention", None, q.device, q) is reference.point_cross_attention
+        assert dispatch._pick("occupancy_mlp", None, x32.device, x32.bfloat16(), *w) is not reference.occupancy_mlp
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # computes in bf16
+            assert dispatch._pick("point_cross_attention", None, q.device, q) is not reference.point_cross_attention
+        assert dispatch._pick("occupancy_mlp", "triton", x32.device, x32, *w) is not reference.occupancy_mlp
+        assert dispatch._pick("chamfer_distance", None, x32.device, x32) is not reference.chamfer_distance
+    before = torch.backends.cuda.matmul.allow_tf32  # a property of torch's, which monkeypatch cannot undo
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32: the kernels
+    try:
+        with torch.no_grad():
+            assert dispatch._pick("occupancy_mlp", None, x32.device, x32, *w) is not reference.occupancy_mlp
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    # training: the MLP's backward was slower than the reference's, the attention's faster
+    xb = x32.bfloat16()
+    assert dispatch._pick("occupancy_mlp", None, xb.device, xb, *w) is reference.occupancy_mlp
+    assert dispatch._pick("point_cross_attention", None, q.device, q.bfloat16().requires_grad_()) is not (
+        reference.point_cross_attention
+    )
+
+
 def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
