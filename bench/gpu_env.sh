@@ -19,3 +19,5 @@ if [ -z "${ZSW_GPU_OPTIONAL:-}" ] && ! python3 -c "import torch, sys; sys.exit(0
 fi
 if [ -f .whl/SOURCE ]; then export ZSW_GIT_SHA="$(cat .whl/SOURCE)"; fi
 unset TRITON_INTERPRET ZSW_KERNELS
+# no terminal there: rich would fit its tables into 80 columns and cut every cell to "…"
+export COLUMNS="${COLUMNS:-200}"
