@@ -468,3 +468,114 @@ def test_a_visible_mask_of_another_size_than_its_depth_is_refused(tmp_path):
     ds = ShapeDataset(tmp_path / "p", "train", size=64, augment=None, with_shape=False)
     with pytest.raises(InputError, match=r"visible mask of box_00000_00 has shape \(10, 12\)"):
         ds._read(0)
+
+
+# --------------------------------------------------------------------------------------------
+# the loader's fast paths against the plain computations they replace (bench/results/loader.md)
+# --------------------------------------------------------------------------------------------
+
+
+def test_is_plain_white_matches_the_scipy_dilation_it_replaces():
+    from scipy.ndimage import binary_dilation
+
+    def reference(image, mask, tol=3.0):
+        outside = ~np.asarray(mask, dtype=bool)
+        if outside.sum() < 16:
+            return False
+        outside &= ~binary_dilation(~outside, iterations=1)
+        if outside.sum() < 16:
+            return False
+        return float(255.0 - image[outside].astype(np.float32).mean()) < tol
+
+    rng = np.random.default_rng(0)
+    answers = set()
+    for k in range(60):
+        size = int(rng.integers(6, 40))
+        mask = rng.random((size, size)) < rng.uniform(0, 1.05)  # from nothing to everything, touching borders
+        image = np.full((size, size, 3), 255, np.uint8)
+        image[mask] = rng.integers(0, 256, (int(mask.sum()), 3))
+        image = np.clip(image.astype(int) - rng.integers(0, int(rng.integers(1, 12)), image.shape), 0, 255)
+        image = image.astype(np.uint8)  # off-white around the object: some within the tolerance, some not
+        got = is_plain_white(image, mask)
+        assert got == reference(image, mask), k
+        answers.add(got)
+    assert answers == {True, False}
+
+
+def test_color_jitter_and_texture_are_the_step_by_step_formulas_to_rounding():
+    """color_jitter runs brightness, contrast, saturation and gains as one affine map, and
+    texture_object in float32 by channel: the images of the step-by-step computations (float64)
+    within one level, from the same random numbers."""
+    from scipy.ndimage import gaussian_filter
+
+    from zsw.data.dataset import color_jitter
+
+    def jitter_reference(image, strength, rng):
+        x = image.astype(np.float64) / 255.0
+
+        def amount():
+            return float(rng.uniform(1 - strength, 1 + strength))
+
+        x = x * amount()
+        x = (x - x.mean()) * amount() + x.mean()
+        gray = x.mean(axis=2, keepdims=True)
+        x = (x - gray) * amount() + gray
+        x = x * rng.uniform(1 - strength / 2, 1 + strength / 2, size=3)
+        if rng.random() < 1 / 3:
+            x = gaussian_filter(x, sigma=(rng.uniform(0.3, 1.2), rng.uniform(0.3, 1.2), 0))
+        if rng.random() < 1 / 3:
+            x = x + rng.normal(0, rng.uniform(0.005, 0.03), size=x.shape)
+        return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
+    def texture_reference(image, alpha, texture, strength):
+        a = np.clip(alpha, 0, 1)[..., None].astype(np.float64)
+        t = texture.astype(np.float64) + 1.0
+        inside = alpha > 0.5
+        mean = t[inside].mean(0) if inside.any() else t.reshape(-1, 3).mean(0)
+        out = (image - (1 - a) * 255.0) * (1.0 + strength * (t / mean - 1.0)) + (1 - a) * 255.0
+        return np.clip(out, 0, 255).round().astype(np.uint8)
+
+    bg = Backgrounds(("noise", "photo"))
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        image, texture = bg.sample(rng, 48), bg.sample(rng, 48)
+        yy, xx = np.mgrid[:48, :48]
+        alpha = np.clip(12 - np.hypot(yy - 24, xx - 20), 0, 1).astype(np.float32)  # a disc, antialiased
+        on_white = composite(image, alpha, np.full_like(image, 255))
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        got, want = color_jitter(image, 0.3, a), jitter_reference(image, 0.3, b)
+        assert got.dtype == np.uint8 and got.shape == image.shape and a.random() == b.random()  # same draws
+        assert np.abs(got.astype(int) - want).max() <= 1
+        got = texture_object(on_white, alpha, texture, 0.7)
+        assert np.abs(got.astype(int) - texture_reference(on_white, alpha, texture, 0.7)).max() <= 1
+
+
+def test_load_npy_reads_what_np_load_reads(tmp_path):
+    from zsw.data.layout import load_npy
+
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.float64(2.5), np.zeros(0), np.ones((2, 3, 4), ">f8"),
+              np.array([True, False]), np.arange(5, dtype=np.uint8), np.asfortranarray(np.ones((3, 4))),
+              np.zeros(2, [("a", "<f4")]), np.arange(6.0).reshape(2, 3)[:, ::2]]  # fmt: skip
+    for k, a in enumerate(arrays):
+        np.save(tmp_path / f"{k}.npy", a)
+        got = load_npy(tmp_path / f"{k}.npy")
+        assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, a) and got.flags.writeable
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "0.npy").read_bytes()[:-4])
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for name in ("cut", "pickled", "missing"):
+        with pytest.raises(InputError, match=name):
+            load_npy(tmp_path / f"{name}.npy")
+
+
+def test_query_points_are_distinct_and_uniform():
+    from zsw.data.dataset import _draw
+
+    rng = np.random.default_rng(0)
+    candidates = np.arange(100, 300)
+    counts = np.zeros(300)
+    for _ in range(400):
+        pick = _draw(candidates, 50, rng)
+        assert len(set(pick.tolist())) == 50 and pick.min() >= 100
+        counts[pick] += 1
+    assert np.abs(counts[100:] / (400 * 50 / 200) - 1).max() < 0.35  # each drawn ~100 times
+    assert len(_draw(candidates, 500, rng)) == 500  # more than there are: with replacement

@@ -211,27 +211,40 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
     """Photometric jitter of an ``[H, W, 3]`` uint8 image (see ``AugmentConfig.color_jitter``)."""
     from scipy.ndimage import gaussian_filter
 
-    x = image.astype(np.float32) / 255.0
-
     def amount() -> float:
         return float(rng.uniform(1 - strength, 1 + strength))
 
-    x = x * amount()  # brightness
-    x = (x - x.mean()) * amount() + x.mean()  # contrast
-    gray = x.mean(axis=2, keepdims=True)
-    x = (x - gray) * amount() + gray  # saturation
-    x = x * rng.uniform(1 - strength / 2, 1 + strength / 2, size=3)  # white balance
+    # brightness b, contrast c (around the image's mean), saturation s (around each pixel's grey)
+    # and per-channel gains w, in this order on x = image / 255, are one affine map of each
+    # pixel's colour: w * (c b (s x + (1 - s) grey(x)) + (1 - c) b mean(x)). It runs as one
+    # map of the image's channel planes, in units of 255 (numpy is slow on a last axis of 3)
+    b, c, s = amount(), amount(), amount()
+    w = rng.uniform(1 - strength / 2, 1 + strength / 2, size=3)
+    H, W, C = image.shape
+    mean = float(image.sum(dtype=np.int64)) / image.size
+    M = (w[:, None] * (c * b)) * (s * np.eye(C) + (1 - s) / C)
+    offset = w * ((1 - c) * b * mean)
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)  # [C, H, W]
+    M, offset = M.astype(np.float32), offset.astype(np.float32)
+    y = np.empty_like(planes)
+    for k in range(C):  # not `M @ planes`: numpy's BLAS threads, and sums whose order depends on them
+        np.multiply(planes[0], M[k, 0], out=y[k])
+        for j in range(1, C):
+            y[k] += planes[j] * M[k, j]
+        y[k] += offset[k]
     if rng.random() < 1 / 3:
-        x = gaussian_filter(x, sigma=(rng.uniform(0.3, 1.2), rng.uniform(0.3, 1.2), 0))
+        y = gaussian_filter(y, sigma=(0, rng.uniform(0.3, 1.2), rng.uniform(0.3, 1.2)))
     if rng.random() < 1 / 3:
-        x = x + rng.normal(0, rng.uniform(0.005, 0.03), size=x.shape)
-    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+        y += rng.normal(0, 255 * rng.uniform(0.005, 0.03), size=(H, W, C)).transpose(2, 0, 1)
+    np.clip(y, 0, 255, out=y)
+    np.rint(y, out=y)
+    return np.ascontiguousarray(y.astype(np.uint8).transpose(1, 2, 0))
 
 
 def _draw(indices: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` of ``indices``: without replacement when there are enough, else with."""
-    if len(indices) >= k:
-        return indices[rng.permutation(len(indices))[:k]]
+    """``k`` of ``indices`` in random order: without replacement when there are enough, else with."""
+    if len(indices) >= k:  # the first k of a random permutation, without permuting all of them
+        return indices[rng.choice(len(indices), k, replace=False)]
     return indices[rng.integers(0, len(indices), k)]
 
 
@@ -355,42 +368,46 @@ class ShapeDataset:
         image = layout.read_image(sid)
         if image.shape[:2] != (S, S):  # ZeroShape resizes images that are not at the model size
             image = np.array(Image.fromarray(image).resize((S, S), Image.Resampling.BILINEAR))  # writable
-        depth = load_npy(layout.depth(sid))
+        # each path once (the messages below are formatted whether or not they are raised)
+        depth_path, intr_path, extr_path = layout.depth(sid), layout.intrinsics(sid), layout.extrinsics(sid)
+        mask_path, visible_path = layout.mask(sid), layout.visible_mask(sid)
+        occluder_path, pseudo_path = layout.occluder_mask(sid), layout.pseudo_depth(sid)
+        depth = load_npy(depth_path)
         N = depth.shape[0] if depth.ndim == 2 and depth.shape[0] == depth.shape[1] else 0
-        _check(N > 0, f"depth {layout.depth(sid)} has shape {depth.shape}, expected a square ({S}, {S})")
-        depth = _resized(depth.astype(np.float32), S)  # data at another size than the model's: resampled
-        _check(bool(np.isfinite(depth).all()), f"depth {layout.depth(sid)} holds non-finite values")
-        K = load_npy(layout.intrinsics(sid)).astype(np.float32)
+        _check(N > 0, f"depth {depth_path} has shape {depth.shape}, expected a square ({S}, {S})")
+        depth = _resized(depth.astype(np.float32, copy=False), S)  # data at another size than the model's: resampled
+        _check(bool(np.isfinite(depth).all()), f"depth {depth_path} holds non-finite values")
+        K = load_npy(intr_path).astype(np.float32)
         good_k = K.shape == (3, 3) and bool(np.isfinite(K).all()) and K[0, 0] > 0
-        _check(good_k, f"bad intrinsics {layout.intrinsics(sid)}")
+        _check(good_k, f"bad intrinsics {intr_path}")
         if N != S:  # K in pixels of the resized views: u' = s u + (s - 1) / 2 with integer pixel centres
             s = S / N
             K = K.copy()
             K[:2] *= s
             K[:2, 2] += (s - 1) / 2
-        Rt = load_npy(layout.extrinsics(sid)).astype(np.float32)
-        _check(Rt.ndim == 2 and Rt.shape[0] >= 3 and Rt.shape[1] >= 4, f"bad extrinsics {layout.extrinsics(sid)}")
+        Rt = load_npy(extr_path).astype(np.float32)
+        _check(Rt.ndim == 2 and Rt.shape[0] >= 3 and Rt.shape[1] >= 4, f"bad extrinsics {extr_path}")
         Rt = Rt[:3, :4]
-        _check(bool(np.isfinite(Rt).all()), f"extrinsics {layout.extrinsics(sid)} hold non-finite values")
+        _check(bool(np.isfinite(Rt).all()), f"extrinsics {extr_path} hold non-finite values")
         obj = depth > 0
-        alpha = layout.read_alpha(sid) if layout.mask(sid).is_file() else obj.astype(np.float32)
+        alpha = layout.read_alpha(sid) if mask_path.is_file() else obj.astype(np.float32)
         _check(alpha.shape == (S, S) or alpha.shape == (N, N),
-               f"mask {layout.mask(sid)} has shape {alpha.shape}, expected ({N}, {N}) as its depth")  # fmt: skip
+               f"mask {mask_path} has shape {alpha.shape}, expected ({N}, {N}) as its depth")  # fmt: skip
         alpha = _resized(alpha, S, smooth=True)
         visible = obj
-        if layout.visible_mask(sid).is_file():
-            visible = layout.read_mask(layout.visible_mask(sid))
+        if visible_path.is_file():
+            visible = layout.read_mask(visible_path)
             _check(visible.shape in ((N, N), (S, S)), f"visible mask of {sid.name} has shape {visible.shape}")
             visible = _resized(visible, S) & obj
         occluder = np.zeros((S, S), dtype=bool)
-        if layout.occluder_mask(sid).is_file():
-            occluder = layout.read_mask(layout.occluder_mask(sid))
+        if occluder_path.is_file():
+            occluder = layout.read_mask(occluder_path)
             _check(occluder.shape == (N, N), f"occluder mask of {sid.name} has shape {occluder.shape}")
             occluder = _resized(occluder, S)
         _check(bool(visible.any()), f"{sid.name} has no visible object pixel (empty depth)")
         pseudo = None
-        if layout.pseudo_depth(sid).is_file():
-            pseudo = load_npy(layout.pseudo_depth(sid)).astype(np.float32)
+        if pseudo_path.is_file():
+            pseudo = load_npy(pseudo_path).astype(np.float32)
             _check(pseudo.shape == (N, N) and bool(np.isfinite(pseudo).all()), f"bad pseudo-depth of {sid.name}")
             pseudo = _resized(pseudo, S)
         return _Sample(image, alpha, np.where(visible, depth, 0).astype(np.float32), K, Rt, visible, occluder, pseudo)
@@ -404,7 +421,8 @@ class ShapeDataset:
         if self.far_fraction is None:
             pick = _draw(np.arange(len(pts)), self.points, rng)
             return pts[pick], sdf[pick]
-        extent = float((pts.max(axis=0) - pts.min(axis=0)).max())
+        # column by column: numpy's reductions over axis 0 of [N, 3] are many times slower
+        extent = max(float(pts[:, k].max() - pts[:, k].min()) for k in range(3))
         far = np.abs(sdf) >= self.near_band * extent
         n_far = int(round(self.points * self.far_fraction))
         far_idx, near_idx = np.flatnonzero(far), np.flatnonzero(~far)
@@ -520,7 +538,7 @@ class ShapeDataset:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
 
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1).float() / 255.0,
+            "image": torch.from_numpy(np.ascontiguousarray(s.image.transpose(2, 0, 1))).float() / 255.0,
             "depth": img(s.depth),
             "intrinsics": torch.from_numpy(s.K),
             "extrinsics": torch.from_numpy(np.ascontiguousarray(s.Rt)),

@@ -45,10 +45,11 @@ class Occluder:
         """Cut the object out; ``over_white`` images are un-premultiplied from white on their
         antialiased edge. None when the mask is empty."""
         a = np.clip(np.asarray(alpha, dtype=np.float32), 0, 1)
-        ys, xs = np.nonzero(a > 0)
+        covered = a > 0
+        ys, xs = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
         if len(ys) == 0:
             return None
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
         a = a[y0:y1, x0:x1]
         rgb = image[y0:y1, x0:x1].astype(np.float32)
         if over_white:
@@ -95,10 +96,10 @@ def paste_occluders(
     out = image.astype(np.float32)
     vis = np.asarray(visible, dtype=bool).copy()
     occ_mask = np.zeros((H, W), dtype=bool) if occluder is None else np.asarray(occluder, dtype=bool).copy()
-    initial = int(vis.sum())
+    initial = vis_count = int(np.count_nonzero(vis))
     placements = []
     for occ in occluders:
-        if vis.sum() == 0:
+        if vis_count == 0:
             break
         s = float(rng.uniform(*scale))
         piece = occ.resized(max(2, round(s * max(H, W))))
@@ -115,17 +116,18 @@ def paste_occluders(
         dy1, dx1 = min(H, y0 + h), min(W, x0 + w)
         if dy1 <= dy0 or dx1 <= dx0:
             continue
-        a = np.zeros((H, W), dtype=np.float32)
-        rgb = np.zeros((H, W, 3), dtype=np.float32)
-        a[dy0:dy1, dx0:dx1] = piece.alpha[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
-        rgb[dy0:dy1, dx0:dx1] = piece.rgb[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
+        # everything within the pasted box (the occluder's coverage is 0 outside it)
+        box = (slice(dy0, dy1), slice(dx0, dx1))
+        a = piece.alpha[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
+        rgb = piece.rgb[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
         solid = a >= 0.5
-        new_vis = vis & ~solid
-        if new_vis.sum() < min_visible * initial or not (vis & solid).any():
+        hidden = np.count_nonzero(vis[box] & solid)
+        if vis_count - hidden < min_visible * initial or not hidden:
             continue  # hides too much of the target, or misses it
-        out = out * (1 - a[..., None]) + rgb * a[..., None]
-        vis = new_vis
-        occ_mask |= solid
+        out[box] = out[box] * (1 - a[..., None]) + rgb * a[..., None]
+        vis[box] &= ~solid
+        vis_count -= hidden
+        occ_mask[box] |= solid
         placements.append(dict(scale=s, y0=int(y0), x0=int(x0), height=int(h), width=int(w)))
     return Pasted(
         image=np.clip(out, 0, 255).round().astype(np.uint8),
