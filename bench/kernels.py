@@ -22,8 +22,10 @@ its max error goes in the row's ``note``. :data:`TARGETS` are the goals of issue
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,8 @@ __all__ = [
     "targets_markdown",
     "sdpa_point_cross_attention",
     "cdist_chamfer",
+    "DecoderBreakdown",
+    "decoder_breakdown",
 ]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -401,6 +405,11 @@ def _chamfer_jobs(cases, providers, device) -> Iterator[Job]:
 
 def _decoder_setup(model: str, impl: str, n_points: int, chunk: int, device: str) -> Callable[[], torch.Tensor]:
     """The model's point decoder (random weights, fixed seed) decoding a cloud, in bf16 autocast."""
+    return _decoder_build(model, impl, n_points, chunk, device)[1]
+
+
+def _decoder_build(model: str, impl: str, n_points: int, chunk: int, device: str):
+    """``(decoder, fn)``: :func:`_decoder_setup`'s function and the decoder it runs."""
     from zsw.config import get_model_config
     from zsw.model.decoder import PointDecoder
 
@@ -420,7 +429,7 @@ def _decoder_setup(model: str, impl: str, n_points: int, chunk: int, device: str
             latents = dec.encode(tokens, text)  # once per image, as in reconstruction
             return dec.decode_chunked(latents, points, chunk)
 
-    return fn
+    return dec, fn
 
 
 def _decoder_jobs(cases, model: str, providers, device) -> Iterator[Job]:
@@ -439,6 +448,185 @@ def _decoder_jobs(cases, model: str, providers, device) -> Iterator[Job]:
                 return f"max logit diff vs torch {_max_error(out, ref):.1e}"
 
             yield Job("decoder", case.name, provider, "fwd", "bf16", case.shape, setup, check=check)
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the decoder's time goes: one decode, part by part, and its top kernels
+# ----------------------------------------------------------------------------------------------
+
+
+#: the decoder case profiled without a GPU (the smoke presets time no decoder): the tiny model
+BREAKDOWN_SMOKE = DecoderCase("smoke", 256, 128)
+BREAKDOWN_TOP = 10
+
+
+@dataclass(frozen=True)
+class BreakdownItem:
+    name: str
+    ms: float  # summed over calls
+    calls: int
+    profiler_ms: float = math.nan  # parts: the torch.profiler range's CUDA time (CPU time without a GPU)
+
+
+@dataclass
+class DecoderBreakdown:
+    """One decode of a case (latents + every chunk), split into the decoder's parts, and the kernels
+    (GPU) or operators (CPU) that took the most time in a second, profiled decode."""
+
+    model: str
+    case: str
+    shape: str
+    impl: str
+    device: str
+    total_ms: float
+    parts: list[BreakdownItem]  # outermost parts only (none nested in another), then "other"
+    top: list[BreakdownItem]  # by self time, most first
+
+    @property
+    def clock(self) -> str:
+        return "CUDA events" if self.device == "cuda" else "CPU wall clock"
+
+    @property
+    def top_label(self) -> str:
+        return "kernels by CUDA time" if self.device == "cuda" else "operators by self CPU time"
+
+    def markdown(self) -> str:
+        prof = "profiler CUDA ms" if self.device == "cuda" else "profiler CPU ms"
+        lines = [
+            f"## Decoder breakdown: {self.case} ({self.shape}), {self.impl}, {self.model}, {self.device}",
+            "",
+            f"One decode (latents once, then every chunk) with each part of the decoder timed by "
+            f"{self.clock} ({prof}: the same part's torch.profiler range in a second decode); "
+            "`other` is the total less the parts: residual adds, concatenations, chunking.",
+            "",
+            f"| part | ms | share | calls | {prof} |",
+            "|---|---|---|---|---|",
+        ]
+        for p in self.parts:
+            share = 100.0 * p.ms / self.total_ms if self.total_ms > 0 else math.nan
+            shown = "" if math.isnan(p.profiler_ms) else f"{p.profiler_ms:.3f}"
+            lines.append(f"| {p.name} | {p.ms:.3f} | {share:.1f}% | {p.calls} | {shown} |")
+        lines += [f"| total | {self.total_ms:.3f} | 100% | 1 | |", ""]
+        lines += [f"Top {len(self.top)} {self.top_label} (torch.profiler, second decode):", ""]
+        lines += ["| name | ms | calls |", "|---|---|---|"]
+        lines += [f"| `{_short(t.name)}` | {t.ms:.3f} | {t.calls} |" for t in self.top]
+        return "\n".join(lines) + "\n"
+
+
+def _short(name: str, limit: int = 90) -> str:
+    name = name.replace("|", "/").replace("`", "'")
+    return name if len(name) <= limit else name[: limit - 3] + "..."
+
+
+class _PartClock:
+    """Times the decoder's parts by wrapping their calls; a part called inside another (the blocks'
+    norms and feed-forwards inside ``encode``) is left to the outer one, so the parts never overlap."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+        self.spans: dict[str, list[tuple]] = {}
+        self.active = 0
+        self.recording = True
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if self.active:
+                return fn(*args, **kwargs)
+            self.active += 1
+            try:
+                with torch.profiler.record_function(f"part: {name}"):
+                    start = self._now()
+                    out = fn(*args, **kwargs)
+                    end = self._now()
+            finally:
+                self.active -= 1
+            if self.recording:
+                self.spans.setdefault(name, []).append((start, end))
+            return out
+
+        return timed
+
+    def ms(self, start, end) -> float:
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+
+
+def _instrument(dec, clock: _PartClock) -> None:
+    """Wrap the parts of ``dec`` (this instance only: instance attributes shadow the methods)."""
+
+    def forward(module, name):
+        module.forward = clock.wrap(name, module.forward)
+
+    dec.encode = clock.wrap("encode (latents, once per image)", dec.encode)
+    dec._point_features = clock.wrap("point features", dec._point_features)
+    forward(dec.point_embed, "point embedding")
+    for i, block in enumerate(dec.blocks):
+        forward(block.norm1, f"block {i} norm1")
+        block.attn.points = clock.wrap(f"block {i} attention", block.attn.points)
+        forward(block.norm2, f"block {i} norm2")
+        forward(block.mlp, f"block {i} feed-forward")
+    forward(dec.norm, "final norm")
+    forward(dec.occupancy, "occupancy MLP")
+
+
+def decoder_breakdown(
+    model: str, impl: str, case: DecoderCase, device: str, top: int = BREAKDOWN_TOP
+) -> DecoderBreakdown:
+    """Where one decode of ``case`` spends its time, part by part (see :class:`DecoderBreakdown`).
+
+    After a warm-up decode (autotuning, compilation), the parts are timed with CUDA events on a GPU
+    (GPU time from the part's first launch to its last one's end), without one by the wall clock.
+    A second decode runs under ``torch.profiler`` for each part's profiler time and the top kernels
+    (CPU: operators)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    dec, fn = _decoder_build(model, impl, case.points, case.chunk, device)
+    clock = _PartClock(device)
+    _instrument(dec, clock)
+    cuda = device == "cuda"
+    clock.recording = False
+    fn()  # warm-up: first-use autotuning, compilation and lazy initialisation are not the decoder's time
+    if cuda:
+        torch.cuda.synchronize()
+    clock.recording = True
+    start = clock._now()
+    fn()
+    end = clock._now()
+    if cuda:
+        torch.cuda.synchronize()
+    total = clock.ms(start, end)
+    spans = {name: ([clock.ms(a, b) for a, b in pairs]) for name, pairs in clock.spans.items()}
+
+    clock.recording = False
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    part_prof = {}
+    for e in events:
+        if e.key.startswith("part: "):
+            part_prof[e.key.removeprefix("part: ")] = (e.device_time_total if cuda else e.cpu_time_total) / 1e3
+    parts = [BreakdownItem(name, sum(ms), len(ms), part_prof.get(name, math.nan)) for name, ms in spans.items()]
+    parts.append(BreakdownItem("other", max(0.0, total - sum(p.ms for p in parts)), 1))
+    if cuda:
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+        ranked = [BreakdownItem(e.key, e.self_device_time_total / 1e3, e.count) for e in kernels[:top]]
+    else:
+        ops = [e for e in events if not e.key.startswith("part: ")]
+        ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+        ranked = [BreakdownItem(e.key, e.self_cpu_time_total / 1e3, e.count) for e in ops[:top]]
+    return DecoderBreakdown(model, case.name, case.shape, impl, device, total, parts, ranked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,11 +792,17 @@ def run_job(
     out: Path | None = None,
     summary: Path | None = None,
     reporter=None,
+    breakdown: bool = True,
 ) -> tuple[list[BenchRow], list, Path, Environment, str]:
     """``zsw bench kernels``: check the options and the output paths, run (tiny shapes on the Triton
     interpreter without a GPU), append the rows to ``out`` (default
     ``bench/results/<gpu>-kernels[-smoke].csv``) and write the targets as markdown to ``summary``;
-    returns ``(rows, targets, csv path, env, what ran)``."""
+    returns ``(rows, targets, csv path, env, what ran)``.
+
+    With the decoder among ``ops`` and ``breakdown``, one decode of the decoder case (without a GPU
+    the tiny model's :data:`BREAKDOWN_SMOKE`) is also split into its parts and top kernels
+    (:func:`decoder_breakdown`, Triton and PyTorch decoders): reported as it finishes and appended
+    to ``summary`` as markdown sections."""
     import os
 
     from zsw.bench._harness import append_csv, check_model, check_out_csv, check_out_file, environment, gpu_slug
@@ -641,6 +835,28 @@ def run_job(
     with reporter.progress("kernels", None) as advance:
         rows = run(env, ops=selected, smoke=smoke, model=model, rep_ms=rep_ms, progress=lambda s: advance(1, note=s))
     append_csv(out, rows)
+    sections = []
+    if breakdown and "decoder" in selected:
+        sections = _breakdowns(presets(model, smoke=smoke), env.device, reporter)
     if summary is not None:
-        atomic_write_text(summary, targets_markdown(rows, env))
+        atomic_write_text(summary, "\n".join([targets_markdown(rows, env), *sections]))
     return rows, evaluate_targets(rows), out, env, ran
+
+
+def _breakdowns(p: KernelPresets, device: str, reporter) -> list[str]:
+    """The decoder breakdowns of ``run_job`` as markdown sections (a failure is a warning: the rows
+    are already written)."""
+    case = p.decoder[0] if p.decoder else BREAKDOWN_SMOKE
+    sections = []
+    for impl in ("triton", "torch"):
+        try:
+            text = decoder_breakdown(p.model, impl, case, device).markdown()
+        except Exception as e:  # noqa: BLE001 -- reported, the benchmark's rows stand
+            reporter.warning(f"decoder breakdown ({impl}) failed: {type(e).__name__}: {e}")
+            continue
+        reporter.info(text)
+        sections.append(text)
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return sections

@@ -292,29 +292,68 @@ def _occ_mlp_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand family, all spill-free on sm_90 and sm_80
-# (the compile table in docs/kernels.md). Each layer's output is computed BLOCK_N = 64 columns at a
-# time, so the fp32 accumulator is 16-32 registers a thread; what fills the rest of the 255 is the
-# software pipeline (a pointer and a predicate per loaded element and stage), which is why there
-# are 8 warps and no 4-warp config. Every 16-bit tile has >= 64 rows (one wgmma warpgroup tile).
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, oldest target) per kernel and operand family: a row is
+# tried on devices of compute capability >= its last entry (80: both targets, 90: Hopper only). Every
+# row is spill-free on each target it is kept for (the compile table in docs/kernels.md; registers on
+# sm_90 / sm_80 from compile_check with triton 3.8 -- the H200 run had 3.6, whose counts may differ --
+# bf16, at the model's shapes W = 256, C_in = 259). Each layer's output
+# is computed BLOCK_N columns at a time, so the fp32 accumulator is BLOCK_M * BLOCK_N / (32 * warps)
+# registers a thread; what fills the rest of the 255 is the software pipeline (a 64-bit pointer and a
+# predicate per loaded element and stage), which is why there are 8 warps and no 4-warp config. Every
+# 16-bit tile has >= 64 rows (one wgmma warpgroup tile).
+#
+# Forward, 16-bit (the 129^3 grid's kernel): 128x64x64 s3 240 regs (sm_90 only: 128-row tiles spill on
+# sm_80, where mma.sync holds the A tile in registers too), 64x64x64 s3 230 / 255. BLOCK_N = 128 at 64
+# rows, 8 warps: 64x128x64 s3 and s4 254 regs, 0 spills on sm_90 (the layer input is re-read W / 128 = 2
+# times instead of 4), but 36-180 B spills on sm_80 (s2-s3; 64x128x32 s3 12 B): sm_90 only. Tried and
+# rejected (spills on sm_90): BLOCK_N = 256 = W, one accumulator per row (64x256 with BLOCK_K 16/32/64,
+# 2-3 stages: 108-720 B with 8 warps, 5.4 KB with 4), 64x128x64 with 4 warps (300 B), 128x128 (K 32
+# s3: 4 B, K 64 s2: 72 B). 64x128x32 s4 (192 regs, spill-free) is left out only so that a 100 KB device
+# keeps a single 64-row config (its ~80 KB estimate fits there; see test_compile.py).
+# A wider-N path that keeps the whole [BLOCK_M, W] activation on chip between layers would add its bf16
+# copy (another 32 registers a thread at 64 x 256 and 8 warps) to that already spilling 64x256 tile:
+# not feasible in this kernel's structure (pointer-tensor loads), so not attempted.
+#
+# Backward, 16-bit (the dz chain: no Softplus, no x, far fewer live registers): 128x64x64 s3 179 regs
+# (sm_90), 64x64x64 s3 73 / 128, and BLOCK_N = 256 = W (dz_{l+1} read once per layer, not four times):
+# 64x256x64 s3 237 regs on sm_90 (its ~184 KB estimate exceeds sm_80's 163 KB: pruned there),
+# 64x256x32 s3 236 / 236 regs, all spill-free.
 _FAMILIES = {
-    "16bit": [(128, 64, 64, 8, 3), (64, 64, 64, 8, 3)],
+    "16bit": [(128, 64, 64, 8, 3, 90), (64, 64, 64, 8, 3, 80), (64, 128, 64, 8, 3, 90), (64, 128, 64, 8, 4, 90)],
     # 64 x 128 with three stages spills 4 B on sm_80 with triton 3.6 (the lent GPU's); two do not
-    "tf32": [(64, 64, 32, 8, 3), (64, 128, 16, 8, 2)],
+    "tf32": [(64, 64, 32, 8, 3, 80), (64, 128, 16, 8, 2, 80)],
     # IEEE fp32 dots are FMA loops with their operands in registers: small tiles, no pipelining
-    "ieee": [(32, 64, 32, 4, 1)],
+    "ieee": [(32, 64, 32, 4, 1, 80)],
 }
-_FAMILY_CONFIGS = {
-    name: [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in rows
-    ]
-    for name, rows in _FAMILIES.items()
+# the backward's own rows where they differ from the forward's
+_BWD_FAMILIES = {
+    **_FAMILIES,
+    "16bit": [(128, 64, 64, 8, 3, 90), (64, 64, 64, 8, 3, 80), (64, 256, 64, 8, 3, 80), (64, 256, 32, 8, 3, 80)],
 }
 
 
-def _configs() -> list[triton.Config]:
-    return [c for configs in _FAMILY_CONFIGS.values() for c in configs]
+def _family_configs(families: dict) -> dict[str, list[triton.Config]]:
+    return {
+        name: [
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s, _ in rows
+        ]
+        for name, rows in families.items()
+    }
+
+
+_FAMILY_CONFIGS = {"fwd": _family_configs(_FAMILIES), "bwd": _family_configs(_BWD_FAMILIES)}
+# the oldest compute capability each (kernel, family, config) is tried on
+_MIN_ARCH = {
+    (kind, name, config): row[5]
+    for kind, families in (("fwd", _FAMILIES), ("bwd", _BWD_FAMILIES))
+    for name, rows in families.items()
+    for config, row in zip(_FAMILY_CONFIGS[kind][name], rows)
+}
+
+
+def _configs(kind: str = "fwd") -> list[triton.Config]:
+    return [c for configs in _FAMILY_CONFIGS[kind].values() for c in configs]
 
 
 def _family(dtype: torch.dtype, precision: str) -> str:
@@ -331,21 +370,30 @@ def _shared_bytes(config: triton.Config, itemsize: int) -> int:
 
 
 def _prune(configs, named_args, **kwargs):
-    # the configs of the operand family, then those that fit the device's shared memory
+    # the configs of the kernel (the backward has DZ) and operand family meant for the device's
+    # architecture, without column blocks wider than the layer needs, then those that fit the
+    # device's shared memory
     wp = named_args["Wp"]
-    family = _FAMILY_CONFIGS[_family(wp.dtype, kwargs["PRECISION"])]
+    kind = "bwd" if "DZ" in named_args else "fwd"
+    name = _family(wp.dtype, kwargs["PRECISION"])
+    family = _FAMILY_CONFIGS[kind][name]
     kept = [c for c in configs if c in family]
-    if wp.dtype != torch.float32 and device_capability(wp.device) < 90:
-        # before Hopper, mma.sync holds the A tile in registers too: 128-row tiles spill there
-        kept = [c for c in kept if c.kwargs["BLOCK_M"] <= 64] or kept
+    arch = device_capability(wp.device)
+    kept = [c for c in kept if _MIN_ARCH[kind, name, c] <= arch] or kept
+    width = named_args.get("W")
+    if isinstance(width, int) and width > 0:
+        # e.g. the tiny model's W = 64: a 256-column block would compute 192 masked columns
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] <= max(64, next_pow2(width))] or kept
     return fits_shared_memory(kept, wp.device, lambda c: _shared_bytes(c, wp.element_size()))
 
 
 _KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS", "SIZE_CLASS", "PRECISION"]
-_fwd_tuned = triton.autotune(_configs(), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
+_fwd_tuned = triton.autotune(_configs("fwd"), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
     _occ_mlp_fwd_kernel
 )
-_bwd_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(_occ_mlp_bwd_kernel)
+_bwd_tuned = triton.autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(
+    _occ_mlp_bwd_kernel
+)
 # Under the interpreter the cost is per operation: large tiles (K slices still narrower than 259,
 # so that the K loops of the real model run several iterations with a masked tail, and column
 # blocks narrower than its width 256, so that the column loop runs twice).

@@ -291,3 +291,54 @@ def test_bench_reconstruct_rows_of_interpreted_triton_say_so(monkeypatch, tmp_pa
     assert result.exit_code == 0, result.output
     notes = {(r["provider"], INTERPRETER_NOTE in r["note"]) for r in read_csv(out)}
     assert notes == {("torch:triton", True), ("torch:auto", False)}
+
+
+@pytest.mark.slow
+def test_decoder_breakdown_times_the_attention_and_the_mlp():
+    """One decode of the tiny decoder split into its parts (CUDA events on a GPU, the wall clock on
+    the interpreter) and its top kernels (CPU: operators); the parts never overlap, so with `other`
+    they add up to the total."""
+    from zsw.bench import kernels
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    b = kernels.decoder_breakdown("tiny", "triton", kernels.BREAKDOWN_SMOKE, device)
+    parts = {p.name: p for p in b.parts}
+    chunks = math.ceil(kernels.BREAKDOWN_SMOKE.points / kernels.BREAKDOWN_SMOKE.chunk)
+    assert b.total_ms > 0
+    for name in ("block 0 attention", "block 1 attention", "block 0 feed-forward", "occupancy MLP"):
+        assert parts[name].ms > 0 and parts[name].calls == chunks, parts[name]
+        assert parts[name].profiler_ms > 0, parts[name]  # the same part under torch.profiler
+    assert parts["encode (latents, once per image)"].calls == 1  # its blocks' norms are not counted again
+    assert all(p.ms >= 0 for p in b.parts) and list(parts)[-1] == "other"
+    assert math.isclose(sum(p.ms for p in b.parts), b.total_ms, rel_tol=1e-6) or parts["other"].ms == 0
+    assert 0 < len(b.top) <= kernels.BREAKDOWN_TOP and all(t.ms >= 0 and t.calls > 0 for t in b.top)
+    top = " ".join(t.name for t in b.top)
+    assert "occ_mlp_fwd" in top and "point_attn_fwd" in top, top  # custom ops (CPU) or kernels (GPU)
+    text = b.markdown()
+    assert text.startswith("## Decoder breakdown: smoke") and "| block 0 attention |" in text
+    assert "| occupancy MLP |" in text and "| total |" in text
+
+
+def test_bench_kernels_appends_the_decoder_breakdown_to_the_summary(monkeypatch, tmp_path):
+    from zsw.bench import kernels
+
+    def fake_breakdown(model, impl, case, device, top=kernels.BREAKDOWN_TOP):
+        part = kernels.BreakdownItem("block 0 attention", 2.0, 1, 2.5)
+        top = [kernels.BreakdownItem(f"{impl}_kernel", 1.5, 3)]
+        return kernels.DecoderBreakdown(model, case.name, case.shape, impl, device, 3.0, [part], top)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kernels, "_run_jobs", lambda jobs, rows, *_: rows.extend(_row(j.provider, 2.0) for j in jobs))
+    monkeypatch.setattr(kernels, "decoder_breakdown", fake_breakdown)
+    out, summary = tmp_path / "k.csv", tmp_path / "k.md"
+    args = ["bench", "kernels", "--ops", "decoder", "--out", str(out), "--summary", str(summary)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = summary.read_text()
+    assert "| target | measured | met |" in text
+    for impl in ("triton", "torch"):
+        assert f"## Decoder breakdown: smoke (points=256 chunk=128), {impl}, tiny, cpu" in text
+        assert f"| `{impl}_kernel` | 1.500 | 3 |" in text
+    assert "| block 0 attention | 2.000 | 66.7% | 1 | 2.500 |" in text
+    assert "Decoder breakdown" in result.output  # reported on the terminal too

@@ -172,3 +172,53 @@ def test_gpu_compiled_kernels(M, recompute, dtype):
     assert_relative(out, ref, low, factor=2, name="out")
     for name, a, e, p in zip(_names(len(weights)), grads, ref_grads, low_grads):
         assert_relative(a, e, p, factor=3, floor=1e-4, name=name)
+
+
+def _config_ids(kind):
+    import importlib
+
+    mod = importlib.import_module("zsw.kernels.occupancy_mlp")
+    return [
+        pytest.param(kind, c, id=f"{kind}-{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}-"
+                     f"w{c.num_warps}-s{c.num_stages}")
+        for c in mod._FAMILY_CONFIGS[kind]["16bit"]
+    ]  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind, config", _config_ids("fwd") + _config_ids("bwd"))
+def test_gpu_every_16bit_config_is_correct(kind, config, monkeypatch):
+    """The autotuner keeps the fastest config without checking it: each 16-bit config of the forward
+    (inference, no activations stored) and of the backward, forced alone, against the reference at
+    the real shapes (BLOCK_N = 128 and 256 = W included)."""
+    import importlib
+
+    import triton
+
+    mod = importlib.import_module("zsw.kernels.occupancy_mlp")
+    from zsw.kernels._utils import device_capability
+
+    if mod._MIN_ARCH[kind, "16bit", config] > device_capability(torch.device("cuda")):
+        pytest.skip("config not tried on this architecture")
+    attr, fn, key = ("_fwd_tuned", mod._occ_mlp_fwd_kernel, [*mod._KEY, "SAVE"]) if kind == "fwd" else (
+        "_bwd_tuned", mod._occ_mlp_bwd_kernel, mod._KEY)  # fmt: skip
+    monkeypatch.setattr(mod, attr, triton.autotune([config], key=key)(fn))
+    dtype, M = torch.bfloat16, 4097
+    c_in, width, hidden, c_out, skip_in = REAL
+    weights, biases = _layers(*REAL, seed=M, device="cuda")
+    x = (torch.randn(M, c_in, device="cuda") * 0.5).to(dtype)
+    weights = [w.to(dtype) for w in weights]
+    biases = [b.to(dtype) for b in biases]
+    if kind == "fwd":
+        with torch.no_grad():
+            out = occupancy_mlp(x, weights, biases, skip_in)
+            ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases],
+                                          skip_in)  # fmt: skip
+            low = reference.occupancy_mlp(x, weights, biases, skip_in)
+        assert_relative(out, ref, low, factor=2, name="out")
+        return
+    out, grads, g = _run(occupancy_mlp, x, weights, biases, skip_in)
+    ref, ref_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g, torch.float64)
+    low, low_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g)
+    for name, a, e, p in zip(_names(len(weights)), grads, ref_grads, low_grads):
+        assert_relative(a, e, p, factor=3, floor=1e-4, name=name)
