@@ -6,7 +6,7 @@ The compilation runs in a child process (``zsw.kernels.compile_check``), because
 runs under ``TRITON_INTERPRET=1``, whose kernels cannot be compiled; each (kernel, config, dtype,
 target) compiles once per module (module-scoped fixtures).
 
-All 86 compilations (every kernel x dtype x autotune config x target: attention forward and
+All 100 compilations (every kernel x dtype x autotune config x target: attention forward and
 backward, the MLP forward with and without saved activations and its backward, the one- and two-way
 Chamfer search; bf16, fp16, fp32 IEEE and TF32; sm_90 and sm_80) run in CI's plain ``pytest``, in
 about 1.5 minutes on 2 cores (two compiler processes).
