@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 10 on a lent GPU, in one device call of about 9 minutes: synthesise procedural training,
+# Issue 10 on a lent GPU, in one device call of about 8 minutes: synthesise procedural training,
 # validation and test data on the machine's cores, continue zsw-demo-v6 at GPU batch size -- its
 # shape path (stage shape, on true surfaces), then stage full with v6's own pixel model -- and score
 # the result and v6 itself on 100 held-out in-the-wild test images, from above and from eye level.
@@ -9,7 +9,7 @@
 # 0.063, its loaders starved and its pixel model far from v6's (bench/results/gpu-train-demo/).
 #
 #   bash bench/gpu_prepare.sh                                   # here, where pip reaches PyPI
-#   device call: PYTHONUNBUFFERED=1 bash bench/gpu_train_demo.sh    (carry [".whl"], timeout_s 590)
+#   device call: PYTHONUNBUFFERED=1 bash bench/gpu_train_demo.sh    (carry [".whl"], timeout_s 560)
 #
 # SCALE=smoke runs every step with tiny sizes and no GPU check (ZSW_GPU_OPTIONAL), to test the
 # script itself on a CPU; it says nothing about the model.
@@ -28,7 +28,7 @@ cpus=$(nproc)
 if [ "$scale" = smoke ]; then
     objects=12; extra=4; val=11; views=2; shape_min=3; full_min=3; steps=(--max-steps 4 --batch-size 4)
 else
-    objects=1200; extra=300; val=66; views=4; shape_min=3; full_min=1.5; steps=()
+    objects=1200; extra=300; val=66; views=4; shape_min=2.5; full_min=1.25; steps=()
 fi
 workers=$(( cpus > 3 ? cpus - 2 : 1 ))  # one stage at a time: the loaders get every core but two
 # each stage ends on its own after --max-minutes (its cosine learning rate ends with them); the
@@ -111,9 +111,9 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
     if [ "$scale" = smoke ]; then device=(--device cpu --tta none --resolution 16 --limit 4); fi
     for set in test test-low; do
         suffix=${set#test}
-        timeout 75 python3 -m zsw eval --format procedural --data "data/gpu/$set" --weights "$results/gpu-demo.safetensors" \
+        timeout 60 python3 -m zsw eval --format procedural --data "data/gpu/$set" --weights "$results/gpu-demo.safetensors" \
             --out "$results/eval$suffix.json" "${device[@]}" > "$results/eval$suffix.log" 2>&1 &
-        timeout 75 python3 -m zsw eval --format procedural --data "data/gpu/$set" \
+        timeout 60 python3 -m zsw eval --format procedural --data "data/gpu/$set" \
             --out "$results/v6-eval$suffix.json" "${device[@]}" > "$results/v6-eval$suffix.log" 2>&1 &
         wait
         if [ "$set" = test-low ]; then echo "== the same objects seen from eye level (elevation -10-15 degrees)"; fi
