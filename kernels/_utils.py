@@ -115,6 +115,16 @@ def check_interpreter() -> None:
         )
 
 
+def autotune(configs: list, key: list[str], **kwargs) -> Callable:
+    """``triton.autotune`` with its choices cached on disk (``cache_results``): the first process on
+    a machine measures the configs, later ones (each ``zsw reconstruct``) read the winner from
+    Triton's cache instead of compiling and timing every config again. The cache key holds the
+    kernel's source, the target (backend and architecture), the tuning key, the configs the pruning
+    kept and Triton's cache-invalidating environment, so a new kernel, GPU architecture or config
+    list measures again. Off under the interpreter (Triton's own rule)."""
+    return triton.autotune(configs, key=key, cache_results=True, **kwargs)
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= ``n`` (1 for n <= 1)."""
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zsw.kernels._utils import cdiv, check_dtype, custom_op, interpreting, num_sms, size_class
+from zsw.kernels._utils import autotune, cdiv, check_dtype, custom_op, interpreting, num_sms, size_class
 from zsw.kernels.reference import Chamfer, NearestNeighbors
 
 __all__ = ["nearest_neighbors", "chamfer_distance", "nn_index"]
@@ -142,7 +142,7 @@ def _configs() -> list[triton.Config]:
 
 
 # the scores accumulate through atomics: the autotuner zeroes them before every trial
-_nn_tuned = triton.autotune(
+_nn_tuned = autotune(
     _configs(), key=["HAS_LEN_A", "HAS_LEN_B", "BOTH", "SIZE_CLASS"], reset_to_zero=["BEST_AB", "BEST_BA"]
 )(_nn_kernel)
 _INTERP = {"BLOCK_N": 256, "BLOCK_M": 256}

@@ -52,6 +52,7 @@ import triton.language as tl
 from torch import Tensor
 
 from zsw.kernels._utils import (
+    autotune,
     cast,
     check_dtype,
     compute_dtype,
@@ -388,12 +389,10 @@ def _prune(configs, named_args, **kwargs):
 
 
 _KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS", "SIZE_CLASS", "PRECISION"]
-_fwd_tuned = triton.autotune(_configs("fwd"), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
+_fwd_tuned = autotune(_configs("fwd"), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
     _occ_mlp_fwd_kernel
 )
-_bwd_tuned = triton.autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(
-    _occ_mlp_bwd_kernel
-)
+_bwd_tuned = autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(_occ_mlp_bwd_kernel)
 # Under the interpreter the cost is per operation: large tiles (K slices still narrower than 259,
 # so that the K loops of the real model run several iterations with a masked tail, and column
 # blocks narrower than its width 256, so that the column loop runs twice).

@@ -41,6 +41,7 @@ import triton.language as tl
 from torch import Tensor
 
 from zsw.kernels._utils import (
+    autotune,
     cast,
     check_dtype,
     compute_dtype,
@@ -323,12 +324,12 @@ def _all(families: dict[str, list[triton.Config]]) -> list[triton.Config]:
     return out
 
 
-_fwd_tuned = triton.autotune(
+_fwd_tuned = autotune(
     _all(_FWD_CONFIGS),
     key=["L", "D", "SINGLE_CHUNK", "SIZE_CLASS", "PRECISION"],
     prune_configs_by={"early_config_prune": _prune_fwd},
 )(_point_attn_fwd_kernel)
-_bwd_tuned = triton.autotune(
+_bwd_tuned = autotune(
     _all(_BWD_CONFIGS),
     key=["L", "D", "SIZE_CLASS", "PRECISION"],
     prune_configs_by={"early_config_prune": _prune_bwd},

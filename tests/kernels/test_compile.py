@@ -125,6 +125,27 @@ def test_write_table_replaces_only_its_section(tmp_path: Path):
     assert text.count(cc.TABLE_BEGIN) == 1 and "| 2 |" in text and "| 1 |" not in text and "second" in text
 
 
+def test_every_autotuner_caches_its_choice_on_disk():
+    """On a GPU each process would otherwise compile and time every config again (the first H200
+    run's evaluations spent over 20 s starting); `cache_results` is off under the interpreter, so
+    this looks in a process without it."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib\n"  # the package's names are the public functions, not the modules
+        "names = ('occupancy_mlp', 'point_cross_attention', 'chamfer')\n"
+        "m, a, c = (importlib.import_module(f'zsw.kernels.{n}') for n in names)\n"
+        "tuned = [m._fwd_tuned, m._bwd_tuned, a._fwd_tuned, a._bwd_tuned, c._nn_tuned]\n"
+        "print([t.cache_results for t in tuned])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([True] * 5)
+
+
 def test_ptxas_report_parsing():
     log = (
         "ptxas info    : Function properties for k\n"
