@@ -12,7 +12,7 @@
 # On the lent machine (bare image: no package registry, no trimesh/rtree/open_clip), run
 # bench/gpu_prepare.sh here first and carry .whl: this script installs it into /tmp/site with
 # --no-deps, writes everything under $OUT (the device tool brings it back; default bench/results)
-# and caps every part so the whole call stays near 8 minutes (the caps add up to 750 s, more than one call: the parts run in order of importance; on the H200, without the tests, the packaged model's rows and the whole processes, it took 278 s).
+# and caps every part (the caps add up to 750 s, more than one call: the parts run in order of importance; on the H200, without the tests, the packaged model's rows and the whole processes, it took 278 s).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
