@@ -20,7 +20,7 @@ def test_two_process_gloo_run_keeps_replicas_in_sync(tiny64, tmp_path):
         "-m", "zsw", "train", "--preset", str(model), "--data", str(data), "--stage", "full", "--out", str(run),
         "--batch-size", "4", "--max-steps", "3", "--workers", "0", "--checkpoint-every", "1", "--log-every", "1",
         "--no-validate", "--no-progress", "--device", "cpu",
-        "--max-minutes", "30",  # a time limit: rank 0's clock is broadcast after every step
+        "--max-minutes", "30",  # a time limit: rank 0's seconds are broadcast after every step
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -42,13 +42,18 @@ def test_two_process_gloo_run_keeps_replicas_in_sync(tiny64, tmp_path):
 
 @pytest.mark.slow
 def test_ranks_end_a_time_limited_run_after_the_same_step(tiny64, tmp_path):
-    """--max-minutes under torchrun: each rank has its own clock, rank 0's decides, so both stop
-    after the same step (no rank waits in a collective for one that left) and save it together."""
+    """--max-minutes under torchrun: each rank has its own clock, rank 0's decides -- the cosine
+    learning rate that follows the minutes and the stop -- so both ranks take the same steps at the
+    same rates (their weights stay equal), stop after the same one (no rank waits in a collective for
+    one that left) and save it together."""
     data, model = tiny64
     run = tmp_path / "ddp"
+    recipe = tmp_path / "cosine.yaml"
+    recipe.write_text("optim: {lr: 0.001, schedule: cosine}\n")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "zsw", "train", "--preset", str(model), "--data", str(data), "--stage", "full", "--out", str(run),
+        "-m", "zsw", "train", "--config", str(recipe), "--preset", str(model), "--data", str(data),
+        "--stage", "full", "--out", str(run),
         "--batch-size", "4", "--max-steps", "100000", "--max-minutes", "0.05", "--workers", "0",
         "--checkpoint-every", "1", "--log-every", "1", "--no-validate", "--no-progress", "--device", "cpu",
     ]  # fmt: skip
@@ -60,6 +65,8 @@ def test_ranks_end_a_time_limited_run_after_the_same_step(tiny64, tmp_path):
     syncs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in syncs if r.get("event") == "sync" and r["step"] == last]
     assert final and final[-1]["digests"][0] == final[-1]["digests"][1]  # the ranks hold the same weights
+    lrs = [r["lr"] for r in syncs if "loss/total" in r]
+    assert len(set(lrs)) == len(lrs) > 1  # the rate moved with the minutes
     assert done.stdout.count(f"stage full at step {last}") == 1
 
 

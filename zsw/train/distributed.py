@@ -35,7 +35,7 @@ __all__ = [
     "ResumableSampler",
     "all_reduce_mean",
     "all_min",
-    "broadcast_flag",
+    "broadcast_float",
     "stop_with_the_agent",
     "all_gather_object",
     "barrier",
@@ -133,13 +133,13 @@ def all_min(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's ``flag`` on every rank (identity in a world of one)."""
+def broadcast_float(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (identity in a world of one)."""
     if not _active():
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
-    return bool(t.item())
+    return float(t.item())
 
 
 def all_gather_object(obj) -> list:

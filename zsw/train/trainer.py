@@ -44,7 +44,7 @@ from zsw.train.distributed import (
     all_min,
     all_reduce_mean,
     barrier,
-    broadcast_flag,
+    broadcast_float,
     init_distributed,
     on_main,
     replica_fingerprints,
@@ -438,13 +438,14 @@ class Trainer:
 
     def _clock(self) -> None:
         """Add the time since the last call to ``state.seconds`` and see whether ``max_minutes`` is
-        spent. Under torchrun rank 0's clock decides, so every rank ends after the same step."""
+        spent. With a time limit, under torchrun, rank 0's seconds are every rank's: the learning
+        rate follows them, so the ranks take the same steps with the same rates and end together."""
         now = time.perf_counter()
         self.state.seconds += now - self._ticked
         self._ticked = now
         if self.cfg.max_minutes is not None:
-            out = self.state.seconds >= self.cfg.max_minutes * 60
-            self._out_of_time = broadcast_flag(out, self.dist.device)
+            self.state.seconds = broadcast_float(self.state.seconds, self.dist.device)
+            self._out_of_time = self.state.seconds >= self.cfg.max_minutes * 60
 
     def _fit(self) -> TrainResult:
         self._setup()
