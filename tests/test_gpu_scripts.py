@@ -31,8 +31,11 @@ def test_gpu_training_configs_chain_their_stages(repo_root):
     stages = {n: load_yaml(folder / f"{n}.yaml", TrainConfig) for n in ("pixel", "shape", "full")}
     assert [c.stage for c in stages.values()] == ["pixel", "shape", "full"]
     script = (repo_root / "bench" / "gpu_train_demo.sh").read_text()
-    assert stages["full"].init == "runs/gpu-shape/best.safetensors" and "--out runs/gpu-shape" in script
-    assert stages["full"].init_pixel == "runs/gpu-pixel/last-pixel.safetensors" and "--out runs/gpu-pixel" in script
+    # stage shape continues the packaged model; stage full takes its shape path and v6's pixel model
+    shape_cmd = next(line for line in script.splitlines() if "configs/gpu/shape.yaml" in line and "zsw train" in line)
+    assert "--init demo" in shape_cmd and "--out runs/gpu-shape" in script
+    assert stages["full"].init == "runs/gpu-shape/best.safetensors" and stages["full"].init_pixel == "demo"
+    assert "configs/gpu/pixel.yaml" not in script  # the first run's stage pixel, no longer run
     assert all(c.data.val_roots == ("data/gpu/val",) for c in stages.values()) and "--out data/gpu/val" in script
 
 
