@@ -149,8 +149,8 @@ def run(
     if amp not in ("off", "bf16"):
         raise OptionError(f"--amp must be off or bf16, got {amp!r}")
     impls = list(impls or ["torch", "triton"])
-    if bad := [i for i in impls if i not in ("torch", "triton")]:
-        raise OptionError(f"--impl must be torch or triton, got {bad[0]!r}")
+    if bad := [i for i in impls if i not in ("torch", "triton", "auto")]:
+        raise OptionError(f"--impl must be torch, triton or auto, got {bad[0]!r}")
     check_model(preset, "--preset")
     if out is None:
         out = Path("bench/results") / f"{gpu_slug(environment(torch.device(device).type))}-train.csv"

@@ -74,7 +74,7 @@ def train(
     preset: Annotated[str, typer.Option(help="Model preset or model YAML.")] = "tiny",
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 4,
     stage: Annotated[str, typer.Option(help="pixel, shape or full.")] = "full",
-    impl: Annotated[list[str] | None, typer.Option(help="Kernel implementations to time (repeatable).")] = None,
+    impl: Annotated[list[str] | None, typer.Option(help="Kernels to time: torch, triton, auto (repeatable).")] = None,
     amp: Annotated[str, typer.Option(help="off or bf16 autocast.")] = "off",
     points: Annotated[int, typer.Option(min=1, help="Query points per sample.")] = 4096,
     rep_ms: Annotated[float, typer.Option(min=1, help="Time budget per provider, in milliseconds.")] = 1000,

@@ -110,7 +110,7 @@ def test_bench_kernels_rejects_unknown_ops(tmp_path):
     [
         (dict(stage="joint"), "--stage must be one of pixel, shape, full, got 'joint'"),
         (dict(amp="fp16"), "--amp must be off or bf16, got 'fp16'"),
-        (dict(impls=["torch", "cuda"]), "--impl must be torch or triton, got 'cuda'"),
+        (dict(impls=["torch", "cuda"]), "--impl must be torch, triton or auto, got 'cuda'"),
         (dict(preset="nosuch"), "--preset: unknown model preset 'nosuch'"),
     ],
 )
