@@ -270,6 +270,22 @@ def test_max_minutes_ends_the_run_and_its_cosine_schedule_on_time(tiny64, tmp_pa
         _cfg(tiny64, max_minutes=0)
 
 
+def test_a_time_limited_schedule_follows_rank_0s_seconds(tiny64, tmp_path, monkeypatch):
+    """Under torchrun each rank has its own clock; the learning rate of a time-limited cosine run
+    must come from rank 0's seconds (broadcast), or the ranks' rates differ and the replicas
+    diverge. Here the broadcast hands back 100 s of a 200 s limit: the rate is half-way down."""
+    from zsw.train import trainer
+
+    rank0 = iter([100.0, 100.0, 250.0])  # at the start, after step 1, after step 2 (past the limit)
+    monkeypatch.setattr(trainer, "broadcast_float", lambda value, device: next(rank0))
+    optim = OptimConfig(lr=1e-3, schedule="cosine")
+    cfg = _cfg(tiny64, stage="shape", max_steps=1000, max_minutes=200 / 60, optim=optim)
+    assert trainer.train(cfg, tmp_path / "run", progress=False).step == 2  # ended by rank 0's minutes
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "loss/total" in r]
+    assert lrs and all(lr == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5)) for lr in lrs), lrs
+
+
 def test_init_pixel_takes_the_pixel_model_from_another_checkpoint(tiny64, tmp_path):
     from zsw import checkpoint
     from zsw.model import build_model
