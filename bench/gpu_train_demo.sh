@@ -88,7 +88,8 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
     # how busy the GPU is while it trains (the first run was starved by its data loaders)
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 5 > "$results/gpu-util.csv" 2>/dev/null &
     util=$!
-    timeout -s INT -k 30 "$shape_s" python3 -m zsw train --config configs/gpu/shape.yaml "${data[@]}" --init demo \
+    # a trained shape path continues at half the from-scratch rate (configs/demo/shape-2.yaml's)
+    timeout -s INT -k 30 "$shape_s" python3 -m zsw train --config configs/gpu/shape.yaml "${data[@]}" --init demo --lr 0.0005 \
         --max-minutes "$shape_min" --workers "$workers" --out runs/gpu-shape --no-progress "${steps[@]}" > "$results/shape.log" 2>&1
     echo "stage shape in $(( $(date +%s) - t0 )) s"
     tail -n 2 "$results/shape.log"
