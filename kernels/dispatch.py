@@ -53,7 +53,6 @@ __all__ = [
     "set_exportable",
     "is_exportable",
     "resolve_impl",
-    "reference_measured_faster",
     "requested_impl",
     "interpreting",
     "triton_available",
@@ -186,16 +185,15 @@ def resolve_impl(name: str, impl: str | None, device: torch.device) -> str:
 _warned: set[str] = set()
 
 
-def reference_measured_faster(name: str, *tensors: Tensor) -> bool:
+def _reference_measured_faster(name: str, *tensors: Tensor) -> bool:
     """Whether kernel ``name`` on these inputs is a case where the reference beat the Triton kernel
-    on a GPU (the table in this module's docstring), so that ``auto`` runs the reference."""
+    on a GPU (the table in this module's docstring), so that ``auto`` runs the reference. Asked only
+    once a Triton kernel was resolved, so the kernels' helpers (and triton) are loaded."""
     if name not in ("point_cross_attention", "occupancy_mlp") or not tensors:
         return False
-    x = tensors[0]
-    autocast = x.is_floating_point() and torch.is_autocast_enabled(x.device.type)
-    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
-    if dtype == torch.float32 and not tf32:
+    from zsw.kernels._utils import compute_dtype, dot_precision  # the kernels' own dtype and precision rules
+
+    if dot_precision(compute_dtype(tensors[0])) == "ieee":
         return True
     return name == "occupancy_mlp" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -205,7 +203,7 @@ def _pick(name: str, impl: str | None, device: torch.device, *tensors: Tensor) -
     or ``ZSW_KERNELS``), on CPU tensors without autograd and outside export, takes the inference
     path of :mod:`zsw.kernels.cpu` where there is one."""
     if resolve_impl(name, impl, device) == "triton":
-        if _requested(impl) == "auto" and reference_measured_faster(name, *tensors):
+        if _requested(impl) == "auto" and _reference_measured_faster(name, *tensors):
             return getattr(reference, name)
         return _triton_impls[name]
     if _requested(impl) == "auto" and name in cpu.__all__ and not is_exportable() and cpu.usable(*tensors):
