@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import pickle
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,12 +147,12 @@ class ZeroShapeLayout:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self._folders: dict[tuple[Path, str, str], Path] = {}  # (root, kind, category) -> folder
+        self._folders: dict[tuple[str, str], Path] = {}  # (kind, category) -> folder
 
     # ---- paths --------------------------------------------------------------------------
 
     def _view(self, folder: str, sid: SampleId, ext: str) -> Path:
-        key = (self.root, folder, sid.category)  # a data loader asks for ~20 paths per sample: join once
+        key = (folder, sid.category)  # a data loader asks for ~20 paths per sample: join once
         if (parent := self._folders.get(key)) is None:
             parent = self._folders[key] = self.root / folder / sid.category
         return parent / f"{sid.name}.{ext}"
@@ -353,42 +351,9 @@ def read_png(path: str | os.PathLike, mode: str) -> np.ndarray:  # [H, W(, C)] u
         raise InputError(f"cannot read {path}: {reason(e)}") from None
 
 
-#: the header ``np.save`` writes for a plain C-ordered array of numbers or booleans
-_NPY_HEADER = re.compile(
-    r"\{'descr': '([<>|=]?[biufc]\d+)', 'fortran_order': False, "
-    r"'shape': \(((?:\d+, ?)*\d*)\), \} *\n"
-)
-
-
-def _load_plain_npy(path: str | os.PathLike) -> np.ndarray | None:
-    """The array of a ``.npy`` file as ``np.save`` writes a plain array, read in one go with its
-    header matched by a pattern; None for any other file (``np.load`` then reads it or says why).
-    ``np.load`` parses every header with ``ast.literal_eval``: most of its time on the small files
-    of a sample (depth, K, [R|t])."""
-    with open(path, "rb") as f:
-        data = bytearray(os.fstat(f.fileno()).st_size)
-        n = f.readinto(data)
-    if n != len(data) or data[:6] != b"\x93NUMPY" or data[6] not in (1, 2, 3):
-        return None
-    start = 10 if data[6] == 1 else 12
-    if len(data) < start:
-        return None
-    length = int.from_bytes(data[8:start], "little")
-    match = _NPY_HEADER.fullmatch(data[start : start + length].decode("latin1"))
-    if match is None:
-        return None
-    dtype = np.dtype(match[1])
-    shape = tuple(int(v) for v in match[2].split(",") if v.strip())
-    count = math.prod(shape)
-    if len(data) - start - length < count * dtype.itemsize:
-        return None  # truncated: np.load says so
-    return np.frombuffer(data, dtype, count, start + length).reshape(shape)  # writable: over a bytearray
-
-
 def load_npy(path: str | os.PathLike) -> np.ndarray:
     """``np.load`` of a plain array; a truncated, empty or pickled file is an InputError naming it."""
     try:
-        array = _load_plain_npy(path)
-        return np.load(path, allow_pickle=False) if array is None else array
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise InputError(f"cannot read {path}: {reason(e)}") from None
