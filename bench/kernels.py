@@ -403,13 +403,9 @@ def _chamfer_jobs(cases, providers, device) -> Iterator[Job]:
             )  # fmt: skip
 
 
-def _decoder_setup(model: str, impl: str, n_points: int, chunk: int, device: str) -> Callable[[], torch.Tensor]:
-    """The model's point decoder (random weights, fixed seed) decoding a cloud, in bf16 autocast."""
-    return _decoder_build(model, impl, n_points, chunk, device)[1]
-
-
 def _decoder_build(model: str, impl: str, n_points: int, chunk: int, device: str):
-    """``(decoder, fn)``: :func:`_decoder_setup`'s function and the decoder it runs."""
+    """``(decoder, fn)``: the model's point decoder (random weights, fixed seed) and a function
+    decoding a cloud with it, in bf16 autocast."""
     from zsw.config import get_model_config
     from zsw.model.decoder import PointDecoder
 
@@ -439,12 +435,12 @@ def _decoder_jobs(cases, model: str, providers, device) -> Iterator[Job]:
                 continue
 
             def setup(case=case, provider=provider):
-                fn = _decoder_setup(model, provider, case.points, case.chunk, device)
+                _, fn = _decoder_build(model, provider, case.points, case.chunk, device)
                 return fn, [], float(case.points) * 5.0e6  # ~5 MFLOP per query point
 
             def check(provider=provider):
-                out = _decoder_setup(model, provider, 4096, 4096, device)()
-                ref = _decoder_setup(model, "torch", 4096, 4096, device)()
+                out = _decoder_build(model, provider, 4096, 4096, device)[1]()
+                ref = _decoder_build(model, "torch", 4096, 4096, device)[1]()
                 return f"max logit diff vs torch {_max_error(out, ref):.1e}"
 
             yield Job("decoder", case.name, provider, "fwd", "bf16", case.shape, setup, check=check)
@@ -792,14 +788,13 @@ def run_job(
     out: Path | None = None,
     summary: Path | None = None,
     reporter=None,
-    breakdown: bool = True,
 ) -> tuple[list[BenchRow], list, Path, Environment, str]:
     """``zsw bench kernels``: check the options and the output paths, run (tiny shapes on the Triton
     interpreter without a GPU), append the rows to ``out`` (default
     ``bench/results/<gpu>-kernels[-smoke].csv``) and write the targets as markdown to ``summary``;
     returns ``(rows, targets, csv path, env, what ran)``.
 
-    With the decoder among ``ops`` and ``breakdown``, one decode of the decoder case (without a GPU
+    With the decoder among ``ops``, one decode of the decoder case (without a GPU
     the tiny model's :data:`BREAKDOWN_SMOKE`) is also split into its parts and top kernels
     (:func:`decoder_breakdown`, Triton and PyTorch decoders): reported as it finishes and appended
     to ``summary`` as markdown sections."""
@@ -836,7 +831,7 @@ def run_job(
         rows = run(env, ops=selected, smoke=smoke, model=model, rep_ms=rep_ms, progress=lambda s: advance(1, note=s))
     append_csv(out, rows)
     sections = []
-    if breakdown and "decoder" in selected:
+    if "decoder" in selected:
         sections = _breakdowns(presets(model, smoke=smoke), env.device, reporter)
     if summary is not None:
         atomic_write_text(summary, "\n".join([targets_markdown(rows, env), *sections]))
