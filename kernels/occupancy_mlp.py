@@ -42,6 +42,7 @@ memory between forward and backward. ``zsw bench kernels`` times both; see docs/
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -370,12 +371,11 @@ def _shared_bytes(config: triton.Config, itemsize: int) -> int:
     return config.num_stages * (bm * bk + bk * bn) * itemsize + bm * bn * 4
 
 
-def _prune(configs, named_args, **kwargs):
-    # the configs of the kernel (the backward has DZ) and operand family meant for the device's
+def _prune(configs, named_args, kind="fwd", **kwargs):
+    # the configs of the kernel ("fwd" or "bwd") and operand family meant for the device's
     # architecture, without column blocks wider than the layer needs, then those that fit the
     # device's shared memory
     wp = named_args["Wp"]
-    kind = "bwd" if "DZ" in named_args else "fwd"
     name = _family(wp.dtype, kwargs["PRECISION"])
     family = _FAMILY_CONFIGS[kind][name]
     kept = [c for c in configs if c in family]
@@ -392,7 +392,9 @@ _KEY = ["W", "C_IN", "C_OUT", "NUM_LAYERS", "X_LAYERS", "SIZE_CLASS", "PRECISION
 _fwd_tuned = autotune(_configs("fwd"), key=[*_KEY, "SAVE"], prune_configs_by={"early_config_prune": _prune})(
     _occ_mlp_fwd_kernel
 )
-_bwd_tuned = autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(_occ_mlp_bwd_kernel)
+_bwd_tuned = autotune(
+    _configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": functools.partial(_prune, kind="bwd")}
+)(_occ_mlp_bwd_kernel)
 # Under the interpreter the cost is per operation: large tiles (K slices still narrower than 259,
 # so that the K loops of the real model run several iterations with a masked tail, and column
 # blocks narrower than its width 256, so that the column loop runs twice).
