@@ -5,17 +5,22 @@ For clouds ``a [B, N, 3]`` and ``b [B, M, 3]``::
     idx_ab[n] = argmin_m |a_n - b_m|^2          (ties -> lowest m)
     sq_ab[n]  = |a_n - b_idx_ab[n]|^2           (and the same from b to a for Chamfer)
 
-**Search** (``_nn_kernel``): the grid is ``(N / BLOCK_N, B, SPLITS)``; a program holds BLOCK_N
-points of a in registers and sweeps its share of b in BLOCK_M tiles, computing every pair's squared
-distance by direct differences in fp32 (never the GEMM expansion ``|a|^2 + |b|^2 - 2ab``, which
-loses the small distances the F-score thresholds care about). The minimum of each tile *row*
-updates a running nearest neighbour of a's points; for Chamfer the minimum of each tile *column*
-is the nearest point of a for b's points, so **one sweep serves both directions**. Results meet in
-``int64`` keys ``float_bits(d) << 32 | index``: for ``d >= 0`` the float bits order like the floats,
-so the smallest key is the nearest point and, among equal distances, the lowest index. Programs
-combine them with ``atomic_max`` on ``INT64_MAX - key`` (0 = no candidate yet, so the buffers start
-zeroed): deterministic whatever the order of the programs. Splitting b over ``SPLITS``
-programs fills the GPU even for one pair of 10k-point clouds.
+**Search** (``_nn_kernel``): for query points ``q`` and searched points ``r``, the grid is
+``(NQ / BLOCK_N, B, SPLITS)``; a program holds BLOCK_N query points in registers and sweeps its
+share of ``r`` in BLOCK_M tiles, computing every pair's squared distance by direct differences in
+fp32 (never the GEMM expansion ``|a|^2 + |b|^2 - 2ab``, which loses the small distances the F-score
+thresholds care about). Nothing is reduced inside the sweep: each element of the ``[BLOCK_N,
+BLOCK_M]`` tile keeps its own running minimum and the tile it came from, so a pair costs nine
+instructions (three differences, three multiply-adds, a compare and two selects) and no thread
+waits on another; the lanes are reduced once at the end. Chamfer runs the search twice, a against
+b and b against a: a single sweep serving both directions (the column minima of every tile) needs a
+cross-thread reduction and an atomic per column per tile, which the H200 measured at a third of
+chunked ``cdist``'s speed-up target (docs/kernels.md). Results meet in ``int64`` keys
+``float_bits(d) << 32 | index``: for ``d >= 0`` the float bits order like the floats, so the smallest
+key is the nearest point and, among equal distances, the lowest index. Programs combine them with
+``atomic_max`` on ``INT64_MAX - key`` (0 = no candidate yet, so the buffers start zeroed), one per
+query point per program: deterministic whatever the order of the programs. Splitting ``r`` over
+``SPLITS`` programs fills the GPU even for one pair of 10k-point clouds.
 
 **Distances and gradients**: the kernel returns indices only. The squared distances are then
 computed from the chosen pairs by the same differentiable torch expression as the reference
@@ -56,70 +61,72 @@ def _score(d, idx):
 
 @triton.jit
 def _nn_kernel(
-    A,  # [B, 3, N] fp32 (coordinates as rows)
-    Bp,  # [B, 3, M] fp32
-    BEST_AB,  # [B, N] int64 scores, zeroed
-    BEST_BA,  # [B, M] int64 scores, zeroed (BOTH only)
-    LEN_A,  # [B] int64 (HAS_LEN_A only)
-    LEN_B,
-    N,
-    M,
-    SPLITS,  # programs sharing the points of b of one tile of a
-    SIZE_CLASS,  # autotuning bucket of N * M (not used by the kernel)
-    HAS_LEN_A: tl.constexpr,
-    HAS_LEN_B: tl.constexpr,
-    BOTH: tl.constexpr,  # also the nearest point of a for every point of b
+    Q,  # [B, 3, NQ] fp32: the points whose nearest neighbours are searched (coordinates as rows)
+    R,  # [B, 3, NR] fp32: the points searched
+    BEST,  # [B, NQ] int64 scores, zeroed
+    LEN_Q,  # [B] int64 (HAS_LEN_Q only)
+    LEN_R,
+    NQ,
+    NR,
+    SPLITS,  # programs sharing the points of R of one tile of Q
+    SIZE_CLASS,  # autotuning bucket of NQ * NR (not used by the kernel)
+    HAS_LEN_Q: tl.constexpr,
+    HAS_LEN_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
-    n_len = N
-    if HAS_LEN_A:
-        n_len = tl.minimum(tl.load(LEN_A + b).to(tl.int32), N)
-    m_len = M
-    if HAS_LEN_B:
-        m_len = tl.minimum(tl.load(LEN_B + b).to(tl.int32), M)
+    n_len = NQ
+    if HAS_LEN_Q:
+        n_len = tl.minimum(tl.load(LEN_Q + b).to(tl.int32), NQ)
+    m_len = NR
+    if HAS_LEN_R:
+        m_len = tl.minimum(tl.load(LEN_R + b).to(tl.int32), NR)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_valid = offs_n < n_len
-    a_row = A + b * 3 * N + offs_n
-    ax = tl.load(a_row, mask=n_valid, other=0.0)
-    ay = tl.load(a_row + N, mask=n_valid, other=0.0)
-    az = tl.load(a_row + 2 * N, mask=n_valid, other=0.0)
+    q_row = Q + b * 3 * NQ + offs_n
+    qx = tl.load(q_row, mask=n_valid, other=0.0)[:, None]
+    qy = tl.load(q_row + NQ, mask=n_valid, other=0.0)[:, None]
+    qz = tl.load(q_row + 2 * NQ, mask=n_valid, other=0.0)[:, None]
 
-    # this program's range of b: whole BLOCK_M tiles; nothing to do for a tile of padding only
-    per_split = tl.cdiv(tl.cdiv(M, BLOCK_M), SPLITS) * BLOCK_M
+    # this program's range of R: whole BLOCK_M tiles; nothing to do for a tile of padding only
+    per_split = tl.cdiv(tl.cdiv(NR, BLOCK_M), SPLITS) * BLOCK_M
     m_start = split * per_split
     m_end = tl.minimum(m_start + per_split, m_len)
     m_end = tl.where(pid_n * BLOCK_N < n_len, m_end, m_start)
 
-    best_d = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
-    best_i = tl.zeros([BLOCK_N], dtype=tl.int32)
+    # Running minima per *element* of the tile: lane j of row i holds the nearest of the points
+    # m0 + j seen so far and the tile start m0 it came from. The loop is then 9 instructions a pair
+    # (3 differences, 3 multiply-adds, a compare, 2 selects) with nothing crossing threads; the
+    # tile's lanes are reduced once, after the sweep. A point of R beyond m_end loads as +inf, so
+    # its distance is inf (or NaN), which the strict compare never takes: no mask per pair.
+    run_d = tl.full([BLOCK_N, BLOCK_M], float("inf"), dtype=tl.float32)
+    run_m = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
+    lanes = tl.arange(0, BLOCK_M)
     for m0 in range(m_start, m_end, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_m = m0 + lanes
         m_valid = offs_m < m_end
-        b_row = Bp + b * 3 * M + offs_m
-        bx = tl.load(b_row, mask=m_valid, other=0.0)
-        by = tl.load(b_row + M, mask=m_valid, other=0.0)
-        bz = tl.load(b_row + 2 * M, mask=m_valid, other=0.0)
-        dx = ax[:, None] - bx[None, :]
-        dy = ay[:, None] - by[None, :]
-        dz = az[:, None] - bz[None, :]
+        r_row = R + b * 3 * NR + offs_m
+        rx = tl.load(r_row, mask=m_valid, other=float("inf"))[None, :]
+        ry = tl.load(r_row + NR, mask=m_valid, other=float("inf"))[None, :]
+        rz = tl.load(r_row + 2 * NR, mask=m_valid, other=float("inf"))[None, :]
+        dx = qx - rx
+        dy = qy - ry
+        dz = qz - rz
         d = dx * dx + dy * dy + dz * dz  # [BLOCK_N, BLOCK_M]
-        d = tl.where(m_valid[None, :], d, float("inf"))
-        tile_d, tile_i = tl.min(d, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        better = tile_d < best_d  # strict: an earlier tile (lower index) wins a tie
-        best_i = tl.where(better, m0 + tile_i, best_i)
-        best_d = tl.where(better, tile_d, best_d)
-        if BOTH:
-            d = tl.where(n_valid[:, None], d, float("inf"))
-            col_d, col_i = tl.min(d, axis=0, return_indices=True, return_indices_tie_break_left=True)
-            score = _score(col_d, pid_n * BLOCK_N + col_i)
-            tl.atomic_max(BEST_BA + b * M + offs_m, score, mask=m_valid & (col_d < float("inf")))
+        better = d < run_d  # strict: an earlier tile (lower index) keeps a tie
+        run_d = tl.where(better, d, run_d)
+        run_m = tl.where(better, m0, run_m)
+
+    # the nearest over the lanes, and among equally near ones the lowest index
+    best_d = tl.min(run_d, axis=1)
+    index = tl.where(run_d == best_d[:, None], run_m + lanes[None, :], 0x7FFFFFFF)
+    best_i = tl.min(index, axis=1)
     score = _score(best_d, best_i)
-    tl.atomic_max(BEST_AB + b * N + offs_n, score, mask=n_valid & (best_d < float("inf")))
+    tl.atomic_max(BEST + b * NQ + offs_n, score, mask=n_valid & (best_d < float("inf")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,32 +135,29 @@ def _nn_kernel(
 
 
 def _configs() -> list[triton.Config]:
-    # A thread holds (BLOCK_N / warps) rows of the tile, each with its point of a, running best
-    # distance and index, times its share of the columns, plus the index tensors of both
-    # minima. Spill-free for both kernels on sm_90 and sm_80 with triton 3.6 (the lent GPU's) and
-    # 3.8 (CI's): 64 x 64 per 8 warps (101-176 registers), 128 x 32 per 8 (100-149), 64 x 32 per 4
-    # (96-128). 128 x 64 per 8 warps and 64 x 64 per 4 are spill-free with 3.8 but spill 56 B in
-    # the two-way search on sm_90 with 3.6; 64 x 128 per 4, 128 x 128 per 8 or 16 and 64 x 256 per
-    # 8 spill 0.2-0.6 KB (docs/kernels.md, compile tables). No shared memory to speak of.
+    # A thread holds BLOCK_N * BLOCK_M / (32 * warps) elements of the running minima, two registers
+    # each (distance and tile start), its rows' query points, its columns' points of R and a few
+    # temporaries: 32 elements a thread compile to 213-223 registers without spills on sm_90 and
+    # sm_80 (triton 3.8) and a loop of 9.6 SASS instructions a pair; 64 (128 x 128 per 8 warps)
+    # spill ~550 B. docs/kernels.md has the compile tables.
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=1)
-        for bn, bm, w in [(64, 64, 8), (128, 32, 8), (64, 32, 4)]
+        for bn, bm, w in [(64, 64, 4), (128, 64, 8), (64, 128, 8), (32, 128, 4)]
     ]
 
 
 # the scores accumulate through atomics: the autotuner zeroes them before every trial
-_nn_tuned = autotune(
-    _configs(), key=["HAS_LEN_A", "HAS_LEN_B", "BOTH", "SIZE_CLASS"], reset_to_zero=["BEST_AB", "BEST_BA"]
-)(_nn_kernel)
+_nn_tuned = autotune(_configs(), key=["HAS_LEN_Q", "HAS_LEN_R", "SIZE_CLASS"], reset_to_zero=["BEST"])(_nn_kernel)
 _INTERP = {"BLOCK_N": 256, "BLOCK_M": 256}
-_MIN_BLOCK_N = 64
+_MIN_BLOCK_N = 32
 _MIN_BLOCK_M = 64
 
 
 def _splits(B: int, N: int, M: int, device: torch.device) -> int:
-    """Programs per tile of a: about four waves over the SMs, never more than b has tiles."""
-    tiles_a = max(1, cdiv(N, _MIN_BLOCK_N)) * B
-    return max(1, min(cdiv(M, _MIN_BLOCK_M), cdiv(4 * num_sms(device), tiles_a)))
+    """Programs per tile of the queries: about four waves over the SMs, never more than the
+    searched cloud has tiles."""
+    tiles = max(1, cdiv(N, _MIN_BLOCK_N)) * B
+    return max(1, min(cdiv(M, _MIN_BLOCK_M), cdiv(4 * num_sms(device), tiles)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,6 +169,24 @@ def _unpack(score: Tensor) -> Tensor:  # int64 scores -> int64 indices, -1 where
     return torch.where(score == 0, -1, (_INT64_MAX - score) & 0xFFFFFFFF)
 
 
+def _search(q_rows: Tensor, r_rows: Tensor, len_q: Tensor | None, len_r: Tensor | None) -> Tensor:
+    """Scores ``[B, NQ]`` of the nearest point of ``r_rows [B, 3, NR]`` for each of ``q_rows [B, 3, NQ]``."""
+    B, _, N = q_rows.shape
+    M = r_rows.shape[2]
+    best = torch.zeros(B, N, dtype=torch.int64, device=q_rows.device)
+    if B * N * M == 0:
+        return best
+    splits = _splits(B, N, M, q_rows.device)
+    args = (q_rows, r_rows, best, best if len_q is None else len_q, best if len_r is None else len_r)
+    args += (N, M, splits, size_class(N * M))
+    meta = dict(HAS_LEN_Q=len_q is not None, HAS_LEN_R=len_r is not None)
+    if interpreting():
+        _nn_kernel[(cdiv(N, _INTERP["BLOCK_N"]), B, splits)](*args, **meta, **_INTERP)
+    else:
+        _nn_tuned[lambda META: (cdiv(N, META["BLOCK_N"]), B, splits)](*args, **meta)
+    return best
+
+
 @custom_op("zsw::nn_index")
 def nn_index(
     a: Tensor,  # [B, N, 3]
@@ -173,24 +195,18 @@ def nn_index(
     lengths_b: Tensor | None,  # [B]
     both: bool,
 ) -> tuple[Tensor, Tensor]:  # idx_ab [B, N], idx_ba [B, M] (or [0] when not both); -1: none
-    """Launch the search: index of the nearest point of b for each point of a (and of a for b)."""
+    """Launch the search: index of the nearest point of b for each point of a (and, with ``both``,
+    a second search of a for each point of b)."""
     B, N, _ = a.shape
     M = b.shape[1]
-    best_ab = torch.zeros(B, N, dtype=torch.int64, device=a.device)
-    best_ba = torch.zeros((B, M) if both else (0,), dtype=torch.int64, device=a.device)
-    if B * N * M > 0:
-        a_rows = a.detach().float().transpose(1, 2).contiguous()  # [B, 3, N]: coalesced loads
-        b_rows = b.detach().float().transpose(1, 2).contiguous()
-        len_a = lengths_a.to(device=a.device, dtype=torch.int64) if lengths_a is not None else best_ab
-        len_b = lengths_b.to(device=a.device, dtype=torch.int64) if lengths_b is not None else best_ab
-        splits = _splits(B, N, M, a.device)
-        args = (a_rows, b_rows, best_ab, best_ba, len_a, len_b, N, M, splits, size_class(N * M))
-        meta = dict(HAS_LEN_A=lengths_a is not None, HAS_LEN_B=lengths_b is not None, BOTH=both)
-        if interpreting():
-            _nn_kernel[(cdiv(N, _INTERP["BLOCK_N"]), B, splits)](*args, **meta, **_INTERP)
-        else:
-            _nn_tuned[lambda META: (cdiv(N, META["BLOCK_N"]), B, splits)](*args, **meta)
-    return _unpack(best_ab), _unpack(best_ba)
+    a_rows = a.detach().float().transpose(1, 2).contiguous()  # [B, 3, N]: coalesced loads
+    b_rows = b.detach().float().transpose(1, 2).contiguous()
+    len_a = lengths_a.to(device=a.device, dtype=torch.int64) if lengths_a is not None else None
+    len_b = lengths_b.to(device=a.device, dtype=torch.int64) if lengths_b is not None else None
+    idx_ab = _unpack(_search(a_rows, b_rows, len_a, len_b))
+    if not both:
+        return idx_ab, torch.zeros(0, dtype=torch.int64, device=a.device)
+    return idx_ab, _unpack(_search(b_rows, a_rows, len_b, len_a))
 
 
 @nn_index.register_fake
@@ -276,7 +292,7 @@ def chamfer_distance(
     lengths_a: Tensor | None = None,  # [B]
     lengths_b: Tensor | None = None,  # [B]
 ) -> Chamfer:
-    """Nearest-neighbour squared distances and indices in both directions, from one sweep.
+    """Nearest-neighbour squared distances and indices in both directions (two searches).
 
     Same semantics as :func:`zsw.kernels.reference.chamfer_distance`; reductions (square root,
     means, F-score) are left to the caller. Differentiable in the coordinates of both clouds.

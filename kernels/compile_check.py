@@ -74,7 +74,7 @@ TABLE_END = "<!-- compile-table:end -->"
 class Case:
     """One compilation: a kernel launch (name, dtype) with one autotune config for one target."""
 
-    kernel: str  # attn_fwd, attn_bwd, mlp_fwd, mlp_fwd_save, mlp_bwd, nn, nn_both
+    kernel: str  # attn_fwd, attn_bwd, mlp_fwd, mlp_fwd_save, mlp_bwd, nn
     dtype: str  # a key of DTYPES; "fp32" is IEEE, "fp32-tf32" with TF32 allowed
     config: str  # e.g. "BLOCK_N=64 w4 s2"
     arch: int  # 90 or 80
@@ -211,7 +211,7 @@ def _launch_nn(kernel: str, dtype: torch.dtype) -> Launch:
 
     a = torch.empty(1, CLOUD, 3, dtype=dtype)
     b = torch.empty(1, CLOUD, 3, dtype=dtype)
-    return _capture(mod, "_nn_tuned", lambda: mod.nn_index(a, b, None, None, kernel == "nn_both"))
+    return _capture(mod, "_nn_tuned", lambda: mod.nn_index(a, b, None, None, False))
 
 
 _LAUNCHERS: dict[str, Callable[[str, torch.dtype], Launch]] = {
@@ -221,7 +221,6 @@ _LAUNCHERS: dict[str, Callable[[str, torch.dtype], Launch]] = {
     "mlp_fwd_save": _launch_mlp,
     "mlp_bwd": _launch_mlp,
     "nn": _launch_nn,
-    "nn_both": _launch_nn,
 }
 #: dtypes each kernel is launched with (the Chamfer search converts to fp32 and has no dots)
 KERNEL_DTYPES: dict[str, tuple[str, ...]] = {
@@ -231,12 +230,11 @@ KERNEL_DTYPES: dict[str, tuple[str, ...]] = {
     "mlp_fwd_save": ("bf16", "fp16", "fp32", "fp32-tf32"),
     "mlp_bwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
     "nn": ("fp32",),
-    "nn_both": ("fp32",),
 }
 
 
 #: kernels without dots (wgmma does not apply)
-NO_DOT_KERNELS = ("nn", "nn_both")
+NO_DOT_KERNELS = ("nn",)
 
 
 def _config_name(config: Any) -> str:
@@ -333,6 +331,28 @@ def _run_ptxas(ptx: str, arch: int) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
 
 
+def loop_instructions(cubin: bytes) -> int:
+    """SASS instructions in the longest loop of ``cubin`` (the body between a label and the
+    backward branch to it), read with the ``nvdisasm`` of triton's wheel: for a kernel whose work
+    is one loop, what each trip costs the issue slots."""
+    import triton
+
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "k.cubin")
+        path.write_bytes(cubin)
+        sass = subprocess.run([str(nvdisasm), "-c", str(path)], capture_output=True, text=True, check=True).stdout
+    lines = sass.splitlines()
+    instruction = re.compile(r"/\*[0-9a-f]{4,}\*/")
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\s*(\.L_x_\d+):", line))}
+    longest = 0
+    for i, line in enumerate(lines):
+        m = re.search(r"\bBRA\b.*?(\.L_x_\d+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            longest = max(longest, sum(1 for x in lines[labels[m.group(1)] : i + 1] if instruction.search(x)))
+    return longest
+
+
 def _compile(launch: Launch, config: Any, arch: int) -> tuple[Any, str]:
     """Compile ``launch`` with ``config`` for ``arch`` through the JIT's binder; (kernel, ptxas log)."""
     import triton
@@ -375,6 +395,10 @@ def compile_case(case: Case) -> Result:
         result.shared = int(kernel.metadata.shared)
         result.wgmma = "wgmma" in ptx
         result.dot16 = case.dtype in ("bf16", "fp16") and bool(re.search(r"\b(mma|wgmma)\.", ptx))
+        if case.kernel == "nn":  # one loop over the searched points: its cost per pair of points
+            config = configs[case.config]
+            pairs = config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_M"] / (32 * config.num_warps)
+            result.extra["instructions_per_pair"] = round(loop_instructions(kernel.asm["cubin"]) / pairs, 2)
     except Exception as e:  # noqa: BLE001 - a failed compile is a result the test reports
         result.error = f"{type(e).__name__}: {str(e)[:2000]}"
     result.seconds = round(time.perf_counter() - t0, 1)
