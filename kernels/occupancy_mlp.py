@@ -51,6 +51,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import libdevice
 
 from zsw.kernels._utils import (
     autotune,
@@ -80,15 +81,30 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 @triton.jit
-def _softplus(z, beta):
-    """torch's Softplus: z where beta*z > 20, else log1p(exp(beta*z)) / beta (fp32)."""
+def _softplus(z, beta, inv_beta, FAST: tl.constexpr):
+    """torch's Softplus, z where beta*z > 20, else log1p(exp(beta*z)) / beta, computed as
+    ``(max(t, 0) + log1p(exp(-|t|))) / beta`` with ``t = beta*z`` (fp32), so that the exponential
+    and the logarithm only ever see (0, 1] and (1, 2]. log1p(e) without cancellation: ``log(u) *
+    e / (u - 1)`` with ``u = 1 + e`` (Goldberg), and e itself where u rounds to 1.
+
+    ``FAST`` (16-bit outputs, compiled): the logarithm and the division by the special-function
+    unit's approximations (``lg2.approx``, ``rcp.approx``) instead of the precise library calls,
+    whose range handling these operands never need: about 27 SASS instructions an element on
+    sm_90 instead of the 56 of the first version (``log1p(exp(t)) / beta``, precise), which ran
+    once per hidden activation, 4.4 billion times on a 129^3 grid. The log's absolute error (~1e-7
+    on (1, 2]) is far below a bf16 or fp16 output's rounding."""
     t = z * beta
-    e = tl.exp(tl.where(t > 20.0, 20.0, t))  # not tl.minimum, which turns a NaN into 20
+    e = tl.exp(-tl.abs(t))  # (0, 1]
     u = 1.0 + e
     d = u - 1.0  # exact
-    # log1p(e) without cancellation: log(u) * e / (u - 1) is accurate to a few ulp (Goldberg)
-    lp = tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
-    return tl.where(t > 20.0, z, lp / beta)
+    tiny = d == 0.0
+    d = tl.where(tiny, 1.0, d)
+    if FAST:
+        lp = libdevice.fast_logf(u) * libdevice.fast_dividef(e, d)
+    else:
+        lp = tl.log(u) * (e / d)
+    lp = tl.where(tiny, e, lp)
+    return tl.where(t > 20.0, z, (tl.maximum(t, 0.0) + lp) * inv_beta)
 
 
 @triton.jit
@@ -134,11 +150,11 @@ def _acc_matmul(
 def _fwd_hidden_layer(
     X, stride_xm, rows, m_valid, C_IN,  # the input x (rows of this tile)
     H_IN, H_OUT, stride_hm, h_rows, W: tl.constexpr,  # previous activation (read) and this layer's (written)
-    w_slot, stride_wr, b_row, beta,
+    w_slot, stride_wr, b_row, beta, inv_beta,
     reads_x, scale,  # whether the layer reads x, and 1/sqrt(2) for the skips (else 1)
     READS_H: tl.constexpr,  # False for layer 0, which reads x only
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     """``H_OUT = softplus(scale * ([H_IN, x] @ W_l^T) + b_l)`` for one tile, BLOCK_N output columns at
     a time: the fp32 accumulator is [BLOCK_M, BLOCK_N], never the whole [BLOCK_M, W] row."""
@@ -160,7 +176,7 @@ def _fwd_hidden_layer(
             )  # fmt: skip
         acc = acc * scale  # cat(h, x) / sqrt(2), applied to the product
         acc += tl.load(b_row + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
-        h = _softplus(acc, beta)
+        h = _softplus(acc, beta, inv_beta, FAST_MATH)
         h_off = h_rows[:, None] * stride_hm + offs_n[None, :]
         tl.store(H_OUT + h_off, cast(h, H_OUT.dtype.element_ty, INTERP_BF16), mask=m_valid[:, None] & n_valid[None, :])
 
@@ -178,9 +194,11 @@ def _occ_mlp_fwd_kernel(
     SAVE: tl.constexpr,  # write every hidden activation to Hs[l, m] (training) instead of scratch
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_PAD: tl.constexpr,
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    FAST_MATH: tl.constexpr,  # the Softplus on the special-function unit's approximations (16-bit outputs)
 ):  # fmt: skip
     pid = tl.program_id(0)
     num_progs = tl.num_programs(0)
+    inv_beta = 1.0 / beta
     offs_o = tl.arange(0, OUT_PAD)
     o_valid = offs_o < C_OUT
     num_tiles = tl.cdiv(M, BLOCK_M)
@@ -199,8 +217,8 @@ def _occ_mlp_fwd_kernel(
             _fwd_hidden_layer(
                 X, stride_xm, rows, m_valid, C_IN,
                 Hs, Hs, stride_hm, h_rows, W,
-                Wp, stride_wr, Bp, beta, True, 1.0, False,
-                BLOCK_M, BLOCK_N, BLOCK_K, INTERP_BF16, PRECISION,
+                Wp, stride_wr, Bp, beta, inv_beta, True, 1.0, False,
+                BLOCK_M, BLOCK_N, BLOCK_K, INTERP_BF16, PRECISION, FAST_MATH,
             )  # fmt: skip
             tl.debug_barrier()
         for l in range(1, NUM_LAYERS - 1):
@@ -210,9 +228,9 @@ def _occ_mlp_fwd_kernel(
             _fwd_hidden_layer(
                 X, stride_xm, rows, m_valid, C_IN,
                 h_in, h_out, stride_hm, h_rows, W,
-                Wp + l * stride_wl, stride_wr, Bp + l * stride_bl, beta,
+                Wp + l * stride_wl, stride_wr, Bp + l * stride_bl, beta, inv_beta,
                 reads_x, tl.where(reads_x, 0.7071067811865476, 1.0), True,
-                BLOCK_M, BLOCK_N, BLOCK_K, INTERP_BF16, PRECISION,
+                BLOCK_M, BLOCK_N, BLOCK_K, INTERP_BF16, PRECISION, FAST_MATH,
             )  # fmt: skip
             tl.debug_barrier()
         # the output layer: C_OUT (1 in the model) columns, no Softplus
@@ -449,6 +467,8 @@ def occ_mlp_fwd(
         OUT_PAD=max(16, next_pow2(c_out)),
         INTERP_BF16=interp_bf16(x.dtype),
         PRECISION=dot_precision(x.dtype),
+        # the interpreter has no libdevice: it runs the precise Softplus (the same formula)
+        FAST_MATH=x.dtype != torch.float32 and not interpreting(),
     )
     if interpreting():
         _occ_mlp_fwd_kernel[(programs,)](*args, **meta, **_INTERP)
