@@ -63,6 +63,53 @@ def test_latents_once_then_chunks_match_direct_decode(tiny):
     torch.testing.assert_close(default_text, direct)
 
 
+def _decode_in(tiny, device: str, dtype: torch.dtype, n: int = 300):
+    """The tiny decoder's logits under ``dtype`` autocast on ``device``, the occupancy MLP's
+    input dtype, and every decoder LayerNorm's output dtype."""
+    from zsw.model.layers import LayerNorm
+
+    model = tiny.to(device)
+    seen: dict[str, torch.dtype] = {}
+    hooks = [model.decoder.occupancy.register_forward_pre_hook(lambda m, a: seen.update(mlp=a[0].dtype))]
+    for name, m in model.decoder.named_modules():
+        if isinstance(m, LayerNorm):
+            hooks.append(m.register_forward_hook(lambda m, a, out, name=name: seen.update({name: out.dtype})))
+    torch.manual_seed(0)
+    image, points = torch.rand(1, 3, 224, 224, device=device), torch.rand(1, n, 3, device=device) * 3 - 1.5
+    try:
+        with torch.no_grad():
+            out = model(image)
+            reference = model.decode(out, points)
+            with torch.autocast(device, dtype=dtype):
+                logits = model.decode(out, points)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.to("cpu")
+    return logits, reference, seen
+
+
+def test_decoding_under_bf16_autocast_stays_bf16_up_to_the_mlp(tiny):
+    """The decoder's norms and the MLP's input keep autocast's 16-bit dtype: an fp32 LayerNorm
+    output or an fp32 cat(xyz, feature), each read only to be cast back, cost 2-4 GB of memory
+    traffic per tensor on a 129^3 grid. The logits stay those of the fp32 decode within bf16's
+    rounding."""
+    logits, reference, seen = _decode_in(tiny, "cpu", torch.bfloat16)
+    assert seen.pop("mlp") == torch.bfloat16
+    assert len(seen) == 2 * tiny.config.decoder.blocks + 1 and set(seen.values()) == {torch.bfloat16}
+    assert (logits.float() - reference).abs().max() < 0.05 * reference.abs().max() + 0.05
+
+
+@pytest.mark.gpu
+def test_decoding_under_cuda_autocast_stays_16_bit_up_to_the_mlp(tiny):
+    """On CUDA, autocast runs layer_norm in fp32 (on the CPU it does not): the decoder's own
+    LayerNorm keeps the activations' dtype there too."""
+    for dtype in (torch.bfloat16, torch.float16):
+        logits, reference, seen = _decode_in(tiny, "cuda", dtype)
+        assert set(seen.values()) == {dtype}, seen
+        assert (logits.float() - reference).abs().max() < 0.05 * reference.abs().max() + 0.05
+
+
 def test_points_are_independent(tiny):
     # a point's logit does not depend on which other points share its batch
     image = torch.rand(1, 3, 224, 224)

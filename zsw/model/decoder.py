@@ -32,7 +32,7 @@ from torch import Tensor
 
 from zsw.config import DecoderConfig
 from zsw.model.geometry import sincos_pos_embed_2d
-from zsw.model.layers import FeedForward, OccupancyMLP, PointCrossAttention
+from zsw.model.layers import FeedForward, LayerNorm, OccupancyMLP, PointCrossAttention
 
 __all__ = [
     "PointDecoder",
@@ -214,9 +214,9 @@ class DecoderBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, last: bool):
         super().__init__()
         self.last = last
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = PointCrossAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = FeedForward(dim, int(dim * mlp_ratio))
 
     def latent(self, x: Tensor, keep: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -270,7 +270,7 @@ class PointDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             DecoderBlock(width, cfg.heads, cfg.mlp_ratio, last=i == cfg.blocks - 1) for i in range(cfg.blocks)
         )
-        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.norm = LayerNorm(width, eps=1e-6)
         self.occupancy = OccupancyMLP(3 + width, cfg.occ_width, cfg.occ_layers, 1, cfg.skip_in, cfg.softplus_beta)
         # the object's centre in the normalised frame, from the global token (mirror queries)
         self.center_head = None
@@ -358,7 +358,9 @@ class PointDecoder(nn.Module):
         for i, (block, (k, v)) in enumerate(zip(self.blocks, latents.kv)):
             x = block.points(x, k, v, latents.keep[i] if latents.keep else None)
         x = self.norm(x)
-        return self.occupancy(torch.cat([points, x], dim=-1)).squeeze(-1)
+        # in x's dtype: under autocast a 16-bit feature (the MLP computes in that dtype anyway)
+        # instead of an fp32 copy of [N, 3 + width] that the MLP would cast back
+        return self.occupancy(torch.cat([points.to(x.dtype), x], dim=-1)).squeeze(-1)
 
     def _point_features(self, points: Tensor, latents: DecoderLatents) -> Tensor:  # [B, N, 3] -> [B, N, F_in]
         """xyz; sin/cos of xyz at ``point_frequencies`` octaves; the pixel-aligned surface sample,
