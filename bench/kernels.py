@@ -8,7 +8,9 @@ Providers per op:
   term merged exactly through the returned log-sum-exp (forward only: SDPA does not differentiate
   its log-sum-exp);
 * ``cdist``   -- Chamfer only: ``torch.cdist`` in row chunks, then the minima of both directions;
-* ``triton``  -- ours (``triton-recompute``: the MLP backward recomputing its activations).
+* ``triton``  -- ours (``triton-recompute``: the MLP backward recomputing its activations;
+  ``triton-layered`` and ``triton-onchip``: the MLP's two inference forwards, each forced, of
+  which ``triton`` runs the one it measured faster on first use).
 
 Shapes come from presets derived from the model config (:func:`presets`): a 129^3 grid of query
 points for inference, 80 images x 4096 points for training, the 197 latent tokens, 8 heads of 32,
@@ -331,7 +333,22 @@ def _mlp_fn(provider: str) -> Callable:
         from zsw.kernels.occupancy_mlp import occupancy_mlp as kernel  # the Triton function itself
 
         return lambda *args: kernel(*args, recompute=True)
+    if provider in ("triton-layered", "triton-onchip"):  # one inference forward, forced
+        import importlib
+
+        variant = importlib.import_module("zsw.kernels.occupancy_mlp").forward_variant
+
+        def forced(*args, name=provider.removeprefix("triton-")):
+            with variant(name):
+                return dispatch_mlp(*args, impl="triton")
+
+        return forced
     return lambda *args: dispatch_mlp(*args, impl="triton")
+
+
+def _has_tma(device: str) -> bool:
+    """Compute capability 9.0 or newer: where the MLP's on-chip forward runs."""
+    return device == "cuda" and torch.cuda.get_device_capability()[0] >= 9
 
 
 def _mlp_jobs(cases, providers, dtypes, device) -> Iterator[Job]:
@@ -342,6 +359,10 @@ def _mlp_jobs(cases, providers, dtypes, device) -> Iterator[Job]:
             for dtype_name in dtypes:
                 for provider in providers:
                     if provider == "triton-recompute" and mode == "fwd":
+                        continue
+                    if provider in ("triton-layered", "triton-onchip") and mode != "fwd":
+                        continue  # the two inference forwards (no activations kept) that `triton` chooses from
+                    if provider == "triton-onchip" and not _has_tma(device):
                         continue
                     if dtype_name == "fp32" and device == "cuda" and provider != "torch":
                         continue  # fp32 eager is the baseline of the bf16 kernel, not a race of its own
@@ -650,7 +671,9 @@ def run(
         jobs += _attention_jobs(p.attention, providers, ("bf16",) if gpu else ("fp32",), device)
     if "mlp" in ops:
         providers = (
-            ("torch", "compile", "triton", "triton-recompute") if gpu else ("torch", "triton", "triton-recompute")
+            ("torch", "compile", "triton", "triton-layered", "triton-onchip", "triton-recompute")
+            if gpu
+            else ("torch", "triton", "triton-recompute")
         )
         for case in p.mlp:  # fp32 eager is the baseline ZeroShape itself runs (amp off)
             dtypes = ("fp32", "bf16") if gpu and "fwd" in case.modes else ("bf16",) if gpu else ("fp32",)

@@ -74,7 +74,7 @@ TABLE_END = "<!-- compile-table:end -->"
 class Case:
     """One compilation: a kernel launch (name, dtype) with one autotune config for one target."""
 
-    kernel: str  # attn_fwd, attn_bwd, mlp_fwd, mlp_fwd_save, mlp_bwd, nn
+    kernel: str  # a key of _LAUNCHERS: attn_fwd, attn_bwd, mlp_fwd, mlp_fwd_save, mlp_bwd, mlp_fwd_onchip, nn
     dtype: str  # a key of DTYPES; "fp32" is IEEE, "fp32-tf32" with TF32 allowed
     config: str  # e.g. "BLOCK_N=64 w4 s2"
     arch: int  # 90 or 80
@@ -206,6 +206,13 @@ def _launch_mlp(kernel: str, dtype: torch.dtype) -> Launch:
     return _capture(mod, "_bwd_tuned", lambda: mod.occ_mlp_bwd(dy, x, wp, hs, W, C_out, x_layers, 100.0))
 
 
+def _launch_mlp_onchip(kernel: str, dtype: torch.dtype) -> Launch:
+    mod = importlib.import_module("zsw.kernels.occupancy_mlp")
+
+    x, wp, bp, W, C_out, x_layers = _mlp_packed(dtype)
+    return _capture(mod, "_onchip_tuned", lambda: mod._fwd_onchip(x, wp, bp, W, C_out, x_layers, 100.0))
+
+
 def _launch_nn(kernel: str, dtype: torch.dtype) -> Launch:
     mod = importlib.import_module("zsw.kernels.chamfer")
 
@@ -220,6 +227,7 @@ _LAUNCHERS: dict[str, Callable[[str, torch.dtype], Launch]] = {
     "mlp_fwd": _launch_mlp,
     "mlp_fwd_save": _launch_mlp,
     "mlp_bwd": _launch_mlp,
+    "mlp_fwd_onchip": _launch_mlp_onchip,
     "nn": _launch_nn,
 }
 #: dtypes each kernel is launched with (the Chamfer search converts to fp32 and has no dots)
@@ -229,12 +237,19 @@ KERNEL_DTYPES: dict[str, tuple[str, ...]] = {
     "mlp_fwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
     "mlp_fwd_save": ("bf16", "fp16", "fp32", "fp32-tf32"),
     "mlp_bwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
+    "mlp_fwd_onchip": ("bf16", "fp16"),  # 16-bit only (fp32 runs the layered forward)
     "nn": ("fp32",),
 }
+#: targets each kernel is compiled for where not all of TARGETS: the on-chip MLP forward loads by
+#: TMA, which Hopper introduced (the dispatch never launches it below compute capability 9.0)
+KERNEL_ARCHS: dict[str, tuple[int, ...]] = {"mlp_fwd_onchip": (90,)}
 
 
 #: kernels without dots (wgmma does not apply)
 NO_DOT_KERNELS = ("nn",)
+#: kernels with a single config, which the autotuner never prunes (so no shared-memory estimate):
+#: the on-chip MLP forward's 48 KB fit every GPU it runs on (compute capability 9.0 and newer)
+UNPRUNED_KERNELS = ("mlp_fwd_onchip",)
 
 
 def _config_name(config: Any) -> str:
@@ -294,7 +309,8 @@ def cases(kernels: list[str] | None = None, archs: tuple[int, ...] = (90, 80)) -
         for dtype in KERNEL_DTYPES[kernel]:
             launch = launch_of(kernel, dtype)
             for arch in archs:
-                out += [Case(kernel, dtype, _config_name(c), arch) for c in configs_of(launch, arch)]
+                if arch in KERNEL_ARCHS.get(kernel, TARGETS):
+                    out += [Case(kernel, dtype, _config_name(c), arch) for c in configs_of(launch, arch)]
     return out
 
 
@@ -367,6 +383,8 @@ def _compile(launch: Launch, config: Any, arch: int) -> tuple[Any, str]:
     backend = backends["nvidia"].compiler(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = {**launch.kwargs, **config.all_kwargs()}
+    if config.pre_hook is not None:  # e.g. a TMA descriptor's block shape follows the config
+        config.pre_hook({**dict(zip(fn.arg_names, launch.args)), **launch.kwargs, **config.kwargs})
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     src = ASTSource(fn, signature, constexprs, attrs)

@@ -42,9 +42,10 @@ memory between forward and backward. ``zsw bench kernels`` times both; see docs/
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ from zsw.kernels._utils import (
     size_class,
 )
 
-__all__ = ["occupancy_mlp", "occ_mlp_fwd", "occ_mlp_bwd", "pack_weights"]
+__all__ = ["occupancy_mlp", "occ_mlp_fwd", "occ_mlp_bwd", "pack_weights", "forward_variant", "onchip_applies"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -308,6 +309,91 @@ def _occ_mlp_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
+# Forward with the activations on chip (Hopper and newer: TMA descriptors)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dot_acc(a, b, acc, INTERP_BF16: tl.constexpr):
+    """``acc + a @ b`` (fp32 accumulator); see :func:`zsw.kernels._utils.dot` for ``INTERP_BF16``."""
+    if INTERP_BF16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _quarters(h, BLOCK_M: tl.constexpr, W: tl.constexpr):
+    """The four ``[BLOCK_M, W / 4]`` column blocks of ``h [BLOCK_M, W]``, in order (a reshape and
+    split of the register tile: the K slices of the next layer's product)."""
+    a, b = h.reshape([BLOCK_M, 2, W // 2]).permute(0, 2, 1).split()
+    a0, a1 = a.reshape([BLOCK_M, 2, W // 4]).permute(0, 2, 1).split()
+    b0, b1 = b.reshape([BLOCK_M, 2, W // 4]).permute(0, 2, 1).split()
+    return a0, a1, b0, b1
+
+
+@triton.jit
+def _x_product(acc, x_desc, row0, wt_desc, base, KX: tl.constexpr, BK: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """``acc + x[rows] @ Wx^T``: the input's K slices and the slot's x rows, both through TMA
+    (columns past C_in and rows past M read as zeros)."""
+    for kc in tl.static_range(KX):
+        acc = _dot_acc(x_desc.load([row0, kc * BK]), wt_desc.load([base + kc * BK, 0]), acc, INTERP_BF16)
+    return acc
+
+
+@triton.jit
+def _occ_mlp_fwd_onchip_kernel(
+    x_desc,  # x [M, C_in], 16-byte aligned rows; blocks [BLOCK_M, W / 4]
+    wt_desc,  # [(NL - 1) * SLOT, W]: hidden layer l's W_l^T, rows [0, W) for h and [W, W + C_in) for x; blocks [W / 4, W]
+    WL,  # [W, OUT_PAD]: the output layer's W^T (zero columns past C_out)
+    Bp,  # [NL, W] fp32 biases (the output layer's in its first C_out entries)
+    Y,  # [M, C_out]
+    M, C_OUT, stride_ym, beta,
+    SIZE_CLASS,  # autotuning bucket of M (not used by the kernel)
+    NUM_LAYERS: tl.constexpr, X_LAYERS: tl.constexpr, W: tl.constexpr,
+    KX: tl.constexpr,  # K slices of x: cdiv(C_in, W / 4)
+    OUT_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    INTERP_BF16: tl.constexpr, FAST_MATH: tl.constexpr,
+):  # fmt: skip
+    BK: tl.constexpr = W // 4
+    SLOT: tl.constexpr = W + KX * BK
+    dtype = Y.dtype.element_ty
+    pid = tl.program_id(0)
+    num_progs = tl.num_programs(0)
+    inv_beta = 1.0 / beta
+    offs_w = tl.arange(0, W)
+    offs_o = tl.arange(0, OUT_PAD)
+    num_tiles = tl.cdiv(M, BLOCK_M)
+    for tile in range(pid, num_tiles, num_progs):
+        row0 = tile * BLOCK_M
+        # layer 0 reads x only: its slot's x rows
+        acc = tl.zeros([BLOCK_M, W], dtype=tl.float32)
+        acc = _x_product(acc, x_desc, row0, wt_desc, W, KX, BK, INTERP_BF16)
+        acc += tl.load(Bp + offs_w)[None, :]
+        h = cast(_softplus(acc, beta, inv_beta, FAST_MATH), dtype, INTERP_BF16)
+        # the hidden layers: h never leaves the SM; the weights stream in by TMA, W / 4 rows at a time
+        for l in range(1, NUM_LAYERS - 1):
+            base = l * SLOT
+            h0, h1, h2, h3 = _quarters(h, BLOCK_M, W)
+            acc = tl.zeros([BLOCK_M, W], dtype=tl.float32)
+            acc = _dot_acc(h0, wt_desc.load([base, 0]), acc, INTERP_BF16)
+            acc = _dot_acc(h1, wt_desc.load([base + BK, 0]), acc, INTERP_BF16)
+            acc = _dot_acc(h2, wt_desc.load([base + 2 * BK, 0]), acc, INTERP_BF16)
+            acc = _dot_acc(h3, wt_desc.load([base + 3 * BK, 0]), acc, INTERP_BF16)
+            if ((X_LAYERS >> l) & 1) != 0:  # a skip: cat(h, x) / sqrt(2), applied to the product
+                acc = _x_product(acc, x_desc, row0, wt_desc, base + W, KX, BK, INTERP_BF16) * 0.7071067811865476
+            acc += tl.load(Bp + l * W + offs_w)[None, :]
+            h = cast(_softplus(acc, beta, inv_beta, FAST_MATH), dtype, INTERP_BF16)
+        # the output layer: C_out (1 in the model) columns, no Softplus
+        out = tl.zeros([BLOCK_M, OUT_PAD], dtype=tl.float32)
+        out = _dot_acc(h, tl.load(WL + offs_w[:, None] * OUT_PAD + offs_o[None, :]), out, INTERP_BF16)
+        out += tl.load(Bp + (NUM_LAYERS - 1) * W + offs_o, mask=offs_o < C_OUT, other=0.0)[None, :]
+        rows = (row0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        y_mask = (rows < M)[:, None] & (offs_o < C_OUT)[None, :]
+        tl.store(Y + rows[:, None] * stride_ym + offs_o[None, :], cast(out, dtype, INTERP_BF16), mask=y_mask)
+
+
+# ----------------------------------------------------------------------------------------------
 # Launch configurations
 # ----------------------------------------------------------------------------------------------
 
@@ -419,8 +505,139 @@ _bwd_tuned = autotune(
 _INTERP = {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128}
 
 
+# The on-chip forward (Hopper and newer, 16-bit): (BLOCK_M, warps). The fp32 accumulator is the
+# whole [BLOCK_M, W] row block and h its 16-bit copy: at W = 256, 128 rows on 8 warps (one 64-row
+# wgmma per warpgroup) compile to 241 registers without spills on sm_90 (triton 3.8); 64 rows spill
+# 36 B on 4 warps and ~160 B on 8. No software pipelining: the weights come by TMA, W / 4 rows a
+# product.
+_ONCHIP_ROWS = [(128, 8)]
+
+
+def _onchip_block_shapes(nargs: dict) -> None:
+    """The x descriptor's block follows the config's BLOCK_M (autotuning pre-hook)."""
+    nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["W"] // 4]
+
+
+def _onchip_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1, pre_hook=_onchip_block_shapes)
+        for bm, w in _ONCHIP_ROWS
+    ]
+
+
+_onchip_tuned = autotune(_onchip_configs(), key=["W", "KX", "NUM_LAYERS", "X_LAYERS", "SIZE_CLASS"])(
+    _occ_mlp_fwd_onchip_kernel
+)
+_INTERP_ONCHIP = {"BLOCK_M": 64}
+
+
 def _programs(M: int, device: torch.device) -> int:
     return persistent_programs(triton.cdiv(M, 64), 1, device, per_sm=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The on-chip forward: when it runs, and its launcher
+# ----------------------------------------------------------------------------------------------
+
+#: which forward inference runs: "auto" (on-chip where it applies and measured faster on this
+#: device, see :func:`forward_variant`), "layered" or "onchip" (where it applies)
+_variant = "auto"
+#: per (device, dtype, shapes, size class): the forward measured faster on first use
+_measured: dict[tuple, str] = {}
+
+
+@contextlib.contextmanager
+def forward_variant(name: str) -> Iterator[None]:
+    """Choose the inference forward (no saved activations) inside the block.
+
+    ``"layered"``: :func:`_occ_mlp_fwd_kernel`, each layer through per-program scratch tiles in L2.
+    ``"onchip"``: :func:`_occ_mlp_fwd_onchip_kernel`, the activation tile kept in registers from the
+    first layer to the last and the weights loaded by TMA (16-bit inputs, hidden width 64, 128 or
+    256, at most 16 outputs, no skip into the output layer; elsewhere the layered one runs).
+    ``"auto"`` (outside any block): the on-chip forward where it applies on a CUDA device of compute
+    capability 9.0 or newer, if it was the faster of the two on first use -- both are timed once
+    per process for each shape and size class (``triton.testing.do_bench``, a few tens of ms) and
+    the winner is kept. Under the interpreter ``auto`` is the layered forward.
+    """
+    global _variant
+    if name not in ("auto", "layered", "onchip"):
+        raise ValueError(f"occupancy_mlp: forward variant must be auto, layered or onchip, got {name!r}")
+    before, _variant = _variant, name
+    try:
+        yield
+    finally:
+        _variant = before
+
+
+def onchip_applies(x: Tensor, w_packed: Tensor, width: int, c_out: int, x_layers: int) -> bool:
+    """Whether the on-chip forward can run these operands (see :func:`forward_variant`)."""
+    NL = w_packed.shape[0]
+    return (
+        x.dtype in (torch.float16, torch.bfloat16)
+        and NL >= 2
+        and width in (64, 128, 256)
+        and w_packed.shape[1] == width
+        and c_out <= 16
+        and not (x_layers >> (NL - 1)) & 1
+        and (interpreting() or (x.is_cuda and device_capability(x.device) >= 90))
+    )
+
+
+def _onchip_operands(x: Tensor, w_packed: Tensor, b_packed: Tensor, width: int, c_out: int):
+    """The on-chip kernel's layout: x with 16-byte aligned rows (copied only when they are not),
+    the hidden layers' transposed weights ``[(NL - 1) * SLOT, W]`` (h rows, then x rows padded to
+    whole K slices), the output layer's ``W^T [W, OUT_PAD]`` and fp32 biases ``[NL, W]``."""
+    NL, _, KS = w_packed.shape
+    C_in = KS - width
+    BK = width // 4
+    KX = triton.cdiv(C_in, BK)
+    slot = width + KX * BK
+    wt = w_packed.new_zeros(NL - 1, slot, width)
+    wt[:, : width + C_in] = w_packed[: NL - 1].transpose(1, 2)
+    out_pad = max(16, next_pow2(c_out))
+    wl = w_packed.new_zeros(width, out_pad)
+    wl[:, :c_out] = w_packed[NL - 1, :c_out, :width].t()
+    item = x.element_size()
+    if x.stride(1) != 1 or (x.stride(0) * item) % 16 or x.data_ptr() % 16:
+        padded = x.new_empty(x.shape[0], triton.cdiv(C_in * item, 16) * 16 // item)
+        padded[:, :C_in] = x
+        x = padded[:, :C_in]
+    return x, wt.reshape(-1, width), wl, b_packed.float().contiguous(), KX, out_pad
+
+
+def _fwd_onchip(x: Tensor, w_packed: Tensor, b_packed: Tensor, width: int, c_out: int, x_layers: int, beta: float):
+    """Launch the on-chip forward (inference: no activations kept); ``y [M, C_out]``."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    M = x.shape[0]
+    y = x.new_empty(M, c_out)
+    if M == 0:
+        return y
+    x, wt, wl, bias, KX, out_pad = _onchip_operands(x, w_packed, b_packed, width, c_out)
+    BK = width // 4
+    x_desc = TensorDescriptor.from_tensor(x, [_INTERP_ONCHIP["BLOCK_M"], BK])  # the tuner's pre-hook resizes it
+    wt_desc = TensorDescriptor.from_tensor(wt, [BK, width])
+    args = (x_desc, wt_desc, wl, bias, y, M, c_out, y.stride(0), beta, size_class(M))
+    meta = dict(
+        NUM_LAYERS=w_packed.shape[0], X_LAYERS=x_layers, W=width, KX=KX, OUT_PAD=out_pad,
+        INTERP_BF16=interp_bf16(x.dtype), FAST_MATH=not interpreting(),
+    )  # fmt: skip
+    programs = _programs(M, x.device)
+    if interpreting():
+        _occ_mlp_fwd_onchip_kernel[(programs,)](*args, **meta, **_INTERP_ONCHIP)
+    else:
+        _onchip_tuned[(programs,)](*args, **meta)
+    return y
+
+
+def _forward_choice(run_layered: Callable[[], Tensor], run_onchip: Callable[[], Tensor], key: tuple) -> str:
+    """``auto``'s choice for ``key``: both forwards timed once per process on these operands."""
+    if key not in _measured:
+        from triton.testing import do_bench
+
+        times = {name: do_bench(fn, warmup=10, rep=40) for name, fn in (("layered", run_layered), ("onchip", run_onchip))}
+        _measured[key] = min(times, key=times.get)
+    return _measured[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,7 +656,30 @@ def occ_mlp_fwd(
     beta: float,
     save: bool,
 ) -> tuple[Tensor, Tensor]:  # y [M, C_out]; hidden activations [NL-1, M, W] if save, else [0]
-    """Launch the fused forward. ``x_layers``: bitmask of the layers that read x."""
+    """Launch the fused forward. ``x_layers``: bitmask of the layers that read x. Without ``save``
+    (inference) the on-chip forward may run instead (:func:`forward_variant`)."""
+    M, C_in = x.shape
+    NL = w_packed.shape[0]
+    if not save and _variant != "layered" and M > 0 and onchip_applies(x, w_packed, width, c_out, x_layers):
+        run_onchip = functools.partial(_fwd_onchip, x, w_packed, b_packed, width, c_out, x_layers, beta)
+        if _variant == "onchip":
+            return run_onchip(), x.new_empty(0)
+        if not interpreting():
+            run_layered = functools.partial(occ_mlp_fwd_layered, x, w_packed, b_packed, width, c_out, x_layers, beta)
+            key = (x.device, x.dtype, C_in, width, c_out, NL, x_layers, size_class(M))
+            if _forward_choice(run_layered, run_onchip, key) == "onchip":
+                return run_onchip(), x.new_empty(0)
+    return _fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta, save)
+
+
+def occ_mlp_fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta) -> Tensor:
+    """The layered inference forward alone (``y``), for the on-chip one's timing against it."""
+    return _fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta, False)[0]
+
+
+def _fwd_layered(
+    x: Tensor, w_packed: Tensor, b_packed: Tensor, width: int, c_out: int, x_layers: int, beta: float, save: bool
+) -> tuple[Tensor, Tensor]:
     M, C_in = x.shape
     NL = w_packed.shape[0]
     y = x.new_empty(M, c_out)

@@ -100,6 +100,18 @@ def test_decoding_under_bf16_autocast_stays_bf16_up_to_the_mlp(tiny):
     assert (logits.float() - reference).abs().max() < 0.05 * reference.abs().max() + 0.05
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_mlp_input_with_aligned_rows_is_the_concatenation(dtype):
+    """On a GPU the decoder hands the MLP cat(xyz, feature) as a view with 16-byte aligned rows."""
+    from zsw.model.decoder import _mlp_input
+
+    points, feature = torch.rand(2, 5, 3), torch.rand(2, 5, 64).to(dtype)
+    plain, aligned = _mlp_input(points, feature, False), _mlp_input(points, feature, True)
+    assert torch.equal(plain, torch.cat([points.to(dtype), feature], -1)) and torch.equal(aligned, plain)
+    assert aligned.dtype == dtype and (aligned.stride(1) * aligned.element_size()) % 16 == 0
+    assert aligned.reshape(-1, 67).stride() == (aligned.stride(1), 1)  # the MLP's flattening stays a view
+
+
 @pytest.mark.gpu
 def test_decoding_under_cuda_autocast_stays_16_bit_up_to_the_mlp(tiny):
     """On CUDA, autocast runs layer_norm in fp32 (on the CPU it does not): the decoder's own

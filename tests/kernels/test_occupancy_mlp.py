@@ -101,6 +101,66 @@ def test_inference_forward_reuses_scratch_across_tiles():
     assert_close(out, ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-4, name="out")
 
 
+ONCHIP_CASES = [
+    pytest.param(1, TINY, id="tiny-M1"),
+    pytest.param(300, TINY, id="tiny-M300"),  # partial last tile, C_in = 67 over 16-column K slices
+    pytest.param(70, (10, 128, 3, 3, (2,)), id="C10-W128-C3"),  # an input narrower than one K slice
+    pytest.param(65, REAL, id="real-M65"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M, shape", ONCHIP_CASES)
+def test_onchip_forward_within_twice_torch_error(M, shape, dtype):
+    """The inference forward that keeps the activations on chip and loads the weights by TMA (the
+    interpreter runs the same descriptor loads, zero-filling past the last row and column)."""
+    from zsw.kernels.occupancy_mlp import forward_variant
+
+    c_in, width, hidden, c_out, skip_in = shape
+    weights, biases = _layers(*shape, seed=M + 7)
+    weights, biases = [w.to(dtype) for w in weights], [b.to(dtype) for b in biases]
+    x = (torch.randn(M, c_in, generator=torch.Generator().manual_seed(M)) * 0.5).to(DEVICE, dtype)
+    with torch.no_grad(), forward_variant("onchip"):
+        out = occupancy_mlp(x, weights, biases, skip_in)
+    with torch.no_grad():
+        layered = occupancy_mlp(x, weights, biases, skip_in)  # auto: the layered forward here
+        low = reference.occupancy_mlp(x, weights, biases, skip_in)
+    ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases], skip_in)
+    assert out.shape == (M, c_out) and out.dtype == dtype
+    assert_relative(out, ref, low, factor=2, name="onchip")
+    assert_relative(layered, ref, low, factor=2, name="layered")
+
+
+def test_onchip_forward_reads_unaligned_rows_and_leaves_other_cases_to_the_layered_one():
+    """x rows of 67 fp16 values (134 bytes) are not 16-byte aligned for TMA: the launcher copies
+    them into aligned rows. A skip into the output layer, fp32 or an odd width run layered."""
+    from zsw.kernels.occupancy_mlp import forward_variant, onchip_applies, pack_weights
+
+    weights, biases = _layers(*TINY, seed=5)
+    weights, biases = [w.half() for w in weights], [b.half() for b in biases]
+    base = torch.randn(40, TINY[0] + 1, generator=torch.Generator().manual_seed(5)).to(DEVICE).half()
+    x = base[:, 1:]  # rows start 2 bytes in: misaligned base and stride
+    with torch.no_grad(), forward_variant("onchip"):
+        out = occupancy_mlp(x, weights, biases, TINY[4])
+    ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases], TINY[4])
+    low = reference.occupancy_mlp(x, weights, biases, TINY[4])
+    assert_relative(out, ref, low, factor=2, name="onchip, unaligned")
+
+    def applies(shape, dtype=torch.float16):
+        ws, bs = _layers(*shape, seed=0)
+        w_packed, _, W, C_in, C_out, x_layers = pack_weights(ws, bs, shape[4], dtype)
+        return onchip_applies(torch.empty(1, C_in, dtype=dtype), w_packed, W, C_out, x_layers)
+
+    assert applies(TINY) and applies(REAL)
+    assert not applies(TINY, torch.float32)
+    assert not applies((10, 48, 3, 1, ()))  # width 48
+    assert not applies((10, 64, 3, 1, (3,)))  # the output layer (3) reads x
+    assert not applies((10, 64, 0, 1, ()))  # a single Linear
+    with pytest.raises(ValueError, match="forward variant"):
+        with forward_variant("fastest"):
+            pass
+
+
 def test_softplus_regimes_and_tails_match_torch():
     # one hidden unit driven across Softplus' regimes: far negative (log1p of a tiny exp), around 0,
     # just below and above the linear threshold beta * z = 20
@@ -210,7 +270,7 @@ def test_gpu_every_16bit_config_is_correct(kind, config, monkeypatch):
     weights = [w.to(dtype) for w in weights]
     biases = [b.to(dtype) for b in biases]
     if kind == "fwd":
-        with torch.no_grad():
+        with torch.no_grad(), mod.forward_variant("layered"):  # not the on-chip forward auto may choose
             out = occupancy_mlp(x, weights, biases, skip_in)
             ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases],
                                           skip_in)  # fmt: skip
@@ -222,3 +282,31 @@ def test_gpu_every_16bit_config_is_correct(kind, config, monkeypatch):
     low, low_grads, _ = _run(reference.occupancy_mlp, x, weights, biases, skip_in, g)
     for name, a, e, p in zip(_names(len(weights)), grads, ref_grads, low_grads):
         assert_relative(a, e, p, factor=3, floor=1e-4, name=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_onchip_forward_and_the_measured_choice(dtype):
+    """The on-chip forward compiled (TMA, wgmma) at the real shapes, an odd number of points, and
+    auto's first-use timing: it picks one of the two and keeps it for the shape."""
+    import importlib
+
+    from zsw.kernels._utils import device_capability
+
+    mod = importlib.import_module("zsw.kernels.occupancy_mlp")
+    if device_capability(torch.device("cuda")) < 90:
+        pytest.skip("the on-chip forward needs compute capability 9.0 (TMA)")
+    c_in, width, hidden, c_out, skip_in = REAL
+    weights, biases = _layers(*REAL, seed=11, device="cuda")
+    weights, biases = [w.to(dtype) for w in weights], [b.to(dtype) for b in biases]
+    x = (torch.randn(70_001, c_in, device="cuda") * 0.5).to(dtype)
+    with torch.no_grad():
+        with mod.forward_variant("onchip"):
+            out = occupancy_mlp(x, weights, biases, skip_in)
+        ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases], skip_in)
+        low = reference.occupancy_mlp(x, weights, biases, skip_in)
+        assert_relative(out, ref, low, factor=2, name="onchip")
+        mod._measured.clear()
+        auto = occupancy_mlp(x, weights, biases, skip_in)
+    assert list(mod._measured.values()) in (["onchip"], ["layered"])
+    assert_relative(auto, ref, low, factor=2, name="auto")

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from zsw import kernels
 from zsw.config import DecoderConfig
 from zsw.model.geometry import sincos_pos_embed_2d
 from zsw.model.layers import FeedForward, LayerNorm, OccupancyMLP, PointCrossAttention
@@ -111,6 +112,22 @@ class PixelView:
                 f = F.grid_sample(features.float(), cells[:, :, None, :], align_corners=False)
                 out.append(f[..., 0].transpose(1, 2))  # [B, N, C_f]
         return torch.cat(out, dim=-1).to(points.dtype)
+
+
+def _mlp_input(points: Tensor, feature: Tensor, aligned: bool) -> Tensor:  # [B, N, 3], [B, N, C] -> [B, N, 3 + C]
+    """``cat(xyz, feature)`` for the occupancy MLP, in the feature's dtype: under autocast the 16-bit
+    dtype the MLP computes in anyway, not an fp32 copy it would cast back. ``aligned`` (the decoder
+    asks for it on a GPU): rows 16 bytes apart, a view of a padded buffer (259 bf16 values in rows
+    of 264), so that the MLP's on-chip forward loads them by TMA without copying them first."""
+    points = points.to(feature.dtype)
+    if not aligned:
+        return torch.cat([points, feature], dim=-1)
+    width = 3 + feature.shape[-1]
+    per_row = 16 // feature.element_size()
+    out = feature.new_empty(*feature.shape[:-1], -(-width // per_row) * per_row)[..., :width]
+    out[..., :3] = points
+    out[..., 3:] = feature
+    return out
 
 
 def camera_projection(intrinsics: Tensor, center: Tensor, scale: Tensor) -> Tensor:  # -> [B, 3, 4]
@@ -358,9 +375,8 @@ class PointDecoder(nn.Module):
         for i, (block, (k, v)) in enumerate(zip(self.blocks, latents.kv)):
             x = block.points(x, k, v, latents.keep[i] if latents.keep else None)
         x = self.norm(x)
-        # in x's dtype: under autocast a 16-bit feature (the MLP computes in that dtype anyway)
-        # instead of an fp32 copy of [N, 3 + width] that the MLP would cast back
-        return self.occupancy(torch.cat([points.to(x.dtype), x], dim=-1)).squeeze(-1)
+        aligned = x.is_cuda and not kernels.is_exportable()
+        return self.occupancy(_mlp_input(points, x, aligned)).squeeze(-1)
 
     def _point_features(self, points: Tensor, latents: DecoderLatents) -> Tensor:  # [B, N, 3] -> [B, N, F_in]
         """xyz; sin/cos of xyz at ``point_frequencies`` octaves; the pixel-aligned surface sample,
