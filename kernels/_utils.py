@@ -256,3 +256,20 @@ def custom_op(name: str, **kwargs) -> Callable[[Callable], torch.library.CustomO
             "root on sys.path."
         )
     return torch.library.custom_op(name, mutates_args=(), **kwargs)
+
+
+#: what :func:`measured_choice` found, per key (one process)
+measured_choices: dict[tuple, str] = {}
+
+
+def measured_choice(key: tuple, candidates: dict[str, Callable[[], object]]) -> str:
+    """The name of the fastest of ``candidates`` (functions of no argument, each computing the
+    same result a different way), timed once per process for ``key`` with
+    ``triton.testing.do_bench`` (a few tens of milliseconds) and remembered: how ``auto`` chooses
+    between kernels that no GPU has timed yet (docs/kernels.md)."""
+    if key not in measured_choices:
+        from triton.testing import do_bench
+
+        times = {name: do_bench(fn, warmup=10, rep=40) for name, fn in candidates.items()}
+        measured_choices[key] = min(times, key=times.get)
+    return measured_choices[key]

@@ -197,8 +197,6 @@ def nn_index(
 ) -> tuple[Tensor, Tensor]:  # idx_ab [B, N], idx_ba [B, M] (or [0] when not both); -1: none
     """Launch the search: index of the nearest point of b for each point of a (and, with ``both``,
     a second search of a for each point of b)."""
-    B, N, _ = a.shape
-    M = b.shape[1]
     a_rows = a.detach().float().transpose(1, 2).contiguous()  # [B, 3, N]: coalesced loads
     b_rows = b.detach().float().transpose(1, 2).contiguous()
     len_a = lengths_a.to(device=a.device, dtype=torch.int64) if lengths_a is not None else None

@@ -64,6 +64,7 @@ TARGETS: dict[int, int] = {90: 232_448, 80: 166_912}
 ATTN = dict(B=1, H=8, N=4096, L=197, D=32)
 MLP = dict(M=65_536, C_IN=259, WIDTH=256, HIDDEN=8, C_OUT=1, SKIPS=(2, 4, 6))
 CLOUD = 10_000
+FFN = dict(M=65_536, C=256, H=1024)  # the decoder blocks' feed-forward (mlp_ratio 4)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp32-tf32": torch.float32}
 TABLE_BEGIN = "<!-- compile-table:begin (written by python -m zsw.kernels.compile_check) -->"
@@ -74,7 +75,7 @@ TABLE_END = "<!-- compile-table:end -->"
 class Case:
     """One compilation: a kernel launch (name, dtype) with one autotune config for one target."""
 
-    kernel: str  # a key of _LAUNCHERS: attn_fwd, attn_bwd, mlp_fwd, mlp_fwd_save, mlp_bwd, mlp_fwd_onchip, nn
+    kernel: str  # a key of _LAUNCHERS: attn_fwd, attn_bwd, mlp_fwd, mlp_fwd_save, mlp_bwd, mlp_fwd_onchip, ffn_fwd, nn
     dtype: str  # a key of DTYPES; "fp32" is IEEE, "fp32-tf32" with TF32 allowed
     config: str  # e.g. "BLOCK_N=64 w4 s2"
     arch: int  # 90 or 80
@@ -213,6 +214,20 @@ def _launch_mlp_onchip(kernel: str, dtype: torch.dtype) -> Launch:
     return _capture(mod, "_onchip_tuned", lambda: mod._fwd_onchip(x, wp, bp, W, C_out, x_layers, 100.0))
 
 
+def _launch_ffn(kernel: str, dtype: torch.dtype) -> Launch:
+    mod = importlib.import_module("zsw.kernels.feed_forward")
+
+    C, H = FFN["C"], FFN["H"]
+    x = torch.empty(FFN["M"], C, dtype=dtype)
+    w1, b1, w2, b2 = (
+        torch.empty(H, C, dtype=dtype),
+        torch.empty(H, dtype=dtype),
+        torch.empty(C, H, dtype=dtype),
+        torch.empty(C, dtype=dtype),
+    )
+    return _capture(mod, "_tuned", lambda: mod.ffn_fwd(x, w1, b1, w2, b2))
+
+
 def _launch_nn(kernel: str, dtype: torch.dtype) -> Launch:
     mod = importlib.import_module("zsw.kernels.chamfer")
 
@@ -228,6 +243,7 @@ _LAUNCHERS: dict[str, Callable[[str, torch.dtype], Launch]] = {
     "mlp_fwd_save": _launch_mlp,
     "mlp_bwd": _launch_mlp,
     "mlp_fwd_onchip": _launch_mlp_onchip,
+    "ffn_fwd": _launch_ffn,
     "nn": _launch_nn,
 }
 #: dtypes each kernel is launched with (the Chamfer search converts to fp32 and has no dots)
@@ -238,11 +254,12 @@ KERNEL_DTYPES: dict[str, tuple[str, ...]] = {
     "mlp_fwd_save": ("bf16", "fp16", "fp32", "fp32-tf32"),
     "mlp_bwd": ("bf16", "fp16", "fp32", "fp32-tf32"),
     "mlp_fwd_onchip": ("bf16", "fp16"),  # 16-bit only (fp32 runs the layered forward)
+    "ffn_fwd": ("bf16", "fp16"),  # 16-bit only (fp32 runs the reference)
     "nn": ("fp32",),
 }
 #: targets each kernel is compiled for where not all of TARGETS: the on-chip MLP forward loads by
 #: TMA, which Hopper introduced (the dispatch never launches it below compute capability 9.0)
-KERNEL_ARCHS: dict[str, tuple[int, ...]] = {"mlp_fwd_onchip": (90,)}
+KERNEL_ARCHS: dict[str, tuple[int, ...]] = {"mlp_fwd_onchip": (90,), "ffn_fwd": (90,)}
 
 
 #: kernels without dots (wgmma does not apply)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from zsw.kernels import reference
 
-__all__ = ["point_cross_attention", "occupancy_mlp", "linear", "usable"]
+__all__ = ["point_cross_attention", "occupancy_mlp", "linear", "feed_forward", "usable"]
 
 
 def usable(*tensors: Tensor) -> bool:
@@ -122,6 +122,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     attr, algorithm = ("gelu", "none") if activation == "gelu" else ("none", "")
     y = _LINEAR_POINTWISE(x.reshape(-1, x.shape[-1]), weight, bias, attr, [], algorithm)
     return y.reshape(*lead, y.shape[-1])
+
+
+def feed_forward(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
+    """:func:`zsw.kernels.reference.feed_forward` through :func:`linear` (GELU fused into the first)."""
+    return linear(linear(x, w1, b1, "gelu"), w2, b2)
 
 
 def _softplus(z: Tensor, beta: float, threshold: float = 20.0) -> Tensor:

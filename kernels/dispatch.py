@@ -18,6 +18,11 @@ references against 0.82 s on the kernels), and the occupancy MLP when it needs a
 (forward and backward at training size 16.6 ms against 21.1 ms). Asking for ``"triton"`` (or
 ``ZSW_KERNELS=triton``) still runs the kernels.
 
+Kernels that no GPU has timed yet decide on the device itself: the occupancy MLP's on-chip
+inference forward and the fused feed-forward (Hopper and newer, 16-bit, inference) are timed
+against the layered forward and the reference on the first call of each shape and size class, and
+the faster one runs from then on (``zsw.kernels._utils.measured_choice``; docs/kernels.md).
+
 Inside :func:`exportable` (and during ONNX export) everything runs the reference, because Triton
 kernels do not trace. A Triton implementation registers itself by living in
 ``kernels/<module>.py``, defining the public function of the same name, and being named in
@@ -43,6 +48,7 @@ from zsw.kernels.reference import Chamfer, NearestNeighbors
 
 __all__ = [
     "linear",
+    "feed_forward",
     "point_cross_attention",
     "occupancy_mlp",
     "nearest_neighbors",
@@ -65,6 +71,7 @@ IMPLS = ("auto", "torch", "triton")
 
 # public function -> module in kernels/ that holds its Triton implementation
 _TRITON_MODULES = {
+    "feed_forward": "feed_forward",
     "point_cross_attention": "point_cross_attention",
     "occupancy_mlp": "occupancy_mlp",
     "nearest_neighbors": "chamfer",
@@ -241,6 +248,21 @@ def linear(
     if _requested(impl) == "auto" and not is_exportable() and cpu.usable(x, weight):
         return cpu.linear(x, weight, bias, activation)
     return reference.linear(x, weight, bias, activation)
+
+
+def feed_forward(
+    x: Tensor,  # [..., C]
+    w1: Tensor,  # [H, C]
+    b1: Tensor | None,  # [H]
+    w2: Tensor,  # [C, H]
+    b2: Tensor | None,  # [C]
+    *,
+    impl: str | None = None,
+) -> Tensor:  # [..., C]
+    """A transformer block's MLP, ``fc2(GELU(fc1(x)))``; see :func:`zsw.kernels.reference.feed_forward`.
+    The Triton path (:mod:`zsw.kernels.feed_forward`) fuses it where it applies for inference on a
+    GPU with TMA, if it measured faster there on first use, and runs the reference elsewhere."""
+    return _pick("feed_forward", impl, x.device, x, w1, w2)(x, w1, b1, w2, b2)
 
 
 def occupancy_mlp(

@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,7 @@ from zsw.kernels._utils import (
     fits_shared_memory,
     interp_bf16,
     interpreting,
+    measured_choice,
     next_pow2,
     persistent_programs,
     size_class,
@@ -344,7 +345,7 @@ def _x_product(acc, x_desc, row0, wt_desc, base, KX: tl.constexpr, BK: tl.conste
 @triton.jit
 def _occ_mlp_fwd_onchip_kernel(
     x_desc,  # x [M, C_in], 16-byte aligned rows; blocks [BLOCK_M, W / 4]
-    wt_desc,  # [(NL - 1) * SLOT, W]: hidden layer l's W_l^T, rows [0, W) for h and [W, W + C_in) for x; blocks [W / 4, W]
+    wt_desc,  # [(NL - 1) * SLOT, W]: layer l's W_l^T, rows [0, W) for h, [W, W + C_in) for x; blocks [W / 4, W]
     WL,  # [W, OUT_PAD]: the output layer's W^T (zero columns past C_out)
     Bp,  # [NL, W] fp32 biases (the output layer's in its first C_out entries)
     Y,  # [M, C_out]
@@ -542,8 +543,6 @@ def _programs(M: int, device: torch.device) -> int:
 #: which forward inference runs: "auto" (on-chip where it applies and measured faster on this
 #: device, see :func:`forward_variant`), "layered" or "onchip" (where it applies)
 _variant = "auto"
-#: per (device, dtype, shapes, size class): the forward measured faster on first use
-_measured: dict[tuple, str] = {}
 
 
 @contextlib.contextmanager
@@ -630,16 +629,6 @@ def _fwd_onchip(x: Tensor, w_packed: Tensor, b_packed: Tensor, width: int, c_out
     return y
 
 
-def _forward_choice(run_layered: Callable[[], Tensor], run_onchip: Callable[[], Tensor], key: tuple) -> str:
-    """``auto``'s choice for ``key``: both forwards timed once per process on these operands."""
-    if key not in _measured:
-        from triton.testing import do_bench
-
-        times = {name: do_bench(fn, warmup=10, rep=40) for name, fn in (("layered", run_layered), ("onchip", run_onchip))}
-        _measured[key] = min(times, key=times.get)
-    return _measured[key]
-
-
 # ----------------------------------------------------------------------------------------------
 # Launchers (custom ops)
 # ----------------------------------------------------------------------------------------------
@@ -666,8 +655,8 @@ def occ_mlp_fwd(
             return run_onchip(), x.new_empty(0)
         if not interpreting():
             run_layered = functools.partial(occ_mlp_fwd_layered, x, w_packed, b_packed, width, c_out, x_layers, beta)
-            key = (x.device, x.dtype, C_in, width, c_out, NL, x_layers, size_class(M))
-            if _forward_choice(run_layered, run_onchip, key) == "onchip":
+            key = ("occupancy_mlp", x.device, x.dtype, C_in, width, c_out, NL, x_layers, size_class(M))
+            if measured_choice(key, {"layered": run_layered, "onchip": run_onchip}) == "onchip":
                 return run_onchip(), x.new_empty(0)
     return _fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta, save)
 

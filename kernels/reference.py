@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "linear",
+    "feed_forward",
     "point_cross_attention",
     "occupancy_mlp",
     "nearest_neighbors",
@@ -38,6 +39,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     if activation is not None:
         raise ValueError(f"linear: activation must be None or 'gelu', got {activation!r}")
     return y
+
+
+def feed_forward(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
+    """A transformer block's MLP, ``fc2(GELU(fc1(x)))`` with the exact GELU (``timm.layers.Mlp``)."""
+    return linear(linear(x, w1, b1, "gelu"), w2, b2)
 
 
 def point_cross_attention(

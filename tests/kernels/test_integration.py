@@ -156,6 +156,13 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(occ_mlp_fwd, (x, w_packed, b_packed, width, c_out, x_layers, 100.0, False))
     lengths = torch.tensor([20, 5], device=DEVICE)
     torch.library.opcheck(nn_index, (a.detach(), c.detach(), None, lengths, True))
+    from zsw.kernels.feed_forward import ffn_fwd  # inference only: no autograd registered
+
+    g = torch.Generator().manual_seed(2)
+    ffn_args = [
+        torch.randn(*s, generator=g).to(DEVICE, torch.bfloat16) for s in ((10, 16), (64, 16), (64,), (16, 64), (16,))
+    ]
+    torch.library.opcheck(ffn_fwd, tuple(ffn_args), test_utils=("test_schema", "test_faketensor"))
 
 
 # ---------------------------------------------------------------------------------------------

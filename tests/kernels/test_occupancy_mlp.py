@@ -306,7 +306,9 @@ def test_gpu_onchip_forward_and_the_measured_choice(dtype):
         ref = reference.occupancy_mlp(x.double(), [w.double() for w in weights], [b.double() for b in biases], skip_in)
         low = reference.occupancy_mlp(x, weights, biases, skip_in)
         assert_relative(out, ref, low, factor=2, name="onchip")
-        mod._measured.clear()
+        from zsw.kernels._utils import measured_choices
+
+        measured_choices.clear()
         auto = occupancy_mlp(x, weights, biases, skip_in)
-    assert list(mod._measured.values()) in (["onchip"], ["layered"])
+    assert list(measured_choices.values()) in (["onchip"], ["layered"])
     assert_relative(auto, ref, low, factor=2, name="auto")
