@@ -265,8 +265,9 @@ KERNEL_ARCHS: dict[str, tuple[int, ...]] = {"mlp_fwd_onchip": (90,), "ffn_fwd": 
 #: kernels without dots (wgmma does not apply)
 NO_DOT_KERNELS = ("nn",)
 #: kernels with a single config, which the autotuner never prunes (so no shared-memory estimate):
-#: the on-chip MLP forward's 48 KB fit every GPU it runs on (compute capability 9.0 and newer)
-UNPRUNED_KERNELS = ("mlp_fwd_onchip",)
+#: the on-chip MLP forward's 48 KB fit every GPU it runs on (compute capability 9.0 and newer); the
+#: fused feed-forward's 224 KB are checked against the device before it is chosen (fused_applies)
+UNPRUNED_KERNELS = ("mlp_fwd_onchip", "ffn_fwd")
 
 
 def _config_name(config: Any) -> str:

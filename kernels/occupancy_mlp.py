@@ -555,8 +555,8 @@ def forward_variant(name: str) -> Iterator[None]:
     256, at most 16 outputs, no skip into the output layer; elsewhere the layered one runs).
     ``"auto"`` (outside any block): the on-chip forward where it applies on a CUDA device of compute
     capability 9.0 or newer, if it was the faster of the two on first use -- both are timed once
-    per process for each shape and size class (``triton.testing.do_bench``, a few tens of ms) and
-    the winner is kept. Under the interpreter ``auto`` is the layered forward.
+    per GPU, shape and size class (:func:`zsw.kernels._utils.measured_choice`: a few tens of ms,
+    kept on disk) and the winner is kept. Under the interpreter ``auto`` is the layered forward.
     """
     global _variant
     if name not in ("auto", "layered", "onchip"):
@@ -656,7 +656,7 @@ def occ_mlp_fwd(
         if not interpreting():
             run_layered = functools.partial(occ_mlp_fwd_layered, x, w_packed, b_packed, width, c_out, x_layers, beta)
             key = ("occupancy_mlp", x.device, x.dtype, C_in, width, c_out, NL, x_layers, size_class(M))
-            if measured_choice(key, {"layered": run_layered, "onchip": run_onchip}) == "onchip":
+            if measured_choice(key, {"layered": run_layered, "onchip": run_onchip}, __file__) == "onchip":
                 return run_onchip(), x.new_empty(0)
     return _fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta, save)
 

@@ -167,3 +167,42 @@ def test_ptxas_report_parsing():
         "ptxas info    : Used 32 registers, used 1 barriers, 10200 bytes cumulative stack size\n"
     )
     assert cc._ptxas_report(log) == {"regs": 32, "spill_stores": 20336, "spill_loads": 30520, "stack": 10200}
+
+
+def test_measured_choices_are_timed_once_and_kept_on_disk(tmp_path, monkeypatch):
+    """auto's choice between untimed kernels: timed on first use, then read back by later calls and
+    later processes (the disk cache), timed again for a new kernel source; a bad file is ignored."""
+    import json
+
+    import torch
+    import triton.testing
+
+    from zsw.kernels import _utils
+
+    monkeypatch.setenv("ZSW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_utils, "measured_choices", {})
+    timed = []
+
+    def fake_bench(fn, warmup, rep):
+        timed.append(fn())
+        return {"a": 2.0, "b": 1.0}[timed[-1]]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    source = tmp_path / "kernel.py"
+    source.write_text("v1")
+    candidates = {"a": lambda: "a", "b": lambda: "b"}
+    key = ("op", torch.device("cpu"), torch.bfloat16, 256)
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and timed == ["a", "b"]
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 2  # this process
+    _utils.measured_choices.clear()  # a new process
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 2  # from disk
+    stored = json.loads((tmp_path / "kernel-choices.json").read_text())
+    assert list(stored.values()) == ["b"] and "torch.bfloat16" in next(iter(stored))
+    _utils.measured_choices.clear()
+    _utils._source_digest.cache_clear()
+    source.write_text("v2")  # the kernel changed: measured again
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 4
+    _utils.measured_choices.clear()
+    (tmp_path / "kernel-choices.json").write_text("not json")
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 6
+    assert len(json.loads((tmp_path / "kernel-choices.json").read_text())) == 1
