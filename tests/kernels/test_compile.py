@@ -6,7 +6,7 @@ The compilation runs in a child process (``zsw.kernels.compile_check``), because
 runs under ``TRITON_INTERPRET=1``, whose kernels cannot be compiled; each (kernel, config, dtype,
 target) compiles once per module (module-scoped fixtures).
 
-All 104 compilations (every kernel x dtype x autotune config x target: attention forward and
+All 100 compilations (every kernel x dtype x autotune config x target: attention forward and
 backward, the MLP forward with and without saved activations, its on-chip inference forward (sm_90
 only) and its backward, the decoder blocks' fused feed-forward (sm_90 only), the Chamfer search;
 bf16, fp16, fp32 IEEE and TF32; sm_90 and sm_80) run in CI's plain ``pytest``, in about a
