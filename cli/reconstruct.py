@@ -50,7 +50,9 @@ _MASKS = (
 )
 _BOX = (
     "X0,Y0,X1,Y1: the rectangle of the photo (its pixels, from the top left, upright) that holds the object, "
-    "for a photo of several things: the input is framed around it and the predicted masks kept inside it."
+    "for a photo of several things: the input is framed around it and the predicted masks kept inside it. "
+    'Or a FILE with each photo\'s own: JSON {"IMG_1.jpg": [x0, y0, x1, y1], ...} or lines name,x0,y0,x1,y1 '
+    "(by file name or stem; a photo it does not name gets no box)."
 )
 _CHUNK_POINTS = "Most points per decoder call (bounds memory; default 65,536 on a GPU, 16,384 on a CPU)."
 _OVERWRITE = "Redo images even when their result records the same input and settings."
@@ -68,7 +70,7 @@ def reconstruct(
     threshold: opts.Threshold = 0.5,
     frame: Annotated[str, typer.Option(help="gltf (y up, facing +z) or camera (y down, z forward).")] = "gltf",
     masks: Annotated[Path | None, typer.Option(help=_MASKS)] = None,
-    box: Annotated[str | None, typer.Option(metavar="X0,Y0,X1,Y1", help=_BOX)] = None,
+    box: Annotated[str | None, typer.Option(metavar="X0,Y0,X1,Y1|FILE", help=_BOX)] = None,
     device: opts.Device = None,
     batch_size: opts.BatchSize = 1,
     chunk_points: Annotated[int | None, typer.Option(min=1024, help=_CHUNK_POINTS)] = None,
@@ -92,9 +94,9 @@ def reconstruct(
     settings = zsw.ReconstructSettings(
         grid=zsw.GridSettings(resolution, extraction, threshold, close=close, chunk_points=chunk_points),
         formats=tuple(formats or ("glb",)), weights=weights, prompt=prompt, frame=frame, masks=masks, box=box,
-        device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision, color=color,
-        preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces, reframe=reframe,
-        background=background, tta=tta, texture=texture, cutout=cutout, carve=carve)  # fmt: skip
+        device=device, batch_size=batch_size, backend=backend, engine=engine, precision=precision,
+        color=color, preview=preview, overwrite=overwrite, min_part=min_part, smooth=smooth, faces=faces,
+        reframe=reframe, background=background, tta=tta, texture=texture, cutout=cutout, carve=carve)  # fmt: skip
     report = zsw.reconstruct_many(inputs, out, settings, reporter := RichReporter())
     raise typer.Exit(reporter.summary(report.summary(), report.ok))  # 1: some image failed
 

@@ -94,7 +94,79 @@ def test_cli_box_is_part_of_the_rerun_key_and_fails_in_one_line(pair, tmp_path):
     assert other.exit_code == 0 and "redoing 1 image(s)" in other.output
 
     bad = CliRunner().invoke(app, [*args, "--box", "0,0,224"])
-    assert bad.exit_code == 2 and "--box: expected four numbers x0,y0,x1,y1 (photo pixels), got '0,0,224'" in bad.output
+    assert (
+        bad.exit_code == 2
+        and "--box: expected four numbers x0,y0,x1,y1 (photo pixels) or a file of boxes, got '0,0,224'" in bad.output
+    )
     outside = CliRunner().invoke(app, [*args, "--box", "500,0,600,100", "--overwrite"])
     assert outside.exit_code == 1
     assert f"error: {pair}: the box [500.0, 0.0, 600.0, 100.0] is outside the 448 x 224 photo" in outside.output
+
+
+def test_boxes_files_are_read_as_json_or_lines_and_fail_in_one_line(tmp_path):
+    from zsw.infer.image import box_for, read_boxes
+
+    table = tmp_path / "boxes.json"
+    table.write_text(json.dumps({"a.jpg": [1, 2, 30, 40], "b": "0,0,10,10"}))
+    boxes = read_boxes(table)
+    assert boxes == {"a.jpg": (1.0, 2.0, 30.0, 40.0), "b": (0.0, 0.0, 10.0, 10.0)}
+    assert box_for(boxes, "photos/a.jpg") == (1.0, 2.0, 30.0, 40.0)
+    assert box_for(boxes, "B.PNG") == (0.0, 0.0, 10.0, 10.0)  # by stem, any case
+    assert box_for(boxes, "c.jpg") is None
+    lines = tmp_path / "boxes.csv"
+    lines.write_text("# photo, x0, y0, x1, y1\na.jpg, 1, 2, 30, 40\n\nb 0 0 10 10  # spaces too\n")
+    assert read_boxes(lines) == boxes
+    for name, text, message in [
+        ("bad.json", "[1, 2]", "must hold an object"),
+        ("bad2.json", "{", "not JSON"),
+        ("bad.csv", "a.jpg,1,2,3\n", "line 1: expected name,x0,y0,x1,y1, got 'a.jpg,1,2,3'"),
+        ("bad2.csv", "a.jpg,5,5,1,1\n", "line 1: '5,5,1,1' is empty"),
+        ("bad3.json", '{"a": [0, 0, "x", 4]}', "entry 'a': expected four numbers"),
+        ("twice.csv", "a,0,0,1,1\na,0,0,2,2\n", "line 2: 'a' has a box already"),
+        ("empty.csv", "# nothing\n", "holds no box"),
+    ]:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(OptionError, match=r"^--box .*: " + message.replace("(", r"\(").replace("[", r"\[")):
+            read_boxes(path)
+    with pytest.raises(OptionError, match="cannot read"):
+        read_boxes(tmp_path / "missing.json")
+    with pytest.raises(OptionError, match="--box and --boxes"):
+        zsw.ReconstructSettings(box="0,0,1,1", boxes=table)
+
+
+def test_cli_box_file_gives_each_photo_its_own_box_in_its_rerun_key(pair, tmp_path):
+    """``--box FILE``: a folder of photos, each with its object elsewhere: each result records its own
+    box; a rerun with one box changed redoes that photo only; a photo the file does not name gets no
+    box and a note; a missing file is a one-line usage error."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("left", "right", "whole"):
+        (photos / f"{name}.png").write_bytes(pair.read_bytes())
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("left.png,0,0,224,224\nright,224,0,448,224\n")
+    out = tmp_path / "out"
+    args = ["reconstruct", str(photos), "-o", str(out), "--resolution", "16", "--no-preview", "--box", str(boxes)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    record = {n: json.loads((out / n / "result.json").read_text()) for n in ("left", "right", "whole")}
+    assert record["left"]["request"]["box"] == [0.0, 0.0, 224.0, 224.0]
+    assert record["right"]["request"]["box"] == [224.0, 0.0, 448.0, 224.0]
+    assert record["right"]["input"]["box"] == [224.0, 0.0, 448.0, 224.0]
+    assert record["whole"]["request"]["box"] is None
+    assert any("no box for whole.png" in note for note in record["whole"]["input"]["notes"])
+    assert record["left"]["input"]["window"] != record["right"]["input"]["window"]
+
+    again = CliRunner().invoke(app, args)
+    assert "skipping 3 image(s)" in again.output
+    boxes.write_text("left.png,0,0,224,224\nright,200,0,448,224\n")
+    moved = CliRunner().invoke(app, args)
+    assert moved.exit_code == 0 and "redoing 1 image(s)" in moved.output and "skipping 2 image(s)" in moved.output
+    boxes.write_text("left.png,0,0,224\n")
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and f"--box {boxes}: line 1: expected name,x0,y0,x1,y1" in bad.output
+    missing = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "nope.csv")])
+    assert (
+        missing.exit_code == 2
+        and "--box: expected four numbers x0,y0,x1,y1 (photo pixels) or a file of boxes" in missing.output
+    )

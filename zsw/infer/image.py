@@ -29,6 +29,7 @@ import dataclasses
 import errno
 import functools
 import glob
+import json
 import os
 import re
 import sys
@@ -46,6 +47,8 @@ from zsw.io import IMAGE_SUFFIXES
 __all__ = [
     "LoadedImage",
     "load_image",
+    "read_boxes",
+    "box_for",
     "load_mask",
     "find_images",
     "object_window",
@@ -112,10 +115,67 @@ def check_box(box) -> tuple[float, float, float, float]:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 4 or not all(np.isfinite(values)):
-        raise OptionError(f"--box: expected four numbers x0,y0,x1,y1 (photo pixels), got {text!r}")
+        raise OptionError(f"--box: expected four numbers x0,y0,x1,y1 (photo pixels) or a file of boxes, got {text!r}")
     if not (values[0] < values[2] and values[1] < values[3]):
         raise OptionError(f"--box: {text!r} is empty: x0 < x1 and y0 < y1, in photo pixels from the top left")
     return values  # type: ignore[return-value]
+
+
+def read_boxes(path: str | os.PathLike) -> dict[str, tuple[float, float, float, float]]:
+    """The boxes of a ``--box FILE``: one rectangle per photo, by the photo's file name or stem.
+
+    Either JSON, an object ``{"IMG_1.jpg": [x0, y0, x1, y1], "IMG_2": "x0,y0,x1,y1", ...}``, or
+    text (``.csv``, ``.txt``, ...), a line ``name,x0,y0,x1,y1`` per photo (commas or spaces; blank
+    lines and ``#`` comments skipped). Each box as :func:`check_box` reads one. An
+    :class:`~zsw.errors.OptionError` naming the file, and the line or the entry, otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OptionError(f"--box {path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+    entries: list[tuple[str, object, str]] = []  # (name, box, where)
+    if path.suffix.lower() == ".json":
+        try:
+            table = json.loads(text)
+        except ValueError as e:
+            raise OptionError(f"--box {path}: not JSON ({e})") from None
+        if not isinstance(table, dict):
+            raise OptionError(f'--box {path}: must hold an object {{"photo.jpg": [x0, y0, x1, y1], ...}}')
+        entries = [(str(name), box, f"entry {name!r}") for name, box in table.items()]
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = [part for part in re.split(r"[,\s]+", line) if part]
+            if len(parts) != 5:
+                raise OptionError(f"--box {path}: line {number}: expected name,x0,y0,x1,y1, got {line!r}")
+            entries.append((parts[0], ",".join(parts[1:]), f"line {number}"))
+    boxes = {}
+    for name, box, where in entries:
+        if name in boxes:
+            raise OptionError(f"--box {path}: {where}: {name!r} has a box already")
+        try:
+            boxes[name] = check_box(box)
+        except OptionError as e:
+            raise OptionError(f"--box {path}: {where}: {str(e).removeprefix('--box: ')}") from None
+    if not boxes:
+        raise OptionError(f"--box {path}: holds no box")
+    return boxes
+
+
+def box_for(boxes: dict[str, tuple], photo: str | os.PathLike) -> tuple[float, float, float, float] | None:
+    """The box of ``photo`` in a :func:`read_boxes` table: by its file name, else its stem; the
+    exact spelling first, then any case. None when the table has none for it."""
+    photo = Path(photo)
+    for key in (photo.name, photo.stem):
+        if key in boxes:
+            return boxes[key]
+    folded = {name.casefold(): box for name, box in boxes.items()}
+    for key in (photo.name, photo.stem):
+        if key.casefold() in folded:
+            return folded[key.casefold()]
+    return None
 
 
 @dataclass

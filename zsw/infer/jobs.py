@@ -161,7 +161,8 @@ def reconstruct_many(
     device = resolve_device(settings.device)  # resolves auto precision and --tta: recorded as resolved
     request = settings.request(identity, backend, cutout=cutout.identity if cutout else None, device=device)
     used = FolderNames()  # every folder name this run gives out, compared as a Mac compares them
-    todo, report.redone, errors = plan_reruns(paths, out, request, settings.masks, settings.overwrite, used)
+    box_of = settings.box_of if settings.boxes is not None else None  # each photo's own box, in its request
+    todo, report.redone, errors = plan_reruns(paths, out, request, settings.masks, settings.overwrite, used, box_of)
     for path, reason in errors:
         _fail(report, reporter, str(path), reason)
     report.skipped = len(paths) - len(todo) - len(errors)
@@ -319,8 +320,13 @@ def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, cutout, rep
         mask_file = find_mask(s.masks, item.path) if s.masks is not None else None
         size = recon.backend.config.pixel.image_size
         item.image = load_image(item.path, size, name=item.name, cutout=None if mask_file else cutout)
-        if s.box is not None:
-            item.image = item.image.with_box(s.box)
+        box = item.request.get("box")  # the run's --box, or this photo's --boxes entry
+        if box is not None:
+            item.image = item.image.with_box(tuple(box))
+        elif s.boxes is not None:  # said on the terminal and in result.json's notes
+            note = f"no box for {item.path.name} in {s.boxes}: the model finds the object"
+            item.image = dataclasses.replace(item.image, notes=[*item.image.notes, note])
+            reporter.warning(f"{item.path}: {note}")
         if s.masks is not None:
             if mask_file is not None:
                 item.mask = load_mask(mask_file, item.image)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,19 +123,22 @@ def plan_reruns(
     masks: str | os.PathLike | None = None,
     overwrite: bool = False,
     used: FolderNames | None = None,
+    box_of: Callable[[Path], tuple | None] | None = None,
 ) -> tuple[list[tuple[Path, str, dict]], int, list[tuple[Path, str]]]:
     """Which images of a folder run need work: ``(todo, redone, errors)``. ``todo`` holds
     ``(path, output name, request)`` for every image without a complete result recording the same
     request (see :func:`request_record`); ``redone`` counts those whose earlier result came from
     another input, settings, weights or zsw code, or lost a file; ``errors`` the images that could not be
     read to hash them. Output names follow :func:`output_name`; ``used``, if given, receives every
-    name given out (those of skipped images too). A plan, not a claim: the writer claims each
-    folder with :func:`claim_output` before it writes."""
+    name given out (those of skipped images too); ``box_of``, if given, each photo's own box
+    (``--boxes``), recorded in its request in place of the run's. A plan, not a claim: the writer
+    claims each folder with :func:`claim_output` before it writes."""
     todo, redone, errors, used = [], 0, [], FolderNames() if used is None else used
     on_disk = folders_by_key(Path(out))  # nothing is made while planning: one listing serves every photo
     for path in paths:
+        own = settings if box_of is None else {**settings, "box": _listed(box_of(path))}
         try:
-            request = request_record(path, find_mask(masks, path) if masks is not None else None, settings)
+            request = request_record(path, find_mask(masks, path) if masks is not None else None, own)
         except (OSError, ZswError) as e:
             errors.append((path, str(e)))
             continue
@@ -146,6 +149,10 @@ def plan_reruns(
         if state != "same":
             todo.append((path, name, request))
     return todo, redone, errors
+
+
+def _listed(box: tuple | None) -> list | None:
+    return list(box) if box is not None else None
 
 
 def without_results(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:

@@ -17,7 +17,7 @@ from zsw.config import checked_fields
 from zsw.errors import ConfigError, OptionError
 from zsw.hub import device_type
 from zsw.infer.cutout import check_cutout
-from zsw.infer.image import check_box
+from zsw.infer.image import box_for, check_box, read_boxes
 from zsw.infer.mesh_ops import check_mesh_options
 from zsw.infer.texture import check_texture_size
 
@@ -224,6 +224,10 @@ class ReconstructSettings:
         box: ``(x0, y0, x1, y1)``, the rectangle of every photo, in its pixels, that holds the
             object: the input is framed around it and the predicted masks are kept inside it
             (:meth:`~zsw.infer.image.LoadedImage.with_box`); None: the model finds the object.
+        boxes: a file with a box per photo, by file name or stem (:func:`~zsw.infer.image.read_boxes`:
+            JSON or ``name,x0,y0,x1,y1`` lines), for a folder of photos each with its own object;
+            a photo it does not name is reconstructed without a box (and its result says so). The
+            command line's ``--box FILE`` (``box`` naming a file with a suffix) lands here.
         preview: write ``preview.png``.
         overwrite: redo images even when their result records the same input and settings.
     """
@@ -250,6 +254,7 @@ class ReconstructSettings:
     tta: str = "auto"
     carve: bool = True
     box: tuple | None = None
+    boxes: Path | None = None
     preview: bool = True
     overwrite: bool = False
 
@@ -263,8 +268,18 @@ class ReconstructSettings:
         if type(self.device).__name__ == "device":  # a torch.device, as its string ("cuda:1")
             object.__setattr__(self, "device", str(self.device))
         object.__setattr__(self, "cutout", check_cutout(self.cutout))  # its own message for a function
+        if isinstance(self.box, (str, os.PathLike)) and Path(self.box).suffix and Path(self.box).is_file():
+            if self.boxes is not None:  # --box FILE: the file of boxes (a box's text has no suffix)
+                raise OptionError("--box and --boxes: give one rectangle for every photo or a file of them, not both")
+            object.__setattr__(self, "boxes", Path(self.box))
+            object.__setattr__(self, "box", None)
         if self.box is not None:  # "x0,y0,x1,y1" or four numbers, kept as four floats
             object.__setattr__(self, "box", check_box(self.box))
+        if self.boxes is not None:
+            if self.box is not None:
+                raise OptionError("--box and --boxes: give one rectangle for every photo or a file of them, not both")
+            object.__setattr__(self, "boxes", Path(self.boxes))
+            object.__setattr__(self, "_box_table", read_boxes(self.boxes))  # read now: a bad file stops the run
         _check_types(self)
         for f in formats:
             _choice(f, FORMATS, "--format")
@@ -296,6 +311,12 @@ class ReconstructSettings:
             raise OptionError(f"--masks: {self.masks} is not a folder")
         if self.weights is not None and self.backend not in ("auto", "torch"):
             raise OptionError(f"--weights is for the torch backend; the {self.backend} backend reads its --engine")
+
+    def box_of(self, photo: str | os.PathLike) -> tuple | None:
+        """The box of ``photo``: ``box`` (every photo's), its ``boxes`` entry, or None."""
+        if self.boxes is None:
+            return self.box
+        return box_for(self.__dict__["_box_table"], photo)
 
     def request(
         self, weights_identity: str, backend: str | None = None, cutout: str | None = None, device: str | None = None
