@@ -305,9 +305,10 @@ def measured_choice(key: tuple, candidates: dict[str, Callable[[], object]], sou
         known = {}
     if not isinstance(known, dict):
         known = {}
-    if known.get(disk_key) in candidates:
-        measured_choices[key] = known[disk_key]
-        return measured_choices[key]
+    stored = known.get(disk_key)
+    if isinstance(stored, str) and stored in candidates:
+        measured_choices[key] = stored
+        return stored
     from triton.testing import do_bench
 
     times = {name: do_bench(fn, warmup=10, rep=40) for name, fn in candidates.items()}

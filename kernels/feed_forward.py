@@ -196,21 +196,21 @@ def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, *, f
     gradient needed), else the reference (:func:`zsw.kernels.reference.feed_forward`).
 
     ``fused``: ``"auto"`` runs the fused kernel where it applies on a GPU if it was the faster of
-    the two on first use (timed once per GPU and shape, kept on disk: :func:`zsw.kernels._utils.measured_choice`;
-    the interpreter runs the reference),
-    ``"always"`` wherever it applies, ``"never"`` the reference.
+    the two on first use (timed once per GPU and shape and kept on disk,
+    :func:`zsw.kernels._utils.measured_choice`; the interpreter runs the reference), ``"always"``
+    wherever it applies, ``"never"`` the reference.
     """
     if fused not in ("auto", "always", "never"):
         raise ValueError(f"feed_forward: fused must be auto, always or never, got {fused!r}")
     dtype = compute_dtype(x)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2))
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, b1, w2, b2))
     x2 = x.reshape(-1, x.shape[-1]).to(dtype)
     if fused == "never" or needs_grad or b1 is None or b2 is None or not fused_applies(x2, w1, w2):
         return reference.feed_forward(x, w1, b1, w2, b2)
     weights = [t.to(dtype) for t in (w1, b1, w2, b2)]
     run_fused = functools.partial(ffn_fwd, x2, *weights)
     if fused == "auto":
-        if interpreting():
+        if interpreting() or torch.compiler.is_compiling():  # nothing to time (a trace holds no numbers)
             return reference.feed_forward(x, w1, b1, w2, b2)
         run_reference = functools.partial(reference.feed_forward, x2, *weights)
         key = ("feed_forward", x.device, dtype, x2.shape[1], w1.shape[0], size_class(x2.shape[0]))

@@ -203,6 +203,10 @@ def test_measured_choices_are_timed_once_and_kept_on_disk(tmp_path, monkeypatch)
     source.write_text("v2")  # the kernel changed: measured again
     assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 4
     _utils.measured_choices.clear()
-    (tmp_path / "kernel-choices.json").write_text("not json")
+    stored = json.loads((tmp_path / "kernel-choices.json").read_text())
+    (tmp_path / "kernel-choices.json").write_text(json.dumps({k: ["b"] for k in stored}))  # not a name
     assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 6
+    _utils.measured_choices.clear()
+    (tmp_path / "kernel-choices.json").write_text("not json")
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 8
     assert len(json.loads((tmp_path / "kernel-choices.json").read_text())) == 1
