@@ -115,7 +115,7 @@ def check_box(box) -> tuple[float, float, float, float]:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 4 or not all(np.isfinite(values)):
-        raise OptionError(f"--box: expected four numbers x0,y0,x1,y1 (photo pixels) or a file of boxes, got {text!r}")
+        raise OptionError(f"--box: expected four numbers x0,y0,x1,y1 (photo pixels), got {text!r}")
     if not (values[0] < values[2] and values[1] < values[3]):
         raise OptionError(f"--box: {text!r} is empty: x0 < x1 and y0 < y1, in photo pixels from the top left")
     return values  # type: ignore[return-value]

@@ -124,6 +124,8 @@ def _check_types(settings) -> None:
         object.__setattr__(settings, name, value)
 
 
+_BOX_AND_BOXES = "box and boxes: give one rectangle for every photo (box) or a file of them (boxes), not both"
+
 #: the finest grid: 1025^3 samples already take minutes and gigabytes on a CPU (the CLI's maximum too)
 MAX_RESOLUTION = 1024
 
@@ -268,16 +270,22 @@ class ReconstructSettings:
         if type(self.device).__name__ == "device":  # a torch.device, as its string ("cuda:1")
             object.__setattr__(self, "device", str(self.device))
         object.__setattr__(self, "cutout", check_cutout(self.cutout))  # its own message for a function
-        if isinstance(self.box, (str, os.PathLike)) and Path(self.box).suffix and Path(self.box).is_file():
-            if self.boxes is not None:  # --box FILE: the file of boxes (a box's text has no suffix)
-                raise OptionError("--box and --boxes: give one rectangle for every photo or a file of them, not both")
-            object.__setattr__(self, "boxes", Path(self.box))
-            object.__setattr__(self, "box", None)
+        if isinstance(self.box, (str, os.PathLike)) and Path(self.box).suffix:  # --box FILE, or "1.5,2,30,40"
+            if Path(self.box).is_file():
+                if self.boxes is not None:
+                    raise OptionError(_BOX_AND_BOXES)
+                object.__setattr__(self, "boxes", Path(self.box))
+                object.__setattr__(self, "box", None)
+            else:
+                try:
+                    check_box(self.box)
+                except OptionError:
+                    raise OptionError(f"--box: no file {self.box} (nor four numbers x0,y0,x1,y1)") from None
         if self.box is not None:  # "x0,y0,x1,y1" or four numbers, kept as four floats
             object.__setattr__(self, "box", check_box(self.box))
         if self.boxes is not None:
             if self.box is not None:
-                raise OptionError("--box and --boxes: give one rectangle for every photo or a file of them, not both")
+                raise OptionError(_BOX_AND_BOXES)
             object.__setattr__(self, "boxes", Path(self.boxes))
             object.__setattr__(self, "_box_table", read_boxes(self.boxes))  # read now: a bad file stops the run
         _check_types(self)
