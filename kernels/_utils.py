@@ -74,6 +74,16 @@ def dot(a, b, INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def dot_acc(a, b, acc, INTERP_BF16: tl.constexpr):
+    """``acc + a @ b`` into the fp32 accumulator ``acc`` (one MMA chain on a GPU); ``INTERP_BF16``
+    as in :func:`dot`."""
+    if INTERP_BF16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
 def cast(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
     """``x.to(dtype)`` rounding to nearest even, as the GPU does. The CPU interpreter *truncates*
     fp32 -> bf16, which doubles the rounding error; with ``INTERP_BF16`` the rounding is done here

@@ -37,6 +37,7 @@ from zsw.kernels._utils import (
     compute_dtype,
     custom_op,
     device_capability,
+    dot_acc,
     interp_bf16,
     interpreting,
     measured_choice,
@@ -52,15 +53,6 @@ __all__ = ["feed_forward", "ffn_fwd", "fused_applies"]
 def _gelu(z):
     """Exact GELU, ``z * Phi(z)`` with the erf (fp32), as ``torch.nn.functional.gelu``."""
     return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-
-
-@triton.jit
-def _mm(a, b, acc, INTERP_BF16: tl.constexpr):
-    """``acc + a @ b`` in fp32; see :func:`zsw.kernels._utils.dot` for ``INTERP_BF16``."""
-    if INTERP_BF16:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -87,10 +79,10 @@ def _ffn_fwd_kernel(
         x = x_desc.load([row0, 0])  # rows past M read as zeros
         acc = tl.zeros([BLOCK_M, C], dtype=tl.float32)
         for h0 in range(0, H, BLOCK_H):
-            z = _mm(x, w1_desc.load([0, h0]), tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), INTERP_BF16)
+            z = dot_acc(x, w1_desc.load([0, h0]), tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), INTERP_BF16)
             z += tl.load(B1 + h0 + offs_h).to(tl.float32)[None, :]
             hidden = cast(_gelu(z), x.dtype, INTERP_BF16)
-            acc = _mm(hidden, w2_desc.load([h0, 0]), acc, INTERP_BF16)
+            acc = dot_acc(hidden, w2_desc.load([h0, 0]), acc, INTERP_BF16)
         acc += tl.load(B2 + offs_c).to(tl.float32)[None, :]  # here, not held across the loop: registers
         y_desc.store([row0, 0], cast(acc, x.dtype, INTERP_BF16))  # rows past M are not written
 

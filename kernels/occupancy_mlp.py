@@ -62,6 +62,7 @@ from zsw.kernels._utils import (
     custom_op,
     device_capability,
     dot,
+    dot_acc,
     dot_precision,
     fits_shared_memory,
     interp_bf16,
@@ -315,15 +316,6 @@ def _occ_mlp_bwd_kernel(
 
 
 @triton.jit
-def _dot_acc(a, b, acc, INTERP_BF16: tl.constexpr):
-    """``acc + a @ b`` (fp32 accumulator); see :func:`zsw.kernels._utils.dot` for ``INTERP_BF16``."""
-    if INTERP_BF16:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc)
-
-
-@triton.jit
 def _quarters(h, BLOCK_M: tl.constexpr, W: tl.constexpr):
     """The four ``[BLOCK_M, W / 4]`` column blocks of ``h [BLOCK_M, W]``, in order (a reshape and
     split of the register tile: the K slices of the next layer's product)."""
@@ -338,7 +330,7 @@ def _x_product(acc, x_desc, row0, wt_desc, base, KX: tl.constexpr, BK: tl.conste
     """``acc + x[rows] @ Wx^T``: the input's K slices and the slot's x rows, both through TMA
     (columns past C_in and rows past M read as zeros)."""
     for kc in tl.static_range(KX):
-        acc = _dot_acc(x_desc.load([row0, kc * BK]), wt_desc.load([base + kc * BK, 0]), acc, INTERP_BF16)
+        acc = dot_acc(x_desc.load([row0, kc * BK]), wt_desc.load([base + kc * BK, 0]), acc, INTERP_BF16)
     return acc
 
 
@@ -377,17 +369,17 @@ def _occ_mlp_fwd_onchip_kernel(
             base = l * SLOT
             h0, h1, h2, h3 = _quarters(h, BLOCK_M, W)
             acc = tl.zeros([BLOCK_M, W], dtype=tl.float32)
-            acc = _dot_acc(h0, wt_desc.load([base, 0]), acc, INTERP_BF16)
-            acc = _dot_acc(h1, wt_desc.load([base + BK, 0]), acc, INTERP_BF16)
-            acc = _dot_acc(h2, wt_desc.load([base + 2 * BK, 0]), acc, INTERP_BF16)
-            acc = _dot_acc(h3, wt_desc.load([base + 3 * BK, 0]), acc, INTERP_BF16)
+            acc = dot_acc(h0, wt_desc.load([base, 0]), acc, INTERP_BF16)
+            acc = dot_acc(h1, wt_desc.load([base + BK, 0]), acc, INTERP_BF16)
+            acc = dot_acc(h2, wt_desc.load([base + 2 * BK, 0]), acc, INTERP_BF16)
+            acc = dot_acc(h3, wt_desc.load([base + 3 * BK, 0]), acc, INTERP_BF16)
             if ((X_LAYERS >> l) & 1) != 0:  # a skip: cat(h, x) / sqrt(2), applied to the product
                 acc = _x_product(acc, x_desc, row0, wt_desc, base + W, KX, BK, INTERP_BF16) * 0.7071067811865476
             acc += tl.load(Bp + l * W + offs_w)[None, :]
             h = cast(_softplus(acc, beta, inv_beta, FAST_MATH), dtype, INTERP_BF16)
         # the output layer: C_out (1 in the model) columns, no Softplus
         out = tl.zeros([BLOCK_M, OUT_PAD], dtype=tl.float32)
-        out = _dot_acc(h, tl.load(WL + offs_w[:, None] * OUT_PAD + offs_o[None, :]), out, INTERP_BF16)
+        out = dot_acc(h, tl.load(WL + offs_w[:, None] * OUT_PAD + offs_o[None, :]), out, INTERP_BF16)
         out += tl.load(Bp + (NUM_LAYERS - 1) * W + offs_o, mask=offs_o < C_OUT, other=0.0)[None, :]
         rows = (row0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         y_mask = (rows < M)[:, None] & (offs_o < C_OUT)[None, :]
