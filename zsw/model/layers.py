@@ -27,13 +27,18 @@ class LayerNorm(nn.LayerNorm):
     Linear reads only to cast it back to bf16: 4.4 GB more memory traffic than a bf16 output, five
     times per decode. Here the norm runs in the input's dtype (PyTorch's kernels accumulate the
     statistics in fp32 either way) with the affine parameters cast to it, and the Linear takes
-    the result as it is. Outside autocast, or for fp32 input, it is ``nn.LayerNorm``; the
-    parameters and their names are the same.
+    the result as it is. Only without autograd (inference, validation): in training the norm's
+    parameter gradients stay those of autocast's fp32 norm. Otherwise, outside autocast or for
+    fp32 input, it is ``nn.LayerNorm``; the parameters and their names are the same.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         device = x.device.type
-        if x.dtype not in (torch.float16, torch.bfloat16) or not torch.is_autocast_enabled(device):
+        if (
+            x.dtype not in (torch.float16, torch.bfloat16)
+            or torch.is_grad_enabled()
+            or not torch.is_autocast_enabled(device)
+        ):
             return super().forward(x)
         with torch.autocast(device, enabled=False):
             weight = self.weight.to(x.dtype) if self.weight is not None else None
