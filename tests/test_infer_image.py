@@ -1051,3 +1051,32 @@ def test_reframe_of_an_image_without_its_photo(tmp_path):
     padded = LoadedImage("y", a, (448, 224), pad=(0, 112))
     with pytest.raises(ValueError, match="no photo pixels"):
         reframe(padded, (0, 0, 10))
+
+
+def test_edges_reached_names_the_photo_sides_a_mask_covers(tmp_path):
+    """A predicted mask along the photo's edges (a cluttered photo's table, or an object the frame
+    cuts) is named side by side; edges of the white padding, or of a window inside the photo, are
+    not the photo's and never count."""
+    from PIL import Image
+
+    from zsw.infer.image import load_image, reframe
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (600, 400), (120, 90, 60)).save(path)
+    im = load_image(path, 224)  # padded to 600 x 600: the photo is rows 37-186 of the input
+    area = im.photo_area
+    rows = np.flatnonzero(area.any(1))
+    mask = np.zeros((224, 224), bool)
+    assert im.edges_reached(mask) == []
+    mask[rows[-1] - 20 : rows[-1] + 1, :] = True  # along the bottom edge of the photo
+    assert im.edges_reached(mask) == ["bottom"]
+    mask[:, :10] = True  # and the left one, also over the padding above and below it
+    assert im.edges_reached(mask) == ["left", "bottom"]
+    centre = np.zeros((224, 224), bool)
+    centre[rows[0] - 5 : rows[0], 60:160] = True  # on the padding just above the photo: not the photo's edge
+    assert im.edges_reached(centre) == []
+    partly = np.zeros((224, 224), bool)
+    partly[rows[0], :50] = True  # 50 of 224 pixels of the top edge: under 30 %
+    assert im.edges_reached(partly) == [] and im.edges_reached(partly, 0.2) == ["top"]
+    inner = reframe(im, (100, 50, 300))
+    assert inner.edges_reached(np.ones((224, 224), bool)) == []  # a window inside the photo shows none of its edges

@@ -178,6 +178,11 @@ def box_for(boxes: dict[str, tuple], photo: str | os.PathLike) -> tuple[float, f
     return None
 
 
+#: the share of a photo edge's pixels a predicted mask must cover to count as reaching it
+#: (:meth:`LoadedImage.edges_reached`)
+EDGE_FRACTION = 0.3
+
+
 @dataclass
 class LoadedImage:
     """A photo prepared for the model, and how it was prepared."""
@@ -229,6 +234,35 @@ class LoadedImage:
         """The model-input pixels that show the photo (False on padding or outside the photo)."""
         w, h = self.original_size
         return self._within(0, 0, w, h)
+
+    def edges_reached(self, mask: np.ndarray, fraction: float = EDGE_FRACTION) -> list[str]:
+        """The sides of the photo (``left``, ``top``, ``right``, ``bottom``) along which ``mask``
+        ([S, S] bool, model-input pixels) covers more than ``fraction`` of the photo's edge, as far
+        as the input shows that edge: the input's pixels next to it, inside the photo. A side the
+        input does not show (a window inside the photo) is never reached."""
+        left, top, side = self.square
+        w, h = self.original_size
+        step = side / self.size  # photo pixels per input pixel
+        area = self.photo_area
+        xs = left + (np.arange(self.size) + 0.5) * step
+        ys = top + (np.arange(self.size) + 0.5) * step
+        reached = []
+        for name, centres, edge, axis in (
+            ("left", xs, 0.0, 1),
+            ("top", ys, 0.0, 0),
+            ("right", xs, w, 1),
+            ("bottom", ys, h, 0),
+        ):
+            inside = np.flatnonzero((centres >= 0) & (centres < (w if axis == 1 else h)))
+            if not len(inside):
+                continue
+            i = inside[0] if edge == 0.0 else inside[-1]
+            if abs(centres[i] - edge) > step:  # the input starts inside the photo on this side
+                continue
+            line, shown = (mask[:, i], area[:, i]) if axis == 1 else (mask[i], area[i])
+            if shown.sum() and (line & shown).sum() > fraction * shown.sum():
+                reached.append(name)
+        return reached
 
     @property
     def box_area(self) -> np.ndarray | None:  # [S, S] bool

@@ -540,6 +540,13 @@ class Reconstructor:
                 f"decimation to {self.faces} faces left {opened} edge(s) not shared by exactly two triangles: "
                 "the mesh is not watertight (another --faces usually keeps it closed)"
             )
+        if mask != "given" and im.box is None and (sides := im.edges_reached(rec.visible_mask)):
+            edges = " and ".join(sides) + (" edges" if len(sides) > 1 else " edge")
+            warn.append(
+                f"the object the model outlined reaches the photo's {edges}: in a cluttered photo it may have "
+                "taken in the surroundings (--cutout rembg removes the background first, --box says where the "
+                "object is); an object the frame cuts is completed by guess"
+            )
         return ResultRecord(
             zsw_version=_version(), name=im.name, input=im.to_dict(), prompt=rec.prompt,
             model=ModelInfo(backend.config.name, self.weights_label, backend.name, str(backend.device), self.precision,
