@@ -268,15 +268,8 @@ def custom_op(name: str, **kwargs) -> Callable[[Callable], torch.library.CustomO
     return torch.library.custom_op(name, mutates_args=(), **kwargs)
 
 
-#: what :func:`measured_choice` found, per key (this process; the disk cache holds the others')
+#: what :func:`measured_choice` found, per key (this process; Triton's cache holds the others')
 measured_choices: dict[tuple, str] = {}
-
-
-def _choices_file() -> str:
-    root = os.environ.get("ZSW_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zsw"
-    )
-    return os.path.join(root, "kernel-choices.json")
 
 
 @functools.cache
@@ -284,52 +277,52 @@ def _source_digest(path: str) -> str:
     import hashlib
 
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+        return hashlib.sha256(f.read()).hexdigest()
 
 
-def _disk_key(key: tuple, source: str) -> str:
-    """``key`` on this GPU, with these torch and triton versions and this kernel source."""
+def _cache_key(key: tuple, source: str) -> str:
+    """``key`` on this GPU, with these torch and triton versions and this kernel source, hashed."""
+    import hashlib
+
     parts = [
         torch.cuda.get_device_name(part) if isinstance(part, torch.device) and part.type == "cuda" else str(part)
         for part in key
     ]
-    return "|".join([*parts, torch.__version__, triton.__version__, _source_digest(source)])
+    text = "|".join([*parts, torch.__version__, triton.__version__, _source_digest(source)])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def measured_choice(key: tuple, candidates: dict[str, Callable[[], object]], source: str) -> str:
     """The name of the fastest of ``candidates`` (functions of no argument, each computing the
     same result a different way), timed with ``triton.testing.do_bench`` (a few tens of
     milliseconds) the first time ``key`` comes up on this GPU with these torch and triton versions
-    and this version of the kernel file ``source``; later calls and later processes read it back
-    (``$ZSW_CACHE_DIR/kernel-choices.json``, default ``~/.cache/zsw``). This is how ``auto``
-    chooses between kernels that no GPU of the project has timed yet (docs/kernels.md)."""
+    and this version of the kernel file ``source``; later calls, and later processes through
+    Triton's cache (``~/.triton/cache`` or ``TRITON_CACHE_DIR``, beside the autotuner's choices),
+    read it back. This is how ``auto`` chooses between kernels that no GPU of the project has timed
+    yet (docs/kernels.md)."""
     if key in measured_choices:
         return measured_choices[key]
     import json
 
-    path, disk_key = _choices_file(), _disk_key(key, source)
-    try:
-        with open(path) as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
-    stored = known.get(disk_key)
-    if isinstance(stored, str) and stored in candidates:
-        measured_choices[key] = stored
-        return stored
-    from triton.testing import do_bench
+    from triton.runtime.cache import get_cache_manager
 
-    times = {name: do_bench(fn, warmup=10, rep=40) for name, fn in candidates.items()}
-    measured_choices[key] = min(times, key=times.get)
-    known[disk_key] = measured_choices[key]
-    try:  # atomically: concurrent processes each write a whole file
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(known, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: the choice still holds for this process
-    return measured_choices[key]
+    cache = get_cache_manager(_cache_key(key, source))
+    stored, choice = cache.get_file("measured-choice.json"), None
+    if stored:
+        try:
+            with open(stored) as f:
+                choice = json.load(f).get("choice")
+        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+            pass
+    if not (isinstance(choice, str) and choice in candidates):
+        from triton.testing import do_bench
+
+        times = {name: do_bench(fn, warmup=10, rep=40) for name, fn in candidates.items()}
+        choice = min(times, key=times.get)
+        try:  # Triton's cache writes atomically
+            record = {"key": [str(k) for k in key], "ms": times, "choice": choice}
+            cache.put(json.dumps(record), "measured-choice.json", binary=False)
+        except OSError:
+            pass  # a read-only cache: the choice still holds for this process
+    measured_choices[key] = choice
+    return choice

@@ -171,7 +171,7 @@ def test_ptxas_report_parsing():
 
 def test_measured_choices_are_timed_once_and_kept_on_disk(tmp_path, monkeypatch):
     """auto's choice between untimed kernels: timed on first use, then read back by later calls and
-    later processes (the disk cache), timed again for a new kernel source; a bad file is ignored."""
+    later processes (Triton's cache), timed again for a new kernel source; a bad record is ignored."""
     import json
 
     import torch
@@ -179,7 +179,7 @@ def test_measured_choices_are_timed_once_and_kept_on_disk(tmp_path, monkeypatch)
 
     from zsw.kernels import _utils
 
-    monkeypatch.setenv("ZSW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(_utils, "measured_choices", {})
     timed = []
 
@@ -195,18 +195,15 @@ def test_measured_choices_are_timed_once_and_kept_on_disk(tmp_path, monkeypatch)
     assert _utils.measured_choice(key, candidates, str(source)) == "b" and timed == ["a", "b"]
     assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 2  # this process
     _utils.measured_choices.clear()  # a new process
-    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 2  # from disk
-    stored = json.loads((tmp_path / "kernel-choices.json").read_text())
-    assert list(stored.values()) == ["b"] and "torch.bfloat16" in next(iter(stored))
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 2  # from the cache
+    [record] = list((tmp_path / "cache").rglob("measured-choice.json"))
+    assert json.loads(record.read_text())["choice"] == "b" and "torch.bfloat16" in record.read_text()
+    for bad in ('{"choice": ["b"]}', "not json", "[1]"):  # not a name, not JSON, not an object
+        record.write_text(bad)
+        _utils.measured_choices.clear()
+        assert _utils.measured_choice(key, candidates, str(source)) == "b"
+    assert len(timed) == 8
     _utils.measured_choices.clear()
     _utils._source_digest.cache_clear()
     source.write_text("v2")  # the kernel changed: measured again
-    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 4
-    _utils.measured_choices.clear()
-    stored = json.loads((tmp_path / "kernel-choices.json").read_text())
-    (tmp_path / "kernel-choices.json").write_text(json.dumps({k: ["b"] for k in stored}))  # not a name
-    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 6
-    _utils.measured_choices.clear()
-    (tmp_path / "kernel-choices.json").write_text("not json")
-    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 8
-    assert len(json.loads((tmp_path / "kernel-choices.json").read_text())) == 1
+    assert _utils.measured_choice(key, candidates, str(source)) == "b" and len(timed) == 10
