@@ -348,7 +348,9 @@ def _mlp_fn(provider: str) -> Callable:
 
 def _has_tma(device: str) -> bool:
     """Compute capability 9.0 or newer: where the MLP's on-chip forward runs."""
-    return device == "cuda" and torch.cuda.get_device_capability()[0] >= 9
+    from zsw.kernels._utils import device_capability
+
+    return device == "cuda" and device_capability(torch.device(device)) >= 90
 
 
 def _mlp_jobs(cases, providers, dtypes, device) -> Iterator[Job]:

@@ -369,9 +369,9 @@ def loop_instructions(cubin: bytes) -> int:
     """SASS instructions in the longest loop of ``cubin`` (the body between a label and the
     backward branch to it), read with the ``nvdisasm`` of triton's wheel: for a kernel whose work
     is one loop, what each trip costs the issue slots."""
-    import triton
+    from triton import knobs
 
-    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    nvdisasm = knobs.nvidia.nvdisasm.path  # the wheel's, or TRITON_NVDISASM_PATH
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "k.cubin")
         path.write_bytes(cubin)

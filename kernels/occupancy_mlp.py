@@ -646,16 +646,14 @@ def occ_mlp_fwd(
         if _variant == "onchip":
             return run_onchip(), x.new_empty(0)
         if not interpreting():
-            run_layered = functools.partial(occ_mlp_fwd_layered, x, w_packed, b_packed, width, c_out, x_layers, beta)
+
+            def run_layered():
+                return _fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta, False)[0]
+
             key = ("occupancy_mlp", x.device, x.dtype, C_in, width, c_out, NL, x_layers, size_class(M))
             if measured_choice(key, {"layered": run_layered, "onchip": run_onchip}, __file__) == "onchip":
                 return run_onchip(), x.new_empty(0)
     return _fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta, save)
-
-
-def occ_mlp_fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta) -> Tensor:
-    """The layered inference forward alone (``y``), for the on-chip one's timing against it."""
-    return _fwd_layered(x, w_packed, b_packed, width, c_out, x_layers, beta, False)[0]
 
 
 def _fwd_layered(

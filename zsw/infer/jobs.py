@@ -320,7 +320,7 @@ def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, cutout, rep
         mask_file = find_mask(s.masks, item.path) if s.masks is not None else None
         size = recon.backend.config.pixel.image_size
         item.image = load_image(item.path, size, name=item.name, cutout=None if mask_file else cutout)
-        box = item.request.get("box")  # the run's --box, or this photo's --boxes entry
+        box = item.request.get("box")  # the run's --box, or this photo's entry in a --box FILE
         if box is not None:
             item.image = item.image.with_box(tuple(box))
         elif s.boxes is not None:  # said on the terminal and in result.json's notes

@@ -131,12 +131,15 @@ def plan_reruns(
     another input, settings, weights or zsw code, or lost a file; ``errors`` the images that could not be
     read to hash them. Output names follow :func:`output_name`; ``used``, if given, receives every
     name given out (those of skipped images too); ``box_of``, if given, each photo's own box
-    (``--boxes``), recorded in its request in place of the run's. A plan, not a claim: the writer
+    (``--box FILE``), recorded in its request in place of the run's. A plan, not a claim: the writer
     claims each folder with :func:`claim_output` before it writes."""
     todo, redone, errors, used = [], 0, [], FolderNames() if used is None else used
     on_disk = folders_by_key(Path(out))  # nothing is made while planning: one listing serves every photo
     for path in paths:
-        own = settings if box_of is None else {**settings, "box": _listed(box_of(path))}
+        own = settings
+        if box_of is not None:
+            box = box_of(path)
+            own = {**settings, "box": None if box is None else list(box)}
         try:
             request = request_record(path, find_mask(masks, path) if masks is not None else None, own)
         except (OSError, ZswError) as e:
@@ -149,10 +152,6 @@ def plan_reruns(
         if state != "same":
             todo.append((path, name, request))
     return todo, redone, errors
-
-
-def _listed(box: tuple | None) -> list | None:
-    return list(box) if box is not None else None
 
 
 def without_results(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
