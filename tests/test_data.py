@@ -208,6 +208,45 @@ def test_texture_object_prints_on_the_object_only():
     assert np.array_equal(texture_object(image, alpha, texture, 0.0), image)
 
 
+def test_without_appearance_the_geometry_is_augmented_alike_and_the_image_is_left_as_read(proc):
+    """``with_appearance=False`` (stage shape) skips the colour work and nothing else: with no colour
+    options on, the two modes draw the same numbers and give the same depth, masks, K and points
+    (the occluders' silhouettes land in the same places); with every colour option on, the image is
+    the view as read while the occluders still cut the masks."""
+    import torch
+
+    geometry = ("depth", "visible_mask", "occluder_mask", "intrinsics", "points", "occupancy")
+    plain = ShapeDataset(proc, "train", points=32, augment=None)
+    shapes_only = AugmentConfig(occluders=(1, 2), backgrounds="never", zoom_out=0.5)
+    colours = ShapeDataset(proc, "train", points=32, augment=shapes_only, seed=5)
+    silhouettes = ShapeDataset(proc, "train", points=32, augment=shapes_only, seed=5, with_appearance=False)
+    occluded = 0
+    for i in range(len(plain)):
+        a, b = colours[i], silhouettes[i]
+        for key in geometry:
+            assert torch.equal(a[key], b[key]), key
+        occluded += int(b["occluder_mask"].any())
+    assert occluded >= len(plain) // 2
+
+    everything = AugmentConfig(occluders=(1, 2), backgrounds="always", object_texture=1.0, color_jitter=0.5)
+    shape_stage = ShapeDataset(proc, "train", points=32, augment=everything, seed=5, with_appearance=False)
+    full_stage = ShapeDataset(proc, "train", points=32, augment=everything, seed=5)
+    occluded = 0
+    for i in range(len(plain)):
+        item, ref = shape_stage[i], plain[i]
+        assert torch.equal(item["image"], ref["image"])  # no background, texture, jitter or occluder colour
+        assert not torch.equal(full_stage[i]["image"], ref["image"])
+        vis, occ = item["visible_mask"][0] > 0, item["occluder_mask"][0] > 0
+        assert bool((vis <= (ref["visible_mask"][0] > 0)).all()) and not bool((vis & occ).any())
+        assert bool(((item["depth"][0] > 0) == vis).all())
+        occluded += int(occ.any())
+    assert occluded >= len(plain) // 2
+    with pytest.raises(ValueError, match="without colours"):
+        piece = Occluder.from_render(None, np.ones((4, 4), np.float32))
+        paste_occluders(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), np.ones((8, 8), np.float32),
+                        [piece], np.random.default_rng(0))  # fmt: skip
+
+
 def test_object_texture_augmentation(proc):
     def object_std(texture: float) -> float:
         aug = AugmentConfig(occluders=(0, 0), backgrounds="never", object_texture=texture)

@@ -64,6 +64,29 @@ def test_stage_shape_trains_the_shape_path_on_ground_truth_without_the_pixel_mod
     torch.testing.assert_close(lifted, gt)
 
 
+def test_stage_shape_loads_its_data_without_the_colour_work_it_never_reads(tiny64):
+    """The loader of stage shape skips backgrounds, textures and jitter (with_appearance=False):
+    correct only while that stage's losses do not depend on the image, which this checks (a batch
+    with its image replaced by noise gives the same losses); the other stages keep it."""
+    from zsw.model import build_model
+    from zsw.train.setup import datasets
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny64[1]))
+    step = TrainStep(model, _cfg(tiny64, stage="shape"))
+    batch = _distorted_batch()
+    noisy = {**batch, "image": torch.rand_like(batch["image"])}
+    torch.manual_seed(1)
+    a = step(batch)
+    torch.manual_seed(1)
+    b = step(noisy)
+    for key in ("total", "occupancy", "occupancy_iou"):
+        assert torch.equal(a[key], b[key]), key
+    for stage, appearance in (("shape", False), ("full", True), ("pixel", True)):
+        train, _ = datasets(_cfg(tiny64, stage=stage), 64, lambda _msg: None)
+        assert train.with_appearance is appearance, stage
+
+
 def test_lr_pretrained_zero_freezes_the_pixel_model_in_stage_full(tiny64):
     from zsw.train.distributed import DistInfo
     from zsw.train.setup import training_parts

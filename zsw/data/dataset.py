@@ -7,7 +7,8 @@ and returns, per view, a dict of tensors:
 ==================  ================  =======================================================
 key                 shape             content
 ==================  ================  =======================================================
-``image``           [3, S, S] float   RGB in [0, 1] as the model sees it (after augmentation)
+``image``           [3, S, S] float   RGB in [0, 1] as the model sees it (after augmentation;
+                                      the view as read when ``with_appearance`` is off)
 ``depth``           [1, S, S] float   camera z of the *visible* object, 0 elsewhere
 ``intrinsics``      [3, 3]            K in pixels at S
 ``extrinsics``      [3, 4]            [R|t], object -> camera
@@ -25,7 +26,11 @@ key                 shape             content
 
 Augmentation (training): a random background (solid, gradient, noise, photos from a folder)
 for images that have none (white around the object), then 0-2 copy-paste occluders cut from other
-samples with a similar focal length (:mod:`zsw.data.occluders`). All randomness of item ``i`` in
+samples with a similar focal length (:mod:`zsw.data.occluders`), the object's texture and the
+photometric jitter as configured. ``with_appearance=False`` (the trainer's stage ``shape``, whose
+model never looks at the image) leaves out everything that only changes colours -- backgrounds,
+textures, jitter, the occluders' colours -- and keeps what changes the geometry: the same zoom-out
+and the same occluder silhouettes in the masks and the depth. All randomness of item ``i`` in
 epoch ``e`` comes from ``SeedSequence([seed, e, i])``: the data are the same for any number of
 DataLoader workers and after resuming a run.
 
@@ -264,6 +269,10 @@ class ShapeDataset:
             the same 0.5 level set with a field that changes smoothly within a few ``w`` of it.
         max_per_category: keep at most this many views per category (ZeroShape's val: 10).
         with_shape: load SDF samples (False for pixel-only use).
+        with_appearance: False leaves the image as read and skips the augmentation of its colours
+            (backgrounds, textures, jitter, occluders' colours: two thirds of an item's time);
+            depth, masks and points are augmented as with True, from other random numbers (the
+            colour draws are not made). For models that do not look at the image (stage shape).
         far_fraction: None draws the query points uniformly from the object's SDF samples (as
             ZeroShape). A number draws this fraction from the samples farther than ``near_band``
             from the surface and the rest from the nearer ones. SDF files hold mostly
@@ -287,6 +296,7 @@ class ShapeDataset:
         label_softness: float = 0.0,
         max_per_category: int | None = None,
         with_shape: bool = True,
+        with_appearance: bool = True,
         far_fraction: float | None = None,
         near_band: float = 0.02,
     ):
@@ -319,6 +329,7 @@ class ShapeDataset:
             raise ConfigError(f"label_softness must be a finite number >= 0, got {label_softness}")
         self.label_softness = label_softness
         self.with_shape = with_shape
+        self.with_appearance = with_appearance
         self.epoch = 0
         self.skipped = 0  # in this process
         self._focal: dict[int, float] = {}
@@ -480,6 +491,8 @@ class ShapeDataset:
             log.warning("skipping occluder source %s: %s", self.name(best), e)
             return None
         alpha = src.alpha * src.visible  # only what is visible of the source object
+        if not self.with_appearance:
+            return Occluder.from_render(None, alpha)
         over_white = is_plain_white(src.image, src.alpha > 0)
         image = self._texture(src.image, src.alpha, rng) if over_white else src.image
         return Occluder.from_render(image, alpha, over_white=over_white)
@@ -493,7 +506,7 @@ class ShapeDataset:
         if aug.zoom_out > 0 and rng.random() < aug.zoom_out and is_plain_white(s.image, s.alpha > 0):
             s = zoom_out(s, float(rng.uniform(*aug.zoom_range)), rng)
             occluder_scale = tuple(v * s.extra["zoom"] for v in occluder_scale)
-        if self._backgrounds is not None or self._textures is not None:
+        if self.with_appearance and (self._backgrounds is not None or self._textures is not None):
             plain = is_plain_white(s.image, s.alpha > 0) or is_plain_white(s.image, s.depth > 0)
             if plain:  # a texture changes the albedo, not the geometry the pseudo-depth labels
                 s.image = self._texture(s.image, s.alpha, rng)
@@ -505,12 +518,15 @@ class ShapeDataset:
         occs = [o for o in (self._occluder(index, rng) for _ in range(n)) if o is not None]
         if occs:
             before = s.occluder
+            image = s.image if self.with_appearance else None
             p = paste_occluders(
-                s.image, s.visible, s.depth, occs, rng, occluder_scale, aug.min_visible, occluder=s.occluder
+                image, s.visible, s.depth, occs, rng, occluder_scale, aug.min_visible, occluder=s.occluder
             )
-            s.image, s.visible, s.occluder, s.depth = p.image, p.visible, p.occluder, p.depth
+            s.visible, s.occluder, s.depth = p.visible, p.occluder, p.depth
+            if p.image is not None:
+                s.image = p.image
             s.extra["pasted"] = p.occluder & ~before
-        if aug.color_jitter > 0:
+        if aug.color_jitter > 0 and self.with_appearance:
             s.image = color_jitter(s.image, aug.color_jitter, rng)
         return s
 

@@ -11,6 +11,9 @@ target so that it overlaps it. Every paste updates, consistently:
 
 A paste that would leave less than ``min_visible`` of the target's pixels visible is dropped.
 
+Without an image (``image=None``, occluders cut without colours) the same pastes land in the same
+places and only the masks and the depth change: for training data whose colours nothing reads.
+
 Example::
 
     occ = Occluder.from_render(other_image, other_alpha)
@@ -30,20 +33,21 @@ __all__ = ["Occluder", "Pasted", "paste_occluders"]
 
 @dataclass
 class Occluder:
-    """An object cut out of its image: colours (not premultiplied) and coverage, cropped tight."""
+    """An object cut out of its image: colours (not premultiplied) and coverage, cropped tight.
+    ``rgb`` is None for a silhouette cut without its colours."""
 
-    rgb: np.ndarray  # [h, w, 3] float32 in [0, 255]
+    rgb: np.ndarray | None  # [h, w, 3] float32 in [0, 255]
     alpha: np.ndarray  # [h, w] float32 in [0, 1]
 
     @classmethod
     def from_render(
         cls,
-        image: np.ndarray,  # [H, W, 3] uint8
+        image: np.ndarray | None,  # [H, W, 3] uint8
         alpha: np.ndarray,  # [H, W] float in [0, 1] (or a binary mask)
         over_white: bool = True,
     ) -> Occluder | None:
         """Cut the object out; ``over_white`` images are un-premultiplied from white on their
-        antialiased edge. None when the mask is empty."""
+        antialiased edge; ``image`` None cuts the silhouette alone. None when the mask is empty."""
         a = np.clip(np.asarray(alpha, dtype=np.float32), 0, 1)
         covered = a > 0
         ys, xs = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
@@ -51,6 +55,8 @@ class Occluder:
             return None
         y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
         a = a[y0:y1, x0:x1]
+        if image is None:
+            return cls(rgb=None, alpha=a)
         rgb = image[y0:y1, x0:x1].astype(np.float32)
         if over_white:
             safe = np.maximum(a, 1e-3)[..., None]
@@ -63,18 +69,19 @@ class Occluder:
         h, w = self.alpha.shape
         s = longer_side / max(h, w)
         size = (max(1, round(w * s)), max(1, round(h * s)))
-        rgb = np.stack(
-            [np.asarray(Image.fromarray(np.ascontiguousarray(self.rgb[..., c])).resize(size, Image.Resampling.BILINEAR))
-             for c in range(3)],
-            axis=-1,
-        )  # fmt: skip
-        alpha = np.asarray(Image.fromarray(np.ascontiguousarray(self.alpha)).resize(size, Image.Resampling.BILINEAR))
-        return Occluder(rgb=np.clip(rgb, 0, 255), alpha=np.clip(alpha, 0, 1))
+
+        def plane(a: np.ndarray) -> np.ndarray:  # float32 [h, w] resized
+            return np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize(size, Image.Resampling.BILINEAR))
+
+        rgb = None
+        if self.rgb is not None:
+            rgb = np.clip(np.stack([plane(self.rgb[..., c]) for c in range(3)], axis=-1), 0, 255)
+        return Occluder(rgb=rgb, alpha=np.clip(plane(self.alpha), 0, 1))
 
 
 @dataclass
 class Pasted:
-    image: np.ndarray  # [H, W, 3] uint8
+    image: np.ndarray | None  # [H, W, 3] uint8 (None when pasted without an image)
     visible: np.ndarray  # [H, W] bool
     occluder: np.ndarray  # [H, W] bool
     depth: np.ndarray  # [H, W] float32, 0 outside the visible object
@@ -82,7 +89,7 @@ class Pasted:
 
 
 def paste_occluders(
-    image: np.ndarray,  # [H, W, 3] uint8
+    image: np.ndarray | None,  # [H, W, 3] uint8, or None: the masks and depth only
     visible: np.ndarray,  # [H, W] bool
     depth: np.ndarray,  # [H, W] float32
     occluders: Sequence[Occluder],
@@ -93,12 +100,14 @@ def paste_occluders(
 ) -> Pasted:
     """Paste ``occluders`` over the target object so each overlaps it (see the module docstring)."""
     H, W = visible.shape
-    out = image.astype(np.float32)
+    out = None if image is None else image.astype(np.float32)
     vis = np.asarray(visible, dtype=bool).copy()
     occ_mask = np.zeros((H, W), dtype=bool) if occluder is None else np.asarray(occluder, dtype=bool).copy()
     initial = vis_count = int(np.count_nonzero(vis))
     placements = []
     for occ in occluders:
+        if out is not None and occ.rgb is None:
+            raise ValueError("paste_occluders: an occluder cut without colours cannot be pasted onto an image")
         if vis_count == 0:
             break
         s = float(rng.uniform(*scale))
@@ -119,18 +128,19 @@ def paste_occluders(
         # everything within the pasted box (the occluder's coverage is 0 outside it)
         box = (slice(dy0, dy1), slice(dx0, dx1))
         a = piece.alpha[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
-        rgb = piece.rgb[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
         solid = a >= 0.5
         hidden = np.count_nonzero(vis[box] & solid)
         if vis_count - hidden < min_visible * initial or not hidden:
             continue  # hides too much of the target, or misses it
-        out[box] = out[box] * (1 - a[..., None]) + rgb * a[..., None]
+        if out is not None:
+            rgb = piece.rgb[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
+            out[box] = out[box] * (1 - a[..., None]) + rgb * a[..., None]
         vis[box] &= ~solid
         vis_count -= hidden
         occ_mask[box] |= solid
         placements.append(dict(scale=s, y0=int(y0), x0=int(x0), height=int(h), width=int(w)))
     return Pasted(
-        image=np.clip(out, 0, 255).round().astype(np.uint8),
+        image=None if out is None else np.clip(out, 0, 255).round().astype(np.uint8),
         visible=vis,
         occluder=occ_mask,
         depth=np.where(vis, depth, 0).astype(np.float32),

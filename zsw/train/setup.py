@@ -56,6 +56,7 @@ def datasets(cfg: TrainConfig, image_size: int, echo: Callable[[str], None]):
         sdf_offset=cfg.data.sdf_offset,
         label_softness=cfg.data.label_softness,
         with_shape=cfg.stage in ("shape", "full"),
+        with_appearance=cfg.stage != "shape",  # stage shape reads ground-truth surfaces, not the image
         far_fraction=cfg.data.far_fraction,
         near_band=cfg.data.near_band,
     )
