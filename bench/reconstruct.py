@@ -277,6 +277,30 @@ def bench_shapes(env, resolution: int = 128, names: Sequence[str] | None = None)
     return rows + bench_marching_cubes(env, resolution, (names or list(TEST_SHAPES))[0])
 
 
+def _launches(fn: Callable[[], object], device: torch.device) -> str:
+    """What one call of ``fn`` launches, from ``torch.profiler``: on a GPU the kernels and their
+    summed GPU time against the call's wall time (far apart: the host's launches set the pace), on a
+    CPU the operators and their CPU time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    fn()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        wall = (time.perf_counter() - t0) * 1e3
+    events = prof.key_averages()
+    if cuda:
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels) / 1e3
+        return f"profiled: {sum(e.count for e in kernels)} kernel launches, {busy:.2f} ms on the GPU in {wall:.2f} ms"
+    ops = [e for e in events if e.key.startswith("aten::")]
+    return f"profiled: {sum(e.count for e in ops)} aten operators in {wall:.2f} ms"
+
+
 def bench_marching_cubes(env, resolution: int = 128, name: str | None = None) -> list:
     """Marching cubes of one dense grid on ``env.device``: the torch implementation against scikit-image.
 
@@ -297,6 +321,7 @@ def bench_marching_cubes(env, resolution: int = 128, name: str | None = None) ->
     near = [(cKDTree(b).query(a)[0] <= 1e-3).mean() for a, b in ((ours, reference), (reference, ours))]
     fscore = 2 * near[0] * near[1] / (near[0] + near[1])
     note = f"F@0.001 vs skimage {fscore:.4f}; faces {len(meshes['torch'].faces)} vs {len(meshes['skimage'].faces)}"
+    note += "; " + _launches(lambda: marching_cubes(probs, backend="torch"), probs.device)
     rows = [
         measure(
             lambda b=backend: marching_cubes(probs, backend=b),

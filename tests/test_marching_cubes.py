@@ -271,3 +271,21 @@ def test_the_padded_variant_does_not_wait_for_the_device():
         torch.cuda.set_sync_debug_mode("default")
     ours = marching_cubes(probs, 0.5)
     assert int(n_faces) == len(ours[1]) and torch.equal(faces[: int(n_faces)], ours[1])
+
+
+def test_the_marching_cubes_bench_row_says_what_one_call_launches():
+    """`zsw bench reconstruct`'s marching-cubes rows: scikit-image and torch on the same grid, the
+    torch row's note with its agreement and its operator count (kernel launches and GPU time on a
+    GPU: whether the host's launches or the device sets its pace)."""
+    import re
+
+    from zsw.bench._harness import environment
+    from zsw.bench.reconstruct import bench_marching_cubes
+
+    env = environment()
+    rows = {r.provider: r for r in bench_marching_cubes(env, resolution=16)}
+    assert set(rows) == {"skimage", "torch"}
+    note = rows["torch"].note
+    assert "F@0.001 vs skimage 1.0000" in note
+    count = re.search(r"profiled: (\d+) aten operators in [\d.]+ ms", note)
+    assert count and int(count.group(1)) > 20, note

@@ -158,25 +158,32 @@ def case_table() -> CaseTable:
 
 
 @functools.cache
-def _device_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The case table on ``device``: triangles, live slots [256, T] bool, degenerate masks, edge origins."""
+def _device_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The case table on ``device``: triangles [256, T, 3], the slots a cell keeps [256 * 256, T]
+    bool (row ``256 * exact + case``: in use, and not collapsed by the corners exactly at the level,
+    bit c of ``exact``), edge origins."""
     table = case_table()
     slots = np.arange(table.triangles.shape[1])
+    live = slots[None] < table.counts[:, None]  # [256, T]
+    exact = np.arange(256, dtype=np.uint8)[:, None, None]
+    keep = live[None] & ((table.degenerate[None] & exact) == 0)  # [exact, case, T]
     return (
         torch.from_numpy(table.triangles).to(device),
-        torch.from_numpy(slots[None] < table.counts[:, None]).to(device),
-        torch.from_numpy(table.degenerate).to(device),
+        torch.from_numpy(keep.reshape(256 * 256, -1)).to(device),
         torch.from_numpy(EDGE_ORIGINS).to(device),
     )
 
 
-def _cell_codes(mask: Tensor) -> Tensor:  # [n0, n1, n2] bool -> [(n0-1) * (n1-1) * (n2-1)] uint8
-    """Per cell, bit c set when ``mask`` holds at corner c (uint8 keeps the eight passes cheap)."""
-    n0, n1, n2 = mask.shape
-    code = torch.zeros(n0 - 1, n1 - 1, n2 - 1, dtype=torch.uint8, device=mask.device)
-    for c, (i, j, k) in enumerate(CORNERS.tolist()):
-        code |= mask[i : n0 - 1 + i, j : n1 - 1 + j, k : n2 - 1 + k].to(torch.uint8) << c
-    return code.reshape(-1)
+def _cell_codes(v: Tensor, level: float) -> Tensor:  # [n0, n1, n2] -> [(n0-1) * (n1-1) * (n2-1)] int64
+    """Per cell ``256 * exact + case``: bit c of ``case`` set when corner c = 4i + 2j + k is inside
+    (above ``level``), of ``exact`` when it is exactly at it. Both bytes are built at once in 16 bits:
+    the codes of the cells' edges along the last axis (bits 0-1 of each byte), then of their faces
+    (0-3), then of the cells, each step pairing a slab with its neighbour shifted up -- nine
+    launches, where a pass per corner and byte took fifty."""
+    code = (v > level).to(torch.int16) | ((v == level).to(torch.int16) << 8)
+    code = code[:, :, :-1] | (code[:, :, 1:] << 1)
+    code = code[:, :-1] | (code[:, 1:] << 2)
+    return (code[:-1] | (code[1:] << 4)).reshape(-1).long()
 
 
 def _unravel(flat: Tensor, shape: tuple[int, int, int]) -> Tensor:  # [K] -> [K, 3]
@@ -236,10 +243,11 @@ def _prepare(volume: Tensor) -> Tensor:
     return volume.detach().to(torch.float32).contiguous()
 
 
-def _triangle_keys(v: Tensor, level: float, max_faces: int | None = None) -> tuple[Tensor, Tensor]:
+def _triangle_keys(v: Tensor, level: float, max_faces: int | None = None) -> tuple[Tensor, Tensor | None]:
     """The triangles of every cell, each vertex named by a key that neighbouring cells share.
 
-    Returns keys ``[F, 3]`` int64 and the number of triangles F (a 0-d tensor). The key of the
+    Returns keys ``[F, 3]`` int64 and, with ``max_faces``, the number of triangles (a 0-d tensor;
+    without, F is that number). The key of the
     vertex on edge (axis ``a``, origin sample ``p``) is ``a * N + p``; a vertex on an end sample
     exactly at the level (t exactly 0 or 1) takes the key ``3 * N + sample``, so all vertices there
     are one. Testing the sample, not t, keeps this in step with the table's degenerate masks (t also
@@ -248,25 +256,29 @@ def _triangle_keys(v: Tensor, level: float, max_faces: int | None = None) -> tup
     bound and the rows past the triangles hold the key ``4 * N``.
     """
     shape, N = tuple(v.shape), v.numel()
-    triangles, live, degenerate, edge_origins = _device_tables(v.device)
+    triangles, keeps, edge_origins = _device_tables(v.device)
     # table slots of every cell that are in use and do not collapse onto a sample
-    case = _cell_codes(v > level).long()
-    exact = _cell_codes(v == level)
-    keep = live[case] & ((degenerate[case] & exact[:, None]) == 0)  # [cells, T]
+    code = _cell_codes(v, level)
+    keep = keeps[code]  # [cells, T]
+    padding = None
     if max_faces is None:
         cell, slot = keep.nonzero().unbind(1)  # host sync 1: the triangle count
     else:
         cell, slot = torch.nonzero_static(keep, size=max_faces, fill_value=-1).unbind(1)
-    local = triangles[case[cell.clamp(min=0)], slot.clamp(min=0)]  # [F, 3] cell edges
+        padding = cell < 0
+        cell, slot = cell.clamp(min=0), slot.clamp(min=0)
+    local = triangles[code[cell] & 255, slot]  # [F, 3] cell edges
     cells_shape = (shape[0] - 1, shape[1] - 1, shape[2] - 1)
-    origin = _unravel(cell.clamp(min=0), cells_shape)[:, None, :] + edge_origins[local]  # [F, 3, 3] samples
+    origin = _unravel(cell, cells_shape)[:, None, :] + edge_origins[local]  # [F, 3, 3] samples
     sample = (origin[..., 0] * shape[1] + origin[..., 1]) * shape[2] + origin[..., 2]
     axis = local // 4
     tip = sample + _stride(axis, shape)
     flat = v.view(-1)
     key = torch.where(flat[sample] == level, 3 * N + sample, axis * N + sample)
     key = torch.where(flat[tip] == level, 3 * N + tip, key)
-    return torch.where(cell[:, None] >= 0, key, 4 * N), keep.sum()
+    if padding is None:
+        return key, None
+    return torch.where(padding[:, None], 4 * N, key), keep.sum()
 
 
 def _vertex_positions(flat: Tensor, keys: Tensor, shape: tuple[int, int, int], level: float) -> Tensor:
