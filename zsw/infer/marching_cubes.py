@@ -178,8 +178,8 @@ def _cell_codes(v: Tensor, level: float) -> Tensor:  # [n0, n1, n2] -> [(n0-1) *
     """Per cell ``256 * exact + case``: bit c of ``case`` set when corner c = 4i + 2j + k is inside
     (above ``level``), of ``exact`` when it is exactly at it. Both bytes are built at once in 16 bits:
     the codes of the cells' edges along the last axis (bits 0-1 of each byte), then of their faces
-    (0-3), then of the cells, each step pairing a slab with its neighbour shifted up -- nine
-    launches, where a pass per corner and byte took fifty."""
+    (0-3), then of the cells, each step pairing a slab with its neighbour shifted up -- 13
+    launches, where a pass per corner and byte took 53."""
     code = (v > level).to(torch.int16) | ((v == level).to(torch.int16) << 8)
     code = code[:, :, :-1] | (code[:, :, 1:] << 1)
     code = code[:, :-1] | (code[:, 1:] << 2)
