@@ -43,15 +43,16 @@ log="$results/${gpu}-session.log"
         --out "$results/${gpu}-reconstruct.csv" \
         --summary "$results/${gpu}-reconstruct.md"
     reconstruct_rc=$?
-    echo "== zsw bench reconstruct --tta flip (the mirrored pass zsw reconstruct adds on CUDA by default)"
+    echo "== zsw bench reconstruct --tta flip (the mirrored pass zsw reconstruct adds on CUDA by default), CUDA graphs on and off"
     timeout -s INT -k 10 25 python3 -m zsw bench reconstruct --weights random:zeroshape-w --precision bf16 \
-        --extraction fast --kernels triton --tta none --tta flip --no-shapes --image examples/armchair.png \
+        --extraction fast --kernels triton --tta none --tta flip --graphs on --graphs off --no-shapes \
+        --image examples/armchair.png \
         --out "$results/${gpu}-reconstruct.csv" || reconstruct_rc=$?
     echo "== zsw bench reconstruct (the packaged zsw-demo-v6, what zsw reconstruct runs by default: bf16, fast, Triton)"
     # trained weights: its occupancy has a surface, which the fast extraction follows (random
     # weights' noise it refines everywhere), so these rows are the latency a user gets
     timeout -s INT -k 10 40 python3 -m zsw bench reconstruct --precision bf16 --extraction fast --extraction dense \
-        --kernels triton --tta none --tta flip --no-shapes --image examples/teddy_bear.png \
+        --kernels triton --tta none --tta flip --graphs on --graphs off --no-shapes --image examples/teddy_bear.png \
         --out "$results/${gpu}-reconstruct.csv" || reconstruct_rc=$?
     echo "== zsw reconstruct examples/teddy_bear.png as a user runs it: a whole process, twice (Triton's caches cold, then warm)"
     for run in cold warm; do  # zsw.bench.whole_process: wall seconds around the process, stage times from result.json

@@ -31,6 +31,7 @@ refines the whole grid; time it with trained weights.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -115,6 +116,7 @@ def bench_reconstruct(
     chunk_points: int | None = None,
     precisions: Sequence[str] = ("auto",),
     ttas: Sequence[str] = ("none",),
+    graphs: Sequence[str] = ("on",),
     progress: Callable[[str], None] | None = None,
 ) -> list:
     """Per-stage latency rows (``zsw.bench._harness.BenchRow``) for every configuration.
@@ -135,8 +137,13 @@ def bench_reconstruct(
             bf16 on CUDA, fp32 on the CPU); exported engines keep their own.
         ttas: test-time augmentation, as ``zsw reconstruct --tta`` (``auto`` resolved for the
             device); every configuration with ``none`` runs before the augmented ones.
+        graphs: ``on`` (what ``zsw reconstruct`` does: the pixel model and the encoder replayed
+            from CUDA graphs from their third call, :mod:`zsw.infer.graphs`) and/or ``off`` (rows
+            with ``+no-graphs`` in their mode). The warm-up run and the first timed run of a
+            configuration are the eager calls and the capture: take ``repeats`` >= 3.
     """
     from zsw.bench._harness import BenchRow, mark_interpreter_rows
+    from zsw.infer.graphs import switched
     from zsw.infer.image import load_image
     from zsw.infer.precision import autocast
     from zsw.infer.weights import open_backend
@@ -159,12 +166,14 @@ def bench_reconstruct(
             provider = kind if impl == "-" else f"{kind}:{'ref' if impl == 'torch' else impl}"
             if kind == "torch" and _runs_triton(impl, device):
                 on_triton.add(provider)
-            for precision, extraction, tta in _configs(kind, precisions, extractions, ttas, device):
+            configs = _configs(kind, precisions, extractions, ttas, device)
+            for (precision, extraction, tta), graphed in itertools.product(configs, graphs):
                 mode = extraction if tta == "none" else f"{extraction}+{tta}"
+                mode += "" if graphed == "on" else "+no-graphs"
                 if progress:
                     progress(f"{provider} {precision} {mode}")
                 try:
-                    with autocast(precision, device):
+                    with autocast(precision, device), switched(graphed == "on"):
                         args = (backend, tensor, resolution, extraction, chunk_points, tta)
                         _one_run(*args)  # warm-up
                         runs = [_one_run(*args) for _ in range(repeats)]
@@ -380,6 +389,7 @@ def run(
     kernel_impls: Sequence[str] | None = None,
     precisions: Sequence[str] = ("auto",),
     ttas: Sequence[str] = ("none",),
+    graphs: Sequence[str] = ("on",),
     resolution: int = 128,
     image: str | Path | None = None,
     repeats: int = 3,
@@ -401,7 +411,8 @@ def run(
 
     for values, allowed, option in ((backends, BACKENDS, "--backend"), (extractions, EXTRACTIONS, "--extraction"),
                                     (kernel_impls or (), IMPLS, "--kernels"),
-                                    (precisions, PRECISIONS, "--precision"), (ttas, TTAS, "--tta")):  # fmt: skip
+                                    (precisions, PRECISIONS, "--precision"), (ttas, TTAS, "--tta"),
+                                    (graphs, ("on", "off"), "--graphs")):  # fmt: skip
         bad = [v for v in values if v not in allowed]
         if bad:
             raise OptionError(f"{option}: {bad[0]!r} is not one of {', '.join(allowed)}")
@@ -428,7 +439,7 @@ def run(
         rows = bench_reconstruct(env, weights=weights, image=image,
                                  backends=pairs,
                                  extractions=extractions, kernel_impls=kernel_impls, resolution=resolution,
-                                 repeats=repeats, precisions=precisions, ttas=ttas,
+                                 repeats=repeats, precisions=precisions, ttas=ttas, graphs=graphs,
                                  progress=lambda label: advance(0, note=label))  # fmt: skip
         if shapes:
             advance(0, note="fast vs dense on the test shapes")

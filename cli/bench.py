@@ -115,6 +115,10 @@ def reconstruct(
     kernels: Annotated[list[str] | None, typer.Option(help=_KERNELS)] = None,
     precision: Annotated[list[str] | None, typer.Option(help=_PRECISIONS)] = None,
     tta: Annotated[list[str] | None, typer.Option(help=_TTAS)] = None,
+    graphs: Annotated[
+        list[str] | None,
+        typer.Option(help="on (as zsw reconstruct: CUDA graphs on a GPU) and/or off (repeatable; default on)."),
+    ] = None,
     resolution: opts.Resolution = 128,
     image: Annotated[Path | None, typer.Option(help="Photo to reconstruct (default: examples/armchair.png).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration (after a warm-up).")] = 3,
@@ -129,7 +133,8 @@ def reconstruct(
     reporter = RichReporter(min_total=1)
     rows, text, csv = bench.run(weights=weights, backends=backend or ["torch"], engine=engine,
                                 extractions=extraction or ["fast", "dense"], kernel_impls=kernels,
-                                precisions=precision or ["auto"], ttas=tta or ["none"], resolution=resolution,
+                                precisions=precision or ["auto"], ttas=tta or ["none"], graphs=graphs or ["on"],
+                                resolution=resolution,
                                 image=image, repeats=repeats, shapes=shapes, device=device, out=out, summary=summary,
                                 reporter=reporter)  # fmt: skip
     if reporter.console.is_terminal:

@@ -1112,6 +1112,30 @@ def test_bench_reconstruct_times_the_mirrored_pass_as_its_own_mode(tmp_path):
     assert runner.invoke(app, [*args[:-4], "--tta", "rotate"]).exit_code == 2
 
 
+def test_bench_reconstruct_times_with_and_without_cuda_graphs_as_modes(tmp_path, monkeypatch):
+    """--graphs on/off: rows with '+no-graphs' in the mode, timed with graphs switched off (on a CPU
+    both run eagerly); a bad value is a usage error."""
+    from zsw.bench._harness import read_csv
+    from zsw.infer import graphs
+
+    seen = []
+    real = graphs.GraphedCalls.__call__
+    monkeypatch.setattr(
+        graphs.GraphedCalls, "__call__", lambda self, *a: (seen.append(graphs.enabled()), real(self, *a))[1]
+    )
+    csv_path = tmp_path / "bench.csv"
+    args = ["bench", "reconstruct", "--weights", "random:tiny", "--resolution", "8", "--repeats", "1", "--no-shapes",
+            "--extraction", "dense", "--kernels", "torch", "--graphs", "on", "--graphs", "off",
+            "--out", str(csv_path)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    modes = {r["mode"] for r in read_csv(csv_path) if r["op"] == "reconstruct:total"}
+    assert modes == {"dense", "dense+no-graphs"}
+    assert True in seen and False in seen  # the off rows ran with graphs switched off
+    assert graphs.enabled()  # and back on after them
+    assert runner.invoke(app, [*args[:-2], "--graphs", "maybe"]).exit_code == 2
+
+
 def test_bf16_meshes_match_fp32_on_the_packaged_model(repo_root):
     """CPU autocast at bf16 gives the same mesh as fp32, so --precision bf16 (the default on GPUs)
     is safe. Compared as ZeroShape scores clouds (5,000 points each, normalised): two independent

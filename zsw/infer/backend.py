@@ -111,19 +111,33 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: ZeroShapeW, device: str | torch.device | None = None):
+        from zsw.infer.graphs import GraphedCalls
+
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.config = model.config
+        # on a GPU, replayed from CUDA graphs from the third call of a shape on (zsw.infer.graphs)
+        self._pixel = GraphedCalls(self.model.pixel, "pixel model", state=self._kernels)
+        self._encode = GraphedCalls(self._encode_eager, "encoder", state=self._kernels)
+
+    def _kernels(self) -> tuple:
+        """What decides which kernels the model's stages run (a graph keeps the ones it captured)."""
+        from zsw import kernels
+
+        return self.model.kernel_impl, os.environ.get("ZSW_KERNELS"), kernels.is_exportable()
 
     def embed_prompts(self, prompt, batch):
         return self.model.embed_prompts(prompt, batch)
 
     @torch.inference_mode()
     def pixel(self, image: Tensor, text: Tensor | None) -> PixelOutput:
-        return self.model.pixel(image, text)
+        return self._pixel(image, text)
 
     @torch.inference_mode()
     def encode(self, encoder_input: Tensor, text: Tensor | None) -> DecoderLatents:
+        return self._encode(encoder_input, text)
+
+    def _encode_eager(self, encoder_input: Tensor, text: Tensor | None) -> DecoderLatents:
         return self.model.decoder.encode(self.model.encoder(encoder_input), text)
 
     @torch.inference_mode()

@@ -356,8 +356,12 @@ class PointDecoder(nn.Module):
                 head = self.center_head(tokens[:, 0].to(self.center_head[1].weight.dtype)).float()
             offset = head[:, :3]
             if self.cfg.axial_queries:
-                # from the camera's up (y points down in the image): where an upright object's axis starts
-                up = F.normalize(head[:, 3:] + head.new_tensor([0.0, -1.0, 0.0]), dim=-1)
+                # from the camera's up (y points down in the image): where an upright object's axis
+                # starts. On the device, not `+ new_tensor([0, -1, 0])`: a host tensor's copy would
+                # wait for the device and cannot be captured in a CUDA graph
+                up = head[:, 3:].clone()
+                up[:, 1] -= 1.0
+                up = F.normalize(up, dim=-1)
         token_map = None
         if self.token_proj is not None:  # [B, 1 + G*G, C_tok] -> [B, C_f, G, G]: the local tokens on their grid
             G = self.token_grid

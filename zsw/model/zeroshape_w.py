@@ -166,6 +166,7 @@ class ZeroShapeW(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
+        self.kernel_impl = "auto"  # the decoder's kernels, as set_kernel_impl last set them
         text_dim = cfg.text.dim if cfg.text.enabled else 0
         self.text = PromptEmbedder(cfg.text) if cfg.text.enabled else None
         self.pixel = PixelModel(cfg.pixel, text_dim)
@@ -269,6 +270,7 @@ class ZeroShapeW(nn.Module):
         for m in self.modules():
             if hasattr(m, "impl") and isinstance(m.impl, str):
                 m.impl = impl
+        self.kernel_impl = impl
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,0 +1,211 @@
+"""CUDA graphs for the fixed-shape stages of a reconstruction: the pixel model and the encoder.
+
+On a GPU each of these stages is hundreds of small kernels, and the host's launches set their pace,
+not the device: on the H200 the pixel model of ``zeroshape-w`` took 26 ms at bf16 against 15 ms at
+fp32 (``bench/results/h200``), the difference being the casts autocast launches (251 more
+operators). A CUDA graph replays a stage's launches as one.
+
+:class:`GraphedCalls` wraps one stage, a function of tensors (and Nones) returning tensors in
+dataclasses, lists, tuples or dicts. Per input signature -- shapes, dtypes, devices, which inputs
+are None, and the autocast state -- its calls go:
+
+1. the first runs eagerly, as without graphs: autotuning, Triton's measured choices and cuDNN's and
+   cuBLAS's lazy set-up happen here, never during a capture;
+2. the second runs eagerly too, then captures the stage into a graph (autocast's weight cache off,
+   as CUDA graphs require) and replays it on the same inputs; the graph is kept only if that replay
+   agrees with the eager result (1e-2 of each output's scale: cuBLAS may pick other algorithms on the
+   capture's stream) -- otherwise, or when the capture fails (a host synchronisation or copy in the
+   stage), the signature stays eager, with one warning;
+3. from the third on, the inputs are copied into the graph's buffers, the graph replays, and the
+   outputs are returned as copies (the next replay overwrites the graph's own).
+
+A photo whose stages run once costs nothing extra; one that runs a stage twice (the framing pass
+and the main one, or ``--tta flip``'s mirrored pass) pays a capture (about the host time of one
+more eager pass) and one replay to check it; a folder run, the web app and
+``zsw bench reconstruct``'s repeated runs replay. Only CUDA tensors are graphed, at most
+``max_graphs`` signatures per stage (a folder run's last, smaller batch is one more), and
+``ZSW_CUDA_GRAPHS=0`` (or :func:`switched`) turns it off. The stages must not synchronise with the
+host or copy host tensors to the device; ``tests/test_graphs.py`` checks that on the CPU for the
+packaged model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import os
+import warnings
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["GraphedCalls", "enabled", "switched", "flatten"]
+
+
+_forced: bool | None = None  # set by `switched`
+
+
+def enabled() -> bool:
+    """Whether CUDA graphs may be used (``ZSW_CUDA_GRAPHS=0`` turns them off, :func:`switched` too)."""
+    if _forced is not None:
+        return _forced
+    return os.environ.get("ZSW_CUDA_GRAPHS", "1") != "0"
+
+
+@contextlib.contextmanager
+def switched(on: bool) -> Iterator[None]:
+    """CUDA graphs on or off inside the block, whatever ``ZSW_CUDA_GRAPHS`` says (benchmarks)."""
+    global _forced
+    before, _forced = _forced, on
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def flatten(obj: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
+    """The tensors in ``obj`` (dataclasses, lists, tuples and dicts of them, any depth), in a fixed
+    order, and a function that rebuilds ``obj``'s structure around other tensors in that order
+    (non-tensor values are kept as they are)."""
+    tensors: list[Tensor] = []
+
+    def walk(o: Any) -> Callable[[list[Tensor]], Any]:
+        if isinstance(o, Tensor):
+            i = len(tensors)
+            tensors.append(o)
+            return lambda ts: ts[i]
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            parts = {f.name: walk(getattr(o, f.name)) for f in dataclasses.fields(o)}
+
+            def dataclass_(ts: list[Tensor]) -> Any:
+                new = copy.copy(o)
+                for name, part in parts.items():
+                    object.__setattr__(new, name, part(ts))
+                return new
+
+            return dataclass_
+        if isinstance(o, (list, tuple)):
+            items = [walk(x) for x in o]
+            return lambda ts: type(o)(item(ts) for item in items)
+        if isinstance(o, dict):
+            values = {k: walk(v) for k, v in o.items()}
+            return lambda ts: {k: v(ts) for k, v in values.items()}
+        return lambda _ts: o
+
+    rebuild = walk(obj)
+    return tensors, rebuild
+
+
+def _signature(args: tuple, state: Hashable) -> tuple:
+    def one(a: Any) -> Any:
+        if isinstance(a, Tensor):
+            return (tuple(a.shape), a.dtype, a.device, a.stride())
+        if a is None:
+            return None
+        raise TypeError(f"graphed stages take tensors and None, got {type(a).__name__}")
+
+    autocast = tuple((torch.is_autocast_enabled(k), torch.get_autocast_dtype(k)) for k in ("cuda", "cpu"))
+    return tuple(one(a) for a in args), autocast, state
+
+
+def _agree(replayed: list[Tensor], eager: list[Tensor]) -> str | None:
+    """None when the replayed outputs match the eager ones, else what differs."""
+    if len(replayed) != len(eager):
+        return f"{len(replayed)} outputs against {len(eager)}"
+    for i, (r, e) in enumerate(zip(replayed, eager)):
+        if r.shape != e.shape or r.dtype != e.dtype:
+            return f"output {i}: {tuple(r.shape)} {r.dtype} against {tuple(e.shape)} {e.dtype}"
+        if not e.is_floating_point():
+            if not torch.equal(r, e):
+                return f"output {i} differs"
+            continue
+        scale = max(1.0, float(e.float().abs().max())) if e.numel() else 1.0
+        err = float((r.float() - e.float()).abs().max()) if e.numel() else 0.0
+        if not err <= 1e-2 * scale:  # also catches NaN
+            return f"output {i} differs by {err:.3g} (scale {scale:.3g})"
+    return None
+
+
+class Capture:
+    """One captured stage: the input buffers, the graph, the output buffers (see the module
+    docstring). ``capture`` is the CUDA implementation; tests substitute one that runs on a CPU."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple):
+        self.inputs = tuple(a.clone() if isinstance(a, Tensor) else a for a in args)
+        torch.cuda.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        cuda_autocast = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda")
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            with torch.autocast("cuda", dtype=dtype, enabled=cuda_autocast, cache_enabled=False):
+                out = fn(*self.inputs)
+        self.outputs, self.rebuild = flatten(out)
+
+    def run(self) -> None:
+        self.graph.replay()
+
+    def __call__(self, args: tuple) -> Any:
+        for buffer, a in zip(self.inputs, args):
+            if isinstance(buffer, Tensor):
+                buffer.copy_(a)
+        self.run()
+        return self.rebuild([t.clone() for t in self.outputs])
+
+
+class GraphedCalls:
+    """``fn`` replayed from CUDA graphs after its first two calls per input signature (see the
+    module docstring). ``name`` names the stage in the warning of a signature that stays eager;
+    ``state`` returns what else decides what ``fn`` computes (the kernels it dispatches to), part
+    of the signature."""
+
+    capture: type[Capture] = Capture
+
+    def __init__(
+        self, fn: Callable[..., Any], name: str, max_graphs: int = 4, state: Callable[[], Hashable] | None = None
+    ):
+        self.fn = fn
+        self.name = name
+        self.state = state or (lambda: None)
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple, Capture] = {}
+        self.calls: dict[tuple, int] = {}
+        self.eager: set[tuple] = set()  # signatures whose capture failed or disagreed
+
+    def applies(self, args: tuple) -> bool:
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        return (
+            enabled()
+            and bool(tensors)
+            and all(t.device.type == "cuda" for t in tensors)
+            and not torch.is_grad_enabled()
+            and not torch.cuda.is_current_stream_capturing()
+        )
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.applies(args):
+            return self.fn(*args)
+        key = _signature(args, self.state())
+        if key in self.graphs:
+            return self.graphs[key](args)
+        out = self.fn(*args)
+        self.calls[key] = n = self.calls.get(key, 0) + 1
+        if n == 2 and key not in self.eager and len(self.graphs) < self.max_graphs:
+            self._capture(key, args, out)
+        return out
+
+    def _capture(self, key: tuple, args: tuple, eager: Any) -> None:
+        try:
+            graph = self.capture(self.fn, args)
+            replayed = graph(args)
+        except Exception as e:  # noqa: BLE001 - any failure leaves the stage eager, as it was
+            problem = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        else:
+            problem = _agree(flatten(replayed)[0], flatten(eager)[0])
+            if problem is None:
+                self.graphs[key] = graph
+                return
+        self.eager.add(key)
+        warnings.warn(f"{self.name}: runs without a CUDA graph ({problem})", RuntimeWarning, stacklevel=3)
