@@ -32,13 +32,16 @@ class StandInCapture(Capture):
     """A 'graph' on the CPU: its buffers as a real capture keeps them, replayed by running the
     function on the input buffers and writing into the output buffers."""
 
-    def __init__(self, fn, args):
+    def __init__(self, fn, args, pool=None):
         self.fn = fn
-        self.inputs = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
-        self.outputs, self.rebuild = flatten(fn(*self.inputs))
+        tensors, rebuild = flatten(args)
+        self.inputs = [t.clone() for t in tensors]
+        self.args = rebuild(self.inputs)
+        self.outputs, self.rebuild = flatten(fn(*self.args))
+        self.pool = pool or object()
 
     def run(self):
-        for buffer, value in zip(self.outputs, flatten(self.fn(*self.inputs))[0]):
+        for buffer, value in zip(self.outputs, flatten(self.fn(*self.args))[0]):
             buffer.copy_(value)
 
 
@@ -115,9 +118,37 @@ def test_what_else_decides_the_computation_is_part_of_the_signature():
     assert backend._kernels() != before and backend._kernels()[0] == "torch"
 
 
+def test_dataclass_inputs_go_through_the_buffers_and_their_structure_is_the_signature():
+    """The decoder's stage takes the image's latents (a dataclass of tensors, some None) and the
+    points: a replay must see new latents, a latents object with another field set (an anchor
+    computed on first use) is another signature, and the stage's graphs share one memory pool."""
+    pools = []
+
+    class Recording(StandInCapture):
+        def __init__(self, fn, args, pool=None):
+            pools.append(pool)
+            super().__init__(fn, args, pool)
+
+    def decode(latents: Out, points: torch.Tensor) -> torch.Tensor:
+        extra = 0 if latents.none is None else latents.none.sum()
+        return points.sum(-1) * latents.a.sum() + latents.pairs[0][1].sum() + extra
+
+    graphed = OnCpu(decode, "decoder")
+    graphed.capture = Recording
+    pts = torch.rand(5, 3)
+    for k in range(3):
+        latents = Out(a=torch.full((2,), 1.0 + k), pairs=[(torch.zeros(1), torch.full((1,), float(k)))])
+        assert torch.allclose(graphed(latents, pts), decode(latents, pts))
+    assert len(graphed.graphs) == 1
+    with_anchor = Out(a=torch.ones(2), pairs=[(torch.zeros(1), torch.ones(1))], none=torch.ones(1))
+    for _ in range(3):
+        assert torch.allclose(graphed(with_anchor, pts), decode(with_anchor, pts))
+    assert len(graphed.graphs) == 2 and pools[0] is None and pools[1] is graphed.pool is not None
+
+
 def test_a_capture_that_fails_or_disagrees_leaves_the_stage_eager_with_one_warning():
     class Failing(StandInCapture):
-        def __init__(self, fn, args):
+        def __init__(self, fn, args, pool=None):
             raise RuntimeError("operation not permitted when stream is capturing")
 
     class Stale(StandInCapture):
@@ -174,6 +205,7 @@ class _HostTraffic(TorchDispatchMode):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_graphed_stages_of_the_packaged_model_never_wait_for_the_device(precision):
+    """Pixel model, lifting, encoder and decoder (a chunk of grid points)."""
     from zsw.infer.backend import load_backend, predict
     from zsw.infer.precision import autocast
     from zsw.infer.weights import demo_weights
@@ -186,7 +218,10 @@ def test_the_graphed_stages_of_the_packaged_model_never_wait_for_the_device(prec
         pixel = backend.pixel(image, text)
         with _HostTraffic() as traffic:
             backend.pixel(image, text)
-            predict(backend, image, pixel=pixel)  # lifting and the encoder
+            pred = predict(backend, image, pixel=pixel)  # lifting and the encoder
+            points = torch.rand(1, 512, 3) * 2 - 1
+            backend.decode(pred.latents, points)  # the first call also derives the view's anchor
+            backend.decode(pred.latents, points)
     assert traffic.found == []
 
 
@@ -204,12 +239,18 @@ def test_gpu_the_pixel_model_and_encoder_replay_from_graphs_as_they_compute_eage
     images = [torch.rand(1, 3, S, S, device="cuda") for _ in range(4)]
     with autocast("bf16", torch.device("cuda")), warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a capture that fails or disagrees warns
+        points = torch.rand(1, 4096, 3, device="cuda") * 2 - 1
         for image in images[:3]:
             replayed = predict(backend, image)
-        assert len(backend._pixel.graphs) == 1 and len(backend._encode.graphs) == 1
+            for _ in range(3):
+                backend.decode(replayed.latents, points)
+        assert len(backend._pixel.graphs) == len(backend._encode.graphs) == len(backend._decode.graphs) == 1
         eager_backend = load_backend("torch", weights=demo_weights(), device="cuda")
-        eager_backend._pixel.max_graphs = eager_backend._encode.max_graphs = 0
+        eager_backend._pixel.max_graphs = eager_backend._encode.max_graphs = eager_backend._decode.max_graphs = 0
         for image in images[2:]:
             replayed, eager = predict(backend, image), predict(eager_backend, image)
             for r, e in zip(flatten(replayed)[0], flatten(eager)[0]):
                 torch.testing.assert_close(r.float(), e.float(), atol=2e-2, rtol=2e-2)
+            logits = backend.decode(replayed.latents, points)
+            torch.testing.assert_close(logits.float(), eager_backend.decode(eager.latents, points).float(),
+                                       atol=5e-2, rtol=2e-2)  # fmt: skip

@@ -116,9 +116,11 @@ class TorchBackend:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.config = model.config
-        # on a GPU, replayed from CUDA graphs from the third call of a shape on (zsw.infer.graphs)
+        # on a GPU, replayed from CUDA graphs from the third call of a shape on (zsw.infer.graphs);
+        # the decoder's: full chunks of grid points (a chunk's size left over is data-dependent)
         self._pixel = GraphedCalls(self.model.pixel, "pixel model", state=self._kernels)
         self._encode = GraphedCalls(self._encode_eager, "encoder", state=self._kernels)
+        self._decode = GraphedCalls(self.model.decoder.decode, "decoder", max_graphs=8, state=self._kernels)
 
     def _kernels(self) -> tuple:
         """What decides which kernels the model's stages run (a graph keeps the ones it captured)."""
@@ -142,7 +144,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def decode(self, latents: DecoderLatents, points: Tensor) -> Tensor:
-        return self.model.decoder.decode(latents, points)
+        return self._decode(latents, points)
 
 
 def load_backend(

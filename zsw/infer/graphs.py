@@ -1,9 +1,11 @@
-"""CUDA graphs for the fixed-shape stages of a reconstruction: the pixel model and the encoder.
+"""CUDA graphs for the fixed-shape stages of a reconstruction: the pixel model, the encoder, and the
+decoder on full chunks of grid points.
 
-On a GPU each of these stages is hundreds of small kernels, and the host's launches set their pace,
-not the device: on the H200 the pixel model of ``zeroshape-w`` took 26 ms at bf16 against 15 ms at
-fp32 (``bench/results/h200``), the difference being the casts autocast launches (251 more
-operators). A CUDA graph replays a stage's launches as one.
+On a GPU each of these stages is a hundred or more small kernels, and the host's launches set their
+pace, not the device: on the H200 the pixel model of ``zeroshape-w`` took 26 ms at bf16 against 15
+ms at fp32 (``bench/results/h200``), the difference being the casts autocast launches (251 more
+operators); the decoder launches ~130 operators per chunk of points, 33 chunks for a dense 129^3
+grid. A CUDA graph replays a stage's launches as one.
 
 :class:`GraphedCalls` wraps one stage, a function of tensors (and Nones) returning tensors in
 dataclasses, lists, tuples or dicts. Per input signature -- shapes, dtypes, devices, which inputs
@@ -23,7 +25,8 @@ A photo whose stages run once costs nothing extra; one that runs a stage twice (
 and the main one, or ``--tta flip``'s mirrored pass) pays a capture (about the host time of one
 more eager pass) and one replay to check it; a folder run, the web app and
 ``zsw bench reconstruct``'s repeated runs replay. Only CUDA tensors are graphed, at most
-``max_graphs`` signatures per stage (a folder run's last, smaller batch is one more), and
+``max_graphs`` signatures per stage (a folder run's last, smaller batch is one more; a decoder's
+last chunk of a level has a data-dependent size and is rarely seen twice), and
 ``ZSW_CUDA_GRAPHS=0`` (or :func:`switched`) turns it off. The stages must not synchronise with the
 host or copy host tensors to the device; ``tests/test_graphs.py`` checks that on the CPU for the
 packaged model.
@@ -99,16 +102,28 @@ def flatten(obj: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
     return tensors, rebuild
 
 
-def _signature(args: tuple, state: Hashable) -> tuple:
-    def one(a: Any) -> Any:
-        if isinstance(a, Tensor):
-            return (tuple(a.shape), a.dtype, a.device, a.stride())
-        if a is None:
-            return None
-        raise TypeError(f"graphed stages take tensors and None, got {type(a).__name__}")
+def _structure(obj: Any) -> Hashable:
+    """What must match for a graph to take ``obj``'s place: its containers and None-ness, each
+    tensor's shape, dtype, device and strides, other values themselves (by identity if unhashable)."""
+    if isinstance(obj, Tensor):
+        return ("tensor", tuple(obj.shape), obj.dtype, obj.device, obj.stride())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = tuple((f.name, _structure(getattr(obj, f.name))) for f in dataclasses.fields(obj))
+        return type(obj).__qualname__, fields
+    if isinstance(obj, (list, tuple)):
+        return type(obj).__name__, tuple(_structure(x) for x in obj)
+    if isinstance(obj, dict):
+        return "dict", tuple((k, _structure(v)) for k, v in obj.items())
+    try:
+        hash(obj)
+    except TypeError:
+        return "object", id(obj)
+    return "value", obj
 
+
+def _signature(args: tuple, state: Hashable) -> tuple:
     autocast = tuple((torch.is_autocast_enabled(k), torch.get_autocast_dtype(k)) for k in ("cuda", "cpu"))
-    return tuple(one(a) for a in args), autocast, state
+    return _structure(args), autocast, state
 
 
 def _agree(replayed: list[Tensor], eager: list[Tensor]) -> str | None:
@@ -131,26 +146,28 @@ def _agree(replayed: list[Tensor], eager: list[Tensor]) -> str | None:
 
 class Capture:
     """One captured stage: the input buffers, the graph, the output buffers (see the module
-    docstring). ``capture`` is the CUDA implementation; tests substitute one that runs on a CPU."""
+    docstring). Graphs of one stage share a memory ``pool`` (they never run at the same time and
+    their outputs are copied out at once). Tests substitute a class that runs on a CPU."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple):
-        self.inputs = tuple(a.clone() if isinstance(a, Tensor) else a for a in args)
+    def __init__(self, fn: Callable[..., Any], args: tuple, pool: Any = None):
+        tensors, rebuild = flatten(args)
+        self.inputs = [t.clone() for t in tensors]
         torch.cuda.synchronize()
         self.graph = torch.cuda.CUDAGraph()
         cuda_autocast = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda")
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             with torch.autocast("cuda", dtype=dtype, enabled=cuda_autocast, cache_enabled=False):
-                out = fn(*self.inputs)
+                out = fn(*rebuild(self.inputs))
         self.outputs, self.rebuild = flatten(out)
+        self.pool = self.graph.pool()
 
     def run(self) -> None:
         self.graph.replay()
 
     def __call__(self, args: tuple) -> Any:
-        for buffer, a in zip(self.inputs, args):
-            if isinstance(buffer, Tensor):
-                buffer.copy_(a)
+        for buffer, t in zip(self.inputs, flatten(args)[0]):
+            buffer.copy_(t)
         self.run()
         return self.rebuild([t.clone() for t in self.outputs])
 
@@ -173,9 +190,10 @@ class GraphedCalls:
         self.graphs: dict[tuple, Capture] = {}
         self.calls: dict[tuple, int] = {}
         self.eager: set[tuple] = set()  # signatures whose capture failed or disagreed
+        self.pool: Any = None  # the graphs' shared memory pool, once one is captured
 
     def applies(self, args: tuple) -> bool:
-        tensors = [a for a in args if isinstance(a, Tensor)]
+        tensors = flatten(args)[0]
         return (
             enabled()
             and bool(tensors)
@@ -191,6 +209,8 @@ class GraphedCalls:
         if key in self.graphs:
             return self.graphs[key](args)
         out = self.fn(*args)
+        if len(self.calls) > 4096:  # sizes seen once (a decoder's last chunks) in a long-lived app
+            self.calls.clear()
         self.calls[key] = n = self.calls.get(key, 0) + 1
         if n == 2 and key not in self.eager and len(self.graphs) < self.max_graphs:
             self._capture(key, args, out)
@@ -198,7 +218,7 @@ class GraphedCalls:
 
     def _capture(self, key: tuple, args: tuple, eager: Any) -> None:
         try:
-            graph = self.capture(self.fn, args)
+            graph = self.capture(self.fn, args, self.pool)
             replayed = graph(args)
         except Exception as e:  # noqa: BLE001 - any failure leaves the stage eager, as it was
             problem = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -206,6 +226,7 @@ class GraphedCalls:
             problem = _agree(flatten(replayed)[0], flatten(eager)[0])
             if problem is None:
                 self.graphs[key] = graph
+                self.pool = graph.pool
                 return
         self.eager.add(key)
         warnings.warn(f"{self.name}: runs without a CUDA graph ({problem})", RuntimeWarning, stacklevel=3)

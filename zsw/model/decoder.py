@@ -161,8 +161,9 @@ def box_center(points: Tensor, mask: Tensor, q: float = 0.02) -> Tensor:  # [B, 
     pts = torch.where(seen, pts, torch.full_like(pts, float("nan")))
     out = []
     for part in pts.split(128):  # torch.nanquantile takes at most 2^24 elements
-        bounds = torch.nanquantile(part, torch.tensor([q, 1.0 - q], device=pts.device), dim=-1)  # [2, b, 3]
-        out.append(bounds.mean(0))
+        # q as numbers, not a tensor made on the host: its copy would wait for the device (and
+        # break a CUDA graph's capture)
+        out.append((torch.nanquantile(part, q, dim=-1) + torch.nanquantile(part, 1.0 - q, dim=-1)) / 2)
     return torch.nan_to_num(torch.cat(out), nan=0.0)
 
 
