@@ -12,7 +12,7 @@
 # On the lent machine (bare image: no package registry, no trimesh/rtree/open_clip), run
 # bench/gpu_prepare.sh here first and carry .whl: this script installs it into /tmp/site with
 # --no-deps, writes everything under $OUT (the device tool brings it back; default bench/results)
-# and caps every part (the caps add up to 750 s, more than one call: the parts run in order of importance; on the H200, without the tests, the packaged model's rows and the whole processes, it took 278 s).
+# and caps every part (the caps add up to 790 s, more than one call: the parts run in order of importance; on the H200, without the tests, the packaged model's rows and the whole processes, it took 278 s).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -44,14 +44,14 @@ log="$results/${gpu}-session.log"
         --summary "$results/${gpu}-reconstruct.md"
     reconstruct_rc=$?
     echo "== zsw bench reconstruct --tta flip (the mirrored pass zsw reconstruct adds on CUDA by default), CUDA graphs on and off"
-    timeout -s INT -k 10 25 python3 -m zsw bench reconstruct --weights random:zeroshape-w --precision bf16 \
+    timeout -s INT -k 10 35 python3 -m zsw bench reconstruct --weights random:zeroshape-w --precision bf16 \
         --extraction fast --kernels triton --tta none --tta flip --graphs on --graphs off --no-shapes \
         --image examples/armchair.png \
         --out "$results/${gpu}-reconstruct.csv" || reconstruct_rc=$?
     echo "== zsw bench reconstruct (the packaged zsw-demo-v6, what zsw reconstruct runs by default: bf16, fast, Triton)"
     # trained weights: its occupancy has a surface, which the fast extraction follows (random
     # weights' noise it refines everywhere), so these rows are the latency a user gets
-    timeout -s INT -k 10 40 python3 -m zsw bench reconstruct --precision bf16 --extraction fast --extraction dense \
+    timeout -s INT -k 10 50 python3 -m zsw bench reconstruct --precision bf16 --extraction fast --extraction dense \
         --kernels triton --tta none --tta flip --graphs on --graphs off --no-shapes --image examples/teddy_bear.png \
         --out "$results/${gpu}-reconstruct.csv" || reconstruct_rc=$?
     echo "== zsw reconstruct examples/teddy_bear.png as a user runs it: a whole process, twice (Triton's caches cold, then warm)"
