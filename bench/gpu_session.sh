@@ -12,7 +12,7 @@
 # On the lent machine (bare image: no package registry, no trimesh/rtree/open_clip), run
 # bench/gpu_prepare.sh here first and carry .whl: this script installs it into /tmp/site with
 # --no-deps, writes everything under $OUT (the device tool brings it back; default bench/results)
-# and caps every part (the caps add up to 790 s, more than one call: the parts run in order of importance; on the H200, without the tests, the packaged model's rows and the whole processes, it took 278 s).
+# and caps every part (the caps add up to 805 s, more than one call: the parts run in order of importance; on the H200, without the tests, the packaged model's rows and the whole processes, it took 278 s).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -61,8 +61,8 @@ log="$results/${gpu}-session.log"
     done
     echo "== zsw bench train (zeroshape-w, batch 80, bf16)"
     # auto: what zsw train runs (the Triton attention, the reference MLP, whose backward lost there)
-    timeout -s INT -k 20 75 python3 -m zsw bench train --preset zeroshape-w --batch-size 80 --amp bf16 \
-        --impl torch --impl triton --impl auto --out "$results/${gpu}-train.csv"
+    timeout -s INT -k 20 90 python3 -m zsw bench train --preset zeroshape-w --batch-size 80 --amp bf16 \
+        --impl torch --impl triton --impl auto --profile --out "$results/${gpu}-train.csv"
     train_rc=$?
     echo "== zsw eval --align brute-force (6,912 rotations of 10k x 10k points per sample; target <= 0.5 s)"
     # four procedural test views, random tiny weights (the reconstruction is a few ms; each eval's

@@ -20,12 +20,13 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["run", "bench_train_step"]
+__all__ = ["run", "bench_train_step", "profile_step"]
 
 
 def _peak_rss_mb() -> float:
@@ -59,13 +60,104 @@ def _step_fn(preset: str, impl: str, cfg, dev: torch.device, points: int):
     autocast = cfg.amp == "bf16"
 
     def one_step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = step(batch)["total"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        # named ranges for the profile (--profile); without a profiler they cost a microsecond
+        with torch.profiler.record_function("step: forward"):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = step(batch)["total"]
+        with torch.profiler.record_function("step: backward"):
+            loss.backward()
+        with torch.profiler.record_function("step: optimizer"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
+    one_step.model = model
     return one_step
+
+
+#: the model's parts whose forward passes the profile times on their own (modules called as such)
+PROFILED_PARTS = ("text", "pixel", "encoder")
+#: and the decoder's methods the training step calls (its latent path, its point path)
+PROFILED_METHODS = ("encode", "decode")
+
+
+def profile_step(fn, dev: torch.device, provider: str, top: int = 12) -> str:
+    """Where one step of ``fn`` (from :func:`_step_fn`) spends its time, as markdown: the forward
+    pass (and in it each of the model's parts), the backward pass and the optimiser, then the
+    ``top`` kernels (GPU) or operators (CPU) by their own time. From ``torch.profiler``: summed
+    GPU kernel time on a GPU (against the step's wall time: far apart, the host sets the pace),
+    CPU time otherwise."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cuda = dev.type == "cuda"
+    hooks, open_ranges = [], {}
+    for name in PROFILED_PARTS:
+        module = getattr(fn.model, name, None)
+        if module is None:
+            continue
+
+        def enter(_m, _args, name=name):
+            open_ranges[name] = record_function(f"forward: {name}")
+            open_ranges[name].__enter__()
+
+        def leave(_m, _args, _out, name=name):
+            open_ranges.pop(name).__exit__(None, None, None)
+
+        hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    decoder = fn.model.decoder
+    for method in PROFILED_METHODS:
+
+        def ranged(*args, _call=getattr(decoder, method), _name=f"forward: decoder.{method}", **kwargs):
+            with record_function(_name):
+                return _call(*args, **kwargs)
+
+        setattr(decoder, method, ranged)  # an instance attribute over the method, removed below
+    try:
+        fn()  # warm, with the hooks in place
+        if cuda:
+            torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            wall = (time.perf_counter() - t0) * 1e3
+    finally:
+        for h in hooks:
+            h.remove()
+        for method in PROFILED_METHODS:
+            delattr(decoder, method)
+    events = prof.key_averages()
+
+    def ms(e) -> float:
+        return (e.device_time_total if cuda else e.cpu_time_total) / 1e3
+
+    ranges = {e.key: ms(e) for e in events if e.key.startswith(("step: ", "forward: "))}
+    clock = "GPU kernel time" if cuda else "CPU time"
+    lines = [f"Where a training step of `{provider}` spends its time (torch.profiler, one step; {clock}; "
+             f"the step took {wall:.1f} ms of wall time):", "", "| part | ms |", "|---|---:|"]  # fmt: skip
+    parts = [*PROFILED_PARTS, *(f"decoder.{m}" for m in PROFILED_METHODS)]
+    for part in ("forward", "backward", "optimizer"):
+        total = ranges.get(f"step: {part}", float("nan"))
+        lines.append(f"| {part} | {total:.2f} |")
+        if part == "forward":
+            inside = {n: ranges[f"forward: {n}"] for n in parts if f"forward: {n}" in ranges}
+            lines += [f"| - {n} | {t:.2f} |" for n, t in inside.items()]
+            lines.append(f"| - the rest (lifting, losses) | {total - sum(inside.values()):.2f} |")
+    if cuda:
+        own = [e for e in events if e.device_type == DeviceType.CUDA]
+        own.sort(key=lambda e: e.self_device_time_total, reverse=True)
+        ranked = [(e.key, e.self_device_time_total / 1e3, e.count) for e in own[:top]]
+        total = sum(e.self_device_time_total for e in own) / 1e3
+        lines += ["", f"{sum(e.count for e in own)} kernel launches, {total:.1f} ms of GPU time. Top {len(ranked)}:"]
+    else:
+        own = [e for e in events if e.key.startswith("aten::")]
+        own.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+        ranked = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in own[:top]]
+        lines += ["", f"Top {len(ranked)} operators by their own CPU time:"]
+    lines += ["", "| kernel | ms | calls |", "|---|---:|---:|"]
+    lines += [f"| `{name[:90]}` | {t:.2f} | {n} |" for name, t, n in ranked]
+    return "\n".join(lines)
 
 
 def bench_train_step(
@@ -78,8 +170,10 @@ def bench_train_step(
     points: int = 4096,
     device: str | torch.device | None = None,
     rep_ms: float = 1000,
+    profiles: list[str] | None = None,
 ) -> list:
-    """One :class:`~zsw.bench._harness.BenchRow` per kernel implementation (see the module)."""
+    """One :class:`~zsw.bench._harness.BenchRow` per kernel implementation (see the module); given
+    a list as ``profiles``, :func:`profile_step`'s breakdown of each implementation is appended to it."""
     from zsw import kernels
     from zsw.bench._harness import add_speedups, environment, mark_interpreter_rows, measure
     from zsw.config import get_model_config
@@ -111,6 +205,8 @@ def bench_train_step(
             rows.append(measure(_raiser(e), env, **common))
             continue
         row = measure(fn, env, warmup_ms=rep_ms / 4, rep_ms=rep_ms, **common)
+        if profiles is not None:
+            profiles.append(profile_step(fn, dev, impl))
         if dev.type != "cuda":
             extra = f"{torch.get_num_threads()} threads, process peak RSS {_peak_rss_mb():.0f} MB"
             row.note = (row.note + "; " if row.note else "") + extra
@@ -134,9 +230,10 @@ def run(
     rep_ms: float = 1000,
     device: str | None = None,
     out: Path | None = None,
+    profiles: list[str] | None = None,
 ) -> tuple[list, Path]:
     """``zsw bench train``: check the options and ``out``, run :func:`bench_train_step` (``impls``
-    default: torch and triton), append the rows to ``out`` (default
+    default: torch and triton; ``profiles``: see there), append the rows to ``out`` (default
     ``bench/results/<device>-train.csv``); returns ``(rows, csv path)``."""
     from zsw.bench._harness import append_csv, check_model, check_out_csv, environment, gpu_slug
     from zsw.errors import OptionError
@@ -156,6 +253,6 @@ def run(
         out = Path("bench/results") / f"{gpu_slug(environment(torch.device(device).type))}-train.csv"
     check_out_csv(out, "--out")  # before measuring, not after it (the rows would be lost)
     rows = bench_train_step(preset, batch_size, stage=stage, impls=impls, amp=amp, points=points, device=device,
-                            rep_ms=rep_ms)  # fmt: skip
+                            rep_ms=rep_ms, profiles=profiles)  # fmt: skip
     append_csv(out, rows)
     return rows, out

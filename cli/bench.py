@@ -78,6 +78,12 @@ def train(
     amp: Annotated[str, typer.Option(help="off or bf16 autocast.")] = "off",
     points: Annotated[int, typer.Option(min=1, help="Query points per sample.")] = 4096,
     rep_ms: Annotated[float, typer.Option(min=1, help="Time budget per provider, in milliseconds.")] = 1000,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            help="Also print where a step spends its time: forward by part, backward, optimiser, top kernels."
+        ),
+    ] = False,
     device: opts.Device = None,
     out: Csv = None,
 ) -> None:
@@ -86,12 +92,15 @@ def train(
     from zsw.bench import train as bench
     from zsw.bench._harness import rows_table
 
+    profiles: list[str] | None = [] if profile else None
     rows, csv = bench.run(preset=preset, batch_size=batch_size, stage=stage, impls=impl, amp=amp, points=points,
-                          rep_ms=rep_ms, device=device, out=out)  # fmt: skip
+                          rep_ms=rep_ms, device=device, out=out, profiles=profiles)  # fmt: skip
     Console().print(rows_table(rows, title=f"training step, {preset} {stage}, batch {batch_size}"))
     for r in rows:
         if r.note:
             typer.echo(f"{r.provider}: {r.note}")
+    for text in profiles or []:
+        typer.echo("\n" + text)
     typer.echo(f"appended {len(rows)} rows to {csv}")
 
 

@@ -560,15 +560,24 @@ def test_train_errors_are_one_line(tiny64, tmp_path):
 
 @pytest.mark.slow
 def test_bench_train_cli_bf16(tiny64, tmp_path):
+    import re
+
     from zsw.bench._harness import read_csv
     from zsw.cli.main import app
 
     csv_path = tmp_path / "train.csv"
     args = ["bench", "train", "--preset", str(tiny64[1]), "--batch-size", "2", "--points", "256", "--amp", "bf16",
             "--impl", "torch", "--impl", "triton", "--rep-ms", "1", "--out", str(csv_path),
-            "--device", "cpu"]  # fmt: skip
+            "--device", "cpu", "--profile"]  # fmt: skip
     result = runner.invoke(app, args, env={"TRITON_INTERPRET": "0"})
     assert result.exit_code == 0, result.output
+    # --profile: where the torch step spent its time, by part (the triton row could not run)
+    assert result.output.count("Where a training step of") == 1
+    parts = dict(re.findall(r"^\| (?:- )?([a-z. ,()]+) \| ([\d.-]+) \|$", result.output, re.M))
+    assert {"forward", "pixel", "encoder", "decoder.decode", "backward", "optimizer"} <= set(parts)
+    assert all(float(parts[k]) > 0 for k in ("forward", "pixel", "decoder.decode", "backward"))
+    assert float(parts["forward"]) >= float(parts["pixel"]) + float(parts["decoder.decode"])
+    assert "aten::" in result.output  # the operators table
     rows = read_csv(csv_path)
     assert [(r["op"], r["provider"], r["dtype"]) for r in rows] == [
         ("train_step", "torch", "bf16"),
@@ -577,6 +586,21 @@ def test_bench_train_cli_bf16(tiny64, tmp_path):
     assert float(rows[0]["throughput"]) > 0 and rows[0]["throughput_unit"] == "samples/s"
     assert "peak RSS" in rows[0]["note"]
     assert rows[1]["p50_ms"] == "nan" and "CUDA" in rows[1]["note"]  # no GPU, no interpreter: said so
+
+
+def test_the_step_profile_leaves_the_model_as_it_found_it(tiny64):
+    """profile_step ranges the decoder's methods by instance attributes and its parts by hooks:
+    gone afterwards, so the next timed steps are the model's own."""
+    from zsw.bench.train import _step_fn, profile_step
+    from zsw.train.config import TrainConfig
+
+    cfg = TrainConfig(model=str(tiny64[1]), stage="full", batch_size=1)
+    fn = _step_fn(str(tiny64[1]), "torch", cfg, torch.device("cpu"), 64)
+    text = profile_step(fn, torch.device("cpu"), "torch", top=3)
+    assert "| - decoder.decode |" in text and text.count("| `aten::") == 3
+    decoder = fn.model.decoder
+    assert "decode" not in vars(decoder) and "encode" not in vars(decoder)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in fn.model.modules())
 
 
 def test_a_second_run_into_a_run_folder_in_use_stops_in_one_line(tiny64, tmp_path):
