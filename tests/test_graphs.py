@@ -113,9 +113,12 @@ def test_what_else_decides_the_computation_is_part_of_the_signature():
     assert log == ["call"] and len(graphed.graphs) == 1
 
     backend = TorchBackend(build_model("tiny"), "cpu")
-    before = backend._kernels()
+    before = backend._state()
     backend.model.set_kernel_impl("torch")
-    assert backend._kernels() != before and backend._kernels()[0] == "torch"
+    assert backend._state() != before and backend._state()[0] == "torch"
+    changed = backend._state()
+    backend.model.train()
+    assert backend._state() != changed
 
 
 def test_dataclass_inputs_go_through_the_buffers_and_their_structure_is_the_signature():

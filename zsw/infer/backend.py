@@ -118,15 +118,16 @@ class TorchBackend:
         self.config = model.config
         # on a GPU, replayed from CUDA graphs from the third call of a shape on (zsw.infer.graphs);
         # the decoder's: full chunks of grid points (a chunk's size left over is data-dependent)
-        self._pixel = GraphedCalls(self.model.pixel, "pixel model", state=self._kernels)
-        self._encode = GraphedCalls(self._encode_eager, "encoder", state=self._kernels)
-        self._decode = GraphedCalls(self.model.decoder.decode, "decoder", max_graphs=8, state=self._kernels)
+        self._pixel = GraphedCalls(self.model.pixel, "pixel model", state=self._state)
+        self._encode = GraphedCalls(self._encode_eager, "encoder", state=self._state)
+        self._decode = GraphedCalls(self.model.decoder.decode, "decoder", max_graphs=8, state=self._state)
 
-    def _kernels(self) -> tuple:
-        """What decides which kernels the model's stages run (a graph keeps the ones it captured)."""
+    def _state(self) -> tuple:
+        """What besides their inputs decides what the model's stages compute (a graph keeps what
+        it captured): the kernels they dispatch to, and train or eval mode."""
         from zsw import kernels
 
-        return self.model.kernel_impl, os.environ.get("ZSW_KERNELS"), kernels.is_exportable()
+        return self.model.kernel_impl, os.environ.get("ZSW_KERNELS"), kernels.is_exportable(), self.model.training
 
     def embed_prompts(self, prompt, batch):
         return self.model.embed_prompts(prompt, batch)
