@@ -38,6 +38,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
@@ -191,6 +192,7 @@ class GraphedCalls:
         self.calls: dict[tuple, int] = {}
         self.eager: set[tuple] = set()  # signatures whose capture failed or disagreed
         self.pool: Any = None  # the graphs' shared memory pool, once one is captured
+        self._lock = threading.Lock()
 
     def applies(self, args: tuple) -> bool:
         tensors = flatten(args)[0]
@@ -207,7 +209,8 @@ class GraphedCalls:
             return self.fn(*args)
         key = _signature(args, self.state())
         if key in self.graphs:
-            return self.graphs[key](args)
+            with self._lock:  # one replay at a time: they share the graph's buffers
+                return self.graphs[key](args)
         out = self.fn(*args)
         if len(self.calls) > 4096:  # sizes seen once (a decoder's last chunks) in a long-lived app
             self.calls.clear()
@@ -218,8 +221,9 @@ class GraphedCalls:
 
     def _capture(self, key: tuple, args: tuple, eager: Any) -> None:
         try:
-            graph = self.capture(self.fn, args, self.pool)
-            replayed = graph(args)
+            with self._lock:
+                graph = self.capture(self.fn, args, self.pool)
+                replayed = graph(args)
         except Exception as e:  # noqa: BLE001 - any failure leaves the stage eager, as it was
             problem = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         else:
