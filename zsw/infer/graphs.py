@@ -7,9 +7,10 @@ ms at fp32 (``bench/results/h200``), the difference being the casts autocast lau
 operators); the decoder launches ~130 operators per chunk of points, 33 chunks for a dense 129^3
 grid. A CUDA graph replays a stage's launches as one.
 
-:class:`GraphedCalls` wraps one stage, a function of tensors (and Nones) returning tensors in
-dataclasses, lists, tuples or dicts. Per input signature -- shapes, dtypes, devices, which inputs
-are None, and the autocast state -- its calls go:
+:class:`GraphedCalls` wraps one stage, a function taking and returning tensors in dataclasses,
+lists, tuples or dicts. Per signature -- the inputs' structure (which fields are None) and each
+tensor's shape, dtype, device and strides, the autocast state, and what the caller says decides the
+computation besides (the backend: the kernels chosen, train or eval mode) -- its calls go:
 
 1. the first runs eagerly, as without graphs: autotuning, Triton's measured choices and cuDNN's and
    cuBLAS's lazy set-up happen here, never during a capture;
