@@ -8,6 +8,7 @@ nor copy host tensors to the device (either would break a capture). On a GPU: re
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import traceback
 
@@ -69,6 +70,10 @@ def test_flatten_rebuilds_nested_dataclasses_lists_and_tuples_around_other_tenso
     assert isinstance(new, Out) and new.label == "y" and new.none is None
     assert isinstance(new.pairs, list) and isinstance(new.pairs[0], tuple)
     assert torch.equal(new.pairs[0][1], t[2] + 10) and torch.equal(out.a, t[0])  # the original untouched
+    pair = collections.namedtuple("Pair", "x y")
+    _, rebuild = flatten({"p": pair(t[0], None)})
+    rebuilt = rebuild([t[1]])["p"]
+    assert isinstance(rebuilt, pair) and rebuilt.x is t[1] and rebuilt.y is None
 
 
 def test_calls_run_eager_then_capture_then_replay_with_fresh_inputs_and_copied_outputs():

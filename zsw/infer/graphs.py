@@ -94,6 +94,8 @@ def flatten(obj: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
             return dataclass_
         if isinstance(o, (list, tuple)):
             items = [walk(x) for x in o]
+            if hasattr(o, "_fields"):  # a named tuple takes its fields as arguments
+                return lambda ts: type(o)(*(item(ts) for item in items))
             return lambda ts: type(o)(item(ts) for item in items)
         if isinstance(o, dict):
             values = {k: walk(v) for k, v in o.items()}
