@@ -289,3 +289,21 @@ def test_the_marching_cubes_bench_row_says_what_one_call_launches():
     assert "F@0.001 vs skimage 1.0000" in note
     count = re.search(r"profiled: (\d+) aten operators in [\d.]+ ms", note)
     assert count and int(count.group(1)) > 20, note
+
+
+def test_cell_codes_hold_each_corners_inside_and_exact_bits():
+    """``256 * exact + case`` per cell, against the definition, on a grid of values with many
+    samples exactly at the level (every corner, the last one's exact bit included: the top bit)."""
+    from zsw.infer.marching_cubes import _cell_codes
+
+    torch.manual_seed(0)
+    v = torch.randint(0, 3, (4, 5, 3)).float() * 0.5  # 0, 0.5 (the level) or 1
+    codes = _cell_codes(v, 0.5).reshape(3, 4, 2)
+    assert int(codes.max()) >= 256 * 128  # some cell has its last corner exactly at the level
+    for i, j, k in np.ndindex(3, 4, 2):
+        case = exact = 0
+        for c, (a, b, d) in enumerate(CORNERS.tolist()):
+            value = float(v[i + a, j + b, k + d])
+            case |= (value > 0.5) << c
+            exact |= (value == 0.5) << c
+        assert int(codes[i, j, k]) == 256 * exact + case

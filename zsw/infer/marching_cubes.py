@@ -176,11 +176,12 @@ def _device_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
 
 def _cell_codes(v: Tensor, level: float) -> Tensor:  # [n0, n1, n2] -> [(n0-1) * (n1-1) * (n2-1)] int64
     """Per cell ``256 * exact + case``: bit c of ``case`` set when corner c = 4i + 2j + k is inside
-    (above ``level``), of ``exact`` when it is exactly at it. Both bytes are built at once in 16 bits:
-    the codes of the cells' edges along the last axis (bits 0-1 of each byte), then of their faces
-    (0-3), then of the cells, each step pairing a slab with its neighbour shifted up -- 13
-    launches, where a pass per corner and byte took 53."""
-    code = (v > level).to(torch.int16) | ((v == level).to(torch.int16) << 8)
+    (above ``level``), of ``exact`` when it is exactly at it. Both bytes are built at once (in 32
+    bits: in 16 the last corner's exact bit would be the sign): the codes of the cells' edges along
+    the last axis (bits 0-1 of each byte), then of their faces (0-3), then of the cells, each step
+    pairing a slab with its neighbour shifted up -- 13 launches, where a pass per corner and byte
+    took 53."""
+    code = (v > level).to(torch.int32) | ((v == level).to(torch.int32) << 8)
     code = code[:, :, :-1] | (code[:, :, 1:] << 1)
     code = code[:, :-1] | (code[:, 1:] << 2)
     return (code[:-1] | (code[1:] << 4)).reshape(-1).long()
