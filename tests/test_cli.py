@@ -103,6 +103,7 @@ def test_env_reports_what_a_run_here_would_resolve_and_which_packages_are_missin
     assert report["defaults"]["device"] == device
     assert report["defaults"]["backend"] == resolve_backend("auto", None, None, device, "auto")
     assert report["defaults"]["tta"] == resolve_tta("auto", device)
+    assert report["defaults"]["cuda_graphs"] is (device.startswith("cuda") and report["defaults"]["backend"] == "torch")
     assert report["packages"]["xatlas"] is None and report["packages"]["torch"] == torch.__version__.split("+")[0]
     assert len(report["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     text = runner.invoke(app, ["env"])

@@ -22,6 +22,7 @@ __all__ = ["Environment", "describe_environment", "PACKAGES", "VARIABLES"]
 #: environment variables that change what zsw does (reported when set)
 VARIABLES = (
     "ZSW_KERNELS",  # the kernels' implementation (zsw.kernels.requested_impl)
+    "ZSW_CUDA_GRAPHS",  # 0: no CUDA graphs for the model's stages (zsw.infer.graphs)
     "ZSW_CACHE_DIR",  # --prompt auto's class embeddings
     "TRITON_INTERPRET",
     "CUDA_VISIBLE_DEVICES",
@@ -98,7 +99,11 @@ class Environment:
         else:
             out.append("  no CUDA device visible to PyTorch")
         out.append(f"packaged model: {self.weights or 'none (random weights, with a warning)'}; {self.onnx_graphs}")
-        out.append("zsw reconstruct's auto settings here: " + ", ".join(f"--{k} {v}" for k, v in self.defaults.items()))
+        options = {k: v for k, v in self.defaults.items() if k != "cuda_graphs"}
+        line = "zsw reconstruct's auto settings here: " + ", ".join(f"--{k} {v}" for k, v in options.items())
+        if "cuda_graphs" in self.defaults:
+            line += f"; CUDA graphs {'on' if self.defaults['cuda_graphs'] else 'off'}"
+        out.append(line)
         out.append("environment: " + (" ".join(f"{k}={v}" for k, v in self.variables.items()) or "none of zsw's set"))
         out.append("packages:")
         width = max(len(name) for name, _ in PACKAGES)
@@ -124,6 +129,7 @@ def describe_environment() -> Environment:
 
     import zsw
     from zsw.hub import resolve_device
+    from zsw.infer.graphs import enabled as graphs_enabled
     from zsw.infer.precision import run_precision
     from zsw.infer.settings import resolve_tta
     from zsw.infer.weights import demo_engine, demo_weights, resolve_backend
@@ -184,6 +190,8 @@ def describe_environment() -> Environment:
             "backend": backend,
             "precision": run_precision(backend, "auto", device),
             "tta": resolve_tta("auto", device),
+            # the torch backend's stages replayed from CUDA graphs (zsw.infer.graphs)
+            "cuda_graphs": backend == "torch" and device.startswith("cuda") and graphs_enabled(),
         },
         variables={k: os.environ[k] for k in VARIABLES if k in os.environ},
     )
