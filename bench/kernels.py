@@ -634,7 +634,9 @@ def decoder_breakdown(
     part_prof = {}
     for e in events:
         if e.key.startswith("part: "):
-            part_prof[e.key.removeprefix("part: ")] = (e.device_time_total if cuda else e.cpu_time_total) / 1e3
+            # on a GPU a range can come twice (its CPU side, its GPU annotation): the larger
+            name, ms = e.key.removeprefix("part: "), (e.device_time_total if cuda else e.cpu_time_total) / 1e3
+            part_prof[name] = max(part_prof.get(name, 0.0), ms)
     parts = [BreakdownItem(name, sum(ms), len(ms), part_prof.get(name, math.nan)) for name, ms in spans.items()]
     parts.append(BreakdownItem("other", max(0.0, total - sum(p.ms for p in parts)), 1))
     if cuda:

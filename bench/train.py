@@ -132,7 +132,10 @@ def profile_step(fn, dev: torch.device, provider: str, top: int = 12) -> str:
     def ms(e) -> float:
         return (e.device_time_total if cuda else e.cpu_time_total) / 1e3
 
-    ranges = {e.key: ms(e) for e in events if e.key.startswith(("step: ", "forward: "))}
+    ranges: dict[str, float] = {}
+    for e in events:  # on a GPU a range can come twice (its CPU side, its GPU annotation): the larger
+        if e.key.startswith(("step: ", "forward: ")):
+            ranges[e.key] = max(ranges.get(e.key, 0.0), ms(e))
     clock = "GPU kernel time" if cuda else "CPU time"
     lines = [f"Where a training step of `{provider}` spends its time (torch.profiler, one step; {clock}; "
              f"the step took {wall:.1f} ms of wall time):", "", "| part | ms |", "|---|---:|"]  # fmt: skip
