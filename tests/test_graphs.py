@@ -49,7 +49,7 @@ class StandInCapture(Capture):
 class OnCpu(GraphedCalls):
     capture = StandInCapture
 
-    def applies(self, args):
+    def applies(self, tensors):
         return True
 
 
@@ -181,7 +181,7 @@ def test_a_capture_that_fails_or_disagrees_leaves_the_stage_eager_with_one_warni
 
 def test_graphs_stay_off_on_the_cpu_and_when_switched_off(monkeypatch):
     graphed = GraphedCalls(lambda x: x + 1, "stage")
-    assert not graphed.applies((torch.ones(2),))
+    assert not graphed.applies([torch.ones(2)])
     for _ in range(3):
         graphed(torch.ones(2))
     assert not graphed.graphs and not graphed.calls

@@ -169,8 +169,9 @@ class Capture:
     def run(self) -> None:
         self.graph.replay()
 
-    def __call__(self, args: tuple) -> Any:
-        for buffer, t in zip(self.inputs, flatten(args)[0]):
+    def __call__(self, tensors: list[Tensor]) -> Any:
+        """Replay on ``tensors`` (the call's inputs, flattened as :func:`flatten` orders them)."""
+        for buffer, t in zip(self.inputs, tensors):
             buffer.copy_(t)
         self.run()
         return self.rebuild([t.clone() for t in self.outputs])
@@ -197,8 +198,8 @@ class GraphedCalls:
         self.pool: Any = None  # the graphs' shared memory pool, once one is captured
         self._lock = threading.Lock()
 
-    def applies(self, args: tuple) -> bool:
-        tensors = flatten(args)[0]
+    def applies(self, tensors: list[Tensor]) -> bool:
+        """Whether graphs may take a call with these input tensors."""
         return (
             enabled()
             and bool(tensors)
@@ -208,25 +209,26 @@ class GraphedCalls:
         )
 
     def __call__(self, *args: Any) -> Any:
-        if not self.applies(args):
+        tensors = flatten(args)[0]  # once per call: the decoder's stage runs once per chunk of points
+        if not self.applies(tensors):
             return self.fn(*args)
         key = _signature(args, self.state())
         if key in self.graphs:
             with self._lock:  # one replay at a time: they share the graph's buffers
-                return self.graphs[key](args)
+                return self.graphs[key](tensors)
         out = self.fn(*args)
         if len(self.calls) > 4096:  # sizes seen once (a decoder's last chunks) in a long-lived app
             self.calls.clear()
         self.calls[key] = n = self.calls.get(key, 0) + 1
         if n == 2 and key not in self.eager and len(self.graphs) < self.max_graphs:
-            self._capture(key, args, out)
+            self._capture(key, args, tensors, out)
         return out
 
-    def _capture(self, key: tuple, args: tuple, eager: Any) -> None:
+    def _capture(self, key: tuple, args: tuple, tensors: list[Tensor], eager: Any) -> None:
         try:
             with self._lock:
                 graph = self.capture(self.fn, args, self.pool)
-                replayed = graph(args)
+                replayed = graph(tensors)
         except Exception as e:  # noqa: BLE001 - any failure leaves the stage eager, as it was
             problem = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         else:
