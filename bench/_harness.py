@@ -273,6 +273,31 @@ def measure(
 INTERPRETER_NOTE = "Triton interpreter (TRITON_INTERPRET=1): not kernel speed"
 
 
+def profiled_ranges(events, cuda: bool, prefix: str) -> dict[str, float]:
+    """Milliseconds of each ``torch.profiler.record_function`` range of ``events`` (a profile's
+    ``key_averages()``) named ``prefix`` + name, by name: GPU kernel time on a GPU, CPU time
+    otherwise. A GPU reports a range twice (its CPU side, its GPU annotation): the larger counts."""
+    out: dict[str, float] = {}
+    for e in events:
+        if e.key.startswith(prefix):
+            name, ms = e.key.removeprefix(prefix), (e.device_time_total if cuda else e.cpu_time_total) / 1e3
+            out[name] = max(out.get(name, 0.0), ms)
+    return out
+
+
+def ranked_kernels(events, cuda: bool) -> list[tuple[str, float, int]]:
+    """``(name, ms, calls)`` of the GPU kernels (CPU: the operators, custom ones included, not the
+    ``record_function`` ranges) in ``events``, by their own time, the largest first."""
+    from torch.autograd import DeviceType
+
+    if cuda:
+        own = [(e.key, e.self_device_time_total / 1e3, e.count) for e in events if e.device_type == DeviceType.CUDA]
+    else:
+        ops = [e for e in events if not getattr(e, "is_user_annotation", False)]
+        own = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in ops]
+    return sorted(own, key=lambda k: k[1], reverse=True)
+
+
 def mark_interpreter_rows(rows: Sequence[BenchRow], ran_triton: Callable[[BenchRow], bool]) -> bool:
     """Under ``TRITON_INTERPRET=1``, note on every row for which ``ran_triton`` holds that its time
     is the interpreter's (the CSV says so, not only the terminal); returns whether any row was."""

@@ -34,7 +34,15 @@ from pathlib import Path
 
 import torch
 
-from zsw.bench._harness import BenchRow, Environment, add_speedups, mark_interpreter_rows, measure
+from zsw.bench._harness import (
+    BenchRow,
+    Environment,
+    add_speedups,
+    mark_interpreter_rows,
+    measure,
+    profiled_ranges,
+    ranked_kernels,
+)
 
 __all__ = [
     "AttentionCase",
@@ -604,7 +612,6 @@ def decoder_breakdown(
     (GPU time from the part's first launch to its last one's end), without one by the wall clock.
     A second decode runs under ``torch.profiler`` for each part's profiler time and the top kernels
     (CPU: operators)."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     dec, fn = _decoder_build(model, impl, case.points, case.chunk, device)
@@ -631,22 +638,10 @@ def decoder_breakdown(
         if cuda:
             torch.cuda.synchronize()
     events = prof.key_averages()
-    part_prof = {}
-    for e in events:
-        if e.key.startswith("part: "):
-            # on a GPU a range can come twice (its CPU side, its GPU annotation): the larger
-            name, ms = e.key.removeprefix("part: "), (e.device_time_total if cuda else e.cpu_time_total) / 1e3
-            part_prof[name] = max(part_prof.get(name, 0.0), ms)
+    part_prof = profiled_ranges(events, cuda, "part: ")
     parts = [BreakdownItem(name, sum(ms), len(ms), part_prof.get(name, math.nan)) for name, ms in spans.items()]
     parts.append(BreakdownItem("other", max(0.0, total - sum(p.ms for p in parts)), 1))
-    if cuda:
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-        kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
-        ranked = [BreakdownItem(e.key, e.self_device_time_total / 1e3, e.count) for e in kernels[:top]]
-    else:
-        ops = [e for e in events if not e.key.startswith("part: ")]
-        ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-        ranked = [BreakdownItem(e.key, e.self_cpu_time_total / 1e3, e.count) for e in ops[:top]]
+    ranked = [BreakdownItem(*k) for k in ranked_kernels(events, cuda)[:top]]
     return DecoderBreakdown(model, case.name, case.shape, impl, device, total, parts, ranked)
 
 

@@ -290,8 +290,9 @@ def _launches(fn: Callable[[], object], device: torch.device) -> str:
     """What one call of ``fn`` launches, from ``torch.profiler``: on a GPU the kernels and their
     summed GPU time against the call's wall time (far apart: the host's launches set the pace), on a
     CPU the operators and their CPU time."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
+
+    from zsw.bench._harness import ranked_kernels
 
     cuda = device.type == "cuda"
     fn()
@@ -301,13 +302,11 @@ def _launches(fn: Callable[[], object], device: torch.device) -> str:
         fn()
         _sync(device)
         wall = (time.perf_counter() - t0) * 1e3
-    events = prof.key_averages()
+    own = ranked_kernels(prof.key_averages(), cuda)
+    calls = sum(n for _, _, n in own)
     if cuda:
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-        busy = sum(e.self_device_time_total for e in kernels) / 1e3
-        return f"profiled: {sum(e.count for e in kernels)} kernel launches, {busy:.2f} ms on the GPU in {wall:.2f} ms"
-    ops = [e for e in events if e.key.startswith("aten::")]
-    return f"profiled: {sum(e.count for e in ops)} aten operators in {wall:.2f} ms"
+        return f"profiled: {calls} kernel launches, {sum(t for _, t, _ in own):.2f} ms on the GPU in {wall:.2f} ms"
+    return f"profiled: {calls} operators in {wall:.2f} ms"
 
 
 def bench_marching_cubes(env, resolution: int = 128, name: str | None = None) -> list:

@@ -86,8 +86,9 @@ def profile_step(fn, dev: torch.device, provider: str, top: int = 12) -> str:
     ``top`` kernels (GPU) or operators (CPU) by their own time. From ``torch.profiler``: summed
     GPU kernel time on a GPU (against the step's wall time: far apart, the host sets the pace),
     CPU time otherwise."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
+
+    from zsw.bench._harness import profiled_ranges, ranked_kernels
 
     cuda = dev.type == "cuda"
     hooks, open_ranges = [], {}
@@ -128,35 +129,24 @@ def profile_step(fn, dev: torch.device, provider: str, top: int = 12) -> str:
         for method in PROFILED_METHODS:
             delattr(decoder, method)
     events = prof.key_averages()
-
-    def ms(e) -> float:
-        return (e.device_time_total if cuda else e.cpu_time_total) / 1e3
-
-    ranges: dict[str, float] = {}
-    for e in events:  # on a GPU a range can come twice (its CPU side, its GPU annotation): the larger
-        if e.key.startswith(("step: ", "forward: ")):
-            ranges[e.key] = max(ranges.get(e.key, 0.0), ms(e))
+    steps, forward = profiled_ranges(events, cuda, "step: "), profiled_ranges(events, cuda, "forward: ")
     clock = "GPU kernel time" if cuda else "CPU time"
     lines = [f"Where a training step of `{provider}` spends its time (torch.profiler, one step; {clock}; "
              f"the step took {wall:.1f} ms of wall time):", "", "| part | ms |", "|---|---:|"]  # fmt: skip
     parts = [*PROFILED_PARTS, *(f"decoder.{m}" for m in PROFILED_METHODS)]
     for part in ("forward", "backward", "optimizer"):
-        total = ranges.get(f"step: {part}", float("nan"))
+        total = steps.get(part, float("nan"))
         lines.append(f"| {part} | {total:.2f} |")
         if part == "forward":
-            inside = {n: ranges[f"forward: {n}"] for n in parts if f"forward: {n}" in ranges}
+            inside = {n: forward[n] for n in parts if n in forward}
             lines += [f"| - {n} | {t:.2f} |" for n, t in inside.items()]
             lines.append(f"| - the rest (lifting, losses) | {total - sum(inside.values()):.2f} |")
+    own = ranked_kernels(events, cuda)
+    ranked = own[:top]
     if cuda:
-        own = [e for e in events if e.device_type == DeviceType.CUDA]
-        own.sort(key=lambda e: e.self_device_time_total, reverse=True)
-        ranked = [(e.key, e.self_device_time_total / 1e3, e.count) for e in own[:top]]
-        total = sum(e.self_device_time_total for e in own) / 1e3
-        lines += ["", f"{sum(e.count for e in own)} kernel launches, {total:.1f} ms of GPU time. Top {len(ranked)}:"]
+        launches, busy = sum(n for _, _, n in own), sum(t for _, t, _ in own)
+        lines += ["", f"{launches} kernel launches, {busy:.1f} ms of GPU time. Top {len(ranked)}:"]
     else:
-        own = [e for e in events if e.key.startswith("aten::")]
-        own.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-        ranked = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in own[:top]]
         lines += ["", f"Top {len(ranked)} operators by their own CPU time:"]
     lines += ["", "| kernel | ms | calls |", "|---|---:|---:|"]
     lines += [f"| `{name[:90]}` | {t:.2f} | {n} |" for name, t, n in ranked]

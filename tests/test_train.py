@@ -597,7 +597,7 @@ def test_the_step_profile_leaves_the_model_as_it_found_it(tiny64):
     cfg = TrainConfig(model=str(tiny64[1]), stage="full", batch_size=1)
     fn = _step_fn(str(tiny64[1]), "torch", cfg, torch.device("cpu"), 64)
     text = profile_step(fn, torch.device("cpu"), "torch", top=3)
-    assert "| - decoder.decode |" in text and text.count("| `aten::") == 3
+    assert "| - decoder.decode |" in text and text.count("| `") == 3
     decoder = fn.model.decoder
     assert "decode" not in vars(decoder) and "encode" not in vars(decoder)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in fn.model.modules())
