@@ -100,7 +100,7 @@ def test_calls_run_eager_then_capture_then_replay_with_fresh_inputs_and_copied_o
     assert log == ["call"] and len(graphed.graphs) == 1
 
 
-def test_what_else_decides_the_computation_is_part_of_the_signature():
+def test_what_else_decides_the_computation_is_part_of_the_signature(monkeypatch):
     """A graph keeps the kernels it captured: after set_kernel_impl the backend's stages must not
     replay a graph of the other kernels."""
     from zsw.infer.backend import TorchBackend
@@ -119,6 +119,9 @@ def test_what_else_decides_the_computation_is_part_of_the_signature():
 
     backend = TorchBackend(build_model("tiny"), "cpu")
     before = backend._state()
+    monkeypatch.setenv("ZSW_KERNELS", "torch")  # auto's kernels as the environment asks
+    assert backend._state() != before and backend._state()[0] == "torch"
+    monkeypatch.delenv("ZSW_KERNELS")
     backend.model.set_kernel_impl("torch")
     assert backend._state() != before and backend._state()[0] == "torch"
     changed = backend._state()

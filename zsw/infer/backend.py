@@ -127,7 +127,7 @@ class TorchBackend:
         it captured): the kernels they dispatch to, and train or eval mode."""
         from zsw import kernels
 
-        return self.model.kernel_impl, os.environ.get("ZSW_KERNELS"), kernels.is_exportable(), self.model.training
+        return kernels.requested_impl(self.model.kernel_impl), kernels.is_exportable(), self.model.training
 
     def embed_prompts(self, prompt, batch):
         return self.model.embed_prompts(prompt, batch)
