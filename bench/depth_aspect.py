@@ -13,7 +13,14 @@ dropped, smoothing, carving; camera frame) and sampled with 10,000 points. Per v
 * ``cd@xS``: the same with the predicted cloud's z stretched by S (``--stretch``; the metric centres
   and scales each cloud by its x/y extent, so the centre of the stretch does not matter);
 * ``cd@true``: stretched to the true aspect, view by view (an oracle: what no calibration can
-  exceed).
+  exceed);
+* ``cd@fF`` (``--focal-scale``): reconstructed again with the pixel model's focal lengths
+  multiplied by F (:class:`FocalScaled`), the calibration a biased focal head would call for: a
+  longer focal length lifts the same depth map into a deeper, narrower surface;
+* for a ``procedural`` set, whose views carry their depth and intrinsics: ``log_relief_pred`` /
+  ``log_relief_true``, the same aspect of the lifted visible surface alone (the pixel model's
+  share of the flatness, before the decoder adds the hidden side), and ``log_focal_pred`` /
+  ``log_focal_true``.
 
 Writes ``<out>.jsonl`` (per view) and ``<out>.md``: the aspects' bias, spread, correlation and
 regression slope, and the stretches' CD and F@0.05 with paired differences against no stretch.
@@ -40,10 +47,40 @@ def stretched(points: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-def views(data: Path, fmt: str, split: str | None, weights: str | None):
-    """(sample, predicted points [10k, 3], true points) for every view, reconstructed as zsw eval does."""
+class FocalScaled:
+    """A backend whose pixel model predicts ``factor`` times the focal lengths (everything else is
+    the wrapped backend's): what follows -- lifting, the decoder's pixel-aligned projection,
+    carving -- sees the scaled intrinsics, as it would from a pixel model with that focal prior."""
+
+    def __init__(self, backend, factor: float):
+        self._backend, self._factor = backend, factor
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def pixel(self, image, text):
+        import dataclasses
+
+        out = self._backend.pixel(image, text)
+        K = out.intrinsics.clone()
+        K[:, :2, :2] *= self._factor
+        return dataclasses.replace(out, intrinsics=K)
+
+
+def visible_relief(depth, K, mask) -> float:  # [S, S], [3, 3], [S, S] bool -> log aspect of the lifted surface
+    import torch
+
+    from zsw.model.geometry import unproject_depth
+
+    points = unproject_depth(torch.as_tensor(depth, dtype=torch.float32)[None, None], torch.as_tensor(K)[None])[0]
+    return log_aspect(points.numpy()[np.asarray(mask).reshape(-1)])
+
+
+def views(data: Path, fmt: str, split: str | None, weights: str | None, focal_scales: list[float] = ()):
+    """(sample, {focal scale: reconstruction}) for every view, reconstructed as zsw eval does
+    (scale 1: the model as it is)."""
     from zsw.data.eval_sets import open_eval_set
-    from zsw.eval.evaluate import _model_input, mesh_points, sample_rng
+    from zsw.eval.evaluate import _model_input
     from zsw.eval.jobs import EvalJobSettings
     from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.weights import open_backend, resolve_backend
@@ -51,22 +88,64 @@ def views(data: Path, fmt: str, split: str | None, weights: str | None):
     s = EvalJobSettings(format=fmt, weights=weights)
     backend, label, _ = open_backend(resolve_backend(s.backend, s.weights, s.engine, s.device, s.precision),
                                      s.weights, s.engine, s.device)  # fmt: skip
-    recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
-                          color="none", reframe=s.reframe, background=s.background, min_part=s.min_part,
-                          smooth=s.smooth, faces=s.faces, tta=s.tta, carve=s.carve)  # fmt: skip
+    recons = {
+        f: Reconstructor(backend if f == 1 else FocalScaled(backend, f), grid=s.grid, frame="camera",
+                         weights_label=label, precision=s.precision, color="none", reframe=s.reframe,
+                         background=s.background, min_part=s.min_part, smooth=s.smooth, faces=s.faces, tta=s.tta,
+                         carve=s.carve)
+        for f in (1.0, *focal_scales)
+    }  # fmt: skip
     size = backend.config.pixel.image_size
     for sample in open_eval_set(data, fmt, split=split):
         image, _ = _model_input(sample, size)
-        rec = recon([image], s.prompt, None, with_mesh=True)[0]
-        if len(rec.mesh.faces) == 0:
-            yield sample, None, None
-            continue
-        yield sample, mesh_points(rec.mesh, s.num_points, sample_rng(s.seed, sample.name)), np.asarray(sample.gt_points)
+        yield sample, {f: r([image], s.prompt, None, with_mesh=True)[0] for f, r in recons.items()}
+
+
+def points(rec, name: str) -> np.ndarray | None:  # [10k, 3] on the mesh as zsw eval samples it; None: empty
+    from zsw.eval.evaluate import mesh_points, sample_rng
+
+    return mesh_points(rec.mesh, 10000, sample_rng(0, name)) if len(rec.mesh.faces) else None
 
 
 def paired(rows: list[dict], key: str, base: str = "cd") -> str:
     d = np.array([r[key] - r[base] for r in rows])
+    d = d[np.isfinite(d)]  # a variant that gave an empty mesh
     return f"{d.mean():+.4f} +- {d.std(ddof=1) / np.sqrt(len(d)):.4f} ({int((d < 0).sum())} of {len(d)} better)"
+
+
+def summary(rows: list[dict], factors: list[float], focal_scales: list[float]) -> list[str]:
+    """The markdown tables of :func:`main`'s rows."""
+    mean = lambda key: float(np.nanmean([r[key] for r in rows]))  # noqa: E731
+    lines = [
+        "Logs, camera frame; aspects are z extent / max x-y extent between the 1st and 99th percentiles;",
+        "the relief is that of the lifted visible surface alone; the focal length is in pixels of the model input.",
+        "",
+        "| log | predicted (s.d.) | true (s.d.) | true - predicted (s.d.) | correlation | true = a + b x predicted |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for what, key in (("mesh aspect", "log_aspect"), ("visible relief", "log_relief"), ("focal length", "log_focal")):
+        if f"{key}_pred" not in rows[0]:
+            continue
+        p = np.array([r[f"{key}_pred"] for r in rows])
+        t = np.array([r[f"{key}_true"] for r in rows])
+        b, a = np.polyfit(p, t, 1)
+        lines.append(
+            f"| {what} | {p.mean():+.3f} ({p.std(ddof=1):.3f}) | {t.mean():+.3f} ({t.std(ddof=1):.3f}) | "
+            f"{np.mean(t - p):+.3f} ({np.std(t - p, ddof=1):.3f}) | {np.corrcoef(p, t)[0, 1]:.2f} | "
+            f"{a:+.3f} + {b:.2f} x |"
+        )
+    lines += [
+        "",
+        "| variant | CD | F@0.05 | CD against the model as it is (paired, s.e.) |",
+        "| --- | ---: | ---: | --- |",
+        f"| the model as it is | {mean('cd'):.4f} | {mean('f'):.3f} | |",
+    ]
+    variants = [(f"mesh z stretched x{k:g}", f"x{k:g}") for k in factors]
+    variants += [("mesh stretched to the true aspect (oracle)", "true")]
+    variants += [(f"focal lengths x{f:g}", f"f{f:g}") for f in focal_scales]
+    for label, key in variants:
+        lines.append(f"| {label} | {mean(f'cd@{key}'):.4f} | {mean(f'f@{key}'):.3f} | {paired(rows, f'cd@{key}')} |")
+    return lines
 
 
 def main() -> None:
@@ -81,18 +160,33 @@ def main() -> None:
     ap.add_argument("--split", default=None)
     ap.add_argument("--weights", default=None, help="checkpoint (default: the packaged model)")
     ap.add_argument("--stretch", default="1.05,1.1,1.15,1.2", help="z factors to try, comma-separated")
+    ap.add_argument("--focal-scale", default="", help="focal length factors to try, comma-separated")
     ap.add_argument("--out", type=Path, required=True, help="output path without suffix")
     args = ap.parse_args()
     factors = [float(x) for x in args.stretch.split(",") if x]
+    focal_scales = [float(x) for x in args.focal_scale.split(",") if x]
     torch.set_grad_enabled(False)
+    truth = None
+    if args.format == "procedural":  # the views' depth, intrinsics and visible masks, by name
+        from zsw.data.dataset import ShapeDataset
+
+        truth = ShapeDataset([args.data], args.split or "test", with_shape=False)
+        index = {truth.sample_id(i)[1].name: i for i in range(len(truth))}
 
     rows = []
-    for sample, pred, true in views(args.data, args.format, args.split, args.weights):
+    for sample, recs in views(args.data, args.format, args.split, args.weights, focal_scales):
+        rec, pred, true = recs[1.0], points(recs[1.0], sample.name), np.asarray(sample.gt_points)
         if pred is None:
             print(f"{sample.name}: empty mesh, left out", flush=True)
             continue
         row = {"name": sample.name, "category": sample.category,
                "log_aspect_pred": log_aspect(pred), "log_aspect_true": log_aspect(true)}  # fmt: skip
+        if truth is not None:
+            item = truth[index[sample.name]]
+            row["log_relief_pred"] = log_aspect(np.asarray(rec.visible_points))
+            row["log_relief_true"] = visible_relief(item["depth"][0], item["intrinsics"], item["visible_mask"][0] > 0.5)
+            row["log_focal_pred"] = float(np.log(rec.intrinsics[0, 0]))
+            row["log_focal_true"] = float(np.log(item["intrinsics"][0, 0]))
         m = score(pred, true)
         row["cd"], row["f"] = float(m["cd"]), float(m["fscore@0.05"])
         for k in factors:
@@ -100,37 +194,17 @@ def main() -> None:
             row[f"cd@x{k:g}"], row[f"f@x{k:g}"] = float(m["cd"]), float(m["fscore@0.05"])
         m = score(stretched(pred, np.exp(row["log_aspect_true"] - row["log_aspect_pred"])), true)
         row["cd@true"], row["f@true"] = float(m["cd"]), float(m["fscore@0.05"])
+        for f in focal_scales:
+            other = points(recs[f], sample.name)
+            m = score(other, true) if other is not None else {"cd": np.nan, "fscore@0.05": np.nan}
+            row[f"cd@f{f:g}"], row[f"f@f{f:g}"] = float(m["cd"]), float(m["fscore@0.05"])
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if not rows:
         raise SystemExit(f"{args.data}: no view gave a mesh")
 
-    p = np.array([r["log_aspect_pred"] for r in rows])
-    t = np.array([r["log_aspect_true"] for r in rows])
-    slope, intercept = np.polyfit(p, t, 1)
-    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
-    lines = [
-        f"# Depth aspect: {args.data} ({args.format}, {len(rows)} views)",
-        "",
-        "log(z extent / max x-y extent), 1st-99th percentiles, camera frame:",
-        "",
-        "| | predicted | true |",
-        "| --- | ---: | ---: |",
-        f"| mean | {p.mean():+.3f} | {t.mean():+.3f} |",
-        f"| standard deviation | {p.std(ddof=1):.3f} | {t.std(ddof=1):.3f} |",
-        "",
-        f"true - predicted: mean {np.mean(t - p):+.3f}, standard deviation {np.std(t - p, ddof=1):.3f}; "
-        f"correlation {np.corrcoef(p, t)[0, 1]:.2f}; true = {intercept:+.3f} + {slope:.2f} x predicted.",
-        "",
-        "| z stretch | CD | F@0.05 | CD against none (paired, s.e.) |",
-        "| --- | ---: | ---: | --- |",
-        f"| none | {mean('cd'):.4f} | {mean('f'):.3f} | |",
-    ]
-    for k in factors:
-        lines.append(f"| x{k:g} | {mean(f'cd@x{k:g}'):.4f} | {mean(f'f@x{k:g}'):.3f} | {paired(rows, f'cd@x{k:g}')} |")
-    lines.append(
-        f"| to the true aspect (oracle) | {mean('cd@true'):.4f} | {mean('f@true'):.3f} | {paired(rows, 'cd@true')} |"
-    )
+    lines = [f"# Depth aspect: {args.data} ({args.format}, {len(rows)} views)", ""]
+    lines += summary(rows, factors, focal_scales)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
