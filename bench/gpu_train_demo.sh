@@ -11,6 +11,13 @@
 #   bash bench/gpu_prepare.sh                                   # here, where pip reaches PyPI
 #   device call: PYTHONUNBUFFERED=1 bash bench/gpu_train_demo.sh    (carry [".whl"], timeout_s 560)
 #
+# SHAPE=wide trains, in place of continuing v6's shape path, one twice as wide from scratch
+# (configs/gpu/model-wide.yaml; stage full then takes it and v6's pixel model, as by default), and
+# writes to $OUT/gpu-train-demo-wide/: the tiny shape path levelled off near validation CD 0.054 on
+# true surfaces on the CPU (2,400 more steps: 0.0546 -> 0.0542) and reached the same in 547 steps
+# from scratch on the H200, so the continuation may gain little there; the CPU's 2x-wide run was
+# 2-3 % better at 1,800 steps and still falling (bench/results/shape-learning.md (d), (j), (cc)).
+#
 # SCALE=smoke runs every step with tiny sizes and no GPU check (ZSW_GPU_OPTIONAL), to test the
 # script itself on a CPU; it says nothing about the model.
 set -uo pipefail
@@ -20,7 +27,14 @@ if [ "$scale" = smoke ]; then export ZSW_GPU_OPTIONAL=1; fi
 # shellcheck source=bench/gpu_env.sh
 source bench/gpu_env.sh
 
-results="${OUT:-bench/results}/gpu-train-demo"
+shape="${SHAPE:-continue}"
+case "$shape" in
+    continue) results="${OUT:-bench/results}/gpu-train-demo"
+              shape_args=(--init demo --lr 0.0005); model=() ;;  # a trained shape path continues at half the rate
+    wide)     results="${OUT:-bench/results}/gpu-train-demo-wide"
+              model=(--preset configs/gpu/model-wide.yaml); shape_args=("${model[@]}") ;;  # from scratch
+    *) echo "SHAPE must be continue or wide, got '$shape'" >&2; exit 2 ;;
+esac
 mkdir -p "$results" data/gpu runs
 log="$results/session.log"
 C=sphere,box,cylinder,cone,torus,capsule,table,chair,mug,lamp,bottle
@@ -83,19 +97,20 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
     echo "synthesised in $(( $(date +%s) - t0 )) s: $(find data/gpu -name '*.png' -path '*images_processed*' | wc -l) images"
     data=(--data data/gpu/train --data data/gpu/train3)
 
-    echo "== stage shape from zsw-demo-v6 (${shape_min} min, $workers loader workers)"
+    if [ "$shape" = wide ]; then what="a shape path twice as wide, from scratch"; else what="zsw-demo-v6's shape path"; fi
+    echo "== stage shape: $what (${shape_min} min, $workers loader workers)"
     t0=$(date +%s)
     # how busy the GPU is while it trains (the first run was starved by its data loaders)
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 5 > "$results/gpu-util.csv" 2>/dev/null &
     util=$!
-    # a trained shape path continues at half the from-scratch rate (configs/demo/shape-2.yaml's)
-    timeout -s INT -k 30 "$shape_s" python3 -m zsw train --config configs/gpu/shape.yaml "${data[@]}" --init demo --lr 0.0005 \
+    # (a trained shape path continues at half the from-scratch rate, as configs/demo/shape-2.yaml did)
+    timeout -s INT -k 30 "$shape_s" python3 -m zsw train --config configs/gpu/shape.yaml "${data[@]}" "${shape_args[@]}" \
         --max-minutes "$shape_min" --workers "$workers" --out runs/gpu-shape --no-progress "${steps[@]}" > "$results/shape.log" 2>&1
     echo "stage shape in $(( $(date +%s) - t0 )) s"
     tail -n 2 "$results/shape.log"
 
     echo "== stage full: that shape path, zsw-demo-v6's pixel model (${full_min} min)"
-    timeout -s INT -k 30 "$full_s" python3 -m zsw train --config configs/gpu/full.yaml "${data[@]}" \
+    timeout -s INT -k 30 "$full_s" python3 -m zsw train --config configs/gpu/full.yaml "${data[@]}" "${model[@]}" \
         --max-minutes "$full_min" --workers "$workers" --out runs/gpu-full --no-progress "${steps[@]}" > "$results/full.log" 2>&1
     tail -n 3 "$results/full.log"
     kill "$util" 2>/dev/null
