@@ -82,19 +82,12 @@ def views(data: Path, fmt: str, split: str | None, weights: str | None, focal_sc
     from zsw.data.eval_sets import open_eval_set
     from zsw.eval.evaluate import _model_input
     from zsw.eval.jobs import EvalJobSettings
-    from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.weights import open_backend, resolve_backend
 
     s = EvalJobSettings(format=fmt, weights=weights)
     backend, label, _ = open_backend(resolve_backend(s.backend, s.weights, s.engine, s.device, s.precision),
                                      s.weights, s.engine, s.device)  # fmt: skip
-    recons = {
-        f: Reconstructor(backend if f == 1 else FocalScaled(backend, f), grid=s.grid, frame="camera",
-                         weights_label=label, precision=s.precision, color="none", reframe=s.reframe,
-                         background=s.background, min_part=s.min_part, smooth=s.smooth, faces=s.faces, tta=s.tta,
-                         carve=s.carve)
-        for f in (1.0, *focal_scales)
-    }  # fmt: skip
+    recons = {f: s.reconstructor(backend if f == 1 else FocalScaled(backend, f), label) for f in (1.0, *focal_scales)}
     size = backend.config.pixel.image_size
     for sample in open_eval_set(data, fmt, split=split):
         image, _ = _model_input(sample, size)
@@ -105,6 +98,15 @@ def points(rec, name: str) -> np.ndarray | None:  # [10k, 3] on the mesh as zsw 
     from zsw.eval.evaluate import mesh_points, sample_rng
 
     return mesh_points(rec.mesh, 10000, sample_rng(0, name)) if len(rec.mesh.faces) else None
+
+
+def scored(row: dict, key: str, cloud: np.ndarray | None, true: np.ndarray) -> None:
+    """``row["cd" + key]`` and ``row["f" + key]``: ZeroShape's CD and F@0.05 of ``cloud`` against
+    ``true``; NaN for a variant that gave no mesh (``cloud`` None)."""
+    from zsw.eval.evaluate import score
+
+    m = score(cloud, true) if cloud is not None else {"cd": np.nan, "fscore@0.05": np.nan}
+    row[f"cd{key}"], row[f"f{key}"] = float(m["cd"]), float(m["fscore@0.05"])
 
 
 def paired(rows: list[dict], key: str, base: str = "cd") -> str:
@@ -151,7 +153,6 @@ def summary(rows: list[dict], factors: list[float], focal_scales: list[float]) -
 def main() -> None:
     import torch
 
-    from zsw.eval.evaluate import score
     from zsw.io import atomic_write_text
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -187,17 +188,12 @@ def main() -> None:
             row["log_relief_true"] = visible_relief(item["depth"][0], item["intrinsics"], item["visible_mask"][0] > 0.5)
             row["log_focal_pred"] = float(np.log(rec.intrinsics[0, 0]))
             row["log_focal_true"] = float(np.log(item["intrinsics"][0, 0]))
-        m = score(pred, true)
-        row["cd"], row["f"] = float(m["cd"]), float(m["fscore@0.05"])
+        scored(row, "", pred, true)
         for k in factors:
-            m = score(stretched(pred, k), true)
-            row[f"cd@x{k:g}"], row[f"f@x{k:g}"] = float(m["cd"]), float(m["fscore@0.05"])
-        m = score(stretched(pred, np.exp(row["log_aspect_true"] - row["log_aspect_pred"])), true)
-        row["cd@true"], row["f@true"] = float(m["cd"]), float(m["fscore@0.05"])
+            scored(row, f"@x{k:g}", stretched(pred, k), true)
+        scored(row, "@true", stretched(pred, np.exp(row["log_aspect_true"] - row["log_aspect_pred"])), true)
         for f in focal_scales:
-            other = points(recs[f], sample.name)
-            m = score(other, true) if other is not None else {"cd": np.nan, "fscore@0.05": np.nan}
-            row[f"cd@f{f:g}"], row[f"f@f{f:g}"] = float(m["cd"]), float(m["fscore@0.05"])
+            scored(row, f"@f{f:g}", points(recs[f], sample.name), true)
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if not rows:

@@ -106,6 +106,13 @@ class EvalJobSettings:
             if value is not None and value < 1:
                 raise OptionError(f"--{name.replace('_', '-')}: {value} is below 1")
 
+    def reconstructor(self, backend, label: str | None = None) -> Reconstructor:
+        """The reconstruction ``zsw eval`` scores, with these settings: camera frame, no colours.
+        Benches that study the scored meshes build theirs here, so that they cannot drift apart."""
+        return Reconstructor(backend, grid=self.grid, frame="camera", weights_label=label, precision=self.precision,
+                             color="none", reframe=self.reframe, background=self.background, min_part=self.min_part,
+                             smooth=self.smooth, faces=self.faces, tta=self.tta, carve=self.carve)  # fmt: skip
+
 
 @dataclass
 class EvalReport:
@@ -165,9 +172,7 @@ def _evaluate(data: Path, out: Path, s: EvalJobSettings, reporter: Reporter) -> 
         stale.unlink(missing_ok=True)
     if resumed := len(log.done & set(names)):
         reporter.info(f"resuming: {resumed} sample(s) already in {jsonl}")
-    recon = Reconstructor(backend, grid=s.grid, frame="camera", weights_label=label, precision=s.precision,
-                          color="none", reframe=s.reframe, background=s.background,
-                          min_part=s.min_part, smooth=s.smooth, faces=s.faces, tta=s.tta, carve=s.carve)  # fmt: skip
+    recon = s.reconstructor(backend, label)
     estimator = None
     if is_estimated_prompt(s.prompt):
         from zsw.infer.category import get_estimator
