@@ -90,14 +90,16 @@ _MESHES_HELP = (
     "renders: the same cameras (--elevation), shading, files, lists and manifest, --bake as there. A subfolder of "
     "MESH_DIR is a category (files directly in it: --category); object ids are file names ('_' made '-'). Each "
     "mesh is centred, scaled to longest side 1 (y up; --up z for z-up CAD exports) and turned into a signed "
-    "distance on a --grid; an open mesh becomes a thin shell (said per file). Textures and vertex colours are not "
-    "used: each object gets a random colour. A mesh that cannot be read fails alone. Rerun to resume; a changed "
+    "distance on a --grid; an open mesh becomes a thin shell (said per file). Each mesh is drawn in its own "
+    "textures, material and vertex colours (a random colour where it has none; --appearance random: always). A "
+    "mesh that cannot be read fails alone. Rerun to resume; a changed "
     "mesh is refused unless --redo-changed."
     "\n\nExample:\n\n  zsw synthesize meshes meshes/ --out data/mine --views 10"
     "\n\n  zsw synthesize meshes cad/ --out data/cad --up z --bake test --backgrounds photos/"
 )
 _GRID = "Signed-distance grid cells along an object's longest side (finer: thinner parts kept, slower)."
 _REDO = "Render again the objects whose mesh file changed since they were rendered (else refused)."
+_APPEARANCE = "mesh: the meshes' own textures and colours (random where none); random: a random colour each."
 
 
 @app.command("meshes", help=_MESHES_HELP)
@@ -118,20 +120,22 @@ def meshes(
     max_occluders: MaxOccluders = 2,
     backgrounds: Backgrounds = None,
     elevation: Elevation = None,
+    appearance: Annotated[str, typer.Option(help=_APPEARANCE)] = "mesh",
     redo_changed: Annotated[bool, typer.Option(help=_REDO)] = False,
 ) -> None:
     from zsw.errors import InputError
-    from zsw.synth.pipeline import mesh_config, split_counts
+    from zsw.synth.pipeline import color_counts, mesh_config, split_counts
     from zsw.synth.pipeline import meshes as run
 
     cfg = mesh_config(splits, bake, elevation, views=views, seed=seed, category=category, up=up, grid=grid, size=size,
-                      min_occluders=min_occluders, max_occluders=max_occluders, background_dir=backgrounds)  # fmt: skip
+                      min_occluders=min_occluders, max_occluders=max_occluders, background_dir=backgrounds,
+                      appearance=appearance)  # fmt: skip
     report, n_workers = run(mesh_dir, out, cfg, workers, redo_changed, RichReporter(min_total=1))
     rendered = report.objects - len(report.failed)  # the meshes that failed are named below
     typer.echo(
         f"{out}: rendered {report.rendered} views of {rendered} meshes in {report.seconds:.1f}s "
         f"({report.images_per_second:.2f} images/s, {n_workers} workers); {report.skipped} were already there; "
-        f"{split_counts(report)}"
+        f"{split_counts(report)}{color_counts(report)}"
     )
     for note in report.notes:
         typer.echo(f"warning: {note}", err=True)

@@ -510,20 +510,24 @@ def _shape_points(path: Path, name: str) -> np.ndarray:  # [M, 3] float64, OpenC
     return points * np.array([1.0, -1.0, -1.0])
 
 
-def read_mesh_file(path: Path):
+def read_mesh_file(path: Path, parts: bool = False):
     """The ``trimesh`` object of a mesh or point-cloud file (a ``Trimesh``, ``PointCloud``, ...):
     a scene's meshes as one, placed by its scene graph, OBJ relative indices as the format means
     them (:func:`_load_mesh`); a USD stage's visible meshes (:func:`zsw.data.usd.read_usd`). A
     file that cannot be read, holds no geometry or has faces naming vertices it does not have is an
-    :class:`InputError` naming it."""
+    :class:`InputError` naming it.
+
+    ``parts``: a list of the scene's meshes instead, each placed and keeping its own materials,
+    textures and colours (an OBJ's ``.mtl`` and images read from beside it), in the order the
+    concatenation would have them; a file of one mesh is a list of it."""
     import trimesh
 
     if path.suffix.lower() in USD_SUFFIXES:
-        return read_usd(path)
+        return [read_usd(path)] if parts else read_usd(path)
     tree = gltf.read_json(path)  # {} for other formats
     gltf.check_extensions(path, tree)
     try:
-        loaded = _load_mesh(path, tree)
+        loaded = _load_mesh(path, tree, materials=parts)
     except FileNotFoundError as e:  # a .gltf's buffer or image beside it
         missing = Path(str(e.filename or e.args[-1])).name
         raise InputError(f"cannot read the mesh {path}: {missing}, a file it refers to, is missing") from None
@@ -534,19 +538,26 @@ def read_mesh_file(path: Path):
     if isinstance(loaded, trimesh.Scene):
         if not loaded.geometry:  # what trimesh makes of a truncated STL or a text file named .stl
             raise InputError(f"cannot read the mesh {path}: no geometry in it (truncated, or not {path.suffix} data)")
-        loaded = loaded.to_mesh()  # its meshes as one, placed by the scene graph (points and lines dropped)
-    faces = getattr(loaded, "faces", None)
-    if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(loaded.vertices)):
-        raise InputError(f"the mesh {path} has faces that name vertices it does not have")
-    return loaded
+        if parts:  # placed by the scene graph, points and lines dropped
+            meshes = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)]
+        else:  # its meshes as one, placed by the scene graph (points and lines dropped)
+            loaded = loaded.to_mesh()
+    elif parts:
+        meshes = [loaded] if isinstance(loaded, trimesh.Trimesh) else []
+    for mesh in meshes if parts else [loaded]:
+        faces = getattr(mesh, "faces", None)
+        if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(mesh.vertices)):
+            raise InputError(f"the mesh {path} has faces that name vertices it does not have")
+    return meshes if parts else loaded
 
 
-def _load_mesh(path: Path, gltf_tree: dict | None = None):
+def _load_mesh(path: Path, gltf_tree: dict | None = None, materials: bool = False):
     """``trimesh.load`` of ``path``. A glTF's quantized geometry is dequantized, its instanced
     meshes placed and its fans cut first (:func:`zsw.data.gltf.rewritten_glb`; ``gltf_tree``: its
     JSON, read already). An OBJ's relative face indices (``f -3 -2 -1``, counted back from the
     vertices read so far, as concatenated per-object OBJ files have them) are made absolute first:
-    trimesh counts them from the end of the whole file, which puts every face on the last object."""
+    trimesh counts them from the end of the whole file, which puts every face on the last object.
+    An OBJ's materials and textures are read (from beside it) only with ``materials``."""
     import io
     import re
 
@@ -559,9 +570,11 @@ def _load_mesh(path: Path, gltf_tree: dict | None = None):
         return trimesh.load(io.BytesIO(glb), file_type="glb", process=False, resolver=resolver)
     if path.suffix.lower() != ".obj":
         return trimesh.load(path, process=False)
-    text = path.read_text(errors="replace")  # read once; its materials and textures are not needed
+    text = path.read_text(errors="replace")  # read once
+    # the .mtl files and images beside it, or (geometry alone) nothing: a missing one is not an error
+    resolver = _MaterialResolver(path) if materials else None
     if not re.search(r"^\s*f\s.*[\s/]-\d", text, flags=re.MULTILINE):
-        return trimesh.load(io.StringIO(text), file_type="obj", process=False)
+        return trimesh.load(io.StringIO(text), file_type="obj", process=False, resolver=resolver)
     counts = {"v": 0, "vt": 0, "vn": 0}
     lines = []
     for line in text.splitlines():
@@ -574,7 +587,31 @@ def _load_mesh(path: Path, gltf_tree: dict | None = None):
             ]
             line = " ".join(words)
         lines.append(line)
-    return trimesh.load(io.StringIO("\n".join(lines)), file_type="obj", process=False)
+    return trimesh.load(io.StringIO("\n".join(lines)), file_type="obj", process=False, resolver=resolver)
+
+
+def _MaterialResolver(path: Path):
+    """trimesh's resolver of the files beside ``path``, with the options of an ``.mtl``'s texture
+    statements dropped (``map_Kd -s 1 1 1 wood.png`` -> ``map_Kd wood.png``: the last word is
+    the file), which trimesh would take for the file name."""
+    import trimesh
+
+    statements = ("map_", "bump", "disp", "decal", "refl")
+
+    def plain(line: str) -> str:
+        words = line.split()
+        if len(words) > 2 and words[0].lower().startswith(statements) and words[1].startswith("-"):
+            return f"{words[0]} {words[-1]}"
+        return line
+
+    class Resolver(trimesh.resolvers.FilePathResolver):
+        def get(self, name: str):
+            data = super().get(name)
+            if not name.lower().endswith(".mtl"):
+                return data
+            return "\n".join(plain(line) for line in data.decode("utf-8", errors="replace").splitlines()).encode()
+
+    return Resolver(path)
 
 
 #: bytes 128-255 read as "?": what a PLY header's non-ASCII comment becomes

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from zsw.data.eval_sets import FOLDER_MESHES, read_mesh_file
 from zsw.errors import InputError
+from zsw.synth.mesh_colors import SurfaceColors, barycentric
 from zsw.synth.sdf import query_points, sample_triangles, tetra_gradient
 
 __all__ = ["MESH_SUFFIXES", "MeshShape", "load_mesh", "normalize"]
@@ -66,21 +67,23 @@ _ROUND = 1.0  # the kink of an open surface's distance, rounded over this many c
 _WALL = 0.8  # the wall: vertices within this many cells of the surface
 
 
-def load_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:  # [V, 3] float64, [F, 3] int64
+def load_mesh(
+    path: str | Path, colors: bool = False
+) -> tuple[np.ndarray, np.ndarray, SurfaceColors | None]:  # [V, 3] float64, [F, 3] int64, colours
     """Vertices and faces of the mesh file ``path``; a scene is concatenated with its node
-    transforms applied. Unreadable, empty or faceless files (point clouds) are an
-    :class:`InputError` naming the file."""
-    import trimesh
-
+    transforms applied. With ``colors``, the surface's own colours (textures, materials, vertex
+    colours: :class:`~zsw.synth.mesh_colors.SurfaceColors`; None when it has none), else None.
+    Unreadable, empty or faceless files (point clouds) are an :class:`InputError` naming the file."""
     path = Path(path)
-    loaded = read_mesh_file(path)
-    if not isinstance(loaded, trimesh.Trimesh) or not len(loaded.faces):
+    meshes = [m for m in read_mesh_file(path, parts=True) if len(getattr(m, "faces", ()))]
+    if not meshes:
         raise InputError(f"the mesh {path} has no faces (a point cloud or lines): nothing to render")
-    vertices = np.asarray(loaded.vertices, dtype=np.float64)
-    faces = np.asarray(loaded.faces, dtype=np.int64)
+    offsets = np.cumsum([0] + [len(m.vertices) for m in meshes])
+    vertices = np.concatenate([np.asarray(m.vertices, dtype=np.float64) for m in meshes])
+    faces = np.concatenate([np.asarray(m.faces, dtype=np.int64) + o for m, o in zip(meshes, offsets)])
     if not np.isfinite(vertices[faces]).all():
         raise InputError(f"the mesh {path} has non-finite vertices")
-    return vertices, faces
+    return vertices, faces, SurfaceColors.from_meshes(meshes) if colors else None
 
 
 def normalize(vertices: np.ndarray, faces: np.ndarray, up: str = "y", name: str = "mesh") -> np.ndarray:
@@ -104,12 +107,13 @@ def normalize(vertices: np.ndarray, faces: np.ndarray, up: str = "y", name: str 
 
 class MeshShape:
     """A triangle mesh (already in the object frame: :func:`normalize`) with a grid signed
-    distance; see the module docstring. One part (:attr:`num_parts` 1): the mesh's own materials,
-    textures and vertex colours are not used."""
+    distance; see the module docstring. One part (:attr:`num_parts` 1); ``colors``, the surface's
+    own colours per face of ``faces`` (:class:`~zsw.synth.mesh_colors.SurfaceColors`), give
+    :meth:`albedo` (None: the renderer's random colour)."""
 
     num_parts = 1
 
-    def __init__(self, vertices: np.ndarray, faces: np.ndarray, grid: int = 192):
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, grid: int = 192, colors: SurfaceColors | None = None):
         if grid < 16:
             raise InputError(f"grid must be at least 16 cells, got {grid}")
         v = np.asarray(vertices, dtype=np.float64)
@@ -118,6 +122,7 @@ class MeshShape:
         area = 0.5 * np.linalg.norm(cross, axis=-1)
         keep = area > 1e-14
         self.triangles = tri[keep]  # [F, 3, 3]
+        self.colors = None if colors is None else colors.select(keep)
         self._area = area[keep]
         self._normals = cross[keep] / (2 * area[keep, None])
         used = self.triangles.reshape(-1, 3)
@@ -129,9 +134,10 @@ class MeshShape:
         self._build()
 
     @classmethod
-    def from_file(cls, path: str | Path, up: str = "y", grid: int = 192) -> MeshShape:
-        vertices, faces = load_mesh(path)
-        return cls(normalize(vertices, faces, up, name=str(path)), faces, grid)
+    def from_file(cls, path: str | Path, up: str = "y", grid: int = 192, colors: bool = False) -> MeshShape:
+        """The mesh file ``path``, normalised; with ``colors``, its own (:func:`load_mesh`)."""
+        vertices, faces, surface = load_mesh(path, colors)
+        return cls(normalize(vertices, faces, up, name=str(path)), faces, grid, surface)
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -175,16 +181,17 @@ class MeshShape:
         corners = tri[owner] - self.samples[:, None, :]
         self._reach = np.linalg.norm(corners, axis=-1).max(axis=1) + 1e-9
 
-    def _exact(self, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(distance [N], closest surface point [N, 3], nearest sample [N]) over the triangles of
-        the ``k`` nearest samples of each point. A triangle is skipped where it came before, or
-        where its sample is farther than the best distance so far plus the sample's reach over its
-        triangle."""
+    def _exact(self, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(distance [N], closest surface point [N, 3], nearest sample [N], the triangle of the
+        closest point [N]) over the triangles of the ``k`` nearest samples of each point. A
+        triangle is skipped where it came before, or where its sample is farther than the best
+        distance so far plus the sample's reach over its triangle."""
         from trimesh.triangles import closest_point
 
         dist = np.full(len(points), np.inf)
         foot = np.zeros_like(points)
         nearest = np.zeros(len(points), dtype=np.int64)
+        owner = np.zeros(len(points), dtype=np.int64)
         for lo in range(0, len(points), 1 << 17):
             p = points[lo : lo + (1 << 17)]
             gap, idx = self._tree.query(p, k=k)
@@ -193,6 +200,7 @@ class MeshShape:
             faces = self.sample_face[idx]
             best_d = np.full(len(p), np.inf)
             best_f = np.zeros_like(p)
+            best_t = np.zeros(len(p), dtype=np.int64)
             for j in range(k):
                 todo = gap[:, j] - self._reach[idx[:, j]] < best_d
                 if j:  # a triangle met before
@@ -202,8 +210,10 @@ class MeshShape:
                 d = np.linalg.norm(p[rows] - f, axis=1)
                 better = d < best_d[rows]
                 best_d[rows[better]], best_f[rows[better]] = d[better], f[better]
+                best_t[rows[better]] = faces[rows[better], j]
             dist[lo : lo + len(p)], foot[lo : lo + len(p)] = best_d, best_f
-        return dist, foot, nearest
+            owner[lo : lo + len(p)] = best_t
+        return dist, foot, nearest, owner
 
     def _label_at(self, points: np.ndarray) -> np.ndarray:  # [N] int8: 1 outside, -1 inside, 0 wall
         ijk = np.rint((points - self.origin) / self.step).astype(np.int64)
@@ -250,7 +260,7 @@ class MeshShape:
         band = np.nonzero(cells <= _BAND_CELLS)
         del cells, occupied
         band_points = self.origin + np.stack(band, axis=1) * h
-        dist, foot, nearest = self._exact(band_points, k=_K)
+        dist, foot, nearest, _ = self._exact(band_points, k=_K)
         u[band] = dist
         # the wall, and the flood from the border through the rest
         self.threshold = _WALL * h
@@ -308,6 +318,19 @@ class MeshShape:
     def sdf_part(self, p: Tensor) -> tuple[Tensor, Tensor]:  # [N], [N] long
         return self.sdf(p), torch.zeros(p.shape[0], dtype=torch.long)
 
+    def albedo(self, p: Tensor) -> Tensor | None:  # [N, 3] -> [N, 3] linear RGB
+        """The surface's own colour at the points ``p`` (on or near it: the colour of the closest
+        point of the true triangles), NaN where its triangle has none; None when the mesh has no
+        colours (:attr:`colors`)."""
+        if self.colors is None:
+            return None
+        if p.shape[0] == 0:
+            return p.new_zeros(0, 3)
+        points = p.detach().double().cpu().numpy()
+        _, foot, _, face = self._exact(points, k=_K)
+        rgb = self.colors.sample(face, barycentric(self.triangles[face], foot))
+        return torch.from_numpy(rgb).to(p.device, torch.float32)
+
     def gradient(self, p: Tensor) -> Tensor:  # [N, 3] unit normals
         """Tetrahedron finite differences over 3/4 of a cell (the trilinear field's own gradient
         jumps from cell to cell: shading would show the grid)."""
@@ -327,7 +350,7 @@ class MeshShape:
         lo, hi = self._lo.double().numpy(), self._hi.double().numpy()
         beyond = ((points < lo) | (points > hi)).any(axis=1)  # the grid's value adds up two legs there
         near = (np.abs(out) <= _BAND_CELLS * self.step) | beyond
-        dist, foot, nearest = self._exact(points[near], k=2 * _K)
+        dist, foot, nearest, _ = self._exact(points[near], k=2 * _K)
         side = np.where(self._side(points[near], foot) < 0, -1, 1)  # undecided: outside
         sheet = self.sample_sheet[nearest] & (side > 0)
         out[near] = np.where(sheet, dist - self.shell, side * dist)

@@ -18,12 +18,18 @@ Seeds and splits come from the object's name, not its place in the folder: objec
 SHA-256 of ``"<cat>/<obj>"``), view ``v`` from ``[seed, w0, w1, 1, v]``, its split from
 ``[seed, w0, w1, 2]``; adding meshes to the folder changes nothing already rendered.
 
+Colours (``appearance``, :mod:`zsw.synth.mesh_colors`): by default each mesh is drawn in its own
+textures, material colours and vertex colours, and a random colour where it has none (the
+procedural shapes' material, lighting and highlight otherwise); ``"random"`` ignores them.
+
 Resume: as procedural's. Before its gt_sdf and views, each object gets a stamp
 ``mesh_sources/<cat>/<cat>_<obj>.json`` with the SHA-256 of its file (a ``.gltf``'s with its
-buffers); a rerun whose file no longer matches refuses to start, naming it, unless
-``redo_changed`` (``--redo-changed``), which deletes that object's files and renders it again.
-Other settings (``meshes.yaml``) cannot change in a dataset. A mesh that cannot be read or has no
-surface fails alone: the others are rendered, and the report names it.
+buffers; with the meshes' own colours, also the images and ``.mtl`` files they are read from) and
+the colours it was drawn in (``texture``, ``mesh`` or ``random``); a rerun whose file no longer
+matches refuses to start, naming it, unless ``redo_changed`` (``--redo-changed``), which deletes
+that object's files and renders it again. Other settings (``meshes.yaml``) cannot change in a
+dataset. A mesh that cannot be read or has no surface fails alone: the others are rendered, and
+the report names it.
 """
 
 from __future__ import annotations
@@ -60,9 +66,11 @@ from zsw.synth.procedural import (
 )
 from zsw.synth.sdf import CATEGORIES
 
-__all__ = ["MeshConfig", "MeshSource", "MeshReport", "scan_meshes", "generate_meshes", "CONFIG_FILE"]
+__all__ = ["MeshConfig", "MeshSource", "MeshReport", "scan_meshes", "generate_meshes", "CONFIG_FILE", "APPEARANCES"]
 
 CONFIG_FILE = MESHES_CONFIG_FILE
+#: ``MeshConfig.appearance``: the meshes' own colours, or a random one
+APPEARANCES = ("mesh", "random")
 STAMPS = "mesh_sources"
 #: files that travel with meshes (materials, glTF buffers, textures): passed over without a note
 _COMPANIONS = {".mtl", ".bin", ".png", ".jpg", ".jpeg", ".tga", ".bmp", ".webp", ".ktx2", ".tif", ".tiff", ".gif"}
@@ -81,11 +89,17 @@ class MeshConfig(RenderSettings):
     up: str = "y"
     # cells of the signed-distance grid along the object's longest side (plus padding)
     grid: int = 192
+    # the surface's colour: "mesh" (its textures, material colours and vertex colours where it has
+    # them, a random colour elsewhere: zsw.synth.mesh_colors) or "random" (one random colour, as
+    # procedural shapes; what zsw did before 2026-12-05)
+    appearance: str = "mesh"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.up not in ("y", "z"):
             raise ConfigError(f"up must be y or z, got {self.up!r}")
+        if self.appearance not in APPEARANCES:
+            raise ConfigError(f"appearance must be one of {', '.join(APPEARANCES)}, got {self.appearance!r}")
         if not 32 <= self.grid <= 512:
             raise ConfigError(f"grid must be 32-512 cells, got {self.grid}")
         if not self.category or "/" in self.category or self.category.startswith("."):
@@ -130,6 +144,9 @@ class MeshReport:
     seconds: float
     splits: dict[str, int] = field(default_factory=dict)  # views each split lists after the run
     notes: list[str] = field(default_factory=list)  # what the user should know (printed as warnings)
+    # meshes this run rendered, by the colours they were drawn in: texture, mesh (material or vertex
+    # colours without a texture), random (--appearance random, or a mesh with no colours of its own)
+    colors: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -177,18 +194,53 @@ def scan_meshes(folder: str | os.PathLike, category: str = "object") -> tuple[li
     return sorted(sources.values(), key=lambda m: (m.category, m.object)), skipped
 
 
-def fingerprint(path: Path) -> str:
+def fingerprint(path: Path, appearance: bool = False) -> str:
     """SHA-256 of a mesh file (:func:`zsw.io.sha256_file`); a ``.gltf``'s is that of its own hash
-    and those of the buffers it names beside it."""
-    if path.suffix.lower() != ".gltf":
+    and those of the buffers it names beside it. With ``appearance`` (the meshes' own colours are
+    rendered), the images a ``.gltf`` names and an ``.obj``'s ``.mtl`` files and their texture
+    images count too (:func:`companion_files`)."""
+    files = companion_files(path, appearance)
+    if not files:
         return sha256_file(path)
-    try:
-        uris = [b.get("uri", "") for b in json.loads(path.read_text()).get("buffers", [])]
-    except (ValueError, AttributeError, OSError):
-        uris = []
-    files = [path.parent / u for u in uris if isinstance(u, str) and u and not u.startswith("data:")]
-    hashes = [sha256_file(path), *(sha256_file(f) for f in files if f.is_file())]
+    hashes = [sha256_file(path), *(sha256_file(f) for f in files)]
     return hashlib.sha256(" ".join(hashes).encode()).hexdigest()
+
+
+def companion_files(path: Path, appearance: bool = False) -> list[Path]:
+    """The files beside ``path`` that its geometry (a ``.gltf``'s buffers) and, with
+    ``appearance``, its colours (a ``.gltf``'s images; an ``.obj``'s ``mtllib`` files and the
+    images they name) are read from, those that exist, in the order named."""
+    suffix = path.suffix.lower()
+    files: list[Path] = []
+    if suffix == ".gltf":
+        try:
+            tree = json.loads(path.read_text())
+            keys = ("buffers", "images") if appearance else ("buffers",)
+            uris = [item.get("uri", "") for key in keys for item in tree.get(key, [])]
+        except (ValueError, AttributeError, OSError, UnicodeDecodeError):
+            uris = []
+        files = [path.parent / u for u in uris if isinstance(u, str) and u and not u.startswith("data:")]
+    elif suffix == ".obj" and appearance:
+        for lib in _statements(path, ("mtllib",)):
+            mtl = path.parent / lib
+            files.append(mtl)
+            files += [mtl.parent / name for name in _statements(mtl, ("map_kd", "map_ka"))]
+    return [f for f in dict.fromkeys(files) if f.is_file()]
+
+
+def _statements(path: Path, keywords: tuple[str, ...]) -> list[str]:
+    """The file names after ``keywords`` (lower case) in a text file of statements (OBJ, MTL): the
+    rest of the line, or its last word when options come first (``map_Kd -s 1 1 1 wood.png``)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    names = []
+    for line in lines:
+        words = line.split()
+        if len(words) > 1 and words[0].lower() in keywords:
+            names.append(words[-1] if words[1].startswith("-") else line.split(None, 1)[1].strip())
+    return names
 
 
 def _stamp_path(layout: ZeroShapeLayout, sid: SampleId) -> Path:
@@ -220,19 +272,19 @@ def _changed(layout: ZeroShapeLayout, cfg: MeshConfig, sources: list[MeshSource]
     return changed
 
 
-def _mesh_job(args: tuple[str, MeshConfig, MeshSource, str, frozenset]) -> tuple[list[dict], int, int, str, str]:
+def _mesh_job(args: tuple[str, MeshConfig, MeshSource, str, frozenset]) -> tuple[list[dict], int, int, str, str, str]:
     """Render what object ``src`` lacks; returns (new manifest records, views rendered, views already
-    there, an error line or '', a shell note or '')."""
+    there, an error line or '', a shell note or '', the colours it was drawn in or '')."""
     root, cfg, src, sha, recorded = args
     layout = ZeroShapeLayout(root)
     sids = src.views(cfg.views)
     pending = pending_views(layout, sids, recorded)
     if pending.complete:
-        return [], 0, len(sids), "", ""
+        return [], 0, len(sids), "", "", ""
     try:
-        shape = MeshShape.from_file(src.path, cfg.up, cfg.grid)
+        shape = MeshShape.from_file(src.path, cfg.up, cfg.grid, colors=cfg.appearance == "mesh")
     except InputError as e:
-        return [], 0, 0, str(e), ""
+        return [], 0, 0, str(e), "", ""
     note = ""
     if shape.shell_fraction >= SHELL_NOTE or not shape.has_inside:
         note = (
@@ -240,14 +292,43 @@ def _mesh_job(args: tuple[str, MeshConfig, MeshSource, str, frozenset]) -> tuple
             f"labelled as a shell {2 * shape.shell:.4f} thick"
         )
     shell = round(shape.shell_fraction, 4)
-    stamp = dict(file=src.rel, sha256=sha, triangles=len(shape.triangles), shell_fraction=shell)
+    stamp = dict(file=src.rel, sha256=sha, triangles=len(shape.triangles), shell_fraction=shell, colors=_colors(shape))
     atomic_write_text(_stamp_path(layout, sids[0]), json.dumps(stamp, sort_keys=True) + "\n")
     key = src.key(cfg.seed)
     rng = np.random.default_rng(np.random.SeedSequence(key))
     extra = dict(source="mesh", mesh=src.rel, mesh_sha256=sha)
     rcfg = cfg.render_config()
     records, rendered = render_object(layout, rcfg, shape, rng, src.split(cfg), sids, recorded, pending, key, extra)
-    return records, rendered, len(sids) - len(pending.todo), "", note
+    return records, rendered, len(sids) - len(pending.todo), "", note, stamp["colors"]
+
+
+def _colors(shape: MeshShape) -> str:
+    """What the stamp says of the colours a mesh was rendered with."""
+    if shape.colors is None:
+        return "random"
+    return "texture" if shape.colors.has_texture else "mesh"
+
+
+def _appearance_unrecorded(layout: ZeroShapeLayout, cfg: MeshConfig) -> tuple[str, ...]:
+    """``("appearance",)`` when the dataset was started before ``appearance`` existed (its settings
+    file lacks it: rendered in random colours) and ``cfg`` resumes it in random colours, which
+    :func:`check_dataset_resume` may then pass over; resuming it in the meshes' own colours would
+    mix the two and is refused. ``()`` otherwise."""
+    import yaml
+
+    path = layout.root / CONFIG_FILE
+    try:
+        recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ()  # check_dataset_resume names the broken file
+    if not isinstance(recorded, dict) or "appearance" in recorded:
+        return ()
+    if cfg.appearance != "random":
+        raise ConfigError(
+            f"{layout.root} was rendered before zsw used the meshes' own colours (each object a random colour); "
+            "rerun with --appearance random to resume it, or choose another --out"
+        )
+    return ("appearance",)
 
 
 def generate_meshes(
@@ -267,7 +348,7 @@ def generate_meshes(
 
 def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed: bool, reporter) -> MeshReport:
     layout = ZeroShapeLayout(out)
-    cfg = check_dataset_resume(layout, cfg, CONFIG_FILE)
+    cfg = check_dataset_resume(layout, cfg, CONFIG_FILE, ignore=_appearance_unrecorded(layout, cfg))
     sources, passed_over = scan_meshes(mesh_dir, cfg.category)
     if not sources:
         raise InputError(f"no meshes in {mesh_dir} (zsw reads {' '.join(MESH_SUFFIXES)})")
@@ -275,7 +356,7 @@ def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed:
         more = f" and {len(passed_over) - 3} more" if len(passed_over) > 3 else ""
         files = "a file that is" if len(passed_over) == 1 else f"{len(passed_over)} files that are"
         reporter.info(f"passed over {files} no mesh zsw reads: {', '.join(passed_over[:3])}{more}")
-    prints = {src.rel: fingerprint(src.path) for src in sources}
+    prints = {src.rel: fingerprint(src.path, cfg.appearance == "mesh") for src in sources}
     changed = _changed(layout, cfg, sources, prints)
     if changed and not redo_changed:
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
@@ -301,8 +382,10 @@ def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed:
     start = time.perf_counter()
     with reporter.progress("rendering meshes", len(sources) * cfg.views) as advance:
 
-        def collect(result: tuple[list[dict], int, int, str, str]) -> None:
-            records, rendered, skipped, error, note = result
+        def collect(result: tuple[list[dict], int, int, str, str, str]) -> None:
+            records, rendered, skipped, error, note, colors = result
+            if colors:
+                report.colors[colors] = report.colors.get(colors, 0) + 1
             for r in records:
                 layout.append_manifest(record_code(r))
             report.rendered += rendered

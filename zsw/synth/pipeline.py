@@ -127,6 +127,14 @@ def split_counts(report: GenerationReport | MeshReport) -> str:
     return ", ".join(f"{split} {report.splits.get(split, 0)}" for split in SPLITS) + " views"
 
 
+def color_counts(report: MeshReport) -> str:
+    """``; drawn in their textures 3, their colours 1, a random colour 2`` for the meshes a run
+    rendered (empty when it rendered none)."""
+    words = {"texture": "their textures", "mesh": "their colours", "random": "a random colour"}
+    parts = [f"{words[k]} {report.colors[k]}" for k in words if report.colors.get(k)]
+    return f"; drawn in {', '.join(parts)}" if parts else ""
+
+
 # ---- meshes ----------------------------------------------------------------------------------
 
 

@@ -11,8 +11,10 @@ ZeroShape's unprojection). Depth is camera-frame z, 0 on the background, so
 Conventions: object frame y up; camera frame x right, y down, z forward (OpenCV);
 ``[R|t]`` maps object to camera coordinates.
 
-Shading: per-part base colours, a hemisphere ambient term with ambient occlusion, one directional
-key light with soft shadows and a Blinn-Phong highlight, gamma 2.2. Silhouette pixels are
+Shading: per-part base colours (or the shape's own, where its ``albedo`` gives them: a mesh's
+textures and vertex colours, :mod:`zsw.synth.mesh_colors`), a hemisphere ambient term with
+ambient occlusion, one directional key light with soft shadows and a Blinn-Phong highlight, gamma
+2.2. Silhouette pixels are
 supersampled 2x2, giving an antialiased image on white and a fractional coverage ``alpha``.
 """
 
@@ -48,6 +50,8 @@ class SynthShape(Protocol):
     """What the renderer and the dataset jobs (:func:`zsw.synth.procedural.render_object`) use of a
     shape, in its object frame (y up, centred on its bounding box, longest side 1). Implemented by
     the analytic :class:`zsw.synth.sdf.Shape` and the grid-based :class:`zsw.synth.mesh_sdf.MeshShape`.
+    A shape may also have ``albedo(p) -> [N, 3] linear RGB | None`` (NaN where it has no colour):
+    its own colours, used instead of the material's (:meth:`~zsw.synth.mesh_sdf.MeshShape.albedo`).
     """
 
     #: part labels are ``0 .. num_parts - 1`` (one colour each)
@@ -375,6 +379,10 @@ def _shade(
     sky, ground = (torch.as_tensor(c, dtype=torch.float32) for c in (mat.sky, mat.ground))
     ambient = mat.ambient * (ground + hemi * (sky - ground)) * _ambient_occlusion(shape, points, n)[:, None]
     base = torch.as_tensor(mat.colors, dtype=torch.float32)[parts.clamp(max=len(mat.colors) - 1)]
+    albedo = getattr(shape, "albedo", None)  # a surface's own colours (a mesh's textures), where it has them
+    own = albedo(points) if callable(albedo) else None
+    if own is not None:
+        base = torch.where(torch.isnan(own), base, own)
     half = light[None] - dirs
     half = half / half.norm(dim=-1, keepdim=True).clamp(min=1e-9)
     spec = mat.specular * (n * half).sum(-1).clamp(min=0) ** mat.shininess * (ndl > 0)

@@ -1,0 +1,152 @@
+"""A mesh's own colours in ``zsw synthesize meshes`` (zsw.synth.mesh_colors): glTF textures and
+base colours, an OBJ's ``.mtl`` and ``map_Kd`` image beside it, PLY vertex colours, trimesh's
+placeholder material (no colour), ``--appearance random``, and what a resumed or changed dataset
+does with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsw.cli.main import app
+from zsw.synth.mesh_sdf import MeshShape
+from zsw.synth.render import View, look_at, render, sample_material
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+runner = CliRunner()
+RED, BLUE = (230, 20, 20), (20, 20, 230)
+GRID = 48
+
+
+def _halves(width: int = 16, height: int = 8) -> Image.Image:
+    """Left half red, right half blue."""
+    img = np.zeros((height, width, 3), np.uint8)
+    img[:, : width // 2], img[:, width // 2 :] = RED, BLUE
+    return Image.fromarray(img)
+
+
+def _textured_box(material=None) -> trimesh.Trimesh:
+    """A 1 x 0.6 x 0.4 box, subdivided, whose u follows x: red where x < 0, blue where x > 0."""
+    box = trimesh.creation.box((1.0, 0.6, 0.4)).subdivide().subdivide()
+    uv = np.stack([(box.vertices[:, 0] + 0.5) * 0.9 + 0.05, box.vertices[:, 1] / 0.6 + 0.5], axis=1)
+    material = material or trimesh.visual.material.PBRMaterial(baseColorTexture=_halves())
+    box.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    return box
+
+
+def _linear(rgb) -> np.ndarray:
+    return (np.asarray(rgb, np.float32) / 255) ** 2.2
+
+
+def _front_points(xs) -> torch.Tensor:  # points on the box's +z face
+    return torch.tensor([[x, 0.0, 0.2] for x in xs], dtype=torch.float32)
+
+
+def test_a_textured_glb_is_drawn_in_its_texture(tmp_path):
+    path = tmp_path / "box.glb"
+    _textured_box().export(path)
+    shape = MeshShape.from_file(path, grid=GRID, colors=True)
+    assert shape.colors is not None and shape.colors.has_texture
+    rgb = shape.albedo(_front_points([-0.3, 0.3])).numpy()
+    assert np.allclose(rgb[0], _linear(RED), atol=0.02) and np.allclose(rgb[1], _linear(BLUE), atol=0.02)
+    # rendered head-on from +z (x to the right): the left of the object red, its right blue
+    K = np.array([[120.0, 0, 32], [0, 120.0, 32], [0, 0, 1]])
+    view = View(K=K, Rt=look_at(np.array([0.0, 0.0, 3.0]), np.zeros(3)), size=64, meta={})
+    material = sample_material(np.random.default_rng(0), 1)
+    image = render(shape, view, material).image.astype(float)
+    left, right = image[28:36, 14:24].mean((0, 1)), image[28:36, 40:50].mean((0, 1))
+    assert left[0] > left[2] + 60 and right[2] > right[0] + 60, (left, right)
+    # without colours (--appearance random): one colour across the face
+    plain = render(MeshShape.from_file(path, grid=GRID), view, material).image.astype(float)
+    assert np.abs(plain[28:36, 14:24].mean((0, 1)) - plain[28:36, 40:50].mean((0, 1))).max() < 10
+
+
+def test_an_objs_mtl_and_texture_beside_it_are_read_and_fingerprinted(tmp_path):
+    from zsw.synth.meshes import fingerprint
+
+    box = _textured_box()
+    box.visual = trimesh.visual.TextureVisuals(uv=box.visual.uv, material=trimesh.visual.material.SimpleMaterial())
+    v, f, uv = box.vertices, box.faces + 1, box.visual.uv
+    lines = ["mtllib box.mtl", "usemtl halves"]
+    lines += [f"v {a:.6f} {b:.6f} {c:.6f}" for a, b, c in v] + [f"vt {a:.6f} {b:.6f}" for a, b in uv]
+    lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in f]
+    (tmp_path / "box.obj").write_text("\n".join(lines) + "\n")
+    (tmp_path / "box.mtl").write_text("newmtl halves\nKd 1 1 1\nmap_Kd -s 1 1 1 halves.png\n")
+    _halves().save(tmp_path / "halves.png")
+    shape = MeshShape.from_file(tmp_path / "box.obj", grid=GRID, colors=True)
+    assert shape.colors is not None and shape.colors.has_texture
+    rgb = shape.albedo(_front_points([-0.3, 0.3])).numpy()
+    assert rgb[0, 0] > 5 * rgb[0, 2] and rgb[1, 2] > 5 * rgb[1, 0], rgb
+    # the texture is part of what a dataset checks when the meshes' colours are drawn
+    before, geometry = fingerprint(tmp_path / "box.obj", True), fingerprint(tmp_path / "box.obj")
+    _halves(32, 8).save(tmp_path / "halves.png")
+    assert fingerprint(tmp_path / "box.obj", True) != before and fingerprint(tmp_path / "box.obj") == geometry
+
+
+def test_vertex_colours_a_base_colour_and_trimeshs_placeholder(tmp_path):
+    ball = trimesh.creation.icosphere(3)
+    top = ball.vertices[:, 1:2] > 0
+    ball.visual.vertex_colors = np.where(top, [255, 0, 0, 255], [0, 255, 0, 255]).astype(np.uint8)
+    ball.export(tmp_path / "ball.ply")
+    shape = MeshShape.from_file(tmp_path / "ball.ply", grid=GRID, colors=True)
+    rgb = shape.albedo(torch.tensor([[0.0, 0.45, 0.1], [0.0, -0.45, 0.1]])).numpy()
+    assert rgb[0, 0] > 0.9 and rgb[0, 1] < 0.05 and rgb[1, 1] > 0.9 and rgb[1, 0] < 0.05, rgb
+    # a glTF material with a base colour and no texture: that colour (linear, as glTF stores it)
+    green = trimesh.creation.box((1.0, 0.5, 0.5))
+    green.visual = trimesh.visual.TextureVisuals(
+        material=trimesh.visual.material.PBRMaterial(baseColorFactor=[51, 204, 102, 255])
+    )
+    green.export(tmp_path / "green.glb")
+    rgb = MeshShape.from_file(tmp_path / "green.glb", grid=GRID, colors=True).albedo(_front_points([0.0])).numpy()
+    assert np.allclose(rgb[0], [0.2, 0.8, 0.4], atol=0.01), rgb
+    # uv coordinates and no material: trimesh's grey placeholder is no colour of the mesh's
+    (tmp_path / "tri.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nvt 0 0\nvt 1 0\nvt 0 1\nvt 1 1\n"
+                                      "f 1/1 3/3 2/2\nf 1/1 2/2 4/4\nf 1/1 4/4 3/3\nf 2/2 3/3 4/4\n")  # fmt: skip
+    assert MeshShape.from_file(tmp_path / "tri.obj", grid=GRID, colors=True).colors is None
+
+
+def test_a_large_texture_is_reduced():
+    from zsw.synth.mesh_colors import MAX_TEXTURE, _texture
+
+    tex = _texture(_halves(4 * MAX_TEXTURE, 8).convert("RGBA"))
+    assert tex.shape == (2, MAX_TEXTURE, 3) and tex.dtype == np.float32
+    assert np.allclose(tex[0, 0], _linear(RED), atol=1e-3) and np.allclose(tex[0, -1], _linear(BLUE), atol=1e-3)
+
+
+def test_the_cli_draws_the_colours_says_so_and_keeps_a_dataset_in_one_appearance(tmp_path):
+    src, out = tmp_path / "meshes", tmp_path / "mine"
+    src.mkdir()
+    _textured_box().export(src / "box.glb")
+    trimesh.creation.cylinder(0.3, 1.0).export(src / "plain.stl")
+    options = ["--views", "1", "--size", "64", "--grid", str(GRID), "--workers", "1", "--splits", "1,0,0"]
+    result = runner.invoke(app, ["synthesize", "meshes", str(src), "--out", str(out), *options])
+    assert result.exit_code == 0, result.output
+    assert "drawn in their textures 1, a random colour 1" in result.output
+    stamp = (out / "mesh_sources" / "object" / "object_box.json").read_text()
+    assert '"colors": "texture"' in stamp
+    image = np.asarray(Image.open(out / "images_processed" / "object" / "object_box_00.png").convert("RGB"), float)
+    obj = np.abs(image - 255).sum(-1) > 30
+    reds = ((image[..., 0] > image[..., 2] + 60) & obj).sum()
+    blues = ((image[..., 2] > image[..., 0] + 60) & obj).sum()
+    assert reds > 0.1 * obj.sum() and blues > 0.1 * obj.sum(), (reds, blues, obj.sum())
+    # the other appearance cannot resume this dataset
+    result = runner.invoke(
+        app, ["synthesize", "meshes", str(src), "--out", str(out), *options, "--appearance", "random"]
+    )
+    assert result.exit_code != 0 and "appearance='mesh'" in result.output, result.output
+    # a dataset from before the meshes' colours were read: resumed only in random colours
+    settings = out / "meshes.yaml"
+    kept = [line for line in settings.read_text().splitlines(True) if "appearance" not in line]
+    settings.write_text("".join(kept))
+    result = runner.invoke(app, ["synthesize", "meshes", str(src), "--out", str(out), *options])
+    assert result.exit_code != 0 and "--appearance random" in result.output, result.output
+    result = runner.invoke(
+        app, ["synthesize", "meshes", str(src), "--out", str(out), *options, "--appearance", "random"]
+    )
+    assert result.exit_code == 0 and "rendered 0 views" in result.output, result.output
+    assert "2 were already there" in result.output and "appearance: random" in settings.read_text()
