@@ -17,9 +17,10 @@ What is read from each of a file's meshes (:func:`zsw.data.eval_sets.read_mesh_f
   writers store them so);
 * nothing (no material, no colours): NaN.
 
-Textures are read as sRGB, their alpha ignored, and reduced to at most :data:`MAX_TEXTURE` pixels
-on their longer side (a render is a few hundred pixels wide); sampled bilinearly, wrapping around
-(glTF's default ``REPEAT``), with trimesh's uv convention (v up).
+Textures are read as sRGB, their alpha ignored, kept as 8-bit and reduced to at most
+:data:`MAX_TEXTURE` pixels on their longer side (a render is a few hundred pixels wide); sampled
+bilinearly in sRGB, then made linear, wrapping around (glTF's default ``REPEAT``), with trimesh's
+uv convention (v up).
 
 Example::
 
@@ -45,9 +46,10 @@ def _to_linear(srgb: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(srgb, dtype=np.float32), 0.0, 1.0) ** np.float32(2.2)
 
 
-def _texture(image) -> np.ndarray | None:  # -> [H, W, 3] float32 linear
-    """A PIL image as a linear RGB array no larger than :data:`MAX_TEXTURE`; None if it cannot be
-    read (a texture format PIL lacks leaves the triangles their material colour)."""
+def _texture(image) -> np.ndarray | None:  # -> [H, W, 3] uint8 sRGB
+    """A PIL image as an 8-bit sRGB array no larger than :data:`MAX_TEXTURE` (a quarter of the
+    memory of linear floats: a scene may carry dozens of textures); None if it cannot be read (a
+    texture format PIL lacks leaves the triangles their material colour)."""
     from PIL import Image
 
     try:
@@ -60,7 +62,7 @@ def _texture(image) -> np.ndarray | None:  # -> [H, W, 3] float32 linear
             image = image.resize(
                 (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BOX
             )
-        return _to_linear(np.asarray(image, dtype=np.float32) / 255.0)
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     except (OSError, ValueError):
         return None
 
@@ -89,7 +91,7 @@ class SurfaceColors:
     corners: np.ndarray  # [F, 3, 3] float32 linear RGB at each corner; NaN: the triangle has no colour
     uv: np.ndarray  # [F, 3, 2] float32 texture coordinates of the corners (0 where no texture)
     texture: np.ndarray  # [F] int32 index into ``textures``, -1: none
-    textures: list[np.ndarray]  # [H, W, 3] float32 linear RGB
+    textures: list[np.ndarray]  # [H, W, 3] uint8 sRGB
 
     @property
     def has_texture(self) -> bool:
@@ -129,10 +131,13 @@ class SurfaceColors:
             h, wd = image.shape[:2]
             coords = [(1.0 - uv[:, 1]) * h - 0.5, uv[:, 0] * wd - 0.5]  # pixel centres; v up
             texel = np.stack(
-                [ndimage.map_coordinates(image[..., ch], coords, order=1, mode="grid-wrap") for ch in range(3)],
+                [
+                    ndimage.map_coordinates(image[..., ch], coords, output=np.float32, order=1, mode="grid-wrap")
+                    for ch in range(3)
+                ],
                 axis=-1,
             )
-            rgb[rows] = rgb[rows] * texel
+            rgb[rows] = rgb[rows] * _to_linear(texel / 255.0)
         return rgb
 
 
