@@ -82,6 +82,16 @@ def test_intrinsics_loss_by_hand():
     assert math.isclose(float(L.intrinsics_loss(pred, gt, mask)), 2.5, rel_tol=1e-6)
 
 
+def test_focal_loss_and_error_by_hand():
+    true = torch.tensor([[[300.0, 0, 112], [0, 300.0, 112], [0, 0, 1]]]).repeat(2, 1, 1)
+    pred = true.clone()
+    pred[0, 0, 0] = pred[0, 1, 1] = 600.0  # twice the truth
+    pred[1, 0, 0] = pred[1, 1, 1] = 150.0  # half: the same loss
+    assert math.isclose(float(L.focal_loss(pred, true)), math.log(2) ** 2, rel_tol=1e-5)
+    assert torch.allclose(L.focal_log_error(pred, true), torch.full((2,), math.log(2)))
+    assert float(L.focal_loss(true, true)) == 0.0
+
+
 def test_visible_frame_matches_the_model_geometry():
     depth = torch.zeros(1, 1, 4, 4)
     depth[0, 0, 1:3, 1:3] = torch.tensor([[2.0, 2.0], [3.0, 2.0]])

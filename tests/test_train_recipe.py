@@ -112,6 +112,38 @@ def test_lr_pretrained_zero_freezes_the_pixel_model_in_stage_full(tiny64):
         assert any(not torch.equal(v.detach(), decoder[n]) for n, v in p.model.decoder.named_parameters())
 
 
+@pytest.mark.parametrize("stage", ["pixel", "full"])
+def test_the_focal_loss_trains_the_intrinsics_head_towards_the_true_focal_length(tiny64, stage):
+    """``loss.focal`` adds ``log(f_pred / f_true) ** 2`` to the total; its gradient moves the
+    intrinsics head's focal output towards the truth (here 1.5x the default the head starts at)."""
+    from zsw.model import build_model
+    from zsw.train.config import LossConfig
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny64[1]))
+    set_trainable(model, stage)
+    batch = _distorted_batch()
+    batch["intrinsics"] = batch["intrinsics"].clone()
+    batch["intrinsics"][:, 0, 0] *= 1.5
+    batch["intrinsics"][:, 1, 1] *= 1.5
+    off, on = (TrainStep(model, _cfg(tiny64, stage=stage, loss=LossConfig(focal=w))) for w in (0.0, 1.0))
+    a, b = off(batch), on(batch)
+    assert "focal" not in a and float(b["focal"].detach()) > 0.05  # the untrained head is near the default
+    assert float((b["total"] - a["total"]).detach()) == pytest.approx(float(b["focal"].detach()), rel=1e-3, abs=1e-5)
+    head = model.pixel.intrinsics_head
+    model.zero_grad()
+    b["focal"].backward()
+    grads = [p.grad for p in head.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    # one small step down the gradient, on the head alone, lowers the focal error
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    with torch.no_grad():
+        for p in head.parameters():
+            if p.grad is not None:
+                p -= 1e-2 * p.grad / norm
+    assert float(on(batch)["focal"].detach()) < float(b["focal"].detach())
+
+
 def test_teacher_surface_schedule_picks_ground_truth_or_predicted_surfaces(tiny64):
     from zsw.model import build_model
     from zsw.train import losses as L

@@ -50,6 +50,10 @@ class LossConfig:
     up: float = 1.0
     # multi-scale gradient matching inside the depth term (ZeroShape's MiDaS loss: 0.1)
     depth_gradient: float = 0.0
+    # squared log ratio of the predicted to the true focal length (not in the paper, whose
+    # intrinsics term pins only the ratio of focal length to the depth's offset: docs/training.md
+    # item 25); 0: off
+    focal: float = 0.0
     # predicted inverse depth for the auxiliary term is 1 / (depth + aux_depth_eps)
     aux_depth_eps: float = 0.1
 

@@ -18,6 +18,8 @@ term                      weight      definition
                                       ``data.label_softness``)
 ``depth_gradient``        0           optional multi-scale gradient matching on aligned inverse
                                       depth (ZeroShape's MiDaS loss uses 0.1)
+``focal``                 0           optional: ``log(f_pred / f_true) ** 2``, fx and fy, mean over
+                                      the batch (not in the paper)
 ========================  ==========  ==========================================================
 
 SSI-MAE (MiDaS / Omnidata, as ZeroShape's ``midas_loss.py``): per image, over the valid pixels,
@@ -51,6 +53,8 @@ __all__ = [
     "depth_loss",
     "aux_depth_loss",
     "intrinsics_loss",
+    "focal_loss",
+    "focal_log_error",
     "mask_bce",
     "occupancy_bce",
     "visible_frame",
@@ -167,6 +171,19 @@ def intrinsics_loss(
     dist = ((pred_points.float() - gt_points.float()) ** 2).sum(-1)
     m = mask.float()
     return (dist * m).sum() / (m.sum() + 1e-8)
+
+
+def focal_loss(pred: Tensor, true: Tensor) -> Tensor:  # [B, 3, 3] intrinsics each -> []
+    """Squared log ratio of the predicted to the true focal lengths (fx and fy), mean over the
+    batch: the same for a focal length twice or half the truth, and blind to image size."""
+    f_pred = torch.stack([pred[:, 0, 0], pred[:, 1, 1]], dim=-1).float()
+    f_true = torch.stack([true[:, 0, 0], true[:, 1, 1]], dim=-1).float()
+    return (torch.log(f_pred.clamp(min=1e-6)) - torch.log(f_true.clamp(min=1e-6))).pow(2).mean()
+
+
+def focal_log_error(pred: Tensor, true: Tensor) -> Tensor:  # [B, 3, 3] each -> [B]
+    """``|log(fx_pred / fx_true)|`` per sample: 0.22 is a focal length 25 % off."""
+    return (torch.log(pred[:, 0, 0].float().clamp(min=1e-6)) - torch.log(true[:, 0, 0].float().clamp(min=1e-6))).abs()
 
 
 def mask_bce(logits: Tensor, target: Tensor) -> Tensor:  # [B, 1, S, S] each -> []

@@ -190,6 +190,8 @@ class TrainStep(nn.Module):
             pred_points, _, _ = L.visible_frame(depth, K, visible)
             flat_mask = visible.reshape(B, -1)
             terms["intrinsics"] = L.intrinsics_loss(pred_points, gt_points, flat_mask)
+            if w.focal > 0:
+                terms["focal"] = L.focal_loss(K, batch["intrinsics"])
             terms["depth"] = L.depth_loss(depth, batch["depth"], visible, w.depth_gradient)
             pseudo_valid = batch["pseudo_valid"] > 0.5
             terms["aux_depth"] = L.aux_depth_loss(depth, batch["pseudo_depth"], pseudo_valid, w.aux_depth_eps)
@@ -223,6 +225,7 @@ class TrainStep(nn.Module):
             terms["occupancy_iou"] = (pred & gt_occ).sum() / union.clamp(min=1)
         weights = {
             "intrinsics": w.intrinsics,
+            "focal": w.focal,
             "depth": w.depth,
             "aux_depth": w.aux_depth,
             "visible_mask": w.visible_mask,

@@ -1,7 +1,8 @@
 """Per-epoch validation on the val lists, as the model is used at inference (predicted masks).
 
-Every stage reports the depth SSI-MAE on the visible object, the intrinsics loss and the IoU of
-the predicted visible mask. Stage ``full`` also extracts a mesh per view
+Every stage but ``shape`` reports the depth SSI-MAE on the visible object, the intrinsics loss,
+how far the focal length is off (``|log(f_pred / f_true)|``) and the IoU of the predicted visible
+mask. Stage ``full`` also extracts a mesh per view
 (:func:`zsw.infer.grid.extract_meshes`, a small grid by default), samples it, and scores it
 against the ground-truth point cloud with ZeroShape's protocol (both clouds centred and scaled by
 their max x/y extent; Chamfer distance and F-scores from :func:`zsw.eval.metrics.chamfer_fscore`,
@@ -103,7 +104,7 @@ def validate(
             else:
                 out = model(image, mask=None if has_masks else visible.to(image.dtype))
                 depth, K, vis_logits = out.depth, out.intrinsics, out.visible_mask_logits
-            per = {"val/depth_ssi_mae": [], "val/intrinsics": [], "val/visible_iou": []}
+            per = {"val/depth_ssi_mae": [], "val/intrinsics": [], "val/focal_log_error": [], "val/visible_iou": []}
             gt_pts, _, _ = L.visible_frame(batch["depth"], batch["intrinsics"], visible)
             pred_pts, _, _ = L.visible_frame(depth, K, visible)
             # stage shape reads the true depth and K: their errors would be 0 by construction
@@ -113,6 +114,7 @@ def validate(
                 per["val/intrinsics"].append(
                     float(L.intrinsics_loss(pred_pts[sl], gt_pts[sl], visible[sl].reshape(1, -1)))
                 )
+                per["val/focal_log_error"].append(float(L.focal_log_error(K[sl], batch["intrinsics"][sl])[0]))
                 if vis_logits is not None:
                     p, g = vis_logits[b] >= 0, visible[b]
                     union = (p | g).sum().item()
