@@ -110,6 +110,30 @@ def test_vertex_colours_a_base_colour_and_trimeshs_placeholder(tmp_path):
     assert MeshShape.from_file(tmp_path / "tri.obj", grid=GRID, colors=True).colors is None
 
 
+def test_a_scenes_parts_keep_their_own_colours_in_place(tmp_path):
+    """A GLB of three placed parts -- a plain cylinder (no material), the textured box, a green
+    vertex-coloured ball -- each keeps its own colours after the concatenation (a misaligned face
+    order would give the box the ball's colours or none)."""
+    scene = trimesh.Scene()
+    plain = trimesh.creation.cylinder(0.2, 0.6)
+    plain.visual = trimesh.visual.ColorVisuals(plain)  # no colours at all
+    scene.add_geometry(plain, transform=trimesh.transformations.translation_matrix([-1.5, 0, 0]))
+    scene.add_geometry(_textured_box())
+    ball = trimesh.creation.icosphere(2, radius=0.3)
+    ball.visual.vertex_colors = [0, 255, 0, 255]
+    scene.add_geometry(ball, transform=trimesh.transformations.translation_matrix([1.5, 0, 0]))
+    scene.export(tmp_path / "scene.glb")
+    shape = MeshShape.from_file(tmp_path / "scene.glb", grid=96, colors=True)
+    lo, hi = scene.bounds  # the object frame: centred on the bounding box, longest side 1
+    points = (np.array([[-1.5, 0.0, 0.2], [-0.3, 0.0, 0.2], [0.3, 0.0, 0.2], [1.5, 0.3, 0.0]]) - (lo + hi) / 2) / (
+        hi - lo
+    ).max()
+    rgb = shape.albedo(torch.tensor(points, dtype=torch.float32)).numpy()
+    assert np.isnan(rgb[0]).all()  # the cylinder: the renderer's random colour
+    assert np.allclose(rgb[1], _linear(RED), atol=0.02) and np.allclose(rgb[2], _linear(BLUE), atol=0.02)
+    assert np.allclose(rgb[3], [0.0, 1.0, 0.0], atol=0.01)
+
+
 def test_a_large_texture_is_reduced():
     from zsw.synth.mesh_colors import MAX_TEXTURE, _texture
 
