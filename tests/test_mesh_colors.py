@@ -82,6 +82,22 @@ def test_an_objs_mtl_and_texture_beside_it_are_read_and_fingerprinted(tmp_path):
     assert shape.colors is not None and shape.colors.has_texture
     rgb = shape.albedo(_front_points([-0.3, 0.3])).numpy()
     assert rgb[0, 0] > 5 * rgb[0, 2] and rgb[1, 2] > 5 * rgb[1, 0], rgb
+    # names as Windows tools and ShapeNet write them: backslashes, another case, "..", another
+    # machine's absolute path
+    (tmp_path / "models").mkdir()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "box.obj").rename(tmp_path / "models" / "box.obj")
+    _halves().save(tmp_path / "images" / "Halves.PNG")
+    for name in ("..\\images\\halves.png", "../IMAGES/halves.png"):
+        (tmp_path / "models" / "box.mtl").write_text(f"newmtl halves\nKd 1 1 1\nmap_Kd {name}\n")
+        shape = MeshShape.from_file(tmp_path / "models" / "box.obj", grid=GRID, colors=True)
+        assert shape.colors is not None and shape.colors.has_texture, name
+    (tmp_path / "models" / "halves.png").write_bytes((tmp_path / "images" / "Halves.PNG").read_bytes())
+    (tmp_path / "models" / "box.mtl").write_text("newmtl halves\nmap_Kd C:\\Users\\me\\Desktop\\halves.png\n")
+    assert MeshShape.from_file(tmp_path / "models" / "box.obj", grid=GRID, colors=True).colors.has_texture
+    for name in ("box.obj", "box.mtl", "halves.png"):
+        (tmp_path / "models" / name).rename(tmp_path / name)
+    (tmp_path / "box.mtl").write_text("newmtl halves\nKd 1 1 1\nmap_Kd -s 1 1 1 halves.png\n")
     # the texture is part of what a dataset checks when the meshes' colours are drawn
     before, geometry = fingerprint(tmp_path / "box.obj", True), fingerprint(tmp_path / "box.obj")
     _halves(32, 8).save(tmp_path / "halves.png")

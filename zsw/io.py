@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_json",
     "sha256_file",
     "folder_key",
+    "find_named_file",
     "checkpoint_sha256",
     "code_identity",
     "remove_leftovers",
@@ -201,3 +202,41 @@ def folder_key(name: str) -> str:
     drives): case folded and, as APFS also does, Unicode normalisation ignored. Two names with one
     key are one file there, so names zsw derives from its users' file names are told apart by it."""
     return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def find_named_file(folder: str | os.PathLike, name: str) -> Path | None:
+    """The file that another file (an OBJ's ``mtllib``, an ``.mtl``'s ``map_Kd``) names ``name``,
+    relative to ``folder``, as the tools that wrote it would find it: ``\\`` read as a separator,
+    ``..`` allowed (ShapeNet's ``../images/texture0.jpg``), each part of the path matched without
+    regard to case where no exact match exists (:func:`folder_key`: a Windows exporter's
+    ``Wood.PNG`` for ``wood.png``), and an absolute path from another machine
+    (``C:\\Users\\...\\wood.png``), or a relative one that leads nowhere, looked for by its
+    file name in ``folder``. None when nothing matches."""
+    text = name.strip().strip('"').replace("\\", "/")
+    if not text:
+        return None
+    candidates = [] if text.startswith("/") or (len(text) > 1 and text[1] == ":") else [text]
+    candidates.append(text.rsplit("/", 1)[-1])
+    for candidate in candidates:
+        here: Path | None = Path(folder)
+        for part in candidate.split("/"):
+            if part in ("", "."):
+                continue
+            here = here.parent if part == ".." else _child(here, part)
+            if here is None:
+                break
+        if here is not None and here.is_file():
+            return here
+    return None
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    """``folder / name``, or the one entry of ``folder`` whose name matches it but for case."""
+    exact = folder / name
+    if exact.exists():
+        return exact
+    try:
+        matches = sorted(c for c in folder.iterdir() if folder_key(c.name) == folder_key(name))
+    except OSError:
+        return None
+    return matches[0] if matches else None

@@ -591,10 +591,14 @@ def _load_mesh(path: Path, gltf_tree: dict | None = None, materials: bool = Fals
 
 
 def _MaterialResolver(path: Path):
-    """trimesh's resolver of the files beside ``path``, with the options of an ``.mtl``'s texture
-    statements dropped (``map_Kd -s 1 1 1 wood.png`` -> ``map_Kd wood.png``: the last word is
-    the file), which trimesh would take for the file name."""
+    """trimesh's resolver of the files beside ``path``, finding them as the tools that wrote the
+    names would (:func:`zsw.io.find_named_file`: Windows separators and case, ``..``, absolute
+    paths from another machine), with the options of an ``.mtl``'s texture statements dropped
+    (``map_Kd -s 1 1 1 wood.png`` -> ``map_Kd wood.png``: the last word is the file), which trimesh
+    would take for the file name."""
     import trimesh
+
+    from zsw.io import find_named_file
 
     statements = ("map_", "bump", "disp", "decal", "refl")
 
@@ -606,7 +610,10 @@ def _MaterialResolver(path: Path):
 
     class Resolver(trimesh.resolvers.FilePathResolver):
         def get(self, name: str):
-            data = super().get(name)
+            found = find_named_file(path.parent, name)
+            if found is None:
+                raise FileNotFoundError(name)
+            data = found.read_bytes()
             if not name.lower().endswith(".mtl"):
                 return data
             return "\n".join(plain(line) for line in data.decode("utf-8", errors="replace").splitlines()).encode()

@@ -46,7 +46,7 @@ import numpy as np
 
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
-from zsw.io import atomic_write_text, folder_key, sha256_file
+from zsw.io import atomic_write_text, find_named_file, folder_key, sha256_file
 from zsw.locks import lock_folder
 from zsw.report import Reporter
 from zsw.synth.jobs import record_code
@@ -222,10 +222,10 @@ def companion_files(path: Path, appearance: bool = False) -> list[Path]:
         files = [path.parent / u for u in uris if isinstance(u, str) and u and not u.startswith("data:")]
     elif suffix == ".obj" and appearance:
         for lib in _statements(path, ("mtllib",)):
-            mtl = path.parent / lib
-            files.append(mtl)
-            files += [mtl.parent / name for name in _statements(mtl, ("map_kd", "map_ka"))]
-    return [f for f in dict.fromkeys(files) if f.is_file()]
+            mtl = find_named_file(path.parent, lib)
+            if mtl is not None:  # the textures as the OBJ's reader finds them: beside the OBJ
+                files += [mtl, *(find_named_file(path.parent, n) for n in _statements(mtl, ("map_kd", "map_ka")))]
+    return [f for f in dict.fromkeys(files) if f is not None and f.is_file()]
 
 
 def _statements(path: Path, keywords: tuple[str, ...]) -> list[str]:
