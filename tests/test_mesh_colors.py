@@ -5,6 +5,9 @@ does with them."""
 
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +151,42 @@ def test_a_scenes_parts_keep_their_own_colours_in_place(tmp_path):
     assert np.isnan(rgb[0]).all()  # the cylinder: the renderer's random colour
     assert np.allclose(rgb[1], _linear(RED), atol=0.02) and np.allclose(rgb[2], _linear(BLUE), atol=0.02)
     assert np.allclose(rgb[3], [0.0, 1.0, 0.0], atol=0.01)
+
+
+def _edited_glb(glb: bytes, edit) -> bytes:
+    """``glb`` with ``edit(tree)`` applied to its JSON chunk (the binary chunk kept)."""
+    (length,) = struct.unpack("<I", glb[12:16])
+    tree = json.loads(glb[20 : 20 + length])
+    edit(tree)
+    text = json.dumps(tree).encode()
+    text += b" " * (-len(text) % 4)
+    rest = glb[20 + length :]
+    head = struct.pack("<4sII", b"glTF", 2, 20 + len(text) + len(rest)) + struct.pack("<I4s", len(text), b"JSON")
+    return head + text + rest
+
+
+def test_a_gltf_texture_transform_places_the_texture(tmp_path):
+    """KHR_texture_transform (what Sketchfab's exports tile textures with), which trimesh ignores:
+    an offset of half the texture swaps the box's red and blue halves, and only the colours read
+    it (the geometry, as zsw eval reads it, is the same)."""
+    from zsw.data.eval_sets import read_mesh_file
+
+    plain = trimesh.exchange.gltf.export_glb(trimesh.Scene(_textured_box()))
+
+    def shift(tree):
+        info = tree["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"]
+        info["extensions"] = {"KHR_texture_transform": {"offset": [0.5, 0.0]}}
+        tree["extensionsUsed"] = ["KHR_texture_transform"]
+
+    (tmp_path / "plain.glb").write_bytes(plain)
+    (tmp_path / "shifted.glb").write_bytes(_edited_glb(plain, shift))
+    points = _front_points([-0.3, 0.3])
+    before = MeshShape.from_file(tmp_path / "plain.glb", grid=GRID, colors=True).albedo(points).numpy()
+    after = MeshShape.from_file(tmp_path / "shifted.glb", grid=GRID, colors=True).albedo(points).numpy()
+    assert np.allclose(before[0], _linear(RED), atol=0.02) and np.allclose(before[1], _linear(BLUE), atol=0.02)
+    assert np.allclose(after[0], _linear(BLUE), atol=0.02) and np.allclose(after[1], _linear(RED), atol=0.02)
+    a, b = read_mesh_file(tmp_path / "plain.glb"), read_mesh_file(tmp_path / "shifted.glb")
+    assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
 
 
 def test_a_large_texture_is_reduced():

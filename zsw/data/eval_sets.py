@@ -557,7 +557,8 @@ def _load_mesh(path: Path, gltf_tree: dict | None = None, materials: bool = Fals
     JSON, read already). An OBJ's relative face indices (``f -3 -2 -1``, counted back from the
     vertices read so far, as concatenated per-object OBJ files have them) are made absolute first:
     trimesh counts them from the end of the whole file, which puts every face on the last object.
-    An OBJ's materials and textures are read (from beside it) only with ``materials``."""
+    An OBJ's materials and textures are read (from beside it), and a glTF's texture transforms
+    applied (:func:`zsw.data.gltf.rewritten_glb`), only with ``materials``."""
     import io
     import re
 
@@ -565,7 +566,7 @@ def _load_mesh(path: Path, gltf_tree: dict | None = None, materials: bool = Fals
 
     if path.suffix.lower() == ".ply" and (header := _ply_header_made_ascii(path)) is not None:
         return trimesh.load(io.BytesIO(header + path.read_bytes()[len(header) :]), file_type="ply", process=False)
-    if path.suffix.lower() in (".glb", ".gltf") and (glb := gltf.rewritten_glb(path, gltf_tree)) is not None:
+    if path.suffix.lower() in (".glb", ".gltf") and (glb := gltf.rewritten_glb(path, gltf_tree, materials)) is not None:
         resolver = trimesh.resolvers.FilePathResolver(path)  # images named by URI, beside the file
         return trimesh.load(io.BytesIO(glb), file_type="glb", process=False, resolver=resolver)
     if path.suffix.lower() != ".obj":

@@ -19,7 +19,9 @@ shape (an ``zsw eval`` ground truth, a ``zsw synthesize meshes`` object):
   decoded through DracoPy.
 
 :func:`rewritten_glb` rewrites a file with any of the first three as a GLB in memory that means
-the same in plain glTF (float32 or dense accessors, one node per instance).
+the same in plain glTF (float32 or dense accessors, one node per instance). Where the surface's
+colours are read (``zsw synthesize meshes``), a base-colour texture's ``KHR_texture_transform``
+(tiling, offset, turn), which trimesh ignores, is applied to the texture coordinates too.
 
 Not rewritten: morph targets (a mesh is read in its base shape, whatever its default ``weights``)
 and skins (a skinned mesh is placed by its node's transform, not its joints'); both are rare in a
@@ -47,6 +49,7 @@ _NORMALIZED = {5120: 127.0, 5121: 255.0, 5122: 32767.0, 5123: 65535.0}
 _TYPES = {5120: "<i1", 5121: "<u1", 5122: "<i2", 5123: "<u2", 5125: "<u4", 5126: "<f4"}
 _WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
 _INSTANCING = "EXT_mesh_gpu_instancing"
+_TEXTURE_TRANSFORM = "KHR_texture_transform"
 #: attributes whose normalized integers are numbers to dequantize; colours, joints and weights
 #: trimesh reads as they are meant (8-bit colours stay 0-255)
 _DEQUANTIZED = ("POSITION", "NORMAL", "TANGENT", "TEXCOORD_")
@@ -149,7 +152,36 @@ def fan_primitives(tree: dict) -> list[tuple[int, int]]:
     ]
 
 
-def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
+def texture_transforms(tree: dict) -> list[tuple[int, int, int, np.ndarray]]:
+    """(mesh, primitive, texture-coordinate accessor, 3 x 3 uv matrix) of every primitive whose
+    material's base-colour texture is placed by ``KHR_texture_transform`` (tiling, offset or turn:
+    what Sketchfab's exports use), which trimesh ignores. The matrix is the extension's
+    ``T * R * S`` on glTF's uv (v down); the accessor is the set its ``texCoord`` names."""
+    materials = tree.get("materials") or []
+    found = []
+    for m, mesh in enumerate(tree.get("meshes") or []):
+        for k, primitive in enumerate((mesh.get("primitives") or []) if isinstance(mesh, dict) else []):
+            if not isinstance(primitive, dict) or not isinstance(primitive.get("material"), int):
+                continue
+            material = materials[primitive["material"]] if 0 <= primitive["material"] < len(materials) else None
+            info = ((material or {}).get("pbrMetallicRoughness") or {}).get("baseColorTexture") or {}
+            transform = (info.get("extensions") or {}).get(_TEXTURE_TRANSFORM) if isinstance(info, dict) else None
+            if not isinstance(transform, dict):
+                continue
+            coords = transform.get("texCoord", info.get("texCoord", 0))
+            accessor = (primitive.get("attributes") or {}).get(f"TEXCOORD_{coords}")
+            if not isinstance(accessor, int):
+                continue
+            ox, oy = (float(c) for c in (transform.get("offset") or (0.0, 0.0))[:2])
+            sx, sy = (float(c) for c in (transform.get("scale") or (1.0, 1.0))[:2])
+            r = float(transform.get("rotation", 0.0))
+            shift = np.array([[1.0, 0.0, ox], [0.0, 1.0, oy], [0.0, 0.0, 1.0]])
+            turn = np.array([[np.cos(r), np.sin(r), 0.0], [-np.sin(r), np.cos(r), 0.0], [0.0, 0.0, 1.0]])
+            found.append((m, k, accessor, shift @ turn @ np.diag([sx, sy, 1.0])))
+    return found
+
+
+def rewritten_glb(path: Path, tree: dict | None = None, textures: bool = False) -> bytes | None:
     """``path`` (a ``.glb`` or ``.gltf``) as one GLB that trimesh reads as the file means it, or
     None when trimesh reads the file as it is:
 
@@ -159,7 +191,10 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
       writes repeated parts: a chair's four legs) gets one child node per instance, placed by the
       instance's translation, rotation and scale: trimesh drew the mesh once, at the node;
     - a triangle fan (mode 6), which trimesh skips, becomes the triangles it draws;
-    - a sparse accessor becomes the dense one it means, in its own component type.
+    - a sparse accessor becomes the dense one it means, in its own component type;
+    - with ``textures`` (the surface's colours are wanted), a base-colour texture's
+      ``KHR_texture_transform`` (:func:`texture_transforms`) is applied to the primitive's texture
+      coordinates, given to it as ``TEXCOORD_0``, and dropped from the material.
 
     The buffers are merged into the binary chunk; images referred to by URI stay so: load the
     result with a resolver in ``path``'s folder. A buffer file that is missing raises
@@ -168,7 +203,8 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
     tree = read_json(path) if tree is None else tree
     todo, instanced, fans = quantized_accessors(tree), instanced_nodes(tree), fan_primitives(tree)
     sparse = [i for i in sparse_accessors(tree) if i not in todo]  # a quantized one is made dense below
-    if not todo and not instanced and not fans and not sparse:
+    placed_uv = texture_transforms(tree) if textures else []
+    if not todo and not instanced and not fans and not sparse and not placed_uv:
         return None
     buffers = _buffers(path, tree)
     merged, starts = bytearray(), []
@@ -222,6 +258,20 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
         merged += faces.tobytes()
         accessors.append({"bufferView": len(views) - 1, "componentType": 5125, "type": "SCALAR", "count": len(faces)})
         primitive.update(mode=4, indices=len(accessors) - 1)
+    materials = [dict(m) if isinstance(m, dict) else m for m in tree.get("materials") or []]
+    for m, k, index, matrix in placed_uv:
+        uv = _values(path, tree["accessors"][index], tree["bufferViews"], buffers)[:, :2].astype(np.float64)
+        uv = (uv @ matrix[:2, :2].T + matrix[:2, 2]).astype(np.float32)
+        merged += b"\0" * (-len(merged) % 4)
+        views.append({"buffer": 0, "byteOffset": len(merged), "byteLength": uv.nbytes})
+        merged += uv.tobytes()
+        accessors.append({"bufferView": len(views) - 1, "componentType": 5126, "type": "VEC2", "count": len(uv)})
+        primitive = meshes[m]["primitives"][k]
+        primitive["attributes"] = dict(primitive["attributes"], TEXCOORD_0=len(accessors) - 1)
+        material = materials[primitive["material"]] = dict(materials[primitive["material"]])
+        pbr = material["pbrMetallicRoughness"] = dict(material["pbrMetallicRoughness"])
+        info = pbr["baseColorTexture"] = dict(pbr["baseColorTexture"], texCoord=0)
+        info["extensions"] = {e: v for e, v in info["extensions"].items() if e != _TEXTURE_TRANSFORM}
     nodes = [dict(n) if isinstance(n, dict) else n for n in tree.get("nodes") or []]
     for index in instanced:
         node = nodes[index]
@@ -246,6 +296,8 @@ def rewritten_glb(path: Path, tree: dict | None = None) -> bytes | None:
     tree = dict(
         tree, bufferViews=views, accessors=accessors, nodes=nodes, meshes=meshes, buffers=[{"byteLength": len(merged)}]
     )
+    if materials:
+        tree["materials"] = materials
     done = {"KHR_mesh_quantization", _INSTANCING}
     for key in ("extensionsUsed", "extensionsRequired"):
         if key in tree:
