@@ -164,21 +164,30 @@ def texture_transforms(tree: dict) -> list[tuple[int, int, int, np.ndarray]]:
             if not isinstance(primitive, dict) or not isinstance(primitive.get("material"), int):
                 continue
             material = materials[primitive["material"]] if 0 <= primitive["material"] < len(materials) else None
-            info = ((material or {}).get("pbrMetallicRoughness") or {}).get("baseColorTexture") or {}
-            transform = (info.get("extensions") or {}).get(_TEXTURE_TRANSFORM) if isinstance(info, dict) else None
+            info = _dict(_dict(_dict(material).get("pbrMetallicRoughness")).get("baseColorTexture"))
+            transform = _dict(info.get("extensions")).get(_TEXTURE_TRANSFORM)
             if not isinstance(transform, dict):
                 continue
             coords = transform.get("texCoord", info.get("texCoord", 0))
-            accessor = (primitive.get("attributes") or {}).get(f"TEXCOORD_{coords}")
-            if not isinstance(accessor, int):
+            accessor = _dict(primitive.get("attributes")).get(f"TEXCOORD_{coords}")
+            try:  # a malformed transform is passed over: the colours are not worth failing the mesh
+                ox, oy = (float(c) for c in (transform.get("offset") or (0.0, 0.0))[:2])
+                sx, sy = (float(c) for c in (transform.get("scale") or (1.0, 1.0))[:2])
+                r = float(transform.get("rotation", 0.0))
+            except (TypeError, ValueError):
                 continue
-            ox, oy = (float(c) for c in (transform.get("offset") or (0.0, 0.0))[:2])
-            sx, sy = (float(c) for c in (transform.get("scale") or (1.0, 1.0))[:2])
-            r = float(transform.get("rotation", 0.0))
+            if not isinstance(accessor, int) or not 0 <= accessor < len(tree.get("accessors") or []):
+                continue
+            if not all(np.isfinite([ox, oy, sx, sy, r])):
+                continue
             shift = np.array([[1.0, 0.0, ox], [0.0, 1.0, oy], [0.0, 0.0, 1.0]])
             turn = np.array([[np.cos(r), np.sin(r), 0.0], [-np.sin(r), np.cos(r), 0.0], [0.0, 0.0, 1.0]])
             found.append((m, k, accessor, shift @ turn @ np.diag([sx, sy, 1.0])))
     return found
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def rewritten_glb(path: Path, tree: dict | None = None, textures: bool = False) -> bytes | None:
