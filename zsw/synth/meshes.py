@@ -41,6 +41,7 @@ import re
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -219,7 +220,7 @@ def companion_files(path: Path, appearance: bool = False) -> list[Path]:
             uris = [item.get("uri", "") for key in keys for item in tree.get(key, [])]
         except (ValueError, AttributeError, OSError, UnicodeDecodeError):
             uris = []
-        files = [path.parent / u for u in uris if isinstance(u, str) and u and not u.startswith("data:")]
+        files = [path.parent / unquote(u) for u in uris if isinstance(u, str) and u and not u.startswith("data:")]
     elif suffix == ".obj" and appearance:
         for lib in _statements(path, ("mtllib",)):
             mtl = find_named_file(path.parent, lib)
