@@ -189,6 +189,75 @@ def test_a_gltf_texture_transform_places_the_texture(tmp_path):
     assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
 
 
+def test_usd_colours_a_packaged_texture_corner_uvs_and_display_colours(tmp_path):
+    """A phone scan's USDZ (a UsdPreviewSurface whose diffuse colour is a packaged texture, as
+    `zsw reconstruct --format usdz` and Apple's Object Capture write it), a .usda whose texture lies
+    beside it with per-corner (faceVarying) uv, and display colours per vertex and per face."""
+    from pxr import Sdf, Usd, UsdGeom, UsdShade, Vt
+
+    from zsw.infer.usdz import usdz_bytes
+
+    box = _textured_box(trimesh.visual.material.SimpleMaterial(image=_halves()))  # as zsw's atlas is
+    plain = trimesh.Trimesh(box.vertices, box.faces, process=False)
+    (tmp_path / "box.usdz").write_bytes(usdz_bytes(plain, box))
+    shape = MeshShape.from_file(tmp_path / "box.usdz", grid=GRID, colors=True)
+    assert shape.colors is not None and shape.colors.has_texture
+    rgb = shape.albedo(_front_points([-0.3, 0.3])).numpy()
+    assert np.allclose(rgb[0], _linear(RED), atol=0.02) and np.allclose(rgb[1], _linear(BLUE), atol=0.02)
+
+    # a quad per face of a cube, uv per corner: each face's left half red, right half blue
+    _halves().save(tmp_path / "halves.png")
+    stage = Usd.Stage.CreateNew(str(tmp_path / "cube.usda"))
+    cube = trimesh.creation.box((1.0, 1.0, 1.0))
+    quads = np.array([[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4], [1, 5, 7, 3]])
+    geom = UsdGeom.Mesh.Define(stage, "/cube")
+    geom.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(cube.vertices.astype(np.float32)))
+    geom.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(6, 4, np.int32)))
+    geom.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(quads.reshape(-1).astype(np.int32)))
+    st = UsdGeom.PrimvarsAPI(geom).CreatePrimvar("uv", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.faceVarying)
+    corners = np.tile(np.array([[0.1, 0.1], [0.1, 0.9], [0.9, 0.9], [0.9, 0.1]], np.float32), (6, 1))
+    st.Set(Vt.Vec2fArray.FromNumpy(corners))
+    material = UsdShade.Material.Define(stage, "/m")
+    surface = UsdShade.Shader.Define(stage, "/m/surface")
+    surface.CreateIdAttr("UsdPreviewSurface")
+    reader = UsdShade.Shader.Define(stage, "/m/st")
+    reader.CreateIdAttr("UsdPrimvarReader_float2")
+    reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("uv")
+    image = UsdShade.Shader.Define(stage, "/m/image")
+    image.CreateIdAttr("UsdUVTexture")
+    image.CreateInput("file", Sdf.ValueTypeNames.Asset).Set("halves.png")
+    image.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader.ConnectableAPI(), "result")
+    image.CreateOutput("rgb", Sdf.ValueTypeNames.Float3)
+    diffuse = surface.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f)
+    diffuse.ConnectToSource(image.ConnectableAPI(), "rgb")
+    material.CreateSurfaceOutput().ConnectToSource(surface.ConnectableAPI(), "surface")
+    UsdShade.MaterialBindingAPI.Apply(geom.GetPrim()).Bind(material)
+    stage.GetRootLayer().Save()
+    shape = MeshShape.from_file(tmp_path / "cube.usda", grid=GRID, colors=True)
+    assert shape.colors is not None and shape.colors.has_texture
+    rgb = shape.albedo(torch.tensor([[0.0, 0.0, 0.5]])).numpy()  # a face's centre: u = 0.5, the seam
+    assert rgb[0, 0] > 0.05 and rgb[0, 2] > 0.05  # both halves meet there
+    # every corner of every face samples the texture at u 0.1 or 0.9: red or blue, never the default
+    samples = shape.albedo(torch.tensor(cube.vertices * 0.98, dtype=torch.float32)).numpy()
+    assert np.all((samples[:, 0] > 0.5) ^ (samples[:, 2] > 0.5)), samples
+
+    # display colours: per vertex (green) and per face (a constant red)
+    for name, how, values in (
+        ("green", UsdGeom.Tokens.vertex, np.tile([0.0, 1.0, 0.0], (8, 1))),
+        ("red", UsdGeom.Tokens.uniform, np.tile([1.0, 0.0, 0.0], (6, 1))),
+    ):
+        stage = Usd.Stage.CreateNew(str(tmp_path / f"{name}.usda"))
+        geom = UsdGeom.Mesh.Define(stage, "/cube")
+        geom.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(cube.vertices.astype(np.float32)))
+        geom.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(6, 4, np.int32)))
+        geom.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(quads.reshape(-1).astype(np.int32)))
+        color = UsdGeom.PrimvarsAPI(geom).CreatePrimvar("displayColor", Sdf.ValueTypeNames.Color3fArray, how)
+        color.Set(Vt.Vec3fArray.FromNumpy(values.astype(np.float32)))
+        stage.GetRootLayer().Save()
+        rgb = MeshShape.from_file(tmp_path / f"{name}.usda", grid=GRID, colors=True).albedo(_front_points([0.0]))
+        assert np.allclose(rgb.numpy()[0], values[0], atol=0.01), (name, rgb)
+
+
 def test_a_large_texture_is_reduced():
     from zsw.synth.mesh_colors import MAX_TEXTURE, _texture
 

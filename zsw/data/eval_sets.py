@@ -523,7 +523,7 @@ def read_mesh_file(path: Path, parts: bool = False):
     import trimesh
 
     if path.suffix.lower() in USD_SUFFIXES:
-        return [read_usd(path)] if parts else read_usd(path)
+        return read_usd(path, parts=parts)
     tree = gltf.read_json(path)  # {} for other formats
     gltf.check_extensions(path, tree)
     try:

@@ -6,7 +6,8 @@ Every visible mesh at the stage's first time (its default values, or an animatio
 and of the rendered purpose (not guides or proxies), instance proxies included, is placed by its
 world transform, its polygons cut into triangle fans (left-handed meshes keep their outward side);
 a Z-up stage is turned Y-up, ``(x, y, z) -> (x, z, -y)``, the frame glTF and zsw's meshes use.
-Units are left as they are: every use of a true shape normalises it.
+Units are left as they are: every use of a true shape normalises it. For ``zsw synthesize
+meshes`` each mesh also brings its colours (``read_usd(path, parts=True)``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ __all__ = ["USD_SUFFIXES", "read_usd"]
 USD_SUFFIXES = (".usdz", ".usd", ".usda", ".usdc")
 
 
-def read_usd(path: Path):
-    """The visible meshes of the USD file ``path`` as one ``trimesh.Trimesh`` (see the module)."""
+def read_usd(path: Path, parts: bool = False):
+    """The visible meshes of the USD file ``path`` as one ``trimesh.Trimesh`` (see the module), or
+    with ``parts`` a list of them, one per mesh prim, each with its colours as a trimesh visual
+    (:func:`_colored_part`: a UsdPreviewSurface's diffuse texture or colour, else the
+    ``displayColor`` primvar) for ``zsw synthesize meshes``."""
     import trimesh
 
     try:
@@ -60,19 +64,139 @@ def read_usd(path: Path):
             raise InputError(
                 f"cannot read the mesh {path}: {prim.GetPath()} has faces that name vertices it does not have"
             )
-        triangles = fan_triangles(counts, indices)
-        if mesh.GetOrientationAttr().Get(time) == UsdGeom.Tokens.leftHanded:
-            triangles = triangles[:, ::-1]
+        left = mesh.GetOrientationAttr().Get(time) == UsdGeom.Tokens.leftHanded
         world = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64)  # row vectors: p M
+        if parts:
+            part = _colored_part(path, mesh, time, points, counts, indices, left)
+            part.vertices = part.vertices @ world[:3, :3] + world[3, :3]
+            vertices.append(part)
+            continue
+        triangles = fan_triangles(counts, indices)
+        if left:
+            triangles = triangles[:, ::-1]
         vertices.append(points @ world[:3, :3] + world[3, :3])
         faces.append(triangles + offset)
         offset += len(points)
     if not vertices:
         raise InputError(f"cannot read the mesh {path}: no visible mesh in it")
+    z_up = UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z
+    if parts:
+        for part in vertices:
+            if z_up:
+                v = part.vertices
+                part.vertices = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
+        return vertices
     v = np.concatenate(vertices)
-    if UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:
+    if z_up:
         v = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
     return trimesh.Trimesh(v, np.concatenate(faces), process=False)
+
+
+def _colored_part(path: Path, mesh, time, points, counts, indices, left: bool):
+    """One mesh prim as a ``trimesh.Trimesh`` (its own frame) with its colours: the diffuse colour
+    of its bound UsdPreviewSurface -- a ``UsdUVTexture`` read at the primvar its
+    ``UsdPrimvarReader_float2`` names (the image read from the USDZ package or beside the file), or
+    a constant colour -- else its ``displayColor`` primvar; linear colours are stored as sRGB, as
+    zsw's mesh colours read vertex colours (:mod:`zsw.synth.mesh_colors`). Per-corner values
+    (``faceVarying``) give each polygon corner its own vertex. Nothing readable: no colours."""
+    import trimesh
+    from pxr import UsdGeom
+
+    diffuse, texture, varname = _diffuse(path, mesh)
+    api = UsdGeom.PrimvarsAPI(mesh)
+    values, how = None, None
+    if texture is not None:
+        primvar = api.GetPrimvar(varname or "st")
+        if primvar and primvar.HasValue():
+            values = np.asarray(primvar.ComputeFlattened(time) or [], dtype=np.float64).reshape(-1, 2)
+            how = primvar.GetInterpolation()
+    elif diffuse is None:
+        primvar = api.GetPrimvar("displayColor")
+        if primvar and primvar.HasValue():
+            values = np.asarray(primvar.ComputeFlattened(time) or [], dtype=np.float64).reshape(-1, 3)
+            how = primvar.GetInterpolation()
+    corner = how == UsdGeom.Tokens.faceVarying and values is not None and len(values) == len(indices)
+    if corner:  # a vertex per polygon corner
+        vertices, triangles = points[indices], fan_triangles(counts, np.arange(len(indices)))
+    else:
+        vertices, triangles = points, fan_triangles(counts, indices)
+    if left:
+        triangles = triangles[:, ::-1]
+    part = trimesh.Trimesh(vertices, triangles, process=False)
+    per_vertex = corner or (how == UsdGeom.Tokens.vertex and values is not None and len(values) == len(points))
+    srgb = lambda c: (np.clip(c, 0, 1) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    if texture is not None and per_vertex:
+        from trimesh.visual.material import PBRMaterial
+
+        factor = None if diffuse is None else np.append(np.clip(diffuse, 0, 1) * 255, 255).astype(np.uint8)
+        part.visual = trimesh.visual.TextureVisuals(
+            uv=values, material=PBRMaterial(baseColorTexture=texture, baseColorFactor=factor)
+        )
+    elif diffuse is not None:
+        part.visual.face_colors = np.append(srgb(np.asarray(diffuse)), 255)
+    elif values is not None and per_vertex:
+        part.visual.vertex_colors = np.concatenate([srgb(values), np.full((len(values), 1), 255, np.uint8)], 1)
+    elif values is not None and how == UsdGeom.Tokens.constant and len(values):
+        part.visual.face_colors = np.append(srgb(values[0]), 255)
+    elif values is not None and how == UsdGeom.Tokens.uniform and len(values) == len(counts):
+        per_face = np.repeat(srgb(values), np.maximum(counts - 2, 0), axis=0)
+        part.visual.face_colors = np.concatenate([per_face, np.full((len(per_face), 1), 255, np.uint8)], 1)
+    return part
+
+
+def _diffuse(path: Path, mesh) -> tuple[np.ndarray | None, object | None, str | None]:
+    """(constant diffuse colour [3] linear or None, the diffuse texture as a PIL image or None, the
+    texture's uv primvar name or None) of the UsdPreviewSurface bound to ``mesh``; anything it cannot
+    follow (another shader, a missing image) is None."""
+    from pxr import UsdShade
+
+    material = UsdShade.MaterialBindingAPI(mesh.GetPrim()).ComputeBoundMaterial()[0]
+    if not material:
+        return None, None, None
+    surface = material.ComputeSurfaceSource()[0]
+    if not surface or surface.GetIdAttr().Get() != "UsdPreviewSurface" or not surface.GetInput("diffuseColor"):
+        return None, None, None
+    diffuse = surface.GetInput("diffuseColor")
+    source = diffuse.GetConnectedSource() if diffuse.HasConnectedSource() else None
+    if source is None:
+        value = diffuse.Get()
+        return (None if value is None else np.asarray(value, dtype=np.float64)[:3]), None, None
+    texture = UsdShade.Shader(source[0].GetPrim())
+    if texture.GetIdAttr().Get() != "UsdUVTexture" or not texture.GetInput("file"):
+        return None, None, None
+    asset = texture.GetInput("file").Get()
+    image = _image(path, asset.resolvedPath or asset.path) if asset is not None else None
+    varname = None
+    st = texture.GetInput("st")
+    if st and st.HasConnectedSource():
+        reader = UsdShade.Shader(st.GetConnectedSource()[0].GetPrim())
+        name = reader.GetInput("varname").Get() if reader.GetInput("varname") else None
+        varname = str(name) if name else None
+    return None, image, varname
+
+
+def _image(path: Path, resolved: str):
+    """The image a texture's asset path names: inside a USDZ package (``pkg.usdz[name.png]``) or a
+    file; None when it cannot be read."""
+    import io
+    import re
+    import zipfile
+
+    from PIL import Image
+
+    try:
+        packaged = re.fullmatch(r"(.*\.usdz)\[(.*)\]", resolved or "", flags=re.IGNORECASE)
+        if packaged:
+            with zipfile.ZipFile(packaged.group(1)) as package:
+                data = package.read(packaged.group(2))
+        else:
+            file = Path(resolved)
+            data = (file if file.is_absolute() else path.parent / file).read_bytes()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, Image.DecompressionBombError):
+        return None
 
 
 def fan_triangles(counts: np.ndarray, indices: np.ndarray) -> np.ndarray:  # [P], [sum P] -> [T, 3]

@@ -15,6 +15,8 @@ What is read from each of a file's meshes (:func:`zsw.data.eval_sets.read_mesh_f
   uv coordinates) gives its colour alone;
 * vertex colours (PLY, OBJ and glTF ``COLOR_0``) or face colours, read as sRGB (scanners and PLY
   writers store them so);
+* a USD mesh's UsdPreviewSurface diffuse texture or colour, else its ``displayColor``, made into one
+  of the above by :func:`zsw.data.usd.read_usd`;
 * nothing (no material, no colours): NaN.
 
 Textures are read as sRGB, their alpha ignored, kept as 8-bit and reduced to at most
