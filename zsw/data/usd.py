@@ -134,6 +134,8 @@ def _colored_part(path: Path, mesh, time, points, counts, indices, left: bool):
         )
     elif diffuse is not None:
         part.visual.face_colors = np.append(srgb(np.asarray(diffuse)), 255)
+    elif texture is not None:  # a texture without usable uv: no colours
+        pass
     elif values is not None and per_vertex:
         part.visual.vertex_colors = np.concatenate([srgb(values), np.full((len(values), 1), 255, np.uint8)], 1)
     elif values is not None and how == UsdGeom.Tokens.constant and len(values):
