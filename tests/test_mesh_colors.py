@@ -258,6 +258,20 @@ def test_usd_colours_a_packaged_texture_corner_uvs_and_display_colours(tmp_path)
         assert np.allclose(rgb.numpy()[0], values[0], atol=0.01), (name, rgb)
 
 
+def test_colours_that_cannot_be_read_never_fail_the_mesh(tmp_path, monkeypatch):
+    import zsw.data.usd as usd
+    from zsw.infer.usdz import usdz_bytes
+
+    (tmp_path / "ball.usdz").write_bytes(usdz_bytes(trimesh.creation.icosphere(2)))
+
+    def broken(*_args):
+        raise RuntimeError("a shader network zsw cannot follow")
+
+    monkeypatch.setattr(usd, "_colored_part", broken)
+    shape = MeshShape.from_file(tmp_path / "ball.usdz", grid=GRID, colors=True)
+    assert shape.colors is None and len(shape.triangles) == len(trimesh.creation.icosphere(2).faces)
+
+
 def test_a_large_texture_is_reduced():
     from zsw.synth.mesh_colors import MAX_TEXTURE, _texture
 

@@ -46,7 +46,7 @@ def read_usd(path: Path, parts: bool = False):
     time = Usd.TimeCode.EarliestTime()  # the default value, or an animated stage's first frame
     cache = UsdGeom.XformCache(time)
     shown = (UsdGeom.Tokens.default_, UsdGeom.Tokens.render)
-    vertices, faces, offset = [], [], 0
+    vertices, faces, offset, parts_out = [], [], 0, []
     for prim in Usd.PrimRange(stage.GetPseudoRoot(), Usd.TraverseInstanceProxies()):
         if not prim.IsA(UsdGeom.Mesh):
             continue
@@ -67,9 +67,13 @@ def read_usd(path: Path, parts: bool = False):
         left = mesh.GetOrientationAttr().Get(time) == UsdGeom.Tokens.leftHanded
         world = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64)  # row vectors: p M
         if parts:
-            part = _colored_part(path, mesh, time, points, counts, indices, left)
+            try:
+                part = _colored_part(path, mesh, time, points, counts, indices, left)
+            except Exception:  # colours are never worth failing the mesh: drawn without them
+                triangles = fan_triangles(counts, indices)
+                part = trimesh.Trimesh(points, triangles[:, ::-1] if left else triangles, process=False)
             part.vertices = part.vertices @ world[:3, :3] + world[3, :3]
-            vertices.append(part)
+            parts_out.append(part)
             continue
         triangles = fan_triangles(counts, indices)
         if left:
@@ -77,15 +81,15 @@ def read_usd(path: Path, parts: bool = False):
         vertices.append(points @ world[:3, :3] + world[3, :3])
         faces.append(triangles + offset)
         offset += len(points)
-    if not vertices:
+    if not vertices and not parts_out:
         raise InputError(f"cannot read the mesh {path}: no visible mesh in it")
     z_up = UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z
     if parts:
-        for part in vertices:
+        for part in parts_out:
             if z_up:
                 v = part.vertices
                 part.vertices = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
-        return vertices
+        return parts_out
     v = np.concatenate(vertices)
     if z_up:
         v = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
