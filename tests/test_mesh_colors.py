@@ -306,7 +306,7 @@ def test_the_cli_draws_the_colours_says_so_and_keeps_a_dataset_in_one_appearance
     kept = [line for line in settings.read_text().splitlines(True) if "appearance" not in line]
     settings.write_text("".join(kept))
     result = runner.invoke(app, ["synthesize", "meshes", str(src), "--out", str(out), *options])
-    assert result.exit_code != 0 and "--appearance random" in result.output, result.output
+    assert result.exit_code != 0 and "appearance='random', not 'mesh'" in result.output, result.output
     result = runner.invoke(
         app, ["synthesize", "meshes", str(src), "--out", str(out), *options, "--appearance", "random"]
     )

@@ -507,8 +507,10 @@ def checked_fields(obj: Any) -> dict[str, Any]:
     return {f.name: _coerce(getattr(obj, f.name), hints[f.name], f"{name}.{f.name}") for f in fields(obj)}
 
 
-def load_yaml(path: str | os.PathLike, cls: type[T]) -> T:
-    """Read a YAML file into dataclass ``cls`` (strict: see :func:`from_dict`)."""
+def load_yaml(path: str | os.PathLike, cls: type[T], missing: dict[str, Any] | None = None) -> T:
+    """Read a YAML file into dataclass ``cls`` (strict: see :func:`from_dict`). ``missing``: values
+    for top-level keys the file lacks, where the field's default is not what the file meant (a
+    setting added after the file was written, whose old behaviour differs from its new default)."""
     import yaml
 
     path = Path(path)
@@ -522,6 +524,8 @@ def load_yaml(path: str | os.PathLike, cls: type[T]) -> T:
         raise ConfigError(f"config file {path} is not valid YAML{at}") from None
     if data is None:
         data = {}
+    if missing and isinstance(data, dict):
+        data = {**missing, **data}
     try:
         return from_dict(cls, data)
     except ConfigError as e:

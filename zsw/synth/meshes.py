@@ -310,28 +310,6 @@ def _colors(shape: MeshShape) -> str:
     return "texture" if shape.colors.has_texture else "mesh"
 
 
-def _appearance_unrecorded(layout: ZeroShapeLayout, cfg: MeshConfig) -> tuple[str, ...]:
-    """``("appearance",)`` when the dataset was started before ``appearance`` existed (its settings
-    file lacks it: rendered in random colours) and ``cfg`` resumes it in random colours, which
-    :func:`check_dataset_resume` may then pass over; resuming it in the meshes' own colours would
-    mix the two and is refused. ``()`` otherwise."""
-    import yaml
-
-    path = layout.root / CONFIG_FILE
-    try:
-        recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return ()  # check_dataset_resume names the broken file
-    if not isinstance(recorded, dict) or "appearance" in recorded:
-        return ()
-    if cfg.appearance != "random":
-        raise ConfigError(
-            f"{layout.root} was rendered before zsw used the meshes' own colours (each object a random colour); "
-            "rerun with --appearance random to resume it, or choose another --out"
-        )
-    return ("appearance",)
-
-
 def generate_meshes(
     mesh_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -349,7 +327,8 @@ def generate_meshes(
 
 def _generate_meshes(mesh_dir, out, cfg: MeshConfig, workers: int, redo_changed: bool, reporter) -> MeshReport:
     layout = ZeroShapeLayout(out)
-    cfg = check_dataset_resume(layout, cfg, CONFIG_FILE, ignore=_appearance_unrecorded(layout, cfg))
+    # a dataset from before `appearance` existed was drawn in random colours
+    cfg = check_dataset_resume(layout, cfg, CONFIG_FILE, before={"appearance": "random"})
     sources, passed_over = scan_meshes(mesh_dir, cfg.category)
     if not sources:
         raise InputError(f"no meshes in {mesh_dir} (zsw reads {' '.join(MESH_SUFFIXES)})")

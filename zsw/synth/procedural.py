@@ -370,11 +370,14 @@ MESHES_CONFIG_FILE = "meshes.yaml"  # zsw.synth.meshes' own
 DATASET_CONFIGS = {CONFIG_FILE: "procedural", MESHES_CONFIG_FILE: "meshes"}
 
 
-def check_dataset_resume(layout: ZeroShapeLayout, cfg: C, config_file: str, ignore: tuple[str, ...] = ()) -> C:
+def check_dataset_resume(
+    layout: ZeroShapeLayout, cfg: C, config_file: str, ignore: tuple[str, ...] = (), before: dict | None = None
+) -> C:
     """``cfg`` if the dataset ``layout`` may be resumed with it (raises otherwise), with the
     dataset's own spelling of the split fractions when the two are proportional (``2,1,1`` is
     ``0.5,0.25,0.25``). ``config_file``: where the dataset keeps its settings (every one of them
-    fixed but those in ``ignore``); a folder with another kind of dataset, or with anything else,
+    fixed but those in ``ignore``; ``before``: the values of settings added later, as a dataset
+    whose file lacks them was made); a folder with another kind of dataset, or with anything else,
     is refused."""
     path = layout.root / config_file
     if not path.is_file():
@@ -387,7 +390,7 @@ def check_dataset_resume(layout: ZeroShapeLayout, cfg: C, config_file: str, igno
                 raise ConfigError(f"{layout.root} holds a dataset that zsw did not generate (no {config_file})")
             raise ConfigError(f"{layout.root} is not empty and holds no zsw dataset; choose an empty or new --out")
         return cfg
-    old = load_yaml(path, type(cfg))
+    old = load_yaml(path, type(cfg), missing=before)
     if same_proportions(old.split_fractions, cfg.split_fractions):
         cfg = replace(cfg, split_fractions=old.split_fractions)  # the objects' splits come out the same
     a, b = to_dict(old), to_dict(cfg)
