@@ -46,7 +46,8 @@ def read_usd(path: Path, parts: bool = False):
     time = Usd.TimeCode.EarliestTime()  # the default value, or an animated stage's first frame
     cache = UsdGeom.XformCache(time)
     shown = (UsdGeom.Tokens.default_, UsdGeom.Tokens.render)
-    vertices, faces, offset, parts_out = [], [], 0, []
+    z_up = UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z
+    meshes = []
     for prim in Usd.PrimRange(stage.GetPseudoRoot(), Usd.TraverseInstanceProxies()):
         if not prim.IsA(UsdGeom.Mesh):
             continue
@@ -66,88 +67,78 @@ def read_usd(path: Path, parts: bool = False):
             )
         left = mesh.GetOrientationAttr().Get(time) == UsdGeom.Tokens.leftHanded
         world = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64)  # row vectors: p M
+        placed = points @ world[:3, :3] + world[3, :3]
+        if z_up:
+            placed = np.stack([placed[:, 0], placed[:, 2], -placed[:, 1]], axis=1)
+        polygons = _Polygons(counts, indices, left)
+        part = None
         if parts:
             try:
-                part = _colored_part(path, mesh, time, points, counts, indices, left)
+                part = _colored_part(path, mesh, time, placed, polygons)
             except Exception:  # colours are never worth failing the mesh: drawn without them
-                triangles = fan_triangles(counts, indices)
-                part = trimesh.Trimesh(points, triangles[:, ::-1] if left else triangles, process=False)
-            part.vertices = part.vertices @ world[:3, :3] + world[3, :3]
-            parts_out.append(part)
-            continue
-        triangles = fan_triangles(counts, indices)
-        if left:
-            triangles = triangles[:, ::-1]
-        vertices.append(points @ world[:3, :3] + world[3, :3])
-        faces.append(triangles + offset)
-        offset += len(points)
-    if not vertices and not parts_out:
+                part = None
+        meshes.append(part or trimesh.Trimesh(placed, polygons.triangles(indices), process=False))
+    if not meshes:
         raise InputError(f"cannot read the mesh {path}: no visible mesh in it")
-    z_up = UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z
-    if parts:
-        for part in parts_out:
-            if z_up:
-                v = part.vertices
-                part.vertices = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
-        return parts_out
-    v = np.concatenate(vertices)
-    if z_up:
-        v = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
-    return trimesh.Trimesh(v, np.concatenate(faces), process=False)
+    return meshes if parts else trimesh.util.concatenate(meshes)
 
 
-def _colored_part(path: Path, mesh, time, points, counts, indices, left: bool):
-    """One mesh prim as a ``trimesh.Trimesh`` (its own frame) with its colours: the diffuse colour
-    of its bound UsdPreviewSurface -- a ``UsdUVTexture`` read at the primvar its
+class _Polygons:
+    """A mesh prim's polygons (``counts`` vertices each, listed in ``indices``) as triangles, their
+    winding turned for a left-handed prim (so that its outward side stays outward)."""
+
+    def __init__(self, counts: np.ndarray, indices: np.ndarray, left: bool):
+        self.counts, self.indices, self.left = counts, indices, left
+
+    def triangles(self, corners: np.ndarray) -> np.ndarray:  # [sum counts] vertex of each corner -> [T, 3]
+        fans = fan_triangles(self.counts, corners)
+        return fans[:, ::-1] if self.left else fans
+
+
+def _colored_part(path: Path, mesh, time, points: np.ndarray, polygons: _Polygons):
+    """One mesh prim (``points`` placed) as a ``trimesh.Trimesh`` with its colours: the diffuse
+    colour of its bound UsdPreviewSurface -- a ``UsdUVTexture`` read at the primvar its
     ``UsdPrimvarReader_float2`` names (the image read from the USDZ package or beside the file), or
-    a constant colour -- else its ``displayColor`` primvar; linear colours are stored as sRGB, as
-    zsw's mesh colours read vertex colours (:mod:`zsw.synth.mesh_colors`). Per-corner values
-    (``faceVarying``) give each polygon corner its own vertex. Nothing readable: no colours."""
+    a constant colour -- else its ``displayColor`` primvar. Per-corner values (``faceVarying``)
+    give each polygon corner its own vertex. Nothing readable: no colours."""
     import trimesh
     from pxr import UsdGeom
 
     diffuse, texture, varname = _diffuse(path, mesh)
-    api = UsdGeom.PrimvarsAPI(mesh)
     values, how = None, None
-    if texture is not None:
-        primvar = api.GetPrimvar(varname or "st")
-        if primvar and primvar.HasValue():
-            values = np.asarray(primvar.ComputeFlattened(time) or [], dtype=np.float64).reshape(-1, 2)
-            how = primvar.GetInterpolation()
-    elif diffuse is None:
-        primvar = api.GetPrimvar("displayColor")
-        if primvar and primvar.HasValue():
-            values = np.asarray(primvar.ComputeFlattened(time) or [], dtype=np.float64).reshape(-1, 3)
-            how = primvar.GetInterpolation()
-    corner = how == UsdGeom.Tokens.faceVarying and values is not None and len(values) == len(indices)
+    name, width = (varname or "st", 2) if texture is not None else ("displayColor", 3)
+    primvar = UsdGeom.PrimvarsAPI(mesh).GetPrimvar(name)
+    if diffuse is None and primvar and primvar.HasValue():
+        values = np.asarray(primvar.ComputeFlattened(time) or [], dtype=np.float64).reshape(-1, width)
+        how = primvar.GetInterpolation()
+    indices, counts = polygons.indices, polygons.counts
+    corner = how == UsdGeom.Tokens.faceVarying and len(values) == len(indices)
     if corner:  # a vertex per polygon corner
-        vertices, triangles = points[indices], fan_triangles(counts, np.arange(len(indices)))
+        part = trimesh.Trimesh(points[indices], polygons.triangles(np.arange(len(indices))), process=False)
     else:
-        vertices, triangles = points, fan_triangles(counts, indices)
-    if left:
-        triangles = triangles[:, ::-1]
-    part = trimesh.Trimesh(vertices, triangles, process=False)
-    per_vertex = corner or (how == UsdGeom.Tokens.vertex and values is not None and len(values) == len(points))
-    srgb = lambda c: (np.clip(c, 0, 1) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)  # noqa: E731
-    if texture is not None and per_vertex:
-        from trimesh.visual.material import PBRMaterial
+        part = trimesh.Trimesh(points, polygons.triangles(indices), process=False)
+    per_vertex = corner or (how == UsdGeom.Tokens.vertex and len(values) == len(points))
+    if texture is not None:
+        if per_vertex:  # else: a texture without usable uv gives no colours
+            from trimesh.visual.material import PBRMaterial
 
-        factor = None if diffuse is None else np.append(np.clip(diffuse, 0, 1) * 255, 255).astype(np.uint8)
-        part.visual = trimesh.visual.TextureVisuals(
-            uv=values, material=PBRMaterial(baseColorTexture=texture, baseColorFactor=factor)
-        )
+            part.visual = trimesh.visual.TextureVisuals(uv=values, material=PBRMaterial(baseColorTexture=texture))
     elif diffuse is not None:
-        part.visual.face_colors = np.append(srgb(np.asarray(diffuse)), 255)
-    elif texture is not None:  # a texture without usable uv: no colours
-        pass
-    elif values is not None and per_vertex:
-        part.visual.vertex_colors = np.concatenate([srgb(values), np.full((len(values), 1), 255, np.uint8)], 1)
-    elif values is not None and how == UsdGeom.Tokens.constant and len(values):
-        part.visual.face_colors = np.append(srgb(values[0]), 255)
-    elif values is not None and how == UsdGeom.Tokens.uniform and len(values) == len(counts):
-        per_face = np.repeat(srgb(values), np.maximum(counts - 2, 0), axis=0)
+        part.visual.face_colors = np.append(_srgb8(diffuse), 255)
+    elif per_vertex:
+        part.visual.vertex_colors = np.concatenate([_srgb8(values), np.full((len(values), 1), 255, np.uint8)], 1)
+    elif how == UsdGeom.Tokens.constant and len(values):
+        part.visual.face_colors = np.append(_srgb8(values[0]), 255)
+    elif how == UsdGeom.Tokens.uniform and len(values) == len(counts):
+        per_face = np.repeat(_srgb8(values), np.maximum(counts - 2, 0), axis=0)
         part.visual.face_colors = np.concatenate([per_face, np.full((len(per_face), 1), 255, np.uint8)], 1)
     return part
+
+
+def _srgb8(linear: np.ndarray) -> np.ndarray:
+    """USD's linear colours as the 8-bit sRGB that trimesh visuals hold, with the 2.2 gamma zsw's
+    mesh colours read them back with (:mod:`zsw.synth.mesh_colors`), so a colour survives both."""
+    return (np.clip(np.asarray(linear, dtype=np.float64), 0, 1) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)
 
 
 def _diffuse(path: Path, mesh) -> tuple[np.ndarray | None, object | None, str | None]:
