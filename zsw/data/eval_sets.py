@@ -573,7 +573,7 @@ def _load_mesh(path: Path, gltf_tree: dict | None = None, materials: bool = Fals
         return trimesh.load(path, process=False)
     text = path.read_text(errors="replace")  # read once
     # the .mtl files and images beside it, or (geometry alone) nothing: a missing one is not an error
-    resolver = _MaterialResolver(path) if materials else None
+    resolver = _material_resolver(path) if materials else None
     if not re.search(r"^\s*f\s.*[\s/]-\d", text, flags=re.MULTILINE):
         return trimesh.load(io.StringIO(text), file_type="obj", process=False, resolver=resolver)
     counts = {"v": 0, "vt": 0, "vn": 0}
@@ -591,22 +591,30 @@ def _load_mesh(path: Path, gltf_tree: dict | None = None, materials: bool = Fals
     return trimesh.load(io.StringIO("\n".join(lines)), file_type="obj", process=False, resolver=resolver)
 
 
-def _MaterialResolver(path: Path):
+def statement_file(line: str) -> tuple[str, str] | None:
+    """(keyword in lower case, file name) of an OBJ or MTL statement that names a file (``mtllib
+    box.mtl``, ``map_Kd -s 1 1 1 wood.png``): the rest of the line, or its last word when options
+    come first; None for a line of fewer than two words."""
+    words = line.split()
+    if len(words) < 2:
+        return None
+    return words[0].lower(), words[-1] if words[1].startswith("-") else line.split(None, 1)[1].strip()
+
+
+def _material_resolver(path: Path):
     """trimesh's resolver of the files beside ``path``, finding them as the tools that wrote the
     names would (:func:`zsw.io.find_named_file`: Windows separators and case, ``..``, absolute
     paths from another machine), with the options of an ``.mtl``'s texture statements dropped
-    (``map_Kd -s 1 1 1 wood.png`` -> ``map_Kd wood.png``: the last word is the file), which trimesh
+    (``map_Kd -s 1 1 1 wood.png`` -> ``map_Kd wood.png``, :func:`statement_file`), which trimesh
     would take for the file name."""
     import trimesh
 
     from zsw.io import find_named_file
 
-    statements = ("map_", "bump", "disp", "decal", "refl")
-
     def plain(line: str) -> str:
-        words = line.split()
-        if len(words) > 2 and words[0].lower().startswith(statements) and words[1].startswith("-"):
-            return f"{words[0]} {words[-1]}"
+        named = statement_file(line)
+        if named and named[0].startswith(("map_", "bump", "disp", "decal", "refl")):
+            return f"{line.split()[0]} {named[1]}"
         return line
 
     class Resolver(trimesh.resolvers.FilePathResolver):

@@ -45,6 +45,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from zsw.data.eval_sets import statement_file
 from zsw.data.layout import SPLITS, SampleId, ZeroShapeLayout
 from zsw.errors import ConfigError, InputError
 from zsw.io import atomic_write_text, find_named_file, folder_key, sha256_file
@@ -230,18 +231,13 @@ def companion_files(path: Path, appearance: bool = False) -> list[Path]:
 
 
 def _statements(path: Path, keywords: tuple[str, ...]) -> list[str]:
-    """The file names after ``keywords`` (lower case) in a text file of statements (OBJ, MTL): the
-    rest of the line, or its last word when options come first (``map_Kd -s 1 1 1 wood.png``)."""
+    """The file names the ``keywords`` (lower case) statements of an OBJ or MTL file name
+    (:func:`zsw.data.eval_sets.statement_file`)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return []
-    names = []
-    for line in lines:
-        words = line.split()
-        if len(words) > 1 and words[0].lower() in keywords:
-            names.append(words[-1] if words[1].startswith("-") else line.split(None, 1)[1].strip())
-    return names
+    return [named[1] for named in map(statement_file, lines) if named and named[0] in keywords]
 
 
 def _stamp_path(layout: ZeroShapeLayout, sid: SampleId) -> Path:
