@@ -55,10 +55,7 @@ def _texture(image) -> np.ndarray | None:  # -> [H, W, 3] uint8 sRGB
     from PIL import Image
 
     try:
-        image.load()
-        if image.mode not in ("RGB", "L"):
-            image = image.convert("RGBA").convert("RGB")  # alpha dropped, palettes and 16 bits made 8-bit RGB
-        image = image.convert("RGB")
+        image = image.convert("RGB")  # alpha dropped, palettes and grey made RGB
         if max(image.size) > MAX_TEXTURE:
             scale = MAX_TEXTURE / max(image.size)
             image = image.resize(
@@ -70,20 +67,16 @@ def _texture(image) -> np.ndarray | None:  # -> [H, W, 3] uint8 sRGB
 
 
 def barycentric(triangles: np.ndarray, points: np.ndarray) -> np.ndarray:  # [N, 3, 3], [N, 3] -> [N, 3]
-    """Barycentric coordinates of ``points`` in the planes of ``triangles`` (clipped to the triangle
-    and renormalised: a point beside a triangle takes the colour of its nearest edge); a degenerate
-    triangle gives its centroid."""
-    a, b, c = triangles[:, 0], triangles[:, 1], triangles[:, 2]
-    v0, v1, v2 = b - a, c - a, points - a
-    d00, d01, d11 = (v0 * v0).sum(-1), (v0 * v1).sum(-1), (v1 * v1).sum(-1)
-    d20, d21 = (v2 * v0).sum(-1), (v2 * v1).sum(-1)
-    den = d00 * d11 - d01 * d01
-    ok = np.abs(den) > 1e-30
-    safe = np.where(ok, den, 1.0)
-    v = np.where(ok, (d11 * d20 - d01 * d21) / safe, 1 / 3)
-    w = np.where(ok, (d00 * d21 - d01 * d20) / safe, 1 / 3)
-    bary = np.clip(np.stack([1 - v - w, v, w], axis=-1), 0.0, None)
-    return bary / np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+    """Barycentric coordinates of ``points`` in the planes of ``triangles`` (trimesh's), clipped to
+    the triangle and renormalised: a point beside a triangle takes the colour of its nearest edge;
+    a degenerate triangle gives its centroid."""
+    from trimesh.triangles import points_to_barycentric
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bary = np.nan_to_num(points_to_barycentric(triangles, points), nan=1 / 3, posinf=1 / 3, neginf=1 / 3)
+    bary = np.clip(bary, 0.0, None)
+    total = bary.sum(-1, keepdims=True)
+    return np.where(total > 1e-12, bary / np.maximum(total, 1e-12), 1 / 3)
 
 
 @dataclass
@@ -190,9 +183,10 @@ def _material(material) -> tuple[object | None, np.ndarray | None]:
     if not hasattr(material, "baseColorTexture"):  # SimpleMaterial (OBJ): map_Kd and Kd
         image = getattr(material, "image", None)
         factor = getattr(material, "diffuse", None)
-    if factor is not None:
-        f = np.asarray(factor, dtype=np.float32).reshape(-1)[:3]
-        factor = f / 255.0 if f.max() > 1.0 or np.asarray(factor).dtype == np.uint8 else f
+    if factor is not None:  # trimesh's colour conventions (8-bit or floats in [0, 1]) as floats
+        from trimesh.visual.color import to_rgba
+
+        factor = to_rgba(np.asarray(factor).reshape(1, -1))[0, :3].astype(np.float32) / 255.0
     return image, factor
 
 
