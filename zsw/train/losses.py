@@ -173,17 +173,22 @@ def intrinsics_loss(
     return (dist * m).sum() / (m.sum() + 1e-8)
 
 
+def _log_focal_ratio(pred: Tensor, true: Tensor) -> Tensor:  # [B, 3, 3] intrinsics each -> [B, 2]
+    """``log(f_pred / f_true)`` for fx and fy."""
+    f_pred = torch.stack([pred[:, 0, 0], pred[:, 1, 1]], dim=-1).float().clamp(min=1e-6)
+    f_true = torch.stack([true[:, 0, 0], true[:, 1, 1]], dim=-1).float().clamp(min=1e-6)
+    return torch.log(f_pred) - torch.log(f_true)
+
+
 def focal_loss(pred: Tensor, true: Tensor) -> Tensor:  # [B, 3, 3] intrinsics each -> []
     """Squared log ratio of the predicted to the true focal lengths (fx and fy), mean over the
     batch: the same for a focal length twice or half the truth, and blind to image size."""
-    f_pred = torch.stack([pred[:, 0, 0], pred[:, 1, 1]], dim=-1).float()
-    f_true = torch.stack([true[:, 0, 0], true[:, 1, 1]], dim=-1).float()
-    return (torch.log(f_pred.clamp(min=1e-6)) - torch.log(f_true.clamp(min=1e-6))).pow(2).mean()
+    return _log_focal_ratio(pred, true).pow(2).mean()
 
 
 def focal_log_error(pred: Tensor, true: Tensor) -> Tensor:  # [B, 3, 3] each -> [B]
     """``|log(fx_pred / fx_true)|`` per sample: 0.22 is a focal length 25 % off."""
-    return (torch.log(pred[:, 0, 0].float().clamp(min=1e-6)) - torch.log(true[:, 0, 0].float().clamp(min=1e-6))).abs()
+    return _log_focal_ratio(pred, true)[:, 0].abs()
 
 
 def mask_bce(logits: Tensor, target: Tensor) -> Tensor:  # [B, 1, S, S] each -> []
