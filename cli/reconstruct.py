@@ -20,8 +20,10 @@ COMMAND = dict(
     "result.json. An image whose result.json records the same input (content hash), "
     "settings and weights is skipped unless --overwrite; any other earlier result is redone. Unreadable "
     "images are reported and the others still run; the exit code is 1 if any failed."
-    "\n\nMesh frame: --frame gltf (default) is y up with the object facing +z, as glTF viewers show it; "
-    "--frame camera is x right, y down, z forward. Units follow the predicted (relative) depth."
+    "\n\nMesh frame: --frame gltf (default) is y up along the camera's up with the object facing +z, as "
+    "photographed; --frame upright stands the object on y = 0 along its own up as the model estimates it (the "
+    "camera's look-down angle taken out, also for mesh.stl and mesh.usdz); --frame camera is x right, y down, "
+    "z forward. Units follow the predicted (relative) depth."
     "\n\nExample:\n\n  zsw reconstruct photo.jpg -o out/"
     "\n\n  zsw reconstruct photos/ 'more/*.jpg' -o out/ --format obj --format glb --resolution 128"
     "\n\n  zsw reconstruct photo.jpg -o out/ --faces 5000 --texture 1024"
@@ -68,7 +70,13 @@ def reconstruct(
     resolution: opts.Resolution = 128,
     extraction: opts.Extraction = "fast",
     threshold: opts.Threshold = 0.5,
-    frame: Annotated[str, typer.Option(help="gltf (y up, facing +z) or camera (y down, z forward).")] = "gltf",
+    frame: Annotated[
+        str,
+        typer.Option(
+            help="gltf (y up as photographed, facing +z), upright (standing on y = 0 along the object's own up) or "
+            "camera (y down, z forward)."
+        ),
+    ] = "gltf",
     masks: Annotated[Path | None, typer.Option(help=_MASKS)] = None,
     box: Annotated[str | None, typer.Option(metavar="X0,Y0,X1,Y1|FILE", help=_BOX)] = None,
     device: opts.Device = None,

@@ -84,13 +84,14 @@ def _arguments(
     cutout: str = "none",
     carve: bool = True,
     box: str = "",
+    frame: str = "gltf",
 ) -> tuple:
     """The /reconstruct endpoint's inputs: photo, prompt, resolution, extraction, colour, framing,
     background, smoothing, faces (0: all), test-time augmentation, texture (0: none), background
-    removal, carving, object box; the page's defaults but for the resolution."""
+    removal, carving, object box, mesh frame; the page's defaults but for the resolution."""
     return (
         handle_file(str(photo)), "object", RESOLUTION, "fast", "photo", reframe, background, smooth, faces, tta,
-        texture, cutout, carve, box,
+        texture, cutout, carve, box, frame,
     )  # fmt: skip
 
 
@@ -250,6 +251,20 @@ def test_request_after_the_work_folder_was_removed(tmp_path):
     model, *_, status = _reconstruct(str(TEDDY), ReconstructSettings(device="cpu"), choices, work, PageReporter())
     assert "vertices" in status and "error" not in status, status
     assert Path(model).is_file() and Path(model).is_relative_to(work)
+
+
+def test_the_pages_frame_choice_reaches_the_mesh(app_url, tmp_path):
+    """Options > Frame: upright stands the mesh the 3D view shows (and the files) on y = 0 along the
+    object's up the packaged model predicts; the default, gltf, leaves the camera at the origin."""
+    model, *_, files, status = _reconstruct(app_url, TEDDY, tmp_path / "up", frame="upright")
+    assert "vertices" in status and "error" not in status, status
+    upright = trimesh.load(model, force="mesh", process=False)
+    assert abs(upright.vertices[:, 1].min()) < 1e-4
+    stl = trimesh.load(next(f for f in files if f.endswith(".stl")))
+    assert abs(stl.vertices[:, 2].min()) < 1e-4
+    model, *_ = _reconstruct(app_url, TEDDY, tmp_path / "gltf")
+    gltf = trimesh.load(model, force="mesh", process=False)
+    assert gltf.vertices[:, 2].max() < 0 and gltf.vertices[:, 1].min() < -1e-3  # in front of the camera
 
 
 def test_a_bad_setting_is_not_blamed_on_the_photo(app_url, tmp_path):

@@ -21,8 +21,8 @@ from zsw.errors import ConfigError
 from zsw.hub import GPU_DRIVER_FILES
 from zsw.infer.backend import TorchBackend, predict
 from zsw.infer.image import load_image
+from zsw.infer.orient import frame_pose
 from zsw.infer.reconstruct import Reconstructor, reconstruct
-from zsw.infer.result import camera_to_frame
 
 runner = CliRunner()
 RES = 16  # grid resolution for tests: the random tiny model is near 0.5 everywhere
@@ -70,7 +70,7 @@ def test_camera_frame_and_identity_of_the_mapping(repo_root, tiny_model):
     a = reconstruct(repo_root / "examples" / "bucket.png", frame="camera", **kw)
     b = reconstruct(repo_root / "examples" / "bucket.png", frame="gltf", **kw)
     np.testing.assert_allclose(a.mesh.vertices * [1, -1, -1], b.mesh.vertices, atol=1e-6)
-    assert camera_to_frame(np.array([[1.0, 2.0, 3.0]]), "gltf").tolist() == [[1.0, -2.0, -3.0]]
+    assert frame_pose("gltf").apply(np.array([[1.0, 2.0, 3.0]])).tolist() == [[1.0, -2.0, -3.0]]
 
 
 def test_a_model_passed_in_memory_is_given_back_in_its_own_mode(repo_root, tiny_model):
@@ -346,7 +346,7 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     from zsw.infer.weights import demo_weights
 
     path = demo_weights()
-    assert path is not None and path.name == "zsw-demo-v6.safetensors"
+    assert path is not None and path.name == "zsw-demo-v7.safetensors"
     assert path.stat().st_size <= 20 * 2**20  # the package budget
     config = checkpoint.load(path).config
     assert config.name == "demo" and config.decoder.pixel_aligned
@@ -355,7 +355,7 @@ def test_readme_command_uses_the_packaged_demo_model(repo_root, tmp_path, monkey
     assert result.exit_code == 0, result.output
     assert "RANDOM" not in result.output
     info = json.loads((tmp_path / "out" / "armchair" / "result.json").read_text())
-    assert info["model"]["weights"] == "demo:zsw-demo-v6.safetensors" and info["grid"]["resolution"] == 128
+    assert info["model"]["weights"] == "demo:zsw-demo-v7.safetensors" and info["grid"]["resolution"] == 128
     assert info["mesh"]["watertight"] and info["grid"]["closed"]
     assert info["mesh"]["faces"] > 1000
 

@@ -39,7 +39,17 @@ from zsw.errors import ZswError
 from zsw.infer.cutout import CUTOUT_CHOICES
 from zsw.infer.jobs import reconstruct_many
 from zsw.infer.result import OBJ_MTL
-from zsw.infer.settings import BACKGROUNDS, COLORS, EXTRACTIONS, FORMATS, REFRAMES, SMOOTH, TTAS, ReconstructSettings
+from zsw.infer.settings import (
+    BACKGROUNDS,
+    COLORS,
+    EXTRACTIONS,
+    FORMATS,
+    FRAMES,
+    REFRAMES,
+    SMOOTH,
+    TTAS,
+    ReconstructSettings,
+)
 from zsw.io import IMAGE_SUFFIXES
 from zsw.listen import check_address
 from zsw.report import Advance, Reporter
@@ -203,6 +213,11 @@ def build_app(
                         info="bake the photo into an atlas of this many texels a side (0: vertex colours only); "
                         "meant with Faces: ~1 s at 5,000 faces, ~20 s for a whole mesh",
                     )  # fmt: skip
+                    frame = gr.Radio(
+                        list(FRAMES), value=defaults.frame, label="Frame",
+                        info="gltf: y up as photographed; upright: standing on its own up axis, as the model "
+                        "estimates it (the camera's look-down angle taken out); camera: y down, z forward",
+                    )  # fmt: skip
             with gr.Column(scale=2):
                 # no LaTeX: a file named $$x$$.png is a name, not a formula
                 status = gr.Markdown(label="Status", elem_id="status", latex_delimiters=[])
@@ -229,6 +244,7 @@ def build_app(
             remover: str,
             carving: bool,
             object_box: str = "",
+            mesh_frame: str = "gltf",
             progress: gr.Progress = gr.Progress(),  # gradio's way of asking for a progress bar
         ) -> tuple:
             choices = dict(
@@ -245,6 +261,7 @@ def build_app(
                 texture=int(atlas_size or 0),
                 carve=bool(carving),
                 box=(object_box or "").strip() or None,
+                frame=mesh_frame,
             )
             return _reconstruct(upload, defaults, choices, work, PageReporter(progress))
 
@@ -269,6 +286,7 @@ def build_app(
                 cutout,
                 carve,
                 box,
+                frame,
             ],
             [model, depth, visible, occluder, timings, files, status],
             api_name="reconstruct",
@@ -369,6 +387,7 @@ def _settings(
     texture: int = 0,
     carve: bool = True,
     box: str | None = None,
+    frame: str = "gltf",
 ) -> ReconstructSettings:
     """The page's choices on top of the defaults; every mesh format, no preview picture (the
     3D view replaces it)."""
@@ -387,6 +406,7 @@ def _settings(
         texture=texture,
         carve=carve,
         box=box,
+        frame=frame,
         formats=_formats(),
         preview=False,
         overwrite=True,

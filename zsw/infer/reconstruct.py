@@ -5,7 +5,7 @@ For every image::
     predict(backend, image, prompt)      depth, K, visible/occluder masks, latent K/V  (Backend)
     extract_meshes(backend.decode, ...)  occupancy grid -> marching cubes, normalised frame
     normalised * scale + center          camera frame (x right, y down, z forward)
-    camera -> output frame               "gltf" (default) or "camera" (zsw.infer.result)
+    camera -> output frame               "gltf" (default), "upright" or "camera" (zsw.infer.orient)
 
 Everything after :func:`~zsw.infer.backend.predict` uses only the
 :class:`~zsw.infer.backend.Backend` protocol, so PyTorch, ONNX Runtime and TensorRT backends give
@@ -35,9 +35,10 @@ from zsw.infer.cutout import open_cutout
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
 from zsw.infer.mesh_ops import check_mesh_options, decimate_mesh, smooth_mesh
+from zsw.infer.orient import frame_pose, mean_up
 from zsw.infer.precision import autocast, run_precision
 from zsw.infer.record import CameraInfo, ColorInfo, GridInfo, MeshInfo, ModelInfo, ResultRecord, Timings
-from zsw.infer.result import UNITS, Reconstruction, camera_to_frame, original_intrinsics
+from zsw.infer.result import UNITS, Reconstruction, original_intrinsics
 from zsw.infer.settings import (
     BACKGROUNDS,
     FRAMES,
@@ -117,7 +118,7 @@ class Reconstructor:
         resolution: grid cells per axis (``resolution + 1`` samples).
         extraction: ``fast`` (coarse to fine) or ``dense``.
         threshold: occupancy probability of the surface.
-        frame: output frame of the mesh, ``gltf`` or ``camera`` (see the module docstring).
+        frame: output frame of the mesh, ``gltf``, ``upright`` or ``camera`` (:mod:`zsw.infer.orient`).
         chunk_points: most query points per decoder call (bounds memory; None: by device, see
             :func:`zsw.infer.settings.default_chunk_points`).
         weights_label: how the weights are named in ``result.json``.
@@ -446,11 +447,14 @@ class Reconstructor:
         center = pred.center.float().cpu().numpy()
         scale = pred.scale.float().cpu().numpy()
         surface = pred.visible_points.float().permute(0, 2, 3, 1).cpu().numpy()  # [B, S, S, 3] normalised
+        ups = mean_up(pred.latents.up, mirrored.latents.up if mirrored is not None else None)
         out = []
         for b, (im, mesh, grid) in enumerate(zip(images, meshes, grid_stats)):
             s, c = float(scale[b]), center[b]
             camera = np.asarray(mesh.vertices, dtype=np.float64) * s + c
-            mesh.vertices = camera_to_frame(camera, self.frame)
+            up = ups[b] if ups is not None else None
+            pose = frame_pose(self.frame, camera, up)
+            mesh.vertices = pose.apply(camera)
             seen, atlas, texture_s = 0, None, 0.0
             if self.color == "photo" and len(mesh.faces):
                 from zsw.infer.color import photo_colors
@@ -478,6 +482,8 @@ class Reconstructor:
                 prompt=(prompts[b] or self.default_prompt()) if backend.config.text.enabled else None,
                 visible_points=surface[b][visible[b]] * s + c,
                 texture=atlas,
+                up=up,
+                pose=pose,
             )
             timing = Timings(  # shared stages are split evenly over the batch
                 pixel=timings.get("pixel", 0.0) / B + first_pass[b],
@@ -558,7 +564,8 @@ class Reconstructor:
                           grid.grid_points, self.carve),
             mesh=MeshInfo(self.frame, UNITS, len(rec.mesh.vertices), len(rec.mesh.faces),
                           bool(len(rec.mesh.faces)) and bool(rec.mesh.is_watertight), self.min_part, dropped,
-                          self.smooth, self.faces, texture=self.texture if rec.texture is not None else None),
+                          self.smooth, self.faces, texture=self.texture if rec.texture is not None else None,
+                          camera_to_mesh=rec.pose.matrix().tolist(), up=None if rec.up is None else rec.up.tolist()),
             colors=ColorInfo(self.color, seen, len(rec.mesh.vertices)),
             batch_size=batch, timings_s=timings, warnings=warn,
         )  # fmt: skip
@@ -640,7 +647,9 @@ def reconstruct(
         resolution: grid cells per axis.
         extraction: ``fast`` (coarse to fine) or ``dense``.
         threshold: occupancy probability of the surface.
-        frame: ``gltf`` (y up, facing +z, default) or ``camera`` (x right, y down, z forward).
+        frame: ``gltf`` (default: y along the camera's up, facing +z), ``upright`` (y along the
+            object's predicted up, standing on y = 0) or ``camera`` (x right, y down, z forward):
+            :mod:`zsw.infer.orient`.
         device: ``cuda``, ``cpu``, ... (default: CUDA if available).
         backend: ``auto`` (see :func:`~zsw.infer.weights.resolve_backend`), ``torch``, ``onnxruntime``, ``tensorrt``,
             or a :class:`~zsw.infer.backend.Backend`.

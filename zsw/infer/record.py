@@ -58,6 +58,11 @@ class MeshInfo:
     texture: int | None = None  # side of the baked texture atlas in texels (None: vertex colours only)
     # mesh.stl only: its millimetres per unit of the camera frame (None: no STL written)
     stl_mm_per_unit: float | None = None
+    # [4, 4] the rigid motion from the camera frame to `frame`: mesh = camera_to_mesh @ (camera, 1)
+    camera_to_mesh: list | None = None
+    # [3] the object's up axis the model predicts, camera frame (None: the model has no such head);
+    # the `upright` frame's +y
+    up: list | None = None
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """One image's reconstruction and the files it is saved as (:class:`Reconstruction`).
 
-**Mesh frame and units.** ``camera`` keeps the camera frame of the input view. ``gltf`` (default)
-turns it 180 degrees about x -- ``(x, y, z) -> (x, -y, -z)`` -- which is glTF's convention: y up,
-the object in front of a camera at the origin that looks down -z, its visible side facing +z, so
-glTF viewers and Blender show it upright, as photographed. Both frames keep the scale of the
-predicted depth: ZeroShape-W's depth is relative (up to an unknown scale and shift), so mesh units
-are not metres. ``result.json`` stores ``center`` and ``scale`` to map back to the model's
+**Mesh frame and units.** The mesh is in ``gltf`` (default: y along the camera's up, the camera at
+the origin looking down -z), ``upright`` (y along the object's predicted up, standing on y = 0) or
+``camera`` (the camera frame of the input view): :mod:`zsw.infer.orient`. Every frame is a
+rigid motion of the camera frame and keeps the scale of the predicted depth: ZeroShape-W's depth is
+relative (up to an unknown scale and shift), so mesh units are not metres. ``result.json`` stores
+the motion (``mesh.camera_to_mesh``) and ``center`` and ``scale`` to map back to the model's
 normalised frame: ``normalised = (camera - center) / scale``.
 """
 
@@ -21,11 +21,12 @@ import numpy as np
 
 from zsw.errors import ConfigError
 from zsw.infer.image import LoadedImage
+from zsw.infer.orient import FramePose, frame_pose
 from zsw.infer.record import ResultRecord
-from zsw.infer.settings import FORMATS, FRAMES, STL_LONGEST_SIDE_MM
+from zsw.infer.settings import FORMATS, STL_LONGEST_SIDE_MM
 from zsw.infer.texture import TexturedMesh
 
-__all__ = ["Reconstruction", "camera_to_frame", "original_intrinsics", "glb_bytes", "UNITS", "OBJ_MTL"]
+__all__ = ["Reconstruction", "original_intrinsics", "glb_bytes", "UNITS", "OBJ_MTL"]
 
 
 UNITS = "camera frame in units of the predicted relative depth (scale and shift are unknown)"
@@ -40,22 +41,13 @@ _EMPTY_CLOUD_PLY = b"".join(
 )  # fmt: skip
 
 
-def camera_to_frame(points: np.ndarray, frame: str) -> np.ndarray:  # [N, 3] -> [N, 3]
-    """Camera-frame points in the output ``frame`` (``gltf``: ``(x, -y, -z)``; ``camera``: as is)."""
-    if frame == "camera":
-        return points
-    if frame == "gltf":
-        return points * np.array([1.0, -1.0, -1.0], dtype=points.dtype)
-    raise ConfigError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
-
-
 @dataclass
 class Reconstruction:
     """One image's reconstruction: the mesh, the pixel-level predictions and how they were made."""
 
     name: str
     mesh: object  # trimesh.Trimesh in `frame`
-    frame: str
+    frame: str  # upright, gltf or camera (zsw.infer.orient)
     image: np.ndarray  # [S, S, 3] uint8 model input
     depth: np.ndarray  # [S, S] float32 relative depth
     intrinsics: np.ndarray  # [3, 3] pixels of the S x S input
@@ -67,6 +59,15 @@ class Reconstruction:
     record: ResultRecord | None = None  # what result.json says (zsw.infer.record)
     visible_points: np.ndarray | None = None  # [P, 3] the lifted visible surface, camera frame
     texture: TexturedMesh | None = None  # the photo baked into an atlas (``texture=SIZE``; zsw.infer.texture)
+    up: np.ndarray | None = None  # [3] the object's up axis the model predicts, camera frame (None: no such head)
+    # camera frame -> `frame` (None: the fixed motion of a `camera` or `gltf` frame)
+    pose: FramePose | None = None
+
+    def __post_init__(self):
+        if self.pose is None:
+            if self.frame == "upright":
+                raise ConfigError("an upright reconstruction needs its pose (zsw.infer.orient.frame_pose)")
+            self.pose = frame_pose(self.frame)
 
     @property
     def info(self) -> dict:
@@ -75,7 +76,7 @@ class Reconstruction:
 
     def camera_vertices(self) -> np.ndarray:  # [V, 3]
         """Mesh vertices in the camera frame (undoes the output frame)."""
-        return camera_to_frame(np.asarray(self.mesh.vertices, dtype=np.float64), self.frame)
+        return self.pose.invert(self.mesh.vertices)
 
     def visible_cloud(self):
         """The lifted visible surface (what the decoder reads) as a ``trimesh.PointCloud`` in the
@@ -85,21 +86,21 @@ class Reconstruction:
             return None
         import trimesh
 
-        points = camera_to_frame(np.asarray(self.visible_points, dtype=np.float64), self.frame)
+        points = self.pose.apply(self.visible_points)
         rgb = np.asarray(self.image)[np.asarray(self.visible_mask, dtype=bool)]
         if len(rgb) != len(points):  # a mask and points that do not belong together: no colours
             return trimesh.PointCloud(points)
         return trimesh.PointCloud(points, colors=np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1))
 
-    def _in_gltf_frame(self, mesh):
-        """``mesh`` (this reconstruction's, or its textured copy; None passes) in the glTF frame,
-        y up: as it is with ``frame="gltf"``, turned 180 degrees about x from the camera frame."""
-        if mesh is None or self.frame == "gltf":
+    def _y_up(self, mesh):
+        """``mesh`` (this reconstruction's, or its textured copy; None passes) with y up: as it is in
+        the ``upright`` and ``gltf`` frames, turned into the ``gltf`` frame from ``camera``."""
+        if mesh is None or self.frame != "camera":
             return mesh
         import trimesh
 
-        vertices, normals = (camera_to_frame(np.asarray(a, dtype=np.float64), "gltf")
-                             for a in (mesh.vertices, mesh.vertex_normals))  # fmt: skip
+        gltf = frame_pose("gltf")
+        vertices, normals = gltf.apply(mesh.vertices), gltf.turn(mesh.vertex_normals)
         # the normals carried over: a textured copy's are the uncut mesh's, smooth across its seams
         return trimesh.Trimesh(vertices, mesh.faces, visual=mesh.visual, vertex_normals=normals, process=False)
 
@@ -132,13 +133,15 @@ class Reconstruction:
 
     def printable_mesh(self, longest_side_mm: float = STL_LONGEST_SIDE_MM):
         """The mesh as slicers want it (``mesh.stl``) and its millimetres per camera-frame unit:
-        z up (the camera's up), the side that faced the camera towards -y (Blender's front view),
-        standing on z = 0, centred on the z axis, scaled so its longest side is
-        ``longest_side_mm``. The same triangles as :attr:`mesh` (a rotation, a shift and a scale)."""
+        z up (the frame's y: the object's up in the ``upright`` frame, the camera's in the other
+        two), the side that faced the camera towards -y (Blender's front view), standing on z = 0,
+        centred on the z axis, scaled so its longest side is ``longest_side_mm``. The same triangles
+        as :attr:`mesh` (a rotation, a shift and a scale)."""
         import trimesh
 
-        cam = self.camera_vertices()
-        v = np.stack([cam[:, 0], cam[:, 2], -cam[:, 1]], axis=1)  # camera (x right, y down, z ahead) -> z up
+        pose = self.pose if self.frame == "upright" else frame_pose("gltf")
+        y_up = pose.apply(self.camera_vertices())
+        v = np.stack([y_up[:, 0], -y_up[:, 2], y_up[:, 1]], axis=1)  # y up, +z to the camera -> z up, -y to it
         if len(v) == 0:  # an empty mesh has no size to scale
             return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False), None
         lo, hi = v.min(axis=0), v.max(axis=0)
@@ -220,9 +223,9 @@ class Reconstruction:
             elif fmt == "usdz":  # y up whatever --frame says: the file declares it, and AR stands it on the floor
                 from zsw.infer.usdz import usdz_bytes
 
-                upright = [self._in_gltf_frame(m) for m in (mesh, textured)]
+                y_up = [self._y_up(m) for m in (mesh, textured)]
                 with atomic_path(path) as tmp:
-                    Path(tmp).write_bytes(usdz_bytes(*upright))
+                    Path(tmp).write_bytes(usdz_bytes(*y_up))
                 written.append(path)
                 continue
             elif fmt == "obj" and len(mesh.faces) == 0:  # trimesh would write "v" and "f" lines without numbers

@@ -19,6 +19,7 @@ from zsw.hub import device_type
 from zsw.infer.cutout import check_cutout
 from zsw.infer.image import box_for, check_box, read_boxes
 from zsw.infer.mesh_ops import check_mesh_options
+from zsw.infer.orient import FRAMES
 from zsw.infer.texture import check_texture_size
 
 __all__ = [
@@ -41,8 +42,6 @@ __all__ = [
     "default_chunk_points",
 ]
 
-#: output frames of the mesh (see zsw.infer.result)
-FRAMES = ("gltf", "camera")
 #: mesh file formats (usdz needs the usd extra: zsw.infer.usdz)
 FORMATS = ("glb", "obj", "ply", "stl", "usdz")
 #: ``mesh.stl`` is for slicers: z up, standing on z = 0, centred on the z axis, its longest side this
@@ -193,7 +192,9 @@ class ReconstructSettings:
         weights: checkpoint path, ``"demo"``, ``"random:<preset>"``, or None for the packaged model.
         prompt: category prompt; ``auto``/``clip``/``vlm:<model>`` ask an estimator.
         grid: grid decoding and mesh extraction.
-        frame: ``gltf`` (y up, facing +z) or ``camera`` (x right, y down, z forward).
+        frame: ``gltf`` (y along the camera's up, facing +z), ``upright`` (y along the object's
+            predicted up, standing on y = 0) or ``camera`` (x right, y down, z forward):
+            :mod:`zsw.infer.orient`.
         masks: folder of visible masks named like the images.
         device: ``cuda``, ``cpu``, ... (None: CUDA if available).
         batch_size: images per model call.
