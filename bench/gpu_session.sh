@@ -48,7 +48,7 @@ log="$results/${gpu}-session.log"
         --extraction fast --kernels triton --tta none --tta flip --graphs on --graphs off --no-shapes \
         --image examples/armchair.png \
         --out "$results/${gpu}-reconstruct.csv" || reconstruct_rc=$?
-    echo "== zsw bench reconstruct (the packaged zsw-demo-v6, what zsw reconstruct runs by default: bf16, fast, Triton)"
+    echo "== zsw bench reconstruct (the packaged zsw-demo-v7, what zsw reconstruct runs by default: bf16, fast, Triton)"
     # trained weights: its occupancy has a surface, which the fast extraction follows (random
     # weights' noise it refines everywhere), so these rows are the latency a user gets
     timeout -s INT -k 10 50 python3 -m zsw bench reconstruct --precision bf16 --extraction fast --extraction dense \

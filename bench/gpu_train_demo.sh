@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 10 on a lent GPU, in one device call of about 8 minutes: synthesise procedural training,
-# validation and test data on the machine's cores, continue zsw-demo-v6 at GPU batch size -- its
-# shape path (stage shape, on true surfaces), then stage full with v6's own pixel model -- and score
-# the result and v6 itself on 100 held-out in-the-wild test images, from above and from eye level.
+# validation and test data on the machine's cores, continue the packaged model (zsw-demo-v7: v6 with
+# its up axis refitted) at GPU batch size -- its shape path (stage shape, on true surfaces), then
+# stage full with its own pixel model -- and score the result and the packaged model itself on 100
+# held-out in-the-wild test images, from above and from eye level.
 # Everything it measured lands in $OUT/gpu-train-demo/ (logs, metrics, the eval tables, the
 # weights): commit it under bench/results/. The first H200 run trained all three stages from
 # scratch (stages pixel and shape side by side, 2.5 minutes each) and scored CD 0.075 against v6's
@@ -11,8 +12,8 @@
 #   bash bench/gpu_prepare.sh                                   # here, where pip reaches PyPI
 #   device call: PYTHONUNBUFFERED=1 bash bench/gpu_train_demo.sh    (carry [".whl"], timeout_s 560)
 #
-# SHAPE=wide trains, in place of continuing v6's shape path, one twice as wide from scratch
-# (configs/gpu/model-wide.yaml; stage full then takes it and v6's pixel model, as by default), and
+# SHAPE=wide trains, in place of continuing the packaged shape path, one twice as wide from scratch
+# (configs/gpu/model-wide.yaml; stage full then takes it and the packaged pixel model, as by default), and
 # writes to $OUT/gpu-train-demo-wide/: the tiny shape path levelled off near validation CD 0.054 on
 # true surfaces on the CPU (2,400 more steps: 0.0546 -> 0.0542) and reached the same in 547 steps
 # from scratch on the H200, so the continuation may gain little there; the CPU's 2x-wide run was
@@ -97,7 +98,7 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
     echo "synthesised in $(( $(date +%s) - t0 )) s: $(find data/gpu -name '*.png' -path '*images_processed*' | wc -l) images"
     data=(--data data/gpu/train --data data/gpu/train3)
 
-    if [ "$shape" = wide ]; then what="a shape path twice as wide, from scratch"; else what="zsw-demo-v6's shape path"; fi
+    if [ "$shape" = wide ]; then what="a shape path twice as wide, from scratch"; else what="the packaged model's shape path"; fi
     echo "== stage shape: $what (${shape_min} min, $workers loader workers)"
     t0=$(date +%s)
     # how busy the GPU is while it trains (the first run was starved by its data loaders)
@@ -109,7 +110,7 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
     echo "stage shape in $(( $(date +%s) - t0 )) s"
     tail -n 2 "$results/shape.log"
 
-    echo "== stage full: that shape path, zsw-demo-v6's pixel model (${full_min} min)"
+    echo "== stage full: that shape path, the packaged model's pixel model (${full_min} min)"
     timeout -s INT -k 30 "$full_s" python3 -m zsw train --config configs/gpu/full.yaml "${data[@]}" "${model[@]}" \
         --max-minutes "$full_min" --workers "$workers" --out runs/gpu-full --no-progress "${steps[@]}" > "$results/full.log" 2>&1
     tail -n 3 "$results/full.log"
@@ -120,9 +121,9 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
     done
     cp runs/gpu-full/best.safetensors "$results/gpu-demo.safetensors" 2>/dev/null || echo "no stage-full weights"
 
-    echo "== eval on the 100 test images (resolution 128, fast), and zsw-demo-v6 beside it"
+    echo "== eval on the 100 test images (resolution 128, fast), and the packaged model beside it"
     # --tta none: scored as the CPU tables it compares with are (auto would mirror on CUDA); the
-    # packaged zsw-demo-v6 scored in the same run on the same images is the baseline
+    # the packaged model scored in the same run on the same images is the baseline
     device=(--device cuda --tta none)
     if [ "$scale" = smoke ]; then device=(--device cpu --tta none --resolution 16 --limit 4); fi
     for set in test test-low; do
@@ -130,11 +131,11 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
         timeout 60 python3 -m zsw eval --format procedural --data "data/gpu/$set" --weights "$results/gpu-demo.safetensors" \
             --out "$results/eval$suffix.json" "${device[@]}" > "$results/eval$suffix.log" 2>&1 &
         timeout 60 python3 -m zsw eval --format procedural --data "data/gpu/$set" \
-            --out "$results/v6-eval$suffix.json" "${device[@]}" > "$results/v6-eval$suffix.log" 2>&1 &
+            --out "$results/packaged-eval$suffix.json" "${device[@]}" > "$results/packaged-eval$suffix.log" 2>&1 &
         wait
         if [ "$set" = test-low ]; then echo "== the same objects seen from eye level (elevation -10-15 degrees)"; fi
         grep -h "overall" "$results/eval$suffix.md" 2>/dev/null | sed 's/^/GPU-trained: /' || tail -n 3 "$results/eval$suffix.log"
-        grep -h "overall" "$results/v6-eval$suffix.md" 2>/dev/null | sed 's/^/zsw-demo-v6: /' || tail -n 3 "$results/v6-eval$suffix.log"
+        grep -h "overall" "$results/packaged-eval$suffix.md" 2>/dev/null | sed 's/^/packaged model: /' || tail -n 3 "$results/packaged-eval$suffix.log"
     done
     date -u +"== end %FT%TZ"
 } 2>&1 | tee "$log"
@@ -143,6 +144,6 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
 # they are, the stage logs, metrics and per-sample eval rows travel in one archive (12 files before)
 (cd "$results" && tar -czf logs.tar.gz --remove-files --ignore-failed-read \
     shape.log full.log shape.metrics.jsonl full.metrics.jsonl eval.log eval.samples.jsonl \
-    eval-low.log eval-low.json eval-low.samples.jsonl v6-eval.log v6-eval.json v6-eval.samples.jsonl v6-eval-low.log \
-    v6-eval-low.json v6-eval-low.samples.jsonl v6-eval-low.md kernel-check.log gpu-tests.log gpu-util.csv)
+    eval-low.log eval-low.json eval-low.samples.jsonl packaged-eval.log packaged-eval.json packaged-eval.samples.jsonl packaged-eval-low.log \
+    packaged-eval-low.json packaged-eval-low.samples.jsonl packaged-eval-low.md kernel-check.log gpu-tests.log gpu-util.csv)
 ls "$results"

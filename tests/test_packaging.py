@@ -134,7 +134,7 @@ def test_wheel_contains_remapped_packages(tmp_path, repo_root):
         "zsw/bench/__init__.py",
         "zsw/model/zeroshape_w.py",
         "zsw/assets/lvis_categories.txt",
-        "zsw/assets/demo/zsw-demo-v6.safetensors",  # the default weights of `zsw reconstruct`
+        "zsw/assets/demo/zsw-demo-v7.safetensors",  # the default weights of `zsw reconstruct`
         "zsw/assets/demo/onnx/export.json",  # their ONNX graphs (`--backend auto` on a CPU)
         "zsw/assets/demo/onnx/pixel.onnx",
         "zsw/assets/demo/onnx/encoder.onnx",
