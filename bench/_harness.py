@@ -456,3 +456,16 @@ def rows_table(rows: Sequence[BenchRow], title: str | None = None):
         cells += [f"{r.speedups[k]:.2f}" if k in r.speedups else "" for k in speedups]
         table.add_row(*cells)
     return table
+
+
+def write_rows_and_summary(out: Path, rows: Iterable[dict], lines: Sequence[str]) -> None:
+    """``<out>.jsonl`` (one row per line) and ``<out>.md`` (the summary ``lines``), both atomically,
+    the folder made; the summary is printed too."""
+    import json
+
+    from zsw.io import atomic_write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))

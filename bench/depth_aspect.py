@@ -153,7 +153,7 @@ def summary(rows: list[dict], factors: list[float], focal_scales: list[float]) -
 def main() -> None:
     import torch
 
-    from zsw.io import atomic_write_text
+    from zsw.bench._harness import write_rows_and_summary
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -201,10 +201,7 @@ def main() -> None:
 
     lines = [f"# Depth aspect: {args.data} ({args.format}, {len(rows)} views)", ""]
     lines += summary(rows, factors, focal_scales)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_rows_and_summary(args.out, rows, lines)
 
 
 if __name__ == "__main__":

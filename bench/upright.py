@@ -101,7 +101,7 @@ def summary(rows: list[dict]) -> list[str]:
 def main() -> None:
     import torch
 
-    from zsw.io import atomic_write_text
+    from zsw.bench._harness import write_rows_and_summary
     from zsw.synth.pipeline import elevation_range
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -126,10 +126,7 @@ def main() -> None:
     if not rows:
         raise SystemExit("no views")
     lines = [f"# Up axis: {title}, {len(rows)} views, weights {args.weights or 'packaged'}", ""] + summary(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_rows_and_summary(args.out, rows, lines)
 
 
 if __name__ == "__main__":

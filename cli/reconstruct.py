@@ -46,6 +46,10 @@ _FORMATS = (
     "glb, obj, ply, stl or usdz (repeatable); stl is z-up, 100 mm on its longest side, for slicers; usdz "
     '(AR Quick Look on iPhone and iPad; coloured there with --texture) needs pip install "zsw\\[usd]".'
 )
+_FRAME = (
+    "gltf (y up as photographed, facing +z), upright (standing on y = 0 along the object's own up) or camera "
+    "(y down, z forward)."
+)
 _MASKS = (
     "Folder of visible masks named like the images (<name>.png): white (or, in a cut-out, opaque) is the object; "
     "0/1 label images work too. Required by ZeroShape models."
@@ -70,13 +74,7 @@ def reconstruct(
     resolution: opts.Resolution = 128,
     extraction: opts.Extraction = "fast",
     threshold: opts.Threshold = 0.5,
-    frame: Annotated[
-        str,
-        typer.Option(
-            help="gltf (y up as photographed, facing +z), upright (standing on y = 0 along the object's own up) or "
-            "camera (y down, z forward)."
-        ),
-    ] = "gltf",
+    frame: Annotated[str, typer.Option(help=_FRAME)] = "gltf",
     masks: Annotated[Path | None, typer.Option(help=_MASKS)] = None,
     box: Annotated[str | None, typer.Option(metavar="X0,Y0,X1,Y1|FILE", help=_BOX)] = None,
     device: opts.Device = None,

@@ -72,6 +72,28 @@ def tiny64(tmp_path_factory):
     return root, model
 
 
+@pytest.fixture(scope="module")
+def tiny_model():
+    """The tiny preset with random weights (seed 0), in eval mode; one per test module, which may
+    change it."""
+    import torch
+
+    from zsw.model import build_model
+
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_model, tmp_path_factory):
+    """:func:`tiny_model` saved as a checkpoint."""
+    from zsw import checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    checkpoint.save(tiny_model, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -20,23 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 RES = 24
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    from zsw.model import build_model
-
-    torch.manual_seed(0)
-    return build_model("tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tiny_model, tmp_path_factory):
-    from zsw import checkpoint
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    checkpoint.save(tiny_model, path)
-    return path
-
-
 def _looking_down(elevation_deg: float, roll_deg: float = 0.0) -> np.ndarray:
     """An upright object's up axis in the frame of a camera that looks down on it by
     ``elevation_deg`` and is rolled by ``roll_deg`` about its optical axis."""
@@ -232,3 +215,18 @@ def test_refit_up_head_brings_the_up_axis_closer_on_the_views_it_fits(repo_root)
     model = _axial_model()
     stats = refit_up_head(model, views, ridge=1.0, reframe="never", background="never", tta="none")
     assert stats["views"] == 12 and stats["after_deg"] < stats["before_deg"] - 10, stats
+
+
+def test_the_upright_bench_reads_the_foreign_renders_true_up_axis():
+    """zsw.bench.upright replays zsw.bench.foreign's draws to know each render's up axis: for a
+    cylinder (stood up along y in its object frame) it is the normal of its caps, the mesh's
+    largest flat faces."""
+    from zsw.bench import foreign
+    from zsw.bench.upright import angle_deg, elevation_deg, foreign_views
+
+    seeds = {name: seed for _, name, seed in foreign.view_names(1)}
+    name, _, image, up = next(v for v in foreign_views(1, (10.0, 40.0)) if v[1] == "cylinder")
+    mesh = foreign.make_view("cylinder", seeds[name], (10.0, 40.0))["mesh"]
+    cap = mesh.facets_normal[np.argmax(mesh.facets_area)]
+    assert min(angle_deg(cap, up), angle_deg(-cap, up)) < 0.5
+    assert 10.0 <= elevation_deg(up) <= 40.0 and image.shape == (224, 224, 3)

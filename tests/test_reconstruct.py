@@ -28,23 +28,6 @@ runner = CliRunner()
 RES = 16  # grid resolution for tests: the random tiny model is near 0.5 everywhere
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    from zsw.model import build_model
-
-    torch.manual_seed(0)
-    return build_model("tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tiny_model, tmp_path_factory):
-    from zsw import checkpoint
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    checkpoint.save(tiny_model, path)
-    return path
-
-
 def _lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.strip()]
 

@@ -18,14 +18,6 @@ from zsw.model import PixelOutput, SurfacePrediction
 RES = 16
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    from zsw.model import build_model
-
-    torch.manual_seed(0)
-    return build_model("tiny").eval()
-
-
 def _frame(center, scale) -> SurfacePrediction:
     """A prediction that only carries a normalised frame (the rest is never read here)."""
     z = torch.zeros(1, 1, 4, 4)
