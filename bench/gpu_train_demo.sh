@@ -123,7 +123,7 @@ full_s=$(python3 -c "print(round($full_min * 60 + 45))")
 
     echo "== eval on the 100 test images (resolution 128, fast), and the packaged model beside it"
     # --tta none: scored as the CPU tables it compares with are (auto would mirror on CUDA); the
-    # the packaged model scored in the same run on the same images is the baseline
+    # packaged model scored in the same run on the same images is the baseline
     device=(--device cuda --tta none)
     if [ "$scale" = smoke ]; then device=(--device cpu --tta none --resolution 16 --limit 4); fi
     for set in test test-low; do

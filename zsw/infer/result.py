@@ -47,7 +47,7 @@ class Reconstruction:
 
     name: str
     mesh: object  # trimesh.Trimesh in `frame`
-    frame: str  # upright, gltf or camera (zsw.infer.orient)
+    frame: str  # gltf, upright or camera (zsw.infer.orient)
     image: np.ndarray  # [S, S, 3] uint8 model input
     depth: np.ndarray  # [S, S] float32 relative depth
     intrinsics: np.ndarray  # [3, 3] pixels of the S x S input
