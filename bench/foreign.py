@@ -118,7 +118,8 @@ def _backgrounds(kind: str):
 
 def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATION) -> dict:
     """One view: ``image`` [224, 224, 3] uint8, ``mask`` (the object's visible pixels), ``K``,
-    ``gt`` (10,000 points on the object, camera frame) and what was drawn; the camera looks down
+    ``gt`` (10,000 points on the object, camera frame), ``up`` (the object's up axis, camera frame)
+    and what was drawn; the camera looks down
     on the object at an ``elevation`` drawn uniformly from the range (degrees)."""
     import trimesh
 
@@ -165,7 +166,7 @@ def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATI
         (len(obj.vertices), 3)), light=light, supersample=1)  # fmt: skip
     gt = np.asarray(trimesh.sample.sample_surface(obj, 10000, seed=seed)[0], np.float32)
     return {"image": image, "K": K, "gt": gt, "alpha": alpha[..., 0], "object_pixels": alone.max(-1) > 0,
-            "occluded": bool(occluded), "background": str(kind), "mesh": obj}  # fmt: skip
+            "occluded": bool(occluded), "background": str(kind), "mesh": obj, "up": R[:, 1]}  # fmt: skip
 
 
 def view_names(per_category: int, seed: int = 31):

@@ -41,17 +41,12 @@ def elevation_deg(up: np.ndarray) -> float:
 
 
 def foreign_views(per_category: int, elevation: tuple[float, float]):
-    """The same for :mod:`zsw.bench.foreign`'s renders: their cameras look down by an elevation
-    drawn after the object and the yaw, without roll, so the object's up is (0, -cos e, -sin e)."""
+    """(name, category, image, true up) of :mod:`zsw.bench.foreign`'s renders."""
     from zsw.bench import foreign
 
     for category, name, seed in foreign.view_names(per_category):
         view = foreign.make_view(category, seed, elevation)
-        rng = np.random.default_rng(seed)  # make_view's draws, in its order
-        foreign.make_object(category, rng)
-        rng.uniform(0, 2 * math.pi)
-        e = math.radians(rng.uniform(*elevation))
-        yield name, category, view["image"], np.array([0.0, -math.cos(e), -math.sin(e)])
+        yield name, category, view["image"], view["up"]
 
 
 def measure(views, weights: str | None) -> list[dict]:

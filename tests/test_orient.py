@@ -199,7 +199,7 @@ def test_fit_up_rows_recovers_an_affine_map_and_set_up_rows_makes_the_decoder_pr
     np.testing.assert_allclose(up, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
 
 
-def test_refit_up_head_brings_the_up_axis_closer_on_the_views_it_fits(repo_root):
+def test_refit_up_head_brings_the_up_axis_closer_on_the_views_it_fits(repo_root, tmp_path):
     """Views of one photo turned about the camera's axis (rolled): the true up rolls with it; a
     random head does not know, the refitted one does on those views (fewer views than activations:
     the fit is loose, so only 'closer' is asserted), and the CLI's save keeps the rest."""
@@ -216,17 +216,24 @@ def test_refit_up_head_brings_the_up_axis_closer_on_the_views_it_fits(repo_root)
     stats = refit_up_head(model, views, ridge=1.0, reframe="never", background="never", tta="none")
     assert stats["views"] == 12 and stats["after_deg"] < stats["before_deg"] - 10, stats
 
+    # what `python -m zsw.train.up_head` saves and reads back: the refitted rows and the extras
+    from zsw import checkpoint
 
-def test_the_upright_bench_reads_the_foreign_renders_true_up_axis():
-    """zsw.bench.upright replays zsw.bench.foreign's draws to know each render's up axis: for a
-    cylinder (stood up along y in its object frame) it is the normal of its caps, the mesh's
-    largest flat faces."""
+    checkpoint.save(model, tmp_path / "refit.safetensors", extra={"up_head": stats})
+    loaded, extra = checkpoint.load_with_extra(tmp_path / "refit.safetensors")
+    assert extra["up_head"] == stats and extra["zsw_version"]
+    assert torch.equal(loaded.decoder.center_head[-1].bias, model.decoder.center_head[-1].bias)
+
+
+def test_the_foreign_renders_say_their_true_up_axis():
+    """zsw.bench.foreign says each render's up axis, which zsw.bench.upright scores against: for a
+    cylinder (stood up along y in its object frame) it is the normal of its caps, the mesh's largest
+    flat faces, and it lies as far above the horizon as the camera was drawn."""
     from zsw.bench import foreign
-    from zsw.bench.upright import angle_deg, elevation_deg, foreign_views
+    from zsw.bench.upright import angle_deg, elevation_deg
 
-    seeds = {name: seed for _, name, seed in foreign.view_names(1)}
-    name, _, image, up = next(v for v in foreign_views(1, (10.0, 40.0)) if v[1] == "cylinder")
-    mesh = foreign.make_view("cylinder", seeds[name], (10.0, 40.0))["mesh"]
-    cap = mesh.facets_normal[np.argmax(mesh.facets_area)]
-    assert min(angle_deg(cap, up), angle_deg(-cap, up)) < 0.5
-    assert 10.0 <= elevation_deg(up) <= 40.0 and image.shape == (224, 224, 3)
+    seed = next(s for c, _, s in foreign.view_names(1) if c == "cylinder")
+    view = foreign.make_view("cylinder", seed, (10.0, 40.0))
+    cap = view["mesh"].facets_normal[np.argmax(view["mesh"].facets_area)]
+    assert min(angle_deg(cap, view["up"]), angle_deg(-cap, view["up"])) < 0.5
+    assert 10.0 <= elevation_deg(view["up"]) <= 40.0

@@ -34,6 +34,7 @@ from zsw.errors import CheckpointError, ConfigError
 __all__ = [
     "save",
     "load",
+    "load_with_extra",
     "read",
     "convert_zeroshape",
     "convert_official",
@@ -136,13 +137,18 @@ def read(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, Tensor
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the model stored in ``path`` and load its weights strictly; returns it in eval mode."""
+    return load_with_extra(path, device)[0]
+
+
+def load_with_extra(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """:func:`load`'s model and the extras stored with it (:func:`read`), from one read of the file."""
     from zsw.model import build_model
 
-    tensors, cfg, _ = read(path)
+    tensors, cfg, extra = read(path)
     # build without initialising (meta device), then adopt the loaded tensors as parameters
     model = build_model(cfg, device="meta")
     _load_strict(model, tensors, str(path))
-    return model.to(device).eval()
+    return model.to(device).eval(), extra
 
 
 def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -62,6 +62,8 @@ class FramePose:
 
 
 def _rotation_onto(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # [3, 3]: the smallest turn taking unit a to b
+    # Rodrigues about a x b: trimesh.geometry.align_vectors also takes a to b but adds a twist about b,
+    # which would turn the photo's side away from +z (tests/test_orient.py checks the heading)
     v, c = np.cross(a, b), float(np.dot(a, b))
     if c < -1.0 + 1e-9:  # opposite: half a turn about any axis across a (x, or z when a lies along x)
         axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 0.0, 1.0])

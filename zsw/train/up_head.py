@@ -127,10 +127,9 @@ def main() -> None:
     ap.add_argument("--ridge", type=float, default=100.0)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    model = checkpoint.load(args.weights)
-    _, _, extra = checkpoint.read(args.weights)
+    model, extra = checkpoint.load_with_extra(args.weights)
     stats = refit_up_head(model, up_views(args.data, args.split), args.ridge)
-    extra = {k: v for k, v in (extra or {}).items() if k != "zsw_version"}  # save() writes its own
+    extra = {k: v for k, v in extra.items() if k != "zsw_version"}  # save() writes its own
     checkpoint.save(model, args.out, extra={**extra, "up_head": {**stats, "ridge": args.ridge, "data": str(args.data)}})
     print(f"{args.out}: up axis refitted on {stats['views']} views; median angle to the truth on them "
           f"{stats['before_deg']:.1f} -> {stats['after_deg']:.1f} degrees")  # fmt: skip
