@@ -118,6 +118,7 @@ def refit_up_head(model, views, ridge: float = 100.0, **reconstructor) -> dict:
 
 def main() -> None:
     from zsw import checkpoint
+    from zsw.errors import ZswError
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="a procedural set rendered with --bake test")
@@ -127,8 +128,11 @@ def main() -> None:
     ap.add_argument("--ridge", type=float, default=100.0)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    model, extra = checkpoint.load_with_extra(args.weights)
-    stats = refit_up_head(model, up_views(args.data, args.split), args.ridge)
+    try:
+        model, extra = checkpoint.load_with_extra(args.weights)
+        stats = refit_up_head(model, up_views(args.data, args.split), args.ridge)
+    except (ZswError, ValueError) as e:  # a bad checkpoint or data folder, a model without an up axis
+        raise SystemExit(f"error: {e}") from None
     extra = {k: v for k, v in extra.items() if k != "zsw_version"}  # save() writes its own
     checkpoint.save(model, args.out, extra={**extra, "up_head": {**stats, "ridge": args.ridge, "data": str(args.data)}})
     print(f"{args.out}: up axis refitted on {stats['views']} views; median angle to the truth on them "
