@@ -15,7 +15,10 @@ Variants (the encoder and decoder always run; masks are thresholded at logit 0 u
   losses ignore), ground-truth K and masks;
 * ``gt``: ground-truth depth, K and masks (the shape path's own error);
 * ``true_up``: everything predicted but the object's up axis (axial-query decoders), which is the
-  truth's.
+  truth's;
+* ``gt_filled`` / ``pred_filled``: ``gt`` / ``pred`` with the occluded part of the object filled in
+  (:func:`fill_occluded`): what the decoder would make of a visible surface with no occluder
+  in front of it, completed from the visible part alone.
 
 Each row also records the up axis the decoder predicted and the truth's as the camera's elevation
 they imply (``up_elevation_pred`` / ``_true``, degrees above the object's horizon) and the angle
@@ -36,7 +39,55 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-VARIANTS = ("pred", "gt_k", "gt_masks", "gt_visible", "gt_occluder", "gt_depth", "aligned_depth_gt_k", "gt", "true_up")
+VARIANTS = (
+    "pred", "gt_k", "gt_masks", "gt_visible", "gt_occluder", "gt_depth", "aligned_depth_gt_k", "gt", "true_up",
+    "gt_filled", "pred_filled",
+)  # fmt: skip
+
+
+_PART = 0.1  # fill_occluded: the smallest part of the visible mask, as a fraction of the largest's area
+
+
+def fill_occluded(
+    depth: torch.Tensor,  # [B, 1, S, S]
+    visible: torch.Tensor,  # [B, 1, S, S] in {0, 1}
+    occluder: torch.Tensor,  # [B, 1, S, S] in {0, 1}
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # depth, visible, occluder
+    """The object's occluded part filled in: the occluder's pixels inside the convex hull of the
+    visible mask become visible, with depth continued into them from the visible pixels by
+    biharmonic inpainting (scikit-image; exact for a plane, smooth for a curved face), and are no
+    longer occluder. The hull spans the mask's parts of at least :data:`_PART` of the largest's
+    area (an occluder may cut the object in two; a mask's stray specks are left out). A convex
+    object's silhouette is recovered; a concave one's (a mug's handle, a chair's legs) is
+    over-filled, only where the occluder hides it."""
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+    from skimage.restoration import inpaint_biharmonic
+
+    depth, visible, occluder = depth.clone(), visible.clone(), occluder.clone()
+    for b in range(depth.shape[0]):
+        seen, hidden = visible[b, 0].cpu().numpy() > 0.5, occluder[b, 0].cpu().numpy() > 0.5
+        parts, n = ndimage.label(seen)
+        if n == 0 or not hidden.any():
+            continue
+        sizes = ndimage.sum(seen, parts, range(1, n + 1))
+        kept = np.isin(parts, 1 + np.flatnonzero(sizes >= _PART * sizes.max()))  # an occluder may split the object
+        fill = convex_hull_image(kept) & hidden & ~seen
+        if not fill.any():
+            continue
+        rows, cols = np.nonzero(kept | fill)  # inpaint within the object's box (a margin of 2)
+        y0, x0 = max(rows.min() - 2, 0), max(cols.min() - 2, 0)
+        y1, x1 = rows.max() + 3, cols.max() + 3
+        box = depth[b, 0, y0:y1, x0:x1].double().cpu().numpy()
+        unknown = ~kept[y0:y1, x0:x1]
+        filled = inpaint_biharmonic(np.where(unknown, 0.0, box), unknown)
+        into = torch.from_numpy(fill[y0:y1, x0:x1]).to(depth.device)
+        patch = depth[b, 0, y0:y1, x0:x1]
+        patch[into] = torch.from_numpy(filled).to(depth)[into]
+        mask = torch.from_numpy(fill).to(depth.device)
+        visible[b, 0][mask] = 1.0
+        occluder[b, 0][mask] = 0.0
+    return depth, visible, occluder
 
 
 def surfaces(model, batch: dict, variants: list[str]):
@@ -72,6 +123,12 @@ def surfaces(model, batch: dict, variants: list[str]):
             yield v, model.encode_surface(PixelOutput(aligned, K, None, None), text, vis, occ)
         elif v == "gt":
             yield v, model.encode_surface(PixelOutput(depth, K, None, None), text, vis, occ)
+        elif v == "gt_filled":
+            d, fv, fo = fill_occluded(depth, vis, occ)
+            yield v, model.encode_surface(PixelOutput(d, K, None, None), text, fv, fo)
+        elif v == "pred_filled":
+            d, fv, fo = fill_occluded(pix.depth, pred_vis, pred_occ)
+            yield v, model.encode_surface(PixelOutput(d, pix.intrinsics, None, None), text, fv, fo)
 
 
 def _up_angles(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:

@@ -20,7 +20,7 @@ def _batch(size: int) -> dict:
 
 
 def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
-    from zsw.bench.error_decomposition import VARIANTS, surfaces
+    from zsw.bench.error_decomposition import VARIANTS, fill_occluded, surfaces
     from zsw.model import build_model
     from zsw.train import losses as L
 
@@ -47,6 +47,8 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
         "aligned_depth_gt_k": (vis, occ),
         "gt": (vis, occ),
         "true_up": (pred_vis, pred_occ),  # everything predicted: only the decoder's up axis is swapped
+        "gt_filled": fill_occluded(batch["depth"], vis, occ)[1:],
+        "pred_filled": fill_occluded(pix.depth, pred_vis, pred_occ)[1:],
     }
     for name, (v, o) in expected_masks.items():
         torch.testing.assert_close(out[name].visible_mask, v, msg=name)
@@ -65,6 +67,41 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
     # everything true: the encoder sees exactly the lifted ground-truth surface
     gt_points, _, _ = L.visible_frame(batch["depth"], batch["intrinsics"], on)
     torch.testing.assert_close(out["gt"].visible_points.flatten(2).transpose(1, 2), gt_points)
+
+
+def test_fill_occluded_continues_the_surface_under_an_occluder_inside_the_silhouette():
+    # a tilted plane seen as a disc, an occluder on its middle and another on the background, and a
+    # stray visible pixel far off (a mask's false positive must not stretch the silhouette)
+    from zsw.bench.error_decomposition import fill_occluded
+
+    S = 48
+    y, x = torch.meshgrid(torch.arange(S, dtype=torch.float64), torch.arange(S, dtype=torch.float64), indexing="ij")
+    plane = (2.0 + 0.02 * x - 0.01 * y)[None, None]
+    disc = ((x - 20) ** 2 + (y - 22) ** 2 <= 14**2)[None, None]
+    inner = (x >= 16) & (x <= 24) & (y >= 18) & (y <= 27)
+    outer = (x >= 38) & (x <= 44) & (y >= 18) & (y <= 28)  # between the disc and the stray pixel
+    occluder = (inner | outer)[None, None].double()
+    visible = (disc & ~inner[None, None]).double()
+    visible[0, 0, 23, 47] = 1.0
+    depth = torch.where(visible > 0, plane, torch.zeros_like(plane))
+    depth[0, 0][inner] = 9.0  # what a pixel model may put there: the occluder's own depth
+
+    d, v, o = fill_occluded(depth, visible, occluder)
+    filled = (v > 0) & (visible == 0)
+    assert torch.equal(filled[0, 0], inner & disc[0, 0])  # all of the hidden disc, nothing else
+    assert torch.equal(o[0, 0] > 0, outer)  # the background's occluder stays one
+    torch.testing.assert_close(d[filled], plane[filled], atol=2e-3, rtol=0)  # the plane continued
+    torch.testing.assert_close(d[~filled], depth[~filled])  # the rest untouched
+    # an occluder across the disc cuts what is seen in two: both halves span the silhouette
+    band = ((x >= 13) & (x <= 17))[None, None]
+    halves = (disc & ~band).double()
+    _, v, o = fill_occluded(torch.where(halves > 0, plane, 0.0), halves, band.double())
+    filled = (v > 0) & (halves == 0)
+    assert not (filled & ~(band & disc)).any() and filled.sum() >= 0.9 * (band & disc).sum()
+    # nothing to fill: no occluder, or no visible pixel
+    for vis, occ in ((visible, torch.zeros_like(occluder)), (torch.zeros_like(visible), occluder)):
+        d2, v2, o2 = fill_occluded(depth, vis, occ)
+        assert torch.equal(d2, depth) and torch.equal(v2, vis) and torch.equal(o2, occ)
 
 
 def test_script_writes_a_row_per_view_and_a_table(tiny64, tmp_path, monkeypatch):
