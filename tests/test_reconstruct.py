@@ -1297,6 +1297,46 @@ def test_an_empty_mesh_is_written_and_warned_about(repo_root, tmp_path):
     assert any(high[0] in w for w in info["warnings"])
 
 
+def test_occluded_outline_is_the_share_of_the_outline_next_to_an_occluder():
+    from zsw.infer.reconstruct import occluded_outline
+
+    y, x = np.mgrid[:64, :64]
+    disc = (x - 32) ** 2 + (y - 32) ** 2 <= 20**2
+    right = (x >= 46) & ~disc  # beside the disc's right side, outside it
+    share = occluded_outline(disc, right)
+    # the outline pixels within 2 px of x >= 46: the arc with x >= 44, about a fifth of the circle
+    arc = np.degrees(2 * np.arccos(12 / 20)) / 360
+    assert share == pytest.approx(arc, abs=0.05)
+    assert occluded_outline(disc, (x >= 60) & (y < 4)) == 0.0  # an occluder away from the object
+    assert occluded_outline(disc, None) == 0.0 and occluded_outline(np.zeros_like(disc), right) == 0.0
+
+
+def test_something_in_front_of_the_object_is_warned_about(repo_root, tmp_path):
+    """The packaged model's occluder head on a real photo (the bucket, nothing in front of it) and on
+    the same photo with another example's object (the hat, cut out by its mask) pasted over it."""
+    bucket = Image.open(repo_root / "examples" / "bucket.png").convert("RGB")
+    hat = Image.open(repo_root / "examples" / "hat.png").convert("RGB")
+    cut = Image.open(repo_root / "examples" / "masks" / "hat.png").convert("L")
+    box = cut.getbbox()
+    hat, cut = hat.crop(box), cut.crop(box)
+    size = (round(0.45 * bucket.width), round(0.45 * bucket.width * hat.height / hat.width))
+    bucket.paste(hat.resize(size), (round(0.35 * bucket.width), round(0.45 * bucket.height)), cut.resize(size))
+    bucket.save(tmp_path / "covered.png")
+    out = tmp_path / "o"
+    args = ["reconstruct", str(repo_root / "examples" / "bucket.png"), str(tmp_path / "covered.png"), "-o", str(out),
+            "--resolution", str(RES), "--no-preview", "--format", "ply"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "in front of the object" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING: ") and "covered.png" in warned[0], result.output
+    share = re.search(r"along (\d+)% of its outline", warned[0])
+    assert share and 10 <= int(share[1]) <= 80, warned[0]
+    info = json.loads((out / "covered" / "result.json").read_text())
+    assert any("sees something in front of the object" in w for w in info["warnings"])
+    clean = json.loads((out / "bucket" / "result.json").read_text())
+    assert not any("in front of the object" in w for w in clean["warnings"])
+
+
 def test_a_mask_folder_without_this_images_mask_is_said(repo_root, tmp_path):
     """--masks DIR that lacks one photo's mask: a model with mask heads predicts it, and says so on
     the terminal and in result.json, rather than silently using another mask than asked for."""
