@@ -87,6 +87,11 @@ def test_stl_is_z_up_standing_on_the_plate_and_100_mm_long(repo_root, tiny_model
     shift = stored.reshape(-1, 3).min(0) - rotated.reshape(-1, 3).min(0)
     np.testing.assert_allclose(stored, rotated + shift, atol=1e-3)
     assert stl.is_watertight == rec.mesh.is_watertight and stl.volume == pytest.approx(rec.mesh.volume * scale**3)
+    # a mesh in the camera frame (y down) prints the same: the camera's up is +z whatever --frame
+    in_camera = reconstruct(repo_root / "examples" / "bucket.png", weights=tiny_model, resolution=RES, frame="camera")
+    in_camera.save(tmp_path / "camera", formats=("stl",), preview=False)
+    printed = trimesh.load(tmp_path / "camera" / "mesh.stl", process=False).triangles
+    np.testing.assert_allclose(printed, stored, atol=1e-4)
     rec.save(tmp_path, formats=("glb",), preview=False)  # not asked for: gone, and not recorded
     assert not (tmp_path / "mesh.stl").exists()
     assert json.loads((tmp_path / "result.json").read_text())["mesh"]["stl_mm_per_unit"] is None

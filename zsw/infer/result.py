@@ -139,8 +139,8 @@ class Reconstruction:
         as :attr:`mesh` (a rotation, a shift and a scale)."""
         import trimesh
 
-        pose = self.pose if self.frame == "upright" else frame_pose("gltf")
-        y_up = pose.apply(self.camera_vertices())
+        vertices = np.asarray(self.mesh.vertices, dtype=np.float64)
+        y_up = frame_pose("gltf").apply(vertices) if self.frame == "camera" else vertices  # the other two are y up
         v = np.stack([y_up[:, 0], -y_up[:, 2], y_up[:, 1]], axis=1)  # y up, +z to the camera -> z up, -y to it
         if len(v) == 0:  # an empty mesh has no size to scale
             return trimesh.Trimesh(v, np.asarray(self.mesh.faces), process=False), None
