@@ -145,10 +145,10 @@ def _up_angles(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
 @torch.no_grad()  # a decorator, not torch.set_grad_enabled(False): callers (tests) keep autograd
 def main() -> None:
     from zsw import checkpoint
+    from zsw.bench._harness import write_rows_and_summary
     from zsw.data.dataset import ShapeDataset
     from zsw.infer.grid import extract_meshes
     from zsw.infer.weights import resolve_weights
-    from zsw.io import atomic_write_text
     from zsw.train.validate import score_view
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -194,8 +194,6 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     cats = sorted({r["category"] for r in rows})
 
     def mean(v: str, key: str, cat: str | None = None) -> str:
@@ -215,8 +213,7 @@ def main() -> None:
         cells = [f"{mean(v, 'cd')} / {mean(v, 'fscore@0.05')[:5]}"]
         cells += [f"{mean(v, 'cd', c)[:5]} / {mean(v, 'fscore@0.05', c)[:4]}" for c in cats]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print(f"wrote {out.with_suffix('.jsonl')} and {out.with_suffix('.md')}")
+    write_rows_and_summary(out, rows, lines)
 
 
 if __name__ == "__main__":
