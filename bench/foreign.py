@@ -2,7 +2,7 @@
 fitted sphere and the ellipsoid with each object's true extents.
 
     python -m zsw.bench.foreign --out bench/results/foreign/zsw-demo-v6 [--weights W] [--per-category 5] \
-        [--elevation=0,10]
+        [--elevation=0,10] [--aspect 4:3]
     python -m zsw.bench.foreign --export data/foreign   # the same views as photos and meshes, for
     zsw eval --data data/foreign --format folder --out foreign.json   # any model, through zsw eval
 
@@ -14,7 +14,8 @@ degrees above the object's horizon unless ``--elevation`` says otherwise; 0-10 i
 which the training's 5-65 degrees barely reach): the z-buffer rasteriser of
 :mod:`zsw.infer.preview` (two-sided Lambert with a fill light, no shadows), composited over a
 background (a photo crop, a gradient or plain white, like a product shot), a third of them partly
-hidden by a box or a ball in front. The backgrounds come from the same pool
+hidden by a box or a ball in front; square, or with ``--aspect`` as landscape or portrait photos
+(the shorter side 224 px, the object framed in it alike). The backgrounds come from the same pool
 as the training's (``zsw.data.backgrounds``); everything else is new to the model.
 
 Each view is scored as ``zsw eval`` scores it (``--reframe auto``, crumbs dropped, 10,000 points,
@@ -116,22 +117,44 @@ def _backgrounds(kind: str):
     return Backgrounds((kind,))
 
 
-def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATION) -> dict:
-    """One view: ``image`` [224, 224, 3] uint8, ``mask`` (the object's visible pixels), ``K``,
-    ``gt`` (10,000 points on the object, camera frame), ``up`` (the object's up axis, camera frame)
-    and what was drawn; the camera looks down
-    on the object at an ``elevation`` drawn uniformly from the range (degrees)."""
+def photo_size(aspect: float) -> tuple[int, int]:
+    """(height, width) of a view whose width is ``aspect`` times its height, the shorter side
+    :data:`SIZE` (1: the square the model takes)."""
+    if aspect >= 1:
+        return SIZE, int(round(SIZE * aspect))
+    return int(round(SIZE / aspect)), SIZE
+
+
+def parse_aspect(text: str) -> float:
+    """``W:H`` (``4:3``) or a number, as a positive width over height; SystemExit naming it otherwise."""
+    try:
+        w, _, h = text.partition(":")
+        value = float(w) / float(h) if h else float(w)
+    except (ValueError, ZeroDivisionError):
+        value = float("nan")
+    if not (math.isfinite(value) and 0.2 <= value <= 5):
+        raise SystemExit(f"--aspect must be W:H or a number between 0.2 and 5, got {text!r}")
+    return value
+
+
+def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATION, aspect: float = 1.0) -> dict:
+    """One view: ``image`` [H, W, 3] uint8 (224 x 224, or with ``aspect`` = W / H the shorter side
+    224: a landscape or portrait photo, the object framed in its shorter side alike), ``mask``
+    (the object's visible pixels), ``K``, ``gt`` (10,000 points on the object, camera frame),
+    ``up`` (the object's up axis, camera frame) and what was drawn; the camera looks down on the
+    object at an ``elevation`` drawn uniformly from the range (degrees)."""
     import trimesh
 
     from zsw.infer.preview import render_mesh
 
+    H, W = photo_size(aspect)
     rng = np.random.default_rng(seed)
     obj = make_object(category, rng)
     R = _camera_rotation(rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(*elevation)))
     v = obj.vertices @ R.T
-    fov = math.radians(rng.uniform(35, 55))
+    fov = math.radians(rng.uniform(35, 55))  # across the shorter side
     f = SIZE / 2 / math.tan(fov / 2)
-    K = np.array([[f, 0, SIZE / 2 - 0.5], [0, f, SIZE / 2 - 0.5], [0, 0, 1.0]])
+    K = np.array([[f, 0, W / 2 - 0.5], [0, f, H / 2 - 0.5], [0, 0, 1.0]])
     extent = (v.max(0) - v.min(0))[:2].max()
     fill = rng.uniform(0.7, 0.85)  # the object's longer side in the frame, as photos are cropped
     depth = f * extent / (fill * SIZE) + (v[:, 2].max() - v[:, 2].min()) / 2
@@ -153,16 +176,18 @@ def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATI
     colors = np.concatenate([np.tile(c, (len(m.vertices), 1)) for m, c in meshes])
     light = (rng.uniform(-1, 1), -rng.uniform(0.2, 1), -rng.uniform(0.3, 1))
     kw = dict(vertex_colors=colors, light=light, supersample=3)
-    on_white = render_mesh(verts, faces, K, (SIZE, SIZE), background=(1, 1, 1), **kw).astype(np.float32)
-    on_black = render_mesh(verts, faces, K, (SIZE, SIZE), background=(0, 0, 0), **kw).astype(np.float32)
+    on_white = render_mesh(verts, faces, K, (H, W), background=(1, 1, 1), **kw).astype(np.float32)
+    on_black = render_mesh(verts, faces, K, (H, W), background=(0, 0, 0), **kw).astype(np.float32)
     alpha = 1 - (on_white - on_black).mean(-1, keepdims=True) / 255
     kind = rng.choice(["photo", "gradient", "white"], p=[0.5, 0.25, 0.25])
     if kind == "white":
-        background = np.full((SIZE, SIZE, 3), 255, np.float32)
-    else:
-        background = _backgrounds(str(kind)).sample(rng, SIZE).astype(np.float32)
+        background = np.full((H, W, 3), 255, np.float32)
+    else:  # a square of the longer side, its centre kept
+        big = _backgrounds(str(kind)).sample(rng, max(H, W)).astype(np.float32)
+        top, left = (big.shape[0] - H) // 2, (big.shape[1] - W) // 2
+        background = big[top : top + H, left : left + W]
     image = np.clip(on_black + (1 - alpha) * background + 0.5, 0, 255).astype(np.uint8)
-    alone = render_mesh(obj.vertices, obj.faces, K, (SIZE, SIZE), background=(0, 0, 0), vertex_colors=np.ones(
+    alone = render_mesh(obj.vertices, obj.faces, K, (H, W), background=(0, 0, 0), vertex_colors=np.ones(
         (len(obj.vertices), 3)), light=light, supersample=1)  # fmt: skip
     gt = np.asarray(trimesh.sample.sample_surface(obj, 10000, seed=seed)[0], np.float32)
     return {"image": image, "K": K, "gt": gt, "alpha": alpha[..., 0], "object_pixels": alone.max(-1) > 0,
@@ -176,7 +201,9 @@ def view_names(per_category: int, seed: int = 31):
             yield category, f"{category}_{i:02d}", seed * 1000 + c * 100 + i
 
 
-def export_views(folder: Path, per_category: int, seed: int = 31, elevation: tuple[float, float] = ELEVATION) -> int:
+def export_views(
+    folder: Path, per_category: int, seed: int = 31, elevation: tuple[float, float] = ELEVATION, aspect: float = 1.0
+) -> int:
     """Write every view as ``zsw eval --format folder`` reads it: ``<category>/<name>.png`` beside
     ``<name>.ply``, the object's mesh in glTF's camera frame (OpenCV's with y and z negated).
     Returns the number of views."""
@@ -184,7 +211,7 @@ def export_views(folder: Path, per_category: int, seed: int = 31, elevation: tup
 
     n = 0
     for category, name, view_seed in view_names(per_category, seed):
-        view = make_view(category, view_seed, elevation)
+        view = make_view(category, view_seed, elevation, aspect)
         (folder / category).mkdir(parents=True, exist_ok=True)
         Image.fromarray(view["image"]).save(folder / category / f"{name}.png")
         mesh = view["mesh"].copy()
@@ -203,10 +230,12 @@ def score_views(
     elevation: tuple[float, float] = ELEVATION,
     tta: str = "auto",
     smooth: int | None = None,
+    aspect: float = 1.0,
 ) -> list[dict]:
     """Reconstruct and score every view (and the baselines on it), one row each; ``background``,
     ``tta`` and ``smooth``: the reconstruction's ``--background``, ``--tta`` and ``--smooth``
-    settings (``smooth`` None: the default); ``elevation``: the cameras' range (degrees)."""
+    settings (``smooth`` None: the default); ``elevation``: the cameras' range (degrees);
+    ``aspect``: the photos' width over height (:func:`make_view`)."""
     from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
@@ -216,7 +245,7 @@ def score_views(
                           tta=tta, smooth=SMOOTH if smooth is None else smooth)  # fmt: skip
     rows = []
     for category, name, view_seed in view_names(per_category, seed):
-        view = make_view(category, view_seed, elevation)
+        view = make_view(category, view_seed, elevation, aspect)
         rec = recon([load_image(view["image"], backend.config.pixel.image_size, name=name)])[0]
         rng = sample_rng(0, name)
         row = {"name": name, "category": category, "occluded": view["occluded"], "background": view["background"]}
@@ -270,13 +299,20 @@ def main() -> None:
         default="10,40",
         help="LO,HI: the cameras' elevation above the object's horizon, degrees (--elevation=-10,15 for a negative LO)",
     )
+    ap.add_argument(
+        "--aspect",
+        default="1",
+        help="the photos' width:height (4:3 landscape, 3:4 portrait, 16:9; default 1, the model's square), "
+        "the shorter side 224 px and the object framed in it",
+    )
     args = ap.parse_args()
     try:  # the synthesiser's own option and rule (-85 to 85 degrees)
         elevation = elevation_range(args.elevation)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+    aspect = parse_aspect(args.aspect)
     if args.export is not None:
-        n = export_views(args.export, args.per_category, elevation=elevation)
+        n = export_views(args.export, args.per_category, elevation=elevation, aspect=aspect)
         print(f"wrote {n} views to {args.export}: zsw eval --data {args.export} --format folder --out OUT.json")
         return
     if args.out is None:
@@ -288,16 +324,17 @@ def main() -> None:
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation,
-                       tta=tta, smooth=args.smooth)  # fmt: skip
+                       tta=tta, smooth=args.smooth, aspect=aspect)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (
         f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, --background "
         f"{args.background}, --tta {tta}, --smooth {args.smooth}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, "
-        f"{len(rows)} views"
+        + (f"photos {args.aspect} ({' x '.join(map(str, photo_size(aspect)[::-1]))} px), " if aspect != 1 else "")
+        + f"{len(rows)} views"
     )
     record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": tta,
-              "smooth": args.smooth, "rows": rows}  # fmt: skip
+              "smooth": args.smooth, "aspect": aspect, "rows": rows}  # fmt: skip
     atomic_write_json(out.with_suffix(".json"), record)
     atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
 

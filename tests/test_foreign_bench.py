@@ -50,6 +50,29 @@ def test_views_put_the_ground_truth_where_the_object_is_drawn():
     assert 0 < occluded < len(CATEGORIES)
 
 
+@pytest.mark.parametrize("aspect, shape", [(4 / 3, (224, 299)), (0.75, (299, 224)), (16 / 9, (224, 398))])
+def test_photos_of_other_shapes_keep_the_object_framed_in_their_shorter_side(aspect, shape):
+    """``--aspect``: the same object, camera and background kind in a landscape or portrait photo,
+    K's centre in the middle of it, the object where its points project; the square view is the
+    one the bench always drew (its random draws unchanged)."""
+    from zsw.bench.foreign import make_view, parse_aspect
+
+    square, view = make_view("box", 7), make_view("box", 7, aspect=aspect)
+    H, W = shape
+    assert view["image"].shape == (H, W, 3) and view["object_pixels"].shape == (H, W)
+    assert view["K"][0, 2] == pytest.approx(W / 2 - 0.5) and view["K"][1, 2] == pytest.approx(H / 2 - 0.5)
+    assert view["K"][0, 0] == pytest.approx(square["K"][0, 0]) and view["background"] == square["background"]
+    g, K = view["gt"], view["K"]
+    u = np.round(g[:, 0] / g[:, 2] * K[0, 0] + K[0, 2]).astype(int)
+    v = np.round(g[:, 1] / g[:, 2] * K[1, 1] + K[1, 2]).astype(int)
+    assert view["object_pixels"][v, u].mean() > 0.9
+    assert view["object_pixels"].sum() == pytest.approx(square["object_pixels"].sum(), rel=0.02)  # same size
+    assert parse_aspect("4:3") == pytest.approx(4 / 3) and parse_aspect("0.5") == 0.5
+    for bad in ("4:0", "x", "10:1", "-1"):
+        with pytest.raises(SystemExit, match="--aspect"):
+            parse_aspect(bad)
+
+
 @pytest.mark.parametrize("elevation", [0.0, 10.0, 40.0])
 def test_camera_elevation_tilts_the_object_towards_the_camera(elevation):
     from zsw.bench.foreign import _camera_rotation
