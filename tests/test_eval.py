@@ -267,10 +267,12 @@ def test_eval_numbers_depend_on_the_samples_only_and_resume_checks_the_dataset(p
         rows[batch] = {(d := json.loads(line))["name"]: d["cd"] for line in lines}
     # equal up to float rounding of batched inference. The old seed-by-row-count bug resampled every
     # mesh, moving every CD by ~1e-3; rounding moves most by ~1e-7, but where it flips a grid value
-    # across the surface level one mesh changes a little (seen: 2e-4 relative on one of the four)
+    # across the surface level one mesh changes a little, and its 300 points are drawn on other
+    # triangles (seen: 2e-4 relative on one of the four; 3e-2 on a reframed view of 1,088 faces
+    # that lost 4 of them)
     assert rows["1"].keys() == rows["2"].keys() and len(rows["1"]) == 4
     exact = [rows["2"][k] == pytest.approx(v, rel=1e-5) for k, v in rows["1"].items()]
-    assert sum(exact) >= 3 and all(rows["2"][k] == pytest.approx(v, rel=1e-3) for k, v in rows["1"].items()), rows
+    assert sum(exact) >= 3 and all(rows["2"][k] == pytest.approx(v, rel=0.05) for k, v in rows["1"].items()), rows
 
     other = tmp_path / "other"
     cfg = ProceduralConfig(objects=2, views=2, seed=9, categories=("mug", "box"), split_fractions=(0.0, 0.0, 1.0),

@@ -21,13 +21,34 @@ def test_square_rgb_passes_through_unchanged(tmp_path):
     np.testing.assert_array_equal(im.image, a)
 
 
-def test_wide_image_is_padded_with_white_around_the_centre(tmp_path):
-    Image.new("RGB", (400, 100), (0, 0, 0)).save(tmp_path / "wide.png")
+def test_a_wide_photo_is_padded_with_itself_mirrored_around_the_centre(tmp_path):
+    """The model never saw white bands beside a textured photo in training: it outlined their edge
+    as an object. The padding continues the photo by mirroring it (numpy's ``symmetric`` pad)."""
+    a = np.full((100, 400, 3), 90, np.uint8)
+    a[:10] = (200, 30, 30)  # red along the top edge, blue along the bottom
+    a[-10:] = (30, 30, 200)
+    Image.fromarray(a).save(tmp_path / "wide.png")
     im = load_image(tmp_path / "wide.png")
     assert im.image.shape == (224, 224, 3) and im.pad == (0, 150)
+    expected = np.pad(a, ((150, 150), (0, 0), (0, 0)), mode="symmetric")
+    want = np.asarray(Image.fromarray(expected).resize((224, 224), Image.Resampling.LANCZOS)).astype(int)
+    assert np.abs(im.image.astype(int) - want).max() <= 1
+    # the bands beyond the top and bottom edges carry those edges' colours, mirrored
+    assert (im.image[82, :, 0] > 150).all() and (im.image[141, :, 2] > 150).all()
+    assert (np.abs(im.image[:20].astype(int) - 90) <= 2).all()  # far out: the photo's grey, mirrored again
+    assert any("padded to a square with the photo mirrored" in n for n in im.notes)
+    assert im.photo_area[:37].sum() == 0 and im.photo_area[112].all()  # the padding is not the photo
+
+
+def test_a_wide_cut_out_is_padded_with_white_as_its_transparency_is(tmp_path):
+    rgba = np.zeros((100, 400, 4), np.uint8)
+    rgba[..., :3] = 40
+    rgba[20:80, 150:250, 3] = 255  # an object in the middle, transparent around it
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    im = load_image(tmp_path / "cutout.png")
     assert (im.image[:40] == 255).all() and (im.image[-40:] == 255).all()  # white bands above and below
-    assert (im.image[100:124] < 5).all()  # the black photo in the middle (56 rows of 224)
-    assert any("padded" in n for n in im.notes)
+    assert (im.image[112, 100:124] < 60).all()  # the object
+    assert any("padded to a square with white" in n for n in im.notes)
 
 
 def test_an_image_transparent_everywhere_is_a_one_line_error(tmp_path):
@@ -552,8 +573,7 @@ def test_a_phone_sized_photo_gives_the_input_an_exact_resize_gives(repo_root, tm
 
     photo = Image.open(repo_root / "examples" / "teddy_bear.png").convert("RGB").resize((3000, 2250))
     photo.save(tmp_path / "big.png")
-    canvas = Image.new("RGB", (3000, 3000), (255, 255, 255))
-    canvas.paste(photo, (0, 375))
+    canvas = Image.fromarray(np.pad(np.asarray(photo), ((375, 375), (0, 0), (0, 0)), mode="symmetric"))
     exact = np.asarray(canvas.resize((224, 224), Image.Resampling.LANCZOS), dtype=int)
     im = load_image(tmp_path / "big.png")
     assert 3000 / 224 >= 2 * REDUCING_GAP  # the reduction is taken here
@@ -603,7 +623,9 @@ def test_a_huge_jpeg_is_decoded_smaller_and_its_full_size_mask_still_fits(repo_r
     im = load_image(tmp_path / "big.jpg")
     assert im.original_size == (101, 75)  # 1/4: 1/2 would still be 201 wide
     assert "decoded at 1/4 of its 401x300 pixels (101x75)" in im.notes
-    assert np.abs(im.image.astype(int) - exact.image.astype(int)).mean() < 3  # the same input, near enough
+    # the same input, near enough: a quarter of the detail (3.5 levels off on average where the photo
+    # is, repeated in the mirrored padding)
+    assert np.abs(im.image.astype(int) - exact.image.astype(int)).mean() < 4
     full, decoded = load_mask(tmp_path / "mask.png", im), load_mask(tmp_path / "mask.jpg", im)
     assert np.mean(full != decoded) < 0.01 and np.mean(full != load_mask(tmp_path / "mask.png", exact)) < 0.01
     with pytest.raises(InputError, match=r"mask is 401x301 pixels but its image is 101x75"):
@@ -612,7 +634,7 @@ def test_a_huge_jpeg_is_decoded_smaller_and_its_full_size_mask_still_fits(repo_r
     png = load_image(tmp_path / "big.png")
     assert png.original_size == (101, 75) and "reduced to 1/4 of its 401x300 pixels (101x75)" in png.notes
     assert np.array_equal(png.pixels, np.asarray(photo.reduce(4)))
-    assert np.abs(png.image.astype(int) - exact.image.astype(int)).mean() < 3
+    assert np.abs(png.image.astype(int) - exact.image.astype(int)).mean() < 4
     assert np.mean(load_mask(tmp_path / "mask.png", png) != full) < 0.01
     rgba = np.dstack([np.asarray(photo), np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")  # a cut-out: its alpha reduced with it
@@ -1033,9 +1055,15 @@ def test_reframe_cuts_the_window_from_the_full_resolution_photo(tmp_path):
     # a mask of the first input, cut alike, covers the same pixels
     cut = reframe_mask(_red(im.image), im, window)
     assert (cut & red).sum() / (cut | red).sum() > 0.9
-    # a window reaching outside the photo is white there; reframing again starts from the photo
+    # a window reaching outside the photo shows it mirrored there; reframing again starts from the photo
     edge = reframe(out, (-300, -300, 600))
-    assert (edge.image[:100, :100] == 255).all() and edge.square == (-300, -300, 600)
+    assert edge.square == (-300, -300, 600)
+    photo = np.asarray(Image.open(tmp_path / "photo.png").convert("RGB"))
+    mirrored = np.pad(photo, ((300, 0), (300, 0), (0, 0)), mode="symmetric")[:600, :600]
+    want = np.asarray(Image.fromarray(mirrored).resize((224, 224), Image.Resampling.LANCZOS)).astype(int)
+    assert np.abs(edge.image.astype(int) - want).max() <= 1
+    far = reframe(out, (-2000, 100, 900))  # further out than the photo is wide: mirrored again and again
+    assert far.image.shape == (224, 224, 3) and _red(far.image).any()  # the red square's mirror images
     assert im.to_dict()["window"] == [0, -100, 600] and out.to_dict()["window"] == list(window)
 
 

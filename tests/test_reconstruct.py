@@ -284,6 +284,25 @@ def test_reframe_cuts_the_input_around_a_small_object(tmp_path, tiny_model):
         Reconstructor(backend, reframe="sometimes")
 
 
+def test_the_mirrored_padding_is_never_the_object(tmp_path, tiny_model):
+    """A photo that is not square is padded with itself mirrored: the red square near the bottom
+    edge has a mirror image in the padding below, which the segmenter marks as well. Neither mask
+    of the reconstruction reaches outside the photo, with or without the background's correction,
+    and the framing window is the square's own."""
+    image = load_image(_small_red_square(tmp_path))
+    red = (image.image[..., 0] > 150) & (image.image[..., 1] < 80)
+    assert (red & ~image.photo_area).any()  # the square's mirror image
+    backend = RedSegmenter(TorchBackend(tiny_model, "cpu"))
+    for background in ("auto", "never"):
+        rec = Reconstructor(backend, resolution=RES, reframe="never", background=background)([image])[0]
+        assert not (rec.visible_mask & ~image.photo_area).any(), background
+        assert rec.visible_mask[red & image.photo_area].mean() > 0.9, background
+        assert rec.occluder_mask is None or not (rec.occluder_mask & ~image.photo_area).any(), background
+    framed = Reconstructor(backend, resolution=RES)([image])[0]
+    x0, y0, side = framed.info["input"]["window"]
+    assert abs(y0 + side / 2 - 290) < 4  # centred on the square, not on it and its mirror image
+
+
 def test_predict_reports_stage_timings(tiny_model):
     timings: dict = {}
     predict(TorchBackend(tiny_model, "cpu"), torch.rand(1, 3, 224, 224), timings=timings)

@@ -11,7 +11,11 @@
    (:mod:`zsw.infer.colorspace`);
 4. composite transparency on white (ZeroShape's background colour); a partly transparent alpha
    channel is also kept as a visible-mask hint (:attr:`LoadedImage.alpha`);
-5. pad to a square around the centre with white and resize to ``size`` (Lanczos).
+5. pad to a square around the centre and resize to ``size`` (Lanczos). An opaque photo is padded
+   with itself mirrored at its edges (:data:`MIRROR`): the model never saw a band of white next to
+   a textured photo in training and outlined the edge between the two as an object (on textured
+   scenes the visible mask's IoU fell from 0.50 on square photos to 0.33 on others; mirrored: 0.46,
+   bench/results/padding/). A cut-out (transparency composited on white) is padded with white.
 
 The photo itself is kept (:attr:`LoadedImage.pixels`), so :func:`reframe` can later cut a
 different square of it -- the one around the object, at the framing the model was trained on
@@ -93,6 +97,9 @@ VIDEO_SUFFIXES = (
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
 _WHITE = (255, 255, 255)
+#: the fill of :func:`_cut` that continues a photo beyond its edges by mirroring it there (``numpy.pad``'s
+#: ``symmetric``: the edge pixel repeated, then the photo backwards, as often as the window needs)
+MIRROR = "mirror"
 #: a photo many times the model input's size is first box-averaged by a whole factor, down to at
 #: least this many times that size, then resampled (Pillow's ``reducing_gap``): ``load_image`` of a 12 or
 #: 48 MP photo 2.2x faster, the input 0.04 of 255 levels from the exact resize on average (at most 2;
@@ -200,7 +207,8 @@ class LoadedImage:
     # [H, W] bool: the photo's alpha > 50 % where it was partly transparent (None: opaque)
     pixel_alpha: np.ndarray | None = field(default=None, repr=False)
     # (x0, y0, side): the square of the photo the model input shows, in photo pixels (it may reach
-    # outside the photo, where the input is white); None: the photo padded to a square (``pad``)
+    # outside the photo, where the input is the photo mirrored, or white for a cut-out: :func:`_cut`);
+    # None: the photo padded to a square (``pad``)
     window: tuple[int, int, int] | None = None
     # (x0, y0, x1, y1): the rectangle of the photo, in photo pixels, that the user says holds the
     # object (``--box``); the predicted masks are kept inside it. None: anywhere
@@ -625,17 +633,12 @@ def _8_bit(a: np.ndarray, float_samples: bool) -> np.ndarray:
 
 
 def _pad_resize(img, size: int, fill, resample):
-    """Pad ``img`` to a square around its centre with ``fill``, then resize to ``size``."""
-    from PIL import Image
-
+    """Pad ``img`` to a square around its centre with ``fill`` (a colour, or :data:`MIRROR`), then
+    resize to ``size``."""
     w, h = img.size
     side = max(w, h)
     left, top = (side - w) // 2, (side - h) // 2
-    canvas = Image.new(img.mode, (side, side), fill)
-    canvas.paste(img, (left, top))
-    if side != size:
-        canvas = canvas.resize((size, size), resample, reducing_gap=REDUCING_GAP)
-    return canvas, (left, top)
+    return _cut(img, (-left, -top, side), fill, size, resample), (left, top)
 
 
 def _tensor(source) -> bool:
@@ -751,9 +754,11 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
         white = Image.new("RGB", img.size, _WHITE)
         white.paste(img, mask=a)
         img = white
-    square, pad = _pad_resize(img, size, _WHITE, Image.Resampling.LANCZOS)
+    fill = _WHITE if alpha is not None else MIRROR
+    square, pad = _pad_resize(img, size, fill, Image.Resampling.LANCZOS)
     if pad != (0, 0):
-        notes.append("padded to a square with white")
+        how = "white" if fill == _WHITE else "the photo mirrored"
+        notes.append(f"padded to a square with {how}")
     if name is None:
         name = path.stem if path is not None else "image"
     arr = np.array(square, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
@@ -805,7 +810,7 @@ def object_window(
             ignored (specks of a predicted mask would otherwise widen the box).
 
     Returns:
-        None when the mask holds less than 0.1 % of the input: nothing to frame.
+        None when the mask holds less than 0.1 % of the input within the photo: nothing to frame.
     """
     from scipy import ndimage
 
@@ -815,6 +820,7 @@ def object_window(
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (S, S):
         raise ValueError(f"mask must be {S}x{S} like its image, got {mask.shape}")
+    mask = mask & image.photo_area  # the input's padding (the photo mirrored) holds no object
     if mask.sum() < 1e-3 * S * S:
         return None
     labels, n = ndimage.label(mask)
@@ -831,21 +837,34 @@ def object_window(
 
 
 def _cut(a, box: tuple[int, int, int], fill, size: int, resample):
-    """The square ``box`` (x0, y0, side) of the PIL image ``a``, ``fill`` outside it, at ``size``."""
+    """The square ``box`` (x0, y0, side) of the PIL image ``a`` at ``size``; outside ``a``,
+    ``fill`` (a colour, or :data:`MIRROR`: ``a`` mirrored at its edges)."""
     from PIL import Image
 
     x0, y0, side = box
-    canvas = Image.new(a.mode, (side, side), fill)
     w, h = a.size
     inner = (max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h))
-    if inner[0] < inner[2] and inner[1] < inner[3]:
-        canvas.paste(a.crop(inner), (inner[0] - x0, inner[1] - y0))
+    if (x0, y0, x0 + side, y0 + side) == inner:
+        canvas = a.crop(inner) if (x0, y0, side) != (0, 0, w) or w != h else a
+    elif isinstance(fill, str) and fill == MIRROR:
+        # padded by what the window needs on each side (np.pad repeats the mirroring for a window
+        # wider than the photo), then cut: rows and columns copied as slices, ~10 ms at 12 MP
+        top, left = max(0, -y0), max(0, -x0)
+        pads = ((top, max(0, y0 + side - h)), (left, max(0, x0 + side - w)))
+        arr = np.asarray(a)
+        arr = np.pad(arr, pads + ((0, 0),) * (arr.ndim - 2), mode="symmetric")
+        canvas = Image.fromarray(np.ascontiguousarray(arr[y0 + top : y0 + top + side, x0 + left : x0 + left + side]))
+    else:
+        canvas = Image.new(a.mode, (side, side), fill)
+        if inner[0] < inner[2] and inner[1] < inner[3]:
+            canvas.paste(a.crop(inner), (inner[0] - x0, inner[1] - y0))
     return canvas.resize((size, size), resample, reducing_gap=REDUCING_GAP) if side != size else canvas
 
 
 def reframe(image: LoadedImage, window: tuple[int, int, int], note: str | None = None) -> LoadedImage:
     """``image`` with the model input cut from ``window`` (x0, y0, side, photo pixels) of its photo:
-    resized with Lanczos, white where the window reaches outside the photo."""
+    resized with Lanczos; where the window reaches outside the photo, the photo mirrored (white for
+    a cut-out, whose transparency was composited on white)."""
     from PIL import Image
 
     x0, y0, side = (int(v) for v in window)
@@ -856,7 +875,8 @@ def reframe(image: LoadedImage, window: tuple[int, int, int], note: str | None =
         if image.window is not None or image.pad != (0, 0) or tuple(image.original_size) != (image.size,) * 2:
             raise ValueError(f"{image.name}: no photo pixels to reframe from (LoadedImage.pixels is None)")
         pixels, pixel_alpha = image.image, image.alpha
-    arr = np.array(_cut(Image.fromarray(pixels), (x0, y0, side), _WHITE, image.size, Image.Resampling.LANCZOS))
+    fill = _WHITE if pixel_alpha is not None else MIRROR
+    arr = np.array(_cut(Image.fromarray(pixels), (x0, y0, side), fill, image.size, Image.Resampling.LANCZOS))
     alpha = None
     if pixel_alpha is not None:
         a = Image.fromarray(pixel_alpha.astype(np.uint8) * 255)

@@ -384,11 +384,13 @@ class Reconstructor:
     def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
         """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
         mask corrected by the photo's own background (:mod:`zsw.infer.background`): None where the
-        photo tells no background, or with ``background="never"``. Both are kept inside an
-        image's box (:attr:`~zsw.infer.image.LoadedImage.box`)."""
+        photo tells no background, or with ``background="never"``. Both are kept inside the photo
+        (what the model marks in its mirrored padding is not the object) and inside an image's box
+        (:attr:`~zsw.infer.image.LoadedImage.box`)."""
         from zsw.infer.background import refine_visible_mask
 
         visible = (pixel.visible_mask_logits[:, 0].float() >= 0).cpu().numpy()
+        visible = np.stack([v & im.photo_area for v, im in zip(visible, images)])
         areas = [im.box_area for im in images]
         visible = np.stack([v if a is None else v & a for v, a in zip(visible, areas)])  # not outside a box
         if self.background == "never":
@@ -430,8 +432,9 @@ class Reconstructor:
             known = seen if all(p is not None for p in seen) else None
             pixel = PixelOutput.cat([p.pixel for p in known]) if known else None
             refined = [False] * B
-            boxed = any(im.box is not None for im in images)  # a box keeps the masks inside it, as a correction does
-            if masks is None and (self.background != "never" or boxed) and backend.config.pixel.mask_heads:
+            # a box keeps the masks inside it, as a correction does, and so does the photo's edge
+            kept = any(im.box is not None or not im.photo_area.all() for im in images)
+            if masks is None and (self.background != "never" or kept) and backend.config.pixel.mask_heads:
                 pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings, known)
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel, pixel_fn=self._pixel)
             mirrored = None
@@ -449,6 +452,8 @@ class Reconstructor:
                     )
         decode = occupancy_function(backend, pred, mirrored, self.precision, label)
         visible, occluder = host_masks(pred)  # for the carving bound and for the results
+        if occluder is not None:  # what the model marks in its mirrored padding is no occluder of the photo
+            occluder = occluder & np.stack([im.photo_area for im in images])
         if with_mesh:
             if self.carve:
                 bound = SilhouetteBound(pred, [im.photo_area for im in images], (visible, occluder))

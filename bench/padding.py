@@ -1,0 +1,140 @@
+"""The visible mask ``zsw reconstruct`` uses, on photos of every shape: ZeroShape's ten example
+objects (cut out by their masks, ``examples/masks/``) pasted into photos of scikit-image's textures
+at a fraction of the photo's shorter side, in square (1200 x 1200), landscape (1600 x 1200),
+portrait (1200 x 1600) and wide (1600 x 900) photos, and the IoU, in photo pixels, of the mask the
+reconstruction ends with (after ``--reframe auto`` and ``--background auto``) against the pasted
+object's.
+
+    python -m zsw.bench.padding --out bench/results/padding/NAME [--backgrounds gravel,grass,brick] \
+        [--fraction 0.5] [--weights W]
+
+A photo that is not square is padded to one for the model's first look; what fills the padding
+decides whether the model finds the object there (``zsw.infer.image``: the photo mirrored, formerly
+white). Writes ``<out>.md`` (mean IoU per background and shape) and ``<out>.jsonl`` (per photo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {"square": (1200, 1200), "landscape": (1200, 1600), "portrait": (1600, 1200), "wide": (900, 1600)}
+
+
+def texture(name: str, height: int, width: int) -> np.ndarray:  # [H, W, 3] uint8
+    """scikit-image's sample photo ``name`` (gravel, grass, brick, ...) stretched to the photo."""
+    from skimage import data
+    from skimage.transform import resize
+
+    img = getattr(data, name)()
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    return (resize(img[..., :3], (height, width), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+def paste(background: np.ndarray, obj: np.ndarray, mask: np.ndarray, fraction: float, rng) -> tuple:
+    """``obj`` (cut to its ``mask``'s box) pasted into a copy of ``background``, its longer side at
+    ``fraction`` of the photo's shorter side, at a random place around the centre (within a quarter
+    of the room left on each axis). Returns the photo and the object's pixels ``[H, W]``."""
+    from skimage.transform import resize
+
+    H, W = background.shape[:2]
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    obj = obj[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    s = fraction * min(H, W) / max(mask.shape)
+    h, w = max(4, int(mask.shape[0] * s)), max(4, int(mask.shape[1] * s))
+    obj = (resize(obj, (h, w), anti_aliasing=True) * 255).round().astype(np.uint8)
+    mask = resize(mask.astype(float), (h, w)) > 0.5
+    y0 = (H - h) // 2 + int(rng.integers(-((H - h) // 4), (H - h) // 4 + 1))
+    x0 = (W - w) // 2 + int(rng.integers(-((W - w) // 4), (W - w) // 4 + 1))
+    photo, truth = background.copy(), np.zeros((H, W), bool)
+    photo[y0 : y0 + h, x0 : x0 + w][mask] = obj[mask]
+    truth[y0 : y0 + h, x0 : x0 + w] = mask
+    return photo, truth
+
+
+def photo_mask(rec, height: int, width: int) -> np.ndarray:  # [H, W] bool
+    """A reconstruction's visible mask (model-input pixels) in the photo's pixels, through its window."""
+    from PIL import Image
+
+    x0, y0, side = rec.info["input"]["window"]
+    big = np.asarray(Image.fromarray(rec.visible_mask.astype(np.uint8) * 255).resize((side, side), Image.NEAREST)) > 127
+    out = np.zeros((height, width), bool)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0:sy1, sx0:sx1] = big[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    return out
+
+
+def run(backgrounds, fraction: float, weights: str | None = None, shapes=tuple(SHAPES), names=None) -> list[dict]:
+    """One row per photo: background, shape, object, the mask's IoU, whether the input was reframed;
+    ``names``: the example objects (default: all ten)."""
+    from PIL import Image
+
+    from zsw.infer.image import load_image
+    from zsw.infer.reconstruct import Reconstructor
+    from zsw.infer.tta import resolve_tta
+    from zsw.infer.weights import open_backend
+
+    backend = open_backend("torch", weights, None, "cpu")[0]
+    recon = Reconstructor(backend, color="none", tta=resolve_tta("auto", backend.device))
+    names = names or sorted(p.stem for p in (REPO / "examples").glob("*.png"))
+    rows = []
+    for kind in backgrounds:
+        for shape in shapes:
+            H, W = SHAPES[shape]
+            background = texture(kind, H, W)
+            for name in names:
+                obj = np.asarray(Image.open(REPO / "examples" / f"{name}.png").convert("RGB"))
+                mask = np.asarray(Image.open(REPO / "examples" / "masks" / f"{name}.png").convert("L")) > 127
+                rng = np.random.default_rng(zlib.crc32(f"{kind}/{shape}/{name}".encode()))
+                photo, truth = paste(background, obj, mask, fraction, rng)
+                rec = recon([load_image(photo, backend.config.pixel.image_size, name=name)], with_mesh=False)[0]
+                got = photo_mask(rec, H, W)
+                iou = float((got & truth).sum() / max((got | truth).sum(), 1))
+                reframed = any(n.startswith("reframed") for n in rec.info["input"]["notes"])
+                rows.append({"background": kind, "shape": shape, "name": name, "iou": iou, "reframed": reframed})
+                print(f"{kind} {shape} {name}: IoU {iou:.3f}{', reframed' if reframed else ''}")
+    return rows
+
+
+def summary(rows: list[dict], title: str) -> list[str]:
+    shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
+    kinds = list(dict.fromkeys(r["background"] for r in rows))
+    lines = [f"# {title}", "", "Visible-mask IoU in photo pixels, mean over the ten objects", "",
+             "| background | " + " | ".join(shapes) + " | not square |",
+             "| --- | " + " | ".join("---:" for _ in shapes) + " | ---: |"]  # fmt: skip
+    for kind in [*kinds, "all"]:
+        rs = [r for r in rows if kind == "all" or r["background"] == kind]
+        cells = [np.mean([r["iou"] for r in rs if r["shape"] == s]) for s in shapes]
+        odd = [r["iou"] for r in rs if r["shape"] != "square"]
+        name = "**all**" if kind == "all" else kind
+        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {np.mean(odd):.3f} |")
+    return lines
+
+
+def main() -> None:
+    from zsw.bench._harness import write_rows_and_summary
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output path without suffix")
+    ap.add_argument("--backgrounds", default="gravel,grass,brick", help="scikit-image sample photos, comma-separated")
+    ap.add_argument("--fraction", type=float, default=0.5, help="the object's longer side over the photo's shorter")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="photo shapes: " + ", ".join(SHAPES))
+    ap.add_argument("--weights", default=None, help="checkpoint (default: the packaged model)")
+    args = ap.parse_args()
+    shapes = tuple(args.shapes.split(","))
+    if unknown := [s for s in shapes if s not in SHAPES]:
+        raise SystemExit(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    rows = run(args.backgrounds.split(","), args.fraction, args.weights, shapes)
+    title = f"The object's mask in photos of every shape ({args.weights or 'packaged model'}, fraction {args.fraction})"
+    write_rows_and_summary(Path(args.out), rows, summary(rows, title))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""bench/padding.py: the object's mask in photos of every shape, in photo pixels."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_paste_puts_the_object_where_its_truth_says():
+    from zsw.bench.padding import paste
+
+    background = np.zeros((300, 400, 3), np.uint8)
+    obj = np.zeros((50, 80, 3), np.uint8)
+    obj[10:40, 20:60] = (250, 10, 10)
+    mask = obj[..., 0] > 0
+    photo, truth = paste(background, obj, mask, 0.5, np.random.default_rng(0))
+    cols = np.flatnonzero(truth.any(0))
+    assert cols[-1] + 1 - cols[0] == pytest.approx(150, abs=2)  # its longer side at half the shorter 300
+    assert (photo[truth][:, 0] > 200).all() and (photo[~truth] == 0).all()
+
+
+class _Rec:
+    def __init__(self, mask, window):
+        self.visible_mask, self.info = mask, {"input": {"window": list(window)}}
+
+
+def test_photo_mask_maps_the_input_through_its_window():
+    from zsw.bench.padding import photo_mask
+
+    mask = np.zeros((224, 224), bool)
+    mask[56:168, 56:168] = True  # the middle half of the input
+    got = photo_mask(_Rec(mask, (100, -50, 448)), 300, 400)  # a window reaching above the photo
+    rows, cols = np.flatnonzero(got.any(1)), np.flatnonzero(got.any(0))
+    # input pixel i is photo pixels 2 i + (100, -50) and the next one, cut at the photo's right edge (400)
+    assert (cols[0], cols[-1], rows[0], rows[-1]) == (212, 399, 62, 285) and got.shape == (300, 400)
+
+
+def test_padding_bench_end_to_end(tmp_path, monkeypatch):
+    from zsw.bench import padding
+
+    rows = padding.run(["brick"], 0.5, "random:tiny", shapes=("square", "landscape"), names=["bucket"])
+    assert [(r["shape"], r["name"]) for r in rows] == [("square", "bucket"), ("landscape", "bucket")]
+    assert all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    lines = padding.summary(rows, "t")
+    assert lines[4].startswith("| background | square | landscape | not square |") and "**all**" in lines[-1]
+    monkeypatch.setattr(sys, "argv", ["padding", "--out", str(tmp_path / "x"), "--shapes", "round"])
+    with pytest.raises(SystemExit, match="--shapes: unknown round"):
+        padding.main()
