@@ -303,6 +303,39 @@ def test_the_mirrored_padding_is_never_the_object(tmp_path, tiny_model):
     assert abs(y0 + side / 2 - 290) < 4  # centred on the square, not on it and its mirror image
 
 
+def test_search_windows_cover_the_photo_at_twice_the_scale():
+    from zsw.infer.image import LoadedImage, search_windows
+
+    landscape = LoadedImage("x", np.zeros((224, 224, 3), np.uint8), (1600, 1200))
+    assert search_windows(landscape) == [(x, y, 800) for y in (0, 400) for x in (0, 400, 800)]
+    square = LoadedImage("x", np.zeros((224, 224, 3), np.uint8), (1200, 1200))
+    assert search_windows(square) == [(x, y, 600) for y in (0, 300, 600) for x in (0, 300, 600)]
+    strip = LoadedImage("x", np.zeros((224, 224, 3), np.uint8), (1000, 100))
+    assert search_windows(strip) == [(0, -200, 500), (250, -200, 500), (500, -200, 500)]  # centred on the short axis
+
+
+def test_an_object_too_small_for_the_first_look_is_searched_for_closer(tmp_path, tiny_model):
+    """A 40-pixel red square in a 1600 x 1200 photo is ~30 input pixels at the first look, under
+    the 0.1 % that frames an object; twice closer it is found, and the window framed around it."""
+    a = np.full((1200, 1600, 3), 90, np.uint8)
+    a[700:740, 1200:1240] = (220, 20, 20)
+    Image.fromarray(a).save(tmp_path / "small.png")
+    backend = CountingPixel(RedSegmenter(TorchBackend(tiny_model, "cpu")))
+    rec = Reconstructor(backend, resolution=RES, tta="none")([load_image(tmp_path / "small.png")])[0]
+    notes = rec.info["input"]["notes"]
+    assert any("found 2x closer" in n for n in notes), notes
+    x0, y0, side = rec.info["input"]["window"]
+    assert abs(x0 + side / 2 - 1220) < 4 and abs(y0 + side / 2 - 720) < 4 and side < 80
+    assert rec.visible_mask.mean() > 0.4  # the square fills the input as the training renders do
+    # the first look, the 6 squares searched, then the framed input (and its refinement)
+    assert backend.images >= 1 + 6 + 1
+    # a photo with nothing to find keeps its first look and says so
+    Image.fromarray(np.full((1200, 1600, 3), 90, np.uint8)).save(tmp_path / "empty.png")
+    rec = Reconstructor(backend, resolution=RES, tta="none")([load_image(tmp_path / "empty.png")])[0]
+    assert rec.info["input"]["window"] == [0, -200, 1600]
+    assert any(n.startswith("not reframed: no object") for n in rec.info["input"]["notes"])
+
+
 def test_predict_reports_stage_timings(tiny_model):
     timings: dict = {}
     predict(TorchBackend(tiny_model, "cpu"), torch.rand(1, 3, 224, 224), timings=timings)

@@ -836,6 +836,25 @@ def object_window(
     return int(round((left + right - new) / 2)), int(round((top + bottom - new) / 2)), new
 
 
+def search_windows(image: LoadedImage, zoom: float = 2.0) -> list[tuple[int, int, int]]:
+    """Squares (x0, y0, side, photo pixels) that cover ``image``'s photo at ``zoom`` times the
+    whole photo's scale: side = the photo's longer side / ``zoom``, overlapping by half a side, so
+    an object under half a side across lies wholly inside one of them (rows, then columns). A
+    photo shorter than a side on an axis is centred on it."""
+    import math
+
+    w, h = image.original_size
+    side = max(1, int(round(max(w, h) / zoom)))
+
+    def starts(n: int) -> list[int]:
+        if n <= side:
+            return [(n - side) // 2]
+        k = math.ceil((n - side) / (side / 2)) + 1
+        return [int(round(v)) for v in np.linspace(0, n - side, k)]
+
+    return [(x, y, side) for y in starts(h) for x in starts(w)]
+
+
 def _cut(a, box: tuple[int, int, int], fill, size: int, resample):
     """The square ``box`` (x0, y0, side) of the PIL image ``a`` at ``size``; outside ``a``,
     ``fill`` (a colour, or :data:`MIRROR`: ``a`` mirrored at its edges)."""

@@ -33,7 +33,15 @@ from zsw.infer.backend import Backend, predict
 from zsw.infer.carve import SilhouetteBound, carved, host_masks
 from zsw.infer.cutout import open_cutout
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
-from zsw.infer.image import LoadedImage, load_image, load_mask, object_window, reframe, reframe_mask
+from zsw.infer.image import (
+    LoadedImage,
+    load_image,
+    load_mask,
+    object_window,
+    reframe,
+    reframe_mask,
+    search_windows,
+)
 from zsw.infer.mesh_ops import check_mesh_options, decimate_mesh, smooth_mesh
 from zsw.infer.orient import frame_pose, mean_up
 from zsw.infer.precision import autocast, run_precision
@@ -98,6 +106,9 @@ REFRAME_ZOOM = 1.25
 REFRAME_SHIFT = 0.25
 #: most pixel-model passes that predict the object's mask to frame it
 REFRAME_PASSES = 3
+#: when the first look finds no object (a small one on a textured background), the photo is looked
+#: at again in squares this many times closer, overlapping by half (:func:`zsw.infer.image.search_windows`)
+SEARCH_ZOOM = 2.0
 
 
 def reframe_worthwhile(current: tuple[int, int, int], window: tuple[int, int, int]) -> bool:
@@ -165,7 +176,8 @@ class Reconstructor:
             renders -- when the photo shows it smaller than that by 1/:data:`REFRAME_ZOOM` or off
             centre by more than :data:`REFRAME_SHIFT` of the side; ``always`` does it for every
             image, ``never`` keeps the photo as loaded. The object is the given mask (or an RGBA
-            image's alpha), else the visible mask of a first pass of the pixel model.
+            image's alpha), else the visible mask of a first pass of the pixel model; where that
+            finds none, of squares of the photo :data:`SEARCH_ZOOM` times closer (``_search``).
         background: ``auto`` (default) corrects the predicted visible mask with the photo's own
             background where it tells one -- an RGBA image's transparency, or a border of one plain
             colour (:mod:`zsw.infer.background`); ``never`` keeps the model's mask as it is. A
@@ -365,21 +377,69 @@ class Reconstructor:
             # the mask the reconstruction will use frames the object (a mask that spills over a
             # plain or graded background would frame the background)
             visible, corrected = self._corrected_masks([images[i] for i in todo], pix)
-            moved = []
+            moved, lost = [], []
             for j, i in enumerate(todo):
                 obj, source = visible[j], "the predicted visible mask"
                 if corrected[j] is not None:
                     obj, source = corrected[j], "the predicted visible mask, corrected by the background"
+                if n == 0 and images[i].box is None and object_window(obj, images[i]) is None:
+                    lost.append((j, i, obj, source))  # nothing seen at the first look: search the photo closer
+                    continue
                 images[i], window = self._cut(images[i], obj, source, self.reframe == "always" and n == 0)
                 if window is not None:
                     moved.append(i)
                 else:  # the input stays what this pass saw: its output (and masks) are the final ones
                     seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j])
+            found = self._search([images[i] for _, i, _, _ in lost], [prompts[i] for _, i, _, _ in lost])
+            for (j, i, obj, source), window in zip(lost, found):
+                if window is None:  # nowhere closer either: the first look stays, with its note
+                    images[i], _ = self._cut(images[i], obj, source, False)
+                    seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j])
+                    continue
+                note = (
+                    f"reframed around an object found {SEARCH_ZOOM:g}x closer (none at the first look): "
+                    f"photo window {list(window)}"
+                )
+                images[i] = reframe(images[i], window, note=note)
+                moved.append(i)
             share = (time.perf_counter() - t0) / len(todo)  # the pass and the cuts, split evenly
             for i in todo:
                 seconds[i] += share
             todo = moved
         return images, masks, seconds, seen
+
+    def _search(self, images: list[LoadedImage], prompts: list[str | None]) -> list:
+        """Per image, the window (x0, y0, side, photo pixels) around the object the pixel model finds
+        in the squares of :func:`~zsw.infer.image.search_windows` (all images' squares in one batch):
+        in the square where the largest part of the mask that does not touch the square's edge is
+        largest, that part framed as :func:`~zsw.infer.image.object_window` frames it; None where no
+        square shows such a part over 0.1 % of its pixels."""
+        from scipy import ndimage
+
+        if not images:
+            return []
+        tiles, owner = [], []
+        for k, im in enumerate(images):
+            for window in search_windows(im, SEARCH_ZOOM):
+                tiles.append(reframe(im, window))
+                owner.append(k)
+        with autocast(self.precision, self.backend.device):
+            text = self.backend.embed_prompts(self._prompt_arg([prompts[k] for k in owner]), len(tiles))
+            pix = self._pixel(self._batch(tiles), text)
+        visible, corrected = self._corrected_masks(tiles, pix)
+        best: list = [(0, None)] * len(images)
+        for t, (tile, k) in enumerate(zip(tiles, owner)):
+            obj = visible[t] if corrected[t] is None else corrected[t]
+            labels, n = ndimage.label(obj)
+            if not n:
+                continue
+            edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+            areas = np.bincount(labels.ravel(), minlength=n + 1)
+            areas[edge] = 0  # a part the square cuts is not the whole object (or is the scene)
+            part = int(areas[1:].argmax()) + 1
+            if areas[part] >= 1e-3 * obj.size and areas[part] > best[k][0]:
+                best[k] = (int(areas[part]), object_window(labels == part, tile))
+        return [window for _, window in best]
 
     def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
         """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
