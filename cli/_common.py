@@ -46,7 +46,7 @@ Reframe = Annotated[
     str,
     typer.Option(
         help="Cut the model's input around the object, framed as in training: auto (when the photo shows it "
-        "small or off centre), always or never."
+        "small or off centre; a photo where the first look finds none is searched twice closer), always or never."
     ),
 ]
 Tta = Annotated[
