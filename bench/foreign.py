@@ -36,6 +36,7 @@ import numpy as np
 CATEGORIES = ("box", "cylinder", "cone", "capsule", "torus", "ellipsoid", "lshape", "table")
 SIZE = 224
 ELEVATION = (10.0, 40.0)  # degrees above the object's horizon, drawn uniformly
+FILL = (0.7, 0.85)  # the object's longer side (at its front) over the photo's shorter side, drawn uniformly
 
 
 def _boxes_mesh(boxes: list[tuple[np.ndarray, np.ndarray]], resolution: int = 96):
@@ -137,12 +138,21 @@ def parse_aspect(text: str) -> float:
     return value
 
 
-def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATION, aspect: float = 1.0) -> dict:
+def make_view(
+    category: str,
+    seed: int,
+    elevation: tuple[float, float] = ELEVATION,
+    aspect: float = 1.0,
+    fill: tuple[float, float] = FILL,
+) -> dict:
     """One view: ``image`` [H, W, 3] uint8 (224 x 224, or with ``aspect`` = W / H the shorter side
     224: a landscape or portrait photo, the object framed in its shorter side alike), ``mask``
     (the object's visible pixels), ``K``, ``gt`` (10,000 points on the object, camera frame),
     ``up`` (the object's up axis, camera frame) and what was drawn; the camera looks down on the
-    object at an ``elevation`` drawn uniformly from the range (degrees)."""
+    object at an ``elevation`` drawn uniformly from the range (degrees), from a distance where the
+    object's longer side, at the depth of its nearest point, spans a ``fill`` drawn from the range
+    of the shorter side (its image is smaller: the default 0.7-0.85 draws it at ~0.55-0.75; from
+    ~1.5 on, the frame cuts it)."""
     import trimesh
 
     from zsw.infer.preview import render_mesh
@@ -156,8 +166,8 @@ def make_view(category: str, seed: int, elevation: tuple[float, float] = ELEVATI
     f = SIZE / 2 / math.tan(fov / 2)
     K = np.array([[f, 0, W / 2 - 0.5], [0, f, H / 2 - 0.5], [0, 0, 1.0]])
     extent = (v.max(0) - v.min(0))[:2].max()
-    fill = rng.uniform(0.7, 0.85)  # the object's longer side in the frame, as photos are cropped
-    depth = f * extent / (fill * SIZE) + (v[:, 2].max() - v[:, 2].min()) / 2
+    share = rng.uniform(*fill)  # the object's longer side in the frame, as photos are cropped
+    depth = f * extent / (share * SIZE) + (v[:, 2].max() - v[:, 2].min()) / 2
     v = v - (v.max(0) + v.min(0)) / 2 + np.array([0, 0, depth])
     obj = trimesh.Trimesh(v, obj.faces, process=False)
     albedo = rng.uniform(0.15, 0.95, 3)
@@ -202,7 +212,12 @@ def view_names(per_category: int, seed: int = 31):
 
 
 def export_views(
-    folder: Path, per_category: int, seed: int = 31, elevation: tuple[float, float] = ELEVATION, aspect: float = 1.0
+    folder: Path,
+    per_category: int,
+    seed: int = 31,
+    elevation: tuple[float, float] = ELEVATION,
+    aspect: float = 1.0,
+    fill: tuple[float, float] = FILL,
 ) -> int:
     """Write every view as ``zsw eval --format folder`` reads it: ``<category>/<name>.png`` beside
     ``<name>.ply``, the object's mesh in glTF's camera frame (OpenCV's with y and z negated).
@@ -211,7 +226,7 @@ def export_views(
 
     n = 0
     for category, name, view_seed in view_names(per_category, seed):
-        view = make_view(category, view_seed, elevation, aspect)
+        view = make_view(category, view_seed, elevation, aspect, fill)
         (folder / category).mkdir(parents=True, exist_ok=True)
         Image.fromarray(view["image"]).save(folder / category / f"{name}.png")
         mesh = view["mesh"].copy()
@@ -231,11 +246,12 @@ def score_views(
     tta: str = "auto",
     smooth: int | None = None,
     aspect: float = 1.0,
+    fill: tuple[float, float] = FILL,
 ) -> list[dict]:
     """Reconstruct and score every view (and the baselines on it), one row each; ``background``,
     ``tta`` and ``smooth``: the reconstruction's ``--background``, ``--tta`` and ``--smooth``
     settings (``smooth`` None: the default); ``elevation``: the cameras' range (degrees);
-    ``aspect``: the photos' width over height (:func:`make_view`)."""
+    ``aspect``: the photos' width over height; ``fill``: how much of them the object spans (:func:`make_view`)."""
     from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
@@ -245,7 +261,7 @@ def score_views(
                           tta=tta, smooth=SMOOTH if smooth is None else smooth)  # fmt: skip
     rows = []
     for category, name, view_seed in view_names(per_category, seed):
-        view = make_view(category, view_seed, elevation, aspect)
+        view = make_view(category, view_seed, elevation, aspect, fill)
         rec = recon([load_image(view["image"], backend.config.pixel.image_size, name=name)])[0]
         rng = sample_rng(0, name)
         row = {"name": name, "category": category, "occluded": view["occluded"], "background": view["background"]}
@@ -305,14 +321,27 @@ def main() -> None:
         help="the photos' width:height (4:3 landscape, 3:4 portrait, 16:9; default 1, the model's square), "
         "the shorter side 224 px and the object framed in it",
     )
+    ap.add_argument(
+        "--fill",
+        default="0.7,0.85",
+        help="LO,HI: the object's longer side, at its nearest point's depth, over the photo's shorter side "
+        "(its image is smaller; from ~1.5 on, close-ups the frame cuts)",
+    )
     args = ap.parse_args()
+    try:
+        lo, hi = (float(v) for v in args.fill.split(","))
+    except ValueError:
+        lo = hi = float("nan")
+    if not (0.05 <= lo <= hi <= 3.0):
+        raise SystemExit(f"--fill must be LO,HI with 0.05 <= LO <= HI <= 3, got {args.fill!r}")
+    fill = (lo, hi)
     try:  # the synthesiser's own option and rule (-85 to 85 degrees)
         elevation = elevation_range(args.elevation)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     aspect = parse_aspect(args.aspect)
     if args.export is not None:
-        n = export_views(args.export, args.per_category, elevation=elevation, aspect=aspect)
+        n = export_views(args.export, args.per_category, elevation=elevation, aspect=aspect, fill=fill)
         print(f"wrote {n} views to {args.export}: zsw eval --data {args.export} --format folder --out OUT.json")
         return
     if args.out is None:
@@ -324,17 +353,18 @@ def main() -> None:
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation,
-                       tta=tta, smooth=args.smooth, aspect=aspect)  # fmt: skip
+                       tta=tta, smooth=args.smooth, aspect=aspect, fill=fill)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (
         f"Objects and renders zsw did not make: {label}, resolution {args.resolution}, --background "
         f"{args.background}, --tta {tta}, --smooth {args.smooth}, elevation {elevation[0]:g}-{elevation[1]:g} degrees, "
         + (f"photos {args.aspect} ({' x '.join(map(str, photo_size(aspect)[::-1]))} px), " if aspect != 1 else "")
+        + (f"the object at {fill[0]:g}-{fill[1]:g} of the shorter side, " if fill != FILL else "")
         + f"{len(rows)} views"
     )
     record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": tta,
-              "smooth": args.smooth, "aspect": aspect, "rows": rows}  # fmt: skip
+              "smooth": args.smooth, "aspect": aspect, "fill": fill, "rows": rows}  # fmt: skip
     atomic_write_json(out.with_suffix(".json"), record)
     atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
 

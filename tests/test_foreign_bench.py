@@ -73,6 +73,32 @@ def test_photos_of_other_shapes_keep_the_object_framed_in_their_shorter_side(asp
             parse_aspect(bad)
 
 
+def test_fill_sets_how_much_of_the_photo_the_object_spans():
+    """``--fill``: loosely framed views show the object small; close-ups let the frame cut it, its
+    points projecting past the photo's edges."""
+    from zsw.bench.foreign import FILL, SIZE, make_view
+
+    usual, loose, close = (make_view("cylinder", 3, fill=f) for f in (FILL, (0.3, 0.35), (1.7, 1.8)))
+    assert loose["object_pixels"].sum() < 0.3 * usual["object_pixels"].sum()
+    g, K = close["gt"], close["K"]
+    u = g[:, 0] / g[:, 2] * K[0, 0] + K[0, 2]
+    v = g[:, 1] / g[:, 2] * K[1, 1] + K[1, 2]
+    assert (u < 0).any() or (u >= SIZE).any() or (v < 0).any() or (v >= SIZE).any()  # cut by the frame
+    edges = np.concatenate([close["object_pixels"][0], close["object_pixels"][-1],
+                            close["object_pixels"][:, 0], close["object_pixels"][:, -1]])  # fmt: skip
+    assert edges.any()
+
+
+@pytest.mark.parametrize("bad", ["0.9", "0.8,0.7", "0,1", "a,b", "1,4"])
+def test_bad_fill_is_one_line(bad, monkeypatch):
+    from zsw.bench import foreign
+
+    monkeypatch.setattr(sys, "argv", ["foreign", "--out", "x", f"--fill={bad}"])
+    with pytest.raises(SystemExit) as e:
+        foreign.main()
+    assert "--fill" in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("elevation", [0.0, 10.0, 40.0])
 def test_camera_elevation_tilts_the_object_towards_the_camera(elevation):
     from zsw.bench.foreign import _camera_rotation
