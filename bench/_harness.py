@@ -458,6 +458,17 @@ def rows_table(rows: Sequence[BenchRow], title: str | None = None):
     return table
 
 
+def output_path(out: str | Path, suffix: str) -> Path:
+    """The file ``suffix`` (``.md``, ``.json``, ...) of a bench's ``--out`` path, given without one:
+    the suffix appended, so ``runs/small-0.12`` gives ``runs/small-0.12.md`` (``Path.with_suffix``
+    would replace ``.12``, and two such runs would write one file); an output suffix given with
+    the path is replaced."""
+    out = Path(out)
+    if out.suffix in (".md", ".json", ".jsonl", ".csv"):
+        out = out.with_suffix("")
+    return out.with_name(out.name + suffix)
+
+
 def write_rows_and_summary(out: Path, rows: Iterable[dict], lines: Sequence[str]) -> None:
     """``<out>.jsonl`` (one row per line) and ``<out>.md`` (the summary ``lines``), both atomically,
     the folder made; the summary is printed too."""
@@ -466,6 +477,6 @@ def write_rows_and_summary(out: Path, rows: Iterable[dict], lines: Sequence[str]
     from zsw.io import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_text(output_path(out, ".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(output_path(out, ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -294,6 +294,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
 
 
 def main() -> None:
+    from zsw.bench._harness import output_path
     from zsw.errors import ConfigError
     from zsw.infer.settings import SMOOTH
     from zsw.infer.tta import resolve_tta
@@ -365,8 +366,8 @@ def main() -> None:
     )
     record = {"weights": label, "resolution": args.resolution, "elevation": elevation, "tta": tta,
               "smooth": args.smooth, "aspect": aspect, "fill": fill, "rows": rows}  # fmt: skip
-    atomic_write_json(out.with_suffix(".json"), record)
-    atomic_write_text(out.with_suffix(".md"), summary_markdown(rows, title))
+    atomic_write_json(output_path(out, ".json"), record)
+    atomic_write_text(output_path(out, ".md"), summary_markdown(rows, title))
 
 
 if __name__ == "__main__":

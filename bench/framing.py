@@ -75,6 +75,7 @@ def score_set(root: Path, backend, resolution: int, variant: str, min_part: floa
 
 
 def main() -> None:
+    from zsw.bench._harness import output_path
     from zsw.infer.settings import MIN_PART
     from zsw.infer.weights import open_backend
     from zsw.io import atomic_write_json, atomic_write_text
@@ -105,7 +106,7 @@ def main() -> None:
             print(f"{name:9s} {v:10s} CD {results[name][v]['cd']:.4f} F@0.05 {results[name][v]['fscore@0.05']:.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out.with_suffix(".json"), {"weights": args.weights or "packaged", "resolution": args.resolution,
+    atomic_write_json(output_path(out, ".json"), {"weights": args.weights or "packaged", "resolution": args.resolution,
                                                  "min_part": args.min_part, "objects": args.objects,
                                                  "results": results})  # fmt: skip
     head = "| set | " + " | ".join(f"`{v}`: CD / F@0.05" for v in variants) + " |"
@@ -116,7 +117,7 @@ def main() -> None:
         lines.append(
             f"| {name} | " + " | ".join(f"{by[v]['cd']:.4f} / {by[v]['fscore@0.05']:.3f}" for v in variants) + " |"
         )
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_text(output_path(out, ".md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

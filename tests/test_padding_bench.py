@@ -50,3 +50,15 @@ def test_padding_bench_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["padding", "--out", str(tmp_path / "x"), "--shapes", "round"])
     with pytest.raises(SystemExit, match="--shapes: unknown round"):
         padding.main()
+
+
+def test_a_dotted_out_path_keeps_its_name(tmp_path):
+    """``--out runs/small-0.12`` wrote ``runs/small-0.md`` (``Path.with_suffix``), so runs at
+    fractions 0.12 and 0.25 overwrote each other; the suffix is appended now."""
+    from zsw.bench._harness import output_path, write_rows_and_summary
+
+    assert output_path("runs/small-0.12", ".md").name == "small-0.12.md"
+    assert output_path("runs/x.json", ".md").name == "x.md"  # an output suffix given anyway is replaced
+    write_rows_and_summary(tmp_path / "f-0.12", [{"a": 1}], ["# t"])
+    write_rows_and_summary(tmp_path / "f-0.25", [{"a": 2}], ["# u"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f-0.12.jsonl", "f-0.12.md", "f-0.25.jsonl", "f-0.25.md"]
