@@ -131,7 +131,14 @@ def main() -> None:
     shapes = tuple(args.shapes.split(","))
     if unknown := [s for s in shapes if s not in SHAPES]:
         raise SystemExit(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
-    rows = run(args.backgrounds.split(","), args.fraction, args.weights, shapes)
+    from skimage import data
+
+    kinds = args.backgrounds.split(",")
+    if unknown := [k for k in kinds if not callable(getattr(data, k, None))]:
+        raise SystemExit(f"--backgrounds: {', '.join(unknown)} is not a scikit-image sample photo (gravel, grass, ...)")
+    if not 0.0 < args.fraction <= 1.0:
+        raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
+    rows = run(kinds, args.fraction, args.weights, shapes)
     title = f"The object's mask in photos of every shape ({args.weights or 'packaged model'}, fraction {args.fraction})"
     write_rows_and_summary(Path(args.out), rows, summary(rows, title))
 

@@ -47,9 +47,12 @@ def test_padding_bench_end_to_end(tmp_path, monkeypatch):
     assert all(0.0 <= r["iou"] <= 1.0 for r in rows)
     lines = padding.summary(rows, "t")
     assert lines[4].startswith("| background | square | landscape | not square |") and "**all**" in lines[-1]
-    monkeypatch.setattr(sys, "argv", ["padding", "--out", str(tmp_path / "x"), "--shapes", "round"])
-    with pytest.raises(SystemExit, match="--shapes: unknown round"):
-        padding.main()
+    for bad, says in ((["--shapes", "round"], "--shapes: unknown round"),
+                      (["--backgrounds", "carpet"], "--backgrounds: carpet is not"),
+                      (["--fraction", "2"], "--fraction must be")):  # fmt: skip
+        monkeypatch.setattr(sys, "argv", ["padding", "--out", str(tmp_path / "x"), *bad])
+        with pytest.raises(SystemExit, match=says):
+            padding.main()
 
 
 def test_a_dotted_out_path_keeps_its_name(tmp_path):
