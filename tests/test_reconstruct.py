@@ -303,6 +303,19 @@ def test_the_mirrored_padding_is_never_the_object(tmp_path, tiny_model):
     assert abs(y0 + side / 2 - 290) < 4  # centred on the square, not on it and its mirror image
 
 
+def test_the_preview_fades_the_padding_so_the_photo_stands_out(tmp_path, tiny_model):
+    """The preview's first panel is the model input; its mirrored padding would read as more of
+    the photo, so it is faded towards white there (and only there)."""
+    Image.fromarray(np.full((200, 400, 3), 20, np.uint8)).save(tmp_path / "dark.png")
+    rec = Reconstructor(TorchBackend(tiny_model, "cpu"), resolution=RES, reframe="never")(
+        [load_image(tmp_path / "dark.png")]
+    )[0]
+    assert (rec.image[:40] < 40).all()  # the input's padding: the dark photo mirrored
+    first = rec.preview(panel=224)[:, :224]
+    assert (first[:40] > 150).all() and (first[-40:] > 150).all()  # faded above and below the photo
+    assert (first[80:144] < 40).all()  # the photo itself as it is
+
+
 def test_search_windows_cover_the_photo_at_twice_the_scale():
     from zsw.infer.image import LoadedImage, search_windows
 

@@ -217,11 +217,17 @@ def preview_image(
     intrinsics: np.ndarray,  # [3, 3] pixels of the model input
     panel: int = 256,
     vertex_colors: np.ndarray | None = None,  # [V, 3] uint8
+    photo_area: np.ndarray | None = None,  # [S, S] bool: the input pixels that show the photo
 ) -> np.ndarray:  # [panel, 3 * panel, 3] uint8
-    """Input image | mesh seen from the input camera | mesh in a three-quarter view."""
+    """Input image | mesh seen from the input camera | mesh in a three-quarter view. The input's
+    pixels off ``photo_area`` (its padding: the photo mirrored) are faded towards white, so the
+    panel shows what is photo and what is not."""
     from PIL import Image
 
     S = image.shape[0]
+    if photo_area is not None and not np.all(photo_area):
+        faded = (np.asarray(image, np.float32) * 0.35 + 255 * 0.65).astype(np.uint8)
+        image = np.where(np.asarray(photo_area, bool)[..., None], image, faded)
     scale = panel / S
     K = np.asarray(intrinsics, dtype=np.float64).copy()
     K[:2] *= scale
