@@ -632,6 +632,12 @@ def _8_bit(a: np.ndarray, float_samples: bool) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
+def _padding(transparent: bool):
+    """What fills the model input beyond the photo: white for a cut-out (its transparency is
+    composited on white), the photo mirrored otherwise (:data:`MIRROR`)."""
+    return _WHITE if transparent else MIRROR
+
+
 def _pad_resize(img, size: int, fill, resample):
     """Pad ``img`` to a square around its centre with ``fill`` (a colour, or :data:`MIRROR`), then
     resize to ``size``."""
@@ -754,7 +760,7 @@ def load_image(source, size: int = 224, name: str | None = None, cutout=None) ->
         white = Image.new("RGB", img.size, _WHITE)
         white.paste(img, mask=a)
         img = white
-    fill = _WHITE if alpha is not None else MIRROR
+    fill = _padding(alpha is not None)
     square, pad = _pad_resize(img, size, fill, Image.Resampling.LANCZOS)
     if pad != (0, 0):
         how = "white" if fill == _WHITE else "the photo mirrored"
@@ -863,9 +869,9 @@ def _cut(a, box: tuple[int, int, int], fill, size: int, resample):
     x0, y0, side = box
     w, h = a.size
     inner = (max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h))
-    if (x0, y0, x0 + side, y0 + side) == inner:
-        canvas = a.crop(inner) if (x0, y0, side) != (0, 0, w) or w != h else a
-    elif isinstance(fill, str) and fill == MIRROR:
+    if (x0, y0, x0 + side, y0 + side) == inner:  # inside the image: no fill
+        canvas = a if inner == (0, 0, w, h) else a.crop(inner)
+    elif fill == MIRROR:
         # padded by what the window needs on each side (np.pad repeats the mirroring for a window
         # wider than the photo), then cut: rows and columns copied as slices, ~10 ms at 12 MP
         top, left = max(0, -y0), max(0, -x0)
@@ -894,7 +900,7 @@ def reframe(image: LoadedImage, window: tuple[int, int, int], note: str | None =
         if image.window is not None or image.pad != (0, 0) or tuple(image.original_size) != (image.size,) * 2:
             raise ValueError(f"{image.name}: no photo pixels to reframe from (LoadedImage.pixels is None)")
         pixels, pixel_alpha = image.image, image.alpha
-    fill = _WHITE if pixel_alpha is not None else MIRROR
+    fill = _padding(pixel_alpha is not None)
     arr = np.array(_cut(Image.fromarray(pixels), (x0, y0, side), fill, image.size, Image.Resampling.LANCZOS))
     alpha = None
     if pixel_alpha is not None:

@@ -356,12 +356,13 @@ class Reconstructor:
         for i, (im, m) in enumerate(zip(images, masks)):
             if m is None and im.alpha is None:
                 if im.box is not None:  # the box frames the object before the model looks
-                    images[i], _ = self._cut(im, im.box_area, "the given box", self.reframe == "always")
+                    box = object_window(im.box_area, im)
+                    images[i], _ = self._cut(im, box, "the given box", self.reframe == "always")
                 todo.append(i)
                 continue
             source = "the alpha channel" if m is None or m is im.alpha else "the given mask"
             obj = m if m is not None else im.alpha
-            images[i], window = self._cut(im, obj, source, self.reframe == "always")
+            images[i], window = self._cut(im, object_window(obj, im), source, self.reframe == "always")
             if window is not None and m is not None:
                 masks[i] = reframe_mask(m, im, window)
         if not self.backend.config.pixel.mask_heads:
@@ -382,18 +383,19 @@ class Reconstructor:
                 obj, source = visible[j], "the predicted visible mask"
                 if corrected[j] is not None:
                     obj, source = corrected[j], "the predicted visible mask, corrected by the background"
-                if n == 0 and images[i].box is None and object_window(obj, images[i]) is None:
-                    lost.append((j, i, obj, source))  # nothing seen at the first look: search the photo closer
+                window = object_window(obj, images[i])
+                if window is None and n == 0 and images[i].box is None:
+                    lost.append((j, i, source))  # nothing seen at the first look: search the photo closer
                     continue
-                images[i], window = self._cut(images[i], obj, source, self.reframe == "always" and n == 0)
+                images[i], window = self._cut(images[i], window, source, self.reframe == "always" and n == 0)
                 if window is not None:
                     moved.append(i)
                 else:  # the input stays what this pass saw: its output (and masks) are the final ones
                     seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j])
-            found = self._search([images[i] for _, i, _, _ in lost], [prompts[i] for _, i, _, _ in lost])
-            for (j, i, obj, source), window in zip(lost, found):
+            found = self._search([images[i] for _, i, _ in lost], [prompts[i] for _, i, _ in lost])
+            for (j, i, source), window in zip(lost, found):
                 if window is None:  # nowhere closer either: the first look stays, with its note
-                    images[i], _ = self._cut(images[i], obj, source, False)
+                    images[i], _ = self._cut(images[i], None, source, False)
                     seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j])
                     continue
                 note = (
@@ -463,10 +465,10 @@ class Reconstructor:
         corrected = [c if c is None or a is None else c & a for c, a in zip(corrected, areas)]
         return visible, corrected
 
-    def _cut(self, im: LoadedImage, obj: np.ndarray, source: str, force: bool):
-        """``im`` reframed around the object ``obj`` (a mask of its input) and the window, or
-        ``im`` (with a note when there is no object) and None where nothing is cut."""
-        window = object_window(obj, im)
+    def _cut(self, im: LoadedImage, window: tuple[int, int, int] | None, source: str, force: bool):
+        """``im`` reframed to the object's ``window`` (:func:`~zsw.infer.image.object_window` of
+        the mask ``source`` names) and the window, or ``im`` (with a note when there is no object)
+        and None where nothing is cut."""
         if window is None:
             return dataclasses.replace(im, notes=[*im.notes, f"not reframed: no object in {source}"]), None
         if not force and not reframe_worthwhile(im.square, window):

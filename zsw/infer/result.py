@@ -157,9 +157,9 @@ class Reconstruction:
         if getattr(self.mesh.visual, "kind", None) == "vertex":
             colors = np.asarray(self.mesh.visual.vertex_colors)[:, :3]
         shown = None
-        if (given := self.info.get("input")) and "window" in given and "original_size" in given:
-            x0, y0, side = given["window"]
-            shown = LoadedImage(self.name, self.image, tuple(given["original_size"]), window=(x0, y0, side)).photo_area
+        if given := self.info.get("input"):  # result.json's input: the window and the photo's size
+            window = tuple(given["window"])
+            shown = LoadedImage(self.name, self.image, tuple(given["original_size"]), window=window).photo_area
         return preview_image(
             self.image, self.camera_vertices(), np.asarray(self.mesh.faces), self.intrinsics, panel, colors, shown
         )
