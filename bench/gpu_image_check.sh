@@ -21,8 +21,8 @@ venv="${VENV:-build/gpu-image-venv}"
 if [ ! -x "$venv/bin/python3" ]; then
     "$py" -m venv "$venv"
     "$venv/bin/python3" -m pip install -q torch==2.11.0 triton==3.6.0 torchvision==0.26.0 timm typer rich \
-        safetensors numpy pillow scikit-image onnxruntime scipy pyyaml tensorboard pytest pytest-timeout \
-        onnx onnxscript transformers==5.17.0 huggingface_hub==1.33.0 accelerate requests
+        safetensors numpy pillow scikit-image opencv-python-headless onnxruntime scipy pyyaml tensorboard \
+        pytest pytest-timeout onnx onnxscript transformers==5.17.0 huggingface_hub==1.33.0 accelerate requests
 fi
 bash bench/gpu_prepare.sh
 venv="$(cd "$venv" && pwd)"

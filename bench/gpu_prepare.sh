@@ -2,7 +2,7 @@
 # Run HERE, where pip reaches PyPI, before calling the lent GPU machine: it puts into .whl/ (ignored
 # by git, carried by the device call) the wheels that machine's image lacks (trimesh, rtree,
 # fast_simplification, open_clip_torch, ftfy, wcwidth, and diffusers with importlib_metadata for the diffusion synthesis's
-# GPU test; it has torch, triton, timm, transformers, typer, rich, scikit-image, ...) and
+# GPU test; it has torch, triton, timm, transformers, typer, rich, scikit-image, opencv-python-headless, ...) and
 # zsw's own wheel. bench/gpu_session.sh and bench/gpu_train_demo.sh install them there with --no-deps
 # (bench/gpu_env.sh). docs/kernels.md and docs/training.md give the device calls.
 set -euo pipefail

@@ -7,7 +7,8 @@ its procedural scores matter (``bench/results/shape-learning.md`` (p)).
 
 Per photo: the IoU of the model's visible mask at probability 0.5 on the 224 x 224 input (as
 ``tests/test_reconstruct.py::test_packaged_model_finds_the_object_in_real_photos`` computes it),
-and after ``--background auto``'s correction by the photo's plain background. The pixel model runs
+and after ``--background auto``'s correction by the photo (its plain background, or its colours:
+``zsw.infer.background.correct_visible_mask``). The pixel model runs
 as ``zsw reconstruct`` runs it (``zsw.infer.tta.pixel_function``: a pixel both masks claim goes
 to the more confident one); ``--tta flip-pixel`` averages its outputs with those for the mirrored
 photo first (``flip`` leaves the masks as they are: it mirrors the occupancy only).
@@ -30,7 +31,7 @@ def mask_ious(weights: str, examples: Path = REPO / "examples", tta: str = "none
     import torch
 
     from zsw.infer.backend import predict
-    from zsw.infer.background import refine_visible_mask
+    from zsw.infer.background import correct_visible_mask
     from zsw.infer.image import load_image, load_mask
     from zsw.infer.tta import pixel_function
     from zsw.infer.weights import open_backend
@@ -45,7 +46,8 @@ def mask_ious(weights: str, examples: Path = REPO / "examples", tta: str = "none
         mask = pred.visible_mask[0, 0].float().numpy() > 0.5
         occluder = pred.occluder_mask[0, 0].float().numpy() > 0.5
         gt = load_mask(Path(examples) / "masks" / path.name, image)
-        fixed = refine_visible_mask(image.image, mask, occluder, image.photo_area, image.alpha)
+        fixed = correct_visible_mask(image.image, mask, occluder, image.photo_area, image.alpha)[0]
+        fixed = mask if fixed is None else fixed
         out[path.stem] = tuple(float((m & gt).sum() / max((m | gt).sum(), 1)) for m in (mask, fixed))
     return out
 

@@ -32,7 +32,8 @@ Background = Annotated[
     str,
     typer.Option(
         help="Correct the predicted visible mask with the photo's own background where it shows one "
-        "(RGBA transparency, a border of one plain or smoothly graded colour): auto or never."
+        "(RGBA transparency, a border of one plain or smoothly graded colour), and on a busy background "
+        "cut it again by the object's and its surroundings' colours where the cut agrees with it: auto or never."
     ),
 ]
 Cutout = Annotated[

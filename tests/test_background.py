@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zsw.infer.background import plain_background, refine_visible_mask
+from zsw.infer.background import plain_background, refine_by_colours, refine_visible_mask
 from zsw.infer.image import load_image
 
 S = 64
@@ -194,7 +194,7 @@ def test_reframing_frames_the_corrected_mask_not_the_spill(tmp_path, monkeypatch
         auto = zsw.reconstruct(tmp_path / "small.png", background="auto", **kw)
         never = zsw.reconstruct(tmp_path / "small.png", background="never", **kw)
     framed = [n for n in auto.info["input"]["notes"] if n.startswith("reframed")]
-    assert framed and "corrected by the background" in framed[0], auto.info["input"]["notes"]
+    assert framed and "corrected by the photo's background" in framed[0], auto.info["input"]["notes"]
     # the first pass's window (random weights may move a later pass's; a trained model's stays)
     x0, y0, side = json.loads(framed[0].rsplit("window ", 1)[1])
     assert side < 256 / 2 and x0 <= 112 and y0 <= 112 and x0 + side >= 144 and y0 + side >= 144  # around it
@@ -222,3 +222,110 @@ def test_away_from_occluders_the_mask_goes_on_along_the_object():
     assert np.array_equal(refine_visible_mask(img, model, occluder, reach=3), near)
     short = refine_visible_mask(img, square(), none, reach=3, along=5)  # no hand: 3 px, then 5 along
     assert short[30:34, 44:52].all() and not short[30:34, 52:].any()
+
+
+def busy(seed: int = 0, size: int = S):
+    """A red disc (radius 3/8 of the photo about its centre) on grey gravel-like noise, and the disc."""
+    rng = np.random.default_rng(seed)
+    grey = rng.normal(128, 35, (size, size, 1)) + rng.normal(0, 6, (size, size, 3))
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 < (3 * size / 8) ** 2
+    img = np.where(disc[..., None], np.array([190.0, 45, 40]) + rng.normal(0, 12, (size, size, 3)), grey)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), disc
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_on_a_busy_background_the_colours_cut_the_mask_again():
+    """The model missed a quarter of a red disc on grey gravel and spilled onto the gravel beside it;
+    no plain border to tell the background, so the cut by colours restores the disc (and, asked to
+    agree with the model's mask more than the cut does, gives the model's mask back: None)."""
+    img, disc = busy()
+    model = disc.copy()
+    model[:32, :32] = False  # a quarter missed
+    model[28:36, 56:62] = True  # a spill onto the gravel, touching the disc's side
+    assert refine_visible_mask(img, model, None) is None  # not a plain background
+    cut = refine_by_colours(img, model)
+    assert iou(cut, disc) > 0.95 > iou(model, disc) + 0.15
+    assert refine_by_colours(img, model, agree=0.95) is None
+    # the same photo gives the same mask (GrabCut's k-means start is seeded)
+    assert np.array_equal(cut, refine_by_colours(img, model))
+
+
+def test_the_colours_never_take_in_an_occluder_or_the_padding():
+    img, disc = busy()
+    model = disc.copy()
+    # a bar of the object's own red in front of the disc, marked as an occluder by the model
+    img[30:34, :] = (190, 45, 40)
+    occluder = np.zeros((S, S), bool)
+    occluder[30:34, :] = True
+    model[30:34] = False
+    cut = refine_by_colours(img, model, occluder)
+    assert cut is not None and not (cut & occluder).any() and iou(cut, disc & ~occluder) > 0.9
+    without = refine_by_colours(img, model)  # unmarked, the red bar is taken for the object
+    assert (without & occluder).sum() > 20
+    # a photo padded to the square (rows 16-47 are the photo): nothing outside it, though the
+    # padding repeats the disc and the model's mask runs into it
+    img, disc = busy()
+    photo_rows = np.zeros((S, S), bool)
+    photo_rows[16:48] = True
+    model = disc.copy()
+    cut = refine_by_colours(img, model, None, photo_rows)
+    assert cut is not None and not cut[~photo_rows].any() and iou(cut, disc & photo_rows) > 0.9
+
+
+def test_a_second_thing_the_cut_finds_away_from_the_models_mask_stays_out(monkeypatch):
+    """Only the parts of the cut that overlap the model's mask are kept (GrabCut replaced by one
+    that also marks a second thing, away from the object, as the object)."""
+    import cv2
+
+    img, disc = busy()
+
+    def second_thing(image, labels, *args):
+        labels[2:8, 2:8] = cv2.GC_FGD
+
+    monkeypatch.setattr(cv2, "grabCut", second_thing)
+    cut = refine_by_colours(img, disc)
+    assert np.array_equal(cut, disc)
+
+
+def test_the_colours_leave_too_little_to_learn_from_alone():
+    img, disc = busy()
+    few = np.zeros((S, S), bool)
+    few[30:34, 30:34] = True  # 16 pixels
+    assert refine_by_colours(img, few) is None
+    assert refine_by_colours(img, np.ones((S, S), bool)) is None  # nothing around the object
+
+
+def test_reconstruct_cuts_the_mask_by_the_colours_on_a_busy_photo_and_says_so(tmp_path, monkeypatch):
+    """The pixel model (replaced here by one that misses a quarter of the disc) on a busy photo: the
+    reconstruction uses the mask cut again by the colours, ``result.json`` says so; with
+    ``--background never`` the model's mask stays."""
+    import zsw
+    from zsw.infer.backend import TorchBackend
+    from zsw.infer.reconstruct import MASK_COLOURS
+    from zsw.model import PixelOutput
+
+    real = TorchBackend.pixel
+
+    def quarter_missed(self, image, text):
+        out = real(self, image, text)
+        n = image.shape[-1]
+        _, disc = busy(size=n)
+        disc[: n // 2, : n // 2] = False
+        logits = torch.where(torch.from_numpy(disc), 5.0, -5.0).expand_as(out.depth).to(out.depth)
+        return PixelOutput(out.depth, out.intrinsics, logits, torch.full_like(out.depth, -5.0))
+
+    monkeypatch.setattr(TorchBackend, "pixel", quarter_missed)
+    Image.fromarray(busy(size=224)[0]).save(tmp_path / "busy.png")
+    _, disc = busy(size=224)
+    kw = dict(weights="random:tiny", resolution=16, reframe="never", tta="none")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        auto = zsw.reconstruct(tmp_path / "busy.png", background="auto", **kw)
+        never = zsw.reconstruct(tmp_path / "busy.png", background="never", **kw)
+    assert never.info["mask"] == "predicted" and iou(never.visible_mask, disc) < 0.8
+    assert auto.info["mask"] == MASK_COLOURS and iou(auto.visible_mask, disc) > 0.95
+    auto.save(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["mask"] == MASK_COLOURS

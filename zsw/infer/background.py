@@ -19,8 +19,16 @@ there not the background's colour in shade either (a contact shadow on a white t
 ``along`` pixels further through such pixels connected to the mask, away from any predicted
 occluder (an outstretched arm whose middle the model missed). A second
 object away from the object is not taken in, nor specks under ``speck`` of the image's area, nor
-the background seen through the object (a torus's hole, a mug's handle). Photos without a plain
-or graded border keep the model's mask unchanged.
+the background seen through the object (a torus's hole, a mug's handle).
+
+Busy backgrounds, without a plain or graded border (a table top, a floor, a room):
+:func:`refine_by_colours` learns the colours of the object and of what surrounds it from the
+model's own mask (OpenCV's GrabCut: a Gaussian mixture of colours for each, and a graph cut that
+keeps the outline on the photo's edges), with the model's mask as "probably the object", its box
+widened as "probably background" (a part the model missed lies there), the rest of the photo and
+the predicted occluder as background. The cut is kept only where it agrees with the model's mask
+(IoU >= ``agree``): where the object wears the background's colours (a spotted tiger on gravel, a
+floral armchair) the cut strays or collapses, and the model's mask stays.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["plain_background", "refine_visible_mask"]
+__all__ = ["plain_background", "refine_visible_mask", "refine_by_colours", "correct_visible_mask"]
 
 
 def _colour_field(rgb: np.ndarray, rim: np.ndarray, tol: float) -> np.ndarray:  # [H, W, 3]
@@ -153,3 +161,78 @@ def refine_visible_mask(
             allowed &= ndi.distance_transform_edt(~occluder) > along
         refined = ndi.binary_dilation(refined, iterations=along, mask=refined | allowed)
     return refined if refined.any() else None
+
+
+def refine_by_colours(
+    image: np.ndarray,  # [S, S, 3] uint8
+    visible: np.ndarray,  # [S, S] bool: the model's visible mask
+    occluder: np.ndarray | None = None,  # [S, S] bool: the model's occluder mask
+    photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo (a rectangle)
+    band: float = 0.15,
+    iterations: int = 3,
+    agree: float = 0.6,
+    least: int = 32,
+) -> np.ndarray | None:  # [S, S] bool, or None where the model's mask stays
+    """The visible mask cut again by the colours of the object and of its surroundings (module
+    docstring): ``band``, how far the "probably background" region reaches beyond the model's mask's
+    box, as a fraction of the mask's larger side; ``iterations`` of GrabCut. Only the parts of the cut that
+    overlap the model's mask are kept. None where the model marks fewer than ``least`` pixels, where
+    the surroundings are too few to learn from, or where the cut's IoU with the model's mask is below
+    ``agree``."""
+    import cv2
+    from scipy import ndimage as ndi
+
+    visible = np.asarray(visible, bool)
+    if visible.sum() < least:
+        return None
+    photo = np.ones(visible.shape, bool) if photo is None else np.asarray(photo, bool)
+    # the photo's rectangle only: the mirrored padding repeats the object's colours as "background"
+    rows, cols = np.flatnonzero(photo.any(1)), np.flatnonzero(photo.any(0))
+    crop = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    v = visible[crop]
+    ys, xs = np.nonzero(v)
+    width = max(2, round(band * (max(np.ptp(ys), np.ptp(xs)) + 1)))
+    labels = np.full(v.shape, cv2.GC_BGD, np.uint8)
+    # probably background: the mask's box and a band around both (a part the model missed lies
+    # there; learnt as certain background, its colours would take the object's away)
+    y0, x0 = max(ys.min() - width, 0), max(xs.min() - width, 0)
+    labels[y0 : ys.max() + width + 1, x0 : xs.max() + width + 1] = cv2.GC_PR_BGD
+    labels[v] = cv2.GC_PR_FGD
+    if occluder is not None:  # in front of the object: not the object, whatever its colour
+        labels[np.asarray(occluder, bool)[crop] & ~v] = cv2.GC_BGD
+    if (labels != cv2.GC_PR_FGD).sum() < least:
+        return None  # the object fills the photo: nothing to learn the background from
+    cv2.setRNGSeed(0)  # its k-means start: the same photo gives the same mask
+    models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(np.ascontiguousarray(image[crop][..., :3], np.uint8), labels, None, *models, iterations,
+                cv2.GC_INIT_WITH_MASK)  # fmt: skip
+    cut = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    parts, _ = ndi.label(cut)
+    kept = np.unique(parts[cut & v])  # not a second object elsewhere in the photo
+    cut = np.isin(parts, kept[kept > 0])
+    if (cut & v).sum() < agree * (cut | v).sum():
+        return None
+    out = np.zeros(visible.shape, bool)
+    out[crop] = cut
+    return out
+
+
+def correct_visible_mask(
+    image: np.ndarray,  # [S, S, 3] uint8
+    visible: np.ndarray,  # [S, S] bool: the model's visible mask
+    occluder: np.ndarray | None = None,  # [S, S] bool: the model's occluder mask
+    photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo
+    alpha: np.ndarray | None = None,  # [S, S] bool: an RGBA image's opaque pixels
+) -> tuple[np.ndarray | None, str | None]:
+    """What ``--background auto`` makes of the model's visible mask: ``(mask, "background")``
+    where the photo tells its background (transparency, a plain or graded border;
+    :func:`refine_visible_mask`), otherwise ``(mask, "colours")`` where the cut by the photo's
+    colours agrees with the model (:func:`refine_by_colours`), else ``(None, None)``: the model's
+    mask stays."""
+    mask = refine_visible_mask(image, visible, occluder, photo, alpha)
+    if mask is not None:
+        return mask, "background"
+    if alpha is not None and not np.asarray(alpha, bool).all():
+        return None, None  # a cut-out whose opaque part holds none of the model's mask
+    mask = refine_by_colours(image, visible, occluder, photo)
+    return (mask, "colours") if mask is not None else (None, None)

@@ -67,6 +67,7 @@ __all__ = [
     "Reconstructor",
     "reframe_worthwhile",
     "MASK_CORRECTED",
+    "MASK_COLOURS",
     "TEXTURE_FACES_HINT",
     "OCCLUDED_OUTLINE",
     "occluded_outline",
@@ -131,6 +132,8 @@ def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
 
 #: result.json's ``mask`` for a predicted visible mask that the photo's own background corrected
 MASK_CORRECTED = "predicted, corrected by the photo's background"
+#: ... and for one cut again by the colours of the object and its surroundings (a busy background)
+MASK_COLOURS = "predicted, refined by the photo's colours"
 
 
 @dataclass
@@ -140,7 +143,8 @@ class _Seen:
 
     pixel: PixelOutput
     visible: np.ndarray  # [S, S] bool: the predicted visible mask
-    corrected: np.ndarray | None  # that mask corrected by the photo's background, or None
+    corrected: np.ndarray | None  # that mask corrected by the photo, or None
+    how: str | None = None  # what corrected it: MASK_CORRECTED or MASK_COLOURS
 
 
 class Reconstructor:
@@ -377,12 +381,12 @@ class Reconstructor:
                 pix = self._pixel(batch, text)
             # the mask the reconstruction will use frames the object (a mask that spills over a
             # plain or graded background would frame the background)
-            visible, corrected = self._corrected_masks([images[i] for i in todo], pix)
+            visible, corrected, how = self._corrected_masks([images[i] for i in todo], pix)
             moved, lost = [], []
             for j, i in enumerate(todo):
                 obj, source = visible[j], "the predicted visible mask"
                 if corrected[j] is not None:
-                    obj, source = corrected[j], "the predicted visible mask, corrected by the background"
+                    obj, source = corrected[j], f"the predicted visible mask, {how[j].removeprefix('predicted, ')}"
                 window = object_window(obj, images[i])
                 if window is None and n == 0 and images[i].box is None:
                     lost.append((j, i, source))  # nothing seen at the first look: search the photo closer
@@ -391,12 +395,12 @@ class Reconstructor:
                 if window is not None:
                     moved.append(i)
                 else:  # the input stays what this pass saw: its output (and masks) are the final ones
-                    seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j])
+                    seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j], how[j])
             found = self._search([images[i] for _, i, _ in lost], [prompts[i] for _, i, _ in lost])
             for (j, i, source), window in zip(lost, found):
                 if window is None:  # nowhere closer either: the first look stays, with its note
                     images[i], _ = self._cut(images[i], None, source, False)
-                    seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j])
+                    seen[i] = _Seen(pix.rows([j]), visible[j], corrected[j], how[j])
                     continue
                 note = (
                     f"reframed around an object found {SEARCH_ZOOM:g}x closer (none at the first look): "
@@ -428,7 +432,7 @@ class Reconstructor:
         with autocast(self.precision, self.backend.device):
             text = self.backend.embed_prompts(self._prompt_arg([prompts[k] for k in owner]), len(tiles))
             pix = self._pixel(self._batch(tiles), text)
-        visible, corrected = self._corrected_masks(tiles, pix)
+        visible, corrected, _ = self._corrected_masks(tiles, pix)
         best: list = [(0, None)] * len(images)
         for t, (tile, k) in enumerate(zip(tiles, owner)):
             obj = visible[t] if corrected[t] is None else corrected[t]
@@ -443,27 +447,29 @@ class Reconstructor:
                 best[k] = (int(areas[part]), object_window(labels == part, tile))
         return [window for _, window in best]
 
-    def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list]:
-        """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5) and, per image, that
-        mask corrected by the photo's own background (:mod:`zsw.infer.background`): None where the
-        photo tells no background, or with ``background="never"``. Both are kept inside the photo
-        (what the model marks in its mirrored padding is not the object) and inside an image's box
+    def _corrected_masks(self, images: list[LoadedImage], pixel: PixelOutput) -> tuple[np.ndarray, list, list]:
+        """The pixel model's visible masks ``[B, S, S]`` (probability >= 0.5), per image that mask
+        corrected by the photo (:mod:`zsw.infer.background`: by its plain background where it has
+        one, otherwise cut again by its colours where the cut agrees with the model) or None (with
+        ``background="never"`` too), and per image what corrected it (:data:`MASK_CORRECTED`,
+        :data:`MASK_COLOURS` or None). All are kept inside the photo (what the model marks in its
+        mirrored padding is not the object) and inside an image's box
         (:attr:`~zsw.infer.image.LoadedImage.box`)."""
-        from zsw.infer.background import refine_visible_mask
+        from zsw.infer.background import correct_visible_mask
 
         visible = (pixel.visible_mask_logits[:, 0].float() >= 0).cpu().numpy()
         visible = np.stack([v & im.photo_area for v, im in zip(visible, images)])
         areas = [im.box_area for im in images]
         visible = np.stack([v if a is None else v & a for v, a in zip(visible, areas)])  # not outside a box
         if self.background == "never":
-            return visible, [None] * len(images)
+            return visible, [None] * len(images), [None] * len(images)
         occluder = (pixel.occluder_mask_logits[:, 0].float() >= 0).cpu().numpy()
-        corrected = [
-            refine_visible_mask(im.image, visible[b], occluder[b], im.photo_area, im.alpha)
-            for b, im in enumerate(images)
-        ]
-        corrected = [c if c is None or a is None else c & a for c, a in zip(corrected, areas)]
-        return visible, corrected
+        corrected, how = [], []
+        for b, im in enumerate(images):
+            mask, by = correct_visible_mask(im.image, visible[b], occluder[b], im.photo_area, im.alpha)
+            corrected.append(mask if mask is None or areas[b] is None else mask & areas[b])
+            how.append({"background": MASK_CORRECTED, "colours": MASK_COLOURS}.get(by))
+        return visible, corrected, how
 
     def _cut(self, im: LoadedImage, window: tuple[int, int, int] | None, source: str, force: bool):
         """``im`` reframed to the object's ``window`` (:func:`~zsw.infer.image.object_window` of
@@ -493,7 +499,7 @@ class Reconstructor:
         with autocast(self.precision, device):
             known = seen if all(p is not None for p in seen) else None
             pixel = PixelOutput.cat([p.pixel for p in known]) if known else None
-            refined = [False] * B
+            refined = [None] * B  # what corrected each mask (MASK_CORRECTED, MASK_COLOURS), if anything
             # a box keeps the masks inside it, as a correction does, and so does the photo's edge
             kept = any(im.box is not None or not im.photo_area.all() for im in images)
             if masks is None and (self.background != "never" or kept) and backend.config.pixel.mask_heads:
@@ -582,7 +588,7 @@ class Reconstructor:
                 smooth_decimate=edit_s,
                 texture=texture_s,
             )
-            source = "given" if masks is not None else MASK_CORRECTED if refined[b] else "predicted"
+            source = "given" if masks is not None else refined[b] or "predicted"
             if masks is None and im.box is not None:
                 source += ", kept within the given box"
             rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b], opened[b])
@@ -595,20 +601,20 @@ class Reconstructor:
         """The pixel model's output for ``batch`` (``pixel`` when the framing pass has it), and the
         visible masks corrected by each photo's own background (:mod:`zsw.infer.background`): a
         mask tensor ``[B, 1, S, S]`` for every image (the model's own mask where the photo tells no
-        background) and which images were corrected. ``known``: the framing pass's masks of these
-        very inputs (:class:`_Seen`), which are not computed again."""
+        background) and, per image, what corrected its mask (None: nothing). ``known``: the framing
+        pass's masks of these very inputs (:class:`_Seen`), which are not computed again."""
         if pixel is None:
             t0 = time.perf_counter()
             pixel = self._pixel(batch, self.backend.embed_prompts(prompt_arg, len(images)))
             timings["pixel"] = timings.get("pixel", 0.0) + time.perf_counter() - t0
         if known is not None:
             visible, corrected = np.stack([k.visible for k in known]), [k.corrected for k in known]
+            how = [k.how for k in known]
         else:
-            visible, corrected = self._corrected_masks(images, pixel)
+            visible, corrected, how = self._corrected_masks(images, pixel)
         masks = [v if c is None else c for v, c in zip(visible, corrected)]
-        refined = [c is not None for c in corrected]
         mask_t = torch.from_numpy(np.stack(masks)).to(batch.device)[:, None].float()
-        return pixel, mask_t, refined
+        return pixel, mask_t, how
 
     def _no_grid(self) -> GridStats:
         n = (self.grid.resolution + 1) ** 3

@@ -207,8 +207,8 @@ class ReconstructSettings:
         reframe: ``auto``, ``always`` or ``never``: cut the model input around the object
             (:class:`~zsw.infer.reconstruct.Reconstructor`).
         background: ``auto`` or ``never``: correct the predicted visible mask with the photo's own
-            background where it tells one (RGBA transparency, a plain border;
-            :mod:`zsw.infer.background`).
+            background where it tells one (RGBA transparency, a plain border), and cut it again by
+            the photo's colours on a busy one (:mod:`zsw.infer.background`).
         min_part: drop disconnected parts of the mesh whose surface area is below this fraction of
             the largest part's (crumbs of an uncertain field; 0 keeps everything).
         smooth: passes of Taubin smoothing of the mesh (:data:`SMOOTH` by default; 0 keeps the
