@@ -6,7 +6,12 @@ reconstruction ends with (after ``--reframe auto`` and ``--background auto``) ag
 object's.
 
     python -m zsw.bench.padding --out bench/results/padding/NAME [--backgrounds gravel,grass,brick] \
-        [--fraction 0.5] [--weights W]
+        [--fraction 0.5] [--weights W] [--background auto|never]
+    python -m zsw.bench.padding --procedural data/demo/test --out NAME [--background auto|never]
+
+``--procedural DIR`` scores a procedural set's images instead (``zsw synthesize procedural``), each
+against its true visible mask (``visible_masks/``; where a view has none, its depth's pixels), as
+``zsw reconstruct`` makes the mask.
 
 A photo that is not square is padded to one for the model's first look; what fills the padding
 decides whether the model finds the object there (``zsw.infer.image``: the photo mirrored, formerly
@@ -71,18 +76,36 @@ def photo_mask(rec, height: int, width: int) -> np.ndarray:  # [H, W] bool
     return out
 
 
-def run(backgrounds, fraction: float, weights: str | None = None, shapes=tuple(SHAPES), names=None) -> list[dict]:
-    """One row per photo: background, shape, object, the mask's IoU, whether the input was reframed;
-    ``names``: the example objects (default: all ten)."""
-    from PIL import Image
-
-    from zsw.infer.image import load_image
+def _reconstructor(weights: str | None, background: str):
     from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.tta import resolve_tta
     from zsw.infer.weights import open_backend
 
     backend = open_backend("torch", weights, None, "cpu")[0]
-    recon = Reconstructor(backend, color="none", tta=resolve_tta("auto", backend.device))
+    return Reconstructor(backend, color="none", tta=resolve_tta("auto", backend.device), background=background)
+
+
+def final_mask(recon, photo: np.ndarray, name: str):
+    """The visible mask ``zsw reconstruct`` ends with for ``photo``, in its pixels, and the
+    reconstruction (its ``info``: the notes, which mask)."""
+    from zsw.infer.image import load_image
+
+    rec = recon([load_image(photo, recon.backend.config.pixel.image_size, name=name)], with_mesh=False)[0]
+    return photo_mask(rec, *photo.shape[:2]), rec
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def run(
+    backgrounds, fraction: float, weights: str | None = None, shapes=tuple(SHAPES), names=None, background="auto"
+) -> list[dict]:
+    """One row per photo: background, shape, object, the mask's IoU, whether the input was reframed;
+    ``names``: the example objects (default: all ten); ``background``: ``zsw reconstruct``'s option."""
+    from PIL import Image
+
+    recon = _reconstructor(weights, background)
     names = names or sorted(p.stem for p in (REPO / "examples").glob("*.png"))
     rows = []
     for kind in backgrounds:
@@ -94,13 +117,43 @@ def run(backgrounds, fraction: float, weights: str | None = None, shapes=tuple(S
                 mask = np.asarray(Image.open(REPO / "examples" / "masks" / f"{name}.png").convert("L")) > 127
                 rng = np.random.default_rng(zlib.crc32(f"{kind}/{shape}/{name}".encode()))
                 photo, truth = paste(background, obj, mask, fraction, rng)
-                rec = recon([load_image(photo, backend.config.pixel.image_size, name=name)], with_mesh=False)[0]
-                got = photo_mask(rec, H, W)
-                iou = float((got & truth).sum() / max((got | truth).sum(), 1))
+                got, rec = final_mask(recon, photo, name)
+                score = iou(got, truth)
                 reframed = any(n.startswith("reframed") for n in rec.info["input"]["notes"])
-                rows.append({"background": kind, "shape": shape, "name": name, "iou": iou, "reframed": reframed})
-                print(f"{kind} {shape} {name}: IoU {iou:.3f}{', reframed' if reframed else ''}")
+                rows.append({"background": kind, "shape": shape, "name": name, "iou": score, "reframed": reframed,
+                             "mask": rec.info["mask"]})  # fmt: skip
+                print(f"{kind} {shape} {name}: IoU {score:.3f}{', reframed' if reframed else ''}")
     return rows
+
+
+def run_procedural(data: Path, weights: str | None = None, background: str = "auto") -> list[dict]:
+    """One row per image of a procedural set: name, category, the final mask's IoU against the true
+    visible mask, which mask ``zsw reconstruct`` used (``result.json``'s ``mask``)."""
+    from PIL import Image
+
+    recon = _reconstructor(weights, background)
+    rows = []
+    for path in sorted((data / "images_processed").glob("*/*.png")):
+        photo = np.asarray(Image.open(path).convert("RGB"))
+        truth_path = data / "visible_masks" / path.parent.name / path.name
+        if truth_path.exists():
+            truth = np.asarray(Image.open(truth_path).convert("L")) > 127
+        else:  # a view over white, nothing in front: the object's depth (as zsw.data.eval_sets reads it)
+            truth = np.load(data / "depth" / path.parent.name / f"{path.stem}.npy") > 0
+        got, rec = final_mask(recon, photo, path.stem)
+        rows.append({"name": path.stem, "category": path.parent.name, "iou": iou(got, truth), "mask": rec.info["mask"]})
+        print(f"{path.stem}: IoU {rows[-1]['iou']:.3f} ({rec.info['mask']})")
+    return rows
+
+
+def procedural_summary(rows: list[dict], title: str) -> list[str]:
+    masks = sorted({r["mask"] for r in rows})
+    lines = [f"# {title}", "", "Visible-mask IoU against the true visible mask, by the mask zsw reconstruct used",
+             "", "| mask | images | IoU |", "| --- | ---: | ---: |"]  # fmt: skip
+    for m in [*masks, None]:
+        rs = [r["iou"] for r in rows if m is None or r["mask"] == m]
+        lines.append(f"| {m or '**all**'} | {len(rs)} | {np.mean(rs):.3f} |")
+    return lines
 
 
 def summary(rows: list[dict], title: str) -> list[str]:
@@ -127,7 +180,17 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.5, help="the object's longer side over the photo's shorter")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="photo shapes: " + ", ".join(SHAPES))
     ap.add_argument("--weights", default=None, help="checkpoint (default: the packaged model)")
+    ap.add_argument("--background", default="auto", choices=("auto", "never"), help="zsw reconstruct's --background")
+    ap.add_argument("--procedural", default=None, help="a procedural set's folder: score its images instead")
     args = ap.parse_args()
+    if args.procedural:
+        data = Path(args.procedural)
+        if not (data / "images_processed").is_dir():
+            raise SystemExit(f"--procedural: {data} has no images_processed/ (a set of zsw synthesize procedural)")
+        rows = run_procedural(data, args.weights, args.background)
+        title = f"The visible mask on {data} ({args.weights or 'packaged model'}, --background {args.background})"
+        write_rows_and_summary(Path(args.out), rows, procedural_summary(rows, title))
+        return
     shapes = tuple(args.shapes.split(","))
     if unknown := [s for s in shapes if s not in SHAPES]:
         raise SystemExit(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
@@ -138,8 +201,11 @@ def main() -> None:
         raise SystemExit(f"--backgrounds: {', '.join(unknown)} is not a scikit-image sample photo (gravel, grass, ...)")
     if not 0.0 < args.fraction <= 1.0:
         raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
-    rows = run(kinds, args.fraction, args.weights, shapes)
-    title = f"The object's mask in photos of every shape ({args.weights or 'packaged model'}, fraction {args.fraction})"
+    rows = run(kinds, args.fraction, args.weights, shapes, background=args.background)
+    title = (
+        f"The object's mask in photos of every shape ({args.weights or 'packaged model'}, fraction {args.fraction}, "
+        f"--background {args.background})"
+    )
     write_rows_and_summary(Path(args.out), rows, summary(rows, title))
 
 

@@ -65,3 +65,27 @@ def test_a_dotted_out_path_keeps_its_name(tmp_path):
     write_rows_and_summary(tmp_path / "f-0.12", [{"a": 1}], ["# t"])
     write_rows_and_summary(tmp_path / "f-0.25", [{"a": 2}], ["# u"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f-0.12.jsonl", "f-0.12.md", "f-0.25.jsonl", "f-0.25.md"]
+
+
+def test_padding_bench_scores_a_procedural_set_against_its_true_masks(tiny64, tmp_path, monkeypatch):
+    """``--procedural DIR``: every image of the set, its final mask against ``visible_masks/``, the
+    mask zsw reconstruct used; with the true mask in place of the prediction the IoU is 1."""
+
+    from zsw.bench import padding
+
+    root, _ = tiny64
+    rows = padding.run_procedural(root, "random:tiny", background="never")
+    assert len(rows) == len(list((root / "images_processed").glob("*/*.png"))) == 8
+    assert {r["mask"] for r in rows} == {"predicted"} and all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    truth = {p.stem: np.load(p) > 0 for p in (root / "depth").glob("*/*.npy")}  # nothing in front here
+    monkeypatch.setattr(padding, "final_mask", lambda recon, photo, name: (truth[name], _Given()))
+    assert all(r["iou"] == 1.0 for r in padding.run_procedural(root, "random:tiny", background="never"))
+    lines = padding.procedural_summary(rows, "t")
+    assert lines[-1].startswith("| **all** | 8 |")
+    monkeypatch.setattr(sys, "argv", ["padding", "--out", str(tmp_path / "x"), "--procedural", str(tmp_path)])
+    with pytest.raises(SystemExit, match="has no images_processed/"):
+        padding.main()
+
+
+class _Given:
+    info = {"mask": "given"}
