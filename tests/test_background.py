@@ -297,6 +297,9 @@ def test_the_colours_leave_too_little_to_learn_from_alone():
     few[30:34, 30:34] = True  # 16 pixels
     assert refine_by_colours(img, few) is None
     assert refine_by_colours(img, np.ones((S, S), bool)) is None  # nothing around the object
+    strip = np.zeros((S, S), bool)
+    strip[:3] = True  # a photo of 3 rows padded to the square: the model's mask lies in the padding
+    assert refine_by_colours(img, disc, None, strip) is None
 
 
 def test_reconstruct_cuts_the_mask_by_the_colours_on_a_busy_photo_and_says_so(tmp_path, monkeypatch):

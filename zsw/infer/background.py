@@ -183,13 +183,15 @@ def refine_by_colours(
     from scipy import ndimage as ndi
 
     visible = np.asarray(visible, bool)
-    if visible.sum() < least:
-        return None
     photo = np.ones(visible.shape, bool) if photo is None else np.asarray(photo, bool)
+    if not photo.any():
+        return None
     # the photo's rectangle only: the mirrored padding repeats the object's colours as "background"
     rows, cols = np.flatnonzero(photo.any(1)), np.flatnonzero(photo.any(0))
     crop = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     v = visible[crop]
+    if v.sum() < least:
+        return None
     ys, xs = np.nonzero(v)
     width = max(2, round(band * (max(np.ptp(ys), np.ptp(xs)) + 1)))
     labels = np.full(v.shape, cv2.GC_BGD, np.uint8)
