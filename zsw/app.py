@@ -184,7 +184,8 @@ def build_app(
                     )  # fmt: skip
                     background = gr.Radio(
                         list(BACKGROUNDS), value=defaults.background, label="Background",
-                        info="correct the object's mask with a plain, graded or transparent background",
+                        info="correct the object's mask with a plain, graded or transparent background, "
+                        "or on a busy one with the photo's colours",
                     )  # fmt: skip
                     cutout = gr.Dropdown(
                         list(dict.fromkeys(["none", "rembg", *CUTOUT_CHOICES, defaults.cutout])), value=defaults.cutout,
