@@ -99,6 +99,11 @@ def _shadow_like(image: np.ndarray, field: np.ndarray, tol: float) -> np.ndarray
     return (k >= 0.35) & (np.linalg.norm(rgb - k[..., None] * field, axis=-1) < tol)
 
 
+def _cutout(alpha: np.ndarray | None) -> bool:
+    """Whether an RGBA image's opaque pixels ``alpha`` tell its background (some are transparent)."""
+    return alpha is not None and not np.asarray(alpha, bool).all()
+
+
 def plain_background(
     image: np.ndarray,  # [S, S, 3] uint8
     photo: np.ndarray | None = None,  # [S, S] bool: pixels that come from the photo (None: all)
@@ -131,7 +136,7 @@ def refine_visible_mask(
     visible = np.asarray(visible, bool)
     occluder = np.zeros(visible.shape, bool) if occluder is None else np.asarray(occluder, bool)
     shade = np.zeros(visible.shape, bool)
-    if alpha is not None and not alpha.all():
+    if _cutout(alpha):
         background = colour = ~np.asarray(alpha, bool)
     else:
         found = _find_background(image, photo, tol, share)
@@ -234,7 +239,7 @@ def correct_visible_mask(
     mask = refine_visible_mask(image, visible, occluder, photo, alpha)
     if mask is not None:
         return mask, "background"
-    if alpha is not None and not np.asarray(alpha, bool).all():
+    if _cutout(alpha):
         return None, None  # a cut-out whose opaque part holds none of the model's mask
     mask = refine_by_colours(image, visible, occluder, photo)
     return (mask, "colours") if mask is not None else (None, None)

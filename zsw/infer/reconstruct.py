@@ -134,6 +134,8 @@ def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
 MASK_CORRECTED = "predicted, corrected by the photo's background"
 #: ... and for one cut again by the colours of the object and its surroundings (a busy background)
 MASK_COLOURS = "predicted, refined by the photo's colours"
+#: :func:`zsw.infer.background.correct_visible_mask`'s answer -> result.json's ``mask``
+_MASK_BY = {"background": MASK_CORRECTED, "colours": MASK_COLOURS}
 
 
 @dataclass
@@ -184,8 +186,9 @@ class Reconstructor:
             finds none, of squares of the photo :data:`SEARCH_ZOOM` times closer (``_search``).
         background: ``auto`` (default) corrects the predicted visible mask with the photo's own
             background where it tells one -- an RGBA image's transparency, or a border of one plain
-            colour (:mod:`zsw.infer.background`); ``never`` keeps the model's mask as it is. A
-            given mask is never changed.
+            or graded colour -- and on a busy background cuts it again by the photo's colours where
+            that cut agrees with it (:func:`zsw.infer.background.correct_visible_mask`); ``never``
+            keeps the model's mask as it is. A given mask is never changed.
         tta: test-time augmentation. ``flip`` also runs the pixel model and the encoder on the
             input mirrored left to right -- its camera sees the scene reflected through the plane
             x = 0 -- and takes each query point's occupancy logit as the mean of the two fields' at
@@ -468,7 +471,7 @@ class Reconstructor:
         for b, im in enumerate(images):
             mask, by = correct_visible_mask(im.image, visible[b], occluder[b], im.photo_area, im.alpha)
             corrected.append(mask if mask is None or areas[b] is None else mask & areas[b])
-            how.append({"background": MASK_CORRECTED, "colours": MASK_COLOURS}.get(by))
+            how.append(_MASK_BY.get(by))
         return visible, corrected, how
 
     def _cut(self, im: LoadedImage, window: tuple[int, int, int] | None, source: str, force: bool):
@@ -499,11 +502,11 @@ class Reconstructor:
         with autocast(self.precision, device):
             known = seen if all(p is not None for p in seen) else None
             pixel = PixelOutput.cat([p.pixel for p in known]) if known else None
-            refined = [None] * B  # what corrected each mask (MASK_CORRECTED, MASK_COLOURS), if anything
+            corrected_by = [None] * B  # what corrected each mask (MASK_CORRECTED, MASK_COLOURS), if anything
             # a box keeps the masks inside it, as a correction does, and so does the photo's edge
             kept = any(im.box is not None or not im.photo_area.all() for im in images)
             if masks is None and (self.background != "never" or kept) and backend.config.pixel.mask_heads:
-                pixel, mask_t, refined = self._background_masks(images, batch, prompt_arg, pixel, timings, known)
+                pixel, mask_t, corrected_by = self._background_masks(images, batch, prompt_arg, pixel, timings, known)
             pred = predict(backend, batch, prompt_arg, mask=mask_t, timings=timings, pixel=pixel, pixel_fn=self._pixel)
             mirrored = None
             if with_mesh and self.tta == "flip":  # its own pixel pass; a known or corrected mask is mirrored
@@ -588,7 +591,7 @@ class Reconstructor:
                 smooth_decimate=edit_s,
                 texture=texture_s,
             )
-            source = "given" if masks is not None else refined[b] or "predicted"
+            source = "given" if masks is not None else corrected_by[b] or "predicted"
             if masks is None and im.box is not None:
                 source += ", kept within the given box"
             rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b], opened[b])
