@@ -328,6 +328,9 @@ def test_the_look_that_saw_the_object_is_kept_when_closer_ones_see_parts(tmp_pat
     assert rec.visible_mask[red & image.photo_area].mean() > 0.9  # the kept look's mask: the whole square, not a speck
     # at most four looks (three cuts, the last one looked at), and the kept look's output reused
     assert backend.images <= 4
+    # reframe="always" frames every image: the best look after the first cut
+    always = Reconstructor(backend, resolution=RES, background="never", tta="none", reframe="always")([image])[0]
+    assert always.info["input"]["window"] != [0, -100, 600]
 
 
 def test_a_window_shows_the_photo_at_most_twice_its_pixel_size(tmp_path, tiny_model):
