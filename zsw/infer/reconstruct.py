@@ -454,8 +454,8 @@ class Reconstructor:
                 seconds[i] += share
             todo = moved
         for i, tried in looks.items():  # every input was looked at: the best look is final
-            # (``always`` frames every image: not its first look where that was cut)
-            first = 1 if self.reframe == "always" and len(tried) > 1 else 0
+            # (``always`` frames every image: not a first look at the whole photo when it was cut)
+            first = 1 if self.reframe == "always" and len(tried) > 1 and tried[0][0].window is None else 0
             k = max(range(first, len(tried)), key=lambda k: tried[k][2])
             seen[i] = tried[k][1]
             if k < len(tried) - 1:  # an earlier look saw the object better than the last one
