@@ -105,7 +105,7 @@ REFRAME_ZOOM = 1.25
 #: cropped as in training a predicted mask is sometimes off by that much (an occluder, thin legs):
 #: a smaller shift left alone costs less than cutting a wrong window (bench/framing.py)
 REFRAME_SHIFT = 0.25
-#: most pixel-model passes that predict the object's mask to frame it
+#: most windows cut around the predicted mask to frame the object, each looked at again
 REFRAME_PASSES = 3
 #: when the first look finds no object (a small one on a textured background), the photo is looked
 #: at again in squares this many times closer, overlapping by half (:func:`zsw.infer.image.search_windows`)
