@@ -328,6 +328,15 @@ def test_the_look_that_saw_the_object_is_kept_when_closer_ones_see_parts(tmp_pat
     assert rec.visible_mask[red & image.photo_area].mean() > 0.9  # the kept look's mask: the whole square, not a speck
     # at most four looks (three cuts, the last one looked at), and the kept look's output reused
     assert backend.images <= 4
+    # in a batch beside another photo (the square framed: its own chain of specks), each image
+    # keeps the look it keeps alone
+    parts = Reconstructor(backend, resolution=RES, background="never", tta="none")
+    alone = parts([load_image(framed.image)])[0]
+    pair = parts([load_image(framed.image), image])
+    for got, want in zip(pair, (alone, rec)):
+        assert got.info["input"]["window"] == want.info["input"]["window"]
+        assert got.info["input"]["notes"] == want.info["input"]["notes"]
+        np.testing.assert_array_equal(got.visible_mask, want.visible_mask)
     # reframe="always" frames every image: the best look after the first cut
     always = Reconstructor(backend, resolution=RES, background="never", tta="none", reframe="always")([image])[0]
     assert always.info["input"]["window"] != [0, -100, 600]
