@@ -1489,6 +1489,44 @@ def test_something_in_front_of_the_object_is_warned_about(repo_root, tmp_path):
     assert not any("in front of the object" in w for w in clean["warnings"])
 
 
+class TopSegmenter(RedSegmenter):
+    """Marks only the top fifth of the red object: an outline of something else than the object."""
+
+    def pixel(self, image, text):
+        out = super().pixel(image, text)
+        for b in range(image.shape[0]):
+            red = out.visible_mask_logits[b, 0] > 0
+            if red.any():
+                ys = torch.nonzero(red, as_tuple=True)[0]
+                top = ys.min() + (ys.max() - ys.min()) // 5
+                red[top:] = False
+                out.visible_mask_logits[b, 0] = torch.where(red, 10.0, -10.0)
+        return out
+
+
+def test_an_outline_nothing_in_the_photo_confirms_is_warned_about(tmp_path, tiny_model):
+    """On a busy background the predicted outline stands unconfirmed where the cut by the photo's
+    colours disagrees with it (here: the model marks the top of a red square, the colours the whole
+    square); result.json warns and names --box. A plain background confirms (corrects) the same
+    outline, and --background never asks nothing of the photo: no warning."""
+    rng = np.random.default_rng(0)
+    busy = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    busy[100:200, 100:200] = (220, 20, 20)
+    Image.fromarray(busy).save(tmp_path / "busy.png")
+    plain = np.full((300, 300, 3), 90, np.uint8)
+    plain[100:200, 100:200] = (220, 20, 20)
+    Image.fromarray(plain).save(tmp_path / "plain.png")
+    backend = TopSegmenter(TorchBackend(tiny_model, "cpu"))
+    images = [load_image(tmp_path / "busy.png"), load_image(tmp_path / "plain.png")]
+    unsure, sure = Reconstructor(backend, resolution=RES, reframe="never")(images)
+    assert unsure.info["mask"] == "predicted" and sure.info["mask"] != "predicted"
+    warned = [w for w in unsure.info["warnings"] if "confirms the object's outline" in w]
+    assert len(warned) == 1 and "--box" in warned[0]
+    assert not any("confirms the object's outline" in w for w in sure.info["warnings"])
+    never = Reconstructor(backend, resolution=RES, reframe="never", background="never")(images[:1])[0]
+    assert not any("confirms the object's outline" in w for w in never.info["warnings"])
+
+
 def test_a_mask_folder_without_this_images_mask_is_said(repo_root, tmp_path):
     """--masks DIR that lacks one photo's mask: a model with mask heads predicts it, and says so on
     the terminal and in result.json, rather than silently using another mask than asked for."""

@@ -169,6 +169,8 @@ MASK_CORRECTED = "predicted, corrected by the photo's background"
 MASK_COLOURS = "predicted, refined by the photo's colours"
 #: :func:`zsw.infer.background.correct_visible_mask`'s answer -> result.json's ``mask``
 _MASK_BY = {"background": MASK_CORRECTED, "colours": MASK_COLOURS}
+#: ... and what it adds for a mask kept within ``--box``
+IN_BOX = ", kept within the given box"
 
 
 @dataclass
@@ -646,7 +648,7 @@ class Reconstructor:
             )
             source = "given" if masks is not None else corrected_by[b] or "predicted"
             if masks is None and im.box is not None:
-                source += ", kept within the given box"
+                source += IN_BOX
             rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b], opened[b])
             out.append(rec)
         return out
@@ -704,6 +706,13 @@ class Reconstructor:
                 "taken in the surroundings (--cutout rembg removes the background first, --box says where the "
                 "object is); an object the frame cuts is completed by guess"
             )
+        if self.background == "auto" and mask in ("predicted", f"predicted{IN_BOX}"):
+            warn.append(
+                "nothing in the photo confirms the object's outline (no plain background, and the cut by its "
+                "colours disagreed with the model's): unconfirmed, the model often outlines something else "
+                + ("(--cutout rembg removes the background first)" if im.box is not None else
+                   "(--box X0,Y0,X1,Y1 says where the object is; --cutout rembg removes the background first)")
+            )  # fmt: skip
         if (share := occluded_outline(rec.visible_mask, rec.occluder_mask)) >= OCCLUDED_OUTLINE:
             warn.append(
                 f"the model sees something in front of the object along {share:.0%} of its outline (its occluder "
