@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ __all__ = [
     "reframe_worthwhile",
     "MASK_CORRECTED",
     "MASK_COLOURS",
+    "MASK_PREDICTED",
     "TEXTURE_FACES_HINT",
     "OCCLUDED_OUTLINE",
     "occluded_outline",
@@ -163,7 +165,9 @@ def _prompts(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
     return prompts
 
 
-#: result.json's ``mask`` for a predicted visible mask that the photo's own background corrected
+#: result.json's ``mask`` for the model's own visible mask, nothing in the photo confirming it
+MASK_PREDICTED = "predicted"
+#: ... for a predicted visible mask that the photo's own background corrected
 MASK_CORRECTED = "predicted, corrected by the photo's background"
 #: ... and for one cut again by the colours of the object and its surroundings (a busy background)
 MASK_COLOURS = "predicted, refined by the photo's colours"
@@ -171,6 +175,14 @@ MASK_COLOURS = "predicted, refined by the photo's colours"
 _MASK_BY = {"background": MASK_CORRECTED, "colours": MASK_COLOURS}
 #: ... and what it adds for a mask kept within ``--box``
 IN_BOX = ", kept within the given box"
+
+
+class _Look(NamedTuple):
+    """One framing look: the input it saw, its output, and :func:`look_score` of its mask."""
+
+    image: LoadedImage
+    seen: _Seen
+    score: tuple[bool, float]
 
 
 @dataclass
@@ -411,7 +423,7 @@ class Reconstructor:
                 masks[i] = reframe_mask(m, im, window)
         if not self.backend.config.pixel.mask_heads:
             return images, masks, seconds, seen
-        looks: dict[int, list] = {}  # per image, every look: (its input, _Seen, look_score)
+        looks: dict[int, list[_Look]] = {}  # per image, every look
         for n in range(REFRAME_PASSES + 1):  # the last pass only looks at the last cut
             if not todo:
                 break
@@ -429,7 +441,7 @@ class Reconstructor:
                 if corrected[j] is not None:
                     obj, source = corrected[j], f"the predicted visible mask, {how[j].removeprefix('predicted, ')}"
                 look = _Seen(pix.rows([j]), visible[j], corrected[j], how[j])
-                looks.setdefault(i, []).append((images[i], look, look_score(how[j], obj)))
+                looks.setdefault(i, []).append(_Look(images[i], look, look_score(how[j], obj)))
                 if n == REFRAME_PASSES:  # no more cuts
                     continue
                 window = object_window(obj, images[i])
@@ -457,18 +469,18 @@ class Reconstructor:
             todo = moved
         for i, tried in looks.items():  # every input was looked at: the best look is final
             # (``always`` frames every image: not a first look at the whole photo when it was cut)
-            first = 1 if self.reframe == "always" and len(tried) > 1 and tried[0][0].window is None else 0
-            k = max(range(first, len(tried)), key=lambda k: tried[k][2])
-            seen[i] = tried[k][1]
+            first = 1 if self.reframe == "always" and len(tried) > 1 and tried[0].image.window is None else 0
+            k = max(range(first, len(tried)), key=lambda k: tried[k].score)
+            best, last = tried[k], tried[-1]
+            seen[i] = best.seen
             if k < len(tried) - 1:  # an earlier look saw the object better than the last one
-                im = tried[k][0]
                 why = (
                     "the photo confirms its mask, not the last one's"
-                    if tried[k][2][0] != tried[-1][2][0]
+                    if best.score[0] != last.score[0]
                     else "its mask fills more of its input than the last one's"
                 )
-                note = f"kept look {k + 1} of {len(tried)} (photo window {list(im.square)}): {why}"
-                images[i] = dataclasses.replace(im, notes=[*im.notes, note])
+                note = f"kept look {k + 1} of {len(tried)} (photo window {list(best.image.square)}): {why}"
+                images[i] = dataclasses.replace(best.image, notes=[*best.image.notes, note])
         return images, masks, seconds, seen
 
     def _search(self, images: list[LoadedImage], prompts: list[str | None]) -> list:
@@ -646,7 +658,7 @@ class Reconstructor:
                 smooth_decimate=edit_s,
                 texture=texture_s,
             )
-            source = "given" if masks is not None else corrected_by[b] or "predicted"
+            source = "given" if masks is not None else corrected_by[b] or MASK_PREDICTED
             if masks is None and im.box is not None:
                 source += IN_BOX
             rec.record = self._record(rec, im, grid, timing, B, source, seen, dropped[b], opened[b])
@@ -706,7 +718,7 @@ class Reconstructor:
                 "taken in the surroundings (--cutout rembg removes the background first, --box says where the "
                 "object is); an object the frame cuts is completed by guess"
             )
-        if self.background == "auto" and mask in ("predicted", f"predicted{IN_BOX}"):
+        if self.background == "auto" and mask.removesuffix(IN_BOX) == MASK_PREDICTED:
             warn.append(
                 "nothing in the photo confirms the object's outline (no plain background, and the cut by its "
                 "colours disagreed with the model's): unconfirmed, the model often outlines something else "

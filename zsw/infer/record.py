@@ -94,7 +94,7 @@ class ResultRecord:
     input: dict  # LoadedImage.to_dict(): path, size, crop, notes
     prompt: str | None
     model: ModelInfo
-    mask: str  # "given" or "predicted"
+    mask: str  # "given", or "predicted" and what corrected it (zsw.infer.reconstruct.MASK_*)
     camera: CameraInfo
     grid: GridInfo
     mesh: MeshInfo
