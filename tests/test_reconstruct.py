@@ -1527,6 +1527,23 @@ def test_an_outline_nothing_in_the_photo_confirms_is_warned_about(tmp_path, tiny
     assert not any("confirms the object's outline" in w for w in never.info["warnings"])
 
 
+def test_a_photo_of_one_colour_is_warned_about_once(tiny_model):
+    """A blank frame (one colour, a few units of noise) holds no object: result.json says so,
+    and not also that its outline is unconfirmed. One pixel of something else, or a cut-out whose
+    alpha gives the outline, is a photo like any other."""
+    blank = np.full((120, 160, 3), (30, 90, 200), np.uint8)
+    blank[5, 7] += 2
+    dot = blank.copy()
+    dot[60, 80] = 0
+    cutout = np.zeros((64, 64, 4), np.uint8)
+    cutout[..., :3], cutout[16:48, 16:48, 3] = 255, 255
+    images = [load_image(a) for a in (blank, dot, cutout)]
+    recs = Reconstructor(TorchBackend(tiny_model, "cpu"), resolution=RES, reframe="never")(images)
+    said = [[w for w in r.info["warnings"] if "one colour everywhere" in w] for r in recs]
+    assert [len(s) for s in said] == [1, 0, 0] and "at most 2 of 255" in said[0][0]
+    assert not any("confirms the object's outline" in w for w in recs[0].info["warnings"])
+
+
 def test_a_mask_folder_without_this_images_mask_is_said(repo_root, tmp_path):
     """--masks DIR that lacks one photo's mask: a model with mask heads predicts it, and says so on
     the terminal and in result.json, rather than silently using another mask than asked for."""

@@ -96,6 +96,8 @@ VIDEO_SUFFIXES = (
 )
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
+# a photo whose pixels differ by no more than this in any channel shows no object (a blank frame)
+FLAT_SPAN = 2
 _WHITE = (255, 255, 255)
 #: the fill of :func:`_cut` that continues a photo beyond its edges by mirroring it there (``numpy.pad``'s
 #: ``symmetric``: the edge pixel repeated, then the photo backwards, as often as the window needs)
@@ -224,6 +226,12 @@ class LoadedImage:
         if self.window is not None:
             return self.window
         return -self.pad[0], -self.pad[1], max(self.original_size)
+
+    @property
+    def colour_span(self) -> int:
+        """The largest difference between two of the photo's pixels in one channel (0: one colour)."""
+        photo = self.image if self.pixels is None else self.pixels
+        return int(max(photo[..., c].max() - photo[..., c].min() for c in range(3)))
 
     @property
     def crop_scale(self) -> float:

@@ -35,6 +35,7 @@ from zsw.infer.carve import SilhouetteBound, carved, host_masks
 from zsw.infer.cutout import open_cutout
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import (
+    FLAT_SPAN,
     LoadedImage,
     load_image,
     load_mask,
@@ -697,6 +698,11 @@ class Reconstructor:
         """What ``result.json`` will say (the job and ``save`` add the rest, see :mod:`zsw.infer.record`)."""
         backend, g = self.backend, self.grid
         warn = list(self.warnings)
+        if flat := im.alpha is None and (span := im.colour_span) <= FLAT_SPAN:
+            warn.append(
+                f"the photo is one colour everywhere (its pixels differ by at most {span} of 255): there is no "
+                "object in it, and what the model makes of it is a guess"
+            )
         if len(rec.mesh.faces) == 0 and grid.evaluated_points:
             warn.append(_empty_mesh_warning(g.threshold, grid.occupancy_range))
         if self.faces is not None and len(rec.mesh.faces) > self.faces:
@@ -718,10 +724,10 @@ class Reconstructor:
                 "taken in the surroundings (--cutout rembg removes the background first, --box says where the "
                 "object is); an object the frame cuts is completed by guess"
             )
-        if self.background == "auto" and mask.removesuffix(IN_BOX) == MASK_PREDICTED:
+        if self.background == "auto" and mask.removesuffix(IN_BOX) == MASK_PREDICTED and not flat:
             warn.append(
-                "nothing in the photo confirms the object's outline (no plain background, and the cut by its "
-                "colours disagreed with the model's): unconfirmed, the model often outlines something else "
+                "nothing in the photo confirms the object's outline (neither a plain background nor the cut by "
+                "its colours agreed with the model's): unconfirmed, the model often outlines something else "
                 + ("(--cutout rembg removes the background first)" if im.box is not None else
                    "(--box X0,Y0,X1,Y1 says where the object is; --cutout rembg removes the background first)")
             )  # fmt: skip
