@@ -87,7 +87,7 @@ def test_sampler_global_batches_are_the_same_on_any_number_of_ranks():
     assert list(one) == perm[8:] and len(one) == 12
     one.set_epoch(4)
     assert list(one) != perm
-    with pytest.raises(ConfigError, match="fewer than one global batch"):
+    with pytest.raises(ConfigError, match=r"fewer than one global batch of 4 \(--batch-size 3 or less"):
         ResumableSampler(3, 4)
 
 

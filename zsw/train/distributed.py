@@ -179,7 +179,10 @@ class ResumableSampler(DistributedSampler):
         if global_batch % world_size:
             raise ConfigError(f"the global batch ({global_batch}) must be a multiple of the ranks ({world_size})")
         if dataset_len < global_batch:
-            raise ConfigError(f"the dataset has {dataset_len} samples, fewer than one global batch of {global_batch}")
+            raise ConfigError(
+                f"the dataset has {dataset_len} samples, fewer than one global batch of {global_batch} "
+                f"(--batch-size {dataset_len} or less trains on it)"
+            )
         self.n = dataset_len
         self.global_batch = global_batch
         self.rank = rank
