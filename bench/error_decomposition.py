@@ -16,6 +16,8 @@ Variants (the encoder and decoder always run; masks are thresholded at logit 0 u
 * ``gt``: ground-truth depth, K and masks (the shape path's own error);
 * ``true_up``: everything predicted but the object's up axis (axial-query decoders), which is the
   truth's;
+* ``true_center``: everything predicted but the object's centre (mirror-query decoders), which is
+  the truth's in the frame the training's centre loss uses (the true visible surface's);
 * ``gt_filled`` / ``pred_filled``: ``gt`` / ``pred`` with the occluded part of the object filled in
   (:func:`fill_occluded`): what the decoder would make of a visible surface with no occluder
   in front of it, completed from the visible part alone.
@@ -41,7 +43,7 @@ from torch.utils.data import default_collate
 
 VARIANTS = (
     "pred", "gt_k", "gt_masks", "gt_visible", "gt_occluder", "gt_depth", "aligned_depth_gt_k", "gt", "true_up",
-    "gt_filled", "pred_filled",
+    "true_center", "gt_filled", "pred_filled",
 )  # fmt: skip
 
 
@@ -102,9 +104,9 @@ def surfaces(model, batch: dict, variants: list[str]):
     depth, K = batch["depth"].to(image.dtype), batch["intrinsics"].to(image.dtype)
     pred_vis = (pix.visible_mask_logits >= 0).to(image.dtype)
     pred_occ = (pix.occluder_mask_logits >= 0).to(image.dtype)
-    predicted = None  # the one encoding "pred" and "true_up" share (they differ in the decoder's up axis)
+    predicted = None  # the one encoding "pred", "true_up" and "true_center" share (the decoder's pose differs)
     for v in variants:
-        if v in ("pred", "true_up"):
+        if v in ("pred", "true_up", "true_center"):
             if predicted is None:
                 predicted = model.encode_surface(pix, text)
             yield v, predicted
@@ -129,6 +131,16 @@ def surfaces(model, batch: dict, variants: list[str]):
         elif v == "pred_filled":
             d, fv, fo = fill_occluded(pix.depth, pred_vis, pred_occ)
             yield v, model.encode_surface(PixelOutput(d, pix.intrinsics, None, None), text, fv, fo)
+
+
+def _true_center(batch: dict) -> torch.Tensor:  # [B, 3]
+    """The object frame's origin (its bounding-box centre) in the normalised frame of the true
+    visible surface, as the training's centre loss places it."""
+    from zsw.train import losses as L
+
+    _, center, scale = L.visible_frame(batch["depth"], batch["intrinsics"], batch["visible_mask"] > 0.5)
+    origin = batch["extrinsics"].new_zeros(batch["extrinsics"].shape[0], 1, 3)
+    return L.query_points(origin, batch["extrinsics"], center, scale)[:, 0]
 
 
 def _up_angles(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
@@ -184,6 +196,11 @@ def main() -> None:
                     row[v] = None  # no axial queries: nothing to swap
                     continue
                 latents.up = true_up / true_up.norm(dim=-1, keepdim=True)
+            if v == "true_center":
+                if latents.center_offset is None:
+                    row[v] = None  # no mirror queries: nothing to swap
+                    continue
+                latents.center_offset = _true_center(batch) - latents.view.center_anchor().float()
             mesh = extract_meshes(lambda p, lat=latents: model.decoder.decode(lat, p), 1, args.resolution)[0]
             if len(mesh.faces) == 0:
                 row[v] = None

@@ -47,6 +47,7 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
         "aligned_depth_gt_k": (vis, occ),
         "gt": (vis, occ),
         "true_up": (pred_vis, pred_occ),  # everything predicted: only the decoder's up axis is swapped
+        "true_center": (pred_vis, pred_occ),  # ... or its centre
         "gt_filled": fill_occluded(batch["depth"], vis, occ)[1:],
         "pred_filled": fill_occluded(pix.depth, pred_vis, pred_occ)[1:],
     }
@@ -67,6 +68,18 @@ def test_each_variant_swaps_in_the_ground_truth_it_names(tiny64):
     # everything true: the encoder sees exactly the lifted ground-truth surface
     gt_points, _, _ = L.visible_frame(batch["depth"], batch["intrinsics"], on)
     torch.testing.assert_close(out["gt"].visible_points.flatten(2).transpose(1, 2), gt_points)
+
+
+def test_the_true_centre_is_the_object_origin_in_the_true_visible_surface_s_frame():
+    from zsw.bench.error_decomposition import _true_center
+    from zsw.train import losses as L
+
+    batch = _batch(32)
+    _, centroid, scale = L.visible_frame(batch["depth"], batch["intrinsics"], batch["visible_mask"] > 0.5)
+    batch["extrinsics"][:, :, 3] = centroid  # the object's origin at the visible surface's centroid
+    torch.testing.assert_close(_true_center(batch), torch.zeros(1, 3), atol=1e-6, rtol=0)
+    batch["extrinsics"][:, 2, 3] += 0.5  # half a unit further from the camera
+    torch.testing.assert_close(_true_center(batch)[0], torch.tensor([0.0, 0.0, 0.5]) / scale[0], atol=1e-6, rtol=0)
 
 
 def test_fill_occluded_continues_the_surface_under_an_occluder_inside_the_silhouette():
