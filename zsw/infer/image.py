@@ -96,7 +96,7 @@ VIDEO_SUFFIXES = (
 )
 #: an image whose longer side is shorter than this is rejected: upsampled to 224 px it holds no shape
 MIN_SIDE = 16
-# a photo whose pixels differ by no more than this in any channel shows no object (a blank frame)
+#: a photo whose pixels differ by no more than this in any channel shows no object (a blank frame)
 FLAT_SPAN = 2
 _WHITE = (255, 255, 255)
 #: the fill of :func:`_cut` that continues a photo beyond its edges by mirroring it there (``numpy.pad``'s
