@@ -11,7 +11,14 @@ import trimesh
 
 from zsw.errors import OptionError
 from zsw.infer.grid import marching_cubes
-from zsw.infer.mesh_ops import _cancel_facing_copies, _split_pinches, check_mesh_options, decimate_mesh, smooth_mesh
+from zsw.infer.mesh_ops import (
+    _cancel_facing_copies,
+    _pair_about_edge,
+    _split_pinches,
+    check_mesh_options,
+    decimate_mesh,
+    smooth_mesh,
+)
 
 
 def _ball(n: int = 48, hard: bool = False) -> trimesh.Trimesh:
@@ -79,6 +86,32 @@ def test_a_pinched_edge_gets_one_copy_per_sheet():
     # (as STL readers and slicers merge them), and the shape is the same
     assert trimesh.Trimesh(vertices, faces, process=True).is_watertight
     assert 0 < np.abs(vertices[:6] - np.asarray(both.vertices)).max() < 0.05
+
+
+def test_triangles_at_a_pinched_edge_pair_by_angle_with_the_solid_between_them():
+    """The fallback where no fan decides: around the shared edge, each triangle is paired with its
+    neighbour in angle across its own solid, never across the empty space between the solids."""
+    u, v = [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]
+    a = _tetrahedron([u, v, [1.0, 0.2, 0.5], [1.0, -0.8, 0.4]])  # a wedge towards +x
+    b = _tetrahedron([u, v, [-1.0, 0.3, 0.5], [-1.0, -0.5, 0.6]])  # and one towards -x
+    both = trimesh.util.concatenate([a, b])
+    both.merge_vertices()
+    vertices, tri = np.asarray(both.vertices), np.asarray(both.faces)
+    edges = tri[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    iu, iv = (int(np.flatnonzero((vertices == p).all(axis=1))[0]) for p in (u, v))
+    edge = np.array(sorted((iu, iv)))
+    rows = np.flatnonzero((np.sort(edges, axis=1) == edge).all(axis=1))
+    assert len(rows) == 4
+    pairs = _pair_about_edge(vertices, tri, edges, rows, edge)
+    solid = [0] * len(a.faces) + [1] * len(b.faces)  # concatenate keeps a's faces first
+    assert sorted(sorted((solid[f], solid[g])) for f, g in pairs) == [[0, 0], [1, 1]]
+    # orientations that do not alternate about the edge (one triangle flipped): nothing to pair
+    flipped = tri.copy()
+    f0 = rows[0] // 3
+    flipped[f0] = flipped[f0, ::-1]
+    edges = flipped[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    rows = np.flatnonzero((np.sort(edges, axis=1) == edge).all(axis=1))
+    assert _pair_about_edge(vertices, flipped, edges, rows, edge) == []
 
 
 def test_copies_of_a_triangle_facing_each_other_cancel():
