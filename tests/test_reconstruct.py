@@ -1527,6 +1527,35 @@ def test_an_outline_nothing_in_the_photo_confirms_is_warned_about(tmp_path, tiny
     assert not any("confirms the object's outline" in w for w in never.info["warnings"])
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"color": "rainbow"}, "color must be one of"),
+        ({"frame": "sideways"}, "frame must be one of"),
+        ({"min_part": 1.5}, "min_part must be a fraction in"),
+        ({"reframe": "sometimes"}, "reframe must be one of"),
+        ({"background": "green"}, "background must be one of"),
+    ],
+)
+def test_the_python_api_names_a_bad_option(tiny_model, options, message):
+    with pytest.raises(ConfigError, match=message):
+        Reconstructor(TorchBackend(tiny_model, "cpu"), resolution=RES, **options)
+
+
+def test_the_python_api_names_inputs_that_do_not_fit(tiny_model):
+    from zsw.errors import InputError
+
+    recon = Reconstructor(TorchBackend(tiny_model, "cpu"), resolution=RES, reframe="never")
+    im = load_image(np.full((32, 32, 3), 90, np.uint8))
+    assert recon([]) == []
+    with pytest.raises(InputError, match="got 2 boxes for 1 images"):
+        recon([im], boxes=[None, None])
+    with pytest.raises(InputError, match="got 0 masks for 1 images"):
+        recon([im], masks=[])
+    with pytest.raises(InputError, match=r"image: the model takes 224x224 images, got \(64, 64\)"):
+        recon([load_image(np.full((32, 32, 3), 90, np.uint8), size=64)])
+
+
 def test_a_photo_of_one_colour_is_warned_about_once(tiny_model):
     """A blank frame (one colour, a few units of noise) holds no object: result.json says so,
     and not also that its outline is unconfirmed. One pixel of something else, or a cut-out whose
