@@ -540,6 +540,32 @@ def test_a_sample_that_cannot_be_scored_fails_alone(procedural_test_set, tmp_pat
     assert "the prediction has 3 non-finite (NaN or inf) points" in result.output, result.output
 
 
+def test_damaged_weights_fail_each_sample_in_one_line_naming_the_weights(procedural_test_set, tmp_path):
+    """Weights that predict non-finite depth (damaged, diverged) fail the samples of their batch
+    with the reconstruction's one line, which names the weights; the run ends with exit code 1 and a
+    summary that counts them, not a traceback."""
+    import torch
+
+    from zsw import checkpoint
+    from zsw.cli.main import app
+    from zsw.model import build_model
+
+    model = build_model("tiny")
+    with torch.no_grad():
+        for p in model.pixel.parameters():
+            p.fill_(float("nan"))
+    weights = checkpoint.save(model, tmp_path / "diverged.safetensors")
+    out = tmp_path / "res.json"
+    args = ["eval", "--data", str(procedural_test_set), "--format", "procedural", "--weights", str(weights),
+            "--resolution", "12", "--num-points", "300", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
+    summary = json.loads(out.read_text())
+    assert summary["failed"] == 4 and summary["evaluated"] == 0, summary
+    assert "predicts non-finite" in result.output and "diverged.safetensors" in result.output, result.output
+
+
 def test_a_stray_list_line_skips_itself_not_the_set(procedural_test_set, tmp_path, caplog):
     """One line of a list that names no view (hand-edited, another tool's) is skipped with a
     warning and counted; the set's other views are all scored."""
