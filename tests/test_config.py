@@ -63,11 +63,32 @@ def test_partial_yaml_takes_defaults(tmp_path):
         ("pixel: {vit_heads: 5}\n", "must be divisible by pixel.vit_heads (5)"),
         ("pixel: {norm_groups: 5}\n", "pixel.norm_groups (5) must divide"),
         ("encoder: {layers: [3, 0, 6, 3]}\n", "encoder.layers must be a number > 0, got [3, 0, 6, 3]"),
+        # structure: what one part needs of another
+        ("pixel: {image_size: 200}\n", "pixel.image_size must be a multiple of 32, got 200"),
+        ("decoder: {width: 12, heads: 4}\n", "decoder head dimension must be even"),
+        ("decoder: {point_embed: conv}\n", "decoder.point_embed must be 'linear' or 'mlp', got 'conv'"),
+        ("decoder: {point_embed_dim: 999}\n", "decoder.point_embed_dim must be between 0 and decoder.width"),
+        ("decoder: {point_frequencies: 13}\n", "decoder.point_frequencies must be in 0..12, got 13"),
+        ("decoder: {mirror_queries: true}\n", "decoder.mirror_queries samples the surface map"),
+        ("decoder: {token_features: -1}\n", "decoder.token_features must be a number >= 0, got -1"),
+        ("decoder: {silhouette_distance: true}\n", "decoder.silhouette_distance is sampled at each query's pixel"),
+        ("decoder: {token_features: 8}\n", "decoder.token_features samples the token grid"),
+        ("decoder: {pixel_aligned: true, axial_queries: true}\n", "decoder.axial_queries turns queries"),
+        ("text: {enabled: false}\n", "decoder.point_embed='mlp' concatenates a text embedding"),
+        ("encoder: {in_channels: 3}\n", "encoder.in_channels must be 4 with pixel.mask_heads"),
+        ("pixel: {resnet_layers: [1, 1]}\n", "pixel.resnet_layers and pixel.resnet_channels need 3 stages"),
+        ("pixel: {vit_taps: [1, 99]}\n", "pixel.vit_taps must be 2 block indices below vit_depth"),
+        ("encoder: {layers: [1, 1, 1]}\n", "encoder.layers and encoder.channels need 4 stages"),
+        ("decoder: {occ_layers: 4, skip_in: [2, 6]}\n", "decoder.skip_in entries must be in 1..4"),
+        ("decoder: {occ_layers: 4, skip_in: [1, 4]}\n", None),  # within its layers: fine
     ],
 )
 def test_strict_yaml_errors_name_the_culprit(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
+    if fragment is None:
+        load_yaml(path, ModelConfig)
+        return
     with pytest.raises(ConfigError) as e:
         load_yaml(path, ModelConfig)
     msg = str(e.value)

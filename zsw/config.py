@@ -210,8 +210,6 @@ class ModelConfig:
             raise ConfigError(f"decoder.point_frequencies must be in 0..12, got {self.decoder.point_frequencies}")
         if self.decoder.mirror_queries and not self.decoder.pixel_aligned:
             raise ConfigError("decoder.mirror_queries samples the surface map: it needs decoder.pixel_aligned")
-        if self.decoder.token_features < 0:
-            raise ConfigError(f"decoder.token_features must be >= 0, got {self.decoder.token_features}")
         if self.decoder.silhouette_distance and not self.decoder.pixel_aligned:
             raise ConfigError(
                 "decoder.silhouette_distance is sampled at each query's pixel: it needs decoder.pixel_aligned"
