@@ -6,7 +6,7 @@ reconstruction ends with (after ``--reframe auto`` and ``--background auto``) ag
 object's.
 
     python -m zsw.bench.padding --out bench/results/padding/NAME [--backgrounds gravel,grass,brick] \
-        [--fraction 0.5] [--weights W] [--background auto|never]
+        [--fraction 0.5] [--weights W] [--background auto|never] [--cutout none|grabcut|rembg]
     python -m zsw.bench.padding --procedural data/demo/test --out NAME [--background auto|never]
 
 ``--procedural DIR`` scores a procedural set's images instead (``zsw synthesize procedural``), each
@@ -85,12 +85,14 @@ def _reconstructor(weights: str | None, background: str):
     return Reconstructor(backend, color="none", tta=resolve_tta("auto", backend.device), background=background)
 
 
-def final_mask(recon, photo: np.ndarray, name: str):
+def final_mask(recon, photo: np.ndarray, name: str, cutout=None):
     """The visible mask ``zsw reconstruct`` ends with for ``photo``, in its pixels, and the
-    reconstruction (its ``info``: the notes, which mask)."""
+    reconstruction (its ``info``: the notes, which mask); ``cutout``: a background remover
+    (:func:`zsw.infer.cutout.open_cutout`) applied first, as ``--cutout`` does."""
     from zsw.infer.image import load_image
 
-    rec = recon([load_image(photo, recon.backend.config.pixel.image_size, name=name)], with_mesh=False)[0]
+    image = load_image(photo, recon.backend.config.pixel.image_size, name=name, cutout=cutout)
+    rec = recon([image], with_mesh=False)[0]
     return photo_mask(rec, *photo.shape[:2]), rec
 
 
@@ -99,13 +101,18 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(
-    backgrounds, fraction: float, weights: str | None = None, shapes=tuple(SHAPES), names=None, background="auto"
-) -> list[dict]:
+    backgrounds, fraction: float, weights: str | None = None, shapes=tuple(SHAPES), names=None, background="auto",
+    cutout: str = "none",
+) -> list[dict]:  # fmt: skip
     """One row per photo: background, shape, object, the mask's IoU, whether the input was reframed;
-    ``names``: the example objects (default: all ten); ``background``: ``zsw reconstruct``'s option."""
+    ``names``: the example objects (default: all ten); ``background``, ``cutout``: ``zsw
+    reconstruct``'s options."""
     from PIL import Image
 
+    from zsw.infer.cutout import open_cutout
+
     recon = _reconstructor(weights, background)
+    remover = open_cutout(cutout)
     names = names or sorted(p.stem for p in (REPO / "examples").glob("*.png"))
     rows = []
     for kind in backgrounds:
@@ -117,7 +124,7 @@ def run(
                 mask = np.asarray(Image.open(REPO / "examples" / "masks" / f"{name}.png").convert("L")) > 127
                 rng = np.random.default_rng(zlib.crc32(f"{kind}/{shape}/{name}".encode()))
                 photo, truth = paste(background, obj, mask, fraction, rng)
-                got, rec = final_mask(recon, photo, name)
+                got, rec = final_mask(recon, photo, name, remover)
                 score = iou(got, truth)
                 reframed = any(n.startswith("reframed") for n in rec.info["input"]["notes"])
                 rows.append({"background": kind, "shape": shape, "name": name, "iou": score, "reframed": reframed,
@@ -182,6 +189,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="checkpoint (default: the packaged model)")
     ap.add_argument("--background", default="auto", choices=("auto", "never"), help="zsw reconstruct's --background")
     ap.add_argument("--procedural", default=None, help="a procedural set's folder: score its images instead")
+    ap.add_argument("--cutout", default="none", help="zsw reconstruct's --cutout (none, grabcut, rembg, ...)")
     args = ap.parse_args()
     if args.procedural:
         data = Path(args.procedural)
@@ -201,10 +209,10 @@ def main() -> None:
         raise SystemExit(f"--backgrounds: {', '.join(unknown)} is not a scikit-image sample photo (gravel, grass, ...)")
     if not 0.0 < args.fraction <= 1.0:
         raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
-    rows = run(kinds, args.fraction, args.weights, shapes, background=args.background)
+    rows = run(kinds, args.fraction, args.weights, shapes, background=args.background, cutout=args.cutout)
     title = (
         f"The object's mask in photos of every shape ({args.weights or 'packaged model'}, fraction {args.fraction}, "
-        f"--background {args.background})"
+        f"--background {args.background}, --cutout {args.cutout})"
     )
     write_rows_and_summary(Path(args.out), rows, summary(rows, title))
 

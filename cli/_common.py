@@ -39,8 +39,9 @@ Background = Annotated[
 Cutout = Annotated[
     str,
     typer.Option(
-        help="Remove the photo's background first and go on as with an RGBA file: none, rembg (rembg's default "
-        'model) or rembg:<model> (u2net, isnet-general-use, birefnet-general, ...). Needs pip install "zsw\\[cutout]".'
+        help="Remove the photo's background first and go on as with an RGBA file: none, grabcut (built in: what "
+        "stands out from the photo's border by its colours), rembg (rembg's default model) or rembg:<model> (u2net, "
+        'isnet-general-use, birefnet-general, ...; rembg needs pip install "zsw\\[cutout]").'
     ),
 ]
 Reframe = Annotated[

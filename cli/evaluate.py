@@ -53,7 +53,7 @@ def evaluate(
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
-    cutout: opts.Cutout = "none",
+    cutout: opts.Cutout = "auto",
     tta: opts.Tta = "auto",
     carve: opts.Carve = True,
     min_part: opts.MinPart = 0.02,

@@ -85,7 +85,7 @@ def reconstruct(
     precision: opts.Precision = "auto",
     reframe: opts.Reframe = "auto",
     background: opts.Background = "auto",
-    cutout: opts.Cutout = "none",
+    cutout: opts.Cutout = "auto",
     tta: opts.Tta = "auto",
     carve: opts.Carve = True,
     color: opts.Color = "photo",
@@ -114,7 +114,7 @@ def app(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option(help="Also open a public gradio.live link.")] = False,
-    cutout: opts.Cutout = "none",
+    cutout: opts.Cutout = "auto",
 ) -> None:
     from zsw.listen import check_address
 

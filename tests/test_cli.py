@@ -67,7 +67,7 @@ def test_the_console_script_runs_the_app_and_freezes_the_heap_on_the_way_out():
     assert bad.returncode == 2 and "no-such-command" in bad.stderr
     # a usage error is one line, like zsw's own errors (not click's usage block in a box)
     for args, fragment in ((["reconstruct", "x.png", "--resolution", "0"], "'--resolution'"),
-                           (["reconstruct", "x.png", "--cutout", "grabcut"], "--cutout: unknown remover"),
+                           (["reconstruct", "x.png", "--cutout", "photoshop"], "--cutout: unknown remover"),
                            (["eval"], "Missing option '--data'")):  # fmt: skip
         bad = subprocess.run([sys.executable, "-m", "zsw", *args], capture_output=True, text=True)
         lines = bad.stderr.strip().splitlines()

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from zsw.errors import ConfigError, InputError, OptionError
 from zsw.infer.cutout import _open, apply_cutout, check_cutout, open_cutout
@@ -58,7 +59,10 @@ def fake_u2net(tmp_path, monkeypatch):
 def test_specs_are_checked_and_normalised():
     assert check_cutout("none") == "none" and check_cutout("") == "none"
     assert check_cutout("rembg") == "rembg" and check_cutout(" rembg:u2net ") == "rembg:u2net"
-    for bad, fragment in (("grabcut", "unknown remover"), ("rembg:", "names no model"), ("rembg: ", "names no model")):
+    assert check_cutout(" grabcut") == "grabcut"
+    bad_specs = (("photoshop", "unknown remover"), ("rembg:", "names no model"), ("rembg: ", "names no model"),
+                 ("grabcut:u2net", "grabcut takes no model"))  # fmt: skip
+    for bad, fragment in bad_specs:
         with pytest.raises(OptionError, match=fragment):
             check_cutout(bad)
     from zsw.infer.settings import ReconstructSettings
@@ -68,6 +72,96 @@ def test_specs_are_checked_and_normalised():
         ReconstructSettings(cutout="photoshop")
     with pytest.raises(OptionError, match=r"zsw\.reconstruct\(cutout=\.\.\.\)"):
         ReconstructSettings(cutout=dark_is_object)
+
+
+def _object_on_texture(seed: int = 0, size: tuple[int, int] = (300, 400)) -> tuple[np.ndarray, np.ndarray]:
+    """A red-and-yellow blob on a grey-green speckled texture: the photo and the blob's pixels."""
+    rng = np.random.default_rng(seed)
+    H, W = size
+    photo = np.clip(rng.normal((90, 110, 80), 18, (H, W, 3)), 0, 255).astype(np.uint8)
+    y, x = np.mgrid[0:H, 0:W]
+    blob = ((y - 0.55 * H) / (0.28 * H)) ** 2 + ((x - 0.45 * W) / (0.22 * W)) ** 2 <= 1.0
+    photo[blob] = np.where((x[blob] // 12 % 2)[:, None] == 0, (200, 40, 30), (230, 200, 40))  # striped
+    return photo, blob
+
+
+def test_grabcut_cuts_out_what_stands_out_from_the_photos_border():
+    """The built-in remover: the object's alpha from the photo alone (IoU > 0.9 on a textured
+    background, larger photos cut at GRABCUT_SIDE and scaled back), the same mask every time, and no
+    object where the photo is all one texture or the object fills it."""
+    from zsw.infer.cutout import GRABCUT_SIDE, GrabCut
+
+    cut = open_cutout("grabcut")
+    assert isinstance(cut, GrabCut) and "grabcut (OpenCV" in cut.identity
+    for size in ((300, 400), (1200, 900)):
+        photo, blob = _object_on_texture(size=size)
+        alpha = cut(photo)
+        assert alpha.shape == blob.shape and alpha.dtype == np.uint8 and set(np.unique(alpha)) <= {0, 255}
+        got = alpha > 127
+        assert (got & blob).sum() / (got | blob).sum() > 0.9, size
+        assert max(size) <= GRABCUT_SIDE or np.array_equal(cut(photo), alpha)  # deterministic
+    plain = np.clip(np.random.default_rng(1).normal((90, 110, 80), 18, (300, 400, 3)), 0, 255).astype(np.uint8)
+    assert apply_cutout(plain, cut, "t.png") is None  # nothing stands out: no object
+    assert apply_cutout(np.full((300, 400, 3), (200, 40, 30), np.uint8), cut, "t.png") is None
+
+
+def test_reconstruct_cuts_out_with_grabcut_and_a_rerun_knows_it(tmp_path):
+    from zsw.cli.main import app
+
+    photo, blob = _object_on_texture()
+    Image.fromarray(photo).save(tmp_path / "blob.png")
+    runner = CliRunner()
+    args = ["reconstruct", str(tmp_path / "blob.png"), "-o", str(tmp_path / "out"), "--weights", "random:tiny",
+            "--resolution", "12", "--cutout", "grabcut", "--reframe", "never"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "out" / "blob" / "result.json").read_text())
+    assert "background removed by grabcut" in info["input"]["notes"]
+    assert info["request"]["cutout"].startswith("grabcut (OpenCV")
+    assert info["mask"].startswith("predicted, corrected")  # the cut-out's alpha corrects the model's mask
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "reconstructed 0, skipped 1" in again.output, again.output
+    other = runner.invoke(app, args[:-4] + ["--cutout", "none", "--reframe", "never"])
+    assert other.exit_code == 0 and "reconstructed 1" in other.output, other.output
+
+
+def test_auto_cuts_out_busy_photos_only_and_not_with_a_box(tmp_path):
+    """``--cutout auto`` (the default): a photo on a textured background is cut out by GrabCut; one
+    with a plain border is left as it is, with a note (its border corrects the model's mask); a
+    photo with a box is not cut out (the object is where the box says), unless grabcut is asked for
+    by name."""
+    import zsw
+    from zsw.infer.cutout import AutoCutout
+    from zsw.infer.settings import ReconstructSettings
+
+    assert ReconstructSettings().cutout == "auto" and isinstance(open_cutout("auto"), AutoCutout)
+    busy, _ = _object_on_texture()
+    plain = np.full((300, 400, 3), 245, np.uint8)
+    plain[100:220, 150:260] = (200, 40, 30)
+    cut = open_cutout("auto")
+    assert cut.skip(busy) is None and "border is plain" in cut.skip(plain)
+    Image.fromarray(busy).save(tmp_path / "busy.png")
+    Image.fromarray(plain).save(tmp_path / "plain.png")
+    assert "background removed by grabcut" in load_image(tmp_path / "busy.png", cutout=cut).notes
+    assert any("not cut out by grabcut: its border is plain" in n for n in load_image(tmp_path / "plain.png", cutout=cut).notes)
+    kw = dict(weights="random:tiny", resolution=12, reframe="never", tta="none")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        boxed = zsw.reconstruct(tmp_path / "busy.png", box=(100, 80, 300, 260), **kw)
+        named = zsw.reconstruct(tmp_path / "busy.png", box=(100, 80, 300, 260), cutout="grabcut", **kw)
+        whole = zsw.reconstruct(tmp_path / "busy.png", **kw)
+    assert not any("grabcut" in n for n in boxed.info["input"]["notes"])
+    assert "background removed by grabcut" in named.info["input"]["notes"]
+    assert "background removed by grabcut" in whole.info["input"]["notes"]
+    # and the command line, through the job: the box keeps the photo whole there too
+    runner = CliRunner()
+    out = tmp_path / "out"
+    args = ["reconstruct", str(tmp_path / "busy.png"), "-o", str(out), "--weights", "random:tiny", "--resolution",
+            "12", "--reframe", "never", "--box", "100,80,300,260"]  # fmt: skip
+    from zsw.cli.main import app
+
+    assert runner.invoke(app, args).exit_code == 0
+    info = json.loads((out / "busy" / "result.json").read_text())
+    assert not any("grabcut" in n for n in info["input"]["notes"]) and info["request"]["cutout"].startswith("auto")
 
 
 def test_the_removers_mask_becomes_the_photos_alpha():

@@ -78,7 +78,7 @@ def test_padding_bench_scores_a_procedural_set_against_its_true_masks(tiny64, tm
     assert len(rows) == len(list((root / "images_processed").glob("*/*.png"))) == 8
     assert {r["mask"] for r in rows} == {"predicted"} and all(0.0 <= r["iou"] <= 1.0 for r in rows)
     truth = {p.stem: np.load(p) > 0 for p in (root / "depth").glob("*/*.npy")}  # nothing in front here
-    monkeypatch.setattr(padding, "final_mask", lambda recon, photo, name: (truth[name], _Given()))
+    monkeypatch.setattr(padding, "final_mask", lambda recon, photo, name, cutout=None: (truth[name], _Given()))
     assert all(r["iou"] == 1.0 for r in padding.run_procedural(root, "random:tiny", background="never"))
     lines = padding.procedural_summary(rows, "t")
     assert lines[-1].startswith("| **all** | 8 |")

@@ -188,9 +188,9 @@ def build_app(
                         "or on a busy one with the photo's colours",
                     )  # fmt: skip
                     cutout = gr.Dropdown(
-                        list(dict.fromkeys(["none", "rembg", *CUTOUT_CHOICES, defaults.cutout])), value=defaults.cutout,
+                        list(dict.fromkeys(["auto", "none", "grabcut", "rembg", *CUTOUT_CHOICES, defaults.cutout])), value=defaults.cutout,
                         allow_custom_value=True, label="Background removal",
-                        info='remove a cluttered background first (rembg, or rembg:<model>; pip install "zsw[cutout]")',
+                        info='remove a cluttered background first (auto: grabcut where the border is not plain; rembg: pip install "zsw[cutout]")',
                     )  # fmt: skip
                     smooth = gr.Slider(
                         0, 100, value=defaults.smooth, step=1, label="Smoothing",
@@ -255,7 +255,7 @@ def build_app(
                 color=color_mode,
                 reframe=framing,
                 background=background_mode,
-                cutout=remover or "none",
+                cutout=remover or "auto",
                 smooth=int(smooth_passes),
                 faces=int(face_budget) if face_budget else None,
                 tta=augmentation,
@@ -381,7 +381,7 @@ def _settings(
     color: str,
     reframe: str,
     background: str,
-    cutout: str = "none",
+    cutout: str = "auto",
     smooth: int = SMOOTH,
     faces: int | None = None,
     tta: str = "auto",

@@ -76,7 +76,7 @@ class EvalJobSettings:
     faces: int | None = None
     tta: str = "auto"
     carve: bool = True
-    cutout: str = "none"
+    cutout: str = "auto"
     split: str | None = None
     max_per_category: int | None = None
     limit: int | None = None

@@ -11,7 +11,19 @@ object, the transparent pixels taken from the predicted visible mask and its hol
 
 Specs (``--cutout``):
 
-* ``none`` (the default): the photo as it is;
+* ``auto`` (the default): ``grabcut`` (below) where the photo's border is not one plain or graded
+  colour (:func:`zsw.infer.background.plain_background`, on a copy of at most
+  :data:`PLAIN_CHECK_SIDE` pixels) and the photo has no transparency of its own; a photo with a
+  plain border is left as it is (``--background auto`` corrects the model's mask by it), and so is a
+  photo with a ``--box`` (the object is where the user says, not what stands out) or a mask;
+* ``none``: the photo as it is;
+* ``grabcut``: no download, nothing to install: OpenCV's GrabCut on the photo (at most
+  :data:`GRABCUT_SIDE` pixels on its longer side), its outer band (:data:`GRABCUT_BAND` of the
+  shorter side) taken as background and the rest as probably the object; the largest part it keeps
+  is the object. It finds what stands out from the photo's border by its colours: on ZeroShape's
+  objects pasted into textured photos the mask's IoU is 0.89 where the model's own is 0.62
+  (``bench/results/cutout/``); an object that touches or fills the photo's border, or wears its
+  colours, is not found that way;
 * ``rembg``: rembg's default model (``bria-rmbg`` in rembg 2.0.86);
 * ``rembg:<model>``: any model rembg names (``u2net``, ``isnet-general-use``, ``birefnet-general``,
   ``birefnet-general-lite``, ...).
@@ -32,10 +44,18 @@ import numpy as np
 
 from zsw.errors import InputError, OptionError
 
-__all__ = ["CUTOUT_CHOICES", "Cutout", "apply_cutout", "check_cutout", "open_cutout"]
+__all__ = ["CUTOUT_CHOICES", "AutoCutout", "Cutout", "GrabCut", "apply_cutout", "check_cutout", "open_cutout"]
 
-#: the removers ``--cutout`` knows (``<remover>`` or ``<remover>:<model>``)
-REMOVERS = ("rembg",)
+#: the removers ``--cutout`` knows (``<remover>`` or ``<remover>:<model>``; ``grabcut`` takes no model)
+REMOVERS = ("grabcut", "rembg")
+#: the longer side, in pixels, of the copy of the photo GrabCut cuts (its mask is scaled back up)
+GRABCUT_SIDE = 400
+#: the outer band of the photo GrabCut takes as background, as a share of its shorter side
+GRABCUT_BAND = 0.06
+#: the share of the photo the object GrabCut keeps may take: outside it, it found no object
+GRABCUT_SHARE = (0.01, 0.8)
+#: the longer side, in pixels, of the copy on which ``auto`` looks for a plain border
+PLAIN_CHECK_SIDE = 256
 #: models the web app offers besides ``rembg``'s default (any other rembg model name also works)
 CUTOUT_CHOICES = ("rembg:u2net", "rembg:isnet-general-use", "rembg:birefnet-general")
 
@@ -48,11 +68,17 @@ def check_cutout(spec: str) -> str:
             "zsw.reconstruct(cutout=...)"
         )
     spec = (spec or "none").strip()
-    if spec == "none":
+    if spec in ("none", "auto"):
         return spec
     remover, _, model = spec.partition(":")
     if remover not in REMOVERS:
-        raise OptionError(f"--cutout: unknown remover {spec!r}; use none, rembg or rembg:<model> (e.g. rembg:u2net)")
+        raise OptionError(
+            f"--cutout: unknown remover {spec!r}; use auto, none, grabcut, rembg or rembg:<model> (e.g. rembg:u2net)"
+        )
+    if remover == "grabcut":
+        if ":" in spec:
+            raise OptionError(f"--cutout: {spec!r}: grabcut takes no model; use --cutout grabcut")
+        return remover
     if ":" in spec and not model.strip():
         raise OptionError(f"--cutout: {spec!r} names no model; use rembg or rembg:<model> (e.g. rembg:u2net)")
     return f"{remover}:{model.strip()}" if model.strip() else remover
@@ -77,10 +103,79 @@ class Cutout:
         return np.asarray(mask.convert("L"), dtype=np.uint8)
 
 
-def open_cutout(spec: str) -> Cutout | None:
+class GrabCut:
+    """The ``grabcut`` remover (module docstring): ``cutout(rgb)`` with ``rgb [H, W, 3]`` uint8
+    gives the alpha ``[H, W]`` uint8 of what stands out from the photo's border by its colours,
+    all 0 where that is under or over :data:`GRABCUT_SHARE` of the photo."""
+
+    name = "grabcut"
+
+    def __init__(self, side: int = GRABCUT_SIDE, band: float = GRABCUT_BAND, iterations: int = 5):
+        import cv2
+
+        self.side, self.band, self.iterations = side, band, iterations
+        self.identity = f"grabcut (OpenCV {cv2.__version__}, side {side}, band {band}, {iterations} iterations)"
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        import cv2
+        from scipy import ndimage as ndi
+
+        H, W = rgb.shape[:2]
+        s = min(1.0, self.side / max(H, W))
+        small = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
+        if s < 1.0:
+            small = cv2.resize(small, (max(8, round(W * s)), max(8, round(H * s))), interpolation=cv2.INTER_AREA)
+        h, w = small.shape[:2]
+        b = max(2, round(self.band * min(h, w)))
+        labels = np.full((h, w), cv2.GC_PR_FGD, np.uint8)
+        labels[:b], labels[-b:], labels[:, :b], labels[:, -b:] = (cv2.GC_BGD,) * 4
+        cv2.setRNGSeed(0)  # its k-means start: the same photo gives the same mask
+        models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(small, labels, None, *models, self.iterations, cv2.GC_INIT_WITH_MASK)
+        cut = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        parts, n = ndi.label(cut)
+        sizes = np.bincount(parts.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        cut = parts == sizes.argmax()  # the object: its largest part (specks of the border's texture go)
+        lo, hi = GRABCUT_SHARE
+        if not n or not lo <= cut.mean() <= hi:
+            return np.zeros((H, W), np.uint8)
+        alpha = cv2.resize(cut.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) if s < 1.0 else cut
+        return np.where(np.asarray(alpha) >= 0.5, 255, 0).astype(np.uint8)
+
+
+class AutoCutout(GrabCut):
+    """``--cutout auto``: :class:`GrabCut`, except on a photo whose border is plain or graded
+    (:meth:`skip` says why; :func:`zsw.infer.image.load_image` then leaves the photo as it is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.identity = f"auto: {self.identity} where the border is not plain"
+
+    def skip(self, rgb: np.ndarray) -> str | None:
+        """Why the photo ``rgb [H, W, 3]`` is not cut out, or None."""
+        import cv2
+
+        from zsw.infer.background import plain_background
+
+        H, W = rgb.shape[:2]
+        s = min(1.0, PLAIN_CHECK_SIDE / max(H, W))
+        small = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
+        if s < 1.0:
+            small = cv2.resize(small, (max(8, round(W * s)), max(8, round(H * s))), interpolation=cv2.INTER_AREA)
+        if plain_background(small) is not None:
+            return "its border is plain (--background corrects the model's mask by it)"
+        return None
+
+
+def open_cutout(spec: str) -> Cutout | GrabCut | None:
     """The remover ``spec`` names (:func:`check_cutout`), its model loaded once per process; None
     for ``none``. Raises OptionError when rembg is not installed or its model cannot be had."""
     spec = check_cutout(spec)
+    if spec == "auto":
+        return AutoCutout()
+    if spec == "grabcut":
+        return GrabCut()
     return None if spec == "none" else _open(spec)
 
 

@@ -801,6 +801,9 @@ def _cut_out(img, cutout, label: str, notes: list[str]):
         notes.append(f"not cut out by {name}: the photo has its own transparency")
         return img
     rgb = img.convert("RGB")
+    if (skip := getattr(cutout, "skip", None)) is not None and (why := skip(np.asarray(rgb))):
+        notes.append(f"not cut out by {name}: {why}")
+        return rgb
     alpha = apply_cutout(np.asarray(rgb), cutout, label)
     if alpha is None:
         notes.append(f"{name} found no object: the photo is used whole")

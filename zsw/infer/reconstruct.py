@@ -32,7 +32,7 @@ import torch
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, predict
 from zsw.infer.carve import SilhouetteBound, carved, host_masks
-from zsw.infer.cutout import open_cutout
+from zsw.infer.cutout import AutoCutout, open_cutout
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import (
     FLAT_SPAN,
@@ -721,15 +721,16 @@ class Reconstructor:
             edges = " and ".join(sides) + (" edges" if len(sides) > 1 else " edge")
             warn.append(
                 f"the object the model outlined reaches the photo's {edges}: in a cluttered photo it may have "
-                "taken in the surroundings (--cutout rembg removes the background first, --box says where the "
-                "object is); an object the frame cuts is completed by guess"
+                "taken in the surroundings (--cutout grabcut or rembg removes the background first, --box says "
+                "where the object is); an object the frame cuts is completed by guess"
             )
         if self.background == "auto" and mask.removesuffix(IN_BOX) == MASK_PREDICTED and not flat:
             warn.append(
                 "nothing in the photo confirms the object's outline (neither a plain background nor the cut by "
                 "its colours agreed with the model's): unconfirmed, the model often outlines something else "
-                + ("(--cutout rembg removes the background first)" if im.box is not None else
-                   "(--box X0,Y0,X1,Y1 says where the object is; --cutout rembg removes the background first)")
+                + ("(--cutout grabcut or rembg removes the background first)" if im.box is not None else
+                   "(--box X0,Y0,X1,Y1 says where the object is; --cutout grabcut or rembg removes the background "
+                   "first)")
             )  # fmt: skip
         if (share := occluded_outline(rec.visible_mask, rec.occluder_mask)) >= OCCLUDED_OUTLINE:
             warn.append(
@@ -810,7 +811,7 @@ def reconstruct(
     background: str = "auto",
     tta: str = "auto",
     texture: int = 0,
-    cutout="none",
+    cutout="auto",
     carve: bool = True,
     box=None,
 ) -> Reconstruction:
@@ -857,9 +858,11 @@ def reconstruct(
             the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
             photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU; see
             :class:`Reconstructor`).
-        cutout: remove the photo's background first: ``none``, ``rembg``, ``rembg:<model>``
-            (:mod:`zsw.infer.cutout`, needs ``zsw[cutout]``), or any callable ``rgb [H, W, 3]
-            uint8 -> alpha [H, W]``; not used with ``mask`` or on a photo with transparency.
+        cutout: remove the photo's background first: ``auto`` (OpenCV's GrabCut from the photo's
+            border where that border is not plain, and not with ``box``), ``none``, ``grabcut``,
+            ``rembg``, ``rembg:<model>`` (:mod:`zsw.infer.cutout`; rembg needs ``zsw[cutout]``), or
+            any callable ``rgb [H, W, 3] uint8 -> alpha [H, W]``; not used with ``mask`` or on a
+            photo with transparency.
         carve: no surface where the photo shows background (default; :mod:`zsw.infer.carve`).
         box: ``(x0, y0, x1, y1)`` (or ``"x0,y0,x1,y1"``), the rectangle of the photo in its pixels
             (upright, after the EXIF rotation; from the top left) that holds the object, for a photo
@@ -890,7 +893,8 @@ def reconstruct(
             warnings.warn(warning, stacklevel=2)
         if isinstance(cutout, str):
             cutout = open_cutout(cutout)
-        loaded = load_image(image, be.config.pixel.image_size, cutout=None if mask is not None else cutout)
+        keep = mask is not None or (box is not None and isinstance(cutout, AutoCutout))  # the user's outline or box
+        loaded = load_image(image, be.config.pixel.image_size, cutout=None if keep else cutout)
         masks = [load_mask(mask, loaded)] if mask is not None else None
         if is_estimated_prompt(prompt):
             from zsw.infer.category import get_estimator

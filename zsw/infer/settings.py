@@ -216,8 +216,8 @@ class ReconstructSettings:
         faces: decimate the mesh to at most this many triangles (None keeps them all).
         texture: bake the photo into a ``texture x texture`` atlas for ``mesh.glb`` and
             ``mesh.obj`` (0, the default: vertex colours only; :mod:`zsw.infer.texture`).
-        cutout: ``none``, ``rembg`` or ``rembg:<model>``: remove the photo's background first and
-            go on as with an RGBA file (:mod:`zsw.infer.cutout`; needs ``zsw[cutout]``).
+        cutout: ``none``, ``grabcut``, ``rembg`` or ``rembg:<model>``: remove the photo's background
+            first and go on as with an RGBA file (:mod:`zsw.infer.cutout`; rembg needs ``zsw[cutout]``).
         tta: ``flip`` (average the occupancy with that of the photo mirrored left to right; twice
             the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
             photo's), ``none``, or ``auto`` (flip on CUDA, flip-pixel on the CPU;
@@ -249,7 +249,7 @@ class ReconstructSettings:
     color: str = "photo"
     reframe: str = "auto"
     background: str = "auto"
-    cutout: str = "none"
+    cutout: str = "auto"
     min_part: float = MIN_PART
     smooth: int = SMOOTH
     faces: int | None = None
