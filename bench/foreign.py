@@ -247,22 +247,26 @@ def score_views(
     smooth: int | None = None,
     aspect: float = 1.0,
     fill: tuple[float, float] = FILL,
+    cutout: str = "auto",
 ) -> list[dict]:
     """Reconstruct and score every view (and the baselines on it), one row each; ``background``,
     ``tta`` and ``smooth``: the reconstruction's ``--background``, ``--tta`` and ``--smooth``
     settings (``smooth`` None: the default); ``elevation``: the cameras' range (degrees);
-    ``aspect``: the photos' width over height; ``fill``: how much of them the object spans (:func:`make_view`)."""
+    ``aspect``: the photos' width over height; ``fill``: how much of them the object spans (:func:`make_view`);
+    ``cutout``: the reconstruction's ``--cutout``."""
     from zsw.eval.evaluate import baseline_points, mesh_points, sample_rng, score
+    from zsw.infer.cutout import open_cutout
     from zsw.infer.image import load_image
     from zsw.infer.reconstruct import Reconstructor
     from zsw.infer.settings import SMOOTH, GridSettings
 
     recon = Reconstructor(backend, grid=GridSettings(resolution), frame="camera", color="none", background=background,
                           tta=tta, smooth=SMOOTH if smooth is None else smooth)  # fmt: skip
+    remover = open_cutout(cutout)
     rows = []
     for category, name, view_seed in view_names(per_category, seed):
         view = make_view(category, view_seed, elevation, aspect, fill)
-        rec = recon([load_image(view["image"], backend.config.pixel.image_size, name=name)])[0]
+        rec = recon([load_image(view["image"], backend.config.pixel.image_size, name=name, cutout=remover)])[0]
         rng = sample_rng(0, name)
         row = {"name": name, "category": category, "occluded": view["occluded"], "background": view["background"]}
         row["model"] = score(mesh_points(rec.mesh, 10000, rng), view["gt"])["cd"]
@@ -309,6 +313,7 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=128, help="grid cells per axis (fast extraction)")
     ap.add_argument("--background", default="auto", help="zsw reconstruct's --background (auto or never)")
+    ap.add_argument("--cutout", default="auto", help="zsw reconstruct's --cutout (auto, none, grabcut, rembg, ...)")
     ap.add_argument("--tta", default="auto", help="zsw reconstruct's --tta (auto, flip, flip-pixel or none)")
     ap.add_argument("--smooth", type=int, default=SMOOTH, help="zsw reconstruct's --smooth (passes)")
     ap.add_argument(
@@ -354,7 +359,7 @@ def main() -> None:
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     rows = score_views(backend, args.per_category, args.resolution, background=args.background, elevation=elevation,
-                       tta=tta, smooth=args.smooth, aspect=aspect, fill=fill)  # fmt: skip
+                       tta=tta, smooth=args.smooth, aspect=aspect, fill=fill, cutout=args.cutout)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (

@@ -6,7 +6,7 @@ reconstruction ends with (after ``--reframe auto`` and ``--background auto``) ag
 object's.
 
     python -m zsw.bench.padding --out bench/results/padding/NAME [--backgrounds gravel,grass,brick] \
-        [--fraction 0.5] [--weights W] [--background auto|never] [--cutout none|grabcut|rembg]
+        [--fraction 0.5] [--weights W] [--background auto|never] [--cutout auto|none|grabcut|rembg]
     python -m zsw.bench.padding --procedural data/demo/test --out NAME [--background auto|never]
 
 ``--procedural DIR`` scores a procedural set's images instead (``zsw synthesize procedural``), each
@@ -102,7 +102,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(
     backgrounds, fraction: float, weights: str | None = None, shapes=tuple(SHAPES), names=None, background="auto",
-    cutout: str = "none",
+    cutout: str = "auto",
 ) -> list[dict]:  # fmt: skip
     """One row per photo: background, shape, object, the mask's IoU, whether the input was reframed;
     ``names``: the example objects (default: all ten); ``background``, ``cutout``: ``zsw
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="checkpoint (default: the packaged model)")
     ap.add_argument("--background", default="auto", choices=("auto", "never"), help="zsw reconstruct's --background")
     ap.add_argument("--procedural", default=None, help="a procedural set's folder: score its images instead")
-    ap.add_argument("--cutout", default="none", help="zsw reconstruct's --cutout (none, grabcut, rembg, ...)")
+    ap.add_argument("--cutout", default="auto", help="zsw reconstruct's --cutout (auto, none, grabcut, rembg, ...)")
     args = ap.parse_args()
     if args.procedural:
         data = Path(args.procedural)
