@@ -103,6 +103,9 @@ def test_grabcut_cuts_out_what_stands_out_from_the_photos_border():
     plain = np.clip(np.random.default_rng(1).normal((90, 110, 80), 18, (300, 400, 3)), 0, 255).astype(np.uint8)
     assert apply_cutout(plain, cut, "t.png") is None  # nothing stands out: no object
     assert apply_cutout(np.full((300, 400, 3), (200, 40, 30), np.uint8), cut, "t.png") is None
+    # a strip of a photo (3 x 40 px, allowed: 16 on the longer side) has nothing inside the band
+    strip = np.random.default_rng(2).integers(0, 256, (3, 40, 3), dtype=np.uint8)
+    assert apply_cutout(strip, cut, "strip.png") is None
 
 
 def test_reconstruct_cuts_out_with_grabcut_and_a_rerun_knows_it(tmp_path):

@@ -127,6 +127,8 @@ class GrabCut:
             small = cv2.resize(small, (max(8, round(W * s)), max(8, round(H * s))), interpolation=cv2.INTER_AREA)
         h, w = small.shape[:2]
         b = max(2, round(self.band * min(h, w)))
+        if min(h, w) <= 2 * b + 2:  # a strip of a photo: nothing inside the band to cut out
+            return np.zeros((H, W), np.uint8)
         labels = np.full((h, w), cv2.GC_PR_FGD, np.uint8)
         labels[:b], labels[-b:], labels[:, :b], labels[:, -b:] = (cv2.GC_BGD,) * 4
         cv2.setRNGSeed(0)  # its k-means start: the same photo gives the same mask
