@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from zsw.errors import ConfigError, InputError, ZswError
 from zsw.hub import resolve_device
-from zsw.infer.cutout import AutoCutout, open_cutout
+from zsw.infer.cutout import open_cutout, remover_for
 from zsw.infer.image import RAW_SUFFIXES, LoadedImage, find_images, load_image, load_mask
 from zsw.infer.reruns import (
     FolderNames,
@@ -320,10 +320,8 @@ def _load(item: _Item, recon: Reconstructor, s: ReconstructSettings, cutout, rep
         mask_file = find_mask(s.masks, item.path) if s.masks is not None else None
         size = recon.backend.config.pixel.image_size
         box = item.request.get("box")  # the run's --box, or this photo's entry in a --box FILE
-        # a mask is the user's outline; a box says where the object is (``auto`` would cut out what
-        # stands out instead), so auto leaves those photos whole; a remover asked for by name does not
-        keep = mask_file or (box is not None and isinstance(cutout, AutoCutout))
-        item.image = load_image(item.path, size, name=item.name, cutout=None if keep else cutout)
+        remover = remover_for(cutout, mask=mask_file is not None, box=box is not None)
+        item.image = load_image(item.path, size, name=item.name, cutout=remover)
         if box is not None:
             item.image = item.image.with_box(tuple(box))
         elif s.boxes is not None:  # said on the terminal and in result.json's notes

@@ -32,7 +32,7 @@ import torch
 from zsw.errors import ConfigError, InputError, OptionError, ZswError
 from zsw.infer.backend import Backend, predict
 from zsw.infer.carve import SilhouetteBound, carved, host_masks
-from zsw.infer.cutout import AutoCutout, open_cutout
+from zsw.infer.cutout import open_cutout, remover_for
 from zsw.infer.grid import GridStats, drop_small_parts, grid_meshes
 from zsw.infer.image import (
     FLAT_SPAN,
@@ -893,8 +893,8 @@ def reconstruct(
             warnings.warn(warning, stacklevel=2)
         if isinstance(cutout, str):
             cutout = open_cutout(cutout)
-        keep = mask is not None or (box is not None and isinstance(cutout, AutoCutout))  # the user's outline or box
-        loaded = load_image(image, be.config.pixel.image_size, cutout=None if keep else cutout)
+        remover = remover_for(cutout, mask=mask is not None, box=box is not None)
+        loaded = load_image(image, be.config.pixel.image_size, cutout=remover)
         masks = [load_mask(mask, loaded)] if mask is not None else None
         if is_estimated_prompt(prompt):
             from zsw.infer.category import get_estimator
