@@ -324,7 +324,8 @@ def test_reconstruct_cuts_the_mask_by_the_colours_on_a_busy_photo_and_says_so(tm
     monkeypatch.setattr(TorchBackend, "pixel", quarter_missed)
     Image.fromarray(busy(size=224)[0]).save(tmp_path / "busy.png")
     _, disc = busy(size=224)
-    kw = dict(weights="random:tiny", resolution=16, reframe="never", tta="none", cutout="none")  # the cut by colours alone
+    # the cut by the colours alone, not the cut-out that auto makes of a busy photo first
+    kw = dict(weights="random:tiny", resolution=16, reframe="never", tta="none", cutout="none")
     with pytest.warns(UserWarning, match="RANDOM"):
         auto = zsw.reconstruct(tmp_path / "busy.png", background="auto", **kw)
         never = zsw.reconstruct(tmp_path / "busy.png", background="never", **kw)

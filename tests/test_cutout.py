@@ -146,7 +146,9 @@ def test_auto_cuts_out_busy_photos_only_and_not_with_a_box(tmp_path):
     Image.fromarray(busy).save(tmp_path / "busy.png")
     Image.fromarray(plain).save(tmp_path / "plain.png")
     assert "background removed by grabcut" in load_image(tmp_path / "busy.png", cutout=cut).notes
-    assert any("not cut out by grabcut: its border is plain" in n for n in load_image(tmp_path / "plain.png", cutout=cut).notes)
+    assert any(
+        "not cut out by grabcut: its border is plain" in n for n in load_image(tmp_path / "plain.png", cutout=cut).notes
+    )
     kw = dict(weights="random:tiny", resolution=12, reframe="never", tta="none")
     with pytest.warns(UserWarning, match="RANDOM"):
         boxed = zsw.reconstruct(tmp_path / "busy.png", box=(100, 80, 300, 260), **kw)

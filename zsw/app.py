@@ -188,9 +188,10 @@ def build_app(
                         "or on a busy one with the photo's colours",
                     )  # fmt: skip
                     cutout = gr.Dropdown(
-                        list(dict.fromkeys(["auto", "none", "grabcut", "rembg", *CUTOUT_CHOICES, defaults.cutout])), value=defaults.cutout,
-                        allow_custom_value=True, label="Background removal",
-                        info='remove a cluttered background first (auto: grabcut where the border is not plain; rembg: pip install "zsw[cutout]")',
+                        list(dict.fromkeys(["auto", "none", "grabcut", "rembg", *CUTOUT_CHOICES, defaults.cutout])),
+                        value=defaults.cutout, allow_custom_value=True, label="Background removal",
+                        info="remove a cluttered background first (auto: grabcut where the border is not plain; "
+                        'rembg: pip install "zsw[cutout]")',
                     )  # fmt: skip
                     smooth = gr.Slider(
                         0, 100, value=defaults.smooth, step=1, label="Smoothing",

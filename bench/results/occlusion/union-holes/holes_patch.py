@@ -1,8 +1,10 @@
 """One-off: pixels neither mask claims, enclosed by the union of the visible and occluder masks and
 bordered by the occluder (the object seen past an occluder's gaps), become visible."""
+
 import os
-import numpy as np
+
 from scipy import ndimage as ndi
+
 from zsw.infer import reconstruct as R
 
 SHARE = float(os.environ.get("HOLE_SHARE", "0.3"))
@@ -32,6 +34,7 @@ def patched(self, images, batch, prompt_arg, pixel, timings, known=None):
     for b, im in enumerate(images):
         m[b] = fill(m[b], occ[b] & im.photo_area & ~m[b])
     import torch
+
     return pixel, torch.from_numpy(m).to(mask_t.device)[:, None].float(), how
 
 
