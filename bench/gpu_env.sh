@@ -6,7 +6,12 @@
 # which lacks zsw.kernels, zsw.cli and zsw.bench (setuptools maps them in from kernels/, cli/,
 # bench/), instead of the installed wheel. Checked on the CPU in a Python 3.12 environment with the
 # image's torch 2.11 and triton 3.6: without it every test module and command failed to import.
+# PYTHONSAFEPATH is Python 3.11's (the lent image has 3.12): an older python3 would ignore it silently.
 export PYTHONSAFEPATH=1
+if ! python3 -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)"; then
+    echo "$0: these scripts need Python 3.11 or newer for PYTHONSAFEPATH (python3 is $(python3 -V 2>&1))" >&2
+    exit 2
+fi
 if [ -d .whl ] && ! python3 -c "import zsw, trimesh, open_clip" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "$0: installing the carried wheels failed" >&2; exit 2; }

@@ -4,6 +4,7 @@ give every training stage of the GPU recipe a config that loads."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
@@ -55,6 +56,10 @@ def test_gpu_scripts_keep_the_tree_off_sys_path(repo_root, tmp_path):
         script = f"export ZSW_GPU_OPTIONAL=1; source bench/gpu_env.sh && {command}"
         return subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
 
+    if sys.version_info < (3, 11):  # PYTHONSAFEPATH is 3.11's: the script says so instead of shadowing zsw
+        failed = subprocess.run(["bash", "-c", "source bench/gpu_env.sh"], cwd=tmp_path, capture_output=True, text=True)
+        assert failed.returncode == 2 and "need Python 3.11 or newer for PYTHONSAFEPATH" in failed.stderr
+        return
     probe = "import os, sys; print(os.getcwd() in {os.path.abspath(p or '.') for p in sys.path})"
     assert run(f'python3 -c "{probe}"').strip() == "False"
     listed = run("python3 -m site")  # prints sys.path, one quoted entry a line
