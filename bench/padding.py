@@ -6,12 +6,17 @@ reconstruction ends with (after ``--reframe auto`` and ``--background auto``) ag
 object's.
 
     python -m zsw.bench.padding --out bench/results/padding/NAME [--backgrounds gravel,grass,brick] \
-        [--fraction 0.5] [--weights W] [--background auto|never] [--cutout auto|none|grabcut|rembg]
+        [--fraction 0.5] [--weights W] [--background auto|never] [--cutout auto|none|grabcut|rembg] \
+        [--degrade none|dark|bright|noise|jpeg|jpeg10|blur|cast|grey]
     python -m zsw.bench.padding --procedural data/demo/test --out NAME [--background auto|never]
 
 ``--procedural DIR`` scores a procedural set's images instead (``zsw synthesize procedural``), each
 against its true visible mask (``visible_masks/``; where a view has none, its depth's pixels), as
 ``zsw reconstruct`` makes the mask.
+
+``--degrade KIND`` spoils each composed photo as a camera or a web page would before zsw sees it
+(:data:`DEGRADATIONS`: under- or over-exposed, sensor noise, heavy JPEG, out of focus, a colour
+cast, grey): how the mask holds on photos worse than the training renders.
 
 A photo that is not square is padded to one for the model's first look; what fills the padding
 decides whether the model finds the object there (``zsw.infer.image``: the photo mirrored, formerly
@@ -28,6 +33,42 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"square": (1200, 1200), "landscape": (1200, 1600), "portrait": (1600, 1200), "wide": (900, 1600)}
+#: ways a photo comes spoilt (``--degrade``), each a function of the photo and a seeded generator
+DEGRADATIONS = ("none", "dark", "bright", "noise", "jpeg", "jpeg10", "blur", "cast", "grey")
+
+
+def degrade(photo: np.ndarray, kind: str, rng) -> np.ndarray:  # [H, W, 3] uint8 -> the same
+    """``photo`` spoilt as ``kind`` says: ``dark`` (a third of the exposure, with the sRGB curve),
+    ``bright`` (three times, clipped), ``noise`` (Gaussian, sigma 20 of 255, per pixel and
+    channel), ``jpeg`` (quality 75, a web page's), ``jpeg10`` (quality 10), ``blur`` (Gaussian,
+    sigma 0.4 % of the shorter side), ``cast`` (warm white balance: red x1.25, blue x0.7), ``grey``
+    (no colour) or ``none``."""
+    from PIL import Image, ImageFilter
+
+    x = photo.astype(np.float32) / 255
+    if kind == "none":
+        return photo
+    if kind in ("dark", "bright"):  # exposure acts on linear light
+        linear = x**2.2 * (1 / 3 if kind == "dark" else 3.0)
+        x = np.clip(linear, 0, 1) ** (1 / 2.2)
+    elif kind == "noise":
+        x = x + rng.normal(0, 20 / 255, x.shape).astype(np.float32)
+    elif kind == "cast":
+        x = x * np.array([1.25, 1.0, 0.7], np.float32)
+    elif kind == "grey":
+        x = np.repeat(x @ np.array([0.299, 0.587, 0.114], np.float32), 3).reshape(x.shape)
+    elif kind in ("jpeg", "jpeg10", "blur"):
+        image = Image.fromarray(photo)
+        if kind == "blur":
+            return np.asarray(image.filter(ImageFilter.GaussianBlur(0.004 * min(photo.shape[:2]))))
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=10 if kind == "jpeg10" else 75)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+    else:
+        raise ValueError(f"unknown degradation {kind!r}; choose from {', '.join(DEGRADATIONS)}")
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
 
 def texture(name: str, height: int, width: int) -> np.ndarray:  # [H, W, 3] uint8
@@ -102,11 +143,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(
     backgrounds, fraction: float, weights: str | None = None, shapes=tuple(SHAPES), names=None, background="auto",
-    cutout: str = "auto",
+    cutout: str = "auto", spoil: str = "none",
 ) -> list[dict]:  # fmt: skip
     """One row per photo: background, shape, object, the mask's IoU, whether the input was reframed;
     ``names``: the example objects (default: all ten); ``background``, ``cutout``: ``zsw
-    reconstruct``'s options."""
+    reconstruct``'s options; ``spoil``: a :func:`degrade` applied to each photo."""
     from PIL import Image
 
     from zsw.infer.cutout import open_cutout
@@ -124,6 +165,7 @@ def run(
                 mask = np.asarray(Image.open(REPO / "examples" / "masks" / f"{name}.png").convert("L")) > 127
                 rng = np.random.default_rng(zlib.crc32(f"{kind}/{shape}/{name}".encode()))
                 photo, truth = paste(background, obj, mask, fraction, rng)
+                photo = degrade(photo, spoil, rng)
                 got, rec = final_mask(recon, photo, name, remover)
                 score = iou(got, truth)
                 reframed = any(n.startswith("reframed") for n in rec.info["input"]["notes"])
@@ -166,15 +208,17 @@ def procedural_summary(rows: list[dict], title: str) -> list[str]:
 def summary(rows: list[dict], title: str) -> list[str]:
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
     kinds = list(dict.fromkeys(r["background"] for r in rows))
+    odd_column = any(s != "square" for s in shapes)  # (none where only square photos were run)
     lines = [f"# {title}", "", "Visible-mask IoU in photo pixels, mean over the ten objects", "",
-             "| background | " + " | ".join(shapes) + " | not square |",
-             "| --- | " + " | ".join("---:" for _ in shapes) + " | ---: |"]  # fmt: skip
+             "| background | " + " | ".join([*shapes, "not square"][: len(shapes) + odd_column]) + " |",
+             "| --- | " + " | ".join(["---:"] * (len(shapes) + odd_column)) + " |"]  # fmt: skip
     for kind in [*kinds, "all"]:
         rs = [r for r in rows if kind == "all" or r["background"] == kind]
         cells = [np.mean([r["iou"] for r in rs if r["shape"] == s]) for s in shapes]
-        odd = [r["iou"] for r in rs if r["shape"] != "square"]
+        if odd_column:
+            cells.append(np.mean([r["iou"] for r in rs if r["shape"] != "square"]))
         name = "**all**" if kind == "all" else kind
-        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {np.mean(odd):.3f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return lines
 
 
@@ -190,6 +234,7 @@ def main() -> None:
     ap.add_argument("--background", default="auto", choices=("auto", "never"), help="zsw reconstruct's --background")
     ap.add_argument("--procedural", default=None, help="a procedural set's folder: score its images instead")
     ap.add_argument("--cutout", default="auto", help="zsw reconstruct's --cutout (auto, none, grabcut, rembg, ...)")
+    ap.add_argument("--degrade", default="none", choices=DEGRADATIONS, help="spoil each photo first (see degrade())")
     args = ap.parse_args()
     if args.procedural:
         data = Path(args.procedural)
@@ -209,10 +254,11 @@ def main() -> None:
         raise SystemExit(f"--backgrounds: {', '.join(unknown)} is not a scikit-image sample photo (gravel, grass, ...)")
     if not 0.0 < args.fraction <= 1.0:
         raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
-    rows = run(kinds, args.fraction, args.weights, shapes, background=args.background, cutout=args.cutout)
+    rows = run(kinds, args.fraction, args.weights, shapes, background=args.background, cutout=args.cutout,
+               spoil=args.degrade)  # fmt: skip
     title = (
         f"The object's mask in photos of every shape ({args.weights or 'packaged model'}, fraction {args.fraction}, "
-        f"--background {args.background}, --cutout {args.cutout})"
+        f"--background {args.background}, --cutout {args.cutout}, --degrade {args.degrade})"
     )
     write_rows_and_summary(Path(args.out), rows, summary(rows, title))
 

@@ -55,6 +55,27 @@ def test_padding_bench_end_to_end(tmp_path, monkeypatch):
             padding.main()
 
 
+def test_each_degradation_spoils_the_photo_as_it_says():
+    from zsw.bench.padding import DEGRADATIONS, degrade, summary
+
+    rng = np.random.default_rng(0)
+    photo = np.clip(rng.normal(120, 40, (120, 160, 3)), 0, 255).astype(np.uint8)
+    photo[40:80, 60:100] = (220, 60, 40)
+    got = {k: degrade(photo, k, np.random.default_rng(1)) for k in DEGRADATIONS}
+    assert all(g.shape == photo.shape and g.dtype == np.uint8 for g in got.values())
+    assert np.array_equal(got["none"], photo)
+    assert got["dark"].mean() < 0.7 * photo.mean() and got["bright"].mean() > 1.3 * photo.mean()
+    assert (got["grey"][..., 0] == got["grey"][..., 2]).all()
+    assert got["cast"][..., 0].mean() > photo[..., 0].mean() and got["cast"][..., 2].mean() < photo[..., 2].mean()
+    assert got["blur"].astype(float).std() < photo.astype(float).std()  # the speckle averaged away
+    off = {k: np.abs(got[k].astype(float) - photo).mean() for k in ("noise", "jpeg", "jpeg10")}
+    assert 5 < off["noise"] < 25 and 0 < off["jpeg"] < off["jpeg10"]  # quality 75, then 10
+    with pytest.raises(ValueError, match="unknown degradation 'fog'"):
+        degrade(photo, "fog", rng)
+    rows = [{"background": "brick", "shape": "square", "name": "bucket", "iou": 0.5}]
+    assert summary(rows, "t")[4] == "| background | square |"  # no "not square" column without such photos
+
+
 def test_a_dotted_out_path_keeps_its_name(tmp_path):
     """``--out runs/small-0.12`` wrote ``runs/small-0.md`` (``Path.with_suffix``), so runs at
     fractions 0.12 and 0.25 overwrote each other; the suffix is appended now."""
