@@ -113,49 +113,6 @@ def test_grabcut_cuts_out_what_stands_out_from_the_photos_border():
     assert apply_cutout(strip, cut, "strip.png") is None
 
 
-def _object_on_a_wall_as_jpeg(seed: int, crossing: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The striped blob on a brick wall (dark bricks, pale mortar), saved as a JPEG of quality 90;
-    ``crossing``: a pale-green bar (an occluder) reaching in from the photo's left edge, in front of
-    the blob. The photo and what a remover must keep (the blob, and the bar where it is)."""
-    import io
-
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    H, W = 600, 800
-    y, x = np.mgrid[0:H, 0:W]
-    mortar = ((y % 24) < 3) | (((x + (y // 24 % 2) * 30) % 60) < 3)
-    photo = np.clip(np.where(mortar[..., None], 170.0, 40.0) + rng.normal(0, 8, (H, W, 3)), 0, 255).astype(np.uint8)
-    keep = ((y - 0.52 * H) / (0.22 * H)) ** 2 + ((x - 0.47 * W) / (0.2 * W)) ** 2 <= 1.0
-    photo[keep] = np.where((x[keep] // 12 % 2)[:, None] == 0, (200, 40, 30), (230, 200, 40))
-    if crossing:
-        bar = (abs(y - 0.5 * H) < 40) & (x < 0.5 * W)
-        photo[bar], keep = (150, 210, 160), keep | bar
-    buffer = io.BytesIO()
-    Image.fromarray(photo).save(buffer, "JPEG", quality=90)
-    return np.asarray(Image.open(buffer).convert("RGB")), keep
-
-
-def test_grabcut_starts_the_walls_colours_as_background_but_not_an_occluders():
-    """GrabCut from "everything inside the band is probably the object" kept whole bricks beside the
-    object on a JPEG of a brick wall; the colour prior starts the pixels of the colours found all
-    around the band as probably background, and not those of an occluder that reaches into the band
-    along one stretch of it."""
-    from zsw.infer.cutout import GrabCut
-
-    def iou(cut, photo, keep):
-        got = cut(photo) > 127
-        return (got & keep).sum() / (got | keep).sum()
-
-    for seed in range(2):
-        photo, blob = _object_on_a_wall_as_jpeg(seed)
-        assert iou(GrabCut(), photo, blob) > iou(GrabCut(prior=False), photo, blob) + 0.03, seed
-        photo, keep = _object_on_a_wall_as_jpeg(seed, crossing=True)
-        got = GrabCut()(photo) > 127
-        # the blob whole, most of the bar (the band's stretch of it is background by definition), few bricks
-        assert got[blob].mean() > 0.95 and got[keep & ~blob].mean() > 0.7 and got[~keep].mean() < 0.1, seed
-
-
 def test_reconstruct_cuts_out_with_grabcut_and_a_rerun_knows_it(tmp_path):
     from zsw.cli.main import app
 
