@@ -43,11 +43,19 @@ def degrade(photo: np.ndarray, kind: str, rng) -> np.ndarray:  # [H, W, 3] uint8
     channel), ``jpeg`` (quality 75, a web page's), ``jpeg10`` (quality 10), ``blur`` (Gaussian,
     sigma 0.4 % of the shorter side), ``cast`` (warm white balance: red x1.25, blue x0.7), ``grey``
     (no colour) or ``none``."""
+    import io
+
     from PIL import Image, ImageFilter
 
-    x = photo.astype(np.float32) / 255
     if kind == "none":
         return photo
+    if kind == "blur":
+        return np.asarray(Image.fromarray(photo).filter(ImageFilter.GaussianBlur(0.004 * min(photo.shape[:2]))))
+    if kind in ("jpeg", "jpeg10"):
+        buffer = io.BytesIO()
+        Image.fromarray(photo).save(buffer, "JPEG", quality=10 if kind == "jpeg10" else 75)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+    x = photo.astype(np.float32) / 255
     if kind in ("dark", "bright"):  # exposure acts on linear light
         linear = x**2.2 * (1 / 3 if kind == "dark" else 3.0)
         x = np.clip(linear, 0, 1) ** (1 / 2.2)
@@ -57,15 +65,6 @@ def degrade(photo: np.ndarray, kind: str, rng) -> np.ndarray:  # [H, W, 3] uint8
         x = x * np.array([1.25, 1.0, 0.7], np.float32)
     elif kind == "grey":
         x = np.repeat(x @ np.array([0.299, 0.587, 0.114], np.float32), 3).reshape(x.shape)
-    elif kind in ("jpeg", "jpeg10", "blur"):
-        image = Image.fromarray(photo)
-        if kind == "blur":
-            return np.asarray(image.filter(ImageFilter.GaussianBlur(0.004 * min(photo.shape[:2]))))
-        import io
-
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=10 if kind == "jpeg10" else 75)
-        return np.asarray(Image.open(buffer).convert("RGB"))
     else:
         raise ValueError(f"unknown degradation {kind!r}; choose from {', '.join(DEGRADATIONS)}")
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)

@@ -168,6 +168,19 @@ def refine_visible_mask(
     return refined if refined.any() else None
 
 
+def grabcut(image: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
+    """OpenCV's GrabCut on ``image`` ([h, w, 3+] uint8) from ``labels`` ([h, w] uint8 of
+    ``cv2.GC_*``, refined in place), seeded so that the same photo gives the same mask: the
+    pixels it ends with as the object, [h, w] bool."""
+    import cv2
+
+    cv2.setRNGSeed(0)  # its k-means start
+    models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(np.ascontiguousarray(image[..., :3], np.uint8), labels, None, *models, iterations,
+                cv2.GC_INIT_WITH_MASK)  # fmt: skip
+    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+
+
 def refine_by_colours(
     image: np.ndarray,  # [S, S, 3] uint8
     visible: np.ndarray,  # [S, S] bool: the model's visible mask
@@ -209,11 +222,7 @@ def refine_by_colours(
         labels[np.asarray(occluder, bool)[crop] & ~v] = cv2.GC_BGD
     if (labels != cv2.GC_PR_FGD).sum() < least:
         return None  # the object fills the photo: nothing to learn the background from
-    cv2.setRNGSeed(0)  # its k-means start: the same photo gives the same mask
-    models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(np.ascontiguousarray(image[crop][..., :3], np.uint8), labels, None, *models, iterations,
-                cv2.GC_INIT_WITH_MASK)  # fmt: skip
-    cut = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    cut = grabcut(image[crop], labels, iterations)
     parts, _ = ndi.label(cut)
     kept = np.unique(parts[cut & v])  # not a second object elsewhere in the photo
     cut = np.isin(parts, kept[kept > 0])

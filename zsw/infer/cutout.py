@@ -122,6 +122,8 @@ class GrabCut:
         import cv2
         from scipy import ndimage as ndi
 
+        from zsw.infer.background import grabcut
+
         H, W = rgb.shape[:2]
         small = _shrunk(rgb, self.side)
         h, w = small.shape[:2]
@@ -130,10 +132,7 @@ class GrabCut:
             return np.zeros((H, W), np.uint8)
         labels = np.full((h, w), cv2.GC_PR_FGD, np.uint8)
         labels[:b], labels[-b:], labels[:, :b], labels[:, -b:] = (cv2.GC_BGD,) * 4
-        cv2.setRNGSeed(0)  # its k-means start: the same photo gives the same mask
-        models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        cv2.grabCut(small, labels, None, *models, self.iterations, cv2.GC_INIT_WITH_MASK)
-        parts, n = ndi.label((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
+        parts, n = ndi.label(grabcut(small, labels, self.iterations))
         if not n:
             return np.zeros((H, W), np.uint8)
         cut = parts == np.bincount(parts.ravel())[1:].argmax() + 1  # its largest part (specks of the border go)

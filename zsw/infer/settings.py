@@ -216,7 +216,8 @@ class ReconstructSettings:
         faces: decimate the mesh to at most this many triangles (None keeps them all).
         texture: bake the photo into a ``texture x texture`` atlas for ``mesh.glb`` and
             ``mesh.obj`` (0, the default: vertex colours only; :mod:`zsw.infer.texture`).
-        cutout: ``none``, ``grabcut``, ``rembg`` or ``rembg:<model>``: remove the photo's background
+        cutout: ``auto`` (the default: ``grabcut`` where the photo's border is not plain),
+            ``none``, ``grabcut``, ``rembg`` or ``rembg:<model>``: remove the photo's background
             first and go on as with an RGBA file (:mod:`zsw.infer.cutout`; rembg needs ``zsw[cutout]``).
         tta: ``flip`` (average the occupancy with that of the photo mirrored left to right; twice
             the decoding), ``flip-pixel`` (average only the pixel model's outputs with the mirrored
